@@ -1,0 +1,78 @@
+import { homedir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { z } from 'zod';
+import { LOG_LEVELS } from '../util/logger.js';
+import { ServerError } from './errors.js';
+
+/**
+ * Server configuration: validated once at the edge (CLI or a test), then frozen. Every field has a
+ * default so `parseServerConfig({})` is a working configuration.
+ */
+
+/** `MESHLINK_DATA_DIR`, else `/var/lib/meshlink/server` as root, else `$HOME/.local/share/meshlink/server`. */
+export function defaultDataDir(env: NodeJS.ProcessEnv = process.env): string {
+  if (env.MESHLINK_DATA_DIR) return resolve(env.MESHLINK_DATA_DIR);
+  if (typeof process.getuid === 'function' && process.getuid() === 0) return '/var/lib/meshlink/server';
+  return join(env.HOME ?? homedir(), '.local', 'share', 'meshlink', 'server');
+}
+
+const DAY_MS = 86_400_000;
+
+export const serverConfigSchema = z
+  .object({
+    dataDir: z.string().min(1).optional(),
+    listen: z
+      .object({
+        host: z.string().min(1).default('0.0.0.0'),
+        port: z.number().int().min(0).max(65_535).default(8443),
+      })
+      .strict()
+      .default({ host: '0.0.0.0', port: 8443 }),
+    /** Extra names/IPs for the server certificate (and the first one for the public URL when listening on a wildcard). */
+    sans: z.array(z.string().min(1).max(253).regex(/^[A-Za-z0-9.:*-]+$/, 'a DNS name or IP address')).max(64).default([]),
+    caKeyType: z.enum(['rsa2048', 'rsa4096']).default('rsa4096'),
+    certLifetimeMs: z.number().int().min(60_000).max(825 * DAY_MS).default(30 * DAY_MS),
+    renewGraceMs: z.number().int().min(0).max(365 * DAY_MS).default(7 * DAY_MS),
+    tokenTtlMs: z.number().int().min(1_000).max(30 * DAY_MS).default(3_600_000),
+    heartbeatIntervalMs: z.number().int().min(100).default(15_000),
+    offlineAfterMs: z.number().int().min(100).default(45_000),
+    /** Failed enroll/renew requests allowed per source address per minute (token bucket, burst = rate). */
+    enrollFailuresPerMinute: z.number().int().min(1).max(100_000).default(10),
+    logLevel: z.enum(LOG_LEVELS).default('info'),
+  })
+  .strict()
+  .refine((c) => c.offlineAfterMs > c.heartbeatIntervalMs, {
+    message: 'offlineAfterMs must be greater than heartbeatIntervalMs',
+    path: ['offlineAfterMs'],
+  });
+
+export type ServerConfigInput = z.input<typeof serverConfigSchema>;
+export type ServerConfig = Readonly<Omit<z.output<typeof serverConfigSchema>, 'dataDir' | 'listen' | 'sans'>> & {
+  readonly dataDir: string;
+  readonly listen: Readonly<{ host: string; port: number }>;
+  readonly sans: readonly string[];
+};
+
+export function parseServerConfig(input: unknown, env: NodeJS.ProcessEnv = process.env): ServerConfig {
+  const result = serverConfigSchema.safeParse(input);
+  if (!result.success) {
+    const issue = result.error.issues[0];
+    const field = issue && issue.path.length > 0 ? issue.path.join('.') : '(root)';
+    throw new ServerError('ML_ERR_CONFIG', `invalid server config: ${field}: ${issue?.message ?? 'invalid'}`);
+  }
+  const c = result.data;
+  return Object.freeze({
+    ...c,
+    dataDir: resolve(c.dataDir ?? defaultDataDir(env)),
+    listen: Object.freeze({ ...c.listen }),
+    sans: Object.freeze([...c.sans]),
+  });
+}
+
+/** Store and socket paths inside the data dir. */
+export function storePath(dataDir: string): string {
+  return join(dataDir, 'meshlink.db');
+}
+export function adminSocketPath(dataDir: string): string {
+  return join(dataDir, 'admin.sock');
+}

@@ -1,0 +1,63 @@
+/**
+ * Numbered schema migrations. Append only: a released migration is never edited; a change is a new
+ * entry. Each runs in its own transaction and is recorded in `schema_migrations`.
+ * Times are integer milliseconds since the epoch (UTC).
+ */
+export interface Migration {
+  readonly version: number;
+  readonly name: string;
+  readonly sql: string;
+}
+
+export const MIGRATIONS: readonly Migration[] = [
+  {
+    version: 1,
+    name: 'initial schema',
+    sql: `
+      CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+      ) STRICT;
+
+      -- One row: the CA private key encrypted with AES-256-GCM (see ca-key-crypto.ts) and the CA certificate.
+      CREATE TABLE ca (
+        id         INTEGER PRIMARY KEY CHECK (id = 1),
+        key_blob   BLOB NOT NULL,
+        kdf_salt   BLOB NOT NULL,
+        cert_pem   TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+      ) STRICT;
+
+      CREATE TABLE nodes (
+        id            TEXT PRIMARY KEY,
+        hostname      TEXT NOT NULL,
+        created_at    INTEGER NOT NULL,
+        agent_version TEXT,
+        last_seen     INTEGER,
+        removed_at    INTEGER
+      ) STRICT;
+      CREATE INDEX nodes_hostname ON nodes (hostname);
+
+      -- Only the SHA-256 of a token is stored. node_id set = re-enrollment token that keeps that node id.
+      CREATE TABLE tokens (
+        hash        TEXT PRIMARY KEY,
+        created_at  INTEGER NOT NULL,
+        expires_at  INTEGER NOT NULL,
+        consumed_at INTEGER,
+        node_id     TEXT REFERENCES nodes (id),
+        tags        TEXT NOT NULL DEFAULT '[]'
+      ) STRICT;
+
+      CREATE TABLE certs (
+        serial     TEXT PRIMARY KEY,
+        node_id    TEXT NOT NULL REFERENCES nodes (id),
+        not_before INTEGER NOT NULL,
+        not_after  INTEGER NOT NULL,
+        revoked_at INTEGER,
+        pem        TEXT NOT NULL
+      ) STRICT;
+      CREATE INDEX certs_node ON certs (node_id);
+      CREATE INDEX certs_revoked ON certs (revoked_at) WHERE revoked_at IS NOT NULL;
+    `,
+  },
+];

@@ -1,0 +1,277 @@
+import { chmodSync } from 'node:fs';
+import Database from 'better-sqlite3';
+import { ServerError } from '../errors.js';
+import { MIGRATIONS, type Migration } from './migrations.js';
+
+/**
+ * The only module that knows SQL. Synchronous (better-sqlite3): every statement here is a short
+ * indexed lookup or write, so running them on the event loop costs microseconds, and it lets the
+ * enrollment commit be one atomic transaction.
+ *
+ * Durability: WAL with `synchronous=FULL`. With NORMAL a power cut can drop the last commits, which
+ * here means a consumed token becomes usable again or a revocation is forgotten. FULL costs one WAL
+ * fsync per commit; commits are per enrollment/revocation, not per heartbeat-rate event, so that is cheap.
+ */
+
+export interface CaRow {
+  keyBlob: Buffer;
+  kdfSalt: Buffer;
+  certPem: string;
+  createdAt: number;
+}
+export interface TokenRow {
+  hash: string;
+  createdAt: number;
+  expiresAt: number;
+  consumedAt: number | null;
+  nodeId: string | null;
+  tags: string[];
+}
+export interface NodeRow {
+  id: string;
+  hostname: string;
+  createdAt: number;
+  agentVersion: string | null;
+  lastSeen: number | null;
+  removedAt: number | null;
+}
+export interface CertRow {
+  serial: string;
+  nodeId: string;
+  notBefore: number;
+  notAfter: number;
+  revokedAt: number | null;
+  pem: string;
+}
+/** A node with its newest certificate, for listings. */
+export interface NodeWithCert extends NodeRow {
+  certSerial: string | null;
+  certNotAfter: number | null;
+}
+
+export interface EnrollmentCommit {
+  tokenHash: string;
+  now: number;
+  /** Re-enrollment keeps an existing node id; the node row is updated instead of inserted. */
+  node: { id: string; hostname: string; agentVersion: string | null; existing: boolean };
+  cert: Omit<CertRow, 'revokedAt' | 'nodeId'>;
+}
+
+type Row = Record<string, unknown>;
+
+function tokenFromRow(r: Row): TokenRow {
+  return {
+    hash: r.hash as string,
+    createdAt: r.created_at as number,
+    expiresAt: r.expires_at as number,
+    consumedAt: (r.consumed_at as number | null) ?? null,
+    nodeId: (r.node_id as string | null) ?? null,
+    tags: JSON.parse(r.tags as string) as string[],
+  };
+}
+function nodeFromRow(r: Row): NodeRow {
+  return {
+    id: r.id as string,
+    hostname: r.hostname as string,
+    createdAt: r.created_at as number,
+    agentVersion: (r.agent_version as string | null) ?? null,
+    lastSeen: (r.last_seen as number | null) ?? null,
+    removedAt: (r.removed_at as number | null) ?? null,
+  };
+}
+function certFromRow(r: Row): CertRow {
+  return {
+    serial: r.serial as string,
+    nodeId: r.node_id as string,
+    notBefore: r.not_before as number,
+    notAfter: r.not_after as number,
+    revokedAt: (r.revoked_at as number | null) ?? null,
+    pem: r.pem as string,
+  };
+}
+
+export class Store {
+  readonly path: string;
+  private readonly db: Database.Database;
+  private readonly stmts;
+
+  private constructor(path: string, db: Database.Database) {
+    this.path = path;
+    this.db = db;
+    this.stmts = {
+      getMeta: db.prepare('SELECT value FROM meta WHERE key = ?'),
+      setMeta: db.prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value'),
+      getCa: db.prepare('SELECT key_blob, kdf_salt, cert_pem, created_at FROM ca WHERE id = 1'),
+      insertCa: db.prepare('INSERT INTO ca (id, key_blob, kdf_salt, cert_pem, created_at) VALUES (1, ?, ?, ?, ?)'),
+      insertToken: db.prepare(
+        'INSERT INTO tokens (hash, created_at, expires_at, consumed_at, node_id, tags) VALUES (?, ?, ?, NULL, ?, ?)',
+      ),
+      getToken: db.prepare('SELECT * FROM tokens WHERE hash = ?'),
+      consumeToken: db.prepare(
+        'UPDATE tokens SET consumed_at = ? WHERE hash = ? AND consumed_at IS NULL AND expires_at > ?',
+      ),
+      insertNode: db.prepare(
+        'INSERT INTO nodes (id, hostname, created_at, agent_version, last_seen, removed_at) VALUES (?, ?, ?, ?, NULL, NULL)',
+      ),
+      updateNodeOnReenroll: db.prepare(
+        'UPDATE nodes SET hostname = ?, agent_version = COALESCE(?, agent_version) WHERE id = ? AND removed_at IS NULL',
+      ),
+      getNode: db.prepare('SELECT * FROM nodes WHERE id = ?'),
+      liveNodesByHostname: db.prepare('SELECT * FROM nodes WHERE hostname = ? AND removed_at IS NULL ORDER BY created_at'),
+      listNodes: db.prepare(`
+        SELECT n.*, c.serial AS cert_serial, c.not_after AS cert_not_after
+        FROM nodes n
+        LEFT JOIN certs c ON c.serial = (
+          SELECT serial FROM certs WHERE node_id = n.id ORDER BY not_after DESC, rowid DESC LIMIT 1)
+        WHERE n.removed_at IS NULL
+        ORDER BY n.created_at, n.id`),
+      markNodeRemoved: db.prepare('UPDATE nodes SET removed_at = ? WHERE id = ? AND removed_at IS NULL'),
+      touchNode: db.prepare('UPDATE nodes SET last_seen = ? WHERE id = ?'),
+      setAgentVersion: db.prepare('UPDATE nodes SET agent_version = ? WHERE id = ?'),
+      insertCert: db.prepare(
+        'INSERT INTO certs (serial, node_id, not_before, not_after, revoked_at, pem) VALUES (?, ?, ?, ?, NULL, ?)',
+      ),
+      getCert: db.prepare('SELECT * FROM certs WHERE serial = ?'),
+      unrevokedSerialsOfNode: db.prepare('SELECT serial FROM certs WHERE node_id = ? AND revoked_at IS NULL'),
+      revokeCertsOfNode: db.prepare('UPDATE certs SET revoked_at = ? WHERE node_id = ? AND revoked_at IS NULL'),
+      revokedSerials: db.prepare('SELECT serial FROM certs WHERE revoked_at IS NOT NULL'),
+    };
+  }
+
+  /** Opens (creating if needed) the store file and applies pending migrations. */
+  static open(path: string): Store {
+    const db = new Database(path);
+    try {
+      db.pragma('journal_mode = WAL');
+      db.pragma('synchronous = FULL');
+      db.pragma('foreign_keys = ON');
+      db.pragma('busy_timeout = 5000');
+      chmodSync(path, 0o600);
+      migrate(db, MIGRATIONS);
+      return new Store(path, db);
+    } catch (err) {
+      db.close();
+      throw err;
+    }
+  }
+
+  close(): void {
+    if (this.db.open) this.db.close();
+  }
+
+  schemaVersion(): number {
+    const row = this.db.prepare('SELECT MAX(version) AS v FROM schema_migrations').get() as { v: number | null };
+    return row.v ?? 0;
+  }
+
+  // --- meta ---
+  getMeta(key: string): string | undefined {
+    return (this.stmts.getMeta.get(key) as { value: string } | undefined)?.value;
+  }
+  setMeta(key: string, value: string): void {
+    this.stmts.setMeta.run(key, value);
+  }
+
+  // --- CA ---
+  getCa(): CaRow | undefined {
+    const r = this.stmts.getCa.get() as Row | undefined;
+    if (!r) return undefined;
+    return { keyBlob: r.key_blob as Buffer, kdfSalt: r.kdf_salt as Buffer, certPem: r.cert_pem as string, createdAt: r.created_at as number };
+  }
+  insertCa(row: CaRow): void {
+    this.stmts.insertCa.run(row.keyBlob, row.kdfSalt, row.certPem, row.createdAt);
+  }
+
+  // --- tokens ---
+  insertToken(row: Omit<TokenRow, 'consumedAt'>): void {
+    this.stmts.insertToken.run(row.hash, row.createdAt, row.expiresAt, row.nodeId, JSON.stringify(row.tags));
+  }
+  getToken(hash: string): TokenRow | undefined {
+    const r = this.stmts.getToken.get(hash) as Row | undefined;
+    return r ? tokenFromRow(r) : undefined;
+  }
+
+  /**
+   * The enrollment commit: consume the token (a single conditional UPDATE; `changes === 1` means this
+   * caller won), create or refresh the node, record the certificate, all in one transaction. Returns
+   * false when the token was consumed or expired in the meantime, and then nothing is written.
+   */
+  commitEnrollment(c: EnrollmentCommit): boolean {
+    return this.db.transaction((): boolean => {
+      const consumed = this.stmts.consumeToken.run(c.now, c.tokenHash, c.now);
+      if (consumed.changes !== 1) return false;
+      if (c.node.existing) {
+        const updated = this.stmts.updateNodeOnReenroll.run(c.node.hostname, c.node.agentVersion, c.node.id);
+        if (updated.changes !== 1) throw new ServerError('ML_ERR_CERT_FORBIDDEN', `node ${c.node.id} was removed`);
+      } else {
+        this.stmts.insertNode.run(c.node.id, c.node.hostname, c.now, c.node.agentVersion);
+      }
+      this.stmts.insertCert.run(c.cert.serial, c.node.id, c.cert.notBefore, c.cert.notAfter, c.cert.pem);
+      return true;
+    }).immediate();
+  }
+
+  // --- nodes ---
+  getNode(id: string): NodeRow | undefined {
+    const r = this.stmts.getNode.get(id) as Row | undefined;
+    return r ? nodeFromRow(r) : undefined;
+  }
+  liveNodesByHostname(hostname: string): NodeRow[] {
+    return (this.stmts.liveNodesByHostname.all(hostname) as Row[]).map(nodeFromRow);
+  }
+  listLiveNodes(): NodeWithCert[] {
+    return (this.stmts.listNodes.all() as Row[]).map((r) => ({
+      ...nodeFromRow(r),
+      certSerial: (r.cert_serial as string | null) ?? null,
+      certNotAfter: (r.cert_not_after as number | null) ?? null,
+    }));
+  }
+  touchNode(id: string, lastSeen: number): void {
+    this.stmts.touchNode.run(lastSeen, id);
+  }
+  setAgentVersion(id: string, agentVersion: string): void {
+    this.stmts.setAgentVersion.run(agentVersion, id);
+  }
+
+  /**
+   * Removes a node: marks it removed and revokes every unrevoked certificate of it, atomically.
+   * Returns the serials revoked now (empty if the node was already removed).
+   */
+  removeNode(id: string, now: number): { removed: boolean; revokedSerials: string[] } {
+    return this.db.transaction(() => {
+      const removed = this.stmts.markNodeRemoved.run(now, id).changes === 1;
+      const serials = (this.stmts.unrevokedSerialsOfNode.all(id) as { serial: string }[]).map((r) => r.serial);
+      this.stmts.revokeCertsOfNode.run(now, id);
+      return { removed, revokedSerials: serials };
+    }).immediate();
+  }
+
+  // --- certs ---
+  insertCert(nodeId: string, cert: Omit<CertRow, 'revokedAt' | 'nodeId'>): void {
+    this.stmts.insertCert.run(cert.serial, nodeId, cert.notBefore, cert.notAfter, cert.pem);
+  }
+  getCert(serial: string): CertRow | undefined {
+    const r = this.stmts.getCert.get(serial) as Row | undefined;
+    return r ? certFromRow(r) : undefined;
+  }
+  revokedSerials(): string[] {
+    return (this.stmts.revokedSerials.all() as { serial: string }[]).map((r) => r.serial);
+  }
+}
+
+function migrate(db: Database.Database, migrations: readonly Migration[]): void {
+  db.exec('CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL) STRICT');
+  const current = (db.prepare('SELECT MAX(version) AS v FROM schema_migrations').get() as { v: number | null }).v ?? 0;
+  const known = migrations.reduce((max, m) => Math.max(max, m.version), 0);
+  if (current > known) {
+    throw new ServerError('ML_ERR_STORE_SCHEMA', `store schema version ${current} is newer than this meshlink supports (${known})`);
+  }
+  const record = db.prepare('INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)');
+  for (const m of [...migrations].sort((a, b) => a.version - b.version)) {
+    if (m.version <= current) continue;
+    db.transaction(() => {
+      db.exec(m.sql);
+      record.run(m.version, m.name, Date.now());
+    }).immediate();
+  }
+}
