@@ -1,0 +1,161 @@
+import { Encoder, Decoder } from '@msgpack/msgpack';
+import { deflateRawSync, inflateRawSync } from 'node:zlib';
+import { Flags, HEADER_SIZE, writeHeader, type Frame } from './frame.js';
+import { ProtocolError } from './errors.js';
+import { kindByCode, requireKind, type KindName, type MessageKind, type InputOf } from './registry.js';
+
+/**
+ * Payload codec: MessagePack (+ optional raw DEFLATE) on top of the frame layer.
+ *
+ * Wire rules (docs/PROTOCOL.md §3):
+ * - Every payload is one MessagePack value. Maps use string keys; absent optional fields are omitted.
+ * - stream.data's payload is one MessagePack `bin` (bin8/bin16/bin32) holding the stream bytes.
+ * - A sender MAY set COMPRESSED for payloads larger than COMPRESS_MIN_BYTES, and only when deflating
+ *   makes them smaller. A receiver inflates with an output cap equal to its maximum frame size,
+ *   so a compression bomb cannot inflate past the frame limit.
+ */
+
+/** Payloads at or below this size are never compressed: deflate would cost more than it saves. */
+export const COMPRESS_MIN_BYTES = 1024;
+
+const encoder = new Encoder({ ignoreUndefined: true });
+
+export interface EncodeOptions {
+  compress?: boolean;
+  endStream?: boolean;
+}
+
+/** Encodes a typed message into one frame. Validates the payload against its schema first. */
+export function encodeMessage<N extends KindName>(
+  name: N,
+  stream: number,
+  payload: InputOf<N>,
+  options: EncodeOptions = {},
+): Uint8Array {
+  const kind = requireKind(name);
+  const checked = kind.schema.safeParse(payload);
+  if (!checked.success) {
+    // A local bug, not a peer's fault: say which kind and field.
+    throw new TypeError(`invalid ${name} payload: ${checked.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ')}`);
+  }
+  let body: Uint8Array = name === 'stream.data' || name === 'exec.stderr' ? encodeBin(payload as Uint8Array) : encoder.encode(payload);
+  let flags = options.endStream ? Flags.END_STREAM : 0;
+  if (options.compress !== false && body.byteLength > COMPRESS_MIN_BYTES) {
+    const deflated = deflateRawSync(body);
+    if (deflated.byteLength < body.byteLength) {
+      body = deflated;
+      flags |= Flags.COMPRESSED;
+    }
+  }
+  const out = new Uint8Array(HEADER_SIZE + body.byteLength);
+  writeHeader(out, 0, { type: kind.code, stream, flags, length: body.byteLength });
+  out.set(body, HEADER_SIZE);
+  return out;
+}
+
+const STREAM_DATA_CODE = requireKind('stream.data').code;
+
+/** Size of the MessagePack bin header for `n` bytes of data. */
+export function binHeaderSize(n: number): number {
+  return n < 0x100 ? 2 : n < 0x10000 ? 3 : 5;
+}
+
+/**
+ * The frame header plus the bin header of a stream.data frame carrying `dataLength` bytes, so that
+ * bulk data is copied once, straight into the outgoing WebSocket message.
+ */
+export function encodeDataPrefix(stream: number, dataLength: number, endStream: boolean): Uint8Array {
+  const binLen = binHeaderSize(dataLength);
+  const out = new Uint8Array(HEADER_SIZE + binLen);
+  writeHeader(out, 0, { type: STREAM_DATA_CODE, stream, flags: endStream ? Flags.END_STREAM : 0, length: binLen + dataLength });
+  writeBinHeader(out, HEADER_SIZE, dataLength);
+  return out;
+}
+
+function writeBinHeader(target: Uint8Array, at: number, n: number): void {
+  if (n < 0x100) {
+    target[at] = 0xc4;
+    target[at + 1] = n;
+  } else if (n < 0x10000) {
+    target[at] = 0xc5;
+    target[at + 1] = n >>> 8;
+    target[at + 2] = n & 0xff;
+  } else {
+    target[at] = 0xc6;
+    new DataView(target.buffer, target.byteOffset + at + 1, 4).setUint32(0, n);
+  }
+}
+
+function encodeBin(data: Uint8Array): Uint8Array {
+  const h = binHeaderSize(data.byteLength);
+  const out = new Uint8Array(h + data.byteLength);
+  writeBinHeader(out, 0, data.byteLength);
+  out.set(data, h);
+  return out;
+}
+
+/** Reads a MessagePack bin value that must span the whole buffer; returns a zero-copy view. */
+function decodeBin(body: Uint8Array): Uint8Array {
+  const tag = body[0];
+  let len: number;
+  let h: number;
+  if (tag === 0xc4 && body.byteLength >= 2) {
+    len = body[1]!;
+    h = 2;
+  } else if (tag === 0xc5 && body.byteLength >= 3) {
+    len = (body[1]! << 8) | body[2]!;
+    h = 3;
+  } else if (tag === 0xc6 && body.byteLength >= 5) {
+    len = new DataView(body.buffer, body.byteOffset + 1, 4).getUint32(0);
+    h = 5;
+  } else {
+    throw new ProtocolError('ML_ERR_BAD_PAYLOAD', 'expected a MessagePack bin payload');
+  }
+  if (h + len !== body.byteLength) {
+    throw new ProtocolError('ML_ERR_BAD_PAYLOAD', 'bin length does not match the frame length');
+  }
+  return body.subarray(h);
+}
+
+export interface DecodedMessage {
+  readonly kind: MessageKind;
+  readonly stream: number;
+  readonly flags: number;
+  readonly payload: unknown;
+}
+
+/**
+ * Decodes and validates a frame's payload. Every failure is a ProtocolError
+ * (ML_ERR_UNKNOWN_TYPE or ML_ERR_BAD_PAYLOAD); nothing else escapes.
+ */
+export function decodeFrame(frame: Frame, maxFrameSize: number): DecodedMessage {
+  const kind = kindByCode(frame.type);
+  if (!kind) {
+    throw new ProtocolError('ML_ERR_UNKNOWN_TYPE', `unknown message type 0x${frame.type.toString(16)}`);
+  }
+  let body = frame.payload;
+  if (frame.flags & Flags.COMPRESSED) {
+    try {
+      body = inflateRawSync(body, { maxOutputLength: maxFrameSize });
+    } catch (err) {
+      throw new ProtocolError('ML_ERR_BAD_PAYLOAD', `${kind.name}: payload does not inflate within ${maxFrameSize} bytes`, { cause: err });
+    }
+  }
+  if (kind.name === 'stream.data' || kind.name === 'exec.stderr') {
+    return { kind, stream: frame.stream, flags: frame.flags, payload: decodeBin(body) };
+  }
+  let value: unknown;
+  try {
+    // A fresh Decoder per call: @msgpack/msgpack's Decoder is not re-entrant, and the limits below
+    // are per value. Lengths can't exceed the (already bounded) body anyway.
+    value = new Decoder({ maxStrLength: body.byteLength, maxBinLength: body.byteLength, maxArrayLength: body.byteLength, maxMapLength: body.byteLength, maxExtLength: body.byteLength }).decode(body);
+  } catch (err) {
+    throw new ProtocolError('ML_ERR_BAD_PAYLOAD', `${kind.name}: invalid MessagePack (${(err as Error).message})`, { cause: err });
+  }
+  const parsed = kind.schema.safeParse(value);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    throw new ProtocolError('ML_ERR_BAD_PAYLOAD', `${kind.name}: ${issue ? `${issue.path.join('.') || '(root)'}: ${issue.message}` : 'invalid payload'}`);
+  }
+  return { kind, stream: frame.stream, flags: frame.flags, payload: parsed.data };
+}

@@ -1,0 +1,287 @@
+import { z } from 'zod';
+
+/**
+ * The message registry: the one source of truth for every message kind on the wire.
+ *
+ * Each kind has
+ * - `code`: the u16 in the frame header's `type` field. Codes are grouped by concern in blocks of 16
+ *   (0x00xx session, 0x001x streams, 0x002x identity, 0x003x mesh, 0x004x operations,
+ *   0x005x observability). Codes are never reused once published.
+ * - `name`: a dotted name, used in logs, docs and `meshlink protocol messages`.
+ * - `direction`: who may send it. A receiver treats a kind from the wrong role as a protocol error.
+ * - `scope`: `control` kinds travel only on stream 0, `stream` kinds only on a stream id > 0,
+ *   `any` on either.
+ * - `schema`: the zod schema of the decoded MessagePack payload, applied before any handler runs.
+ *   Unknown map keys are stripped, so peers can add optional fields without breaking older readers.
+ * - `response`: for request kinds, the kind that answers them (matched by `rid`).
+ */
+
+export type Direction = 'agent-to-server' | 'server-to-agent' | 'both';
+export type Scope = 'control' | 'stream' | 'any';
+export type Role = 'agent' | 'server';
+
+export interface MessageKind<S extends z.ZodType = z.ZodType> {
+  readonly code: number;
+  readonly name: string;
+  readonly direction: Direction;
+  readonly scope: Scope;
+  readonly schema: S;
+  readonly response?: string;
+  readonly description: string;
+}
+
+// ---------- shared field schemas ----------
+const u32 = z.number().int().min(0).max(0xffff_ffff);
+const u53 = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER);
+/** Request id: unique per sender among its outstanding requests. */
+const rid = u32;
+const shortText = z.string().max(1024);
+const text = z.string().max(64 * 1024);
+const errorCode = z.string().regex(/^[A-Z][A-Z0-9_]{1,63}$/);
+const pem = z.string().max(16 * 1024).startsWith('-----BEGIN ');
+const stringMap = z.record(z.string().max(256), z.string().max(4096));
+const bytes = z.instanceof(Uint8Array);
+const sha256Hex = z.string().regex(/^[0-9a-f]{64}$/);
+
+const helloSchema = z.object({
+  /** Protocol versions the agent speaks, any order. */
+  versions: z.array(z.number().int().min(1).max(0xffff)).min(1).max(32),
+  agentVersion: shortText,
+  buildId: shortText.optional(),
+  hostname: shortText.optional(),
+  /** Last mesh event seq the agent applied (for replay); 0 when none. */
+  lastEventSeq: u53.optional(),
+  wgPublicKey: z.string().max(64).optional(),
+  endpoints: z.array(shortText).max(32).optional(),
+});
+
+const welcomeSchema = z.object({
+  version: z.number().int().min(1).max(0xffff),
+  nodeId: shortText,
+  serverVersion: shortText,
+  heartbeatIntervalMs: z.number().int().min(100).max(3_600_000),
+  /** Present when the server holds an agent build the agent should move to. */
+  upgrade: z
+    .object({ version: shortText, buildId: shortText, url: text, sha256: sha256Hex })
+    .optional(),
+});
+
+const metricSample = z.object({
+  name: z.string().max(256),
+  value: z.number(),
+  labels: stringMap.optional(),
+  ts: u53,
+});
+const logRecord = z.object({
+  ts: u53,
+  level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal']),
+  msg: text,
+  fields: z.record(z.string().max(256), z.unknown()).optional(),
+});
+const auditRecord = z.object({
+  ts: u53,
+  action: shortText,
+  actor: shortText.optional(),
+  target: shortText.optional(),
+  result: shortText,
+  details: z.record(z.string().max(256), z.unknown()).optional(),
+});
+
+function kind<const N extends string, S extends z.ZodType>(
+  code: number,
+  name: N,
+  direction: Direction,
+  scope: Scope,
+  schema: S,
+  description: string,
+  response?: string,
+): MessageKind<S> & { readonly name: N } {
+  return Object.freeze({ code, name, direction, scope, schema, description, ...(response ? { response } : {}) });
+}
+
+/** All kinds, in code order. */
+export const MESSAGE_KINDS = [
+  // ---- 0x0001.. session ----
+  kind(0x0001, 'hello', 'agent-to-server', 'control', helloSchema,
+    'First message of a session: the agent lists its protocol versions and identity facts.'),
+  kind(0x0002, 'welcome', 'server-to-agent', 'control', welcomeSchema,
+    'Handshake answer: the chosen version (the highest both speak) and session parameters.'),
+  kind(0x0003, 'error', 'both', 'any',
+    z.object({ code: errorCode, message: text, rid: rid.optional() }),
+    'An error. With `rid` it answers a request; on stream 0 without `rid` it precedes a close.'),
+  kind(0x0004, 'goaway', 'both', 'control',
+    z.object({ reason: shortText, code: errorCode.optional() }),
+    'The sender will open no new streams or requests and is about to close; finish and disconnect.'),
+  kind(0x0005, 'ping', 'both', 'control', z.object({ nonce: u32 }),
+    'Liveness and round-trip probe; the receiver answers pong with the same nonce.'),
+  kind(0x0006, 'pong', 'both', 'control', z.object({ nonce: u32 }), 'Answer to ping.'),
+  kind(0x0007, 'heartbeat', 'agent-to-server', 'control',
+    z.object({ seq: u53, ts: u53, uptimeMs: u53.optional() }),
+    'Agent liveness, every heartbeatIntervalMs (default 15 s). The server marks a silent node offline.'),
+  kind(0x0008, 'heartbeat.ack', 'server-to-agent', 'control', z.object({ seq: u53, ts: u53 }),
+    'Echoes a heartbeat’s seq and ts so the agent can measure the round trip.'),
+
+  // ---- 0x0010.. streams ----
+  kind(0x0010, 'stream.open', 'both', 'stream',
+    z.object({ kind: z.string().max(64), meta: z.unknown().optional() }),
+    'Opens the stream named in the frame header. `kind` names the registry kind whose schema `meta` must satisfy.'),
+  kind(0x0011, 'stream.accept', 'both', 'stream', z.object({}),
+    'The receiver of stream.open accepts; data may flow both ways.'),
+  kind(0x0012, 'stream.reject', 'both', 'stream', z.object({ code: errorCode, message: text }),
+    'The receiver of stream.open refuses; the stream id is spent.'),
+  kind(0x0013, 'stream.data', 'both', 'stream', bytes,
+    'Stream bytes as one MessagePack bin. Counts against the receiver’s window. May carry END_STREAM.'),
+  kind(0x0014, 'stream.window', 'both', 'stream', z.object({ credit: z.number().int().min(1).max(0x7fff_ffff) }),
+    'Grants the peer `credit` more bytes of stream.data on this stream.'),
+  kind(0x0015, 'stream.close', 'both', 'stream', z.object({}),
+    'Carries END_STREAM without data: the sender has finished writing (half-close).'),
+  kind(0x0016, 'stream.reset', 'both', 'stream', z.object({ code: errorCode, message: text }),
+    'Aborts the stream in both directions; pending data is discarded.'),
+
+  // ---- 0x0020.. identity and lifecycle ----
+  kind(0x0020, 'cert.renew', 'agent-to-server', 'control', z.object({ rid, csr: pem }),
+    'Asks for a new certificate for a fresh key. Answered by cert.renewed or error.', 'cert.renewed'),
+  kind(0x0021, 'cert.renewed', 'server-to-agent', 'control',
+    z.object({ rid, certificate: pem, caCertificate: pem, notAfter: shortText }),
+    'The renewed certificate; the agent uses it from its next connection.'),
+  kind(0x0022, 'agent.upgrade', 'server-to-agent', 'control',
+    z.object({ version: shortText, buildId: shortText, url: text, sha256: sha256Hex }),
+    'A newer agent build is available; the checksum comes from the control plane, not the download.'),
+  kind(0x0023, 'agent.upgrade.status', 'agent-to-server', 'control',
+    z.object({ buildId: shortText, state: z.enum(['downloading', 'verified', 'applied', 'failed']), message: text.optional() }),
+    'Progress or failure of an upgrade.'),
+
+  // ---- 0x0030.. mesh ----
+  kind(0x0030, 'event', 'server-to-agent', 'control',
+    z.object({ envelope: bytes, signature: bytes, keyId: shortText }),
+    'A signed mesh event. `envelope` is the MessagePack of {seq, type, ts, payload}; the signature is Ed25519 over exactly those bytes.'),
+  kind(0x0031, 'event.ack', 'agent-to-server', 'control', z.object({ seq: u53 }),
+    'The highest event seq the agent has applied.'),
+  kind(0x0032, 'state.request', 'agent-to-server', 'control',
+    z.object({ rid, digest: z.string().max(128).optional() }),
+    'Reconciliation: the agent’s digest of its applied state; answered with the full desired state on mismatch.', 'state.response'),
+  kind(0x0033, 'state.response', 'server-to-agent', 'control',
+    z.object({ rid, inSync: z.boolean(), state: z.unknown().optional() }),
+    'Answer to state.request: inSync, or the full desired state.'),
+  kind(0x0034, 'drift.report', 'agent-to-server', 'control',
+    z.object({ ts: u53, items: z.array(z.object({ field: shortText, expected: text.optional(), actual: text.optional() })).max(1024) }),
+    'Differences the agent found and corrected during reconciliation.'),
+
+  // ---- 0x0040.. operations ----
+  kind(0x0040, 'action.request', 'server-to-agent', 'stream',
+    z.object({ action: z.string().max(128), args: stringMap.optional(), timeoutMs: z.number().int().min(1).max(86_400_000).optional() }),
+    'Stream-opening kind: run a built-in or hook action. Output flows as stream.data.'),
+  kind(0x0041, 'action.ack', 'agent-to-server', 'stream', z.object({ startedAt: u53, queued: z.boolean().optional() }),
+    'The agent has taken the action (it may be queued behind the concurrency cap).'),
+  kind(0x0042, 'action.output', 'agent-to-server', 'stream',
+    z.object({ channel: z.enum(['stdout', 'stderr']), data: bytes }),
+    'A chunk of an action’s output, when it must be told apart by channel.'),
+  kind(0x0043, 'action.result', 'agent-to-server', 'stream',
+    z.object({ exitCode: z.number().int().nullable(), signal: shortText.nullable().optional(), durationMs: u53, truncated: z.boolean(), error: text.optional() }),
+    'Final result of an action, sent before END_STREAM.'),
+  kind(0x0044, 'log.stream', 'server-to-agent', 'stream',
+    z.object({ lines: z.number().int().min(0).max(100_000).optional(), follow: z.boolean().optional() }),
+    'Stream-opening kind: tail the agent’s own log; closing the stream stops the tail.'),
+  kind(0x0045, 'exec.open', 'server-to-agent', 'stream',
+    z.object({ command: z.string().min(1).max(4096), args: z.array(z.string().max(65536)).max(1024), env: stringMap.optional(), cwd: text.optional(), cols: z.number().int().min(1).max(1000).optional(), rows: z.number().int().min(1).max(1000).optional() }),
+    'Stream-opening kind: run a command; stdin, stdout and stderr flow over the stream.'),
+  kind(0x0046, 'exec.resize', 'server-to-agent', 'stream',
+    z.object({ cols: z.number().int().min(1).max(1000), rows: z.number().int().min(1).max(1000) }),
+    'Terminal size change for an exec session.'),
+  kind(0x0047, 'exec.exit', 'agent-to-server', 'stream',
+    z.object({ exitCode: z.number().int().nullable(), signal: shortText.nullable() }),
+    'The exec’d command ended; sent before END_STREAM.'),
+  kind(0x0048, 'exec.stderr', 'agent-to-server', 'stream', bytes,
+    'A chunk of an exec’d command’s standard error (stdout is stream.data).'),
+  kind(0x0049, 'file.open', 'both', 'stream',
+    z.object({ path: z.string().min(1).max(4096), direction: z.enum(['push', 'pull']), size: u53.optional(), offset: u53.optional(), sha256: sha256Hex.optional() }),
+    'Stream-opening kind: a file transfer; bytes flow as stream.data from `offset` (resume).'),
+  kind(0x004a, 'file.chunk', 'both', 'stream',
+    z.object({ offset: u53, data: bytes }),
+    'A file chunk at an explicit offset, for transfers that must place data out of band.'),
+  kind(0x004b, 'file.done', 'both', 'stream',
+    z.object({ size: u53, sha256: sha256Hex }),
+    'End of a transfer with the whole file’s SHA-256, checked by the receiver before it commits.'),
+
+  // ---- 0x0050.. observability ----
+  kind(0x0050, 'stats', 'agent-to-server', 'control',
+    z.object({ ts: u53, loadavg: z.array(z.number()).max(3).optional(), memFree: u53.optional(), memTotal: u53.optional(), uptimeSec: u53.optional() }),
+    'A point-in-time host summary.'),
+  kind(0x0051, 'metrics.batch', 'agent-to-server', 'control', z.object({ samples: z.array(metricSample).max(4096), dropped: u53.optional() }),
+    'A batch of the agent’s own metrics.'),
+  kind(0x0052, 'logs.batch', 'agent-to-server', 'control', z.object({ records: z.array(logRecord).max(4096), dropped: u53.optional() }),
+    'A batch of the agent’s log lines at warning level and above.'),
+  kind(0x0053, 'audit.batch', 'agent-to-server', 'control', z.object({ records: z.array(auditRecord).max(4096), dropped: u53.optional() }),
+    'A batch of audit records: every action, exec and transfer the agent performed.'),
+] as const;
+
+export type KindName = (typeof MESSAGE_KINDS)[number]['name'];
+type KindByName<N extends KindName> = Extract<(typeof MESSAGE_KINDS)[number], { name: N }>;
+/** The decoded, validated payload type of kind N. */
+export type PayloadOf<N extends KindName> = z.output<KindByName<N>['schema']>;
+/** The payload type a sender must supply for kind N. */
+export type InputOf<N extends KindName> = z.input<KindByName<N>['schema']>;
+
+const byCode = new Map<number, MessageKind>();
+const byName = new Map<string, MessageKind>();
+for (const k of MESSAGE_KINDS) {
+  if (byCode.has(k.code)) throw new Error(`duplicate message code 0x${k.code.toString(16)}`);
+  if (byName.has(k.name)) throw new Error(`duplicate message name ${k.name}`);
+  byCode.set(k.code, k);
+  byName.set(k.name, k);
+}
+
+export function kindByCode(code: number): MessageKind | undefined {
+  return byCode.get(code);
+}
+
+export function kindByName(name: string): MessageKind | undefined {
+  return byName.get(name);
+}
+
+export function requireKind(name: KindName): MessageKind {
+  const k = byName.get(name);
+  if (!k) throw new Error(`unknown message kind ${name}`);
+  return k;
+}
+
+/** May a peer in `role` send this kind? */
+export function maySend(k: MessageKind, role: Role): boolean {
+  return k.direction === 'both' || (role === 'agent' ? k.direction === 'agent-to-server' : k.direction === 'server-to-agent');
+}
+
+/** The registry as plain data with JSON Schemas, for `meshlink protocol messages --json`. */
+export function describeRegistry(): Array<{
+  code: number;
+  hex: string;
+  name: string;
+  direction: Direction;
+  scope: Scope;
+  response?: string;
+  description: string;
+  schema: unknown;
+}> {
+  return MESSAGE_KINDS.map((k: MessageKind) => ({
+    code: k.code,
+    hex: `0x${k.code.toString(16).padStart(4, '0')}`,
+    name: k.name,
+    direction: k.direction,
+    scope: k.scope,
+    ...(k.response ? { response: k.response } : {}),
+    description: k.description,
+    schema: toJsonSchema(k.schema),
+  }));
+}
+
+function toJsonSchema(schema: z.ZodType): unknown {
+  // Uint8Array payloads (MessagePack bin) have no JSON Schema equivalent; describe them explicitly.
+  return z.toJSONSchema(schema, {
+    unrepresentable: 'any',
+    override: (ctx) => {
+      const def = (ctx.zodSchema as { _zod?: { def?: { type?: string } } })._zod?.def;
+      if (def?.type === 'custom') {
+        Object.assign(ctx.jsonSchema, { type: 'string', contentEncoding: 'msgpack-bin', description: 'MessagePack bin (raw bytes)' });
+      }
+    },
+  });
+}

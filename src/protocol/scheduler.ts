@@ -1,0 +1,91 @@
+import type { MuxStream, OutgoingFrame } from './stream.js';
+
+/**
+ * Decides what goes into the next WebSocket message (docs/PROTOCOL.md §7):
+ *
+ * 1. Priority frames first (stream 0 control messages, stream.window, stream.reset, accept/reject),
+ *    in the order they were queued. Heartbeats and credit updates therefore never wait behind bulk
+ *    data that is still in meshlink's queues.
+ * 2. Then stream frames, round-robin over the streams that have work: each turn takes at most one
+ *    data frame from a stream and moves it to the back, so one bulk stream cannot starve the others.
+ * 3. Frames are coalesced into one message until it holds `maxMessageBytes` (data frames are not
+ *    cut below 4 KiB to fit, so a message may exceed the cap by up to 4 KiB plus a header).
+ */
+export class SendScheduler {
+  #priority: Uint8Array[] = [];
+  #priorityBytes = 0;
+  /** Streams with work, in round-robin order; a Set keeps insertion order and makes re-adding free. */
+  #ready = new Set<MuxStream>();
+
+  get priorityBytes(): number {
+    return this.#priorityBytes;
+  }
+
+  get hasWork(): boolean {
+    return this.#priority.length > 0 || this.#ready.size > 0;
+  }
+
+  pushPriority(frame: Uint8Array): void {
+    this.#priority.push(frame);
+    this.#priorityBytes += frame.byteLength;
+  }
+
+  markReady(stream: MuxStream): void {
+    this.#ready.add(stream);
+  }
+
+  forget(stream: MuxStream): void {
+    this.#ready.delete(stream);
+  }
+
+  /**
+   * Builds the next message. Returns null when nothing can be sent (no work, or streams without
+   * credit). `sent` callbacks must run after the message is handed to the transport.
+   */
+  next(maxMessageBytes: number, maxDataFrame: number): { message: Uint8Array; sent: Array<() => void> } | null {
+    const parts: Uint8Array[] = [];
+    const sent: Array<() => void> = [];
+    let size = 0;
+
+    while (this.#priority.length > 0 && (size === 0 || size + this.#priority[0]!.byteLength <= maxMessageBytes)) {
+      const frame = this.#priority.shift()!;
+      this.#priorityBytes -= frame.byteLength;
+      parts.push(frame);
+      size += frame.byteLength;
+    }
+
+    while (size < maxMessageBytes && this.#ready.size > 0) {
+      let progressed = false;
+      for (const stream of this.#ready) {
+        if (size >= maxMessageBytes) break;
+        this.#ready.delete(stream);
+        if (!stream._hasWork()) continue; // waits for credit; markReady brings it back
+        // Fill the message, but never cut a data frame below 4 KiB just to fit: the message may
+        // overshoot maxMessageBytes by that much rather than carry tiny fragments.
+        const room = Math.max(maxMessageBytes - size, 4096);
+        const frame: OutgoingFrame | null = stream._takeFrame(Math.min(room, maxDataFrame));
+        if (frame) {
+          parts.push(...frame.parts);
+          size += frame.size;
+          if (frame.sent) sent.push(frame.sent);
+          progressed = true;
+        }
+        if (stream._hasWork()) this.#ready.add(stream); // to the back of the round
+      }
+      if (!progressed) break;
+    }
+
+    if (size === 0) return null;
+    return { message: parts.length === 1 ? parts[0]! : concat(parts, size), sent };
+  }
+}
+
+function concat(parts: Uint8Array[], size: number): Uint8Array {
+  const out = Buffer.allocUnsafe(size);
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.byteLength;
+  }
+  return out;
+}

@@ -1,0 +1,713 @@
+import { EventEmitter } from 'node:events';
+import { FrameDecoder, decodeMessage } from './decoder.js';
+import { decodeFrame, encodeMessage } from './codec.js';
+import { DEFAULT_MAX_FRAME_SIZE, Flags } from './frame.js';
+import { MeshlinkError, ProtocolError, isProtocolError, type ErrorCode } from './errors.js';
+import { kindByName, maySend, type InputOf, type KindName, type MessageKind, type PayloadOf, type Role } from './registry.js';
+import { SUPPORTED_VERSIONS, negotiateVersion } from './handshake.js';
+import { SendScheduler } from './scheduler.js';
+import { INITIAL_WINDOW, MuxStream, type StreamHost } from './stream.js';
+import { systemTimers, type Timers } from './timers.js';
+
+/**
+ * The session: a multiplexer over one message-oriented transport (a WebSocket in production, an
+ * in-memory pair in unit tests). It owns the handshake, the stream table, credit flow control, the
+ * request/response helper and the send scheduler. It performs no I/O: the transport is injected as
+ * `transport.send` (with a completion callback that drives backpressure) and `transport.close`, and
+ * the owner feeds received messages to `receive()`.
+ */
+
+export interface Transport {
+  /** Sends one binary message; `done` runs once the transport has written it out. */
+  send(message: Uint8Array, done: (err?: Error | null) => void): void;
+  /** Closes the transport with a WebSocket close code. Called at most once. */
+  close(code: number, reason: string): void;
+}
+
+export interface SessionOptions {
+  role: Role;
+  transport: Transport;
+  timers?: Timers;
+  /** Largest frame payload accepted (default 1 MiB). */
+  maxFrameSize?: number;
+  /** Target size of a coalesced WebSocket message (default 64 KiB). */
+  maxMessageBytes?: number;
+  /** Largest stream.data payload a sender emits (default 64 KiB). */
+  maxDataFrame?: number;
+  /** Per-stream receive window; ≥ 256 KiB. Extra credit is granted when a stream opens. */
+  receiveWindow?: number;
+  /** Bytes handed to the transport and not yet written, above which the session stops sending (default 256 KiB). */
+  transportHighWater?: number;
+  /** Queued priority bytes above which send() returns false (default 1 MiB); 16× that is fatal. */
+  priorityHighWater?: number;
+  /** Concurrent streams the peer may open (default 1024). */
+  maxStreams?: number;
+  requestTimeoutMs?: number;
+  handshakeTimeoutMs?: number;
+  versions?: readonly number[];
+  /** Server role: turns the agent's hello into the welcome fields, or throws a MeshlinkError to refuse. */
+  onHello?: (hello: PayloadOf<'hello'>) => Promise<Omit<InputOf<'welcome'>, 'version'>> | Omit<InputOf<'welcome'>, 'version'>;
+}
+
+export interface CloseInfo {
+  code: number;
+  reason: string;
+  /** Why the session ended, if it was an error (local or announced by the peer). */
+  error?: MeshlinkError;
+  /** True when the close started on this side. */
+  local: boolean;
+}
+
+export type SessionState = 'handshaking' | 'open' | 'closed';
+
+type RequestKind = 'cert.renew' | 'state.request';
+type ResponseOf<N extends RequestKind> = N extends 'cert.renew' ? PayloadOf<'cert.renewed'> : PayloadOf<'state.response'>;
+type RequestHandler = (payload: any) => Promise<Record<string, unknown>> | Record<string, unknown>;
+
+interface PendingRequest {
+  resolve: (value: any) => void;
+  reject: (err: Error) => void;
+  timer: unknown;
+  response: string;
+}
+
+/** A control message delivered to the application. */
+export interface ControlMessage<N extends KindName = KindName> {
+  name: N;
+  payload: PayloadOf<N>;
+}
+
+export class RemoteError extends MeshlinkError {
+  readonly remoteCode: string;
+  constructor(remoteCode: string, message: string) {
+    super('ML_ERR_REMOTE', `${remoteCode}: ${message}`);
+    this.remoteCode = remoteCode;
+  }
+}
+
+export interface SessionEvents {
+  open: [info: { version: number; hello?: PayloadOf<'hello'>; welcome?: PayloadOf<'welcome'> }];
+  message: [msg: ControlMessage];
+  stream: [stream: MuxStream];
+  goaway: [payload: PayloadOf<'goaway'>];
+  close: [info: CloseInfo];
+}
+
+export class Session extends EventEmitter<SessionEvents> implements StreamHost {
+  readonly role: Role;
+  readonly maxDataFrame: number;
+  readonly receiveWindow: number;
+  readonly maxFrameSize: number;
+  state: SessionState = 'handshaking';
+  /** The negotiated protocol version, once open. */
+  version = 0;
+  /** Time the last message arrived (timers.now()), for liveness checks by the owner. */
+  lastReceivedAt: number;
+
+  readonly #transport: Transport;
+  readonly #timers: Timers;
+  readonly #decoder: FrameDecoder;
+  readonly #scheduler = new SendScheduler();
+  readonly #streams = new Map<number, MuxStream>();
+  readonly #pending = new Map<number, PendingRequest>();
+  readonly #handlers = new Map<string, RequestHandler>();
+  readonly #pings = new Map<number, { resolve: (rtt: number) => void; reject: (e: Error) => void; sentAt: number; timer: unknown }>();
+  readonly #opts: Required<Pick<SessionOptions, 'maxMessageBytes' | 'transportHighWater' | 'priorityHighWater' | 'maxStreams' | 'requestTimeoutMs' | 'handshakeTimeoutMs'>>;
+  readonly #versions: readonly number[];
+  readonly #onHello: SessionOptions['onHello'];
+  #nextStreamId: number;
+  /** Highest stream id the peer has opened (ids must increase). */
+  #peerLastStreamId = 0;
+  #refusedOpens = 0;
+  #nextRid = 1;
+  #nextNonce = 1;
+  #inflightBytes = 0;
+  #flushQueued = false;
+  #flushing = false;
+  #goingAway = false;
+  #peerGoingAway = false;
+  #handshakeTimer: unknown = null;
+  #handshakeWaiter: { resolve: (w: PayloadOf<'welcome'>) => void; reject: (e: Error) => void } | null = null;
+  #closeInfo: CloseInfo | null = null;
+
+  constructor(options: SessionOptions) {
+    super();
+    this.role = options.role;
+    this.#transport = options.transport;
+    this.#timers = options.timers ?? systemTimers;
+    this.maxFrameSize = options.maxFrameSize ?? DEFAULT_MAX_FRAME_SIZE;
+    this.maxDataFrame = options.maxDataFrame ?? 64 * 1024;
+    this.receiveWindow = options.receiveWindow ?? INITIAL_WINDOW;
+    if (this.receiveWindow < INITIAL_WINDOW) throw new RangeError(`receiveWindow must be at least ${INITIAL_WINDOW}`);
+    if (this.maxDataFrame > this.maxFrameSize - 16) throw new RangeError('maxDataFrame must fit in maxFrameSize');
+    this.#opts = {
+      maxMessageBytes: options.maxMessageBytes ?? 64 * 1024,
+      transportHighWater: options.transportHighWater ?? 256 * 1024,
+      priorityHighWater: options.priorityHighWater ?? 1024 * 1024,
+      maxStreams: options.maxStreams ?? 1024,
+      requestTimeoutMs: options.requestTimeoutMs ?? 30_000,
+      handshakeTimeoutMs: options.handshakeTimeoutMs ?? 10_000,
+    };
+    this.#versions = options.versions ?? SUPPORTED_VERSIONS;
+    this.#onHello = options.onHello;
+    this.#decoder = new FrameDecoder({ maxFrameSize: this.maxFrameSize });
+    // Stream ids: agent-opened odd, server-opened even, 0 is the control channel.
+    this.#nextStreamId = this.role === 'agent' ? 1 : 2;
+    this.lastReceivedAt = this.#timers.now();
+    this.#handshakeTimer = this.#timers.setTimeout(() => {
+      if (this.state === 'handshaking') this.#fail(new ProtocolError('ML_ERR_HANDSHAKE', 'handshake timed out'));
+    }, this.#opts.handshakeTimeoutMs);
+    if (this.role === 'server' && !this.#onHello) throw new TypeError('a server session needs onHello');
+  }
+
+  get streamCount(): number {
+    return this.#streams.size;
+  }
+
+  /** Bytes handed to the transport and not yet written. */
+  get inflightBytes(): number {
+    return this.#inflightBytes;
+  }
+
+  get closeInfo(): CloseInfo | null {
+    return this.#closeInfo;
+  }
+
+  // ===================== handshake =====================
+
+  /** Agent role: sends hello and resolves with the server's welcome. */
+  handshake(hello: Omit<InputOf<'hello'>, 'versions'>): Promise<PayloadOf<'welcome'>> {
+    if (this.role !== 'agent') throw new TypeError('only the agent sends hello');
+    if (this.#handshakeWaiter || this.state !== 'handshaking') throw new TypeError('handshake already started');
+    return new Promise((resolve, reject) => {
+      this.#handshakeWaiter = { resolve, reject };
+      this.#enqueuePriority(encodeMessage('hello', 0, { ...hello, versions: [...this.#versions] }));
+    });
+  }
+
+  // ===================== sending =====================
+
+  /**
+   * Sends a control message on stream 0. Returns false when the priority queue is above its
+   * high-water mark (wait for the transport to catch up, e.g. via ping()), like Writable.write().
+   */
+  send<N extends KindName>(name: N, payload: InputOf<N>): boolean {
+    this.#assertOpen();
+    const kind = this.#checkOutgoing(name, 'control');
+    this.#enqueuePriority(encodeMessage(kind.name as N, 0, payload));
+    return this.#scheduler.priorityBytes < this.#opts.priorityHighWater;
+  }
+
+  /** Sends a request and resolves with its response payload; rejects with RemoteError or a timeout. */
+  request<N extends RequestKind>(name: N, payload: Omit<InputOf<N>, 'rid'>, options: { timeoutMs?: number } = {}): Promise<ResponseOf<N>> {
+    this.#assertOpen();
+    if (this.#goingAway || this.#peerGoingAway) {
+      return Promise.reject(new ProtocolError('ML_ERR_GOAWAY', 'session is going away'));
+    }
+    const kind = this.#checkOutgoing(name, 'control');
+    const rid = this.#allocRid();
+    const frame = encodeMessage(name, 0, { ...payload, rid } as InputOf<N>);
+    return new Promise((resolve, reject) => {
+      const timeoutMs = options.timeoutMs ?? this.#opts.requestTimeoutMs;
+      const timer = this.#timers.setTimeout(() => {
+        this.#pending.delete(rid);
+        reject(new ProtocolError('ML_ERR_REQUEST_TIMEOUT', `${name} got no response within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.#pending.set(rid, { resolve, reject, timer, response: kind.response! });
+      this.#enqueuePriority(frame);
+    });
+  }
+
+  /** Registers the handler for a request kind; its return value (minus rid) is the response payload. */
+  handle<N extends RequestKind>(name: N, handler: (payload: PayloadOf<N>) => Promise<Omit<InputOf<NonNullable<ResponseName<N>>>, 'rid'>> | Omit<InputOf<NonNullable<ResponseName<N>>>, 'rid'>): void {
+    this.#handlers.set(name, handler as RequestHandler);
+  }
+
+  /** Measures the round trip with ping/pong. */
+  ping(timeoutMs = 10_000): Promise<number> {
+    this.#assertOpen();
+    const nonce = this.#nextNonce;
+    this.#nextNonce = (this.#nextNonce % 0xffff_fffe) + 1;
+    return new Promise((resolve, reject) => {
+      const timer = this.#timers.setTimeout(() => {
+        this.#pings.delete(nonce);
+        reject(new ProtocolError('ML_ERR_REQUEST_TIMEOUT', `no pong within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.#pings.set(nonce, { resolve, reject, sentAt: this.#timers.now(), timer });
+      this.#enqueuePriority(encodeMessage('ping', 0, { nonce }));
+    });
+  }
+
+  /** Opens a stream whose first message is `kind` with `meta`; resolves once the peer accepts. */
+  openStream<N extends KindName>(name: N, meta: InputOf<N>): Promise<MuxStream> {
+    this.#assertOpen();
+    if (this.#goingAway || this.#peerGoingAway) {
+      return Promise.reject(new ProtocolError('ML_ERR_GOAWAY', 'session is going away; no new streams'));
+    }
+    const kind = this.#checkOutgoing(name, 'stream');
+    const checked = kind.schema.safeParse(meta);
+    if (!checked.success) throw new TypeError(`invalid ${name} metadata: ${checked.error.issues[0]?.message}`);
+    const id = this.#nextStreamId;
+    if (id > 0xffff_fffd) return Promise.reject(new ProtocolError('ML_ERR_STREAM_ID', 'stream ids exhausted; reconnect'));
+    this.#nextStreamId += 2;
+    const stream = new MuxStream(this, { id, kind: name, meta: checked.data, local: true });
+    this.#streams.set(id, stream);
+    return new Promise((resolve, reject) => {
+      const onOpen = (): void => {
+        stream.off('error', onError);
+        resolve(stream);
+      };
+      const onError = (err: Error): void => {
+        stream.off('meshlink:open', onOpen);
+        reject(err);
+      };
+      stream.once('meshlink:open', onOpen);
+      stream.once('error', onError);
+      this.#enqueuePriority(encodeMessage('stream.open', id, { kind: name, meta }));
+    });
+  }
+
+  /** Accepts a stream the peer opened (from the 'stream' event). */
+  accept(stream: MuxStream): void {
+    if (stream.state !== 'opening' || stream.local) return;
+    this.#enqueuePriority(encodeMessage('stream.accept', stream.id, {}));
+    stream._opened();
+  }
+
+  /** Refuses a stream the peer opened. */
+  reject(stream: MuxStream, code: string, message: string): void {
+    if (stream.state !== 'opening' || stream.local) return;
+    this.#enqueuePriority(encodeMessage('stream.reject', stream.id, { code, message: message.slice(0, 1024) }));
+    this.#streams.delete(stream.id);
+    stream._abort(new MeshlinkError('ML_ERR_STREAM_REJECTED', message));
+  }
+
+  /** Announces that this side will open nothing new; existing streams may finish. */
+  goaway(reason: string, code?: string): void {
+    if (this.state === 'closed' || this.#goingAway) return;
+    this.#goingAway = true;
+    this.#enqueuePriority(encodeMessage('goaway', 0, code ? { reason, code } : { reason }));
+  }
+
+  /**
+   * Closes the session: fails pending work, then closes the transport once queued priority frames
+   * (e.g. a goaway or error) have been handed over.
+   */
+  close(code = 1000, reason = ''): void {
+    this.#shutdown({ code, reason, local: true });
+  }
+
+  // ===================== receiving =====================
+
+  /** Feeds one received WebSocket message. Never throws: protocol errors close the session. */
+  receive(message: Uint8Array): void {
+    if (this.state === 'closed') return;
+    this.lastReceivedAt = this.#timers.now();
+    try {
+      for (const frame of decodeMessage(message, this.#decoder)) {
+        if ((this.state as SessionState) === 'closed') return;
+        this.#dispatch(decodeFrame(frame, this.maxFrameSize));
+      }
+    } catch (err) {
+      this.#fail(err);
+    }
+  }
+
+  /** The transport closed underneath the session (peer closed, network failed). */
+  transportClosed(code: number, reason: string): void {
+    if (this.state === 'closed') return;
+    this.#shutdown({ code, reason, local: false, error: this.#errorForRemoteClose(code, reason) }, false);
+  }
+
+  #dispatch(msg: { kind: MessageKind; stream: number; flags: number; payload: unknown }): void {
+    const { kind, stream: streamId, flags, payload } = msg;
+    const peerRole: Role = this.role === 'agent' ? 'server' : 'agent';
+    if (!maySend(kind, peerRole)) {
+      throw new ProtocolError('ML_ERR_WRONG_DIRECTION', `${kind.name} may not be sent by the ${peerRole}`);
+    }
+    if ((kind.scope === 'control' && streamId !== 0) || (kind.scope === 'stream' && streamId === 0)) {
+      throw new ProtocolError('ML_ERR_WRONG_STREAM', `${kind.name} is not allowed on stream ${streamId}`);
+    }
+    if ((flags & Flags.END_STREAM) !== 0 && kind.name !== 'stream.data' && kind.name !== 'stream.close') {
+      throw new ProtocolError('ML_ERR_BAD_PAYLOAD', `END_STREAM is only valid on stream.data and stream.close`);
+    }
+    if (this.state === 'handshaking') {
+      this.#dispatchHandshake(kind.name, payload);
+      return;
+    }
+    if (streamId !== 0) {
+      this.#dispatchStream(kind, streamId, flags, payload);
+      return;
+    }
+    switch (kind.name) {
+      case 'hello':
+      case 'welcome':
+        throw new ProtocolError('ML_ERR_HANDSHAKE', `unexpected ${kind.name} after the handshake`);
+      case 'ping':
+        this.#enqueuePriority(encodeMessage('pong', 0, payload as PayloadOf<'ping'>));
+        return;
+      case 'pong': {
+        const { nonce } = payload as PayloadOf<'pong'>;
+        const p = this.#pings.get(nonce);
+        if (p) {
+          this.#pings.delete(nonce);
+          this.#timers.clearTimeout(p.timer);
+          p.resolve(this.#timers.now() - p.sentAt);
+        }
+        return;
+      }
+      case 'goaway':
+        this.#peerGoingAway = true;
+        this.emit('goaway', payload as PayloadOf<'goaway'>);
+        return;
+      case 'error': {
+        const e = payload as PayloadOf<'error'>;
+        if (e.rid !== undefined) {
+          const p = this.#pending.get(e.rid);
+          if (p) {
+            this.#pending.delete(e.rid);
+            this.#timers.clearTimeout(p.timer);
+            p.reject(new RemoteError(e.code, e.message));
+          }
+          return;
+        }
+        // An error without rid announces the peer's close; remember it for the close info.
+        this.#peerError = new RemoteError(e.code, e.message);
+        return;
+      }
+    }
+    const rid = (payload as { rid?: number }).rid;
+    if (kind.response !== undefined && rid !== undefined) {
+      this.#serveRequest(kind, rid, payload);
+      return;
+    }
+    if (rid !== undefined) {
+      const p = this.#pending.get(rid);
+      if (p && p.response === kind.name) {
+        this.#pending.delete(rid);
+        this.#timers.clearTimeout(p.timer);
+        p.resolve(payload);
+        return;
+      }
+      if (this.#isResponseKind(kind.name)) return; // late response after a timeout: drop
+    }
+    this.emit('message', { name: kind.name as KindName, payload } as ControlMessage);
+  }
+
+  #peerError: RemoteError | null = null;
+
+  #isResponseKind(name: string): boolean {
+    return name === 'cert.renewed' || name === 'state.response';
+  }
+
+  #dispatchHandshake(name: string, payload: unknown): void {
+    if (this.role === 'server' && name === 'hello') {
+      this.#acceptHello(payload as PayloadOf<'hello'>);
+      return;
+    }
+    if (this.role === 'agent' && name === 'welcome') {
+      const welcome = payload as PayloadOf<'welcome'>;
+      if (!this.#versions.includes(welcome.version)) {
+        throw new ProtocolError('ML_ERR_NO_COMMON_VERSION', `server chose version ${welcome.version}, which this agent does not speak`);
+      }
+      this.#becomeOpen(welcome.version);
+      this.#handshakeWaiter?.resolve(welcome);
+      this.#handshakeWaiter = null;
+      this.emit('open', { version: welcome.version, welcome });
+      return;
+    }
+    if (name === 'error') {
+      const e = payload as PayloadOf<'error'>;
+      this.#peerError = new RemoteError(e.code, e.message);
+      return;
+    }
+    throw new ProtocolError('ML_ERR_HANDSHAKE', `${name} before the handshake completed`);
+  }
+
+  #acceptHello(hello: PayloadOf<'hello'>): void {
+    if (this.#helloSeen) throw new ProtocolError('ML_ERR_HANDSHAKE', 'duplicate hello');
+    this.#helloSeen = true;
+    const version = negotiateVersion(hello.versions, this.#versions);
+    if (version === null) {
+      throw new ProtocolError('ML_ERR_NO_COMMON_VERSION', `agent speaks [${hello.versions.join(', ')}], server speaks [${this.#versions.join(', ')}]`);
+    }
+    Promise.resolve()
+      .then(() => this.#onHello!(hello))
+      .then(
+        (fields) => {
+          if (this.state !== 'handshaking') return;
+          this.#enqueuePriority(encodeMessage('welcome', 0, { ...fields, version }));
+          this.#becomeOpen(version);
+          this.emit('open', { version, hello });
+        },
+        (err: unknown) => this.#fail(err),
+      );
+  }
+
+  #helloSeen = false;
+
+  #becomeOpen(version: number): void {
+    this.state = 'open';
+    this.version = version;
+    this.#timers.clearTimeout(this.#handshakeTimer);
+    this.#handshakeTimer = null;
+  }
+
+  #serveRequest(kind: MessageKind, rid: number, payload: unknown): void {
+    const handler = this.#handlers.get(kind.name);
+    const respond = (frame: Uint8Array): void => {
+      if (this.state === 'open') this.#enqueuePriority(frame);
+    };
+    if (!handler) {
+      respond(encodeMessage('error', 0, { rid, code: 'ML_ERR_UNSUPPORTED', message: `${kind.name} is not supported here` }));
+      return;
+    }
+    Promise.resolve()
+      .then(() => handler(payload))
+      .then(
+        (result) => respond(encodeMessage(kind.response as KindName, 0, { ...result, rid } as never)),
+        (err: unknown) => {
+          const code = err instanceof MeshlinkError ? err.code : 'ML_ERR_INTERNAL';
+          const message = err instanceof MeshlinkError ? err.message : 'internal error';
+          respond(encodeMessage('error', 0, { rid, code, message: message.slice(0, 1024) }));
+        },
+      );
+  }
+
+  #dispatchStream(kind: MessageKind, id: number, flags: number, payload: unknown): void {
+    if (kind.name === 'stream.open') {
+      this.#acceptOpen(id, payload as PayloadOf<'stream.open'>);
+      return;
+    }
+    const stream = this.#streams.get(id);
+    if (!stream) {
+      // Frames can race with a local reset or release; ids we have seen are stale, not errors.
+      if (this.#isKnownId(id)) return;
+      throw new ProtocolError('ML_ERR_STREAM_ID', `${kind.name} for stream ${id}, which was never opened`);
+    }
+    switch (kind.name) {
+      case 'stream.accept':
+      case 'stream.reject':
+        if (!stream.local || stream.state !== 'opening') {
+          throw new ProtocolError('ML_ERR_STREAM_ID', `${kind.name} for stream ${id}, which is not awaiting an answer`);
+        }
+        if (kind.name === 'stream.accept') {
+          stream._opened();
+          stream.emit('meshlink:open');
+        } else {
+          const r = payload as PayloadOf<'stream.reject'>;
+          this.#streams.delete(id);
+          stream._abort(new RemoteError(r.code, r.message));
+        }
+        return;
+      case 'stream.data':
+        if (stream.state !== 'open') throw new ProtocolError('ML_ERR_STREAM_ID', `data on stream ${id} before it was accepted`);
+        stream._receiveData(payload as Uint8Array, (flags & Flags.END_STREAM) !== 0);
+        return;
+      case 'stream.window':
+        stream._addCredit((payload as PayloadOf<'stream.window'>).credit);
+        return;
+      case 'stream.close':
+        stream._receiveEnd();
+        return;
+      case 'stream.reset': {
+        const r = payload as PayloadOf<'stream.reset'>;
+        this.#streams.delete(id);
+        stream._receiveReset(r.code, r.message);
+        return;
+      }
+      default:
+        // A typed message within the stream's conversation (exec.resize, action.result, ...).
+        if (stream.state !== 'open') throw new ProtocolError('ML_ERR_STREAM_ID', `${kind.name} on stream ${id} before it was accepted`);
+        stream.emit('message', { name: kind.name, payload });
+    }
+  }
+
+  #isKnownId(id: number): boolean {
+    const peerParity = this.role === 'agent' ? 0 : 1;
+    if (id % 2 === peerParity) return id <= this.#peerLastStreamId;
+    return id < this.#nextStreamId;
+  }
+
+  #acceptOpen(id: number, open: PayloadOf<'stream.open'>): void {
+    const peerParity = this.role === 'agent' ? 0 : 1;
+    if (id % 2 !== peerParity || id <= this.#peerLastStreamId) {
+      throw new ProtocolError('ML_ERR_STREAM_ID', `stream.open with id ${id}: wrong parity or not increasing`);
+    }
+    this.#peerLastStreamId = id;
+    const refuse = (code: ErrorCode | string, message: string): void => {
+      this.#enqueuePriority(encodeMessage('stream.reject', id, { code, message }));
+    };
+    if (this.#goingAway) {
+      refuse('ML_ERR_GOAWAY', 'session is going away');
+      return;
+    }
+    if (this.#streams.size >= this.#opts.maxStreams) {
+      // A peer that keeps opening after being refused a whole cap's worth of times is flooding.
+      if (++this.#refusedOpens > this.#opts.maxStreams) {
+        throw new ProtocolError('ML_ERR_TOO_MANY_STREAMS', `peer kept opening streams beyond the cap of ${this.#opts.maxStreams}`);
+      }
+      refuse('ML_ERR_TOO_MANY_STREAMS', `at most ${this.#opts.maxStreams} concurrent streams`);
+      return;
+    }
+    const kind = kindByName(open.kind);
+    const peerRole: Role = this.role === 'agent' ? 'server' : 'agent';
+    if (!kind || kind.scope !== 'stream' || !maySend(kind, peerRole) || kind.name.startsWith('stream.')) {
+      refuse('ML_ERR_UNKNOWN_TYPE', `cannot open a stream of kind ${open.kind}`);
+      return;
+    }
+    const meta = kind.schema.safeParse(open.meta);
+    if (!meta.success) {
+      refuse('ML_ERR_BAD_PAYLOAD', `${open.kind}: ${meta.error.issues[0]?.path.join('.') ?? ''} ${meta.error.issues[0]?.message ?? 'invalid'}`.slice(0, 1024));
+      return;
+    }
+    const stream = new MuxStream(this, { id, kind: kind.name, meta: meta.data, local: false });
+    this.#streams.set(id, stream);
+    if (this.listenerCount('stream') === 0) {
+      this.reject(stream, 'ML_ERR_UNSUPPORTED', `no handler for ${kind.name}`);
+      return;
+    }
+    this.emit('stream', stream);
+  }
+
+  // ===================== StreamHost =====================
+
+  markReady(stream: MuxStream): void {
+    if (this.state === 'closed') return;
+    this.#scheduler.markReady(stream);
+    this.#queueFlush();
+  }
+
+  sendPriority(frame: Uint8Array): void {
+    if (this.state === 'closed') return;
+    this.#enqueuePriority(frame);
+  }
+
+  release(stream: MuxStream): void {
+    this.#scheduler.forget(stream);
+    if (this.#streams.get(stream.id) === stream) {
+      this.#streams.delete(stream.id);
+      this.#refusedOpens = 0;
+    }
+  }
+
+  // ===================== scheduling =====================
+
+  #enqueuePriority(frame: Uint8Array): void {
+    this.#scheduler.pushPriority(frame);
+    if (this.#scheduler.priorityBytes > this.#opts.priorityHighWater * 16) {
+      // The application ignored send()'s false return for far too long.
+      this.#fail(new ProtocolError('ML_ERR_QUEUE_OVERFLOW', 'control queue overflow'));
+      return;
+    }
+    this.#queueFlush();
+  }
+
+  /** Flushes in a microtask, so frames queued in the same tick share one WebSocket message. */
+  #queueFlush(): void {
+    if (this.#flushQueued) return;
+    this.#flushQueued = true;
+    queueMicrotask(() => {
+      this.#flushQueued = false;
+      this.#flush();
+    });
+  }
+
+  #flush(): void {
+    if (this.#flushing) return;
+    this.#flushing = true;
+    try {
+      while (this.#inflightBytes < this.#opts.transportHighWater && this.#transportUsable()) {
+        const next = this.#scheduler.next(this.#opts.maxMessageBytes, this.maxDataFrame);
+        if (!next) break;
+        const size = next.message.byteLength;
+        this.#inflightBytes += size;
+        this.#transport.send(next.message, () => {
+          this.#inflightBytes -= size;
+          if (this.#scheduler.hasWork) this.#queueFlush();
+        });
+        for (const cb of next.sent) cb();
+      }
+    } finally {
+      this.#flushing = false;
+    }
+  }
+
+  #transportUsable(): boolean {
+    return this.state !== 'closed' || this.#closing;
+  }
+
+  #closing = false;
+
+  // ===================== errors and shutdown =====================
+
+  #fail(err: unknown): void {
+    if (this.state === 'closed') return;
+    const error = err instanceof MeshlinkError ? err : new ProtocolError('ML_ERR_INTERNAL', 'internal error', { cause: err });
+    const code = isProtocolError(error) && error.closeCode !== null ? error.closeCode : 1011;
+    // Tell the peer why before closing (best effort; it goes out ahead of any queued data).
+    this.#enqueuePriority(encodeMessage('error', 0, { code: error.code, message: error.message.slice(0, 1024) }));
+    this.#shutdown({ code, reason: error.code, local: true, error });
+  }
+
+  #shutdown(info: CloseInfo, closeTransport = true): void {
+    if (this.state === 'closed') return;
+    if (!info.error && this.#peerError) info.error = this.#peerError;
+    this.state = 'closed';
+    this.#closeInfo = info;
+    this.#timers.clearTimeout(this.#handshakeTimer);
+    const reason = info.error ?? new ProtocolError('ML_ERR_SESSION_CLOSED', `session closed (${info.code}${info.reason ? ` ${info.reason}` : ''})`);
+    this.#handshakeWaiter?.reject(reason);
+    this.#handshakeWaiter = null;
+    for (const p of this.#pending.values()) {
+      this.#timers.clearTimeout(p.timer);
+      p.reject(reason);
+    }
+    this.#pending.clear();
+    for (const p of this.#pings.values()) {
+      this.#timers.clearTimeout(p.timer);
+      p.reject(reason);
+    }
+    this.#pings.clear();
+    for (const stream of [...this.#streams.values()]) stream._abort(reason);
+    this.#streams.clear();
+    if (closeTransport) {
+      // Flush what is queued at priority (goaway, error) and then close.
+      this.#closing = true;
+      this.#flush();
+      this.#closing = false;
+      this.#transport.close(info.code, info.reason.slice(0, 120));
+    }
+    this.emit('close', info);
+  }
+
+  #errorForRemoteClose(code: number, reason: string): MeshlinkError | undefined {
+    if (this.#peerError) return this.#peerError;
+    if (code === 1000 || code === 1001) return undefined;
+    return new ProtocolError('ML_ERR_SESSION_CLOSED', `connection closed with ${code}${reason ? ` (${reason})` : ''}`);
+  }
+
+  #assertOpen(): void {
+    if (this.state !== 'open') {
+      throw new ProtocolError('ML_ERR_SESSION_CLOSED', this.state === 'closed' ? 'session is closed' : 'handshake not complete');
+    }
+  }
+
+  #checkOutgoing(name: KindName, scope: 'control' | 'stream'): MessageKind {
+    const kind = kindByName(name);
+    if (!kind) throw new TypeError(`unknown message kind ${name}`);
+    if (!maySend(kind, this.role)) throw new TypeError(`the ${this.role} may not send ${name}`);
+    if (kind.scope !== scope && kind.scope !== 'any') throw new TypeError(`${name} is a ${kind.scope} kind`);
+    return kind;
+  }
+
+  #allocRid(): number {
+    for (;;) {
+      const rid = this.#nextRid;
+      this.#nextRid = (this.#nextRid % 0xffff_fffe) + 1;
+      if (!this.#pending.has(rid)) return rid;
+    }
+  }
+}
+
+type ResponseName<N extends RequestKind> = N extends 'cert.renew' ? 'cert.renewed' : 'state.response';

@@ -1,0 +1,315 @@
+import { Duplex } from 'node:stream';
+import { encodeDataPrefix, encodeMessage } from './codec.js';
+import { MeshlinkError, ProtocolError } from './errors.js';
+import type { InputOf, KindName } from './registry.js';
+
+/**
+ * One multiplexed stream: a Node Duplex whose writes become stream.data frames and whose readable
+ * side yields the peer's stream.data bytes.
+ *
+ * Flow control (docs/PROTOCOL.md §6): each direction has a credit window. The sender may send at most
+ * `credit` bytes of stream.data; the receiver grants more with stream.window once the application has
+ * consumed data. Receive memory per stream is therefore bounded by the window, and a sender whose
+ * peer stops reading stops too: `write()` returns false and 'drain' comes once credit returns.
+ */
+
+/** The window every stream starts with in each direction (protocol constant, 256 KiB). */
+export const INITIAL_WINDOW = 256 * 1024;
+
+/** What the session provides to its streams (the stream never touches the transport). */
+export interface StreamHost {
+  /** The stream has frames ready to send (data with credit, or ordered messages). */
+  markReady(stream: MuxStream): void;
+  /** Sends a frame ahead of queued data (stream.window, stream.reset, accept, reject). */
+  sendPriority(frame: Uint8Array): void;
+  /** The stream is finished in both directions or reset; forget it. */
+  release(stream: MuxStream): void;
+  readonly maxDataFrame: number;
+  readonly receiveWindow: number;
+}
+
+/** One unit of outgoing work, in stream order. */
+type Outgoing =
+  | { type: 'data'; buf: Uint8Array; offset: number; cb: ((err?: Error | null) => void) | null }
+  | { type: 'frame'; bytes: Uint8Array; end: boolean };
+
+/** A frame handed to the scheduler: parts to concatenate and a callback once it has been sent. */
+export interface OutgoingFrame {
+  readonly parts: Uint8Array[];
+  readonly size: number;
+  readonly sent: (() => void) | null;
+}
+
+export class StreamResetError extends MeshlinkError {
+  /** The code the peer (or local code) gave for the reset, e.g. ML_ERR_CANCELLED. */
+  readonly resetCode: string;
+  constructor(resetCode: string, message: string, readonly remote: boolean) {
+    super('ML_ERR_STREAM_RESET', `stream reset${remote ? ' by peer' : ''} (${resetCode}): ${message}`);
+    this.resetCode = resetCode;
+  }
+}
+
+export type StreamState = 'opening' | 'open' | 'closed';
+
+export class MuxStream extends Duplex {
+  readonly id: number;
+  /** The registry kind named in stream.open, e.g. 'exec.open'. */
+  readonly kind: string;
+  /** stream.open's metadata, validated against `kind`'s schema. */
+  readonly meta: unknown;
+  /** True when this side opened the stream. */
+  readonly local: boolean;
+  state: StreamState;
+
+  readonly #host: StreamHost;
+  #queue: Outgoing[] = [];
+  #sendCredit = 0;
+  /** Bytes the peer may still send before it must wait for a stream.window. */
+  #receiveAllowance: number;
+  #received = 0;
+  /** Bytes of received data already returned to the peer as credit, plus the initial window. */
+  #credited: number;
+  #endQueued = false;
+  #endSent = false;
+  #remoteEnded = false;
+  #released = false;
+  /** Bytes written into the ordered queue that are not yet sent (for diagnostics and bounds). */
+  #queuedBytes = 0;
+
+  constructor(host: StreamHost, init: { id: number; kind: string; meta: unknown; local: boolean }) {
+    super({
+      allowHalfOpen: true,
+      // The readable buffer never exceeds the window: the peer cannot send more than we granted.
+      readableHighWaterMark: host.receiveWindow,
+      writableHighWaterMark: 64 * 1024,
+    });
+    this.#host = host;
+    this.id = init.id;
+    this.kind = init.kind;
+    this.meta = init.meta;
+    this.local = init.local;
+    this.state = 'opening';
+    this.#receiveAllowance = INITIAL_WINDOW;
+    this.#credited = INITIAL_WINDOW;
+  }
+
+  /** Bytes the peer still lets us send. */
+  get sendCredit(): number {
+    return this.#sendCredit;
+  }
+
+  get queuedBytes(): number {
+    return this.#queuedBytes;
+  }
+
+  /**
+   * Sends a typed message on this stream, in order with its data (e.g. exec.exit after stdout).
+   * Messages do not consume window credit; keep them small.
+   */
+  sendMessage<N extends KindName>(name: N, payload: InputOf<N>): void {
+    if (this.#endQueued || this.state === 'closed') {
+      throw new MeshlinkError('ML_ERR_STREAM_CLOSED', `stream ${this.id} is closed for writing`);
+    }
+    const bytes = encodeMessage(name, this.id, payload);
+    this.#queue.push({ type: 'frame', bytes, end: false });
+    this.#queuedBytes += bytes.byteLength;
+    if (this.state === 'open') this.#host.markReady(this);
+  }
+
+  // ---------- called by the session ----------
+
+  /** The stream became open (accepted by either side): start with the initial send window. */
+  _opened(): void {
+    if (this.state !== 'opening') return;
+    this.state = 'open';
+    this.#sendCredit = INITIAL_WINDOW;
+    // A receiver configured for a larger window grants the difference at once.
+    const extra = this.#host.receiveWindow - INITIAL_WINDOW;
+    if (extra > 0) this.#grant(extra);
+    if (this.#queue.length > 0) this.#host.markReady(this);
+  }
+
+  _addCredit(credit: number): void {
+    this.#sendCredit += credit;
+    if (this.#sendCredit > 0x7fff_ffff) {
+      throw new ProtocolError('ML_ERR_FLOW_CONTROL', `stream ${this.id}: window grew past 2^31-1`);
+    }
+    if (this.#queue.length > 0) this.#host.markReady(this);
+  }
+
+  /** Incoming stream.data. Throws ML_ERR_FLOW_CONTROL when the peer exceeded its credit. */
+  _receiveData(data: Uint8Array, end: boolean): void {
+    if (this.#remoteEnded) {
+      throw new ProtocolError('ML_ERR_STREAM_ID', `stream ${this.id}: data after END_STREAM`);
+    }
+    if (data.byteLength > this.#receiveAllowance) {
+      throw new ProtocolError('ML_ERR_FLOW_CONTROL', `stream ${this.id}: ${data.byteLength} bytes sent with ${this.#receiveAllowance} credit`);
+    }
+    this.#receiveAllowance -= data.byteLength;
+    this.#received += data.byteLength;
+    if (data.byteLength > 0 && !this.destroyed) {
+      // Copy out of the WebSocket message so one retained chunk doesn't pin a whole coalesced message.
+      this.push(Buffer.from(data));
+    }
+    if (end) this._receiveEnd();
+  }
+
+  _receiveEnd(): void {
+    if (this.#remoteEnded) return;
+    this.#remoteEnded = true;
+    this.push(null);
+    this.#maybeRelease();
+  }
+
+  _receiveReset(code: string, message: string): void {
+    this.#released = true; // the peer has already forgotten the stream: send no reset back
+    this.state = 'closed';
+    this.destroy(new StreamResetError(code, message, true));
+  }
+
+  /** The session is gone: fail everything. */
+  _abort(err: Error): void {
+    this.#released = true;
+    this.state = 'closed';
+    this.destroy(err);
+  }
+
+  /** True if the scheduler can take a frame now. */
+  _hasWork(): boolean {
+    if (this.state !== 'open') return false;
+    const head = this.#queue[0];
+    if (!head) return false;
+    return head.type === 'frame' || this.#sendCredit > 0;
+  }
+
+  /** Takes the next frame to send (at most `maxData` data bytes), or null. */
+  _takeFrame(maxData: number): OutgoingFrame | null {
+    const head = this.#queue[0];
+    if (!head || this.state !== 'open') return null;
+    if (head.type === 'frame') {
+      this.#queue.shift();
+      this.#queuedBytes -= head.bytes.byteLength;
+      if (head.end) {
+        this.#endSent = true;
+        return { parts: [head.bytes], size: head.bytes.byteLength, sent: () => this.#maybeRelease() };
+      }
+      return { parts: [head.bytes], size: head.bytes.byteLength, sent: null };
+    }
+    const remaining = head.buf.byteLength - head.offset;
+    const n = Math.min(remaining, this.#sendCredit, maxData, this.#host.maxDataFrame);
+    if (n <= 0) return null;
+    const chunk = head.buf.subarray(head.offset, head.offset + n);
+    head.offset += n;
+    this.#sendCredit -= n;
+    this.#queuedBytes -= n;
+    const prefix = encodeDataPrefix(this.id, n, false);
+    let sent: (() => void) | null = null;
+    if (head.offset === head.buf.byteLength) {
+      this.#queue.shift();
+      const cb = head.cb;
+      if (cb) sent = () => cb();
+    }
+    return { parts: [prefix, chunk], size: prefix.byteLength + n, sent };
+  }
+
+  // ---------- Duplex implementation ----------
+
+  override _write(chunk: Buffer, _encoding: BufferEncoding, cb: (err?: Error | null) => void): void {
+    this.#enqueueData([chunk], cb);
+  }
+
+  override _writev(chunks: Array<{ chunk: Buffer }>, cb: (err?: Error | null) => void): void {
+    this.#enqueueData(chunks.map((c) => c.chunk), cb);
+  }
+
+  #enqueueData(chunks: Uint8Array[], cb: (err?: Error | null) => void): void {
+    if (this.state === 'closed') {
+      cb(new MeshlinkError('ML_ERR_STREAM_CLOSED', `stream ${this.id} is closed`));
+      return;
+    }
+    let last: Outgoing | null = null;
+    for (const buf of chunks) {
+      if (buf.byteLength === 0) continue;
+      last = { type: 'data', buf, offset: 0, cb: null };
+      this.#queue.push(last);
+      this.#queuedBytes += buf.byteLength;
+    }
+    if (!last) {
+      cb();
+      return;
+    }
+    // The write completes when its last byte has been handed to the transport: this is what bounds
+    // the memory a writer can pin (Writable's high-water mark plus one write).
+    (last as { cb: typeof cb }).cb = cb;
+    if (this.state === 'open') this.#host.markReady(this);
+  }
+
+  override _final(cb: (err?: Error | null) => void): void {
+    if (this.state === 'closed') {
+      cb();
+      return;
+    }
+    this.#endQueued = true;
+    const bytes = encodeMessage('stream.close', this.id, {}, { endStream: true });
+    this.#queue.push({ type: 'frame', bytes, end: true });
+    this.#queuedBytes += bytes.byteLength;
+    if (this.state === 'open') this.#host.markReady(this);
+    cb();
+  }
+
+  override _read(): void {
+    this.#returnCredit();
+  }
+
+  /**
+   * Every path by which the application consumes buffered data goes through read() (flowing mode,
+   * async iteration, explicit reads), so this is where consumed bytes are returned as credit.
+   */
+  override read(size?: number): unknown {
+    const out = super.read(size);
+    this.#returnCredit();
+    return out;
+  }
+
+  #returnCredit(): void {
+    if (this.#remoteEnded || this.state !== 'open') return;
+    const consumed = this.#received - this.readableLength;
+    const outstanding = consumed + this.#host.receiveWindow - this.#credited;
+    // Batch updates: one stream.window per quarter window consumed, not one per read.
+    if (outstanding >= this.#host.receiveWindow / 4) this.#grant(outstanding);
+  }
+
+  #grant(credit: number): void {
+    this.#credited += credit;
+    this.#receiveAllowance += credit;
+    this.#host.sendPriority(encodeMessage('stream.window', this.id, { credit }));
+  }
+
+  override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
+    for (const item of this.#queue) {
+      if (item.type === 'data' && item.cb) item.cb(err ?? new MeshlinkError('ML_ERR_STREAM_CLOSED', `stream ${this.id} destroyed`));
+    }
+    this.#queue = [];
+    this.#queuedBytes = 0;
+    if (!this.#released) {
+      this.#released = true;
+      const fullyClosed = this.#endSent && this.#remoteEnded;
+      if (!fullyClosed && this.state !== 'opening') {
+        const code = err instanceof MeshlinkError ? err.code : 'ML_ERR_CANCELLED';
+        const message = err ? err.message.slice(0, 512) : 'stream destroyed';
+        this.#host.sendPriority(encodeMessage('stream.reset', this.id, { code, message }));
+      }
+      this.state = 'closed';
+      this.#host.release(this);
+    }
+    cb(err);
+  }
+
+  #maybeRelease(): void {
+    if (this.#endSent && this.#remoteEnded && !this.#released) {
+      this.#released = true;
+      this.state = 'closed';
+      this.#host.release(this);
+    }
+  }
+}

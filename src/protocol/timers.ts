@@ -1,0 +1,17 @@
+/** Injected time source, so protocol logic can be driven by fake clocks in tests. */
+export interface Timers {
+  now(): number;
+  setTimeout(fn: () => void, ms: number): unknown;
+  clearTimeout(handle: unknown): void;
+}
+
+export const systemTimers: Timers = Object.freeze({
+  now: () => Date.now(),
+  setTimeout: (fn: () => void, ms: number) => {
+    const t = setTimeout(fn, ms);
+    // Protocol timers never keep a process alive on their own.
+    t.unref?.();
+    return t;
+  },
+  clearTimeout: (handle: unknown) => clearTimeout(handle as NodeJS.Timeout),
+});
