@@ -1,0 +1,424 @@
+import { X509Certificate, createPublicKey, randomBytes } from 'node:crypto';
+import { lstat, mkdir, open, readFile, readdir, readlink, rename, rm, symlink, chmod, unlink } from 'node:fs/promises';
+import { join } from 'node:path';
+import { z } from 'zod';
+import { MeshlinkError } from '../protocol/errors.js';
+import { writeFileAtomic } from '../util/atomic-file.js';
+import { caPinSchema, spkiDerOf, spkiPinOf } from './pin.js';
+
+/**
+ * The agent's state dir. Layout (see docs/AGENT.md):
+ *
+ *   <stateDir>/                  0700
+ *     current -> generations/G   symlink; THE commit point: one rename switches all four files at once
+ *     identity.json -> current/identity.json
+ *     key.pem       -> current/key.pem      (stable names for operators and tools)
+ *     cert.pem      -> current/cert.pem
+ *     ca.pem        -> current/ca.pem
+ *     generations/G/             0700, one per enrollment or renewal, never modified once written
+ *       identity.json 0600, key.pem 0600, cert.pem 0644, ca.pem 0644
+ *     status.json                written by the running agent (`agent run`)
+ *
+ * Why generations: key and certificate must change together. Two renames can be interrupted between
+ * them; a symlink switch cannot. A crash before the switch leaves the old generation current (the new
+ * one is garbage, pruned later); after it, the new one. Readers resolve `current` once and read every
+ * file through that one target, so they never mix generations either.
+ */
+
+export const STATE_FILES = ['identity.json', 'key.pem', 'cert.pem', 'ca.pem'] as const;
+export type StateFile = (typeof STATE_FILES)[number];
+
+const CURRENT_LINK = 'current';
+const GENERATIONS_DIR = 'generations';
+const STATUS_FILE = 'status.json';
+const GENERATION_NAME = /^\d{13}-[0-9a-f]{1,64}-[0-9a-f]{8}$/;
+/** Readers retry when a concurrent prune removed the generation they had just resolved. */
+const LOAD_ATTEMPTS = 3;
+const STALE_TMP_MS = 60_000;
+
+const FILE_MODES: Record<StateFile, number> = {
+  'identity.json': 0o600,
+  'key.pem': 0o600,
+  'cert.pem': 0o644,
+  'ca.pem': 0o644,
+};
+
+export class IdentityError extends MeshlinkError {
+  constructor(code: 'ML_ERR_NOT_ENROLLED' | 'ML_ERR_STATE_CORRUPT', message: string, options?: { cause?: unknown }) {
+    super(code, message, options);
+    this.name = 'IdentityError';
+  }
+}
+
+export const nodeIdSchema = z
+  .string()
+  .regex(/^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/, 'must be 1-128 letters, digits, ".", "_", ":" or "-"');
+
+export const identityFileSchema = z.object({
+  version: z.literal(1),
+  nodeId: nodeIdSchema,
+  server: z.string().url(),
+  caPins: z.array(caPinSchema).min(1),
+  hostname: z.string().min(1).max(253),
+  sans: z.array(z.string().max(253)),
+  enrolledAt: z.string().datetime(),
+});
+export type IdentityFile = z.infer<typeof identityFileSchema>;
+
+export interface CertificateInfo {
+  /** Upper-case hex as reported by OpenSSL. */
+  readonly serial: string;
+  readonly notBefore: Date;
+  readonly notAfter: Date;
+  readonly fingerprint256: string;
+}
+
+export interface Identity {
+  readonly stateDir: string;
+  /** Name of the generation directory this identity was read from. */
+  readonly generation: string;
+  readonly nodeId: string;
+  readonly server: string;
+  readonly caPins: readonly string[];
+  readonly hostname: string;
+  readonly sans: readonly string[];
+  readonly enrolledAt: string;
+  readonly keyPem: string;
+  readonly certPem: string;
+  readonly caPem: string;
+  readonly cert: CertificateInfo;
+}
+
+export function certificateInfo(cert: X509Certificate): CertificateInfo {
+  return Object.freeze({
+    serial: cert.serialNumber.toUpperCase(),
+    notBefore: new Date(cert.validFrom),
+    notAfter: new Date(cert.validTo),
+    fingerprint256: cert.fingerprint256,
+  });
+}
+
+function isErrno(err: unknown, code: string): boolean {
+  return typeof err === 'object' && err !== null && (err as { code?: unknown }).code === code;
+}
+
+async function fsyncDir(dir: string): Promise<void> {
+  const handle = await open(dir, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+/** Creates the state dir (0700) or tightens an existing one we own. */
+export async function ensureStateDir(stateDir: string): Promise<void> {
+  await mkdir(stateDir, { recursive: true, mode: 0o700 });
+  await chmod(stateDir, 0o700);
+}
+
+/** The generation `current` points at, or null when there is none (never enrolled). */
+export async function currentGeneration(stateDir: string): Promise<string | null> {
+  let target: string;
+  try {
+    target = await readlink(join(stateDir, CURRENT_LINK));
+  } catch (err) {
+    if (isErrno(err, 'ENOENT')) return null;
+    if (isErrno(err, 'EINVAL')) throw new IdentityError('ML_ERR_STATE_CORRUPT', `${join(stateDir, CURRENT_LINK)} is not a symlink`);
+    throw err;
+  }
+  const parts = target.split('/');
+  const name = parts[1];
+  if (parts.length !== 2 || parts[0] !== GENERATIONS_DIR || name === undefined || !GENERATION_NAME.test(name)) {
+    // Never follow a pointer that leaves generations/: the state dir may be writable by an operator only.
+    throw new IdentityError('ML_ERR_STATE_CORRUPT', `${join(stateDir, CURRENT_LINK)} points outside generations/`);
+  }
+  return name;
+}
+
+/** True when the state dir holds a committed identity. */
+export async function isEnrolled(stateDir: string): Promise<boolean> {
+  const generation = await currentGeneration(stateDir);
+  if (generation === null) return false;
+  try {
+    await lstat(join(stateDir, GENERATIONS_DIR, generation, 'identity.json'));
+    return true;
+  } catch (err) {
+    if (isErrno(err, 'ENOENT')) return false;
+    throw err;
+  }
+}
+
+/**
+ * Reads the committed identity and checks it hangs together: key matches certificate, certificate
+ * signed by the stored CA, CA pinned. A failed check is ML_ERR_STATE_CORRUPT rather than a later
+ * TLS failure with a confusing message.
+ */
+export async function loadIdentity(stateDir: string): Promise<Identity> {
+  for (let attempt = 1; ; attempt++) {
+    const generation = await currentGeneration(stateDir);
+    if (generation === null) {
+      throw new IdentityError('ML_ERR_NOT_ENROLLED', `no agent identity in ${stateDir}; run \`meshlink agent enroll\` first`);
+    }
+    try {
+      return await loadGeneration(stateDir, generation);
+    } catch (err) {
+      if (isErrno(err, 'ENOENT') && attempt < LOAD_ATTEMPTS) continue;
+      if (isErrno(err, 'ENOENT')) {
+        throw new IdentityError('ML_ERR_STATE_CORRUPT', `generation ${generation} in ${stateDir} is incomplete`, { cause: err });
+      }
+      throw err;
+    }
+  }
+}
+
+async function loadGeneration(stateDir: string, generation: string): Promise<Identity> {
+  const dir = join(stateDir, GENERATIONS_DIR, generation);
+  const [identityRaw, keyPem, certPem, caPem] = await Promise.all(
+    STATE_FILES.map((name) => readFile(join(dir, name), 'utf8')),
+  ) as [string, string, string, string];
+
+  let parsedJson: unknown;
+  try {
+    parsedJson = JSON.parse(identityRaw);
+  } catch (err) {
+    throw new IdentityError('ML_ERR_STATE_CORRUPT', `${join(dir, 'identity.json')} is not valid JSON`, { cause: err });
+  }
+  const parsed = identityFileSchema.safeParse(parsedJson);
+  if (!parsed.success) {
+    throw new IdentityError('ML_ERR_STATE_CORRUPT', `${join(dir, 'identity.json')} is invalid: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+  }
+  const file = parsed.data;
+
+  let cert: X509Certificate;
+  let ca: X509Certificate;
+  try {
+    cert = new X509Certificate(certPem);
+    ca = new X509Certificate(caPem);
+  } catch (err) {
+    throw new IdentityError('ML_ERR_STATE_CORRUPT', `certificate files in ${dir} do not parse`, { cause: err });
+  }
+  assertPairMatches(keyPem, cert, dir);
+  if (!cert.verify(ca.publicKey)) {
+    throw new IdentityError('ML_ERR_STATE_CORRUPT', `cert.pem in ${dir} is not signed by ca.pem`);
+  }
+  if (!file.caPins.includes(spkiPinOf(ca))) {
+    throw new IdentityError('ML_ERR_STATE_CORRUPT', `ca.pem in ${dir} does not match the pinned CA`);
+  }
+
+  return Object.freeze({
+    stateDir,
+    generation,
+    nodeId: file.nodeId,
+    server: file.server,
+    caPins: Object.freeze([...file.caPins]),
+    hostname: file.hostname,
+    sans: Object.freeze([...file.sans]),
+    enrolledAt: file.enrolledAt,
+    keyPem,
+    certPem,
+    caPem,
+    cert: certificateInfo(cert),
+  });
+}
+
+function assertPairMatches(keyPem: string, cert: X509Certificate, where: string): void {
+  let publicDer: Buffer;
+  try {
+    publicDer = createPublicKey(keyPem).export({ type: 'spki', format: 'der' });
+  } catch (err) {
+    throw new IdentityError('ML_ERR_STATE_CORRUPT', `key.pem in ${where} is not a valid private key`, { cause: err });
+  }
+  if (!publicDer.equals(spkiDerOf(cert))) {
+    throw new IdentityError('ML_ERR_STATE_CORRUPT', `key.pem and cert.pem in ${where} do not belong together`);
+  }
+}
+
+export interface GenerationContent {
+  readonly identity: IdentityFile;
+  readonly keyPem: string;
+  readonly certPem: string;
+  readonly caPem: string;
+}
+
+function newGenerationName(certPem: string): string {
+  const serial = new X509Certificate(certPem).serialNumber.toLowerCase().replace(/^0+(?=.)/, '').slice(0, 64);
+  return `${Date.now().toString().padStart(13, '0')}-${serial}-${randomBytes(4).toString('hex')}`;
+}
+
+/**
+ * Step 1: writes a complete, fsynced generation directory that nothing points at yet. Refuses a
+ * key/certificate pair that does not match, so a mismatched pair can never become current.
+ */
+async function writeGeneration(stateDir: string, content: GenerationContent): Promise<string> {
+  assertPairMatches(content.keyPem, new X509Certificate(content.certPem), 'the new generation');
+  const identity = identityFileSchema.parse(content.identity);
+  const generationsDir = join(stateDir, GENERATIONS_DIR);
+  await mkdir(generationsDir, { recursive: true, mode: 0o700 });
+  const name = newGenerationName(content.certPem);
+  const dir = join(generationsDir, name);
+  await mkdir(dir, { mode: 0o700 });
+  const data: Record<StateFile, string> = {
+    'identity.json': `${JSON.stringify(identity, null, 2)}\n`,
+    'key.pem': content.keyPem,
+    'cert.pem': content.certPem,
+    'ca.pem': content.caPem,
+  };
+  for (const file of STATE_FILES) {
+    await writeFileAtomic(join(dir, file), data[file], { mode: FILE_MODES[file] });
+  }
+  await fsyncDir(generationsDir);
+  return name;
+}
+
+/** Atomically points `name` (a symlink in stateDir) at `target`: temp symlink, rename, dir fsync. */
+async function replaceSymlink(stateDir: string, name: string, target: string): Promise<void> {
+  const tmp = join(stateDir, `.${name}.${randomBytes(6).toString('hex')}.tmp`);
+  await symlink(target, tmp);
+  try {
+    await rename(tmp, join(stateDir, name));
+  } catch (err) {
+    await unlink(tmp).catch(() => {});
+    throw err;
+  }
+  await fsyncDir(stateDir);
+}
+
+/** Step 2: the stable operator names, each a symlink through `current` (dangling until step 3). */
+async function ensureOperatorLinks(stateDir: string): Promise<void> {
+  for (const file of STATE_FILES) {
+    const want = `${CURRENT_LINK}/${file}`;
+    try {
+      if ((await readlink(join(stateDir, file))) === want) continue;
+    } catch (err) {
+      if (!isErrno(err, 'ENOENT') && !isErrno(err, 'EINVAL')) throw err;
+    }
+    await replaceSymlink(stateDir, file, want);
+  }
+}
+
+/** Step 3: the commit. One rename of the `current` symlink switches the whole pair (and CA, identity). */
+async function switchCurrent(stateDir: string, generation: string): Promise<void> {
+  if (!GENERATION_NAME.test(generation)) throw new Error(`bad generation name ${generation}`);
+  await replaceSymlink(stateDir, CURRENT_LINK, `${GENERATIONS_DIR}/${generation}`);
+}
+
+/**
+ * Step 4 (housekeeping, safe to skip or interrupt): keeps the current generation and `previous` (the
+ * one current before the switch, for a manual rollback), removes the rest, including generations a
+ * crash left behind before their switch, and stale temp symlinks.
+ */
+async function pruneGenerations(stateDir: string, previous: string | null = null): Promise<void> {
+  const current = await currentGeneration(stateDir);
+  if (current === null) return;
+  const generationsDir = join(stateDir, GENERATIONS_DIR);
+  for (const name of await readdir(generationsDir)) {
+    if (!GENERATION_NAME.test(name) || name === current || name === previous) continue;
+    await rm(join(generationsDir, name), { recursive: true, force: true });
+  }
+  const now = Date.now();
+  for (const entry of await readdir(stateDir)) {
+    if (!entry.startsWith('.') || !entry.endsWith('.tmp')) continue;
+    if (!STATE_FILES.some((f) => entry.startsWith(`.${f}.`)) && !entry.startsWith(`.${CURRENT_LINK}.`)) continue;
+    const info = await lstat(join(stateDir, entry)).catch(() => null);
+    if (info?.isSymbolicLink() === true && now - info.mtimeMs > STALE_TMP_MS) {
+      await unlink(join(stateDir, entry)).catch(() => {});
+    }
+  }
+}
+
+/** Individual steps of a save, exported so tests can stop between them like a crash would. */
+export const saveSteps = Object.freeze({ writeGeneration, ensureOperatorLinks, switchCurrent, pruneGenerations });
+
+/** Writes and commits a whole identity (enrollment, or re-enrollment with --force). */
+export async function saveEnrollment(stateDir: string, content: GenerationContent): Promise<Identity> {
+  await ensureStateDir(stateDir);
+  const previous = await currentGeneration(stateDir).catch(() => null);
+  const generation = await writeGeneration(stateDir, content);
+  await ensureOperatorLinks(stateDir);
+  await switchCurrent(stateDir, generation);
+  await pruneGenerations(stateDir, previous);
+  return loadIdentity(stateDir);
+}
+
+/**
+ * Commits a renewed key + certificate pair, keeping the identity. `caPem` defaults to the stored CA
+ * (a renewal response carries the CA too; the caller has already checked its pin).
+ */
+export async function saveRenewedCertificate(stateDir: string, keyPem: string, certPem: string, caPem?: string): Promise<Identity> {
+  const current = await loadIdentity(stateDir);
+  const identity: IdentityFile = {
+    version: 1,
+    nodeId: current.nodeId,
+    server: current.server,
+    caPins: [...current.caPins],
+    hostname: current.hostname,
+    sans: [...current.sans],
+    enrolledAt: current.enrolledAt,
+  };
+  return saveEnrollment(stateDir, { identity, keyPem, certPem, caPem: caPem ?? current.caPem });
+}
+
+// ---------------------------------------------------------------------------------------------
+// status.json: written by the running agent, read by `meshlink agent status`.
+
+export const CONNECTION_STATES = ['connected', 'connecting', 'backoff', 'stopped'] as const;
+
+export const agentStatusSchema = z.looseObject({
+  state: z.enum(CONNECTION_STATES),
+  since: z.string().datetime(),
+  /** Process id of the writer, lets `status` tell a crashed agent's leftover file from a live one. */
+  pid: z.number().int().positive().optional(),
+  updatedAt: z.string().datetime().optional(),
+});
+export type AgentStatus = z.infer<typeof agentStatusSchema>;
+
+export type AgentStatusReading =
+  | { readonly kind: 'absent' }
+  | { readonly kind: 'invalid'; readonly message: string }
+  | { readonly kind: 'present'; readonly status: AgentStatus; readonly writerAlive: boolean | null };
+
+const STATUS_MAX_BYTES = 64 * 1024;
+
+export async function writeAgentStatus(stateDir: string, status: AgentStatus): Promise<void> {
+  const checked = agentStatusSchema.parse(status);
+  await writeFileAtomic(join(stateDir, STATUS_FILE), `${JSON.stringify(checked)}\n`, { mode: 0o644 });
+}
+
+export async function readAgentStatus(stateDir: string): Promise<AgentStatusReading> {
+  let raw: string;
+  try {
+    const handle = await open(join(stateDir, STATUS_FILE), 'r');
+    try {
+      const { size } = await handle.stat();
+      if (size > STATUS_MAX_BYTES) return { kind: 'invalid', message: `status.json is larger than ${STATUS_MAX_BYTES} bytes` };
+      raw = await handle.readFile('utf8');
+    } finally {
+      await handle.close();
+    }
+  } catch (err) {
+    if (isErrno(err, 'ENOENT')) return { kind: 'absent' };
+    throw err;
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(raw);
+  } catch {
+    return { kind: 'invalid', message: 'status.json is not valid JSON' };
+  }
+  const parsed = agentStatusSchema.safeParse(json);
+  if (!parsed.success) {
+    return { kind: 'invalid', message: `status.json is invalid: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}` };
+  }
+  return { kind: 'present', status: parsed.data, writerAlive: parsed.data.pid === undefined ? null : processAlive(parsed.data.pid) };
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    // EPERM: it exists but belongs to someone else.
+    return isErrno(err, 'EPERM');
+  }
+}
