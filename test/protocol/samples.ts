@@ -1,0 +1,48 @@
+import type { KindName } from '../../src/protocol/registry.js';
+
+const pem = '-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n';
+const hex64 = 'ab'.repeat(32);
+
+/** One valid payload for every message kind (the registry test checks none is missing). */
+export const SAMPLE_PAYLOADS: Record<KindName, unknown> = {
+  hello: { versions: [1], agentVersion: '0.1.0', hostname: 'web-1', lastEventSeq: 7, wgPublicKey: 'x'.repeat(44), endpoints: ['192.0.2.1:51820'] },
+  welcome: { version: 1, nodeId: 'n1', serverVersion: '0.1.0', heartbeatIntervalMs: 15000, upgrade: { version: '0.2.0', buildId: 'b2', url: 'https://s/v1/agent/b2', sha256: hex64 } },
+  error: { code: 'ML_ERR_BAD_PAYLOAD', message: 'nope', rid: 3 },
+  goaway: { reason: 'shutdown' },
+  ping: { nonce: 42 },
+  pong: { nonce: 42 },
+  heartbeat: { seq: 1, ts: 1_700_000_000_000, uptimeMs: 5 },
+  'heartbeat.ack': { seq: 1, ts: 1_700_000_000_000 },
+  'stream.open': { kind: 'log.stream', meta: { lines: 10, follow: true } },
+  'stream.accept': {},
+  'stream.reject': { code: 'ML_ERR_UNSUPPORTED', message: 'no' },
+  'stream.data': new Uint8Array([1, 2, 3]),
+  'stream.window': { credit: 65536 },
+  'stream.close': {},
+  'stream.reset': { code: 'ML_ERR_CANCELLED', message: 'bye' },
+  'cert.renew': { rid: 1, csr: pem },
+  'cert.renewed': { rid: 1, certificate: pem, caCertificate: pem, notAfter: '2030-01-01T00:00:00.000Z' },
+  'agent.upgrade': { version: '0.2.0', buildId: 'b2', url: 'https://s/v1/agent/b2', sha256: hex64 },
+  'agent.upgrade.status': { buildId: 'b2', state: 'failed', message: 'checksum mismatch' },
+  event: { envelope: new Uint8Array([0x94, 1, 2, 3, 4]), signature: new Uint8Array(64), keyId: 'k1' },
+  'event.ack': { seq: 9 },
+  'state.request': { rid: 2, digest: hex64 },
+  'state.response': { rid: 2, inSync: false, state: { peers: [] } },
+  'drift.report': { ts: 1, items: [{ field: 'peers', expected: '2', actual: '1' }] },
+  'action.request': { action: 'ping', args: { A: 'b' }, timeoutMs: 1000 },
+  'action.ack': { startedAt: 1, queued: false },
+  'action.output': { channel: 'stderr', data: new Uint8Array([65]) },
+  'action.result': { exitCode: 0, signal: null, durationMs: 3, truncated: false },
+  'log.stream': { lines: 100, follow: true },
+  'exec.open': { command: '/bin/echo', args: ['hi'], env: { X: '1' }, cols: 80, rows: 24 },
+  'exec.resize': { cols: 100, rows: 40 },
+  'exec.exit': { exitCode: 0, signal: null },
+  'exec.stderr': new Uint8Array([0x65]),
+  'file.open': { path: '/tmp/x', direction: 'push', size: 10, offset: 0, sha256: hex64 },
+  'file.chunk': { offset: 0, data: new Uint8Array(10) },
+  'file.done': { size: 10, sha256: hex64 },
+  stats: { ts: 1, loadavg: [0.1, 0.2, 0.3], memFree: 1, memTotal: 2, uptimeSec: 3 },
+  'metrics.batch': { samples: [{ name: 'x', value: 1.5, ts: 1, labels: { a: 'b' } }], dropped: 0 },
+  'logs.batch': { records: [{ ts: 1, level: 'warn', msg: 'disk low' }] },
+  'audit.batch': { records: [{ ts: 1, action: 'exec', actor: 'admin', target: '/bin/ls', result: 'ok' }] },
+};
