@@ -42,7 +42,7 @@ describe('createCsrPem', () => {
     expect(sigOid).toBe('1.2.840.113549.1.1.11');
     expect(verify('sha256', infoDer, keys.publicKeyPem, signature)).toBe(true);
     // A flipped bit in the signed bytes must fail: the check is real.
-    infoDer[infoDer.length - 1] ^= 0x01;
+    infoDer.writeUInt8(infoDer.readUInt8(infoDer.length - 1) ^ 0x01, infoDer.length - 1);
     expect(verify('sha256', infoDer, keys.publicKeyPem, signature)).toBe(false);
   });
 
@@ -76,7 +76,7 @@ describe('createCsrPem', () => {
   it.skipIf(!hasOpenssl)('openssl rejects a CSR whose signature was tampered with', () => {
     const pem = createCsrPem(keys, { hostname: 'node-1.example', sans: [] });
     const der = Buffer.from(pem.replace(/-----[^-]+-----/g, '').replace(/\s+/g, ''), 'base64');
-    der[der.length - 5] ^= 0xff; // inside the signature bit string
+    der.writeUInt8(der.readUInt8(der.length - 5) ^ 0xff, der.length - 5); // inside the signature bit string
     const file = join(dir, 'bad.pem');
     writeFileSync(file, `-----BEGIN CERTIFICATE REQUEST-----\n${der.toString('base64').replace(/.{64}/g, '$&\n')}\n-----END CERTIFICATE REQUEST-----\n`);
     const result = spawnSync('openssl', ['req', '-in', file, '-verify', '-noout'], { encoding: 'utf8' });

@@ -1,0 +1,384 @@
+import { X509Certificate, createPrivateKey, createPublicKey } from 'node:crypto';
+import { Agent, request, type Dispatcher } from 'undici';
+import { z } from 'zod';
+import type { Logger } from '../util/logger.js';
+import { MeshlinkError } from '../protocol/errors.js';
+import { parseEnrollOptions, type EnrollOptionsInput } from './config.js';
+import { createCsrPem, generateAgentKeyPair, KEY_TYPES, type KeyType } from './csr.js';
+import { isEnrolled, loadIdentity, saveEnrollment, saveRenewedCertificate, type Identity } from './identity.js';
+import { assertPinned, parseCaCertificate, spkiDerOf, spkiPinOf } from './pin.js';
+
+/**
+ * The agent side of the server's HTTPS enrollment endpoints: GET /v1/ca, POST /v1/enroll and
+ * POST /v1/renew. Trust is bootstrapped from the operator's CA pin: the CA is fetched without
+ * verification, accepted only if its SPKI hash is pinned, and from then on it is the only trust root.
+ */
+
+/** Caps on what we read from the server; a well-behaved response is a few KiB. */
+const MAX_CA_BYTES = 64 * 1024;
+const MAX_RESPONSE_BYTES = 256 * 1024;
+const MAX_SERVER_MESSAGE_CHARS = 500;
+
+export class EnrollError extends MeshlinkError {
+  /** HTTP status of the refusal. */
+  readonly status: number;
+  /** Seconds the server asked us to wait (429), if it said. */
+  readonly retryAfterSeconds: number | undefined;
+  constructor(code: string, status: number, message: string, retryAfterSeconds?: number) {
+    super(code, message);
+    this.name = 'EnrollError';
+    this.status = status;
+    this.retryAfterSeconds = retryAfterSeconds;
+  }
+}
+
+export type EnrollTransportCode =
+  | 'ML_ERR_ALREADY_ENROLLED'
+  | 'ML_ERR_SERVER_UNREACHABLE'
+  | 'ML_ERR_SERVER_TLS'
+  | 'ML_ERR_ENROLL_RESPONSE';
+
+/** Failures that are not a refusal by the server: unreachable, TLS trust failure, bad response. */
+export class EnrollTransportError extends MeshlinkError {
+  constructor(code: EnrollTransportCode, message: string, options?: { cause?: unknown }) {
+    super(code, message, options);
+    this.name = 'EnrollTransportError';
+  }
+}
+
+const issuedResponseSchema = z.object({
+  nodeId: z.string().min(1).max(128),
+  certificate: z.string().min(1).max(32 * 1024),
+  caCertificate: z.string().min(1).max(MAX_CA_BYTES),
+  notAfter: z.string().datetime({ offset: true }),
+});
+export type IssuedResponse = z.infer<typeof issuedResponseSchema>;
+
+const serverErrorSchema = z.object({ code: z.string().regex(/^[A-Z][A-Z0-9_]{2,63}$/), message: z.string() });
+
+// ---------------------------------------------------------------------------------------------
+// HTTP plumbing
+
+interface HttpResult {
+  readonly status: number;
+  readonly headers: Record<string, string | string[] | undefined>;
+  readonly body: string;
+}
+
+/** OpenSSL / Node codes that mean "the peer is not who the trust anchor says". */
+const TLS_TRUST_CODES = new Set([
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'CERT_HAS_EXPIRED',
+  'CERT_NOT_YET_VALID',
+  'CERT_SIGNATURE_FAILURE',
+  'ERR_TLS_CERT_ALTNAME_INVALID',
+]);
+
+function errorCodeOf(err: unknown): string | undefined {
+  for (let e: unknown = err, depth = 0; e !== null && typeof e === 'object' && depth < 5; depth++) {
+    const code = (e as { code?: unknown }).code;
+    if (typeof code === 'string' && !code.startsWith('UND_ERR_SOCKET')) return code;
+    e = (e as { cause?: unknown }).cause;
+  }
+  return undefined;
+}
+
+function transportError(err: unknown, url: string): MeshlinkError {
+  if (err instanceof MeshlinkError) return err;
+  const code = errorCodeOf(err) ?? 'unknown';
+  if (TLS_TRUST_CODES.has(code)) {
+    return new EnrollTransportError(
+      'ML_ERR_SERVER_TLS',
+      `TLS verification of ${url} against the pinned CA failed (${code}): the server's certificate is not issued by that CA for this host name`,
+      { cause: err },
+    );
+  }
+  const detail = err instanceof Error ? err.message : String(err);
+  return new EnrollTransportError('ML_ERR_SERVER_UNREACHABLE', `cannot reach ${url} (${code}): ${detail}`, { cause: err });
+}
+
+async function readCapped(body: Dispatcher.ResponseData['body'], maxBytes: number, url: string): Promise<string> {
+  const chunks: Buffer[] = [];
+  let total = 0;
+  for await (const chunk of body) {
+    const buf = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as Uint8Array);
+    total += buf.length;
+    if (total > maxBytes) {
+      body.destroy();
+      throw new EnrollTransportError('ML_ERR_ENROLL_RESPONSE', `response from ${url} exceeds ${maxBytes} bytes`);
+    }
+    chunks.push(buf);
+  }
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+async function httpCall(
+  dispatcher: Dispatcher,
+  url: string,
+  init: { method: 'GET' | 'POST'; json?: unknown; maxBytes: number; timeoutMs: number },
+): Promise<HttpResult> {
+  try {
+    const response = await request(url, {
+      dispatcher,
+      method: init.method,
+      headers: init.json === undefined ? { accept: '*/*' } : { 'content-type': 'application/json', accept: 'application/json' },
+      body: init.json === undefined ? undefined : JSON.stringify(init.json),
+      headersTimeout: init.timeoutMs,
+      bodyTimeout: init.timeoutMs,
+      signal: AbortSignal.timeout(init.timeoutMs),
+    });
+    const declared = Number(response.headers['content-length']);
+    if (Number.isFinite(declared) && declared > init.maxBytes) {
+      response.body.destroy();
+      throw new EnrollTransportError('ML_ERR_ENROLL_RESPONSE', `response from ${url} announces ${declared} bytes, more than ${init.maxBytes}`);
+    }
+    const body = await readCapped(response.body, init.maxBytes, url);
+    return { status: response.statusCode, headers: response.headers, body };
+  } catch (err) {
+    throw transportError(err, url);
+  }
+}
+
+/** Server text is untrusted: strip control characters and cap the length before showing it. */
+function sanitizeServerText(text: string): string {
+  // eslint-disable-next-line no-control-regex
+  const clean = text.replace(/[\x00-\x1f\x7f]+/g, ' ').trim();
+  return clean.length > MAX_SERVER_MESSAGE_CHARS ? `${clean.slice(0, MAX_SERVER_MESSAGE_CHARS)}…` : clean;
+}
+
+function parseRetryAfter(value: string | string[] | undefined, now = Date.now()): number | undefined {
+  const raw = Array.isArray(value) ? value[0] : value;
+  if (raw === undefined) return undefined;
+  if (/^\d{1,9}$/.test(raw.trim())) return Number(raw.trim());
+  const at = Date.parse(raw);
+  return Number.isNaN(at) ? undefined : Math.max(0, Math.ceil((at - now) / 1000));
+}
+
+/** Maps a non-200 answer to EnrollError carrying the server's own code when it sent one. */
+function refusal(result: HttpResult, what: string): EnrollError {
+  let code = result.status >= 500 ? 'ML_ERR_SERVER' : 'ML_ERR_ENROLL_REFUSED';
+  let message = `HTTP ${result.status}`;
+  try {
+    const parsed = serverErrorSchema.safeParse(JSON.parse(result.body));
+    if (parsed.success) {
+      code = parsed.data.code;
+      message = sanitizeServerText(parsed.data.message);
+    }
+  } catch {
+    // not JSON: keep the generic code, the status says enough
+  }
+  const retryAfter = result.status === 429 ? parseRetryAfter(result.headers['retry-after']) : undefined;
+  const wait = retryAfter === undefined ? '' : ` (retry after ${retryAfter}s)`;
+  return new EnrollError(code, result.status, `${what} refused by the server (HTTP ${result.status}): ${message}${wait}`, retryAfter);
+}
+
+function parseIssued(result: HttpResult, url: string): IssuedResponse {
+  let json: unknown;
+  try {
+    json = JSON.parse(result.body);
+  } catch (err) {
+    throw new EnrollTransportError('ML_ERR_ENROLL_RESPONSE', `response from ${url} is not JSON`, { cause: err });
+  }
+  const parsed = issuedResponseSchema.safeParse(json);
+  if (!parsed.success) {
+    const fields = parsed.error.issues.map((i) => i.path.join('.') || 'body').join(', ');
+    throw new EnrollTransportError('ML_ERR_ENROLL_RESPONSE', `response from ${url} is malformed (${fields})`);
+  }
+  return parsed.data;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Verification of what the server issued
+
+export interface VerifiedIssue {
+  readonly nodeId: string;
+  readonly certPem: string;
+  readonly caPem: string;
+  readonly cert: X509Certificate;
+}
+
+/**
+ * The certificate must be signed by the returned CA, that CA must be pinned, and the certificate's
+ * key must be ours: otherwise a server (or whoever answered) could hand us an identity we cannot use
+ * or one that chains to a CA we never agreed to.
+ */
+export function verifyIssued(issued: IssuedResponse, caPins: readonly string[], publicKeyPem: string): VerifiedIssue {
+  let ca: X509Certificate;
+  let cert: X509Certificate;
+  try {
+    ca = parseCaCertificate(issued.caCertificate);
+    cert = new X509Certificate(issued.certificate);
+  } catch (err) {
+    throw new EnrollTransportError('ML_ERR_ENROLL_RESPONSE', 'the issued certificate or CA certificate does not parse', { cause: err });
+  }
+  const caPin = spkiPinOf(ca);
+  if (!caPins.includes(caPin)) {
+    throw new EnrollTransportError('ML_ERR_ENROLL_RESPONSE', `the CA returned with the certificate (pin ${caPin}) is not pinned`);
+  }
+  if (!cert.checkIssued(ca) || !cert.verify(ca.publicKey)) {
+    throw new EnrollTransportError('ML_ERR_ENROLL_RESPONSE', 'the issued certificate is not signed by the returned CA');
+  }
+  const ours = createPublicKey(publicKeyPem).export({ type: 'spki', format: 'der' });
+  if (!spkiDerOf(cert).equals(ours)) {
+    throw new EnrollTransportError('ML_ERR_ENROLL_RESPONSE', 'the issued certificate does not carry the public key we sent');
+  }
+  return { nodeId: issued.nodeId, certPem: issued.certificate, caPem: issued.caCertificate, cert };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Enrollment
+
+export interface EnrollResult {
+  readonly identity: Identity;
+  /** The pin of the CA we accepted. */
+  readonly caPin: string;
+}
+
+function defaultLogger(logger: Logger | undefined): Pick<Logger, 'info' | 'debug' | 'warn'> {
+  const noop = (): void => {};
+  return logger ?? { info: noop, debug: noop, warn: noop };
+}
+
+/** Fetches GET /v1/ca without trusting anything and checks its pin. Returns the CA PEM. */
+export async function fetchPinnedCa(server: string, caPins: readonly string[], timeoutMs: number): Promise<{ caPem: string; caPin: string }> {
+  // No trust yet: the pin check below is what makes the answer trustworthy.
+  const untrusting = new Agent({ connect: { rejectUnauthorized: false, timeout: timeoutMs }, headersTimeout: timeoutMs, bodyTimeout: timeoutMs });
+  const url = `${server}/v1/ca`;
+  try {
+    const result = await httpCall(untrusting, url, { method: 'GET', maxBytes: MAX_CA_BYTES, timeoutMs });
+    if (result.status !== 200) throw refusal(result, 'fetching the CA certificate');
+    const caPem = result.body;
+    const caPin = assertPinned(caPem, caPins);
+    return { caPem, caPin };
+  } finally {
+    await untrusting.close().catch(() => {});
+  }
+}
+
+/** A dispatcher whose only trust root is `caPem`, optionally presenting a client certificate. */
+function pinnedDispatcher(caPem: string, timeoutMs: number, client?: { certPem: string; keyPem: string }): Agent {
+  return new Agent({
+    connect: {
+      ca: caPem,
+      rejectUnauthorized: true,
+      timeout: timeoutMs,
+      ...(client === undefined ? {} : { cert: client.certPem, key: client.keyPem }),
+    },
+    headersTimeout: timeoutMs,
+    bodyTimeout: timeoutMs,
+  });
+}
+
+/**
+ * Enrolls this host: checks the state dir is free (unless force), fetches and pins the CA, makes a
+ * key and CSR, redeems the token, verifies what came back and commits it to the state dir. Nothing is
+ * written unless every step succeeded.
+ */
+export async function enroll(
+  input: EnrollOptionsInput,
+  context: { logger?: Logger; agentVersion?: string } = {},
+): Promise<EnrollResult> {
+  const options = parseEnrollOptions(input);
+  const log = defaultLogger(context.logger);
+
+  if (!options.force && (await isEnrolled(options.stateDir))) {
+    const existing = await loadIdentity(options.stateDir).catch(() => null);
+    const who = existing === null ? '' : ` as node ${existing.nodeId}`;
+    throw new EnrollTransportError(
+      'ML_ERR_ALREADY_ENROLLED',
+      `${options.stateDir} is already enrolled${who}; pass --force to replace that identity`,
+    );
+  }
+
+  // Key generation runs in the threadpool while we talk to the server.
+  const keysPromise = generateAgentKeyPair(options.keyType);
+  keysPromise.catch(() => {}); // awaited below; avoid an unhandled rejection if the CA fetch fails first
+
+  const { caPem, caPin } = await fetchPinnedCa(options.server, options.caPins, options.timeoutMs);
+  log.info({ server: options.server, caPin }, 'server CA matches pin');
+
+  const keys = await keysPromise;
+  const csr = createCsrPem(keys, { hostname: options.hostname, sans: options.sans });
+
+  const trusted = pinnedDispatcher(caPem, options.timeoutMs);
+  const url = `${options.server}/v1/enroll`;
+  let result: HttpResult;
+  try {
+    result = await httpCall(trusted, url, {
+      method: 'POST',
+      json: {
+        token: options.token,
+        csr,
+        hostname: options.hostname,
+        ...(context.agentVersion === undefined ? {} : { agentVersion: context.agentVersion }),
+      },
+      maxBytes: MAX_RESPONSE_BYTES,
+      timeoutMs: options.timeoutMs,
+    });
+  } finally {
+    await trusted.close().catch(() => {});
+  }
+  if (result.status !== 200) throw refusal(result, 'enrollment');
+
+  const issued = verifyIssued(parseIssued(result, url), options.caPins, keys.publicKeyPem);
+  const identity = await saveEnrollment(options.stateDir, {
+    identity: {
+      version: 1,
+      nodeId: issued.nodeId,
+      server: options.server,
+      caPins: [...options.caPins],
+      hostname: options.hostname,
+      sans: [...options.sans],
+      enrolledAt: new Date().toISOString(),
+    },
+    keyPem: keys.privateKeyPem,
+    certPem: issued.certPem,
+    caPem: issued.caPem,
+  });
+  log.info({ nodeId: identity.nodeId, certSerial: identity.cert.serial, certNotAfter: identity.cert.notAfter.toISOString() }, 'enrolled');
+  return { identity, caPin };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Renewal over HTTPS (the way back for a certificate that expired while the agent was offline)
+
+function keyTypeOf(keyPem: string): KeyType {
+  const bits = createPrivateKey(keyPem).asymmetricKeyDetails?.modulusLength;
+  const candidate = `rsa${bits ?? 2048}`;
+  return (KEY_TYPES as readonly string[]).includes(candidate) ? (candidate as KeyType) : 'rsa2048';
+}
+
+/**
+ * POST /v1/renew over mTLS with the current (possibly recently expired) certificate and a CSR for a
+ * fresh key; the result is committed with saveRenewedCertificate. The server decides whether the
+ * certificate is still within its renewal grace; a refusal is an EnrollError with the server's code.
+ */
+export async function renewViaHttps(
+  identity: Identity,
+  options: { keyType?: KeyType; timeoutMs?: number; logger?: Logger } = {},
+): Promise<Identity> {
+  const timeoutMs = options.timeoutMs ?? 30_000;
+  const log = defaultLogger(options.logger);
+  const keys = await generateAgentKeyPair(options.keyType ?? keyTypeOf(identity.keyPem));
+  const csr = createCsrPem(keys, { hostname: identity.hostname, sans: identity.sans });
+  const dispatcher = pinnedDispatcher(identity.caPem, timeoutMs, { certPem: identity.certPem, keyPem: identity.keyPem });
+  const url = `${identity.server}/v1/renew`;
+  let result: HttpResult;
+  try {
+    result = await httpCall(dispatcher, url, { method: 'POST', json: { csr }, maxBytes: MAX_RESPONSE_BYTES, timeoutMs });
+  } finally {
+    await dispatcher.close().catch(() => {});
+  }
+  if (result.status !== 200) throw refusal(result, 'renewal');
+  const issued = verifyIssued(parseIssued(result, url), identity.caPins, keys.publicKeyPem);
+  if (issued.nodeId !== identity.nodeId) {
+    throw new EnrollTransportError('ML_ERR_ENROLL_RESPONSE', `renewal returned node id ${issued.nodeId}, expected ${identity.nodeId}`);
+  }
+  const renewed = await saveRenewedCertificate(identity.stateDir, keys.privateKeyPem, issued.certPem, issued.caPem);
+  log.info({ nodeId: renewed.nodeId, certSerial: renewed.cert.serial, certNotAfter: renewed.cert.notAfter.toISOString() }, 'certificate renewed');
+  return renewed;
+}
