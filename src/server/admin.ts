@@ -1,0 +1,130 @@
+import { chmod, unlink } from 'node:fs/promises';
+import { createServer, request, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { z } from 'zod';
+import type { Logger } from '../util/logger.js';
+import { ServerError } from './errors.js';
+import { readJson, sendError, sendJson } from './http-json.js';
+import { createEnrollmentToken, listNodes, removeNode, type LiveParts } from './nodes.js';
+import type { Store } from './store/store.js';
+
+/**
+ * The local admin channel: HTTP on the unix socket `<dataDir>/admin.sock`, mode 0600 inside the 0700
+ * data dir. Authentication is the file permission: whoever can open the socket (the server's user
+ * and root) is the operator. Never exposed on TCP.
+ *
+ *   GET  /v1/health                      → {ok: true, pid}
+ *   POST /v1/tokens {ttlMs, nodeId?}     → {token, expiresAt, caPin, enrollCommand, nodeId}
+ *   GET  /v1/nodes                       → NodeListing[]
+ *   POST /v1/nodes/remove {node}         → {id, hostname, revokedSerials, closedConnections}
+ */
+
+const ADMIN_BODY_CAP = 16 * 1024;
+const tokenBody = z.object({ ttlMs: z.number().int().min(1_000).max(30 * 86_400_000), nodeId: z.string().min(1).max(128).nullish() }).strict();
+const removeBody = z.object({ node: z.string().min(1).max(253) }).strict();
+
+export interface AdminDeps {
+  store: Store;
+  live: LiveParts;
+  logger: Logger;
+}
+
+export async function startAdminServer(socketPath: string, deps: AdminDeps): Promise<Server> {
+  const log = deps.logger.child({ component: 'admin' });
+  const server = createServer({ headersTimeout: 5_000, requestTimeout: 10_000 }, (req, res) => {
+    handle(req, res).catch((err: unknown) => {
+      if (!(err instanceof ServerError) || err.status >= 500) log.error({ err, path: req.url }, 'admin request failed');
+      sendError(res, err);
+    });
+  });
+
+  async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const route = `${req.method ?? 'GET'} ${(req.url ?? '/').split('?')[0]}`;
+    switch (route) {
+      case 'GET /v1/health':
+        sendJson(res, 200, { ok: true, pid: process.pid });
+        return;
+      case 'POST /v1/tokens': {
+        const body = await readJson(req, ADMIN_BODY_CAP, tokenBody);
+        const created = createEnrollmentToken(deps.store, { ttlMs: body.ttlMs, nodeId: body.nodeId ?? null });
+        log.info({ expiresAt: created.expiresAt, nodeId: created.nodeId }, 'enrollment token created');
+        sendJson(res, 200, created);
+        return;
+      }
+      case 'GET /v1/nodes':
+        sendJson(res, 200, listNodes(deps.store, deps.live));
+        return;
+      case 'POST /v1/nodes/remove': {
+        const body = await readJson(req, ADMIN_BODY_CAP, removeBody);
+        const result = removeNode(deps.store, body.node, deps.live);
+        log.info({ nodeId: result.id, hostname: result.hostname, revoked: result.revokedSerials.length, closed: result.closedConnections }, 'node removed');
+        sendJson(res, 200, result);
+        return;
+      }
+      default:
+        throw new ServerError('ML_ERR_NOT_FOUND', `no admin endpoint ${route}`);
+    }
+  }
+
+  await unlink(socketPath).catch((err: NodeJS.ErrnoException) => {
+    if (err.code !== 'ENOENT') throw err;
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(socketPath, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  await chmod(socketPath, 0o600);
+  return server;
+}
+
+/** Admin socket unreachable (no server running): the CLI falls back to the store. */
+export class AdminUnavailable extends Error {}
+
+/** One request to the admin socket. Errors from the server are rethrown as ServerError with its code. */
+export function adminRequest<T>(socketPath: string, method: string, path: string, body?: unknown, timeoutMs = 10_000): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const payload = body === undefined ? undefined : JSON.stringify(body);
+    const req = request(
+      {
+        socketPath,
+        method,
+        path,
+        headers: payload ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } : {},
+        timeout: timeoutMs,
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        let size = 0;
+        res.on('data', (c: Buffer) => {
+          size += c.length;
+          if (size > 16 * 1024 * 1024) req.destroy(new Error('admin response too large'));
+          else chunks.push(c);
+        });
+        res.on('end', () => {
+          let parsed: unknown;
+          try {
+            parsed = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+          } catch {
+            reject(new Error(`admin socket answered ${res.statusCode} with a non-JSON body`));
+            return;
+          }
+          if (res.statusCode === 200) resolve(parsed as T);
+          else {
+            const e = parsed as { code?: string; message?: string };
+            const known = e.code && e.code.startsWith('ML_ERR_') ? (e.code as ConstructorParameters<typeof ServerError>[0]) : 'ML_ERR_SERVER_INTERNAL';
+            reject(new ServerError(known, e.message ?? `admin request failed (${res.statusCode})`));
+          }
+        });
+        res.on('error', reject);
+      },
+    );
+    req.on('timeout', () => req.destroy(new Error('admin request timed out')));
+    req.on('error', (err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT' || err.code === 'ECONNREFUSED') reject(new AdminUnavailable(`no server answers on ${socketPath}`));
+      else reject(err);
+    });
+    req.end(payload);
+  });
+}

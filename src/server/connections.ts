@@ -1,0 +1,105 @@
+import type { WebSocket } from 'ws';
+import { ERROR_CODES } from '../protocol/errors.js';
+import type { Logger } from '../util/logger.js';
+
+/**
+ * Live agent sockets per node, so revocation can close them and each socket is closed when its
+ * certificate's NotAfter passes (one timer per connection, cleared on close).
+ */
+
+export const CLOSE_REVOKED = ERROR_CODES.ML_ERR_CERT_REVOKED.closeCode; // 4401
+export const CLOSE_EXPIRED = ERROR_CODES.ML_ERR_CERT_EXPIRED.closeCode; // 4402
+/** A peer that ignores the close handshake is cut off after this long. */
+const CLOSE_FORCE_MS = 1_000;
+/** setTimeout's delay is a signed 32-bit integer; longer waits are re-armed in steps. */
+const MAX_TIMER_MS = 2_147_483_647;
+
+interface Entry {
+  ws: WebSocket;
+  nodeId: string;
+  certSerial: string;
+  certNotAfter: number;
+  connectedAt: number;
+  timer: NodeJS.Timeout | undefined;
+}
+
+export class ConnectionRegistry {
+  private readonly byNode = new Map<string, Set<Entry>>();
+
+  constructor(private readonly logger: Logger) {}
+
+  add(ws: WebSocket, info: { nodeId: string; certSerial: string; certNotAfter: number }): void {
+    const entry: Entry = { ws, ...info, connectedAt: Date.now(), timer: undefined };
+    let set = this.byNode.get(info.nodeId);
+    if (!set) this.byNode.set(info.nodeId, (set = new Set()));
+    set.add(entry);
+    this.armExpiry(entry);
+    ws.once('close', () => {
+      clearTimeout(entry.timer);
+      const s = this.byNode.get(info.nodeId);
+      if (s) {
+        s.delete(entry);
+        if (s.size === 0) this.byNode.delete(info.nodeId);
+      }
+    });
+  }
+
+  private armExpiry(entry: Entry): void {
+    const wait = entry.certNotAfter - Date.now();
+    if (wait <= 0) {
+      this.logger.info({ nodeId: entry.nodeId, certSerial: entry.certSerial }, 'certificate reached NotAfter; closing connection');
+      closeSocket(entry.ws, CLOSE_EXPIRED, 'certificate expired');
+      return;
+    }
+    entry.timer = setTimeout(() => this.armExpiry(entry), Math.min(wait + 1, MAX_TIMER_MS));
+    entry.timer.unref();
+  }
+
+  isOnline(nodeId: string): boolean {
+    return this.byNode.has(nodeId);
+  }
+
+  onlineNodeIds(): string[] {
+    return [...this.byNode.keys()];
+  }
+
+  get size(): number {
+    let n = 0;
+    for (const s of this.byNode.values()) n += s.size;
+    return n;
+  }
+
+  /** Closes every socket of the node with 4401; returns how many were open. */
+  closeRevokedNode(nodeId: string): number {
+    return this.closeWhere((e) => e.nodeId === nodeId, CLOSE_REVOKED, 'certificate revoked');
+  }
+
+  /** Closes sockets presenting one of these serials with 4401. */
+  closeRevokedSerials(serials: readonly string[]): number {
+    const set = new Set(serials);
+    return this.closeWhere((e) => set.has(e.certSerial), CLOSE_REVOKED, 'certificate revoked');
+  }
+
+  closeAll(code: number, reason: string): number {
+    return this.closeWhere(() => true, code, reason);
+  }
+
+  private closeWhere(pred: (e: Entry) => boolean, code: number, reason: string): number {
+    let n = 0;
+    for (const set of this.byNode.values()) {
+      for (const e of set) {
+        if (!pred(e)) continue;
+        n++;
+        closeSocket(e.ws, code, reason);
+      }
+    }
+    return n;
+  }
+}
+
+function closeSocket(ws: WebSocket, code: number, reason: string): void {
+  ws.close(code, reason);
+  const force = setTimeout(() => ws.terminate(), CLOSE_FORCE_MS);
+  force.unref();
+  ws.once('close', () => clearTimeout(force));
+}

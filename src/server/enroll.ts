@@ -1,0 +1,162 @@
+import { randomUUID } from 'node:crypto';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { TLSSocket } from 'node:tls';
+import { z } from 'zod';
+import type { Logger } from '../util/logger.js';
+import type { CertificateAuthority, IssuedCertificate } from './ca.js';
+import { authenticateClient } from './client-auth.js';
+import { ServerError } from './errors.js';
+import { ENROLL_BODY_CAP, readJson, sendError, sendJson } from './http-json.js';
+import { parseCsr, CSR_MAX_PEM_BYTES, type ParsedCsr } from './csr.js';
+import type { FailureRateLimiter } from './rate-limit.js';
+import type { RevocationList } from './revocation.js';
+import type { Store } from './store/store.js';
+import { findUsableToken, hashToken } from './tokens.js';
+
+/**
+ * POST /v1/enroll, GET /v1/ca, POST /v1/renew, and issueNodeCertificate (also used in-band for
+ * `cert.renew`). Response shape for enroll and renew: {nodeId, certificate, caCertificate, notAfter}.
+ */
+
+const HOSTNAME_RE = /^[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,251}[A-Za-z0-9_])?$/;
+
+const enrollBodySchema = z
+  .object({
+    token: z.string().min(1).max(256),
+    csr: z.string().min(1).max(CSR_MAX_PEM_BYTES),
+    hostname: z.string().regex(HOSTNAME_RE, 'a host name (letters, digits, . - _; at most 253)').optional(),
+    agentVersion: z.string().min(1).max(64).regex(/^[\x21-\x7e]+$/, 'printable ASCII').optional(),
+  })
+  .strict();
+
+const renewBodySchema = z.object({ csr: z.string().min(1).max(CSR_MAX_PEM_BYTES) }).strict();
+
+export interface CertificateResponse {
+  nodeId: string;
+  certificate: string;
+  caCertificate: string;
+  notAfter: string;
+}
+
+export interface EnrollmentDeps {
+  store: Store;
+  ca: CertificateAuthority;
+  revocations: RevocationList;
+  limiter: FailureRateLimiter;
+  logger: Logger;
+  certLifetimeMs: number;
+  renewGraceMs: number;
+}
+
+export class EnrollmentService {
+  constructor(private readonly deps: EnrollmentDeps) {}
+
+  private response(nodeId: string, issued: IssuedCertificate): CertificateResponse {
+    return {
+      nodeId,
+      certificate: issued.pem,
+      caCertificate: this.deps.ca.certPem,
+      notAfter: new Date(issued.notAfter).toISOString(),
+    };
+  }
+
+  /**
+   * Issues and records a new certificate for a live node from a PEM CSR (key and signature checked).
+   * `validity` overrides the configured lifetime: for tests and tools only.
+   */
+  async issueNodeCertificate(
+    nodeId: string,
+    csrPem: string,
+    options: { validity?: { notBefore: Date; notAfter: Date } } = {},
+  ): Promise<CertificateResponse & { serial: string }> {
+    const csr = parseCsr(csrPem);
+    const node = this.deps.store.getNode(nodeId);
+    if (!node || node.removedAt !== null) throw new ServerError('ML_ERR_CERT_FORBIDDEN', `node ${nodeId} is unknown or removed`);
+    const issued = await this.deps.ca.issueClientCertificate({
+      nodeId,
+      subjectSpkiDer: csr.spkiDer,
+      lifetimeMs: this.deps.certLifetimeMs,
+      ...(options.validity ? { validity: options.validity } : {}),
+    });
+    // The node may have been removed while we signed; the FK and this check keep the store consistent.
+    const again = this.deps.store.getNode(nodeId);
+    if (!again || again.removedAt !== null) throw new ServerError('ML_ERR_CERT_FORBIDDEN', `node ${nodeId} was removed`);
+    this.deps.store.insertCert(nodeId, { serial: issued.serial, notBefore: issued.notBefore, notAfter: issued.notAfter, pem: issued.pem });
+    return { ...this.response(nodeId, issued), serial: issued.serial };
+  }
+
+  async enroll(body: z.output<typeof enrollBodySchema>): Promise<CertificateResponse> {
+    const now = Date.now();
+    const token = findUsableToken(this.deps.store, body.token, now);
+    const csr: ParsedCsr = parseCsr(body.csr);
+    const hostname = body.hostname ?? csr.commonName ?? csr.dnsNames[0];
+    if (!hostname || !HOSTNAME_RE.test(hostname)) {
+      throw new ServerError('ML_ERR_BAD_REQUEST', 'no valid hostname: send "hostname" or put it in the CSR common name');
+    }
+    const existing = token.nodeId !== null;
+    const nodeId = token.nodeId ?? randomUUID();
+    if (existing) {
+      const node = this.deps.store.getNode(nodeId);
+      if (!node || node.removedAt !== null) throw new ServerError('ML_ERR_TOKEN_INVALID', 'the token is bound to a node that was removed');
+    }
+    const issued = await this.deps.ca.issueClientCertificate({ nodeId, subjectSpkiDer: csr.spkiDer, lifetimeMs: this.deps.certLifetimeMs });
+    // Atomic: consume token + node + cert. Losing a race here discards the signed certificate unseen.
+    const won = this.deps.store.commitEnrollment({
+      tokenHash: hashToken(body.token),
+      now: Date.now(),
+      node: { id: nodeId, hostname, agentVersion: body.agentVersion ?? null, existing },
+      cert: { serial: issued.serial, notBefore: issued.notBefore, notAfter: issued.notAfter, pem: issued.pem },
+    });
+    if (!won) throw new ServerError('ML_ERR_TOKEN_INVALID', 'the enrollment token is unknown, already used, or expired');
+    this.deps.logger.info({ nodeId, hostname, certSerial: issued.serial, reenroll: existing }, 'node enrolled');
+    return this.response(nodeId, issued);
+  }
+
+  async renew(socket: TLSSocket, body: z.output<typeof renewBodySchema>): Promise<CertificateResponse> {
+    const peer = authenticateClient(this.deps, socket, { expiredGraceMs: this.deps.renewGraceMs });
+    const result = await this.issueNodeCertificate(peer.nodeId, body.csr);
+    this.deps.logger.info({ nodeId: peer.nodeId, oldSerial: peer.certSerial, certSerial: result.serial }, 'certificate renewed over HTTPS');
+    const { serial: _serial, ...response } = result;
+    return response;
+  }
+
+  // --- HTTP handlers ---
+
+  /** Wraps a failing-request-counting handler: 429 before any work when the address is over its budget. */
+  private async limited(req: IncomingMessage, res: ServerResponse, work: () => Promise<unknown>): Promise<void> {
+    const address = req.socket.remoteAddress ?? 'unknown';
+    const wait = this.deps.limiter.retryAfterSec(address);
+    if (wait > 0) {
+      sendError(res, new ServerError('ML_ERR_RATE_LIMITED', 'too many failed requests from this address', { retryAfterSec: wait }));
+      return;
+    }
+    try {
+      sendJson(res, 200, await work());
+    } catch (err) {
+      if (err instanceof ServerError && err.status < 500) {
+        this.deps.limiter.recordFailure(address);
+        this.deps.logger.info({ path: req.url, remoteAddress: address, code: err.code, reason: err.message }, 'request refused');
+      } else {
+        this.deps.logger.error({ path: req.url, err }, 'request failed');
+      }
+      sendError(res, err);
+    }
+  }
+
+  handleEnroll(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    return this.limited(req, res, async () => this.enroll(await readJson(req, ENROLL_BODY_CAP, enrollBodySchema)));
+  }
+
+  handleRenew(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    return this.limited(req, res, async () => {
+      const body = await readJson(req, ENROLL_BODY_CAP, renewBodySchema);
+      return this.renew(req.socket as TLSSocket, body);
+    });
+  }
+
+  handleCa(_req: IncomingMessage, res: ServerResponse): void {
+    const pem = this.deps.ca.certPem;
+    res.writeHead(200, { 'content-type': 'application/x-pem-file', 'content-length': String(Buffer.byteLength(pem)), 'cache-control': 'no-store' });
+    res.end(pem);
+  }
+}

@@ -1,0 +1,165 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { createServer, type Server } from 'node:https';
+import type { Duplex } from 'node:stream';
+import type { TLSSocket } from 'node:tls';
+import { WebSocketServer } from 'ws';
+import type { Logger } from '../util/logger.js';
+import { authenticateClient, type ClientAuthContext } from './client-auth.js';
+import type { ConnectionRegistry } from './connections.js';
+import type { EnrollmentService } from './enroll.js';
+import { ServerError } from './errors.js';
+import type { GatewayHooks } from './hooks.js';
+import { sendError, sendJson } from './http-json.js';
+
+/**
+ * The one public listener: HTTPS for enrollment and the WebSocket upgrade for agents on the same
+ * port. `requestCert: true, rejectUnauthorized: false` lets enrollment proceed without a client
+ * certificate; /v1/connect and /v1/renew check the certificate themselves (client-auth.ts) and refuse
+ * BEFORE any upgrade with a plain HTTP 401/403.
+ */
+
+export const MAX_WS_PAYLOAD = 16 * 1024 * 1024;
+
+export interface GatewayTimeouts {
+  /** TLS handshake must finish within this (idle TCP sockets are dropped). */
+  handshakeMs: number;
+  /** Complete request headers must arrive within this (slowloris). */
+  headersMs: number;
+  /** A whole request (headers + body) must arrive within this. */
+  requestMs: number;
+  /** Idle keep-alive HTTP connections are closed after this. */
+  keepAliveMs: number;
+  /** How often Node checks headers/request timeouts. */
+  checkIntervalMs: number;
+}
+
+export const DEFAULT_GATEWAY_TIMEOUTS: GatewayTimeouts = Object.freeze({
+  handshakeMs: 10_000,
+  headersMs: 10_000,
+  requestMs: 30_000,
+  keepAliveMs: 5_000,
+  checkIntervalMs: 1_000,
+});
+
+export interface GatewayDeps {
+  tls: { key: string; certChain: string; caCert: string };
+  auth: ClientAuthContext;
+  enrollment: EnrollmentService;
+  registry: ConnectionRegistry;
+  hooks: GatewayHooks;
+  logger: Logger;
+  timeouts?: Partial<GatewayTimeouts>;
+  /** Called after a successful upgrade (e.g. to record last_seen). */
+  onConnected?: (nodeId: string) => void;
+}
+
+export function createGateway(deps: GatewayDeps): Server {
+  const t = { ...DEFAULT_GATEWAY_TIMEOUTS, ...deps.timeouts };
+  const log = deps.logger.child({ component: 'gateway' });
+  const server = createServer({
+    key: deps.tls.key,
+    cert: deps.tls.certChain,
+    ca: [deps.tls.caCert],
+    requestCert: true,
+    rejectUnauthorized: false,
+    minVersion: 'TLSv1.2',
+    handshakeTimeout: t.handshakeMs,
+    headersTimeout: t.headersMs,
+    requestTimeout: t.requestMs,
+    keepAliveTimeout: t.keepAliveMs,
+    connectionsCheckingInterval: t.checkIntervalMs,
+  });
+  server.timeout = t.requestMs * 2;
+
+  const wss = new WebSocketServer({ noServer: true, maxPayload: MAX_WS_PAYLOAD, perMessageDeflate: false });
+
+  server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+    route(req, res).catch((err: unknown) => {
+      log.error({ err, path: req.url }, 'request handler failed');
+      sendError(res, err);
+    });
+  });
+
+  async function route(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const path = (req.url ?? '/').split('?')[0];
+    const method = req.method ?? 'GET';
+    const allow = (m: string): boolean => {
+      if (method === m) return true;
+      sendError(res, new ServerError('ML_ERR_METHOD', `use ${m} ${path}`));
+      return false;
+    };
+    switch (path) {
+      case '/v1/enroll':
+        if (allow('POST')) await deps.enrollment.handleEnroll(req, res);
+        return;
+      case '/v1/renew':
+        if (allow('POST')) await deps.enrollment.handleRenew(req, res);
+        return;
+      case '/v1/ca':
+        if (allow('GET')) deps.enrollment.handleCa(req, res);
+        return;
+      case '/healthz':
+        if (allow('GET')) sendJson(res, 200, { status: 'ok' });
+        return;
+      case '/v1/connect':
+        sendJson(res, 426, { code: 'ML_ERR_BAD_REQUEST', message: 'GET /v1/connect requires a WebSocket upgrade' }, { upgrade: 'websocket' });
+        return;
+      default:
+        sendError(res, new ServerError('ML_ERR_NOT_FOUND', `no endpoint ${path}`));
+    }
+  }
+
+  server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+    const tlsSocket = socket as TLSSocket;
+    const remoteAddress = tlsSocket.remoteAddress ?? 'unknown';
+    const path = (req.url ?? '/').split('?')[0];
+    socket.on('error', () => {}); // refusals may race a peer reset; nothing useful to report
+    if (path !== '/v1/connect' || req.method !== 'GET') {
+      refuse(socket, new ServerError('ML_ERR_NOT_FOUND', `no WebSocket endpoint ${path}`));
+      return;
+    }
+    let peer;
+    try {
+      peer = authenticateClient(deps.auth, tlsSocket);
+    } catch (err) {
+      const e = err instanceof ServerError ? err : new ServerError('ML_ERR_SERVER_INTERNAL', 'internal error');
+      if (e.status >= 500) log.error({ err, remoteAddress }, 'connect check failed');
+      else log.warn({ remoteAddress, code: e.code, reason: e.message }, 'agent connection refused');
+      refuse(socket, e);
+      return;
+    }
+    // The HTTP layer's idle timeout must not cut a long-lived agent connection; liveness is the session's job.
+    tlsSocket.setTimeout(0);
+    wss.handleUpgrade(req, socket, head, (ws) => {
+      const info = { nodeId: peer.nodeId, hostname: peer.hostname, certSerial: peer.certSerial, certNotAfter: peer.certNotAfter, remoteAddress };
+      deps.registry.add(ws, info);
+      log.info({ nodeId: info.nodeId, hostname: info.hostname, certSerial: info.certSerial, remoteAddress }, 'agent connected');
+      ws.once('close', (code) => log.info({ nodeId: info.nodeId, code }, 'agent disconnected'));
+      deps.onConnected?.(info.nodeId);
+      try {
+        deps.hooks.onAgentConnection(ws, info);
+      } catch (err) {
+        log.error({ err, nodeId: info.nodeId }, 'onAgentConnection hook threw');
+        ws.close(1011, 'internal error');
+      }
+    });
+  });
+
+  server.on('tlsClientError', (err, tlsSocket) => {
+    log.debug({ remoteAddress: tlsSocket.remoteAddress, reason: err.message }, 'TLS handshake failed');
+  });
+
+  return server;
+}
+
+/** A plain HTTP error on a socket that was asking to upgrade; nothing is upgraded. */
+function refuse(socket: Duplex, err: ServerError): void {
+  const body = JSON.stringify({ code: err.code, message: err.message });
+  const reason = { 401: 'Unauthorized', 403: 'Forbidden', 404: 'Not Found' }[err.status] ?? 'Error';
+  socket.end(
+    `HTTP/1.1 ${err.status} ${reason}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+  );
+  const t = setTimeout(() => socket.destroy(), 1_000);
+  t.unref();
+  socket.once('close', () => clearTimeout(t));
+}

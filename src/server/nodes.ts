@@ -1,0 +1,96 @@
+import type { ConnectionRegistry } from './connections.js';
+import { ServerError } from './errors.js';
+import type { RevocationList } from './revocation.js';
+import type { NodeRow, Store } from './store/store.js';
+import { createToken } from './tokens.js';
+
+/**
+ * Operator actions shared by the admin channel (server running) and the CLI's direct-store fallback
+ * (server stopped): the same functions, with or without the live parts.
+ */
+
+export const META_PUBLIC_URL = 'public_url';
+export const META_CA_PIN = 'ca_pin';
+
+export interface NodeListing {
+  id: string;
+  hostname: string;
+  online: boolean;
+  lastSeen: string | null;
+  certSerial: string | null;
+  certNotAfter: string | null;
+  agentVersion: string | null;
+}
+
+export interface LiveParts {
+  registry: ConnectionRegistry;
+  revocations: RevocationList;
+}
+
+const iso = (ms: number | null): string | null => (ms === null ? null : new Date(ms).toISOString());
+
+export function listNodes(store: Store, live?: LiveParts): NodeListing[] {
+  return store.listLiveNodes().map((n) => ({
+    id: n.id,
+    hostname: n.hostname,
+    online: live?.registry.isOnline(n.id) ?? false,
+    lastSeen: iso(n.lastSeen),
+    certSerial: n.certSerial,
+    certNotAfter: iso(n.certNotAfter),
+    agentVersion: n.agentVersion,
+  }));
+}
+
+/** An exact node id, else a unique live hostname. */
+export function resolveNode(store: Store, idOrHostname: string): NodeRow {
+  const byId = store.getNode(idOrHostname);
+  if (byId && byId.removedAt === null) return byId;
+  const byName = store.liveNodesByHostname(idOrHostname);
+  if (byName.length === 1) return byName[0]!;
+  if (byName.length > 1) {
+    throw new ServerError('ML_ERR_NODE_AMBIGUOUS', `${byName.length} nodes are named ${idOrHostname}: ${byName.map((n) => n.id).join(', ')}; use the id`);
+  }
+  throw new ServerError('ML_ERR_NODE_NOT_FOUND', `no live node with id or hostname ${idOrHostname}`);
+}
+
+export interface RemovalResult {
+  id: string;
+  hostname: string;
+  revokedSerials: string[];
+  closedConnections: number;
+}
+
+/** Removes a node and revokes its certificates; with live parts, its sockets are closed with 4401 at once. */
+export function removeNode(store: Store, idOrHostname: string, live?: LiveParts): RemovalResult {
+  const node = resolveNode(store, idOrHostname);
+  const { revokedSerials } = store.removeNode(node.id, Date.now());
+  let closedConnections = 0;
+  if (live) {
+    live.revocations.add(revokedSerials);
+    closedConnections = live.registry.closeRevokedNode(node.id);
+  }
+  return { id: node.id, hostname: node.hostname, revokedSerials, closedConnections };
+}
+
+export interface TokenCreation {
+  token: string;
+  expiresAt: string;
+  caPin: string;
+  enrollCommand: string;
+  nodeId: string | null;
+}
+
+export function createEnrollmentToken(store: Store, options: { ttlMs: number; nodeId?: string | null }): TokenCreation {
+  const url = store.getMeta(META_PUBLIC_URL);
+  const caPin = store.getMeta(META_CA_PIN);
+  if (!url || !caPin) throw new ServerError('ML_ERR_NOT_INITIALIZED', 'this data dir has no CA yet: run `meshlink server start` once');
+  const created = createToken(store, { ttlMs: options.ttlMs, nodeId: options.nodeId ?? null });
+  const force = created.nodeId ? ' --force' : '';
+  return {
+    token: created.token,
+    expiresAt: new Date(created.expiresAt).toISOString(),
+    caPin,
+    enrollCommand: `meshlink agent enroll --server ${url} --token ${created.token} --ca-pin ${caPin}${force}`,
+    nodeId: created.nodeId,
+  };
+}

@@ -1,0 +1,184 @@
+import { chmod, mkdir, stat } from 'node:fs/promises';
+import type { Server as HttpServer } from 'node:http';
+import type { Server as HttpsServer } from 'node:https';
+import type { AddressInfo } from 'node:net';
+import { hostname as osHostname } from 'node:os';
+import { createLogger, type Logger } from '../util/logger.js';
+import { AdminUnavailable, adminRequest, startAdminServer } from './admin.js';
+import { loadOrCreateCa, type CertificateAuthority } from './ca.js';
+import { adminSocketPath, storePath, type ServerConfig } from './config.js';
+import { ConnectionRegistry } from './connections.js';
+import { EnrollmentService } from './enroll.js';
+import { ServerError } from './errors.js';
+import { createGateway, type GatewayTimeouts } from './gateway.js';
+import type { GatewayHooks } from './hooks.js';
+import { META_CA_PIN, META_PUBLIC_URL, type LiveParts } from './nodes.js';
+import { FailureRateLimiter } from './rate-limit.js';
+import { RevocationList } from './revocation.js';
+import { Store } from './store/store.js';
+
+/**
+ * Wires the control plane: store → CA → server certificate → gateway (+ admin socket). A restart on
+ * the same data dir reuses the CA, nodes, tokens and revocations; the server TLS key is fresh.
+ */
+
+export interface StartServerOptions {
+  hooks?: GatewayHooks;
+  logger?: Logger;
+  /** Defaults to MESHLINK_CA_PASSPHRASE. */
+  passphrase?: string;
+  timeouts?: Partial<GatewayTimeouts>;
+}
+
+export interface RunningServer {
+  readonly config: ServerConfig;
+  readonly caPin: string;
+  readonly caCertPem: string;
+  /** `https://HOST:PORT` agents should use (stored in meta for `token create`). */
+  readonly publicUrl: string;
+  readonly adminSocketPath: string;
+  readonly store: Store;
+  readonly ca: CertificateAuthority;
+  readonly enrollment: EnrollmentService;
+  readonly live: LiveParts;
+  address(): { host: string; port: number };
+  close(): Promise<void>;
+}
+
+/** Server certificate rotation period (valid 90 days; must stay below setInterval's 2^31-1 ms ≈ 24.8 days). */
+const SERVER_CERT_ROTATE_MS = 14 * 86_400_000;
+
+/** Keeps an agent socket open and otherwise idle: used when no session layer is plugged in. */
+const IDLE_HOOKS: GatewayHooks = { onAgentConnection: () => {} };
+
+export async function startServer(config: ServerConfig, options: StartServerOptions = {}): Promise<RunningServer> {
+  const logger = options.logger ?? createLogger({ name: 'meshlink-server', level: config.logLevel });
+  const passphrase = options.passphrase ?? process.env.MESHLINK_CA_PASSPHRASE ?? '';
+  await prepareDataDir(config.dataDir, logger);
+  const socketPath = adminSocketPath(config.dataDir);
+  await refuseIfRunning(socketPath);
+
+  const store = Store.open(storePath(config.dataDir));
+  let gateway: HttpsServer | undefined;
+  let admin: HttpServer | undefined;
+  let rotateTimer: NodeJS.Timeout | undefined;
+  try {
+    const { ca, created } = await loadOrCreateCa(store, { keyType: config.caKeyType, ...(passphrase ? { passphrase } : {}) });
+    logger.info({ caPin: ca.pin, created }, created ? 'created a new CA' : 'loaded the CA');
+    const serverCert = await ca.issueServerCertificate(config.sans);
+
+    const revocations = RevocationList.load(store);
+    const registry = new ConnectionRegistry(logger);
+    const live: LiveParts = { registry, revocations };
+    const enrollment = new EnrollmentService({
+      store,
+      ca,
+      revocations,
+      limiter: new FailureRateLimiter({ perMinute: config.enrollFailuresPerMinute }),
+      logger,
+      certLifetimeMs: config.certLifetimeMs,
+      renewGraceMs: config.renewGraceMs,
+    });
+    const gw = createGateway({
+      tls: { key: serverCert.keyPem, certChain: serverCert.chainPem, caCert: ca.certPem },
+      auth: { store, ca, revocations },
+      enrollment,
+      registry,
+      hooks: options.hooks ?? IDLE_HOOKS,
+      logger,
+      ...(options.timeouts ? { timeouts: options.timeouts } : {}),
+      onConnected: (nodeId) => store.touchNode(nodeId, Date.now()),
+    });
+    gateway = gw;
+    await new Promise<void>((resolve, reject) => {
+      gw.once('error', reject);
+      gw.listen(config.listen.port, config.listen.host, () => {
+        gw.off('error', reject);
+        resolve();
+      });
+    });
+    gw.on('error', (err) => logger.error({ err }, 'gateway error'));
+    const bound = gw.address() as AddressInfo;
+    const publicUrl = publicUrlOf(config, bound.port);
+    store.setMeta(META_PUBLIC_URL, publicUrl);
+    store.setMeta(META_CA_PIN, ca.pin);
+
+    rotateTimer = setInterval(() => {
+      ca.issueServerCertificate(config.sans)
+        .then((c) => {
+          gw.setSecureContext({ key: c.keyPem, cert: c.chainPem, ca: [ca.certPem] });
+          logger.info({ notAfter: new Date(c.notAfter).toISOString() }, 'server certificate rotated');
+        })
+        .catch((err: unknown) => logger.error({ err }, 'server certificate rotation failed'));
+    }, SERVER_CERT_ROTATE_MS);
+    rotateTimer.unref();
+
+    admin = await startAdminServer(socketPath, { store, live, logger });
+
+    const address = { host: bound.address, port: bound.port };
+    logger.info({ address: `${address.host}:${address.port}`, publicUrl, caPin: ca.pin, adminSocket: socketPath }, 'server ready');
+
+    let closing: Promise<void> | undefined;
+    const adminServer = admin;
+    return {
+      config,
+      caPin: ca.pin,
+      caCertPem: ca.certPem,
+      publicUrl,
+      adminSocketPath: socketPath,
+      store,
+      ca,
+      enrollment,
+      live,
+      address: () => address,
+      close: () =>
+        (closing ??= (async () => {
+          clearInterval(rotateTimer);
+          registry.closeAll(1001, 'server shutting down');
+          await Promise.all([closeServer(gw), closeServer(adminServer)]);
+          store.close();
+          logger.info('server stopped');
+        })()),
+    };
+  } catch (err) {
+    clearInterval(rotateTimer);
+    if (gateway) await closeServer(gateway).catch(() => {});
+    if (admin) await closeServer(admin).catch(() => {});
+    store.close();
+    throw err;
+  }
+}
+
+async function prepareDataDir(dir: string, logger: Logger): Promise<void> {
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  const st = await stat(dir);
+  if ((st.mode & 0o077) !== 0) {
+    // The admin socket's only protection is this directory and its own mode.
+    await chmod(dir, 0o700);
+    logger.warn({ dataDir: dir }, 'data dir was group/other accessible; set to 0700');
+  }
+}
+
+async function refuseIfRunning(socketPath: string): Promise<void> {
+  try {
+    await adminRequest(socketPath, 'GET', '/v1/health', undefined, 2_000);
+  } catch (err) {
+    if (err instanceof AdminUnavailable) return; // stale or absent socket: ours to replace
+    throw new ServerError('ML_ERR_SERVER_RUNNING', `the admin socket ${socketPath} exists and does not behave like an idle leftover: ${(err as Error).message}`);
+  }
+  throw new ServerError('ML_ERR_SERVER_RUNNING', `a meshlink server is already running on this data dir (${socketPath})`);
+}
+
+function publicUrlOf(config: ServerConfig, port: number): string {
+  const wildcard = ['0.0.0.0', '::', '[::]'].includes(config.listen.host);
+  let host = wildcard ? (config.sans[0] ?? osHostname()) : config.listen.host;
+  if (host.includes(':') && !host.startsWith('[')) host = `[${host}]`;
+  return `https://${host}:${port}`;
+}
+
+function closeServer(server: HttpServer | HttpsServer): Promise<void> {
+  return new Promise((resolve) => {
+    server.close(() => resolve());
+    server.closeAllConnections();
+  });
+}

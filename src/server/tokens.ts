@@ -1,0 +1,56 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { ServerError } from './errors.js';
+import type { Store, TokenRow } from './store/store.js';
+
+/**
+ * One-time enrollment tokens: 128 random bits, base64url (22 characters). Only the SHA-256 of a token
+ * is stored, so a copy of the database does not contain usable tokens. Consumption is the single
+ * conditional UPDATE in Store.commitEnrollment.
+ */
+
+export const DEFAULT_TOKEN_TTL_MS = 3_600_000;
+const TOKEN_RE = /^[A-Za-z0-9_-]{22}$/;
+
+export function generateToken(): string {
+  return randomBytes(16).toString('base64url');
+}
+
+export function hashToken(token: string): string {
+  return createHash('sha256').update(token, 'utf8').digest('hex');
+}
+
+export interface CreatedToken {
+  token: string;
+  expiresAt: number;
+  nodeId: string | null;
+}
+
+/** Creates a token. With `nodeId` it is a re-enrollment token: the enrolling agent keeps that node id. */
+export function createToken(
+  store: Store,
+  options: { ttlMs?: number; nodeId?: string | null; tags?: string[]; now?: number },
+): CreatedToken {
+  const now = options.now ?? Date.now();
+  const nodeId = options.nodeId ?? null;
+  if (nodeId !== null) {
+    const node = store.getNode(nodeId);
+    if (!node || node.removedAt !== null) throw new ServerError('ML_ERR_NODE_NOT_FOUND', `no live node with id ${nodeId}`);
+  }
+  const token = generateToken();
+  const expiresAt = now + (options.ttlMs ?? DEFAULT_TOKEN_TTL_MS);
+  store.insertToken({ hash: hashToken(token), createdAt: now, expiresAt, nodeId, tags: options.tags ?? [] });
+  return { token, expiresAt, nodeId };
+}
+
+/**
+ * A read-only pre-check, done before any signing work so a bad token costs a hash and an index
+ * lookup. It does not consume: the enrollment commit re-checks atomically.
+ */
+export function findUsableToken(store: Store, token: string, now: number): TokenRow {
+  const row = TOKEN_RE.test(token) ? store.getToken(hashToken(token)) : undefined;
+  // One message for all three cases: do not tell a prober which tokens exist.
+  if (!row || row.consumedAt !== null || row.expiresAt <= now) {
+    throw new ServerError('ML_ERR_TOKEN_INVALID', 'the enrollment token is unknown, already used, or expired');
+  }
+  return row;
+}
