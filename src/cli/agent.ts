@@ -1,5 +1,274 @@
-import type { Command } from 'commander';
+import { Command, type CommanderError } from 'commander';
+import { z } from 'zod';
+import { MeshlinkError } from '../protocol/errors.js';
+import { createLogger, LOG_LEVELS } from '../util/logger.js';
+import { VERSION } from '../version.js';
+import { defaultHostname, ENV_ENROLL_TOKEN, ENV_LOG_LEVEL, resolveStateDir } from '../agent/config.js';
+import { EnrollError, enroll } from '../agent/enroll.js';
+import { isEnrolled, loadIdentity, readAgentStatus, type AgentStatusReading, type Identity } from '../agent/identity.js';
+import { parseCaPin } from '../agent/pin.js';
 
-export function registerAgentCommands(program: Command): void {
-  program.command('agent').description('agent commands');
+/**
+ * `meshlink agent ...`. Thin: parse, validate, call into src/agent, print, map errors to exit codes.
+ * Subcommands register themselves on the `agent` command (see registerAgentCommands), so `agent run`
+ * is one more register function.
+ */
+
+/** Documented in docs/AGENT.md; scripts and the systemd unit depend on these numbers. */
+export const AGENT_EXIT_CODES = Object.freeze({
+  ok: 0,
+  internal: 1,
+  usage: 2,
+  enrollRefused: 3,
+  pinMismatch: 4,
+  alreadyEnrolled: 5,
+  serverUnavailable: 6,
+  notEnrolled: 7,
+  upgradeRestart: 75,
+  revoked: 78,
+});
+
+export class UsageError extends MeshlinkError {
+  constructor(message: string) {
+    super('ML_ERR_USAGE', message);
+    this.name = 'UsageError';
+  }
+}
+
+export function exitCodeFor(err: unknown): number {
+  if (err instanceof EnrollError) return err.status >= 500 ? AGENT_EXIT_CODES.serverUnavailable : AGENT_EXIT_CODES.enrollRefused;
+  if (!(err instanceof MeshlinkError)) return AGENT_EXIT_CODES.internal;
+  switch (err.code) {
+    case 'ML_ERR_USAGE':
+    case 'ML_ERR_CONFIG':
+    case 'ML_ERR_PIN_FORMAT':
+      return AGENT_EXIT_CODES.usage;
+    case 'ML_ERR_CA_PIN_MISMATCH':
+      return AGENT_EXIT_CODES.pinMismatch;
+    case 'ML_ERR_ALREADY_ENROLLED':
+      return AGENT_EXIT_CODES.alreadyEnrolled;
+    case 'ML_ERR_SERVER_UNREACHABLE':
+    case 'ML_ERR_SERVER_TLS':
+    case 'ML_ERR_ENROLL_RESPONSE':
+    case 'ML_ERR_CA_CERT':
+      return AGENT_EXIT_CODES.serverUnavailable;
+    case 'ML_ERR_NOT_ENROLLED':
+    case 'ML_ERR_STATE_CORRUPT':
+      return AGENT_EXIT_CODES.notEnrolled;
+    case 'ML_ERR_CERT_REVOKED':
+      return AGENT_EXIT_CODES.revoked;
+    default:
+      return AGENT_EXIT_CODES.internal;
+  }
+}
+
+/** Prints `error <CODE>: message` on stderr and sets the exit code; never prints a stack for our own errors. */
+export function reportFailure(err: unknown): void {
+  const code = err instanceof MeshlinkError ? err.code : 'ML_ERR_INTERNAL';
+  const message = err instanceof Error ? err.message : String(err);
+  process.stderr.write(`error ${code}: ${message}\n`);
+  if (!(err instanceof MeshlinkError) && err instanceof Error && err.stack !== undefined && process.env[ENV_LOG_LEVEL] === 'debug') {
+    process.stderr.write(`${err.stack}\n`);
+  }
+  process.exitCode = exitCodeFor(err);
+}
+
+/** Wraps an action so every failure ends as a documented exit code (exitCode, not exit(): logs flush). */
+export function agentAction<A extends unknown[]>(fn: (...args: A) => Promise<void>): (...args: A) => Promise<void> {
+  return async (...args: A) => {
+    try {
+      await fn(...args);
+    } catch (err) {
+      reportFailure(err);
+    }
+  };
+}
+
+const logLevelSchema = z.enum(LOG_LEVELS);
+
+/** The enroll command is interactive: quiet (warn) unless asked, so the result line stands out. */
+function agentLogger(flag: string | undefined, fallback: string) {
+  const raw = flag ?? process.env[ENV_LOG_LEVEL] ?? fallback;
+  const level = logLevelSchema.safeParse(raw);
+  if (!level.success) throw new UsageError(`invalid log level "${raw}": expected one of ${LOG_LEVELS.join(', ')}`);
+  return createLogger({ name: 'meshlink-agent', level: level.data });
+}
+
+function collect(value: string, previous: string[]): string[] {
+  return [...previous, value];
+}
+
+// ---------------------------------------------------------------------------------------------
+// agent enroll
+
+const enrollFlagsSchema = z.object({
+  server: z.string(),
+  token: z.string().optional(),
+  caPin: z.array(z.string()).default([]),
+  stateDir: z.string().optional(),
+  hostname: z.string().optional(),
+  san: z.array(z.string()).default([]),
+  force: z.boolean().default(false),
+  json: z.boolean().default(false),
+  logLevel: z.string().optional(),
+});
+
+function registerEnrollCommand(agent: Command): void {
+  agent
+    .command('enroll')
+    .description('enroll this host with a meshlink server using a one-time token')
+    .requiredOption('--server <url>', 'server URL, https://HOST:PORT')
+    .option('--token <token>', `one-time enrollment token (or set ${ENV_ENROLL_TOKEN})`)
+    .option('--ca-pin <pin>', 'sha256:<hex> pin of the server CA (repeatable)', collect, [])
+    .option('--state-dir <dir>', 'state directory (default: $MESHLINK_STATE_DIR, /var/lib/meshlink/agent as root, else ~/.local/state/meshlink/agent)')
+    .option('--hostname <name>', 'host name for the certificate (default: this machine\'s host name)')
+    .option('--san <name>', 'extra subject alternative name, DNS name or IP (repeatable)', collect, [])
+    .option('--force', 'replace an existing identity in the state dir', false)
+    .option('--json', 'print the result as one JSON object', false)
+    .option('--log-level <level>', `log level (${LOG_LEVELS.join(', ')}; default warn, or $${ENV_LOG_LEVEL})`)
+    .action(
+      agentAction(async (rawFlags: unknown) => {
+        const flags = enrollFlagsSchema.parse(rawFlags);
+        const token = flags.token ?? process.env[ENV_ENROLL_TOKEN];
+        if (token === undefined || token === '') throw new UsageError(`a token is required: --token or ${ENV_ENROLL_TOKEN}`);
+        if (flags.caPin.length === 0) throw new UsageError('at least one --ca-pin is required (printed by `meshlink server token create`)');
+        const caPins = flags.caPin.map(parseCaPin);
+        const logger = agentLogger(flags.logLevel, 'warn');
+        const stateDir = resolveStateDir(flags.stateDir);
+        const { identity, caPin } = await enroll(
+          {
+            server: flags.server,
+            token,
+            caPins,
+            stateDir,
+            hostname: flags.hostname ?? defaultHostname(),
+            sans: flags.san,
+            force: flags.force,
+          },
+          { logger, agentVersion: VERSION },
+        );
+        if (flags.json) {
+          process.stdout.write(
+            `${JSON.stringify({
+              nodeId: identity.nodeId,
+              server: identity.server,
+              caPin,
+              certSerial: identity.cert.serial,
+              certNotAfter: identity.cert.notAfter.toISOString(),
+              stateDir,
+            })}\n`,
+          );
+        } else {
+          process.stdout.write(
+            `enrolled as node ${identity.nodeId}\n` +
+              `certificate ${identity.cert.serial} valid until ${identity.cert.notAfter.toISOString()}\n` +
+              `state dir ${stateDir}\n`,
+          );
+        }
+      }),
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// agent status
+
+/** `state` is one of connected|connecting|backoff|stopped (from status.json), 'not running' or 'unknown'. */
+interface ConnectionReport {
+  state: string;
+  since?: string;
+  error?: string;
+  lastReported?: { state: string; since: string };
+  [extra: string]: unknown;
+}
+
+function connectionReport(reading: AgentStatusReading): ConnectionReport {
+  switch (reading.kind) {
+    case 'absent':
+      return { state: 'not running' };
+    case 'invalid':
+      return { state: 'unknown', error: reading.message };
+    case 'present':
+      // A status.json whose writer is gone is a leftover from a crash, not a live state.
+      if (reading.writerAlive === false) {
+        return { state: 'not running', lastReported: { ...reading.status } };
+      }
+      return { ...reading.status };
+  }
+}
+
+function identityReport(identity: Identity) {
+  return {
+    nodeId: identity.nodeId,
+    server: identity.server,
+    hostname: identity.hostname,
+    sans: [...identity.sans],
+    enrolledAt: identity.enrolledAt,
+    certSerial: identity.cert.serial,
+    certNotBefore: identity.cert.notBefore.toISOString(),
+    certNotAfter: identity.cert.notAfter.toISOString(),
+    certExpired: identity.cert.notAfter.getTime() <= Date.now(),
+  };
+}
+
+function describeConnection(c: ConnectionReport): string {
+  if (c.state === 'not running') {
+    const last = c.lastReported;
+    return last === undefined ? 'not running' : `not running (last reported ${last.state} since ${last.since})`;
+  }
+  if (c.state === 'unknown') return `unknown (${c.error ?? ''})`;
+  return `${c.state} since ${c.since ?? '?'}`;
+}
+
+function registerStatusCommand(agent: Command): void {
+  agent
+    .command('status')
+    .description('show enrollment, certificate and connection state')
+    .option('--state-dir <dir>', 'state directory (default as for enroll)')
+    .option('--json', 'print one JSON object', false)
+    .action(
+      agentAction(async (rawFlags: unknown) => {
+        const flags = z.object({ stateDir: z.string().optional(), json: z.boolean().default(false) }).parse(rawFlags);
+        const stateDir = resolveStateDir(flags.stateDir);
+        const enrolled = await isEnrolled(stateDir);
+        const identity = enrolled ? identityReport(await loadIdentity(stateDir)) : null;
+        const connection = connectionReport(await readAgentStatus(stateDir));
+        const report = { enrolled, stateDir, ...(identity ?? {}), connection };
+        if (flags.json) {
+          process.stdout.write(`${JSON.stringify(report)}\n`);
+          return;
+        }
+        const lines = [`state dir:    ${stateDir}`, `enrolled:     ${enrolled ? 'yes' : 'no'}`];
+        if (identity !== null) {
+          lines.push(
+            `node id:      ${identity.nodeId}`,
+            `server:       ${identity.server}`,
+            `hostname:     ${identity.hostname}`,
+            `cert serial:  ${identity.certSerial}`,
+            `cert expires: ${identity.certNotAfter}${identity.certExpired ? ' (EXPIRED)' : ''}`,
+          );
+        }
+        lines.push(`connection:   ${describeConnection(connection)}`);
+        process.stdout.write(`${lines.join('\n')}\n`);
+      }),
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/** Commander's own parse errors (unknown option, missing value) are usage errors: exit 2. */
+function exitOnCommanderError(err: CommanderError): never {
+  const harmless = err.code === 'commander.helpDisplayed' || err.code === 'commander.help' || err.code === 'commander.version';
+  process.exit(harmless ? err.exitCode : AGENT_EXIT_CODES.usage);
+}
+
+export function registerAgentCommands(program: Command): Command {
+  const agent = program
+    .command('agent')
+    .description('agent commands: enroll this host, show its status')
+    // Set before adding subcommands: commander copies these settings into each new subcommand.
+    .exitOverride(exitOnCommanderError)
+    .configureOutput({ outputError: (str, write) => write(`error ML_ERR_USAGE: ${str.replace(/^error: /, '')}`) });
+  registerEnrollCommand(agent);
+  registerStatusCommand(agent);
+  return agent;
 }
