@@ -31,7 +31,7 @@ export interface StreamHost {
 /** One unit of outgoing work, in stream order. */
 type Outgoing =
   | { type: 'data'; buf: Uint8Array; offset: number; cb: ((err?: Error | null) => void) | null }
-  | { type: 'frame'; bytes: Uint8Array; end: boolean };
+  | { type: 'frame'; bytes: Uint8Array; end: boolean; cb?: () => void };
 
 /** A frame handed to the scheduler: parts to concatenate and a callback once it has been sent. */
 export interface OutgoingFrame {
@@ -89,6 +89,10 @@ export class MuxStream extends Duplex {
     this.meta = init.meta;
     this.local = init.local;
     this.state = 'opening';
+    // A stream error (peer reset, session loss) must never crash a long-running process just because
+    // the application has not attached its own 'error' listener yet: it can still observe the error
+    // through its listeners, `errored`, 'close', and failing reads and writes.
+    this.on('error', () => {});
     this.#receiveAllowance = INITIAL_WINDOW;
     this.#credited = INITIAL_WINDOW;
   }
@@ -191,7 +195,15 @@ export class MuxStream extends Duplex {
       this.#queuedBytes -= head.bytes.byteLength;
       if (head.end) {
         this.#endSent = true;
-        return { parts: [head.bytes], size: head.bytes.byteLength, sent: () => this.#maybeRelease() };
+        const finalCb = head.cb;
+        return {
+          parts: [head.bytes],
+          size: head.bytes.byteLength,
+          sent: () => {
+            finalCb?.();
+            this.#maybeRelease();
+          },
+        };
       }
       return { parts: [head.bytes], size: head.bytes.byteLength, sent: null };
     }
@@ -251,10 +263,10 @@ export class MuxStream extends Duplex {
     }
     this.#endQueued = true;
     const bytes = encodeMessage('stream.close', this.id, {}, { endStream: true });
-    this.#queue.push({ type: 'frame', bytes, end: true });
+    // 'finish' (and with it autoDestroy) waits until END_STREAM is actually on its way.
+    this.#queue.push({ type: 'frame', bytes, end: true, cb: () => cb() });
     this.#queuedBytes += bytes.byteLength;
     if (this.state === 'open') this.#host.markReady(this);
-    cb();
   }
 
   override _read(): void {
@@ -288,6 +300,7 @@ export class MuxStream extends Duplex {
   override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
     for (const item of this.#queue) {
       if (item.type === 'data' && item.cb) item.cb(err ?? new MeshlinkError('ML_ERR_STREAM_CLOSED', `stream ${this.id} destroyed`));
+      if (item.type === 'frame' && item.cb) item.cb();
     }
     this.#queue = [];
     this.#queuedBytes = 0;

@@ -1,0 +1,287 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createHash, randomBytes } from 'node:crypto';
+import { pipeline } from 'node:stream/promises';
+import { Readable, Writable } from 'node:stream';
+import { Session } from '../../src/protocol/session.js';
+import type { MuxStream } from '../../src/protocol/stream.js';
+import { encodeFrame } from '../../src/protocol/frame.js';
+import { encodeMessage } from '../../src/protocol/codec.js';
+import { makeTestPki, type TestPki } from '../helpers/tls-fixtures.js';
+import { memoryPair, wssPair, type SessionPair } from '../helpers/session-pairs.js';
+
+let pki: TestPki;
+beforeAll(() => {
+  pki = makeTestPki();
+});
+afterAll(() => pki.cleanup());
+
+type Factory = (a?: object, s?: object) => Promise<SessionPair>;
+const transports: Array<[string, Factory]> = [
+  ['in-memory pair', (a, s) => memoryPair(a, s)],
+  ['ws over TLS on loopback', (a, s) => wssPair(pki, a, s)],
+];
+
+function sha256(data: Uint8Array): string {
+  return createHash('sha256').update(data).digest('hex');
+}
+
+async function readAll(stream: MuxStream): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const c of stream) chunks.push(c as Buffer);
+  return Buffer.concat(chunks);
+}
+
+/** Echo server: every opened stream gets its bytes back, then END. */
+function serveEcho(session: Session): void {
+  session.on('stream', (stream) => {
+    session.accept(stream);
+    stream.on('error', () => {});
+    void pipeline(stream, stream).catch(() => {});
+  });
+}
+
+describe.each(transports)('session over %s', (_name, makePair) => {
+  it('negotiates the version and exchanges control messages', async () => {
+    const pair = await makePair();
+    try {
+      expect(pair.agent.version).toBe(1);
+      expect(pair.server.version).toBe(1);
+      const got = new Promise((r) => pair.server.once('message', r));
+      pair.agent.send('heartbeat', { seq: 1, ts: 123 });
+      expect(await got).toEqual({ name: 'heartbeat', payload: { seq: 1, ts: 123 } });
+      const rtt = await pair.agent.ping();
+      expect(rtt).toBeGreaterThanOrEqual(0);
+    } finally {
+      await pair.close();
+    }
+  });
+
+  it('answers requests through handlers, and maps handler errors to RemoteError', async () => {
+    const pair = await makePair();
+    try {
+      pair.server.handle('state.request', (p) => ({ inSync: p.digest === 'ok' }));
+      expect(await pair.agent.request('state.request', { digest: 'ok' })).toEqual({ rid: expect.any(Number), inSync: true });
+      pair.server.handle('cert.renew', () => {
+        throw Object.assign(new Error('x'), {});
+      });
+      await expect(pair.agent.request('cert.renew', { csr: '-----BEGIN CERTIFICATE REQUEST-----\n' })).rejects.toMatchObject({
+        code: 'ML_ERR_REMOTE',
+        remoteCode: 'ML_ERR_INTERNAL',
+      });
+    } finally {
+      await pair.close();
+    }
+  });
+
+  it('100 concurrent streams deliver byte-exact data in both directions', async () => {
+    const pair = await makePair();
+    try {
+      serveEcho(pair.server);
+      serveEcho(pair.agent);
+      const run = async (from: Session, i: number): Promise<void> => {
+        const data = randomBytes(20_000 + i * 1_000);
+        const stream = await from.openStream('file.open', { path: `/f/${i}`, direction: 'push' });
+        const echoed = readAll(stream);
+        stream.end(data);
+        expect(sha256(await echoed)).toBe(sha256(data));
+      };
+      await Promise.all([
+        ...Array.from({ length: 50 }, (_, i) => run(pair.agent, i)),
+        // The server may open streams of server-to-agent kinds only.
+        ...Array.from({ length: 50 }, async (_, i) => {
+          const data = randomBytes(30_000 + i * 777);
+          const stream = await pair.server.openStream('exec.open', { command: '/bin/cat', args: [] });
+          const echoed = readAll(stream);
+          stream.end(data);
+          expect(sha256(await echoed)).toBe(sha256(data));
+        }),
+      ]);
+      // Fully closed streams are released from the table.
+      await new Promise((r) => setTimeout(r, 50));
+      expect(pair.agent.streamCount).toBe(0);
+      expect(pair.server.streamCount).toBe(0);
+    } finally {
+      await pair.close();
+    }
+  });
+
+  it('a reader that stops reading keeps the sender bounded (no loss, no growth)', async () => {
+    const pair = await makePair();
+    try {
+      let serverStream!: MuxStream;
+      const accepted = new Promise<void>((r) =>
+        pair.server.on('stream', (s) => {
+          serverStream = s;
+          pair.server.accept(s);
+          s.pause(); // the slow consumer
+          r();
+        }),
+      );
+      const stream = await pair.agent.openStream('file.open', { path: '/x', direction: 'push' });
+      await accepted;
+      const total = 8 * 1024 * 1024;
+      const payload = randomBytes(total);
+      let offered = 0;
+      let blocked = false;
+      // Write as a well-behaved producer does (wait for 'drain'), until no drain comes for 300 ms.
+      while (offered < total) {
+        if (!stream.write(payload.subarray(offered, offered + 16384))) {
+          offered += 16384;
+          const drained = await Promise.race([
+            new Promise((r) => stream.once('drain', () => r(true))),
+            new Promise((r) => setTimeout(() => r(false), 300)),
+          ]);
+          if (!drained) {
+            blocked = true;
+            break;
+          }
+        } else offered += 16384;
+      }
+      expect(blocked).toBe(true);
+      // The receiver never holds more than its window; the sender holds one high-water mark plus
+      // one write; the transport holds at most its high-water mark plus one message.
+      expect(serverStream.readableLength).toBeLessThanOrEqual(256 * 1024);
+      expect(stream.sendCredit).toBe(0);
+      expect(stream.writableLength).toBeLessThanOrEqual(64 * 1024 + 16384);
+      expect(pair.agent.inflightBytes).toBeLessThanOrEqual(256 * 1024 + 70 * 1024);
+      expect(offered).toBeLessThan(total);
+
+      // Now the reader reads: everything arrives, byte-exact.
+      const received = readAll(serverStream);
+      serverStream.resume();
+      const writeRest = async (): Promise<void> => {
+        if (stream.writableNeedDrain) await new Promise((r) => stream.once('drain', r));
+        while (offered < total) {
+          const ok = stream.write(payload.subarray(offered, offered + 16384));
+          offered += 16384;
+          if (!ok) await new Promise((r) => stream.once('drain', r));
+        }
+        stream.end();
+      };
+      await writeRest();
+      expect(sha256(await received)).toBe(sha256(payload));
+    } finally {
+      await pair.close();
+    }
+  });
+
+  it('control messages keep flowing while a bulk stream saturates the link', async () => {
+    const pair = await makePair();
+    try {
+      pair.server.on('stream', (s) => {
+        pair.server.accept(s);
+        s.on('data', () => {}); // a fast reader: the link itself is the bottleneck
+      });
+      const stream = await pair.agent.openStream('file.open', { path: '/x', direction: 'push' });
+      const chunk = randomBytes(256 * 1024);
+      let stop = false;
+      const bulk = (async () => {
+        while (!stop) {
+          if (!stream.write(chunk)) await new Promise((r) => stream.once('drain', r));
+        }
+        stream.end();
+      })();
+      await new Promise((r) => setTimeout(r, 100));
+      const rtts: number[] = [];
+      for (let i = 0; i < 20; i++) {
+        rtts.push(await pair.agent.ping());
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      stop = true;
+      await bulk;
+      rtts.sort((a, b) => a - b);
+      // Not a benchmark: a generous bound that still fails if pings queued behind the bulk data
+      // (256 KiB writes without end would take seconds to drain ahead of them).
+      expect(rtts[Math.floor(rtts.length / 2)]!).toBeLessThan(250);
+    } finally {
+      await pair.close();
+    }
+  });
+
+  it('reject and reset reach the other side as typed errors', async () => {
+    const pair = await makePair();
+    try {
+      pair.server.on('stream', (s) => {
+        if ((s.meta as { path: string }).path === '/1') pair.server.reject(s, 'ML_ERR_FORBIDDEN', 'not allowed');
+        else {
+          pair.server.accept(s);
+          s.on('error', () => {});
+          s.destroy();
+        }
+      });
+      await expect(pair.agent.openStream('file.open', { path: '/1', direction: 'push' })).rejects.toMatchObject({ remoteCode: 'ML_ERR_FORBIDDEN' });
+      const s = await pair.agent.openStream('file.open', { path: '/2', direction: 'push' });
+      const err = s.errored ?? (await new Promise<Error>((r) => s.on('error', r)));
+      expect(err).toMatchObject({ code: 'ML_ERR_STREAM_RESET', remote: true, resetCode: 'ML_ERR_CANCELLED' });
+    } finally {
+      await pair.close();
+    }
+  });
+
+  it('refuses a stream kind the peer may not open, without ending the session', async () => {
+    const pair = await makePair();
+    try {
+      pair.server.on('stream', (s) => pair.server.accept(s));
+      // exec.open is server-to-agent: the agent's own checks refuse to send it.
+      await expect(async () => pair.agent.openStream('exec.open', { command: 'x', args: [] })).rejects.toThrow(/may not send/);
+      expect(pair.agent.state).toBe('open');
+    } finally {
+      await pair.close();
+    }
+  });
+});
+
+describe('protocol violations end the session with the documented close code', () => {
+  async function violate(bytes: Uint8Array): Promise<{ code: number; error?: string }> {
+    const pair = await memoryPair();
+    const closed = new Promise<{ code: number; error?: string }>((r) =>
+      pair.server.once('close', (info) => r({ code: info.code, error: info.error?.code })),
+    );
+    pair.server.receive(bytes);
+    return closed;
+  }
+
+  it('reserved flag → 4002', async () => {
+    expect(await violate(encodeFrame({ type: 0x0005, stream: 0, flags: 0x80 }, new Uint8Array([0x80])))).toEqual({ code: 4002, error: 'ML_ERR_RESERVED_FLAG' });
+  });
+  it('unknown type → 4003', async () => {
+    expect(await violate(encodeFrame({ type: 0x7777, stream: 0, flags: 0 }, new Uint8Array([0xc0])))).toEqual({ code: 4003, error: 'ML_ERR_UNKNOWN_TYPE' });
+  });
+  it('wrong direction (welcome sent to the server) → 4005', async () => {
+    const frame = encodeMessage('welcome', 0, { version: 1, nodeId: 'x', serverVersion: 'y', heartbeatIntervalMs: 1000 });
+    expect(await violate(frame)).toEqual({ code: 4005, error: 'ML_ERR_WRONG_DIRECTION' });
+  });
+  it('oversized frame → 1009', async () => {
+    const header = encodeFrame({ type: 0x0013, stream: 1, flags: 0 }, new Uint8Array(0));
+    new DataView(header.buffer).setUint32(7, 64 * 1024 * 1024);
+    expect(await violate(header)).toEqual({ code: 1009, error: 'ML_ERR_FRAME_TOO_LARGE' });
+  });
+  it('data beyond the window → 4020', async () => {
+    const pair = await memoryPair();
+    pair.server.on('stream', (s) => pair.server.accept(s));
+    const stream = await pair.agent.openStream('file.open', { path: '/x', direction: 'push' });
+    const closed = new Promise<number>((r) => pair.server.once('close', (i) => r(i.code)));
+    // Bypass the agent's own flow control and push 300 KiB at once.
+    for (let i = 0; i < 5; i++) pair.server.receive(encodeMessage('stream.data', stream.id, new Uint8Array(60 * 1024), { compress: false }));
+    expect(await closed).toBe(4020);
+  });
+  it('a stream id of the wrong parity → 4021', async () => {
+    expect(await violate(encodeMessage('stream.open', 2, { kind: 'file.open', meta: { path: '/x', direction: 'push' } }))).toEqual({ code: 4021, error: 'ML_ERR_STREAM_ID' });
+  });
+  it('no common version → 4010 and the agent learns why', async () => {
+    const agent = new Session({ role: 'agent', versions: [7], transport: { send: (m, d) => setImmediate(() => { server.receive(m); d(); }), close: (c, r) => setImmediate(() => server.transportClosed(c, r)) } });
+    const server: Session = new Session({ role: 'server', onHello: () => ({ nodeId: 'n', serverVersion: 's', heartbeatIntervalMs: 1000 }), transport: { send: (m, d) => setImmediate(() => { agent.receive(m); d(); }), close: (c, r) => setImmediate(() => agent.transportClosed(c, r)) } });
+    const closed = new Promise<number>((r) => server.once('close', (i) => r(i.code)));
+    await expect(agent.handshake({ agentVersion: 'x' })).rejects.toMatchObject({ remoteCode: 'ML_ERR_NO_COMMON_VERSION' });
+    expect(await closed).toBe(4010);
+  });
+  it('a flood of stream opens beyond the cap is refused, then ends the session with 4022', async () => {
+    const pair = await memoryPair({}, { maxStreams: 4 });
+    pair.server.on('stream', (s) => pair.server.accept(s));
+    const closed = new Promise<number>((r) => pair.server.once('close', (i) => r(i.code)));
+    const results = await Promise.allSettled(Array.from({ length: 12 }, () => pair.agent.openStream('file.open', { path: '/x', direction: 'push' })));
+    expect(results.filter((r) => r.status === 'fulfilled')).toHaveLength(4);
+    expect(results.filter((r) => r.status === 'rejected').length).toBe(8);
+    expect(await closed).toBe(4022);
+  });
+});
