@@ -18,6 +18,25 @@ export const ENV_ENROLL_TOKEN = 'MESHLINK_ENROLL_TOKEN';
 
 export const ROOT_STATE_DIR = '/var/lib/meshlink/agent';
 
+/**
+ * Exit codes of `meshlink agent ...`, documented in docs/AGENT.md (a test keeps the two in
+ * agreement). The systemd unit depends on `revoked` (RestartPreventExitStatus).
+ */
+export const AGENT_EXIT_CODES = Object.freeze({
+  ok: 0,
+  internal: 1,
+  usage: 2,
+  enrollRefused: 3,
+  pinMismatch: 4,
+  alreadyEnrolled: 5,
+  serverUnavailable: 6,
+  notEnrolled: 7,
+  /** Reserved: `agent run` replaced its binary and wants to be started again. */
+  upgradeRestart: 75,
+  /** `agent run`: the server revoked this node's certificate; restarting cannot help. */
+  revoked: 78,
+});
+
 export class ConfigError extends MeshlinkError {
   constructor(message: string, options?: { cause?: unknown }) {
     super('ML_ERR_CONFIG', message, options);

@@ -3,7 +3,7 @@ import { z } from 'zod';
 import { MeshlinkError } from '../protocol/errors.js';
 import { createLogger, LOG_LEVELS } from '../util/logger.js';
 import { VERSION } from '../version.js';
-import { defaultHostname, ENV_ENROLL_TOKEN, ENV_LOG_LEVEL, resolveStateDir } from '../agent/config.js';
+import { AGENT_EXIT_CODES, defaultHostname, ENV_ENROLL_TOKEN, ENV_LOG_LEVEL, resolveStateDir } from '../agent/config.js';
 import { EnrollError, enroll } from '../agent/enroll.js';
 import { isEnrolled, loadIdentity, readAgentStatus, type AgentStatusReading, type Identity } from '../agent/identity.js';
 import { parseCaPin } from '../agent/pin.js';
@@ -14,19 +14,7 @@ import { parseCaPin } from '../agent/pin.js';
  * is one more register function.
  */
 
-/** Documented in docs/AGENT.md; scripts and the systemd unit depend on these numbers. */
-export const AGENT_EXIT_CODES = Object.freeze({
-  ok: 0,
-  internal: 1,
-  usage: 2,
-  enrollRefused: 3,
-  pinMismatch: 4,
-  alreadyEnrolled: 5,
-  serverUnavailable: 6,
-  notEnrolled: 7,
-  upgradeRestart: 75,
-  revoked: 78,
-});
+export { AGENT_EXIT_CODES };
 
 export class UsageError extends MeshlinkError {
   constructor(message: string) {
