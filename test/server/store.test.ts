@@ -1,0 +1,89 @@
+import Database from 'better-sqlite3';
+import { afterAll, describe, expect, it } from 'vitest';
+import { Store } from '../../src/server/store/store.js';
+import { MIGRATIONS } from '../../src/server/store/migrations.js';
+import { createToken, hashToken } from '../../src/server/tokens.js';
+import { FailureRateLimiter } from '../../src/server/rate-limit.js';
+import { tempDir } from './helpers.js';
+
+describe('store', () => {
+  const cleanups: (() => Promise<void>)[] = [];
+  afterAll(async () => {
+    for (const c of cleanups) await c();
+  });
+  async function freshPath(): Promise<string> {
+    const d = await tempDir('ml-store-');
+    cleanups.push(d.cleanup);
+    return `${d.path}/meshlink.db`;
+  }
+
+  it('applies numbered migrations once, in WAL mode with foreign keys on and synchronous=FULL', async () => {
+    const path = await freshPath();
+    Store.open(path).close();
+    const s = Store.open(path);
+    expect(s.schemaVersion()).toBe(MIGRATIONS.length);
+    s.close();
+    const db = new Database(path, { readonly: true });
+    expect(db.prepare('SELECT COUNT(*) AS n FROM schema_migrations').get()).toEqual({ n: MIGRATIONS.length });
+    expect(db.pragma('journal_mode', { simple: true })).toBe('wal');
+    db.close();
+    const { statSync } = await import('node:fs');
+    expect(statSync(path).mode & 0o777).toBe(0o600);
+  });
+
+  it('refuses a store from a newer meshlink', async () => {
+    const path = await freshPath();
+    Store.open(path).close();
+    const db = new Database(path);
+    db.prepare('INSERT INTO schema_migrations (version, name, applied_at) VALUES (999, ?, 0)').run('future');
+    db.close();
+    expect(() => Store.open(path)).toThrow(expect.objectContaining({ code: 'ML_ERR_STORE_SCHEMA' }));
+  });
+
+  it('stores only the token hash; a token is consumed exactly once; foreign keys are enforced', async () => {
+    const path = await freshPath();
+    const s = Store.open(path);
+    const { token } = createToken(s, { ttlMs: 60_000 });
+    const db = new Database(path, { readonly: true });
+    const raw = JSON.stringify(db.prepare('SELECT * FROM tokens').all());
+    db.close();
+    expect(raw).not.toContain(token);
+    expect(raw).toContain(hashToken(token));
+    const commit = (id: string, serial: string) =>
+      s.commitEnrollment({
+        tokenHash: hashToken(token),
+        now: Date.now(),
+        node: { id, hostname: 'h', agentVersion: null, existing: false },
+        cert: { serial, notBefore: 0, notAfter: Date.now() + 1000, pem: 'x' },
+      });
+    expect(commit('n1', 'aa')).toBe(true);
+    expect(commit('n2', 'bb')).toBe(false);
+    expect(s.getNode('n2')).toBeUndefined();
+    expect(() => s.insertCert('no-such-node', { serial: 'cc', notBefore: 0, notAfter: 1, pem: 'x' })).toThrow(/FOREIGN KEY/);
+    const removed = s.removeNode('n1', Date.now());
+    expect(removed).toEqual({ removed: true, revokedSerials: ['aa'] });
+    expect(s.revokedSerials()).toEqual(['aa']);
+    expect(s.removeNode('n1', Date.now())).toEqual({ removed: false, revokedSerials: [] });
+    s.close();
+  });
+});
+
+describe('FailureRateLimiter', () => {
+  it('allows a burst of N failures, then asks to wait, and refills over time', () => {
+    const rl = new FailureRateLimiter({ perMinute: 10 });
+    const t = 1_000_000;
+    for (let i = 0; i < 10; i++) {
+      expect(rl.retryAfterSec('a', t)).toBe(0);
+      rl.recordFailure('a', t);
+    }
+    expect(rl.retryAfterSec('a', t)).toBe(6);
+    expect(rl.retryAfterSec('b', t)).toBe(0);
+    expect(rl.retryAfterSec('a', t + 6_000)).toBe(0);
+  });
+
+  it('keeps its table bounded', () => {
+    const rl = new FailureRateLimiter({ perMinute: 10, maxEntries: 100 });
+    for (let i = 0; i < 1_000; i++) rl.recordFailure(`10.0.${i >> 8}.${i & 255}`, 0);
+    expect(rl.size).toBeLessThanOrEqual(100);
+  });
+});
