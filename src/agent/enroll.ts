@@ -6,7 +6,7 @@ import { MeshlinkError } from '../protocol/errors.js';
 import { parseEnrollOptions, type EnrollOptionsInput } from './config.js';
 import { createCsrPem, generateAgentKeyPair, KEY_TYPES, type KeyType } from './csr.js';
 import { isEnrolled, loadIdentity, saveEnrollment, saveRenewedCertificate, type Identity } from './identity.js';
-import { assertPinned, parseCaCertificate, spkiDerOf, spkiPinOf } from './pin.js';
+import { assertPinned, parseCaCertificate, PinError, spkiDerOf, spkiPinOf } from './pin.js';
 
 /**
  * The agent side of the server's HTTPS enrollment endpoints: GET /v1/ca, POST /v1/enroll and
@@ -250,7 +250,9 @@ export async function fetchPinnedCa(server: string, caPins: readonly string[], t
   const url = `${server}/v1/ca`;
   try {
     const result = await httpCall(untrusting, url, { method: 'GET', maxBytes: MAX_CA_BYTES, timeoutMs });
-    if (result.status !== 200) throw refusal(result, 'fetching the CA certificate');
+    if (result.status !== 200) {
+      throw new PinError('ML_ERR_CA_CERT', `GET ${url} answered HTTP ${result.status} instead of the CA certificate; is this a meshlink server?`);
+    }
     const caPem = result.body;
     const caPin = assertPinned(caPem, caPins);
     return { caPem, caPin };

@@ -44,7 +44,7 @@ const FILE_MODES: Record<StateFile, number> = {
 };
 
 export class IdentityError extends MeshlinkError {
-  constructor(code: 'ML_ERR_NOT_ENROLLED' | 'ML_ERR_STATE_CORRUPT', message: string, options?: { cause?: unknown }) {
+  constructor(code: 'ML_ERR_NOT_ENROLLED' | 'ML_ERR_STATE_CORRUPT' | 'ML_ERR_STATE_ACCESS', message: string, options?: { cause?: unknown }) {
     super(code, message, options);
     this.name = 'IdentityError';
   }
@@ -124,6 +124,9 @@ export async function currentGeneration(stateDir: string): Promise<string | null
     target = await readlink(join(stateDir, CURRENT_LINK));
   } catch (err) {
     if (isErrno(err, 'ENOENT')) return null;
+    if (isErrno(err, 'EACCES')) {
+      throw new IdentityError('ML_ERR_STATE_ACCESS', `cannot read ${stateDir}: permission denied (run as its owner, or pass --state-dir)`, { cause: err });
+    }
     if (isErrno(err, 'EINVAL')) throw new IdentityError('ML_ERR_STATE_CORRUPT', `${join(stateDir, CURRENT_LINK)} is not a symlink`);
     throw err;
   }

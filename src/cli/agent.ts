@@ -42,6 +42,7 @@ export function exitCodeFor(err: unknown): number {
       return AGENT_EXIT_CODES.serverUnavailable;
     case 'ML_ERR_NOT_ENROLLED':
     case 'ML_ERR_STATE_CORRUPT':
+    case 'ML_ERR_STATE_ACCESS':
       return AGENT_EXIT_CODES.notEnrolled;
     case 'ML_ERR_CERT_REVOKED':
       return AGENT_EXIT_CODES.revoked;

@@ -1,5 +1,5 @@
-import { spawn } from 'node:child_process';
-import { existsSync, readdirSync, statSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, readdirSync, statSync, symlinkSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { writeAgentStatus } from '../../src/agent/identity.js';
@@ -8,6 +8,7 @@ import { startEnrollServer, type EnrollServer } from './helpers/enroll-server.js
 import { createTestCa, tempDirs } from './helpers/fixtures.js';
 
 const CLI = resolve('dist/src/cli/main.js');
+const canDropPrivileges = process.getuid?.() === 0 && spawnSync('setpriv', ['--version']).status === 0;
 
 interface CliResult {
   readonly code: number | null;
@@ -16,9 +17,10 @@ interface CliResult {
 }
 
 /** Runs the built CLI as a child process (async: the test server lives in this event loop). */
-function runCli(args: string[], env: Record<string, string> = {}): Promise<CliResult> {
+function runCli(args: string[], env: Record<string, string> = {}, prefix: string[] = []): Promise<CliResult> {
   return new Promise((resolvePromise, reject) => {
-    const child = spawn(process.execPath, [CLI, ...args], {
+    const [command, ...prefixArgs] = [...prefix, process.execPath];
+    const child = spawn(command!, [...prefixArgs, CLI, ...args], {
       env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '/tmp', ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
@@ -157,6 +159,14 @@ describe('meshlink agent CLI (child processes of dist/src/cli/main.js)', () => {
     expect(unknown.code).toBe(2);
     expect(unknown.stderr).toMatch(/^error ML_ERR_USAGE: /);
     expect(readdirSync(stateDir)).toEqual([]);
+  });
+
+  it.skipIf(!canDropPrivileges)('status on a state dir it cannot read exits 7 with ML_ERR_STATE_ACCESS (needs root + setpriv)', async () => {
+    const stateDir = dirs.make(); // mkdtemp: 0700, owned by root
+    symlinkSync('generations/x', join(stateDir, 'current'));
+    const res = await runCli(['agent', 'status', '--state-dir', stateDir], {}, ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups']);
+    expect(res.code).toBe(7);
+    expect(res.stderr).toMatch(/^error ML_ERR_STATE_ACCESS: /);
   });
 
   it('an unreachable server exits 6', async () => {

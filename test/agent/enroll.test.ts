@@ -165,6 +165,14 @@ describe('enroll against a real HTTPS server implementing the contract', () => {
     }
   });
 
+  it('a server without /v1/ca is ML_ERR_CA_CERT and gets no token', async () => {
+    server.misbehave = 'no-ca';
+    const err = await enroll(baseOptions(dirs.make())).catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: 'ML_ERR_CA_CERT' });
+    expect((err as Error).message).toContain('HTTP 404');
+    expect(server.requests.map((r) => r.path)).toEqual(['/v1/ca']);
+  });
+
   it('an unreachable server is ML_ERR_SERVER_UNREACHABLE', async () => {
     const closed = await startEnrollServer();
     const url = closed.url;

@@ -21,7 +21,8 @@ export type Misbehaviour =
   | 'unsigned-by-ca' // returns our CA but a certificate signed by another CA
   | 'rate-limit' // 429 with Retry-After
   | 'server-error' // 500 with a non-JSON body
-  | 'huge-response'; // a 200 body far beyond the agent's cap
+  | 'huge-response' // a 200 body far beyond the agent's cap
+  | 'no-ca'; // 404 on GET /v1/ca (not a meshlink server)
 
 export interface EnrollServerOptions {
   /** token → node id it re-enrolls (null: a fresh node id). */
@@ -154,7 +155,7 @@ export async function startEnrollServer(options: EnrollServerOptions = {}): Prom
     state.requests.push({ method: req.method ?? '', path, body: body ?? '' });
     if (body === null) return fail(res, 413, 'ML_ERR_BODY_TOO_LARGE', 'request body too large');
 
-    if (req.method === 'GET' && path === '/v1/ca') {
+    if (req.method === 'GET' && path === '/v1/ca' && state.misbehave !== 'no-ca') {
       res.writeHead(200, { 'content-type': 'application/x-pem-file' });
       res.end(ca.certPem);
       return;
