@@ -1,5 +1,209 @@
-import type { Command } from 'commander';
+import { existsSync } from 'node:fs';
+import { isIP } from 'node:net';
+import { Command, Option } from 'commander';
+import { z } from 'zod';
+import { AdminUnavailable, adminRequest } from '../server/admin.js';
+import { adminSocketPath, defaultDataDir, parseServerConfig, storePath } from '../server/config.js';
+import { createEnrollmentToken, listNodes, removeNode, type NodeListing, type RemovalResult, type TokenCreation } from '../server/nodes.js';
+import { startServer } from '../server/server.js';
+import { Store } from '../server/store/store.js';
+import { DEFAULT_TOKEN_TTL_MS } from '../server/tokens.js';
+import { createLogger, LOG_LEVELS } from '../util/logger.js';
+import { parseDuration } from '../util/duration.js';
+import { MeshlinkError } from '../protocol/errors.js';
+
+/**
+ * `meshlink server ...`: parse, validate, call into src/server. Exit codes (docs/SERVER.md):
+ * 0 ok, 1 unexpected error, 2 usage/invalid option, 3 node not found or ambiguous,
+ * 4 CA passphrase wrong, 5 data dir not initialized, 6 a server already runs on this data dir.
+ */
+export const EXIT = { OK: 0, INTERNAL: 1, USAGE: 2, NODE: 3, PASSPHRASE: 4, NOT_INITIALIZED: 5, RUNNING: 6 } as const;
+
+const EXIT_BY_CODE: Record<string, number> = {
+  ML_ERR_CONFIG: EXIT.USAGE,
+  ML_ERR_DURATION: EXIT.USAGE,
+  ML_ERR_BAD_REQUEST: EXIT.USAGE,
+  ML_ERR_USAGE: EXIT.USAGE,
+  ML_ERR_NODE_NOT_FOUND: EXIT.NODE,
+  ML_ERR_NODE_AMBIGUOUS: EXIT.NODE,
+  ML_ERR_CA_PASSPHRASE: EXIT.PASSPHRASE,
+  ML_ERR_NOT_INITIALIZED: EXIT.NOT_INITIALIZED,
+  ML_ERR_SERVER_RUNNING: EXIT.RUNNING,
+};
+
+class UsageError extends MeshlinkError {
+  constructor(message: string) {
+    super('ML_ERR_USAGE', message);
+  }
+}
+
+function fail(err: unknown): void {
+  const maybe = (err as { code?: unknown } | null)?.code;
+  const code = typeof maybe === 'string' ? maybe : 'ML_ERR_INTERNAL';
+  const message = err instanceof Error ? err.message : String(err);
+  process.stderr.write(`error ${code}: ${message}\n`);
+  process.exitCode = EXIT_BY_CODE[code] ?? EXIT.INTERNAL;
+}
+
+function action<A extends unknown[]>(fn: (...args: A) => Promise<void>): (...args: A) => Promise<void> {
+  return async (...args: A) => {
+    try {
+      await fn(...args);
+    } catch (err) {
+      fail(err);
+    }
+  };
+}
+
+/** `HOST:PORT`, `[v6]:PORT`. */
+export function parseListen(text: string): { host: string; port: number } {
+  const m = /^\[([0-9A-Fa-f:.]+)\]:(\d{1,5})$/.exec(text) ?? /^([^:[\]\s]+):(\d{1,5})$/.exec(text);
+  if (!m) throw new UsageError(`invalid --listen "${text}": expected HOST:PORT or [IPv6]:PORT`);
+  const port = Number(m[2]);
+  if (port > 65_535) throw new UsageError(`invalid --listen port ${port}`);
+  const host = m[1]!;
+  if (text.startsWith('[') && isIP(host) !== 6) throw new UsageError(`invalid IPv6 address in --listen "${text}"`);
+  return { host, port };
+}
+
+const collect = (value: string, previous: string[]): string[] => [...previous, value];
+const dataDirOption = () => new Option('--data-dir <dir>', 'server data dir (default: MESHLINK_DATA_DIR, /var/lib/meshlink/server as root, else ~/.local/share/meshlink/server)');
+
+const tokenCreateOptions = z.object({ dataDir: z.string().optional(), ttl: z.string().default('1h'), node: z.string().min(1).max(128).optional(), json: z.boolean().default(false) });
+const listOptions = z.object({ dataDir: z.string().optional(), json: z.boolean().default(false) });
+const removeOptions = z.object({ dataDir: z.string().optional() });
+
+/** Runs `viaAdmin` against a running server, else `direct` on the store file (server stopped). */
+async function withServerOrStore<T>(dataDirFlag: string | undefined, viaAdmin: (socket: string) => Promise<T>, direct: (store: Store) => T): Promise<T> {
+  const dataDir = parseServerConfig({ ...(dataDirFlag ? { dataDir: dataDirFlag } : {}) }).dataDir;
+  try {
+    return await viaAdmin(adminSocketPath(dataDir));
+  } catch (err) {
+    if (!(err instanceof AdminUnavailable)) throw err;
+  }
+  const path = storePath(dataDir);
+  if (!existsSync(path)) throw new MeshlinkError('ML_ERR_NOT_INITIALIZED', `no store at ${path}: run \`meshlink server start\` once`);
+  const store = Store.open(path);
+  try {
+    return direct(store);
+  } finally {
+    store.close();
+  }
+}
 
 export function registerServerCommands(program: Command): void {
-  program.command('server').description('server commands');
+  const server = program.command('server').description('control-plane server: CA, enrollment, agent gateway');
+  // Set before the subcommands are added so they inherit it: commander's usage errors exit 2, not 1.
+  server.exitOverride((err) => {
+    process.exit(err.exitCode === 0 ? EXIT.OK : EXIT.USAGE);
+  });
+
+  server
+    .command('start')
+    .description('run the server in the foreground (logs JSON to stdout)')
+    .addOption(dataDirOption())
+    .option('--listen <host:port>', 'address to listen on', '0.0.0.0:8443')
+    .option('--san <name>', 'extra DNS name or IP for the server certificate (repeatable)', collect, [])
+    .addOption(new Option('--ca-key <type>', 'CA key type when a new CA is created').choices(['rsa2048', 'rsa4096']).default('rsa4096'))
+    .option('--cert-lifetime <duration>', 'client certificate lifetime, e.g. 30d', '30d')
+    .option('--renew-grace <duration>', 'how long after expiry /v1/renew still accepts a certificate', '7d')
+    .addOption(new Option('--log-level <level>', 'log level (default: MESHLINK_LOG_LEVEL or info)').choices([...LOG_LEVELS]))
+    .action(
+      action(async (opts: { dataDir?: string; listen: string; san: string[]; caKey: string; certLifetime: string; renewGrace: string; logLevel?: string }) => {
+        const config = parseServerConfig({
+          ...(opts.dataDir ? { dataDir: opts.dataDir } : {}),
+          listen: parseListen(opts.listen),
+          sans: opts.san,
+          caKeyType: opts.caKey,
+          certLifetimeMs: parseDuration(opts.certLifetime),
+          renewGraceMs: parseDuration(opts.renewGrace),
+          logLevel: opts.logLevel ?? process.env.MESHLINK_LOG_LEVEL ?? 'info',
+        });
+        const logger = createLogger({ name: 'meshlink-server', level: config.logLevel });
+        const running = await startServer(config, { logger });
+        let stopping = false;
+        const stop = (signal: string) => {
+          if (stopping) return;
+          stopping = true;
+          logger.info({ signal }, 'shutting down');
+          // Hard exit if a close hangs; unref so it never delays a clean exit.
+          setTimeout(() => process.exit(EXIT.INTERNAL), 10_000).unref();
+          running.close().catch((err: unknown) => {
+            logger.error({ err }, 'error during shutdown');
+            process.exitCode = EXIT.INTERNAL;
+          });
+        };
+        process.on('SIGTERM', () => stop('SIGTERM'));
+        process.on('SIGINT', () => stop('SIGINT'));
+      }),
+    );
+
+  const token = server.command('token').description('enrollment tokens');
+  token
+    .command('create')
+    .description('create a one-time enrollment token and print the agent command')
+    .addOption(dataDirOption())
+    .option('--ttl <duration>', 'token lifetime, e.g. 1h, 90m', '1h')
+    .option('--node <id>', 're-enrollment token that keeps this node id (for an agent whose certificate expired)')
+    .option('--json', 'print {"token","expiresAt","caPin","enrollCommand"}')
+    .action(
+      action(async (raw: unknown) => {
+        const opts = tokenCreateOptions.parse(raw);
+        const ttlMs = opts.ttl ? parseDuration(opts.ttl) : DEFAULT_TOKEN_TTL_MS;
+        const created = await withServerOrStore<TokenCreation>(
+          opts.dataDir,
+          (socket) => adminRequest(socket, 'POST', '/v1/tokens', { ttlMs, nodeId: opts.node ?? null }),
+          (store) => createEnrollmentToken(store, { ttlMs, nodeId: opts.node ?? null }),
+        );
+        if (opts.json) {
+          const { token: t, expiresAt, caPin, enrollCommand } = created;
+          process.stdout.write(JSON.stringify({ token: t, expiresAt, caPin, enrollCommand }) + '\n');
+        } else {
+          process.stdout.write(created.enrollCommand + '\n');
+          process.stderr.write(`one-time token, expires ${created.expiresAt}${created.nodeId ? `, keeps node id ${created.nodeId}` : ''}\n`);
+        }
+      }),
+    );
+
+  const nodes = server.command('nodes').description('enrolled nodes');
+  nodes
+    .command('list')
+    .description('list live nodes (online/lastSeen from the running server; offline when it is stopped)')
+    .addOption(dataDirOption())
+    .option('--json', 'print a JSON array')
+    .action(
+      action(async (raw: unknown) => {
+        const opts = listOptions.parse(raw);
+        const list = await withServerOrStore<NodeListing[]>(
+          opts.dataDir,
+          (socket) => adminRequest(socket, 'GET', '/v1/nodes'),
+          (store) => listNodes(store),
+        );
+        if (opts.json) {
+          process.stdout.write(JSON.stringify(list) + '\n');
+          return;
+        }
+        const rows = [['ID', 'HOSTNAME', 'ONLINE', 'LAST SEEN', 'CERT EXPIRES', 'AGENT'], ...list.map((n) => [n.id, n.hostname, n.online ? 'yes' : 'no', n.lastSeen ?? '-', n.certNotAfter ?? '-', n.agentVersion ?? '-'])];
+        const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+        for (const r of rows) process.stdout.write(r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd() + '\n');
+      }),
+    );
+  nodes
+    .command('remove')
+    .description('remove a node: revoke its certificates and close its connection at once')
+    .argument('<idOrHostname>', 'node id, or a hostname that names exactly one live node')
+    .addOption(dataDirOption())
+    .action(
+      action(async (idOrHostname: string, raw: unknown) => {
+        const opts = removeOptions.parse(raw);
+        const result = await withServerOrStore<RemovalResult>(
+          opts.dataDir,
+          (socket) => adminRequest(socket, 'POST', '/v1/nodes/remove', { node: idOrHostname }),
+          (store) => removeNode(store, idOrHostname),
+        );
+        process.stdout.write(`removed ${result.id} (${result.hostname}): ${result.revokedSerials.length} certificate(s) revoked, ${result.closedConnections} connection(s) closed\n`);
+      }),
+    );
 }
+
+export { defaultDataDir };
