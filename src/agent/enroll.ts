@@ -82,6 +82,8 @@ function errorCodeOf(err: unknown): string | undefined {
   for (let e: unknown = err, depth = 0; e !== null && typeof e === 'object' && depth < 5; depth++) {
     const code = (e as { code?: unknown }).code;
     if (typeof code === 'string' && !code.startsWith('UND_ERR_SOCKET')) return code;
+    // AbortSignal.timeout() rejects with a DOMException whose numeric code says nothing useful.
+    if ((e as { name?: unknown }).name === 'TimeoutError') return 'TIMEOUT';
     e = (e as { cause?: unknown }).cause;
   }
   return undefined;

@@ -1,5 +1,6 @@
 import { X509Certificate } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { EnrollError, enroll, renewViaHttps } from '../../src/agent/enroll.js';
@@ -179,6 +180,22 @@ describe('enroll against a real HTTPS server implementing the contract', () => {
     await closed.close();
     await expect(enroll({ server: url, token: TOKEN, caPins: [closed.caPin], stateDir: dirs.make(), hostname: 'h.example', timeoutMs: 2000 }))
       .rejects.toMatchObject({ code: 'ML_ERR_SERVER_UNREACHABLE' });
+  });
+
+  it('a server that accepts the connection but never answers fails within the timeout', async () => {
+    const sockets = new Set<Socket>();
+    const silent = createNetServer((socket) => sockets.add(socket)); // TCP accept, then nothing (no TLS)
+    await new Promise<void>((res) => silent.listen(0, '127.0.0.1', res));
+    const port = (silent.address() as AddressInfo).port;
+    try {
+      const started = Date.now();
+      const err = await enroll({ server: `https://127.0.0.1:${port}`, token: TOKEN, caPins: [server.caPin], stateDir: dirs.make(), hostname: 'h.example', timeoutMs: 700 }).catch((e: unknown) => e);
+      expect(err).toMatchObject({ code: 'ML_ERR_SERVER_UNREACHABLE' });
+      expect(Date.now() - started).toBeLessThan(5000);
+    } finally {
+      for (const socket of sockets) socket.destroy();
+      await new Promise<void>((res) => silent.close(() => res()));
+    }
   });
 
   it('invalid options are ML_ERR_CONFIG naming the field, without echoing the token', async () => {
