@@ -1,5 +1,35 @@
 import type { Command } from 'commander';
+import { describeRegistry } from '../protocol/registry.js';
+import { ERROR_CODES } from '../protocol/errors.js';
+import { SUPPORTED_VERSIONS } from '../protocol/handshake.js';
 
+/** `meshlink protocol …`: the wire protocol as data, for other implementations and debugging tools. */
 export function registerProtocolCommands(program: Command): void {
-  program.command('protocol').description('protocol commands');
+  const protocol = program.command('protocol').description('describe the wire protocol');
+  protocol
+    .command('messages')
+    .description('print the message registry (code, name, direction, scope, JSON Schema of the payload)')
+    .option('--json', 'print JSON instead of a table')
+    .action((opts: { json?: boolean }) => {
+      const kinds = describeRegistry();
+      if (opts.json) {
+        process.stdout.write(`${JSON.stringify({ versions: SUPPORTED_VERSIONS, messages: kinds }, null, 2)}\n`);
+        return;
+      }
+      for (const k of kinds) {
+        process.stdout.write(`${k.hex}  ${k.name.padEnd(22)} ${k.direction.padEnd(16)} ${k.scope.padEnd(8)} ${k.description}\n`);
+      }
+    });
+  protocol
+    .command('errors')
+    .description('print the error codes with their WebSocket close codes')
+    .option('--json', 'print JSON instead of a table')
+    .action((opts: { json?: boolean }) => {
+      const rows = Object.entries(ERROR_CODES).map(([code, spec]) => ({ code, closeCode: spec.closeCode, description: spec.description }));
+      if (opts.json) {
+        process.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
+        return;
+      }
+      for (const r of rows) process.stdout.write(`${r.code.padEnd(26)} ${String(r.closeCode ?? '-').padEnd(5)} ${r.description}\n`);
+    });
 }

@@ -30,7 +30,7 @@ export function attachSession(ws: WebSocket, options: Omit<SessionOptions, 'tran
   });
   ws.on('message', (data: RawData, isBinary: boolean) => {
     if (!isBinary) {
-      session.close(4007, 'ML_ERR_NOT_TEXT');
+      session.abort(new ProtocolError('ML_ERR_NOT_TEXT', 'text messages are not part of the protocol'));
       return;
     }
     session.receive(toBuffer(data));

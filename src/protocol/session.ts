@@ -297,6 +297,11 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     this.#shutdown({ code, reason, local: true });
   }
 
+  /** Ends the session because of `error`: tells the peer (error frame), then closes with its close code. */
+  abort(error: MeshlinkError): void {
+    this.#fail(error);
+  }
+
   // ===================== receiving =====================
 
   /** Feeds one received WebSocket message. Never throws: protocol errors close the session. */

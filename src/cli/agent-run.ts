@@ -1,0 +1,34 @@
+import type { Command } from 'commander';
+import { Option } from 'commander';
+import { AgentRunner } from '../agent/connection.js';
+import { resolveStateDir } from '../agent/config.js';
+import { createLogger, LOG_LEVELS } from '../util/logger.js';
+
+/** Hard deadline for a graceful stop (goaway, close, status write) after SIGTERM/SIGINT. */
+const STOP_DEADLINE_MS = 5_000;
+
+/** `meshlink agent run`: the long-running service (docs/AGENT.md, "Running"). */
+export function registerRunCommand(agent: Command, onError: (err: unknown) => void): void {
+  agent
+    .command('run')
+    .description('keep the connection to the control plane (long-running; for systemd)')
+    .option('--state-dir <dir>', 'state directory (default: MESHLINK_STATE_DIR or the documented default)')
+    .addOption(new Option('--log-level <level>', 'log level (default: MESHLINK_LOG_LEVEL or info)').choices([...LOG_LEVELS]))
+    .action(async (opts: { stateDir?: string; logLevel?: string }) => {
+      try {
+        const stateDir = resolveStateDir(opts.stateDir);
+        const logger = createLogger({ name: 'meshlink-agent', ...(opts.logLevel ? { level: opts.logLevel } : {}) });
+        const runner = new AgentRunner({ stateDir, logger });
+        const stop = (signal: string): void => {
+          logger.info({ signal }, 'stopping');
+          setTimeout(() => process.exit(0), STOP_DEADLINE_MS).unref();
+          runner.stop();
+        };
+        process.once('SIGTERM', () => stop('SIGTERM'));
+        process.once('SIGINT', () => stop('SIGINT'));
+        process.exitCode = await runner.run();
+      } catch (err) {
+        onError(err);
+      }
+    });
+}
