@@ -35,6 +35,8 @@ export const AGENT_EXIT_CODES = Object.freeze({
   upgradeRestart: 75,
   /** `agent run`: the server revoked this node's certificate; restarting cannot help. */
   revoked: 78,
+  /** `agent run`: the certificate expired past the server's renewal grace; re-enroll (docs/AGENT.md). */
+  certExpired: 79,
 });
 
 export class ConfigError extends MeshlinkError {

@@ -244,10 +244,12 @@ function registerStatusCommand(agent: Command): void {
 
 // ---------------------------------------------------------------------------------------------
 
-/** Commander's own parse errors (unknown option, missing value) are usage errors: exit 2. */
+/**
+ * Commander's own parse errors (unknown option or command, missing value, bare `agent`) are usage
+ * errors: exit 2. Help asked for with --help keeps commander's 0.
+ */
 function exitOnCommanderError(err: CommanderError): never {
-  const harmless = err.code === 'commander.helpDisplayed' || err.code === 'commander.help' || err.code === 'commander.version';
-  process.exit(harmless ? err.exitCode : AGENT_EXIT_CODES.usage);
+  process.exit(err.exitCode === 0 ? 0 : AGENT_EXIT_CODES.usage);
 }
 
 export function registerAgentCommands(program: Command): Command {

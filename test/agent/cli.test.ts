@@ -158,6 +158,9 @@ describe('meshlink agent CLI (child processes of dist/src/cli/main.js)', () => {
     const unknown = await runCli(['agent', 'enroll', '--what']);
     expect(unknown.code).toBe(2);
     expect(unknown.stderr).toMatch(/^error ML_ERR_USAGE: /);
+    expect((await runCli(['agent'])).code).toBe(2);
+    expect((await runCli(['agent', 'frobnicate'])).code).toBe(2);
+    expect((await runCli(['agent', 'enroll', '--help'])).code).toBe(0);
     expect(readdirSync(stateDir)).toEqual([]);
   });
 
