@@ -33,6 +33,9 @@ export const ERROR_CODES = {
   ML_ERR_QUEUE_OVERFLOW: { closeCode: 4023, description: 'A bounded queue overflowed because a peer ignored backpressure.' },
   ML_ERR_STREAM_REJECTED: { closeCode: null, description: 'The peer refused to open a stream (stream.reject).' },
   ML_ERR_STREAM_RESET: { closeCode: null, description: 'The stream was reset by the peer or locally (stream.reset).' },
+  ML_ERR_STREAM_CLOSED: { closeCode: null, description: 'A write or message on a stream that is already closed for writing.' },
+  ML_ERR_CANCELLED: { closeCode: null, description: 'Reset code: the application abandoned the stream (e.g. the operator ended the command).' },
+  ML_ERR_UNSUPPORTED: { closeCode: null, description: 'Reject or error code: no handler for this stream kind or request here.' },
   // --- session ---
   ML_ERR_HEARTBEAT_TIMEOUT: { closeCode: 4030, description: 'The peer sent nothing for longer than the liveness timeout.' },
   ML_ERR_REQUEST_TIMEOUT: { closeCode: null, description: 'A request got no response in time.' },
