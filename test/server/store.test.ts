@@ -17,11 +17,12 @@ describe('store', () => {
     return `${d.path}/meshlink.db`;
   }
 
-  it('applies numbered migrations once, in WAL mode with foreign keys on and synchronous=FULL', async () => {
+  it('applies numbered migrations once, in WAL mode with foreign keys on, synchronous=NORMAL between durable writes', async () => {
     const path = await freshPath();
     Store.open(path).close();
     const s = Store.open(path);
     expect(s.schemaVersion()).toBe(MIGRATIONS.length);
+    expect(s.synchronousLevel()).toBe(1);
     s.close();
     const db = new Database(path, { readonly: true });
     expect(db.prepare('SELECT COUNT(*) AS n FROM schema_migrations').get()).toEqual({ n: MIGRATIONS.length });
@@ -64,6 +65,7 @@ describe('store', () => {
     expect(removed).toEqual({ removed: true, revokedSerials: ['aa'] });
     expect(s.revokedSerials()).toEqual(['aa']);
     expect(s.removeNode('n1', Date.now())).toEqual({ removed: false, revokedSerials: [] });
+    expect(s.synchronousLevel()).toBe(1); // back to NORMAL after the durable revocation commit
     s.close();
   });
 });

@@ -8,9 +8,15 @@ import { MIGRATIONS, type Migration } from './migrations.js';
  * indexed lookup or write, so running them on the event loop costs microseconds, and it lets the
  * enrollment commit be one atomic transaction.
  *
- * Durability: WAL with `synchronous=FULL`. With NORMAL a power cut can drop the last commits, which
- * here means a consumed token becomes usable again or a revocation is forgotten. FULL costs one WAL
- * fsync per commit; commits are per enrollment/revocation, not per heartbeat-rate event, so that is cheap.
+ * Durability: WAL with `synchronous=NORMAL` by default, and FULL for the writes that must survive a
+ * power cut: revocations (node removal) and the CA. WAL+NORMAL never corrupts the database and loses
+ * nothing on a process crash; on power loss it may roll back the last commits. For a revocation that
+ * would silently re-admit a removed node, so those commits fsync the WAL (which also makes every
+ * earlier commit durable). For an enrollment, a rolled-back commit leaves an agent holding a
+ * certificate the store does not know (refused with 401 until it re-enrolls) and its token usable
+ * again until it expires; we accept that narrow window because an fsync per enrollment blocks the
+ * event loop for milliseconds (measured 3-5 ms here), which cut enrollment throughput by more than half
+ * and tripled heartbeat latency during bursts (bench/enroll.ts).
  */
 
 export interface CaRow {
@@ -143,7 +149,7 @@ export class Store {
     const db = new Database(path);
     try {
       db.pragma('journal_mode = WAL');
-      db.pragma('synchronous = FULL');
+      db.pragma('synchronous = NORMAL');
       db.pragma('foreign_keys = ON');
       db.pragma('busy_timeout = 5000');
       chmodSync(path, 0o600);
@@ -179,7 +185,22 @@ export class Store {
     return { keyBlob: r.key_blob as Buffer, kdfSalt: r.kdf_salt as Buffer, certPem: r.cert_pem as string, createdAt: r.created_at as number };
   }
   insertCa(row: CaRow): void {
-    this.stmts.insertCa.run(row.keyBlob, row.kdfSalt, row.certPem, row.createdAt);
+    this.durably(() => this.stmts.insertCa.run(row.keyBlob, row.kdfSalt, row.certPem, row.createdAt));
+  }
+
+  /** Runs `fn` in an IMMEDIATE transaction whose commit fsyncs the WAL (synchronous=FULL for this commit). */
+  private durably<T>(fn: () => T): T {
+    this.db.pragma('synchronous = FULL');
+    try {
+      return this.db.transaction(fn).immediate();
+    } finally {
+      this.db.pragma('synchronous = NORMAL');
+    }
+  }
+
+  /** The current synchronous level (1 = NORMAL, 2 = FULL), for tests. */
+  synchronousLevel(): number {
+    return this.db.pragma('synchronous', { simple: true }) as number;
   }
 
   // --- tokens ---
@@ -238,12 +259,12 @@ export class Store {
    * Returns the serials revoked now (empty if the node was already removed).
    */
   removeNode(id: string, now: number): { removed: boolean; revokedSerials: string[] } {
-    return this.db.transaction(() => {
+    return this.durably(() => {
       const removed = this.stmts.markNodeRemoved.run(now, id).changes === 1;
       const serials = (this.stmts.unrevokedSerialsOfNode.all(id) as { serial: string }[]).map((r) => r.serial);
       this.stmts.revokeCertsOfNode.run(now, id);
       return { removed, revokedSerials: serials };
-    }).immediate();
+    });
   }
 
   // --- certs ---

@@ -1,0 +1,229 @@
+/**
+ * Enrollment and connect benchmark (npm run bench:enroll).
+ *
+ * Starts `meshlink server start` as a child process (RSA-4096 CA, loopback, temp data dir) so the
+ * server has its own process, pre-generates agent keys and CSRs (so key generation is not measured),
+ * then per run:
+ *   1. enrollments: N concurrent POST /v1/enroll, each on a new TLS connection → enrollPerSec;
+ *      meanwhile K WebSocket clients ping the server every 50 ms (ws ping/pong) → RTT p99 during the burst;
+ *   2. connects: M full mTLS handshakes + WebSocket upgrades on /v1/connect, new connection each → handshakesPerSec.
+ * Prints each run, then one JSON line with the medians of 3 runs.
+ * Env: BENCH_ENROLLMENTS (200), BENCH_CONCURRENCY (32), BENCH_CONNECTS (200), BENCH_RUNS (3).
+ */
+import { spawn } from 'node:child_process';
+import { createPublicKey, generateKeyPair, sign, type KeyObject } from 'node:crypto';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { request } from 'node:https';
+import { tmpdir } from 'node:os';
+import { join, resolve, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import forge from 'node-forge';
+import { Worker } from 'node:worker_threads';
+import WebSocket from 'ws';
+import { adminRequest } from '../src/server/admin.js';
+
+const N = Number(process.env.BENCH_ENROLLMENTS ?? 200);
+const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY ?? 32);
+const M = Number(process.env.BENCH_CONNECTS ?? 200);
+const RUNS = Number(process.env.BENCH_RUNS ?? 3);
+const PINGERS = 4;
+/** Distinct agent keys; reused round-robin (the server does not care, and keygen is slow on small VMs). */
+const KEYS = Number(process.env.BENCH_KEYS ?? 40);
+const PING_EVERY_MS = 50;
+
+const CLI = resolve(dirname(fileURLToPath(import.meta.url)), '../src/cli/main.js');
+
+function rsaKey(): Promise<KeyObject> {
+  return new Promise((res, rej) => generateKeyPair('rsa', { modulusLength: 2048 }, (e, _p, k) => (e ? rej(e) : res(k))));
+}
+
+async function makeCsr(hostname: string): Promise<{ csrPem: string; keyPem: string }> {
+  const key = await rsaKey();
+  const csr = forge.pki.createCertificationRequest();
+  csr.publicKey = forge.pki.publicKeyFromPem(createPublicKey(key).export({ type: 'spki', format: 'pem' }) as string);
+  csr.setSubject([{ name: 'commonName', value: hostname }]);
+  const pki = forge.pki as unknown as { getCertificationRequestInfo(c: forge.pki.CertificateSigningRequest): forge.asn1.Asn1 };
+  const info = pki.getCertificationRequestInfo(csr);
+  const der = Buffer.from(forge.asn1.toDer(info).getBytes(), 'binary');
+  const c = csr as unknown as { signatureOid: string; signature: string; certificationRequestInfo: forge.asn1.Asn1 };
+  c.signatureOid = forge.pki.oids.sha256WithRSAEncryption!;
+  c.signature = sign('sha256', der, key).toString('binary');
+  c.certificationRequestInfo = info;
+  return { csrPem: forge.pki.certificationRequestToPem(csr), keyPem: key.export({ type: 'pkcs8', format: 'pem' }) as string };
+}
+
+function post(url: string, ca: string, body: unknown): Promise<{ status: number; body: string }> {
+  return new Promise((res, rej) => {
+    const payload = JSON.stringify(body);
+    const req = request(url, { method: 'POST', ca, agent: false, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } }, (r) => {
+      let b = '';
+      r.on('data', (c: Buffer) => (b += c.toString()));
+      r.on('end', () => res({ status: r.statusCode ?? 0, body: b }));
+    });
+    req.on('error', rej);
+    req.end(payload);
+  });
+}
+
+function getCa(url: string): Promise<string> {
+  return new Promise((res, rej) => {
+    request(`${url}/v1/ca`, { rejectUnauthorized: false, agent: false }, (r) => {
+      let b = '';
+      r.on('data', (c: Buffer) => (b += c.toString()));
+      r.on('end', () => res(b));
+    })
+      .on('error', rej)
+      .end();
+  });
+}
+
+async function pool<T>(items: T[], concurrency: number, fn: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: Math.min(concurrency, items.length) }, async () => {
+      while (next < items.length) await fn(items[next++]!);
+    }),
+  );
+}
+
+function dial(url: string, tls: { ca: string; cert: string; key: string }): Promise<WebSocket> {
+  return new Promise((res, rej) => {
+    const ws = new WebSocket(`${url.replace('https:', 'wss:')}/v1/connect`, { ...tls, perMessageDeflate: false });
+    ws.once('open', () => res(ws));
+    ws.once('unexpected-response', (_q, r) => rej(new Error(`connect refused: ${r.statusCode}`)));
+    ws.once('error', rej);
+  });
+}
+
+/** utime+stime of a process from /proc (Linux), in ms; 0 elsewhere. */
+async function serverCpuMs(pid: number): Promise<number> {
+  try {
+    const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100; // clock ticks, USER_HZ = 100
+  } catch {
+    return 0;
+  }
+}
+
+const percentile = (xs: number[], p: number): number => {
+  if (xs.length === 0) return NaN;
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)]!;
+};
+const median = (xs: number[]): number => percentile(xs, 50);
+const round = (x: number, d = 1): number => Math.round(x * 10 ** d) / 10 ** d;
+
+async function main(): Promise<void> {
+  const dataDir = await mkdtemp(join(tmpdir(), 'ml-bench-'));
+  const nodeArgs = (process.env.BENCH_SERVER_NODE_ARGS ?? '').split(' ').filter(Boolean);
+  const child = spawn(process.execPath, [...nodeArgs, CLI, 'server', 'start', '--data-dir', dataDir, '--listen', '127.0.0.1:0', '--ca-key', 'rsa4096', '--log-level', 'warn'], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+    env: { ...process.env, MESHLINK_LOG_LEVEL: 'warn' },
+  });
+  const socketPath = join(dataDir, 'admin.sock');
+  try {
+    const t0 = Date.now();
+    // The ready line is at info level, hidden at warn: poll the admin socket instead.
+    let url = '';
+    for (let i = 0; i < 600 && !url; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      if (child.exitCode !== null) throw new Error(`server exited with ${child.exitCode}`);
+      try {
+        url = (await adminRequest<{ enrollCommand: string }>(socketPath, 'POST', '/v1/tokens', { ttlMs: 60_000 })).enrollCommand.split(' ')[4]!;
+      } catch {
+        /* not up yet */
+      }
+    }
+    if (!url) throw new Error('server did not come up');
+    console.log(`server up at ${url} (RSA-4096 CA created) in ${Date.now() - t0} ms`);
+    const ca = await getCa(url);
+
+    const tg = Date.now();
+    const csrs: { csrPem: string; keyPem: string }[] = [];
+    const keys: { csrPem: string; keyPem: string }[] = [];
+    for (let i = 0; i < KEYS; i += 8) {
+      keys.push(...(await Promise.all(Array.from({ length: Math.min(8, KEYS - i) }, (_, j) => makeCsr(`bench-${i + j}`)))));
+    }
+    for (let i = 0; i < N + PINGERS; i++) csrs.push(keys[i % keys.length]!);
+    console.log(`pre-generated ${keys.length} RSA-2048 keys + CSRs in ${Date.now() - tg} ms (not measured)`);
+    const token = async () => (await adminRequest<{ token: string }>(socketPath, 'POST', '/v1/tokens', { ttlMs: 600_000 })).token;
+
+    // Long-lived agent connections pinging every 50 ms, in a worker thread (own event loop).
+    const pingerClients: { certPem: string; keyPem: string }[] = [];
+    for (let i = 0; i < PINGERS; i++) {
+      const c = csrs[N + i]!;
+      const r = await post(`${url}/v1/enroll`, ca, { token: await token(), csr: c.csrPem });
+      pingerClients.push({ certPem: (JSON.parse(r.body) as { certificate: string }).certificate, keyPem: c.keyPem });
+    }
+    const pinger = new Worker(new URL('./enroll-pinger.js', import.meta.url), {
+      workerData: { url, ca, clients: pingerClients, everyMs: PING_EVERY_MS },
+    });
+    const fromPinger = (type: string) => new Promise<{ rtts?: number[] }>((r) => {
+      const on = (m: { type: string; rtts?: number[] }) => {
+        if (m.type === type) {
+          pinger.off('message', on);
+          r(m);
+        }
+      };
+      pinger.on('message', on);
+    });
+    await fromPinger('ready');
+
+    const results: { enrollPerSec: number; handshakesPerSec: number; p99: number }[] = [];
+    for (let run = 1; run <= RUNS; run++) {
+      const tokens: string[] = [];
+      for (let i = 0; i < N; i++) tokens.push(await token());
+
+      pinger.postMessage({ type: 'start' });
+      const cpu0 = { bench: process.cpuUsage(), server: await serverCpuMs(child.pid!) };
+      let failures = 0;
+      const issued: { certPem: string; keyPem: string }[] = [];
+      const te = performance.now();
+      await pool(tokens.map((t, i) => ({ t, c: csrs[i]! })), CONCURRENCY, async ({ t, c }) => {
+        const r = await post(`${url}/v1/enroll`, ca, { token: t, csr: c.csrPem });
+        if (r.status !== 200) failures++;
+        else issued.push({ certPem: (JSON.parse(r.body) as { certificate: string }).certificate, keyPem: c.keyPem });
+      });
+      const enrollSec = (performance.now() - te) / 1000;
+      const benchCpu = process.cpuUsage(cpu0.bench);
+      const serverCpu = (await serverCpuMs(child.pid!)) - cpu0.server;
+      console.log(`  enroll phase CPU: server ${round(serverCpu)} ms, load generator ${round((benchCpu.user + benchCpu.system) / 1000)} ms, wall ${round(enrollSec * 1000)} ms`);
+      const stopped = fromPinger('rtts');
+      pinger.postMessage({ type: 'stop' });
+      const rtts = (await stopped).rtts ?? [];
+      if (failures > 0) throw new Error(`${failures} enrollments failed`);
+
+      const targets = Array.from({ length: M }, (_, i) => issued[i % issued.length]!);
+      const th = performance.now();
+      await pool(targets, 16, async (t) => {
+        const ws = await dial(url, { ca, cert: t.certPem, key: t.keyPem });
+        ws.terminate();
+      });
+      const handshakeSec = (performance.now() - th) / 1000;
+
+      const r = { enrollPerSec: N / enrollSec, handshakesPerSec: M / handshakeSec, p99: percentile(rtts, 99) };
+      results.push(r);
+      console.log(
+        `run ${run}: ${N} enrollments (concurrency ${CONCURRENCY}) in ${round(enrollSec, 2)} s = ${round(r.enrollPerSec)}/s; ` +
+          `${M} mTLS connects in ${round(handshakeSec, 2)} s = ${round(r.handshakesPerSec)}/s; ` +
+          `ping RTT during burst p50 ${round(percentile(rtts, 50), 2)} ms p99 ${round(r.p99, 2)} ms (${rtts.length} samples)`,
+      );
+    }
+    pinger.postMessage({ type: 'close' });
+    await new Promise((r) => pinger.once('exit', r));
+    console.log(
+      JSON.stringify({
+        enrollPerSec: round(median(results.map((r) => r.enrollPerSec))),
+        handshakesPerSec: round(median(results.map((r) => r.handshakesPerSec))),
+        heartbeatLatencyDuringBurstP99Ms: round(median(results.map((r) => r.p99)), 2),
+      }),
+    );
+  } finally {
+    child.kill('SIGTERM');
+    await new Promise((r) => (child.exitCode !== null ? r(null) : child.once('exit', r)));
+    await rm(dataDir, { recursive: true, force: true });
+  }
+}
+
+await main();
