@@ -5,7 +5,7 @@ import type { Logger } from '../util/logger.js';
 import { MeshlinkError } from '../protocol/errors.js';
 import { parseEnrollOptions, type EnrollOptionsInput } from './config.js';
 import { createCsrPem, generateAgentKeyPair, KEY_TYPES, type KeyType } from './csr.js';
-import { isEnrolled, loadIdentity, saveEnrollment, saveRenewedCertificate, type Identity } from './identity.js';
+import { assertStateDirUsable, isEnrolled, loadIdentity, saveEnrollment, saveRenewedCertificate, type Identity } from './identity.js';
 import { assertPinned, parseCaCertificate, PinError, spkiDerOf, spkiPinOf } from './pin.js';
 
 /**
@@ -289,6 +289,8 @@ export async function enroll(
   const options = parseEnrollOptions(input);
   const log = defaultLogger(context.logger);
 
+  // Before anything touches the network: a state dir we could not write would burn the token.
+  await assertStateDirUsable(options.stateDir);
   if (!options.force && (await isEnrolled(options.stateDir))) {
     const existing = await loadIdentity(options.stateDir).catch(() => null);
     const who = existing === null ? '' : ` as node ${existing.nodeId}`;

@@ -1,6 +1,7 @@
 import { X509Certificate, createPublicKey, randomBytes } from 'node:crypto';
-import { lstat, mkdir, open, readFile, readdir, readlink, rename, rm, symlink, chmod, unlink } from 'node:fs/promises';
-import { join } from 'node:path';
+import { constants as fsConstants } from 'node:fs';
+import { access, chmod, lstat, mkdir, open, readFile, readdir, readlink, rename, rm, stat, symlink, unlink } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { z } from 'zod';
 import { MeshlinkError } from '../protocol/errors.js';
 import { writeFileAtomic } from '../util/atomic-file.js';
@@ -111,8 +112,47 @@ async function fsyncDir(dir: string): Promise<void> {
   }
 }
 
-/** Creates the state dir (0700) or tightens an existing one we own. */
+/**
+ * Checks, without creating anything, that enrollment will be able to write the state dir; called
+ * before the token is redeemed so a bad --state-dir does not burn a one-time token. An existing
+ * directory must be writable and either 0700, empty, or already laid out by us: `--state-dir /tmp`
+ * or `--state-dir ~` must not end with a shared directory being chmod-ed.
+ */
+export async function assertStateDirUsable(stateDir: string): Promise<void> {
+  let info;
+  try {
+    info = await stat(stateDir);
+  } catch (err) {
+    if (!isErrno(err, 'ENOENT')) throw err;
+    // It will be created: the nearest existing ancestor must be writable.
+    let ancestor = dirname(stateDir);
+    for (let depth = 0; depth < 64 && ancestor !== dirname(ancestor); depth++) {
+      if (await access(ancestor).then(() => true, () => false)) break;
+      ancestor = dirname(ancestor);
+    }
+    await access(ancestor, fsConstants.W_OK).catch((cause: unknown) => {
+      throw new IdentityError('ML_ERR_STATE_ACCESS', `cannot create ${stateDir}: ${ancestor} is not writable`, { cause });
+    });
+    return;
+  }
+  if (!info.isDirectory()) throw new IdentityError('ML_ERR_STATE_ACCESS', `${stateDir} exists and is not a directory`);
+  await access(stateDir, fsConstants.W_OK | fsConstants.R_OK | fsConstants.X_OK).catch((cause: unknown) => {
+    throw new IdentityError('ML_ERR_STATE_ACCESS', `${stateDir} is not writable by this user`, { cause });
+  });
+  if ((info.mode & 0o777) === 0o700) return;
+  const entries = await readdir(stateDir);
+  if (entries.length > 0 && !entries.includes(CURRENT_LINK) && !entries.includes(GENERATIONS_DIR)) {
+    throw new IdentityError(
+      'ML_ERR_STATE_ACCESS',
+      `${stateDir} is not empty and is open to other users (mode ${(info.mode & 0o777).toString(8)}); ` +
+        'use a dedicated state directory for the agent',
+    );
+  }
+}
+
+/** Creates the state dir (0700), or tightens an existing one that assertStateDirUsable accepts. */
 export async function ensureStateDir(stateDir: string): Promise<void> {
+  await assertStateDirUsable(stateDir);
   await mkdir(stateDir, { recursive: true, mode: 0o700 });
   await chmod(stateDir, 0o700);
 }
@@ -124,6 +164,7 @@ export async function currentGeneration(stateDir: string): Promise<string | null
     target = await readlink(join(stateDir, CURRENT_LINK));
   } catch (err) {
     if (isErrno(err, 'ENOENT')) return null;
+    if (isErrno(err, 'ENOTDIR')) throw new IdentityError('ML_ERR_STATE_ACCESS', `${stateDir} is not a directory`, { cause: err });
     if (isErrno(err, 'EACCES')) {
       throw new IdentityError('ML_ERR_STATE_ACCESS', `cannot read ${stateDir}: permission denied (run as its owner, or pass --state-dir)`, { cause: err });
     }

@@ -1,5 +1,5 @@
 import { X509Certificate } from 'node:crypto';
-import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { chmodSync, existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -196,6 +196,17 @@ describe('enroll against a real HTTPS server implementing the contract', () => {
       for (const socket of sockets) socket.destroy();
       await new Promise<void>((res) => silent.close(() => res()));
     }
+  });
+
+  it('an unusable state dir is refused before the token is sent', async () => {
+    const shared = dirs.make();
+    chmodSync(shared, 0o755);
+    writeFileSync(join(shared, 'other.txt'), 'x');
+    await expect(enroll(baseOptions(shared))).rejects.toMatchObject({ code: 'ML_ERR_STATE_ACCESS' });
+    const file = join(dirs.make(), 'a-file');
+    writeFileSync(file, 'x');
+    await expect(enroll(baseOptions(file))).rejects.toMatchObject({ code: 'ML_ERR_STATE_ACCESS' });
+    expect(server.requests).toEqual([]);
   });
 
   it('invalid options are ML_ERR_CONFIG naming the field, without echoing the token', async () => {

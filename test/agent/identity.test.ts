@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import {
@@ -73,6 +73,15 @@ describe('state dir identity', () => {
     mkdirSync(stateDir, { mode: 0o755 });
     await saveEnrollment(stateDir, content);
     expect(statSync(stateDir).mode & 0o777).toBe(0o700);
+  });
+
+  it('refuses a shared, non-empty directory instead of chmod-ing it', async () => {
+    const shared = dirs.make();
+    chmodSync(shared, 0o755);
+    writeFileSync(join(shared, 'someone-elses-file'), 'x');
+    await expect(saveEnrollment(shared, content)).rejects.toMatchObject({ code: 'ML_ERR_STATE_ACCESS' });
+    expect(statSync(shared).mode & 0o777).toBe(0o755);
+    expect(readdirSync(shared)).toEqual(['someone-elses-file']);
   });
 
   it('renewal replaces the pair and keeps the identity', async () => {
