@@ -73,6 +73,16 @@ describe('GET /v1/connect: client-certificate checks before the upgrade', () => 
     expect(out).toMatchObject({ kind: 'refused', status: 403 });
   });
 
+  it('a serial in the revocation list is refused with 403 even while its node is live', async () => {
+    const node = await enrollNode(ts, 'gw-serial');
+    const serial = new X509Certificate(node.certPem).serialNumber.toLowerCase().replace(/^0+/, '');
+    ts.server.live.revocations.add([serial]);
+    const out = await dialConnect(ts.url, { ca: node.caPem, cert: node.certPem, key: node.keyPem });
+    expect(out).toMatchObject({ kind: 'refused', status: 403 });
+    if (out.kind === 'refused') expect(JSON.parse(out.body).message).toMatch(/revoked/);
+    expect(ts.server.store.getNode(node.nodeId)?.removedAt).toBeNull();
+  });
+
   it('removal through the admin socket closes the live socket with 4401 within 2 s', async () => {
     const node = await enrollNode(ts, 'gw-live');
     const out = await dialConnect(ts.url, { ca: node.caPem, cert: node.certPem, key: node.keyPem });
