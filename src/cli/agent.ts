@@ -1,4 +1,5 @@
 import { Command, type CommanderError } from 'commander';
+import { registerRunCommand } from './agent-run.js';
 import { z } from 'zod';
 import { MeshlinkError } from '../protocol/errors.js';
 import { createLogger, LOG_LEVELS } from '../util/logger.js';
@@ -261,5 +262,6 @@ export function registerAgentCommands(program: Command): Command {
     .configureOutput({ outputError: (str, write) => write(`error ML_ERR_USAGE: ${str.replace(/^error: /, '')}`) });
   registerEnrollCommand(agent);
   registerStatusCommand(agent);
+  registerRunCommand(agent, reportFailure);
   return agent;
 }

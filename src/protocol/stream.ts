@@ -152,8 +152,10 @@ export class MuxStream extends Duplex {
     this.#receiveAllowance -= data.byteLength;
     this.#received += data.byteLength;
     if (data.byteLength > 0 && !this.destroyed) {
-      // Copy out of the WebSocket message so one retained chunk doesn't pin a whole coalesced message.
-      this.push(Buffer.from(data));
+      // Zero-copy when the data is most of the buffer it lives in; otherwise copy, so that a small
+      // retained chunk cannot pin a large coalesced message (or socket read) in memory.
+      const view = data.byteLength * 2 >= data.buffer.byteLength;
+      this.push(view ? Buffer.from(data.buffer, data.byteOffset, data.byteLength) : Buffer.from(data));
     }
     if (end) this._receiveEnd();
   }

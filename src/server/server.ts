@@ -16,6 +16,7 @@ import { META_CA_PIN, META_PUBLIC_URL, type LiveParts } from './nodes.js';
 import { FailureRateLimiter } from './rate-limit.js';
 import { RevocationList } from './revocation.js';
 import { Store } from './store/store.js';
+import { SessionHost } from './session-host.js';
 
 /**
  * Wires the control plane: store → CA → server certificate → gateway (+ admin socket). A restart on
@@ -41,6 +42,8 @@ export interface RunningServer {
   readonly ca: CertificateAuthority;
   readonly enrollment: EnrollmentService;
   readonly live: LiveParts;
+  /** The session layer, unless the caller supplied its own hooks. */
+  readonly sessions: SessionHost | null;
   address(): { host: string; port: number };
   close(): Promise<void>;
 }
@@ -48,8 +51,6 @@ export interface RunningServer {
 /** Server certificate rotation period (valid 90 days; must stay below setInterval's 2^31-1 ms ≈ 24.8 days). */
 const SERVER_CERT_ROTATE_MS = 14 * 86_400_000;
 
-/** Keeps an agent socket open and otherwise idle: used when no session layer is plugged in. */
-const IDLE_HOOKS: GatewayHooks = { onAgentConnection: () => {} };
 
 export async function startServer(config: ServerConfig, options: StartServerOptions = {}): Promise<RunningServer> {
   const logger = options.logger ?? createLogger({ name: 'meshlink-server', level: config.logLevel });
@@ -62,6 +63,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
   let gateway: HttpsServer | undefined;
   let admin: HttpServer | undefined;
   let rotateTimer: NodeJS.Timeout | undefined;
+  let sessions: SessionHost | null = null;
   try {
     const { ca, created } = await loadOrCreateCa(store, { keyType: config.caKeyType, ...(passphrase ? { passphrase } : {}) });
     logger.info({ caPin: ca.pin, created }, created ? 'created a new CA' : 'loaded the CA');
@@ -79,12 +81,15 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
       certLifetimeMs: config.certLifetimeMs,
       renewGraceMs: config.renewGraceMs,
     });
+    // The session layer: handshake, heartbeats, presence, in-band renewal (tests may plug in their own).
+    const sessionHost = options.hooks ? null : new SessionHost({ config, store, enrollment, logger });
+    sessions = sessionHost;
     const gw = createGateway({
       tls: { key: serverCert.keyPem, certChain: serverCert.chainPem, caCert: ca.certPem },
       auth: { store, ca, revocations },
       enrollment,
       registry,
-      hooks: options.hooks ?? IDLE_HOOKS,
+      hooks: options.hooks ?? sessionHost!,
       logger,
       ...(options.timeouts ? { timeouts: options.timeouts } : {}),
       onConnected: (nodeId) => store.touchNode(nodeId, Date.now()),
@@ -130,10 +135,12 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
       ca,
       enrollment,
       live,
+      sessions: sessionHost,
       address: () => address,
       close: () =>
         (closing ??= (async () => {
           clearInterval(rotateTimer);
+          sessionHost?.close();
           registry.closeAll(1001, 'server shutting down');
           await Promise.all([closeServer(gw), closeServer(adminServer)]);
           store.close();
@@ -142,6 +149,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
     };
   } catch (err) {
     clearInterval(rotateTimer);
+    sessions?.close();
     if (gateway) await closeServer(gateway).catch(() => {});
     if (admin) await closeServer(admin).catch(() => {});
     store.close();
