@@ -3,6 +3,7 @@ import { Command } from 'commander';
 import { registerProtocolCommands } from './protocol.js';
 import { registerServerCommands } from './server.js';
 import { registerAgentCommands } from './agent.js';
+import { registerDemoCommand } from './demo.js';
 import { VERSION } from '../version.js';
 
 const program = new Command();
@@ -15,5 +16,6 @@ program
 registerServerCommands(program);
 registerAgentCommands(program);
 registerProtocolCommands(program);
+registerDemoCommand(program);
 
 await program.parseAsync(process.argv);
