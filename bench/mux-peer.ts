@@ -1,0 +1,47 @@
+/**
+ * The receiving side of bench/mux.ts, in its own process so sender and receiver each get a core.
+ * Serves wss with mutual TLS on 127.0.0.1:
+ *   /raw?total=N  counts N bytes of raw WebSocket messages, then answers "done".
+ *   /mux          a meshlink server session; every stream is drained, and when it ends the peer
+ *                 writes back the byte count and ends its side.
+ */
+import { createServer } from 'node:https';
+import type { AddressInfo } from 'node:net';
+import { WebSocketServer } from 'ws';
+import { attachSession } from '../src/net/ws-session.js';
+import { makePki } from './lib/pki.js';
+
+const pki = makePki(process.argv[2]);
+const https = createServer({ key: pki.serverKey, cert: pki.serverCert, ca: pki.ca, requestCert: true, rejectUnauthorized: true });
+const wss = new WebSocketServer({ server: https, perMessageDeflate: false, maxPayload: 64 * 1024 * 1024 });
+
+wss.on('connection', (ws, req) => {
+  const url = new URL(req.url ?? '/', 'https://x');
+  if (url.pathname === '/raw') {
+    const total = Number(url.searchParams.get('total'));
+    let got = 0;
+    ws.on('message', (data: Buffer) => {
+      got += data.length;
+      if (got >= total) ws.send('done');
+    });
+    return;
+  }
+  const session = attachSession(ws, {
+    role: 'server',
+    onHello: () => ({ nodeId: 'bench', serverVersion: 'bench', heartbeatIntervalMs: 15_000 }),
+    receiveWindow: Number(url.searchParams.get('window') ?? 256 * 1024),
+  });
+  session.on('stream', (stream) => {
+    session.accept(stream);
+    let n = 0;
+    stream.on('data', (c: Buffer) => {
+      n += c.length;
+    });
+    stream.on('end', () => stream.end(Buffer.from(String(n))));
+  });
+});
+
+https.listen(0, '127.0.0.1', () => {
+  process.stdout.write(`${(https.address() as AddressInfo).port}\n`);
+});
+process.on('disconnect', () => process.exit(0));

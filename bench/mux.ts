@@ -1,0 +1,192 @@
+/**
+ * npm run bench:mux — meshlink's multiplexer against raw `ws`, over real wss with mutual TLS on
+ * loopback. The receiver runs in a child process (bench/mux-peer.ts); this process sends, as an
+ * agent does (client frames are masked; bufferutil is installed).
+ *
+ * For payloads of 1 KiB, 16 KiB and 256 KiB it measures, interleaved round by round so that machine
+ * noise hits all variants alike: raw ws messages, one meshlink stream, and 100 concurrent streams.
+ * Then 1 KiB writes spread over 100 streams against raw ws 1 KiB messages (coalescing), and codec
+ * frames/s for small control messages. Ratios are computed per round, and medians are reported.
+ * The last line is one JSON object.
+ *
+ * Options (env): ROUNDS (default 5), MB (bytes per run in MiB for ≥16 KiB payloads, default 128).
+ */
+import { fork } from 'node:child_process';
+import { once } from 'node:events';
+import { fileURLToPath } from 'node:url';
+import { WebSocket } from 'ws';
+import { attachSession } from '../src/net/ws-session.js';
+import type { Session } from '../src/protocol/session.js';
+import { encodeMessage, decodeFrame } from '../src/protocol/codec.js';
+import { FrameDecoder } from '../src/protocol/decoder.js';
+import { DEFAULT_MAX_FRAME_SIZE } from '../src/protocol/frame.js';
+import { makePki, type BenchPki } from './lib/pki.js';
+import { median, round } from './lib/stats.js';
+
+const ROUNDS = Number(process.env.ROUNDS ?? 5);
+const MIB = 1024 * 1024;
+const BIG_TOTAL = Number(process.env.MB ?? 128) * MIB;
+const SMALL_TOTAL = 32 * MIB;
+
+interface Peer {
+  port: number;
+  pki: BenchPki;
+}
+
+function connect(peer: Peer, path: string): Promise<WebSocket> {
+  const ws = new WebSocket(`wss://127.0.0.1:${peer.port}${path}`, {
+    ca: peer.pki.ca,
+    cert: peer.pki.clientCert,
+    key: peer.pki.clientKey,
+    perMessageDeflate: false,
+    maxPayload: 64 * MIB,
+  });
+  return new Promise((resolve, reject) => {
+    ws.once('open', () => resolve(ws));
+    ws.once('error', reject);
+  });
+}
+
+/** Raw ws: `total` bytes in messages of `size`, with the send callback as backpressure. MB/s. */
+async function rawWs(peer: Peer, size: number, total: number): Promise<number> {
+  const ws = await connect(peer, `/raw?total=${total}`);
+  const payload = Buffer.alloc(size, 7);
+  const done = once(ws, 'message');
+  const start = performance.now();
+  let sent = 0;
+  let inflight = 0;
+  const highWater = 1 * MIB;
+  await new Promise<void>((resolve) => {
+    const pump = (): void => {
+      while (sent < total && inflight < highWater) {
+        inflight += size;
+        sent += size;
+        ws.send(payload, { binary: true }, () => {
+          inflight -= size;
+          if (sent < total) pump();
+          else if (inflight === 0) resolve();
+        });
+      }
+    };
+    pump();
+  });
+  await done;
+  const secs = (performance.now() - start) / 1000;
+  ws.close();
+  return total / MIB / secs;
+}
+
+async function muxSession(peer: Peer): Promise<{ session: Session; ws: WebSocket }> {
+  const ws = await connect(peer, '/mux');
+  const session = attachSession(ws, { role: 'agent' });
+  await session.handshake({ agentVersion: 'bench' });
+  return { session, ws };
+}
+
+/** Writes `total` bytes in `size` writes, spread evenly over `streams` streams. MB/s. */
+async function mux(peer: Peer, size: number, total: number, streams: number): Promise<number> {
+  const { session, ws } = await muxSession(peer);
+  const payload = Buffer.alloc(size, 7);
+  const perStream = Math.floor(total / streams / size) * size;
+  const start = performance.now();
+  await Promise.all(
+    Array.from({ length: streams }, async (_, i) => {
+      const stream = await session.openStream('file.open', { path: `/bench/${i}`, direction: 'push' });
+      const ack = new Promise<string>((resolve) => {
+        let s = '';
+        stream.on('data', (c: Buffer) => (s += c.toString()));
+        stream.on('end', () => resolve(s));
+      });
+      for (let sent = 0; sent < perStream; sent += size) {
+        if (!stream.write(payload)) await once(stream, 'drain');
+      }
+      stream.end();
+      const n = Number(await ack);
+      if (n !== perStream) throw new Error(`stream ${i}: peer got ${n} of ${perStream} bytes`);
+    }),
+  );
+  const secs = (performance.now() - start) / 1000;
+  session.close();
+  ws.terminate();
+  return (perStream * streams) / MIB / secs;
+}
+
+function codecFramesPerSec(): number {
+  const decoder = new FrameDecoder();
+  const n = 200_000;
+  const start = performance.now();
+  for (let i = 0; i < n; i++) {
+    const bytes = encodeMessage('heartbeat', 0, { seq: i, ts: 1_700_000_000_000 + i });
+    for (const f of decoder.push(bytes)) decodeFrame(f, DEFAULT_MAX_FRAME_SIZE);
+  }
+  return n / ((performance.now() - start) / 1000);
+}
+
+async function main(): Promise<void> {
+  const pki = makePki();
+  const child = fork(fileURLToPath(new URL('./mux-peer.js', import.meta.url)), [pki.dir], { stdio: ['ignore', 'pipe', 'inherit', 'ipc'] });
+  const port = await new Promise<number>((resolve) => child.stdout!.once('data', (d: Buffer) => resolve(Number(d.toString().trim()))));
+  const peer = { port, pki };
+  const sizes = [1024, 16 * 1024, 256 * 1024];
+  const results: Record<string, number[]> = {};
+  const push = (k: string, v: number): void => {
+    (results[k] ??= []).push(v);
+  };
+  try {
+    // Warm-up: JIT and TLS session setup.
+    await rawWs(peer, 16 * 1024, 16 * MIB);
+    await mux(peer, 16 * 1024, 16 * MIB, 1);
+    for (let r = 0; r < ROUNDS; r++) {
+      for (const size of sizes) {
+        const total = size === 1024 ? SMALL_TOTAL : BIG_TOTAL;
+        const raw = await rawWs(peer, size, total);
+        const one = await mux(peer, size, total, 1);
+        const hundred = await mux(peer, size, total, 100);
+        push(`raw${size}`, raw);
+        push(`one${size}`, one);
+        push(`hundred${size}`, hundred);
+        push(`ratio1_${size}`, one / raw);
+        push(`ratio100_${size}`, hundred / raw);
+      }
+      // Small writes: 1 KiB messages on raw ws vs 1 KiB writes over 100 streams (coalesced).
+      const raw1k = await rawWs(peer, 1024, SMALL_TOTAL);
+      const mux1k = await mux(peer, 1024, SMALL_TOTAL, 100);
+      push('small_raw', raw1k);
+      push('small_mux', mux1k);
+      push('ratioSmall1K', mux1k / raw1k);
+      process.stderr.write(`round ${r + 1}/${ROUNDS} done\n`);
+    }
+    const codec = codecFramesPerSec();
+    const m = (k: string): number => round(median(results[k] ?? []));
+    console.log(`meshlink bench:mux — wss + mutual TLS on loopback, receiver in a child process, ${ROUNDS} rounds, medians`);
+    console.log('payload   raw ws MB/s   1 stream MB/s (ratio)   100 streams MB/s (ratio)');
+    for (const size of sizes) {
+      console.log(
+        `${String(size / 1024).padStart(4)} KiB  ${String(m(`raw${size}`)).padStart(11)}   ${String(m(`one${size}`)).padStart(9)} (${m(`ratio1_${size}`)})   ${String(m(`hundred${size}`)).padStart(11)} (${m(`ratio100_${size}`)})`,
+      );
+    }
+    console.log(`1 KiB writes over 100 streams: ${m('small_mux')} MB/s vs raw ws 1 KiB messages ${m('small_raw')} MB/s (ratio ${m('ratioSmall1K')})`);
+    console.log(`codec: ${Math.round(codec)} heartbeat frames/s encoded+decoded`);
+    console.log(
+      JSON.stringify({
+        rounds: ROUNDS,
+        rawWs16KMBps: m(`raw${16384}`),
+        oneStream16KMBps: m(`one${16384}`),
+        hundredStreams16KMBps: m(`hundred${16384}`),
+        ratio1Stream1K: m(`ratio1_1024`),
+        ratio1Stream16K: m(`ratio1_16384`),
+        ratio1Stream256K: m(`ratio1_262144`),
+        ratio100Streams1K: m(`ratio100_1024`),
+        ratio100Streams16K: m(`ratio100_16384`),
+        ratio100Streams256K: m(`ratio100_262144`),
+        ratioSmall1K: m('ratioSmall1K'),
+        codecFramesPerSec: Math.round(codec),
+      }),
+    );
+  } finally {
+    child.kill();
+    pki.cleanup();
+  }
+}
+
+await main();
