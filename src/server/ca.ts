@@ -125,10 +125,12 @@ export class CertificateAuthority {
   async issueClientCertificate(options: {
     nodeId: string;
     subjectSpkiDer: Buffer;
+    /** Saves re-decoding the key when the caller already knows it (CSR parsing does). */
+    keyType?: 'rsa' | 'ec';
     lifetimeMs: number;
     validity?: { notBefore: Date; notAfter: Date };
   }): Promise<IssuedCertificate> {
-    const keyType = createPublicKey({ key: options.subjectSpkiDer, format: 'der', type: 'spki' }).asymmetricKeyType;
+    const keyType = options.keyType ?? createPublicKey({ key: options.subjectSpkiDer, format: 'der', type: 'spki' }).asymmetricKeyType;
     const now = Date.now();
     const notBefore = options.validity?.notBefore ?? new Date(now - BACKDATE_MS);
     const notAfter = options.validity?.notAfter ?? new Date(now + options.lifetimeMs);
@@ -151,13 +153,7 @@ export class CertificateAuthority {
       },
       this.key,
     );
-    // forge writes whole seconds; report what is really in the certificate.
-    return {
-      pem: signed.pem,
-      serial: serial.serial,
-      notBefore: Date.parse(signed.x509.validFrom),
-      notAfter: Date.parse(signed.x509.validTo),
-    };
+    return { pem: signed.pem, serial: serial.serial, notBefore: signed.notBefore, notAfter: signed.notAfter };
   }
 
   /**
@@ -194,7 +190,7 @@ export class CertificateAuthority {
       certPem: signed.pem,
       keyPem: key.export({ type: 'pkcs8', format: 'pem' }) as string,
       chainPem: signed.pem + this.certPem,
-      notAfter: Date.parse(signed.x509.validTo),
+      notAfter: signed.notAfter,
     };
   }
 }

@@ -1,10 +1,10 @@
-import { X509Certificate } from 'node:crypto';
+import type { X509Certificate } from 'node:crypto';
 import type { TLSSocket } from 'node:tls';
 import type { CertificateAuthority } from './ca.js';
 import { ServerError } from './errors.js';
 import type { RevocationList } from './revocation.js';
 import type { Store } from './store/store.js';
-import { normalizeSerial } from './x509.js';
+import { normalizeSerial, pemToDer } from './x509.js';
 
 /**
  * Decides whether the client certificate on a TLS socket identifies a live node. Used before the
@@ -51,7 +51,7 @@ export function authenticateClient(
   }
   const serial = normalizeSerial(peer.serialNumber);
   const row = ctx.store.getCert(serial);
-  if (!row || !new X509Certificate(row.pem).raw.equals(peer.raw)) {
+  if (!row || !pemToDer(row.pem).equals(peer.raw)) {
     throw new ServerError('ML_ERR_CLIENT_CERT', 'the client certificate is not one this server issued');
   }
   if (row.revokedAt !== null || ctx.revocations.has(serial)) {

@@ -75,6 +75,7 @@ export class EnrollmentService {
     const issued = await this.deps.ca.issueClientCertificate({
       nodeId,
       subjectSpkiDer: csr.spkiDer,
+      keyType: csr.keyType,
       lifetimeMs: this.deps.certLifetimeMs,
       ...(options.validity ? { validity: options.validity } : {}),
     });
@@ -99,7 +100,12 @@ export class EnrollmentService {
       const node = this.deps.store.getNode(nodeId);
       if (!node || node.removedAt !== null) throw new ServerError('ML_ERR_TOKEN_INVALID', 'the token is bound to a node that was removed');
     }
-    const issued = await this.deps.ca.issueClientCertificate({ nodeId, subjectSpkiDer: csr.spkiDer, lifetimeMs: this.deps.certLifetimeMs });
+    const issued = await this.deps.ca.issueClientCertificate({
+      nodeId,
+      subjectSpkiDer: csr.spkiDer,
+      keyType: csr.keyType,
+      lifetimeMs: this.deps.certLifetimeMs,
+    });
     // Atomic: consume token + node + cert. Losing a race here discards the signed certificate unseen.
     const won = this.deps.store.commitEnrollment({
       tokenHash: hashToken(body.token),

@@ -36,7 +36,9 @@ export interface CertificateTemplate {
 export interface SignedCertificate {
   der: Buffer;
   pem: string;
-  x509: X509Certificate;
+  /** Validity as encoded (UTCTime/GeneralizedTime carry whole seconds), ms since the epoch. */
+  notBefore: number;
+  notAfter: number;
 }
 
 function signAsync(data: Buffer, key: KeyObject): Promise<Buffer> {
@@ -87,7 +89,18 @@ export async function signCertificate(t: CertificateTemplate, issuerKey: KeyObje
   ]);
   const der = Buffer.from(asn1.toDer(certAsn1).getBytes(), 'binary');
   const pem = derToPem(der, 'CERTIFICATE');
-  return { der, pem, x509: new X509Certificate(der) };
+  // Not re-parsed with X509Certificate: OpenSSL 3 decoding costs more than the rest of this function
+  // on the enrollment path; tests check the output with X509Certificate and `openssl verify`.
+  return { der, pem, notBefore: floorToSecond(t.notBefore), notAfter: floorToSecond(t.notAfter) };
+}
+
+function floorToSecond(d: Date): number {
+  return Math.floor(d.getTime() / 1000) * 1000;
+}
+
+/** DER bytes of a single-certificate PEM (no parsing beyond base64). */
+export function pemToDer(pem: string): Buffer {
+  return Buffer.from(pem.replace(/-----(BEGIN|END) [A-Z ]+-----/g, '').replace(/\s+/g, ''), 'base64');
 }
 
 export function derToPem(der: Buffer, label: string): string {
