@@ -7,7 +7,8 @@ import type { IncomingMessage } from 'node:http';
 import { attachSession } from '../net/ws-session.js';
 import { MeshlinkError, ProtocolError } from '../protocol/errors.js';
 import type { Session, CloseInfo } from '../protocol/session.js';
-import type { PayloadOf } from '../protocol/registry.js';
+import type { InputOf, KindName, PayloadOf } from '../protocol/registry.js';
+import type { MuxStream } from '../protocol/stream.js';
 import { VERSION } from '../version.js';
 import type { Logger } from '../util/logger.js';
 import { Backoff, type BackoffOptions } from './backoff.js';
@@ -46,6 +47,13 @@ export interface AgentRunOptions {
 
 export type AgentConnectionState = 'connecting' | 'connected' | 'backoff' | 'stopped';
 
+/** Handles a control message from the server (features register these; see onMessage). */
+export type ServerMessageHandler<N extends KindName = KindName> = (payload: PayloadOf<N>, session: Session) => void;
+/** Handles a stream the server opened (see onStream). The handler must accept or reject it. */
+export type ServerStreamHandler = (stream: MuxStream, session: Session) => void;
+/** Contributes fields to hello (e.g. lastEventSeq, wgPublicKey); called for every connection. */
+export type HelloContributor = () => Partial<InputOf<'hello'>>;
+
 /** A refusal of the WebSocket upgrade, with the server's JSON error code when it sent one. */
 export class ConnectRefusedError extends MeshlinkError {
   constructor(
@@ -82,6 +90,9 @@ export class AgentRunner extends EventEmitter {
   #renewing = false;
   /** When this process obtained the current certificate (renewal timing; see renew.ts). */
   #certReceivedAt = 0;
+  readonly #messageHandlers = new Map<string, ServerMessageHandler[]>();
+  readonly #streamHandlers = new Map<string, ServerStreamHandler>();
+  readonly #helloContributors: HelloContributor[] = [];
 
   constructor(options: AgentRunOptions) {
     super();
@@ -94,6 +105,23 @@ export class AgentRunner extends EventEmitter {
     };
     this.#log = options.logger;
     this.#backoff = new Backoff(this.#opts.backoff);
+  }
+
+  /** Registers a handler for a control message kind from the server; several run in order. */
+  onMessage<N extends KindName>(kind: N, handler: ServerMessageHandler<N>): void {
+    const list = this.#messageHandlers.get(kind) ?? [];
+    list.push(handler as unknown as ServerMessageHandler);
+    this.#messageHandlers.set(kind, list);
+  }
+
+  /** Registers the handler for server-opened streams of `kind` (e.g. exec.open); one per kind. */
+  onStream(kind: KindName, handler: ServerStreamHandler): void {
+    if (this.#streamHandlers.has(kind)) throw new Error(`a stream handler for ${kind} is already registered`);
+    this.#streamHandlers.set(kind, handler);
+  }
+
+  addHelloFields(contributor: HelloContributor): void {
+    this.#helloContributors.push(contributor);
   }
 
   get identity(): Identity | null {
@@ -190,8 +218,18 @@ export class AgentRunner extends EventEmitter {
       ws.once('open', () => {
         const session = attachSession(ws, { role: 'agent', handshakeTimeoutMs: this.#opts.connectTimeoutMs });
         const closed = new Promise<CloseInfo>((r) => session.once('close', r));
+        session.on('stream', (stream) => {
+          const handler = this.#streamHandlers.get(stream.kind);
+          if (!handler) {
+            session.reject(stream, 'ML_ERR_UNSUPPORTED', `this agent does not handle ${stream.kind}`);
+            return;
+          }
+          handler(stream, session);
+        });
+        let hello: Omit<InputOf<'hello'>, 'versions'> = { agentVersion: VERSION, hostname: identity.hostname };
+        for (const contribute of this.#helloContributors) hello = { ...hello, ...contribute() };
         session
-          .handshake({ agentVersion: VERSION, hostname: identity.hostname })
+          .handshake(hello)
           .then((welcome) => {
             if (settled) return;
             settled = true;
@@ -266,7 +304,7 @@ export class AgentRunner extends EventEmitter {
     const { session, welcome } = live;
     await this.#setState('connected', { connectedAt: new Date(live.connectedAt).toISOString() });
     this.#log.info({ nodeId: welcome.nodeId, version: session.version, heartbeatIntervalMs: welcome.heartbeatIntervalMs }, 'connected');
-    this.emit('connected', live.session);
+    this.emit('connected', live.session, welcome);
 
     let seq = 0;
     const interval = welcome.heartbeatIntervalMs;
@@ -287,6 +325,13 @@ export class AgentRunner extends EventEmitter {
         this.lastHeartbeatRttMs = Date.now() - (msg.payload as { ts: number }).ts;
         this.emit('heartbeat', this.lastHeartbeatRttMs);
       } else {
+        for (const handle of this.#messageHandlers.get(msg.name) ?? []) {
+          try {
+            handle(msg.payload as never, session);
+          } catch (err) {
+            this.#log.error({ err: describe(err), kind: msg.name }, 'message handler failed');
+          }
+        }
         this.emit('message', msg);
       }
     });

@@ -1,7 +1,10 @@
+import { EventEmitter } from 'node:events';
 import type { WebSocket } from 'ws';
 import { attachSession } from '../net/ws-session.js';
 import { ProtocolError } from '../protocol/errors.js';
-import type { Session } from '../protocol/session.js';
+import type { CloseInfo, Session } from '../protocol/session.js';
+import type { InputOf, KindName, PayloadOf } from '../protocol/registry.js';
+import type { MuxStream } from '../protocol/stream.js';
 import { VERSION } from '../version.js';
 import type { Logger } from '../util/logger.js';
 import type { ServerConfig } from './config.js';
@@ -27,6 +30,7 @@ export interface ConnectedAgent {
   readonly nodeId: string;
   readonly session: Session;
   readonly info: AgentConnectionInfo;
+  readonly hello: PayloadOf<'hello'>;
   readonly connectedAt: number;
   lastHeartbeatAt: number;
   agentVersion: string | null;
@@ -39,14 +43,30 @@ export interface SessionHostDeps {
   logger: Logger;
 }
 
-export class SessionHost implements GatewayHooks {
+/** Handles a control message from an agent (features register these; see onMessage). */
+export type AgentMessageHandler<N extends KindName = KindName> = (agent: ConnectedAgent, payload: PayloadOf<N>) => void;
+/** Handles a stream an agent opened (see onStream). The handler must accept or reject it. */
+export type AgentStreamHandler = (agent: ConnectedAgent, stream: MuxStream) => void;
+/** Contributes fields to the welcome of a new session (e.g. an upgrade offer). */
+export type WelcomeContributor = (hello: PayloadOf<'hello'>, info: AgentConnectionInfo) => Partial<InputOf<'welcome'>>;
+
+export interface SessionHostEvents {
+  'agent-open': [agent: ConnectedAgent];
+  'agent-close': [agent: ConnectedAgent, info: CloseInfo];
+}
+
+export class SessionHost extends EventEmitter<SessionHostEvents> implements GatewayHooks {
   /** Open sessions by node id (several during a make-before-break reconnect). */
   readonly agents = new Map<string, Set<ConnectedAgent>>();
   readonly #deps: SessionHostDeps;
+  readonly #messageHandlers = new Map<string, AgentMessageHandler[]>();
+  readonly #streamHandlers = new Map<string, AgentStreamHandler>();
+  readonly #welcomeContributors: WelcomeContributor[] = [];
   readonly #lastSeenWritten = new Map<string, number>();
   #livenessTimer: NodeJS.Timeout;
 
   constructor(deps: SessionHostDeps) {
+    super();
     this.#deps = deps;
     // One sweep for all sessions instead of a timer per connection.
     const sweepMs = Math.max(50, Math.min(1_000, Math.floor(deps.config.offlineAfterMs / 4)));
@@ -63,7 +83,9 @@ export class SessionHost implements GatewayHooks {
         const node = this.#deps.store.getNode(info.nodeId);
         if (!node || node.removedAt !== null) throw new ProtocolError('ML_ERR_CERT_REVOKED', 'node was removed');
         if (hello.agentVersion !== node.agentVersion) this.#deps.store.setAgentVersion(info.nodeId, hello.agentVersion);
-        return { nodeId: info.nodeId, serverVersion: VERSION, heartbeatIntervalMs: this.#deps.config.heartbeatIntervalMs };
+        let welcome: Omit<InputOf<'welcome'>, 'version'> = { nodeId: info.nodeId, serverVersion: VERSION, heartbeatIntervalMs: this.#deps.config.heartbeatIntervalMs };
+        for (const contribute of this.#welcomeContributors) welcome = { ...welcome, ...contribute(hello, info) };
+        return welcome;
       },
     });
 
@@ -73,6 +95,7 @@ export class SessionHost implements GatewayHooks {
         nodeId: info.nodeId,
         session,
         info,
+        hello: hello!,
         connectedAt: now,
         lastHeartbeatAt: now,
         agentVersion: hello?.agentVersion ?? null,
@@ -83,6 +106,16 @@ export class SessionHost implements GatewayHooks {
       set.add(entry);
       this.#touch(info.nodeId, now, true);
       log.info({ agentVersion: entry.agentVersion, sessions: set.size }, 'agent session open');
+      this.emit('agent-open', entry);
+    });
+
+    session.on('stream', (stream) => {
+      const handler = this.#streamHandlers.get(stream.kind);
+      if (!handler || !agent.current) {
+        session.reject(stream, 'ML_ERR_UNSUPPORTED', `the server does not accept ${stream.kind} streams`);
+        return;
+      }
+      handler(agent.current, stream);
     });
 
     session.on('message', (msg) => {
@@ -95,8 +128,20 @@ export class SessionHost implements GatewayHooks {
           this.#touch(info.nodeId, now, false);
           return;
         }
-        default:
-          log.debug({ kind: msg.name }, 'unhandled control message');
+        default: {
+          const handlers = this.#messageHandlers.get(msg.name);
+          if (!handlers || !agent.current) {
+            log.debug({ kind: msg.name }, 'unhandled control message');
+            return;
+          }
+          for (const handle of handlers) {
+            try {
+              handle(agent.current, msg.payload as never);
+            } catch (err) {
+              log.error({ err, kind: msg.name }, 'message handler failed');
+            }
+          }
+        }
       }
     });
 
@@ -119,9 +164,36 @@ export class SessionHost implements GatewayHooks {
         set?.delete(entry);
         if (set && set.size === 0) this.agents.delete(info.nodeId);
         this.#touch(info.nodeId, Date.now(), true);
+        this.emit('agent-close', entry, closeInfo);
       }
       log.info({ code: closeInfo.code, reason: closeInfo.reason, error: closeInfo.error?.code }, 'agent session closed');
     });
+  }
+
+  /** Registers a handler for a control message kind from agents; several run in registration order. */
+  onMessage<N extends KindName>(kind: N, handler: AgentMessageHandler<N>): void {
+    const list = this.#messageHandlers.get(kind) ?? [];
+    list.push(handler as unknown as AgentMessageHandler);
+    this.#messageHandlers.set(kind, list);
+  }
+
+  /** Registers the handler for agent-opened streams of `kind` (one per kind). */
+  onStream(kind: KindName, handler: AgentStreamHandler): void {
+    if (this.#streamHandlers.has(kind)) throw new Error(`a stream handler for ${kind} is already registered`);
+    this.#streamHandlers.set(kind, handler);
+  }
+
+  addWelcomeFields(contributor: WelcomeContributor): void {
+    this.#welcomeContributors.push(contributor);
+  }
+
+  /** The node's newest open session (the one to open streams on), if it is online. */
+  current(nodeId: string): ConnectedAgent | undefined {
+    let newest: ConnectedAgent | undefined;
+    for (const a of this.agents.get(nodeId) ?? []) {
+      if (a.session.state === 'open' && (!newest || a.connectedAt >= newest.connectedAt)) newest = a;
+    }
+    return newest;
   }
 
   /** True while the node has an open session. */
