@@ -55,15 +55,15 @@ export function authenticateClient(
     throw new ServerError('ML_ERR_CLIENT_CERT', 'the client certificate is not one this server issued');
   }
   if (row.revokedAt !== null || ctx.revocations.has(serial)) {
-    throw new ServerError('ML_ERR_CERT_FORBIDDEN', 'the client certificate is revoked');
+    throw new ServerError('ML_ERR_CERT_REVOKED', 'the client certificate is revoked');
   }
   const node = ctx.store.getNode(row.nodeId);
-  if (!node || node.removedAt !== null) throw new ServerError('ML_ERR_CERT_FORBIDDEN', 'the node was removed');
+  if (!node || node.removedAt !== null) throw new ServerError('ML_ERR_CERT_REVOKED', 'the node was removed');
   if (now < row.notBefore) throw new ServerError('ML_ERR_CERT_FORBIDDEN', 'the client certificate is not yet valid');
   const grace = options.expiredGraceMs ?? 0;
   if (now > row.notAfter + grace) {
     throw new ServerError(
-      'ML_ERR_CERT_FORBIDDEN',
+      'ML_ERR_CERT_EXPIRED',
       grace > 0 ? 'the client certificate expired longer ago than the renewal grace; re-enroll with a token bound to the node id' : 'the client certificate has expired',
     );
   }

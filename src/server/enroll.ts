@@ -71,7 +71,7 @@ export class EnrollmentService {
   ): Promise<CertificateResponse & { serial: string }> {
     const csr = parseCsr(csrPem);
     const node = this.deps.store.getNode(nodeId);
-    if (!node || node.removedAt !== null) throw new ServerError('ML_ERR_CERT_FORBIDDEN', `node ${nodeId} is unknown or removed`);
+    if (!node || node.removedAt !== null) throw new ServerError('ML_ERR_CERT_REVOKED', `node ${nodeId} is unknown or removed`);
     const issued = await this.deps.ca.issueClientCertificate({
       nodeId,
       subjectSpkiDer: csr.spkiDer,
@@ -81,7 +81,7 @@ export class EnrollmentService {
     });
     // The node may have been removed while we signed; the FK and this check keep the store consistent.
     const again = this.deps.store.getNode(nodeId);
-    if (!again || again.removedAt !== null) throw new ServerError('ML_ERR_CERT_FORBIDDEN', `node ${nodeId} was removed`);
+    if (!again || again.removedAt !== null) throw new ServerError('ML_ERR_CERT_REVOKED', `node ${nodeId} was removed`);
     this.deps.store.insertCert(nodeId, { serial: issued.serial, notBefore: issued.notBefore, notAfter: issued.notAfter, pem: issued.pem });
     return { ...this.response(nodeId, issued), serial: issued.serial };
   }

@@ -20,7 +20,11 @@ export const SERVER_ERROR_CODES = {
   ML_ERR_TOKEN_INVALID: { status: 401, description: 'The enrollment token is unknown, already used, or expired.' },
   ML_ERR_RATE_LIMITED: { status: 429, description: 'Too many failed requests from this address; retry after the Retry-After seconds.' },
   ML_ERR_CLIENT_CERT: { status: 401, description: 'No client certificate, or one this CA did not issue.' },
-  ML_ERR_CERT_FORBIDDEN: { status: 403, description: 'The client certificate is revoked, expired (beyond the renewal grace for /v1/renew), or its node was removed.' },
+  // The same codes as the protocol's close codes 4401/4402, so an agent reads one vocabulary whether it
+  // is refused before the upgrade (403 body) or disconnected after it (close code).
+  ML_ERR_CERT_REVOKED: { status: 403, description: 'The client certificate is revoked (its node was removed).' },
+  ML_ERR_CERT_EXPIRED: { status: 403, description: 'The client certificate has expired (for /v1/renew: longer ago than the renewal grace).' },
+  ML_ERR_CERT_FORBIDDEN: { status: 403, description: 'The client certificate may not be used here (not yet valid, or it does not match the request).' },
   ML_ERR_NODE_NOT_FOUND: { status: 404, description: 'No live node has this id or hostname.' },
   ML_ERR_NODE_AMBIGUOUS: { status: 409, description: 'Several live nodes share this hostname; use the node id.' },
   ML_ERR_NOT_FOUND: { status: 404, description: 'No such endpoint.' },

@@ -63,7 +63,7 @@ describe('GET /v1/connect: client-certificate checks before the upgrade', () => 
     });
     const out = await dialConnect(ts.url, { ca: ts.server.caCertPem, cert: past.certificate, key: keyPem });
     expect(out).toMatchObject({ kind: 'refused', status: 403 });
-    if (out.kind === 'refused') expect(JSON.parse(out.body)).toMatchObject({ code: 'ML_ERR_CERT_FORBIDDEN' });
+    if (out.kind === 'refused') expect(JSON.parse(out.body)).toMatchObject({ code: 'ML_ERR_CERT_EXPIRED' });
   });
 
   it('a revoked certificate (node removed) → 403', async () => {
@@ -71,6 +71,7 @@ describe('GET /v1/connect: client-certificate checks before the upgrade', () => 
     removeNode(ts.server.store, node.nodeId, ts.server.live);
     const out = await dialConnect(ts.url, { ca: node.caPem, cert: node.certPem, key: node.keyPem });
     expect(out).toMatchObject({ kind: 'refused', status: 403 });
+    if (out.kind === 'refused') expect(JSON.parse(out.body)).toMatchObject({ code: 'ML_ERR_CERT_REVOKED' });
   });
 
   it('a serial in the revocation list is refused with 403 even while its node is live', async () => {
@@ -79,7 +80,7 @@ describe('GET /v1/connect: client-certificate checks before the upgrade', () => 
     ts.server.live.revocations.add([serial]);
     const out = await dialConnect(ts.url, { ca: node.caPem, cert: node.certPem, key: node.keyPem });
     expect(out).toMatchObject({ kind: 'refused', status: 403 });
-    if (out.kind === 'refused') expect(JSON.parse(out.body).message).toMatch(/revoked/);
+    if (out.kind === 'refused') expect(JSON.parse(out.body)).toMatchObject({ code: 'ML_ERR_CERT_REVOKED' });
     expect(ts.server.store.getNode(node.nodeId)?.removedAt).toBeNull();
   });
 
@@ -137,6 +138,7 @@ describe('GET /v1/connect: client-certificate checks before the upgrade', () => 
     });
     const tooOld = await renew(old.certificate, keyPem);
     expect(tooOld.status).toBe(403);
+    expect(tooOld.json()).toMatchObject({ code: 'ML_ERR_CERT_EXPIRED' });
 
     expect((await renew(undefined, undefined)).status).toBe(401);
 

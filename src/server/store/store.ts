@@ -223,7 +223,7 @@ export class Store {
       if (consumed.changes !== 1) return false;
       if (c.node.existing) {
         const updated = this.stmts.updateNodeOnReenroll.run(c.node.hostname, c.node.agentVersion, c.node.id);
-        if (updated.changes !== 1) throw new ServerError('ML_ERR_CERT_FORBIDDEN', `node ${c.node.id} was removed`);
+        if (updated.changes !== 1) throw new ServerError('ML_ERR_TOKEN_INVALID', `the token is bound to node ${c.node.id}, which was removed`);
       } else {
         this.stmts.insertNode.run(c.node.id, c.node.hostname, c.now, c.node.agentVersion);
       }
