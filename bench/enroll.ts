@@ -7,6 +7,7 @@
  *   1. enrollments: N concurrent POST /v1/enroll, each on a new TLS connection → enrollPerSec;
  *      meanwhile K WebSocket clients ping the server every 50 ms (ws ping/pong) → RTT p99 during the burst;
  *   2. connects: M full mTLS handshakes + WebSocket upgrades on /v1/connect, new connection each → handshakesPerSec.
+ * The pingers (bench/enroll-pinger.ts, a worker thread) also time protocol heartbeat → heartbeat.ack.
  * Prints each run, then one JSON line with the medians of 3 runs.
  * Env: BENCH_ENROLLMENTS (200), BENCH_CONCURRENCY (32), BENCH_CONNECTS (200), BENCH_RUNS (3).
  */
@@ -159,8 +160,9 @@ async function main(): Promise<void> {
     const pinger = new Worker(new URL('./enroll-pinger.js', import.meta.url), {
       workerData: { url, ca, clients: pingerClients, everyMs: PING_EVERY_MS },
     });
-    const fromPinger = (type: string) => new Promise<{ rtts?: number[] }>((r) => {
-      const on = (m: { type: string; rtts?: number[] }) => {
+    type PingerMessage = { type: string; ping?: number[]; heartbeat?: number[] };
+    const fromPinger = (type: string) => new Promise<PingerMessage>((r) => {
+      const on = (m: PingerMessage) => {
         if (m.type === type) {
           pinger.off('message', on);
           r(m);
@@ -170,7 +172,7 @@ async function main(): Promise<void> {
     });
     await fromPinger('ready');
 
-    const results: { enrollPerSec: number; handshakesPerSec: number; p99: number }[] = [];
+    const results: { enrollPerSec: number; handshakesPerSec: number; p99: number; heartbeatP99: number }[] = [];
     for (let run = 1; run <= RUNS; run++) {
       const tokens: string[] = [];
       for (let i = 0; i < N; i++) tokens.push(await token());
@@ -191,23 +193,29 @@ async function main(): Promise<void> {
       console.log(`  enroll phase CPU: server ${round(serverCpu)} ms, load generator ${round((benchCpu.user + benchCpu.system) / 1000)} ms, wall ${round(enrollSec * 1000)} ms`);
       const stopped = fromPinger('rtts');
       pinger.postMessage({ type: 'stop' });
-      const rtts = (await stopped).rtts ?? [];
+      const measured = await stopped;
+      const rtts = measured.ping ?? [];
+      const beats = measured.heartbeat ?? [];
       if (failures > 0) throw new Error(`${failures} enrollments failed`);
 
       const targets = Array.from({ length: M }, (_, i) => issued[i % issued.length]!);
+      const cpu1 = { bench: process.cpuUsage(), server: await serverCpuMs(child.pid!) };
       const th = performance.now();
       await pool(targets, 16, async (t) => {
         const ws = await dial(url, { ca, cert: t.certPem, key: t.keyPem });
         ws.terminate();
       });
       const handshakeSec = (performance.now() - th) / 1000;
+      const benchCpu1 = process.cpuUsage(cpu1.bench);
+      console.log(`  connect phase CPU: server ${round((await serverCpuMs(child.pid!)) - cpu1.server)} ms, load generator ${round((benchCpu1.user + benchCpu1.system) / 1000)} ms, wall ${round(handshakeSec * 1000)} ms`);
 
-      const r = { enrollPerSec: N / enrollSec, handshakesPerSec: M / handshakeSec, p99: percentile(rtts, 99) };
+      const r = { enrollPerSec: N / enrollSec, handshakesPerSec: M / handshakeSec, p99: percentile(rtts, 99), heartbeatP99: percentile(beats, 99) };
       results.push(r);
       console.log(
         `run ${run}: ${N} enrollments (concurrency ${CONCURRENCY}) in ${round(enrollSec, 2)} s = ${round(r.enrollPerSec)}/s; ` +
           `${M} mTLS connects in ${round(handshakeSec, 2)} s = ${round(r.handshakesPerSec)}/s; ` +
-          `ping RTT during burst p50 ${round(percentile(rtts, 50), 2)} ms p99 ${round(r.p99, 2)} ms (${rtts.length} samples)`,
+          `during the burst: ws ping RTT p50 ${round(percentile(rtts, 50), 2)} ms p99 ${round(r.p99, 2)} ms (${rtts.length} samples), ` +
+          `protocol heartbeat→ack p50 ${round(percentile(beats, 50), 2)} ms p99 ${round(r.heartbeatP99, 2)} ms (${beats.length} samples)`,
       );
     }
     pinger.postMessage({ type: 'close' });
@@ -217,6 +225,7 @@ async function main(): Promise<void> {
         enrollPerSec: round(median(results.map((r) => r.enrollPerSec))),
         handshakesPerSec: round(median(results.map((r) => r.handshakesPerSec))),
         heartbeatLatencyDuringBurstP99Ms: round(median(results.map((r) => r.p99)), 2),
+        protocolHeartbeatAckDuringBurstP99Ms: round(median(results.map((r) => r.heartbeatP99)), 2),
       }),
     );
   } finally {
