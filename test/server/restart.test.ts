@@ -16,6 +16,9 @@ describe('restart on the same data dir', () => {
     cleanups.push(dir.cleanup);
     const first = await startTestServer({}, { dataDir: dir.path, passphrase: 'correct horse' });
     const pin = first.server.caPin;
+    const { statSync } = await import('node:fs');
+    expect(statSync(first.server.adminSocketPath).mode & 0o777).toBe(0o600);
+    expect(statSync(dir.path).mode & 0o777).toBe(0o700);
     const kept = await enrollNode(first, 'keeper');
     const gone = await enrollNode(first, 'gone');
     await (await import('../../src/server/admin.js')).adminRequest(first.server.adminSocketPath, 'POST', '/v1/nodes/remove', { node: gone.nodeId });

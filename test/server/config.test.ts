@@ -1,0 +1,48 @@
+import { describe, expect, it } from 'vitest';
+import { defaultDataDir, parseServerConfig } from '../../src/server/config.js';
+import { parseListen } from '../../src/cli/server.js';
+
+describe('server config', () => {
+  it('has working defaults and is frozen', () => {
+    const c = parseServerConfig({ dataDir: '/tmp/x' });
+    expect(c).toMatchObject({
+      dataDir: '/tmp/x',
+      listen: { host: '0.0.0.0', port: 8443 },
+      sans: [],
+      caKeyType: 'rsa4096',
+      certLifetimeMs: 30 * 86_400_000,
+      renewGraceMs: 7 * 86_400_000,
+      heartbeatIntervalMs: 15_000,
+      offlineAfterMs: 45_000,
+      logLevel: 'info',
+    });
+    expect(Object.isFrozen(c) && Object.isFrozen(c.listen) && Object.isFrozen(c.sans)).toBe(true);
+  });
+
+  it('names the offending field; unknown fields are refused', () => {
+    expect(() => parseServerConfig({ caKeyType: 'ec' })).toThrow(/invalid server config: caKeyType/);
+    expect(() => parseServerConfig({ listen: { host: 'x', port: 70_000 } })).toThrow(/listen\.port/);
+    expect(() => parseServerConfig({ certLifetime: 5 })).toThrow(expect.objectContaining({ code: 'ML_ERR_CONFIG' }));
+    expect(() => parseServerConfig({ heartbeatIntervalMs: 50_000 })).toThrow(/offlineAfterMs/);
+  });
+
+  it('default data dir: MESHLINK_DATA_DIR, else root path, else under HOME', () => {
+    expect(defaultDataDir({ MESHLINK_DATA_DIR: '/srv/ml' })).toBe('/srv/ml');
+    const isRoot = process.getuid?.() === 0;
+    expect(defaultDataDir({ HOME: '/home/u' })).toBe(isRoot ? '/var/lib/meshlink/server' : '/home/u/.local/share/meshlink/server');
+  });
+});
+
+describe('--listen parsing', () => {
+  it.each([
+    ['0.0.0.0:8443', { host: '0.0.0.0', port: 8443 }],
+    ['127.0.0.1:0', { host: '127.0.0.1', port: 0 }],
+    ['[::]:443', { host: '::', port: 443 }],
+    ['[::1]:8443', { host: '::1', port: 8443 }],
+    ['mesh.example.org:9000', { host: 'mesh.example.org', port: 9000 }],
+  ])('%s', (text, expected) => expect(parseListen(text)).toEqual(expected));
+
+  it.each(['8443', 'host', ':8443', '::1:8443', '[nothost]:1', 'h:99999', 'h:-1'])('rejects %j', (text) => {
+    expect(() => parseListen(text)).toThrow(expect.objectContaining({ code: 'ML_ERR_USAGE' }));
+  });
+});
