@@ -1,6 +1,19 @@
-import { createRequire } from 'node:module';
+import { readFileSync } from 'node:fs';
 
-const pkg = createRequire(import.meta.url)('../../package.json') as { version: string };
+/**
+ * The package version, read once from package.json. This module runs both compiled
+ * (dist/src/version.js) and from source under the test runner (src/version.ts), so it looks in both places.
+ */
+function readVersion(): string {
+  for (const rel of ['../../package.json', '../package.json']) {
+    try {
+      const pkg = JSON.parse(readFileSync(new URL(rel, import.meta.url), 'utf8')) as { name?: string; version?: string };
+      if (pkg.name === 'meshlink' && typeof pkg.version === 'string') return pkg.version;
+    } catch {
+      // try the next location
+    }
+  }
+  return '0.0.0-unknown';
+}
 
-/** The package version, read once from package.json (dist/src/version.js → ../../package.json). */
-export const VERSION: string = pkg.version;
+export const VERSION: string = readVersion();

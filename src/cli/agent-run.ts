@@ -3,22 +3,25 @@ import { Option } from 'commander';
 import { AgentRunner } from '../agent/connection.js';
 import { resolveStateDir } from '../agent/config.js';
 import { createLogger, LOG_LEVELS } from '../util/logger.js';
+import { AGENT_RUN_EXTENSIONS } from './agent-features.js';
 
 /** Hard deadline for a graceful stop (goaway, close, status write) after SIGTERM/SIGINT. */
 const STOP_DEADLINE_MS = 5_000;
 
 /** `meshlink agent run`: the long-running service (docs/AGENT.md, "Running"). */
 export function registerRunCommand(agent: Command, onError: (err: unknown) => void): void {
-  agent
-    .command('run')
+  const run = agent.command('run');
+  for (const ext of AGENT_RUN_EXTENSIONS) ext.addOptions(run);
+  run
     .description('keep the connection to the control plane (long-running; for systemd)')
     .option('--state-dir <dir>', 'state directory (default: MESHLINK_STATE_DIR or the documented default)')
     .addOption(new Option('--log-level <level>', 'log level (default: MESHLINK_LOG_LEVEL or info)').choices([...LOG_LEVELS]))
-    .action(async (opts: { stateDir?: string; logLevel?: string }) => {
+    .action(async (opts: { stateDir?: string; logLevel?: string } & Record<string, unknown>) => {
       try {
         const stateDir = resolveStateDir(opts.stateDir);
         const logger = createLogger({ name: 'meshlink-agent', ...(opts.logLevel ? { level: opts.logLevel } : {}) });
         const runner = new AgentRunner({ stateDir, logger });
+        for (const ext of AGENT_RUN_EXTENSIONS) await ext.attach(runner, { stateDir, logger, opts });
         const stop = (signal: string): void => {
           logger.info({ signal }, 'stopping');
           setTimeout(() => process.exit(0), STOP_DEADLINE_MS).unref();

@@ -1,9 +1,10 @@
 import { existsSync } from 'node:fs';
+import { registerServerExtensions } from './server-extensions.js';
 import { isIP } from 'node:net';
 import { Command, Option } from 'commander';
 import { z } from 'zod';
 import { AdminUnavailable, adminRequest } from '../server/admin.js';
-import { adminSocketPath, defaultDataDir, parseServerConfig, storePath } from '../server/config.js';
+import { adminSocketPath, parseServerConfig, storePath } from '../server/config.js';
 import { createEnrollmentToken, listNodes, removeNode, type NodeListing, type RemovalResult, type TokenCreation } from '../server/nodes.js';
 import { startServer } from '../server/server.js';
 import { Store } from '../server/store/store.js';
@@ -204,6 +205,8 @@ export function registerServerCommands(program: Command): void {
         process.stdout.write(`removed ${result.id} (${result.hostname}): ${result.revokedSerials.length} certificate(s) revoked, ${result.closedConnections} connection(s) closed\n`);
       }),
     );
+
+  // Feature subcommands last, so they can extend the groups above (e.g. `server nodes tag`).
+  registerServerExtensions(server);
 }
 
-export { defaultDataDir };

@@ -1,11 +1,13 @@
 import { chmod, unlink } from 'node:fs/promises';
 import { createServer, request, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
 import { z } from 'zod';
 import type { Logger } from '../util/logger.js';
 import { ServerError } from './errors.js';
 import { readJson, sendError, sendJson } from './http-json.js';
 import { createEnrollmentToken, listNodes, removeNode, type LiveParts } from './nodes.js';
 import type { Store } from './store/store.js';
+import type { AdminRoutes } from './admin-routes.js';
 
 /**
  * The local admin channel: HTTP on the unix socket `<dataDir>/admin.sock`, mode 0600 inside the 0700
@@ -26,6 +28,8 @@ export interface AdminDeps {
   store: Store;
   live: LiveParts;
   logger: Logger;
+  /** Routes added by features, served after the built-ins. */
+  routes?: AdminRoutes;
 }
 
 export async function startAdminServer(socketPath: string, deps: AdminDeps): Promise<Server> {
@@ -60,10 +64,22 @@ export async function startAdminServer(socketPath: string, deps: AdminDeps): Pro
         sendJson(res, 200, result);
         return;
       }
-      default:
-        throw new ServerError('ML_ERR_NOT_FOUND', `no admin endpoint ${route}`);
+      default: {
+        const handler = deps.routes?.lookup(route);
+        if (!handler) throw new ServerError('ML_ERR_NOT_FOUND', `no admin endpoint ${route}`);
+        await handler(req, res);
+      }
     }
   }
+
+  server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+    const handler = deps.routes?.lookupUpgrade((req.url ?? '/').split('?')[0] ?? '/');
+    if (!handler) {
+      socket.end('HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
+      return;
+    }
+    handler(req, socket, head);
+  });
 
   await unlink(socketPath).catch((err: NodeJS.ErrnoException) => {
     if (err.code !== 'ENOENT') throw err;

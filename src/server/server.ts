@@ -17,6 +17,9 @@ import { FailureRateLimiter } from './rate-limit.js';
 import { RevocationList } from './revocation.js';
 import { Store } from './store/store.js';
 import { SessionHost } from './session-host.js';
+import { AdminRoutes } from './admin-routes.js';
+import type { ServerFeature, ServerFeatureHandle } from './feature.js';
+import { SERVER_FEATURES } from './features.js';
 
 /**
  * Wires the control plane: store → CA → server certificate → gateway (+ admin socket). A restart on
@@ -29,6 +32,8 @@ export interface StartServerOptions {
   /** Defaults to MESHLINK_CA_PASSPHRASE. */
   passphrase?: string;
   timeouts?: Partial<GatewayTimeouts>;
+  /** Features to start (default: SERVER_FEATURES); ignored when `hooks` replaces the session layer. */
+  features?: readonly ServerFeature[];
 }
 
 export interface RunningServer {
@@ -64,6 +69,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
   let admin: HttpServer | undefined;
   let rotateTimer: NodeJS.Timeout | undefined;
   let sessions: SessionHost | null = null;
+  const featureHandles: ServerFeatureHandle[] = [];
   try {
     const { ca, created } = await loadOrCreateCa(store, { keyType: config.caKeyType, ...(passphrase ? { passphrase } : {}) });
     logger.info({ caPin: ca.pin, created }, created ? 'created a new CA' : 'loaded the CA');
@@ -84,6 +90,14 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
     // The session layer: handshake, heartbeats, presence, in-band renewal (tests may plug in their own).
     const sessionHost = options.hooks ? null : new SessionHost({ config, store, enrollment, logger });
     sessions = sessionHost;
+    const adminRoutes = new AdminRoutes();
+    if (sessionHost) {
+      const ctx = { config, store, sessions: sessionHost, admin: adminRoutes, live, logger };
+      for (const feature of options.features ?? SERVER_FEATURES) {
+        const handle = await feature(ctx);
+        if (handle) featureHandles.push(handle);
+      }
+    }
     const gw = createGateway({
       tls: { key: serverCert.keyPem, certChain: serverCert.chainPem, caCert: ca.certPem },
       auth: { store, ca, revocations },
@@ -118,7 +132,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
     }, SERVER_CERT_ROTATE_MS);
     rotateTimer.unref();
 
-    admin = await startAdminServer(socketPath, { store, live, logger });
+    admin = await startAdminServer(socketPath, { store, live, logger, routes: adminRoutes });
 
     const address = { host: bound.address, port: bound.port };
     logger.info({ address: `${address.host}:${address.port}`, publicUrl, caPin: ca.pin, adminSocket: socketPath }, 'server ready');
@@ -141,6 +155,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
         (closing ??= (async () => {
           clearInterval(rotateTimer);
           sessionHost?.close();
+          for (const h of featureHandles.reverse()) await h.close?.();
           registry.closeAll(1001, 'server shutting down');
           await Promise.all([closeServer(gw), closeServer(adminServer)]);
           store.close();
@@ -150,6 +165,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
   } catch (err) {
     clearInterval(rotateTimer);
     sessions?.close();
+    for (const h of featureHandles.reverse()) await Promise.resolve(h.close?.()).catch(() => {});
     if (gateway) await closeServer(gateway).catch(() => {});
     if (admin) await closeServer(admin).catch(() => {});
     store.close();

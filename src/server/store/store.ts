@@ -2,6 +2,11 @@ import { chmodSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import { ServerError } from '../errors.js';
 import { MIGRATIONS, type Migration } from './migrations.js';
+import { MESH_MIGRATIONS } from './migrations-mesh.js';
+import { OPS_MIGRATIONS } from './migrations-ops.js';
+
+/** Core migrations are versions 1–99, mesh 100–199, operations 200–299. */
+export const ALL_MIGRATIONS: readonly Migration[] = [...MIGRATIONS, ...MESH_MIGRATIONS, ...OPS_MIGRATIONS];
 
 /**
  * The only module that knows SQL. Synchronous (better-sqlite3): every statement here is a short
@@ -153,7 +158,7 @@ export class Store {
       db.pragma('foreign_keys = ON');
       db.pragma('busy_timeout = 5000');
       chmodSync(path, 0o600);
-      migrate(db, MIGRATIONS);
+      migrate(db, ALL_MIGRATIONS);
       return new Store(path, db);
     } catch (err) {
       db.close();
@@ -163,6 +168,11 @@ export class Store {
 
   close(): void {
     if (this.db.open) this.db.close();
+  }
+
+  /** The database handle, for the store modules of features (src/server/store/*-store.ts): the only other places that know SQL. */
+  get database(): Database.Database {
+    return this.db;
   }
 
   schemaVersion(): number {
@@ -282,14 +292,18 @@ export class Store {
 
 function migrate(db: Database.Database, migrations: readonly Migration[]): void {
   db.exec('CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL) STRICT');
-  const current = (db.prepare('SELECT MAX(version) AS v FROM schema_migrations').get() as { v: number | null }).v ?? 0;
-  const known = migrations.reduce((max, m) => Math.max(max, m.version), 0);
-  if (current > known) {
-    throw new ServerError('ML_ERR_STORE_SCHEMA', `store schema version ${current} is newer than this meshlink supports (${known})`);
+  // Versions are applied by set difference, not "above the maximum": features own separate version
+  // ranges (core 1–99, mesh 100–199, ops 200–299, ...), and a feature's first migration may arrive
+  // after another range's later ones.
+  const applied = new Set((db.prepare('SELECT version FROM schema_migrations').all() as Array<{ version: number }>).map((r) => r.version));
+  const knownVersions = new Set(migrations.map((m) => m.version));
+  const unknown = [...applied].filter((v) => !knownVersions.has(v));
+  if (unknown.length > 0) {
+    throw new ServerError('ML_ERR_STORE_SCHEMA', `store has schema migrations this meshlink does not know (${unknown.join(', ')}): it was written by a newer version`);
   }
   const record = db.prepare('INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)');
   for (const m of [...migrations].sort((a, b) => a.version - b.version)) {
-    if (m.version <= current) continue;
+    if (applied.has(m.version)) continue;
     db.transaction(() => {
       db.exec(m.sql);
       record.run(m.version, m.name, Date.now());

@@ -1,0 +1,4 @@
+import type { ServerFeature } from './feature.js';
+
+/** The features every server runs, in start order. */
+export const SERVER_FEATURES: readonly ServerFeature[] = [];
