@@ -64,6 +64,8 @@ const welcomeSchema = z.object({
   upgrade: z
     .object({ version: shortText, buildId: shortText, url: text, sha256: sha256Hex })
     .optional(),
+  /** Ed25519 public keys (raw 32 bytes) that sign mesh events; two during a signing-key transition. */
+  eventKeys: z.array(z.object({ keyId: shortText, publicKey: bytes })).max(8).optional(),
 });
 
 const metricSample = z.object({
@@ -155,7 +157,7 @@ export const MESSAGE_KINDS = [
   kind(0x0030, 'event', 'server-to-agent', 'control',
     z.object({ envelope: bytes, signature: bytes, keyId: shortText }),
     'A signed mesh event. `envelope` is the MessagePack of {seq, type, ts, payload}; the signature is Ed25519 over exactly those bytes.'),
-  kind(0x0031, 'event.ack', 'agent-to-server', 'control', z.object({ seq: u53 }),
+  kind(0x0031, 'event.ack', 'agent-to-server', 'control', z.object({ seq: u53, wgPublicKey: z.string().max(64).optional() }),
     'The highest event seq the agent has applied.'),
   kind(0x0032, 'state.request', 'agent-to-server', 'control',
     z.object({ rid, digest: z.string().max(128).optional() }),

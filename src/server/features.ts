@@ -1,4 +1,5 @@
 import type { ServerFeature } from './feature.js';
+import { meshFeature } from './mesh/index.js';
 
 /** The features every server runs, in start order. */
-export const SERVER_FEATURES: readonly ServerFeature[] = [];
+export const SERVER_FEATURES: readonly ServerFeature[] = [meshFeature];

@@ -1,4 +1,107 @@
 import type { Migration } from './migrations.js';
 
 /** Schema migrations of the mesh feature: versions 100–199, append only (see migrations.ts). */
-export const MESH_MIGRATIONS: readonly Migration[] = [];
+export const MESH_MIGRATIONS: readonly Migration[] = [
+  {
+    version: 100,
+    name: 'mesh: node tags, addresses, keys, PSKs, event log, feed',
+    sql: `
+      -- Tags of a node (JSON array), from its enrollment token or 'server nodes tag'.
+      ALTER TABLE nodes ADD COLUMN tags TEXT NOT NULL DEFAULT '[]';
+
+      CREATE TABLE mesh_settings (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+      ) STRICT;
+
+      -- The mesh master key, encrypted like the CA key (ca-key-crypto.ts); it seals everything below.
+      CREATE TABLE mesh_master (
+        id       INTEGER PRIMARY KEY CHECK (id = 1),
+        key_blob BLOB NOT NULL,
+        kdf_salt BLOB NOT NULL
+      ) STRICT;
+
+      CREATE TABLE mesh_signing_keys (
+        key_id       TEXT PRIMARY KEY,
+        public_key   BLOB NOT NULL,
+        sealed_pkcs8 BLOB NOT NULL,
+        created_at   INTEGER NOT NULL
+      ) STRICT;
+
+      -- One row per live node in the mesh. Deleting the row frees the address.
+      CREATE TABLE mesh_nodes (
+        node_id       TEXT PRIMARY KEY REFERENCES nodes (id),
+        mesh_ip       INTEGER NOT NULL UNIQUE,
+        wg_public_key TEXT,
+        endpoints     TEXT NOT NULL DEFAULT '[]',
+        observed_addr TEXT,
+        last_seq      INTEGER NOT NULL DEFAULT 0,
+        -- What the events sent so far told this node (peers without PSKs, a PSK fingerprint instead).
+        announced     TEXT NOT NULL DEFAULT 'null'
+      ) STRICT;
+
+      CREATE TABLE mesh_psks (
+        node_a     TEXT NOT NULL,
+        node_b     TEXT NOT NULL,
+        sealed     BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (node_a, node_b),
+        CHECK (node_a < node_b)
+      ) STRICT;
+      CREATE INDEX mesh_psks_b ON mesh_psks (node_b);
+
+      -- Signed envelopes per node for replay; the envelope is sealed (it may carry PSKs).
+      CREATE TABLE mesh_events (
+        node_id   TEXT NOT NULL,
+        seq       INTEGER NOT NULL,
+        type      TEXT NOT NULL,
+        ts        INTEGER NOT NULL,
+        sealed    BLOB NOT NULL,
+        signature BLOB NOT NULL,
+        key_id    TEXT NOT NULL,
+        PRIMARY KEY (node_id, seq)
+      ) STRICT;
+
+      -- What 'server events tail' shows: events sent (secrets redacted) and drift reports.
+      CREATE TABLE mesh_feed (
+        id      INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts      INTEGER NOT NULL,
+        node_id TEXT,
+        kind    TEXT NOT NULL,
+        type    TEXT NOT NULL,
+        seq     INTEGER,
+        detail  TEXT NOT NULL
+      ) STRICT;
+
+      -- Carries a token's tags from its consumption to the node row inside the one enrollment
+      -- transaction (Store.commitEnrollment consumes the token, then inserts or updates the node).
+      CREATE TABLE mesh_enroll_tags (
+        id   INTEGER PRIMARY KEY CHECK (id = 1),
+        tags TEXT NOT NULL
+      ) STRICT;
+
+      CREATE TRIGGER mesh_token_consumed AFTER UPDATE OF consumed_at ON tokens
+      WHEN OLD.consumed_at IS NULL AND NEW.consumed_at IS NOT NULL
+      BEGIN
+        INSERT INTO mesh_enroll_tags (id, tags) VALUES (1, NEW.tags)
+          ON CONFLICT (id) DO UPDATE SET tags = excluded.tags;
+      END;
+
+      CREATE TRIGGER mesh_node_enrolled AFTER INSERT ON nodes
+      WHEN EXISTS (SELECT 1 FROM mesh_enroll_tags WHERE id = 1)
+      BEGIN
+        UPDATE nodes SET tags = (SELECT tags FROM mesh_enroll_tags WHERE id = 1) WHERE id = NEW.id;
+        DELETE FROM mesh_enroll_tags WHERE id = 1;
+      END;
+
+      -- Re-enrollment: a token with tags replaces the node's tags; one without keeps them.
+      CREATE TRIGGER mesh_node_reenrolled AFTER UPDATE OF hostname ON nodes
+      WHEN EXISTS (SELECT 1 FROM mesh_enroll_tags WHERE id = 1)
+      BEGIN
+        UPDATE nodes SET tags = (SELECT tags FROM mesh_enroll_tags WHERE id = 1)
+          WHERE id = NEW.id AND (SELECT tags FROM mesh_enroll_tags WHERE id = 1) <> '[]';
+        DELETE FROM mesh_enroll_tags WHERE id = 1;
+      END;
+    `,
+  },
+];

@@ -1,0 +1,143 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { z } from 'zod';
+import type { ServerFeature, ServerFeatureContext } from '../feature.js';
+import { ServerError } from '../errors.js';
+import { readJson, sendJson } from '../http-json.js';
+import { resolveNode } from '../nodes.js';
+import { MeshError } from './errors.js';
+import { createTaggedToken, tagNode } from './operator.js';
+import { POLICY_MAX_BYTES, policyId } from './policy.js';
+import { MeshService, type MeshOptions } from './service.js';
+
+export { MeshService } from './service.js';
+
+/**
+ * The mesh feature: plugs MeshService into the session host (welcome keys, replay and reconciliation
+ * on state.request, acks, drift reports) and the admin channel (policy, tags, tagged tokens, feed,
+ * key rotations). Admin endpoints (all JSON):
+ *
+ *   GET  /v1/mesh/policy                         → {policy, policyId}
+ *   POST /v1/mesh/policy {policy|null}           → {policyId, affectedNodes}
+ *   POST /v1/mesh/tags {node, tags, mode}        → {id, hostname, tags, affectedNodes}
+ *   POST /v1/mesh/tokens {ttlMs, nodeId?, tags}  → TokenCreation + tags
+ *   GET  /v1/mesh/feed?after=&node=&waitMs=      → {entries, last}
+ *   POST /v1/mesh/rotate-keys {node}             → {nodeId, seq}
+ *   POST /v1/mesh/signing-key/rotate             → {keyId, previousKeyId}
+ */
+
+export interface MeshFeatureOptions extends MeshOptions {
+  /** How often the node table is checked for enrolled and removed nodes (default 1 s). */
+  sweepIntervalMs?: number;
+  /** Receives the service once started (tests, benchmarks). */
+  onStarted?: (mesh: MeshService) => void;
+}
+
+const BODY_CAP = 64 * 1024;
+const policyBody = z.object({ policy: z.unknown() }).strict();
+const tagsBody = z.object({ node: z.string().min(1).max(253), tags: z.array(z.string().max(64)).max(64), mode: z.enum(['set', 'add', 'remove']).default('set') }).strict();
+const tokenBody = z.object({ ttlMs: z.number().int().min(1_000).max(30 * 86_400_000), nodeId: z.string().min(1).max(128).nullish(), tags: z.array(z.string().max(64)).max(64) }).strict();
+const nodeBody = z.object({ node: z.string().min(1).max(253) }).strict();
+
+/** Mesh errors reach the CLI as ML_ERR_BAD_REQUEST with the mesh code in the message. */
+function asServerError(err: unknown): unknown {
+  if (err instanceof MeshError) return new ServerError('ML_ERR_BAD_REQUEST', `${err.code}: ${err.message}`);
+  return err;
+}
+
+export function createMeshFeature(options: MeshFeatureOptions = {}): ServerFeature {
+  return async (ctx: ServerFeatureContext) => {
+    const log = ctx.logger.child({ component: 'mesh' });
+    const mesh = await MeshService.open(ctx.store, ctx.logger, options);
+    mesh.setDelivery({ sessionOf: (id) => ctx.sessions.current(id)?.session });
+    ctx.sessions.addWelcomeFields(() => ({ eventKeys: mesh.eventKeys() }));
+
+    ctx.sessions.on('agent-open', (agent) => {
+      try {
+        mesh.agentOpened(agent.nodeId, agent.hello, agent.info.remoteAddress ?? null);
+      } catch (err) {
+        log.error({ err, nodeId: agent.nodeId }, 'mesh: could not record the session');
+      }
+      agent.session.handle('state.request', (req) => {
+        mesh.replay(agent.nodeId, agent.session, agent.hello.lastEventSeq ?? 0);
+        return mesh.stateFor(agent.nodeId, req.digest);
+      });
+    });
+    // A removed node's session closes with 4401: take it out of the mesh at once.
+    ctx.sessions.on('agent-close', () => {
+      if (mesh.sweep()) mesh.recompute();
+    });
+    ctx.sessions.onMessage('event.ack', (agent, ack) => mesh.acked(agent.nodeId, ack));
+    ctx.sessions.onMessage('drift.report', (agent, report) => mesh.drift(agent.nodeId, report));
+
+    const sweepTimer = setInterval(() => {
+      try {
+        if (mesh.sweep()) mesh.recompute();
+      } catch (err) {
+        log.error({ err }, 'mesh sweep failed');
+      }
+    }, options.sweepIntervalMs ?? 1_000);
+    sweepTimer.unref();
+
+    const route = (key: string, handler: (req: IncomingMessage, res: ServerResponse) => Promise<void>): void =>
+      ctx.admin.add(key, async (req, res) => {
+        try {
+          await handler(req, res);
+        } catch (err) {
+          throw asServerError(err);
+        }
+      });
+
+    route('GET /v1/mesh/policy', async (_req, res) => sendJson(res, 200, { policy: mesh.policy, policyId: policyId(mesh.policy) }));
+    route('POST /v1/mesh/policy', async (req, res) => {
+      const body = await readJson(req, POLICY_MAX_BYTES + 1024, policyBody);
+      sendJson(res, 200, mesh.setPolicy(body.policy ?? null));
+    });
+    route('POST /v1/mesh/tags', async (req, res) => {
+      const body = await readJson(req, BODY_CAP, tagsBody);
+      const tagged = tagNode(ctx.store, body.node, body.tags, body.mode);
+      const affectedNodes = mesh.tagsChanged(tagged.id, tagged.tags);
+      log.info({ nodeId: tagged.id, tags: tagged.tags, affected: affectedNodes.length }, 'node tags changed');
+      sendJson(res, 200, { ...tagged, affectedNodes });
+    });
+    route('POST /v1/mesh/tokens', async (req, res) => {
+      const body = await readJson(req, BODY_CAP, tokenBody);
+      const created = createTaggedToken(ctx.store, { ttlMs: body.ttlMs, nodeId: body.nodeId ?? null, tags: body.tags });
+      log.info({ expiresAt: created.expiresAt, nodeId: created.nodeId, tags: created.tags }, 'enrollment token created');
+      sendJson(res, 200, created);
+    });
+    route('GET /v1/mesh/feed', async (req, res) => {
+      const q = new URL(req.url ?? '/', 'http://admin').searchParams;
+      const after = Number(q.get('after') ?? '0');
+      const node = q.get('node');
+      const waitMs = Math.min(30_000, Math.max(0, Number(q.get('waitMs') ?? '0')));
+      if (!Number.isSafeInteger(after) || after < -10_000 || !Number.isFinite(waitMs)) throw new ServerError('ML_ERR_BAD_REQUEST', 'after must be an integer (negative: the last N entries)');
+      const nodeId = node ? resolveNode(ctx.store, node).id : null;
+      // after < 0: the last |after| entries (of all nodes; filtered by node afterwards).
+      const from = after < 0 ? Math.max(0, mesh.lastFeedId() + after) : after;
+      let entries = mesh.feed(from, nodeId);
+      if (entries.length === 0 && waitMs > 0) {
+        await mesh.waitForFeed(waitMs);
+        entries = mesh.feed(from, nodeId);
+      }
+      const last = entries.length > 0 ? entries[entries.length - 1]!.id : Math.max(from, mesh.lastFeedId());
+      sendJson(res, 200, { entries, last });
+    });
+    route('POST /v1/mesh/rotate-keys', async (req, res) => {
+      const body = await readJson(req, BODY_CAP, nodeBody);
+      const node = resolveNode(ctx.store, body.node);
+      sendJson(res, 200, { nodeId: node.id, seq: mesh.requestKeyRotation(node.id) });
+    });
+    route('POST /v1/mesh/signing-key/rotate', async (_req, res) => sendJson(res, 200, mesh.rotateSigningKey()));
+
+    options.onStarted?.(mesh);
+    return {
+      close() {
+        clearInterval(sweepTimer);
+        mesh.close();
+      },
+    };
+  };
+}
+
+/** The feature startServer runs (mesh range and passphrase from the environment; docs/MESH.md). */
+export const meshFeature: ServerFeature = createMeshFeature();

@@ -1,0 +1,20 @@
+import { MeshStore } from '../store/mesh-store.js';
+import type { Store } from '../store/store.js';
+import { intToIp } from './addresses.js';
+
+export interface MeshListingFields {
+  meshIp: string | null;
+  wgPublicKey: string | null;
+  tags: string[];
+  endpoints: string[];
+  observedAddress: string | null;
+}
+
+/** Mesh fields of every live node by id, for `server nodes list` (works with the server stopped too). */
+export function meshListingFields(store: Store): Map<string, MeshListingFields> {
+  const out = new Map<string, MeshListingFields>();
+  for (const [id, r] of new MeshStore(store.database).listing()) {
+    out.set(id, { meshIp: r.meshIp === null ? null : intToIp(r.meshIp), wgPublicKey: r.wgPublicKey, tags: r.tags, endpoints: r.endpoints, observedAddress: r.observedAddr });
+  }
+  return out;
+}

@@ -1,0 +1,57 @@
+import { z } from 'zod';
+import { createEnrollmentToken, resolveNode, type TokenCreation } from '../nodes.js';
+import { MeshStore } from '../store/mesh-store.js';
+import type { Store } from '../store/store.js';
+import { hashToken } from '../tokens.js';
+import { MeshError } from './errors.js';
+import { policyId, TAG_RE, validatePolicy, type Policy } from './policy.js';
+
+/**
+ * Operator actions on the mesh that need only the store: used by the admin routes (then the running
+ * MeshService recomputes) and by the CLI when no server runs (the next start recomputes).
+ */
+
+export const tagListSchema = z.array(z.string().regex(TAG_RE, 'a tag: letters, digits, . _ - (at most 64)')).max(64);
+
+export function checkTags(tags: readonly string[]): string[] {
+  const r = tagListSchema.safeParse(tags);
+  if (!r.success) {
+    const bad = tags.find((t) => !TAG_RE.test(t));
+    throw new MeshError('ML_ERR_MESH_TAG', bad !== undefined ? `invalid tag "${bad}": letters, digits, . _ - (at most 64), not starting with . _ -` : 'at most 64 tags');
+  }
+  return [...new Set(r.data)];
+}
+
+export type TagMode = 'set' | 'add' | 'remove';
+
+export function tagNode(store: Store, idOrHostname: string, tags: readonly string[], mode: TagMode): { id: string; hostname: string; tags: string[] } {
+  const wanted = checkTags(tags);
+  const node = resolveNode(store, idOrHostname);
+  const db = new MeshStore(store.database);
+  const current = db.listing().get(node.id)?.tags ?? [];
+  const next = mode === 'set' ? wanted : mode === 'add' ? [...new Set([...current, ...wanted])] : current.filter((t) => !wanted.includes(t));
+  db.setTags(node.id, next);
+  return { id: node.id, hostname: node.hostname, tags: next };
+}
+
+export function createTaggedToken(store: Store, options: { ttlMs: number; nodeId: string | null; tags: readonly string[] }): TokenCreation & { tags: string[] } {
+  const tags = checkTags(options.tags);
+  const created = createEnrollmentToken(store, { ttlMs: options.ttlMs, nodeId: options.nodeId });
+  new MeshStore(store.database).tagToken(hashToken(created.token), tags);
+  return { ...created, tags };
+}
+
+/** With no server running: stores the policy; the next start sends the events. */
+export function storePolicy(store: Store, input: unknown): { policyId: string } {
+  const policy = input === null ? null : validatePolicy(input);
+  const db = new MeshStore(store.database);
+  if (policy === null) db.deleteSetting('policy');
+  else db.setSetting('policy', JSON.stringify(policy));
+  return { policyId: policyId(policy) };
+}
+
+export function storedPolicy(store: Store): { policy: Policy | null; policyId: string } {
+  const text = new MeshStore(store.database).getSetting('policy');
+  const policy = text === undefined ? null : validatePolicy(JSON.parse(text));
+  return { policy, policyId: policyId(policy) };
+}

@@ -1,0 +1,566 @@
+import { createHash, randomBytes } from 'node:crypto';
+import type { Session } from '../../protocol/session.js';
+import type { PayloadOf } from '../../protocol/registry.js';
+import type { Logger } from '../../util/logger.js';
+import {
+  encodeEnvelope,
+  stateDigest,
+  type EventPayload,
+  type EventType,
+  type MeshState,
+  type PeerInfo,
+} from '../../agent/mesh/wire.js';
+import { MeshStore, type MeshNodeRow, type StoredEvent } from '../store/mesh-store.js';
+import type { Store } from '../store/store.js';
+import { allocateAddress, inRange, intToIp, parseMeshRange, type MeshRange } from './addresses.js';
+import { MeshError } from './errors.js';
+import { permittedPeers, policyId, validatePolicy, type Policy } from './policy.js';
+import { SecretBox } from './secret-box.js';
+import { generateSigningKey, signBytes, signingKeyFromPkcs8, type SigningKey } from './signer.js';
+
+/**
+ * The mesh control plane: desired state per node (address, permitted peers with keys, endpoints and
+ * PSKs), turned into signed, per-node sequenced events by diffing against what each node was already
+ * told. Every change (policy, tags, a node joining or leaving, a key or endpoint report) runs the same
+ * `recompute`, so "exactly the affected nodes get events" holds by construction: a node whose view
+ * did not change gets nothing.
+ */
+
+export interface MeshOptions {
+  /** Mesh range (default MESHLINK_MESH_CIDR, else 10.100.0.0/16). */
+  cidr?: string;
+  /** Passphrase sealing the mesh master key (default MESHLINK_CA_PASSPHRASE, as for the CA key). */
+  passphrase?: string;
+  /** Events kept per node for replay; older gaps get a snapshot (default 256). */
+  retainEvents?: number;
+  /** How long agents keep accepting the previous signing key after a rotation (default 24 h). */
+  signingTransitionMs?: number;
+  /** Feed rows kept for `events tail` (default 10,000). */
+  feedRetain?: number;
+}
+
+const SETTING_POLICY = 'policy';
+const SETTING_CIDR = 'cidr';
+const SETTING_PREVIOUS_KEY_UNTIL = 'previous_signing_key_until';
+
+/** What the events sent so far told a node; PSKs only as fingerprints (the store holds them sealed). */
+interface Announced {
+  meshIp: string;
+  cidr: string;
+  peers: Record<string, { meshIp: string; publicKey: string; endpoints: string[]; pskTag: string }>;
+}
+
+interface ModelNode {
+  id: string;
+  hostname: string;
+  tags: string[];
+  meshIp: number;
+  publicKey: string | null;
+  endpoints: string[];
+  observedAddr: string | null;
+  lastSeq: number;
+  announced: Announced | null;
+  ackedSeq: number;
+}
+
+export interface FeedEntry {
+  id: number;
+  ts: string;
+  nodeId: string | null;
+  kind: 'event' | 'drift';
+  type: string;
+  seq: number | null;
+  detail: unknown;
+}
+
+type Outgoing = { nodeId: string; event: StoredEvent; bytes: Uint8Array };
+
+/** Live delivery: the node's current session, if it has asked for its replay already (see `ready`). */
+export interface Delivery {
+  sessionOf(nodeId: string): Session | undefined;
+}
+
+const pairKey = (a: string, b: string): string => (a < b ? `${a}\u0000${b}` : `${b}\u0000${a}`);
+const pskTag = (psk: Buffer): string => createHash('sha256').update(psk).digest('hex').slice(0, 16);
+/** zod's Uint8Array is over an ArrayBuffer; Buffers from node:crypto and the codec are. */
+const bin = (b: Uint8Array): Uint8Array<ArrayBuffer> => b as Uint8Array<ArrayBuffer>;
+const sameList = (a: readonly string[], b: readonly string[]): boolean => a.length === b.length && a.every((x, i) => x === b[i]);
+
+export class MeshService {
+  readonly range: MeshRange;
+  readonly #db: MeshStore;
+  readonly #box: SecretBox;
+  readonly #log: Logger;
+  readonly #opts: Required<Omit<MeshOptions, 'cidr' | 'passphrase'>>;
+  readonly #nodes = new Map<string, ModelNode>();
+  readonly #psks = new Map<string, Buffer>();
+  #permitted = new Map<string, Set<string>>();
+  #policy: Policy | null;
+  #signing: SigningKey[];
+  #previousKeyUntil: number;
+  #delivery: Delivery | null = null;
+  /** Sessions that asked for their replay (their first state.request): only these get live events. */
+  readonly #ready = new WeakSet<Session>();
+  readonly #feedWaiters = new Set<() => void>();
+  #feedInserts = 0;
+
+  private constructor(db: MeshStore, box: SecretBox, range: MeshRange, signing: SigningKey[], logger: Logger, options: MeshOptions) {
+    this.#db = db;
+    this.#box = box;
+    this.range = range;
+    this.#signing = signing;
+    this.#log = logger.child({ component: 'mesh' });
+    this.#opts = {
+      retainEvents: options.retainEvents ?? 256,
+      signingTransitionMs: options.signingTransitionMs ?? 86_400_000,
+      feedRetain: options.feedRetain ?? 10_000,
+    };
+    const stored = db.getSetting(SETTING_POLICY);
+    this.#policy = stored === undefined ? null : validatePolicy(JSON.parse(stored));
+    this.#previousKeyUntil = Number(db.getSetting(SETTING_PREVIOUS_KEY_UNTIL) ?? 0);
+  }
+
+  /** Opens the mesh state of a store: master key, signing key, range, model; then one recompute. */
+  static async open(store: Store, logger: Logger, options: MeshOptions = {}): Promise<MeshService> {
+    const db = new MeshStore(store.database);
+    const passphrase = options.passphrase ?? process.env.MESHLINK_CA_PASSPHRASE ?? '';
+    let box: SecretBox;
+    const master = db.getMaster();
+    if (master) box = await SecretBox.openMaster(master.blob, master.salt, store.path, passphrase);
+    else {
+      const created = await SecretBox.createMaster(store.path, passphrase);
+      db.insertMaster(created.blob, created.salt);
+      box = created.box;
+    }
+    const signing = db.signingKeys().map((k) => signingKeyFromPkcs8(box.open(k.sealedPkcs8, `signing:${k.keyId}`), k.createdAt));
+    if (signing.length === 0) {
+      const k = generateSigningKey();
+      db.insertSigningKey(k.keyId, k.publicKey, box.seal(k.pkcs8, `signing:${k.keyId}`), k.createdAt);
+      signing.push(k);
+    }
+    const range = parseMeshRange(options.cidr ?? process.env.MESHLINK_MESH_CIDR ?? db.getSetting(SETTING_CIDR) ?? '10.100.0.0/16');
+    const service = new MeshService(db, box, range, signing, logger, options);
+    service.#load();
+    db.setSetting(SETTING_CIDR, range.cidr);
+    service.sweep();
+    service.recompute();
+    return service;
+  }
+
+  setDelivery(delivery: Delivery): void {
+    this.#delivery = delivery;
+  }
+
+  #load(): void {
+    for (const row of this.#db.meshNodes()) {
+      if (!inRange(this.range, row.meshIp)) {
+        throw new MeshError('ML_ERR_MESH_CIDR', `the mesh range ${this.range.cidr} does not hold ${intToIp(row.meshIp)}, already assigned to node ${row.nodeId}`);
+      }
+      this.#nodes.set(row.nodeId, this.#modelOf(row));
+    }
+    for (const p of this.#db.psks()) this.#psks.set(pairKey(p.a, p.b), this.#box.open(p.sealed, `psk:${pairKey(p.a, p.b)}`));
+  }
+
+  #modelOf(row: MeshNodeRow): ModelNode {
+    return {
+      id: row.nodeId,
+      hostname: row.hostname,
+      tags: row.tags,
+      meshIp: row.meshIp,
+      publicKey: row.wgPublicKey,
+      endpoints: row.endpoints,
+      observedAddr: row.observedAddr,
+      lastSeq: row.lastSeq,
+      announced: JSON.parse(row.announced) as Announced | null,
+      ackedSeq: 0,
+    };
+  }
+
+  // ------------------------------------------------------------------ membership
+
+  /**
+   * Brings the model in line with the node table: live nodes without an address get one (enrollment),
+   * removed nodes lose theirs (freed) with their PSKs and event log. Returns true when something
+   * changed; the caller recomputes.
+   */
+  sweep(): boolean {
+    const added = this.#db.nodesWithoutMesh();
+    const removed = this.#db.removedMeshNodes();
+    if (added.length === 0 && removed.length === 0) return false;
+    this.#db.transaction(() => {
+      for (const id of removed) {
+        this.#db.deleteMeshNode(id);
+        this.#nodes.delete(id);
+        for (const key of [...this.#psks.keys()]) if (key.startsWith(`${id}\u0000`) || key.endsWith(`\u0000${id}`)) this.#psks.delete(key);
+      }
+      if (added.length > 0) {
+        const used = this.#db.usedAddresses();
+        for (const id of added) {
+          const ip = allocateAddress(this.range, used);
+          used.add(ip);
+          this.#db.insertMeshNode(id, ip);
+        }
+      }
+    });
+    // Reload the rows of the added nodes (hostname, tags come from the node table).
+    if (added.length > 0) {
+      const wanted = new Set(added);
+      for (const row of this.#db.meshNodes()) if (wanted.has(row.nodeId)) this.#nodes.set(row.nodeId, this.#modelOf(row));
+    }
+    if (removed.length > 0) this.#log.info({ removed }, 'nodes left the mesh; addresses freed');
+    if (added.length > 0) this.#log.info({ added: added.length }, 'mesh addresses assigned');
+    return true;
+  }
+
+  // ------------------------------------------------------------------ desired state and events
+
+  #peerInfo(peer: ModelNode, psk: Buffer): PeerInfo {
+    return { nodeId: peer.id, meshIp: intToIp(peer.meshIp), publicKey: peer.publicKey!, endpoints: [...peer.endpoints], psk: psk.toString('base64') };
+  }
+
+  /** Ensures a PSK for every permitted pair and drops the PSKs of pairs no longer permitted. */
+  #syncPsks(now: number): void {
+    const wanted = new Set<string>();
+    for (const [a, set] of this.#permitted) for (const b of set) if (a < b) wanted.add(pairKey(a, b));
+    for (const key of [...this.#psks.keys()]) {
+      if (!wanted.has(key)) {
+        const [a, b] = key.split('\u0000') as [string, string];
+        this.#db.deletePsk(a, b);
+        this.#psks.delete(key);
+      }
+    }
+    for (const key of wanted) {
+      if (this.#psks.has(key)) continue;
+      const psk = randomBytes(32);
+      const [a, b] = key.split('\u0000') as [string, string];
+      this.#db.insertPsk(a, b, this.#box.seal(psk, `psk:${key}`), now);
+      this.#psks.set(key, psk);
+    }
+  }
+
+  /** The full desired state of a node: only permitted peers that have reported a WireGuard key. */
+  desiredState(nodeId: string): MeshState | null {
+    const node = this.#nodes.get(nodeId);
+    if (!node) return null;
+    const peers: PeerInfo[] = [];
+    for (const pid of this.#permitted.get(nodeId) ?? []) {
+      const peer = this.#nodes.get(pid);
+      const psk = this.#psks.get(pairKey(nodeId, pid));
+      if (peer && peer.publicKey && psk) peers.push(this.#peerInfo(peer, psk));
+    }
+    peers.sort((a, b) => (a.nodeId < b.nodeId ? -1 : 1));
+    return { nodeId, meshIp: intToIp(node.meshIp), cidr: this.range.cidr, peers };
+  }
+
+  /**
+   * Recomputes every node's view and emits the difference as events, in one transaction; live
+   * sessions get the events after the commit. Returns the ids of the nodes that got events.
+   */
+  recompute(options: { policyChanged?: boolean } = {}): string[] {
+    const now = Date.now();
+    const list = [...this.#nodes.values()];
+    this.#permitted = permittedPeers(list, this.#policy);
+    const outgoing: Outgoing[] = [];
+    const affected: string[] = [];
+    this.#db.transaction(() => {
+      this.#syncPsks(now);
+      for (const node of list) {
+        const desired = this.desiredState(node.id)!;
+        const events = this.#diff(node, desired, options.policyChanged === true);
+        if (events.length === 0) continue;
+        affected.push(node.id);
+        for (const [type, payload] of events) outgoing.push(this.#append(node, type, payload, now));
+        node.announced = announce(desired);
+        this.#db.setAnnounced(node.id, JSON.stringify(node.announced), node.lastSeq);
+      }
+    });
+    this.#deliver(outgoing);
+    return affected;
+  }
+
+  #diff(node: ModelNode, desired: MeshState, policyChanged: boolean): Array<[EventType, unknown]> {
+    const before = node.announced;
+    if (before === null || before.meshIp !== desired.meshIp || before.cidr !== desired.cidr) {
+      return [['node_state_updated', { state: desired }]];
+    }
+    const added: PeerInfo[] = [];
+    const keys: Array<{ nodeId: string; publicKey: string }> = [];
+    const endpoints: Array<{ nodeId: string; endpoints: string[] }> = [];
+    const seen = new Set<string>();
+    for (const p of desired.peers) {
+      seen.add(p.nodeId);
+      const was = before.peers[p.nodeId];
+      if (!was || was.meshIp !== p.meshIp || was.pskTag !== pskTag(Buffer.from(p.psk, 'base64'))) added.push(p);
+      else {
+        if (was.publicKey !== p.publicKey) keys.push({ nodeId: p.nodeId, publicKey: p.publicKey });
+        if (!sameList(was.endpoints, p.endpoints)) endpoints.push({ nodeId: p.nodeId, endpoints: p.endpoints });
+      }
+    }
+    const removed = Object.keys(before.peers).filter((id) => !seen.has(id));
+    const out: Array<[EventType, unknown]> = [];
+    if (policyChanged && (added.length > 0 || removed.length > 0)) out.push(['policy_updated', { policyId: policyId(this.#policy), rules: this.#policy?.rules ?? null }]);
+    if (removed.length > 0) out.push(['peer_removed', { nodeIds: removed }]);
+    if (added.length > 0) out.push(['peer_added', { peers: added }]);
+    if (keys.length > 0) out.push(['peer_key_rotated', { peers: keys }]);
+    if (endpoints.length > 0) out.push(['peer_endpoint_changed', { peers: endpoints }]);
+    return out;
+  }
+
+  /** Appends one signed event to a node's log (inside the caller's transaction). */
+  #append(node: ModelNode, type: EventType, payload: unknown, now: number): Outgoing {
+    const seq = ++node.lastSeq;
+    const bytes = encodeEnvelope({ seq, type, ts: now, payload } as never);
+    const key = this.#signing[this.#signing.length - 1]!;
+    const event: StoredEvent = {
+      nodeId: node.id,
+      seq,
+      type,
+      ts: now,
+      sealed: this.#box.seal(bytes, `event:${node.id}:${seq}`),
+      signature: signBytes(key, bytes),
+      keyId: key.keyId,
+    };
+    this.#db.insertEvent(event);
+    if (seq > this.#opts.retainEvents) this.#db.pruneEvents(node.id, seq - this.#opts.retainEvents);
+    this.#db.setLastSeq(node.id, seq);
+    this.#db.insertFeed({ ts: now, nodeId: node.id, kind: 'event', type, seq, detail: JSON.stringify(redact(type, payload)) });
+    this.#feedInserts++;
+    return { nodeId: node.id, event, bytes };
+  }
+
+  /** Appends and delivers one event of any type to one node (operations features may use this). */
+  publish<T extends EventType>(nodeId: string, type: T, payload: EventPayload<T>): number {
+    const node = this.#nodes.get(nodeId);
+    if (!node) throw new MeshError('ML_ERR_MESH_TAG', `node ${nodeId} is not in the mesh`);
+    let out: Outgoing | undefined;
+    this.#db.transaction(() => {
+      out = this.#append(node, type, payload, Date.now());
+    });
+    this.#deliver([out!]);
+    return out!.event.seq;
+  }
+
+  #deliver(outgoing: Outgoing[]): void {
+    if (this.#feedInserts > 1_000) this.#pruneFeed();
+    for (const o of outgoing) {
+      const session = this.#delivery?.sessionOf(o.nodeId);
+      if (session && this.#ready.has(session) && session.state === 'open') {
+        session.send('event', { envelope: bin(o.bytes), signature: bin(o.event.signature), keyId: o.event.keyId });
+      }
+    }
+    if (outgoing.length > 0) for (const w of [...this.#feedWaiters]) w();
+  }
+
+  #pruneFeed(): void {
+    this.#feedInserts = 0;
+    const last = this.#db.lastFeedId();
+    if (last > this.#opts.feedRetain) this.#db.pruneFeed(last - this.#opts.feedRetain);
+  }
+
+  // ------------------------------------------------------------------ agent sessions
+
+  /** A session opened: record the WireGuard key and endpoints it reported. */
+  agentOpened(nodeId: string, hello: PayloadOf<'hello'>, remoteAddress: string | null): void {
+    if (this.sweep()) this.recompute();
+    const node = this.#nodes.get(nodeId);
+    if (!node) return;
+    const key = hello.wgPublicKey ?? node.publicKey;
+    const endpoints = hello.endpoints ?? node.endpoints;
+    if (key !== node.publicKey || !sameList(endpoints, node.endpoints) || remoteAddress !== node.observedAddr) {
+      node.publicKey = key;
+      node.endpoints = [...endpoints];
+      node.observedAddr = remoteAddress;
+      this.#db.updateWg(nodeId, key, node.endpoints, remoteAddress);
+      this.recompute();
+    }
+  }
+
+  /**
+   * The agent's first state.request on a session: replay what it missed since `lastEventSeq` (or a
+   * snapshot when that reaches past what is retained), then deliver live events on this session.
+   * Replay waits for this request because the agent attaches its handlers only once it is connected.
+   */
+  replay(nodeId: string, session: Session, lastEventSeq: number): void {
+    const node = this.#nodes.get(nodeId);
+    if (!node || this.#ready.has(session)) return;
+    this.#ready.add(session);
+    if (lastEventSeq === node.lastSeq) return;
+    const oldest = this.#db.oldestSeq(nodeId);
+    if (lastEventSeq < node.lastSeq && oldest !== null && oldest <= lastEventSeq + 1) {
+      const events = this.#db.eventsAfter(nodeId, lastEventSeq);
+      for (const e of events) {
+        session.send('event', { envelope: bin(this.#box.open(e.sealed, `event:${nodeId}:${e.seq}`)), signature: bin(e.signature), keyId: e.keyId });
+      }
+      this.#log.debug({ nodeId, from: lastEventSeq, events: events.length }, 'replayed missed events');
+      return;
+    }
+    // Past retention, or the agent is ahead of us (store restored from a backup): a snapshot with a
+    // seq above anything the agent has seen.
+    if (lastEventSeq > node.lastSeq) node.lastSeq = lastEventSeq;
+    const desired = this.desiredState(nodeId)!;
+    let out: Outgoing | undefined;
+    this.#db.transaction(() => {
+      out = this.#append(node, 'node_state_updated', { state: desired }, Date.now());
+      node.announced = announce(desired);
+      this.#db.setAnnounced(nodeId, JSON.stringify(node.announced), node.lastSeq);
+    });
+    this.#deliver([out!]);
+    this.#log.info({ nodeId, lastEventSeq, oldestRetained: oldest }, 'sent a state snapshot (gap past retention)');
+  }
+
+  /** Reconciliation: in sync, or the full desired state with the seq it corresponds to. */
+  stateFor(nodeId: string, digest: string | undefined): { inSync: boolean; state?: unknown } {
+    const desired = this.desiredState(nodeId);
+    if (!desired) return { inSync: true };
+    const d = stateDigest(desired);
+    if (digest === d) return { inSync: true };
+    const node = this.#nodes.get(nodeId)!;
+    return { inSync: false, state: { ...desired, seq: node.lastSeq, digest: d } };
+  }
+
+  /** event.ack: remembers the applied seq; an ack carrying a new WireGuard key finishes rotate_keys. */
+  acked(nodeId: string, ack: PayloadOf<'event.ack'>): void {
+    const node = this.#nodes.get(nodeId);
+    if (!node) return;
+    node.ackedSeq = Math.max(node.ackedSeq, ack.seq);
+    if (ack.wgPublicKey && ack.wgPublicKey !== node.publicKey) {
+      node.publicKey = ack.wgPublicKey;
+      this.#db.updateWg(nodeId, node.publicKey, node.endpoints, node.observedAddr);
+      this.#log.info({ nodeId }, 'node reported a new WireGuard key');
+      this.recompute();
+    }
+  }
+
+  drift(nodeId: string, report: PayloadOf<'drift.report'>): void {
+    if (!this.#nodes.has(nodeId)) return;
+    this.#db.insertFeed({ ts: report.ts, nodeId, kind: 'drift', type: 'drift.report', seq: null, detail: JSON.stringify({ items: report.items }) });
+    this.#log.warn({ nodeId, items: report.items.length, fields: report.items.slice(0, 10).map((i) => i.field) }, 'agent reported and corrected drift');
+    for (const w of [...this.#feedWaiters]) w();
+  }
+
+  // ------------------------------------------------------------------ operator actions
+
+  get policy(): Policy | null {
+    return this.#policy;
+  }
+
+  /** Replaces the policy (null = full mesh). Validation happens before anything changes. */
+  setPolicy(input: unknown): { policyId: string; affectedNodes: string[] } {
+    const policy = input === null ? null : validatePolicy(input);
+    if (policy === null) this.#db.deleteSetting(SETTING_POLICY);
+    else this.#db.setSetting(SETTING_POLICY, JSON.stringify(policy));
+    this.#policy = policy;
+    const affected = this.recompute({ policyChanged: true });
+    this.#log.info({ policyId: policyId(policy), affected: affected.length }, 'policy updated');
+    return { policyId: policyId(policy), affectedNodes: affected };
+  }
+
+  /** Re-reads tags written by `nodes tag` (through the store) and recomputes. */
+  tagsChanged(nodeId: string, tags: string[]): string[] {
+    const node = this.#nodes.get(nodeId);
+    if (node) node.tags = [...tags];
+    return this.recompute({ policyChanged: true });
+  }
+
+  /** Asks a node to generate a new WireGuard key; its ack carries the new public key. */
+  requestKeyRotation(nodeId: string, reason = 'operator request'): number {
+    return this.publish(nodeId, 'rotate_keys', { reason });
+  }
+
+  /**
+   * Signing-key rotation: a new key is created and announced to every node in an envelope signed by
+   * the current key; from then on the new key signs. Agents keep the previous key for the transition.
+   */
+  rotateSigningKey(): { keyId: string; previousKeyId: string } {
+    const previous = this.#signing[this.#signing.length - 1]!;
+    const next = generateSigningKey();
+    const now = Date.now();
+    const outgoing: Outgoing[] = [];
+    this.#db.transaction(() => {
+      this.#db.insertSigningKey(next.keyId, next.publicKey, this.#box.seal(next.pkcs8, `signing:${next.keyId}`), next.createdAt);
+      for (const node of this.#nodes.values()) {
+        outgoing.push(this.#append(node, 'signing_key_rotated', { keyId: next.keyId, publicKey: next.publicKey, transitionMs: this.#opts.signingTransitionMs }, now));
+      }
+      this.#previousKeyUntil = now + this.#opts.signingTransitionMs;
+      this.#db.setSetting(SETTING_PREVIOUS_KEY_UNTIL, String(this.#previousKeyUntil));
+    });
+    this.#signing = [previous, next];
+    this.#deliver(outgoing);
+    this.#log.info({ keyId: next.keyId, previousKeyId: previous.keyId }, 'event-signing key rotated');
+    return { keyId: next.keyId, previousKeyId: previous.keyId };
+  }
+
+  /** Keys for `welcome.eventKeys`: the current one, plus the previous during its transition. */
+  eventKeys(now = Date.now()): Array<{ keyId: string; publicKey: Uint8Array<ArrayBuffer> }> {
+    const current = this.#signing[this.#signing.length - 1]!;
+    const keys = [{ keyId: current.keyId, publicKey: bin(current.publicKey) }];
+    const previous = this.#signing[this.#signing.length - 2];
+    if (previous && now < this.#previousKeyUntil) keys.push({ keyId: previous.keyId, publicKey: bin(previous.publicKey) });
+    return keys;
+  }
+
+  nodeInfo(nodeId: string): { meshIp: string; publicKey: string | null; endpoints: string[]; tags: string[]; lastSeq: number; ackedSeq: number } | null {
+    const n = this.#nodes.get(nodeId);
+    return n ? { meshIp: intToIp(n.meshIp), publicKey: n.publicKey, endpoints: [...n.endpoints], tags: [...n.tags], lastSeq: n.lastSeq, ackedSeq: n.ackedSeq } : null;
+  }
+
+  feed(after: number, nodeId: string | null, limit = 500): FeedEntry[] {
+    return this.#db.feedAfter(after, nodeId, limit).map((r) => ({
+      id: r.id,
+      ts: new Date(r.ts).toISOString(),
+      nodeId: r.nodeId,
+      kind: r.kind as FeedEntry['kind'],
+      type: r.type,
+      seq: r.seq,
+      detail: JSON.parse(r.detail) as unknown,
+    }));
+  }
+
+  /** Resolves when the feed grows or after `ms`. */
+  waitForFeed(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        this.#feedWaiters.delete(done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      this.#feedWaiters.add(done);
+    });
+  }
+
+  lastFeedId(): number {
+    return this.#db.lastFeedId();
+  }
+
+  close(): void {
+    for (const w of [...this.#feedWaiters]) w();
+  }
+}
+
+function announce(state: MeshState): Announced {
+  const peers: Announced['peers'] = {};
+  for (const p of state.peers) peers[p.nodeId] = { meshIp: p.meshIp, publicKey: p.publicKey, endpoints: p.endpoints, pskTag: pskTag(Buffer.from(p.psk, 'base64')) };
+  return { meshIp: state.meshIp, cidr: state.cidr, peers };
+}
+
+/** What the feed may show of a payload: never PSKs or key material beyond public keys. */
+function redact(type: EventType, payload: unknown): unknown {
+  const p = payload as Record<string, unknown>;
+  const stripPeers = (peers: unknown): unknown =>
+    Array.isArray(peers) ? peers.map((x: Record<string, unknown>) => ({ ...x, psk: x.psk === undefined ? undefined : '[redacted]' })) : peers;
+  switch (type) {
+    case 'peer_added':
+      return { peers: stripPeers(p.peers) };
+    case 'node_state_updated': {
+      const s = p.state as Record<string, unknown>;
+      return { state: { ...s, peers: stripPeers(s.peers) } };
+    }
+    case 'signing_key_rotated':
+      return { keyId: p.keyId, publicKey: Buffer.from(p.publicKey as Uint8Array).toString('base64'), transitionMs: p.transitionMs };
+    case 'node_secrets_updated':
+      return { keys: p.keys };
+    default:
+      return payload;
+  }
+}

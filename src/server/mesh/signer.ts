@@ -1,0 +1,32 @@
+import { createPrivateKey, createPublicKey, generateKeyPairSync, sign, type KeyObject } from 'node:crypto';
+import { rawEd25519PublicKey, signingKeyId } from '../../agent/mesh/wire.js';
+
+/**
+ * The server's Ed25519 event-signing key. Private halves are kept sealed in the store (SecretBox);
+ * only the newest key signs. After a rotation the previous key is announced to agents together with
+ * the next one for a transition window, so agents accept both while events signed by either are in
+ * flight (docs/MESH.md, "Signing keys").
+ */
+export interface SigningKey {
+  readonly keyId: string;
+  readonly publicKey: Buffer;
+  readonly privateKey: KeyObject;
+  readonly createdAt: number;
+}
+
+export function generateSigningKey(now = Date.now()): SigningKey & { pkcs8: Buffer } {
+  const { privateKey, publicKey } = generateKeyPairSync('ed25519');
+  const raw = rawEd25519PublicKey(publicKey.export({ format: 'der', type: 'spki' }));
+  return { keyId: signingKeyId(raw), publicKey: Buffer.from(raw), privateKey, createdAt: now, pkcs8: privateKey.export({ format: 'der', type: 'pkcs8' }) };
+}
+
+export function signingKeyFromPkcs8(pkcs8: Buffer, createdAt: number): SigningKey {
+  const privateKey = createPrivateKey({ key: pkcs8, format: 'der', type: 'pkcs8' });
+  const raw = rawEd25519PublicKey(createPublicKey(privateKey).export({ format: 'der', type: 'spki' }));
+  return { keyId: signingKeyId(raw), publicKey: Buffer.from(raw), privateKey, createdAt };
+}
+
+/** Ed25519 over exactly `bytes` (node:crypto; no pre-hash). */
+export function signBytes(key: SigningKey, bytes: Uint8Array): Buffer {
+  return sign(null, bytes, key.privateKey);
+}

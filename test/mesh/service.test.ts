@@ -1,0 +1,194 @@
+import { readFileSync } from 'node:fs';
+import { afterEach, describe, expect, it } from 'vitest';
+import { stateDigest } from '../../src/agent/mesh/wire.js';
+import { MeshService } from '../../src/server/mesh/service.js';
+import { enrollNode, recordingSession, silent, tempStore, verifies, wgKey, type SentEvent } from './helpers.js';
+
+const cleanups: Array<() => Promise<void>> = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0)) await c();
+});
+
+async function setup(options: { retainEvents?: number } = {}) {
+  const t = await tempStore();
+  cleanups.push(() => t.cleanup());
+  const a = enrollNode(t.store, 'a', ['web']);
+  const b = enrollNode(t.store, 'b', ['web', 'db']);
+  const c = enrollNode(t.store, 'c', ['db']);
+  const mesh = await MeshService.open(t.store, silent, { passphrase: 'test', ...options });
+  const sessions = new Map([a, b, c].map((id) => [id, recordingSession()]));
+  mesh.setDelivery({ sessionOf: (id) => sessions.get(id)?.session });
+  // Every node connects with a key and asks for its replay (first state.request).
+  [a, b, c].forEach((id, i) => {
+    mesh.agentOpened(id, { versions: [1], agentVersion: 't', wgPublicKey: wgKey(i + 1), endpoints: [`192.0.2.${i + 1}:51820`] }, '127.0.0.1');
+    mesh.replay(id, sessions.get(id)!.session, 0);
+  });
+  const sent = (id: string): SentEvent[] => sessions.get(id)!.sent;
+  return { t, mesh, a, b, c, sessions, sent };
+}
+
+/** Applies events to a plain model of the agent's state, as the agent does. */
+function applied(events: SentEvent[]): Map<string, { publicKey: string; psk: string; meshIp: string }> {
+  const peers = new Map<string, { publicKey: string; psk: string; meshIp: string }>();
+  for (const { envelope: e } of events) {
+    if (e.type === 'node_state_updated') {
+      peers.clear();
+      for (const p of (e.payload as { state: { peers: Array<{ nodeId: string; publicKey: string; psk: string; meshIp: string }> } }).state.peers) peers.set(p.nodeId, p);
+    } else if (e.type === 'peer_added') for (const p of (e.payload as { peers: Array<{ nodeId: string; publicKey: string; psk: string; meshIp: string }> }).peers) peers.set(p.nodeId, p);
+    else if (e.type === 'peer_removed') for (const id of (e.payload as { nodeIds: string[] }).nodeIds) peers.delete(id);
+    else if (e.type === 'peer_key_rotated') for (const p of (e.payload as { peers: Array<{ nodeId: string; publicKey: string }> }).peers) peers.get(p.nodeId)!.publicKey = p.publicKey;
+  }
+  return peers;
+}
+
+describe('MeshService', () => {
+  it('assigns unique stable addresses, keeps them across restarts, frees them on removal', async () => {
+    const { t, mesh, a, b, c } = await setup();
+    const ips = [a, b, c].map((id) => mesh.nodeInfo(id)!.meshIp);
+    expect([...ips].sort()).toEqual(['10.100.0.1', '10.100.0.2', '10.100.0.3']); // enrolled in the same ms: order by id
+    const reopened = await MeshService.open(t.reopen(), silent, { passphrase: 'test' });
+    expect([a, b, c].map((id) => reopened.nodeInfo(id)!.meshIp)).toEqual(ips);
+    t.store.removeNode(b, Date.now());
+    expect(reopened.sweep()).toBe(true);
+    expect(reopened.nodeInfo(b)).toBeNull();
+    const d = enrollNode(t.store, 'd');
+    reopened.sweep();
+    expect(reopened.nodeInfo(d)!.meshIp).toBe(ips[1]); // b's address, freed
+  });
+
+  it('tags come from the enrollment token', async () => {
+    const { mesh, a, b, c } = await setup();
+    expect([a, b, c].map((id) => mesh.nodeInfo(id)!.tags)).toEqual([['web'], ['web', 'db'], ['db']]);
+  });
+
+  it('full mesh by default: each node applies exactly the others, with one PSK per pair, all events signed', async () => {
+    const { mesh, a, b, c, sent } = await setup();
+    const keys = mesh.eventKeys();
+    for (const id of [a, b, c]) for (const e of sent(id)) expect(verifies(e, keys)).toBe(true);
+    const pa = applied(sent(a));
+    const pb = applied(sent(b));
+    const pc = applied(sent(c));
+    expect([...pa.keys()].sort()).toEqual([b, c].sort());
+    expect(pa.get(b)!.psk).toBe(pb.get(a)!.psk);
+    expect(pa.get(c)!.psk).toBe(pc.get(a)!.psk);
+    expect(new Set([pa.get(b)!.psk, pa.get(c)!.psk, pb.get(c)!.psk]).size).toBe(3);
+    expect(Buffer.from(pa.get(b)!.psk, 'base64')).toHaveLength(32);
+    // Seqs are per node, gap-free, from 1.
+    for (const id of [a, b, c]) expect(sent(id).map((e) => e.envelope.seq)).toEqual(sent(id).map((_, i) => i + 1));
+  });
+
+  it('PSKs and envelopes are not stored in clear text', async () => {
+    const { t, mesh, a, b, sent } = await setup();
+    const psk = applied(sent(a)).get(b)!.psk;
+    mesh.close();
+    t.store.database.pragma('wal_checkpoint(TRUNCATE)');
+    const file = readFileSync(`${t.dir}/meshlink.db`);
+    expect(file.includes(Buffer.from(psk, 'base64'))).toBe(false);
+    expect(file.includes(Buffer.from(psk))).toBe(false);
+  });
+
+  it('a policy change sends policy_updated + peer changes to exactly the affected nodes', async () => {
+    const { mesh, a, b, c, sent } = await setup();
+    const before = { a: sent(a).length, b: sent(b).length, c: sent(c).length };
+    // web<->web and db<->db: a-b (web), b-c (db); a-c loses its link.
+    const result = mesh.setPolicy({ rules: [{ from: 'web', to: 'web' }, { from: 'db', to: 'db' }] });
+    expect(result.affectedNodes.sort()).toEqual([a, c].sort());
+    expect(sent(b).length).toBe(before.b);
+    const newA = sent(a).slice(before.a).map((e) => e.envelope.type);
+    expect(newA).toEqual(['policy_updated', 'peer_removed']);
+    expect(sent(a).at(-1)!.envelope.payload).toEqual({ nodeIds: [c] });
+    expect([...applied(sent(a)).keys()]).toEqual([b]);
+    expect([...applied(sent(c)).keys()]).toEqual([b]);
+    // Re-linking a and c brings a fresh PSK for the pair.
+    const oldPsk = applied(sent(a)).get(b)!.psk;
+    mesh.setPolicy(null);
+    expect(applied(sent(a)).get(c)!.psk).toBe(applied(sent(c)).get(a)!.psk);
+    expect(applied(sent(a)).get(b)!.psk).toBe(oldPsk); // a-b never stopped: PSK kept
+  });
+
+  it('an invalid policy is refused and the policy in force stays', async () => {
+    const { mesh, a, sent } = await setup();
+    mesh.setPolicy({ rules: [{ from: 'web', to: 'db' }] });
+    const n = sent(a).length;
+    expect(() => mesh.setPolicy({ rules: [{ from: 'web' }] })).toThrow(/invalid policy at rules.0.to/);
+    expect(mesh.policy).toEqual({ rules: [{ from: 'web', to: 'db' }] });
+    expect(sent(a).length).toBe(n);
+  });
+
+  it('peers learn rotated keys and changed endpoints; the desired-state digest tracks it', async () => {
+    const { mesh, a, b, c, sent } = await setup();
+    const digestBefore = stateDigest(mesh.desiredState(a)!);
+    mesh.acked(b, { seq: 1, wgPublicKey: wgKey(9) });
+    expect(sent(a).at(-1)!.envelope).toMatchObject({ type: 'peer_key_rotated', payload: { peers: [{ nodeId: b, publicKey: wgKey(9) }] } });
+    expect(sent(c).at(-1)!.envelope.type).toBe('peer_key_rotated');
+    mesh.agentOpened(c, { versions: [1], agentVersion: 't', wgPublicKey: wgKey(3), endpoints: ['198.51.100.7:51820'] }, '127.0.0.1');
+    expect(sent(a).at(-1)!.envelope).toMatchObject({ type: 'peer_endpoint_changed', payload: { peers: [{ nodeId: c, endpoints: ['198.51.100.7:51820'] }] } });
+    const state = mesh.desiredState(a)!;
+    expect(stateDigest(state)).not.toBe(digestBefore);
+    expect(mesh.stateFor(a, stateDigest(state))).toEqual({ inSync: true });
+    const r = mesh.stateFor(a, 'f'.repeat(64));
+    expect(r.inSync).toBe(false);
+    expect(r.state).toMatchObject({ meshIp: state.meshIp, peers: state.peers, seq: sent(a).at(-1)!.envelope.seq });
+  });
+
+  it('replays exactly the missed events, or a snapshot past retention', async () => {
+    const { mesh, a, sent } = await setup({ retainEvents: 3 });
+    const all = sent(a);
+    const last = all.at(-1)!.envelope.seq;
+    // Reconnect having applied last-1: one event replayed, byte for byte the same signed envelope.
+    const s1 = (await import('./helpers.js')).recordingSession();
+    mesh.setDelivery({ sessionOf: () => s1.session });
+    mesh.replay(a, s1.session, last - 1);
+    expect(s1.sent.map((e) => e.envelope.seq)).toEqual([last]);
+    expect(Buffer.from(s1.sent[0]!.bytes).equals(Buffer.from(all.at(-1)!.bytes))).toBe(true);
+    // Generate more events than retained, then reconnect from seq 0: snapshot with a new seq.
+    for (let i = 0; i < 4; i++) mesh.setPolicy(i % 2 === 0 ? { rules: [] } : null);
+    const s2 = (await import('./helpers.js')).recordingSession();
+    mesh.setDelivery({ sessionOf: () => s2.session });
+    mesh.replay(a, s2.session, 0);
+    expect(s2.sent).toHaveLength(1);
+    expect(s2.sent[0]!.envelope.type).toBe('node_state_updated');
+    expect(s2.sent[0]!.envelope.seq).toBe(mesh.nodeInfo(a)!.lastSeq);
+    expect((s2.sent[0]!.envelope.payload as { state: unknown }).state).toEqual(mesh.desiredState(a));
+  });
+
+  it('a session gets no live events before it asked for its replay', async () => {
+    const { mesh, a, b } = await setup();
+    const fresh = (await import('./helpers.js')).recordingSession();
+    mesh.setDelivery({ sessionOf: (id) => (id === a ? fresh.session : undefined) });
+    mesh.acked(b, { seq: 1, wgPublicKey: wgKey(7) });
+    expect(fresh.sent).toHaveLength(0);
+    mesh.replay(a, fresh.session, mesh.nodeInfo(a)!.lastSeq - 1);
+    expect(fresh.sent.map((e) => e.envelope.type)).toEqual(['peer_key_rotated']);
+  });
+
+  it('signing-key rotation: announced under the current key, later events under the next', async () => {
+    const { mesh, a, sent } = await setup();
+    const oldKeys = mesh.eventKeys();
+    const { keyId, previousKeyId } = mesh.rotateSigningKey();
+    expect(previousKeyId).toBe(oldKeys[0]!.keyId);
+    const announce = sent(a).at(-1)!;
+    expect(announce.envelope.type).toBe('signing_key_rotated');
+    expect(announce.keyId).toBe(previousKeyId);
+    expect(verifies(announce, oldKeys)).toBe(true);
+    expect(mesh.eventKeys().map((k) => k.keyId)).toEqual([keyId, previousKeyId]);
+    mesh.requestKeyRotation(a);
+    const next = sent(a).at(-1)!;
+    expect(next.keyId).toBe(keyId);
+    expect(verifies(next, oldKeys)).toBe(false);
+    expect(verifies(next, mesh.eventKeys())).toBe(true);
+  });
+
+  it('the feed shows events without secrets', async () => {
+    const { mesh, a } = await setup();
+    const feed = mesh.feed(0, a);
+    expect(feed.length).toBeGreaterThan(0);
+    expect(JSON.stringify(feed)).not.toMatch(/"psk":"[A-Za-z0-9+/]{43}="/);
+    expect(JSON.stringify(feed)).toContain('[redacted]');
+  });
+
+  it('a wrong passphrase cannot open the mesh secrets', async () => {
+    const { t } = await setup();
+    await expect(MeshService.open(t.store, silent, { passphrase: 'other' })).rejects.toMatchObject({ code: 'ML_ERR_CA_PASSPHRASE' });
+  });
+});
