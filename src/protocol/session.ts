@@ -36,6 +36,10 @@ export interface SessionOptions {
   maxDataFrame?: number;
   /** Per-stream receive window; ≥ 256 KiB. Extra credit is granted when a stream opens. */
   receiveWindow?: number;
+  /** Largest per-stream window that auto-tuning may reach (default 4 MiB). */
+  maxReceiveWindow?: number;
+  /** Total window growth all streams of the session may hold (default 32 MiB). */
+  windowGrowthBudget?: number;
   /** Bytes handed to the transport and not yet written, above which the session stops sending (default 256 KiB). */
   transportHighWater?: number;
   /** Queued priority bytes above which send() returns false (default 1 MiB); 16× that is fatal. */
@@ -97,6 +101,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
   readonly role: Role;
   readonly maxDataFrame: number;
   readonly receiveWindow: number;
+  readonly maxReceiveWindow: number;
   readonly maxFrameSize: number;
   state: SessionState = 'handshaking';
   /** The negotiated protocol version, once open. */
@@ -129,6 +134,8 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
   #handshakeTimer: unknown = null;
   #handshakeWaiter: { resolve: (w: PayloadOf<'welcome'>) => void; reject: (e: Error) => void } | null = null;
   #closeInfo: CloseInfo | null = null;
+  /** Window growth still available to auto-tuning across all streams. */
+  #growthBudget: number;
 
   constructor(options: SessionOptions) {
     super();
@@ -139,6 +146,8 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     this.maxDataFrame = options.maxDataFrame ?? 64 * 1024;
     this.receiveWindow = options.receiveWindow ?? INITIAL_WINDOW;
     if (this.receiveWindow < INITIAL_WINDOW) throw new RangeError(`receiveWindow must be at least ${INITIAL_WINDOW}`);
+    this.maxReceiveWindow = Math.max(this.receiveWindow, options.maxReceiveWindow ?? 4 * 1024 * 1024);
+    this.#growthBudget = options.windowGrowthBudget ?? 32 * 1024 * 1024;
     if (this.maxDataFrame > this.maxFrameSize - 16) throw new RangeError('maxDataFrame must fit in maxFrameSize');
     this.#opts = {
       maxMessageBytes: options.maxMessageBytes ?? 64 * 1024,
@@ -586,6 +595,20 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
   sendPriority(frame: Uint8Array): void {
     if (this.state === 'closed') return;
     this.#enqueuePriority(frame);
+  }
+
+  reserveWindow(bytes: number): boolean {
+    if (bytes > this.#growthBudget) return false;
+    this.#growthBudget -= bytes;
+    return true;
+  }
+
+  releaseWindow(bytes: number): void {
+    this.#growthBudget += bytes;
+  }
+
+  now(): number {
+    return this.#timers.now();
   }
 
   release(stream: MuxStream): void {

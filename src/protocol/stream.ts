@@ -25,8 +25,22 @@ export interface StreamHost {
   /** The stream is finished in both directions or reset; forget it. */
   release(stream: MuxStream): void;
   readonly maxDataFrame: number;
+  /** The window each stream grants its peer at open (≥ INITIAL_WINDOW). */
   readonly receiveWindow: number;
+  /** The largest window auto-tuning may grow a stream's receive window to. */
+  readonly maxReceiveWindow: number;
+  /** Reserves `bytes` of window growth from the session's budget; false when exhausted. */
+  reserveWindow(bytes: number): boolean;
+  releaseWindow(bytes: number): void;
+  now(): number;
 }
+
+/**
+ * Receive-window auto-tuning: when the application has consumed a whole window within this many
+ * milliseconds and has nothing left buffered, the window is the bottleneck, so it doubles (up to
+ * maxReceiveWindow, within the session budget). Slow readers never trigger it.
+ */
+export const WINDOW_GROWTH_MS = 20;
 
 /** One unit of outgoing work, in stream order. */
 type Outgoing =
@@ -67,8 +81,15 @@ export class MuxStream extends Duplex {
   /** Bytes the peer may still send before it must wait for a stream.window. */
   #receiveAllowance: number;
   #received = 0;
-  /** Bytes of received data already returned to the peer as credit, plus the initial window. */
+  /** Bytes of received data already returned to the peer as credit, plus the window. */
   #credited: number;
+  /** Current receive window (grows by auto-tuning). */
+  #window: number;
+  /** Window growth reserved from the session budget, returned on release. */
+  #grown = 0;
+  /** Auto-tuning epoch: when it started and how much had been consumed then. */
+  #epochAt = 0;
+  #epochConsumed = 0;
   #endQueued = false;
   #endSent = false;
   #remoteEnded = false;
@@ -95,11 +116,17 @@ export class MuxStream extends Duplex {
     this.on('error', () => {});
     this.#receiveAllowance = INITIAL_WINDOW;
     this.#credited = INITIAL_WINDOW;
+    this.#window = host.receiveWindow;
   }
 
   /** Bytes the peer still lets us send. */
   get sendCredit(): number {
     return this.#sendCredit;
+  }
+
+  /** The current receive window (INITIAL_WINDOW or more after auto-tuning). */
+  get receiveWindowSize(): number {
+    return this.#window;
   }
 
   get queuedBytes(): number {
@@ -130,6 +157,7 @@ export class MuxStream extends Duplex {
     // A receiver configured for a larger window grants the difference at once.
     const extra = this.#host.receiveWindow - INITIAL_WINDOW;
     if (extra > 0) this.#grant(extra);
+    this.#epochAt = this.#host.now();
     if (this.#queue.length > 0) this.#host.markReady(this);
   }
 
@@ -288,9 +316,24 @@ export class MuxStream extends Duplex {
   #returnCredit(): void {
     if (this.#remoteEnded || this.state !== 'open') return;
     const consumed = this.#received - this.readableLength;
-    const outstanding = consumed + this.#host.receiveWindow - this.#credited;
+    let outstanding = consumed + this.#window - this.#credited;
     // Batch updates: one stream.window per quarter window consumed, not one per read.
-    if (outstanding >= this.#host.receiveWindow / 4) this.#grant(outstanding);
+    if (outstanding < this.#window / 4) return;
+    if (consumed - this.#epochConsumed >= this.#window) {
+      const now = this.#host.now();
+      const fast = now - this.#epochAt < WINDOW_GROWTH_MS && this.readableLength === 0;
+      if (fast && this.#window < this.#host.maxReceiveWindow) {
+        const growth = Math.min(this.#window, this.#host.maxReceiveWindow - this.#window);
+        if (this.#host.reserveWindow(growth)) {
+          this.#window += growth;
+          this.#grown += growth;
+          outstanding += growth;
+        }
+      }
+      this.#epochAt = now;
+      this.#epochConsumed = consumed;
+    }
+    this.#grant(outstanding);
   }
 
   #grant(credit: number): void {
@@ -317,6 +360,8 @@ export class MuxStream extends Duplex {
       this.state = 'closed';
       this.#host.release(this);
     }
+    this.state = 'closed';
+    this.#returnGrowth();
     cb(err);
   }
 
@@ -325,6 +370,14 @@ export class MuxStream extends Duplex {
       this.#released = true;
       this.state = 'closed';
       this.#host.release(this);
+    }
+    this.#returnGrowth();
+  }
+
+  #returnGrowth(): void {
+    if (this.state === 'closed' && this.#grown > 0) {
+      this.#host.releaseWindow(this.#grown);
+      this.#grown = 0;
     }
   }
 }

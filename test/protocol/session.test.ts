@@ -165,6 +165,35 @@ describe.each(transports)('session over %s', (_name, makePair) => {
     }
   });
 
+  it('auto-tunes the receive window for a fast reader, within the session budget, never for a slow one', async () => {
+    const pair = await makePair({}, { maxReceiveWindow: 2 * 1024 * 1024 });
+    try {
+      const streams: MuxStream[] = [];
+      pair.server.on('stream', (s) => {
+        pair.server.accept(s);
+        streams.push(s);
+        if ((s.meta as { path: string }).path === '/fast') s.resume();
+        else s.pause();
+      });
+      const fast = await pair.agent.openStream('file.open', { path: '/fast', direction: 'push' });
+      const slow = await pair.agent.openStream('file.open', { path: '/slow', direction: 'push' });
+      const chunk = randomBytes(64 * 1024);
+      const writeFor = async (s: MuxStream, bytes: number): Promise<void> => {
+        for (let n = 0; n < bytes; n += chunk.length) {
+          if (!s.write(chunk)) await Promise.race([new Promise((r) => s.once('drain', r)), new Promise((r) => setTimeout(r, 100))]);
+        }
+      };
+      await Promise.all([writeFor(fast, 32 * 1024 * 1024), writeFor(slow, 512 * 1024)]);
+      const [fastIn, slowIn] = [streams.find((s) => (s.meta as { path: string }).path === '/fast')!, streams.find((s) => (s.meta as { path: string }).path === '/slow')!];
+      expect(fastIn.receiveWindowSize).toBeGreaterThan(256 * 1024);
+      expect(fastIn.receiveWindowSize).toBeLessThanOrEqual(2 * 1024 * 1024);
+      expect(slowIn.receiveWindowSize).toBe(256 * 1024);
+      expect(slowIn.readableLength).toBeLessThanOrEqual(256 * 1024);
+    } finally {
+      await pair.close();
+    }
+  });
+
   it('control messages keep flowing while a bulk stream saturates the link', async () => {
     const pair = await makePair();
     try {
