@@ -1,0 +1,37 @@
+import type { AgentRunner } from '../connection.js';
+import type { Logger } from '../../util/logger.js';
+import { MeshAgent, type MeshAgentOptions } from './mesh-agent.js';
+import { WireGuardApplier } from './wg-apply.js';
+
+export { MeshAgent } from './mesh-agent.js';
+export { readMeshStatus } from './state-file.js';
+
+export interface MeshAgentFeatureOptions extends Omit<MeshAgentOptions, 'stateDir' | 'logger' | 'applier'> {
+  /** Apply the configuration to a real interface (needs root and `wg`; otherwise render only). */
+  wireguard?: boolean;
+  interfaceName?: string;
+}
+
+export const DEFAULT_INTERFACE = 'meshlink0';
+
+/**
+ * Attaches the mesh to an agent runner: hello fields, the `event` handler, reconciliation on every
+ * connection. Returns the MeshAgent (its close() stops a wireguard-go it started).
+ */
+export async function meshAgentFeature(runner: AgentRunner, ctx: { stateDir: string; logger: Logger; options?: MeshAgentFeatureOptions }): Promise<MeshAgent> {
+  const options = ctx.options ?? {};
+  let applier: WireGuardApplier | null = null;
+  if (options.wireguard) {
+    const can = await WireGuardApplier.available();
+    if (can.ok) applier = new WireGuardApplier({ interfaceName: options.interfaceName ?? DEFAULT_INTERFACE, listenPort: options.listenPort ?? 51820, logger: ctx.logger });
+    else ctx.logger.warn({ reason: can.reason }, '--wireguard requested but cannot be applied here; rendering the configuration only');
+  }
+  const mesh = await MeshAgent.create({ ...options, stateDir: ctx.stateDir, logger: ctx.logger, applier });
+  runner.addHelloFields(() => mesh.helloFields());
+  runner.onMessage('event', (payload, session) => void mesh.receive(payload, session));
+  runner.on('connected', (session, welcome) => mesh.connected(session, welcome));
+  runner.on('state', (state: string) => {
+    if (state === 'stopped') void mesh.close();
+  });
+  return mesh;
+}

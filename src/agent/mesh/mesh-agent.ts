@@ -1,0 +1,365 @@
+import { networkInterfaces } from 'node:os';
+import { z } from 'zod';
+import type { Session } from '../../protocol/session.js';
+import type { PayloadOf } from '../../protocol/registry.js';
+import type { Logger } from '../../util/logger.js';
+import { EventDispatcher } from './dispatcher.js';
+import { EMPTY_APPLIED, readApplied, statusOf, writeApplied, writeMeshStatus, type AppliedFile, type MeshStatus } from './state-file.js';
+import { EventVerifier } from './verifier.js';
+import { DEFAULT_WG_PORT, writeWgQuick, WG_CONFIG_FILE } from './wg-config.js';
+import { generateWgKeyPair, loadOrCreateWgKey, saveWgKey, type WgKeyPair } from './wg-keys.js';
+import type { DriftItem, WireGuardApplier } from './wg-apply.js';
+import { decodeEnvelope, meshStateSchema, stateDigest, type Envelope, type MeshState, type PeerInfo } from './wire.js';
+import { join } from 'node:path';
+
+/**
+ * The agent's side of the mesh: verifies and applies events in order, persists what it applied,
+ * reconciles against the server's desired state, renders (and with --wireguard applies) the WireGuard
+ * configuration. Events are processed strictly one at a time through a promise queue, so a slow
+ * `wg set` never lets a later event overtake an earlier one.
+ */
+
+export interface MeshAgentOptions {
+  stateDir: string;
+  logger: Logger;
+  /** Reconciliation period (default 60 s). */
+  reconcileIntervalMs?: number;
+  /** Endpoints to announce (HOST:PORT); default: this host's IPv4 addresses with the listen port. */
+  endpoints?: string[];
+  listenPort?: number;
+  /** Applies the configuration to a real interface when given (see wg-apply.ts). */
+  applier?: WireGuardApplier | null;
+  /** Write state files (default true). The fan-out benchmark turns it off to measure delivery alone. */
+  persist?: boolean;
+}
+
+/** Reconciliation answer: the desired state with the event seq it corresponds to. */
+const desiredSchema = meshStateSchema.extend({ seq: z.number().int().min(0), digest: z.string().max(128) });
+
+type EventMessage = PayloadOf<'event'>;
+
+export class MeshAgent {
+  readonly dispatcher: EventDispatcher;
+  readonly verifier: EventVerifier;
+  readonly #o: Required<Omit<MeshAgentOptions, 'applier' | 'endpoints'>> & { applier: WireGuardApplier | null; endpoints: string[] | null };
+  readonly #log: Logger;
+  #keys: WgKeyPair;
+  #applied: AppliedFile;
+  #queue: Promise<void> = Promise.resolve();
+  #reportKey = false;
+  #lastError: string | null = null;
+  #timer: NodeJS.Timeout | null = null;
+  #stopped = false;
+  /** Emitted for tests and the benchmark: (envelope, receivedAt). */
+  onApplied: ((event: Envelope, receivedAt: number) => void) | null = null;
+
+  private constructor(options: MeshAgentOptions, keys: WgKeyPair, applied: AppliedFile) {
+    this.#o = {
+      reconcileIntervalMs: 60_000,
+      listenPort: DEFAULT_WG_PORT,
+      persist: true,
+      ...options,
+      applier: options.applier ?? null,
+      endpoints: options.endpoints && options.endpoints.length > 0 ? options.endpoints : null,
+    };
+    this.#log = options.logger.child({ component: 'mesh' });
+    this.#keys = keys;
+    this.#applied = applied;
+    this.verifier = new EventVerifier(applied.trustedKeys.map((k) => ({ keyId: k.keyId, publicKey: Buffer.from(k.publicKey, 'base64'), until: k.until })));
+    this.dispatcher = new EventDispatcher(this.#log);
+    this.#registerBuiltins();
+  }
+
+  static async create(options: MeshAgentOptions): Promise<MeshAgent> {
+    const persist = options.persist ?? true;
+    const keys = persist ? await loadOrCreateWgKey(options.stateDir) : generateWgKeyPair();
+    const applied = persist ? await readApplied(options.stateDir) : { ...EMPTY_APPLIED };
+    return new MeshAgent(options, keys, applied);
+  }
+
+  get wgPublicKey(): string {
+    return this.#keys.publicKey;
+  }
+  get lastEventSeq(): number {
+    return this.#applied.lastEventSeq;
+  }
+  get state(): MeshState | null {
+    return this.#applied.state;
+  }
+
+  /** hello fields: what was applied (for replay), the WireGuard key and where peers can reach us. */
+  helloFields(): { lastEventSeq: number; wgPublicKey: string; endpoints: string[] } {
+    return { lastEventSeq: this.#applied.lastEventSeq, wgPublicKey: this.#keys.publicKey, endpoints: this.endpoints() };
+  }
+
+  endpoints(): string[] {
+    if (this.#o.endpoints) return [...this.#o.endpoints];
+    const out: string[] = [];
+    const own = this.#applied.state?.meshIp;
+    for (const list of Object.values(networkInterfaces())) {
+      for (const a of list ?? []) if (a.family === 'IPv4' && !a.internal && a.address !== own) out.push(`${a.address}:${this.#o.listenPort}`);
+    }
+    return out.slice(0, 32);
+  }
+
+  // ------------------------------------------------------------------ connection
+
+  /** A session is up: trust the welcome's keys, then reconcile now and every interval. */
+  connected(session: Session, welcome: PayloadOf<'welcome'>): void {
+    if (welcome.eventKeys && welcome.eventKeys.length > 0) {
+      this.verifier.trustWelcome(welcome.eventKeys);
+      this.#applied = { ...this.#applied, trustedKeys: this.#trustedForFile() };
+    }
+    this.#clearTimer();
+    // The first state.request also tells the server to replay what this agent missed.
+    void this.reconcile(session);
+    this.#timer = setInterval(() => void this.reconcile(session), this.#o.reconcileIntervalMs);
+    this.#timer.unref();
+    session.once('close', () => this.#clearTimer());
+  }
+
+  #clearTimer(): void {
+    if (this.#timer) clearInterval(this.#timer);
+    this.#timer = null;
+  }
+
+  /** Queues a received event; events are verified, applied and acknowledged strictly in order. */
+  receive(message: EventMessage, session: Session): Promise<void> {
+    const receivedAt = Date.now();
+    this.#queue = this.#queue.then(() => this.#process(message, session, receivedAt)).catch((err: unknown) => {
+      this.#log.error({ err: describeErr(err) }, 'event processing failed');
+    });
+    return this.#queue;
+  }
+
+  async #process(message: EventMessage, session: Session, receivedAt: number): Promise<void> {
+    if (this.#stopped) return;
+    // Verify the exact bytes received; decode only what verified.
+    if (!this.verifier.verify(message.envelope, message.signature, message.keyId)) {
+      this.#log.warn({ keyId: message.keyId, bytes: message.envelope.byteLength }, 'event signature does not verify; dropped');
+      return;
+    }
+    let decoded;
+    try {
+      decoded = decodeEnvelope(message.envelope);
+    } catch (err) {
+      this.#log.warn({ err: describeErr(err) }, 'event envelope is malformed; dropped');
+      return;
+    }
+    const seq = decoded.known ? decoded.envelope.seq : decoded.seq;
+    if (seq <= this.#applied.lastEventSeq) {
+      this.#log.debug({ seq, lastEventSeq: this.#applied.lastEventSeq }, 'event already applied; ignored');
+      return;
+    }
+    const gap = seq > this.#applied.lastEventSeq + 1 && !(decoded.known && decoded.envelope.type === 'node_state_updated');
+    if (gap) this.#log.warn({ seq, lastEventSeq: this.#applied.lastEventSeq }, 'event seq gap; reconciling');
+    const before = this.#applied.state;
+    if (decoded.known) await this.dispatcher.dispatch(decoded.envelope);
+    else await this.dispatcher.dispatch({ seq, type: decoded.type, ts: decoded.ts });
+    this.#applied = { ...this.#applied, lastEventSeq: seq };
+    await this.#commit(before !== this.#applied.state);
+    const ack: PayloadOf<'event.ack'> = { seq };
+    if (this.#reportKey) {
+      ack.wgPublicKey = this.#keys.publicKey;
+      this.#reportKey = false;
+    }
+    if (session.state === 'open') session.send('event.ack', ack);
+    if (decoded.known) this.onApplied?.(decoded.envelope, receivedAt);
+    if (gap && session.state === 'open') void this.reconcile(session);
+  }
+
+  /** Persists the applied state (before the ack, so hello never claims more than was applied). */
+  async #commit(stateChanged: boolean): Promise<void> {
+    if (stateChanged) await this.#applyDataPlane();
+    if (!this.#o.persist) return;
+    await writeApplied(this.#o.stateDir, this.#applied);
+    await writeMeshStatus(this.#o.stateDir, this.status());
+  }
+
+  status(): MeshStatus {
+    return statusOf(this.#applied.state, this.#applied.lastEventSeq, this.#keys.publicKey, this.#applied.policyId, {
+      mode: this.#o.applier ? 'applied' : 'render-only',
+      interface: this.#o.applier?.interfaceName ?? null,
+      configPath: join(this.#o.stateDir, WG_CONFIG_FILE),
+      lastError: this.#lastError,
+    });
+  }
+
+  /** Renders the wg-quick file and, with an applier, brings the interface to the state. Returns data-plane drift. */
+  async #applyDataPlane(): Promise<DriftItem[]> {
+    const state = this.#applied.state;
+    if (!state || !this.#o.persist) return [];
+    await writeWgQuick(this.#o.stateDir, state, this.#keys.privateKey, this.#o.listenPort);
+    const applier = this.#o.applier;
+    if (!applier) return [];
+    try {
+      await applier.ensureInterface(state.meshIp, state.cidr, this.#keys.privateKey);
+      const drift = await applier.syncPeers(state.peers);
+      this.#lastError = null;
+      return drift;
+    } catch (err) {
+      this.#lastError = (err as Error).message;
+      this.#log.error({ err: describeErr(err) }, 'applying the WireGuard configuration failed');
+      return [];
+    }
+  }
+
+  // ------------------------------------------------------------------ reconciliation
+
+  /**
+   * Sends the digest of the applied state; on a mismatch applies the server's full desired state and
+   * reports what differed (control-plane drift) plus what the interface had wrong (data-plane drift).
+   */
+  async reconcile(session: Session): Promise<{ inSync: boolean; drift: DriftItem[] }> {
+    if (session.state !== 'open' || this.#stopped) return { inSync: true, drift: [] };
+    const mine = this.#applied.state ? stateDigest(this.#applied.state) : undefined;
+    let res: PayloadOf<'state.response'>;
+    try {
+      res = await session.request('state.request', mine ? { digest: mine } : {}, { timeoutMs: 30_000 });
+    } catch (err) {
+      this.#log.warn({ err: describeErr(err) }, 'reconciliation request failed');
+      return { inSync: true, drift: [] };
+    }
+    let result: { inSync: boolean; drift: DriftItem[] } = { inSync: true, drift: [] };
+    // Events sent before the response are queued already: run after them, in the same queue.
+    this.#queue = this.#queue.then(async () => {
+      result = await this.#reconcileWith(res);
+      if (result.drift.length > 0 && session.state === 'open') {
+        session.send('drift.report', { ts: Date.now(), items: result.drift.slice(0, 1024).map(clipItem) });
+        this.#log.warn({ items: result.drift.length }, 'reconciliation corrected drift');
+      }
+    });
+    await this.#queue;
+    return result;
+  }
+
+  async #reconcileWith(res: PayloadOf<'state.response'>): Promise<{ inSync: boolean; drift: DriftItem[] }> {
+    if (res.inSync || res.state === undefined) {
+      // Control plane agrees; check the interface itself.
+      const applier = this.#o.applier;
+      if (!applier || !this.#applied.state) return { inSync: true, drift: [] };
+      const drift = await this.#applyDataPlane();
+      return { inSync: drift.length === 0, drift };
+    }
+    const parsed = desiredSchema.safeParse(res.state);
+    if (!parsed.success) {
+      this.#log.warn({ issue: parsed.error.issues[0]?.message }, 'reconciliation state is malformed; ignored');
+      return { inSync: true, drift: [] };
+    }
+    const { seq, digest, ...desired } = parsed.data;
+    // Events that were in flight when we asked have been applied by now: maybe nothing is wrong.
+    if (this.#applied.state && stateDigest(this.#applied.state) === digest) return { inSync: true, drift: [] };
+    const drift = diffStates(this.#applied.state, desired);
+    this.#applied = { ...this.#applied, state: desired, lastEventSeq: Math.max(this.#applied.lastEventSeq, seq) };
+    const plane = await this.#applyDataPlane();
+    if (this.#o.persist) {
+      await writeApplied(this.#o.stateDir, this.#applied);
+      await writeMeshStatus(this.#o.stateDir, this.status());
+    }
+    return { inSync: false, drift: [...drift, ...plane] };
+  }
+
+  // ------------------------------------------------------------------ built-in handlers
+
+  #setState(state: MeshState): void {
+    this.#applied = { ...this.#applied, state };
+  }
+
+  #peers(fn: (peers: Map<string, PeerInfo>) => void): void {
+    const s = this.#applied.state;
+    if (!s) {
+      this.#log.warn('peer event before any state snapshot; reconciliation will repair');
+      return;
+    }
+    const map = new Map(s.peers.map((p) => [p.nodeId, { ...p }]));
+    fn(map);
+    this.#setState({ ...s, peers: [...map.values()].sort((a, b) => (a.nodeId < b.nodeId ? -1 : 1)) });
+  }
+
+  #registerBuiltins(): void {
+    const d = this.dispatcher;
+    d.on('node_state_updated', (e) => this.#setState(e.payload.state));
+    d.on('peer_added', (e) => this.#peers((m) => e.payload.peers.forEach((p) => m.set(p.nodeId, p))));
+    d.on('peer_removed', (e) => this.#peers((m) => e.payload.nodeIds.forEach((id) => m.delete(id))));
+    d.on('peer_key_rotated', (e) =>
+      this.#peers((m) =>
+        e.payload.peers.forEach((p) => {
+          const peer = m.get(p.nodeId);
+          if (peer) peer.publicKey = p.publicKey;
+        }),
+      ),
+    );
+    d.on('peer_endpoint_changed', (e) =>
+      this.#peers((m) =>
+        e.payload.peers.forEach((p) => {
+          const peer = m.get(p.nodeId);
+          if (peer) peer.endpoints = p.endpoints;
+        }),
+      ),
+    );
+    d.on('policy_updated', (e) => {
+      this.#applied = { ...this.#applied, policyId: e.payload.policyId };
+      this.#log.info({ policyId: e.payload.policyId }, 'policy updated');
+    });
+    d.on('rotate_keys', async (e) => {
+      const next = generateWgKeyPair();
+      if (this.#o.persist) await saveWgKey(this.#o.stateDir, next.privateKey);
+      this.#keys = next;
+      this.#reportKey = true;
+      // The interface takes the new key at once (ensureInterface compares keys).
+      if (this.#applied.state) this.#applied = { ...this.#applied, state: { ...this.#applied.state } };
+      this.#log.info({ reason: e.payload.reason, publicKey: next.publicKey }, 'WireGuard key rotated');
+    });
+    d.on('signing_key_rotated', (e) => {
+      this.verifier.rotate({ keyId: e.payload.keyId, publicKey: e.payload.publicKey }, e.payload.transitionMs);
+      this.#applied = { ...this.#applied, trustedKeys: this.#trustedForFile() };
+      this.#log.info({ keyId: e.payload.keyId }, 'event-signing key rotated');
+    });
+    d.on('node_secrets_updated', (e) => this.#log.info({ keys: e.payload.keys }, 'node secrets updated (no secret store on this agent yet)'));
+    d.on('action_request', (e) => this.#log.info({ action: e.payload.action }, 'action requested by event (actions run over action.request streams)'));
+    d.on('session_revoked', (e) => this.#log.warn({ reason: e.payload.reason, sessionId: e.payload.sessionId }, 'session revoked'));
+  }
+
+  #trustedForFile(): AppliedFile['trustedKeys'] {
+    return this.verifier.keys.slice(-8).map((k) => ({ keyId: k.keyId, publicKey: Buffer.from(k.publicKey).toString('base64'), until: k.until }));
+  }
+
+  async close(): Promise<void> {
+    this.#stopped = true;
+    this.#clearTimer();
+    await this.#queue;
+    await this.#o.applier?.close();
+  }
+}
+
+/** Field-level differences between the applied and the desired state, for drift.report. */
+export function diffStates(applied: MeshState | null, desired: MeshState): DriftItem[] {
+  const items: DriftItem[] = [];
+  if (!applied) return [{ field: 'state', expected: `${desired.meshIp} with ${desired.peers.length} peers`, actual: 'none' }];
+  if (applied.meshIp !== desired.meshIp) items.push({ field: 'meshIp', expected: desired.meshIp, actual: applied.meshIp });
+  if (applied.cidr !== desired.cidr) items.push({ field: 'cidr', expected: desired.cidr, actual: applied.cidr });
+  const mine = new Map(applied.peers.map((p) => [p.nodeId, p]));
+  for (const p of desired.peers) {
+    const a = mine.get(p.nodeId);
+    mine.delete(p.nodeId);
+    if (!a) items.push({ field: `peers.${p.nodeId}`, expected: 'present', actual: 'absent' });
+    else {
+      if (a.publicKey !== p.publicKey) items.push({ field: `peers.${p.nodeId}.publicKey`, expected: p.publicKey, actual: a.publicKey });
+      if (a.meshIp !== p.meshIp) items.push({ field: `peers.${p.nodeId}.meshIp`, expected: p.meshIp, actual: a.meshIp });
+      if (a.endpoints.join(',') !== p.endpoints.join(',')) items.push({ field: `peers.${p.nodeId}.endpoints`, expected: p.endpoints.join(','), actual: a.endpoints.join(',') });
+      // Never put a PSK in a report: say only that it differed.
+      if (a.psk !== p.psk) items.push({ field: `peers.${p.nodeId}.psk`, expected: '(server value)', actual: '(different)' });
+    }
+  }
+  for (const id of mine.keys()) items.push({ field: `peers.${id}`, expected: 'absent', actual: 'present' });
+  return items;
+}
+
+function clipItem(i: DriftItem): DriftItem {
+  return { field: i.field.slice(0, 1024), ...(i.expected !== undefined ? { expected: i.expected.slice(0, 4096) } : {}), ...(i.actual !== undefined ? { actual: i.actual.slice(0, 4096) } : {}) };
+}
+
+function describeErr(err: unknown): { message: string; code?: string } {
+  if (err instanceof Error) return { message: err.message, ...((err as { code?: string }).code ? { code: (err as { code?: string }).code } : {}) };
+  return { message: String(err) };
+}

@@ -1,0 +1,81 @@
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { z } from 'zod';
+import { writeFileAtomic } from '../../util/atomic-file.js';
+import { meshStateSchema, type MeshState } from './wire.js';
+
+/**
+ * What the agent has applied, persisted after every applied event so that `lastEventSeq` in hello is
+ * never ahead of what really took effect:
+ * - `mesh-state.json` (0600: it holds PSKs): last applied seq, mesh state, trusted signing keys.
+ * - `mesh-status.json` (no secrets): what `meshlink agent status --json` shows.
+ */
+
+export const MESH_STATE_FILE = 'mesh-state.json';
+export const MESH_STATUS_FILE = 'mesh-status.json';
+
+const trustedKeySchema = z.object({ keyId: z.string().max(64), publicKey: z.string().max(64), until: z.number().nullable() });
+
+export const appliedFileSchema = z.object({
+  version: z.literal(1),
+  lastEventSeq: z.number().int().min(0),
+  state: meshStateSchema.nullable(),
+  trustedKeys: z.array(trustedKeySchema).max(8),
+  policyId: z.string().max(64).nullable(),
+});
+export type AppliedFile = z.infer<typeof appliedFileSchema>;
+
+export const EMPTY_APPLIED: AppliedFile = Object.freeze({ version: 1, lastEventSeq: 0, state: null, trustedKeys: [], policyId: null }) as AppliedFile;
+
+export async function readApplied(stateDir: string): Promise<AppliedFile> {
+  let text: string;
+  try {
+    text = await readFile(join(stateDir, MESH_STATE_FILE), 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { ...EMPTY_APPLIED };
+    throw err;
+  }
+  const parsed = appliedFileSchema.safeParse(JSON.parse(text));
+  // A damaged file costs a snapshot (lastEventSeq 0), never a wrong configuration.
+  return parsed.success ? parsed.data : { ...EMPTY_APPLIED };
+}
+
+export async function writeApplied(stateDir: string, applied: AppliedFile): Promise<void> {
+  await writeFileAtomic(join(stateDir, MESH_STATE_FILE), JSON.stringify(applied), { mode: 0o600 });
+}
+
+export interface MeshStatus {
+  meshIp: string | null;
+  wgPublicKey: string;
+  lastEventSeq: number;
+  peers: Array<{ nodeId: string; meshIp: string; publicKey: string; endpoints: string[] }>;
+  policyId: string | null;
+  wireguard: { mode: 'render-only' | 'applied'; interface: string | null; configPath: string; lastError: string | null };
+  updatedAt: string;
+}
+
+export function statusOf(state: MeshState | null, lastEventSeq: number, wgPublicKey: string, policyId: string | null, wireguard: MeshStatus['wireguard']): MeshStatus {
+  return {
+    meshIp: state?.meshIp ?? null,
+    wgPublicKey,
+    lastEventSeq,
+    peers: (state?.peers ?? []).map((p) => ({ nodeId: p.nodeId, meshIp: p.meshIp, publicKey: p.publicKey, endpoints: [...p.endpoints] })),
+    policyId,
+    wireguard,
+    updatedAt: new Date().toISOString(),
+  };
+}
+
+export async function writeMeshStatus(stateDir: string, status: MeshStatus): Promise<void> {
+  await writeFileAtomic(join(stateDir, MESH_STATUS_FILE), JSON.stringify(status), { mode: 0o600 });
+}
+
+/** For `agent status --json`: the mesh fields, or {} when the agent never ran with the mesh feature. */
+export async function readMeshStatus(stateDir: string): Promise<Partial<MeshStatus>> {
+  try {
+    const s = JSON.parse(await readFile(join(stateDir, MESH_STATUS_FILE), 'utf8')) as MeshStatus;
+    return { meshIp: s.meshIp, wgPublicKey: s.wgPublicKey, lastEventSeq: s.lastEventSeq, peers: s.peers, policyId: s.policyId, wireguard: s.wireguard };
+  } catch {
+    return {};
+  }
+}

@@ -1,0 +1,44 @@
+import { verifyEd25519 } from './wire.js';
+
+/**
+ * Which Ed25519 keys the agent accepts for events. Keys arrive in `welcome.eventKeys` (trusted as far
+ * as the mTLS channel is: pinned to the CA at enrollment) and in `signing_key_rotated` events, which are
+ * themselves verified with a key already trusted. After a rotation the previous key stays accepted for
+ * the announced transition window, so events signed before the switch still verify.
+ */
+export interface TrustedKey {
+  keyId: string;
+  publicKey: Uint8Array;
+  /** Accepted until this time (ms); null = no expiry. */
+  until: number | null;
+}
+
+export class EventVerifier {
+  #keys = new Map<string, TrustedKey>();
+
+  constructor(keys: readonly TrustedKey[] = []) {
+    for (const k of keys) this.#keys.set(k.keyId, k);
+  }
+
+  /** Replaces the trusted set with the keys of a fresh welcome (they carry no expiry). */
+  trustWelcome(keys: ReadonlyArray<{ keyId: string; publicKey: Uint8Array }>): void {
+    this.#keys = new Map(keys.map((k) => [k.keyId, { keyId: k.keyId, publicKey: Uint8Array.from(k.publicKey), until: null }]));
+  }
+
+  /** After a verified signing_key_rotated: trust the next key; the signer's key expires after the window. */
+  rotate(next: { keyId: string; publicKey: Uint8Array }, transitionMs: number, now = Date.now()): void {
+    for (const k of this.#keys.values()) if (k.keyId !== next.keyId) k.until = Math.min(k.until ?? Infinity, now + transitionMs);
+    this.#keys.set(next.keyId, { keyId: next.keyId, publicKey: Uint8Array.from(next.publicKey), until: null });
+  }
+
+  /** True when `signature` is a valid Ed25519 signature of exactly `bytes` by the trusted key `keyId`. */
+  verify(bytes: Uint8Array, signature: Uint8Array, keyId: string, now = Date.now()): boolean {
+    const key = this.#keys.get(keyId);
+    if (!key || (key.until !== null && now > key.until)) return false;
+    return verifyEd25519(key.publicKey, bytes, signature);
+  }
+
+  get keys(): TrustedKey[] {
+    return [...this.#keys.values()].map((k) => ({ ...k }));
+  }
+}

@@ -1,0 +1,145 @@
+import { execFileSync } from 'node:child_process';
+import { generateKeyPairSync, sign } from 'node:crypto';
+import { stat, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { EventDispatcher } from '../../src/agent/mesh/dispatcher.js';
+import { EventVerifier } from '../../src/agent/mesh/verifier.js';
+import { parseWgDump } from '../../src/agent/mesh/wg-apply.js';
+import { renderWgQuick } from '../../src/agent/mesh/wg-config.js';
+import { generateWgKeyPair, loadOrCreateWgKey, wgPublicKey } from '../../src/agent/mesh/wg-keys.js';
+import { encodeEnvelope, rawEd25519PublicKey, signingKeyId, type Envelope } from '../../src/agent/mesh/wire.js';
+import { createLogger } from '../../src/util/logger.js';
+import { tempDir } from '../server/helpers.js';
+
+const HAVE_WG = (() => {
+  try {
+    execFileSync('wg', ['--version'], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+})();
+
+const cleanups: Array<() => Promise<void>> = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0)) await c();
+});
+
+function signer() {
+  const { privateKey, publicKey } = generateKeyPairSync('ed25519');
+  const raw = rawEd25519PublicKey(publicKey.export({ format: 'der', type: 'spki' }));
+  return { keyId: signingKeyId(raw), publicKey: raw, sign: (b: Uint8Array) => sign(null, b, privateKey) };
+}
+
+describe('WireGuard keys', () => {
+  it('are base64 of 32 bytes, clamped like wg genkey, with a matching public key', () => {
+    const k = generateWgKeyPair();
+    const raw = Buffer.from(k.privateKey, 'base64');
+    expect(raw).toHaveLength(32);
+    expect(raw[0]! & 7).toBe(0);
+    expect(raw[31]! & 0xc0).toBe(0x40);
+    expect(Buffer.from(k.publicKey, 'base64')).toHaveLength(32);
+    expect(wgPublicKey(k.privateKey)).toBe(k.publicKey);
+  });
+
+  it.skipIf(!HAVE_WG)('agree with `wg pubkey` both ways (skipped: wg not installed)', () => {
+    const k = generateWgKeyPair();
+    expect(execFileSync('wg', ['pubkey'], { input: `${k.privateKey}\n`, encoding: 'utf8' }).trim()).toBe(k.publicKey);
+    const fromWg = execFileSync('wg', ['genkey'], { encoding: 'utf8' }).trim();
+    expect(wgPublicKey(fromWg)).toBe(execFileSync('wg', ['pubkey'], { input: `${fromWg}\n`, encoding: 'utf8' }).trim());
+  });
+
+  it('are kept in the state dir with mode 0600 and reused', async () => {
+    const dir = await tempDir('ml-wgkey-');
+    cleanups.push(dir.cleanup);
+    const first = await loadOrCreateWgKey(dir.path);
+    expect(first.created).toBe(true);
+    expect((await stat(join(dir.path, 'wg.key'))).mode & 0o777).toBe(0o600);
+    expect((await readFile(join(dir.path, 'wg.key'), 'utf8')).trim()).toBe(first.privateKey);
+    const again = await loadOrCreateWgKey(dir.path);
+    expect(again).toMatchObject({ created: false, publicKey: first.publicKey });
+  });
+});
+
+describe('EventVerifier', () => {
+  const env: Envelope = { seq: 1, type: 'rotate_keys', ts: 1, payload: { reason: 'x' } };
+
+  it('accepts exactly the signed bytes from a trusted key; rejects tampering and unknown keys', () => {
+    const s = signer();
+    const v = new EventVerifier();
+    v.trustWelcome([{ keyId: s.keyId, publicKey: s.publicKey }]);
+    const bytes = encodeEnvelope(env);
+    const sig = s.sign(bytes);
+    expect(v.verify(bytes, sig, s.keyId)).toBe(true);
+    const tampered = Uint8Array.from(bytes);
+    tampered[tampered.length - 1]! ^= 1;
+    expect(v.verify(tampered, sig, s.keyId)).toBe(false);
+    const other = signer();
+    expect(v.verify(bytes, other.sign(bytes), other.keyId)).toBe(false);
+    expect(v.verify(bytes, other.sign(bytes), s.keyId)).toBe(false);
+  });
+
+  it('keeps the previous key only for the transition window after a rotation', () => {
+    const a = signer();
+    const b = signer();
+    const v = new EventVerifier();
+    v.trustWelcome([{ keyId: a.keyId, publicKey: a.publicKey }]);
+    v.rotate({ keyId: b.keyId, publicKey: b.publicKey }, 1_000, 10_000);
+    const bytes = encodeEnvelope(env);
+    expect(v.verify(bytes, a.sign(bytes), a.keyId, 10_500)).toBe(true);
+    expect(v.verify(bytes, b.sign(bytes), b.keyId, 10_500)).toBe(true);
+    expect(v.verify(bytes, a.sign(bytes), a.keyId, 11_001)).toBe(false);
+    expect(v.verify(bytes, b.sign(bytes), b.keyId, 99_999_999)).toBe(true);
+  });
+});
+
+describe('EventDispatcher', () => {
+  it('runs several handlers in order; a failure does not stop the rest; unknown types go to debug', async () => {
+    const lines: string[] = [];
+    const logger = createLogger({ name: 't', level: 'debug' });
+    const log = new Proxy(logger, {
+      get: (t, p) => (p === 'debug' || p === 'error' ? (_o: unknown, msg: string) => lines.push(`${String(p)}:${msg}`) : Reflect.get(t, p)),
+    });
+    const d = new EventDispatcher(log);
+    const order: string[] = [];
+    d.on('peer_removed', () => void order.push('first'));
+    d.on('peer_removed', () => {
+      order.push('second');
+      throw new Error('boom');
+    });
+    d.on('peer_removed', async () => {
+      await new Promise((r) => setTimeout(r, 5));
+      order.push('third');
+    });
+    const r = await d.dispatch({ seq: 1, type: 'peer_removed', ts: 0, payload: { nodeIds: [] } });
+    expect(order).toEqual(['first', 'second', 'third']);
+    expect(r).toEqual({ handled: 3, failed: 1 });
+    expect(lines).toContain('error:event handler failed');
+    expect(await d.dispatch({ seq: 2, type: 'bridge_config_updated', ts: 0 })).toEqual({ handled: 0, failed: 0 });
+    expect(lines).toContain('debug:no handler for event type; dropped');
+  });
+});
+
+describe('wg-quick rendering and wg dump parsing', () => {
+  it('renders interface and peers with PSKs', () => {
+    const me = generateWgKeyPair();
+    const peer = generateWgKeyPair();
+    const psk = Buffer.alloc(32, 7).toString('base64');
+    const text = renderWgQuick({ nodeId: 'n1', meshIp: '10.100.0.1', cidr: '10.100.0.0/16', peers: [{ nodeId: 'n2', meshIp: '10.100.0.2', publicKey: peer.publicKey, endpoints: ['192.0.2.2:51820'], psk }] }, me.privateKey, 51820);
+    expect(text).toContain(`[Interface]\nPrivateKey = ${me.privateKey}\nAddress = 10.100.0.1/32\nListenPort = 51820\n`);
+    expect(text).toContain(`[Peer]\nPublicKey = ${peer.publicKey}\nPresharedKey = ${psk}\nAllowedIPs = 10.100.0.2/32\nEndpoint = 192.0.2.2:51820\nPersistentKeepalive = 25\n`);
+  });
+
+  it('parses `wg show dump`', () => {
+    const dump = 'PRIV\tPUB\t51820\toff\nPEER1\tPSK1\t10.0.0.2:51820\t10.100.0.2/32\t0\t0\t0\t25\nPEER2\t(none)\t(none)\t(none)\t0\t0\t0\toff\n';
+    expect(parseWgDump(dump)).toEqual({
+      publicKey: 'PUB',
+      listenPort: 51820,
+      peers: [
+        { publicKey: 'PEER1', psk: 'PSK1', endpoint: '10.0.0.2:51820', allowedIps: ['10.100.0.2/32'] },
+        { publicKey: 'PEER2', psk: null, endpoint: null, allowedIps: [] },
+      ],
+    });
+  });
+});
