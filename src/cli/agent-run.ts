@@ -4,6 +4,26 @@ import { AgentRunner } from '../agent/connection.js';
 import { resolveStateDir } from '../agent/config.js';
 import { createLogger, LOG_LEVELS } from '../util/logger.js';
 import { AGENT_RUN_EXTENSIONS } from './agent-features.js';
+import { z } from 'zod';
+import { MeshlinkError } from '../protocol/errors.js';
+import { parseDuration } from '../util/duration.js';
+
+const runFlagsSchema = z.object({
+  renewBeforeMs: z.number().int().min(0),
+  lifetimeFraction: z.number().gt(0, '--renew-at must be a fraction between 0 and 1').lt(1, '--renew-at must be a fraction between 0 and 1'),
+});
+
+function parseRunFlags(renewBefore: string, renewAt: string): { renewBeforeMs: number; lifetimeFraction: number } {
+  let renewBeforeMs: number;
+  try {
+    renewBeforeMs = parseDuration(renewBefore);
+  } catch (err) {
+    throw new MeshlinkError('ML_ERR_USAGE', `--renew-before: ${(err as Error).message}`);
+  }
+  const parsed = runFlagsSchema.safeParse({ renewBeforeMs, lifetimeFraction: Number(renewAt) });
+  if (!parsed.success) throw new MeshlinkError('ML_ERR_USAGE', parsed.error.issues[0]?.message ?? 'invalid flags');
+  return parsed.data;
+}
 
 /** Hard deadline for a graceful stop (goaway, close, status write) after SIGTERM/SIGINT. */
 const STOP_DEADLINE_MS = 5_000;
@@ -15,12 +35,15 @@ export function registerRunCommand(agent: Command, onError: (err: unknown) => vo
   run
     .description('keep the connection to the control plane (long-running; for systemd)')
     .option('--state-dir <dir>', 'state directory (default: MESHLINK_STATE_DIR or the documented default)')
+    .option('--renew-before <duration>', 'renew when NotAfter is this close (or earlier, see --renew-at)', '7d')
+    .option('--renew-at <fraction>', 'renew once this fraction of the certificate lifetime has passed', '0.6667')
     .addOption(new Option('--log-level <level>', 'log level (default: MESHLINK_LOG_LEVEL or info)').choices([...LOG_LEVELS]))
-    .action(async (opts: { stateDir?: string; logLevel?: string } & Record<string, unknown>) => {
+    .action(async (opts: { stateDir?: string; logLevel?: string; renewBefore: string; renewAt: string } & Record<string, unknown>) => {
       try {
+        const renewPolicy = parseRunFlags(opts.renewBefore, opts.renewAt);
         const stateDir = resolveStateDir(opts.stateDir);
         const logger = createLogger({ name: 'meshlink-agent', ...(opts.logLevel ? { level: opts.logLevel } : {}) });
-        const runner = new AgentRunner({ stateDir, logger });
+        const runner = new AgentRunner({ stateDir, logger, renewPolicy: Object.freeze(renewPolicy) });
         for (const ext of AGENT_RUN_EXTENSIONS) await ext.attach(runner, { stateDir, logger, opts });
         const stop = (signal: string): void => {
           logger.info({ signal }, 'stopping');

@@ -108,9 +108,11 @@ export function registerServerCommands(program: Command): void {
     .addOption(new Option('--ca-key <type>', 'CA key type when a new CA is created').choices(['rsa2048', 'rsa4096']).default('rsa4096'))
     .option('--cert-lifetime <duration>', 'client certificate lifetime, e.g. 30d', '30d')
     .option('--renew-grace <duration>', 'how long after expiry /v1/renew still accepts a certificate', '7d')
+    .option('--heartbeat-interval <duration>', 'how often agents send a heartbeat (sent to them in welcome)', '15s')
+    .option('--offline-after <duration>', 'silence after which a node is offline and its session closed', '45s')
     .addOption(new Option('--log-level <level>', 'log level (default: MESHLINK_LOG_LEVEL or info)').choices([...LOG_LEVELS]))
     .action(
-      action(async (opts: { dataDir?: string; listen: string; san: string[]; caKey: string; certLifetime: string; renewGrace: string; logLevel?: string }) => {
+      action(async (opts: { dataDir?: string; listen: string; san: string[]; caKey: string; certLifetime: string; renewGrace: string; heartbeatInterval: string; offlineAfter: string; logLevel?: string }) => {
         const config = parseServerConfig({
           ...(opts.dataDir ? { dataDir: opts.dataDir } : {}),
           listen: parseListen(opts.listen),
@@ -118,6 +120,8 @@ export function registerServerCommands(program: Command): void {
           caKeyType: opts.caKey,
           certLifetimeMs: parseDuration(opts.certLifetime),
           renewGraceMs: parseDuration(opts.renewGrace),
+          heartbeatIntervalMs: parseDuration(opts.heartbeatInterval),
+          offlineAfterMs: parseDuration(opts.offlineAfter),
           logLevel: opts.logLevel ?? process.env.MESHLINK_LOG_LEVEL ?? 'info',
         });
         const logger = createLogger({ name: 'meshlink-server', level: config.logLevel });

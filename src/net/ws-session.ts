@@ -1,6 +1,24 @@
 import type { WebSocket, RawData } from 'ws';
 import { Session, type SessionOptions } from '../protocol/session.js';
 import { ProtocolError } from '../protocol/errors.js';
+import type { Role } from '../protocol/registry.js';
+
+/**
+ * Optional wire observers (metrics, src/server/metrics.ts and src/agent/metrics.ts): called with
+ * every whole WebSocket message a session of `role` sends or receives. Unset, the cost is one Set
+ * size check per message. Observers must not throw or keep the buffer.
+ */
+export type WireObserver = (direction: 'in' | 'out', message: Uint8Array) => void;
+const wireObservers: Record<Role, Set<WireObserver>> = { agent: new Set(), server: new Set() };
+
+/** Registers an observer for every session of `role` in this process; returns its removal. */
+export function addWireObserver(role: Role, observer: WireObserver): () => void {
+  wireObservers[role].add(observer);
+  return () => wireObservers[role].delete(observer);
+}
+
+/** How long a local close waits for the peer's close frame before the socket is destroyed. */
+const CLOSE_HANDSHAKE_MS = 1_000;
 
 /**
  * Binds a protocol Session to a `ws` WebSocket: binary messages in, coalesced messages out, with the
@@ -9,6 +27,7 @@ import { ProtocolError } from '../protocol/errors.js';
 export function attachSession(ws: WebSocket, options: Omit<SessionOptions, 'transport'>): Session {
   ws.binaryType = 'nodebuffer';
   let closed = false;
+  const observers = wireObservers[options.role];
   const session = new Session({
     ...options,
     transport: {
@@ -17,6 +36,7 @@ export function attachSession(ws: WebSocket, options: Omit<SessionOptions, 'tran
           done(new ProtocolError('ML_ERR_SESSION_CLOSED', 'socket not open'));
           return;
         }
+        if (observers.size > 0) for (const observe of observers) observe('out', message);
         ws.send(message, { binary: true }, done);
       },
       close(code, reason) {
@@ -25,6 +45,11 @@ export function attachSession(ws: WebSocket, options: Omit<SessionOptions, 'tran
         // 1005/1006/1015 are reserved and may not be sent in a close frame.
         const sendable = code === 1005 || code === 1006 || code === 1015 ? 1011 : code;
         if (ws.readyState === ws.OPEN || ws.readyState === ws.CONNECTING) ws.close(sendable, reason);
+        // A peer that does not answer the close handshake (hung, or the reason we are closing) is
+        // cut off after a second rather than ws's 30 s close timeout: until then the socket counts as live.
+        const force = setTimeout(() => ws.terminate(), CLOSE_HANDSHAKE_MS);
+        force.unref();
+        ws.once('close', () => clearTimeout(force));
       },
     },
   });
@@ -33,7 +58,9 @@ export function attachSession(ws: WebSocket, options: Omit<SessionOptions, 'tran
       session.abort(new ProtocolError('ML_ERR_NOT_TEXT', 'text messages are not part of the protocol'));
       return;
     }
-    session.receive(toBuffer(data));
+    const message = toBuffer(data);
+    if (observers.size > 0) for (const observe of observers) observe('in', message);
+    session.receive(message);
   });
   ws.on('close', (code: number, reason: Buffer) => {
     closed = true;
