@@ -107,7 +107,7 @@ describe('mesh over real mTLS sessions (in-process server and agents)', () => {
     const bytes = encodeEnvelope({ seq: before + 1, type: 'peer_removed', ts: Date.now(), payload: { nodeIds: [agents.get('b')!.nodeId] } });
     const session = srv.server.sessions!.current(a.nodeId)!.session;
     const keyId = mesh.eventKeys()[0]!.keyId;
-    session.send('event', { envelope: bytes, signature: sign(null, bytes, privateKey), keyId });
+    session.send('event', { envelope: bytes as Uint8Array<ArrayBuffer>, signature: sign(null, bytes, privateKey), keyId });
     await new Promise((r) => setTimeout(r, 300));
     expect(a.mesh.lastEventSeq).toBe(before);
     expect(peersOf(a)).toEqual(idsOf('b'));
