@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import type { AgentRunner } from '../agent/connection.js';
 import type { Logger } from '../util/logger.js';
+import { observabilityRunExtension } from '../agent/observability/index.js';
 
 /**
  * Extensions of `meshlink agent run`: each adds its flags to the command and attaches its handlers
@@ -11,4 +12,4 @@ export interface AgentRunExtension {
   attach(runner: AgentRunner, ctx: { stateDir: string; logger: Logger; opts: Record<string, unknown> }): void | Promise<void>;
 }
 
-export const AGENT_RUN_EXTENSIONS: readonly AgentRunExtension[] = [];
+export const AGENT_RUN_EXTENSIONS: readonly AgentRunExtension[] = [observabilityRunExtension];

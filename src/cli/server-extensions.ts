@@ -1,4 +1,7 @@
 import type { Command } from 'commander';
+import { registerObservabilityCommands } from './server-observability.js';
 
 /** Subcommands of `meshlink server` that features add (mesh policy, operations, ...). */
-export function registerServerExtensions(_server: Command): void {}
+export function registerServerExtensions(server: Command): void {
+  registerObservabilityCommands(server);
+}

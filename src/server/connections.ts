@@ -26,7 +26,15 @@ interface Entry {
 export class ConnectionRegistry {
   private readonly byNode = new Map<string, Set<Entry>>();
 
+  /** Observers of agent connections the gateway refused (metrics), called with the refusal reason. */
+  readonly refusalObservers = new Set<(reason: string) => void>();
+
   constructor(private readonly logger: Logger) {}
+
+  /** Reports a refused agent connection (gateway: before any upgrade) to the observers. */
+  noteRefused(reason: string): void {
+    for (const observe of this.refusalObservers) observe(reason);
+  }
 
   add(ws: WebSocket, info: { nodeId: string; certSerial: string; certNotAfter: number }): void {
     const entry: Entry = { ws, ...info, connectedAt: Date.now(), timer: undefined };

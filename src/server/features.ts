@@ -1,5 +1,6 @@
 import type { ServerFeature } from './feature.js';
+import { observabilityFeature } from './observability/index.js';
 import { meshFeature } from './mesh/index.js';
 
 /** The features every server runs, in start order. */
-export const SERVER_FEATURES: readonly ServerFeature[] = [meshFeature];
+export const SERVER_FEATURES: readonly ServerFeature[] = [meshFeature, observabilityFeature];

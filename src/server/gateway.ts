@@ -115,6 +115,7 @@ export function createGateway(deps: GatewayDeps): Server {
     const path = (req.url ?? '/').split('?')[0];
     socket.on('error', () => {}); // refusals may race a peer reset; nothing useful to report
     if (path !== '/v1/connect' || req.method !== 'GET') {
+      deps.registry.noteRefused('ML_ERR_NOT_FOUND');
       refuse(socket, new ServerError('ML_ERR_NOT_FOUND', `no WebSocket endpoint ${path}`));
       return;
     }
@@ -125,6 +126,7 @@ export function createGateway(deps: GatewayDeps): Server {
       const e = err instanceof ServerError ? err : new ServerError('ML_ERR_SERVER_INTERNAL', 'internal error');
       if (e.status >= 500) log.error({ err, remoteAddress }, 'connect check failed');
       else log.warn({ remoteAddress, code: e.code, reason: e.message }, 'agent connection refused');
+      deps.registry.noteRefused(e.code);
       refuse(socket, e);
       return;
     }
@@ -147,6 +149,7 @@ export function createGateway(deps: GatewayDeps): Server {
 
   server.on('tlsClientError', (err, tlsSocket) => {
     log.debug({ remoteAddress: tlsSocket.remoteAddress, reason: err.message }, 'TLS handshake failed');
+    deps.registry.noteRefused('TLS_HANDSHAKE');
   });
 
   return server;

@@ -4,9 +4,10 @@ import { ServerError } from '../errors.js';
 import { MIGRATIONS, type Migration } from './migrations.js';
 import { MESH_MIGRATIONS } from './migrations-mesh.js';
 import { OPS_MIGRATIONS } from './migrations-ops.js';
+import { OBSERVABILITY_MIGRATIONS } from './migrations-observability.js';
 
 /** Core migrations are versions 1–99, mesh 100–199, operations 200–299. */
-export const ALL_MIGRATIONS: readonly Migration[] = [...MIGRATIONS, ...MESH_MIGRATIONS, ...OPS_MIGRATIONS];
+export const ALL_MIGRATIONS: readonly Migration[] = [...MIGRATIONS, ...MESH_MIGRATIONS, ...OPS_MIGRATIONS, ...OBSERVABILITY_MIGRATIONS];
 
 /**
  * The only module that knows SQL. Synchronous (better-sqlite3): every statement here is a short

@@ -1,0 +1,150 @@
+import type { Server } from 'node:http';
+import type { Command } from 'commander';
+import { z } from 'zod';
+import { MeshlinkError } from '../../protocol/errors.js';
+import type { AgentRunExtension } from '../../cli/agent-features.js';
+import { parseMetricsListen, serveMetrics } from '../../server/metrics.js';
+import type { Logger } from '../../util/logger.js';
+import type { AgentRunner } from '../connection.js';
+import { AgentMetrics } from '../metrics.js';
+import { ObservabilityUploader, type AuditRecord, type LogRecord } from './uploader.js';
+
+/**
+ * `agent run` observability: the agent's Prometheus metrics on a local port when asked
+ * (`--metrics-listen 127.0.0.1:9465`), and the upload of its metrics (every
+ * `--metrics-upload-interval`, default 60 s), warn+ log lines and audit records to the server
+ * (uploader.ts). The ops feature reports through `recordAudit`.
+ */
+
+const SECRET_KEY = /token|csr|key|passphrase|secret|password|cert/i;
+const MAX_MSG = 4096;
+const MAX_FIELDS_JSON = 4096;
+
+let current: ObservabilityUploader | null = null;
+
+/** Queues an audit record for upload (no-op when no agent runs in this process). */
+export function recordAudit(record: Omit<AuditRecord, 'ts'> & { ts?: number }): void {
+  current?.recordAudit(record);
+}
+
+/**
+ * Copies the logger's warn/error/fatal lines into the uploader. Fields are reduced to primitives
+ * under keys that cannot name secrets (the logger redacts its own output; this copy must too).
+ */
+export function captureWarnings(logger: Logger, sink: (r: LogRecord) => void): () => void {
+  const levels = ['warn', 'error', 'fatal'] as const;
+  const originals = levels.map((l) => logger[l]);
+  for (const level of levels) {
+    const original = logger[level];
+    (logger as unknown as Record<string, unknown>)[level] = function (this: Logger, ...args: unknown[]) {
+      try {
+        sink(toRecord(level, args));
+      } catch {
+        /* never let capture break logging */
+      }
+      return (original as (...a: unknown[]) => void).apply(logger, args);
+    };
+  }
+  return () => levels.forEach((l, i) => ((logger as unknown as Record<string, unknown>)[l] = originals[i]));
+}
+
+function toRecord(level: 'warn' | 'error' | 'fatal', args: unknown[]): LogRecord {
+  let fields: Record<string, unknown> | undefined;
+  let msg = '';
+  if (typeof args[0] === 'string') msg = args[0];
+  else {
+    if (args[0] && typeof args[0] === 'object') fields = safeFields(args[0] as Record<string, unknown>);
+    if (typeof args[1] === 'string') msg = args[1];
+  }
+  const record: LogRecord = { ts: Date.now(), level, msg: msg.slice(0, MAX_MSG) };
+  if (fields && Object.keys(fields).length > 0 && JSON.stringify(fields).length <= MAX_FIELDS_JSON) record.fields = fields;
+  return record;
+}
+
+function safeFields(obj: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(obj).slice(0, 32)) {
+    if (SECRET_KEY.test(k)) continue;
+    if (v instanceof Error) out[k] = { message: v.message.slice(0, 512), ...((v as { code?: unknown }).code ? { code: String((v as { code?: unknown }).code) } : {}) };
+    else if (v && typeof v === 'object' && k === 'err') {
+      const e = v as { code?: unknown; message?: unknown };
+      out[k] = { ...(typeof e.code === 'string' ? { code: e.code } : {}), ...(typeof e.message === 'string' ? { message: e.message.slice(0, 512) } : {}) };
+    } else if (typeof v === 'string') out[k] = v.slice(0, 512);
+    else if (typeof v === 'number' || typeof v === 'boolean' || v === null) out[k] = v;
+  }
+  return out;
+}
+
+const optionsSchema = z.object({
+  metricsListen: z.string().max(300).optional(),
+  metricsUploadInterval: z.coerce.number().int().min(1).max(86_400).default(60),
+});
+
+export interface AgentObservability {
+  metrics: AgentMetrics;
+  uploader: ObservabilityUploader;
+  server: Server | null;
+  close(): Promise<void>;
+}
+
+/** Wires metrics, warning capture and the uploader to a runner (also used by tests in-process). */
+export async function attachObservability(
+  runner: AgentRunner,
+  logger: Logger,
+  opts: { metricsListen?: string; metricsUploadIntervalMs?: number; uploadLimits?: ConstructorParameters<typeof ObservabilityUploader>[1] } = {},
+): Promise<AgentObservability> {
+  const metrics = new AgentMetrics(runner);
+  const uploader = new ObservabilityUploader(() => runner.session, opts.uploadLimits);
+  current = uploader;
+  const restore = captureWarnings(logger, (r) => uploader.addLog(r));
+  runner.on('connected', () => uploader.flush());
+  const sample = (): void => {
+    metrics.samples().then(
+      (s) => uploader.addMetrics(s),
+      () => {},
+    );
+  };
+  const interval = setInterval(sample, opts.metricsUploadIntervalMs ?? 60_000);
+  interval.unref();
+  runner.once('connected', sample);
+  let server: Server | null = null;
+  if (opts.metricsListen) {
+    server = await serveMetrics(metrics.registry, parseMetricsListen(opts.metricsListen));
+    server.unref();
+    logger.info({ address: opts.metricsListen }, 'agent metrics listening');
+  }
+  return {
+    metrics,
+    uploader,
+    server,
+    async close() {
+      clearInterval(interval);
+      uploader.close();
+      metrics.close();
+      restore();
+      if (current === uploader) current = null;
+      if (server) await new Promise<void>((r) => server!.close(() => r()));
+    },
+  };
+}
+
+export const observabilityRunExtension: AgentRunExtension = {
+  addOptions(cmd: Command) {
+    cmd.option('--metrics-listen <host:port>', 'serve the agent’s Prometheus metrics on this local address (e.g. 127.0.0.1:9465)');
+    cmd.option('--metrics-upload-interval <seconds>', 'how often the agent’s metrics are sent to the server (default 60)');
+  },
+  async attach(runner, ctx) {
+    const parsed = optionsSchema.safeParse(ctx.opts);
+    if (!parsed.success) throw new MeshlinkError('ML_ERR_CONFIG', `invalid observability option: ${parsed.error.issues[0]?.path.join('.')}: ${parsed.error.issues[0]?.message}`);
+    const o = parsed.data;
+    if (o.metricsListen) parseMetricsListen(o.metricsListen);
+    const handle = await attachObservability(runner, ctx.logger, {
+      ...(o.metricsListen ? { metricsListen: o.metricsListen } : {}),
+      metricsUploadIntervalMs: o.metricsUploadInterval * 1000,
+    });
+    runner.once('state', function onState(this: AgentRunner, s: string) {
+      if (s === 'stopped') void handle.close();
+      else runner.once('state', onState);
+    });
+  },
+};

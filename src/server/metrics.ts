@@ -1,0 +1,372 @@
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { z } from 'zod';
+import { addWireObserver } from '../net/ws-session.js';
+import { HEADER_SIZE } from '../protocol/frame.js';
+import { MESSAGE_KINDS } from '../protocol/registry.js';
+import type { ServerFeature } from './feature.js';
+import { ServerError } from './errors.js';
+
+/**
+ * Prometheus metrics of the server (docs/OPERATIONS-METRICS.md), served as `GET /metrics` on a
+ * separate local listener (`--metrics-listen 127.0.0.1:9464`, or MESHLINK_METRICS_LISTEN), never on
+ * the agent-facing port: the exposition names nodes' activity and needs no client certificate, so
+ * it must not be reachable from where agents connect. Without a listen address nothing is served and
+ * nothing is counted.
+ *
+ * Cost on the hot path: frames are counted per WebSocket message by walking the 11-byte frame headers
+ * into typed arrays indexed by type code (no label lookups, no allocation); prom-client labels are
+ * only touched at scrape time. Totals that live in the store (enrollments, renewals, revocations)
+ * are read from it at scrape time, so they survive restarts.
+ */
+
+/** Type codes are u16; every registered code is below 0x100, the rest is counted as "unknown". */
+const CODE_SLOTS = 0x100;
+const UNKNOWN_SLOT = CODE_SLOTS;
+const KIND_NAME_BY_SLOT: string[] = Array.from({ length: CODE_SLOTS + 1 }, () => 'unknown');
+for (const k of MESSAGE_KINDS) if (k.code < CODE_SLOTS) KIND_NAME_BY_SLOT[k.code] = k.name;
+
+/** Frame and byte counts by direction and type code, filled by a wire observer. */
+export class WireCounters {
+  readonly framesIn = new Float64Array(CODE_SLOTS + 1);
+  readonly framesOut = new Float64Array(CODE_SLOTS + 1);
+  readonly bytesIn = new Float64Array(CODE_SLOTS + 1);
+  readonly bytesOut = new Float64Array(CODE_SLOTS + 1);
+  messagesIn = 0;
+  messagesOut = 0;
+  messageBytesIn = 0;
+  messageBytesOut = 0;
+
+  /** Counts the frames of one whole WebSocket message (malformed tails are the session's to refuse). */
+  readonly observe = (direction: 'in' | 'out', m: Uint8Array): void => {
+    const frames = direction === 'in' ? this.framesIn : this.framesOut;
+    const bytes = direction === 'in' ? this.bytesIn : this.bytesOut;
+    if (direction === 'in') {
+      this.messagesIn++;
+      this.messageBytesIn += m.byteLength;
+    } else {
+      this.messagesOut++;
+      this.messageBytesOut += m.byteLength;
+    }
+    let o = 0;
+    const end = m.byteLength;
+    while (end - o >= HEADER_SIZE) {
+      const type = (m[o]! << 8) | m[o + 1]!;
+      const length = ((m[o + 7]! << 24) >>> 0) + (m[o + 8]! << 16) + (m[o + 9]! << 8) + m[o + 10]!;
+      const slot = type < CODE_SLOTS ? type : UNKNOWN_SLOT;
+      frames[slot]!++;
+      bytes[slot]! += HEADER_SIZE + length;
+      o += HEADER_SIZE + length;
+    }
+  };
+
+  /** Adds the per-kind counts to prom-client counters (called at scrape time). */
+  exportTo(frames: Counter<'direction' | 'kind'>, bytes: Counter<'direction' | 'kind'>): void {
+    frames.reset();
+    bytes.reset();
+    for (const [direction, f, b] of [
+      ['in', this.framesIn, this.bytesIn],
+      ['out', this.framesOut, this.bytesOut],
+    ] as const) {
+      for (let slot = 0; slot <= CODE_SLOTS; slot++) {
+        const n = f[slot]!;
+        if (n === 0) continue;
+        const kind = KIND_NAME_BY_SLOT[slot]!;
+        frames.labels(direction, kind).inc(n);
+        bytes.labels(direction, kind).inc(b[slot]!);
+      }
+    }
+  }
+}
+
+const listenSchema = z
+  .string()
+  .regex(/^(\[[0-9A-Fa-f:.]+\]|[^:[\]\s]+):\d{1,5}$/, 'expected HOST:PORT')
+  .transform((s) => {
+    const i = s.lastIndexOf(':');
+    return { host: s.slice(0, i).replace(/^\[|\]$/g, ''), port: Number(s.slice(i + 1)) };
+  })
+  .refine((a) => a.port <= 65_535, 'port out of range');
+
+export interface ListenAddress {
+  host: string;
+  port: number;
+}
+
+/** Parses `HOST:PORT` / `[v6]:PORT` for --metrics-listen. */
+export function parseMetricsListen(text: string): ListenAddress {
+  const r = listenSchema.safeParse(text);
+  if (!r.success) throw new ServerError('ML_ERR_CONFIG', `invalid metrics listen address "${text}": ${r.error.issues[0]?.message ?? 'invalid'}`);
+  return r.data;
+}
+
+/** Set by the CLI (`server start --metrics-listen`); MESHLINK_METRICS_LISTEN is the fallback. */
+let configuredListen: ListenAddress | null = null;
+export function configureMetricsListen(address: ListenAddress | null): void {
+  configuredListen = address;
+}
+
+export interface ServerMetricsHandle {
+  readonly registry: Registry;
+  /** The bound address of the /metrics listener. */
+  readonly address: ListenAddress;
+}
+
+export interface MetricsFeatureOptions {
+  /** Where to serve /metrics; null/absent: the CLI setting, then MESHLINK_METRICS_LISTEN, else off. */
+  listen?: ListenAddress | null;
+  onStarted?: (handle: ServerMetricsHandle) => void;
+}
+
+export function createMetricsFeature(options: MetricsFeatureOptions = {}): ServerFeature {
+  return async (ctx) => {
+    const env = process.env.MESHLINK_METRICS_LISTEN;
+    const listen = options.listen ?? configuredListen ?? (env ? parseMetricsListen(env) : null);
+    if (!listen) return;
+    const log = ctx.logger.child({ component: 'metrics' });
+    const registry = new Registry();
+    collectDefaultMetrics({ register: registry });
+    const sessions = ctx.sessions;
+    const db = ctx.store.database;
+
+    new Gauge({
+      name: 'meshlink_connected_agents',
+      help: 'Open agent sessions (a node may briefly have two during a make-before-break reconnect).',
+      registers: [registry],
+      collect() {
+        this.set(sessions.sessionCount);
+      },
+    });
+    new Gauge({
+      name: 'meshlink_connected_nodes',
+      help: 'Nodes with at least one open session.',
+      registers: [registry],
+      collect() {
+        this.set(sessions.agents.size);
+      },
+    });
+    const handshakes = new Counter({
+      name: 'meshlink_handshakes_total',
+      help: 'Agent connections: accepted (protocol handshake completed) or refused before the upgrade, by reason.',
+      labelNames: ['result', 'reason'] as const,
+      registers: [registry],
+    });
+    const closes = new Counter({
+      name: 'meshlink_sessions_closed_total',
+      help: 'Agent sessions that ended, by WebSocket close code.',
+      labelNames: ['code'] as const,
+      registers: [registry],
+    });
+    sessions.on('agent-open', () => handshakes.labels('accepted', 'ok').inc());
+    sessions.on('agent-close', (_a, info) => closes.labels(String(info.code)).inc());
+    const onRefused = (reason: string): void => handshakes.labels('refused', reason).inc();
+    ctx.live.registry.refusalObservers.add(onRefused);
+
+    // Store totals (monotonic across restarts: tokens and certificates are never deleted).
+    const counts = db.prepare(`SELECT
+        (SELECT COUNT(*) FROM tokens WHERE consumed_at IS NOT NULL) AS enrollments,
+        (SELECT COUNT(*) FROM certs) AS certs,
+        (SELECT COUNT(*) FROM certs WHERE revoked_at IS NOT NULL) AS revoked,
+        (SELECT COUNT(*) FROM nodes WHERE removed_at IS NOT NULL) AS removed`);
+    let snapshot = { enrollments: 0, certs: 0, revoked: 0, removed: 0 };
+    let snapshotAt = 0;
+    const fresh = (): typeof snapshot => {
+      // One query per scrape, shared by the four counters.
+      if (Date.now() - snapshotAt > 500) {
+        snapshot = counts.get() as typeof snapshot;
+        snapshotAt = Date.now();
+      }
+      return snapshot;
+    };
+    const storeCounter = (name: string, help: string, value: () => number): void => {
+      new Counter({
+        name,
+        help,
+        registers: [registry],
+        collect() {
+          this.reset();
+          const v = value();
+          if (v > 0) this.inc(v);
+        },
+      });
+    };
+    new Gauge({
+      name: 'meshlink_enrolled_nodes',
+      help: 'Enrolled nodes that are not removed.',
+      registers: [registry],
+      collect() {
+        this.set((db.prepare('SELECT COUNT(*) AS n FROM nodes WHERE removed_at IS NULL').get() as { n: number }).n);
+      },
+    });
+    storeCounter('meshlink_enrollments_total', 'Enrollments (consumed one-time tokens), from the store.', () => fresh().enrollments);
+    storeCounter('meshlink_renewals_total', 'Certificate renewals (in-band and /v1/renew), from the store.', () => Math.max(0, fresh().certs - fresh().enrollments));
+    storeCounter('meshlink_revoked_certificates_total', 'Revoked client certificates, from the store.', () => fresh().revoked);
+    storeCounter('meshlink_node_removals_total', 'Nodes removed (their certificates revoked), from the store.', () => fresh().removed);
+
+    const wire = new WireCounters();
+    const removeObserver = addWireObserver('server', wire.observe);
+    const frames = new Counter({ name: 'meshlink_frames_total', help: 'Protocol frames by direction and message kind.', labelNames: ['direction', 'kind'] as const, registers: [registry] });
+    const frameBytes = new Counter({ name: 'meshlink_frame_bytes_total', help: 'Protocol frame bytes (header + payload) by direction and message kind.', labelNames: ['direction', 'kind'] as const, registers: [registry] });
+    new Counter({
+      name: 'meshlink_ws_messages_total',
+      help: 'WebSocket messages (each carries one or more coalesced frames) by direction.',
+      labelNames: ['direction'] as const,
+      registers: [registry],
+      collect() {
+        wire.exportTo(frames, frameBytes);
+        this.reset();
+        if (wire.messagesIn) this.labels('in').inc(wire.messagesIn);
+        if (wire.messagesOut) this.labels('out').inc(wire.messagesOut);
+      },
+    });
+    new Counter({
+      name: 'meshlink_ws_bytes_total',
+      help: 'WebSocket message bytes by direction.',
+      labelNames: ['direction'] as const,
+      registers: [registry],
+      collect() {
+        this.reset();
+        if (wire.messageBytesIn) this.labels('in').inc(wire.messageBytesIn);
+        if (wire.messageBytesOut) this.labels('out').inc(wire.messageBytesOut);
+      },
+    });
+
+    new Gauge({
+      name: 'meshlink_open_streams',
+      help: 'Open multiplexed streams over all agent sessions.',
+      registers: [registry],
+      collect() {
+        let n = 0;
+        for (const set of sessions.agents.values()) for (const a of set) n += a.session.streamCount;
+        this.set(n);
+      },
+    });
+    new Gauge({
+      name: 'meshlink_transport_inflight_bytes',
+      help: 'Bytes handed to agent sockets and not yet written (transport backpressure), summed over sessions.',
+      registers: [registry],
+      collect() {
+        let n = 0;
+        for (const set of sessions.agents.values()) for (const a of set) n += a.session.inflightBytes;
+        this.set(n);
+      },
+    });
+    new Gauge({
+      name: 'meshlink_sessions_backpressured',
+      help: 'Agent sessions whose unwritten transport bytes exceed 64 KiB (a slow or stalled peer; flow control holds their streams).',
+      registers: [registry],
+      collect() {
+        let n = 0;
+        for (const set of sessions.agents.values()) for (const a of set) if (a.session.inflightBytes > 64 * 1024) n++;
+        this.set(n);
+      },
+    });
+
+    const expiry = new Gauge({
+      name: 'meshlink_connected_cert_expiry_seconds',
+      help: 'Seconds until NotAfter of the connected certificate that expires first (min) and the median.',
+      labelNames: ['stat'] as const,
+      registers: [registry],
+      collect() {
+        const left: number[] = [];
+        const now = Date.now();
+        for (const set of sessions.agents.values()) for (const a of set) left.push((a.info.certNotAfter - now) / 1000);
+        this.reset();
+        if (left.length === 0) return;
+        left.sort((x, y) => x - y);
+        expiry.labels('min').set(left[0]!);
+        expiry.labels('median').set(left[Math.floor(left.length / 2)]!);
+      },
+    });
+    new Gauge({
+      name: 'meshlink_connected_certs_expiring',
+      help: 'Connected certificates whose NotAfter is within the window.',
+      labelNames: ['within'] as const,
+      registers: [registry],
+      collect() {
+        const now = Date.now();
+        let day = 0;
+        let week = 0;
+        for (const set of sessions.agents.values()) {
+          for (const a of set) {
+            const left = a.info.certNotAfter - now;
+            if (left < 86_400_000) day++;
+            if (left < 7 * 86_400_000) week++;
+          }
+        }
+        this.labels('1d').set(day);
+        this.labels('7d').set(week);
+      },
+    });
+
+    // Event delivery lag: an event.ack names the highest applied seq; its lag is now minus the event's
+    // creation time in the mesh store (read-only; only when the mesh feature's table exists).
+    const lag = new Histogram({
+      name: 'meshlink_event_delivery_lag_seconds',
+      help: 'Time from a mesh event being created to the agent acknowledging it (event.ack).',
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300],
+      registers: [registry],
+    });
+    const hasEvents = db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'mesh_events'").get() !== undefined;
+    if (hasEvents) {
+      const eventTs = db.prepare('SELECT ts FROM mesh_events WHERE node_id = ? AND seq = ?');
+      const lastAck = new Map<string, number>();
+      sessions.onMessage('event.ack', (agent, ack) => {
+        if ((lastAck.get(agent.nodeId) ?? 0) >= ack.seq) return;
+        lastAck.set(agent.nodeId, ack.seq);
+        const row = eventTs.get(agent.nodeId, ack.seq) as { ts: number } | undefined;
+        if (row) lag.observe(Math.max(0, Date.now() - row.ts) / 1000);
+      });
+      sessions.on('agent-close', (a) => {
+        if (!sessions.isOnline(a.nodeId)) lastAck.delete(a.nodeId);
+      });
+    }
+
+    const server = await serveMetrics(registry, listen);
+    const address = server.address() as AddressInfo;
+    const bound = { host: address.address, port: address.port };
+    log.info({ address: `${bound.host}:${bound.port}` }, 'metrics listening');
+    options.onStarted?.({ registry, address: bound });
+    return {
+      close: () =>
+        new Promise<void>((resolve) => {
+          removeObserver();
+          ctx.live.registry.refusalObservers.delete(onRefused);
+          server.close(() => resolve());
+          server.closeAllConnections();
+        }),
+    };
+  };
+}
+
+/** A plain HTTP listener that serves only GET /metrics from `registry`. */
+export function serveMetrics(registry: Registry, listen: ListenAddress): Promise<Server> {
+  const server = createServer((req, res) => {
+    const path = (req.url ?? '/').split('?')[0];
+    if (path !== '/metrics') {
+      res.writeHead(404, { 'content-type': 'text/plain' }).end('only /metrics here\n');
+      return;
+    }
+    if (req.method !== 'GET' && req.method !== 'HEAD') {
+      res.writeHead(405, { allow: 'GET' }).end();
+      return;
+    }
+    registry.metrics().then(
+      (text) => res.writeHead(200, { 'content-type': registry.contentType }).end(text),
+      (err: unknown) => res.writeHead(500, { 'content-type': 'text/plain' }).end(`metrics collection failed: ${(err as Error).message}\n`),
+    );
+  });
+  server.headersTimeout = 5_000;
+  server.requestTimeout = 10_000;
+  server.keepAliveTimeout = 5_000;
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(listen.port, listen.host, () => {
+      server.off('error', reject);
+      resolve(server);
+    });
+  });
+}
+
+export const metricsFeature: ServerFeature = createMetricsFeature();

@@ -1,0 +1,147 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { ServerFeature, ServerFeatureContext } from '../feature.js';
+import { ServerError } from '../errors.js';
+import { sendJson } from '../http-json.js';
+import { createMetricsFeature, type MetricsFeatureOptions } from '../metrics.js';
+import { listNodes, resolveNode } from '../nodes.js';
+import type { Store } from '../store/store.js';
+import { DEFAULT_RETENTION, ObservabilityStore, type RetentionLimits } from '../store/observability-store.js';
+import type { LiveParts } from '../nodes.js';
+
+/**
+ * Observability (issue 6): the Prometheus listener (metrics.ts) and the agents' uploads —
+ * metrics.batch (latest value per series), logs.batch (warnings and above) and the `dropped` counts
+ * both carry — kept with bounded retention (observability-store.ts). audit.batch is stored by the ops
+ * feature; `nodes show` reads it from there.
+ *
+ * Each node may send at most `batchesPerMinute` batches of each kind (token bucket); more are
+ * discarded and counted, so a misbehaving agent cannot make the server write without bound.
+ */
+
+export interface ObservabilityOptions extends MetricsFeatureOptions {
+  retention?: Partial<RetentionLimits>;
+  batchesPerMinute?: number;
+  /** How often retention by age is applied (default 1 min). */
+  pruneIntervalMs?: number;
+}
+
+/** What `meshlink server nodes show` prints. */
+export interface NodeDetails {
+  id: string;
+  hostname: string;
+  online: boolean;
+  createdAt: string;
+  lastSeen: string | null;
+  removedAt: string | null;
+  agentVersion: string | null;
+  certSerial: string | null;
+  certNotAfter: string | null;
+  metrics: Array<{ name: string; labels: Record<string, string>; value: number; ts: string }>;
+  warnings: Array<{ ts: string; level: string; msg: string; fields: Record<string, unknown> | null }>;
+  audit: Array<{ ts: string; operation: string; actor: string | null; target: string | null; result: string; source: string }>;
+  dropped: Record<string, number>;
+}
+
+const iso = (ms: number | null): string | null => (ms === null ? null : new Date(ms).toISOString());
+
+export function nodeDetails(store: Store, idOrHostname: string, live?: LiveParts, limits = { warnings: 50, audit: 50 }): NodeDetails {
+  const node = resolveNode(store, idOrHostname);
+  const listing = listNodes(store, live).find((n) => n.id === node.id);
+  const obs = new ObservabilityStore(store);
+  return {
+    id: node.id,
+    hostname: node.hostname,
+    online: listing?.online ?? false,
+    createdAt: new Date(node.createdAt).toISOString(),
+    lastSeen: iso(node.lastSeen),
+    removedAt: iso(node.removedAt),
+    agentVersion: node.agentVersion,
+    certSerial: listing?.certSerial ?? null,
+    certNotAfter: listing?.certNotAfter ?? null,
+    metrics: obs.metricsOf(node.id).map((m) => ({ ...m, ts: new Date(m.ts).toISOString() })),
+    warnings: obs.recentLogs(node.id, limits.warnings).map((l) => ({ ts: new Date(l.ts).toISOString(), level: l.level, msg: l.msg, fields: l.fields })),
+    audit: obs.recentAudit(node.id, limits.audit).map((a) => ({ ...a, ts: new Date(a.ts).toISOString() })),
+    dropped: obs.drops(node.id),
+  };
+}
+
+class BatchLimiter {
+  readonly #buckets = new Map<string, { tokens: number; at: number }>();
+  constructor(readonly perMinute: number) {}
+
+  take(key: string, now = Date.now()): boolean {
+    const b = this.#buckets.get(key) ?? { tokens: this.perMinute, at: now };
+    b.tokens = Math.min(this.perMinute, b.tokens + ((now - b.at) * this.perMinute) / 60_000);
+    b.at = now;
+    this.#buckets.set(key, b);
+    if (b.tokens < 1) return false;
+    b.tokens -= 1;
+    return true;
+  }
+
+  forget(prefix: string): void {
+    for (const k of this.#buckets.keys()) if (k.startsWith(prefix)) this.#buckets.delete(k);
+  }
+}
+
+export function createObservabilityFeature(options: ObservabilityOptions = {}): ServerFeature {
+  const metrics = createMetricsFeature(options);
+  return async (ctx: ServerFeatureContext) => {
+    const log = ctx.logger.child({ component: 'observability' });
+    const limits: RetentionLimits = { ...DEFAULT_RETENTION, ...options.retention };
+    const obs = new ObservabilityStore(ctx.store);
+    const limiter = new BatchLimiter(options.batchesPerMinute ?? 30);
+    const admit = (nodeId: string, kind: string): boolean => {
+      if (limiter.take(`${nodeId}\0${kind}`)) return true;
+      obs.addDrops(nodeId, `${kind}.rate_limited`, 1);
+      return false;
+    };
+    const guard = (what: string, fn: () => void): void => {
+      try {
+        fn();
+      } catch (err) {
+        log.error({ err }, `could not store ${what}`);
+      }
+    };
+
+    ctx.sessions.onMessage('metrics.batch', (agent, batch) =>
+      guard('metrics', () => {
+        if (!admit(agent.nodeId, 'metrics')) return;
+        obs.addDrops(agent.nodeId, 'metrics', batch.dropped ?? 0);
+        obs.saveMetrics(agent.nodeId, batch.samples.map((s) => ({ name: s.name, labels: s.labels ?? {}, value: s.value, ts: s.ts })), limits);
+      }),
+    );
+    ctx.sessions.onMessage('logs.batch', (agent, batch) =>
+      guard('logs', () => {
+        if (!admit(agent.nodeId, 'logs')) return;
+        obs.addDrops(agent.nodeId, 'logs', batch.dropped ?? 0);
+        // Only warnings and above are kept, whatever the agent sends; the newest records win.
+        const kept = batch.records.filter((r) => r.level === 'warn' || r.level === 'error' || r.level === 'fatal').slice(-limits.logsPerNode);
+        obs.saveLogs(agent.nodeId, kept.map((r) => ({ ts: r.ts, level: r.level, msg: r.msg, fields: (r.fields as Record<string, unknown> | undefined) ?? null })), limits);
+      }),
+    );
+    ctx.sessions.onMessage('audit.batch', (agent, batch) => guard('audit drops', () => obs.addDrops(agent.nodeId, 'audit', batch.dropped ?? 0)));
+    ctx.sessions.on('agent-close', (a) => {
+      if (!ctx.sessions.isOnline(a.nodeId)) limiter.forget(`${a.nodeId}\0`);
+    });
+
+    const pruneTimer = setInterval(() => guard('retention', () => obs.prune(limits)), options.pruneIntervalMs ?? 60_000);
+    pruneTimer.unref();
+
+    ctx.admin.add('GET /v1/nodes/show', async (req: IncomingMessage, res: ServerResponse) => {
+      const node = new URL(req.url ?? '/', 'http://admin').searchParams.get('node');
+      if (!node || node.length > 253) throw new ServerError('ML_ERR_BAD_REQUEST', 'query parameter node is required');
+      sendJson(res, 200, nodeDetails(ctx.store, node, ctx.live));
+    });
+
+    const metricsHandle = await metrics(ctx);
+    return {
+      async close() {
+        clearInterval(pruneTimer);
+        await metricsHandle?.close?.();
+      },
+    };
+  };
+}
+
+export const observabilityFeature: ServerFeature = createObservabilityFeature();
