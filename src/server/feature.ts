@@ -17,6 +17,8 @@ export interface ServerFeatureContext {
   readonly admin: AdminRoutes;
   readonly live: LiveParts;
   readonly logger: Logger;
+  /** The CA passphrase this server was started with (MESHLINK_CA_PASSPHRASE or the caller's), for sealing feature secrets. */
+  readonly passphrase: string;
 }
 
 export interface ServerFeatureHandle {

@@ -92,7 +92,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
     sessions = sessionHost;
     const adminRoutes = new AdminRoutes();
     if (sessionHost) {
-      const ctx = { config, store, sessions: sessionHost, admin: adminRoutes, live, logger };
+      const ctx = { config, store, sessions: sessionHost, admin: adminRoutes, live, logger, passphrase };
       for (const feature of options.features ?? SERVER_FEATURES) {
         const handle = await feature(ctx);
         if (handle) featureHandles.push(handle);
