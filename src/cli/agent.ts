@@ -8,6 +8,7 @@ import { AGENT_EXIT_CODES, defaultHostname, ENV_ENROLL_TOKEN, ENV_LOG_LEVEL, res
 import { EnrollError, enroll } from '../agent/enroll.js';
 import { isEnrolled, loadIdentity, readAgentStatus, type AgentStatusReading, type Identity } from '../agent/identity.js';
 import { parseCaPin } from '../agent/pin.js';
+import { readMeshStatus } from '../agent/mesh/index.js';
 
 /**
  * `meshlink agent ...`. Thin: parse, validate, call into src/agent, print, map errors to exit codes.
@@ -222,7 +223,7 @@ function registerStatusCommand(agent: Command): void {
         const enrolled = await isEnrolled(stateDir);
         const identity = enrolled ? identityReport(await loadIdentity(stateDir)) : null;
         const connection = connectionReport(await readAgentStatus(stateDir));
-        const report = { enrolled, stateDir, ...(identity ?? {}), connection };
+        const report = { enrolled, stateDir, ...(identity ?? {}), ...(await readMeshStatus(stateDir)), connection };
         if (flags.json) {
           process.stdout.write(`${JSON.stringify(report)}\n`);
           return;

@@ -1,7 +1,9 @@
 import type { Command } from 'commander';
+import { registerMeshCommands } from './server-mesh.js';
 import { registerObservabilityCommands } from './server-observability.js';
 
 /** Subcommands of `meshlink server` that features add (mesh policy, operations, ...). */
 export function registerServerExtensions(server: Command): void {
+  registerMeshCommands(server);
   registerObservabilityCommands(server);
 }

@@ -1,5 +1,6 @@
 import { existsSync } from 'node:fs';
 import { registerServerExtensions } from './server-extensions.js';
+import { createTaggedToken } from '../server/mesh/operator.js';
 import { isIP } from 'node:net';
 import { Command, Option } from 'commander';
 import { z } from 'zod';
@@ -70,7 +71,7 @@ export function parseListen(text: string): { host: string; port: number } {
 const collect = (value: string, previous: string[]): string[] => [...previous, value];
 const dataDirOption = () => new Option('--data-dir <dir>', 'server data dir (default: MESHLINK_DATA_DIR, /var/lib/meshlink/server as root, else ~/.local/share/meshlink/server)');
 
-const tokenCreateOptions = z.object({ dataDir: z.string().optional(), ttl: z.string().default('1h'), node: z.string().min(1).max(128).optional(), json: z.boolean().default(false) });
+const tokenCreateOptions = z.object({ dataDir: z.string().optional(), ttl: z.string().default('1h'), node: z.string().min(1).max(128).optional(), json: z.boolean().default(false), tag: z.array(z.string()).default([]) });
 const listOptions = z.object({ dataDir: z.string().optional(), json: z.boolean().default(false) });
 const removeOptions = z.object({ dataDir: z.string().optional() });
 
@@ -151,14 +152,15 @@ export function registerServerCommands(program: Command): void {
     .option('--ttl <duration>', 'token lifetime, e.g. 1h, 90m', '1h')
     .option('--node <id>', 're-enrollment token that keeps this node id (for an agent whose certificate expired)')
     .option('--json', 'print {"token","expiresAt","caPin","enrollCommand"}')
+    .option('--tag <name>', 'tag for the node that enrolls with this token (repeatable; mesh policy)', collect, [])
     .action(
       action(async (raw: unknown) => {
         const opts = tokenCreateOptions.parse(raw);
         const ttlMs = opts.ttl ? parseDuration(opts.ttl) : DEFAULT_TOKEN_TTL_MS;
         const created = await withServerOrStore<TokenCreation>(
           opts.dataDir,
-          (socket) => adminRequest(socket, 'POST', '/v1/tokens', { ttlMs, nodeId: opts.node ?? null }),
-          (store) => createEnrollmentToken(store, { ttlMs, nodeId: opts.node ?? null }),
+          (socket) => (opts.tag.length > 0 ? adminRequest(socket, 'POST', '/v1/mesh/tokens', { ttlMs, nodeId: opts.node ?? null, tags: opts.tag }) : adminRequest(socket, 'POST', '/v1/tokens', { ttlMs, nodeId: opts.node ?? null })),
+          (store) => (opts.tag.length > 0 ? createTaggedToken(store, { ttlMs, nodeId: opts.node ?? null, tags: opts.tag }) : createEnrollmentToken(store, { ttlMs, nodeId: opts.node ?? null })),
         );
         if (opts.json) {
           const { token: t, expiresAt, caPin, enrollCommand } = created;

@@ -3,6 +3,7 @@ import { ServerError } from './errors.js';
 import type { RevocationList } from './revocation.js';
 import type { NodeRow, Store } from './store/store.js';
 import { createToken } from './tokens.js';
+import { meshListingFields, type MeshListingFields } from './mesh/listing.js';
 
 /**
  * Operator actions shared by the admin channel (server running) and the CLI's direct-store fallback
@@ -12,7 +13,8 @@ import { createToken } from './tokens.js';
 export const META_PUBLIC_URL = 'public_url';
 export const META_CA_PIN = 'ca_pin';
 
-export interface NodeListing {
+/** Mesh fields (meshIp, wgPublicKey, tags, endpoints, observedAddress) come from the mesh feature. */
+export interface NodeListing extends Partial<MeshListingFields> {
   id: string;
   hostname: string;
   online: boolean;
@@ -30,6 +32,7 @@ export interface LiveParts {
 const iso = (ms: number | null): string | null => (ms === null ? null : new Date(ms).toISOString());
 
 export function listNodes(store: Store, live?: LiveParts): NodeListing[] {
+  const mesh = meshListingFields(store);
   return store.listLiveNodes().map((n) => ({
     id: n.id,
     hostname: n.hostname,
@@ -38,6 +41,7 @@ export function listNodes(store: Store, live?: LiveParts): NodeListing[] {
     certSerial: n.certSerial,
     certNotAfter: iso(n.certNotAfter),
     agentVersion: n.agentVersion,
+    ...(mesh.get(n.id) ?? { meshIp: null, wgPublicKey: null, tags: [], endpoints: [], observedAddress: null }),
   }));
 }
 

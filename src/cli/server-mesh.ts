@@ -1,0 +1,202 @@
+import { existsSync } from 'node:fs';
+import { readFile, stat } from 'node:fs/promises';
+import { Command, Option } from 'commander';
+import { z } from 'zod';
+import { MeshlinkError } from '../protocol/errors.js';
+import { AdminUnavailable, adminRequest } from '../server/admin.js';
+import { adminSocketPath, parseServerConfig, storePath } from '../server/config.js';
+import { MeshError } from '../server/mesh/errors.js';
+import { storedPolicy, storePolicy, tagNode } from '../server/mesh/operator.js';
+import { parsePolicy, POLICY_MAX_BYTES, type Policy } from '../server/mesh/policy.js';
+import type { FeedEntry } from '../server/mesh/service.js';
+import { MeshStore } from '../server/store/mesh-store.js';
+import { Store } from '../server/store/store.js';
+
+/**
+ * Mesh subcommands of `meshlink server` (docs/MESH.md):
+ *   policy set FILE | policy show, nodes tag ID_OR_HOSTNAME TAG..., events tail [--node ID],
+ *   mesh rotate-keys NODE, mesh rotate-signing-key.
+ * With a running server they go through its admin socket (which notifies agents); with none, policy
+ * and tags are written to the store and take effect at the next start.
+ * Exit codes as for the other server commands: 2 invalid input (policy file, tag), 3 node not found,
+ * 5 data dir not initialized, 1 anything else.
+ */
+
+const EXIT_BY_CODE: Record<string, number> = {
+  ML_ERR_USAGE: 2,
+  ML_ERR_BAD_REQUEST: 2,
+  ML_ERR_MESH_POLICY: 2,
+  ML_ERR_MESH_TAG: 2,
+  ML_ERR_NODE_NOT_FOUND: 3,
+  ML_ERR_NODE_AMBIGUOUS: 3,
+  ML_ERR_NOT_INITIALIZED: 5,
+};
+
+function action<A extends unknown[]>(fn: (...args: A) => Promise<void>): (...args: A) => Promise<void> {
+  return async (...args: A) => {
+    try {
+      await fn(...args);
+    } catch (err) {
+      const maybe = (err as { code?: unknown } | null)?.code;
+      const code = typeof maybe === 'string' ? maybe : 'ML_ERR_INTERNAL';
+      process.stderr.write(`error ${code}: ${err instanceof Error ? err.message : String(err)}\n`);
+      process.exitCode = EXIT_BY_CODE[code] ?? 1;
+    }
+  };
+}
+
+const dataDirOption = () => new Option('--data-dir <dir>', 'server data dir (default as for server start)');
+
+async function viaServerOrStore<T>(dataDirFlag: string | undefined, viaAdmin: (socket: string) => Promise<T>, direct: ((store: Store) => T) | null): Promise<{ value: T; live: boolean }> {
+  const dataDir = parseServerConfig({ ...(dataDirFlag ? { dataDir: dataDirFlag } : {}) }).dataDir;
+  try {
+    return { value: await viaAdmin(adminSocketPath(dataDir)), live: true };
+  } catch (err) {
+    if (!(err instanceof AdminUnavailable) || direct === null) throw err;
+  }
+  const path = storePath(dataDir);
+  if (!existsSync(path)) throw new MeshlinkError('ML_ERR_NOT_INITIALIZED', `no store at ${path}: run \`meshlink server start\` once`);
+  const store = Store.open(path);
+  try {
+    return { value: direct(store), live: false };
+  } finally {
+    store.close();
+  }
+}
+
+async function readPolicyFile(file: string): Promise<Policy> {
+  const info = await stat(file).catch((err: NodeJS.ErrnoException) => {
+    throw new MeshError('ML_ERR_MESH_POLICY', `cannot read ${file}: ${err.code ?? err.message}`);
+  });
+  if (info.size > POLICY_MAX_BYTES) throw new MeshError('ML_ERR_MESH_POLICY', `${file} is larger than ${POLICY_MAX_BYTES} bytes`);
+  return parsePolicy(await readFile(file, 'utf8'));
+}
+
+function printFeed(entries: FeedEntry[]): void {
+  for (const e of entries) process.stdout.write(`${JSON.stringify(e)}\n`);
+}
+
+export function registerMeshCommands(server: Command): void {
+  const policy = server.command('policy').description('mesh network policy: which tagged nodes may reach which');
+  policy
+    .command('set')
+    .description('replace the policy with FILE ({"rules":[{"from":TAG,"to":TAG}]}, "*" = any node; an invalid file changes nothing)')
+    .argument('<file>', 'policy JSON file')
+    .addOption(dataDirOption())
+    .action(
+      action(async (file: string, raw: unknown) => {
+        const opts = z.object({ dataDir: z.string().optional() }).parse(raw);
+        const parsed = await readPolicyFile(file);
+        const { value, live } = await viaServerOrStore(
+          opts.dataDir,
+          (socket) => adminRequest<{ policyId: string; affectedNodes: string[] }>(socket, 'POST', '/v1/mesh/policy', { policy: parsed }),
+          (store) => ({ ...storePolicy(store, parsed), affectedNodes: [] as string[] }),
+        );
+        process.stdout.write(
+          live
+            ? `policy ${value.policyId} in force; ${value.affectedNodes.length} node(s) notified\n`
+            : `policy ${value.policyId} stored; no server is running, nodes are told at its next start\n`,
+        );
+      }),
+    );
+  policy
+    .command('show')
+    .description('print the policy in force (null = no policy: full mesh)')
+    .addOption(dataDirOption())
+    .action(
+      action(async (raw: unknown) => {
+        const opts = z.object({ dataDir: z.string().optional() }).parse(raw);
+        const { value } = await viaServerOrStore(opts.dataDir, (socket) => adminRequest<{ policy: Policy | null; policyId: string }>(socket, 'GET', '/v1/mesh/policy'), (store) => storedPolicy(store));
+        process.stdout.write(`${JSON.stringify(value.policy, null, 2)}\n`);
+        process.stderr.write(value.policy === null ? 'no policy: every node sees every node\n' : `policy ${value.policyId}\n`);
+      }),
+    );
+
+  const nodes = server.commands.find((c) => c.name() === 'nodes') ?? server.command('nodes').description('enrolled nodes');
+  nodes
+    .command('tag')
+    .description('set the tags of a node (or --add / --remove them); its peers follow the policy at once')
+    .argument('<idOrHostname>', 'node id, or a hostname that names exactly one live node')
+    .argument('<tags...>', 'tags: letters, digits, . _ - (at most 64 characters)')
+    .option('--add', 'add the tags to the node’s tags', false)
+    .option('--remove', 'remove the tags from the node’s tags', false)
+    .addOption(dataDirOption())
+    .action(
+      action(async (idOrHostname: string, tags: string[], raw: unknown) => {
+        const opts = z.object({ dataDir: z.string().optional(), add: z.boolean(), remove: z.boolean() }).parse(raw);
+        if (opts.add && opts.remove) throw new MeshlinkError('ML_ERR_USAGE', '--add and --remove exclude each other');
+        const mode = opts.add ? 'add' : opts.remove ? 'remove' : 'set';
+        const { value } = await viaServerOrStore(
+          opts.dataDir,
+          (socket) => adminRequest<{ id: string; hostname: string; tags: string[] }>(socket, 'POST', '/v1/mesh/tags', { node: idOrHostname, tags, mode }),
+          (store) => tagNode(store, idOrHostname, tags, mode),
+        );
+        process.stdout.write(`${value.id} (${value.hostname}) tags: ${value.tags.length > 0 ? value.tags.join(', ') : '(none)'}\n`);
+      }),
+    );
+
+  const events = server.command('events').description('the mesh event stream');
+  events
+    .command('tail')
+    .description('print recent mesh events and drift reports as JSON lines, then follow (secrets redacted)')
+    .option('--node <idOrHostname>', 'only this node')
+    .option('--last <n>', 'how many recent entries to print first', '20')
+    .option('--no-follow', 'print the recent entries and exit')
+    .addOption(dataDirOption())
+    .action(
+      action(async (raw: unknown) => {
+        const opts = z.object({ dataDir: z.string().optional(), node: z.string().max(253).optional(), last: z.coerce.number().int().min(0).max(10_000), follow: z.boolean() }).parse(raw);
+        const nodeQ = opts.node ? `&node=${encodeURIComponent(opts.node)}` : '';
+        const dataDir = parseServerConfig({ ...(opts.dataDir ? { dataDir: opts.dataDir } : {}) }).dataDir;
+        const socket = adminSocketPath(dataDir);
+        let after = -opts.last;
+        try {
+          const first = await adminRequest<{ entries: FeedEntry[]; last: number }>(socket, 'GET', `/v1/mesh/feed?after=${after}${nodeQ}`);
+          printFeed(first.entries);
+          after = first.last;
+        } catch (err) {
+          if (!(err instanceof AdminUnavailable)) throw err;
+          const { value } = await viaServerOrStore(opts.dataDir, () => Promise.reject(new AdminUnavailable('')), (store) => {
+            const db = new MeshStore(store.database);
+            return db.feedAfter(Math.max(0, db.lastFeedId() - opts.last), null, opts.last);
+          });
+          printFeed(value.filter((r) => !opts.node || r.nodeId === opts.node).map((r) => ({ ...r, ts: new Date(r.ts).toISOString(), kind: r.kind as FeedEntry['kind'], detail: JSON.parse(r.detail) as unknown })));
+          process.stderr.write('no server is running: printed the stored entries only\n');
+          return;
+        }
+        let stop = !opts.follow;
+        process.once('SIGINT', () => (stop = true));
+        process.once('SIGTERM', () => (stop = true));
+        while (!stop) {
+          const next = await adminRequest<{ entries: FeedEntry[]; last: number }>(socket, 'GET', `/v1/mesh/feed?after=${after}${nodeQ}&waitMs=10000`, undefined, 20_000);
+          printFeed(next.entries);
+          after = next.last;
+        }
+      }),
+    );
+
+  const meshCmd = server.command('mesh').description('mesh key operations (need a running server)');
+  meshCmd
+    .command('rotate-keys')
+    .description('ask a node to generate a new WireGuard key (its peers get peer_key_rotated)')
+    .argument('<idOrHostname>', 'node id or unique hostname')
+    .addOption(dataDirOption())
+    .action(
+      action(async (node: string, raw: unknown) => {
+        const opts = z.object({ dataDir: z.string().optional() }).parse(raw);
+        const { value } = await viaServerOrStore(opts.dataDir, (socket) => adminRequest<{ nodeId: string; seq: number }>(socket, 'POST', '/v1/mesh/rotate-keys', { node }), null);
+        process.stdout.write(`rotate_keys sent to ${value.nodeId} (event ${value.seq})\n`);
+      }),
+    );
+  meshCmd
+    .command('rotate-signing-key')
+    .description('create a new event-signing key, announced to every node under the current one')
+    .addOption(dataDirOption())
+    .action(
+      action(async (raw: unknown) => {
+        const opts = z.object({ dataDir: z.string().optional() }).parse(raw);
+        const { value } = await viaServerOrStore(opts.dataDir, (socket) => adminRequest<{ keyId: string; previousKeyId: string }>(socket, 'POST', '/v1/mesh/signing-key/rotate'), null);
+        process.stdout.write(`signing key ${value.keyId} in use; ${value.previousKeyId} accepted during the transition\n`);
+      }),
+    );
+}
