@@ -149,9 +149,9 @@ export function registerMeshCommands(server: Command): void {
         const nodeQ = opts.node ? `&node=${encodeURIComponent(opts.node)}` : '';
         const dataDir = parseServerConfig({ ...(opts.dataDir ? { dataDir: opts.dataDir } : {}) }).dataDir;
         const socket = adminSocketPath(dataDir);
-        let after = -opts.last;
+        let after = 0;
         try {
-          const first = await adminRequest<{ entries: FeedEntry[]; last: number }>(socket, 'GET', `/v1/mesh/feed?after=${after}${nodeQ}`);
+          const first = await adminRequest<{ entries: FeedEntry[]; last: number }>(socket, 'GET', `/v1/mesh/feed?last=${opts.last}${nodeQ}`);
           printFeed(first.entries);
           after = first.last;
         } catch (err) {

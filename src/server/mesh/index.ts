@@ -20,7 +20,7 @@ export { MeshService } from './service.js';
  *   POST /v1/mesh/policy {policy|null}           → {policyId, affectedNodes}
  *   POST /v1/mesh/tags {node, tags, mode}        → {id, hostname, tags, affectedNodes}
  *   POST /v1/mesh/tokens {ttlMs, nodeId?, tags}  → TokenCreation + tags
- *   GET  /v1/mesh/feed?after=&node=&waitMs=      → {entries, last}
+ *   GET  /v1/mesh/feed?after=|last=&node=&waitMs= → {entries, last}
  *   POST /v1/mesh/rotate-keys {node}             → {nodeId, seq}
  *   POST /v1/mesh/signing-key/rotate             → {keyId, previousKeyId}
  */
@@ -107,13 +107,15 @@ export function createMeshFeature(options: MeshFeatureOptions = {}): ServerFeatu
     });
     route('GET /v1/mesh/feed', async (req, res) => {
       const q = new URL(req.url ?? '/', 'http://admin').searchParams;
+      const lastN = q.get('last');
       const after = Number(q.get('after') ?? '0');
       const node = q.get('node');
       const waitMs = Math.min(30_000, Math.max(0, Number(q.get('waitMs') ?? '0')));
-      if (!Number.isSafeInteger(after) || after < -10_000 || !Number.isFinite(waitMs)) throw new ServerError('ML_ERR_BAD_REQUEST', 'after must be an integer (negative: the last N entries)');
+      if (!Number.isSafeInteger(after) || after < 0 || !Number.isFinite(waitMs)) throw new ServerError('ML_ERR_BAD_REQUEST', 'after must be a non-negative integer');
+      if (lastN !== null && !/^\d{1,5}$/.test(lastN)) throw new ServerError('ML_ERR_BAD_REQUEST', 'last must be an integer up to 99999');
       const nodeId = node ? resolveNode(ctx.store, node).id : null;
-      // after < 0: the last |after| entries (of all nodes; filtered by node afterwards).
-      const from = after < 0 ? Math.max(0, mesh.lastFeedId() + after) : after;
+      // last=N: start N entries before the newest (of all nodes; the node filter applies after).
+      const from = lastN !== null ? Math.max(0, mesh.lastFeedId() - Number(lastN)) : after;
       let entries = mesh.feed(from, nodeId);
       if (entries.length === 0 && waitMs > 0) {
         await mesh.waitForFeed(waitMs);
