@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 import type { AgentRunner } from '../agent/connection.js';
 import type { Logger } from '../util/logger.js';
 import { meshRunExtension } from './agent-mesh.js';
+import { opsRunExtension } from './agent-ops.js';
 import { observabilityRunExtension } from '../agent/observability/index.js';
 
 /**
@@ -13,4 +14,4 @@ export interface AgentRunExtension {
   attach(runner: AgentRunner, ctx: { stateDir: string; logger: Logger; opts: Record<string, unknown> }): void | Promise<void>;
 }
 
-export const AGENT_RUN_EXTENSIONS: readonly AgentRunExtension[] = [meshRunExtension, observabilityRunExtension];
+export const AGENT_RUN_EXTENSIONS: readonly AgentRunExtension[] = [meshRunExtension, observabilityRunExtension, opsRunExtension];

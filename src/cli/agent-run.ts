@@ -2,7 +2,8 @@ import type { Command } from 'commander';
 import { Option } from 'commander';
 import { AgentRunner } from '../agent/connection.js';
 import { resolveStateDir } from '../agent/config.js';
-import { createLogger, LOG_LEVELS } from '../util/logger.js';
+import { LOG_LEVELS } from '../util/logger.js';
+import { createAgentLogger } from '../agent/ops/agent-log.js';
 import { AGENT_RUN_EXTENSIONS } from './agent-features.js';
 import { z } from 'zod';
 import { MeshlinkError } from '../protocol/errors.js';
@@ -42,7 +43,7 @@ export function registerRunCommand(agent: Command, onError: (err: unknown) => vo
       try {
         const renewPolicy = parseRunFlags(opts.renewBefore, opts.renewAt);
         const stateDir = resolveStateDir(opts.stateDir);
-        const logger = createLogger({ name: 'meshlink-agent', ...(opts.logLevel ? { level: opts.logLevel } : {}) });
+        const logger = createAgentLogger(stateDir, opts.logLevel);
         const runner = new AgentRunner({ stateDir, logger, renewPolicy: Object.freeze(renewPolicy) });
         for (const ext of AGENT_RUN_EXTENSIONS) await ext.attach(runner, { stateDir, logger, opts });
         const stop = (signal: string): void => {

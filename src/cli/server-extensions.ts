@@ -1,9 +1,11 @@
 import type { Command } from 'commander';
 import { registerMeshCommands } from './server-mesh.js';
 import { registerObservabilityCommands } from './server-observability.js';
+import { registerOpsCommands } from './server-ops.js';
 
 /** Subcommands of `meshlink server` that features add (mesh policy, operations, ...). */
 export function registerServerExtensions(server: Command): void {
   registerMeshCommands(server);
   registerObservabilityCommands(server);
+  registerOpsCommands(server);
 }

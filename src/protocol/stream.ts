@@ -114,9 +114,31 @@ export class MuxStream extends Duplex {
     // the application has not attached its own 'error' listener yet: it can still observe the error
     // through its listeners, `errored`, 'close', and failing reads and writes.
     this.on('error', () => {});
+    // Typed messages that arrive before the application listens are held, not lost: the opener can
+    // only attach its listener once openStream has resolved, and the peer may send a message in the
+    // same WebSocket message as its stream.accept (e.g. action.ack). Delivered in order on the first listener.
+    this.on('newListener', (event: string | symbol) => {
+      if (event !== 'message' || this.#early.length === 0) return;
+      queueMicrotask(() => {
+        const held = this.#early;
+        this.#early = [];
+        for (const m of held) super.emit('message', m);
+      });
+    });
     this.#receiveAllowance = INITIAL_WINDOW;
     this.#credited = INITIAL_WINDOW;
     this.#window = host.receiveWindow;
+  }
+
+  /** See the constructor: messages received before any 'message' listener (bounded). */
+  #early: unknown[] = [];
+
+  override emit(event: string | symbol, ...args: any[]): boolean {
+    if (event === 'message' && this.listenerCount('message') === 0) {
+      if (this.#early.length < 1024) this.#early.push(args[0]);
+      return false;
+    }
+    return super.emit(event, ...args);
   }
 
   /** Bytes the peer still lets us send. */

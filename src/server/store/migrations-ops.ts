@@ -1,4 +1,47 @@
 import type { Migration } from './migrations.js';
 
 /** Schema migrations of the ops feature: versions 200–299, append only (see migrations.ts). */
-export const OPS_MIGRATIONS: readonly Migration[] = [];
+export const OPS_MIGRATIONS: readonly Migration[] = [
+  {
+    version: 200,
+    name: 'ops: audit log, agent bundles, upgrade status',
+    sql: `
+      -- One row per admin operation (and per agent-reported record): inserted when it starts,
+      -- completed with its result when it ends. Times in ms since the epoch.
+      CREATE TABLE ops_audit (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts          INTEGER NOT NULL,
+        finished_at INTEGER,
+        source      TEXT NOT NULL CHECK (source IN ('admin', 'agent')),
+        actor       TEXT,
+        operation   TEXT NOT NULL,
+        node_id     TEXT,
+        target      TEXT,
+        result      TEXT NOT NULL,
+        details     TEXT
+      ) STRICT;
+      CREATE INDEX ops_audit_ts ON ops_audit (ts);
+
+      -- Agent builds the server can hand out. At most one is current (the offer).
+      CREATE TABLE ops_agent_bundles (
+        build_id   TEXT PRIMARY KEY,
+        sha256     TEXT NOT NULL,
+        version    TEXT NOT NULL,
+        size       INTEGER NOT NULL,
+        file       TEXT NOT NULL,
+        percent    INTEGER NOT NULL CHECK (percent BETWEEN 0 AND 100),
+        current    INTEGER NOT NULL DEFAULT 0 CHECK (current IN (0, 1)),
+        created_at INTEGER NOT NULL
+      ) STRICT;
+
+      -- The last upgrade status each node reported (agent.upgrade.status).
+      CREATE TABLE ops_upgrade_status (
+        node_id  TEXT PRIMARY KEY,
+        build_id TEXT NOT NULL,
+        state    TEXT NOT NULL,
+        message  TEXT,
+        ts       INTEGER NOT NULL
+      ) STRICT;
+    `,
+  },
+];

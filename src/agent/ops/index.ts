@@ -1,0 +1,73 @@
+import type { AgentRunner } from '../connection.js';
+import type { Logger } from '../../util/logger.js';
+import { ActionService } from './actions.js';
+import { agentLogFileOf } from './agent-log.js';
+import { AuditReporter } from './audit.js';
+import { ExecService } from './exec.js';
+import { LogTailService } from './log-tail.js';
+import { parseOpsOptions, type OpsOptionsInput } from './options.js';
+import { TransferService } from './transfer.js';
+import { SelfUpgrader } from './upgrade.js';
+
+export { createAgentLogger } from './agent-log.js';
+export { registerReconciler } from './builtins.js';
+
+/**
+ * The agent's half of operations (docs/OPERATIONS.md): handlers for the server-opened streams
+ * action.request, exec.open, log.stream and file.open, agent.upgrade offers, and audit reports.
+ */
+
+export interface OpsAgentContext {
+  stateDir: string;
+  logger: Logger;
+  options: OpsOptionsInput;
+  /** Replaces the exit-75 restart after a self-upgrade (tests). */
+  restart?: () => void;
+}
+
+export interface OpsAgentHandle {
+  readonly buildId: string | null;
+  readonly actions: ActionService;
+  readonly exec: ExecService;
+  readonly logs: LogTailService;
+  readonly transfers: TransferService;
+  readonly upgrader: SelfUpgrader | null;
+  counters(): Record<string, number>;
+}
+
+export async function opsAgentFeature(runner: AgentRunner, ctx: OpsAgentContext): Promise<OpsAgentHandle> {
+  const opts = parseOpsOptions(ctx.options, ctx.stateDir);
+  const log = ctx.logger.child({ component: 'ops' });
+  const audit = new AuditReporter(runner);
+  const upgrader = opts.bundlePath
+    ? await SelfUpgrader.create(runner, { bundlePath: opts.bundlePath, logger: log, ...(ctx.restart ? { restart: ctx.restart } : {}) })
+    : null;
+  const buildId = upgrader?.buildId ?? null;
+
+  const exec = new ExecService(opts, audit);
+  const logs = new LogTailService(agentLogFileOf(ctx.logger));
+  const transfers = new TransferService(opts, audit);
+  const counters = (): Record<string, number> => ({
+    runningActions: actions.running,
+    queuedActions: actions.queued,
+    runningExecs: exec.running,
+    logFollowers: logs.followers,
+    activeTransfers: transfers.active,
+  });
+  const actions = new ActionService(opts, { logger: log, audit, builtin: { runner, stateDir: ctx.stateDir, buildId, counters } });
+
+  runner.onStream('action.request', (stream, session) => actions.handle(stream, session));
+  runner.onStream('exec.open', (stream, session) => exec.handle(stream, session));
+  runner.onStream('log.stream', (stream, session) => logs.handle(stream, session));
+  runner.onStream('file.open', (stream, session) => transfers.handle(stream, session));
+
+  if (upgrader) {
+    runner.addHelloFields(() => ({ buildId: upgrader.buildId }));
+    runner.onMessage('agent.upgrade', (offer) => void upgrader.offer(offer));
+    runner.on('connected', (_session, welcome: { upgrade?: Parameters<SelfUpgrader['offer']>[0] }) => {
+      if (welcome.upgrade) void upgrader.offer(welcome.upgrade);
+    });
+  }
+  log.info({ allowExec: opts.allowExec, transferDirs: opts.transferDirs, hooksDir: opts.hooksDir, maxActions: opts.maxActions, buildId }, 'operations ready');
+  return { buildId, actions, exec, logs, transfers, upgrader, counters };
+}

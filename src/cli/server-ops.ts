@@ -1,0 +1,255 @@
+import { userInfo } from 'node:os';
+import { readFile } from 'node:fs/promises';
+import { Option, type Command } from 'commander';
+import { z } from 'zod';
+import { MeshlinkError } from '../protocol/errors.js';
+import { adminSocketPath, parseServerConfig } from '../server/config.js';
+import { OpsClientError, opsAdminRequest, pullFile, pushFile, runAction, runExec, tailLogs } from '../server/ops/client.js';
+import type { AuditRecord, UpgradeStatusRow } from '../server/store/ops-store.js';
+import { actionName } from '../server/ops/tunnel-protocol.js';
+import { parseDuration } from '../util/duration.js';
+
+/**
+ * `meshlink server action|exec|logs|cp|audit|upgrade` (docs/OPERATIONS.md): thin clients of the
+ * running server's admin socket. NODE is a node id or a unique hostname.
+ *
+ * Exit codes: exec and action pass the remote command's exit code through (128+n for a signal);
+ * meshlink's own failures print `error CODE: message` on stderr and exit with OPS_EXIT.
+ */
+export const OPS_EXIT = { OK: 0, INTERNAL: 1, USAGE: 2, NODE: 3, OFFLINE: 7, REFUSED: 8, TIMEOUT: 9, TRANSFER: 10, NO_SERVER: 11 } as const;
+
+const EXIT_BY_CODE: Record<string, number> = {
+  ML_ERR_USAGE: OPS_EXIT.USAGE,
+  ML_ERR_DURATION: OPS_EXIT.USAGE,
+  ML_ERR_CONFIG: OPS_EXIT.USAGE,
+  ML_ERR_OPS_BAD_REQUEST: OPS_EXIT.USAGE,
+  ML_ERR_NODE_NOT_FOUND: OPS_EXIT.NODE,
+  ML_ERR_NODE_AMBIGUOUS: OPS_EXIT.NODE,
+  ML_ERR_OPS_NODE_OFFLINE: OPS_EXIT.OFFLINE,
+  ML_ERR_OPS_EXEC_DISABLED: OPS_EXIT.REFUSED,
+  ML_ERR_OPS_TRANSFER_DISABLED: OPS_EXIT.REFUSED,
+  ML_ERR_OPS_PATH_FORBIDDEN: OPS_EXIT.REFUSED,
+  ML_ERR_OPS_UNKNOWN_ACTION: OPS_EXIT.REFUSED,
+  ML_ERR_OPS_BUSY: OPS_EXIT.REFUSED,
+  ML_ERR_OPS_NO_LOG: OPS_EXIT.REFUSED,
+  ML_ERR_OPS_NOT_FOUND: OPS_EXIT.REFUSED,
+  ML_ERR_OPS_SPAWN: OPS_EXIT.REFUSED,
+  ML_ERR_UNSUPPORTED: OPS_EXIT.REFUSED,
+  ML_ERR_OPS_TIMEOUT: OPS_EXIT.TIMEOUT,
+  ML_ERR_OPS_CHECKSUM: OPS_EXIT.TRANSFER,
+  ML_ERR_OPS_IO: OPS_EXIT.TRANSFER,
+  ML_ERR_OPS_INTERRUPTED: OPS_EXIT.TRANSFER,
+  ML_ERR_SERVER_NOT_RUNNING: OPS_EXIT.NO_SERVER,
+};
+
+class UsageError extends MeshlinkError {
+  constructor(message: string) {
+    super('ML_ERR_USAGE', message);
+  }
+}
+
+function fail(err: unknown): void {
+  const maybe = (err as { code?: unknown } | null)?.code;
+  const code = typeof maybe === 'string' ? maybe : 'ML_ERR_INTERNAL';
+  process.stderr.write(`error ${code}: ${err instanceof Error ? err.message : String(err)}\n`);
+  process.exitCode = EXIT_BY_CODE[code] ?? OPS_EXIT.INTERNAL;
+}
+
+function action<A extends unknown[]>(fn: (...args: A) => Promise<void>): (...args: A) => Promise<void> {
+  return async (...args: A) => {
+    try {
+      await fn(...args);
+    } catch (err) {
+      fail(err);
+    }
+  };
+}
+
+/** Exit with `code` once stdout is flushed (stdin of exec may otherwise keep the process alive). */
+function exitAfterFlush(code: number): void {
+  process.stdout.write('', () => process.stderr.write('', () => process.exit(code)));
+}
+
+/** The operator, as recorded in the audit log: the socket's file permission is the authentication. */
+function actor(): string {
+  const u = userInfo();
+  return `${u.username}(uid ${u.uid})`;
+}
+
+function socketOf(dataDir: string | undefined): string {
+  return adminSocketPath(parseServerConfig({ ...(dataDir ? { dataDir } : {}) }).dataDir);
+}
+
+const dataDirOption = () => new Option('--data-dir <dir>', 'server data dir (default: MESHLINK_DATA_DIR or the documented default)');
+const collect = (value: string, previous: string[] = []): string[] => [...previous, value];
+
+function remoteExit(exitCode: number | null, signal: string | null | undefined): number {
+  if (exitCode !== null) return exitCode;
+  const n = signal ? (({ SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGKILL: 9, SIGTERM: 15 }) as Record<string, number>)[signal] : undefined;
+  return n ? 128 + n : OPS_EXIT.INTERNAL;
+}
+
+/** `NODE:/abs/path` → {node, path}; anything else is local. */
+export function parseRemote(spec: string): { node: string; path: string } | null {
+  const m = /^([^:/\s]+):(\/.*)$/.exec(spec);
+  return m ? { node: m[1]!, path: m[2]! } : null;
+}
+
+export function registerOpsCommands(server: Command): void {
+  server
+    .command('action')
+    .description('run a built-in (ping, diagnostics, reconcile) or hook action on a node')
+    .argument('<node>', 'node id or hostname')
+    .argument('<name>', 'action name')
+    .option('--arg <key=value>', 'argument for the action (repeatable; hooks get MESHLINK_ARG_<KEY>)', collect)
+    .option('--timeout <duration>', 'kill the action after this long', '60s')
+    .option('--json', 'print the result as JSON (output included) instead of streaming it')
+    .addOption(dataDirOption())
+    .action(
+      action(async (node: string, name: string, raw: unknown) => {
+        const o = z.object({ arg: z.array(z.string()).default([]), timeout: z.string(), json: z.boolean().default(false), dataDir: z.string().optional() }).parse(raw);
+        if (!actionName.safeParse(name).success) throw new UsageError(`invalid action name ${name}`);
+        const args: Record<string, string> = {};
+        for (const a of o.arg) {
+          const i = a.indexOf('=');
+          if (i <= 0) throw new UsageError(`--arg must be KEY=VALUE: ${a}`);
+          args[a.slice(0, i)] = a.slice(i + 1);
+        }
+        const timeoutMs = parseDuration(o.timeout);
+        const chunks: Buffer[] = [];
+        const errChunks: Buffer[] = [];
+        const collectTo = (list: Buffer[]) => ({ write: (c: Buffer) => (list.push(Buffer.from(c)), true), once: () => {} });
+        const io = o.json
+          ? { stdout: collectTo(chunks) as never, stderr: collectTo(errChunks) as never }
+          : { stdout: process.stdout, stderr: process.stderr, onAck: (queued: boolean) => queued && process.stderr.write('queued behind other actions…\n') };
+        const r = await runAction(socketOf(o.dataDir), { op: 'action', node, actor: actor(), action: name, args, timeoutMs }, io);
+        if (o.json) {
+          process.stdout.write(JSON.stringify({ ...r, type: undefined, output: Buffer.concat(chunks).toString('utf8'), stderr: Buffer.concat(errChunks).toString('utf8') }) + '\n');
+        } else if (r.truncated) process.stderr.write('(output truncated at the agent’s cap)\n');
+        if (r.error) {
+          const code = /^(ML_ERR_[A-Z_]+)/.exec(r.error)?.[1] ?? 'ML_ERR_INTERNAL';
+          if (!o.json) process.stderr.write(`error ${r.error}\n`);
+          process.exitCode = EXIT_BY_CODE[code] ?? OPS_EXIT.INTERNAL;
+          return;
+        }
+        process.exitCode = remoteExit(r.exitCode, r.signal);
+      }),
+    );
+
+  server
+    .command('exec')
+    .description('run a command on a node (agent needs --allow-exec); stdin/stdout/stderr stream both ways; exits with its exit code')
+    .argument('<node>', 'node id or hostname')
+    .argument('<command...>', 'command and arguments (after --)')
+    .addOption(dataDirOption())
+    .action(
+      action(async (node: string, command: string[], raw: unknown) => {
+        const o = z.object({ dataDir: z.string().optional() }).parse(raw);
+        const [cmd, ...args] = command;
+        if (!cmd) throw new UsageError('no command given: meshlink server exec NODE -- CMD [ARGS…]');
+        const r = await runExec(socketOf(o.dataDir), { op: 'exec', node, actor: actor(), command: cmd, args }, { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr });
+        exitAfterFlush(remoteExit(r.exitCode, r.signal));
+      }),
+    );
+
+  server
+    .command('logs')
+    .description('print the agent’s own log; --follow keeps streaming until interrupted')
+    .argument('<node>', 'node id or hostname')
+    .option('--follow', 'keep printing new lines')
+    .option('--lines <n>', 'lines from the end to start with', '100')
+    .addOption(dataDirOption())
+    .action(
+      action(async (node: string, raw: unknown) => {
+        const o = z.object({ follow: z.boolean().default(false), lines: z.coerce.number().int().min(0).max(100_000), dataDir: z.string().optional() }).parse(raw);
+        const abort = new AbortController();
+        const stop = (): void => abort.abort();
+        process.once('SIGINT', stop);
+        process.once('SIGTERM', stop);
+        await tailLogs(socketOf(o.dataDir), { op: 'logs', node, actor: actor(), lines: o.lines, follow: o.follow }, process.stdout, abort.signal);
+        process.off('SIGINT', stop);
+        process.off('SIGTERM', stop);
+      }),
+    );
+
+  server
+    .command('cp')
+    .description('copy a file to or from a node: cp LOCAL NODE:/PATH or cp NODE:/PATH LOCAL (agent needs --transfer-dir)')
+    .argument('<source>')
+    .argument('<destination>')
+    .option('--retries <n>', 'resume this many times after a dropped connection', '5')
+    .option('--json', 'print {"size","sha256","resumedFrom","attempts"}')
+    .addOption(dataDirOption())
+    .action(
+      action(async (source: string, destination: string, raw: unknown) => {
+        const o = z.object({ retries: z.coerce.number().int().min(0).max(1000), json: z.boolean().default(false), dataDir: z.string().optional() }).parse(raw);
+        const src = parseRemote(source);
+        const dst = parseRemote(destination);
+        if ((src === null) === (dst === null)) throw new UsageError('exactly one side must be NODE:/absolute/path');
+        const policy = { retries: o.retries, delayMs: 1000, onRetry: (e: OpsClientError, n: number) => process.stderr.write(`transfer interrupted (${e.code}); resuming (attempt ${n + 1})\n`) };
+        const socket = socketOf(o.dataDir);
+        const r = dst
+          ? await pushFile(socket, { node: dst.node, actor: actor(), local: source, remote: dst.path }, policy)
+          : await pullFile(socket, { node: src!.node, actor: actor(), remote: src!.path, local: destination }, policy);
+        if (o.json) process.stdout.write(JSON.stringify(r) + '\n');
+        else process.stderr.write(`${r.size} bytes, sha256 ${r.sha256}${r.resumedFrom > 0 ? `, resumed at ${r.resumedFrom}` : ''}\n`);
+      }),
+    );
+
+  server
+    .command('audit')
+    .description('the audit log of operations (newest first)')
+    .option('--json', 'print a JSON array')
+    .option('--limit <n>', 'records to show', '100')
+    .addOption(dataDirOption())
+    .action(
+      action(async (raw: unknown) => {
+        const o = z.object({ json: z.boolean().default(false), limit: z.coerce.number().int().min(1).max(10_000), dataDir: z.string().optional() }).parse(raw);
+        const list = await opsAdminRequest<AuditRecord[]>(socketOf(o.dataDir), 'GET', `/v1/ops/audit?limit=${o.limit}`);
+        if (o.json) {
+          process.stdout.write(JSON.stringify(list) + '\n');
+          return;
+        }
+        const rows = [['TIME', 'SOURCE', 'ACTOR', 'OPERATION', 'NODE', 'TARGET', 'RESULT'], ...list.map((a) => [new Date(a.ts).toISOString(), a.source, a.actor ?? '-', a.operation, a.nodeId ?? '-', a.target ?? '-', a.result])];
+        const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+        for (const r of rows) process.stdout.write(r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd() + '\n');
+      }),
+    );
+
+  const upgrade = server.command('upgrade').description('agent self-upgrade: the bundle the server offers');
+  upgrade
+    .command('set')
+    .description('offer this agent bundle to agents (build id = its SHA-256); --percent stages the roll-out')
+    .argument('<bundle>', 'single-file agent bundle (npm run bundle)')
+    .option('--percent <n>', 'share of nodes (by a stable hash of node and build) that get it', '100')
+    .option('--bundle-version <v>', 'version label (default: from the bundle banner)')
+    .option('--json', 'print the result as JSON')
+    .addOption(dataDirOption())
+    .action(
+      action(async (bundle: string, raw: unknown) => {
+        const o = z.object({ percent: z.coerce.number().int().min(0).max(100), bundleVersion: z.string().optional(), json: z.boolean().default(false), dataDir: z.string().optional() }).parse(raw);
+        const bytes = await readFile(bundle);
+        const q = new URLSearchParams({ percent: String(o.percent), actor: actor(), ...(o.bundleVersion ? { version: o.bundleVersion } : {}) });
+        const r = await opsAdminRequest<{ buildId: string; version: string; size: number; percent: number; notified: number }>(socketOf(o.dataDir), 'POST', `/v1/ops/upgrade?${q}`, bytes);
+        if (o.json) process.stdout.write(JSON.stringify(r) + '\n');
+        else process.stdout.write(`offering build ${r.buildId} (version ${r.version}, ${r.size} bytes) to ${r.percent}% of nodes; ${r.notified} connected agent(s) notified\n`);
+      }),
+    );
+  upgrade
+    .command('status')
+    .description('the offered build and what each node reported')
+    .option('--json', 'print JSON')
+    .addOption(dataDirOption())
+    .action(
+      action(async (raw: unknown) => {
+        const o = z.object({ json: z.boolean().default(false), dataDir: z.string().optional() }).parse(raw);
+        const r = await opsAdminRequest<{ current: { buildId: string; version: string; percent: number } | null; nodes: UpgradeStatusRow[] }>(socketOf(o.dataDir), 'GET', '/v1/ops/upgrade');
+        if (o.json) {
+          process.stdout.write(JSON.stringify(r) + '\n');
+          return;
+        }
+        process.stdout.write(r.current ? `offered: ${r.current.buildId} (version ${r.current.version}, ${r.current.percent}%)\n` : 'no bundle offered\n');
+        for (const n of r.nodes) process.stdout.write(`${n.nodeId}  ${n.state}  ${n.buildId}${n.message ? `  ${n.message}` : ''}\n`);
+      }),
+    );
+}

@@ -1,0 +1,37 @@
+import type { Readable, Writable } from 'node:stream';
+import type { WebSocket } from 'ws';
+
+/**
+ * Backpressure between the operator's WebSocket and an agent stream, in both directions, so that
+ * neither the server nor the CLI ever holds more than about a window of an operation's bytes.
+ */
+
+/** Bytes queued on the WebSocket above which the source stream is paused. */
+const WS_HIGH_WATER = 1024 * 1024;
+
+/** Copies `src` into binary WebSocket messages; pauses `src` while the socket is backed up. */
+export function pipeReadableToWs(src: Readable, ws: WebSocket): void {
+  let waiting = false;
+  src.on('data', (chunk: Buffer) => {
+    if (ws.readyState !== ws.OPEN) return;
+    ws.send(chunk, { binary: true }, () => {
+      if (waiting && ws.bufferedAmount < WS_HIGH_WATER / 2) {
+        waiting = false;
+        src.resume();
+      }
+    });
+    if (ws.bufferedAmount > WS_HIGH_WATER && !waiting) {
+      waiting = true;
+      src.pause();
+    }
+  });
+}
+
+/** Writes one binary WebSocket message into `dst`; stops reading the socket until `dst` drains. */
+export function writeFromWs(ws: WebSocket, dst: Writable, chunk: Buffer): void {
+  if (dst.destroyed || dst.writableEnded) return;
+  if (!dst.write(chunk)) {
+    ws.pause();
+    dst.once('drain', () => ws.resume());
+  }
+}

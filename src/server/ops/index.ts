@@ -1,0 +1,43 @@
+import type { ServerFeature } from '../feature.js';
+import { opsStoreOf } from '../store/ops-store.js';
+import { registerOpsAdminRoutes } from './admin-api.js';
+import { createOperations } from './operations.js';
+import { createTunnelServer } from './tunnel.js';
+import { OPS_STREAM_PATH } from './tunnel-protocol.js';
+import { UpgradeDistributor } from './upgrades.js';
+
+/**
+ * Operations over multiplexed streams (docs/OPERATIONS.md): remote actions, exec, log tail, file
+ * transfer on agent streams, driven through the admin socket; the audit log; agent upgrades.
+ */
+export const opsFeature: ServerFeature = (ctx) => {
+  const log = ctx.logger.child({ component: 'ops' });
+  const ops = opsStoreOf(ctx.store);
+  const upgrades = new UpgradeDistributor({ store: ctx.store, ops, sessions: ctx.sessions, dataDir: ctx.config.dataDir, logger: log });
+
+  const tunnels = createTunnelServer(log, createOperations({ store: ctx.store, ops, sessions: ctx.sessions, logger: log }));
+  ctx.admin.addUpgrade(OPS_STREAM_PATH, (req, socket, head) => tunnels.handleUpgrade(req, socket, head));
+  registerOpsAdminRoutes(ctx.admin, { ops, upgrades });
+
+  ctx.sessions.addWelcomeFields((hello, info) => {
+    const offer = upgrades.offerFor(info.nodeId, hello);
+    return offer ? { upgrade: offer } : {};
+  });
+
+  ctx.sessions.onMessage('agent.upgrade.status', (agent, s) => {
+    ops.setUpgradeStatus({ nodeId: agent.nodeId, buildId: s.buildId, state: s.state, message: s.message ?? null, ts: Date.now() });
+    if (s.state === 'applied' || s.state === 'failed') {
+      ops.recordAudit({ source: 'agent', actor: null, operation: 'agent.upgrade', nodeId: agent.nodeId, target: s.buildId, result: s.state, details: s.message ? { message: s.message } : null });
+    }
+    log[s.state === 'failed' ? 'warn' : 'info']({ nodeId: agent.nodeId, buildId: s.buildId, state: s.state, message: s.message }, 'agent upgrade status');
+  });
+
+  // What the agent itself reports having done (every action, exec and transfer, with its outcome).
+  ctx.sessions.onMessage('audit.batch', (agent, batch) => {
+    for (const r of batch.records) {
+      ops.recordAudit({ source: 'agent', ts: r.ts, actor: r.actor ?? null, operation: r.action, nodeId: agent.nodeId, target: r.target ?? null, result: r.result, details: r.details ?? null });
+    }
+  });
+
+  return { close: () => tunnels.close() };
+};

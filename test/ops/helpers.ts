@@ -1,0 +1,68 @@
+import { join } from 'node:path';
+import { AgentRunner } from '../../src/agent/connection.js';
+import { enroll } from '../../src/agent/enroll.js';
+import { createAgentLogger } from '../../src/agent/ops/agent-log.js';
+import { opsAgentFeature, type OpsAgentHandle } from '../../src/agent/ops/index.js';
+import type { OpsOptionsInput } from '../../src/agent/ops/options.js';
+import { createEnrollmentToken } from '../../src/server/nodes.js';
+import { tempDir, startTestServer, type TestServer } from '../server/helpers.js';
+import type { ServerConfigInput } from '../../src/server/config.js';
+import type { Logger } from '../../src/util/logger.js';
+
+/** A real server (mTLS gateway, SQLite, admin socket) and a real in-process agent with the ops feature. */
+export interface OpsPair {
+  ts: TestServer;
+  socket: string;
+  nodeId: string;
+  stateDir: string;
+  runner: AgentRunner;
+  ops: OpsAgentHandle;
+  logger: Logger;
+  running: Promise<number>;
+  /** Waits until the node has an open session on the server. */
+  online(timeoutMs?: number): Promise<void>;
+  stop(): Promise<void>;
+}
+
+export async function waitUntil(what: string, probe: () => boolean | Promise<boolean>, timeoutMs = 20_000, everyMs = 20): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await probe())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+}
+
+export async function startOpsPair(
+  options: OpsOptionsInput = {},
+  extra: { server?: Partial<ServerConfigInput>; hostname?: string; restart?: () => void; logLevel?: string } = {},
+): Promise<OpsPair> {
+  const ts = await startTestServer(extra.server ?? {});
+  const agentDir = await tempDir('ml-ops-agent-');
+  const stateDir = join(agentDir.path, 'state');
+  const { token } = createEnrollmentToken(ts.server.store, { ttlMs: 60_000 });
+  const { identity } = await enroll({ server: ts.url, token, caPins: [ts.server.caPin], stateDir, hostname: extra.hostname ?? 'ops-host' });
+  const logger = createAgentLogger(stateDir, extra.logLevel ?? 'info', { stdout: false });
+  // The in-process agent's log lines would flood the test output: the file is what `logs` tails.
+  const runner = new AgentRunner({ stateDir, logger, backoff: { baseMs: 50, maxMs: 500 } });
+  const ops = await opsAgentFeature(runner, { stateDir, logger, options, ...(extra.restart ? { restart: extra.restart } : {}) });
+  const running = runner.run();
+  const pair: OpsPair = {
+    ts,
+    socket: ts.server.adminSocketPath,
+    nodeId: identity.nodeId,
+    stateDir,
+    runner,
+    ops,
+    logger,
+    running,
+    online: (timeoutMs = 20_000) => waitUntil('agent online', () => ts.server.sessions?.current(identity.nodeId) !== undefined, timeoutMs),
+    async stop() {
+      runner.stop();
+      await running.catch(() => {});
+      await ts.stop();
+      await agentDir.cleanup();
+    },
+  };
+  await pair.online();
+  return pair;
+}
