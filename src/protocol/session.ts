@@ -5,7 +5,7 @@ import { DEFAULT_MAX_FRAME_SIZE, Flags } from './frame.js';
 import { MeshlinkError, ProtocolError, isProtocolError, type ErrorCode } from './errors.js';
 import { kindByName, maySend, type InputOf, type KindName, type MessageKind, type PayloadOf, type Role } from './registry.js';
 import { SUPPORTED_VERSIONS, negotiateVersion } from './handshake.js';
-import { SendScheduler } from './scheduler.js';
+import { SendScheduler, releaseMessageBuffer } from './scheduler.js';
 import { INITIAL_WINDOW, MuxStream, type StreamHost } from './stream.js';
 import { systemTimers, type Timers } from './timers.js';
 
@@ -18,7 +18,11 @@ import { systemTimers, type Timers } from './timers.js';
  */
 
 export interface Transport {
-  /** Sends one binary message; `done` runs once the transport has written it out. */
+  /**
+   * Sends one binary message; `done` runs once the transport has written it out. Contract: after
+   * `done()` without an error the transport holds no reference to `message` (the session reuses the
+   * buffer); a transport that keeps it longer must copy it.
+   */
   send(message: Uint8Array, done: (err?: Error | null) => void): void;
   /** Closes the transport with a WebSocket close code. Called at most once. */
   close(code: number, reason: string): void;
@@ -650,8 +654,10 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
         if (!next) break;
         const size = next.message.byteLength;
         this.#inflightBytes += size;
-        this.#transport.send(next.message, () => {
+        const pooled = next.pooled;
+        this.#transport.send(next.message, (err) => {
           this.#inflightBytes -= size;
+          if (pooled && !err) releaseMessageBuffer(pooled);
           if (this.#scheduler.hasWork) this.#queueFlush();
         });
         for (const cb of next.sent) cb();
