@@ -1,7 +1,7 @@
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, resolve, dirname } from 'node:path';
+import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 export interface BenchPki {
@@ -14,7 +14,17 @@ export interface BenchPki {
   cleanup(): void;
 }
 
-const root = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
+/** The repository root: this file runs compiled (dist/bench/lib) and from source (bench/lib). */
+function repoRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  while (!existsSync(join(dir, 'certs', 'make-test-pki.sh'))) {
+    const up = dirname(dir);
+    if (up === dir) throw new Error('cannot find certs/make-test-pki.sh above ' + fileURLToPath(import.meta.url));
+    dir = up;
+  }
+  return dir;
+}
+const root = repoRoot();
 
 /** A throwaway CA, server and client certificate (certs/make-test-pki.sh, needs openssl). */
 export function makePki(dir?: string): BenchPki {
