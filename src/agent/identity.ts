@@ -4,7 +4,7 @@ import { access, chmod, lstat, mkdir, open, readFile, readdir, readlink, rename,
 import { dirname, join } from 'node:path';
 import { z } from 'zod';
 import { MeshlinkError } from '../protocol/errors.js';
-import { writeFileAtomic } from '../util/atomic-file.js';
+import { fsyncDir, writeFileAtomic } from '../util/atomic-file.js';
 import { caPinSchema, spkiDerOf, spkiPinOf } from './pin.js';
 
 /**
@@ -101,15 +101,6 @@ export function certificateInfo(cert: X509Certificate): CertificateInfo {
 
 function isErrno(err: unknown, code: string): boolean {
   return typeof err === 'object' && err !== null && (err as { code?: unknown }).code === code;
-}
-
-async function fsyncDir(dir: string): Promise<void> {
-  const handle = await open(dir, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
 }
 
 /**

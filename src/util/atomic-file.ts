@@ -41,7 +41,8 @@ export async function writeFileAtomic(
   await fsyncDir(dir);
 }
 
-async function fsyncDir(dir: string): Promise<void> {
+/** Makes a directory's entries (a rename, a new file or link) durable. */
+export async function fsyncDir(dir: string): Promise<void> {
   const handle = await open(dir, 'r');
   try {
     await handle.sync();
