@@ -1,4 +1,7 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { MeshlinkError } from '../../protocol/errors.js';
 import type { Logger } from '../../util/logger.js';
 import { KEEPALIVE_S } from './wg-config.js';
@@ -8,7 +11,9 @@ import type { PeerInfo } from './wire.js';
  * Applies the mesh state to a real WireGuard interface with `ip` and `wg`: creates the interface once
  * (kernel WireGuard, or wireguard-go in userspace when the kernel has none), assigns the mesh address,
  * and from then on changes peers one by one with `wg set` against what `wg show dump` reports, so the
- * interface is never restarted and live tunnels are not disturbed. Secrets go to `wg` on stdin.
+ * interface is never restarted and live tunnels are not disturbed. Secrets reach `wg` through a 0600
+ * file in a fresh 0700 directory that is removed right after (never on the command line; `wg` cannot
+ * read them from /dev/stdin when stdin is a socket, as it is under Node).
  */
 
 export class WireGuardError extends MeshlinkError {
@@ -17,15 +22,16 @@ export class WireGuardError extends MeshlinkError {
   }
 }
 
-export type CommandRunner = (cmd: string, args: string[], input?: string) => Promise<string>;
+export type CommandRunner = (cmd: string, args: string[]) => Promise<string>;
 
-export const runCommand: CommandRunner = (cmd, args, input) =>
+export const runCommand: CommandRunner = (cmd, args) =>
   new Promise((resolve, reject) => {
     const child = execFile(cmd, args, { timeout: 10_000, maxBuffer: 16 * 1024 * 1024 }, (err, stdout, stderr) => {
-      if (err) reject(new WireGuardError(`${cmd} ${args.filter((a) => !a.startsWith('/dev/')).slice(0, 4).join(' ')} failed: ${String(stderr).trim() || err.message}`, { cause: err }));
+      if (err) reject(new WireGuardError(`${cmd} ${args.slice(0, 4).join(' ')} failed: ${String(stderr).trim() || err.message}`, { cause: err }));
       else resolve(stdout);
     });
-    child.stdin?.end(input ?? '');
+    child.stdin?.on('error', () => {});
+    child.stdin?.end();
   });
 
 export interface ActualPeer {
@@ -94,6 +100,23 @@ export class WireGuardApplier {
     return { ok: true, reason: 'ok' };
   }
 
+  /** Runs `wg` with secrets[i] in a private file whose path replaces the i-th `{secret}` argument. */
+  async #wgWithSecrets(args: string[], secrets: string[]): Promise<void> {
+    const dir = await mkdtemp(join(tmpdir(), 'meshlink-wg-'));
+    try {
+      const paths: string[] = [];
+      for (const [i, secret] of secrets.entries()) {
+        const path = join(dir, `s${i}`);
+        await writeFile(path, `${secret}\n`, { mode: 0o600 });
+        paths.push(path);
+      }
+      let j = 0;
+      await this.#run('wg', args.map((a) => (a === '{secret}' ? paths[j++]! : a)));
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  }
+
   async #exists(): Promise<boolean> {
     try {
       await this.#run('ip', ['link', 'show', 'dev', this.#o.interfaceName]);
@@ -108,7 +131,7 @@ export class WireGuardApplier {
     const dev = this.#o.interfaceName;
     if (!(await this.#exists())) await this.#create();
     if (privateKey !== this.#privateKey) {
-      await this.#run('wg', ['set', dev, 'private-key', '/dev/stdin', 'listen-port', String(this.#o.listenPort)], `${privateKey}\n`);
+      await this.#wgWithSecrets(['set', dev, 'private-key', '{secret}', 'listen-port', String(this.#o.listenPort)], [privateKey]);
       this.#privateKey = privateKey;
     }
     if (meshIp !== this.#address) {
@@ -133,11 +156,13 @@ export class WireGuardApplier {
         this.#o.logger.info({ interface: dev, reason: (err as Error).message }, 'no kernel WireGuard; starting wireguard-go');
       }
     }
-    const child = spawn('wireguard-go', ['-f', dev], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, WG_PROCESS_FOREGROUND: '1' } });
+    const child = spawn('wireguard-go', ['-f', dev], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, WG_PROCESS_FOREGROUND: '1', LOG_LEVEL: 'error' } });
     let stderr = '';
-    child.stderr!.on('data', (c: Buffer) => {
+    const collect = (c: Buffer): void => {
       if (stderr.length < 4096) stderr += c.toString('utf8');
-    });
+    };
+    child.stdout!.on('data', collect);
+    child.stderr!.on('data', collect);
     const spawned = new Promise<void>((resolve, reject) => {
       child.once('error', (err) => reject(new WireGuardError(`cannot start wireguard-go: ${err.message}`, { cause: err })));
       child.once('spawn', () => resolve());
@@ -187,9 +212,9 @@ export class WireGuardApplier {
       const endpoint = p.endpoints[0] ?? null;
       const endpointDiffers = endpoint !== null && a?.endpoint !== endpoint;
       if (a && a.psk === p.psk && a.allowedIps.length === 1 && a.allowedIps[0] === allowed && !endpointDiffers) continue;
-      const args = ['set', dev, 'peer', p.publicKey, 'preshared-key', '/dev/stdin', 'allowed-ips', allowed, 'persistent-keepalive', String(KEEPALIVE_S)];
+      const args = ['set', dev, 'peer', p.publicKey, 'preshared-key', '{secret}', 'allowed-ips', allowed, 'persistent-keepalive', String(KEEPALIVE_S)];
       if (endpoint) args.push('endpoint', endpoint);
-      await this.#run('wg', args, `${p.psk}\n`);
+      await this.#wgWithSecrets(args, [p.psk]);
       if (!a) drift.push({ field: `wg.peer.${p.publicKey}`, expected: 'present', actual: 'absent' });
       else drift.push({ field: `wg.peer.${p.publicKey}`, expected: `${allowed} ${endpoint ?? ''}`.trim(), actual: `${a.allowedIps.join(',')} ${a.endpoint ?? ''}`.trim() });
     }
