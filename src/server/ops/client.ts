@@ -61,6 +61,7 @@ export function runTunnel(socketPath: string, request: OpsRequest, handlers: Tun
       },
       cancel() {
         cancelled = true;
+        if (ws.isPaused) ws.resume();
         ws.close(1000);
       },
     };
@@ -136,7 +137,7 @@ export async function runExec(
     onData: (c) => writeTo(io.stdout, c),
     onEvent(e, t) {
       if (e.type === 'stderr') io.stderr.write(Buffer.from(e.data, 'base64'));
-      else if (e.type === 'started') pumpStdin(io.stdin, t);
+      else if (e.type === 'ack') pumpStdin(io.stdin, t);
     },
   });
   if (!final || final.type !== 'exit') throw new OpsClientError('ML_ERR_OPS_INTERRUPTED', 'no exit status');

@@ -91,6 +91,8 @@ async function run(t: Tunnel, open: Open): Promise<string> {
       const stream = await openChecked(t, open, 'exec.open', { command: r.command, args: r.args, ...(r.cwd ? { cwd: r.cwd } : {}) });
       let exit: PayloadOf<'exec.exit'> | null = null;
       t.onData((chunk) => writeFromWs(t.ws, stream, chunk));
+      // The command runs: the client may send stdin from now on (bytes before this would have nowhere to go).
+      t.event({ type: 'ack', startedAt: Date.now(), queued: false });
       t.onClientEvent((e) => {
         if (stream.destroyed || stream.writableEnded) return;
         if (e.type === 'eof') stream.end();

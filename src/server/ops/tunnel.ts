@@ -64,6 +64,11 @@ export function createTunnelServer(log: Logger, run: OperationHandler): { handle
     const cancelHandlers: Array<() => void> = [];
     const timer = setTimeout(() => closeWith({ code: 'ML_ERR_OPS_BAD_REQUEST', message: 'no request within 10 s' }), REQUEST_TIMEOUT_MS);
 
+    /** A socket paused for backpressure could not read the client's close frame: resume it first. */
+    function closeNow(): void {
+      if (ws.isPaused) ws.resume();
+      ws.close(1000);
+    }
     function send(e: TunnelEvent): void {
       if (ws.readyState === ws.OPEN) ws.send(JSON.stringify(e));
     }
@@ -72,7 +77,7 @@ export function createTunnelServer(log: Logger, run: OperationHandler): { handle
       ended = true;
       clearTimeout(timer);
       send({ type: 'error', code: e.code, message: e.message });
-      ws.close(1000);
+      closeNow();
     }
 
     ws.on('error', () => {});
@@ -110,7 +115,7 @@ export function createTunnelServer(log: Logger, run: OperationHandler): { handle
           finish() {
             if (ended) return;
             ended = true;
-            ws.close(1000);
+            closeNow();
           },
           get ended() {
             return ended;

@@ -1,0 +1,109 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { mkdir, readFile, readdir, stat, symlink, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { pullFile, pushFile, runTunnel } from '../../src/server/ops/client.js';
+import { tempDir } from '../server/helpers.js';
+import { startOpsPair, waitUntil, type OpsPair } from './helpers.js';
+
+const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+
+describe('file transfer over real mTLS', () => {
+  let p: OpsPair;
+  let none: OpsPair;
+  let local: { path: string; cleanup(): Promise<void> };
+  let remote: string;
+  beforeAll(async () => {
+    local = await tempDir('ml-ops-local-');
+    remote = join(local.path, 'agent-area');
+    await mkdir(remote);
+    [p, none] = await Promise.all([startOpsPair({ transferDirs: [remote] }), startOpsPair({})]);
+  });
+  afterAll(async () => {
+    await Promise.all([p?.stop(), none?.stop()]);
+    await local?.cleanup();
+  });
+
+  it('push and pull round trip with SHA-256 end to end', async () => {
+    const data = randomBytes(3 * 1024 * 1024 + 17);
+    await writeFile(join(local.path, 'up.bin'), data);
+    const up = await pushFile(p.socket, { node: p.nodeId, actor: 't', local: join(local.path, 'up.bin'), remote: join(remote, 'up.bin') });
+    expect(up).toMatchObject({ size: data.length, sha256: sha(data), resumedFrom: 0, attempts: 1 });
+    expect(sha(await readFile(join(remote, 'up.bin')))).toBe(sha(data));
+    expect((await stat(join(remote, 'up.bin'))).mode & 0o777).toBe(0o600);
+    const down = await pullFile(p.socket, { node: p.nodeId, actor: 't', remote: join(remote, 'up.bin'), local: join(local.path, 'down.bin') });
+    expect(down.sha256).toBe(sha(data));
+    expect(sha(await readFile(join(local.path, 'down.bin')))).toBe(sha(data));
+    // No temp or part files are left on either side.
+    expect((await readdir(remote)).filter((n) => n.includes('meshlink-part'))).toEqual([]);
+    expect((await readdir(local.path)).filter((n) => n.includes('meshlink-part'))).toEqual([]);
+  });
+
+  it('empty files work both ways', async () => {
+    await writeFile(join(local.path, 'empty'), '');
+    await pushFile(p.socket, { node: p.nodeId, actor: 't', local: join(local.path, 'empty'), remote: join(remote, 'empty') });
+    const r = await pullFile(p.socket, { node: p.nodeId, actor: 't', remote: join(remote, 'empty'), local: join(local.path, 'empty2') });
+    expect(r.size).toBe(0);
+    expect((await stat(join(local.path, 'empty2'))).size).toBe(0);
+  });
+
+  it('is refused without --transfer-dir, outside it, through a symlink, and for missing files', async () => {
+    await writeFile(join(local.path, 'x'), 'x');
+    await expect(pushFile(none.socket, { node: none.nodeId, actor: 't', local: join(local.path, 'x'), remote: join(remote, 'x') })).rejects.toMatchObject({ code: 'ML_ERR_OPS_TRANSFER_DISABLED' });
+    await expect(pushFile(p.socket, { node: p.nodeId, actor: 't', local: join(local.path, 'x'), remote: join(local.path, 'outside') })).rejects.toMatchObject({ code: 'ML_ERR_OPS_PATH_FORBIDDEN' });
+    await expect(pushFile(p.socket, { node: p.nodeId, actor: 't', local: join(local.path, 'x'), remote: `${remote}/../escape` })).rejects.toMatchObject({ code: 'ML_ERR_OPS_PATH_FORBIDDEN' });
+    await symlink(local.path, join(remote, 'link'));
+    await expect(pushFile(p.socket, { node: p.nodeId, actor: 't', local: join(local.path, 'x'), remote: join(remote, 'link', 'escape') })).rejects.toMatchObject({ code: 'ML_ERR_OPS_PATH_FORBIDDEN' });
+    await symlink('/etc/hostname', join(remote, 'file-link'));
+    await expect(pullFile(p.socket, { node: p.nodeId, actor: 't', remote: join(remote, 'file-link'), local: join(local.path, 'y') })).rejects.toMatchObject({ code: 'ML_ERR_OPS_PATH_FORBIDDEN' });
+    await expect(pullFile(p.socket, { node: p.nodeId, actor: 't', remote: join(remote, 'missing'), local: join(local.path, 'y') })).rejects.toMatchObject({ code: 'ML_ERR_OPS_NOT_FOUND' });
+    expect(existsSync(join(local.path, 'outside'))).toBe(false);
+    expect(existsSync(join(local.path, 'escape'))).toBe(false);
+  });
+
+  it('content that does not match its SHA-256 is never committed', async () => {
+    const body = Buffer.from('the real bytes');
+    const claimed = sha(Buffer.from('other bytes!!!'));
+    await expect(
+      runTunnel(p.socket, { op: 'push', node: p.nodeId, actor: 't', path: join(remote, 'bad'), size: body.length, sha256: claimed }, {
+        onEvent(e, t) {
+          if (e.type === 'resume') void t.send(body).then(() => t.event({ type: 'eof' }));
+        },
+      }),
+    ).rejects.toMatchObject({ code: 'ML_ERR_OPS_CHECKSUM' });
+    expect(existsSync(join(remote, 'bad'))).toBe(false);
+    expect((await readdir(remote)).filter((n) => n.includes('meshlink-part'))).toEqual([]);
+  });
+
+  it('a push resumes after the agent connection drops, from what the agent holds', async () => {
+    const data = randomBytes(48 * 1024 * 1024);
+    await writeFile(join(local.path, 'big.bin'), data);
+    let dropped = false;
+    const part = join(remote, `.big.bin.${sha(data).slice(0, 16)}.meshlink-part`);
+    const dropper = waitUntil('part grows', async () => ((await stat(part).catch(() => null))?.size ?? 0) > 4 * 1024 * 1024, 30_000, 5).then(() => {
+      dropped = true;
+      p.ts.server.live.registry.closeAll(1012, 'test drop');
+    });
+    const r = await pushFile(p.socket, { node: p.nodeId, actor: 't', local: join(local.path, 'big.bin'), remote: join(remote, 'big.bin') }, { retries: 10, delayMs: 200 });
+    await dropper;
+    expect(dropped).toBe(true);
+    expect(r.attempts).toBeGreaterThanOrEqual(2);
+    expect(r.resumedFrom).toBeGreaterThan(4 * 1024 * 1024);
+    expect(sha(await readFile(join(remote, 'big.bin')))).toBe(sha(data));
+  });
+
+  it('a pull resumes after the agent connection drops, from the local part', async () => {
+    const data = randomBytes(48 * 1024 * 1024);
+    await writeFile(join(remote, 'big-down.bin'), data);
+    const part = join(local.path, '.big-down.local.meshlink-part');
+    const dropper = waitUntil('local part grows', async () => ((await stat(part).catch(() => null))?.size ?? 0) > 4 * 1024 * 1024, 30_000, 5).then(() =>
+      p.ts.server.live.registry.closeAll(1012, 'test drop'),
+    );
+    const r = await pullFile(p.socket, { node: p.nodeId, actor: 't', remote: join(remote, 'big-down.bin'), local: join(local.path, 'big-down.local') }, { retries: 10, delayMs: 200 });
+    await dropper;
+    expect(r.attempts).toBeGreaterThanOrEqual(2);
+    expect(r.resumedFrom).toBeGreaterThan(4 * 1024 * 1024);
+    expect(sha(await readFile(join(local.path, 'big-down.local')))).toBe(sha(data));
+  });
+});
