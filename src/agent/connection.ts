@@ -218,6 +218,9 @@ export class AgentRunner extends EventEmitter {
       ws.once('open', () => {
         const session = attachSession(ws, { role: 'agent', handshakeTimeoutMs: this.#opts.connectTimeoutMs });
         const closed = new Promise<CloseInfo>((r) => session.once('close', r));
+        // Handlers attach before the handshake: the server may send right after welcome, in the same
+        // read, before any continuation of ours runs.
+        session.on('message', (msg) => this.#dispatchMessage(msg, session));
         session.on('stream', (stream) => {
           const handler = this.#streamHandlers.get(stream.kind);
           if (!handler) {
@@ -320,21 +323,6 @@ export class AgentRunner extends EventEmitter {
     };
     const timer = setInterval(beat, interval);
     beat();
-    session.on('message', (msg) => {
-      if (msg.name === 'heartbeat.ack') {
-        this.lastHeartbeatRttMs = Date.now() - (msg.payload as { ts: number }).ts;
-        this.emit('heartbeat', this.lastHeartbeatRttMs);
-      } else {
-        for (const handle of this.#messageHandlers.get(msg.name) ?? []) {
-          try {
-            handle(msg.payload as never, session);
-          } catch (err) {
-            this.#log.error({ err: describe(err), kind: msg.name }, 'message handler failed');
-          }
-        }
-        this.emit('message', msg);
-      }
-    });
     session.on('goaway', (g) => this.#log.info({ reason: g.reason }, 'server sent goaway'));
     this.#scheduleRenewal();
 
@@ -343,6 +331,22 @@ export class AgentRunner extends EventEmitter {
     if (this.#live === live) this.#live = null;
     if (!live.replacedBy) this.#log.info({ code: info.code, reason: info.reason, error: info.error?.code }, 'disconnected');
     return info;
+  }
+
+  #dispatchMessage(msg: { name: string; payload: unknown }, session: Session): void {
+    if (msg.name === 'heartbeat.ack') {
+      this.lastHeartbeatRttMs = Date.now() - (msg.payload as { ts: number }).ts;
+      this.emit('heartbeat', this.lastHeartbeatRttMs);
+      return;
+    }
+    for (const handle of this.#messageHandlers.get(msg.name) ?? []) {
+      try {
+        handle(msg.payload as never, session);
+      } catch (err) {
+        this.#log.error({ err: describe(err), kind: msg.name }, 'message handler failed');
+      }
+    }
+    this.emit('message', msg);
   }
 
   // ---------------------------------------------------------------- renewal

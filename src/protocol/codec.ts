@@ -1,6 +1,6 @@
 import { Encoder, Decoder } from '@msgpack/msgpack';
 import { deflateRawSync, inflateRawSync } from 'node:zlib';
-import { Flags, HEADER_SIZE, writeHeader, type Frame } from './frame.js';
+import { Flags, HEADER_SIZE, writeHeader, writeHeaderUnchecked, type Frame } from './frame.js';
 import { ProtocolError } from './errors.js';
 import { kindByCode, requireKind, type KindName, type MessageKind, type InputOf } from './registry.js';
 
@@ -53,22 +53,37 @@ export function encodeMessage<N extends KindName>(
   return out;
 }
 
-const STREAM_DATA_CODE = requireKind('stream.data').code;
+const STREAM_DATA = requireKind('stream.data').code;
 
 /** Size of the MessagePack bin header for `n` bytes of data. */
 export function binHeaderSize(n: number): number {
   return n < 0x100 ? 2 : n < 0x10000 ? 3 : 5;
 }
 
+/** The code of stream.data, for the hot paths that bypass the generic codec. */
+export const STREAM_DATA_CODE = STREAM_DATA;
+
+/** Bytes before the data in a stream.data frame of `dataLength` bytes: frame header + bin header. */
+export function dataPrefixSize(dataLength: number): number {
+  return HEADER_SIZE + binHeaderSize(dataLength);
+}
+
 /**
- * The frame header plus the bin header of a stream.data frame carrying `dataLength` bytes, so that
- * bulk data is copied once, straight into the outgoing WebSocket message.
+ * Writes the frame header and bin header of a stream.data frame carrying `dataLength` bytes into
+ * `target` at `offset` and returns where the data goes, so bulk data is copied exactly once, straight
+ * into the outgoing WebSocket message.
  */
-export function encodeDataPrefix(stream: number, dataLength: number, endStream: boolean): Uint8Array {
+export function writeDataPrefix(target: Uint8Array, offset: number, stream: number, dataLength: number, endStream: boolean): number {
   const binLen = binHeaderSize(dataLength);
-  const out = new Uint8Array(HEADER_SIZE + binLen);
-  writeHeader(out, 0, { type: STREAM_DATA_CODE, stream, flags: endStream ? Flags.END_STREAM : 0, length: binLen + dataLength });
-  writeBinHeader(out, HEADER_SIZE, dataLength);
+  writeHeaderUnchecked(target, offset, STREAM_DATA, stream, endStream ? Flags.END_STREAM : 0, binLen + dataLength);
+  writeBinHeader(target, offset + HEADER_SIZE, dataLength);
+  return offset + HEADER_SIZE + binLen;
+}
+
+/** The prefix alone, as a new buffer (tests, and callers that send the data separately). */
+export function encodeDataPrefix(stream: number, dataLength: number, endStream: boolean): Uint8Array {
+  const out = new Uint8Array(dataPrefixSize(dataLength));
+  writeDataPrefix(out, 0, stream, dataLength, endStream);
   return out;
 }
 
@@ -82,7 +97,10 @@ function writeBinHeader(target: Uint8Array, at: number, n: number): void {
     target[at + 2] = n & 0xff;
   } else {
     target[at] = 0xc6;
-    new DataView(target.buffer, target.byteOffset + at + 1, 4).setUint32(0, n);
+    target[at + 1] = n >>> 24;
+    target[at + 2] = (n >>> 16) & 0xff;
+    target[at + 3] = (n >>> 8) & 0xff;
+    target[at + 4] = n & 0xff;
   }
 }
 
@@ -95,7 +113,7 @@ function encodeBin(data: Uint8Array): Uint8Array {
 }
 
 /** Reads a MessagePack bin value that must span the whole buffer; returns a zero-copy view. */
-function decodeBin(body: Uint8Array): Uint8Array {
+export function decodeBin(body: Uint8Array): Uint8Array {
   const tag = body[0];
   let len: number;
   let h: number;
@@ -106,7 +124,7 @@ function decodeBin(body: Uint8Array): Uint8Array {
     len = (body[1]! << 8) | body[2]!;
     h = 3;
   } else if (tag === 0xc6 && body.byteLength >= 5) {
-    len = new DataView(body.buffer, body.byteOffset + 1, 4).getUint32(0);
+    len = body[1]! * 0x1000000 + ((body[2]! << 16) | (body[3]! << 8) | body[4]!);
     h = 5;
   } else {
     throw new ProtocolError('ML_ERR_BAD_PAYLOAD', 'expected a MessagePack bin payload');

@@ -53,7 +53,7 @@ export class FrameDecoder {
       const header = readHeader(buf, offset);
       const end = offset + HEADER_SIZE + this.#checkHeader(header);
       if (end > buf.byteLength) break;
-      frames.push({ ...header, payload: buf.subarray(offset + HEADER_SIZE, end) });
+      frames.push({ type: header.type, stream: header.stream, flags: header.flags, length: header.length, payload: buf.subarray(offset + HEADER_SIZE, end) });
       offset = end;
     }
     if (offset < buf.byteLength) {

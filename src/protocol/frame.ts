@@ -56,11 +56,25 @@ export function writeHeader(target: Uint8Array, offset: number, header: FrameHea
   if (!Number.isInteger(header.length) || header.length < 0 || header.length > MAX_U32) {
     throw new RangeError(`frame length out of range: ${header.length}`);
   }
-  const view = new DataView(target.buffer, target.byteOffset + offset, HEADER_SIZE);
-  view.setUint16(0, header.type);
-  view.setUint32(2, header.stream);
-  view.setUint8(6, header.flags & 0xff);
-  view.setUint32(7, header.length);
+  writeHeaderUnchecked(target, offset, header.type, header.stream, header.flags, header.length);
+}
+
+/**
+ * The hot-path form of writeHeader for callers that construct valid fields themselves (the
+ * scheduler's data frames): plain byte stores, no object and no DataView per frame.
+ */
+export function writeHeaderUnchecked(target: Uint8Array, offset: number, type: number, stream: number, flags: number, length: number): void {
+  target[offset] = type >>> 8;
+  target[offset + 1] = type & 0xff;
+  target[offset + 2] = stream >>> 24;
+  target[offset + 3] = (stream >>> 16) & 0xff;
+  target[offset + 4] = (stream >>> 8) & 0xff;
+  target[offset + 5] = stream & 0xff;
+  target[offset + 6] = flags & 0xff;
+  target[offset + 7] = length >>> 24;
+  target[offset + 8] = (length >>> 16) & 0xff;
+  target[offset + 9] = (length >>> 8) & 0xff;
+  target[offset + 10] = length & 0xff;
 }
 
 export function encodeHeader(header: FrameHeader): Uint8Array {
@@ -71,13 +85,17 @@ export function encodeHeader(header: FrameHeader): Uint8Array {
 
 /** Reads a header from `source` at `offset`; the caller guarantees HEADER_SIZE bytes are there. */
 export function readHeader(source: Uint8Array, offset: number): FrameHeader {
-  const view = new DataView(source.buffer, source.byteOffset + offset, HEADER_SIZE);
   return {
-    type: view.getUint16(0),
-    stream: view.getUint32(2),
-    flags: view.getUint8(6),
-    length: view.getUint32(7),
+    type: (source[offset]! << 8) | source[offset + 1]!,
+    stream: readU32(source, offset + 2),
+    flags: source[offset + 6]!,
+    length: readU32(source, offset + 7),
   };
+}
+
+function readU32(source: Uint8Array, at: number): number {
+  // Multiply rather than shift the top byte: `<< 24` would turn values ≥ 2^31 negative.
+  return source[at]! * 0x1000000 + ((source[at + 1]! << 16) | (source[at + 2]! << 8) | source[at + 3]!);
 }
 
 /** Header plus payload in one buffer. */

@@ -1,4 +1,5 @@
 import type { MuxStream, OutgoingFrame } from './stream.js';
+import { writeDataPrefix } from './codec.js';
 
 /**
  * Decides what goes into the next WebSocket message (docs/PROTOCOL.md §7):
@@ -43,15 +44,15 @@ export class SendScheduler {
    * credit). `sent` callbacks must run after the message is handed to the transport.
    */
   next(maxMessageBytes: number, maxDataFrame: number): { message: Uint8Array; pooled: Buffer | null; sent: Array<() => void> } | null {
-    const parts: Uint8Array[] = [];
+    const frames: OutgoingFrame[] = [];
     const sent: Array<() => void> = [];
     let size = 0;
 
     while (this.#priority.length > 0 && (size === 0 || size + this.#priority[0]!.byteLength <= maxMessageBytes)) {
-      const frame = this.#priority.shift()!;
-      this.#priorityBytes -= frame.byteLength;
-      parts.push(frame);
-      size += frame.byteLength;
+      const bytes = this.#priority.shift()!;
+      this.#priorityBytes -= bytes.byteLength;
+      frames.push({ bytes, data: null, stream: 0, size: bytes.byteLength, sent: null });
+      size += bytes.byteLength;
     }
 
     while (size < maxMessageBytes && this.#ready.size > 0) {
@@ -63,9 +64,9 @@ export class SendScheduler {
         // Fill the message, but never cut a data frame below 4 KiB just to fit: the message may
         // overshoot maxMessageBytes by that much rather than carry tiny fragments.
         const room = Math.max(maxMessageBytes - size, 4096);
-        const frame: OutgoingFrame | null = stream._takeFrame(Math.min(room, maxDataFrame));
+        const frame = stream._takeFrame(Math.min(room, maxDataFrame));
         if (frame) {
-          parts.push(...frame.parts);
+          frames.push(frame);
           size += frame.size;
           if (frame.sent) sent.push(frame.sent);
           progressed = true;
@@ -76,13 +77,21 @@ export class SendScheduler {
     }
 
     if (size === 0) return null;
-    if (parts.length === 1) return { message: parts[0]!, pooled: null, sent };
+    const only = frames[0]!;
+    if (frames.length === 1 && only.bytes) return { message: only.bytes, pooled: null, sent };
     const pooled = size <= POOLED_CAPACITY ? acquireMessageBuffer() : null;
     const message = pooled ? pooled.subarray(0, size) : Buffer.allocUnsafe(size);
     let at = 0;
-    for (const p of parts) {
-      message.set(p, at);
-      at += p.byteLength;
+    for (const f of frames) {
+      if (f.bytes) {
+        message.set(f.bytes, at);
+        at += f.bytes.byteLength;
+      } else {
+        const data = f.data!;
+        at = writeDataPrefix(message, at, f.stream, data.byteLength, false);
+        message.set(data, at);
+        at += data.byteLength;
+      }
     }
     return { message, pooled, sent };
   }

@@ -1,6 +1,6 @@
 import { EventEmitter } from 'node:events';
 import { FrameDecoder, decodeMessage } from './decoder.js';
-import { decodeFrame, encodeMessage } from './codec.js';
+import { STREAM_DATA_CODE, decodeBin, decodeFrame, encodeMessage } from './codec.js';
 import { DEFAULT_MAX_FRAME_SIZE, Flags } from './frame.js';
 import { MeshlinkError, ProtocolError, isProtocolError, type ErrorCode } from './errors.js';
 import { kindByName, maySend, type InputOf, type KindName, type MessageKind, type PayloadOf, type Role } from './registry.js';
@@ -324,6 +324,12 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     try {
       for (const frame of decodeMessage(message, this.#decoder)) {
         if ((this.state as SessionState) === 'closed') return;
+        // Fast path for the bulk of traffic: uncompressed stream.data skips the generic codec
+        // (no schema, no intermediate objects); the checks are the same as in #dispatch.
+        if (frame.type === STREAM_DATA_CODE && (frame.flags & Flags.COMPRESSED) === 0 && this.state === 'open' && frame.stream !== 0) {
+          this.#receiveStreamData(frame.stream, frame.flags, decodeBin(frame.payload));
+          continue;
+        }
         this.#dispatch(decodeFrame(frame, this.maxFrameSize));
       }
     } catch (err) {
@@ -519,8 +525,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
         }
         return;
       case 'stream.data':
-        if (stream.state !== 'open') throw new ProtocolError('ML_ERR_STREAM_ID', `data on stream ${id} before it was accepted`);
-        stream._receiveData(payload as Uint8Array, (flags & Flags.END_STREAM) !== 0);
+        this.#receiveStreamData(id, flags, payload as Uint8Array);
         return;
       case 'stream.window':
         stream._addCredit((payload as PayloadOf<'stream.window'>).credit);
@@ -539,6 +544,16 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
         if (stream.state !== 'open') throw new ProtocolError('ML_ERR_STREAM_ID', `${kind.name} on stream ${id} before it was accepted`);
         stream.emit('message', { name: kind.name, payload });
     }
+  }
+
+  #receiveStreamData(id: number, flags: number, data: Uint8Array): void {
+    const stream = this.#streams.get(id);
+    if (!stream) {
+      if (this.#isKnownId(id)) return; // raced with a reset or release
+      throw new ProtocolError('ML_ERR_STREAM_ID', `stream.data for stream ${id}, which was never opened`);
+    }
+    if (stream.state !== 'open') throw new ProtocolError('ML_ERR_STREAM_ID', `data on stream ${id} before it was accepted`);
+    stream._receiveData(data, (flags & Flags.END_STREAM) !== 0);
   }
 
   #isKnownId(id: number): boolean {

@@ -1,5 +1,5 @@
 import { Duplex } from 'node:stream';
-import { encodeDataPrefix, encodeMessage } from './codec.js';
+import { dataPrefixSize, encodeMessage } from './codec.js';
 import { MeshlinkError, ProtocolError } from './errors.js';
 import type { InputOf, KindName } from './registry.js';
 
@@ -47,9 +47,14 @@ type Outgoing =
   | { type: 'data'; buf: Uint8Array; offset: number; cb: ((err?: Error | null) => void) | null }
   | { type: 'frame'; bytes: Uint8Array; end: boolean; cb?: () => void };
 
-/** A frame handed to the scheduler: parts to concatenate and a callback once it has been sent. */
+/**
+ * A frame handed to the scheduler: either encoded `bytes`, or stream `data` whose frame header the
+ * scheduler writes straight into the outgoing message; `size` is the frame's size on the wire.
+ */
 export interface OutgoingFrame {
-  readonly parts: Uint8Array[];
+  readonly bytes: Uint8Array | null;
+  readonly data: Uint8Array | null;
+  readonly stream: number;
   readonly size: number;
   readonly sent: (() => void) | null;
 }
@@ -249,7 +254,9 @@ export class MuxStream extends Duplex {
         this.#endSent = true;
         const finalCb = head.cb;
         return {
-          parts: [head.bytes],
+          bytes: head.bytes,
+          data: null,
+          stream: this.id,
           size: head.bytes.byteLength,
           sent: () => {
             finalCb?.();
@@ -257,7 +264,7 @@ export class MuxStream extends Duplex {
           },
         };
       }
-      return { parts: [head.bytes], size: head.bytes.byteLength, sent: null };
+      return { bytes: head.bytes, data: null, stream: this.id, size: head.bytes.byteLength, sent: null };
     }
     const remaining = head.buf.byteLength - head.offset;
     const n = Math.min(remaining, this.#sendCredit, maxData, this.#host.maxDataFrame);
@@ -266,14 +273,13 @@ export class MuxStream extends Duplex {
     head.offset += n;
     this.#sendCredit -= n;
     this.#queuedBytes -= n;
-    const prefix = encodeDataPrefix(this.id, n, false);
     let sent: (() => void) | null = null;
     if (head.offset === head.buf.byteLength) {
       this.#queue.shift();
       const cb = head.cb;
       if (cb) sent = () => cb();
     }
-    return { parts: [prefix, chunk], size: prefix.byteLength + n, sent };
+    return { bytes: null, data: chunk, stream: this.id, size: dataPrefixSize(n) + n, sent };
   }
 
   // ---------- Duplex implementation ----------
