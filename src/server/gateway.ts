@@ -10,6 +10,7 @@ import type { EnrollmentService } from './enroll.js';
 import { ServerError } from './errors.js';
 import type { GatewayHooks } from './hooks.js';
 import { sendError, sendJson } from './http-json.js';
+import { BUNDLE_PATH_PREFIX, serveAgentBundle } from './ops/upgrades.js';
 
 /**
  * The one public listener: HTTPS for enrollment and the WebSocket upgrade for agents on the same
@@ -105,6 +106,13 @@ export function createGateway(deps: GatewayDeps): Server {
         sendJson(res, 426, { code: 'ML_ERR_BAD_REQUEST', message: 'GET /v1/connect requires a WebSocket upgrade' }, { upgrade: 'websocket' });
         return;
       default:
+        // Agent self-upgrade downloads (src/server/ops/upgrades.ts): only for a valid client certificate.
+        if (path?.startsWith(BUNDLE_PATH_PREFIX)) {
+          if (!allow('GET')) return;
+          authenticateClient(deps.auth, req.socket as TLSSocket);
+          await serveAgentBundle(deps.auth.store, req, res, path.slice(BUNDLE_PATH_PREFIX.length));
+          return;
+        }
         sendError(res, new ServerError('ML_ERR_NOT_FOUND', `no endpoint ${path}`));
     }
   }
