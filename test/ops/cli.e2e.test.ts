@@ -1,0 +1,141 @@
+import { execFile, spawn } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { cli, enrollAgent, freePort, startServerProc, tempDir, waitFor, type ServerProc } from '../e2e/harness.js';
+import { opsAdminRequest } from '../../src/server/ops/client.js';
+
+const sha = (b: string | Buffer): string => createHash('sha256').update(b).digest('hex');
+const run = promisify(execFile);
+
+/** A process of the agent bundle (not the npm CLI): `node <bundle> agent run …`. */
+function spawnBundle(bundle: string, args: string[]) {
+  const child = spawn(process.execPath, [bundle, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout.on('data', (c: Buffer) => (out += c.toString()));
+  child.stderr.on('data', (c: Buffer) => (out += c.toString()));
+  const exited = new Promise<number | null>((r) => child.once('exit', (code, signal) => r(code ?? (signal ? -1 : null))));
+  return { child, exited, output: () => out };
+}
+
+/** The real CLI with stdin. */
+function cliWithInput(args: string[], input: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((r) => {
+    const child = spawn(process.execPath, [resolve('dist/src/cli/main.js'), ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
+    child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+    child.once('exit', (code) => r({ code, stdout, stderr }));
+    child.stdin.end(input);
+  });
+}
+
+/**
+ * Operations through the real CLI against a real server process and an agent that runs from the
+ * esbuild single-file bundle, ending with a self-upgrade of that bundle and a restart on exit 75.
+ */
+describe('ops through the real CLI and the agent bundle', () => {
+  let srvDir: { path: string; cleanup(): Promise<void> };
+  let work: { path: string; cleanup(): Promise<void> };
+  let server: ServerProc;
+  let nodeId: string;
+  let stateDir: string;
+  let area: string;
+  let bundle: string;
+  let v1: Buffer;
+  let v2: Buffer;
+  let agent: ReturnType<typeof spawnBundle>;
+  const dd = (): string[] => ['--data-dir', server.dataDir];
+  const agentArgs = (): string[] => ['agent', 'run', '--state-dir', stateDir, '--allow-exec', '--transfer-dir', area, '--log-level', 'info'];
+
+  beforeAll(async () => {
+    srvDir = await tempDir('ml-ops-e2e-srv-');
+    work = await tempDir('ml-ops-e2e-');
+    stateDir = join(work.path, 'state');
+    area = join(work.path, 'area');
+    await mkdir(area);
+    // Two builds of the same sources, told apart by a banner marker (different bytes → different build ids).
+    bundle = join(work.path, 'meshlink-agent.mjs');
+    const v2Path = join(work.path, 'next.mjs');
+    await run(process.execPath, ['scripts/bundle-agent.mjs', '--out', bundle, '--marker', 'one']);
+    await run(process.execPath, ['scripts/bundle-agent.mjs', '--out', v2Path, '--marker', 'two']);
+    [v1, v2] = await Promise.all([readFile(bundle), readFile(v2Path)]);
+    server = await startServerProc(srvDir.path, await freePort());
+    ({ nodeId } = await enrollAgent(server, stateDir, 'ops-e2e-host'));
+    agent = spawnBundle(bundle, agentArgs());
+    await waitFor('agent connected', async () => agent.output().includes('"msg":"connected"'), 30_000);
+  }, 120_000);
+
+  afterAll(async () => {
+    agent?.child.kill('SIGKILL');
+    await server?.stop('SIGKILL');
+    await srvDir?.cleanup();
+    await work?.cleanup();
+  });
+
+  it('action: ping by hostname, diagnostics as JSON', async () => {
+    const ping = await cli(['server', 'action', 'ops-e2e-host', 'ping', ...dd()]);
+    expect(ping).toMatchObject({ code: 0, stdout: 'pong\n' });
+    const diag = await cli(['server', 'action', nodeId, 'diagnostics', '--json', ...dd()]);
+    expect(diag.code).toBe(0);
+    const r = JSON.parse(diag.stdout) as { exitCode: number; output: string };
+    expect(JSON.parse(r.output)).toMatchObject({ versions: { agent: '0.1.0', buildId: sha(v1) }, connection: { state: 'connected' } });
+    const missing = await cli(['server', 'action', 'no-such-host', 'ping', ...dd()]);
+    expect(missing.code).toBe(3);
+    expect(missing.stderr).toMatch(/^error ML_ERR_NODE_NOT_FOUND/);
+  });
+
+  it('exec: stdin in, stdout and stderr out, the CLI exits with the command’s exit code', async () => {
+    const r = await cliWithInput(['server', 'exec', 'ops-e2e-host', ...dd(), '--', 'sh', '-c', 'tr a-z A-Z; echo warn >&2; exit 5'], 'hello\n');
+    expect(r).toMatchObject({ code: 5, stdout: 'HELLO\n', stderr: 'warn\n' });
+  });
+
+  it('cp both ways, and logs', async () => {
+    const data = randomBytes(2 * 1024 * 1024);
+    await writeFile(join(work.path, 'local.bin'), data);
+    const up = await cli(['server', 'cp', join(work.path, 'local.bin'), `ops-e2e-host:${join(area, 'remote.bin')}`, '--json', ...dd()]);
+    expect(up.code).toBe(0);
+    expect(JSON.parse(up.stdout)).toMatchObject({ size: data.length, sha256: sha(data) });
+    const down = await cli(['server', 'cp', `ops-e2e-host:${join(area, 'remote.bin')}`, join(work.path, 'back.bin'), ...dd()]);
+    expect(down.code).toBe(0);
+    expect(sha(await readFile(join(work.path, 'back.bin')))).toBe(sha(data));
+    const refused = await cli(['server', 'cp', join(work.path, 'local.bin'), `ops-e2e-host:/etc/meshlink-test`, ...dd()]);
+    expect(refused.code).toBe(8);
+    expect(refused.stderr).toMatch(/ML_ERR_OPS_PATH_FORBIDDEN/);
+    const logs = await cli(['server', 'logs', 'ops-e2e-host', '--lines', '3', ...dd()]);
+    expect(logs.code).toBe(0);
+    expect(logs.stdout.trim().split('\n')).toHaveLength(3);
+  });
+
+  it('audit lists each operation with the OS user as actor', async () => {
+    const r = await cli(['server', 'audit', '--json', ...dd()]);
+    const list = JSON.parse(r.stdout) as Array<{ source: string; actor: string; operation: string; target: string | null; result: string; nodeId: string }>;
+    const ops = list.filter((a) => a.source === 'admin').map((a) => `${a.operation}:${a.target ?? ''}:${a.result}`);
+    expect(ops).toEqual(expect.arrayContaining(['action:ping:exit:0', 'exec:sh:exit:5', 'push:' + join(area, 'remote.bin') + ':ok', 'pull:' + join(area, 'remote.bin') + ':ok']));
+    expect(list.find((a) => a.source === 'admin' && a.operation === 'exec')!.actor).toMatch(/\(uid \d+\)$/);
+    const human = await cli(['server', 'audit', ...dd()]);
+    expect(human.stdout.split('\n')[0]).toMatch(/^TIME\s+SOURCE\s+ACTOR\s+OPERATION/);
+  });
+
+  it('upgrade set: the bundle agent downloads the new build, replaces itself (previous kept), exits 75; restarted, it runs the new build and does not loop', async () => {
+    const set = await cli(['server', 'upgrade', 'set', join(work.path, 'next.mjs'), '--json', ...dd()]);
+    expect(set.code).toBe(0);
+    expect(JSON.parse(set.stdout)).toMatchObject({ buildId: sha(v2), version: '0.1.0', notified: 1 });
+    expect(await agent.exited).toBe(75);
+    expect(sha(await readFile(bundle))).toBe(sha(v2));
+    expect(sha(await readFile(`${bundle}.previous`))).toBe(sha(v1));
+    // What systemd does on 75 (RestartForceExitStatus=75): start the same command again.
+    agent = spawnBundle(bundle, agentArgs());
+    await waitFor('agent reconnected', async () => agent.output().includes('"msg":"connected"'), 30_000);
+    const diag = await cli(['server', 'action', nodeId, 'diagnostics', '--json', ...dd()]);
+    expect(JSON.parse((JSON.parse(diag.stdout) as { output: string }).output)).toMatchObject({ versions: { buildId: sha(v2) } });
+    // It is offered nothing (same build id) and stays up.
+    await new Promise((r) => setTimeout(r, 1500));
+    expect(agent.child.exitCode).toBeNull();
+    const status = await opsAdminRequest<{ nodes: Array<{ nodeId: string; state: string; buildId: string }> }>(join(server.dataDir, 'admin.sock'), 'GET', '/v1/ops/upgrade');
+    expect(status.nodes.find((n) => n.nodeId === nodeId)).toMatchObject({ state: 'applied', buildId: sha(v2) });
+  });
+});
