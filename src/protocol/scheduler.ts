@@ -51,7 +51,7 @@ export class SendScheduler {
     while (this.#priority.length > 0 && (size === 0 || size + this.#priority[0]!.byteLength <= maxMessageBytes)) {
       const bytes = this.#priority.shift()!;
       this.#priorityBytes -= bytes.byteLength;
-      frames.push({ bytes, data: null, stream: 0, size: bytes.byteLength, sent: null });
+      frames.push({ bytes, data: null, dataLength: 0, stream: 0, size: bytes.byteLength, sent: null });
       size += bytes.byteLength;
     }
 
@@ -87,10 +87,11 @@ export class SendScheduler {
         message.set(f.bytes, at);
         at += f.bytes.byteLength;
       } else {
-        const data = f.data!;
-        at = writeDataPrefix(message, at, f.stream, data.byteLength, false);
-        message.set(data, at);
-        at += data.byteLength;
+        at = writeDataPrefix(message, at, f.stream, f.dataLength, false);
+        for (const part of f.data!) {
+          message.set(part, at);
+          at += part.byteLength;
+        }
       }
     }
     return { message, pooled, sent };

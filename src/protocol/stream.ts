@@ -53,7 +53,9 @@ type Outgoing =
  */
 export interface OutgoingFrame {
   readonly bytes: Uint8Array | null;
-  readonly data: Uint8Array | null;
+  /** The data of one stream.data frame, gathered from one or more writes. */
+  readonly data: Uint8Array[] | null;
+  readonly dataLength: number;
   readonly stream: number;
   readonly size: number;
   readonly sent: (() => void) | null;
@@ -256,6 +258,7 @@ export class MuxStream extends Duplex {
         return {
           bytes: head.bytes,
           data: null,
+          dataLength: 0,
           stream: this.id,
           size: head.bytes.byteLength,
           sent: () => {
@@ -264,22 +267,34 @@ export class MuxStream extends Duplex {
           },
         };
       }
-      return { bytes: head.bytes, data: null, stream: this.id, size: head.bytes.byteLength, sent: null };
+      return { bytes: head.bytes, data: null, dataLength: 0, stream: this.id, size: head.bytes.byteLength, sent: null };
     }
-    const remaining = head.buf.byteLength - head.offset;
-    const n = Math.min(remaining, this.#sendCredit, maxData, this.#host.maxDataFrame);
-    if (n <= 0) return null;
-    const chunk = head.buf.subarray(head.offset, head.offset + n);
-    head.offset += n;
+    // One data frame gathers consecutive queued writes (up to the frame limit and the credit), so
+    // that many small writes cost one frame header, one receive-side push and one copy, not one each.
+    const limit = Math.min(this.#sendCredit, maxData, this.#host.maxDataFrame);
+    if (limit <= 0) return null;
+    const parts: Uint8Array[] = [];
+    let callbacks: Array<(err?: Error | null) => void> | null = null;
+    let n = 0;
+    while (n < limit) {
+      const item = this.#queue[0];
+      if (!item || item.type !== 'data') break;
+      const take = Math.min(item.buf.byteLength - item.offset, limit - n);
+      parts.push(item.offset === 0 && take === item.buf.byteLength ? item.buf : item.buf.subarray(item.offset, item.offset + take));
+      item.offset += take;
+      n += take;
+      if (item.offset === item.buf.byteLength) {
+        this.#queue.shift();
+        if (item.cb) (callbacks ??= []).push(item.cb);
+      }
+    }
     this.#sendCredit -= n;
     this.#queuedBytes -= n;
-    let sent: (() => void) | null = null;
-    if (head.offset === head.buf.byteLength) {
-      this.#queue.shift();
-      const cb = head.cb;
-      if (cb) sent = () => cb();
-    }
-    return { bytes: null, data: chunk, stream: this.id, size: dataPrefixSize(n) + n, sent };
+    const done = callbacks;
+    const sent = done === null ? null : done.length === 1 ? (done[0] as () => void) : () => {
+      for (const cb of done) cb();
+    };
+    return { bytes: null, data: parts, dataLength: n, stream: this.id, size: dataPrefixSize(n) + n, sent };
   }
 
   // ---------- Duplex implementation ----------
