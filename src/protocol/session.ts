@@ -3,7 +3,7 @@ import { FrameDecoder, decodeMessage } from './decoder.js';
 import { STREAM_DATA_CODE, decodeBin, decodeFrame, encodeMessage } from './codec.js';
 import { DEFAULT_MAX_FRAME_SIZE, Flags } from './frame.js';
 import { MeshlinkError, ProtocolError, isProtocolError, type ErrorCode } from './errors.js';
-import { kindByName, maySend, type InputOf, type KindName, type MessageKind, type PayloadOf, type Role } from './registry.js';
+import { MESSAGE_KINDS, kindByName, maySend, type InputOf, type KindName, type MessageKind, type PayloadOf, type Role } from './registry.js';
 import { SUPPORTED_VERSIONS, negotiateVersion } from './handshake.js';
 import { SendScheduler, releaseMessageBuffer } from './scheduler.js';
 import { INITIAL_WINDOW, MuxStream, type StreamHost } from './stream.js';
@@ -421,7 +421,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
   #peerError: RemoteError | null = null;
 
   #isResponseKind(name: string): boolean {
-    return name === 'cert.renewed' || name === 'state.response';
+    return RESPONSE_KINDS.has(name);
   }
 
   #dispatchHandshake(name: string, payload: unknown): void {
@@ -758,5 +758,8 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     }
   }
 }
+
+/** Kinds that answer a request (a late one, after its request timed out, is dropped). */
+const RESPONSE_KINDS: ReadonlySet<string> = new Set(MESSAGE_KINDS.flatMap((k: MessageKind) => (k.response ? [k.response] : [])));
 
 type ResponseName<N extends RequestKind> = N extends 'cert.renew' ? 'cert.renewed' : 'state.response';
