@@ -96,7 +96,7 @@ export class TransferService {
     session.accept(stream);
     stream.sendMessage('file.chunk', { offset, data: EMPTY });
 
-    const out = createWriteStream(part, { flags: offset > 0 ? 'r+' : 'w', start: offset, mode: 0o600 });
+    const out = createWriteStream(part, { flags: offset > 0 ? 'r+' : 'w', start: offset, mode: 0o600, highWaterMark: 1024 * 1024 });
     let received = offset;
     let declared: PayloadOf<'file.done'> | null = null;
     stream.on('message', (m: { name: string; payload: unknown }) => {
@@ -163,11 +163,13 @@ export class TransferService {
       const hash = createHash('sha256');
       if (start > 0) await hashRange(fh, 0, start, hash);
       if (size > start) {
-        const src = createReadStream('', { fd: fh, start, end: size - 1, autoClose: false, highWaterMark: 64 * 1024 });
+        const src = createReadStream('', { fd: fh, start, end: size - 1, autoClose: false, highWaterMark: 256 * 1024 });
         await new Promise<void>((resolveDone, reject) => {
           src.on('data', (chunk) => {
             hash.update(chunk as Buffer);
-            if (!stream.write(chunk)) {
+            stream.write(chunk);
+            // Pause past ~1 MiB queued, not after every 64 KiB chunk (write() is false past 64 KiB).
+            if (stream.writableLength > 1024 * 1024) {
               src.pause();
               stream.once('drain', () => src.resume());
             }

@@ -27,10 +27,16 @@ export function pipeReadableToWs(src: Readable, ws: WebSocket): void {
   });
 }
 
+/** Bytes buffered in the destination above which the socket stops being read (a few chunks, not one). */
+const WRITE_HIGH_WATER = 1024 * 1024;
+
 /** Writes one binary WebSocket message into `dst`; stops reading the socket until `dst` drains. */
 export function writeFromWs(ws: WebSocket, dst: Writable, chunk: Buffer): void {
   if (dst.destroyed || dst.writableEnded) return;
-  if (!dst.write(chunk)) {
+  dst.write(chunk);
+  // write() says false past a 64 KiB high-water mark, i.e. after every chunk: pausing per chunk
+  // would cost a round of socket pause/resume per 64 KiB. Memory stays bounded by WRITE_HIGH_WATER.
+  if (dst.writableLength > WRITE_HIGH_WATER && !ws.isPaused) {
     ws.pause();
     dst.once('drain', () => ws.resume());
   }

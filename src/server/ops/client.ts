@@ -232,7 +232,7 @@ export async function pushFile(
         void (async () => {
           try {
             if (e.offset < size) {
-              for await (const chunk of createReadStream(req.local, { start: e.offset, end: size - 1, highWaterMark: 64 * 1024 })) {
+              for await (const chunk of createReadStream(req.local, { start: e.offset, end: size - 1, highWaterMark: 256 * 1024 })) {
                 await t.send(chunk as Buffer);
               }
             }
@@ -278,7 +278,7 @@ export async function pullFile(
           starting = (async () => {
             if (e.offset > 0) await hashFile(part, e.offset, hash);
             // Offset 0 after a held part means starting over: 'w' truncates it.
-            out = createWriteStream(part, { flags: e.offset > 0 ? 'r+' : 'w', start: e.offset, mode: 0o600 });
+            out = createWriteStream(part, { flags: e.offset > 0 ? 'r+' : 'w', start: e.offset, mode: 0o600, highWaterMark: 1024 * 1024 });
           })();
         },
         async onData(chunk) {
