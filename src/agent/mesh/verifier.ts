@@ -1,4 +1,5 @@
-import { verifyEd25519 } from './wire.js';
+import type { KeyObject } from 'node:crypto';
+import { ed25519PublicKey, verifyEd25519 } from './wire.js';
 
 /**
  * Which Ed25519 keys the agent accepts for events. Keys arrive in `welcome.eventKeys` (trusted as far
@@ -15,6 +16,8 @@ export interface TrustedKey {
 
 export class EventVerifier {
   #keys = new Map<string, TrustedKey>();
+  /** Parsed keys by id (building a KeyObject costs more than a verification). */
+  readonly #objects = new Map<string, KeyObject>();
 
   constructor(keys: readonly TrustedKey[] = []) {
     for (const k of keys) this.#keys.set(k.keyId, k);
@@ -34,8 +37,10 @@ export class EventVerifier {
   /** True when `signature` is a valid Ed25519 signature of exactly `bytes` by the trusted key `keyId`. */
   verify(bytes: Uint8Array, signature: Uint8Array, keyId: string, now = Date.now()): boolean {
     const key = this.#keys.get(keyId);
-    if (!key || (key.until !== null && now > key.until)) return false;
-    return verifyEd25519(key.publicKey, bytes, signature);
+    if (!key || (key.until !== null && now > key.until) || key.publicKey.byteLength !== 32) return false;
+    let object = this.#objects.get(keyId);
+    if (!object) this.#objects.set(keyId, (object = ed25519PublicKey(key.publicKey)));
+    return verifyEd25519(object, bytes, signature);
   }
 
   get keys(): TrustedKey[] {

@@ -1,4 +1,4 @@
-import { createHash, createPublicKey, verify as cryptoVerify } from 'node:crypto';
+import { createHash, createPublicKey, verify as cryptoVerify, type KeyObject } from 'node:crypto';
 import { Decoder, Encoder } from '@msgpack/msgpack';
 import { z } from 'zod';
 
@@ -110,11 +110,17 @@ export function signingKeyId(rawPublicKey: Uint8Array): string {
 
 const ED25519_SPKI_PREFIX = Buffer.from('302a300506032b6570032100', 'hex');
 
-/** Verifies an Ed25519 signature over exactly `bytes` with a raw 32-byte public key. */
-export function verifyEd25519(rawPublicKey: Uint8Array, bytes: Uint8Array, signature: Uint8Array): boolean {
-  if (rawPublicKey.byteLength !== 32 || signature.byteLength !== 64) return false;
-  const key = createPublicKey({ key: Buffer.concat([ED25519_SPKI_PREFIX, rawPublicKey]), format: 'der', type: 'spki' });
-  return cryptoVerify(null, bytes, key, signature);
+/** A raw 32-byte Ed25519 public key as a KeyObject (build once per key: it costs more than a verify). */
+export function ed25519PublicKey(rawPublicKey: Uint8Array): KeyObject {
+  if (rawPublicKey.byteLength !== 32) throw new Error('an Ed25519 public key has 32 bytes');
+  return createPublicKey({ key: Buffer.concat([ED25519_SPKI_PREFIX, rawPublicKey]), format: 'der', type: 'spki' });
+}
+
+/** Verifies an Ed25519 signature over exactly `bytes` with a public key (raw 32 bytes or a KeyObject). */
+export function verifyEd25519(key: Uint8Array | KeyObject, bytes: Uint8Array, signature: Uint8Array): boolean {
+  if (signature.byteLength !== 64) return false;
+  if (key instanceof Uint8Array && key.byteLength !== 32) return false;
+  return cryptoVerify(null, bytes, key instanceof Uint8Array ? ed25519PublicKey(key) : key, signature);
 }
 
 export function rawEd25519PublicKey(spkiDer: Buffer): Buffer {

@@ -80,6 +80,11 @@ export interface Delivery {
   sessionOf(nodeId: string): Session | undefined;
 }
 
+/** Event types whose payload carries PSKs: stored sealed. */
+const CARRIES_SECRETS: ReadonlySet<EventType> = new Set(['peer_added', 'node_state_updated']);
+const SEALED = Buffer.from([1]);
+const PLAIN = Buffer.from([0]);
+
 const pairKey = (a: string, b: string): string => (a < b ? `${a}\u0000${b}` : `${b}\u0000${a}`);
 const pskTag = (psk: Buffer): string => createHash('sha256').update(psk).digest('hex').slice(0, 16);
 /** zod's Uint8Array is over an ArrayBuffer; Buffers from node:crypto and the codec are. */
@@ -316,7 +321,8 @@ export class MeshService {
       seq,
       type,
       ts: now,
-      sealed: this.#box.seal(bytes, `event:${node.id}:${seq}`),
+      // Only envelopes with PSKs need sealing; the rest are stored as sent (the first byte tells which).
+      sealed: CARRIES_SECRETS.has(type) ? Buffer.concat([SEALED, this.#box.seal(bytes, `event:${node.id}:${seq}`)]) : Buffer.concat([PLAIN, bytes]),
       signature: signBytes(key, bytes),
       keyId: key.keyId,
     };
@@ -357,6 +363,10 @@ export class MeshService {
     if (last > this.#opts.feedRetain) this.#db.pruneFeed(last - this.#opts.feedRetain);
   }
 
+  #openEnvelope(e: StoredEvent): Buffer {
+    return e.sealed[0] === SEALED[0] ? this.#box.open(e.sealed.subarray(1), `event:${e.nodeId}:${e.seq}`) : e.sealed.subarray(1);
+  }
+
   // ------------------------------------------------------------------ agent sessions
 
   /** A session opened: record the WireGuard key and endpoints it reported. */
@@ -389,7 +399,7 @@ export class MeshService {
     if (lastEventSeq < node.lastSeq && oldest !== null && oldest <= lastEventSeq + 1) {
       const events = this.#db.eventsAfter(nodeId, lastEventSeq);
       for (const e of events) {
-        session.send('event', { envelope: bin(this.#box.open(e.sealed, `event:${nodeId}:${e.seq}`)), signature: bin(e.signature), keyId: e.keyId });
+        session.send('event', { envelope: bin(this.#openEnvelope(e)), signature: bin(e.signature), keyId: e.keyId });
       }
       this.#log.debug({ nodeId, from: lastEventSeq, events: events.length }, 'replayed missed events');
       return;
