@@ -271,8 +271,9 @@ async function main(): Promise<void> {
       loadStreams: 50,
       loadMBps: round(loadMBps, 1),
       ...med,
-      cpVsRawUp: round(med.cpPushMBps! / med.rawUpMBps!, 2),
-      cpVsRawDown: round(med.cpPullMBps! / med.rawDownMBps!, 2),
+      // Per round (the variants of a round ran back to back under the same load), then the median.
+      cpVsRawUp: round(median(perRound.cpPushMBps!.map((v, i) => v / perRound.rawUpMBps![i]!)), 2),
+      cpVsRawDown: round(median(perRound.cpPullMBps!.map((v, i) => v / perRound.rawDownMBps![i]!)), 2),
       mbPerTransfer: SIZE / MIB,
       rounds: ROUNDS,
       bigMB: BIG / MIB,
