@@ -10,6 +10,7 @@
  * BENCHMARKS.md, "Fleet (issue 6)".
  */
 import { fork, spawn, type ChildProcess } from 'node:child_process';
+import { appendFileSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { request as httpRequest } from 'node:http';
 import { request as httpsRequest } from 'node:https';
@@ -77,7 +78,8 @@ async function startServerChild(dataDir: string, port: number, metricsPort: numb
       if (line) {
         clearTimeout(timer);
         child.stdout!.removeAllListeners('data');
-        child.stdout!.resume();
+        if (process.env.FLEET_SERVER_LOG) child.stdout!.on('data', (d: Buffer) => appendFileSync(process.env.FLEET_SERVER_LOG!, d));
+        else child.stdout!.resume();
         res({ child, url: (JSON.parse(line) as { url: string }).url });
       }
     });

@@ -44,7 +44,8 @@ const config = parseServerConfig({
   enrollFailuresPerMinute: 100_000,
   logLevel: 'warn',
 });
-const logger = createLogger({ name: 'fleet-server', level: 'warn' });
+// FLEET_SERVER_LOG_LEVEL=debug shows e.g. why TLS handshakes fail (main.ts: FLEET_SERVER_LOG=file).
+const logger = createLogger({ name: 'fleet-server', level: process.env.FLEET_SERVER_LOG_LEVEL ?? 'warn' });
 const running = await startServer(config, {
   logger,
   passphrase: '',
