@@ -47,7 +47,8 @@ function asServerError(err: unknown): unknown {
 export function createMeshFeature(options: MeshFeatureOptions = {}): ServerFeature {
   return async (ctx: ServerFeatureContext) => {
     const log = ctx.logger.child({ component: 'mesh' });
-    const mesh = await MeshService.open(ctx.store, ctx.logger, options);
+    // Sealed with the same passphrase as the CA key (the caller's, else MESHLINK_CA_PASSPHRASE).
+    const mesh = await MeshService.open(ctx.store, ctx.logger, { ...options, passphrase: options.passphrase ?? ctx.passphrase });
     mesh.setDelivery({ sessionOf: (id) => ctx.sessions.current(id)?.session });
     ctx.sessions.addWelcomeFields(() => ({ eventKeys: mesh.eventKeys() }));
 

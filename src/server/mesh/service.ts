@@ -29,7 +29,7 @@ import { generateSigningKey, signBytes, signingKeyFromPkcs8, type SigningKey } f
 export interface MeshOptions {
   /** Mesh range (default MESHLINK_MESH_CIDR, else 10.100.0.0/16). */
   cidr?: string;
-  /** Passphrase sealing the mesh master key (default MESHLINK_CA_PASSPHRASE, as for the CA key). */
+  /** Passphrase sealing the mesh master key: the CA's (the feature passes ctx.passphrase); default MESHLINK_CA_PASSPHRASE. */
   passphrase?: string;
   /** Events kept per node for replay; older gaps get a snapshot (default 256). */
   retainEvents?: number;
@@ -328,7 +328,7 @@ export class MeshService {
     };
     this.#db.insertEvent(event);
     if (seq > this.#opts.retainEvents) this.#db.pruneEvents(node.id, seq - this.#opts.retainEvents);
-    this.#db.setLastSeq(node.id, seq);
+    // last_seq is written by the caller, once per node (setAnnounced or setLastSeq).
     this.#db.insertFeed({ ts: now, nodeId: node.id, kind: 'event', type, seq, detail: JSON.stringify(redact(type, payload)) });
     this.#feedInserts++;
     return { nodeId: node.id, event, bytes };
@@ -341,6 +341,7 @@ export class MeshService {
     let out: Outgoing | undefined;
     this.#db.transaction(() => {
       out = this.#append(node, type, payload, Date.now());
+      this.#db.setLastSeq(node.id, node.lastSeq);
     });
     this.#deliver([out!]);
     return out!.event.seq;
@@ -490,6 +491,7 @@ export class MeshService {
       this.#db.insertSigningKey(next.keyId, next.publicKey, this.#box.seal(next.pkcs8, `signing:${next.keyId}`), next.createdAt);
       for (const node of this.#nodes.values()) {
         outgoing.push(this.#append(node, 'signing_key_rotated', { keyId: next.keyId, publicKey: next.publicKey, transitionMs: this.#opts.signingTransitionMs }, now));
+        this.#db.setLastSeq(node.id, node.lastSeq);
       }
       this.#previousKeyUntil = now + this.#opts.signingTransitionMs;
       this.#db.setSetting(SETTING_PREVIOUS_KEY_UNTIL, String(this.#previousKeyUntil));
