@@ -32,6 +32,12 @@ export interface GatewayTimeouts {
   keepAliveMs: number;
   /** How often Node checks headers/request timeouts. */
   checkIntervalMs: number;
+  /**
+   * TLS handshakes allowed in flight at once; a connection beyond this is dropped at once (the agent
+   * backs off and retries). Without a cap a reconnect storm collapses: thousands of handshakes queue,
+   * each waits past handshakeMs, and every retry joins the same queue (measured with 10,000 agents).
+   */
+  maxHandshakes: number;
 }
 
 export const DEFAULT_GATEWAY_TIMEOUTS: GatewayTimeouts = Object.freeze({
@@ -40,6 +46,7 @@ export const DEFAULT_GATEWAY_TIMEOUTS: GatewayTimeouts = Object.freeze({
   requestMs: 30_000,
   keepAliveMs: 5_000,
   checkIntervalMs: 1_000,
+  maxHandshakes: 128,
 });
 
 export interface GatewayDeps {
@@ -155,7 +162,23 @@ export function createGateway(deps: GatewayDeps): Server {
     });
   });
 
+  // Handshakes in flight, keyed by the peer's address and port (unique per live TCP connection).
+  const handshaking = new Set<string>();
+  const peerKey = (sock: { remoteAddress?: string | undefined; remotePort?: number | undefined }): string => `${sock.remoteAddress}:${sock.remotePort}`;
+  server.on('connection', (raw: Duplex & { remoteAddress?: string; remotePort?: number; destroy(): void }) => {
+    if (handshaking.size >= t.maxHandshakes) {
+      deps.registry.noteRefused('ML_ERR_OVERLOADED');
+      raw.destroy();
+      return;
+    }
+    const key = peerKey(raw);
+    handshaking.add(key);
+    raw.once('close', () => handshaking.delete(key));
+  });
+  server.on('secureConnection', (tlsSocket: TLSSocket) => handshaking.delete(peerKey(tlsSocket)));
+
   server.on('tlsClientError', (err, tlsSocket) => {
+    handshaking.delete(peerKey(tlsSocket));
     log.debug({ remoteAddress: tlsSocket.remoteAddress, reason: err.message }, 'TLS handshake failed');
     deps.registry.noteRefused('TLS_HANDSHAKE');
   });

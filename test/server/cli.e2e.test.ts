@@ -108,7 +108,7 @@ describe('CLI end to end: `meshlink server` as child processes', () => {
     expect(listed.code).toBe(0);
     const nodes = JSON.parse(listed.stdout) as Record<string, unknown>[];
     expect(nodes).toHaveLength(1);
-    expect(Object.keys(nodes[0]!).sort()).toEqual(['agentVersion', 'certNotAfter', 'certSerial', 'hostname', 'id', 'lastSeen', 'online']);
+    expect(Object.keys(nodes[0]!).sort()).toEqual(['agentVersion', 'certNotAfter', 'certSerial', 'endpoints', 'hostname', 'id', 'lastSeen', 'meshIp', 'observedAddress', 'online', 'tags', 'wgPublicKey']);
     expect(nodes[0]).toMatchObject({ id: node.nodeId, hostname: 'cli-node', online: true, agentVersion: '9.9.9', certNotAfter: node.notAfter });
     expect(typeof nodes[0]!.lastSeen).toBe('string');
 
