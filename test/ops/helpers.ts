@@ -43,7 +43,9 @@ export async function startOpsPair(
   const { identity } = await enroll({ server: ts.url, token, caPins: [ts.server.caPin], stateDir, hostname: extra.hostname ?? 'ops-host' });
   const logger = createAgentLogger(stateDir, extra.logLevel ?? 'info', { stdout: false });
   // The in-process agent's log lines would flood the test output: the file is what `logs` tails.
-  const runner = new AgentRunner({ stateDir, logger, backoff: { baseMs: 50, maxMs: 500 } });
+  // Short heartbeat intervals in some tests: keep the agent's half-open detection well above a
+  // loaded CI machine's event-loop stalls (it is not what these tests measure).
+  const runner = new AgentRunner({ stateDir, logger, backoff: { baseMs: 50, maxMs: 500 }, livenessIntervals: 15 });
   const ops = await opsAgentFeature(runner, { stateDir, logger, options, ...(extra.restart ? { restart: extra.restart } : {}) });
   const running = runner.run();
   const pair: OpsPair = {

@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, readFile, readdir, stat, symlink, writeFile } from 'node:fs/promises';
+import { mkdir, open, readFile, readdir, stat, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { pullFile, pushFile, runTunnel } from '../../src/server/ops/client.js';
@@ -74,6 +74,30 @@ describe('file transfer over real mTLS', () => {
     ).rejects.toMatchObject({ code: 'ML_ERR_OPS_CHECKSUM' });
     expect(existsSync(join(remote, 'bad'))).toBe(false);
     expect((await readdir(remote)).filter((n) => n.includes('meshlink-part'))).toEqual([]);
+  });
+
+  it('a 128 MiB push and pull keep the extra RSS of this process (server, agent and client together) under 100 MB', async () => {
+    const MIB = 1024 * 1024;
+    const block = randomBytes(MIB);
+    const hash = createHash('sha256');
+    const fh = await open(join(local.path, 'rss.bin'), 'w');
+    for (let i = 0; i < 128; i++) {
+      await fh.write(block);
+      hash.update(block);
+    }
+    await fh.close();
+    const base = process.memoryUsage.rss();
+    let peak = base;
+    const sampler = setInterval(() => (peak = Math.max(peak, process.memoryUsage.rss())), 20);
+    try {
+      await pushFile(p.socket, { node: p.nodeId, actor: 't', local: join(local.path, 'rss.bin'), remote: join(remote, 'rss.bin') });
+      const r = await pullFile(p.socket, { node: p.nodeId, actor: 't', remote: join(remote, 'rss.bin'), local: join(local.path, 'rss-back.bin') });
+      expect(r.sha256).toBe(hash.digest('hex'));
+    } finally {
+      clearInterval(sampler);
+    }
+    console.log(`128 MiB push+pull in one process: extra RSS ${((peak - base) / MIB).toFixed(1)} MB`);
+    expect((peak - base) / MIB).toBeLessThan(100);
   });
 
   it('a push resumes after the agent connection drops, from what the agent holds', async () => {
