@@ -2,7 +2,10 @@ import { chmod, mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { OpsClientError, opsAdminRequest, runAction } from '../../src/server/ops/client.js';
+import { OpsClientError, opsAdminRequest, runAction, runTunnel } from '../../src/server/ops/client.js';
+import { enroll } from '../../src/agent/enroll.js';
+import { createEnrollmentToken } from '../../src/server/nodes.js';
+import { tempDir } from '../server/helpers.js';
 import type { AuditRecord } from '../../src/server/store/ops-store.js';
 import { startOpsPair, waitUntil, type OpsPair } from './helpers.js';
 
@@ -119,6 +122,31 @@ describe('remote actions over real mTLS', () => {
     expect(ok.filter((x) => x.ok && x.r.queued)).toHaveLength(1);
     // Two ran in parallel, the queued one after: ≥ 2 × 0.6 s in total.
     expect(Date.now() - started).toBeGreaterThanOrEqual(1150);
+  });
+
+  it('an action on an enrolled node that is not connected fails with ML_ERR_OPS_NODE_OFFLINE', async () => {
+    const { token } = createEnrollmentToken(p.ts.server.store, { ttlMs: 60_000 });
+    const dir = await tempDir('ml-ops-offline-');
+    try {
+      const { identity } = await enroll({ server: p.ts.url, token, caPins: [p.ts.server.caPin], stateDir: join(dir.path, 's'), hostname: 'offline-host' });
+      await expect(act({ ...p, nodeId: 'offline-host' } as OpsPair, 'ping')).rejects.toMatchObject({ code: 'ML_ERR_OPS_NODE_OFFLINE', message: expect.stringContaining(identity.nodeId) });
+    } finally {
+      await dir.cleanup();
+    }
+  });
+
+  it('a queued action whose operator leaves is dropped from the queue', async () => {
+    const slow = [act(p, 'slow'), act(p, 'slow')];
+    await waitUntil('two running', () => p.ops.actions.running === 2);
+    const waiting = runTunnel(p.socket, { op: 'action', node: p.nodeId, actor: 't', action: 'slow' }, {
+      onEvent(e, t) {
+        if (e.type === 'ack' && e.queued) t.cancel();
+      },
+    });
+    await expect(waiting).resolves.toBeNull();
+    await waitUntil('queue empty', () => p.ops.actions.queued === 0, 5_000);
+    await Promise.all(slow);
+    await waitUntil('all done', () => p.ops.actions.running === 0, 5_000);
   });
 
   it('records every operation in the audit log with actor, node and result', async () => {

@@ -110,6 +110,24 @@ describe('ops through the real CLI and the agent bundle', () => {
     expect(logs.stdout.trim().split('\n')).toHaveLength(3);
   });
 
+  it('logs --follow streams until interrupted; then the agent has no follower left', async () => {
+    const follow = spawn(process.execPath, [resolve('dist/src/cli/main.js'), 'server', 'logs', 'ops-e2e-host', '--follow', '--lines', '1', ...dd()], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    follow.stdout.on('data', (c: Buffer) => (out += c.toString()));
+    const exited = new Promise<number | null>((r) => follow.once('exit', r));
+    const followers = async (): Promise<number> => {
+      const d = await cli(['server', 'action', nodeId, 'diagnostics', '--json', ...dd()]);
+      return (JSON.parse((JSON.parse(d.stdout) as { output: string }).output) as { ops: { logFollowers: number } }).ops.logFollowers;
+    };
+    // Each action makes the agent log an 'operation finished' line, which the follower then prints.
+    await waitFor('follower attached', async () => (await followers()) === 1, 30_000);
+    await cli(['server', 'action', nodeId, 'ping', ...dd()]);
+    await waitFor('followed lines', async () => out.includes('"target":"ping"'), 30_000);
+    follow.kill('SIGINT');
+    expect(await exited).toBe(0);
+    await waitFor('follower gone', async () => (await followers()) === 0, 30_000);
+  });
+
   it('audit lists each operation with the OS user as actor', async () => {
     const r = await cli(['server', 'audit', '--json', ...dd()]);
     const list = JSON.parse(r.stdout) as Array<{ source: string; actor: string; operation: string; target: string | null; result: string; nodeId: string }>;

@@ -1,6 +1,6 @@
 import { PassThrough, Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { runAction, runExec, tailLogs } from '../../src/server/ops/client.js';
+import { runAction, runExec, runTunnel, tailLogs } from '../../src/server/ops/client.js';
 import { startOpsPair, waitUntil, type OpsPair } from './helpers.js';
 
 function sink(): { stream: PassThrough; text(): string; bytes(): number } {
@@ -8,6 +8,15 @@ function sink(): { stream: PassThrough; text(): string; bytes(): number } {
   const chunks: Buffer[] = [];
   stream.on('data', (c: Buffer) => chunks.push(c));
   return { stream, text: () => Buffer.concat(chunks).toString('utf8'), bytes: () => chunks.reduce((n, c) => n + c.length, 0) };
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 async function diagnostics(p: OpsPair): Promise<{ ops: Record<string, number>; activeResources: Record<string, number> }> {
@@ -55,6 +64,33 @@ describe('exec over real mTLS', () => {
     await expect(
       runExec(on.socket, { op: 'exec', node: on.nodeId, actor: 't', command: '/nonexistent/cmd', args: [] }, { stdin: null, stdout: new PassThrough(), stderr: new PassThrough() }),
     ).rejects.toMatchObject({ code: 'ML_ERR_OPS_SPAWN' });
+  });
+
+  it('ending the command kills the remote process group at once', async () => {
+    const out = sink();
+    let pids: number[] = [];
+    const done = runTunnel(on.socket, { op: 'exec', node: on.nodeId, actor: 't', command: 'sh', args: ['-c', 'sleep 300 & echo "$$ $!"; wait'] }, {
+      onData: (c) => {
+        out.stream.write(c);
+      },
+      onEvent(e, t) {
+        if (e.type === 'ack') t.event({ type: 'eof' });
+      },
+      onOpen(t) {
+        const check = setInterval(() => {
+          const m = /^(\d+) (\d+)/.exec(out.text());
+          if (m) {
+            clearInterval(check);
+            pids = [Number(m[1]), Number(m[2])];
+            t.cancel();
+          }
+        }, 10);
+      },
+    });
+    await expect(done).resolves.toBeNull();
+    expect(pids).toHaveLength(2);
+    await waitUntil('remote group killed', () => pids.every((pid) => !alive(pid)), 5_000);
+    await waitUntil('exec count back to 0', () => on.ops.exec.running === 0, 5_000);
   });
 
   it('log tail: the last N lines of the agent’s own log', async () => {

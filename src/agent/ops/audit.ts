@@ -1,4 +1,5 @@
 import type { InputOf } from '../../protocol/registry.js';
+import type { Logger } from '../../util/logger.js';
 import type { AgentRunner } from '../connection.js';
 
 type Record_ = InputOf<'audit.batch'>['records'][number];
@@ -10,17 +11,21 @@ type Record_ = InputOf<'audit.batch'>['records'][number];
  */
 export class AuditReporter {
   readonly #runner: AgentRunner;
+  readonly #log: Logger | null;
   #pending: Record_[] = [];
   #dropped = 0;
   #scheduled = false;
   static readonly MAX_PENDING = 1000;
 
-  constructor(runner: AgentRunner) {
+  constructor(runner: AgentRunner, logger?: Logger) {
     this.#runner = runner;
+    this.#log = logger ?? null;
     runner.on('connected', () => this.#schedule());
   }
 
   record(r: Omit<Record_, 'ts'>): void {
+    // Also in the agent's own log (journald, `server logs`): what ran here and how it ended.
+    this.#log?.info({ operation: r.action, target: r.target, result: r.result }, 'operation finished');
     this.#pending.push({ ts: Date.now(), ...r });
     if (this.#pending.length > AuditReporter.MAX_PENDING) {
       this.#pending.shift();

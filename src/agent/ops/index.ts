@@ -38,7 +38,7 @@ export interface OpsAgentHandle {
 export async function opsAgentFeature(runner: AgentRunner, ctx: OpsAgentContext): Promise<OpsAgentHandle> {
   const opts = parseOpsOptions(ctx.options, ctx.stateDir);
   const log = ctx.logger.child({ component: 'ops' });
-  const audit = new AuditReporter(runner);
+  const audit = new AuditReporter(runner, log);
   const upgrader = opts.bundlePath
     ? await SelfUpgrader.create(runner, { bundlePath: opts.bundlePath, logger: log, ...(ctx.restart ? { restart: ctx.restart } : {}) })
     : null;
