@@ -147,8 +147,14 @@ export function registerOpsCommands(server: Command): void {
         const o = z.object({ dataDir: z.string().optional() }).parse(raw);
         const [cmd, ...args] = command;
         if (!cmd) throw new UsageError('no command given: meshlink server exec NODE -- CMD [ARGS…]');
-        const r = await runExec(socketOf(o.dataDir), { op: 'exec', node, actor: actor(), command: cmd, args }, { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr });
-        exitAfterFlush(remoteExit(r.exitCode, r.signal));
+        try {
+          const r = await runExec(socketOf(o.dataDir), { op: 'exec', node, actor: actor(), command: cmd, args }, { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr });
+          exitAfterFlush(remoteExit(r.exitCode, r.signal));
+        } catch (err) {
+          // A terminal on stdin would keep the process alive after a failure: exit explicitly.
+          fail(err);
+          exitAfterFlush(typeof process.exitCode === 'number' ? process.exitCode : OPS_EXIT.INTERNAL);
+        }
       }),
     );
 
