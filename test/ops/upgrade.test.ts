@@ -67,6 +67,18 @@ describe('agent self-upgrade over real mTLS (in-process agent, bundle file in a 
     expect(restarts).toBe(0);
   });
 
+  it('a failed download (unknown build on the server) leaves the bundle untouched and is reported failed', async () => {
+    const bogus = 'f'.repeat(64);
+    p.ts.server.sessions!.current(p.nodeId)!.session.send('agent.upgrade', { version: '4.0.0', buildId: bogus, url: `${p.ts.url}/v1/agent/bundle/${bogus}`, sha256: bogus });
+    await waitUntil('failed status for the bogus build', async () => {
+      const n = (await status()).nodes.find((x) => x.nodeId === p.nodeId);
+      return n?.buildId === bogus && n.state === 'failed';
+    });
+    expect((await status()).nodes.find((n) => n.nodeId === p.nodeId)!.message).toMatch(/HTTP 404/);
+    expect(await readFile(bundle, 'utf8')).toBe(v1);
+    expect(restarts).toBe(0);
+  });
+
   it('a newer build is downloaded over mTLS, verified, installed atomically with the previous kept, then the agent restarts', async () => {
     const r = await opsAdminRequest<{ notified: number }>(p.socket, 'POST', '/v1/ops/upgrade?percent=100&actor=t', Buffer.from(v2));
     expect(r.notified).toBe(1);
