@@ -142,7 +142,13 @@ export class MuxStream extends Duplex {
 
   override emit(event: string | symbol, ...args: any[]): boolean {
     if (event === 'message' && this.listenerCount('message') === 0) {
-      if (this.#early.length < 1024) this.#early.push(args[0]);
+      // Bounded like every buffer: an application that never listens gets the stream reset, not
+      // silent loss or growth.
+      if (this.#early.length >= 1024) {
+        this.destroy(new ProtocolError('ML_ERR_QUEUE_OVERFLOW', `stream ${this.id}: 1024 messages arrived with no listener`));
+        return false;
+      }
+      this.#early.push(args[0]);
       return false;
     }
     return super.emit(event, ...args);
