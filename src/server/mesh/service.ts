@@ -223,10 +223,19 @@ export class MeshService {
     return { nodeId: peer.id, meshIp: intToIp(peer.meshIp), publicKey: peer.publicKey!, endpoints: [...peer.endpoints], psk: psk.toString('base64') };
   }
 
-  /** Ensures a PSK for every permitted pair and drops the PSKs of pairs no longer permitted. */
+  /**
+   * Ensures a PSK for every permitted pair whose two nodes have reported a WireGuard key (only those
+   * appear in a desired state), and drops the PSKs of pairs no longer permitted. Pairs of nodes that
+   * never connected get none: a burst of enrollments into a large mesh would otherwise create
+   * (and seal and store) n² keys nobody can use yet, blocking the server for seconds.
+   */
   #syncPsks(now: number): void {
     const wanted = new Set<string>();
-    for (const [a, set] of this.#permitted) for (const b of set) if (a < b) wanted.add(pairKey(a, b));
+    const keyed = (id: string): boolean => Boolean(this.#nodes.get(id)?.publicKey);
+    for (const [a, set] of this.#permitted) {
+      if (!keyed(a)) continue;
+      for (const b of set) if (a < b && keyed(b)) wanted.add(pairKey(a, b));
+    }
     for (const key of [...this.#psks.keys()]) {
       if (!wanted.has(key)) {
         const [a, b] = key.split('\u0000') as [string, string];
