@@ -1,4 +1,5 @@
 import { chmod, unlink } from 'node:fs/promises';
+import { userInfo } from 'node:os';
 import { createServer, request, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { z } from 'zod';
@@ -43,6 +44,24 @@ export async function startAdminServer(socketPath: string, deps: AdminDeps): Pro
 
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const route = `${req.method ?? 'GET'} ${(req.url ?? '/').split('?')[0]}`;
+    if (req.method === 'GET' || deps.routes?.auditsItself(route)) {
+      await dispatch(route, req, res);
+      return;
+    }
+    // Every state-changing admin operation is audited: who (the CLI's OS user, sent as a header; the
+    // socket's file permission is the authentication), what, which node, when, and the result.
+    const audit = { actor: actorOf(req), operation: route.replace(/^\S+ \/v1\//, ''), nodeId: null as string | null, target: null as string | null };
+    try {
+      const outcome = await dispatch(route, req, res);
+      deps.routes?.audit({ ...audit, nodeId: outcome?.nodeId ?? null, target: outcome?.target ?? null, result: 'ok' });
+    } catch (err) {
+      deps.routes?.audit({ ...audit, result: `error:${err instanceof ServerError ? err.code : 'ML_ERR_SERVER_INTERNAL'}` });
+      throw err;
+    }
+  }
+
+  /** Serves one route; returns what the audit log should name (node, target) for built-ins. */
+  async function dispatch(route: string, req: IncomingMessage, res: ServerResponse): Promise<{ nodeId?: string | null; target?: string } | void> {
     switch (route) {
       case 'GET /v1/health':
         sendJson(res, 200, { ok: true, pid: process.pid });
@@ -52,7 +71,7 @@ export async function startAdminServer(socketPath: string, deps: AdminDeps): Pro
         const created = createEnrollmentToken(deps.store, { ttlMs: body.ttlMs, nodeId: body.nodeId ?? null });
         log.info({ expiresAt: created.expiresAt, nodeId: created.nodeId }, 'enrollment token created');
         sendJson(res, 200, created);
-        return;
+        return { nodeId: created.nodeId, target: `expires ${created.expiresAt}` };
       }
       case 'GET /v1/nodes':
         sendJson(res, 200, listNodes(deps.store, deps.live));
@@ -62,7 +81,7 @@ export async function startAdminServer(socketPath: string, deps: AdminDeps): Pro
         const result = removeNode(deps.store, body.node, deps.live);
         log.info({ nodeId: result.id, hostname: result.hostname, revoked: result.revokedSerials.length, closed: result.closedConnections }, 'node removed');
         sendJson(res, 200, result);
-        return;
+        return { nodeId: result.id, target: result.hostname };
       }
       default: {
         const handler = deps.routes?.lookup(route);
@@ -95,6 +114,22 @@ export async function startAdminServer(socketPath: string, deps: AdminDeps): Pro
   return server;
 }
 
+/** The operator named by the CLI (`x-meshlink-actor`), or "unknown"; printable ASCII, at most 64 characters. */
+function actorOf(req: IncomingMessage): string {
+  const raw = req.headers['x-meshlink-actor'];
+  const value = Array.isArray(raw) ? raw[0] : raw;
+  return value && /^[\x21-\x7e]{1,64}$/.test(value) ? value : 'unknown';
+}
+
+/** The local OS user running this CLI, sent as the audit actor. */
+function localActor(): string {
+  try {
+    return userInfo().username.replace(/[^\x21-\x7e]/g, '?').slice(0, 64) || 'unknown';
+  } catch {
+    return 'unknown';
+  }
+}
+
 /** Admin socket unreachable (no server running): the CLI falls back to the store. */
 export class AdminUnavailable extends Error {}
 
@@ -107,7 +142,10 @@ export function adminRequest<T>(socketPath: string, method: string, path: string
         socketPath,
         method,
         path,
-        headers: payload ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } : {},
+        headers: {
+          'x-meshlink-actor': localActor(),
+          ...(payload ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } : {}),
+        },
         timeout: timeoutMs,
       },
       (res) => {

@@ -67,6 +67,7 @@ export function registerOpsAdminRoutes(admin: AdminRoutes, deps: { ops: OpsStore
         throw err;
       }
     }),
+    { auditsItself: true },
   );
 
   admin.add(

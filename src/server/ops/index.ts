@@ -18,6 +18,10 @@ export const opsFeature: ServerFeature = (ctx) => {
   const tunnels = createTunnelServer(log, createOperations({ store: ctx.store, ops, sessions: ctx.sessions, logger: log }));
   ctx.admin.addUpgrade(OPS_STREAM_PATH, (req, socket, head) => tunnels.handleUpgrade(req, socket, head));
   registerOpsAdminRoutes(ctx.admin, { ops, upgrades });
+  // The audit log also records the admin operations of the server and of other features.
+  ctx.admin.setAuditor((e) =>
+    ops.recordAudit({ source: 'admin', actor: e.actor, operation: e.operation, nodeId: e.nodeId, target: e.target, result: e.result, details: e.details ?? null }),
+  );
 
   ctx.sessions.addWelcomeFields((hello, info) => {
     const offer = upgrades.offerFor(info.nodeId, hello);
