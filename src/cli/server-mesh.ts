@@ -1,4 +1,5 @@
 import { existsSync } from 'node:fs';
+import { failureReporter, withFailureReport } from './failure.js';
 import { readFile, stat } from 'node:fs/promises';
 import { Command, Option } from 'commander';
 import { z } from 'zod';
@@ -32,18 +33,8 @@ const EXIT_BY_CODE: Record<string, number> = {
   ML_ERR_NOT_INITIALIZED: 5,
 };
 
-function action<A extends unknown[]>(fn: (...args: A) => Promise<void>): (...args: A) => Promise<void> {
-  return async (...args: A) => {
-    try {
-      await fn(...args);
-    } catch (err) {
-      const maybe = (err as { code?: unknown } | null)?.code;
-      const code = typeof maybe === 'string' ? maybe : 'ML_ERR_INTERNAL';
-      process.stderr.write(`error ${code}: ${err instanceof Error ? err.message : String(err)}\n`);
-      process.exitCode = EXIT_BY_CODE[code] ?? 1;
-    }
-  };
-}
+const action = <A extends unknown[]>(fn: (...args: A) => Promise<void>) => withFailureReport(failureReporter(EXIT_BY_CODE, 1), fn);
+
 
 const dataDirOption = () => new Option('--data-dir <dir>', 'server data dir (default as for server start)');
 

@@ -1,4 +1,5 @@
 import { existsSync } from 'node:fs';
+import { failureReporter } from './failure.js';
 import type { Command } from 'commander';
 import { z } from 'zod';
 import { AdminUnavailable, adminRequest } from '../server/admin.js';
@@ -16,14 +17,9 @@ import { MeshlinkError } from '../protocol/errors.js';
  */
 
 const EXIT_BY_CODE: Record<string, number> = { ML_ERR_CONFIG: 2, ML_ERR_BAD_REQUEST: 2, ML_ERR_NODE_NOT_FOUND: 3, ML_ERR_NODE_AMBIGUOUS: 3, ML_ERR_NOT_INITIALIZED: 5 };
+const fail = failureReporter(EXIT_BY_CODE, 1);
 const showOptions = z.object({ dataDir: z.string().optional(), json: z.boolean().default(false) });
 
-function fail(err: unknown): void {
-  const maybe = (err as { code?: unknown } | null)?.code;
-  const code = typeof maybe === 'string' ? maybe : 'ML_ERR_INTERNAL';
-  process.stderr.write(`error ${code}: ${err instanceof Error ? err.message : String(err)}\n`);
-  process.exitCode = EXIT_BY_CODE[code] ?? 1;
-}
 
 export function registerObservabilityCommands(server: Command): void {
   const start = server.commands.find((c) => c.name() === 'start');

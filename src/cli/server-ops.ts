@@ -1,8 +1,8 @@
 import { userInfo } from 'node:os';
+import { UsageError, failureReporter, withFailureReport } from './failure.js';
 import { readFile } from 'node:fs/promises';
 import { Option, type Command } from 'commander';
 import { z } from 'zod';
-import { MeshlinkError } from '../protocol/errors.js';
 import { adminSocketPath, parseServerConfig } from '../server/config.js';
 import { OpsClientError, opsAdminRequest, pullFile, pushFile, runAction, runExec, tailLogs } from '../server/ops/client.js';
 import type { AuditRecord, UpgradeStatusRow } from '../server/store/ops-store.js';
@@ -42,28 +42,11 @@ const EXIT_BY_CODE: Record<string, number> = {
   ML_ERR_SERVER_NOT_RUNNING: OPS_EXIT.NO_SERVER,
 };
 
-class UsageError extends MeshlinkError {
-  constructor(message: string) {
-    super('ML_ERR_USAGE', message);
-  }
-}
+const fail = failureReporter(EXIT_BY_CODE, OPS_EXIT.INTERNAL);
+const action = <A extends unknown[]>(fn: (...args: A) => Promise<void>) => withFailureReport(fail, fn);
 
-function fail(err: unknown): void {
-  const maybe = (err as { code?: unknown } | null)?.code;
-  const code = typeof maybe === 'string' ? maybe : 'ML_ERR_INTERNAL';
-  process.stderr.write(`error ${code}: ${err instanceof Error ? err.message : String(err)}\n`);
-  process.exitCode = EXIT_BY_CODE[code] ?? OPS_EXIT.INTERNAL;
-}
 
-function action<A extends unknown[]>(fn: (...args: A) => Promise<void>): (...args: A) => Promise<void> {
-  return async (...args: A) => {
-    try {
-      await fn(...args);
-    } catch (err) {
-      fail(err);
-    }
-  };
-}
+
 
 /** Exit with `code` once stdout is flushed (stdin of exec may otherwise keep the process alive). */
 function exitAfterFlush(code: number): void {

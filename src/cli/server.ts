@@ -1,4 +1,5 @@
 import { existsSync } from 'node:fs';
+import { UsageError, failureReporter, withFailureReport } from './failure.js';
 import { registerServerExtensions } from './server-extensions.js';
 import { createTaggedToken } from '../server/mesh/operator.js';
 import { isIP } from 'node:net';
@@ -33,29 +34,11 @@ const EXIT_BY_CODE: Record<string, number> = {
   ML_ERR_SERVER_RUNNING: EXIT.RUNNING,
 };
 
-class UsageError extends MeshlinkError {
-  constructor(message: string) {
-    super('ML_ERR_USAGE', message);
-  }
-}
+const fail = failureReporter(EXIT_BY_CODE, EXIT.INTERNAL);
+const action = <A extends unknown[]>(fn: (...args: A) => Promise<void>) => withFailureReport(fail, fn);
 
-function fail(err: unknown): void {
-  const maybe = (err as { code?: unknown } | null)?.code;
-  const code = typeof maybe === 'string' ? maybe : 'ML_ERR_INTERNAL';
-  const message = err instanceof Error ? err.message : String(err);
-  process.stderr.write(`error ${code}: ${message}\n`);
-  process.exitCode = EXIT_BY_CODE[code] ?? EXIT.INTERNAL;
-}
 
-function action<A extends unknown[]>(fn: (...args: A) => Promise<void>): (...args: A) => Promise<void> {
-  return async (...args: A) => {
-    try {
-      await fn(...args);
-    } catch (err) {
-      fail(err);
-    }
-  };
-}
+
 
 /** `HOST:PORT`, `[v6]:PORT`. */
 export function parseListen(text: string): { host: string; port: number } {
