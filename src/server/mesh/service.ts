@@ -87,6 +87,32 @@ const PLAIN = Buffer.from([0]);
 
 const pairKey = (a: string, b: string): string => (a < b ? `${a}\u0000${b}` : `${b}\u0000${a}`);
 const pskTag = (psk: Buffer): string => createHash('sha256').update(psk).digest('hex').slice(0, 16);
+
+/**
+ * A recompute visits every (node, peer) pair, twice needing the PSK's tag and once its base64 form:
+ * for 1,000 nodes that was millions of hashes and conversions per policy change. Both are derived
+ * from the PSK alone, so they are computed once per PSK (the caches are bounded; PSKs are in memory
+ * anyway).
+ */
+const pskTagCache = new Map<string, string>();
+function pskTagOf(pskBase64: string): string {
+  let tag = pskTagCache.get(pskBase64);
+  if (tag === undefined) {
+    if (pskTagCache.size >= 1_000_000) pskTagCache.clear();
+    tag = pskTag(Buffer.from(pskBase64, 'base64'));
+    pskTagCache.set(pskBase64, tag);
+  }
+  return tag;
+}
+const pskBase64Cache = new WeakMap<Buffer, string>();
+function base64Of(psk: Buffer): string {
+  let b64 = pskBase64Cache.get(psk);
+  if (b64 === undefined) {
+    b64 = psk.toString('base64');
+    pskBase64Cache.set(psk, b64);
+  }
+  return b64;
+}
 /** zod's Uint8Array is over an ArrayBuffer; Buffers from node:crypto and the codec are. */
 const bin = (b: Uint8Array): Uint8Array<ArrayBuffer> => b as Uint8Array<ArrayBuffer>;
 const sameList = (a: readonly string[], b: readonly string[]): boolean => a.length === b.length && a.every((x, i) => x === b[i]);
@@ -220,7 +246,7 @@ export class MeshService {
   // ------------------------------------------------------------------ desired state and events
 
   #peerInfo(peer: ModelNode, psk: Buffer): PeerInfo {
-    return { nodeId: peer.id, meshIp: intToIp(peer.meshIp), publicKey: peer.publicKey!, endpoints: [...peer.endpoints], psk: psk.toString('base64') };
+    return { nodeId: peer.id, meshIp: intToIp(peer.meshIp), publicKey: peer.publicKey!, endpoints: [...peer.endpoints], psk: base64Of(psk) };
   }
 
   /**
@@ -304,7 +330,7 @@ export class MeshService {
     for (const p of desired.peers) {
       seen.add(p.nodeId);
       const was = before.peers[p.nodeId];
-      if (!was || was.meshIp !== p.meshIp || was.pskTag !== pskTag(Buffer.from(p.psk, 'base64'))) added.push(p);
+      if (!was || was.meshIp !== p.meshIp || was.pskTag !== pskTagOf(p.psk)) added.push(p);
       else {
         if (was.publicKey !== p.publicKey) keys.push({ nodeId: p.nodeId, publicKey: p.publicKey });
         if (!sameList(was.endpoints, p.endpoints)) endpoints.push({ nodeId: p.nodeId, endpoints: p.endpoints });
@@ -561,7 +587,7 @@ export class MeshService {
 
 function announce(state: MeshState): Announced {
   const peers: Announced['peers'] = {};
-  for (const p of state.peers) peers[p.nodeId] = { meshIp: p.meshIp, publicKey: p.publicKey, endpoints: p.endpoints, pskTag: pskTag(Buffer.from(p.psk, 'base64')) };
+  for (const p of state.peers) peers[p.nodeId] = { meshIp: p.meshIp, publicKey: p.publicKey, endpoints: p.endpoints, pskTag: pskTagOf(p.psk) };
   return { meshIp: state.meshIp, cidr: state.cidr, peers };
 }
 
