@@ -1,13 +1,10 @@
-import { existsSync } from 'node:fs';
+import { withServerOrStore } from './server-access.js';
 import { failureReporter } from './failure.js';
 import type { Command } from 'commander';
 import { z } from 'zod';
-import { AdminUnavailable, adminRequest } from '../server/admin.js';
-import { adminSocketPath, parseServerConfig, storePath } from '../server/config.js';
+import { adminRequest } from '../server/admin.js';
 import { configureMetricsListen, parseMetricsListen } from '../server/metrics.js';
 import { nodeDetails, type NodeDetails } from '../server/observability/index.js';
-import { Store } from '../server/store/store.js';
-import { MeshlinkError } from '../protocol/errors.js';
 
 /**
  * Observability CLI: `server start --metrics-listen HOST:PORT` (Prometheus on a separate local
@@ -50,21 +47,12 @@ export function registerObservabilityCommands(server: Command): void {
     });
 }
 
-async function fetchDetails(dataDirFlag: string | undefined, node: string): Promise<NodeDetails> {
-  const dataDir = parseServerConfig({ ...(dataDirFlag ? { dataDir: dataDirFlag } : {}) }).dataDir;
-  try {
-    return await adminRequest<NodeDetails>(adminSocketPath(dataDir), 'GET', `/v1/nodes/show?node=${encodeURIComponent(node)}`);
-  } catch (err) {
-    if (!(err instanceof AdminUnavailable)) throw err;
-  }
-  const path = storePath(dataDir);
-  if (!existsSync(path)) throw new MeshlinkError('ML_ERR_NOT_INITIALIZED', `no store at ${path}: run \`meshlink server start\` once`);
-  const store = Store.open(path);
-  try {
-    return nodeDetails(store, node);
-  } finally {
-    store.close();
-  }
+function fetchDetails(dataDirFlag: string | undefined, node: string): Promise<NodeDetails> {
+  return withServerOrStore(
+    dataDirFlag,
+    (socket) => adminRequest<NodeDetails>(socket, 'GET', `/v1/nodes/show?node=${encodeURIComponent(node)}`),
+    (store) => nodeDetails(store, node),
+  );
 }
 
 function render(d: NodeDetails): string {

@@ -1,19 +1,18 @@
-import { existsSync } from 'node:fs';
+import { withServerOrStore } from './server-access.js';
 import { UsageError, failureReporter, withFailureReport } from './failure.js';
 import { registerServerExtensions } from './server-extensions.js';
 import { createTaggedToken } from '../server/mesh/operator.js';
 import { isIP } from 'node:net';
 import { Command, Option } from 'commander';
 import { z } from 'zod';
-import { AdminUnavailable, adminRequest } from '../server/admin.js';
-import { adminSocketPath, parseServerConfig, storePath } from '../server/config.js';
+import { adminRequest } from '../server/admin.js';
+import { parseServerConfig } from '../server/config.js';
 import { createEnrollmentToken, listNodes, removeNode, type NodeListing, type RemovalResult, type TokenCreation } from '../server/nodes.js';
 import { startServer } from '../server/server.js';
 import { Store } from '../server/store/store.js';
 import { DEFAULT_TOKEN_TTL_MS } from '../server/tokens.js';
 import { createLogger, LOG_LEVELS } from '../util/logger.js';
 import { parseDuration } from '../util/duration.js';
-import { MeshlinkError } from '../protocol/errors.js';
 
 /**
  * `meshlink server ...`: parse, validate, call into src/server. Exit codes (docs/SERVER.md):
@@ -59,22 +58,6 @@ const listOptions = z.object({ dataDir: z.string().optional(), json: z.boolean()
 const removeOptions = z.object({ dataDir: z.string().optional() });
 
 /** Runs `viaAdmin` against a running server, else `direct` on the store file (server stopped). */
-async function withServerOrStore<T>(dataDirFlag: string | undefined, viaAdmin: (socket: string) => Promise<T>, direct: (store: Store) => T): Promise<T> {
-  const dataDir = parseServerConfig({ ...(dataDirFlag ? { dataDir: dataDirFlag } : {}) }).dataDir;
-  try {
-    return await viaAdmin(adminSocketPath(dataDir));
-  } catch (err) {
-    if (!(err instanceof AdminUnavailable)) throw err;
-  }
-  const path = storePath(dataDir);
-  if (!existsSync(path)) throw new MeshlinkError('ML_ERR_NOT_INITIALIZED', `no store at ${path}: run \`meshlink server start\` once`);
-  const store = Store.open(path);
-  try {
-    return direct(store);
-  } finally {
-    store.close();
-  }
-}
 
 export function registerServerCommands(program: Command): void {
   const server = program.command('server').description('control-plane server: CA, enrollment, agent gateway');
