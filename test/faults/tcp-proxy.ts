@@ -3,8 +3,8 @@ import { createConnection, createServer, type Server, type Socket } from 'node:n
 /**
  * A loopback TCP proxy for fault injection between an agent and the server:
  * - `pass`: forwards both ways (optionally with `delayMs` added to every chunk);
- * - `blackhole`: keeps the connections open but silently discards every byte (a half-open path:
- *   nothing errors, nothing arrives); `blackhole-down` discards only server → agent bytes;
+ * - `blackhole`: keeps the connections open but silently discards every byte, and a close on one
+ *   side does not reach the other (a half-open path: nothing errors, nothing arrives); `blackhole-down` discards only server → agent bytes;
  * - `drop()`: destroys every connection at once (RST), new ones are still accepted.
  */
 export type ProxyMode = 'pass' | 'blackhole' | 'blackhole-down';
@@ -62,6 +62,12 @@ export class TcpProxy {
     forward(client, upstream, false);
     forward(upstream, client, true);
     const end = (): void => {
+      // In a black hole the FIN or RST is lost too: the other side must find out by itself (its
+      // heartbeat timeout), so nothing is propagated; drop() or close() cleans up what is left.
+      if (this.mode === 'blackhole') {
+        if (client.destroyed && upstream.destroyed) this.#pairs.delete(pair);
+        return;
+      }
       this.#pairs.delete(pair);
       client.destroy();
       upstream.destroy();
