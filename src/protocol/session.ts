@@ -641,6 +641,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
   // ===================== scheduling =====================
 
   #enqueuePriority(frame: Uint8Array): void {
+    if (this.state === 'closed') return;
     this.#scheduler.pushPriority(frame);
     if (this.#scheduler.priorityBytes > this.#opts.priorityHighWater * 16) {
       // The application ignored send()'s false return for far too long.
@@ -694,8 +695,9 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     if (this.state === 'closed') return;
     const error = err instanceof MeshlinkError ? err : new ProtocolError('ML_ERR_INTERNAL', 'internal error', { cause: err });
     const code = isProtocolError(error) && error.closeCode !== null ? error.closeCode : 1011;
-    // Tell the peer why before closing (best effort; it goes out ahead of any queued data).
-    this.#enqueuePriority(encodeMessage('error', 0, { code: error.code, message: error.message.slice(0, 1024) }));
+    // Tell the peer why before closing (best effort). Pushed past the overflow check on purpose: this
+    // may be the overflow itself, and #shutdown flushes the queue next.
+    this.#scheduler.pushPriority(encodeMessage('error', 0, { code: error.code, message: error.message.slice(0, 1024) }));
     this.#shutdown({ code, reason: error.code, local: true, error });
   }
 

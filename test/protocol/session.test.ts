@@ -304,6 +304,27 @@ describe('protocol violations end the session with the documented close code', (
     await expect(agent.handshake({ agentVersion: 'x' })).rejects.toMatchObject({ remoteCode: 'ML_ERR_NO_COMMON_VERSION' });
     expect(await closed).toBe(4010);
   });
+  it('a peer that never reads while it keeps asking for answers overflows the control queue: 4023, not a crash', async () => {
+    // The server's transport accepts messages but never reports them written (a peer that stopped
+    // reading): pongs pile up in the priority queue until its hard limit.
+    const sent: Uint8Array[] = [];
+    const server = new Session({
+      role: 'server',
+      onHello: () => ({ nodeId: 'n', serverVersion: 's', heartbeatIntervalMs: 1000 }),
+      transportHighWater: 64,
+      priorityHighWater: 1024,
+      transport: { send: (m) => void sent.push(m), close: () => {} },
+    });
+    const closed = new Promise<{ code: number; error?: string }>((r) => server.once('close', (i) => r({ code: i.code, error: i.error?.code })));
+    server.receive(encodeMessage('hello', 0, { versions: [1], agentVersion: 'x' }));
+    await new Promise((r) => setImmediate(r));
+    expect(server.state).toBe('open');
+    for (let i = 0; i < 5_000 && server.state === 'open'; i++) {
+      expect(() => server.receive(encodeMessage('ping', 0, { nonce: i + 1 }))).not.toThrow();
+    }
+    expect(await closed).toEqual({ code: 4023, error: 'ML_ERR_QUEUE_OVERFLOW' });
+  });
+
   it('a flood of stream opens beyond the cap is refused, then ends the session with 4022', async () => {
     const pair = await memoryPair({}, { maxStreams: 4 });
     pair.server.on('stream', (s) => pair.server.accept(s));
