@@ -542,7 +542,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
       default:
         // A typed message within the stream's conversation (exec.resize, action.result, ...).
         if (stream.state !== 'open') throw new ProtocolError('ML_ERR_STREAM_ID', `${kind.name} on stream ${id} before it was accepted`);
-        stream.emit('message', { name: kind.name, payload });
+        stream._receiveMessage({ name: kind.name, payload });
     }
   }
 

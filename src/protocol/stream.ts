@@ -103,6 +103,13 @@ export class MuxStream extends Duplex {
   #released = false;
   /** Bytes written into the ordered queue that are not yet sent (for diagnostics and bounds). */
   #queuedBytes = 0;
+  /** Bytes the application passed to write(), and bytes that have reached #queue (ordering of messages). */
+  #writtenBytes = 0;
+  #handedBytes = 0;
+  /** Outgoing typed messages waiting for earlier writes to reach #queue. */
+  #deferred: Array<{ mark: number; bytes: Uint8Array }> = [];
+  /** Incoming typed messages waiting for earlier data to be consumed. */
+  #inbound: Array<{ mark: number; msg: { name: string; payload: unknown } }> = [];
 
   constructor(host: StreamHost, init: { id: number; kind: string; meta: unknown; local: boolean }) {
     super({
@@ -177,9 +184,55 @@ export class MuxStream extends Duplex {
       throw new MeshlinkError('ML_ERR_STREAM_CLOSED', `stream ${this.id} is closed for writing`);
     }
     const bytes = encodeMessage(name, this.id, payload);
+    if (this.#handedBytes >= this.#writtenBytes) {
+      this.#queueFrame(bytes);
+      if (this.state === 'open') this.#host.markReady(this);
+    } else {
+      // Bytes written before this message still sit in the Writable's buffer: the message waits
+      // until they have reached the stream's queue, so it cannot overtake them (PROTOCOL.md §6.3).
+      this.#deferred.push({ mark: this.#writtenBytes, bytes });
+    }
+  }
+
+  /** Counts written bytes, so that typed messages keep their place behind earlier writes. */
+  override write(chunk: any, encoding?: any, cb?: any): boolean {
+    if (typeof chunk === 'string') this.#writtenBytes += Buffer.byteLength(chunk, typeof encoding === 'string' ? (encoding as BufferEncoding) : 'utf8');
+    else if (chunk && typeof (chunk as Uint8Array).byteLength === 'number') this.#writtenBytes += (chunk as Uint8Array).byteLength;
+    return super.write(chunk, encoding, cb);
+  }
+
+  #queueFrame(bytes: Uint8Array): void {
     this.#queue.push({ type: 'frame', bytes, end: false });
     this.#queuedBytes += bytes.byteLength;
-    if (this.state === 'open') this.#host.markReady(this);
+  }
+
+  /** Queues the deferred messages whose preceding bytes have all been handed over. */
+  #releaseDeferred(all = false): void {
+    while (this.#deferred.length > 0 && (all || this.#deferred[0]!.mark <= this.#handedBytes)) {
+      this.#queueFrame(this.#deferred.shift()!.bytes);
+    }
+  }
+
+  /**
+   * A typed message from the peer. It is delivered once the data the peer sent before it has been
+   * consumed, so that, say, exec.exit never arrives ahead of the command's last output.
+   */
+  _receiveMessage(msg: { name: string; payload: unknown }): void {
+    if (this.#inbound.length === 0 && this.readableLength === 0) {
+      this.emit('message', msg);
+      return;
+    }
+    if (this.#inbound.length >= 1024) {
+      this.destroy(new ProtocolError('ML_ERR_QUEUE_OVERFLOW', `stream ${this.id}: 1024 messages waiting behind unread data`));
+      return;
+    }
+    this.#inbound.push({ mark: this.#received, msg });
+  }
+
+  #deliverMessages(): void {
+    if (this.#inbound.length === 0) return;
+    const consumed = this.#received - this.readableLength;
+    while (this.#inbound.length > 0 && this.#inbound[0]!.mark <= consumed) this.emit('message', this.#inbound.shift()!.msg);
   }
 
   // ---------- called by the session ----------
@@ -324,6 +377,8 @@ export class MuxStream extends Duplex {
       last = { type: 'data', buf, offset: 0, cb: null };
       this.#queue.push(last);
       this.#queuedBytes += buf.byteLength;
+      this.#handedBytes += buf.byteLength;
+      if (this.#deferred.length > 0) this.#releaseDeferred();
     }
     if (!last) {
       cb();
@@ -341,6 +396,7 @@ export class MuxStream extends Duplex {
       return;
     }
     this.#endQueued = true;
+    this.#releaseDeferred(true);
     const bytes = encodeMessage('stream.close', this.id, {}, { endStream: true });
     // 'finish' (and with it autoDestroy) waits until END_STREAM is actually on its way.
     this.#queue.push({ type: 'frame', bytes, end: true, cb: () => cb() });
@@ -350,6 +406,7 @@ export class MuxStream extends Duplex {
 
   override _read(): void {
     this.#returnCredit();
+    this.#deliverMessages();
   }
 
   /**
@@ -359,6 +416,7 @@ export class MuxStream extends Duplex {
   override read(size?: number): unknown {
     const out = super.read(size);
     this.#returnCredit();
+    this.#deliverMessages();
     return out;
   }
 

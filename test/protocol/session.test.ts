@@ -227,6 +227,43 @@ describe.each(transports)('session over %s', (_name, makePair) => {
     }
   });
 
+  it('typed stream messages keep their place among the data, on both sides', async () => {
+    const pair = await makePair();
+    try {
+      const events: string[] = [];
+      const accepted = new Promise<MuxStream>((resolve) =>
+        pair.server.on('stream', (s) => {
+          pair.server.accept(s);
+          s.pause(); // a reader that is behind when the message arrives
+          resolve(s);
+        }),
+      );
+      const stream = await pair.agent.openStream('file.open', { path: '/order', direction: 'push' });
+      const incoming = await accepted;
+      incoming.on('message', (m: { name: string }) => events.push(`msg ${m.name}`));
+      // Written in one go: most of it is still in the Writable's buffer when the message is sent.
+      for (const part of ['AAAA', 'BBBB', 'CCCC']) stream.write(Buffer.from(part.repeat(20_000)));
+      stream.sendMessage('file.done', { size: 240_000, sha256: 'ab'.repeat(32) });
+      stream.end();
+      await new Promise((r) => setTimeout(r, 200));
+      expect(events).toEqual([]); // nothing consumed yet: the message waits behind the data
+      let bytes = 0;
+      incoming.on('data', (c: Buffer) => {
+        bytes += c.length;
+        events.push('data');
+      });
+      const ended = new Promise((r) => incoming.once('end', r));
+      incoming.resume();
+      await ended;
+      expect(bytes).toBe(240_000);
+      const firstMsg = events.indexOf('msg file.done');
+      expect(firstMsg).toBeGreaterThan(0);
+      expect(events.slice(firstMsg + 1)).toEqual([]);
+    } finally {
+      await pair.close();
+    }
+  });
+
   it('reject and reset reach the other side as typed errors', async () => {
     const pair = await makePair();
     try {
