@@ -291,7 +291,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
   reject(stream: MuxStream, code: string, message: string): void {
     if (stream.state !== 'opening' || stream.local) return;
     this.#enqueuePriority(encodeMessage('stream.reject', stream.id, { code, message: message.slice(0, 1024) }));
-    this.#streams.delete(stream.id);
+    this.#forgetStream(stream.id);
     stream._abort(new MeshlinkError('ML_ERR_STREAM_REJECTED', message));
   }
 
@@ -520,7 +520,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
           stream.emit('meshlink:open');
         } else {
           const r = payload as PayloadOf<'stream.reject'>;
-          this.#streams.delete(id);
+          this.#forgetStream(id);
           stream._abort(new RemoteError(r.code, r.message));
         }
         return;
@@ -535,7 +535,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
         return;
       case 'stream.reset': {
         const r = payload as PayloadOf<'stream.reset'>;
-        this.#streams.delete(id);
+        this.#forgetStream(id);
         stream._receiveReset(r.code, r.message);
         return;
       }
@@ -575,7 +575,10 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
       refuse('ML_ERR_GOAWAY', 'session is going away');
       return;
     }
-    if (this.#streams.size >= this.#opts.maxStreams) {
+    // The cap is on streams the peer opened; our own streams do not count against it.
+    let peerOpened = 0;
+    for (const st of this.#streams.values()) if (!st.local) peerOpened++;
+    if (peerOpened >= this.#opts.maxStreams) {
       // A peer that keeps opening after being refused a whole cap's worth of times is flooding.
       if (++this.#refusedOpens > this.#opts.maxStreams) {
         throw new ProtocolError('ML_ERR_TOO_MANY_STREAMS', `peer kept opening streams beyond the cap of ${this.#opts.maxStreams}`);
@@ -628,6 +631,11 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
 
   now(): number {
     return this.#timers.now();
+  }
+
+  /** Drops a stream from the table; a stream ending is what entitles a refused peer to open again. */
+  #forgetStream(id: number): void {
+    if (this.#streams.delete(id)) this.#refusedOpens = 0;
   }
 
   release(stream: MuxStream): void {

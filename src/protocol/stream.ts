@@ -459,10 +459,13 @@ export class MuxStream extends Duplex {
     if (!this.#released) {
       this.#released = true;
       const fullyClosed = this.#endSent && this.#remoteEnded;
+      const code = err instanceof MeshlinkError ? err.code : 'ML_ERR_CANCELLED';
+      const message = err ? err.message.slice(0, 512) : 'stream destroyed';
       if (!fullyClosed && this.state !== 'opening') {
-        const code = err instanceof MeshlinkError ? err.code : 'ML_ERR_CANCELLED';
-        const message = err ? err.message.slice(0, 512) : 'stream destroyed';
         this.#host.sendPriority(encodeMessage('stream.reset', this.id, { code, message }));
+      } else if (this.state === 'opening' && !this.local) {
+        // Destroyed before the application answered the open: the peer still waits for one.
+        this.#host.sendPriority(encodeMessage('stream.reject', this.id, { code, message }));
       }
       this.state = 'closed';
       this.#host.release(this);

@@ -362,6 +362,18 @@ describe('protocol violations end the session with the documented close code', (
     expect(await closed).toEqual({ code: 4023, error: 'ML_ERR_QUEUE_OVERFLOW' });
   });
 
+  it('the stream cap counts only streams the peer opened', async () => {
+    const pair = await memoryPair({}, { maxStreams: 2 });
+    pair.agent.on('stream', (s) => pair.agent.accept(s));
+    pair.server.on('stream', (s) => pair.server.accept(s));
+    // The server opens three streams of its own: they do not use up the agent's allowance at the server.
+    await Promise.all([0, 1, 2].map((i) => pair.server.openStream('log.stream', { lines: i })));
+    const opened = await Promise.allSettled([0, 1, 2].map((i) => pair.agent.openStream('file.open', { path: `/${i}`, direction: 'push' })));
+    expect(opened.map((r) => r.status)).toEqual(['fulfilled', 'fulfilled', 'rejected']);
+    expect(pair.server.state).toBe('open');
+    await pair.close();
+  });
+
   it('a flood of stream opens beyond the cap is refused, then ends the session with 4022', async () => {
     const pair = await memoryPair({}, { maxStreams: 4 });
     pair.server.on('stream', (s) => pair.server.accept(s));
