@@ -85,10 +85,14 @@ export interface ControlMessage<N extends KindName = KindName> {
   payload: PayloadOf<N>;
 }
 
+/**
+ * An error the peer reported: `remoteCode` is the peer's code; `code` says what failed here
+ * (ML_ERR_REMOTE for a request or handshake, ML_ERR_STREAM_REJECTED for a refused stream.open).
+ */
 export class RemoteError extends MeshlinkError {
   readonly remoteCode: string;
-  constructor(remoteCode: string, message: string) {
-    super('ML_ERR_REMOTE', `${remoteCode}: ${message}`);
+  constructor(remoteCode: string, message: string, code: 'ML_ERR_REMOTE' | 'ML_ERR_STREAM_REJECTED' = 'ML_ERR_REMOTE') {
+    super(code, `${remoteCode}: ${message}`);
     this.remoteCode = remoteCode;
   }
 }
@@ -521,7 +525,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
         } else {
           const r = payload as PayloadOf<'stream.reject'>;
           this.#forgetStream(id);
-          stream._abort(new RemoteError(r.code, r.message));
+          stream._abort(new RemoteError(r.code, r.message, 'ML_ERR_STREAM_REJECTED'));
         }
         return;
       case 'stream.data':

@@ -275,7 +275,7 @@ describe.each(transports)('session over %s', (_name, makePair) => {
           s.destroy();
         }
       });
-      await expect(pair.agent.openStream('file.open', { path: '/1', direction: 'push' })).rejects.toMatchObject({ remoteCode: 'ML_ERR_FORBIDDEN' });
+      await expect(pair.agent.openStream('file.open', { path: '/1', direction: 'push' })).rejects.toMatchObject({ code: 'ML_ERR_STREAM_REJECTED', remoteCode: 'ML_ERR_FORBIDDEN' });
       const s = await pair.agent.openStream('file.open', { path: '/2', direction: 'push' });
       const err = s.errored ?? (await new Promise<Error>((r) => s.on('error', r)));
       expect(err).toMatchObject({ code: 'ML_ERR_STREAM_RESET', remote: true, resetCode: 'ML_ERR_CANCELLED' });
