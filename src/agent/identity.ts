@@ -4,7 +4,7 @@ import { access, chmod, lstat, mkdir, open, readFile, readdir, readlink, rename,
 import { dirname, join } from 'node:path';
 import { z } from 'zod';
 import { MeshlinkError } from '../protocol/errors.js';
-import { fsyncDir, writeFileAtomic } from '../util/atomic-file.js';
+import { fsyncPath, writeFileAtomic } from '../util/atomic-file.js';
 import { caPinSchema, spkiDerOf, spkiPinOf } from './pin.js';
 
 /**
@@ -302,7 +302,7 @@ async function writeGeneration(stateDir: string, content: GenerationContent): Pr
   for (const file of STATE_FILES) {
     await writeFileAtomic(join(dir, file), data[file], { mode: FILE_MODES[file] });
   }
-  await fsyncDir(generationsDir);
+  await fsyncPath(generationsDir);
   return name;
 }
 
@@ -316,7 +316,7 @@ async function replaceSymlink(stateDir: string, name: string, target: string): P
     await unlink(tmp).catch(() => {});
     throw err;
   }
-  await fsyncDir(stateDir);
+  await fsyncPath(stateDir);
 }
 
 /** Step 2: the stable operator names, each a symlink through `current` (dangling until step 3). */

@@ -38,12 +38,12 @@ export async function writeFileAtomic(
     await unlink(tmp).catch(() => {});
     throw err;
   }
-  await fsyncDir(dir);
+  await fsyncPath(dir);
 }
 
-/** Makes a directory's entries (a rename, a new file or link) durable. */
-export async function fsyncDir(dir: string): Promise<void> {
-  const handle = await open(dir, 'r');
+/** fsync of a file's content, or of a directory's entries (a rename, a new file or link). */
+export async function fsyncPath(path: string): Promise<void> {
+  const handle = await open(path, 'r');
   try {
     await handle.sync();
   } finally {

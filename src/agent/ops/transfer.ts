@@ -1,4 +1,5 @@
 import { createHash, type Hash } from 'node:crypto';
+import { fsyncPath } from '../../util/atomic-file.js';
 import { constants, createReadStream, createWriteStream } from 'node:fs';
 import { lstat, open, realpath, rename, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join, resolve, sep } from 'node:path';
@@ -212,13 +213,4 @@ async function hashRange(fh: FileHandle, start: number, end: number, hash: Hash)
     pos += bytesRead;
   }
   return pos - start;
-}
-
-async function fsyncPath(path: string): Promise<void> {
-  const fh = await open(path, 'r');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
 }

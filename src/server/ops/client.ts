@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
+import { fsyncPath } from '../../util/atomic-file.js';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { lstat, open, rename, stat, unlink } from 'node:fs/promises';
+import { lstat, rename, stat, unlink } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import { request as httpRequest } from 'node:http';
@@ -315,15 +316,6 @@ function closeWriter(out: ReturnType<typeof createWriteStream> | null): Promise<
 async function hashFile(path: string, length: number, hash: ReturnType<typeof createHash>): Promise<void> {
   if (length === 0) return;
   for await (const chunk of createReadStream(path, { start: 0, end: length - 1, highWaterMark: 1024 * 1024 })) hash.update(chunk as Buffer);
-}
-
-async function fsyncPath(path: string): Promise<void> {
-  const fh = await open(path, 'r');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
 }
 
 // ---------------------------------------------------------------- JSON admin endpoints
