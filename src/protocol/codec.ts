@@ -80,13 +80,6 @@ export function writeDataPrefix(target: Uint8Array, offset: number, stream: numb
   return offset + HEADER_SIZE + binLen;
 }
 
-/** The prefix alone, as a new buffer (tests, and callers that send the data separately). */
-export function encodeDataPrefix(stream: number, dataLength: number, endStream: boolean): Uint8Array {
-  const out = new Uint8Array(dataPrefixSize(dataLength));
-  writeDataPrefix(out, 0, stream, dataLength, endStream);
-  return out;
-}
-
 function writeBinHeader(target: Uint8Array, at: number, n: number): void {
   if (n < 0x100) {
     target[at] = 0xc4;

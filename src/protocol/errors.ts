@@ -75,11 +75,3 @@ export class ProtocolError extends MeshlinkError {
 export function isProtocolError(err: unknown): err is ProtocolError {
   return err instanceof ProtocolError;
 }
-
-/** Looks up the error code a close code stands for (first match), e.g. to explain a remote close. */
-export function errorCodeForClose(closeCode: number): ErrorCode | undefined {
-  for (const [code, spec] of Object.entries(ERROR_CODES) as [ErrorCode, ErrorSpec][]) {
-    if (spec.closeCode === closeCode) return code;
-  }
-  return undefined;
-}
