@@ -79,7 +79,7 @@ export class SendScheduler {
     if (size === 0) return null;
     const only = frames[0]!;
     if (frames.length === 1 && only.bytes) return { message: only.bytes, pooled: null, sent };
-    const pooled = size <= POOLED_CAPACITY ? acquireMessageBuffer() : null;
+    const pooled = size >= POOLED_MIN && size <= POOLED_CAPACITY ? acquireMessageBuffer() : null;
     const message = pooled ? pooled.subarray(0, size) : Buffer.allocUnsafe(size);
     let at = 0;
     for (const f of frames) {
@@ -105,7 +105,14 @@ export class SendScheduler {
  * written the message out and no longer references it (Transport.send's done callback without an
  * error), so a message is never overwritten in flight. The pool is shared by all sessions of the
  * process and bounded, so thousands of mostly idle sessions hold nothing.
+ *
+ * Only large messages take a pooled buffer. A small one (two control frames, say) in a 136 KiB buffer
+ * would pin the whole buffer until its write completes: a fan-out that sends two events to each of
+ * 1,000 sessions in one tick then allocated 1,000 of them (136 MB of external memory, and the garbage
+ * collections it triggers), which made delivery slower than computing the events. Small messages use
+ * Buffer.allocUnsafe, which slices Node's shared slab below 4 KiB.
  */
+const POOLED_MIN = 16 * 1024;
 const POOLED_CAPACITY = 136 * 1024; // a full message: 64 KiB target + a 64 KiB data frame + headers
 const POOL_MAX_FREE = 32;
 const freeBuffers: Buffer[] = [];
