@@ -91,7 +91,7 @@ describe('mesh over real mTLS sessions (in-process server and agents)', () => {
   it('a policy change reaches exactly the affected agents', async () => {
     const [a, b, c] = ['a', 'b', 'c'].map((n) => agents.get(n)!) as [TestAgent, TestAgent, TestAgent];
     const bBefore = b.applied.length;
-    const res = mesh.setPolicy({ rules: [{ from: 'web', to: 'web' }, { from: 'db', to: 'db' }] });
+    const res = await mesh.setPolicy({ rules: [{ from: 'web', to: 'web' }, { from: 'db', to: 'db' }] });
     expect(res.affectedNodes.sort()).toEqual(idsOf('a', 'c'));
     await waitFor('a and c separated', async () => peersOf(a).length === 1 && peersOf(c).length === 1);
     expect(peersOf(a)).toEqual(idsOf('b'));
@@ -120,7 +120,7 @@ describe('mesh over real mTLS sessions (in-process server and agents)', () => {
     c.runner.stop();
     expect(await c.done).toBe(0);
     const seqBefore = c.mesh.lastEventSeq;
-    mesh.setPolicy(null); // full mesh again: c gets policy_updated + peer_added(a) while offline
+    await mesh.setPolicy(null); // full mesh again: c gets policy_updated + peer_added(a) while offline
     const persisted = JSON.parse(await readFile(join(c.stateDir, 'mesh-state.json'), 'utf8'));
     expect(persisted.lastEventSeq).toBe(seqBefore);
     const again = await startAgent('c', c.stateDir, c.nodeId);
@@ -161,12 +161,12 @@ describe('mesh over real mTLS sessions (in-process server and agents)', () => {
     const a = agents.get('a')!;
     mesh.rotateSigningKey();
     await waitFor('rotation applied', async () => a.applied.at(-1)?.type === 'signing_key_rotated');
-    mesh.setPolicy({ rules: [{ from: 'web', to: 'web' }, { from: 'db', to: 'db' }] });
+    await mesh.setPolicy({ rules: [{ from: 'web', to: 'web' }, { from: 'db', to: 'db' }] });
     await waitFor('policy under the new key', async () => peersOf(a).length === 1);
   });
 
   it('a removed node disappears from its peers within seconds and its address is freed', async () => {
-    mesh.setPolicy(null);
+    await mesh.setPolicy(null);
     const [a, b] = ['a', 'b'].map((n) => agents.get(n)!) as [TestAgent, TestAgent];
     await waitFor('full mesh again', async () => peersOf(a).length === 2 && peersOf(b).length === 2);
     const c = agents.get('c')!;

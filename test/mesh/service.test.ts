@@ -19,10 +19,10 @@ async function setup(options: { retainEvents?: number } = {}) {
   const sessions = new Map([a, b, c].map((id) => [id, recordingSession()]));
   mesh.setDelivery({ sessionOf: (id) => sessions.get(id)?.session });
   // Every node connects with a key and asks for its replay (first state.request).
-  [a, b, c].forEach((id, i) => {
-    mesh.agentOpened(id, { versions: [1], agentVersion: 't', wgPublicKey: wgKey(i + 1), endpoints: [`192.0.2.${i + 1}:51820`] }, '127.0.0.1');
+  for (const [i, id] of [a, b, c].entries()) {
+    await mesh.agentOpened(id, { versions: [1], agentVersion: 't', wgPublicKey: wgKey(i + 1), endpoints: [`192.0.2.${i + 1}:51820`] }, '127.0.0.1');
     mesh.replay(id, sessions.get(id)!.session, 0);
-  });
+  }
   const sent = (id: string): SentEvent[] => sessions.get(id)!.sent;
   return { t, mesh, a, b, c, sessions, sent };
 }
@@ -48,6 +48,8 @@ describe('MeshService', () => {
     expect([...ips].sort()).toEqual(['10.100.0.1', '10.100.0.2', '10.100.0.3']); // enrolled in the same ms: order by id
     const reopened = await MeshService.open(t.reopen(), silent, { passphrase: 'test' });
     expect([a, b, c].map((id) => reopened.nodeInfo(id)!.meshIp)).toEqual(ips);
+    // What each node was told is loaded back: the start's recompute finds nothing new to send.
+    expect([a, b, c].map((id) => reopened.nodeInfo(id)!.lastSeq)).toEqual([a, b, c].map((id) => mesh.nodeInfo(id)!.lastSeq));
     t.store.removeNode(b, Date.now());
     expect(reopened.sweep()).toBe(true);
     expect(reopened.nodeInfo(b)).toBeNull();
@@ -91,7 +93,7 @@ describe('MeshService', () => {
     const { mesh, a, b, c, sent } = await setup();
     const before = { a: sent(a).length, b: sent(b).length, c: sent(c).length };
     // web<->web and db<->db: a-b (web), b-c (db); a-c loses its link.
-    const result = mesh.setPolicy({ rules: [{ from: 'web', to: 'web' }, { from: 'db', to: 'db' }] });
+    const result = await mesh.setPolicy({ rules: [{ from: 'web', to: 'web' }, { from: 'db', to: 'db' }] });
     expect(result.affectedNodes.sort()).toEqual([a, c].sort());
     expect(sent(b).length).toBe(before.b);
     const newA = sent(a).slice(before.a).map((e) => e.envelope.type);
@@ -101,14 +103,46 @@ describe('MeshService', () => {
     expect([...applied(sent(c)).keys()]).toEqual([b]);
     // Re-linking a and c brings a fresh PSK for the pair.
     const oldPsk = applied(sent(a)).get(b)!.psk;
-    mesh.setPolicy(null);
+    await mesh.setPolicy(null);
     expect(applied(sent(a)).get(c)!.psk).toBe(applied(sent(c)).get(a)!.psk);
     expect(applied(sent(a)).get(b)!.psk).toBe(oldPsk); // a-b never stopped: PSK kept
   });
 
+  it('recomputes over several delivery batches stay ordered when changes overlap', async () => {
+    // 150 nodes: a full recompute spans three batches and yields twice, so the calls below overlap.
+    const t = await tempStore();
+    cleanups.push(() => t.cleanup());
+    const ids = Array.from({ length: 150 }, (_, i) => enrollNode(t.store, `n${i}`, [i % 2 === 0 ? 'even' : 'odd']));
+    const mesh = await MeshService.open(t.store, silent, { passphrase: 'test' });
+    const sessions = new Map(ids.map((id) => [id, recordingSession()]));
+    mesh.setDelivery({ sessionOf: (id) => sessions.get(id)?.session });
+    await Promise.all(ids.map((id, i) => mesh.agentOpened(id, { versions: [1], agentVersion: 't', wgPublicKey: wgKey(i + 1), endpoints: [`192.0.2.${i + 1}:51820`] }, '127.0.0.1')));
+    for (const id of ids) mesh.replay(id, sessions.get(id)!.session, 0);
+    // Not awaited one by one: a policy change, a node's new endpoint and a second policy change.
+    const first = mesh.setPolicy({ rules: [{ from: 'even', to: 'even' }] });
+    const moved = mesh.agentOpened(ids[3]!, { versions: [1], agentVersion: 't', wgPublicKey: wgKey(4), endpoints: ['198.51.100.4:51820'] }, '127.0.0.1');
+    const second = mesh.setPolicy({ rules: [{ from: 'odd', to: 'odd' }] });
+    const [r1, , r2] = await Promise.all([first, moved, second]);
+    expect(r1.affectedNodes).toHaveLength(150); // everyone lost or changed peers
+    expect(r2.affectedNodes).toHaveLength(150);
+    for (const [i, id] of ids.entries()) {
+      const events = sessions.get(id)!.sent;
+      // What the node applied, event by event, is what the server now wants it to have.
+      const want = mesh.desiredState(id)!.peers.map((p) => [p.nodeId, p.psk, p.publicKey]);
+      expect([...applied(events)].map(([peerId, p]) => [peerId, p.psk, p.publicKey]).sort()).toEqual(want.sort());
+      expect(want).toHaveLength(i % 2 === 0 ? 0 : 74);
+      const seqs = events.map((e) => e.envelope.seq);
+      expect(seqs).toEqual([...seqs].sort((x, y) => x - y)); // delivered in seq order
+      expect(new Set(seqs).size).toBe(seqs.length);
+      expect(events.at(-1)!.envelope.seq).toBe(mesh.nodeInfo(id)!.lastSeq);
+    }
+    // The odd node that moved: its peers learned the new endpoint (in a peer_added or an update).
+    expect(mesh.desiredState(ids[1]!)!.peers.find((p) => p.nodeId === ids[3])!.endpoints).toEqual(['198.51.100.4:51820']);
+  });
+
   it('an invalid policy is refused and the policy in force stays', async () => {
     const { mesh, a, sent } = await setup();
-    mesh.setPolicy({ rules: [{ from: 'web', to: 'db' }] });
+    await mesh.setPolicy({ rules: [{ from: 'web', to: 'db' }] });
     const n = sent(a).length;
     expect(() => mesh.setPolicy({ rules: [{ from: 'web' }] })).toThrow(/invalid policy at rules.0.to/);
     expect(mesh.policy).toEqual({ rules: [{ from: 'web', to: 'db' }] });
@@ -118,10 +152,10 @@ describe('MeshService', () => {
   it('peers learn rotated keys and changed endpoints; the desired-state digest tracks it', async () => {
     const { mesh, a, b, c, sent } = await setup();
     const digestBefore = stateDigest(mesh.desiredState(a)!);
-    mesh.acked(b, { seq: 1, wgPublicKey: wgKey(9) });
+    await mesh.acked(b, { seq: 1, wgPublicKey: wgKey(9) });
     expect(sent(a).at(-1)!.envelope).toMatchObject({ type: 'peer_key_rotated', payload: { peers: [{ nodeId: b, publicKey: wgKey(9) }] } });
     expect(sent(c).at(-1)!.envelope.type).toBe('peer_key_rotated');
-    mesh.agentOpened(c, { versions: [1], agentVersion: 't', wgPublicKey: wgKey(3), endpoints: ['198.51.100.7:51820'] }, '127.0.0.1');
+    await mesh.agentOpened(c, { versions: [1], agentVersion: 't', wgPublicKey: wgKey(3), endpoints: ['198.51.100.7:51820'] }, '127.0.0.1');
     expect(sent(a).at(-1)!.envelope).toMatchObject({ type: 'peer_endpoint_changed', payload: { peers: [{ nodeId: c, endpoints: ['198.51.100.7:51820'] }] } });
     const state = mesh.desiredState(a)!;
     expect(stateDigest(state)).not.toBe(digestBefore);
@@ -142,7 +176,7 @@ describe('MeshService', () => {
     expect(s1.sent.map((e) => e.envelope.seq)).toEqual([last]);
     expect(Buffer.from(s1.sent[0]!.bytes).equals(Buffer.from(all.at(-1)!.bytes))).toBe(true);
     // Generate more events than retained, then reconnect from seq 0: snapshot with a new seq.
-    for (let i = 0; i < 4; i++) mesh.setPolicy(i % 2 === 0 ? { rules: [] } : null);
+    for (let i = 0; i < 4; i++) await mesh.setPolicy(i % 2 === 0 ? { rules: [] } : null);
     const s2 = (await import('./helpers.js')).recordingSession();
     mesh.setDelivery({ sessionOf: () => s2.session });
     mesh.replay(a, s2.session, 0);
@@ -156,7 +190,7 @@ describe('MeshService', () => {
     const { mesh, a, b } = await setup();
     const fresh = (await import('./helpers.js')).recordingSession();
     mesh.setDelivery({ sessionOf: (id) => (id === a ? fresh.session : undefined) });
-    mesh.acked(b, { seq: 1, wgPublicKey: wgKey(7) });
+    await mesh.acked(b, { seq: 1, wgPublicKey: wgKey(7) });
     expect(fresh.sent).toHaveLength(0);
     mesh.replay(a, fresh.session, mesh.nodeInfo(a)!.lastSeq - 1);
     expect(fresh.sent.map((e) => e.envelope.type)).toEqual(['peer_key_rotated']);
@@ -190,5 +224,30 @@ describe('MeshService', () => {
   it('a wrong passphrase cannot open the mesh secrets', async () => {
     const { t } = await setup();
     await expect(MeshService.open(t.store, silent, { passphrase: 'other' })).rejects.toMatchObject({ code: 'ML_ERR_CA_PASSPHRASE' });
+  });
+});
+
+describe('mesh migration 101', () => {
+  it('moves each node’s announced peers from the JSON column into one row per peer', async () => {
+    const { default: Database } = await import('better-sqlite3');
+    const { MIGRATIONS } = await import('../../src/server/store/migrations.js');
+    const { MESH_MIGRATIONS } = await import('../../src/server/store/migrations-mesh.js');
+    const db = new Database(':memory:');
+    for (const m of [...MIGRATIONS, ...MESH_MIGRATIONS].filter((m) => m.version < 101)) db.exec(m.sql);
+    db.prepare("INSERT INTO nodes (id, hostname, created_at) VALUES ('a', 'a', 0), ('b', 'b', 0), ('c', 'c', 0)").run();
+    const peerB = { meshIp: '10.100.0.2', publicKey: wgKey(2), endpoints: ['192.0.2.2:51820'], pskTag: '00ff00ff00ff00ff' };
+    db.prepare('INSERT INTO mesh_nodes (node_id, mesh_ip, announced) VALUES (?, ?, ?)').run('a', 1, JSON.stringify({ meshIp: '10.100.0.1', cidr: '10.100.0.0/16', peers: { b: peerB } }));
+    db.prepare('INSERT INTO mesh_nodes (node_id, mesh_ip, announced) VALUES (?, ?, ?)').run('b', 2, JSON.stringify({ meshIp: '10.100.0.2', cidr: '10.100.0.0/16', peers: {} }));
+    db.prepare("INSERT INTO mesh_nodes (node_id, mesh_ip) VALUES ('c', 3)").run(); // never told anything
+    db.exec(MESH_MIGRATIONS.find((m) => m.version === 101)!.sql);
+    expect(db.prepare('SELECT node_id, announced FROM mesh_nodes ORDER BY node_id').all()).toEqual([
+      { node_id: 'a', announced: '{"meshIp":"10.100.0.1","cidr":"10.100.0.0/16"}' },
+      { node_id: 'b', announced: '{"meshIp":"10.100.0.2","cidr":"10.100.0.0/16"}' },
+      { node_id: 'c', announced: 'null' },
+    ]);
+    expect(db.prepare('SELECT * FROM mesh_announced_peers').all()).toEqual([
+      { node_id: 'a', peer_id: 'b', mesh_ip: peerB.meshIp, public_key: peerB.publicKey, endpoints: JSON.stringify(peerB.endpoints), psk_tag: peerB.pskTag },
+    ]);
+    db.close();
   });
 });

@@ -54,7 +54,7 @@ export function createMeshFeature(options: MeshFeatureOptions = {}): ServerFeatu
 
     ctx.sessions.on('agent-open', (agent) => {
       try {
-        mesh.agentOpened(agent.nodeId, agent.hello, agent.info.remoteAddress ?? null);
+        void mesh.agentOpened(agent.nodeId, agent.hello, agent.info.remoteAddress ?? null);
       } catch (err) {
         log.error({ err, nodeId: agent.nodeId }, 'mesh: could not record the session');
       }
@@ -64,19 +64,17 @@ export function createMeshFeature(options: MeshFeatureOptions = {}): ServerFeatu
       });
     });
     // A removed node's session closes with 4401: take it out of the mesh at once.
-    ctx.sessions.on('agent-close', () => {
-      if (mesh.sweep()) mesh.recompute();
+    ctx.sessions.on('agent-close', () => void mesh.sweepAndRecompute());
+    ctx.sessions.onMessage('event.ack', (agent, ack) => {
+      try {
+        void mesh.acked(agent.nodeId, ack);
+      } catch (err) {
+        log.error({ err, nodeId: agent.nodeId }, 'mesh: could not record the ack');
+      }
     });
-    ctx.sessions.onMessage('event.ack', (agent, ack) => mesh.acked(agent.nodeId, ack));
     ctx.sessions.onMessage('drift.report', (agent, report) => mesh.drift(agent.nodeId, report));
 
-    const sweepTimer = setInterval(() => {
-      try {
-        if (mesh.sweep()) mesh.recompute();
-      } catch (err) {
-        log.error({ err }, 'mesh sweep failed');
-      }
-    }, options.sweepIntervalMs ?? 1_000);
+    const sweepTimer = setInterval(() => void mesh.sweepAndRecompute(), options.sweepIntervalMs ?? 1_000);
     sweepTimer.unref();
 
     const route = (key: string, handler: (req: IncomingMessage, res: ServerResponse) => Promise<void>): void =>
@@ -91,12 +89,12 @@ export function createMeshFeature(options: MeshFeatureOptions = {}): ServerFeatu
     route('GET /v1/mesh/policy', async (_req, res) => sendJson(res, 200, { policy: mesh.policy, policyId: policyId(mesh.policy) }));
     route('POST /v1/mesh/policy', async (req, res) => {
       const body = await readJson(req, POLICY_MAX_BYTES + 1024, policyBody);
-      sendJson(res, 200, mesh.setPolicy(body.policy ?? null));
+      sendJson(res, 200, await mesh.setPolicy(body.policy ?? null));
     });
     route('POST /v1/mesh/tags', async (req, res) => {
       const body = await readJson(req, BODY_CAP, tagsBody);
       const tagged = tagNode(ctx.store, body.node, body.tags, body.mode);
-      const affectedNodes = mesh.tagsChanged(tagged.id, tagged.tags);
+      const affectedNodes = await mesh.tagsChanged(tagged.id, tagged.tags);
       log.info({ nodeId: tagged.id, tags: tagged.tags, affected: affectedNodes.length }, 'node tags changed');
       sendJson(res, 200, { ...tagged, affectedNodes });
     });

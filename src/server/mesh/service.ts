@@ -43,11 +43,28 @@ const SETTING_POLICY = 'policy';
 const SETTING_CIDR = 'cidr';
 const SETTING_PREVIOUS_KEY_UNTIL = 'previous_signing_key_until';
 
-/** What the events sent so far told a node; PSKs only as fingerprints (the store holds them sealed). */
+/** What the events sent so far told a node about one peer; the PSK only as a fingerprint. */
+interface AnnouncedPeer {
+  meshIp: string;
+  publicKey: string;
+  endpoints: string[];
+  pskTag: string;
+}
+
+/** What the events sent so far told a node (persisted: mesh_nodes.announced + mesh_announced_peers). */
 interface Announced {
   meshIp: string;
   cidr: string;
-  peers: Record<string, { meshIp: string; publicKey: string; endpoints: string[]; pskTag: string }>;
+  peers: Map<string, AnnouncedPeer>;
+}
+
+/** The events that bring a node's view in line with its desired state, and how its view changes. */
+interface ViewChange {
+  events: Array<[EventType, unknown]>;
+  /** A full state replaces the whole view (first contact, a new address or range). */
+  snapshot: MeshState | null;
+  upserts: PeerInfo[];
+  removed: string[];
 }
 
 interface ModelNode {
@@ -114,6 +131,24 @@ function base64Of(psk: Buffer): string {
   return b64;
 }
 /** zod's Uint8Array is over an ArrayBuffer; Buffers from node:crypto and the codec are. */
+/**
+ * Nodes whose events are persisted (one transaction) and sent per batch of a recompute. Between batches
+ * the event loop runs, so sockets write out the first batches while later ones are still being signed:
+ * a policy change that touches 1,000 nodes reaches the first of them after one batch, not after all.
+ */
+const DELIVERY_BATCH_NODES = 64;
+const yieldToEventLoop = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+
+/** What a recompute has to look at (see `recompute`). */
+export interface RecomputeScope {
+  /**
+   * Only these nodes' own facts (WireGuard key, endpoints, observed address) changed. Who may talk to
+   * whom did not, so only they and their permitted peers can see a difference, each peer only in
+   * its entries for them, and the O(n²) policy evaluation is skipped.
+   */
+  changedNodes?: ReadonlySet<string>;
+}
+
 const bin = (b: Uint8Array): Uint8Array<ArrayBuffer> => b as Uint8Array<ArrayBuffer>;
 const sameList = (a: readonly string[], b: readonly string[]): boolean => a.length === b.length && a.every((x, i) => x === b[i]);
 
@@ -134,6 +169,17 @@ export class MeshService {
   readonly #ready = new WeakSet<Session>();
   readonly #feedWaiters = new Set<() => void>();
   #feedInserts = 0;
+  /** Recomputes run one at a time, in call order (each yields between its delivery batches). */
+  #serial: Promise<unknown> = Promise.resolve();
+  /** Set by a policy or tag change; the next full recompute sends policy_updated with its changes. */
+  #policyDirty = false;
+  /**
+   * Nodes whose own facts changed since the queued recompute for them was scheduled. A burst of
+   * connects (a fleet joining, a restart) is coalesced into one recompute: a peer learns of the k
+   * nodes that joined meanwhile in one peer_added, not in k signed events.
+   */
+  #changed = new Set<string>();
+  #changedRun: Promise<string[]> | null = null;
 
   private constructor(db: MeshStore, box: SecretBox, range: MeshRange, signing: SigningKey[], logger: Logger, options: MeshOptions) {
     this.#db = db;
@@ -174,7 +220,7 @@ export class MeshService {
     service.#load();
     db.setSetting(SETTING_CIDR, range.cidr);
     service.sweep();
-    service.recompute();
+    await service.recompute();
     return service;
   }
 
@@ -189,6 +235,9 @@ export class MeshService {
       }
       this.#nodes.set(row.nodeId, this.#modelOf(row));
     }
+    for (const r of this.#db.announcedPeers()) {
+      this.#nodes.get(r.nodeId)?.announced?.peers.set(r.peerId, { meshIp: r.meshIp, publicKey: r.publicKey, endpoints: r.endpoints, pskTag: r.pskTag });
+    }
     for (const p of this.#db.psks()) this.#psks.set(pairKey(p.a, p.b), this.#box.open(p.sealed, `psk:${pairKey(p.a, p.b)}`));
   }
 
@@ -202,7 +251,7 @@ export class MeshService {
       endpoints: row.endpoints,
       observedAddr: row.observedAddr,
       lastSeq: row.lastSeq,
-      announced: JSON.parse(row.announced) as Announced | null,
+      announced: announcedHead(row.announced),
       ackedSeq: 0,
     };
   }
@@ -255,14 +304,22 @@ export class MeshService {
    * never connected get none: a burst of enrollments into a large mesh would otherwise create
    * (and seal and store) n² keys nobody can use yet, blocking the server for seconds.
    */
-  #syncPsks(now: number): void {
+  #syncPsks(now: number, onlyNodes?: ReadonlySet<string>): void {
     const wanted = new Set<string>();
     const keyed = (id: string): boolean => Boolean(this.#nodes.get(id)?.publicKey);
-    for (const [a, set] of this.#permitted) {
-      if (!keyed(a)) continue;
-      for (const b of set) if (a < b && keyed(b)) wanted.add(pairKey(a, b));
+    if (onlyNodes !== undefined) {
+      // Some nodes' keys appeared or changed: only their pairs can need a new PSK, and none is dropped.
+      for (const a of onlyNodes) {
+        if (!keyed(a)) continue;
+        for (const b of this.#permitted.get(a) ?? []) if (keyed(b)) wanted.add(pairKey(a, b));
+      }
+    } else {
+      for (const [a, set] of this.#permitted) {
+        if (!keyed(a)) continue;
+        for (const b of set) if (a < b && keyed(b)) wanted.add(pairKey(a, b));
+      }
     }
-    for (const key of [...this.#psks.keys()]) {
+    if (onlyNodes === undefined) for (const key of [...this.#psks.keys()]) {
       if (!wanted.has(key)) {
         const [a, b] = key.split('\u0000') as [string, string];
         this.#db.deletePsk(a, b);
@@ -278,72 +335,185 @@ export class MeshService {
     }
   }
 
+  /** What `viewerId` should know about `peerId`: nothing unless permitted, keyed and with a PSK. */
+  #peerEntry(viewerId: string, peerId: string): PeerInfo | null {
+    if (!this.#permitted.get(viewerId)?.has(peerId)) return null;
+    const peer = this.#nodes.get(peerId);
+    const psk = this.#psks.get(pairKey(viewerId, peerId));
+    return peer && peer.publicKey && psk ? this.#peerInfo(peer, psk) : null;
+  }
+
   /** The full desired state of a node: only permitted peers that have reported a WireGuard key. */
   desiredState(nodeId: string): MeshState | null {
     const node = this.#nodes.get(nodeId);
     if (!node) return null;
     const peers: PeerInfo[] = [];
     for (const pid of this.#permitted.get(nodeId) ?? []) {
-      const peer = this.#nodes.get(pid);
-      const psk = this.#psks.get(pairKey(nodeId, pid));
-      if (peer && peer.publicKey && psk) peers.push(this.#peerInfo(peer, psk));
+      const entry = this.#peerEntry(nodeId, pid);
+      if (entry) peers.push(entry);
     }
     peers.sort((a, b) => (a.nodeId < b.nodeId ? -1 : 1));
     return { nodeId, meshIp: intToIp(node.meshIp), cidr: this.range.cidr, peers };
   }
 
   /**
-   * Recomputes every node's view and emits the difference as events, in one transaction; live
-   * sessions get the events after the commit. Returns the ids of the nodes that got events.
+   * Recomputes the nodes' views and emits the differences as events. Resolves with the ids of the
+   * nodes that got events.
+   *
+   * Recomputes are serialised (a second call waits for the first), because one spans several turns of
+   * the event loop: nodes are handled in batches of DELIVERY_BATCH_NODES, each batch's events appended
+   * and the node's announced view updated in one transaction, then sent, then the loop yields. Events
+   * are therefore never sent before they are durable, and a crash between batches leaves every node
+   * either fully updated or not at all (the next start's recompute sends the rest). Calls that touch
+   * nodes between batches (replay, publish, sweep) each keep a node's seq and announced view
+   * consistent on their own; a later batch diffs against whatever the node was told by then.
    */
-  recompute(options: { policyChanged?: boolean } = {}): string[] {
+  recompute(scope: RecomputeScope = {}): Promise<string[]> {
+    return this.#inTurn(() => this.#recomputeNow(scope));
+  }
+
+  /** Runs `work` after every recompute queued before it (and before any queued after it). */
+  #inTurn<T>(work: () => Promise<T>): Promise<T> {
+    const run = this.#serial.then(work);
+    this.#serial = run.catch(() => undefined);
+    return run;
+  }
+
+  async #recomputeNow(scope: RecomputeScope): Promise<string[]> {
     const now = Date.now();
-    const list = [...this.#nodes.values()];
-    this.#permitted = permittedPeers(list, this.#policy);
-    const outgoing: Outgoing[] = [];
-    const affected: string[] = [];
-    this.#db.transaction(() => {
-      this.#syncPsks(now);
-      for (const node of list) {
-        const desired = this.desiredState(node.id)!;
-        const events = this.#diff(node, desired, options.policyChanged === true);
-        if (events.length === 0) continue;
-        affected.push(node.id);
-        for (const [type, payload] of events) outgoing.push(this.#append(node, type, payload, now));
-        node.announced = announce(desired);
-        this.#db.setAnnounced(node.id, JSON.stringify(node.announced), node.lastSeq);
+    // Each target: a node, and the peers its view is checked for (null: all of its peers).
+    let targets: Array<[string, Set<string> | null]>;
+    let policyChanged = false;
+    if (scope.changedNodes === undefined) {
+      this.#permitted = permittedPeers([...this.#nodes.values()], this.#policy);
+      policyChanged = this.#policyDirty;
+      this.#policyDirty = false;
+      this.#db.transaction(() => this.#syncPsks(now));
+      targets = [...this.#nodes.keys()].map((id) => [id, null]);
+    } else {
+      const changed = scope.changedNodes;
+      this.#db.transaction(() => this.#syncPsks(now, changed));
+      const about = new Map<string, Set<string> | null>();
+      for (const id of changed) about.set(id, null);
+      for (const id of changed) {
+        for (const peer of this.#permitted.get(id) ?? []) {
+          if (about.get(peer) === null) continue; // checked in full anyway
+          let set = about.get(peer);
+          if (!set) about.set(peer, (set = new Set()));
+          set.add(id);
+        }
       }
-    });
-    this.#deliver(outgoing);
+      targets = [...about];
+    }
+    const affected: string[] = [];
+    for (let i = 0; i < targets.length; i += DELIVERY_BATCH_NODES) {
+      if (i > 0) await yieldToEventLoop();
+      const outgoing: Outgoing[] = [];
+      this.#db.transaction(() => {
+        for (const [id, about] of targets.slice(i, i + DELIVERY_BATCH_NODES)) {
+          const node = this.#nodes.get(id);
+          if (!node) continue; // removed by a sweep while an earlier batch was out
+          const change = this.#viewChange(node, about, policyChanged);
+          if (change === null) continue;
+          affected.push(id);
+          for (const [type, payload] of change.events) outgoing.push(this.#append(node, type, payload, now));
+          this.#applyView(node, change);
+        }
+      });
+      this.#deliver(outgoing);
+    }
     return affected;
   }
 
-  #diff(node: ModelNode, desired: MeshState, policyChanged: boolean): Array<[EventType, unknown]> {
+  /** Sweeps and, when membership changed, recomputes; errors are logged (for timers and events). */
+  sweepAndRecompute(): Promise<void> {
+    try {
+      if (!this.sweep()) return Promise.resolve();
+    } catch (err) {
+      this.#log.error({ err }, 'mesh sweep failed');
+      return Promise.resolve();
+    }
+    return this.#background(this.recompute());
+  }
+
+  #background(work: Promise<unknown>): Promise<void> {
+    return work.then(
+      () => undefined,
+      (err: unknown) => this.#log.error({ err }, 'mesh recompute failed'),
+    );
+  }
+
+  /**
+   * The events that bring `node`'s view in line with its desired state: for all of its peers
+   * (about = null), or only for the peers in `about`, whose own facts changed (nothing else in the
+   * view can have: that check costs O(|about|) instead of rebuilding the node's whole desired state).
+   * Null when the node already knows everything.
+   */
+  #viewChange(node: ModelNode, about: ReadonlySet<string> | null, policyChanged: boolean): ViewChange | null {
     const before = node.announced;
-    if (before === null || before.meshIp !== desired.meshIp || before.cidr !== desired.cidr) {
-      return [['node_state_updated', { state: desired }]];
+    if (before === null || before.meshIp !== intToIp(node.meshIp) || before.cidr !== this.range.cidr) {
+      const state = this.desiredState(node.id)!;
+      return { events: [['node_state_updated', { state }]], snapshot: state, upserts: [], removed: [] };
+    }
+    let desired: PeerInfo[];
+    if (about === null) desired = this.desiredState(node.id)!.peers;
+    else {
+      desired = [];
+      for (const id of about) {
+        const entry = this.#peerEntry(node.id, id);
+        if (entry) desired.push(entry);
+      }
+      desired.sort((a, b) => (a.nodeId < b.nodeId ? -1 : 1));
     }
     const added: PeerInfo[] = [];
     const keys: Array<{ nodeId: string; publicKey: string }> = [];
     const endpoints: Array<{ nodeId: string; endpoints: string[] }> = [];
+    const upserts: PeerInfo[] = [];
     const seen = new Set<string>();
-    for (const p of desired.peers) {
+    for (const p of desired) {
       seen.add(p.nodeId);
-      const was = before.peers[p.nodeId];
-      if (!was || was.meshIp !== p.meshIp || was.pskTag !== pskTagOf(p.psk)) added.push(p);
-      else {
-        if (was.publicKey !== p.publicKey) keys.push({ nodeId: p.nodeId, publicKey: p.publicKey });
-        if (!sameList(was.endpoints, p.endpoints)) endpoints.push({ nodeId: p.nodeId, endpoints: p.endpoints });
+      const was = before.peers.get(p.nodeId);
+      if (!was || was.meshIp !== p.meshIp || was.pskTag !== pskTagOf(p.psk)) {
+        added.push(p);
+        upserts.push(p);
+        continue;
+      }
+      const keyChanged = was.publicKey !== p.publicKey;
+      const endpointsChanged = !sameList(was.endpoints, p.endpoints);
+      if (keyChanged) keys.push({ nodeId: p.nodeId, publicKey: p.publicKey });
+      if (endpointsChanged) endpoints.push({ nodeId: p.nodeId, endpoints: p.endpoints });
+      if (keyChanged || endpointsChanged) upserts.push(p);
+    }
+    const removed = [...(about ?? before.peers.keys())].filter((id) => before.peers.has(id) && !seen.has(id));
+    const events: Array<[EventType, unknown]> = [];
+    if (policyChanged && (added.length > 0 || removed.length > 0)) events.push(['policy_updated', { policyId: policyId(this.#policy), rules: this.#policy?.rules ?? null }]);
+    if (removed.length > 0) events.push(['peer_removed', { nodeIds: removed }]);
+    if (added.length > 0) events.push(['peer_added', { peers: added }]);
+    if (keys.length > 0) events.push(['peer_key_rotated', { peers: keys }]);
+    if (endpoints.length > 0) events.push(['peer_endpoint_changed', { peers: endpoints }]);
+    return events.length === 0 ? null : { events, snapshot: null, upserts, removed };
+  }
+
+  /** Records what the events of `change` told the node (inside the caller's transaction). */
+  #applyView(node: ModelNode, change: ViewChange): void {
+    if (change.snapshot) {
+      node.announced = { meshIp: change.snapshot.meshIp, cidr: change.snapshot.cidr, peers: new Map() };
+      this.#db.deleteAnnouncedOf(node.id);
+      for (const p of change.snapshot.peers) this.#rememberPeer(node, p);
+    } else {
+      for (const p of change.upserts) this.#rememberPeer(node, p);
+      for (const id of change.removed) {
+        node.announced!.peers.delete(id);
+        this.#db.deleteAnnouncedPeer(node.id, id);
       }
     }
-    const removed = Object.keys(before.peers).filter((id) => !seen.has(id));
-    const out: Array<[EventType, unknown]> = [];
-    if (policyChanged && (added.length > 0 || removed.length > 0)) out.push(['policy_updated', { policyId: policyId(this.#policy), rules: this.#policy?.rules ?? null }]);
-    if (removed.length > 0) out.push(['peer_removed', { nodeIds: removed }]);
-    if (added.length > 0) out.push(['peer_added', { peers: added }]);
-    if (keys.length > 0) out.push(['peer_key_rotated', { peers: keys }]);
-    if (endpoints.length > 0) out.push(['peer_endpoint_changed', { peers: endpoints }]);
-    return out;
+    this.#db.setAnnounced(node.id, JSON.stringify({ meshIp: node.announced!.meshIp, cidr: node.announced!.cidr }), node.lastSeq);
+  }
+
+  #rememberPeer(node: ModelNode, p: PeerInfo): void {
+    const entry: AnnouncedPeer = { meshIp: p.meshIp, publicKey: p.publicKey, endpoints: p.endpoints, pskTag: pskTagOf(p.psk) };
+    node.announced!.peers.set(p.nodeId, entry);
+    this.#db.upsertAnnouncedPeer(node.id, p.nodeId, entry);
   }
 
   /** Appends one signed event to a node's log (inside the caller's transaction). */
@@ -405,20 +575,34 @@ export class MeshService {
 
   // ------------------------------------------------------------------ agent sessions
 
-  /** A session opened: record the WireGuard key and endpoints it reported. */
-  agentOpened(nodeId: string, hello: PayloadOf<'hello'>, remoteAddress: string | null): void {
-    if (this.sweep()) this.recompute();
+  /**
+   * A session opened: record the WireGuard key and endpoints it reported. Resolves when the events
+   * that follow from it are sent (errors are logged, never thrown: this runs on every connect).
+   */
+  agentOpened(nodeId: string, hello: PayloadOf<'hello'>, remoteAddress: string | null): Promise<void> {
+    const membership = this.sweepAndRecompute();
     const node = this.#nodes.get(nodeId);
-    if (!node) return;
+    if (!node) return membership;
     const key = hello.wgPublicKey ?? node.publicKey;
     const endpoints = hello.endpoints ?? node.endpoints;
-    if (key !== node.publicKey || !sameList(endpoints, node.endpoints) || remoteAddress !== node.observedAddr) {
-      node.publicKey = key;
-      node.endpoints = [...endpoints];
-      node.observedAddr = remoteAddress;
-      this.#db.updateWg(nodeId, key, node.endpoints, remoteAddress);
-      this.recompute();
-    }
+    if (key === node.publicKey && sameList(endpoints, node.endpoints) && remoteAddress === node.observedAddr) return membership;
+    node.publicKey = key;
+    node.endpoints = [...endpoints];
+    node.observedAddr = remoteAddress;
+    this.#db.updateWg(nodeId, key, node.endpoints, remoteAddress);
+    return this.#background(this.#nodeChanged(nodeId));
+  }
+
+  /** Queues a recompute for a node whose own facts changed, coalesced with others (see #changed). */
+  #nodeChanged(nodeId: string): Promise<string[]> {
+    this.#changed.add(nodeId);
+    this.#changedRun ??= this.#inTurn(() => {
+      const changedNodes = this.#changed;
+      this.#changed = new Set();
+      this.#changedRun = null;
+      return this.#recomputeNow({ changedNodes });
+    });
+    return this.#changedRun;
   }
 
   /**
@@ -447,8 +631,7 @@ export class MeshService {
     let out: Outgoing | undefined;
     this.#db.transaction(() => {
       out = this.#append(node, 'node_state_updated', { state: desired }, Date.now());
-      node.announced = announce(desired);
-      this.#db.setAnnounced(nodeId, JSON.stringify(node.announced), node.lastSeq);
+      this.#applyView(node, { events: [], snapshot: desired, upserts: [], removed: [] });
     });
     this.#deliver([out!]);
     this.#log.info({ nodeId, lastEventSeq, oldestRetained: oldest }, 'sent a state snapshot (gap past retention)');
@@ -464,17 +647,19 @@ export class MeshService {
     return { inSync: false, state: { ...desired, seq: node.lastSeq, digest: d } };
   }
 
-  /** event.ack: remembers the applied seq; an ack carrying a new WireGuard key finishes rotate_keys. */
-  acked(nodeId: string, ack: PayloadOf<'event.ack'>): void {
+  /**
+   * event.ack: remembers the applied seq; an ack carrying a new WireGuard key finishes rotate_keys.
+   * Resolves when the peers' peer_key_rotated events are sent (errors are logged).
+   */
+  acked(nodeId: string, ack: PayloadOf<'event.ack'>): Promise<void> {
     const node = this.#nodes.get(nodeId);
-    if (!node) return;
+    if (!node) return Promise.resolve();
     node.ackedSeq = Math.max(node.ackedSeq, ack.seq);
-    if (ack.wgPublicKey && ack.wgPublicKey !== node.publicKey) {
-      node.publicKey = ack.wgPublicKey;
-      this.#db.updateWg(nodeId, node.publicKey, node.endpoints, node.observedAddr);
-      this.#log.info({ nodeId }, 'node reported a new WireGuard key');
-      this.recompute();
-    }
+    if (!ack.wgPublicKey || ack.wgPublicKey === node.publicKey) return Promise.resolve();
+    node.publicKey = ack.wgPublicKey;
+    this.#db.updateWg(nodeId, node.publicKey, node.endpoints, node.observedAddr);
+    this.#log.info({ nodeId }, 'node reported a new WireGuard key');
+    return this.#background(this.#nodeChanged(nodeId));
   }
 
   drift(nodeId: string, report: PayloadOf<'drift.report'>): void {
@@ -490,22 +675,33 @@ export class MeshService {
     return this.#policy;
   }
 
-  /** Replaces the policy (null = full mesh). Validation happens before anything changes. */
-  setPolicy(input: unknown): { policyId: string; affectedNodes: string[] } {
+  /**
+   * Replaces the policy (null = full mesh). Validation happens before anything changes and throws
+   * synchronously; the promise resolves once every affected node's events are persisted and sent.
+   */
+  setPolicy(input: unknown): Promise<{ policyId: string; affectedNodes: string[] }> {
     const policy = input === null ? null : validatePolicy(input);
-    if (policy === null) this.#db.deleteSetting(SETTING_POLICY);
-    else this.#db.setSetting(SETTING_POLICY, JSON.stringify(policy));
-    this.#policy = policy;
-    const affected = this.recompute({ policyChanged: true });
-    this.#log.info({ policyId: policyId(policy), affected: affected.length }, 'policy updated');
-    return { policyId: policyId(policy), affectedNodes: affected };
+    // Takes effect in turn: a recompute still running (or queued) finishes under the policy it began
+    // with, so each change's affectedNodes are the nodes that change made a difference to.
+    return this.#inTurn(async () => {
+      if (policy === null) this.#db.deleteSetting(SETTING_POLICY);
+      else this.#db.setSetting(SETTING_POLICY, JSON.stringify(policy));
+      this.#policy = policy;
+      this.#policyDirty = true;
+      const affected = await this.#recomputeNow({});
+      this.#log.info({ policyId: policyId(policy), affected: affected.length }, 'policy updated');
+      return { policyId: policyId(policy), affectedNodes: affected };
+    });
   }
 
   /** Re-reads tags written by `nodes tag` (through the store) and recomputes. */
-  tagsChanged(nodeId: string, tags: string[]): string[] {
-    const node = this.#nodes.get(nodeId);
-    if (node) node.tags = [...tags];
-    return this.recompute({ policyChanged: true });
+  tagsChanged(nodeId: string, tags: string[]): Promise<string[]> {
+    return this.#inTurn(() => {
+      const node = this.#nodes.get(nodeId);
+      if (node) node.tags = [...tags];
+      this.#policyDirty = true;
+      return this.#recomputeNow({});
+    });
   }
 
   /** Asks a node to generate a new WireGuard key; its ack carries the new public key. */
@@ -585,10 +781,10 @@ export class MeshService {
   }
 }
 
-function announce(state: MeshState): Announced {
-  const peers: Announced['peers'] = {};
-  for (const p of state.peers) peers[p.nodeId] = { meshIp: p.meshIp, publicKey: p.publicKey, endpoints: p.endpoints, pskTag: pskTagOf(p.psk) };
-  return { meshIp: state.meshIp, cidr: state.cidr, peers };
+/** mesh_nodes.announced: the node's own part of its view; its peers are loaded from their rows. */
+function announcedHead(json: string): Announced | null {
+  const head = JSON.parse(json) as { meshIp: string; cidr: string } | null;
+  return head === null ? null : { meshIp: head.meshIp, cidr: head.cidr, peers: new Map() };
 }
 
 /** What the feed may show of a payload: never PSKs or key material beyond public keys. */

@@ -14,7 +14,18 @@ export interface MeshNodeRow {
   endpoints: string[];
   observedAddr: string | null;
   lastSeq: number;
+  /** JSON: {meshIp, cidr} the node was told, or null; its peers are in `announcedPeers`. */
   announced: string;
+}
+
+/** One row of what a node was told about a peer (mesh_announced_peers). */
+export interface AnnouncedPeerRow {
+  nodeId: string;
+  peerId: string;
+  meshIp: string;
+  publicKey: string;
+  endpoints: string[];
+  pskTag: string;
 }
 
 export interface StoredEvent {
@@ -74,6 +85,13 @@ export class MeshStore {
       deletePsksOf: db.prepare('DELETE FROM mesh_psks WHERE node_a = ? OR node_b = ?'),
       updateWg: db.prepare('UPDATE mesh_nodes SET wg_public_key = ?, endpoints = ?, observed_addr = ? WHERE node_id = ?'),
       setAnnounced: db.prepare('UPDATE mesh_nodes SET announced = ?, last_seq = ? WHERE node_id = ?'),
+      announcedPeers: db.prepare('SELECT * FROM mesh_announced_peers'),
+      upsertAnnouncedPeer: db.prepare(`
+        INSERT INTO mesh_announced_peers (node_id, peer_id, mesh_ip, public_key, endpoints, psk_tag) VALUES (?, ?, ?, ?, ?, ?)
+        ON CONFLICT (node_id, peer_id) DO UPDATE SET mesh_ip = excluded.mesh_ip, public_key = excluded.public_key,
+          endpoints = excluded.endpoints, psk_tag = excluded.psk_tag`),
+      deleteAnnouncedPeer: db.prepare('DELETE FROM mesh_announced_peers WHERE node_id = ? AND peer_id = ?'),
+      deleteAnnouncedOf: db.prepare('DELETE FROM mesh_announced_peers WHERE node_id = ?'),
       setLastSeq: db.prepare('UPDATE mesh_nodes SET last_seq = ? WHERE node_id = ?'),
       setTags: db.prepare('UPDATE nodes SET tags = ? WHERE id = ? AND removed_at IS NULL'),
       psks: db.prepare('SELECT node_a, node_b, sealed FROM mesh_psks'),
@@ -147,8 +165,12 @@ export class MeshStore {
   insertMeshNode(nodeId: string, meshIp: number): void {
     this.s.insertMeshNode.run(nodeId, meshIp);
   }
-  /** Drops everything the mesh holds for a node: its address (freed), PSKs and event log. */
+  /**
+   * Drops everything the mesh holds for a node: its address (freed), PSKs, event log and its own view.
+   * Other nodes' rows about it stay until their peer_removed is sent (the recompute deletes them).
+   */
   deleteMeshNode(nodeId: string): void {
+    this.s.deleteAnnouncedOf.run(nodeId);
     this.s.deleteEventsOf.run(nodeId);
     this.s.deletePsksOf.run(nodeId, nodeId);
     this.s.deleteMeshNode.run(nodeId);
@@ -158,6 +180,26 @@ export class MeshStore {
   }
   setAnnounced(nodeId: string, announced: string, lastSeq: number): void {
     this.s.setAnnounced.run(announced, lastSeq, nodeId);
+  }
+  announcedPeers(): AnnouncedPeerRow[] {
+    return (this.s.announcedPeers.all() as Row[]).map((r) => ({
+      nodeId: r.node_id as string,
+      peerId: r.peer_id as string,
+      meshIp: r.mesh_ip as string,
+      publicKey: r.public_key as string,
+      endpoints: parseTags(r.endpoints),
+      pskTag: r.psk_tag as string,
+    }));
+  }
+  upsertAnnouncedPeer(nodeId: string, peerId: string, p: { meshIp: string; publicKey: string; endpoints: string[]; pskTag: string }): void {
+    this.s.upsertAnnouncedPeer.run(nodeId, peerId, p.meshIp, p.publicKey, JSON.stringify(p.endpoints), p.pskTag);
+  }
+  deleteAnnouncedPeer(nodeId: string, peerId: string): void {
+    this.s.deleteAnnouncedPeer.run(nodeId, peerId);
+  }
+  /** Forgets a node's whole view of its peers (before a snapshot replaces it). */
+  deleteAnnouncedOf(nodeId: string): void {
+    this.s.deleteAnnouncedOf.run(nodeId);
   }
   setLastSeq(nodeId: string, lastSeq: number): void {
     this.s.setLastSeq.run(lastSeq, nodeId);

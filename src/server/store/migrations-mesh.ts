@@ -104,4 +104,31 @@ export const MESH_MIGRATIONS: readonly Migration[] = [
       END;
     `,
   },
+  {
+    version: 101,
+    name: 'mesh: what each node was told, one row per (node, peer)',
+    sql: `
+      -- A node's view of one peer as the events sent so far told it (a PSK fingerprint, not the PSK).
+      -- One row per pair and direction, so a change to one peer (a key, an endpoint, a new node)
+      -- rewrites one row per viewer instead of every viewer's whole view: a join into a full mesh of
+      -- n nodes writes O(n), not O(n^2). mesh_nodes.announced keeps the node's own part
+      -- ({meshIp, cidr}, or null when it was never told anything).
+      CREATE TABLE mesh_announced_peers (
+        node_id    TEXT NOT NULL,
+        peer_id    TEXT NOT NULL,
+        mesh_ip    TEXT NOT NULL,
+        public_key TEXT NOT NULL,
+        endpoints  TEXT NOT NULL,
+        psk_tag    TEXT NOT NULL,
+        PRIMARY KEY (node_id, peer_id)
+      ) STRICT, WITHOUT ROWID;
+
+      INSERT INTO mesh_announced_peers (node_id, peer_id, mesh_ip, public_key, endpoints, psk_tag)
+        SELECT m.node_id, p.key, json_extract(p.value, '$.meshIp'), json_extract(p.value, '$.publicKey'),
+               json_extract(p.value, '$.endpoints'), json_extract(p.value, '$.pskTag')
+        FROM mesh_nodes m, json_each(m.announced, '$.peers') p
+        WHERE m.announced <> 'null';
+      UPDATE mesh_nodes SET announced = json_remove(announced, '$.peers') WHERE announced <> 'null';
+    `,
+  },
 ];
