@@ -1,9 +1,11 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { createServer, type Server } from 'node:https';
+import { createServer as createTcpServer, type AddressInfo, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import type { TLSSocket } from 'node:tls';
+import type { SecureContextOptions, TLSSocket } from 'node:tls';
 import { WebSocketServer } from 'ws';
 import type { Logger } from '../util/logger.js';
+import { AdmissionQueue, keyOf } from './admission.js';
 import { authenticateClient, type ClientAuthContext } from './client-auth.js';
 import type { ConnectionRegistry } from './connections.js';
 import type { EnrollmentService } from './enroll.js';
@@ -33,11 +35,15 @@ export interface GatewayTimeouts {
   /** How often Node checks headers/request timeouts. */
   checkIntervalMs: number;
   /**
-   * TLS handshakes allowed in flight at once; a connection beyond this is dropped at once (the agent
-   * backs off and retries). Without a cap a reconnect storm collapses: thousands of handshakes queue,
-   * each waits past handshakeMs, and every retry joins the same queue (measured with 10,000 agents).
+   * TLS handshakes allowed in flight at once; connections beyond wait, unread, in arrival order
+   * (admission.ts). Without a cap a reconnect storm collapses: thousands of handshakes interleave,
+   * each finishes past handshakeMs, and every retry joins the same pile (measured with 10,000 agents).
    */
   maxHandshakes: number;
+  /** Connections allowed to wait for a handshake slot; one beyond is dropped at once. */
+  maxQueuedConnections: number;
+  /** A connection that waited this long for a handshake slot is dropped (the agent retries). */
+  queueWaitMs: number;
 }
 
 export const DEFAULT_GATEWAY_TIMEOUTS: GatewayTimeouts = Object.freeze({
@@ -47,6 +53,8 @@ export const DEFAULT_GATEWAY_TIMEOUTS: GatewayTimeouts = Object.freeze({
   keepAliveMs: 5_000,
   checkIntervalMs: 1_000,
   maxHandshakes: 128,
+  maxQueuedConnections: 16_384,
+  queueWaitMs: 10_000,
 });
 
 export interface GatewayDeps {
@@ -61,7 +69,22 @@ export interface GatewayDeps {
   onConnected?: (nodeId: string) => void;
 }
 
-export function createGateway(deps: GatewayDeps): Server {
+/**
+ * The listening side of the gateway: a TCP listener that admits connections to the HTTPS server
+ * (`tls`) through the handshake admission queue.
+ */
+export interface Gateway {
+  /** The HTTPS server (not listening itself; connections reach it through the admission queue). */
+  readonly tls: Server;
+  readonly admission: AdmissionQueue;
+  listen(port: number, host: string): Promise<AddressInfo>;
+  setSecureContext(options: SecureContextOptions): void;
+  /** Stops accepting, drops waiting connections and closes every open one. */
+  close(): Promise<void>;
+  on(event: 'error', listener: (err: Error) => void): void;
+}
+
+export function createGateway(deps: GatewayDeps): Gateway {
   const t = { ...DEFAULT_GATEWAY_TIMEOUTS, ...deps.timeouts };
   const log = deps.logger.child({ component: 'gateway' });
   const server = createServer({
@@ -162,28 +185,53 @@ export function createGateway(deps: GatewayDeps): Server {
     });
   });
 
-  // Handshakes in flight, keyed by the peer's address and port (unique per live TCP connection).
-  const handshaking = new Set<string>();
-  const peerKey = (sock: { remoteAddress?: string | undefined; remotePort?: number | undefined }): string => `${sock.remoteAddress}:${sock.remotePort}`;
-  server.on('connection', (raw: Duplex & { remoteAddress?: string; remotePort?: number; destroy(): void }) => {
-    if (handshaking.size >= t.maxHandshakes) {
+  // Connections reach the HTTPS server only through the admission queue; handing an accepted socket
+  // to it is the documented `server.emit('connection', socket)`. The listener pauses every socket on
+  // accept, so a waiting connection's ClientHello stays in the kernel until its handshake starts.
+  const admission = new AdmissionQueue(
+    { maxInFlight: t.maxHandshakes, maxQueued: t.maxQueuedConnections, maxWaitMs: t.queueWaitMs },
+    (socket) => server.emit('connection', socket),
+    (reason) => {
       deps.registry.noteRefused('ML_ERR_OVERLOADED');
-      raw.destroy();
-      return;
-    }
-    const key = peerKey(raw);
-    handshaking.add(key);
-    raw.once('close', () => handshaking.delete(key));
-  });
-  server.on('secureConnection', (tlsSocket: TLSSocket) => handshaking.delete(peerKey(tlsSocket)));
-
+      log.debug({ reason }, 'connection dropped before its TLS handshake');
+    },
+  );
+  const listener = createTcpServer({ pauseOnConnect: true }, (socket: Socket) => admission.offer(socket));
+  server.on('secureConnection', (tlsSocket: TLSSocket) => admission.finished(keyOf(tlsSocket)));
   server.on('tlsClientError', (err, tlsSocket) => {
-    handshaking.delete(peerKey(tlsSocket));
+    admission.finished(keyOf(tlsSocket));
     log.debug({ remoteAddress: tlsSocket.remoteAddress, reason: err.message }, 'TLS handshake failed');
     deps.registry.noteRefused('TLS_HANDSHAKE');
   });
 
-  return server;
+  return {
+    tls: server,
+    admission,
+    listen: (port, host) =>
+      new Promise((resolve, reject) => {
+        listener.once('error', reject);
+        listener.listen(port, host, () => {
+          listener.off('error', reject);
+          // The HTTPS server never listens itself, but its header/request timeout checks start on
+          // 'listening' (node:http setupConnectionsTracking); test/server/gateway.test.ts's slowloris
+          // case fails if that ever changes.
+          server.emit('listening');
+          resolve(listener.address() as AddressInfo);
+        });
+      }),
+    setSecureContext: (options) => server.setSecureContext(options),
+    close: () =>
+      new Promise((resolve) => {
+        admission.close();
+        listener.close(() => resolve());
+        server.close(() => {}); // stops the timeout checks; it was never listening, so nothing else
+        server.closeAllConnections();
+      }),
+    on: (event, fn) => {
+      listener.on(event, fn);
+      server.on(event, fn);
+    },
+  };
 }
 
 /** A plain HTTP error on a socket that was asking to upgrade; nothing is upgraded. */

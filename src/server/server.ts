@@ -10,7 +10,7 @@ import { adminSocketPath, storePath, type ServerConfig } from './config.js';
 import { ConnectionRegistry } from './connections.js';
 import { EnrollmentService } from './enroll.js';
 import { ServerError } from './errors.js';
-import { createGateway, type GatewayTimeouts } from './gateway.js';
+import { createGateway, type Gateway, type GatewayTimeouts } from './gateway.js';
 import type { GatewayHooks } from './hooks.js';
 import { META_CA_PIN, META_PUBLIC_URL, type LiveParts } from './nodes.js';
 import { FailureRateLimiter } from './rate-limit.js';
@@ -65,7 +65,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
   await refuseIfRunning(socketPath);
 
   const store = Store.open(storePath(config.dataDir));
-  let gateway: HttpsServer | undefined;
+  let gateway: Gateway | undefined;
   let admin: HttpServer | undefined;
   let rotateTimer: NodeJS.Timeout | undefined;
   let sessions: SessionHost | null = null;
@@ -109,15 +109,8 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
       onConnected: (nodeId) => store.touchNode(nodeId, Date.now()),
     });
     gateway = gw;
-    await new Promise<void>((resolve, reject) => {
-      gw.once('error', reject);
-      gw.listen(config.listen.port, config.listen.host, () => {
-        gw.off('error', reject);
-        resolve();
-      });
-    });
+    const bound = await gw.listen(config.listen.port, config.listen.host);
     gw.on('error', (err) => logger.error({ err }, 'gateway error'));
-    const bound = gw.address() as AddressInfo;
     const publicUrl = publicUrlOf(config, bound.port);
     store.setMeta(META_PUBLIC_URL, publicUrl);
     store.setMeta(META_CA_PIN, ca.pin);
@@ -157,7 +150,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
           sessionHost?.close();
           for (const h of featureHandles.reverse()) await h.close?.();
           registry.closeAll(1001, 'server shutting down');
-          await Promise.all([closeServer(gw), closeServer(adminServer)]);
+          await Promise.all([gw.close(), closeServer(adminServer)]);
           store.close();
           logger.info('server stopped');
         })()),
@@ -166,7 +159,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
     clearInterval(rotateTimer);
     sessions?.close();
     for (const h of featureHandles.reverse()) await Promise.resolve(h.close?.()).catch(() => {});
-    if (gateway) await closeServer(gateway).catch(() => {});
+    if (gateway) await gateway.close().catch(() => {});
     if (admin) await closeServer(admin).catch(() => {});
     store.close();
     throw err;

@@ -3,9 +3,9 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { httpsRequest, startTestServer, type TestServer } from './helpers.js';
 
 /**
- * The gateway caps TLS handshakes in flight: beyond the cap a new connection is dropped at once
- * instead of queueing behind the others past the handshake timeout (the reconnect-storm collapse).
- * Handshakes that complete free their slot.
+ * The gateway caps TLS handshakes in flight; connections beyond the cap wait, unread, in arrival order
+ * (src/server/admission.ts), up to a queue length and a waiting time, and start their handshake when a
+ * slot frees. Beyond the queue length a connection is dropped at once.
  */
 const cleanups: Array<() => Promise<void> | void> = [];
 afterEach(async () => {
@@ -30,21 +30,46 @@ function closedWithin(sock: Socket, ms: number): Promise<boolean> {
   });
 }
 
-describe('gateway: TLS handshakes in flight are capped', () => {
-  it('drops connections beyond the cap at once and serves again when slots free up', async () => {
-    const ts: TestServer = await startTestServer({}, { timeouts: { maxHandshakes: 3, handshakeMs: 2_000 } });
+describe('gateway: TLS handshakes in flight are capped, the rest wait in order', () => {
+  it('queues connections beyond the cap, serves them when slots free up, drops beyond the queue', async () => {
+    const ts: TestServer = await startTestServer({}, { timeouts: { maxHandshakes: 3, maxQueuedConnections: 2, queueWaitMs: 10_000, handshakeMs: 1_500 } });
     cleanups.push(() => ts.stop());
     const port = ts.server.address().port;
     // Three silent TCP connections hold every handshake slot (a client that never sends ClientHello).
     const holders = await Promise.all([openIdle(port), openIdle(port), openIdle(port)]);
     cleanups.push(() => holders.forEach((h) => h.destroy()));
     await new Promise((r) => setTimeout(r, 100));
+    // A real client waits in the queue: its ClientHello stays unread until a slot frees.
+    const t0 = Date.now();
+    const health = httpsRequest(`${ts.url}/healthz`, { ca: ts.server.caCertPem });
+    await new Promise((r) => setTimeout(r, 100));
+    const idleQueued = await openIdle(port);
+    cleanups.push(() => void idleQueued.destroy());
+    await new Promise((r) => setTimeout(r, 100));
+    // The queue (2) is full: the next connection is dropped at once.
     const extra = await openIdle(port);
     expect(await closedWithin(extra, 1_000)).toBe(true);
-    for (const h of holders) expect(h.destroyed).toBe(false);
-    // The holders time out (handshakeMs), their slots free, and real requests are served again.
-    expect(await closedWithin(holders[0]!, 5_000)).toBe(true);
-    const health = await httpsRequest(`${ts.url}/healthz`, { ca: ts.server.caCertPem });
-    expect(health.status).toBe(200);
+    expect(idleQueued.destroyed).toBe(false);
+    // The holders time out (handshakeMs); the queued client gets its slot and is served.
+    const res = await health;
+    expect(res.status).toBe(200);
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(1_200); // it did wait for the holders' timeout
+    for (const h of holders) expect(h.destroyed).toBe(true);
+    // The idle queued socket got a slot too and is timed out like any silent handshake.
+    expect(await closedWithin(idleQueued, 5_000)).toBe(true);
   }, 20_000);
+
+  it('drops a connection that waited longer than queueWaitMs', async () => {
+    const ts: TestServer = await startTestServer({}, { timeouts: { maxHandshakes: 1, queueWaitMs: 300, handshakeMs: 5_000 } });
+    cleanups.push(() => ts.stop());
+    const port = ts.server.address().port;
+    const holder = await openIdle(port);
+    cleanups.push(() => void holder.destroy());
+    await new Promise((r) => setTimeout(r, 100));
+    const waiting = await openIdle(port);
+    const t0 = Date.now();
+    expect(await closedWithin(waiting, 2_000)).toBe(true);
+    expect(Date.now() - t0).toBeLessThan(2_000);
+    expect(holder.destroyed).toBe(false); // the slot holder is still within its handshake timeout
+  }, 10_000);
 });
