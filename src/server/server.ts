@@ -1,7 +1,6 @@
 import { chmod, mkdir, stat } from 'node:fs/promises';
 import type { Server as HttpServer } from 'node:http';
 import type { Server as HttpsServer } from 'node:https';
-import type { AddressInfo } from 'node:net';
 import { hostname as osHostname } from 'node:os';
 import { createLogger, type Logger } from '../util/logger.js';
 import { AdminUnavailable, adminRequest, startAdminServer } from './admin.js';
@@ -11,6 +10,7 @@ import { ConnectionRegistry } from './connections.js';
 import { EnrollmentService } from './enroll.js';
 import { ServerError } from './errors.js';
 import { createGateway, type Gateway, type GatewayTimeouts } from './gateway.js';
+import { LastSeenWriter } from './last-seen.js';
 import type { GatewayHooks } from './hooks.js';
 import { META_CA_PIN, META_PUBLIC_URL, type LiveParts } from './nodes.js';
 import { FailureRateLimiter } from './rate-limit.js';
@@ -69,6 +69,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
   let admin: HttpServer | undefined;
   let rotateTimer: NodeJS.Timeout | undefined;
   let sessions: SessionHost | null = null;
+  const lastSeen = new LastSeenWriter(store, logger);
   const featureHandles: ServerFeatureHandle[] = [];
   try {
     const { ca, created } = await loadOrCreateCa(store, { keyType: config.caKeyType, ...(passphrase ? { passphrase } : {}) });
@@ -88,7 +89,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
       renewGraceMs: config.renewGraceMs,
     });
     // The session layer: handshake, heartbeats, presence, in-band renewal (tests may plug in their own).
-    const sessionHost = options.hooks ? null : new SessionHost({ config, store, enrollment, logger });
+    const sessionHost = options.hooks ? null : new SessionHost({ config, store, enrollment, logger, lastSeen });
     sessions = sessionHost;
     const adminRoutes = new AdminRoutes();
     if (sessionHost) {
@@ -106,7 +107,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
       hooks: options.hooks ?? sessionHost!,
       logger,
       ...(options.timeouts ? { timeouts: options.timeouts } : {}),
-      onConnected: (nodeId) => store.touchNode(nodeId, Date.now()),
+      onConnected: (nodeId) => lastSeen.touch(nodeId, Date.now()),
     });
     gateway = gw;
     const bound = await gw.listen(config.listen.port, config.listen.host);
@@ -151,6 +152,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
           for (const h of featureHandles.reverse()) await h.close?.();
           registry.closeAll(1001, 'server shutting down');
           await Promise.all([gw.close(), closeServer(adminServer)]);
+          lastSeen.close();
           store.close();
           logger.info('server stopped');
         })()),
@@ -161,6 +163,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
     for (const h of featureHandles.reverse()) await Promise.resolve(h.close?.()).catch(() => {});
     if (gateway) await gateway.close().catch(() => {});
     if (admin) await closeServer(admin).catch(() => {});
+    lastSeen.close();
     store.close();
     throw err;
   }

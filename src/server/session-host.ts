@@ -12,6 +12,7 @@ import { parseCsr } from './csr.js';
 import type { EnrollmentService } from './enroll.js';
 import { ServerError } from './errors.js';
 import type { AgentConnectionInfo, GatewayHooks } from './hooks.js';
+import type { LastSeenWriter } from './last-seen.js';
 import type { Store } from './store/store.js';
 
 /**
@@ -41,6 +42,7 @@ export interface SessionHostDeps {
   store: Store;
   enrollment: EnrollmentService;
   logger: Logger;
+  lastSeen: LastSeenWriter;
 }
 
 /** Handles a control message from an agent (features register these; see onMessage). */
@@ -229,6 +231,6 @@ export class SessionHost extends EventEmitter<SessionHostEvents> implements Gate
     const last = this.#lastSeenWritten.get(nodeId) ?? 0;
     if (!force && now - last < LAST_SEEN_WRITE_MS) return;
     this.#lastSeenWritten.set(nodeId, now);
-    this.#deps.store.touchNode(nodeId, now);
+    this.#deps.lastSeen.touch(nodeId, now);
   }
 }

@@ -33,6 +33,9 @@ describe('GET /v1/connect: client-certificate checks before the upgrade', () => 
     expect(info?.certSerial).toBe(cert.serialNumber.toLowerCase().replace(/^0+/, ''));
     expect(info?.certNotAfter).toBe(Date.parse(cert.validTo));
     expect(ts.server.live.registry.isOnline(node.nodeId)).toBe(true);
+    // last_seen is written in batches, within a second (src/server/last-seen.ts).
+    const seenBy = Date.now() + 3_000;
+    while (ts.server.store.getNode(node.nodeId)?.lastSeen == null && Date.now() < seenBy) await new Promise((r) => setTimeout(r, 50));
     expect(ts.server.store.getNode(node.nodeId)?.lastSeen).not.toBeNull();
     if (out.kind === 'open') {
       const closed = closeOf(out.ws);

@@ -258,8 +258,11 @@ export class Store {
       certNotAfter: (r.cert_not_after as number | null) ?? null,
     }));
   }
-  touchNode(id: string, lastSeen: number): void {
-    this.stmts.touchNode.run(lastSeen, id);
+  /** Records last-seen times in one transaction (batched by LastSeenWriter). */
+  touchNodes(entries: ReadonlyArray<readonly [id: string, lastSeen: number]>): void {
+    this.db.transaction(() => {
+      for (const [id, lastSeen] of entries) this.stmts.touchNode.run(lastSeen, id);
+    })();
   }
   setAgentVersion(id: string, agentVersion: string): void {
     this.stmts.setAgentVersion.run(agentVersion, id);
