@@ -135,6 +135,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
   #nextRid = 1;
   #nextNonce = 1;
   #inflightBytes = 0;
+  #flowControlStalls = 0;
   #flushQueued = false;
   #flushing = false;
   #goingAway = false;
@@ -179,6 +180,14 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
 
   get streamCount(): number {
     return this.#streams.size;
+  }
+
+  /**
+   * Times one of this session's streams had data to send and no credit: it waited for the peer's
+   * stream.window (a slow reader, or a window too small for the link). Counted once per wait.
+   */
+  get flowControlStalls(): number {
+    return this.#flowControlStalls;
   }
 
   /** Bytes handed to the transport and not yet written. */
@@ -631,6 +640,10 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
 
   releaseWindow(bytes: number): void {
     this.#growthBudget += bytes;
+  }
+
+  noteStall(): void {
+    this.#flowControlStalls++;
   }
 
   now(): number {

@@ -32,6 +32,8 @@ export interface StreamHost {
   /** Reserves `bytes` of window growth from the session's budget; false when exhausted. */
   reserveWindow(bytes: number): boolean;
   releaseWindow(bytes: number): void;
+  /** The stream has data to send and no credit left: it waits for the peer's stream.window. */
+  noteStall(): void;
   now(): number;
 }
 
@@ -85,6 +87,8 @@ export class MuxStream extends Duplex {
   readonly #host: StreamHost;
   #queue: Outgoing[] = [];
   #sendCredit = 0;
+  /** Data waits for credit; counted once per wait (a flow-control stall), cleared by new credit. */
+  #stalled = false;
   /** Bytes the peer may still send before it must wait for a stream.window. */
   #receiveAllowance: number;
   #received = 0;
@@ -251,6 +255,7 @@ export class MuxStream extends Duplex {
 
   _addCredit(credit: number): void {
     this.#sendCredit += credit;
+    this.#stalled = false;
     if (this.#sendCredit > 0x7fff_ffff) {
       throw new ProtocolError('ML_ERR_FLOW_CONTROL', `stream ${this.id}: window grew past 2^31-1`);
     }
@@ -349,11 +354,18 @@ export class MuxStream extends Duplex {
     }
     this.#sendCredit -= n;
     this.#queuedBytes -= n;
+    if (this.#sendCredit === 0 && this.#queue[0]?.type === 'data') this.#noteStall();
     const done = callbacks;
     const sent = done === null ? null : done.length === 1 ? (done[0] as () => void) : () => {
       for (const cb of done) cb();
     };
     return { bytes: null, data: parts, dataLength: n, stream: this.id, size: dataPrefixSize(n) + n, sent };
+  }
+
+  #noteStall(): void {
+    if (this.#stalled) return;
+    this.#stalled = true;
+    this.#host.noteStall();
   }
 
   // ---------- Duplex implementation ----------
@@ -387,7 +399,9 @@ export class MuxStream extends Duplex {
     // The write completes when its last byte has been handed to the transport: this is what bounds
     // the memory a writer can pin (Writable's high-water mark plus one write).
     (last as { cb: typeof cb }).cb = cb;
-    if (this.state === 'open') this.#host.markReady(this);
+    if (this.state !== 'open') return;
+    if (this.#sendCredit <= 0) this.#noteStall();
+    this.#host.markReady(this); // typed messages queued ahead of the data need no credit
   }
 
   override _final(cb: (err?: Error | null) => void): void {

@@ -242,6 +242,20 @@ export function createMetricsFeature(options: MetricsFeatureOptions = {}): Serve
         this.set(n);
       },
     });
+    // Stalls of sessions that ended are kept here; live sessions are summed at scrape time.
+    let stallsOfClosedSessions = 0;
+    sessions.on('agent-close', (a) => (stallsOfClosedSessions += a.session.flowControlStalls));
+    new Counter({
+      name: 'meshlink_flow_control_stalls_total',
+      help: 'Times a stream to an agent had data to send and no credit left, waiting for the agent’s stream.window (a slow reader, or a window too small for the link). Counted once per wait.',
+      registers: [registry],
+      collect() {
+        let n = stallsOfClosedSessions;
+        for (const set of sessions.agents.values()) for (const a of set) n += a.session.flowControlStalls;
+        this.reset();
+        this.inc(n);
+      },
+    });
     new Gauge({
       name: 'meshlink_transport_inflight_bytes',
       help: 'Bytes handed to agent sockets and not yet written (transport backpressure), summed over sessions.',

@@ -73,6 +73,7 @@ describe('metrics and observability upload (real TLS, in-process server, real ag
     expect(metric(text, 'meshlink_frames_total{direction="out",kind="welcome"}')).toBe(1);
     expect(metric(text, 'meshlink_frames_total{direction="out",kind="heartbeat.ack"}')!).toBeGreaterThanOrEqual(3);
     expect(metric(text, 'meshlink_open_streams')).toBe(0);
+    expect(metric(text, 'meshlink_flow_control_stalls_total')).toBe(0); // counted in test/protocol/session.test.ts
     const expiry = metric(text, 'meshlink_connected_cert_expiry_seconds{stat="min"}')!;
     expect(expiry).toBeGreaterThan(29 * 86_400);
     expect(expiry).toBeLessThanOrEqual(30 * 86_400);

@@ -138,6 +138,9 @@ describe.each(transports)('session over %s', (_name, makePair) => {
         } else offered += 16384;
       }
       expect(blocked).toBe(true);
+      // The wait for credit is counted once, however many writes queued behind it.
+      expect(pair.agent.flowControlStalls).toBe(1);
+      expect(pair.server.flowControlStalls).toBe(0);
       // The receiver never holds more than its window; the sender holds one high-water mark plus
       // one write; the transport holds at most its high-water mark plus one message.
       expect(serverStream.readableLength).toBeLessThanOrEqual(256 * 1024);
