@@ -7,25 +7,19 @@ import { parseMetricsListen, serveMetrics } from '../../server/metrics.js';
 import type { Logger } from '../../util/logger.js';
 import type { AgentRunner } from '../connection.js';
 import { AgentMetrics } from '../metrics.js';
-import { ObservabilityUploader, type AuditRecord, type LogRecord } from './uploader.js';
+import { ObservabilityUploader, type LogRecord } from './uploader.js';
 
 /**
  * `agent run` observability: the agent's Prometheus metrics on a local port when asked
  * (`--metrics-listen 127.0.0.1:9465`), and the upload of its metrics (every
  * `--metrics-upload-interval`, default 60 s), warn+ log lines and audit records to the server
- * (uploader.ts). The ops feature reports through `recordAudit`.
+ * (uploader.ts). Audit records of actions, exec and transfers are sent by the ops feature's
+ * AuditReporter, through an uploader of its own with the same bounds.
  */
 
 const SECRET_KEY = /token|csr|key|passphrase|secret|password|cert/i;
 const MAX_MSG = 4096;
 const MAX_FIELDS_JSON = 4096;
-
-let current: ObservabilityUploader | null = null;
-
-/** Queues an audit record for upload (no-op when no agent runs in this process). */
-export function recordAudit(record: Omit<AuditRecord, 'ts'> & { ts?: number }): void {
-  current?.recordAudit(record);
-}
 
 /**
  * Copies the logger's warn/error/fatal lines into the uploader. Fields are reduced to primitives
@@ -95,7 +89,6 @@ export async function attachObservability(
 ): Promise<AgentObservability> {
   const metrics = new AgentMetrics(runner);
   const uploader = new ObservabilityUploader(() => runner.session, opts.uploadLimits);
-  current = uploader;
   const restore = captureWarnings(logger, (r) => uploader.addLog(r));
   runner.on('connected', () => uploader.flush());
   const sample = (): void => {
@@ -122,7 +115,6 @@ export async function attachObservability(
       uploader.close();
       metrics.close();
       restore();
-      if (current === uploader) current = null;
       if (server) await new Promise<void>((r) => server!.close(() => r()));
     },
   };

@@ -3,8 +3,8 @@ import type { Session } from '../../protocol/session.js';
 
 /**
  * Sends the agent's own observability records to the server on its one connection: metrics.batch
- * (periodic snapshots), logs.batch (warn and above) and audit.batch (every action, exec and transfer,
- * via recordAudit). Memory is bounded whatever the server does: each kind has a fixed-size queue;
+ * (periodic snapshots), logs.batch (warn and above) and audit.batch (every action, exec and transfer:
+ * ops/audit.ts). Memory is bounded whatever the server does: each kind has a fixed-size queue;
  * when it is full the oldest record is dropped and counted, and the count travels with the next batch
  * of that kind (`dropped`). Sending is bounded in rate (one batch per kind per `minIntervalMs`) and
  * size (`maxBatchRecords` records, `maxBatchBytes` estimated bytes), and pauses while the session's

@@ -1,53 +1,30 @@
 import type { InputOf } from '../../protocol/registry.js';
 import type { Logger } from '../../util/logger.js';
 import type { AgentRunner } from '../connection.js';
+import { ObservabilityUploader } from '../observability/uploader.js';
 
 type Record_ = InputOf<'audit.batch'>['records'][number];
 
 /**
- * What the agent performed (actions, exec, transfers), reported to the server in audit.batch
- * messages. Records wait (bounded) while disconnected; beyond the bound the oldest are dropped and
- * the count travels with the next batch.
+ * What the agent performed (actions, exec, transfers): written to the agent's own log and reported to
+ * the server in audit.batch messages through the observability uploader, so audit records get the same
+ * bounds as the agent's other uploads: a fixed-size queue while disconnected (oldest dropped first, the
+ * drop counted in the next batch), batches bounded in records and bytes, at most one every 2 s, and a
+ * pause while the session's control queue is above its high-water mark.
  */
 export class AuditReporter {
-  readonly #runner: AgentRunner;
+  readonly #uploader: ObservabilityUploader;
   readonly #log: Logger | null;
-  #pending: Record_[] = [];
-  #dropped = 0;
-  #scheduled = false;
-  static readonly MAX_PENDING = 1000;
 
   constructor(runner: AgentRunner, logger?: Logger) {
-    this.#runner = runner;
+    this.#uploader = new ObservabilityUploader(() => runner.session);
     this.#log = logger ?? null;
-    runner.on('connected', () => this.#schedule());
+    runner.on('connected', () => this.#uploader.flush());
   }
 
   record(r: Omit<Record_, 'ts'>): void {
     // Also in the agent's own log (journald, `server logs`): what ran here and how it ended.
     this.#log?.info({ operation: r.action, target: r.target, result: r.result }, 'operation finished');
-    this.#pending.push({ ts: Date.now(), ...r });
-    if (this.#pending.length > AuditReporter.MAX_PENDING) {
-      this.#pending.shift();
-      this.#dropped++;
-    }
-    this.#schedule();
-  }
-
-  #schedule(): void {
-    if (this.#scheduled) return;
-    this.#scheduled = true;
-    setImmediate(() => {
-      this.#scheduled = false;
-      this.#flush();
-    });
-  }
-
-  #flush(): void {
-    const session = this.#runner.session;
-    if (!session || session.state !== 'open' || this.#pending.length === 0) return;
-    const records = this.#pending.splice(0, 4096);
-    session.send('audit.batch', { records, ...(this.#dropped > 0 ? { dropped: this.#dropped } : {}) });
-    this.#dropped = 0;
+    this.#uploader.recordAudit(r);
   }
 }
