@@ -3,8 +3,11 @@
  * simulated agents (EC P-256 keys, real POST /v1/enroll), then keeps each one connected like the real
  * agent does: its own mTLS WebSocket, the real protocol Session (attachSession), hello/welcome,
  * heartbeats every welcome.heartbeatIntervalMs with a random phase, and reconnects with the real
- * Backoff (1 s base, ±25 % jitter, doubling to 60 s). Records heartbeat round trips, event receipt
- * (seq, latency) and connect attempts per second, and answers the parent's IPC queries.
+ * Backoff (1 s base, ±25 % jitter, doubling to 60 s). Mesh events as the real agent takes them: hello
+ * carries the last seq it applied, the first state.request asks for the replay of what it missed,
+ * each event is acknowledged (signature verification is left out: it costs the load generator, not
+ * the server). Records heartbeat round trips, event receipt (seq, latency) and connect attempts per
+ * second, and answers the parent's IPC queries.
  */
 import { decode } from '@msgpack/msgpack';
 import { request } from 'node:https';
@@ -25,6 +28,8 @@ interface Sim {
   backoff: Backoff;
   hb: NodeJS.Timeout | null;
   received: Set<number>;
+  /** Highest seq received with every seq below it received too (what hello reports). */
+  lastEventSeq: number;
 }
 
 const agents: Sim[] = [];
@@ -32,7 +37,8 @@ let url = '';
 let ca = '';
 let recordingRtt = false;
 let rtts: number[] = [];
-const latencies: number[] = [];
+/** Delivery latency (receipt − the event's ts) by event seq. */
+const latencies = new Map<number, number[]>();
 const attemptsPerSec = new Map<number, number>();
 let stopped = false;
 
@@ -71,7 +77,7 @@ async function enrollAll(tokens: string[], prefix: string, concurrency: number):
       return;
     }
     const issued = JSON.parse(r.body) as { certificate: string };
-    agents.push({ hostname, certPem: issued.certificate, keyPem, session: null, ws: null, online: false, connectedAt: 0, backoff: new Backoff(), hb: null, received: new Set() });
+    agents.push({ hostname, certPem: issued.certificate, keyPem, session: null, ws: null, online: false, connectedAt: 0, backoff: new Backoff(), hb: null, received: new Set(), lastEventSeq: 0 });
   });
   return failures;
 }
@@ -104,7 +110,11 @@ function dial(a: Sim): Promise<boolean> {
         } else if (msg.name === 'event') {
           const e = decode((msg.payload as { envelope: Uint8Array }).envelope) as { seq: number; ts: number };
           a.received.add(e.seq);
-          latencies.push(Date.now() - e.ts);
+          while (a.received.has(a.lastEventSeq + 1)) a.lastEventSeq++;
+          let l = latencies.get(e.seq);
+          if (!l) latencies.set(e.seq, (l = []));
+          l.push(Date.now() - e.ts);
+          if (session.state === 'open') session.send('event.ack', { seq: e.seq });
         }
       });
       session.once('close', () => {
@@ -115,9 +125,11 @@ function dial(a: Sim): Promise<boolean> {
         if (!stopped) scheduleReconnect(a);
       });
       session
-        .handshake({ agentVersion: 'fleet-bench', hostname: a.hostname })
+        .handshake({ agentVersion: 'fleet-bench', hostname: a.hostname, lastEventSeq: a.lastEventSeq })
         .then((welcome) => {
           a.online = true;
+          // The first state.request starts the replay of missed events and live delivery.
+          session.request('state.request', {}, { timeoutMs: 60_000 }).catch(() => {});
           a.connectedAt = Date.now();
           let seq = 0;
           const beat = (): void => {
@@ -190,10 +202,12 @@ process.on('message', (m: { cmd: string; [k: string]: unknown }) => {
         send({ type: 'rtts', rtts });
         return;
       case 'events': {
-        const expected = m.expected as number[];
+        // Every agent must hold every seq from 1 (its first snapshot) to `through`.
+        const through = m.through as number;
         let lost = 0;
-        for (const a of agents) for (const s of expected) if (!a.received.has(s)) lost++;
-        send({ type: 'events', lost, latencies });
+        for (const a of agents) for (let s = 1; s <= through; s++) if (!a.received.has(s)) lost++;
+        const wanted = (m.latencyOf as number[]).flatMap((s) => latencies.get(s) ?? []);
+        send({ type: 'events', lost, latencies: wanted });
         return;
       }
       case 'exit':

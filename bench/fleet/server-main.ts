@@ -1,36 +1,31 @@
 /**
  * The fleet benchmark's server process: the real startServer (store, CA, gateway, session host,
- * observability with its /metrics listener) plus one bench-only feature, an admin route that sends one
- * synthetic `event` to every connected agent (fan-out timing and lost-event accounting by seq; see
- * BENCHMARKS.md, "Fleet (issue 6)"). The mesh feature is not loaded: its events are per-node and its
- * peer set grows with N², so it would measure mesh computation, not transport fan-out.
+ * observability with its /metrics listener, and the mesh feature) plus one bench-only admin route that
+ * publishes one signed mesh event (`action_request`) to every node through MeshService.publishAll:
+ * persisted per node under its own seq, delivered live to connected agents and by replay to the others
+ * when they reconnect, exactly as policy or key events are (see BENCHMARKS.md, "Fleet (issue 6)").
+ * The mesh policy is `{"rules": []}` (no node peers with another): a full mesh of N nodes would be
+ * N² PSKs, which measures mesh size, not the transport.
  *
  *   node dist/bench/fleet/server-main.js DATA_DIR PORT METRICS_PORT HEARTBEAT_MS
  */
-import { encode } from '@msgpack/msgpack';
 import { parseServerConfig } from '../../src/server/config.js';
 import type { ServerFeature } from '../../src/server/feature.js';
 import { sendJson } from '../../src/server/http-json.js';
+import { createMeshFeature } from '../../src/server/mesh/index.js';
+import type { MeshService } from '../../src/server/mesh/service.js';
 import { createObservabilityFeature } from '../../src/server/observability/index.js';
 import { startServer } from '../../src/server/server.js';
 import { createLogger } from '../../src/util/logger.js';
 
 const [dataDir, port, metricsPort, heartbeatMs] = process.argv.slice(2);
+let mesh: MeshService | null = null;
 const broadcast: ServerFeature = (ctx) => {
   ctx.admin.add('POST /v1/bench/broadcast', async (req, res) => {
-    const seq = Number(new URL(req.url ?? '/', 'http://admin').searchParams.get('seq'));
+    const n = new URL(req.url ?? '/', 'http://admin').searchParams.get('n') ?? '0';
     const t0 = performance.now();
-    const envelope = encode({ seq, type: 'bench', ts: Date.now(), payload: null });
-    const signature = new Uint8Array(64);
-    let sent = 0;
-    for (const set of ctx.sessions.agents.values()) {
-      for (const a of set) {
-        if (a.session.state !== 'open') continue;
-        a.session.send('event', { envelope, signature, keyId: 'bench' });
-        sent++;
-      }
-    }
-    sendJson(res, 200, { sent, enqueueMs: performance.now() - t0 });
+    const nodes = await mesh!.publishAll('action_request', { action: 'bench', args: { n } });
+    sendJson(res, 200, { nodes, publishMs: performance.now() - t0 });
   });
 };
 
@@ -49,7 +44,12 @@ const logger = createLogger({ name: 'fleet-server', level: process.env.FLEET_SER
 const running = await startServer(config, {
   logger,
   passphrase: '',
-  features: [createObservabilityFeature({ listen: { host: '127.0.0.1', port: Number(metricsPort) } }), broadcast],
+  features: [
+    createObservabilityFeature({ listen: { host: '127.0.0.1', port: Number(metricsPort) } }),
+    createMeshFeature({ passphrase: '', onStarted: (m) => (mesh = m) }),
+    broadcast,
+  ],
 });
+if (mesh!.policy === null) await mesh!.setPolicy({ rules: [] });
 process.stdout.write(JSON.stringify({ ready: true, url: running.publicUrl, caPin: running.caPin, pid: process.pid }) + '\n');
 process.on('SIGTERM', () => void running.close().then(() => process.exit(0)));

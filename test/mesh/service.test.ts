@@ -140,6 +140,23 @@ describe('MeshService', () => {
     expect(mesh.desiredState(ids[1]!)!.peers.find((p) => p.nodeId === ids[3])!.endpoints).toEqual(['198.51.100.4:51820']);
   });
 
+  it('publishAll gives every node the event under its own seq; an offline node gets it by replay', async () => {
+    const { mesh, a, b, c, sent, sessions } = await setup();
+    const late = recordingSession();
+    // b stays connected; a is offline; c reconnects (a new session that has not asked for replay yet).
+    mesh.setDelivery({ sessionOf: (id) => (id === b ? sessions.get(b)!.session : id === c ? late.session : undefined) });
+    const before = [a, b, c].map((id) => mesh.nodeInfo(id)!.lastSeq);
+    expect(await mesh.publishAll('action_request', { action: 'bench', args: { n: '1' } })).toBe(3);
+    expect([a, b, c].map((id) => mesh.nodeInfo(id)!.lastSeq)).toEqual(before.map((s) => s + 1));
+    expect(sent(b).at(-1)!.envelope).toMatchObject({ type: 'action_request', seq: before[1]! + 1 }); // live
+    expect(sent(a).at(-1)!.envelope.type).not.toBe('action_request'); // offline
+    expect(late.sent).toHaveLength(0); // no live events before the replay request
+    // c's new session asks for its replay from where c had got to: the event arrives then.
+    mesh.replay(c, late.session, before[2]!);
+    expect(late.sent.map((e) => [e.envelope.type, e.envelope.seq])).toEqual([['action_request', before[2]! + 1]]);
+    expect(late.sent[0]!.envelope.payload).toEqual({ action: 'bench', args: { n: '1' } });
+  });
+
   it('an invalid policy is refused and the policy in force stays', async () => {
     const { mesh, a, sent } = await setup();
     await mesh.setPolicy({ rules: [{ from: 'web', to: 'db' }] });

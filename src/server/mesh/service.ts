@@ -552,6 +552,32 @@ export class MeshService {
     return out!.event.seq;
   }
 
+  /**
+   * Appends and delivers one event to every node in the mesh (each under its own seq, so a node that is
+   * offline gets it by replay). Batched like a recompute: one transaction per DELIVERY_BATCH_NODES
+   * nodes, sent, then the event loop runs. Resolves with the number of nodes.
+   */
+  publishAll<T extends EventType>(type: T, payload: EventPayload<T>): Promise<number> {
+    return this.#inTurn(async () => {
+      const ids = [...this.#nodes.keys()];
+      const now = Date.now(); // one ts for all: when it was published, whichever batch carries it
+      for (let i = 0; i < ids.length; i += DELIVERY_BATCH_NODES) {
+        if (i > 0) await yieldToEventLoop();
+        const outgoing: Outgoing[] = [];
+        this.#db.transaction(() => {
+          for (const id of ids.slice(i, i + DELIVERY_BATCH_NODES)) {
+            const node = this.#nodes.get(id);
+            if (!node) continue;
+            outgoing.push(this.#append(node, type, payload, now));
+            this.#db.setLastSeq(id, node.lastSeq);
+          }
+        });
+        this.#deliver(outgoing);
+      }
+      return ids.length;
+    });
+  }
+
   #deliver(outgoing: Outgoing[]): void {
     if (this.#feedInserts > 1_000) this.#pruneFeed();
     for (const o of outgoing) {
@@ -580,7 +606,10 @@ export class MeshService {
    * that follow from it are sent (errors are logged, never thrown: this runs on every connect).
    */
   agentOpened(nodeId: string, hello: PayloadOf<'hello'>, remoteAddress: string | null): Promise<void> {
-    const membership = this.sweepAndRecompute();
+    // A node the model does not know yet has just enrolled: bring it in now rather than at the next
+    // periodic sweep. A known node needs no sweep (its queries scan the node table: O(n) per connect
+    // would be O(n²) in a reconnect storm).
+    const membership = this.#nodes.has(nodeId) ? Promise.resolve() : this.sweepAndRecompute();
     const node = this.#nodes.get(nodeId);
     if (!node) return membership;
     const key = hello.wgPublicKey ?? node.publicKey;
