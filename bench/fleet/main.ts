@@ -317,9 +317,14 @@ async function main(): Promise<void> {
   } finally {
     await Promise.all(workers.map((w) => w.ask({ cmd: 'exit' }, 'bye').catch(() => {})));
     if (server && server.child.exitCode === null) {
+      const t0 = Date.now();
       server.child.kill('SIGTERM');
-      await new Promise((r) => setTimeout(r, 3_000).unref() && server!.child.once('exit', r));
-      if (server.child.exitCode === null) server.child.kill('SIGKILL');
+      // Generous: a --cpu-prof given through --server-node-args is written at exit.
+      await new Promise((r) => setTimeout(r, 30_000).unref() && server!.child.once('exit', r));
+      if (server.child.exitCode === null) {
+        log('server did not exit within 30 s of SIGTERM; killed');
+        server.child.kill('SIGKILL');
+      } else log(`server stopped ${Date.now() - t0} ms after SIGTERM`);
     }
     await rm(dataDir, { recursive: true, force: true });
   }

@@ -1,5 +1,6 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { z } from 'zod';
+import { ERROR_CODES } from '../../protocol/errors.js';
 import type { ServerFeature, ServerFeatureContext } from '../feature.js';
 import { ServerError } from '../errors.js';
 import { readJson, sendJson } from '../http-json.js';
@@ -63,8 +64,11 @@ export function createMeshFeature(options: MeshFeatureOptions = {}): ServerFeatu
         return mesh.stateFor(agent.nodeId, req.digest);
       });
     });
-    // A removed node's session closes with 4401: take it out of the mesh at once.
-    ctx.sessions.on('agent-close', () => void mesh.sweepAndRecompute());
+    // A removed node's session closes with 4401: take it out of the mesh at once. Other closes leave
+    // membership alone (a sweep scans the node table; thousands of sessions close at a shutdown).
+    ctx.sessions.on('agent-close', (_agent, info) => {
+      if (info.code === ERROR_CODES.ML_ERR_CERT_REVOKED.closeCode) void mesh.sweepAndRecompute();
+    });
     ctx.sessions.onMessage('event.ack', (agent, ack) => {
       try {
         void mesh.acked(agent.nodeId, ack);
