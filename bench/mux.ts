@@ -5,6 +5,10 @@
  *
  * For payloads of 1 KiB, 16 KiB and 256 KiB it measures, interleaved round by round so that machine
  * noise hits all variants alike: raw ws messages, one meshlink stream, and 100 concurrent streams.
+ * meshlink's client sends frames with a zero masking key, as the agent does (src/net/ws-mask.ts);
+ * raw ws is measured both ways: with ws's default random keys (the baseline of the ratios) and with
+ * the same zero key (the `…ZeroMask` ratios), so that the gain of the key is not credited to the
+ * multiplexer.
  * Then 1 KiB writes spread over 100 streams against raw ws 1 KiB messages (coalescing), and codec
  * frames/s for small control messages. Ratios are computed per round, and medians are reported.
  * The last line is one JSON object.
@@ -15,6 +19,7 @@ import { fork } from 'node:child_process';
 import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
 import { WebSocket } from 'ws';
+import { zeroMaskingKey } from '../src/net/ws-mask.js';
 import { attachSession } from '../src/net/ws-session.js';
 import type { Session } from '../src/protocol/session.js';
 import { encodeMessage, decodeFrame } from '../src/protocol/codec.js';
@@ -33,13 +38,14 @@ interface Peer {
   pki: BenchPki;
 }
 
-function connect(peer: Peer, path: string): Promise<WebSocket> {
+function connect(peer: Peer, path: string, zeroMask: boolean): Promise<WebSocket> {
   const ws = new WebSocket(`wss://127.0.0.1:${peer.port}${path}`, {
     ca: peer.pki.ca,
     cert: peer.pki.clientCert,
     key: peer.pki.clientKey,
     perMessageDeflate: false,
     maxPayload: 64 * MIB,
+    ...(zeroMask ? { generateMask: zeroMaskingKey } : {}),
   });
   return new Promise((resolve, reject) => {
     ws.once('open', () => resolve(ws));
@@ -48,8 +54,8 @@ function connect(peer: Peer, path: string): Promise<WebSocket> {
 }
 
 /** Raw ws: `total` bytes in messages of `size`, with the send callback as backpressure. MB/s. */
-async function rawWs(peer: Peer, size: number, total: number): Promise<number> {
-  const ws = await connect(peer, `/raw?total=${total}`);
+async function rawWs(peer: Peer, size: number, total: number, zeroMask = false): Promise<number> {
+  const ws = await connect(peer, `/raw?total=${total}`, zeroMask);
   const payload = Buffer.alloc(size, 7);
   const done = once(ws, 'message');
   const start = performance.now();
@@ -77,7 +83,7 @@ async function rawWs(peer: Peer, size: number, total: number): Promise<number> {
 }
 
 async function muxSession(peer: Peer): Promise<{ session: Session; ws: WebSocket }> {
-  const ws = await connect(peer, '/mux');
+  const ws = await connect(peer, '/mux', true);
   const session = attachSession(ws, { role: 'agent' });
   await session.handshake({ agentVersion: 'bench' });
   return { session, ws };
@@ -135,37 +141,45 @@ async function main(): Promise<void> {
   try {
     // Warm-up: JIT and TLS session setup.
     await rawWs(peer, 16 * 1024, 16 * MIB);
+    await rawWs(peer, 16 * 1024, 16 * MIB, true);
     await mux(peer, 16 * 1024, 16 * MIB, 1);
     for (let r = 0; r < ROUNDS; r++) {
       for (const size of sizes) {
         const total = size === 1024 ? SMALL_TOTAL : BIG_TOTAL;
         const raw = await rawWs(peer, size, total);
+        const rawZ = await rawWs(peer, size, total, true);
         const one = await mux(peer, size, total, 1);
         const hundred = await mux(peer, size, total, 100);
         push(`raw${size}`, raw);
+        push(`rawZ${size}`, rawZ);
         push(`one${size}`, one);
         push(`hundred${size}`, hundred);
         push(`ratio1_${size}`, one / raw);
         push(`ratio100_${size}`, hundred / raw);
+        push(`ratio1z_${size}`, one / rawZ);
+        push(`ratio100z_${size}`, hundred / rawZ);
       }
       // Small writes: 1 KiB messages on raw ws vs 1 KiB writes over 100 streams (coalesced).
       const raw1k = await rawWs(peer, 1024, SMALL_TOTAL);
+      const raw1kZ = await rawWs(peer, 1024, SMALL_TOTAL, true);
       const mux1k = await mux(peer, 1024, SMALL_TOTAL, 100);
       push('small_raw', raw1k);
+      push('small_rawZ', raw1kZ);
       push('small_mux', mux1k);
       push('ratioSmall1K', mux1k / raw1k);
+      push('ratioSmall1KZeroMask', mux1k / raw1kZ);
       process.stderr.write(`round ${r + 1}/${ROUNDS} done\n`);
     }
     const codec = codecFramesPerSec();
     const m = (k: string): number => round(median(results[k] ?? []));
     console.log(`meshlink bench:mux — wss + mutual TLS on loopback, receiver in a child process, ${ROUNDS} rounds, medians`);
-    console.log('payload   raw ws MB/s   1 stream MB/s (ratio)   100 streams MB/s (ratio)');
+    console.log('payload   raw ws MB/s (zero mask)   1 stream MB/s (ratio; vs zero-mask raw)   100 streams MB/s (ratio; vs zero-mask raw)');
     for (const size of sizes) {
       console.log(
-        `${String(size / 1024).padStart(4)} KiB  ${String(m(`raw${size}`)).padStart(11)}   ${String(m(`one${size}`)).padStart(9)} (${m(`ratio1_${size}`)})   ${String(m(`hundred${size}`)).padStart(11)} (${m(`ratio100_${size}`)})`,
+        `${String(size / 1024).padStart(4)} KiB  ${String(m(`raw${size}`)).padStart(9)} (${m(`rawZ${size}`)})   ${String(m(`one${size}`)).padStart(9)} (${m(`ratio1_${size}`)}; ${m(`ratio1z_${size}`)})   ${String(m(`hundred${size}`)).padStart(11)} (${m(`ratio100_${size}`)}; ${m(`ratio100z_${size}`)})`,
       );
     }
-    console.log(`1 KiB writes over 100 streams: ${m('small_mux')} MB/s vs raw ws 1 KiB messages ${m('small_raw')} MB/s (ratio ${m('ratioSmall1K')})`);
+    console.log(`1 KiB writes over 100 streams: ${m('small_mux')} MB/s vs raw ws 1 KiB messages ${m('small_raw')} MB/s, zero mask ${m('small_rawZ')} MB/s (ratio ${m('ratioSmall1K')}; ${m('ratioSmall1KZeroMask')})`);
     console.log(`codec: ${Math.round(codec)} heartbeat frames/s encoded+decoded`);
     console.log(
       JSON.stringify({
@@ -180,6 +194,11 @@ async function main(): Promise<void> {
         ratio100Streams16K: m(`ratio100_16384`),
         ratio100Streams256K: m(`ratio100_262144`),
         ratioSmall1K: m('ratioSmall1K'),
+        rawWsZeroMask16KMBps: m(`rawZ${16384}`),
+        ratio1Stream16KZeroMask: m(`ratio1z_16384`),
+        ratio100Streams16KZeroMask: m(`ratio100z_16384`),
+        ratio1Stream256KZeroMask: m(`ratio1z_262144`),
+        ratioSmall1KZeroMask: m('ratioSmall1KZeroMask'),
         codecFramesPerSec: Math.round(codec),
       }),
     );

@@ -13,6 +13,7 @@ import { decode } from '@msgpack/msgpack';
 import { request } from 'node:https';
 import WebSocket from 'ws';
 import { Backoff } from '../../src/agent/backoff.js';
+import { zeroMaskingKey } from '../../src/net/ws-mask.js';
 import { attachSession } from '../../src/net/ws-session.js';
 import type { Session } from '../../src/protocol/session.js';
 import { makeEcCsr } from './ec-csr.js';
@@ -93,7 +94,7 @@ function dial(a: Sim): Promise<boolean> {
       settled = true;
       resolve(ok);
     };
-    const ws = new WebSocket(`${url.replace('https:', 'wss:')}/v1/connect`, { ca, cert: a.certPem, key: a.keyPem, perMessageDeflate: false, handshakeTimeout: 30_000 });
+    const ws = new WebSocket(`${url.replace('https:', 'wss:')}/v1/connect`, { ca, cert: a.certPem, key: a.keyPem, perMessageDeflate: false, handshakeTimeout: 30_000, generateMask: zeroMaskingKey });
     a.ws = ws;
     ws.once('unexpected-response', () => {
       ws.terminate();

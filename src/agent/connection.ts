@@ -4,6 +4,7 @@ import { isIP } from 'node:net';
 import { join } from 'node:path';
 import { WebSocket } from 'ws';
 import type { IncomingMessage } from 'node:http';
+import { zeroMaskingKey } from '../net/ws-mask.js';
 import { attachSession } from '../net/ws-session.js';
 import { MeshlinkError, ProtocolError } from '../protocol/errors.js';
 import type { Session, CloseInfo } from '../protocol/session.js';
@@ -199,6 +200,7 @@ export class AgentRunner extends EventEmitter {
       perMessageDeflate: false,
       maxPayload: 16 * 1024 * 1024,
       handshakeTimeout: this.#opts.connectTimeoutMs,
+      ...(url.protocol === 'wss:' ? { generateMask: zeroMaskingKey } : {}),
     });
     return new Promise<Live>((resolve, reject) => {
       let settled = false;

@@ -8,6 +8,7 @@ import { request as httpRequest } from 'node:http';
 import { WebSocket } from 'ws';
 import { MeshlinkError } from '../../protocol/errors.js';
 import { OPS_STREAM_PATH, tunnelEventSchema, type ClientEvent, type OpsRequest, type TunnelEvent } from './tunnel-protocol.js';
+import { zeroMaskingKey } from '../../net/ws-mask.js';
 
 /**
  * The operator's client for streaming operations (the CLI and tests use it): one WebSocket per
@@ -42,7 +43,7 @@ export interface TunnelHandlers {
  */
 export function runTunnel(socketPath: string, request: OpsRequest, handlers: TunnelHandlers = {}): Promise<TunnelEvent | null> {
   return new Promise((resolvePromise, reject) => {
-    const ws = new WebSocket(`ws+unix://${socketPath}:${OPS_STREAM_PATH}`, { perMessageDeflate: false, maxPayload: 16 * 1024 * 1024 });
+    const ws = new WebSocket(`ws+unix://${socketPath}:${OPS_STREAM_PATH}`, { perMessageDeflate: false, maxPayload: 16 * 1024 * 1024, generateMask: zeroMaskingKey });
     let final: TunnelEvent | null = null;
     let failure: OpsClientError | null = null;
     let cancelled = false;
