@@ -4,6 +4,7 @@ import type { RevocationList } from './revocation.js';
 import type { NodeRow, Store } from './store/store.js';
 import { createToken } from './tokens.js';
 import { meshListingFields, type MeshListingFields } from './mesh/listing.js';
+import type { LastSeenWriter } from './last-seen.js';
 
 /**
  * Operator actions shared by the admin channel (server running) and the CLI's direct-store fallback
@@ -27,11 +28,14 @@ export interface NodeListing extends Partial<MeshListingFields> {
 export interface LiveParts {
   registry: ConnectionRegistry;
   revocations: RevocationList;
+  /** Batched last_seen writes: flush before reading last_seen from the store. */
+  lastSeen: LastSeenWriter;
 }
 
 const iso = (ms: number | null): string | null => (ms === null ? null : new Date(ms).toISOString());
 
 export function listNodes(store: Store, live?: LiveParts): NodeListing[] {
+  live?.lastSeen.flush();
   const mesh = meshListingFields(store);
   return store.listLiveNodes().map((n) => ({
     id: n.id,

@@ -78,7 +78,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
 
     const revocations = RevocationList.load(store);
     const registry = new ConnectionRegistry(logger);
-    const live: LiveParts = { registry, revocations };
+    const live: LiveParts = { registry, revocations, lastSeen };
     const enrollment = new EnrollmentService({
       store,
       ca,

@@ -53,7 +53,7 @@ export function nodeDetails(store: Store, idOrHostname: string, live?: LiveParts
     hostname: node.hostname,
     online: listing?.online ?? false,
     createdAt: new Date(node.createdAt).toISOString(),
-    lastSeen: iso(node.lastSeen),
+    lastSeen: listing?.lastSeen ?? iso(node.lastSeen), // the listing flushed pending last-seen writes
     removedAt: iso(node.removedAt),
     agentVersion: node.agentVersion,
     certSerial: listing?.certSerial ?? null,
