@@ -29,6 +29,13 @@ export class ConnectionRegistry {
   /** Observers of agent connections the gateway refused (metrics), called with the refusal reason. */
   readonly refusalObservers = new Set<(reason: string) => void>();
 
+  /**
+   * Observers of a revocation, called for each node whose open sockets are about to be closed with
+   * 4401, before the close (the mesh feature sends the node a signed `session_revoked` event). The
+   * sockets close one turn of the event loop later, after what the observers queued.
+   */
+  readonly revocationObservers = new Set<(nodeId: string, reason: string) => void>();
+
   constructor(private readonly logger: Logger) {}
 
   /** Reports a refused agent connection (gateway: before any upgrade) to the observers. */
@@ -79,13 +86,37 @@ export class ConnectionRegistry {
 
   /** Closes every socket of the node with 4401; returns how many were open. */
   closeRevokedNode(nodeId: string): number {
-    return this.closeWhere((e) => e.nodeId === nodeId, CLOSE_REVOKED, 'certificate revoked');
+    return this.closeRevoked((e) => e.nodeId === nodeId, 'node removed');
   }
 
   /** Closes sockets presenting one of these serials with 4401. */
   closeRevokedSerials(serials: readonly string[]): number {
     const set = new Set(serials);
-    return this.closeWhere((e) => set.has(e.certSerial), CLOSE_REVOKED, 'certificate revoked');
+    return this.closeRevoked((e) => set.has(e.certSerial), 'certificate revoked');
+  }
+
+  private closeRevoked(pred: (e: Entry) => boolean, reason: string): number {
+    const nodes = new Set<string>();
+    let n = 0;
+    for (const set of this.byNode.values()) {
+      for (const e of set) {
+        if (!pred(e)) continue;
+        nodes.add(e.nodeId);
+        n++;
+      }
+    }
+    if (n === 0) return 0;
+    for (const nodeId of nodes) {
+      for (const observe of this.revocationObservers) {
+        try {
+          observe(nodeId, reason);
+        } catch (err) {
+          this.logger.error({ err, nodeId }, 'revocation observer failed');
+        }
+      }
+    }
+    setImmediate(() => this.closeWhere(pred, CLOSE_REVOKED, 'certificate revoked'));
+    return n;
   }
 
   closeAll(code: number, reason: string): number {

@@ -175,6 +175,8 @@ describe('mesh over real mTLS sessions (in-process server and agents)', () => {
     await waitFor('peers drop c', async () => !peersOf(a).includes(c.nodeId) && !peersOf(b).includes(c.nodeId), 10_000, 50);
     expect(Date.now() - started).toBeLessThan(3_000);
     expect(await c.done).toBe(78); // revoked
+    // It was told why first, in a signed event, before the 4401 close.
+    expect(c.applied.at(-1)).toMatchObject({ type: 'session_revoked', payload: { reason: 'node removed' } });
     expect(mesh.nodeInfo(c.nodeId)).toBeNull();
   });
 });

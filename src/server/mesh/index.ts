@@ -69,6 +69,11 @@ export function createMeshFeature(options: MeshFeatureOptions = {}): ServerFeatu
     ctx.sessions.on('agent-close', (_agent, info) => {
       if (info.code === ERROR_CODES.ML_ERR_CERT_REVOKED.closeCode) void mesh.sweepAndRecompute();
     });
+    // A revoked node hears why, in a signed event, before its sockets close with 4401.
+    const onRevoked = (nodeId: string, reason: string): void => {
+      if (mesh.nodeInfo(nodeId)) mesh.publish(nodeId, 'session_revoked', { reason });
+    };
+    ctx.live.registry.revocationObservers.add(onRevoked);
     ctx.sessions.onMessage('event.ack', (agent, ack) => {
       try {
         void mesh.acked(agent.nodeId, ack);
@@ -137,6 +142,7 @@ export function createMeshFeature(options: MeshFeatureOptions = {}): ServerFeatu
     options.onStarted?.(mesh);
     return {
       close() {
+        ctx.live.registry.revocationObservers.delete(onRevoked);
         clearInterval(sweepTimer);
         mesh.close();
       },
