@@ -19,13 +19,13 @@ import { fork } from 'node:child_process';
 import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
 import { WebSocket } from 'ws';
-import { zeroMaskingKey } from '../src/net/ws-mask.js';
 import { attachSession } from '../src/net/ws-session.js';
 import type { Session } from '../src/protocol/session.js';
 import { encodeMessage, decodeFrame } from '../src/protocol/codec.js';
 import { FrameDecoder } from '../src/protocol/decoder.js';
 import { DEFAULT_MAX_FRAME_SIZE } from '../src/protocol/frame.js';
-import { makePki, type BenchPki } from './lib/pki.js';
+import { connect, rawWs, type Peer } from './lib/mux-client.js';
+import { makePki } from './lib/pki.js';
 import { median, round } from './lib/stats.js';
 
 const ROUNDS = Number(process.env.ROUNDS ?? 5);
@@ -33,54 +33,6 @@ const MIB = 1024 * 1024;
 const BIG_TOTAL = Number(process.env.MB ?? 128) * MIB;
 const SMALL_TOTAL = 32 * MIB;
 
-interface Peer {
-  port: number;
-  pki: BenchPki;
-}
-
-function connect(peer: Peer, path: string, zeroMask: boolean): Promise<WebSocket> {
-  const ws = new WebSocket(`wss://127.0.0.1:${peer.port}${path}`, {
-    ca: peer.pki.ca,
-    cert: peer.pki.clientCert,
-    key: peer.pki.clientKey,
-    perMessageDeflate: false,
-    maxPayload: 64 * MIB,
-    ...(zeroMask ? { generateMask: zeroMaskingKey } : {}),
-  });
-  return new Promise((resolve, reject) => {
-    ws.once('open', () => resolve(ws));
-    ws.once('error', reject);
-  });
-}
-
-/** Raw ws: `total` bytes in messages of `size`, with the send callback as backpressure. MB/s. */
-async function rawWs(peer: Peer, size: number, total: number, zeroMask = false): Promise<number> {
-  const ws = await connect(peer, `/raw?total=${total}`, zeroMask);
-  const payload = Buffer.alloc(size, 7);
-  const done = once(ws, 'message');
-  const start = performance.now();
-  let sent = 0;
-  let inflight = 0;
-  const highWater = 1 * MIB;
-  await new Promise<void>((resolve) => {
-    const pump = (): void => {
-      while (sent < total && inflight < highWater) {
-        inflight += size;
-        sent += size;
-        ws.send(payload, { binary: true }, () => {
-          inflight -= size;
-          if (sent < total) pump();
-          else if (inflight === 0) resolve();
-        });
-      }
-    };
-    pump();
-  });
-  await done;
-  const secs = (performance.now() - start) / 1000;
-  ws.close();
-  return total / MIB / secs;
-}
 
 async function muxSession(peer: Peer): Promise<{ session: Session; ws: WebSocket }> {
   const ws = await connect(peer, '/mux', true);
