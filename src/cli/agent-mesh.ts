@@ -4,6 +4,7 @@ import { meshAgentFeature } from '../agent/mesh/index.js';
 import { endpointSchema } from '../agent/mesh/wire.js';
 import { parseDuration } from '../util/duration.js';
 import type { AgentRunExtension } from './agent-features.js';
+import { registerReconciler } from '../agent/ops/index.js';
 
 /**
  * `agent run` flags of the mesh: --wireguard (apply with wg/ip, else only render the wg-quick file),
@@ -37,7 +38,7 @@ export const meshRunExtension: AgentRunExtension = {
       wgInterface: opts.wgInterface,
       reconcileInterval: opts.reconcileInterval,
     });
-    await meshAgentFeature(runner, {
+    const mesh = await meshAgentFeature(runner, {
       stateDir,
       logger,
       options: {
@@ -47,6 +48,14 @@ export const meshRunExtension: AgentRunExtension = {
         reconcileIntervalMs: parseDuration(f.reconcileInterval),
         ...(f.endpoint.length > 0 ? { endpoints: f.endpoint } : {}),
       },
+    });
+    // The operator's `reconcile` action also reconciles the mesh now (its digest check, then the
+    // data plane), instead of waiting for the next --reconcile-interval.
+    registerReconciler(runner, async () => {
+      const session = runner.session;
+      if (!session) return { name: 'mesh', drift: ['not connected'] };
+      const r = await mesh.reconcile(session);
+      return { name: 'mesh', drift: r.drift.map((d) => `${d.field}${d.expected !== undefined || d.actual !== undefined ? ` (expected ${d.expected ?? '-'}, was ${d.actual ?? '-'})` : ''}`) };
     });
   },
 };

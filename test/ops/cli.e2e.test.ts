@@ -83,6 +83,11 @@ describe('ops through the real CLI and the agent bundle', () => {
     expect(diag.code).toBe(0);
     const r = JSON.parse(diag.stdout) as { exitCode: number; output: string };
     expect(JSON.parse(r.output)).toMatchObject({ versions: { agent: '0.1.0', buildId: sha(v1) }, connection: { state: 'connected' } });
+    // reconcile: the agent's own checks plus the mesh reconciler `agent run` registers.
+    const rec = await cli(['server', 'action', nodeId, 'reconcile', '--json', ...dd()]);
+    const report = JSON.parse((JSON.parse(rec.stdout) as { output: string }).output) as { ok: boolean; checks: Array<{ name: string; ok: boolean; detail: string }> };
+    expect(report.checks.map((c) => c.name)).toEqual(['identity', 'server', 'mesh']);
+    expect(report.checks.find((c) => c.name === 'mesh')).toMatchObject({ ok: true, detail: 'in sync' });
     const missing = await cli(['server', 'action', 'no-such-host', 'ping', ...dd()]);
     expect(missing.code).toBe(3);
     expect(missing.stderr).toMatch(/^error ML_ERR_NODE_NOT_FOUND/);
