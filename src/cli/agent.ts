@@ -9,6 +9,7 @@ import { EnrollError, enroll } from '../agent/enroll.js';
 import { isEnrolled, loadIdentity, readAgentStatus, type AgentStatusReading, type Identity } from '../agent/identity.js';
 import { parseCaPin } from '../agent/pin.js';
 import { readMeshStatus } from '../agent/mesh/index.js';
+import { UsageError } from './failure.js';
 
 /**
  * `meshlink agent ...`. Thin: parse, validate, call into src/agent, print, map errors to exit codes.
@@ -18,12 +19,7 @@ import { readMeshStatus } from '../agent/mesh/index.js';
 
 export { AGENT_EXIT_CODES };
 
-export class UsageError extends MeshlinkError {
-  constructor(message: string) {
-    super('ML_ERR_USAGE', message);
-    this.name = 'UsageError';
-  }
-}
+export { UsageError };
 
 export function exitCodeFor(err: unknown): number {
   if (err instanceof EnrollError) return err.status >= 500 ? AGENT_EXIT_CODES.serverUnavailable : AGENT_EXIT_CODES.enrollRefused;

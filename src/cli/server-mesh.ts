@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { failureReporter, withFailureReport } from './failure.js';
+import { UsageError, failureReporter, withFailureReport } from './failure.js';
 import { readFile, stat } from 'node:fs/promises';
 import { Command, Option } from 'commander';
 import { z } from 'zod';
@@ -177,6 +177,38 @@ export function registerMeshCommands(server: Command): void {
         const opts = z.object({ dataDir: z.string().optional() }).parse(raw);
         const { value } = await viaServerOrStore(opts.dataDir, (socket) => adminRequest<{ nodeId: string; seq: number }>(socket, 'POST', '/v1/mesh/rotate-keys', { node }), null);
         process.stdout.write(`rotate_keys sent to ${value.nodeId} (event ${value.seq})\n`);
+      }),
+    );
+  meshCmd
+    .command('notify')
+    .description('send a signed event to one node, or with --all to every node (offline nodes get it when they reconnect)')
+    .argument('[idOrHostname]', 'node id or unique hostname (or --all)')
+    .option('--all', 'every node in the mesh')
+    .option('--action <name>', 'an action_request event naming this action')
+    .option('--arg <key=value>', 'an argument of the action (repeatable)', (v: string, prev: string[] = []) => [...prev, v])
+    .option('--secrets <key>', 'a node_secrets_updated event naming this secret (repeatable)', (v: string, prev: string[] = []) => [...prev, v])
+    .addOption(dataDirOption())
+    .action(
+      action(async (node: string | undefined, raw: unknown) => {
+        const opts = z
+          .object({ all: z.boolean().optional(), action: z.string().min(1).max(128).optional(), arg: z.array(z.string()).default([]), secrets: z.array(z.string().min(1).max(256)).max(1024).optional(), dataDir: z.string().optional() })
+          .parse(raw);
+        if ((node === undefined) === (opts.all !== true)) throw new UsageError('name one node, or give --all');
+        if ((opts.action === undefined) === (opts.secrets === undefined)) throw new UsageError('give either --action NAME or --secrets KEY');
+        const args: Record<string, string> = {};
+        for (const a of opts.arg) {
+          const eq = a.indexOf('=');
+          if (eq <= 0) throw new UsageError(`--arg ${a}: expected key=value`);
+          args[a.slice(0, eq)] = a.slice(eq + 1);
+        }
+        const body = {
+          ...(node !== undefined ? { node } : {}),
+          ...(opts.action !== undefined
+            ? { type: 'action_request', payload: { action: opts.action, ...(opts.arg.length > 0 ? { args } : {}) } }
+            : { type: 'node_secrets_updated', payload: { keys: opts.secrets } }),
+        };
+        const { value } = await viaServerOrStore(opts.dataDir, (socket) => adminRequest<{ type: string; nodes: number; nodeId?: string; seq?: number }>(socket, 'POST', '/v1/mesh/notify', body, 60_000), null);
+        process.stdout.write(value.nodeId ? `${value.type} sent to ${value.nodeId} (event ${value.seq})\n` : `${value.type} sent to ${value.nodes} nodes\n`);
       }),
     );
   meshCmd

@@ -89,6 +89,22 @@ describe('meshlink mesh CLI (real processes)', () => {
     expect(unknown.code).toBe(3);
   });
 
+  it('mesh notify sends operator events to one node or to all; the agents apply them', async () => {
+    const before = { alpha: (await statusOf('alpha')).lastEventSeq as number, beta: (await statusOf('beta')).lastEventSeq as number };
+    const one = await cli(['server', 'mesh', 'notify', 'alpha', '--action', 'refresh-cache', '--arg', 'scope=all', '--data-dir', server.dataDir]);
+    expect(one.code, one.stderr).toBe(0);
+    expect(one.stdout).toMatch(new RegExp(`^action_request sent to ${nodes.alpha!.id} \\(event ${before.alpha + 1}\\)`));
+    const all = await cli(['server', 'mesh', 'notify', '--all', '--secrets', 'db-password', '--data-dir', server.dataDir]);
+    expect(all.code, all.stderr).toBe(0);
+    expect(all.stdout).toBe('node_secrets_updated sent to 2 nodes\n');
+    await waitFor('both applied', async () => (await statusOf('alpha')).lastEventSeq === before.alpha + 2 && (await statusOf('beta')).lastEventSeq === before.beta + 1, 15_000);
+    expect(procs[0]!.output()).toMatch(/action requested by event/);
+    expect(procs[1]!.output()).toMatch(/node secrets updated/);
+    const bad = await cli(['server', 'mesh', 'notify', 'alpha', '--data-dir', server.dataDir]);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toMatch(/--action NAME or --secrets KEY/);
+  });
+
   it('events tail follows new events as they happen', async () => {
     const tail = spawnCli(['server', 'events', 'tail', '--last', '0', '--data-dir', server.dataDir]);
     procs.push(tail);

@@ -1,5 +1,6 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { z } from 'zod';
+import { EVENT_PAYLOAD_SCHEMAS } from '../../agent/mesh/wire.js';
 import { ERROR_CODES } from '../../protocol/errors.js';
 import type { ServerFeature, ServerFeatureContext } from '../feature.js';
 import { ServerError } from '../errors.js';
@@ -38,6 +39,11 @@ const policyBody = z.object({ policy: z.unknown() }).strict();
 const tagsBody = z.object({ node: z.string().min(1).max(253), tags: z.array(z.string().max(64)).max(64), mode: z.enum(['set', 'add', 'remove']).default('set') }).strict();
 const tokenBody = z.object({ ttlMs: z.number().int().min(1_000).max(30 * 86_400_000), nodeId: z.string().min(1).max(128).nullish(), tags: z.array(z.string().max(64)).max(64) }).strict();
 const nodeBody = z.object({ node: z.string().min(1).max(253) }).strict();
+/** Events an operator may send (the others follow from policy, keys and membership). */
+const notifyBody = z.discriminatedUnion('type', [
+  z.object({ type: z.literal('action_request'), node: z.string().min(1).max(253).optional(), payload: EVENT_PAYLOAD_SCHEMAS.action_request }).strict(),
+  z.object({ type: z.literal('node_secrets_updated'), node: z.string().min(1).max(253).optional(), payload: EVENT_PAYLOAD_SCHEMAS.node_secrets_updated }).strict(),
+]);
 
 /** Mesh errors reach the CLI as ML_ERR_BAD_REQUEST with the mesh code in the message. */
 function asServerError(err: unknown): unknown {
@@ -136,6 +142,19 @@ export function createMeshFeature(options: MeshFeatureOptions = {}): ServerFeatu
       const body = await readJson(req, BODY_CAP, nodeBody);
       const node = resolveNode(ctx.store, body.node);
       sendJson(res, 200, { nodeId: node.id, seq: mesh.requestKeyRotation(node.id) });
+    });
+    // One signed event to one node, or to every node without `node` (each under its own seq: nodes
+    // that are offline get it by replay).
+    route('POST /v1/mesh/notify', async (req, res) => {
+      const body = await readJson(req, BODY_CAP, notifyBody);
+      if (body.node !== undefined) {
+        const node = resolveNode(ctx.store, body.node);
+        const seq = body.type === 'action_request' ? mesh.publish(node.id, body.type, body.payload) : mesh.publish(node.id, body.type, body.payload);
+        sendJson(res, 200, { type: body.type, nodes: 1, nodeId: node.id, seq });
+        return;
+      }
+      const nodes = body.type === 'action_request' ? await mesh.publishAll(body.type, body.payload) : await mesh.publishAll(body.type, body.payload);
+      sendJson(res, 200, { type: body.type, nodes });
     });
     route('POST /v1/mesh/signing-key/rotate', async (_req, res) => sendJson(res, 200, mesh.rotateSigningKey()));
 
