@@ -30,8 +30,12 @@ export class AdmissionQueue {
   readonly #onDrop: (reason: DropReason) => void;
   /** Handshakes in flight, by "address:port" (the TLS socket that replaces the raw one has the same). */
   readonly #inFlight = new Set<string>();
-  /** Waiting connections with their arrival time; a Map keeps arrival order and deletes in O(1). */
-  readonly #waiting = new Map<Socket, number>();
+  /**
+   * Waiting connections with their arrival time and key; a Map keeps arrival order and deletes in
+   * O(1). The key is taken at accept, while the peer's address is surely known (a socket reset while
+   * it waits may no longer report one).
+   */
+  readonly #waiting = new Map<Socket, { since: number; key: string }>();
   #sweeper: NodeJS.Timeout | null = null;
 
   constructor(limits: AdmissionLimits, admit: (socket: Socket) => void, onDrop: (reason: DropReason) => void) {
@@ -50,8 +54,9 @@ export class AdmissionQueue {
 
   /** A connection was accepted (paused). */
   offer(socket: Socket): void {
+    const key = keyOf(socket);
     if (this.#inFlight.size < this.#limits.maxInFlight && this.#waiting.size === 0) {
-      this.#start(socket);
+      this.#start(socket, key);
       return;
     }
     if (this.#waiting.size >= this.#limits.maxQueued) {
@@ -59,7 +64,7 @@ export class AdmissionQueue {
       socket.destroy();
       return;
     }
-    this.#waiting.set(socket, Date.now());
+    this.#waiting.set(socket, { since: Date.now(), key });
     // A waiting socket is paused, so it sees a peer's FIN only if the peer also resets; whichever
     // happens, a closed socket leaves the queue at once.
     socket.once('close', () => this.#waiting.delete(socket));
@@ -81,8 +86,7 @@ export class AdmissionQueue {
     this.#waiting.clear();
   }
 
-  #start(socket: Socket): void {
-    const key = keyOf(socket);
+  #start(socket: Socket, key: string): void {
     this.#inFlight.add(key);
     // A client that leaves before its handshake ends frees the slot too (no tlsClientError then).
     socket.once('close', () => this.finished(key));
@@ -90,11 +94,11 @@ export class AdmissionQueue {
   }
 
   #pump(): void {
-    for (const [socket] of this.#waiting) {
+    for (const [socket, { key }] of this.#waiting) {
       if (this.#inFlight.size >= this.#limits.maxInFlight) break;
       this.#waiting.delete(socket);
       if (socket.destroyed) continue;
-      this.#start(socket);
+      this.#start(socket, key);
     }
     if (this.#waiting.size === 0 && this.#sweeper) {
       clearInterval(this.#sweeper);
@@ -104,7 +108,7 @@ export class AdmissionQueue {
 
   #sweep(): void {
     const oldest = Date.now() - this.#limits.maxWaitMs;
-    for (const [socket, since] of this.#waiting) {
+    for (const [socket, { since }] of this.#waiting) {
       if (since > oldest) break; // arrival order: the rest waited less
       this.#waiting.delete(socket);
       this.#onDrop('queue_timeout');

@@ -28,8 +28,8 @@ async function setup(options: { retainEvents?: number } = {}) {
 }
 
 /** Applies events to a plain model of the agent's state, as the agent does. */
-function applied(events: SentEvent[]): Map<string, { publicKey: string; psk: string; meshIp: string }> {
-  const peers = new Map<string, { publicKey: string; psk: string; meshIp: string }>();
+function applied(events: SentEvent[]): Map<string, { publicKey: string; psk: string; meshIp: string; endpoints?: string[] }> {
+  const peers = new Map<string, { publicKey: string; psk: string; meshIp: string; endpoints?: string[] }>();
   for (const { envelope: e } of events) {
     if (e.type === 'node_state_updated') {
       peers.clear();
@@ -37,6 +37,7 @@ function applied(events: SentEvent[]): Map<string, { publicKey: string; psk: str
     } else if (e.type === 'peer_added') for (const p of (e.payload as { peers: Array<{ nodeId: string; publicKey: string; psk: string; meshIp: string }> }).peers) peers.set(p.nodeId, p);
     else if (e.type === 'peer_removed') for (const id of (e.payload as { nodeIds: string[] }).nodeIds) peers.delete(id);
     else if (e.type === 'peer_key_rotated') for (const p of (e.payload as { peers: Array<{ nodeId: string; publicKey: string }> }).peers) peers.get(p.nodeId)!.publicKey = p.publicKey;
+    else if (e.type === 'peer_endpoint_changed') for (const p of (e.payload as { peers: Array<{ nodeId: string; endpoints: string[] }> }).peers) peers.get(p.nodeId)!.endpoints = p.endpoints;
   }
   return peers;
 }
@@ -109,7 +110,7 @@ describe('MeshService', () => {
   });
 
   it('recomputes over several delivery batches stay ordered when changes overlap', async () => {
-    // 150 nodes: a full recompute spans three batches and yields twice, so the calls below overlap.
+    // 150 nodes: a full recompute spans three batches of 64 and yields between them.
     const t = await tempStore();
     cleanups.push(() => t.cleanup());
     const ids = Array.from({ length: 150 }, (_, i) => enrollNode(t.store, `n${i}`, [i % 2 === 0 ? 'even' : 'odd']));
@@ -118,26 +119,45 @@ describe('MeshService', () => {
     mesh.setDelivery({ sessionOf: (id) => sessions.get(id)?.session });
     await Promise.all(ids.map((id, i) => mesh.agentOpened(id, { versions: [1], agentVersion: 't', wgPublicKey: wgKey(i + 1), endpoints: [`192.0.2.${i + 1}:51820`] }, '127.0.0.1')));
     for (const id of ids) mesh.replay(id, sessions.get(id)!.session, 0);
-    // Not awaited one by one: a policy change, a node's new endpoint and a second policy change.
+    const received = new Map(ids.map((id) => [id, [...sessions.get(id)!.sent]]));
+    const collect = (): void => {
+      for (const id of ids) for (const e of sessions.get(id)!.sent) if (!received.get(id)!.includes(e)) received.get(id)!.push(e);
+    };
+
+    // A policy change starts; after its first batch, while the rest waits for the event loop, a node
+    // of a later batch reconnects (a new session asks for its replay), another gets a published
+    // event, and a third reports a new endpoint. Then a second policy change.
+    const late = ids[140]!;
     const first = mesh.setPolicy({ rules: [{ from: 'even', to: 'even' }] });
+    await new Promise((r) => setImmediate(r));
+    collect();
+    // A node the running recompute has not reached is not handed a state ahead of its events.
+    expect(mesh.stateFor(ids[149]!, 'f'.repeat(64))).toEqual({ inSync: true });
+    const lateSeqBefore = received.get(late)!.at(-1)!.envelope.seq;
+    const reconnected = recordingSession();
+    sessions.set(late, reconnected);
+    mesh.replay(late, reconnected.session, lateSeqBefore);
+    mesh.publish(ids[130]!, 'action_request', { action: 'mid-run' });
     const moved = mesh.agentOpened(ids[3]!, { versions: [1], agentVersion: 't', wgPublicKey: wgKey(4), endpoints: ['198.51.100.4:51820'] }, '127.0.0.1');
     const second = mesh.setPolicy({ rules: [{ from: 'odd', to: 'odd' }] });
     const [r1, , r2] = await Promise.all([first, moved, second]);
+    collect();
     expect(r1.affectedNodes).toHaveLength(150); // everyone lost or changed peers
     expect(r2.affectedNodes).toHaveLength(150);
     for (const [i, id] of ids.entries()) {
-      const events = sessions.get(id)!.sent;
-      // What the node applied, event by event, is what the server now wants it to have.
-      const want = mesh.desiredState(id)!.peers.map((p) => [p.nodeId, p.psk, p.publicKey]);
-      expect([...applied(events)].map(([peerId, p]) => [peerId, p.psk, p.publicKey]).sort()).toEqual(want.sort());
+      const events = received.get(id)!;
+      // Every seq from 1 to the node's last, once each and in order, across its two sessions.
+      expect(events.map((e) => e.envelope.seq)).toEqual(Array.from({ length: mesh.nodeInfo(id)!.lastSeq }, (_, k) => k + 1));
+      // Applying them yields the server's desired state, endpoints included.
+      const want = mesh.desiredState(id)!.peers.map((p) => [p.nodeId, p.psk, p.publicKey, p.endpoints.join(',')]);
+      const got = [...applied(events)].map(([peerId, p]) => [peerId, p.psk, p.publicKey, (p.endpoints ?? []).join(',')]);
+      expect(got.sort()).toEqual(want.sort());
       expect(want).toHaveLength(i % 2 === 0 ? 0 : 74);
-      const seqs = events.map((e) => e.envelope.seq);
-      expect(seqs).toEqual([...seqs].sort((x, y) => x - y)); // delivered in seq order
-      expect(new Set(seqs).size).toBe(seqs.length);
-      expect(events.at(-1)!.envelope.seq).toBe(mesh.nodeInfo(id)!.lastSeq);
     }
-    // The odd node that moved: its peers learned the new endpoint (in a peer_added or an update).
-    expect(mesh.desiredState(ids[1]!)!.peers.find((p) => p.nodeId === ids[3])!.endpoints).toEqual(['198.51.100.4:51820']);
+    expect(received.get(ids[130]!)!.some((e) => e.envelope.type === 'action_request')).toBe(true);
+    expect(mesh.stateFor(ids[149]!, 'f'.repeat(64)).inSync).toBe(false); // reached now: a mismatch is real
+    // The odd nodes learned ids[3]'s new endpoint from the events themselves.
+    expect(applied(received.get(ids[1]!)!).get(ids[3]!)!.endpoints).toEqual(['198.51.100.4:51820']);
   });
 
   it('publishAll gives every node the event under its own seq; an offline node gets it by replay', async () => {

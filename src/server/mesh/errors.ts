@@ -6,6 +6,7 @@ export const MESH_ERROR_CODES = {
   ML_ERR_MESH_CIDR: 'The mesh range (MESHLINK_MESH_CIDR) is not an IPv4 CIDR of /8 to /30, or does not hold the addresses already assigned.',
   ML_ERR_MESH_EXHAUSTED: 'No free address is left in the mesh range.',
   ML_ERR_MESH_TAG: 'A tag is not valid (letters, digits, . _ -; at most 64).',
+  ML_ERR_MESH_CLOSED: 'The server is shutting down; mesh changes are no longer computed (the next start recomputes).',
 } as const;
 export type MeshErrorCode = keyof typeof MESH_ERROR_CODES;
 

@@ -160,10 +160,10 @@ export function createMeshFeature(options: MeshFeatureOptions = {}): ServerFeatu
 
     options.onStarted?.(mesh);
     return {
-      close() {
+      async close() {
         ctx.live.registry.revocationObservers.delete(onRevoked);
         clearInterval(sweepTimer);
-        mesh.close();
+        await mesh.close();
       },
     };
   };

@@ -180,6 +180,9 @@ export class MeshService {
    */
   #changed = new Set<string>();
   #changedRun: Promise<string[]> | null = null;
+  /** Nodes the running recompute has yet to reach: their events are still to come (see stateFor). */
+  readonly #pending = new Set<string>();
+  #closed = false;
 
   private constructor(db: MeshStore, box: SecretBox, range: MeshRange, signing: SigningKey[], logger: Logger, options: MeshOptions) {
     this.#db = db;
@@ -374,7 +377,10 @@ export class MeshService {
 
   /** Runs `work` after every recompute queued before it (and before any queued after it). */
   #inTurn<T>(work: () => Promise<T>): Promise<T> {
-    const run = this.#serial.then(work);
+    const run = this.#serial.then(() => {
+      if (this.#closed) throw new MeshError('ML_ERR_MESH_CLOSED', 'the mesh service is shutting down');
+      return work();
+    });
     this.#serial = run.catch(() => undefined);
     return run;
   }
@@ -387,7 +393,6 @@ export class MeshService {
     if (scope.changedNodes === undefined) {
       this.#permitted = permittedPeers([...this.#nodes.values()], this.#policy);
       policyChanged = this.#policyDirty;
-      this.#policyDirty = false;
       this.#db.transaction(() => this.#syncPsks(now));
       targets = [...this.#nodes.keys()].map((id) => [id, null]);
     } else {
@@ -406,27 +411,43 @@ export class MeshService {
       targets = [...about];
     }
     const affected: string[] = [];
-    for (let i = 0; i < targets.length; i += DELIVERY_BATCH_NODES) {
-      if (i > 0) await yieldToEventLoop();
-      const outgoing: Outgoing[] = [];
-      this.#db.transaction(() => {
-        for (const [id, about] of targets.slice(i, i + DELIVERY_BATCH_NODES)) {
-          const node = this.#nodes.get(id);
-          if (!node) continue; // removed by a sweep while an earlier batch was out
-          const change = this.#viewChange(node, about, policyChanged);
-          if (change === null) continue;
-          affected.push(id);
-          for (const [type, payload] of change.events) outgoing.push(this.#append(node, type, payload, now));
-          this.#applyView(node, change);
-        }
-      });
-      this.#deliver(outgoing);
+    for (const [id] of targets) this.#pending.add(id);
+    try {
+      for (let i = 0; i < targets.length; i += DELIVERY_BATCH_NODES) {
+        if (i > 0) await yieldToEventLoop();
+        if (this.#closed) throw new MeshError('ML_ERR_MESH_CLOSED', 'the mesh service shut down during a recompute');
+        const batch = targets.slice(i, i + DELIVERY_BATCH_NODES);
+        const outgoing: Outgoing[] = [];
+        this.#db.transaction(() => {
+          for (const [id, about] of batch) {
+            const node = this.#nodes.get(id);
+            if (!node) continue; // removed by a sweep while an earlier batch was out
+            const change = this.#viewChange(node, about, policyChanged);
+            if (change === null) continue;
+            affected.push(id);
+            for (const [type, payload] of change.events) outgoing.push(this.#append(node, type, payload, now));
+            this.#applyView(node, change);
+          }
+        });
+        for (const [id] of batch) this.#pending.delete(id);
+        this.#deliver(outgoing);
+      }
+      // Only a full recompute that reached every node has told them all of the policy change.
+      if (scope.changedNodes === undefined) this.#policyDirty = false;
+    } catch (err) {
+      // What this run did not reach is redone by the next one: the nodes whose own facts changed go
+      // back into the coalescing set (a full recompute keeps #policyDirty set).
+      if (scope.changedNodes !== undefined) for (const id of scope.changedNodes) this.#changed.add(id);
+      throw err;
+    } finally {
+      for (const [id] of targets) this.#pending.delete(id);
     }
     return affected;
   }
 
   /** Sweeps and, when membership changed, recomputes; errors are logged (for timers and events). */
   sweepAndRecompute(): Promise<void> {
+    if (this.#closed) return Promise.resolve();
     try {
       if (!this.sweep()) return Promise.resolve();
     } catch (err) {
@@ -439,7 +460,10 @@ export class MeshService {
   #background(work: Promise<unknown>): Promise<void> {
     return work.then(
       () => undefined,
-      (err: unknown) => this.#log.error({ err }, 'mesh recompute failed'),
+      (err: unknown) => {
+        if (err instanceof MeshError && err.code === 'ML_ERR_MESH_CLOSED') this.#log.debug('mesh recompute skipped: shutting down');
+        else this.#log.error({ err }, 'mesh recompute failed');
+      },
     );
   }
 
@@ -563,6 +587,7 @@ export class MeshService {
       const now = Date.now(); // one ts for all: when it was published, whichever batch carries it
       for (let i = 0; i < ids.length; i += DELIVERY_BATCH_NODES) {
         if (i > 0) await yieldToEventLoop();
+        if (this.#closed) throw new MeshError('ML_ERR_MESH_CLOSED', 'the mesh service shut down during a publish');
         const outgoing: Outgoing[] = [];
         this.#db.transaction(() => {
           for (const id of ids.slice(i, i + DELIVERY_BATCH_NODES)) {
@@ -668,6 +693,9 @@ export class MeshService {
 
   /** Reconciliation: in sync, or the full desired state with the seq it corresponds to. */
   stateFor(nodeId: string, digest: string | undefined): { inSync: boolean; state?: unknown } {
+    // A node not told anything yet (its first snapshot is queued), or one the running recompute has
+    // not reached: its events are on their way, and a state now would run ahead of them.
+    if (this.#pending.has(nodeId) || this.#nodes.get(nodeId)?.announced === null) return { inSync: true };
     const desired = this.desiredState(nodeId);
     if (!desired) return { inSync: true };
     const d = stateDigest(desired);
@@ -805,8 +833,15 @@ export class MeshService {
     return this.#db.lastFeedId();
   }
 
-  close(): void {
+  /**
+   * Stops: no new recompute or publishAll starts, the running one stops after its current batch
+   * (every batch is a whole transaction), and the promise resolves when it has. Call before the store
+   * closes.
+   */
+  close(): Promise<void> {
+    this.#closed = true;
     for (const w of [...this.#feedWaiters]) w();
+    return this.#serial.then(() => undefined);
   }
 }
 
