@@ -19,7 +19,16 @@ export class AuditReporter {
   constructor(runner: AgentRunner, logger?: Logger) {
     this.#uploader = new ObservabilityUploader(() => runner.session);
     this.#log = logger ?? null;
-    runner.on('connected', () => this.#uploader.flush());
+    const flush = (): void => this.#uploader.flush();
+    runner.on('connected', flush);
+    // A stopped runner sends nothing more: drop the listener and the uploader's timer with it.
+    const onState = (state: string): void => {
+      if (state !== 'stopped') return;
+      runner.off('connected', flush);
+      runner.off('state', onState);
+      this.#uploader.close();
+    };
+    runner.on('state', onState);
   }
 
   record(r: Omit<Record_, 'ts'>): void {
