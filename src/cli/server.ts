@@ -9,7 +9,6 @@ import { adminRequest } from '../server/admin.js';
 import { parseServerConfig } from '../server/config.js';
 import { createEnrollmentToken, listNodes, removeNode, type NodeListing, type RemovalResult, type TokenCreation } from '../server/nodes.js';
 import { startServer } from '../server/server.js';
-import { Store } from '../server/store/store.js';
 import { DEFAULT_TOKEN_TTL_MS } from '../server/tokens.js';
 import { createLogger, LOG_LEVELS } from '../util/logger.js';
 import { parseDuration } from '../util/duration.js';

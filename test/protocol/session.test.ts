@@ -1,7 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createHash, randomBytes } from 'node:crypto';
 import { pipeline } from 'node:stream/promises';
-import { Readable, Writable } from 'node:stream';
 import { Session } from '../../src/protocol/session.js';
 import type { MuxStream } from '../../src/protocol/stream.js';
 import { encodeFrame } from '../../src/protocol/frame.js';
