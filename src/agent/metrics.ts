@@ -3,6 +3,7 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 import { addWireObserver } from '../net/ws-session.js';
 import { WireCounters } from '../server/metrics.js';
 import type { AgentRunner } from './connection.js';
+import type { Session } from '../protocol/session.js';
 
 /**
  * The agent's own Prometheus metrics: connection state, reconnects, heartbeat round trip, frames and
@@ -69,6 +70,22 @@ export class AgentMetrics {
         this.reset();
         if (wire.messageBytesIn) this.labels('in').inc(wire.messageBytesIn);
         if (wire.messageBytesOut) this.labels('out').inc(wire.messageBytesOut);
+      },
+    });
+    // Stalls of sessions already replaced are kept; the current session's are read at scrape time.
+    let stallsOfEndedSessions = 0;
+    let tracked: Session | null = runner.session; // attached after the first connect too
+    runner.on('connected', (session: Session) => {
+      if (tracked && tracked !== session) stallsOfEndedSessions += tracked.flowControlStalls;
+      tracked = session;
+    });
+    new Counter({
+      name: 'meshlink_agent_flow_control_stalls_total',
+      help: 'Times a stream to the server had data to send and no credit left, waiting for a stream.window (a slow server-side reader or a window too small for the link). Counted once per wait.',
+      registers: [registry],
+      collect() {
+        this.reset();
+        this.inc(stallsOfEndedSessions + (tracked?.flowControlStalls ?? 0));
       },
     });
     this.#removeObserver = addWireObserver('agent', wire.observe);

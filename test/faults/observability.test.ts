@@ -105,6 +105,7 @@ describe('metrics and observability upload (real TLS, in-process server, real ag
     });
     expect(metric(text, 'meshlink_agent_connection_state{state="connected"}')).toBe(1);
     expect(metric(text, 'meshlink_agent_connects_total')).toBe(1);
+    expect(metric(text, 'meshlink_agent_flow_control_stalls_total')).toBe(0);
     expect(metric(text, 'meshlink_agent_frames_total{direction="out",kind="hello"}')).toBe(1);
   });
 
