@@ -16,7 +16,6 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, open, readFile, rm, unlink } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { loadavg, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
@@ -31,6 +30,7 @@ import { pullFile, pushFile } from '../src/server/ops/client.js';
 import { startServer, type RunningServer } from '../src/server/server.js';
 import { createLogger } from '../src/util/logger.js';
 import { median, percentile, round } from './lib/stats.js';
+import { freePort } from './lib/free-port.js';
 
 const MIB = 1024 * 1024;
 const ROUNDS = Number(process.env.ROUNDS ?? 3);
@@ -118,17 +118,6 @@ async function rawUp(server: RunningServer, nodeId: string, bytes: number): Prom
   stream.end();
   await ended;
   return bytes / MIB / ((performance.now() - start) / 1000);
-}
-
-function freePort(): Promise<number> {
-  return new Promise((r, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => r(port));
-    });
-  });
 }
 
 function rssMb(pid: number): Promise<number> {

@@ -8,6 +8,7 @@ import { OpsClientError, opsAdminRequest, pullFile, pushFile, runAction, runExec
 import type { AuditRecord, UpgradeStatusRow } from '../server/store/ops-store.js';
 import { actionName } from '../server/ops/tunnel-protocol.js';
 import { parseDuration } from '../util/duration.js';
+import { printTable } from './table.js';
 
 /**
  * `meshlink server action|exec|logs|cp|audit|upgrade` (docs/OPERATIONS.md): thin clients of the
@@ -44,9 +45,6 @@ const EXIT_BY_CODE: Record<string, number> = {
 
 const fail = failureReporter(EXIT_BY_CODE, OPS_EXIT.INTERNAL);
 const action = <A extends unknown[]>(fn: (...args: A) => Promise<void>) => withFailureReport(fail, fn);
-
-
-
 
 /** Exit with `code` once stdout is flushed (stdin of exec may otherwise keep the process alive). */
 function exitAfterFlush(code: number): void {
@@ -200,8 +198,7 @@ export function registerOpsCommands(server: Command): void {
           return;
         }
         const rows = [['TIME', 'SOURCE', 'ACTOR', 'OPERATION', 'NODE', 'TARGET', 'RESULT'], ...list.map((a) => [new Date(a.ts).toISOString(), a.source, a.actor ?? '-', a.operation, a.nodeId ?? '-', a.target ?? '-', a.result])];
-        const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
-        for (const r of rows) process.stdout.write(r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd() + '\n');
+        printTable(rows);
       }),
     );
 

@@ -12,6 +12,7 @@ import { startServer } from '../server/server.js';
 import { DEFAULT_TOKEN_TTL_MS } from '../server/tokens.js';
 import { createLogger, LOG_LEVELS } from '../util/logger.js';
 import { parseDuration } from '../util/duration.js';
+import { printTable } from './table.js';
 
 /**
  * `meshlink server ...`: parse, validate, call into src/server. Exit codes (docs/SERVER.md):
@@ -34,9 +35,6 @@ const EXIT_BY_CODE: Record<string, number> = {
 
 const fail = failureReporter(EXIT_BY_CODE, EXIT.INTERNAL);
 const action = <A extends unknown[]>(fn: (...args: A) => Promise<void>) => withFailureReport(fail, fn);
-
-
-
 
 /** `HOST:PORT`, `[v6]:PORT`. */
 export function parseListen(text: string): { host: string; port: number } {
@@ -156,8 +154,7 @@ export function registerServerCommands(program: Command): void {
           return;
         }
         const rows = [['ID', 'HOSTNAME', 'ONLINE', 'LAST SEEN', 'CERT EXPIRES', 'AGENT'], ...list.map((n) => [n.id, n.hostname, n.online ? 'yes' : 'no', n.lastSeen ?? '-', n.certNotAfter ?? '-', n.agentVersion ?? '-'])];
-        const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
-        for (const r of rows) process.stdout.write(r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd() + '\n');
+        printTable(rows);
       }),
     );
   nodes

@@ -44,14 +44,6 @@ export class AdmissionQueue {
     this.#onDrop = onDrop;
   }
 
-  get inFlight(): number {
-    return this.#inFlight.size;
-  }
-
-  get queued(): number {
-    return this.#waiting.size;
-  }
-
   /** A connection was accepted (paused). */
   offer(socket: Socket): void {
     const key = keyOf(socket);

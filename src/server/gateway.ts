@@ -1,5 +1,5 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { createServer, type Server } from 'node:https';
+import { createServer } from 'node:https';
 import { createServer as createTcpServer, type AddressInfo, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { SecureContextOptions, TLSSocket } from 'node:tls';
@@ -70,13 +70,10 @@ export interface GatewayDeps {
 }
 
 /**
- * The listening side of the gateway: a TCP listener that admits connections to the HTTPS server
- * (`tls`) through the handshake admission queue.
+ * The listening side of the gateway: a TCP listener that admits connections to the HTTPS server,
+ * which never listens itself, through the handshake admission queue.
  */
 export interface Gateway {
-  /** The HTTPS server (not listening itself; connections reach it through the admission queue). */
-  readonly tls: Server;
-  readonly admission: AdmissionQueue;
   listen(port: number, host: string): Promise<AddressInfo>;
   setSecureContext(options: SecureContextOptions): void;
   /** Stops accepting, drops waiting connections and closes every open one. */
@@ -205,8 +202,6 @@ export function createGateway(deps: GatewayDeps): Gateway {
   });
 
   return {
-    tls: server,
-    admission,
     listen: (port, host) =>
       new Promise((resolve, reject) => {
         listener.once('error', reject);

@@ -1,9 +1,9 @@
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
+import { freePort } from '../../bench/lib/free-port.js';
 import { adminRequest } from '../../src/server/admin.js';
 
 /** Real processes of the real CLI, for end-to-end tests. */
@@ -32,16 +32,7 @@ export async function tempDir(prefix: string): Promise<{ path: string; cleanup()
 }
 
 /** A free loopback port (for a server that must come back on the same port after a restart). */
-export function freePort(): Promise<number> {
-  return new Promise((resolvePort, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const port = (srv.address() as { port: number }).port;
-      srv.close(() => resolvePort(port));
-    });
-  });
-}
+export { freePort };
 
 export interface Proc {
   child: ChildProcess;

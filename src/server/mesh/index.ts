@@ -149,11 +149,11 @@ export function createMeshFeature(options: MeshFeatureOptions = {}): ServerFeatu
       const body = await readJson(req, BODY_CAP, notifyBody);
       if (body.node !== undefined) {
         const node = resolveNode(ctx.store, body.node);
-        const seq = body.type === 'action_request' ? mesh.publish(node.id, body.type, body.payload) : mesh.publish(node.id, body.type, body.payload);
+        const seq = mesh.publish(node.id, body.type, body.payload);
         sendJson(res, 200, { type: body.type, nodes: 1, nodeId: node.id, seq });
         return;
       }
-      const nodes = body.type === 'action_request' ? await mesh.publishAll(body.type, body.payload) : await mesh.publishAll(body.type, body.payload);
+      const nodes = await mesh.publishAll(body.type, body.payload);
       sendJson(res, 200, { type: body.type, nodes });
     });
     route('POST /v1/mesh/signing-key/rotate', async (_req, res) => sendJson(res, 200, mesh.rotateSigningKey()));
