@@ -9,7 +9,8 @@
  * sees the bytes, a unix socket has none, and meshlink's clients run no untrusted script. Frames still
  * carry the MASK bit and a key, as every server expects; the key is zero, so XOR leaves the payload
  * as it is. ws then neither copies nor XORs the payload of a message: measured over wss on loopback
- * with 256 KiB writes, the sender's CPU per MiB fell from about 3.3 ms to 1.5 ms (BENCHMARKS.md).
+ * with 256 KiB writes, the sender's CPU per MiB was 2.95 ms with random keys and 1.66 ms with the zero
+ * key (`npm run bench:mux-cpu`, BENCHMARKS.md).
  *
  * This is the `generateMask` option of ws, documented for exactly this use. Plain ws:// connections
  * (tests, never a deployment: enrollment pins a CA and the agent dials wss) keep random keys.
