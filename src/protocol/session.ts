@@ -1,6 +1,6 @@
 import { EventEmitter } from 'node:events';
 import { FrameDecoder, decodeMessage } from './decoder.js';
-import { STREAM_DATA_CODE, decodeBin, decodeFrame, encodeMessage } from './codec.js';
+import { STREAM_DATA_CODE, STREAM_WINDOW_CODE, decodeBin, decodeFrame, encodeMessage, readWindowCredit } from './codec.js';
 import { DEFAULT_MAX_FRAME_SIZE, Flags } from './frame.js';
 import { MeshlinkError, ProtocolError, isProtocolError, type ErrorCode } from './errors.js';
 import { MESSAGE_KINDS, kindByName, maySend, type InputOf, type KindName, type MessageKind, type PayloadOf, type Role } from './registry.js';
@@ -330,7 +330,13 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
 
   // ===================== receiving =====================
 
-  /** Feeds one received WebSocket message. Never throws: protocol errors close the session. */
+  /**
+   * Feeds one received WebSocket message. Nothing the peer sends makes it throw: protocol errors
+   * close the session, and so does an exception from a listener that dispatch calls ('stream',
+   * 'message', a stream's 'data'), as ML_ERR_INTERNAL (1011). The one exception that reaches the
+   * caller is one thrown by the application's own 'close' listener: it runs last, once the session
+   * has fully closed, and is the application's bug to see rather than something to swallow.
+   */
   receive(message: Uint8Array): void {
     if (this.state === 'closed') return;
     this.lastReceivedAt = this.#timers.now();
@@ -342,6 +348,15 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
         if (frame.type === STREAM_DATA_CODE && (frame.flags & Flags.COMPRESSED) === 0 && this.state === 'open' && frame.stream !== 0) {
           this.#receiveStreamData(frame.stream, frame.flags, decodeBin(frame.payload));
           continue;
+        }
+        // The same for stream.window in the form every meshlink sender writes; other encodings
+        // (readWindowCredit returns null) take the generic path below.
+        if (frame.type === STREAM_WINDOW_CODE && frame.flags === 0 && this.state === 'open' && frame.stream !== 0) {
+          const credit = readWindowCredit(frame.payload);
+          if (credit !== null) {
+            this.#receiveWindow(frame.stream, credit);
+            continue;
+          }
         }
         this.#dispatch(decodeFrame(frame, this.maxFrameSize));
       }
@@ -567,6 +582,15 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     }
     if (stream.state !== 'open') throw new ProtocolError('ML_ERR_STREAM_ID', `data on stream ${id} before it was accepted`);
     stream._receiveData(data, (flags & Flags.END_STREAM) !== 0);
+  }
+
+  #receiveWindow(id: number, credit: number): void {
+    const stream = this.#streams.get(id);
+    if (!stream) {
+      if (this.#isKnownId(id)) return; // raced with a reset or release
+      throw new ProtocolError('ML_ERR_STREAM_ID', `stream.window for stream ${id}, which was never opened`);
+    }
+    stream._addCredit(credit);
   }
 
   #isKnownId(id: number): boolean {

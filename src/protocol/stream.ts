@@ -1,5 +1,5 @@
 import { Duplex } from 'node:stream';
-import { dataPrefixSize, encodeMessage } from './codec.js';
+import { dataPrefixSize, encodeMessage, encodeWindowFrame } from './codec.js';
 import { MeshlinkError, ProtocolError } from './errors.js';
 import type { InputOf, KindName } from './registry.js';
 
@@ -46,7 +46,8 @@ export const WINDOW_GROWTH_MS = 20;
 
 /** One unit of outgoing work, in stream order. */
 type Outgoing =
-  | { type: 'data'; buf: Uint8Array; offset: number; cb: ((err?: Error | null) => void) | null }
+  /** Consecutive writes (one _write, or a whole _writev batch): `bufs[index]` from `offset` is next. */
+  | { type: 'data'; bufs: Uint8Array[]; index: number; offset: number; cb: ((err?: Error | null) => void) | null }
   | { type: 'frame'; bytes: Uint8Array; end: boolean; cb?: () => void };
 
 /**
@@ -274,9 +275,10 @@ export class MuxStream extends Duplex {
     this.#received += data.byteLength;
     if (data.byteLength > 0 && !this.destroyed) {
       // Zero-copy when the data is most of the buffer it lives in; otherwise copy, so that a small
-      // retained chunk cannot pin a large coalesced message (or socket read) in memory.
+      // chunk, retained by the application or waiting in a slow consumer's queue, cannot pin a large
+      // coalesced message: a peer could otherwise make each of its bytes cost a whole message.
       const view = data.byteLength * 2 >= data.buffer.byteLength;
-      this.push(view ? Buffer.from(data.buffer, data.byteOffset, data.byteLength) : Buffer.from(data));
+      this.push(view ? Buffer.from(data.buffer, data.byteOffset, data.byteLength) : copyOf(data));
     }
     if (end) this._receiveEnd();
   }
@@ -343,13 +345,17 @@ export class MuxStream extends Duplex {
     while (n < limit) {
       const item = this.#queue[0];
       if (!item || item.type !== 'data') break;
-      const take = Math.min(item.buf.byteLength - item.offset, limit - n);
-      parts.push(item.offset === 0 && take === item.buf.byteLength ? item.buf : item.buf.subarray(item.offset, item.offset + take));
+      const buf = item.bufs[item.index]!;
+      const take = Math.min(buf.byteLength - item.offset, limit - n);
+      parts.push(item.offset === 0 && take === buf.byteLength ? buf : buf.subarray(item.offset, item.offset + take));
       item.offset += take;
       n += take;
-      if (item.offset === item.buf.byteLength) {
-        this.#queue.shift();
-        if (item.cb) (callbacks ??= []).push(item.cb);
+      if (item.offset === buf.byteLength) {
+        item.offset = 0;
+        if (++item.index === item.bufs.length) {
+          this.#queue.shift();
+          if (item.cb) (callbacks ??= []).push(item.cb);
+        }
       }
     }
     this.#sendCredit -= n;
@@ -383,14 +389,34 @@ export class MuxStream extends Duplex {
       cb(new MeshlinkError('ML_ERR_STREAM_CLOSED', `stream ${this.id} is closed`));
       return;
     }
-    let last: Outgoing | null = null;
-    for (const buf of chunks) {
-      if (buf.byteLength === 0) continue;
-      last = { type: 'data', buf, offset: 0, cb: null };
-      this.#queue.push(last);
-      this.#queuedBytes += buf.byteLength;
-      this.#handedBytes += buf.byteLength;
-      if (this.#deferred.length > 0) this.#releaseDeferred();
+    let last: Extract<Outgoing, { type: 'data' }> | null = null;
+    if (this.#deferred.length === 0) {
+      // The usual case: the whole batch is one queue entry (a _writev hands over dozens of small
+      // writes at once; an entry per write made the queue the sender's largest cost at 1 KiB).
+      let bytes = 0;
+      const bufs: Uint8Array[] = [];
+      for (const buf of chunks) {
+        if (buf.byteLength === 0) continue;
+        bufs.push(buf);
+        bytes += buf.byteLength;
+      }
+      if (bufs.length > 0) {
+        last = { type: 'data', bufs, index: 0, offset: 0, cb: null };
+        this.#queue.push(last);
+        this.#queuedBytes += bytes;
+        this.#handedBytes += bytes;
+      }
+    } else {
+      // Typed messages wait behind earlier writes: an entry per write, so that each message is
+      // queued exactly after the write that reaches its mark.
+      for (const buf of chunks) {
+        if (buf.byteLength === 0) continue;
+        last = { type: 'data', bufs: [buf], index: 0, offset: 0, cb: null };
+        this.#queue.push(last);
+        this.#queuedBytes += buf.byteLength;
+        this.#handedBytes += buf.byteLength;
+        this.#releaseDeferred();
+      }
     }
     if (!last) {
       cb();
@@ -398,7 +424,7 @@ export class MuxStream extends Duplex {
     }
     // The write completes when its last byte has been handed to the transport: this is what bounds
     // the memory a writer can pin (Writable's high-water mark plus one write).
-    (last as { cb: typeof cb }).cb = cb;
+    last.cb = cb;
     if (this.state !== 'open') return;
     if (this.#sendCredit <= 0) this.#noteStall();
     this.#host.markReady(this); // typed messages queued ahead of the data need no credit
@@ -460,7 +486,7 @@ export class MuxStream extends Duplex {
   #grant(credit: number): void {
     this.#credited += credit;
     this.#receiveAllowance += credit;
-    this.#host.sendPriority(encodeMessage('stream.window', this.id, { credit }));
+    this.#host.sendPriority(encodeWindowFrame(this.id, credit));
   }
 
   override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
@@ -504,4 +530,11 @@ export class MuxStream extends Duplex {
       this.#grown = 0;
     }
   }
+}
+
+/** A copy in a new Buffer (Buffer.from(Uint8Array) zero-fills before copying above 4 KiB). */
+function copyOf(data: Uint8Array): Buffer {
+  const out = Buffer.allocUnsafe(data.byteLength);
+  out.set(data);
+  return out;
 }

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { HEADER_SIZE, Flags, encodeHeader, readHeader, encodeFrame, DEFAULT_MAX_FRAME_SIZE } from '../../src/protocol/frame.js';
 import { FrameDecoder, decodeMessage } from '../../src/protocol/decoder.js';
-import { dataPrefixSize, decodeFrame, encodeMessage, writeDataPrefix } from '../../src/protocol/codec.js';
+import { dataPrefixSize, decodeFrame, encodeMessage, encodeWindowFrame, readWindowCredit, writeDataPrefix } from '../../src/protocol/codec.js';
 import { MESSAGE_KINDS, describeRegistry, type KindName } from '../../src/protocol/registry.js';
 import { ProtocolError } from '../../src/protocol/errors.js';
 import { SAMPLE_PAYLOADS } from './samples.js';
@@ -171,6 +171,57 @@ describe('message registry and codec', () => {
       out.set(data, writeDataPrefix(out, 0, 9, n, false));
       expect(out.equals(Buffer.from(generic))).toBe(true);
     }
+  });
+
+  it("stream.window's fast encoder writes the generic encoder's bytes", () => {
+    const edges = [1, 0x7f, 0x80, 0xff, 0x100, 0xffff, 0x10000, 0x7fff_ffff];
+    const check = (credit: number, stream: number): void => {
+      expect(Buffer.from(encodeWindowFrame(stream, credit)).equals(Buffer.from(encodeMessage('stream.window', stream, { credit })))).toBe(true);
+    };
+    for (const credit of edges) check(credit, 7);
+    fc.assert(fc.property(fc.integer({ min: 1, max: 0x7fff_ffff }), fc.integer({ min: 1, max: 0xffff_ffff }), (credit, stream) => check(credit, stream)), { numRuns: 2_000 });
+    for (const bad of [0, -1, 1.5, 0x8000_0000, Number.NaN]) expect(() => encodeWindowFrame(1, bad)).toThrow(RangeError);
+  });
+
+  it("stream.window's fast decoder agrees with the generic decoder, and declines what it does not know", () => {
+    const payloadOf = (bytes: Uint8Array): Uint8Array => new FrameDecoder().push(bytes)[0]!.payload;
+    const generic = (payload: Uint8Array): number | 'error' => {
+      try {
+        return (decodeFrame({ type: 0x0014, stream: 1, flags: 0, length: payload.byteLength, payload }, DEFAULT_MAX_FRAME_SIZE).payload as { credit: number }).credit;
+      } catch {
+        return 'error';
+      }
+    };
+    fc.assert(fc.property(fc.integer({ min: 1, max: 0x7fff_ffff }), (credit) => readWindowCredit(payloadOf(encodeWindowFrame(3, credit))) === credit), { numRuns: 2_000 });
+    // Arbitrary and mutated payloads: whatever the fast path accepts, the generic path reads the same.
+    const canonical = payloadOf(encodeWindowFrame(3, 300_000));
+    const payloads = fc.oneof(
+      fc.uint8Array({ maxLength: 16 }),
+      fc.tuple(fc.integer({ min: 0, max: canonical.byteLength - 1 }), fc.integer({ min: 0, max: 255 })).map(([i, v]) => {
+        const m = Uint8Array.from(canonical);
+        m[i] = v;
+        return m;
+      }),
+    );
+    fc.assert(fc.property(payloads, (payload) => {
+      const fast = readWindowCredit(payload);
+      if (fast !== null) expect(generic(payload)).toBe(fast);
+    }), { numRuns: 5_000 });
+    // Any unsigned width is read; other valid MessagePack is left to the generic path: a uint64, a
+    // second key (schemas drop unknown keys).
+    const key = [0x81, 0xa6, ...Buffer.from('credit')];
+    const wide = new Uint8Array([...key, 0xce, 0, 0, 0, 5]);
+    expect(readWindowCredit(wide)).toBe(5);
+    expect(generic(wide)).toBe(5);
+    const uint64 = new Uint8Array([...key, 0xcf, 0, 0, 0, 0, 0, 0, 0, 5]);
+    expect(readWindowCredit(uint64)).toBeNull();
+    expect(generic(uint64)).toBe(5);
+    const twoKeys = new Uint8Array([0x82, ...key.slice(1), 0x05, 0xa1, 0x78, 0xc0]);
+    expect(readWindowCredit(twoKeys)).toBeNull();
+    expect(generic(twoKeys)).toBe(5);
+    const zero = new Uint8Array([0x81, 0xa6, ...Buffer.from('credit'), 0x00]);
+    expect(readWindowCredit(zero)).toBeNull();
+    expect(generic(zero)).toBe('error');
   });
 
   it('refuses payloads that fail the schema, with the kind and field named', () => {

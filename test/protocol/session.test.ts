@@ -4,7 +4,8 @@ import { pipeline } from 'node:stream/promises';
 import { Session } from '../../src/protocol/session.js';
 import type { MuxStream } from '../../src/protocol/stream.js';
 import { encodeFrame } from '../../src/protocol/frame.js';
-import { encodeMessage } from '../../src/protocol/codec.js';
+import { decodeBin, encodeMessage } from '../../src/protocol/codec.js';
+import { FrameDecoder } from '../../src/protocol/decoder.js';
 import { makeTestPki, type TestPki } from '../helpers/tls-fixtures.js';
 import { memoryPair, wssPair, type SessionPair } from '../helpers/session-pairs.js';
 
@@ -384,5 +385,111 @@ describe('protocol violations end the session with the documented close code', (
     expect(results.filter((r) => r.status === 'fulfilled')).toHaveLength(4);
     expect(results.filter((r) => r.status === 'rejected').length).toBe(8);
     expect(await closed).toBe(4022);
+  });
+});
+
+describe('receive path', () => {
+  /** A server session whose transport records what it sends; the test plays the agent by hand. */
+  function handDrivenServer(): { server: Session; sentDataBytes: () => number; closes: number[] } {
+    const sent: Uint8Array[] = [];
+    const closes: number[] = [];
+    const server = new Session({
+      role: 'server',
+      onHello: () => ({ nodeId: 'n', serverVersion: 's', heartbeatIntervalMs: 1000 }),
+      transport: { send: (m, done) => { sent.push(Uint8Array.from(m)); done(); }, close: (code) => void closes.push(code) },
+    });
+    const sentDataBytes = (): number => {
+      const decoder = new FrameDecoder();
+      let n = 0;
+      for (const m of sent) for (const f of decoder.push(m)) if (f.type === 0x0013) n += decodeBin(f.payload).byteLength;
+      return n;
+    };
+    return { server, sentDataBytes, closes };
+  }
+
+  it('stream.window grants credit in any valid MessagePack form, not only the one meshlink writes', async () => {
+    const { server, sentDataBytes, closes } = handDrivenServer();
+    server.on('stream', (stream) => {
+      server.accept(stream);
+      stream.write(Buffer.alloc(400 * 1024, 1));
+    });
+    server.receive(encodeMessage('hello', 0, { versions: [1], agentVersion: 'x' }));
+    await new Promise((r) => setImmediate(r));
+    expect(server.state).toBe('open');
+    server.receive(encodeMessage('stream.open', 1, { kind: 'file.open', meta: { path: '/x', direction: 'pull' } }));
+    await new Promise((r) => setImmediate(r));
+    expect(sentDataBytes()).toBe(256 * 1024); // the initial window, then the stream waits
+    // credit 65536 as a uint64, and then with an extra key: both valid, neither the fast path's form.
+    const key = [0xa6, ...Buffer.from('credit')];
+    server.receive(encodeFrame({ type: 0x0014, stream: 1, flags: 0 }, new Uint8Array([0x81, ...key, 0xcf, 0, 0, 0, 0, 0, 1, 0, 0])));
+    server.receive(encodeFrame({ type: 0x0014, stream: 1, flags: 0 }, new Uint8Array([0x82, ...key, 0xcd, 0x80, 0x00, 0xa1, 0x78, 0xc0])));
+    await new Promise((r) => setImmediate(r));
+    expect(sentDataBytes()).toBe(256 * 1024 + 65536 + 32768);
+    // Zero credit in the fast path's own form is still refused, by the generic path.
+    server.receive(encodeFrame({ type: 0x0014, stream: 1, flags: 0 }, new Uint8Array([0x81, ...key, 0x00])));
+    expect(server.state).toBe('closed');
+    expect(closes).toEqual([4004]);
+  });
+
+  it('hands the application views of chunks that are most of their message, and copies of smaller ones', async () => {
+    const pair = await memoryPair();
+    const messages: ArrayBufferLike[] = [];
+    const receive = pair.server.receive.bind(pair.server);
+    pair.server.receive = (m: Uint8Array) => {
+      messages.push(m.buffer);
+      receive(m);
+    };
+    const chunks: Buffer[][] = [[], []];
+    pair.server.on('stream', (stream) => {
+      pair.server.accept(stream);
+      const mine = chunks[Number((stream.meta as { path: string }).path.slice(1))]!;
+      stream.on('data', (c: Buffer) => mine.push(c));
+    });
+    const [a, b] = await Promise.all([0, 1].map((i) => pair.agent.openStream('file.open', { path: `/${i}`, direction: 'push' })));
+    const settle = (): Promise<void> => new Promise((r) => setTimeout(r, 20));
+    messages.length = 0;
+    a!.write(Buffer.alloc(3000, 0xa)); // alone in its message: a view
+    await settle();
+    expect(messages).toHaveLength(1);
+    expect(chunks[0]![0]!.buffer).toBe(messages[0]);
+    // 100 bytes next to 3000 of the other stream's in one message: a copy, so it cannot pin the message.
+    a!.write(Buffer.alloc(3000, 0xa));
+    b!.write(Buffer.alloc(100, 0xb));
+    await settle();
+    expect(messages).toHaveLength(2);
+    expect(chunks[0]![1]!.buffer).toBe(messages[1]);
+    expect(chunks[1]![0]!.equals(Buffer.alloc(100, 0xb))).toBe(true);
+    expect(chunks[1]![0]!.buffer).not.toBe(messages[1]);
+    await pair.close();
+  });
+
+  it("receive() never throws for the peer's input; an exception of the application's own 'close' listener reaches the caller after the session has closed", async () => {
+    const pair = await memoryPair();
+    const accepted: MuxStream[] = [];
+    pair.server.on('stream', (s) => {
+      pair.server.accept(s);
+      accepted.push(s);
+    });
+    await pair.agent.openStream('file.open', { path: '/x', direction: 'push' });
+    expect(accepted).toHaveLength(1);
+    expect(() => pair.server.receive(new Uint8Array([0, 1, 2]))).not.toThrow(); // a truncated frame: 4003
+    expect(pair.server.state).toBe('closed');
+
+    const other = await memoryPair();
+    other.server.on('stream', (s) => {
+      other.server.accept(s);
+      accepted.push(s);
+    });
+    await other.agent.openStream('file.open', { path: '/y', direction: 'push' });
+    other.server.once('close', () => {
+      throw new Error('bug in the application');
+    });
+    // Not swallowed: the application's bug surfaces where it happened, as with any EventEmitter...
+    expect(() => other.server.receive(new Uint8Array([0, 1, 2]))).toThrow('bug in the application');
+    // ...and only after the session has finished closing: state, streams, transport.
+    expect(other.server.state).toBe('closed');
+    expect(accepted[1]!.destroyed).toBe(true);
+    expect(() => other.server.receive(new Uint8Array([0, 1, 2]))).not.toThrow();
+    await Promise.all([pair.close(), other.close()]);
   });
 });
