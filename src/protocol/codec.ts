@@ -107,7 +107,7 @@ function encodeBin(data: Uint8Array): Uint8Array {
 
 /**
  * stream.window is the one control frame that flows in proportion to the data (a receiver grants
- * credit every quarter window per stream), so it gets a fast path in both directions, like
+ * credit every half window per stream), so it gets a fast path in both directions, like
  * stream.data. Its payload is written exactly as the generic codec writes it: a fixmap of one entry,
  * the fixstr "credit", then the integer in MessagePack's smallest unsigned form. A test checks that
  * both paths produce the same bytes.
