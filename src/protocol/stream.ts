@@ -139,9 +139,10 @@ export class MuxStream extends Duplex {
     this.on('newListener', (event: string | symbol) => {
       if (event !== 'message' || this.#early.length === 0) return;
       queueMicrotask(() => {
+        if (this.listenerCount('message') === 0) return;
         const held = this.#early;
         this.#early = [];
-        for (const m of held) super.emit('message', m);
+        for (const m of held) this.emit('message', m);
       });
     });
     this.#receiveAllowance = INITIAL_WINDOW;
@@ -152,18 +153,23 @@ export class MuxStream extends Duplex {
   /** See the constructor: messages received before any 'message' listener (bounded). */
   #early: unknown[] = [];
 
-  override emit(event: string | symbol, ...args: any[]): boolean {
-    if (event === 'message' && this.listenerCount('message') === 0) {
-      // Bounded like every buffer: an application that never listens gets the stream reset, not
-      // silent loss or growth.
-      if (this.#early.length >= 1024) {
-        this.destroy(new ProtocolError('ML_ERR_QUEUE_OVERFLOW', `stream ${this.id}: 1024 messages arrived with no listener`));
-        return false;
-      }
-      this.#early.push(args[0]);
-      return false;
+  /**
+   * Delivers a typed message, or holds it while nobody listens (and while earlier held messages wait
+   * for their delivery, so that order is kept). A method rather than an emit() override: every
+   * 'data' event would pay for the override.
+   */
+  #emitMessage(msg: unknown): void {
+    if (this.#early.length === 0 && this.listenerCount('message') > 0) {
+      this.emit('message', msg);
+      return;
     }
-    return super.emit(event, ...args);
+    // Bounded like every buffer: an application that never listens gets the stream reset, not
+    // silent loss or growth.
+    if (this.#early.length >= 1024) {
+      this.destroy(new ProtocolError('ML_ERR_QUEUE_OVERFLOW', `stream ${this.id}: 1024 messages arrived with no listener`));
+      return;
+    }
+    this.#early.push(msg);
   }
 
   /** Bytes the peer still lets us send. */
@@ -224,7 +230,7 @@ export class MuxStream extends Duplex {
    */
   _receiveMessage(msg: { name: string; payload: unknown }): void {
     if (this.#inbound.length === 0 && this.readableLength === 0) {
-      this.emit('message', msg);
+      this.#emitMessage(msg);
       return;
     }
     if (this.#inbound.length >= 1024) {
@@ -237,7 +243,7 @@ export class MuxStream extends Duplex {
   #deliverMessages(): void {
     if (this.#inbound.length === 0) return;
     const consumed = this.#received - this.readableLength;
-    while (this.#inbound.length > 0 && this.#inbound[0]!.mark <= consumed) this.emit('message', this.#inbound.shift()!.msg);
+    while (this.#inbound.length > 0 && this.#inbound[0]!.mark <= consumed) this.#emitMessage(this.#inbound.shift()!.msg);
   }
 
   // ---------- called by the session ----------

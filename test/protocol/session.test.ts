@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createHash, randomBytes } from 'node:crypto';
 import { pipeline } from 'node:stream/promises';
 import { Session } from '../../src/protocol/session.js';
-import type { MuxStream } from '../../src/protocol/stream.js';
+import { MuxStream, type StreamHost } from '../../src/protocol/stream.js';
 import { encodeFrame } from '../../src/protocol/frame.js';
 import { decodeBin, encodeMessage } from '../../src/protocol/codec.js';
 import { FrameDecoder } from '../../src/protocol/decoder.js';
@@ -491,5 +491,48 @@ describe('receive path', () => {
     expect(accepted[1]!.destroyed).toBe(true);
     expect(() => other.server.receive(new Uint8Array([0, 1, 2]))).not.toThrow();
     await Promise.all([pair.close(), other.close()]);
+  });
+});
+
+describe('typed messages on a stream', () => {
+  function bareStream(): MuxStream {
+    const host: StreamHost = {
+      markReady: () => {},
+      sendPriority: () => {},
+      release: () => {},
+      maxDataFrame: 64 * 1024,
+      receiveWindow: 256 * 1024,
+      maxReceiveWindow: 256 * 1024,
+      reserveWindow: () => false,
+      releaseWindow: () => {},
+      noteStall: () => {},
+      now: () => 0,
+    };
+    const stream = new MuxStream(host, { id: 1, kind: 'action.request', meta: {}, local: true });
+    stream._opened();
+    return stream;
+  }
+
+  it('are held until the application listens, then delivered in order, also ahead of one that arrives meanwhile', async () => {
+    const stream = bareStream();
+    stream._receiveMessage({ name: 'action.ack', payload: 1 });
+    stream._receiveMessage({ name: 'action.output', payload: 2 });
+    const got: unknown[] = [];
+    stream.on('message', (m: { payload: unknown }) => got.push(m.payload));
+    stream._receiveMessage({ name: 'action.result', payload: 3 }); // before the held ones are flushed
+    expect(got).toEqual([]);
+    await Promise.resolve();
+    expect(got).toEqual([1, 2, 3]);
+    stream._receiveMessage({ name: 'action.result', payload: 4 });
+    expect(got).toEqual([1, 2, 3, 4]);
+  });
+
+  it('held without a listener are bounded: the 1025th resets the stream', () => {
+    const stream = bareStream();
+    for (let i = 0; i < 1024; i++) stream._receiveMessage({ name: 'action.output', payload: i });
+    expect(stream.destroyed).toBe(false);
+    stream._receiveMessage({ name: 'action.output', payload: 1024 });
+    expect(stream.destroyed).toBe(true);
+    expect((stream.errored as { code?: string }).code).toBe('ML_ERR_QUEUE_OVERFLOW');
   });
 });
