@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createHash, randomBytes } from 'node:crypto';
 import { pipeline } from 'node:stream/promises';
 import { Session } from '../../src/protocol/session.js';
-import { MuxStream, type StreamHost } from '../../src/protocol/stream.js';
+import { MuxStream, WRITE_HIGH_WATER, type StreamHost } from '../../src/protocol/stream.js';
 import { encodeFrame } from '../../src/protocol/frame.js';
 import { decodeBin, encodeMessage } from '../../src/protocol/codec.js';
 import { FrameDecoder } from '../../src/protocol/decoder.js';
@@ -145,7 +145,7 @@ describe.each(transports)('session over %s', (_name, makePair) => {
       // one write; the transport holds at most its high-water mark plus one message.
       expect(serverStream.readableLength).toBeLessThanOrEqual(256 * 1024);
       expect(stream.sendCredit).toBe(0);
-      expect(stream.writableLength).toBeLessThanOrEqual(64 * 1024 + 16384);
+      expect(stream.writableLength).toBeLessThanOrEqual(WRITE_HIGH_WATER + 16384);
       expect(pair.agent.inflightBytes).toBeLessThanOrEqual(1024 * 1024 + 70 * 1024);
       expect(offered).toBeLessThan(total);
 

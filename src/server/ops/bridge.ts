@@ -34,8 +34,9 @@ const WRITE_HIGH_WATER = 1024 * 1024;
 export function writeFromWs(ws: WebSocket, dst: Writable, chunk: Buffer): void {
   if (dst.destroyed || dst.writableEnded) return;
   dst.write(chunk);
-  // write() says false past a 64 KiB high-water mark, i.e. after every chunk: pausing per chunk
-  // would cost a round of socket pause/resume per 64 KiB. Memory stays bounded by WRITE_HIGH_WATER.
+  // write() says false past the stream's high-water mark (256 KiB), i.e. after a few chunks: pausing
+  // there would cost a round of socket pause/resume every few messages. Memory stays bounded by
+  // WRITE_HIGH_WATER.
   if (dst.writableLength > WRITE_HIGH_WATER && !ws.isPaused) {
     ws.pause();
     dst.once('drain', () => ws.resume());
