@@ -29,8 +29,10 @@ export const WRITE_HIGH_WATER = 256 * 1024;
 export interface StreamHost {
   /** The stream has frames ready to send (data with credit, or ordered messages). */
   markReady(stream: MuxStream): void;
-  /** Sends a frame ahead of queued data (stream.window, stream.reset, accept, reject). */
+  /** Sends a frame ahead of queued data (stream.reset, accept, reject). */
   sendPriority(frame: Uint8Array): void;
+  /** Sends a stream.window ahead of queued data, by the end of the event loop's turn. */
+  sendWindowUpdate(frame: Uint8Array): void;
   /** The stream is finished in both directions or reset; forget it. */
   release(stream: MuxStream): void;
   readonly maxDataFrame: number;
@@ -503,7 +505,7 @@ export class MuxStream extends Duplex {
   #grant(credit: number): void {
     this.#credited += credit;
     this.#receiveAllowance += credit;
-    this.#host.sendPriority(encodeWindowFrame(this.id, credit));
+    this.#host.sendWindowUpdate(encodeWindowFrame(this.id, credit));
   }
 
   override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {

@@ -3,6 +3,8 @@ export interface Timers {
   now(): number;
   setTimeout(fn: () => void, ms: number): unknown;
   clearTimeout(handle: unknown): void;
+  /** Runs `fn` once the I/O callbacks of the event loop's current turn have run (setImmediate). */
+  defer(fn: () => void): void;
 }
 
 export const systemTimers: Timers = Object.freeze({
@@ -14,4 +16,7 @@ export const systemTimers: Timers = Object.freeze({
     return t;
   },
   clearTimeout: (handle: unknown) => clearTimeout(handle as NodeJS.Timeout),
+  defer: (fn: () => void) => {
+    setImmediate(fn);
+  },
 });

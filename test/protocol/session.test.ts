@@ -390,7 +390,7 @@ describe('protocol violations end the session with the documented close code', (
 
 describe('receive path', () => {
   /** A server session whose transport records what it sends; the test plays the agent by hand. */
-  function handDrivenServer(): { server: Session; sentDataBytes: () => number; closes: number[] } {
+  function handDrivenServer(): { server: Session; sent: Uint8Array[]; sentDataBytes: () => number; closes: number[] } {
     const sent: Uint8Array[] = [];
     const closes: number[] = [];
     const server = new Session({
@@ -404,7 +404,7 @@ describe('receive path', () => {
       for (const m of sent) for (const f of decoder.push(m)) if (f.type === 0x0013) n += decodeBin(f.payload).byteLength;
       return n;
     };
-    return { server, sentDataBytes, closes };
+    return { server, sent, sentDataBytes, closes };
   }
 
   it('stream.window grants credit in any valid MessagePack form, not only the one meshlink writes', async () => {
@@ -429,6 +429,33 @@ describe('receive path', () => {
     server.receive(encodeFrame({ type: 0x0014, stream: 1, flags: 0 }, new Uint8Array([0x81, ...key, 0x00])));
     expect(server.state).toBe('closed');
     expect(closes).toEqual([4004]);
+  });
+
+  it('credit freed by messages read in one event-loop turn leaves in one message', async () => {
+    const { server, sent } = handDrivenServer();
+    const received: number[] = [];
+    server.on('stream', (stream) => {
+      server.accept(stream);
+      stream.on('data', (c: Buffer) => received.push(c.length));
+    });
+    server.receive(encodeMessage('hello', 0, { versions: [1], agentVersion: 'x' }));
+    await new Promise((r) => setImmediate(r));
+    server.receive(encodeMessage('stream.open', 1, { kind: 'file.open', meta: { path: '/x', direction: 'push' } }));
+    await new Promise((r) => setImmediate(r));
+    sent.length = 0;
+    // Four 64 KiB messages, each in its own callback of the same turn, as socket reads arrive:
+    // half a window is consumed twice, so two credits are due.
+    const data = encodeMessage('stream.data', 1, new Uint8Array(64 * 1024), { compress: false });
+    await new Promise<void>((resolve) => {
+      for (let i = 0; i < 4; i++) setImmediate(() => {
+        server.receive(data);
+        if (i === 3) resolve();
+      });
+    });
+    await new Promise((r) => setImmediate(r));
+    expect(received.reduce((a, b) => a + b, 0)).toBe(256 * 1024);
+    const windowFramesPerMessage = sent.map((m) => new FrameDecoder().push(m).filter((f) => f.type === 0x0014).length).filter((n) => n > 0);
+    expect(windowFramesPerMessage).toEqual([2]);
   });
 
   it('hands the application views of chunks that are most of their message, and copies of smaller ones', async () => {
@@ -499,6 +526,7 @@ describe('typed messages on a stream', () => {
     const host: StreamHost = {
       markReady: () => {},
       sendPriority: () => {},
+      sendWindowUpdate: () => {},
       release: () => {},
       maxDataFrame: 64 * 1024,
       receiveWindow: 256 * 1024,
