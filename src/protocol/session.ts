@@ -332,10 +332,12 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
 
   /**
    * Feeds one received WebSocket message. Nothing the peer sends makes it throw: protocol errors
-   * close the session, and so does an exception from a listener that dispatch calls ('stream',
-   * 'message', a stream's 'data'), as ML_ERR_INTERNAL (1011). The one exception that reaches the
-   * caller is one thrown by the application's own 'close' listener: it runs last, once the session
-   * has fully closed, and is the application's bug to see rather than something to swallow.
+   * close the session, and so does an exception from an application listener that runs inside this
+   * call ('stream', 'message', or a stream's 'data' when the chunk is emitted at once), as
+   * ML_ERR_INTERNAL (1011). Listeners that Node streams call later (a 'data' event of buffered data)
+   * throw where Node calls them, as with any stream. The one exception that reaches this caller is
+   * one thrown by the application's own 'close' listener: it runs last, once the session has fully
+   * closed, and is the application's bug to see rather than something to swallow.
    */
   receive(message: Uint8Array): void {
     if (this.state === 'closed') return;
@@ -715,11 +717,17 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
       this.#queueFlush();
     } else if (!this.#flushQueued && !this.#turnFlushQueued) {
       this.#turnFlushQueued = true;
-      this.#timers.defer(() => {
+      this.defer(() => {
         this.#turnFlushQueued = false;
         this.#flush();
       });
     }
+  }
+
+  /** StreamHost: the end of the event loop's turn, or a microtask with timers that lack defer(). */
+  defer(fn: () => void): void {
+    if (this.#timers.defer) this.#timers.defer(fn);
+    else queueMicrotask(fn);
   }
 
   #turnFlushQueued = false;

@@ -46,6 +46,8 @@ export interface StreamHost {
   /** The stream has data to send and no credit left: it waits for the peer's stream.window. */
   noteStall(): void;
   now(): number;
+  /** Runs `fn` once the event loop's current turn has run its callbacks. */
+  defer(fn: () => void): void;
 }
 
 /**
@@ -150,12 +152,13 @@ export class MuxStream extends Duplex {
     this.on('newListener', (event: string | symbol) => {
       if (event !== 'message' || this.#early.length === 0) return;
       queueMicrotask(() => {
-        if (this.listenerCount('message') === 0) return;
-        const held = this.#early;
-        this.#early = [];
-        for (const m of held) this.emit('message', m);
+        // One at a time, while someone listens: a once() listener takes one and leaves the rest
+        // held, and a message arriving meanwhile (a listener that reads) queues behind them.
+        while (this.#early.length > 0 && this.listenerCount('message') > 0) this.emit('message', this.#early.shift());
       });
     });
+    // Messages that followed the last data are due before 'end', whatever way the data was read.
+    this.prependListener('end', () => this.#deliverMessages());
     this.#receiveAllowance = INITIAL_WINDOW;
     this.#credited = INITIAL_WINDOW;
     this.#window = host.receiveWindow;
@@ -462,19 +465,38 @@ export class MuxStream extends Duplex {
   }
 
   override _read(): void {
+    // Called inside read() before its chunk leaves the buffer: delivers only messages sent ahead of it.
     this.#returnCredit();
     this.#deliverMessages();
   }
 
   /**
    * Every path by which the application consumes buffered data goes through read() (flowing mode,
-   * async iteration, explicit reads), so this is where consumed bytes are returned as credit.
+   * async iteration, explicit reads), so this is where consumed bytes are returned as credit, and
+   * where typed messages that followed the consumed data become due. read() has already emitted
+   * 'data' for its chunk, so a 'data' listener has seen it; a caller that takes the returned chunk
+   * (paused mode, async iteration) has not yet, so messages that followed it wait until the end of
+   * the turn, or the next read(), or 'end', whichever comes first.
    */
   override read(size?: number): unknown {
     const out = super.read(size);
     this.#returnCredit();
-    this.#deliverMessages();
+    if (this.#inbound.length > 0) {
+      if (out === null || this.listenerCount('data') > 0) this.#deliverMessages();
+      else this.#deliverAfterThisTurn();
+    }
     return out;
+  }
+
+  #deliveryDeferred = false;
+
+  #deliverAfterThisTurn(): void {
+    if (this.#deliveryDeferred) return;
+    this.#deliveryDeferred = true;
+    this.#host.defer(() => {
+      this.#deliveryDeferred = false;
+      this.#deliverMessages();
+    });
   }
 
   #returnCredit(): void {
@@ -509,12 +531,10 @@ export class MuxStream extends Duplex {
   }
 
   override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
-    for (const item of this.#queue) {
-      if (item.type === 'data' && item.cb) item.cb(err ?? new MeshlinkError('ML_ERR_STREAM_CLOSED', `stream ${this.id} destroyed`));
-      if (item.type === 'frame' && item.cb) item.cb();
-    }
+    const pending = this.#queue;
     this.#queue = [];
     this.#queuedBytes = 0;
+    // The session's bookkeeping first: a write callback below may throw.
     if (!this.#released) {
       this.#released = true;
       const fullyClosed = this.#endSent && this.#remoteEnded;
@@ -531,7 +551,20 @@ export class MuxStream extends Duplex {
     }
     this.state = 'closed';
     this.#returnGrowth();
-    cb(err);
+    // Then every pending write learns its fate, even if one of the application's callbacks throws;
+    // the first exception becomes the stream's error ('error', `errored`), as Node does for
+    // exceptions in _destroy, rather than cutting the others off.
+    const closed = err ?? new MeshlinkError('ML_ERR_STREAM_CLOSED', `stream ${this.id} destroyed`);
+    let thrown: Error | null = null;
+    for (const item of pending) {
+      try {
+        if (item.type === 'data' && item.cb) item.cb(closed);
+        if (item.type === 'frame' && item.cb) item.cb();
+      } catch (e) {
+        thrown ??= e instanceof Error ? e : new Error(String(e));
+      }
+    }
+    cb(thrown ?? err);
   }
 
   #maybeRelease(): void {

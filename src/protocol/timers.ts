@@ -3,8 +3,11 @@ export interface Timers {
   now(): number;
   setTimeout(fn: () => void, ms: number): unknown;
   clearTimeout(handle: unknown): void;
-  /** Runs `fn` once the I/O callbacks of the event loop's current turn have run (setImmediate). */
-  defer(fn: () => void): void;
+  /**
+   * Runs `fn` once the I/O callbacks of the event loop's current turn have run (setImmediate).
+   * Optional for custom timers; without it the session uses a microtask.
+   */
+  defer?(fn: () => void): void;
 }
 
 export const systemTimers: Timers = Object.freeze({

@@ -388,6 +388,75 @@ describe('protocol violations end the session with the documented close code', (
   });
 });
 
+describe('stream writes and typed messages', () => {
+  it('a message sent between two corked writes arrives between them', async () => {
+    const pair = await memoryPair();
+    const events: string[] = [];
+    const ended = new Promise<void>((resolve) =>
+      pair.server.on('stream', (s) => {
+        pair.server.accept(s);
+        s.on('data', (c: Buffer) => events.push(`data ${c.length}`));
+        s.on('message', () => events.push('message'));
+        s.on('end', () => resolve());
+      }),
+    );
+    const stream = await pair.agent.openStream('file.open', { path: '/a', direction: 'push' });
+    stream.cork();
+    stream.write(Buffer.alloc(1));
+    stream.sendMessage('file.done', { size: 1, sha256: '0'.repeat(64) });
+    stream.write(Buffer.alloc(2));
+    stream.uncork();
+    stream.end();
+    await ended;
+    expect(events).toEqual(['data 1', 'message', 'data 2']);
+    await pair.close();
+  });
+
+  it('destroying a stream whose pending write callback throws still resets and releases it; the exception becomes its error', async () => {
+    const pair = await memoryPair();
+    const peer = new Promise<MuxStream>((resolve) =>
+      pair.server.on('stream', (s) => {
+        pair.server.accept(s);
+        resolve(s);
+      }),
+    );
+    const stream = await pair.agent.openStream('file.open', { path: '/a', direction: 'push' });
+    // More than the window: part of the write waits for credit, with its callback.
+    stream.write(Buffer.alloc(300 * 1024), (err?: Error | null) => {
+      if (err) throw new Error('the application rethrows');
+    });
+    const serverStream = await peer;
+    await new Promise((r) => setTimeout(r, 20));
+    const errors: string[] = [];
+    stream.on('error', (e: Error) => errors.push(e.message));
+    stream.destroy();
+    await new Promise((r) => setTimeout(r, 20));
+    expect(pair.agent.streamCount).toBe(0);
+    expect(serverStream.destroyed).toBe(true);
+    expect(errors).toContain('the application rethrows');
+    await pair.close();
+  });
+
+  it('custom timers without defer() still flow (credit then goes out in a microtask)', async () => {
+    const timers = { now: () => Date.now(), setTimeout: (f: () => void, ms: number) => setTimeout(f, ms), clearTimeout: (h: unknown) => clearTimeout(h as NodeJS.Timeout) };
+    const pair = await memoryPair({}, { timers });
+    let got = 0;
+    const done = new Promise<void>((resolve) =>
+      pair.server.on('stream', (s) => {
+        pair.server.accept(s);
+        s.on('data', (c: Buffer) => (got += c.length));
+        s.on('end', () => resolve());
+      }),
+    );
+    const stream = await pair.agent.openStream('file.open', { path: '/a', direction: 'push' });
+    stream.end(Buffer.alloc(600 * 1024));
+    await done;
+    expect(got).toBe(600 * 1024);
+    expect(pair.server.state).toBe('open');
+    await pair.close();
+  });
+});
+
 describe('receive path', () => {
   /** A server session whose transport records what it sends; the test plays the agent by hand. */
   function handDrivenServer(): { server: Session; sent: Uint8Array[]; sentDataBytes: () => number; closes: number[] } {
@@ -535,6 +604,7 @@ describe('typed messages on a stream', () => {
       releaseWindow: () => {},
       noteStall: () => {},
       now: () => 0,
+      defer: (fn) => setImmediate(fn),
     };
     const stream = new MuxStream(host, { id: 1, kind: 'action.request', meta: {}, local: true });
     stream._opened();
@@ -553,6 +623,43 @@ describe('typed messages on a stream', () => {
     expect(got).toEqual([1, 2, 3]);
     stream._receiveMessage({ name: 'action.result', payload: 4 });
     expect(got).toEqual([1, 2, 3, 4]);
+  });
+
+  it('held ones go out one at a time: a once() listener takes one, and a listener that reads cannot reorder them', async () => {
+    const stream = bareStream();
+    stream._receiveMessage({ name: 'action.output', payload: 1 });
+    stream._receiveMessage({ name: 'action.output', payload: 2 });
+    const got: unknown[] = [];
+    stream.once('message', (m: { payload: unknown }) => got.push(m.payload));
+    await Promise.resolve();
+    expect(got).toEqual([1]);
+    stream._receiveData(Buffer.alloc(10), false);
+    stream._receiveMessage({ name: 'action.result', payload: 3 }); // due once the 10 bytes are read
+    stream.on('message', (m: { payload: unknown }) => {
+      got.push(m.payload);
+      if (m.payload === 2) stream.read();
+    });
+    await new Promise((r) => setTimeout(r, 5));
+    expect(got).toEqual([1, 2, 3]);
+  });
+
+  it('a consumer that takes chunks from read() (async iteration) sees a message after the data sent before it, and before the end', async () => {
+    const stream = bareStream();
+    const events: string[] = [];
+    stream.on('message', (m: { payload: unknown }) => events.push(`message ${String(m.payload)}`));
+    stream._receiveData(Buffer.alloc(3), false);
+    stream._receiveMessage({ name: 'action.output', payload: 'after 3' });
+    stream._receiveData(Buffer.alloc(4), false);
+    stream._receiveMessage({ name: 'action.result', payload: 'after 7' });
+    stream._receiveEnd();
+    for await (const chunk of stream) {
+      events.push(`data ${(chunk as Buffer).length}`);
+      await new Promise((r) => setImmediate(r)); // the consumer takes its time
+    }
+    events.push('end');
+    // Both chunks may come out of read() together; the messages never come before their data.
+    expect(events.filter((e) => e !== 'end').join(' | ')).toMatch(/^data (3 \| message after 3 \| data 4|7 \| message after 3) \| message after 7$/);
+    expect(events.at(-1)).toBe('end');
   });
 
   it('held without a listener are bounded: the 1025th resets the stream', () => {
