@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import fc from 'fast-check';
 import { createHash, randomBytes } from 'node:crypto';
 import { pipeline } from 'node:stream/promises';
 import { Session } from '../../src/protocol/session.js';
@@ -410,6 +411,74 @@ describe('stream writes and typed messages', () => {
     await ended;
     expect(events).toEqual(['data 1', 'message', 'data 2']);
     await pair.close();
+  });
+
+  it('any mix of writes, corks and messages: each message arrives after exactly the bytes written before it, END last, every write callback once', async () => {
+    type Op = { t: 'write'; n: number } | { t: 'message' } | { t: 'cork' } | { t: 'uncork' } | { t: 'tick' };
+    const op: fc.Arbitrary<Op> = fc.oneof(
+      fc.record({ t: fc.constant('write' as const), n: fc.integer({ min: 0, max: 40_000 }) }),
+      fc.constant({ t: 'message' as const }),
+      fc.constant({ t: 'cork' as const }),
+      fc.constant({ t: 'uncork' as const }),
+      fc.constant({ t: 'tick' as const }),
+    );
+    await fc.assert(
+      fc.asyncProperty(fc.array(op, { maxLength: 60 }), fc.boolean(), async (ops, slowReader) => {
+        const pair = await memoryPair();
+        const seen: string[] = [];
+        let received = 0;
+        const ended = new Promise<void>((resolve) =>
+          pair.server.on('stream', (s: MuxStream) => {
+            pair.server.accept(s);
+            s.on('message', (m: { payload: { size: number } }) => seen.push(`message ${m.payload.size} at ${received}`));
+            s.on('data', (c: Buffer) => {
+              received += c.length;
+              if (slowReader) {
+                s.pause();
+                setTimeout(() => s.resume(), 1);
+              }
+            });
+            s.on('end', () => {
+              seen.push(`end at ${received}`);
+              resolve();
+            });
+          }),
+        );
+        const stream = await pair.agent.openStream('file.open', { path: '/a', direction: 'push' });
+        const expected: string[] = [];
+        let written = 0;
+        let corked = 0;
+        let issued = 0;
+        let called = 0;
+        for (const o of ops) {
+          if (o.t === 'write') {
+            written += o.n;
+            issued++;
+            stream.write(Buffer.alloc(o.n, 1), () => void called++);
+          } else if (o.t === 'message') {
+            stream.sendMessage('file.done', { size: written, sha256: '0'.repeat(64) });
+            expected.push(`message ${written} at ${written}`);
+          } else if (o.t === 'cork') {
+            stream.cork();
+            corked++;
+          } else if (o.t === 'uncork' && corked > 0) {
+            stream.uncork();
+            corked--;
+          } else if (o.t === 'tick') {
+            await new Promise((r) => setImmediate(r));
+          }
+        }
+        while (corked-- > 0) stream.uncork();
+        stream.end();
+        expected.push(`end at ${written}`);
+        await ended;
+        await new Promise((r) => setTimeout(r, 5));
+        await pair.close();
+        expect(seen).toEqual(expected);
+        expect(called).toBe(issued);
+      }),
+      { numRuns: 150 },
+    );
   });
 
   it('destroying a stream whose pending write callback throws still resets and releases it; the exception becomes its error', async () => {
