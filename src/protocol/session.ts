@@ -724,10 +724,13 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     }
   }
 
-  /** StreamHost: the end of the event loop's turn, or a microtask with timers that lack defer(). */
+  /**
+   * StreamHost: the end of the event loop's turn; with injected timers that lack defer(), a zero
+   * timeout (not a microtask: an async-iterating reader would then see a message before its data).
+   */
   defer(fn: () => void): void {
     if (this.#timers.defer) this.#timers.defer(fn);
-    else queueMicrotask(fn);
+    else this.#timers.setTimeout(fn, 0);
   }
 
   #turnFlushQueued = false;

@@ -150,15 +150,20 @@ export class MuxStream extends Duplex {
     // only attach its listener once openStream has resolved, and the peer may send a message in the
     // same WebSocket message as its stream.accept (e.g. action.ack). Delivered in order on the first listener.
     this.on('newListener', (event: string | symbol) => {
-      if (event !== 'message' || this.#early.length === 0) return;
-      queueMicrotask(() => {
-        // One at a time, while someone listens: a once() listener takes one and leaves the rest
-        // held, and a message arriving meanwhile (a listener that reads) queues behind them.
-        while (this.#early.length > 0 && this.listenerCount('message') > 0) this.emit('message', this.#early.shift());
-      });
+      if (event === 'message' && this.#early.length > 0) queueMicrotask(() => this.#flushEarly());
     });
-    // Messages that followed the last data are due before 'end', whatever way the data was read.
-    this.prependListener('end', () => this.#deliverMessages());
+    // Messages that followed the last data are due before 'end', whatever way the data was read. A
+    // listener that throws here must not keep 'end' from the application's own listeners: its
+    // exception is rethrown on its own, as an uncaught exception.
+    this.prependListener('end', () => {
+      try {
+        this.#deliverMessages();
+      } catch (err) {
+        queueMicrotask(() => {
+          throw err;
+        });
+      }
+    });
     this.#receiveAllowance = INITIAL_WINDOW;
     this.#credited = INITIAL_WINDOW;
     this.#window = host.receiveWindow;
@@ -166,6 +171,19 @@ export class MuxStream extends Duplex {
 
   /** See the constructor: messages received before any 'message' listener (bounded). */
   #early: unknown[] = [];
+
+  /**
+   * Delivers held messages one at a time, while someone listens: a once() listener takes one and
+   * leaves the rest held, and a message arriving meanwhile (a listener that reads) queues behind
+   * them. A listener that throws leaves the rest for another try, not stranded.
+   */
+  #flushEarly(): void {
+    try {
+      while (this.#early.length > 0 && this.listenerCount('message') > 0 && !this.destroyed) this.emit('message', this.#early.shift());
+    } finally {
+      if (this.#early.length > 0 && this.listenerCount('message') > 0 && !this.destroyed) queueMicrotask(() => this.#flushEarly());
+    }
+  }
 
   /**
    * Delivers a typed message, or holds it while nobody listens (and while earlier held messages wait
@@ -495,7 +513,7 @@ export class MuxStream extends Duplex {
     this.#deliveryDeferred = true;
     this.#host.defer(() => {
       this.#deliveryDeferred = false;
-      this.#deliverMessages();
+      if (!this.destroyed) this.#deliverMessages();
     });
   }
 
@@ -551,20 +569,24 @@ export class MuxStream extends Duplex {
     }
     this.state = 'closed';
     this.#returnGrowth();
-    // Then every pending write learns its fate, even if one of the application's callbacks throws;
-    // the first exception becomes the stream's error ('error', `errored`), as Node does for
-    // exceptions in _destroy, rather than cutting the others off.
+    // Typed messages not yet delivered never will be: nothing is emitted after 'close'.
+    this.#inbound = [];
+    this.#early = [];
+    // Then every pending write learns its fate. The callbacks are the application's: one that throws
+    // must not cut the others off, and its exception is not swallowed either: it is rethrown on its
+    // own, an uncaught exception as it would be from any Node stream's write callback.
     const closed = err ?? new MeshlinkError('ML_ERR_STREAM_CLOSED', `stream ${this.id} destroyed`);
-    let thrown: Error | null = null;
     for (const item of pending) {
       try {
         if (item.type === 'data' && item.cb) item.cb(closed);
         if (item.type === 'frame' && item.cb) item.cb();
-      } catch (e) {
-        thrown ??= e instanceof Error ? e : new Error(String(e));
+      } catch (thrown) {
+        queueMicrotask(() => {
+          throw thrown;
+        });
       }
     }
-    cb(thrown ?? err);
+    cb(err);
   }
 
   #maybeRelease(): void {

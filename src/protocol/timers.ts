@@ -5,7 +5,7 @@ export interface Timers {
   clearTimeout(handle: unknown): void;
   /**
    * Runs `fn` once the I/O callbacks of the event loop's current turn have run (setImmediate).
-   * Optional for custom timers; without it the session uses a microtask.
+   * Optional for custom timers; without it the session uses setTimeout(fn, 0).
    */
   defer?(fn: () => void): void;
 }
