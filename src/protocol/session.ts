@@ -533,12 +533,8 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
       this.#acceptOpen(id, payload as PayloadOf<'stream.open'>);
       return;
     }
-    const stream = this.#streams.get(id);
-    if (!stream) {
-      // Frames can race with a local reset or release; ids we have seen are stale, not errors.
-      if (this.#isKnownId(id)) return;
-      throw new ProtocolError('ML_ERR_STREAM_ID', `${kind.name} for stream ${id}, which was never opened`);
-    }
+    const stream = this.#streamFor(id, kind.name);
+    if (!stream) return;
     switch (kind.name) {
       case 'stream.accept':
       case 'stream.reject':
@@ -577,22 +573,25 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
   }
 
   #receiveStreamData(id: number, flags: number, data: Uint8Array): void {
-    const stream = this.#streams.get(id);
-    if (!stream) {
-      if (this.#isKnownId(id)) return; // raced with a reset or release
-      throw new ProtocolError('ML_ERR_STREAM_ID', `stream.data for stream ${id}, which was never opened`);
-    }
+    const stream = this.#streamFor(id, 'stream.data');
+    if (!stream) return;
     if (stream.state !== 'open') throw new ProtocolError('ML_ERR_STREAM_ID', `data on stream ${id} before it was accepted`);
     stream._receiveData(data, (flags & Flags.END_STREAM) !== 0);
   }
 
   #receiveWindow(id: number, credit: number): void {
+    this.#streamFor(id, 'stream.window')?._addCredit(credit);
+  }
+
+  /**
+   * The stream a frame of kind `name` addresses, or null for one already forgotten: frames can race
+   * with a local reset or release, so ids we have seen are stale, not errors. An id never opened is.
+   */
+  #streamFor(id: number, name: string): MuxStream | null {
     const stream = this.#streams.get(id);
-    if (!stream) {
-      if (this.#isKnownId(id)) return; // raced with a reset or release
-      throw new ProtocolError('ML_ERR_STREAM_ID', `stream.window for stream ${id}, which was never opened`);
-    }
-    stream._addCredit(credit);
+    if (stream) return stream;
+    if (this.#isKnownId(id)) return null;
+    throw new ProtocolError('ML_ERR_STREAM_ID', `${name} for stream ${id}, which was never opened`);
   }
 
   #isKnownId(id: number): boolean {

@@ -159,9 +159,7 @@ export class MuxStream extends Duplex {
       try {
         this.#deliverMessages();
       } catch (err) {
-        queueMicrotask(() => {
-          throw err;
-        });
+        throwUncaught(err);
       }
     });
     this.#receiveAllowance = INITIAL_WINDOW;
@@ -581,9 +579,7 @@ export class MuxStream extends Duplex {
         if (item.type === 'data' && item.cb) item.cb(closed);
         if (item.type === 'frame' && item.cb) item.cb();
       } catch (thrown) {
-        queueMicrotask(() => {
-          throw thrown;
-        });
+        throwUncaught(thrown);
       }
     }
     cb(err);
@@ -606,9 +602,19 @@ export class MuxStream extends Duplex {
   }
 }
 
-/** A copy in a new Buffer (Buffer.from(Uint8Array) zero-fills before copying above 4 KiB). */
+/** A copy in a new Buffer: allocUnsafe + set, the plain copy (Buffer.from takes the array-like path). */
 function copyOf(data: Uint8Array): Buffer {
   const out = Buffer.allocUnsafe(data.byteLength);
   out.set(data);
   return out;
+}
+
+/**
+ * An exception from the application's own callback or listener, caught so that the stream's
+ * bookkeeping can finish, is rethrown on its own: uncaught, as from any Node stream's callback.
+ */
+function throwUncaught(err: unknown): void {
+  queueMicrotask(() => {
+    throw err;
+  });
 }
