@@ -68,7 +68,7 @@ export interface CloseInfo {
 
 export type SessionState = 'handshaking' | 'open' | 'closed';
 
-type RequestKind = 'cert.renew' | 'state.request';
+export type RequestKind = 'cert.renew' | 'state.request';
 type ResponseOf<N extends RequestKind> = N extends 'cert.renew' ? PayloadOf<'cert.renewed'> : PayloadOf<'state.response'>;
 type RequestHandler = (payload: any) => Promise<Record<string, unknown>> | Record<string, unknown>;
 
@@ -847,4 +847,4 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
 /** Kinds that answer a request (a late one, after its request timed out, is dropped). */
 const RESPONSE_KINDS: ReadonlySet<string> = new Set(MESSAGE_KINDS.flatMap((k: MessageKind) => (k.response ? [k.response] : [])));
 
-type ResponseName<N extends RequestKind> = N extends 'cert.renew' ? 'cert.renewed' : 'state.response';
+export type ResponseName<N extends RequestKind> = N extends 'cert.renew' ? 'cert.renewed' : 'state.response';

@@ -9,21 +9,10 @@ import type { Duplex } from 'node:stream';
 export type AdminHandler = (req: IncomingMessage, res: ServerResponse) => Promise<void>;
 export type AdminUpgradeHandler = (req: IncomingMessage, socket: Duplex, head: Buffer) => void;
 
-/** One audited admin operation (who, what, which node, result); see admin.ts. */
-export interface AdminAuditEntry {
-  actor: string;
-  operation: string;
-  nodeId: string | null;
-  target: string | null;
-  result: string;
-  details?: Record<string, unknown> | null;
-}
-
 export class AdminRoutes {
   readonly #routes = new Map<string, AdminHandler>();
   readonly #upgrades = new Map<string, AdminUpgradeHandler>();
   readonly #selfAudited = new Set<string>();
-  #auditor: ((entry: AdminAuditEntry) => void) | null = null;
 
   /**
    * Adds a route. Every state-changing route (not GET) is audited by the admin server unless it
@@ -38,15 +27,6 @@ export class AdminRoutes {
 
   auditsItself(route: string): boolean {
     return this.#selfAudited.has(route);
-  }
-
-  /** Where audit entries go (the operations feature keeps the audit log). */
-  setAuditor(auditor: (entry: AdminAuditEntry) => void): void {
-    this.#auditor = auditor;
-  }
-
-  audit(entry: AdminAuditEntry): void {
-    this.#auditor?.(entry);
   }
 
   addUpgrade(path: string, handler: AdminUpgradeHandler): void {

@@ -9,6 +9,7 @@ import { readJson, sendError, sendJson } from './http-json.js';
 import { createEnrollmentToken, listNodes, removeNode, type LiveParts } from './nodes.js';
 import type { Store } from './store/store.js';
 import type { AdminRoutes } from './admin-routes.js';
+import { AuditLog } from './audit-log.js';
 
 /**
  * The local admin channel: HTTP on the unix socket `<dataDir>/admin.sock`, mode 0600 inside the 0700
@@ -35,6 +36,7 @@ export interface AdminDeps {
 
 export async function startAdminServer(socketPath: string, deps: AdminDeps): Promise<Server> {
   const log = deps.logger.child({ component: 'admin' });
+  const auditLog = AuditLog.of(deps.store);
   const server = createServer({ headersTimeout: 5_000, requestTimeout: 10_000 }, (req, res) => {
     handle(req, res).catch((err: unknown) => {
       if (!(err instanceof ServerError) || err.status >= 500) log.error({ err, path: req.url }, 'admin request failed');
@@ -53,9 +55,9 @@ export async function startAdminServer(socketPath: string, deps: AdminDeps): Pro
     const audit = { actor: actorOf(req), operation: route.replace(/^\S+ \/v1\//, ''), nodeId: null as string | null, target: null as string | null };
     try {
       const outcome = await dispatch(route, req, res);
-      deps.routes?.audit({ ...audit, nodeId: outcome?.nodeId ?? null, target: outcome?.target ?? null, result: 'ok' });
+      auditLog.record({ ...audit, source: 'admin', nodeId: outcome?.nodeId ?? null, target: outcome?.target ?? null, result: 'ok' });
     } catch (err) {
-      deps.routes?.audit({ ...audit, result: `error:${err instanceof ServerError ? err.code : 'ML_ERR_SERVER_INTERNAL'}` });
+      auditLog.record({ ...audit, source: 'admin', result: `error:${err instanceof ServerError ? err.code : 'ML_ERR_SERVER_INTERNAL'}` });
       throw err;
     }
   }

@@ -26,21 +26,30 @@ interface Entry {
 export class ConnectionRegistry {
   private readonly byNode = new Map<string, Set<Entry>>();
 
-  /** Observers of agent connections the gateway refused (metrics), called with the refusal reason. */
-  readonly refusalObservers = new Set<(reason: string) => void>();
-
-  /**
-   * Observers of a revocation, called for each node whose open sockets are about to be closed with
-   * 4401, before the close (the mesh feature sends the node a signed `session_revoked` event). The
-   * sockets close one turn of the event loop later, after what the observers queued.
-   */
-  readonly revocationObservers = new Set<(nodeId: string, reason: string) => void>();
+  readonly #refusalObservers = new Set<(reason: string) => void>();
+  readonly #revocationObservers = new Set<(nodeId: string, reason: string) => void>();
 
   constructor(private readonly logger: Logger) {}
 
+  /** Observes agent connections the gateway refused (metrics), with the refusal reason. Returns the unsubscribe. */
+  onRefused(observer: (reason: string) => void): () => void {
+    this.#refusalObservers.add(observer);
+    return () => this.#refusalObservers.delete(observer);
+  }
+
+  /**
+   * Observes revocations: called for each node whose open sockets are about to be closed with 4401,
+   * before the close (the mesh feature sends the node a signed `session_revoked` event). The sockets
+   * close one turn of the event loop later, after what the observers queued. Returns the unsubscribe.
+   */
+  onRevoking(observer: (nodeId: string, reason: string) => void): () => void {
+    this.#revocationObservers.add(observer);
+    return () => this.#revocationObservers.delete(observer);
+  }
+
   /** Reports a refused agent connection (gateway: before any upgrade) to the observers. */
   noteRefused(reason: string): void {
-    for (const observe of this.refusalObservers) observe(reason);
+    for (const observe of this.#refusalObservers) observe(reason);
   }
 
   add(ws: WebSocket, info: { nodeId: string; certSerial: string; certNotAfter: number }): void {
@@ -70,12 +79,9 @@ export class ConnectionRegistry {
     entry.timer.unref();
   }
 
-  isOnline(nodeId: string): boolean {
+  /** True while the node has an upgraded socket (online is Presence's: an open session). */
+  hasConnection(nodeId: string): boolean {
     return this.byNode.has(nodeId);
-  }
-
-  onlineNodeIds(): string[] {
-    return [...this.byNode.keys()];
   }
 
   get size(): number {
@@ -107,7 +113,7 @@ export class ConnectionRegistry {
     }
     if (n === 0) return 0;
     for (const nodeId of nodes) {
-      for (const observe of this.revocationObservers) {
+      for (const observe of this.#revocationObservers) {
         try {
           observe(nodeId, reason);
         } catch (err) {

@@ -1,24 +1,71 @@
 import type { Logger } from '../util/logger.js';
 import type { AdminRoutes } from './admin-routes.js';
+import type { AgentSessions } from './agent-sessions.js';
+import type { AuditLog } from './audit-log.js';
 import type { ServerConfig } from './config.js';
-import type { LiveParts } from './nodes.js';
-import type { SessionHost } from './session-host.js';
+import type { PresenceView } from './presence.js';
+import type { PublicRoutes } from './public-routes.js';
 import type { Store } from './store/store.js';
 
 /**
- * A server feature (mesh coordination, operations, ...) plugs into the running server through this
- * context: the store, the session layer (agent sessions, message and stream handlers, welcome fields)
- * and the admin channel. Features are started by startServer before the gateway accepts agents.
+ * A server feature (mesh coordination, operations, observability) plugs into the running server
+ * through this context and nothing else: its own tables through the store's database handle (each
+ * feature has its store module), agent sessions through the AgentSessions facade, its admin routes,
+ * its public routes on the gateway, the core's audit log, and the connection events it may observe.
+ * Features never import each other: a question one feature answers for another goes through a
+ * function the composition root passes in (see features.ts). Features are started by startServer
+ * before the gateway accepts agents, and closed in reverse order.
  */
 export interface ServerFeatureContext {
   readonly config: ServerConfig;
   readonly store: Store;
-  readonly sessions: SessionHost;
+  readonly sessions: AgentSessions;
+  /** Online and last_seen (its owner is the core). */
+  readonly presence: PresenceView;
   readonly admin: AdminRoutes;
-  readonly live: LiveParts;
+  readonly publicRoutes: PublicRoutes;
+  readonly audit: AuditLog;
+  readonly connections: ConnectionEvents;
+  /** Questions features answer for each other (the only way one feature learns another's state). */
+  readonly questions: FeatureQuestions;
   readonly logger: Logger;
   /** The CA passphrase this server was started with (MESHLINK_CA_PASSPHRASE or the caller's), for sealing feature secrets. */
   readonly passphrase: string;
+}
+
+/** Gateway connection events a feature may observe; each returns its unsubscribe. */
+export interface ConnectionEvents {
+  /** An agent connection refused before its upgrade, with the reason (an error code or TLS_HANDSHAKE). */
+  onRefused(observer: (reason: string) => void): () => void;
+  /** A node's sockets are about to be closed with 4401 (revocation); runs before the close. */
+  onRevoking(observer: (nodeId: string, reason: string) => void): () => void;
+}
+
+/**
+ * The questions a feature may answer for the others, declared here so that neither side imports the
+ * other. A feature answers at start; an asker asks when it needs the answer (the answering feature may
+ * start later, or not run at all: then the question has no answer).
+ */
+export interface FeatureAnswers {
+  /** When mesh event `seq` of the node was created (ms since the epoch), while the event log keeps it. */
+  meshEventCreatedAt(nodeId: string, seq: number): number | undefined;
+}
+
+export interface FeatureQuestions {
+  answer<K extends keyof FeatureAnswers>(question: K, answer: FeatureAnswers[K]): void;
+  ask<K extends keyof FeatureAnswers>(question: K): FeatureAnswers[K] | undefined;
+}
+
+/** The composition root's implementation: one answer per question. */
+export function createFeatureQuestions(): FeatureQuestions {
+  const answers = new Map<keyof FeatureAnswers, unknown>();
+  return {
+    answer(question, answer) {
+      if (answers.has(question)) throw new Error(`question ${question} is already answered`);
+      answers.set(question, answer);
+    },
+    ask: <K extends keyof FeatureAnswers>(question: K) => answers.get(question) as FeatureAnswers[K] | undefined,
+  };
 }
 
 export interface ServerFeatureHandle {

@@ -12,7 +12,7 @@ import type { EnrollmentService } from './enroll.js';
 import { ServerError } from './errors.js';
 import type { GatewayHooks } from './hooks.js';
 import { sendError, sendJson } from './http-json.js';
-import { BUNDLE_PATH_PREFIX, serveAgentBundle } from './ops/upgrades.js';
+import type { PublicRoutes } from './public-routes.js';
 
 /**
  * The one public listener: HTTPS for enrollment and the WebSocket upgrade for agents on the same
@@ -63,6 +63,8 @@ export interface GatewayDeps {
   enrollment: EnrollmentService;
   registry: ConnectionRegistry;
   hooks: GatewayHooks;
+  /** Routes features add (served after the gateway's own). */
+  routes?: PublicRoutes;
   logger: Logger;
   timeouts?: Partial<GatewayTimeouts>;
   /** Called after a successful upgrade (e.g. to record last_seen). */
@@ -133,11 +135,11 @@ export function createGateway(deps: GatewayDeps): Gateway {
         sendJson(res, 426, { code: 'ML_ERR_BAD_REQUEST', message: 'GET /v1/connect requires a WebSocket upgrade' }, { upgrade: 'websocket' });
         return;
       default:
-        // Agent self-upgrade downloads (src/server/ops/upgrades.ts): only for a valid client certificate.
-        if (path?.startsWith(BUNDLE_PATH_PREFIX)) {
-          if (!allow('GET')) return;
-          authenticateClient(deps.auth, req.socket as TLSSocket);
-          await serveAgentBundle(deps.auth.store, req, res, path.slice(BUNDLE_PATH_PREFIX.length));
+        const found = path === undefined ? undefined : deps.routes?.match(path);
+        if (found) {
+          if (!allow(found.route.method)) return;
+          if (found.route.clientCertificate) authenticateClient(deps.auth, req.socket as TLSSocket);
+          await found.handler(req, res, found.rest);
           return;
         }
         sendError(res, new ServerError('ML_ERR_NOT_FOUND', `no endpoint ${path}`));

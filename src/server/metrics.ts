@@ -6,6 +6,7 @@ import { addWireObserver } from '../net/ws-session.js';
 import { HEADER_SIZE } from '../protocol/frame.js';
 import { MESSAGE_KINDS } from '../protocol/registry.js';
 import type { ServerFeature } from './feature.js';
+import type { FleetTotals } from './store/store.js';
 import { ServerError } from './errors.js';
 
 /**
@@ -128,14 +129,13 @@ export function createMetricsFeature(options: MetricsFeatureOptions = {}): Serve
     const registry = new Registry();
     collectDefaultMetrics({ register: registry });
     const sessions = ctx.sessions;
-    const db = ctx.store.database;
 
     new Gauge({
       name: 'meshlink_connected_agents',
       help: 'Open agent sessions (a node may briefly have two during a make-before-break reconnect).',
       registers: [registry],
       collect() {
-        this.set(sessions.sessionCount);
+        this.set(sessions.snapshot().length);
       },
     });
     new Gauge({
@@ -143,7 +143,7 @@ export function createMetricsFeature(options: MetricsFeatureOptions = {}): Serve
       help: 'Nodes with at least one open session.',
       registers: [registry],
       collect() {
-        this.set(sessions.agents.size);
+        this.set(new Set(sessions.snapshot().map((a) => a.nodeId)).size);
       },
     });
     const handshakes = new Counter({
@@ -161,20 +161,15 @@ export function createMetricsFeature(options: MetricsFeatureOptions = {}): Serve
     sessions.on('agent-open', () => handshakes.labels('accepted', 'ok').inc());
     sessions.on('agent-close', (_a, info) => closes.labels(String(info.code)).inc());
     const onRefused = (reason: string): void => handshakes.labels('refused', reason).inc();
-    ctx.live.registry.refusalObservers.add(onRefused);
+    const stopObservingRefusals = ctx.connections.onRefused(onRefused);
 
     // Store totals (monotonic across restarts: tokens and certificates are never deleted).
-    const counts = db.prepare(`SELECT
-        (SELECT COUNT(*) FROM tokens WHERE consumed_at IS NOT NULL) AS enrollments,
-        (SELECT COUNT(*) FROM certs) AS certs,
-        (SELECT COUNT(*) FROM certs WHERE revoked_at IS NOT NULL) AS revoked,
-        (SELECT COUNT(*) FROM nodes WHERE removed_at IS NOT NULL) AS removed`);
-    let snapshot = { enrollments: 0, certs: 0, revoked: 0, removed: 0 };
+    let snapshot: FleetTotals = { enrollments: 0, certs: 0, revoked: 0, removed: 0, enrolled: 0 };
     let snapshotAt = 0;
     const fresh = (): typeof snapshot => {
-      // One query per scrape, shared by the four counters.
+      // One query per scrape, shared by the counters.
       if (Date.now() - snapshotAt > 500) {
-        snapshot = counts.get() as typeof snapshot;
+        snapshot = ctx.store.fleetTotals();
         snapshotAt = Date.now();
       }
       return snapshot;
@@ -196,7 +191,7 @@ export function createMetricsFeature(options: MetricsFeatureOptions = {}): Serve
       help: 'Enrolled nodes that are not removed.',
       registers: [registry],
       collect() {
-        this.set((db.prepare('SELECT COUNT(*) AS n FROM nodes WHERE removed_at IS NULL').get() as { n: number }).n);
+        this.set(fresh().enrolled);
       },
     });
     storeCounter('meshlink_enrollments_total', 'Enrollments (consumed one-time tokens), from the store.', () => fresh().enrollments);
@@ -238,20 +233,20 @@ export function createMetricsFeature(options: MetricsFeatureOptions = {}): Serve
       registers: [registry],
       collect() {
         let n = 0;
-        for (const set of sessions.agents.values()) for (const a of set) n += a.session.streamCount;
+        for (const a of sessions.snapshot()) n += a.streamCount;
         this.set(n);
       },
     });
     // Stalls of sessions that ended are kept here; live sessions are summed at scrape time.
     let stallsOfClosedSessions = 0;
-    sessions.on('agent-close', (a) => (stallsOfClosedSessions += a.session.flowControlStalls));
+    sessions.on('agent-close', (a) => (stallsOfClosedSessions += a.flowControlStalls));
     new Counter({
       name: 'meshlink_flow_control_stalls_total',
       help: 'Times a stream to an agent had data to send and no credit left, waiting for the agent’s stream.window (a slow reader, or a window too small for the link). Counted once per wait.',
       registers: [registry],
       collect() {
         let n = stallsOfClosedSessions;
-        for (const set of sessions.agents.values()) for (const a of set) n += a.session.flowControlStalls;
+        for (const a of sessions.snapshot()) n += a.flowControlStalls;
         this.reset();
         this.inc(n);
       },
@@ -262,7 +257,7 @@ export function createMetricsFeature(options: MetricsFeatureOptions = {}): Serve
       registers: [registry],
       collect() {
         let n = 0;
-        for (const set of sessions.agents.values()) for (const a of set) n += a.session.inflightBytes;
+        for (const a of sessions.snapshot()) n += a.inflightBytes;
         this.set(n);
       },
     });
@@ -272,7 +267,7 @@ export function createMetricsFeature(options: MetricsFeatureOptions = {}): Serve
       registers: [registry],
       collect() {
         let n = 0;
-        for (const set of sessions.agents.values()) for (const a of set) if (a.session.inflightBytes > 64 * 1024) n++;
+        for (const a of sessions.snapshot()) if (a.inflightBytes > 64 * 1024) n++;
         this.set(n);
       },
     });
@@ -285,7 +280,7 @@ export function createMetricsFeature(options: MetricsFeatureOptions = {}): Serve
       collect() {
         const left: number[] = [];
         const now = Date.now();
-        for (const set of sessions.agents.values()) for (const a of set) left.push((a.info.certNotAfter - now) / 1000);
+        for (const a of sessions.snapshot()) left.push((a.info.certNotAfter - now) / 1000);
         this.reset();
         if (left.length === 0) return;
         left.sort((x, y) => x - y);
@@ -302,12 +297,10 @@ export function createMetricsFeature(options: MetricsFeatureOptions = {}): Serve
         const now = Date.now();
         let day = 0;
         let week = 0;
-        for (const set of sessions.agents.values()) {
-          for (const a of set) {
-            const left = a.info.certNotAfter - now;
-            if (left < 86_400_000) day++;
-            if (left < 7 * 86_400_000) week++;
-          }
+        for (const a of sessions.snapshot()) {
+          const left = a.info.certNotAfter - now;
+          if (left < 86_400_000) day++;
+          if (left < 7 * 86_400_000) week++;
         }
         this.labels('1d').set(day);
         this.labels('7d').set(week);
@@ -315,27 +308,24 @@ export function createMetricsFeature(options: MetricsFeatureOptions = {}): Serve
     });
 
     // Event delivery lag: an event.ack names the highest applied seq; its lag is now minus the event's
-    // creation time in the mesh store (read-only; only when the mesh feature's table exists).
+    // creation time, which the mesh feature answers (no answer when the mesh does not run).
     const lag = new Histogram({
       name: 'meshlink_event_delivery_lag_seconds',
       help: 'Time from a mesh event being created to the agent acknowledging it (event.ack).',
       buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300],
       registers: [registry],
     });
-    const hasEvents = db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'mesh_events'").get() !== undefined;
-    if (hasEvents) {
-      const eventTs = db.prepare('SELECT ts FROM mesh_events WHERE node_id = ? AND seq = ?');
-      const lastAck = new Map<string, number>();
-      sessions.onMessage('event.ack', (agent, ack) => {
-        if ((lastAck.get(agent.nodeId) ?? 0) >= ack.seq) return;
-        lastAck.set(agent.nodeId, ack.seq);
-        const row = eventTs.get(agent.nodeId, ack.seq) as { ts: number } | undefined;
-        if (row) lag.observe(Math.max(0, Date.now() - row.ts) / 1000);
-      });
-      sessions.on('agent-close', (a) => {
-        if (!sessions.isOnline(a.nodeId)) lastAck.delete(a.nodeId);
-      });
-    }
+    const lastAck = new Map<string, number>();
+    sessions.onMessage('event.ack', (agent, ack) => {
+      const createdAt = ctx.questions.ask('meshEventCreatedAt');
+      if (!createdAt || (lastAck.get(agent.nodeId) ?? 0) >= ack.seq) return;
+      lastAck.set(agent.nodeId, ack.seq);
+      const ts = createdAt(agent.nodeId, ack.seq);
+      if (ts !== undefined) lag.observe(Math.max(0, Date.now() - ts) / 1000);
+    });
+    sessions.on('agent-close', (a) => {
+      if (!sessions.isOnline(a.nodeId)) lastAck.delete(a.nodeId);
+    });
 
     const server = await serveMetrics(registry, listen);
     const address = server.address() as AddressInfo;
@@ -346,7 +336,7 @@ export function createMetricsFeature(options: MetricsFeatureOptions = {}): Serve
       close: () =>
         new Promise<void>((resolve) => {
           removeObserver();
-          ctx.live.registry.refusalObservers.delete(onRefused);
+          stopObservingRefusals();
           server.close(() => resolve());
           server.closeAllConnections();
         }),

@@ -4,7 +4,7 @@ import type { RevocationList } from './revocation.js';
 import type { NodeRow, Store } from './store/store.js';
 import { createToken } from './tokens.js';
 import { meshListingFields, type MeshListingFields } from './mesh/listing.js';
-import type { LastSeenWriter } from './last-seen.js';
+import type { PresenceView } from './presence.js';
 
 /**
  * Operator actions shared by the admin channel (server running) and the CLI's direct-store fallback
@@ -28,19 +28,20 @@ export interface NodeListing extends Partial<MeshListingFields> {
 export interface LiveParts {
   registry: ConnectionRegistry;
   revocations: RevocationList;
-  /** Batched last_seen writes: flush before reading last_seen from the store. */
-  lastSeen: LastSeenWriter;
+  /** Online (an open session) and last_seen: flush it before reading last_seen from the store. */
+  presence: PresenceView;
 }
 
 const iso = (ms: number | null): string | null => (ms === null ? null : new Date(ms).toISOString());
 
-export function listNodes(store: Store, live?: LiveParts): NodeListing[] {
-  live?.lastSeen.flush();
+/** Without `live` (server stopped) every node is offline. */
+export function listNodes(store: Store, live?: Pick<LiveParts, 'presence'>): NodeListing[] {
+  live?.presence.flush();
   const mesh = meshListingFields(store);
   return store.listLiveNodes().map((n) => ({
     id: n.id,
     hostname: n.hostname,
-    online: live?.registry.isOnline(n.id) ?? false,
+    online: live?.presence.isOnline(n.id) ?? false,
     lastSeen: iso(n.lastSeen),
     certSerial: n.certSerial,
     certNotAfter: iso(n.certNotAfter),

@@ -10,7 +10,9 @@ import { ConnectionRegistry } from './connections.js';
 import { EnrollmentService } from './enroll.js';
 import { ServerError } from './errors.js';
 import { createGateway, type Gateway, type GatewayTimeouts } from './gateway.js';
-import { LastSeenWriter } from './last-seen.js';
+import { Presence } from './presence.js';
+import { PublicRoutes } from './public-routes.js';
+import { AuditLog } from './audit-log.js';
 import type { GatewayHooks } from './hooks.js';
 import { META_CA_PIN, META_PUBLIC_URL, type LiveParts } from './nodes.js';
 import { FailureRateLimiter } from './rate-limit.js';
@@ -18,7 +20,7 @@ import { RevocationList } from './revocation.js';
 import { Store } from './store/store.js';
 import { SessionHost } from './session-host.js';
 import { AdminRoutes } from './admin-routes.js';
-import type { ServerFeature, ServerFeatureHandle } from './feature.js';
+import { createFeatureQuestions, type ServerFeature, type ServerFeatureContext, type ServerFeatureHandle } from './feature.js';
 import { SERVER_FEATURES } from './features.js';
 
 /**
@@ -69,7 +71,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
   let admin: HttpServer | undefined;
   let rotateTimer: NodeJS.Timeout | undefined;
   let sessions: SessionHost | null = null;
-  const lastSeen = new LastSeenWriter(store, logger);
+  const presence = new Presence(store, logger);
   const featureHandles: ServerFeatureHandle[] = [];
   try {
     const { ca, created } = await loadOrCreateCa(store, { keyType: config.caKeyType, ...(passphrase ? { passphrase } : {}) });
@@ -78,7 +80,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
 
     const revocations = RevocationList.load(store);
     const registry = new ConnectionRegistry(logger);
-    const live: LiveParts = { registry, revocations, lastSeen };
+    const live: LiveParts = { registry, revocations, presence };
     const enrollment = new EnrollmentService({
       store,
       ca,
@@ -89,11 +91,24 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
       renewGraceMs: config.renewGraceMs,
     });
     // The session layer: handshake, heartbeats, presence, in-band renewal (tests may plug in their own).
-    const sessionHost = options.hooks ? null : new SessionHost({ config, store, enrollment, logger, lastSeen });
+    const sessionHost = options.hooks ? null : new SessionHost({ config, store, enrollment, logger, presence });
     sessions = sessionHost;
     const adminRoutes = new AdminRoutes();
+    const publicRoutes = new PublicRoutes();
     if (sessionHost) {
-      const ctx = { config, store, sessions: sessionHost, admin: adminRoutes, live, logger, passphrase };
+      const ctx: ServerFeatureContext = {
+        config,
+        store,
+        sessions: sessionHost,
+        presence,
+        admin: adminRoutes,
+        publicRoutes,
+        audit: AuditLog.of(store),
+        connections: { onRefused: (fn) => registry.onRefused(fn), onRevoking: (fn) => registry.onRevoking(fn) },
+        questions: createFeatureQuestions(),
+        logger,
+        passphrase,
+      };
       for (const feature of options.features ?? SERVER_FEATURES) {
         const handle = await feature(ctx);
         if (handle) featureHandles.push(handle);
@@ -105,9 +120,10 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
       enrollment,
       registry,
       hooks: options.hooks ?? sessionHost!,
+      routes: publicRoutes,
       logger,
       ...(options.timeouts ? { timeouts: options.timeouts } : {}),
-      onConnected: (nodeId) => lastSeen.touch(nodeId, Date.now()),
+      onConnected: (nodeId) => presence.heard(nodeId),
     });
     gateway = gw;
     const bound = await gw.listen(config.listen.port, config.listen.host);
@@ -152,7 +168,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
           for (const h of featureHandles.reverse()) await h.close?.();
           registry.closeAll(1001, 'server shutting down');
           await Promise.all([gw.close(), closeServer(adminServer)]);
-          lastSeen.close();
+          presence.close();
           store.close();
           logger.info('server stopped');
         })()),
@@ -163,7 +179,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
     for (const h of featureHandles.reverse()) await Promise.resolve(h.close?.()).catch(() => {});
     if (gateway) await gateway.close().catch(() => {});
     if (admin) await closeServer(admin).catch(() => {});
-    lastSeen.close();
+    presence.close();
     store.close();
     throw err;
   }

@@ -2,39 +2,70 @@ import { EventEmitter } from 'node:events';
 import type { WebSocket } from 'ws';
 import { attachSession } from '../net/ws-session.js';
 import { ProtocolError } from '../protocol/errors.js';
-import type { CloseInfo, Session } from '../protocol/session.js';
+import type { CloseInfo, RequestKind, Session } from '../protocol/session.js';
 import type { InputOf, KindName, PayloadOf } from '../protocol/registry.js';
 import type { MuxStream } from '../protocol/stream.js';
 import { VERSION } from '../version.js';
 import type { Logger } from '../util/logger.js';
+import type {
+  AgentHandle,
+  AgentMessageHandler,
+  AgentRequestHandler,
+  AgentSessions,
+  AgentStreamHandler,
+  SendResult,
+  WelcomeContributor,
+} from './agent-sessions.js';
 import type { ServerConfig } from './config.js';
 import { parseCsr } from './csr.js';
 import type { EnrollmentService } from './enroll.js';
 import { ServerError } from './errors.js';
 import type { AgentConnectionInfo, GatewayHooks } from './hooks.js';
-import type { LastSeenWriter } from './last-seen.js';
+import type { Presence } from './presence.js';
 import type { Store } from './store/store.js';
 
+export type { AgentHandle, AgentMessageHandler, AgentStreamHandler, WelcomeContributor } from './agent-sessions.js';
+
 /**
- * The server's side of every agent session: handshake, heartbeats and presence, in-band
- * certificate renewal. One instance serves all connections (see docs/SERVER.md, "Presence").
+ * The server's side of every agent session: handshake, heartbeats, in-band certificate renewal, and
+ * the AgentSessions facade that features use (see agent-sessions.ts). One instance serves all
+ * connections (docs/SERVER.md, "Presence").
  *
  * Presence: a node is online while it has an open session that is not silent. A session that
  * receives nothing for `offlineAfterMs` (default 45 s, three missed 15 s heartbeats) is closed with
- * ML_ERR_HEARTBEAT_TIMEOUT (4030), which takes the node offline.
+ * ML_ERR_HEARTBEAT_TIMEOUT (4030), which takes the node offline. Opens, closes and heartbeats are
+ * reported to Presence, which owns online and last_seen.
  */
 
-/** lastSeen is written to the store at most this often per node (heartbeats arrive every 15 s). */
-const LAST_SEEN_WRITE_MS = 60_000;
-
-export interface ConnectedAgent {
-  readonly nodeId: string;
-  readonly session: Session;
-  readonly info: AgentConnectionInfo;
-  readonly hello: PayloadOf<'hello'>;
-  readonly connectedAt: number;
+/** One open session. Features see it as an AgentHandle (no `session`); tests reach the session. */
+export class ConnectedAgent implements AgentHandle {
   lastHeartbeatAt: number;
-  agentVersion: string | null;
+  constructor(
+    readonly session: Session,
+    readonly info: AgentConnectionInfo,
+    readonly hello: PayloadOf<'hello'>,
+    readonly connectedAt: number,
+  ) {
+    this.lastHeartbeatAt = connectedAt;
+  }
+  get nodeId(): string {
+    return this.info.nodeId;
+  }
+  get agentVersion(): string {
+    return this.hello.agentVersion;
+  }
+  get open(): boolean {
+    return this.session.state === 'open';
+  }
+  get streamCount(): number {
+    return this.session.streamCount;
+  }
+  get flowControlStalls(): number {
+    return this.session.flowControlStalls;
+  }
+  get inflightBytes(): number {
+    return this.session.inflightBytes;
+  }
 }
 
 export interface SessionHostDeps {
@@ -42,29 +73,24 @@ export interface SessionHostDeps {
   store: Store;
   enrollment: EnrollmentService;
   logger: Logger;
-  lastSeen: LastSeenWriter;
+  presence: Presence;
 }
-
-/** Handles a control message from an agent (features register these; see onMessage). */
-export type AgentMessageHandler<N extends KindName = KindName> = (agent: ConnectedAgent, payload: PayloadOf<N>) => void;
-/** Handles a stream an agent opened (see onStream). The handler must accept or reject it. */
-export type AgentStreamHandler = (agent: ConnectedAgent, stream: MuxStream) => void;
-/** Contributes fields to the welcome of a new session (e.g. an upgrade offer). */
-export type WelcomeContributor = (hello: PayloadOf<'hello'>, info: AgentConnectionInfo) => Partial<InputOf<'welcome'>>;
 
 export interface SessionHostEvents {
   'agent-open': [agent: ConnectedAgent];
   'agent-close': [agent: ConnectedAgent, info: CloseInfo];
 }
 
-export class SessionHost extends EventEmitter<SessionHostEvents> implements GatewayHooks {
-  /** Open sessions by node id (several during a make-before-break reconnect). */
-  readonly agents = new Map<string, Set<ConnectedAgent>>();
+type AnyRequestHandler = (agent: AgentHandle, payload: never) => unknown;
+
+export class SessionHost extends EventEmitter<SessionHostEvents> implements GatewayHooks, AgentSessions {
+  /** Open sessions by node id (several during a make-before-break reconnect). Private: see snapshot(). */
+  readonly #agents = new Map<string, Set<ConnectedAgent>>();
   readonly #deps: SessionHostDeps;
   readonly #messageHandlers = new Map<string, AgentMessageHandler[]>();
   readonly #streamHandlers = new Map<string, AgentStreamHandler>();
+  readonly #requestHandlers = new Map<RequestKind, AnyRequestHandler>();
   readonly #welcomeContributors: WelcomeContributor[] = [];
-  readonly #lastSeenWritten = new Map<string, number>();
   #livenessTimer: NodeJS.Timeout;
 
   constructor(deps: SessionHostDeps) {
@@ -92,21 +118,15 @@ export class SessionHost extends EventEmitter<SessionHostEvents> implements Gate
     });
 
     session.on('open', ({ hello }) => {
-      const now = Date.now();
-      const entry: ConnectedAgent = {
-        nodeId: info.nodeId,
-        session,
-        info,
-        hello: hello!,
-        connectedAt: now,
-        lastHeartbeatAt: now,
-        agentVersion: hello?.agentVersion ?? null,
-      };
+      const entry = new ConnectedAgent(session, info, hello!, Date.now());
       agent.current = entry;
-      let set = this.agents.get(info.nodeId);
-      if (!set) this.agents.set(info.nodeId, (set = new Set()));
+      let set = this.#agents.get(info.nodeId);
+      if (!set) this.#agents.set(info.nodeId, (set = new Set()));
       set.add(entry);
-      this.#touch(info.nodeId, now, true);
+      this.#deps.presence.opened(info.nodeId, entry.connectedAt);
+      for (const [kind, handler] of this.#requestHandlers) {
+        session.handle(kind, (payload) => handler(entry, payload as never) as never);
+      }
       log.info({ agentVersion: entry.agentVersion, sessions: set.size }, 'agent session open');
       this.emit('agent-open', entry);
     });
@@ -127,7 +147,7 @@ export class SessionHost extends EventEmitter<SessionHostEvents> implements Gate
           const now = Date.now();
           if (agent.current) agent.current.lastHeartbeatAt = now;
           session.send('heartbeat.ack', { seq: hb.seq, ts: hb.ts });
-          this.#touch(info.nodeId, now, false);
+          this.#deps.presence.heard(info.nodeId, now);
           return;
         }
         default: {
@@ -162,75 +182,98 @@ export class SessionHost extends EventEmitter<SessionHostEvents> implements Gate
     session.on('close', (closeInfo) => {
       const entry = agent.current;
       if (entry) {
-        const set = this.agents.get(info.nodeId);
+        const set = this.#agents.get(info.nodeId);
         set?.delete(entry);
-        if (set && set.size === 0) this.agents.delete(info.nodeId);
-        this.#touch(info.nodeId, Date.now(), true);
+        if (set && set.size === 0) this.#agents.delete(info.nodeId);
+        this.#deps.presence.closed(info.nodeId);
         this.emit('agent-close', entry, closeInfo);
       }
       log.info({ code: closeInfo.code, reason: closeInfo.reason, error: closeInfo.error?.code }, 'agent session closed');
     });
   }
 
-  /** Registers a handler for a control message kind from agents; several run in registration order. */
   onMessage<N extends KindName>(kind: N, handler: AgentMessageHandler<N>): void {
     const list = this.#messageHandlers.get(kind) ?? [];
     list.push(handler as unknown as AgentMessageHandler);
     this.#messageHandlers.set(kind, list);
   }
 
-  /** Registers the handler for agent-opened streams of `kind` (one per kind). */
   onStream(kind: KindName, handler: AgentStreamHandler): void {
     if (this.#streamHandlers.has(kind)) throw new Error(`a stream handler for ${kind} is already registered`);
     this.#streamHandlers.set(kind, handler);
+  }
+
+  onRequest<N extends RequestKind>(kind: N, handler: AgentRequestHandler<N>): void {
+    // cert.renew is the session host's own; a feature may not take it over.
+    if (kind === 'cert.renew' || this.#requestHandlers.has(kind)) throw new Error(`a request handler for ${kind} is already registered`);
+    this.#requestHandlers.set(kind, handler as unknown as AnyRequestHandler);
   }
 
   addWelcomeFields(contributor: WelcomeContributor): void {
     this.#welcomeContributors.push(contributor);
   }
 
-  /** The node's newest open session (the one to open streams on), if it is online. */
   current(nodeId: string): ConnectedAgent | undefined {
     let newest: ConnectedAgent | undefined;
-    for (const a of this.agents.get(nodeId) ?? []) {
-      if (a.session.state === 'open' && (!newest || a.connectedAt >= newest.connectedAt)) newest = a;
+    for (const a of this.#agents.get(nodeId) ?? []) {
+      if (a.open && (!newest || a.connectedAt >= newest.connectedAt)) newest = a;
     }
     return newest;
   }
 
-  /** True while the node has an open session. */
   isOnline(nodeId: string): boolean {
-    return this.agents.has(nodeId);
+    return this.#deps.presence.isOnline(nodeId);
+  }
+
+  snapshot(): ConnectedAgent[] {
+    const out: ConnectedAgent[] = [];
+    for (const set of this.#agents.values()) for (const a of set) out.push(a);
+    return out;
+  }
+
+  send<N extends KindName>(agent: AgentHandle, kind: N, payload: InputOf<N>): SendResult {
+    const session = this.#sessionOf(agent);
+    if (!session || session.state !== 'open') return 'closed';
+    return session.send(kind, payload) ? 'sent' : 'backpressure';
+  }
+
+  openStream<N extends KindName>(agent: AgentHandle, kind: N, meta: InputOf<N>): Promise<MuxStream> {
+    const session = this.#sessionOf(agent);
+    if (!session) return Promise.reject(new ProtocolError('ML_ERR_SESSION_CLOSED', `the session of ${agent.nodeId} is closed`));
+    return session.openStream(kind, meta);
+  }
+
+  drained(agent: AgentHandle): Promise<void> {
+    const session = this.#sessionOf(agent);
+    if (!session || session.state !== 'open') return Promise.reject(new ProtocolError('ML_ERR_SESSION_CLOSED', `the session of ${agent.nodeId} is closed`));
+    return session.ping().then(() => undefined);
   }
 
   get sessionCount(): number {
     let n = 0;
-    for (const s of this.agents.values()) n += s.size;
+    for (const s of this.#agents.values()) n += s.size;
     return n;
   }
 
   close(): void {
     clearInterval(this.#livenessTimer);
-    for (const set of this.agents.values()) for (const a of set) a.session.close(1001, 'server shutting down');
+    for (const a of this.snapshot()) a.session.close(1001, 'server shutting down');
+  }
+
+  /** The session behind a handle this host gave out, while it is registered. */
+  #sessionOf(agent: AgentHandle): Session | undefined {
+    const entry = agent as ConnectedAgent;
+    return this.#agents.get(agent.nodeId)?.has(entry) ? entry.session : undefined;
   }
 
   #sweep(): void {
     const now = Date.now();
     const limit = this.#deps.config.offlineAfterMs;
-    for (const set of this.agents.values()) {
-      for (const a of set) {
-        if (now - a.session.lastReceivedAt > limit) {
-          this.#deps.logger.warn({ nodeId: a.nodeId, silentMs: now - a.session.lastReceivedAt }, 'agent silent; closing session');
-          a.session.abort(new ProtocolError('ML_ERR_HEARTBEAT_TIMEOUT', `nothing received for ${now - a.session.lastReceivedAt} ms`));
-        }
+    for (const a of this.snapshot()) {
+      if (now - a.session.lastReceivedAt > limit) {
+        this.#deps.logger.warn({ nodeId: a.nodeId, silentMs: now - a.session.lastReceivedAt }, 'agent silent; closing session');
+        a.session.abort(new ProtocolError('ML_ERR_HEARTBEAT_TIMEOUT', `nothing received for ${now - a.session.lastReceivedAt} ms`));
       }
     }
-  }
-
-  #touch(nodeId: string, now: number, force: boolean): void {
-    const last = this.#lastSeenWritten.get(nodeId) ?? 0;
-    if (!force && now - last < LAST_SEEN_WRITE_MS) return;
-    this.#lastSeenWritten.set(nodeId, now);
-    this.#deps.lastSeen.touch(nodeId, now);
   }
 }

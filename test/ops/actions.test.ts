@@ -6,7 +6,7 @@ import { OpsClientError, opsAdminRequest, runAction, runTunnel } from '../../src
 import { enroll } from '../../src/agent/enroll.js';
 import { createEnrollmentToken } from '../../src/server/nodes.js';
 import { tempDir } from '../server/helpers.js';
-import type { AuditRecord } from '../../src/server/store/ops-store.js';
+import type { AuditRecord } from '../../src/server/audit-log.js';
 import { startOpsPair, waitUntil, type OpsPair } from './helpers.js';
 
 function sink(): { stream: PassThrough; text(): string } {

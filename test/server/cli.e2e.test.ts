@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadOrCreateCa } from '../../src/server/ca.js';
 import { spkiPin } from '../../src/server/x509.js';
 import { Store } from '../../src/server/store/store.js';
+import { attachSession } from '../../src/net/ws-session.js';
 import { dialConnect, httpsRequest, makeCsr, tempDir } from './helpers.js';
 
 const CLI = resolve('dist/src/cli/main.js');
@@ -103,6 +104,9 @@ describe('CLI end to end: `meshlink server` as child processes', () => {
     expect(ws.kind).toBe('open');
     if (ws.kind !== 'open') return;
     const closed = new Promise<number>((r) => ws.ws.once('close', (code) => r(code)));
+    // Online means an open protocol session (Presence), not an upgraded socket: say hello.
+    const session = attachSession(ws.ws, { role: 'agent' });
+    await session.handshake({ agentVersion: '9.9.9', hostname: 'cli-node' });
 
     const listed = await cli(['server', 'nodes', 'list', '--data-dir', dir.path, '--json']);
     expect(listed.code).toBe(0);

@@ -32,8 +32,8 @@ describe('GET /v1/connect: client-certificate checks before the upgrade', () => 
     const cert = new X509Certificate(node.certPem);
     expect(info?.certSerial).toBe(cert.serialNumber.toLowerCase().replace(/^0+/, ''));
     expect(info?.certNotAfter).toBe(Date.parse(cert.validTo));
-    expect(ts.server.live.registry.isOnline(node.nodeId)).toBe(true);
-    // last_seen is written in batches, within a second (src/server/last-seen.ts).
+    expect(ts.server.live.registry.hasConnection(node.nodeId)).toBe(true);
+    // last_seen is written in batches, within a second (src/server/presence.ts).
     const seenBy = Date.now() + 3_000;
     while (ts.server.store.getNode(node.nodeId)?.lastSeen == null && Date.now() < seenBy) await new Promise((r) => setTimeout(r, 50));
     expect(ts.server.store.getNode(node.nodeId)?.lastSeen).not.toBeNull();
@@ -101,7 +101,7 @@ describe('GET /v1/connect: client-certificate checks before the upgrade', () => 
     const { code, at } = await closed;
     expect(code).toBe(4401);
     expect(at - t0).toBeLessThan(2_000);
-    expect(ts.server.live.registry.isOnline(node.nodeId)).toBe(false);
+    expect(ts.server.live.registry.hasConnection(node.nodeId)).toBe(false);
   });
 
   it('a socket is closed with 4402 when its certificate reaches NotAfter', async () => {

@@ -2,7 +2,10 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { z } from 'zod';
 import { EVENT_PAYLOAD_SCHEMAS } from '../../agent/mesh/wire.js';
 import { ERROR_CODES } from '../../protocol/errors.js';
+import type { Session } from '../../protocol/session.js';
+import type { AgentHandle } from '../agent-sessions.js';
 import type { ServerFeature, ServerFeatureContext } from '../feature.js';
+import type { ConnectedAgent } from '../session-host.js';
 import { ServerError } from '../errors.js';
 import { readJson, sendJson } from '../http-json.js';
 import { resolveNode } from '../nodes.js';
@@ -56,7 +59,11 @@ export function createMeshFeature(options: MeshFeatureOptions = {}): ServerFeatu
     const log = ctx.logger.child({ component: 'mesh' });
     // Sealed with the same passphrase as the CA key (the caller's, else MESHLINK_CA_PASSPHRASE).
     const mesh = await MeshService.open(ctx.store, ctx.logger, { ...options, passphrase: options.passphrase ?? ctx.passphrase });
-    mesh.setDelivery({ sessionOf: (id) => ctx.sessions.current(id)?.session });
+    // TRANSITIONAL: the mesh still delivers on raw sessions until its delivery module sends through
+    // the AgentSessions facade (issue 11, the service split).
+    const sessionOf = (agent: AgentHandle | undefined): Session | undefined => (agent as ConnectedAgent | undefined)?.session;
+    mesh.setDelivery({ sessionOf: (id) => sessionOf(ctx.sessions.current(id)) });
+    ctx.questions.answer('meshEventCreatedAt', (nodeId, seq) => mesh.eventCreatedAt(nodeId, seq));
     ctx.sessions.addWelcomeFields(() => ({ eventKeys: mesh.eventKeys() }));
 
     ctx.sessions.on('agent-open', (agent) => {
@@ -65,10 +72,11 @@ export function createMeshFeature(options: MeshFeatureOptions = {}): ServerFeatu
       } catch (err) {
         log.error({ err, nodeId: agent.nodeId }, 'mesh: could not record the session');
       }
-      agent.session.handle('state.request', (req) => {
-        mesh.replay(agent.nodeId, agent.session, agent.hello.lastEventSeq ?? 0);
-        return mesh.stateFor(agent.nodeId, req.digest);
-      });
+    });
+    ctx.sessions.onRequest('state.request', (agent, req) => {
+      const session = sessionOf(agent);
+      if (session) mesh.replay(agent.nodeId, session, agent.hello.lastEventSeq ?? 0);
+      return mesh.stateFor(agent.nodeId, req.digest);
     });
     // A removed node's session closes with 4401: take it out of the mesh at once. Other closes leave
     // membership alone (a sweep scans the node table; thousands of sessions close at a shutdown).
@@ -79,7 +87,7 @@ export function createMeshFeature(options: MeshFeatureOptions = {}): ServerFeatu
     const onRevoked = (nodeId: string, reason: string): void => {
       if (mesh.nodeInfo(nodeId)) mesh.publish(nodeId, 'session_revoked', { reason });
     };
-    ctx.live.registry.revocationObservers.add(onRevoked);
+    const stopObserving = ctx.connections.onRevoking(onRevoked);
     ctx.sessions.onMessage('event.ack', (agent, ack) => {
       try {
         void mesh.acked(agent.nodeId, ack);
@@ -161,7 +169,7 @@ export function createMeshFeature(options: MeshFeatureOptions = {}): ServerFeatu
     options.onStarted?.(mesh);
     return {
       async close() {
-        ctx.live.registry.revocationObservers.delete(onRevoked);
+        stopObserving();
         clearInterval(sweepTimer);
         await mesh.close();
       },

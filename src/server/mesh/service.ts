@@ -833,6 +833,11 @@ export class MeshService {
     return this.#db.lastFeedId();
   }
 
+  /** When the node's event `seq` was created (ms), while the event log keeps it (delivery-lag metric). */
+  eventCreatedAt(nodeId: string, seq: number): number | undefined {
+    return this.#db.eventTs(nodeId, seq);
+  }
+
   /**
    * Stops: no new recompute or publishAll starts, the running one stops after its current batch
    * (every batch is a whole transaction), and the promise resolves when it has. Call before the store

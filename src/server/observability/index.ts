@@ -5,14 +5,15 @@ import { sendJson } from '../http-json.js';
 import { createMetricsFeature, type MetricsFeatureOptions } from '../metrics.js';
 import { listNodes, resolveNode } from '../nodes.js';
 import type { Store } from '../store/store.js';
+import { AuditLog } from '../audit-log.js';
+import type { PresenceView } from '../presence.js';
 import { DEFAULT_RETENTION, ObservabilityStore, type RetentionLimits } from '../store/observability-store.js';
-import type { LiveParts } from '../nodes.js';
 
 /**
  * Observability (issue 6): the Prometheus listener (metrics.ts) and the agents' uploads —
  * metrics.batch (latest value per series), logs.batch (warnings and above) and the `dropped` counts
- * both carry — kept with bounded retention (observability-store.ts). audit.batch is stored by the ops
- * feature; `nodes show` reads it from there.
+ * both carry — kept with bounded retention (observability-store.ts). audit.batch is stored in the
+ * core's audit log; `nodes show` reads it from there.
  *
  * Each node may send at most `batchesPerMinute` batches of each kind (token bucket); more are
  * discarded and counted, so a misbehaving agent cannot make the server write without bound.
@@ -44,7 +45,7 @@ export interface NodeDetails {
 
 const iso = (ms: number | null): string | null => (ms === null ? null : new Date(ms).toISOString());
 
-export function nodeDetails(store: Store, idOrHostname: string, live?: LiveParts, limits = { warnings: 50, audit: 50 }): NodeDetails {
+export function nodeDetails(store: Store, idOrHostname: string, live?: { presence: PresenceView }, limits = { warnings: 50, audit: 50 }): NodeDetails {
   const node = resolveNode(store, idOrHostname);
   const listing = listNodes(store, live).find((n) => n.id === node.id);
   const obs = new ObservabilityStore(store);
@@ -60,7 +61,9 @@ export function nodeDetails(store: Store, idOrHostname: string, live?: LiveParts
     certNotAfter: listing?.certNotAfter ?? null,
     metrics: obs.metricsOf(node.id).map((m) => ({ ...m, ts: new Date(m.ts).toISOString() })),
     warnings: obs.recentLogs(node.id, limits.warnings).map((l) => ({ ts: new Date(l.ts).toISOString(), level: l.level, msg: l.msg, fields: l.fields })),
-    audit: obs.recentAudit(node.id, limits.audit).map((a) => ({ ...a, ts: new Date(a.ts).toISOString() })),
+    audit: AuditLog.of(store)
+      .ofNode(node.id, limits.audit)
+      .map((a) => ({ ts: new Date(a.ts).toISOString(), operation: a.operation, actor: a.actor, target: a.target, result: a.result, source: a.source })),
     dropped: obs.drops(node.id),
   };
 }
@@ -131,7 +134,7 @@ export function createObservabilityFeature(options: ObservabilityOptions = {}): 
     ctx.admin.add('GET /v1/nodes/show', async (req: IncomingMessage, res: ServerResponse) => {
       const node = new URL(req.url ?? '/', 'http://admin').searchParams.get('node');
       if (!node || node.length > 253) throw new ServerError('ML_ERR_BAD_REQUEST', 'query parameter node is required');
-      sendJson(res, 200, nodeDetails(ctx.store, node, ctx.live));
+      sendJson(res, 200, nodeDetails(ctx.store, node, { presence: ctx.presence }));
     });
 
     const metricsHandle = await metrics(ctx);

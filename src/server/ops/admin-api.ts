@@ -2,6 +2,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { z } from 'zod';
 import type { AdminRoutes } from '../admin-routes.js';
 import { readBody, sendJson } from '../http-json.js';
+import type { AuditLog } from '../audit-log.js';
 import type { OpsStore } from '../store/ops-store.js';
 import { OpsError, sendOpsError } from './errors.js';
 import { MAX_BUNDLE_BYTES, type UpgradeDistributor } from './upgrades.js';
@@ -43,12 +44,12 @@ function guarded(handler: (req: IncomingMessage, res: ServerResponse) => Promise
   };
 }
 
-export function registerOpsAdminRoutes(admin: AdminRoutes, deps: { ops: OpsStore; upgrades: UpgradeDistributor }): void {
+export function registerOpsAdminRoutes(admin: AdminRoutes, deps: { ops: OpsStore; audit: AuditLog; upgrades: UpgradeDistributor }): void {
   admin.add(
     'GET /v1/ops/audit',
     guarded(async (req, res) => {
       const { limit } = query(req, auditQuery);
-      sendJson(res, 200, deps.ops.listAudit(limit));
+      sendJson(res, 200, deps.audit.list(limit));
     }),
   );
 
@@ -56,14 +57,14 @@ export function registerOpsAdminRoutes(admin: AdminRoutes, deps: { ops: OpsStore
     'POST /v1/ops/upgrade',
     guarded(async (req, res) => {
       const q = query(req, upgradeQuery);
-      const auditId = deps.ops.startAudit({ actor: q.actor, operation: 'upgrade.set', nodeId: null, target: null, details: { percent: q.percent } });
+      const auditId = deps.audit.start({ actor: q.actor, operation: 'upgrade.set', nodeId: null, target: null, details: { percent: q.percent } });
       try {
         const bytes = await readBody(req, MAX_BUNDLE_BYTES);
         const { bundle, notified } = await deps.upgrades.set(bytes, { percent: q.percent, version: q.version ?? null });
-        deps.ops.finishAudit(auditId, 'ok', { percent: q.percent, buildId: bundle.buildId, version: bundle.version, size: bundle.size, notified });
+        deps.audit.finish(auditId, 'ok', { percent: q.percent, buildId: bundle.buildId, version: bundle.version, size: bundle.size, notified });
         sendJson(res, 200, { buildId: bundle.buildId, sha256: bundle.sha256, version: bundle.version, size: bundle.size, percent: bundle.percent, notified });
       } catch (err) {
-        deps.ops.finishAudit(auditId, `error:${(err as { code?: string }).code ?? 'INTERNAL'}`);
+        deps.audit.finish(auditId, `error:${(err as { code?: string }).code ?? 'INTERNAL'}`);
         throw err;
       }
     }),

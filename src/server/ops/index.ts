@@ -4,24 +4,23 @@ import { registerOpsAdminRoutes } from './admin-api.js';
 import { createOperations } from './operations.js';
 import { createTunnelServer } from './tunnel.js';
 import { OPS_STREAM_PATH } from './tunnel-protocol.js';
-import { UpgradeDistributor } from './upgrades.js';
+import { BUNDLE_PATH_PREFIX, serveAgentBundle, UpgradeDistributor } from './upgrades.js';
 
 /**
  * Operations over multiplexed streams (docs/OPERATIONS.md): remote actions, exec, log tail, file
- * transfer on agent streams, driven through the admin socket; the audit log; agent upgrades.
+ * transfer on agent streams, driven through the admin socket; agent upgrades. What agents report
+ * having done goes to the core's audit log.
  */
 export const opsFeature: ServerFeature = (ctx) => {
   const log = ctx.logger.child({ component: 'ops' });
   const ops = opsStoreOf(ctx.store);
   const upgrades = new UpgradeDistributor({ store: ctx.store, ops, sessions: ctx.sessions, dataDir: ctx.config.dataDir, logger: log });
 
-  const tunnels = createTunnelServer(log, createOperations({ store: ctx.store, ops, sessions: ctx.sessions, logger: log }));
+  const tunnels = createTunnelServer(log, createOperations({ store: ctx.store, audit: ctx.audit, sessions: ctx.sessions, logger: log }));
   ctx.admin.addUpgrade(OPS_STREAM_PATH, (req, socket, head) => tunnels.handleUpgrade(req, socket, head));
-  registerOpsAdminRoutes(ctx.admin, { ops, upgrades });
-  // The audit log also records the admin operations of the server and of other features.
-  ctx.admin.setAuditor((e) =>
-    ops.recordAudit({ source: 'admin', actor: e.actor, operation: e.operation, nodeId: e.nodeId, target: e.target, result: e.result, details: e.details ?? null }),
-  );
+  registerOpsAdminRoutes(ctx.admin, { ops, audit: ctx.audit, upgrades });
+  // Agent self-upgrade downloads, on the agent-facing gateway: only for a valid client certificate.
+  ctx.publicRoutes.add({ method: 'GET', prefix: BUNDLE_PATH_PREFIX, clientCertificate: true }, (req, res, rest) => serveAgentBundle(ctx.store, req, res, rest));
 
   ctx.sessions.addWelcomeFields((hello, info) => {
     const offer = upgrades.offerFor(info.nodeId, hello);
@@ -31,7 +30,7 @@ export const opsFeature: ServerFeature = (ctx) => {
   ctx.sessions.onMessage('agent.upgrade.status', (agent, s) => {
     ops.setUpgradeStatus({ nodeId: agent.nodeId, buildId: s.buildId, state: s.state, message: s.message ?? null, ts: Date.now() });
     if (s.state === 'applied' || s.state === 'failed') {
-      ops.recordAudit({ source: 'agent', actor: null, operation: 'agent.upgrade', nodeId: agent.nodeId, target: s.buildId, result: s.state, details: s.message ? { message: s.message } : null });
+      ctx.audit.record({ source: 'agent', actor: null, operation: 'agent.upgrade', nodeId: agent.nodeId, target: s.buildId, result: s.state, details: s.message ? { message: s.message } : null });
     }
     log[s.state === 'failed' ? 'warn' : 'info']({ nodeId: agent.nodeId, buildId: s.buildId, state: s.state, message: s.message }, 'agent upgrade status');
   });
@@ -39,7 +38,7 @@ export const opsFeature: ServerFeature = (ctx) => {
   // What the agent itself reports having done (every action, exec and transfer, with its outcome).
   ctx.sessions.onMessage('audit.batch', (agent, batch) => {
     for (const r of batch.records) {
-      ops.recordAudit({ source: 'agent', ts: r.ts, actor: r.actor ?? null, operation: r.action, nodeId: agent.nodeId, target: r.target ?? null, result: r.result, details: r.details ?? null });
+      ctx.audit.record({ source: 'agent', ts: r.ts, actor: r.actor ?? null, operation: r.action, nodeId: agent.nodeId, target: r.target ?? null, result: r.result, details: r.details ?? null });
     }
   });
 

@@ -3,8 +3,8 @@ import type { PayloadOf } from '../../protocol/registry.js';
 import type { MuxStream } from '../../protocol/stream.js';
 import type { Logger } from '../../util/logger.js';
 import { resolveNode } from '../nodes.js';
-import type { SessionHost } from '../session-host.js';
-import type { OpsStore } from '../store/ops-store.js';
+import type { AgentSessions } from '../agent-sessions.js';
+import type { AuditLog } from '../audit-log.js';
 import type { Store } from '../store/store.js';
 import { pipeReadableToWs, writeFromWs } from './bridge.js';
 import { OpsError } from './errors.js';
@@ -20,8 +20,8 @@ import type { ParsedOpsRequest, TunnelEvent } from './tunnel-protocol.js';
 
 export interface OperationDeps {
   store: Store;
-  ops: OpsStore;
-  sessions: SessionHost;
+  audit: AuditLog;
+  sessions: AgentSessions;
   logger: Logger;
 }
 
@@ -43,17 +43,17 @@ export function createOperations(deps: OperationDeps): OperationHandler {
     try {
       const node = resolveNode(deps.store, r.node);
       nodeId = node.id;
-      auditId = deps.ops.startAudit({ actor: r.actor, operation: r.op, nodeId, target: targetOf(r), details: detailsOf(r) });
+      auditId = deps.audit.start({ actor: r.actor, operation: r.op, nodeId, target: targetOf(r), details: detailsOf(r) });
       t.event({ type: 'started', auditId, nodeId });
       const agent = deps.sessions.current(node.id);
       if (!agent) throw new OpsError('ML_ERR_OPS_NODE_OFFLINE', `node ${node.id} (${node.hostname}) is not connected`);
-      result = await run(t, agent.session.openStream.bind(agent.session));
+      result = await run(t, (name, meta) => deps.sessions.openStream(agent, name, meta));
     } catch (err) {
       result = `error:${describeError(err).code}`;
       t.fail(err);
     } finally {
-      if (auditId !== null) deps.ops.finishAudit(auditId, result);
-      else deps.ops.recordAudit({ actor: r.actor, operation: r.op, nodeId, target: targetOf(r), details: detailsOf(r), result });
+      if (auditId !== null) deps.audit.finish(auditId, result);
+      else deps.audit.record({ actor: r.actor, operation: r.op, nodeId, target: targetOf(r), details: detailsOf(r), result });
     }
   };
 }

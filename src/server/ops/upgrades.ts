@@ -7,7 +7,7 @@ import type { InputOf, PayloadOf } from '../../protocol/registry.js';
 import { writeFileAtomic } from '../../util/atomic-file.js';
 import type { Logger } from '../../util/logger.js';
 import { META_PUBLIC_URL } from '../nodes.js';
-import type { ConnectedAgent, SessionHost } from '../session-host.js';
+import type { AgentHandle, AgentSessions } from '../agent-sessions.js';
 import { opsStoreOf, type BundleRow, type OpsStore } from '../store/ops-store.js';
 import type { Store } from '../store/store.js';
 import { OpsError } from './errors.js';
@@ -17,7 +17,8 @@ import { OpsError } from './errors.js';
  * and makes it the offer; agents in the roll-out percentage whose hello reports another build id get
  * {version, buildId, url, sha256} in their welcome, and connected ones an agent.upgrade at once.
  * The bytes are served on the public gateway at GET /v1/agent/bundle/<buildId> to agents with a
- * valid client certificate (gateway.ts authenticates, then calls serveAgentBundle).
+ * valid client certificate (a public route of the ops feature: the gateway authenticates, then calls
+ * serveAgentBundle).
  *
  * Only agents that report a buildId (they run from a bundle) get offers: an agent installed from the
  * npm package has no single file to replace.
@@ -43,7 +44,7 @@ export function bundleVersion(bytes: Buffer): string | null {
 
 export class UpgradeDistributor {
   constructor(
-    private readonly deps: { store: Store; ops: OpsStore; sessions: SessionHost; dataDir: string; logger: Logger },
+    private readonly deps: { store: Store; ops: OpsStore; sessions: AgentSessions; dataDir: string; logger: Logger },
   ) {}
 
   /** The offer for a node with this hello, if any. */
@@ -63,19 +64,16 @@ export class UpgradeDistributor {
     await writeFileAtomic(file, bytes, { mode: 0o600 });
     const bundle = this.deps.ops.setCurrentBundle({ buildId: sha256, sha256, version, size: bytes.length, file, percent: opts.percent });
     let notified = 0;
-    for (const set of this.deps.sessions.agents.values()) {
-      for (const agent of set) if (this.notify(agent)) notified++;
-    }
+    for (const agent of this.deps.sessions.snapshot()) if (this.notify(agent)) notified++;
     this.deps.logger.info({ buildId: sha256, version, percent: opts.percent, notified }, 'agent bundle set');
     return { bundle, notified };
   }
 
   /** Sends agent.upgrade to one connected agent if it should move; true if sent. */
-  notify(agent: ConnectedAgent): boolean {
+  notify(agent: AgentHandle): boolean {
     const offer = this.offerFor(agent.nodeId, agent.hello);
-    if (!offer || agent.session.state !== 'open') return false;
-    agent.session.send('agent.upgrade', offer);
-    return true;
+    // Backpressure is fine here: the offer is queued, and an agent that misses it gets it in its next welcome.
+    return offer !== null && this.deps.sessions.send(agent, 'agent.upgrade', offer) !== 'closed';
   }
 }
 

@@ -100,6 +100,7 @@ export class MeshStore {
       insertEvent: db.prepare('INSERT INTO mesh_events (node_id, seq, type, ts, sealed, signature, key_id) VALUES (?, ?, ?, ?, ?, ?, ?)'),
       eventsAfter: db.prepare('SELECT * FROM mesh_events WHERE node_id = ? AND seq > ? ORDER BY seq'),
       oldestSeq: db.prepare('SELECT MIN(seq) AS s FROM mesh_events WHERE node_id = ?'),
+      eventTs: db.prepare('SELECT ts FROM mesh_events WHERE node_id = ? AND seq = ?'),
       pruneEvents: db.prepare('DELETE FROM mesh_events WHERE node_id = ? AND seq <= ?'),
       insertFeed: db.prepare('INSERT INTO mesh_feed (ts, node_id, kind, type, seq, detail) VALUES (?, ?, ?, ?, ?, ?)'),
       feedAfter: db.prepare('SELECT * FROM mesh_feed WHERE id > ? ORDER BY id LIMIT ?'),
@@ -231,6 +232,10 @@ export class MeshStore {
       signature: r.signature as Buffer,
       keyId: r.key_id as string,
     }));
+  }
+  /** When the node's event `seq` was created, if it is still kept. */
+  eventTs(nodeId: string, seq: number): number | undefined {
+    return (this.s.eventTs.get(nodeId, seq) as { ts: number } | undefined)?.ts;
   }
   oldestSeq(nodeId: string): number | null {
     return (this.s.oldestSeq.get(nodeId) as { s: number | null }).s;

@@ -44,4 +44,14 @@ export const OPS_MIGRATIONS: readonly Migration[] = [
       ) STRICT;
     `,
   },
+  {
+    version: 201,
+    name: 'ops: the audit log moves to the core (audit_log)',
+    sql: `
+      -- Keeps ids, so audit record ids printed before the move still name the same record.
+      INSERT INTO audit_log (id, ts, finished_at, source, actor, operation, node_id, target, result, details)
+        SELECT id, ts, finished_at, source, actor, operation, node_id, target, result, details FROM ops_audit ORDER BY id;
+      DROP TABLE ops_audit;
+    `,
+  },
 ];

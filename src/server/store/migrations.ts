@@ -60,4 +60,27 @@ export const MIGRATIONS: readonly Migration[] = [
       CREATE INDEX certs_revoked ON certs (revoked_at) WHERE revoked_at IS NOT NULL;
     `,
   },
+  {
+    version: 2,
+    name: 'core: audit log',
+    sql: `
+      -- The audit log is the core's (src/server/audit-log.ts): admin operations of every feature and
+      -- what agents report having done. Inserted when an operation starts, completed with its result.
+      -- Ops migration 201 moves the rows of the ops feature's former ops_audit table here.
+      CREATE TABLE audit_log (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts          INTEGER NOT NULL,
+        finished_at INTEGER,
+        source      TEXT NOT NULL CHECK (source IN ('admin', 'agent')),
+        actor       TEXT,
+        operation   TEXT NOT NULL,
+        node_id     TEXT,
+        target      TEXT,
+        result      TEXT NOT NULL,
+        details     TEXT
+      ) STRICT;
+      CREATE INDEX audit_log_ts ON audit_log (ts);
+      CREATE INDEX audit_log_node ON audit_log (node_id, id);
+    `,
+  },
 ];

@@ -21,15 +21,6 @@ export interface LogRow {
   fields: Record<string, unknown> | null;
   receivedAt: number;
 }
-export interface AuditRow {
-  ts: number;
-  operation: string;
-  actor: string | null;
-  target: string | null;
-  result: string;
-  source: string;
-}
-
 export interface RetentionLimits {
   logsPerNode: number;
   seriesPerNode: number;
@@ -43,7 +34,6 @@ type Row = Record<string, unknown>;
 export class ObservabilityStore {
   readonly #db: Database.Database;
   readonly #s;
-  readonly #audit: Database.Statement | null;
 
   constructor(store: Store) {
     const db = store.database;
@@ -66,11 +56,6 @@ export class ObservabilityStore {
       pruneMetrics: db.prepare('DELETE FROM obs_metrics WHERE ts < ?'),
       countLogs: db.prepare('SELECT COUNT(*) AS n FROM obs_logs'),
     };
-    // Audit records are the ops feature's (ops_audit, written from audit.batch); read only here.
-    const hasAudit = db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'ops_audit'").get() !== undefined;
-    this.#audit = hasAudit
-      ? db.prepare('SELECT ts, operation, actor, target, result, source FROM ops_audit WHERE node_id = ? ORDER BY id DESC LIMIT ?')
-      : null;
   }
 
   saveMetrics(nodeId: string, samples: readonly MetricSampleRow[], limits: RetentionLimits): void {
@@ -113,18 +98,6 @@ export class ObservabilityStore {
       msg: r.msg as string,
       fields: r.fields === null ? null : (JSON.parse(r.fields as string) as Record<string, unknown>),
       receivedAt: r.received_at as number,
-    }));
-  }
-
-  recentAudit(nodeId: string, limit: number): AuditRow[] {
-    if (!this.#audit) return [];
-    return (this.#audit.all(nodeId, limit) as Row[]).map((r) => ({
-      ts: r.ts as number,
-      operation: r.operation as string,
-      actor: (r.actor as string | null) ?? null,
-      target: (r.target as string | null) ?? null,
-      result: r.result as string,
-      source: r.source as string,
     }));
   }
 

@@ -55,6 +55,17 @@ export interface CertRow {
   revokedAt: number | null;
   pem: string;
 }
+export interface FleetTotals {
+  /** Consumed one-time tokens. */
+  enrollments: number;
+  /** Certificates ever issued (enrollments + renewals). */
+  certs: number;
+  revoked: number;
+  /** Removed nodes. */
+  removed: number;
+  /** Enrolled nodes not removed. */
+  enrolled: number;
+}
 /** A node with its newest certificate, for listings. */
 export interface NodeWithCert extends NodeRow {
   certSerial: string | null;
@@ -112,6 +123,12 @@ export class Store {
     this.db = db;
     this.stmts = {
       getMeta: db.prepare('SELECT value FROM meta WHERE key = ?'),
+      fleetTotals: db.prepare(`SELECT
+        (SELECT COUNT(*) FROM tokens WHERE consumed_at IS NOT NULL) AS enrollments,
+        (SELECT COUNT(*) FROM certs) AS certs,
+        (SELECT COUNT(*) FROM certs WHERE revoked_at IS NOT NULL) AS revoked,
+        (SELECT COUNT(*) FROM nodes WHERE removed_at IS NOT NULL) AS removed,
+        (SELECT COUNT(*) FROM nodes WHERE removed_at IS NULL) AS enrolled`),
       setMeta: db.prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value'),
       getCa: db.prepare('SELECT key_blob, kdf_salt, cert_pem, created_at FROM ca WHERE id = 1'),
       insertCa: db.prepare('INSERT INTO ca (id, key_blob, kdf_salt, cert_pem, created_at) VALUES (1, ?, ?, ?, ?)'),
@@ -258,7 +275,11 @@ export class Store {
       certNotAfter: (r.cert_not_after as number | null) ?? null,
     }));
   }
-  /** Records last-seen times in one transaction (batched by LastSeenWriter). */
+  /** Totals for metrics (monotonic across restarts: tokens and certificates are never deleted), in one query. */
+  fleetTotals(): FleetTotals {
+    return this.stmts.fleetTotals.get() as FleetTotals;
+  }
+  /** Records last-seen times in one transaction (batched by Presence). */
   touchNodes(entries: ReadonlyArray<readonly [id: string, lastSeen: number]>): void {
     this.db.transaction(() => {
       for (const [id, lastSeen] of entries) this.stmts.touchNode.run(lastSeen, id);
