@@ -1,8 +1,7 @@
 import { withServerOrStore } from './server-access.js';
-import { UsageError, failureReporter, withFailureReport } from './failure.js';
+import { failureReporter, withFailureReport } from './failure.js';
 import { registerServerExtensions } from './server-extensions.js';
 import { createTaggedToken } from '../server/mesh/operator.js';
-import { isIP } from 'node:net';
 import { Command, Option } from 'commander';
 import { z } from 'zod';
 import { adminRequest } from '../server/admin.js';
@@ -12,6 +11,7 @@ import { startServer } from '../server/server.js';
 import { DEFAULT_TOKEN_TTL_MS } from '../server/tokens.js';
 import { createLogger, LOG_LEVELS } from '../util/logger.js';
 import { parseDuration } from '../util/duration.js';
+import { parseListenAddress, type ListenAddress } from '../util/listen-address.js';
 import { printTable } from './table.js';
 
 /**
@@ -36,16 +36,8 @@ const EXIT_BY_CODE: Record<string, number> = {
 const fail = failureReporter(EXIT_BY_CODE, EXIT.INTERNAL);
 const action = <A extends unknown[]>(fn: (...args: A) => Promise<void>) => withFailureReport(fail, fn);
 
-/** `HOST:PORT`, `[v6]:PORT`. */
-export function parseListen(text: string): { host: string; port: number } {
-  const m = /^\[([0-9A-Fa-f:.]+)\]:(\d{1,5})$/.exec(text) ?? /^([^:[\]\s]+):(\d{1,5})$/.exec(text);
-  if (!m) throw new UsageError(`invalid --listen "${text}": expected HOST:PORT or [IPv6]:PORT`);
-  const port = Number(m[2]);
-  if (port > 65_535) throw new UsageError(`invalid --listen port ${port}`);
-  const host = m[1]!;
-  if (text.startsWith('[') && isIP(host) !== 6) throw new UsageError(`invalid IPv6 address in --listen "${text}"`);
-  return { host, port };
-}
+/** `--listen HOST:PORT` / `[v6]:PORT` (usage error, exit 2, when malformed). */
+export const parseListen = (text: string): ListenAddress => parseListenAddress(text, '--listen');
 
 const collect = (value: string, previous: string[]): string[] => [...previous, value];
 const dataDirOption = () => new Option('--data-dir <dir>', 'server data dir (default: MESHLINK_DATA_DIR, /var/lib/meshlink/server as root, else ~/.local/share/meshlink/server)');

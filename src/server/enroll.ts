@@ -8,7 +8,7 @@ import { authenticateClient } from './client-auth.js';
 import { ServerError } from './errors.js';
 import { ENROLL_BODY_CAP, readJson, sendError, sendJson } from './http-json.js';
 import { parseCsr, CSR_MAX_PEM_BYTES, type ParsedCsr } from './csr.js';
-import type { FailureRateLimiter } from './rate-limit.js';
+import type { TokenBuckets } from '../util/token-bucket.js';
 import type { RevocationList } from './revocation.js';
 import type { Store } from './store/store.js';
 import { findUsableToken, hashToken } from './tokens.js';
@@ -42,7 +42,8 @@ export interface EnrollmentDeps {
   store: Store;
   ca: CertificateAuthority;
   revocations: RevocationList;
-  limiter: FailureRateLimiter;
+  /** Failed requests per source address (a burst of N, then N a minute). */
+  limiter: TokenBuckets;
   logger: Logger;
   certLifetimeMs: number;
   renewGraceMs: number;
@@ -140,7 +141,7 @@ export class EnrollmentService {
       sendJson(res, 200, await work());
     } catch (err) {
       if (err instanceof ServerError && err.status < 500) {
-        this.deps.limiter.recordFailure(address);
+        this.deps.limiter.charge(address);
         this.deps.logger.info({ path: req.url, remoteAddress: address, code: err.code, reason: err.message }, 'request refused');
       } else {
         this.deps.logger.error({ path: req.url, err }, 'request failed');

@@ -1,13 +1,12 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { z } from 'zod';
 import { addWireObserver } from '../net/ws-session.js';
 import { HEADER_SIZE } from '../protocol/frame.js';
 import { MESSAGE_KINDS } from '../protocol/registry.js';
+import { parseListenAddress, type ListenAddress } from '../util/listen-address.js';
 import type { ServerFeature } from './feature.js';
 import type { FleetTotals } from './store/store.js';
-import { ServerError } from './errors.js';
 
 /**
  * Prometheus metrics of the server (docs/OPERATIONS-METRICS.md), served as `GET /metrics` on a
@@ -81,25 +80,11 @@ export class WireCounters {
   }
 }
 
-const listenSchema = z
-  .string()
-  .regex(/^(\[[0-9A-Fa-f:.]+\]|[^:[\]\s]+):\d{1,5}$/, 'expected HOST:PORT')
-  .transform((s) => {
-    const i = s.lastIndexOf(':');
-    return { host: s.slice(0, i).replace(/^\[|\]$/g, ''), port: Number(s.slice(i + 1)) };
-  })
-  .refine((a) => a.port <= 65_535, 'port out of range');
+export type { ListenAddress };
 
-export interface ListenAddress {
-  host: string;
-  port: number;
-}
-
-/** Parses `HOST:PORT` / `[v6]:PORT` for --metrics-listen. */
+/** Parses `HOST:PORT` / `[v6]:PORT` for --metrics-listen and MESHLINK_METRICS_LISTEN (ML_ERR_CONFIG when malformed). */
 export function parseMetricsListen(text: string): ListenAddress {
-  const r = listenSchema.safeParse(text);
-  if (!r.success) throw new ServerError('ML_ERR_CONFIG', `invalid metrics listen address "${text}": ${r.error.issues[0]?.message ?? 'invalid'}`);
-  return r.data;
+  return parseListenAddress(text, 'metrics listen address', 'ML_ERR_CONFIG');
 }
 
 /** Set by the CLI (`server start --metrics-listen`); MESHLINK_METRICS_LISTEN is the fallback. */

@@ -15,7 +15,7 @@ import { PublicRoutes } from './public-routes.js';
 import { AuditLog } from './audit-log.js';
 import type { GatewayHooks } from './hooks.js';
 import { META_CA_PIN, META_PUBLIC_URL, type LiveParts } from './nodes.js';
-import { FailureRateLimiter } from './rate-limit.js';
+import { TokenBuckets } from '../util/token-bucket.js';
 import { RevocationList } from './revocation.js';
 import { Store } from './store/store.js';
 import { SessionHost } from './session-host.js';
@@ -85,7 +85,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
       store,
       ca,
       revocations,
-      limiter: new FailureRateLimiter({ perMinute: config.enrollFailuresPerMinute }),
+      limiter: new TokenBuckets({ perMinute: config.enrollFailuresPerMinute }),
       logger,
       certLifetimeMs: config.certLifetimeMs,
       renewGraceMs: config.renewGraceMs,

@@ -96,6 +96,8 @@ describe('mesh over real mTLS sessions (in-process server and agents)', () => {
     await waitFor('a and c separated', async () => peersOf(a).length === 1 && peersOf(c).length === 1);
     expect(peersOf(a)).toEqual(idsOf('b'));
     expect(peersOf(c)).toEqual(idsOf('b'));
+    // The agent records an event as applied after its state file is written: wait for that too.
+    await waitFor('a recorded both events', async () => a.applied.slice(-2).map((e) => e.type).join() === 'policy_updated,peer_removed');
     expect(a.applied.slice(-2).map((e) => e.type)).toEqual(['policy_updated', 'peer_removed']);
     await new Promise((r) => setTimeout(r, 300));
     expect(b.applied.length).toBe(bBefore);
@@ -153,6 +155,7 @@ describe('mesh over real mTLS sessions (in-process server and agents)', () => {
       const k = b.mesh.state!.peers.find((p) => p.nodeId === a.nodeId)?.publicKey;
       return k !== undefined && k !== oldKey && k === a.mesh.wgPublicKey;
     });
+    await waitFor('b recorded the rotation', async () => b.applied.some((e) => e.type === 'peer_key_rotated'));
     expect(b.applied.map((e) => e.type)).toContain('peer_key_rotated');
     expect((await readFile(join(a.stateDir, 'wg.key'), 'utf8')).trim()).not.toBe('');
   });
@@ -175,7 +178,8 @@ describe('mesh over real mTLS sessions (in-process server and agents)', () => {
     await waitFor('peers drop c', async () => !peersOf(a).includes(c.nodeId) && !peersOf(b).includes(c.nodeId), 10_000, 50);
     expect(Date.now() - started).toBeLessThan(3_000);
     expect(await c.done).toBe(78); // revoked
-    // It was told why first, in a signed event, before the 4401 close.
+    // It was told why first, in a signed event, before the 4401 close (recorded once its state file is written).
+    await waitFor('c recorded session_revoked', async () => c.applied.at(-1)?.type === 'session_revoked', 5_000, 50);
     expect(c.applied.at(-1)).toMatchObject({ type: 'session_revoked', payload: { reason: 'node removed' } });
     expect(mesh.nodeInfo(c.nodeId)).toBeNull();
   });

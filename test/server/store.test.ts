@@ -2,7 +2,6 @@ import Database from 'better-sqlite3';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ALL_MIGRATIONS, Store } from '../../src/server/store/store.js';
 import { createToken, hashToken } from '../../src/server/tokens.js';
-import { FailureRateLimiter } from '../../src/server/rate-limit.js';
 import { tempDir } from './helpers.js';
 
 describe('store', () => {
@@ -66,25 +65,5 @@ describe('store', () => {
     expect(s.removeNode('n1', Date.now())).toEqual({ removed: false, revokedSerials: [] });
     expect(s.synchronousLevel()).toBe(1); // back to NORMAL after the durable revocation commit
     s.close();
-  });
-});
-
-describe('FailureRateLimiter', () => {
-  it('allows a burst of N failures, then asks to wait, and refills over time', () => {
-    const rl = new FailureRateLimiter({ perMinute: 10 });
-    const t = 1_000_000;
-    for (let i = 0; i < 10; i++) {
-      expect(rl.retryAfterSec('a', t)).toBe(0);
-      rl.recordFailure('a', t);
-    }
-    expect(rl.retryAfterSec('a', t)).toBe(6);
-    expect(rl.retryAfterSec('b', t)).toBe(0);
-    expect(rl.retryAfterSec('a', t + 6_000)).toBe(0);
-  });
-
-  it('keeps its table bounded', () => {
-    const rl = new FailureRateLimiter({ perMinute: 10, maxEntries: 100 });
-    for (let i = 0; i < 1_000; i++) rl.recordFailure(`10.0.${i >> 8}.${i & 255}`, 0);
-    expect(rl.size).toBeLessThanOrEqual(100);
   });
 });

@@ -125,6 +125,7 @@ export class MeshAgent {
 
   /** Queues a received event; events are verified, applied and acknowledged strictly in order. */
   receive(message: EventMessage, session: Session): Promise<void> {
+    if (this.#stopped) return this.#queue;
     const receivedAt = Date.now();
     this.#queue = this.#queue.then(() => this.#process(message, session, receivedAt)).catch((err: unknown) => {
       this.#log.error({ err: describeErr(err) }, 'event processing failed');
@@ -132,8 +133,12 @@ export class MeshAgent {
     return this.#queue;
   }
 
+  /**
+   * Runs for every event received before close(), even when it runs after: the server sends a revoked
+   * node its signed session_revoked and closes with 4401 a turn later, so both arrive together and
+   * the agent stops at once; close() drains the queue, so that event is still verified and applied.
+   */
   async #process(message: EventMessage, session: Session, receivedAt: number): Promise<void> {
-    if (this.#stopped) return;
     // Verify the exact bytes received; decode only what verified.
     if (!this.verifier.verify(message.envelope, message.signature, message.keyId)) {
       this.#log.warn({ keyId: message.keyId, bytes: message.envelope.byteLength }, 'event signature does not verify; dropped');

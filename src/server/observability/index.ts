@@ -5,6 +5,7 @@ import { sendJson } from '../http-json.js';
 import { createMetricsFeature, type MetricsFeatureOptions } from '../metrics.js';
 import { listNodes, resolveNode } from '../nodes.js';
 import type { Store } from '../store/store.js';
+import { TokenBuckets } from '../../util/token-bucket.js';
 import { AuditLog } from '../audit-log.js';
 import type { PresenceView } from '../presence.js';
 import { DEFAULT_RETENTION, ObservabilityStore, type RetentionLimits } from '../store/observability-store.js';
@@ -68,32 +69,14 @@ export function nodeDetails(store: Store, idOrHostname: string, live?: { presenc
   };
 }
 
-class BatchLimiter {
-  readonly #buckets = new Map<string, { tokens: number; at: number }>();
-  constructor(readonly perMinute: number) {}
-
-  take(key: string, now = Date.now()): boolean {
-    const b = this.#buckets.get(key) ?? { tokens: this.perMinute, at: now };
-    b.tokens = Math.min(this.perMinute, b.tokens + ((now - b.at) * this.perMinute) / 60_000);
-    b.at = now;
-    this.#buckets.set(key, b);
-    if (b.tokens < 1) return false;
-    b.tokens -= 1;
-    return true;
-  }
-
-  forget(prefix: string): void {
-    for (const k of this.#buckets.keys()) if (k.startsWith(prefix)) this.#buckets.delete(k);
-  }
-}
-
 export function createObservabilityFeature(options: ObservabilityOptions = {}): ServerFeature {
   const metrics = createMetricsFeature(options);
   return async (ctx: ServerFeatureContext) => {
     const log = ctx.logger.child({ component: 'observability' });
     const limits: RetentionLimits = { ...DEFAULT_RETENTION, ...options.retention };
     const obs = new ObservabilityStore(ctx.store);
-    const limiter = new BatchLimiter(options.batchesPerMinute ?? 30);
+    // Keys are node × kind (three kinds) of online nodes; offline nodes are forgotten below.
+    const limiter = new TokenBuckets({ perMinute: options.batchesPerMinute ?? 30, maxEntries: 300_000 });
     const admit = (nodeId: string, kind: string): boolean => {
       if (limiter.take(`${nodeId}\0${kind}`)) return true;
       obs.addDrops(nodeId, `${kind}.rate_limited`, 1);
@@ -125,7 +108,7 @@ export function createObservabilityFeature(options: ObservabilityOptions = {}): 
     );
     ctx.sessions.onMessage('audit.batch', (agent, batch) => guard('audit drops', () => obs.addDrops(agent.nodeId, 'audit', batch.dropped ?? 0)));
     ctx.sessions.on('agent-close', (a) => {
-      if (!ctx.sessions.isOnline(a.nodeId)) limiter.forget(`${a.nodeId}\0`);
+      if (!ctx.sessions.isOnline(a.nodeId)) limiter.forget((key) => key.startsWith(`${a.nodeId}\0`));
     });
 
     const pruneTimer = setInterval(() => guard('retention', () => obs.prune(limits)), options.pruneIntervalMs ?? 60_000);

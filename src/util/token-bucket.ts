@@ -1,0 +1,81 @@
+/**
+ * Token buckets by key (a source address, a node and batch kind): each key holds up to `perMinute`
+ * tokens, refilled continuously at `perMinute` per minute, so a key may spend a burst of `perMinute`
+ * and then one per 60/perMinute seconds. The one rate limiter of the project: enrollment failures
+ * per address (`charge` on a failure, `retryAfterSec` before any work) and agent uploads per node
+ * (`take`).
+ *
+ * The table is capped at `maxEntries`: past it, full buckets (keys that would start full anyway) are
+ * dropped first, then the least recently charged, so a flood of new keys cannot grow memory.
+ */
+export interface TokenBucketOptions {
+  perMinute: number;
+  /** Keys kept at most (default 10,000). */
+  maxEntries?: number;
+}
+
+export class TokenBuckets {
+  readonly #buckets = new Map<string, { tokens: number; at: number }>();
+  readonly #capacity: number;
+  readonly #refillPerMs: number;
+  readonly #maxEntries: number;
+
+  constructor(options: TokenBucketOptions) {
+    if (!(options.perMinute > 0)) throw new RangeError(`perMinute must be positive, got ${options.perMinute}`);
+    this.#capacity = options.perMinute;
+    this.#refillPerMs = options.perMinute / 60_000;
+    this.#maxEntries = options.maxEntries ?? 10_000;
+  }
+
+  /** Tokens the key holds now (a key never seen holds a full bucket). */
+  level(key: string, now: number = Date.now()): number {
+    const b = this.#buckets.get(key);
+    if (!b) return this.#capacity;
+    return Math.min(this.#capacity, b.tokens + (now - b.at) * this.#refillPerMs);
+  }
+
+  /** Seconds to wait before the key holds a whole token again, or 0 when it holds one now. */
+  retryAfterSec(key: string, now: number = Date.now()): number {
+    const level = this.level(key, now);
+    if (level >= 1) return 0;
+    return Math.max(1, Math.ceil((1 - level) / this.#refillPerMs / 1000));
+  }
+
+  /** Spends one token if the key has one; false (nothing spent) when it has none. */
+  take(key: string, now: number = Date.now()): boolean {
+    const level = this.level(key, now);
+    if (level < 1) return false;
+    this.#set(key, level - 1, now);
+    return true;
+  }
+
+  /** Spends one token whatever the level (never below zero): for charging something after the fact. */
+  charge(key: string, now: number = Date.now()): void {
+    this.#set(key, Math.max(0, this.level(key, now) - 1), now);
+  }
+
+  /** Forgets the keys `matches` picks (e.g. a node's buckets when it goes offline). */
+  forget(matches: (key: string) => boolean): void {
+    for (const key of this.#buckets.keys()) if (matches(key)) this.#buckets.delete(key);
+  }
+
+  get size(): number {
+    return this.#buckets.size;
+  }
+
+  #set(key: string, tokens: number, now: number): void {
+    this.#buckets.delete(key); // re-insert so Map order is least recently charged first
+    this.#buckets.set(key, { tokens, at: now });
+    if (this.#buckets.size > this.#maxEntries) this.#evict(now);
+  }
+
+  #evict(now: number): void {
+    for (const [key] of this.#buckets) {
+      if (this.level(key, now) >= this.#capacity) this.#buckets.delete(key);
+    }
+    for (const [key] of this.#buckets) {
+      if (this.#buckets.size <= this.#maxEntries) break;
+      this.#buckets.delete(key);
+    }
+  }
+}

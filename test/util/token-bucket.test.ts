@@ -1,0 +1,36 @@
+import { describe, expect, it } from 'vitest';
+import { TokenBuckets } from '../../src/util/token-bucket.js';
+
+describe('TokenBuckets', () => {
+  it('allows a burst of N failures, then asks to wait, and refills over time', () => {
+    const rl = new TokenBuckets({ perMinute: 10 });
+    const t = 1_000_000;
+    for (let i = 0; i < 10; i++) {
+      expect(rl.retryAfterSec('a', t)).toBe(0);
+      rl.charge('a', t);
+    }
+    expect(rl.retryAfterSec('a', t)).toBe(6);
+    expect(rl.retryAfterSec('b', t)).toBe(0);
+    expect(rl.retryAfterSec('a', t + 6_000)).toBe(0);
+  });
+
+  it('keeps its table bounded', () => {
+    const rl = new TokenBuckets({ perMinute: 10, maxEntries: 100 });
+    for (let i = 0; i < 1_000; i++) rl.charge(`10.0.${i >> 8}.${i & 255}`, 0);
+    expect(rl.size).toBeLessThanOrEqual(100);
+  });
+
+  it('take spends only what is there; forget drops the keys it picks', () => {
+    const rl = new TokenBuckets({ perMinute: 2 });
+    expect(rl.take('n1\0logs', 0)).toBe(true);
+    expect(rl.take('n1\0logs', 0)).toBe(true);
+    expect(rl.take('n1\0logs', 0)).toBe(false);
+    expect(rl.level('n1\0logs', 0)).toBe(0);
+    expect(rl.take('n1\0logs', 30_000)).toBe(true); // one token per 30 s
+    expect(rl.take('n2\0logs', 0)).toBe(true);
+    rl.forget((k) => k.startsWith('n1\0'));
+    expect(rl.size).toBe(1);
+    expect(rl.level('n1\0logs', 30_000)).toBe(2);
+    expect(() => new TokenBuckets({ perMinute: 0 })).toThrow(RangeError);
+  });
+});
