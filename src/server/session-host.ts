@@ -123,7 +123,7 @@ export class SessionHost extends EventEmitter<SessionHostEvents> implements Gate
     session.on('message', (msg) => {
       switch (msg.name) {
         case 'heartbeat': {
-          const hb = msg.payload as { seq: number; ts: number };
+          const hb = msg.payload;
           const now = Date.now();
           if (agent.current) agent.current.lastHeartbeatAt = now;
           session.send('heartbeat.ack', { seq: hb.seq, ts: hb.ts });
@@ -138,7 +138,7 @@ export class SessionHost extends EventEmitter<SessionHostEvents> implements Gate
           }
           for (const handle of handlers) {
             try {
-              handle(agent.current, msg.payload as never);
+              handle(agent.current, msg.payload);
             } catch (err) {
               log.error({ err, kind: msg.name }, 'message handler failed');
             }
