@@ -446,7 +446,8 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
         return;
       }
     }
-    // Requests and responses are told apart by the registry's `response` declarations alone.
+    // Requests and responses are told apart by the registry's `response` declarations alone. (`in` is
+    // safe: every control kind's payload is a map; the bytes kinds are stream kinds, handled above.)
     const rid = 'rid' in msg.payload ? msg.payload.rid : undefined;
     if (kind.response !== undefined && rid !== undefined) {
       this.#serveRequest(kind, rid, msg.payload);
