@@ -7,7 +7,7 @@ import type { IncomingMessage } from 'node:http';
 import { zeroMaskingKey } from '../net/ws-mask.js';
 import { attachSession } from '../net/ws-session.js';
 import { MeshlinkError, ProtocolError } from '../protocol/errors.js';
-import type { Session, CloseInfo } from '../protocol/session.js';
+import type { Session, CloseInfo, ControlMessage } from '../protocol/session.js';
 import type { InputOf, KindName, PayloadOf } from '../protocol/registry.js';
 import type { MuxStream } from '../protocol/stream.js';
 import { VERSION } from '../version.js';
@@ -335,15 +335,15 @@ export class AgentRunner extends EventEmitter {
     return info;
   }
 
-  #dispatchMessage(msg: { name: string; payload: unknown }, session: Session): void {
+  #dispatchMessage(msg: ControlMessage, session: Session): void {
     if (msg.name === 'heartbeat.ack') {
-      this.lastHeartbeatRttMs = Date.now() - (msg.payload as { ts: number }).ts;
+      this.lastHeartbeatRttMs = Date.now() - msg.payload.ts;
       this.emit('heartbeat', this.lastHeartbeatRttMs);
       return;
     }
     for (const handle of this.#messageHandlers.get(msg.name) ?? []) {
       try {
-        handle(msg.payload as never, session);
+        handle(msg.payload, session);
       } catch (err) {
         this.#log.error({ err: describe(err), kind: msg.name }, 'message handler failed');
       }

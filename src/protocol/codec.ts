@@ -2,14 +2,15 @@ import { Encoder, Decoder } from '@msgpack/msgpack';
 import { deflateRawSync, inflateRawSync } from 'node:zlib';
 import { Flags, HEADER_SIZE, writeHeader, writeHeaderUnchecked, type Frame } from './frame.js';
 import { ProtocolError } from './errors.js';
-import { kindByCode, requireKind, type KindName, type MessageKind, type InputOf } from './registry.js';
+import { kindByCode, requireKind, type KindName, type MessageKind, type InputOf, type PayloadOf } from './registry.js';
 
 /**
  * Payload codec: MessagePack (+ optional raw DEFLATE) on top of the frame layer.
  *
  * Wire rules (docs/PROTOCOL.md §3):
  * - Every payload is one MessagePack value. Maps use string keys; absent optional fields are omitted.
- * - stream.data's payload is one MessagePack `bin` (bin8/bin16/bin32) holding the stream bytes.
+ * - A kind whose registry entry declares `payload: 'bytes'` (stream.data, exec.stderr) carries one
+ *   MessagePack `bin` (bin8/bin16/bin32) spanning the payload; it is read as a zero-copy view.
  * - A sender MAY set COMPRESSED for payloads larger than COMPRESS_MIN_BYTES, and only when deflating
  *   makes them smaller. A receiver inflates with an output cap equal to its maximum frame size,
  *   so a compression bomb cannot inflate past the frame limit.
@@ -38,7 +39,8 @@ export function encodeMessage<N extends KindName>(
     // A local bug, not a peer's fault: say which kind and field.
     throw new TypeError(`invalid ${name} payload: ${checked.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ')}`);
   }
-  let body: Uint8Array = name === 'stream.data' || name === 'exec.stderr' ? encodeBin(payload as Uint8Array) : encoder.encode(payload);
+  // The schema of a bytes kind accepts only a Uint8Array, checked just above.
+  let body: Uint8Array = kind.payload === 'bytes' ? encodeBin(payload as Uint8Array) : encoder.encode(payload);
   let flags = options.endStream ? Flags.END_STREAM : 0;
   if (options.compress !== false && body.byteLength > COMPRESS_MIN_BYTES) {
     const deflated = deflateRawSync(body);
@@ -190,12 +192,16 @@ export function decodeBin(body: Uint8Array): Uint8Array {
   return body.subarray(h);
 }
 
-export interface DecodedMessage {
-  readonly kind: MessageKind;
-  readonly stream: number;
-  readonly flags: number;
-  readonly payload: unknown;
-}
+/** A decoded frame, discriminated by `name` (the name of `kind`), so that `payload` is typed by it. */
+export type DecodedMessage = {
+  [N in KindName]: {
+    readonly name: N;
+    readonly kind: MessageKind;
+    readonly stream: number;
+    readonly flags: number;
+    readonly payload: PayloadOf<N>;
+  };
+}[KindName];
 
 /**
  * Decodes and validates a frame's payload. Every failure is a ProtocolError
@@ -214,8 +220,8 @@ export function decodeFrame(frame: Frame, maxFrameSize: number): DecodedMessage 
       throw new ProtocolError('ML_ERR_BAD_PAYLOAD', `${kind.name}: payload does not inflate within ${maxFrameSize} bytes`, { cause: err });
     }
   }
-  if (kind.name === 'stream.data' || kind.name === 'exec.stderr') {
-    return { kind, stream: frame.stream, flags: frame.flags, payload: decodeBin(body) };
+  if (kind.payload === 'bytes') {
+    return { name: kind.name, kind, stream: frame.stream, flags: frame.flags, payload: decodeBin(body) } as DecodedMessage;
   }
   let value: unknown;
   try {
@@ -230,5 +236,6 @@ export function decodeFrame(frame: Frame, maxFrameSize: number): DecodedMessage 
     const issue = parsed.error.issues[0];
     throw new ProtocolError('ML_ERR_BAD_PAYLOAD', `${kind.name}: ${issue ? `${issue.path.join('.') || '(root)'}: ${issue.message}` : 'invalid payload'}`);
   }
-  return { kind, stream: frame.stream, flags: frame.flags, payload: parsed.data };
+  // The one place a payload meets its type: it has just passed the schema of the kind it is paired with.
+  return { name: kind.name, kind, stream: frame.stream, flags: frame.flags, payload: parsed.data } as DecodedMessage;
 }

@@ -13,12 +13,26 @@ import { z } from 'zod';
  *   `any` on either.
  * - `schema`: the zod schema of the decoded MessagePack payload, applied before any handler runs.
  *   Unknown map keys are stripped, so peers can add optional fields without breaking older readers.
- * - `response`: for request kinds, the kind that answers them (matched by `rid`).
+ * - `response`: for request kinds, the kind that answers them (matched by `rid`). A kind is a request
+ *   when it has one, and a response when another kind names it; nothing else lists them.
+ * - `payload`: `msgpack` (a MessagePack value checked by `schema`) or `bytes` (one MessagePack bin
+ *   spanning the payload, read as a zero-copy view; PROTOCOL.md §3.2).
+ * - `endStream`: whether a frame of this kind may carry END_STREAM (PROTOCOL.md §2.1); a frame of
+ *   any other kind with the flag set is ML_ERR_BAD_PAYLOAD.
+ * - `onStream`: for kinds that may travel on a stream, what they are there (PROTOCOL.md §6):
+ *   `mux`, a frame of the multiplexer itself, valid on every stream and never a conversation;
+ *   `opens`, a conversation kind, named in `stream.open.kind` with `meta` satisfying its schema;
+ *   `any`, a typed message any conversation may carry; or the conversation kinds whose streams carry
+ *   this typed message (§6.3.1). The lists are a declaration, not a receive check: §6.2 and §6.3 make
+ *   no other pairing an error, so the receiver hands such a message to the stream's application.
  */
 
 export type Direction = 'agent-to-server' | 'server-to-agent' | 'both';
 export type Scope = 'control' | 'stream' | 'any';
 export type Role = 'agent' | 'server';
+export type PayloadEncoding = 'msgpack' | 'bytes';
+/** See `onStream` above. */
+export type StreamPart = 'mux' | 'opens' | 'any' | readonly string[];
 
 export interface MessageKind<S extends z.ZodType = z.ZodType> {
   readonly code: number;
@@ -27,6 +41,9 @@ export interface MessageKind<S extends z.ZodType = z.ZodType> {
   readonly scope: Scope;
   readonly schema: S;
   readonly response?: string;
+  readonly payload: PayloadEncoding;
+  readonly endStream: boolean;
+  readonly onStream?: StreamPart;
   readonly description: string;
 }
 
@@ -89,16 +106,38 @@ const auditRecord = z.object({
   details: z.record(z.string().max(256), z.unknown()).optional(),
 });
 
-function kind<const N extends string, S extends z.ZodType>(
+/** What a kind declares beyond the positional fields; absent means msgpack, no END_STREAM, no request. */
+interface KindOptions {
+  readonly response?: string;
+  readonly payload?: PayloadEncoding;
+  readonly endStream?: boolean;
+  readonly onStream?: StreamPart;
+}
+
+function kind<const N extends string, S extends z.ZodType, const O extends KindOptions = {}>(
   code: number,
   name: N,
   direction: Direction,
   scope: Scope,
   schema: S,
   description: string,
-  response?: string,
-): MessageKind<S> & { readonly name: N } {
-  return Object.freeze({ code, name, direction, scope, schema, description, ...(response ? { response } : {}) });
+  options?: O,
+): MessageKind<S> & { readonly name: N } & Readonly<O> {
+  const { response, onStream, payload = 'msgpack', endStream = false }: KindOptions = options ?? {};
+  // The cast restates the literal types of `options` (a request's response, a conversation list) for
+  // the types derived below; the values are exactly those.
+  return Object.freeze({
+    code,
+    name,
+    direction,
+    scope,
+    schema,
+    description,
+    payload,
+    endStream,
+    ...(response ? { response } : {}),
+    ...(onStream ? { onStream } : {}),
+  }) as MessageKind<S> & { readonly name: N } & Readonly<O>;
 }
 
 /** All kinds, in code order. */
@@ -110,7 +149,8 @@ export const MESSAGE_KINDS = [
     'Handshake answer: the chosen version (the highest both speak) and session parameters.'),
   kind(0x0003, 'error', 'both', 'any',
     z.object({ code: errorCode, message: text, rid: rid.optional() }),
-    'An error. With `rid` it answers a request; on stream 0 without `rid` it precedes a close.'),
+    'An error. With `rid` it answers a request; on stream 0 without `rid` it precedes a close.',
+    { onStream: 'any' }),
   kind(0x0004, 'goaway', 'both', 'control',
     z.object({ reason: shortText, code: errorCode.optional() }),
     'The sender will open no new streams or requests and is about to close; finish and disconnect.'),
@@ -126,23 +166,26 @@ export const MESSAGE_KINDS = [
   // ---- 0x0010.. streams ----
   kind(0x0010, 'stream.open', 'both', 'stream',
     z.object({ kind: z.string().max(64), meta: z.unknown().optional() }),
-    'Opens the stream named in the frame header. `kind` names the registry kind whose schema `meta` must satisfy.'),
+    'Opens the stream named in the frame header. `kind` names the registry kind whose schema `meta` must satisfy.',
+    { onStream: 'mux' }),
   kind(0x0011, 'stream.accept', 'both', 'stream', z.object({}),
-    'The receiver of stream.open accepts; data may flow both ways.'),
+    'The receiver of stream.open accepts; data may flow both ways.', { onStream: 'mux' }),
   kind(0x0012, 'stream.reject', 'both', 'stream', z.object({ code: errorCode, message: text }),
-    'The receiver of stream.open refuses; the stream id is spent.'),
+    'The receiver of stream.open refuses; the stream id is spent.', { onStream: 'mux' }),
   kind(0x0013, 'stream.data', 'both', 'stream', bytes,
-    'Stream bytes as one MessagePack bin. Counts against the receiver’s window. May carry END_STREAM.'),
+    'Stream bytes as one MessagePack bin. Counts against the receiver’s window. May carry END_STREAM.',
+    { payload: 'bytes', endStream: true, onStream: 'mux' }),
   kind(0x0014, 'stream.window', 'both', 'stream', z.object({ credit: z.number().int().min(1).max(0x7fff_ffff) }),
-    'Grants the peer `credit` more bytes of stream.data on this stream.'),
+    'Grants the peer `credit` more bytes of stream.data on this stream.', { onStream: 'mux' }),
   kind(0x0015, 'stream.close', 'both', 'stream', z.object({}),
-    'Carries END_STREAM without data: the sender has finished writing (half-close).'),
+    'Carries END_STREAM without data: the sender has finished writing (half-close).',
+    { endStream: true, onStream: 'mux' }),
   kind(0x0016, 'stream.reset', 'both', 'stream', z.object({ code: errorCode, message: text }),
-    'Aborts the stream in both directions; pending data is discarded.'),
+    'Aborts the stream in both directions; pending data is discarded.', { onStream: 'mux' }),
 
   // ---- 0x0020.. identity and lifecycle ----
   kind(0x0020, 'cert.renew', 'agent-to-server', 'control', z.object({ rid, csr: pem }),
-    'Asks for a new certificate for a fresh key. Answered by cert.renewed or error.', 'cert.renewed'),
+    'Asks for a new certificate for a fresh key. Answered by cert.renewed or error.', { response: 'cert.renewed' }),
   kind(0x0021, 'cert.renewed', 'server-to-agent', 'control',
     z.object({ rid, certificate: pem, caCertificate: pem, notAfter: shortText }),
     'The renewed certificate; the agent uses it from its next connection.'),
@@ -161,7 +204,7 @@ export const MESSAGE_KINDS = [
     'The highest event seq the agent has applied.'),
   kind(0x0032, 'state.request', 'agent-to-server', 'control',
     z.object({ rid, digest: z.string().max(128).optional() }),
-    'Reconciliation: the agent’s digest of its applied state; answered with the full desired state on mismatch.', 'state.response'),
+    'Reconciliation: the agent’s digest of its applied state; answered with the full desired state on mismatch.', { response: 'state.response' }),
   kind(0x0033, 'state.response', 'server-to-agent', 'control',
     z.object({ rid, inSync: z.boolean(), state: z.unknown().optional() }),
     'Answer to state.request: inSync, or the full desired state.'),
@@ -172,38 +215,39 @@ export const MESSAGE_KINDS = [
   // ---- 0x0040.. operations ----
   kind(0x0040, 'action.request', 'server-to-agent', 'stream',
     z.object({ action: z.string().max(128), args: stringMap.optional(), timeoutMs: z.number().int().min(1).max(86_400_000).optional() }),
-    'Stream-opening kind: run a built-in or hook action. Output flows as stream.data.'),
+    'Stream-opening kind: run a built-in or hook action. Output flows as stream.data.', { onStream: 'opens' }),
   kind(0x0041, 'action.ack', 'agent-to-server', 'stream', z.object({ startedAt: u53, queued: z.boolean().optional() }),
-    'The agent has taken the action (it may be queued behind the concurrency cap).'),
+    'The agent has taken the action (it may be queued behind the concurrency cap).', { onStream: ['action.request'] }),
   kind(0x0042, 'action.output', 'agent-to-server', 'stream',
     z.object({ channel: z.enum(['stdout', 'stderr']), data: bytes }),
-    'A chunk of an action’s output, when it must be told apart by channel.'),
+    'A chunk of an action’s output, when it must be told apart by channel.', { onStream: ['action.request'] }),
   kind(0x0043, 'action.result', 'agent-to-server', 'stream',
     z.object({ exitCode: z.number().int().nullable(), signal: shortText.nullable().optional(), durationMs: u53, truncated: z.boolean(), error: text.optional() }),
-    'Final result of an action, sent before END_STREAM.'),
+    'Final result of an action, sent before END_STREAM.', { onStream: ['action.request'] }),
   kind(0x0044, 'log.stream', 'server-to-agent', 'stream',
     z.object({ lines: z.number().int().min(0).max(100_000).optional(), follow: z.boolean().optional() }),
-    'Stream-opening kind: tail the agent’s own log; closing the stream stops the tail.'),
+    'Stream-opening kind: tail the agent’s own log; closing the stream stops the tail.', { onStream: 'opens' }),
   kind(0x0045, 'exec.open', 'server-to-agent', 'stream',
     z.object({ command: z.string().min(1).max(4096), args: z.array(z.string().max(65536)).max(1024), env: stringMap.optional(), cwd: text.optional(), cols: z.number().int().min(1).max(1000).optional(), rows: z.number().int().min(1).max(1000).optional() }),
-    'Stream-opening kind: run a command; stdin, stdout and stderr flow over the stream.'),
+    'Stream-opening kind: run a command; stdin, stdout and stderr flow over the stream.', { onStream: 'opens' }),
   kind(0x0046, 'exec.resize', 'server-to-agent', 'stream',
     z.object({ cols: z.number().int().min(1).max(1000), rows: z.number().int().min(1).max(1000) }),
-    'Terminal size change for an exec session.'),
+    'Terminal size change for an exec session.', { onStream: ['exec.open'] }),
   kind(0x0047, 'exec.exit', 'agent-to-server', 'stream',
     z.object({ exitCode: z.number().int().nullable(), signal: shortText.nullable() }),
-    'The exec’d command ended; sent before END_STREAM.'),
+    'The exec’d command ended; sent before END_STREAM.', { onStream: ['exec.open'] }),
   kind(0x0048, 'exec.stderr', 'agent-to-server', 'stream', bytes,
-    'A chunk of an exec’d command’s standard error (stdout is stream.data).'),
+    'A chunk of an exec’d command’s standard error (stdout is stream.data).',
+    { payload: 'bytes', onStream: ['exec.open'] }),
   kind(0x0049, 'file.open', 'both', 'stream',
     z.object({ path: z.string().min(1).max(4096), direction: z.enum(['push', 'pull']), size: u53.optional(), offset: u53.optional(), sha256: sha256Hex.optional() }),
-    'Stream-opening kind: a file transfer; bytes flow as stream.data from `offset` (resume).'),
+    'Stream-opening kind: a file transfer; bytes flow as stream.data from `offset` (resume).', { onStream: 'opens' }),
   kind(0x004a, 'file.chunk', 'both', 'stream',
     z.object({ offset: u53, data: bytes }),
-    'A file chunk at an explicit offset, for transfers that must place data out of band.'),
+    'A file chunk at an explicit offset, for transfers that must place data out of band.', { onStream: ['file.open'] }),
   kind(0x004b, 'file.done', 'both', 'stream',
     z.object({ size: u53, sha256: sha256Hex }),
-    'End of a transfer with the whole file’s SHA-256, checked by the receiver before it commits.'),
+    'End of a transfer with the whole file’s SHA-256, checked by the receiver before it commits.', { onStream: ['file.open'] }),
 
   // ---- 0x0050.. observability ----
   kind(0x0050, 'stats', 'agent-to-server', 'control',
@@ -217,12 +261,33 @@ export const MESSAGE_KINDS = [
     'A batch of audit records: every action, exec and transfer the agent performed.'),
 ] as const;
 
-export type KindName = (typeof MESSAGE_KINDS)[number]['name'];
-type KindByName<N extends KindName> = Extract<(typeof MESSAGE_KINDS)[number], { name: N }>;
+type AnyKind = (typeof MESSAGE_KINDS)[number];
+export type KindName = AnyKind['name'];
+type KindByName<N extends KindName> = Extract<AnyKind, { name: N }>;
 /** The decoded, validated payload type of kind N. */
 export type PayloadOf<N extends KindName> = z.output<KindByName<N>['schema']>;
 /** The payload type a sender must supply for kind N. */
 export type InputOf<N extends KindName> = z.input<KindByName<N>['schema']>;
+
+/**
+ * A message of one of the kinds N, discriminated by `name`: `{ name: N; payload: PayloadOf<N> }` for
+ * each N, so that testing `name` gives `payload` its type without a cast.
+ */
+export type TypedMessage<N extends KindName = KindName> = { [K in N]: { name: K; payload: PayloadOf<K> } }[N];
+
+/** Request kinds: those that declare a response (PROTOCOL.md §8). */
+export type RequestKindName = Extract<AnyKind, { response: string }>['name'];
+/** The kind that answers request kind N. */
+export type ResponseKindOf<N extends RequestKindName> = KindByName<N>['response'] & KindName;
+/** Conversation kinds: declared `onStream: 'opens'`, the ones stream.open names (PROTOCOL.md §6.2). */
+export type OpeningKindName = Extract<AnyKind, { onStream: 'opens' }>['name'];
+/**
+ * Kinds a stream hands its application as typed messages: every kind that travels on streams except
+ * the multiplexer's own. Not narrowed by the `onStream` lists, which the receiver does not enforce.
+ */
+export type StreamMessageKindName = Exclude<Extract<AnyKind, { onStream: StreamPart }>, { onStream: 'mux' }>['name'];
+/** A typed message on a stream, discriminated by `name`. */
+export type StreamMessage = TypedMessage<StreamMessageKindName>;
 
 const byCode = new Map<number, MessageKind>();
 const byName = new Map<string, MessageKind>();
@@ -231,6 +296,21 @@ for (const k of MESSAGE_KINDS) {
   if (byName.has(k.name)) throw new Error(`duplicate message name ${k.name}`);
   byCode.set(k.code, k);
   byName.set(k.name, k);
+}
+const responseKinds = new Set<string>();
+// The declarations must agree with each other; a mistake here fails at load, in every test.
+for (const k of MESSAGE_KINDS as readonly MessageKind[]) {
+  if (k.response !== undefined) {
+    const answer = byName.get(k.response);
+    if (!answer || answer.scope !== k.scope || answer.response !== undefined) throw new Error(`${k.name}: bad response kind ${k.response}`);
+    responseKinds.add(k.response);
+  }
+  if ((k.payload === 'bytes') !== (k.schema === bytes)) throw new Error(`${k.name}: a bytes payload is exactly a bin`);
+  if (k.endStream && k.onStream !== 'mux') throw new Error(`${k.name}: only multiplexer frames end a stream`);
+  if ((k.scope === 'control') !== (k.onStream === undefined)) throw new Error(`${k.name}: onStream is declared exactly for kinds that travel on streams`);
+  if (Array.isArray(k.onStream)) {
+    for (const o of k.onStream as readonly string[]) if (byName.get(o)?.onStream !== 'opens') throw new Error(`${k.name}: ${o} is not a conversation kind`);
+  }
 }
 
 export function kindByCode(code: number): MessageKind | undefined {
@@ -247,6 +327,11 @@ export function requireKind(name: KindName): MessageKind {
   return k;
 }
 
+/** Does this kind answer a request (some kind names it as its response)? */
+export function isResponseKind(k: MessageKind): boolean {
+  return responseKinds.has(k.name);
+}
+
 /** May a peer in `role` send this kind? */
 export function maySend(k: MessageKind, role: Role): boolean {
   return k.direction === 'both' || (role === 'agent' ? k.direction === 'agent-to-server' : k.direction === 'server-to-agent');
@@ -260,6 +345,9 @@ export function describeRegistry(): Array<{
   direction: Direction;
   scope: Scope;
   response?: string;
+  payload: PayloadEncoding;
+  endStream: boolean;
+  onStream?: StreamPart;
   description: string;
   schema: unknown;
 }> {
@@ -270,6 +358,9 @@ export function describeRegistry(): Array<{
     direction: k.direction,
     scope: k.scope,
     ...(k.response ? { response: k.response } : {}),
+    payload: k.payload,
+    endStream: k.endStream,
+    ...(k.onStream ? { onStream: k.onStream } : {}),
     description: k.description,
     schema: toJsonSchema(k.schema),
   }));

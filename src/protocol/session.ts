@@ -1,9 +1,22 @@
 import { EventEmitter } from 'node:events';
 import { FrameDecoder, decodeMessage } from './decoder.js';
-import { STREAM_DATA_CODE, STREAM_WINDOW_CODE, decodeBin, decodeFrame, encodeMessage, readWindowCredit } from './codec.js';
+import { STREAM_DATA_CODE, STREAM_WINDOW_CODE, decodeBin, decodeFrame, encodeMessage, readWindowCredit, type DecodedMessage } from './codec.js';
 import { DEFAULT_MAX_FRAME_SIZE, Flags } from './frame.js';
 import { MeshlinkError, ProtocolError, isProtocolError, type ErrorCode } from './errors.js';
-import { MESSAGE_KINDS, kindByName, maySend, type InputOf, type KindName, type MessageKind, type PayloadOf, type Role } from './registry.js';
+import {
+  MESSAGE_KINDS,
+  isResponseKind,
+  kindByName,
+  maySend,
+  type InputOf,
+  type KindName,
+  type MessageKind,
+  type PayloadOf,
+  type RequestKindName,
+  type ResponseKindOf,
+  type Role,
+  type TypedMessage,
+} from './registry.js';
 import { SUPPORTED_VERSIONS, negotiateVersion } from './handshake.js';
 import { SendScheduler, releaseMessageBuffer } from './scheduler.js';
 import { INITIAL_WINDOW, MuxStream, type StreamHost } from './stream.js';
@@ -68,8 +81,10 @@ export interface CloseInfo {
 
 export type SessionState = 'handshaking' | 'open' | 'closed';
 
-export type RequestKind = 'cert.renew' | 'state.request';
-type ResponseOf<N extends RequestKind> = N extends 'cert.renew' ? PayloadOf<'cert.renewed'> : PayloadOf<'state.response'>;
+/** The payload that answers request kind N. */
+type ResponseOf<N extends RequestKindName> = PayloadOf<ResponseKindOf<N>>;
+/** What a request handler returns: its response's payload without `rid`, which the session adds. */
+type ResponseInput<N extends RequestKindName> = Omit<InputOf<ResponseKindOf<N>>, 'rid'>;
 type RequestHandler = (payload: any) => Promise<Record<string, unknown>> | Record<string, unknown>;
 
 interface PendingRequest {
@@ -79,11 +94,11 @@ interface PendingRequest {
   response: string;
 }
 
-/** A control message delivered to the application. */
-export interface ControlMessage<N extends KindName = KindName> {
-  name: N;
-  payload: PayloadOf<N>;
-}
+/**
+ * A control message delivered to the application: a union discriminated by `name`, so that
+ * `if (msg.name === 'heartbeat')` gives `msg.payload` the type PayloadOf<'heartbeat'>.
+ */
+export type ControlMessage<N extends KindName = KindName> = TypedMessage<N>;
 
 /**
  * An error the peer reported: `remoteCode` is the peer's code; `code` says what failed here
@@ -225,7 +240,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
   }
 
   /** Sends a request and resolves with its response payload; rejects with RemoteError or a timeout. */
-  request<N extends RequestKind>(name: N, payload: Omit<InputOf<N>, 'rid'>, options: { timeoutMs?: number } = {}): Promise<ResponseOf<N>> {
+  request<N extends RequestKindName>(name: N, payload: Omit<InputOf<N>, 'rid'>, options: { timeoutMs?: number } = {}): Promise<ResponseOf<N>> {
     this.#assertOpen();
     if (this.#goingAway || this.#peerGoingAway) {
       return Promise.reject(new ProtocolError('ML_ERR_GOAWAY', 'session is going away'));
@@ -245,7 +260,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
   }
 
   /** Registers the handler for a request kind; its return value (minus rid) is the response payload. */
-  handle<N extends RequestKind>(name: N, handler: (payload: PayloadOf<N>) => Promise<Omit<InputOf<NonNullable<ResponseName<N>>>, 'rid'>> | Omit<InputOf<NonNullable<ResponseName<N>>>, 'rid'>): void {
+  handle<N extends RequestKindName>(name: N, handler: (payload: PayloadOf<N>) => Promise<ResponseInput<N>> | ResponseInput<N>): void {
     this.#handlers.set(name, handler as RequestHandler);
   }
 
@@ -373,8 +388,8 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     this.#shutdown({ code, reason, local: false, error: this.#errorForRemoteClose(code, reason) }, false);
   }
 
-  #dispatch(msg: { kind: MessageKind; stream: number; flags: number; payload: unknown }): void {
-    const { kind, stream: streamId, flags, payload } = msg;
+  #dispatch(msg: DecodedMessage): void {
+    const { kind, stream: streamId, flags } = msg;
     const peerRole: Role = this.role === 'agent' ? 'server' : 'agent';
     if (!maySend(kind, peerRole)) {
       throw new ProtocolError('ML_ERR_WRONG_DIRECTION', `${kind.name} may not be sent by the ${peerRole}`);
@@ -382,26 +397,27 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     if ((kind.scope === 'control' && streamId !== 0) || (kind.scope === 'stream' && streamId === 0)) {
       throw new ProtocolError('ML_ERR_WRONG_STREAM', `${kind.name} is not allowed on stream ${streamId}`);
     }
-    if ((flags & Flags.END_STREAM) !== 0 && kind.name !== 'stream.data' && kind.name !== 'stream.close') {
-      throw new ProtocolError('ML_ERR_BAD_PAYLOAD', `END_STREAM is only valid on stream.data and stream.close`);
+    if ((flags & Flags.END_STREAM) !== 0 && !kind.endStream) {
+      throw new ProtocolError('ML_ERR_BAD_PAYLOAD', `END_STREAM is only valid on ${END_STREAM_KINDS}`);
     }
     if (this.state === 'handshaking') {
-      this.#dispatchHandshake(kind.name, payload);
+      this.#dispatchHandshake(msg);
       return;
     }
     if (streamId !== 0) {
-      this.#dispatchStream(kind, streamId, flags, payload);
+      this.#dispatchStream(msg);
       return;
     }
-    switch (kind.name) {
+    // The session's own kinds; every other control kind is a request, a response or the application's.
+    switch (msg.name) {
       case 'hello':
       case 'welcome':
         throw new ProtocolError('ML_ERR_HANDSHAKE', `unexpected ${kind.name} after the handshake`);
       case 'ping':
-        this.#enqueuePriority(encodeMessage('pong', 0, payload as PayloadOf<'ping'>));
+        this.#enqueuePriority(encodeMessage('pong', 0, msg.payload));
         return;
       case 'pong': {
-        const { nonce } = payload as PayloadOf<'pong'>;
+        const { nonce } = msg.payload;
         const p = this.#pings.get(nonce);
         if (p) {
           this.#pings.delete(nonce);
@@ -412,10 +428,10 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
       }
       case 'goaway':
         this.#peerGoingAway = true;
-        this.emit('goaway', payload as PayloadOf<'goaway'>);
+        this.emit('goaway', msg.payload);
         return;
       case 'error': {
-        const e = payload as PayloadOf<'error'>;
+        const e = msg.payload;
         if (e.rid !== undefined) {
           const p = this.#pending.get(e.rid);
           if (p) {
@@ -430,9 +446,11 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
         return;
       }
     }
-    const rid = (payload as { rid?: number }).rid;
+    // Requests and responses are told apart by the registry's `response` declarations alone. (`in` is
+    // safe: every control kind's payload is a map; the bytes kinds are stream kinds, handled above.)
+    const rid = 'rid' in msg.payload ? msg.payload.rid : undefined;
     if (kind.response !== undefined && rid !== undefined) {
-      this.#serveRequest(kind, rid, payload);
+      this.#serveRequest(kind, rid, msg.payload);
       return;
     }
     if (rid !== undefined) {
@@ -440,27 +458,25 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
       if (p && p.response === kind.name) {
         this.#pending.delete(rid);
         this.#timers.clearTimeout(p.timer);
-        p.resolve(payload);
+        p.resolve(msg.payload);
         return;
       }
-      if (this.#isResponseKind(kind.name)) return; // late response after a timeout: drop
+      if (isResponseKind(kind)) return; // late response after a timeout: drop
     }
-    this.emit('message', { name: kind.name as KindName, payload } as ControlMessage);
+    // A new object rather than the decoded message, which carries the frame's fields too; the cast
+    // only restates the pairing of name and payload that decodeFrame established.
+    this.emit('message', { name: msg.name, payload: msg.payload } as ControlMessage);
   }
 
   #peerError: RemoteError | null = null;
 
-  #isResponseKind(name: string): boolean {
-    return RESPONSE_KINDS.has(name);
-  }
-
-  #dispatchHandshake(name: string, payload: unknown): void {
-    if (this.role === 'server' && name === 'hello') {
-      this.#acceptHello(payload as PayloadOf<'hello'>);
+  #dispatchHandshake(msg: DecodedMessage): void {
+    if (this.role === 'server' && msg.name === 'hello') {
+      this.#acceptHello(msg.payload);
       return;
     }
-    if (this.role === 'agent' && name === 'welcome') {
-      const welcome = payload as PayloadOf<'welcome'>;
+    if (this.role === 'agent' && msg.name === 'welcome') {
+      const welcome = msg.payload;
       if (!this.#versions.includes(welcome.version)) {
         throw new ProtocolError('ML_ERR_NO_COMMON_VERSION', `server chose version ${welcome.version}, which this agent does not speak`);
       }
@@ -470,12 +486,12 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
       this.emit('open', { version: welcome.version, welcome });
       return;
     }
-    if (name === 'error') {
-      const e = payload as PayloadOf<'error'>;
+    if (msg.name === 'error') {
+      const e = msg.payload;
       this.#peerError = new RemoteError(e.code, e.message);
       return;
     }
-    throw new ProtocolError('ML_ERR_HANDSHAKE', `${name} before the handshake completed`);
+    throw new ProtocolError('ML_ERR_HANDSHAKE', `${msg.name} before the handshake completed`);
   }
 
   #acceptHello(hello: PayloadOf<'hello'>): void {
@@ -528,47 +544,49 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
       );
   }
 
-  #dispatchStream(kind: MessageKind, id: number, flags: number, payload: unknown): void {
-    if (kind.name === 'stream.open') {
-      this.#acceptOpen(id, payload as PayloadOf<'stream.open'>);
+  #dispatchStream(msg: DecodedMessage): void {
+    const { stream: id, flags } = msg;
+    if (msg.name === 'stream.open') {
+      this.#acceptOpen(id, msg.payload);
       return;
     }
-    const stream = this.#streamFor(id, kind.name);
+    const stream = this.#streamFor(id, msg.name);
     if (!stream) return;
-    switch (kind.name) {
+    // The multiplexer's own frames; every other kind is a typed message of the stream's conversation.
+    switch (msg.name) {
       case 'stream.accept':
       case 'stream.reject':
         if (!stream.local || stream.state !== 'opening') {
-          throw new ProtocolError('ML_ERR_STREAM_ID', `${kind.name} for stream ${id}, which is not awaiting an answer`);
+          throw new ProtocolError('ML_ERR_STREAM_ID', `${msg.name} for stream ${id}, which is not awaiting an answer`);
         }
-        if (kind.name === 'stream.accept') {
+        if (msg.name === 'stream.accept') {
           stream._opened();
           stream.emit('meshlink:open');
         } else {
-          const r = payload as PayloadOf<'stream.reject'>;
+          const r = msg.payload;
           this.#forgetStream(id);
           stream._abort(new RemoteError(r.code, r.message, 'ML_ERR_STREAM_REJECTED'));
         }
         return;
       case 'stream.data':
-        this.#receiveStreamData(id, flags, payload as Uint8Array);
+        this.#receiveStreamData(id, flags, msg.payload);
         return;
       case 'stream.window':
-        stream._addCredit((payload as PayloadOf<'stream.window'>).credit);
+        stream._addCredit(msg.payload.credit);
         return;
       case 'stream.close':
         stream._receiveEnd();
         return;
       case 'stream.reset': {
-        const r = payload as PayloadOf<'stream.reset'>;
+        const r = msg.payload;
         this.#forgetStream(id);
         stream._receiveReset(r.code, r.message);
         return;
       }
       default:
         // A typed message within the stream's conversation (exec.resize, action.result, ...).
-        if (stream.state !== 'open') throw new ProtocolError('ML_ERR_STREAM_ID', `${kind.name} on stream ${id} before it was accepted`);
-        stream._receiveMessage({ name: kind.name, payload });
+        if (stream.state !== 'open') throw new ProtocolError('ML_ERR_STREAM_ID', `${msg.name} on stream ${id} before it was accepted`);
+        stream._receiveMessage({ name: msg.name, payload: msg.payload });
     }
   }
 
@@ -626,7 +644,8 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     }
     const kind = kindByName(open.kind);
     const peerRole: Role = this.role === 'agent' ? 'server' : 'agent';
-    if (!kind || kind.scope !== 'stream' || !maySend(kind, peerRole) || kind.name.startsWith('stream.')) {
+    // Any stream-scoped kind the peer may send opens a conversation (§6.2), except the multiplexer's own.
+    if (!kind || kind.scope !== 'stream' || !maySend(kind, peerRole) || kind.onStream === 'mux') {
       refuse('ML_ERR_UNKNOWN_TYPE', `cannot open a stream of kind ${open.kind}`);
       return;
     }
@@ -844,7 +863,5 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
   }
 }
 
-/** Kinds that answer a request (a late one, after its request timed out, is dropped). */
-const RESPONSE_KINDS: ReadonlySet<string> = new Set(MESSAGE_KINDS.flatMap((k: MessageKind) => (k.response ? [k.response] : [])));
-
-export type ResponseName<N extends RequestKind> = N extends 'cert.renew' ? 'cert.renewed' : 'state.response';
+/** The kinds that may carry END_STREAM, for the error that names them (PROTOCOL.md §2.1). */
+const END_STREAM_KINDS = (MESSAGE_KINDS as readonly MessageKind[]).filter((k) => k.endStream).map((k) => k.name).join(' and ');

@@ -1,7 +1,7 @@
 import { Duplex } from 'node:stream';
 import { dataPrefixSize, encodeMessage, encodeWindowFrame } from './codec.js';
 import { MeshlinkError, ProtocolError } from './errors.js';
-import type { InputOf, KindName } from './registry.js';
+import type { InputOf, KindName, OpeningKindName, PayloadOf, StreamMessage } from './registry.js';
 
 /**
  * One multiplexed stream: a Node Duplex whose writes become stream.data frames and whose readable
@@ -88,6 +88,21 @@ export class StreamResetError extends MeshlinkError {
 
 export type StreamState = 'opening' | 'open' | 'closed';
 
+/**
+ * The typed 'message' event, declared over the Duplex's untyped one: a StreamMessage is discriminated
+ * by `name`, so a listener that tests it reads the payload without a cast.
+ */
+export interface MuxStream {
+  on(event: 'message', listener: (msg: StreamMessage) => void): this;
+  on(event: string | symbol, listener: (...args: any[]) => void): this;
+  once(event: 'message', listener: (msg: StreamMessage) => void): this;
+  once(event: string | symbol, listener: (...args: any[]) => void): this;
+  addListener(event: 'message', listener: (msg: StreamMessage) => void): this;
+  addListener(event: string | symbol, listener: (...args: any[]) => void): this;
+  prependListener(event: 'message', listener: (msg: StreamMessage) => void): this;
+  prependListener(event: string | symbol, listener: (...args: any[]) => void): this;
+}
+
 export class MuxStream extends Duplex {
   readonly id: number;
   /** The registry kind named in stream.open, e.g. 'exec.open'. */
@@ -127,7 +142,7 @@ export class MuxStream extends Duplex {
   /** Outgoing typed messages waiting for earlier writes to reach #queue. */
   #deferred: Array<{ mark: number; bytes: Uint8Array }> = [];
   /** Incoming typed messages waiting for earlier data to be consumed. */
-  #inbound: Array<{ mark: number; msg: { name: string; payload: unknown } }> = [];
+  #inbound: Array<{ mark: number; msg: StreamMessage }> = [];
 
   constructor(host: StreamHost, init: { id: number; kind: string; meta: unknown; local: boolean }) {
     super({
@@ -168,7 +183,7 @@ export class MuxStream extends Duplex {
   }
 
   /** See the constructor: messages received before any 'message' listener (bounded). */
-  #early: unknown[] = [];
+  #early: StreamMessage[] = [];
 
   /**
    * Delivers held messages one at a time, while someone listens: a once() listener takes one and
@@ -188,7 +203,7 @@ export class MuxStream extends Duplex {
    * for their delivery, so that order is kept). A method rather than an emit() override: every
    * 'data' event would pay for the override.
    */
-  #emitMessage(msg: unknown): void {
+  #emitMessage(msg: StreamMessage): void {
     if (this.#early.length === 0 && this.listenerCount('message') > 0) {
       this.emit('message', msg);
       return;
@@ -200,6 +215,17 @@ export class MuxStream extends Duplex {
       return;
     }
     this.#early.push(msg);
+  }
+
+  /**
+   * stream.open's metadata as the payload of conversation kind `name`, which must be this stream's
+   * kind: the typed form of `meta` for a handler registered for that kind. Throws a TypeError (a
+   * local bug) when the stream is of another kind.
+   */
+  metaOf<N extends OpeningKindName>(name: N): PayloadOf<N> {
+    if (this.kind !== name) throw new TypeError(`stream ${this.id} is a ${this.kind} stream, not ${name}`);
+    // `meta` passed the schema of this.kind when the stream was opened, and this.kind is `name`.
+    return this.meta as PayloadOf<N>;
   }
 
   /** Bytes the peer still lets us send. */
@@ -258,7 +284,9 @@ export class MuxStream extends Duplex {
    * A typed message from the peer. It is delivered once the data the peer sent before it has been
    * consumed, so that, say, exec.exit never arrives ahead of the command's last output.
    */
-  _receiveMessage(msg: { name: string; payload: unknown }): void {
+  _receiveMessage(received: { name: string; payload: unknown }): void {
+    // The session passes a decoded message whose payload passed the schema of its kind `name`.
+    const msg = received as StreamMessage;
     if (this.#inbound.length === 0 && this.readableLength === 0) {
       this.#emitMessage(msg);
       return;

@@ -1,5 +1,5 @@
-import type { CloseInfo, RequestKind, ResponseName } from '../protocol/session.js';
-import type { InputOf, KindName, PayloadOf } from '../protocol/registry.js';
+import type { CloseInfo } from '../protocol/session.js';
+import type { InputOf, KindName, PayloadOf, RequestKindName as RequestKind, ResponseKindOf as ResponseName } from '../protocol/registry.js';
 import type { MuxStream } from '../protocol/stream.js';
 import type { AgentConnectionInfo } from './hooks.js';
 

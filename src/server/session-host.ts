@@ -2,8 +2,8 @@ import { EventEmitter } from 'node:events';
 import type { WebSocket } from 'ws';
 import { attachSession } from '../net/ws-session.js';
 import { ProtocolError } from '../protocol/errors.js';
-import type { CloseInfo, RequestKind, Session } from '../protocol/session.js';
-import type { InputOf, KindName, PayloadOf } from '../protocol/registry.js';
+import type { CloseInfo, Session } from '../protocol/session.js';
+import type { InputOf, KindName, PayloadOf, RequestKindName as RequestKind } from '../protocol/registry.js';
 import type { MuxStream } from '../protocol/stream.js';
 import { VERSION } from '../version.js';
 import type { Logger } from '../util/logger.js';
@@ -143,7 +143,7 @@ export class SessionHost extends EventEmitter<SessionHostEvents> implements Gate
     session.on('message', (msg) => {
       switch (msg.name) {
         case 'heartbeat': {
-          const hb = msg.payload as { seq: number; ts: number };
+          const hb = msg.payload;
           const now = Date.now();
           if (agent.current) agent.current.lastHeartbeatAt = now;
           session.send('heartbeat.ack', { seq: hb.seq, ts: hb.ts });
@@ -158,7 +158,7 @@ export class SessionHost extends EventEmitter<SessionHostEvents> implements Gate
           }
           for (const handle of handlers) {
             try {
-              handle(agent.current, msg.payload as never);
+              handle(agent.current, msg.payload);
             } catch (err) {
               log.error({ err, kind: msg.name }, 'message handler failed');
             }

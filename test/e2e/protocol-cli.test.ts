@@ -17,6 +17,18 @@ describe('meshlink protocol (CLI)', () => {
     expect(data.schema).toMatchObject({ contentEncoding: 'msgpack-bin' });
   });
 
+  it('messages --json carries the declarations: response, payload encoding, END_STREAM, part on a stream', async () => {
+    const r = await cli(['protocol', 'messages', '--json']);
+    expect(r.code).toBe(0);
+    const out = JSON.parse(r.stdout) as { messages: Array<{ name: string; response?: string; payload: string; endStream: boolean; onStream?: unknown }> };
+    expect(out.messages.map((m) => [m.name, m.response, m.payload, m.endStream, m.onStream])).toEqual(
+      MESSAGE_KINDS.map((k) => [k.name, 'response' in k ? k.response : undefined, k.payload, k.endStream, 'onStream' in k ? k.onStream : undefined]),
+    );
+    const resize = out.messages.find((m) => m.name === 'exec.resize')!;
+    expect(resize.onStream).toEqual(['exec.open']);
+    expect(out.messages.find((m) => m.name === 'exec.stderr')!.payload).toBe('bytes');
+  });
+
   it('errors --json prints the error table', async () => {
     const r = await cli(['protocol', 'errors', '--json']);
     expect(r.code).toBe(0);

@@ -1,9 +1,20 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, expectTypeOf, it } from 'vitest';
 import fc from 'fast-check';
 import { HEADER_SIZE, Flags, encodeHeader, readHeader, encodeFrame, DEFAULT_MAX_FRAME_SIZE } from '../../src/protocol/frame.js';
 import { FrameDecoder, decodeMessage } from '../../src/protocol/decoder.js';
 import { dataPrefixSize, decodeFrame, encodeMessage, encodeWindowFrame, readWindowCredit, writeDataPrefix } from '../../src/protocol/codec.js';
-import { MESSAGE_KINDS, describeRegistry, type KindName } from '../../src/protocol/registry.js';
+import {
+  MESSAGE_KINDS,
+  describeRegistry,
+  isResponseKind,
+  type KindName,
+  type MessageKind,
+  type OpeningKindName,
+  type PayloadOf,
+  type RequestKindName,
+  type ResponseKindOf,
+  type StreamMessage,
+} from '../../src/protocol/registry.js';
 import { ProtocolError } from '../../src/protocol/errors.js';
 import { SAMPLE_PAYLOADS } from './samples.js';
 
@@ -227,6 +238,19 @@ describe('message registry and codec', () => {
   it('refuses payloads that fail the schema, with the kind and field named', () => {
     const bad = encodeFrame({ type: 0x0005, stream: 0, flags: 0 }, new Uint8Array([0x81, 0xa5, ...Buffer.from('nonce'), 0xa1, 0x78]));
     expect(() => decodeFrame(new FrameDecoder().push(bad)[0]!, DEFAULT_MAX_FRAME_SIZE)).toThrow(/ping: nonce/);
+  });
+
+  it('derives request, response and message types from the declarations', () => {
+    expectTypeOf<RequestKindName>().toEqualTypeOf<'cert.renew' | 'state.request'>();
+    expectTypeOf<ResponseKindOf<'cert.renew'>>().toEqualTypeOf<'cert.renewed'>();
+    expectTypeOf<ResponseKindOf<'state.request'>>().toEqualTypeOf<'state.response'>();
+    expectTypeOf<OpeningKindName>().toEqualTypeOf<'action.request' | 'log.stream' | 'exec.open' | 'file.open'>();
+    expectTypeOf<Extract<StreamMessage, { name: 'exec.resize' }>['payload']>().toEqualTypeOf<PayloadOf<'exec.resize'>>();
+    expectTypeOf<StreamMessage['name']>().not.toEqualTypeOf<KindName>();
+    expectTypeOf<Extract<StreamMessage, { name: 'stream.data' }>>().toBeNever();
+    const requests = (MESSAGE_KINDS as readonly MessageKind[]).filter((k) => k.response).map((k) => k.name);
+    expect(requests).toEqual(['cert.renew', 'state.request']);
+    expect((MESSAGE_KINDS as readonly MessageKind[]).filter(isResponseKind).map((k) => k.name)).toEqual(['cert.renewed', 'state.response']);
   });
 
   it('describes every kind with a JSON Schema', () => {

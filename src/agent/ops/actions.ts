@@ -57,7 +57,7 @@ export class ActionService {
   }
 
   async #handle(stream: MuxStream, session: Session): Promise<void> {
-    const req = stream.meta as PayloadOf<'action.request'>;
+    const req = stream.metaOf('action.request');
     const args = req.args ?? {};
     if (!NAME_RE.test(req.action)) {
       session.reject(stream, 'ML_ERR_OPS_BAD_REQUEST', `invalid action name ${JSON.stringify(req.action)}`);

@@ -1,4 +1,3 @@
-import type { PayloadOf } from '../../protocol/registry.js';
 import type { Session } from '../../protocol/session.js';
 import type { MuxStream } from '../../protocol/stream.js';
 import type { AuditReporter } from './audit.js';
@@ -33,7 +32,7 @@ export class ExecService {
       session.reject(stream, 'ML_ERR_OPS_EXEC_DISABLED', 'exec is disabled on this agent; start it with --allow-exec to allow it');
       return;
     }
-    const req = stream.meta as PayloadOf<'exec.open'>;
+    const req = stream.metaOf('exec.open');
     const env: NodeJS.ProcessEnv = { ...process.env, ...(req.env ?? {}) };
     spawnGroup(req.command, req.args, { env, ...(req.cwd ? { cwd: req.cwd } : {}) }).then(
       (child) => {

@@ -1,4 +1,3 @@
-import type { PayloadOf } from '../../protocol/registry.js';
 import type { Session } from '../../protocol/session.js';
 import type { MuxStream } from '../../protocol/stream.js';
 import { readLastLines, type AgentLogFile } from './agent-log.js';
@@ -27,7 +26,7 @@ export class LogTailService {
       session.reject(stream, 'ML_ERR_OPS_NO_LOG', 'this agent keeps no log file (it was not started by `meshlink agent run`)');
       return;
     }
-    const req = stream.meta as PayloadOf<'log.stream'>;
+    const req = stream.metaOf('log.stream');
     session.accept(stream);
     // The tail covers exactly the bytes written before this point; later lines go to the follower.
     const end = file.size;

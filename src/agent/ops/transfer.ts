@@ -43,7 +43,7 @@ export class TransferService {
   }
 
   handle(stream: MuxStream, session: Session): void {
-    const req = stream.meta as PayloadOf<'file.open'>;
+    const req = stream.metaOf('file.open');
     const work = req.direction === 'push' ? this.#push(stream, session, req) : this.#pull(stream, session, req);
     this.#active++;
     work
@@ -100,8 +100,8 @@ export class TransferService {
     const out = createWriteStream(part, { flags: offset > 0 ? 'r+' : 'w', start: offset, mode: 0o600, highWaterMark: 1024 * 1024 });
     let received = offset;
     let declared: PayloadOf<'file.done'> | null = null;
-    stream.on('message', (m: { name: string; payload: unknown }) => {
-      if (m.name === 'file.done') declared = m.payload as PayloadOf<'file.done'>;
+    stream.on('message', (m) => {
+      if (m.name === 'file.done') declared = m.payload;
     });
     await new Promise<void>((resolveDone, reject) => {
       out.once('error', (err) => {

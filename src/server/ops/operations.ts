@@ -1,5 +1,5 @@
 import { MeshlinkError } from '../../protocol/errors.js';
-import type { PayloadOf } from '../../protocol/registry.js';
+import type { PayloadOf, StreamMessage } from '../../protocol/registry.js';
 import type { MuxStream } from '../../protocol/stream.js';
 import type { Logger } from '../../util/logger.js';
 import { resolveNode } from '../nodes.js';
@@ -27,7 +27,7 @@ export interface OperationDeps {
 
 interface Relay {
   /** Typed messages from the agent on the stream. */
-  onMessage?(name: string, payload: unknown): void;
+  onMessage?(message: StreamMessage): void;
   /** Relay the agent's bytes to the operator (else they are discarded). */
   pipeData: boolean;
   /** At the agent's END_STREAM: the final event and the audit result. */
@@ -68,14 +68,14 @@ async function run(t: Tunnel, open: Open): Promise<string> {
       let res: PayloadOf<'action.result'> | null = null;
       return relay(t, stream, {
         pipeData: true,
-        onMessage(name, p) {
+        onMessage({ name, payload: p }) {
           if (name === 'action.ack') {
-            const a = p as PayloadOf<'action.ack'>;
+            const a = p;
             t.event({ type: 'ack', startedAt: a.startedAt, queued: a.queued ?? false });
           } else if (name === 'action.output') {
-            const o = p as PayloadOf<'action.output'>;
+            const o = p;
             if (o.channel === 'stderr') t.event({ type: 'stderr', data: Buffer.from(o.data).toString('base64') });
-          } else if (name === 'action.result') res = p as PayloadOf<'action.result'>;
+          } else if (name === 'action.result') res = p;
         },
         final() {
           if (!res) return interrupted('the agent ended the action without a result');
@@ -100,9 +100,9 @@ async function run(t: Tunnel, open: Open): Promise<string> {
       });
       return relay(t, stream, {
         pipeData: true,
-        onMessage(name, p) {
-          if (name === 'exec.stderr') t.event({ type: 'stderr', data: Buffer.from(p as Uint8Array).toString('base64') });
-          else if (name === 'exec.exit') exit = p as PayloadOf<'exec.exit'>;
+        onMessage({ name, payload: p }) {
+          if (name === 'exec.stderr') t.event({ type: 'stderr', data: Buffer.from(p).toString('base64') });
+          else if (name === 'exec.exit') exit = p;
         },
         final() {
           if (!exit) return interrupted('the agent ended the exec stream without an exit status');
@@ -130,12 +130,12 @@ async function run(t: Tunnel, open: Open): Promise<string> {
       });
       return relay(t, stream, {
         pipeData: false,
-        onMessage(name, p) {
+        onMessage({ name, payload: p }) {
           if (name === 'file.chunk') {
-            const c = p as PayloadOf<'file.chunk'>;
+            const c = p;
             sent = c.offset;
             t.event({ type: 'resume', offset: c.offset });
-          } else if (name === 'file.done') done = p as PayloadOf<'file.done'>;
+          } else if (name === 'file.done') done = p;
         },
         final() {
           if (!done) return interrupted('the agent ended the transfer without confirming it');
@@ -148,9 +148,9 @@ async function run(t: Tunnel, open: Open): Promise<string> {
       let done: PayloadOf<'file.done'> | null = null;
       return relay(t, stream, {
         pipeData: true,
-        onMessage(name, p) {
-          if (name === 'file.chunk') t.event({ type: 'resume', offset: (p as PayloadOf<'file.chunk'>).offset });
-          else if (name === 'file.done') done = p as PayloadOf<'file.done'>;
+        onMessage({ name, payload: p }) {
+          if (name === 'file.chunk') t.event({ type: 'resume', offset: p.offset });
+          else if (name === 'file.done') done = p;
         },
         final() {
           if (!done) return interrupted('the agent ended the transfer without its checksum');
@@ -187,7 +187,7 @@ function relay(t: Tunnel, stream: MuxStream, opts: Relay): Promise<string> {
       stream.destroy(new MeshlinkError('ML_ERR_CANCELLED', 'the operator ended the command'));
       settle('cancelled');
     });
-    stream.on('message', (m: { name: string; payload: unknown }) => opts.onMessage?.(m.name, m.payload));
+    stream.on('message', (m) => opts.onMessage?.(m));
     if (opts.pipeData) pipeReadableToWs(stream, t.ws);
     else stream.resume();
     stream.on('end', () => {
