@@ -1,7 +1,7 @@
 import { Duplex } from 'node:stream';
 import { dataPrefixSize, encodeMessage, encodeWindowFrame } from './codec.js';
-import { MeshlinkError, ProtocolError } from './errors.js';
 import type { InputOf, KindName } from './registry.js';
+import { MeshlinkError } from '../errors.js';
 
 /**
  * One multiplexed stream: a Node Duplex whose writes become stream.data frames and whose readable
@@ -196,7 +196,7 @@ export class MuxStream extends Duplex {
     // Bounded like every buffer: an application that never listens gets the stream reset, not
     // silent loss or growth.
     if (this.#early.length >= 1024) {
-      this.destroy(new ProtocolError('ML_ERR_QUEUE_OVERFLOW', `stream ${this.id}: 1024 messages arrived with no listener`));
+      this.destroy(new MeshlinkError('ML_ERR_QUEUE_OVERFLOW', `stream ${this.id}: 1024 messages arrived with no listener`));
       return;
     }
     this.#early.push(msg);
@@ -264,7 +264,7 @@ export class MuxStream extends Duplex {
       return;
     }
     if (this.#inbound.length >= 1024) {
-      this.destroy(new ProtocolError('ML_ERR_QUEUE_OVERFLOW', `stream ${this.id}: 1024 messages waiting behind unread data`));
+      this.destroy(new MeshlinkError('ML_ERR_QUEUE_OVERFLOW', `stream ${this.id}: 1024 messages waiting behind unread data`));
       return;
     }
     this.#inbound.push({ mark: this.#received, msg });
@@ -294,7 +294,7 @@ export class MuxStream extends Duplex {
     this.#sendCredit += credit;
     this.#stalled = false;
     if (this.#sendCredit > 0x7fff_ffff) {
-      throw new ProtocolError('ML_ERR_FLOW_CONTROL', `stream ${this.id}: window grew past 2^31-1`);
+      throw new MeshlinkError('ML_ERR_FLOW_CONTROL', `stream ${this.id}: window grew past 2^31-1`);
     }
     if (this.#queue.length > 0) this.#host.markReady(this);
   }
@@ -302,10 +302,10 @@ export class MuxStream extends Duplex {
   /** Incoming stream.data. Throws ML_ERR_FLOW_CONTROL when the peer exceeded its credit. */
   _receiveData(data: Uint8Array, end: boolean): void {
     if (this.#remoteEnded) {
-      throw new ProtocolError('ML_ERR_STREAM_ID', `stream ${this.id}: data after END_STREAM`);
+      throw new MeshlinkError('ML_ERR_STREAM_ID', `stream ${this.id}: data after END_STREAM`);
     }
     if (data.byteLength > this.#receiveAllowance) {
-      throw new ProtocolError('ML_ERR_FLOW_CONTROL', `stream ${this.id}: ${data.byteLength} bytes sent with ${this.#receiveAllowance} credit`);
+      throw new MeshlinkError('ML_ERR_FLOW_CONTROL', `stream ${this.id}: ${data.byteLength} bytes sent with ${this.#receiveAllowance} credit`);
     }
     this.#receiveAllowance -= data.byteLength;
     this.#received += data.byteLength;

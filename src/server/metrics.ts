@@ -6,7 +6,7 @@ import { addWireObserver } from '../net/ws-session.js';
 import { HEADER_SIZE } from '../protocol/frame.js';
 import { MESSAGE_KINDS } from '../protocol/registry.js';
 import type { ServerFeature } from './feature.js';
-import { ServerError } from './errors.js';
+import { MeshlinkError } from '../errors.js';
 
 /**
  * Prometheus metrics of the server (docs/OPERATIONS-METRICS.md), served as `GET /metrics` on a
@@ -97,7 +97,7 @@ export interface ListenAddress {
 /** Parses `HOST:PORT` / `[v6]:PORT` for --metrics-listen. */
 export function parseMetricsListen(text: string): ListenAddress {
   const r = listenSchema.safeParse(text);
-  if (!r.success) throw new ServerError('ML_ERR_CONFIG', `invalid metrics listen address "${text}": ${r.error.issues[0]?.message ?? 'invalid'}`);
+  if (!r.success) throw new MeshlinkError('ML_ERR_CONFIG', `invalid metrics listen address "${text}": ${r.error.issues[0]?.message ?? 'invalid'}`);
   return r.data;
 }
 

@@ -1,7 +1,6 @@
 import { EventEmitter } from 'node:events';
 import type { WebSocket } from 'ws';
 import { attachSession } from '../net/ws-session.js';
-import { ProtocolError } from '../protocol/errors.js';
 import type { CloseInfo, Session } from '../protocol/session.js';
 import type { InputOf, KindName, PayloadOf } from '../protocol/registry.js';
 import type { MuxStream } from '../protocol/stream.js';
@@ -10,10 +9,10 @@ import type { Logger } from '../util/logger.js';
 import type { ServerConfig } from './config.js';
 import { parseCsr } from './csr.js';
 import type { EnrollmentService } from './enroll.js';
-import { ServerError } from './errors.js';
 import type { AgentConnectionInfo, GatewayHooks } from './hooks.js';
 import type { LastSeenWriter } from './last-seen.js';
 import type { Store } from './store/store.js';
+import { MeshlinkError } from '../errors.js';
 
 /**
  * The server's side of every agent session: handshake, heartbeats and presence, in-band
@@ -83,7 +82,7 @@ export class SessionHost extends EventEmitter<SessionHostEvents> implements Gate
       role: 'server',
       onHello: (hello) => {
         const node = this.#deps.store.getNode(info.nodeId);
-        if (!node || node.removedAt !== null) throw new ProtocolError('ML_ERR_CERT_REVOKED', 'node was removed');
+        if (!node || node.removedAt !== null) throw new MeshlinkError('ML_ERR_CERT_REVOKED', 'node was removed');
         if (hello.agentVersion !== node.agentVersion) this.#deps.store.setAgentVersion(info.nodeId, hello.agentVersion);
         let welcome: Omit<InputOf<'welcome'>, 'version'> = { nodeId: info.nodeId, serverVersion: VERSION, heartbeatIntervalMs: this.#deps.config.heartbeatIntervalMs };
         for (const contribute of this.#welcomeContributors) welcome = { ...welcome, ...contribute(hello, info) };
@@ -152,7 +151,7 @@ export class SessionHost extends EventEmitter<SessionHostEvents> implements Gate
       const parsed = parseCsr(csr);
       // The CSR must name this node: its hostname (as enrolled) or its id.
       if (!node || (parsed.commonName !== node.hostname && parsed.commonName !== node.id)) {
-        throw new ServerError('ML_ERR_CERT_FORBIDDEN', 'the CSR subject does not match the connected node');
+        throw new MeshlinkError('ML_ERR_CERT_FORBIDDEN', 'the CSR subject does not match the connected node');
       }
       const issued = await this.#deps.enrollment.issueNodeCertificate(info.nodeId, csr);
       log.info({ newSerial: issued.serial, notAfter: issued.notAfter }, 'certificate renewed in-band');
@@ -221,7 +220,7 @@ export class SessionHost extends EventEmitter<SessionHostEvents> implements Gate
       for (const a of set) {
         if (now - a.session.lastReceivedAt > limit) {
           this.#deps.logger.warn({ nodeId: a.nodeId, silentMs: now - a.session.lastReceivedAt }, 'agent silent; closing session');
-          a.session.abort(new ProtocolError('ML_ERR_HEARTBEAT_TIMEOUT', `nothing received for ${now - a.session.lastReceivedAt} ms`));
+          a.session.abort(new MeshlinkError('ML_ERR_HEARTBEAT_TIMEOUT', `nothing received for ${now - a.session.lastReceivedAt} ms`));
         }
       }
     }

@@ -1,4 +1,3 @@
-import { MeshlinkError } from '../../protocol/errors.js';
 import type { PayloadOf } from '../../protocol/registry.js';
 import type { MuxStream } from '../../protocol/stream.js';
 import type { Logger } from '../../util/logger.js';
@@ -7,9 +6,9 @@ import type { SessionHost } from '../session-host.js';
 import type { OpsStore } from '../store/ops-store.js';
 import type { Store } from '../store/store.js';
 import { pipeReadableToWs, writeFromWs } from './bridge.js';
-import { OpsError } from './errors.js';
 import { describeError, type OperationHandler, type Tunnel } from './tunnel.js';
 import type { ParsedOpsRequest, TunnelEvent } from './tunnel-protocol.js';
+import { MeshlinkError } from '../../errors.js';
 
 /**
  * The server's half of every streaming operation: resolve the node, record the operation in the
@@ -46,7 +45,7 @@ export function createOperations(deps: OperationDeps): OperationHandler {
       auditId = deps.ops.startAudit({ actor: r.actor, operation: r.op, nodeId, target: targetOf(r), details: detailsOf(r) });
       t.event({ type: 'started', auditId, nodeId });
       const agent = deps.sessions.current(node.id);
-      if (!agent) throw new OpsError('ML_ERR_OPS_NODE_OFFLINE', `node ${node.id} (${node.hostname}) is not connected`);
+      if (!agent) throw new MeshlinkError('ML_ERR_OPS_NODE_OFFLINE', `node ${node.id} (${node.hostname}) is not connected`);
       result = await run(t, agent.session.openStream.bind(agent.session));
     } catch (err) {
       result = `error:${describeError(err).code}`;
@@ -193,7 +192,7 @@ function relay(t: Tunnel, stream: MuxStream, opts: Relay): Promise<string> {
     stream.on('end', () => {
       if (settled) return;
       const f = opts.final();
-      if (f.event?.type === 'error') t.fail(new MeshlinkError(f.event.code, f.event.message));
+      if (f.event?.type === 'error') t.fail(MeshlinkError.fromWire(f.event.code, f.event.message));
       else {
         if (f.event) t.event(f.event);
         t.finish();
