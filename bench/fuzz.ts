@@ -23,7 +23,6 @@ import { enroll } from '../src/agent/enroll.js';
 import { attachSession } from '../src/net/ws-session.js';
 import { decodeFrame, encodeMessage } from '../src/protocol/codec.js';
 import { FrameDecoder, decodeMessage } from '../src/protocol/decoder.js';
-import { ERROR_CODES, MeshlinkError } from '../src/protocol/errors.js';
 import { HEADER_SIZE, writeHeader } from '../src/protocol/frame.js';
 import { MESSAGE_KINDS, type MessageKind } from '../src/protocol/registry.js';
 import { Session } from '../src/protocol/session.js';
@@ -31,9 +30,10 @@ import { parseServerConfig } from '../src/server/config.js';
 import { createEnrollmentToken } from '../src/server/nodes.js';
 import { startServer, type RunningServer } from '../src/server/server.js';
 import { createLogger } from '../src/util/logger.js';
+import { ERRORS, MeshlinkError, type ErrorSpec } from '../src/errors.js';
 
 /** Close codes a peer may legitimately see: the documented table plus normal/going away. */
-export const DOCUMENTED_CLOSE_CODES = new Set<number>([1000, 1001, ...Object.values(ERROR_CODES).flatMap((e) => (e.closeCode === null ? [] : [e.closeCode]))]);
+export const DOCUMENTED_CLOSE_CODES = new Set<number>([1000, 1001, ...Object.values(ERRORS as Record<string, ErrorSpec>).flatMap((e) => (e.closeCode === undefined ? [] : [e.closeCode]))]);
 
 /** Small deterministic PRNG (mulberry32) so a failing seed can be replayed. */
 export function prng(seed: number): () => number {

@@ -2,9 +2,9 @@ import { homedir, hostname as osHostname } from 'node:os';
 import { isIP } from 'node:net';
 import { isAbsolute, join, resolve } from 'node:path';
 import { z } from 'zod';
-import { MeshlinkError } from '../protocol/errors.js';
 import { caPinSchema } from './pin.js';
 import { KEY_TYPES } from './csr.js';
+import { EXIT_CODES, MeshlinkError } from '../errors.js';
 
 /**
  * Agent configuration: where the state dir lives and the validated, frozen options of `enroll`.
@@ -20,31 +20,25 @@ export const ROOT_STATE_DIR = '/var/lib/meshlink/agent';
 
 /**
  * Exit codes of `meshlink agent ...`, documented in docs/AGENT.md (a test keeps the two in
- * agreement). The systemd unit depends on `revoked` (RestartPreventExitStatus).
+ * agreement): the numbers of the exit classes the agent commands use (src/errors.ts EXIT_CODES).
+ * The systemd unit depends on `revoked` and `certExpired` (RestartPreventExitStatus).
  */
 export const AGENT_EXIT_CODES = Object.freeze({
-  ok: 0,
-  internal: 1,
-  usage: 2,
-  enrollRefused: 3,
-  pinMismatch: 4,
-  alreadyEnrolled: 5,
-  serverUnavailable: 6,
-  notEnrolled: 7,
+  ok: EXIT_CODES.ok,
+  internal: EXIT_CODES.internal,
+  usage: EXIT_CODES.usage,
+  enrollRefused: EXIT_CODES.enrollRefused,
+  pinMismatch: EXIT_CODES.pinMismatch,
+  alreadyEnrolled: EXIT_CODES.alreadyEnrolled,
+  serverUnavailable: EXIT_CODES.serverUnavailable,
+  notEnrolled: EXIT_CODES.notEnrolled,
   /** Reserved: `agent run` replaced its binary and wants to be started again. */
-  upgradeRestart: 75,
+  upgradeRestart: EXIT_CODES.upgradeRestart,
   /** `agent run`: the server revoked this node's certificate; restarting cannot help. */
-  revoked: 78,
+  revoked: EXIT_CODES.revoked,
   /** `agent run`: the certificate expired past the server's renewal grace; re-enroll (docs/AGENT.md). */
-  certExpired: 79,
+  certExpired: EXIT_CODES.certExpired,
 });
-
-export class ConfigError extends MeshlinkError {
-  constructor(message: string, options?: { cause?: unknown }) {
-    super('ML_ERR_CONFIG', message, options);
-    this.name = 'ConfigError';
-  }
-}
 
 /**
  * `MESHLINK_STATE_DIR`, else `/var/lib/meshlink/agent` for root, else
@@ -64,7 +58,7 @@ export function defaultStateDir(
 /** Flag if given, else the default; always absolute. */
 export function resolveStateDir(flag: string | undefined, env: NodeJS.ProcessEnv = process.env): string {
   if (flag !== undefined) {
-    if (flag === '') throw new ConfigError('--state-dir must not be empty');
+    if (flag === '') throw new MeshlinkError('ML_ERR_CONFIG', '--state-dir must not be empty');
     return isAbsolute(flag) ? flag : resolve(flag);
   }
   return defaultStateDir(env);
@@ -144,7 +138,7 @@ export function describeZodError(error: z.ZodError): string {
 
 export function parseEnrollOptions(raw: EnrollOptionsInput): EnrollOptions {
   const result = enrollOptionsSchema.safeParse(raw);
-  if (!result.success) throw new ConfigError(`invalid enroll options: ${describeZodError(result.error)}`);
+  if (!result.success) throw new MeshlinkError('ML_ERR_CONFIG', `invalid enroll options: ${describeZodError(result.error)}`);
   const options = result.data;
   return Object.freeze({ ...options, caPins: Object.freeze([...options.caPins]), sans: Object.freeze([...options.sans]) }) as EnrollOptions;
 }

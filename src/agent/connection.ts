@@ -1,3 +1,4 @@
+import { MeshlinkError } from '../errors.js';
 import { EventEmitter } from 'node:events';
 import { stat } from 'node:fs/promises';
 import { isIP } from 'node:net';
@@ -6,7 +7,6 @@ import { WebSocket } from 'ws';
 import type { IncomingMessage } from 'node:http';
 import { zeroMaskingKey } from '../net/ws-mask.js';
 import { attachSession } from '../net/ws-session.js';
-import { MeshlinkError, ProtocolError } from '../protocol/errors.js';
 import type { Session, CloseInfo, ControlMessage } from '../protocol/session.js';
 import type { InputOf, KindName, PayloadOf } from '../protocol/registry.js';
 import type { MuxStream } from '../protocol/stream.js';
@@ -55,10 +55,14 @@ export type ServerStreamHandler = (stream: MuxStream, session: Session) => void;
 /** Contributes fields to hello (e.g. lastEventSeq, wgPublicKey); called for every connection. */
 export type HelloContributor = () => Partial<InputOf<'hello'>>;
 
-/** A refusal of the WebSocket upgrade, with the server's JSON error code when it sent one. */
+/**
+ * A refusal of the WebSocket upgrade, with the server's JSON error code when it sent one. A subclass
+ * because it carries what a code cannot: the HTTP status received and the server's code, which decide
+ * between revoked, expired and retry.
+ */
 export class ConnectRefusedError extends MeshlinkError {
   constructor(
-    readonly status: number,
+    override readonly status: number,
     readonly serverCode: string | null,
     message: string,
   ) {
@@ -317,7 +321,7 @@ export class AgentRunner extends EventEmitter {
       if (session.state !== 'open') return;
       if (Date.now() - session.lastReceivedAt > interval * this.#opts.livenessIntervals) {
         this.#log.warn({ silentMs: Date.now() - session.lastReceivedAt }, 'server silent; abandoning the connection');
-        session.abort(new ProtocolError('ML_ERR_HEARTBEAT_TIMEOUT', 'no traffic from the server'));
+        session.abort(new MeshlinkError('ML_ERR_HEARTBEAT_TIMEOUT', 'no traffic from the server'));
         live.ws.terminate();
         return;
       }

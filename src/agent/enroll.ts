@@ -2,11 +2,11 @@ import { X509Certificate, createPrivateKey, createPublicKey } from 'node:crypto'
 import { Agent, request, type Dispatcher } from 'undici';
 import { z } from 'zod';
 import type { Logger } from '../util/logger.js';
-import { MeshlinkError } from '../protocol/errors.js';
 import { parseEnrollOptions, type EnrollOptionsInput } from './config.js';
 import { createCsrPem, generateAgentKeyPair, KEY_TYPES, type KeyType } from './csr.js';
 import { assertStateDirUsable, isEnrolled, loadIdentity, saveEnrollment, saveRenewedCertificate, type Identity } from './identity.js';
-import { assertPinned, parseCaCertificate, PinError, spkiDerOf, spkiPinOf } from './pin.js';
+import { assertPinned, parseCaCertificate, spkiDerOf, spkiPinOf } from './pin.js';
+import { codeFromWire, MeshlinkError, type ExitClass } from '../errors.js';
 
 /**
  * The agent side of the server's HTTPS enrollment endpoints: GET /v1/ca, POST /v1/enroll and
@@ -19,30 +19,23 @@ const MAX_CA_BYTES = 64 * 1024;
 const MAX_RESPONSE_BYTES = 256 * 1024;
 const MAX_SERVER_MESSAGE_CHARS = 500;
 
+/**
+ * The server refused an enrollment or renewal. A subclass because it carries what a code cannot: the
+ * code is the server's own (any code, possibly one this build does not know), and `status` is the HTTP
+ * status actually received, which decides the exit class (5xx: server unavailable, else refused).
+ */
 export class EnrollError extends MeshlinkError {
   /** HTTP status of the refusal. */
-  readonly status: number;
+  override readonly status: number;
+  override readonly exit: ExitClass;
   /** Seconds the server asked us to wait (429), if it said. */
   readonly retryAfterSeconds: number | undefined;
   constructor(code: string, status: number, message: string, retryAfterSeconds?: number) {
-    super(code, message);
+    super(codeFromWire(code), message, retryAfterSeconds === undefined ? {} : { retryAfterSec: retryAfterSeconds });
     this.name = 'EnrollError';
     this.status = status;
+    this.exit = status >= 500 ? 'serverUnavailable' : 'enrollRefused';
     this.retryAfterSeconds = retryAfterSeconds;
-  }
-}
-
-export type EnrollTransportCode =
-  | 'ML_ERR_ALREADY_ENROLLED'
-  | 'ML_ERR_SERVER_UNREACHABLE'
-  | 'ML_ERR_SERVER_TLS'
-  | 'ML_ERR_ENROLL_RESPONSE';
-
-/** Failures that are not a refusal by the server: unreachable, TLS trust failure, bad response. */
-export class EnrollTransportError extends MeshlinkError {
-  constructor(code: EnrollTransportCode, message: string, options?: { cause?: unknown }) {
-    super(code, message, options);
-    this.name = 'EnrollTransportError';
   }
 }
 
@@ -93,14 +86,14 @@ function transportError(err: unknown, url: string): MeshlinkError {
   if (err instanceof MeshlinkError) return err;
   const code = errorCodeOf(err) ?? 'unknown';
   if (TLS_TRUST_CODES.has(code)) {
-    return new EnrollTransportError(
+    return new MeshlinkError(
       'ML_ERR_SERVER_TLS',
       `TLS verification of ${url} against the pinned CA failed (${code}): the server's certificate is not issued by that CA for this host name`,
       { cause: err },
     );
   }
   const detail = err instanceof Error ? err.message : String(err);
-  return new EnrollTransportError('ML_ERR_SERVER_UNREACHABLE', `cannot reach ${url} (${code}): ${detail}`, { cause: err });
+  return new MeshlinkError('ML_ERR_SERVER_UNREACHABLE', `cannot reach ${url} (${code}): ${detail}`, { cause: err });
 }
 
 async function readCapped(body: Dispatcher.ResponseData['body'], maxBytes: number, url: string): Promise<string> {
@@ -111,7 +104,7 @@ async function readCapped(body: Dispatcher.ResponseData['body'], maxBytes: numbe
     total += buf.length;
     if (total > maxBytes) {
       body.destroy();
-      throw new EnrollTransportError('ML_ERR_ENROLL_RESPONSE', `response from ${url} exceeds ${maxBytes} bytes`);
+      throw new MeshlinkError('ML_ERR_ENROLL_RESPONSE', `response from ${url} exceeds ${maxBytes} bytes`);
     }
     chunks.push(buf);
   }
@@ -136,7 +129,7 @@ async function httpCall(
     const declared = Number(response.headers['content-length']);
     if (Number.isFinite(declared) && declared > init.maxBytes) {
       response.body.destroy();
-      throw new EnrollTransportError('ML_ERR_ENROLL_RESPONSE', `response from ${url} announces ${declared} bytes, more than ${init.maxBytes}`);
+      throw new MeshlinkError('ML_ERR_ENROLL_RESPONSE', `response from ${url} announces ${declared} bytes, more than ${init.maxBytes}`);
     }
     const body = await readCapped(response.body, init.maxBytes, url);
     return { status: response.statusCode, headers: response.headers, body };
@@ -183,12 +176,12 @@ function parseIssued(result: HttpResult, url: string): IssuedResponse {
   try {
     json = JSON.parse(result.body);
   } catch (err) {
-    throw new EnrollTransportError('ML_ERR_ENROLL_RESPONSE', `response from ${url} is not JSON`, { cause: err });
+    throw new MeshlinkError('ML_ERR_ENROLL_RESPONSE', `response from ${url} is not JSON`, { cause: err });
   }
   const parsed = issuedResponseSchema.safeParse(json);
   if (!parsed.success) {
     const fields = parsed.error.issues.map((i) => i.path.join('.') || 'body').join(', ');
-    throw new EnrollTransportError('ML_ERR_ENROLL_RESPONSE', `response from ${url} is malformed (${fields})`);
+    throw new MeshlinkError('ML_ERR_ENROLL_RESPONSE', `response from ${url} is malformed (${fields})`);
   }
   return parsed.data;
 }
@@ -215,18 +208,18 @@ export function verifyIssued(issued: IssuedResponse, caPins: readonly string[], 
     ca = parseCaCertificate(issued.caCertificate);
     cert = new X509Certificate(issued.certificate);
   } catch (err) {
-    throw new EnrollTransportError('ML_ERR_ENROLL_RESPONSE', 'the issued certificate or CA certificate does not parse', { cause: err });
+    throw new MeshlinkError('ML_ERR_ENROLL_RESPONSE', 'the issued certificate or CA certificate does not parse', { cause: err });
   }
   const caPin = spkiPinOf(ca);
   if (!caPins.includes(caPin)) {
-    throw new EnrollTransportError('ML_ERR_ENROLL_RESPONSE', `the CA returned with the certificate (pin ${caPin}) is not pinned`);
+    throw new MeshlinkError('ML_ERR_ENROLL_RESPONSE', `the CA returned with the certificate (pin ${caPin}) is not pinned`);
   }
   if (!cert.checkIssued(ca) || !cert.verify(ca.publicKey)) {
-    throw new EnrollTransportError('ML_ERR_ENROLL_RESPONSE', 'the issued certificate is not signed by the returned CA');
+    throw new MeshlinkError('ML_ERR_ENROLL_RESPONSE', 'the issued certificate is not signed by the returned CA');
   }
   const ours = createPublicKey(publicKeyPem).export({ type: 'spki', format: 'der' });
   if (!spkiDerOf(cert).equals(ours)) {
-    throw new EnrollTransportError('ML_ERR_ENROLL_RESPONSE', 'the issued certificate does not carry the public key we sent');
+    throw new MeshlinkError('ML_ERR_ENROLL_RESPONSE', 'the issued certificate does not carry the public key we sent');
   }
   return { nodeId: issued.nodeId, certPem: issued.certificate, caPem: issued.caCertificate, cert };
 }
@@ -253,7 +246,7 @@ export async function fetchPinnedCa(server: string, caPins: readonly string[], t
   try {
     const result = await httpCall(untrusting, url, { method: 'GET', maxBytes: MAX_CA_BYTES, timeoutMs });
     if (result.status !== 200) {
-      throw new PinError('ML_ERR_CA_CERT', `GET ${url} answered HTTP ${result.status} instead of the CA certificate; is this a meshlink server?`);
+      throw new MeshlinkError('ML_ERR_CA_CERT', `GET ${url} answered HTTP ${result.status} instead of the CA certificate; is this a meshlink server?`);
     }
     const caPem = result.body;
     const caPin = assertPinned(caPem, caPins);
@@ -294,7 +287,7 @@ export async function enroll(
   if (!options.force && (await isEnrolled(options.stateDir))) {
     const existing = await loadIdentity(options.stateDir).catch(() => null);
     const who = existing === null ? '' : ` as node ${existing.nodeId}`;
-    throw new EnrollTransportError(
+    throw new MeshlinkError(
       'ML_ERR_ALREADY_ENROLLED',
       `${options.stateDir} is already enrolled${who}; pass --force to replace that identity`,
     );
@@ -382,7 +375,7 @@ export async function renewViaHttps(
   if (result.status !== 200) throw refusal(result, 'renewal');
   const issued = verifyIssued(parseIssued(result, url), identity.caPins, keys.publicKeyPem);
   if (issued.nodeId !== identity.nodeId) {
-    throw new EnrollTransportError('ML_ERR_ENROLL_RESPONSE', `renewal returned node id ${issued.nodeId}, expected ${identity.nodeId}`);
+    throw new MeshlinkError('ML_ERR_ENROLL_RESPONSE', `renewal returned node id ${issued.nodeId}, expected ${identity.nodeId}`);
   }
   const renewed = await saveRenewedCertificate(identity.stateDir, keys.privateKeyPem, issued.certPem, issued.caPem);
   log.info({ nodeId: renewed.nodeId, certSerial: renewed.cert.serial, certNotAfter: renewed.cert.notAfter.toISOString() }, 'certificate renewed');

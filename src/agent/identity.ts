@@ -3,9 +3,9 @@ import { constants as fsConstants } from 'node:fs';
 import { access, chmod, lstat, mkdir, open, readFile, readdir, readlink, rename, rm, stat, symlink, unlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { z } from 'zod';
-import { MeshlinkError } from '../protocol/errors.js';
 import { fsyncPath, writeFileAtomic } from '../util/atomic-file.js';
 import { caPinSchema, spkiDerOf, spkiPinOf } from './pin.js';
+import { MeshlinkError } from '../errors.js';
 
 /**
  * The agent's state dir. Layout (see docs/AGENT.md):
@@ -43,13 +43,6 @@ const FILE_MODES: Record<StateFile, number> = {
   'cert.pem': 0o644,
   'ca.pem': 0o644,
 };
-
-export class IdentityError extends MeshlinkError {
-  constructor(code: 'ML_ERR_NOT_ENROLLED' | 'ML_ERR_STATE_CORRUPT' | 'ML_ERR_STATE_ACCESS', message: string, options?: { cause?: unknown }) {
-    super(code, message, options);
-    this.name = 'IdentityError';
-  }
-}
 
 export const nodeIdSchema = z
   .string()
@@ -122,18 +115,18 @@ export async function assertStateDirUsable(stateDir: string): Promise<void> {
       ancestor = dirname(ancestor);
     }
     await access(ancestor, fsConstants.W_OK).catch((cause: unknown) => {
-      throw new IdentityError('ML_ERR_STATE_ACCESS', `cannot create ${stateDir}: ${ancestor} is not writable`, { cause });
+      throw new MeshlinkError('ML_ERR_STATE_ACCESS', `cannot create ${stateDir}: ${ancestor} is not writable`, { cause });
     });
     return;
   }
-  if (!info.isDirectory()) throw new IdentityError('ML_ERR_STATE_ACCESS', `${stateDir} exists and is not a directory`);
+  if (!info.isDirectory()) throw new MeshlinkError('ML_ERR_STATE_ACCESS', `${stateDir} exists and is not a directory`);
   await access(stateDir, fsConstants.W_OK | fsConstants.R_OK | fsConstants.X_OK).catch((cause: unknown) => {
-    throw new IdentityError('ML_ERR_STATE_ACCESS', `${stateDir} is not writable by this user`, { cause });
+    throw new MeshlinkError('ML_ERR_STATE_ACCESS', `${stateDir} is not writable by this user`, { cause });
   });
   if ((info.mode & 0o777) === 0o700) return;
   const entries = await readdir(stateDir);
   if (entries.length > 0 && !entries.includes(CURRENT_LINK) && !entries.includes(GENERATIONS_DIR)) {
-    throw new IdentityError(
+    throw new MeshlinkError(
       'ML_ERR_STATE_ACCESS',
       `${stateDir} is not empty and is open to other users (mode ${(info.mode & 0o777).toString(8)}); ` +
         'use a dedicated state directory for the agent',
@@ -155,18 +148,18 @@ export async function currentGeneration(stateDir: string): Promise<string | null
     target = await readlink(join(stateDir, CURRENT_LINK));
   } catch (err) {
     if (isErrno(err, 'ENOENT')) return null;
-    if (isErrno(err, 'ENOTDIR')) throw new IdentityError('ML_ERR_STATE_ACCESS', `${stateDir} is not a directory`, { cause: err });
+    if (isErrno(err, 'ENOTDIR')) throw new MeshlinkError('ML_ERR_STATE_ACCESS', `${stateDir} is not a directory`, { cause: err });
     if (isErrno(err, 'EACCES')) {
-      throw new IdentityError('ML_ERR_STATE_ACCESS', `cannot read ${stateDir}: permission denied (run as its owner, or pass --state-dir)`, { cause: err });
+      throw new MeshlinkError('ML_ERR_STATE_ACCESS', `cannot read ${stateDir}: permission denied (run as its owner, or pass --state-dir)`, { cause: err });
     }
-    if (isErrno(err, 'EINVAL')) throw new IdentityError('ML_ERR_STATE_CORRUPT', `${join(stateDir, CURRENT_LINK)} is not a symlink`);
+    if (isErrno(err, 'EINVAL')) throw new MeshlinkError('ML_ERR_STATE_CORRUPT', `${join(stateDir, CURRENT_LINK)} is not a symlink`);
     throw err;
   }
   const parts = target.split('/');
   const name = parts[1];
   if (parts.length !== 2 || parts[0] !== GENERATIONS_DIR || name === undefined || !GENERATION_NAME.test(name)) {
     // Never follow a pointer that leaves generations/: the state dir may be writable by an operator only.
-    throw new IdentityError('ML_ERR_STATE_CORRUPT', `${join(stateDir, CURRENT_LINK)} points outside generations/`);
+    throw new MeshlinkError('ML_ERR_STATE_CORRUPT', `${join(stateDir, CURRENT_LINK)} points outside generations/`);
   }
   return name;
 }
@@ -193,14 +186,14 @@ export async function loadIdentity(stateDir: string): Promise<Identity> {
   for (let attempt = 1; ; attempt++) {
     const generation = await currentGeneration(stateDir);
     if (generation === null) {
-      throw new IdentityError('ML_ERR_NOT_ENROLLED', `no agent identity in ${stateDir}; run \`meshlink agent enroll\` first`);
+      throw new MeshlinkError('ML_ERR_NOT_ENROLLED', `no agent identity in ${stateDir}; run \`meshlink agent enroll\` first`);
     }
     try {
       return await loadGeneration(stateDir, generation);
     } catch (err) {
       if (isErrno(err, 'ENOENT') && attempt < LOAD_ATTEMPTS) continue;
       if (isErrno(err, 'ENOENT')) {
-        throw new IdentityError('ML_ERR_STATE_CORRUPT', `generation ${generation} in ${stateDir} is incomplete`, { cause: err });
+        throw new MeshlinkError('ML_ERR_STATE_CORRUPT', `generation ${generation} in ${stateDir} is incomplete`, { cause: err });
       }
       throw err;
     }
@@ -217,11 +210,11 @@ async function loadGeneration(stateDir: string, generation: string): Promise<Ide
   try {
     parsedJson = JSON.parse(identityRaw);
   } catch (err) {
-    throw new IdentityError('ML_ERR_STATE_CORRUPT', `${join(dir, 'identity.json')} is not valid JSON`, { cause: err });
+    throw new MeshlinkError('ML_ERR_STATE_CORRUPT', `${join(dir, 'identity.json')} is not valid JSON`, { cause: err });
   }
   const parsed = identityFileSchema.safeParse(parsedJson);
   if (!parsed.success) {
-    throw new IdentityError('ML_ERR_STATE_CORRUPT', `${join(dir, 'identity.json')} is invalid: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+    throw new MeshlinkError('ML_ERR_STATE_CORRUPT', `${join(dir, 'identity.json')} is invalid: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
   }
   const file = parsed.data;
 
@@ -231,14 +224,14 @@ async function loadGeneration(stateDir: string, generation: string): Promise<Ide
     cert = new X509Certificate(certPem);
     ca = new X509Certificate(caPem);
   } catch (err) {
-    throw new IdentityError('ML_ERR_STATE_CORRUPT', `certificate files in ${dir} do not parse`, { cause: err });
+    throw new MeshlinkError('ML_ERR_STATE_CORRUPT', `certificate files in ${dir} do not parse`, { cause: err });
   }
   assertPairMatches(keyPem, cert, dir);
   if (!cert.verify(ca.publicKey)) {
-    throw new IdentityError('ML_ERR_STATE_CORRUPT', `cert.pem in ${dir} is not signed by ca.pem`);
+    throw new MeshlinkError('ML_ERR_STATE_CORRUPT', `cert.pem in ${dir} is not signed by ca.pem`);
   }
   if (!file.caPins.includes(spkiPinOf(ca))) {
-    throw new IdentityError('ML_ERR_STATE_CORRUPT', `ca.pem in ${dir} does not match the pinned CA`);
+    throw new MeshlinkError('ML_ERR_STATE_CORRUPT', `ca.pem in ${dir} does not match the pinned CA`);
   }
 
   return Object.freeze({
@@ -262,10 +255,10 @@ function assertPairMatches(keyPem: string, cert: X509Certificate, where: string)
   try {
     publicDer = createPublicKey(keyPem).export({ type: 'spki', format: 'der' });
   } catch (err) {
-    throw new IdentityError('ML_ERR_STATE_CORRUPT', `key.pem in ${where} is not a valid private key`, { cause: err });
+    throw new MeshlinkError('ML_ERR_STATE_CORRUPT', `key.pem in ${where} is not a valid private key`, { cause: err });
   }
   if (!publicDer.equals(spkiDerOf(cert))) {
-    throw new IdentityError('ML_ERR_STATE_CORRUPT', `key.pem and cert.pem in ${where} do not belong together`);
+    throw new MeshlinkError('ML_ERR_STATE_CORRUPT', `key.pem and cert.pem in ${where} do not belong together`);
   }
 }
 

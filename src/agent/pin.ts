@@ -1,6 +1,6 @@
 import { X509Certificate, createHash } from 'node:crypto';
 import { z } from 'zod';
-import { MeshlinkError } from '../protocol/errors.js';
+import { MeshlinkError } from '../errors.js';
 
 /**
  * A CA pin is `sha256:<64 lower-case hex>`: the SHA-256 of the CA certificate's
@@ -16,20 +16,13 @@ export const caPinSchema = z
   .string()
   .regex(CA_PIN_PATTERN, 'a CA pin is "sha256:" followed by 64 lower-case hex digits');
 
-export class PinError extends MeshlinkError {
-  constructor(code: 'ML_ERR_PIN_FORMAT' | 'ML_ERR_CA_PIN_MISMATCH' | 'ML_ERR_CA_CERT', message: string, options?: { cause?: unknown }) {
-    super(code, message, options);
-    this.name = 'PinError';
-  }
-}
-
 /** Parses one pin; rejects anything but the canonical form so pins compare as plain strings. */
 export function parseCaPin(raw: string): CaPin {
   const result = caPinSchema.safeParse(raw);
   if (!result.success) {
     // The input is operator-supplied and not secret, but cap what we echo.
     const shown = raw.length > 80 ? `${raw.slice(0, 80)}…` : raw;
-    throw new PinError('ML_ERR_PIN_FORMAT', `invalid CA pin "${shown}": expected sha256:<64 lower-case hex digits>`);
+    throw new MeshlinkError('ML_ERR_PIN_FORMAT', `invalid CA pin "${shown}": expected sha256:<64 lower-case hex digits>`);
   }
   return result.data;
 }
@@ -38,16 +31,16 @@ export function parseCaPin(raw: string): CaPin {
 export function parseCaCertificate(caPem: string): X509Certificate {
   const blocks = caPem.match(/-----BEGIN CERTIFICATE-----/g) ?? [];
   if (blocks.length !== 1) {
-    throw new PinError('ML_ERR_CA_CERT', `expected exactly one CA certificate in PEM, found ${blocks.length}`);
+    throw new MeshlinkError('ML_ERR_CA_CERT', `expected exactly one CA certificate in PEM, found ${blocks.length}`);
   }
   let cert: X509Certificate;
   try {
     cert = new X509Certificate(caPem);
   } catch (err) {
-    throw new PinError('ML_ERR_CA_CERT', 'the CA certificate is not a valid PEM X.509 certificate', { cause: err });
+    throw new MeshlinkError('ML_ERR_CA_CERT', 'the CA certificate is not a valid PEM X.509 certificate', { cause: err });
   }
   if (!cert.ca) {
-    throw new PinError('ML_ERR_CA_CERT', 'the certificate offered as CA does not have the CA basic constraint');
+    throw new MeshlinkError('ML_ERR_CA_CERT', 'the certificate offered as CA does not have the CA basic constraint');
   }
   return cert;
 }
@@ -67,7 +60,7 @@ export function spkiPinOf(caPem: string | X509Certificate): CaPin {
 export function assertPinned(caPem: string, caPins: readonly string[]): CaPin {
   const seen = spkiPinOf(parseCaCertificate(caPem));
   if (!caPins.includes(seen)) {
-    throw new PinError(
+    throw new MeshlinkError(
       'ML_ERR_CA_PIN_MISMATCH',
       `the server's CA has pin ${seen}, which is not among the ${caPins.length} pinned value(s); ` +
         'check the --ca-pin value printed by `meshlink server token create`',

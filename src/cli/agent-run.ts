@@ -6,8 +6,8 @@ import { LOG_LEVELS } from '../util/logger.js';
 import { createAgentLogger } from '../agent/ops/agent-log.js';
 import { AGENT_RUN_EXTENSIONS } from './agent-features.js';
 import { z } from 'zod';
-import { MeshlinkError } from '../protocol/errors.js';
 import { parseDuration } from '../util/duration.js';
+import { MeshlinkError } from '../errors.js';
 
 const runFlagsSchema = z.object({
   renewBeforeMs: z.number().int().min(0),

@@ -1,15 +1,15 @@
-import { Command, type CommanderError } from 'commander';
+import type { Command } from 'commander';
 import { registerRunCommand } from './agent-run.js';
 import { z } from 'zod';
-import { MeshlinkError } from '../protocol/errors.js';
 import { createLogger, LOG_LEVELS } from '../util/logger.js';
 import { VERSION } from '../version.js';
 import { AGENT_EXIT_CODES, defaultHostname, ENV_ENROLL_TOKEN, ENV_LOG_LEVEL, resolveStateDir } from '../agent/config.js';
-import { EnrollError, enroll } from '../agent/enroll.js';
+import { enroll } from '../agent/enroll.js';
 import { isEnrolled, loadIdentity, readAgentStatus, type AgentStatusReading, type Identity } from '../agent/identity.js';
 import { parseCaPin } from '../agent/pin.js';
 import { readMeshStatus } from '../agent/mesh/index.js';
-import { UsageError } from './failure.js';
+import { MeshlinkError } from '../errors.js';
+import { reportFailure, withFailureReport } from './failure.js';
 
 /**
  * `meshlink agent ...`. Thin: parse, validate, call into src/agent, print, map errors to exit codes.
@@ -19,57 +19,8 @@ import { UsageError } from './failure.js';
 
 export { AGENT_EXIT_CODES };
 
-export { UsageError };
-
-export function exitCodeFor(err: unknown): number {
-  if (err instanceof EnrollError) return err.status >= 500 ? AGENT_EXIT_CODES.serverUnavailable : AGENT_EXIT_CODES.enrollRefused;
-  if (!(err instanceof MeshlinkError)) return AGENT_EXIT_CODES.internal;
-  switch (err.code) {
-    case 'ML_ERR_USAGE':
-    case 'ML_ERR_CONFIG':
-    case 'ML_ERR_PIN_FORMAT':
-      return AGENT_EXIT_CODES.usage;
-    case 'ML_ERR_CA_PIN_MISMATCH':
-      return AGENT_EXIT_CODES.pinMismatch;
-    case 'ML_ERR_ALREADY_ENROLLED':
-      return AGENT_EXIT_CODES.alreadyEnrolled;
-    case 'ML_ERR_SERVER_UNREACHABLE':
-    case 'ML_ERR_SERVER_TLS':
-    case 'ML_ERR_ENROLL_RESPONSE':
-    case 'ML_ERR_CA_CERT':
-      return AGENT_EXIT_CODES.serverUnavailable;
-    case 'ML_ERR_NOT_ENROLLED':
-    case 'ML_ERR_STATE_CORRUPT':
-    case 'ML_ERR_STATE_ACCESS':
-      return AGENT_EXIT_CODES.notEnrolled;
-    case 'ML_ERR_CERT_REVOKED':
-      return AGENT_EXIT_CODES.revoked;
-    default:
-      return AGENT_EXIT_CODES.internal;
-  }
-}
-
-/** Prints `error <CODE>: message` on stderr and sets the exit code; never prints a stack for our own errors. */
-export function reportFailure(err: unknown): void {
-  const code = err instanceof MeshlinkError ? err.code : 'ML_ERR_INTERNAL';
-  const message = err instanceof Error ? err.message : String(err);
-  process.stderr.write(`error ${code}: ${message}\n`);
-  if (!(err instanceof MeshlinkError) && err instanceof Error && err.stack !== undefined && process.env[ENV_LOG_LEVEL] === 'debug') {
-    process.stderr.write(`${err.stack}\n`);
-  }
-  process.exitCode = exitCodeFor(err);
-}
-
 /** Wraps an action so every failure ends as a documented exit code (exitCode, not exit(): logs flush). */
-export function agentAction<A extends unknown[]>(fn: (...args: A) => Promise<void>): (...args: A) => Promise<void> {
-  return async (...args: A) => {
-    try {
-      await fn(...args);
-    } catch (err) {
-      reportFailure(err);
-    }
-  };
-}
+export const agentAction = withFailureReport;
 
 const logLevelSchema = z.enum(LOG_LEVELS);
 
@@ -77,7 +28,7 @@ const logLevelSchema = z.enum(LOG_LEVELS);
 function agentLogger(flag: string | undefined, fallback: string) {
   const raw = flag ?? process.env[ENV_LOG_LEVEL] ?? fallback;
   const level = logLevelSchema.safeParse(raw);
-  if (!level.success) throw new UsageError(`invalid log level "${raw}": expected one of ${LOG_LEVELS.join(', ')}`);
+  if (!level.success) throw new MeshlinkError('ML_ERR_USAGE', `invalid log level "${raw}": expected one of ${LOG_LEVELS.join(', ')}`);
   return createLogger({ name: 'meshlink-agent', level: level.data });
 }
 
@@ -117,8 +68,8 @@ function registerEnrollCommand(agent: Command): void {
       agentAction(async (rawFlags: unknown) => {
         const flags = enrollFlagsSchema.parse(rawFlags);
         const token = flags.token ?? process.env[ENV_ENROLL_TOKEN];
-        if (token === undefined || token === '') throw new UsageError(`a token is required: --token or ${ENV_ENROLL_TOKEN}`);
-        if (flags.caPin.length === 0) throw new UsageError('at least one --ca-pin is required (printed by `meshlink server token create`)');
+        if (token === undefined || token === '') throw new MeshlinkError('ML_ERR_USAGE', `a token is required: --token or ${ENV_ENROLL_TOKEN}`);
+        if (flags.caPin.length === 0) throw new MeshlinkError('ML_ERR_USAGE', 'at least one --ca-pin is required (printed by `meshlink server token create`)');
         const caPins = flags.caPin.map(parseCaPin);
         const logger = agentLogger(flags.logLevel, 'warn');
         const stateDir = resolveStateDir(flags.stateDir);
@@ -242,21 +193,10 @@ function registerStatusCommand(agent: Command): void {
 
 // ---------------------------------------------------------------------------------------------
 
-/**
- * Commander's own parse errors (unknown option or command, missing value, bare `agent`) are usage
- * errors: exit 2. Help asked for with --help keeps commander's 0.
- */
-function exitOnCommanderError(err: CommanderError): never {
-  process.exit(err.exitCode === 0 ? 0 : AGENT_EXIT_CODES.usage);
-}
-
 export function registerAgentCommands(program: Command): Command {
   const agent = program
     .command('agent')
-    .description('agent commands: enroll this host, show its status')
-    // Set before adding subcommands: commander copies these settings into each new subcommand.
-    .exitOverride(exitOnCommanderError)
-    .configureOutput({ outputError: (str, write) => write(`error ML_ERR_USAGE: ${str.replace(/^error: /, '')}`) });
+    .description('agent commands: enroll this host, show its status');
   registerEnrollCommand(agent);
   registerStatusCommand(agent);
   registerRunCommand(agent, reportFailure);

@@ -5,6 +5,7 @@ import { registerServerCommands } from './server.js';
 import { registerAgentCommands } from './agent.js';
 import { registerDemoCommand } from './demo.js';
 import { VERSION } from '../version.js';
+import { usageErrorsExit2 } from './failure.js';
 
 const program = new Command();
 program
@@ -12,6 +13,8 @@ program
   .description('Self-hosted agent transport: mTLS WebSocket, multiplexed streams, WireGuard mesh control plane')
   .version(VERSION)
   .showHelpAfterError();
+// Before any command is registered, so that every command group and subcommand inherits it.
+usageErrorsExit2(program);
 
 registerServerCommands(program);
 registerAgentCommands(program);

@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { describeRegistry } from '../protocol/registry.js';
-import { ERROR_CODES } from '../protocol/errors.js';
 import { SUPPORTED_VERSIONS } from '../protocol/handshake.js';
+import { ERRORS, EXIT_CODES, type ErrorSpec } from '../errors.js';
 
 /** `meshlink protocol …`: the wire protocol as data, for other implementations and debugging tools. */
 export function registerProtocolCommands(program: Command): void {
@@ -22,14 +22,22 @@ export function registerProtocolCommands(program: Command): void {
     });
   protocol
     .command('errors')
-    .description('print the error codes with their WebSocket close codes')
+    .description('print every error code: WebSocket close code, HTTP status and CLI exit code')
     .option('--json', 'print JSON instead of a table')
     .action((opts: { json?: boolean }) => {
-      const rows = Object.entries(ERROR_CODES).map(([code, spec]) => ({ code, closeCode: spec.closeCode, description: spec.description }));
+      const rows = Object.entries(ERRORS as Record<string, ErrorSpec>).map(([code, spec]) => ({
+        code,
+        closeCode: spec.closeCode ?? null,
+        status: spec.status ?? null,
+        exit: EXIT_CODES[spec.exit],
+        description: spec.description,
+      }));
       if (opts.json) {
         process.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
         return;
       }
-      for (const r of rows) process.stdout.write(`${r.code.padEnd(26)} ${String(r.closeCode ?? '-').padEnd(5)} ${r.description}\n`);
+      for (const r of rows) {
+        process.stdout.write(`${r.code.padEnd(30)} ${String(r.closeCode ?? '-').padEnd(5)} ${String(r.status ?? '-').padEnd(4)} ${String(r.exit).padEnd(3)} ${r.description}\n`);
+      }
     });
 }

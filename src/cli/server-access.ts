@@ -1,8 +1,8 @@
 import { existsSync } from 'node:fs';
-import { MeshlinkError } from '../protocol/errors.js';
 import { AdminUnavailable } from '../server/admin.js';
 import { adminSocketPath, parseServerConfig, storePath } from '../server/config.js';
 import { Store } from '../server/store/store.js';
+import { MeshlinkError } from '../errors.js';
 
 /** Runs `viaAdmin` against the running server's admin socket, else `direct` on the store (server stopped). */
 export async function withServerOrStore<T>(dataDirFlag: string | undefined, viaAdmin: (socket: string) => Promise<T>, direct: (store: Store) => T): Promise<T> {

@@ -1,17 +1,16 @@
 import { existsSync } from 'node:fs';
-import { UsageError, failureReporter, withFailureReport } from './failure.js';
+import { withFailureReport } from './failure.js';
 import { readFile, stat } from 'node:fs/promises';
 import { Command, Option } from 'commander';
 import { z } from 'zod';
-import { MeshlinkError } from '../protocol/errors.js';
 import { AdminUnavailable, adminRequest } from '../server/admin.js';
 import { adminSocketPath, parseServerConfig, storePath } from '../server/config.js';
-import { MeshError } from '../server/mesh/errors.js';
 import { storedPolicy, storePolicy, tagNode } from '../server/mesh/operator.js';
 import { parsePolicy, POLICY_MAX_BYTES, type Policy } from '../server/mesh/policy.js';
 import type { FeedEntry } from '../server/mesh/service.js';
 import { MeshStore } from '../server/store/mesh-store.js';
 import { Store } from '../server/store/store.js';
+import { MeshlinkError } from '../errors.js';
 
 /**
  * Mesh subcommands of `meshlink server` (docs/MESH.md):
@@ -19,21 +18,11 @@ import { Store } from '../server/store/store.js';
  *   mesh rotate-keys NODE, mesh rotate-signing-key.
  * With a running server they go through its admin socket (which notifies agents); with none, policy
  * and tags are written to the store and take effect at the next start.
- * Exit codes as for the other server commands: 2 invalid input (policy file, tag), 3 node not found,
- * 5 data dir not initialized, 1 anything else.
+ * Exit codes as for the other server commands (src/errors.ts): 2 invalid input (policy file, tag),
+ * 3 node not found, 5 data dir not initialized, 1 anything else.
  */
 
-const EXIT_BY_CODE: Record<string, number> = {
-  ML_ERR_USAGE: 2,
-  ML_ERR_BAD_REQUEST: 2,
-  ML_ERR_MESH_POLICY: 2,
-  ML_ERR_MESH_TAG: 2,
-  ML_ERR_NODE_NOT_FOUND: 3,
-  ML_ERR_NODE_AMBIGUOUS: 3,
-  ML_ERR_NOT_INITIALIZED: 5,
-};
-
-const action = <A extends unknown[]>(fn: (...args: A) => Promise<void>) => withFailureReport(failureReporter(EXIT_BY_CODE, 1), fn);
+const action = withFailureReport;
 
 
 const dataDirOption = () => new Option('--data-dir <dir>', 'server data dir (default as for server start)');
@@ -57,9 +46,9 @@ async function viaServerOrStore<T>(dataDirFlag: string | undefined, viaAdmin: (s
 
 async function readPolicyFile(file: string): Promise<Policy> {
   const info = await stat(file).catch((err: NodeJS.ErrnoException) => {
-    throw new MeshError('ML_ERR_MESH_POLICY', `cannot read ${file}: ${err.code ?? err.message}`);
+    throw new MeshlinkError('ML_ERR_MESH_POLICY', `cannot read ${file}: ${err.code ?? err.message}`);
   });
-  if (info.size > POLICY_MAX_BYTES) throw new MeshError('ML_ERR_MESH_POLICY', `${file} is larger than ${POLICY_MAX_BYTES} bytes`);
+  if (info.size > POLICY_MAX_BYTES) throw new MeshlinkError('ML_ERR_MESH_POLICY', `${file} is larger than ${POLICY_MAX_BYTES} bytes`);
   return parsePolicy(await readFile(file, 'utf8'));
 }
 
@@ -193,12 +182,12 @@ export function registerMeshCommands(server: Command): void {
         const opts = z
           .object({ all: z.boolean().optional(), action: z.string().min(1).max(128).optional(), arg: z.array(z.string()).default([]), secrets: z.array(z.string().min(1).max(256)).max(1024).optional(), dataDir: z.string().optional() })
           .parse(raw);
-        if ((node === undefined) === (opts.all !== true)) throw new UsageError('name one node, or give --all');
-        if ((opts.action === undefined) === (opts.secrets === undefined)) throw new UsageError('give either --action NAME or --secrets KEY');
+        if ((node === undefined) === (opts.all !== true)) throw new MeshlinkError('ML_ERR_USAGE', 'name one node, or give --all');
+        if ((opts.action === undefined) === (opts.secrets === undefined)) throw new MeshlinkError('ML_ERR_USAGE', 'give either --action NAME or --secrets KEY');
         const args: Record<string, string> = {};
         for (const a of opts.arg) {
           const eq = a.indexOf('=');
-          if (eq <= 0) throw new UsageError(`--arg ${a}: expected key=value`);
+          if (eq <= 0) throw new MeshlinkError('ML_ERR_USAGE', `--arg ${a}: expected key=value`);
           args[a.slice(0, eq)] = a.slice(eq + 1);
         }
         const body = {

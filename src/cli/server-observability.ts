@@ -1,5 +1,5 @@
 import { withServerOrStore } from './server-access.js';
-import { failureReporter } from './failure.js';
+import { reportFailure } from './failure.js';
 import type { Command } from 'commander';
 import { z } from 'zod';
 import { adminRequest } from '../server/admin.js';
@@ -13,8 +13,6 @@ import { nodeDetails, type NodeDetails } from '../server/observability/index.js'
  * 5 data dir not initialized, 2 usage.
  */
 
-const EXIT_BY_CODE: Record<string, number> = { ML_ERR_CONFIG: 2, ML_ERR_BAD_REQUEST: 2, ML_ERR_NODE_NOT_FOUND: 3, ML_ERR_NODE_AMBIGUOUS: 3, ML_ERR_NOT_INITIALIZED: 5 };
-const fail = failureReporter(EXIT_BY_CODE, 1);
 const showOptions = z.object({ dataDir: z.string().optional(), json: z.boolean().default(false) });
 
 
@@ -42,7 +40,7 @@ export function registerObservabilityCommands(server: Command): void {
         const details = await fetchDetails(opts.dataDir, idOrHostname);
         process.stdout.write(opts.json ? JSON.stringify(details) + '\n' : render(details));
       } catch (err) {
-        fail(err);
+        reportFailure(err);
       }
     });
 }

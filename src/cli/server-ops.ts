@@ -1,10 +1,11 @@
+import { EXIT_CODES, MeshlinkError } from '../errors.js';
 import { userInfo } from 'node:os';
-import { UsageError, failureReporter, withFailureReport } from './failure.js';
+import { exitCodeFor, reportFailure, withFailureReport } from './failure.js';
 import { readFile } from 'node:fs/promises';
 import { Option, type Command } from 'commander';
 import { z } from 'zod';
 import { adminSocketPath, parseServerConfig } from '../server/config.js';
-import { OpsClientError, opsAdminRequest, pullFile, pushFile, runAction, runExec, tailLogs } from '../server/ops/client.js';
+import { opsAdminRequest, pullFile, pushFile, runAction, runExec, tailLogs } from '../server/ops/client.js';
 import type { AuditRecord } from '../server/audit-log.js';
 import type { UpgradeStatusRow } from '../server/store/ops-store.js';
 import { actionName } from '../server/ops/tunnel-protocol.js';
@@ -16,36 +17,22 @@ import { printTable } from './table.js';
  * running server's admin socket. NODE is a node id or a unique hostname.
  *
  * Exit codes: exec and action pass the remote command's exit code through (128+n for a signal);
- * meshlink's own failures print `error CODE: message` on stderr and exit with OPS_EXIT.
+ * meshlink's own failures print `error CODE: message` on stderr and exit with their class's number (OPS_EXIT).
  */
-export const OPS_EXIT = { OK: 0, INTERNAL: 1, USAGE: 2, NODE: 3, OFFLINE: 7, REFUSED: 8, TIMEOUT: 9, TRANSFER: 10, NO_SERVER: 11 } as const;
+/** The exit numbers the ops commands use (docs/OPERATIONS.md lists them); each error's comes from its exit class. */
+export const OPS_EXIT = {
+  OK: EXIT_CODES.ok,
+  INTERNAL: EXIT_CODES.internal,
+  USAGE: EXIT_CODES.usage,
+  NODE: EXIT_CODES.nodeNotResolved,
+  OFFLINE: EXIT_CODES.nodeOffline,
+  REFUSED: EXIT_CODES.refused,
+  TIMEOUT: EXIT_CODES.timeout,
+  TRANSFER: EXIT_CODES.transfer,
+  NO_SERVER: EXIT_CODES.noServer,
+} as const;
 
-const EXIT_BY_CODE: Record<string, number> = {
-  ML_ERR_USAGE: OPS_EXIT.USAGE,
-  ML_ERR_DURATION: OPS_EXIT.USAGE,
-  ML_ERR_CONFIG: OPS_EXIT.USAGE,
-  ML_ERR_OPS_BAD_REQUEST: OPS_EXIT.USAGE,
-  ML_ERR_NODE_NOT_FOUND: OPS_EXIT.NODE,
-  ML_ERR_NODE_AMBIGUOUS: OPS_EXIT.NODE,
-  ML_ERR_OPS_NODE_OFFLINE: OPS_EXIT.OFFLINE,
-  ML_ERR_OPS_EXEC_DISABLED: OPS_EXIT.REFUSED,
-  ML_ERR_OPS_TRANSFER_DISABLED: OPS_EXIT.REFUSED,
-  ML_ERR_OPS_PATH_FORBIDDEN: OPS_EXIT.REFUSED,
-  ML_ERR_OPS_UNKNOWN_ACTION: OPS_EXIT.REFUSED,
-  ML_ERR_OPS_BUSY: OPS_EXIT.REFUSED,
-  ML_ERR_OPS_NO_LOG: OPS_EXIT.REFUSED,
-  ML_ERR_OPS_NOT_FOUND: OPS_EXIT.REFUSED,
-  ML_ERR_OPS_SPAWN: OPS_EXIT.REFUSED,
-  ML_ERR_UNSUPPORTED: OPS_EXIT.REFUSED,
-  ML_ERR_OPS_TIMEOUT: OPS_EXIT.TIMEOUT,
-  ML_ERR_OPS_CHECKSUM: OPS_EXIT.TRANSFER,
-  ML_ERR_OPS_IO: OPS_EXIT.TRANSFER,
-  ML_ERR_OPS_INTERRUPTED: OPS_EXIT.TRANSFER,
-  ML_ERR_SERVER_NOT_RUNNING: OPS_EXIT.NO_SERVER,
-};
-
-const fail = failureReporter(EXIT_BY_CODE, OPS_EXIT.INTERNAL);
-const action = <A extends unknown[]>(fn: (...args: A) => Promise<void>) => withFailureReport(fail, fn);
+const action = withFailureReport;
 
 /** Exit with `code` once stdout is flushed (stdin of exec may otherwise keep the process alive). */
 function exitAfterFlush(code: number): void {
@@ -90,11 +77,11 @@ export function registerOpsCommands(server: Command): void {
     .action(
       action(async (node: string, name: string, raw: unknown) => {
         const o = z.object({ arg: z.array(z.string()).default([]), timeout: z.string(), json: z.boolean().default(false), dataDir: z.string().optional() }).parse(raw);
-        if (!actionName.safeParse(name).success) throw new UsageError(`invalid action name ${name}`);
+        if (!actionName.safeParse(name).success) throw new MeshlinkError('ML_ERR_USAGE', `invalid action name ${name}`);
         const args: Record<string, string> = {};
         for (const a of o.arg) {
           const i = a.indexOf('=');
-          if (i <= 0) throw new UsageError(`--arg must be KEY=VALUE: ${a}`);
+          if (i <= 0) throw new MeshlinkError('ML_ERR_USAGE', `--arg must be KEY=VALUE: ${a}`);
           args[a.slice(0, i)] = a.slice(i + 1);
         }
         const timeoutMs = parseDuration(o.timeout);
@@ -109,9 +96,9 @@ export function registerOpsCommands(server: Command): void {
           process.stdout.write(JSON.stringify({ ...r, type: undefined, output: Buffer.concat(chunks).toString('utf8'), stderr: Buffer.concat(errChunks).toString('utf8') }) + '\n');
         } else if (r.truncated) process.stderr.write('(output truncated at the agent’s cap)\n');
         if (r.error) {
-          const code = /^(ML_ERR_[A-Z_]+)/.exec(r.error)?.[1] ?? 'ML_ERR_INTERNAL';
+          const code = /^(ML_ERR_[A-Z0-9_]+)/.exec(r.error)?.[1];
           if (!o.json) process.stderr.write(`error ${r.error}\n`);
-          process.exitCode = EXIT_BY_CODE[code] ?? OPS_EXIT.INTERNAL;
+          process.exitCode = exitCodeFor(MeshlinkError.fromWire(code, r.error));
           return;
         }
         process.exitCode = remoteExit(r.exitCode, r.signal);
@@ -128,13 +115,13 @@ export function registerOpsCommands(server: Command): void {
       action(async (node: string, command: string[], raw: unknown) => {
         const o = z.object({ dataDir: z.string().optional() }).parse(raw);
         const [cmd, ...args] = command;
-        if (!cmd) throw new UsageError('no command given: meshlink server exec NODE -- CMD [ARGS…]');
+        if (!cmd) throw new MeshlinkError('ML_ERR_USAGE', 'no command given: meshlink server exec NODE -- CMD [ARGS…]');
         try {
           const r = await runExec(socketOf(o.dataDir), { op: 'exec', node, actor: actor(), command: cmd, args }, { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr });
           exitAfterFlush(remoteExit(r.exitCode, r.signal));
         } catch (err) {
           // A terminal on stdin would keep the process alive after a failure: exit explicitly.
-          fail(err);
+          reportFailure(err);
           exitAfterFlush(typeof process.exitCode === 'number' ? process.exitCode : OPS_EXIT.INTERNAL);
         }
       }),
@@ -173,8 +160,8 @@ export function registerOpsCommands(server: Command): void {
         const o = z.object({ retries: z.coerce.number().int().min(0).max(1000), json: z.boolean().default(false), dataDir: z.string().optional() }).parse(raw);
         const src = parseRemote(source);
         const dst = parseRemote(destination);
-        if ((src === null) === (dst === null)) throw new UsageError('exactly one side must be NODE:/absolute/path');
-        const policy = { retries: o.retries, delayMs: 1000, onRetry: (e: OpsClientError, n: number) => process.stderr.write(`transfer interrupted (${e.code}); resuming (attempt ${n + 1})\n`) };
+        if ((src === null) === (dst === null)) throw new MeshlinkError('ML_ERR_USAGE', 'exactly one side must be NODE:/absolute/path');
+        const policy = { retries: o.retries, delayMs: 1000, onRetry: (e: MeshlinkError, n: number) => process.stderr.write(`transfer interrupted (${e.code}); resuming (attempt ${n + 1})\n`) };
         const socket = socketOf(o.dataDir);
         const r = dst
           ? await pushFile(socket, { node: dst.node, actor: actor(), local: source, remote: dst.path }, policy)

@@ -1,5 +1,6 @@
+import { EXIT_CODES } from '../errors.js';
 import { withServerOrStore } from './server-access.js';
-import { failureReporter, withFailureReport } from './failure.js';
+import { withFailureReport } from './failure.js';
 import { registerServerExtensions } from './server-extensions.js';
 import { createTaggedToken } from '../server/mesh/operator.js';
 import { Command, Option } from 'commander';
@@ -15,26 +16,12 @@ import { parseListenAddress, type ListenAddress } from '../util/listen-address.j
 import { printTable } from './table.js';
 
 /**
- * `meshlink server ...`: parse, validate, call into src/server. Exit codes (docs/SERVER.md):
- * 0 ok, 1 unexpected error, 2 usage/invalid option, 3 node not found or ambiguous,
- * 4 CA passphrase wrong, 5 data dir not initialized, 6 a server already runs on this data dir.
+ * `meshlink server ...`: parse, validate, call into src/server. Exit codes (docs/SERVER.md) come from
+ * the error's exit class (src/errors.ts): 0 ok, 1 unexpected error, 2 usage/invalid option, 3 node not
+ * found or ambiguous, 4 CA passphrase wrong, 5 data dir not initialized, 6 a server already runs on
+ * this data dir.
  */
-export const EXIT = { OK: 0, INTERNAL: 1, USAGE: 2, NODE: 3, PASSPHRASE: 4, NOT_INITIALIZED: 5, RUNNING: 6 } as const;
-
-const EXIT_BY_CODE: Record<string, number> = {
-  ML_ERR_CONFIG: EXIT.USAGE,
-  ML_ERR_DURATION: EXIT.USAGE,
-  ML_ERR_BAD_REQUEST: EXIT.USAGE,
-  ML_ERR_USAGE: EXIT.USAGE,
-  ML_ERR_NODE_NOT_FOUND: EXIT.NODE,
-  ML_ERR_NODE_AMBIGUOUS: EXIT.NODE,
-  ML_ERR_CA_PASSPHRASE: EXIT.PASSPHRASE,
-  ML_ERR_NOT_INITIALIZED: EXIT.NOT_INITIALIZED,
-  ML_ERR_SERVER_RUNNING: EXIT.RUNNING,
-};
-
-const fail = failureReporter(EXIT_BY_CODE, EXIT.INTERNAL);
-const action = <A extends unknown[]>(fn: (...args: A) => Promise<void>) => withFailureReport(fail, fn);
+const action = withFailureReport;
 
 /** `--listen HOST:PORT` / `[v6]:PORT` (usage error, exit 2, when malformed). */
 export const parseListen = (text: string): ListenAddress => parseListenAddress(text, '--listen');
@@ -50,10 +37,6 @@ const removeOptions = z.object({ dataDir: z.string().optional() });
 
 export function registerServerCommands(program: Command): void {
   const server = program.command('server').description('control-plane server: CA, enrollment, agent gateway');
-  // Set before the subcommands are added so they inherit it: commander's usage errors exit 2, not 1.
-  server.exitOverride((err) => {
-    process.exit(err.exitCode === 0 ? EXIT.OK : EXIT.USAGE);
-  });
 
   server
     .command('start')
@@ -88,10 +71,10 @@ export function registerServerCommands(program: Command): void {
           stopping = true;
           logger.info({ signal }, 'shutting down');
           // Hard exit if a close hangs; unref so it never delays a clean exit.
-          setTimeout(() => process.exit(EXIT.INTERNAL), 10_000).unref();
+          setTimeout(() => process.exit(EXIT_CODES.internal), 10_000).unref();
           running.close().catch((err: unknown) => {
             logger.error({ err }, 'error during shutdown');
-            process.exitCode = EXIT.INTERNAL;
+            process.exitCode = EXIT_CODES.internal;
           });
         };
         process.on('SIGTERM', () => stop('SIGTERM'));

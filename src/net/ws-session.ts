@@ -1,7 +1,7 @@
 import type { WebSocket, RawData } from 'ws';
 import { Session, type SessionOptions } from '../protocol/session.js';
-import { ProtocolError } from '../protocol/errors.js';
 import type { Role } from '../protocol/registry.js';
+import { MeshlinkError } from '../errors.js';
 
 /**
  * Optional wire observers (metrics, src/server/metrics.ts and src/agent/metrics.ts): called with
@@ -33,7 +33,7 @@ export function attachSession(ws: WebSocket, options: Omit<SessionOptions, 'tran
     transport: {
       send(message, done) {
         if (ws.readyState !== ws.OPEN) {
-          done(new ProtocolError('ML_ERR_SESSION_CLOSED', 'socket not open'));
+          done(new MeshlinkError('ML_ERR_SESSION_CLOSED', 'socket not open'));
           return;
         }
         if (observers.size > 0) for (const observe of observers) observe('out', message);
@@ -55,7 +55,7 @@ export function attachSession(ws: WebSocket, options: Omit<SessionOptions, 'tran
   });
   ws.on('message', (data: RawData, isBinary: boolean) => {
     if (!isBinary) {
-      session.abort(new ProtocolError('ML_ERR_NOT_TEXT', 'text messages are not part of the protocol'));
+      session.abort(new MeshlinkError('ML_ERR_NOT_TEXT', 'text messages are not part of the protocol'));
       return;
     }
     const message = toBuffer(data);

@@ -1,7 +1,7 @@
+import { MeshlinkError } from '../errors.js';
 import { Encoder, Decoder } from '@msgpack/msgpack';
 import { deflateRawSync, inflateRawSync } from 'node:zlib';
 import { Flags, HEADER_SIZE, writeHeader, writeHeaderUnchecked, type Frame } from './frame.js';
-import { ProtocolError } from './errors.js';
 import { kindByCode, requireKind, type KindName, type MessageKind, type InputOf, type PayloadOf } from './registry.js';
 
 /**
@@ -184,10 +184,10 @@ export function decodeBin(body: Uint8Array): Uint8Array {
     len = body[1]! * 0x1000000 + ((body[2]! << 16) | (body[3]! << 8) | body[4]!);
     h = 5;
   } else {
-    throw new ProtocolError('ML_ERR_BAD_PAYLOAD', 'expected a MessagePack bin payload');
+    throw new MeshlinkError('ML_ERR_BAD_PAYLOAD', 'expected a MessagePack bin payload');
   }
   if (h + len !== body.byteLength) {
-    throw new ProtocolError('ML_ERR_BAD_PAYLOAD', 'bin length does not match the frame length');
+    throw new MeshlinkError('ML_ERR_BAD_PAYLOAD', 'bin length does not match the frame length');
   }
   return body.subarray(h);
 }
@@ -210,14 +210,14 @@ export type DecodedMessage = {
 export function decodeFrame(frame: Frame, maxFrameSize: number): DecodedMessage {
   const kind = kindByCode(frame.type);
   if (!kind) {
-    throw new ProtocolError('ML_ERR_UNKNOWN_TYPE', `unknown message type 0x${frame.type.toString(16)}`);
+    throw new MeshlinkError('ML_ERR_UNKNOWN_TYPE', `unknown message type 0x${frame.type.toString(16)}`);
   }
   let body = frame.payload;
   if (frame.flags & Flags.COMPRESSED) {
     try {
       body = inflateRawSync(body, { maxOutputLength: maxFrameSize });
     } catch (err) {
-      throw new ProtocolError('ML_ERR_BAD_PAYLOAD', `${kind.name}: payload does not inflate within ${maxFrameSize} bytes`, { cause: err });
+      throw new MeshlinkError('ML_ERR_BAD_PAYLOAD', `${kind.name}: payload does not inflate within ${maxFrameSize} bytes`, { cause: err });
     }
   }
   if (kind.payload === 'bytes') {
@@ -229,12 +229,12 @@ export function decodeFrame(frame: Frame, maxFrameSize: number): DecodedMessage 
     // are per value. Lengths can't exceed the (already bounded) body anyway.
     value = new Decoder({ maxStrLength: body.byteLength, maxBinLength: body.byteLength, maxArrayLength: body.byteLength, maxMapLength: body.byteLength, maxExtLength: body.byteLength }).decode(body);
   } catch (err) {
-    throw new ProtocolError('ML_ERR_BAD_PAYLOAD', `${kind.name}: invalid MessagePack (${(err as Error).message})`, { cause: err });
+    throw new MeshlinkError('ML_ERR_BAD_PAYLOAD', `${kind.name}: invalid MessagePack (${(err as Error).message})`, { cause: err });
   }
   const parsed = kind.schema.safeParse(value);
   if (!parsed.success) {
     const issue = parsed.error.issues[0];
-    throw new ProtocolError('ML_ERR_BAD_PAYLOAD', `${kind.name}: ${issue ? `${issue.path.join('.') || '(root)'}: ${issue.message}` : 'invalid payload'}`);
+    throw new MeshlinkError('ML_ERR_BAD_PAYLOAD', `${kind.name}: ${issue ? `${issue.path.join('.') || '(root)'}: ${issue.message}` : 'invalid payload'}`);
   }
   // The one place a payload meets its type: it has just passed the schema of the kind it is paired with.
   return { name: kind.name, kind, stream: frame.stream, flags: frame.flags, payload: parsed.data } as DecodedMessage;

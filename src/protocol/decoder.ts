@@ -1,5 +1,5 @@
 import { HEADER_SIZE, RESERVED_FLAGS_MASK, DEFAULT_MAX_FRAME_SIZE, readHeader, type Frame } from './frame.js';
-import { ProtocolError } from './errors.js';
+import { MeshlinkError } from '../errors.js';
 
 export interface FrameDecoderOptions {
   /** Largest payload accepted; a header announcing more is refused before any payload is buffered. */
@@ -89,13 +89,13 @@ export class FrameDecoder {
   /** Validates a header and returns its payload length. */
   #checkHeader(header: { flags: number; length: number }): number {
     if (header.length > this.maxFrameSize) {
-      throw new ProtocolError(
+      throw new MeshlinkError(
         'ML_ERR_FRAME_TOO_LARGE',
         `frame payload of ${header.length} bytes exceeds the limit of ${this.maxFrameSize}`,
       );
     }
     if ((header.flags & RESERVED_FLAGS_MASK) !== 0) {
-      throw new ProtocolError('ML_ERR_RESERVED_FLAG', `reserved flag bits set: 0x${header.flags.toString(16)}`);
+      throw new MeshlinkError('ML_ERR_RESERVED_FLAG', `reserved flag bits set: 0x${header.flags.toString(16)}`);
     }
     return header.length;
   }
@@ -109,7 +109,7 @@ export function decodeMessage(message: Uint8Array, decoder: FrameDecoder): Frame
   const frames = decoder.push(message);
   if (!decoder.idle) {
     decoder.reset();
-    throw new ProtocolError('ML_ERR_FRAME_TRUNCATED', 'WebSocket message ended inside a frame');
+    throw new MeshlinkError('ML_ERR_FRAME_TRUNCATED', 'WebSocket message ended inside a frame');
   }
   return frames;
 }

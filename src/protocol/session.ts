@@ -1,8 +1,8 @@
+import { MeshlinkError, type ErrorCode, isProtocolError } from '../errors.js';
 import { EventEmitter } from 'node:events';
 import { FrameDecoder, decodeMessage } from './decoder.js';
 import { STREAM_DATA_CODE, STREAM_WINDOW_CODE, decodeBin, decodeFrame, encodeMessage, readWindowCredit, type DecodedMessage } from './codec.js';
 import { DEFAULT_MAX_FRAME_SIZE, Flags } from './frame.js';
-import { MeshlinkError, ProtocolError, isProtocolError, type ErrorCode } from './errors.js';
 import {
   MESSAGE_KINDS,
   isResponseKind,
@@ -188,7 +188,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     this.#nextStreamId = this.role === 'agent' ? 1 : 2;
     this.lastReceivedAt = this.#timers.now();
     this.#handshakeTimer = this.#timers.setTimeout(() => {
-      if (this.state === 'handshaking') this.#fail(new ProtocolError('ML_ERR_HANDSHAKE', 'handshake timed out'));
+      if (this.state === 'handshaking') this.#fail(new MeshlinkError('ML_ERR_HANDSHAKE', 'handshake timed out'));
     }, this.#opts.handshakeTimeoutMs);
     if (this.role === 'server' && !this.#onHello) throw new TypeError('a server session needs onHello');
   }
@@ -243,7 +243,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
   request<N extends RequestKindName>(name: N, payload: Omit<InputOf<N>, 'rid'>, options: { timeoutMs?: number } = {}): Promise<ResponseOf<N>> {
     this.#assertOpen();
     if (this.#goingAway || this.#peerGoingAway) {
-      return Promise.reject(new ProtocolError('ML_ERR_GOAWAY', 'session is going away'));
+      return Promise.reject(new MeshlinkError('ML_ERR_GOAWAY', 'session is going away'));
     }
     const kind = this.#checkOutgoing(name, 'control');
     const rid = this.#allocRid();
@@ -252,7 +252,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
       const timeoutMs = options.timeoutMs ?? this.#opts.requestTimeoutMs;
       const timer = this.#timers.setTimeout(() => {
         this.#pending.delete(rid);
-        reject(new ProtocolError('ML_ERR_REQUEST_TIMEOUT', `${name} got no response within ${timeoutMs} ms`));
+        reject(new MeshlinkError('ML_ERR_REQUEST_TIMEOUT', `${name} got no response within ${timeoutMs} ms`));
       }, timeoutMs);
       this.#pending.set(rid, { resolve, reject, timer, response: kind.response! });
       this.#enqueuePriority(frame);
@@ -272,7 +272,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     return new Promise((resolve, reject) => {
       const timer = this.#timers.setTimeout(() => {
         this.#pings.delete(nonce);
-        reject(new ProtocolError('ML_ERR_REQUEST_TIMEOUT', `no pong within ${timeoutMs} ms`));
+        reject(new MeshlinkError('ML_ERR_REQUEST_TIMEOUT', `no pong within ${timeoutMs} ms`));
       }, timeoutMs);
       this.#pings.set(nonce, { resolve, reject, sentAt: this.#timers.now(), timer });
       this.#enqueuePriority(encodeMessage('ping', 0, { nonce }));
@@ -283,13 +283,13 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
   openStream<N extends KindName>(name: N, meta: InputOf<N>): Promise<MuxStream> {
     this.#assertOpen();
     if (this.#goingAway || this.#peerGoingAway) {
-      return Promise.reject(new ProtocolError('ML_ERR_GOAWAY', 'session is going away; no new streams'));
+      return Promise.reject(new MeshlinkError('ML_ERR_GOAWAY', 'session is going away; no new streams'));
     }
     const kind = this.#checkOutgoing(name, 'stream');
     const checked = kind.schema.safeParse(meta);
     if (!checked.success) throw new TypeError(`invalid ${name} metadata: ${checked.error.issues[0]?.message}`);
     const id = this.#nextStreamId;
-    if (id > 0xffff_fffd) return Promise.reject(new ProtocolError('ML_ERR_STREAM_ID', 'stream ids exhausted; reconnect'));
+    if (id > 0xffff_fffd) return Promise.reject(new MeshlinkError('ML_ERR_STREAM_ID', 'stream ids exhausted; reconnect'));
     this.#nextStreamId += 2;
     const stream = new MuxStream(this, { id, kind: name, meta: checked.data, local: true });
     this.#streams.set(id, stream);
@@ -392,13 +392,13 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     const { kind, stream: streamId, flags } = msg;
     const peerRole: Role = this.role === 'agent' ? 'server' : 'agent';
     if (!maySend(kind, peerRole)) {
-      throw new ProtocolError('ML_ERR_WRONG_DIRECTION', `${kind.name} may not be sent by the ${peerRole}`);
+      throw new MeshlinkError('ML_ERR_WRONG_DIRECTION', `${kind.name} may not be sent by the ${peerRole}`);
     }
     if ((kind.scope === 'control' && streamId !== 0) || (kind.scope === 'stream' && streamId === 0)) {
-      throw new ProtocolError('ML_ERR_WRONG_STREAM', `${kind.name} is not allowed on stream ${streamId}`);
+      throw new MeshlinkError('ML_ERR_WRONG_STREAM', `${kind.name} is not allowed on stream ${streamId}`);
     }
     if ((flags & Flags.END_STREAM) !== 0 && !kind.endStream) {
-      throw new ProtocolError('ML_ERR_BAD_PAYLOAD', `END_STREAM is only valid on ${END_STREAM_KINDS}`);
+      throw new MeshlinkError('ML_ERR_BAD_PAYLOAD', `END_STREAM is only valid on ${END_STREAM_KINDS}`);
     }
     if (this.state === 'handshaking') {
       this.#dispatchHandshake(msg);
@@ -412,7 +412,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     switch (msg.name) {
       case 'hello':
       case 'welcome':
-        throw new ProtocolError('ML_ERR_HANDSHAKE', `unexpected ${kind.name} after the handshake`);
+        throw new MeshlinkError('ML_ERR_HANDSHAKE', `unexpected ${kind.name} after the handshake`);
       case 'ping':
         this.#enqueuePriority(encodeMessage('pong', 0, msg.payload));
         return;
@@ -478,7 +478,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     if (this.role === 'agent' && msg.name === 'welcome') {
       const welcome = msg.payload;
       if (!this.#versions.includes(welcome.version)) {
-        throw new ProtocolError('ML_ERR_NO_COMMON_VERSION', `server chose version ${welcome.version}, which this agent does not speak`);
+        throw new MeshlinkError('ML_ERR_NO_COMMON_VERSION', `server chose version ${welcome.version}, which this agent does not speak`);
       }
       this.#becomeOpen(welcome.version);
       this.#handshakeWaiter?.resolve(welcome);
@@ -491,15 +491,15 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
       this.#peerError = new RemoteError(e.code, e.message);
       return;
     }
-    throw new ProtocolError('ML_ERR_HANDSHAKE', `${msg.name} before the handshake completed`);
+    throw new MeshlinkError('ML_ERR_HANDSHAKE', `${msg.name} before the handshake completed`);
   }
 
   #acceptHello(hello: PayloadOf<'hello'>): void {
-    if (this.#helloSeen) throw new ProtocolError('ML_ERR_HANDSHAKE', 'duplicate hello');
+    if (this.#helloSeen) throw new MeshlinkError('ML_ERR_HANDSHAKE', 'duplicate hello');
     this.#helloSeen = true;
     const version = negotiateVersion(hello.versions, this.#versions);
     if (version === null) {
-      throw new ProtocolError('ML_ERR_NO_COMMON_VERSION', `agent speaks [${hello.versions.join(', ')}], server speaks [${this.#versions.join(', ')}]`);
+      throw new MeshlinkError('ML_ERR_NO_COMMON_VERSION', `agent speaks [${hello.versions.join(', ')}], server speaks [${this.#versions.join(', ')}]`);
     }
     Promise.resolve()
       .then(() => this.#onHello!(hello))
@@ -557,7 +557,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
       case 'stream.accept':
       case 'stream.reject':
         if (!stream.local || stream.state !== 'opening') {
-          throw new ProtocolError('ML_ERR_STREAM_ID', `${msg.name} for stream ${id}, which is not awaiting an answer`);
+          throw new MeshlinkError('ML_ERR_STREAM_ID', `${msg.name} for stream ${id}, which is not awaiting an answer`);
         }
         if (msg.name === 'stream.accept') {
           stream._opened();
@@ -585,7 +585,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
       }
       default:
         // A typed message within the stream's conversation (exec.resize, action.result, ...).
-        if (stream.state !== 'open') throw new ProtocolError('ML_ERR_STREAM_ID', `${msg.name} on stream ${id} before it was accepted`);
+        if (stream.state !== 'open') throw new MeshlinkError('ML_ERR_STREAM_ID', `${msg.name} on stream ${id} before it was accepted`);
         stream._receiveMessage({ name: msg.name, payload: msg.payload });
     }
   }
@@ -593,7 +593,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
   #receiveStreamData(id: number, flags: number, data: Uint8Array): void {
     const stream = this.#streamFor(id, 'stream.data');
     if (!stream) return;
-    if (stream.state !== 'open') throw new ProtocolError('ML_ERR_STREAM_ID', `data on stream ${id} before it was accepted`);
+    if (stream.state !== 'open') throw new MeshlinkError('ML_ERR_STREAM_ID', `data on stream ${id} before it was accepted`);
     stream._receiveData(data, (flags & Flags.END_STREAM) !== 0);
   }
 
@@ -609,7 +609,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     const stream = this.#streams.get(id);
     if (stream) return stream;
     if (this.#isKnownId(id)) return null;
-    throw new ProtocolError('ML_ERR_STREAM_ID', `${name} for stream ${id}, which was never opened`);
+    throw new MeshlinkError('ML_ERR_STREAM_ID', `${name} for stream ${id}, which was never opened`);
   }
 
   #isKnownId(id: number): boolean {
@@ -621,7 +621,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
   #acceptOpen(id: number, open: PayloadOf<'stream.open'>): void {
     const peerParity = this.role === 'agent' ? 0 : 1;
     if (id % 2 !== peerParity || id <= this.#peerLastStreamId) {
-      throw new ProtocolError('ML_ERR_STREAM_ID', `stream.open with id ${id}: wrong parity or not increasing`);
+      throw new MeshlinkError('ML_ERR_STREAM_ID', `stream.open with id ${id}: wrong parity or not increasing`);
     }
     this.#peerLastStreamId = id;
     const refuse = (code: ErrorCode | string, message: string): void => {
@@ -637,7 +637,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     if (peerOpened >= this.#opts.maxStreams) {
       // A peer that keeps opening after being refused a whole cap's worth of times is flooding.
       if (++this.#refusedOpens > this.#opts.maxStreams) {
-        throw new ProtocolError('ML_ERR_TOO_MANY_STREAMS', `peer kept opening streams beyond the cap of ${this.#opts.maxStreams}`);
+        throw new MeshlinkError('ML_ERR_TOO_MANY_STREAMS', `peer kept opening streams beyond the cap of ${this.#opts.maxStreams}`);
       }
       refuse('ML_ERR_TOO_MANY_STREAMS', `at most ${this.#opts.maxStreams} concurrent streams`);
       return;
@@ -728,7 +728,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     this.#scheduler.pushPriority(frame);
     if (this.#scheduler.priorityBytes > this.#opts.priorityHighWater * 16) {
       // The application ignored send()'s false return for far too long.
-      this.#fail(new ProtocolError('ML_ERR_QUEUE_OVERFLOW', 'control queue overflow'));
+      this.#fail(new MeshlinkError('ML_ERR_QUEUE_OVERFLOW', 'control queue overflow'));
       return;
     }
     if (!endOfTurn) {
@@ -795,7 +795,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
 
   #fail(err: unknown): void {
     if (this.state === 'closed') return;
-    const error = err instanceof MeshlinkError ? err : new ProtocolError('ML_ERR_INTERNAL', 'internal error', { cause: err });
+    const error = err instanceof MeshlinkError ? err : new MeshlinkError('ML_ERR_INTERNAL', 'internal error', { cause: err });
     const code = isProtocolError(error) && error.closeCode !== null ? error.closeCode : 1011;
     // Tell the peer why before closing (best effort). Pushed past the overflow check on purpose: this
     // may be the overflow itself, and #shutdown flushes the queue next.
@@ -809,7 +809,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     this.state = 'closed';
     this.#closeInfo = info;
     this.#timers.clearTimeout(this.#handshakeTimer);
-    const reason = info.error ?? new ProtocolError('ML_ERR_SESSION_CLOSED', `session closed (${info.code}${info.reason ? ` ${info.reason}` : ''})`);
+    const reason = info.error ?? new MeshlinkError('ML_ERR_SESSION_CLOSED', `session closed (${info.code}${info.reason ? ` ${info.reason}` : ''})`);
     this.#handshakeWaiter?.reject(reason);
     this.#handshakeWaiter = null;
     for (const p of this.#pending.values()) {
@@ -837,12 +837,12 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
   #errorForRemoteClose(code: number, reason: string): MeshlinkError | undefined {
     if (this.#peerError) return this.#peerError;
     if (code === 1000 || code === 1001) return undefined;
-    return new ProtocolError('ML_ERR_SESSION_CLOSED', `connection closed with ${code}${reason ? ` (${reason})` : ''}`);
+    return new MeshlinkError('ML_ERR_SESSION_CLOSED', `connection closed with ${code}${reason ? ` (${reason})` : ''}`);
   }
 
   #assertOpen(): void {
     if (this.state !== 'open') {
-      throw new ProtocolError('ML_ERR_SESSION_CLOSED', this.state === 'closed' ? 'session is closed' : 'handshake not complete');
+      throw new MeshlinkError('ML_ERR_SESSION_CLOSED', this.state === 'closed' ? 'session is closed' : 'handshake not complete');
     }
   }
 

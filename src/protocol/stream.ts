@@ -1,6 +1,6 @@
+import { MeshlinkError } from '../errors.js';
 import { Duplex } from 'node:stream';
 import { dataPrefixSize, encodeMessage, encodeWindowFrame } from './codec.js';
-import { MeshlinkError, ProtocolError } from './errors.js';
 import type { InputOf, KindName, OpeningKindName, PayloadOf, StreamMessage } from './registry.js';
 
 /**
@@ -211,7 +211,7 @@ export class MuxStream extends Duplex {
     // Bounded like every buffer: an application that never listens gets the stream reset, not
     // silent loss or growth.
     if (this.#early.length >= 1024) {
-      this.destroy(new ProtocolError('ML_ERR_QUEUE_OVERFLOW', `stream ${this.id}: 1024 messages arrived with no listener`));
+      this.destroy(new MeshlinkError('ML_ERR_QUEUE_OVERFLOW', `stream ${this.id}: 1024 messages arrived with no listener`));
       return;
     }
     this.#early.push(msg);
@@ -292,7 +292,7 @@ export class MuxStream extends Duplex {
       return;
     }
     if (this.#inbound.length >= 1024) {
-      this.destroy(new ProtocolError('ML_ERR_QUEUE_OVERFLOW', `stream ${this.id}: 1024 messages waiting behind unread data`));
+      this.destroy(new MeshlinkError('ML_ERR_QUEUE_OVERFLOW', `stream ${this.id}: 1024 messages waiting behind unread data`));
       return;
     }
     this.#inbound.push({ mark: this.#received, msg });
@@ -322,7 +322,7 @@ export class MuxStream extends Duplex {
     this.#sendCredit += credit;
     this.#stalled = false;
     if (this.#sendCredit > 0x7fff_ffff) {
-      throw new ProtocolError('ML_ERR_FLOW_CONTROL', `stream ${this.id}: window grew past 2^31-1`);
+      throw new MeshlinkError('ML_ERR_FLOW_CONTROL', `stream ${this.id}: window grew past 2^31-1`);
     }
     if (this.#queue.length > 0) this.#host.markReady(this);
   }
@@ -330,10 +330,10 @@ export class MuxStream extends Duplex {
   /** Incoming stream.data. Throws ML_ERR_FLOW_CONTROL when the peer exceeded its credit. */
   _receiveData(data: Uint8Array, end: boolean): void {
     if (this.#remoteEnded) {
-      throw new ProtocolError('ML_ERR_STREAM_ID', `stream ${this.id}: data after END_STREAM`);
+      throw new MeshlinkError('ML_ERR_STREAM_ID', `stream ${this.id}: data after END_STREAM`);
     }
     if (data.byteLength > this.#receiveAllowance) {
-      throw new ProtocolError('ML_ERR_FLOW_CONTROL', `stream ${this.id}: ${data.byteLength} bytes sent with ${this.#receiveAllowance} credit`);
+      throw new MeshlinkError('ML_ERR_FLOW_CONTROL', `stream ${this.id}: ${data.byteLength} bytes sent with ${this.#receiveAllowance} credit`);
     }
     this.#receiveAllowance -= data.byteLength;
     this.#received += data.byteLength;

@@ -1,10 +1,10 @@
+import { MeshlinkError } from '../errors.js';
 import { chmod, unlink } from 'node:fs/promises';
 import { userInfo } from 'node:os';
 import { createServer, request, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { z } from 'zod';
 import type { Logger } from '../util/logger.js';
-import { ServerError } from './errors.js';
 import { readJson, sendError, sendJson } from './http-json.js';
 import { createEnrollmentToken, listNodes, removeNode, type LiveParts } from './nodes.js';
 import type { Store } from './store/store.js';
@@ -39,7 +39,7 @@ export async function startAdminServer(socketPath: string, deps: AdminDeps): Pro
   const auditLog = AuditLog.of(deps.store);
   const server = createServer({ headersTimeout: 5_000, requestTimeout: 10_000 }, (req, res) => {
     handle(req, res).catch((err: unknown) => {
-      if (!(err instanceof ServerError) || err.status >= 500) log.error({ err, path: req.url }, 'admin request failed');
+      if (!(err instanceof MeshlinkError) || err.status >= 500) log.error({ err, path: req.url }, 'admin request failed');
       sendError(res, err);
     });
   });
@@ -57,7 +57,7 @@ export async function startAdminServer(socketPath: string, deps: AdminDeps): Pro
       const outcome = await dispatch(route, req, res);
       auditLog.record({ ...audit, source: 'admin', nodeId: outcome?.nodeId ?? null, target: outcome?.target ?? null, result: 'ok' });
     } catch (err) {
-      auditLog.record({ ...audit, source: 'admin', result: `error:${err instanceof ServerError ? err.code : 'ML_ERR_SERVER_INTERNAL'}` });
+      auditLog.record({ ...audit, source: 'admin', result: `error:${err instanceof MeshlinkError ? err.code : 'ML_ERR_SERVER_INTERNAL'}` });
       throw err;
     }
   }
@@ -87,7 +87,7 @@ export async function startAdminServer(socketPath: string, deps: AdminDeps): Pro
       }
       default: {
         const handler = deps.routes?.lookup(route);
-        if (!handler) throw new ServerError('ML_ERR_NOT_FOUND', `no admin endpoint ${route}`);
+        if (!handler) throw new MeshlinkError('ML_ERR_NOT_FOUND', `no admin endpoint ${route}`);
         await handler(req, res);
       }
     }
@@ -135,7 +135,7 @@ function localActor(): string {
 /** Admin socket unreachable (no server running): the CLI falls back to the store. */
 export class AdminUnavailable extends Error {}
 
-/** One request to the admin socket. Errors from the server are rethrown as ServerError with its code. */
+/** One request to the admin socket. Errors from the server are rethrown as MeshlinkError with its code. */
 export function adminRequest<T>(socketPath: string, method: string, path: string, body?: unknown, timeoutMs = 10_000): Promise<T> {
   return new Promise((resolve, reject) => {
     const payload = body === undefined ? undefined : JSON.stringify(body);
@@ -168,9 +168,9 @@ export function adminRequest<T>(socketPath: string, method: string, path: string
           }
           if (res.statusCode === 200) resolve(parsed as T);
           else {
-            const e = parsed as { code?: string; message?: string };
-            const known = e.code && e.code.startsWith('ML_ERR_') ? (e.code as ConstructorParameters<typeof ServerError>[0]) : 'ML_ERR_SERVER_INTERNAL';
-            reject(new ServerError(known, e.message ?? `admin request failed (${res.statusCode})`));
+            // Any code may come back (an ops or mesh code, one from a newer server): rebuild, never cast.
+            const e = (parsed ?? {}) as { code?: unknown; message?: unknown };
+            reject(MeshlinkError.fromWire(e.code, e.message, { fallback: `admin request failed (${res.statusCode})` }));
           }
         });
         res.on('error', reject);

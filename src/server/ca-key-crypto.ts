@@ -1,5 +1,5 @@
 import { createCipheriv, createDecipheriv, randomBytes, scrypt } from 'node:crypto';
-import { ServerError } from './errors.js';
+import { MeshlinkError } from '../errors.js';
 
 /**
  * Encryption of the CA private key at rest: AES-256-GCM with key = scrypt(absolute store path +
@@ -37,7 +37,7 @@ export async function encryptCaKey(
 
 export async function decryptCaKey(blob: Buffer, salt: Buffer, storePathAbs: string, passphrase: string): Promise<Buffer> {
   if (blob.length < 1 + 12 + 16 + 1 || blob[0] !== BLOB_VERSION) {
-    throw new ServerError('ML_ERR_CA_PASSPHRASE', 'the stored CA key blob is malformed or of an unknown version');
+    throw new MeshlinkError('ML_ERR_CA_PASSPHRASE', 'the stored CA key blob is malformed or of an unknown version');
   }
   const key = await deriveKey(storePathAbs, passphrase, salt);
   const decipher = createDecipheriv('aes-256-gcm', key, blob.subarray(1, 13));
@@ -46,7 +46,7 @@ export async function decryptCaKey(blob: Buffer, salt: Buffer, storePathAbs: str
   try {
     return Buffer.concat([decipher.update(blob.subarray(29)), decipher.final()]);
   } catch (err) {
-    throw new ServerError(
+    throw new MeshlinkError(
       'ML_ERR_CA_PASSPHRASE',
       'cannot decrypt the CA key: MESHLINK_CA_PASSPHRASE is wrong (or the store file was moved; its absolute path is part of the key)',
       { cause: err },

@@ -1,10 +1,10 @@
 import type { X509Certificate } from 'node:crypto';
 import type { TLSSocket } from 'node:tls';
 import type { CertificateAuthority } from './ca.js';
-import { ServerError } from './errors.js';
 import type { RevocationList } from './revocation.js';
 import type { Store } from './store/store.js';
 import { normalizeSerial, pemToDer } from './x509.js';
+import { MeshlinkError } from '../errors.js';
 
 /**
  * Decides whether the client certificate on a TLS socket identifies a live node. Used before the
@@ -41,31 +41,31 @@ export function authenticateClient(
 ): AuthenticatedPeer {
   const now = options.now ?? Date.now();
   const peer = socket.getPeerX509Certificate();
-  if (!peer) throw new ServerError('ML_ERR_CLIENT_CERT', 'a client certificate is required');
+  if (!peer) throw new MeshlinkError('ML_ERR_CLIENT_CERT', 'a client certificate is required');
   // `authorized` means OpenSSL verified the chain to the gateway's only trusted CA, ours; checking the
   // signature again costs a verification per connect (a tenth of the connect path in a reconnect storm).
   // An unauthorized certificate is checked by hand: OpenSSL names one error only.
   if (!socket.authorized) {
-    if (!ctx.ca.signed(peer)) throw new ServerError('ML_ERR_CLIENT_CERT', 'the client certificate was not issued by this CA');
+    if (!ctx.ca.signed(peer)) throw new MeshlinkError('ML_ERR_CLIENT_CERT', 'the client certificate was not issued by this CA');
     const reason = String(socket.authorizationError ?? 'unknown');
     if (!TOLERATED_TLS_ERRORS.has(reason)) {
-      throw new ServerError('ML_ERR_CLIENT_CERT', `the client certificate did not verify (${reason})`);
+      throw new MeshlinkError('ML_ERR_CLIENT_CERT', `the client certificate did not verify (${reason})`);
     }
   }
   const serial = normalizeSerial(peer.serialNumber);
   const row = ctx.store.getCert(serial);
   if (!row || !pemToDer(row.pem).equals(peer.raw)) {
-    throw new ServerError('ML_ERR_CLIENT_CERT', 'the client certificate is not one this server issued');
+    throw new MeshlinkError('ML_ERR_CLIENT_CERT', 'the client certificate is not one this server issued');
   }
   if (row.revokedAt !== null || ctx.revocations.has(serial)) {
-    throw new ServerError('ML_ERR_CERT_REVOKED', 'the client certificate is revoked');
+    throw new MeshlinkError('ML_ERR_CERT_REVOKED', 'the client certificate is revoked');
   }
   const node = ctx.store.getNode(row.nodeId);
-  if (!node || node.removedAt !== null) throw new ServerError('ML_ERR_CERT_REVOKED', 'the node was removed');
-  if (now < row.notBefore) throw new ServerError('ML_ERR_CERT_FORBIDDEN', 'the client certificate is not yet valid');
+  if (!node || node.removedAt !== null) throw new MeshlinkError('ML_ERR_CERT_REVOKED', 'the node was removed');
+  if (now < row.notBefore) throw new MeshlinkError('ML_ERR_CERT_FORBIDDEN', 'the client certificate is not yet valid');
   const grace = options.expiredGraceMs ?? 0;
   if (now > row.notAfter + grace) {
-    throw new ServerError(
+    throw new MeshlinkError(
       'ML_ERR_CERT_EXPIRED',
       grace > 0 ? 'the client certificate expired longer ago than the renewal grace; re-enroll with a token bound to the node id' : 'the client certificate has expired',
     );

@@ -2,7 +2,7 @@ import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { z } from 'zod';
 import { LOG_LEVELS } from '../util/logger.js';
-import { ServerError } from './errors.js';
+import { MeshlinkError } from '../errors.js';
 
 /**
  * Server configuration: validated once at the edge (CLI or a test), then frozen. Every field has a
@@ -58,7 +58,7 @@ export function parseServerConfig(input: unknown, env: NodeJS.ProcessEnv = proce
   if (!result.success) {
     const issue = result.error.issues[0];
     const field = issue && issue.path.length > 0 ? issue.path.join('.') : '(root)';
-    throw new ServerError('ML_ERR_CONFIG', `invalid server config: ${field}: ${issue?.message ?? 'invalid'}`);
+    throw new MeshlinkError('ML_ERR_CONFIG', `invalid server config: ${field}: ${issue?.message ?? 'invalid'}`);
   }
   const c = result.data;
   return Object.freeze({

@@ -1,14 +1,14 @@
 import type { WebSocket } from 'ws';
-import { ERROR_CODES } from '../protocol/errors.js';
 import type { Logger } from '../util/logger.js';
+import { ERRORS } from '../errors.js';
 
 /**
  * Live agent sockets per node, so revocation can close them and each socket is closed when its
  * certificate's NotAfter passes (one timer per connection, cleared on close).
  */
 
-export const CLOSE_REVOKED = ERROR_CODES.ML_ERR_CERT_REVOKED.closeCode; // 4401
-export const CLOSE_EXPIRED = ERROR_CODES.ML_ERR_CERT_EXPIRED.closeCode; // 4402
+export const CLOSE_REVOKED = ERRORS.ML_ERR_CERT_REVOKED.closeCode; // 4401
+export const CLOSE_EXPIRED = ERRORS.ML_ERR_CERT_EXPIRED.closeCode; // 4402
 /** A peer that ignores the close handshake is cut off after this long. */
 const CLOSE_FORCE_MS = 1_000;
 /** setTimeout's delay is a signed 32-bit integer; longer waits are re-armed in steps. */

@@ -1,7 +1,7 @@
 import { createPublicKey, verify, type KeyObject } from 'node:crypto';
 import { isIP } from 'node:net';
 import forge from 'node-forge';
-import { ServerError } from './errors.js';
+import { MeshlinkError } from '../errors.js';
 
 /**
  * PKCS#10 CSR checks. The self-signature is verified with node:crypto over the exact
@@ -37,8 +37,8 @@ const OID_COMMON_NAME = '2.5.4.3';
 const OID_EXTENSION_REQUEST = '1.2.840.113549.1.9.14';
 const OID_SUBJECT_ALT_NAME = '2.5.29.17';
 
-function invalid(message: string, cause?: unknown): ServerError {
-  return new ServerError('ML_ERR_CSR_INVALID', message, cause === undefined ? undefined : { cause });
+function invalid(message: string, cause?: unknown): MeshlinkError {
+  return new MeshlinkError('ML_ERR_CSR_INVALID', message, cause === undefined ? undefined : { cause });
 }
 
 interface Tlv {
@@ -111,20 +111,20 @@ export function parseCsr(pem: string): ParsedCsr {
   try {
     publicKey = createPublicKey({ key: spkiDer, format: 'der', type: 'spki' });
   } catch (err) {
-    throw new ServerError('ML_ERR_CSR_KEY', 'the CSR public key cannot be read', { cause: err });
+    throw new MeshlinkError('ML_ERR_CSR_KEY', 'the CSR public key cannot be read', { cause: err });
   }
   const keyType = publicKey.asymmetricKeyType;
   const details = publicKey.asymmetricKeyDetails ?? {};
   if (keyType === 'rsa') {
     if ((details.modulusLength ?? 0) < 2048) {
-      throw new ServerError('ML_ERR_CSR_KEY', `RSA key of ${details.modulusLength ?? 0} bits: at least 2048 required`);
+      throw new MeshlinkError('ML_ERR_CSR_KEY', `RSA key of ${details.modulusLength ?? 0} bits: at least 2048 required`);
     }
   } else if (keyType === 'ec') {
     if (details.namedCurve !== 'prime256v1') {
-      throw new ServerError('ML_ERR_CSR_KEY', `EC curve ${details.namedCurve ?? 'unknown'} is not supported: use P-256 or RSA >= 2048`);
+      throw new MeshlinkError('ML_ERR_CSR_KEY', `EC curve ${details.namedCurve ?? 'unknown'} is not supported: use P-256 or RSA >= 2048`);
     }
   } else {
-    throw new ServerError('ML_ERR_CSR_KEY', `key type ${keyType ?? 'unknown'} is not supported: use RSA >= 2048 or EC P-256`);
+    throw new MeshlinkError('ML_ERR_CSR_KEY', `key type ${keyType ?? 'unknown'} is not supported: use RSA >= 2048 or EC P-256`);
   }
 
   let algAsn1: forge.asn1.Asn1;

@@ -1,3 +1,4 @@
+import { MeshlinkError } from '../errors.js';
 import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { TLSSocket } from 'node:tls';
@@ -5,7 +6,6 @@ import { z } from 'zod';
 import type { Logger } from '../util/logger.js';
 import type { CertificateAuthority, IssuedCertificate } from './ca.js';
 import { authenticateClient } from './client-auth.js';
-import { ServerError } from './errors.js';
 import { ENROLL_BODY_CAP, readJson, sendError, sendJson } from './http-json.js';
 import { parseCsr, CSR_MAX_PEM_BYTES, type ParsedCsr } from './csr.js';
 import type { TokenBuckets } from '../util/token-bucket.js';
@@ -72,7 +72,7 @@ export class EnrollmentService {
   ): Promise<CertificateResponse & { serial: string }> {
     const csr = parseCsr(csrPem);
     const node = this.deps.store.getNode(nodeId);
-    if (!node || node.removedAt !== null) throw new ServerError('ML_ERR_CERT_REVOKED', `node ${nodeId} is unknown or removed`);
+    if (!node || node.removedAt !== null) throw new MeshlinkError('ML_ERR_CERT_REVOKED', `node ${nodeId} is unknown or removed`);
     const issued = await this.deps.ca.issueClientCertificate({
       nodeId,
       subjectSpkiDer: csr.spkiDer,
@@ -82,7 +82,7 @@ export class EnrollmentService {
     });
     // The node may have been removed while we signed; the FK and this check keep the store consistent.
     const again = this.deps.store.getNode(nodeId);
-    if (!again || again.removedAt !== null) throw new ServerError('ML_ERR_CERT_REVOKED', `node ${nodeId} was removed`);
+    if (!again || again.removedAt !== null) throw new MeshlinkError('ML_ERR_CERT_REVOKED', `node ${nodeId} was removed`);
     this.deps.store.insertCert(nodeId, { serial: issued.serial, notBefore: issued.notBefore, notAfter: issued.notAfter, pem: issued.pem });
     return { ...this.response(nodeId, issued), serial: issued.serial };
   }
@@ -93,13 +93,13 @@ export class EnrollmentService {
     const csr: ParsedCsr = parseCsr(body.csr);
     const hostname = body.hostname ?? csr.commonName ?? csr.dnsNames[0];
     if (!hostname || !HOSTNAME_RE.test(hostname)) {
-      throw new ServerError('ML_ERR_BAD_REQUEST', 'no valid hostname: send "hostname" or put it in the CSR common name');
+      throw new MeshlinkError('ML_ERR_BAD_REQUEST', 'no valid hostname: send "hostname" or put it in the CSR common name');
     }
     const existing = token.nodeId !== null;
     const nodeId = token.nodeId ?? randomUUID();
     if (existing) {
       const node = this.deps.store.getNode(nodeId);
-      if (!node || node.removedAt !== null) throw new ServerError('ML_ERR_TOKEN_INVALID', 'the token is bound to a node that was removed');
+      if (!node || node.removedAt !== null) throw new MeshlinkError('ML_ERR_TOKEN_INVALID', 'the token is bound to a node that was removed');
     }
     const issued = await this.deps.ca.issueClientCertificate({
       nodeId,
@@ -114,7 +114,7 @@ export class EnrollmentService {
       node: { id: nodeId, hostname, agentVersion: body.agentVersion ?? null, existing },
       cert: { serial: issued.serial, notBefore: issued.notBefore, notAfter: issued.notAfter, pem: issued.pem },
     });
-    if (!won) throw new ServerError('ML_ERR_TOKEN_INVALID', 'the enrollment token is unknown, already used, or expired');
+    if (!won) throw new MeshlinkError('ML_ERR_TOKEN_INVALID', 'the enrollment token is unknown, already used, or expired');
     this.deps.logger.info({ nodeId, hostname, certSerial: issued.serial, reenroll: existing }, 'node enrolled');
     return this.response(nodeId, issued);
   }
@@ -134,13 +134,13 @@ export class EnrollmentService {
     const address = req.socket.remoteAddress ?? 'unknown';
     const wait = this.deps.limiter.retryAfterSec(address);
     if (wait > 0) {
-      sendError(res, new ServerError('ML_ERR_RATE_LIMITED', 'too many failed requests from this address', { retryAfterSec: wait }));
+      sendError(res, new MeshlinkError('ML_ERR_RATE_LIMITED', 'too many failed requests from this address', { retryAfterSec: wait }));
       return;
     }
     try {
       sendJson(res, 200, await work());
     } catch (err) {
-      if (err instanceof ServerError && err.status < 500) {
+      if (err instanceof MeshlinkError && err.status < 500) {
         this.deps.limiter.charge(address);
         this.deps.logger.info({ path: req.url, remoteAddress: address, code: err.code, reason: err.message }, 'request refused');
       } else {

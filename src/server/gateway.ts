@@ -1,3 +1,4 @@
+import { MeshlinkError } from '../errors.js';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { createServer } from 'node:https';
 import { createServer as createTcpServer, type AddressInfo, type Socket } from 'node:net';
@@ -9,7 +10,6 @@ import { AdmissionQueue, keyOf } from './admission.js';
 import { authenticateClient, type ClientAuthContext } from './client-auth.js';
 import type { ConnectionRegistry } from './connections.js';
 import type { EnrollmentService } from './enroll.js';
-import { ServerError } from './errors.js';
 import type { GatewayHooks } from './hooks.js';
 import { sendError, sendJson } from './http-json.js';
 import type { PublicRoutes } from './public-routes.js';
@@ -115,7 +115,7 @@ export function createGateway(deps: GatewayDeps): Gateway {
     const method = req.method ?? 'GET';
     const allow = (m: string): boolean => {
       if (method === m) return true;
-      sendError(res, new ServerError('ML_ERR_METHOD', `use ${m} ${path}`));
+      sendError(res, new MeshlinkError('ML_ERR_METHOD', `use ${m} ${path}`));
       return false;
     };
     switch (path) {
@@ -142,7 +142,7 @@ export function createGateway(deps: GatewayDeps): Gateway {
           await found.handler(req, res, found.rest);
           return;
         }
-        sendError(res, new ServerError('ML_ERR_NOT_FOUND', `no endpoint ${path}`));
+        sendError(res, new MeshlinkError('ML_ERR_NOT_FOUND', `no endpoint ${path}`));
     }
   }
 
@@ -153,14 +153,14 @@ export function createGateway(deps: GatewayDeps): Gateway {
     socket.on('error', () => {}); // refusals may race a peer reset; nothing useful to report
     if (path !== '/v1/connect' || req.method !== 'GET') {
       deps.registry.noteRefused('ML_ERR_NOT_FOUND');
-      refuse(socket, new ServerError('ML_ERR_NOT_FOUND', `no WebSocket endpoint ${path}`));
+      refuse(socket, new MeshlinkError('ML_ERR_NOT_FOUND', `no WebSocket endpoint ${path}`));
       return;
     }
     let peer;
     try {
       peer = authenticateClient(deps.auth, tlsSocket);
     } catch (err) {
-      const e = err instanceof ServerError ? err : new ServerError('ML_ERR_SERVER_INTERNAL', 'internal error');
+      const e = err instanceof MeshlinkError ? err : new MeshlinkError('ML_ERR_SERVER_INTERNAL', 'internal error');
       if (e.status >= 500) log.error({ err, remoteAddress }, 'connect check failed');
       else log.warn({ remoteAddress, code: e.code, reason: e.message }, 'agent connection refused');
       deps.registry.noteRefused(e.code);
@@ -232,9 +232,9 @@ export function createGateway(deps: GatewayDeps): Gateway {
 }
 
 /** A plain HTTP error on a socket that was asking to upgrade; nothing is upgraded. */
-function refuse(socket: Duplex, err: ServerError): void {
+function refuse(socket: Duplex, err: MeshlinkError): void {
   const body = JSON.stringify({ code: err.code, message: err.message });
-  const reason = { 401: 'Unauthorized', 403: 'Forbidden', 404: 'Not Found' }[err.status] ?? 'Error';
+  const reason = ({ 401: 'Unauthorized', 403: 'Forbidden', 404: 'Not Found' } as Record<number, string>)[err.status] ?? 'Error';
   socket.end(
     `HTTP/1.1 ${err.status} ${reason}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
   );

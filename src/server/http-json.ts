@@ -1,6 +1,6 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { z } from 'zod';
-import { ServerError } from './errors.js';
+import { MeshlinkError } from '../errors.js';
 
 /** JSON over HTTP for the gateway and the admin channel: capped bodies, zod validation, `{code, message}` errors. */
 
@@ -10,7 +10,7 @@ export const ENROLL_BODY_CAP = 64 * 1024;
 export function readBody(req: IncomingMessage, cap: number): Promise<Buffer> {
   const declared = Number(req.headers['content-length']);
   if (Number.isFinite(declared) && declared > cap) {
-    return Promise.reject(new ServerError('ML_ERR_BODY_TOO_LARGE', `request body exceeds ${cap} bytes`));
+    return Promise.reject(new MeshlinkError('ML_ERR_BODY_TOO_LARGE', `request body exceeds ${cap} bytes`));
   }
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
@@ -22,7 +22,7 @@ export function readBody(req: IncomingMessage, cap: number): Promise<Buffer> {
       if (size > cap) {
         done = true;
         req.pause();
-        reject(new ServerError('ML_ERR_BODY_TOO_LARGE', `request body exceeds ${cap} bytes`));
+        reject(new MeshlinkError('ML_ERR_BODY_TOO_LARGE', `request body exceeds ${cap} bytes`));
         return;
       }
       chunks.push(chunk);
@@ -48,13 +48,13 @@ export async function readJson<T extends z.ZodType>(req: IncomingMessage, cap: n
   try {
     value = JSON.parse(body.toString('utf8'));
   } catch {
-    throw new ServerError('ML_ERR_BAD_REQUEST', 'request body is not valid JSON');
+    throw new MeshlinkError('ML_ERR_BAD_REQUEST', 'request body is not valid JSON');
   }
   const parsed = schema.safeParse(value);
   if (!parsed.success) {
     const issue = parsed.error.issues[0];
     const field = issue && issue.path.length > 0 ? issue.path.join('.') : 'body';
-    throw new ServerError('ML_ERR_BAD_REQUEST', `invalid request: ${field}: ${issue?.message ?? 'invalid'}`);
+    throw new MeshlinkError('ML_ERR_BAD_REQUEST', `invalid request: ${field}: ${issue?.message ?? 'invalid'}`);
   }
   return parsed.data;
 }
@@ -70,13 +70,16 @@ export function sendJson(res: ServerResponse, status: number, body: unknown, hea
   res.end(payload);
 }
 
-/** Answers an error as `{code, message}`; unexpected errors become a generic 500 (details go to the log only). */
+/**
+ * Answers an error as `{code, message}` with the status its code has in src/errors.ts; errors that are
+ * not a MeshlinkError become a generic 500 (details go to the log only).
+ */
 export function sendError(res: ServerResponse, err: unknown): void {
   if (res.headersSent) {
     res.destroy();
     return;
   }
-  const e = err instanceof ServerError ? err : new ServerError('ML_ERR_SERVER_INTERNAL', 'internal server error');
+  const e = err instanceof MeshlinkError ? err : new MeshlinkError('ML_ERR_SERVER_INTERNAL', 'internal server error');
   const headers: Record<string, string> = {};
   if (e.retryAfterSec !== undefined) headers['retry-after'] = String(e.retryAfterSec);
   // After an oversized body the rest of the stream is unread: do not keep the connection.

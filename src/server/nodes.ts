@@ -1,5 +1,5 @@
+import { MeshlinkError } from '../errors.js';
 import type { ConnectionRegistry } from './connections.js';
-import { ServerError } from './errors.js';
 import type { RevocationList } from './revocation.js';
 import type { NodeRow, Store } from './store/store.js';
 import { createToken } from './tokens.js';
@@ -57,9 +57,9 @@ export function resolveNode(store: Store, idOrHostname: string): NodeRow {
   const byName = store.liveNodesByHostname(idOrHostname);
   if (byName.length === 1) return byName[0]!;
   if (byName.length > 1) {
-    throw new ServerError('ML_ERR_NODE_AMBIGUOUS', `${byName.length} nodes are named ${idOrHostname}: ${byName.map((n) => n.id).join(', ')}; use the id`);
+    throw new MeshlinkError('ML_ERR_NODE_AMBIGUOUS', `${byName.length} nodes are named ${idOrHostname}: ${byName.map((n) => n.id).join(', ')}; use the id`);
   }
-  throw new ServerError('ML_ERR_NODE_NOT_FOUND', `no live node with id or hostname ${idOrHostname}`);
+  throw new MeshlinkError('ML_ERR_NODE_NOT_FOUND', `no live node with id or hostname ${idOrHostname}`);
 }
 
 export interface RemovalResult {
@@ -92,7 +92,7 @@ export interface TokenCreation {
 export function createEnrollmentToken(store: Store, options: { ttlMs: number; nodeId?: string | null }): TokenCreation {
   const url = store.getMeta(META_PUBLIC_URL);
   const caPin = store.getMeta(META_CA_PIN);
-  if (!url || !caPin) throw new ServerError('ML_ERR_NOT_INITIALIZED', 'this data dir has no CA yet: run `meshlink server start` once');
+  if (!url || !caPin) throw new MeshlinkError('ML_ERR_NOT_INITIALIZED', 'this data dir has no CA yet: run `meshlink server start` once');
   const created = createToken(store, { ttlMs: options.ttlMs, nodeId: options.nodeId ?? null });
   const force = created.nodeId ? ' --force' : '';
   return {

@@ -8,7 +8,6 @@ import { loadOrCreateCa, type CertificateAuthority } from './ca.js';
 import { adminSocketPath, storePath, type ServerConfig } from './config.js';
 import { ConnectionRegistry } from './connections.js';
 import { EnrollmentService } from './enroll.js';
-import { ServerError } from './errors.js';
 import { createGateway, type Gateway, type GatewayTimeouts } from './gateway.js';
 import { Presence } from './presence.js';
 import { PublicRoutes } from './public-routes.js';
@@ -22,6 +21,7 @@ import { SessionHost } from './session-host.js';
 import { AdminRoutes } from './admin-routes.js';
 import { createFeatureQuestions, type ServerFeature, type ServerFeatureContext, type ServerFeatureHandle } from './feature.js';
 import { SERVER_FEATURES } from './features.js';
+import { MeshlinkError } from '../errors.js';
 
 /**
  * Wires the control plane: store → CA → server certificate → gateway (+ admin socket). A restart on
@@ -200,9 +200,9 @@ async function refuseIfRunning(socketPath: string): Promise<void> {
     await adminRequest(socketPath, 'GET', '/v1/health', undefined, 2_000);
   } catch (err) {
     if (err instanceof AdminUnavailable) return; // stale or absent socket: ours to replace
-    throw new ServerError('ML_ERR_SERVER_RUNNING', `the admin socket ${socketPath} exists and does not behave like an idle leftover: ${(err as Error).message}`);
+    throw new MeshlinkError('ML_ERR_SERVER_RUNNING', `the admin socket ${socketPath} exists and does not behave like an idle leftover: ${(err as Error).message}`);
   }
-  throw new ServerError('ML_ERR_SERVER_RUNNING', `a meshlink server is already running on this data dir (${socketPath})`);
+  throw new MeshlinkError('ML_ERR_SERVER_RUNNING', `a meshlink server is already running on this data dir (${socketPath})`);
 }
 
 function publicUrlOf(config: ServerConfig, port: number): string {

@@ -1,7 +1,7 @@
+import { MeshlinkError } from '../errors.js';
 import { EventEmitter } from 'node:events';
 import type { WebSocket } from 'ws';
 import { attachSession } from '../net/ws-session.js';
-import { ProtocolError } from '../protocol/errors.js';
 import type { CloseInfo, Session } from '../protocol/session.js';
 import type { InputOf, KindName, PayloadOf, RequestKindName as RequestKind } from '../protocol/registry.js';
 import type { MuxStream } from '../protocol/stream.js';
@@ -19,7 +19,6 @@ import type {
 import type { ServerConfig } from './config.js';
 import { parseCsr } from './csr.js';
 import type { EnrollmentService } from './enroll.js';
-import { ServerError } from './errors.js';
 import type { AgentConnectionInfo, GatewayHooks } from './hooks.js';
 import type { Presence } from './presence.js';
 import type { Store } from './store/store.js';
@@ -109,7 +108,7 @@ export class SessionHost extends EventEmitter<SessionHostEvents> implements Gate
       role: 'server',
       onHello: (hello) => {
         const node = this.#deps.store.getNode(info.nodeId);
-        if (!node || node.removedAt !== null) throw new ProtocolError('ML_ERR_CERT_REVOKED', 'node was removed');
+        if (!node || node.removedAt !== null) throw new MeshlinkError('ML_ERR_CERT_REVOKED', 'node was removed');
         if (hello.agentVersion !== node.agentVersion) this.#deps.store.setAgentVersion(info.nodeId, hello.agentVersion);
         let welcome: Omit<InputOf<'welcome'>, 'version'> = { nodeId: info.nodeId, serverVersion: VERSION, heartbeatIntervalMs: this.#deps.config.heartbeatIntervalMs };
         for (const contribute of this.#welcomeContributors) welcome = { ...welcome, ...contribute(hello, info) };
@@ -172,7 +171,7 @@ export class SessionHost extends EventEmitter<SessionHostEvents> implements Gate
       const parsed = parseCsr(csr);
       // The CSR must name this node: its hostname (as enrolled) or its id.
       if (!node || (parsed.commonName !== node.hostname && parsed.commonName !== node.id)) {
-        throw new ServerError('ML_ERR_CERT_FORBIDDEN', 'the CSR subject does not match the connected node');
+        throw new MeshlinkError('ML_ERR_CERT_FORBIDDEN', 'the CSR subject does not match the connected node');
       }
       const issued = await this.#deps.enrollment.issueNodeCertificate(info.nodeId, csr);
       log.info({ newSerial: issued.serial, notAfter: issued.notAfter }, 'certificate renewed in-band');
@@ -239,13 +238,13 @@ export class SessionHost extends EventEmitter<SessionHostEvents> implements Gate
 
   openStream<N extends KindName>(agent: AgentHandle, kind: N, meta: InputOf<N>): Promise<MuxStream> {
     const session = this.#sessionOf(agent);
-    if (!session) return Promise.reject(new ProtocolError('ML_ERR_SESSION_CLOSED', `the session of ${agent.nodeId} is closed`));
+    if (!session) return Promise.reject(new MeshlinkError('ML_ERR_SESSION_CLOSED', `the session of ${agent.nodeId} is closed`));
     return session.openStream(kind, meta);
   }
 
   drained(agent: AgentHandle): Promise<void> {
     const session = this.#sessionOf(agent);
-    if (!session || session.state !== 'open') return Promise.reject(new ProtocolError('ML_ERR_SESSION_CLOSED', `the session of ${agent.nodeId} is closed`));
+    if (!session || session.state !== 'open') return Promise.reject(new MeshlinkError('ML_ERR_SESSION_CLOSED', `the session of ${agent.nodeId} is closed`));
     return session.ping().then(() => undefined);
   }
 
@@ -272,7 +271,7 @@ export class SessionHost extends EventEmitter<SessionHostEvents> implements Gate
     for (const a of this.snapshot()) {
       if (now - a.session.lastReceivedAt > limit) {
         this.#deps.logger.warn({ nodeId: a.nodeId, silentMs: now - a.session.lastReceivedAt }, 'agent silent; closing session');
-        a.session.abort(new ProtocolError('ML_ERR_HEARTBEAT_TIMEOUT', `nothing received for ${now - a.session.lastReceivedAt} ms`));
+        a.session.abort(new MeshlinkError('ML_ERR_HEARTBEAT_TIMEOUT', `nothing received for ${now - a.session.lastReceivedAt} ms`));
       }
     }
   }

@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { ServerError } from './errors.js';
 import type { Store, TokenRow } from './store/store.js';
+import { MeshlinkError } from '../errors.js';
 
 /**
  * One-time enrollment tokens: 128 random bits, base64url (22 characters). Only the SHA-256 of a token
@@ -34,7 +34,7 @@ export function createToken(
   const nodeId = options.nodeId ?? null;
   if (nodeId !== null) {
     const node = store.getNode(nodeId);
-    if (!node || node.removedAt !== null) throw new ServerError('ML_ERR_NODE_NOT_FOUND', `no live node with id ${nodeId}`);
+    if (!node || node.removedAt !== null) throw new MeshlinkError('ML_ERR_NODE_NOT_FOUND', `no live node with id ${nodeId}`);
   }
   const token = generateToken();
   const expiresAt = now + (options.ttlMs ?? DEFAULT_TOKEN_TTL_MS);
@@ -50,7 +50,7 @@ export function findUsableToken(store: Store, token: string, now: number): Token
   const row = TOKEN_RE.test(token) ? store.getToken(hashToken(token)) : undefined;
   // One message for all three cases: do not tell a prober which tokens exist.
   if (!row || row.consumedAt !== null || row.expiresAt <= now) {
-    throw new ServerError('ML_ERR_TOKEN_INVALID', 'the enrollment token is unknown, already used, or expired');
+    throw new MeshlinkError('ML_ERR_TOKEN_INVALID', 'the enrollment token is unknown, already used, or expired');
   }
   return row;
 }

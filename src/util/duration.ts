@@ -1,3 +1,4 @@
+import { MeshlinkError } from '../errors.js';
 /**
  * Durations on the command line: an integer followed by a unit, e.g. `500ms`, `90s`, `60m`, `1h`, `30d`.
  * Deliberately tiny: one number, one unit, no fractions, no combinations.
@@ -6,17 +7,13 @@ const UNIT_MS = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000, d: 86_400_000 } as c
 
 const DURATION_RE = /^(\d{1,12})(ms|s|m|h|d)$/;
 
-export class DurationError extends Error {
-  readonly code = 'ML_ERR_DURATION';
-}
-
 export function parseDuration(text: string): number {
   const match = DURATION_RE.exec(text.trim());
   if (!match) {
-    throw new DurationError(`invalid duration "${text}": expected a whole number and a unit (ms, s, m, h, d), e.g. 90s, 1h, 30d`);
+    throw new MeshlinkError('ML_ERR_DURATION', `invalid duration "${text}": expected a whole number and a unit (ms, s, m, h, d), e.g. 90s, 1h, 30d`);
   }
   const value = Number(match[1]) * UNIT_MS[match[2] as keyof typeof UNIT_MS];
-  if (!Number.isSafeInteger(value)) throw new DurationError(`duration "${text}" is too large`);
+  if (!Number.isSafeInteger(value)) throw new MeshlinkError('ML_ERR_DURATION', `duration "${text}" is too large`);
   return value;
 }
 

@@ -1,5 +1,5 @@
 import { isIP } from 'node:net';
-import { MeshlinkError } from '../protocol/errors.js';
+import { MeshlinkError } from '../errors.js';
 
 /** A local address to listen on: `HOST:PORT` or `[IPv6]:PORT` (port 0 = any free port). */
 export interface ListenAddress {

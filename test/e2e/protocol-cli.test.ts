@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { MESSAGE_KINDS } from '../../src/protocol/registry.js';
-import { ERROR_CODES } from '../../src/protocol/errors.js';
 import { cli } from './harness.js';
+import { ERRORS } from '../../src/errors.js';
 
 describe('meshlink protocol (CLI)', () => {
   it('messages --json prints every kind with its code, direction, scope and a JSON Schema', async () => {
@@ -32,6 +32,6 @@ describe('meshlink protocol (CLI)', () => {
   it('errors --json prints the error table', async () => {
     const r = await cli(['protocol', 'errors', '--json']);
     expect(r.code).toBe(0);
-    expect((JSON.parse(r.stdout) as Array<{ code: string }>).map((e) => e.code)).toEqual(Object.keys(ERROR_CODES));
+    expect((JSON.parse(r.stdout) as Array<{ code: string }>).map((e) => e.code)).toEqual(Object.keys(ERRORS));
   });
 });

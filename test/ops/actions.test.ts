@@ -2,12 +2,13 @@ import { chmod, mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { OpsClientError, opsAdminRequest, runAction, runTunnel } from '../../src/server/ops/client.js';
+import { opsAdminRequest, runAction, runTunnel } from '../../src/server/ops/client.js';
 import { enroll } from '../../src/agent/enroll.js';
 import { createEnrollmentToken } from '../../src/server/nodes.js';
 import { tempDir } from '../server/helpers.js';
 import type { AuditRecord } from '../../src/server/audit-log.js';
 import { startOpsPair, waitUntil, type OpsPair } from './helpers.js';
+import { MeshlinkError } from '../../src/errors.js';
 
 function sink(): { stream: PassThrough; text(): string } {
   const stream = new PassThrough();
@@ -107,12 +108,12 @@ describe('remote actions over real mTLS', () => {
   it('refuses unknown, non-executable and invalid actions clearly', async () => {
     await expect(act(p, 'nope')).rejects.toMatchObject({ code: 'ML_ERR_OPS_UNKNOWN_ACTION' });
     await expect(act(p, 'notexec')).rejects.toMatchObject({ code: 'ML_ERR_OPS_UNKNOWN_ACTION', message: expect.stringMatching(/not executable/) });
-    await expect(act(p, '../etc/passwd')).rejects.toBeInstanceOf(OpsClientError);
+    await expect(act(p, '../etc/passwd')).rejects.toBeInstanceOf(MeshlinkError);
   });
 
   it('runs at most maxActions at once, queues maxQueued more, refuses beyond with ML_ERR_OPS_BUSY', async () => {
     const started = Date.now();
-    const runs = [act(p, 'slow'), act(p, 'slow'), act(p, 'slow'), act(p, 'slow')].map((x) => x.then((r) => ({ ok: true as const, r }), (e: OpsClientError) => ({ ok: false as const, e })));
+    const runs = [act(p, 'slow'), act(p, 'slow'), act(p, 'slow'), act(p, 'slow')].map((x) => x.then((r) => ({ ok: true as const, r }), (e: MeshlinkError) => ({ ok: false as const, e })));
     const results = await Promise.all(runs);
     const ok = results.filter((x) => x.ok);
     const refused = results.filter((x) => !x.ok);

@@ -15,8 +15,8 @@ import {
   type ResponseKindOf,
   type StreamMessage,
 } from '../../src/protocol/registry.js';
-import { ProtocolError } from '../../src/protocol/errors.js';
 import { SAMPLE_PAYLOADS } from './samples.js';
+import { isProtocolError } from '../../src/errors.js';
 
 /** Slow reference encoder written independently with explicit byte arithmetic. */
 function referenceHeader(type: number, stream: number, flags: number, length: number): number[] {
@@ -107,7 +107,7 @@ describe('frame decoder', () => {
     expect(() => decodeMessage(frames[1]!.subarray(0, 100), decoder)).toThrow(expect.objectContaining({ code: 'ML_ERR_FRAME_TRUNCATED' }));
   });
 
-  it('never throws anything but ProtocolError and never buffers past the frame limit (random and mutated bytes)', () => {
+  it('never throws anything but a protocol error (one with a close code) and never buffers past the frame limit (random and mutated bytes)', () => {
     const maxFrameSize = 64 * 1024;
     const valid = Object.entries(SAMPLE_PAYLOADS).map(([name, p]) => encodeMessage(name as KindName, name.startsWith('stream.') || !['control', 'any'].includes(MESSAGE_KINDS.find((k) => k.name === name)!.scope) ? 1 : 0, p as never));
     const mutated = fc
@@ -126,7 +126,7 @@ describe('frame decoder', () => {
             expect(decoder.bufferedBytes).toBeLessThanOrEqual(maxFrameSize + HEADER_SIZE + chunk);
           }
         } catch (err) {
-          if (!(err instanceof ProtocolError)) throw err;
+          if (!isProtocolError(err)) throw err;
         }
       }),
       { numRuns: 5000 },

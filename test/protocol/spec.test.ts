@@ -3,7 +3,6 @@ import { describe, expect, it } from 'vitest';
 import { FrameDecoder, decodeMessage } from '../../src/protocol/decoder.js';
 import { decodeFrame } from '../../src/protocol/codec.js';
 import { DEFAULT_MAX_FRAME_SIZE } from '../../src/protocol/frame.js';
-import { ERROR_CODES } from '../../src/protocol/errors.js';
 import { MESSAGE_KINDS, type MessageKind } from '../../src/protocol/registry.js';
 
 /** docs/PROTOCOL.md must stay exact: its dumps decode, its tables match the code. */
@@ -33,12 +32,6 @@ describe('docs/PROTOCOL.md', () => {
     expect(frames[2]!.payload).toEqual({ kind: 'file.open', meta: { path: '/srv/a', direction: 'push' } });
     expect(Buffer.from(frames[3]!.payload as Uint8Array).toString()).toBe('hello');
     expect(frames[4]!.payload).toEqual({ credit: 65536 });
-  });
-
-  it('lists every error code with its close code, and nothing else', () => {
-    const section = doc.slice(doc.indexOf('## 9. Errors'), doc.indexOf('## 10.'));
-    const rows = [...section.matchAll(/^\| `(ML_ERR_[A-Z_]+)` \| (\d+|-) \|/gm)].map((m) => [m[1], m[2] === '-' ? null : Number(m[2])]);
-    expect(rows).toEqual(Object.entries(ERROR_CODES).map(([code, spec]) => [code, spec.closeCode]));
   });
 
   it('lists every message kind with its code, direction and scope', () => {

@@ -1,13 +1,13 @@
 import type { Server } from 'node:http';
 import type { Command } from 'commander';
 import { z } from 'zod';
-import { MeshlinkError } from '../../protocol/errors.js';
 import type { AgentRunExtension } from '../../cli/agent-features.js';
 import { parseMetricsListen, serveMetrics } from '../../server/metrics.js';
 import type { Logger } from '../../util/logger.js';
 import type { AgentRunner } from '../connection.js';
 import { AgentMetrics } from '../metrics.js';
 import { ObservabilityUploader, type LogRecord } from './uploader.js';
+import { MeshlinkError } from '../../errors.js';
 
 /**
  * `agent run` observability: the agent's Prometheus metrics on a local port when asked

@@ -1,5 +1,6 @@
 import { Command } from 'commander';
 import { registerAgentCommands } from '../../cli/agent.js';
+import { usageErrorsExit2 } from '../../cli/failure.js';
 import { VERSION } from '../../version.js';
 
 /**
@@ -9,5 +10,6 @@ import { VERSION } from '../../version.js';
  */
 const program = new Command();
 program.name('meshlink').description('meshlink agent (single-file bundle)').version(VERSION);
+usageErrorsExit2(program);
 registerAgentCommands(program);
 await program.parseAsync(process.argv);

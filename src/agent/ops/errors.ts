@@ -1,4 +1,4 @@
-import { MeshlinkError } from '../../protocol/errors.js';
+import { MeshlinkError } from '../../errors.js';
 
 /**
  * Error codes of remote operations. The agent puts them in stream.reject / stream.reset / results,
@@ -23,11 +23,11 @@ export const OPS_ERROR_CODES = {
   ML_ERR_OPS_INTERRUPTED: 'The operation was cut off (the connection dropped or the peer went away).',
 } as const;
 
-export type OpsErrorCode = keyof typeof OPS_ERROR_CODES;
+export type ErrorCode = keyof typeof OPS_ERROR_CODES;
 
 export class OpsError extends MeshlinkError {
-  override readonly code: OpsErrorCode;
-  constructor(code: OpsErrorCode, message: string, options?: { cause?: unknown }) {
+  override readonly code: ErrorCode;
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
     super(code, message, options);
     this.name = 'OpsError';
     this.code = code;

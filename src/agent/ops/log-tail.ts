@@ -1,7 +1,8 @@
 import type { Session } from '../../protocol/session.js';
 import type { MuxStream } from '../../protocol/stream.js';
 import { readLastLines, type AgentLogFile } from './agent-log.js';
-import { errorMessage, OpsError } from './errors.js';
+import { errorMessage } from './errors.js';
+import { MeshlinkError } from '../../errors.js';
 
 /**
  * log.stream: the last N lines of the agent's own log, then (follow) every new line as it is
@@ -95,7 +96,7 @@ export class LogTailService {
         },
         (err: unknown) => {
           stop();
-          stream.destroy(new OpsError('ML_ERR_OPS_IO', `reading the log failed: ${errorMessage(err)}`));
+          stream.destroy(new MeshlinkError('ML_ERR_OPS_IO', `reading the log failed: ${errorMessage(err)}`));
         },
       );
       return;
@@ -107,7 +108,7 @@ export class LogTailService {
         if (tail.length > 0) stream.write(tail);
         stream.end();
       },
-      (err: unknown) => stream.destroy(new OpsError('ML_ERR_OPS_IO', `reading the log failed: ${errorMessage(err)}`)),
+      (err: unknown) => stream.destroy(new MeshlinkError('ML_ERR_OPS_IO', `reading the log failed: ${errorMessage(err)}`)),
     );
   }
 }

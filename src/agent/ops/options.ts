@@ -1,6 +1,6 @@
 import { isAbsolute, join, resolve } from 'node:path';
 import { z } from 'zod';
-import { ConfigError } from '../config.js';
+import { MeshlinkError } from '../../errors.js';
 
 /**
  * Options of the agent's operations, validated once (from `agent run` flags or a test) and frozen.
@@ -36,7 +36,7 @@ export function parseOpsOptions(input: OpsOptionsInput, stateDir: string): OpsOp
   const parsed = schema.safeParse(input);
   if (!parsed.success) {
     const issue = parsed.error.issues[0];
-    throw new ConfigError(`invalid ops option ${issue?.path.join('.') ?? ''}: ${issue?.message ?? 'invalid'}`);
+    throw new MeshlinkError('ML_ERR_CONFIG', `invalid ops option ${issue?.path.join('.') ?? ''}: ${issue?.message ?? 'invalid'}`);
   }
   const o = parsed.data;
   return Object.freeze({

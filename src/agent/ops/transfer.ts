@@ -7,8 +7,9 @@ import type { PayloadOf } from '../../protocol/registry.js';
 import type { Session } from '../../protocol/session.js';
 import type { MuxStream } from '../../protocol/stream.js';
 import type { AuditReporter } from './audit.js';
-import { OpsError, errorMessage, wireCode } from './errors.js';
+import { errorMessage, wireCode } from './errors.js';
 import type { OpsOptions } from './options.js';
+import { MeshlinkError } from '../../errors.js';
 
 /**
  * file.open streams, agent side (docs/OPERATIONS.md, "File transfer").
@@ -53,7 +54,7 @@ export class TransferService {
           const code = wireCode(err);
           this.audit.record({ action: `file.${req.direction}`, target: req.path, result: code, details: { message: errorMessage(err) } });
           if (stream.state === 'opening') session.reject(stream, code, errorMessage(err));
-          else if (!stream.destroyed) stream.destroy(err instanceof OpsError ? err : new OpsError(code as 'ML_ERR_OPS_IO', errorMessage(err)));
+          else if (!stream.destroyed) stream.destroy(err instanceof MeshlinkError ? err : new MeshlinkError(code as 'ML_ERR_OPS_IO', errorMessage(err)));
         },
       )
       .finally(() => this.#active--);
@@ -62,35 +63,35 @@ export class TransferService {
   /** The real path for `path` if it is inside an allowed directory. */
   async allowedPath(path: string): Promise<string> {
     if (this.opts.transferDirs.length === 0) {
-      throw new OpsError('ML_ERR_OPS_TRANSFER_DISABLED', 'file transfer is disabled on this agent; start it with --transfer-dir DIR');
+      throw new MeshlinkError('ML_ERR_OPS_TRANSFER_DISABLED', 'file transfer is disabled on this agent; start it with --transfer-dir DIR');
     }
-    if (!isAbsolute(path)) throw new OpsError('ML_ERR_OPS_BAD_REQUEST', `the path must be absolute: ${path}`);
+    if (!isAbsolute(path)) throw new MeshlinkError('ML_ERR_OPS_BAD_REQUEST', `the path must be absolute: ${path}`);
     const wanted = resolve(path);
     let parent: string;
     try {
       parent = await realpath(dirname(wanted));
     } catch {
-      throw new OpsError('ML_ERR_OPS_NOT_FOUND', `directory ${dirname(wanted)} does not exist`);
+      throw new MeshlinkError('ML_ERR_OPS_NOT_FOUND', `directory ${dirname(wanted)} does not exist`);
     }
     const full = join(parent, basename(wanted));
     for (const dir of this.opts.transferDirs) {
       const real = await realpath(dir).catch(() => null);
       if (real !== null && (full.startsWith(real + sep) || (real === sep && full !== sep))) return full;
     }
-    throw new OpsError('ML_ERR_OPS_PATH_FORBIDDEN', `${path} is not inside an allowed transfer directory`);
+    throw new MeshlinkError('ML_ERR_OPS_PATH_FORBIDDEN', `${path} is not inside an allowed transfer directory`);
   }
 
   async #push(stream: MuxStream, session: Session, req: PayloadOf<'file.open'>): Promise<number> {
-    if (req.size === undefined || req.sha256 === undefined) throw new OpsError('ML_ERR_OPS_BAD_REQUEST', 'a push needs size and sha256');
+    if (req.size === undefined || req.sha256 === undefined) throw new MeshlinkError('ML_ERR_OPS_BAD_REQUEST', 'a push needs size and sha256');
     const { size, sha256 } = req;
     const target = await this.allowedPath(req.path);
     const existing = await lstat(target).catch(() => null);
-    if (existing && !existing.isFile()) throw new OpsError('ML_ERR_OPS_PATH_FORBIDDEN', `${req.path} exists and is not a regular file`);
+    if (existing && !existing.isFile()) throw new MeshlinkError('ML_ERR_OPS_PATH_FORBIDDEN', `${req.path} exists and is not a regular file`);
     const part = join(dirname(target), `.${basename(target)}.${sha256.slice(0, 16)}${PART_SUFFIX}`);
     const held = await lstat(part).catch(() => null);
     let offset = held && held.isFile() && held.size <= size ? held.size : 0;
     if (held && offset === 0) await unlink(part).catch(() => {});
-    if (stream.state !== 'opening') throw new OpsError('ML_ERR_OPS_INTERRUPTED', 'the stream went away');
+    if (stream.state !== 'opening') throw new MeshlinkError('ML_ERR_OPS_INTERRUPTED', 'the stream went away');
 
     const hash = createHash('sha256');
     if (offset > 0) offset = await hashPrefix(part, offset, hash);
@@ -105,13 +106,13 @@ export class TransferService {
     });
     await new Promise<void>((resolveDone, reject) => {
       out.once('error', (err) => {
-        stream.destroy(new OpsError('ML_ERR_OPS_IO', `writing ${req.path}: ${err.message}`));
-        reject(new OpsError('ML_ERR_OPS_IO', `writing ${req.path}: ${err.message}`));
+        stream.destroy(new MeshlinkError('ML_ERR_OPS_IO', `writing ${req.path}: ${err.message}`));
+        reject(new MeshlinkError('ML_ERR_OPS_IO', `writing ${req.path}: ${err.message}`));
       });
       stream.on('data', (chunk: Buffer) => {
         received += chunk.length;
         if (received > size) {
-          stream.destroy(new OpsError('ML_ERR_OPS_BAD_REQUEST', `more than the announced ${size} bytes`));
+          stream.destroy(new MeshlinkError('ML_ERR_OPS_BAD_REQUEST', `more than the announced ${size} bytes`));
           return;
         }
         hash.update(chunk);
@@ -131,7 +132,7 @@ export class TransferService {
     const d = declared as PayloadOf<'file.done'> | null;
     if (received !== size || digest !== sha256 || !d || d.sha256 !== sha256 || d.size !== size) {
       await unlink(part).catch(() => {});
-      throw new OpsError('ML_ERR_OPS_CHECKSUM', `received ${received} of ${size} bytes with SHA-256 ${digest}; expected ${sha256}. Nothing was written`);
+      throw new MeshlinkError('ML_ERR_OPS_CHECKSUM', `received ${received} of ${size} bytes with SHA-256 ${digest}; expected ${sha256}. Nothing was written`);
     }
     await fsyncPath(part);
     await rename(part, target);
@@ -148,16 +149,16 @@ export class TransferService {
       fh = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW);
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
-      if (code === 'ENOENT') throw new OpsError('ML_ERR_OPS_NOT_FOUND', `${req.path} does not exist`);
-      if (code === 'ELOOP') throw new OpsError('ML_ERR_OPS_PATH_FORBIDDEN', `${req.path} is a symbolic link`);
+      if (code === 'ENOENT') throw new MeshlinkError('ML_ERR_OPS_NOT_FOUND', `${req.path} does not exist`);
+      if (code === 'ELOOP') throw new MeshlinkError('ML_ERR_OPS_PATH_FORBIDDEN', `${req.path} is a symbolic link`);
       throw err;
     }
     try {
       const st = await fh.stat();
-      if (!st.isFile()) throw new OpsError('ML_ERR_OPS_PATH_FORBIDDEN', `${req.path} is not a regular file`);
+      if (!st.isFile()) throw new MeshlinkError('ML_ERR_OPS_PATH_FORBIDDEN', `${req.path} is not a regular file`);
       const size = st.size;
       const start = (req.offset ?? 0) <= size ? (req.offset ?? 0) : 0;
-      if (stream.state !== 'opening') throw new OpsError('ML_ERR_OPS_INTERRUPTED', 'the stream went away');
+      if (stream.state !== 'opening') throw new MeshlinkError('ML_ERR_OPS_INTERRUPTED', 'the stream went away');
       session.accept(stream);
       stream.resume();
       stream.sendMessage('file.chunk', { offset: start, data: EMPTY });
@@ -179,11 +180,11 @@ export class TransferService {
           src.once('error', reject);
           stream.once('close', () => {
             src.destroy();
-            reject(new OpsError('ML_ERR_OPS_INTERRUPTED', 'the stream closed during the transfer'));
+            reject(new MeshlinkError('ML_ERR_OPS_INTERRUPTED', 'the stream closed during the transfer'));
           });
         });
       }
-      if (stream.destroyed || stream.writableEnded) throw new OpsError('ML_ERR_OPS_INTERRUPTED', 'the stream closed during the transfer');
+      if (stream.destroyed || stream.writableEnded) throw new MeshlinkError('ML_ERR_OPS_INTERRUPTED', 'the stream closed during the transfer');
       stream.sendMessage('file.done', { size, sha256: hash.digest('hex') });
       stream.end();
       return size - start;

@@ -1,4 +1,4 @@
-import { MeshError } from './errors.js';
+import { MeshlinkError } from '../../errors.js';
 
 /**
  * Mesh addresses: one /32 per node out of an IPv4 range (default 10.100.0.0/16). The lowest free host
@@ -19,10 +19,10 @@ export interface MeshRange {
 
 export function ipToInt(ip: string): number {
   const parts = ip.split('.');
-  if (parts.length !== 4) throw new MeshError('ML_ERR_MESH_CIDR', `not an IPv4 address: ${ip}`);
+  if (parts.length !== 4) throw new MeshlinkError('ML_ERR_MESH_CIDR', `not an IPv4 address: ${ip}`);
   let n = 0;
   for (const p of parts) {
-    if (!/^(0|[1-9]\d{0,2})$/.test(p) || Number(p) > 255) throw new MeshError('ML_ERR_MESH_CIDR', `not an IPv4 address: ${ip}`);
+    if (!/^(0|[1-9]\d{0,2})$/.test(p) || Number(p) > 255) throw new MeshlinkError('ML_ERR_MESH_CIDR', `not an IPv4 address: ${ip}`);
     n = n * 256 + Number(p);
   }
   return n;
@@ -34,13 +34,13 @@ export function intToIp(n: number): string {
 
 export function parseMeshRange(cidr: string): MeshRange {
   const m = /^([0-9.]+)\/(\d{1,2})$/.exec(cidr.trim());
-  if (!m) throw new MeshError('ML_ERR_MESH_CIDR', `invalid mesh range "${cidr}": expected A.B.C.D/N`);
+  if (!m) throw new MeshlinkError('ML_ERR_MESH_CIDR', `invalid mesh range "${cidr}": expected A.B.C.D/N`);
   const prefix = Number(m[2]);
-  if (prefix < 8 || prefix > 30) throw new MeshError('ML_ERR_MESH_CIDR', `invalid mesh range "${cidr}": the prefix must be between /8 and /30`);
+  if (prefix < 8 || prefix > 30) throw new MeshlinkError('ML_ERR_MESH_CIDR', `invalid mesh range "${cidr}": the prefix must be between /8 and /30`);
   const base = ipToInt(m[1]!);
   const size = 2 ** (32 - prefix);
   const network = base - (base % size);
-  if (network !== base) throw new MeshError('ML_ERR_MESH_CIDR', `invalid mesh range "${cidr}": host bits are set (did you mean ${intToIp(network)}/${prefix}?)`);
+  if (network !== base) throw new MeshlinkError('ML_ERR_MESH_CIDR', `invalid mesh range "${cidr}": host bits are set (did you mean ${intToIp(network)}/${prefix}?)`);
   return Object.freeze({ cidr: `${intToIp(network)}/${prefix}`, network, prefix, first: network + 1, last: network + size - 2 });
 }
 
@@ -52,5 +52,5 @@ export function inRange(range: MeshRange, addr: number): boolean {
 export function allocateAddress(range: MeshRange, used: ReadonlySet<number>): number {
   // Bounded: at most the range size (≤ 2^24 for a /8), and in practice the number of nodes + 1.
   for (let a = range.first; a <= range.last; a++) if (!used.has(a)) return a;
-  throw new MeshError('ML_ERR_MESH_EXHAUSTED', `no free address left in ${range.cidr} (${used.size} in use)`);
+  throw new MeshlinkError('ML_ERR_MESH_EXHAUSTED', `no free address left in ${range.cidr} (${used.size} in use)`);
 }

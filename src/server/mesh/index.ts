@@ -1,15 +1,13 @@
+import { ERRORS, MeshlinkError } from '../../errors.js';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { z } from 'zod';
 import { EVENT_PAYLOAD_SCHEMAS } from '../../agent/mesh/wire.js';
-import { ERROR_CODES } from '../../protocol/errors.js';
 import type { Session } from '../../protocol/session.js';
 import type { AgentHandle } from '../agent-sessions.js';
 import type { ServerFeature, ServerFeatureContext } from '../feature.js';
 import type { ConnectedAgent } from '../session-host.js';
-import { ServerError } from '../errors.js';
 import { readJson, sendJson } from '../http-json.js';
 import { resolveNode } from '../nodes.js';
-import { MeshError } from './errors.js';
 import { createTaggedToken, tagNode } from './operator.js';
 import { POLICY_MAX_BYTES, policyId } from './policy.js';
 import { MeshService, type MeshOptions } from './service.js';
@@ -48,12 +46,6 @@ const notifyBody = z.discriminatedUnion('type', [
   z.object({ type: z.literal('node_secrets_updated'), node: z.string().min(1).max(253).optional(), payload: EVENT_PAYLOAD_SCHEMAS.node_secrets_updated }).strict(),
 ]);
 
-/** Mesh errors reach the CLI as ML_ERR_BAD_REQUEST with the mesh code in the message. */
-function asServerError(err: unknown): unknown {
-  if (err instanceof MeshError) return new ServerError('ML_ERR_BAD_REQUEST', `${err.code}: ${err.message}`);
-  return err;
-}
-
 export function createMeshFeature(options: MeshFeatureOptions = {}): ServerFeature {
   return async (ctx: ServerFeatureContext) => {
     const log = ctx.logger.child({ component: 'mesh' });
@@ -81,7 +73,7 @@ export function createMeshFeature(options: MeshFeatureOptions = {}): ServerFeatu
     // A removed node's session closes with 4401: take it out of the mesh at once. Other closes leave
     // membership alone (a sweep scans the node table; thousands of sessions close at a shutdown).
     ctx.sessions.on('agent-close', (_agent, info) => {
-      if (info.code === ERROR_CODES.ML_ERR_CERT_REVOKED.closeCode) void mesh.sweepAndRecompute();
+      if (info.code === ERRORS.ML_ERR_CERT_REVOKED.closeCode) void mesh.sweepAndRecompute();
     });
     // A revoked node hears why, in a signed event, before its sockets close with 4401.
     const onRevoked = (nodeId: string, reason: string): void => {
@@ -100,14 +92,8 @@ export function createMeshFeature(options: MeshFeatureOptions = {}): ServerFeatu
     const sweepTimer = setInterval(() => void mesh.sweepAndRecompute(), options.sweepIntervalMs ?? 1_000);
     sweepTimer.unref();
 
-    const route = (key: string, handler: (req: IncomingMessage, res: ServerResponse) => Promise<void>): void =>
-      ctx.admin.add(key, async (req, res) => {
-        try {
-          await handler(req, res);
-        } catch (err) {
-          throw asServerError(err);
-        }
-      });
+    // Mesh errors carry their own HTTP status (src/errors.ts), so the admin server answers them as they are.
+    const route = (key: string, handler: (req: IncomingMessage, res: ServerResponse) => Promise<void>): void => ctx.admin.add(key, handler);
 
     route('GET /v1/mesh/policy', async (_req, res) => sendJson(res, 200, { policy: mesh.policy, policyId: policyId(mesh.policy) }));
     route('POST /v1/mesh/policy', async (req, res) => {
@@ -133,8 +119,8 @@ export function createMeshFeature(options: MeshFeatureOptions = {}): ServerFeatu
       const after = Number(q.get('after') ?? '0');
       const node = q.get('node');
       const waitMs = Math.min(30_000, Math.max(0, Number(q.get('waitMs') ?? '0')));
-      if (!Number.isSafeInteger(after) || after < 0 || !Number.isFinite(waitMs)) throw new ServerError('ML_ERR_BAD_REQUEST', 'after must be a non-negative integer');
-      if (lastN !== null && !/^\d{1,5}$/.test(lastN)) throw new ServerError('ML_ERR_BAD_REQUEST', 'last must be an integer up to 99999');
+      if (!Number.isSafeInteger(after) || after < 0 || !Number.isFinite(waitMs)) throw new MeshlinkError('ML_ERR_BAD_REQUEST', 'after must be a non-negative integer');
+      if (lastN !== null && !/^\d{1,5}$/.test(lastN)) throw new MeshlinkError('ML_ERR_BAD_REQUEST', 'last must be an integer up to 99999');
       const nodeId = node ? resolveNode(ctx.store, node).id : null;
       // last=N: start N entries before the newest (of all nodes; the node filter applies after).
       const from = lastN !== null ? Math.max(0, mesh.lastFeedId() - Number(lastN)) : after;

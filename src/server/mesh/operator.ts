@@ -3,8 +3,8 @@ import { createEnrollmentToken, resolveNode, type TokenCreation } from '../nodes
 import { MeshStore } from '../store/mesh-store.js';
 import type { Store } from '../store/store.js';
 import { hashToken } from '../tokens.js';
-import { MeshError } from './errors.js';
 import { policyId, TAG_RE, validatePolicy, type Policy } from './policy.js';
+import { MeshlinkError } from '../../errors.js';
 
 /**
  * Operator actions on the mesh that need only the store: used by the admin routes (then the running
@@ -17,7 +17,7 @@ export function checkTags(tags: readonly string[]): string[] {
   const r = tagListSchema.safeParse(tags);
   if (!r.success) {
     const bad = tags.find((t) => !TAG_RE.test(t));
-    throw new MeshError('ML_ERR_MESH_TAG', bad !== undefined ? `invalid tag "${bad}": letters, digits, . _ - (at most 64), not starting with . _ -` : 'at most 64 tags');
+    throw new MeshlinkError('ML_ERR_MESH_TAG', bad !== undefined ? `invalid tag "${bad}": letters, digits, . _ - (at most 64), not starting with . _ -` : 'at most 64 tags');
   }
   return [...new Set(r.data)];
 }

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { z } from 'zod';
-import { MeshError } from './errors.js';
+import { MeshlinkError } from '../../errors.js';
 
 /**
  * Network policy: `{"rules": [{"from": TAG, "to": TAG}, ...]}`, `*` matching any node. Two nodes are
@@ -21,12 +21,12 @@ export const POLICY_MAX_BYTES = 1024 * 1024;
 
 /** Parses and validates a policy document; the error names the fault (JSON position or field path). */
 export function parsePolicy(text: string): Policy {
-  if (Buffer.byteLength(text) > POLICY_MAX_BYTES) throw new MeshError('ML_ERR_MESH_POLICY', `policy file is larger than ${POLICY_MAX_BYTES} bytes`);
+  if (Buffer.byteLength(text) > POLICY_MAX_BYTES) throw new MeshlinkError('ML_ERR_MESH_POLICY', `policy file is larger than ${POLICY_MAX_BYTES} bytes`);
   let value: unknown;
   try {
     value = JSON.parse(text);
   } catch (err) {
-    throw new MeshError('ML_ERR_MESH_POLICY', `policy is not valid JSON: ${(err as Error).message}`);
+    throw new MeshlinkError('ML_ERR_MESH_POLICY', `policy is not valid JSON: ${(err as Error).message}`);
   }
   return validatePolicy(value);
 }
@@ -36,7 +36,7 @@ export function validatePolicy(value: unknown): Policy {
   if (!r.success) {
     const issue = r.error.issues[0];
     const where = issue && issue.path.length > 0 ? issue.path.join('.') : '(root)';
-    throw new MeshError('ML_ERR_MESH_POLICY', `invalid policy at ${where}: ${issue?.message ?? 'invalid'}`);
+    throw new MeshlinkError('ML_ERR_MESH_POLICY', `invalid policy at ${where}: ${issue?.message ?? 'invalid'}`);
   }
   return r.data;
 }

@@ -13,10 +13,10 @@ import {
 import { MeshStore, type MeshNodeRow, type StoredEvent } from '../store/mesh-store.js';
 import type { Store } from '../store/store.js';
 import { allocateAddress, inRange, intToIp, parseMeshRange, type MeshRange } from './addresses.js';
-import { MeshError } from './errors.js';
 import { permittedPeers, policyId, validatePolicy, type Policy } from './policy.js';
 import { SecretBox } from './secret-box.js';
 import { generateSigningKey, signBytes, signingKeyFromPkcs8, type SigningKey } from './signer.js';
+import { MeshlinkError } from '../../errors.js';
 
 /**
  * The mesh control plane: desired state per node (address, permitted peers with keys, endpoints and
@@ -234,7 +234,7 @@ export class MeshService {
   #load(): void {
     for (const row of this.#db.meshNodes()) {
       if (!inRange(this.range, row.meshIp)) {
-        throw new MeshError('ML_ERR_MESH_CIDR', `the mesh range ${this.range.cidr} does not hold ${intToIp(row.meshIp)}, already assigned to node ${row.nodeId}`);
+        throw new MeshlinkError('ML_ERR_MESH_CIDR', `the mesh range ${this.range.cidr} does not hold ${intToIp(row.meshIp)}, already assigned to node ${row.nodeId}`);
       }
       this.#nodes.set(row.nodeId, this.#modelOf(row));
     }
@@ -378,7 +378,7 @@ export class MeshService {
   /** Runs `work` after every recompute queued before it (and before any queued after it). */
   #inTurn<T>(work: () => Promise<T>): Promise<T> {
     const run = this.#serial.then(() => {
-      if (this.#closed) throw new MeshError('ML_ERR_MESH_CLOSED', 'the mesh service is shutting down');
+      if (this.#closed) throw new MeshlinkError('ML_ERR_MESH_CLOSED', 'the mesh service is shutting down');
       return work();
     });
     this.#serial = run.catch(() => undefined);
@@ -415,7 +415,7 @@ export class MeshService {
     try {
       for (let i = 0; i < targets.length; i += DELIVERY_BATCH_NODES) {
         if (i > 0) await yieldToEventLoop();
-        if (this.#closed) throw new MeshError('ML_ERR_MESH_CLOSED', 'the mesh service shut down during a recompute');
+        if (this.#closed) throw new MeshlinkError('ML_ERR_MESH_CLOSED', 'the mesh service shut down during a recompute');
         const batch = targets.slice(i, i + DELIVERY_BATCH_NODES);
         const outgoing: Outgoing[] = [];
         this.#db.transaction(() => {
@@ -461,7 +461,7 @@ export class MeshService {
     return work.then(
       () => undefined,
       (err: unknown) => {
-        if (err instanceof MeshError && err.code === 'ML_ERR_MESH_CLOSED') this.#log.debug('mesh recompute skipped: shutting down');
+        if (err instanceof MeshlinkError && err.code === 'ML_ERR_MESH_CLOSED') this.#log.debug('mesh recompute skipped: shutting down');
         else this.#log.error({ err }, 'mesh recompute failed');
       },
     );
@@ -566,7 +566,7 @@ export class MeshService {
   /** Appends and delivers one event of any type to one node (operations features may use this). */
   publish<T extends EventType>(nodeId: string, type: T, payload: EventPayload<T>): number {
     const node = this.#nodes.get(nodeId);
-    if (!node) throw new MeshError('ML_ERR_MESH_TAG', `node ${nodeId} is not in the mesh`);
+    if (!node) throw new MeshlinkError('ML_ERR_MESH_TAG', `node ${nodeId} is not in the mesh`);
     let out: Outgoing | undefined;
     this.#db.transaction(() => {
       out = this.#append(node, type, payload, Date.now());
@@ -587,7 +587,7 @@ export class MeshService {
       const now = Date.now(); // one ts for all: when it was published, whichever batch carries it
       for (let i = 0; i < ids.length; i += DELIVERY_BATCH_NODES) {
         if (i > 0) await yieldToEventLoop();
-        if (this.#closed) throw new MeshError('ML_ERR_MESH_CLOSED', 'the mesh service shut down during a publish');
+        if (this.#closed) throw new MeshlinkError('ML_ERR_MESH_CLOSED', 'the mesh service shut down during a publish');
         const outgoing: Outgoing[] = [];
         this.#db.transaction(() => {
           for (const id of ids.slice(i, i + DELIVERY_BATCH_NODES)) {

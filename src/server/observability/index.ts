@@ -1,6 +1,6 @@
+import { MeshlinkError } from '../../errors.js';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { ServerFeature, ServerFeatureContext } from '../feature.js';
-import { ServerError } from '../errors.js';
 import { sendJson } from '../http-json.js';
 import { createMetricsFeature, type MetricsFeatureOptions } from '../metrics.js';
 import { listNodes, resolveNode } from '../nodes.js';
@@ -116,7 +116,7 @@ export function createObservabilityFeature(options: ObservabilityOptions = {}): 
 
     ctx.admin.add('GET /v1/nodes/show', async (req: IncomingMessage, res: ServerResponse) => {
       const node = new URL(req.url ?? '/', 'http://admin').searchParams.get('node');
-      if (!node || node.length > 253) throw new ServerError('ML_ERR_BAD_REQUEST', 'query parameter node is required');
+      if (!node || node.length > 253) throw new MeshlinkError('ML_ERR_BAD_REQUEST', 'query parameter node is required');
       sendJson(res, 200, nodeDetails(ctx.store, node, { presence: ctx.presence }));
     });
 

@@ -1,10 +1,10 @@
+import { MeshlinkError } from '../../errors.js';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { z } from 'zod';
 import type { AdminRoutes } from '../admin-routes.js';
-import { readBody, sendJson } from '../http-json.js';
+import { readBody, sendError, sendJson } from '../http-json.js';
 import type { AuditLog } from '../audit-log.js';
 import type { OpsStore } from '../store/ops-store.js';
-import { OpsError, sendOpsError } from './errors.js';
 import { MAX_BUNDLE_BYTES, type UpgradeDistributor } from './upgrades.js';
 
 /**
@@ -29,7 +29,7 @@ function query<T extends z.ZodType>(req: IncomingMessage, schema: T): z.output<T
   const parsed = schema.safeParse(params);
   if (!parsed.success) {
     const issue = parsed.error.issues[0];
-    throw new OpsError('ML_ERR_OPS_BAD_REQUEST', `invalid query: ${issue?.path.join('.') ?? ''}: ${issue?.message ?? 'invalid'}`);
+    throw new MeshlinkError('ML_ERR_OPS_BAD_REQUEST', `invalid query: ${issue?.path.join('.') ?? ''}: ${issue?.message ?? 'invalid'}`);
   }
   return parsed.data;
 }
@@ -39,7 +39,7 @@ function guarded(handler: (req: IncomingMessage, res: ServerResponse) => Promise
     try {
       await handler(req, res);
     } catch (err) {
-      sendOpsError(res, err);
+      sendError(res, err);
     }
   };
 }

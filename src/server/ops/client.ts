@@ -6,9 +6,9 @@ import { basename, dirname, join, resolve } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import { request as httpRequest } from 'node:http';
 import { WebSocket } from 'ws';
-import { MeshlinkError } from '../../protocol/errors.js';
 import { OPS_STREAM_PATH, tunnelEventSchema, type ClientEvent, type OpsRequest, type TunnelEvent } from './tunnel-protocol.js';
 import { zeroMaskingKey } from '../../net/ws-mask.js';
+import { MeshlinkError } from '../../errors.js';
 
 /**
  * The operator's client for streaming operations (the CLI and tests use it): one WebSocket per
@@ -18,8 +18,6 @@ import { zeroMaskingKey } from '../../net/ws-mask.js';
 
 const WS_HIGH_WATER = 1024 * 1024;
 
-/** An operation failed: `code` is the server's or agent's code (e.g. ML_ERR_OPS_EXEC_DISABLED). */
-export class OpsClientError extends MeshlinkError {}
 
 export interface TunnelClient {
   readonly ws: WebSocket;
@@ -39,19 +37,19 @@ export interface TunnelHandlers {
 
 /**
  * Runs one operation; resolves with the final event (result, exit or done; null for a log tail that
- * ended cleanly), rejects with OpsClientError for an error event or a cut connection.
+ * ended cleanly), rejects with MeshlinkError for an error event or a cut connection.
  */
 export function runTunnel(socketPath: string, request: OpsRequest, handlers: TunnelHandlers = {}): Promise<TunnelEvent | null> {
   return new Promise((resolvePromise, reject) => {
     const ws = new WebSocket(`ws+unix://${socketPath}:${OPS_STREAM_PATH}`, { perMessageDeflate: false, maxPayload: 16 * 1024 * 1024, generateMask: zeroMaskingKey });
     let final: TunnelEvent | null = null;
-    let failure: OpsClientError | null = null;
+    let failure: MeshlinkError | null = null;
     let cancelled = false;
     const waiters: Array<() => void> = [];
     const client: TunnelClient = {
       ws,
       send(chunk) {
-        if (ws.readyState !== ws.OPEN) return Promise.reject(new OpsClientError('ML_ERR_OPS_INTERRUPTED', 'the connection to the server closed'));
+        if (ws.readyState !== ws.OPEN) return Promise.reject(new MeshlinkError('ML_ERR_OPS_INTERRUPTED', 'the connection to the server closed'));
         ws.send(chunk, { binary: true }, () => {
           if (ws.bufferedAmount < WS_HIGH_WATER) for (const w of waiters.splice(0)) w();
         });
@@ -79,7 +77,7 @@ export function runTunnel(socketPath: string, request: OpsRequest, handlers: Tun
           p.then(
             () => ws.resume(),
             (err: unknown) => {
-              failure = new OpsClientError('ML_ERR_OPS_IO', (err as Error).message);
+              failure = new MeshlinkError('ML_ERR_OPS_IO', (err as Error).message);
               ws.terminate();
             },
           );
@@ -89,20 +87,21 @@ export function runTunnel(socketPath: string, request: OpsRequest, handlers: Tun
       const parsed = tunnelEventSchema.safeParse(JSON.parse(data.toString('utf8')));
       if (!parsed.success) return;
       const e = parsed.data;
-      if (e.type === 'error') failure = new OpsClientError(e.code, e.message);
+      // The server relays the agent's code: rebuild it from the wire.
+      if (e.type === 'error') failure = MeshlinkError.fromWire(e.code, e.message);
       else if (e.type === 'result' || e.type === 'exit' || e.type === 'done') final = e;
       handlers.onEvent?.(e, client);
     });
     ws.on('error', (err: NodeJS.ErrnoException) => {
-      if (err.code === 'ENOENT' || err.code === 'ECONNREFUSED') failure ??= new OpsClientError('ML_ERR_SERVER_NOT_RUNNING', `no server answers on ${socketPath}`);
-      else failure ??= new OpsClientError('ML_ERR_OPS_INTERRUPTED', err.message);
+      if (err.code === 'ENOENT' || err.code === 'ECONNREFUSED') failure ??= new MeshlinkError('ML_ERR_SERVER_NOT_RUNNING', `no server answers on ${socketPath}`);
+      else failure ??= new MeshlinkError('ML_ERR_OPS_INTERRUPTED', err.message);
     });
     ws.on('close', (code) => {
       for (const w of waiters.splice(0)) w();
       if (failure) reject(failure);
       else if (cancelled) resolvePromise(null);
       else if (code === 1000) resolvePromise(final);
-      else reject(new OpsClientError('ML_ERR_OPS_INTERRUPTED', `the server closed the operation (${code})`));
+      else reject(new MeshlinkError('ML_ERR_OPS_INTERRUPTED', `the server closed the operation (${code})`));
     });
   });
 }
@@ -126,7 +125,7 @@ export async function runAction(
       else if (e.type === 'ack') io.onAck?.(e.queued);
     },
   });
-  if (!final || final.type !== 'result') throw new OpsClientError('ML_ERR_OPS_INTERRUPTED', 'no result');
+  if (!final || final.type !== 'result') throw new MeshlinkError('ML_ERR_OPS_INTERRUPTED', 'no result');
   return final;
 }
 
@@ -142,7 +141,7 @@ export async function runExec(
       else if (e.type === 'ack') pumpStdin(io.stdin, t);
     },
   });
-  if (!final || final.type !== 'exit') throw new OpsClientError('ML_ERR_OPS_INTERRUPTED', 'no exit status');
+  if (!final || final.type !== 'exit') throw new MeshlinkError('ML_ERR_OPS_INTERRUPTED', 'no exit status');
   return final;
 }
 
@@ -189,7 +188,7 @@ const RETRYABLE = new Set(['ML_ERR_OPS_INTERRUPTED', 'ML_ERR_OPS_NODE_OFFLINE', 
 export interface RetryPolicy {
   retries: number;
   delayMs: number;
-  onRetry?(err: OpsClientError, attempt: number): void;
+  onRetry?(err: MeshlinkError, attempt: number): void;
 }
 
 async function withRetries<T>(policy: RetryPolicy, attempt: (n: number) => Promise<T>): Promise<T> {
@@ -197,7 +196,7 @@ async function withRetries<T>(policy: RetryPolicy, attempt: (n: number) => Promi
     try {
       return await attempt(n);
     } catch (err) {
-      if (!(err instanceof OpsClientError) || !RETRYABLE.has(err.code) || n > policy.retries) throw err;
+      if (!(err instanceof MeshlinkError) || !RETRYABLE.has(err.code) || n > policy.retries) throw err;
       policy.onRetry?.(err, n);
       await new Promise((r) => setTimeout(r, policy.delayMs * Math.min(n, 5)));
     }
@@ -221,7 +220,7 @@ export async function pushFile(
   policy: RetryPolicy = { retries: 0, delayMs: 1000 },
 ): Promise<TransferResult> {
   const st = await stat(req.local);
-  if (!st.isFile()) throw new OpsClientError('ML_ERR_OPS_BAD_REQUEST', `${req.local} is not a regular file`);
+  if (!st.isFile()) throw new MeshlinkError('ML_ERR_OPS_BAD_REQUEST', `${req.local} is not a regular file`);
   const { sha256, size } = await fileSha256(req.local);
   let resumedFrom = 0;
   let attempts = 0;
@@ -247,7 +246,7 @@ export async function pushFile(
     });
   });
   if (!final || final.type !== 'done' || final.sha256 !== sha256 || final.size !== size) {
-    throw new OpsClientError('ML_ERR_OPS_CHECKSUM', 'the agent did not confirm the content we sent');
+    throw new MeshlinkError('ML_ERR_OPS_CHECKSUM', 'the agent did not confirm the content we sent');
   }
   return { size, sha256, resumedFrom, attempts };
 }
@@ -291,11 +290,11 @@ export async function pullFile(
       });
       if (starting) await starting;
       await closeWriter(out);
-      if (!final || final.type !== 'done') throw new OpsClientError('ML_ERR_OPS_INTERRUPTED', 'the transfer ended without a checksum');
+      if (!final || final.type !== 'done') throw new MeshlinkError('ML_ERR_OPS_INTERRUPTED', 'the transfer ended without a checksum');
       const digest = hash.digest('hex');
       if (digest !== final.sha256) {
         await unlink(part).catch(() => {});
-        throw new OpsClientError('ML_ERR_OPS_CHECKSUM', `received content has SHA-256 ${digest}, the agent sent ${final.sha256}; nothing was written (run again to start over)`);
+        throw new MeshlinkError('ML_ERR_OPS_CHECKSUM', `received content has SHA-256 ${digest}, the agent sent ${final.sha256}; nothing was written (run again to start over)`);
       }
       return final;
     } catch (err) {
@@ -321,7 +320,7 @@ async function hashFile(path: string, length: number, hash: ReturnType<typeof cr
 
 // ---------------------------------------------------------------- JSON admin endpoints
 
-/** One request to the ops JSON endpoints (raw body allowed); errors become OpsClientError with the server's code. */
+/** One request to the ops JSON endpoints (raw body allowed); errors become MeshlinkError with the server's code. */
 export function opsAdminRequest<T>(socketPath: string, method: 'GET' | 'POST', path: string, body?: Buffer, timeoutMs = 60_000): Promise<T> {
   return new Promise((resolvePromise, reject) => {
     const req = httpRequest(
@@ -334,21 +333,21 @@ export function opsAdminRequest<T>(socketPath: string, method: 'GET' | 'POST', p
           try {
             parsed = JSON.parse(Buffer.concat(chunks).toString('utf8'));
           } catch {
-            reject(new OpsClientError('ML_ERR_INTERNAL', `admin socket answered ${res.statusCode} with a non-JSON body`));
+            reject(new MeshlinkError('ML_ERR_INTERNAL', `admin socket answered ${res.statusCode} with a non-JSON body`));
             return;
           }
           if (res.statusCode === 200) resolvePromise(parsed as T);
           else {
-            const e = parsed as { code?: string; message?: string };
-            reject(new OpsClientError(e.code ?? 'ML_ERR_INTERNAL', e.message ?? `admin request failed (${res.statusCode})`));
+            const e = (parsed ?? {}) as { code?: unknown; message?: unknown };
+            reject(MeshlinkError.fromWire(e.code, e.message, { fallback: `admin request failed (${res.statusCode})` }));
           }
         });
         res.on('error', reject);
       },
     );
-    req.on('timeout', () => req.destroy(new OpsClientError('ML_ERR_OPS_TIMEOUT', 'admin request timed out')));
+    req.on('timeout', () => req.destroy(new MeshlinkError('ML_ERR_OPS_TIMEOUT', 'admin request timed out')));
     req.on('error', (err: NodeJS.ErrnoException) => {
-      if (err.code === 'ENOENT' || err.code === 'ECONNREFUSED') reject(new OpsClientError('ML_ERR_SERVER_NOT_RUNNING', `no server answers on ${socketPath}`));
+      if (err.code === 'ENOENT' || err.code === 'ECONNREFUSED') reject(new MeshlinkError('ML_ERR_SERVER_NOT_RUNNING', `no server answers on ${socketPath}`));
       else reject(err);
     });
     req.end(body);

@@ -1,4 +1,4 @@
-import { MeshlinkError } from '../../protocol/errors.js';
+import { MeshlinkError } from '../../errors.js';
 import type { PayloadOf, StreamMessage } from '../../protocol/registry.js';
 import type { MuxStream } from '../../protocol/stream.js';
 import type { Logger } from '../../util/logger.js';
@@ -7,7 +7,6 @@ import type { AgentSessions } from '../agent-sessions.js';
 import type { AuditLog } from '../audit-log.js';
 import type { Store } from '../store/store.js';
 import { pipeReadableToWs, writeFromWs } from './bridge.js';
-import { OpsError } from './errors.js';
 import { describeError, type OperationHandler, type Tunnel } from './tunnel.js';
 import type { ParsedOpsRequest, TunnelEvent } from './tunnel-protocol.js';
 
@@ -46,7 +45,7 @@ export function createOperations(deps: OperationDeps): OperationHandler {
       auditId = deps.audit.start({ actor: r.actor, operation: r.op, nodeId, target: targetOf(r), details: detailsOf(r) });
       t.event({ type: 'started', auditId, nodeId });
       const agent = deps.sessions.current(node.id);
-      if (!agent) throw new OpsError('ML_ERR_OPS_NODE_OFFLINE', `node ${node.id} (${node.hostname}) is not connected`);
+      if (!agent) throw new MeshlinkError('ML_ERR_OPS_NODE_OFFLINE', `node ${node.id} (${node.hostname}) is not connected`);
       result = await run(t, (name, meta) => deps.sessions.openStream(agent, name, meta));
     } catch (err) {
       result = `error:${describeError(err).code}`;
@@ -193,7 +192,7 @@ function relay(t: Tunnel, stream: MuxStream, opts: Relay): Promise<string> {
     stream.on('end', () => {
       if (settled) return;
       const f = opts.final();
-      if (f.event?.type === 'error') t.fail(new MeshlinkError(f.event.code, f.event.message));
+      if (f.event?.type === 'error') t.fail(MeshlinkError.fromWire(f.event.code, f.event.message));
       else {
         if (f.event) t.event(f.event);
         t.finish();

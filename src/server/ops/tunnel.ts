@@ -1,11 +1,11 @@
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer, type WebSocket } from 'ws';
-import { MeshlinkError } from '../../protocol/errors.js';
 import { RemoteError } from '../../protocol/session.js';
 import { StreamResetError } from '../../protocol/stream.js';
 import type { Logger } from '../../util/logger.js';
 import { clientEventSchema, opsRequestSchema, type ClientEvent, type ParsedOpsRequest, type TunnelEvent } from './tunnel-protocol.js';
+import { MeshlinkError } from '../../errors.js';
 
 /**
  * Server side of the operator WebSocket (tunnel-protocol.ts): accepts the upgrade on the admin

@@ -10,7 +10,7 @@ import { META_PUBLIC_URL } from '../nodes.js';
 import type { AgentHandle, AgentSessions } from '../agent-sessions.js';
 import { opsStoreOf, type BundleRow, type OpsStore } from '../store/ops-store.js';
 import type { Store } from '../store/store.js';
-import { OpsError } from './errors.js';
+import { MeshlinkError } from '../../errors.js';
 
 /**
  * Agent self-upgrade, server side: `upgrade set` stores a bundle (build id = SHA-256 of its bytes)
@@ -57,7 +57,7 @@ export class UpgradeDistributor {
 
   /** Stores the bundle and offers it to connected agents in the roll-out. Returns the row and how many were told. */
   async set(bytes: Buffer, opts: { percent: number; version: string | null }): Promise<{ bundle: BundleRow; notified: number }> {
-    if (bytes.length === 0) throw new OpsError('ML_ERR_OPS_UPGRADE', 'the bundle is empty');
+    if (bytes.length === 0) throw new MeshlinkError('ML_ERR_OPS_UPGRADE', 'the bundle is empty');
     const sha256 = createHash('sha256').update(bytes).digest('hex');
     const version = opts.version ?? bundleVersion(bytes) ?? 'unknown';
     const file = join(this.deps.dataDir, 'ops', 'bundles', `${sha256}.mjs`);

@@ -1,10 +1,10 @@
 import { chmodSync } from 'node:fs';
 import Database from 'better-sqlite3';
-import { ServerError } from '../errors.js';
 import { MIGRATIONS, type Migration } from './migrations.js';
 import { MESH_MIGRATIONS } from './migrations-mesh.js';
 import { OPS_MIGRATIONS } from './migrations-ops.js';
 import { OBSERVABILITY_MIGRATIONS } from './migrations-observability.js';
+import { MeshlinkError } from '../../errors.js';
 
 /** Core migrations are versions 1–99, mesh 100–199, operations 200–299. */
 export const ALL_MIGRATIONS: readonly Migration[] = [...MIGRATIONS, ...MESH_MIGRATIONS, ...OPS_MIGRATIONS, ...OBSERVABILITY_MIGRATIONS];
@@ -251,7 +251,7 @@ export class Store {
       if (consumed.changes !== 1) return false;
       if (c.node.existing) {
         const updated = this.stmts.updateNodeOnReenroll.run(c.node.hostname, c.node.agentVersion, c.node.id);
-        if (updated.changes !== 1) throw new ServerError('ML_ERR_TOKEN_INVALID', `the token is bound to node ${c.node.id}, which was removed`);
+        if (updated.changes !== 1) throw new MeshlinkError('ML_ERR_TOKEN_INVALID', `the token is bound to node ${c.node.id}, which was removed`);
       } else {
         this.stmts.insertNode.run(c.node.id, c.node.hostname, c.now, c.node.agentVersion);
       }
@@ -324,7 +324,7 @@ function migrate(db: Database.Database, migrations: readonly Migration[]): void 
   const knownVersions = new Set(migrations.map((m) => m.version));
   const unknown = [...applied].filter((v) => !knownVersions.has(v));
   if (unknown.length > 0) {
-    throw new ServerError('ML_ERR_STORE_SCHEMA', `store has schema migrations this meshlink does not know (${unknown.join(', ')}): it was written by a newer version`);
+    throw new MeshlinkError('ML_ERR_STORE_SCHEMA', `store has schema migrations this meshlink does not know (${unknown.join(', ')}): it was written by a newer version`);
   }
   const record = db.prepare('INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)');
   for (const m of [...migrations].sort((a, b) => a.version - b.version)) {

@@ -1,0 +1,277 @@
+/**
+ * Every error meshlink raises on purpose is a MeshlinkError with a stable string `code` from the
+ * table below. Callers match on `err.code`, never on message text. The table is the one place a code
+ * is defined: its description, the HTTP status an HTTP answer uses, the WebSocket close code a session
+ * ends with, and the exit class the CLI turns into an exit number. docs/ERRORS.md lists it and
+ * test/errors.test.ts keeps the two (and docs/PROTOCOL.md's close codes) in agreement.
+ *
+ * This module imports nothing, so every layer (protocol, agent, server, CLI) may use it.
+ */
+
+/**
+ * How a failure ends a CLI command. The numbers are in EXIT_CODES; several classes share a number
+ * where the documented exit codes of different command groups already do (3 is "node not found" for
+ * `meshlink server` and "enrollment refused" for `meshlink agent enroll`).
+ */
+export type ExitClass =
+  | 'internal'
+  | 'usage'
+  | 'nodeNotResolved'
+  | 'enrollRefused'
+  | 'passphrase'
+  | 'pinMismatch'
+  | 'notInitialized'
+  | 'alreadyEnrolled'
+  | 'serverRunning'
+  | 'serverUnavailable'
+  | 'nodeOffline'
+  | 'notEnrolled'
+  | 'refused'
+  | 'timeout'
+  | 'transfer'
+  | 'noServer'
+  | 'upgradeRestart'
+  | 'revoked'
+  | 'certExpired';
+
+/**
+ * Exit numbers of every command (docs/ERRORS.md; docs/SERVER.md, AGENT.md, OPERATIONS.md per group).
+ * They live here rather than in src/cli because `agent run` itself returns 75/78/79 to systemd
+ * (packaging/systemd/meshlink-agent.service prevents a restart on 78 and 79), and the agent may not
+ * import the CLI.
+ */
+export const EXIT_CODES = {
+  ok: 0,
+  internal: 1,
+  usage: 2,
+  nodeNotResolved: 3,
+  enrollRefused: 3,
+  passphrase: 4,
+  pinMismatch: 4,
+  notInitialized: 5,
+  alreadyEnrolled: 5,
+  serverRunning: 6,
+  serverUnavailable: 6,
+  nodeOffline: 7,
+  notEnrolled: 7,
+  refused: 8,
+  timeout: 9,
+  transfer: 10,
+  noServer: 11,
+  upgradeRestart: 75,
+  revoked: 78,
+  certExpired: 79,
+} as const satisfies Record<ExitClass | 'ok', number>;
+
+export interface ErrorSpec {
+  readonly description: string;
+  /** HTTP status of an answer carrying this code; absent: the code is never an HTTP answer of its own (500 if it becomes one). */
+  readonly status?: number;
+  /** WebSocket close code sent when this error terminates a session; absent: it never does. */
+  readonly closeCode?: number;
+  readonly exit: ExitClass;
+}
+
+export const ERRORS = {
+  // --- framing (decoder); docs/PROTOCOL.md is the wire spec of every close code ---
+  ML_ERR_FRAME_TOO_LARGE: { closeCode: 1009, exit: 'internal', description: 'A frame header announces a payload longer than the receiver’s maximum frame size.' },
+  ML_ERR_FRAME_TRUNCATED: { closeCode: 4001, exit: 'internal', description: 'A WebSocket message ended inside a frame; messages carry whole frames only.' },
+  ML_ERR_RESERVED_FLAG: { closeCode: 4002, exit: 'internal', description: 'A frame has a reserved flag bit set.' },
+  ML_ERR_UNKNOWN_TYPE: { closeCode: 4003, exit: 'internal', description: 'A frame carries a type code that is not in the registry.' },
+  ML_ERR_BAD_PAYLOAD: { closeCode: 4004, exit: 'internal', description: 'A payload is not valid MessagePack, fails to inflate, or fails its schema.' },
+  ML_ERR_WRONG_DIRECTION: { closeCode: 4005, exit: 'internal', description: 'A message kind arrived from a role that may not send it.' },
+  ML_ERR_WRONG_STREAM: { closeCode: 4006, exit: 'internal', description: 'A control-only kind arrived on a stream, or a stream kind on stream 0.' },
+  ML_ERR_NOT_TEXT: { closeCode: 4007, exit: 'internal', description: 'A text WebSocket message arrived; meshlink uses binary messages only.' },
+  // --- handshake ---
+  ML_ERR_NO_COMMON_VERSION: { closeCode: 4010, exit: 'internal', description: 'The agent and server share no protocol version.' },
+  ML_ERR_HANDSHAKE: { closeCode: 4011, exit: 'internal', description: 'A message other than hello/welcome arrived before the handshake completed, or the handshake timed out.' },
+  // --- streams and flow control ---
+  ML_ERR_FLOW_CONTROL: { closeCode: 4020, exit: 'internal', description: 'A peer sent stream data beyond the credit it was granted.' },
+  ML_ERR_STREAM_ID: { closeCode: 4021, exit: 'internal', description: 'A stream id has the wrong parity, is reused, or names no open stream where one is required.' },
+  ML_ERR_TOO_MANY_STREAMS: { closeCode: 4022, exit: 'internal', description: 'A peer kept opening streams after being refused for exceeding the concurrent stream cap.' },
+  ML_ERR_QUEUE_OVERFLOW: { closeCode: 4023, exit: 'internal', description: 'A bounded queue overflowed because a peer ignored backpressure.' },
+  ML_ERR_STREAM_REJECTED: { exit: 'internal', description: 'The peer refused to open a stream (stream.reject).' },
+  ML_ERR_STREAM_RESET: { exit: 'internal', description: 'The stream was reset by the peer or locally (stream.reset).' },
+  ML_ERR_STREAM_CLOSED: { exit: 'internal', description: 'A write or message on a stream that is already closed for writing.' },
+  ML_ERR_CANCELLED: { exit: 'internal', description: 'Reset code: the application abandoned the stream (e.g. the operator ended the command).' },
+  // `meshlink server action|exec|...` report it as a refusal by the agent (exit 8), like the ops refusals.
+  ML_ERR_UNSUPPORTED: { exit: 'refused', description: 'Reject or error code: no handler for this stream kind or request here.' },
+  // --- session ---
+  ML_ERR_HEARTBEAT_TIMEOUT: { closeCode: 4030, exit: 'internal', description: 'The peer sent nothing for longer than the liveness timeout.' },
+  ML_ERR_REQUEST_TIMEOUT: { exit: 'internal', description: 'A request got no response in time.' },
+  ML_ERR_REMOTE: { exit: 'internal', description: 'The peer answered a request with an error message.' },
+  ML_ERR_SESSION_CLOSED: { exit: 'internal', description: 'The session closed while an operation was pending.' },
+  ML_ERR_GOAWAY: { closeCode: 1001, exit: 'internal', description: 'The peer is going away (goaway); no new streams or requests.' },
+  ML_ERR_INTERNAL: { status: 500, closeCode: 1011, exit: 'internal', description: 'An unexpected internal error.' },
+
+  // --- authentication (gateway) ---
+  // The same codes as the protocol's close codes 4401/4402, so an agent reads one vocabulary whether it
+  // is refused before the upgrade (403 body) or disconnected after it (close code).
+  ML_ERR_CERT_REVOKED: { status: 403, closeCode: 4401, exit: 'revoked', description: 'The client certificate is revoked (its node was removed); a live session is closed with 4401.' },
+  ML_ERR_CERT_EXPIRED: {
+    status: 403,
+    closeCode: 4402,
+    exit: 'certExpired',
+    description: 'The client certificate has expired (for /v1/renew: longer ago than the renewal grace); a live session is closed with 4402 at its NotAfter.',
+  },
+  ML_ERR_CERT_FORBIDDEN: { status: 403, exit: 'internal', description: 'The client certificate may not be used here (not yet valid, or it does not match the request).' },
+  ML_ERR_CLIENT_CERT: { status: 401, exit: 'internal', description: 'No client certificate, or one this CA did not issue.' },
+  ML_ERR_OVERLOADED: {
+    exit: 'internal',
+    description: 'A connection was dropped before its TLS handshake because the admission queue was full (a refusal reason in the metrics; nothing is sent).',
+  },
+
+  // --- server: configuration, store, HTTP ---
+  ML_ERR_CONFIG: { status: 500, exit: 'usage', description: 'A configuration value or option is invalid (named field in the message).' },
+  ML_ERR_CA_PASSPHRASE: {
+    status: 500,
+    exit: 'passphrase',
+    description: 'The CA key could not be decrypted: wrong MESHLINK_CA_PASSPHRASE, or the store file was moved (its absolute path is part of the key).',
+  },
+  ML_ERR_NOT_INITIALIZED: { status: 500, exit: 'notInitialized', description: 'The data dir has no CA yet; run `meshlink server start` once.' },
+  ML_ERR_SERVER_RUNNING: { status: 500, exit: 'serverRunning', description: 'Another server already answers on this data dir’s admin socket.' },
+  ML_ERR_SERVER_NOT_RUNNING: { exit: 'noServer', description: 'No server answers on the data dir’s admin socket (commands that need a running server).' },
+  ML_ERR_STORE_SCHEMA: { status: 500, exit: 'internal', description: 'The store was written by a newer meshlink (unknown migration).' },
+  ML_ERR_BAD_REQUEST: { status: 400, exit: 'usage', description: 'The request body is not valid JSON or fails its schema.' },
+  ML_ERR_BODY_TOO_LARGE: { status: 413, exit: 'internal', description: 'The request body exceeds the endpoint’s cap.' },
+  ML_ERR_NOT_FOUND: { status: 404, exit: 'internal', description: 'No such endpoint.' },
+  ML_ERR_METHOD: { status: 405, exit: 'internal', description: 'Method not allowed on this endpoint.' },
+  ML_ERR_RATE_LIMITED: { status: 429, exit: 'internal', description: 'Too many failed requests from this address; retry after the Retry-After seconds.' },
+  ML_ERR_NODE_NOT_FOUND: { status: 404, exit: 'nodeNotResolved', description: 'No live node has this id or hostname.' },
+  ML_ERR_NODE_AMBIGUOUS: { status: 409, exit: 'nodeNotResolved', description: 'Several live nodes share this hostname; use the node id.' },
+  // The HTTP body code of an unexpected failure: agents and docs see this name, so it stays apart from
+  // ML_ERR_INTERNAL (which is also close code 1011).
+  ML_ERR_SERVER_INTERNAL: { status: 500, exit: 'internal', description: 'An unexpected server error (details in the server log).' },
+
+  // --- enrollment (server side) ---
+  ML_ERR_CSR_INVALID: { status: 400, exit: 'internal', description: 'The CSR cannot be parsed or its self-signature does not verify.' },
+  ML_ERR_CSR_KEY: { status: 400, exit: 'internal', description: 'The CSR key is not acceptable (RSA shorter than 2048 bits, or an unsupported key type/curve).' },
+  ML_ERR_TOKEN_INVALID: { status: 401, exit: 'internal', description: 'The enrollment token is unknown, already used, or expired.' },
+
+  // --- enrollment (agent side) ---
+  ML_ERR_PIN_FORMAT: { exit: 'usage', description: 'A CA pin is not `sha256:<64 lower-case hex>`.' },
+  ML_ERR_CA_CERT: { exit: 'serverUnavailable', description: '`/v1/ca` answered with an HTTP error or not exactly one CA certificate.' },
+  ML_ERR_CA_PIN_MISMATCH: { exit: 'pinMismatch', description: 'The server’s CA pin is not among the pins given.' },
+  ML_ERR_ALREADY_ENROLLED: { exit: 'alreadyEnrolled', description: 'The state dir holds an identity and `--force` was not given.' },
+  ML_ERR_SERVER_UNREACHABLE: { exit: 'serverUnavailable', description: 'The server cannot be reached (connection refused, timeout, DNS failure…).' },
+  ML_ERR_SERVER_TLS: { exit: 'serverUnavailable', description: 'The server’s certificate is not from the pinned CA or lacks the dialled name.' },
+  ML_ERR_ENROLL_RESPONSE: {
+    exit: 'serverUnavailable',
+    description: 'The enrollment response is too large, not JSON, malformed, not for our key, or not signed by a pinned CA.',
+  },
+  ML_ERR_ENROLL_REFUSED: { exit: 'enrollRefused', description: 'The server answered HTTP 4xx without a JSON error body.' },
+  ML_ERR_SERVER: { exit: 'serverUnavailable', description: 'The server answered HTTP 5xx without a JSON error body.' },
+  ML_ERR_CONNECT_REFUSED: { exit: 'internal', description: 'The server refused the agent’s WebSocket upgrade (the message carries its HTTP status and code).' },
+
+  // --- agent state dir ---
+  ML_ERR_NOT_ENROLLED: { exit: 'notEnrolled', description: 'No committed identity in the state dir; run `meshlink agent enroll` first.' },
+  ML_ERR_STATE_ACCESS: { exit: 'notEnrolled', description: 'The state dir cannot be read or created (permissions, not a directory, or a non-empty directory open to other users).' },
+  ML_ERR_STATE_CORRUPT: {
+    exit: 'notEnrolled',
+    description: 'The state dir’s files are inconsistent (key ≠ certificate, unpinned CA, bad JSON, `current` pointing outside `generations/`).',
+  },
+
+  // --- mesh ---
+  ML_ERR_MESH_POLICY: { status: 400, exit: 'usage', description: 'The policy file is invalid; the message names the fault. The policy in force is kept.' },
+  ML_ERR_MESH_CIDR: {
+    status: 500,
+    exit: 'internal',
+    description: 'The mesh range (MESHLINK_MESH_CIDR) is not an IPv4 CIDR of /8 to /30, or does not hold the addresses already assigned.',
+  },
+  ML_ERR_MESH_EXHAUSTED: { status: 409, exit: 'internal', description: 'No free address is left in the mesh range.' },
+  ML_ERR_MESH_TAG: { status: 400, exit: 'usage', description: 'A tag is not valid (letters, digits, . _ -; at most 64).' },
+  ML_ERR_MESH_CLOSED: { status: 503, exit: 'internal', description: 'The server is shutting down; mesh changes are no longer computed (the next start recomputes).' },
+  ML_ERR_WIREGUARD: { exit: 'internal', description: 'An `ip` or `wg` command applying the mesh to the WireGuard interface failed (the message names it).' },
+
+  // --- remote operations (agent codes in stream.reject / stream.reset / results; admin API answers) ---
+  ML_ERR_OPS_BAD_REQUEST: { status: 400, exit: 'usage', description: 'The operation request is malformed (named field in the message).' },
+  ML_ERR_OPS_NODE_OFFLINE: { status: 409, exit: 'nodeOffline', description: 'The node has no open session to the server right now.' },
+  ML_ERR_OPS_UNKNOWN_ACTION: { status: 404, exit: 'refused', description: 'No built-in action and no executable hook has this name on the agent.' },
+  ML_ERR_OPS_BUSY: { status: 429, exit: 'refused', description: 'The agent runs its maximum of concurrent actions and its queue is full.' },
+  ML_ERR_OPS_TIMEOUT: { status: 504, exit: 'timeout', description: 'The operation ran past its timeout; its whole process group was killed.' },
+  ML_ERR_OPS_EXEC_DISABLED: { status: 403, exit: 'refused', description: 'Exec is off on this agent (start it with --allow-exec).' },
+  ML_ERR_OPS_TRANSFER_DISABLED: { status: 403, exit: 'refused', description: 'File transfer is off on this agent (start it with --transfer-dir DIR).' },
+  ML_ERR_OPS_PATH_FORBIDDEN: {
+    status: 403,
+    exit: 'refused',
+    description: 'The path is not inside a directory the agent allows (--transfer-dir), or is not a regular file.',
+  },
+  ML_ERR_OPS_NOT_FOUND: { status: 404, exit: 'refused', description: 'The file (or bundle) does not exist.' },
+  ML_ERR_OPS_IO: { status: 500, exit: 'transfer', description: 'Reading or writing the file failed (message names the cause).' },
+  ML_ERR_OPS_CHECKSUM: { status: 422, exit: 'transfer', description: 'The SHA-256 of the received bytes does not match the sender’s; nothing was committed.' },
+  ML_ERR_OPS_NO_LOG: { status: 404, exit: 'refused', description: 'The agent keeps no log file to tail (it was not started by `meshlink agent run`).' },
+  ML_ERR_OPS_SPAWN: { status: 500, exit: 'refused', description: 'The command or hook could not be started (message names the cause).' },
+  ML_ERR_OPS_UPGRADE: { status: 400, exit: 'internal', description: 'An agent upgrade could not be set or applied (message names the cause).' },
+  ML_ERR_OPS_INTERRUPTED: { status: 502, exit: 'transfer', description: 'The operation was cut off (the connection dropped or the peer went away).' },
+
+  // --- command line ---
+  // commander's own parse errors (unknown command or option, missing argument) are ML_ERR_USAGE too.
+  ML_ERR_USAGE: { exit: 'usage', description: 'Missing, unknown or conflicting command-line input.' },
+  ML_ERR_DURATION: { exit: 'usage', description: 'A duration is not a whole number and a unit (ms, s, m, h, d), or is too large.' },
+} as const satisfies Record<string, ErrorSpec>;
+
+export type ErrorCode = keyof typeof ERRORS;
+
+/** What a code received from elsewhere must look like to be kept; anything else becomes ML_ERR_INTERNAL. */
+const WIRE_CODE = /^ML_ERR_[A-Z0-9_]{1,64}$/;
+/** A peer's message is shown to operators: cap it. */
+const MAX_WIRE_MESSAGE = 1000;
+
+/**
+ * A code received from a peer, for a constructor: kept when it looks like a code (it may be one this
+ * build does not know: typed as ErrorCode only because the constructor handles codes outside the
+ * table), else ML_ERR_INTERNAL. Subclasses that carry a peer's code use it; everything else calls fromWire.
+ */
+export function codeFromWire(code: unknown): ErrorCode {
+  return typeof code === 'string' && WIRE_CODE.test(code) ? (code as ErrorCode) : 'ML_ERR_INTERNAL';
+}
+
+export function isErrorCode(code: unknown): code is ErrorCode {
+  return typeof code === 'string' && Object.hasOwn(ERRORS, code);
+}
+
+export interface MeshlinkErrorOptions {
+  cause?: unknown;
+  /** Seconds for a Retry-After header (ML_ERR_RATE_LIMITED). */
+  retryAfterSec?: number;
+}
+
+/**
+ * The one error class. Status, close code and exit class come from the table; building one never
+ * throws, even for a code that is not in it (fromWire keeps such codes with the internal defaults).
+ */
+export class MeshlinkError extends Error {
+  readonly code: string;
+  /** HTTP status of an answer carrying this error (the table's, else 500). */
+  readonly status: number;
+  /** Close code of a session this error ends, or null when it never ends one on its own. */
+  readonly closeCode: number | null;
+  readonly exit: ExitClass;
+  readonly retryAfterSec: number | undefined;
+
+  constructor(code: ErrorCode, message: string, options: MeshlinkErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'MeshlinkError';
+    const spec: ErrorSpec | undefined = isErrorCode(code) ? ERRORS[code] : undefined;
+    this.code = typeof code === 'string' ? code : 'ML_ERR_INTERNAL';
+    this.status = spec?.status ?? 500;
+    this.closeCode = spec?.closeCode ?? null;
+    this.exit = spec?.exit ?? 'internal';
+    this.retryAfterSec = options.retryAfterSec;
+  }
+
+  /**
+   * Rebuilds an error a peer or the admin socket reported as `{code, message}`. A well-formed code keeps
+   * its name even when this build does not know it (a newer server), with the internal status and
+   * exit class; a malformed one becomes ML_ERR_INTERNAL. A missing message is replaced by `fallback`.
+   */
+  static fromWire(code: unknown, message: unknown, extra: MeshlinkErrorOptions & { fallback?: string } = {}): MeshlinkError {
+    const text = typeof message === 'string' && message !== '' ? message.slice(0, MAX_WIRE_MESSAGE) : (extra.fallback ?? 'no message');
+    return new MeshlinkError(codeFromWire(code), text, extra);
+  }
+}
+
+/** True for an error defined by the wire protocol: one that ends a session with its own close code. */
+export function isProtocolError(err: unknown): err is MeshlinkError & { closeCode: number } {
+  return err instanceof MeshlinkError && err.closeCode !== null;
+}
