@@ -3,8 +3,9 @@ import type { Command } from 'commander';
 import { z } from 'zod';
 import { MeshlinkError } from '../../protocol/errors.js';
 import type { AgentRunExtension } from '../../cli/agent-features.js';
-import { parseMetricsListen, serveMetrics } from '../../server/metrics.js';
+import { parseListenAddress, type ListenAddress } from '../../util/listen-address.js';
 import type { Logger } from '../../util/logger.js';
+import { serveMetrics } from '../../util/metrics-listener.js';
 import type { AgentRunner } from '../connection.js';
 import { AgentMetrics } from '../metrics.js';
 import { ObservabilityUploader, type LogRecord } from './uploader.js';
@@ -73,6 +74,15 @@ const optionsSchema = z.object({
   metricsListen: z.string().max(300).optional(),
   metricsUploadInterval: z.coerce.number().int().min(1).max(86_400).default(60),
 });
+
+/** Parses --metrics-listen; a bad value is a configuration error naming it. */
+function parseMetricsListen(text: string): ListenAddress {
+  try {
+    return parseListenAddress(text);
+  } catch (err) {
+    throw new MeshlinkError('ML_ERR_CONFIG', `invalid metrics listen address "${text}": ${(err as Error).message}`);
+  }
+}
 
 export interface AgentObservability {
   metrics: AgentMetrics;
