@@ -3,7 +3,7 @@ import { isIP } from 'node:net';
 import { isAbsolute, join, resolve } from 'node:path';
 import { z } from 'zod';
 import { MeshlinkError } from '../protocol/errors.js';
-import { caPinSchema } from './pin.js';
+import { caPinSchema } from '../contract/ca-pin.js';
 import { KEY_TYPES } from './csr.js';
 
 /**

@@ -6,7 +6,7 @@ import { MeshlinkError } from '../protocol/errors.js';
 import { parseEnrollOptions, type EnrollOptionsInput } from './config.js';
 import { createCsrPem, generateAgentKeyPair, KEY_TYPES, type KeyType } from './csr.js';
 import { assertStateDirUsable, isEnrolled, loadIdentity, saveEnrollment, saveRenewedCertificate, type Identity } from './identity.js';
-import { assertPinned, parseCaCertificate, PinError, spkiDerOf, spkiPinOf } from './pin.js';
+import { assertPinned, parseCaCertificate, PinError, spkiDerOf, spkiPinOf } from '../contract/ca-pin.js';
 
 /**
  * The agent side of the server's HTTPS enrollment endpoints: GET /v1/ca, POST /v1/enroll and

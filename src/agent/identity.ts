@@ -5,7 +5,7 @@ import { dirname, join } from 'node:path';
 import { z } from 'zod';
 import { MeshlinkError } from '../protocol/errors.js';
 import { fsyncPath, writeFileAtomic } from '../util/atomic-file.js';
-import { caPinSchema, spkiDerOf, spkiPinOf } from './pin.js';
+import { caPinSchema, spkiDerOf, spkiPinOf } from '../contract/ca-pin.js';
 
 /**
  * The agent's state dir. Layout (see docs/AGENT.md):

@@ -7,7 +7,7 @@ import { VERSION } from '../version.js';
 import { AGENT_EXIT_CODES, defaultHostname, ENV_ENROLL_TOKEN, ENV_LOG_LEVEL, resolveStateDir } from '../agent/config.js';
 import { EnrollError, enroll } from '../agent/enroll.js';
 import { isEnrolled, loadIdentity, readAgentStatus, type AgentStatusReading, type Identity } from '../agent/identity.js';
-import { parseCaPin } from '../agent/pin.js';
+import { parseCaPin } from '../contract/ca-pin.js';
 import { readMeshStatus } from '../agent/mesh/index.js';
 import { UsageError } from './failure.js';
 
