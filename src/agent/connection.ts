@@ -54,6 +54,8 @@ export type ServerMessageHandler<N extends KindName = KindName> = (payload: Payl
 export type ServerStreamHandler = (stream: MuxStream, session: Session) => void;
 /** Contributes fields to hello (e.g. lastEventSeq, wgPublicKey); called for every connection. */
 export type HelloContributor = () => Partial<InputOf<'hello'>>;
+/** A feature's part of the operator's `reconcile` action (e.g. the mesh): what it found and corrected. */
+export type Reconciler = () => Promise<{ name: string; drift: string[] }>;
 
 /** A refusal of the WebSocket upgrade, with the server's JSON error code when it sent one. */
 export class ConnectRefusedError extends MeshlinkError {
@@ -94,6 +96,7 @@ export class AgentRunner extends EventEmitter {
   readonly #messageHandlers = new Map<string, ServerMessageHandler[]>();
   readonly #streamHandlers = new Map<string, ServerStreamHandler>();
   readonly #helloContributors: HelloContributor[] = [];
+  readonly #reconcilers: Reconciler[] = [];
 
   constructor(options: AgentRunOptions) {
     super();
@@ -123,6 +126,15 @@ export class AgentRunner extends EventEmitter {
 
   addHelloFields(contributor: HelloContributor): void {
     this.#helloContributors.push(contributor);
+  }
+
+  /** Lets a feature take part in the `reconcile` action (run by the ops feature's builtins). */
+  addReconciler(reconciler: Reconciler): void {
+    this.#reconcilers.push(reconciler);
+  }
+
+  get reconcilers(): readonly Reconciler[] {
+    return this.#reconcilers;
   }
 
   get identity(): Identity | null {

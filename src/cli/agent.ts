@@ -1,5 +1,5 @@
 import { Command, type CommanderError } from 'commander';
-import { registerRunCommand } from './agent-run.js';
+import { registerRunCommand } from './agent/run.js';
 import { z } from 'zod';
 import { MeshlinkError } from '../protocol/errors.js';
 import { createLogger, LOG_LEVELS } from '../util/logger.js';

@@ -1,6 +1,6 @@
 import { Command } from 'commander';
-import { registerAgentCommands } from '../../cli/agent.js';
-import { VERSION } from '../../version.js';
+import { registerAgentCommands } from './agent.js';
+import { VERSION } from '../version.js';
 
 /**
  * Entry point of the single-file agent bundle (scripts/bundle-agent.mjs): only `meshlink agent …`,
