@@ -16,7 +16,8 @@ import { Backoff, type BackoffOptions } from './backoff.js';
 import { AGENT_EXIT_CODES } from './config.js';
 import { createCsrPem, generateAgentKeyPair, KEY_TYPES, type KeyType } from './csr.js';
 import { EnrollError, renewViaHttps, verifyIssued } from './enroll.js';
-import { loadIdentity, saveRenewedCertificate, writeAgentStatus, type Identity } from './identity.js';
+import { loadIdentity, saveRenewedCertificate, type Identity } from './identity.js';
+import { writeAgentStatus } from './state/status-file.js';
 import { DEFAULT_RENEW_POLICY, renewalDueAt, type RenewPolicy } from './renew.js';
 import { createPrivateKey } from 'node:crypto';
 
