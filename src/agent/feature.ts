@@ -1,5 +1,6 @@
+import type { Session } from '../protocol/session.js';
 import type { Logger } from '../util/logger.js';
-import type { AgentRunner } from './connection.js';
+import type { AgentConnectionState, AgentRunner } from './connection.js';
 
 /**
  * An agent feature (mesh, observability, operations, ...) attaches to a runner before it connects:
@@ -14,9 +15,39 @@ import type { AgentRunner } from './connection.js';
 /** Undoes an attach: stops timers and child processes, drops listeners. Called once. */
 export type AgentFeatureClose = () => void | Promise<void>;
 
-export interface AgentFeatureContext {
+/** Where a feature runs: paths and logger from the run command. */
+export interface AgentFeatureBase {
   readonly stateDir: string;
   readonly logger: Logger;
+}
+
+/**
+ * What a feature gets besides the runner: the runner's registration methods, bound, a send that
+ * reports backpressure, and the connection status. A feature that needs no more than this should
+ * not reach into the runner.
+ */
+export interface AgentFeatureContext extends AgentFeatureBase {
+  readonly onMessage: AgentRunner['onMessage'];
+  readonly onStream: AgentRunner['onStream'];
+  readonly addHelloFields: AgentRunner['addHelloFields'];
+  readonly addReconciler: AgentRunner['addReconciler'];
+  /** False when not connected or the control queue is above its high-water mark (AgentRunner.send). */
+  readonly send: AgentRunner['send'];
+  /** The connection state and the current session (null while not connected). */
+  status(): { state: AgentConnectionState; session: Session | null };
+}
+
+export function featureContext(runner: AgentRunner, base: AgentFeatureBase): AgentFeatureContext {
+  return Object.freeze({
+    stateDir: base.stateDir,
+    logger: base.logger,
+    onMessage: runner.onMessage.bind(runner),
+    onStream: runner.onStream.bind(runner),
+    addHelloFields: runner.addHelloFields.bind(runner),
+    addReconciler: runner.addReconciler.bind(runner),
+    send: runner.send.bind(runner),
+    status: () => ({ state: runner.state, session: runner.session }),
+  });
 }
 
 export interface AgentFeature {
@@ -34,7 +65,8 @@ export interface AttachedFeatures {
  * Attaches `features` in order. If one throws, the ones already attached are closed (in reverse
  * order) and the error is rethrown, so a failed start leaves nothing running.
  */
-export async function attachFeatures(runner: AgentRunner, features: readonly AgentFeature[], ctx: AgentFeatureContext): Promise<AttachedFeatures> {
+export async function attachFeatures(runner: AgentRunner, features: readonly AgentFeature[], base: AgentFeatureBase): Promise<AttachedFeatures> {
+  const ctx = featureContext(runner, base);
   const attached: Array<{ name: string; close: AgentFeatureClose }> = [];
   let closing: Promise<void> | null = null;
   const closeAll = (): Promise<void> =>

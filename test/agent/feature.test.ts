@@ -24,6 +24,26 @@ function recording(name: string, events: string[], behaviour: { attachThrows?: b
   };
 }
 
+describe('the feature context', () => {
+  it('registers on the runner and reports that nothing can be sent while not connected', async () => {
+    const own = new AgentRunner(ctx);
+    let sent: boolean | null = null;
+    await attachFeatures(own, [{
+      name: 'probe',
+      attach(_runner, c) {
+        c.onMessage('event', () => {});
+        c.onStream('exec.open', () => {});
+        sent = c.send('heartbeat', { seq: 1, ts: Date.now(), uptimeMs: 0 });
+        expect(c.status()).toEqual({ state: 'connecting', session: null });
+        return () => {};
+      },
+    }], ctx);
+    expect(sent).toBe(false);
+    // onStream is exclusive per kind, on the runner itself.
+    expect(() => own.onStream('exec.open', () => {})).toThrow(/already registered/);
+  });
+});
+
 describe('attachFeatures', () => {
   it('attaches in order and closes in reverse order, once', async () => {
     const events: string[] = [];

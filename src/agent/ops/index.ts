@@ -83,7 +83,7 @@ async function attachOps(runner: AgentRunner, ctx: Omit<OpsAgentContext, 'option
   if (upgrader) {
     runner.addHelloFields(() => ({ buildId: upgrader.buildId }));
     runner.onMessage('agent.upgrade', (offer) => void upgrader.offer(offer));
-    runner.on('connected', (_session, welcome: { upgrade?: Parameters<SelfUpgrader['offer']>[0] }) => {
+    runner.on('connected', (_session, welcome) => {
       if (welcome.upgrade) void upgrader.offer(welcome.upgrade);
     });
   }
