@@ -29,7 +29,7 @@ const versionPlugin = {
 };
 
 await build({
-  entryPoints: [resolve(root, 'src/agent/ops/bundle-entry.ts')],
+  entryPoints: [resolve(root, 'src/cli/agent-bundle.ts')],
   outfile: out,
   bundle: true,
   platform: 'node',

@@ -2,7 +2,7 @@ import { homedir, hostname as osHostname } from 'node:os';
 import { isIP } from 'node:net';
 import { isAbsolute, join, resolve } from 'node:path';
 import { z } from 'zod';
-import { caPinSchema } from './pin.js';
+import { caPinSchema } from '../contract/ca-pin.js';
 import { KEY_TYPES } from './csr.js';
 import { EXIT_CODES, MeshlinkError } from '../errors.js';
 

@@ -1,12 +1,9 @@
 import { MeshlinkError } from '../errors.js';
 import { EventEmitter } from 'node:events';
 import { stat } from 'node:fs/promises';
-import { isIP } from 'node:net';
 import { join } from 'node:path';
-import { WebSocket } from 'ws';
-import type { IncomingMessage } from 'node:http';
-import { zeroMaskingKey } from '../net/ws-mask.js';
-import { attachSession } from '../net/ws-session.js';
+import type { WebSocket } from 'ws';
+import { HandlerRegistry } from '../protocol/handler-registry.js';
 import type { Session, CloseInfo, ControlMessage } from '../protocol/session.js';
 import type { InputOf, KindName, PayloadOf } from '../protocol/registry.js';
 import type { MuxStream } from '../protocol/stream.js';
@@ -14,15 +11,16 @@ import { VERSION } from '../version.js';
 import type { Logger } from '../util/logger.js';
 import { Backoff, type BackoffOptions } from './backoff.js';
 import { AGENT_EXIT_CODES } from './config.js';
-import { createCsrPem, generateAgentKeyPair, KEY_TYPES, type KeyType } from './csr.js';
-import { EnrollError, renewViaHttps, verifyIssued } from './enroll.js';
-import { loadIdentity, saveRenewedCertificate, writeAgentStatus, type Identity } from './identity.js';
-import { DEFAULT_RENEW_POLICY, renewalDueAt, type RenewPolicy } from './renew.js';
-import { createPrivateKey } from 'node:crypto';
+import { ConnectRefusedError, dial } from './dial.js';
+import { EnrollError } from './enroll.js';
+import { loadIdentity, type Identity } from './identity.js';
+import { DEFAULT_RENEW_POLICY, renewalDelayMs, renewalRetryMs, renewExpired, renewInBand, type RenewPolicy } from './renewal.js';
+import { writeAgentStatus } from './state/status-file.js';
 
 /**
  * `meshlink agent run`: keeps one outbound mTLS WebSocket to the control plane for as long as the
- * process lives (docs/AGENT.md, "Running").
+ * process lives (docs/AGENT.md, "Running"). This file is the serve loop; the dial is dial.ts, the
+ * certificate renewal steps are renewal.ts.
  *
  * - Reconnects with jittered exponential backoff (backoff.ts).
  * - Heartbeats every `heartbeatIntervalMs` (from welcome); a connection on which nothing arrives for
@@ -52,23 +50,20 @@ export type AgentConnectionState = 'connecting' | 'connected' | 'backoff' | 'sto
 export type ServerMessageHandler<N extends KindName = KindName> = (payload: PayloadOf<N>, session: Session) => void;
 /** Handles a stream the server opened (see onStream). The handler must accept or reject it. */
 export type ServerStreamHandler = (stream: MuxStream, session: Session) => void;
+type MessageArgs = { [N in KindName]: [payload: PayloadOf<N>, session: Session] };
+type StreamArgs = { [N in KindName]: [stream: MuxStream, session: Session] };
+
+/** What a runner emits; features listen to `connected` and `state`. */
+export interface AgentRunnerEvents {
+  connected: [session: Session, welcome: PayloadOf<'welcome'>];
+  state: [state: AgentConnectionState];
+  heartbeat: [rttMs: number];
+  message: [message: { name: string; payload: unknown }];
+}
 /** Contributes fields to hello (e.g. lastEventSeq, wgPublicKey); called for every connection. */
 export type HelloContributor = () => Partial<InputOf<'hello'>>;
-
-/**
- * A refusal of the WebSocket upgrade, with the server's JSON error code when it sent one. A subclass
- * because it carries what a code cannot: the HTTP status received and the server's code, which decide
- * between revoked, expired and retry.
- */
-export class ConnectRefusedError extends MeshlinkError {
-  constructor(
-    override readonly status: number,
-    readonly serverCode: string | null,
-    message: string,
-  ) {
-    super('ML_ERR_CONNECT_REFUSED', message);
-  }
-}
+/** A feature's part of the operator's `reconcile` action (e.g. the mesh): what it found and corrected. */
+export type Reconciler = () => Promise<{ name: string; drift: string[] }>;
 
 interface Live {
   identity: Identity;
@@ -81,7 +76,7 @@ interface Live {
   replacedBy: Live | null;
 }
 
-export class AgentRunner extends EventEmitter {
+export class AgentRunner extends EventEmitter<AgentRunnerEvents> {
   state: AgentConnectionState = 'connecting';
   lastHeartbeatRttMs: number | null = null;
   readonly #opts: Required<Omit<AgentRunOptions, 'backoff'>> & { backoff: BackoffOptions };
@@ -95,9 +90,10 @@ export class AgentRunner extends EventEmitter {
   #renewing = false;
   /** When this process obtained the current certificate (renewal timing; see renew.ts). */
   #certReceivedAt = 0;
-  readonly #messageHandlers = new Map<string, ServerMessageHandler[]>();
-  readonly #streamHandlers = new Map<string, ServerStreamHandler>();
+  readonly #messageHandlers = new HandlerRegistry<MessageArgs>();
+  readonly #streamHandlers = new HandlerRegistry<StreamArgs>({ exclusive: true });
   readonly #helloContributors: HelloContributor[] = [];
+  readonly #reconcilers: Reconciler[] = [];
 
   constructor(options: AgentRunOptions) {
     super();
@@ -112,21 +108,39 @@ export class AgentRunner extends EventEmitter {
     this.#backoff = new Backoff(this.#opts.backoff);
   }
 
-  /** Registers a handler for a control message kind from the server; several run in order. */
-  onMessage<N extends KindName>(kind: N, handler: ServerMessageHandler<N>): void {
-    const list = this.#messageHandlers.get(kind) ?? [];
-    list.push(handler as unknown as ServerMessageHandler);
-    this.#messageHandlers.set(kind, list);
+  /** Registers a handler for a control message kind from the server; several run in order. Returns its removal. */
+  onMessage<N extends KindName>(kind: N, handler: ServerMessageHandler<N>): () => void {
+    return this.#messageHandlers.on(kind, handler);
   }
 
-  /** Registers the handler for server-opened streams of `kind` (e.g. exec.open); one per kind. */
-  onStream(kind: KindName, handler: ServerStreamHandler): void {
+  /** Registers the handler for server-opened streams of `kind` (e.g. exec.open); one per kind. Returns its removal. */
+  onStream(kind: KindName, handler: ServerStreamHandler): () => void {
     if (this.#streamHandlers.has(kind)) throw new Error(`a stream handler for ${kind} is already registered`);
-    this.#streamHandlers.set(kind, handler);
+    return this.#streamHandlers.on(kind, handler);
+  }
+
+  /**
+   * Sends a control message on the current session. False when there is no open session or its
+   * control queue is above the high-water mark (Session.send): the caller keeps what it wanted to
+   * send and tries again later, rather than piling up messages for a slow link.
+   */
+  send<N extends KindName>(kind: N, payload: InputOf<N>): boolean {
+    const session = this.session;
+    if (!session || session.state !== 'open') return false;
+    return session.send(kind, payload);
   }
 
   addHelloFields(contributor: HelloContributor): void {
     this.#helloContributors.push(contributor);
+  }
+
+  /** Lets a feature take part in the `reconcile` action (run by the ops feature's builtins). */
+  addReconciler(reconciler: Reconciler): void {
+    this.#reconcilers.push(reconciler);
+  }
+
+  get reconcilers(): readonly Reconciler[] {
+    return this.#reconcilers;
   }
 
   get identity(): Identity | null {
@@ -192,61 +206,25 @@ export class AgentRunner extends EventEmitter {
 
   // ---------------------------------------------------------------- connecting
 
-  #connect(identity: Identity): Promise<Live> {
-    const url = new URL('/v1/connect', identity.server);
-    url.protocol = url.protocol === 'http:' ? 'ws:' : 'wss:';
-    const host = url.hostname.replace(/^\[|\]$/g, '');
-    const ws = new WebSocket(url, {
-      ca: identity.caPem,
-      cert: identity.certPem,
-      key: identity.keyPem,
-      ...(isIP(host) ? {} : { servername: host }),
-      perMessageDeflate: false,
-      maxPayload: 16 * 1024 * 1024,
-      handshakeTimeout: this.#opts.connectTimeoutMs,
-      ...(url.protocol === 'wss:' ? { generateMask: zeroMaskingKey } : {}),
-    });
-    return new Promise<Live>((resolve, reject) => {
-      let settled = false;
-      const fail = (err: Error): void => {
-        if (settled) return;
-        settled = true;
-        ws.terminate();
-        reject(err);
-      };
-      ws.once('unexpected-response', (_req, res: IncomingMessage) => {
-        readJsonError(res).then(
-          (body) => fail(new ConnectRefusedError(res.statusCode ?? 0, body?.code ?? null, `server refused the connection: ${res.statusCode} ${body?.code ?? ''} ${body?.message ?? ''}`.trim())),
-          () => fail(new ConnectRefusedError(res.statusCode ?? 0, null, `server refused the connection: ${res.statusCode}`)),
-        );
-      });
-      ws.once('error', (err) => fail(err));
-      ws.once('open', () => {
-        const session = attachSession(ws, { role: 'agent', handshakeTimeoutMs: this.#opts.connectTimeoutMs });
-        const closed = new Promise<CloseInfo>((r) => session.once('close', r));
-        // Handlers attach before the handshake: the server may send right after welcome, in the same
-        // read, before any continuation of ours runs.
+  async #connect(identity: Identity): Promise<Live> {
+    let hello: Omit<InputOf<'hello'>, 'versions'> = { agentVersion: VERSION, hostname: identity.hostname };
+    for (const contribute of this.#helloContributors) hello = { ...hello, ...contribute() };
+    const dialled = await dial(identity, {
+      timeoutMs: this.#opts.connectTimeoutMs,
+      hello,
+      prepare: (session) => {
         session.on('message', (msg) => this.#dispatchMessage(msg, session));
         session.on('stream', (stream) => {
-          const handler = this.#streamHandlers.get(stream.kind);
+          const handler = this.#streamHandlers.handlersOf(stream.kind as KindName)[0];
           if (!handler) {
             session.reject(stream, 'ML_ERR_UNSUPPORTED', `this agent does not handle ${stream.kind}`);
             return;
           }
           handler(stream, session);
         });
-        let hello: Omit<InputOf<'hello'>, 'versions'> = { agentVersion: VERSION, hostname: identity.hostname };
-        for (const contribute of this.#helloContributors) hello = { ...hello, ...contribute() };
-        session
-          .handshake(hello)
-          .then((welcome) => {
-            if (settled) return;
-            settled = true;
-            resolve({ identity, ws, session, welcome, connectedAt: Date.now(), closed, replacedBy: null });
-          })
-          .catch((err: Error) => fail(err));
-      });
+      },
     });
+    return { identity, ...dialled, connectedAt: Date.now(), replacedBy: null };
   }
 
   /** Decides what a failed dial means; returns an exit code to stop, or null to go on. */
@@ -266,7 +244,7 @@ export class AgentRunner extends EventEmitter {
     const identity = this.#identity!;
     this.#log.warn({ certNotAfter: identity.cert.notAfter.toISOString() }, 'certificate expired; renewing over HTTPS within the grace period');
     try {
-      this.#identity = await renewViaHttps(identity, { logger: this.#log });
+      this.#identity = await renewExpired(identity, this.#log);
       this.#certReceivedAt = Date.now();
       this.#backoff.reset();
       return null;
@@ -345,13 +323,11 @@ export class AgentRunner extends EventEmitter {
       this.emit('heartbeat', this.lastHeartbeatRttMs);
       return;
     }
-    for (const handle of this.#messageHandlers.get(msg.name) ?? []) {
-      try {
-        handle(msg.payload, session);
-      } catch (err) {
-        this.#log.error({ err: describe(err), kind: msg.name }, 'message handler failed');
-      }
-    }
+    // The session decoded and checked the payload against the schema of its kind.
+    const kind = msg.name as KindName;
+    this.#messageHandlers.emit(kind, [msg.payload, session] as MessageArgs[typeof kind], (err) =>
+      this.#log.error({ err: describe(err), kind: msg.name }, 'message handler failed'),
+    );
     this.emit('message', msg);
   }
 
@@ -359,13 +335,10 @@ export class AgentRunner extends EventEmitter {
 
   #scheduleRenewal(): void {
     this.#clearRenewTimer();
-    const identity = this.#identity!;
-    const start = Math.max(identity.cert.notBefore.getTime(), this.#certReceivedAt);
-    const due = renewalDueAt(start, identity.cert.notAfter.getTime(), this.#opts.renewPolicy);
-    const wait = Math.max(0, due - Date.now());
+    const wait = renewalDelayMs(this.#identity!, this.#certReceivedAt, this.#opts.renewPolicy);
     this.#renewTimer = setTimeout(() => void this.#renewInBand(), Math.min(wait, 2_147_483_647));
     this.#renewTimer.unref();
-    this.#log.debug({ dueAt: new Date(due).toISOString() }, 'renewal scheduled');
+    this.#log.debug({ dueAt: new Date(Date.now() + wait).toISOString() }, 'renewal scheduled');
   }
 
   #clearRenewTimer(): void {
@@ -379,11 +352,7 @@ export class AgentRunner extends EventEmitter {
     this.#renewing = true;
     const identity = this.#identity!;
     try {
-      const keys = await generateAgentKeyPair(keyTypeOf(identity.keyPem));
-      const csr = createCsrPem(keys, { hostname: identity.hostname, sans: identity.sans });
-      const res = await live.session.request('cert.renew', { csr }, { timeoutMs: 60_000 });
-      const verified = verifyIssued({ nodeId: identity.nodeId, certificate: res.certificate, caCertificate: res.caCertificate, notAfter: res.notAfter }, identity.caPins, keys.publicKeyPem);
-      const renewed = await saveRenewedCertificate(identity.stateDir, keys.privateKeyPem, verified.certPem, verified.caPem);
+      const renewed = await renewInBand(live.session, identity);
       this.#identity = renewed;
       this.#certReceivedAt = Date.now();
       this.#log.info({ certSerial: renewed.cert.serial, certNotAfter: renewed.cert.notAfter.toISOString() }, 'certificate renewed; switching connections');
@@ -397,9 +366,8 @@ export class AgentRunner extends EventEmitter {
       live.session.goaway('switching to a renewed certificate');
       live.session.close(1000, 'renewed');
     } catch (err) {
-      // The old certificate is still valid: keep it and try again in a minute (or at half the time left).
-      const left = identity.cert.notAfter.getTime() - Date.now();
-      const retry = Math.max(1_000, Math.min(60_000, left / 2));
+      // The old certificate is still valid: keep it and try again.
+      const retry = renewalRetryMs(identity);
       this.#log.warn({ err: describe(err), retryInMs: retry }, 'in-band renewal failed; keeping the current certificate');
       this.#clearRenewTimer();
       this.#renewTimer = setTimeout(() => void this.#renewInBand(), retry);
@@ -435,28 +403,6 @@ export class AgentRunner extends EventEmitter {
     } catch {
       return Date.now();
     }
-  }
-}
-
-function keyTypeOf(keyPem: string): KeyType {
-  const bits = createPrivateKey(keyPem).asymmetricKeyDetails?.modulusLength;
-  const candidate = `rsa${bits ?? 2048}`;
-  return (KEY_TYPES as readonly string[]).includes(candidate) ? (candidate as KeyType) : 'rsa2048';
-}
-
-async function readJsonError(res: IncomingMessage): Promise<{ code?: string; message?: string } | null> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const c of res) {
-    size += (c as Buffer).length;
-    if (size > 16 * 1024) break;
-    chunks.push(c as Buffer);
-  }
-  try {
-    const body = JSON.parse(Buffer.concat(chunks).toString('utf8')) as { code?: unknown; message?: unknown };
-    return { ...(typeof body.code === 'string' ? { code: body.code } : {}), ...(typeof body.message === 'string' ? { message: body.message.slice(0, 500) } : {}) };
-  } catch {
-    return null;
   }
 }
 

@@ -5,7 +5,7 @@ import type { Logger } from '../util/logger.js';
 import { parseEnrollOptions, type EnrollOptionsInput } from './config.js';
 import { createCsrPem, generateAgentKeyPair, KEY_TYPES, type KeyType } from './csr.js';
 import { assertStateDirUsable, isEnrolled, loadIdentity, saveEnrollment, saveRenewedCertificate, type Identity } from './identity.js';
-import { assertPinned, parseCaCertificate, spkiDerOf, spkiPinOf } from './pin.js';
+import { assertPinned, parseCaCertificate, spkiDerOf, spkiPinOf } from '../contract/ca-pin.js';
 import { codeFromWire, MeshlinkError, type ExitClass } from '../errors.js';
 
 /**

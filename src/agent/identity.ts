@@ -1,10 +1,10 @@
 import { X509Certificate, createPublicKey, randomBytes } from 'node:crypto';
 import { constants as fsConstants } from 'node:fs';
-import { access, chmod, lstat, mkdir, open, readFile, readdir, readlink, rename, rm, stat, symlink, unlink } from 'node:fs/promises';
+import { access, chmod, lstat, mkdir, readFile, readdir, readlink, rename, rm, stat, symlink, unlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { z } from 'zod';
 import { fsyncPath, writeFileAtomic } from '../util/atomic-file.js';
-import { caPinSchema, spkiDerOf, spkiPinOf } from './pin.js';
+import { caPinSchema, spkiDerOf, spkiPinOf } from '../contract/ca-pin.js';
 import { MeshlinkError } from '../errors.js';
 
 /**
@@ -18,7 +18,7 @@ import { MeshlinkError } from '../errors.js';
  *     ca.pem        -> current/ca.pem
  *     generations/G/             0700, one per enrollment or renewal, never modified once written
  *       identity.json 0600, key.pem 0600, cert.pem 0644, ca.pem 0644
- *     status.json                written by the running agent (`agent run`)
+ *     status.json                written by the running agent (`agent run`; state/status-file.ts)
  *
  * Why generations: key and certificate must change together. Two renames can be interrupted between
  * them; a symlink switch cannot. A crash before the switch leaves the old generation current (the new
@@ -31,7 +31,6 @@ export type StateFile = (typeof STATE_FILES)[number];
 
 const CURRENT_LINK = 'current';
 const GENERATIONS_DIR = 'generations';
-const STATUS_FILE = 'status.json';
 const GENERATION_NAME = /^\d{13}-[0-9a-f]{1,64}-[0-9a-f]{8}$/;
 /** Readers retry when a concurrent prune removed the generation they had just resolved. */
 const LOAD_ATTEMPTS = 3;
@@ -385,68 +384,4 @@ export async function saveRenewedCertificate(stateDir: string, keyPem: string, c
     enrolledAt: current.enrolledAt,
   };
   return saveEnrollment(stateDir, { identity, keyPem, certPem, caPem: caPem ?? current.caPem });
-}
-
-// ---------------------------------------------------------------------------------------------
-// status.json: written by the running agent, read by `meshlink agent status`.
-
-export const CONNECTION_STATES = ['connected', 'connecting', 'backoff', 'stopped'] as const;
-
-export const agentStatusSchema = z.looseObject({
-  state: z.enum(CONNECTION_STATES),
-  since: z.string().datetime(),
-  /** Process id of the writer, lets `status` tell a crashed agent's leftover file from a live one. */
-  pid: z.number().int().positive().optional(),
-  updatedAt: z.string().datetime().optional(),
-});
-export type AgentStatus = z.infer<typeof agentStatusSchema>;
-
-export type AgentStatusReading =
-  | { readonly kind: 'absent' }
-  | { readonly kind: 'invalid'; readonly message: string }
-  | { readonly kind: 'present'; readonly status: AgentStatus; readonly writerAlive: boolean | null };
-
-const STATUS_MAX_BYTES = 64 * 1024;
-
-export async function writeAgentStatus(stateDir: string, status: AgentStatus): Promise<void> {
-  const checked = agentStatusSchema.parse(status);
-  await writeFileAtomic(join(stateDir, STATUS_FILE), `${JSON.stringify(checked)}\n`, { mode: 0o644 });
-}
-
-export async function readAgentStatus(stateDir: string): Promise<AgentStatusReading> {
-  let raw: string;
-  try {
-    const handle = await open(join(stateDir, STATUS_FILE), 'r');
-    try {
-      const { size } = await handle.stat();
-      if (size > STATUS_MAX_BYTES) return { kind: 'invalid', message: `status.json is larger than ${STATUS_MAX_BYTES} bytes` };
-      raw = await handle.readFile('utf8');
-    } finally {
-      await handle.close();
-    }
-  } catch (err) {
-    if (isErrno(err, 'ENOENT')) return { kind: 'absent' };
-    throw err;
-  }
-  let json: unknown;
-  try {
-    json = JSON.parse(raw);
-  } catch {
-    return { kind: 'invalid', message: 'status.json is not valid JSON' };
-  }
-  const parsed = agentStatusSchema.safeParse(json);
-  if (!parsed.success) {
-    return { kind: 'invalid', message: `status.json is invalid: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}` };
-  }
-  return { kind: 'present', status: parsed.data, writerAlive: parsed.data.pid === undefined ? null : processAlive(parsed.data.pid) };
-}
-
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    // EPERM: it exists but belongs to someone else.
-    return isErrno(err, 'EPERM');
-  }
 }

@@ -1,7 +1,7 @@
 import { decode } from '@msgpack/msgpack';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { WireCounters } from '../net/wire-counters.js';
 import { addWireObserver } from '../net/ws-session.js';
-import { WireCounters } from '../server/metrics.js';
 import type { AgentRunner } from './connection.js';
 import type { Session } from '../protocol/session.js';
 
@@ -9,7 +9,7 @@ import type { Session } from '../protocol/session.js';
  * The agent's own Prometheus metrics: connection state, reconnects, heartbeat round trip, frames and
  * bytes by kind, certificate expiry, mesh event lag. Served on a local port only when asked
  * (`agent run --metrics-listen 127.0.0.1:9465`, see src/agent/observability) and sampled into
- * metrics.batch uploads. The wire counting is shared with the server (WireCounters).
+ * metrics.batch uploads. The wire counting is shared with the server (WireCounters, src/net/wire-counters.ts).
  */
 
 const STATES = ['connecting', 'connected', 'backoff', 'stopped'] as const;

@@ -1,12 +1,13 @@
 import type { Command } from 'commander';
-import { registerRunCommand } from './agent-run.js';
+import { registerRunCommand } from './agent/run.js';
 import { z } from 'zod';
 import { createLogger, LOG_LEVELS } from '../util/logger.js';
 import { VERSION } from '../version.js';
 import { AGENT_EXIT_CODES, defaultHostname, ENV_ENROLL_TOKEN, ENV_LOG_LEVEL, resolveStateDir } from '../agent/config.js';
 import { enroll } from '../agent/enroll.js';
-import { isEnrolled, loadIdentity, readAgentStatus, type AgentStatusReading, type Identity } from '../agent/identity.js';
-import { parseCaPin } from '../agent/pin.js';
+import { isEnrolled, loadIdentity, type Identity } from '../agent/identity.js';
+import { readAgentStatus, type AgentStatusReading } from '../agent/state/status-file.js';
+import { parseCaPin } from '../contract/ca-pin.js';
 import { readMeshStatus } from '../agent/mesh/index.js';
 import { MeshlinkError } from '../errors.js';
 import { reportFailure, withFailureReport } from './failure.js';

@@ -24,7 +24,7 @@ import { printTable } from './table.js';
 const action = withFailureReport;
 
 /** `--listen HOST:PORT` / `[v6]:PORT` (usage error, exit 2, when malformed). */
-export const parseListen = (text: string): ListenAddress => parseListenAddress(text, '--listen');
+export const parseListen = (text: string): ListenAddress => parseListenAddress(text, '--listen', 'ML_ERR_USAGE');
 
 const collect = (value: string, previous: string[]): string[] => [...previous, value];
 const dataDirOption = () => new Option('--data-dir <dir>', 'server data dir (default: MESHLINK_DATA_DIR, /var/lib/meshlink/server as root, else ~/.local/share/meshlink/server)');

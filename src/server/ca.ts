@@ -2,6 +2,7 @@ import { createPrivateKey, createPublicKey, generateKeyPair, randomBytes, X509Ce
 import { hostname as osHostname } from 'node:os';
 import { resolve } from 'node:path';
 import forge from 'node-forge';
+import { spkiPinOf, type CaPin } from '../contract/ca-pin.js';
 import { decryptCaKey, encryptCaKey } from './ca-key-crypto.js';
 import type { Store } from './store/store.js';
 import {
@@ -11,7 +12,6 @@ import {
   randomSerial,
   signCertificate,
   spkiDerOf,
-  spkiPin,
   subjectKeyIdentifier,
   type DnAttribute,
 } from './x509.js';
@@ -52,8 +52,8 @@ function generateP256(): Promise<KeyObject> {
 export class CertificateAuthority {
   readonly certPem: string;
   readonly cert: X509Certificate;
-  /** `sha256:<hex>` of the CA SubjectPublicKeyInfo. */
-  readonly pin: string;
+  /** `sha256:<hex>` of the CA SubjectPublicKeyInfo: what agents pin (src/contract/ca-pin.ts). */
+  readonly pin: CaPin;
   private readonly key: KeyObject;
   private readonly subject: DnAttribute[];
   private readonly ski: Buffer;
@@ -62,7 +62,7 @@ export class CertificateAuthority {
     this.key = key;
     this.certPem = certPem;
     this.cert = new X509Certificate(certPem);
-    this.pin = spkiPin(certPem);
+    this.pin = spkiPinOf(this.cert);
     // The CA is RSA, so forge can parse it; reuse its subject attributes so issuer DNs encode identically.
     const forgeCert = forge.pki.certificateFromPem(certPem);
     this.subject = forgeCert.subject.attributes.map((a) => ({ type: a.type as string, value: a.value as string }));

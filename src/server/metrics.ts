@@ -1,10 +1,9 @@
-import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { WireCounters } from '../net/wire-counters.js';
 import { addWireObserver } from '../net/ws-session.js';
-import { HEADER_SIZE } from '../protocol/frame.js';
-import { MESSAGE_KINDS } from '../protocol/registry.js';
 import { parseListenAddress, type ListenAddress } from '../util/listen-address.js';
+import { serveMetrics } from '../util/metrics-listener.js';
 import type { ServerFeature } from './feature.js';
 import type { FleetTotals } from './store/store.js';
 
@@ -15,74 +14,15 @@ import type { FleetTotals } from './store/store.js';
  * it must not be reachable from where agents connect. Without a listen address nothing is served and
  * nothing is counted.
  *
- * Cost on the hot path: frames are counted per WebSocket message by walking the 11-byte frame headers
- * into typed arrays indexed by type code (no label lookups, no allocation); prom-client labels are
- * only touched at scrape time. Totals that live in the store (enrollments, renewals, revocations)
+ * Cost on the hot path: frames are counted per WebSocket message by WireCounters
+ * (src/net/wire-counters.ts, shared with the agent); prom-client labels are only touched at scrape
+ * time. Totals that live in the store (enrollments, renewals, revocations)
  * are read from it at scrape time, so they survive restarts.
  */
 
-/** Type codes are u16; every registered code is below 0x100, the rest is counted as "unknown". */
-const CODE_SLOTS = 0x100;
-const UNKNOWN_SLOT = CODE_SLOTS;
-const KIND_NAME_BY_SLOT: string[] = Array.from({ length: CODE_SLOTS + 1 }, () => 'unknown');
-for (const k of MESSAGE_KINDS) if (k.code < CODE_SLOTS) KIND_NAME_BY_SLOT[k.code] = k.name;
-
-/** Frame and byte counts by direction and type code, filled by a wire observer. */
-export class WireCounters {
-  readonly framesIn = new Float64Array(CODE_SLOTS + 1);
-  readonly framesOut = new Float64Array(CODE_SLOTS + 1);
-  readonly bytesIn = new Float64Array(CODE_SLOTS + 1);
-  readonly bytesOut = new Float64Array(CODE_SLOTS + 1);
-  messagesIn = 0;
-  messagesOut = 0;
-  messageBytesIn = 0;
-  messageBytesOut = 0;
-
-  /** Counts the frames of one whole WebSocket message (malformed tails are the session's to refuse). */
-  readonly observe = (direction: 'in' | 'out', m: Uint8Array): void => {
-    const frames = direction === 'in' ? this.framesIn : this.framesOut;
-    const bytes = direction === 'in' ? this.bytesIn : this.bytesOut;
-    if (direction === 'in') {
-      this.messagesIn++;
-      this.messageBytesIn += m.byteLength;
-    } else {
-      this.messagesOut++;
-      this.messageBytesOut += m.byteLength;
-    }
-    let o = 0;
-    const end = m.byteLength;
-    while (end - o >= HEADER_SIZE) {
-      const type = (m[o]! << 8) | m[o + 1]!;
-      const length = ((m[o + 7]! << 24) >>> 0) + (m[o + 8]! << 16) + (m[o + 9]! << 8) + m[o + 10]!;
-      const slot = type < CODE_SLOTS ? type : UNKNOWN_SLOT;
-      frames[slot]!++;
-      bytes[slot]! += HEADER_SIZE + length;
-      o += HEADER_SIZE + length;
-    }
-  };
-
-  /** Adds the per-kind counts to prom-client counters (called at scrape time). */
-  exportTo(frames: Counter<'direction' | 'kind'>, bytes: Counter<'direction' | 'kind'>): void {
-    frames.reset();
-    bytes.reset();
-    for (const [direction, f, b] of [
-      ['in', this.framesIn, this.bytesIn],
-      ['out', this.framesOut, this.bytesOut],
-    ] as const) {
-      for (let slot = 0; slot <= CODE_SLOTS; slot++) {
-        const n = f[slot]!;
-        if (n === 0) continue;
-        const kind = KIND_NAME_BY_SLOT[slot]!;
-        frames.labels(direction, kind).inc(n);
-        bytes.labels(direction, kind).inc(b[slot]!);
-      }
-    }
-  }
-}
-
 export type { ListenAddress };
 
-/** Parses `HOST:PORT` / `[v6]:PORT` for --metrics-listen and MESHLINK_METRICS_LISTEN (ML_ERR_CONFIG when malformed). */
+/** Parses `HOST:PORT` / `[v6]:PORT` for --metrics-listen. */
 export function parseMetricsListen(text: string): ListenAddress {
   return parseListenAddress(text, 'metrics listen address', 'ML_ERR_CONFIG');
 }
@@ -327,35 +267,6 @@ export function createMetricsFeature(options: MetricsFeatureOptions = {}): Serve
         }),
     };
   };
-}
-
-/** A plain HTTP listener that serves only GET /metrics from `registry`. */
-export function serveMetrics(registry: Registry, listen: ListenAddress): Promise<Server> {
-  const server = createServer((req, res) => {
-    const path = (req.url ?? '/').split('?')[0];
-    if (path !== '/metrics') {
-      res.writeHead(404, { 'content-type': 'text/plain' }).end('only /metrics here\n');
-      return;
-    }
-    if (req.method !== 'GET' && req.method !== 'HEAD') {
-      res.writeHead(405, { allow: 'GET' }).end();
-      return;
-    }
-    registry.metrics().then(
-      (text) => res.writeHead(200, { 'content-type': registry.contentType }).end(text),
-      (err: unknown) => res.writeHead(500, { 'content-type': 'text/plain' }).end(`metrics collection failed: ${(err as Error).message}\n`),
-    );
-  });
-  server.headersTimeout = 5_000;
-  server.requestTimeout = 10_000;
-  server.keepAliveTimeout = 5_000;
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(listen.port, listen.host, () => {
-      server.off('error', reject);
-      resolve(server);
-    });
-  });
 }
 
 export const metricsFeature: ServerFeature = createMetricsFeature();

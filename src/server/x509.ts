@@ -1,4 +1,4 @@
-import { createHash, createPublicKey, randomBytes, sign, type KeyObject, X509Certificate } from 'node:crypto';
+import { createHash, createPublicKey, randomBytes, sign, type KeyObject } from 'node:crypto';
 import { isIP } from 'node:net';
 import forge from 'node-forge';
 
@@ -141,14 +141,6 @@ export function subjectKeyIdentifier(spkiDer: Buffer): Buffer {
 export function spkiDerOf(key: KeyObject): Buffer {
   const pub = key.type === 'private' ? createPublicKey(key) : key;
   return pub.export({ type: 'spki', format: 'der' });
-}
-
-/** `sha256:` + hex SHA-256 of the certificate's SubjectPublicKeyInfo DER: the pin agents trust. */
-export function spkiPin(certPem: string): string {
-  const x509 = new X509Certificate(certPem);
-  // x509.publicKey is already a public KeyObject (createPublicKey of a public KeyObject throws on Node 20).
-  const spki = x509.publicKey.export({ type: 'spki', format: 'der' });
-  return 'sha256:' + createHash('sha256').update(spki).digest('hex');
 }
 
 /** forge subjectAltName entries: IP literals as iPAddress (type 7), everything else as dNSName (type 2). */

@@ -13,7 +13,7 @@ export interface ListenAddress {
  * always separates the port; a bracketed host must be an IPv6 address. `what` names the setting in
  * the error; `code` is ML_ERR_USAGE for a flag, ML_ERR_CONFIG for the environment.
  */
-export function parseListenAddress(text: string, what: string, code: 'ML_ERR_USAGE' | 'ML_ERR_CONFIG' = 'ML_ERR_USAGE'): ListenAddress {
+export function parseListenAddress(text: string, what = 'listen address', code: 'ML_ERR_USAGE' | 'ML_ERR_CONFIG' = 'ML_ERR_CONFIG'): ListenAddress {
   const m = /^\[([0-9A-Fa-f:.]+)\]:(\d{1,5})$/.exec(text) ?? /^([^:[\]\s]+):(\d{1,5})$/.exec(text);
   if (!m) throw new MeshlinkError(code, `invalid ${what} "${text}": expected HOST:PORT or [IPv6]:PORT`);
   const port = Number(m[2]);

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { Backoff } from '../../src/agent/backoff.js';
-import { DEFAULT_RENEW_POLICY, renewalDueAt } from '../../src/agent/renew.js';
+import { DEFAULT_RENEW_POLICY, renewalDueAt } from '../../src/agent/renewal.js';
 
 describe('Backoff', () => {
   it('doubles from 1 s to a 60 s cap with ±25 % jitter', () => {

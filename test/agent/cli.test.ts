@@ -2,8 +2,8 @@ import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, statSync, symlinkSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { writeAgentStatus } from '../../src/agent/identity.js';
-import { spkiPinOf } from '../../src/agent/pin.js';
+import { writeAgentStatus } from '../../src/agent/state/status-file.js';
+import { spkiPinOf } from '../../src/contract/ca-pin.js';
 import { startEnrollServer, type EnrollServer } from './helpers/enroll-server.js';
 import { createTestCa, tempDirs } from './helpers/fixtures.js';
 

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { EnrollError, enroll, renewViaHttps } from '../../src/agent/enroll.js';
 import { loadIdentity } from '../../src/agent/identity.js';
-import { spkiPinOf } from '../../src/agent/pin.js';
+import { spkiPinOf } from '../../src/contract/ca-pin.js';
 import { startEnrollServer, type EnrollServer } from './helpers/enroll-server.js';
 import { createTestCa, tempDirs } from './helpers/fixtures.js';
 

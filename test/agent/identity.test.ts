@@ -1,16 +1,14 @@
 import { spawn } from 'node:child_process';
-import { chmodSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import {
   currentGeneration,
   isEnrolled,
   loadIdentity,
-  readAgentStatus,
   saveEnrollment,
   saveRenewedCertificate,
   saveSteps,
-  writeAgentStatus,
   type GenerationContent,
 } from '../../src/agent/identity.js';
 import { createTestCa, identityFor, makePair, tempDirs, type CertPair } from './helpers/fixtures.js';
@@ -237,35 +235,6 @@ describe('state dir identity', () => {
       rmSync(join(stateDir, 'current'));
       symlinkSync(elsewhere, join(stateDir, 'current'));
       await expect(loadIdentity(stateDir)).rejects.toMatchObject({ code: 'ML_ERR_STATE_CORRUPT' });
-    });
-  });
-
-  describe('status.json', () => {
-    it('absent, live writer, dead writer, invalid', async () => {
-      const stateDir = dirs.make();
-      expect(await readAgentStatus(stateDir)).toEqual({ kind: 'absent' });
-
-      const since = new Date().toISOString();
-      await writeAgentStatus(stateDir, { state: 'connected', since, pid: process.pid, sessionId: 'abc' });
-      const live = await readAgentStatus(stateDir);
-      expect(live).toMatchObject({ kind: 'present', writerAlive: true, status: { state: 'connected', since, sessionId: 'abc' } });
-      expect(lstatSync(join(stateDir, 'status.json')).isFile()).toBe(true);
-
-      const child = spawn(process.execPath, ['-e', '']);
-      const deadPid = await new Promise<number>((res) => child.once('exit', () => res(child.pid!)));
-      await writeAgentStatus(stateDir, { state: 'backoff', since, pid: deadPid });
-      expect(await readAgentStatus(stateDir)).toMatchObject({ kind: 'present', writerAlive: false });
-
-      writeFileSync(join(stateDir, 'status.json'), '{"state":"dancing","since":"x"}');
-      expect(await readAgentStatus(stateDir)).toMatchObject({ kind: 'invalid' });
-      writeFileSync(join(stateDir, 'status.json'), 'not json');
-      expect(await readAgentStatus(stateDir)).toMatchObject({ kind: 'invalid' });
-    });
-
-    it('writeAgentStatus validates what it writes', async () => {
-      const stateDir = dirs.make();
-      // @ts-expect-error deliberately wrong state
-      await expect(writeAgentStatus(stateDir, { state: 'nope', since: new Date().toISOString() })).rejects.toThrow();
     });
   });
 

@@ -6,7 +6,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { enroll } from '../../src/agent/enroll.js';
 import { loadIdentity } from '../../src/agent/identity.js';
-import { renewalDueAt } from '../../src/agent/renew.js';
+import { renewalDueAt } from '../../src/agent/renewal.js';
 import { cli, createToken, freePort, listNodes, startServerProc, type ServerProc } from '../e2e/harness.js';
 import { runAgent, silent, tempDir, waitFor } from './helpers.js';
 import { TcpProxy } from './tcp-proxy.js';

@@ -47,7 +47,7 @@ describe('metrics and observability upload (real TLS, in-process server, real ag
     ]);
     nodeId = await enrollAgent(server, join(dir.path, 'agent'), 'obs-1');
     agent = runAgent(join(dir.path, 'agent'), agentLogger);
-    obs = await attachObservability(agent.runner, agentLogger, { metricsListen: '127.0.0.1:0', metricsUploadIntervalMs: 200, uploadLimits: { minIntervalMs: 100 } });
+    obs = await attachObservability(agent.runner, agentLogger, { metricsListen: { host: '127.0.0.1', port: 0 }, metricsUploadIntervalMs: 200, uploadLimits: { minIntervalMs: 100 } });
     await waitFor('agent online', () => server.sessions!.isOnline(nodeId));
   }, 60_000);
 

@@ -63,6 +63,7 @@ afterAll(async () => {
   for (const a of agents.values()) {
     a.runner.stop();
     await a.done;
+    await a.mesh.close();
   }
   await srv.stop();
   for (const d of dirs) await d.cleanup();
@@ -121,6 +122,7 @@ describe('mesh over real mTLS sessions (in-process server and agents)', () => {
     const c = agents.get('c')!;
     c.runner.stop();
     expect(await c.done).toBe(0);
+    await c.mesh.close();
     const seqBefore = c.mesh.lastEventSeq;
     await mesh.setPolicy(null); // full mesh again: c gets policy_updated + peer_added(a) while offline
     const persisted = JSON.parse(await readFile(join(c.stateDir, 'mesh-state.json'), 'utf8'));
@@ -136,6 +138,7 @@ describe('mesh over real mTLS sessions (in-process server and agents)', () => {
     const c = agents.get('c')!;
     c.runner.stop();
     await c.done;
+    await c.mesh.close();
     const file = JSON.parse(await readFile(join(c.stateDir, 'mesh-state.json'), 'utf8'));
     file.state.peers = file.state.peers.slice(0, 1); // lose a peer without a seq change
     await writeFile(join(c.stateDir, 'mesh-state.json'), JSON.stringify(file));

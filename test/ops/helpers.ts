@@ -61,6 +61,7 @@ export async function startOpsPair(
     async stop() {
       runner.stop();
       await running.catch(() => {});
+      ops.close();
       await ts.stop();
       await agentDir.cleanup();
     },

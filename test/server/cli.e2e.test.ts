@@ -3,7 +3,7 @@ import { resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadOrCreateCa } from '../../src/server/ca.js';
-import { spkiPin } from '../../src/server/x509.js';
+import { spkiPinOf } from '../../src/contract/ca-pin.js';
 import { Store } from '../../src/server/store/store.js';
 import { attachSession } from '../../src/net/ws-session.js';
 import { dialConnect, httpsRequest, makeCsr, tempDir } from './helpers.js';
@@ -92,7 +92,7 @@ describe('CLI end to end: `meshlink server` as child processes', () => {
         }).on('error', rej),
       );
     });
-    expect(spkiPin(caPem)).toBe(tok.caPin);
+    expect(spkiPinOf(caPem)).toBe(tok.caPin);
     const { csrPem, keyPem } = await makeCsr('cli-node');
     const enrolled = await httpsRequest(`${ready.publicUrl}/v1/enroll`, { ca: caPem, body: { token: tok.token, csr: csrPem, agentVersion: '9.9.9' } });
     expect(enrolled.status).toBe(200);

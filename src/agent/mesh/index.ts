@@ -1,4 +1,5 @@
 import type { AgentRunner } from '../connection.js';
+import type { AgentFeature } from '../feature.js';
 import type { Logger } from '../../util/logger.js';
 import { MeshAgent, type MeshAgentOptions } from './mesh-agent.js';
 import { WireGuardApplier } from './wg-apply.js';
@@ -16,7 +17,9 @@ export const DEFAULT_INTERFACE = 'meshlink0';
 
 /**
  * Attaches the mesh to an agent runner: hello fields, the `event` handler, reconciliation on every
- * connection. Returns the MeshAgent (its close() stops a wireguard-go it started).
+ * connection, and a reconciler for the operator's `reconcile` action (its digest check, then the
+ * data plane, at once instead of at the next --reconcile-interval). Returns the MeshAgent; the
+ * caller closes it (its close() stops the reconcile timer and a wireguard-go it started).
  */
 export async function meshAgentFeature(runner: AgentRunner, ctx: { stateDir: string; logger: Logger; options?: MeshAgentFeatureOptions }): Promise<MeshAgent> {
   const options = ctx.options ?? {};
@@ -30,8 +33,22 @@ export async function meshAgentFeature(runner: AgentRunner, ctx: { stateDir: str
   runner.addHelloFields(() => mesh.helloFields());
   runner.onMessage('event', (payload, session) => void mesh.receive(payload, session));
   runner.on('connected', (session, welcome) => mesh.connected(session, welcome));
-  runner.on('state', (state: string) => {
-    if (state === 'stopped') void mesh.close();
+  runner.addReconciler(async () => {
+    const session = runner.session;
+    if (!session) return { name: 'mesh', drift: ['not connected'] };
+    const r = await mesh.reconcile(session);
+    return { name: 'mesh', drift: r.drift.map((d) => `${d.field}${d.expected !== undefined || d.actual !== undefined ? ` (expected ${d.expected ?? '-'}, was ${d.actual ?? '-'})` : ''}`) };
   });
   return mesh;
+}
+
+/** The mesh feature of `agent run`, with options the CLI has already validated. */
+export function meshFeature(options: MeshAgentFeatureOptions): AgentFeature {
+  return {
+    name: 'mesh',
+    async attach(runner, ctx) {
+      const mesh = await meshAgentFeature(runner, { stateDir: ctx.stateDir, logger: ctx.logger, options });
+      return () => mesh.close();
+    },
+  };
 }

@@ -1,13 +1,11 @@
 import type { Server } from 'node:http';
-import type { Command } from 'commander';
-import { z } from 'zod';
-import type { AgentRunExtension } from '../../cli/agent-features.js';
-import { parseMetricsListen, serveMetrics } from '../../server/metrics.js';
+import type { ListenAddress } from '../../util/listen-address.js';
 import type { Logger } from '../../util/logger.js';
+import { serveMetrics } from '../../util/metrics-listener.js';
 import type { AgentRunner } from '../connection.js';
+import type { AgentFeature } from '../feature.js';
 import { AgentMetrics } from '../metrics.js';
 import { ObservabilityUploader, type LogRecord } from './uploader.js';
-import { MeshlinkError } from '../../errors.js';
 
 /**
  * `agent run` observability: the agent's Prometheus metrics on a local port when asked
@@ -69,11 +67,6 @@ function safeFields(obj: Record<string, unknown>): Record<string, unknown> {
   return out;
 }
 
-const optionsSchema = z.object({
-  metricsListen: z.string().max(300).optional(),
-  metricsUploadInterval: z.coerce.number().int().min(1).max(86_400).default(60),
-});
-
 export interface AgentObservability {
   metrics: AgentMetrics;
   uploader: ObservabilityUploader;
@@ -85,7 +78,7 @@ export interface AgentObservability {
 export async function attachObservability(
   runner: AgentRunner,
   logger: Logger,
-  opts: { metricsListen?: string; metricsUploadIntervalMs?: number; uploadLimits?: ConstructorParameters<typeof ObservabilityUploader>[1] } = {},
+  opts: { metricsListen?: ListenAddress | null; metricsUploadIntervalMs?: number; uploadLimits?: ConstructorParameters<typeof ObservabilityUploader>[1] } = {},
 ): Promise<AgentObservability> {
   const metrics = new AgentMetrics(runner);
   const uploader = new ObservabilityUploader(() => runner.session, opts.uploadLimits);
@@ -102,9 +95,10 @@ export async function attachObservability(
   runner.once('connected', sample);
   let server: Server | null = null;
   if (opts.metricsListen) {
-    server = await serveMetrics(metrics.registry, parseMetricsListen(opts.metricsListen));
+    server = await serveMetrics(metrics.registry, opts.metricsListen);
     server.unref();
-    logger.info({ address: opts.metricsListen }, 'agent metrics listening');
+    const { host, port } = opts.metricsListen;
+    logger.info({ address: host.includes(':') ? `[${host}]:${port}` : `${host}:${port}` }, 'agent metrics listening');
   }
   return {
     metrics,
@@ -120,23 +114,20 @@ export async function attachObservability(
   };
 }
 
-export const observabilityRunExtension: AgentRunExtension = {
-  addOptions(cmd: Command) {
-    cmd.option('--metrics-listen <host:port>', 'serve the agent’s Prometheus metrics on this local address (e.g. 127.0.0.1:9465)');
-    cmd.option('--metrics-upload-interval <seconds>', 'how often the agent’s metrics are sent to the server (default 60)');
-  },
-  async attach(runner, ctx) {
-    const parsed = optionsSchema.safeParse(ctx.opts);
-    if (!parsed.success) throw new MeshlinkError('ML_ERR_CONFIG', `invalid observability option: ${parsed.error.issues[0]?.path.join('.')}: ${parsed.error.issues[0]?.message}`);
-    const o = parsed.data;
-    if (o.metricsListen) parseMetricsListen(o.metricsListen);
-    const handle = await attachObservability(runner, ctx.logger, {
-      ...(o.metricsListen ? { metricsListen: o.metricsListen } : {}),
-      metricsUploadIntervalMs: o.metricsUploadInterval * 1000,
-    });
-    runner.once('state', function onState(this: AgentRunner, s: string) {
-      if (s === 'stopped') void handle.close();
-      else runner.once('state', onState);
-    });
-  },
-};
+export interface ObservabilityFeatureOptions {
+  /** Where to serve the agent's /metrics (--metrics-listen); null: not served. */
+  metricsListen: ListenAddress | null;
+  /** How often metrics are sampled into metrics.batch (--metrics-upload-interval). */
+  metricsUploadIntervalMs: number;
+}
+
+/** The observability feature of `agent run`, with options the CLI has already validated. */
+export function observabilityFeature(options: ObservabilityFeatureOptions): AgentFeature {
+  return {
+    name: 'observability',
+    async attach(runner, ctx) {
+      const handle = await attachObservability(runner, ctx.logger, options);
+      return () => handle.close();
+    },
+  };
+}

@@ -15,20 +15,20 @@ type Record_ = InputOf<'audit.batch'>['records'][number];
 export class AuditReporter {
   readonly #uploader: ObservabilityUploader;
   readonly #log: Logger | null;
+  readonly #detach: () => void;
 
   constructor(runner: AgentRunner, logger?: Logger) {
     this.#uploader = new ObservabilityUploader(() => runner.session);
     this.#log = logger ?? null;
     const flush = (): void => this.#uploader.flush();
     runner.on('connected', flush);
-    // A stopped runner sends nothing more: drop the listener and the uploader's timer with it.
-    const onState = (state: string): void => {
-      if (state !== 'stopped') return;
-      runner.off('connected', flush);
-      runner.off('state', onState);
-      this.#uploader.close();
-    };
-    runner.on('state', onState);
+    this.#detach = () => runner.off('connected', flush);
+  }
+
+  /** Sends nothing more: drops the runner listener and the uploader's timer (the ops feature's close). */
+  close(): void {
+    this.#detach();
+    this.#uploader.close();
   }
 
   record(r: Omit<Record_, 'ts'>): void {

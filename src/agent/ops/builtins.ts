@@ -11,7 +11,7 @@ import { VERSION } from '../../version.js';
  *   own resource counts (active handles, followers, transfers), used by tests to show nothing leaks.
  * - reconcile: re-checks the agent's state against what it runs with (identity on disk vs the
  *   certificate in use, a ping round trip to the server) and runs every reconciler another feature
- *   registered (registerReconciler, e.g. the mesh); output is a JSON report, exit 1 on drift.
+ *   registered on the runner (addReconciler, e.g. the mesh); output is a JSON report, exit 1 on drift.
  */
 
 export interface BuiltinContext {
@@ -25,16 +25,6 @@ export interface BuiltinContext {
 export interface BuiltinResult {
   output: string;
   exitCode: number;
-}
-
-export type Reconciler = () => Promise<{ name: string; drift: string[] }>;
-const reconcilers = new WeakMap<AgentRunner, Reconciler[]>();
-
-/** Lets another agent feature take part in the `reconcile` action. */
-export function registerReconciler(runner: AgentRunner, fn: Reconciler): void {
-  const list = reconcilers.get(runner) ?? [];
-  list.push(fn);
-  reconcilers.set(runner, list);
 }
 
 export const BUILTIN_ACTIONS = ['ping', 'diagnostics', 'reconcile'] as const;
@@ -97,7 +87,7 @@ async function reconcile(ctx: BuiltinContext): Promise<BuiltinResult> {
       checks.push({ name: 'server', ok: false, detail: (err as Error).message });
     }
   } else checks.push({ name: 'server', ok: false, detail: 'not connected' });
-  for (const fn of reconcilers.get(ctx.runner) ?? []) {
+  for (const fn of ctx.runner.reconcilers) {
     try {
       const r = await fn();
       checks.push({ name: r.name, ok: r.drift.length === 0, detail: r.drift.length === 0 ? 'in sync' : `corrected: ${r.drift.join('; ')}` });

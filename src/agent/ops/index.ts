@@ -1,16 +1,17 @@
 import type { AgentRunner } from '../connection.js';
+import type { AgentFeature } from '../feature.js';
 import type { Logger } from '../../util/logger.js';
 import { ActionService } from './actions.js';
 import { agentLogFileOf } from './agent-log.js';
 import { AuditReporter } from './audit.js';
 import { ExecService } from './exec.js';
 import { LogTailService } from './log-tail.js';
-import { parseOpsOptions, type OpsOptionsInput } from './options.js';
+import { parseOpsOptions, type OpsOptions, type OpsOptionsInput } from './options.js';
 import { TransferService } from './transfer.js';
 import { SelfUpgrader } from './upgrade.js';
 
 export { createAgentLogger } from './agent-log.js';
-export { registerReconciler } from './builtins.js';
+export { parseOpsOptions, type OpsOptions, type OpsOptionsInput } from './options.js';
 
 /**
  * The agent's half of operations (docs/OPERATIONS.md): handlers for the server-opened streams
@@ -33,10 +34,28 @@ export interface OpsAgentHandle {
   readonly transfers: TransferService;
   readonly upgrader: SelfUpgrader | null;
   counters(): Record<string, number>;
+  /** Stops audit reporting (the feature's close). */
+  close(): void;
 }
 
+/** Validates `ctx.options` (parseOpsOptions), then attaches operations to the runner. */
 export async function opsAgentFeature(runner: AgentRunner, ctx: OpsAgentContext): Promise<OpsAgentHandle> {
-  const opts = parseOpsOptions(ctx.options, ctx.stateDir);
+  return attachOps(runner, { ...ctx, options: parseOpsOptions(ctx.options, ctx.stateDir) });
+}
+
+/** The operations feature of `agent run`, with options the CLI has already validated. */
+export function opsFeature(options: OpsOptions): AgentFeature {
+  return {
+    name: 'ops',
+    async attach(runner, ctx) {
+      const ops = await attachOps(runner, { stateDir: ctx.stateDir, logger: ctx.logger, options });
+      return () => ops.close();
+    },
+  };
+}
+
+async function attachOps(runner: AgentRunner, ctx: Omit<OpsAgentContext, 'options'> & { options: OpsOptions }): Promise<OpsAgentHandle> {
+  const opts = ctx.options;
   const log = ctx.logger.child({ component: 'ops' });
   const audit = new AuditReporter(runner, log);
   const upgrader = opts.bundlePath
@@ -64,10 +83,10 @@ export async function opsAgentFeature(runner: AgentRunner, ctx: OpsAgentContext)
   if (upgrader) {
     runner.addHelloFields(() => ({ buildId: upgrader.buildId }));
     runner.onMessage('agent.upgrade', (offer) => void upgrader.offer(offer));
-    runner.on('connected', (_session, welcome: { upgrade?: Parameters<SelfUpgrader['offer']>[0] }) => {
+    runner.on('connected', (_session, welcome) => {
       if (welcome.upgrade) void upgrader.offer(welcome.upgrade);
     });
   }
   log.info({ allowExec: opts.allowExec, transferDirs: opts.transferDirs, hooksDir: opts.hooksDir, maxActions: opts.maxActions, buildId }, 'operations ready');
-  return { buildId, actions, exec, logs, transfers, upgrader, counters };
+  return { buildId, actions, exec, logs, transfers, upgrader, counters, close: () => audit.close() };
 }

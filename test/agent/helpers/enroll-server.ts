@@ -12,7 +12,7 @@ import type { TLSSocket } from 'node:tls';
 import type { AddressInfo } from 'node:net';
 import forge from 'node-forge';
 import { createTestCa, issueCertificate, rsaKeyPair, type TestCa } from './pki.js';
-import { spkiPinOf } from '../../../src/agent/pin.js';
+import { spkiPinOf } from '../../../src/contract/ca-pin.js';
 
 export type Misbehaviour =
   | 'none'

@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { IdentityFile } from '../../../src/agent/identity.js';
-import { spkiPinOf } from '../../../src/agent/pin.js';
+import { spkiPinOf } from '../../../src/contract/ca-pin.js';
 import { createTestCa, issueCertificate, rsaKeyPair, type TestCa } from './pki.js';
 
 export interface CertPair {

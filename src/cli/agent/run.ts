@@ -1,13 +1,17 @@
 import type { Command } from 'commander';
 import { Option } from 'commander';
-import { AgentRunner } from '../agent/connection.js';
-import { resolveStateDir } from '../agent/config.js';
-import { LOG_LEVELS } from '../util/logger.js';
-import { createAgentLogger } from '../agent/ops/agent-log.js';
-import { AGENT_RUN_EXTENSIONS } from './agent-features.js';
 import { z } from 'zod';
-import { parseDuration } from '../util/duration.js';
-import { MeshlinkError } from '../errors.js';
+import { AgentRunner } from '../../agent/connection.js';
+import { resolveStateDir } from '../../agent/config.js';
+import { attachFeatures } from '../../agent/feature.js';
+import { agentFeatures } from '../../agent/features.js';
+import { createAgentLogger } from '../../agent/ops/agent-log.js';
+import { MeshlinkError } from '../../errors.js';
+import { parseDuration } from '../../util/duration.js';
+import { LOG_LEVELS } from '../../util/logger.js';
+import { addMeshFlags, parseMeshFlags } from './mesh-flags.js';
+import { addObservabilityFlags, parseObservabilityFlags } from './observability-flags.js';
+import { addOpsFlags, parseOpsFlags } from './ops-flags.js';
 
 const runFlagsSchema = z.object({
   renewBeforeMs: z.number().int().min(0),
@@ -29,10 +33,16 @@ function parseRunFlags(renewBefore: string, renewAt: string): { renewBeforeMs: n
 /** Hard deadline for a graceful stop (goaway, close, status write) after SIGTERM/SIGINT. */
 const STOP_DEADLINE_MS = 5_000;
 
-/** `meshlink agent run`: the long-running service (docs/AGENT.md, "Running"). */
+/**
+ * `meshlink agent run`: the long-running service (docs/AGENT.md, "Running"). Every flag, the
+ * features' included, is defined and parsed here; the features get frozen, typed options, attach
+ * before the first connection and close in reverse order once the runner has stopped.
+ */
 export function registerRunCommand(agent: Command, onError: (err: unknown) => void): void {
   const run = agent.command('run');
-  for (const ext of AGENT_RUN_EXTENSIONS) ext.addOptions(run);
+  addMeshFlags(run);
+  addObservabilityFlags(run);
+  addOpsFlags(run);
   run
     .description('keep the connection to the control plane (long-running; for systemd)')
     .option('--state-dir <dir>', 'state directory (default: MESHLINK_STATE_DIR or the documented default)')
@@ -43,9 +53,10 @@ export function registerRunCommand(agent: Command, onError: (err: unknown) => vo
       try {
         const renewPolicy = parseRunFlags(opts.renewBefore, opts.renewAt);
         const stateDir = resolveStateDir(opts.stateDir);
+        const features = agentFeatures({ mesh: parseMeshFlags(opts), observability: parseObservabilityFlags(opts), ops: parseOpsFlags(opts, stateDir) });
         const logger = createAgentLogger(stateDir, opts.logLevel);
         const runner = new AgentRunner({ stateDir, logger, renewPolicy: Object.freeze(renewPolicy) });
-        for (const ext of AGENT_RUN_EXTENSIONS) await ext.attach(runner, { stateDir, logger, opts });
+        const attached = await attachFeatures(runner, features, { stateDir, logger });
         const stop = (signal: string): void => {
           logger.info({ signal }, 'stopping');
           setTimeout(() => process.exit(0), STOP_DEADLINE_MS).unref();
@@ -53,7 +64,11 @@ export function registerRunCommand(agent: Command, onError: (err: unknown) => vo
         };
         process.once('SIGTERM', () => stop('SIGTERM'));
         process.once('SIGINT', () => stop('SIGINT'));
-        process.exitCode = await runner.run();
+        try {
+          process.exitCode = await runner.run();
+        } finally {
+          await attached.close();
+        }
       } catch (err) {
         onError(err);
       }

@@ -6,6 +6,10 @@ import { MeshlinkError } from '../errors.js';
  * A CA pin is `sha256:<64 lower-case hex>`: the SHA-256 of the CA certificate's
  * SubjectPublicKeyInfo DER. Pinning the key (not the whole certificate) keeps a pin valid when the
  * server re-issues its CA certificate with the same key.
+ *
+ * One module for both roles: the server computes its own pin with spkiPinOf (printed by `server
+ * token create`, stored as meta ca_pin), the agent checks the CA it is offered against the pins it
+ * was given. The two must agree byte for byte, so there is one implementation.
  */
 export const CA_PIN_PATTERN = /^sha256:[0-9a-f]{64}$/;
 

@@ -3,8 +3,8 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { assertPinned, parseCaCertificate, parseCaPin, spkiPinOf } from '../../src/agent/pin.js';
-import { createTestCa, issueCertificate, rsaKeyPair, type TestCa } from './helpers/pki.js';
+import { assertPinned, parseCaCertificate, parseCaPin, spkiPinOf } from '../../src/contract/ca-pin.js';
+import { createTestCa, issueCertificate, rsaKeyPair, type TestCa } from '../agent/helpers/pki.js';
 
 const hasOpenssl = spawnSync('openssl', ['version']).status === 0;
 const HEX64 = 'ab'.repeat(32);

@@ -1,7 +1,7 @@
 import { Command } from 'commander';
-import { registerAgentCommands } from '../../cli/agent.js';
-import { usageErrorsExit2 } from '../../cli/failure.js';
-import { VERSION } from '../../version.js';
+import { registerAgentCommands } from './agent.js';
+import { VERSION } from '../version.js';
+import { usageErrorsExit2 } from './failure.js';
 
 /**
  * Entry point of the single-file agent bundle (scripts/bundle-agent.mjs): only `meshlink agent …`,

@@ -1,0 +1,93 @@
+import type { Session } from '../protocol/session.js';
+import type { Logger } from '../util/logger.js';
+import type { AgentConnectionState, AgentRunner } from './connection.js';
+
+/**
+ * An agent feature (mesh, observability, operations, ...) attaches to a runner before it connects:
+ * it registers its message and stream handlers and hello fields, and returns how to undo that.
+ * Features get typed options that the CLI has already parsed and frozen (src/cli/agent/); they
+ * never read flags themselves.
+ *
+ * attachFeatures attaches them in order and closes them in reverse order, so a feature can rely
+ * on the ones attached before it for as long as it lives (like nested resources).
+ */
+
+/** Undoes an attach: stops timers and child processes, drops listeners. Called once. */
+export type AgentFeatureClose = () => void | Promise<void>;
+
+/** Where a feature runs: paths and logger from the run command. */
+export interface AgentFeatureBase {
+  readonly stateDir: string;
+  readonly logger: Logger;
+}
+
+/**
+ * What a feature gets besides the runner: the runner's registration methods, bound, a send that
+ * reports backpressure, and the connection status. A feature that needs no more than this should
+ * not reach into the runner.
+ */
+export interface AgentFeatureContext extends AgentFeatureBase {
+  readonly onMessage: AgentRunner['onMessage'];
+  readonly onStream: AgentRunner['onStream'];
+  readonly addHelloFields: AgentRunner['addHelloFields'];
+  readonly addReconciler: AgentRunner['addReconciler'];
+  /** False when not connected or the control queue is above its high-water mark (AgentRunner.send). */
+  readonly send: AgentRunner['send'];
+  /** The connection state and the current session (null while not connected). */
+  status(): { state: AgentConnectionState; session: Session | null };
+}
+
+export function featureContext(runner: AgentRunner, base: AgentFeatureBase): AgentFeatureContext {
+  return Object.freeze({
+    stateDir: base.stateDir,
+    logger: base.logger,
+    onMessage: runner.onMessage.bind(runner),
+    onStream: runner.onStream.bind(runner),
+    addHelloFields: runner.addHelloFields.bind(runner),
+    addReconciler: runner.addReconciler.bind(runner),
+    send: runner.send.bind(runner),
+    status: () => ({ state: runner.state, session: runner.session }),
+  });
+}
+
+export interface AgentFeature {
+  /** For logs: which feature failed to attach or close. */
+  readonly name: string;
+  attach(runner: AgentRunner, ctx: AgentFeatureContext): AgentFeatureClose | Promise<AgentFeatureClose>;
+}
+
+export interface AttachedFeatures {
+  /** Closes every attached feature, last attached first; idempotent; never rejects. */
+  close(): Promise<void>;
+}
+
+/**
+ * Attaches `features` in order. If one throws, the ones already attached are closed (in reverse
+ * order) and the error is rethrown, so a failed start leaves nothing running.
+ */
+export async function attachFeatures(runner: AgentRunner, features: readonly AgentFeature[], base: AgentFeatureBase): Promise<AttachedFeatures> {
+  const ctx = featureContext(runner, base);
+  const attached: Array<{ name: string; close: AgentFeatureClose }> = [];
+  let closing: Promise<void> | null = null;
+  const closeAll = (): Promise<void> =>
+    (closing ??= (async () => {
+      for (const f of attached.reverse()) {
+        try {
+          await f.close();
+        } catch (err) {
+          // One feature failing to close must not keep the others running.
+          ctx.logger.warn({ feature: f.name, err: { message: (err as Error)?.message ?? String(err) } }, 'agent feature failed to close');
+        }
+      }
+      attached.length = 0;
+    })());
+  for (const feature of features) {
+    try {
+      attached.push({ name: feature.name, close: await feature.attach(runner, ctx) });
+    } catch (err) {
+      await closeAll();
+      throw err;
+    }
+  }
+  return { close: closeAll };
+}

@@ -1,0 +1,19 @@
+import type { z } from 'zod';
+import { MeshlinkError } from '../../errors.js';
+
+/**
+ * Parses one feature's `agent run` flags with its schema and freezes the result. A bad value is a
+ * configuration error (exit 2) naming the feature and the flag, e.g.
+ * `invalid mesh option wgPort: Too big: expected number to be <=65535`.
+ */
+export function parseFeatureFlags<S extends z.ZodType>(feature: string, schema: S, input: unknown): Readonly<z.output<S>> {
+  const parsed = schema.safeParse(input);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    throw new MeshlinkError('ML_ERR_CONFIG', `invalid ${feature} option: ${issue?.path.join('.') ?? ''}: ${issue?.message ?? 'invalid'}`);
+  }
+  return Object.freeze(parsed.data);
+}
+
+/** commander's collector for repeatable flags. */
+export const collect = (value: string, previous: string[] = []): string[] => [...previous, value];
