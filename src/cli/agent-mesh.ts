@@ -1,7 +1,7 @@
 import { Option, type Command } from 'commander';
 import { z } from 'zod';
 import { meshAgentFeature } from '../agent/mesh/index.js';
-import { endpointSchema } from '../agent/mesh/wire.js';
+import { endpointSchema } from '../contract/mesh-events.js';
 import { parseDuration } from '../util/duration.js';
 import type { AgentRunExtension } from './agent-features.js';
 import { registerReconciler } from '../agent/ops/index.js';

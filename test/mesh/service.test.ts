@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
-import { stateDigest } from '../../src/agent/mesh/wire.js';
+import { stateDigest } from '../../src/contract/mesh-events.js';
 import { MeshService } from '../../src/server/mesh/service.js';
 import { enrollNode, recordingSession, silent, tempStore, verifies, wgKey, type SentEvent } from './helpers.js';
 

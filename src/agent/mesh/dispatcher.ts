@@ -1,5 +1,5 @@
 import type { Logger } from '../../util/logger.js';
-import type { Envelope, EventType } from './wire.js';
+import type { Envelope, EventType } from '../../contract/mesh-events.js';
 
 /**
  * Routes verified events to handlers by type. Several handlers per type run in registration order;

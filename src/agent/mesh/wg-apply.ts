@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { MeshlinkError } from '../../protocol/errors.js';
 import type { Logger } from '../../util/logger.js';
 import { KEEPALIVE_S } from './wg-config.js';
-import type { PeerInfo } from './wire.js';
+import type { PeerInfo } from '../../contract/mesh-events.js';
 
 /**
  * Applies the mesh state to a real WireGuard interface with `ip` and `wg`: creates the interface once

@@ -1,6 +1,6 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { z } from 'zod';
-import { EVENT_PAYLOAD_SCHEMAS } from '../../agent/mesh/wire.js';
+import { EVENT_PAYLOAD_SCHEMAS } from '../../contract/mesh-events.js';
 import { ERROR_CODES } from '../../protocol/errors.js';
 import type { ServerFeature, ServerFeatureContext } from '../feature.js';
 import { ServerError } from '../errors.js';

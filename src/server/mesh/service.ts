@@ -9,7 +9,7 @@ import {
   type EventType,
   type MeshState,
   type PeerInfo,
-} from '../../agent/mesh/wire.js';
+} from '../../contract/mesh-events.js';
 import { MeshStore, type MeshNodeRow, type StoredEvent } from '../store/mesh-store.js';
 import type { Store } from '../store/store.js';
 import { allocateAddress, inRange, intToIp, parseMeshRange, type MeshRange } from './addresses.js';
