@@ -10,7 +10,7 @@ import { MeshError } from '../server/mesh/errors.js';
 import { storedPolicy, storePolicy, tagNode } from '../server/mesh/operator.js';
 import { parsePolicy, POLICY_MAX_BYTES, type Policy } from '../server/mesh/policy.js';
 import type { FeedEntry } from '../server/mesh/service.js';
-import { MeshStore } from '../server/store/mesh-store.js';
+import { MeshStore } from '../server/mesh/store.js';
 import { Store } from '../server/store/store.js';
 
 /**

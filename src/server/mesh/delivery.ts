@@ -1,6 +1,6 @@
 import type { Session } from '../../protocol/session.js';
 import type { Logger } from '../../util/logger.js';
-import type { StoredEvent } from '../store/mesh-store.js';
+import type { StoredEvent } from './store.js';
 import type { EventLog, Outgoing } from './event-log.js';
 
 /**

@@ -1,5 +1,5 @@
 import { encodeEnvelope, type EventType } from '../../contract/mesh-events.js';
-import type { MeshStore, StoredEvent } from '../store/mesh-store.js';
+import type { MeshStore, StoredEvent } from './store.js';
 import type { MeshFeed } from './feed.js';
 import type { SecretBox } from './secret-box.js';
 import { signBytes, type SigningKey } from './signer.js';

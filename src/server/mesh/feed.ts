@@ -1,6 +1,6 @@
 import type { PayloadOf } from '../../protocol/registry.js';
 import type { EventType } from '../../contract/mesh-events.js';
-import type { MeshStore } from '../store/mesh-store.js';
+import type { MeshStore } from './store.js';
 
 /**
  * The operator feed (`meshlink server mesh events tail`): every event appended and every drift report,

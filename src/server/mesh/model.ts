@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import type { Logger } from '../../util/logger.js';
-import type { MeshNodeRow, MeshStore } from '../store/mesh-store.js';
+import type { MeshNodeRow, MeshStore } from './store.js';
 import { allocateAddress, inRange, intToIp, type MeshRange } from './addresses.js';
 import { announcedPeerOf, pairKey, type Announced, type MeshInputs, type ViewChange } from './desired-state.js';
 import { MeshError } from './errors.js';

@@ -2,7 +2,7 @@ import type { Session } from '../../protocol/session.js';
 import type { PayloadOf } from '../../protocol/registry.js';
 import type { Logger } from '../../util/logger.js';
 import { stateDigest, type EventPayload, type EventType, type MeshState } from '../../contract/mesh-events.js';
-import { MeshStore } from '../store/mesh-store.js';
+import { MeshStore } from './store.js';
 import type { Store } from '../store/store.js';
 import { intToIp, parseMeshRange, type MeshRange } from './addresses.js';
 import { EventDelivery, type Delivery } from './delivery.js';
