@@ -8,7 +8,7 @@ import { adminSocketPath, parseServerConfig, storePath } from '../server/config.
 import { storedPolicy, storePolicy, tagNode } from '../server/mesh/operator.js';
 import { parsePolicy, POLICY_MAX_BYTES, type Policy } from '../server/mesh/policy.js';
 import type { FeedEntry } from '../server/mesh/service.js';
-import { MeshStore } from '../server/store/mesh-store.js';
+import { MeshStore } from '../server/mesh/store.js';
 import { Store } from '../server/store/store.js';
 import { MeshlinkError } from '../errors.js';
 

@@ -8,7 +8,8 @@ import { EventVerifier } from '../../src/agent/mesh/verifier.js';
 import { parseWgDump } from '../../src/agent/mesh/wg-apply.js';
 import { renderWgQuick } from '../../src/agent/mesh/wg-config.js';
 import { generateWgKeyPair, loadOrCreateWgKey, wgPublicKey } from '../../src/agent/mesh/wg-keys.js';
-import { encodeEnvelope, rawEd25519PublicKey, signingKeyId, type Envelope } from '../../src/agent/mesh/wire.js';
+import { rawEd25519PublicKey, signingKeyId } from '../../src/contract/ed25519.js';
+import { encodeEnvelope, type Envelope } from '../../src/contract/mesh-events.js';
 import { createLogger } from '../../src/util/logger.js';
 import { tempDir } from '../server/helpers.js';
 

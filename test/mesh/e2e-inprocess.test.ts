@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AgentRunner } from '../../src/agent/connection.js';
 import { enroll } from '../../src/agent/enroll.js';
 import { meshAgentFeature, type MeshAgent } from '../../src/agent/mesh/index.js';
-import { encodeEnvelope, type Envelope } from '../../src/agent/mesh/wire.js';
+import { encodeEnvelope, type Envelope } from '../../src/contract/mesh-events.js';
 import { createMeshFeature } from '../../src/server/mesh/index.js';
 import { createTaggedToken } from '../../src/server/mesh/operator.js';
 import type { MeshService } from '../../src/server/mesh/service.js';

@@ -5,7 +5,8 @@ import { join } from 'node:path';
 import type { Session } from '../../src/protocol/session.js';
 import { Store } from '../../src/server/store/store.js';
 import { createToken, hashToken } from '../../src/server/tokens.js';
-import { decodeEnvelope, verifyEd25519, type Envelope } from '../../src/agent/mesh/wire.js';
+import { verifyEd25519 } from '../../src/contract/ed25519.js';
+import { decodeEnvelope, type Envelope } from '../../src/contract/mesh-events.js';
 import { createLogger } from '../../src/util/logger.js';
 
 export const silent = createLogger({ name: 'test', level: 'silent' });

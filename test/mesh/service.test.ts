@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
-import { stateDigest } from '../../src/agent/mesh/wire.js';
+import { stateDigest } from '../../src/contract/mesh-events.js';
 import { MeshService } from '../../src/server/mesh/service.js';
 import { enrollNode, recordingSession, silent, tempStore, verifies, wgKey, type SentEvent } from './helpers.js';
 
@@ -268,7 +268,7 @@ describe('mesh migration 101', () => {
   it('moves each node’s announced peers from the JSON column into one row per peer', async () => {
     const { default: Database } = await import('better-sqlite3');
     const { MIGRATIONS } = await import('../../src/server/store/migrations.js');
-    const { MESH_MIGRATIONS } = await import('../../src/server/store/migrations-mesh.js');
+    const { MESH_MIGRATIONS } = await import('../../src/server/mesh/migrations.js');
     const db = new Database(':memory:');
     for (const m of [...MIGRATIONS, ...MESH_MIGRATIONS].filter((m) => m.version < 101)) db.exec(m.sql);
     db.prepare("INSERT INTO nodes (id, hostname, created_at) VALUES ('a', 'a', 0), ('b', 'b', 0), ('c', 'c', 0)").run();

@@ -1,6 +1,6 @@
 import { HandlerRegistry } from '../../protocol/handler-registry.js';
 import type { Logger } from '../../util/logger.js';
-import type { Envelope, EventType } from './wire.js';
+import type { Envelope, EventType } from '../../contract/mesh-events.js';
 
 /**
  * Routes verified events to handlers by type. Several handlers per type run in registration order;

@@ -9,7 +9,7 @@ import { EventVerifier } from './verifier.js';
 import { DEFAULT_WG_PORT, writeWgQuick, WG_CONFIG_FILE } from './wg-config.js';
 import { generateWgKeyPair, loadOrCreateWgKey, saveWgKey, type WgKeyPair } from './wg-keys.js';
 import type { DriftItem, WireGuardApplier } from './wg-apply.js';
-import { decodeEnvelope, meshStateSchema, stateDigest, type Envelope, type MeshState, type PeerInfo } from './wire.js';
+import { decodeEnvelope, meshStateSchema, stateDigest, type Envelope, type MeshState, type PeerInfo } from '../../contract/mesh-events.js';
 import { join } from 'node:path';
 
 /**

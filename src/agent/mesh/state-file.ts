@@ -2,7 +2,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { writeFileAtomic } from '../../util/atomic-file.js';
-import { meshStateSchema, type MeshState } from './wire.js';
+import { meshStateSchema, type MeshState } from '../../contract/mesh-events.js';
 
 /**
  * What the agent has applied, persisted after every applied event so that `lastEventSeq` in hello is

@@ -1,5 +1,5 @@
 import type { KeyObject } from 'node:crypto';
-import { ed25519PublicKey, verifyEd25519 } from './wire.js';
+import { ed25519PublicKey, verifyEd25519 } from '../../contract/ed25519.js';
 
 /**
  * Which Ed25519 keys the agent accepts for events. Keys arrive in `welcome.eventKeys` (trusted as far

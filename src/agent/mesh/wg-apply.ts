@@ -1,11 +1,11 @@
+import { MeshlinkError } from '../../errors.js';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Logger } from '../../util/logger.js';
 import { KEEPALIVE_S } from './wg-config.js';
-import type { PeerInfo } from './wire.js';
-import { MeshlinkError } from '../../errors.js';
+import type { PeerInfo } from '../../contract/mesh-events.js';
 
 /**
  * Applies the mesh state to a real WireGuard interface with `ip` and `wg`: creates the interface once
@@ -16,12 +16,18 @@ import { MeshlinkError } from '../../errors.js';
  * read them from /dev/stdin when stdin is a socket, as it is under Node).
  */
 
+export class WireGuardError extends MeshlinkError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('ML_ERR_WIREGUARD', message, options);
+  }
+}
+
 export type CommandRunner = (cmd: string, args: string[]) => Promise<string>;
 
 export const runCommand: CommandRunner = (cmd, args) =>
   new Promise((resolve, reject) => {
     const child = execFile(cmd, args, { timeout: 10_000, maxBuffer: 16 * 1024 * 1024 }, (err, stdout, stderr) => {
-      if (err) reject(new MeshlinkError('ML_ERR_WIREGUARD', `${cmd} ${args.slice(0, 4).join(' ')} failed: ${String(stderr).trim() || err.message}`, { cause: err }));
+      if (err) reject(new WireGuardError(`${cmd} ${args.slice(0, 4).join(' ')} failed: ${String(stderr).trim() || err.message}`, { cause: err }));
       else resolve(stdout);
     });
     child.stdin?.on('error', () => {});
@@ -158,7 +164,7 @@ export class WireGuardApplier {
     child.stdout!.on('data', collect);
     child.stderr!.on('data', collect);
     const spawned = new Promise<void>((resolve, reject) => {
-      child.once('error', (err) => reject(new MeshlinkError('ML_ERR_WIREGUARD', `cannot start wireguard-go: ${err.message}`, { cause: err })));
+      child.once('error', (err) => reject(new WireGuardError(`cannot start wireguard-go: ${err.message}`, { cause: err })));
       child.once('spawn', () => resolve());
     });
     await spawned;
@@ -179,7 +185,7 @@ export class WireGuardApplier {
       if (child.exitCode !== null) break;
       await new Promise((r) => setTimeout(r, 50));
     }
-    throw new MeshlinkError('ML_ERR_WIREGUARD', `wireguard-go did not create ${dev}: ${stderr.trim() || 'no output'}`);
+    throw new WireGuardError(`wireguard-go did not create ${dev}: ${stderr.trim() || 'no output'}`);
   }
 
   async actualPeers(): Promise<ActualPeer[]> {

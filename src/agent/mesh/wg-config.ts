@@ -1,6 +1,6 @@
 import { join } from 'node:path';
 import { writeFileAtomic } from '../../util/atomic-file.js';
-import type { MeshState } from './wire.js';
+import type { MeshState } from '../../contract/mesh-events.js';
 
 /**
  * The desired WireGuard configuration in wg-quick format (`<stateDir>/wg-meshlink.conf`, mode 0600:

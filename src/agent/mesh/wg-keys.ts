@@ -2,7 +2,7 @@ import { createPrivateKey, createPublicKey, generateKeyPairSync } from 'node:cry
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { writeFileAtomic } from '../../util/atomic-file.js';
-import { wgKeySchema } from './wire.js';
+import { wgKeySchema } from '../../contract/mesh-events.js';
 
 /**
  * WireGuard keys: X25519 from node:crypto, written as `wg genkey` / `wg pubkey` do (base64 of the raw

@@ -1,7 +1,7 @@
 import { Option, type Command } from 'commander';
 import { z } from 'zod';
 import type { MeshAgentFeatureOptions } from '../../agent/mesh/index.js';
-import { endpointSchema } from '../../agent/mesh/wire.js';
+import { endpointSchema } from '../../contract/mesh-events.js';
 import { parseDuration } from '../../util/duration.js';
 import { collect, parseFeatureFlags } from './flags.js';
 

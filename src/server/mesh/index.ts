@@ -1,7 +1,7 @@
-import { ERRORS, MeshlinkError } from '../../errors.js';
+import { MeshlinkError, ERRORS } from '../../errors.js';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { z } from 'zod';
-import { EVENT_PAYLOAD_SCHEMAS } from '../../agent/mesh/wire.js';
+import { EVENT_PAYLOAD_SCHEMAS } from '../../contract/mesh-events.js';
 import type { Session } from '../../protocol/session.js';
 import type { AgentHandle } from '../agent-sessions.js';
 import type { ServerFeature, ServerFeatureContext } from '../feature.js';
@@ -51,8 +51,8 @@ export function createMeshFeature(options: MeshFeatureOptions = {}): ServerFeatu
     const log = ctx.logger.child({ component: 'mesh' });
     // Sealed with the same passphrase as the CA key (the caller's, else MESHLINK_CA_PASSPHRASE).
     const mesh = await MeshService.open(ctx.store, ctx.logger, { ...options, passphrase: options.passphrase ?? ctx.passphrase });
-    // TRANSITIONAL: the mesh still delivers on raw sessions until its delivery module sends through
-    // the AgentSessions facade (issue 11, the service split).
+    // TRANSITIONAL: the mesh's delivery module still sends on raw sessions (with backpressure) until it
+    // sends through the AgentSessions facade (issue 11).
     const sessionOf = (agent: AgentHandle | undefined): Session | undefined => (agent as ConnectedAgent | undefined)?.session;
     mesh.setDelivery({ sessionOf: (id) => sessionOf(ctx.sessions.current(id)) });
     ctx.questions.answer('meshEventCreatedAt', (nodeId, seq) => mesh.eventCreatedAt(nodeId, seq));
@@ -92,7 +92,6 @@ export function createMeshFeature(options: MeshFeatureOptions = {}): ServerFeatu
     const sweepTimer = setInterval(() => void mesh.sweepAndRecompute(), options.sweepIntervalMs ?? 1_000);
     sweepTimer.unref();
 
-    // Mesh errors carry their own HTTP status (src/errors.ts), so the admin server answers them as they are.
     const route = (key: string, handler: (req: IncomingMessage, res: ServerResponse) => Promise<void>): void => ctx.admin.add(key, handler);
 
     route('GET /v1/mesh/policy', async (_req, res) => sendJson(res, 200, { policy: mesh.policy, policyId: policyId(mesh.policy) }));

@@ -1,4 +1,4 @@
-import { MeshStore } from '../store/mesh-store.js';
+import { MeshStore } from './store.js';
 import type { Store } from '../store/store.js';
 import { intToIp } from './addresses.js';
 

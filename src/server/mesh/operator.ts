@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { createEnrollmentToken, resolveNode, type TokenCreation } from '../nodes.js';
-import { MeshStore } from '../store/mesh-store.js';
+import { MeshStore } from './store.js';
 import type { Store } from '../store/store.js';
 import { hashToken } from '../tokens.js';
 import { policyId, TAG_RE, validatePolicy, type Policy } from './policy.js';

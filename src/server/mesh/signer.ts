@@ -1,5 +1,5 @@
-import { createPrivateKey, createPublicKey, generateKeyPairSync, sign, type KeyObject } from 'node:crypto';
-import { rawEd25519PublicKey, signingKeyId } from '../../agent/mesh/wire.js';
+import { createPrivateKey, generateKeyPairSync, type KeyObject } from 'node:crypto';
+import { rawEd25519PublicKeyOf, signEd25519, signingKeyId } from '../../contract/ed25519.js';
 
 /**
  * The server's Ed25519 event-signing key. Private halves are kept sealed in the store (SecretBox);
@@ -15,18 +15,18 @@ export interface SigningKey {
 }
 
 export function generateSigningKey(now = Date.now()): SigningKey & { pkcs8: Buffer } {
-  const { privateKey, publicKey } = generateKeyPairSync('ed25519');
-  const raw = rawEd25519PublicKey(publicKey.export({ format: 'der', type: 'spki' }));
+  const { privateKey } = generateKeyPairSync('ed25519');
+  const raw = rawEd25519PublicKeyOf(privateKey);
   return { keyId: signingKeyId(raw), publicKey: Buffer.from(raw), privateKey, createdAt: now, pkcs8: privateKey.export({ format: 'der', type: 'pkcs8' }) };
 }
 
 export function signingKeyFromPkcs8(pkcs8: Buffer, createdAt: number): SigningKey {
   const privateKey = createPrivateKey({ key: pkcs8, format: 'der', type: 'pkcs8' });
-  const raw = rawEd25519PublicKey(createPublicKey(privateKey).export({ format: 'der', type: 'spki' }));
+  const raw = rawEd25519PublicKeyOf(privateKey);
   return { keyId: signingKeyId(raw), publicKey: Buffer.from(raw), privateKey, createdAt };
 }
 
-/** Ed25519 over exactly `bytes` (node:crypto; no pre-hash). */
+/** Ed25519 over exactly `bytes` with the key's private half. */
 export function signBytes(key: SigningKey, bytes: Uint8Array): Buffer {
-  return sign(null, bytes, key.privateKey);
+  return signEd25519(key.privateKey, bytes);
 }

@@ -1,12 +1,17 @@
 import { chmodSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import { MIGRATIONS, type Migration } from './migrations.js';
-import { MESH_MIGRATIONS } from './migrations-mesh.js';
+import { MESH_MIGRATIONS } from '../mesh/migrations.js';
 import { OPS_MIGRATIONS } from './migrations-ops.js';
 import { OBSERVABILITY_MIGRATIONS } from './migrations-observability.js';
 import { MeshlinkError } from '../../errors.js';
 
-/** Core migrations are versions 1–99, mesh 100–199, operations 200–299. */
+/**
+ * Core migrations are versions 1–99, mesh 100–199, operations 200–299. The mesh list is the mesh
+ * feature's own (src/server/mesh/migrations.ts); it is still gathered here until the composition root
+ * hands every feature's list to Store.open (every opener, the CLI's offline paths included, must then
+ * pass the same lists, or a store written with them reads as "newer version").
+ */
 export const ALL_MIGRATIONS: readonly Migration[] = [...MIGRATIONS, ...MESH_MIGRATIONS, ...OPS_MIGRATIONS, ...OBSERVABILITY_MIGRATIONS];
 
 /**

@@ -1,7 +1,7 @@
 import type Database from 'better-sqlite3';
 
 /**
- * All SQL of the mesh feature (tables in migrations-mesh.ts). Synchronous, like store.ts: short
+ * All SQL of the mesh feature (tables in ./migrations.ts). Synchronous, like ../store/store.ts: short
  * indexed statements; fan-out writes for many nodes go in one transaction (see `transaction`).
  */
 

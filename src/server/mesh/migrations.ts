@@ -1,6 +1,6 @@
-import type { Migration } from './migrations.js';
+import type { Migration } from '../store/migrations.js';
 
-/** Schema migrations of the mesh feature: versions 100–199, append only (see migrations.ts). */
+/** Schema migrations of the mesh feature: versions 100–199, append only (see ../store/migrations.ts). */
 export const MESH_MIGRATIONS: readonly Migration[] = [
   {
     version: 100,

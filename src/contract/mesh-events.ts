@@ -1,4 +1,4 @@
-import { createHash, createPublicKey, verify as cryptoVerify, type KeyObject } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { Decoder, Encoder } from '@msgpack/msgpack';
 import { z } from 'zod';
 
@@ -6,8 +6,9 @@ import { z } from 'zod';
  * The mesh event format both sides agree on (docs/MESH.md): event types and their payload schemas,
  * the envelope {seq, type, ts, payload} and the state digest used by reconciliation.
  *
- * It lives on the agent side because the agent is the party that must validate every byte it is
- * handed; the server imports it to build exactly what the agent will accept.
+ * Neither side owns it: the server builds exactly what the agent will accept, the agent validates every
+ * byte it is handed against the same schemas. The Ed25519 signature over the envelope bytes is in
+ * ./ed25519.ts.
  */
 
 export const EVENT_TYPES = [
@@ -101,31 +102,6 @@ export function decodeEnvelope(bytes: Uint8Array): DecodedEnvelope {
   const type = raw.type as EventType;
   const payload = EVENT_PAYLOAD_SCHEMAS[type].parse(raw.payload);
   return { known: true, envelope: { seq: raw.seq, type, ts: raw.ts, payload } as Envelope };
-}
-
-/** Key id of an Ed25519 public key: first 16 hex digits of SHA-256 over the raw 32 bytes. */
-export function signingKeyId(rawPublicKey: Uint8Array): string {
-  return createHash('sha256').update(rawPublicKey).digest('hex').slice(0, 16);
-}
-
-const ED25519_SPKI_PREFIX = Buffer.from('302a300506032b6570032100', 'hex');
-
-/** A raw 32-byte Ed25519 public key as a KeyObject (build once per key: it costs more than a verify). */
-export function ed25519PublicKey(rawPublicKey: Uint8Array): KeyObject {
-  if (rawPublicKey.byteLength !== 32) throw new Error('an Ed25519 public key has 32 bytes');
-  return createPublicKey({ key: Buffer.concat([ED25519_SPKI_PREFIX, rawPublicKey]), format: 'der', type: 'spki' });
-}
-
-/** Verifies an Ed25519 signature over exactly `bytes` with a public key (raw 32 bytes or a KeyObject). */
-export function verifyEd25519(key: Uint8Array | KeyObject, bytes: Uint8Array, signature: Uint8Array): boolean {
-  if (signature.byteLength !== 64) return false;
-  if (key instanceof Uint8Array && key.byteLength !== 32) return false;
-  return cryptoVerify(null, bytes, key instanceof Uint8Array ? ed25519PublicKey(key) : key, signature);
-}
-
-export function rawEd25519PublicKey(spkiDer: Buffer): Buffer {
-  if (spkiDer.length !== 44 || !spkiDer.subarray(0, 12).equals(ED25519_SPKI_PREFIX)) throw new Error('not an Ed25519 SPKI');
-  return spkiDer.subarray(12);
 }
 
 /**

@@ -1,0 +1,200 @@
+import { MeshlinkError } from '../../errors.js';
+import { randomBytes } from 'node:crypto';
+import type { Logger } from '../../util/logger.js';
+import type { MeshNodeRow, MeshStore } from './store.js';
+import { allocateAddress, inRange, intToIp, type MeshRange } from './addresses.js';
+import { announcedPeerOf, pairKey, type Announced, type MeshInputs, type ViewChange } from './desired-state.js';
+import { permittedPeers, type Policy } from './policy.js';
+import type { SecretBox } from './secret-box.js';
+
+/**
+ * The mesh model in memory, kept in step with the store: the nodes (address, tags, WireGuard key,
+ * endpoints, event seq, what each was told), who may talk to whom, and the pairs' PSKs. It is the
+ * input of desired-state.ts; every write here also goes to the store, inside the caller's
+ * transaction where there is one.
+ */
+
+export interface ModelNode {
+  id: string;
+  hostname: string;
+  tags: string[];
+  meshIp: number;
+  publicKey: string | null;
+  endpoints: string[];
+  observedAddr: string | null;
+  lastSeq: number;
+  announced: Announced | null;
+  ackedSeq: number;
+}
+
+export class MeshModel implements MeshInputs {
+  readonly nodes = new Map<string, ModelNode>();
+  readonly psks = new Map<string, Buffer>();
+  /** Recomputed from tags and policy by a full recompute (`permit`). */
+  permitted = new Map<string, Set<string>>();
+  readonly #db: MeshStore;
+  readonly #box: SecretBox;
+  readonly #range: MeshRange;
+  readonly #log: Logger;
+
+  constructor(db: MeshStore, box: SecretBox, range: MeshRange, log: Logger) {
+    this.#db = db;
+    this.#box = box;
+    this.#range = range;
+    this.#log = log;
+  }
+
+  get cidr(): string {
+    return this.#range.cidr;
+  }
+
+  /** Loads nodes, their announced views and the PSKs from the store. */
+  load(): void {
+    for (const row of this.#db.meshNodes()) {
+      if (!inRange(this.#range, row.meshIp)) {
+        throw new MeshlinkError('ML_ERR_MESH_CIDR', `the mesh range ${this.#range.cidr} does not hold ${intToIp(row.meshIp)}, already assigned to node ${row.nodeId}`);
+      }
+      this.nodes.set(row.nodeId, modelOf(row));
+    }
+    for (const r of this.#db.announcedPeers()) {
+      this.nodes.get(r.nodeId)?.announced?.peers.set(r.peerId, { meshIp: r.meshIp, publicKey: r.publicKey, endpoints: r.endpoints, pskTag: r.pskTag });
+    }
+    for (const p of this.#db.psks()) this.psks.set(pairKey(p.a, p.b), this.#box.open(p.sealed, `psk:${pairKey(p.a, p.b)}`));
+  }
+
+  /**
+   * Brings the model in line with the node table: live nodes without an address get one (enrollment),
+   * removed nodes lose theirs (freed) with their PSKs and event log. Returns true when something
+   * changed; the caller recomputes.
+   */
+  sweep(): boolean {
+    const added = this.#db.nodesWithoutMesh();
+    const removed = this.#db.removedMeshNodes();
+    if (added.length === 0 && removed.length === 0) return false;
+    this.#db.transaction(() => {
+      for (const id of removed) {
+        this.#db.deleteMeshNode(id);
+        this.nodes.delete(id);
+        for (const key of [...this.psks.keys()]) if (key.startsWith(`${id}\u0000`) || key.endsWith(`\u0000${id}`)) this.psks.delete(key);
+      }
+      if (added.length > 0) {
+        const used = this.#db.usedAddresses();
+        for (const id of added) {
+          const ip = allocateAddress(this.#range, used);
+          used.add(ip);
+          this.#db.insertMeshNode(id, ip);
+        }
+      }
+    });
+    // Reload the rows of the added nodes (hostname, tags come from the node table).
+    if (added.length > 0) {
+      const wanted = new Set(added);
+      for (const row of this.#db.meshNodes()) if (wanted.has(row.nodeId)) this.nodes.set(row.nodeId, modelOf(row));
+    }
+    if (removed.length > 0) this.#log.info({ removed }, 'nodes left the mesh; addresses freed');
+    if (added.length > 0) this.#log.info({ added: added.length }, 'mesh addresses assigned');
+    return true;
+  }
+
+  /** Who may talk to whom under `policy`, from the nodes' current tags (O(n²) for a full mesh). */
+  permit(policy: Policy | null): void {
+    this.permitted = permittedPeers([...this.nodes.values()], policy);
+  }
+
+  /**
+   * Ensures a PSK for every permitted pair whose two nodes have reported a WireGuard key (only those
+   * appear in a desired state), and drops the PSKs of pairs no longer permitted. Pairs of nodes that
+   * never connected get none: a burst of enrollments into a large mesh would otherwise create
+   * (and seal and store) n² keys nobody can use yet, blocking the server for seconds.
+   */
+  syncPsks(now: number, onlyNodes?: ReadonlySet<string>): void {
+    const wanted = new Set<string>();
+    const keyed = (id: string): boolean => Boolean(this.nodes.get(id)?.publicKey);
+    if (onlyNodes !== undefined) {
+      // Some nodes' keys appeared or changed: only their pairs can need a new PSK, and none is dropped.
+      for (const a of onlyNodes) {
+        if (!keyed(a)) continue;
+        for (const b of this.permitted.get(a) ?? []) if (keyed(b)) wanted.add(pairKey(a, b));
+      }
+    } else {
+      for (const [a, set] of this.permitted) {
+        if (!keyed(a)) continue;
+        for (const b of set) if (a < b && keyed(b)) wanted.add(pairKey(a, b));
+      }
+    }
+    if (onlyNodes === undefined) for (const key of [...this.psks.keys()]) {
+      if (!wanted.has(key)) {
+        const [a, b] = key.split('\u0000') as [string, string];
+        this.#db.deletePsk(a, b);
+        this.psks.delete(key);
+      }
+    }
+    for (const key of wanted) {
+      if (this.psks.has(key)) continue;
+      const psk = randomBytes(32);
+      const [a, b] = key.split('\u0000') as [string, string];
+      this.#db.insertPsk(a, b, this.#box.seal(psk, `psk:${key}`), now);
+      this.psks.set(key, psk);
+    }
+  }
+
+  /** Records what the events of `change` told the node, with its seq (inside the caller's transaction). */
+  recordView(node: ModelNode, change: ViewChange): void {
+    if (change.snapshot) this.#db.deleteAnnouncedOf(node.id);
+    else for (const id of change.removed) this.#db.deleteAnnouncedPeer(node.id, id);
+    node.announced = applyViewChange(node.announced, change);
+    for (const p of change.snapshot?.peers ?? change.upserts) this.#db.upsertAnnouncedPeer(node.id, p.nodeId, node.announced.peers.get(p.nodeId)!);
+    this.#db.setAnnounced(node.id, JSON.stringify({ meshIp: node.announced.meshIp, cidr: node.announced.cidr }), node.lastSeq);
+  }
+
+  /** Records the WireGuard facts a node reported (key, endpoints, the address it connected from). */
+  updateWg(node: ModelNode, publicKey: string | null, endpoints: readonly string[], observedAddr: string | null): void {
+    node.publicKey = publicKey;
+    node.endpoints = [...endpoints];
+    node.observedAddr = observedAddr;
+    this.#db.updateWg(node.id, publicKey, node.endpoints, observedAddr);
+  }
+
+  /** Writes a node's event seq (after appends that do not change its view). */
+  saveSeq(node: ModelNode): void {
+    this.#db.setLastSeq(node.id, node.lastSeq);
+  }
+}
+
+/**
+ * A node's view after the events of `change`: a snapshot replaces it; otherwise the upserts and
+ * removals are applied to `view` in place (a view can hold thousands of peers; copying it for every
+ * change of a recompute would cost O(n²) per recompute).
+ */
+export function applyViewChange(view: Announced | null, change: ViewChange): Announced {
+  if (change.snapshot) {
+    const fresh: Announced = { meshIp: change.snapshot.meshIp, cidr: change.snapshot.cidr, peers: new Map() };
+    for (const p of change.snapshot.peers) fresh.peers.set(p.nodeId, announcedPeerOf(p));
+    return fresh;
+  }
+  if (view === null) throw new Error('a view change without a snapshot needs a view to apply to');
+  for (const p of change.upserts) view.peers.set(p.nodeId, announcedPeerOf(p));
+  for (const id of change.removed) view.peers.delete(id);
+  return view;
+}
+
+function modelOf(row: MeshNodeRow): ModelNode {
+  return {
+    id: row.nodeId,
+    hostname: row.hostname,
+    tags: row.tags,
+    meshIp: row.meshIp,
+    publicKey: row.wgPublicKey,
+    endpoints: row.endpoints,
+    observedAddr: row.observedAddr,
+    lastSeq: row.lastSeq,
+    announced: announcedHead(row.announced),
+    ackedSeq: 0,
+  };
+}
+
+/** mesh_nodes.announced: the node's own part of its view; its peers are loaded from their rows. */
+function announcedHead(json: string): Announced | null {
+  const head = JSON.parse(json) as { meshIp: string; cidr: string } | null;
+  return head === null ? null : { meshIp: head.meshIp, cidr: head.cidr, peers: new Map() };
+}
