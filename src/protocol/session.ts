@@ -70,9 +70,11 @@ export type SessionState = 'handshaking' | 'open' | 'closed';
 
 type RequestKind = 'cert.renew' | 'state.request';
 type ResponseOf<N extends RequestKind> = N extends 'cert.renew' ? PayloadOf<'cert.renewed'> : PayloadOf<'state.response'>;
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- each handler takes its own kind's payload
 type RequestHandler = (payload: any) => Promise<Record<string, unknown>> | Record<string, unknown>;
 
 interface PendingRequest {
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- resolves the awaited kind's response type
   resolve: (value: any) => void;
   reject: (err: Error) => void;
   timer: unknown;

@@ -236,6 +236,7 @@ export class MuxStream extends Duplex {
   }
 
   /** Counts written bytes, so that typed messages keep their place behind earlier writes. */
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- Writable.write's own signature, all overloads in one
   override write(chunk: any, encoding?: any, cb?: any): boolean {
     if (typeof chunk === 'string') this.#writtenBytes += Buffer.byteLength(chunk, typeof encoding === 'string' ? (encoding as BufferEncoding) : 'utf8');
     else if (chunk && typeof (chunk as Uint8Array).byteLength === 'number') this.#writtenBytes += (chunk as Uint8Array).byteLength;
