@@ -1,11 +1,12 @@
 #!/usr/bin/env node
 // Builds the single-file agent bundle: dist/meshlink-agent.mjs (esbuild, ESM, Node 20).
-//   node scripts/bundle-agent.mjs [--out FILE] [--marker TEXT]
+//   node scripts/bundle-agent.mjs [--out FILE] [--marker TEXT] [--metafile FILE]
 // The bundle's build id is the SHA-256 of the file (printed on the last line as JSON), which is
 // what `meshlink server upgrade set` offers and what the agent compares; --marker adds a comment so
-// tests can make a second, different build from the same sources.
+// tests can make a second, different build from the same sources. --metafile writes esbuild's list of
+// the bundle's inputs and their imports (JSON), which test/architecture/agent-bundle.test.ts reads.
 import { createHash } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { build } from 'esbuild';
@@ -18,6 +19,7 @@ const opt = (name, fallback) => {
 };
 const out = resolve(opt('--out', resolve(root, 'dist/meshlink-agent.mjs')));
 const marker = opt('--marker', '');
+const metafile = opt('--metafile', '');
 const version = JSON.parse(readFileSync(resolve(root, 'package.json'), 'utf8')).version;
 
 // version.ts reads package.json next to itself; a bundle has none, so the version is baked in.
@@ -28,7 +30,7 @@ const versionPlugin = {
   },
 };
 
-await build({
+const result = await build({
   entryPoints: [resolve(root, 'src/cli/agent-bundle.ts')],
   outfile: out,
   bundle: true,
@@ -49,6 +51,8 @@ await build({
   plugins: [versionPlugin],
   legalComments: 'none',
   logLevel: 'warning',
+  metafile: metafile !== '',
 });
+if (metafile) writeFileSync(resolve(metafile), JSON.stringify(result.metafile));
 const sha256 = createHash('sha256').update(readFileSync(out)).digest('hex');
 process.stdout.write(JSON.stringify({ bundle: out, version, buildId: sha256, sha256 }) + '\n');

@@ -114,6 +114,7 @@ interface KindOptions {
   readonly onStream?: StreamPart;
 }
 
+// eslint-disable-next-line @typescript-eslint/no-empty-object-type -- no options: the literal type of an empty options object
 function kind<const N extends string, S extends z.ZodType, const O extends KindOptions = {}>(
   code: number,
   name: N,

@@ -85,9 +85,11 @@ export type SessionState = 'handshaking' | 'open' | 'closed';
 type ResponseOf<N extends RequestKindName> = PayloadOf<ResponseKindOf<N>>;
 /** What a request handler returns: its response's payload without `rid`, which the session adds. */
 type ResponseInput<N extends RequestKindName> = Omit<InputOf<ResponseKindOf<N>>, 'rid'>;
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- each handler takes its own kind's payload
 type RequestHandler = (payload: any) => Promise<Record<string, unknown>> | Record<string, unknown>;
 
 interface PendingRequest {
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- resolves the awaited kind's response type
   resolve: (value: any) => void;
   reject: (err: Error) => void;
   timer: unknown;

@@ -92,6 +92,7 @@ export type StreamState = 'opening' | 'open' | 'closed';
  * The typed 'message' event, declared over the Duplex's untyped one: a StreamMessage is discriminated
  * by `name`, so a listener that tests it reads the payload without a cast.
  */
+/* eslint-disable @typescript-eslint/no-unsafe-declaration-merging, @typescript-eslint/no-explicit-any -- the typed 'message' overloads merge into the class; the catch-all overloads repeat Duplex's own */
 export interface MuxStream {
   on(event: 'message', listener: (msg: StreamMessage) => void): this;
   on(event: string | symbol, listener: (...args: any[]) => void): this;
@@ -104,6 +105,7 @@ export interface MuxStream {
 }
 
 export class MuxStream extends Duplex {
+  /* eslint-enable @typescript-eslint/no-unsafe-declaration-merging, @typescript-eslint/no-explicit-any */
   readonly id: number;
   /** The registry kind named in stream.open, e.g. 'exec.open'. */
   readonly kind: string;
@@ -262,6 +264,7 @@ export class MuxStream extends Duplex {
   }
 
   /** Counts written bytes, so that typed messages keep their place behind earlier writes. */
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- Writable.write's own signature, all overloads in one
   override write(chunk: any, encoding?: any, cb?: any): boolean {
     if (typeof chunk === 'string') this.#writtenBytes += Buffer.byteLength(chunk, typeof encoding === 'string' ? (encoding as BufferEncoding) : 'utf8');
     else if (chunk && typeof (chunk as Uint8Array).byteLength === 'number') this.#writtenBytes += (chunk as Uint8Array).byteLength;

@@ -134,7 +134,7 @@ export function createGateway(deps: GatewayDeps): Gateway {
       case '/v1/connect':
         sendJson(res, 426, { code: 'ML_ERR_BAD_REQUEST', message: 'GET /v1/connect requires a WebSocket upgrade' }, { upgrade: 'websocket' });
         return;
-      default:
+      default: {
         const found = path === undefined ? undefined : deps.routes?.match(path);
         if (found) {
           if (!allow(found.route.method)) return;
@@ -143,6 +143,7 @@ export function createGateway(deps: GatewayDeps): Gateway {
           return;
         }
         sendError(res, new MeshlinkError('ML_ERR_NOT_FOUND', `no endpoint ${path}`));
+      }
     }
   }
 

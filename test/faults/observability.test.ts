@@ -156,6 +156,7 @@ describe('upload queues stay bounded when the server is offline or slow', () => 
   });
 
   it('offline: memory is capped and the drop count goes out with the next batch; slow: sending pauses on backpressure', () => {
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any -- the test reads fields of the payloads it captured
     let session: { state: string; sent: Array<[string, any]>; accept: boolean; send(n: string, p: unknown): boolean } | null = null;
     const up = new ObservabilityUploader(() => session as unknown as Session, { maxQueued: { metrics: 100, logs: 50, audit: 50 }, maxBatchRecords: 20, minIntervalMs: 0 });
     for (let i = 0; i < 10_000; i++) up.addLog({ ts: i, level: 'warn', msg: `line ${i}` });

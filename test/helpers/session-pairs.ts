@@ -26,8 +26,6 @@ async function handshake(agent: Session, server: Session): Promise<void> {
  * send callback fires on delivery, so backpressure behaves as over a socket, with a bounded "wire".
  */
 export async function memoryPair(agentExtra: Extra = {}, serverExtra: Extra = {}): Promise<SessionPair> {
-  let agent!: Session;
-  let server!: Session;
   const link = (getPeer: () => Session) => ({
     send(message: Uint8Array, done: (err?: Error | null) => void) {
       const copy = Uint8Array.from(message);
@@ -40,8 +38,9 @@ export async function memoryPair(agentExtra: Extra = {}, serverExtra: Extra = {}
       setImmediate(() => getPeer().transportClosed(code, reason));
     },
   });
-  agent = new Session({ role: 'agent', transport: link(() => server), ...agentExtra });
-  server = new Session({ role: 'server', transport: link(() => agent), onHello: () => welcome, ...serverExtra });
+  // Each link looks its peer up on delivery, so the agent's may name the server before it exists.
+  const agent: Session = new Session({ role: 'agent', transport: link(() => server), ...agentExtra });
+  const server: Session = new Session({ role: 'server', transport: link(() => agent), onHello: () => welcome, ...serverExtra });
   await handshake(agent, server);
   return {
     agent,

@@ -17,6 +17,7 @@ afterEach(async () => {
  */
 async function gatedPair(priorityHighWater: number): Promise<{ agent: Session; server: Session; open(): void; shut(): void }> {
   let agent!: Session;
+  // eslint-disable-next-line prefer-const -- assigned after the agent's transport, which reads it, is made
   let server!: Session;
   let shut = false;
   const held: Array<() => void> = [];
@@ -25,6 +26,7 @@ async function gatedPair(priorityHighWater: number): Promise<{ agent: Session; s
       to().receive(message);
       done();
     });
+  // eslint-disable-next-line prefer-const -- declared before the closures above that read it
   agent = new Session({
     role: 'agent',
     transport: { send: (m, done) => deliver(() => server, Uint8Array.from(m), done)(), close: (code, reason) => setImmediate(() => server.transportClosed(code, reason)) },

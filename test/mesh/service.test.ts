@@ -83,7 +83,7 @@ describe('MeshService', () => {
   it('PSKs and envelopes are not stored in clear text', async () => {
     const { t, mesh, a, b, sent } = await setup();
     const psk = applied(sent(a)).get(b)!.psk;
-    mesh.close();
+    await mesh.close();
     t.store.database.pragma('wal_checkpoint(TRUNCATE)');
     const file = readFileSync(`${t.dir}/meshlink.db`);
     expect(file.includes(Buffer.from(psk, 'base64'))).toBe(false);

@@ -90,7 +90,7 @@ describe('CLI end to end: `meshlink server` as child processes', () => {
           r.on('data', (c: Buffer) => (b += c.toString()));
           r.on('end', () => res(b));
         }).on('error', rej),
-      );
+      ).catch(rej);
     });
     expect(spkiPinOf(caPem)).toBe(tok.caPin);
     const { csrPem, keyPem } = await makeCsr('cli-node');

@@ -77,7 +77,7 @@ export class ExecService {
             stderrWait = setTimeout(check, 10);
           }
         });
-        child.closed.then(({ exitCode, signal }) => {
+        void child.closed.then(({ exitCode, signal }) => {
           this.#running--;
           if (stderrWait) clearTimeout(stderrWait);
           stream.off('close', onClose);

@@ -270,7 +270,8 @@ export async function pullFile(
     const offset = held?.isFile() ? held.size : 0;
     const hash = createHash('sha256');
     let out: ReturnType<typeof createWriteStream> | null = null;
-    let starting: Promise<void> | null = null;
+    // Assigned in onEvent; the cast keeps TypeScript from narrowing it to null after runTunnel.
+    let starting = null as Promise<void> | null;
     try {
       const final = await runTunnel(socketPath, { op: 'pull', node: req.node, actor: req.actor, path: req.remote, offset }, {
         onEvent(e) {
