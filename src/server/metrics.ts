@@ -68,7 +68,7 @@ export function createMetricsFeature(options: MetricsFeatureOptions = {}): Serve
       help: 'Nodes with at least one open session.',
       registers: [registry],
       collect() {
-        this.set(new Set(sessions.snapshot().map((a) => a.nodeId)).size);
+        this.set(ctx.presence.onlineCount);
       },
     });
     const handshakes = new Counter({

@@ -22,7 +22,7 @@ export interface PresenceOptions {
 }
 
 /** What readers of presence need (features, node listings). */
-export type PresenceView = Pick<Presence, 'isOnline' | 'flush'>;
+export type PresenceView = Pick<Presence, 'isOnline' | 'onlineCount' | 'flush'>;
 
 export class Presence {
   readonly #store: Store;
