@@ -1,7 +1,8 @@
 import { existsSync } from 'node:fs';
 import { AdminUnavailable } from '../server/admin.js';
 import { adminSocketPath, parseServerConfig, storePath } from '../server/config.js';
-import { Store } from '../server/store/store.js';
+import { openServerStore } from '../server/features.js';
+import type { Store } from '../server/store/store.js';
 import { MeshlinkError } from '../errors.js';
 
 /** Runs `viaAdmin` against the running server's admin socket, else `direct` on the store (server stopped). */
@@ -14,7 +15,7 @@ export async function withServerOrStore<T>(dataDirFlag: string | undefined, viaA
   }
   const path = storePath(dataDir);
   if (!existsSync(path)) throw new MeshlinkError('ML_ERR_NOT_INITIALIZED', `no store at ${path}: run \`meshlink server start\` once`);
-  const store = Store.open(path);
+  const store = openServerStore(path);
   try {
     return direct(store);
   } finally {

@@ -9,7 +9,8 @@ import { storedPolicy, storePolicy, tagNode } from '../server/mesh/operator.js';
 import { parsePolicy, POLICY_MAX_BYTES, type Policy } from '../server/mesh/policy.js';
 import type { FeedEntry } from '../server/mesh/service.js';
 import { MeshStore } from '../server/mesh/store.js';
-import { Store } from '../server/store/store.js';
+import { openServerStore } from '../server/features.js';
+import type { Store } from '../server/store/store.js';
 import { MeshlinkError } from '../errors.js';
 
 /**
@@ -36,7 +37,7 @@ async function viaServerOrStore<T>(dataDirFlag: string | undefined, viaAdmin: (s
   }
   const path = storePath(dataDir);
   if (!existsSync(path)) throw new MeshlinkError('ML_ERR_NOT_INITIALIZED', `no store at ${path}: run \`meshlink server start\` once`);
-  const store = Store.open(path);
+  const store = openServerStore(path);
   try {
     return { value: direct(store), live: false };
   } finally {

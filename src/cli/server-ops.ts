@@ -7,7 +7,7 @@ import { z } from 'zod';
 import { adminSocketPath, parseServerConfig } from '../server/config.js';
 import { opsAdminRequest, pullFile, pushFile, runAction, runExec, tailLogs } from '../server/ops/client.js';
 import type { AuditRecord } from '../server/audit-log.js';
-import type { UpgradeStatusRow } from '../server/store/ops-store.js';
+import type { UpgradeStatusRow } from '../server/ops/store.js';
 import { actionName } from '../server/ops/tunnel-protocol.js';
 import { parseDuration } from '../util/duration.js';
 import { printTable } from './table.js';

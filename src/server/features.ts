@@ -1,7 +1,24 @@
 import type { ServerFeature } from './feature.js';
+import { MIGRATIONS as CORE_MIGRATIONS, type Migration } from './store/migrations.js';
+import { Store } from './store/store.js';
 import { observabilityFeature } from './observability/index.js';
+import { OBSERVABILITY_MIGRATIONS } from './observability/migrations.js';
 import { meshFeature } from './mesh/index.js';
+import { MESH_MIGRATIONS } from './mesh/migrations.js';
 import { opsFeature } from './ops/index.js';
+import { OPS_MIGRATIONS } from './ops/migrations.js';
 
 /** The features every server runs, in start order. */
 export const SERVER_FEATURES: readonly ServerFeature[] = [meshFeature, observabilityFeature, opsFeature];
+
+/**
+ * Every schema migration: the core's (versions 1–99) and each feature's own list (mesh 100–199, ops
+ * 200–299, observability 300–399). Each feature's tables are created by its list whether or not that
+ * feature runs, so that one store file serves every server build and every offline CLI command.
+ */
+export const SERVER_MIGRATIONS: readonly Migration[] = [...CORE_MIGRATIONS, ...MESH_MIGRATIONS, ...OPS_MIGRATIONS, ...OBSERVABILITY_MIGRATIONS];
+
+/** Opens the server's store with every migration: the one way to open it outside the store's own tests. */
+export function openServerStore(path: string): Store {
+  return Store.open(path, SERVER_MIGRATIONS);
+}

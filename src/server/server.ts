@@ -20,7 +20,7 @@ import { Store } from './store/store.js';
 import { SessionHost } from './session-host.js';
 import { AdminRoutes } from './admin-routes.js';
 import { createFeatureQuestions, type ServerFeature, type ServerFeatureContext, type ServerFeatureHandle } from './feature.js';
-import { SERVER_FEATURES } from './features.js';
+import { openServerStore, SERVER_FEATURES } from './features.js';
 import { MeshlinkError } from '../errors.js';
 
 /**
@@ -66,7 +66,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
   const socketPath = adminSocketPath(config.dataDir);
   await refuseIfRunning(socketPath);
 
-  const store = Store.open(storePath(config.dataDir));
+  const store = openServerStore(storePath(config.dataDir));
   let gateway: Gateway | undefined;
   let admin: HttpServer | undefined;
   let rotateTimer: NodeJS.Timeout | undefined;

@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Session } from '../../src/protocol/session.js';
 import { Store } from '../../src/server/store/store.js';
+import { openServerStore } from '../../src/server/features.js';
 import { createToken, hashToken } from '../../src/server/tokens.js';
 import { verifyEd25519 } from '../../src/contract/ed25519.js';
 import { decodeEnvelope, type Envelope } from '../../src/contract/mesh-events.js';
@@ -15,11 +16,11 @@ export async function tempStore(): Promise<{ store: Store; dir: string; reopen()
   const dir = await mkdtemp(join(tmpdir(), 'ml-mesh-'));
   const path = join(dir, 'meshlink.db');
   const handle = {
-    store: Store.open(path),
+    store: openServerStore(path),
     dir,
     reopen() {
       handle.store.close();
-      handle.store = Store.open(path);
+      handle.store = openServerStore(path);
       return handle.store;
     },
     async cleanup() {

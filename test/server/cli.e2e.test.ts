@@ -4,7 +4,7 @@ import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadOrCreateCa } from '../../src/server/ca.js';
 import { spkiPinOf } from '../../src/contract/ca-pin.js';
-import { Store } from '../../src/server/store/store.js';
+import { openServerStore } from '../../src/server/features.js';
 import { attachSession } from '../../src/net/ws-session.js';
 import { dialConnect, httpsRequest, makeCsr, tempDir } from './helpers.js';
 
@@ -132,7 +132,7 @@ describe('CLI end to end: `meshlink server` as child processes', () => {
     expect(stdout).toContain('"server stopped"');
 
     // Secrets never reach the log: tokens, the CSR, the agent key, the CA key (decrypted here to compare).
-    const store = Store.open(`${dir.path}/meshlink.db`);
+    const store = openServerStore(`${dir.path}/meshlink.db`);
     const { ca: loaded } = await loadOrCreateCa(store, { keyType: 'rsa2048', passphrase: PASSPHRASE });
     store.close();
     const caKeyPem = (await import('node:crypto')).createPrivateKey({ key: loaded.exportKeyPkcs8Der(), format: 'der', type: 'pkcs8' }).export({ type: 'pkcs8', format: 'pem' }) as string;

@@ -4,7 +4,7 @@ import { AuditLog } from '../../src/server/audit-log.js';
 import { createFeatureQuestions } from '../../src/server/feature.js';
 import { Presence } from '../../src/server/presence.js';
 import { PublicRoutes } from '../../src/server/public-routes.js';
-import { ALL_MIGRATIONS, Store } from '../../src/server/store/store.js';
+import { openServerStore, SERVER_MIGRATIONS } from '../../src/server/features.js';
 import { createLogger } from '../../src/util/logger.js';
 import { tempDir } from './helpers.js';
 
@@ -22,7 +22,7 @@ describe('server core parts', () => {
   }
 
   it('presence: online means an open session, counted per session; last_seen goes through one throttle', async () => {
-    const s = Store.open(await freshPath());
+    const s = openServerStore(await freshPath());
     s.database.prepare("INSERT INTO nodes (id, hostname, created_at) VALUES ('n1', 'h1', 0)").run();
     const p = new Presence(s, silent, { flushMs: 3_600_000, minIntervalMs: 60_000 });
     const lastSeen = (): number | null => s.getNode('n1')!.lastSeen;
@@ -78,7 +78,7 @@ describe('server core parts', () => {
     // The schema as the ops feature left it before the move: every migration up to and including 200.
     const db = new Database(path);
     db.exec('CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL) STRICT');
-    for (const m of [...ALL_MIGRATIONS].sort((a, b) => a.version - b.version)) {
+    for (const m of [...SERVER_MIGRATIONS].sort((a, b) => a.version - b.version)) {
       if (m.version === 2 || m.version === 201) continue;
       db.exec(m.sql);
       db.prepare('INSERT INTO schema_migrations VALUES (?, ?, 0)').run(m.version, m.name);
@@ -86,7 +86,7 @@ describe('server core parts', () => {
     db.prepare("INSERT INTO ops_audit (id, ts, finished_at, source, actor, operation, node_id, target, result, details) VALUES (7, 1000, 1001, 'admin', 'alice', 'nodes/remove', 'n1', 'h1', 'ok', NULL)").run();
     db.close();
 
-    const s = Store.open(path);
+    const s = openServerStore(path);
     const audit = AuditLog.of(s);
     expect(audit.list(10)).toEqual([{ id: 7, ts: 1000, finishedAt: 1001, source: 'admin', actor: 'alice', operation: 'nodes/remove', nodeId: 'n1', target: 'h1', result: 'ok', details: null }]);
     const tables = (s.database.prepare("SELECT name FROM sqlite_master WHERE type = 'table'").all() as Array<{ name: string }>).map((t) => t.name);

@@ -1,6 +1,6 @@
 import Database from 'better-sqlite3';
 import { afterAll, describe, expect, it } from 'vitest';
-import { ALL_MIGRATIONS, Store } from '../../src/server/store/store.js';
+import { openServerStore, SERVER_MIGRATIONS } from '../../src/server/features.js';
 import { createToken, hashToken } from '../../src/server/tokens.js';
 import { tempDir } from './helpers.js';
 
@@ -17,13 +17,13 @@ describe('store', () => {
 
   it('applies numbered migrations once, in WAL mode with foreign keys on, synchronous=NORMAL between durable writes', async () => {
     const path = await freshPath();
-    Store.open(path).close();
-    const s = Store.open(path);
-    expect(s.schemaVersion()).toBe(Math.max(...ALL_MIGRATIONS.map((m) => m.version)));
+    openServerStore(path).close();
+    const s = openServerStore(path);
+    expect(s.schemaVersion()).toBe(Math.max(...SERVER_MIGRATIONS.map((m) => m.version)));
     expect(s.synchronousLevel()).toBe(1);
     s.close();
     const db = new Database(path, { readonly: true });
-    expect(db.prepare('SELECT COUNT(*) AS n FROM schema_migrations').get()).toEqual({ n: ALL_MIGRATIONS.length });
+    expect(db.prepare('SELECT COUNT(*) AS n FROM schema_migrations').get()).toEqual({ n: SERVER_MIGRATIONS.length });
     expect(db.pragma('journal_mode', { simple: true })).toBe('wal');
     db.close();
     const { statSync } = await import('node:fs');
@@ -32,16 +32,16 @@ describe('store', () => {
 
   it('refuses a store from a newer meshlink', async () => {
     const path = await freshPath();
-    Store.open(path).close();
+    openServerStore(path).close();
     const db = new Database(path);
     db.prepare('INSERT INTO schema_migrations (version, name, applied_at) VALUES (999, ?, 0)').run('future');
     db.close();
-    expect(() => Store.open(path)).toThrow(expect.objectContaining({ code: 'ML_ERR_STORE_SCHEMA' }));
+    expect(() => openServerStore(path)).toThrow(expect.objectContaining({ code: 'ML_ERR_STORE_SCHEMA' }));
   });
 
   it('stores only the token hash; a token is consumed exactly once; foreign keys are enforced', async () => {
     const path = await freshPath();
-    const s = Store.open(path);
+    const s = openServerStore(path);
     const { token } = createToken(s, { ttlMs: 60_000 });
     const db = new Database(path, { readonly: true });
     const raw = JSON.stringify(db.prepare('SELECT * FROM tokens').all());

@@ -8,12 +8,12 @@ import type { Store } from '../store/store.js';
 import { TokenBuckets } from '../../util/token-bucket.js';
 import { AuditLog } from '../audit-log.js';
 import type { PresenceView } from '../presence.js';
-import { DEFAULT_RETENTION, ObservabilityStore, type RetentionLimits } from '../store/observability-store.js';
+import { DEFAULT_RETENTION, ObservabilityStore, type RetentionLimits } from './store.js';
 
 /**
  * Observability (issue 6): the Prometheus listener (metrics.ts) and the agents' uploads —
  * metrics.batch (latest value per series), logs.batch (warnings and above) and the `dropped` counts
- * both carry — kept with bounded retention (observability-store.ts). audit.batch is stored in the
+ * both carry — kept with bounded retention (store.ts). audit.batch is stored in the
  * core's audit log; `nodes show` reads it from there.
  *
  * Each node may send at most `batchesPerMinute` batches of each kind (token bucket); more are

@@ -4,7 +4,7 @@ import { z } from 'zod';
 import type { AdminRoutes } from '../admin-routes.js';
 import { readBody, sendError, sendJson } from '../http-json.js';
 import type { AuditLog } from '../audit-log.js';
-import type { OpsStore } from '../store/ops-store.js';
+import type { OpsStore } from './store.js';
 import { MAX_BUNDLE_BYTES, type UpgradeDistributor } from './upgrades.js';
 
 /**

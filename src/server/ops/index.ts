@@ -1,5 +1,5 @@
 import type { ServerFeature } from '../feature.js';
-import { opsStoreOf } from '../store/ops-store.js';
+import { opsStoreOf } from './store.js';
 import { registerOpsAdminRoutes } from './admin-api.js';
 import { createOperations } from './operations.js';
 import { createTunnelServer } from './tunnel.js';

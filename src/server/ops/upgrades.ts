@@ -8,7 +8,7 @@ import { writeFileAtomic } from '../../util/atomic-file.js';
 import type { Logger } from '../../util/logger.js';
 import { META_PUBLIC_URL } from '../nodes.js';
 import type { AgentHandle, AgentSessions } from '../agent-sessions.js';
-import { opsStoreOf, type BundleRow, type OpsStore } from '../store/ops-store.js';
+import { opsStoreOf, type BundleRow, type OpsStore } from './store.js';
 import type { Store } from '../store/store.js';
 import { MeshlinkError } from '../../errors.js';
 

@@ -1,18 +1,7 @@
 import { chmodSync } from 'node:fs';
 import Database from 'better-sqlite3';
-import { MIGRATIONS, type Migration } from './migrations.js';
-import { MESH_MIGRATIONS } from '../mesh/migrations.js';
-import { OPS_MIGRATIONS } from './migrations-ops.js';
-import { OBSERVABILITY_MIGRATIONS } from './migrations-observability.js';
+import type { Migration } from './migrations.js';
 import { MeshlinkError } from '../../errors.js';
-
-/**
- * Core migrations are versions 1–99, mesh 100–199, operations 200–299. The mesh list is the mesh
- * feature's own (src/server/mesh/migrations.ts); it is still gathered here until the composition root
- * hands every feature's list to Store.open (every opener, the CLI's offline paths included, must then
- * pass the same lists, or a store written with them reads as "newer version").
- */
-export const ALL_MIGRATIONS: readonly Migration[] = [...MIGRATIONS, ...MESH_MIGRATIONS, ...OPS_MIGRATIONS, ...OBSERVABILITY_MIGRATIONS];
 
 /**
  * The only module that knows SQL. Synchronous (better-sqlite3): every statement here is a short
@@ -172,8 +161,13 @@ export class Store {
     };
   }
 
-  /** Opens (creating if needed) the store file and applies pending migrations. */
-  static open(path: string): Store {
+  /**
+   * Opens (creating if needed) the store file and applies the pending ones of `migrations`: the core's
+   * and every feature's list, which only the composition root knows (openServerStore in
+   * ../features.ts). A store that has applied a version missing from the list fails with
+   * ML_ERR_STORE_SCHEMA, so every opener must pass the whole list.
+   */
+  static open(path: string, migrations: readonly Migration[]): Store {
     const db = new Database(path);
     try {
       db.pragma('journal_mode = WAL');
@@ -181,7 +175,7 @@ export class Store {
       db.pragma('foreign_keys = ON');
       db.pragma('busy_timeout = 5000');
       chmodSync(path, 0o600);
-      migrate(db, ALL_MIGRATIONS);
+      migrate(db, migrations);
       return new Store(path, db);
     } catch (err) {
       db.close();

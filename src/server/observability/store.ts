@@ -1,8 +1,8 @@
 import type Database from 'better-sqlite3';
-import type { Store } from './store.js';
+import type { Store } from '../store/store.js';
 
 /**
- * All SQL of the observability upload (tables in migrations-observability.ts). Retention is bounded
+ * All SQL of the observability upload (tables in migrations.ts). Retention is bounded
  * twice: at most `logsPerNode` warning lines per node (older ones are deleted as new ones arrive)
  * and nothing older than `maxAgeMs` (pruned periodically); metrics keep only the latest value per
  * series, and series not reported for `maxAgeMs` are pruned too.

@@ -1,8 +1,8 @@
 import type Database from 'better-sqlite3';
-import type { Store } from './store.js';
+import type { Store } from '../store/store.js';
 
 /**
- * SQL of the ops feature (tables from migrations-ops.ts): the agent bundles the server offers and
+ * SQL of the ops feature (tables from migrations.ts): the agent bundles the server offers and
  * the upgrade status agents report. The audit log is the core's (../audit-log.ts).
  */
 

@@ -1,4 +1,4 @@
-import type { Migration } from './migrations.js';
+import type { Migration } from '../store/migrations.js';
 
 /** Schema migrations of the observability upload (issue 6): versions 300–399, append only. */
 export const OBSERVABILITY_MIGRATIONS: readonly Migration[] = [
@@ -16,7 +16,7 @@ export const OBSERVABILITY_MIGRATIONS: readonly Migration[] = [
         PRIMARY KEY (node_id, name, labels)
       ) STRICT, WITHOUT ROWID;
 
-      -- Agent log lines at warning level and above; bounded per node and by age (observability-store.ts).
+      -- Agent log lines at warning level and above; bounded per node and by age (store.ts).
       CREATE TABLE obs_logs (
         id          INTEGER PRIMARY KEY AUTOINCREMENT,
         node_id     TEXT NOT NULL,

@@ -1,4 +1,4 @@
-import type { Migration } from './migrations.js';
+import type { Migration } from '../store/migrations.js';
 
 /** Schema migrations of the ops feature: versions 200–299, append only (see migrations.ts). */
 export const OPS_MIGRATIONS: readonly Migration[] = [
