@@ -21,7 +21,8 @@ import { fileURLToPath } from 'node:url';
 import forge from 'node-forge';
 import { Worker } from 'node:worker_threads';
 import WebSocket from 'ws';
-import { adminRequest } from '../src/server/admin.js';
+import { AdminClient } from '../src/admin-api/client.js';
+import { createToken } from '../src/admin-api/routes.js';
 
 const N = Number(process.env.BENCH_ENROLLMENTS ?? 200);
 const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY ?? 32);
@@ -131,7 +132,7 @@ async function main(): Promise<void> {
       await new Promise((r) => setTimeout(r, 100));
       if (child.exitCode !== null) throw new Error(`server exited with ${child.exitCode}`);
       try {
-        url = (await adminRequest<{ enrollCommand: string }>(socketPath, 'POST', '/v1/tokens', { ttlMs: 60_000 })).enrollCommand.split(' ')[4]!;
+        url = (await new AdminClient(socketPath).call(createToken, { ttlMs: 60_000 })).enrollCommand.split(' ')[4]!;
       } catch {
         /* not up yet */
       }
@@ -148,7 +149,7 @@ async function main(): Promise<void> {
     }
     for (let i = 0; i < N + PINGERS; i++) csrs.push(keys[i % keys.length]!);
     console.log(`pre-generated ${keys.length} RSA-2048 keys + CSRs in ${Date.now() - tg} ms (not measured)`);
-    const token = async () => (await adminRequest<{ token: string }>(socketPath, 'POST', '/v1/tokens', { ttlMs: 600_000 })).token;
+    const token = async () => (await new AdminClient(socketPath).call(createToken, { ttlMs: 600_000 })).token;
 
     // Long-lived agent connections pinging every 50 ms, in a worker thread (own event loop).
     const pingerClients: { certPem: string; keyPem: string }[] = [];

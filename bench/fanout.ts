@@ -15,7 +15,8 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { adminRequest } from '../src/server/admin.js';
+import { AdminClient } from '../src/admin-api/client.js';
+import { setPolicy } from '../src/admin-api/routes.js';
 import { parseServerConfig } from '../src/server/config.js';
 import { createMeshFeature } from '../src/server/mesh/index.js';
 import { createTaggedToken } from '../src/server/mesh/operator.js';
@@ -51,7 +52,7 @@ async function main(): Promise<void> {
   const config = parseServerConfig({ dataDir: join(dir, 'server'), listen: { host: '127.0.0.1', port: 0 }, caKeyType: 'rsa2048', logLevel: 'silent', enrollFailuresPerMinute: 100_000 });
   const server = await startServer(config, { logger: createLogger({ name: 'bench', level: 'silent' }), features: [createMeshFeature({ passphrase: '' })] });
   try {
-    await adminRequest(server.adminSocketPath, 'POST', '/v1/mesh/policy', { policy: { rules: [] } });
+    await new AdminClient(server.adminSocketPath).call(setPolicy, { policy: { rules: [] } });
     const tokens = Array.from({ length: AGENTS }, (_, i) => ({
       hostname: `bench-${i}`,
       token: createTaggedToken(server.store, { ttlMs: 3_600_000, nodeId: null, tags: [i === 0 ? 'hub' : 'member'] }).token,
@@ -70,7 +71,7 @@ async function main(): Promise<void> {
 
     const results = Promise.all(workers.map((c) => waitFor<{ at: number[] }>(c, 'policy', 60_000)));
     const t0 = Date.now();
-    const res = await adminRequest<{ affectedNodes: string[] }>(server.adminSocketPath, 'POST', '/v1/mesh/policy', { policy: { rules: [{ from: 'hub', to: 'member' }] } });
+    const res = await new AdminClient(server.adminSocketPath).call(setPolicy, { policy: { rules: [{ from: 'hub', to: 'member' }] } });
     const adminMs = Date.now() - t0;
     const latencies = (await results).flatMap((r) => r.at).map((at) => at - t0);
     const p50 = percentile(latencies, 50);

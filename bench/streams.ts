@@ -26,7 +26,7 @@ import { opsAgentFeature } from '../src/agent/ops/index.js';
 import type { MuxStream } from '../src/protocol/stream.js';
 import { parseServerConfig } from '../src/server/config.js';
 import { createEnrollmentToken } from '../src/server/nodes.js';
-import { pullFile, pushFile } from '../src/server/ops/client.js';
+import { pullFile, pushFile } from '../src/admin-api/tunnel-client.js';
 import { startServer, type RunningServer } from '../src/server/server.js';
 import { createLogger } from '../src/util/logger.js';
 import { median, percentile, round } from './lib/stats.js';

@@ -18,7 +18,9 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { adminRequest } from '../../src/server/admin.js';
+import { AdminClient } from '../../src/admin-api/client.js';
+import { createToken } from '../../src/admin-api/routes.js';
+import { benchBroadcast } from './broadcast-route.js';
 import { percentile, round } from '../lib/stats.js';
 import { freePort } from '../lib/free-port.js';
 
@@ -162,7 +164,7 @@ async function main(): Promise<void> {
       Array.from({ length: 16 }, async () => {
         while (tokens.length < N) {
           tokens.push('');
-          const t = await adminRequest<{ token: string }>(socket, 'POST', '/v1/tokens', { ttlMs: 3_600_000 });
+          const t = await new AdminClient(socket).call(createToken, { ttlMs: 3_600_000 });
           tokens[tokens.indexOf('')] = t.token;
         }
       }),
@@ -211,7 +213,7 @@ async function main(): Promise<void> {
     // its first state snapshot, so the five events are seqs 2..6 on every node.
     const publishMs: number[] = [];
     for (let n = 1; n <= 5; n++) {
-      const r = await adminRequest<{ nodes: number; publishMs: number }>(socket, 'POST', `/v1/bench/broadcast?n=${n}`, {}, 60_000);
+      const r = await new AdminClient(socket).call(benchBroadcast, { n }, { timeoutMs: 60_000 });
       publishMs.push(r.publishMs);
       if (r.nodes !== N) log(`warning: broadcast ${n} reached ${r.nodes} nodes`);
       await sleep(2_000);
@@ -245,7 +247,7 @@ async function main(): Promise<void> {
       const duringStorm = (async () => {
         for (let n = 6; n <= 10; n++) {
           await sleep(2_000);
-          await adminRequest(socket, 'POST', `/v1/bench/broadcast?n=${n}`, {}, 60_000);
+          await new AdminClient(socket).call(benchBroadcast, { n }, { timeoutMs: 60_000 });
         }
       })();
       let back = 0;

@@ -11,21 +11,20 @@
  */
 import { parseServerConfig } from '../../src/server/config.js';
 import type { ServerFeature } from '../../src/server/feature.js';
-import { sendJson } from '../../src/server/http-json.js';
 import { createMeshFeature } from '../../src/server/mesh/index.js';
 import type { MeshService } from '../../src/server/mesh/service.js';
 import { createObservabilityFeature } from '../../src/server/observability/index.js';
 import { startServer } from '../../src/server/server.js';
+import { benchBroadcast } from './broadcast-route.js';
 import { createLogger } from '../../src/util/logger.js';
 
 const [dataDir, port, metricsPort, heartbeatMs] = process.argv.slice(2);
 let mesh: MeshService | null = null;
 const broadcast: ServerFeature = (ctx) => {
-  ctx.admin.add('POST /v1/bench/broadcast', async (req, res) => {
-    const n = new URL(req.url ?? '/', 'http://admin').searchParams.get('n') ?? '0';
+  ctx.admin.handle(benchBroadcast, async ({ n }) => {
     const t0 = performance.now();
-    const nodes = await mesh!.publishAll('action_request', { action: 'bench', args: { n } });
-    sendJson(res, 200, { nodes, publishMs: performance.now() - t0 });
+    const nodes = await mesh!.publishAll('action_request', { action: 'bench', args: { n: String(n) } });
+    return { nodes, publishMs: performance.now() - t0 };
   });
 };
 

@@ -5,7 +5,8 @@ import { join } from 'node:path';
 import { AgentRunner } from '../agent/connection.js';
 import { enroll } from '../agent/enroll.js';
 import { parseServerConfig } from '../server/config.js';
-import { createEnrollmentToken, listNodes } from '../server/nodes.js';
+import { AdminClient } from '../admin-api/client.js';
+import * as api from '../admin-api/routes.js';
 import { startServer } from '../server/server.js';
 import { createLogger } from '../util/logger.js';
 import { VERSION } from '../version.js';
@@ -30,7 +31,8 @@ export function registerDemoCommand(program: Command): void {
         say('1. starting the control-plane server (new internal CA, SQLite store, mTLS gateway on 127.0.0.1)…');
         const server = await startServer(parseServerConfig({ dataDir: join(dir, 'server'), listen: { host: '127.0.0.1', port: 0 }, caKeyType: 'rsa2048', logLevel: 'silent' }), { logger: quiet });
         say(`   listening on ${server.publicUrl}, CA pin ${server.caPin}`);
-        const token = createEnrollmentToken(server.store, { ttlMs: 10 * 60_000 });
+        const admin = new AdminClient(server.adminSocketPath);
+        const token = await admin.call(api.createToken, { ttlMs: 10 * 60_000 });
         say('2. created a one-time enrollment token; the operator would paste:');
         say(`   ${token.enrollCommand.replace(token.token, '<token>')}`);
         const stateDir = join(dir, 'agent');
@@ -43,7 +45,7 @@ export function registerDemoCommand(program: Command): void {
         const rtt = await new Promise<number>((resolve) => runner.once('heartbeat', resolve));
         say(`4. the agent is connected over one outbound mTLS WebSocket; heartbeat round trip ${rtt} ms`);
         say('5. meshlink server nodes list:');
-        for (const n of listNodes(server.store, server.live)) {
+        for (const n of await admin.call(api.listNodes, {})) {
           say(`   ${n.id}  ${n.hostname}  ${n.online ? 'online' : 'offline'}  agent ${n.agentVersion ?? '?'}  cert ${n.certSerial}`);
         }
         stop = async () => {

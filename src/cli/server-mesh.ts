@@ -1,17 +1,11 @@
-import { existsSync } from 'node:fs';
 import { withFailureReport } from './failure.js';
 import { readFile, stat } from 'node:fs/promises';
 import { Command, Option } from 'commander';
 import { z } from 'zod';
-import { AdminUnavailable, adminRequest } from '../server/admin.js';
-import { adminSocketPath, parseServerConfig, storePath } from '../server/config.js';
-import { storedPolicy, storePolicy, tagNode } from '../server/mesh/operator.js';
-import { parsePolicy, POLICY_MAX_BYTES, type Policy } from '../server/mesh/policy.js';
-import type { FeedEntry } from '../server/mesh/service.js';
-import { MeshStore } from '../server/mesh/store.js';
-import { openServerStore } from '../server/features.js';
-import type { Store } from '../server/store/store.js';
+import { parsePolicy, POLICY_MAX_BYTES, type Policy } from '../admin-api/policy.js';
+import * as api from '../admin-api/routes.js';
 import { MeshlinkError } from '../errors.js';
+import { withOperator } from './operator.js';
 
 /**
  * Mesh subcommands of `meshlink server` (docs/MESH.md):
@@ -28,23 +22,6 @@ const action = withFailureReport;
 
 const dataDirOption = () => new Option('--data-dir <dir>', 'server data dir (default as for server start)');
 
-async function viaServerOrStore<T>(dataDirFlag: string | undefined, viaAdmin: (socket: string) => Promise<T>, direct: ((store: Store) => T) | null): Promise<{ value: T; live: boolean }> {
-  const dataDir = parseServerConfig({ ...(dataDirFlag ? { dataDir: dataDirFlag } : {}) }).dataDir;
-  try {
-    return { value: await viaAdmin(adminSocketPath(dataDir)), live: true };
-  } catch (err) {
-    if (!(err instanceof AdminUnavailable) || direct === null) throw err;
-  }
-  const path = storePath(dataDir);
-  if (!existsSync(path)) throw new MeshlinkError('ML_ERR_NOT_INITIALIZED', `no store at ${path}: run \`meshlink server start\` once`);
-  const store = openServerStore(path);
-  try {
-    return { value: direct(store), live: false };
-  } finally {
-    store.close();
-  }
-}
-
 async function readPolicyFile(file: string): Promise<Policy> {
   const info = await stat(file).catch((err: NodeJS.ErrnoException) => {
     throw new MeshlinkError('ML_ERR_MESH_POLICY', `cannot read ${file}: ${err.code ?? err.message}`);
@@ -53,7 +30,7 @@ async function readPolicyFile(file: string): Promise<Policy> {
   return parsePolicy(await readFile(file, 'utf8'));
 }
 
-function printFeed(entries: FeedEntry[]): void {
+function printFeed(entries: api.FeedEntry[]): void {
   for (const e of entries) process.stdout.write(`${JSON.stringify(e)}\n`);
 }
 
@@ -68,11 +45,7 @@ export function registerMeshCommands(server: Command): void {
       action(async (file: string, raw: unknown) => {
         const opts = z.object({ dataDir: z.string().optional() }).parse(raw);
         const parsed = await readPolicyFile(file);
-        const { value, live } = await viaServerOrStore(
-          opts.dataDir,
-          (socket) => adminRequest<{ policyId: string; affectedNodes: string[] }>(socket, 'POST', '/v1/mesh/policy', { policy: parsed }),
-          (store) => ({ ...storePolicy(store, parsed), affectedNodes: [] as string[] }),
-        );
+        const { value, live } = await withOperator(opts.dataDir, async (op) => ({ value: await op.call(api.setPolicy, { policy: parsed }), live: op.live }));
         process.stdout.write(
           live
             ? `policy ${value.policyId} in force; ${value.affectedNodes.length} node(s) notified\n`
@@ -87,7 +60,7 @@ export function registerMeshCommands(server: Command): void {
     .action(
       action(async (raw: unknown) => {
         const opts = z.object({ dataDir: z.string().optional() }).parse(raw);
-        const { value } = await viaServerOrStore(opts.dataDir, (socket) => adminRequest<{ policy: Policy | null; policyId: string }>(socket, 'GET', '/v1/mesh/policy'), (store) => storedPolicy(store));
+        const value = await withOperator(opts.dataDir, (op) => op.call(api.showPolicy, {}));
         process.stdout.write(`${JSON.stringify(value.policy, null, 2)}\n`);
         process.stderr.write(value.policy === null ? 'no policy: every node sees every node\n' : `policy ${value.policyId}\n`);
       }),
@@ -107,11 +80,7 @@ export function registerMeshCommands(server: Command): void {
         const opts = z.object({ dataDir: z.string().optional(), add: z.boolean(), remove: z.boolean() }).parse(raw);
         if (opts.add && opts.remove) throw new MeshlinkError('ML_ERR_USAGE', '--add and --remove exclude each other');
         const mode = opts.add ? 'add' : opts.remove ? 'remove' : 'set';
-        const { value } = await viaServerOrStore(
-          opts.dataDir,
-          (socket) => adminRequest<{ id: string; hostname: string; tags: string[] }>(socket, 'POST', '/v1/mesh/tags', { node: idOrHostname, tags, mode }),
-          (store) => tagNode(store, idOrHostname, tags, mode),
-        );
+        const value = await withOperator(opts.dataDir, (op) => op.call(api.tagNode, { node: idOrHostname, tags, mode }));
         process.stdout.write(`${value.id} (${value.hostname}) tags: ${value.tags.length > 0 ? value.tags.join(', ') : '(none)'}\n`);
       }),
     );
@@ -127,32 +96,24 @@ export function registerMeshCommands(server: Command): void {
     .action(
       action(async (raw: unknown) => {
         const opts = z.object({ dataDir: z.string().optional(), node: z.string().max(253).optional(), last: z.coerce.number().int().min(0).max(10_000), follow: z.boolean() }).parse(raw);
-        const nodeQ = opts.node ? `&node=${encodeURIComponent(opts.node)}` : '';
-        const dataDir = parseServerConfig({ ...(opts.dataDir ? { dataDir: opts.dataDir } : {}) }).dataDir;
-        const socket = adminSocketPath(dataDir);
-        let after = 0;
-        try {
-          const first = await adminRequest<{ entries: FeedEntry[]; last: number }>(socket, 'GET', `/v1/mesh/feed?last=${opts.last}${nodeQ}`);
+        await withOperator(opts.dataDir, async (op) => {
+          const node = opts.node;
+          const first = await op.call(api.meshFeed, { last: opts.last, ...(node ? { node } : {}) });
           printFeed(first.entries);
-          after = first.last;
-        } catch (err) {
-          if (!(err instanceof AdminUnavailable)) throw err;
-          const { value } = await viaServerOrStore(opts.dataDir, () => Promise.reject(new AdminUnavailable('')), (store) => {
-            const db = new MeshStore(store.database);
-            return db.feedAfter(Math.max(0, db.lastFeedId() - opts.last), null, opts.last);
-          });
-          printFeed(value.filter((r) => !opts.node || r.nodeId === opts.node).map((r) => ({ ...r, ts: new Date(r.ts).toISOString(), kind: r.kind as FeedEntry['kind'], detail: JSON.parse(r.detail) as unknown })));
-          process.stderr.write('no server is running: printed the stored entries only\n');
-          return;
-        }
-        let stop = !opts.follow;
-        process.once('SIGINT', () => (stop = true));
-        process.once('SIGTERM', () => (stop = true));
-        while (!stop) {
-          const next = await adminRequest<{ entries: FeedEntry[]; last: number }>(socket, 'GET', `/v1/mesh/feed?after=${after}${nodeQ}&waitMs=10000`, undefined, 20_000);
-          printFeed(next.entries);
-          after = next.last;
-        }
+          if (!op.live) {
+            process.stderr.write('no server is running: printed the stored entries only\n');
+            return;
+          }
+          let after = first.last;
+          let stop = !opts.follow;
+          process.once('SIGINT', () => (stop = true));
+          process.once('SIGTERM', () => (stop = true));
+          while (!stop) {
+            const next = await op.call(api.meshFeed, { after, waitMs: 10_000, ...(node ? { node } : {}) }, { timeoutMs: 20_000 });
+            printFeed(next.entries);
+            after = next.last;
+          }
+        });
       }),
     );
 
@@ -165,7 +126,7 @@ export function registerMeshCommands(server: Command): void {
     .action(
       action(async (node: string, raw: unknown) => {
         const opts = z.object({ dataDir: z.string().optional() }).parse(raw);
-        const { value } = await viaServerOrStore(opts.dataDir, (socket) => adminRequest<{ nodeId: string; seq: number }>(socket, 'POST', '/v1/mesh/rotate-keys', { node }), null);
+        const value = await withOperator(opts.dataDir, (op) => op.call(api.rotateNodeKey, { node }));
         process.stdout.write(`rotate_keys sent to ${value.nodeId} (event ${value.seq})\n`);
       }),
     );
@@ -191,13 +152,12 @@ export function registerMeshCommands(server: Command): void {
           if (eq <= 0) throw new MeshlinkError('ML_ERR_USAGE', `--arg ${a}: expected key=value`);
           args[a.slice(0, eq)] = a.slice(eq + 1);
         }
-        const body = {
-          ...(node !== undefined ? { node } : {}),
-          ...(opts.action !== undefined
-            ? { type: 'action_request', payload: { action: opts.action, ...(opts.arg.length > 0 ? { args } : {}) } }
-            : { type: 'node_secrets_updated', payload: { keys: opts.secrets } }),
-        };
-        const { value } = await viaServerOrStore(opts.dataDir, (socket) => adminRequest<{ type: string; nodes: number; nodeId?: string; seq?: number }>(socket, 'POST', '/v1/mesh/notify', body, 60_000), null);
+        const target = node !== undefined ? { node } : {};
+        const body: z.input<typeof api.notify.input> =
+          opts.action !== undefined
+            ? { type: 'action_request', ...target, payload: { action: opts.action, ...(opts.arg.length > 0 ? { args } : {}) } }
+            : { type: 'node_secrets_updated', ...target, payload: { keys: opts.secrets ?? [] } };
+        const value = await withOperator(opts.dataDir, (op) => op.call(api.notify, body, { timeoutMs: 60_000 }));
         process.stdout.write(value.nodeId ? `${value.type} sent to ${value.nodeId} (event ${value.seq})\n` : `${value.type} sent to ${value.nodes} nodes\n`);
       }),
     );
@@ -208,7 +168,7 @@ export function registerMeshCommands(server: Command): void {
     .action(
       action(async (raw: unknown) => {
         const opts = z.object({ dataDir: z.string().optional() }).parse(raw);
-        const { value } = await viaServerOrStore(opts.dataDir, (socket) => adminRequest<{ keyId: string; previousKeyId: string }>(socket, 'POST', '/v1/mesh/signing-key/rotate'), null);
+        const value = await withOperator(opts.dataDir, (op) => op.call(api.rotateSigningKey, {}));
         process.stdout.write(`signing key ${value.keyId} in use; ${value.previousKeyId} accepted during the transition\n`);
       }),
     );

@@ -1,15 +1,12 @@
-import { withServerOrStore } from './server-access.js';
-import { reportFailure } from './failure.js';
+import { withFailureReport } from './failure.js';
 import type { Command } from 'commander';
 import { z } from 'zod';
-import { adminRequest } from '../server/admin.js';
-import { configureMetricsListen, parseMetricsListen } from '../server/metrics.js';
-import { nodeDetails, type NodeDetails } from '../server/observability/index.js';
+import { showNode, type NodeDetails } from '../admin-api/routes.js';
+import { withOperator } from './operator.js';
 
 /**
- * Observability CLI: `server start --metrics-listen HOST:PORT` (Prometheus on a separate local
- * listener) and `server nodes show NODE [--json]` (details, latest metrics, recent warnings and audit
- * records). Exit codes are those of `meshlink server` (docs/SERVER.md): 3 node not found or ambiguous,
+ * Observability CLI: `server nodes show NODE [--json]` (details, latest metrics, recent warnings and
+ * audit records; `server start --metrics-listen` is defined with the other start flags in server.ts). Exit codes are those of `meshlink server` (docs/SERVER.md): 3 node not found or ambiguous,
  * 5 data dir not initialized, 2 usage.
  */
 
@@ -17,15 +14,6 @@ const showOptions = z.object({ dataDir: z.string().optional(), json: z.boolean()
 
 
 export function registerObservabilityCommands(server: Command): void {
-  const start = server.commands.find((c) => c.name() === 'start');
-  if (start) {
-    start.option('--metrics-listen <host:port>', 'serve Prometheus metrics (GET /metrics) on this local address, e.g. 127.0.0.1:9464 (default: MESHLINK_METRICS_LISTEN, else off)');
-    start.hook('preAction', (cmd) => {
-      const value = (cmd.opts() as { metricsListen?: string }).metricsListen;
-      if (value) configureMetricsListen(parseMetricsListen(value));
-    });
-  }
-
   const nodes = server.commands.find((c) => c.name() === 'nodes');
   if (!nodes) return;
   nodes
@@ -34,23 +22,13 @@ export function registerObservabilityCommands(server: Command): void {
     .argument('<idOrHostname>', 'node id, or a hostname that names exactly one live node')
     .option('--data-dir <dir>', 'server data dir (default: MESHLINK_DATA_DIR or the documented default)')
     .option('--json', 'print one JSON object')
-    .action(async (idOrHostname: string, raw: unknown) => {
-      try {
+    .action(
+      withFailureReport(async (idOrHostname: string, raw: unknown) => {
         const opts = showOptions.parse(raw);
-        const details = await fetchDetails(opts.dataDir, idOrHostname);
+        const details = await withOperator(opts.dataDir, (op) => op.call(showNode, { node: idOrHostname }));
         process.stdout.write(opts.json ? JSON.stringify(details) + '\n' : render(details));
-      } catch (err) {
-        reportFailure(err);
-      }
-    });
-}
-
-function fetchDetails(dataDirFlag: string | undefined, node: string): Promise<NodeDetails> {
-  return withServerOrStore(
-    dataDirFlag,
-    (socket) => adminRequest<NodeDetails>(socket, 'GET', `/v1/nodes/show?node=${encodeURIComponent(node)}`),
-    (store) => nodeDetails(store, node),
-  );
+      }),
+    );
 }
 
 function render(d: NodeDetails): string {

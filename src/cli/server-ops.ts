@@ -1,14 +1,13 @@
 import { EXIT_CODES, MeshlinkError } from '../errors.js';
-import { userInfo } from 'node:os';
 import { exitCodeFor, reportFailure, withFailureReport } from './failure.js';
 import { readFile } from 'node:fs/promises';
 import { Option, type Command } from 'commander';
 import { z } from 'zod';
-import { adminSocketPath, parseServerConfig } from '../server/config.js';
-import { opsAdminRequest, pullFile, pushFile, runAction, runExec, tailLogs } from '../server/ops/client.js';
-import type { AuditRecord } from '../server/audit-log.js';
-import type { UpgradeStatusRow } from '../server/ops/store.js';
-import { actionName } from '../server/ops/tunnel-protocol.js';
+import { localActor } from '../admin-api/actor.js';
+import * as api from '../admin-api/routes.js';
+import { actionName } from '../admin-api/tunnel.js';
+import { pullFile, pushFile, runAction, runExec, tailLogs } from '../admin-api/tunnel-client.js';
+import { adminSocketOf, withOperator } from './operator.js';
 import { parseDuration } from '../util/duration.js';
 import { printTable } from './table.js';
 
@@ -39,15 +38,8 @@ function exitAfterFlush(code: number): void {
   process.stdout.write('', () => process.stderr.write('', () => process.exit(code)));
 }
 
-/** The operator, as recorded in the audit log: the socket's file permission is the authentication. */
-function actor(): string {
-  const u = userInfo();
-  return `${u.username}(uid ${u.uid})`;
-}
-
-function socketOf(dataDir: string | undefined): string {
-  return adminSocketPath(parseServerConfig({ ...(dataDir ? { dataDir } : {}) }).dataDir);
-}
+const actor = localActor;
+const socketOf = adminSocketOf;
 
 const dataDirOption = () => new Option('--data-dir <dir>', 'server data dir (default: MESHLINK_DATA_DIR or the documented default)');
 const collect = (value: string, previous: string[] = []): string[] => [...previous, value];
@@ -180,7 +172,7 @@ export function registerOpsCommands(server: Command): void {
     .action(
       action(async (raw: unknown) => {
         const o = z.object({ json: z.boolean().default(false), limit: z.coerce.number().int().min(1).max(10_000), dataDir: z.string().optional() }).parse(raw);
-        const list = await opsAdminRequest<AuditRecord[]>(socketOf(o.dataDir), 'GET', `/v1/ops/audit?limit=${o.limit}`);
+        const list = await withOperator(o.dataDir, (op) => op.call(api.listAudit, { limit: o.limit }));
         if (o.json) {
           process.stdout.write(JSON.stringify(list) + '\n');
           return;
@@ -203,8 +195,7 @@ export function registerOpsCommands(server: Command): void {
       action(async (bundle: string, raw: unknown) => {
         const o = z.object({ percent: z.coerce.number().int().min(0).max(100), bundleVersion: z.string().optional(), json: z.boolean().default(false), dataDir: z.string().optional() }).parse(raw);
         const bytes = await readFile(bundle);
-        const q = new URLSearchParams({ percent: String(o.percent), actor: actor(), ...(o.bundleVersion ? { version: o.bundleVersion } : {}) });
-        const r = await opsAdminRequest<{ buildId: string; version: string; size: number; percent: number; notified: number }>(socketOf(o.dataDir), 'POST', `/v1/ops/upgrade?${q}`, bytes);
+        const r = await withOperator(o.dataDir, (op) => op.call(api.setUpgrade, { percent: o.percent, ...(o.bundleVersion ? { version: o.bundleVersion } : {}) }, { body: bytes, timeoutMs: 60_000 }));
         if (o.json) process.stdout.write(JSON.stringify(r) + '\n');
         else process.stdout.write(`offering build ${r.buildId} (version ${r.version}, ${r.size} bytes) to ${r.percent}% of nodes; ${r.notified} connected agent(s) notified\n`);
       }),
@@ -217,7 +208,7 @@ export function registerOpsCommands(server: Command): void {
     .action(
       action(async (raw: unknown) => {
         const o = z.object({ json: z.boolean().default(false), dataDir: z.string().optional() }).parse(raw);
-        const r = await opsAdminRequest<{ current: { buildId: string; version: string; percent: number } | null; nodes: UpgradeStatusRow[] }>(socketOf(o.dataDir), 'GET', '/v1/ops/upgrade');
+        const r = await withOperator(o.dataDir, (op) => op.call(api.showUpgrade, {}));
         if (o.json) {
           process.stdout.write(JSON.stringify(r) + '\n');
           return;

@@ -1,15 +1,12 @@
 import { EXIT_CODES } from '../errors.js';
-import { withServerOrStore } from './server-access.js';
 import { withFailureReport } from './failure.js';
+import { withOperator } from './operator.js';
 import { registerServerExtensions } from './server-extensions.js';
-import { createTaggedToken } from '../server/mesh/operator.js';
 import { Command, Option } from 'commander';
 import { z } from 'zod';
-import { adminRequest } from '../server/admin.js';
+import * as api from '../admin-api/routes.js';
 import { parseServerConfig } from '../server/config.js';
-import { createEnrollmentToken, listNodes, removeNode, type NodeListing, type RemovalResult, type TokenCreation } from '../server/nodes.js';
 import { startServer } from '../server/server.js';
-import { DEFAULT_TOKEN_TTL_MS } from '../server/tokens.js';
 import { createLogger, LOG_LEVELS } from '../util/logger.js';
 import { parseDuration } from '../util/duration.js';
 import { parseListenAddress, type ListenAddress } from '../util/listen-address.js';
@@ -33,8 +30,6 @@ const tokenCreateOptions = z.object({ dataDir: z.string().optional(), ttl: z.str
 const listOptions = z.object({ dataDir: z.string().optional(), json: z.boolean().default(false) });
 const removeOptions = z.object({ dataDir: z.string().optional() });
 
-/** Runs `viaAdmin` against a running server, else `direct` on the store file (server stopped). */
-
 export function registerServerCommands(program: Command): void {
   const server = program.command('server').description('control-plane server: CA, enrollment, agent gateway');
 
@@ -50,8 +45,9 @@ export function registerServerCommands(program: Command): void {
     .option('--heartbeat-interval <duration>', 'how often agents send a heartbeat (sent to them in welcome)', '15s')
     .option('--offline-after <duration>', 'silence after which a node is offline and its session closed', '45s')
     .addOption(new Option('--log-level <level>', 'log level (default: MESHLINK_LOG_LEVEL or info)').choices([...LOG_LEVELS]))
+    .option('--metrics-listen <host:port>', 'serve Prometheus metrics (GET /metrics) on this local address, e.g. 127.0.0.1:9464 (default: MESHLINK_METRICS_LISTEN, else off)')
     .action(
-      action(async (opts: { dataDir?: string; listen: string; san: string[]; caKey: string; certLifetime: string; renewGrace: string; heartbeatInterval: string; offlineAfter: string; logLevel?: string }) => {
+      action(async (opts: { dataDir?: string; listen: string; san: string[]; caKey: string; certLifetime: string; renewGrace: string; heartbeatInterval: string; offlineAfter: string; logLevel?: string; metricsListen?: string }) => {
         const config = parseServerConfig({
           ...(opts.dataDir ? { dataDir: opts.dataDir } : {}),
           listen: parseListen(opts.listen),
@@ -62,6 +58,7 @@ export function registerServerCommands(program: Command): void {
           heartbeatIntervalMs: parseDuration(opts.heartbeatInterval),
           offlineAfterMs: parseDuration(opts.offlineAfter),
           logLevel: opts.logLevel ?? process.env.MESHLINK_LOG_LEVEL ?? 'info',
+          metricsListen: opts.metricsListen ? parseListenAddress(opts.metricsListen, '--metrics-listen', 'ML_ERR_USAGE') : null,
         });
         const logger = createLogger({ name: 'meshlink-server', level: config.logLevel });
         const running = await startServer(config, { logger });
@@ -94,11 +91,10 @@ export function registerServerCommands(program: Command): void {
     .action(
       action(async (raw: unknown) => {
         const opts = tokenCreateOptions.parse(raw);
-        const ttlMs = opts.ttl ? parseDuration(opts.ttl) : DEFAULT_TOKEN_TTL_MS;
-        const created = await withServerOrStore<TokenCreation>(
-          opts.dataDir,
-          (socket) => (opts.tag.length > 0 ? adminRequest(socket, 'POST', '/v1/mesh/tokens', { ttlMs, nodeId: opts.node ?? null, tags: opts.tag }) : adminRequest(socket, 'POST', '/v1/tokens', { ttlMs, nodeId: opts.node ?? null })),
-          (store) => (opts.tag.length > 0 ? createTaggedToken(store, { ttlMs, nodeId: opts.node ?? null, tags: opts.tag }) : createEnrollmentToken(store, { ttlMs, nodeId: opts.node ?? null })),
+        const ttlMs = parseDuration(opts.ttl);
+        const nodeId = opts.node ?? null;
+        const created = await withOperator(opts.dataDir, (op) =>
+          opts.tag.length > 0 ? op.call(api.createTaggedToken, { ttlMs, nodeId, tags: opts.tag }) : op.call(api.createToken, { ttlMs, nodeId }),
         );
         if (opts.json) {
           const { token: t, expiresAt, caPin, enrollCommand } = created;
@@ -119,11 +115,7 @@ export function registerServerCommands(program: Command): void {
     .action(
       action(async (raw: unknown) => {
         const opts = listOptions.parse(raw);
-        const list = await withServerOrStore<NodeListing[]>(
-          opts.dataDir,
-          (socket) => adminRequest(socket, 'GET', '/v1/nodes'),
-          (store) => listNodes(store),
-        );
+        const list = await withOperator(opts.dataDir, (op) => op.call(api.listNodes, {}));
         if (opts.json) {
           process.stdout.write(JSON.stringify(list) + '\n');
           return;
@@ -140,11 +132,7 @@ export function registerServerCommands(program: Command): void {
     .action(
       action(async (idOrHostname: string, raw: unknown) => {
         const opts = removeOptions.parse(raw);
-        const result = await withServerOrStore<RemovalResult>(
-          opts.dataDir,
-          (socket) => adminRequest(socket, 'POST', '/v1/nodes/remove', { node: idOrHostname }),
-          (store) => removeNode(store, idOrHostname),
-        );
+        const result = await withOperator(opts.dataDir, (op) => op.call(api.removeNode, { node: idOrHostname }));
         process.stdout.write(`removed ${result.id} (${result.hostname}): ${result.revokedSerials.length} certificate(s) revoked, ${result.closedConnections} connection(s) closed\n`);
       }),
     );

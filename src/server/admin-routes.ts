@@ -1,41 +1,94 @@
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
+import { MeshlinkError } from '../errors.js';
+import { routeKey, type AdminRoute, type RouteParsedInput, type RouteResult } from '../admin-api/route.js';
+import { formatIssue } from '../admin-api/schema-error.js';
+import type { AuditLog } from './audit-log.js';
 
 /**
- * Routes that features add to the local admin channel (admin.ts serves them after its built-ins).
- * Keys are `METHOD /path` matched exactly (query strings are the handler's to parse). Upgrade
- * handlers take over the raw socket for bidirectional streams (exec, logs, cp).
+ * The handlers of the operator API (src/admin-api/routes.ts), one per route, registered by the core and
+ * by the features. Both ways an operator's request arrives run through `run` here: the admin socket
+ * (admin.ts) and, with no server running, the offline operator (operator/offline.ts). So a request is
+ * validated by the same schema, served by the same handler and audited the same way either way.
+ *
+ * Every state-changing route (not GET) is audited: who (the operator the client names; the socket's
+ * file permission is the authentication), what (the route's path below /v1/), which node and target
+ * (from the handler's answer), when, and the result. A route whose result is known only later audits
+ * itself (`audit: 'self'`: the ops upgrade, which records the build it stored).
  */
-export type AdminHandler = (req: IncomingMessage, res: ServerResponse) => Promise<void>;
+
+export interface AdminCall {
+  /** The operator, as the client named it ("unknown" when it did not). */
+  readonly actor: string;
+  /** The raw request body of an `upload` route. */
+  readonly body?: Buffer;
+}
+
+export type RouteHandler<R extends AdminRoute> = (input: RouteParsedInput<R>, call: AdminCall) => RouteResult<R> | Promise<RouteResult<R>>;
+
+/** What the audit record names besides the operation: the node and a short target (never a secret). */
+export interface AuditSubject {
+  nodeId?: string | null;
+  target?: string | null;
+}
+
+export interface HandleOptions<R extends AdminRoute> {
+  audit?: 'self' | ((answer: RouteResult<R>) => AuditSubject);
+}
+
 export type AdminUpgradeHandler = (req: IncomingMessage, socket: Duplex, head: Buffer) => void;
 
+interface Entry {
+  route: AdminRoute;
+  handler: RouteHandler<AdminRoute>;
+  audit: HandleOptions<AdminRoute>['audit'];
+}
+
 export class AdminRoutes {
-  readonly #routes = new Map<string, AdminHandler>();
+  readonly #audit: AuditLog;
+  readonly #byKey = new Map<string, Entry>();
   readonly #upgrades = new Map<string, AdminUpgradeHandler>();
-  readonly #selfAudited = new Set<string>();
 
-  /**
-   * Adds a route. Every state-changing route (not GET) is audited by the admin server unless it
-   * audits itself (`auditsItself`, e.g. an operation whose result is only known later).
-   */
-  add(route: string, handler: AdminHandler, options: { auditsItself?: boolean } = {}): void {
-    if (!/^(GET|POST|PUT|DELETE) \/v1\/\S+$/.test(route)) throw new Error(`admin route must look like "POST /v1/…": ${route}`);
-    if (this.#routes.has(route)) throw new Error(`admin route ${route} is already registered`);
-    this.#routes.set(route, handler);
-    if (options.auditsItself) this.#selfAudited.add(route);
+  constructor(audit: AuditLog) {
+    this.#audit = audit;
   }
 
-  auditsItself(route: string): boolean {
-    return this.#selfAudited.has(route);
+  /** Serves `route` with `handler`. A route is served once: a second registration is a programming error. */
+  handle<R extends AdminRoute>(route: R, handler: RouteHandler<R>, options: HandleOptions<R> = {}): void {
+    const key = routeKey(route);
+    if (this.#byKey.has(key)) throw new Error(`admin route ${key} is already served`);
+    this.#byKey.set(key, { route, handler: handler as unknown as RouteHandler<AdminRoute>, audit: options.audit as HandleOptions<AdminRoute>['audit'] });
   }
 
+  /** The route served for `METHOD /path`, if any. */
+  lookup(key: string): AdminRoute | undefined {
+    return this.#byKey.get(key)?.route;
+  }
+
+  /** Runs the route's handler on `raw` (a JSON body, or the query string's fields): validated, then audited. */
+  async run(route: AdminRoute, raw: unknown, call: AdminCall): Promise<unknown> {
+    const entry = this.#byKey.get(routeKey(route));
+    if (!entry) throw new MeshlinkError('ML_ERR_NOT_FOUND', `no admin endpoint ${routeKey(route)}`);
+    const parsed = entry.route.input.safeParse(raw);
+    if (!parsed.success) throw new MeshlinkError('ML_ERR_BAD_REQUEST', `invalid request: ${formatIssue(parsed.error)}`);
+    if (entry.route.method === 'GET' || entry.audit === 'self') return entry.handler(parsed.data, call);
+
+    const record = { source: 'admin' as const, actor: call.actor, operation: entry.route.path.replace(/^\/v1\//, '') };
+    try {
+      const answer = await entry.handler(parsed.data, call);
+      const subject = entry.audit ? entry.audit(answer) : {};
+      this.#audit.record({ ...record, nodeId: subject.nodeId ?? null, target: subject.target ?? null, result: 'ok' });
+      return answer;
+    } catch (err) {
+      this.#audit.record({ ...record, nodeId: null, target: null, result: `error:${err instanceof MeshlinkError ? err.code : 'ML_ERR_SERVER_INTERNAL'}` });
+      throw err;
+    }
+  }
+
+  /** A WebSocket endpoint on the admin socket (the ops tunnel: exec, logs, cp, actions). */
   addUpgrade(path: string, handler: AdminUpgradeHandler): void {
     if (this.#upgrades.has(path)) throw new Error(`admin upgrade path ${path} is already registered`);
     this.#upgrades.set(path, handler);
-  }
-
-  lookup(route: string): AdminHandler | undefined {
-    return this.#routes.get(route);
   }
 
   lookupUpgrade(path: string): AdminUpgradeHandler | undefined {

@@ -39,6 +39,8 @@ export const serverConfigSchema = z
     /** Failed enroll/renew requests allowed per source address per minute (token bucket, burst = rate). */
     enrollFailuresPerMinute: z.number().int().min(1).max(100_000).default(10),
     logLevel: z.enum(LOG_LEVELS).default('info'),
+    /** Where to serve Prometheus /metrics (`--metrics-listen`); null: MESHLINK_METRICS_LISTEN, else off. */
+    metricsListen: z.object({ host: z.string().min(1), port: z.number().int().min(0).max(65_535) }).strict().nullable().default(null),
   })
   .strict()
   .refine((c) => c.offlineAfterMs > c.heartbeatIntervalMs, {

@@ -1,3 +1,4 @@
+import type { NodeListing } from '../admin-api/routes.js';
 import type { Logger } from '../util/logger.js';
 import type { AdminRoutes } from './admin-routes.js';
 import type { AgentSessions } from './agent-sessions.js';
@@ -47,6 +48,8 @@ export interface ConnectionEvents {
  * start later, or not run at all: then the question has no answer).
  */
 export interface FeatureAnswers {
+  /** The columns a feature adds to the node list (`server nodes list`): a lookup by node id, made once per listing. */
+  nodeListingFields(): (nodeId: string) => Partial<NodeListing>;
   /** When mesh event `seq` of the node was created (ms since the epoch), while the event log keeps it. */
   meshEventCreatedAt(nodeId: string, seq: number): number | undefined;
 }
@@ -73,3 +76,17 @@ export interface ServerFeatureHandle {
 }
 
 export type ServerFeature = (ctx: ServerFeatureContext) => ServerFeatureHandle | void | Promise<ServerFeatureHandle | void>;
+
+/**
+ * What a feature gets when the operator runs a command with no server running (the CLI's offline
+ * path, server/operator/offline.ts): the store, the operator routes to serve on it, and the questions.
+ * No agents, no gateway: a change is stored, and the next start tells the agents.
+ */
+export interface OfflineFeatureContext {
+  readonly store: Store;
+  readonly admin: AdminRoutes;
+  readonly questions: FeatureQuestions;
+  readonly logger: Logger;
+}
+
+export type OfflineFeature = (ctx: OfflineFeatureContext) => void;

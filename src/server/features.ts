@@ -1,15 +1,18 @@
-import type { ServerFeature } from './feature.js';
+import type { OfflineFeature, ServerFeature } from './feature.js';
 import { MIGRATIONS as CORE_MIGRATIONS, type Migration } from './store/migrations.js';
 import { Store } from './store/store.js';
-import { observabilityFeature } from './observability/index.js';
+import { observabilityFeature, observabilityOffline } from './observability/index.js';
 import { OBSERVABILITY_MIGRATIONS } from './observability/migrations.js';
-import { meshFeature } from './mesh/index.js';
+import { meshFeature, meshOffline } from './mesh/index.js';
 import { MESH_MIGRATIONS } from './mesh/migrations.js';
-import { opsFeature } from './ops/index.js';
+import { opsFeature, opsOffline } from './ops/index.js';
 import { OPS_MIGRATIONS } from './ops/migrations.js';
 
 /** The features every server runs, in start order. */
 export const SERVER_FEATURES: readonly ServerFeature[] = [meshFeature, observabilityFeature, opsFeature];
+
+/** What each feature serves to the operator when no server runs (server/operator/offline.ts). */
+export const OFFLINE_FEATURES: readonly OfflineFeature[] = [meshOffline, observabilityOffline, opsOffline];
 
 /**
  * Every schema migration: the core's (versions 1–99) and each feature's own list (mesh 100–199, ops

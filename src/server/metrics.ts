@@ -27,12 +27,6 @@ export function parseMetricsListen(text: string): ListenAddress {
   return parseListenAddress(text, 'metrics listen address', 'ML_ERR_CONFIG');
 }
 
-/** Set by the CLI (`server start --metrics-listen`); MESHLINK_METRICS_LISTEN is the fallback. */
-let configuredListen: ListenAddress | null = null;
-export function configureMetricsListen(address: ListenAddress | null): void {
-  configuredListen = address;
-}
-
 export interface ServerMetricsHandle {
   readonly registry: Registry;
   /** The bound address of the /metrics listener. */
@@ -40,7 +34,7 @@ export interface ServerMetricsHandle {
 }
 
 export interface MetricsFeatureOptions {
-  /** Where to serve /metrics; null/absent: the CLI setting, then MESHLINK_METRICS_LISTEN, else off. */
+  /** Where to serve /metrics; null/absent: the config's (`--metrics-listen`), then MESHLINK_METRICS_LISTEN, else off. */
   listen?: ListenAddress | null;
   onStarted?: (handle: ServerMetricsHandle) => void;
 }
@@ -48,7 +42,7 @@ export interface MetricsFeatureOptions {
 export function createMetricsFeature(options: MetricsFeatureOptions = {}): ServerFeature {
   return async (ctx) => {
     const env = process.env.MESHLINK_METRICS_LISTEN;
-    const listen = options.listen ?? configuredListen ?? (env ? parseMetricsListen(env) : null);
+    const listen = options.listen ?? ctx.config.metricsListen ?? (env ? parseMetricsListen(env) : null);
     if (!listen) return;
     const log = ctx.logger.child({ component: 'metrics' });
     const registry = new Registry();

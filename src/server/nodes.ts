@@ -3,27 +3,16 @@ import type { ConnectionRegistry } from './connections.js';
 import type { RevocationList } from './revocation.js';
 import type { NodeRow, Store } from './store/store.js';
 import { createToken } from './tokens.js';
-import { meshListingFields, type MeshListingFields } from './mesh/listing.js';
+import type { NodeListing, RemovalResult, TokenCreation } from '../admin-api/routes.js';
 import type { PresenceView } from './presence.js';
 
 /**
- * Operator actions shared by the admin channel (server running) and the CLI's direct-store fallback
- * (server stopped): the same functions, with or without the live parts.
+ * The core's operator actions on nodes and tokens, served by operator/core-routes.ts both by the
+ * running server and with none running (then without the live parts).
  */
 
 export const META_PUBLIC_URL = 'public_url';
 export const META_CA_PIN = 'ca_pin';
-
-/** Mesh fields (meshIp, wgPublicKey, tags, endpoints, observedAddress) come from the mesh feature. */
-export interface NodeListing extends Partial<MeshListingFields> {
-  id: string;
-  hostname: string;
-  online: boolean;
-  lastSeen: string | null;
-  certSerial: string | null;
-  certNotAfter: string | null;
-  agentVersion: string | null;
-}
 
 export interface LiveParts {
   registry: ConnectionRegistry;
@@ -34,10 +23,13 @@ export interface LiveParts {
 
 const iso = (ms: number | null): string | null => (ms === null ? null : new Date(ms).toISOString());
 
-/** Without `live` (server stopped) every node is offline. */
-export function listNodes(store: Store, live?: Pick<LiveParts, 'presence'>): NodeListing[] {
+/**
+ * Every live node. Without `live` (server stopped) every node is offline. `extraFields` adds the
+ * columns features answer for (the mesh's address, key, tags and endpoints).
+ */
+export function listNodes(store: Store, live?: Pick<LiveParts, 'presence'>, extraFields?: () => (nodeId: string) => Partial<NodeListing>): NodeListing[] {
   live?.presence.flush();
-  const mesh = meshListingFields(store);
+  const extra = extraFields?.();
   return store.listLiveNodes().map((n) => ({
     id: n.id,
     hostname: n.hostname,
@@ -46,7 +38,7 @@ export function listNodes(store: Store, live?: Pick<LiveParts, 'presence'>): Nod
     certSerial: n.certSerial,
     certNotAfter: iso(n.certNotAfter),
     agentVersion: n.agentVersion,
-    ...(mesh.get(n.id) ?? { meshIp: null, wgPublicKey: null, tags: [], endpoints: [], observedAddress: null }),
+    ...extra?.(n.id),
   }));
 }
 
@@ -62,13 +54,6 @@ export function resolveNode(store: Store, idOrHostname: string): NodeRow {
   throw new MeshlinkError('ML_ERR_NODE_NOT_FOUND', `no live node with id or hostname ${idOrHostname}`);
 }
 
-export interface RemovalResult {
-  id: string;
-  hostname: string;
-  revokedSerials: string[];
-  closedConnections: number;
-}
-
 /** Removes a node and revokes its certificates; with live parts, its sockets are closed with 4401 at once. */
 export function removeNode(store: Store, idOrHostname: string, live?: LiveParts): RemovalResult {
   const node = resolveNode(store, idOrHostname);
@@ -79,14 +64,6 @@ export function removeNode(store: Store, idOrHostname: string, live?: LiveParts)
     closedConnections = live.registry.closeRevokedNode(node.id);
   }
   return { id: node.id, hostname: node.hostname, revokedSerials, closedConnections };
-}
-
-export interface TokenCreation {
-  token: string;
-  expiresAt: string;
-  caPin: string;
-  enrollCommand: string;
-  nodeId: string | null;
 }
 
 export function createEnrollmentToken(store: Store, options: { ttlMs: number; nodeId?: string | null }): TokenCreation {

@@ -3,7 +3,9 @@ import type { Server as HttpServer } from 'node:http';
 import type { Server as HttpsServer } from 'node:https';
 import { hostname as osHostname } from 'node:os';
 import { createLogger, type Logger } from '../util/logger.js';
-import { AdminUnavailable, adminRequest, startAdminServer } from './admin.js';
+import { AdminClient } from '../admin-api/client.js';
+import { startAdminServer } from './admin.js';
+import { registerCoreAdminRoutes } from './operator/core-routes.js';
 import { loadOrCreateCa, type CertificateAuthority } from './ca.js';
 import { adminSocketPath, storePath, type ServerConfig } from './config.js';
 import { ConnectionRegistry } from './connections.js';
@@ -93,7 +95,10 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
     // The session layer: handshake, heartbeats, presence, in-band renewal (tests may plug in their own).
     const sessionHost = options.hooks ? null : new SessionHost({ config, store, enrollment, logger, presence });
     sessions = sessionHost;
-    const adminRoutes = new AdminRoutes();
+    const audit = AuditLog.of(store);
+    const adminRoutes = new AdminRoutes(audit);
+    const questions = createFeatureQuestions();
+    registerCoreAdminRoutes(adminRoutes, { store, live, questions, logger });
     const publicRoutes = new PublicRoutes();
     if (sessionHost) {
       const ctx: ServerFeatureContext = {
@@ -103,9 +108,9 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
         presence,
         admin: adminRoutes,
         publicRoutes,
-        audit: AuditLog.of(store),
+        audit,
         connections: { onRefused: (fn) => registry.onRefused(fn), onRevoking: (fn) => registry.onRevoking(fn) },
-        questions: createFeatureQuestions(),
+        questions,
         logger,
         passphrase,
       };
@@ -142,7 +147,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
     }, SERVER_CERT_ROTATE_MS);
     rotateTimer.unref();
 
-    admin = await startAdminServer(socketPath, { store, live, logger, routes: adminRoutes });
+    admin = await startAdminServer(socketPath, { logger, routes: adminRoutes });
 
     const address = { host: bound.address, port: bound.port };
     logger.info({ address: `${address.host}:${address.port}`, publicUrl, caPin: ca.pin, adminSocket: socketPath }, 'server ready');
@@ -197,9 +202,9 @@ async function prepareDataDir(dir: string, logger: Logger): Promise<void> {
 
 async function refuseIfRunning(socketPath: string): Promise<void> {
   try {
-    await adminRequest(socketPath, 'GET', '/v1/health', undefined, 2_000);
+    await new AdminClient(socketPath).request('GET', '/v1/health', undefined, undefined, 2_000);
   } catch (err) {
-    if (err instanceof AdminUnavailable) return; // stale or absent socket: ours to replace
+    if (err instanceof MeshlinkError && err.code === 'ML_ERR_SERVER_NOT_RUNNING') return; // stale or absent socket: ours to replace
     throw new MeshlinkError('ML_ERR_SERVER_RUNNING', `the admin socket ${socketPath} exists and does not behave like an idle leftover: ${(err as Error).message}`);
   }
   throw new MeshlinkError('ML_ERR_SERVER_RUNNING', `a meshlink server is already running on this data dir (${socketPath})`);

@@ -117,7 +117,8 @@ const RULES: Record<LayerName, LayerRule> = {
     says: 'contract may import errors, registry types, zod, msgpack, node:crypto',
   },
   net: { layers: ['protocol', 'errors'], packages: ['ws'], builtins: 'any', says: 'net may import protocol, errors, ws' },
-  'admin-api': { layers: ['errors', 'util', 'contract'], packages: ['zod', 'ws'], builtins: 'any', says: 'admin-api may import errors, util, contract, zod, ws' },
+  // net for the WebSocket masking choice the tunnel client shares with the agent's connection (net/ws-mask.ts).
+  'admin-api': { layers: ['errors', 'util', 'contract', 'net'], packages: ['zod', 'ws'], builtins: 'any', says: 'admin-api may import errors, util, contract, net, zod, ws' },
   'server core': {
     layers: ['protocol', 'net', 'contract', 'errors', 'util', 'admin-api', 'version'],
     packages: 'any',

@@ -27,7 +27,8 @@ describe('audit of admin operations (real processes)', () => {
     const r = await cli(['server', 'audit', '--json', '--data-dir', server.dataDir]);
     expect(r.code).toBe(0);
     const rows = JSON.parse(r.stdout) as Array<{ actor: string; operation: string; nodeId: string | null; result: string; source: string }>;
-    const me = userInfo().username;
+    // One name for the operator everywhere (JSON routes and tunnel alike): the OS user and uid.
+    const me = `${userInfo().username}(uid ${userInfo().uid})`;
     expect(rows).toEqual(
       expect.arrayContaining([
         expect.objectContaining({ source: 'admin', actor: me, operation: 'tokens', nodeId: null, result: 'ok' }),

@@ -4,7 +4,8 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { freePort } from '../../bench/lib/free-port.js';
-import { adminRequest } from '../../src/server/admin.js';
+import { AdminClient } from '../../src/admin-api/client.js';
+import * as api from '../../src/admin-api/routes.js';
 
 /** Real processes of the real CLI, for end-to-end tests. */
 export const CLI = resolve('dist/src/cli/main.js');
@@ -121,7 +122,7 @@ export interface NodeRow {
 
 /** Lists nodes through the running server's admin socket (cheaper than a CLI process per poll). */
 export function listNodes(dataDir: string): Promise<NodeRow[]> {
-  return adminRequest<NodeRow[]>(join(dataDir, 'admin.sock'), 'GET', '/v1/nodes');
+  return new AdminClient(join(dataDir, 'admin.sock')).call(api.listNodes, {});
 }
 
 export async function waitFor<T>(what: string, probe: () => Promise<T | null | undefined | false>, timeoutMs = 30_000, everyMs = 200): Promise<T> {

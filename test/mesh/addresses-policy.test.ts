@@ -1,7 +1,8 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { allocateAddress, intToIp, ipToInt, parseMeshRange } from '../../src/server/mesh/addresses.js';
-import { parsePolicy, permittedPeers, policyId } from '../../src/server/mesh/policy.js';
+import { parsePolicy } from '../../src/admin-api/policy.js';
+import { permittedPeers, policyId } from '../../src/server/mesh/policy.js';
 
 describe('mesh addresses', () => {
   it('hands out the lowest free host address, never network or broadcast', () => {

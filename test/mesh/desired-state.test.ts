@@ -4,7 +4,8 @@ import { describe, expect, it } from 'vitest';
 import type { MeshState, PeerInfo } from '../../src/contract/mesh-events.js';
 import { desiredState, pairKey, viewChange, type Announced, type MeshInputs, type PeerFacts, type ViewChange } from '../../src/server/mesh/desired-state.js';
 import { applyViewChange } from '../../src/server/mesh/model.js';
-import { permittedPeers, type Policy } from '../../src/server/mesh/policy.js';
+import type { Policy } from '../../src/admin-api/policy.js';
+import { permittedPeers } from '../../src/server/mesh/policy.js';
 
 /**
  * Properties of the pure desired-state module over random small meshes: random tags, policies,

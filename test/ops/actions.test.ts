@@ -1,12 +1,13 @@
 import { chmod, mkdir, writeFile } from 'node:fs/promises';
+import { AdminClient } from '../../src/admin-api/client.js';
+import { listAudit } from '../../src/admin-api/routes.js';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { opsAdminRequest, runAction, runTunnel } from '../../src/server/ops/client.js';
+import { runAction, runTunnel } from '../../src/admin-api/tunnel-client.js';
 import { enroll } from '../../src/agent/enroll.js';
 import { createEnrollmentToken } from '../../src/server/nodes.js';
 import { tempDir } from '../server/helpers.js';
-import type { AuditRecord } from '../../src/server/audit-log.js';
 import { startOpsPair, waitUntil, type OpsPair } from './helpers.js';
 import { MeshlinkError } from '../../src/errors.js';
 
@@ -152,10 +153,10 @@ describe('remote actions over real mTLS', () => {
 
   it('records every operation in the audit log with actor, node and result', async () => {
     await waitUntil('agent audit records', async () => {
-      const list = await opsAdminRequest<AuditRecord[]>(p.socket, 'GET', '/v1/ops/audit?limit=200');
+      const list = await new AdminClient(p.socket).call(listAudit, { limit: 200 });
       return list.some((a) => a.source === 'agent' && a.target === 'greet');
     });
-    const list = await opsAdminRequest<AuditRecord[]>(p.socket, 'GET', '/v1/ops/audit?limit=200');
+    const list = await new AdminClient(p.socket).call(listAudit, { limit: 200 });
     const greet = list.find((a) => a.source === 'admin' && a.target === 'greet')!;
     expect(greet).toMatchObject({ actor: 'tester', operation: 'action', nodeId: p.nodeId, result: 'exit:3' });
     expect(greet.finishedAt).toBeGreaterThanOrEqual(greet.ts);

@@ -1,11 +1,12 @@
 import { execFile, spawn } from 'node:child_process';
+import { AdminClient } from '../../src/admin-api/client.js';
+import { showUpgrade } from '../../src/admin-api/routes.js';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cli, enrollAgent, freePort, startServerProc, tempDir, waitFor, type ServerProc } from '../e2e/harness.js';
-import { opsAdminRequest } from '../../src/server/ops/client.js';
 
 const sha = (b: string | Buffer): string => createHash('sha256').update(b).digest('hex');
 const run = promisify(execFile);
@@ -158,7 +159,7 @@ describe('ops through the real CLI and the agent bundle', () => {
     // It is offered nothing (same build id) and stays up.
     await new Promise((r) => setTimeout(r, 1500));
     expect(agent.child.exitCode).toBeNull();
-    const status = await opsAdminRequest<{ nodes: Array<{ nodeId: string; state: string; buildId: string }> }>(join(server.dataDir, 'admin.sock'), 'GET', '/v1/ops/upgrade');
+    const status = await new AdminClient(join(server.dataDir, 'admin.sock')).call(showUpgrade, {});
     expect(status.nodes.find((n) => n.nodeId === nodeId)).toMatchObject({ state: 'applied', buildId: sha(v2) });
   });
 });

@@ -3,7 +3,7 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { pushFile, runAction, tailLogs } from '../../src/server/ops/client.js';
+import { pushFile, runAction, tailLogs } from '../../src/admin-api/tunnel-client.js';
 import { tempDir } from '../server/helpers.js';
 import { startOpsPair, waitUntil, type OpsPair } from './helpers.js';
 

@@ -1,6 +1,6 @@
 import { PassThrough, Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { runAction, runExec, runTunnel, tailLogs } from '../../src/server/ops/client.js';
+import { runAction, runExec, runTunnel, tailLogs } from '../../src/admin-api/tunnel-client.js';
 import { startOpsPair, waitUntil, type OpsPair } from './helpers.js';
 
 function sink(): { stream: PassThrough; text(): string; bytes(): number } {

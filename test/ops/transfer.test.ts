@@ -3,7 +3,7 @@ import { existsSync } from 'node:fs';
 import { mkdir, open, readFile, readdir, stat, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { pullFile, pushFile, runTunnel } from '../../src/server/ops/client.js';
+import { pullFile, pushFile, runTunnel } from '../../src/admin-api/tunnel-client.js';
 import { tempDir } from '../server/helpers.js';
 import { startOpsPair, waitUntil, type OpsPair } from './helpers.js';
 

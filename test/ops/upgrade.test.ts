@@ -1,8 +1,9 @@
 import { createHash } from 'node:crypto';
+import { AdminClient } from '../../src/admin-api/client.js';
+import { listAudit, setUpgrade, showUpgrade } from '../../src/admin-api/routes.js';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { opsAdminRequest } from '../../src/server/ops/client.js';
 import { httpsRequest, tempDir } from '../server/helpers.js';
 import { startOpsPair, waitUntil, type OpsPair } from './helpers.js';
 
@@ -32,7 +33,7 @@ describe('agent self-upgrade over real mTLS (in-process agent, bundle file in a 
     await dir?.cleanup();
   });
 
-  const status = (): Promise<UpgradeView> => opsAdminRequest<UpgradeView>(p.socket, 'GET', '/v1/ops/upgrade');
+  const status = (): Promise<UpgradeView> => new AdminClient(p.socket).call(showUpgrade, {});
   const nodeState = async (): Promise<string | undefined> => (await status()).nodes.find((n) => n.nodeId === p.nodeId)?.state;
 
   it('the agent reports its build identity (SHA-256 of its bundle) in hello', () => {
@@ -46,7 +47,7 @@ describe('agent self-upgrade over real mTLS (in-process agent, bundle file in a 
   });
 
   it('percent 0 offers nothing', async () => {
-    const r = await opsAdminRequest<{ notified: number; buildId: string; version: string }>(p.socket, 'POST', '/v1/ops/upgrade?percent=0&actor=t', Buffer.from(v2));
+    const r = await new AdminClient(p.socket, { actor: 't' }).call(setUpgrade, { percent: 0 }, { body: Buffer.from(v2) });
     expect(r).toMatchObject({ notified: 0, buildId: sha(v2), version: '2.0.0' });
     await new Promise((r2) => setTimeout(r2, 300));
     expect(restarts).toBe(0);
@@ -55,7 +56,7 @@ describe('agent self-upgrade over real mTLS (in-process agent, bundle file in a 
 
   it('a bad checksum leaves the running bundle untouched and is reported failed', async () => {
     const v3 = v2 + '// three\n';
-    const r = await opsAdminRequest<{ buildId: string }>(p.socket, 'POST', '/v1/ops/upgrade?percent=0&actor=t', Buffer.from(v3));
+    const r = await new AdminClient(p.socket, { actor: 't' }).call(setUpgrade, { percent: 0 }, { body: Buffer.from(v3) });
     // Corrupt what the server will serve: the checksum in the offer still names the real build.
     await writeFile(join(p.ts.dataDir, 'ops', 'bundles', `${r.buildId}.mjs`), v3.replace('three', 'evil!'));
     // The offer the server sends (as on set or in welcome), with the control plane's checksum.
@@ -80,7 +81,7 @@ describe('agent self-upgrade over real mTLS (in-process agent, bundle file in a 
   });
 
   it('a newer build is downloaded over mTLS, verified, installed atomically with the previous kept, then the agent restarts', async () => {
-    const r = await opsAdminRequest<{ notified: number }>(p.socket, 'POST', '/v1/ops/upgrade?percent=100&actor=t', Buffer.from(v2));
+    const r = await new AdminClient(p.socket, { actor: 't' }).call(setUpgrade, { percent: 100 }, { body: Buffer.from(v2) });
     expect(r.notified).toBe(1);
     await waitUntil('restart requested', () => restarts === 1);
     expect(await readFile(bundle, 'utf8')).toBe(v2);
@@ -93,7 +94,7 @@ describe('agent self-upgrade over real mTLS (in-process agent, bundle file in a 
   });
 
   it('upgrade operations are audited', async () => {
-    const list = await opsAdminRequest<Array<{ operation: string; source: string; result: string }>>(p.socket, 'GET', '/v1/ops/audit');
+    const list = await new AdminClient(p.socket).call(listAudit, {});
     expect(list.filter((a) => a.operation === 'upgrade.set').length).toBeGreaterThanOrEqual(3);
     expect(list.some((a) => a.operation === 'agent.upgrade' && a.source === 'agent' && a.result === 'applied')).toBe(true);
     expect(list.some((a) => a.operation === 'agent.upgrade' && a.source === 'agent' && a.result === 'failed')).toBe(true);

@@ -3,8 +3,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { adminRequest } from '../../src/server/admin.js';
-import { opsAdminRequest } from '../../src/server/ops/client.js';
+import { AdminClient } from '../../src/admin-api/client.js';
 
 /**
  * The admin clients rebuild an error from whatever code the socket answers. A code that is not a
@@ -38,9 +37,9 @@ describe('admin clients rebuild errors from any wire code', () => {
     await rm(dir, { recursive: true, force: true });
   });
 
+  // The one client of the operator API (there used to be two, each with its own way of failing).
   const clients = {
-    adminRequest: (path: string) => adminRequest(socket, 'GET', path),
-    opsAdminRequest: (path: string) => opsAdminRequest(socket, 'GET', path),
+    AdminClient: (path: string) => new AdminClient(socket).request('GET', path),
   };
 
   describe.each(Object.entries(clients))('%s', (_name, call) => {

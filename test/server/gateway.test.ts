@@ -3,7 +3,8 @@ import { connect as tlsConnect } from 'node:tls';
 import { X509Certificate } from 'node:crypto';
 import type WebSocket from 'ws';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { adminRequest } from '../../src/server/admin.js';
+import { AdminClient } from '../../src/admin-api/client.js';
+import * as api from '../../src/admin-api/routes.js';
 import { createThrowawayCa } from '../../src/server/ca.js';
 import type { AgentConnectionInfo } from '../../src/server/hooks.js';
 import { removeNode } from '../../src/server/nodes.js';
@@ -94,8 +95,7 @@ describe('GET /v1/connect: client-certificate checks before the upgrade', () => 
     if (out.kind !== 'open') return;
     const closed = closeOf(out.ws);
     const t0 = Date.now();
-    const result = await adminRequest<{ id: string; closedConnections: number; revokedSerials: string[] }>(
-      ts.server.adminSocketPath, 'POST', '/v1/nodes/remove', { node: 'gw-live' });
+    const result = await new AdminClient(ts.server.adminSocketPath).call(api.removeNode, { node: 'gw-live' });
     expect(result).toMatchObject({ id: node.nodeId, closedConnections: 1 });
     expect(result.revokedSerials).toHaveLength(1);
     const { code, at } = await closed;

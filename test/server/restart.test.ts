@@ -1,4 +1,6 @@
 import { afterAll, describe, expect, it } from 'vitest';
+import { AdminClient } from '../../src/admin-api/client.js';
+import { removeNode } from '../../src/admin-api/routes.js';
 import { createEnrollmentToken } from '../../src/server/nodes.js';
 import { parseServerConfig } from '../../src/server/config.js';
 import { startServer } from '../../src/server/server.js';
@@ -21,7 +23,7 @@ describe('restart on the same data dir', () => {
     expect(statSync(dir.path).mode & 0o777).toBe(0o700);
     const kept = await enrollNode(first, 'keeper');
     const gone = await enrollNode(first, 'gone');
-    await (await import('../../src/server/admin.js')).adminRequest(first.server.adminSocketPath, 'POST', '/v1/nodes/remove', { node: gone.nodeId });
+    await new AdminClient(first.server.adminSocketPath).call(removeNode, { node: gone.nodeId });
     const used = createEnrollmentToken(first.server.store, { ttlMs: 60_000 }).token;
     expect((await httpsRequest(`${first.url}/v1/enroll`, { ca: first.server.caCertPem, body: { token: used, csr: (await makeCsr('u')).csrPem } })).status).toBe(200);
     const unused = createEnrollmentToken(first.server.store, { ttlMs: 60_000 }).token;

@@ -18,3 +18,9 @@ export function meshListingFields(store: Store): Map<string, MeshListingFields> 
   }
   return out;
 }
+
+/** The lookup the mesh answers the core's `nodeListingFields` question with (a node without mesh state shows empty fields). */
+export function meshListingLookup(store: Store): (nodeId: string) => MeshListingFields {
+  const fields = meshListingFields(store);
+  return (nodeId) => fields.get(nodeId) ?? { meshIp: null, wgPublicKey: null, tags: [], endpoints: [], observedAddress: null };
+}

@@ -4,7 +4,8 @@ import type { Logger } from '../../util/logger.js';
 import type { MeshNodeRow, MeshStore } from './store.js';
 import { allocateAddress, inRange, intToIp, type MeshRange } from './addresses.js';
 import { announcedPeerOf, pairKey, type Announced, type MeshInputs, type ViewChange } from './desired-state.js';
-import { permittedPeers, type Policy } from './policy.js';
+import type { Policy } from '../../admin-api/policy.js';
+import { permittedPeers } from './policy.js';
 import type { SecretBox } from './secret-box.js';
 
 /**

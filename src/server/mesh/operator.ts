@@ -1,9 +1,11 @@
 import { z } from 'zod';
-import { createEnrollmentToken, resolveNode, type TokenCreation } from '../nodes.js';
+import type { TokenCreation } from '../../admin-api/routes.js';
+import { createEnrollmentToken, resolveNode } from '../nodes.js';
 import { MeshStore } from './store.js';
 import type { Store } from '../store/store.js';
 import { hashToken } from '../tokens.js';
-import { policyId, TAG_RE, validatePolicy, type Policy } from './policy.js';
+import { TAG_RE, validatePolicy, type Policy } from '../../admin-api/policy.js';
+import { policyId } from './policy.js';
 import { MeshlinkError } from '../../errors.js';
 
 /**

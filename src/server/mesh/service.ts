@@ -11,7 +11,8 @@ import { desiredState, viewChange, type PolicyAnnouncement } from './desired-sta
 import { EventLog, type Outgoing } from './event-log.js';
 import { MeshFeed, type FeedEntry } from './feed.js';
 import { MeshModel } from './model.js';
-import { policyId, validatePolicy, type Policy } from './policy.js';
+import { validatePolicy, type Policy } from '../../admin-api/policy.js';
+import { policyId } from './policy.js';
 import { SecretBox } from './secret-box.js';
 import { generateSigningKey, signingKeyFromPkcs8, type SigningKey } from './signer.js';
 

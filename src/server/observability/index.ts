@@ -1,7 +1,6 @@
-import { MeshlinkError } from '../../errors.js';
-import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { ServerFeature, ServerFeatureContext } from '../feature.js';
-import { sendJson } from '../http-json.js';
+import { showNode, type NodeDetails } from '../../admin-api/routes.js';
+import type { AdminRoutes } from '../admin-routes.js';
+import type { OfflineFeature, ServerFeature, ServerFeatureContext } from '../feature.js';
 import { createMetricsFeature, type MetricsFeatureOptions } from '../metrics.js';
 import { listNodes, resolveNode } from '../nodes.js';
 import type { Store } from '../store/store.js';
@@ -25,23 +24,6 @@ export interface ObservabilityOptions extends MetricsFeatureOptions {
   batchesPerMinute?: number;
   /** How often retention by age is applied (default 1 min). */
   pruneIntervalMs?: number;
-}
-
-/** What `meshlink server nodes show` prints. */
-export interface NodeDetails {
-  id: string;
-  hostname: string;
-  online: boolean;
-  createdAt: string;
-  lastSeen: string | null;
-  removedAt: string | null;
-  agentVersion: string | null;
-  certSerial: string | null;
-  certNotAfter: string | null;
-  metrics: Array<{ name: string; labels: Record<string, string>; value: number; ts: string }>;
-  warnings: Array<{ ts: string; level: string; msg: string; fields: Record<string, unknown> | null }>;
-  audit: Array<{ ts: string; operation: string; actor: string | null; target: string | null; result: string; source: string }>;
-  dropped: Record<string, number>;
 }
 
 const iso = (ms: number | null): string | null => (ms === null ? null : new Date(ms).toISOString());
@@ -114,11 +96,7 @@ export function createObservabilityFeature(options: ObservabilityOptions = {}): 
     const pruneTimer = setInterval(() => guard('retention', () => obs.prune(limits)), options.pruneIntervalMs ?? 60_000);
     pruneTimer.unref();
 
-    ctx.admin.add('GET /v1/nodes/show', async (req: IncomingMessage, res: ServerResponse) => {
-      const node = new URL(req.url ?? '/', 'http://admin').searchParams.get('node');
-      if (!node || node.length > 253) throw new MeshlinkError('ML_ERR_BAD_REQUEST', 'query parameter node is required');
-      sendJson(res, 200, nodeDetails(ctx.store, node, { presence: ctx.presence }));
-    });
+    registerObservabilityAdminRoutes(ctx.admin, ctx.store, ctx.presence);
 
     const metricsHandle = await metrics(ctx);
     return {
@@ -131,3 +109,10 @@ export function createObservabilityFeature(options: ObservabilityOptions = {}): 
 }
 
 export const observabilityFeature: ServerFeature = createObservabilityFeature();
+
+/** `server nodes show` (details, latest metrics, recent warnings and audit records); with no server, every node is offline. */
+function registerObservabilityAdminRoutes(routes: AdminRoutes, store: Store, presence: PresenceView | null): void {
+  routes.handle(showNode, ({ node }) => nodeDetails(store, node, presence ? { presence } : undefined));
+}
+
+export const observabilityOffline: OfflineFeature = (ctx) => registerObservabilityAdminRoutes(ctx.admin, ctx.store, null);

@@ -1,9 +1,10 @@
-import type { ServerFeature } from '../feature.js';
+import type { OfflineFeature, ServerFeature } from '../feature.js';
+import { AuditLog } from '../audit-log.js';
 import { opsStoreOf } from './store.js';
-import { registerOpsAdminRoutes } from './admin-api.js';
+import { registerOpsAdminRoutes } from './admin-routes.js';
 import { createOperations } from './operations.js';
 import { createTunnelServer } from './tunnel.js';
-import { OPS_STREAM_PATH } from './tunnel-protocol.js';
+import { OPS_STREAM_PATH } from '../../admin-api/tunnel.js';
 import { BUNDLE_PATH_PREFIX, serveAgentBundle, UpgradeDistributor } from './upgrades.js';
 
 /**
@@ -44,3 +45,6 @@ export const opsFeature: ServerFeature = (ctx) => {
 
   return { close: () => tunnels.close() };
 };
+
+/** With no server running: the audit log and the upgrade status, read from the store. */
+export const opsOffline: OfflineFeature = (ctx) => registerOpsAdminRoutes(ctx.admin, { ops: opsStoreOf(ctx.store), audit: AuditLog.of(ctx.store), upgrades: null });

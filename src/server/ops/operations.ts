@@ -8,7 +8,7 @@ import type { AuditLog } from '../audit-log.js';
 import type { Store } from '../store/store.js';
 import { pipeReadableToWs, writeFromWs } from './bridge.js';
 import { describeError, type OperationHandler, type Tunnel } from './tunnel.js';
-import type { ParsedOpsRequest, TunnelEvent } from './tunnel-protocol.js';
+import type { ParsedOpsRequest, TunnelEvent } from '../../admin-api/tunnel.js';
 
 /**
  * The server's half of every streaming operation: resolve the node, record the operation in the

@@ -4,11 +4,11 @@ import { WebSocketServer, type WebSocket } from 'ws';
 import { RemoteError } from '../../protocol/session.js';
 import { StreamResetError } from '../../protocol/stream.js';
 import type { Logger } from '../../util/logger.js';
-import { clientEventSchema, opsRequestSchema, type ClientEvent, type ParsedOpsRequest, type TunnelEvent } from './tunnel-protocol.js';
+import { clientEventSchema, opsRequestSchema, type ClientEvent, type ParsedOpsRequest, type TunnelEvent } from '../../admin-api/tunnel.js';
 import { MeshlinkError } from '../../errors.js';
 
 /**
- * Server side of the operator WebSocket (tunnel-protocol.ts): accepts the upgrade on the admin
+ * Server side of the operator WebSocket (src/admin-api/tunnel.ts): accepts the upgrade on the admin
  * socket, reads and validates the request, and hands a Tunnel to the operation.
  */
 

@@ -25,7 +25,6 @@ import { MeshlinkError } from '../../errors.js';
  */
 
 export const BUNDLE_PATH_PREFIX = '/v1/agent/bundle/';
-export const MAX_BUNDLE_BYTES = 64 * 1024 * 1024;
 
 /** Deterministic roll-out bucket of a node for a build: 0..99. */
 export function rolloutBucket(nodeId: string, buildId: string): number {

@@ -1,14 +1,13 @@
 import { createHash } from 'node:crypto';
-import { fsyncPath } from '../../util/atomic-file.js';
+import { fsyncPath } from '../util/atomic-file.js';
 import { createReadStream, createWriteStream } from 'node:fs';
 import { lstat, rename, stat, unlink } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
-import { request as httpRequest } from 'node:http';
 import { WebSocket } from 'ws';
-import { OPS_STREAM_PATH, tunnelEventSchema, type ClientEvent, type OpsRequest, type TunnelEvent } from './tunnel-protocol.js';
-import { zeroMaskingKey } from '../../net/ws-mask.js';
-import { MeshlinkError } from '../../errors.js';
+import { OPS_STREAM_PATH, tunnelEventSchema, type ClientEvent, type OpsRequest, type TunnelEvent } from './tunnel.js';
+import { zeroMaskingKey } from '../net/ws-mask.js';
+import { MeshlinkError } from '../errors.js';
 
 /**
  * The operator's client for streaming operations (the CLI and tests use it): one WebSocket per
@@ -317,40 +316,4 @@ function closeWriter(out: ReturnType<typeof createWriteStream> | null): Promise<
 async function hashFile(path: string, length: number, hash: ReturnType<typeof createHash>): Promise<void> {
   if (length === 0) return;
   for await (const chunk of createReadStream(path, { start: 0, end: length - 1, highWaterMark: 1024 * 1024 })) hash.update(chunk as Buffer);
-}
-
-// ---------------------------------------------------------------- JSON admin endpoints
-
-/** One request to the ops JSON endpoints (raw body allowed); errors become MeshlinkError with the server's code. */
-export function opsAdminRequest<T>(socketPath: string, method: 'GET' | 'POST', path: string, body?: Buffer, timeoutMs = 60_000): Promise<T> {
-  return new Promise((resolvePromise, reject) => {
-    const req = httpRequest(
-      { socketPath, method, path, timeout: timeoutMs, headers: body ? { 'content-type': 'application/octet-stream', 'content-length': body.length } : {} },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => {
-          let parsed: unknown;
-          try {
-            parsed = JSON.parse(Buffer.concat(chunks).toString('utf8'));
-          } catch {
-            reject(new MeshlinkError('ML_ERR_INTERNAL', `admin socket answered ${res.statusCode} with a non-JSON body`));
-            return;
-          }
-          if (res.statusCode === 200) resolvePromise(parsed as T);
-          else {
-            const e = (parsed ?? {}) as { code?: unknown; message?: unknown };
-            reject(MeshlinkError.fromWire(e.code, e.message, { fallback: `admin request failed (${res.statusCode})` }));
-          }
-        });
-        res.on('error', reject);
-      },
-    );
-    req.on('timeout', () => req.destroy(new MeshlinkError('ML_ERR_OPS_TIMEOUT', 'admin request timed out')));
-    req.on('error', (err: NodeJS.ErrnoException) => {
-      if (err.code === 'ENOENT' || err.code === 'ECONNREFUSED') reject(new MeshlinkError('ML_ERR_SERVER_NOT_RUNNING', `no server answers on ${socketPath}`));
-      else reject(err);
-    });
-    req.end(body);
-  });
 }

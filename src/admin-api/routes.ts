@@ -1,0 +1,297 @@
+import { z } from 'zod';
+import { EVENT_PAYLOAD_SCHEMAS } from '../contract/mesh-events.js';
+import { POLICY_MAX_BYTES, policySchema } from './policy.js';
+import { defineRoute } from './route.js';
+
+/**
+ * The operator API: every endpoint of the admin socket (`<dataDir>/admin.sock`, HTTP, mode 0600), with
+ * the schema of its request and of its answer. docs/SERVER.md, MESH.md and OPERATIONS.md describe what
+ * each does; errors come back as `{code, message}` with the status of the code in src/errors.ts.
+ * Streaming operations (action, exec, logs, cp) run on the WebSocket of tunnel.ts instead.
+ *
+ * Answer schemas are not strict: a newer server may add fields, which an older client ignores.
+ */
+
+const nodeRef = z.string().min(1).max(253);
+const ttlMs = z.number().int().min(1_000).max(30 * 86_400_000);
+const nodeId = z.string().min(1).max(128);
+const iso = z.string();
+// Tags are checked by the mesh's handlers (ML_ERR_MESH_TAG names the bad one, policy.ts TAG_RE); here only their size.
+const tagList = z.array(z.string().max(64)).max(64);
+
+// --- core: health, tokens, nodes ---
+
+export const health = defineRoute({
+  name: 'health',
+  method: 'GET',
+  path: '/v1/health',
+  input: z.object({}),
+  output: z.object({ ok: z.literal(true), pid: z.number().int() }),
+  offline: false,
+});
+
+export const tokenCreationSchema = z.object({
+  token: z.string(),
+  expiresAt: iso,
+  caPin: z.string(),
+  enrollCommand: z.string(),
+  nodeId: z.string().nullable(),
+});
+export type TokenCreation = z.infer<typeof tokenCreationSchema>;
+
+export const createToken = defineRoute({
+  name: 'tokens.create',
+  method: 'POST',
+  path: '/v1/tokens',
+  input: z.object({ ttlMs, nodeId: nodeId.nullish() }).strict(),
+  output: tokenCreationSchema,
+  offline: true,
+});
+
+/** A node as `server nodes list` shows it; the mesh fields are there when the mesh feature runs. */
+export const nodeListingSchema = z.object({
+  id: z.string(),
+  hostname: z.string(),
+  online: z.boolean(),
+  lastSeen: iso.nullable(),
+  certSerial: z.string().nullable(),
+  certNotAfter: iso.nullable(),
+  agentVersion: z.string().nullable(),
+  meshIp: z.string().nullable().optional(),
+  wgPublicKey: z.string().nullable().optional(),
+  tags: z.array(z.string()).optional(),
+  endpoints: z.array(z.string()).optional(),
+  observedAddress: z.string().nullable().optional(),
+});
+export type NodeListing = z.infer<typeof nodeListingSchema>;
+
+export const listNodes = defineRoute({
+  name: 'nodes.list',
+  method: 'GET',
+  path: '/v1/nodes',
+  input: z.object({}),
+  output: z.array(nodeListingSchema),
+  offline: true,
+});
+
+export const removalSchema = z.object({ id: z.string(), hostname: z.string(), revokedSerials: z.array(z.string()), closedConnections: z.number().int() });
+export type RemovalResult = z.infer<typeof removalSchema>;
+
+export const removeNode = defineRoute({
+  name: 'nodes.remove',
+  method: 'POST',
+  path: '/v1/nodes/remove',
+  input: z.object({ node: nodeRef }).strict(),
+  output: removalSchema,
+  offline: true,
+});
+
+// --- observability ---
+
+export const nodeDetailsSchema = z.object({
+  id: z.string(),
+  hostname: z.string(),
+  online: z.boolean(),
+  createdAt: iso,
+  lastSeen: iso.nullable(),
+  removedAt: iso.nullable(),
+  agentVersion: z.string().nullable(),
+  certSerial: z.string().nullable(),
+  certNotAfter: iso.nullable(),
+  metrics: z.array(z.object({ name: z.string(), labels: z.record(z.string(), z.string()), value: z.number(), ts: iso })),
+  warnings: z.array(z.object({ ts: iso, level: z.string(), msg: z.string(), fields: z.record(z.string(), z.unknown()).nullable() })),
+  audit: z.array(z.object({ ts: iso, operation: z.string(), actor: z.string().nullable(), target: z.string().nullable(), result: z.string(), source: z.string() })),
+  dropped: z.record(z.string(), z.number()),
+});
+export type NodeDetails = z.infer<typeof nodeDetailsSchema>;
+
+export const showNode = defineRoute({
+  name: 'nodes.show',
+  method: 'GET',
+  path: '/v1/nodes/show',
+  input: z.object({ node: nodeRef }).strict(),
+  output: nodeDetailsSchema,
+  offline: true,
+});
+
+// --- mesh (docs/MESH.md) ---
+
+export const createTaggedToken = defineRoute({
+  name: 'mesh.tokens.create',
+  method: 'POST',
+  path: '/v1/mesh/tokens',
+  input: z.object({ ttlMs, nodeId: nodeId.nullish(), tags: tagList }).strict(),
+  output: tokenCreationSchema.extend({ tags: z.array(z.string()) }),
+  offline: true,
+});
+
+const policyView = z.object({ policy: policySchema.nullable(), policyId: z.string() });
+
+export const showPolicy = defineRoute({
+  name: 'mesh.policy.show',
+  method: 'GET',
+  path: '/v1/mesh/policy',
+  input: z.object({}),
+  output: policyView,
+  offline: true,
+});
+
+export const setPolicy = defineRoute({
+  name: 'mesh.policy.set',
+  method: 'POST',
+  path: '/v1/mesh/policy',
+  // null: no policy, every node sees every node. The document is checked by the handler (policy.ts), so
+  // that its errors carry ML_ERR_MESH_POLICY and name the rule at fault.
+  input: z.object({ policy: z.unknown() }).strict(),
+  output: z.object({ policyId: z.string(), affectedNodes: z.array(z.string()) }),
+  offline: true,
+  maxBody: POLICY_MAX_BYTES + 1024,
+});
+
+export const tagNode = defineRoute({
+  name: 'mesh.tags',
+  method: 'POST',
+  path: '/v1/mesh/tags',
+  input: z.object({ node: nodeRef, tags: tagList, mode: z.enum(['set', 'add', 'remove']).default('set') }).strict(),
+  output: z.object({ id: z.string(), hostname: z.string(), tags: z.array(z.string()), affectedNodes: z.array(z.string()) }),
+  offline: true,
+});
+
+export const feedEntrySchema = z.object({
+  id: z.number().int(),
+  ts: iso,
+  nodeId: z.string().nullable(),
+  kind: z.enum(['event', 'drift']),
+  type: z.string(),
+  seq: z.number().int().nullable(),
+  detail: z.unknown(),
+});
+export type FeedEntry = z.infer<typeof feedEntrySchema>;
+
+export const meshFeed = defineRoute({
+  name: 'mesh.feed',
+  method: 'GET',
+  path: '/v1/mesh/feed',
+  // after: entries after this id; last: the N newest instead (of all nodes: the node filter applies
+  // after); waitMs: hold the request up to this long while there is nothing new (long poll).
+  input: z
+    .object({
+      after: z.coerce.number().int().min(0).max(Number.MAX_SAFE_INTEGER).default(0),
+      last: z.coerce.number().int().min(0).max(99_999).optional(),
+      node: nodeRef.optional(),
+      waitMs: z.coerce.number().int().min(0).max(30_000).default(0),
+    })
+    .strict(),
+  output: z.object({ entries: z.array(feedEntrySchema), last: z.number().int() }),
+  offline: true,
+});
+
+export const rotateNodeKey = defineRoute({
+  name: 'mesh.rotate-keys',
+  method: 'POST',
+  path: '/v1/mesh/rotate-keys',
+  input: z.object({ node: nodeRef }).strict(),
+  output: z.object({ nodeId: z.string(), seq: z.number().int() }),
+  offline: false,
+});
+
+/** Events an operator may send (the others follow from policy, keys and membership). */
+export const notify = defineRoute({
+  name: 'mesh.notify',
+  method: 'POST',
+  path: '/v1/mesh/notify',
+  input: z.discriminatedUnion('type', [
+    z.object({ type: z.literal('action_request'), node: nodeRef.optional(), payload: EVENT_PAYLOAD_SCHEMAS.action_request }).strict(),
+    z.object({ type: z.literal('node_secrets_updated'), node: nodeRef.optional(), payload: EVENT_PAYLOAD_SCHEMAS.node_secrets_updated }).strict(),
+  ]),
+  output: z.object({ type: z.string(), nodes: z.number().int(), nodeId: z.string().optional(), seq: z.number().int().optional() }),
+  offline: false,
+});
+
+export const rotateSigningKey = defineRoute({
+  name: 'mesh.signing-key.rotate',
+  method: 'POST',
+  path: '/v1/mesh/signing-key/rotate',
+  input: z.object({}).strict(),
+  output: z.object({ keyId: z.string(), previousKeyId: z.string() }),
+  offline: false,
+});
+
+// --- ops (docs/OPERATIONS.md) ---
+
+export const auditRecordSchema = z.object({
+  id: z.number().int(),
+  ts: z.number(),
+  finishedAt: z.number().nullable(),
+  source: z.enum(['admin', 'agent']),
+  actor: z.string().nullable(),
+  operation: z.string(),
+  nodeId: z.string().nullable(),
+  target: z.string().nullable(),
+  result: z.string(),
+  details: z.record(z.string(), z.unknown()).nullable(),
+});
+export type AuditRecord = z.infer<typeof auditRecordSchema>;
+
+export const listAudit = defineRoute({
+  name: 'ops.audit',
+  method: 'GET',
+  path: '/v1/ops/audit',
+  input: z.object({ limit: z.coerce.number().int().min(1).max(10_000).default(100) }).strict(),
+  output: z.array(auditRecordSchema),
+  offline: true,
+});
+
+/** Agent bundles are refused above this size (the esbuild bundle is about 1 MiB). */
+export const MAX_BUNDLE_BYTES = 64 * 1024 * 1024;
+
+export const setUpgrade = defineRoute({
+  name: 'ops.upgrade.set',
+  method: 'POST',
+  path: '/v1/ops/upgrade',
+  // The body is the bundle's bytes; its build id is their SHA-256.
+  input: z
+    .object({
+      percent: z.coerce.number().int().min(0).max(100).default(100),
+      version: z.string().regex(/^[0-9A-Za-z.+-]{1,64}$/).optional(),
+    })
+    .strict(),
+  output: z.object({ buildId: z.string(), sha256: z.string(), version: z.string(), size: z.number().int(), percent: z.number().int(), notified: z.number().int() }),
+  offline: false,
+  upload: MAX_BUNDLE_BYTES,
+});
+
+export const upgradeStatusSchema = z.object({ nodeId: z.string(), buildId: z.string(), state: z.string(), message: z.string().nullable(), ts: z.number() });
+export type UpgradeStatus = z.infer<typeof upgradeStatusSchema>;
+
+export const showUpgrade = defineRoute({
+  name: 'ops.upgrade.status',
+  method: 'GET',
+  path: '/v1/ops/upgrade',
+  input: z.object({}),
+  output: z.object({
+    current: z.object({ buildId: z.string(), sha256: z.string(), version: z.string(), size: z.number().int(), percent: z.number().int(), createdAt: z.number() }).nullable(),
+    nodes: z.array(upgradeStatusSchema),
+  }),
+  offline: true,
+});
+
+/** Every route of the operator API, for the docs test and the admin server's check that each is served. */
+export const ADMIN_ROUTES = [
+  health,
+  createToken,
+  listNodes,
+  removeNode,
+  showNode,
+  createTaggedToken,
+  showPolicy,
+  setPolicy,
+  tagNode,
+  meshFeed,
+  rotateNodeKey,
+  notify,
+  rotateSigningKey,
+  listAudit,
+  setUpgrade,
+  showUpgrade,
+] as const;

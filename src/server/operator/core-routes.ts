@@ -1,0 +1,40 @@
+import * as api from '../../admin-api/routes.js';
+import type { Logger } from '../../util/logger.js';
+import type { AdminRoutes } from '../admin-routes.js';
+import type { FeatureQuestions } from '../feature.js';
+import { createEnrollmentToken, listNodes, removeNode, type LiveParts } from '../nodes.js';
+import type { Store } from '../store/store.js';
+
+/**
+ * The core's routes of the operator API: enrollment tokens and the node list. Served by the running
+ * server (with its live parts: presence, and the registry that closes a removed node's sockets at
+ * once) and, with no server running, by the offline operator (live null: every node offline, and a
+ * removal revokes in the store, which the next start loads).
+ */
+export function registerCoreAdminRoutes(routes: AdminRoutes, deps: { store: Store; live: LiveParts | null; questions: FeatureQuestions; logger: Logger }): void {
+  const { store, live, logger } = deps;
+  const log = logger.child({ component: 'admin' });
+
+  routes.handle(
+    api.createToken,
+    ({ ttlMs, nodeId }) => {
+      const created = createEnrollmentToken(store, { ttlMs, nodeId: nodeId ?? null });
+      log.info({ expiresAt: created.expiresAt, nodeId: created.nodeId }, 'enrollment token created');
+      return created;
+    },
+    // The token itself is a secret: the record names its expiry only.
+    { audit: (answer) => ({ nodeId: answer.nodeId, target: `expires ${answer.expiresAt}` }) },
+  );
+
+  routes.handle(api.listNodes, () => listNodes(store, live ?? undefined, deps.questions.ask('nodeListingFields')));
+
+  routes.handle(
+    api.removeNode,
+    ({ node }) => {
+      const result = removeNode(store, node, live ?? undefined);
+      log.info({ nodeId: result.id, hostname: result.hostname, revoked: result.revokedSerials.length, closed: result.closedConnections }, 'node removed');
+      return result;
+    },
+    { audit: (answer) => ({ nodeId: answer.id, target: answer.hostname }) },
+  );
+}

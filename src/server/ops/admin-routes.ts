@@ -1,0 +1,39 @@
+import { listAudit, setUpgrade, showUpgrade } from '../../admin-api/routes.js';
+import type { AdminRoutes } from '../admin-routes.js';
+import type { AuditLog } from '../audit-log.js';
+import type { OpsStore } from './store.js';
+import type { UpgradeDistributor } from './upgrades.js';
+
+/**
+ * The ops feature's routes of the operator API (docs/OPERATIONS.md, "Admin API"): the audit log, and
+ * the agent bundle offered for self-upgrade. Streaming operations (action, exec, logs, cp) use the
+ * WebSocket of src/admin-api/tunnel.ts (tunnel.ts here). Without a running server (`upgrades` null)
+ * the audit log and the upgrade status are read from the store; offering a bundle needs the server.
+ */
+export function registerOpsAdminRoutes(routes: AdminRoutes, deps: { ops: OpsStore; audit: AuditLog; upgrades: UpgradeDistributor | null }): void {
+  routes.handle(listAudit, ({ limit }) => deps.audit.list(limit));
+
+  routes.handle(showUpgrade, () => {
+    const current = deps.ops.currentBundle();
+    return { current: current ? { buildId: current.buildId, sha256: current.sha256, version: current.version, size: current.size, percent: current.percent, createdAt: current.createdAt } : null, nodes: deps.ops.listUpgradeStatus() };
+  });
+
+  const upgrades = deps.upgrades;
+  if (!upgrades) return;
+  // Audited here, not by the admin server: the record names the build, known only once it is stored.
+  routes.handle(
+    setUpgrade,
+    async ({ percent, version }, call) => {
+      const auditId = deps.audit.start({ actor: call.actor, operation: 'upgrade.set', nodeId: null, target: null, details: { percent } });
+      try {
+        const { bundle, notified } = await upgrades.set(call.body ?? Buffer.alloc(0), { percent, version: version ?? null });
+        deps.audit.finish(auditId, 'ok', { percent, buildId: bundle.buildId, version: bundle.version, size: bundle.size, notified });
+        return { buildId: bundle.buildId, sha256: bundle.sha256, version: bundle.version, size: bundle.size, percent: bundle.percent, notified };
+      } catch (err) {
+        deps.audit.finish(auditId, `error:${(err as { code?: string }).code ?? 'ML_ERR_SERVER_INTERNAL'}`);
+        throw err;
+      }
+    },
+    { audit: 'self' },
+  );
+}
