@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { z } from 'zod';
 import { MeshlinkError } from '../../errors.js';
+import { zodErrorText } from '../../util/zod-error.js';
 
 /**
  * Network policy: `{"rules": [{"from": TAG, "to": TAG}, ...]}`, `*` matching any node. Two nodes are
@@ -34,9 +35,7 @@ export function parsePolicy(text: string): Policy {
 export function validatePolicy(value: unknown): Policy {
   const r = policySchema.safeParse(value);
   if (!r.success) {
-    const issue = r.error.issues[0];
-    const where = issue && issue.path.length > 0 ? issue.path.join('.') : '(root)';
-    throw new MeshlinkError('ML_ERR_MESH_POLICY', `invalid policy at ${where}: ${issue?.message ?? 'invalid'}`);
+    throw new MeshlinkError('ML_ERR_MESH_POLICY', `invalid policy at ${zodErrorText(r.error)}`);
   }
   return r.data;
 }
