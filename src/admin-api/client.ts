@@ -2,7 +2,7 @@ import { request } from 'node:http';
 import { MeshlinkError } from '../errors.js';
 import { localActor } from './actor.js';
 import { routeKey, type AdminRoute, type RouteInput, type RouteOutput } from './route.js';
-import { formatIssue } from './schema-error.js';
+import { zodErrorText } from '../util/zod-error.js';
 
 /**
  * The one client of the operator API: JSON over HTTP on the admin unix socket. It checks the request
@@ -42,7 +42,7 @@ export class AdminClient implements Operator {
 
   async call<R extends AdminRoute>(route: R, input: RouteInput<R>, options: CallOptions = {}): Promise<RouteOutput<R>> {
     const checked = route.input.safeParse(input);
-    if (!checked.success) throw new MeshlinkError('ML_ERR_USAGE', `${route.name}: ${formatIssue(checked.error)}`);
+    if (!checked.success) throw new MeshlinkError('ML_ERR_USAGE', `${route.name}: ${zodErrorText(checked.error)}`);
     let path = route.path;
     let body: Buffer | undefined;
     let contentType: string | undefined;
@@ -61,7 +61,7 @@ export class AdminClient implements Operator {
     }
     const answer = await this.request(route.method, path, body, contentType, options.timeoutMs);
     const parsed = route.output.safeParse(answer);
-    if (!parsed.success) throw new MeshlinkError('ML_ERR_INTERNAL', `the server's answer to ${routeKey(route)} does not match the operator API: ${formatIssue(parsed.error)}`);
+    if (!parsed.success) throw new MeshlinkError('ML_ERR_INTERNAL', `the server's answer to ${routeKey(route)} does not match the operator API: ${zodErrorText(parsed.error)}`);
     return parsed.data as RouteOutput<R>;
   }
 

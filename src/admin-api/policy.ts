@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { MeshlinkError } from '../errors.js';
+import { zodErrorText } from '../util/zod-error.js';
 
 /**
  * The mesh policy document an operator writes (docs/MESH.md): `{"rules": [{"from": TAG, "to": TAG}, ...]}`,
@@ -33,9 +34,7 @@ export function parsePolicy(text: string): Policy {
 export function validatePolicy(value: unknown): Policy {
   const r = policySchema.safeParse(value);
   if (!r.success) {
-    const issue = r.error.issues[0];
-    const where = issue && issue.path.length > 0 ? issue.path.join('.') : '(root)';
-    throw new MeshlinkError('ML_ERR_MESH_POLICY', `invalid policy at ${where}: ${issue?.message ?? 'invalid'}`);
+    throw new MeshlinkError('ML_ERR_MESH_POLICY', `invalid policy at ${zodErrorText(r.error)}`);
   }
   return r.data;
 }

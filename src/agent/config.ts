@@ -5,6 +5,7 @@ import { z } from 'zod';
 import { caPinSchema } from '../contract/ca-pin.js';
 import { KEY_TYPES } from './csr.js';
 import { EXIT_CODES, MeshlinkError } from '../errors.js';
+import { zodErrorText } from '../util/zod-error.js';
 
 /**
  * Agent configuration: where the state dir lives and the validated, frozen options of `enroll`.
@@ -126,19 +127,9 @@ export const enrollOptionsSchema = z.object({
 export type EnrollOptionsInput = z.input<typeof enrollOptionsSchema>;
 export type EnrollOptions = Readonly<z.output<typeof enrollOptionsSchema>>;
 
-/** Turns a zod error into one readable line naming the offending field; never echoes values. */
-export function describeZodError(error: z.ZodError): string {
-  return error.issues
-    .map((issue) => {
-      const path = issue.path.length > 0 ? issue.path.join('.') : 'value';
-      return `${path}: ${issue.message}`;
-    })
-    .join('; ');
-}
-
 export function parseEnrollOptions(raw: EnrollOptionsInput): EnrollOptions {
   const result = enrollOptionsSchema.safeParse(raw);
-  if (!result.success) throw new MeshlinkError('ML_ERR_CONFIG', `invalid enroll options: ${describeZodError(result.error)}`);
+  if (!result.success) throw new MeshlinkError('ML_ERR_CONFIG', `invalid enroll options: ${zodErrorText(result.error, { root: 'value', all: true })}`);
   const options = result.data;
   return Object.freeze({ ...options, caPins: Object.freeze([...options.caPins]), sans: Object.freeze([...options.sans]) }) as EnrollOptions;
 }

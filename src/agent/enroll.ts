@@ -7,6 +7,7 @@ import { createCsrPem, generateAgentKeyPair, KEY_TYPES, type KeyType } from './c
 import { assertStateDirUsable, isEnrolled, loadIdentity, saveEnrollment, saveRenewedCertificate, type Identity } from './identity.js';
 import { assertPinned, parseCaCertificate, spkiDerOf, spkiPinOf } from '../contract/ca-pin.js';
 import { codeFromWire, MeshlinkError, type ExitClass } from '../errors.js';
+import { zodErrorText } from '../util/zod-error.js';
 
 /**
  * The agent side of the server's HTTPS enrollment endpoints: GET /v1/ca, POST /v1/enroll and
@@ -180,8 +181,7 @@ function parseIssued(result: HttpResult, url: string): IssuedResponse {
   }
   const parsed = issuedResponseSchema.safeParse(json);
   if (!parsed.success) {
-    const fields = parsed.error.issues.map((i) => i.path.join('.') || 'body').join(', ');
-    throw new MeshlinkError('ML_ERR_ENROLL_RESPONSE', `response from ${url} is malformed (${fields})`);
+    throw new MeshlinkError('ML_ERR_ENROLL_RESPONSE', `response from ${url} is malformed (${zodErrorText(parsed.error, { root: 'body', all: true })})`);
   }
   return parsed.data;
 }

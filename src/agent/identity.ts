@@ -6,6 +6,7 @@ import { z } from 'zod';
 import { fsyncPath, writeFileAtomic } from '../util/atomic-file.js';
 import { caPinSchema, spkiDerOf, spkiPinOf } from '../contract/ca-pin.js';
 import { MeshlinkError } from '../errors.js';
+import { zodErrorText } from '../util/zod-error.js';
 
 /**
  * The agent's state dir. Layout (see docs/AGENT.md):
@@ -213,7 +214,7 @@ async function loadGeneration(stateDir: string, generation: string): Promise<Ide
   }
   const parsed = identityFileSchema.safeParse(parsedJson);
   if (!parsed.success) {
-    throw new MeshlinkError('ML_ERR_STATE_CORRUPT', `${join(dir, 'identity.json')} is invalid: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+    throw new MeshlinkError('ML_ERR_STATE_CORRUPT', `${join(dir, 'identity.json')} is invalid: ${zodErrorText(parsed.error, { all: true })}`);
   }
   const file = parsed.data;
 

@@ -1,8 +1,8 @@
 /**
  * Handlers by key, typed per key: `HandlerRegistry<{ event: [payload: Event, session: Session] }>`
  * lets `on('event', (payload, session) => ...)` see the payload type of that key without a cast at
- * the call site. Used for the agent runner's message and stream handlers and the agent's mesh event
- * dispatcher; pure (no I/O, no logging), so either role can use it.
+ * the call site. Used for the message, stream and request handlers of both roles (the agent runner,
+ * the server's session host) and the agent's mesh event dispatcher; pure (no I/O, no logging).
  *
  * Handlers of a key run in registration order. A handler that throws (or rejects, in emitSerial) is
  * reported to `onError` and the next one still runs: one feature's bug must not cut off another's
@@ -33,6 +33,11 @@ export class HandlerRegistry<Args extends HandlerArgs<Args>> {
       const i = list.indexOf(handler as Handler<never>);
       if (i >= 0) list.splice(i, 1);
     };
+  }
+
+  /** The keys that have a handler now, in the order they were first registered. */
+  keys(): Array<keyof Args> {
+    return [...this.#handlers].filter(([, list]) => list.length > 0).map(([key]) => key);
   }
 
   has(key: keyof Args): boolean {

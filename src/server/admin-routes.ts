@@ -2,7 +2,7 @@ import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { MeshlinkError } from '../errors.js';
 import { routeKey, type AdminRoute, type RouteParsedInput, type RouteResult } from '../admin-api/route.js';
-import { formatIssue } from '../admin-api/schema-error.js';
+import { zodErrorText } from '../util/zod-error.js';
 import type { AuditLog } from './audit-log.js';
 
 /**
@@ -70,7 +70,7 @@ export class AdminRoutes {
     const entry = this.#byKey.get(routeKey(route));
     if (!entry) throw new MeshlinkError('ML_ERR_NOT_FOUND', `no admin endpoint ${routeKey(route)}`);
     const parsed = entry.route.input.safeParse(raw);
-    if (!parsed.success) throw new MeshlinkError('ML_ERR_BAD_REQUEST', `invalid request: ${formatIssue(parsed.error)}`);
+    if (!parsed.success) throw new MeshlinkError('ML_ERR_BAD_REQUEST', `invalid request: ${zodErrorText(parsed.error)}`);
     if (entry.route.method === 'GET' || entry.audit === 'self') return entry.handler(parsed.data, call);
 
     const record = { source: 'admin' as const, actor: call.actor, operation: entry.route.path.replace(/^\/v1\//, '') };

@@ -3,6 +3,7 @@ import { join, resolve } from 'node:path';
 import { z } from 'zod';
 import { LOG_LEVELS } from '../util/logger.js';
 import { MeshlinkError } from '../errors.js';
+import { zodErrorText } from '../util/zod-error.js';
 
 /**
  * Server configuration: validated once at the edge (CLI or a test), then frozen. Every field has a
@@ -58,9 +59,7 @@ export type ServerConfig = Readonly<Omit<z.output<typeof serverConfigSchema>, 'd
 export function parseServerConfig(input: unknown, env: NodeJS.ProcessEnv = process.env): ServerConfig {
   const result = serverConfigSchema.safeParse(input);
   if (!result.success) {
-    const issue = result.error.issues[0];
-    const field = issue && issue.path.length > 0 ? issue.path.join('.') : '(root)';
-    throw new MeshlinkError('ML_ERR_CONFIG', `invalid server config: ${field}: ${issue?.message ?? 'invalid'}`);
+    throw new MeshlinkError('ML_ERR_CONFIG', `invalid server config: ${zodErrorText(result.error)}`);
   }
   const c = result.data;
   return Object.freeze({

@@ -1,6 +1,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { z } from 'zod';
 import { MeshlinkError } from '../errors.js';
+import { zodErrorText } from '../util/zod-error.js';
 
 /** JSON over HTTP for the gateway and the admin channel: capped bodies, zod validation, `{code, message}` errors. */
 
@@ -52,9 +53,7 @@ export async function readJson<T extends z.ZodType>(req: IncomingMessage, cap: n
   }
   const parsed = schema.safeParse(value);
   if (!parsed.success) {
-    const issue = parsed.error.issues[0];
-    const field = issue && issue.path.length > 0 ? issue.path.join('.') : 'body';
-    throw new MeshlinkError('ML_ERR_BAD_REQUEST', `invalid request: ${field}: ${issue?.message ?? 'invalid'}`);
+    throw new MeshlinkError('ML_ERR_BAD_REQUEST', `invalid request: ${zodErrorText(parsed.error, { root: 'body' })}`);
   }
   return parsed.data;
 }

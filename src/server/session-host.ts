@@ -5,6 +5,7 @@ import { attachSession } from '../net/ws-session.js';
 import type { CloseInfo, Session } from '../protocol/session.js';
 import type { InputOf, KindName, PayloadOf, RequestKindName as RequestKind } from '../protocol/registry.js';
 import type { MuxStream } from '../protocol/stream.js';
+import { HandlerRegistry } from '../protocol/handler-registry.js';
 import { VERSION } from '../version.js';
 import type { Logger } from '../util/logger.js';
 import type {
@@ -80,15 +81,19 @@ export interface SessionHostEvents {
   'agent-close': [agent: ConnectedAgent, info: CloseInfo];
 }
 
-type AnyRequestHandler = (agent: AgentHandle, payload: never) => unknown;
+// One registry kind for every handler table (protocol/handler-registry.ts), as in the agent runner.
+type MessageArgs = { [N in KindName]: [agent: AgentHandle, payload: PayloadOf<N>] };
+type StreamArgs = { [N in KindName]: [agent: AgentHandle, stream: MuxStream] };
+type RequestArgs = { [N in RequestKind]: [agent: AgentHandle, payload: PayloadOf<N>] };
 
 export class SessionHost extends EventEmitter<SessionHostEvents> implements GatewayHooks, AgentSessions {
   /** Open sessions by node id (several during a make-before-break reconnect). Private: see snapshot(). */
   readonly #agents = new Map<string, Set<ConnectedAgent>>();
   readonly #deps: SessionHostDeps;
-  readonly #messageHandlers = new Map<string, AgentMessageHandler[]>();
-  readonly #streamHandlers = new Map<string, AgentStreamHandler>();
-  readonly #requestHandlers = new Map<RequestKind, AnyRequestHandler>();
+  readonly #messageHandlers = new HandlerRegistry<MessageArgs>();
+  /** Exclusive: exactly one party accepts or rejects a stream, and one answers a request. */
+  readonly #streamHandlers = new HandlerRegistry<StreamArgs>({ exclusive: true });
+  readonly #requestHandlers = new HandlerRegistry<RequestArgs>({ exclusive: true });
   readonly #welcomeContributors: WelcomeContributor[] = [];
   #livenessTimer: NodeJS.Timeout;
 
@@ -123,15 +128,17 @@ export class SessionHost extends EventEmitter<SessionHostEvents> implements Gate
       if (!set) this.#agents.set(info.nodeId, (set = new Set()));
       set.add(entry);
       this.#deps.presence.opened(info.nodeId, entry.connectedAt);
-      for (const [kind, handler] of this.#requestHandlers) {
-        session.handle(kind, (payload) => handler(entry, payload as never) as never);
+      for (const kind of this.#requestHandlers.keys()) {
+        const [handler] = this.#requestHandlers.handlersOf(kind);
+        // The registry types each handler by its kind; the session's handle() is generic over it too.
+        if (handler) session.handle(kind, (payload) => handler(entry, payload as never) as never);
       }
       log.info({ agentVersion: entry.agentVersion, sessions: set.size }, 'agent session open');
       this.emit('agent-open', entry);
     });
 
     session.on('stream', (stream) => {
-      const handler = this.#streamHandlers.get(stream.kind);
+      const [handler] = this.#streamHandlers.handlersOf(stream.kind as KindName);
       if (!handler || !agent.current) {
         session.reject(stream, 'ML_ERR_UNSUPPORTED', `the server does not accept ${stream.kind} streams`);
         return;
@@ -150,18 +157,12 @@ export class SessionHost extends EventEmitter<SessionHostEvents> implements Gate
           return;
         }
         default: {
-          const handlers = this.#messageHandlers.get(msg.name);
-          if (!handlers || !agent.current) {
+          if (!this.#messageHandlers.has(msg.name) || !agent.current) {
             log.debug({ kind: msg.name }, 'unhandled control message');
             return;
           }
-          for (const handle of handlers) {
-            try {
-              handle(agent.current, msg.payload);
-            } catch (err) {
-              log.error({ err, kind: msg.name }, 'message handler failed');
-            }
-          }
+          const kind = msg.name;
+          this.#messageHandlers.emit(kind, [agent.current, msg.payload] as MessageArgs[typeof kind], (err) => log.error({ err, kind }, 'message handler failed'));
         }
       }
     });
@@ -192,20 +193,17 @@ export class SessionHost extends EventEmitter<SessionHostEvents> implements Gate
   }
 
   onMessage<N extends KindName>(kind: N, handler: AgentMessageHandler<N>): void {
-    const list = this.#messageHandlers.get(kind) ?? [];
-    list.push(handler as unknown as AgentMessageHandler);
-    this.#messageHandlers.set(kind, list);
+    this.#messageHandlers.on(kind, handler);
   }
 
   onStream(kind: KindName, handler: AgentStreamHandler): void {
-    if (this.#streamHandlers.has(kind)) throw new Error(`a stream handler for ${kind} is already registered`);
-    this.#streamHandlers.set(kind, handler);
+    this.#streamHandlers.on(kind, handler);
   }
 
   onRequest<N extends RequestKind>(kind: N, handler: AgentRequestHandler<N>): void {
     // cert.renew is the session host's own; a feature may not take it over.
-    if (kind === 'cert.renew' || this.#requestHandlers.has(kind)) throw new Error(`a request handler for ${kind} is already registered`);
-    this.#requestHandlers.set(kind, handler as unknown as AnyRequestHandler);
+    if (kind === 'cert.renew') throw new Error(`a request handler for ${kind} is already registered`);
+    this.#requestHandlers.on(kind, handler);
   }
 
   addWelcomeFields(contributor: WelcomeContributor): void {

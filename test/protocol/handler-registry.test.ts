@@ -32,6 +32,16 @@ describe('HandlerRegistry', () => {
     expect(r.has('greet')).toBe(false);
   });
 
+  it('keys() lists the keys that have a handler, in first-registration order', () => {
+    const r = new HandlerRegistry<Args>();
+    expect(r.keys()).toEqual([]);
+    const off = r.on('count', () => {});
+    r.on('greet', () => {});
+    expect(r.keys()).toEqual(['count', 'greet']);
+    off();
+    expect(r.keys()).toEqual(['greet']);
+  });
+
   it('exclusive: a second handler for a key is refused, and allowed again after removal', () => {
     const r = new HandlerRegistry<Args>({ exclusive: true });
     const off = r.on('greet', () => {});

@@ -1,5 +1,6 @@
 import type { z } from 'zod';
 import { MeshlinkError } from '../../errors.js';
+import { zodErrorText } from '../../util/zod-error.js';
 
 /**
  * Parses one feature's `agent run` flags with its schema and freezes the result. A bad value is a
@@ -9,8 +10,7 @@ import { MeshlinkError } from '../../errors.js';
 export function parseFeatureFlags<S extends z.ZodType>(feature: string, schema: S, input: unknown): Readonly<z.output<S>> {
   const parsed = schema.safeParse(input);
   if (!parsed.success) {
-    const issue = parsed.error.issues[0];
-    throw new MeshlinkError('ML_ERR_CONFIG', `invalid ${feature} option: ${issue?.path.join('.') ?? ''}: ${issue?.message ?? 'invalid'}`);
+    throw new MeshlinkError('ML_ERR_CONFIG', `invalid ${feature} option ${zodErrorText(parsed.error)}`);
   }
   return Object.freeze(parsed.data);
 }

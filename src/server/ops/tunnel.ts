@@ -6,6 +6,7 @@ import { StreamResetError } from '../../protocol/stream.js';
 import type { Logger } from '../../util/logger.js';
 import { clientEventSchema, opsRequestSchema, type ClientEvent, type ParsedOpsRequest, type TunnelEvent } from '../../admin-api/tunnel.js';
 import { MeshlinkError } from '../../errors.js';
+import { zodErrorText } from '../../util/zod-error.js';
 
 /**
  * Server side of the operator WebSocket (src/admin-api/tunnel.ts): accepts the upgrade on the admin
@@ -98,8 +99,7 @@ export function createTunnelServer(log: Logger, run: OperationHandler): { handle
           return closeWith({ code: 'ML_ERR_OPS_BAD_REQUEST', message: 'the request is not JSON' });
         }
         if (!parsed.success) {
-          const issue = parsed.error.issues[0];
-          return closeWith({ code: 'ML_ERR_OPS_BAD_REQUEST', message: `invalid request: ${issue?.path.join('.') || 'request'}: ${issue?.message ?? 'invalid'}` });
+          return closeWith({ code: 'ML_ERR_OPS_BAD_REQUEST', message: `invalid request: ${zodErrorText(parsed.error, { root: 'request' })}` });
         }
         started = true;
         clearTimeout(timer);
