@@ -17,6 +17,7 @@ import {
   type Role,
   type TypedMessage,
 } from './registry.js';
+import { HandlerRegistry } from './handler-registry.js';
 import { SUPPORTED_VERSIONS, negotiateVersion } from './handshake.js';
 import { SendScheduler, releaseMessageBuffer } from './scheduler.js';
 import { INITIAL_WINDOW, MuxStream, type StreamHost } from './stream.js';
@@ -140,7 +141,8 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
   readonly #scheduler = new SendScheduler();
   readonly #streams = new Map<number, MuxStream>();
   readonly #pending = new Map<number, PendingRequest>();
-  readonly #handlers = new Map<string, RequestHandler>();
+  // One handler a request kind: exactly one party answers a request.
+  readonly #handlers = new HandlerRegistry<Record<string, [payload: unknown]>>({ exclusive: true });
   readonly #pings = new Map<number, { resolve: (rtt: number) => void; reject: (e: Error) => void; sentAt: number; timer: unknown }>();
   readonly #opts: Required<Pick<SessionOptions, 'maxMessageBytes' | 'transportHighWater' | 'priorityHighWater' | 'maxStreams' | 'requestTimeoutMs' | 'handshakeTimeoutMs'>>;
   readonly #versions: readonly number[];
@@ -261,9 +263,12 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     });
   }
 
-  /** Registers the handler for a request kind; its return value (minus rid) is the response payload. */
-  handle<N extends RequestKindName>(name: N, handler: (payload: PayloadOf<N>) => Promise<ResponseInput<N>> | ResponseInput<N>): void {
-    this.#handlers.set(name, handler as RequestHandler);
+  /**
+   * Registers the handler for a request kind; its return value (minus rid) is the response payload.
+   * A kind has one handler: a second registration throws. Returns the handler's removal.
+   */
+  handle<N extends RequestKindName>(name: N, handler: (payload: PayloadOf<N>) => Promise<ResponseInput<N>> | ResponseInput<N>): () => void {
+    return this.#handlers.on(name, handler as RequestHandler);
   }
 
   /** Measures the round trip with ping/pong. */
@@ -526,7 +531,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
   }
 
   #serveRequest(kind: MessageKind, rid: number, payload: unknown): void {
-    const handler = this.#handlers.get(kind.name);
+    const handler = this.#handlers.handlersOf(kind.name)[0] as RequestHandler | undefined;
     const respond = (frame: Uint8Array): void => {
       if (this.state === 'open') this.#enqueuePriority(frame);
     };

@@ -75,6 +75,19 @@ describe.each(transports)('session over %s', (_name, makePair) => {
     }
   });
 
+  it('has one handler a request kind: a second registration throws, and a removed one is answered unsupported', async () => {
+    const pair = await makePair();
+    try {
+      const remove = pair.server.handle('state.request', () => ({ inSync: true }));
+      expect(() => pair.server.handle('state.request', () => ({ inSync: false }))).toThrow(/already registered/);
+      expect(await pair.agent.request('state.request', { digest: 'x' })).toMatchObject({ inSync: true });
+      remove();
+      await expect(pair.agent.request('state.request', { digest: 'x' })).rejects.toMatchObject({ code: 'ML_ERR_REMOTE', remoteCode: 'ML_ERR_UNSUPPORTED' });
+    } finally {
+      await pair.close();
+    }
+  });
+
   it('100 concurrent streams deliver byte-exact data in both directions', async () => {
     const pair = await makePair();
     try {
