@@ -23,6 +23,7 @@ describe('meshlink usage errors exit 2 in every command group', () => {
     ['unknown protocol command', ['protocol', 'bogus']],
     ['unknown option of protocol errors', ['protocol', 'errors', '--bogus']],
     ['unknown option of demo', ['demo', '--bogus']],
+    ['malformed --metrics-listen of server start', ['server', 'start', '--metrics-listen', 'nonsense', '--data-dir', '/nonexistent/meshlink-usage-test']],
   ];
 
   it.each(cases)('%s', async (_name, args) => {

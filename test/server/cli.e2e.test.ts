@@ -150,6 +150,14 @@ describe('CLI end to end: `meshlink server` as child processes', () => {
     expect(JSON.parse(created.stdout)).toMatchObject({ caPin: ready.caPin });
     const listed = await cli(['server', 'nodes', 'list', '--data-dir', dir.path, '--json']);
     expect(JSON.parse(listed.stdout)).toEqual([]);
+    // The offline path runs the same routes, audit included: the token just created is on record.
+    const audit = await cli(['server', 'audit', '--json', '--limit', '5', '--data-dir', dir.path]);
+    expect(audit.code, audit.stderr).toBe(0);
+    expect((JSON.parse(audit.stdout) as Array<{ operation: string; source: string; result: string }>)[0]).toMatchObject({ source: 'admin', operation: 'tokens', result: 'ok' });
+    // What needs the server's agents says so, with the exit number of "no server".
+    const rotate = await cli(['server', 'mesh', 'rotate-signing-key', '--data-dir', dir.path]);
+    expect(rotate.code).toBe(11);
+    expect(rotate.stderr).toMatch(/^error ML_ERR_SERVER_NOT_RUNNING: mesh.signing-key.rotate needs a running server/m);
 
     const wrong = await cli(['server', 'start', '--data-dir', dir.path, '--listen', '127.0.0.1:0'], { MESHLINK_CA_PASSPHRASE: 'not it' });
     expect(wrong.code).toBe(4);
