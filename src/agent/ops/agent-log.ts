@@ -2,8 +2,7 @@ import { EventEmitter } from 'node:events';
 import { closeSync, existsSync, fstatSync, mkdirSync, openSync, renameSync, writeSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { join } from 'node:path';
-import { destination, multistream, pino, type Logger } from 'pino';
-import { createLogger, resolveLogLevel } from '../../util/logger.js';
+import { createLogger, resolveLogLevel, type Logger } from '../../util/logger.js';
 
 /**
  * The agent's own log, kept in a bounded file so `meshlink server logs NODE` can tail it:
@@ -34,7 +33,7 @@ export class AgentLogFile extends EventEmitter<{ line: [line: string] }> {
     return this.#size;
   }
 
-  /** pino destination interface: one or more complete JSON lines. */
+  /** The logger's sink (util/logger.ts LogLineSink): one or more complete JSON lines. */
   write(chunk: string): boolean {
     const bytes = Buffer.byteLength(chunk);
     if (this.#size + bytes > this.#maxBytes && this.#size > 0) this.#rotate();
@@ -128,16 +127,7 @@ export function createAgentLogger(stateDir: string, level?: string, options: { n
   } catch {
     return createLogger({ name, level: lvl });
   }
-  const logger = pino(
-    { name, level: lvl, base: { pid: process.pid }, redact: { paths: REDACT_PATHS, censor: '[redacted]' } },
-    multistream([
-      ...(options.stdout === false ? [] : [{ level: 'trace' as const, stream: destination({ fd: 1, sync: false }) }]),
-      { level: 'trace' as const, stream: file },
-    ]),
-  );
+  const logger = createLogger({ name, level: lvl, sink: file, ...(options.stdout === false ? { stdout: false } : {}) });
   files.set(logger, file);
   return logger;
 }
-
-/** Same redaction as util/logger.ts (never tokens, keys, CSRs, passphrases). */
-const REDACT_PATHS = ['token', '*.token', 'csr', '*.csr', 'key', '*.key', 'keyPem', '*.keyPem', 'privateKey', '*.privateKey', 'passphrase', '*.passphrase', 'authorization', '*.authorization', 'headers.authorization', 'psk', '*.psk', 'presharedKey', '*.presharedKey'];
