@@ -1,6 +1,7 @@
 import type { Session } from '../protocol/session.js';
 import type { Logger } from '../util/logger.js';
 import type { AgentConnectionState, AgentRunner } from './connection.js';
+import type { AgentLogReader } from './state/log-file.js';
 
 /**
  * An agent feature (mesh, observability, operations, ...) attaches to a runner before it connects:
@@ -15,10 +16,12 @@ import type { AgentConnectionState, AgentRunner } from './connection.js';
 /** Undoes an attach: stops timers and child processes, drops listeners. Called once. */
 export type AgentFeatureClose = () => void | Promise<void>;
 
-/** Where a feature runs: paths and logger from the run command. */
+/** Where features run: paths, logger and the agent's own log file from the run command. */
 export interface AgentFeatureBase {
   readonly stateDir: string;
   readonly logger: Logger;
+  /** The agent's own log file (state/log-file.ts), read by the ops feature's log tail; absent or null: none. */
+  readonly logFile?: AgentLogReader | null;
 }
 
 /**
@@ -27,6 +30,8 @@ export interface AgentFeatureBase {
  * not reach into the runner.
  */
 export interface AgentFeatureContext extends AgentFeatureBase {
+  /** The agent's own log file, or null when it keeps none (not started by `agent run`, read-only state dir). */
+  readonly logFile: AgentLogReader | null;
   readonly onMessage: AgentRunner['onMessage'];
   readonly onStream: AgentRunner['onStream'];
   readonly addHelloFields: AgentRunner['addHelloFields'];
@@ -41,6 +46,7 @@ export function featureContext(runner: AgentRunner, base: AgentFeatureBase): Age
   return Object.freeze({
     stateDir: base.stateDir,
     logger: base.logger,
+    logFile: base.logFile ?? null,
     onMessage: runner.onMessage.bind(runner),
     onStream: runner.onStream.bind(runner),
     addHelloFields: runner.addHelloFields.bind(runner),

@@ -1,8 +1,7 @@
 import type { AgentRunner } from '../connection.js';
-import type { AgentFeature } from '../feature.js';
+import type { AgentFeature, AgentFeatureContext } from '../feature.js';
 import type { Logger } from '../../util/logger.js';
 import { ActionService } from './actions.js';
-import { agentLogFileOf } from './agent-log.js';
 import { AuditReporter } from './audit.js';
 import { ExecService } from './exec.js';
 import { LogTailService } from './log-tail.js';
@@ -10,7 +9,6 @@ import { parseOpsOptions, type OpsOptions, type OpsOptionsInput } from './option
 import { TransferService } from './transfer.js';
 import { SelfUpgrader } from './upgrade.js';
 
-export { createAgentLogger } from './agent-log.js';
 export { parseOpsOptions, type OpsOptions, type OpsOptionsInput } from './options.js';
 
 /**
@@ -21,6 +19,8 @@ export { parseOpsOptions, type OpsOptions, type OpsOptionsInput } from './option
 export interface OpsAgentContext {
   stateDir: string;
   logger: Logger;
+  /** The agent's own log file, which log.stream tails; null: `logs` is refused. */
+  logFile: AgentFeatureContext['logFile'];
   options: OpsOptionsInput;
   /** Replaces the exit-75 restart after a self-upgrade (tests). */
   restart?: () => void;
@@ -48,7 +48,7 @@ export function opsFeature(options: OpsOptions): AgentFeature {
   return {
     name: 'ops',
     async attach(runner, ctx) {
-      const ops = await attachOps(runner, { stateDir: ctx.stateDir, logger: ctx.logger, options });
+      const ops = await attachOps(runner, { stateDir: ctx.stateDir, logger: ctx.logger, logFile: ctx.logFile, options });
       return () => ops.close();
     },
   };
@@ -64,7 +64,7 @@ async function attachOps(runner: AgentRunner, ctx: Omit<OpsAgentContext, 'option
   const buildId = upgrader?.buildId ?? null;
 
   const exec = new ExecService(opts, audit);
-  const logs = new LogTailService(agentLogFileOf(ctx.logger));
+  const logs = new LogTailService(ctx.logFile);
   const transfers = new TransferService(opts, audit);
   const counters = (): Record<string, number> => ({
     runningActions: actions.running,

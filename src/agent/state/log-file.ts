@@ -1,6 +1,5 @@
 import { EventEmitter } from 'node:events';
 import { closeSync, existsSync, fstatSync, mkdirSync, openSync, renameSync, writeSync } from 'node:fs';
-import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createLogger, resolveLogLevel, type Logger } from '../../util/logger.js';
 
@@ -67,55 +66,26 @@ export class AgentLogFile extends EventEmitter<{ line: [line: string] }> {
   }
 }
 
-/** The last `lines` lines of the first `end` bytes of `path` (at most `capBytes` read). */
-export async function readLastLines(path: string, lines: number, end: number, capBytes = 16 * 1024 * 1024): Promise<Buffer> {
-  if (lines <= 0 || end <= 0) return Buffer.alloc(0);
-  const handle = await open(path, 'r');
-  try {
-    const block = 64 * 1024;
-    const parts: Buffer[] = [];
-    let pos = end;
-    let newlines = 0;
-    let read = 0;
-    // The file ends with a newline: look for lines+1 of them to find where the wanted lines start.
-    while (pos > 0 && newlines <= lines && read < capBytes) {
-      const len = Math.min(block, pos);
-      pos -= len;
-      const buf = Buffer.allocUnsafe(len);
-      const { bytesRead } = await handle.read(buf, 0, len, pos);
-      const chunk = buf.subarray(0, bytesRead);
-      parts.unshift(chunk);
-      read += bytesRead;
-      for (let i = 0; i < chunk.length; i++) if (chunk[i] === 0x0a) newlines++;
-    }
-    const all = Buffer.concat(parts);
-    let count = 0;
-    let start = 0;
-    for (let i = all.length - 2; i >= 0; i--) {
-      if (all[i] === 0x0a && ++count === lines) {
-        start = i + 1;
-        break;
-      }
-    }
-    return all.subarray(start);
-  } finally {
-    await handle.close();
-  }
-}
+/**
+ * What a reader of the log gets (the ops feature's log tail, through its feature context): where the
+ * file is, how far it is written, and its new lines. Writing and rotating stay with the logger.
+ */
+export type AgentLogReader = Pick<AgentLogFile, 'path' | 'size' | 'on' | 'off'>;
 
-const files = new WeakMap<Logger, AgentLogFile>();
-
-/** The log file behind a logger made by createAgentLogger, if any. */
-export function agentLogFileOf(logger: Logger): AgentLogFile | undefined {
-  return files.get(logger);
+export interface AgentLog {
+  readonly logger: Logger;
+  /** Null when the file could not be created (read-only state dir): logs go to stdout only. */
+  readonly file: AgentLogFile | null;
 }
 
 /**
  * The logger of `agent run`: JSON lines on stdout and in `<stateDir>/logs/agent.log`. If the file
- * cannot be created (read-only state dir), logs go to stdout only and `logs` is refused (ML_ERR_OPS_NO_LOG).
+ * cannot be created (no or read-only state dir), logs go to stdout only and `logs` is refused
+ * (ML_ERR_OPS_NO_LOG).
  */
-export function createAgentLogger(stateDir: string, level?: string, options: { name?: string; stdout?: boolean } = {}): Logger {
+export function openAgentLog(stateDir: string, level?: string, options: { name?: string; stdout?: boolean } = {}): AgentLog {
   const name = options.name ?? 'meshlink-agent';
+  // An invalid level is the caller's error, whether or not the file can be opened.
   const lvl = resolveLogLevel(level);
   let file: AgentLogFile;
   try {
@@ -125,9 +95,7 @@ export function createAgentLogger(stateDir: string, level?: string, options: { n
     mkdirSync(dir, { recursive: true, mode: 0o700 });
     file = new AgentLogFile(join(dir, 'agent.log'));
   } catch {
-    return createLogger({ name, level: lvl });
+    return { logger: createLogger({ name, level: lvl }), file: null };
   }
-  const logger = createLogger({ name, level: lvl, sink: file, ...(options.stdout === false ? { stdout: false } : {}) });
-  files.set(logger, file);
-  return logger;
+  return { logger: createLogger({ name, level: lvl, sink: file, ...(options.stdout === false ? { stdout: false } : {}) }), file };
 }
