@@ -21,6 +21,7 @@ import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { AgentRunner } from '../src/agent/connection.js';
 import { enroll } from '../src/agent/enroll.js';
+import { openFeatureContext } from '../src/agent/feature.js';
 import { opsAgentFeature } from '../src/agent/ops/index.js';
 import { openAgentLog } from '../src/agent/state/log-file.js';
 import type { MuxStream } from '../src/protocol/stream.js';
@@ -158,7 +159,8 @@ async function main(): Promise<void> {
     await mkdir(area);
     const a = await enrolledRunner(server, url, dir, 'bench-ops');
     const aLog = openAgentLog(a.stateDir, 'warn', { stdout: false });
-    await opsAgentFeature(a.runner, { stateDir: a.stateDir, logger: aLog.logger, logFile: aLog.file, options: { transferDirs: [area] } });
+    const aCore = openFeatureContext(a.runner, { stateDir: a.stateDir, logger: aLog.logger, logFile: aLog.file });
+    await opsAgentFeature(a.runner, { ...aCore.context, options: { transferDirs: [area] } });
     const b = await enrolledRunner(server, url, dir, 'bench-raw');
     attachRawHandlers(b.runner);
     const runs = [a.runner.run(), b.runner.run()];

@@ -1,6 +1,7 @@
 import { join } from 'node:path';
 import { AgentRunner } from '../../src/agent/connection.js';
 import { enroll } from '../../src/agent/enroll.js';
+import { openFeatureContext } from '../../src/agent/feature.js';
 import { opsAgentFeature, type OpsAgentHandle } from '../../src/agent/ops/index.js';
 import type { OpsOptionsInput } from '../../src/agent/ops/options.js';
 import { openAgentLog } from '../../src/agent/state/log-file.js';
@@ -46,7 +47,9 @@ export async function startOpsPair(
   // Short heartbeat intervals in some tests: keep the agent's half-open detection well above a
   // loaded CI machine's event-loop stalls (it is not what these tests measure).
   const runner = new AgentRunner({ stateDir, logger, backoff: { baseMs: 50, maxMs: 500 }, livenessIntervals: 15 });
-  const ops = await opsAgentFeature(runner, { stateDir, logger, logFile, options, ...(extra.restart ? { restart: extra.restart } : {}) });
+  // The core context `agent run` gives its features: the log file for `logs`, the upload channel for audit records.
+  const core = openFeatureContext(runner, { stateDir, logger, logFile });
+  const ops = await opsAgentFeature(runner, { ...core.context, options, ...(extra.restart ? { restart: extra.restart } : {}) });
   const running = runner.run();
   const pair: OpsPair = {
     ts,
@@ -62,6 +65,7 @@ export async function startOpsPair(
       runner.stop();
       await running.catch(() => {});
       ops.close();
+      core.close();
       await ts.stop();
       await agentDir.cleanup();
     },
