@@ -1,4 +1,4 @@
-import { pino, destination, type Logger, type LevelWithSilent } from 'pino';
+import { pino, destination, multistream, type Logger, type LevelWithSilent, type StreamEntry } from 'pino';
 
 export type { Logger };
 
@@ -38,15 +38,36 @@ export function resolveLogLevel(flag?: string): LevelWithSilent {
   return raw as LevelWithSilent;
 }
 
-/** JSON logs on stdout (fd 1), one line an entry. */
-export function createLogger(options: { level?: string; name: string }): Logger {
-  return pino(
-    {
-      name: options.name,
-      level: resolveLogLevel(options.level),
-      redact: { paths: REDACT_PATHS, censor: '[redacted]' },
-      base: { pid: process.pid },
-    },
-    destination({ fd: 1, sync: false }),
-  );
+/**
+ * Somewhere besides stdout that takes the same lines: a synchronous `write` of one or more complete
+ * JSON lines (the agent's own log file, src/agent/state/log-file.ts, rotates and tails it).
+ */
+export interface LogLineSink {
+  write(chunk: string): boolean;
+}
+
+export interface LoggerOptions {
+  level?: string;
+  name: string;
+  /** Also write every line (at the logger's level) here. */
+  sink?: LogLineSink;
+  /** Write to stdout (default true); false with a sink keeps in-process agents of tests quiet. */
+  stdout?: boolean;
+}
+
+/** JSON logs on stdout (fd 1) and, when given, a sink; one line an entry, secrets redacted. */
+export function createLogger(options: LoggerOptions): Logger {
+  const settings = {
+    name: options.name,
+    level: resolveLogLevel(options.level),
+    redact: { paths: REDACT_PATHS, censor: '[redacted]' },
+    base: { pid: process.pid },
+  };
+  const stdout = options.stdout !== false;
+  if (!options.sink) return pino(settings, destination({ fd: 1, sync: false }));
+  // The logger's level filters first; every stream then takes every line it is given.
+  const streams: StreamEntry[] = [];
+  if (stdout) streams.push({ level: 'trace', stream: destination({ fd: 1, sync: false }) });
+  streams.push({ level: 'trace', stream: options.sink });
+  return pino(settings, multistream(streams));
 }

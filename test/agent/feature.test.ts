@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { AgentRunner } from '../../src/agent/connection.js';
-import { attachFeatures, type AgentFeature } from '../../src/agent/feature.js';
+import { attachFeatures, openFeatureContext, type AgentFeature } from '../../src/agent/feature.js';
 import { createLogger } from '../../src/util/logger.js';
 
 const logger = createLogger({ name: 'test', level: 'silent' });
@@ -41,6 +41,52 @@ describe('the feature context', () => {
     expect(sent).toBe(false);
     // onStream is exclusive per kind, on the runner itself.
     expect(() => own.onStream('exec.open', () => {})).toThrow(/already registered/);
+  });
+});
+
+describe('the core behind the feature context', () => {
+  it('hands features the log file it was given (none by default) and only the record-taking side of the upload channel', () => {
+    const own = new AgentRunner(ctx);
+    const plain = openFeatureContext(own, ctx);
+    expect(plain.context.logFile).toBeNull();
+    expect(Object.keys(plain.context.uploads).sort()).toEqual(['addLog', 'addMetrics', 'recordAudit']);
+    expect(Object.isFrozen(plain.context)).toBe(true);
+    plain.close();
+    const logFile = { path: '/x/agent.log', size: 0, on: () => logFile, off: () => logFile } as never;
+    const withLog = openFeatureContext(own, { ...ctx, logFile });
+    expect(withLog.context.logFile).toBe(logFile);
+    withLog.close();
+  });
+
+  it('subscribes the upload channel to connections until closed; onConnected returns its removal', () => {
+    const own = new AgentRunner(ctx);
+    const before = own.listenerCount('connected');
+    const core = openFeatureContext(own, ctx);
+    expect(own.listenerCount('connected')).toBe(before + 1);
+    const off = core.context.onConnected(() => {});
+    expect(own.listenerCount('connected')).toBe(before + 2);
+    off();
+    core.close();
+    core.close();
+    expect(own.listenerCount('connected')).toBe(before);
+  });
+
+  it('attachFeatures closes the channel after the last feature', async () => {
+    const own = new AgentRunner(ctx);
+    const before = own.listenerCount('connected');
+    const seen: number[] = [];
+    const attached = await attachFeatures(own, [{
+      name: 'probe',
+      attach(_runner, c) {
+        c.uploads.recordAudit({ action: 'ping', target: 'x', result: 'ok' });
+        return () => void seen.push(own.listenerCount('connected'));
+      },
+    }], ctx);
+    expect(own.listenerCount('connected')).toBe(before + 1);
+    await attached.close();
+    // While the feature closed, the channel was still there; after, it is gone.
+    expect(seen).toEqual([before + 1]);
+    expect(own.listenerCount('connected')).toBe(before);
   });
 });
 

@@ -156,7 +156,7 @@ const RULES: Record<LayerName, LayerRule> = {
 };
 
 export interface Violation {
-  /** `from -> to`, the form KNOWN_VIOLATIONS lists. */
+  /** `from -> to`. */
   pair: string;
   /** Which rule it breaks, for the failure message. */
   reason: string;

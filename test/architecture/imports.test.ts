@@ -8,44 +8,13 @@ import { featureSets, findViolations, layerOf } from './import-rules.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 
-/**
- * Imports that break the layer table today, each as `from -> to` exactly. Issue 11 removes them; this
- * list may only shrink: the test fails on a violation not listed here and on an entry that no longer
- * occurs. Grouped by what removes them.
- */
-const KNOWN_VIOLATIONS: readonly string[] = [
-  // The agent's log file is opened by the run command; it belongs in agent core, not the ops feature.
-  'src/cli/agent/run.ts -> src/agent/ops/agent-log.ts',
-  // Not yet moved: the agent's logger for the run command lives in the ops feature, and ops writes its
-  // audit records through the observability uploader (both belong in agent core).
-  'src/agent/ops/agent-log.ts -> pino',
-  'src/agent/ops/audit.ts -> src/agent/observability/uploader.ts',
-];
-
-/** Violations in `edges` that the known list does not carry, and list entries that no longer occur. */
-function compareWithKnown(found: ReturnType<typeof findViolations>, known: readonly string[]): { fresh: string[]; gone: string[] } {
-  const foundPairs = new Set(found.map((v) => v.pair));
-  return {
-    fresh: found.filter((v) => !known.includes(v.pair)).map((v) => `${v.pair}\n    ${v.reason}`),
-    gone: known.filter((pair) => !foundPairs.has(pair)),
-  };
-}
-
 describe('import rules (docs/ARCHITECTURE.md)', () => {
   const features = featureSets(subfolders(root, 'src/server'), subfolders(root, 'src/agent'));
-  const violations = findViolations(buildImportGraph(root, 'src'), features);
-  const { fresh, gone } = compareWithKnown(violations, KNOWN_VIOLATIONS);
+  const violations = findViolations(buildImportGraph(root, 'src'), features).map((v) => `${v.pair}\n    ${v.reason}`);
 
-  it('src/ has no import that breaks the layer table, other than the known ones', () => {
-    expect(fresh, `new import-rule violations (fix the import, or the rule in test/architecture/import-rules.ts if the table changed):\n  ${fresh.join('\n  ')}`).toEqual([]);
-  });
-
-  it('every known violation still occurs (remove fixed ones from KNOWN_VIOLATIONS)', () => {
-    expect(gone, `fixed, so delete from KNOWN_VIOLATIONS:\n  ${gone.join('\n  ')}`).toEqual([]);
-  });
-
-  it('lists no known violation twice', () => {
-    expect(new Set(KNOWN_VIOLATIONS).size).toBe(KNOWN_VIOLATIONS.length);
+  // No allowlist: an import against the table fails here, whoever adds it.
+  it('src/ has no import that breaks the layer table', () => {
+    expect(violations, `import-rule violations (fix the import, or the rule in test/architecture/import-rules.ts if the table changed):\n  ${violations.join('\n  ')}`).toEqual([]);
   });
 
   it('derives the feature folders from the tree', () => {
@@ -176,12 +145,6 @@ describe('the import rules catch violations', () => {
         'src/server/billing/invoices.ts -> src/agent/runner.ts',
         'src/server/billing/invoices.ts -> src/server/mesh/thing.ts',
       ]);
-    });
-
-    it('fails the comparison on a new violation and on a stale known entry', () => {
-      const found = findViolations([edge('src/server/gateway.ts', 'src/server/billing/routes.ts')], features);
-      expect(compareWithKnown(found, [])).toEqual({ fresh: [expect.stringContaining('src/server/gateway.ts -> src/server/billing/routes.ts')], gone: [] });
-      expect(compareWithKnown([], ['src/a.ts -> src/b.ts'])).toEqual({ fresh: [], gone: ['src/a.ts -> src/b.ts'] });
     });
   });
 });

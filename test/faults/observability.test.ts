@@ -2,8 +2,9 @@ import { request as httpRequest } from 'node:http';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
+import { openFeatureContext, type FeatureCore } from '../../src/agent/feature.js';
 import { attachObservability, type AgentObservability } from '../../src/agent/observability/index.js';
-import { DropOldestQueue, ObservabilityUploader } from '../../src/agent/observability/uploader.js';
+import { AgentUploader, DropOldestQueue } from '../../src/agent/uploader.js';
 import type { Session } from '../../src/protocol/session.js';
 import { createObservabilityFeature, nodeDetails } from '../../src/server/observability/index.js';
 import type { RunningServer } from '../../src/server/server.js';
@@ -38,6 +39,7 @@ describe('metrics and observability upload (real TLS, in-process server, real ag
   let nodeId = '';
   let agent: ReturnType<typeof runAgent>;
   let obs: AgentObservability;
+  let core: FeatureCore;
   const agentLogger = createLogger({ name: 'agent', level: 'silent' });
 
   beforeAll(async () => {
@@ -47,7 +49,8 @@ describe('metrics and observability upload (real TLS, in-process server, real ag
     ]);
     nodeId = await enrollAgent(server, join(dir.path, 'agent'), 'obs-1');
     agent = runAgent(join(dir.path, 'agent'), agentLogger);
-    obs = await attachObservability(agent.runner, agentLogger, { metricsListen: { host: '127.0.0.1', port: 0 }, metricsUploadIntervalMs: 200, uploadLimits: { minIntervalMs: 100 } });
+    core = openFeatureContext(agent.runner, { stateDir: join(dir.path, 'agent'), logger: agentLogger, uploadLimits: { minIntervalMs: 100 } });
+    obs = await attachObservability(agent.runner, core.context, { metricsListen: { host: '127.0.0.1', port: 0 }, metricsUploadIntervalMs: 200 });
     await waitFor('agent online', () => server.sessions!.isOnline(nodeId));
   }, 60_000);
 
@@ -55,6 +58,7 @@ describe('metrics and observability upload (real TLS, in-process server, real ag
     agent?.runner.stop();
     await agent?.done;
     await obs?.close();
+    core?.close();
     await server?.close();
     await dir?.cleanup();
   });
@@ -158,7 +162,7 @@ describe('upload queues stay bounded when the server is offline or slow', () => 
   it('offline: memory is capped and the drop count goes out with the next batch; slow: sending pauses on backpressure', () => {
     // eslint-disable-next-line @typescript-eslint/no-explicit-any -- the test reads fields of the payloads it captured
     let session: { state: string; sent: Array<[string, any]>; accept: boolean; send(n: string, p: unknown): boolean } | null = null;
-    const up = new ObservabilityUploader(() => session as unknown as Session, { maxQueued: { metrics: 100, logs: 50, audit: 50 }, maxBatchRecords: 20, minIntervalMs: 0 });
+    const up = new AgentUploader(() => session as unknown as Session, { maxQueued: { metrics: 100, logs: 50, audit: 50 }, maxBatchRecords: 20, minIntervalMs: 0 });
     for (let i = 0; i < 10_000; i++) up.addLog({ ts: i, level: 'warn', msg: `line ${i}` });
     for (let i = 0; i < 500; i++) up.recordAudit({ action: 'exec', result: 'ok', target: String(i) });
     expect(up.queued('logs')).toBe(50);

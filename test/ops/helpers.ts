@@ -1,9 +1,10 @@
 import { join } from 'node:path';
 import { AgentRunner } from '../../src/agent/connection.js';
 import { enroll } from '../../src/agent/enroll.js';
-import { createAgentLogger } from '../../src/agent/ops/agent-log.js';
+import { openFeatureContext } from '../../src/agent/feature.js';
 import { opsAgentFeature, type OpsAgentHandle } from '../../src/agent/ops/index.js';
 import type { OpsOptionsInput } from '../../src/agent/ops/options.js';
+import { openAgentLog } from '../../src/agent/state/log-file.js';
 import { createEnrollmentToken } from '../../src/server/nodes.js';
 import { tempDir, startTestServer, type TestServer } from '../server/helpers.js';
 import type { ServerConfigInput } from '../../src/server/config.js';
@@ -41,12 +42,14 @@ export async function startOpsPair(
   const stateDir = join(agentDir.path, 'state');
   const { token } = createEnrollmentToken(ts.server.store, { ttlMs: 60_000 });
   const { identity } = await enroll({ server: ts.url, token, caPins: [ts.server.caPin], stateDir, hostname: extra.hostname ?? 'ops-host' });
-  const logger = createAgentLogger(stateDir, extra.logLevel ?? 'info', { stdout: false });
+  const { logger, file: logFile } = openAgentLog(stateDir, extra.logLevel ?? 'info', { stdout: false });
   // The in-process agent's log lines would flood the test output: the file is what `logs` tails.
   // Short heartbeat intervals in some tests: keep the agent's half-open detection well above a
   // loaded CI machine's event-loop stalls (it is not what these tests measure).
   const runner = new AgentRunner({ stateDir, logger, backoff: { baseMs: 50, maxMs: 500 }, livenessIntervals: 15 });
-  const ops = await opsAgentFeature(runner, { stateDir, logger, options, ...(extra.restart ? { restart: extra.restart } : {}) });
+  // The core context `agent run` gives its features: the log file for `logs`, the upload channel for audit records.
+  const core = openFeatureContext(runner, { stateDir, logger, logFile });
+  const ops = await opsAgentFeature(runner, { ...core.context, options, ...(extra.restart ? { restart: extra.restart } : {}) });
   const running = runner.run();
   const pair: OpsPair = {
     ts,
@@ -62,6 +65,7 @@ export async function startOpsPair(
       runner.stop();
       await running.catch(() => {});
       ops.close();
+      core.close();
       await ts.stop();
       await agentDir.cleanup();
     },

@@ -15,13 +15,16 @@ export interface MeshAgentFeatureOptions extends Omit<MeshAgentOptions, 'stateDi
 
 export const DEFAULT_INTERFACE = 'meshlink0';
 
+/** What the mesh uses of the runner: its registrations, connections and the current session; nothing of ops or uploads. */
+export type MeshRunner = Pick<AgentRunner, 'addHelloFields' | 'onMessage' | 'on' | 'addReconciler' | 'session'>;
+
 /**
  * Attaches the mesh to an agent runner: hello fields, the `event` handler, reconciliation on every
  * connection, and a reconciler for the operator's `reconcile` action (its digest check, then the
  * data plane, at once instead of at the next --reconcile-interval). Returns the MeshAgent; the
  * caller closes it (its close() stops the reconcile timer and a wireguard-go it started).
  */
-export async function meshAgentFeature(runner: AgentRunner, ctx: { stateDir: string; logger: Logger; options?: MeshAgentFeatureOptions }): Promise<MeshAgent> {
+export async function meshAgentFeature(runner: MeshRunner, ctx: { stateDir: string; logger: Logger; options?: MeshAgentFeatureOptions }): Promise<MeshAgent> {
   const options = ctx.options ?? {};
   let applier: WireGuardApplier | null = null;
   if (options.wireguard) {

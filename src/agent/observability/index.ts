@@ -3,16 +3,16 @@ import type { ListenAddress } from '../../util/listen-address.js';
 import type { Logger } from '../../util/logger.js';
 import { serveMetrics } from '../../util/metrics-listener.js';
 import type { AgentRunner } from '../connection.js';
-import type { AgentFeature } from '../feature.js';
+import type { AgentFeature, AgentFeatureContext } from '../feature.js';
 import { AgentMetrics } from '../metrics.js';
-import { ObservabilityUploader, type LogRecord } from './uploader.js';
+import type { LogRecord } from '../uploader.js';
 
 /**
  * `agent run` observability: the agent's Prometheus metrics on a local port when asked
  * (`--metrics-listen 127.0.0.1:9465`), and the upload of its metrics (every
- * `--metrics-upload-interval`, default 60 s), warn+ log lines and audit records to the server
- * (uploader.ts). Audit records of actions, exec and transfers are sent by the ops feature's
- * AuditReporter, through an uploader of its own with the same bounds.
+ * `--metrics-upload-interval`, default 60 s) and of its warn+ log lines to the server, through agent
+ * core's upload channel (../uploader.ts, the `uploads` of the feature context), which the ops feature's
+ * audit records share.
  */
 
 const SECRET_KEY = /token|csr|key|passphrase|secret|password|cert/i;
@@ -69,30 +69,38 @@ function safeFields(obj: Record<string, unknown>): Record<string, unknown> {
 
 export interface AgentObservability {
   metrics: AgentMetrics;
-  uploader: ObservabilityUploader;
   server: Server | null;
   close(): Promise<void>;
 }
 
-/** Wires metrics, warning capture and the uploader to a runner (also used by tests in-process). */
+/** What observability takes from the feature context: the logger (warnings to copy), the upload channel, connections. */
+export type ObservabilityContext = Pick<AgentFeatureContext, 'logger' | 'uploads' | 'onConnected'>;
+
+/**
+ * Wires metrics and warning capture to a runner and the upload channel (also used by tests
+ * in-process). The runner itself is for AgentMetrics (core), which reads its state and events.
+ */
 export async function attachObservability(
   runner: AgentRunner,
-  logger: Logger,
-  opts: { metricsListen?: ListenAddress | null; metricsUploadIntervalMs?: number; uploadLimits?: ConstructorParameters<typeof ObservabilityUploader>[1] } = {},
+  ctx: ObservabilityContext,
+  opts: { metricsListen?: ListenAddress | null; metricsUploadIntervalMs?: number } = {},
 ): Promise<AgentObservability> {
+  const { logger, uploads } = ctx;
   const metrics = new AgentMetrics(runner);
-  const uploader = new ObservabilityUploader(() => runner.session, opts.uploadLimits);
-  const restore = captureWarnings(logger, (r) => uploader.addLog(r));
-  runner.on('connected', () => uploader.flush());
+  const restore = captureWarnings(logger, (r) => uploads.addLog(r));
   const sample = (): void => {
     metrics.samples().then(
-      (s) => uploader.addMetrics(s),
+      (s) => uploads.addMetrics(s),
       () => {},
     );
   };
   const interval = setInterval(sample, opts.metricsUploadIntervalMs ?? 60_000);
   interval.unref();
-  runner.once('connected', sample);
+  // A first sample as soon as the first connection is up, not a full interval later.
+  const offFirst = ctx.onConnected(() => {
+    offFirst();
+    sample();
+  });
   let server: Server | null = null;
   if (opts.metricsListen) {
     server = await serveMetrics(metrics.registry, opts.metricsListen);
@@ -102,11 +110,10 @@ export async function attachObservability(
   }
   return {
     metrics,
-    uploader,
     server,
     async close() {
       clearInterval(interval);
-      uploader.close();
+      offFirst();
       metrics.close();
       restore();
       if (server) await new Promise<void>((r) => server!.close(() => r()));
@@ -126,7 +133,7 @@ export function observabilityFeature(options: ObservabilityFeatureOptions): Agen
   return {
     name: 'observability',
     async attach(runner, ctx) {
-      const handle = await attachObservability(runner, ctx.logger, options);
+      const handle = await attachObservability(runner, ctx, options);
       return () => handle.close();
     },
   };

@@ -14,8 +14,11 @@ import { VERSION } from '../../version.js';
  *   registered on the runner (addReconciler, e.g. the mesh); output is a JSON report, exit 1 on drift.
  */
 
+/** What the built-ins read off the runner: identity, connection figures and the features' reconcilers. */
+export type BuiltinRunner = Pick<AgentRunner, 'identity' | 'session' | 'state' | 'lastHeartbeatRttMs' | 'reconcilers'>;
+
 export interface BuiltinContext {
-  runner: AgentRunner;
+  runner: BuiltinRunner;
   stateDir: string;
   buildId: string | null;
   /** Live counters of the ops feature. */

@@ -1,16 +1,13 @@
-import type { AgentRunner } from '../connection.js';
-import type { AgentFeature } from '../feature.js';
-import type { Logger } from '../../util/logger.js';
+import type { AgentFeature, AgentFeatureContext } from '../feature.js';
 import { ActionService } from './actions.js';
-import { agentLogFileOf } from './agent-log.js';
 import { AuditReporter } from './audit.js';
+import type { BuiltinRunner } from './builtins.js';
 import { ExecService } from './exec.js';
 import { LogTailService } from './log-tail.js';
 import { parseOpsOptions, type OpsOptions, type OpsOptionsInput } from './options.js';
 import { TransferService } from './transfer.js';
-import { SelfUpgrader } from './upgrade.js';
+import { SelfUpgrader, type UpgraderRunner } from './upgrade.js';
 
-export { createAgentLogger } from './agent-log.js';
 export { parseOpsOptions, type OpsOptions, type OpsOptionsInput } from './options.js';
 
 /**
@@ -18,9 +15,16 @@ export { parseOpsOptions, type OpsOptions, type OpsOptionsInput } from './option
  * action.request, exec.open, log.stream and file.open, agent.upgrade offers, and audit reports.
  */
 
-export interface OpsAgentContext {
-  stateDir: string;
-  logger: Logger;
+/**
+ * What operations take from the feature context: registrations, the agent's log file (log.stream
+ * tails it) and the upload channel (audit records).
+ */
+export type OpsFeatureContext = Pick<AgentFeatureContext, 'stateDir' | 'logger' | 'logFile' | 'uploads' | 'onStream' | 'onMessage' | 'addHelloFields' | 'onConnected'>;
+
+/** What operations read off the runner itself: identity, state and reconcilers (built-ins), stop (self-upgrade). */
+export type OpsRunner = BuiltinRunner & UpgraderRunner;
+
+export interface OpsAgentContext extends OpsFeatureContext {
   options: OpsOptionsInput;
   /** Replaces the exit-75 restart after a self-upgrade (tests). */
   restart?: () => void;
@@ -34,12 +38,12 @@ export interface OpsAgentHandle {
   readonly transfers: TransferService;
   readonly upgrader: SelfUpgrader | null;
   counters(): Record<string, number>;
-  /** Stops audit reporting (the feature's close). */
+  /** Drops the feature's handlers and listeners from the runner (the feature's close). */
   close(): void;
 }
 
 /** Validates `ctx.options` (parseOpsOptions), then attaches operations to the runner. */
-export async function opsAgentFeature(runner: AgentRunner, ctx: OpsAgentContext): Promise<OpsAgentHandle> {
+export async function opsAgentFeature(runner: OpsRunner, ctx: OpsAgentContext): Promise<OpsAgentHandle> {
   return attachOps(runner, { ...ctx, options: parseOpsOptions(ctx.options, ctx.stateDir) });
 }
 
@@ -48,23 +52,23 @@ export function opsFeature(options: OpsOptions): AgentFeature {
   return {
     name: 'ops',
     async attach(runner, ctx) {
-      const ops = await attachOps(runner, { stateDir: ctx.stateDir, logger: ctx.logger, options });
+      const ops = await attachOps(runner, { ...ctx, options });
       return () => ops.close();
     },
   };
 }
 
-async function attachOps(runner: AgentRunner, ctx: Omit<OpsAgentContext, 'options'> & { options: OpsOptions }): Promise<OpsAgentHandle> {
+async function attachOps(runner: OpsRunner, ctx: Omit<OpsAgentContext, 'options'> & { options: OpsOptions }): Promise<OpsAgentHandle> {
   const opts = ctx.options;
   const log = ctx.logger.child({ component: 'ops' });
-  const audit = new AuditReporter(runner, log);
+  const audit = new AuditReporter(ctx.uploads, log);
   const upgrader = opts.bundlePath
     ? await SelfUpgrader.create(runner, { bundlePath: opts.bundlePath, logger: log, ...(ctx.restart ? { restart: ctx.restart } : {}) })
     : null;
   const buildId = upgrader?.buildId ?? null;
 
   const exec = new ExecService(opts, audit);
-  const logs = new LogTailService(agentLogFileOf(ctx.logger));
+  const logs = new LogTailService(ctx.logFile);
   const transfers = new TransferService(opts, audit);
   const counters = (): Record<string, number> => ({
     runningActions: actions.running,
@@ -75,18 +79,28 @@ async function attachOps(runner: AgentRunner, ctx: Omit<OpsAgentContext, 'option
   });
   const actions = new ActionService(opts, { logger: log, audit, builtin: { runner, stateDir: ctx.stateDir, buildId, counters } });
 
-  runner.onStream('action.request', (stream, session) => actions.handle(stream, session));
-  runner.onStream('exec.open', (stream, session) => exec.handle(stream, session));
-  runner.onStream('log.stream', (stream, session) => logs.handle(stream, session));
-  runner.onStream('file.open', (stream, session) => transfers.handle(stream, session));
+  const registered = [
+    ctx.onStream('action.request', (stream, session) => actions.handle(stream, session)),
+    ctx.onStream('exec.open', (stream, session) => exec.handle(stream, session)),
+    ctx.onStream('log.stream', (stream, session) => logs.handle(stream, session)),
+    ctx.onStream('file.open', (stream, session) => transfers.handle(stream, session)),
+  ];
 
   if (upgrader) {
-    runner.addHelloFields(() => ({ buildId: upgrader.buildId }));
-    runner.onMessage('agent.upgrade', (offer) => void upgrader.offer(offer));
-    runner.on('connected', (_session, welcome) => {
-      if (welcome.upgrade) void upgrader.offer(welcome.upgrade);
-    });
+    ctx.addHelloFields(() => ({ buildId: upgrader.buildId }));
+    registered.push(
+      ctx.onMessage('agent.upgrade', (offer) => void upgrader.offer(offer)),
+      ctx.onConnected((_session, welcome) => {
+        if (welcome.upgrade) void upgrader.offer(welcome.upgrade);
+      }),
+    );
   }
   log.info({ allowExec: opts.allowExec, transferDirs: opts.transferDirs, hooksDir: opts.hooksDir, maxActions: opts.maxActions, buildId }, 'operations ready');
-  return { buildId, actions, exec, logs, transfers, upgrader, counters, close: () => audit.close() };
+  let closed = false;
+  const close = (): void => {
+    if (closed) return;
+    closed = true;
+    for (const off of registered.reverse()) off();
+  };
+  return { buildId, actions, exec, logs, transfers, upgrader, counters, close };
 }

@@ -1,21 +1,23 @@
 import type { Session } from '../../protocol/session.js';
 import type { MuxStream } from '../../protocol/stream.js';
-import { readLastLines, type AgentLogFile } from './agent-log.js';
+import type { AgentLogReader } from '../state/log-file.js';
+import { readLastLines } from './last-lines.js';
 import { errorMessage } from './errors.js';
 import { MeshlinkError } from '../../errors.js';
 
 /**
  * log.stream: the last N lines of the agent's own log, then (follow) every new line as it is
- * written. Following is a listener on the log file object (agent-log.ts), removed the moment the
- * stream closes or resets: no watcher, no timer. A follower that cannot keep up buffers at most
- * FOLLOW_BUFFER_BYTES and then drops lines, telling the reader how many.
+ * written. Following is a listener on the log file (agent core's state/log-file.ts, handed over in
+ * the feature context), removed the moment the stream closes or resets: no watcher, no timer. A
+ * follower that cannot keep up buffers at most FOLLOW_BUFFER_BYTES and then drops lines, telling the
+ * reader how many.
  */
 
 const FOLLOW_BUFFER_BYTES = 1024 * 1024;
 
 export class LogTailService {
   #followers = 0;
-  constructor(private readonly file: AgentLogFile | undefined) {}
+  constructor(private readonly file: AgentLogReader | null) {}
 
   get followers(): number {
     return this.#followers;

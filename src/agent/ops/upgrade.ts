@@ -43,20 +43,23 @@ export interface UpgraderOptions {
   restart?: () => void;
 }
 
+/** What the upgrader reads off the runner: the session (status messages), the identity (download), stop (restart). */
+export type UpgraderRunner = Pick<AgentRunner, 'session' | 'identity' | 'stop'>;
+
 export class SelfUpgrader {
   readonly buildId: string;
   #busy = false;
   readonly #failed = new Map<string, number>();
 
   private constructor(
-    private readonly runner: AgentRunner,
+    private readonly runner: UpgraderRunner,
     private readonly opts: UpgraderOptions,
     buildId: string,
   ) {
     this.buildId = buildId;
   }
 
-  static async create(runner: AgentRunner, opts: UpgraderOptions): Promise<SelfUpgrader> {
+  static async create(runner: UpgraderRunner, opts: UpgraderOptions): Promise<SelfUpgrader> {
     return new SelfUpgrader(runner, opts, await fileSha256(opts.bundlePath));
   }
 
@@ -148,7 +151,7 @@ export class SelfUpgrader {
   }
 }
 
-function defaultRestart(runner: AgentRunner): void {
+function defaultRestart(runner: UpgraderRunner): void {
   // Whatever `agent run` sets as exit code after the graceful stop, the process leaves with 75.
   process.on('exit', () => {
     process.exitCode = AGENT_EXIT_CODES.upgradeRestart;

@@ -5,7 +5,7 @@ import { AgentRunner } from '../../agent/connection.js';
 import { resolveStateDir } from '../../agent/config.js';
 import { attachFeatures } from '../../agent/feature.js';
 import { agentFeatures } from '../../agent/features.js';
-import { createAgentLogger } from '../../agent/ops/agent-log.js';
+import { openAgentLog } from '../../agent/state/log-file.js';
 import { MeshlinkError } from '../../errors.js';
 import { parseDuration } from '../../util/duration.js';
 import { LOG_LEVELS } from '../../util/logger.js';
@@ -54,9 +54,9 @@ export function registerRunCommand(agent: Command, onError: (err: unknown) => vo
         const renewPolicy = parseRunFlags(opts.renewBefore, opts.renewAt);
         const stateDir = resolveStateDir(opts.stateDir);
         const features = agentFeatures({ mesh: parseMeshFlags(opts), observability: parseObservabilityFlags(opts), ops: parseOpsFlags(opts, stateDir) });
-        const logger = createAgentLogger(stateDir, opts.logLevel);
+        const { logger, file: logFile } = openAgentLog(stateDir, opts.logLevel);
         const runner = new AgentRunner({ stateDir, logger, renewPolicy: Object.freeze(renewPolicy) });
-        const attached = await attachFeatures(runner, features, { stateDir, logger });
+        const attached = await attachFeatures(runner, features, { stateDir, logger, logFile });
         const stop = (signal: string): void => {
           logger.info({ signal }, 'stopping');
           setTimeout(() => process.exit(0), STOP_DEADLINE_MS).unref();

@@ -1,12 +1,13 @@
-import type { InputOf } from '../../protocol/registry.js';
-import type { Session } from '../../protocol/session.js';
+import type { InputOf } from '../protocol/registry.js';
+import type { Session } from '../protocol/session.js';
 
 /**
- * Sends the agent's own observability records to the server on its one connection: metrics.batch
- * (periodic snapshots), logs.batch (warn and above) and audit.batch (every action, exec and transfer:
- * ops/audit.ts). Memory is bounded whatever the server does: each kind has a fixed-size queue;
- * when it is full the oldest record is dropped and counted, and the count travels with the next batch
- * of that kind (`dropped`). Sending is bounded in rate (one batch per kind per `minIntervalMs`) and
+ * The agent's one channel of records to the server, on its one connection: metrics.batch (periodic
+ * snapshots) and logs.batch (warn and above) from the observability feature, audit.batch (every
+ * action, exec and transfer) from the ops feature. Agent core owns it (one per runner, made by
+ * feature.ts); features reach it only through the `uploads` of their context. Memory is bounded
+ * whatever the server does: each kind has a fixed-size queue; when it is full the oldest record is
+ * dropped and counted, and the count travels with the next batch of that kind (`dropped`). Sending is bounded in rate (one batch per kind per `minIntervalMs`) and
  * size (`maxBatchRecords` records, `maxBatchBytes` estimated bytes), and pauses while the session's
  * control queue is above its high-water mark (send() returned false: the server is slow).
  */
@@ -73,7 +74,7 @@ export class DropOldestQueue<T> {
   }
 }
 
-export class ObservabilityUploader {
+export class AgentUploader {
   readonly limits: UploaderLimits;
   readonly #queues: { metrics: DropOldestQueue<MetricSample>; logs: DropOldestQueue<LogRecord>; audit: DropOldestQueue<AuditRecord> };
   readonly #lastSent: Record<Kind, number> = { metrics: 0, logs: 0, audit: 0 };
@@ -159,6 +160,9 @@ export class ObservabilityUploader {
     this.#timer.unref();
   }
 }
+
+/** What features may do with the channel: hand it records. Sending, flushing and closing are the core's. */
+export type AgentUploads = Pick<AgentUploader, 'addMetrics' | 'addLog' | 'recordAudit'>;
 
 /** A cheap upper-ish estimate of a record's MessagePack size. */
 function estimateBytes(item: unknown): number {
