@@ -2,10 +2,7 @@ import { MeshlinkError, ERRORS } from '../../errors.js';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { z } from 'zod';
 import { EVENT_PAYLOAD_SCHEMAS } from '../../contract/mesh-events.js';
-import type { Session } from '../../protocol/session.js';
-import type { AgentHandle } from '../agent-sessions.js';
 import type { ServerFeature, ServerFeatureContext } from '../feature.js';
-import type { ConnectedAgent } from '../session-host.js';
 import { readJson, sendJson } from '../http-json.js';
 import { resolveNode } from '../nodes.js';
 import { createTaggedToken, tagNode } from './operator.js';
@@ -51,10 +48,7 @@ export function createMeshFeature(options: MeshFeatureOptions = {}): ServerFeatu
     const log = ctx.logger.child({ component: 'mesh' });
     // Sealed with the same passphrase as the CA key (the caller's, else MESHLINK_CA_PASSPHRASE).
     const mesh = await MeshService.open(ctx.store, ctx.logger, { ...options, passphrase: options.passphrase ?? ctx.passphrase });
-    // TRANSITIONAL: the mesh's delivery module still sends on raw sessions (with backpressure) until it
-    // sends through the AgentSessions facade (issue 11).
-    const sessionOf = (agent: AgentHandle | undefined): Session | undefined => (agent as ConnectedAgent | undefined)?.session;
-    mesh.setDelivery({ sessionOf: (id) => sessionOf(ctx.sessions.current(id)) });
+    mesh.setDelivery(ctx.sessions);
     ctx.questions.answer('meshEventCreatedAt', (nodeId, seq) => mesh.eventCreatedAt(nodeId, seq));
     ctx.sessions.addWelcomeFields(() => ({ eventKeys: mesh.eventKeys() }));
 
@@ -66,8 +60,7 @@ export function createMeshFeature(options: MeshFeatureOptions = {}): ServerFeatu
       }
     });
     ctx.sessions.onRequest('state.request', (agent, req) => {
-      const session = sessionOf(agent);
-      if (session) mesh.replay(agent.nodeId, session, agent.hello.lastEventSeq ?? 0);
+      mesh.replay(agent, agent.hello.lastEventSeq ?? 0);
       return mesh.stateFor(agent.nodeId, req.digest);
     });
     // A removed node's session closes with 4401: take it out of the mesh at once. Other closes leave
