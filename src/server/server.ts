@@ -105,6 +105,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
         publicRoutes,
         audit: AuditLog.of(store),
         connections: { onRefused: (fn) => registry.onRefused(fn), onRevoking: (fn) => registry.onRevoking(fn) },
+        enrollment: { onCommit: (hook) => enrollment.onCommit(hook) },
         questions: createFeatureQuestions(),
         logger,
         passphrase,

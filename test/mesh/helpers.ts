@@ -6,6 +6,7 @@ import type { AgentHandle } from '../../src/server/agent-sessions.js';
 import type { DeliverySessions } from '../../src/server/mesh/delivery.js';
 import { Store } from '../../src/server/store/store.js';
 import { openServerStore } from '../../src/server/features.js';
+import { MeshStore } from '../../src/server/mesh/store.js';
 import { createToken, hashToken } from '../../src/server/tokens.js';
 import { verifyEd25519 } from '../../src/contract/ed25519.js';
 import { decodeEnvelope, type Envelope } from '../../src/contract/mesh-events.js';
@@ -32,16 +33,24 @@ export async function tempStore(): Promise<{ store: Store; dir: string; reopen()
   return handle;
 }
 
-/** Enrolls a node the way the enrollment commit does (token consumed, node row, certificate row). */
+/**
+ * Enrolls a node the way the enrollment commit does (token consumed, node row, certificate row), with
+ * the mesh's commit hook giving the node its token's tags in the same transaction.
+ */
 export function enrollNode(store: Store, hostname: string, tags: string[] = []): string {
-  const { token } = createToken(store, { ttlMs: 60_000, tags });
+  const { token } = createToken(store, { ttlMs: 60_000 });
+  const mesh = new MeshStore(store.database);
+  if (tags.length > 0) mesh.tagToken(hashToken(token), tags);
   const id = randomUUID();
-  const ok = store.commitEnrollment({
-    tokenHash: hashToken(token),
-    now: Date.now(),
-    node: { id, hostname, agentVersion: null, existing: false },
-    cert: { serial: randomUUID().replace(/-/g, ''), notBefore: Date.now(), notAfter: Date.now() + 86_400_000, pem: 'test' },
-  });
+  const ok = store.commitEnrollment(
+    {
+      tokenHash: hashToken(token),
+      now: Date.now(),
+      node: { id, hostname, agentVersion: null, existing: false },
+      cert: { serial: randomUUID().replace(/-/g, ''), notBefore: Date.now(), notAfter: Date.now() + 86_400_000, pem: 'test' },
+    },
+    (commit) => mesh.claimTokenTags(commit.tokenHash, commit.node.id),
+  );
   if (!ok) throw new Error('enrollment commit failed');
   return id;
 }

@@ -8,6 +8,7 @@ import { resolveNode } from '../nodes.js';
 import { createTaggedToken, tagNode } from './operator.js';
 import { POLICY_MAX_BYTES, policyId } from './policy.js';
 import { MeshService, type MeshOptions } from './service.js';
+import { MeshStore } from './store.js';
 
 export { MeshService } from './service.js';
 
@@ -49,6 +50,9 @@ export function createMeshFeature(options: MeshFeatureOptions = {}): ServerFeatu
     // Sealed with the same passphrase as the CA key (the caller's, else MESHLINK_CA_PASSPHRASE).
     const mesh = await MeshService.open(ctx.store, ctx.logger, { ...options, passphrase: options.passphrase ?? ctx.passphrase });
     mesh.setDelivery(ctx.sessions);
+    // A node gets the tags of the token it enrolled with, in the enrollment's own transaction.
+    const tags = new MeshStore(ctx.store.database);
+    const stopClaiming = ctx.enrollment.onCommit((commit) => tags.claimTokenTags(commit.tokenHash, commit.node.id));
     ctx.questions.answer('meshEventCreatedAt', (nodeId, seq) => mesh.eventCreatedAt(nodeId, seq));
     ctx.sessions.addWelcomeFields(() => ({ eventKeys: mesh.eventKeys() }));
 
@@ -148,6 +152,7 @@ export function createMeshFeature(options: MeshFeatureOptions = {}): ServerFeatu
     return {
       async close() {
         stopObserving();
+        stopClaiming();
         clearInterval(sweepTimer);
         await mesh.close();
       },
