@@ -60,6 +60,9 @@ export interface AgentSessions {
   snapshot(): readonly AgentHandle[];
   send<N extends KindName>(agent: AgentHandle, kind: N, payload: InputOf<N>): SendResult;
   openStream<N extends KindName>(agent: AgentHandle, kind: N, meta: InputOf<N>): Promise<MuxStream>;
-  /** Resolves when what was queued on the session before this call has reached the agent (a ping round trip); rejects if the session closes. */
+  /**
+   * Resolves when what was queued on the session before this call has reached the agent (a ping round
+   * trip, however long the agent takes to read); rejects once the session closes.
+   */
   drained(agent: AgentHandle): Promise<void>;
 }

@@ -10,7 +10,8 @@ import { ENROLL_BODY_CAP, readJson, sendError, sendJson } from './http-json.js';
 import { parseCsr, CSR_MAX_PEM_BYTES, type ParsedCsr } from './csr.js';
 import type { TokenBuckets } from '../util/token-bucket.js';
 import type { RevocationList } from './revocation.js';
-import type { Store } from './store/store.js';
+import type { EnrollmentCommit, Store } from './store/store.js';
+import type { EnrollmentEvents } from './feature.js';
 import { findUsableToken, hashToken } from './tokens.js';
 
 /**
@@ -49,8 +50,15 @@ export interface EnrollmentDeps {
   renewGraceMs: number;
 }
 
-export class EnrollmentService {
+export class EnrollmentService implements EnrollmentEvents {
+  readonly #commitHooks = new Set<(commit: EnrollmentCommit) => void>();
+
   constructor(private readonly deps: EnrollmentDeps) {}
+
+  onCommit(hook: (commit: EnrollmentCommit) => void): () => void {
+    this.#commitHooks.add(hook);
+    return () => this.#commitHooks.delete(hook);
+  }
 
   private response(nodeId: string, issued: IssuedCertificate): CertificateResponse {
     return {
@@ -107,13 +115,17 @@ export class EnrollmentService {
       keyType: csr.keyType,
       lifetimeMs: this.deps.certLifetimeMs,
     });
-    // Atomic: consume token + node + cert. Losing a race here discards the signed certificate unseen.
+    // Atomic: consume token + node + cert, and the features' rows (their commit hooks). Losing a race
+    // here discards the signed certificate unseen.
+    const runHooks = (commit: EnrollmentCommit): void => {
+      for (const hook of this.#commitHooks) hook(commit);
+    };
     const won = this.deps.store.commitEnrollment({
       tokenHash: hashToken(body.token),
       now: Date.now(),
       node: { id: nodeId, hostname, agentVersion: body.agentVersion ?? null, existing },
       cert: { serial: issued.serial, notBefore: issued.notBefore, notAfter: issued.notAfter, pem: issued.pem },
-    });
+    }, runHooks);
     if (!won) throw new MeshlinkError('ML_ERR_TOKEN_INVALID', 'the enrollment token is unknown, already used, or expired');
     this.deps.logger.info({ nodeId, hostname, certSerial: issued.serial, reenroll: existing }, 'node enrolled');
     return this.response(nodeId, issued);

@@ -6,13 +6,14 @@ import type { AuditLog } from './audit-log.js';
 import type { ServerConfig } from './config.js';
 import type { PresenceView } from './presence.js';
 import type { PublicRoutes } from './public-routes.js';
-import type { Store } from './store/store.js';
+import type { EnrollmentCommit, Store } from './store/store.js';
 
 /**
  * A server feature (mesh coordination, operations, observability) plugs into the running server
  * through this context and nothing else: its own tables through the store's database handle (each
  * feature has its store module), agent sessions through the AgentSessions facade, its admin routes,
- * its public routes on the gateway, the core's audit log, and the connection events it may observe.
+ * its public routes on the gateway, the core's audit log, the connection events it may observe, and
+ * the enrollment commit it may write into (its own rows for the new node, in the same transaction).
  * Features never import each other: a question one feature answers for another goes through a
  * function the composition root passes in (see features.ts). Features are started by startServer
  * before the gateway accepts agents, and closed in reverse order.
@@ -27,6 +28,7 @@ export interface ServerFeatureContext {
   readonly publicRoutes: PublicRoutes;
   readonly audit: AuditLog;
   readonly connections: ConnectionEvents;
+  readonly enrollment: EnrollmentEvents;
   /** Questions features answer for each other (the only way one feature learns another's state). */
   readonly questions: FeatureQuestions;
   readonly logger: Logger;
@@ -40,6 +42,17 @@ export interface ConnectionEvents {
   onRefused(observer: (reason: string) => void): () => void;
   /** A node's sockets are about to be closed with 4401 (revocation); runs before the close. */
   onRevoking(observer: (nodeId: string, reason: string) => void): () => void;
+}
+
+/** Enrollment events a feature may take part in; each returns its unsubscribe. */
+export interface EnrollmentEvents {
+  /**
+   * Runs inside the enrollment's commit transaction, after the token is consumed and the node and its
+   * certificate are written (`commit.node.existing`: a re-enrollment). What the hook writes commits or
+   * rolls back with the enrollment; a throw rolls the enrollment back and fails it. Synchronous: the
+   * store's transactions are.
+   */
+  onCommit(hook: (commit: EnrollmentCommit) => void): () => void;
 }
 
 /**

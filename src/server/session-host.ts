@@ -2,7 +2,7 @@ import { MeshlinkError } from '../errors.js';
 import { EventEmitter } from 'node:events';
 import type { WebSocket } from 'ws';
 import { attachSession } from '../net/ws-session.js';
-import type { CloseInfo, Session } from '../protocol/session.js';
+import type { CloseInfo, Session, SessionOptions } from '../protocol/session.js';
 import type { InputOf, KindName, PayloadOf, RequestKindName as RequestKind } from '../protocol/registry.js';
 import type { MuxStream } from '../protocol/stream.js';
 import { HandlerRegistry } from '../protocol/handler-registry.js';
@@ -68,6 +68,12 @@ export class ConnectedAgent implements AgentHandle {
   }
 }
 
+/** How long one drain probe waits for its pong; a session still open then is probed again (see drained). */
+export const DRAIN_PROBE_TIMEOUT_MS = 30_000;
+
+/** What the host decides of a session it serves; the binding adds the transport (a WebSocket, or a test's link). */
+export type SessionBinding = Pick<SessionOptions, 'role' | 'onHello'>;
+
 export interface SessionHostDeps {
   config: ServerConfig;
   store: Store;
@@ -107,9 +113,17 @@ export class SessionHost extends EventEmitter<SessionHostEvents> implements Gate
   }
 
   onAgentConnection(ws: WebSocket, info: AgentConnectionInfo): void {
+    this.serveSession(info, (binding) => attachSession(ws, binding));
+  }
+
+  /**
+   * Serves one authenticated agent connection: `bind` makes its protocol session over the transport
+   * (the gateway's WebSocket; tests bind an in-memory link to drive backpressure and timers).
+   */
+  serveSession(info: AgentConnectionInfo, bind: (binding: SessionBinding) => Session): void {
     const log = this.#deps.logger.child({ nodeId: info.nodeId, certSerial: info.certSerial, remote: info.remoteAddress });
     const agent: { current: ConnectedAgent | null } = { current: null };
-    const session = attachSession(ws, {
+    const session = bind({
       role: 'server',
       onHello: (hello) => {
         const node = this.#deps.store.getNode(info.nodeId);
@@ -243,7 +257,16 @@ export class SessionHost extends EventEmitter<SessionHostEvents> implements Gate
   drained(agent: AgentHandle): Promise<void> {
     const session = this.#sessionOf(agent);
     if (!session || session.state !== 'open') return Promise.reject(new MeshlinkError('ML_ERR_SESSION_CLOSED', `the session of ${agent.nodeId} is closed`));
-    return session.ping().then(() => undefined);
+    // Control messages have no 'drain' event: a ping queued behind them is answered once the agent
+    // has read everything before it. An agent slow to read is not a closed one, so a probe that times
+    // out while the session is open is followed by another (queued behind the first); only the
+    // session's close ends the wait, with its reason.
+    const probe = (): Promise<void> =>
+      session.ping(DRAIN_PROBE_TIMEOUT_MS).then(
+        () => undefined,
+        (err: unknown) => (session.state === 'open' ? probe() : Promise.reject(err instanceof Error ? err : new Error(String(err)))),
+      );
+    return probe();
   }
 
   get sessionCount(): number {

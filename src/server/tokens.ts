@@ -28,7 +28,7 @@ export interface CreatedToken {
 /** Creates a token. With `nodeId` it is a re-enrollment token: the enrolling agent keeps that node id. */
 export function createToken(
   store: Store,
-  options: { ttlMs?: number; nodeId?: string | null; tags?: string[]; now?: number },
+  options: { ttlMs?: number; nodeId?: string | null; now?: number },
 ): CreatedToken {
   const now = options.now ?? Date.now();
   const nodeId = options.nodeId ?? null;
@@ -38,7 +38,7 @@ export function createToken(
   }
   const token = generateToken();
   const expiresAt = now + (options.ttlMs ?? DEFAULT_TOKEN_TTL_MS);
-  store.insertToken({ hash: hashToken(token), createdAt: now, expiresAt, nodeId, tags: options.tags ?? [] });
+  store.insertToken({ hash: hashToken(token), createdAt: now, expiresAt, nodeId });
   return { token, expiresAt, nodeId };
 }
 

@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
 import { stateDigest } from '../../src/contract/mesh-events.js';
 import { MeshService } from '../../src/server/mesh/service.js';
-import { enrollNode, recordingSession, silent, tempStore, verifies, wgKey, type SentEvent } from './helpers.js';
+import { enrollNode, recordingSessions, silent, tempStore, verifies, wgKey, type SentEvent } from './helpers.js';
 
 const cleanups: Array<() => Promise<void>> = [];
 afterEach(async () => {
@@ -16,15 +16,16 @@ async function setup(options: { retainEvents?: number } = {}) {
   const b = enrollNode(t.store, 'b', ['web', 'db']);
   const c = enrollNode(t.store, 'c', ['db']);
   const mesh = await MeshService.open(t.store, silent, { passphrase: 'test', ...options });
-  const sessions = new Map([a, b, c].map((id) => [id, recordingSession()]));
-  mesh.setDelivery({ sessionOf: (id) => sessions.get(id)?.session });
+  const hub = recordingSessions();
+  mesh.setDelivery(hub);
+  const sessions = new Map([a, b, c].map((id) => [id, hub.connect(id)]));
   // Every node connects with a key and asks for its replay (first state.request).
   for (const [i, id] of [a, b, c].entries()) {
     await mesh.agentOpened(id, { versions: [1], agentVersion: 't', wgPublicKey: wgKey(i + 1), endpoints: [`192.0.2.${i + 1}:51820`] }, '127.0.0.1');
-    mesh.replay(id, sessions.get(id)!.session, 0);
+    mesh.replay(sessions.get(id)!.agent, 0);
   }
   const sent = (id: string): SentEvent[] => sessions.get(id)!.sent;
-  return { t, mesh, a, b, c, sessions, sent };
+  return { t, mesh, a, b, c, hub, sessions, sent };
 }
 
 /** Applies events to a plain model of the agent's state, as the agent does. */
@@ -115,10 +116,11 @@ describe('MeshService', () => {
     cleanups.push(() => t.cleanup());
     const ids = Array.from({ length: 150 }, (_, i) => enrollNode(t.store, `n${i}`, [i % 2 === 0 ? 'even' : 'odd']));
     const mesh = await MeshService.open(t.store, silent, { passphrase: 'test' });
-    const sessions = new Map(ids.map((id) => [id, recordingSession()]));
-    mesh.setDelivery({ sessionOf: (id) => sessions.get(id)?.session });
+    const hub = recordingSessions();
+    mesh.setDelivery(hub);
+    const sessions = new Map(ids.map((id) => [id, hub.connect(id)]));
     await Promise.all(ids.map((id, i) => mesh.agentOpened(id, { versions: [1], agentVersion: 't', wgPublicKey: wgKey(i + 1), endpoints: [`192.0.2.${i + 1}:51820`] }, '127.0.0.1')));
-    for (const id of ids) mesh.replay(id, sessions.get(id)!.session, 0);
+    for (const id of ids) mesh.replay(sessions.get(id)!.agent, 0);
     const received = new Map(ids.map((id) => [id, [...sessions.get(id)!.sent]]));
     const collect = (): void => {
       for (const id of ids) for (const e of sessions.get(id)!.sent) if (!received.get(id)!.includes(e)) received.get(id)!.push(e);
@@ -134,9 +136,9 @@ describe('MeshService', () => {
     // A node the running recompute has not reached is not handed a state ahead of its events.
     expect(mesh.stateFor(ids[149]!, 'f'.repeat(64))).toEqual({ inSync: true });
     const lateSeqBefore = received.get(late)!.at(-1)!.envelope.seq;
-    const reconnected = recordingSession();
+    const reconnected = hub.connect(late);
     sessions.set(late, reconnected);
-    mesh.replay(late, reconnected.session, lateSeqBefore);
+    mesh.replay(reconnected.agent, lateSeqBefore);
     mesh.publish(ids[130]!, 'action_request', { action: 'mid-run' });
     const moved = mesh.agentOpened(ids[3]!, { versions: [1], agentVersion: 't', wgPublicKey: wgKey(4), endpoints: ['198.51.100.4:51820'] }, '127.0.0.1');
     const second = mesh.setPolicy({ rules: [{ from: 'odd', to: 'odd' }] });
@@ -161,10 +163,10 @@ describe('MeshService', () => {
   });
 
   it('publishAll gives every node the event under its own seq; an offline node gets it by replay', async () => {
-    const { mesh, a, b, c, sent, sessions } = await setup();
-    const late = recordingSession();
+    const { mesh, a, b, c, sent, hub } = await setup();
     // b stays connected; a is offline; c reconnects (a new session that has not asked for replay yet).
-    mesh.setDelivery({ sessionOf: (id) => (id === b ? sessions.get(b)!.session : id === c ? late.session : undefined) });
+    hub.disconnect(a);
+    const late = hub.connect(c);
     const before = [a, b, c].map((id) => mesh.nodeInfo(id)!.lastSeq);
     expect(await mesh.publishAll('action_request', { action: 'bench', args: { n: '1' } })).toBe(3);
     expect([a, b, c].map((id) => mesh.nodeInfo(id)!.lastSeq)).toEqual(before.map((s) => s + 1));
@@ -172,7 +174,7 @@ describe('MeshService', () => {
     expect(sent(a).at(-1)!.envelope.type).not.toBe('action_request'); // offline
     expect(late.sent).toHaveLength(0); // no live events before the replay request
     // c's new session asks for its replay from where c had got to: the event arrives then.
-    mesh.replay(c, late.session, before[2]!);
+    mesh.replay(late.agent, before[2]!);
     expect(late.sent.map((e) => [e.envelope.type, e.envelope.seq])).toEqual([['action_request', before[2]! + 1]]);
     expect(late.sent[0]!.envelope.payload).toEqual({ action: 'bench', args: { n: '1' } });
   });
@@ -203,20 +205,18 @@ describe('MeshService', () => {
   });
 
   it('replays exactly the missed events, or a snapshot past retention', async () => {
-    const { mesh, a, sent } = await setup({ retainEvents: 3 });
+    const { mesh, a, sent, hub } = await setup({ retainEvents: 3 });
     const all = sent(a);
     const last = all.at(-1)!.envelope.seq;
     // Reconnect having applied last-1: one event replayed, byte for byte the same signed envelope.
-    const s1 = (await import('./helpers.js')).recordingSession();
-    mesh.setDelivery({ sessionOf: () => s1.session });
-    mesh.replay(a, s1.session, last - 1);
+    const s1 = hub.connect(a);
+    mesh.replay(s1.agent, last - 1);
     expect(s1.sent.map((e) => e.envelope.seq)).toEqual([last]);
     expect(Buffer.from(s1.sent[0]!.bytes).equals(Buffer.from(all.at(-1)!.bytes))).toBe(true);
     // Generate more events than retained, then reconnect from seq 0: snapshot with a new seq.
     for (let i = 0; i < 4; i++) await mesh.setPolicy(i % 2 === 0 ? { rules: [] } : null);
-    const s2 = (await import('./helpers.js')).recordingSession();
-    mesh.setDelivery({ sessionOf: () => s2.session });
-    mesh.replay(a, s2.session, 0);
+    const s2 = hub.connect(a);
+    mesh.replay(s2.agent, 0);
     expect(s2.sent).toHaveLength(1);
     expect(s2.sent[0]!.envelope.type).toBe('node_state_updated');
     expect(s2.sent[0]!.envelope.seq).toBe(mesh.nodeInfo(a)!.lastSeq);
@@ -224,12 +224,11 @@ describe('MeshService', () => {
   });
 
   it('a session gets no live events before it asked for its replay', async () => {
-    const { mesh, a, b } = await setup();
-    const fresh = (await import('./helpers.js')).recordingSession();
-    mesh.setDelivery({ sessionOf: (id) => (id === a ? fresh.session : undefined) });
+    const { mesh, a, b, hub } = await setup();
+    const fresh = hub.connect(a);
     await mesh.acked(b, { seq: 1, wgPublicKey: wgKey(7) });
     expect(fresh.sent).toHaveLength(0);
-    mesh.replay(a, fresh.session, mesh.nodeInfo(a)!.lastSeq - 1);
+    mesh.replay(fresh.agent, mesh.nodeInfo(a)!.lastSeq - 1);
     expect(fresh.sent.map((e) => e.envelope.type)).toEqual(['peer_key_rotated']);
   });
 

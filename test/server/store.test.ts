@@ -66,4 +66,46 @@ describe('store', () => {
     expect(s.synchronousLevel()).toBe(1); // back to NORMAL after the durable revocation commit
     s.close();
   });
+
+  it('the enrollment commit runs the features\' hook inside its transaction: its writes commit with it, its throw rolls all back', async () => {
+    const s = openServerStore(await freshPath());
+    s.database.exec('CREATE TABLE hook_rows (node_id TEXT PRIMARY KEY) STRICT');
+    const { token } = createToken(s, { ttlMs: 60_000 });
+    const commit = (id: string, serial: string, hook: (c: { node: { id: string } }) => void) =>
+      s.commitEnrollment(
+        { tokenHash: hashToken(token), now: Date.now(), node: { id, hostname: 'h', agentVersion: null, existing: false }, cert: { serial, notBefore: 0, notAfter: Date.now() + 1000, pem: 'x' } },
+        hook,
+      );
+    const insert = (c: { node: { id: string } }) => void s.database.prepare('INSERT INTO hook_rows (node_id) VALUES (?)').run(c.node.id);
+
+    // A hook that fails after writing: nothing of the enrollment remains, and the token stays usable.
+    expect(() =>
+      commit('n1', 'aa', (c) => {
+        insert(c);
+        throw new Error('feature refused');
+      }),
+    ).toThrow('feature refused');
+    expect(s.getNode('n1')).toBeUndefined();
+    expect(s.getToken(hashToken(token))!.consumedAt).toBeNull();
+    expect(s.database.prepare('SELECT COUNT(*) AS n FROM hook_rows').get()).toEqual({ n: 0 });
+    expect(s.database.prepare('SELECT COUNT(*) AS n FROM certs').get()).toEqual({ n: 0 });
+
+    // The same token then enrolls, with the hook's row; a lost race runs no hook.
+    expect(commit('n2', 'bb', insert)).toBe(true);
+    expect(s.getNode('n2')).toBeDefined();
+    expect(s.database.prepare('SELECT node_id FROM hook_rows').all()).toEqual([{ node_id: 'n2' }]);
+    let ran = false;
+    expect(commit('n3', 'cc', () => void (ran = true))).toBe(false);
+    expect(ran).toBe(false);
+    s.close();
+  });
+
+  it('the core keeps no tags: tokens are written and read without them', async () => {
+    const s = openServerStore(await freshPath());
+    const { token } = createToken(s, { ttlMs: 60_000 });
+    expect(Object.keys(s.getToken(hashToken(token))!).sort()).toEqual(['consumedAt', 'createdAt', 'expiresAt', 'hash', 'nodeId']);
+    const nodeColumns = (s.database.prepare('PRAGMA table_info(nodes)').all() as Array<{ name: string }>).map((c) => c.name);
+    expect(nodeColumns).not.toContain('tags');
+    s.close();
+  });
 });

@@ -1,11 +1,9 @@
 import { ERRORS } from '../../errors.js';
-import type { Session } from '../../protocol/session.js';
-import type { AgentHandle } from '../agent-sessions.js';
 import type { OfflineFeature, ServerFeature, ServerFeatureContext } from '../feature.js';
-import type { ConnectedAgent } from '../session-host.js';
 import { registerMeshAdminRoutes } from './admin-routes.js';
 import { meshListingLookup } from './listing.js';
 import { MeshService, type MeshOptions } from './service.js';
+import { MeshStore } from './store.js';
 
 export { MeshService } from './service.js';
 
@@ -27,10 +25,10 @@ export function createMeshFeature(options: MeshFeatureOptions = {}): ServerFeatu
     const log = ctx.logger.child({ component: 'mesh' });
     // Sealed with the same passphrase as the CA key (the caller's, else MESHLINK_CA_PASSPHRASE).
     const mesh = await MeshService.open(ctx.store, ctx.logger, { ...options, passphrase: options.passphrase ?? ctx.passphrase });
-    // TRANSITIONAL: the mesh's delivery module still sends on raw sessions (with backpressure) until it
-    // sends through the AgentSessions facade (issue 11).
-    const sessionOf = (agent: AgentHandle | undefined): Session | undefined => (agent as ConnectedAgent | undefined)?.session;
-    mesh.setDelivery({ sessionOf: (id) => sessionOf(ctx.sessions.current(id)) });
+    mesh.setDelivery(ctx.sessions);
+    // A node gets the tags of the token it enrolled with, in the enrollment's own transaction.
+    const tags = new MeshStore(ctx.store.database);
+    const stopClaiming = ctx.enrollment.onCommit((commit) => tags.claimTokenTags(commit.tokenHash, commit.node.id));
     ctx.questions.answer('nodeListingFields', () => meshListingLookup(ctx.store));
     ctx.questions.answer('meshEventCreatedAt', (nodeId, seq) => mesh.eventCreatedAt(nodeId, seq));
     ctx.sessions.addWelcomeFields(() => ({ eventKeys: mesh.eventKeys() }));
@@ -43,8 +41,7 @@ export function createMeshFeature(options: MeshFeatureOptions = {}): ServerFeatu
       }
     });
     ctx.sessions.onRequest('state.request', (agent, req) => {
-      const session = sessionOf(agent);
-      if (session) mesh.replay(agent.nodeId, session, agent.hello.lastEventSeq ?? 0);
+      mesh.replay(agent, agent.hello.lastEventSeq ?? 0);
       return mesh.stateFor(agent.nodeId, req.digest);
     });
     // A removed node's session closes with 4401: take it out of the mesh at once. Other closes leave
@@ -75,6 +72,7 @@ export function createMeshFeature(options: MeshFeatureOptions = {}): ServerFeatu
     return {
       async close() {
         stopObserving();
+        stopClaiming();
         clearInterval(sweepTimer);
         await mesh.close();
       },

@@ -131,4 +131,33 @@ export const MESH_MIGRATIONS: readonly Migration[] = [
       UPDATE mesh_nodes SET announced = json_remove(announced, '$.peers') WHERE announced <> 'null';
     `,
   },
+  {
+    version: 102,
+    name: 'mesh: tags of tokens and nodes in the mesh’s own tables',
+    sql: `
+      -- Tags are the mesh's: they leave the core's tokens and nodes tables. A token's tags are keyed
+      -- by its hash; at enrollment the mesh's commit hook (ServerFeatureContext.enrollment) gives them
+      -- to the node inside the enrollment transaction, replacing the triggers of migration 100.
+      CREATE TABLE mesh_token_tags (
+        token_hash TEXT PRIMARY KEY REFERENCES tokens (hash),
+        tags       TEXT NOT NULL
+      ) STRICT;
+      CREATE TABLE mesh_node_tags (
+        node_id TEXT PRIMARY KEY REFERENCES nodes (id),
+        tags    TEXT NOT NULL
+      ) STRICT;
+
+      INSERT INTO mesh_token_tags (token_hash, tags) SELECT hash, tags FROM tokens WHERE tags <> '[]';
+      INSERT INTO mesh_node_tags (node_id, tags) SELECT id, tags FROM nodes WHERE tags <> '[]';
+
+      DROP TRIGGER mesh_token_consumed;
+      DROP TRIGGER mesh_node_enrolled;
+      DROP TRIGGER mesh_node_reenrolled;
+      DROP TABLE mesh_enroll_tags;
+      -- Added by migration 100, so the mesh's to drop. tokens.tags (core migration 1) stays, unread
+      -- and unwritten: a core migration dropping it would run before this copy on an upgraded store
+      -- (versions apply in order), and the core does not know the mesh's tables.
+      ALTER TABLE nodes DROP COLUMN tags;
+    `,
+  },
 ];

@@ -87,7 +87,7 @@ export class MeshModel implements MeshInputs {
         }
       }
     });
-    // Reload the rows of the added nodes (hostname, tags come from the node table).
+    // Reload the rows of the added nodes (hostname from the node table, tags from mesh_node_tags).
     if (added.length > 0) {
       const wanted = new Set(added);
       for (const row of this.#db.meshNodes()) if (wanted.has(row.nodeId)) this.nodes.set(row.nodeId, modelOf(row));

@@ -1,12 +1,12 @@
 import { MeshlinkError } from '../../errors.js';
-import type { Session } from '../../protocol/session.js';
+import type { AgentHandle } from '../agent-sessions.js';
 import type { PayloadOf } from '../../protocol/registry.js';
 import type { Logger } from '../../util/logger.js';
 import { stateDigest, type EventPayload, type EventType, type MeshState } from '../../contract/mesh-events.js';
 import { MeshStore } from './store.js';
 import type { Store } from '../store/store.js';
 import { intToIp, parseMeshRange, type MeshRange } from './addresses.js';
-import { EventDelivery, type Delivery } from './delivery.js';
+import { EventDelivery, type DeliverySessions } from './delivery.js';
 import { desiredState, viewChange, type PolicyAnnouncement } from './desired-state.js';
 import { EventLog, type Outgoing } from './event-log.js';
 import { MeshFeed, type FeedEntry } from './feed.js';
@@ -16,7 +16,7 @@ import { policyId } from './policy.js';
 import { SecretBox } from './secret-box.js';
 import { generateSigningKey, signingKeyFromPkcs8, type SigningKey } from './signer.js';
 
-export type { Delivery } from './delivery.js';
+export type { DeliverySessions } from './delivery.js';
 export type { FeedEntry } from './feed.js';
 
 /**
@@ -146,8 +146,9 @@ export class MeshService {
     return service;
   }
 
-  setDelivery(delivery: Delivery): void {
-    this.#delivery.setSessions(delivery);
+  /** The sessions facade events are delivered through (the server's AgentSessions; tests' stand-ins). */
+  setDelivery(sessions: DeliverySessions): void {
+    this.#delivery.setSessions(sessions);
   }
 
   // ------------------------------------------------------------------ membership
@@ -361,14 +362,15 @@ export class MeshService {
    * snapshot when that reaches past what is retained), then deliver live events on this session.
    * Replay waits for this request because the agent attaches its handlers only once it is connected.
    */
-  replay(nodeId: string, session: Session, lastEventSeq: number): void {
+  replay(agent: AgentHandle, lastEventSeq: number): void {
+    const nodeId = agent.nodeId;
     const node = this.#model.nodes.get(nodeId);
-    if (!node || !this.#delivery.markReady(session)) return;
+    if (!node || !this.#delivery.markReady(agent)) return;
     if (lastEventSeq === node.lastSeq) return;
     const oldest = this.#events.oldestSeq(nodeId);
     if (lastEventSeq < node.lastSeq && oldest !== null && oldest <= lastEventSeq + 1) {
       const events = this.#events.after(nodeId, lastEventSeq);
-      this.#delivery.sendStored(session, nodeId, events);
+      this.#delivery.sendStored(agent, events);
       this.#log.debug({ nodeId, from: lastEventSeq, events: events.length }, 'replayed missed events');
       return;
     }

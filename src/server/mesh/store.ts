@@ -72,7 +72,8 @@ export class MeshStore {
       signingKeys: db.prepare('SELECT * FROM mesh_signing_keys ORDER BY created_at, rowid'),
       insertSigningKey: db.prepare('INSERT INTO mesh_signing_keys (key_id, public_key, sealed_pkcs8, created_at) VALUES (?, ?, ?, ?)'),
       meshNodes: db.prepare(`
-        SELECT m.*, n.hostname, n.tags FROM mesh_nodes m JOIN nodes n ON n.id = m.node_id
+        SELECT m.*, n.hostname, t.tags FROM mesh_nodes m JOIN nodes n ON n.id = m.node_id
+        LEFT JOIN mesh_node_tags t ON t.node_id = m.node_id
         WHERE n.removed_at IS NULL ORDER BY m.mesh_ip`),
       nodesWithoutMesh: db.prepare(`
         SELECT id FROM nodes WHERE removed_at IS NULL AND id NOT IN (SELECT node_id FROM mesh_nodes) ORDER BY created_at, id`),
@@ -93,7 +94,9 @@ export class MeshStore {
       deleteAnnouncedPeer: db.prepare('DELETE FROM mesh_announced_peers WHERE node_id = ? AND peer_id = ?'),
       deleteAnnouncedOf: db.prepare('DELETE FROM mesh_announced_peers WHERE node_id = ?'),
       setLastSeq: db.prepare('UPDATE mesh_nodes SET last_seq = ? WHERE node_id = ?'),
-      setTags: db.prepare('UPDATE nodes SET tags = ? WHERE id = ? AND removed_at IS NULL'),
+      setTags: db.prepare(`
+        INSERT INTO mesh_node_tags (node_id, tags) SELECT id, ? FROM nodes WHERE id = ? AND removed_at IS NULL
+        ON CONFLICT (node_id) DO UPDATE SET tags = excluded.tags`),
       psks: db.prepare('SELECT node_a, node_b, sealed FROM mesh_psks'),
       insertPsk: db.prepare('INSERT INTO mesh_psks (node_a, node_b, sealed, created_at) VALUES (?, ?, ?, ?)'),
       deletePsk: db.prepare('DELETE FROM mesh_psks WHERE node_a = ? AND node_b = ?'),
@@ -107,8 +110,17 @@ export class MeshStore {
       feedAfterNode: db.prepare('SELECT * FROM mesh_feed WHERE id > ? AND node_id = ? ORDER BY id LIMIT ?'),
       lastFeedId: db.prepare('SELECT COALESCE(MAX(id), 0) AS id FROM mesh_feed'),
       pruneFeed: db.prepare('DELETE FROM mesh_feed WHERE id <= ?'),
-      tagToken: db.prepare('UPDATE tokens SET tags = ? WHERE hash = ? AND consumed_at IS NULL'),
-      listing: db.prepare('SELECT n.id, n.tags, m.mesh_ip, m.wg_public_key, m.endpoints, m.observed_addr FROM nodes n LEFT JOIN mesh_nodes m ON m.node_id = n.id WHERE n.removed_at IS NULL'),
+      tagToken: db.prepare(`
+        INSERT INTO mesh_token_tags (token_hash, tags) SELECT hash, ? FROM tokens WHERE hash = ? AND consumed_at IS NULL
+        ON CONFLICT (token_hash) DO UPDATE SET tags = excluded.tags`),
+      // A token without tags leaves the node's as they are (a re-enrollment keeps them).
+      claimTokenTags: db.prepare(`
+        INSERT INTO mesh_node_tags (node_id, tags) SELECT ?, tags FROM mesh_token_tags WHERE token_hash = ? AND tags <> '[]'
+        ON CONFLICT (node_id) DO UPDATE SET tags = excluded.tags`),
+      listing: db.prepare(`
+        SELECT n.id, t.tags, m.mesh_ip, m.wg_public_key, m.endpoints, m.observed_addr FROM nodes n
+        LEFT JOIN mesh_nodes m ON m.node_id = n.id LEFT JOIN mesh_node_tags t ON t.node_id = n.id
+        WHERE n.removed_at IS NULL`),
     };
   }
 
@@ -269,6 +281,15 @@ export class MeshStore {
   /** Sets the tags of a not yet used token (by its SHA-256). */
   tagToken(hash: string, tags: string[]): boolean {
     return this.s.tagToken.run(JSON.stringify(tags), hash).changes === 1;
+  }
+
+  /**
+   * The enrollment commit's part for the mesh (run inside its transaction): the node takes the tags of
+   * the token it enrolled with. A token without tags gives a new node none and leaves a re-enrolled
+   * node's tags as they were.
+   */
+  claimTokenTags(tokenHash: string, nodeId: string): void {
+    this.s.claimTokenTags.run(nodeId, tokenHash);
   }
 
   /** Mesh fields of every live node, for `nodes list`. */

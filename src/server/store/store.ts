@@ -31,7 +31,6 @@ export interface TokenRow {
   expiresAt: number;
   consumedAt: number | null;
   nodeId: string | null;
-  tags: string[];
 }
 export interface NodeRow {
   id: string;
@@ -83,7 +82,6 @@ function tokenFromRow(r: Row): TokenRow {
     expiresAt: r.expires_at as number,
     consumedAt: (r.consumed_at as number | null) ?? null,
     nodeId: (r.node_id as string | null) ?? null,
-    tags: JSON.parse(r.tags as string) as string[],
   };
 }
 function nodeFromRow(r: Row): NodeRow {
@@ -127,9 +125,9 @@ export class Store {
       getCa: db.prepare('SELECT key_blob, kdf_salt, cert_pem, created_at FROM ca WHERE id = 1'),
       insertCa: db.prepare('INSERT INTO ca (id, key_blob, kdf_salt, cert_pem, created_at) VALUES (1, ?, ?, ?, ?)'),
       insertToken: db.prepare(
-        'INSERT INTO tokens (hash, created_at, expires_at, consumed_at, node_id, tags) VALUES (?, ?, ?, NULL, ?, ?)',
+        'INSERT INTO tokens (hash, created_at, expires_at, consumed_at, node_id) VALUES (?, ?, ?, NULL, ?)',
       ),
-      getToken: db.prepare('SELECT * FROM tokens WHERE hash = ?'),
+      getToken: db.prepare('SELECT hash, created_at, expires_at, consumed_at, node_id FROM tokens WHERE hash = ?'),
       consumeToken: db.prepare(
         'UPDATE tokens SET consumed_at = ? WHERE hash = ? AND consumed_at IS NULL AND expires_at > ?',
       ),
@@ -232,7 +230,7 @@ export class Store {
 
   // --- tokens ---
   insertToken(row: Omit<TokenRow, 'consumedAt'>): void {
-    this.stmts.insertToken.run(row.hash, row.createdAt, row.expiresAt, row.nodeId, JSON.stringify(row.tags));
+    this.stmts.insertToken.run(row.hash, row.createdAt, row.expiresAt, row.nodeId);
   }
   getToken(hash: string): TokenRow | undefined {
     const r = this.stmts.getToken.get(hash) as Row | undefined;
@@ -243,8 +241,10 @@ export class Store {
    * The enrollment commit: consume the token (a single conditional UPDATE; `changes === 1` means this
    * caller won), create or refresh the node, record the certificate, all in one transaction. Returns
    * false when the token was consumed or expired in the meantime, and then nothing is written.
+   * `inTransaction` runs inside it, after those writes (the features' enrollment hooks): what it
+   * writes commits with the enrollment, and a throw rolls the whole enrollment back.
    */
-  commitEnrollment(c: EnrollmentCommit): boolean {
+  commitEnrollment(c: EnrollmentCommit, inTransaction?: (c: EnrollmentCommit) => void): boolean {
     return this.db.transaction((): boolean => {
       const consumed = this.stmts.consumeToken.run(c.now, c.tokenHash, c.now);
       if (consumed.changes !== 1) return false;
@@ -255,6 +255,7 @@ export class Store {
         this.stmts.insertNode.run(c.node.id, c.node.hostname, c.now, c.node.agentVersion);
       }
       this.stmts.insertCert.run(c.cert.serial, c.node.id, c.cert.notBefore, c.cert.notAfter, c.cert.pem);
+      inTransaction?.(c);
       return true;
     }).immediate();
   }
