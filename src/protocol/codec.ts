@@ -1,3 +1,4 @@
+import { zodErrorText } from '../util/zod-error.js';
 import { MeshlinkError } from '../errors.js';
 import { Encoder, Decoder } from '@msgpack/msgpack';
 import { deflateRawSync, inflateRawSync } from 'node:zlib';
@@ -37,7 +38,7 @@ export function encodeMessage<N extends KindName>(
   const checked = kind.schema.safeParse(payload);
   if (!checked.success) {
     // A local bug, not a peer's fault: say which kind and field.
-    throw new TypeError(`invalid ${name} payload: ${checked.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ')}`);
+    throw new TypeError(`invalid ${name} payload: ${zodErrorText(checked.error, { all: true })}`);
   }
   // The schema of a bytes kind accepts only a Uint8Array, checked just above.
   let body: Uint8Array = kind.payload === 'bytes' ? encodeBin(payload as Uint8Array) : encoder.encode(payload);
@@ -233,8 +234,7 @@ export function decodeFrame(frame: Frame, maxFrameSize: number): DecodedMessage 
   }
   const parsed = kind.schema.safeParse(value);
   if (!parsed.success) {
-    const issue = parsed.error.issues[0];
-    throw new MeshlinkError('ML_ERR_BAD_PAYLOAD', `${kind.name}: ${issue ? `${issue.path.join('.') || '(root)'}: ${issue.message}` : 'invalid payload'}`);
+    throw new MeshlinkError('ML_ERR_BAD_PAYLOAD', `${kind.name}: ${zodErrorText(parsed.error)}`);
   }
   // The one place a payload meets its type: it has just passed the schema of the kind it is paired with.
   return { name: kind.name, kind, stream: frame.stream, flags: frame.flags, payload: parsed.data } as DecodedMessage;

@@ -1,3 +1,4 @@
+import { zodErrorText } from '../util/zod-error.js';
 import { MeshlinkError, type ErrorCode, isProtocolError } from '../errors.js';
 import { EventEmitter } from 'node:events';
 import { FrameDecoder, decodeMessage } from './decoder.js';
@@ -294,7 +295,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     }
     const kind = this.#checkOutgoing(name, 'stream');
     const checked = kind.schema.safeParse(meta);
-    if (!checked.success) throw new TypeError(`invalid ${name} metadata: ${checked.error.issues[0]?.message}`);
+    if (!checked.success) throw new TypeError(`invalid ${name} metadata: ${zodErrorText(checked.error)}`);
     const id = this.#nextStreamId;
     if (id > 0xffff_fffd) return Promise.reject(new MeshlinkError('ML_ERR_STREAM_ID', 'stream ids exhausted; reconnect'));
     this.#nextStreamId += 2;
@@ -658,7 +659,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     }
     const meta = kind.schema.safeParse(open.meta);
     if (!meta.success) {
-      refuse('ML_ERR_BAD_PAYLOAD', `${open.kind}: ${meta.error.issues[0]?.path.join('.') ?? ''} ${meta.error.issues[0]?.message ?? 'invalid'}`.slice(0, 1024));
+      refuse('ML_ERR_BAD_PAYLOAD', `${open.kind}: ${zodErrorText(meta.error)}`.slice(0, 1024));
       return;
     }
     const stream = new MuxStream(this, { id, kind: kind.name, meta: meta.data, local: false });

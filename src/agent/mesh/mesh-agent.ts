@@ -1,3 +1,4 @@
+import { zodErrorText } from '../../util/zod-error.js';
 import { networkInterfaces } from 'node:os';
 import { z } from 'zod';
 import type { Session } from '../../protocol/session.js';
@@ -248,7 +249,7 @@ export class MeshAgent {
     }
     const parsed = desiredSchema.safeParse(res.state);
     if (!parsed.success) {
-      this.#log.warn({ issue: parsed.error.issues[0]?.message }, 'reconciliation state is malformed; ignored');
+      this.#log.warn({ issue: zodErrorText(parsed.error) }, 'reconciliation state is malformed; ignored');
       return { inSync: true, drift: [] };
     }
     const { seq, digest, ...desired } = parsed.data;

@@ -1,3 +1,4 @@
+import { zodErrorText } from '../../util/zod-error.js';
 import { isAbsolute, join, resolve } from 'node:path';
 import { z } from 'zod';
 import { MeshlinkError } from '../../errors.js';
@@ -35,8 +36,7 @@ export type OpsOptions = Readonly<Omit<z.output<typeof schema>, 'hooksDir'> & { 
 export function parseOpsOptions(input: OpsOptionsInput, stateDir: string): OpsOptions {
   const parsed = schema.safeParse(input);
   if (!parsed.success) {
-    const issue = parsed.error.issues[0];
-    throw new MeshlinkError('ML_ERR_CONFIG', `invalid ops option ${issue?.path.join('.') ?? ''}: ${issue?.message ?? 'invalid'}`);
+    throw new MeshlinkError('ML_ERR_CONFIG', `invalid ops option ${zodErrorText(parsed.error)}`);
   }
   const o = parsed.data;
   return Object.freeze({

@@ -1,3 +1,4 @@
+import { zodErrorText } from '../../util/zod-error.js';
 import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
@@ -58,7 +59,7 @@ export async function readAgentStatus(stateDir: string): Promise<AgentStatusRead
   }
   const parsed = agentStatusSchema.safeParse(json);
   if (!parsed.success) {
-    return { kind: 'invalid', message: `status.json is invalid: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}` };
+    return { kind: 'invalid', message: `status.json is invalid: ${zodErrorText(parsed.error, { all: true })}` };
   }
   return { kind: 'present', status: parsed.data, writerAlive: parsed.data.pid === undefined ? null : processAlive(parsed.data.pid) };
 }
