@@ -3,6 +3,7 @@ import Database from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
 import { openServerStore } from '../../src/server/features.js';
 import { listNodes } from '../../src/server/nodes.js';
+import { meshListingLookup } from '../../src/server/mesh/listing.js';
 import { MESH_MIGRATIONS } from '../../src/server/mesh/migrations.js';
 import { tagNode } from '../../src/server/mesh/operator.js';
 import { MeshService } from '../../src/server/mesh/service.js';
@@ -55,7 +56,8 @@ describe('mesh tags', () => {
 
     // By hostname, as the CLI names it (the re-enrollment renamed the node).
     expect(tagNode(t.store, `h-${a}`, ['ops'], 'add')).toMatchObject({ id: a, tags: ['db', 'ops'] });
-    expect(listNodes(t.store).find((n) => n.id === a)!.tags).toEqual(['db', 'ops']);
+    // The node list's tags are the mesh's answer to the core's listing question.
+    expect(listNodes(t.store, undefined, () => meshListingLookup(t.store)).find((n) => n.id === a)!.tags).toEqual(['db', 'ops']);
     expect(tagNode(t.store, a, ['db'], 'remove').tags).toEqual(['ops']);
   });
 
