@@ -30,6 +30,25 @@ export const health = defineRoute({
   offline: false,
 });
 
+export const serverStatus = defineRoute({
+  name: 'server.status',
+  method: 'GET',
+  path: '/v1/server/status',
+  input: z.object({}),
+  output: z.object({
+    version: z.string(),
+    /** What enrollment commands name: the `--public-url` given (configured), else derived from the listen address. */
+    publicUrl: z.string().nullable(),
+    publicUrlSource: z.enum(['configured', 'derived']).nullable(),
+    sans: z.array(z.string()),
+    caPin: z.string().nullable(),
+    nodes: z.number().int(),
+    /** null when no server runs (the answer then comes from the store). */
+    running: z.object({ pid: z.number().int(), listen: z.string(), startedAt: iso, onlineNodes: z.number().int() }).nullable(),
+  }),
+  offline: true,
+});
+
 export const tokenCreationSchema = z.object({
   token: z.string(),
   expiresAt: iso,
@@ -279,6 +298,7 @@ export const showUpgrade = defineRoute({
 /** Every route of the operator API, for the docs test and the admin server's check that each is served. */
 export const ADMIN_ROUTES = [
   health,
+  serverStatus,
   createToken,
   listNodes,
   removeNode,

@@ -38,7 +38,8 @@ export function registerServerCommands(program: Command): void {
     .description('run the server in the foreground (logs JSON to stdout)')
     .addOption(dataDirOption())
     .option('--listen <host:port>', 'address to listen on', '0.0.0.0:8443')
-    .option('--san <name>', 'extra DNS name or IP for the server certificate (repeatable)', collect, [])
+    .option('--public-url <url>', 'the URL agents reach this server at, e.g. https://mesh.example.com (behind NAT, a load balancer or a port mapping); stored: later starts keep it')
+    .option('--san <name>', 'extra DNS name or IP for the server certificate (repeatable; stored: later starts keep the last list given)', collect, [])
     .addOption(new Option('--ca-key <type>', 'CA key type when a new CA is created').choices(['rsa2048', 'rsa4096']).default('rsa4096'))
     .option('--cert-lifetime <duration>', 'client certificate lifetime, e.g. 30d', '30d')
     .option('--renew-grace <duration>', 'how long after expiry /v1/renew still accepts a certificate', '7d')
@@ -47,11 +48,12 @@ export function registerServerCommands(program: Command): void {
     .addOption(new Option('--log-level <level>', 'log level (default: MESHLINK_LOG_LEVEL or info)').choices([...LOG_LEVELS]))
     .option('--metrics-listen <host:port>', 'serve Prometheus metrics (GET /metrics) on this local address, e.g. 127.0.0.1:9464 (default: MESHLINK_METRICS_LISTEN, else off)')
     .action(
-      action(async (opts: { dataDir?: string; listen: string; san: string[]; caKey: string; certLifetime: string; renewGrace: string; heartbeatInterval: string; offlineAfter: string; logLevel?: string; metricsListen?: string }) => {
+      action(async (opts: { dataDir?: string; listen: string; publicUrl?: string; san: string[]; caKey: string; certLifetime: string; renewGrace: string; heartbeatInterval: string; offlineAfter: string; logLevel?: string; metricsListen?: string }) => {
         const config = parseServerConfig({
           ...(opts.dataDir ? { dataDir: opts.dataDir } : {}),
           listen: parseListen(opts.listen),
           sans: opts.san,
+          publicUrl: opts.publicUrl ?? null,
           caKeyType: opts.caKey,
           certLifetimeMs: parseDuration(opts.certLifetime),
           renewGraceMs: parseDuration(opts.renewGrace),
@@ -76,6 +78,31 @@ export function registerServerCommands(program: Command): void {
         };
         process.on('SIGTERM', () => stop('SIGTERM'));
         process.on('SIGINT', () => stop('SIGINT'));
+      }),
+    );
+
+  server
+    .command('status')
+    .description('the public URL agents are told, the certificate names, the CA pin, and whether a server runs on the data dir')
+    .addOption(dataDirOption())
+    .option('--json', 'print one JSON object')
+    .action(
+      action(async (raw: unknown) => {
+        const opts = listOptions.parse(raw);
+        const s = await withOperator(opts.dataDir, (op) => op.call(api.serverStatus, {}));
+        if (opts.json) {
+          process.stdout.write(JSON.stringify(s) + '\n');
+          return;
+        }
+        const lines = [
+          `version      ${s.version}`,
+          `running      ${s.running ? `yes, pid ${s.running.pid}, listening on ${s.running.listen} since ${s.running.startedAt}` : 'no'}`,
+          `public URL   ${s.publicUrl ?? '- (start the server once)'}${s.publicUrlSource ? ` (${s.publicUrlSource})` : ''}`,
+          `SANs         ${s.sans.length > 0 ? s.sans.join(', ') : '-'}`,
+          `CA pin       ${s.caPin ?? '-'}`,
+          `nodes        ${s.nodes}${s.running ? `, ${s.running.onlineNodes} online` : ''}`,
+        ];
+        process.stdout.write(lines.join('\n') + '\n');
       }),
     );
 

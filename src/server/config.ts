@@ -40,6 +40,17 @@ export const serverConfigSchema = z
     /** Failed enroll/renew requests allowed per source address per minute (token bucket, burst = rate). */
     enrollFailuresPerMinute: z.number().int().min(1).max(100_000).default(10),
     logLevel: z.enum(LOG_LEVELS).default('info'),
+    /**
+     * The URL agents reach this server at (`--public-url`), when it is not the listen address: behind
+     * NAT, a load balancer or a port mapping. https, a host and an optional port, nothing else.
+     */
+    publicUrl: z
+      .string()
+      .max(2048)
+      .refine(isPublicUrl, 'an https URL with a host and an optional port, e.g. https://mesh.example.com')
+      .transform((text) => new URL(text).origin)
+      .nullable()
+      .default(null),
     /** Where to serve Prometheus /metrics (`--metrics-listen`); null: MESHLINK_METRICS_LISTEN, else off. */
     metricsListen: z.object({ host: z.string().min(1), port: z.number().int().min(0).max(65_535) }).strict().nullable().default(null),
   })
@@ -76,4 +87,13 @@ export function storePath(dataDir: string): string {
 }
 export function adminSocketPath(dataDir: string): string {
   return join(dataDir, 'admin.sock');
+}
+
+function isPublicUrl(text: string): boolean {
+  try {
+    const url = new URL(text);
+    return url.protocol === 'https:' && url.hostname !== '' && url.username === '' && url.password === '' && url.pathname === '/' && url.search === '' && url.hash === '';
+  } catch {
+    return false;
+  }
 }

@@ -1,7 +1,6 @@
 import { chmod, mkdir, stat } from 'node:fs/promises';
 import type { Server as HttpServer } from 'node:http';
 import type { Server as HttpsServer } from 'node:https';
-import { hostname as osHostname } from 'node:os';
 import { createLogger, type Logger } from '../util/logger.js';
 import { AdminClient } from '../admin-api/client.js';
 import { startAdminServer } from './admin.js';
@@ -12,6 +11,7 @@ import { ConnectionRegistry } from './connections.js';
 import { EnrollmentService } from './enroll.js';
 import { createGateway, type Gateway, type GatewayTimeouts } from './gateway.js';
 import { Presence } from './presence.js';
+import { resolvePublicAddress } from './public-address.js';
 import { PublicRoutes } from './public-routes.js';
 import { AuditLog } from './audit-log.js';
 import type { GatewayHooks } from './hooks.js';
@@ -78,7 +78,9 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
   try {
     const { ca, created } = await loadOrCreateCa(store, { keyType: config.caKeyType, ...(passphrase ? { passphrase } : {}) });
     logger.info({ caPin: ca.pin, created }, created ? 'created a new CA' : 'loaded the CA');
-    const serverCert = await ca.issueServerCertificate(config.sans);
+    // The certificate names the public URL's host too; its port is only known once the gateway is bound.
+    const names = resolvePublicAddress(store, config, config.listen.port).certNames;
+    const serverCert = await ca.issueServerCertificate(names);
 
     const revocations = RevocationList.load(store);
     const registry = new ConnectionRegistry(logger);
@@ -98,7 +100,8 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
     const audit = AuditLog.of(store);
     const adminRoutes = new AdminRoutes(audit);
     const questions = createFeatureQuestions();
-    registerCoreAdminRoutes(adminRoutes, { store, live, questions, logger });
+    let listenAddress = '';
+    registerCoreAdminRoutes(adminRoutes, { store, live, running: { startedAt: Date.now(), listen: () => listenAddress }, questions, logger });
     const publicRoutes = new PublicRoutes();
     if (sessionHost) {
       const ctx: ServerFeatureContext = {
@@ -134,12 +137,12 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
     gateway = gw;
     const bound = await gw.listen(config.listen.port, config.listen.host);
     gw.on('error', (err) => logger.error({ err }, 'gateway error'));
-    const publicUrl = publicUrlOf(config, bound.port);
+    const { publicUrl } = resolvePublicAddress(store, config, bound.port);
     store.setMeta(META_PUBLIC_URL, publicUrl);
     store.setMeta(META_CA_PIN, ca.pin);
 
     rotateTimer = setInterval(() => {
-      ca.issueServerCertificate(config.sans)
+      ca.issueServerCertificate(names)
         .then((c) => {
           gw.setSecureContext({ key: c.keyPem, cert: c.chainPem, ca: [ca.certPem] });
           logger.info({ notAfter: new Date(c.notAfter).toISOString() }, 'server certificate rotated');
@@ -151,6 +154,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
     admin = await startAdminServer(socketPath, { logger, routes: adminRoutes });
 
     const address = { host: bound.address, port: bound.port };
+    listenAddress = bound.address.includes(':') ? `[${bound.address}]:${bound.port}` : `${bound.address}:${bound.port}`;
     logger.info({ address: `${address.host}:${address.port}`, publicUrl, caPin: ca.pin, adminSocket: socketPath }, 'server ready');
 
     let closing: Promise<void> | undefined;
@@ -211,12 +215,6 @@ async function refuseIfRunning(socketPath: string): Promise<void> {
   throw new MeshlinkError('ML_ERR_SERVER_RUNNING', `a meshlink server is already running on this data dir (${socketPath})`);
 }
 
-function publicUrlOf(config: ServerConfig, port: number): string {
-  const wildcard = ['0.0.0.0', '::', '[::]'].includes(config.listen.host);
-  let host = wildcard ? (config.sans[0] ?? osHostname()) : config.listen.host;
-  if (host.includes(':') && !host.startsWith('[')) host = `[${host}]`;
-  return `https://${host}:${port}`;
-}
 
 function closeServer(server: HttpServer | HttpsServer): Promise<void> {
   return new Promise((resolve) => {

@@ -2,7 +2,9 @@ import * as api from '../../admin-api/routes.js';
 import type { Logger } from '../../util/logger.js';
 import type { AdminRoutes } from '../admin-routes.js';
 import type { FeatureQuestions } from '../feature.js';
-import { createEnrollmentToken, listNodes, removeNode, type LiveParts } from '../nodes.js';
+import { VERSION } from '../../version.js';
+import { createEnrollmentToken, listNodes, META_CA_PIN, META_PUBLIC_URL, removeNode, type LiveParts } from '../nodes.js';
+import { META_PUBLIC_URL_CONFIGURED, readSans } from '../public-address.js';
 import type { Store } from '../store/store.js';
 
 /**
@@ -11,9 +13,32 @@ import type { Store } from '../store/store.js';
  * once) and, with no server running, by the offline operator (live null: every node offline, and a
  * removal revokes in the store, which the next start loads).
  */
-export function registerCoreAdminRoutes(routes: AdminRoutes, deps: { store: Store; live: LiveParts | null; questions: FeatureQuestions; logger: Logger }): void {
+/** What the running server adds to `server status`. */
+export interface RunningInfo {
+  readonly startedAt: number;
+  /** The bound listen address, HOST:PORT (known once the gateway listens). */
+  listen(): string;
+}
+
+export function registerCoreAdminRoutes(
+  routes: AdminRoutes,
+  deps: { store: Store; live: LiveParts | null; running: RunningInfo | null; questions: FeatureQuestions; logger: Logger },
+): void {
   const { store, live, logger } = deps;
   const log = logger.child({ component: 'admin' });
+
+  routes.handle(api.serverStatus, () => {
+    const publicUrl = store.getMeta(META_PUBLIC_URL) ?? null;
+    return {
+      version: VERSION,
+      publicUrl,
+      publicUrlSource: publicUrl === null ? null : store.getMeta(META_PUBLIC_URL_CONFIGURED) !== undefined ? ('configured' as const) : ('derived' as const),
+      sans: readSans(store),
+      caPin: store.getMeta(META_CA_PIN) ?? null,
+      nodes: store.listLiveNodes().length,
+      running: deps.running && live ? { pid: process.pid, listen: deps.running.listen(), startedAt: new Date(deps.running.startedAt).toISOString(), onlineNodes: live.presence.onlineCount } : null,
+    };
+  });
 
   routes.handle(
     api.createToken,

@@ -39,7 +39,7 @@ export class OfflineOperator implements Operator {
     const routes = new AdminRoutes(AuditLog.of(store));
     const questions = createFeatureQuestions();
     try {
-      registerCoreAdminRoutes(routes, { store, live: null, questions, logger });
+      registerCoreAdminRoutes(routes, { store, live: null, running: null, questions, logger });
       for (const feature of OFFLINE_FEATURES) feature({ store, admin: routes, questions, logger });
     } catch (err) {
       store.close();
