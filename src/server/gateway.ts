@@ -129,7 +129,11 @@ export function createGateway(deps: GatewayDeps): Gateway {
         if (allow('GET')) deps.enrollment.handleCa(req, res);
         return;
       case '/healthz':
-        if (allow('GET')) sendJson(res, 200, { status: 'ok' });
+        // For load balancers and probes: the process answers, and so does its store.
+        if (allow('GET')) {
+          const ok = deps.auth.store.healthy();
+          sendJson(res, ok ? 200 : 503, { status: ok ? 'ok' : 'unavailable' });
+        }
         return;
       case '/v1/connect':
         sendJson(res, 426, { code: 'ML_ERR_BAD_REQUEST', message: 'GET /v1/connect requires a WebSocket upgrade' }, { upgrade: 'websocket' });

@@ -4,6 +4,7 @@ import { WireCounters } from '../net/wire-counters.js';
 import { addWireObserver } from '../net/ws-session.js';
 import { parseListenAddress, type ListenAddress } from '../util/listen-address.js';
 import { serveMetrics } from '../util/metrics-listener.js';
+import { VERSION } from '../version.js';
 import type { ServerFeature } from './feature.js';
 import type { FleetTotals } from './store/store.js';
 
@@ -57,6 +58,10 @@ export function createMetricsFeature(options: MetricsFeatureOptions = {}): Serve
         this.set(sessions.snapshot().length);
       },
     });
+    // The build this server runs, as the usual Prometheus `_build_info` series (value 1; the labels carry the facts).
+    new Gauge({ name: 'meshlink_build_info', help: 'The meshlink version and Node.js version of this server (value 1).', labelNames: ['version', 'node'] as const, registers: [registry] })
+      .labels({ version: VERSION, node: process.version })
+      .set(1);
     new Gauge({
       name: 'meshlink_connected_nodes',
       help: 'Nodes with at least one open session.',
@@ -246,7 +251,7 @@ export function createMetricsFeature(options: MetricsFeatureOptions = {}): Serve
       if (!sessions.isOnline(a.nodeId)) lastAck.delete(a.nodeId);
     });
 
-    const server = await serveMetrics(registry, listen);
+    const server = await serveMetrics(registry, listen, { healthy: () => ctx.store.healthy() });
     const address = server.address() as AddressInfo;
     const bound = { host: address.address, port: address.port };
     log.info({ address: `${bound.host}:${bound.port}` }, 'metrics listening');

@@ -8,18 +8,25 @@ export interface MetricsSource {
 }
 
 /**
- * A plain HTTP listener that serves only GET /metrics from `registry`: the server's and the agent's
- * local metrics port. It has no authentication, so callers bind it to a local address only.
+ * A plain HTTP listener that serves GET /metrics from `registry` and, given `healthy`, GET /healthz
+ * (200 `{"status":"ok"}`, else 503): the server's and the agent's local metrics port. It has no
+ * authentication, so callers bind it to a local address only.
  */
-export function serveMetrics(registry: MetricsSource, listen: ListenAddress): Promise<Server> {
+export function serveMetrics(registry: MetricsSource, listen: ListenAddress, options: { healthy?: () => boolean } = {}): Promise<Server> {
   const server = createServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0];
-    if (path !== '/metrics') {
-      res.writeHead(404, { 'content-type': 'text/plain' }).end('only /metrics here\n');
+    const healthz = path === '/healthz' && options.healthy !== undefined;
+    if (path !== '/metrics' && !healthz) {
+      res.writeHead(404, { 'content-type': 'text/plain' }).end(`only /metrics${options.healthy ? ' and /healthz' : ''} here\n`);
       return;
     }
     if (req.method !== 'GET' && req.method !== 'HEAD') {
       res.writeHead(405, { allow: 'GET' }).end();
+      return;
+    }
+    if (healthz) {
+      const ok = options.healthy!();
+      res.writeHead(ok ? 200 : 503, { 'content-type': 'application/json', 'cache-control': 'no-store' }).end(JSON.stringify({ status: ok ? 'ok' : 'unavailable' }));
       return;
     }
     registry.metrics().then(

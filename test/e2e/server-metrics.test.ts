@@ -30,10 +30,16 @@ describe('server start --metrics-listen (real process)', () => {
     await dir?.cleanup();
   });
 
-  it('serves Prometheus metrics on that address, and only /metrics', async () => {
+  it('serves Prometheus metrics on that address, with the build info, and only /metrics and /healthz', async () => {
     const metrics = await get(metricsPort, '/metrics');
     expect(metrics.status).toBe(200);
     expect(metrics.body).toMatch(/^meshlink_connected_nodes 0$/m);
+    expect(metrics.body).toMatch(/^meshlink_build_info\{version="\d+\.\d+\.\d+[^"]*",node="v\d+\.\d+\.\d+"\} 1$/m);
     expect((await get(metricsPort, '/')).status).toBe(404);
   }, 60_000);
+
+  it('answers /healthz when its store answers', async () => {
+    const health = await get(metricsPort, '/healthz');
+    expect(health).toEqual({ status: 200, body: '{"status":"ok"}' });
+  });
 });

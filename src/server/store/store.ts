@@ -190,6 +190,16 @@ export class Store {
     return this.db;
   }
 
+  /** Whether the database answers a read (the health checks: /healthz on the gateway and the metrics listener). */
+  healthy(): boolean {
+    try {
+      this.schemaVersion();
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
   schemaVersion(): number {
     const row = this.db.prepare('SELECT MAX(version) AS v FROM schema_migrations').get() as { v: number | null };
     return row.v ?? 0;
