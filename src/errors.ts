@@ -207,7 +207,7 @@ export const ERRORS = {
   // --- command line ---
   // commander's own parse errors (unknown command or option, missing argument) are ML_ERR_USAGE too.
   ML_ERR_USAGE: { exit: 'usage', description: 'Missing, unknown or conflicting command-line input.' },
-  ML_ERR_DURATION: { exit: 'usage', description: 'A duration is not a whole number and a unit (ms, s, m, h, d), or is too large.' },
+  ML_ERR_DURATION: { exit: 'usage', description: 'A duration is not whole numbers with units (ms, s, m, h, d), largest first, or is too large.' },
 } as const satisfies Record<string, ErrorSpec>;
 
 export type ErrorCode = keyof typeof ERRORS;
