@@ -6,6 +6,7 @@ import { parsePolicy, POLICY_MAX_BYTES, type Policy } from '../admin-api/policy.
 import * as api from '../admin-api/routes.js';
 import { MeshlinkError } from '../errors.js';
 import { withOperator } from './operator.js';
+import { printable } from './table.js';
 
 /**
  * Mesh subcommands of `meshlink server` (docs/MESH.md):
@@ -20,6 +21,7 @@ import { withOperator } from './operator.js';
 const action = withFailureReport;
 
 
+const jsonOptions = z.object({ dataDir: z.string().optional(), json: z.boolean().default(false) });
 const dataDirOption = () => new Option('--data-dir <dir>', 'server data dir (default as for server start)');
 
 async function readPolicyFile(file: string): Promise<Policy> {
@@ -41,11 +43,16 @@ export function registerMeshCommands(server: Command): void {
     .description('replace the policy with FILE ({"rules":[{"from":TAG,"to":TAG}]}, "*" = any node; an invalid file changes nothing)')
     .argument('<file>', 'policy JSON file')
     .addOption(dataDirOption())
+    .option('--json', 'print {"policyId","affectedNodes","live"}')
     .action(
       action(async (file: string, raw: unknown) => {
-        const opts = z.object({ dataDir: z.string().optional() }).parse(raw);
+        const opts = jsonOptions.parse(raw);
         const parsed = await readPolicyFile(file);
         const { value, live } = await withOperator(opts.dataDir, async (op) => ({ value: await op.call(api.setPolicy, { policy: parsed }), live: op.live }));
+        if (opts.json) {
+          process.stdout.write(JSON.stringify({ ...value, live }) + '\n');
+          return;
+        }
         process.stdout.write(
           live
             ? `policy ${value.policyId} in force; ${value.affectedNodes.length} node(s) notified\n`
@@ -75,13 +82,15 @@ export function registerMeshCommands(server: Command): void {
     .option('--add', 'add the tags to the node’s tags', false)
     .option('--remove', 'remove the tags from the node’s tags', false)
     .addOption(dataDirOption())
+    .option('--json', 'print {"id","hostname","tags","affectedNodes"}')
     .action(
       action(async (idOrHostname: string, tags: string[], raw: unknown) => {
-        const opts = z.object({ dataDir: z.string().optional(), add: z.boolean(), remove: z.boolean() }).parse(raw);
+        const opts = z.object({ dataDir: z.string().optional(), add: z.boolean(), remove: z.boolean(), json: z.boolean().default(false) }).parse(raw);
         if (opts.add && opts.remove) throw new MeshlinkError('ML_ERR_USAGE', '--add and --remove exclude each other');
         const mode = opts.add ? 'add' : opts.remove ? 'remove' : 'set';
         const value = await withOperator(opts.dataDir, (op) => op.call(api.tagNode, { node: idOrHostname, tags, mode }));
-        process.stdout.write(`${value.id} (${value.hostname}) tags: ${value.tags.length > 0 ? value.tags.join(', ') : '(none)'}\n`);
+        if (opts.json) process.stdout.write(JSON.stringify(value) + '\n');
+        else process.stdout.write(`${value.id} (${printable(value.hostname)}) tags: ${value.tags.length > 0 ? value.tags.join(', ') : '(none)'}\n`);
       }),
     );
 
@@ -123,11 +132,12 @@ export function registerMeshCommands(server: Command): void {
     .description('ask a node to generate a new WireGuard key (its peers get peer_key_rotated)')
     .argument('<idOrHostname>', 'node id or unique hostname')
     .addOption(dataDirOption())
+    .option('--json', 'print {"nodeId","seq"}')
     .action(
       action(async (node: string, raw: unknown) => {
-        const opts = z.object({ dataDir: z.string().optional() }).parse(raw);
+        const opts = jsonOptions.parse(raw);
         const value = await withOperator(opts.dataDir, (op) => op.call(api.rotateNodeKey, { node }));
-        process.stdout.write(`rotate_keys sent to ${value.nodeId} (event ${value.seq})\n`);
+        process.stdout.write(opts.json ? JSON.stringify(value) + '\n' : `rotate_keys sent to ${value.nodeId} (event ${value.seq})\n`);
       }),
     );
   meshCmd
@@ -139,10 +149,11 @@ export function registerMeshCommands(server: Command): void {
     .option('--arg <key=value>', 'an argument of the action (repeatable)', (v: string, prev: string[] = []) => [...prev, v])
     .option('--secrets <key>', 'a node_secrets_updated event naming this secret (repeatable)', (v: string, prev: string[] = []) => [...prev, v])
     .addOption(dataDirOption())
+    .option('--json', 'print {"type","nodes","nodeId","seq"}')
     .action(
       action(async (node: string | undefined, raw: unknown) => {
         const opts = z
-          .object({ all: z.boolean().optional(), action: z.string().min(1).max(128).optional(), arg: z.array(z.string()).default([]), secrets: z.array(z.string().min(1).max(256)).max(1024).optional(), dataDir: z.string().optional() })
+          .object({ all: z.boolean().optional(), action: z.string().min(1).max(128).optional(), arg: z.array(z.string()).default([]), secrets: z.array(z.string().min(1).max(256)).max(1024).optional(), dataDir: z.string().optional(), json: z.boolean().default(false) })
           .parse(raw);
         if ((node === undefined) === (opts.all !== true)) throw new MeshlinkError('ML_ERR_USAGE', 'name one node, or give --all');
         if ((opts.action === undefined) === (opts.secrets === undefined)) throw new MeshlinkError('ML_ERR_USAGE', 'give either --action NAME or --secrets KEY');
@@ -158,17 +169,23 @@ export function registerMeshCommands(server: Command): void {
             ? { type: 'action_request', ...target, payload: { action: opts.action, ...(opts.arg.length > 0 ? { args } : {}) } }
             : { type: 'node_secrets_updated', ...target, payload: { keys: opts.secrets ?? [] } };
         const value = await withOperator(opts.dataDir, (op) => op.call(api.notify, body, { timeoutMs: 60_000 }));
-        process.stdout.write(value.nodeId ? `${value.type} sent to ${value.nodeId} (event ${value.seq})\n` : `${value.type} sent to ${value.nodes} nodes\n`);
+        if (opts.json) process.stdout.write(JSON.stringify(value) + '\n');
+        else process.stdout.write(value.nodeId ? `${value.type} sent to ${value.nodeId} (event ${value.seq})\n` : `${value.type} sent to ${value.nodes} nodes\n`);
       }),
     );
   meshCmd
     .command('rotate-signing-key')
     .description('create a new event-signing key, announced to every node under the current one')
     .addOption(dataDirOption())
+    .option('--json', 'print {"keyId","previousKeyId"}')
     .action(
       action(async (raw: unknown) => {
-        const opts = z.object({ dataDir: z.string().optional() }).parse(raw);
+        const opts = jsonOptions.parse(raw);
         const value = await withOperator(opts.dataDir, (op) => op.call(api.rotateSigningKey, {}));
+        if (opts.json) {
+          process.stdout.write(JSON.stringify(value) + '\n');
+          return;
+        }
         process.stdout.write(`signing key ${value.keyId} in use; ${value.previousKeyId} accepted during the transition\n`);
       }),
     );

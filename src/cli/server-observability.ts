@@ -3,6 +3,7 @@ import type { Command } from 'commander';
 import { z } from 'zod';
 import { showNode, type NodeDetails } from '../admin-api/routes.js';
 import { withOperator } from './operator.js';
+import { printable } from './table.js';
 
 /**
  * Observability CLI: `server nodes show NODE [--json]` (details, latest metrics, recent warnings and
@@ -54,5 +55,6 @@ function render(d: NodeDetails): string {
   for (const w of d.warnings) lines.push(`  ${w.ts} ${w.level.padEnd(5)} ${w.msg}`);
   lines.push('', `recent audit records (${d.audit.length})`);
   for (const a of d.audit) lines.push(`  ${a.ts} ${a.operation} ${a.target ?? ''} → ${a.result}${a.actor ? ` by ${a.actor}` : ''}`);
-  return lines.join('\n') + '\n';
+  // Hostnames, versions, warnings and metric labels come from the agent: escaped for the terminal.
+  return lines.map(printable).join('\n') + '\n';
 }

@@ -9,7 +9,7 @@ import { actionName } from '../admin-api/tunnel.js';
 import { pullFile, pushFile, runAction, runExec, tailLogs } from '../admin-api/tunnel-client.js';
 import { adminSocketOf, withOperator } from './operator.js';
 import { parseDuration } from '../util/duration.js';
-import { printTable } from './table.js';
+import { printable, printTable } from './table.js';
 
 /**
  * `meshlink server action|exec|logs|cp|audit|upgrade` (docs/OPERATIONS.md): thin clients of the
@@ -214,7 +214,7 @@ export function registerOpsCommands(server: Command): void {
           return;
         }
         process.stdout.write(r.current ? `offered: ${r.current.buildId} (version ${r.current.version}, ${r.current.percent}%)\n` : 'no bundle offered\n');
-        for (const n of r.nodes) process.stdout.write(`${n.nodeId}  ${n.state}  ${n.buildId}${n.message ? `  ${n.message}` : ''}\n`);
+        for (const n of r.nodes) process.stdout.write(printable(`${n.nodeId}  ${n.state}  ${n.buildId}${n.message ? `  ${n.message}` : ''}`) + '\n');
       }),
     );
 }

@@ -10,7 +10,7 @@ import { startServer } from '../server/server.js';
 import { createLogger, LOG_LEVELS } from '../util/logger.js';
 import { parseDuration } from '../util/duration.js';
 import { parseListenAddress, type ListenAddress } from '../util/listen-address.js';
-import { printTable } from './table.js';
+import { printable, printTable } from './table.js';
 
 /**
  * `meshlink server ...`: parse, validate, call into src/server. Exit codes (docs/SERVER.md) come from
@@ -28,7 +28,7 @@ const dataDirOption = () => new Option('--data-dir <dir>', 'server data dir (def
 
 const tokenCreateOptions = z.object({ dataDir: z.string().optional(), ttl: z.string().default('1h'), node: z.string().min(1).max(128).optional(), json: z.boolean().default(false), tag: z.array(z.string()).default([]) });
 const listOptions = z.object({ dataDir: z.string().optional(), json: z.boolean().default(false) });
-const removeOptions = z.object({ dataDir: z.string().optional() });
+const removeOptions = z.object({ dataDir: z.string().optional(), json: z.boolean().default(false) });
 
 export function registerServerCommands(program: Command): void {
   const server = program.command('server').description('control-plane server: CA, enrollment, agent gateway');
@@ -147,7 +147,10 @@ export function registerServerCommands(program: Command): void {
           process.stdout.write(JSON.stringify(list) + '\n');
           return;
         }
-        const rows = [['ID', 'HOSTNAME', 'ONLINE', 'LAST SEEN', 'CERT EXPIRES', 'AGENT'], ...list.map((n) => [n.id, n.hostname, n.online ? 'yes' : 'no', n.lastSeen ?? '-', n.certNotAfter ?? '-', n.agentVersion ?? '-'])];
+        const rows = [
+          ['ID', 'HOSTNAME', 'ONLINE', 'LAST SEEN', 'MESH IP', 'TAGS', 'CERT EXPIRES', 'AGENT'],
+          ...list.map((n) => [n.id, n.hostname, n.online ? 'yes' : 'no', n.lastSeen ?? '-', n.meshIp ?? '-', n.tags && n.tags.length > 0 ? n.tags.join(',') : '-', n.certNotAfter ?? '-', n.agentVersion ?? '-']),
+        ];
         printTable(rows);
       }),
     );
@@ -156,11 +159,13 @@ export function registerServerCommands(program: Command): void {
     .description('remove a node: revoke its certificates and close its connection at once')
     .argument('<idOrHostname>', 'node id, or a hostname that names exactly one live node')
     .addOption(dataDirOption())
+    .option('--json', 'print {"id","hostname","revokedSerials","closedConnections"}')
     .action(
       action(async (idOrHostname: string, raw: unknown) => {
         const opts = removeOptions.parse(raw);
         const result = await withOperator(opts.dataDir, (op) => op.call(api.removeNode, { node: idOrHostname }));
-        process.stdout.write(`removed ${result.id} (${result.hostname}): ${result.revokedSerials.length} certificate(s) revoked, ${result.closedConnections} connection(s) closed\n`);
+        if (opts.json) process.stdout.write(JSON.stringify(result) + '\n');
+        else process.stdout.write(`removed ${result.id} (${printable(result.hostname)}): ${result.revokedSerials.length} certificate(s) revoked, ${result.closedConnections} connection(s) closed\n`);
       }),
     );
 

@@ -69,6 +69,10 @@ describe('meshlink mesh CLI (real processes)', () => {
     expect(refused.stderr).toMatch(/ML_ERR_MESH_POLICY: invalid policy at rules.0.to/);
     const show = await cli(['server', 'policy', 'show', '--data-dir', server.dataDir]);
     expect(JSON.parse(show.stdout)).toEqual({ rules: [{ from: 'web', to: 'ops' }] });
+    // The same policy again changes nothing: with --json, stdout is exactly one JSON document.
+    const again = await cli(['server', 'policy', 'set', good, '--json', '--data-dir', server.dataDir]);
+    expect(again.code, again.stderr).toBe(0);
+    expect(JSON.parse(again.stdout)).toEqual({ policyId: expect.any(String), affectedNodes: [], live: true });
     await waitFor('peers separated', async () => (await statusOf('alpha')).peers?.length === 0);
   });
 
@@ -83,6 +87,8 @@ describe('meshlink mesh CLI (real processes)', () => {
     expect(entries.every((e) => e.nodeId === nodes.alpha!.id)).toBe(true);
     expect(entries.map((e) => e.type)).toEqual(expect.arrayContaining(['policy_updated', 'peer_removed', 'peer_added']));
     expect(tail.stdout).not.toMatch(/"psk":"[A-Za-z0-9+/]{43}="/);
+    const asJson = await cli(['server', 'nodes', 'tag', 'beta', 'ops', '--add', '--json', '--data-dir', server.dataDir]);
+    expect(JSON.parse(asJson.stdout)).toEqual({ id: nodes.beta!.id, hostname: 'beta', tags: ['db', 'ops'], affectedNodes: [] });
     const badTag = await cli(['server', 'nodes', 'tag', 'beta', 'bad tag', '--data-dir', server.dataDir]);
     expect(badTag.code).toBe(2);
     const unknown = await cli(['server', 'nodes', 'tag', 'nobody', 'x', '--data-dir', server.dataDir]);
