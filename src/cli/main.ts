@@ -4,6 +4,7 @@ import { registerProtocolCommands } from './protocol.js';
 import { registerServerCommands } from './server.js';
 import { registerAgentCommands } from './agent.js';
 import { registerDemoCommand } from './demo.js';
+import { registerCompletionCommand } from './completion.js';
 import { VERSION } from '../version.js';
 import { usageErrorsExit2 } from './failure.js';
 
@@ -20,5 +21,7 @@ registerServerCommands(program);
 registerAgentCommands(program);
 registerProtocolCommands(program);
 registerDemoCommand(program);
+// Last: it describes every command registered before it.
+registerCompletionCommand(program);
 
 await program.parseAsync(process.argv);

@@ -1,4 +1,4 @@
-import { spawnSync } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -6,22 +6,30 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 /**
  * What `npm pack` ships installs and runs: the tarball holds the built CLI, the docs, the units and
- * the LICENSE, and no benchmark or test; installed into an empty prefix (dependencies from npm's
- * cache: `npm ci` filled it, so this needs no network), `meshlink --version` and `meshlink demo` run
- * from it. The pack skips its prepack build, because `npm test` has just built dist/.
+ * the LICENSE, and no benchmark or test; installed into an empty prefix (dependencies resolved from
+ * the registry's metadata, their tarballs from npm's cache where `npm ci` put them), `meshlink
+ * --version` and `meshlink demo` run from it. The pack skips its prepack build, because `npm test`
+ * has just built dist/.
  */
 const root = resolve(import.meta.dirname, '..', '..');
 const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { name: string; version: string; license: string };
-const run = (cmd: string, args: string[], cwd: string, timeoutMs: number) => spawnSync(cmd, args, { cwd, encoding: 'utf8', timeout: timeoutMs, env: { ...process.env, npm_config_fund: 'false', npm_config_audit: 'false' } });
+// Asynchronous: a synchronous spawn would block the test worker (and its reports) for minutes.
+function run(cmd: string, args: string[], cwd: string, timeoutMs: number): Promise<{ status: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolvePromise) => {
+    execFile(cmd, args, { cwd, encoding: 'utf8', timeout: timeoutMs, maxBuffer: 64 * 1024 * 1024, env: { ...process.env, npm_config_fund: 'false', npm_config_audit: 'false' } }, (err, stdout, stderr) => {
+      resolvePromise({ status: err ? (typeof err.code === 'number' ? err.code : 1) : 0, stdout, stderr });
+    });
+  });
+}
 
 describe('the npm package', () => {
   let dir: string;
   let tarball: string;
   let files: string[];
 
-  beforeAll(() => {
+  beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'ml-pack-'));
-    const packed = run('npm', ['pack', '--ignore-scripts', '--json', '--pack-destination', dir], root, 120_000);
+    const packed = await run('npm', ['pack', '--ignore-scripts', '--json', '--pack-destination', dir], root, 120_000);
     expect(packed.status, packed.stderr).toBe(0);
     const info = (JSON.parse(packed.stdout) as Array<{ filename: string; files: Array<{ path: string }> }>)[0]!;
     tarball = join(dir, info.filename);
@@ -36,17 +44,17 @@ describe('the npm package', () => {
     expect(readFileSync(join(root, 'LICENSE'), 'utf8')).toMatch(/Apache License\s+Version 2\.0, January 2004/);
   });
 
-  it('installs into an empty prefix, and meshlink --version and meshlink demo run from it', () => {
+  it('installs into an empty prefix, and meshlink --version and meshlink demo run from it', async () => {
     const prefix = join(dir, 'prefix');
-    // Offline: every dependency is in npm's cache after `npm ci`; better-sqlite3 builds against Node's headers.
-    const installed = run('npm', ['install', '--offline', '--no-save', '--prefix', prefix, tarball], dir, 600_000);
+    // better-sqlite3 builds against Node's headers, as in `npm ci`.
+    const installed = await run('npm', ['install', '--prefer-offline', '--no-save', '--prefix', prefix, tarball], dir, 600_000);
     expect(installed.status, `${installed.stdout}\n${installed.stderr}`).toBe(0);
     const bin = join(prefix, 'node_modules', '.bin', 'meshlink');
     expect(existsSync(bin)).toBe(true);
-    const version = run(bin, ['--version'], dir, 30_000);
+    const version = await run(bin, ['--version'], dir, 30_000);
     expect(version.status, version.stderr).toBe(0);
     expect(version.stdout).toContain(pkg.version);
-    const demo = run(bin, ['demo'], dir, 120_000);
+    const demo = await run(bin, ['demo'], dir, 120_000);
     expect(demo.status, demo.stderr).toBe(0);
     expect(demo.stdout).toMatch(/the agent is connected over one outbound mTLS WebSocket/);
     expect(demo.stdout).toMatch(/online/);
