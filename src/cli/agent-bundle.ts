@@ -1,6 +1,7 @@
 import { Command } from 'commander';
 import { registerAgentCommands } from './agent.js';
-import { VERSION } from '../version.js';
+import { fileURLToPath } from 'node:url';
+import { versionText } from './version-text.js';
 import { usageErrorsExit2 } from './failure.js';
 
 /**
@@ -9,7 +10,8 @@ import { usageErrorsExit2 } from './failure.js';
  *   node meshlink-agent.mjs agent run --state-dir /var/lib/meshlink/agent
  */
 const program = new Command();
-program.name('meshlink').description('meshlink agent (single-file bundle)').version(VERSION);
+// The bundle is this very file: its SHA-256 is the build id.
+program.name('meshlink').description('meshlink agent (single-file bundle)').version(versionText(fileURLToPath(import.meta.url)), '-V, --version', 'print the version, the build id and the Node.js version');
 usageErrorsExit2(program);
 registerAgentCommands(program);
 await program.parseAsync(process.argv);

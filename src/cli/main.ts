@@ -5,14 +5,14 @@ import { registerServerCommands } from './server.js';
 import { registerAgentCommands } from './agent.js';
 import { registerDemoCommand } from './demo.js';
 import { registerCompletionCommand } from './completion.js';
-import { VERSION } from '../version.js';
+import { versionText } from './version-text.js';
 import { usageErrorsExit2 } from './failure.js';
 
 const program = new Command();
 program
   .name('meshlink')
   .description('Self-hosted agent transport: mTLS WebSocket, multiplexed streams, WireGuard mesh control plane')
-  .version(VERSION)
+  .version(versionText(), '-V, --version', 'print the version, the build and the Node.js version')
   .showHelpAfterError();
 // Before any command is registered, so that every command group and subcommand inherits it.
 usageErrorsExit2(program);

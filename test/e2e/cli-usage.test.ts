@@ -42,7 +42,9 @@ describe('meshlink usage errors exit 2 in every command group', () => {
 
   it('help and --version still exit 0', async () => {
     expect((await cli(['--help'])).code).toBe(0);
-    expect((await cli(['--version'])).code).toBe(0);
+    const version = await cli(['--version']);
+    expect(version.code).toBe(0);
+    expect(version.stdout.trim()).toMatch(/^meshlink \d+\.\d+\.\d+\S* \(npm package, node v\d+\.\d+\.\d+\)$/);
     expect((await cli(['server', 'nodes', '--help'])).code).toBe(0);
     expect((await cli(['agent', 'status', '--help'])).code).toBe(0);
   });

@@ -77,6 +77,11 @@ describe('ops through the real CLI and the agent bundle', () => {
     await work?.cleanup();
   });
 
+  it('the bundle’s --version names its build: the SHA-256 of the file, as its agent reports it', async () => {
+    const { stdout } = await run(process.execPath, [bundle, '--version']);
+    expect(stdout.trim()).toMatch(new RegExp(`^meshlink \\S+ \\(build ${sha(v1)}, node v\\d+\\.\\d+\\.\\d+\\)$`));
+  });
+
   it('action: ping by hostname, diagnostics as JSON', async () => {
     const ping = await cli(['server', 'action', 'ops-e2e-host', 'ping', ...dd()]);
     expect(ping).toMatchObject({ code: 0, stdout: 'pong\n' });
