@@ -75,7 +75,8 @@ function unreachableError(endpoint: ProxyEndpoint, code: string, cause: unknown)
 
 function refusedError(endpoint: ProxyEndpoint, target: string, status: number, reason: string): MeshlinkError {
   const line = `${status}${reason === '' ? '' : ` ${reason}`}`;
-  if (status === 407) {
+  // 407 is the standard answer; some proxies (tinyproxy) answer wrong credentials with 401.
+  if (status === 407 || status === 401) {
     const why = endpoint.auth === null ? 'the proxy URL carries no credentials' : 'the proxy rejected the credentials in the proxy URL';
     return new MeshlinkError('ML_ERR_PROXY_AUTH', `the proxy ${endpoint.display} requires authentication (${line}): ${why}`);
   }
