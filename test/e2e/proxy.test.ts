@@ -1,3 +1,4 @@
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { AgentRunner } from '../../src/agent/connection.js';
@@ -10,6 +11,12 @@ import { parseServerConfig } from '../../src/server/config.js';
 import { createEnrollmentToken } from '../../src/server/nodes.js';
 import { startServer } from '../../src/server/server.js';
 import { createLogger } from '../../src/util/logger.js';
+import { AdminClient } from '../../src/admin-api/client.js';
+import { setUpgrade } from '../../src/admin-api/routes.js';
+import { openFeatureContext } from '../../src/agent/feature.js';
+import { opsAgentFeature } from '../../src/agent/ops/index.js';
+import { openAgentLog } from '../../src/agent/state/log-file.js';
+import { startTestServer } from '../server/helpers.js';
 import { cli, createToken, enrollAgent, freePort, listNodes, spawnCli, startServerProc, tempDir, waitFor, type CliResult, type Proc, type ServerProc } from './harness.js';
 import { startTinyproxy, TINYPROXY_MISSING, type Tinyproxy } from './tinyproxy.js';
 
@@ -150,6 +157,42 @@ describe.skipIf(TINYPROXY_MISSING !== null)(`agents through an HTTPS proxy (tiny
     expect(tunnels.every((t) => t === `127.0.0.1:${localPort}`)).toBe(true);
     runner.stop();
     expect(await done).toBe(AGENT_EXIT_CODES.ok);
+  }, 60_000);
+
+  it('downloads an agent upgrade through the proxy, with its mTLS identity', async () => {
+    const p = await proxy();
+    const ts = await startTestServer();
+    cleanups.push(() => ts.stop());
+    const stateDir = join(dir.path, 'upgrade-agent');
+    const bundle = join(dir.path, 'upgrade-bundle.mjs');
+    const v1 = '// meshlink-agent-bundle version=1.0.0\nconsole.log("one");\n';
+    const v2 = '// meshlink-agent-bundle version=2.0.0\nconsole.log("two");\n';
+    await writeFile(bundle, v1, { mode: 0o755 });
+    const proxyConfig = resolveProxyConfig(p.url, {});
+    const { token } = createEnrollmentToken(ts.server.store, { ttlMs: 60_000 });
+    const { identity } = await enroll({ server: ts.url, token, caPins: [ts.server.caPin], stateDir, hostname: 'upgrade-host' }, { proxy: proxyConfig });
+    const { logger, file: logFile } = openAgentLog(stateDir, 'info', { stdout: false });
+    const runner = new AgentRunner({ stateDir, logger, backoff: { baseMs: 50, maxMs: 500 }, proxy: proxyConfig });
+    const core = openFeatureContext(runner, { stateDir, logger, logFile });
+    let restarts = 0;
+    const ops = await opsAgentFeature(runner, { ...core.context, options: { bundlePath: bundle }, restart: () => restarts++ });
+    const running = runner.run();
+    cleanups.push(async () => {
+      runner.stop();
+      await running.catch(() => {});
+      ops.close();
+      core.close();
+    });
+    await waitFor('agent online', async () => ts.server.sessions?.current(identity.nodeId) !== undefined);
+    const beforeDownload = (await p.connects()).length;
+
+    const r = await new AdminClient(ts.server.adminSocketPath, { actor: 't' }).call(setUpgrade, { percent: 100 }, { body: Buffer.from(v2) });
+    expect(r.notified).toBe(1);
+    await waitFor('upgrade applied', async () => restarts === 1);
+    expect(await readFile(bundle, 'utf8')).toBe(v2);
+    // The download went through its own tunnel to the server's port.
+    const tunnels = (await p.connects()).slice(beforeDownload);
+    expect(tunnels).toContain(`127.0.0.1:${new URL(ts.url).port}`);
   }, 60_000);
 
   it('takes HTTPS_PROXY from the environment, and NO_PROXY sends the agent direct', async () => {
