@@ -97,6 +97,11 @@ describe.skipIf(TINYPROXY_MISSING !== null)(`agents through an HTTPS proxy (tiny
     // GET /v1/ca and POST /v1/enroll, each through its own tunnel to the server's port.
     expect((await p.connects()).filter((t) => t === target()).length).toBeGreaterThanOrEqual(2);
 
+    // The CA pin is checked on what came through the tunnel, as without a proxy.
+    const wrongPin = await cli(['agent', 'enroll', '--server', server.url, '--token', 'unused-token-123', '--ca-pin', `sha256:${'0'.repeat(64)}`, '--state-dir', join(dir.path, 'wrong-pin'), '--proxy', p.url], CLEAN);
+    expect(wrongPin.code).toBe(4);
+    expect(wrongPin.stderr).toContain('ML_ERR_CA_PIN_MISMATCH');
+
     const afterEnroll = (await p.connects()).length;
     const agent = runAgent(stateDir, ['--proxy', p.url]);
     await agent.waitForLog('connected');
