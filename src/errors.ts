@@ -162,6 +162,9 @@ export const ERRORS = {
   ML_ERR_ENROLL_REFUSED: { exit: 'enrollRefused', description: 'The server answered HTTP 4xx without a JSON error body.' },
   ML_ERR_SERVER: { exit: 'serverUnavailable', description: 'The server answered HTTP 5xx without a JSON error body.' },
   ML_ERR_CONNECT_REFUSED: { exit: 'internal', description: 'The server refused the agent’s WebSocket upgrade (the message carries its HTTP status and code).' },
+  ML_ERR_PROXY_UNREACHABLE: { exit: 'serverUnavailable', description: 'The HTTPS proxy the agent uses cannot be reached (connection refused, timeout, DNS failure…).' },
+  ML_ERR_PROXY_REFUSED: { exit: 'serverUnavailable', description: 'The HTTPS proxy refused to open a CONNECT tunnel to the server (the message carries its status line).' },
+  ML_ERR_PROXY_AUTH: { exit: 'serverUnavailable', description: 'The HTTPS proxy asks for authentication (407, or 401 from some proxies): no credentials in the proxy URL, or wrong ones.' },
 
   // --- agent state dir ---
   ML_ERR_NOT_ENROLLED: { exit: 'notEnrolled', description: 'No committed identity in the state dir; run `meshlink agent enroll` first.' },

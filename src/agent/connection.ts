@@ -16,6 +16,7 @@ import { EnrollError } from './enroll.js';
 import { loadIdentity, type Identity } from './identity.js';
 import { DEFAULT_RENEW_POLICY, renewalDelayMs, renewalRetryMs, renewExpired, renewInBand, type RenewPolicy } from './renewal.js';
 import { writeAgentStatus } from './state/status-file.js';
+import { DIRECT, proxyFor, type ProxyConfig } from './proxy.js';
 
 /**
  * `meshlink agent run`: keeps one outbound mTLS WebSocket to the control plane for as long as the
@@ -42,6 +43,8 @@ export interface AgentRunOptions {
   connectTimeoutMs?: number;
   /** Missed-heartbeat intervals after which a silent connection is abandoned (default 3). */
   livenessIntervals?: number;
+  /** How to reach the server (proxy.ts): for the connection, renewal over HTTPS, upgrade downloads. Default direct. */
+  proxy?: ProxyConfig;
 }
 
 export type AgentConnectionState = 'connecting' | 'connected' | 'backoff' | 'stopped';
@@ -102,6 +105,7 @@ export class AgentRunner extends EventEmitter<AgentRunnerEvents> {
       connectTimeoutMs: 15_000,
       livenessIntervals: 3,
       backoff: {},
+      proxy: DIRECT,
       ...options,
     };
     this.#log = options.logger;
@@ -151,11 +155,20 @@ export class AgentRunner extends EventEmitter<AgentRunnerEvents> {
     return this.#live?.session ?? null;
   }
 
+  /** How this runner reaches its server; features that talk HTTPS to it (upgrade downloads) use the same. */
+  get proxy(): ProxyConfig {
+    return this.#opts.proxy;
+  }
+
   /** Runs until stopped or until the identity is refused for good; resolves with the exit code. */
   async run(): Promise<number> {
     this.#identity = await loadIdentity(this.#opts.stateDir);
     this.#certReceivedAt = await this.#certFileTime();
-    this.#log.info({ nodeId: this.#identity.nodeId, server: this.#identity.server, certNotAfter: this.#identity.cert.notAfter.toISOString() }, 'agent starting');
+    const via = proxyFor(this.#identity.server, this.#opts.proxy);
+    this.#log.info(
+      { nodeId: this.#identity.nodeId, server: this.#identity.server, certNotAfter: this.#identity.cert.notAfter.toISOString(), proxy: via === null ? null : via.display },
+      'agent starting',
+    );
     try {
       let live: Live | null = null;
       while (!this.#stopping) {
@@ -211,6 +224,7 @@ export class AgentRunner extends EventEmitter<AgentRunnerEvents> {
     for (const contribute of this.#helloContributors) hello = { ...hello, ...contribute() };
     const dialled = await dial(identity, {
       timeoutMs: this.#opts.connectTimeoutMs,
+      proxy: this.#opts.proxy,
       hello,
       prepare: (session) => {
         session.on('message', (msg) => this.#dispatchMessage(msg, session));
@@ -236,7 +250,7 @@ export class AgentRunner extends EventEmitter<AgentRunnerEvents> {
       }
     }
     this.#log.warn({ err: describe(err) }, 'connection attempt failed');
-    await this.#sleepBackoff('dial failed');
+    await this.#sleepBackoff('dial failed', err);
     return null;
   }
 
@@ -244,7 +258,7 @@ export class AgentRunner extends EventEmitter<AgentRunnerEvents> {
     const identity = this.#identity!;
     this.#log.warn({ certNotAfter: identity.cert.notAfter.toISOString() }, 'certificate expired; renewing over HTTPS within the grace period');
     try {
-      this.#identity = await renewExpired(identity, this.#log);
+      this.#identity = await renewExpired(identity, this.#log, this.#opts.proxy);
       this.#certReceivedAt = Date.now();
       this.#backoff.reset();
       return null;
@@ -268,10 +282,11 @@ export class AgentRunner extends EventEmitter<AgentRunnerEvents> {
     return AGENT_EXIT_CODES.revoked;
   }
 
-  async #sleepBackoff(reason: string): Promise<void> {
+  async #sleepBackoff(reason: string, err?: unknown): Promise<void> {
     if (this.#stopping) return;
     const delay = this.#backoff.next();
-    await this.#setState('backoff', { retryInMs: delay });
+    // Our own errors' messages name a proxy by host:port only, so the failure may go to status.json.
+    await this.#setState('backoff', { retryInMs: delay, ...(err === undefined ? {} : { lastError: describe(err) }) });
     this.#log.info({ reason, delayMs: delay, attempt: this.#backoff.attempt }, 'reconnecting after backoff');
     await new Promise<void>((resolve) => {
       const t = setTimeout(resolve, delay);
@@ -389,7 +404,7 @@ export class AgentRunner extends EventEmitter<AgentRunnerEvents> {
         since: new Date().toISOString(),
         pid: process.pid,
         updatedAt: new Date().toISOString(),
-        ...(identity ? { nodeId: identity.nodeId, server: identity.server, certSerial: identity.cert.serial, certNotAfter: identity.cert.notAfter.toISOString() } : {}),
+        ...(identity ? { nodeId: identity.nodeId, server: identity.server, certSerial: identity.cert.serial, certNotAfter: identity.cert.notAfter.toISOString(), proxy: proxyStatus(identity.server, this.#opts.proxy) } : {}),
         ...extra,
       });
     } catch (err) {
@@ -404,6 +419,12 @@ export class AgentRunner extends EventEmitter<AgentRunnerEvents> {
       return Date.now();
     }
   }
+}
+
+/** The proxy as status.json shows it: host:port and where it was set, never credentials; null when direct. */
+function proxyStatus(server: string, proxy: ProxyConfig): { address: string; source: string } | null {
+  const via = proxyFor(server, proxy);
+  return via === null ? null : { address: via.display, source: via.source };
 }
 
 function describe(err: unknown): { code?: string; message: string } {

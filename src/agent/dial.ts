@@ -1,17 +1,21 @@
 import type { IncomingMessage } from 'node:http';
-import { isIP } from 'node:net';
-import { WebSocket } from 'ws';
+import { isIP, type Socket } from 'node:net';
+import { connect as tlsConnect, type ConnectionOptions } from 'node:tls';
+import { WebSocket, type ClientOptions } from 'ws';
 import { zeroMaskingKey } from '../net/ws-mask.js';
 import { attachSession } from '../net/ws-session.js';
 import { MeshlinkError } from '../errors.js';
 import type { InputOf, PayloadOf } from '../protocol/registry.js';
 import type { CloseInfo, Session } from '../protocol/session.js';
 import type { Identity } from './identity.js';
+import { DIRECT, proxyFor, type ProxyConfig } from './proxy.js';
+import { openTunnel } from './proxy-dial.js';
 
 /**
  * The dial of `agent run`: one mTLS WebSocket to `<server>/v1/connect` with the identity's key and
- * certificate, trusting only its CA, then the protocol handshake. No proxy support (the agent
- * connects directly). An HTTP refusal of the upgrade becomes a ConnectRefusedError carrying the
+ * certificate, trusting only its CA, then the protocol handshake. Through an HTTP proxy when
+ * proxy.ts says so: a CONNECT tunnel first (proxy-dial.ts), then the same TLS over the tunnelled
+ * socket, so the CA pin and the client certificate are checked end to end. An HTTP refusal of the upgrade becomes a ConnectRefusedError carrying the
  * server's JSON error code, which the runner reads (revoked, expired).
  */
 
@@ -44,12 +48,16 @@ export interface DialOptions {
    * the server may send right after welcome, in the same read, before any continuation of ours runs.
    */
   prepare(session: Session): void;
+  /** How to reach the server (default: directly). */
+  proxy?: ProxyConfig;
 }
 
-export function dial(identity: Identity, options: DialOptions): Promise<Dialled> {
+export async function dial(identity: Identity, options: DialOptions): Promise<Dialled> {
   const url = new URL('/v1/connect', identity.server);
   url.protocol = url.protocol === 'http:' ? 'ws:' : 'wss:';
   const host = url.hostname.replace(/^\[|\]$/g, '');
+  const endpoint = proxyFor(url, options.proxy ?? DIRECT);
+  const tunnel = endpoint === null ? null : await openTunnel(endpoint, host, Number(url.port || 443), options.timeoutMs);
   const ws = new WebSocket(url, {
     ca: identity.caPem,
     cert: identity.certPem,
@@ -59,6 +67,7 @@ export function dial(identity: Identity, options: DialOptions): Promise<Dialled>
     maxPayload: 16 * 1024 * 1024,
     handshakeTimeout: options.timeoutMs,
     ...(url.protocol === 'wss:' ? { generateMask: zeroMaskingKey } : {}),
+    ...(tunnel === null ? {} : { createConnection: ((opts: ConnectionOptions) => overTunnel(tunnel, opts)) as unknown as ClientOptions['createConnection'] }),
   });
   return new Promise<Dialled>((resolve, reject) => {
     let settled = false;
@@ -89,6 +98,15 @@ export function dial(identity: Identity, options: DialOptions): Promise<Dialled>
         .catch((err: Error) => fail(err));
     });
   });
+}
+
+/**
+ * What ws's own tlsConnect does (same options: CA, client certificate, server name), on the
+ * tunnelled socket instead of a new TCP connection.
+ */
+function overTunnel(tunnel: Socket, opts: ConnectionOptions): Socket {
+  // ws called this with its request options (host, port, path...): the socket replaces host and port.
+  return tlsConnect({ ...opts, socket: tunnel });
 }
 
 async function readJsonError(res: IncomingMessage): Promise<{ code?: string; message?: string } | null> {

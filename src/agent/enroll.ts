@@ -1,5 +1,5 @@
 import { X509Certificate, createPrivateKey, createPublicKey } from 'node:crypto';
-import { Agent, request, type Dispatcher } from 'undici';
+import { request, type Dispatcher } from 'undici';
 import { z } from 'zod';
 import type { Logger } from '../util/logger.js';
 import { parseEnrollOptions, type EnrollOptionsInput } from './config.js';
@@ -8,6 +8,8 @@ import { assertStateDirUsable, isEnrolled, loadIdentity, saveEnrollment, saveRen
 import { assertPinned, parseCaCertificate, spkiDerOf, spkiPinOf } from '../contract/ca-pin.js';
 import { codeFromWire, MeshlinkError, type ExitClass } from '../errors.js';
 import { zodErrorText } from '../util/zod-error.js';
+import { DIRECT, proxyFor, type ProxyConfig } from './proxy.js';
+import { proxyErrorOf, serverDispatcher } from './proxy-dial.js';
 
 /**
  * The agent side of the server's HTTPS enrollment endpoints: GET /v1/ca, POST /v1/enroll and
@@ -83,7 +85,7 @@ function errorCodeOf(err: unknown): string | undefined {
   return undefined;
 }
 
-function transportError(err: unknown, url: string): MeshlinkError {
+function transportError(err: unknown, url: string, proxy: ProxyConfig): MeshlinkError {
   if (err instanceof MeshlinkError) return err;
   const code = errorCodeOf(err) ?? 'unknown';
   if (TLS_TRUST_CODES.has(code)) {
@@ -93,6 +95,9 @@ function transportError(err: unknown, url: string): MeshlinkError {
       { cause: err },
     );
   }
+  const endpoint = proxyFor(url, proxy);
+  const viaProxy = endpoint === null ? null : proxyErrorOf(err, endpoint, new URL(url).host);
+  if (viaProxy !== null) return viaProxy;
   const detail = err instanceof Error ? err.message : String(err);
   return new MeshlinkError('ML_ERR_SERVER_UNREACHABLE', `cannot reach ${url} (${code}): ${detail}`, { cause: err });
 }
@@ -115,7 +120,7 @@ async function readCapped(body: Dispatcher.ResponseData['body'], maxBytes: numbe
 async function httpCall(
   dispatcher: Dispatcher,
   url: string,
-  init: { method: 'GET' | 'POST'; json?: unknown; maxBytes: number; timeoutMs: number },
+  init: { method: 'GET' | 'POST'; json?: unknown; maxBytes: number; timeoutMs: number; proxy: ProxyConfig },
 ): Promise<HttpResult> {
   try {
     const response = await request(url, {
@@ -135,7 +140,7 @@ async function httpCall(
     const body = await readCapped(response.body, init.maxBytes, url);
     return { status: response.statusCode, headers: response.headers, body };
   } catch (err) {
-    throw transportError(err, url);
+    throw transportError(err, url, init.proxy);
   }
 }
 
@@ -239,12 +244,17 @@ function defaultLogger(logger: Logger | undefined): Pick<Logger, 'info' | 'debug
 }
 
 /** Fetches GET /v1/ca without trusting anything and checks its pin. Returns the CA PEM. */
-export async function fetchPinnedCa(server: string, caPins: readonly string[], timeoutMs: number): Promise<{ caPem: string; caPin: string }> {
+export async function fetchPinnedCa(
+  server: string,
+  caPins: readonly string[],
+  timeoutMs: number,
+  proxy: ProxyConfig = DIRECT,
+): Promise<{ caPem: string; caPin: string }> {
   // No trust yet: the pin check below is what makes the answer trustworthy.
-  const untrusting = new Agent({ connect: { rejectUnauthorized: false, timeout: timeoutMs }, headersTimeout: timeoutMs, bodyTimeout: timeoutMs });
+  const untrusting = serverDispatcher(server, proxy, { rejectUnauthorized: false }, timeoutsOf(timeoutMs));
   const url = `${server}/v1/ca`;
   try {
-    const result = await httpCall(untrusting, url, { method: 'GET', maxBytes: MAX_CA_BYTES, timeoutMs });
+    const result = await httpCall(untrusting, url, { method: 'GET', maxBytes: MAX_CA_BYTES, timeoutMs, proxy });
     if (result.status !== 200) {
       throw new MeshlinkError('ML_ERR_CA_CERT', `GET ${url} answered HTTP ${result.status} instead of the CA certificate; is this a meshlink server?`);
     }
@@ -256,18 +266,18 @@ export async function fetchPinnedCa(server: string, caPins: readonly string[], t
   }
 }
 
-/** A dispatcher whose only trust root is `caPem`, optionally presenting a client certificate. */
-function pinnedDispatcher(caPem: string, timeoutMs: number, client?: { certPem: string; keyPem: string }): Agent {
-  return new Agent({
-    connect: {
-      ca: caPem,
-      rejectUnauthorized: true,
-      timeout: timeoutMs,
-      ...(client === undefined ? {} : { cert: client.certPem, key: client.keyPem }),
-    },
-    headersTimeout: timeoutMs,
-    bodyTimeout: timeoutMs,
-  });
+function timeoutsOf(timeoutMs: number): { connectMs: number; headersMs: number; bodyMs: number } {
+  return { connectMs: timeoutMs, headersMs: timeoutMs, bodyMs: timeoutMs };
+}
+
+/** A dispatcher to `server` whose only trust root is `caPem`, optionally presenting a client certificate. */
+function pinnedDispatcher(server: string, proxy: ProxyConfig, caPem: string, timeoutMs: number, client?: { certPem: string; keyPem: string }): Dispatcher {
+  return serverDispatcher(
+    server,
+    proxy,
+    { ca: caPem, rejectUnauthorized: true, ...(client === undefined ? {} : { cert: client.certPem, key: client.keyPem }) },
+    timeoutsOf(timeoutMs),
+  );
 }
 
 /**
@@ -277,9 +287,10 @@ function pinnedDispatcher(caPem: string, timeoutMs: number, client?: { certPem: 
  */
 export async function enroll(
   input: EnrollOptionsInput,
-  context: { logger?: Logger; agentVersion?: string } = {},
+  context: { logger?: Logger; agentVersion?: string; proxy?: ProxyConfig } = {},
 ): Promise<EnrollResult> {
   const options = parseEnrollOptions(input);
+  const proxy = context.proxy ?? DIRECT;
   const log = defaultLogger(context.logger);
 
   // Before anything touches the network: a state dir we could not write would burn the token.
@@ -297,13 +308,15 @@ export async function enroll(
   const keysPromise = generateAgentKeyPair(options.keyType);
   keysPromise.catch(() => {}); // awaited below; avoid an unhandled rejection if the CA fetch fails first
 
-  const { caPem, caPin } = await fetchPinnedCa(options.server, options.caPins, options.timeoutMs);
+  const via = proxyFor(options.server, proxy);
+  if (via !== null) log.info({ proxy: via.display, source: via.source }, 'reaching the server through a proxy');
+  const { caPem, caPin } = await fetchPinnedCa(options.server, options.caPins, options.timeoutMs, proxy);
   log.info({ server: options.server, caPin }, 'server CA matches pin');
 
   const keys = await keysPromise;
   const csr = createCsrPem(keys, { hostname: options.hostname, sans: options.sans });
 
-  const trusted = pinnedDispatcher(caPem, options.timeoutMs);
+  const trusted = pinnedDispatcher(options.server, proxy, caPem, options.timeoutMs);
   const url = `${options.server}/v1/enroll`;
   let result: HttpResult;
   try {
@@ -317,6 +330,7 @@ export async function enroll(
       },
       maxBytes: MAX_RESPONSE_BYTES,
       timeoutMs: options.timeoutMs,
+      proxy,
     });
   } finally {
     await trusted.close().catch(() => {});
@@ -358,17 +372,18 @@ function keyTypeOf(keyPem: string): KeyType {
  */
 export async function renewViaHttps(
   identity: Identity,
-  options: { keyType?: KeyType; timeoutMs?: number; logger?: Logger } = {},
+  options: { keyType?: KeyType; timeoutMs?: number; logger?: Logger; proxy?: ProxyConfig } = {},
 ): Promise<Identity> {
   const timeoutMs = options.timeoutMs ?? 30_000;
+  const proxy = options.proxy ?? DIRECT;
   const log = defaultLogger(options.logger);
   const keys = await generateAgentKeyPair(options.keyType ?? keyTypeOf(identity.keyPem));
   const csr = createCsrPem(keys, { hostname: identity.hostname, sans: identity.sans });
-  const dispatcher = pinnedDispatcher(identity.caPem, timeoutMs, { certPem: identity.certPem, keyPem: identity.keyPem });
+  const dispatcher = pinnedDispatcher(identity.server, proxy, identity.caPem, timeoutMs, { certPem: identity.certPem, keyPem: identity.keyPem });
   const url = `${identity.server}/v1/renew`;
   let result: HttpResult;
   try {
-    result = await httpCall(dispatcher, url, { method: 'POST', json: { csr }, maxBytes: MAX_RESPONSE_BYTES, timeoutMs });
+    result = await httpCall(dispatcher, url, { method: 'POST', json: { csr }, maxBytes: MAX_RESPONSE_BYTES, timeoutMs, proxy });
   } finally {
     await dispatcher.close().catch(() => {});
   }

@@ -4,6 +4,7 @@ import type { Logger } from '../util/logger.js';
 import { createCsrPem, generateAgentKeyPair, KEY_TYPES, type KeyType } from './csr.js';
 import { renewViaHttps, verifyIssued } from './enroll.js';
 import { saveRenewedCertificate, type Identity } from './identity.js';
+import type { ProxyConfig } from './proxy.js';
 
 /**
  * When to renew (docs/AGENT.md, "Renewal"): at whichever comes first of
@@ -49,8 +50,8 @@ export async function renewInBand(session: Session, identity: Identity): Promise
  * presenting the expired certificate, accepted by the server within its grace period (enroll.ts).
  * An EnrollError means the server refuses for good (re-enrollment is the way back).
  */
-export function renewExpired(identity: Identity, logger: Logger): Promise<Identity> {
-  return renewViaHttps(identity, { logger });
+export function renewExpired(identity: Identity, logger: Logger, proxy?: ProxyConfig): Promise<Identity> {
+  return renewViaHttps(identity, { logger, ...(proxy === undefined ? {} : { proxy }) });
 }
 
 /** How long until `identity` is due for renewal, counted from when this process got it. */

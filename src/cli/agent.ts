@@ -5,6 +5,7 @@ import { createLogger, LOG_LEVELS } from '../util/logger.js';
 import { VERSION } from '../version.js';
 import { AGENT_EXIT_CODES, defaultHostname, ENV_ENROLL_TOKEN, ENV_LOG_LEVEL, resolveStateDir } from '../agent/config.js';
 import { enroll } from '../agent/enroll.js';
+import { resolveProxyConfig } from '../agent/proxy.js';
 import { isEnrolled, loadIdentity, type Identity } from '../agent/identity.js';
 import { readAgentStatus, type AgentStatusReading } from '../agent/state/status-file.js';
 import { parseCaPin } from '../contract/ca-pin.js';
@@ -50,6 +51,7 @@ const enrollFlagsSchema = z.object({
   force: z.boolean().default(false),
   json: z.boolean().default(false),
   logLevel: z.string().optional(),
+  proxy: z.string().optional(),
 });
 
 function registerEnrollCommand(agent: Command): void {
@@ -63,6 +65,7 @@ function registerEnrollCommand(agent: Command): void {
     .option('--hostname <name>', 'host name for the certificate (default: this machine\'s host name)')
     .option('--san <name>', 'extra subject alternative name, DNS name or IP (repeatable)', collect, [])
     .option('--force', 'replace an existing identity in the state dir', false)
+    .option('--proxy <url>', 'HTTP CONNECT proxy, http://[user:pass@]host:port (default: HTTPS_PROXY or ALL_PROXY, honouring NO_PROXY)')
     .option('--json', 'print the result as one JSON object', false)
     .option('--log-level <level>', `log level (${LOG_LEVELS.join(', ')}; default warn, or $${ENV_LOG_LEVEL})`)
     .action(
@@ -72,6 +75,7 @@ function registerEnrollCommand(agent: Command): void {
         if (token === undefined || token === '') throw new MeshlinkError('ML_ERR_USAGE', `a token is required: --token or ${ENV_ENROLL_TOKEN}`);
         if (flags.caPin.length === 0) throw new MeshlinkError('ML_ERR_USAGE', 'at least one --ca-pin is required (printed by `meshlink server token create`)');
         const caPins = flags.caPin.map(parseCaPin);
+        const proxy = resolveProxyConfig(flags.proxy, process.env);
         const logger = agentLogger(flags.logLevel, 'warn');
         const stateDir = resolveStateDir(flags.stateDir);
         const { identity, caPin } = await enroll(
@@ -84,7 +88,7 @@ function registerEnrollCommand(agent: Command): void {
             sans: flags.san,
             force: flags.force,
           },
-          { logger, agentVersion: VERSION },
+          { logger, agentVersion: VERSION, proxy },
         );
         if (flags.json) {
           process.stdout.write(
@@ -158,6 +162,16 @@ function describeConnection(c: ConnectionReport): string {
   return `${c.state} since ${c.since ?? '?'}`;
 }
 
+/**
+ * The proxy the running (or last running) agent uses, from its status.json: host:port and where it
+ * was set, never credentials (the agent writes no more). Undefined when no agent reported one.
+ */
+function proxyReport(c: ConnectionReport): { address: string; source: string } | null | undefined {
+  const raw = c.state === 'not running' ? (c.lastReported as Record<string, unknown> | undefined)?.proxy : c.proxy;
+  const parsed = z.object({ address: z.string(), source: z.string() }).nullable().safeParse(raw);
+  return raw === undefined || !parsed.success ? undefined : parsed.data;
+}
+
 function registerStatusCommand(agent: Command): void {
   agent
     .command('status')
@@ -171,7 +185,8 @@ function registerStatusCommand(agent: Command): void {
         const enrolled = await isEnrolled(stateDir);
         const identity = enrolled ? identityReport(await loadIdentity(stateDir)) : null;
         const connection = connectionReport(await readAgentStatus(stateDir));
-        const report = { enrolled, stateDir, ...(identity ?? {}), ...(await readMeshStatus(stateDir)), connection };
+        const proxy = proxyReport(connection);
+        const report = { enrolled, stateDir, ...(identity ?? {}), ...(await readMeshStatus(stateDir)), connection, ...(proxy === undefined ? {} : { proxy }) };
         if (flags.json) {
           process.stdout.write(`${JSON.stringify(report)}\n`);
           return;
@@ -187,6 +202,7 @@ function registerStatusCommand(agent: Command): void {
           );
         }
         lines.push(`connection:   ${describeConnection(connection)}`);
+        if (proxy !== undefined) lines.push(`proxy:        ${proxy === null ? 'none (direct)' : `${proxy.address} (from ${proxy.source})`}`);
         process.stdout.write(`${lines.join('\n')}\n`);
       }),
     );

@@ -172,6 +172,22 @@ describe('meshlink agent CLI (child processes of dist/src/cli/main.js)', () => {
     expect(res.stderr).toMatch(/^error ML_ERR_STATE_ACCESS: /);
   });
 
+  it('a proxy URL that is not http:// exits 2 with ML_ERR_CONFIG naming its source, never its value', async () => {
+    const stateDir = dirs.make();
+    const enrollArgs = ['agent', 'enroll', '--server', server.url, '--token', token(), '--ca-pin', server.caPin, '--state-dir', stateDir, '--hostname', 'h.example'];
+    const flag = await runCli([...enrollArgs, '--proxy', 'socks5://u:secret-1@127.0.0.1:1080']);
+    expect(flag.code).toBe(2);
+    expect(flag.stderr).toMatch(/^error ML_ERR_CONFIG: --proxy: only http:\/\/ proxies are supported/);
+    const env = await runCli(enrollArgs, { ALL_PROXY: 'https://u:secret-2@127.0.0.1:3128' });
+    expect(env.code).toBe(2);
+    expect(env.stderr).toMatch(/^error ML_ERR_CONFIG: ALL_PROXY: only http:\/\/ proxies/);
+    const run = await runCli(['agent', 'run', '--state-dir', stateDir, '--proxy', 'http://u:secret-3@h:1/path']);
+    expect(run.code).toBe(2);
+    expect(run.stderr).toMatch(/ML_ERR_CONFIG: --proxy: a proxy URL is http:\/\/\[user:password@\]host:port/);
+    expect(flag.stderr + env.stderr + run.stderr + run.stdout).not.toMatch(/secret-/);
+    expect(readdirSync(stateDir)).toEqual([]);
+  });
+
   it('an unreachable server exits 6', async () => {
     const gone = await startEnrollServer();
     await gone.close();

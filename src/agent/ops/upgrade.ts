@@ -2,11 +2,13 @@ import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
 import { copyFile, open, rename, stat, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { Agent, request } from 'undici';
+import { request } from 'undici';
 import type { PayloadOf } from '../../protocol/registry.js';
 import type { Logger } from '../../util/logger.js';
 import type { AgentRunner } from '../connection.js';
 import { AGENT_EXIT_CODES } from '../config.js';
+import { proxyFor } from '../proxy.js';
+import { proxyErrorOf, serverDispatcher } from '../proxy-dial.js';
 import { errorMessage } from './errors.js';
 
 /**
@@ -16,7 +18,8 @@ import { errorMessage } from './errors.js';
  * in hello.buildId. An offer (welcome.upgrade or agent.upgrade) whose buildId equals it is ignored,
  * so an agent never upgrades to itself and cannot loop; version strings are never compared.
  *
- * Otherwise: download from the agent's own server over its mTLS identity (undici), hashing while
+ * Otherwise: download from the agent's own server over its mTLS identity (undici, through the
+ * runner's proxy when it uses one, proxy-dial.ts), hashing while
  * writing to a temp file next to the bundle; the SHA-256 must equal the one the control plane sent.
  * Then the current bundle is kept as `<bundle>.previous` (rollback), the new one renamed over it, the
  * directory fsynced, agent.upgrade.status "applied" sent, and the process ends with exit code 75,
@@ -43,8 +46,8 @@ export interface UpgraderOptions {
   restart?: () => void;
 }
 
-/** What the upgrader reads off the runner: the session (status messages), the identity (download), stop (restart). */
-export type UpgraderRunner = Pick<AgentRunner, 'session' | 'identity' | 'stop'>;
+/** What the upgrader reads off the runner: the session (status messages), the identity and proxy (download), stop (restart). */
+export type UpgraderRunner = Pick<AgentRunner, 'session' | 'identity' | 'proxy' | 'stop'>;
 
 export class SelfUpgrader {
   readonly buildId: string;
@@ -104,14 +107,18 @@ export class SelfUpgrader {
     const path = new URL(o.url, identity.server).pathname;
     if (!path.startsWith('/v1/agent/bundle/')) throw new Error(`refusing to download from ${path}`);
     const url = new URL(path, identity.server);
-    const dispatcher = new Agent({
-      connect: { ca: identity.caPem, cert: identity.certPem, key: identity.keyPem, rejectUnauthorized: true, timeout: 15_000 },
-      headersTimeout: 30_000,
-      bodyTimeout: 30_000,
-    });
+    const dispatcher = serverDispatcher(
+      identity.server,
+      this.runner.proxy,
+      { ca: identity.caPem, cert: identity.certPem, key: identity.keyPem, rejectUnauthorized: true },
+      { connectMs: 15_000, headersMs: 30_000, bodyMs: 30_000 },
+    );
     const signal = AbortSignal.timeout(DOWNLOAD_TIMEOUT_MS);
     try {
-      const res = await request(url, { method: 'GET', dispatcher, signal });
+      const res = await request(url, { method: 'GET', dispatcher, signal }).catch((err: unknown) => {
+        const endpoint = proxyFor(url, this.runner.proxy);
+        throw (endpoint === null ? null : proxyErrorOf(err, endpoint, url.host)) ?? err;
+      });
       if (res.statusCode !== 200) {
         await res.body.dump().catch(() => {});
         throw new Error(`download answered HTTP ${res.statusCode}`);

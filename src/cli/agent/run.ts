@@ -6,6 +6,7 @@ import { resolveStateDir } from '../../agent/config.js';
 import { attachFeatures } from '../../agent/feature.js';
 import { agentFeatures } from '../../agent/features.js';
 import { openAgentLog } from '../../agent/state/log-file.js';
+import { resolveProxyConfig } from '../../agent/proxy.js';
 import { MeshlinkError } from '../../errors.js';
 import { parseDuration } from '../../util/duration.js';
 import { LOG_LEVELS } from '../../util/logger.js';
@@ -48,14 +49,16 @@ export function registerRunCommand(agent: Command, onError: (err: unknown) => vo
     .option('--state-dir <dir>', 'state directory (default: MESHLINK_STATE_DIR or the documented default)')
     .option('--renew-before <duration>', 'renew when NotAfter is this close (or earlier, see --renew-at)', '7d')
     .option('--renew-at <fraction>', 'renew once this fraction of the certificate lifetime has passed', '0.6667')
+    .option('--proxy <url>', 'HTTP CONNECT proxy, http://[user:pass@]host:port (default: HTTPS_PROXY or ALL_PROXY, honouring NO_PROXY)')
     .addOption(new Option('--log-level <level>', 'log level (default: MESHLINK_LOG_LEVEL or info)').choices([...LOG_LEVELS]))
-    .action(async (opts: { stateDir?: string; logLevel?: string; renewBefore: string; renewAt: string } & Record<string, unknown>) => {
+    .action(async (opts: { stateDir?: string; logLevel?: string; renewBefore: string; renewAt: string; proxy?: string } & Record<string, unknown>) => {
       try {
         const renewPolicy = parseRunFlags(opts.renewBefore, opts.renewAt);
+        const proxy = resolveProxyConfig(opts.proxy, process.env);
         const stateDir = resolveStateDir(opts.stateDir);
         const features = agentFeatures({ mesh: parseMeshFlags(opts), observability: parseObservabilityFlags(opts), ops: parseOpsFlags(opts, stateDir) });
         const { logger, file: logFile } = openAgentLog(stateDir, opts.logLevel);
-        const runner = new AgentRunner({ stateDir, logger, renewPolicy: Object.freeze(renewPolicy) });
+        const runner = new AgentRunner({ stateDir, logger, renewPolicy: Object.freeze(renewPolicy), proxy });
         const attached = await attachFeatures(runner, features, { stateDir, logger, logFile });
         const stop = (signal: string): void => {
           logger.info({ signal }, 'stopping');
