@@ -23,6 +23,7 @@ export type ExitClass =
   | 'notInitialized'
   | 'alreadyEnrolled'
   | 'serverRunning'
+  | 'agentRunning'
   | 'serverUnavailable'
   | 'nodeOffline'
   | 'notEnrolled'
@@ -51,6 +52,7 @@ export const EXIT_CODES = {
   notInitialized: 5,
   alreadyEnrolled: 5,
   serverRunning: 6,
+  agentRunning: 6,
   serverUnavailable: 6,
   nodeOffline: 7,
   notEnrolled: 7,
@@ -129,6 +131,7 @@ export const ERRORS = {
     description: 'The CA key could not be decrypted: wrong MESHLINK_CA_PASSPHRASE, or the store file was moved (its absolute path is part of the key).',
   },
   ML_ERR_NOT_INITIALIZED: { status: 500, exit: 'notInitialized', description: 'The data dir has no CA yet; run `meshlink server start` once.' },
+  ML_ERR_AGENT_RUNNING: { exit: 'agentRunning', description: 'Another `agent run` holds this state dir (agent.lock names its pid).' },
   ML_ERR_SERVER_RUNNING: { status: 500, exit: 'serverRunning', description: 'Another server already answers on this data dir’s admin socket.' },
   ML_ERR_SERVER_NOT_RUNNING: { exit: 'noServer', description: 'No server answers on the data dir’s admin socket (commands that need a running server).' },
   ML_ERR_STORE_SCHEMA: { status: 500, exit: 'internal', description: 'The store was written by a newer meshlink (unknown migration).' },

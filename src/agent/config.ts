@@ -33,6 +33,8 @@ export const AGENT_EXIT_CODES = Object.freeze({
   alreadyEnrolled: EXIT_CODES.alreadyEnrolled,
   serverUnavailable: EXIT_CODES.serverUnavailable,
   notEnrolled: EXIT_CODES.notEnrolled,
+  /** `agent run`: another agent runs on this state dir. */
+  agentRunning: EXIT_CODES.agentRunning,
   /** Reserved: `agent run` replaced its binary and wants to be started again. */
   upgradeRestart: EXIT_CODES.upgradeRestart,
   /** `agent run`: the server revoked this node's certificate; restarting cannot help. */

@@ -6,6 +6,7 @@ import { resolveStateDir } from '../../agent/config.js';
 import { attachFeatures } from '../../agent/feature.js';
 import { agentFeatures } from '../../agent/features.js';
 import { openAgentLog } from '../../agent/state/log-file.js';
+import { acquireRunLock } from '../../agent/state/run-lock.js';
 import { resolveProxyConfig } from '../../agent/proxy.js';
 import { MeshlinkError } from '../../errors.js';
 import { parseDuration } from '../../util/duration.js';
@@ -57,6 +58,8 @@ export function registerRunCommand(agent: Command, onError: (err: unknown) => vo
         const proxy = resolveProxyConfig(opts.proxy, process.env);
         const stateDir = resolveStateDir(opts.stateDir);
         const features = agentFeatures({ mesh: parseMeshFlags(opts), observability: parseObservabilityFlags(opts), ops: parseOpsFlags(opts, stateDir) });
+        const lock = acquireRunLock(stateDir);
+        process.once('exit', () => lock.release());
         const { logger, file: logFile } = openAgentLog(stateDir, opts.logLevel);
         const runner = new AgentRunner({ stateDir, logger, renewPolicy: Object.freeze(renewPolicy), proxy });
         const attached = await attachFeatures(runner, features, { stateDir, logger, logFile });
@@ -71,6 +74,7 @@ export function registerRunCommand(agent: Command, onError: (err: unknown) => vo
           process.exitCode = await runner.run();
         } finally {
           await attached.close();
+          lock.release();
         }
       } catch (err) {
         onError(err);
