@@ -31,7 +31,8 @@ function agentLogger(flag: string | undefined, fallback: string) {
   const raw = flag ?? process.env[ENV_LOG_LEVEL] ?? fallback;
   const level = logLevelSchema.safeParse(raw);
   if (!level.success) throw new MeshlinkError('ML_ERR_USAGE', `invalid log level "${raw}": expected one of ${LOG_LEVELS.join(', ')}`);
-  return createLogger({ name: 'meshlink-agent', level: level.data });
+  // The interactive agent commands print their result on stdout: their logs go to stderr.
+  return createLogger({ name: 'meshlink-agent', level: level.data, stderr: true });
 }
 
 function collect(value: string, previous: string[]): string[] {

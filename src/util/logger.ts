@@ -53,6 +53,11 @@ export interface LoggerOptions {
   sink?: LogLineSink;
   /** Write to stdout (default true); false with a sink keeps in-process agents of tests quiet. */
   stdout?: boolean;
+  /**
+   * Log to stderr instead of stdout: for commands whose stdout is their result (`agent enroll
+   * --json` must print exactly one JSON document there); services keep logging to stdout.
+   */
+  stderr?: boolean;
 }
 
 /** JSON logs on stdout (fd 1) and, when given, a sink; one line an entry, secrets redacted. */
@@ -64,10 +69,11 @@ export function createLogger(options: LoggerOptions): Logger {
     base: { pid: process.pid },
   };
   const stdout = options.stdout !== false;
-  if (!options.sink) return pino(settings, destination({ fd: 1, sync: false }));
+  const fd = options.stderr === true ? 2 : 1;
+  if (!options.sink) return pino(settings, destination({ fd, sync: false }));
   // The logger's level filters first; every stream then takes every line it is given.
   const streams: StreamEntry[] = [];
-  if (stdout) streams.push({ level: 'trace', stream: destination({ fd: 1, sync: false }) });
+  if (stdout) streams.push({ level: 'trace', stream: destination({ fd, sync: false }) });
   streams.push({ level: 'trace', stream: options.sink });
   return pino(settings, multistream(streams));
 }

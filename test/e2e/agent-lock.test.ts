@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { cli, enrollAgent, freePort, spawnCli, startServerProc, tempDir, type Proc, type ServerProc } from './harness.js';
+import { cli, createToken, enrollAgent, freePort, spawnCli, startServerProc, tempDir, type Proc, type ServerProc } from './harness.js';
 
-/** One `agent run` per state dir, through the real CLI: a second is refused with the holder's pid. */
+/** One `agent run` per state dir, and clean stdout of `agent enroll`, through the real CLI. */
 describe('agent run on a state dir that an agent already runs on (real processes)', () => {
   let srvDir: { path: string; cleanup(): Promise<void> };
   let stateDir: { path: string; cleanup(): Promise<void> };
@@ -20,6 +20,20 @@ describe('agent run on a state dir that an agent already runs on (real processes
     await srvDir?.cleanup();
     await stateDir?.cleanup();
   });
+
+  it('agent enroll --json prints exactly one JSON document on stdout, its logs on stderr', async () => {
+    const t = await createToken(server.dataDir);
+    const other = await tempDir('ml-lock-enroll-');
+    try {
+      const r = await cli(['agent', 'enroll', '--server', server.url, '--token', t.token, '--ca-pin', server.caPin, '--state-dir', other.path, '--hostname', 'json-host', '--json', '--log-level', 'debug']);
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stdout.trim().split('\n')).toHaveLength(1);
+      expect(JSON.parse(r.stdout)).toMatchObject({ nodeId: expect.any(String), caPin: server.caPin });
+      expect(r.stderr).toMatch(/^\{"level":\d+,/m);
+    } finally {
+      await other.cleanup();
+    }
+  }, 60_000);
 
   it('refuses the second with exit 6 naming the first one’s pid; after a kill -9 the next one takes over', async () => {
     agent = spawnCli(['agent', 'run', '--state-dir', stateDir.path]);
