@@ -12,6 +12,7 @@ import { LOG_LEVELS } from '../../util/logger.js';
 import { addMeshFlags, parseMeshFlags } from './mesh-flags.js';
 import { addObservabilityFlags, parseObservabilityFlags } from './observability-flags.js';
 import { addOpsFlags, parseOpsFlags } from './ops-flags.js';
+import { addTunnelFlags, parseTunnelFlags } from './tunnel-flags.js';
 
 const runFlagsSchema = z.object({
   renewBeforeMs: z.number().int().min(0),
@@ -43,6 +44,7 @@ export function registerRunCommand(agent: Command, onError: (err: unknown) => vo
   addMeshFlags(run);
   addObservabilityFlags(run);
   addOpsFlags(run);
+  addTunnelFlags(run);
   run
     .description('keep the connection to the control plane (long-running; for systemd)')
     .option('--state-dir <dir>', 'state directory (default: MESHLINK_STATE_DIR or the documented default)')
@@ -53,7 +55,7 @@ export function registerRunCommand(agent: Command, onError: (err: unknown) => vo
       try {
         const renewPolicy = parseRunFlags(opts.renewBefore, opts.renewAt);
         const stateDir = resolveStateDir(opts.stateDir);
-        const features = agentFeatures({ mesh: parseMeshFlags(opts), observability: parseObservabilityFlags(opts), ops: parseOpsFlags(opts, stateDir) });
+        const features = agentFeatures({ mesh: parseMeshFlags(opts), observability: parseObservabilityFlags(opts), ops: parseOpsFlags(opts, stateDir), tunnel: parseTunnelFlags(opts) });
         const { logger, file: logFile } = openAgentLog(stateDir, opts.logLevel);
         const runner = new AgentRunner({ stateDir, logger, renewPolicy: Object.freeze(renewPolicy) });
         const attached = await attachFeatures(runner, features, { stateDir, logger, logFile });
