@@ -2,6 +2,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { Option, type Command } from 'commander';
 import { z } from 'zod';
 import { localActor } from '../admin-api/actor.js';
+import { AdminClient } from '../admin-api/client.js';
 import { carryConnection, type TcpTunnelRequest } from '../admin-api/tcp-tunnel-client.js';
 import { MeshlinkError } from '../errors.js';
 import { parseListenAddress } from '../util/listen-address.js';
@@ -52,6 +53,8 @@ export function registerTunnelCommand(server: Command): void {
           await carryStdio(socket, req);
           return;
         }
+        // Say so at once, not at the first connection: a listener with no server behind it is useless.
+        if (!(await new AdminClient(socket).reachable())) throw new MeshlinkError('ML_ERR_SERVER_NOT_RUNNING', `no server answers on ${socket}`);
         await listen(socket, req, parseListenAddress(o.listen ?? '127.0.0.1:0', '--listen', 'ML_ERR_USAGE'), o.json);
       }),
     );

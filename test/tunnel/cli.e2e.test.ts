@@ -154,10 +154,13 @@ describe('server tunnel through the real CLI', () => {
     expect(r.stdout.toString()).toBe('ping over stdio\nbye\n');
   }, 60_000);
 
-  it('usage errors exit 2', async () => {
+  it('usage errors exit 2; no server exits 11', async () => {
     expect((await cli(['server', 'tunnel', 'nodeonly', ...dd()])).code).toBe(2);
     expect((await cli(['server', 'tunnel', `${nodeId}:70000`, ...dd()])).code).toBe(2);
     expect((await cli(['server', 'tunnel', `${nodeId}:22`, '--stdio', '--listen', '127.0.0.1:0', ...dd()])).code).toBe(2);
+    // No server on that data dir: exit 11 at once, listening or not.
+    expect((await cli(['server', 'tunnel', `${nodeId}:22`, '--data-dir', work.path])).code).toBe(11);
+    expect((await stdioTunnel([`${nodeId}:22`, '--data-dir', work.path], 'x')).code).toBe(11);
   });
 
   // An sshd of our own on loopback (keys made here), reached only through the tunnel.
