@@ -6,7 +6,7 @@ import { AdminClient } from '../admin-api/client.js';
 import { carryConnection, type TcpTunnelRequest } from '../admin-api/tcp-tunnel-client.js';
 import { MeshlinkError } from '../errors.js';
 import { parseListenAddress } from '../util/listen-address.js';
-import { withFailureReport } from './failure.js';
+import { reportFailure, withFailureReport } from './failure.js';
 import { adminSocketOf } from './operator.js';
 
 /**
@@ -62,9 +62,16 @@ export function registerTunnelCommand(server: Command): void {
 
 /** One connection over stdin/stdout; failures exit with their class's number, like every ops command. */
 async function carryStdio(socket: string, req: TcpTunnelRequest): Promise<void> {
-  await carryConnection(socket, req, { input: process.stdin, output: process.stdout });
-  // stdin may be a terminal or a pipe that keeps the loop alive: leave once stdout is flushed.
-  process.stdout.write('', () => process.exit(0));
+  let code = 0;
+  try {
+    await carryConnection(socket, req, { input: process.stdin, output: process.stdout });
+  } catch (err) {
+    reportFailure(err);
+    code = typeof process.exitCode === 'number' ? process.exitCode : 1;
+  }
+  // stdin may be a terminal or a pipe its writer keeps open (ssh does, after a failure too), which
+  // would keep the process alive: leave once stdout and stderr are flushed.
+  process.stdout.write('', () => process.stderr.write('', () => process.exit(code)));
 }
 
 async function listen(adminSocket: string, req: TcpTunnelRequest, at: { host: string; port: number }, json: boolean): Promise<void> {

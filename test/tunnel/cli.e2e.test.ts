@@ -21,8 +21,8 @@ async function startTunnel(args: string[]): Promise<{ proc: Proc; port: number }
   return { proc, port: (JSON.parse(line) as { port: number }).port };
 }
 
-/** `server tunnel --stdio` with `input` on its stdin. */
-function stdioTunnel(args: string[], input: Buffer | string): Promise<{ code: number | null; stdout: Buffer; stderr: string }> {
+/** `server tunnel --stdio` with `input` on its stdin (left open with `keepOpen`, as ssh does). */
+function stdioTunnel(args: string[], input: Buffer | string, keepOpen = false): Promise<{ code: number | null; stdout: Buffer; stderr: string }> {
   return new Promise((resolve) => {
     const child: ChildProcess = spawn(process.execPath, [CLI, 'server', 'tunnel', ...args, '--stdio'], { stdio: ['pipe', 'pipe', 'pipe'] });
     const out: Buffer[] = [];
@@ -30,7 +30,9 @@ function stdioTunnel(args: string[], input: Buffer | string): Promise<{ code: nu
     child.stdout!.on('data', (c: Buffer) => out.push(c));
     child.stderr!.on('data', (c: Buffer) => (stderr += c.toString()));
     child.once('exit', (code) => resolve({ code, stdout: Buffer.concat(out), stderr }));
-    child.stdin!.end(input);
+    if (keepOpen) child.stdin!.write(input);
+    else child.stdin!.end(input);
+    child.once('exit', () => child.stdin!.destroy());
   });
 }
 
@@ -133,7 +135,8 @@ describe('server tunnel through the real CLI', () => {
     const r = await stdioTunnel([`${nodeId}:9`, ...dd()], 'x');
     expect(r.code).toBe(8);
     expect(r.stderr).toContain('ML_ERR_TUNNEL_NOT_ALLOWED');
-    const other = await stdioTunnel([`${nodeId}:${echo.port}`, '--host', '10.0.0.1', ...dd()], 'x');
+    // A refused stdio tunnel exits even while its stdin stays open (ssh keeps the pipe).
+    const other = await stdioTunnel([`${nodeId}:${echo.port}`, '--host', '10.0.0.1', ...dd()], 'x', true);
     expect(other.code).toBe(8);
     expect(other.stderr).toContain('ML_ERR_TUNNEL_NOT_ALLOWED');
 
