@@ -12,8 +12,9 @@ import { z } from 'zod';
  *   reading the agent's stream while the WebSocket is backed up.
  * - Other text messages are events (TunnelEvent from the server, ClientEvent from the client).
  * - A tunnel (`op: 'tunnel'`) is one TCP connection: `ack` once the agent is connected to the target
- *   (bytes before it are dropped), then bytes both ways; `eof` each way carries a FIN, and after both
- *   the server sends `closed`.
+ *   (bytes before it are dropped), then bytes both ways; the client sends only within the `credit`
+ *   the server grants (more is a bad request); `eof` each way carries a FIN, and after both the
+ *   server sends `closed`.
  * - The server closes the WebSocket after the final event (result, exit, done, closed or error). A client
  *   that closes early cancels the operation: the agent's stream is reset and its work stops.
  */
@@ -63,6 +64,11 @@ export const tunnelEventSchema = z.discriminatedUnion('type', [
   z.object({ type: z.literal('exit'), exitCode: z.number().nullable(), signal: z.string().nullable() }),
   z.object({ type: z.literal('done'), size: z.number(), sha256: z.string() }),
   z.object({ type: z.literal('error'), code: z.string(), message: z.string() }),
+  /**
+   * Tunnel: the client may send `bytes` more (after `ack`). Credit, not a paused socket, bounds what
+   * the server buffers toward the agent, so the server keeps reading and sees a client that leaves.
+   */
+  z.object({ type: z.literal('credit'), bytes: z.number().int().min(1) }),
   /** Tunnel: the target finished sending (its FIN); bytes from the client still flow. */
   z.object({ type: z.literal('eof') }),
   /** Tunnel: both directions finished; the bytes each way, as the server counted them. */

@@ -1,5 +1,5 @@
 import { connect, type Socket } from 'node:net';
-import { PassThrough, Writable } from 'node:stream';
+import { PassThrough, Readable, Writable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { carryConnection } from '../../src/admin-api/tcp-tunnel-client.js';
 import { AuditLog } from '../../src/server/audit-log.js';
@@ -177,6 +177,52 @@ describe('tunnels (in process)', () => {
       expect(held).toBeGreaterThan(0);
       input.destroy();
       await done;
+    } finally {
+      await pair2.stop();
+      await target.close();
+    }
+  }, 120_000);
+
+  it('a target that reads nothing stops the local sender after a bounded amount; a client leaving then is still seen', async () => {
+    let targetSocket: Socket | null = null;
+    const target = await tcpServer((s) => {
+      targetSocket = s;
+      s.pause(); // never reads: only the kernel's receive buffer takes anything
+      s.on('error', () => {});
+    });
+    const pair2 = await startTunnelPair([`127.0.0.1:${target.port}`]);
+    try {
+      let produced = 0;
+      const block = Buffer.alloc(64 * 1024, 3);
+      // A source that makes bytes only when asked: what it produced is what the tunnel took.
+      const input = new Readable({
+        highWaterMark: 64 * 1024,
+        read() {
+          produced += block.length;
+          this.push(block);
+        },
+      });
+      const done = carryConnection(pair2.socket, { node: pair2.nodeId, actor: 'tester', host: '127.0.0.1', port: target.port }, { input, output: new PassThrough() }).catch((e: unknown) => e);
+      await waitUntil('target connected', () => targetSocket !== null);
+      let last = -1;
+      let still = 0;
+      await waitUntil(
+        'sender stalled',
+        () => {
+          still = produced === last ? still + 1 : 0;
+          last = produced;
+          return still >= 10;
+        },
+        60_000,
+        50,
+      );
+      expect(produced).toBeGreaterThan(0);
+      expect(produced).toBeLessThan(32 * 1024 * 1024);
+      // The client leaving while the target still reads nothing: the server sees it and the agent
+      // drops its connection to the target.
+      input.destroy();
+      expect(await done).toBeNull();
+      await waitUntil('the agent closed the target connection', () => pair2.tunnels.service.active === 0);
     } finally {
       await pair2.stop();
       await target.close();
