@@ -210,6 +210,11 @@ export const ERRORS = {
   ML_ERR_OPS_UPGRADE: { status: 400, exit: 'internal', description: 'An agent upgrade could not be set or applied (message names the cause).' },
   ML_ERR_OPS_INTERRUPTED: { status: 502, exit: 'transfer', description: 'The operation was cut off (the connection dropped or the peer went away).' },
 
+  // --- tunnels (agent codes in stream.reject / stream.reset, relayed to `server tunnel`) ---
+  ML_ERR_TUNNEL_NOT_ALLOWED: { status: 403, exit: 'refused', description: 'The agent’s tunnel allowlist (--allow-tunnel) does not hold this host:port.' },
+  ML_ERR_TUNNEL_CONNECT: { status: 502, exit: 'refused', description: 'The agent could not connect to the tunnel’s target (message names the cause).' },
+  ML_ERR_TUNNEL_RESET: { status: 502, exit: 'transfer', description: 'A tunnelled TCP connection was reset by the target or the local client.' },
+
   // --- command line ---
   // commander's own parse errors (unknown command or option, missing argument) are ML_ERR_USAGE too.
   ML_ERR_USAGE: { exit: 'usage', description: 'Missing, unknown or conflicting command-line input.' },

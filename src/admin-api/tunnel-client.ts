@@ -35,8 +35,8 @@ export interface TunnelHandlers {
 }
 
 /**
- * Runs one operation; resolves with the final event (result, exit or done; null for a log tail that
- * ended cleanly), rejects with MeshlinkError for an error event or a cut connection.
+ * Runs one operation; resolves with the final event (result, exit, done or closed; null for a log tail that
+ * ended cleanly, or an operation the client cancelled), rejects with MeshlinkError for an error event or a cut connection.
  */
 export function runTunnel(socketPath: string, request: OpsRequest, handlers: TunnelHandlers = {}): Promise<TunnelEvent | null> {
   return new Promise((resolvePromise, reject) => {
@@ -70,6 +70,9 @@ export function runTunnel(socketPath: string, request: OpsRequest, handlers: Tun
     });
     ws.on('message', (data: Buffer, isBinary: boolean) => {
       if (isBinary) {
+        // After a cancel nothing is delivered, and nothing may pause the socket again: it must read
+        // the server's close frame, or the close would wait for ws's 30 s timeout.
+        if (cancelled) return;
         const p = handlers.onData?.(data);
         if (p) {
           ws.pause();
@@ -88,7 +91,7 @@ export function runTunnel(socketPath: string, request: OpsRequest, handlers: Tun
       const e = parsed.data;
       // The server relays the agent's code: rebuild it from the wire.
       if (e.type === 'error') failure = MeshlinkError.fromWire(e.code, e.message);
-      else if (e.type === 'result' || e.type === 'exit' || e.type === 'done') final = e;
+      else if (e.type === 'result' || e.type === 'exit' || e.type === 'done' || e.type === 'closed') final = e;
       handlers.onEvent?.(e, client);
     });
     ws.on('error', (err: NodeJS.ErrnoException) => {
@@ -106,7 +109,7 @@ export function runTunnel(socketPath: string, request: OpsRequest, handlers: Tun
 }
 
 /** Writes to `w`, resolving once it accepts more. */
-function writeTo(w: Writable, chunk: Buffer): Promise<void> | void {
+export function writeTo(w: Writable, chunk: Buffer): Promise<void> | void {
   if (!w.write(chunk)) return new Promise((r) => w.once('drain', () => r()));
 }
 

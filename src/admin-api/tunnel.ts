@@ -11,7 +11,11 @@ import { z } from 'zod';
  *   the server stops reading the WebSocket while the agent's stream window is exhausted, and stops
  *   reading the agent's stream while the WebSocket is backed up.
  * - Other text messages are events (TunnelEvent from the server, ClientEvent from the client).
- * - The server closes the WebSocket after the final event (result, exit, done or error). A client
+ * - A tunnel (`op: 'tunnel'`) is one TCP connection: `ack` once the agent is connected to the target
+ *   (bytes before it are dropped), then bytes both ways; the client sends only within the `credit`
+ *   the server grants (more is a bad request); `eof` each way carries a FIN, and after both the
+ *   server sends `closed`.
+ * - The server closes the WebSocket after the final event (result, exit, done, closed or error). A client
  *   that closes early cancels the operation: the agent's stream is reset and its work stops.
  */
 
@@ -44,6 +48,8 @@ export const opsRequestSchema = z.discriminatedUnion('op', [
   z.object({ op: z.literal('logs'), node, actor, lines: z.number().int().min(0).max(100_000).default(100), follow: z.boolean().default(false) }).strict(),
   z.object({ op: z.literal('push'), node, actor, path: absPath, size: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER), sha256: sha256Hex }).strict(),
   z.object({ op: z.literal('pull'), node, actor, path: absPath, offset: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER).default(0) }).strict(),
+  /** One TCP connection to host:port, made by the agent (`server tunnel`); bytes both ways, `eof` both ways for FIN. */
+  z.object({ op: z.literal('tunnel'), node, actor, host: z.string().min(1).max(253), port: z.number().int().min(1).max(65535) }).strict(),
 ]);
 export type OpsRequest = z.input<typeof opsRequestSchema>;
 export type ParsedOpsRequest = z.output<typeof opsRequestSchema>;
@@ -58,6 +64,15 @@ export const tunnelEventSchema = z.discriminatedUnion('type', [
   z.object({ type: z.literal('exit'), exitCode: z.number().nullable(), signal: z.string().nullable() }),
   z.object({ type: z.literal('done'), size: z.number(), sha256: z.string() }),
   z.object({ type: z.literal('error'), code: z.string(), message: z.string() }),
+  /**
+   * Tunnel: the client may send `bytes` more (after `ack`). Credit, not a paused socket, bounds what
+   * the server buffers toward the agent, so the server keeps reading and sees a client that leaves.
+   */
+  z.object({ type: z.literal('credit'), bytes: z.number().int().min(1) }),
+  /** Tunnel: the target finished sending (its FIN); bytes from the client still flow. */
+  z.object({ type: z.literal('eof') }),
+  /** Tunnel: both directions finished; the bytes each way, as the server counted them. */
+  z.object({ type: z.literal('closed'), toTarget: z.number(), fromTarget: z.number(), durationMs: z.number() }),
 ]);
 export type TunnelEvent = z.infer<typeof tunnelEventSchema>;
 

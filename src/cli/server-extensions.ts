@@ -2,10 +2,12 @@ import type { Command } from 'commander';
 import { registerMeshCommands } from './server-mesh.js';
 import { registerObservabilityCommands } from './server-observability.js';
 import { registerOpsCommands } from './server-ops.js';
+import { registerTunnelCommand } from './server-tunnel.js';
 
 /** Subcommands of `meshlink server` that features add (mesh policy, operations, ...). */
 export function registerServerExtensions(server: Command): void {
   registerMeshCommands(server);
   registerObservabilityCommands(server);
   registerOpsCommands(server);
+  registerTunnelCommand(server);
 }

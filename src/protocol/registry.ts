@@ -249,6 +249,9 @@ export const MESSAGE_KINDS = [
   kind(0x004b, 'file.done', 'both', 'stream',
     z.object({ size: u53, sha256: sha256Hex }),
     'End of a transfer with the whole file’s SHA-256, checked by the receiver before it commits.', { onStream: ['file.open'] }),
+  kind(0x004c, 'tunnel.open', 'server-to-agent', 'stream',
+    z.object({ host: z.string().min(1).max(253), port: z.number().int().min(1).max(65535) }),
+    'Stream-opening kind: a TCP connection from the agent to host:port (if its allowlist permits); bytes flow both ways as stream.data, END_STREAM is a FIN.', { onStream: 'opens' }),
 
   // ---- 0x0050.. observability ----
   kind(0x0050, 'stats', 'agent-to-server', 'control',

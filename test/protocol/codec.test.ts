@@ -244,7 +244,7 @@ describe('message registry and codec', () => {
     expectTypeOf<RequestKindName>().toEqualTypeOf<'cert.renew' | 'state.request'>();
     expectTypeOf<ResponseKindOf<'cert.renew'>>().toEqualTypeOf<'cert.renewed'>();
     expectTypeOf<ResponseKindOf<'state.request'>>().toEqualTypeOf<'state.response'>();
-    expectTypeOf<OpeningKindName>().toEqualTypeOf<'action.request' | 'log.stream' | 'exec.open' | 'file.open'>();
+    expectTypeOf<OpeningKindName>().toEqualTypeOf<'action.request' | 'log.stream' | 'exec.open' | 'file.open' | 'tunnel.open'>();
     expectTypeOf<Extract<StreamMessage, { name: 'exec.resize' }>['payload']>().toEqualTypeOf<PayloadOf<'exec.resize'>>();
     expectTypeOf<StreamMessage['name']>().not.toEqualTypeOf<KindName>();
     expectTypeOf<Extract<StreamMessage, { name: 'stream.data' }>>().toBeNever();

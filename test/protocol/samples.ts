@@ -41,6 +41,7 @@ export const SAMPLE_PAYLOADS: Record<KindName, unknown> = {
   'file.open': { path: '/tmp/x', direction: 'push', size: 10, offset: 0, sha256: hex64 },
   'file.chunk': { offset: 0, data: new Uint8Array(10) },
   'file.done': { size: 10, sha256: hex64 },
+  'tunnel.open': { host: '127.0.0.1', port: 8080 },
   stats: { ts: 1, loadavg: [0.1, 0.2, 0.3], memFree: 1, memTotal: 2, uptimeSec: 3 },
   'metrics.batch': { samples: [{ name: 'x', value: 1.5, ts: 1, labels: { a: 'b' } }], dropped: 0 },
   'logs.batch': { records: [{ ts: 1, level: 'warn', msg: 'disk low' }] },

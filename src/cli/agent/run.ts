@@ -14,6 +14,7 @@ import { LOG_LEVELS } from '../../util/logger.js';
 import { addMeshFlags, parseMeshFlags } from './mesh-flags.js';
 import { addObservabilityFlags, parseObservabilityFlags } from './observability-flags.js';
 import { addOpsFlags, parseOpsFlags } from './ops-flags.js';
+import { addTunnelFlags, parseTunnelFlags } from './tunnel-flags.js';
 
 const runFlagsSchema = z.object({
   renewBeforeMs: z.number().int().min(0),
@@ -45,6 +46,7 @@ export function registerRunCommand(agent: Command, onError: (err: unknown) => vo
   addMeshFlags(run);
   addObservabilityFlags(run);
   addOpsFlags(run);
+  addTunnelFlags(run);
   run
     .description('keep the connection to the control plane (long-running; for systemd)')
     .option('--state-dir <dir>', 'state directory (default: MESHLINK_STATE_DIR or the documented default)')
@@ -57,7 +59,7 @@ export function registerRunCommand(agent: Command, onError: (err: unknown) => vo
         const renewPolicy = parseRunFlags(opts.renewBefore, opts.renewAt);
         const proxy = resolveProxyConfig(opts.proxy, process.env);
         const stateDir = resolveStateDir(opts.stateDir);
-        const features = agentFeatures({ mesh: parseMeshFlags(opts), observability: parseObservabilityFlags(opts), ops: parseOpsFlags(opts, stateDir) });
+        const features = agentFeatures({ mesh: parseMeshFlags(opts), observability: parseObservabilityFlags(opts), ops: parseOpsFlags(opts, stateDir), tunnel: parseTunnelFlags(opts) });
         const lock = acquireRunLock(stateDir);
         process.once('exit', () => lock.release());
         const { logger, file: logFile } = openAgentLog(stateDir, opts.logLevel);

@@ -7,6 +7,7 @@ import type { AgentSessions } from '../agent-sessions.js';
 import type { AuditLog } from '../audit-log.js';
 import type { Store } from '../store/store.js';
 import { pipeReadableToWs, writeFromWs } from './bridge.js';
+import { relayTcp } from './tcp-tunnel.js';
 import { describeError, type OperationHandler, type Tunnel } from './tunnel.js';
 import type { ParsedOpsRequest, TunnelEvent } from '../../admin-api/tunnel.js';
 
@@ -39,6 +40,7 @@ export function createOperations(deps: OperationDeps): OperationHandler {
     let nodeId: string | null = null;
     let auditId: number | null = null;
     let result = 'ok';
+    let finalDetails: Record<string, unknown> | null = null;
     try {
       const node = resolveNode(deps.store, r.node);
       nodeId = node.id;
@@ -46,20 +48,28 @@ export function createOperations(deps: OperationDeps): OperationHandler {
       t.event({ type: 'started', auditId, nodeId });
       const agent = deps.sessions.current(node.id);
       if (!agent) throw new MeshlinkError('ML_ERR_OPS_NODE_OFFLINE', `node ${node.id} (${node.hostname}) is not connected`);
-      result = await run(t, (name, meta) => deps.sessions.openStream(agent, name, meta));
+      const outcome = await run(t, (name, meta) => deps.sessions.openStream(agent, name, meta));
+      result = outcome.result;
+      if (outcome.details) finalDetails = { ...detailsOf(r), ...outcome.details };
     } catch (err) {
       result = `error:${describeError(err).code}`;
       t.fail(err);
     } finally {
-      if (auditId !== null) deps.audit.finish(auditId, result);
+      if (auditId !== null) deps.audit.finish(auditId, result, finalDetails);
       else deps.audit.record({ actor: r.actor, operation: r.op, nodeId, target: targetOf(r), details: detailsOf(r), result });
     }
   };
 }
 
-type Open = (name: 'action.request' | 'exec.open' | 'log.stream' | 'file.open', meta: never) => Promise<MuxStream>;
+type Open = (name: 'action.request' | 'exec.open' | 'log.stream' | 'file.open' | 'tunnel.open', meta: never) => Promise<MuxStream>;
 
-async function run(t: Tunnel, open: Open): Promise<string> {
+/** How an operation ended, for its audit record; `details` replace the request's when present. */
+interface Outcome {
+  result: string;
+  details?: Record<string, unknown>;
+}
+
+async function run(t: Tunnel, open: Open): Promise<Outcome> {
   const r = t.request;
   switch (r.op) {
     case 'action': {
@@ -157,6 +167,11 @@ async function run(t: Tunnel, open: Open): Promise<string> {
         },
       });
     }
+    case 'tunnel': {
+      const startedAt = Date.now();
+      const stream = await openChecked(t, open, 'tunnel.open', { host: r.host, port: r.port });
+      return relayTcp(t, stream, startedAt);
+    }
   }
 }
 
@@ -174,13 +189,13 @@ async function openChecked(t: Tunnel, open: Open, name: Parameters<Open>[0], met
   return stream;
 }
 
-function relay(t: Tunnel, stream: MuxStream, opts: Relay): Promise<string> {
+function relay(t: Tunnel, stream: MuxStream, opts: Relay): Promise<Outcome> {
   return new Promise((resolve) => {
     let settled = false;
     const settle = (result: string): void => {
       if (settled) return;
       settled = true;
-      resolve(result);
+      resolve({ result });
     };
     t.onCancel(() => {
       stream.destroy(new MeshlinkError('ML_ERR_CANCELLED', 'the operator ended the command'));
@@ -218,6 +233,8 @@ function targetOf(r: ParsedOpsRequest): string | null {
     case 'push':
     case 'pull':
       return r.path;
+    case 'tunnel':
+      return r.host.includes(':') ? `[${r.host}]:${r.port}` : `${r.host}:${r.port}`;
     default:
       return null;
   }
@@ -236,5 +253,7 @@ function detailsOf(r: ParsedOpsRequest): Record<string, unknown> | null {
       return { size: r.size, sha256: r.sha256 };
     case 'pull':
       return { offset: r.offset };
+    case 'tunnel':
+      return { host: r.host, port: r.port };
   }
 }
