@@ -62,13 +62,14 @@ describe('meshlink agent CLI (child processes of dist/src/cli/main.js)', () => {
     const t = token();
     const res = await runCli(['agent', 'enroll', '--server', server.url, '--token', t, '--ca-pin', server.caPin,
       '--state-dir', stateDir, '--hostname', 'cli-host.example', '--san', '10.0.0.9', '--log-level', 'info']);
-    expect(res.stderr).toBe('');
     expect(res.code).toBe(0);
     const nodeId = /enrolled as node (\S+)/.exec(res.stdout)?.[1];
     expect(nodeId).toMatch(/^node-/);
     expect(res.stdout).toMatch(/valid until \d{4}-\d\d-\d\dT/);
-    // info logs went to stdout as JSON lines; the token must appear nowhere
-    expect(res.stdout).toContain('"msg":"enrolled"');
+    // stdout is the result only; the info logs went to stderr as JSON lines; the token appears nowhere
+    expect(res.stdout).not.toContain('"level"');
+    expect(res.stderr.trim().split('\n').every((line) => line.startsWith('{"level":'))).toBe(true);
+    expect(res.stderr).toContain('"msg":"enrolled"');
     expect(res.stdout + res.stderr).not.toContain(t);
     expect(server.requests.filter((r) => r.path === '/v1/enroll').some((r) => r.body.includes(t))).toBe(true);
     expect(statSync(join(stateDir, 'key.pem')).mode & 0o777).toBe(0o600);

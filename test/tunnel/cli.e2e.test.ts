@@ -1,6 +1,6 @@
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream, existsSync } from 'node:fs';
+import { createReadStream, existsSync, mkdirSync } from 'node:fs';
 import { readFile, stat, writeFile } from 'node:fs/promises';
 import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -12,7 +12,8 @@ import { roundTrip, tcpServer } from './helpers.js';
 
 const run = promisify(execFile);
 const CURL = '/usr/bin/curl';
-const SSHD = ['/usr/sbin/sshd', '/usr/bin/sshd'].find((p) => existsSync(p));
+// The ssh test runs an sshd of its own; it needs root to create sshd's /run/sshd when it is missing.
+const SSHD = ['/usr/sbin/sshd', '/usr/bin/sshd'].find((p) => existsSync(p) && (existsSync('/run/sshd') || process.getuid?.() === 0));
 
 /** `server tunnel` as a real process, once it printed its JSON line. */
 async function startTunnel(args: string[]): Promise<{ proc: Proc; port: number }> {
@@ -167,7 +168,7 @@ describe('server tunnel through the real CLI', () => {
   });
 
   // An sshd of our own on loopback (keys made here), reached only through the tunnel.
-  it.skipIf(!SSHD)(`ssh -o ProxyCommand='meshlink server tunnel NODE:PORT --stdio'${SSHD ? '' : ' (skipped: no sshd on this machine)'}`, async () => {
+  it.skipIf(!SSHD)(`ssh -o ProxyCommand='meshlink server tunnel NODE:PORT --stdio'${SSHD ? '' : ' (skipped: no sshd on this machine, or not root to create /run/sshd; CI installs openssh-server)'}`, async () => {
     const dir = join(work.path, 'ssh');
     await run('mkdir', ['-m', '700', dir]);
     await run('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', join(dir, 'host')]);
@@ -175,7 +176,12 @@ describe('server tunnel through the real CLI', () => {
     await writeFile(join(dir, 'authorized_keys'), await readFile(join(dir, 'client.pub')), { mode: 0o600 });
     const config = [`Port ${sshPort}`, 'ListenAddress 127.0.0.1', `HostKey ${join(dir, 'host')}`, `AuthorizedKeysFile ${join(dir, 'authorized_keys')}`, `PidFile ${join(dir, 'pid')}`, 'UsePAM no', 'StrictModes no', 'PasswordAuthentication no'];
     await writeFile(join(dir, 'sshd_config'), config.join('\n') + '\n');
-    const sshd = spawn(SSHD!, ['-D', '-e', '-f', join(dir, 'sshd_config')], { stdio: 'ignore' });
+    // sshd insists on its privilege-separation directory (the distribution's service unit creates it).
+    if (!existsSync('/run/sshd')) mkdirSync('/run/sshd', { mode: 0o755 });
+    let sshdLog = '';
+    const sshd = spawn(SSHD!, ['-D', '-e', '-f', join(dir, 'sshd_config')], { stdio: ['ignore', 'ignore', 'pipe'] });
+    sshd.stderr!.on('data', (c: Buffer) => (sshdLog += c.toString()));
+    sshd.once('exit', (code) => (sshdLog += `\n(sshd exited with ${code})`));
     try {
       const proxy = `${process.execPath} ${CLI} server tunnel ${nodeId}:${sshPort} --stdio --data-dir ${server.dataDir}`;
       const user = (await run('id', ['-un'])).stdout.trim();
@@ -183,7 +189,9 @@ describe('server tunnel through the real CLI', () => {
         run('ssh', ['-F', '/dev/null', '-i', join(dir, 'client'), '-o', 'BatchMode=yes', '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null', '-o', `ProxyCommand=${proxy}`, `${user}@tunnelled`, 'echo', 'over-the-tunnel'], { timeout: 30_000 }),
         60_000,
         500,
-      );
+      ).catch((err: Error) => {
+        throw new Error(`${err.message}\nsshd said: ${sshdLog.slice(-2000)}`);
+      });
       expect(stdout.trim()).toBe('over-the-tunnel');
     } finally {
       sshd.kill('SIGTERM');
