@@ -204,6 +204,12 @@ export const ERRORS = {
   ML_ERR_OPS_UPGRADE: { status: 400, exit: 'internal', description: 'An agent upgrade could not be set or applied (message names the cause).' },
   ML_ERR_OPS_INTERRUPTED: { status: 502, exit: 'transfer', description: 'The operation was cut off (the connection dropped or the peer went away).' },
 
+  // --- web console (docs/CONSOLE.md) ---
+  ML_ERR_CONSOLE_OFF: { status: 409, exit: 'usage', description: 'The web console is off on this server (start it with --console-listen HOST:PORT).' },
+  ML_ERR_CONSOLE_UNAUTHORIZED: { status: 401, exit: 'internal', description: 'No valid console session, or a login link that is unknown, used or expired.' },
+  ML_ERR_CONSOLE_ORIGIN: { status: 403, exit: 'internal', description: 'A state-changing console request without the console’s own Origin.' },
+  ML_ERR_CONSOLE_BUSY: { status: 429, exit: 'internal', description: 'The console holds its maximum of pending login links or live event streams.' },
+
   // --- command line ---
   // commander's own parse errors (unknown command or option, missing argument) are ML_ERR_USAGE too.
   ML_ERR_USAGE: { exit: 'usage', description: 'Missing, unknown or conflicting command-line input.' },

@@ -1,4 +1,5 @@
 import type { Command } from 'commander';
+import { registerConsoleCommands } from './server-console.js';
 import { registerMeshCommands } from './server-mesh.js';
 import { registerObservabilityCommands } from './server-observability.js';
 import { registerOpsCommands } from './server-ops.js';
@@ -8,4 +9,5 @@ export function registerServerExtensions(server: Command): void {
   registerMeshCommands(server);
   registerObservabilityCommands(server);
   registerOpsCommands(server);
+  registerConsoleCommands(server);
 }
