@@ -33,6 +33,11 @@ async function nodesPage() {
   };
 }
 
+// The figures an operator looks at first; the rest (Node.js internals) behind "All metrics".
+const KEY_METRICS = /^(meshlink_agent_(cert_expiry_seconds|connects_total|heartbeat_rtt_seconds_sum|ws_bytes_total)|process_resident_memory_bytes|process_cpu_seconds_total|nodejs_version_info)$/;
+const metricsTable = (metrics) =>
+  table(['Name', 'Labels', 'Value', 'Time'], metrics.map((m) => h('tr', {}, h('td', {}, m.name), h('td', {}, Object.entries(m.labels).map(([k, v]) => `${k}=${v}`).join(' ')), h('td', {}, String(m.value)), h('td', {}, when(m.ts)))));
+
 async function nodePage(id) {
   const n = await api('nodes/show', { query: { node: id } });
   const error = h('p', { class: 'error', id: 'revoke-error' });
@@ -61,7 +66,8 @@ async function nodePage(id) {
       n.removedAt ? null : h('p', {}, h('button', { class: 'danger', id: 'revoke', onclick: revoke }, 'Revoke node…')),
       error,
       h('h2', {}, 'Latest metrics'),
-      table(['Name', 'Labels', 'Value', 'Time'], n.metrics.map((m) => h('tr', {}, h('td', {}, m.name), h('td', {}, Object.entries(m.labels).map(([k, v]) => `${k}=${v}`).join(' ')), h('td', {}, String(m.value)), h('td', {}, when(m.ts))))),
+      metricsTable(n.metrics.filter((m) => KEY_METRICS.test(m.name))),
+      h('details', {}, h('summary', {}, `All ${n.metrics.length} metrics`), metricsTable(n.metrics)),
       h('h2', {}, 'Warnings'),
       table(['Time', 'Level', 'Message'], n.warnings.map((w) => h('tr', {}, h('td', {}, when(w.ts)), h('td', {}, w.level), h('td', {}, w.msg)))),
       h('h2', {}, 'Audit'),
@@ -109,7 +115,7 @@ async function tokensPage() {
   };
 }
 
-const feedRow = (e) => h('tr', {}, h('td', {}, when(e.ts)), h('td', {}, e.kind), h('td', {}, e.type), h('td', {}, e.nodeId ?? '-'), h('td', {}, e.seq ?? '-'), h('td', {}, JSON.stringify(e.detail ?? null)));
+const feedRow = (e) => h('tr', {}, h('td', {}, when(e.ts)), h('td', {}, e.kind), h('td', {}, e.type), h('td', {}, e.nodeId ?? '-'), h('td', {}, e.seq ?? '-'), h('td', { class: 'detail' }, JSON.stringify(e.detail ?? null)));
 
 async function eventsPage() {
   const feed = await api('mesh/feed', { query: { last: 100 } }).catch((err) => (err instanceof ApiError && err.code === 'ML_ERR_NOT_FOUND' ? { entries: [] } : Promise.reject(err)));
