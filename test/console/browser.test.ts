@@ -78,6 +78,7 @@ describe.skipIf(!HAVE_CHROMIUM)('web console in chromium', () => {
     const other = await browser.newPage();
     const again = await other.goto(url);
     expect(again?.status()).toBe(401);
+    expect(await other.textContent('h1')).toBe('This login link does not work');
     await other.close();
   });
 
@@ -174,5 +175,16 @@ describe.skipIf(!HAVE_CHROMIUM)('web console in chromium', () => {
     await page.waitForSelector('#policy-error:not(:empty)');
     expect(await page.textContent('#policy-error')).toMatch(/^ML_ERR_MESH_POLICY: /);
     await shot('policy');
+  });
+
+  it('logs out: the session ends on the server, and the pages say how to log in again', async () => {
+    const session = (await context.cookies()).find((c) => c.name === 'meshlink_console')!.value;
+    await page.goto(`${origin}/#/nodes`);
+    await page.click('#logout');
+    await page.waitForSelector('#status:has-text("Logged out.")');
+    const res = await page.request.get(`${origin}/api/v1/nodes`, { headers: { cookie: `meshlink_console=${session}` } });
+    expect(res.status()).toBe(401);
+    await page.reload();
+    await page.waitForSelector('#status:has-text("Not logged in")');
   });
 });

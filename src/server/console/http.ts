@@ -41,6 +41,10 @@ const CONTENT_TYPES: Record<string, string> = {
   '.css': 'text/css; charset=utf-8',
 };
 
+const LOGIN_FAILED_PAGE =
+  '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>meshlink console</title><link rel="stylesheet" href="/style.css"></head>' +
+  '<body><main><h1>This login link does not work</h1><p>It is unknown, already used, or older than 60 seconds. Run <code>meshlink server console login</code> on the server and open the new link.</p></main></body></html>';
+
 export interface ConsoleHttpDeps {
   routes: AdminRoutes;
   auth: ConsoleAuth;
@@ -107,7 +111,17 @@ export function createConsoleServer(deps: ConsoleHttpDeps): Server {
   }
 
   function login(req: IncomingMessage, res: ServerResponse, url: URL): void {
-    const { sessionId } = deps.auth.redeem(url.searchParams.get('token') ?? '');
+    let sessionId: string;
+    try {
+      sessionId = deps.auth.redeem(url.searchParams.get('token') ?? '').sessionId;
+    } catch (err) {
+      // A browser gets a page that says what to do; other clients the API's JSON error.
+      if (!(err instanceof MeshlinkError) || !/\btext\/html\b/.test(req.headers.accept ?? '')) throw err;
+      const page = Buffer.from(LOGIN_FAILED_PAGE);
+      res.writeHead(err.status, { 'content-type': 'text/html; charset=utf-8', 'content-length': String(page.length), 'cache-control': 'no-store' });
+      res.end(page);
+      return;
+    }
     res.writeHead(303, { location: '/', 'set-cookie': cookie(req, deps.origin, sessionId, deps.auth.sessionTtlMs), 'cache-control': 'no-store' });
     res.end();
   }

@@ -200,6 +200,12 @@ function listen() {
   for (const type of ['node', 'feed']) source.addEventListener(type, (ev) => current.onEvent(type, JSON.parse(ev.data)));
 }
 
+document.getElementById('logout').addEventListener('click', async () => {
+  await fetch('/logout', { method: 'POST', credentials: 'same-origin' });
+  status.textContent = 'Logged out.';
+  main.replaceChildren();
+});
+
 window.addEventListener('hashchange', () => void render());
 void render();
 listen();
