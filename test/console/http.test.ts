@@ -183,3 +183,33 @@ describe('console.login without --console-listen', () => {
     await expect(new AdminClient(ts.server.adminSocketPath).call(api.consoleLogin, {})).rejects.toMatchObject({ code: 'ML_ERR_CONSOLE_OFF', status: 409 });
   });
 });
+
+describe('web console behind a TLS reverse proxy (--console-origin)', () => {
+  let ts: TestServer;
+  let port = 0;
+  const proxied = 'https://console.example.com';
+
+  beforeAll(async () => {
+    const features = [...SERVER_FEATURES];
+    features[features.indexOf(consoleFeature)] = createConsoleFeature({ onListening: (a) => (port = a.port) });
+    ts = await startTestServer({ consoleListen: { host: '127.0.0.1', port: 0 }, consoleOrigin: `${proxied}/` }, { features });
+  });
+  afterAll(async () => {
+    await ts?.stop();
+  });
+
+  it('links name the configured origin, the cookie is Secure, and only that Origin may POST', async () => {
+    const admin = new AdminClient(ts.server.adminSocketPath, { actor: 'bob(uid 1001)' });
+    const { url } = await admin.call(api.consoleLogin, {});
+    const u = new URL(url);
+    expect(u.origin).toBe(proxied);
+    const res = await http(port, 'GET', u.pathname + u.search, { host: 'console.example.com' });
+    const cookie = (res.headers['set-cookie'] as string[])[0]!;
+    expect(cookie).toContain('; Secure');
+    const session = cookie.split(';')[0]!;
+    const body = JSON.stringify({ ttlMs: 60_000 });
+    expect((await http(port, 'POST', '/api/v1/tokens', { cookie: session, origin: `http://127.0.0.1:${port}` }, body)).status).toBe(403);
+    expect((await http(port, 'POST', '/api/v1/tokens', { cookie: session, origin: proxied }, body)).status).toBe(200);
+    expect((await admin.call(api.listAudit, { limit: 1 }))[0]).toMatchObject({ actor: 'console:bob(uid 1001)', operation: 'tokens', result: 'ok' });
+  });
+});
