@@ -30,4 +30,12 @@ export default tseslint.config(
     },
   },
   { files: ['**/*.js', '**/*.mjs'], languageOptions: { globals: nodeGlobals } },
+  // The web console's pages run in the browser.
+  {
+    files: ['src/server/console/assets/**/*.js'],
+    languageOptions: {
+      sourceType: 'module',
+      globals: { window: 'readonly', document: 'readonly', location: 'readonly', navigator: 'readonly', fetch: 'readonly', EventSource: 'readonly', URLSearchParams: 'readonly', Node: 'readonly', confirm: 'readonly', console: 'readonly' },
+    },
+  },
 );

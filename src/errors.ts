@@ -214,6 +214,11 @@ export const ERRORS = {
   ML_ERR_TUNNEL_NOT_ALLOWED: { status: 403, exit: 'refused', description: 'The agent’s tunnel allowlist (--allow-tunnel) does not hold this host:port.' },
   ML_ERR_TUNNEL_CONNECT: { status: 502, exit: 'refused', description: 'The agent could not connect to the tunnel’s target (message names the cause).' },
   ML_ERR_TUNNEL_RESET: { status: 502, exit: 'transfer', description: 'A tunnelled TCP connection was reset by the target or the local client.' },
+  // --- web console (docs/CONSOLE.md) ---
+  ML_ERR_CONSOLE_OFF: { status: 409, exit: 'usage', description: 'The web console is off on this server (start it with --console-listen HOST:PORT).' },
+  ML_ERR_CONSOLE_UNAUTHORIZED: { status: 401, exit: 'internal', description: 'No valid console session, or a login link that is unknown, used or expired.' },
+  ML_ERR_CONSOLE_ORIGIN: { status: 403, exit: 'internal', description: 'A state-changing console request without the console’s own Origin.' },
+  ML_ERR_CONSOLE_BUSY: { status: 429, exit: 'internal', description: 'The console holds its maximum of pending login links or live event streams.' },
 
   // --- command line ---
   // commander's own parse errors (unknown command or option, missing argument) are ML_ERR_USAGE too.

@@ -295,6 +295,18 @@ export const showUpgrade = defineRoute({
   offline: true,
 });
 
+// --- web console (docs/CONSOLE.md) ---
+
+/** A one-time link that opens a console session as the operator who asked (valid 60 s). */
+export const consoleLogin = defineRoute({
+  name: 'console.login',
+  method: 'POST',
+  path: '/v1/console/login',
+  input: z.object({}).strict(),
+  output: z.object({ url: z.string(), expiresAt: iso }),
+  offline: false,
+});
+
 /** Every route of the operator API, for the docs test and the admin server's check that each is served. */
 export const ADMIN_ROUTES = [
   health,
@@ -314,4 +326,5 @@ export const ADMIN_ROUTES = [
   listAudit,
   setUpgrade,
   showUpgrade,
+  consoleLogin,
 ] as const;

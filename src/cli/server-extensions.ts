@@ -1,4 +1,5 @@
 import type { Command } from 'commander';
+import { registerConsoleCommands } from './server-console.js';
 import { registerMeshCommands } from './server-mesh.js';
 import { registerObservabilityCommands } from './server-observability.js';
 import { registerOpsCommands } from './server-ops.js';
@@ -10,4 +11,5 @@ export function registerServerExtensions(server: Command): void {
   registerObservabilityCommands(server);
   registerOpsCommands(server);
   registerTunnelCommand(server);
+  registerConsoleCommands(server);
 }

@@ -58,8 +58,11 @@ export async function startAdminServer(socketPath: string, deps: { routes: Admin
   return server;
 }
 
-/** A GET's input is its query string; a POST's its JSON body, or for an upload the query string with the raw body beside it. */
-async function readInput(route: AdminRoute, req: IncomingMessage, url: URL): Promise<{ input: unknown; body?: Buffer }> {
+/**
+ * A GET's input is its query string; a POST's its JSON body, or for an upload the query string with the
+ * raw body beside it. The web console's API (console/http.ts) reads its requests with it too.
+ */
+export async function readInput(route: AdminRoute, req: IncomingMessage, url: URL): Promise<{ input: unknown; body?: Buffer }> {
   const query = Object.fromEntries(url.searchParams);
   if (route.method === 'GET') return { input: query };
   if (route.upload !== undefined) return { input: query, body: await readBody(req, route.upload) };

@@ -53,6 +53,20 @@ export const serverConfigSchema = z
       .default(null),
     /** Where to serve Prometheus /metrics (`--metrics-listen`); null: MESHLINK_METRICS_LISTEN, else off. */
     metricsListen: z.object({ host: z.string().min(1), port: z.number().int().min(0).max(65_535) }).strict().nullable().default(null),
+    /** Where to serve the web console (`--console-listen`, plain HTTP, docs/CONSOLE.md); null: off. */
+    consoleListen: z.object({ host: z.string().min(1), port: z.number().int().min(0).max(65_535) }).strict().nullable().default(null),
+    /**
+     * The origin browsers reach the console at (`--console-origin`), when it is not `http://` + the Host
+     * they send: behind a TLS reverse proxy, `https://console.example.com`. Login links name it, and
+     * every state-changing request must carry exactly it as its Origin.
+     */
+    consoleOrigin: z
+      .string()
+      .max(2048)
+      .refine(isOrigin, 'an http or https origin, e.g. https://console.example.com')
+      .transform((text) => new URL(text).origin)
+      .nullable()
+      .default(null),
   })
   .strict()
   .refine((c) => c.offlineAfterMs > c.heartbeatIntervalMs, {
@@ -93,6 +107,15 @@ function isPublicUrl(text: string): boolean {
   try {
     const url = new URL(text);
     return url.protocol === 'https:' && url.hostname !== '' && url.username === '' && url.password === '' && url.pathname === '/' && url.search === '' && url.hash === '';
+  } catch {
+    return false;
+  }
+}
+
+function isOrigin(text: string): boolean {
+  try {
+    const url = new URL(text);
+    return (url.protocol === 'https:' || url.protocol === 'http:') && url.hostname !== '' && url.username === '' && url.password === '' && url.pathname === '/' && url.search === '' && url.hash === '';
   } catch {
     return false;
   }

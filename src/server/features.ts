@@ -6,10 +6,12 @@ import { OBSERVABILITY_MIGRATIONS } from './observability/migrations.js';
 import { meshFeature, meshOffline } from './mesh/index.js';
 import { MESH_MIGRATIONS } from './mesh/migrations.js';
 import { opsFeature, opsOffline } from './ops/index.js';
+import { consoleFeature } from './console/index.js';
 import { OPS_MIGRATIONS } from './ops/migrations.js';
 
 /** The features every server runs, in start order. */
-export const SERVER_FEATURES: readonly ServerFeature[] = [meshFeature, observabilityFeature, opsFeature];
+// The console last: it serves the other features' routes, and closes first.
+export const SERVER_FEATURES: readonly ServerFeature[] = [meshFeature, observabilityFeature, opsFeature, consoleFeature];
 
 /** What each feature serves to the operator when no server runs (server/operator/offline.ts). */
 export const OFFLINE_FEATURES: readonly OfflineFeature[] = [meshOffline, observabilityOffline, opsOffline];

@@ -24,6 +24,8 @@ describe('meshlink usage errors exit 2 in every command group', () => {
     ['unknown option of protocol errors', ['protocol', 'errors', '--bogus']],
     ['unknown option of demo', ['demo', '--bogus']],
     ['malformed --metrics-listen of server start', ['server', 'start', '--metrics-listen', 'nonsense', '--data-dir', '/nonexistent/meshlink-usage-test']],
+    ['malformed --console-listen of server start', ['server', 'start', '--console-listen', 'nonsense', '--data-dir', '/nonexistent/meshlink-usage-test']],
+    ['unknown option of server console login', ['server', 'console', 'login', '--bogus']],
   ];
 
   it.each(cases)('%s', async (_name, args) => {
