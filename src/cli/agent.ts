@@ -106,7 +106,8 @@ function registerEnrollCommand(agent: Command): void {
           process.stdout.write(
             `enrolled as node ${identity.nodeId}\n` +
               `certificate ${identity.cert.serial} valid until ${identity.cert.notAfter.toISOString()}\n` +
-              `state dir ${stateDir}\n`,
+              `state dir ${stateDir}\n` +
+              `next: meshlink agent run${flags.stateDir ? ` --state-dir ${stateDir}` : ''}   (as a service: systemctl enable --now meshlink-agent)\n`,
           );
         }
       }),

@@ -66,6 +66,7 @@ describe('meshlink agent CLI (child processes of dist/src/cli/main.js)', () => {
     const nodeId = /enrolled as node (\S+)/.exec(res.stdout)?.[1];
     expect(nodeId).toMatch(/^node-/);
     expect(res.stdout).toMatch(/valid until \d{4}-\d\d-\d\dT/);
+    expect(res.stdout).toContain(`next: meshlink agent run --state-dir ${stateDir}`);
     // stdout is the result only; the info logs went to stderr as JSON lines; the token appears nowhere
     expect(res.stdout).not.toContain('"level"');
     expect(res.stderr.trim().split('\n').every((line) => line.startsWith('{"level":'))).toBe(true);
