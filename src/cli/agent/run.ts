@@ -11,6 +11,7 @@ import { resolveProxyConfig } from '../../agent/proxy.js';
 import { MeshlinkError } from '../../errors.js';
 import { parseDuration } from '../../util/duration.js';
 import { LOG_LEVELS } from '../../util/logger.js';
+import { agentConfigPath, applyConfigFile, DEFAULT_AGENT_CONFIG } from './config-file.js';
 import { addMeshFlags, parseMeshFlags } from './mesh-flags.js';
 import { addObservabilityFlags, parseObservabilityFlags } from './observability-flags.js';
 import { addOpsFlags, parseOpsFlags } from './ops-flags.js';
@@ -33,6 +34,8 @@ function parseRunFlags(renewBefore: string, renewAt: string): { renewBeforeMs: n
   return parsed.data;
 }
 
+type RunOptions = { stateDir?: string; logLevel?: string; renewBefore: string; renewAt: string; proxy?: string; config?: string } & Record<string, unknown>;
+
 /** Hard deadline for a graceful stop (goaway, close, status write) after SIGTERM/SIGINT. */
 const STOP_DEADLINE_MS = 5_000;
 
@@ -53,9 +56,14 @@ export function registerRunCommand(agent: Command, onError: (err: unknown) => vo
     .option('--renew-before <duration>', 'renew when NotAfter is this close (or earlier, see --renew-at)', '7d')
     .option('--renew-at <fraction>', 'renew once this fraction of the certificate lifetime has passed', '0.6667')
     .option('--proxy <url>', 'HTTP CONNECT proxy, http://[user:pass@]host:port (default: HTTPS_PROXY or ALL_PROXY, honouring NO_PROXY)')
+    .option('--config <file>', `options of agent run as one JSON object, e.g. {"allowExec": true, "transferDir": ["/srv/drop"]}; flags win (default: MESHLINK_AGENT_CONFIG, else ${DEFAULT_AGENT_CONFIG} if present)`)
     .addOption(new Option('--log-level <level>', 'log level (default: MESHLINK_LOG_LEVEL or info)').choices([...LOG_LEVELS]))
-    .action(async (opts: { stateDir?: string; logLevel?: string; renewBefore: string; renewAt: string; proxy?: string } & Record<string, unknown>) => {
+    .action(async (flags: RunOptions) => {
       try {
+        // The config file fills what the command line left out; then everything is parsed as flags.
+        const configFile = agentConfigPath(flags.config);
+        if (configFile) applyConfigFile(run, configFile);
+        const opts = configFile ? (run.opts() as RunOptions) : flags;
         const renewPolicy = parseRunFlags(opts.renewBefore, opts.renewAt);
         const proxy = resolveProxyConfig(opts.proxy, process.env);
         const stateDir = resolveStateDir(opts.stateDir);
