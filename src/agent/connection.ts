@@ -12,8 +12,8 @@ import type { Logger } from '../util/logger.js';
 import { Backoff, type BackoffOptions } from './backoff.js';
 import { AGENT_EXIT_CODES } from './config.js';
 import { ConnectRefusedError, dial } from './dial.js';
-import { EnrollError } from './enroll.js';
-import { loadIdentity, type Identity } from './identity.js';
+import { EnrollError, reachesServer } from './enroll.js';
+import { loadIdentity, saveServerUrl, type Identity } from './identity.js';
 import { DEFAULT_RENEW_POLICY, renewalDelayMs, renewalRetryMs, renewExpired, renewInBand, type RenewPolicy } from './renewal.js';
 import { writeAgentStatus } from './state/status-file.js';
 import { DIRECT, proxyFor, type ProxyConfig } from './proxy.js';
@@ -307,6 +307,7 @@ export class AgentRunner extends EventEmitter<AgentRunnerEvents> {
     await this.#setState('connected', { connectedAt: new Date(live.connectedAt).toISOString() });
     this.#log.info({ nodeId: welcome.nodeId, version: session.version, heartbeatIntervalMs: welcome.heartbeatIntervalMs }, 'connected');
     this.emit('connected', live.session, welcome);
+    void this.#followServerUrl(welcome.serverUrl);
 
     let seq = 0;
     const interval = welcome.heartbeatIntervalMs;
@@ -359,6 +360,33 @@ export class AgentRunner extends EventEmitter<AgentRunnerEvents> {
   #clearRenewTimer(): void {
     if (this.#renewTimer) clearTimeout(this.#renewTimer);
     this.#renewTimer = null;
+  }
+
+  /**
+   * The server announces its configured public URL (`server start --public-url`). An agent enrolled at
+   * another URL moves there, for every later connection, renewal and download, once it has reached the
+   * new URL with its pinned CA: a wrong URL leaves it where it is. Announced at every welcome, so an
+   * attempt skipped during a renewal is made at the next connection.
+   */
+  async #followServerUrl(url: string | undefined): Promise<void> {
+    const identity = this.#identity;
+    if (!url || !identity || url === identity.server || this.#renewing) return;
+    const log = this.#log.child({ from: identity.server, to: url });
+    if (!isHttpsOrigin(url)) {
+      log.warn('the server announced a public URL that is not https://host[:port]; ignored');
+      return;
+    }
+    if (!(await reachesServer(url, identity.caPem, this.#opts.proxy))) {
+      log.warn('the server announced a public URL this agent cannot reach with its CA; staying at the enrolled URL');
+      return;
+    }
+    if (this.#identity !== identity || this.#renewing) return;
+    try {
+      this.#identity = await saveServerUrl(identity.stateDir, url);
+      log.info('the server moved to a new public URL; connecting there from now on');
+    } catch (err) {
+      log.warn({ err }, 'could not store the new server URL');
+    }
   }
 
   async #renewInBand(): Promise<void> {
@@ -431,4 +459,14 @@ function describe(err: unknown): { code?: string; message: string } {
   if (err instanceof MeshlinkError) return { code: err.code, message: err.message };
   if (err instanceof Error) return { code: (err as { code?: string }).code, message: err.message } as { code?: string; message: string };
   return { message: String(err) };
+}
+
+/** `https://host[:port]` and nothing else (what `server start --public-url` accepts). */
+function isHttpsOrigin(text: string): boolean {
+  try {
+    const url = new URL(text);
+    return url.protocol === 'https:' && url.origin === text;
+  } catch {
+    return false;
+  }
 }

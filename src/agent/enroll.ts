@@ -270,6 +270,21 @@ function timeoutsOf(timeoutMs: number): { connectMs: number; headersMs: number; 
   return { connectMs: timeoutMs, headersMs: timeoutMs, bodyMs: timeoutMs };
 }
 
+/**
+ * Whether `server` answers GET /healthz with a certificate of this agent's CA (the only trust root):
+ * what the agent checks before it follows a new public URL the server announces in `welcome`.
+ */
+export async function reachesServer(server: string, caPem: string, proxy: ProxyConfig = DIRECT, timeoutMs = 10_000): Promise<boolean> {
+  const dispatcher = pinnedDispatcher(server, proxy, caPem, timeoutMs);
+  try {
+    return (await httpCall(dispatcher, `${server}/healthz`, { method: 'GET', maxBytes: 4096, timeoutMs, proxy })).status === 200;
+  } catch {
+    return false;
+  } finally {
+    await dispatcher.close().catch(() => {});
+  }
+}
+
 /** A dispatcher to `server` whose only trust root is `caPem`, optionally presenting a client certificate. */
 function pinnedDispatcher(server: string, proxy: ProxyConfig, caPem: string, timeoutMs: number, client?: { certPem: string; keyPem: string }): Dispatcher {
   return serverDispatcher(

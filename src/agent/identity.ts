@@ -375,7 +375,17 @@ export async function saveEnrollment(stateDir: string, content: GenerationConten
  */
 export async function saveRenewedCertificate(stateDir: string, keyPem: string, certPem: string, caPem?: string): Promise<Identity> {
   const current = await loadIdentity(stateDir);
-  const identity: IdentityFile = {
+  return saveEnrollment(stateDir, { identity: identityFileOf(current), keyPem, certPem, caPem: caPem ?? current.caPem });
+}
+
+/** Commits a new server URL (the server's public URL moved), keeping key, certificate and CA. */
+export async function saveServerUrl(stateDir: string, server: string): Promise<Identity> {
+  const current = await loadIdentity(stateDir);
+  return saveEnrollment(stateDir, { identity: { ...identityFileOf(current), server }, keyPem: current.keyPem, certPem: current.certPem, caPem: current.caPem });
+}
+
+function identityFileOf(current: Identity): IdentityFile {
+  return {
     version: 1,
     nodeId: current.nodeId,
     server: current.server,
@@ -384,5 +394,4 @@ export async function saveRenewedCertificate(stateDir: string, keyPem: string, c
     sans: [...current.sans],
     enrolledAt: current.enrolledAt,
   };
-  return saveEnrollment(stateDir, { identity, keyPem, certPem, caPem: caPem ?? current.caPem });
 }

@@ -83,6 +83,11 @@ const welcomeSchema = z.object({
     .optional(),
   /** Ed25519 public keys (raw 32 bytes) that sign mesh events; two during a signing-key transition. */
   eventKeys: z.array(z.object({ keyId: shortText, publicKey: bytes })).max(8).optional(),
+  /**
+   * The server's configured public URL (`server start --public-url`), when the operator gave one: an
+   * agent enrolled at another URL moves to it once it has reached it with its pinned CA.
+   */
+  serverUrl: shortText.optional(),
 });
 
 const metricSample = z.object({

@@ -1,4 +1,5 @@
 import { MeshlinkError } from '../errors.js';
+import { META_PUBLIC_URL_CONFIGURED } from './public-address.js';
 import { EventEmitter } from 'node:events';
 import type { WebSocket } from 'ws';
 import { attachSession } from '../net/ws-session.js';
@@ -129,7 +130,14 @@ export class SessionHost extends EventEmitter<SessionHostEvents> implements Gate
         const node = this.#deps.store.getNode(info.nodeId);
         if (!node || node.removedAt !== null) throw new MeshlinkError('ML_ERR_CERT_REVOKED', 'node was removed');
         if (hello.agentVersion !== node.agentVersion) this.#deps.store.setAgentVersion(info.nodeId, hello.agentVersion);
-        let welcome: Omit<InputOf<'welcome'>, 'version'> = { nodeId: info.nodeId, serverVersion: VERSION, heartbeatIntervalMs: this.#deps.config.heartbeatIntervalMs };
+        // Only a public URL the operator configured is announced: a derived one (the host name) may not resolve where agents are.
+        const serverUrl = this.#deps.store.getMeta(META_PUBLIC_URL_CONFIGURED);
+        let welcome: Omit<InputOf<'welcome'>, 'version'> = {
+          nodeId: info.nodeId,
+          serverVersion: VERSION,
+          heartbeatIntervalMs: this.#deps.config.heartbeatIntervalMs,
+          ...(serverUrl ? { serverUrl } : {}),
+        };
         for (const contribute of this.#welcomeContributors) welcome = { ...welcome, ...contribute(hello, info) };
         return welcome;
       },

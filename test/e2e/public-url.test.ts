@@ -1,6 +1,6 @@
 import { connect, type PeerCertificate } from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { cli, freePort, startServerProc, tempDir, type ServerProc } from './harness.js';
+import { cli, enrollAgent, freePort, spawnCli, startServerProc, tempDir, waitFor, type Proc, type ServerProc } from './harness.js';
 
 /** The names the server certificate carries, as a TLS client sees them. */
 function certificateNames(port: number): Promise<string[]> {
@@ -66,4 +66,56 @@ describe('server start --public-url and --san (real processes)', () => {
       expect(r.stderr).toMatch(/^error ML_ERR_CONFIG: invalid server config: publicUrl: an https URL/m);
     }
   }, 60_000);
+});
+
+/** A server that moves announces its configured public URL in `welcome`; agents follow once they reach it. */
+describe('agents follow a changed --public-url (real processes)', () => {
+  let srvDir: { path: string; cleanup(): Promise<void> };
+  let stateDir: { path: string; cleanup(): Promise<void> };
+  let server: ServerProc | undefined;
+  let agent: Proc | undefined;
+  let port: number;
+
+  beforeAll(async () => {
+    srvDir = await tempDir('ml-public-url-move-');
+    stateDir = await tempDir('ml-public-url-agent-');
+    port = await freePort();
+  });
+  afterAll(async () => {
+    await agent?.stop('SIGKILL');
+    await server?.stop('SIGKILL');
+    await srvDir?.cleanup();
+    await stateDir?.cleanup();
+  });
+
+  const storedServer = async (): Promise<string> => {
+    const r = await cli(['agent', 'status', '--json', '--state-dir', stateDir.path]);
+    return (JSON.parse(r.stdout) as { server: string }).server;
+  };
+
+  it('stays at its URL when the announced one cannot be reached with its CA, and moves when it can', async () => {
+    server = await startServerProc(srvDir.path, port);
+    await enrollAgent(server, stateDir.path, 'moving-host');
+    const enrolledAt = await storedServer();
+    expect(enrolledAt).toBe(`https://127.0.0.1:${port}`);
+    agent = spawnCli(['agent', 'run', '--state-dir', stateDir.path]);
+    await agent.waitForLog('connected');
+
+    // A public URL nothing answers at: the agent keeps its enrolled URL.
+    await server.stop('SIGTERM');
+    server = await startServerProc(srvDir.path, port, ['--public-url', 'https://meshlink-moved.invalid']);
+    await waitFor('warned about the unreachable URL', async () => agent!.output().includes('cannot reach with its CA'), 60_000);
+    expect(await storedServer()).toBe(enrolledAt);
+
+    // The same server under a name its certificate carries: the agent moves and reconnects there.
+    await server.stop('SIGTERM');
+    server = await startServerProc(srvDir.path, port, ['--public-url', `https://localhost:${port}`]);
+    await waitFor('moved to the new URL', async () => (await storedServer()) === `https://localhost:${port}`, 60_000);
+    expect(agent.output()).toContain('the server moved to a new public URL');
+    // Its next connection goes to the new URL: make one and see it connect.
+    await server.stop('SIGTERM');
+    const before = agent.output().split('"msg":"connected"').length;
+    server = await startServerProc(srvDir.path, port);
+    await waitFor('connected again', async () => agent!.output().split('"msg":"connected"').length > before, 60_000);
+  }, 180_000);
 });
