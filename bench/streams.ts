@@ -14,8 +14,9 @@
  * 1024), LOAD_SECONDS (5). Last line: one JSON object with cpMBps and heartbeatP99MsUnderLoad.
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { rssMb, waitForOutput } from './lib/child.js';
 import { randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, open, readFile, rm, unlink } from 'node:fs/promises';
+import { mkdir, mkdtemp, open, rm, unlink } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
@@ -121,30 +122,6 @@ async function rawUp(server: RunningServer, nodeId: string, bytes: number): Prom
   return bytes / MIB / ((performance.now() - start) / 1000);
 }
 
-function rssMb(pid: number): Promise<number> {
-  return readFile(`/proc/${pid}/status`, 'utf8').then(
-    (s) => Number(/VmRSS:\s+(\d+)/.exec(s)?.[1] ?? 0) / 1024,
-    () => 0,
-  );
-}
-
-function spawnWait(child: ChildProcess, pattern: RegExp, timeoutMs = 60_000): Promise<string> {
-  return new Promise((r, reject) => {
-    let out = '';
-    const t = setTimeout(() => reject(new Error(`timeout waiting for ${pattern}: ${out.slice(-2000)}`)), timeoutMs);
-    const on = (c: Buffer): void => {
-      out += c.toString();
-      const m = pattern.exec(out);
-      if (m) {
-        clearTimeout(t);
-        r(out);
-      }
-    };
-    child.stdout!.on('data', on);
-    child.stderr!.on('data', on);
-  });
-}
-
 async function main(): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), 'ml-bench-streams-'));
   const load0 = loadavg()[0]!;
@@ -213,14 +190,14 @@ async function main(): Promise<void> {
     const big: Record<string, number> = {};
     let agent: ChildProcess | null = null;
     try {
-      await spawnWait(srv, /"msg":"server ready"/);
+      await waitForOutput(srv, /"msg":"server ready"/);
       const tok = JSON.parse((await run(process.execPath, [CLI, 'server', 'token', 'create', '--data-dir', srvDir, '--json'])).stdout) as { token: string; caPin: string };
       const stateDir = join(dir, 'agent-proc');
       await run(process.execPath, [CLI, 'agent', 'enroll', '--server', `https://127.0.0.1:${port}`, '--token', tok.token, '--ca-pin', tok.caPin, '--state-dir', stateDir, '--hostname', 'bench-big', '--json']);
       const bigArea = join(dir, 'big-area');
       await mkdir(bigArea);
       agent = spawn(process.execPath, [CLI, 'agent', 'run', '--state-dir', stateDir, '--transfer-dir', bigArea, '--log-level', 'info'], { stdio: ['ignore', 'pipe', 'pipe'] });
-      await spawnWait(agent, /"msg":"connected"/);
+      await waitForOutput(agent, /"msg":"connected"/);
       const bigSrc = join(dir, 'big.bin');
       await fillFile(bigSrc, BIG);
       for (const dirn of ['push', 'pull'] as const) {

@@ -16,8 +16,9 @@
  * Options (env): ROUNDS (5), MB (256), LATENCY_SECONDS (4). Last line: one JSON object of the medians.
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { rssMb, waitForOutput } from './lib/child.js';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, open, readFile, rm, unlink } from 'node:fs/promises';
+import { mkdtemp, open, rm, unlink } from 'node:fs/promises';
 import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { loadavg, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -108,30 +109,6 @@ async function pingPong(port: number, seconds: number): Promise<number[]> {
   return samples;
 }
 
-function rssMb(pid: number): Promise<number> {
-  return readFile(`/proc/${pid}/status`, 'utf8').then(
-    (s) => Number(/VmRSS:\s+(\d+)/.exec(s)?.[1] ?? 0) / 1024,
-    () => 0,
-  );
-}
-
-function waitFor(child: ChildProcess, pattern: RegExp, timeoutMs = 60_000): Promise<string> {
-  return new Promise((r, reject) => {
-    let out = '';
-    const t = setTimeout(() => reject(new Error(`timeout waiting for ${pattern}: ${out.slice(-2000)}`)), timeoutMs);
-    const on = (c: Buffer): void => {
-      out += c.toString();
-      const m = pattern.exec(out);
-      if (m) {
-        clearTimeout(t);
-        r(m[0]);
-      }
-    };
-    child.stdout!.on('data', on);
-    child.stderr!.on('data', on);
-  });
-}
-
 async function main(): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), 'ml-bench-tunnel-'));
   const children: ChildProcess[] = [];
@@ -148,16 +125,16 @@ async function main(): Promise<void> {
     const port = await freePort();
     const srvDir = join(dir, 'srv');
     const srv = spawnCli(['server', 'start', '--data-dir', srvDir, '--listen', `127.0.0.1:${port}`, '--ca-key', 'rsa2048', '--log-level', 'info']);
-    await waitFor(srv, /"msg":"server ready"/);
+    await waitForOutput(srv, /"msg":"server ready"/);
     const tok = JSON.parse((await run(process.execPath, [CLI, 'server', 'token', 'create', '--data-dir', srvDir, '--json'])).stdout) as { token: string; caPin: string };
     const stateDir = join(dir, 'agent');
     await run(process.execPath, [CLI, 'agent', 'enroll', '--server', `https://127.0.0.1:${port}`, '--token', tok.token, '--ca-pin', tok.caPin, '--state-dir', stateDir, '--hostname', 'bench-tunnel', '--json']);
     const allow = [bulk.port, endless.port, echo.port].map((p) => `127.0.0.1:${p}`).join(',');
     const agent = spawnCli(['agent', 'run', '--state-dir', stateDir, '--allow-tunnel', allow, '--log-level', 'info']);
-    await waitFor(agent, /"msg":"connected"/);
+    await waitForOutput(agent, /"msg":"connected"/);
     const tunnel = async (target: number): Promise<{ child: ChildProcess; port: number }> => {
       const child = spawnCli(['server', 'tunnel', `bench-tunnel:${target}`, '--data-dir', srvDir, '--json']);
-      const line = await waitFor(child, /\{"listen".*\}/);
+      const line = await waitForOutput(child, /\{"listen".*\}/);
       return { child, port: (JSON.parse(line) as { port: number }).port };
     };
     const tBulk = await tunnel(bulk.port);
