@@ -1,7 +1,7 @@
 import { request } from 'node:http';
 import { MeshlinkError } from '../errors.js';
 import { localActor } from './actor.js';
-import { routeKey, type AdminRoute, type RouteInput, type RouteOutput } from './route.js';
+import { parseAnswer, type AdminRoute, type RouteInput, type RouteOutput } from './route.js';
 import { zodErrorText } from '../util/zod-error.js';
 
 /**
@@ -60,9 +60,7 @@ export class AdminClient implements Operator {
       contentType = 'application/json';
     }
     const answer = await this.request(route.method, path, body, contentType, options.timeoutMs);
-    const parsed = route.output.safeParse(answer);
-    if (!parsed.success) throw new MeshlinkError('ML_ERR_INTERNAL', `the server's answer to ${routeKey(route)} does not match the operator API: ${zodErrorText(parsed.error)}`);
-    return parsed.data as RouteOutput<R>;
+    return parseAnswer(route, answer);
   }
 
   /** Whether a server answers on the socket (GET /v1/health); false when none listens there. */

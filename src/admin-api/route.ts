@@ -1,4 +1,6 @@
 import type { z } from 'zod';
+import { MeshlinkError } from '../errors.js';
+import { zodErrorText } from '../util/zod-error.js';
 
 /**
  * One operator endpoint, described once and used by both ends: the admin server (src/server/admin.ts)
@@ -44,4 +46,11 @@ export function defineRoute<I extends z.ZodType, O extends z.ZodType>(route: Adm
 /** `METHOD /path`: how the admin server finds a route. */
 export function routeKey(route: Pick<AdminRoute, 'method' | 'path'>): string {
   return `${route.method} ${route.path}`;
+}
+
+/** Checks an answer against the route's answer schema, as every operator does (the client and the offline operator). */
+export function parseAnswer<R extends AdminRoute>(route: R, answer: unknown): RouteOutput<R> {
+  const parsed = route.output.safeParse(answer);
+  if (!parsed.success) throw new MeshlinkError('ML_ERR_INTERNAL', `the answer to ${routeKey(route)} does not match the operator API: ${zodErrorText(parsed.error)}`);
+  return parsed.data as RouteOutput<R>;
 }

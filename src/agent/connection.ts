@@ -1,4 +1,5 @@
 import { MeshlinkError } from '../errors.js';
+import { serverOrigin } from '../contract/server-url.js';
 import { EventEmitter } from 'node:events';
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -372,7 +373,7 @@ export class AgentRunner extends EventEmitter<AgentRunnerEvents> {
     const identity = this.#identity;
     if (!url || !identity || url === identity.server || this.#renewing) return;
     const log = this.#log.child({ from: identity.server, to: url });
-    if (!isHttpsOrigin(url)) {
+    if (serverOrigin(url) !== url) {
       log.warn('the server announced a public URL that is not https://host[:port]; ignored');
       return;
     }
@@ -459,14 +460,4 @@ function describe(err: unknown): { code?: string; message: string } {
   if (err instanceof MeshlinkError) return { code: err.code, message: err.message };
   if (err instanceof Error) return { code: (err as { code?: string }).code, message: err.message } as { code?: string; message: string };
   return { message: String(err) };
-}
-
-/** `https://host[:port]` and nothing else (what `server start --public-url` accepts). */
-function isHttpsOrigin(text: string): boolean {
-  try {
-    const url = new URL(text);
-    return url.protocol === 'https:' && url.origin === text;
-  } catch {
-    return false;
-  }
 }

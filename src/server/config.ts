@@ -1,4 +1,5 @@
 import { homedir } from 'node:os';
+import { plainOrigin, serverOrigin } from '../contract/server-url.js';
 import { join, resolve } from 'node:path';
 import { z } from 'zod';
 import { LOG_LEVELS } from '../util/logger.js';
@@ -47,8 +48,8 @@ export const serverConfigSchema = z
     publicUrl: z
       .string()
       .max(2048)
-      .refine(isPublicUrl, 'an https URL with a host and an optional port, e.g. https://mesh.example.com')
-      .transform((text) => new URL(text).origin)
+      .refine((text) => serverOrigin(text) !== null, 'an https URL with a host and an optional port, e.g. https://mesh.example.com')
+      .transform((text) => serverOrigin(text)!)
       .nullable()
       .default(null),
     /** Where to serve Prometheus /metrics (`--metrics-listen`); null: MESHLINK_METRICS_LISTEN, else off. */
@@ -63,8 +64,8 @@ export const serverConfigSchema = z
     consoleOrigin: z
       .string()
       .max(2048)
-      .refine(isOrigin, 'an http or https origin, e.g. https://console.example.com')
-      .transform((text) => new URL(text).origin)
+      .refine((text) => plainOrigin(text, ['http:', 'https:']) !== null, 'an http or https origin, e.g. https://console.example.com')
+      .transform((text) => plainOrigin(text, ['http:', 'https:'])!)
       .nullable()
       .default(null),
   })
@@ -101,22 +102,4 @@ export function storePath(dataDir: string): string {
 }
 export function adminSocketPath(dataDir: string): string {
   return join(dataDir, 'admin.sock');
-}
-
-function isPublicUrl(text: string): boolean {
-  try {
-    const url = new URL(text);
-    return url.protocol === 'https:' && url.hostname !== '' && url.username === '' && url.password === '' && url.pathname === '/' && url.search === '' && url.hash === '';
-  } catch {
-    return false;
-  }
-}
-
-function isOrigin(text: string): boolean {
-  try {
-    const url = new URL(text);
-    return (url.protocol === 'https:' || url.protocol === 'http:') && url.hostname !== '' && url.username === '' && url.password === '' && url.pathname === '/' && url.search === '' && url.hash === '';
-  } catch {
-    return false;
-  }
 }

@@ -18,23 +18,26 @@ export const META_SANS = 'server_sans';
 const storedSans = z.array(z.string().min(1).max(253)).max(64);
 
 export interface PublicAddress {
-  /** The URL in enrollment commands: the configured one, else derived from the listen address. */
-  readonly publicUrl: string;
-  readonly source: 'configured' | 'derived';
-  /** Extra names of the server certificate: the stored SANs and the public URL's host. */
-  readonly certNames: readonly string[];
+  /** The operator's `--public-url`, this start's or a stored one; null: derived from the listen address. */
+  readonly configuredUrl: string | null;
   readonly sans: readonly string[];
+  /** Extra names of the server certificate: the stored SANs and the configured URL's host. */
+  readonly certNames: readonly string[];
 }
 
-/** Stores what the flags give, then answers from the store (so a restart without flags keeps them). */
-export function resolvePublicAddress(store: Store, config: ServerConfig, boundPort: number): PublicAddress {
+/** Stores what the flags give, then answers from the store (so a restart without flags keeps them). Once per start. */
+export function resolvePublicAddress(store: Store, config: ServerConfig): PublicAddress {
   if (config.sans.length > 0) store.setMeta(META_SANS, JSON.stringify(config.sans));
   if (config.publicUrl !== null) store.setMeta(META_PUBLIC_URL_CONFIGURED, config.publicUrl);
   const sans = readSans(store);
-  const configured = store.getMeta(META_PUBLIC_URL_CONFIGURED) ?? null;
-  const publicUrl = configured ?? derivedUrl(config.listen.host, boundPort, sans);
-  const host = new URL(publicUrl).hostname.replace(/^\[(.*)\]$/, '$1');
-  return { publicUrl, source: configured ? 'configured' : 'derived', sans, certNames: [...new Set([...sans, host])] };
+  const configuredUrl = store.getMeta(META_PUBLIC_URL_CONFIGURED) ?? null;
+  const host = configuredUrl === null ? [] : [new URL(configuredUrl).hostname.replace(/^\[(.*)\]$/, '$1')];
+  return { configuredUrl, sans, certNames: [...new Set([...sans, ...host])] };
+}
+
+/** The URL in enrollment commands: the configured one, else derived from the bound listen address. */
+export function publicUrlOf(address: PublicAddress, listenHost: string, boundPort: number): string {
+  return address.configuredUrl ?? derivedUrl(listenHost, boundPort, address.sans);
 }
 
 /** The stored SANs (a damaged value counts as none rather than stopping the server). */

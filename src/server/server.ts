@@ -11,7 +11,7 @@ import { ConnectionRegistry } from './connections.js';
 import { EnrollmentService } from './enroll.js';
 import { createGateway, type Gateway, type GatewayTimeouts } from './gateway.js';
 import { Presence } from './presence.js';
-import { resolvePublicAddress } from './public-address.js';
+import { publicUrlOf, resolvePublicAddress } from './public-address.js';
 import { PublicRoutes } from './public-routes.js';
 import { AuditLog } from './audit-log.js';
 import type { GatewayHooks } from './hooks.js';
@@ -78,9 +78,9 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
   try {
     const { ca, created } = await loadOrCreateCa(store, { keyType: config.caKeyType, ...(passphrase ? { passphrase } : {}) });
     logger.info({ caPin: ca.pin, created }, created ? 'created a new CA' : 'loaded the CA');
-    // The certificate names the public URL's host too; its port is only known once the gateway is bound.
-    const names = resolvePublicAddress(store, config, config.listen.port).certNames;
-    const serverCert = await ca.issueServerCertificate(names);
+    // The certificate names the configured public URL's host too; a derived URL needs the bound port.
+    const publicAddress = resolvePublicAddress(store, config);
+    const serverCert = await ca.issueServerCertificate(publicAddress.certNames);
 
     const revocations = RevocationList.load(store);
     const registry = new ConnectionRegistry(logger);
@@ -95,7 +95,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
       renewGraceMs: config.renewGraceMs,
     });
     // The session layer: handshake, heartbeats, presence, in-band renewal (tests may plug in their own).
-    const sessionHost = options.hooks ? null : new SessionHost({ config, store, enrollment, logger, presence });
+    const sessionHost = options.hooks ? null : new SessionHost({ config, store, enrollment, logger, presence, announcedServerUrl: publicAddress.configuredUrl });
     sessions = sessionHost;
     const audit = AuditLog.of(store);
     const adminRoutes = new AdminRoutes(audit);
@@ -137,12 +137,12 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
     gateway = gw;
     const bound = await gw.listen(config.listen.port, config.listen.host);
     gw.on('error', (err) => logger.error({ err }, 'gateway error'));
-    const { publicUrl } = resolvePublicAddress(store, config, bound.port);
+    const publicUrl = publicUrlOf(publicAddress, config.listen.host, bound.port);
     store.setMeta(META_PUBLIC_URL, publicUrl);
     store.setMeta(META_CA_PIN, ca.pin);
 
     rotateTimer = setInterval(() => {
-      ca.issueServerCertificate(names)
+      ca.issueServerCertificate(publicAddress.certNames)
         .then((c) => {
           gw.setSecureContext({ key: c.keyPem, cert: c.chainPem, ca: [ca.certPem] });
           logger.info({ notAfter: new Date(c.notAfter).toISOString() }, 'server certificate rotated');

@@ -1,5 +1,4 @@
 import { MeshlinkError } from '../errors.js';
-import { META_PUBLIC_URL_CONFIGURED } from './public-address.js';
 import { EventEmitter } from 'node:events';
 import type { WebSocket } from 'ws';
 import { attachSession } from '../net/ws-session.js';
@@ -81,6 +80,11 @@ export interface SessionHostDeps {
   enrollment: EnrollmentService;
   logger: Logger;
   presence: Presence;
+  /**
+   * The public URL the operator configured (`--public-url`), announced in every welcome; null: none
+   * (a derived URL, the host name, may not resolve where agents are, so it is never announced).
+   */
+  announcedServerUrl?: string | null;
 }
 
 export interface SessionHostEvents {
@@ -130,8 +134,7 @@ export class SessionHost extends EventEmitter<SessionHostEvents> implements Gate
         const node = this.#deps.store.getNode(info.nodeId);
         if (!node || node.removedAt !== null) throw new MeshlinkError('ML_ERR_CERT_REVOKED', 'node was removed');
         if (hello.agentVersion !== node.agentVersion) this.#deps.store.setAgentVersion(info.nodeId, hello.agentVersion);
-        // Only a public URL the operator configured is announced: a derived one (the host name) may not resolve where agents are.
-        const serverUrl = this.#deps.store.getMeta(META_PUBLIC_URL_CONFIGURED);
+        const serverUrl = this.#deps.announcedServerUrl;
         let welcome: Omit<InputOf<'welcome'>, 'version'> = {
           nodeId: info.nodeId,
           serverVersion: VERSION,

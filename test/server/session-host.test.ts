@@ -21,7 +21,7 @@ import { createLogger } from '../../src/util/logger.js';
 const info = { nodeId: 'node-1', hostname: 'host-1', certSerial: '01', certNotAfter: Date.now() + 3_600_000, remoteAddress: '127.0.0.1' };
 
 function newHost(): SessionHost {
-  const store = { getNode: () => ({ id: info.nodeId, hostname: info.hostname, removedAt: null, agentVersion: 'test' }), setAgentVersion: () => {}, getMeta: () => undefined } as unknown as Store;
+  const store = { getNode: () => ({ id: info.nodeId, hostname: info.hostname, removedAt: null, agentVersion: 'test' }), setAgentVersion: () => {} } as unknown as Store;
   const presence = { opened: () => {}, heard: () => {}, closed: () => {}, isOnline: () => true } as unknown as Presence;
   return new SessionHost({
     config: { heartbeatIntervalMs: 15_000, offlineAfterMs: 3_600_000 } as ServerConfig,

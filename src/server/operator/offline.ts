@@ -1,8 +1,7 @@
 import { existsSync } from 'node:fs';
 import { localActor } from '../../admin-api/actor.js';
 import type { CallOptions, Operator } from '../../admin-api/client.js';
-import { routeKey, type AdminRoute, type RouteInput, type RouteOutput } from '../../admin-api/route.js';
-import { zodErrorText } from '../../util/zod-error.js';
+import { parseAnswer, routeKey, type AdminRoute, type RouteInput, type RouteOutput } from '../../admin-api/route.js';
 import { MeshlinkError } from '../../errors.js';
 import { createLogger, type Logger } from '../../util/logger.js';
 import { AdminRoutes } from '../admin-routes.js';
@@ -54,9 +53,7 @@ export class OfflineOperator implements Operator {
     }
     const answer = await this.#routes.run(route, input, { actor: this.#actor, ...(options.body ? { body: options.body } : {}) });
     // As the client does: what the CLI gets has passed the answer's schema either way.
-    const parsed = route.output.safeParse(answer);
-    if (!parsed.success) throw new MeshlinkError('ML_ERR_INTERNAL', `the answer to ${routeKey(route)} does not match the operator API: ${zodErrorText(parsed.error)}`);
-    return parsed.data as RouteOutput<R>;
+    return parseAnswer(route, answer);
   }
 
   close(): void {
