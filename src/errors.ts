@@ -187,6 +187,10 @@ export const ERRORS = {
   ML_ERR_MESH_EXHAUSTED: { status: 409, exit: 'internal', description: 'No free address is left in the mesh range.' },
   ML_ERR_MESH_TAG: { status: 400, exit: 'usage', description: 'A tag is not valid (letters, digits, . _ -; at most 64).' },
   ML_ERR_MESH_CLOSED: { status: 503, exit: 'internal', description: 'The server is shutting down; mesh changes are no longer computed (the next start recomputes).' },
+  // --- NAT traversal (STUN endpoint discovery; docs/MESH.md) ---
+  ML_ERR_STUN_NO_ANSWER: { exit: 'timeout', description: 'The STUN responder did not answer a Binding request in time (UDP blocked, or the responder off).' },
+  ML_ERR_STUN_ERROR: { exit: 'refused', description: 'The STUN responder answered a Binding request with an error (the message names its code).' },
+  ML_ERR_STUN_PORT_BUSY: { exit: 'usage', description: 'A UDP port for STUN is in use: the responder’s listen port, or the local port of a probe (WireGuard holds its listen port while the interface is up).' },
   ML_ERR_WIREGUARD: { exit: 'internal', description: 'An `ip` or `wg` command applying the mesh to the WireGuard interface failed (the message names it).' },
 
   // --- remote operations (agent codes in stream.reject / stream.reset / results; admin API answers) ---

@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
 import { registerRunCommand } from './agent/run.js';
+import { registerNatProbeCommand } from './agent/nat-probe.js';
 import { z } from 'zod';
 import { createLogger, LOG_LEVELS } from '../util/logger.js';
 import { VERSION } from '../version.js';
@@ -219,5 +220,6 @@ export function registerAgentCommands(program: Command): Command {
   registerEnrollCommand(agent);
   registerStatusCommand(agent);
   registerRunCommand(agent, reportFailure);
+  registerNatProbeCommand(agent);
   return agent;
 }

@@ -1,4 +1,4 @@
-import { EXIT_CODES } from '../errors.js';
+import { EXIT_CODES, MeshlinkError } from '../errors.js';
 import { withFailureReport } from './failure.js';
 import { withOperator } from './operator.js';
 import { registerServerExtensions } from './server-extensions.js';
@@ -24,6 +24,21 @@ const action = withFailureReport;
 export const parseListen = (text: string): ListenAddress => parseListenAddress(text, '--listen', 'ML_ERR_USAGE');
 
 const collect = (value: string, previous: string[]): string[] => [...previous, value];
+
+/**
+ * `--stun-listen HOST:PORT` (the alternate port is the next one; port 0: both picked free) and
+ * `--no-stun`, as the config's stunListen: absent for the default, null for off.
+ */
+function stunListenConfig(enabled: boolean, text: string | undefined): { stunListen?: { host: string; port: number; alternatePort: number } | null } {
+  if (!enabled) {
+    if (text !== undefined) throw new MeshlinkError('ML_ERR_USAGE', '--stun-listen and --no-stun exclude each other');
+    return { stunListen: null };
+  }
+  if (text === undefined) return {};
+  const { host, port } = parseListenAddress(text, '--stun-listen', 'ML_ERR_USAGE');
+  if (port === 65_535) throw new MeshlinkError('ML_ERR_USAGE', '--stun-listen: the port after it is the alternate port; 65535 has none');
+  return { stunListen: { host, port, alternatePort: port === 0 ? 0 : port + 1 } };
+}
 const dataDirOption = () => new Option('--data-dir <dir>', 'server data dir (default: MESHLINK_DATA_DIR, /var/lib/meshlink/server as root, else ~/.local/share/meshlink/server)');
 
 const tokenCreateOptions = z.object({ dataDir: z.string().optional(), ttl: z.string().default('1h'), node: z.string().min(1).max(128).optional(), json: z.boolean().default(false), tag: z.array(z.string()).default([]) });
@@ -48,9 +63,11 @@ export function registerServerCommands(program: Command): void {
     .addOption(new Option('--log-level <level>', 'log level (default: MESHLINK_LOG_LEVEL or info)').choices([...LOG_LEVELS]))
     .option('--metrics-listen <host:port>', 'serve Prometheus metrics (GET /metrics) on this local address, e.g. 127.0.0.1:9464 (default: MESHLINK_METRICS_LISTEN, else off)')
     .option('--console-listen <host:port>', 'serve the web console (plain HTTP) on this address, e.g. 127.0.0.1:8444; reach it remotely through an SSH tunnel or a TLS reverse proxy (default: off)')
+    .option('--stun-listen <host:port>', 'UDP address of the STUN responder that lets agents behind NAT learn their public endpoint; the next port is its alternate (default 0.0.0.0:3478 when free)')
+    .option('--no-stun', 'run no STUN responder (agents then report only the endpoints they know)')
     .option('--console-origin <origin>', 'the origin browsers use for the console when it is not http://HOST:PORT of the request, e.g. https://console.example.com behind a reverse proxy')
     .action(
-      action(async (opts: { dataDir?: string; listen: string; publicUrl?: string; san: string[]; caKey: string; certLifetime: string; renewGrace: string; heartbeatInterval: string; offlineAfter: string; logLevel?: string; metricsListen?: string; consoleListen?: string; consoleOrigin?: string }) => {
+      action(async (opts: { dataDir?: string; listen: string; publicUrl?: string; san: string[]; caKey: string; certLifetime: string; renewGrace: string; heartbeatInterval: string; offlineAfter: string; logLevel?: string; metricsListen?: string; consoleListen?: string; consoleOrigin?: string; stunListen?: string; stun: boolean }) => {
         const config = parseServerConfig({
           ...(opts.dataDir ? { dataDir: opts.dataDir } : {}),
           listen: parseListen(opts.listen),
@@ -65,6 +82,7 @@ export function registerServerCommands(program: Command): void {
           metricsListen: opts.metricsListen ? parseListenAddress(opts.metricsListen, '--metrics-listen', 'ML_ERR_USAGE') : null,
           consoleListen: opts.consoleListen ? parseListenAddress(opts.consoleListen, '--console-listen', 'ML_ERR_USAGE') : null,
           consoleOrigin: opts.consoleOrigin ?? null,
+          ...stunListenConfig(opts.stun, opts.stunListen),
         });
         const logger = createLogger({ name: 'meshlink-server', level: config.logLevel });
         const running = await startServer(config, { logger });

@@ -54,6 +54,17 @@ export const serverConfigSchema = z
       .default(null),
     /** Where to serve Prometheus /metrics (`--metrics-listen`); null: MESHLINK_METRICS_LISTEN, else off. */
     metricsListen: z.object({ host: z.string().min(1), port: z.number().int().min(0).max(65_535) }).strict().nullable().default(null),
+    /**
+     * The STUN responder of NAT traversal (`--stun-listen`, docs/MESH.md): a UDP address and the
+     * alternate port its mapping test needs. Absent: 0.0.0.0:3478 and 3479 if they are free (a warning
+     * when not); an explicit address must bind or the start fails; null (`--no-stun`): off.
+     */
+    stunListen: z
+      .object({ host: z.string().min(1), port: z.number().int().min(0).max(65_535), alternatePort: z.number().int().min(0).max(65_535) })
+      .strict()
+      .refine((s) => s.port === 0 || s.port !== s.alternatePort, { message: 'the alternate STUN port must differ from the primary', path: ['alternatePort'] })
+      .nullable()
+      .optional(),
     /** Where to serve the web console (`--console-listen`, plain HTTP, docs/CONSOLE.md); null: off. */
     consoleListen: z.object({ host: z.string().min(1), port: z.number().int().min(0).max(65_535) }).strict().nullable().default(null),
     /**

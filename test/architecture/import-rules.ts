@@ -113,8 +113,9 @@ const RULES: Record<LayerName, LayerRule> = {
   contract: {
     layers: ['errors'],
     packages: ['zod', '@msgpack/msgpack'],
-    builtins: ['node:crypto'],
-    says: 'contract may import errors, registry types, zod, msgpack, node:crypto',
+    // node:zlib for the CRC-32 of STUN's FINGERPRINT, node:net for isIP (contract/stun.ts).
+    builtins: ['node:crypto', 'node:zlib', 'node:net'],
+    says: 'contract may import errors, registry types, zod, msgpack, node:crypto, node:zlib, node:net',
   },
   net: { layers: ['protocol', 'errors'], packages: ['ws'], builtins: 'any', says: 'net may import protocol, errors, ws' },
   // net for the WebSocket masking choice the tunnel client shares with the agent's connection (net/ws-mask.ts).

@@ -1,9 +1,12 @@
-import { ERRORS } from '../../errors.js';
+import { ERRORS, MeshlinkError } from '../../errors.js';
+import type { ServerConfig } from '../config.js';
+import type { Logger } from '../../util/logger.js';
 import type { OfflineFeature, ServerFeature, ServerFeatureContext } from '../feature.js';
 import { registerMeshAdminRoutes } from './admin-routes.js';
 import { meshListingLookup } from './listing.js';
 import { MeshService, type MeshOptions } from './service.js';
 import { MeshStore } from './store.js';
+import { StunResponder } from './stun-responder.js';
 
 export { MeshService } from './service.js';
 
@@ -63,6 +66,8 @@ export function createMeshFeature(options: MeshFeatureOptions = {}): ServerFeatu
     });
     ctx.sessions.onMessage('drift.report', (agent, report) => mesh.drift(agent.nodeId, report));
 
+    const stun = await startStunResponder(ctx.config.stunListen, log);
+
     const sweepTimer = setInterval(() => void mesh.sweepAndRecompute(), options.sweepIntervalMs ?? 1_000);
     sweepTimer.unref();
 
@@ -74,6 +79,7 @@ export function createMeshFeature(options: MeshFeatureOptions = {}): ServerFeatu
         stopObserving();
         stopClaiming();
         clearInterval(sweepTimer);
+        await stun?.close();
         await mesh.close();
       },
     };
@@ -88,3 +94,26 @@ export const meshOffline: OfflineFeature = (ctx) => {
   ctx.questions.answer('nodeListingFields', () => meshListingLookup(ctx.store));
   registerMeshAdminRoutes(ctx.admin, { store: ctx.store, mesh: null, logger: ctx.logger.child({ component: 'mesh' }) });
 };
+
+/** The default STUN ports (RFC 8489 §9 registers 3478; the alternate is the next one). */
+const DEFAULT_STUN = { host: '0.0.0.0', port: 3478, alternatePort: 3479 };
+
+/**
+ * Starts the STUN responder the config asks for: an explicit address must bind (the start fails
+ * otherwise); the default one is best effort, so that a second server on one machine (or a test)
+ * still starts, with a warning naming the way to move it.
+ */
+async function startStunResponder(setting: ServerConfig['stunListen'], log: Logger): Promise<StunResponder | null> {
+  if (setting === null) return null;
+  const address = setting ?? DEFAULT_STUN;
+  try {
+    const stun = await StunResponder.listen({ ...address, logger: log });
+    const [primary, alternate] = stun.endpoints;
+    log.info({ stun: `${primary.address}:${primary.port}`, alternatePort: alternate.port }, 'STUN responder listening');
+    return stun;
+  } catch (err) {
+    if (setting !== undefined || !(err instanceof MeshlinkError && err.code === 'ML_ERR_STUN_PORT_BUSY')) throw err;
+    log.warn({ err: err.message }, 'no STUN responder: the default UDP ports 3478/3479 are in use; agents behind NAT cannot learn their public endpoints (set --stun-listen, or --no-stun to silence this)');
+    return null;
+  }
+}
