@@ -6,6 +6,7 @@ import { WireGuardApplier } from './wg-apply.js';
 
 export { MeshAgent } from './mesh-agent.js';
 export { readMeshStatus } from './state-file.js';
+export { probeNat, type NatMapping, type NatProbeResult } from './nat-probe.js';
 
 export interface MeshAgentFeatureOptions extends Omit<MeshAgentOptions, 'stateDir' | 'logger' | 'applier'> {
   /** Apply the configuration to a real interface (needs root and `wg`; otherwise render only). */

@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import { z } from 'zod';
 import { resolveStateDir } from '../../agent/config.js';
 import { isEnrolled, loadIdentity } from '../../agent/identity.js';
-import { probeNat, type NatMapping } from '../../agent/mesh/nat-probe.js';
+import { probeNat, type NatMapping } from '../../agent/mesh/index.js';
 import { MeshlinkError } from '../../errors.js';
 import { parseDuration } from '../../util/duration.js';
 import { parseListenAddress } from '../../util/listen-address.js';
