@@ -1,9 +1,9 @@
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CLI, cli, tempDir, waitFor } from '../e2e/harness.js';
+import { cli, tempDir, waitFor } from '../e2e/harness.js';
+import { cliIn, deleteNamespaces, ensureTools, netnsSkipReason, sh, spawnIn, trySh, type Running } from '../helpers/netns.js';
 
 /**
  * The data plane for real: three hosts in network namespaces (veths on a bridge in a fourth namespace
@@ -11,40 +11,8 @@ import { CLI, cli, tempDir, waitFor } from '../e2e/harness.js';
  * WireGuard). Every address used lives on interfaces this test creates inside its own namespaces.
  */
 
-const IS_ROOT = typeof process.getuid === 'function' && process.getuid() === 0;
-
-function sh(cmd: string, args: string[], input?: string): string {
-  return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['pipe', 'pipe', 'pipe'], timeout: 30_000, ...(input !== undefined ? { input } : {}) });
-}
-function trySh(cmd: string, args: string[]): boolean {
-  try {
-    sh(cmd, args);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/** Why the test cannot run here, or null. Probes netns with a namespace of its own. */
-const SKIP_REASON: string | null = (() => {
-  if (!IS_ROOT) return 'not root';
-  const probe = `mlprobe-${randomBytes(3).toString('hex')}`;
-  if (!trySh('ip', ['netns', 'add', probe])) return 'network namespaces are not available';
-  trySh('ip', ['netns', 'del', probe]);
-  return null;
-})();
-
-/** Installs the tools from Debian's packages when missing (the issue asks the setup to do so). */
-function ensureTools(): void {
-  const missing = [
-    ['wg', 'wireguard-tools'],
-    ['wireguard-go', 'wireguard-go'],
-    ['ping', 'iputils-ping'],
-  ].filter(([bin]) => !trySh('sh', ['-c', `command -v ${bin}`]));
-  if (missing.length === 0) return;
-  sh('apt-get', ['update', '-qq']);
-  sh('apt-get', ['install', '-y', '-qq', ...missing.map(([, pkg]) => pkg!)]);
-}
+/** Why the test cannot run here, or null. */
+const SKIP_REASON: string | null = netnsSkipReason();
 
 const suffix = randomBytes(2).toString('hex');
 const SRV = `mls-${suffix}`;
@@ -56,27 +24,6 @@ const SERVER_IP = `${LAN}.1`;
 const HOST_IP: Record<Host, string> = { a: `${LAN}.2`, b: `${LAN}.3`, c: `${LAN}.4` };
 const MESH_CIDR = '10.233.0.0/24';
 const PORT = 18443;
-
-interface Running {
-  child: ChildProcess;
-  output(): string;
-  exited: Promise<number | null>;
-}
-
-function spawnIn(ns: string, args: string[], env: NodeJS.ProcessEnv = {}): Running {
-  const child = spawn('ip', ['netns', 'exec', ns, process.execPath, CLI, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  child.stdout!.on('data', (c: Buffer) => (out = (out + c.toString('utf8')).slice(-200_000)));
-  child.stderr!.on('data', (c: Buffer) => (out = (out + c.toString('utf8')).slice(-200_000)));
-  const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
-  return { child, output: () => out, exited };
-}
-
-async function cliIn(ns: string, args: string[]): Promise<{ code: number | null; stdout: string }> {
-  const p = spawnIn(ns, args);
-  const code = await p.exited;
-  return { code, stdout: p.output() };
-}
 
 const ping = (from: Host, to: string): boolean => trySh('ip', ['netns', 'exec', NS[from], 'ping', '-c', '1', '-W', '1', to]);
 /**
@@ -117,16 +64,6 @@ function buildNetwork(): void {
   }
 }
 
-function killNamespaceProcesses(ns: string): void {
-  let pids: string[] = [];
-  try {
-    pids = sh('ip', ['netns', 'pids', ns]).split('\n').filter(Boolean);
-  } catch {
-    return;
-  }
-  for (const pid of pids) trySh('kill', ['-9', pid]);
-}
-
 async function teardown(): Promise<void> {
   for (const a of agents.values()) if (a.child.exitCode === null) a.child.kill('SIGTERM');
   await Promise.race([Promise.all([...agents.values()].map((a) => a.exited)), new Promise((r) => setTimeout(r, 6_000))]);
@@ -134,17 +71,19 @@ async function teardown(): Promise<void> {
     server.child.kill('SIGTERM');
     await Promise.race([server.exited, new Promise((r) => setTimeout(r, 6_000))]);
   }
-  for (const ns of [...Object.values(NS), SRV]) {
-    killNamespaceProcesses(ns);
-    trySh('ip', ['netns', 'del', ns]);
-  }
+  deleteNamespaces([...Object.values(NS), SRV]);
   await root?.cleanup();
 }
 
 describe.skipIf(SKIP_REASON !== null)(`WireGuard mesh across three network namespaces${SKIP_REASON ? ` (skipped: ${SKIP_REASON})` : ''}`, () => {
   beforeAll(async () => {
     try {
-      ensureTools();
+      // Debian's packages when missing (the issue asks the setup to install them).
+      ensureTools([
+        ['wg', 'wireguard-tools'],
+        ['wireguard-go', 'wireguard-go'],
+        ['ping', 'iputils-ping'],
+      ]);
       buildNetwork();
       root = await tempDir('ml-mesh-netns-');
       const dataDir = join(root.path, 'server');
