@@ -1,6 +1,8 @@
 import { EXIT_CODES } from '../errors.js';
 import { withFailureReport } from './failure.js';
-import { withOperator } from './operator.js';
+import { dataDirOf, withOperator } from './operator.js';
+import { resolve } from 'node:path';
+import { restoreStore } from '../server/operator/backup.js';
 import { registerServerExtensions } from './server-extensions.js';
 import { Command, Option } from 'commander';
 import { z } from 'zod';
@@ -49,10 +51,12 @@ export function registerServerCommands(program: Command): void {
     .option('--metrics-listen <host:port>', 'serve Prometheus metrics (GET /metrics) on this local address, e.g. 127.0.0.1:9464 (default: MESHLINK_METRICS_LISTEN, else off)')
     .option('--console-listen <host:port>', 'serve the web console (plain HTTP) on this address, e.g. 127.0.0.1:8444; reach it remotely through an SSH tunnel or a TLS reverse proxy (default: off)')
     .option('--console-origin <origin>', 'the origin browsers use for the console when it is not http://HOST:PORT of the request, e.g. https://console.example.com behind a reverse proxy')
+    .option('--key-file <path>', 'the server key file that seals the CA key and mesh secrets, outside the data dir (default: MESHLINK_KEY_FILE, else /etc/meshlink/server.key for the system data dir, else <data dir>.key); created at first start')
     .action(
-      action(async (opts: { dataDir?: string; listen: string; publicUrl?: string; san: string[]; caKey: string; certLifetime: string; renewGrace: string; heartbeatInterval: string; offlineAfter: string; logLevel?: string; metricsListen?: string; consoleListen?: string; consoleOrigin?: string }) => {
+      action(async (opts: { dataDir?: string; keyFile?: string; listen: string; publicUrl?: string; san: string[]; caKey: string; certLifetime: string; renewGrace: string; heartbeatInterval: string; offlineAfter: string; logLevel?: string; metricsListen?: string; consoleListen?: string; consoleOrigin?: string }) => {
         const config = parseServerConfig({
           ...(opts.dataDir ? { dataDir: opts.dataDir } : {}),
+          ...(opts.keyFile ? { keyFile: opts.keyFile } : {}),
           listen: parseListen(opts.listen),
           sans: opts.san,
           publicUrl: opts.publicUrl ?? null,
@@ -107,6 +111,36 @@ export function registerServerCommands(program: Command): void {
           `nodes        ${s.nodes}${s.running ? `, ${s.running.onlineNodes} online` : ''}`,
         ];
         process.stdout.write(lines.join('\n') + '\n');
+      }),
+    );
+
+  server
+    .command('backup')
+    .description('write a consistent copy of the store to FILE (online through the running server, else from the store); its secrets stay sealed with the server key file, which you back up apart')
+    .argument('<file>', 'where to write the backup (replaced atomically; mode 0600)')
+    .addOption(dataDirOption())
+    .option('--json', 'print {"path","bytes"}')
+    .action(
+      action(async (file: string, raw: unknown) => {
+        const opts = listOptions.parse(raw);
+        const written = await withOperator(opts.dataDir, (op) => op.call(api.backupStore, { path: resolve(file) }));
+        if (opts.json) process.stdout.write(JSON.stringify(written) + '\n');
+        else process.stdout.write(`backed up the store to ${written.path} (${written.bytes} bytes); keep the server key file apart from it\n`);
+      }),
+    );
+
+  server
+    .command('restore')
+    .description('replace the data dir\'s store with the backup FILE (the server must be stopped); start it with the key file that sealed the backup')
+    .argument('<file>', 'a file written by `meshlink server backup`')
+    .addOption(dataDirOption())
+    .option('--json', 'print {"path","bytes"}')
+    .action(
+      action(async (file: string, raw: unknown) => {
+        const opts = listOptions.parse(raw);
+        const restored = await restoreStore(file, dataDirOf(opts.dataDir));
+        if (opts.json) process.stdout.write(JSON.stringify(restored) + '\n');
+        else process.stdout.write(`restored ${resolve(file)} to ${restored.path}; start the server with the key file that sealed it (--key-file when it is not at its default place)\n`);
       }),
     );
 

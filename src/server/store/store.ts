@@ -237,6 +237,16 @@ export class Store {
     await this.db.backup(path);
   }
 
+  /** SQLite's quick_check: true when the pages and indexes are sound (a backup about to be restored). */
+  quickCheck(): boolean {
+    return this.db.pragma('quick_check', { simple: true }) === 'ok';
+  }
+
+  /** Folds the write-ahead log into the database file and truncates it. */
+  checkpoint(): void {
+    this.db.pragma('wal_checkpoint(TRUNCATE)');
+  }
+
   /** Runs `fn` in an IMMEDIATE transaction whose commit fsyncs the WAL (synchronous=FULL for this commit). */
   private durably<T>(fn: () => T): T {
     this.db.pragma('synchronous = FULL');
