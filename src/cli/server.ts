@@ -17,7 +17,7 @@ import { printable, printTable } from './table.js';
 /**
  * `meshlink server ...`: parse, validate, call into src/server. Exit codes (docs/SERVER.md) come from
  * the error's exit class (src/errors.ts): 0 ok, 1 unexpected error, 2 usage/invalid option, 3 node not
- * found or ambiguous, 4 CA passphrase wrong, 5 data dir not initialized, 6 a server already runs on
+ * found or ambiguous, 4 store secrets do not decrypt or the key file is missing or unsafe, 5 data dir not initialized, 6 a server already runs on
  * this data dir.
  */
 const action = withFailureReport;
