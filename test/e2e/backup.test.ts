@@ -51,6 +51,10 @@ describe('server backup and restore (real processes, real TLS, real SQLite)', ()
     const missing = await cli(['server', 'backup', backup, '--data-dir', dataA]);
     expect(missing.code).toBe(1);
     expect(missing.stderr).toMatch(/^error ML_ERR_BACKUP: /m);
+    // Nor into the data dir, where it could replace the live store.
+    const inside = await cli(['server', 'backup', join(dataA, 'meshlink.db'), '--data-dir', dataA]);
+    expect(inside.code).toBe(1);
+    expect(inside.stderr).toMatch(/^error ML_ERR_BACKUP: .*inside the data dir/m);
     mkdirSync(join(root.path, 'backups'), { mode: 0o700 });
     const r = await cli(['server', 'backup', backup, '--data-dir', dataA, '--json']);
     expect(r.code, r.stderr).toBe(0);

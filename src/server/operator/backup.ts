@@ -27,6 +27,11 @@ import type { Store } from '../store/store.js';
 /** Writes a consistent backup of `store` to `target` (absolute), atomically. Returns its size. */
 export async function backupStore(store: Store, target: string): Promise<{ path: string; bytes: number }> {
   const path = resolve(target);
+  // Into the data dir it could replace the live store (or its log), and it would share its fate anyway.
+  const dataDir = dirname(resolve(store.path));
+  if (path === dataDir || path.startsWith(`${dataDir}/`)) {
+    throw new MeshlinkError('ML_ERR_BACKUP', `the backup ${path} would be inside the data dir ${dataDir}: write it elsewhere`);
+  }
   const tmp = join(dirname(path), `.${basename(path)}.${randomBytes(6).toString('hex')}.tmp`);
   try {
     await store.backupTo(tmp);
