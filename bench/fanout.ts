@@ -50,7 +50,7 @@ async function main(): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), 'meshlink-bench-fanout-'));
   const workers: ChildProcess[] = [];
   const config = parseServerConfig({ dataDir: join(dir, 'server'), listen: { host: '127.0.0.1', port: 0 }, caKeyType: 'rsa2048', logLevel: 'silent', enrollFailuresPerMinute: 100_000 });
-  const server = await startServer(config, { logger: createLogger({ name: 'bench', level: 'silent' }), features: [createMeshFeature({ passphrase: '' })] });
+  const server = await startServer(config, { logger: createLogger({ name: 'bench', level: 'silent' }), features: [createMeshFeature()] });
   try {
     await new AdminClient(server.adminSocketPath).call(setPolicy, { policy: { rules: [] } });
     const tokens = Array.from({ length: AGENTS }, (_, i) => ({

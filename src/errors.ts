@@ -128,8 +128,14 @@ export const ERRORS = {
   ML_ERR_CA_PASSPHRASE: {
     status: 500,
     exit: 'passphrase',
-    description: 'The CA key could not be decrypted: wrong MESHLINK_CA_PASSPHRASE, or the store file was moved (its absolute path is part of the key).',
+    description: 'The store’s secrets could not be decrypted: the server key file or MESHLINK_CA_PASSPHRASE is not the one that sealed them (or a store of an earlier release was moved before its first start with this one).',
   },
+  ML_ERR_KEY_FILE: {
+    status: 500,
+    exit: 'passphrase',
+    description: 'The server key file is missing for a store sealed with one, open to group or others, a symlink, owned by another user, malformed, or cannot be created.',
+  },
+  ML_ERR_BACKUP: { status: 500, exit: 'internal', description: 'A backup or restore failed: the target cannot be written, or the file to restore is not a meshlink store.' },
   ML_ERR_NOT_INITIALIZED: { status: 500, exit: 'notInitialized', description: 'The data dir has no CA yet; run `meshlink server start` once.' },
   ML_ERR_AGENT_RUNNING: { exit: 'agentRunning', description: 'Another `agent run` holds this state dir (agent.lock names its pid).' },
   ML_ERR_SERVER_RUNNING: { status: 500, exit: 'serverRunning', description: 'Another server already answers on this data dir’s admin socket.' },

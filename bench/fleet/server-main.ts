@@ -45,7 +45,7 @@ const running = await startServer(config, {
   passphrase: '',
   features: [
     createObservabilityFeature({ listen: { host: '127.0.0.1', port: Number(metricsPort) } }),
-    createMeshFeature({ passphrase: '', onStarted: (m) => (mesh = m) }),
+    createMeshFeature({ onStarted: (m) => (mesh = m) }),
     broadcast,
   ],
 });

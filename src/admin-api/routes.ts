@@ -49,6 +49,19 @@ export const serverStatus = defineRoute({
   offline: true,
 });
 
+/**
+ * A consistent copy of the store written by the server to `path` (absolute; on the server's host),
+ * atomically and with mode 0600. Online through the admin socket, offline on the store.
+ */
+export const backupStore = defineRoute({
+  name: 'server.backup',
+  method: 'POST',
+  path: '/v1/server/backup',
+  input: z.object({ path: z.string().min(2).max(4096).refine((p) => p.startsWith('/') && !p.includes('\u0000'), 'an absolute path') }).strict(),
+  output: z.object({ path: z.string(), bytes: z.number().int() }),
+  offline: true,
+});
+
 export const tokenCreationSchema = z.object({
   token: z.string(),
   expiresAt: iso,
@@ -311,6 +324,7 @@ export const consoleLogin = defineRoute({
 export const ADMIN_ROUTES = [
   health,
   serverStatus,
+  backupStore,
   createToken,
   listNodes,
   removeNode,

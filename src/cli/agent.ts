@@ -62,7 +62,7 @@ function registerEnrollCommand(agent: Command): void {
     .description('enroll this host with a meshlink server using a one-time token')
     .requiredOption('--server <url>', 'server URL, https://HOST:PORT')
     .option('--token <token>', `one-time enrollment token (or set ${ENV_ENROLL_TOKEN})`)
-    .option('--ca-pin <pin>', 'sha256:<hex> pin of the server CA (repeatable)', collect, [])
+    .option('--ca-pin <pin>', 'sha256:<hex> pin of the server CA (repeatable, or several comma-separated: any one may match)', collect, [])
     .option('--state-dir <dir>', 'state directory (default: $MESHLINK_STATE_DIR, /var/lib/meshlink/agent as root, else ~/.local/state/meshlink/agent)')
     .option('--hostname <name>', 'host name for the certificate (default: this machine\'s host name)')
     .option('--san <name>', 'extra subject alternative name, DNS name or IP (repeatable)', collect, [])
@@ -76,7 +76,8 @@ function registerEnrollCommand(agent: Command): void {
         const token = flags.token ?? process.env[ENV_ENROLL_TOKEN];
         if (token === undefined || token === '') throw new MeshlinkError('ML_ERR_USAGE', `a token is required: --token or ${ENV_ENROLL_TOKEN}`);
         if (flags.caPin.length === 0) throw new MeshlinkError('ML_ERR_USAGE', 'at least one --ca-pin is required (printed by `meshlink server token create`)');
-        const caPins = flags.caPin.map(parseCaPin);
+        // Several pins, repeated or comma-separated: during a CA rotation (docs/SERVER.md) either CA is good.
+        const caPins = flags.caPin.flatMap((arg) => arg.split(',')).map((p) => p.trim()).filter((p) => p !== '').map(parseCaPin);
         const proxy = resolveProxyConfig(flags.proxy, process.env);
         const logger = agentLogger(flags.logLevel, 'warn');
         const stateDir = resolveStateDir(flags.stateDir);

@@ -1,6 +1,8 @@
 import { EXIT_CODES, MeshlinkError } from '../errors.js';
 import { withFailureReport } from './failure.js';
-import { withOperator } from './operator.js';
+import { dataDirOf, withOperator } from './operator.js';
+import { resolve } from 'node:path';
+import { restoreStore } from '../server/operator/backup.js';
 import { registerServerExtensions } from './server-extensions.js';
 import { Command, Option } from 'commander';
 import { z } from 'zod';
@@ -15,7 +17,7 @@ import { printable, printTable } from './table.js';
 /**
  * `meshlink server ...`: parse, validate, call into src/server. Exit codes (docs/SERVER.md) come from
  * the error's exit class (src/errors.ts): 0 ok, 1 unexpected error, 2 usage/invalid option, 3 node not
- * found or ambiguous, 4 CA passphrase wrong, 5 data dir not initialized, 6 a server already runs on
+ * found or ambiguous, 4 store secrets do not decrypt or the key file is missing or unsafe, 5 data dir not initialized, 6 a server already runs on
  * this data dir.
  */
 const action = withFailureReport;
@@ -66,10 +68,12 @@ export function registerServerCommands(program: Command): void {
     .option('--stun-listen <host:port>', 'UDP address of the STUN responder that lets agents behind NAT learn their public endpoint; the next port is its alternate (default 0.0.0.0:3478 when free)')
     .option('--no-stun', 'run no STUN responder (agents then report only the endpoints they know)')
     .option('--console-origin <origin>', 'the origin browsers use for the console when it is not http://HOST:PORT of the request, e.g. https://console.example.com behind a reverse proxy')
+    .option('--key-file <path>', 'the server key file that seals the CA key and mesh secrets, outside the data dir (default: MESHLINK_KEY_FILE, else /etc/meshlink/server.key for the system data dir, else <data dir>.key); created at first start')
     .action(
-      action(async (opts: { dataDir?: string; listen: string; publicUrl?: string; san: string[]; caKey: string; certLifetime: string; renewGrace: string; heartbeatInterval: string; offlineAfter: string; logLevel?: string; metricsListen?: string; consoleListen?: string; consoleOrigin?: string; stunListen?: string; stun: boolean }) => {
+      action(async (opts: { dataDir?: string; keyFile?: string; listen: string; publicUrl?: string; san: string[]; caKey: string; certLifetime: string; renewGrace: string; heartbeatInterval: string; offlineAfter: string; logLevel?: string; metricsListen?: string; consoleListen?: string; consoleOrigin?: string; stunListen?: string; stun: boolean }) => {
         const config = parseServerConfig({
           ...(opts.dataDir ? { dataDir: opts.dataDir } : {}),
+          ...(opts.keyFile ? { keyFile: opts.keyFile } : {}),
           listen: parseListen(opts.listen),
           sans: opts.san,
           publicUrl: opts.publicUrl ?? null,
@@ -125,6 +129,36 @@ export function registerServerCommands(program: Command): void {
           `nodes        ${s.nodes}${s.running ? `, ${s.running.onlineNodes} online` : ''}`,
         ];
         process.stdout.write(lines.join('\n') + '\n');
+      }),
+    );
+
+  server
+    .command('backup')
+    .description('write a consistent copy of the store to FILE (online through the running server, else from the store); its secrets stay sealed with the server key file, which you back up apart')
+    .argument('<file>', 'where to write the backup (replaced atomically; mode 0600)')
+    .addOption(dataDirOption())
+    .option('--json', 'print {"path","bytes"}')
+    .action(
+      action(async (file: string, raw: unknown) => {
+        const opts = listOptions.parse(raw);
+        const written = await withOperator(opts.dataDir, (op) => op.call(api.backupStore, { path: resolve(file) }));
+        if (opts.json) process.stdout.write(JSON.stringify(written) + '\n');
+        else process.stdout.write(`backed up the store to ${written.path} (${written.bytes} bytes); keep the server key file apart from it\n`);
+      }),
+    );
+
+  server
+    .command('restore')
+    .description('replace the data dir\'s store with the backup FILE (the server must be stopped); start it with the key file that sealed the backup')
+    .argument('<file>', 'a file written by `meshlink server backup`')
+    .addOption(dataDirOption())
+    .option('--json', 'print {"path","bytes"}')
+    .action(
+      action(async (file: string, raw: unknown) => {
+        const opts = listOptions.parse(raw);
+        const restored = await restoreStore(file, dataDirOf(opts.dataDir));
+        if (opts.json) process.stdout.write(JSON.stringify(restored) + '\n');
+        else process.stdout.write(`restored ${resolve(file)} to ${restored.path}; start the server with the key file that sealed it (--key-file when it is not at its default place)\n`);
       }),
     );
 

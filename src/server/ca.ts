@@ -3,7 +3,7 @@ import { hostname as osHostname } from 'node:os';
 import { resolve } from 'node:path';
 import forge from 'node-forge';
 import { spkiPinOf, type CaPin } from '../contract/ca-pin.js';
-import { decryptCaKey, encryptCaKey } from './ca-key-crypto.js';
+import { isLegacySealed, openSealed, seal, type SealingSecret } from './ca-key-crypto.js';
 import type { Store } from './store/store.js';
 import {
   altNames,
@@ -197,23 +197,29 @@ export class CertificateAuthority {
 
 /**
  * Loads the CA from the store, or creates and stores one when the store has none. A CA that exists
- * but does not decrypt is ML_ERR_CA_PASSPHRASE: never silently replaced.
+ * but does not decrypt is ML_ERR_CA_PASSPHRASE: never silently replaced. A CA key sealed by an earlier
+ * release (bound to the store's path, ca-key-crypto.ts) is re-sealed with `secret` at once, in one
+ * durable write: from then on only the key file (and passphrase) opens it, at any path.
  */
 export async function loadOrCreateCa(
   store: Store,
-  options: { keyType: CaKeyType; passphrase?: string },
-): Promise<{ ca: CertificateAuthority; created: boolean }> {
-  const storePathAbs = resolve(store.path);
-  const passphrase = options.passphrase ?? '';
+  options: { keyType: CaKeyType; secret: SealingSecret },
+): Promise<{ ca: CertificateAuthority; created: boolean; migrated: boolean }> {
   const row = store.getCa();
   if (row) {
-    const pkcs8 = await decryptCaKey(row.keyBlob, row.kdfSalt, storePathAbs, passphrase);
-    return { ca: CertificateAuthority.fromPem(row.certPem, createPrivateKey({ key: pkcs8, format: 'der', type: 'pkcs8' }).export({ type: 'pkcs8', format: 'pem' })), created: false };
+    const pkcs8 = await openSealed(row.keyBlob, row.kdfSalt, options.secret, resolve(store.path));
+    const migrated = isLegacySealed(row.keyBlob);
+    if (migrated) {
+      const resealed = await seal(pkcs8, options.secret);
+      store.replaceCaKey(row.keyBlob, resealed.blob, resealed.salt);
+    }
+    const ca = CertificateAuthority.fromPem(row.certPem, createPrivateKey({ key: pkcs8, format: 'der', type: 'pkcs8' }).export({ type: 'pkcs8', format: 'pem' }));
+    return { ca, created: false, migrated };
   }
   const ca = await CertificateAuthority.create({ keyType: options.keyType });
-  const { blob, salt } = await encryptCaKey(ca.exportKeyPkcs8Der(), storePathAbs, passphrase);
+  const { blob, salt } = await seal(ca.exportKeyPkcs8Der(), options.secret);
   store.insertCa({ keyBlob: blob, kdfSalt: salt, certPem: ca.certPem, createdAt: Date.now() });
-  return { ca, created: true };
+  return { ca, created: true, migrated: false };
 }
 
 /**

@@ -23,6 +23,11 @@ const DAY_MS = 86_400_000;
 export const serverConfigSchema = z
   .object({
     dataDir: z.string().min(1).optional(),
+    /**
+     * The server key file (`--key-file`, else MESHLINK_KEY_FILE): what seals the store's secrets, kept
+     * outside the data dir. null: the default place (key-file.ts), created at first start.
+     */
+    keyFile: z.string().min(1).max(4096).nullable().optional(),
     listen: z
       .object({
         host: z.string().min(1).default('0.0.0.0'),
@@ -87,8 +92,9 @@ export const serverConfigSchema = z
   });
 
 export type ServerConfigInput = z.input<typeof serverConfigSchema>;
-export type ServerConfig = Readonly<Omit<z.output<typeof serverConfigSchema>, 'dataDir' | 'listen' | 'sans'>> & {
+export type ServerConfig = Readonly<Omit<z.output<typeof serverConfigSchema>, 'dataDir' | 'listen' | 'sans' | 'keyFile'>> & {
   readonly dataDir: string;
+  readonly keyFile: string | null;
   readonly listen: Readonly<{ host: string; port: number }>;
   readonly sans: readonly string[];
 };
@@ -102,6 +108,7 @@ export function parseServerConfig(input: unknown, env: NodeJS.ProcessEnv = proce
   return Object.freeze({
     ...c,
     dataDir: resolve(c.dataDir ?? defaultDataDir(env)),
+    keyFile: c.keyFile ? resolve(c.keyFile) : env.MESHLINK_KEY_FILE ? resolve(env.MESHLINK_KEY_FILE) : null,
     listen: Object.freeze({ ...c.listen }),
     sans: Object.freeze([...c.sans]),
   });

@@ -3,6 +3,7 @@ import type { Logger } from '../util/logger.js';
 import type { AdminRoutes } from './admin-routes.js';
 import type { AgentSessions } from './agent-sessions.js';
 import type { AuditLog } from './audit-log.js';
+import type { SealingSecret } from './ca-key-crypto.js';
 import type { ServerConfig } from './config.js';
 import type { PresenceView } from './presence.js';
 import type { PublicRoutes } from './public-routes.js';
@@ -32,8 +33,8 @@ export interface ServerFeatureContext {
   /** Questions features answer for each other (the only way one feature learns another's state). */
   readonly questions: FeatureQuestions;
   readonly logger: Logger;
-  /** The CA passphrase this server was started with (MESHLINK_CA_PASSPHRASE or the caller's), for sealing feature secrets. */
-  readonly passphrase: string;
+  /** What seals the store's secrets (the server key file and MESHLINK_CA_PASSPHRASE, key-file.ts), for sealing feature secrets. */
+  readonly sealing: SealingSecret;
 }
 
 /** Gateway connection events a feature may observe; each returns its unsubscribe. */

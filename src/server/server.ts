@@ -6,6 +6,8 @@ import { AdminClient } from '../admin-api/client.js';
 import { startAdminServer } from './admin.js';
 import { registerCoreAdminRoutes } from './operator/core-routes.js';
 import { loadOrCreateCa, type CertificateAuthority } from './ca.js';
+import { isLegacySealed } from './ca-key-crypto.js';
+import { openKeyFile } from './key-file.js';
 import { adminSocketPath, storePath, type ServerConfig } from './config.js';
 import { ConnectionRegistry } from './connections.js';
 import { EnrollmentService } from './enroll.js';
@@ -33,7 +35,7 @@ import { MeshlinkError } from '../errors.js';
 export interface StartServerOptions {
   hooks?: GatewayHooks;
   logger?: Logger;
-  /** Defaults to MESHLINK_CA_PASSPHRASE. */
+  /** Defaults to MESHLINK_CA_PASSPHRASE; mixed with the key file (config.keyFile) into what seals the store's secrets. */
   passphrase?: string;
   timeouts?: Partial<GatewayTimeouts>;
   /** Features to start (default: SERVER_FEATURES); ignored when `hooks` replaces the session layer. */
@@ -76,8 +78,13 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
   const presence = new Presence(store, logger);
   const featureHandles: ServerFeatureHandle[] = [];
   try {
-    const { ca, created } = await loadOrCreateCa(store, { keyType: config.caKeyType, ...(passphrase ? { passphrase } : {}) });
-    logger.info({ caPin: ca.pin, created }, created ? 'created a new CA' : 'loaded the CA');
+    // The key file may be created only for a store with nothing sealed by one yet (key-file.ts).
+    const caRow = store.getCa();
+    const keyFile = await openKeyFile({ dataDir: config.dataDir, keyFile: config.keyFile, passphrase, mayCreate: !caRow || isLegacySealed(caRow.keyBlob), logger });
+    const sealing = keyFile.secret;
+    const { ca, created, migrated } = await loadOrCreateCa(store, { keyType: config.caKeyType, secret: sealing });
+    if (migrated) logger.warn({ keyFile: keyFile.path }, 're-sealed the CA key of an earlier release with the server key file (it was bound to the store path only)');
+    logger.info({ caPin: ca.pin, created, keyFile: keyFile.path }, created ? 'created a new CA' : 'loaded the CA');
     // The certificate names the configured public URL's host too; a derived URL needs the bound port.
     const publicAddress = resolvePublicAddress(store, config);
     const serverCert = await ca.issueServerCertificate(publicAddress.certNames);
@@ -116,7 +123,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
         enrollment: { onCommit: (hook) => enrollment.onCommit(hook) },
         questions,
         logger,
-        passphrase,
+        sealing,
       };
       for (const feature of options.features ?? SERVER_FEATURES) {
         const handle = await feature(ctx);

@@ -1,10 +1,18 @@
-import { open, rename, unlink, mkdir } from 'node:fs/promises';
+import { link, open, rename, unlink, mkdir } from 'node:fs/promises';
 import { dirname, basename, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 
 export interface AtomicWriteOptions {
   /** File mode of the final file; key material must pass 0o600. */
   mode?: number;
+  /**
+   * Never replace an existing file: the temp file is hard-linked into place instead of renamed, so
+   * of two writers racing to create one file exactly one wins and the other gets EEXIST (a key file
+   * created at first start must not be swapped under a server that already sealed with it).
+   */
+  exclusive?: boolean;
+  /** Mode of the parent directory if it must be created (default: the umask's). */
+  dirMode?: number;
 }
 
 /**
@@ -18,7 +26,7 @@ export async function writeFileAtomic(
   options: AtomicWriteOptions = {},
 ): Promise<void> {
   const dir = dirname(path);
-  await mkdir(dir, { recursive: true });
+  await mkdir(dir, { recursive: true, ...(options.dirMode !== undefined ? { mode: options.dirMode } : {}) });
   const tmp = join(dir, `.${basename(path)}.${randomBytes(6).toString('hex')}.tmp`);
   const mode = options.mode ?? 0o644;
   const handle = await open(tmp, 'wx', mode);
@@ -33,11 +41,13 @@ export async function writeFileAtomic(
   }
   await handle.close();
   try {
-    await rename(tmp, path);
+    if (options.exclusive) await link(tmp, path);
+    else await rename(tmp, path);
   } catch (err) {
     await unlink(tmp).catch(() => {});
     throw err;
   }
+  if (options.exclusive) await unlink(tmp);
   await fsyncPath(dir);
 }
 

@@ -119,6 +119,20 @@ describe('meshlink agent CLI (child processes of dist/src/cli/main.js)', () => {
     expect(readdirSync(parent)).toEqual([]);
   });
 
+  it('--ca-pin takes several pins, comma-separated or repeated (a CA rotation in progress): any one matching enrolls', async () => {
+    const other = spkiPinOf((await createTestCa()).certPem);
+    const third = spkiPinOf((await createTestCa()).certPem);
+    const comma = await runCli(['agent', 'enroll', '--server', server.url, '--token', token(), '--ca-pin', `${other},${server.caPin}`, '--state-dir', join(dirs.make(), 'a'), '--hostname', 'h.example', '--json']);
+    expect(comma.code, comma.stderr).toBe(0);
+    const repeated = await runCli(['agent', 'enroll', '--server', server.url, '--token', token(), '--ca-pin', other, '--ca-pin', `${third}, ${server.caPin}`, '--state-dir', join(dirs.make(), 'b'), '--hostname', 'h.example', '--json']);
+    expect(repeated.code, repeated.stderr).toBe(0);
+    const none = await runCli(['agent', 'enroll', '--server', server.url, '--token', token(), '--ca-pin', `${other},${third}`, '--state-dir', join(dirs.make(), 'c'), '--hostname', 'h.example']);
+    expect(none.code).toBe(4);
+    const malformed = await runCli(['agent', 'enroll', '--server', server.url, '--token', token(), '--ca-pin', `${server.caPin},sha256:nothex`, '--state-dir', join(dirs.make(), 'd'), '--hostname', 'h.example']);
+    expect(malformed.code).toBe(2);
+    expect(malformed.stderr).toMatch(/^error ML_ERR_PIN_FORMAT: /m);
+  });
+
   it('already enrolled exits 5; --force re-enrolls; refused token exits 3 with the server code', async () => {
     const stateDir = dirs.make();
     const common = ['--server', server.url, '--ca-pin', server.caPin, '--state-dir', stateDir, '--hostname', 'h.example'];

@@ -29,7 +29,8 @@ export async function cli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<
 
 export async function tempDir(prefix: string): Promise<{ path: string; cleanup(): Promise<void> }> {
   const path = await mkdtemp(join(tmpdir(), prefix));
-  return { path, cleanup: () => rm(path, { recursive: true, force: true }) };
+  // A server on this dir as its data dir keeps its key file beside it (`<dir>.key`, src/server/key-file.ts).
+  return { path, cleanup: async () => { await rm(path, { recursive: true, force: true }); await rm(`${path}.key`, { force: true }); } };
 }
 
 /** A free loopback port (for a server that must come back on the same port after a restart). */

@@ -53,7 +53,7 @@ const peersOf = (a: TestAgent): string[] => (a.mesh.state?.peers ?? []).map((p) 
 const idsOf = (...names: string[]): string[] => names.map((n) => agents.get(n)!.nodeId).sort();
 
 beforeAll(async () => {
-  srv = await startTestServer({}, { features: [createMeshFeature({ passphrase: '', sweepIntervalMs: 200, onStarted: (m) => (mesh = m) })] });
+  srv = await startTestServer({}, { features: [createMeshFeature({ sweepIntervalMs: 200, onStarted: (m) => (mesh = m) })] });
   await addAgent('a', ['web']);
   await addAgent('b', ['web', 'db']);
   await addAgent('c', ['db']);

@@ -1,4 +1,5 @@
-import { randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
+import { SealingSecret } from '../../src/server/ca-key-crypto.js';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -14,12 +15,18 @@ import { createLogger } from '../../src/util/logger.js';
 
 export const silent = createLogger({ name: 'test', level: 'silent' });
 
-export async function tempStore(): Promise<{ store: Store; dir: string; reopen(): Store; cleanup(): Promise<void> }> {
+/** A sealing secret as the key file gives one (random key bytes, no passphrase). */
+export function testSealing(passphrase = ''): SealingSecret {
+  return new SealingSecret(randomBytes(32), passphrase);
+}
+
+export async function tempStore(): Promise<{ store: Store; dir: string; sealing: SealingSecret; reopen(): Store; cleanup(): Promise<void> }> {
   const dir = await mkdtemp(join(tmpdir(), 'ml-mesh-'));
   const path = join(dir, 'meshlink.db');
   const handle = {
     store: openServerStore(path),
     dir,
+    sealing: testSealing(),
     reopen() {
       handle.store.close();
       handle.store = openServerStore(path);

@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
 import { stateDigest } from '../../src/contract/mesh-events.js';
 import { MeshService } from '../../src/server/mesh/service.js';
-import { enrollNode, recordingSessions, silent, tempStore, verifies, wgKey, type SentEvent } from './helpers.js';
+import { enrollNode, recordingSessions, silent, tempStore, testSealing, verifies, wgKey, type SentEvent } from './helpers.js';
 
 const cleanups: Array<() => Promise<void>> = [];
 afterEach(async () => {
@@ -15,7 +15,7 @@ async function setup(options: { retainEvents?: number } = {}) {
   const a = enrollNode(t.store, 'a', ['web']);
   const b = enrollNode(t.store, 'b', ['web', 'db']);
   const c = enrollNode(t.store, 'c', ['db']);
-  const mesh = await MeshService.open(t.store, silent, { passphrase: 'test', ...options });
+  const mesh = await MeshService.open(t.store, silent, { sealing: t.sealing, ...options });
   const hub = recordingSessions();
   mesh.setDelivery(hub);
   const sessions = new Map([a, b, c].map((id) => [id, hub.connect(id)]));
@@ -48,7 +48,7 @@ describe('MeshService', () => {
     const { t, mesh, a, b, c } = await setup();
     const ips = [a, b, c].map((id) => mesh.nodeInfo(id)!.meshIp);
     expect([...ips].sort()).toEqual(['10.100.0.1', '10.100.0.2', '10.100.0.3']); // enrolled in the same ms: order by id
-    const reopened = await MeshService.open(t.reopen(), silent, { passphrase: 'test' });
+    const reopened = await MeshService.open(t.reopen(), silent, { sealing: t.sealing });
     expect([a, b, c].map((id) => reopened.nodeInfo(id)!.meshIp)).toEqual(ips);
     // What each node was told is loaded back: the start's recompute finds nothing new to send.
     expect([a, b, c].map((id) => reopened.nodeInfo(id)!.lastSeq)).toEqual([a, b, c].map((id) => mesh.nodeInfo(id)!.lastSeq));
@@ -115,7 +115,7 @@ describe('MeshService', () => {
     const t = await tempStore();
     cleanups.push(() => t.cleanup());
     const ids = Array.from({ length: 150 }, (_, i) => enrollNode(t.store, `n${i}`, [i % 2 === 0 ? 'even' : 'odd']));
-    const mesh = await MeshService.open(t.store, silent, { passphrase: 'test' });
+    const mesh = await MeshService.open(t.store, silent, { sealing: t.sealing });
     const hub = recordingSessions();
     mesh.setDelivery(hub);
     const sessions = new Map(ids.map((id) => [id, hub.connect(id)]));
@@ -257,9 +257,9 @@ describe('MeshService', () => {
     expect(JSON.stringify(feed)).toContain('[redacted]');
   });
 
-  it('a wrong passphrase cannot open the mesh secrets', async () => {
+  it('another key file (or passphrase) cannot open the mesh secrets', async () => {
     const { t } = await setup();
-    await expect(MeshService.open(t.store, silent, { passphrase: 'other' })).rejects.toMatchObject({ code: 'ML_ERR_CA_PASSPHRASE' });
+    await expect(MeshService.open(t.store, silent, { sealing: testSealing() })).rejects.toMatchObject({ code: 'ML_ERR_CA_PASSPHRASE' });
   });
 });
 

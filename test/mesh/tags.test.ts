@@ -11,7 +11,7 @@ import { MeshStore } from '../../src/server/mesh/store.js';
 import { MIGRATIONS } from '../../src/server/store/migrations.js';
 import type { Store } from '../../src/server/store/store.js';
 import { createToken, hashToken } from '../../src/server/tokens.js';
-import { enrollNode, silent, tempStore } from './helpers.js';
+import { enrollNode, silent, tempStore, testSealing } from './helpers.js';
 
 const cleanups: Array<() => Promise<void> | void> = [];
 afterEach(async () => {
@@ -117,7 +117,7 @@ describe('mesh migration 102', () => {
     expect(commitWith(s, 'untagged', { id: 'n5', existing: false })).toBe(true);
     expect(tagsOf(s, 'n4')).toEqual(['edge']);
     expect(tagsOf(s, 'n5')).toEqual([]);
-    const mesh = await MeshService.open(s, silent, { passphrase: 'test' });
+    const mesh = await MeshService.open(s, silent, { sealing: testSealing() });
     cleanups.push(() => mesh.close());
     expect(['n1', 'n2', 'n4', 'n5'].map((id) => mesh.nodeInfo(id)!.tags)).toEqual([['web', 'ops'], [], ['edge'], []]);
   });

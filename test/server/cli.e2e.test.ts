@@ -3,6 +3,8 @@ import { resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadOrCreateCa } from '../../src/server/ca.js';
+import { openKeyFile } from '../../src/server/key-file.js';
+import { createLogger } from '../../src/util/logger.js';
 import { spkiPinOf } from '../../src/contract/ca-pin.js';
 import { openServerStore } from '../../src/server/features.js';
 import { attachSession } from '../../src/net/ws-session.js';
@@ -133,7 +135,8 @@ describe('CLI end to end: `meshlink server` as child processes', () => {
 
     // Secrets never reach the log: tokens, the CSR, the agent key, the CA key (decrypted here to compare).
     const store = openServerStore(`${dir.path}/meshlink.db`);
-    const { ca: loaded } = await loadOrCreateCa(store, { keyType: 'rsa2048', passphrase: PASSPHRASE });
+    const { secret } = await openKeyFile({ dataDir: dir.path, keyFile: null, passphrase: PASSPHRASE, mayCreate: false, logger: createLogger({ name: 'test', level: 'silent' }) });
+    const { ca: loaded } = await loadOrCreateCa(store, { keyType: 'rsa2048', secret });
     store.close();
     const caKeyPem = (await import('node:crypto')).createPrivateKey({ key: loaded.exportKeyPkcs8Der(), format: 'der', type: 'pkcs8' }).export({ type: 'pkcs8', format: 'pem' }) as string;
     const humanToken = /--token (\S+)/.exec(human.stdout)![1]!;

@@ -21,7 +21,8 @@ export const HAVE_OPENSSL = (() => {
 
 export async function tempDir(prefix = 'ml-srv-'): Promise<{ path: string; cleanup(): Promise<void> }> {
   const path = await mkdtemp(join(tmpdir(), prefix));
-  return { path, cleanup: () => rm(path, { recursive: true, force: true }) };
+  // A server on this dir as its data dir keeps its key file beside it (`<dir>.key`, src/server/key-file.ts).
+  return { path, cleanup: async () => { await rm(path, { recursive: true, force: true }); await rm(`${path}.key`, { force: true }); } };
 }
 
 export interface TestServer {

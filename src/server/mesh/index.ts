@@ -26,8 +26,8 @@ export interface MeshFeatureOptions extends MeshOptions {
 export function createMeshFeature(options: MeshFeatureOptions = {}): ServerFeature {
   return async (ctx: ServerFeatureContext) => {
     const log = ctx.logger.child({ component: 'mesh' });
-    // Sealed with the same passphrase as the CA key (the caller's, else MESHLINK_CA_PASSPHRASE).
-    const mesh = await MeshService.open(ctx.store, ctx.logger, { ...options, passphrase: options.passphrase ?? ctx.passphrase });
+    // Sealed with the same key file and passphrase as the CA key (the caller's, else the server's).
+    const mesh = await MeshService.open(ctx.store, ctx.logger, { ...options, sealing: options.sealing ?? ctx.sealing });
     mesh.setDelivery(ctx.sessions);
     // A node gets the tags of the token it enrolled with, in the enrollment's own transaction.
     const tags = new MeshStore(ctx.store.database);
@@ -86,7 +86,7 @@ export function createMeshFeature(options: MeshFeatureOptions = {}): ServerFeatu
   };
 }
 
-/** The feature startServer runs (mesh range and passphrase from the environment; docs/MESH.md). */
+/** The feature startServer runs (mesh range from the environment; docs/MESH.md). */
 export const meshFeature: ServerFeature = createMeshFeature();
 
 /** With no server running: the operator's mesh routes on the store, and the mesh columns of the node list. */

@@ -1,3 +1,4 @@
+import { resolve } from 'node:path';
 import { MeshlinkError } from '../../errors.js';
 import type { AgentHandle } from '../agent-sessions.js';
 import type { PayloadOf } from '../../protocol/registry.js';
@@ -14,6 +15,7 @@ import { MeshModel } from './model.js';
 import { validatePolicy, type Policy } from '../../admin-api/policy.js';
 import { policyId } from './policy.js';
 import { SecretBox } from './secret-box.js';
+import type { SealingSecret } from '../ca-key-crypto.js';
 import { generateSigningKey, signingKeyFromPkcs8, type SigningKey } from './signer.js';
 
 export type { DeliverySessions } from './delivery.js';
@@ -35,8 +37,8 @@ export type { FeedEntry } from './feed.js';
 export interface MeshOptions {
   /** Mesh range (default MESHLINK_MESH_CIDR, else 10.100.0.0/16). */
   cidr?: string;
-  /** Passphrase sealing the mesh master key: the CA's (the feature passes ctx.passphrase); default MESHLINK_CA_PASSPHRASE. */
-  passphrase?: string;
+  /** What seals the mesh master key: the CA's (the feature passes ctx.sealing; key-file.ts). */
+  sealing?: SealingSecret;
   /** Events kept per node for replay; older gaps get a snapshot (default 256). */
   retainEvents?: number;
   /** How long agents keep accepting the previous signing key after a rotation (default 24 h). */
@@ -76,7 +78,7 @@ export class MeshService {
   readonly #db: MeshStore;
   readonly #box: SecretBox;
   readonly #log: Logger;
-  readonly #opts: Required<Omit<MeshOptions, 'cidr' | 'passphrase'>>;
+  readonly #opts: Required<Omit<MeshOptions, 'cidr' | 'sealing'>>;
   readonly #model: MeshModel;
   readonly #feed: MeshFeed;
   readonly #events: EventLog;
@@ -122,12 +124,17 @@ export class MeshService {
   /** Opens the mesh state of a store: master key, signing key, range, model; then one recompute. */
   static async open(store: Store, logger: Logger, options: MeshOptions = {}): Promise<MeshService> {
     const db = new MeshStore(store.database);
-    const passphrase = options.passphrase ?? process.env.MESHLINK_CA_PASSPHRASE ?? '';
+    const sealing = options.sealing;
+    if (!sealing) throw new MeshlinkError('ML_ERR_INTERNAL', 'the mesh needs the server key file to seal its secrets (options.sealing)');
     let box: SecretBox;
     const master = db.getMaster();
-    if (master) box = await SecretBox.openMaster(master.blob, master.salt, store.path, passphrase);
-    else {
-      const created = await SecretBox.createMaster(store.path, passphrase);
+    if (master) {
+      const opened = await SecretBox.openMaster(master.blob, master.salt, sealing, resolve(store.path));
+      // Sealed by an earlier release with the store's path: from now on only the key file opens it.
+      if (opened.resealed) db.replaceMaster(master.blob, opened.resealed.blob, opened.resealed.salt);
+      box = opened.box;
+    } else {
+      const created = await SecretBox.createMaster(sealing);
       db.insertMaster(created.blob, created.salt);
       box = created.box;
     }

@@ -69,6 +69,7 @@ export class MeshStore {
       deleteSetting: db.prepare('DELETE FROM mesh_settings WHERE key = ?'),
       getMaster: db.prepare('SELECT key_blob, kdf_salt FROM mesh_master WHERE id = 1'),
       insertMaster: db.prepare('INSERT INTO mesh_master (id, key_blob, kdf_salt) VALUES (1, ?, ?)'),
+      replaceMaster: db.prepare('UPDATE mesh_master SET key_blob = ?, kdf_salt = ? WHERE id = 1 AND key_blob = ?'),
       signingKeys: db.prepare('SELECT * FROM mesh_signing_keys ORDER BY created_at, rowid'),
       insertSigningKey: db.prepare('INSERT INTO mesh_signing_keys (key_id, public_key, sealed_pkcs8, created_at) VALUES (?, ?, ?, ?)'),
       meshNodes: db.prepare(`
@@ -144,6 +145,10 @@ export class MeshStore {
   }
   insertMaster(blob: Buffer, salt: Buffer): void {
     this.s.insertMaster.run(blob, salt);
+  }
+  /** Re-seals the master key (same key, new blob), only if the stored blob is still `previous`. */
+  replaceMaster(previous: Buffer, blob: Buffer, salt: Buffer): void {
+    this.s.replaceMaster.run(blob, salt, previous);
   }
 
   signingKeys(): Array<{ keyId: string; publicKey: Buffer; sealedPkcs8: Buffer; createdAt: number }> {

@@ -5,6 +5,7 @@ import type { FeatureQuestions } from '../feature.js';
 import { VERSION } from '../../version.js';
 import { createEnrollmentToken, listNodes, META_CA_PIN, META_PUBLIC_URL, removeNode, type LiveParts } from '../nodes.js';
 import { META_PUBLIC_URL_CONFIGURED, readSans } from '../public-address.js';
+import { backupStore } from './backup.js';
 import type { Store } from '../store/store.js';
 
 /**
@@ -39,6 +40,13 @@ export function registerCoreAdminRoutes(
       running: deps.running && live ? { pid: process.pid, listen: deps.running.listen(), startedAt: new Date(deps.running.startedAt).toISOString(), onlineNodes: live.presence.onlineCount } : null,
     };
   });
+
+  // The backup is written by this process (the server's, or the offline CLI's) to the path asked for.
+  routes.handle(api.backupStore, async ({ path }) => {
+    const written = await backupStore(store, path);
+    log.info({ path: written.path, bytes: written.bytes }, 'store backed up');
+    return written;
+  }, { audit: (answer) => ({ target: answer.path }) });
 
   routes.handle(
     api.createToken,

@@ -124,6 +124,7 @@ export class Store {
       setMeta: db.prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value'),
       getCa: db.prepare('SELECT key_blob, kdf_salt, cert_pem, created_at FROM ca WHERE id = 1'),
       insertCa: db.prepare('INSERT INTO ca (id, key_blob, kdf_salt, cert_pem, created_at) VALUES (1, ?, ?, ?, ?)'),
+      replaceCaKey: db.prepare('UPDATE ca SET key_blob = ?, kdf_salt = ? WHERE id = 1 AND key_blob = ?'),
       insertToken: db.prepare(
         'INSERT INTO tokens (hash, created_at, expires_at, consumed_at, node_id) VALUES (?, ?, ?, NULL, ?)',
       ),
@@ -221,6 +222,29 @@ export class Store {
   }
   insertCa(row: CaRow): void {
     this.durably(() => this.stmts.insertCa.run(row.keyBlob, row.kdfSalt, row.certPem, row.createdAt));
+  }
+  /** Re-seals the CA key (same key, new blob: a migration of its sealing), only if the blob is still `previous`. */
+  replaceCaKey(previous: Buffer, keyBlob: Buffer, kdfSalt: Buffer): void {
+    this.durably(() => this.stmts.replaceCaKey.run(keyBlob, kdfSalt, previous));
+  }
+
+  /**
+   * A consistent copy of the whole database at `path` (SQLite's online backup API: pages copied in
+   * steps, restarting if a write lands meanwhile, so the copy is one committed state while the server
+   * keeps running). The caller makes it atomic (temp file, fsync, rename).
+   */
+  async backupTo(path: string): Promise<void> {
+    await this.db.backup(path);
+  }
+
+  /** SQLite's quick_check: true when the pages and indexes are sound (a backup about to be restored). */
+  quickCheck(): boolean {
+    return this.db.pragma('quick_check', { simple: true }) === 'ok';
+  }
+
+  /** Folds the write-ahead log into the database file and truncates it. */
+  checkpoint(): void {
+    this.db.pragma('wal_checkpoint(TRUNCATE)');
   }
 
   /** Runs `fn` in an IMMEDIATE transaction whose commit fsyncs the WAL (synchronous=FULL for this commit). */
