@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
 import { registerRunCommand } from './agent/run.js';
+import { DEFAULT_AGENT_CONFIG } from './agent/config-file.js';
 import { z } from 'zod';
 import { createLogger, LOG_LEVELS } from '../util/logger.js';
 import { VERSION } from '../version.js';
@@ -106,12 +107,22 @@ function registerEnrollCommand(agent: Command): void {
           process.stdout.write(
             `enrolled as node ${identity.nodeId}\n` +
               `certificate ${identity.cert.serial} valid until ${identity.cert.notAfter.toISOString()}\n` +
-              `state dir ${stateDir}\n` +
-              `next: meshlink agent run${flags.stateDir ? ` --state-dir ${stateDir}` : ''}   (as a service: systemctl enable --now meshlink-agent)\n`,
+              `state dir ${stateDir}\n`,
           );
+          // What to do next is advice, not the result: stderr, and only in human mode.
+          process.stderr.write(nextStepAfterEnroll(flags.stateDir === undefined ? null : stateDir));
         }
       }),
     );
+}
+
+/** The lines `agent enroll` prints on stderr after the result: how to start the agent, by hand or as the service. */
+export function nextStepAfterEnroll(explicitStateDir: string | null): string {
+  return (
+    `next: start the agent: meshlink agent run${explicitStateDir === null ? '' : ` --state-dir ${explicitStateDir}`}\n` +
+    `      or as a service: install packaging/systemd/meshlink-agent.service, then systemctl enable --now meshlink-agent\n` +
+    `      (options such as allowExec and transferDir go in ${DEFAULT_AGENT_CONFIG}: docs/AGENT.md, "Config file")\n`
+  );
 }
 
 // ---------------------------------------------------------------------------------------------
