@@ -11,6 +11,7 @@ import { pullFile, pushFile, runAction, runExec, tailLogs } from '../admin-api/t
 import { adminSocketOf, withOperator } from './operator.js';
 import { parseDuration } from '../util/duration.js';
 import { printable, printTable } from './table.js';
+import { terminalProgress } from './progress.js';
 
 /**
  * `meshlink server action|exec|logs|cp|audit|upgrade` (docs/OPERATIONS.md): thin clients of the
@@ -179,9 +180,13 @@ export function registerOpsCommands(server: Command): void {
         if ((src === null) === (dst === null)) throw new MeshlinkError('ML_ERR_USAGE', 'exactly one side must be NODE:/absolute/path');
         const policy = { retries: o.retries, delayMs: 1000, onRetry: (e: MeshlinkError, n: number) => process.stderr.write(`transfer interrupted (${e.code}); resuming (attempt ${n + 1})\n`) };
         const socket = socketOf(o.dataDir);
-        const r = dst
-          ? await pushFile(socket, { node: dst.node, actor: actor(), local: source, remote: remoteTarget(dst.path, source) }, policy)
-          : await pullFile(socket, { node: src!.node, actor: actor(), remote: src!.path, local: await localTarget(destination, src!.path) }, policy);
+        // Bytes, rate and ETA on stderr when it is a terminal; nothing otherwise (stdout is the result).
+        const progress = terminalProgress();
+        const onProgress = progress ? progress.update.bind(progress) : undefined;
+        const r = await (dst
+          ? pushFile(socket, { node: dst.node, actor: actor(), local: source, remote: remoteTarget(dst.path, source) }, policy, onProgress)
+          : pullFile(socket, { node: src!.node, actor: actor(), remote: src!.path, local: await localTarget(destination, src!.path) }, policy, onProgress)
+        ).finally(() => progress?.finish());
         if (o.json) process.stdout.write(JSON.stringify(r) + '\n');
         else process.stderr.write(`${r.size} bytes, sha256 ${r.sha256}${r.resumedFrom > 0 ? `, resumed at ${r.resumedFrom}` : ''}\n`);
       }),

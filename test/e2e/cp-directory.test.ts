@@ -1,8 +1,11 @@
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { cli, enrollAgent, freePort, spawnCli, startServerProc, tempDir, type Proc, type ServerProc } from './harness.js';
+import { CLI, cli, enrollAgent, freePort, spawnCli, startServerProc, tempDir, type Proc, type ServerProc } from './harness.js';
 
 /**
  * `cp FILE NODE:/dir/` and `cp NODE:/path/file DIR/` copy into the directory under the file's name;
@@ -77,4 +80,40 @@ describe('cp into a directory (real processes)', () => {
     expect(none.stderr).toMatch(/^error ML_ERR_USAGE: .*no-such-dir\/ is not an existing directory/m);
     expect(existsSync(join(dir.path, 'no-such-dir'))).toBe(false);
   });
+
+  /** Runs the CLI with stderr on a pseudo-terminal (util-linux script) and stdout into a file; returns what the terminal showed. */
+  async function underPty(args: string[], stdoutFile: string): Promise<string> {
+    const quoted = [process.execPath, CLI, ...args].map((a) => `'${a.replaceAll("'", "'\\''")}'`).join(' ');
+    const { stdout } = await promisify(execFile)('script', ['-qfec', `${quoted} > '${stdoutFile}'`, '/dev/null'], { timeout: 60_000 });
+    return stdout;
+  }
+
+  const hasScript = ['/usr/bin/script', '/bin/script'].some((p) => existsSync(p));
+  // Skipped where util-linux's script(1) is missing: without a pseudo-terminal there is no TTY to test.
+  it.skipIf(!hasScript)('shows bytes, rate and ETA on stderr when it is a terminal (hashing, sending, receiving), never on a pipe; stdout stays the result', async () => {
+    const big = join(local, 'big.bin');
+    await writeFile(big, randomBytes(8 * 1024 * 1024));
+    const jsonOut = join(dir.path, 'push.json');
+    const shown = await underPty(['server', 'cp', big, `cp-host:${drop}/`, '--json', ...dd()], jsonOut);
+    expect(shown).toMatch(/hashing 8\.0 MiB \/ 8\.0 MiB {2}100%/);
+    expect(shown).toMatch(/sending 8\.0 MiB \/ 8\.0 MiB {2}100%/);
+    expect(shown).toMatch(/sending [^\r\n]* \d+\.\d (B|KiB|MiB|GiB)\/s/);
+    expect(shown).toMatch(/\r/);
+    // stdout (redirected to a file) is the one JSON result, with no progress in it.
+    const result = await readFile(jsonOut, 'utf8');
+    expect(result.trim().split('\n')).toHaveLength(1);
+    expect(JSON.parse(result)).toMatchObject({ size: 8 * 1024 * 1024 });
+
+    const pulled = await underPty(['server', 'cp', `cp-host:${drop}/big.bin`, join(dir.path, 'big-back.bin'), ...dd()], join(dir.path, 'pull.out'));
+    expect(pulled).toMatch(/receiving 8\.0 MiB/);
+    expect(await readFile(join(dir.path, 'pull.out'), 'utf8')).toBe('');
+
+    // Not a terminal: no progress at all, only the summary line.
+    const piped = await cli(['server', 'cp', big, `cp-host:${drop}/piped.bin`, ...dd()]);
+    expect(piped.code, piped.stderr).toBe(0);
+    // eslint-disable-next-line no-control-regex -- no terminal escapes at all on a pipe
+    expect(piped.stderr).not.toMatch(/hashing|sending|\r|\x1b/);
+    expect(piped.stderr).toMatch(/^8388608 bytes, sha256 [0-9a-f]{64}\n$/);
+    expect(piped.stdout).toBe('');
+  }, 90_000);
 });
