@@ -132,7 +132,7 @@ async function main(): Promise<void> {
       await new Promise((r) => setTimeout(r, 100));
       if (child.exitCode !== null) throw new Error(`server exited with ${child.exitCode}`);
       try {
-        url = (await new AdminClient(socketPath).call(createToken, { ttlMs: 60_000 })).enrollCommand.split(' ')[4]!;
+        url = /--server (\S+)/.exec((await new AdminClient(socketPath).call(createToken, { ttlMs: 60_000 })).enrollCommand)?.[1] ?? '';
       } catch {
         /* not up yet */
       }

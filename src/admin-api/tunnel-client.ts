@@ -205,12 +205,19 @@ async function withRetries<T>(policy: RetryPolicy, attempt: (n: number) => Promi
   }
 }
 
-export async function fileSha256(path: string): Promise<{ sha256: string; size: number }> {
+/**
+ * How far a transfer is, for a progress display: the phase, bytes done, and the total when known
+ * (a pull learns it only at the end). Called per chunk; the display throttles.
+ */
+export type TransferProgress = (phase: 'hashing' | 'sending' | 'receiving', done: number, total: number | null) => void;
+
+export async function fileSha256(path: string, onProgress?: TransferProgress, total: number | null = null): Promise<{ sha256: string; size: number }> {
   const hash = createHash('sha256');
   let size = 0;
   for await (const chunk of createReadStream(path, { highWaterMark: 1024 * 1024 })) {
     hash.update(chunk as Buffer);
     size += (chunk as Buffer).length;
+    onProgress?.('hashing', size, total);
   }
   return { sha256: hash.digest('hex'), size };
 }
@@ -220,10 +227,11 @@ export async function pushFile(
   socketPath: string,
   req: { node: string; actor: string; local: string; remote: string },
   policy: RetryPolicy = { retries: 0, delayMs: 1000 },
+  onProgress?: TransferProgress,
 ): Promise<TransferResult> {
   const st = await stat(req.local);
   if (!st.isFile()) throw new MeshlinkError('ML_ERR_OPS_BAD_REQUEST', `${req.local} is not a regular file`);
-  const { sha256, size } = await fileSha256(req.local);
+  const { sha256, size } = await fileSha256(req.local, onProgress, st.size);
   let resumedFrom = 0;
   let attempts = 0;
   const final = await withRetries(policy, async () => {
@@ -234,9 +242,13 @@ export async function pushFile(
         resumedFrom = e.offset;
         void (async () => {
           try {
+            let sent = e.offset;
+            onProgress?.('sending', sent, size);
             if (e.offset < size) {
               for await (const chunk of createReadStream(req.local, { start: e.offset, end: size - 1, highWaterMark: 256 * 1024 })) {
                 await t.send(chunk as Buffer);
+                sent += (chunk as Buffer).length;
+                onProgress?.('sending', sent, size);
               }
             }
             t.event({ type: 'eof' });
@@ -261,6 +273,7 @@ export async function pullFile(
   socketPath: string,
   req: { node: string; actor: string; remote: string; local: string },
   policy: RetryPolicy = { retries: 0, delayMs: 1000 },
+  onProgress?: TransferProgress,
 ): Promise<TransferResult> {
   const target = resolve(req.local);
   const part = join(dirname(target), `.${basename(target)}.meshlink-part`);
@@ -271,6 +284,7 @@ export async function pullFile(
     const held = await lstat(part).catch(() => null);
     const offset = held?.isFile() ? held.size : 0;
     const hash = createHash('sha256');
+    let received = 0;
     let out: ReturnType<typeof createWriteStream> | null = null;
     // Assigned in onEvent; the cast keeps TypeScript from narrowing it to null after runTunnel.
     let starting = null as Promise<void> | null;
@@ -279,6 +293,7 @@ export async function pullFile(
         onEvent(e) {
           if (e.type !== 'resume') return;
           resumedFrom = e.offset;
+          received = e.offset;
           starting = (async () => {
             if (e.offset > 0) await hashFile(part, e.offset, hash);
             // Offset 0 after a held part means starting over: 'w' truncates it.
@@ -288,6 +303,8 @@ export async function pullFile(
         async onData(chunk) {
           if (starting) await starting;
           hash.update(chunk);
+          received += chunk.length;
+          onProgress?.('receiving', received, null);
           if (out && !out.write(chunk)) await new Promise<void>((r) => out!.once('drain', () => r()));
         },
       });

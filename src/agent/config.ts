@@ -3,6 +3,7 @@ import { isIP } from 'node:net';
 import { isAbsolute, join, resolve } from 'node:path';
 import { z } from 'zod';
 import { caPinSchema } from '../contract/ca-pin.js';
+import { ENROLL_TOKEN_ENV } from '../contract/enroll-command.js';
 import { KEY_TYPES } from './csr.js';
 import { EXIT_CODES, MeshlinkError } from '../errors.js';
 import { zodErrorText } from '../util/zod-error.js';
@@ -14,8 +15,8 @@ import { zodErrorText } from '../util/zod-error.js';
 
 export const ENV_STATE_DIR = 'MESHLINK_STATE_DIR';
 export const ENV_LOG_LEVEL = 'MESHLINK_LOG_LEVEL';
-/** Alternative to --token that keeps the token out of `ps` output and shell history. */
-export const ENV_ENROLL_TOKEN = 'MESHLINK_ENROLL_TOKEN';
+/** Alternative to --token that keeps the token out of `ps` output and shell history (what token create prints). */
+export const ENV_ENROLL_TOKEN = ENROLL_TOKEN_ENV;
 
 export const ROOT_STATE_DIR = '/var/lib/meshlink/agent';
 

@@ -16,7 +16,7 @@ import { ConnectRefusedError, dial } from './dial.js';
 import { EnrollError, reachesServer } from './enroll.js';
 import { loadIdentity, saveServerUrl, type Identity } from './identity.js';
 import { DEFAULT_RENEW_POLICY, renewalDelayMs, renewalRetryMs, renewExpired, renewInBand, type RenewPolicy } from './renewal.js';
-import { writeAgentStatus } from './state/status-file.js';
+import { writeAgentStatus, type Revocation } from './state/status-file.js';
 import { DIRECT, proxyFor, type ProxyConfig } from './proxy.js';
 
 /**
@@ -89,6 +89,8 @@ export class AgentRunner extends EventEmitter<AgentRunnerEvents> {
   #identity: Identity | null = null;
   #live: Live | null = null;
   #stopping = false;
+  /** Set when the server revoked this node (close 4401 or a 403 ML_ERR_CERT_REVOKED); written into the final status.json. */
+  #revocation: Revocation | null = null;
   #wakeUp: (() => void) | null = null;
   #renewTimer: NodeJS.Timeout | null = null;
   #renewing = false;
@@ -192,7 +194,7 @@ export class AgentRunner extends EventEmitter<AgentRunnerEvents> {
         live = null;
         if (this.#stopping) break;
         if (info.code === 4401 || info.error?.code === 'ML_ERR_CERT_REVOKED') {
-          return this.#revoked();
+          return this.#revoked(info.code === 4401 ? 'closed with 4401 (session_revoked)' : 'ML_ERR_CERT_REVOKED');
         }
         this.#backoff.connectionEnded(upFor);
         await this.#sleepBackoff(`connection closed (${info.code}${info.error ? ` ${info.error.code}` : ''})`);
@@ -200,7 +202,7 @@ export class AgentRunner extends EventEmitter<AgentRunnerEvents> {
       return AGENT_EXIT_CODES.ok;
     } finally {
       this.#clearRenewTimer();
-      await this.#setState('stopped');
+      await this.#setState('stopped', this.#revocation === null ? {} : { revoked: this.#revocation });
     }
   }
 
@@ -245,7 +247,7 @@ export class AgentRunner extends EventEmitter<AgentRunnerEvents> {
   /** Decides what a failed dial means; returns an exit code to stop, or null to go on. */
   async #handleConnectFailure(err: unknown): Promise<number | null> {
     if (err instanceof ConnectRefusedError) {
-      if (err.serverCode === 'ML_ERR_CERT_REVOKED') return this.#revoked();
+      if (err.serverCode === 'ML_ERR_CERT_REVOKED') return this.#revoked('connection refused with ML_ERR_CERT_REVOKED');
       if (err.serverCode === 'ML_ERR_CERT_EXPIRED' || this.#identity!.cert.notAfter.getTime() <= Date.now()) {
         return this.#renewExpired();
       }
@@ -278,7 +280,12 @@ export class AgentRunner extends EventEmitter<AgentRunnerEvents> {
     }
   }
 
-  #revoked(): number {
+  /**
+   * The server revoked this node: remembered so that the last status.json (state stopped) says so,
+   * with when and how, for `agent status`; a restart cannot help, only a re-enrollment.
+   */
+  #revoked(how: string): number {
+    this.#revocation = { at: new Date().toISOString(), how, certSerial: this.#identity?.cert.serial ?? null };
     this.#log.error({ nodeId: this.#identity?.nodeId }, 'the server revoked this node’s certificate; not retrying (exit 78). Re-enroll with a new token to rejoin.');
     return AGENT_EXIT_CODES.revoked;
   }

@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import { registerRunCommand } from './agent/run.js';
 import { registerNatProbeCommand } from './agent/nat-probe.js';
+import { DEFAULT_AGENT_CONFIG } from './agent/config-file.js';
 import { z } from 'zod';
 import { createLogger, LOG_LEVELS } from '../util/logger.js';
 import { VERSION } from '../version.js';
@@ -8,7 +9,7 @@ import { AGENT_EXIT_CODES, defaultHostname, ENV_ENROLL_TOKEN, ENV_LOG_LEVEL, res
 import { enroll } from '../agent/enroll.js';
 import { resolveProxyConfig } from '../agent/proxy.js';
 import { isEnrolled, loadIdentity, type Identity } from '../agent/identity.js';
-import { readAgentStatus, type AgentStatusReading } from '../agent/state/status-file.js';
+import { readAgentStatus, type AgentStatusReading, type Revocation } from '../agent/state/status-file.js';
 import { parseCaPin } from '../contract/ca-pin.js';
 import { readMeshStatus } from '../agent/mesh/index.js';
 import { MeshlinkError } from '../errors.js';
@@ -108,12 +109,22 @@ function registerEnrollCommand(agent: Command): void {
           process.stdout.write(
             `enrolled as node ${identity.nodeId}\n` +
               `certificate ${identity.cert.serial} valid until ${identity.cert.notAfter.toISOString()}\n` +
-              `state dir ${stateDir}\n` +
-              `next: meshlink agent run${flags.stateDir ? ` --state-dir ${stateDir}` : ''}   (as a service: systemctl enable --now meshlink-agent)\n`,
+              `state dir ${stateDir}\n`,
           );
+          // What to do next is advice, not the result: stderr, and only in human mode.
+          process.stderr.write(nextStepAfterEnroll(flags.stateDir === undefined ? null : stateDir));
         }
       }),
     );
+}
+
+/** The lines `agent enroll` prints on stderr after the result: how to start the agent, by hand or as the service. */
+export function nextStepAfterEnroll(explicitStateDir: string | null): string {
+  return (
+    `next: start the agent: meshlink agent run${explicitStateDir === null ? '' : ` --state-dir ${explicitStateDir}`}\n` +
+    `      or as a service: install packaging/systemd/meshlink-agent.service, then systemctl enable --now meshlink-agent\n` +
+    `      (options such as allowExec and transferDir go in ${DEFAULT_AGENT_CONFIG}: docs/AGENT.md, "Config file")\n`
+  );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -176,6 +187,21 @@ function proxyReport(c: ConnectionReport): { address: string; source: string } |
   return raw === undefined || !parsed.success ? undefined : parsed.data;
 }
 
+const REVOKED_NEXT_STEP =
+  'the server revoked this node; restarting cannot help. Re-enroll: on the server run `meshlink server token create`, ' +
+  'then here the command it prints, with --force to replace this identity';
+
+/**
+ * The revocation the last `agent run` recorded, while the identity it was for is still the one held
+ * (a re-enrollment has another certificate serial and clears it); null otherwise.
+ */
+function revocationReport(reading: AgentStatusReading, certSerial: string | null): (Revocation & { nextStep: string }) | null {
+  if (reading.kind !== 'present' || reading.status.revoked === undefined) return null;
+  const revoked = reading.status.revoked;
+  if (certSerial !== null && revoked.certSerial !== null && revoked.certSerial !== certSerial) return null;
+  return { ...revoked, nextStep: REVOKED_NEXT_STEP };
+}
+
 function registerStatusCommand(agent: Command): void {
   agent
     .command('status')
@@ -188,9 +214,11 @@ function registerStatusCommand(agent: Command): void {
         const stateDir = resolveStateDir(flags.stateDir);
         const enrolled = await isEnrolled(stateDir);
         const identity = enrolled ? identityReport(await loadIdentity(stateDir)) : null;
-        const connection = connectionReport(await readAgentStatus(stateDir));
+        const reading = await readAgentStatus(stateDir);
+        const connection = connectionReport(reading);
+        const revoked = revocationReport(reading, identity?.certSerial ?? null);
         const proxy = proxyReport(connection);
-        const report = { enrolled, stateDir, ...(identity ?? {}), ...(await readMeshStatus(stateDir)), connection, ...(proxy === undefined ? {} : { proxy }) };
+        const report = { enrolled, stateDir, ...(identity ?? {}), ...(await readMeshStatus(stateDir)), connection, revoked, ...(proxy === undefined ? {} : { proxy }) };
         if (flags.json) {
           process.stdout.write(`${JSON.stringify(report)}\n`);
           return;
@@ -206,6 +234,7 @@ function registerStatusCommand(agent: Command): void {
           );
         }
         lines.push(`connection:   ${describeConnection(connection)}`);
+        if (revoked !== null) lines.push(`REVOKED:      at ${revoked.at} (${revoked.how})`, `next step:    ${revoked.nextStep}`);
         if (proxy !== undefined) lines.push(`proxy:        ${proxy === null ? 'none (direct)' : `${proxy.address} (from ${proxy.source})`}`);
         process.stdout.write(`${lines.join('\n')}\n`);
       }),

@@ -1,6 +1,7 @@
 import { EXIT_CODES, MeshlinkError } from '../errors.js';
 import { exitCodeFor, reportFailure, withFailureReport } from './failure.js';
-import { readFile } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
+import { basename, join, posix } from 'node:path';
 import { Option, type Command } from 'commander';
 import { z } from 'zod';
 import { localActor } from '../admin-api/actor.js';
@@ -10,6 +11,7 @@ import { pullFile, pushFile, runAction, runExec, tailLogs } from '../admin-api/t
 import { adminSocketOf, withOperator } from './operator.js';
 import { parseDuration } from '../util/duration.js';
 import { printable, printTable } from './table.js';
+import { terminalProgress } from './progress.js';
 
 /**
  * `meshlink server action|exec|logs|cp|audit|upgrade` (docs/OPERATIONS.md): thin clients of the
@@ -54,6 +56,29 @@ function remoteExit(exitCode: number | null, signal: string | null | undefined):
 export function parseRemote(spec: string): { node: string; path: string } | null {
   const m = /^([^:/\s]+):(\/.*)$/.exec(spec);
   return m ? { node: m[1]!, path: m[2]! } : null;
+}
+
+/**
+ * `cp FILE NODE:/dir/`: a trailing slash names a directory on the agent; the file keeps its local
+ * name in it. The agent then checks `/dir/NAME` as any other path: its directory must exist and be
+ * inside a transfer directory once symlinks are resolved (src/agent/ops/transfer.ts), so naming a
+ * directory never widens what the agent accepts.
+ */
+export function remoteTarget(remote: string, local: string): string {
+  return remote.endsWith('/') ? `${remote}${basename(local)}` : remote;
+}
+
+/**
+ * `cp NODE:/path/file DIR/` (or an existing DIR): the file keeps its remote name in the local
+ * directory. A trailing slash on a directory that does not exist is an error, as for cp(1), rather
+ * than a file named after the directory.
+ */
+export async function localTarget(local: string, remote: string): Promise<string> {
+  if (remote.endsWith('/')) throw new MeshlinkError('ML_ERR_USAGE', `the remote source ${remote} names a directory; cp copies one file`);
+  const st = await stat(local).catch(() => null);
+  if (st?.isDirectory()) return join(local, posix.basename(remote));
+  if (local.endsWith('/')) throw new MeshlinkError('ML_ERR_USAGE', `${local} is not an existing directory`);
+  return local;
 }
 
 export function registerOpsCommands(server: Command): void {
@@ -141,7 +166,7 @@ export function registerOpsCommands(server: Command): void {
 
   server
     .command('cp')
-    .description('copy a file to or from a node: cp LOCAL NODE:/PATH or cp NODE:/PATH LOCAL (agent needs --transfer-dir)')
+    .description('copy a file to or from a node: cp LOCAL NODE:/PATH or cp NODE:/PATH LOCAL; a trailing slash (NODE:/DIR/, LOCALDIR/) or an existing local directory copies into it under the file\'s name (agent needs --transfer-dir)')
     .argument('<source>')
     .argument('<destination>')
     .option('--retries <n>', 'resume this many times after a dropped connection', '5')
@@ -155,9 +180,13 @@ export function registerOpsCommands(server: Command): void {
         if ((src === null) === (dst === null)) throw new MeshlinkError('ML_ERR_USAGE', 'exactly one side must be NODE:/absolute/path');
         const policy = { retries: o.retries, delayMs: 1000, onRetry: (e: MeshlinkError, n: number) => process.stderr.write(`transfer interrupted (${e.code}); resuming (attempt ${n + 1})\n`) };
         const socket = socketOf(o.dataDir);
-        const r = dst
-          ? await pushFile(socket, { node: dst.node, actor: actor(), local: source, remote: dst.path }, policy)
-          : await pullFile(socket, { node: src!.node, actor: actor(), remote: src!.path, local: destination }, policy);
+        // Bytes, rate and ETA on stderr when it is a terminal; nothing otherwise (stdout is the result).
+        const progress = terminalProgress();
+        const onProgress = progress ? progress.update.bind(progress) : undefined;
+        const r = await (dst
+          ? pushFile(socket, { node: dst.node, actor: actor(), local: source, remote: remoteTarget(dst.path, source) }, policy, onProgress)
+          : pullFile(socket, { node: src!.node, actor: actor(), remote: src!.path, local: await localTarget(destination, src!.path) }, policy, onProgress)
+        ).finally(() => progress?.finish());
         if (o.json) process.stdout.write(JSON.stringify(r) + '\n');
         else process.stderr.write(`${r.size} bytes, sha256 ${r.sha256}${r.resumedFrom > 0 ? `, resumed at ${r.resumedFrom}` : ''}\n`);
       }),

@@ -13,6 +13,8 @@ import { createLogger, LOG_LEVELS } from '../util/logger.js';
 import { parseDuration } from '../util/duration.js';
 import { parseListenAddress, type ListenAddress } from '../util/listen-address.js';
 import { printable, printTable } from './table.js';
+import { applyConfigFile, collect } from './config-file.js';
+import { DEFAULT_SERVER_CONFIG, SERVER_CONFIG_FILE, serverConfigPath } from './server-config-file.js';
 
 /**
  * `meshlink server ...`: parse, validate, call into src/server. Exit codes (docs/SERVER.md) come from
@@ -24,8 +26,6 @@ const action = withFailureReport;
 
 /** `--listen HOST:PORT` / `[v6]:PORT` (usage error, exit 2, when malformed). */
 export const parseListen = (text: string): ListenAddress => parseListenAddress(text, '--listen', 'ML_ERR_USAGE');
-
-const collect = (value: string, previous: string[]): string[] => [...previous, value];
 
 /**
  * `--stun-listen HOST:PORT` (the alternate port is the next one; port 0: both picked free) and
@@ -46,6 +46,18 @@ const dataDirOption = () => new Option('--data-dir <dir>', 'server data dir (def
 const tokenCreateOptions = z.object({ dataDir: z.string().optional(), ttl: z.string().default('1h'), node: z.string().min(1).max(128).optional(), json: z.boolean().default(false), tag: z.array(z.string()).default([]) });
 const listOptions = z.object({ dataDir: z.string().optional(), json: z.boolean().default(false) });
 const removeOptions = z.object({ dataDir: z.string().optional(), json: z.boolean().default(false) });
+
+/** A duration option of `server start`; a bad one names the option (as flag and as config-file key). */
+function durationOption(key: string, text: string): number {
+  try {
+    return parseDuration(text);
+  } catch (err) {
+    const flag = `--${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
+    throw new MeshlinkError('ML_ERR_DURATION', `${flag} (${key}): ${(err as Error).message}`);
+  }
+}
+
+type StartOptions = { dataDir?: string; listen: string; publicUrl?: string; san: string[]; caKey: string; certLifetime: string; renewGrace: string; heartbeatInterval: string; offlineAfter: string; logLevel?: string; metricsListen?: string; consoleListen?: string; consoleOrigin?: string; config?: string; keyFile?: string; stunListen?: string; stun: boolean };
 
 export function registerServerCommands(program: Command): void {
   const server = program.command('server').description('control-plane server: CA, enrollment, agent gateway');
@@ -69,8 +81,13 @@ export function registerServerCommands(program: Command): void {
     .option('--no-stun', 'run no STUN responder (agents then report only the endpoints they know)')
     .option('--console-origin <origin>', 'the origin browsers use for the console when it is not http://HOST:PORT of the request, e.g. https://console.example.com behind a reverse proxy')
     .option('--key-file <path>', 'the server key file that seals the CA key and mesh secrets, outside the data dir (default: MESHLINK_KEY_FILE, else /etc/meshlink/server.key for the system data dir, else <data dir>.key); created at first start')
+    .option('--config <file>', `options of server start as one JSON object, e.g. {"listen": "0.0.0.0:8443", "consoleListen": "127.0.0.1:8444"}; flags win (default: MESHLINK_SERVER_CONFIG, else ${DEFAULT_SERVER_CONFIG} if present)`)
     .action(
-      action(async (opts: { dataDir?: string; keyFile?: string; listen: string; publicUrl?: string; san: string[]; caKey: string; certLifetime: string; renewGrace: string; heartbeatInterval: string; offlineAfter: string; logLevel?: string; metricsListen?: string; consoleListen?: string; consoleOrigin?: string; stunListen?: string; stun: boolean }) => {
+      action(async (flags: StartOptions, cmd: Command) => {
+        // The config file fills what the command line left out; then everything is parsed as flags.
+        const configFile = serverConfigPath(flags.config);
+        if (configFile) applyConfigFile(cmd, configFile, SERVER_CONFIG_FILE);
+        const opts = configFile ? cmd.opts<StartOptions>() : flags;
         const config = parseServerConfig({
           ...(opts.dataDir ? { dataDir: opts.dataDir } : {}),
           ...(opts.keyFile ? { keyFile: opts.keyFile } : {}),
@@ -78,10 +95,10 @@ export function registerServerCommands(program: Command): void {
           sans: opts.san,
           publicUrl: opts.publicUrl ?? null,
           caKeyType: opts.caKey,
-          certLifetimeMs: parseDuration(opts.certLifetime),
-          renewGraceMs: parseDuration(opts.renewGrace),
-          heartbeatIntervalMs: parseDuration(opts.heartbeatInterval),
-          offlineAfterMs: parseDuration(opts.offlineAfter),
+          certLifetimeMs: durationOption('certLifetime', opts.certLifetime),
+          renewGraceMs: durationOption('renewGrace', opts.renewGrace),
+          heartbeatIntervalMs: durationOption('heartbeatInterval', opts.heartbeatInterval),
+          offlineAfterMs: durationOption('offlineAfter', opts.offlineAfter),
           logLevel: opts.logLevel ?? process.env.MESHLINK_LOG_LEVEL ?? 'info',
           metricsListen: opts.metricsListen ? parseListenAddress(opts.metricsListen, '--metrics-listen', 'ML_ERR_USAGE') : null,
           consoleListen: opts.consoleListen ? parseListenAddress(opts.consoleListen, '--console-listen', 'ML_ERR_USAGE') : null,

@@ -3,6 +3,7 @@ import type { ConnectionRegistry } from './connections.js';
 import type { RevocationList } from './revocation.js';
 import type { NodeRow, Store } from './store/store.js';
 import { createToken } from './tokens.js';
+import { enrollCommand } from '../contract/enroll-command.js';
 import type { NodeListing, RemovalResult, TokenCreation } from '../admin-api/routes.js';
 import type { PresenceView } from './presence.js';
 
@@ -71,12 +72,11 @@ export function createEnrollmentToken(store: Store, options: { ttlMs: number; no
   const caPin = store.getMeta(META_CA_PIN);
   if (!url || !caPin) throw new MeshlinkError('ML_ERR_NOT_INITIALIZED', 'this data dir has no CA yet: run `meshlink server start` once');
   const created = createToken(store, { ttlMs: options.ttlMs, nodeId: options.nodeId ?? null });
-  const force = created.nodeId ? ' --force' : '';
   return {
     token: created.token,
     expiresAt: new Date(created.expiresAt).toISOString(),
     caPin,
-    enrollCommand: `meshlink agent enroll --server ${url} --token ${created.token} --ca-pin ${caPin}${force}`,
+    enrollCommand: enrollCommand({ server: url, token: created.token, caPin, force: created.nodeId !== null }),
     nodeId: created.nodeId,
   };
 }

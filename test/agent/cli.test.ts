@@ -66,10 +66,14 @@ describe('meshlink agent CLI (child processes of dist/src/cli/main.js)', () => {
     const nodeId = /enrolled as node (\S+)/.exec(res.stdout)?.[1];
     expect(nodeId).toMatch(/^node-/);
     expect(res.stdout).toMatch(/valid until \d{4}-\d\d-\d\dT/);
-    expect(res.stdout).toContain(`next: meshlink agent run --state-dir ${stateDir}`);
-    // stdout is the result only; the info logs went to stderr as JSON lines; the token appears nowhere
+    // stdout is the result only; the next step and the info logs (JSON lines) went to stderr; the token appears nowhere
+    expect(res.stdout).not.toContain('next:');
+    expect(res.stderr).toContain(`next: start the agent: meshlink agent run --state-dir ${stateDir}\n`);
+    expect(res.stderr).toContain('systemctl enable --now meshlink-agent');
     expect(res.stdout).not.toContain('"level"');
-    expect(res.stderr.trim().split('\n').every((line) => line.startsWith('{"level":'))).toBe(true);
+    const [logs, advice] = [res.stderr.slice(0, res.stderr.indexOf('next:')), res.stderr.slice(res.stderr.indexOf('next:'))];
+    expect(logs.trim().split('\n').every((line) => line.startsWith('{"level":'))).toBe(true);
+    expect(advice).not.toContain('{"level"');
     expect(res.stderr).toContain('"msg":"enrolled"');
     expect(res.stdout + res.stderr).not.toContain(t);
     expect(server.requests.filter((r) => r.path === '/v1/enroll').some((r) => r.body.includes(t))).toBe(true);
@@ -155,6 +159,7 @@ describe('meshlink agent CLI (child processes of dist/src/cli/main.js)', () => {
     expect(res.code).toBe(0);
     const out = JSON.parse(res.stdout) as Record<string, unknown>;
     expect(out).toMatchObject({ server: server.url, caPin: server.caPin, stateDir });
+    expect(res.stderr).not.toContain('next:'); // --json: nothing extra, not even on stderr
     const status = JSON.parse((await runCli(['agent', 'status', '--json'], { MESHLINK_STATE_DIR: stateDir })).stdout) as Record<string, unknown>;
     expect(status.nodeId).toBe(out.nodeId);
     expect(status.certSerial).toBe(out.certSerial);

@@ -101,10 +101,14 @@ describe.skipIf(!HAVE_CHROMIUM)('web console in chromium', () => {
     await page.click('#token-create');
     const command = (await page.textContent('#enroll-command'))!.trim();
     await shot('tokens');
-    const [bin, ...args] = command.split(/\s+/);
+    // MESHLINK_ENROLL_TOKEN=… meshlink agent enroll …: the token in the environment, out of argv.
+    const [assignment, bin, ...args] = command.split(/\s+/);
+    const token = /^MESHLINK_ENROLL_TOKEN=([A-Za-z0-9_-]+)$/.exec(assignment ?? '')?.[1];
+    expect(token).toBeDefined();
     expect(bin).toBe('meshlink');
+    expect(args).not.toContain('--token');
     const path = await stateDir();
-    const enrolled = await cli([...args, '--state-dir', path, '--hostname', 'from-ui', '--json']);
+    const enrolled = await cli([...args, '--state-dir', path, '--hostname', 'from-ui', '--json'], { MESHLINK_ENROLL_TOKEN: token });
     expect(enrolled.code, enrolled.stderr).toBe(0);
     const { nodeId } = JSON.parse(enrolled.stdout) as { nodeId: string };
     const nodes = await listNodes(server.dataDir);

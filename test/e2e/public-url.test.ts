@@ -41,7 +41,7 @@ describe('server start --public-url and --san (real processes)', () => {
   it('names the public URL in enrollment commands and status, and puts its host in the certificate', async () => {
     server = await startServerProc(dir.path, port, ['--public-url', 'https://mesh.example.test:443', '--san', 'alt.example.test']);
     expect(server.url).toBe('https://mesh.example.test');
-    expect(await tokenCommand()).toMatch(/^meshlink agent enroll --server https:\/\/mesh\.example\.test --token /);
+    expect(await tokenCommand()).toMatch(/^MESHLINK_ENROLL_TOKEN=\S+ meshlink agent enroll --server https:\/\/mesh\.example\.test --ca-pin /);
     const status = await cli(['server', 'status', '--json', '--data-dir', dir.path]);
     expect(JSON.parse(status.stdout)).toMatchObject({ publicUrl: 'https://mesh.example.test', publicUrlSource: 'configured', sans: ['alt.example.test'], running: { pid: expect.any(Number), listen: `127.0.0.1:${port}` } });
     expect(await certificateNames(port)).toEqual(expect.arrayContaining(['mesh.example.test', 'alt.example.test']));

@@ -76,13 +76,14 @@ describe('CLI end to end: `meshlink server` as child processes', () => {
     const tok = JSON.parse(created.stdout) as { token: string; expiresAt: string; caPin: string; enrollCommand: string };
     expect(Object.keys(tok).sort()).toEqual(['caPin', 'enrollCommand', 'expiresAt', 'token']);
     expect(tok.caPin).toBe(ready.caPin);
-    expect(tok.enrollCommand).toBe(`meshlink agent enroll --server ${ready.publicUrl} --token ${tok.token} --ca-pin ${ready.caPin}`);
+    // The token in the environment, not in argv (ps shows argv to every user).
+    expect(tok.enrollCommand).toBe(`MESHLINK_ENROLL_TOKEN=${tok.token} meshlink agent enroll --server ${ready.publicUrl} --ca-pin ${ready.caPin}`);
     const ttl = Date.parse(tok.expiresAt) - Date.now();
     expect(ttl).toBeGreaterThan(9 * 60_000);
     expect(ttl).toBeLessThanOrEqual(10 * 60_000);
 
     const human = await cli(['server', 'token', 'create', '--data-dir', dir.path]);
-    expect(human.stdout).toMatch(/^meshlink agent enroll --server https:\/\/127\.0\.0\.1:\d+ --token [A-Za-z0-9_-]{22} --ca-pin sha256:[0-9a-f]{64}\n$/);
+    expect(human.stdout).toMatch(/^MESHLINK_ENROLL_TOKEN=[A-Za-z0-9_-]{22} meshlink agent enroll --server https:\/\/127\.0\.0\.1:\d+ --ca-pin sha256:[0-9a-f]{64}\n$/);
 
     // Like an agent: fetch the CA without trusting anything yet, then check it against the pin.
     const caPem = await new Promise<string>((res, rej) => {
@@ -139,7 +140,7 @@ describe('CLI end to end: `meshlink server` as child processes', () => {
     const { ca: loaded } = await loadOrCreateCa(store, { keyType: 'rsa2048', secret });
     store.close();
     const caKeyPem = (await import('node:crypto')).createPrivateKey({ key: loaded.exportKeyPkcs8Der(), format: 'der', type: 'pkcs8' }).export({ type: 'pkcs8', format: 'pem' }) as string;
-    const humanToken = /--token (\S+)/.exec(human.stdout)![1]!;
+    const humanToken = /MESHLINK_ENROLL_TOKEN=(\S+)/.exec(human.stdout)![1]!;
     expect(stdout.length).toBeGreaterThan(500);
     for (const secret of [tok.token, humanToken, PASSPHRASE, ...pemLines(csrPem), ...pemLines(keyPem), ...pemLines(caKeyPem)]) {
       expect(stdout.includes(secret), `log contains a secret: ${secret.slice(0, 12)}…`).toBe(false);

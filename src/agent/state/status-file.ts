@@ -15,12 +15,22 @@ const STATUS_FILE = 'status.json';
 
 export const CONNECTION_STATES = ['connected', 'connecting', 'backoff', 'stopped'] as const;
 
+/**
+ * The server revoked the node (close 4401 session_revoked, or a connection refused with
+ * ML_ERR_CERT_REVOKED): when, how, and the certificate it was for (a re-enrolled identity has
+ * another serial, so `agent status` shows the revocation only while the revoked one is still held).
+ */
+export const revocationSchema = z.object({ at: z.string().datetime(), how: z.string().max(200), certSerial: z.string().max(128).nullable() });
+export type Revocation = z.infer<typeof revocationSchema>;
+
 export const agentStatusSchema = z.looseObject({
   state: z.enum(CONNECTION_STATES),
   since: z.string().datetime(),
   /** Process id of the writer, lets `status` tell a crashed agent's leftover file from a live one. */
   pid: z.number().int().positive().optional(),
   updatedAt: z.string().datetime().optional(),
+  /** Only in the last file of an `agent run` that ended because the server revoked the node. */
+  revoked: revocationSchema.optional(),
 });
 export type AgentStatus = z.infer<typeof agentStatusSchema>;
 

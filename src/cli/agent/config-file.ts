@@ -1,81 +1,19 @@
-import { existsSync, readFileSync, statSync } from 'node:fs';
-import type { Command, Option } from 'commander';
-import { MeshlinkError } from '../../errors.js';
-import { collect } from './flags.js';
+import { configFilePath, type ConfigFileSpec } from '../config-file.js';
 
 /**
- * The agent's config file: `agent run` options as one JSON object, so that a service needs no edit
- * of its ExecStart for `--allow-exec`, `--transfer-dir`, `--allow-tunnel`, `--proxy` or the metrics
- * listener. Keys are the options' names in camelCase (`allowExec`, `transferDir`, `proxy`,
- * `metricsListen`); values are what the command line would give: `true` for a switch, a string (or
- * a number) for an option with a value, a list of strings for a repeatable one. A flag on the command line wins
- * over the file. The values then go through the very parsers the flags go through, so a file is held
- * to the same schema as the flags.
- *
- *   --config FILE   (must exist)   else MESHLINK_AGENT_CONFIG   else /etc/meshlink/agent.json if present
+ * Where `agent run` finds its config file (src/cli/config-file.ts reads it; docs/AGENT.md, "Config
+ * file"): `--config FILE` (must exist), else MESHLINK_AGENT_CONFIG, else /etc/meshlink/agent.json if
+ * present. Relative paths of the path options are resolved against the file's directory.
  */
 export const DEFAULT_AGENT_CONFIG = '/etc/meshlink/agent.json';
-const MAX_CONFIG_BYTES = 1024 * 1024;
+
+export const AGENT_CONFIG_FILE: ConfigFileSpec = Object.freeze({
+  envVar: 'MESHLINK_AGENT_CONFIG',
+  defaultPath: DEFAULT_AGENT_CONFIG,
+  pathOptions: new Set(['stateDir', 'transferDir', 'hooksDir', 'bundle']),
+});
 
 /** Which file to read: an explicit one must exist; the default is optional. */
 export function agentConfigPath(flag: string | undefined, env: NodeJS.ProcessEnv = process.env): string | null {
-  const explicit = flag ?? env.MESHLINK_AGENT_CONFIG;
-  if (explicit !== undefined && explicit !== '') {
-    if (!existsSync(explicit)) throw new MeshlinkError('ML_ERR_CONFIG', `config file ${explicit} does not exist`);
-    return explicit;
-  }
-  return existsSync(DEFAULT_AGENT_CONFIG) ? DEFAULT_AGENT_CONFIG : null;
-}
-
-/** Fills every option of `cmd` that the command line did not set from the file at `path`. */
-export function applyConfigFile(cmd: Command, path: string): void {
-  const size = statSync(path).size;
-  if (size > MAX_CONFIG_BYTES) throw new MeshlinkError('ML_ERR_CONFIG', `config file ${path} is larger than ${MAX_CONFIG_BYTES} bytes`);
-  let value: unknown;
-  try {
-    value = JSON.parse(readFileSync(path, 'utf8'));
-  } catch (err) {
-    throw new MeshlinkError('ML_ERR_CONFIG', `config file ${path} is not valid JSON: ${(err as Error).message}`);
-  }
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new MeshlinkError('ML_ERR_CONFIG', `config file ${path} must hold one JSON object`);
-
-  const options = new Map(cmd.options.filter((o) => o.attributeName() !== 'config').map((o) => [o.attributeName(), o]));
-  for (const [key, raw] of Object.entries(value)) {
-    const option = options.get(key);
-    if (!option) throw new MeshlinkError('ML_ERR_CONFIG', `config file ${path}: unknown option "${key}" (known: ${[...options.keys()].sort().join(', ')})`);
-    const converted = asOptionValue(option, raw, `config file ${path}: ${key}`);
-    // The command line wins; a value from the file counts as if it had been typed.
-    if (cmd.getOptionValueSource(key) !== 'cli') cmd.setOptionValueWithSource(key, converted, 'config');
-  }
-}
-
-/**
- * What commander itself would hold for this option: a boolean for a switch; for an option with a
- * value, the string run through the option's own parser (an integer for --max-actions, a list for a
- * repeatable one, whose parser collects) and checked against its choices, as on the command line.
- */
-function asOptionValue(option: Option, raw: unknown, where: string): unknown {
-  const takesValue = option.required || option.optional;
-  if (!takesValue) {
-    if (typeof raw !== 'boolean') throw new MeshlinkError('ML_ERR_CONFIG', `${where} must be true or false`);
-    return raw;
-  }
-  const repeatable = option.parseArg === collect;
-  const scalar = (v: unknown): string => {
-    if (typeof v === 'string') return v;
-    if (typeof v === 'number' && Number.isFinite(v)) return String(v);
-    throw new MeshlinkError('ML_ERR_CONFIG', `${where} must be a string${repeatable ? ' or a list of strings' : ''}`);
-  };
-  const parse = (text: string, previous: unknown): unknown => {
-    if (option.argChoices && !option.argChoices.includes(text)) throw new MeshlinkError('ML_ERR_CONFIG', `${where} must be one of ${option.argChoices.join(', ')}`);
-    if (!option.parseArg) return text;
-    try {
-      return option.parseArg(text, previous);
-    } catch (err) {
-      throw new MeshlinkError('ML_ERR_CONFIG', `${where}: ${(err as Error).message}`);
-    }
-  };
-  if (repeatable) return (Array.isArray(raw) ? raw : [raw]).map(scalar).reduce<unknown>((list, text) => parse(text, list), undefined);
-  if (Array.isArray(raw)) throw new MeshlinkError('ML_ERR_CONFIG', `${where} takes one value, not a list`);
-  return parse(scalar(raw), undefined);
+  return configFilePath(AGENT_CONFIG_FILE, flag, env);
 }

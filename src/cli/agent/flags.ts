@@ -15,5 +15,5 @@ export function parseFeatureFlags<S extends z.ZodType>(feature: string, schema: 
   return Object.freeze(parsed.data);
 }
 
-/** commander's collector for repeatable flags. */
-export const collect = (value: string, previous: string[] = []): string[] => [...previous, value];
+/** commander's collector for repeatable flags (the config file takes a list for an option it parses). */
+export { collect } from '../config-file.js';

@@ -11,7 +11,8 @@ import { resolveProxyConfig } from '../../agent/proxy.js';
 import { MeshlinkError } from '../../errors.js';
 import { parseDuration } from '../../util/duration.js';
 import { LOG_LEVELS } from '../../util/logger.js';
-import { agentConfigPath, applyConfigFile, DEFAULT_AGENT_CONFIG } from './config-file.js';
+import { applyConfigFile } from '../config-file.js';
+import { AGENT_CONFIG_FILE, agentConfigPath, DEFAULT_AGENT_CONFIG } from './config-file.js';
 import { addMeshFlags, parseMeshFlags } from './mesh-flags.js';
 import { addObservabilityFlags, parseObservabilityFlags } from './observability-flags.js';
 import { addOpsFlags, parseOpsFlags } from './ops-flags.js';
@@ -62,7 +63,7 @@ export function registerRunCommand(agent: Command, onError: (err: unknown) => vo
       try {
         // The config file fills what the command line left out; then everything is parsed as flags.
         const configFile = agentConfigPath(flags.config);
-        if (configFile) applyConfigFile(run, configFile);
+        if (configFile) applyConfigFile(run, configFile, AGENT_CONFIG_FILE);
         const opts = configFile ? (run.opts() as RunOptions) : flags;
         const renewPolicy = parseRunFlags(opts.renewBefore, opts.renewAt);
         const proxy = resolveProxyConfig(opts.proxy, process.env);
