@@ -128,7 +128,9 @@ export class SelfUpgrader {
     if (failedAt !== undefined && Date.now() - failedAt < RETRY_FAILED_AFTER_MS) return 'ignored';
     this.#busy = true;
     const log = this.opts.logger.child({ buildId: o.buildId, version: o.version });
-    const tmp = join(dirname(this.opts.bundlePath), `.${basename(this.opts.bundlePath)}.${o.buildId.slice(0, 12)}.download`);
+    // Hidden, next to the bundle (same file system for the rename), and with the bundle's own file
+    // name at the end: node picks the module type by extension, and the trial runs this very file.
+    const tmp = join(dirname(this.opts.bundlePath), `.${o.buildId.slice(0, 12)}.${basename(this.opts.bundlePath)}`);
     let stage: 'check' | 'download' | 'trial' = 'check';
     try {
       const size = this.#check(o, log);
