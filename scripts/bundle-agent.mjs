@@ -1,9 +1,11 @@
 #!/usr/bin/env node
 // Builds the single-file agent bundle: dist/meshlink-agent.mjs (esbuild, ESM, Node 20).
-//   node scripts/bundle-agent.mjs [--out FILE] [--marker TEXT] [--metafile FILE]
+//   node scripts/bundle-agent.mjs [--out FILE] [--marker TEXT] [--version V] [--metafile FILE]
 // The bundle's build id is the SHA-256 of the file (printed on the last line as JSON), which is
 // what `meshlink server upgrade set` offers and what the agent compares; --marker adds a comment so
-// tests can make a second, different build from the same sources. --metafile writes esbuild's list of
+// tests can make a second, different build from the same sources; --version bakes another version
+// (banner and VERSION) than package.json's, so tests can make a newer or an older release. The
+// banner is the bundle header src/contract/release.ts defines: `release sign` and `upgrade set` require it. --metafile writes esbuild's list of
 // the bundle's inputs and their imports (JSON), which test/architecture/agent-bundle.test.ts reads.
 import { createHash } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
@@ -20,7 +22,7 @@ const opt = (name, fallback) => {
 const out = resolve(opt('--out', resolve(root, 'dist/meshlink-agent.mjs')));
 const marker = opt('--marker', '');
 const metafile = opt('--metafile', '');
-const version = JSON.parse(readFileSync(resolve(root, 'package.json'), 'utf8')).version;
+const version = opt('--version', JSON.parse(readFileSync(resolve(root, 'package.json'), 'utf8')).version);
 
 // version.ts reads package.json next to itself; a bundle has none, so the version is baked in.
 const versionPlugin = {

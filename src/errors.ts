@@ -218,6 +218,15 @@ export const ERRORS = {
   ML_ERR_OPS_NO_LOG: { status: 404, exit: 'refused', description: 'The agent keeps no log file to tail (it was not started by `meshlink agent run`).' },
   ML_ERR_OPS_SPAWN: { status: 500, exit: 'refused', description: 'The command or hook could not be started (message names the cause).' },
   ML_ERR_OPS_UPGRADE: { status: 400, exit: 'internal', description: 'An agent upgrade could not be set or applied (message names the cause).' },
+  // --- signed agent releases (docs/OPERATIONS.md, "Agent upgrade"): `upgrade set` answers, agent.upgrade.status codes ---
+  ML_ERR_UPGRADE_NOT_BUNDLE: { status: 400, exit: 'usage', description: 'The file is not a meshlink agent bundle (header, UTF-8 text, at most 64 MiB; the message names what is wrong).' },
+  ML_ERR_UPGRADE_KEY: { status: 400, exit: 'usage', description: 'A release key or release key file is malformed (expected ed25519:<base64 of 32 bytes>, or the PEM `release keygen` wrote).' },
+  ML_ERR_UPGRADE_UNSIGNED: { status: 400, exit: 'refused', description: 'The build carries no release signature (sign it with `meshlink release sign`).' },
+  ML_ERR_UPGRADE_SIGNATURE: { status: 422, exit: 'refused', description: 'The release signature does not verify, or the key that made it is not trusted here.' },
+  ML_ERR_UPGRADE_NO_RELEASE_KEY: { status: 409, exit: 'refused', description: 'No release key is configured (server: --release-key on start; agent: --release-key at enroll or run), so no build can be verified.' },
+  ML_ERR_UPGRADE_DOWNGRADE: { status: 409, exit: 'refused', description: 'The build’s version is lower than the current one; `upgrade set --allow-downgrade` forces it.' },
+  ML_ERR_UPGRADE_BUILD_ID: { status: 400, exit: 'refused', description: 'A build id is not 64 lower-case hex digits, or the bytes or size do not match the signed build id.' },
+  ML_ERR_UPGRADE_HEALTH: { exit: 'internal', description: 'The new build did not start and connect within the health deadline; the agent kept (rolled back to) its running build.' },
   ML_ERR_OPS_INTERRUPTED: { status: 502, exit: 'transfer', description: 'The operation was cut off (the connection dropped or the peer went away).' },
 
   // --- tunnels (agent codes in stream.reject / stream.reset, relayed to `server tunnel`) ---

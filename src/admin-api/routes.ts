@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { EVENT_PAYLOAD_SCHEMAS } from '../contract/mesh-events.js';
+import { MAX_BUNDLE_BYTES as MAX_RELEASE_BUNDLE_BYTES, releaseManifestSchema } from '../contract/release.js';
 import { POLICY_MAX_BYTES, policySchema } from './policy.js';
 import { defineRoute } from './route.js';
 
@@ -275,25 +276,43 @@ export const listAudit = defineRoute({
 });
 
 /** Agent bundles are refused above this size (the esbuild bundle is about 1 MiB). */
-export const MAX_BUNDLE_BYTES = 64 * 1024 * 1024;
+export const MAX_BUNDLE_BYTES = MAX_RELEASE_BUNDLE_BYTES;
+
+/** A flag in the query string: the client sends `true`/`false`, the server reads those strings. */
+const queryFlag = z.union([z.boolean(), z.enum(['true', 'false']).transform((v) => v === 'true')]).default(false);
+
+/** The release signature file (`meshlink release sign`), JSON text in the query: the same schema on both ends. */
+const manifestParam = z
+  .string()
+  .max(4096)
+  .transform((text, ctx) => {
+    try {
+      return JSON.parse(text) as unknown;
+    } catch {
+      ctx.addIssue({ code: z.ZodIssueCode.custom, message: 'the signature file is not JSON' });
+      return z.NEVER;
+    }
+  })
+  .pipe(releaseManifestSchema);
 
 export const setUpgrade = defineRoute({
   name: 'ops.upgrade.set',
   method: 'POST',
   path: '/v1/ops/upgrade',
-  // The body is the bundle's bytes; its build id is their SHA-256.
+  // The body is the bundle's bytes; its build id is their SHA-256, its version the signed one.
   input: z
     .object({
       percent: z.coerce.number().int().min(0).max(100).default(100),
-      version: z.string().regex(/^[0-9A-Za-z.+-]{1,64}$/).optional(),
+      manifest: manifestParam.optional(),
+      allowDowngrade: queryFlag,
     })
     .strict(),
-  output: z.object({ buildId: z.string(), sha256: z.string(), version: z.string(), size: z.number().int(), percent: z.number().int(), notified: z.number().int() }),
+  output: z.object({ buildId: z.string(), sha256: z.string(), version: z.string(), size: z.number().int(), percent: z.number().int(), keyId: z.string(), allowDowngrade: z.boolean(), notified: z.number().int() }),
   offline: false,
   upload: MAX_BUNDLE_BYTES,
 });
 
-export const upgradeStatusSchema = z.object({ nodeId: z.string(), buildId: z.string(), state: z.string(), message: z.string().nullable(), ts: z.number() });
+export const upgradeStatusSchema = z.object({ nodeId: z.string(), buildId: z.string(), state: z.string(), code: z.string().nullable(), message: z.string().nullable(), ts: z.number() });
 export type UpgradeStatus = z.infer<typeof upgradeStatusSchema>;
 
 export const showUpgrade = defineRoute({
@@ -302,7 +321,7 @@ export const showUpgrade = defineRoute({
   path: '/v1/ops/upgrade',
   input: z.object({}),
   output: z.object({
-    current: z.object({ buildId: z.string(), sha256: z.string(), version: z.string(), size: z.number().int(), percent: z.number().int(), createdAt: z.number() }).nullable(),
+    current: z.object({ buildId: z.string(), sha256: z.string(), version: z.string(), size: z.number().int(), percent: z.number().int(), createdAt: z.number(), keyId: z.string().nullable(), allowDowngrade: z.boolean() }).nullable(),
     nodes: z.array(upgradeStatusSchema),
   }),
   offline: true,

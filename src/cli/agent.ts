@@ -11,6 +11,8 @@ import { resolveProxyConfig } from '../agent/proxy.js';
 import { isEnrolled, loadIdentity, type Identity } from '../agent/identity.js';
 import { readAgentStatus, type AgentStatusReading, type Revocation } from '../agent/state/status-file.js';
 import { parseCaPin } from '../contract/ca-pin.js';
+import { parseReleaseKey } from '../contract/release.js';
+import { saveReleaseKeys } from '../agent/ops/index.js';
 import { readMeshStatus } from '../agent/mesh/index.js';
 import { MeshlinkError } from '../errors.js';
 import { reportFailure, withFailureReport } from './failure.js';
@@ -55,6 +57,7 @@ const enrollFlagsSchema = z.object({
   json: z.boolean().default(false),
   logLevel: z.string().optional(),
   proxy: z.string().optional(),
+  releaseKey: z.array(z.string()).default([]),
 });
 
 function registerEnrollCommand(agent: Command): void {
@@ -69,6 +72,7 @@ function registerEnrollCommand(agent: Command): void {
     .option('--san <name>', 'extra subject alternative name, DNS name or IP (repeatable)', collect, [])
     .option('--force', 'replace an existing identity in the state dir', false)
     .option('--proxy <url>', 'HTTP CONNECT proxy, http://[user:pass@]host:port (default: HTTPS_PROXY or ALL_PROXY, honouring NO_PROXY)')
+    .option('--release-key <key>', 'pin this release public key (ed25519:…, from `meshlink release keygen`): self-upgrades must be signed with it (repeatable)', collect, [])
     .option('--json', 'print the result as one JSON object', false)
     .option('--log-level <level>', `log level (${LOG_LEVELS.join(', ')}; default warn, or $${ENV_LOG_LEVEL})`)
     .action(
@@ -79,6 +83,8 @@ function registerEnrollCommand(agent: Command): void {
         if (flags.caPin.length === 0) throw new MeshlinkError('ML_ERR_USAGE', 'at least one --ca-pin is required (printed by `meshlink server token create`)');
         // Several pins, repeated or comma-separated: during a CA rotation (docs/SERVER.md) either CA is good.
         const caPins = flags.caPin.flatMap((arg) => arg.split(',')).map((p) => p.trim()).filter((p) => p !== '').map(parseCaPin);
+        // Checked before the token is spent; written once the identity is.
+        const releaseKeys = flags.releaseKey.map(parseReleaseKey);
         const proxy = resolveProxyConfig(flags.proxy, process.env);
         const logger = agentLogger(flags.logLevel, 'warn');
         const stateDir = resolveStateDir(flags.stateDir);
@@ -94,6 +100,7 @@ function registerEnrollCommand(agent: Command): void {
           },
           { logger, agentVersion: VERSION, proxy },
         );
+        if (releaseKeys.length > 0) await saveReleaseKeys(stateDir, releaseKeys.map((k) => k.text));
         if (flags.json) {
           process.stdout.write(
             `${JSON.stringify({
@@ -103,13 +110,15 @@ function registerEnrollCommand(agent: Command): void {
               certSerial: identity.cert.serial,
               certNotAfter: identity.cert.notAfter.toISOString(),
               stateDir,
+              releaseKeys: releaseKeys.map((k) => k.keyId),
             })}\n`,
           );
         } else {
           process.stdout.write(
             `enrolled as node ${identity.nodeId}\n` +
               `certificate ${identity.cert.serial} valid until ${identity.cert.notAfter.toISOString()}\n` +
-              `state dir ${stateDir}\n`,
+              `state dir ${stateDir}\n` +
+              (releaseKeys.length > 0 ? `release key(s) pinned: ${releaseKeys.map((k) => k.keyId).join(', ')}\n` : 'no release key pinned: this agent refuses self-upgrades (add --release-key to agent run to allow them)\n'),
           );
           // What to do next is advice, not the result: stderr, and only in human mode.
           process.stderr.write(nextStepAfterEnroll(flags.stateDir === undefined ? null : stateDir));

@@ -4,6 +4,7 @@ import { registerProtocolCommands } from './protocol.js';
 import { registerServerCommands } from './server.js';
 import { registerAgentCommands } from './agent.js';
 import { registerDemoCommand } from './demo.js';
+import { registerReleaseCommands } from './release.js';
 import { registerCompletionCommand } from './completion.js';
 import { versionText } from './version-text.js';
 import { usageErrorsExit2 } from './failure.js';
@@ -20,6 +21,7 @@ usageErrorsExit2(program);
 registerServerCommands(program);
 registerAgentCommands(program);
 registerProtocolCommands(program);
+registerReleaseCommands(program);
 registerDemoCommand(program);
 // Last: it describes every command registered before it.
 registerCompletionCommand(program);

@@ -214,19 +214,24 @@ export function registerOpsCommands(server: Command): void {
   const upgrade = server.command('upgrade').description('agent self-upgrade: the bundle the server offers');
   upgrade
     .command('set')
-    .description('offer this agent bundle to agents (build id = its SHA-256); --percent stages the roll-out')
-    .argument('<bundle>', 'single-file agent bundle (npm run bundle)')
+    .description('offer this signed agent bundle to agents (build id = its SHA-256); --percent stages the roll-out')
+    .argument('<bundle>', 'single-file agent bundle (npm run bundle), signed with `meshlink release sign`')
+    .option('--signature <file>', 'its signature file (default: <bundle>.sig)')
     .option('--percent <n>', 'share of nodes (by a stable hash of node and build) that get it', '100')
-    .option('--bundle-version <v>', 'version label (default: from the bundle banner)')
+    .option('--allow-downgrade', 'offer it even though its version is lower than the current offer (agents then take it too)')
     .option('--json', 'print the result as JSON')
     .addOption(dataDirOption())
     .action(
       action(async (bundle: string, raw: unknown) => {
-        const o = z.object({ percent: z.coerce.number().int().min(0).max(100), bundleVersion: z.string().optional(), json: z.boolean().default(false), dataDir: z.string().optional() }).parse(raw);
+        const o = z.object({ percent: z.coerce.number().int().min(0).max(100), signature: z.string().optional(), allowDowngrade: z.boolean().default(false), json: z.boolean().default(false), dataDir: z.string().optional() }).parse(raw);
         const bytes = await readFile(bundle);
-        const r = await withOperator(o.dataDir, (op) => op.call(api.setUpgrade, { percent: o.percent, ...(o.bundleVersion ? { version: o.bundleVersion } : {}) }, { body: bytes, timeoutMs: 60_000 }));
+        // The server checks the bundle and the signature; here only that the file is there and small.
+        const manifest = await readSignatureFile(o.signature ?? `${bundle}.sig`, o.signature !== undefined);
+        const r = await withOperator(o.dataDir, (op) =>
+          op.call(api.setUpgrade, { percent: o.percent, allowDowngrade: o.allowDowngrade, ...(manifest !== null ? { manifest } : {}) }, { body: bytes, timeoutMs: 60_000 }),
+        );
         if (o.json) process.stdout.write(JSON.stringify(r) + '\n');
-        else process.stdout.write(`offering build ${r.buildId} (version ${r.version}, ${r.size} bytes) to ${r.percent}% of nodes; ${r.notified} connected agent(s) notified\n`);
+        else process.stdout.write(`offering build ${r.buildId} (version ${r.version}, ${r.size} bytes, release key ${r.keyId}) to ${r.percent}% of nodes; ${r.notified} connected agent(s) notified\n`);
       }),
     );
   upgrade
@@ -243,7 +248,20 @@ export function registerOpsCommands(server: Command): void {
           return;
         }
         process.stdout.write(r.current ? `offered: ${r.current.buildId} (version ${r.current.version}, ${r.current.percent}%)\n` : 'no bundle offered\n');
-        for (const n of r.nodes) process.stdout.write(printable(`${n.nodeId}  ${n.state}  ${n.buildId}${n.message ? `  ${n.message}` : ''}`) + '\n');
+        for (const n of r.nodes) process.stdout.write(printable(`${n.nodeId}  ${n.state}  ${n.buildId}${n.code ? `  ${n.code}` : ''}${n.message ? `  ${n.message}` : ''}`) + '\n');
       }),
     );
+}
+
+/** The signature file's text (at most 4 KiB), or null when the default one is absent (the server then answers ML_ERR_UPGRADE_UNSIGNED). */
+async function readSignatureFile(path: string, explicit: boolean): Promise<string | null> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT' && !explicit) return null;
+    throw new MeshlinkError('ML_ERR_USAGE', `cannot read the signature file ${path}: ${(err as Error).message}`);
+  }
+  if (text.length > 4096) throw new MeshlinkError('ML_ERR_UPGRADE_NOT_BUNDLE', `${path} is not a signature file (larger than 4 KiB)`);
+  return text.trim();
 }

@@ -57,7 +57,7 @@ function durationOption(key: string, text: string): number {
   }
 }
 
-type StartOptions = { dataDir?: string; listen: string; publicUrl?: string; san: string[]; caKey: string; certLifetime: string; renewGrace: string; heartbeatInterval: string; offlineAfter: string; logLevel?: string; metricsListen?: string; consoleListen?: string; consoleOrigin?: string; config?: string; keyFile?: string; stunListen?: string; stun: boolean };
+type StartOptions = { dataDir?: string; listen: string; publicUrl?: string; san: string[]; caKey: string; certLifetime: string; renewGrace: string; heartbeatInterval: string; offlineAfter: string; logLevel?: string; metricsListen?: string; consoleListen?: string; consoleOrigin?: string; config?: string; keyFile?: string; stunListen?: string; stun: boolean; releaseKey: string[] };
 
 export function registerServerCommands(program: Command): void {
   const server = program.command('server').description('control-plane server: CA, enrollment, agent gateway');
@@ -79,6 +79,7 @@ export function registerServerCommands(program: Command): void {
     .option('--console-listen <host:port>', 'serve the web console (plain HTTP) on this address, e.g. 127.0.0.1:8444; reach it remotely through an SSH tunnel or a TLS reverse proxy (default: off)')
     .option('--stun-listen <host:port>', 'UDP address of the STUN responder that lets agents behind NAT learn their public endpoint; the next port is its alternate (default 0.0.0.0:3478 when free)')
     .option('--no-stun', 'run no STUN responder (agents then report only the endpoints they know)')
+    .option('--release-key <key>', 'release public key (ed25519:…, printed by `meshlink release keygen`) whose signature `upgrade set` requires on agent bundles (repeatable; not stored: give it on every start)', collect, [])
     .option('--console-origin <origin>', 'the origin browsers use for the console when it is not http://HOST:PORT of the request, e.g. https://console.example.com behind a reverse proxy')
     .option('--key-file <path>', 'the server key file that seals the CA key and mesh secrets, outside the data dir (default: MESHLINK_KEY_FILE, else /etc/meshlink/server.key for the system data dir, else <data dir>.key); created at first start')
     .option('--config <file>', `options of server start as one JSON object, e.g. {"listen": "0.0.0.0:8443", "consoleListen": "127.0.0.1:8444"}; flags win (default: MESHLINK_SERVER_CONFIG, else ${DEFAULT_SERVER_CONFIG} if present)`)
@@ -104,6 +105,7 @@ export function registerServerCommands(program: Command): void {
           consoleListen: opts.consoleListen ? parseListenAddress(opts.consoleListen, '--console-listen', 'ML_ERR_USAGE') : null,
           consoleOrigin: opts.consoleOrigin ?? null,
           ...stunListenConfig(opts.stun, opts.stunListen),
+          releaseKeys: opts.releaseKey,
         });
         const logger = createLogger({ name: 'meshlink-server', level: config.logLevel });
         const running = await startServer(config, { logger });

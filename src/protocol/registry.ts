@@ -60,6 +60,24 @@ const stringMap = z.record(z.string().max(256), z.string().max(4096));
 const bytes = z.instanceof(Uint8Array);
 const sha256Hex = z.string().regex(/^[0-9a-f]{64}$/);
 
+/**
+ * An agent build on offer (welcome.upgrade, agent.upgrade). `buildId` is the SHA-256 of the bundle and
+ * also names a file, so it is 64 hex digits and nothing else. `signature` is the release key's Ed25519
+ * signature over the release statement of (version, buildId, size) (docs/OPERATIONS.md, "Agent
+ * upgrade"); `keyId` names that key. `allowDowngrade` is set when the operator forced a lower version.
+ * An offer without a signature is still well-formed, so that an agent can refuse it with its own code.
+ */
+const upgradeOffer = z.object({
+  version: shortText,
+  buildId: sha256Hex,
+  url: text,
+  sha256: sha256Hex,
+  size: u53.optional(),
+  keyId: z.string().regex(/^[0-9a-f]{16}$/).optional(),
+  signature: bytes.refine((b) => b.byteLength === 64, 'an Ed25519 signature has 64 bytes').optional(),
+  allowDowngrade: z.boolean().optional(),
+});
+
 const helloSchema = z.object({
   /** Protocol versions the agent speaks, any order. */
   versions: z.array(z.number().int().min(1).max(0xffff)).min(1).max(32),
@@ -78,9 +96,7 @@ const welcomeSchema = z.object({
   serverVersion: shortText,
   heartbeatIntervalMs: z.number().int().min(100).max(3_600_000),
   /** Present when the server holds an agent build the agent should move to. */
-  upgrade: z
-    .object({ version: shortText, buildId: shortText, url: text, sha256: sha256Hex })
-    .optional(),
+  upgrade: upgradeOffer.optional(),
   /** Ed25519 public keys (raw 32 bytes) that sign mesh events; two during a signing-key transition. */
   eventKeys: z.array(z.object({ keyId: shortText, publicKey: bytes })).max(8).optional(),
   /**
@@ -196,10 +212,10 @@ export const MESSAGE_KINDS = [
     z.object({ rid, certificate: pem, caCertificate: pem, notAfter: shortText }),
     'The renewed certificate; the agent uses it from its next connection.'),
   kind(0x0022, 'agent.upgrade', 'server-to-agent', 'control',
-    z.object({ version: shortText, buildId: shortText, url: text, sha256: sha256Hex }),
-    'A newer agent build is available; the checksum comes from the control plane, not the download.'),
+    upgradeOffer,
+    'A newer agent build is available; the checksum comes from the control plane, not the download, and the signature from the release key the agent pins.'),
   kind(0x0023, 'agent.upgrade.status', 'agent-to-server', 'control',
-    z.object({ buildId: shortText, state: z.enum(['downloading', 'verified', 'applied', 'failed']), message: text.optional() }),
+    z.object({ buildId: sha256Hex, state: z.enum(['downloading', 'verified', 'applied', 'failed']), code: errorCode.optional(), message: text.optional() }),
     'Progress or failure of an upgrade.'),
 
   // ---- 0x0030.. mesh ----

@@ -1,5 +1,6 @@
 import { homedir } from 'node:os';
 import { plainOrigin, serverOrigin } from '../contract/server-url.js';
+import { releaseKeySchema } from '../contract/release.js';
 import { join, resolve } from 'node:path';
 import { z } from 'zod';
 import { LOG_LEVELS } from '../util/logger.js';
@@ -57,6 +58,11 @@ export const serverConfigSchema = z
       .transform((text) => serverOrigin(text)!)
       .nullable()
       .default(null),
+    /**
+     * Release public keys (`--release-key ed25519:…`, repeatable): `upgrade set` offers only bundles
+     * signed by one of them (docs/OPERATIONS.md, "Agent upgrade"). None: no bundle can be set.
+     */
+    releaseKeys: z.array(releaseKeySchema).max(16).default([]),
     /** Where to serve Prometheus /metrics (`--metrics-listen`); null: MESHLINK_METRICS_LISTEN, else off. */
     metricsListen: z.object({ host: z.string().min(1), port: z.number().int().min(0).max(65_535) }).strict().nullable().default(null),
     /**

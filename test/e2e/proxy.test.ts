@@ -1,3 +1,4 @@
+import { generateKeyPairSync } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -13,6 +14,8 @@ import { startServer } from '../../src/server/server.js';
 import { createLogger } from '../../src/util/logger.js';
 import { AdminClient } from '../../src/admin-api/client.js';
 import { setUpgrade } from '../../src/admin-api/routes.js';
+import { rawEd25519PublicKeyOf } from '../../src/contract/ed25519.js';
+import { releaseKeyText, signRelease } from '../../src/contract/release.js';
 import { openFeatureContext } from '../../src/agent/feature.js';
 import { opsAgentFeature } from '../../src/agent/ops/index.js';
 import { openAgentLog } from '../../src/agent/state/log-file.js';
@@ -166,12 +169,19 @@ describe.skipIf(TINYPROXY_MISSING !== null)(`agents through an HTTPS proxy (tiny
 
   it('downloads an agent upgrade through the proxy, with its mTLS identity', async () => {
     const p = await proxy();
-    const ts = await startTestServer();
+    // A release key the server checks and the agent pins; the new build speaks the trial protocol.
+    const { privateKey } = generateKeyPairSync('ed25519');
+    const releaseKey = releaseKeyText(rawEd25519PublicKeyOf(privateKey));
+    const ts = await startTestServer({ releaseKeys: [releaseKey] });
     cleanups.push(() => ts.stop());
     const stateDir = join(dir.path, 'upgrade-agent');
     const bundle = join(dir.path, 'upgrade-bundle.mjs');
-    const v1 = '// meshlink-agent-bundle version=1.0.0\nconsole.log("one");\n';
-    const v2 = '// meshlink-agent-bundle version=2.0.0\nconsole.log("two");\n';
+    const head = (v: string): string => `#!/usr/bin/env node\n// meshlink-agent-bundle version=${v}\n`;
+    const v1 = `${head('0.1.0')}console.log("one");\n`;
+    const v2 =
+      `${head('2.0.0')}import { createHash } from 'node:crypto';\nimport { readFileSync } from 'node:fs';\n` +
+      `process.send({ type: 'meshlink.upgrade.trial', state: 'connected', buildId: createHash('sha256').update(readFileSync(process.argv[1])).digest('hex') });\n` +
+      `process.on('SIGTERM', () => process.exit(0));\nsetInterval(() => {}, 1000);\n`;
     await writeFile(bundle, v1, { mode: 0o755 });
     const proxyConfig = resolveProxyConfig(p.url, {});
     const { token } = createEnrollmentToken(ts.server.store, { ttlMs: 60_000 });
@@ -180,7 +190,12 @@ describe.skipIf(TINYPROXY_MISSING !== null)(`agents through an HTTPS proxy (tiny
     const runner = new AgentRunner({ stateDir, logger, backoff: { baseMs: 50, maxMs: 500 }, proxy: proxyConfig });
     const core = openFeatureContext(runner, { stateDir, logger, logFile });
     let restarts = 0;
-    const ops = await opsAgentFeature(runner, { ...core.context, options: { bundlePath: bundle }, restart: () => restarts++ });
+    const ops = await opsAgentFeature(runner, {
+      ...core.context,
+      options: { bundlePath: bundle, releaseKeys: [releaseKey] },
+      restart: () => restarts++,
+      trialCommand: (file) => ({ command: process.execPath, args: [file] }),
+    });
     const running = runner.run();
     cleanups.push(async () => {
       runner.stop();
@@ -191,7 +206,8 @@ describe.skipIf(TINYPROXY_MISSING !== null)(`agents through an HTTPS proxy (tiny
     await waitFor('agent online', async () => ts.server.sessions?.current(identity.nodeId) !== undefined);
     const beforeDownload = (await p.connects()).length;
 
-    const r = await new AdminClient(ts.server.adminSocketPath, { actor: 't' }).call(setUpgrade, { percent: 100 }, { body: Buffer.from(v2) });
+    const manifest = signRelease(Buffer.from(v2), privateKey, rawEd25519PublicKeyOf(privateKey));
+    const r = await new AdminClient(ts.server.adminSocketPath, { actor: 't' }).call(setUpgrade, { percent: 100, manifest: JSON.stringify(manifest) }, { body: Buffer.from(v2) });
     expect(r.notified).toBe(1);
     await waitFor('upgrade applied', async () => restarts === 1);
     expect(await readFile(bundle, 'utf8')).toBe(v2);

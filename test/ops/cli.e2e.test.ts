@@ -2,11 +2,11 @@ import { execFile, spawn } from 'node:child_process';
 import { AdminClient } from '../../src/admin-api/client.js';
 import { showUpgrade } from '../../src/admin-api/routes.js';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { cli, enrollAgent, freePort, startServerProc, tempDir, waitFor, type ServerProc } from '../e2e/harness.js';
+import { cli, createToken, freePort, startServerProc, tempDir, waitFor, type ServerProc } from '../e2e/harness.js';
 
 const sha = (b: string | Buffer): string => createHash('sha256').update(b).digest('hex');
 const run = promisify(execFile);
@@ -36,7 +36,9 @@ function cliWithInput(args: string[], input: string): Promise<{ code: number | n
 
 /**
  * Operations through the real CLI against a real server process and an agent that runs from the
- * esbuild single-file bundle, ending with a self-upgrade of that bundle and a restart on exit 75.
+ * esbuild single-file bundle, ending with signed self-upgrades of that bundle: one whose new build
+ * exits at start (rolled back by the agent itself), one that works (installed, restart on exit 75),
+ * and the refusals of `upgrade set`.
  */
 describe('ops through the real CLI and the agent bundle', () => {
   let srvDir: { path: string; cleanup(): Promise<void> };
@@ -48,8 +50,11 @@ describe('ops through the real CLI and the agent bundle', () => {
   let bundle: string;
   let v1: Buffer;
   let v2: Buffer;
+  let broken: string;
+  let releaseKey: string;
   let agent: ReturnType<typeof spawnBundle>;
   const dd = (): string[] => ['--data-dir', server.dataDir];
+  const keyFile = (): string => join(work.path, 'release.key');
   const agentArgs = (): string[] => ['agent', 'run', '--state-dir', stateDir, '--allow-exec', '--transfer-dir', area, '--log-level', 'info'];
 
   beforeAll(async () => {
@@ -58,17 +63,32 @@ describe('ops through the real CLI and the agent bundle', () => {
     stateDir = join(work.path, 'state');
     area = join(work.path, 'area');
     await mkdir(area);
-    // Two builds of the same sources, told apart by a banner marker (different bytes → different build ids).
+    // Builds of the same sources, told apart by a banner marker and a baked version.
     bundle = join(work.path, 'meshlink-agent.mjs');
     const v2Path = join(work.path, 'next.mjs');
+    const brokenSrc = join(work.path, 'broken-src.mjs');
     await run(process.execPath, ['scripts/bundle-agent.mjs', '--out', bundle, '--marker', 'one']);
-    await run(process.execPath, ['scripts/bundle-agent.mjs', '--out', v2Path, '--marker', 'two']);
+    await run(process.execPath, ['scripts/bundle-agent.mjs', '--out', v2Path, '--marker', 'two', '--version', '0.2.0']);
+    await run(process.execPath, ['scripts/bundle-agent.mjs', '--out', brokenSrc, '--marker', 'broken', '--version', '0.1.5']);
     [v1, v2] = await Promise.all([readFile(bundle), readFile(v2Path)]);
-    server = await startServerProc(srvDir.path, await freePort());
-    ({ nodeId } = await enrollAgent(server, stateDir, 'ops-e2e-host'));
+    // A real, signed bundle that exits at start: its first statement after the header ends the process.
+    const lines = (await readFile(brokenSrc, 'utf8')).split('\n');
+    broken = join(work.path, 'broken.mjs');
+    await writeFile(broken, [...lines.slice(0, 2), 'process.exit(3);', ...lines.slice(2)].join('\n'));
+    // The operator's release key, made and used through the CLI.
+    const keygen = await cli(['release', 'keygen', '--out', keyFile(), '--json']);
+    expect(keygen.code).toBe(0);
+    releaseKey = (JSON.parse(keygen.stdout) as { publicKey: string }).publicKey;
+    for (const b of [v2Path, broken]) expect((await cli(['release', 'sign', b, '--key', keyFile()])).code).toBe(0);
+    server = await startServerProc(srvDir.path, await freePort(), ['--release-key', releaseKey]);
+    // Enrolled with the release key pinned (the agent keeps it in its state dir).
+    const t = await createToken(server.dataDir);
+    const enrolled = await cli(['agent', 'enroll', '--server', server.url, '--token', t.token, '--ca-pin', server.caPin, '--state-dir', stateDir, '--hostname', 'ops-e2e-host', '--release-key', releaseKey, '--json']);
+    expect(enrolled.code).toBe(0);
+    nodeId = (JSON.parse(enrolled.stdout) as { nodeId: string }).nodeId;
     agent = spawnBundle(bundle, agentArgs());
     await waitFor('agent connected', async () => agent.output().includes('"msg":"connected"'), 30_000);
-  }, 120_000);
+  }, 180_000);
 
   afterAll(async () => {
     agent?.child.kill('SIGKILL');
@@ -149,22 +169,67 @@ describe('ops through the real CLI and the agent bundle', () => {
     expect(human.stdout.split('\n')[0]).toMatch(/^TIME\s+SOURCE\s+ACTOR\s+OPERATION/);
   });
 
-  it('upgrade set: the bundle agent downloads the new build, replaces itself (previous kept), exits 75; restarted, it runs the new build and does not loop', async () => {
+  it('release keygen writes the private key 0600 and the public key next to it', async () => {
+    expect((await stat(keyFile())).mode & 0o777).toBe(0o600);
+    expect((await readFile(`${keyFile()}.pub`, 'utf8')).trim()).toBe(releaseKey);
+  });
+
+  it('upgrade set refuses a file that is not a bundle and a bundle without a signature, each with its code', async () => {
+    await writeFile(join(work.path, 'six.txt'), 'hello\n');
+    const text = await cli(['server', 'upgrade', 'set', join(work.path, 'six.txt'), ...dd()]);
+    expect(text.code).toBe(2);
+    expect(text.stderr).toMatch(/^error ML_ERR_UPGRADE_NOT_BUNDLE/);
+    const unsigned = await cli(['server', 'upgrade', 'set', bundle, ...dd()]);
+    expect(unsigned.code).toBe(8);
+    expect(unsigned.stderr).toMatch(/^error ML_ERR_UPGRADE_UNSIGNED/);
+    const status = await new AdminClient(join(server.dataDir, 'admin.sock')).call(showUpgrade, {});
+    expect(status.current).toBeNull();
+  });
+
+  it('a signed build that exits at start fails its trial: the agent keeps its own build by itself, reports ML_ERR_UPGRADE_HEALTH and does not retry', async () => {
+    const set = await cli(['server', 'upgrade', 'set', broken, '--json', ...dd()]);
+    expect(set.code).toBe(0);
+    const brokenId = sha(await readFile(broken));
+    expect(JSON.parse(set.stdout)).toMatchObject({ buildId: brokenId, version: '0.1.5', notified: 1 });
+    expect(await agent.exited).toBe(75);
+    expect(agent.output()).toMatch(/the new build exited \(code 3\) before it connected/);
+    expect(sha(await readFile(bundle))).toBe(sha(v1));
+    // What systemd does on 75: start the same command again; it is the old build, and it reports.
+    agent = spawnBundle(bundle, agentArgs());
+    const admin = new AdminClient(join(server.dataDir, 'admin.sock'));
+    await waitFor('failure reported', async () => (await admin.call(showUpgrade, {})).nodes.find((n) => n.nodeId === nodeId && n.buildId === brokenId && n.state === 'failed'), 30_000);
+    expect((await admin.call(showUpgrade, {})).nodes.find((n) => n.nodeId === nodeId)).toMatchObject({ code: 'ML_ERR_UPGRADE_HEALTH' });
+    // Still offered in every welcome, but not tried again: the agent stays up on its build.
+    const diag = await cli(['server', 'action', nodeId, 'diagnostics', '--json', ...dd()]);
+    expect(JSON.parse((JSON.parse(diag.stdout) as { output: string }).output)).toMatchObject({ versions: { buildId: sha(v1) } });
+    expect(agent.child.exitCode).toBeNull();
+    const human = await cli(['server', 'upgrade', 'status', ...dd()]);
+    expect(human.stdout).toContain('ML_ERR_UPGRADE_HEALTH');
+  });
+
+  it('upgrade set: a signed newer build connects on trial, replaces the bundle (previous kept), exits 75; restarted, it runs the new build, reports applied and does not loop', async () => {
     const set = await cli(['server', 'upgrade', 'set', join(work.path, 'next.mjs'), '--json', ...dd()]);
     expect(set.code).toBe(0);
-    expect(JSON.parse(set.stdout)).toMatchObject({ buildId: sha(v2), version: '0.1.0', notified: 1 });
+    expect(JSON.parse(set.stdout)).toMatchObject({ buildId: sha(v2), version: '0.2.0', notified: 1 });
     expect(await agent.exited).toBe(75);
     expect(sha(await readFile(bundle))).toBe(sha(v2));
     expect(sha(await readFile(`${bundle}.previous`))).toBe(sha(v1));
-    // What systemd does on 75 (RestartForceExitStatus=75): start the same command again.
     agent = spawnBundle(bundle, agentArgs());
     await waitFor('agent reconnected', async () => agent.output().includes('"msg":"connected"'), 30_000);
     const diag = await cli(['server', 'action', nodeId, 'diagnostics', '--json', ...dd()]);
-    expect(JSON.parse((JSON.parse(diag.stdout) as { output: string }).output)).toMatchObject({ versions: { buildId: sha(v2) } });
-    // It is offered nothing (same build id) and stays up.
-    await new Promise((r) => setTimeout(r, 1500));
+    expect(JSON.parse((JSON.parse(diag.stdout) as { output: string }).output)).toMatchObject({ versions: { agent: '0.2.0', buildId: sha(v2) } });
+    const admin = new AdminClient(join(server.dataDir, 'admin.sock'));
+    await waitFor('applied reported', async () => (await admin.call(showUpgrade, {})).nodes.find((n) => n.nodeId === nodeId && n.buildId === sha(v2) && n.state === 'applied'), 30_000);
     expect(agent.child.exitCode).toBeNull();
-    const status = await new AdminClient(join(server.dataDir, 'admin.sock')).call(showUpgrade, {});
-    expect(status.nodes.find((n) => n.nodeId === nodeId)).toMatchObject({ state: 'applied', buildId: sha(v2) });
+  });
+
+  it('upgrade set refuses a downgrade unless forced', async () => {
+    expect((await cli(['release', 'sign', bundle.replace(/meshlink-agent\.mjs$/, 'meshlink-agent.mjs.previous'), '--key', keyFile()])).code).toBe(0);
+    const down = await cli(['server', 'upgrade', 'set', `${bundle}.previous`, '--percent', '0', ...dd()]);
+    expect(down.code).toBe(8);
+    expect(down.stderr).toMatch(/^error ML_ERR_UPGRADE_DOWNGRADE/);
+    const forced = await cli(['server', 'upgrade', 'set', `${bundle}.previous`, '--percent', '0', '--allow-downgrade', '--json', ...dd()]);
+    expect(forced.code).toBe(0);
+    expect(JSON.parse(forced.stdout)).toMatchObject({ version: '0.1.0', allowDowngrade: true });
   });
 });

@@ -35,7 +35,7 @@ export async function waitUntil(what: string, probe: () => boolean | Promise<boo
 
 export async function startOpsPair(
   options: OpsOptionsInput = {},
-  extra: { server?: Partial<ServerConfigInput>; hostname?: string; restart?: () => void; logLevel?: string } = {},
+  extra: { server?: Partial<ServerConfigInput>; hostname?: string; restart?: () => void; trialCommand?: (file: string) => { command: string; args: string[] }; logLevel?: string } = {},
 ): Promise<OpsPair> {
   const ts = await startTestServer(extra.server ?? {});
   const agentDir = await tempDir('ml-ops-agent-');
@@ -49,7 +49,7 @@ export async function startOpsPair(
   const runner = new AgentRunner({ stateDir, logger, backoff: { baseMs: 50, maxMs: 500 }, livenessIntervals: 15 });
   // The core context `agent run` gives its features: the log file for `logs`, the upload channel for audit records.
   const core = openFeatureContext(runner, { stateDir, logger, logFile });
-  const ops = await opsAgentFeature(runner, { ...core.context, options, ...(extra.restart ? { restart: extra.restart } : {}) });
+  const ops = await opsAgentFeature(runner, { ...core.context, options, ...(extra.restart ? { restart: extra.restart } : {}), ...(extra.trialCommand ? { trialCommand: extra.trialCommand } : {}) });
   const running = runner.run();
   const pair: OpsPair = {
     ts,

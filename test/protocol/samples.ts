@@ -6,7 +6,7 @@ const hex64 = 'ab'.repeat(32);
 /** One valid payload for every message kind (the registry test checks none is missing). */
 export const SAMPLE_PAYLOADS: Record<KindName, unknown> = {
   hello: { versions: [1], agentVersion: '0.1.0', hostname: 'web-1', lastEventSeq: 7, wgPublicKey: 'x'.repeat(44), endpoints: ['192.0.2.1:51820'] },
-  welcome: { version: 1, nodeId: 'n1', serverVersion: '0.1.0', heartbeatIntervalMs: 15000, upgrade: { version: '0.2.0', buildId: 'b2', url: 'https://s/v1/agent/b2', sha256: hex64 } },
+  welcome: { version: 1, nodeId: 'n1', serverVersion: '0.1.0', heartbeatIntervalMs: 15000, upgrade: { version: '0.2.0', buildId: hex64, url: 'https://s/v1/agent/bundle/b2', sha256: hex64 } },
   error: { code: 'ML_ERR_BAD_PAYLOAD', message: 'nope', rid: 3 },
   goaway: { reason: 'shutdown' },
   ping: { nonce: 42 },
@@ -22,8 +22,8 @@ export const SAMPLE_PAYLOADS: Record<KindName, unknown> = {
   'stream.reset': { code: 'ML_ERR_CANCELLED', message: 'bye' },
   'cert.renew': { rid: 1, csr: pem },
   'cert.renewed': { rid: 1, certificate: pem, caCertificate: pem, notAfter: '2030-01-01T00:00:00.000Z' },
-  'agent.upgrade': { version: '0.2.0', buildId: 'b2', url: 'https://s/v1/agent/b2', sha256: hex64 },
-  'agent.upgrade.status': { buildId: 'b2', state: 'failed', message: 'checksum mismatch' },
+  'agent.upgrade': { version: '0.2.0', buildId: hex64, url: 'https://s/v1/agent/bundle/b2', sha256: hex64, size: 1024, keyId: '0123456789abcdef', signature: new Uint8Array(64), allowDowngrade: false },
+  'agent.upgrade.status': { buildId: hex64, state: 'failed', code: 'ML_ERR_UPGRADE_HEALTH', message: 'the new build exited (code 3) before it connected' },
   event: { envelope: new Uint8Array([0x94, 1, 2, 3, 4]), signature: new Uint8Array(64), keyId: 'k1' },
   'event.ack': { seq: 9 },
   'state.request': { rid: 2, digest: hex64 },

@@ -28,7 +28,7 @@ async function settle(turns = 20): Promise<void> {
 }
 
 /** An upgrade offer of about 1 KiB that does not compress: any server-to-agent control kind would do. */
-const offer = (i: number) => ({ version: `1.0.${i}`, buildId: `b${i}`, url: `https://example.test/${randomBytes(500).toString('hex')}`, sha256: 'a'.repeat(64) });
+const offer = (i: number) => ({ version: `1.0.${i}`, buildId: i.toString(16).padStart(64, '0'), url: `https://example.test/${randomBytes(500).toString('hex')}`, sha256: 'a'.repeat(64) });
 
 describe('AgentSessions facade', () => {
   it('send reports backpressure while the agent does not read; drained resolves once it has read what was queued', async () => {

@@ -7,8 +7,13 @@ import { LogTailService } from './log-tail.js';
 import { parseOpsOptions, type OpsOptions, type OpsOptionsInput } from './options.js';
 import { TransferService } from './transfer.js';
 import { SelfUpgrader, type UpgraderRunner } from './upgrade.js';
+import { reportTrialConnected, UPGRADE_TRIAL_ENV } from './upgrade-trial.js';
+import { loadReleaseKeys, mergeReleaseKeys } from './release-keys.js';
+import { parseReleaseKey } from '../../contract/release.js';
 
 export { parseOpsOptions, type OpsOptions, type OpsOptionsInput } from './options.js';
+export { saveReleaseKeys } from './release-keys.js';
+export { trialParentPid } from './upgrade-trial.js';
 
 /**
  * The agent's half of operations (docs/OPERATIONS.md): handlers for the server-opened streams
@@ -28,6 +33,8 @@ export interface OpsAgentContext extends OpsFeatureContext {
   options: OpsOptionsInput;
   /** Replaces the exit-75 restart after a self-upgrade (tests). */
   restart?: () => void;
+  /** How a new build is started on trial (tests; default: as this process was started). */
+  trialCommand?: (file: string) => { command: string; args: string[] };
 }
 
 export interface OpsAgentHandle {
@@ -63,7 +70,17 @@ async function attachOps(runner: OpsRunner, ctx: Omit<OpsAgentContext, 'options'
   const log = ctx.logger.child({ component: 'ops' });
   const audit = new AuditReporter(ctx.uploads, log);
   const upgrader = opts.bundlePath
-    ? await SelfUpgrader.create(runner, { bundlePath: opts.bundlePath, logger: log, ...(ctx.restart ? { restart: ctx.restart } : {}) })
+    ? await SelfUpgrader.create(runner, {
+        bundlePath: opts.bundlePath,
+        stateDir: ctx.stateDir,
+        logger: log,
+        // The keys pinned at enrollment and those given to `agent run`: either may vouch for a build.
+        releaseKeys: mergeReleaseKeys(await loadReleaseKeys(ctx.stateDir), opts.releaseKeys.map(parseReleaseKey)),
+        allowUnsigned: opts.allowUnsignedUpgrades,
+        healthTimeoutMs: opts.upgradeHealthTimeoutMs,
+        ...(ctx.restart ? { restart: ctx.restart } : {}),
+        ...(ctx.trialCommand ? { trialCommand: ctx.trialCommand } : {}),
+      })
     : null;
   const buildId = upgrader?.buildId ?? null;
 
@@ -87,10 +104,20 @@ async function attachOps(runner: OpsRunner, ctx: Omit<OpsAgentContext, 'options'
   ];
 
   if (upgrader) {
+    const onTrial = process.env[UPGRADE_TRIAL_ENV] !== undefined;
     ctx.addHelloFields(() => ({ buildId: upgrader.buildId }));
     registered.push(
-      ctx.onMessage('agent.upgrade', (offer) => void upgrader.offer(offer)),
+      ctx.onMessage('agent.upgrade', (offer) => {
+        if (!onTrial) void upgrader.offer(offer);
+      }),
       ctx.onConnected((_session, welcome) => {
+        // On trial (upgrade-trial.ts) this build only proves it connects: it reports to its parent and
+        // leaves upgrades and the previous outcome to the process that will run for real.
+        if (onTrial) {
+          reportTrialConnected(upgrader.buildId);
+          return;
+        }
+        void upgrader.reportRecorded();
         if (welcome.upgrade) void upgrader.offer(welcome.upgrade);
       }),
     );

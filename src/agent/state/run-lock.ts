@@ -15,7 +15,12 @@ export interface RunLock {
   release(): void;
 }
 
-export function acquireRunLock(stateDir: string, pid = process.pid): RunLock {
+/**
+ * `handoffFrom`: the pid of the agent that started this one as the trial of a new build
+ * (ops/upgrade-trial.ts). That agent has stopped its connection and waits for this one; its lock is
+ * handed over rather than refused. Only the direct parent can hand over (the caller checks ppid).
+ */
+export function acquireRunLock(stateDir: string, pid = process.pid, handoffFrom: number | null = null): RunLock {
   const path = join(stateDir, RUN_LOCK_FILE);
   for (let attempt = 0; attempt < 2; attempt++) {
     try {
@@ -37,7 +42,7 @@ export function acquireRunLock(stateDir: string, pid = process.pid): RunLock {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw new MeshlinkError('ML_ERR_STATE_ACCESS', `cannot create ${path}: ${(err as Error).message}`);
     }
     const holder = holderOf(path);
-    if (holder !== null && holder !== pid && isAgent(holder)) {
+    if (holder !== null && holder !== pid && holder !== handoffFrom && isAgent(holder)) {
       throw new MeshlinkError('ML_ERR_AGENT_RUNNING', `another agent (pid ${holder}) runs on ${stateDir}; stop it first (or remove ${path} if that pid is not an agent)`);
     }
     unlinkQuietly(path); // stale: its holder is gone

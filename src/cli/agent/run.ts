@@ -7,6 +7,7 @@ import { attachFeatures } from '../../agent/feature.js';
 import { agentFeatures } from '../../agent/features.js';
 import { openAgentLog } from '../../agent/state/log-file.js';
 import { acquireRunLock } from '../../agent/state/run-lock.js';
+import { trialParentPid } from '../../agent/ops/index.js';
 import { resolveProxyConfig } from '../../agent/proxy.js';
 import { MeshlinkError } from '../../errors.js';
 import { parseDuration } from '../../util/duration.js';
@@ -69,7 +70,8 @@ export function registerRunCommand(agent: Command, onError: (err: unknown) => vo
         const proxy = resolveProxyConfig(opts.proxy, process.env);
         const stateDir = resolveStateDir(opts.stateDir);
         const features = agentFeatures({ mesh: parseMeshFlags(opts), observability: parseObservabilityFlags(opts), ops: parseOpsFlags(opts, stateDir), tunnel: parseTunnelFlags(opts) });
-        const lock = acquireRunLock(stateDir);
+        // A new build on trial takes over the lock of the agent that started it (docs/OPERATIONS.md, "Agent upgrade").
+        const lock = acquireRunLock(stateDir, process.pid, trialParentPid());
         process.once('exit', () => lock.release());
         const { logger, file: logFile } = openAgentLog(stateDir, opts.logLevel);
         const runner = new AgentRunner({ stateDir, logger, renewPolicy: Object.freeze(renewPolicy), proxy });

@@ -15,7 +15,12 @@ export function registerOpsAdminRoutes(routes: AdminRoutes, deps: { ops: OpsStor
 
   routes.handle(showUpgrade, () => {
     const current = deps.ops.currentBundle();
-    return { current: current ? { buildId: current.buildId, sha256: current.sha256, version: current.version, size: current.size, percent: current.percent, createdAt: current.createdAt } : null, nodes: deps.ops.listUpgradeStatus() };
+    return {
+      current: current
+        ? { buildId: current.buildId, sha256: current.sha256, version: current.version, size: current.size, percent: current.percent, createdAt: current.createdAt, keyId: current.keyId, allowDowngrade: current.allowDowngrade }
+        : null,
+      nodes: deps.ops.listUpgradeStatus(),
+    };
   });
 
   const upgrades = deps.upgrades;
@@ -23,12 +28,12 @@ export function registerOpsAdminRoutes(routes: AdminRoutes, deps: { ops: OpsStor
   // Audited here, not by the admin server: the record names the build, known only once it is stored.
   routes.handle(
     setUpgrade,
-    async ({ percent, version }, call) => {
-      const auditId = deps.audit.start({ actor: call.actor, operation: 'upgrade.set', nodeId: null, target: null, details: { percent } });
+    async ({ percent, manifest, allowDowngrade }, call) => {
+      const auditId = deps.audit.start({ actor: call.actor, operation: 'upgrade.set', nodeId: null, target: null, details: { percent, allowDowngrade } });
       try {
-        const { bundle, notified } = await upgrades.set(call.body ?? Buffer.alloc(0), { percent, version: version ?? null });
-        deps.audit.finish(auditId, 'ok', { percent, buildId: bundle.buildId, version: bundle.version, size: bundle.size, notified });
-        return { buildId: bundle.buildId, sha256: bundle.sha256, version: bundle.version, size: bundle.size, percent: bundle.percent, notified };
+        const { bundle, notified } = await upgrades.set(call.body ?? Buffer.alloc(0), { percent, manifest: manifest ?? null, allowDowngrade });
+        deps.audit.finish(auditId, 'ok', { percent, buildId: bundle.buildId, version: bundle.version, size: bundle.size, keyId: bundle.keyId, allowDowngrade, notified });
+        return { buildId: bundle.buildId, sha256: bundle.sha256, version: bundle.version, size: bundle.size, percent: bundle.percent, keyId: bundle.keyId ?? '', allowDowngrade: bundle.allowDowngrade, notified };
       } catch (err) {
         deps.audit.finish(auditId, `error:${(err as { code?: string }).code ?? 'ML_ERR_SERVER_INTERNAL'}`);
         throw err;

@@ -5,6 +5,7 @@ import { registerOpsAdminRoutes } from './admin-routes.js';
 import { createOperations } from './operations.js';
 import { createTunnelServer } from './tunnel.js';
 import { OPS_STREAM_PATH } from '../../admin-api/tunnel.js';
+import { parseReleaseKey } from '../../contract/release.js';
 import { BUNDLE_PATH_PREFIX, serveAgentBundle, UpgradeDistributor } from './upgrades.js';
 
 /**
@@ -15,7 +16,8 @@ import { BUNDLE_PATH_PREFIX, serveAgentBundle, UpgradeDistributor } from './upgr
 export const opsFeature: ServerFeature = (ctx) => {
   const log = ctx.logger.child({ component: 'ops' });
   const ops = opsStoreOf(ctx.store);
-  const upgrades = new UpgradeDistributor({ store: ctx.store, ops, sessions: ctx.sessions, dataDir: ctx.config.dataDir, logger: log });
+  const releaseKeys = ctx.config.releaseKeys.map(parseReleaseKey);
+  const upgrades = new UpgradeDistributor({ store: ctx.store, ops, sessions: ctx.sessions, dataDir: ctx.config.dataDir, releaseKeys, logger: log });
 
   const tunnels = createTunnelServer(log, createOperations({ store: ctx.store, audit: ctx.audit, sessions: ctx.sessions, logger: log }));
   ctx.admin.addUpgrade(OPS_STREAM_PATH, (req, socket, head) => tunnels.handleUpgrade(req, socket, head));
@@ -29,11 +31,12 @@ export const opsFeature: ServerFeature = (ctx) => {
   });
 
   ctx.sessions.onMessage('agent.upgrade.status', (agent, s) => {
-    ops.setUpgradeStatus({ nodeId: agent.nodeId, buildId: s.buildId, state: s.state, message: s.message ?? null, ts: Date.now() });
+    ops.setUpgradeStatus({ nodeId: agent.nodeId, buildId: s.buildId, state: s.state, code: s.code ?? null, message: s.message ?? null, ts: Date.now() });
     if (s.state === 'applied' || s.state === 'failed') {
-      ctx.audit.record({ source: 'agent', actor: null, operation: 'agent.upgrade', nodeId: agent.nodeId, target: s.buildId, result: s.state, details: s.message ? { message: s.message } : null });
+      const details = s.code || s.message ? { ...(s.code ? { code: s.code } : {}), ...(s.message ? { message: s.message } : {}) } : null;
+      ctx.audit.record({ source: 'agent', actor: null, operation: 'agent.upgrade', nodeId: agent.nodeId, target: s.buildId, result: s.state, details });
     }
-    log[s.state === 'failed' ? 'warn' : 'info']({ nodeId: agent.nodeId, buildId: s.buildId, state: s.state, message: s.message }, 'agent upgrade status');
+    log[s.state === 'failed' ? 'warn' : 'info']({ nodeId: agent.nodeId, buildId: s.buildId, state: s.state, code: s.code, message: s.message }, 'agent upgrade status');
   });
 
   // What the agent itself reports having done (every action, exec and transfer, with its outcome).

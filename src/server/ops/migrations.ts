@@ -54,4 +54,17 @@ export const OPS_MIGRATIONS: readonly Migration[] = [
       DROP TABLE ops_audit;
     `,
   },
+  {
+    version: 202,
+    name: 'ops: signed agent releases (signature, key id, forced downgrade) and status codes',
+    sql: `
+      -- A bundle is offered only with the release signature \`upgrade set\` verified; rows from
+      -- before signing keep NULL and are never offered again (agents refuse unsigned builds).
+      ALTER TABLE ops_agent_bundles ADD COLUMN signature TEXT;
+      ALTER TABLE ops_agent_bundles ADD COLUMN key_id TEXT;
+      ALTER TABLE ops_agent_bundles ADD COLUMN allow_downgrade INTEGER NOT NULL DEFAULT 0 CHECK (allow_downgrade IN (0, 1));
+      -- The ML_ERR_* code of a failed upgrade (agent.upgrade.status code).
+      ALTER TABLE ops_upgrade_status ADD COLUMN code TEXT;
+    `,
+  },
 ];

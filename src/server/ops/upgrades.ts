@@ -11,14 +11,22 @@ import type { AgentHandle, AgentSessions } from '../agent-sessions.js';
 import { opsStoreOf, type BundleRow, type OpsStore } from './store.js';
 import type { Store } from '../store/store.js';
 import { MeshlinkError } from '../../errors.js';
+import { BUILD_ID_PATTERN, buildIdOf, compareVersions, parseBundleHeader, releaseVersionSchema, verifyRelease, type ReleaseKey, type ReleaseManifest } from '../../contract/release.js';
 
 /**
- * Agent self-upgrade, server side: `upgrade set` stores a bundle (build id = SHA-256 of its bytes)
- * and makes it the offer; agents in the roll-out percentage whose hello reports another build id get
- * {version, buildId, url, sha256} in their welcome, and connected ones an agent.upgrade at once.
- * The bytes are served on the public gateway at GET /v1/agent/bundle/<buildId> to agents with a
- * valid client certificate (a public route of the ops feature: the gateway authenticates, then calls
- * serveAgentBundle).
+ * Agent self-upgrade, server side: `upgrade set` stores a signed bundle (build id = SHA-256 of its
+ * bytes) and makes it the offer; agents in the roll-out percentage whose hello reports another build
+ * id get {version, buildId, url, sha256, size, keyId, signature, allowDowngrade} in their welcome, and
+ * connected ones an agent.upgrade at once. The bytes are served on the public gateway at
+ * GET /v1/agent/bundle/<buildId> to agents with a valid client certificate (a public route of the ops
+ * feature: the gateway authenticates, then calls serveAgentBundle).
+ *
+ * The server refuses, before storing anything: a file that is not a bundle (contract/release.ts
+ * defines one), a build without a signature or whose signature does not verify against the release
+ * keys it was started with (`server start --release-key`), and a version lower than the current
+ * offer unless the operator forces it. It never signs: the release key stays with the operator, and
+ * every agent verifies again against the key it pins, so this check spares operators a roll-out that
+ * agents would refuse, it is not what agents rely on.
  *
  * Only agents that report a buildId (they run from a bundle) get offers: an agent installed from the
  * npm package has no single file to replace.
@@ -35,36 +43,66 @@ export function inRollout(nodeId: string, bundle: Pick<BundleRow, 'buildId' | 'p
   return rolloutBucket(nodeId, bundle.buildId) < bundle.percent;
 }
 
-/** The version a bundle names in its banner (`// meshlink-agent-bundle version=X`), if any. */
-export function bundleVersion(bytes: Buffer): string | null {
-  const head = bytes.subarray(0, 512).toString('utf8');
-  return /meshlink-agent-bundle version=([0-9A-Za-z.+-]{1,64})/.exec(head)?.[1] ?? null;
-}
-
 export class UpgradeDistributor {
   constructor(
-    private readonly deps: { store: Store; ops: OpsStore; sessions: AgentSessions; dataDir: string; logger: Logger },
+    private readonly deps: { store: Store; ops: OpsStore; sessions: AgentSessions; dataDir: string; releaseKeys: readonly ReleaseKey[]; logger: Logger },
   ) {}
 
-  /** The offer for a node with this hello, if any. */
+  /** The offer for a node with this hello, if any (never a row stored before bundles were signed). */
   offerFor(nodeId: string, hello: Pick<PayloadOf<'hello'>, 'buildId'>): InputOf<'agent.upgrade'> | null {
     const b = this.deps.ops.currentBundle();
-    if (!b || !hello.buildId || hello.buildId === b.buildId || !inRollout(nodeId, b)) return null;
+    if (!b || b.signature === null || !hello.buildId || hello.buildId === b.buildId || !inRollout(nodeId, b)) return null;
     const base = this.deps.store.getMeta(META_PUBLIC_URL) ?? '';
-    return { version: b.version, buildId: b.buildId, url: `${base}${BUNDLE_PATH_PREFIX}${b.buildId}`, sha256: b.sha256 };
+    return {
+      version: b.version,
+      buildId: b.buildId,
+      url: `${base}${BUNDLE_PATH_PREFIX}${b.buildId}`,
+      sha256: b.sha256,
+      size: b.size,
+      ...(b.keyId ? { keyId: b.keyId } : {}),
+      signature: Buffer.from(b.signature, 'base64'),
+      ...(b.allowDowngrade ? { allowDowngrade: true } : {}),
+    };
   }
 
-  /** Stores the bundle and offers it to connected agents in the roll-out. Returns the row and how many were told. */
-  async set(bytes: Buffer, opts: { percent: number; version: string | null }): Promise<{ bundle: BundleRow; notified: number }> {
-    if (bytes.length === 0) throw new MeshlinkError('ML_ERR_OPS_UPGRADE', 'the bundle is empty');
-    const sha256 = createHash('sha256').update(bytes).digest('hex');
-    const version = opts.version ?? bundleVersion(bytes) ?? 'unknown';
-    const file = join(this.deps.dataDir, 'ops', 'bundles', `${sha256}.mjs`);
+  /**
+   * Checks, stores and offers a bundle to connected agents in the roll-out. `manifest` is the
+   * detached signature file (`release sign`); its build id and size must be those of `bytes`.
+   * Returns the row and how many were told.
+   */
+  async set(bytes: Buffer, opts: { percent: number; manifest: ReleaseManifest | null; allowDowngrade: boolean }): Promise<{ bundle: BundleRow; notified: number }> {
+    const { version } = parseBundleHeader(bytes);
+    const buildId = buildIdOf(bytes);
+    const m = opts.manifest;
+    if (m === null) throw new MeshlinkError('ML_ERR_UPGRADE_UNSIGNED', 'the bundle has no release signature: sign it with `meshlink release sign BUNDLE --key KEY` and pass the .sig file');
+    if (m.buildId !== buildId || m.size !== bytes.length) {
+      throw new MeshlinkError('ML_ERR_UPGRADE_BUILD_ID', `the signature file is for build ${m.buildId} (${m.size} bytes), this bundle is ${buildId} (${bytes.length} bytes)`);
+    }
+    if (m.version !== version) throw new MeshlinkError('ML_ERR_UPGRADE_NOT_BUNDLE', `the bundle header says version ${version}, its signature file ${m.version}`);
+    if (this.deps.releaseKeys.length === 0) {
+      throw new MeshlinkError('ML_ERR_UPGRADE_NO_RELEASE_KEY', 'this server has no release key to verify bundles with: start it with --release-key ed25519:… (printed by `meshlink release keygen`)');
+    }
+    const key = verifyRelease({ version, buildId, size: bytes.length, keyId: m.keyId, signature: Buffer.from(m.signature, 'base64') }, this.deps.releaseKeys);
+    const current = this.deps.ops.currentBundle();
+    if (current && current.buildId !== buildId && releaseVersionSchema.safeParse(current.version).success && compareVersions(version, current.version) < 0 && !opts.allowDowngrade) {
+      throw new MeshlinkError('ML_ERR_UPGRADE_DOWNGRADE', `version ${version} is lower than the offered ${current.version}; pass --allow-downgrade to roll back to it`);
+    }
+    const file = join(this.deps.dataDir, 'ops', 'bundles', `${buildId}.mjs`);
     await writeFileAtomic(file, bytes, { mode: 0o600 });
-    const bundle = this.deps.ops.setCurrentBundle({ buildId: sha256, sha256, version, size: bytes.length, file, percent: opts.percent });
+    const bundle = this.deps.ops.setCurrentBundle({
+      buildId,
+      sha256: buildId,
+      version,
+      size: bytes.length,
+      file,
+      percent: opts.percent,
+      signature: m.signature,
+      keyId: key.keyId,
+      allowDowngrade: opts.allowDowngrade,
+    });
     let notified = 0;
     for (const agent of this.deps.sessions.snapshot()) if (this.notify(agent)) notified++;
-    this.deps.logger.info({ buildId: sha256, version, percent: opts.percent, notified }, 'agent bundle set');
+    this.deps.logger.info({ buildId, version, keyId: key.keyId, percent: opts.percent, allowDowngrade: opts.allowDowngrade, notified }, 'agent bundle set');
     return { bundle, notified };
   }
 
@@ -78,7 +116,7 @@ export class UpgradeDistributor {
 
 /** GET /v1/agent/bundle/<buildId> for an authenticated agent (called by the gateway). */
 export async function serveAgentBundle(store: Store, req: IncomingMessage, res: ServerResponse, buildId: string): Promise<void> {
-  const row = /^[0-9a-f]{64}$/.test(buildId) ? opsStoreOf(store).getBundle(buildId) : undefined;
+  const row = BUILD_ID_PATTERN.test(buildId) ? opsStoreOf(store).getBundle(buildId) : undefined;
   if (!row) {
     res.writeHead(404, { 'content-type': 'application/json' }).end(JSON.stringify({ code: 'ML_ERR_OPS_NOT_FOUND', message: `no agent bundle ${buildId}` }));
     return;
