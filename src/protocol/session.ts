@@ -302,9 +302,19 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     const stream = new MuxStream(this, { id, kind: name, meta: checked.data, local: true });
     this.#streams.set(id, stream);
     return new Promise((resolve, reject) => {
+      // The peer may put stream.accept and a frame that ends or breaks the stream (stream.reset,
+      // data beyond the window, data after END_STREAM) into one WebSocket message (§1 allows any
+      // coalescing). Those later frames are handled in the same receive() call, before the opener's
+      // continuation runs, and the stream's 'error' is emitted before the opener has listeners: it
+      // would wait forever. So the answer is settled only once the rest of the message has been
+      // handled (a microtask runs after the synchronous receive loop): a stream already destroyed
+      // by then rejects with its error instead of being handed over.
       const onOpen = (): void => {
-        stream.off('error', onError);
-        resolve(stream);
+        queueMicrotask(() => {
+          stream.off('error', onError);
+          if (stream.destroyed) reject(stream.errored ?? new MeshlinkError('ML_ERR_STREAM_CLOSED', `stream ${id} ended before it was handed over`));
+          else resolve(stream);
+        });
       };
       const onError = (err: Error): void => {
         stream.off('meshlink:open', onOpen);

@@ -294,9 +294,9 @@ describe.each(transports)('session over %s', (_name, makePair) => {
         }
       });
       await expect(pair.agent.openStream('file.open', { path: '/1', direction: 'push' })).rejects.toMatchObject({ code: 'ML_ERR_STREAM_REJECTED', remoteCode: 'ML_ERR_FORBIDDEN' });
-      const s = await pair.agent.openStream('file.open', { path: '/2', direction: 'push' });
-      const err = s.errored ?? (await new Promise<Error>((r) => s.on('error', r)));
-      expect(err).toMatchObject({ code: 'ML_ERR_STREAM_RESET', remote: true, resetCode: 'ML_ERR_CANCELLED' });
+      // Accepted and reset at once (both frames in one message): the open rejects with the reset
+      // rather than handing over a stream that already failed.
+      await expect(pair.agent.openStream('file.open', { path: '/2', direction: 'push' })).rejects.toMatchObject({ code: 'ML_ERR_STREAM_RESET', remote: true, resetCode: 'ML_ERR_CANCELLED' });
     } finally {
       await pair.close();
     }
@@ -348,6 +348,16 @@ describe('protocol violations end the session with the documented close code', (
     // Bypass the agent's own flow control and push 300 KiB at once.
     for (let i = 0; i < 5; i++) pair.server.receive(encodeMessage('stream.data', stream.id, new Uint8Array(60 * 1024), { compress: false }));
     expect(await closed).toBe(4020);
+  });
+  it('openStream rejects with the reset when stream.accept and stream.reset arrive in one message', async () => {
+    const pair = await memoryPair();
+    // The server opens; the test answers as the agent by hand, both frames in one WebSocket message.
+    const opened = pair.server.openStream('action.request', { action: 'x' });
+    const id = 2;
+    const message = Buffer.concat([encodeMessage('stream.accept', id, {}), encodeMessage('stream.reset', id, { code: 'ML_ERR_OPS_IO', message: 'gone' })]);
+    pair.server.receive(message);
+    await expect(opened).rejects.toMatchObject({ code: 'ML_ERR_STREAM_RESET', resetCode: 'ML_ERR_OPS_IO' });
+    await pair.close();
   });
   it('a stream id of the wrong parity → 4021', async () => {
     expect(await violate(encodeMessage('stream.open', 2, { kind: 'file.open', meta: { path: '/x', direction: 'push' } }))).toEqual({ code: 4021, error: 'ML_ERR_STREAM_ID' });
