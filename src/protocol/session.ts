@@ -604,7 +604,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
       default:
         // A typed message within the stream's conversation (exec.resize, action.result, ...).
         if (stream.state !== 'open') throw new MeshlinkError('ML_ERR_STREAM_ID', `${msg.name} on stream ${id} before it was accepted`);
-        stream._receiveMessage({ name: msg.name, payload: msg.payload });
+        stream._receiveMessage({ name: msg.name, payload: msg.payload }, msg.size);
     }
   }
 
@@ -724,6 +724,11 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
 
   now(): number {
     return this.#timers.now();
+  }
+
+  /** StreamHost: from version 2 on, typed stream messages consume window credit (PROTOCOL.md §6.5). */
+  get messagesUseCredit(): boolean {
+    return this.version >= 2;
   }
 
   /** Drops a stream from the table; a stream ending is what entitles a refused peer to open again. */

@@ -31,7 +31,7 @@ export function frame<N extends KindName>(name: N, stream: number, payload: Inpu
 
 /** A stream.data frame with `data`, optionally END_STREAM. */
 export function dataFrame(stream: number, data: Uint8Array, endStream = false): Uint8Array {
-  return frame('stream.data', stream, data, endStream);
+  return frame('stream.data', stream, Uint8Array.from(data), endStream);
 }
 
 /** A frame with a hand-made payload (raw bytes, optionally flagged COMPRESSED). */

@@ -46,8 +46,8 @@ describe.each(transports)('session over %s', (_name, makePair) => {
   it('negotiates the version and exchanges control messages', async () => {
     const pair = await makePair();
     try {
-      expect(pair.agent.version).toBe(1);
-      expect(pair.server.version).toBe(1);
+      expect(pair.agent.version).toBe(2);
+      expect(pair.server.version).toBe(2);
       const got = new Promise((r) => pair.server.once('message', r));
       pair.agent.send('heartbeat', { seq: 1, ts: 123 });
       expect(await got).toEqual({ name: 'heartbeat', payload: { seq: 1, ts: 123 } });
@@ -413,6 +413,77 @@ describe('protocol violations end the session with the documented close code', (
   });
 });
 
+describe('typed stream messages and flow control (version 2)', () => {
+  it('a paused reader stops typed messages too: the sender holds them for credit, and all arrive in order after resume', async () => {
+    const pair = await memoryPair();
+    let accepted!: MuxStream;
+    const got: number[] = [];
+    const opened = new Promise<void>((r) =>
+      pair.server.on('stream', (s: MuxStream) => {
+        pair.server.accept(s);
+        accepted = s;
+        s.pause();
+        s.on('message', (m: { name: string; payload: Uint8Array }) => got.push(m.payload[0]!));
+        r();
+      }),
+    );
+    // The server opens nothing here: the agent opens an exec-like stream and sends 2 MiB of
+    // stderr-like messages (16 KiB each), eight times the window.
+    const stream = await pair.agent.openStream('file.open', { path: '/x', direction: 'push' });
+    await opened;
+    for (let i = 0; i < 128; i++) {
+      const chunk = Uint8Array.from(randomBytes(16 * 1024)); // incompressible, so frames keep their size
+      chunk[0] = i;
+      stream.sendMessage('exec.stderr', chunk);
+    }
+    // Wait until the sender has stalled on credit: nothing more can leave it.
+    for (let i = 0; i < 200 && stream.sendCredit > 16 * 1024; i++) await new Promise((r) => setTimeout(r, 5));
+    await new Promise((r) => setTimeout(r, 50));
+    expect(got.length).toBe(0);
+    expect(stream.sendCredit).toBeLessThan(16 * 1024);
+    expect(stream.queuedBytes).toBeGreaterThan(1024 * 1024); // held by the sender, not the receiver
+    accepted.resume();
+    for (let i = 0; i < 400 && got.length < 128; i++) await new Promise((r) => setTimeout(r, 5));
+    expect(got).toEqual(Array.from({ length: 128 }, (_, i) => i));
+    await pair.close();
+  });
+
+  it('typed messages beyond the credit end the session with 4020', async () => {
+    const pair = await memoryPair();
+    pair.server.on('stream', (s: MuxStream) => {
+      pair.server.accept(s);
+      s.pause();
+    });
+    const stream = await pair.agent.openStream('file.open', { path: '/x', direction: 'push' });
+    const closed = new Promise<{ code: number; error?: string }>((r) => pair.server.once('close', (i) => r({ code: i.code, error: i.error?.code })));
+    // Bypass the sender's accounting: 17 messages of 16 KiB, one more than the 256 KiB window.
+    for (let i = 0; i < 17; i++) pair.server.receive(encodeMessage('exec.stderr', stream.id, new Uint8Array(16 * 1024), { compress: false }));
+    expect(await closed).toEqual({ code: 4020, error: 'ML_ERR_FLOW_CONTROL' });
+  });
+
+  it('with a version-1 peer typed messages take no credit, and held ones are capped at 1 MiB (the stream is reset)', async () => {
+    const pair = await memoryPair({ versions: [1] });
+    expect(pair.server.version).toBe(1);
+    let accepted!: MuxStream;
+    const opened = new Promise<void>((r) =>
+      pair.server.on('stream', (s: MuxStream) => {
+        pair.server.accept(s);
+        accepted = s;
+        s.pause();
+        s.on('message', () => {});
+        r();
+      }),
+    );
+    const stream = await pair.agent.openStream('file.open', { path: '/x', direction: 'push' });
+    await opened;
+    const reset = new Promise<Error>((r) => stream.once('error', r));
+    for (let i = 0; i < 80; i++) stream.sendMessage('exec.stderr', new Uint8Array(16 * 1024));
+    expect(await reset).toMatchObject({ code: 'ML_ERR_STREAM_RESET', resetCode: 'ML_ERR_QUEUE_OVERFLOW' });
+    expect(accepted.destroyed).toBe(true);
+    await pair.close();
+  });
+});
+
 describe('stream writes and typed messages', () => {
   it('a message sent between two corked writes arrives between them', async () => {
     const pair = await memoryPair();
@@ -718,6 +789,7 @@ describe('typed messages on a stream', () => {
       maxDataFrame: 64 * 1024,
       receiveWindow: 256 * 1024,
       maxReceiveWindow: 256 * 1024,
+      messagesUseCredit: false,
       reserveWindow: () => false,
       releaseWindow: () => {},
       noteStall: () => {},
