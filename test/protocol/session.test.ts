@@ -722,7 +722,7 @@ describe('receive path', () => {
     const receive = pair.server.receive.bind(pair.server);
     pair.server.receive = (m: Uint8Array) => {
       messages.push(m.buffer);
-      receive(m);
+      return receive(m);
     };
     const chunks: Buffer[][] = [[], []];
     pair.server.on('stream', (stream) => {
