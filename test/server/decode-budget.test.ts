@@ -1,6 +1,7 @@
 import { deflateRawSync } from 'node:zlib';
 import { Encoder } from '@msgpack/msgpack';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DecodeBudget } from '../../src/protocol/decode-budget.js';
 import { Flags, connectRawAgent, rawFrame } from '../helpers/raw-agent.js';
 import { httpsRequest, startTestServer, type TestServer } from './helpers.js';
 
@@ -41,11 +42,28 @@ describe('decode work is bounded per message and per session', () => {
     expect((await health).status).toBe(200);
   });
 
-  it('many messages each within the per-message budget hit the per-second budget: 4024', async () => {
-    const agent = await connectRawAgent(ts, 'bomber-2');
-    const one = bombFrame();
-    const message = Buffer.concat(Array.from({ length: 6 }, () => one)); // ≈ 5.4 MiB of decoding each
-    for (let i = 0; i < 12; i++) agent.sendMessage(message);
-    expect(await agent.closed).toEqual({ code: 4024, reason: 'ML_ERR_DECODE_BUDGET' });
+  it('the per-session budget: a burst, then the refill rate (pure logic, injected clock)', () => {
+    const MiB = 1024 * 1024;
+    const budget = new DecodeBudget({ perMessage: 8 * MiB, perSecond: 16 * MiB, burst: 32 * MiB }, 0);
+    // 32 MiB at once, in messages within the per-message cap.
+    for (let i = 0; i < 4; i++) budget.charge(8 * MiB, 8 * MiB, 0);
+    expect(() => budget.charge(1, 1, 0)).toThrow(expect.objectContaining({ code: 'ML_ERR_DECODE_BUDGET' }));
+    // Half a second refills 8 MiB, and no more.
+    const later = new DecodeBudget({ perMessage: 8 * MiB, perSecond: 16 * MiB, burst: 32 * MiB }, 0);
+    later.charge(32 * MiB, 1, 0);
+    later.charge(8 * MiB, 8 * MiB, 500);
+    expect(() => later.charge(MiB, MiB, 500)).toThrow(expect.objectContaining({ code: 'ML_ERR_DECODE_BUDGET' }));
+    // Past the per-message cap whatever the bucket holds.
+    expect(() => new DecodeBudget({ perMessage: 8 * MiB, perSecond: 16 * MiB, burst: 32 * MiB }, 0).charge(1, 8 * MiB + 1, 0)).toThrow(expect.objectContaining({ code: 'ML_ERR_DECODE_BUDGET' }));
+  });
+});
+
+describe('closes for the certificate follow §9: an error frame first, the code as the close reason', () => {
+  it('removal: error ML_ERR_CERT_REVOKED, then close 4401 with reason ML_ERR_CERT_REVOKED', async () => {
+    const { removeNode } = await import('../../src/server/nodes.js');
+    const agent = await connectRawAgent(ts, 'to-remove');
+    removeNode(ts.server.store, agent.nodeId, ts.server.live);
+    expect(await agent.closed).toEqual({ code: 4401, reason: 'ML_ERR_CERT_REVOKED' });
+    expect(agent.frames.some((f) => f.name === 'error' && (f.payload as { code: string }).code === 'ML_ERR_CERT_REVOKED')).toBe(true);
   });
 });
