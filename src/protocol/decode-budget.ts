@@ -25,6 +25,17 @@ export const DEFAULT_DECODE_BUDGET: DecodeBudgetOptions = Object.freeze({
   burst: 32 * 1024 * 1024,
 });
 
+/**
+ * The agent's budget: the per-message limit and the yielding, but no rate. The rate protects a
+ * server from any one of its nodes; an agent's only peer is its pinned server, whose legitimate
+ * bursts (an event replay after a long disconnect) must not cost it its connection.
+ */
+export const AGENT_DECODE_BUDGET: DecodeBudgetOptions = Object.freeze({
+  perMessage: 8 * 1024 * 1024,
+  perSecond: Number.POSITIVE_INFINITY,
+  burst: Number.POSITIVE_INFINITY,
+});
+
 /** Decode work after which the receiver lets the event loop run before the next frame. */
 export const DECODE_YIELD_BYTES = 1024 * 1024;
 
@@ -44,6 +55,7 @@ export class DecodeBudget {
     if (messageWork > this.#opts.perMessage) {
       throw new MeshlinkError('ML_ERR_DECODE_BUDGET', `one WebSocket message needed more than ${this.#opts.perMessage} bytes of decoding`);
     }
+    if (this.#opts.perSecond === Number.POSITIVE_INFINITY) return;
     this.#tokens = Math.min(this.#opts.burst, this.#tokens + ((now - this.#at) * this.#opts.perSecond) / 1000);
     this.#at = now;
     this.#tokens -= bytes;

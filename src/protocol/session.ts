@@ -4,7 +4,7 @@ import { EventEmitter } from 'node:events';
 import { FrameDecoder, decodeMessage } from './decoder.js';
 import { STREAM_DATA_CODE, STREAM_WINDOW_CODE, decodeBin, decodeFrame, encodeMessage, readWindowCredit, type DecodedMessage } from './codec.js';
 import { DEFAULT_MAX_FRAME_SIZE, Flags, type Frame } from './frame.js';
-import { DECODE_YIELD_BYTES, DEFAULT_DECODE_BUDGET, DecodeBudget, type DecodeBudgetOptions } from './decode-budget.js';
+import { AGENT_DECODE_BUDGET, DECODE_YIELD_BYTES, DEFAULT_DECODE_BUDGET, DecodeBudget, type DecodeBudgetOptions } from './decode-budget.js';
 import {
   MESSAGE_KINDS,
   isResponseKind,
@@ -194,7 +194,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     this.#versions = options.versions ?? SUPPORTED_VERSIONS;
     this.#onHello = options.onHello;
     this.#decoder = new FrameDecoder({ maxFrameSize: this.maxFrameSize });
-    this.#decodeBudget = new DecodeBudget(options.decodeBudget ?? DEFAULT_DECODE_BUDGET, this.#timers.now());
+    this.#decodeBudget = new DecodeBudget(options.decodeBudget ?? (this.role === 'server' ? DEFAULT_DECODE_BUDGET : AGENT_DECODE_BUDGET), this.#timers.now());
     // Stream ids: agent-opened odd, server-opened even, 0 is the control channel.
     this.#nextStreamId = this.role === 'agent' ? 1 : 2;
     this.lastReceivedAt = this.#timers.now();
