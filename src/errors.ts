@@ -92,6 +92,7 @@ export const ERRORS = {
   ML_ERR_STREAM_ID: { closeCode: 4021, exit: 'internal', description: 'A stream id has the wrong parity, is reused, or names no open stream where one is required.' },
   ML_ERR_TOO_MANY_STREAMS: { closeCode: 4022, exit: 'internal', description: 'A peer kept opening streams after being refused for exceeding the concurrent stream cap.' },
   ML_ERR_QUEUE_OVERFLOW: { closeCode: 4023, exit: 'internal', description: 'A bounded queue overflowed because a peer ignored backpressure.' },
+  ML_ERR_DECODE_BUDGET: { closeCode: 4024, exit: 'internal', description: 'A peer made the receiver inflate and decode more than its budget, per WebSocket message or per second.' },
   ML_ERR_STREAM_REJECTED: { exit: 'internal', description: 'The peer refused to open a stream (stream.reject).' },
   ML_ERR_STREAM_RESET: { exit: 'internal', description: 'The stream was reset by the peer or locally (stream.reset).' },
   ML_ERR_STREAM_CLOSED: { exit: 'internal', description: 'A write or message on a stream that is already closed for writing.' },

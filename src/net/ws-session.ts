@@ -60,7 +60,12 @@ export function attachSession(ws: WebSocket, options: Omit<SessionOptions, 'tran
     }
     const message = toBuffer(data);
     if (observers.size > 0) for (const observe of observers) observe('in', message);
-    session.receive(message);
+    // The session yields between costly frames (PROTOCOL.md §3.4): stop reading the socket until
+    // it has worked through what it holds, so a peer cannot queue messages behind it without bound.
+    if (!session.receive(message) && !ws.isPaused) {
+      ws.pause();
+      session.once('receiveDrain', () => ws.resume());
+    }
   });
   ws.on('close', (code: number, reason: Buffer) => {
     closed = true;

@@ -34,6 +34,19 @@ export function encodeMessage<N extends KindName>(
   payload: InputOf<N>,
   options: EncodeOptions = {},
 ): Uint8Array {
+  return encodeMessageSized(name, stream, payload, options).frame;
+}
+
+/**
+ * encodeMessage, also returning the payload's length before compression: what a typed stream
+ * message costs in window credit (PROTOCOL.md §6.5), which the receiver measures after inflating.
+ */
+export function encodeMessageSized<N extends KindName>(
+  name: N,
+  stream: number,
+  payload: InputOf<N>,
+  options: EncodeOptions = {},
+): { frame: Uint8Array; payloadBytes: number } {
   const kind = requireKind(name);
   const checked = kind.schema.safeParse(payload);
   if (!checked.success) {
@@ -42,6 +55,7 @@ export function encodeMessage<N extends KindName>(
   }
   // The schema of a bytes kind accepts only a Uint8Array, checked just above.
   let body: Uint8Array = kind.payload === 'bytes' ? encodeBin(payload as Uint8Array) : encoder.encode(payload);
+  const payloadBytes = body.byteLength;
   let flags = options.endStream ? Flags.END_STREAM : 0;
   if (options.compress !== false && body.byteLength > COMPRESS_MIN_BYTES) {
     const deflated = deflateRawSync(body);
@@ -53,7 +67,7 @@ export function encodeMessage<N extends KindName>(
   const out = new Uint8Array(HEADER_SIZE + body.byteLength);
   writeHeader(out, 0, { type: kind.code, stream, flags, length: body.byteLength });
   out.set(body, HEADER_SIZE);
-  return out;
+  return { frame: out, payloadBytes };
 }
 
 const STREAM_DATA = requireKind('stream.data').code;
@@ -201,6 +215,8 @@ export type DecodedMessage = {
     readonly stream: number;
     readonly flags: number;
     readonly payload: PayloadOf<N>;
+    /** The payload's length after inflation: what a typed stream message costs in window credit. */
+    readonly size: number;
   };
 }[KindName];
 
@@ -222,7 +238,7 @@ export function decodeFrame(frame: Frame, maxFrameSize: number): DecodedMessage 
     }
   }
   if (kind.payload === 'bytes') {
-    return { name: kind.name, kind, stream: frame.stream, flags: frame.flags, payload: decodeBin(body) } as DecodedMessage;
+    return { name: kind.name, kind, stream: frame.stream, flags: frame.flags, payload: decodeBin(body), size: body.byteLength } as DecodedMessage;
   }
   let value: unknown;
   try {
@@ -237,5 +253,5 @@ export function decodeFrame(frame: Frame, maxFrameSize: number): DecodedMessage 
     throw new MeshlinkError('ML_ERR_BAD_PAYLOAD', `${kind.name}: ${zodErrorText(parsed.error)}`);
   }
   // The one place a payload meets its type: it has just passed the schema of the kind it is paired with.
-  return { name: kind.name, kind, stream: frame.stream, flags: frame.flags, payload: parsed.data } as DecodedMessage;
+  return { name: kind.name, kind, stream: frame.stream, flags: frame.flags, payload: parsed.data, size: body.byteLength } as DecodedMessage;
 }

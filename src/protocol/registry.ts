@@ -393,7 +393,10 @@ export function describeRegistry(): Array<{
 
 function toJsonSchema(schema: z.ZodType): unknown {
   // Uint8Array payloads (MessagePack bin) have no JSON Schema equivalent; describe them explicitly.
+  // `io: 'input'`: the schema of what a receiver accepts. Receivers ignore unknown keys (§3.1), so
+  // no object says `additionalProperties: false`, as the output form of a zod object would.
   return z.toJSONSchema(schema, {
+    io: 'input',
     unrepresentable: 'any',
     override: (ctx) => {
       const def = (ctx.zodSchema as { _zod?: { def?: { type?: string } } })._zod?.def;

@@ -3,7 +3,8 @@ import { MeshlinkError, type ErrorCode, isProtocolError } from '../errors.js';
 import { EventEmitter } from 'node:events';
 import { FrameDecoder, decodeMessage } from './decoder.js';
 import { STREAM_DATA_CODE, STREAM_WINDOW_CODE, decodeBin, decodeFrame, encodeMessage, readWindowCredit, type DecodedMessage } from './codec.js';
-import { DEFAULT_MAX_FRAME_SIZE, Flags } from './frame.js';
+import { DEFAULT_MAX_FRAME_SIZE, Flags, type Frame } from './frame.js';
+import { AGENT_DECODE_BUDGET, DECODE_YIELD_BYTES, DEFAULT_DECODE_BUDGET, DecodeBudget, type DecodeBudgetOptions } from './decode-budget.js';
 import {
   MESSAGE_KINDS,
   isResponseKind,
@@ -68,6 +69,8 @@ export interface SessionOptions {
   requestTimeoutMs?: number;
   handshakeTimeoutMs?: number;
   versions?: readonly number[];
+  /** Decode work a peer may cause, per message and per second (decode-budget.ts). */
+  decodeBudget?: DecodeBudgetOptions;
   /** Server role: turns the agent's hello into the welcome fields, or throws a MeshlinkError to refuse. */
   onHello?: (hello: PayloadOf<'hello'>) => Promise<Omit<InputOf<'welcome'>, 'version'>> | Omit<InputOf<'welcome'>, 'version'>;
 }
@@ -122,6 +125,8 @@ export interface SessionEvents {
   stream: [stream: MuxStream];
   goaway: [payload: PayloadOf<'goaway'>];
   close: [info: CloseInfo];
+  /** Every received frame has been handled: an owner that stopped reading (receive() returned false) reads again. */
+  receiveDrain: [];
 }
 
 export class Session extends EventEmitter<SessionEvents> implements StreamHost {
@@ -189,6 +194,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     this.#versions = options.versions ?? SUPPORTED_VERSIONS;
     this.#onHello = options.onHello;
     this.#decoder = new FrameDecoder({ maxFrameSize: this.maxFrameSize });
+    this.#decodeBudget = new DecodeBudget(options.decodeBudget ?? (this.role === 'server' ? DEFAULT_DECODE_BUDGET : AGENT_DECODE_BUDGET), this.#timers.now());
     // Stream ids: agent-opened odd, server-opened even, 0 is the control channel.
     this.#nextStreamId = this.role === 'agent' ? 1 : 2;
     this.lastReceivedAt = this.#timers.now();
@@ -302,9 +308,19 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     const stream = new MuxStream(this, { id, kind: name, meta: checked.data, local: true });
     this.#streams.set(id, stream);
     return new Promise((resolve, reject) => {
+      // The peer may put stream.accept and a frame that ends or breaks the stream (stream.reset,
+      // data beyond the window, data after END_STREAM) into one WebSocket message (§1 allows any
+      // coalescing). Those later frames are handled in the same receive() call, before the opener's
+      // continuation runs, and the stream's 'error' is emitted before the opener has listeners: it
+      // would wait forever. So the answer is settled only once the rest of the message has been
+      // handled (a microtask runs after the synchronous receive loop): a stream already destroyed
+      // by then rejects with its error instead of being handed over.
       const onOpen = (): void => {
-        stream.off('error', onError);
-        resolve(stream);
+        queueMicrotask(() => {
+          stream.off('error', onError);
+          if (stream.destroyed) reject(stream.errored ?? new MeshlinkError('ML_ERR_STREAM_CLOSED', `stream ${id} ended before it was handed over`));
+          else resolve(stream);
+        });
       };
       const onError = (err: Error): void => {
         stream.off('meshlink:open', onOpen);
@@ -361,32 +377,84 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
    * throw where Node calls them, as with any stream. The one exception that reaches this caller is
    * one thrown by the application's own 'close' listener: it runs last, once the session has fully
    * closed, and is the application's bug to see rather than something to swallow.
+   *
+   * Returns false when frames of this message still wait (the receiver yielded, §3.4): stop feeding
+   * until 'receiveDrain', like a Writable's write() and 'drain'.
    */
-  receive(message: Uint8Array): void {
-    if (this.state === 'closed') return;
+  receive(message: Uint8Array): boolean {
+    if (this.state === 'closed') return true;
     this.lastReceivedAt = this.#timers.now();
     try {
-      for (const frame of decodeMessage(message, this.#decoder)) {
-        if ((this.state as SessionState) === 'closed') return;
-        // Fast path for the bulk of traffic: uncompressed stream.data skips the generic codec
-        // (no schema, no intermediate objects); the checks are the same as in #dispatch.
-        if (frame.type === STREAM_DATA_CODE && (frame.flags & Flags.COMPRESSED) === 0 && this.state === 'open' && frame.stream !== 0) {
-          this.#receiveStreamData(frame.stream, frame.flags, decodeBin(frame.payload));
-          continue;
-        }
-        // The same for stream.window in the form every meshlink sender writes; other encodings
-        // (readWindowCredit returns null) take the generic path below.
-        if (frame.type === STREAM_WINDOW_CODE && frame.flags === 0 && this.state === 'open' && frame.stream !== 0) {
-          const credit = readWindowCredit(frame.payload);
-          if (credit !== null) {
-            this.#receiveWindow(frame.stream, credit);
-            continue;
-          }
-        }
-        this.#dispatch(decodeFrame(frame, this.maxFrameSize));
-      }
+      this.#backlog.push({ frames: decodeMessage(message, this.#decoder), index: 0, work: 0 });
     } catch (err) {
       this.#fail(err);
+      return true;
+    }
+    if (!this.#drainScheduled) this.#drainBacklog();
+    if (this.#backlog.length === 0) return true;
+    this.#receiveBlocked = true;
+    return false;
+  }
+
+  #receiveBlocked = false;
+
+  /**
+   * Frames received and not yet handled, one entry a WebSocket message. Handling yields to the event
+   * loop after DECODE_YIELD_BYTES of decode work (decode-budget.ts), so one message of many costly
+   * frames cannot hold the process; while frames wait, receive() returns false (the owner stops
+   * reading its socket) and 'receiveDrain' says when to read again.
+   */
+  readonly #backlog: Array<{ frames: Frame[]; index: number; work: number }> = [];
+  #drainScheduled = false;
+  readonly #decodeBudget: DecodeBudget;
+
+  #drainBacklog(): void {
+    let slice = 0;
+    try {
+      while (this.#backlog.length > 0) {
+        const entry = this.#backlog[0]!;
+        while (entry.index < entry.frames.length) {
+          if ((this.state as SessionState) === 'closed') return;
+          if (slice >= DECODE_YIELD_BYTES) {
+            this.#drainScheduled = true;
+            this.defer(() => {
+              this.#drainScheduled = false;
+              this.#drainBacklog();
+            });
+            return;
+          }
+          const frame = entry.frames[entry.index++]!;
+          // Fast path for the bulk of traffic: uncompressed stream.data skips the generic codec
+          // (no schema, no intermediate objects); the checks are the same as in #dispatch.
+          if (frame.type === STREAM_DATA_CODE && (frame.flags & Flags.COMPRESSED) === 0 && this.state === 'open' && frame.stream !== 0) {
+            this.#receiveStreamData(frame.stream, frame.flags, decodeBin(frame.payload));
+            continue;
+          }
+          // The same for stream.window in the form every meshlink sender writes; other encodings
+          // (readWindowCredit returns null) take the generic path below.
+          if (frame.type === STREAM_WINDOW_CODE && frame.flags === 0 && this.state === 'open' && frame.stream !== 0) {
+            const credit = readWindowCredit(frame.payload);
+            if (credit !== null) {
+              this.#receiveWindow(frame.stream, credit);
+              continue;
+            }
+          }
+          const msg = decodeFrame(frame, this.maxFrameSize);
+          entry.work += msg.size;
+          slice += msg.size;
+          this.#decodeBudget.charge(msg.size, entry.work, this.#timers.now());
+          this.#dispatch(msg);
+        }
+        this.#backlog.shift();
+      }
+    } catch (err) {
+      this.#backlog.length = 0;
+      this.#fail(err);
+      return;
+    }
+    if (this.#receiveBlocked) {
+      this.#receiveBlocked = false;
+      this.emit('receiveDrain');
     }
   }
 
@@ -594,7 +662,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
       default:
         // A typed message within the stream's conversation (exec.resize, action.result, ...).
         if (stream.state !== 'open') throw new MeshlinkError('ML_ERR_STREAM_ID', `${msg.name} on stream ${id} before it was accepted`);
-        stream._receiveMessage({ name: msg.name, payload: msg.payload });
+        stream._receiveMessage({ name: msg.name, payload: msg.payload }, msg.size);
     }
   }
 
@@ -714,6 +782,11 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
 
   now(): number {
     return this.#timers.now();
+  }
+
+  /** StreamHost: from version 2 on, typed stream messages consume window credit (PROTOCOL.md §6.5). */
+  get messagesUseCredit(): boolean {
+    return this.version >= 2;
   }
 
   /** Drops a stream from the table; a stream ending is what entitles a refused peer to open again. */

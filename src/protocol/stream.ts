@@ -1,6 +1,6 @@
 import { MeshlinkError } from '../errors.js';
 import { Duplex } from 'node:stream';
-import { dataPrefixSize, encodeMessage, encodeWindowFrame } from './codec.js';
+import { dataPrefixSize, encodeMessage, encodeMessageSized, encodeWindowFrame } from './codec.js';
 import type { InputOf, KindName, OpeningKindName, PayloadOf, StreamMessage } from './registry.js';
 
 /**
@@ -48,7 +48,21 @@ export interface StreamHost {
   now(): number;
   /** Runs `fn` once the event loop's current turn has run its callbacks. */
   defer(fn: () => void): void;
+  /**
+   * True when typed stream messages consume window credit like stream.data (protocol version 2,
+   * PROTOCOL.md §6.5); in version 1 they do not, and held ones are capped in bytes instead.
+   */
+  readonly messagesUseCredit: boolean;
 }
+
+/**
+ * Version 1 only: bytes of typed messages a stream holds for its application (not yet delivered)
+ * before it is reset with ML_ERR_QUEUE_OVERFLOW. In version 2 the window bounds them.
+ */
+export const MAX_HELD_MESSAGE_BYTES = 1024 * 1024;
+
+/** Largest payload of one typed stream message a sender may queue: it must fit the initial window. */
+export const MAX_STREAM_MESSAGE_BYTES = 64 * 1024;
 
 /**
  * Receive-window auto-tuning: when the application has consumed a whole window within this many
@@ -61,7 +75,7 @@ export const WINDOW_GROWTH_MS = 20;
 type Outgoing =
   /** Consecutive writes (one _write, or a whole _writev batch): `bufs[index]` from `offset` is next. */
   | { type: 'data'; bufs: Uint8Array[]; index: number; offset: number; cb: ((err?: Error | null) => void) | null }
-  | { type: 'frame'; bytes: Uint8Array; end: boolean; cb?: () => void };
+  | { type: 'frame'; bytes: Uint8Array; end: boolean; cb?: () => void; credit: number };
 
 /**
  * A frame handed to the scheduler: either encoded `bytes`, or stream `data` whose frame header the
@@ -142,9 +156,15 @@ export class MuxStream extends Duplex {
   #writtenBytes = 0;
   #handedBytes = 0;
   /** Outgoing typed messages waiting for earlier writes to reach #queue. */
-  #deferred: Array<{ mark: number; bytes: Uint8Array }> = [];
+  #deferred: Array<{ mark: number; bytes: Uint8Array; credit: number }> = [];
   /** Incoming typed messages waiting for earlier data to be consumed. */
-  #inbound: Array<{ mark: number; msg: StreamMessage }> = [];
+  #inbound: Array<{ mark: number; msg: HeldMessage }> = [];
+  /** Bytes of received typed messages handed to the application (they count as consumed credit). */
+  #messagesDelivered = 0;
+  /** Bytes of received typed messages not yet handed to the application (#inbound and #early). */
+  #heldMessageBytes = 0;
+  /** Set by pause(), cleared by resume(): a paused stream delivers neither data nor messages. */
+  #messagesPaused = false;
 
   constructor(host: StreamHost, init: { id: number; kind: string; meta: unknown; local: boolean }) {
     super({
@@ -174,7 +194,11 @@ export class MuxStream extends Duplex {
     // exception is rethrown on its own, as an uncaught exception.
     this.prependListener('end', () => {
       try {
+        // 'end' can come while the application has paused the stream: what preceded the end is due
+        // now all the same, or it would arrive after it.
+        this.#messagesPaused = false;
         this.#deliverMessages();
+        this.#flushEarly();
       } catch (err) {
         throwUncaught(err);
       }
@@ -184,8 +208,8 @@ export class MuxStream extends Duplex {
     this.#window = host.receiveWindow;
   }
 
-  /** See the constructor: messages received before any 'message' listener (bounded). */
-  #early: StreamMessage[] = [];
+  /** See the constructor: messages received before any 'message' listener, or while paused (bounded). */
+  #early: HeldMessage[] = [];
 
   /**
    * Delivers held messages one at a time, while someone listens: a once() listener takes one and
@@ -194,10 +218,40 @@ export class MuxStream extends Duplex {
    */
   #flushEarly(): void {
     try {
-      while (this.#early.length > 0 && this.listenerCount('message') > 0 && !this.destroyed) this.emit('message', this.#early.shift());
+      while (this.#canDeliver()) this.#deliver(this.#early.shift()!);
     } finally {
-      if (this.#early.length > 0 && this.listenerCount('message') > 0 && !this.destroyed) queueMicrotask(() => this.#flushEarly());
+      if (this.#canDeliver()) queueMicrotask(() => this.#flushEarly());
     }
+  }
+
+  #canDeliver(): boolean {
+    return this.#early.length > 0 && !this.#messagesPaused && this.listenerCount('message') > 0 && !this.destroyed;
+  }
+
+  /** Hands one message to the application; its bytes now count as consumed (credit may go back). */
+  #deliver(held: HeldMessage): void {
+    this.#heldMessageBytes -= held.size;
+    this.#messagesDelivered += held.size;
+    this.emit('message', held.msg);
+    if (this.#host.messagesUseCredit) this.#returnCredit();
+  }
+
+  /**
+   * pause() holds typed messages too, not only data: a consumer that pauses the stream (pipe() into
+   * a full destination, a relay whose socket is backed up) must not keep receiving messages it
+   * cannot pass on, and the credit they would return would let the peer send on without limit.
+   */
+  override pause(): this {
+    this.#messagesPaused = true;
+    return super.pause();
+  }
+
+  override resume(): this {
+    this.#messagesPaused = false;
+    // Held messages preceded all data still buffered: they go out now, before resume() lets that
+    // data flow (on the next tick), so that order is kept.
+    this.#flushEarly();
+    return super.resume();
   }
 
   /**
@@ -205,9 +259,9 @@ export class MuxStream extends Duplex {
    * for their delivery, so that order is kept). A method rather than an emit() override: every
    * 'data' event would pay for the override.
    */
-  #emitMessage(msg: StreamMessage): void {
-    if (this.#early.length === 0 && this.listenerCount('message') > 0) {
-      this.emit('message', msg);
+  #emitMessage(held: HeldMessage): void {
+    if (this.#early.length === 0 && !this.#messagesPaused && this.listenerCount('message') > 0) {
+      this.#deliver(held);
       return;
     }
     // Bounded like every buffer: an application that never listens gets the stream reset, not
@@ -216,7 +270,7 @@ export class MuxStream extends Duplex {
       this.destroy(new MeshlinkError('ML_ERR_QUEUE_OVERFLOW', `stream ${this.id}: 1024 messages arrived with no listener`));
       return;
     }
-    this.#early.push(msg);
+    this.#early.push(held);
   }
 
   /**
@@ -252,14 +306,18 @@ export class MuxStream extends Duplex {
     if (this.#endQueued || this.state === 'closed') {
       throw new MeshlinkError('ML_ERR_STREAM_CLOSED', `stream ${this.id} is closed for writing`);
     }
-    const bytes = encodeMessage(name, this.id, payload);
+    const { frame: bytes, payloadBytes } = encodeMessageSized(name, this.id, payload);
+    // A message larger than the initial window could never be sent once credit counts it.
+    if (payloadBytes > MAX_STREAM_MESSAGE_BYTES) throw new RangeError(`${name}: a stream message carries at most ${MAX_STREAM_MESSAGE_BYTES} bytes`);
+    // Credit is fixed when the message is sent: the stream opened (and its version is known) by then.
+    const credit = payloadBytes;
     if (this.#handedBytes >= this.#writtenBytes) {
-      this.#queueFrame(bytes);
+      this.#queueFrame(bytes, credit);
       if (this.state === 'open') this.#host.markReady(this);
     } else {
       // Bytes written before this message still sit in the Writable's buffer: the message waits
       // until they have reached the stream's queue, so it cannot overtake them (PROTOCOL.md §6.3).
-      this.#deferred.push({ mark: this.#writtenBytes, bytes });
+      this.#deferred.push({ mark: this.#writtenBytes, bytes, credit });
     }
   }
 
@@ -271,15 +329,16 @@ export class MuxStream extends Duplex {
     return super.write(chunk, encoding, cb);
   }
 
-  #queueFrame(bytes: Uint8Array): void {
-    this.#queue.push({ type: 'frame', bytes, end: false });
+  #queueFrame(bytes: Uint8Array, credit: number): void {
+    this.#queue.push({ type: 'frame', bytes, end: false, credit });
     this.#queuedBytes += bytes.byteLength;
   }
 
   /** Queues the deferred messages whose preceding bytes have all been handed over. */
   #releaseDeferred(all = false): void {
     while (this.#deferred.length > 0 && (all || this.#deferred[0]!.mark <= this.#handedBytes)) {
-      this.#queueFrame(this.#deferred.shift()!.bytes);
+      const next = this.#deferred.shift()!;
+      this.#queueFrame(next.bytes, next.credit);
     }
   }
 
@@ -287,18 +346,33 @@ export class MuxStream extends Duplex {
    * A typed message from the peer. It is delivered once the data the peer sent before it has been
    * consumed, so that, say, exec.exit never arrives ahead of the command's last output.
    */
-  _receiveMessage(received: { name: string; payload: unknown }): void {
+  _receiveMessage(received: { name: string; payload: unknown }, size = 0): void {
+    if (this.#remoteEnded) {
+      throw new MeshlinkError('ML_ERR_STREAM_ID', `stream ${this.id}: ${received.name} after END_STREAM`);
+    }
+    if (this.#host.messagesUseCredit) {
+      // Version 2: a typed message is stream bytes like any other (PROTOCOL.md §6.5).
+      if (size > this.#receiveAllowance) {
+        throw new MeshlinkError('ML_ERR_FLOW_CONTROL', `stream ${this.id}: ${received.name} of ${size} bytes sent with ${this.#receiveAllowance} credit`);
+      }
+      this.#receiveAllowance -= size;
+    } else if (this.#heldMessageBytes + size > MAX_HELD_MESSAGE_BYTES) {
+      this.destroy(new MeshlinkError('ML_ERR_QUEUE_OVERFLOW', `stream ${this.id}: more than ${MAX_HELD_MESSAGE_BYTES} bytes of messages waiting for the application`));
+      return;
+    }
+    if (this.destroyed) return;
     // The session passes a decoded message whose payload passed the schema of its kind `name`.
-    const msg = received as StreamMessage;
+    const held: HeldMessage = { msg: received as StreamMessage, size };
+    this.#heldMessageBytes += size;
     if (this.#inbound.length === 0 && this.readableLength === 0) {
-      this.#emitMessage(msg);
+      this.#emitMessage(held);
       return;
     }
     if (this.#inbound.length >= 1024) {
       this.destroy(new MeshlinkError('ML_ERR_QUEUE_OVERFLOW', `stream ${this.id}: 1024 messages waiting behind unread data`));
       return;
     }
-    this.#inbound.push({ mark: this.#received, msg });
+    this.#inbound.push({ mark: this.#received, msg: held });
   }
 
   #deliverMessages(): void {
@@ -375,7 +449,12 @@ export class MuxStream extends Duplex {
     if (this.state !== 'open') return false;
     const head = this.#queue[0];
     if (!head) return false;
-    return head.type === 'frame' || this.#sendCredit > 0;
+    if (head.type === 'frame') {
+      if (head.credit === 0 || !this.#host.messagesUseCredit || head.credit <= this.#sendCredit) return true;
+      this.#noteStall();
+      return false;
+    }
+    return this.#sendCredit > 0;
   }
 
   /** Takes the next frame to send (at most `maxData` data bytes), or null. */
@@ -383,6 +462,10 @@ export class MuxStream extends Duplex {
     const head = this.#queue[0];
     if (!head || this.state !== 'open') return null;
     if (head.type === 'frame') {
+      if (head.credit > 0 && this.#host.messagesUseCredit) {
+        if (head.credit > this.#sendCredit) return null;
+        this.#sendCredit -= head.credit;
+      }
       this.#queue.shift();
       this.#queuedBytes -= head.bytes.byteLength;
       if (head.end) {
@@ -506,7 +589,7 @@ export class MuxStream extends Duplex {
     this.#releaseDeferred(true);
     const bytes = encodeMessage('stream.close', this.id, {}, { endStream: true });
     // 'finish' (and with it autoDestroy) waits until END_STREAM is actually on its way.
-    this.#queue.push({ type: 'frame', bytes, end: true, cb: () => cb() });
+    this.#queue.push({ type: 'frame', bytes, end: true, cb: () => cb(), credit: 0 });
     this.#queuedBytes += bytes.byteLength;
     if (this.state === 'open') this.#host.markReady(this);
   }
@@ -548,7 +631,8 @@ export class MuxStream extends Duplex {
 
   #returnCredit(): void {
     if (this.#remoteEnded || this.state !== 'open') return;
-    const consumed = this.#received - this.readableLength;
+    // Consumed: data the application has read, and (version 2) typed messages handed to it.
+    const consumed = this.#received - this.readableLength + this.#messagesDelivered;
     let outstanding = consumed + this.#window - this.#credited;
     // Batch updates: one stream.window per half window consumed, not one per read (as yamux and
     // nghttp2 do). Each update is a WebSocket message of its own both ways; at a quarter window, 100
@@ -601,6 +685,7 @@ export class MuxStream extends Duplex {
     // Typed messages not yet delivered never will be: nothing is emitted after 'close'.
     this.#inbound = [];
     this.#early = [];
+    this.#heldMessageBytes = 0;
     // Then every pending write learns its fate. The callbacks are the application's: one that throws
     // must not cut the others off, and its exception is not swallowed either: it is rethrown on its
     // own, an uncaught exception as it would be from any Node stream's write callback.
@@ -631,6 +716,12 @@ export class MuxStream extends Duplex {
       this.#grown = 0;
     }
   }
+}
+
+/** A received typed message with its payload size (after inflation), until it is delivered. */
+interface HeldMessage {
+  readonly msg: StreamMessage;
+  readonly size: number;
 }
 
 /** A copy in a new Buffer: allocUnsafe + set, the plain copy (Buffer.from takes the array-like path). */

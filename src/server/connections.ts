@@ -1,6 +1,7 @@
 import type { WebSocket } from 'ws';
 import type { Logger } from '../util/logger.js';
-import { ERRORS } from '../errors.js';
+import { ERRORS, type ErrorCode } from '../errors.js';
+import { encodeMessage } from '../protocol/codec.js';
 
 /**
  * Live agent sockets per node, so revocation can close them and each socket is closed when its
@@ -72,7 +73,7 @@ export class ConnectionRegistry {
     const wait = entry.certNotAfter - Date.now();
     if (wait <= 0) {
       this.logger.info({ nodeId: entry.nodeId, certSerial: entry.certSerial }, 'certificate reached NotAfter; closing connection');
-      closeSocket(entry.ws, CLOSE_EXPIRED, 'certificate expired');
+      closeSocket(entry.ws, 'ML_ERR_CERT_EXPIRED', 'the certificate reached its NotAfter');
       return;
     }
     entry.timer = setTimeout(() => this.armExpiry(entry), Math.min(wait + 1, MAX_TIMER_MS));
@@ -121,15 +122,23 @@ export class ConnectionRegistry {
         }
       }
     }
-    setImmediate(() => this.closeWhere(pred, CLOSE_REVOKED, 'certificate revoked'));
+    setImmediate(() => this.closeWhere(pred, 'ML_ERR_CERT_REVOKED', reason));
     return n;
   }
 
   closeAll(code: number, reason: string): number {
-    return this.closeWhere(() => true, code, reason);
+    let n = 0;
+    for (const set of this.byNode.values()) {
+      for (const e of set) {
+        n++;
+        e.ws.close(code, reason);
+        forceAfter(e.ws);
+      }
+    }
+    return n;
   }
 
-  private closeWhere(pred: (e: Entry) => boolean, code: number, reason: string): number {
+  private closeWhere(pred: (e: Entry) => boolean, code: 'ML_ERR_CERT_REVOKED' | 'ML_ERR_CERT_EXPIRED', reason: string): number {
     let n = 0;
     for (const set of this.byNode.values()) {
       for (const e of set) {
@@ -142,8 +151,19 @@ export class ConnectionRegistry {
   }
 }
 
-function closeSocket(ws: WebSocket, code: number, reason: string): void {
-  ws.close(code, reason);
+/**
+ * Ends a session because of its certificate, as PROTOCOL.md §9 requires of every error close: an
+ * `error` frame on stream 0 with the code and a message first (its own WebSocket message, after
+ * whatever the session already handed to the socket), then the close with the code's close code
+ * (4401, 4402) and the code itself as the reason.
+ */
+function closeSocket(ws: WebSocket, code: ErrorCode & ('ML_ERR_CERT_REVOKED' | 'ML_ERR_CERT_EXPIRED'), message: string): void {
+  if (ws.readyState === ws.OPEN) ws.send(encodeMessage('error', 0, { code, message }), { binary: true });
+  ws.close(ERRORS[code].closeCode, code);
+  forceAfter(ws);
+}
+
+function forceAfter(ws: WebSocket): void {
   const force = setTimeout(() => ws.terminate(), CLOSE_FORCE_MS);
   force.unref();
   ws.once('close', () => clearTimeout(force));

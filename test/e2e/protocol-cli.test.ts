@@ -8,7 +8,7 @@ describe('meshlink protocol (CLI)', () => {
     const r = await cli(['protocol', 'messages', '--json']);
     expect(r.code).toBe(0);
     const out = JSON.parse(r.stdout) as { versions: number[]; messages: Array<{ code: number; name: string; direction: string; scope: string; schema: Record<string, unknown> }> };
-    expect(out.versions).toEqual([1]);
+    expect(out.versions).toEqual([1, 2]);
     expect(out.messages.map((m) => [m.code, m.name, m.direction, m.scope])).toEqual(MESSAGE_KINDS.map((k) => [k.code, k.name, k.direction, k.scope]));
     for (const m of out.messages) expect(m.schema.$schema).toMatch(/json-schema\.org/);
     const heartbeat = out.messages.find((m) => m.name === 'heartbeat')!;

@@ -46,8 +46,8 @@ describe.each(transports)('session over %s', (_name, makePair) => {
   it('negotiates the version and exchanges control messages', async () => {
     const pair = await makePair();
     try {
-      expect(pair.agent.version).toBe(1);
-      expect(pair.server.version).toBe(1);
+      expect(pair.agent.version).toBe(2);
+      expect(pair.server.version).toBe(2);
       const got = new Promise((r) => pair.server.once('message', r));
       pair.agent.send('heartbeat', { seq: 1, ts: 123 });
       expect(await got).toEqual({ name: 'heartbeat', payload: { seq: 1, ts: 123 } });
@@ -294,9 +294,9 @@ describe.each(transports)('session over %s', (_name, makePair) => {
         }
       });
       await expect(pair.agent.openStream('file.open', { path: '/1', direction: 'push' })).rejects.toMatchObject({ code: 'ML_ERR_STREAM_REJECTED', remoteCode: 'ML_ERR_FORBIDDEN' });
-      const s = await pair.agent.openStream('file.open', { path: '/2', direction: 'push' });
-      const err = s.errored ?? (await new Promise<Error>((r) => s.on('error', r)));
-      expect(err).toMatchObject({ code: 'ML_ERR_STREAM_RESET', remote: true, resetCode: 'ML_ERR_CANCELLED' });
+      // Accepted and reset at once (both frames in one message): the open rejects with the reset
+      // rather than handing over a stream that already failed.
+      await expect(pair.agent.openStream('file.open', { path: '/2', direction: 'push' })).rejects.toMatchObject({ code: 'ML_ERR_STREAM_RESET', remote: true, resetCode: 'ML_ERR_CANCELLED' });
     } finally {
       await pair.close();
     }
@@ -349,6 +349,16 @@ describe('protocol violations end the session with the documented close code', (
     for (let i = 0; i < 5; i++) pair.server.receive(encodeMessage('stream.data', stream.id, new Uint8Array(60 * 1024), { compress: false }));
     expect(await closed).toBe(4020);
   });
+  it('openStream rejects with the reset when stream.accept and stream.reset arrive in one message', async () => {
+    const pair = await memoryPair();
+    // The server opens; the test answers as the agent by hand, both frames in one WebSocket message.
+    const opened = pair.server.openStream('action.request', { action: 'x' });
+    const id = 2;
+    const message = Buffer.concat([encodeMessage('stream.accept', id, {}), encodeMessage('stream.reset', id, { code: 'ML_ERR_OPS_IO', message: 'gone' })]);
+    pair.server.receive(message);
+    await expect(opened).rejects.toMatchObject({ code: 'ML_ERR_STREAM_RESET', resetCode: 'ML_ERR_OPS_IO' });
+    await pair.close();
+  });
   it('a stream id of the wrong parity → 4021', async () => {
     expect(await violate(encodeMessage('stream.open', 2, { kind: 'file.open', meta: { path: '/x', direction: 'push' } }))).toEqual({ code: 4021, error: 'ML_ERR_STREAM_ID' });
   });
@@ -400,6 +410,77 @@ describe('protocol violations end the session with the documented close code', (
     expect(results.filter((r) => r.status === 'fulfilled')).toHaveLength(4);
     expect(results.filter((r) => r.status === 'rejected').length).toBe(8);
     expect(await closed).toBe(4022);
+  });
+});
+
+describe('typed stream messages and flow control (version 2)', () => {
+  it('a paused reader stops typed messages too: the sender holds them for credit, and all arrive in order after resume', async () => {
+    const pair = await memoryPair();
+    let accepted!: MuxStream;
+    const got: number[] = [];
+    const opened = new Promise<void>((r) =>
+      pair.server.on('stream', (s: MuxStream) => {
+        pair.server.accept(s);
+        accepted = s;
+        s.pause();
+        s.on('message', (m: { name: string; payload: Uint8Array }) => got.push(m.payload[0]!));
+        r();
+      }),
+    );
+    // The server opens nothing here: the agent opens an exec-like stream and sends 2 MiB of
+    // stderr-like messages (16 KiB each), eight times the window.
+    const stream = await pair.agent.openStream('file.open', { path: '/x', direction: 'push' });
+    await opened;
+    for (let i = 0; i < 128; i++) {
+      const chunk = Uint8Array.from(randomBytes(16 * 1024)); // incompressible, so frames keep their size
+      chunk[0] = i;
+      stream.sendMessage('exec.stderr', chunk);
+    }
+    // Wait until the sender has stalled on credit: nothing more can leave it.
+    for (let i = 0; i < 200 && stream.sendCredit > 16 * 1024; i++) await new Promise((r) => setTimeout(r, 5));
+    await new Promise((r) => setTimeout(r, 50));
+    expect(got.length).toBe(0);
+    expect(stream.sendCredit).toBeLessThan(16 * 1024);
+    expect(stream.queuedBytes).toBeGreaterThan(1024 * 1024); // held by the sender, not the receiver
+    accepted.resume();
+    for (let i = 0; i < 400 && got.length < 128; i++) await new Promise((r) => setTimeout(r, 5));
+    expect(got).toEqual(Array.from({ length: 128 }, (_, i) => i));
+    await pair.close();
+  });
+
+  it('typed messages beyond the credit end the session with 4020', async () => {
+    const pair = await memoryPair();
+    pair.server.on('stream', (s: MuxStream) => {
+      pair.server.accept(s);
+      s.pause();
+    });
+    const stream = await pair.agent.openStream('file.open', { path: '/x', direction: 'push' });
+    const closed = new Promise<{ code: number; error?: string }>((r) => pair.server.once('close', (i) => r({ code: i.code, error: i.error?.code })));
+    // Bypass the sender's accounting: 17 messages of 16 KiB, one more than the 256 KiB window.
+    for (let i = 0; i < 17; i++) pair.server.receive(encodeMessage('exec.stderr', stream.id, new Uint8Array(16 * 1024), { compress: false }));
+    expect(await closed).toEqual({ code: 4020, error: 'ML_ERR_FLOW_CONTROL' });
+  });
+
+  it('with a version-1 peer typed messages take no credit, and held ones are capped at 1 MiB (the stream is reset)', async () => {
+    const pair = await memoryPair({ versions: [1] });
+    expect(pair.server.version).toBe(1);
+    let accepted!: MuxStream;
+    const opened = new Promise<void>((r) =>
+      pair.server.on('stream', (s: MuxStream) => {
+        pair.server.accept(s);
+        accepted = s;
+        s.pause();
+        s.on('message', () => {});
+        r();
+      }),
+    );
+    const stream = await pair.agent.openStream('file.open', { path: '/x', direction: 'push' });
+    await opened;
+    const reset = new Promise<Error>((r) => stream.once('error', r));
+    for (let i = 0; i < 80; i++) stream.sendMessage('exec.stderr', new Uint8Array(16 * 1024));
+    expect(await reset).toMatchObject({ code: 'ML_ERR_STREAM_RESET', resetCode: 'ML_ERR_QUEUE_OVERFLOW' });
+    expect(accepted.destroyed).toBe(true);
+    await pair.close();
   });
 });
 
@@ -641,7 +722,7 @@ describe('receive path', () => {
     const receive = pair.server.receive.bind(pair.server);
     pair.server.receive = (m: Uint8Array) => {
       messages.push(m.buffer);
-      receive(m);
+      return receive(m);
     };
     const chunks: Buffer[][] = [[], []];
     pair.server.on('stream', (stream) => {
@@ -708,6 +789,7 @@ describe('typed messages on a stream', () => {
       maxDataFrame: 64 * 1024,
       receiveWindow: 256 * 1024,
       maxReceiveWindow: 256 * 1024,
+      messagesUseCredit: false,
       reserveWindow: () => false,
       releaseWindow: () => {},
       noteStall: () => {},

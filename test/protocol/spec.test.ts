@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { FrameDecoder, decodeMessage } from '../../src/protocol/decoder.js';
 import { decodeFrame } from '../../src/protocol/codec.js';
 import { DEFAULT_MAX_FRAME_SIZE } from '../../src/protocol/frame.js';
-import { MESSAGE_KINDS, type MessageKind } from '../../src/protocol/registry.js';
+import { MESSAGE_KINDS, describeRegistry, type MessageKind } from '../../src/protocol/registry.js';
 
 /** docs/PROTOCOL.md must stay exact: its dumps decode, its tables match the code. */
 const doc = readFileSync('docs/PROTOCOL.md', 'utf8');
@@ -14,6 +14,12 @@ function dumps(): Buffer[] {
 }
 
 describe('docs/PROTOCOL.md', () => {
+  it('the JSON Schemas agree with §3.1: unknown keys are ignored, so no schema forbids additional properties', () => {
+    const text = JSON.stringify(describeRegistry().map((k) => k.schema));
+    expect(text).not.toContain('"additionalProperties":false');
+    expect(doc).toContain('Receivers ignore map');
+  });
+
   it('every hex dump decodes to what the document says', () => {
     const frames = dumps().map((bytes) => {
       const decoded = decodeMessage(bytes, new FrameDecoder());

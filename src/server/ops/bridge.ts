@@ -9,22 +9,42 @@ import type { WebSocket } from 'ws';
 /** Bytes queued on the WebSocket above which the source stream is paused. */
 const WS_HIGH_WATER = 1024 * 1024;
 
-/** Copies `src` into binary WebSocket messages; pauses `src` while the socket is backed up. */
-export function pipeReadableToWs(src: Readable, ws: WebSocket): void {
-  let waiting = false;
-  src.on('data', (chunk: Buffer) => {
+/**
+ * The operator's WebSocket as the destination of one agent stream: the stream's bytes (binary
+ * messages) and the events made from its typed messages (exec.stderr, action.output, file.chunk:
+ * text messages) go through `send`, under one rule: while the socket holds more than WS_HIGH_WATER
+ * unsent, the stream is paused. A paused MuxStream hands over neither data nor typed messages, so it
+ * returns no credit, and the agent stops sending (PROTOCOL.md §6.5): a slow or stopped operator
+ * costs the server about a window plus WS_HIGH_WATER per operation, never the agent's whole output.
+ */
+export class PacedSocket {
+  #waiting = false;
+  constructor(
+    private readonly ws: WebSocket,
+    private readonly src: Readable,
+  ) {}
+
+  send(data: Buffer | string): void {
+    const ws = this.ws;
     if (ws.readyState !== ws.OPEN) return;
-    ws.send(chunk, { binary: true }, () => {
-      if (waiting && ws.bufferedAmount < WS_HIGH_WATER / 2) {
-        waiting = false;
-        src.resume();
+    ws.send(data, { binary: typeof data !== 'string' }, () => {
+      if (this.#waiting && ws.bufferedAmount < WS_HIGH_WATER / 2) {
+        this.#waiting = false;
+        this.src.resume();
       }
     });
-    if (ws.bufferedAmount > WS_HIGH_WATER && !waiting) {
-      waiting = true;
-      src.pause();
+    if (ws.bufferedAmount > WS_HIGH_WATER && !this.#waiting) {
+      this.#waiting = true;
+      this.src.pause();
     }
-  });
+  }
+}
+
+/** Copies `src` into binary WebSocket messages; pauses `src` while the socket is backed up. */
+export function pipeReadableToWs(src: Readable, ws: WebSocket): PacedSocket {
+  const paced = new PacedSocket(ws, src);
+  src.on('data', (chunk: Buffer) => paced.send(chunk));
+  return paced;
 }
 
 /** Bytes buffered in the destination above which the socket stops being read (a few chunks, not one). */

@@ -6,7 +6,7 @@ import { resolveNode } from '../nodes.js';
 import type { AgentSessions } from '../agent-sessions.js';
 import type { AuditLog } from '../audit-log.js';
 import type { Store } from '../store/store.js';
-import { pipeReadableToWs, writeFromWs } from './bridge.js';
+import { PacedSocket, pipeReadableToWs, writeFromWs } from './bridge.js';
 import { relayTcp } from './tcp-tunnel.js';
 import { describeError, type OperationHandler, type Tunnel } from './tunnel.js';
 import type { ParsedOpsRequest, TunnelEvent } from '../../admin-api/tunnel.js';
@@ -26,8 +26,11 @@ export interface OperationDeps {
 }
 
 interface Relay {
-  /** Typed messages from the agent on the stream. */
-  onMessage?(message: StreamMessage): void;
+  /**
+   * Typed messages from the agent on the stream; `event` sends an event to the operator under the
+   * same backpressure as the stream's bytes (bridge.ts), so a flood of stderr pauses the stream.
+   */
+  onMessage?(message: StreamMessage, event: (e: TunnelEvent) => void): void;
   /** Relay the agent's bytes to the operator (else they are discarded). */
   pipeData: boolean;
   /** At the agent's END_STREAM: the final event and the audit result. */
@@ -77,13 +80,13 @@ async function run(t: Tunnel, open: Open): Promise<Outcome> {
       let res: PayloadOf<'action.result'> | null = null;
       return relay(t, stream, {
         pipeData: true,
-        onMessage({ name, payload: p }) {
+        onMessage({ name, payload: p }, event) {
           if (name === 'action.ack') {
             const a = p;
-            t.event({ type: 'ack', startedAt: a.startedAt, queued: a.queued ?? false });
+            event({ type: 'ack', startedAt: a.startedAt, queued: a.queued ?? false });
           } else if (name === 'action.output') {
             const o = p;
-            if (o.channel === 'stderr') t.event({ type: 'stderr', data: Buffer.from(o.data).toString('base64') });
+            if (o.channel === 'stderr') event({ type: 'stderr', data: Buffer.from(o.data).toString('base64') });
           } else if (name === 'action.result') res = p;
         },
         final() {
@@ -109,8 +112,8 @@ async function run(t: Tunnel, open: Open): Promise<Outcome> {
       });
       return relay(t, stream, {
         pipeData: true,
-        onMessage({ name, payload: p }) {
-          if (name === 'exec.stderr') t.event({ type: 'stderr', data: Buffer.from(p).toString('base64') });
+        onMessage({ name, payload: p }, event) {
+          if (name === 'exec.stderr') event({ type: 'stderr', data: Buffer.from(p).toString('base64') });
           else if (name === 'exec.exit') exit = p;
         },
         final() {
@@ -139,11 +142,11 @@ async function run(t: Tunnel, open: Open): Promise<Outcome> {
       });
       return relay(t, stream, {
         pipeData: false,
-        onMessage({ name, payload: p }) {
+        onMessage({ name, payload: p }, event) {
           if (name === 'file.chunk') {
             const c = p;
             sent = c.offset;
-            t.event({ type: 'resume', offset: c.offset });
+            event({ type: 'resume', offset: c.offset });
           } else if (name === 'file.done') done = p;
         },
         final() {
@@ -157,8 +160,8 @@ async function run(t: Tunnel, open: Open): Promise<Outcome> {
       let done: PayloadOf<'file.done'> | null = null;
       return relay(t, stream, {
         pipeData: true,
-        onMessage({ name, payload: p }) {
-          if (name === 'file.chunk') t.event({ type: 'resume', offset: p.offset });
+        onMessage({ name, payload: p }, event) {
+          if (name === 'file.chunk') event({ type: 'resume', offset: p.offset });
           else if (name === 'file.done') done = p;
         },
         final() {
@@ -201,9 +204,12 @@ function relay(t: Tunnel, stream: MuxStream, opts: Relay): Promise<Outcome> {
       stream.destroy(new MeshlinkError('ML_ERR_CANCELLED', 'the operator ended the command'));
       settle('cancelled');
     });
-    stream.on('message', (m) => opts.onMessage?.(m));
-    if (opts.pipeData) pipeReadableToWs(stream, t.ws);
-    else stream.resume();
+    const paced = opts.pipeData ? pipeReadableToWs(stream, t.ws) : new PacedSocket(t.ws, stream);
+    const event = (e: TunnelEvent): void => {
+      if (!t.ended) paced.send(JSON.stringify(e));
+    };
+    stream.on('message', (m) => opts.onMessage?.(m, event));
+    if (!opts.pipeData) stream.resume();
     stream.on('end', () => {
       if (settled) return;
       const f = opts.final();
