@@ -117,11 +117,13 @@ function registerEnrollCommand(agent: Command): void {
           process.stdout.write(
             `enrolled as node ${identity.nodeId}\n` +
               `certificate ${identity.cert.serial} valid until ${identity.cert.notAfter.toISOString()}\n` +
-              `state dir ${stateDir}\n` +
-              (releaseKeys.length > 0 ? `release key(s) pinned: ${releaseKeys.map((k) => k.keyId).join(', ')}\n` : 'no release key pinned: this agent refuses self-upgrades (add --release-key to agent run to allow them)\n'),
+              `state dir ${stateDir}\n`,
           );
           // What to do next is advice, not the result: stderr, and only in human mode.
-          process.stderr.write(nextStepAfterEnroll(flags.stateDir === undefined ? null : stateDir));
+          process.stderr.write(
+            (releaseKeys.length > 0 ? `release key(s) pinned: ${releaseKeys.map((k) => k.keyId).join(', ')}\n` : 'no release key pinned: this agent refuses self-upgrades (add --release-key to agent run to allow them)\n') +
+              nextStepAfterEnroll(flags.stateDir === undefined ? null : stateDir),
+          );
         }
       }),
     );
