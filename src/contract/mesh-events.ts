@@ -161,3 +161,15 @@ export function decodeSnapshot(bytes: Uint8Array): Snapshot {
   if (stateDigest(snapshot.state) !== snapshot.digest) throw new Error('the snapshot digest does not match its state');
   return snapshot;
 }
+
+/**
+ * The event-signing keys in the enrollment response (`eventKeys`, JSON): the agent's first trusted
+ * keys, delivered over the channel the CA pin protects (docs/MESH.md, "Trust model").
+ */
+export const enrollEventKeySchema = z.object({
+  keyId: z.string().regex(/^[0-9a-f]{16}$/),
+  /** Base64 of the raw 32-byte Ed25519 public key. */
+  publicKey: z.string().regex(/^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$/),
+});
+export const enrollEventKeysSchema = z.array(enrollEventKeySchema).min(1).max(8);
+export type EnrollEventKey = z.infer<typeof enrollEventKeySchema>;

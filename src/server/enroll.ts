@@ -69,6 +69,7 @@ export class EnrollmentService implements EnrollmentEvents {
   readonly #commitHooks = new Set<(commit: EnrollmentCommit) => void>();
 
   readonly #renewals: TokenBuckets;
+  readonly #responseFields: Array<() => Record<string, unknown>> = [];
 
   constructor(private readonly deps: EnrollmentDeps) {
     this.#renewals = new TokenBuckets({ perMinute: deps.renewalsPerMinute ?? RENEWALS_PER_MINUTE });
@@ -77,6 +78,10 @@ export class EnrollmentService implements EnrollmentEvents {
   onCommit(hook: (commit: EnrollmentCommit) => void): () => void {
     this.#commitHooks.add(hook);
     return () => this.#commitHooks.delete(hook);
+  }
+
+  addResponseFields(contributor: () => Record<string, unknown>): void {
+    this.#responseFields.push(contributor);
   }
 
   private response(nodeId: string, issued: IssuedCertificate): CertificateResponse {
@@ -166,7 +171,10 @@ export class EnrollmentService implements EnrollmentEvents {
       this.deps.onRevoked?.(superseded);
     }
     this.deps.logger.info({ nodeId, hostname, certSerial: issued.serial, reenroll: existing, revokedSerials: superseded }, 'node enrolled');
-    return this.response(nodeId, issued);
+    let response: CertificateResponse = this.response(nodeId, issued);
+    // Only the enrollment carries them: a renewal changes no trust (docs/MESH.md, "Trust model").
+    for (const contribute of this.#responseFields) response = { ...contribute(), ...response };
+    return response;
   }
 
   async renew(socket: TLSSocket, body: z.output<typeof renewBodySchema>): Promise<CertificateResponse> {

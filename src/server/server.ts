@@ -127,7 +127,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
         publicRoutes,
         audit,
         connections: { onRefused: (fn) => registry.onRefused(fn), onRevoking: (fn) => registry.onRevoking(fn) },
-        enrollment: { onCommit: (hook) => enrollment.onCommit(hook) },
+        enrollment: { onCommit: (hook) => enrollment.onCommit(hook), addResponseFields: (fn) => enrollment.addResponseFields(fn) },
         questions,
         logger,
         passphrase,

@@ -8,6 +8,7 @@ import type { InputOf } from '../../src/protocol/registry.js';
 import type { Session } from '../../src/protocol/session.js';
 import { generateSigningKey, signBytes, type SigningKey } from '../../src/server/mesh/signer.js';
 import { createLogger } from '../../src/util/logger.js';
+import { writePinnedEventKeys } from '../../src/agent/state/event-keys.js';
 import { wssPair, type SessionPair } from '../helpers/session-pairs.js';
 import { makeTestPki, type TestPki } from '../helpers/tls-fixtures.js';
 
@@ -29,7 +30,7 @@ const stateWith = (meshIp: string, peers: number): MeshState => ({
 
 function signedSnapshot(key: SigningKey, state: MeshState, seq: number, keyId = key.keyId): NonNullable<InputOf<'state.response'>['snapshot']> {
   const bytes = encodeSnapshot({ nodeId: state.nodeId, seq, digest: stateDigest(state), ts: Date.now(), state });
-  return { bytes, signature: signBytes(key, snapshotSigningBytes(bytes)), keyId };
+  return { bytes: new Uint8Array(bytes), signature: new Uint8Array(signBytes(key, snapshotSigningBytes(bytes))), keyId };
 }
 
 const keyOf = (k: SigningKey) => ({ keyId: k.keyId, publicKey: new Uint8Array(k.publicKey) });
@@ -80,8 +81,8 @@ describe('state snapshots are applied only when signed by a trusted key', () => 
     const answers = [
       signedSnapshot(foreign, evil, 999), // signed by the key the welcome names
       signedSnapshot(foreign, evil, 999, real.keyId), // claims the trusted key id
-      { ...signedSnapshot(real, good, 999), bytes: encodeSnapshot({ nodeId: NODE, seq: 999, digest: stateDigest(evil), ts: 0, state: evil }) }, // bytes swapped after signing
-      { bytes: signedSnapshot(real, evil, 999).bytes, signature: signBytes(real, signedSnapshot(real, evil, 999).bytes), keyId: real.keyId }, // an event-style signature (no snapshot context)
+      { ...signedSnapshot(real, good, 999), bytes: new Uint8Array(encodeSnapshot({ nodeId: NODE, seq: 999, digest: stateDigest(evil), ts: 0, state: evil })) }, // bytes swapped after signing
+      { bytes: signedSnapshot(real, evil, 999).bytes, signature: new Uint8Array(signBytes(real, signedSnapshot(real, evil, 999).bytes)), keyId: real.keyId }, // an event-style signature (no snapshot context)
     ];
     let i = 0;
     const fake = await controlPlane([keyOf(foreign)], () => ({ inSync: false, snapshot: answers[Math.min(i++, answers.length - 1)]! }));
@@ -94,7 +95,7 @@ describe('state snapshots are applied only when signed by a trusted key', () => 
 
     // An event signed by the foreign key is dropped too.
     const forged = encodeEnvelope({ seq: 8, type: 'node_state_updated', ts: Date.now(), payload: { state: evil } });
-    await mesh.receive({ envelope: forged, signature: signBytes(foreign, forged), keyId: foreign.keyId }, fake.session);
+    await mesh.receive({ envelope: new Uint8Array(forged), signature: new Uint8Array(signBytes(foreign, forged)), keyId: foreign.keyId }, fake.session);
     expect(mesh.state).toEqual(good);
 
     // And it survives a restart of the agent: the state file holds the pinned key, not the foreign one.
@@ -123,6 +124,23 @@ describe('state snapshots are applied only when signed by a trusted key', () => 
   });
 });
 
+describe('the keys pinned at enrollment', () => {
+  it('are trusted from the start: the first welcome naming a foreign key does not replace them', async () => {
+    const real = generateSigningKey();
+    const foreign = generateSigningKey();
+    await writePinnedEventKeys(dir, NODE, [{ keyId: real.keyId, publicKey: Buffer.from(real.publicKey).toString('base64') }]);
+    const mesh = await agent();
+    expect(mesh.verifier.keys.map((k) => k.keyId)).toEqual([real.keyId]);
+    const evil = stateWith('100.64.9.9', 0);
+    const fake = await controlPlane([keyOf(foreign)], () => ({ inSync: false, snapshot: signedSnapshot(foreign, evil, 50) }));
+    mesh.connected(fake.session, fake.welcome as never);
+    await mesh.reconcile(fake.session);
+    expect(mesh.state).toBeNull();
+    expect(mesh.lastEventSeq).toBe(0);
+    expect(mesh.verifier.keys.map((k) => k.keyId)).toEqual([real.keyId]);
+  });
+});
+
 describe('signing-key rotation', () => {
   it('is accepted through a signing_key_rotated event signed by the trusted key, and the new key is trusted after a restart', async () => {
     const k1 = generateSigningKey();
@@ -135,7 +153,7 @@ describe('signing-key rotation', () => {
     expect(mesh.lastEventSeq).toBe(3);
 
     const rotation = encodeEnvelope({ seq: 4, type: 'signing_key_rotated', ts: Date.now(), payload: { keyId: k2.keyId, publicKey: new Uint8Array(k2.publicKey), transitionMs: 60_000 } });
-    await mesh.receive({ envelope: rotation, signature: signBytes(k1, rotation), keyId: k1.keyId }, cp.session);
+    await mesh.receive({ envelope: new Uint8Array(rotation), signature: new Uint8Array(signBytes(k1, rotation)), keyId: k1.keyId }, cp.session);
     expect(mesh.lastEventSeq).toBe(4);
     expect(mesh.verifier.trusts(k2.keyId, k2.publicKey)).toBe(true);
 

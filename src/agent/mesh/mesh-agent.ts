@@ -10,6 +10,7 @@ import { generateWgKeyPair, loadOrCreateWgKey, saveWgKey, type WgKeyPair } from 
 import type { DriftItem, WireGuardApplier } from './wg-apply.js';
 import { decodeEnvelope, decodeSnapshot, snapshotSigningBytes, stateDigest, type Envelope, type MeshState, type PeerInfo, type Snapshot } from '../../contract/mesh-events.js';
 import { join } from 'node:path';
+import { readPinnedEventKeys } from '../state/event-keys.js';
 
 /**
  * The agent's side of the mesh: verifies and applies events in order, persists what it applied,
@@ -71,7 +72,13 @@ export class MeshAgent {
   static async create(options: MeshAgentOptions): Promise<MeshAgent> {
     const persist = options.persist ?? true;
     const keys = persist ? await loadOrCreateWgKey(options.stateDir) : generateWgKeyPair();
-    const applied = persist ? await readApplied(options.stateDir) : { ...EMPTY_APPLIED };
+    let applied = persist ? await readApplied(options.stateDir) : { ...EMPTY_APPLIED };
+    // The keys the enrollment pinned start the chain of trust: for an agent that trusts none yet, or
+    // whose mesh state belongs to an earlier enrollment as another node (docs/MESH.md, "Trust model").
+    const pinned = persist ? await readPinnedEventKeys(options.stateDir) : null;
+    if (pinned && (applied.trustedKeys.length === 0 || (applied.state !== null && applied.state.nodeId !== pinned.nodeId))) {
+      applied = { ...EMPTY_APPLIED, trustedKeys: pinned.keys.map((k) => ({ keyId: k.keyId, publicKey: k.publicKey, until: null })) };
+    }
     return new MeshAgent(options, keys, applied);
   }
 

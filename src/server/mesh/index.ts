@@ -32,6 +32,8 @@ export function createMeshFeature(options: MeshFeatureOptions = {}): ServerFeatu
     ctx.questions.answer('nodeListingFields', () => meshListingLookup(ctx.store));
     ctx.questions.answer('meshEventCreatedAt', (nodeId, seq) => mesh.eventCreatedAt(nodeId, seq));
     ctx.sessions.addWelcomeFields(() => ({ eventKeys: mesh.eventKeys() }));
+    // The agent's first trusted keys, in the enrollment response the CA pin protects.
+    ctx.enrollment.addResponseFields(() => ({ eventKeys: mesh.eventKeys().map((k) => ({ keyId: k.keyId, publicKey: Buffer.from(k.publicKey).toString('base64') })) }));
 
     ctx.sessions.on('agent-open', (agent) => {
       try {
