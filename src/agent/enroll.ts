@@ -358,8 +358,6 @@ export async function enroll(
 
   const response = parseIssued(result, url);
   const issued = verifyIssued(response, options.caPins, keys.publicKeyPem);
-  // Before the identity commits: an enrolled state dir always has the keys its enrollment pinned.
-  if (response.eventKeys) await writePinnedEventKeys(options.stateDir, issued.nodeId, response.eventKeys);
   const identity = await saveEnrollment(options.stateDir, {
     identity: {
       version: 1,
@@ -374,6 +372,9 @@ export async function enroll(
     certPem: issued.certPem,
     caPem: issued.caPem,
   });
+  // After the identity commits (saveEnrollment prepares the state dir). A crash in between leaves an
+  // agent with no pinned key, which pins its first welcome's keys instead (docs/MESH.md).
+  if (response.eventKeys) await writePinnedEventKeys(options.stateDir, issued.nodeId, response.eventKeys);
   log.info({ nodeId: identity.nodeId, certSerial: identity.cert.serial, certNotAfter: identity.cert.notAfter.toISOString() }, 'enrolled');
   return { identity, caPin };
 }
