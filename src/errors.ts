@@ -104,6 +104,9 @@ export const ERRORS = {
   ML_ERR_REQUEST_TIMEOUT: { exit: 'internal', description: 'A request got no response in time.' },
   ML_ERR_REMOTE: { exit: 'internal', description: 'The peer answered a request with an error message.' },
   ML_ERR_SESSION_CLOSED: { exit: 'internal', description: 'The session closed while an operation was pending.' },
+  // A node has one live certificate: a session on a newer certificate of the node closes the older
+  // sessions with 4409 (docs/SERVER.md, "Certificates of a node"); the agent that gets it reconnects.
+  ML_ERR_SESSION_REPLACED: { closeCode: 4409, exit: 'internal', description: 'The node opened a session with a newer certificate; this older session is closed with 4409.' },
   ML_ERR_GOAWAY: { closeCode: 1001, exit: 'internal', description: 'The peer is going away (goaway); no new streams or requests.' },
   ML_ERR_INTERNAL: { status: 500, closeCode: 1011, exit: 'internal', description: 'An unexpected internal error.' },
 
@@ -146,7 +149,7 @@ export const ERRORS = {
   ML_ERR_BODY_TOO_LARGE: { status: 413, exit: 'internal', description: 'The request body exceeds the endpoint’s cap.' },
   ML_ERR_NOT_FOUND: { status: 404, exit: 'internal', description: 'No such endpoint.' },
   ML_ERR_METHOD: { status: 405, exit: 'internal', description: 'Method not allowed on this endpoint.' },
-  ML_ERR_RATE_LIMITED: { status: 429, exit: 'internal', description: 'Too many failed requests from this address; retry after the Retry-After seconds.' },
+  ML_ERR_RATE_LIMITED: { status: 429, exit: 'internal', description: 'Too many failed requests from this address, or renewals of this node; retry after the Retry-After seconds.' },
   ML_ERR_NODE_NOT_FOUND: { status: 404, exit: 'nodeNotResolved', description: 'No live node has this id or hostname.' },
   ML_ERR_NODE_AMBIGUOUS: { status: 409, exit: 'nodeNotResolved', description: 'Several live nodes share this hostname; use the node id.' },
   // The HTTP body code of an unexpected failure: agents and docs see this name, so it stays apart from

@@ -78,6 +78,12 @@ interface Live {
   closed: Promise<CloseInfo>;
   /** Set when a renewal replaced this connection with a new one. */
   replacedBy: Live | null;
+  /**
+   * The renewal's connection while it is being made. The server closes this one with
+   * ML_ERR_SESSION_REPLACED (4409) as soon as the new one opens, which may reach us before the new
+   * connection's welcome: the run loop then waits for it instead of reconnecting from scratch.
+   */
+  successor: Promise<Live> | null;
 }
 
 export class AgentRunner extends EventEmitter<AgentRunnerEvents> {
@@ -187,8 +193,9 @@ export class AgentRunner extends EventEmitter<AgentRunnerEvents> {
         }
         const info = await this.#serve(live);
         const upFor = Date.now() - live.connectedAt;
-        if (live.replacedBy) {
-          live = live.replacedBy;
+        const successor = live.replacedBy ?? (live.successor ? await live.successor.catch(() => null) : null);
+        if (successor && !this.#stopping) {
+          live = successor;
           continue;
         }
         live = null;
@@ -241,7 +248,7 @@ export class AgentRunner extends EventEmitter<AgentRunnerEvents> {
         });
       },
     });
-    return { identity, ...dialled, connectedAt: Date.now(), replacedBy: null };
+    return { identity, ...dialled, connectedAt: Date.now(), replacedBy: null, successor: null };
   }
 
   /** Decides what a failed dial means; returns an exit code to stop, or null to go on. */
@@ -407,12 +414,17 @@ export class AgentRunner extends EventEmitter<AgentRunnerEvents> {
       this.#identity = renewed;
       this.#certReceivedAt = Date.now();
       this.#log.info({ certSerial: renewed.cert.serial, certNotAfter: renewed.cert.notAfter.toISOString() }, 'certificate renewed; switching connections');
-      // Make before break: the new connection is up before the old one goes.
-      const next = await this.#connect(renewed);
-      if (this.#stopping || this.#live !== live) {
+      // Make before break: the new connection is up before the old one goes. The run loop takes
+      // `successor` over when the old one closes first (the server replaces it: 4409).
+      live.successor = this.#connect(renewed);
+      const next = await live.successor;
+      if (this.#stopping) {
         next.session.close(1000, 'not needed');
         return;
       }
+      // Read again after the await (the narrowing above is stale): the run loop already took `next`.
+      const oldState: string = live.session.state;
+      if (oldState === 'closed') return;
       live.replacedBy = next;
       live.session.goaway('switching to a renewed certificate');
       live.session.close(1000, 'renewed');

@@ -8,6 +8,8 @@ import { assertStateDirUsable, isEnrolled, loadIdentity, saveEnrollment, saveRen
 import { assertPinned, parseCaCertificate, spkiDerOf, spkiPinOf } from '../contract/ca-pin.js';
 import { codeFromWire, MeshlinkError, type ExitClass } from '../errors.js';
 import { zodErrorText } from '../util/zod-error.js';
+import { enrollEventKeysSchema } from '../contract/mesh-events.js';
+import { writePinnedEventKeys } from './state/event-keys.js';
 import { DIRECT, proxyFor, type ProxyConfig } from './proxy.js';
 import { proxyErrorOf, serverDispatcher } from './proxy-dial.js';
 
@@ -47,6 +49,8 @@ const issuedResponseSchema = z.object({
   certificate: z.string().min(1).max(32 * 1024),
   caCertificate: z.string().min(1).max(MAX_CA_BYTES),
   notAfter: z.string().datetime({ offset: true }),
+  /** Enrollment only: the mesh's event-signing keys, this agent's first trust (docs/MESH.md, "Trust model"). */
+  eventKeys: enrollEventKeysSchema.optional(),
 });
 export type IssuedResponse = z.infer<typeof issuedResponseSchema>;
 
@@ -352,7 +356,8 @@ export async function enroll(
   }
   if (result.status !== 200) throw refusal(result, 'enrollment');
 
-  const issued = verifyIssued(parseIssued(result, url), options.caPins, keys.publicKeyPem);
+  const response = parseIssued(result, url);
+  const issued = verifyIssued(response, options.caPins, keys.publicKeyPem);
   const identity = await saveEnrollment(options.stateDir, {
     identity: {
       version: 1,
@@ -367,6 +372,9 @@ export async function enroll(
     certPem: issued.certPem,
     caPem: issued.caPem,
   });
+  // After the identity commits (saveEnrollment prepares the state dir). A crash in between leaves an
+  // agent with no pinned key, which pins its first welcome's keys instead (docs/MESH.md).
+  if (response.eventKeys) await writePinnedEventKeys(options.stateDir, issued.nodeId, response.eventKeys);
   log.info({ nodeId: identity.nodeId, certSerial: identity.cert.serial, certNotAfter: identity.cert.notAfter.toISOString() }, 'enrolled');
   return { identity, caPin };
 }

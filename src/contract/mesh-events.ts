@@ -114,3 +114,62 @@ export function stateDigest(state: MeshState): string {
     .map((p) => [p.nodeId, p.meshIp, p.publicKey, p.endpoints, p.psk]);
   return createHash('sha256').update(JSON.stringify([state.nodeId, state.meshIp, state.cidr, peers])).digest('hex');
 }
+
+/**
+ * A signed state snapshot: the answer to a reconciliation mismatch (`state.response.snapshot`). Before,
+ * the agent applied an unsigned `state` as its whole mesh state and took its `seq`, so anyone who could
+ * answer `state.request` (a control plane with a certificate from the pinned CA, a bug in a proxy)
+ * could rewrite the mesh without any event key. Now the server signs the snapshot with its current
+ * event-signing key (docs/MESH.md, "Trust model") and the agent applies it only when it verifies with
+ * a key it trusts, names this node, and is not older than what it has applied; its seq comes only from
+ * these signed bytes.
+ *
+ * The signature covers SNAPSHOT_SIGNING_CONTEXT followed by the snapshot bytes, never the bytes
+ * alone: event envelopes are signed bare, so neither can be replayed as the other.
+ */
+export const SNAPSHOT_SIGNING_CONTEXT = 'meshlink state snapshot v1\0';
+const snapshotContextBytes = new TextEncoder().encode(SNAPSHOT_SIGNING_CONTEXT);
+
+export const snapshotSchema = z.object({
+  nodeId: nodeIdSchema,
+  /** The event seq the state corresponds to: the agent's lastEventSeq once applied. */
+  seq: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
+  /** stateDigest(state). */
+  digest: z.string().regex(/^[0-9a-f]{64}$/),
+  ts: z.number().int().min(0),
+  state: meshStateSchema,
+});
+export type Snapshot = z.infer<typeof snapshotSchema>;
+
+/** The exact snapshot bytes sent (MessagePack of {nodeId, seq, digest, ts, state}). */
+export function encodeSnapshot(snapshot: Snapshot): Uint8Array {
+  return encoder.encode({ nodeId: snapshot.nodeId, seq: snapshot.seq, digest: snapshot.digest, ts: snapshot.ts, state: snapshot.state });
+}
+
+/** What is signed for a snapshot: the context string, then the snapshot bytes. */
+export function snapshotSigningBytes(snapshotBytes: Uint8Array): Uint8Array {
+  const out = new Uint8Array(snapshotContextBytes.byteLength + snapshotBytes.byteLength);
+  out.set(snapshotContextBytes, 0);
+  out.set(snapshotBytes, snapshotContextBytes.byteLength);
+  return out;
+}
+
+/** Decodes verified snapshot bytes; throws (a zod or MessagePack error) when they are not a snapshot. */
+export function decodeSnapshot(bytes: Uint8Array): Snapshot {
+  const raw: unknown = new Decoder({ maxStrLength: bytes.byteLength, maxBinLength: bytes.byteLength, maxArrayLength: bytes.byteLength, maxMapLength: bytes.byteLength }).decode(bytes);
+  const snapshot = snapshotSchema.parse(raw);
+  if (stateDigest(snapshot.state) !== snapshot.digest) throw new Error('the snapshot digest does not match its state');
+  return snapshot;
+}
+
+/**
+ * The event-signing keys in the enrollment response (`eventKeys`, JSON): the agent's first trusted
+ * keys, delivered over the channel the CA pin protects (docs/MESH.md, "Trust model").
+ */
+export const enrollEventKeySchema = z.object({
+  keyId: z.string().regex(/^[0-9a-f]{16}$/),
+  /** Base64 of the raw 32-byte Ed25519 public key. */
+  publicKey: z.string().regex(/^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$/),
+});
+export const enrollEventKeysSchema = z.array(enrollEventKeySchema).min(1).max(8);
+export type EnrollEventKey = z.infer<typeof enrollEventKeySchema>;

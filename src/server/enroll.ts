@@ -8,7 +8,7 @@ import type { CertificateAuthority, IssuedCertificate } from './ca.js';
 import { authenticateClient } from './client-auth.js';
 import { ENROLL_BODY_CAP, readJson, sendError, sendJson } from './http-json.js';
 import { parseCsr, CSR_MAX_PEM_BYTES, type ParsedCsr } from './csr.js';
-import type { TokenBuckets } from '../util/token-bucket.js';
+import { TokenBuckets } from '../util/token-bucket.js';
 import type { RevocationList } from './revocation.js';
 import type { EnrollmentCommit, Store } from './store/store.js';
 import type { EnrollmentEvents } from './feature.js';
@@ -48,16 +48,40 @@ export interface EnrollmentDeps {
   logger: Logger;
   certLifetimeMs: number;
   renewGraceMs: number;
+  /**
+   * Renewals per node (in-band `cert.renew` and POST /v1/renew together): a burst of this many, then
+   * one per 60/N seconds (default RENEWALS_PER_MINUTE). Beyond it: ML_ERR_RATE_LIMITED.
+   */
+  renewalsPerMinute?: number;
+  /** Closes the live sockets of certificates a re-enrollment revoked (the connection registry: 4401). */
+  onRevoked?: (serials: readonly string[]) => void;
 }
+
+/**
+ * Renewals a node may make: 6 in a burst, then one every 10 s. An agent renews once per two thirds
+ * of its certificate's lifetime (at least 60 s), retrying a failed renewal after a minute at the
+ * soonest, so a well-behaved agent never meets the limit; one that asks 200 times in a second gets
+ * 6 certificates and then 429s (docs/SERVER.md, "Certificates of a node").
+ */
+export const RENEWALS_PER_MINUTE = 6;
 
 export class EnrollmentService implements EnrollmentEvents {
   readonly #commitHooks = new Set<(commit: EnrollmentCommit) => void>();
 
-  constructor(private readonly deps: EnrollmentDeps) {}
+  readonly #renewals: TokenBuckets;
+  readonly #responseFields: Array<() => Record<string, unknown>> = [];
+
+  constructor(private readonly deps: EnrollmentDeps) {
+    this.#renewals = new TokenBuckets({ perMinute: deps.renewalsPerMinute ?? RENEWALS_PER_MINUTE });
+  }
 
   onCommit(hook: (commit: EnrollmentCommit) => void): () => void {
     this.#commitHooks.add(hook);
     return () => this.#commitHooks.delete(hook);
+  }
+
+  addResponseFields(contributor: () => Record<string, unknown>): void {
+    this.#responseFields.push(contributor);
   }
 
   private response(nodeId: string, issued: IssuedCertificate): CertificateResponse {
@@ -95,6 +119,18 @@ export class EnrollmentService implements EnrollmentEvents {
     return { ...this.response(nodeId, issued), serial: issued.serial };
   }
 
+  /**
+   * A renewal by a connected node (`cert.renew`) or one presenting its certificate (/v1/renew): the
+   * node's renewal budget first, so a flood costs no signature.
+   */
+  renewNodeCertificate(nodeId: string, csrPem: string): Promise<CertificateResponse & { serial: string }> {
+    if (!this.#renewals.take(nodeId)) {
+      const retryAfterSec = this.#renewals.retryAfterSec(nodeId);
+      return Promise.reject(new MeshlinkError('ML_ERR_RATE_LIMITED', `too many certificate renewals for node ${nodeId}; retry in ${retryAfterSec} s`, { retryAfterSec }));
+    }
+    return this.issueNodeCertificate(nodeId, csrPem);
+  }
+
   async enroll(body: z.output<typeof enrollBodySchema>): Promise<CertificateResponse> {
     const now = Date.now();
     const token = findUsableToken(this.deps.store, body.token, now);
@@ -117,7 +153,10 @@ export class EnrollmentService implements EnrollmentEvents {
     });
     // Atomic: consume token + node + cert, and the features' rows (their commit hooks). Losing a race
     // here discards the signed certificate unseen.
+    let superseded: string[] = [];
     const runHooks = (commit: EnrollmentCommit): void => {
+      // Re-enrollment: the node's earlier certificates end with this commit (cert-succession.ts).
+      if (existing) superseded = this.deps.store.revokeCertsIssuedBefore(nodeId, issued.serial, commit.now);
       for (const hook of this.#commitHooks) hook(commit);
     };
     const won = this.deps.store.commitEnrollment({
@@ -127,13 +166,20 @@ export class EnrollmentService implements EnrollmentEvents {
       cert: { serial: issued.serial, notBefore: issued.notBefore, notAfter: issued.notAfter, pem: issued.pem },
     }, runHooks);
     if (!won) throw new MeshlinkError('ML_ERR_TOKEN_INVALID', 'the enrollment token is unknown, already used, or expired');
-    this.deps.logger.info({ nodeId, hostname, certSerial: issued.serial, reenroll: existing }, 'node enrolled');
-    return this.response(nodeId, issued);
+    if (superseded.length > 0) {
+      this.deps.revocations.add(superseded);
+      this.deps.onRevoked?.(superseded);
+    }
+    this.deps.logger.info({ nodeId, hostname, certSerial: issued.serial, reenroll: existing, revokedSerials: superseded }, 'node enrolled');
+    let response: CertificateResponse = this.response(nodeId, issued);
+    // Only the enrollment carries them: a renewal changes no trust (docs/MESH.md, "Trust model").
+    for (const contribute of this.#responseFields) response = { ...contribute(), ...response };
+    return response;
   }
 
   async renew(socket: TLSSocket, body: z.output<typeof renewBodySchema>): Promise<CertificateResponse> {
     const peer = authenticateClient(this.deps, socket, { expiredGraceMs: this.deps.renewGraceMs });
-    const result = await this.issueNodeCertificate(peer.nodeId, body.csr);
+    const result = await this.renewNodeCertificate(peer.nodeId, body.csr);
     this.deps.logger.info({ nodeId: peer.nodeId, oldSerial: peer.certSerial, certSerial: result.serial }, 'certificate renewed over HTTPS');
     const { serial: _serial, ...response } = result;
     return response;

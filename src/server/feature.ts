@@ -54,6 +54,8 @@ export interface EnrollmentEvents {
    * store's transactions are.
    */
   onCommit(hook: (commit: EnrollmentCommit) => void): () => void;
+  /** Adds fields to every enrollment response (the mesh: its event-signing keys, the agent's first trust). */
+  addResponseFields(contributor: () => Record<string, unknown>): void;
 }
 
 /**

@@ -18,6 +18,11 @@ export class RevocationList {
     for (const s of serials) this.serials.add(s);
   }
 
+  /** Forgets serials whose certificates were pruned (past NotAfter + grace: refused by time alone). */
+  remove(serials: Iterable<string>): void {
+    for (const s of serials) this.serials.delete(s);
+  }
+
   has(serial: string): boolean {
     return this.serials.has(serial);
   }

@@ -20,6 +20,7 @@ import type { GatewayHooks } from './hooks.js';
 import { META_CA_PIN, META_PUBLIC_URL, type LiveParts } from './nodes.js';
 import { TokenBuckets } from '../util/token-bucket.js';
 import { RevocationList } from './revocation.js';
+import { CertificateSuccession } from './cert-succession.js';
 import { Store } from './store/store.js';
 import { SessionHost } from './session-host.js';
 import { AdminRoutes } from './admin-routes.js';
@@ -74,6 +75,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
   let gateway: Gateway | undefined;
   let admin: HttpServer | undefined;
   let rotateTimer: NodeJS.Timeout | undefined;
+  let certificates: CertificateSuccession | undefined;
   let sessions: SessionHost | null = null;
   const presence = new Presence(store, logger);
   const featureHandles: ServerFeatureHandle[] = [];
@@ -92,17 +94,29 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
     const revocations = RevocationList.load(store);
     const registry = new ConnectionRegistry(logger);
     const live: LiveParts = { registry, revocations, presence };
+    certificates = new CertificateSuccession({ store, revocations, logger, renewGraceMs: config.renewGraceMs });
+    certificates.start();
     const enrollment = new EnrollmentService({
       store,
       ca,
       revocations,
+      onRevoked: (serials) => registry.closeRevokedSerials(serials),
       limiter: new TokenBuckets({ perMinute: config.enrollFailuresPerMinute }),
       logger,
       certLifetimeMs: config.certLifetimeMs,
       renewGraceMs: config.renewGraceMs,
     });
     // The session layer: handshake, heartbeats, presence, in-band renewal (tests may plug in their own).
-    const sessionHost = options.hooks ? null : new SessionHost({ config, store, enrollment, logger, presence, announcedServerUrl: publicAddress.configuredUrl });
+    const sessionHost = options.hooks ? null : new SessionHost({
+      config,
+      store,
+      enrollment,
+      logger,
+      presence,
+      announcedServerUrl: publicAddress.configuredUrl,
+      certificates,
+      revocations,
+    });
     sessions = sessionHost;
     const audit = AuditLog.of(store);
     const adminRoutes = new AdminRoutes(audit);
@@ -120,7 +134,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
         publicRoutes,
         audit,
         connections: { onRefused: (fn) => registry.onRefused(fn), onRevoking: (fn) => registry.onRevoking(fn) },
-        enrollment: { onCommit: (hook) => enrollment.onCommit(hook) },
+        enrollment: { onCommit: (hook) => enrollment.onCommit(hook), addResponseFields: (fn) => enrollment.addResponseFields(fn) },
         questions,
         logger,
         sealing,
@@ -181,6 +195,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
       close: () =>
         (closing ??= (async () => {
           clearInterval(rotateTimer);
+          certificates?.stop();
           sessionHost?.close();
           for (const h of featureHandles.reverse()) await h.close?.();
           registry.closeAll(1001, 'server shutting down');
@@ -192,6 +207,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
     };
   } catch (err) {
     clearInterval(rotateTimer);
+    certificates?.stop();
     sessions?.close();
     for (const h of featureHandles.reverse()) await Promise.resolve(h.close?.()).catch(() => {});
     if (gateway) await gateway.close().catch(() => {});

@@ -22,6 +22,8 @@ import { parseCsr } from './csr.js';
 import type { EnrollmentService } from './enroll.js';
 import type { AgentConnectionInfo, GatewayHooks } from './hooks.js';
 import type { Presence } from './presence.js';
+import type { CertificateSuccession } from './cert-succession.js';
+import type { RevocationList } from './revocation.js';
 import type { Store } from './store/store.js';
 
 export type { AgentHandle, AgentMessageHandler, AgentStreamHandler, WelcomeContributor } from './agent-sessions.js';
@@ -85,6 +87,13 @@ export interface SessionHostDeps {
    * (a derived URL, the host name, may not resolve where agents are, so it is never announced).
    */
   announcedServerUrl?: string | null;
+  /**
+   * One live certificate per node (cert-succession.ts): a session's open revokes the node's older
+   * certificates. Absent in tests that drive the host without certificates.
+   */
+  certificates?: CertificateSuccession;
+  /** Checked at hello: a certificate revoked while its socket was upgrading gets no session. */
+  revocations?: RevocationList;
 }
 
 export interface SessionHostEvents {
@@ -133,6 +142,8 @@ export class SessionHost extends EventEmitter<SessionHostEvents> implements Gate
       onHello: (hello) => {
         const node = this.#deps.store.getNode(info.nodeId);
         if (!node || node.removedAt !== null) throw new MeshlinkError('ML_ERR_CERT_REVOKED', 'node was removed');
+        // A newer certificate's session may have opened since the gateway admitted this socket.
+        if (this.#deps.revocations?.has(info.certSerial)) throw new MeshlinkError('ML_ERR_CERT_REVOKED', 'the client certificate was superseded');
         if (hello.agentVersion !== node.agentVersion) this.#deps.store.setAgentVersion(info.nodeId, hello.agentVersion);
         const serverUrl = this.#deps.announcedServerUrl;
         let welcome: Omit<InputOf<'welcome'>, 'version'> = {
@@ -153,6 +164,7 @@ export class SessionHost extends EventEmitter<SessionHostEvents> implements Gate
       if (!set) this.#agents.set(info.nodeId, (set = new Set()));
       set.add(entry);
       this.#deps.presence.opened(info.nodeId, entry.connectedAt);
+      this.#replaceOlderCertificates(entry);
       for (const kind of this.#requestHandlers.keys()) {
         const [handler] = this.#requestHandlers.handlersOf(kind);
         // The registry types each handler by its kind; the session's handle() is generic over it too.
@@ -199,7 +211,7 @@ export class SessionHost extends EventEmitter<SessionHostEvents> implements Gate
       if (!node || (parsed.commonName !== node.hostname && parsed.commonName !== node.id)) {
         throw new MeshlinkError('ML_ERR_CERT_FORBIDDEN', 'the CSR subject does not match the connected node');
       }
-      const issued = await this.#deps.enrollment.issueNodeCertificate(info.nodeId, csr);
+      const issued = await this.#deps.enrollment.renewNodeCertificate(info.nodeId, csr);
       log.info({ newSerial: issued.serial, notAfter: issued.notAfter }, 'certificate renewed in-band');
       return { certificate: issued.certificate, caCertificate: issued.caCertificate, notAfter: issued.notAfter };
     });
@@ -295,6 +307,22 @@ export class SessionHost extends EventEmitter<SessionHostEvents> implements Gate
   #sessionOf(agent: AgentHandle): Session | undefined {
     const entry = agent as ConnectedAgent;
     return this.#agents.get(agent.nodeId)?.has(entry) ? entry.session : undefined;
+  }
+
+  /**
+   * The node's sessions on other certificates end when one on a newer certificate opens (docs/SERVER.md,
+   * "Certificates of a node"): the certificates issued before it are revoked, and their sessions get
+   * ML_ERR_SESSION_REPLACED (an error frame, then close 4409), so that operations reach only the
+   * holder of the newest certificate. Sessions on the same certificate (a reconnect that overlaps
+   * the old socket's timeout) are left to end by themselves.
+   */
+  #replaceOlderCertificates(entry: ConnectedAgent): void {
+    this.#deps.certificates?.sessionOpened(entry.nodeId, entry.info.certSerial);
+    for (const other of this.#agents.get(entry.nodeId) ?? []) {
+      if (other === entry || other.info.certSerial === entry.info.certSerial || !other.open) continue;
+      this.#deps.logger.info({ nodeId: entry.nodeId, certSerial: other.info.certSerial, newSerial: entry.info.certSerial }, 'session replaced by one on a newer certificate');
+      other.session.abort(new MeshlinkError('ML_ERR_SESSION_REPLACED', `node ${entry.nodeId} connected with a newer certificate`));
+    }
   }
 
   #sweep(): void {

@@ -173,6 +173,28 @@ describe('mesh over real mTLS sessions (in-process server and agents)', () => {
     await waitFor('policy under the new key', async () => peersOf(a).length === 1);
   });
 
+  it('the enrollment pinned the first key; after the rotation a restarted agent trusts the next one and applies a signed snapshot under it', async () => {
+    const a = agents.get('a')!;
+    const pinned = JSON.parse(await readFile(join(a.stateDir, 'event-keys.json'), 'utf8')) as { nodeId: string; keys: Array<{ keyId: string }> };
+    expect(pinned.nodeId).toBe(a.nodeId);
+    const current = mesh.eventKeys()[0]!;
+    expect(pinned.keys.map((k) => k.keyId)).not.toContain(current.keyId); // trusted through the rotation event alone
+    expect(a.mesh.verifier.trusts(current.keyId, current.publicKey)).toBe(true);
+    a.runner.stop();
+    expect(await a.done).toBe(0);
+    await a.mesh.close();
+    // Damage the applied state so that the reconciliation must send a whole snapshot.
+    const file = join(a.stateDir, 'mesh-state.json');
+    const applied = JSON.parse(await readFile(file, 'utf8')) as { state: { peers: unknown[] } };
+    const peers = applied.state.peers.length;
+    expect(peers).toBeGreaterThan(0);
+    applied.state.peers = [];
+    await writeFile(file, JSON.stringify(applied));
+    const again = await startAgent('a', a.stateDir, a.nodeId);
+    expect(again.mesh.verifier.trusts(current.keyId, current.publicKey)).toBe(true);
+    await waitFor('snapshot under the rotated key applied', async () => peersOf(again).length === peers);
+  });
+
   it('a removed node disappears from its peers within seconds and its address is freed', async () => {
     await mesh.setPolicy(null);
     const [a, b] = ['a', 'b'].map((n) => agents.get(n)!) as [TestAgent, TestAgent];

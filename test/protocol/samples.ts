@@ -27,7 +27,7 @@ export const SAMPLE_PAYLOADS: Record<KindName, unknown> = {
   event: { envelope: new Uint8Array([0x94, 1, 2, 3, 4]), signature: new Uint8Array(64), keyId: 'k1' },
   'event.ack': { seq: 9 },
   'state.request': { rid: 2, digest: hex64 },
-  'state.response': { rid: 2, inSync: false, state: { peers: [] } },
+  'state.response': { rid: 2, inSync: false, snapshot: { bytes: new Uint8Array([0x80]), signature: new Uint8Array(64), keyId: 'k1' } },
   'drift.report': { ts: 1, items: [{ field: 'peers', expected: '2', actual: '1' }] },
   'action.request': { action: 'ping', args: { A: 'b' }, timeoutMs: 1000 },
   'action.ack': { startedAt: 1, queued: false },

@@ -1,6 +1,4 @@
-import { zodErrorText } from '../../util/zod-error.js';
 import { networkInterfaces } from 'node:os';
-import { z } from 'zod';
 import type { Session } from '../../protocol/session.js';
 import type { PayloadOf } from '../../protocol/registry.js';
 import type { Logger } from '../../util/logger.js';
@@ -10,8 +8,9 @@ import { EventVerifier } from './verifier.js';
 import { DEFAULT_WG_PORT, writeWgQuick, WG_CONFIG_FILE } from './wg-config.js';
 import { generateWgKeyPair, loadOrCreateWgKey, saveWgKey, type WgKeyPair } from './wg-keys.js';
 import type { DriftItem, WireGuardApplier } from './wg-apply.js';
-import { decodeEnvelope, meshStateSchema, stateDigest, type Envelope, type MeshState, type PeerInfo } from '../../contract/mesh-events.js';
+import { decodeEnvelope, decodeSnapshot, snapshotSigningBytes, stateDigest, type Envelope, type MeshState, type PeerInfo, type Snapshot } from '../../contract/mesh-events.js';
 import { join } from 'node:path';
+import { readPinnedEventKeys } from '../state/event-keys.js';
 
 /**
  * The agent's side of the mesh: verifies and applies events in order, persists what it applied,
@@ -34,9 +33,6 @@ export interface MeshAgentOptions {
   persist?: boolean;
 }
 
-/** Reconciliation answer: the desired state with the event seq it corresponds to. */
-const desiredSchema = meshStateSchema.extend({ seq: z.number().int().min(0), digest: z.string().max(128) });
-
 type EventMessage = PayloadOf<'event'>;
 
 export class MeshAgent {
@@ -51,6 +47,8 @@ export class MeshAgent {
   #lastError: string | null = null;
   #timer: NodeJS.Timeout | null = null;
   #stopped = false;
+  /** The node id of the last welcome, for a snapshot check before any state was applied. */
+  #welcomeNodeId: string | undefined;
   /** Emitted for tests and the benchmark: (envelope, receivedAt). */
   onApplied: ((event: Envelope, receivedAt: number) => void) | null = null;
 
@@ -74,7 +72,13 @@ export class MeshAgent {
   static async create(options: MeshAgentOptions): Promise<MeshAgent> {
     const persist = options.persist ?? true;
     const keys = persist ? await loadOrCreateWgKey(options.stateDir) : generateWgKeyPair();
-    const applied = persist ? await readApplied(options.stateDir) : { ...EMPTY_APPLIED };
+    let applied = persist ? await readApplied(options.stateDir) : { ...EMPTY_APPLIED };
+    // The keys the enrollment pinned start the chain of trust: for an agent that trusts none yet, or
+    // whose mesh state belongs to an earlier enrollment as another node (docs/MESH.md, "Trust model").
+    const pinned = persist ? await readPinnedEventKeys(options.stateDir) : null;
+    if (pinned && (applied.trustedKeys.length === 0 || (applied.state !== null && applied.state.nodeId !== pinned.nodeId))) {
+      applied = { ...EMPTY_APPLIED, trustedKeys: pinned.keys.map((k) => ({ keyId: k.keyId, publicKey: k.publicKey, until: null })) };
+    }
     return new MeshAgent(options, keys, applied);
   }
 
@@ -107,9 +111,18 @@ export class MeshAgent {
 
   /** A session is up: trust the welcome's keys, then reconcile now and every interval. */
   connected(session: Session, welcome: PayloadOf<'welcome'>): void {
-    if (welcome.eventKeys && welcome.eventKeys.length > 0) {
-      this.verifier.trustWelcome(welcome.eventKeys);
+    // Trust model (docs/MESH.md): the welcome's keys are pinned only by an agent that trusts none yet
+    // (its first contact over the CA-pinned channel). After that they change nothing: a new key is
+    // trusted only through a signing_key_rotated event signed by a key already trusted.
+    this.#welcomeNodeId = welcome.nodeId;
+    const keys = welcome.eventKeys ?? [];
+    if (this.verifier.keys.length === 0 && keys.length > 0) {
+      this.verifier.trustWelcome(keys);
       this.#applied = { ...this.#applied, trustedKeys: this.#trustedForFile() };
+      this.#log.info({ keyIds: keys.map((k) => k.keyId) }, 'event-signing keys pinned at first contact');
+    } else {
+      const foreign = keys.filter((k) => !this.verifier.trusts(k.keyId, k.publicKey)).map((k) => k.keyId);
+      if (foreign.length > 0) this.#log.warn({ keyIds: foreign }, 'the welcome names event keys this agent does not trust; ignored (keys change only by a signed rotation)');
     }
     this.#clearTimer();
     // The first state.request also tells the server to replay what this agent missed.
@@ -240,19 +253,16 @@ export class MeshAgent {
   }
 
   async #reconcileWith(res: PayloadOf<'state.response'>): Promise<{ inSync: boolean; drift: DriftItem[] }> {
-    if (res.inSync || res.state === undefined) {
+    if (res.inSync || res.snapshot === undefined) {
       // Control plane agrees; check the interface itself.
       const applier = this.#o.applier;
       if (!applier || !this.#applied.state) return { inSync: true, drift: [] };
       const drift = await this.#applyDataPlane();
       return { inSync: drift.length === 0, drift };
     }
-    const parsed = desiredSchema.safeParse(res.state);
-    if (!parsed.success) {
-      this.#log.warn({ issue: zodErrorText(parsed.error) }, 'reconciliation state is malformed; ignored');
-      return { inSync: true, drift: [] };
-    }
-    const { seq, digest, ...desired } = parsed.data;
+    const snapshot = this.#verifiedSnapshot(res.snapshot);
+    if (!snapshot) return { inSync: true, drift: [] };
+    const { seq, digest, state: desired } = snapshot;
     // Events that were in flight when we asked have been applied by now: maybe nothing is wrong.
     if (this.#applied.state && stateDigest(this.#applied.state) === digest) return { inSync: true, drift: [] };
     const drift = diffStates(this.#applied.state, desired);
@@ -263,6 +273,35 @@ export class MeshAgent {
       await writeMeshStatus(this.#o.stateDir, this.status());
     }
     return { inSync: false, drift: [...drift, ...plane] };
+  }
+
+  /**
+   * The snapshot of a state.response, if it may be applied: signed (over the snapshot context) by a
+   * trusted key, well-formed, for this node, and not older than what was applied. Otherwise null and
+   * the applied state stays: the next reconciliation asks again.
+   */
+  #verifiedSnapshot(signed: NonNullable<PayloadOf<'state.response'>['snapshot']>): Snapshot | null {
+    if (!this.verifier.verify(snapshotSigningBytes(signed.bytes), signed.signature, signed.keyId)) {
+      this.#log.warn({ keyId: signed.keyId, bytes: signed.bytes.byteLength }, 'state snapshot signature does not verify; ignored');
+      return null;
+    }
+    let snapshot: Snapshot;
+    try {
+      snapshot = decodeSnapshot(signed.bytes);
+    } catch (err) {
+      this.#log.warn({ err: describeErr(err) }, 'state snapshot is malformed; ignored');
+      return null;
+    }
+    const own = this.#applied.state?.nodeId ?? this.#welcomeNodeId;
+    if (snapshot.state.nodeId !== snapshot.nodeId || (own !== undefined && snapshot.nodeId !== own)) {
+      this.#log.warn({ nodeId: snapshot.nodeId }, 'state snapshot is for another node; ignored');
+      return null;
+    }
+    if (snapshot.seq < this.#applied.lastEventSeq) {
+      this.#log.info({ seq: snapshot.seq, lastEventSeq: this.#applied.lastEventSeq }, 'state snapshot is older than the applied events; ignored');
+      return null;
+    }
+    return snapshot;
   }
 
   // ------------------------------------------------------------------ built-in handlers

@@ -35,6 +35,8 @@ export function createMeshFeature(options: MeshFeatureOptions = {}): ServerFeatu
     ctx.questions.answer('nodeListingFields', () => meshListingLookup(ctx.store));
     ctx.questions.answer('meshEventCreatedAt', (nodeId, seq) => mesh.eventCreatedAt(nodeId, seq));
     ctx.sessions.addWelcomeFields(() => ({ eventKeys: mesh.eventKeys() }));
+    // The agent's first trusted keys, in the enrollment response the CA pin protects.
+    ctx.enrollment.addResponseFields(() => ({ eventKeys: mesh.eventKeys().map((k) => ({ keyId: k.keyId, publicKey: Buffer.from(k.publicKey).toString('base64') })) }));
 
     ctx.sessions.on('agent-open', (agent) => {
       try {
@@ -45,7 +47,9 @@ export function createMeshFeature(options: MeshFeatureOptions = {}): ServerFeatu
     });
     ctx.sessions.onRequest('state.request', (agent, req) => {
       mesh.replay(agent, agent.hello.lastEventSeq ?? 0);
-      return mesh.stateFor(agent.nodeId, req.digest);
+      // Only the signed snapshot goes on the wire: the agent applies nothing unsigned.
+      const { inSync, snapshot } = mesh.stateFor(agent.nodeId, req.digest);
+      return snapshot ? { inSync, snapshot } : { inSync };
     });
     // A removed node's session closes with 4401: take it out of the mesh at once. Other closes leave
     // membership alone (a sweep scans the node table; thousands of sessions close at a shutdown).

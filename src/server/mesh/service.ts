@@ -3,7 +3,7 @@ import { MeshlinkError } from '../../errors.js';
 import type { AgentHandle } from '../agent-sessions.js';
 import type { PayloadOf } from '../../protocol/registry.js';
 import type { Logger } from '../../util/logger.js';
-import { stateDigest, type EventPayload, type EventType, type MeshState } from '../../contract/mesh-events.js';
+import { encodeSnapshot, snapshotSigningBytes, stateDigest, type EventPayload, type EventType, type MeshState } from '../../contract/mesh-events.js';
 import { MeshStore } from './store.js';
 import type { Store } from '../store/store.js';
 import { intToIp, parseMeshRange, type MeshRange } from './addresses.js';
@@ -16,7 +16,7 @@ import { validatePolicy, type Policy } from '../../admin-api/policy.js';
 import { policyId } from './policy.js';
 import { SecretBox } from './secret-box.js';
 import type { SealingSecret } from '../ca-key-crypto.js';
-import { generateSigningKey, signingKeyFromPkcs8, type SigningKey } from './signer.js';
+import { generateSigningKey, signBytes, signingKeyFromPkcs8, type SigningKey } from './signer.js';
 
 export type { DeliverySessions } from './delivery.js';
 export type { FeedEntry } from './feed.js';
@@ -394,8 +394,12 @@ export class MeshService {
     this.#log.info({ nodeId, lastEventSeq, oldestRetained: oldest }, 'sent a state snapshot (gap past retention)');
   }
 
-  /** Reconciliation: in sync, or the full desired state with the seq it corresponds to. */
-  stateFor(nodeId: string, digest: string | undefined): { inSync: boolean; state?: unknown } {
+  /**
+   * Reconciliation: in sync, or the full desired state with the seq it corresponds to, as a snapshot
+   * signed with the current event-signing key (contract/mesh-events.ts: the agent applies nothing
+   * unsigned). `state` is that snapshot decoded, for tests and callers in the server.
+   */
+  stateFor(nodeId: string, digest: string | undefined): { inSync: boolean; state?: MeshState & { seq: number; digest: string }; snapshot?: { bytes: Uint8Array<ArrayBuffer>; signature: Uint8Array<ArrayBuffer>; keyId: string } } {
     // A node not told anything yet (its first snapshot is queued), or one the running recompute has
     // not reached: its events are on their way, and a state now would run ahead of them.
     if (this.#pending.has(nodeId) || this.#model.nodes.get(nodeId)?.announced === null) return { inSync: true };
@@ -404,7 +408,10 @@ export class MeshService {
     const d = stateDigest(desired);
     if (digest === d) return { inSync: true };
     const node = this.#model.nodes.get(nodeId)!;
-    return { inSync: false, state: { ...desired, seq: node.lastSeq, digest: d } };
+    const bytes = encodeSnapshot({ nodeId, seq: node.lastSeq, digest: d, ts: Date.now(), state: desired });
+    const key = this.#signing[this.#signing.length - 1]!;
+    const snapshot = { bytes: bin(bytes), signature: bin(signBytes(key, snapshotSigningBytes(bytes))), keyId: key.keyId };
+    return { inSync: false, state: { ...desired, seq: node.lastSeq, digest: d }, snapshot };
   }
 
   /**

@@ -105,6 +105,10 @@ function certFromRow(r: Row): CertRow {
   };
 }
 
+/** Meta counters of deleted certificate rows, so that fleet totals never go down. */
+const META_CERTS_PRUNED = 'certs_pruned';
+const META_REVOKED_PRUNED = 'revoked_certs_pruned';
+
 export class Store {
   readonly path: string;
   private readonly db: Database.Database;
@@ -117,8 +121,9 @@ export class Store {
       getMeta: db.prepare('SELECT value FROM meta WHERE key = ?'),
       fleetTotals: db.prepare(`SELECT
         (SELECT COUNT(*) FROM tokens WHERE consumed_at IS NOT NULL) AS enrollments,
-        (SELECT COUNT(*) FROM certs) AS certs,
-        (SELECT COUNT(*) FROM certs WHERE revoked_at IS NOT NULL) AS revoked,
+        (SELECT COUNT(*) FROM certs) + COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key = '${META_CERTS_PRUNED}'), 0) AS certs,
+        (SELECT COUNT(*) FROM certs WHERE revoked_at IS NOT NULL)
+          + COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key = '${META_REVOKED_PRUNED}'), 0) AS revoked,
         (SELECT COUNT(*) FROM nodes WHERE removed_at IS NOT NULL) AS removed,
         (SELECT COUNT(*) FROM nodes WHERE removed_at IS NULL) AS enrolled`),
       setMeta: db.prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value'),
@@ -157,6 +162,19 @@ export class Store {
       unrevokedSerialsOfNode: db.prepare('SELECT serial FROM certs WHERE node_id = ? AND revoked_at IS NULL'),
       revokeCertsOfNode: db.prepare('UPDATE certs SET revoked_at = ? WHERE node_id = ? AND revoked_at IS NULL'),
       revokedSerials: db.prepare('SELECT serial FROM certs WHERE revoked_at IS NOT NULL'),
+      // Issue order is rowid order: certificates are only ever inserted, and pruning never deletes a
+      // node's newest one, so the largest rowid (the one SQLite counts on) is never taken away.
+      unrevokedCertsIssuedBefore: db.prepare(
+        'SELECT serial FROM certs WHERE node_id = ? AND revoked_at IS NULL AND rowid < (SELECT rowid FROM certs WHERE serial = ?)'),
+      revokeCertsIssuedBefore: db.prepare(
+        'UPDATE certs SET revoked_at = ? WHERE node_id = ? AND revoked_at IS NULL AND rowid < (SELECT rowid FROM certs WHERE serial = ?)'),
+      expiredCerts: db.prepare(`
+        SELECT serial, revoked_at FROM certs c
+        WHERE not_after < ? AND rowid <> (SELECT MAX(rowid) FROM certs WHERE node_id = c.node_id)
+        LIMIT ?`),
+      deleteCert: db.prepare('DELETE FROM certs WHERE serial = ?'),
+      addToMetaCounter: db.prepare(
+        `INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = CAST(CAST(value AS INTEGER) + CAST(excluded.value AS INTEGER) AS TEXT)`),
     };
   }
 
@@ -309,7 +327,7 @@ export class Store {
       certNotAfter: (r.cert_not_after as number | null) ?? null,
     }));
   }
-  /** Totals for metrics (monotonic across restarts: tokens and certificates are never deleted), in one query. */
+  /** Totals for metrics (monotonic across restarts: tokens are never deleted, pruned certificates are counted), in one query. */
   fleetTotals(): FleetTotals {
     return this.stmts.fleetTotals.get() as FleetTotals;
   }
@@ -347,7 +365,45 @@ export class Store {
   revokedSerials(): string[] {
     return (this.stmts.revokedSerials.all() as { serial: string }[]).map((r) => r.serial);
   }
+
+  /**
+   * Revokes every unrevoked certificate of the node issued before `serial` (docs/SERVER.md,
+   * "Certificates of a node"): at re-enrollment, inside the enrollment's transaction, and when the
+   * first session on a renewed certificate opens. Returns the serials revoked now.
+   *
+   * Plain durability (no fsync): a power cut that rolls this back is repaired at the next session on
+   * `serial`, which revokes them again before it is admitted to the node's operations.
+   */
+  revokeCertsIssuedBefore(nodeId: string, serial: string, now: number): string[] {
+    return this.db.transaction(() => {
+      const serials = (this.stmts.unrevokedCertsIssuedBefore.all(nodeId, serial) as { serial: string }[]).map((r) => r.serial);
+      if (serials.length > 0) this.stmts.revokeCertsIssuedBefore.run(now, nodeId, serial);
+      return serials;
+    })();
+  }
+
+  /**
+   * Deletes certificates whose NotAfter is before `cutoff` (the caller adds the renewal grace), except
+   * each node's newest, which the node listing shows. At most `limit` a call, so one sweep is short.
+   * Returns the deleted serials (the caller drops them from the revocation list: a certificate that
+   * can no longer pass the NotAfter check needs no revocation entry). The totals stay monotonic:
+   * deleted rows are counted in meta.
+   */
+  pruneExpiredCerts(cutoff: number, limit = 1_000): string[] {
+    return this.db.transaction(() => {
+      const rows = this.stmts.expiredCerts.all(cutoff, limit) as { serial: string; revoked_at: number | null }[];
+      let revoked = 0;
+      for (const r of rows) {
+        this.stmts.deleteCert.run(r.serial);
+        if (r.revoked_at !== null) revoked++;
+      }
+      if (rows.length > 0) this.stmts.addToMetaCounter.run(META_CERTS_PRUNED, String(rows.length));
+      if (revoked > 0) this.stmts.addToMetaCounter.run(META_REVOKED_PRUNED, String(revoked));
+      return rows.map((r) => r.serial);
+    })();
+  }
 }
+
 
 function migrate(db: Database.Database, migrations: readonly Migration[]): void {
   db.exec('CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL) STRICT');
