@@ -149,7 +149,9 @@ export const ERRORS = {
   // --- enrollment (server side) ---
   ML_ERR_CSR_INVALID: { status: 400, exit: 'internal', description: 'The CSR cannot be parsed or its self-signature does not verify.' },
   ML_ERR_CSR_KEY: { status: 400, exit: 'internal', description: 'The CSR key is not acceptable (RSA shorter than 2048 bits, or an unsupported key type/curve).' },
-  ML_ERR_TOKEN_INVALID: { status: 401, exit: 'internal', description: 'The enrollment token is unknown, already used, or expired.' },
+  ML_ERR_TOKEN_INVALID: { status: 401, exit: 'internal', description: 'The enrollment token is unknown, already used, expired, or revoked.' },
+  ML_ERR_TOKEN_NOT_FOUND: { status: 404, exit: 'nodeNotResolved', description: 'No enrollment token has this id (`server token list` shows them).' },
+  ML_ERR_TOKEN_USED: { status: 409, exit: 'refused', description: 'The enrollment token was already used, so there is nothing to revoke: remove the node it enrolled instead.' },
 
   // --- enrollment (agent side) ---
   ML_ERR_PIN_FORMAT: { exit: 'usage', description: 'A CA pin is not `sha256:<64 lower-case hex>`.' },
@@ -208,6 +210,8 @@ export const ERRORS = {
   ML_ERR_OPS_NO_LOG: { status: 404, exit: 'refused', description: 'The agent keeps no log file to tail (it was not started by `meshlink agent run`).' },
   ML_ERR_OPS_SPAWN: { status: 500, exit: 'refused', description: 'The command or hook could not be started (message names the cause).' },
   ML_ERR_OPS_UPGRADE: { status: 400, exit: 'internal', description: 'An agent upgrade could not be set or applied (message names the cause).' },
+  ML_ERR_OPS_ENDED: { status: 409, exit: 'refused', description: 'Another operator ended this operation (`server ops end`, or the console’s Operations page; the message names who).' },
+  ML_ERR_OPS_OPERATION_NOT_FOUND: { status: 404, exit: 'nodeNotResolved', description: 'No running operation has this id (`server ops list` shows them).' },
   ML_ERR_OPS_INTERRUPTED: { status: 502, exit: 'transfer', description: 'The operation was cut off (the connection dropped or the peer went away).' },
 
   // --- tunnels (agent codes in stream.reject / stream.reset, relayed to `server tunnel`) ---

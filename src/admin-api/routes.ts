@@ -51,6 +51,8 @@ export const serverStatus = defineRoute({
 
 export const tokenCreationSchema = z.object({
   token: z.string(),
+  /** The token's public id (`tokens.list`, `tokens.revoke`); optional for answers of older servers. */
+  id: z.string().optional(),
   expiresAt: iso,
   caPin: z.string(),
   enrollCommand: z.string(),
@@ -64,6 +66,46 @@ export const createToken = defineRoute({
   path: '/v1/tokens',
   input: z.object({ ttlMs, nodeId: nodeId.nullish() }).strict(),
   output: tokenCreationSchema,
+  offline: true,
+});
+
+/** A public token id: 16 lower-case hex digits (random; neither the token nor its hash). */
+const tokenId = z.string().regex(/^[0-9a-f]{16}$/, 'a token id: 16 hex digits (`server token list` shows them)');
+
+/**
+ * An enrollment token as listings show it: never the token or its hash. `uses` is 0 or 1 (tokens are
+ * one-time); `tags` are there when the mesh feature runs (the tags the enrolling node gets).
+ */
+export const tokenListingSchema = z.object({
+  id: z.string(),
+  createdAt: iso,
+  expiresAt: iso,
+  state: z.enum(['usable', 'used', 'expired', 'revoked']),
+  uses: z.number().int(),
+  usedAt: iso.nullable(),
+  revokedAt: iso.nullable(),
+  /** A re-enrollment token keeps this node id. */
+  nodeId: z.string().nullable(),
+  tags: z.array(z.string()).optional(),
+});
+export type TokenListing = z.infer<typeof tokenListingSchema>;
+
+export const listTokens = defineRoute({
+  name: 'tokens.list',
+  method: 'GET',
+  path: '/v1/tokens',
+  // Newest first, used, expired and revoked ones included (tokens are never deleted).
+  input: z.object({ limit: z.coerce.number().int().min(1).max(10_000).default(100) }).strict(),
+  output: z.array(tokenListingSchema),
+  offline: true,
+});
+
+export const revokeToken = defineRoute({
+  name: 'tokens.revoke',
+  method: 'POST',
+  path: '/v1/tokens/revoke',
+  input: z.object({ id: tokenId }).strict(),
+  output: tokenListingSchema,
   offline: true,
 });
 
@@ -312,6 +354,8 @@ export const ADMIN_ROUTES = [
   health,
   serverStatus,
   createToken,
+  listTokens,
+  revokeToken,
   listNodes,
   removeNode,
   showNode,

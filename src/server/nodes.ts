@@ -74,6 +74,7 @@ export function createEnrollmentToken(store: Store, options: { ttlMs: number; no
   const force = created.nodeId ? ' --force' : '';
   return {
     token: created.token,
+    id: created.id,
     expiresAt: new Date(created.expiresAt).toISOString(),
     caPin,
     enrollCommand: `meshlink agent enroll --server ${url} --token ${created.token} --ca-pin ${caPin}${force}`,

@@ -40,7 +40,7 @@ export function registerMeshAdminRoutes(routes: AdminRoutes, deps: { store: Stor
       logger.info({ expiresAt: created.expiresAt, nodeId: created.nodeId, tags: created.tags }, 'enrollment token created');
       return created;
     },
-    { audit: (answer) => ({ nodeId: answer.nodeId, target: `expires ${answer.expiresAt}` }) },
+    { audit: (answer) => ({ nodeId: answer.nodeId, target: `${answer.id ? `token ${answer.id}, ` : ''}expires ${answer.expiresAt}` }) },
   );
   routes.handle(api.meshFeed, async ({ after, last, node, waitMs }) => {
     const nodeId = node ? resolveNode(store, node).id : null;

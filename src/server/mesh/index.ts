@@ -1,7 +1,7 @@
 import { ERRORS } from '../../errors.js';
 import type { OfflineFeature, ServerFeature, ServerFeatureContext } from '../feature.js';
 import { registerMeshAdminRoutes } from './admin-routes.js';
-import { meshListingLookup } from './listing.js';
+import { meshListingLookup, tokenTagsLookup } from './listing.js';
 import { MeshService, type MeshOptions } from './service.js';
 import { MeshStore } from './store.js';
 
@@ -30,6 +30,7 @@ export function createMeshFeature(options: MeshFeatureOptions = {}): ServerFeatu
     const tags = new MeshStore(ctx.store.database);
     const stopClaiming = ctx.enrollment.onCommit((commit) => tags.claimTokenTags(commit.tokenHash, commit.node.id));
     ctx.questions.answer('nodeListingFields', () => meshListingLookup(ctx.store));
+    ctx.questions.answer('tokenListingFields', () => tokenTagsLookup(ctx.store));
     ctx.questions.answer('meshEventCreatedAt', (nodeId, seq) => mesh.eventCreatedAt(nodeId, seq));
     ctx.sessions.addWelcomeFields(() => ({ eventKeys: mesh.eventKeys() }));
 
@@ -86,5 +87,6 @@ export const meshFeature: ServerFeature = createMeshFeature();
 /** With no server running: the operator's mesh routes on the store, and the mesh columns of the node list. */
 export const meshOffline: OfflineFeature = (ctx) => {
   ctx.questions.answer('nodeListingFields', () => meshListingLookup(ctx.store));
+  ctx.questions.answer('tokenListingFields', () => tokenTagsLookup(ctx.store));
   registerMeshAdminRoutes(ctx.admin, { store: ctx.store, mesh: null, logger: ctx.logger.child({ component: 'mesh' }) });
 };
