@@ -303,6 +303,68 @@ export const listAudit = defineRoute({
   offline: true,
 });
 
+/** A streaming operation running now (exec, logs, cp's push and pull, a tunnel connection, an action). */
+export const runningOperationSchema = z.object({
+  /** Its audit record's id. */
+  id: z.number().int(),
+  op: z.enum(['action', 'exec', 'logs', 'push', 'pull', 'tunnel']),
+  nodeId: z.string(),
+  hostname: z.string(),
+  /** The operator who started it. */
+  actor: z.string(),
+  /** The command, action, path or host:port (null for logs). */
+  target: z.string().nullable(),
+  startedAt: iso,
+  /** Data bytes sent to the node and received from it so far. */
+  toNode: z.number().int(),
+  fromNode: z.number().int(),
+});
+export type RunningOperation = z.infer<typeof runningOperationSchema>;
+
+export const listOperations = defineRoute({
+  name: 'ops.list',
+  method: 'GET',
+  path: '/v1/ops/operations',
+  input: z.object({}),
+  output: z.array(runningOperationSchema),
+  offline: false,
+});
+
+export const endOperation = defineRoute({
+  name: 'ops.end',
+  method: 'POST',
+  path: '/v1/ops/operations/end',
+  input: z.object({ id: z.number().int().min(1).max(Number.MAX_SAFE_INTEGER) }).strict(),
+  output: runningOperationSchema,
+  offline: false,
+});
+
+/** The built-in actions a JSON request may run (read-only ones; others go through the ops tunnel). */
+export const BUILTIN_JSON_ACTIONS = ['ping', 'diagnostics'] as const;
+
+export const runBuiltin = defineRoute({
+  name: 'ops.builtin',
+  method: 'POST',
+  path: '/v1/ops/builtin',
+  input: z.object({ node: nodeRef, action: z.enum(BUILTIN_JSON_ACTIONS) }).strict(),
+  output: z.object({
+    nodeId: z.string(),
+    action: z.string(),
+    exitCode: z.number().int().nullable(),
+    /** The action's output (UTF-8; at most MAX_BUILTIN_OUTPUT bytes, `truncated` beyond). */
+    output: z.string(),
+    truncated: z.boolean(),
+    /** How long the agent took, and the round trip as the server measured it. */
+    durationMs: z.number(),
+    roundTripMs: z.number(),
+    error: z.string().optional(),
+  }),
+  offline: false,
+});
+
+/** Output of an `ops.builtin` action kept beyond this is cut (diagnostics are a few kB). */
+export const MAX_BUILTIN_OUTPUT = 256 * 1024;
+
 /** Agent bundles are refused above this size (the esbuild bundle is about 1 MiB). */
 export const MAX_BUNDLE_BYTES = 64 * 1024 * 1024;
 
@@ -368,6 +430,9 @@ export const ADMIN_ROUTES = [
   notify,
   rotateSigningKey,
   listAudit,
+  listOperations,
+  endOperation,
+  runBuiltin,
   setUpgrade,
   showUpgrade,
   consoleLogin,

@@ -3,6 +3,7 @@ import { registerConsoleCommands } from './server-console.js';
 import { registerMeshCommands } from './server-mesh.js';
 import { registerObservabilityCommands } from './server-observability.js';
 import { registerOpsCommands } from './server-ops.js';
+import { registerRunningOpsCommands } from './server-ops-running.js';
 import { registerTokenCommands } from './server-tokens.js';
 import { registerTunnelCommand } from './server-tunnel.js';
 
@@ -12,6 +13,7 @@ export function registerServerExtensions(server: Command): void {
   registerMeshCommands(server);
   registerObservabilityCommands(server);
   registerOpsCommands(server);
+  registerRunningOpsCommands(server);
   registerTunnelCommand(server);
   registerConsoleCommands(server);
 }
