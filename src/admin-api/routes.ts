@@ -218,6 +218,19 @@ export const tagNode = defineRoute({
   offline: true,
 });
 
+/** A node's mesh peers: what the server's events have told it (no PSKs, no keys). */
+export const showPeers = defineRoute({
+  name: 'mesh.peers',
+  method: 'GET',
+  path: '/v1/mesh/peers',
+  input: z.object({ node: nodeRef }).strict(),
+  output: z.object({
+    nodeId: z.string(),
+    peers: z.array(z.object({ nodeId: z.string(), hostname: z.string().nullable(), meshIp: z.string(), endpoints: z.array(z.string()) })),
+  }),
+  offline: true,
+});
+
 export const feedEntrySchema = z.object({
   id: z.number().int(),
   ts: iso,
@@ -425,6 +438,7 @@ export const ADMIN_ROUTES = [
   showPolicy,
   setPolicy,
   tagNode,
+  showPeers,
   meshFeed,
   rotateNodeKey,
   notify,
