@@ -205,7 +205,7 @@ async function operationsPage() {
         h('td', {}, h('button', { type: 'button', class: 'danger end-op', onclick: () => end(o) }, 'End…')))));
   };
   await load();
-  const timer = setInterval(() => load().catch((err) => (error.textContent = err instanceof ApiError ? `${err.code}: ${err.message}` : String(err))), 2000);
+  const timer = window.setInterval(() => load().catch((err) => (error.textContent = err instanceof ApiError ? `${err.code}: ${err.message}` : String(err))), 2000);
   return {
     view: [
       h('h1', {}, 'Running operations'),
@@ -215,7 +215,7 @@ async function operationsPage() {
       error,
     ],
     onEvent: () => {},
-    onLeave: () => clearInterval(timer),
+    onLeave: () => window.clearInterval(timer),
   };
 }
 
