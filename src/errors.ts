@@ -159,7 +159,9 @@ export const ERRORS = {
   // --- enrollment (server side) ---
   ML_ERR_CSR_INVALID: { status: 400, exit: 'internal', description: 'The CSR cannot be parsed or its self-signature does not verify.' },
   ML_ERR_CSR_KEY: { status: 400, exit: 'internal', description: 'The CSR key is not acceptable (RSA shorter than 2048 bits, or an unsupported key type/curve).' },
-  ML_ERR_TOKEN_INVALID: { status: 401, exit: 'internal', description: 'The enrollment token is unknown, already used, or expired.' },
+  ML_ERR_TOKEN_INVALID: { status: 401, exit: 'internal', description: 'The enrollment token is unknown, already used, expired, or revoked.' },
+  ML_ERR_TOKEN_NOT_FOUND: { status: 404, exit: 'nodeNotResolved', description: 'No enrollment token has this id (`server token list` shows them).' },
+  ML_ERR_TOKEN_USED: { status: 409, exit: 'refused', description: 'The enrollment token was already used, so there is nothing to revoke: remove the node it enrolled instead.' },
 
   // --- enrollment (agent side) ---
   ML_ERR_PIN_FORMAT: { exit: 'usage', description: 'A CA pin is not `sha256:<64 lower-case hex>`.' },
@@ -231,6 +233,8 @@ export const ERRORS = {
   ML_ERR_UPGRADE_DOWNGRADE: { status: 409, exit: 'refused', description: 'The build’s version is lower than the current one; `upgrade set --allow-downgrade` forces it.' },
   ML_ERR_UPGRADE_BUILD_ID: { status: 400, exit: 'refused', description: 'A build id is not 64 lower-case hex digits, or the bytes or size do not match the signed build id.' },
   ML_ERR_UPGRADE_HEALTH: { exit: 'internal', description: 'The new build did not start and connect within the health deadline; the agent kept (rolled back to) its running build.' },
+  ML_ERR_OPS_ENDED: { status: 409, exit: 'refused', description: 'Another operator ended this operation (`server ops end`, or the console’s Operations page; the message names who).' },
+  ML_ERR_OPS_OPERATION_NOT_FOUND: { status: 404, exit: 'nodeNotResolved', description: 'No running operation has this id (`server ops list` shows them).' },
   ML_ERR_OPS_INTERRUPTED: { status: 502, exit: 'transfer', description: 'The operation was cut off (the connection dropped or the peer went away).' },
 
   // --- tunnels (agent codes in stream.reject / stream.reset, relayed to `server tunnel`) ---

@@ -31,10 +31,21 @@ export function parsePolicy(text: string): Policy {
   return validatePolicy(value);
 }
 
+/** At most this many issues are named in the error (a policy of 10,000 bad rules would make a huge message). */
+const MAX_POLICY_ISSUES = 20;
+
+/**
+ * Validates a policy document. The error names every issue (up to MAX_POLICY_ISSUES), each as
+ * `path: message`, `; `-separated after `invalid policy at `: the console lists them under the editor.
+ */
 export function validatePolicy(value: unknown): Policy {
   const r = policySchema.safeParse(value);
   if (!r.success) {
-    throw new MeshlinkError('ML_ERR_MESH_POLICY', `invalid policy at ${zodErrorText(r.error)}`);
+    const issues = r.error.issues;
+    // zodErrorText reads only the issues: the first MAX_POLICY_ISSUES of them.
+    const shown = { issues: issues.slice(0, MAX_POLICY_ISSUES) } as typeof r.error;
+    const more = issues.length > MAX_POLICY_ISSUES ? ` (and ${issues.length - MAX_POLICY_ISSUES} more)` : '';
+    throw new MeshlinkError('ML_ERR_MESH_POLICY', `invalid policy at ${zodErrorText(shown, { all: true })}${more}`);
   }
   return r.data;
 }

@@ -65,6 +65,8 @@ export const backupStore = defineRoute({
 
 export const tokenCreationSchema = z.object({
   token: z.string(),
+  /** The token's public id (`tokens.list`, `tokens.revoke`); optional for answers of older servers. */
+  id: z.string().optional(),
   expiresAt: iso,
   caPin: z.string(),
   enrollCommand: z.string(),
@@ -78,6 +80,46 @@ export const createToken = defineRoute({
   path: '/v1/tokens',
   input: z.object({ ttlMs, nodeId: nodeId.nullish() }).strict(),
   output: tokenCreationSchema,
+  offline: true,
+});
+
+/** A public token id: 16 lower-case hex digits (random; neither the token nor its hash). */
+const tokenId = z.string().regex(/^[0-9a-f]{16}$/, 'a token id: 16 hex digits (`server token list` shows them)');
+
+/**
+ * An enrollment token as listings show it: never the token or its hash. `uses` is 0 or 1 (tokens are
+ * one-time); `tags` are there when the mesh feature runs (the tags the enrolling node gets).
+ */
+export const tokenListingSchema = z.object({
+  id: z.string(),
+  createdAt: iso,
+  expiresAt: iso,
+  state: z.enum(['usable', 'used', 'expired', 'revoked']),
+  uses: z.number().int(),
+  usedAt: iso.nullable(),
+  revokedAt: iso.nullable(),
+  /** A re-enrollment token keeps this node id. */
+  nodeId: z.string().nullable(),
+  tags: z.array(z.string()).optional(),
+});
+export type TokenListing = z.infer<typeof tokenListingSchema>;
+
+export const listTokens = defineRoute({
+  name: 'tokens.list',
+  method: 'GET',
+  path: '/v1/tokens',
+  // Newest first, used, expired and revoked ones included (tokens are never deleted).
+  input: z.object({ limit: z.coerce.number().int().min(1).max(10_000).default(100) }).strict(),
+  output: z.array(tokenListingSchema),
+  offline: true,
+});
+
+export const revokeToken = defineRoute({
+  name: 'tokens.revoke',
+  method: 'POST',
+  path: '/v1/tokens/revoke',
+  input: z.object({ id: tokenId }).strict(),
+  output: tokenListingSchema,
   offline: true,
 });
 
@@ -190,6 +232,19 @@ export const tagNode = defineRoute({
   offline: true,
 });
 
+/** A node's mesh peers: what the server's events have told it (no PSKs, no keys). */
+export const showPeers = defineRoute({
+  name: 'mesh.peers',
+  method: 'GET',
+  path: '/v1/mesh/peers',
+  input: z.object({ node: nodeRef }).strict(),
+  output: z.object({
+    nodeId: z.string(),
+    peers: z.array(z.object({ nodeId: z.string(), hostname: z.string().nullable(), meshIp: z.string(), endpoints: z.array(z.string()) })),
+  }),
+  offline: true,
+});
+
 export const feedEntrySchema = z.object({
   id: z.number().int(),
   ts: iso,
@@ -275,6 +330,68 @@ export const listAudit = defineRoute({
   offline: true,
 });
 
+/** A streaming operation running now (exec, logs, cp's push and pull, a tunnel connection, an action). */
+export const runningOperationSchema = z.object({
+  /** Its audit record's id. */
+  id: z.number().int(),
+  op: z.enum(['action', 'exec', 'logs', 'push', 'pull', 'tunnel']),
+  nodeId: z.string(),
+  hostname: z.string(),
+  /** The operator who started it. */
+  actor: z.string(),
+  /** The command, action, path or host:port (null for logs). */
+  target: z.string().nullable(),
+  startedAt: iso,
+  /** Data bytes sent to the node and received from it so far. */
+  toNode: z.number().int(),
+  fromNode: z.number().int(),
+});
+export type RunningOperation = z.infer<typeof runningOperationSchema>;
+
+export const listOperations = defineRoute({
+  name: 'ops.list',
+  method: 'GET',
+  path: '/v1/ops/operations',
+  input: z.object({}),
+  output: z.array(runningOperationSchema),
+  offline: false,
+});
+
+export const endOperation = defineRoute({
+  name: 'ops.end',
+  method: 'POST',
+  path: '/v1/ops/operations/end',
+  input: z.object({ id: z.number().int().min(1).max(Number.MAX_SAFE_INTEGER) }).strict(),
+  output: runningOperationSchema,
+  offline: false,
+});
+
+/** The built-in actions a JSON request may run (read-only ones; others go through the ops tunnel). */
+export const BUILTIN_JSON_ACTIONS = ['ping', 'diagnostics'] as const;
+
+export const runBuiltin = defineRoute({
+  name: 'ops.builtin',
+  method: 'POST',
+  path: '/v1/ops/builtin',
+  input: z.object({ node: nodeRef, action: z.enum(BUILTIN_JSON_ACTIONS) }).strict(),
+  output: z.object({
+    nodeId: z.string(),
+    action: z.string(),
+    exitCode: z.number().int().nullable(),
+    /** The action's output (UTF-8; at most MAX_BUILTIN_OUTPUT bytes, `truncated` beyond). */
+    output: z.string(),
+    truncated: z.boolean(),
+    /** How long the agent took, and the round trip as the server measured it. */
+    durationMs: z.number(),
+    roundTripMs: z.number(),
+    error: z.string().optional(),
+  }),
+  offline: false,
+});
+
+/** Output of an `ops.builtin` action kept beyond this is cut (diagnostics are a few kB). */
+export const MAX_BUILTIN_OUTPUT = 256 * 1024;
+
 /** Agent bundles are refused above this size (the esbuild bundle is about 1 MiB). */
 export const MAX_BUNDLE_BYTES = MAX_RELEASE_BUNDLE_BYTES;
 
@@ -345,6 +462,8 @@ export const ADMIN_ROUTES = [
   serverStatus,
   backupStore,
   createToken,
+  listTokens,
+  revokeToken,
   listNodes,
   removeNode,
   showNode,
@@ -352,11 +471,15 @@ export const ADMIN_ROUTES = [
   showPolicy,
   setPolicy,
   tagNode,
+  showPeers,
   meshFeed,
   rotateNodeKey,
   notify,
   rotateSigningKey,
   listAudit,
+  listOperations,
+  endOperation,
+  runBuiltin,
   setUpgrade,
   showUpgrade,
   consoleLogin,

@@ -298,6 +298,16 @@ export class MuxStream extends Duplex {
     return this.#queuedBytes;
   }
 
+  /** Data bytes the application wrote to this stream so far (an operation's figures). */
+  get bytesWritten(): number {
+    return this.#writtenBytes;
+  }
+
+  /** Data bytes received from the peer so far. */
+  get bytesReceived(): number {
+    return this.#received;
+  }
+
   /**
    * Sends a typed message on this stream, in order with its data (e.g. exec.exit after stdout).
    * Messages do not consume window credit; keep them small.

@@ -66,6 +66,8 @@ export interface EnrollmentEvents {
 export interface FeatureAnswers {
   /** The columns a feature adds to the node list (`server nodes list`): a lookup by node id, made once per listing. */
   nodeListingFields(): (nodeId: string) => Partial<NodeListing>;
+  /** The columns a feature adds to the token list (`server token list`): a lookup by the token's SHA-256, made once per listing. */
+  tokenListingFields(): (tokenHash: string) => { tags?: string[] };
   /** When mesh event `seq` of the node was created (ms since the epoch), while the event log keeps it. */
   meshEventCreatedAt(nodeId: string, seq: number): number | undefined;
 }

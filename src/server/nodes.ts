@@ -74,6 +74,7 @@ export function createEnrollmentToken(store: Store, options: { ttlMs: number; no
   const created = createToken(store, { ttlMs: options.ttlMs, nodeId: options.nodeId ?? null });
   return {
     token: created.token,
+    id: created.id,
     expiresAt: new Date(created.expiresAt).toISOString(),
     caPin,
     enrollCommand: enrollCommand({ server: url, token: created.token, caPin, force: created.nodeId !== null }),

@@ -21,8 +21,15 @@ export function hashToken(token: string): string {
 
 export interface CreatedToken {
   token: string;
+  /** The public id (not derived from the token): what listings show and a revocation names. */
+  id: string;
   expiresAt: number;
   nodeId: string | null;
+}
+
+/** A token's public id: 64 random bits, hex. */
+export function generateTokenId(): string {
+  return randomBytes(8).toString('hex');
 }
 
 /** Creates a token. With `nodeId` it is a re-enrollment token: the enrolling agent keeps that node id. */
@@ -37,9 +44,10 @@ export function createToken(
     if (!node || node.removedAt !== null) throw new MeshlinkError('ML_ERR_NODE_NOT_FOUND', `no live node with id ${nodeId}`);
   }
   const token = generateToken();
+  const id = generateTokenId();
   const expiresAt = now + (options.ttlMs ?? DEFAULT_TOKEN_TTL_MS);
-  store.insertToken({ hash: hashToken(token), createdAt: now, expiresAt, nodeId });
-  return { token, expiresAt, nodeId };
+  store.insertToken({ hash: hashToken(token), id, createdAt: now, expiresAt, nodeId });
+  return { token, id, expiresAt, nodeId };
 }
 
 /**
@@ -48,9 +56,33 @@ export function createToken(
  */
 export function findUsableToken(store: Store, token: string, now: number): TokenRow {
   const row = TOKEN_RE.test(token) ? store.getToken(hashToken(token)) : undefined;
-  // One message for all three cases: do not tell a prober which tokens exist.
-  if (!row || row.consumedAt !== null || row.expiresAt <= now) {
-    throw new MeshlinkError('ML_ERR_TOKEN_INVALID', 'the enrollment token is unknown, already used, or expired');
+  // One message for every case: do not tell a prober which tokens exist.
+  if (!row || row.consumedAt !== null || row.revokedAt !== null || row.expiresAt <= now) {
+    throw new MeshlinkError('ML_ERR_TOKEN_INVALID', 'the enrollment token is unknown, already used, expired, or revoked');
   }
   return row;
+}
+
+export type TokenState = 'usable' | 'used' | 'expired' | 'revoked';
+
+/** What a token is now; a used token stays "used" whatever happened after. */
+export function tokenState(row: Pick<TokenRow, 'consumedAt' | 'revokedAt' | 'expiresAt'>, now: number): TokenState {
+  if (row.consumedAt !== null) return 'used';
+  if (row.revokedAt !== null) return 'revoked';
+  return row.expiresAt <= now ? 'expired' : 'usable';
+}
+
+/**
+ * Revokes the token with this public id, so that it no longer enrolls. Revoking a revoked token
+ * changes nothing (the first revocation's time stays); a used token cannot be revoked: the node it
+ * enrolled is removed instead (ML_ERR_TOKEN_USED). An expired one can, so that a listing says what
+ * the operator did.
+ */
+export function revokeToken(store: Store, id: string, now = Date.now()): TokenRow {
+  const row = store.getTokenById(id);
+  if (!row) throw new MeshlinkError('ML_ERR_TOKEN_NOT_FOUND', `no enrollment token has the id ${id}`);
+  if (row.consumedAt !== null) throw new MeshlinkError('ML_ERR_TOKEN_USED', `token ${id} was used at ${new Date(row.consumedAt).toISOString()}: remove the node it enrolled (\`server nodes remove\`) instead`);
+  // A concurrent enrollment may consume it between the read and the update: the update's condition decides.
+  if (row.revokedAt === null && !store.revokeToken(id, now)) return revokeToken(store, id, now);
+  return store.getTokenById(id)!;
 }

@@ -73,7 +73,7 @@ describe('a running server and the offline operator serve the table', () => {
     const client = new AdminClient(ts.server.adminSocketPath, { actor: 'carol(uid 1234)' });
     const created = await client.call(api.createToken, { ttlMs: 60_000 });
     const audit = await client.call(api.listAudit, { limit: 10 });
-    expect(audit[0]).toMatchObject({ source: 'admin', actor: 'carol(uid 1234)', operation: 'tokens', result: 'ok', target: `expires ${created.expiresAt}` });
+    expect(audit[0]).toMatchObject({ source: 'admin', actor: 'carol(uid 1234)', operation: 'tokens', result: 'ok', target: `token ${created.id}, expires ${created.expiresAt}` });
     // The token is a secret of the operator's: it is not in the record.
     expect(JSON.stringify(audit)).not.toContain(created.token);
   });

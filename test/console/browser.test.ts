@@ -117,6 +117,57 @@ describe.skipIf(!HAVE_CHROMIUM)('web console in chromium', () => {
     expect([...(node?.tags ?? [])].sort()).toEqual(['prod', 'web']);
   });
 
+  it('lists tokens and revokes one in the UI after a confirmation; enrolling with it then fails', async () => {
+    const created = JSON.parse((await cli(['server', 'token', 'create', '--data-dir', server.dataDir, '--json'])).stdout) as { token: string };
+    const [listed] = JSON.parse((await cli(['server', 'token', 'list', '--data-dir', server.dataDir, '--json'])).stdout) as Array<{ id: string }>;
+    const id = listed!.id;
+    // The page may already show #/tokens (the test before): load it afresh.
+    await page.goto(`${origin}/#/tokens`);
+    await page.reload();
+    await page.waitForSelector(`#tokens tr[data-token-id="${id}"] td.state-usable`);
+    expect(await page.textContent('#tokens')).not.toContain(created.token);
+    let asked = '';
+    page.once('dialog', (d) => {
+      asked = d.message();
+      void d.accept();
+    });
+    await page.click(`#tokens tr[data-token-id="${id}"] button.revoke-token`);
+    await page.waitForSelector(`#tokens tr[data-token-id="${id}"] td.state-revoked`);
+    expect(asked).toContain(`Revoke token ${id}`);
+    const path = await stateDir();
+    const r = await cli(['agent', 'enroll', '--server', server.url, '--token', created.token, '--ca-pin', server.caPin, '--state-dir', path, '--hostname', 'too-late', '--json']);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toContain('ML_ERR_TOKEN_INVALID');
+    const audit = await new AdminClient(join(server.dataDir, 'admin.sock')).call(api.listAudit, { limit: 10 });
+    expect(audit.find((a) => a.operation === 'tokens/revoke')).toMatchObject({ actor: expect.stringMatching(/^console:/), target: `token ${id}`, result: 'ok' });
+  });
+
+  it('pings a node from its page, and ends an operator’s `logs --follow` from the Operations page', async () => {
+    const path = await stateDir();
+    const { nodeId } = await enrollAgent(server, path, 'busy');
+    runAgent(path);
+    await waitFor('node online', async () => (await listNodes(server.dataDir)).find((n) => n.id === nodeId && n.online));
+    await page.goto(`${origin}/#/node/${nodeId}`);
+    await page.waitForSelector('#node-status.online');
+    await page.click('#ping');
+    await page.waitForSelector('#action-result[data-action="ping"]:has-text("pong")');
+    await page.waitForSelector('#peers');
+    await shot('node');
+
+    const follower = spawnCli(['server', 'logs', 'busy', '--follow', '--data-dir', server.dataDir]);
+    agents.push(follower);
+    await page.goto(`${origin}/#/operations`);
+    const opRow = 'tr[data-op="logs"]';
+    await page.waitForSelector(opRow, { timeout: 20_000 });
+    expect(await page.textContent(opRow)).toContain('busy');
+    await shot('operations');
+    page.once('dialog', (d) => void d.accept());
+    await page.click(`${opRow} button.end-op`);
+    expect(await follower.exited).toBe(8);
+    expect(follower.output()).toContain('ML_ERR_OPS_ENDED');
+    await page.waitForSelector('#operations-empty:not([hidden])');
+  });
+
   it('revokes a node from the UI after a confirmation, and its agent drops within 2 s', async () => {
     const path = await stateDir();
     const { nodeId } = await enrollAgent(server, path, 'doomed');
@@ -124,7 +175,6 @@ describe.skipIf(!HAVE_CHROMIUM)('web console in chromium', () => {
     await waitFor('node online', async () => (await listNodes(server.dataDir)).find((n) => n.id === nodeId && n.online));
     await page.goto(`${origin}/#/node/${nodeId}`);
     await page.waitForSelector('#node-status.online');
-    await shot('node');
     let asked = '';
     page.once('dialog', (d) => {
       asked = d.message();
@@ -178,6 +228,12 @@ describe.skipIf(!HAVE_CHROMIUM)('web console in chromium', () => {
     await page.click('#policy-save');
     await page.waitForSelector('#policy-error:not(:empty)');
     expect(await page.textContent('#policy-error')).toMatch(/^ML_ERR_MESH_POLICY: /);
+    // Every issue in place, each with its path.
+    await page.fill('#policy-text', '{"rules": [{"from": "web"}, {"from": "bad tag", "to": "db"}]}');
+    await page.click('#policy-save');
+    await page.waitForSelector('#policy-issues li:has-text("rules.1.from")');
+    expect(await page.$$eval('#policy-issues li code', (els) => els.map((e) => e.textContent))).toEqual(['rules.0.to', 'rules.1.from']);
+    expect(await page.getAttribute('#policy-text', 'aria-invalid')).toBe('true');
     await shot('policy');
   });
 

@@ -121,7 +121,7 @@ describe('web console over HTTP', () => {
     expect(res.headers['cache-control']).toBe('no-store');
     const token = api.createToken.output.parse(JSON.parse(res.body));
     const audit = await admin.call(api.listAudit, { limit: 1 });
-    expect(audit[0]).toMatchObject({ actor: 'console:alice(uid 1000)', operation: 'tokens', result: 'ok', target: `expires ${token.expiresAt}` });
+    expect(audit[0]).toMatchObject({ actor: 'console:alice(uid 1000)', operation: 'tokens', result: 'ok', target: `token ${token.id}, expires ${token.expiresAt}` });
 
     const bad = await http(port, 'POST', '/api/v1/tokens', { cookie, origin }, JSON.stringify({ ttlMs: 1 }));
     expect(bad.status).toBe(400);

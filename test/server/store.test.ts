@@ -1,7 +1,8 @@
 import Database from 'better-sqlite3';
 import { afterAll, describe, expect, it } from 'vitest';
 import { openServerStore, SERVER_MIGRATIONS } from '../../src/server/features.js';
-import { createToken, hashToken } from '../../src/server/tokens.js';
+import { MIGRATIONS } from '../../src/server/store/migrations.js';
+import { createToken, findUsableToken, hashToken, revokeToken, tokenState } from '../../src/server/tokens.js';
 import { tempDir } from './helpers.js';
 
 describe('store', () => {
@@ -103,9 +104,56 @@ describe('store', () => {
   it('the core keeps no tags: tokens are written and read without them', async () => {
     const s = openServerStore(await freshPath());
     const { token } = createToken(s, { ttlMs: 60_000 });
-    expect(Object.keys(s.getToken(hashToken(token))!).sort()).toEqual(['consumedAt', 'createdAt', 'expiresAt', 'hash', 'nodeId']);
+    expect(Object.keys(s.getToken(hashToken(token))!).sort()).toEqual(['consumedAt', 'createdAt', 'expiresAt', 'hash', 'id', 'nodeId', 'revokedAt']);
     const nodeColumns = (s.database.prepare('PRAGMA table_info(nodes)').all() as Array<{ name: string }>).map((c) => c.name);
     expect(nodeColumns).not.toContain('tags');
+    s.close();
+  });
+
+  it('a revoked token is refused by the pre-check and by the enrollment commit itself; a used one cannot be revoked', async () => {
+    const s = openServerStore(await freshPath());
+    const a = createToken(s, { ttlMs: 60_000 });
+    const b = createToken(s, { ttlMs: 60_000 });
+    expect(a.id).toMatch(/^[0-9a-f]{16}$/);
+    expect(a.id).not.toBe(b.id);
+    const now = Date.now();
+    const revoked = revokeToken(s, a.id, now);
+    expect(tokenState(revoked, now)).toBe('revoked');
+    expect(() => findUsableToken(s, a.token, now)).toThrow(expect.objectContaining({ code: 'ML_ERR_TOKEN_INVALID' }));
+    // Even past the pre-check (an enrollment that read the token before the revocation), the commit's
+    // own condition refuses it.
+    const commit = (tokenHash: string, id: string) =>
+      s.commitEnrollment({ tokenHash, now: Date.now(), node: { id, hostname: 'h', agentVersion: null, existing: false }, cert: { serial: id, notBefore: 0, notAfter: Date.now() + 1000, pem: 'x' } });
+    expect(commit(hashToken(a.token), 'n1')).toBe(false);
+    expect(s.getNode('n1')).toBeUndefined();
+    // A second revocation keeps the first time.
+    expect(revokeToken(s, a.id, now + 5).revokedAt).toBe(now);
+    expect(commit(hashToken(b.token), 'n2')).toBe(true);
+    expect(() => revokeToken(s, b.id)).toThrow(expect.objectContaining({ code: 'ML_ERR_TOKEN_USED' }));
+    expect(() => revokeToken(s, '0000000000000000')).toThrow(expect.objectContaining({ code: 'ML_ERR_TOKEN_NOT_FOUND' }));
+    expect(s.listTokens(10).map((t) => [t.id, tokenState(t, Date.now())])).toEqual([
+      [b.id, 'used'],
+      [a.id, 'revoked'],
+    ]);
+    s.close();
+  });
+
+  it('migration 3 gives the tokens of an older store distinct ids', async () => {
+    const path = await freshPath();
+    // A store as a release before migration 3 left it (the Store class itself speaks only the new schema).
+    const old = new Database(path);
+    old.exec('CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL) STRICT');
+    for (const m of MIGRATIONS.filter((x) => x.version < 3)) {
+      old.exec(m.sql);
+      old.prepare('INSERT INTO schema_migrations VALUES (?, ?, 0)').run(m.version, m.name);
+    }
+    for (const h of ['h1', 'h2', 'h3']) old.prepare('INSERT INTO tokens (hash, created_at, expires_at) VALUES (?, 1, 2)').run(h);
+    old.close();
+    const s = openServerStore(path);
+    const ids = s.listTokens(10).map((t) => t.id);
+    expect(ids).toHaveLength(3);
+    expect(new Set(ids).size).toBe(3);
+    for (const id of ids) expect(id).toMatch(/^[0-9a-f]{16}$/);
     s.close();
   });
 });

@@ -40,8 +40,14 @@ export function registerMeshAdminRoutes(routes: AdminRoutes, deps: { store: Stor
       logger.info({ expiresAt: created.expiresAt, nodeId: created.nodeId, tags: created.tags }, 'enrollment token created');
       return created;
     },
-    { audit: (answer) => ({ nodeId: answer.nodeId, target: `expires ${answer.expiresAt}` }) },
+    { audit: (answer) => ({ nodeId: answer.nodeId, target: `${answer.id ? `token ${answer.id}, ` : ''}expires ${answer.expiresAt}` }) },
   );
+  // What the node was told, as persisted by the event log's sends (the same with the server stopped).
+  routes.handle(api.showPeers, ({ node }) => {
+    const resolved = resolveNode(store, node);
+    const peers = new MeshStore(store.database).announcedPeersOf(resolved.id).map((p) => ({ nodeId: p.peerId, hostname: store.getNode(p.peerId)?.hostname ?? null, meshIp: p.meshIp, endpoints: p.endpoints }));
+    return { nodeId: resolved.id, peers };
+  });
   routes.handle(api.meshFeed, async ({ after, last, node, waitMs }) => {
     const nodeId = node ? resolveNode(store, node).id : null;
     // last=N: start N entries before the newest (of all nodes; the node filter applies after).

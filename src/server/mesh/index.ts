@@ -3,7 +3,7 @@ import type { ServerConfig } from '../config.js';
 import type { Logger } from '../../util/logger.js';
 import type { OfflineFeature, ServerFeature, ServerFeatureContext } from '../feature.js';
 import { registerMeshAdminRoutes } from './admin-routes.js';
-import { meshListingLookup } from './listing.js';
+import { meshListingLookup, tokenTagsLookup } from './listing.js';
 import { MeshService, type MeshOptions } from './service.js';
 import { MeshStore } from './store.js';
 import { StunResponder } from './stun-responder.js';
@@ -33,6 +33,7 @@ export function createMeshFeature(options: MeshFeatureOptions = {}): ServerFeatu
     const tags = new MeshStore(ctx.store.database);
     const stopClaiming = ctx.enrollment.onCommit((commit) => tags.claimTokenTags(commit.tokenHash, commit.node.id));
     ctx.questions.answer('nodeListingFields', () => meshListingLookup(ctx.store));
+    ctx.questions.answer('tokenListingFields', () => tokenTagsLookup(ctx.store));
     ctx.questions.answer('meshEventCreatedAt', (nodeId, seq) => mesh.eventCreatedAt(nodeId, seq));
     ctx.sessions.addWelcomeFields(() => ({ eventKeys: mesh.eventKeys() }));
     // The agent's first trusted keys, in the enrollment response the CA pin protects.
@@ -96,6 +97,7 @@ export const meshFeature: ServerFeature = createMeshFeature();
 /** With no server running: the operator's mesh routes on the store, and the mesh columns of the node list. */
 export const meshOffline: OfflineFeature = (ctx) => {
   ctx.questions.answer('nodeListingFields', () => meshListingLookup(ctx.store));
+  ctx.questions.answer('tokenListingFields', () => tokenTagsLookup(ctx.store));
   registerMeshAdminRoutes(ctx.admin, { store: ctx.store, mesh: null, logger: ctx.logger.child({ component: 'mesh' }) });
 };
 

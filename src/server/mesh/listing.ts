@@ -24,3 +24,9 @@ export function meshListingLookup(store: Store): (nodeId: string) => MeshListing
   const fields = meshListingFields(store);
   return (nodeId) => fields.get(nodeId) ?? { meshIp: null, wgPublicKey: null, tags: [], endpoints: [], observedAddress: null };
 }
+
+/** The lookup the mesh answers the core's `tokenListingFields` question with: a token's tags. */
+export function tokenTagsLookup(store: Store): (tokenHash: string) => { tags: string[] } {
+  const db = new MeshStore(store.database);
+  return (tokenHash) => ({ tags: db.tokenTags(tokenHash) });
+}

@@ -88,6 +88,8 @@ export class MeshStore {
       updateWg: db.prepare('UPDATE mesh_nodes SET wg_public_key = ?, endpoints = ?, observed_addr = ? WHERE node_id = ?'),
       setAnnounced: db.prepare('UPDATE mesh_nodes SET announced = ?, last_seq = ? WHERE node_id = ?'),
       announcedPeers: db.prepare('SELECT * FROM mesh_announced_peers'),
+      announcedPeersOf: db.prepare('SELECT * FROM mesh_announced_peers WHERE node_id = ? ORDER BY peer_id'),
+      tokenTags: db.prepare('SELECT tags FROM mesh_token_tags WHERE token_hash = ?'),
       upsertAnnouncedPeer: db.prepare(`
         INSERT INTO mesh_announced_peers (node_id, peer_id, mesh_ip, public_key, endpoints, psk_tag) VALUES (?, ?, ?, ?, ?, ?)
         ON CONFLICT (node_id, peer_id) DO UPDATE SET mesh_ip = excluded.mesh_ip, public_key = excluded.public_key,
@@ -200,14 +202,11 @@ export class MeshStore {
     this.s.setAnnounced.run(announced, lastSeq, nodeId);
   }
   announcedPeers(): AnnouncedPeerRow[] {
-    return (this.s.announcedPeers.all() as Row[]).map((r) => ({
-      nodeId: r.node_id as string,
-      peerId: r.peer_id as string,
-      meshIp: r.mesh_ip as string,
-      publicKey: r.public_key as string,
-      endpoints: parseTags(r.endpoints),
-      pskTag: r.psk_tag as string,
-    }));
+    return (this.s.announcedPeers.all() as Row[]).map(announcedFromRow);
+  }
+  /** What the events sent so far told one node about its peers, by peer id. */
+  announcedPeersOf(nodeId: string): AnnouncedPeerRow[] {
+    return (this.s.announcedPeersOf.all(nodeId) as Row[]).map(announcedFromRow);
   }
   upsertAnnouncedPeer(nodeId: string, peerId: string, p: { meshIp: string; publicKey: string; endpoints: string[]; pskTag: string }): void {
     this.s.upsertAnnouncedPeer.run(nodeId, peerId, p.meshIp, p.publicKey, JSON.stringify(p.endpoints), p.pskTag);
@@ -283,6 +282,12 @@ export class MeshStore {
     this.s.pruneFeed.run(upToId);
   }
 
+  /** The tags a token gives the node that enrolls with it (by its SHA-256; none: []). */
+  tokenTags(hash: string): string[] {
+    const r = this.s.tokenTags.get(hash) as Row | undefined;
+    return r ? parseTags(r.tags) : [];
+  }
+
   /** Sets the tags of a not yet used token (by its SHA-256). */
   tagToken(hash: string, tags: string[]): boolean {
     return this.s.tagToken.run(JSON.stringify(tags), hash).changes === 1;
@@ -311,4 +316,15 @@ export class MeshStore {
     }
     return out;
   }
+}
+
+function announcedFromRow(r: Row): AnnouncedPeerRow {
+  return {
+    nodeId: r.node_id as string,
+    peerId: r.peer_id as string,
+    meshIp: r.mesh_ip as string,
+    publicKey: r.public_key as string,
+    endpoints: parseTags(r.endpoints),
+    pskTag: r.psk_tag as string,
+  };
 }

@@ -6,7 +6,8 @@ import { VERSION } from '../../version.js';
 import { createEnrollmentToken, listNodes, META_CA_PIN, META_PUBLIC_URL, removeNode, type LiveParts } from '../nodes.js';
 import { META_PUBLIC_URL_CONFIGURED, readSans } from '../public-address.js';
 import { backupStore } from './backup.js';
-import type { Store } from '../store/store.js';
+import type { Store, TokenRow } from '../store/store.js';
+import { revokeToken, tokenState } from '../tokens.js';
 
 /**
  * The core's routes of the operator API: enrollment tokens and the node list. Served by the running
@@ -55,8 +56,35 @@ export function registerCoreAdminRoutes(
       log.info({ expiresAt: created.expiresAt, nodeId: created.nodeId }, 'enrollment token created');
       return created;
     },
-    // The token itself is a secret: the record names its expiry only.
-    { audit: (answer) => ({ nodeId: answer.nodeId, target: `expires ${answer.expiresAt}` }) },
+    // The token itself is a secret: the record names its public id and expiry only.
+    { audit: (answer) => ({ nodeId: answer.nodeId, target: `${answer.id ? `token ${answer.id}, ` : ''}expires ${answer.expiresAt}` }) },
+  );
+
+  // Listings name a token by its public id, never the token or its hash (docs/SERVER.md).
+  const tokenListing = (row: TokenRow, fields: ((tokenHash: string) => { tags?: string[] }) | undefined, now: number): api.TokenListing => ({
+    id: row.id,
+    createdAt: new Date(row.createdAt).toISOString(),
+    expiresAt: new Date(row.expiresAt).toISOString(),
+    state: tokenState(row, now),
+    uses: row.consumedAt === null ? 0 : 1,
+    usedAt: row.consumedAt === null ? null : new Date(row.consumedAt).toISOString(),
+    revokedAt: row.revokedAt === null ? null : new Date(row.revokedAt).toISOString(),
+    nodeId: row.nodeId,
+    ...fields?.(row.hash),
+  });
+  routes.handle(api.listTokens, ({ limit }) => {
+    const fields = deps.questions.ask('tokenListingFields')?.();
+    const now = Date.now();
+    return store.listTokens(limit).map((row) => tokenListing(row, fields, now));
+  });
+  routes.handle(
+    api.revokeToken,
+    ({ id }) => {
+      const row = revokeToken(store, id);
+      log.info({ tokenId: id }, 'enrollment token revoked');
+      return tokenListing(row, deps.questions.ask('tokenListingFields')?.(), Date.now());
+    },
+    { audit: (answer) => ({ nodeId: answer.nodeId, target: `token ${answer.id}` }) },
   );
 
   routes.handle(api.listNodes, () => listNodes(store, live ?? undefined, deps.questions.ask('nodeListingFields')));

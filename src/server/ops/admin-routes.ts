@@ -1,6 +1,10 @@
-import { listAudit, setUpgrade, showUpgrade } from '../../admin-api/routes.js';
+import { endOperation, listAudit, listOperations, runBuiltin, setUpgrade, showUpgrade } from '../../admin-api/routes.js';
 import type { AdminRoutes } from '../admin-routes.js';
+import type { AgentSessions } from '../agent-sessions.js';
 import type { AuditLog } from '../audit-log.js';
+import type { Store } from '../store/store.js';
+import { runBuiltinAction } from './builtin.js';
+import type { RunningOperations } from './running.js';
 import type { OpsStore } from './store.js';
 import type { UpgradeDistributor } from './upgrades.js';
 
@@ -41,4 +45,16 @@ export function registerOpsAdminRoutes(routes: AdminRoutes, deps: { ops: OpsStor
     },
     { audit: 'self' },
   );
+}
+
+/**
+ * The routes that need the running server's agents: the running operations (list, end one) and the
+ * read-only built-in actions as JSON (the console's ping and diagnostics).
+ */
+export function registerLiveOpsRoutes(routes: AdminRoutes, deps: { running: RunningOperations; store: Store; sessions: AgentSessions }): void {
+  routes.handle(listOperations, () => deps.running.list());
+  routes.handle(endOperation, ({ id }, call) => deps.running.end(id, call.actor), {
+    audit: (answer) => ({ nodeId: answer.nodeId, target: `operation ${answer.id} (${answer.op}${answer.target ? ` ${answer.target}` : ''}, by ${answer.actor})` }),
+  });
+  routes.handle(runBuiltin, (input) => runBuiltinAction(deps, input), { audit: (answer) => ({ nodeId: answer.nodeId, target: answer.action }) });
 }

@@ -1,7 +1,8 @@
 import type { OfflineFeature, ServerFeature } from '../feature.js';
 import { AuditLog } from '../audit-log.js';
 import { opsStoreOf } from './store.js';
-import { registerOpsAdminRoutes } from './admin-routes.js';
+import { registerLiveOpsRoutes, registerOpsAdminRoutes } from './admin-routes.js';
+import { RunningOperations } from './running.js';
 import { createOperations } from './operations.js';
 import { createTunnelServer } from './tunnel.js';
 import { OPS_STREAM_PATH } from '../../admin-api/tunnel.js';
@@ -19,9 +20,11 @@ export const opsFeature: ServerFeature = (ctx) => {
   const releaseKeys = ctx.config.releaseKeys.map(parseReleaseKey);
   const upgrades = new UpgradeDistributor({ store: ctx.store, ops, sessions: ctx.sessions, dataDir: ctx.config.dataDir, releaseKeys, logger: log });
 
-  const tunnels = createTunnelServer(log, createOperations({ store: ctx.store, audit: ctx.audit, sessions: ctx.sessions, logger: log }));
+  const running = new RunningOperations();
+  const tunnels = createTunnelServer(log, createOperations({ store: ctx.store, audit: ctx.audit, sessions: ctx.sessions, logger: log, running }));
   ctx.admin.addUpgrade(OPS_STREAM_PATH, (req, socket, head) => tunnels.handleUpgrade(req, socket, head));
   registerOpsAdminRoutes(ctx.admin, { ops, audit: ctx.audit, upgrades });
+  registerLiveOpsRoutes(ctx.admin, { running, store: ctx.store, sessions: ctx.sessions });
   // Agent self-upgrade downloads, on the agent-facing gateway: only for a valid client certificate.
   ctx.publicRoutes.add({ method: 'GET', prefix: BUNDLE_PATH_PREFIX, clientCertificate: true }, (req, res, rest) => serveAgentBundle(ctx.store, req, res, rest));
 

@@ -8,6 +8,7 @@ import type { AuditLog } from '../audit-log.js';
 import type { Store } from '../store/store.js';
 import { PacedSocket, pipeReadableToWs, writeFromWs } from './bridge.js';
 import { relayTcp } from './tcp-tunnel.js';
+import type { RunningOperations } from './running.js';
 import { describeError, type OperationHandler, type Tunnel } from './tunnel.js';
 import type { ParsedOpsRequest, TunnelEvent } from '../../admin-api/tunnel.js';
 
@@ -23,6 +24,8 @@ export interface OperationDeps {
   audit: AuditLog;
   sessions: AgentSessions;
   logger: Logger;
+  /** Where running operations are listed and ended from (ops.list, ops.end). */
+  running: RunningOperations;
 }
 
 interface Relay {
@@ -44,20 +47,33 @@ export function createOperations(deps: OperationDeps): OperationHandler {
     let auditId: number | null = null;
     let result = 'ok';
     let finalDetails: Record<string, unknown> | null = null;
+    let tracked: ReturnType<RunningOperations['add']> | null = null;
+    // Set when another operator ends it (ops.end): the audit record says who.
+    const ended: { by: string | null } = { by: null };
     try {
       const node = resolveNode(deps.store, r.node);
       nodeId = node.id;
       auditId = deps.audit.start({ actor: r.actor, operation: r.op, nodeId, target: targetOf(r), details: detailsOf(r) });
+      tracked = deps.running.add({ id: auditId, op: r.op, nodeId, hostname: node.hostname, actor: r.actor, target: targetOf(r), startedAt: new Date().toISOString() }, (by) => {
+        ended.by = by;
+        t.abort(new MeshlinkError('ML_ERR_OPS_ENDED', `${by} ended this operation`));
+      });
+      const entry = tracked.entry;
       t.event({ type: 'started', auditId, nodeId });
       const agent = deps.sessions.current(node.id);
       if (!agent) throw new MeshlinkError('ML_ERR_OPS_NODE_OFFLINE', `node ${node.id} (${node.hostname}) is not connected`);
-      const outcome = await run(t, (name, meta) => deps.sessions.openStream(agent, name, meta));
+      const outcome = await run(t, async (name, meta) => (entry.stream = await deps.sessions.openStream(agent, name, meta)));
       result = outcome.result;
       if (outcome.details) finalDetails = { ...detailsOf(r), ...outcome.details };
     } catch (err) {
       result = `error:${describeError(err).code}`;
       t.fail(err);
     } finally {
+      tracked?.done();
+      if (ended.by !== null) {
+        result = 'ended';
+        finalDetails = { ...(finalDetails ?? detailsOf(r)), endedBy: ended.by };
+      }
       if (auditId !== null) deps.audit.finish(auditId, result, finalDetails);
       else deps.audit.record({ actor: r.actor, operation: r.op, nodeId, target: targetOf(r), details: detailsOf(r), result });
     }

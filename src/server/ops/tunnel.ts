@@ -26,6 +26,11 @@ export interface Tunnel {
   fail(err: unknown): void;
   /** Closes normally (after the final event). */
   finish(): void;
+  /**
+   * Ends the operation from the server's side (another operator ended it): the client gets `err` as
+   * its error event, and the cancel handlers run as if the client had left (the agent stream is reset).
+   */
+  abort(err: unknown): void;
   /** True once finish/fail ran or the client went away. */
   readonly ended: boolean;
   /** Binary messages from the client. */
@@ -116,6 +121,11 @@ export function createTunnelServer(log: Logger, run: OperationHandler): { handle
             if (ended) return;
             ended = true;
             closeNow();
+          },
+          abort(err) {
+            if (ended) return;
+            closeWith(describeError(err));
+            for (const h of cancelHandlers) h();
           },
           get ended() {
             return ended;

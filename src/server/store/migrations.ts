@@ -83,4 +83,18 @@ export const MIGRATIONS: readonly Migration[] = [
       CREATE INDEX audit_log_node ON audit_log (node_id, id);
     `,
   },
+  {
+    version: 3,
+    name: 'core: token ids and revocation',
+    sql: `
+      -- A token's public id: what \`server token list\` shows and \`server token revoke ID\` takes. It is
+      -- random, not derived from the token or its hash, so showing it tells nothing about either.
+      ALTER TABLE tokens ADD COLUMN id TEXT;
+      UPDATE tokens SET id = lower(hex(randomblob(8)));
+      CREATE UNIQUE INDEX tokens_id ON tokens (id);
+      -- Set by a revocation; a revoked token no longer enrolls (the consuming UPDATE checks it).
+      ALTER TABLE tokens ADD COLUMN revoked_at INTEGER;
+      CREATE INDEX tokens_created ON tokens (created_at);
+    `,
+  },
 ];

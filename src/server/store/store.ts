@@ -27,9 +27,12 @@ export interface CaRow {
 }
 export interface TokenRow {
   hash: string;
+  /** The public id (random; `server token list` shows it, `revoke` takes it). */
+  id: string;
   createdAt: number;
   expiresAt: number;
   consumedAt: number | null;
+  revokedAt: number | null;
   nodeId: string | null;
 }
 export interface NodeRow {
@@ -75,12 +78,16 @@ export interface EnrollmentCommit {
 
 type Row = Record<string, unknown>;
 
+const TOKEN_COLUMNS = 'hash, id, created_at, expires_at, consumed_at, revoked_at, node_id';
+
 function tokenFromRow(r: Row): TokenRow {
   return {
     hash: r.hash as string,
+    id: r.id as string,
     createdAt: r.created_at as number,
     expiresAt: r.expires_at as number,
     consumedAt: (r.consumed_at as number | null) ?? null,
+    revokedAt: (r.revoked_at as number | null) ?? null,
     nodeId: (r.node_id as string | null) ?? null,
   };
 }
@@ -131,11 +138,15 @@ export class Store {
       insertCa: db.prepare('INSERT INTO ca (id, key_blob, kdf_salt, cert_pem, created_at) VALUES (1, ?, ?, ?, ?)'),
       replaceCaKey: db.prepare('UPDATE ca SET key_blob = ?, kdf_salt = ? WHERE id = 1 AND key_blob = ?'),
       insertToken: db.prepare(
-        'INSERT INTO tokens (hash, created_at, expires_at, consumed_at, node_id) VALUES (?, ?, ?, NULL, ?)',
+        'INSERT INTO tokens (hash, id, created_at, expires_at, consumed_at, revoked_at, node_id) VALUES (?, ?, ?, ?, NULL, NULL, ?)',
       ),
-      getToken: db.prepare('SELECT hash, created_at, expires_at, consumed_at, node_id FROM tokens WHERE hash = ?'),
+      getToken: db.prepare(`SELECT ${TOKEN_COLUMNS} FROM tokens WHERE hash = ?`),
+      getTokenById: db.prepare(`SELECT ${TOKEN_COLUMNS} FROM tokens WHERE id = ?`),
+      // Newest first; rowid breaks ties of one millisecond in creation order.
+      listTokens: db.prepare(`SELECT ${TOKEN_COLUMNS} FROM tokens ORDER BY created_at DESC, rowid DESC LIMIT ?`),
+      revokeToken: db.prepare('UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL AND consumed_at IS NULL'),
       consumeToken: db.prepare(
-        'UPDATE tokens SET consumed_at = ? WHERE hash = ? AND consumed_at IS NULL AND expires_at > ?',
+        'UPDATE tokens SET consumed_at = ? WHERE hash = ? AND consumed_at IS NULL AND revoked_at IS NULL AND expires_at > ?',
       ),
       insertNode: db.prepare(
         'INSERT INTO nodes (id, hostname, created_at, agent_version, last_seen, removed_at) VALUES (?, ?, ?, ?, NULL, NULL)',
@@ -281,12 +292,27 @@ export class Store {
   }
 
   // --- tokens ---
-  insertToken(row: Omit<TokenRow, 'consumedAt'>): void {
-    this.stmts.insertToken.run(row.hash, row.createdAt, row.expiresAt, row.nodeId);
+  insertToken(row: Omit<TokenRow, 'consumedAt' | 'revokedAt'>): void {
+    this.stmts.insertToken.run(row.hash, row.id, row.createdAt, row.expiresAt, row.nodeId);
   }
   getToken(hash: string): TokenRow | undefined {
     const r = this.stmts.getToken.get(hash) as Row | undefined;
     return r ? tokenFromRow(r) : undefined;
+  }
+  getTokenById(id: string): TokenRow | undefined {
+    const r = this.stmts.getTokenById.get(id) as Row | undefined;
+    return r ? tokenFromRow(r) : undefined;
+  }
+  /** The `limit` newest tokens, used, expired and revoked ones included (tokens are never deleted). */
+  listTokens(limit: number): TokenRow[] {
+    return (this.stmts.listTokens.all(limit) as Row[]).map(tokenFromRow);
+  }
+  /**
+   * Revokes a token that has not been used: true when this call revoked it. Durable like a node's
+   * removal: a revocation rolled back by a power cut would make the token usable again.
+   */
+  revokeToken(id: string, now: number): boolean {
+    return this.durably(() => this.stmts.revokeToken.run(now, id).changes === 1);
   }
 
   /**
