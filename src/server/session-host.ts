@@ -14,6 +14,7 @@ import type {
   AgentRequestHandler,
   AgentSessions,
   AgentStreamHandler,
+  HelloCheck,
   SendResult,
   WelcomeContributor,
 } from './agent-sessions.js';
@@ -106,6 +107,7 @@ export class SessionHost extends EventEmitter<SessionHostEvents> implements Gate
   readonly #streamHandlers = new HandlerRegistry<StreamArgs>({ exclusive: true });
   readonly #requestHandlers = new HandlerRegistry<RequestArgs>({ exclusive: true });
   readonly #welcomeContributors: WelcomeContributor[] = [];
+  readonly #helloChecks: HelloCheck[] = [];
   #livenessTimer: NodeJS.Timeout;
 
   constructor(deps: SessionHostDeps) {
@@ -133,6 +135,7 @@ export class SessionHost extends EventEmitter<SessionHostEvents> implements Gate
       onHello: (hello) => {
         const node = this.#deps.store.getNode(info.nodeId);
         if (!node || node.removedAt !== null) throw new MeshlinkError('ML_ERR_CERT_REVOKED', 'node was removed');
+        for (const check of this.#helloChecks) check(hello, info);
         if (hello.agentVersion !== node.agentVersion) this.#deps.store.setAgentVersion(info.nodeId, hello.agentVersion);
         const serverUrl = this.#deps.announcedServerUrl;
         let welcome: Omit<InputOf<'welcome'>, 'version'> = {
@@ -233,6 +236,14 @@ export class SessionHost extends EventEmitter<SessionHostEvents> implements Gate
 
   addWelcomeFields(contributor: WelcomeContributor): void {
     this.#welcomeContributors.push(contributor);
+  }
+
+  addHelloCheck(check: HelloCheck): void {
+    this.#helloChecks.push(check);
+  }
+
+  refuse(agent: AgentHandle, error: MeshlinkError): void {
+    this.#sessionOf(agent)?.abort(error);
   }
 
   current(nodeId: string): ConnectedAgent | undefined {

@@ -10,7 +10,7 @@ import { EventVerifier } from './verifier.js';
 import { DEFAULT_WG_PORT, writeWgQuick, WG_CONFIG_FILE } from './wg-config.js';
 import { generateWgKeyPair, loadOrCreateWgKey, saveWgKey, type WgKeyPair } from './wg-keys.js';
 import type { DriftItem, WireGuardApplier } from './wg-apply.js';
-import { decodeEnvelope, meshStateSchema, stateDigest, type Envelope, type MeshState, type PeerInfo } from '../../contract/mesh-events.js';
+import { decodeEnvelope, dropInvalidPeers, meshStateSchema, stateDigest, type Envelope, type MeshState, type PeerInfo, type SkippedEntry } from '../../contract/mesh-events.js';
 import { join } from 'node:path';
 
 /**
@@ -51,6 +51,8 @@ export class MeshAgent {
   #lastError: string | null = null;
   #timer: NodeJS.Timeout | null = null;
   #stopped = false;
+  /** Peer entries dropped because they failed their schema (status file, `agent status --json`). */
+  #skippedPeerEntries = 0;
   /** Emitted for tests and the benchmark: (envelope, receivedAt). */
   onApplied: ((event: Envelope, receivedAt: number) => void) | null = null;
 
@@ -86,6 +88,10 @@ export class MeshAgent {
   }
   get state(): MeshState | null {
     return this.#applied.state;
+  }
+  /** How many invalid peer entries were dropped since start (each is logged with where it was). */
+  get skippedPeerEntries(): number {
+    return this.#skippedPeerEntries;
   }
 
   /** hello fields: what was applied (for replay), the WireGuard key and where peers can reach us. */
@@ -153,6 +159,7 @@ export class MeshAgent {
       return;
     }
     const seq = decoded.known ? decoded.envelope.seq : decoded.seq;
+    if (decoded.known) this.#skipped(decoded.skipped, seq);
     if (seq <= this.#applied.lastEventSeq) {
       this.#log.debug({ seq, lastEventSeq: this.#applied.lastEventSeq }, 'event already applied; ignored');
       return;
@@ -188,7 +195,7 @@ export class MeshAgent {
       interface: this.#o.applier?.interfaceName ?? null,
       configPath: join(this.#o.stateDir, WG_CONFIG_FILE),
       lastError: this.#lastError,
-    });
+    }, this.#skippedPeerEntries);
   }
 
   /** Renders the wg-quick file and, with an applier, brings the interface to the state. Returns data-plane drift. */
@@ -247,7 +254,9 @@ export class MeshAgent {
       const drift = await this.#applyDataPlane();
       return { inSync: drift.length === 0, drift };
     }
-    const parsed = desiredSchema.safeParse(res.state);
+    const skipped: SkippedEntry[] = [];
+    const parsed = desiredSchema.safeParse(dropInvalidPeers(res.state, 'state', skipped));
+    this.#skipped(skipped, null);
     if (!parsed.success) {
       this.#log.warn({ issue: zodErrorText(parsed.error) }, 'reconciliation state is malformed; ignored');
       return { inSync: true, drift: [] };
@@ -263,6 +272,15 @@ export class MeshAgent {
       await writeMeshStatus(this.#o.stateDir, this.status());
     }
     return { inSync: false, drift: [...drift, ...plane] };
+  }
+
+  /** One bad peer entry costs that peer only: the rest of the event or state applies (contract/mesh-events.ts). */
+  #skipped(entries: readonly SkippedEntry[], seq: number | null): void {
+    if (entries.length === 0) return;
+    this.#skippedPeerEntries += entries.length;
+    // Node ids and schema issues only: never the rejected value, which the sender chose.
+    for (const e of entries.slice(0, 10)) this.#log.warn({ seq, where: e.where, peer: e.nodeId, issue: e.issue }, 'invalid peer entry skipped');
+    if (entries.length > 10) this.#log.warn({ seq, more: entries.length - 10 }, 'more invalid peer entries skipped');
   }
 
   // ------------------------------------------------------------------ built-in handlers

@@ -2,7 +2,8 @@ import { MeshlinkError } from '../../errors.js';
 import type { AgentHandle } from '../agent-sessions.js';
 import type { PayloadOf } from '../../protocol/registry.js';
 import type { Logger } from '../../util/logger.js';
-import { stateDigest, type EventPayload, type EventType, type MeshState } from '../../contract/mesh-events.js';
+import { selfReportSchema, stateDigest, type EventPayload, type EventType, type MeshState, type SelfReport } from '../../contract/mesh-events.js';
+import { zodErrorText } from '../../util/zod-error.js';
 import { MeshStore } from './store.js';
 import type { Store } from '../store/store.js';
 import { intToIp, parseMeshRange, type MeshRange } from './addresses.js';
@@ -328,7 +329,27 @@ export class MeshService {
   // ------------------------------------------------------------------ agent sessions
 
   /**
-   * A session opened: record the WireGuard key and endpoints it reported. Resolves when the events
+   * Checks what a node reports about itself (`hello`, `event.ack`) before anything is stored: the
+   * values must pass the schemas its peers apply to the peer entries built from them
+   * (ML_ERR_BAD_PAYLOAD), and the WireGuard key must not be another live node's
+   * (ML_ERR_MESH_KEY_IN_USE). The caller refuses the message with the thrown error.
+   */
+  checkSelfReport(nodeId: string, report: SelfReport, where: 'hello' | 'event.ack'): void {
+    const parsed = selfReportSchema.safeParse(report);
+    if (!parsed.success) throw new MeshlinkError('ML_ERR_BAD_PAYLOAD', `${where}: ${zodErrorText(parsed.error)}`);
+    const key = parsed.data.wgPublicKey;
+    const owner = key === undefined ? undefined : this.#model.keyOwner(key);
+    if (owner !== undefined && owner !== nodeId) throw new MeshlinkError('ML_ERR_MESH_KEY_IN_USE', `${where}: the WireGuard key is another node's`);
+  }
+
+  /** The live node that holds a WireGuard key (for the report of a refused claim). */
+  keyOwner(publicKey: string): string | undefined {
+    return this.#model.keyOwner(publicKey);
+  }
+
+  /**
+   * A session opened: record the WireGuard key and endpoints it reported (checked in its hello by
+   * checkSelfReport; a key claimed in the meantime by another session throws ML_ERR_MESH_KEY_IN_USE). Resolves when the events
    * that follow from it are sent (errors are logged, never thrown: this runs on every connect).
    */
   agentOpened(nodeId: string, hello: PayloadOf<'hello'>, remoteAddress: string | null): Promise<void> {
@@ -402,13 +423,14 @@ export class MeshService {
 
   /**
    * event.ack: remembers the applied seq; an ack carrying a new WireGuard key finishes rotate_keys.
-   * Resolves when the peers' peer_key_rotated events are sent (errors are logged).
+   * A key that fails checkSelfReport throws, before anything is stored. Resolves when the peers' peer_key_rotated events are sent (errors are logged).
    */
   acked(nodeId: string, ack: PayloadOf<'event.ack'>): Promise<void> {
     const node = this.#model.nodes.get(nodeId);
     if (!node) return Promise.resolve();
     node.ackedSeq = Math.max(node.ackedSeq, ack.seq);
     if (!ack.wgPublicKey || ack.wgPublicKey === node.publicKey) return Promise.resolve();
+    this.checkSelfReport(nodeId, { wgPublicKey: ack.wgPublicKey }, 'event.ack');
     this.#model.updateWg(node, ack.wgPublicKey, node.endpoints, node.observedAddr);
     this.#log.info({ nodeId }, 'node reported a new WireGuard key');
     return this.#background(this.#nodeChanged(nodeId));
