@@ -70,6 +70,8 @@ export class AuditLog {
       finish: db.prepare('UPDATE audit_log SET finished_at = ?, result = ?, details = COALESCE(?, details) WHERE id = ?'),
       list: db.prepare('SELECT * FROM audit_log ORDER BY id DESC LIMIT ?'),
       ofNode: db.prepare('SELECT * FROM audit_log WHERE node_id = ? ORDER BY id DESC LIMIT ?'),
+      pruneAgent: db.prepare(`DELETE FROM audit_log WHERE node_id = ? AND source = 'agent' AND id <= (
+        SELECT id FROM audit_log WHERE node_id = ? AND source = 'agent' ORDER BY id DESC LIMIT 1 OFFSET ?)`),
     };
   }
 
@@ -97,6 +99,11 @@ export class AuditLog {
     const ts = a.ts ?? Date.now();
     const info = this.#stmts.insert.run(ts, a.finishedAt ?? ts, a.source ?? 'admin', a.actor, a.operation, a.nodeId, a.target, a.result.slice(0, RESULT_CAP), detailsJson(a.details));
     return Number(info.lastInsertRowid);
+  }
+
+  /** Keeps the newest `keep` records a node's agent reported, deleting older ones (the operator's are never pruned here). */
+  pruneAgentRecords(nodeId: string, keep: number): number {
+    return this.#stmts.pruneAgent.run(nodeId, nodeId, keep).changes;
   }
 
   /** Newest first, at most `limit` (1–10,000). */
