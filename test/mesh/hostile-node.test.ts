@@ -137,6 +137,34 @@ describe('a hostile node cannot poison the mesh with what it says about itself',
     expect(mesh.nodeInfo(victim.nodeId)!.publicKey).toBe(victim.mesh.wgPublicKey);
   });
 
+  it('drift reports are limited per node, stamped with the receive time, capped in size, and the feed pages by bytes', async () => {
+    const evil = await attacker('evil-drift');
+    await evil.session.handshake({ agentVersion: 'x', wgPublicKey: wgKey(204) });
+    await waitFor('attacker in the mesh model', async () => mesh.nodeInfo(evil.nodeId) !== null);
+    const since = mesh.lastFeedId();
+    const sentAt = Date.now();
+    const big = 'x'.repeat(400);
+    for (let i = 0; i < 20; i++) {
+      evil.session.send('drift.report', { ts: sentAt + 365 * 86_400_000, items: Array.from({ length: 500 }, (_, j) => ({ field: `f${j}`, expected: big, actual: big })) });
+    }
+    await evil.session.ping(10_000);
+    const entries = await waitFor('drift stored', async () => {
+      const e = mesh.feed(since, evil.nodeId).filter((x) => x.kind === 'drift');
+      return e.length > 0 ? e : null;
+    });
+    const receivedBy = Date.now();
+    expect(entries.length).toBeLessThanOrEqual(6);
+    for (const e of entries) {
+      expect(Date.parse(e.ts)).toBeLessThanOrEqual(receivedBy);
+      const detail = e.detail as { items: Array<{ expected: string }>; moreItems: number };
+      expect(detail.items.length).toBe(64);
+      expect(detail.moreItems).toBe(436);
+      expect(detail.items[0]!.expected.length).toBe(256);
+    }
+    // A page of the feed stays far below the admin client's 16 MiB answer cap.
+    expect(JSON.stringify(mesh.feed(0, null)).length).toBeLessThan(4 * 1024 * 1024);
+  });
+
   it('the honest nodes keep their mesh, and a node joining later gets every valid peer', async () => {
     const [a, b] = agents as [TestAgent, TestAgent];
     const late = await addAgent('honest-late');

@@ -17,7 +17,12 @@ import { policyId } from './policy.js';
 import { SecretBox } from './secret-box.js';
 import { generateSigningKey, signingKeyFromPkcs8, type SigningKey } from './signer.js';
 
+import { TokenBuckets } from '../../util/token-bucket.js';
+
 export type { DeliverySessions } from './delivery.js';
+
+/** An agent reconciles once a minute (and after a gap); 6 a minute leaves room for reconnects. */
+export const DRIFT_REPORTS_PER_MINUTE = 6;
 export type { FeedEntry } from './feed.js';
 
 /**
@@ -80,6 +85,8 @@ export class MeshService {
   readonly #opts: Required<Omit<MeshOptions, 'cidr' | 'passphrase'>>;
   readonly #model: MeshModel;
   readonly #feed: MeshFeed;
+  /** Drift reports per node (see drift()); full buckets are evicted first, so the table stays small. */
+  readonly #driftRate = new TokenBuckets({ perMinute: DRIFT_REPORTS_PER_MINUTE, maxEntries: 100_000 });
   readonly #events: EventLog;
   readonly #delivery: EventDelivery;
   #policy: Policy | null;
@@ -436,9 +443,18 @@ export class MeshService {
     return this.#background(this.#nodeChanged(nodeId));
   }
 
-  drift(nodeId: string, report: PayloadOf<'drift.report'>): void {
+  /**
+   * A drift report: at most DRIFT_REPORTS_PER_MINUTE per node (an agent reconciles once a minute;
+   * more is dropped and logged), stored with the receive time and pruned with the feed.
+   */
+  drift(nodeId: string, report: PayloadOf<'drift.report'>, receivedAt = Date.now()): void {
     if (!this.#model.nodes.has(nodeId)) return;
-    this.#feed.recordDrift(nodeId, report);
+    if (!this.#driftRate.take(nodeId, receivedAt)) {
+      this.#log.warn({ nodeId, items: report.items.length }, 'drift report over the node’s rate; dropped');
+      return;
+    }
+    this.#feed.recordDrift(nodeId, report, receivedAt);
+    this.#feed.pruneIfDue();
     this.#log.warn({ nodeId, items: report.items.length, fields: report.items.slice(0, 10).map((i) => i.field) }, 'agent reported and corrected drift');
     this.#feed.wake();
   }
