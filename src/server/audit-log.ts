@@ -106,15 +106,33 @@ export class AuditLog {
     return this.#stmts.pruneAgent.run(nodeId, nodeId, keep).changes;
   }
 
-  /** Newest first, at most `limit` (1–10,000). */
+  /** Newest first, at most `limit` (1–10,000) and at most PAGE_BYTES of records. */
   list(limit = 100): AuditRecord[] {
-    return (this.#stmts.list.all(clamp(limit)) as Row[]).map(recordOf);
+    return page(this.#stmts.list.all(clamp(limit)) as Row[]);
   }
 
-  /** The node's newest records first. */
+  /** The node's newest records first (same caps as list). */
   ofNode(nodeId: string, limit: number): AuditRecord[] {
-    return (this.#stmts.ofNode.all(nodeId, clamp(limit)) as Row[]).map(recordOf);
+    return page(this.#stmts.ofNode.all(nodeId, clamp(limit)) as Row[]);
   }
+}
+
+/**
+ * A page of records holds at most this many bytes of stored text (at least one record), so that
+ * `meshlink server audit --limit 10000` of 4 KiB records stays far below the admin client's 16 MiB
+ * answer cap instead of failing with "admin response too large": the newest records are shown.
+ */
+export const AUDIT_PAGE_BYTES = 8 * 1024 * 1024;
+
+function page(rows: Row[]): AuditRecord[] {
+  let bytes = 0;
+  const out: AuditRecord[] = [];
+  for (const r of rows) {
+    bytes += 256 + String(r.details ?? '').length + String(r.target ?? '').length + String(r.actor ?? '').length + String(r.operation).length + String(r.result).length;
+    if (out.length > 0 && bytes > AUDIT_PAGE_BYTES) break;
+    out.push(recordOf(r));
+  }
+  return out;
 }
 
 const clamp = (limit: number): number => Math.max(1, Math.min(Math.floor(limit), 10_000));

@@ -64,3 +64,17 @@ describe('agent-reported audit records are limited per node', () => {
     expect(audit.list(10_000).some((r) => r.id === operatorRecord)).toBe(true);
   });
 });
+
+describe('the audit listing', () => {
+  it('pages by bytes: 5,000 records of 4 KiB details fit an admin answer (newest first)', async () => {
+    const audit = AuditLog.of(srv.server.store);
+    const details = { blob: 'y'.repeat(4000) };
+    srv.server.store.database.transaction(() => {
+      for (let i = 0; i < 5_000; i++) audit.record({ source: 'admin', actor: 'op', operation: `bulk-${i}`, nodeId: null, target: null, result: 'ok', details });
+    })();
+    const listed = audit.list(10_000);
+    expect(JSON.stringify(listed).length).toBeLessThan(16 * 1024 * 1024);
+    expect(listed.length).toBeGreaterThan(1_000);
+    expect(listed[0]!.operation).toBe('bulk-4999');
+  });
+});
