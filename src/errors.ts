@@ -198,6 +198,11 @@ export const ERRORS = {
   },
   ML_ERR_MESH_EXHAUSTED: { status: 409, exit: 'internal', description: 'No free address is left in the mesh range.' },
   ML_ERR_MESH_TAG: { status: 400, exit: 'usage', description: 'A tag is not valid (letters, digits, . _ -; at most 64).' },
+  ML_ERR_MESH_KEY_IN_USE: {
+    closeCode: 4410,
+    exit: 'internal',
+    description: 'A node reported a WireGuard public key that another live node holds; the session is refused and the claim is written to the audit log.',
+  },
   ML_ERR_MESH_CLOSED: { status: 503, exit: 'internal', description: 'The server is shutting down; mesh changes are no longer computed (the next start recomputes).' },
   // --- NAT traversal (STUN endpoint discovery; docs/MESH.md) ---
   ML_ERR_STUN_NO_ANSWER: { exit: 'timeout', description: 'The STUN responder did not answer a Binding request in time (UDP blocked, or the responder off).' },

@@ -1,5 +1,6 @@
 import type { Command, CommanderError } from 'commander';
 import { EXIT_CODES, MeshlinkError } from '../errors.js';
+import { printable } from './table.js';
 
 /**
  * How every command reports a failure: `error <CODE>: message` on stderr and the exit number of the
@@ -15,7 +16,8 @@ export function exitCodeFor(err: unknown): number {
 /** Sets process.exitCode rather than exiting, so that buffered output (logs, stdout) is flushed. */
 export function reportFailure(err: unknown): void {
   const code = err instanceof MeshlinkError ? err.code : 'ML_ERR_INTERNAL';
-  process.stderr.write(`error ${code}: ${err instanceof Error ? err.message : String(err)}\n`);
+  // A message can carry a peer's words (an agent's reject or error text): escaped like every agent-supplied string.
+  process.stderr.write(`error ${code}: ${printable(err instanceof Error ? err.message : String(err))}\n`);
   if (!(err instanceof MeshlinkError) && err instanceof Error && err.stack !== undefined && process.env.MESHLINK_LOG_LEVEL === 'debug') {
     process.stderr.write(`${err.stack}\n`);
   }

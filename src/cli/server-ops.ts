@@ -114,7 +114,7 @@ export function registerOpsCommands(server: Command): void {
         } else if (r.truncated) process.stderr.write('(output truncated at the agent’s cap)\n');
         if (r.error) {
           const code = /^(ML_ERR_[A-Z0-9_]+)/.exec(r.error)?.[1];
-          if (!o.json) process.stderr.write(`error ${r.error}\n`);
+          if (!o.json) process.stderr.write(`error ${printable(r.error)}\n`);
           process.exitCode = exitCodeFor(MeshlinkError.fromWire(code, r.error));
           return;
         }

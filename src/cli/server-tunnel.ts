@@ -1,4 +1,5 @@
 import { createServer, type Server, type Socket } from 'node:net';
+import { printable } from './table.js';
 import { Option, type Command } from 'commander';
 import { z } from 'zod';
 import { localActor } from '../admin-api/actor.js';
@@ -87,7 +88,7 @@ async function listen(adminSocket: string, req: TcpTunnelRequest, at: { host: st
       (err: unknown) => {
         // One connection's failure (refused target, reset) ends that connection only.
         const e = err instanceof MeshlinkError ? err : new MeshlinkError('ML_ERR_INTERNAL', String((err as Error)?.message ?? err));
-        process.stderr.write(`tunnel connection from ${peer}: error ${e.code}: ${e.message}\n`);
+        process.stderr.write(`tunnel connection from ${peer}: error ${e.code}: ${printable(e.message)}\n`);
         if (!conn.destroyed) conn.resetAndDestroy();
       },
     );

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { Decoder, Encoder } from '@msgpack/msgpack';
 import { z } from 'zod';
+import { zodErrorText } from '../util/zod-error.js';
 
 /**
  * The mesh event format both sides agree on (docs/MESH.md): event types and their payload schemas,
@@ -34,6 +35,17 @@ const cidrSchema = z.string().regex(/^[0-9.]+\/\d{1,2}$/, 'an IPv4 CIDR');
 /** `HOST:PORT` or `[v6]:PORT`. */
 export const endpointSchema = z.string().min(3).max(300).regex(/^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$/, 'HOST:PORT');
 
+/**
+ * What a node reports about itself, in `hello` and `event.ack` (docs/MESH.md): the server checks it with
+ * exactly the schemas its peers apply to the peer entries built from it, before storing anything, so a
+ * value one node sends can never become a peer entry the others must reject.
+ */
+export const selfReportSchema = z.object({
+  wgPublicKey: wgKeySchema.optional(),
+  endpoints: z.array(endpointSchema).max(32).optional(),
+});
+export type SelfReport = z.infer<typeof selfReportSchema>;
+
 export const peerSchema = z.object({
   nodeId: nodeIdSchema,
   meshIp: ipv4Schema,
@@ -54,11 +66,14 @@ export type MeshState = z.infer<typeof meshStateSchema>;
 
 const policyRuleSchema = z.object({ from: z.string().min(1).max(64), to: z.string().min(1).max(64) });
 
+const peerKeyEntrySchema = z.object({ nodeId: nodeIdSchema, publicKey: wgKeySchema });
+const peerEndpointEntrySchema = z.object({ nodeId: nodeIdSchema, endpoints: z.array(endpointSchema).max(32) });
+
 export const EVENT_PAYLOAD_SCHEMAS = {
   peer_added: z.object({ peers: z.array(peerSchema).max(100_000) }),
   peer_removed: z.object({ nodeIds: z.array(nodeIdSchema).max(100_000) }),
-  peer_key_rotated: z.object({ peers: z.array(z.object({ nodeId: nodeIdSchema, publicKey: wgKeySchema })).max(100_000) }),
-  peer_endpoint_changed: z.object({ peers: z.array(z.object({ nodeId: nodeIdSchema, endpoints: z.array(endpointSchema).max(32) })).max(100_000) }),
+  peer_key_rotated: z.object({ peers: z.array(peerKeyEntrySchema).max(100_000) }),
+  peer_endpoint_changed: z.object({ peers: z.array(peerEndpointEntrySchema).max(100_000) }),
   policy_updated: z.object({ policyId: z.string().max(64), rules: z.array(policyRuleSchema).max(10_000).nullable() }),
   rotate_keys: z.object({ reason: z.string().max(256).optional() }),
   /** The next signing key, inside an envelope signed by the current one. */
@@ -93,15 +108,80 @@ export function encodeEnvelope<T extends EventType>(env: Envelope<T>): Uint8Arra
   return encoder.encode({ seq: env.seq, type: env.type, ts: env.ts, payload: env.payload });
 }
 
-export type DecodedEnvelope = { known: true; envelope: Envelope } | { known: false; seq: number; type: string; ts: number };
+/** A per-peer entry a receiver dropped instead of rejecting the whole event or state that carried it. */
+export interface SkippedEntry {
+  /** Where it was, e.g. `peer_added.peers[3]` or `state.peers[0]`. */
+  where: string;
+  /** The entry's node id when it had a readable one (a peer's node id is not a secret). */
+  nodeId: string | null;
+  /** The first schema issue, as zod-error text (never the value). */
+  issue: string;
+}
 
-/** Decodes received envelope bytes (already verified) and validates the payload of known types. */
+/**
+ * One peer's bad entry costs that peer, never the event or the state around it: otherwise a single
+ * value (a key that is not a key, an endpoint that is not HOST:PORT) would make every node that lists
+ * the peer drop every event and reconciliation containing it, and a node joining later would get no
+ * peers at all (issue 17). The list itself must still be a list within its cap; each entry is checked
+ * with the schema a whole-list parse would apply to it.
+ */
+function keepValidEntries(list: unknown, entry: z.ZodType, where: string, skipped: SkippedEntry[]): unknown {
+  if (!Array.isArray(list)) return list;
+  const kept: unknown[] = [];
+  list.forEach((item: unknown, i) => {
+    const parsed = entry.safeParse(item);
+    if (parsed.success) kept.push(item);
+    else {
+      const nodeId = (item as { nodeId?: unknown } | null)?.nodeId;
+      skipped.push({ where: `${where}[${i}]`, nodeId: typeof nodeId === 'string' && nodeId.length <= 128 ? nodeId : null, issue: zodErrorText(parsed.error) });
+    }
+  });
+  return kept;
+}
+
+/**
+ * A mesh state (a snapshot, a reconciliation answer) with its invalid peer entries dropped and
+ * recorded in `skipped`; anything that is not an object with a peer list is returned as it is, for
+ * the caller's strict parse to refuse.
+ */
+export function dropInvalidPeers(state: unknown, where: string, skipped: SkippedEntry[]): unknown {
+  if (typeof state !== 'object' || state === null || !('peers' in state)) return state;
+  return { ...state, peers: keepValidEntries((state as { peers: unknown }).peers, peerSchema, `${where}.peers`, skipped) };
+}
+
+/** The per-peer lists of each event type, filtered entry by entry before the payload's strict parse. */
+function dropInvalidEventEntries(type: EventType, payload: unknown, skipped: SkippedEntry[]): unknown {
+  if (typeof payload !== 'object' || payload === null) return payload;
+  const p = payload as Record<string, unknown>;
+  switch (type) {
+    case 'peer_added':
+      return { ...p, peers: keepValidEntries(p.peers, peerSchema, `${type}.peers`, skipped) };
+    case 'peer_key_rotated':
+      return { ...p, peers: keepValidEntries(p.peers, peerKeyEntrySchema, `${type}.peers`, skipped) };
+    case 'peer_endpoint_changed':
+      return { ...p, peers: keepValidEntries(p.peers, peerEndpointEntrySchema, `${type}.peers`, skipped) };
+    case 'node_state_updated':
+      return { ...p, state: dropInvalidPeers(p.state, type, skipped) };
+    default:
+      return payload;
+  }
+}
+
+export type DecodedEnvelope =
+  | { known: true; envelope: Envelope; skipped: SkippedEntry[] }
+  | { known: false; seq: number; type: string; ts: number };
+
+/**
+ * Decodes received envelope bytes (already verified) and validates the payload of known types; invalid
+ * per-peer entries are dropped and listed in `skipped` (see keepValidEntries).
+ */
 export function decodeEnvelope(bytes: Uint8Array): DecodedEnvelope {
   const raw = envelopeShape.parse(new Decoder({ maxStrLength: bytes.byteLength, maxBinLength: bytes.byteLength, maxArrayLength: bytes.byteLength, maxMapLength: bytes.byteLength }).decode(bytes));
   if (!(EVENT_TYPES as readonly string[]).includes(raw.type)) return { known: false, seq: raw.seq, type: raw.type, ts: raw.ts };
   const type = raw.type as EventType;
-  const payload = EVENT_PAYLOAD_SCHEMAS[type].parse(raw.payload);
-  return { known: true, envelope: { seq: raw.seq, type, ts: raw.ts, payload } as Envelope };
+  const skipped: SkippedEntry[] = [];
+  const payload = EVENT_PAYLOAD_SCHEMAS[type].parse(dropInvalidEventEntries(type, raw.payload, skipped));
+  return { known: true, envelope: { seq: raw.seq, type, ts: raw.ts, payload } as Envelope, skipped };
 }
 
 /**
@@ -155,10 +235,14 @@ export function snapshotSigningBytes(snapshotBytes: Uint8Array): Uint8Array {
 }
 
 /** Decodes verified snapshot bytes; throws (a zod or MessagePack error) when they are not a snapshot. */
-export function decodeSnapshot(bytes: Uint8Array): Snapshot {
+export function decodeSnapshot(bytes: Uint8Array, skipped: SkippedEntry[] = []): Snapshot {
   const raw: unknown = new Decoder({ maxStrLength: bytes.byteLength, maxBinLength: bytes.byteLength, maxArrayLength: bytes.byteLength, maxMapLength: bytes.byteLength }).decode(bytes);
-  const snapshot = snapshotSchema.parse(raw);
-  if (stateDigest(snapshot.state) !== snapshot.digest) throw new Error('the snapshot digest does not match its state');
+  // One bad peer entry costs that peer only (as in events): dropped before the strict parse, listed in `skipped`.
+  const filtered = typeof raw === 'object' && raw !== null && 'state' in raw ? { ...raw, state: dropInvalidPeers((raw as { state: unknown }).state, 'snapshot.state', skipped) } : raw;
+  const snapshot = snapshotSchema.parse(filtered);
+  // The digest covers the state as the server sent it; with entries dropped it cannot match, and the
+  // agent keeps the server's digest so that reconciliation does not resend the same state forever.
+  if (skipped.length === 0 && stateDigest(snapshot.state) !== snapshot.digest) throw new Error('the snapshot digest does not match its state');
   return snapshot;
 }
 

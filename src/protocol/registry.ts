@@ -53,6 +53,13 @@ const u53 = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER);
 /** Request id: unique per sender among its outstanding requests. */
 const rid = u32;
 const shortText = z.string().max(1024);
+/**
+ * A short name or label the receiver shows to people (an agent version, a hostname, an audit
+ * operation): no control characters (C0, DEL, C1), which could move a terminal's cursor or retitle its
+ * window. Free text (messages, log lines) stays `text`; whoever prints it escapes it.
+ */
+// eslint-disable-next-line no-control-regex
+const label = z.string().max(1024).regex(/^[^\u0000-\u001f\u007f-\u009f]*$/, 'no control characters');
 const text = z.string().max(64 * 1024);
 const errorCode = z.string().regex(/^[A-Z][A-Z0-9_]{1,63}$/);
 const pem = z.string().max(16 * 1024).startsWith('-----BEGIN ');
@@ -81,9 +88,9 @@ const upgradeOffer = z.object({
 const helloSchema = z.object({
   /** Protocol versions the agent speaks, any order. */
   versions: z.array(z.number().int().min(1).max(0xffff)).min(1).max(32),
-  agentVersion: shortText,
-  buildId: shortText.optional(),
-  hostname: shortText.optional(),
+  agentVersion: label,
+  buildId: label.optional(),
+  hostname: label.optional(),
   /** Last mesh event seq the agent applied (for replay); 0 when none. */
   lastEventSeq: u53.optional(),
   wgPublicKey: z.string().max(64).optional(),
@@ -120,10 +127,10 @@ const logRecord = z.object({
 });
 const auditRecord = z.object({
   ts: u53,
-  action: shortText,
-  actor: shortText.optional(),
-  target: shortText.optional(),
-  result: shortText,
+  action: label,
+  actor: label.optional(),
+  target: label.optional(),
+  result: label,
   details: z.record(z.string().max(256), z.unknown()).optional(),
 });
 

@@ -1,3 +1,4 @@
+import type { MeshlinkError } from '../errors.js';
 import type { CloseInfo } from '../protocol/session.js';
 import type { InputOf, KindName, PayloadOf, RequestKindName as RequestKind, ResponseKindOf as ResponseName } from '../protocol/registry.js';
 import type { MuxStream } from '../protocol/stream.js';
@@ -41,6 +42,11 @@ export type AgentRequestHandler<N extends RequestKind> = (
 ) => Omit<InputOf<ResponseName<N>>, 'rid'> | Promise<Omit<InputOf<ResponseName<N>>, 'rid'>>;
 /** Contributes fields to the welcome of a new session (e.g. an upgrade offer). */
 export type WelcomeContributor = (hello: PayloadOf<'hello'>, info: AgentConnectionInfo) => Partial<InputOf<'welcome'>>;
+/**
+ * Checks a new session's hello before it is welcomed; a MeshlinkError it throws refuses the session
+ * (an `error` frame with its code, then its close code), before any `agent-open`.
+ */
+export type HelloCheck = (hello: PayloadOf<'hello'>, info: AgentConnectionInfo) => void;
 
 export interface AgentSessions {
   on(event: 'agent-open', listener: (agent: AgentHandle) => void): void;
@@ -52,6 +58,13 @@ export interface AgentSessions {
   /** A request kind from agents (one handler per kind), on every session. */
   onRequest<N extends RequestKind>(kind: N, handler: AgentRequestHandler<N>): void;
   addWelcomeFields(contributor: WelcomeContributor): void;
+  addHelloCheck(check: HelloCheck): void;
+  /**
+   * Ends one session because a message it sent was refused: an `error` frame with the code, then the
+   * code's close code (ML_ERR_BAD_PAYLOAD: 4004). Features validate what the registry's schema cannot
+   * know (a value another feature's contract defines) and refuse with this.
+   */
+  refuse(agent: AgentHandle, error: MeshlinkError): void;
   /** The node's newest open session (the one to open streams on), if it is online. */
   current(nodeId: string): AgentHandle | undefined;
   /** True while the node has an open session (the one definition of online). */

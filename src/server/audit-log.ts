@@ -70,6 +70,8 @@ export class AuditLog {
       finish: db.prepare('UPDATE audit_log SET finished_at = ?, result = ?, details = COALESCE(?, details) WHERE id = ?'),
       list: db.prepare('SELECT * FROM audit_log ORDER BY id DESC LIMIT ?'),
       ofNode: db.prepare('SELECT * FROM audit_log WHERE node_id = ? ORDER BY id DESC LIMIT ?'),
+      pruneAgent: db.prepare(`DELETE FROM audit_log WHERE node_id = ? AND source = 'agent' AND id <= (
+        SELECT id FROM audit_log WHERE node_id = ? AND source = 'agent' ORDER BY id DESC LIMIT 1 OFFSET ?)`),
     };
   }
 
@@ -99,15 +101,38 @@ export class AuditLog {
     return Number(info.lastInsertRowid);
   }
 
-  /** Newest first, at most `limit` (1–10,000). */
-  list(limit = 100): AuditRecord[] {
-    return (this.#stmts.list.all(clamp(limit)) as Row[]).map(recordOf);
+  /** Keeps the newest `keep` records a node's agent reported, deleting older ones (the operator's are never pruned here). */
+  pruneAgentRecords(nodeId: string, keep: number): number {
+    return this.#stmts.pruneAgent.run(nodeId, nodeId, keep).changes;
   }
 
-  /** The node's newest records first. */
-  ofNode(nodeId: string, limit: number): AuditRecord[] {
-    return (this.#stmts.ofNode.all(nodeId, clamp(limit)) as Row[]).map(recordOf);
+  /** Newest first, at most `limit` (1–10,000) and at most PAGE_BYTES of records. */
+  list(limit = 100): AuditRecord[] {
+    return page(this.#stmts.list.all(clamp(limit)) as Row[]);
   }
+
+  /** The node's newest records first (same caps as list). */
+  ofNode(nodeId: string, limit: number): AuditRecord[] {
+    return page(this.#stmts.ofNode.all(nodeId, clamp(limit)) as Row[]);
+  }
+}
+
+/**
+ * A page of records holds at most this many bytes of stored text (at least one record), so that
+ * `meshlink server audit --limit 10000` of 4 KiB records stays far below the admin client's 16 MiB
+ * answer cap instead of failing with "admin response too large": the newest records are shown.
+ */
+export const AUDIT_PAGE_BYTES = 8 * 1024 * 1024;
+
+function page(rows: Row[]): AuditRecord[] {
+  let bytes = 0;
+  const out: AuditRecord[] = [];
+  for (const r of rows) {
+    bytes += 256 + String(r.details ?? '').length + String(r.target ?? '').length + String(r.actor ?? '').length + String(r.operation).length + String(r.result).length;
+    if (out.length > 0 && bytes > AUDIT_PAGE_BYTES) break;
+    out.push(recordOf(r));
+  }
+  return out;
 }
 
 const clamp = (limit: number): number => Math.max(1, Math.min(Math.floor(limit), 10_000));

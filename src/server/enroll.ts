@@ -12,7 +12,7 @@ import { TokenBuckets } from '../util/token-bucket.js';
 import type { RevocationList } from './revocation.js';
 import type { EnrollmentCommit, Store } from './store/store.js';
 import type { EnrollmentEvents } from './feature.js';
-import { findUsableToken, hashToken } from './tokens.js';
+import { findUsableToken, hashToken, isUsableToken } from './tokens.js';
 
 /**
  * POST /v1/enroll, GET /v1/ca, POST /v1/renew, and issueNodeCertificate (also used in-band for
@@ -187,16 +187,20 @@ export class EnrollmentService implements EnrollmentEvents {
 
   // --- HTTP handlers ---
 
-  /** Wraps a failing-request-counting handler: 429 before any work when the address is over its budget. */
-  private async limited(req: IncomingMessage, res: ServerResponse, work: () => Promise<unknown>): Promise<void> {
+  /**
+   * Wraps a failing-request-counting handler. An address over its failure budget gets 429 before any
+   * work, unless the handler takes `overBudget` (enrollment): then it is handed `retryAfterSec` and
+   * decides with a cheap check, so that one bad neighbour behind a NAT does not lock everyone out.
+   */
+  private async limited(req: IncomingMessage, res: ServerResponse, work: (retryAfterSec: number) => Promise<unknown>, mayPassOverBudget = false): Promise<void> {
     const address = req.socket.remoteAddress ?? 'unknown';
     const wait = this.deps.limiter.retryAfterSec(address);
-    if (wait > 0) {
-      sendError(res, new MeshlinkError('ML_ERR_RATE_LIMITED', 'too many failed requests from this address', { retryAfterSec: wait }));
+    if (wait > 0 && !mayPassOverBudget) {
+      sendError(res, rateLimited(wait));
       return;
     }
     try {
-      sendJson(res, 200, await work());
+      sendJson(res, 200, await work(wait));
     } catch (err) {
       if (err instanceof MeshlinkError && err.status < 500) {
         this.deps.limiter.charge(address);
@@ -208,8 +212,24 @@ export class EnrollmentService implements EnrollmentEvents {
     }
   }
 
+  /**
+   * Failed enrollments are limited per source address, but an address over its budget is refused only
+   * for tokens that are not usable: a valid token from it is still accepted. The check is a hash and an
+   * index lookup on a capped body, done before any CSR parsing or signing, so a source over budget
+   * costs the server no more than a 429 would; guessing a token (128 random bits) stays hopeless,
+   * and every wrong guess is charged again and answered 429 (docs/SERVER.md, "Rate limits").
+   */
   handleEnroll(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    return this.limited(req, res, async () => this.enroll(await readJson(req, ENROLL_BODY_CAP, enrollBodySchema)));
+    return this.limited(
+      req,
+      res,
+      async (retryAfterSec) => {
+        const body = await readJson(req, ENROLL_BODY_CAP, enrollBodySchema);
+        if (retryAfterSec > 0 && !isUsableToken(this.deps.store, body.token, Date.now())) throw rateLimited(retryAfterSec);
+        return this.enroll(body);
+      },
+      true,
+    );
   }
 
   handleRenew(req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -224,4 +244,8 @@ export class EnrollmentService implements EnrollmentEvents {
     res.writeHead(200, { 'content-type': 'application/x-pem-file', 'content-length': String(Buffer.byteLength(pem)), 'cache-control': 'no-store' });
     res.end(pem);
   }
+}
+
+function rateLimited(retryAfterSec: number): MeshlinkError {
+  return new MeshlinkError('ML_ERR_RATE_LIMITED', 'too many failed requests from this address', { retryAfterSec });
 }

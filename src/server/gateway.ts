@@ -44,6 +44,8 @@ export interface GatewayTimeouts {
   maxQueuedConnections: number;
   /** A connection that waited this long for a handshake slot is dropped (the agent retries). */
   queueWaitMs: number;
+  /** Handshakes in flight from one source address (fairness: admission.ts). */
+  maxHandshakesPerSource: number;
 }
 
 export const DEFAULT_GATEWAY_TIMEOUTS: GatewayTimeouts = Object.freeze({
@@ -55,6 +57,7 @@ export const DEFAULT_GATEWAY_TIMEOUTS: GatewayTimeouts = Object.freeze({
   maxHandshakes: 128,
   maxQueuedConnections: 16_384,
   queueWaitMs: 10_000,
+  maxHandshakesPerSource: 16,
 });
 
 export interface GatewayDeps {
@@ -193,7 +196,7 @@ export function createGateway(deps: GatewayDeps): Gateway {
   // to it is the documented `server.emit('connection', socket)`. The listener pauses every socket on
   // accept, so a waiting connection's ClientHello stays in the kernel until its handshake starts.
   const admission = new AdmissionQueue(
-    { maxInFlight: t.maxHandshakes, maxQueued: t.maxQueuedConnections, maxWaitMs: t.queueWaitMs },
+    { maxInFlight: t.maxHandshakes, maxQueued: t.maxQueuedConnections, maxWaitMs: t.queueWaitMs, maxInFlightPerSource: t.maxHandshakesPerSource },
     (socket) => server.emit('connection', socket),
     (reason) => {
       deps.registry.noteRefused('ML_ERR_OVERLOADED');

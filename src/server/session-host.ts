@@ -14,6 +14,7 @@ import type {
   AgentRequestHandler,
   AgentSessions,
   AgentStreamHandler,
+  HelloCheck,
   SendResult,
   WelcomeContributor,
 } from './agent-sessions.js';
@@ -115,6 +116,7 @@ export class SessionHost extends EventEmitter<SessionHostEvents> implements Gate
   readonly #streamHandlers = new HandlerRegistry<StreamArgs>({ exclusive: true });
   readonly #requestHandlers = new HandlerRegistry<RequestArgs>({ exclusive: true });
   readonly #welcomeContributors: WelcomeContributor[] = [];
+  readonly #helloChecks: HelloCheck[] = [];
   #livenessTimer: NodeJS.Timeout;
 
   constructor(deps: SessionHostDeps) {
@@ -144,6 +146,7 @@ export class SessionHost extends EventEmitter<SessionHostEvents> implements Gate
         if (!node || node.removedAt !== null) throw new MeshlinkError('ML_ERR_CERT_REVOKED', 'node was removed');
         // A newer certificate's session may have opened since the gateway admitted this socket.
         if (this.#deps.revocations?.has(info.certSerial)) throw new MeshlinkError('ML_ERR_CERT_REVOKED', 'the client certificate was superseded');
+        for (const check of this.#helloChecks) check(hello, info);
         if (hello.agentVersion !== node.agentVersion) this.#deps.store.setAgentVersion(info.nodeId, hello.agentVersion);
         const serverUrl = this.#deps.announcedServerUrl;
         let welcome: Omit<InputOf<'welcome'>, 'version'> = {
@@ -245,6 +248,14 @@ export class SessionHost extends EventEmitter<SessionHostEvents> implements Gate
 
   addWelcomeFields(contributor: WelcomeContributor): void {
     this.#welcomeContributors.push(contributor);
+  }
+
+  addHelloCheck(check: HelloCheck): void {
+    this.#helloChecks.push(check);
+  }
+
+  refuse(agent: AgentHandle, error: MeshlinkError): void {
+    this.#sessionOf(agent)?.abort(error);
   }
 
   current(nodeId: string): ConnectedAgent | undefined {

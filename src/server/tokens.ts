@@ -54,6 +54,12 @@ export function createToken(
  * A read-only pre-check, done before any signing work so a bad token costs a hash and an index
  * lookup. It does not consume: the enrollment commit re-checks atomically.
  */
+/** findUsableToken as a yes or no (the enrollment limiter's check of a source over its budget). */
+export function isUsableToken(store: Store, token: string, now: number): boolean {
+  const row = TOKEN_RE.test(token) ? store.getToken(hashToken(token)) : undefined;
+  return row !== undefined && row.consumedAt === null && row.expiresAt > now;
+}
+
 export function findUsableToken(store: Store, token: string, now: number): TokenRow {
   const row = TOKEN_RE.test(token) ? store.getToken(hashToken(token)) : undefined;
   // One message for every case: do not tell a prober which tokens exist.

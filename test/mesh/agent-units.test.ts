@@ -4,6 +4,8 @@ import { stat, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { EventDispatcher } from '../../src/agent/mesh/dispatcher.js';
+import { MeshAgent } from '../../src/agent/mesh/mesh-agent.js';
+import type { Session } from '../../src/protocol/session.js';
 import { EventVerifier } from '../../src/agent/mesh/verifier.js';
 import { parseWgDump } from '../../src/agent/mesh/wg-apply.js';
 import { renderWgQuick } from '../../src/agent/mesh/wg-config.js';
@@ -142,5 +144,54 @@ describe('wg-quick rendering and wg dump parsing', () => {
         { publicKey: 'PEER2', psk: null, endpoint: null, allowedIps: [] },
       ],
     });
+  });
+});
+
+describe('MeshAgent and invalid peer entries (issue 17, item 1)', () => {
+  const peer = (n: number, over: Record<string, unknown> = {}) => ({ nodeId: `n${n}`, meshIp: `10.100.0.${n}`, publicKey: Buffer.alloc(32, n).toString('base64'), endpoints: [`192.0.2.${n}:51820`], psk: Buffer.alloc(32, 100 + n).toString('base64'), ...over });
+
+  async function agentWith() {
+    const s = signer();
+    const dir = await tempDir('ml-mesh-skip-');
+    cleanups.push(dir.cleanup);
+    const mesh = await MeshAgent.create({ stateDir: dir.path, logger: createLogger({ name: 't', level: 'silent' }), persist: false });
+    mesh.verifier.trustWelcome([{ keyId: s.keyId, publicKey: s.publicKey }]);
+    const closedSession = { state: 'closed' } as unknown as Session;
+    // The envelope is built by hand (not through the payload types): it carries what a bad server sent.
+    const deliver = (env: { seq: number; type: string; ts: number; payload: unknown }) => {
+      const bytes = encodeEnvelope(env as Envelope);
+      return mesh.receive({ envelope: bytes as Uint8Array<ArrayBuffer>, signature: s.sign(bytes), keyId: s.keyId }, closedSession);
+    };
+    return { mesh, deliver };
+  }
+
+  it('skips one bad peer of a snapshot or a peer event, applies the rest, and counts it', async () => {
+    const { mesh, deliver } = await agentWith();
+    await deliver({ seq: 1, type: 'node_state_updated', ts: 1, payload: { state: { nodeId: 'me', meshIp: '10.100.0.1', cidr: '10.100.0.0/16', peers: [peer(2), peer(3, { publicKey: 'not a key' })] } } });
+    expect(mesh.lastEventSeq).toBe(1);
+    expect(mesh.state!.peers.map((p) => p.nodeId)).toEqual(['n2']);
+    await deliver({ seq: 2, type: 'peer_added', ts: 2, payload: { peers: [peer(4, { endpoints: ['no port'] }), peer(5)] } });
+    await deliver({ seq: 3, type: 'peer_key_rotated', ts: 3, payload: { peers: [{ nodeId: 'n2', publicKey: '!!' }, { nodeId: 'n5', publicKey: Buffer.alloc(32, 55).toString('base64') }] } });
+    expect(mesh.lastEventSeq).toBe(3);
+    expect(mesh.state!.peers.map((p) => p.nodeId)).toEqual(['n2', 'n5']);
+    expect(mesh.state!.peers[0]!.publicKey).toBe(peer(2).publicKey);
+    expect(mesh.state!.peers[1]!.publicKey).toBe(Buffer.alloc(32, 55).toString('base64'));
+    expect(mesh.skippedPeerEntries).toBe(3);
+    expect(mesh.status().skippedPeerEntries).toBe(3);
+  });
+
+  it('applies a reconciliation state without its bad peer', async () => {
+    const { mesh } = await agentWith();
+    const state = { nodeId: 'me', meshIp: '10.100.0.1', cidr: '10.100.0.0/16', peers: [peer(2), peer(3, { endpoints: ['x'] })] };
+    const session = {
+      state: 'open',
+      request: async () => ({ rid: 1, inSync: false, state: { ...state, seq: 7, digest: 'd' } }),
+      send: () => true,
+    } as unknown as Session;
+    const result = await mesh.reconcile(session);
+    expect(result.inSync).toBe(false);
+    expect(mesh.state!.peers.map((p) => p.nodeId)).toEqual(['n2']);
+    expect(mesh.lastEventSeq).toBe(7);
+    expect(mesh.skippedPeerEntries).toBe(1);
   });
 });

@@ -157,19 +157,28 @@ describe('failure rate limit', () => {
     await ts.stop();
   });
 
-  it('after 10 failures in a minute the address gets 429 with Retry-After, even with a good token', async () => {
+  it('after 10 failures in a minute the address gets 429 with Retry-After for bad tokens, and a valid token is still accepted', async () => {
     const csr = (await makeCsr('rl')).csrPem;
     for (let i = 0; i < 10; i++) {
       const r = await httpsRequest(`${ts.url}/v1/enroll`, { ca: ts.server.caCertPem, body: { token: 'B'.repeat(22), csr } });
       expect(r.status).toBe(401);
     }
+    // Brute force stays limited: every further wrong guess from the address is 429, not 401.
+    for (const guess of ['C'.repeat(22), 'D'.repeat(22), 'B'.repeat(22)]) {
+      const limited = await httpsRequest(`${ts.url}/v1/enroll`, { ca: ts.server.caCertPem, body: { token: guess, csr } });
+      expect(limited.status).toBe(429);
+      expect(limited.json()).toMatchObject({ code: 'ML_ERR_RATE_LIMITED' });
+      const retryAfter = Number(limited.headers['retry-after']);
+      expect(retryAfter).toBeGreaterThanOrEqual(1);
+      expect(retryAfter).toBeLessThanOrEqual(60);
+    }
+    // Someone else behind the same address (one NAT) with a valid token enrolls.
     const good = createEnrollmentToken(ts.server.store, { ttlMs: 60_000 }).token;
-    const limited = await httpsRequest(`${ts.url}/v1/enroll`, { ca: ts.server.caCertPem, body: { token: good, csr } });
-    expect(limited.status).toBe(429);
-    expect(limited.json()).toMatchObject({ code: 'ML_ERR_RATE_LIMITED' });
-    const retryAfter = Number(limited.headers['retry-after']);
-    expect(retryAfter).toBeGreaterThanOrEqual(1);
-    expect(retryAfter).toBeLessThanOrEqual(6);
+    const accepted = await httpsRequest(`${ts.url}/v1/enroll`, { ca: ts.server.caCertPem, body: { token: good, csr } });
+    expect(accepted.status).toBe(200);
+    expect(accepted.json()).toHaveProperty('nodeId');
+    // Spent now: the same token again is a failure like any other, so 429.
+    expect((await httpsRequest(`${ts.url}/v1/enroll`, { ca: ts.server.caCertPem, body: { token: good, csr } })).status).toBe(429);
     // GET /v1/ca is not limited
     expect((await httpsRequest(`${ts.url}/v1/ca`, { ca: ts.server.caCertPem })).status).toBe(200);
   });

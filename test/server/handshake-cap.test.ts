@@ -1,3 +1,4 @@
+import { get as httpsGet } from 'node:https';
 import { connect as tcpConnect, type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { httpsRequest, startTestServer, type TestServer } from './helpers.js';
@@ -72,4 +73,25 @@ describe('gateway: TLS handshakes in flight are capped, the rest wait in order',
     expect(Date.now() - t0).toBeLessThan(2_000);
     expect(holder.destroyed).toBe(false); // the slot holder is still within its handshake timeout
   }, 10_000);
+});
+
+describe('gateway: fairness across sources (issue 17, item 7)', () => {
+  it('idle connections from one address cannot take every handshake slot: another address is still served', async () => {
+    const ts: TestServer = await startTestServer({}, { timeouts: { maxHandshakes: 4, maxHandshakesPerSource: 2, maxQueuedConnections: 1_000, queueWaitMs: 30_000, handshakeMs: 30_000 } });
+    cleanups.push(() => ts.stop());
+    const port = ts.server.address().port;
+    // 20 silent TCP connections from 127.0.0.1, never starting TLS.
+    const idle = await Promise.all(Array.from({ length: 20 }, () => openIdle(port)));
+    cleanups.push(() => idle.forEach((h) => h.destroy()));
+    // A health probe from another source address (127.0.0.2) gets its answer.
+    const status = await new Promise<number>((resolve, reject) => {
+      const req = httpsGet({ host: '127.0.0.1', port, path: '/healthz', ca: ts.server.caCertPem, servername: '127.0.0.1', localAddress: '127.0.0.2', agent: false, timeout: 20_000 }, (res) => {
+        res.resume();
+        resolve(res.statusCode ?? 0);
+      });
+      req.on('timeout', () => req.destroy(new Error('no answer')));
+      req.on('error', reject);
+    });
+    expect(status).toBe(200);
+  }, 60_000);
 });

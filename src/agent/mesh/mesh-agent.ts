@@ -8,7 +8,7 @@ import { EventVerifier } from './verifier.js';
 import { DEFAULT_WG_PORT, writeWgQuick, WG_CONFIG_FILE } from './wg-config.js';
 import { generateWgKeyPair, loadOrCreateWgKey, saveWgKey, type WgKeyPair } from './wg-keys.js';
 import type { DriftItem, WireGuardApplier } from './wg-apply.js';
-import { decodeEnvelope, decodeSnapshot, snapshotSigningBytes, stateDigest, type Envelope, type MeshState, type PeerInfo, type Snapshot } from '../../contract/mesh-events.js';
+import { decodeEnvelope, decodeSnapshot, snapshotSigningBytes, stateDigest, type Envelope, type MeshState, type PeerInfo, type SkippedEntry, type Snapshot } from '../../contract/mesh-events.js';
 import { join } from 'node:path';
 import { readPinnedEventKeys } from '../state/event-keys.js';
 
@@ -49,6 +49,8 @@ export class MeshAgent {
   #stopped = false;
   /** The node id of the last welcome, for a snapshot check before any state was applied. */
   #welcomeNodeId: string | undefined;
+  /** Peer entries dropped because they failed their schema (status file, `agent status --json`). */
+  #skippedPeerEntries = 0;
   /** Emitted for tests and the benchmark: (envelope, receivedAt). */
   onApplied: ((event: Envelope, receivedAt: number) => void) | null = null;
 
@@ -90,6 +92,10 @@ export class MeshAgent {
   }
   get state(): MeshState | null {
     return this.#applied.state;
+  }
+  /** How many invalid peer entries were dropped since start (each is logged with where it was). */
+  get skippedPeerEntries(): number {
+    return this.#skippedPeerEntries;
   }
 
   /** hello fields: what was applied (for replay), the WireGuard key and where peers can reach us. */
@@ -166,6 +172,7 @@ export class MeshAgent {
       return;
     }
     const seq = decoded.known ? decoded.envelope.seq : decoded.seq;
+    if (decoded.known) this.#skipped(decoded.skipped, seq);
     if (seq <= this.#applied.lastEventSeq) {
       this.#log.debug({ seq, lastEventSeq: this.#applied.lastEventSeq }, 'event already applied; ignored');
       return;
@@ -201,7 +208,7 @@ export class MeshAgent {
       interface: this.#o.applier?.interfaceName ?? null,
       configPath: join(this.#o.stateDir, WG_CONFIG_FILE),
       lastError: this.#lastError,
-    });
+    }, this.#skippedPeerEntries);
   }
 
   /** Renders the wg-quick file and, with an applier, brings the interface to the state. Returns data-plane drift. */
@@ -260,7 +267,9 @@ export class MeshAgent {
       const drift = await this.#applyDataPlane();
       return { inSync: drift.length === 0, drift };
     }
-    const snapshot = this.#verifiedSnapshot(res.snapshot);
+    const skipped: SkippedEntry[] = [];
+    const snapshot = this.#verifiedSnapshot(res.snapshot, skipped);
+    this.#skipped(skipped, null);
     if (!snapshot) return { inSync: true, drift: [] };
     const { seq, digest, state: desired } = snapshot;
     // Events that were in flight when we asked have been applied by now: maybe nothing is wrong.
@@ -280,14 +289,14 @@ export class MeshAgent {
    * trusted key, well-formed, for this node, and not older than what was applied. Otherwise null and
    * the applied state stays: the next reconciliation asks again.
    */
-  #verifiedSnapshot(signed: NonNullable<PayloadOf<'state.response'>['snapshot']>): Snapshot | null {
+  #verifiedSnapshot(signed: NonNullable<PayloadOf<'state.response'>['snapshot']>, skipped: SkippedEntry[]): Snapshot | null {
     if (!this.verifier.verify(snapshotSigningBytes(signed.bytes), signed.signature, signed.keyId)) {
       this.#log.warn({ keyId: signed.keyId, bytes: signed.bytes.byteLength }, 'state snapshot signature does not verify; ignored');
       return null;
     }
     let snapshot: Snapshot;
     try {
-      snapshot = decodeSnapshot(signed.bytes);
+      snapshot = decodeSnapshot(signed.bytes, skipped);
     } catch (err) {
       this.#log.warn({ err: describeErr(err) }, 'state snapshot is malformed; ignored');
       return null;
@@ -302,6 +311,15 @@ export class MeshAgent {
       return null;
     }
     return snapshot;
+  }
+
+  /** One bad peer entry costs that peer only: the rest of the event or state applies (contract/mesh-events.ts). */
+  #skipped(entries: readonly SkippedEntry[], seq: number | null): void {
+    if (entries.length === 0) return;
+    this.#skippedPeerEntries += entries.length;
+    // Node ids and schema issues only: never the rejected value, which the sender chose.
+    for (const e of entries.slice(0, 10)) this.#log.warn({ seq, where: e.where, peer: e.nodeId, issue: e.issue }, 'invalid peer entry skipped');
+    if (entries.length > 10) this.#log.warn({ seq, more: entries.length - 10 }, 'more invalid peer entries skipped');
   }
 
   // ------------------------------------------------------------------ built-in handlers

@@ -51,10 +51,12 @@ export interface MeshStatus {
   peers: Array<{ nodeId: string; meshIp: string; publicKey: string; endpoints: string[] }>;
   policyId: string | null;
   wireguard: { mode: 'render-only' | 'applied'; interface: string | null; configPath: string; lastError: string | null };
+  /** Peer entries dropped since the agent started because they failed their schema (logged one by one). */
+  skippedPeerEntries: number;
   updatedAt: string;
 }
 
-export function statusOf(state: MeshState | null, lastEventSeq: number, wgPublicKey: string, policyId: string | null, wireguard: MeshStatus['wireguard']): MeshStatus {
+export function statusOf(state: MeshState | null, lastEventSeq: number, wgPublicKey: string, policyId: string | null, wireguard: MeshStatus['wireguard'], skippedPeerEntries = 0): MeshStatus {
   return {
     meshIp: state?.meshIp ?? null,
     wgPublicKey,
@@ -62,6 +64,7 @@ export function statusOf(state: MeshState | null, lastEventSeq: number, wgPublic
     peers: (state?.peers ?? []).map((p) => ({ nodeId: p.nodeId, meshIp: p.meshIp, publicKey: p.publicKey, endpoints: [...p.endpoints] })),
     policyId,
     wireguard,
+    skippedPeerEntries,
     updatedAt: new Date().toISOString(),
   };
 }
@@ -74,7 +77,7 @@ export async function writeMeshStatus(stateDir: string, status: MeshStatus): Pro
 export async function readMeshStatus(stateDir: string): Promise<Partial<MeshStatus>> {
   try {
     const s = JSON.parse(await readFile(join(stateDir, MESH_STATUS_FILE), 'utf8')) as MeshStatus;
-    return { meshIp: s.meshIp, wgPublicKey: s.wgPublicKey, lastEventSeq: s.lastEventSeq, peers: s.peers, policyId: s.policyId, wireguard: s.wireguard };
+    return { meshIp: s.meshIp, wgPublicKey: s.wgPublicKey, lastEventSeq: s.lastEventSeq, peers: s.peers, policyId: s.policyId, wireguard: s.wireguard, skippedPeerEntries: s.skippedPeerEntries ?? 0 };
   } catch {
     return {};
   }

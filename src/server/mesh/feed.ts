@@ -19,6 +19,14 @@ export interface FeedEntry {
 
 /** Inserts between two checks of the feed's length (a check is one indexed query). */
 const PRUNE_EVERY_INSERTS = 1_000;
+/**
+ * A page of the feed holds entries up to this many bytes of detail (at least one entry), so a page of
+ * large entries stays far below the admin client's 16 MiB answer cap: the reader pages on by id.
+ */
+export const FEED_PAGE_BYTES = 2 * 1024 * 1024;
+/** What a drift report keeps: its first items, each field clipped (the agent's text, not the server's). */
+const DRIFT_ITEMS_KEPT = 64;
+const DRIFT_TEXT_CHARS = 256;
 
 export class MeshFeed {
   readonly #db: MeshStore;
@@ -37,8 +45,16 @@ export class MeshFeed {
     this.#inserts++;
   }
 
-  recordDrift(nodeId: string, report: PayloadOf<'drift.report'>): void {
-    this.#db.insertFeed({ ts: report.ts, nodeId, kind: 'drift', type: 'drift.report', seq: null, detail: JSON.stringify({ items: report.items }) });
+  /**
+   * A drift report, as received at `receivedAt`: the agent's `ts` is not trusted (a future or ancient
+   * time would reorder the feed), the items are capped and clipped, and the insert counts toward pruning.
+   */
+  recordDrift(nodeId: string, report: PayloadOf<'drift.report'>, receivedAt: number): void {
+    const clip = (t: string | undefined): string | undefined => (t === undefined ? undefined : t.slice(0, DRIFT_TEXT_CHARS));
+    const items = report.items.slice(0, DRIFT_ITEMS_KEPT).map((i) => ({ field: clip(i.field), expected: clip(i.expected), actual: clip(i.actual) }));
+    const detail = { items, ...(report.items.length > DRIFT_ITEMS_KEPT ? { moreItems: report.items.length - DRIFT_ITEMS_KEPT } : {}) };
+    this.#db.insertFeed({ ts: receivedAt, nodeId, kind: 'drift', type: 'drift.report', seq: null, detail: JSON.stringify(detail) });
+    this.#inserts++;
   }
 
   /** Drops the oldest rows beyond `retain`, checked once per PRUNE_EVERY_INSERTS events. */
@@ -54,8 +70,15 @@ export class MeshFeed {
     for (const w of [...this.#waiters]) w();
   }
 
+  /** Entries after id `after`, at most `limit` and at most FEED_PAGE_BYTES of detail (never none when there are some). */
   entries(after: number, nodeId: string | null, limit = 500): FeedEntry[] {
-    return this.#db.feedAfter(after, nodeId, limit).map((r) => ({
+    let bytes = 0;
+    const rows = this.#db.feedAfter(after, nodeId, limit).filter((r, i) => {
+      bytes += r.detail.length;
+      return i === 0 || bytes <= FEED_PAGE_BYTES;
+    });
+    // filter keeps scanning; the byte count only grows, so the kept rows are a prefix.
+    return rows.map((r) => ({
       id: r.id,
       ts: new Date(r.ts).toISOString(),
       nodeId: r.nodeId,

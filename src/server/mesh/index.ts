@@ -1,6 +1,7 @@
 import { ERRORS, MeshlinkError } from '../../errors.js';
 import type { ServerConfig } from '../config.js';
 import type { Logger } from '../../util/logger.js';
+import type { AgentHandle } from '../agent-sessions.js';
 import type { OfflineFeature, ServerFeature, ServerFeatureContext } from '../feature.js';
 import { registerMeshAdminRoutes } from './admin-routes.js';
 import { meshListingLookup, tokenTagsLookup } from './listing.js';
@@ -39,11 +40,36 @@ export function createMeshFeature(options: MeshFeatureOptions = {}): ServerFeatu
     // The agent's first trusted keys, in the enrollment response the CA pin protects.
     ctx.enrollment.addResponseFields(() => ({ eventKeys: mesh.eventKeys().map((k) => ({ keyId: k.keyId, publicKey: Buffer.from(k.publicKey).toString('base64') })) }));
 
+    // What a node says about itself reaches every peer: a value its peers would reject, or another
+    // live node's key, refuses the message and ends the session (docs/MESH.md, "What a node reports").
+    // A claimed key is also written to the audit log: it is an attack or a cloned state dir.
+    const refused = (nodeId: string, err: MeshlinkError, where: string, key: string | undefined): void => {
+      const owner = err.code === 'ML_ERR_MESH_KEY_IN_USE' && key !== undefined ? (mesh.keyOwner(key) ?? null) : null;
+      log.warn({ nodeId, where, code: err.code, issue: err.message, keyOwner: owner }, 'mesh: refused what a node reported about itself');
+      if (err.code === 'ML_ERR_MESH_KEY_IN_USE') {
+        ctx.audit.record({ source: 'agent', actor: null, operation: 'mesh.key_refused', nodeId, target: key ?? null, result: err.code, details: { where, keyOwner: owner } });
+      }
+    };
+    ctx.sessions.addHelloCheck((hello, info) => {
+      try {
+        mesh.checkSelfReport(info.nodeId, { wgPublicKey: hello.wgPublicKey, endpoints: hello.endpoints }, 'hello');
+      } catch (err) {
+        if (err instanceof MeshlinkError) refused(info.nodeId, err, 'hello', hello.wgPublicKey);
+        throw err;
+      }
+    });
+    const refuse = (agent: AgentHandle, err: unknown, where: string, key: string | undefined): void => {
+      if (err instanceof MeshlinkError && (err.code === 'ML_ERR_BAD_PAYLOAD' || err.code === 'ML_ERR_MESH_KEY_IN_USE')) {
+        refused(agent.nodeId, err, where, key);
+        ctx.sessions.refuse(agent, err);
+      } else log.error({ err, nodeId: agent.nodeId }, `mesh: could not record the ${where}`);
+    };
+
     ctx.sessions.on('agent-open', (agent) => {
       try {
         void mesh.agentOpened(agent.nodeId, agent.hello, agent.info.remoteAddress ?? null);
       } catch (err) {
-        log.error({ err, nodeId: agent.nodeId }, 'mesh: could not record the session');
+        refuse(agent, err, 'hello', agent.hello.wgPublicKey);
       }
     });
     ctx.sessions.onRequest('state.request', (agent, req) => {
@@ -66,7 +92,7 @@ export function createMeshFeature(options: MeshFeatureOptions = {}): ServerFeatu
       try {
         void mesh.acked(agent.nodeId, ack);
       } catch (err) {
-        log.error({ err, nodeId: agent.nodeId }, 'mesh: could not record the ack');
+        refuse(agent, err, 'event.ack', ack.wgPublicKey);
       }
     });
     ctx.sessions.onMessage('drift.report', (agent, report) => mesh.drift(agent.nodeId, report));

@@ -160,4 +160,18 @@ export const MESH_MIGRATIONS: readonly Migration[] = [
       ALTER TABLE nodes DROP COLUMN tags;
     `,
   },
+  {
+    version: 110,
+    name: 'mesh: a WireGuard key belongs to at most one node',
+    sql: `
+      -- Two nodes with one key made their peers render two [Peer] sections with that key, cutting one
+      -- of them off (issue 17). A key held by several rows is dropped from all of them (the store
+      -- cannot tell the owner from the claimant); each node reports its key again on its next
+      -- connection, and the first to do so keeps it.
+      UPDATE mesh_nodes SET wg_public_key = NULL WHERE wg_public_key IN (
+        SELECT wg_public_key FROM mesh_nodes WHERE wg_public_key IS NOT NULL GROUP BY wg_public_key HAVING COUNT(*) > 1
+      );
+      CREATE UNIQUE INDEX mesh_nodes_wg_public_key ON mesh_nodes (wg_public_key) WHERE wg_public_key IS NOT NULL;
+    `,
+  },
 ];

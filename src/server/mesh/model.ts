@@ -7,6 +7,7 @@ import { announcedPeerOf, pairKey, type Announced, type MeshInputs, type ViewCha
 import type { Policy } from '../../admin-api/policy.js';
 import { permittedPeers } from './policy.js';
 import type { SecretBox } from './secret-box.js';
+import { endpointSchema, wgKeySchema } from '../../contract/mesh-events.js';
 
 /**
  * The mesh model in memory, kept in step with the store: the nodes (address, tags, WireGuard key,
@@ -33,6 +34,8 @@ export class MeshModel implements MeshInputs {
   readonly psks = new Map<string, Buffer>();
   /** Recomputed from tags and policy by a full recompute (`permit`). */
   permitted = new Map<string, Set<string>>();
+  /** Which live node holds each WireGuard key: a key belongs to at most one (docs/MESH.md). */
+  readonly #keyOwners = new Map<string, string>();
   readonly #db: MeshStore;
   readonly #box: SecretBox;
   readonly #range: MeshRange;
@@ -55,7 +58,7 @@ export class MeshModel implements MeshInputs {
       if (!inRange(this.#range, row.meshIp)) {
         throw new MeshlinkError('ML_ERR_MESH_CIDR', `the mesh range ${this.#range.cidr} does not hold ${intToIp(row.meshIp)}, already assigned to node ${row.nodeId}`);
       }
-      this.nodes.set(row.nodeId, modelOf(row));
+      this.#add(modelOf(row, this.#log));
     }
     for (const r of this.#db.announcedPeers()) {
       this.nodes.get(r.nodeId)?.announced?.peers.set(r.peerId, { meshIp: r.meshIp, publicKey: r.publicKey, endpoints: r.endpoints, pskTag: r.pskTag });
@@ -75,7 +78,7 @@ export class MeshModel implements MeshInputs {
     this.#db.transaction(() => {
       for (const id of removed) {
         this.#db.deleteMeshNode(id);
-        this.nodes.delete(id);
+        this.#forget(id);
         for (const key of [...this.psks.keys()]) if (key.startsWith(`${id}\u0000`) || key.endsWith(`\u0000${id}`)) this.psks.delete(key);
       }
       if (added.length > 0) {
@@ -90,7 +93,7 @@ export class MeshModel implements MeshInputs {
     // Reload the rows of the added nodes (hostname from the node table, tags from mesh_node_tags).
     if (added.length > 0) {
       const wanted = new Set(added);
-      for (const row of this.#db.meshNodes()) if (wanted.has(row.nodeId)) this.nodes.set(row.nodeId, modelOf(row));
+      for (const row of this.#db.meshNodes()) if (wanted.has(row.nodeId)) this.#add(modelOf(row, this.#log));
     }
     if (removed.length > 0) this.#log.info({ removed }, 'nodes left the mesh; addresses freed');
     if (added.length > 0) this.#log.info({ added: added.length }, 'mesh addresses assigned');
@@ -148,8 +151,34 @@ export class MeshModel implements MeshInputs {
     this.#db.setAnnounced(node.id, JSON.stringify({ meshIp: node.announced.meshIp, cidr: node.announced.cidr }), node.lastSeq);
   }
 
-  /** Records the WireGuard facts a node reported (key, endpoints, the address it connected from). */
+  /** The live node that holds WireGuard key `publicKey`, if any. */
+  keyOwner(publicKey: string): string | undefined {
+    return this.#keyOwners.get(publicKey);
+  }
+
+  #add(node: ModelNode): void {
+    this.#forget(node.id);
+    this.nodes.set(node.id, node);
+    // mesh_nodes has a unique index on the key (mesh migration 110): no two loaded rows share one.
+    if (node.publicKey !== null) this.#keyOwners.set(node.publicKey, node.id);
+  }
+
+  #forget(id: string): void {
+    const old = this.nodes.get(id);
+    if (old?.publicKey && this.#keyOwners.get(old.publicKey) === id) this.#keyOwners.delete(old.publicKey);
+    this.nodes.delete(id);
+  }
+
+  /**
+   * Records the WireGuard facts a node reported (key, endpoints, the address it connected from),
+   * checked by the caller against the schemas (MeshService.checkSelfReport). A key another live node
+   * holds is refused here too: two sessions' hellos can pass their checks before either is recorded.
+   */
   updateWg(node: ModelNode, publicKey: string | null, endpoints: readonly string[], observedAddr: string | null): void {
+    const owner = publicKey === null ? undefined : this.#keyOwners.get(publicKey);
+    if (owner !== undefined && owner !== node.id) throw new MeshlinkError('ML_ERR_MESH_KEY_IN_USE', `node ${node.id} reported the WireGuard key of node ${owner}`);
+    if (node.publicKey !== null && this.#keyOwners.get(node.publicKey) === node.id) this.#keyOwners.delete(node.publicKey);
+    if (publicKey !== null) this.#keyOwners.set(publicKey, node.id);
     node.publicKey = publicKey;
     node.endpoints = [...endpoints];
     node.observedAddr = observedAddr;
@@ -179,14 +208,21 @@ export function applyViewChange(view: Announced | null, change: ViewChange): Ann
   return view;
 }
 
-function modelOf(row: MeshNodeRow): ModelNode {
+/**
+ * A node as loaded. A key or endpoint that fails the schema its peers apply (stored by a server from
+ * before the check, issue 17) is not used: the node reports its facts again on its next connection.
+ */
+function modelOf(row: MeshNodeRow, log: Logger): ModelNode {
+  const publicKey = row.wgPublicKey !== null && !wgKeySchema.safeParse(row.wgPublicKey).success ? null : row.wgPublicKey;
+  const endpoints = row.endpoints.filter((e) => endpointSchema.safeParse(e).success);
+  if (publicKey !== row.wgPublicKey || endpoints.length !== row.endpoints.length) log.warn({ nodeId: row.nodeId }, 'stored WireGuard key or endpoint is invalid; ignored until the node reports it again');
   return {
     id: row.nodeId,
     hostname: row.hostname,
     tags: row.tags,
     meshIp: row.meshIp,
-    publicKey: row.wgPublicKey,
-    endpoints: row.endpoints,
+    publicKey,
+    endpoints,
     observedAddr: row.observedAddr,
     lastSeq: row.lastSeq,
     announced: announcedHead(row.announced),

@@ -3,7 +3,8 @@ import { MeshlinkError } from '../../errors.js';
 import type { AgentHandle } from '../agent-sessions.js';
 import type { PayloadOf } from '../../protocol/registry.js';
 import type { Logger } from '../../util/logger.js';
-import { encodeSnapshot, snapshotSigningBytes, stateDigest, type EventPayload, type EventType, type MeshState } from '../../contract/mesh-events.js';
+import { encodeSnapshot, selfReportSchema, snapshotSigningBytes, stateDigest, type EventPayload, type EventType, type MeshState, type SelfReport } from '../../contract/mesh-events.js';
+import { zodErrorText } from '../../util/zod-error.js';
 import { MeshStore } from './store.js';
 import type { Store } from '../store/store.js';
 import { intToIp, parseMeshRange, type MeshRange } from './addresses.js';
@@ -18,7 +19,12 @@ import { SecretBox } from './secret-box.js';
 import type { SealingSecret } from '../ca-key-crypto.js';
 import { generateSigningKey, signBytes, signingKeyFromPkcs8, type SigningKey } from './signer.js';
 
+import { TokenBuckets } from '../../util/token-bucket.js';
+
 export type { DeliverySessions } from './delivery.js';
+
+/** An agent reconciles once a minute (and after a gap); 6 a minute leaves room for reconnects. */
+export const DRIFT_REPORTS_PER_MINUTE = 6;
 export type { FeedEntry } from './feed.js';
 
 /**
@@ -81,6 +87,8 @@ export class MeshService {
   readonly #opts: Required<Omit<MeshOptions, 'cidr' | 'sealing'>>;
   readonly #model: MeshModel;
   readonly #feed: MeshFeed;
+  /** Drift reports per node (see drift()); full buckets are evicted first, so the table stays small. */
+  readonly #driftRate = new TokenBuckets({ perMinute: DRIFT_REPORTS_PER_MINUTE, maxEntries: 100_000 });
   readonly #events: EventLog;
   readonly #delivery: EventDelivery;
   #policy: Policy | null;
@@ -335,7 +343,27 @@ export class MeshService {
   // ------------------------------------------------------------------ agent sessions
 
   /**
-   * A session opened: record the WireGuard key and endpoints it reported. Resolves when the events
+   * Checks what a node reports about itself (`hello`, `event.ack`) before anything is stored: the
+   * values must pass the schemas its peers apply to the peer entries built from them
+   * (ML_ERR_BAD_PAYLOAD), and the WireGuard key must not be another live node's
+   * (ML_ERR_MESH_KEY_IN_USE). The caller refuses the message with the thrown error.
+   */
+  checkSelfReport(nodeId: string, report: SelfReport, where: 'hello' | 'event.ack'): void {
+    const parsed = selfReportSchema.safeParse(report);
+    if (!parsed.success) throw new MeshlinkError('ML_ERR_BAD_PAYLOAD', `${where}: ${zodErrorText(parsed.error)}`);
+    const key = parsed.data.wgPublicKey;
+    const owner = key === undefined ? undefined : this.#model.keyOwner(key);
+    if (owner !== undefined && owner !== nodeId) throw new MeshlinkError('ML_ERR_MESH_KEY_IN_USE', `${where}: the WireGuard key is another node's`);
+  }
+
+  /** The live node that holds a WireGuard key (for the report of a refused claim). */
+  keyOwner(publicKey: string): string | undefined {
+    return this.#model.keyOwner(publicKey);
+  }
+
+  /**
+   * A session opened: record the WireGuard key and endpoints it reported (checked in its hello by
+   * checkSelfReport; a key claimed in the meantime by another session throws ML_ERR_MESH_KEY_IN_USE). Resolves when the events
    * that follow from it are sent (errors are logged, never thrown: this runs on every connect).
    */
   agentOpened(nodeId: string, hello: PayloadOf<'hello'>, remoteAddress: string | null): Promise<void> {
@@ -416,21 +444,31 @@ export class MeshService {
 
   /**
    * event.ack: remembers the applied seq; an ack carrying a new WireGuard key finishes rotate_keys.
-   * Resolves when the peers' peer_key_rotated events are sent (errors are logged).
+   * A key that fails checkSelfReport throws, before anything is stored. Resolves when the peers' peer_key_rotated events are sent (errors are logged).
    */
   acked(nodeId: string, ack: PayloadOf<'event.ack'>): Promise<void> {
     const node = this.#model.nodes.get(nodeId);
     if (!node) return Promise.resolve();
     node.ackedSeq = Math.max(node.ackedSeq, ack.seq);
     if (!ack.wgPublicKey || ack.wgPublicKey === node.publicKey) return Promise.resolve();
+    this.checkSelfReport(nodeId, { wgPublicKey: ack.wgPublicKey }, 'event.ack');
     this.#model.updateWg(node, ack.wgPublicKey, node.endpoints, node.observedAddr);
     this.#log.info({ nodeId }, 'node reported a new WireGuard key');
     return this.#background(this.#nodeChanged(nodeId));
   }
 
-  drift(nodeId: string, report: PayloadOf<'drift.report'>): void {
+  /**
+   * A drift report: at most DRIFT_REPORTS_PER_MINUTE per node (an agent reconciles once a minute;
+   * more is dropped and logged), stored with the receive time and pruned with the feed.
+   */
+  drift(nodeId: string, report: PayloadOf<'drift.report'>, receivedAt = Date.now()): void {
     if (!this.#model.nodes.has(nodeId)) return;
-    this.#feed.recordDrift(nodeId, report);
+    if (!this.#driftRate.take(nodeId, receivedAt)) {
+      this.#log.warn({ nodeId, items: report.items.length }, 'drift report over the node’s rate; dropped');
+      return;
+    }
+    this.#feed.recordDrift(nodeId, report, receivedAt);
+    this.#feed.pruneIfDue();
     this.#log.warn({ nodeId, items: report.items.length, fields: report.items.slice(0, 10).map((i) => i.field) }, 'agent reported and corrected drift');
     this.#feed.wake();
   }

@@ -1,5 +1,6 @@
 import type { OfflineFeature, ServerFeature } from '../feature.js';
 import { AuditLog } from '../audit-log.js';
+import { AgentAuditIntake, type AgentAuditLimits } from './agent-audit.js';
 import { opsStoreOf } from './store.js';
 import { registerLiveOpsRoutes, registerOpsAdminRoutes } from './admin-routes.js';
 import { RunningOperations } from './running.js';
@@ -14,7 +15,12 @@ import { BUNDLE_PATH_PREFIX, serveAgentBundle, UpgradeDistributor } from './upgr
  * transfer on agent streams, driven through the admin socket; agent upgrades. What agents report
  * having done goes to the core's audit log.
  */
-export const opsFeature: ServerFeature = (ctx) => {
+export interface OpsFeatureOptions {
+  /** Limits on what agents report in audit.batch (agent-audit.ts). */
+  agentAudit?: AgentAuditLimits;
+}
+
+export const createOpsFeature = (options: OpsFeatureOptions = {}): ServerFeature => (ctx) => {
   const log = ctx.logger.child({ component: 'ops' });
   const ops = opsStoreOf(ctx.store);
   const releaseKeys = ctx.config.releaseKeys.map(parseReleaseKey);
@@ -43,14 +49,14 @@ export const opsFeature: ServerFeature = (ctx) => {
   });
 
   // What the agent itself reports having done (every action, exec and transfer, with its outcome).
-  ctx.sessions.onMessage('audit.batch', (agent, batch) => {
-    for (const r of batch.records) {
-      ctx.audit.record({ source: 'agent', ts: r.ts, actor: r.actor ?? null, operation: r.action, nodeId: agent.nodeId, target: r.target ?? null, result: r.result, details: r.details ?? null });
-    }
-  });
+  const agentAudit = new AgentAuditIntake(ctx.audit, log, options.agentAudit);
+  // The rate state outlives the session: reconnecting does not refill it (full buckets are evicted first).
+  ctx.sessions.onMessage('audit.batch', (agent, batch) => void agentAudit.receive(agent.nodeId, batch));
 
   return { close: () => tunnels.close() };
 };
+
+export const opsFeature: ServerFeature = createOpsFeature();
 
 /** With no server running: the audit log and the upgrade status, read from the store. */
 export const opsOffline: OfflineFeature = (ctx) => registerOpsAdminRoutes(ctx.admin, { ops: opsStoreOf(ctx.store), audit: AuditLog.of(ctx.store), upgrades: null });
