@@ -193,6 +193,11 @@ export const ERRORS = {
   ML_ERR_OPS_BAD_REQUEST: { status: 400, exit: 'usage', description: 'The operation request is malformed (named field in the message).' },
   ML_ERR_OPS_NODE_OFFLINE: { status: 409, exit: 'nodeOffline', description: 'The node has no open session to the server right now.' },
   ML_ERR_OPS_UNKNOWN_ACTION: { status: 404, exit: 'refused', description: 'No built-in action and no executable hook has this name on the agent.' },
+  ML_ERR_OPS_HOOK_UNSAFE: {
+    status: 403,
+    exit: 'refused',
+    description: 'The hook or the hooks dir is owned by another user than root or the agent’s, is writable by group or others, or the hook is a symbolic link; it is not run.',
+  },
   ML_ERR_OPS_BUSY: { status: 429, exit: 'refused', description: 'The agent runs its maximum of concurrent actions and its queue is full.' },
   ML_ERR_OPS_TIMEOUT: { status: 504, exit: 'timeout', description: 'The operation ran past its timeout; its whole process group was killed.' },
   ML_ERR_OPS_EXEC_DISABLED: { status: 403, exit: 'refused', description: 'Exec is off on this agent (start it with --allow-exec).' },
@@ -208,6 +213,11 @@ export const ERRORS = {
   ML_ERR_OPS_NO_LOG: { status: 404, exit: 'refused', description: 'The agent keeps no log file to tail (it was not started by `meshlink agent run`).' },
   ML_ERR_OPS_SPAWN: { status: 500, exit: 'refused', description: 'The command or hook could not be started (message names the cause).' },
   ML_ERR_OPS_UPGRADE: { status: 400, exit: 'internal', description: 'An agent upgrade could not be set or applied (message names the cause).' },
+  ML_ERR_OPS_FILE_CHANGED: {
+    status: 409,
+    exit: 'transfer',
+    description: 'The file changed size while it was pulled (bytes sent differ from its declared size); nothing was committed.',
+  },
   ML_ERR_OPS_INTERRUPTED: { status: 502, exit: 'transfer', description: 'The operation was cut off (the connection dropped or the peer went away).' },
 
   // --- tunnels (agent codes in stream.reject / stream.reset, relayed to `server tunnel`) ---
