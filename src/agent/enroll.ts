@@ -9,6 +9,7 @@ import { assertPinned, parseCaCertificate, spkiDerOf, spkiPinOf } from '../contr
 import { codeFromWire, MeshlinkError, type ExitClass } from '../errors.js';
 import { zodErrorText } from '../util/zod-error.js';
 import { DIRECT, proxyFor, type ProxyConfig } from './proxy.js';
+import { clearPendingEnrollment, loadPendingEnrollment, savePendingEnrollment } from './state/pending-enrollment.js';
 import { proxyErrorOf, serverDispatcher } from './proxy-dial.js';
 
 /**
@@ -328,8 +329,11 @@ export async function enroll(
   const { caPem, caPin } = await fetchPinnedCa(options.server, options.caPins, options.timeoutMs, proxy);
   log.info({ server: options.server, caPin }, 'server CA matches pin');
 
-  const keys = await keysPromise;
-  const csr = createCsrPem(keys, { hostname: options.hostname, sans: options.sans });
+  // A retry of an enrollment whose answer was lost sends the same key's CSR (state/pending-enrollment.ts).
+  const pending = await loadPendingEnrollment(options.stateDir, options.server, options.token);
+  const keys = pending?.keys ?? (await keysPromise);
+  const csr = pending?.csrPem ?? createCsrPem(keys, { hostname: options.hostname, sans: options.sans });
+  if (pending === null) await savePendingEnrollment(options.stateDir, options.server, options.token, keys, csr);
 
   const trusted = pinnedDispatcher(options.server, proxy, caPem, options.timeoutMs);
   const url = `${options.server}/v1/enroll`;
@@ -367,6 +371,7 @@ export async function enroll(
     certPem: issued.certPem,
     caPem: issued.caPem,
   });
+  await clearPendingEnrollment(options.stateDir);
   log.info({ nodeId: identity.nodeId, certSerial: identity.cert.serial, certNotAfter: identity.cert.notAfter.toISOString() }, 'enrolled');
   return { identity, caPin };
 }

@@ -31,6 +31,9 @@ export interface TokenRow {
   expiresAt: number;
   consumedAt: number | null;
   nodeId: string | null;
+  /** SHA-256 of the CSR the token was redeemed with, and the serial issued for it (core migration 3). */
+  csrSha256?: string | null;
+  certSerial?: string | null;
 }
 export interface NodeRow {
   id: string;
@@ -71,6 +74,8 @@ export interface EnrollmentCommit {
   /** Re-enrollment keeps an existing node id; the node row is updated instead of inserted. */
   node: { id: string; hostname: string; agentVersion: string | null; existing: boolean };
   cert: Omit<CertRow, 'revokedAt' | 'nodeId'>;
+  /** SHA-256 of the CSR: a retry with the same CSR soon after gets the same certificate (enroll.ts). */
+  csrSha256?: string;
 }
 
 type Row = Record<string, unknown>;
@@ -82,6 +87,8 @@ function tokenFromRow(r: Row): TokenRow {
     expiresAt: r.expires_at as number,
     consumedAt: (r.consumed_at as number | null) ?? null,
     nodeId: (r.node_id as string | null) ?? null,
+    csrSha256: (r.csr_sha256 as string | null) ?? null,
+    certSerial: (r.cert_serial as string | null) ?? null,
   };
 }
 function nodeFromRow(r: Row): NodeRow {
@@ -127,9 +134,9 @@ export class Store {
       insertToken: db.prepare(
         'INSERT INTO tokens (hash, created_at, expires_at, consumed_at, node_id) VALUES (?, ?, ?, NULL, ?)',
       ),
-      getToken: db.prepare('SELECT hash, created_at, expires_at, consumed_at, node_id FROM tokens WHERE hash = ?'),
+      getToken: db.prepare('SELECT hash, created_at, expires_at, consumed_at, node_id, csr_sha256, cert_serial FROM tokens WHERE hash = ?'),
       consumeToken: db.prepare(
-        'UPDATE tokens SET consumed_at = ? WHERE hash = ? AND consumed_at IS NULL AND expires_at > ?',
+        'UPDATE tokens SET consumed_at = ?, csr_sha256 = ?, cert_serial = ? WHERE hash = ? AND consumed_at IS NULL AND expires_at > ?',
       ),
       insertNode: db.prepare(
         'INSERT INTO nodes (id, hostname, created_at, agent_version, last_seen, removed_at) VALUES (?, ?, ?, ?, NULL, NULL)',
@@ -256,7 +263,7 @@ export class Store {
    */
   commitEnrollment(c: EnrollmentCommit, inTransaction?: (c: EnrollmentCommit) => void): boolean {
     return this.db.transaction((): boolean => {
-      const consumed = this.stmts.consumeToken.run(c.now, c.tokenHash, c.now);
+      const consumed = this.stmts.consumeToken.run(c.now, c.csrSha256 ?? null, c.cert.serial, c.tokenHash, c.now);
       if (consumed.changes !== 1) return false;
       if (c.node.existing) {
         const updated = this.stmts.updateNodeOnReenroll.run(c.node.hostname, c.node.agentVersion, c.node.id);
