@@ -351,12 +351,22 @@ export async function enroll(
       timeoutMs: options.timeoutMs,
       proxy,
     });
+  } catch (err) {
+    // An answer too large is an answer, not a lost one: keep nothing. A transport failure keeps the pending key.
+    if (err instanceof MeshlinkError && err.code === 'ML_ERR_ENROLL_RESPONSE') await clearPendingEnrollment(options.stateDir);
+    throw err;
   } finally {
     await trusted.close().catch(() => {});
   }
-  if (result.status !== 200) throw refusal(result, 'enrollment');
-
-  const issued = verifyIssued(parseIssued(result, url), options.caPins, keys.publicKeyPem);
+  // An answer came: the pending key is only for a lost one. Nothing stays in the state dir after a refusal.
+  let issued: VerifiedIssue;
+  try {
+    if (result.status !== 200) throw refusal(result, 'enrollment');
+    issued = verifyIssued(parseIssued(result, url), options.caPins, keys.publicKeyPem);
+  } catch (err) {
+    await clearPendingEnrollment(options.stateDir);
+    throw err;
+  }
   const identity = await saveEnrollment(options.stateDir, {
     identity: {
       version: 1,
