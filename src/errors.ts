@@ -214,6 +214,11 @@ export const ERRORS = {
   ML_ERR_OPS_BAD_REQUEST: { status: 400, exit: 'usage', description: 'The operation request is malformed (named field in the message).' },
   ML_ERR_OPS_NODE_OFFLINE: { status: 409, exit: 'nodeOffline', description: 'The node has no open session to the server right now.' },
   ML_ERR_OPS_UNKNOWN_ACTION: { status: 404, exit: 'refused', description: 'No built-in action and no executable hook has this name on the agent.' },
+  ML_ERR_OPS_HOOK_UNSAFE: {
+    status: 403,
+    exit: 'refused',
+    description: 'The hook or the hooks dir is owned by another user than root or the agent’s, is writable by group or others, or the hook is a symbolic link; it is not run.',
+  },
   ML_ERR_OPS_BUSY: { status: 429, exit: 'refused', description: 'The agent runs its maximum of concurrent actions and its queue is full.' },
   ML_ERR_OPS_TIMEOUT: { status: 504, exit: 'timeout', description: 'The operation ran past its timeout; its whole process group was killed.' },
   ML_ERR_OPS_EXEC_DISABLED: { status: 403, exit: 'refused', description: 'Exec is off on this agent (start it with --allow-exec).' },
@@ -240,6 +245,11 @@ export const ERRORS = {
   ML_ERR_UPGRADE_HEALTH: { exit: 'internal', description: 'The new build did not start and connect within the health deadline; the agent kept (rolled back to) its running build.' },
   ML_ERR_OPS_ENDED: { status: 409, exit: 'refused', description: 'Another operator ended this operation (`server ops end`, or the console’s Operations page; the message names who).' },
   ML_ERR_OPS_OPERATION_NOT_FOUND: { status: 404, exit: 'nodeNotResolved', description: 'No running operation has this id (`server ops list` shows them).' },
+  ML_ERR_OPS_FILE_CHANGED: {
+    status: 409,
+    exit: 'transfer',
+    description: 'The file changed size while it was pulled (bytes sent differ from its declared size); nothing was committed.',
+  },
   ML_ERR_OPS_INTERRUPTED: { status: 502, exit: 'transfer', description: 'The operation was cut off (the connection dropped or the peer went away).' },
 
   // --- tunnels (agent codes in stream.reject / stream.reset, relayed to `server tunnel`) ---

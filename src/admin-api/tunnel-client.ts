@@ -284,6 +284,7 @@ export async function pullFile(
     const held = await lstat(part).catch(() => null);
     const offset = held?.isFile() ? held.size : 0;
     const hash = createHash('sha256');
+    let from = 0;
     let received = 0;
     let out: ReturnType<typeof createWriteStream> | null = null;
     // Assigned in onEvent; the cast keeps TypeScript from narrowing it to null after runTunnel.
@@ -293,7 +294,7 @@ export async function pullFile(
         onEvent(e) {
           if (e.type !== 'resume') return;
           resumedFrom = e.offset;
-          received = e.offset;
+          from = e.offset;
           starting = (async () => {
             if (e.offset > 0) await hashFile(part, e.offset, hash);
             // Offset 0 after a held part means starting over: 'w' truncates it.
@@ -302,15 +303,20 @@ export async function pullFile(
         },
         async onData(chunk) {
           if (starting) await starting;
-          hash.update(chunk);
           received += chunk.length;
-          onProgress?.('receiving', received, null);
+          hash.update(chunk);
+          onProgress?.('receiving', from + received, null);
           if (out && !out.write(chunk)) await new Promise<void>((r) => out!.once('drain', () => r()));
         },
       });
       if (starting) await starting;
       await closeWriter(out);
       if (!final || final.type !== 'done') throw new MeshlinkError('ML_ERR_OPS_INTERRUPTED', 'the transfer ended without a checksum');
+      // Bytes received = size the agent declared, or nothing is committed (whatever the hash says).
+      if (from + received !== final.size) {
+        await unlink(part).catch(() => {});
+        throw new MeshlinkError('ML_ERR_OPS_FILE_CHANGED', `received ${from + received} bytes, the agent declared ${final.size}; nothing was written (run again)`);
+      }
       const digest = hash.digest('hex');
       if (digest !== final.sha256) {
         await unlink(part).catch(() => {});

@@ -11,6 +11,7 @@ import { zodErrorText } from '../util/zod-error.js';
 import { enrollEventKeysSchema } from '../contract/mesh-events.js';
 import { writePinnedEventKeys } from './state/event-keys.js';
 import { DIRECT, proxyFor, type ProxyConfig } from './proxy.js';
+import { clearPendingEnrollment, loadPendingEnrollment, savePendingEnrollment } from './state/pending-enrollment.js';
 import { proxyErrorOf, serverDispatcher } from './proxy-dial.js';
 
 /**
@@ -332,8 +333,11 @@ export async function enroll(
   const { caPem, caPin } = await fetchPinnedCa(options.server, options.caPins, options.timeoutMs, proxy);
   log.info({ server: options.server, caPin }, 'server CA matches pin');
 
-  const keys = await keysPromise;
-  const csr = createCsrPem(keys, { hostname: options.hostname, sans: options.sans });
+  // A retry of an enrollment whose answer was lost sends the same key's CSR (state/pending-enrollment.ts).
+  const pending = await loadPendingEnrollment(options.stateDir, options.server, options.token);
+  const keys = pending?.keys ?? (await keysPromise);
+  const csr = pending?.csrPem ?? createCsrPem(keys, { hostname: options.hostname, sans: options.sans });
+  if (pending === null) await savePendingEnrollment(options.stateDir, options.server, options.token, keys, csr);
 
   const trusted = pinnedDispatcher(options.server, proxy, caPem, options.timeoutMs);
   const url = `${options.server}/v1/enroll`;
@@ -351,13 +355,24 @@ export async function enroll(
       timeoutMs: options.timeoutMs,
       proxy,
     });
+  } catch (err) {
+    // An answer too large is an answer, not a lost one: keep nothing. A transport failure keeps the pending key.
+    if (err instanceof MeshlinkError && err.code === 'ML_ERR_ENROLL_RESPONSE') await clearPendingEnrollment(options.stateDir);
+    throw err;
   } finally {
     await trusted.close().catch(() => {});
   }
-  if (result.status !== 200) throw refusal(result, 'enrollment');
-
-  const response = parseIssued(result, url);
-  const issued = verifyIssued(response, options.caPins, keys.publicKeyPem);
+  // An answer came: the pending key is only for a lost one. Nothing stays in the state dir after a refusal.
+  let response: ReturnType<typeof parseIssued>;
+  let issued: VerifiedIssue;
+  try {
+    if (result.status !== 200) throw refusal(result, 'enrollment');
+    response = parseIssued(result, url);
+    issued = verifyIssued(response, options.caPins, keys.publicKeyPem);
+  } catch (err) {
+    await clearPendingEnrollment(options.stateDir);
+    throw err;
+  }
   const identity = await saveEnrollment(options.stateDir, {
     identity: {
       version: 1,
@@ -375,6 +390,7 @@ export async function enroll(
   // After the identity commits (saveEnrollment prepares the state dir). A crash in between leaves an
   // agent with no pinned key, which pins its first welcome's keys instead (docs/MESH.md).
   if (response.eventKeys) await writePinnedEventKeys(options.stateDir, issued.nodeId, response.eventKeys);
+  await clearPendingEnrollment(options.stateDir);
   log.info({ nodeId: identity.nodeId, certSerial: identity.cert.serial, certNotAfter: identity.cert.notAfter.toISOString() }, 'enrolled');
   return { identity, caPin };
 }

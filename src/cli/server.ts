@@ -1,3 +1,4 @@
+import { statSync, unlinkSync } from 'node:fs';
 import { EXIT_CODES, MeshlinkError } from '../errors.js';
 import { withFailureReport } from './failure.js';
 import { dataDirOf, withOperator } from './operator.js';
@@ -123,6 +124,11 @@ export function registerServerCommands(program: Command): void {
         };
         process.on('SIGTERM', () => stop('SIGTERM'));
         process.on('SIGINT', () => stop('SIGINT'));
+        // SIGHUP's default is to die without a word and leave the admin socket behind. The server has
+        // no config file and logs to stdout (the service manager reopens that), so there is nothing to
+        // reload: say so and keep running.
+        process.on('SIGHUP', () => logger.warn({ signal: 'SIGHUP' }, 'nothing to reload: the server has no config file and logs to stdout; restart it to apply changed flags'));
+        removeAdminSocketOnExit(running.adminSocketPath);
       }),
     );
 
@@ -248,3 +254,19 @@ export function registerServerCommands(program: Command): void {
   registerServerExtensions(server);
 }
 
+/**
+ * A clean close removes the admin socket (net.Server unlinks it); every other way out (the hard-exit
+ * timer, an uncaught error) runs 'exit' handlers too: remove it there, but only if it is still the
+ * socket this process created (same inode), never one a later server made.
+ */
+function removeAdminSocketOnExit(socketPath: string): void {
+  const ours = statSync(socketPath, { throwIfNoEntry: false })?.ino;
+  process.once('exit', () => {
+    try {
+      const now = statSync(socketPath, { throwIfNoEntry: false });
+      if (now !== undefined && now.isSocket() && now.ino === ours) unlinkSync(socketPath);
+    } catch {
+      /* exiting anyway */
+    }
+  });
+}

@@ -1,5 +1,5 @@
 import { MeshlinkError } from '../errors.js';
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { TLSSocket } from 'node:tls';
 import { z } from 'zod';
@@ -18,6 +18,13 @@ import { findUsableToken, hashToken, isUsableToken } from './tokens.js';
  * POST /v1/enroll, GET /v1/ca, POST /v1/renew, and issueNodeCertificate (also used in-band for
  * `cert.renew`). Response shape for enroll and renew: {nodeId, certificate, caCertificate, notAfter}.
  */
+
+/** How long after a token was redeemed a retry with the same CSR gets the same certificate again. */
+export const ENROLL_REPLAY_WINDOW_MS = 15 * 60_000;
+
+function sha256Hex(text: string): string {
+  return createHash('sha256').update(text, 'utf8').digest('hex');
+}
 
 const HOSTNAME_RE = /^[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,251}[A-Za-z0-9_])?$/;
 
@@ -131,8 +138,31 @@ export class EnrollmentService implements EnrollmentEvents {
     return this.issueNodeCertificate(nodeId, csrPem);
   }
 
+  /**
+   * A token is spent when the agent has its certificate, not when the server sent it: an answer lost
+   * on the way (the enroll command killed, the connection dropped) would otherwise burn the token and
+   * leave a node nobody holds. So a retry with the same token and the same CSR (the agent keeps its
+   * key and CSR until it has committed the certificate: agent/enroll.ts) within ENROLL_REPLAY_WINDOW_MS
+   * gets the very certificate issued the first time, for the same node: no second node, no new serial.
+   * This gives nothing to whoever else holds the token: the certificate is only usable with the private
+   * key of that CSR, which never left the agent. A different CSR is refused like a used token.
+   */
+  #replay(body: z.output<typeof enrollBodySchema>, now: number): CertificateResponse | null {
+    const row = this.deps.store.getToken(hashToken(body.token));
+    if (!row || row.consumedAt === null || !row.certSerial || !row.csrSha256) return null;
+    if (now - row.consumedAt > ENROLL_REPLAY_WINDOW_MS || row.csrSha256 !== sha256Hex(body.csr)) return null;
+    const cert = this.deps.store.getCert(row.certSerial);
+    if (!cert || cert.revokedAt !== null) return null;
+    const node = this.deps.store.getNode(cert.nodeId);
+    if (!node || node.removedAt !== null) return null;
+    this.deps.logger.info({ nodeId: cert.nodeId, certSerial: cert.serial }, 'enrollment retried with the same CSR: the same certificate again');
+    return { nodeId: cert.nodeId, certificate: cert.pem, caCertificate: this.deps.ca.certPem, notAfter: new Date(cert.notAfter).toISOString() };
+  }
+
   async enroll(body: z.output<typeof enrollBodySchema>): Promise<CertificateResponse> {
     const now = Date.now();
+    const again = this.#replay(body, now);
+    if (again) return this.#withResponseFields(again);
     const token = findUsableToken(this.deps.store, body.token, now);
     const csr: ParsedCsr = parseCsr(body.csr);
     const hostname = body.hostname ?? csr.commonName ?? csr.dnsNames[0];
@@ -164,6 +194,7 @@ export class EnrollmentService implements EnrollmentEvents {
       now: Date.now(),
       node: { id: nodeId, hostname, agentVersion: body.agentVersion ?? null, existing },
       cert: { serial: issued.serial, notBefore: issued.notBefore, notAfter: issued.notAfter, pem: issued.pem },
+      csrSha256: sha256Hex(body.csr),
     }, runHooks);
     if (!won) throw new MeshlinkError('ML_ERR_TOKEN_INVALID', 'the enrollment token is unknown, already used, or expired');
     if (superseded.length > 0) {
@@ -171,7 +202,11 @@ export class EnrollmentService implements EnrollmentEvents {
       this.deps.onRevoked?.(superseded);
     }
     this.deps.logger.info({ nodeId, hostname, certSerial: issued.serial, reenroll: existing, revokedSerials: superseded }, 'node enrolled');
-    let response: CertificateResponse = this.response(nodeId, issued);
+    return this.#withResponseFields(this.response(nodeId, issued));
+  }
+
+  /** The features' fields of an enrollment answer (the mesh's event keys); a retried one carries them too. */
+  #withResponseFields(response: CertificateResponse): CertificateResponse {
     // Only the enrollment carries them: a renewal changes no trust (docs/MESH.md, "Trust model").
     for (const contribute of this.#responseFields) response = { ...contribute(), ...response };
     return response;

@@ -1,4 +1,4 @@
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { existsSync, readdirSync, statSync, symlinkSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -6,9 +6,9 @@ import { writeAgentStatus } from '../../src/agent/state/status-file.js';
 import { spkiPinOf } from '../../src/contract/ca-pin.js';
 import { startEnrollServer, type EnrollServer } from './helpers/enroll-server.js';
 import { createTestCa, tempDirs } from './helpers/fixtures.js';
+import { unprivilegedAgentCli } from '../helpers/unprivileged.js';
 
 const CLI = resolve('dist/src/cli/main.js');
-const canDropPrivileges = process.getuid?.() === 0 && spawnSync('setpriv', ['--version']).status === 0;
 
 interface CliResult {
   readonly code: number | null;
@@ -16,11 +16,14 @@ interface CliResult {
   readonly stderr: string;
 }
 
-/** Runs the built CLI as a child process (async: the test server lives in this event loop). */
-function runCli(args: string[], env: Record<string, string> = {}, prefix: string[] = []): Promise<CliResult> {
+/**
+ * Runs the built CLI as a child process (async: the test server lives in this event loop); `cli` is
+ * the command that starts it (another for the unprivileged bundle).
+ */
+function runCli(args: string[], env: Record<string, string> = {}, cli: readonly string[] = [process.execPath, CLI]): Promise<CliResult> {
   return new Promise((resolvePromise, reject) => {
-    const [command, ...prefixArgs] = [...prefix, process.execPath];
-    const child = spawn(command!, [...prefixArgs, CLI, ...args], {
+    const [command, ...cliArgs] = cli;
+    const child = spawn(command!, [...cliArgs, ...args], {
       env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '/tmp', ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
@@ -185,12 +188,18 @@ describe('meshlink agent CLI (child processes of dist/src/cli/main.js)', () => {
     expect(readdirSync(stateDir)).toEqual([]);
   });
 
-  it.skipIf(!canDropPrivileges)('status on a state dir it cannot read exits 7 with ML_ERR_STATE_ACCESS (needs root + setpriv)', async () => {
-    const stateDir = dirs.make(); // mkdtemp: 0700, owned by root
-    symlinkSync('generations/x', join(stateDir, 'current'));
-    const res = await runCli(['agent', 'status', '--state-dir', stateDir], {}, ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups']);
-    expect(res.code).toBe(7);
-    expect(res.stderr).toMatch(/^error ML_ERR_STATE_ACCESS: /);
+  it('status on a state dir it cannot read exits 7 with ML_ERR_STATE_ACCESS (as uid 65534, wherever the checkout lives)', async (ctx) => {
+    const cli = await unprivilegedAgentCli();
+    if ('skip' in cli) return ctx.skip(cli.skip);
+    try {
+      const stateDir = dirs.make(); // mkdtemp: 0700, owned by root
+      symlinkSync('generations/x', join(stateDir, 'current'));
+      const res = await runCli(['agent', 'status', '--state-dir', stateDir], {}, [...cli.argv]);
+      expect(res.code).toBe(7);
+      expect(res.stderr).toMatch(/^error ML_ERR_STATE_ACCESS: /);
+    } finally {
+      cli.cleanup();
+    }
   });
 
   it('a proxy URL that is not http:// exits 2 with ML_ERR_CONFIG naming its source, never its value', async () => {

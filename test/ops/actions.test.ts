@@ -1,4 +1,5 @@
-import { chmod, mkdir, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { chmod, chown, mkdir, symlink, unlink, writeFile } from 'node:fs/promises';
 import { AdminClient } from '../../src/admin-api/client.js';
 import { listAudit } from '../../src/admin-api/routes.js';
 import { join } from 'node:path';
@@ -110,6 +111,42 @@ describe('remote actions over real mTLS', () => {
     await expect(act(p, 'nope')).rejects.toMatchObject({ code: 'ML_ERR_OPS_UNKNOWN_ACTION' });
     await expect(act(p, 'notexec')).rejects.toMatchObject({ code: 'ML_ERR_OPS_UNKNOWN_ACTION', message: expect.stringMatching(/not executable/) });
     await expect(act(p, '../etc/passwd')).rejects.toBeInstanceOf(MeshlinkError);
+  });
+
+  it('refuses a hook owned by another user, writable by group, behind a symlink, or in an unsafe hooks dir', async () => {
+    // Each hook leaves a marker if it runs: none may.
+    const marker = join(p.stateDir, 'hook-ran');
+    const body = `#!/bin/sh\ntouch ${marker}\n`;
+    const unsafe = { code: 'ML_ERR_OPS_HOOK_UNSAFE' };
+    await writeFile(join(hooks, 'foreign'), body, { mode: 0o700 });
+    await chown(join(hooks, 'foreign'), 65534, 65534);
+    await expect(act(p, 'foreign')).rejects.toMatchObject({ ...unsafe, message: expect.stringMatching(/owned by uid 65534/) });
+    await writeFile(join(hooks, 'groupw'), body, { mode: 0o770 });
+    await chmod(join(hooks, 'groupw'), 0o770);
+    await expect(act(p, 'groupw')).rejects.toMatchObject({ ...unsafe, message: expect.stringMatching(/writable by group or others/) });
+    await writeFile(join(p.stateDir, 'outside-hook'), body, { mode: 0o700 });
+    await symlink(join(p.stateDir, 'outside-hook'), join(hooks, 'linked'));
+    await expect(act(p, 'linked')).rejects.toMatchObject({ ...unsafe, message: expect.stringMatching(/symbolic link/) });
+    // A safe hook in an unsafe directory is refused too: anyone could replace it there.
+    await writeFile(join(hooks, 'safe'), body, { mode: 0o700 });
+    await chmod(hooks, 0o777);
+    try {
+      await expect(act(p, 'safe')).rejects.toMatchObject({ ...unsafe, message: expect.stringMatching(/hooks dir .* writable by group or others/) });
+    } finally {
+      await chmod(hooks, 0o700);
+    }
+    await chown(hooks, 65534, 65534);
+    try {
+      await expect(act(p, 'safe')).rejects.toMatchObject({ ...unsafe, message: expect.stringMatching(/hooks dir .* owned by uid 65534/) });
+    } finally {
+      await chown(hooks, 0, 0);
+    }
+    expect(existsSync(marker)).toBe(false);
+    // The same hook in the restored directory runs: the refusals were about ownership and modes.
+    const ok = await act(p, 'safe');
+    expect(ok.exitCode).toBe(0);
+    expect(existsSync(marker)).toBe(true);
+    await unlink(marker);
   });
 
   it('runs at most maxActions at once, queues maxQueued more, refuses beyond with ML_ERR_OPS_BUSY', async () => {

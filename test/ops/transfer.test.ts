@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, open, readFile, readdir, stat, symlink, writeFile } from 'node:fs/promises';
+import { appendFile, chmod, chown, link, mkdir, open, readFile, readdir, stat, symlink, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { pullFile, pushFile, runTunnel } from '../../src/admin-api/tunnel-client.js';
@@ -74,6 +74,66 @@ describe('file transfer over real mTLS', () => {
     ).rejects.toMatchObject({ code: 'ML_ERR_OPS_CHECKSUM' });
     expect(existsSync(join(remote, 'bad'))).toBe(false);
     expect((await readdir(remote)).filter((n) => n.includes('meshlink-part'))).toEqual([]);
+  });
+
+  it('a pull of a file that shrinks or grows while it is read fails with ML_ERR_OPS_FILE_CHANGED and commits nothing', async () => {
+    const MIB = 1024 * 1024;
+    // 64 MiB: far more than flow control lets the agent read ahead of the first chunk we see.
+    for (const [name, change] of [
+      ['shrinks.bin', (path: string) => truncate(path, 20 * MIB)],
+      ['grows.bin', (path: string) => appendFile(path, Buffer.alloc(MIB, 1))],
+    ] as const) {
+      const path = join(remote, name);
+      await writeFile(path, randomBytes(64 * MIB));
+      let changed = false;
+      let bytes = 0;
+      const pulled = runTunnel(p.socket, { op: 'pull', node: p.nodeId, actor: 't', path }, {
+        async onData(chunk) {
+          bytes += chunk.length;
+          if (!changed) {
+            changed = true;
+            await change(path);
+          }
+        },
+      });
+      await expect(pulled).rejects.toMatchObject({ code: 'ML_ERR_OPS_FILE_CHANGED' });
+      expect(changed).toBe(true);
+      expect(bytes).toBeLessThanOrEqual(64 * MIB);
+      // Through the CLI's own pull: nothing is committed locally.
+      await writeFile(path, randomBytes(64 * MIB));
+      const localTarget = join(local.path, `changed-${name}`);
+      const localPart = join(local.path, `.changed-${name}.meshlink-part`);
+      const cliPull = pullFile(p.socket, { node: p.nodeId, actor: 't', remote: path, local: localTarget });
+      await waitUntil('local part has bytes', async () => ((await stat(localPart).catch(() => null))?.size ?? 0) > 0, 30_000, 2);
+      await change(path);
+      await expect(cliPull).rejects.toMatchObject({ code: 'ML_ERR_OPS_FILE_CHANGED' });
+      expect(existsSync(localTarget)).toBe(false);
+    }
+  });
+
+  it('a pull of a file with more than one hard link is refused (it could name a file outside the directory)', async () => {
+    await writeFile(join(local.path, 'secret'), 'outside the transfer dir');
+    await link(join(local.path, 'secret'), join(remote, 'hardlink'));
+    await expect(pullFile(p.socket, { node: p.nodeId, actor: 't', remote: join(remote, 'hardlink'), local: join(local.path, 'stolen') })).rejects.toMatchObject({
+      code: 'ML_ERR_OPS_PATH_FORBIDDEN',
+      message: expect.stringMatching(/2 hard links/),
+    });
+    expect(existsSync(join(local.path, 'stolen'))).toBe(false);
+  });
+
+  it('a push keeps the owner and mode of the file it replaces; a new file is 0600 and the agent\'s', async () => {
+    const script = join(remote, 'run.sh');
+    await writeFile(script, '#!/bin/sh\necho old\n');
+    await chown(script, 65534, 65534);
+    await chmod(script, 0o755);
+    await writeFile(join(local.path, 'run.sh'), '#!/bin/sh\necho new\n');
+    await pushFile(p.socket, { node: p.nodeId, actor: 't', local: join(local.path, 'run.sh'), remote: script });
+    const st = await stat(script);
+    expect(await readFile(script, 'utf8')).toContain('echo new');
+    expect({ mode: st.mode & 0o7777, uid: st.uid, gid: st.gid }).toEqual({ mode: 0o755, uid: 65534, gid: 65534 });
+    await pushFile(p.socket, { node: p.nodeId, actor: 't', local: join(local.path, 'run.sh'), remote: join(remote, 'fresh.sh') });
+    const fresh = await stat(join(remote, 'fresh.sh'));
+    expect({ mode: fresh.mode & 0o7777, uid: fresh.uid }).toEqual({ mode: 0o600, uid: process.getuid!() });
   });
 
   it('a 128 MiB push and pull keep the extra RSS of this process (server, agent and client together) under 100 MB', async () => {

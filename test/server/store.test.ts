@@ -104,7 +104,7 @@ describe('store', () => {
   it('the core keeps no tags: tokens are written and read without them', async () => {
     const s = openServerStore(await freshPath());
     const { token } = createToken(s, { ttlMs: 60_000 });
-    expect(Object.keys(s.getToken(hashToken(token))!).sort()).toEqual(['consumedAt', 'createdAt', 'expiresAt', 'hash', 'id', 'nodeId', 'revokedAt']);
+    expect(Object.keys(s.getToken(hashToken(token))!).sort()).toEqual(['certSerial', 'consumedAt', 'createdAt', 'csrSha256', 'expiresAt', 'hash', 'id', 'nodeId', 'revokedAt']);
     const nodeColumns = (s.database.prepare('PRAGMA table_info(nodes)').all() as Array<{ name: string }>).map((c) => c.name);
     expect(nodeColumns).not.toContain('tags');
     s.close();

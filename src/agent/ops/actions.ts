@@ -1,6 +1,3 @@
-import { constants } from 'node:fs';
-import { access, stat } from 'node:fs/promises';
-import { join } from 'node:path';
 import type { PayloadOf } from '../../protocol/registry.js';
 import type { Session } from '../../protocol/session.js';
 import type { MuxStream } from '../../protocol/stream.js';
@@ -8,6 +5,8 @@ import type { Logger } from '../../util/logger.js';
 import type { AuditReporter } from './audit.js';
 import { runBuiltin, type BuiltinContext } from './builtins.js';
 import { errorMessage } from './errors.js';
+import { trustedHook } from './hook-trust.js';
+import { MeshlinkError } from '../../errors.js';
 import type { OpsOptions } from './options.js';
 import { DEFAULT_ACTION_TIMEOUT_MS } from './options.js';
 import { spawnGroup, type GroupChild } from './process-group.js';
@@ -71,7 +70,7 @@ export class ActionService {
     const builtin = ['ping', 'diagnostics', 'reconcile'].includes(req.action);
     const hook = builtin ? null : await this.#findHook(req.action);
     if (!builtin && typeof hook !== 'string') {
-      session.reject(stream, 'ML_ERR_OPS_UNKNOWN_ACTION', hook?.reason ?? `no action ${req.action}`);
+      session.reject(stream, hook?.code ?? 'ML_ERR_OPS_UNKNOWN_ACTION', hook?.reason ?? `no action ${req.action}`);
       return;
     }
     if (stream.state !== 'opening') return; // the session went away while we looked
@@ -108,20 +107,13 @@ export class ActionService {
     }
   }
 
-  async #findHook(name: string): Promise<string | { reason: string }> {
-    const path = join(this.#opts.hooksDir, name);
+  async #findHook(name: string): Promise<string | { code: 'ML_ERR_OPS_UNKNOWN_ACTION' | 'ML_ERR_OPS_HOOK_UNSAFE'; reason: string }> {
     try {
-      const st = await stat(path);
-      if (!st.isFile()) return { reason: `${name} in the hooks dir is not a regular file` };
-      // Writable by group or others would let another user run code as the agent.
-      if ((st.mode & 0o022) !== 0) return { reason: `hook ${name} is writable by group or others; refusing to run it` };
-      await access(path, constants.X_OK);
-      return path;
+      return await trustedHook(this.#opts.hooksDir, name);
     } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      if (code === 'ENOENT') return { reason: `no built-in action and no hook named ${name} (hooks dir ${this.#opts.hooksDir})` };
-      if (code === 'EACCES') return { reason: `hook ${name} is not executable` };
-      return { reason: `hook ${name}: ${errorMessage(err)}` };
+      const code = err instanceof MeshlinkError && err.code === 'ML_ERR_OPS_HOOK_UNSAFE' ? err.code : 'ML_ERR_OPS_UNKNOWN_ACTION';
+      if (code === 'ML_ERR_OPS_HOOK_UNSAFE') this.#log.warn({ action: name, reason: errorMessage(err) }, 'hook refused');
+      return { code, reason: errorMessage(err) };
     }
   }
 

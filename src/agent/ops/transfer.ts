@@ -1,8 +1,6 @@
 import { createHash, type Hash } from 'node:crypto';
-import { fsyncPath } from '../../util/atomic-file.js';
-import { constants, createReadStream, createWriteStream } from 'node:fs';
-import { lstat, open, realpath, rename, unlink, type FileHandle } from 'node:fs/promises';
-import { basename, dirname, isAbsolute, join, resolve, sep } from 'node:path';
+import { constants, createReadStream, createWriteStream, type Stats } from 'node:fs';
+import { lstat, open, rename, unlink, type FileHandle } from 'node:fs/promises';
 import type { PayloadOf } from '../../protocol/registry.js';
 import type { Session } from '../../protocol/session.js';
 import type { MuxStream } from '../../protocol/stream.js';
@@ -10,6 +8,7 @@ import type { AuditReporter } from './audit.js';
 import { errorMessage, wireCode } from './errors.js';
 import type { OpsOptions } from './options.js';
 import { MeshlinkError } from '../../errors.js';
+import { openParentBeneath, openRegularForRead, type HeldParent } from './beneath.js';
 
 /**
  * file.open streams, agent side (docs/OPERATIONS.md, "File transfer").
@@ -21,12 +20,17 @@ import { MeshlinkError } from '../../errors.js';
  * if size and SHA-256 match does it fsync, rename the part over the target and fsync the directory;
  * then it confirms with file.done. A dropped connection leaves the part for the next attempt.
  *
+ * A push over an existing file keeps its owner, group and mode; a new file is 0600, the agent's.
+ *
  * pull (agent → server): the agent answers with the resume point it will start from (the requested
  * offset, or 0 if the file is now shorter), sends the bytes and then file.done with the size and the
- * SHA-256 of the whole file (the prefix the receiver already holds included).
+ * SHA-256 of the whole file (the prefix the receiver already holds included). It sends file.done only
+ * if it sent exactly the size the file had at the open and still has: a file that shrinks or grows
+ * during the pull fails with ML_ERR_OPS_FILE_CHANGED instead.
  *
- * Only paths inside a --transfer-dir (after resolving symlinks of the directory) are allowed, and only
- * regular files; with no --transfer-dir every transfer is refused.
+ * Only paths beneath a --transfer-dir, resolved through held directory descriptors that follow no
+ * link (beneath.ts), and only regular files (for a pull, with one hard link); with no --transfer-dir
+ * every transfer is refused.
  */
 
 const PART_SUFFIX = '.meshlink-part';
@@ -60,102 +64,66 @@ export class TransferService {
       .finally(() => this.#active--);
   }
 
-  /** The real path for `path` if it is inside an allowed directory. */
-  async allowedPath(path: string): Promise<string> {
-    if (this.opts.transferDirs.length === 0) {
-      throw new MeshlinkError('ML_ERR_OPS_TRANSFER_DISABLED', 'file transfer is disabled on this agent; start it with --transfer-dir DIR');
-    }
-    if (!isAbsolute(path)) throw new MeshlinkError('ML_ERR_OPS_BAD_REQUEST', `the path must be absolute: ${path}`);
-    const wanted = resolve(path);
-    let parent: string;
-    try {
-      parent = await realpath(dirname(wanted));
-    } catch {
-      throw new MeshlinkError('ML_ERR_OPS_NOT_FOUND', `directory ${dirname(wanted)} does not exist`);
-    }
-    const full = join(parent, basename(wanted));
-    for (const dir of this.opts.transferDirs) {
-      const real = await realpath(dir).catch(() => null);
-      if (real !== null && (full.startsWith(real + sep) || (real === sep && full !== sep))) return full;
-    }
-    throw new MeshlinkError('ML_ERR_OPS_PATH_FORBIDDEN', `${path} is not inside an allowed transfer directory`);
-  }
-
   async #push(stream: MuxStream, session: Session, req: PayloadOf<'file.open'>): Promise<number> {
     if (req.size === undefined || req.sha256 === undefined) throw new MeshlinkError('ML_ERR_OPS_BAD_REQUEST', 'a push needs size and sha256');
+    const parent = await openParentBeneath(this.opts.transferDirs, req.path);
+    try {
+      return await this.#pushInto(parent, stream, session, req as PayloadOf<'file.open'> & { size: number; sha256: string });
+    } finally {
+      await parent.close();
+    }
+  }
+
+  async #pushInto(parent: HeldParent, stream: MuxStream, session: Session, req: PayloadOf<'file.open'> & { size: number; sha256: string }): Promise<number> {
     const { size, sha256 } = req;
-    const target = await this.allowedPath(req.path);
+    // Every name below is looked up in the held directory, never by path (beneath.ts).
+    const target = parent.at(parent.name);
     const existing = await lstat(target).catch(() => null);
     if (existing && !existing.isFile()) throw new MeshlinkError('ML_ERR_OPS_PATH_FORBIDDEN', `${req.path} exists and is not a regular file`);
-    const part = join(dirname(target), `.${basename(target)}.${sha256.slice(0, 16)}${PART_SUFFIX}`);
+    const part = parent.at(`.${parent.name}.${sha256.slice(0, 16)}${PART_SUFFIX}`);
     const held = await lstat(part).catch(() => null);
     let offset = held && held.isFile() && held.size <= size ? held.size : 0;
     if (held && offset === 0) await unlink(part).catch(() => {});
     if (stream.state !== 'opening') throw new MeshlinkError('ML_ERR_OPS_INTERRUPTED', 'the stream went away');
 
     const hash = createHash('sha256');
-    if (offset > 0) offset = await hashPrefix(part, offset, hash);
-    session.accept(stream);
-    stream.sendMessage('file.chunk', { offset, data: EMPTY });
-
-    const out = createWriteStream(part, { flags: offset > 0 ? 'r+' : 'w', start: offset, mode: 0o600, highWaterMark: 1024 * 1024 });
-    let received = offset;
-    let declared: PayloadOf<'file.done'> | null = null;
-    stream.on('message', (m) => {
-      if (m.name === 'file.done') declared = m.payload;
+    // O_NOFOLLOW: a symlink planted under the part's name is refused, not written through.
+    const fh = await open(part, constants.O_WRONLY | constants.O_CREAT | constants.O_NOFOLLOW | (offset > 0 ? 0 : constants.O_TRUNC), 0o600).catch((err: NodeJS.ErrnoException) => {
+      throw new MeshlinkError(err.code === 'ELOOP' ? 'ML_ERR_OPS_PATH_FORBIDDEN' : 'ML_ERR_OPS_IO', `opening the part file of ${req.path}: ${err.message}`);
     });
-    await new Promise<void>((resolveDone, reject) => {
-      out.once('error', (err) => {
-        stream.destroy(new MeshlinkError('ML_ERR_OPS_IO', `writing ${req.path}: ${err.message}`));
-        reject(new MeshlinkError('ML_ERR_OPS_IO', `writing ${req.path}: ${err.message}`));
-      });
-      stream.on('data', (chunk: Buffer) => {
-        received += chunk.length;
-        if (received > size) {
-          stream.destroy(new MeshlinkError('ML_ERR_OPS_BAD_REQUEST', `more than the announced ${size} bytes`));
-          return;
-        }
-        hash.update(chunk);
-        if (!out.write(chunk)) {
-          stream.pause();
-          out.once('drain', () => stream.resume());
-        }
-      });
-      stream.once('error', (err) => {
-        out.end(); // keep what arrived: the next attempt resumes from it
-        reject(err);
-      });
-      stream.once('end', () => out.end(() => resolveDone()));
-    });
-
-    const digest = hash.digest('hex');
-    const d = declared as PayloadOf<'file.done'> | null;
-    if (received !== size || digest !== sha256 || !d || d.sha256 !== sha256 || d.size !== size) {
-      await unlink(part).catch(() => {});
-      throw new MeshlinkError('ML_ERR_OPS_CHECKSUM', `received ${received} of ${size} bytes with SHA-256 ${digest}; expected ${sha256}. Nothing was written`);
+    try {
+      if (offset > 0) offset = await hashPrefix(part, offset, hash);
+      session.accept(stream);
+      stream.sendMessage('file.chunk', { offset, data: EMPTY });
+      const received = await receiveInto(fh, offset, stream, hash, req);
+      const digest = hash.digest('hex');
+      const d = received.declared;
+      if (received.bytes !== size || digest !== sha256 || !d || d.sha256 !== sha256 || d.size !== size) {
+        await unlink(part).catch(() => {});
+        throw new MeshlinkError('ML_ERR_OPS_CHECKSUM', `received ${received.bytes} of ${size} bytes with SHA-256 ${digest}; expected ${sha256}. Nothing was written`);
+      }
+      if (existing) await keepOwnerAndMode(fh, existing, req.path, () => unlink(part).catch(() => {}));
+      await fh.sync();
+    } finally {
+      await fh.close();
     }
-    await fsyncPath(part);
     await rename(part, target);
-    await fsyncPath(dirname(target));
+    await parent.dir.sync();
     stream.sendMessage('file.done', { size, sha256 });
     stream.end();
     return size;
   }
 
   async #pull(stream: MuxStream, session: Session, req: PayloadOf<'file.open'>): Promise<number> {
-    const path = await this.allowedPath(req.path);
-    let fh: FileHandle;
+    const parent = await openParentBeneath(this.opts.transferDirs, req.path);
+    let opened: { fh: FileHandle; st: Stats };
     try {
-      fh = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW);
-    } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      if (code === 'ENOENT') throw new MeshlinkError('ML_ERR_OPS_NOT_FOUND', `${req.path} does not exist`);
-      if (code === 'ELOOP') throw new MeshlinkError('ML_ERR_OPS_PATH_FORBIDDEN', `${req.path} is a symbolic link`);
-      throw err;
+      opened = await openRegularForRead(parent, req.path);
+    } finally {
+      await parent.close();
     }
+    const { fh, st } = opened;
     try {
-      const st = await fh.stat();
-      if (!st.isFile()) throw new MeshlinkError('ML_ERR_OPS_PATH_FORBIDDEN', `${req.path} is not a regular file`);
       const size = st.size;
       const start = (req.offset ?? 0) <= size ? (req.offset ?? 0) : 0;
       if (stream.state !== 'opening') throw new MeshlinkError('ML_ERR_OPS_INTERRUPTED', 'the stream went away');
@@ -163,12 +131,14 @@ export class TransferService {
       stream.resume();
       stream.sendMessage('file.chunk', { offset: start, data: EMPTY });
       const hash = createHash('sha256');
-      if (start > 0) await hashRange(fh, 0, start, hash);
+      if (start > 0 && (await hashRange(fh, 0, start, hash)) !== start) throw changed(req.path, size);
+      let sent = 0;
       if (size > start) {
         const src = createReadStream('', { fd: fh, start, end: size - 1, autoClose: false, highWaterMark: 256 * 1024 });
         await new Promise<void>((resolveDone, reject) => {
           src.on('data', (chunk) => {
             hash.update(chunk as Buffer);
+            sent += (chunk as Buffer).length;
             stream.write(chunk);
             // Pause past ~1 MiB queued, not after every 64 KiB chunk (write() is false past 64 KiB).
             if (stream.writableLength > 1024 * 1024) {
@@ -185,6 +155,9 @@ export class TransferService {
         });
       }
       if (stream.destroyed || stream.writableEnded) throw new MeshlinkError('ML_ERR_OPS_INTERRUPTED', 'the stream closed during the transfer');
+      // Bytes sent = declared size, or no file.done: a file that shrank ends the read early, one that
+      // grew has more than we declared (we read only up to the size we announced).
+      if (start + sent !== size || (await fh.stat()).size !== size) throw changed(req.path, size);
       stream.sendMessage('file.done', { size, sha256: hash.digest('hex') });
       stream.end();
       return size - start;
@@ -194,9 +167,71 @@ export class TransferService {
   }
 }
 
+function changed(path: string, size: number): MeshlinkError {
+  return new MeshlinkError('ML_ERR_OPS_FILE_CHANGED', `${path} changed size while it was read (it had ${size} bytes when the pull started); nothing was committed, pull again`);
+}
+
+/** Writes the stream's bytes at `offset` into `fh` until END_STREAM; returns the total and the sender's file.done. */
+async function receiveInto(
+  fh: FileHandle,
+  offset: number,
+  stream: MuxStream,
+  hash: Hash,
+  req: { path: string; size: number },
+): Promise<{ bytes: number; declared: PayloadOf<'file.done'> | null }> {
+  // The numeric fd, not the FileHandle: a WriteStream on a FileHandle keeps a reference on it that makes
+  // a later fh.close() wait forever (Node 20), and the caller still syncs, chmods and closes it.
+  const out = createWriteStream('', { fd: fh.fd, start: offset, autoClose: false, highWaterMark: 1024 * 1024 });
+  let received = offset;
+  let declared: PayloadOf<'file.done'> | null = null;
+  stream.on('message', (m) => {
+    if (m.name === 'file.done') declared = m.payload;
+  });
+  await new Promise<void>((resolveDone, reject) => {
+    out.once('error', (err) => {
+      stream.destroy(new MeshlinkError('ML_ERR_OPS_IO', `writing ${req.path}: ${err.message}`));
+      reject(new MeshlinkError('ML_ERR_OPS_IO', `writing ${req.path}: ${err.message}`));
+    });
+    stream.on('data', (chunk: Buffer) => {
+      received += chunk.length;
+      if (received > req.size) {
+        stream.destroy(new MeshlinkError('ML_ERR_OPS_BAD_REQUEST', `more than the announced ${req.size} bytes`));
+        return;
+      }
+      hash.update(chunk);
+      if (!out.write(chunk)) {
+        stream.pause();
+        out.once('drain', () => stream.resume());
+      }
+    });
+    stream.once('error', (err) => {
+      out.end(); // keep what arrived: the next attempt resumes from it
+      reject(err);
+    });
+    stream.once('end', () => out.end(() => resolveDone()));
+  });
+  return { bytes: received, declared };
+}
+
+/**
+ * A push replaces the file but keeps what the operator set on it: its owner and group, then its mode
+ * (chown clears set-id bits, so chmod comes second). An agent that may not give the file its owner
+ * (not root) refuses rather than silently changing who owns it. New files are 0600, the agent's.
+ */
+async function keepOwnerAndMode(fh: FileHandle, was: Stats, shown: string, discard: () => Promise<unknown>): Promise<void> {
+  try {
+    const mine = await fh.stat();
+    if (mine.uid !== was.uid || mine.gid !== was.gid) await fh.chown(was.uid, was.gid);
+    await fh.chmod(was.mode & 0o7777);
+  } catch (err) {
+    await discard();
+    throw new MeshlinkError('ML_ERR_OPS_IO', `cannot keep the owner ${was.uid}:${was.gid} and mode ${(was.mode & 0o7777).toString(8)} of ${shown} (${(err as Error).message}); nothing was written`);
+  }
+}
+
 /** Hashes the first `length` bytes of `path` into `hash`; returns how many it really had. */
 async function hashPrefix(path: string, length: number, hash: Hash): Promise<number> {
-  const fh = await open(path, 'r');
+  const fh = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW);
   try {
     return await hashRange(fh, 0, length, hash);
   } finally {

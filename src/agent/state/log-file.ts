@@ -57,6 +57,21 @@ export class AgentLogFile extends EventEmitter<{ line: [line: string] }> {
     this.#size = fstatSync(this.#fd).size;
   }
 
+  /**
+   * Reopens the file by its path (SIGHUP): after an external logrotate moved it away, lines go to a
+   * new file at the path instead of the moved one.
+   */
+  reopen(): void {
+    const fd = openSync(this.path, 'a', 0o600);
+    try {
+      closeSync(this.#fd);
+    } catch {
+      /* already closed */
+    }
+    this.#fd = fd;
+    this.#size = fstatSync(fd).size;
+  }
+
   close(): void {
     try {
       closeSync(this.#fd);

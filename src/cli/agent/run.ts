@@ -83,6 +83,16 @@ export function registerRunCommand(agent: Command, onError: (err: unknown) => vo
         };
         process.once('SIGTERM', () => stop('SIGTERM'));
         process.once('SIGINT', () => stop('SIGINT'));
+        // SIGHUP would otherwise kill the agent without a log line. What can be reloaded live is the
+        // log file (reopened at its path, for logrotate); flags and --config are read at start only.
+        process.on('SIGHUP', () => {
+          try {
+            logFile?.reopen();
+            logger.info({ signal: 'SIGHUP', logFile: logFile?.path ?? null }, logFile ? 'log file reopened; changed flags and --config apply at the next start' : 'no log file to reopen; changed flags and --config apply at the next start');
+          } catch (err) {
+            logger.error({ signal: 'SIGHUP', err }, 'could not reopen the log file; logging continues to the old one');
+          }
+        });
         try {
           process.exitCode = await runner.run();
         } finally {

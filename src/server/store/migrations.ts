@@ -97,4 +97,15 @@ export const MIGRATIONS: readonly Migration[] = [
       CREATE INDEX tokens_created ON tokens (created_at);
     `,
   },
+  {
+    version: 4,
+    name: 'core: the CSR and certificate a token was redeemed with',
+    sql: `
+      -- A retry of an enrollment whose answer was lost (the agent killed, the connection dropped) sends
+      -- the same CSR with the same token: within a short window it gets the same certificate again
+      -- instead of a burnt token (src/server/enroll.ts).
+      ALTER TABLE tokens ADD COLUMN csr_sha256 TEXT;
+      ALTER TABLE tokens ADD COLUMN cert_serial TEXT;
+    `,
+  },
 ];

@@ -34,6 +34,9 @@ export interface TokenRow {
   consumedAt: number | null;
   revokedAt: number | null;
   nodeId: string | null;
+  /** SHA-256 of the CSR the token was redeemed with, and the serial issued for it (core migration 4). */
+  csrSha256?: string | null;
+  certSerial?: string | null;
 }
 export interface NodeRow {
   id: string;
@@ -74,11 +77,13 @@ export interface EnrollmentCommit {
   /** Re-enrollment keeps an existing node id; the node row is updated instead of inserted. */
   node: { id: string; hostname: string; agentVersion: string | null; existing: boolean };
   cert: Omit<CertRow, 'revokedAt' | 'nodeId'>;
+  /** SHA-256 of the CSR: a retry with the same CSR soon after gets the same certificate (enroll.ts). */
+  csrSha256?: string;
 }
 
 type Row = Record<string, unknown>;
 
-const TOKEN_COLUMNS = 'hash, id, created_at, expires_at, consumed_at, revoked_at, node_id';
+const TOKEN_COLUMNS = 'hash, id, created_at, expires_at, consumed_at, revoked_at, node_id, csr_sha256, cert_serial';
 
 function tokenFromRow(r: Row): TokenRow {
   return {
@@ -89,6 +94,8 @@ function tokenFromRow(r: Row): TokenRow {
     consumedAt: (r.consumed_at as number | null) ?? null,
     revokedAt: (r.revoked_at as number | null) ?? null,
     nodeId: (r.node_id as string | null) ?? null,
+    csrSha256: (r.csr_sha256 as string | null) ?? null,
+    certSerial: (r.cert_serial as string | null) ?? null,
   };
 }
 function nodeFromRow(r: Row): NodeRow {
@@ -146,7 +153,7 @@ export class Store {
       listTokens: db.prepare(`SELECT ${TOKEN_COLUMNS} FROM tokens ORDER BY created_at DESC, rowid DESC LIMIT ?`),
       revokeToken: db.prepare('UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL AND consumed_at IS NULL'),
       consumeToken: db.prepare(
-        'UPDATE tokens SET consumed_at = ? WHERE hash = ? AND consumed_at IS NULL AND revoked_at IS NULL AND expires_at > ?',
+        'UPDATE tokens SET consumed_at = ?, csr_sha256 = ?, cert_serial = ? WHERE hash = ? AND consumed_at IS NULL AND revoked_at IS NULL AND expires_at > ?',
       ),
       insertNode: db.prepare(
         'INSERT INTO nodes (id, hostname, created_at, agent_version, last_seen, removed_at) VALUES (?, ?, ?, ?, NULL, NULL)',
@@ -324,7 +331,7 @@ export class Store {
    */
   commitEnrollment(c: EnrollmentCommit, inTransaction?: (c: EnrollmentCommit) => void): boolean {
     return this.db.transaction((): boolean => {
-      const consumed = this.stmts.consumeToken.run(c.now, c.tokenHash, c.now);
+      const consumed = this.stmts.consumeToken.run(c.now, c.csrSha256 ?? null, c.cert.serial, c.tokenHash, c.now);
       if (consumed.changes !== 1) return false;
       if (c.node.existing) {
         const updated = this.stmts.updateNodeOnReenroll.run(c.node.hostname, c.node.agentVersion, c.node.id);
