@@ -121,8 +121,8 @@ function registerEnrollCommand(agent: Command): void {
           );
           // What to do next is advice, not the result: stderr, and only in human mode.
           process.stderr.write(
-            (releaseKeys.length > 0 ? `release key(s) pinned: ${releaseKeys.map((k) => k.keyId).join(', ')}\n` : 'no release key pinned: this agent refuses self-upgrades (add --release-key to agent run to allow them)\n') +
-              nextStepAfterEnroll(flags.stateDir === undefined ? null : stateDir),
+            nextStepAfterEnroll(flags.stateDir === undefined ? null : stateDir) +
+              (releaseKeys.length > 0 ? `release key(s) pinned: ${releaseKeys.map((k) => k.keyId).join(', ')}\n` : 'no release key pinned: this agent refuses self-upgrades (add --release-key to agent run to allow them)\n'),
           );
         }
       }),

@@ -19,10 +19,17 @@ export interface DecodeBudgetOptions {
   burst: number;
 }
 
+/**
+ * The server's budget. The rate is far above what one node legitimately makes it decode, but it must
+ * not bite a legitimate stream: typed stream messages (exec.stderr, action.output) count as decode
+ * work and, flow-controlled, run at line speed (a 16 MiB/s rate closed an `exec` writing 150 MiB of
+ * stderr on loopback: test/ops/slow-operator.e2e.test.ts). What protects the event loop is the
+ * per-message cap and the yielding; the rate bounds one node's share of the CPU over time.
+ */
 export const DEFAULT_DECODE_BUDGET: DecodeBudgetOptions = Object.freeze({
   perMessage: 8 * 1024 * 1024,
-  perSecond: 16 * 1024 * 1024,
-  burst: 32 * 1024 * 1024,
+  perSecond: 256 * 1024 * 1024,
+  burst: 512 * 1024 * 1024,
 });
 
 /**

@@ -11,7 +11,7 @@ import { parseWgDump } from '../../src/agent/mesh/wg-apply.js';
 import { renderWgQuick } from '../../src/agent/mesh/wg-config.js';
 import { generateWgKeyPair, loadOrCreateWgKey, wgPublicKey } from '../../src/agent/mesh/wg-keys.js';
 import { rawEd25519PublicKey, signingKeyId } from '../../src/contract/ed25519.js';
-import { encodeEnvelope, type Envelope } from '../../src/contract/mesh-events.js';
+import { encodeEnvelope, encodeSnapshot, snapshotSigningBytes, type Envelope, type Snapshot } from '../../src/contract/mesh-events.js';
 import { createLogger } from '../../src/util/logger.js';
 import { tempDir } from '../server/helpers.js';
 
@@ -162,7 +162,7 @@ describe('MeshAgent and invalid peer entries (issue 17, item 1)', () => {
       const bytes = encodeEnvelope(env as Envelope);
       return mesh.receive({ envelope: bytes as Uint8Array<ArrayBuffer>, signature: s.sign(bytes), keyId: s.keyId }, closedSession);
     };
-    return { mesh, deliver };
+    return { mesh, deliver, sign: (bytes: Uint8Array) => s.sign(bytes), keyId: s.keyId };
   }
 
   it('skips one bad peer of a snapshot or a peer event, applies the rest, and counts it', async () => {
@@ -181,11 +181,13 @@ describe('MeshAgent and invalid peer entries (issue 17, item 1)', () => {
   });
 
   it('applies a reconciliation state without its bad peer', async () => {
-    const { mesh } = await agentWith();
+    const { mesh, sign, keyId } = await agentWith();
     const state = { nodeId: 'me', meshIp: '10.100.0.1', cidr: '10.100.0.0/16', peers: [peer(2), peer(3, { endpoints: ['x'] })] };
+    // A signed snapshot (the trust model) whose state carries one bad peer entry.
+    const bytes = encodeSnapshot({ nodeId: 'me', seq: 7, digest: 'd'.repeat(64), ts: 1, state } as unknown as Snapshot);
     const session = {
       state: 'open',
-      request: async () => ({ rid: 1, inSync: false, state: { ...state, seq: 7, digest: 'd' } }),
+      request: async () => ({ rid: 1, inSync: false, snapshot: { bytes, signature: sign(snapshotSigningBytes(bytes)), keyId } }),
       send: () => true,
     } as unknown as Session;
     const result = await mesh.reconcile(session);

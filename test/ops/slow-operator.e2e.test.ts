@@ -48,8 +48,10 @@ describe('a stopped operator cannot make the server buffer an agent stream', () 
     let partial = '';
     let bad: string | null = null;
     let bytes = 0;
+    let tail = '';
     op.stderr.on('data', (c: Buffer) => {
       bytes += c.length;
+      tail = (tail + c.toString('latin1')).slice(-2_000);
       const text = partial + c.toString('latin1');
       const lines = text.split('\n');
       partial = lines.pop()!;
@@ -69,7 +71,7 @@ describe('a stopped operator cannot make the server buffer an agent stream', () 
       peak = Math.max(peak, rssKiB(server.child.pid!));
     }
     op.kill('SIGCONT');
-    expect(await exited).toBe(0);
+    expect(await exited, `the operator's last output: ${tail}`).toBe(0);
     expect(bad).toBeNull();
     expect(next - 1).toBe(LINES);
     expect(bytes).toBeGreaterThan(150 * 1024 * 1024);

@@ -100,8 +100,14 @@ describe('CLI end to end: `meshlink server` as child processes', () => {
     const enrolled = await httpsRequest(`${ready.publicUrl}/v1/enroll`, { ca: caPem, body: { token: tok.token, csr: csrPem, agentVersion: '9.9.9' } });
     expect(enrolled.status).toBe(200);
     const node = enrolled.json<{ nodeId: string; certificate: string; notAfter: string }>();
-    const reuse = await httpsRequest(`${ready.publicUrl}/v1/enroll`, { ca: caPem, body: { token: tok.token, csr: csrPem } });
+    // A used token with another CSR is refused; with the same CSR (a retry whose answer was lost) it
+    // gets the same certificate again, for the same node (docs/AGENT.md, "Enrollment").
+    const other = await makeCsr('cli-node');
+    const reuse = await httpsRequest(`${ready.publicUrl}/v1/enroll`, { ca: caPem, body: { token: tok.token, csr: other.csrPem } });
     expect(reuse.status).toBe(401);
+    const retry = await httpsRequest(`${ready.publicUrl}/v1/enroll`, { ca: caPem, body: { token: tok.token, csr: csrPem } });
+    expect(retry.status).toBe(200);
+    expect(retry.json<{ nodeId: string; certificate: string }>()).toMatchObject({ nodeId: node.nodeId, certificate: node.certificate });
 
     const ws = await dialConnect(ready.publicUrl, { ca: caPem, cert: node.certificate, key: keyPem });
     expect(ws.kind).toBe('open');
