@@ -35,7 +35,7 @@ describe('Ed25519 contract helpers', () => {
 describe('mesh event envelope', () => {
   it('round-trips a known type and reports an unknown one without its payload', () => {
     const bytes = encodeEnvelope({ seq: 7, type: 'peer_removed', ts: 9, payload: { nodeIds: ['a'] } });
-    expect(decodeEnvelope(bytes)).toEqual({ known: true, envelope: { seq: 7, type: 'peer_removed', ts: 9, payload: { nodeIds: ['a'] } } });
+    expect(decodeEnvelope(bytes)).toEqual({ known: true, envelope: { seq: 7, type: 'peer_removed', ts: 9, payload: { nodeIds: ['a'] } }, skipped: [] });
     const future = encodeEnvelope({ seq: 8, type: 'from_the_future' as 'rotate_keys', ts: 1, payload: {} });
     expect(decodeEnvelope(future)).toEqual({ known: false, seq: 8, type: 'from_the_future', ts: 1 });
   });
