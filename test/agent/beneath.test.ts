@@ -1,9 +1,9 @@
 import { constants } from 'node:fs';
-import { link, mkdir, open, readFile, rename, symlink, writeFile } from 'node:fs/promises';
+import { link, open, readFile, rename, symlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { openParentBeneath, openRegularForRead } from '../../src/agent/ops/beneath.js';
-import { tempDir } from '../server/helpers.js';
+import { escapeArea } from '../helpers/escape-area.js';
 
 const hasProc = await open('/proc/self/fd', constants.O_RDONLY | constants.O_DIRECTORY).then(
   async (fh) => (await fh.close(), true),
@@ -15,13 +15,7 @@ describe.skipIf(!hasProc)('resolution beneath a held directory descriptor (real 
   let area: string;
   let outside: string;
   beforeEach(async () => {
-    tmp = await tempDir('ml-beneath-');
-    area = join(tmp.path, 'area');
-    outside = join(tmp.path, 'outside');
-    await mkdir(join(area, 'sub'), { recursive: true });
-    await mkdir(outside);
-    await writeFile(join(area, 'sub', 'f'), 'inside');
-    await writeFile(join(outside, 'f'), 'OUTSIDE');
+    ({ tmp, area, outside } = await escapeArea('ml-beneath-'));
   });
   afterEach(async () => tmp.cleanup());
 

@@ -1,11 +1,11 @@
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
+import { readFile, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { pullFile, pushFile } from '../../src/admin-api/tunnel-client.js';
 import { MeshlinkError } from '../../src/errors.js';
-import { tempDir } from '../server/helpers.js';
+import { escapeArea } from '../helpers/escape-area.js';
 import { startOpsPair, type OpsPair } from './helpers.js';
 
 /**
@@ -39,13 +39,7 @@ describe('transfers while a subdirectory is swapped for a symlink in a loop', ()
   let area: string;
   let outside: string;
   beforeAll(async () => {
-    tmp = await tempDir('ml-ops-race-');
-    area = join(tmp.path, 'area');
-    outside = join(tmp.path, 'outside');
-    await mkdir(join(area, 'sub'), { recursive: true });
-    await mkdir(outside);
-    await writeFile(join(area, 'sub', 'f'), 'inside');
-    await writeFile(join(outside, 'f'), 'OUTSIDE');
+    ({ tmp, area, outside } = await escapeArea('ml-ops-race-'));
     await writeFile(join(tmp.path, 'payload'), 'pushed bytes');
     p = await startOpsPair({ transferDirs: [area] });
   });
