@@ -117,6 +117,9 @@ export function registerMeshCommands(server: Command): void {
           let stop = !opts.follow;
           process.once('SIGINT', () => (stop = true));
           process.once('SIGTERM', () => (stop = true));
+          // Said once the first page is printed: entries from here on are followed. A script that starts a tail and
+          // then acts waits for this line, or it may act before the first page and never see its own events.
+          if (!stop) process.stderr.write('following new entries (Ctrl-C to stop)\n');
           while (!stop) {
             const next = await op.call(api.meshFeed, { after, waitMs: 10_000, ...(node ? { node } : {}) }, { timeoutMs: 20_000 });
             printFeed(next.entries);

@@ -114,7 +114,8 @@ describe('meshlink mesh CLI (real processes)', () => {
   it('events tail follows new events as they happen', async () => {
     const tail = spawnCli(['server', 'events', 'tail', '--last', '0', '--data-dir', server.dataDir]);
     procs.push(tail);
-    await new Promise((r) => setTimeout(r, 500));
+    // Only events after the tail's first page are followed (--last 0): act once it says it follows.
+    await waitFor('tail following', async () => /following new entries/.test(tail.output()), 30_000);
     const rot = await cli(['server', 'mesh', 'rotate-keys', 'beta', '--data-dir', server.dataDir]);
     expect(rot.code, rot.stderr).toBe(0);
     await waitFor('tail shows rotate_keys and peer_key_rotated', async () => /"rotate_keys"/.test(tail.output()) && /"peer_key_rotated"/.test(tail.output()), 15_000);
