@@ -58,7 +58,7 @@ function durationOption(key: string, text: string): number {
   }
 }
 
-type StartOptions = { dataDir?: string; listen: string; publicUrl?: string; san: string[]; caKey: string; certLifetime: string; renewGrace: string; heartbeatInterval: string; offlineAfter: string; logLevel?: string; metricsListen?: string; consoleListen?: string; consoleOrigin?: string; config?: string; keyFile?: string; stunListen?: string; stun: boolean; releaseKey: string[] };
+type StartOptions = { dataDir?: string; listen: string; publicUrl?: string; san: string[]; caKey: string; certLifetime: string; renewGrace: string; heartbeatInterval: string; offlineAfter: string; clientHelloTimeout: string; logLevel?: string; metricsListen?: string; consoleListen?: string; consoleOrigin?: string; config?: string; keyFile?: string; stunListen?: string; stun: boolean; releaseKey: string[] };
 
 export function registerServerCommands(program: Command): void {
   const server = program.command('server').description('control-plane server: CA, enrollment, agent gateway');
@@ -75,6 +75,7 @@ export function registerServerCommands(program: Command): void {
     .option('--renew-grace <duration>', 'how long after expiry /v1/renew still accepts a certificate', '7d')
     .option('--heartbeat-interval <duration>', 'how often agents send a heartbeat (sent to them in welcome)', '15s')
     .option('--offline-after <duration>', 'silence after which a node is offline and its session closed', '45s')
+    .option('--client-hello-timeout <duration>', 'a TCP connection that sends no TLS ClientHello within this is closed before it takes a handshake slot (100ms..60s)', '3s')
     .addOption(new Option('--log-level <level>', 'log level (default: MESHLINK_LOG_LEVEL or info)').choices([...LOG_LEVELS]))
     .option('--metrics-listen <host:port>', 'serve Prometheus metrics (GET /metrics) on this local address, e.g. 127.0.0.1:9464 (default: MESHLINK_METRICS_LISTEN, else off)')
     .option('--console-listen <host:port>', 'serve the web console (plain HTTP) on this address, e.g. 127.0.0.1:8444; reach it remotely through an SSH tunnel or a TLS reverse proxy (default: off)')
@@ -101,6 +102,7 @@ export function registerServerCommands(program: Command): void {
           renewGraceMs: durationOption('renewGrace', opts.renewGrace),
           heartbeatIntervalMs: durationOption('heartbeatInterval', opts.heartbeatInterval),
           offlineAfterMs: durationOption('offlineAfter', opts.offlineAfter),
+          clientHelloTimeoutMs: durationOption('clientHelloTimeout', opts.clientHelloTimeout),
           logLevel: opts.logLevel ?? process.env.MESHLINK_LOG_LEVEL ?? 'info',
           metricsListen: opts.metricsListen ? parseListenAddress(opts.metricsListen, '--metrics-listen', 'ML_ERR_USAGE') : null,
           consoleListen: opts.consoleListen ? parseListenAddress(opts.consoleListen, '--console-listen', 'ML_ERR_USAGE') : null,

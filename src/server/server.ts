@@ -152,7 +152,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
       hooks: options.hooks ?? sessionHost!,
       routes: publicRoutes,
       logger,
-      ...(options.timeouts ? { timeouts: options.timeouts } : {}),
+      timeouts: { clientHelloMs: config.clientHelloTimeoutMs, ...options.timeouts },
       onConnected: (nodeId) => presence.heard(nodeId),
     });
     gateway = gw;
