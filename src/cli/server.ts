@@ -8,9 +8,9 @@ import { registerServerExtensions } from './server-extensions.js';
 import { Command, Option } from 'commander';
 import { z } from 'zod';
 import * as api from '../admin-api/routes.js';
-import { parseServerConfig } from '../server/config.js';
-import { startServer } from '../server/server.js';
-import { createLogger, LOG_LEVELS } from '../util/logger.js';
+import { parseServerConfig, type ServerConfig } from '../server/config.js';
+import { startServer, type RunningServer } from '../server/server.js';
+import { createLogger, LOG_LEVELS, type Logger } from '../util/logger.js';
 import { parseDuration } from '../util/duration.js';
 import { parseListenAddress, type ListenAddress } from '../util/listen-address.js';
 import { printable, printTable } from './table.js';
@@ -58,14 +58,11 @@ function durationOption(key: string, text: string): number {
   }
 }
 
-type StartOptions = { dataDir?: string; listen: string; publicUrl?: string; san: string[]; caKey: string; certLifetime: string; renewGrace: string; heartbeatInterval: string; offlineAfter: string; logLevel?: string; metricsListen?: string; consoleListen?: string; consoleOrigin?: string; config?: string; keyFile?: string; stunListen?: string; stun: boolean; releaseKey: string[] };
+type StartOptions = { dataDir?: string; listen: string; publicUrl?: string; san: string[]; caKey: string; certLifetime: string; renewGrace: string; heartbeatInterval: string; offlineAfter: string; clientHelloTimeout: string; logLevel?: string; metricsListen?: string; consoleListen?: string; consoleOrigin?: string; config?: string; keyFile?: string; stunListen?: string; stun: boolean; releaseKey: string[] };
 
-export function registerServerCommands(program: Command): void {
-  const server = program.command('server').description('control-plane server: CA, enrollment, agent gateway');
-
-  server
-    .command('start')
-    .description('run the server in the foreground (logs JSON to stdout)')
+/** The options of `server start`, on a fresh command too (a reload parses the config file again with it). */
+function defineStartOptions(cmd: Command): Command {
+  return cmd
     .addOption(dataDirOption())
     .option('--listen <host:port>', 'address to listen on', '0.0.0.0:8443')
     .option('--public-url <url>', 'the URL agents reach this server at, e.g. https://mesh.example.com (behind NAT, a load balancer or a port mapping); stored: later starts keep it')
@@ -75,6 +72,7 @@ export function registerServerCommands(program: Command): void {
     .option('--renew-grace <duration>', 'how long after expiry /v1/renew still accepts a certificate', '7d')
     .option('--heartbeat-interval <duration>', 'how often agents send a heartbeat (sent to them in welcome)', '15s')
     .option('--offline-after <duration>', 'silence after which a node is offline and its session closed', '45s')
+    .option('--client-hello-timeout <duration>', 'a TCP connection that sends no TLS ClientHello within this is closed before it takes a handshake slot (100ms..60s)', '3s')
     .addOption(new Option('--log-level <level>', 'log level (default: MESHLINK_LOG_LEVEL or info)').choices([...LOG_LEVELS]))
     .option('--metrics-listen <host:port>', 'serve Prometheus metrics (GET /metrics) on this local address, e.g. 127.0.0.1:9464 (default: MESHLINK_METRICS_LISTEN, else off)')
     .option('--console-listen <host:port>', 'serve the web console (plain HTTP) on this address, e.g. 127.0.0.1:8444; reach it remotely through an SSH tunnel or a TLS reverse proxy (default: off)')
@@ -83,54 +81,102 @@ export function registerServerCommands(program: Command): void {
     .option('--release-key <key>', 'release public key (ed25519:…, printed by `meshlink release keygen`) whose signature `upgrade set` requires on agent bundles (repeatable; not stored: give it on every start)', collect, [])
     .option('--console-origin <origin>', 'the origin browsers use for the console when it is not http://HOST:PORT of the request, e.g. https://console.example.com behind a reverse proxy')
     .option('--key-file <path>', 'the server key file that seals the CA key and mesh secrets, outside the data dir (default: MESHLINK_KEY_FILE, else /etc/meshlink/server.key for the system data dir, else <data dir>.key); created at first start')
-    .option('--config <file>', `options of server start as one JSON object, e.g. {"listen": "0.0.0.0:8443", "consoleListen": "127.0.0.1:8444"}; flags win (default: MESHLINK_SERVER_CONFIG, else ${DEFAULT_SERVER_CONFIG} if present)`)
-    .action(
-      action(async (flags: StartOptions, cmd: Command) => {
-        // The config file fills what the command line left out; then everything is parsed as flags.
-        const configFile = serverConfigPath(flags.config);
-        if (configFile) applyConfigFile(cmd, configFile, SERVER_CONFIG_FILE);
-        const opts = configFile ? cmd.opts<StartOptions>() : flags;
-        const config = parseServerConfig({
-          ...(opts.dataDir ? { dataDir: opts.dataDir } : {}),
-          ...(opts.keyFile ? { keyFile: opts.keyFile } : {}),
-          listen: parseListen(opts.listen),
-          sans: opts.san,
-          publicUrl: opts.publicUrl ?? null,
-          caKeyType: opts.caKey,
-          certLifetimeMs: durationOption('certLifetime', opts.certLifetime),
-          renewGraceMs: durationOption('renewGrace', opts.renewGrace),
-          heartbeatIntervalMs: durationOption('heartbeatInterval', opts.heartbeatInterval),
-          offlineAfterMs: durationOption('offlineAfter', opts.offlineAfter),
-          logLevel: opts.logLevel ?? process.env.MESHLINK_LOG_LEVEL ?? 'info',
-          metricsListen: opts.metricsListen ? parseListenAddress(opts.metricsListen, '--metrics-listen', 'ML_ERR_USAGE') : null,
-          consoleListen: opts.consoleListen ? parseListenAddress(opts.consoleListen, '--console-listen', 'ML_ERR_USAGE') : null,
-          consoleOrigin: opts.consoleOrigin ?? null,
-          ...stunListenConfig(opts.stun, opts.stunListen),
-          releaseKeys: opts.releaseKey,
+    .option('--config <file>', `options of server start as one JSON object, e.g. {"listen": "0.0.0.0:8443", "consoleListen": "127.0.0.1:8444"}; flags win; SIGHUP reads it again (default: MESHLINK_SERVER_CONFIG, else ${DEFAULT_SERVER_CONFIG} if present)`);
+}
+
+/** `server start`'s options as the validated, frozen server config. */
+function startConfig(opts: StartOptions): ServerConfig {
+  return parseServerConfig({
+    ...(opts.dataDir ? { dataDir: opts.dataDir } : {}),
+    ...(opts.keyFile ? { keyFile: opts.keyFile } : {}),
+    listen: parseListen(opts.listen),
+    sans: opts.san,
+    publicUrl: opts.publicUrl ?? null,
+    caKeyType: opts.caKey,
+    certLifetimeMs: durationOption('certLifetime', opts.certLifetime),
+    renewGraceMs: durationOption('renewGrace', opts.renewGrace),
+    heartbeatIntervalMs: durationOption('heartbeatInterval', opts.heartbeatInterval),
+    offlineAfterMs: durationOption('offlineAfter', opts.offlineAfter),
+    clientHelloTimeoutMs: durationOption('clientHelloTimeout', opts.clientHelloTimeout),
+    logLevel: opts.logLevel ?? process.env.MESHLINK_LOG_LEVEL ?? 'info',
+    metricsListen: opts.metricsListen ? parseListenAddress(opts.metricsListen, '--metrics-listen', 'ML_ERR_USAGE') : null,
+    consoleListen: opts.consoleListen ? parseListenAddress(opts.consoleListen, '--console-listen', 'ML_ERR_USAGE') : null,
+    consoleOrigin: opts.consoleOrigin ?? null,
+    ...stunListenConfig(opts.stun, opts.stunListen),
+    releaseKeys: opts.releaseKey,
+  });
+}
+
+/**
+ * SIGHUP: the config file is read again, with the command line's flags still winning, and parsed into
+ * a whole new config exactly as at start; the running server applies what it can live (reload.ts)
+ * and each changed key is logged, applied or needing a restart. A file that is missing, unreadable
+ * or invalid is logged as an error and changes nothing: the server keeps running as it was.
+ */
+function reloadConfig(started: Command, configFlag: string | undefined, running: RunningServer, logger: Logger): void {
+  let next: ServerConfig;
+  let configFile: string | null;
+  try {
+    configFile = serverConfigPath(configFlag);
+    if (configFile === null) {
+      logger.warn({ signal: 'SIGHUP' }, `nothing to reload: no config file (--config, MESHLINK_SERVER_CONFIG or ${DEFAULT_SERVER_CONFIG}); restart the server to apply changed flags`);
+      return;
+    }
+    // A fresh command holds the defaults; the command line's values are carried over as typed.
+    const fresh = defineStartOptions(new Command('start'));
+    for (const option of started.options) {
+      const key = option.attributeName();
+      if (started.getOptionValueSource(key) === 'cli') fresh.setOptionValueWithSource(key, started.getOptionValue(key), 'cli');
+    }
+    applyConfigFile(fresh, configFile, SERVER_CONFIG_FILE);
+    next = startConfig(fresh.opts<StartOptions>());
+  } catch (err) {
+    const e = err instanceof MeshlinkError ? err : new MeshlinkError('ML_ERR_CONFIG', (err as Error).message);
+    logger.error({ signal: 'SIGHUP', code: e.code, reason: e.message }, 'config reload failed: nothing changed, the server keeps running');
+    return;
+  }
+  const changes = running.reload(next);
+  // Under `option`, not `key`: the logger redacts every `key` field (src/util/logger.ts).
+  for (const c of changes) {
+    if (c.applied) logger.info({ option: c.key, from: c.from, to: c.to }, 'config reload: applied');
+    else logger.warn({ option: c.key, from: c.from, to: c.to }, 'config reload: changed, needs a restart (the running value stays)');
+  }
+  logger.info({ signal: 'SIGHUP', configFile, applied: changes.filter((c) => c.applied).length, needRestart: changes.filter((c) => !c.applied).length }, 'config reloaded');
+}
+
+export function registerServerCommands(program: Command): void {
+  const server = program.command('server').description('control-plane server: CA, enrollment, agent gateway');
+
+  const start = defineStartOptions(server.command('start').description('run the server in the foreground (logs JSON to stdout)'));
+  start.action(
+    action(async (flags: StartOptions, cmd: Command) => {
+      // The config file fills what the command line left out; then everything is parsed as flags.
+      const configFile = serverConfigPath(flags.config);
+      if (configFile) applyConfigFile(cmd, configFile, SERVER_CONFIG_FILE);
+      const config = startConfig(configFile ? cmd.opts<StartOptions>() : flags);
+      const logger = createLogger({ name: 'meshlink-server', level: config.logLevel });
+      const running = await startServer(config, { logger });
+      let stopping = false;
+      const stop = (signal: string) => {
+        if (stopping) return;
+        stopping = true;
+        logger.info({ signal }, 'shutting down');
+        // Hard exit if a close hangs; unref so it never delays a clean exit.
+        setTimeout(() => process.exit(EXIT_CODES.internal), 10_000).unref();
+        running.close().catch((err: unknown) => {
+          logger.error({ err }, 'error during shutdown');
+          process.exitCode = EXIT_CODES.internal;
         });
-        const logger = createLogger({ name: 'meshlink-server', level: config.logLevel });
-        const running = await startServer(config, { logger });
-        let stopping = false;
-        const stop = (signal: string) => {
-          if (stopping) return;
-          stopping = true;
-          logger.info({ signal }, 'shutting down');
-          // Hard exit if a close hangs; unref so it never delays a clean exit.
-          setTimeout(() => process.exit(EXIT_CODES.internal), 10_000).unref();
-          running.close().catch((err: unknown) => {
-            logger.error({ err }, 'error during shutdown');
-            process.exitCode = EXIT_CODES.internal;
-          });
-        };
-        process.on('SIGTERM', () => stop('SIGTERM'));
-        process.on('SIGINT', () => stop('SIGINT'));
-        // SIGHUP's default is to die without a word and leave the admin socket behind. The server has
-        // no config file and logs to stdout (the service manager reopens that), so there is nothing to
-        // reload: say so and keep running.
-        process.on('SIGHUP', () => logger.warn({ signal: 'SIGHUP' }, 'nothing to reload: the server has no config file and logs to stdout; restart it to apply changed flags'));
-        removeAdminSocketOnExit(running.adminSocketPath);
-      }),
-    );
+      };
+      process.on('SIGTERM', () => stop('SIGTERM'));
+      process.on('SIGINT', () => stop('SIGINT'));
+      // SIGHUP's default is to die without a word and leave the admin socket behind: reload instead.
+      process.on('SIGHUP', () => {
+        if (!stopping) reloadConfig(cmd, flags.config, running, logger);
+      });
+      removeAdminSocketOnExit(running.adminSocketPath);
+    }),
+  );
 
   server
     .command('status')

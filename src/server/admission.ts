@@ -3,8 +3,9 @@ import type { Socket } from 'node:net';
 /**
  * Admission of accepted TCP connections to the TLS server.
  *
- * At most `maxInFlight` TLS handshakes run at once. A connection beyond that waits, paused (the
- * listener is created with `pauseOnConnect`, so none of its bytes are read and no CPU is spent on it),
+ * At most `maxInFlight` TLS handshakes run at once. A connection is offered here once its first bytes
+ * have arrived (client-hello.ts; a silent one never takes a place). One beyond the cap waits with those
+ * bytes in its socket's buffer, unconsumed, and no CPU spent on it,
  * in arrival order, and starts its handshake when a slot frees. A connection that arrives when
  * `maxQueued` are already waiting, or that has waited `maxWaitMs`, is dropped.
  *
@@ -56,7 +57,7 @@ export class AdmissionQueue {
     this.#onDrop = onDrop;
   }
 
-  /** A connection was accepted (paused). */
+  /** A connection sent its first bytes (buffered in the socket, unconsumed). */
   offer(socket: Socket): void {
     const key = keyOf(socket);
     const source = socket.remoteAddress ?? 'unknown';
@@ -78,7 +79,7 @@ export class AdmissionQueue {
     }
     this.#waiting.set(socket, { since: Date.now(), key, source });
     bump(this.#waitingBySource, source, 1);
-    // A waiting socket is paused, so it sees a peer's FIN only if the peer also resets; whichever
+    // Nothing consumes a waiting socket's buffer, so it sees a peer's FIN only if the peer also resets; whichever
     // happens, a closed socket leaves the queue at once.
     socket.once('close', () => this.#unqueue(socket));
     this.#sweeper ??= setInterval(() => this.#sweep(), Math.max(50, Math.min(1_000, this.#limits.maxWaitMs / 4)));

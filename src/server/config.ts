@@ -48,6 +48,11 @@ export const serverConfigSchema = z
     enrollFailuresPerMinute: z.number().int().min(1).max(100_000).default(10),
     logLevel: z.enum(LOG_LEVELS).default('info'),
     /**
+     * A TCP connection must send its first byte (a TLS ClientHello) within this, before it takes a
+     * handshake slot (`--client-hello-timeout`, src/server/client-hello.ts); a silent one is closed.
+     */
+    clientHelloTimeoutMs: z.number().int().min(100).max(60_000).default(3_000),
+    /**
      * The URL agents reach this server at (`--public-url`), when it is not the listen address: behind
      * NAT, a load balancer or a port mapping. https, a host and an optional port, nothing else.
      */

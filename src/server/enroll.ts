@@ -82,6 +82,11 @@ export class EnrollmentService implements EnrollmentEvents {
     this.#renewals = new TokenBuckets({ perMinute: deps.renewalsPerMinute ?? RENEWALS_PER_MINUTE });
   }
 
+  /** The lifetime of certificates issued from now on (the server's SIGHUP reload). */
+  setCertLifetime(ms: number): void {
+    this.deps.certLifetimeMs = ms;
+  }
+
   onCommit(hook: (commit: EnrollmentCommit) => void): () => void {
     this.#commitHooks.add(hook);
     return () => this.#commitHooks.delete(hook);

@@ -7,6 +7,7 @@ import type { SecureContextOptions, TLSSocket } from 'node:tls';
 import { WebSocketServer } from 'ws';
 import type { Logger } from '../util/logger.js';
 import { AdmissionQueue, keyOf } from './admission.js';
+import { ClientHelloGate } from './client-hello.js';
 import { authenticateClient, type ClientAuthContext } from './client-auth.js';
 import type { ConnectionRegistry } from './connections.js';
 import type { EnrollmentService } from './enroll.js';
@@ -22,6 +23,12 @@ import type { PublicRoutes } from './public-routes.js';
  */
 
 export const MAX_WS_PAYLOAD = 16 * 1024 * 1024;
+
+/**
+ * The refusal reason (metrics: meshlink_handshakes_total and meshlink_gateway_client_hello_timeouts_total)
+ * of a connection closed because it sent nothing within clientHelloMs.
+ */
+export const CLIENT_HELLO_TIMEOUT = 'CLIENT_HELLO_TIMEOUT';
 
 export interface GatewayTimeouts {
   /** TLS handshake must finish within this (idle TCP sockets are dropped). */
@@ -46,6 +53,13 @@ export interface GatewayTimeouts {
   queueWaitMs: number;
   /** Handshakes in flight from one source address (fairness: admission.ts). */
   maxHandshakesPerSource: number;
+  /**
+   * The first byte (the ClientHello) must arrive within this after accept, before the connection takes
+   * a handshake slot (client-hello.ts); a silent connection is closed then. `--client-hello-timeout`.
+   */
+  clientHelloMs: number;
+  /** Connections of one source address waiting for their first byte; one more is closed at once. */
+  maxAwaitingHelloPerSource: number;
 }
 
 export const DEFAULT_GATEWAY_TIMEOUTS: GatewayTimeouts = Object.freeze({
@@ -58,6 +72,8 @@ export const DEFAULT_GATEWAY_TIMEOUTS: GatewayTimeouts = Object.freeze({
   maxQueuedConnections: 16_384,
   queueWaitMs: 10_000,
   maxHandshakesPerSource: 16,
+  clientHelloMs: 3_000,
+  maxAwaitingHelloPerSource: 256,
 });
 
 export interface GatewayDeps {
@@ -81,6 +97,8 @@ export interface GatewayDeps {
 export interface Gateway {
   listen(port: number, host: string): Promise<AddressInfo>;
   setSecureContext(options: SecureContextOptions): void;
+  /** The first-byte deadline for connections accepted from now on (SIGHUP reload). */
+  setClientHelloTimeout(ms: number): void;
   /** Stops accepting, drops waiting connections and closes every open one. */
   close(): Promise<void>;
   on(event: 'error', listener: (err: Error) => void): void;
@@ -194,7 +212,8 @@ export function createGateway(deps: GatewayDeps): Gateway {
 
   // Connections reach the HTTPS server only through the admission queue; handing an accepted socket
   // to it is the documented `server.emit('connection', socket)`. The listener pauses every socket on
-  // accept, so a waiting connection's ClientHello stays in the kernel until its handshake starts.
+  // accept; the first-byte gate below then reads its first bytes into the socket's buffer (a
+  // ClientHello is a few hundred bytes; reading stops at the socket's high-water mark), unconsumed.
   const admission = new AdmissionQueue(
     { maxInFlight: t.maxHandshakes, maxQueued: t.maxQueuedConnections, maxWaitMs: t.queueWaitMs, maxInFlightPerSource: t.maxHandshakesPerSource },
     (socket) => server.emit('connection', socket),
@@ -203,7 +222,28 @@ export function createGateway(deps: GatewayDeps): Gateway {
       log.debug({ reason }, 'connection dropped before its TLS handshake');
     },
   );
-  const listener = createTcpServer({ pauseOnConnect: true }, (socket: Socket) => admission.offer(socket));
+  // Before the queue: a connection takes a slot only once its first byte is readable, within
+  // clientHelloMs (client-hello.ts); the byte stays in the socket's buffer for the TLS server.
+  let clientHelloMs = t.clientHelloMs;
+  const helloGate = new ClientHelloGate({ timeoutMs: () => clientHelloMs, maxPerSource: t.maxAwaitingHelloPerSource });
+  const listener = createTcpServer({ pauseOnConnect: true }, (socket: Socket) => {
+    // The raw socket reads now (for its first byte), so a reset can surface on it; the TLS socket
+    // reports its own errors later.
+    socket.on('error', () => {});
+    helloGate.wait(socket, (outcome) => {
+      if (outcome === 'ready') {
+        admission.offer(socket);
+        return;
+      }
+      if (outcome === 'timeout') {
+        deps.registry.noteRefused(CLIENT_HELLO_TIMEOUT);
+        log.debug({ remoteAddress: socket.remoteAddress }, 'connection closed: no ClientHello within the deadline');
+      } else if (outcome === 'source_full') {
+        deps.registry.noteRefused('ML_ERR_OVERLOADED');
+        log.debug({ reason: 'source_hello_full' }, 'connection dropped before its TLS handshake');
+      }
+    });
+  });
   server.on('secureConnection', (tlsSocket: TLSSocket) => admission.finished(keyOf(tlsSocket)));
   server.on('tlsClientError', (err, tlsSocket) => {
     admission.finished(keyOf(tlsSocket));
@@ -225,9 +265,13 @@ export function createGateway(deps: GatewayDeps): Gateway {
         });
       }),
     setSecureContext: (options) => server.setSecureContext(options),
+    setClientHelloTimeout: (ms) => {
+      clientHelloMs = ms;
+    },
     close: () =>
       new Promise((resolve) => {
         admission.close();
+        helloGate.close();
         listener.close(() => resolve());
         server.close(() => {}); // stops the timeout checks; it was never listening, so nothing else
         server.closeAllConnections();

@@ -6,6 +6,7 @@ import { parseListenAddress, type ListenAddress } from '../util/listen-address.j
 import { serveMetrics } from '../util/metrics-listener.js';
 import { VERSION } from '../version.js';
 import type { ServerFeature } from './feature.js';
+import { CLIENT_HELLO_TIMEOUT } from './gateway.js';
 import type { FleetTotals } from './store/store.js';
 
 /**
@@ -84,7 +85,15 @@ export function createMetricsFeature(options: MetricsFeatureOptions = {}): Serve
     });
     sessions.on('agent-open', () => handshakes.labels('accepted', 'ok').inc());
     sessions.on('agent-close', (_a, info) => closes.labels(String(info.code)).inc());
-    const onRefused = (reason: string): void => handshakes.labels('refused', reason).inc();
+    const helloTimeouts = new Counter({
+      name: 'meshlink_gateway_client_hello_timeouts_total',
+      help: 'TCP connections closed because they sent no TLS ClientHello within --client-hello-timeout (before taking a handshake slot).',
+      registers: [registry],
+    });
+    const onRefused = (reason: string): void => {
+      handshakes.labels('refused', reason).inc();
+      if (reason === CLIENT_HELLO_TIMEOUT) helloTimeouts.inc();
+    };
     const stopObservingRefusals = ctx.connections.onRefused(onRefused);
 
     // Store totals (monotonic across restarts: tokens and certificates are never deleted).

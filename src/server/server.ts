@@ -1,7 +1,8 @@
 import { chmod, mkdir, stat } from 'node:fs/promises';
 import type { Server as HttpServer } from 'node:http';
 import type { Server as HttpsServer } from 'node:https';
-import { createLogger, type Logger } from '../util/logger.js';
+import { createLogger, setLogLevel, type Logger } from '../util/logger.js';
+import { applyReloadable, type ReloadChange, type ReloadTargets } from './reload.js';
 import { AdminClient } from '../admin-api/client.js';
 import { startAdminServer } from './admin.js';
 import { registerCoreAdminRoutes } from './operator/core-routes.js';
@@ -57,6 +58,11 @@ export interface RunningServer {
   /** The session layer, unless the caller supplied its own hooks. */
   readonly sessions: SessionHost | null;
   address(): { host: string; port: number };
+  /**
+   * Applies a newly parsed config (SIGHUP): its reloadable keys take effect now, the others are
+   * reported as needing a restart (reload.ts). `config` is the config in effect afterwards.
+   */
+  reload(next: ServerConfig): ReloadChange[];
   close(): Promise<void>;
 }
 
@@ -96,12 +102,13 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
     const live: LiveParts = { registry, revocations, presence };
     certificates = new CertificateSuccession({ store, revocations, logger, renewGraceMs: config.renewGraceMs });
     certificates.start();
+    const enrollFailures = new TokenBuckets({ perMinute: config.enrollFailuresPerMinute });
     const enrollment = new EnrollmentService({
       store,
       ca,
       revocations,
       onRevoked: (serials) => registry.closeRevokedSerials(serials),
-      limiter: new TokenBuckets({ perMinute: config.enrollFailuresPerMinute }),
+      limiter: enrollFailures,
       logger,
       certLifetimeMs: config.certLifetimeMs,
       renewGraceMs: config.renewGraceMs,
@@ -152,7 +159,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
       hooks: options.hooks ?? sessionHost!,
       routes: publicRoutes,
       logger,
-      ...(options.timeouts ? { timeouts: options.timeouts } : {}),
+      timeouts: { clientHelloMs: config.clientHelloTimeoutMs, ...options.timeouts },
       onConnected: (nodeId) => presence.heard(nodeId),
     });
     gateway = gw;
@@ -180,8 +187,22 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
 
     let closing: Promise<void> | undefined;
     const adminServer = admin;
+    let effective = config;
+    const reloadTargets: ReloadTargets = {
+      logLevel: (level) => setLogLevel(logger, level),
+      clientHelloTimeoutMs: (ms) => gw.setClientHelloTimeout(ms),
+      certLifetimeMs: (ms) => enrollment.setCertLifetime(ms),
+      enrollFailuresPerMinute: (perMinute) => enrollFailures.setRate(perMinute),
+    };
     return {
-      config,
+      get config() {
+        return effective;
+      },
+      reload: (next) => {
+        const { config: now, changes } = applyReloadable(effective, next, reloadTargets);
+        effective = now;
+        return changes;
+      },
       caPin: ca.pin,
       caCertPem: ca.certPem,
       publicUrl,

@@ -60,20 +60,51 @@ export interface LoggerOptions {
   stderr?: boolean;
 }
 
+/**
+ * Every live child (and grandchild) of a logger made here, so that `setLogLevel` reaches them: a pino
+ * child copies its parent's level when it is made and never follows it afterwards. Weak, so a
+ * per-connection child is collected with its connection.
+ */
+const descendants = new WeakMap<Logger, Set<WeakRef<Logger>>>();
+const forget = new FinalizationRegistry<{ set: Set<WeakRef<Logger>>; ref: WeakRef<Logger> }>(({ set, ref }) => set.delete(ref));
+
+/**
+ * Changes the level of a logger made by createLogger and of every child it has made (the server's
+ * SIGHUP reload). Children made later take it from their parent as usual.
+ */
+export function setLogLevel(logger: Logger, level: LevelWithSilent): void {
+  logger.level = level;
+  for (const ref of descendants.get(logger) ?? []) {
+    const child = ref.deref();
+    if (child) child.level = level;
+  }
+}
+
 /** JSON logs on stdout (fd 1) and, when given, a sink; one line an entry, secrets redacted. */
 export function createLogger(options: LoggerOptions): Logger {
+  const children = new Set<WeakRef<Logger>>();
   const settings = {
     name: options.name,
     level: resolveLogLevel(options.level),
     redact: { paths: REDACT_PATHS, censor: '[redacted]' },
     base: { pid: process.pid },
+    // Inherited by every descendant, so grandchildren are recorded too.
+    onChild: (child: Logger) => {
+      const ref = new WeakRef(child);
+      children.add(ref);
+      forget.register(child, { set: children, ref });
+    },
   };
   const stdout = options.stdout !== false;
   const fd = options.stderr === true ? 2 : 1;
-  if (!options.sink) return pino(settings, destination({ fd, sync: false }));
+  const remember = (logger: Logger): Logger => {
+    descendants.set(logger, children);
+    return logger;
+  };
+  if (!options.sink) return remember(pino(settings, destination({ fd, sync: false })));
   // The logger's level filters first; every stream then takes every line it is given.
   const streams: StreamEntry[] = [];
   if (stdout) streams.push({ level: 'trace', stream: destination({ fd, sync: false }) });
   streams.push({ level: 'trace', stream: options.sink });
-  return pino(settings, multistream(streams));
+  return remember(pino(settings, multistream(streams)));
 }

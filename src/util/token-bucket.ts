@@ -16,8 +16,8 @@ export interface TokenBucketOptions {
 
 export class TokenBuckets {
   readonly #buckets = new Map<string, { tokens: number; at: number }>();
-  readonly #capacity: number;
-  readonly #refillPerMs: number;
+  #capacity: number;
+  #refillPerMs: number;
   readonly #maxEntries: number;
 
   constructor(options: TokenBucketOptions) {
@@ -25,6 +25,17 @@ export class TokenBuckets {
     this.#capacity = options.perMinute;
     this.#refillPerMs = options.perMinute / 60_000;
     this.#maxEntries = options.maxEntries ?? 10_000;
+  }
+
+  /**
+   * A new rate for every key from now on (the server's SIGHUP reload). A key keeps the tokens it holds,
+   * capped at the new burst, so a lower rate takes effect at once and a higher one refills from there.
+   */
+  setRate(perMinute: number, now: number = Date.now()): void {
+    if (!(perMinute > 0)) throw new RangeError(`perMinute must be positive, got ${perMinute}`);
+    for (const [key] of this.#buckets) this.#buckets.set(key, { tokens: Math.min(perMinute, this.level(key, now)), at: now });
+    this.#capacity = perMinute;
+    this.#refillPerMs = perMinute / 60_000;
   }
 
   /** Tokens the key holds now (a key never seen holds a full bucket). */

@@ -160,9 +160,10 @@ describe('unauthenticated sockets are dropped', () => {
     await ts.stop();
   });
 
-  it('an idle TCP connection without a TLS handshake is closed after the handshake timeout', async () => {
+  it('a TCP connection that stalls in its TLS handshake is closed after the handshake timeout', async () => {
     const t0 = Date.now();
-    const sock = netConnect(ts.server.address().port, '127.0.0.1');
+    // One byte of a TLS record passes the first-byte deadline (client-hello.test.ts covers silence).
+    const sock = netConnect(ts.server.address().port, '127.0.0.1', () => sock.write(Buffer.from([0x16])));
     sock.on('error', () => {});
     await new Promise<void>((resolve) => sock.once('close', () => resolve()));
     const elapsed = Date.now() - t0;

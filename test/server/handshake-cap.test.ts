@@ -13,9 +13,18 @@ afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
 
+/**
+ * A connection that starts a TLS handshake and stalls: it sends the first byte of a TLS record
+ * (0x16, handshake) and nothing more, so it passes the first-byte deadline (client-hello.ts), takes a
+ * handshake slot and holds it until the handshake timeout. A connection that sends nothing at all
+ * never reaches a slot (test/server/client-hello.test.ts).
+ */
 function openIdle(port: number): Promise<Socket> {
   return new Promise((resolve, reject) => {
-    const s = tcpConnect(port, '127.0.0.1', () => resolve(s));
+    const s = tcpConnect(port, '127.0.0.1', () => {
+      s.write(Buffer.from([0x16]));
+      resolve(s);
+    });
     s.once('error', reject);
   });
 }
@@ -36,7 +45,7 @@ describe('gateway: TLS handshakes in flight are capped, the rest wait in order',
     const ts: TestServer = await startTestServer({}, { timeouts: { maxHandshakes: 3, maxQueuedConnections: 2, queueWaitMs: 10_000, handshakeMs: 1_500 } });
     cleanups.push(() => ts.stop());
     const port = ts.server.address().port;
-    // Three silent TCP connections hold every handshake slot (a client that never sends ClientHello).
+    // Three stalled handshakes hold every slot (a client that never finishes its ClientHello).
     const holders = await Promise.all([openIdle(port), openIdle(port), openIdle(port)]);
     cleanups.push(() => holders.forEach((h) => h.destroy()));
     await new Promise((r) => setTimeout(r, 100));
@@ -80,7 +89,7 @@ describe('gateway: fairness across sources (issue 17, item 7)', () => {
     const ts: TestServer = await startTestServer({}, { timeouts: { maxHandshakes: 4, maxHandshakesPerSource: 2, maxQueuedConnections: 1_000, queueWaitMs: 30_000, handshakeMs: 30_000 } });
     cleanups.push(() => ts.stop());
     const port = ts.server.address().port;
-    // 20 silent TCP connections from 127.0.0.1, never starting TLS.
+    // 20 stalled handshakes from 127.0.0.1 (one byte of a ClientHello each).
     const idle = await Promise.all(Array.from({ length: 20 }, () => openIdle(port)));
     cleanups.push(() => idle.forEach((h) => h.destroy()));
     // A health probe from another source address (127.0.0.2) gets its answer.

@@ -125,7 +125,7 @@ export interface HttpResult {
 /** HTTPS request over a fresh connection (no keep-alive), verifying the server against `ca`. */
 export function httpsRequest(
   url: string,
-  options: { method?: string; body?: unknown; rawBody?: Buffer | string; ca: string; cert?: string; key?: string },
+  options: { method?: string; body?: unknown; rawBody?: Buffer | string; ca: string; cert?: string; key?: string; timeoutMs?: number },
 ): Promise<HttpResult> {
   return new Promise((resolve, reject) => {
     const payload = options.rawBody ?? (options.body === undefined ? undefined : JSON.stringify(options.body));
@@ -149,6 +149,7 @@ export function httpsRequest(
       },
     );
     req.on('error', reject);
+    if (options.timeoutMs !== undefined) req.setTimeout(options.timeoutMs, () => req.destroy(new Error(`no answer within ${options.timeoutMs} ms`)));
     req.end(payload);
   });
 }
