@@ -12,7 +12,7 @@
  *   small      SMALL_MB MiB (default 32) in 1 KiB writes spread over 100 streams (raw: 1 KiB messages)
  *   loaded     one stream pushes 16 KiB writes as fast as it may while, on another stream of the
  *              same connection, a 64 B request is echoed back, one at a time, LOAD_SAMPLES times
- *              (default 300) or for LOAD_MS ms (default 2500); for meshlink each echo is followed
+ *              (default 300) or for LOAD_MS ms (default 4000); for meshlink each echo is followed
  *              by a `session.ping()`, timed the same way. The same 64 B echo is timed idle first.
  * Throughput counts from the first stream's opening (after connection set-up) until every receiver
  * has answered its byte count. Ratios are taken per round; medians over rounds are reported. The
@@ -42,7 +42,7 @@ const STREAMS = 100;
 const BULK_PER_STREAM = Number(process.env.BULK_MIB ?? 1) * MIB;
 const SMALL_TOTAL = Number(process.env.SMALL_MB ?? 32) * MIB;
 const LOAD_SAMPLES = Number(process.env.LOAD_SAMPLES ?? 300);
-const LOAD_MS = Number(process.env.LOAD_MS ?? 2500);
+const LOAD_MS = Number(process.env.LOAD_MS ?? 4000);
 const BULK_WRITE = 16 * 1024;
 const SMALL_WRITE = 1024;
 const ECHO_BYTES = 64;
@@ -447,6 +447,9 @@ async function main(): Promise<void> {
         meshlinkRxCpuMsPerMiB: m('meshlinkRxCpuMsPerMiB'),
         http2RxCpuMsPerMiB: m('http2RxCpuMsPerMiB'),
         yamuxRxCpuMsPerMiB: m('yamuxRxCpuMsPerMiB'),
+        meshlinkLoadedSamples: m('meshlinkSamples', 0),
+        http2LoadedSamples: m('http2Samples', 0),
+        yamuxLoadedSamples: m('yamuxSamples', 0),
         loadedSamplesMin: Math.min(...['meshlink', 'http2', 'yamux'].flatMap((n) => results[`${n}Samples`] ?? [])),
       }),
     );
