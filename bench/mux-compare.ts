@@ -20,7 +20,9 @@
  * The last line is one JSON object. Issue 2's matrix against raw ws alone (payload sizes, one stream
  * and 100, the ceiling of coalescing) is bench/mux.ts, `npm run bench:mux-ws`.
  *
- * Options (env): ROUNDS (default 5), BULK_MIB, SMALL_MB, LOAD_SAMPLES, LOAD_MS.
+ * Options (env): ROUNDS (default 5), BULK_MIB, SMALL_MB, LOAD_SAMPLES, LOAD_MS; for A/B runs of
+ * meshlink's settings, MESHLINK_MAX_WINDOW (receiver's largest auto-tuned stream window, bytes) and
+ * MESHLINK_TRANSPORT_HW (sender's bytes handed to ws and not yet written, bytes).
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
@@ -48,6 +50,10 @@ const SMALL_WRITE = 1024;
 const ECHO_BYTES = 64;
 /** Bulk bytes written before the loaded round trips start: the bulk stream is at full speed by then. */
 const LOAD_WARM = 4 * MIB;
+
+/** Knobs for A/B runs of meshlink's own settings (bytes; unset: the defaults): the receiver's largest auto-tuned window, the sender's transport high-water mark. */
+const MESHLINK_MAX_WINDOW = Number(process.env.MESHLINK_MAX_WINDOW ?? 0);
+const MESHLINK_TRANSPORT_HW = Number(process.env.MESHLINK_TRANSPORT_HW ?? 0);
 
 /** One connection of one multiplexer. */
 interface Conn {
@@ -98,8 +104,8 @@ function checkCount(name: string, i: number, got: number, sent: number): number 
 }
 
 async function meshlinkConn(peer: Peer): Promise<Conn> {
-  const ws = await connect(peer, '/mux', true);
-  const session = attachSession(ws, { role: 'agent' });
+  const ws = await connect(peer, MESHLINK_MAX_WINDOW ? `/mux?maxWindow=${MESHLINK_MAX_WINDOW}` : '/mux', true);
+  const session = attachSession(ws, { role: 'agent', ...(MESHLINK_TRANSPORT_HW ? { transportHighWater: MESHLINK_TRANSPORT_HW } : {}) });
   await session.handshake({ agentVersion: 'bench' });
   return {
     async push(streams, size, more) {

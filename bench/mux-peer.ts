@@ -31,6 +31,7 @@ wss.on('connection', (ws, req) => {
     role: 'server',
     onHello: () => ({ nodeId: 'bench', serverVersion: 'bench', heartbeatIntervalMs: 15_000 }),
     receiveWindow: Number(url.searchParams.get('window') ?? 256 * 1024),
+    ...(url.searchParams.has('maxWindow') ? { maxReceiveWindow: Number(url.searchParams.get('maxWindow')) } : {}),
   });
   session.on('stream', (stream) => {
     session.accept(stream);
