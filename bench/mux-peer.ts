@@ -3,7 +3,8 @@
  * Serves wss with mutual TLS on 127.0.0.1:
  *   /raw?total=N  counts N bytes of raw WebSocket messages, then answers "done".
  *   /mux          a meshlink server session; every stream is drained, and when it ends the peer
- *                 writes back the byte count and ends its side.
+ *                 writes back the byte count and ends its side; a stream opened with the path
+ *                 `/echo` gets every chunk written back instead (bench/mux-compare.ts's latency).
  */
 import { createServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
@@ -30,9 +31,15 @@ wss.on('connection', (ws, req) => {
     role: 'server',
     onHello: () => ({ nodeId: 'bench', serverVersion: 'bench', heartbeatIntervalMs: 15_000 }),
     receiveWindow: Number(url.searchParams.get('window') ?? 256 * 1024),
+    ...(url.searchParams.has('maxWindow') ? { maxReceiveWindow: Number(url.searchParams.get('maxWindow')) } : {}),
   });
   session.on('stream', (stream) => {
     session.accept(stream);
+    if ((stream.meta as { path?: string }).path === '/echo') {
+      stream.on('data', (c: Buffer) => stream.write(c));
+      stream.on('end', () => stream.end());
+      return;
+    }
     let n = 0;
     stream.on('data', (c: Buffer) => {
       n += c.length;

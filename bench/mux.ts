@@ -1,5 +1,6 @@
 /**
- * npm run bench:mux — meshlink's multiplexer against raw `ws`, over real wss with mutual TLS on
+ * npm run bench:mux-ws (issue 2's `bench:mux`; since issue 12 `bench:mux` is bench/mux-compare.ts) —
+ * meshlink's multiplexer against raw `ws`, over real wss with mutual TLS on
  * loopback. The receiver runs in a child process (bench/mux-peer.ts); this process sends, as an
  * agent does (client frames are masked; bufferutil is installed).
  *
