@@ -14,6 +14,20 @@ describe('TokenBuckets', () => {
     expect(rl.retryAfterSec('a', t + 6_000)).toBe(0);
   });
 
+  it('setRate: a key keeps what it holds up to the new burst, and refills at the new rate', () => {
+    const rl = new TokenBuckets({ perMinute: 10 });
+    for (let i = 0; i < 4; i++) rl.charge('a', 0); // holds 6
+    rl.setRate(3, 0);
+    expect(rl.level('a', 0)).toBe(3); // capped at the new burst
+    expect(rl.level('fresh', 0)).toBe(3); // a key never seen starts full at the new burst
+    for (let i = 0; i < 3; i++) rl.charge('a', 0);
+    expect(rl.retryAfterSec('a', 0)).toBe(20); // one token per 20 s at 3 a minute
+    rl.setRate(60, 0);
+    expect(rl.level('a', 0)).toBe(0); // a higher rate refills from what it holds
+    expect(rl.retryAfterSec('a', 0)).toBe(1);
+    expect(() => rl.setRate(0)).toThrow(RangeError);
+  });
+
   it('keeps its table bounded', () => {
     const rl = new TokenBuckets({ perMinute: 10, maxEntries: 100 });
     for (let i = 0; i < 1_000; i++) rl.charge(`10.0.${i >> 8}.${i & 255}`, 0);
