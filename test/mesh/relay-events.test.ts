@@ -1,6 +1,8 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { decodeEnvelope } from '../../src/contract/mesh-events.js';
 import { MeshlinkError } from '../../src/errors.js';
+import { UdpRelay } from '../../src/server/mesh/relay.js';
+import { RelaySessions } from '../../src/server/mesh/relay-sessions.js';
 import { MeshService } from '../../src/server/mesh/service.js';
 import { enrollNode, recordingSessions, silent, tempStore, verifies, wgKey } from './helpers.js';
 
@@ -64,5 +66,38 @@ describe('MeshService relay sessions', () => {
     expect(() => mesh.revokeRelay('r1', a, 'nobody')).toThrow(/not in the mesh/);
     // All or nothing: the valid half was not sent either.
     expect([sent(a).length, sent(b).length]).toEqual(before);
+  });
+
+  it('RelaySessions: assigns a new allocation once, revokes it on end and on expiry (real relay, injected clock)', async () => {
+    const { mesh, a, b, sent } = await setup();
+    const clock = { now: 5_000_000 };
+    const relay = new UdpRelay({ host: '127.0.0.1', logger: silent, sweepIntervalMs: 0, idleMs: 120_000, now: () => clock.now });
+    cleanups.unshift(() => relay.close());
+    const sessions = new RelaySessions({ relay, mesh, publicHost: '203.0.113.9', logger: silent });
+    const types = (id: string) => sent(id).map((e) => e.envelope.type);
+    const n = [sent(a).length, sent(b).length];
+
+    const first = await sessions.relay({ a: { nodeId: a, ip: '127.0.0.1' }, b: { nodeId: b, ip: '127.0.0.2' } });
+    expect(sent(a).at(-1)!.envelope).toMatchObject({ type: 'relay_session_assigned', payload: { sessionId: first.id, peerNodeId: b, endpoint: `203.0.113.9:${first.a.port}`, expiresAt: clock.now + 120_000 } });
+    expect(sent(b).at(-1)!.envelope).toMatchObject({ type: 'relay_session_assigned', payload: { sessionId: first.id, peerNodeId: a, endpoint: `203.0.113.9:${first.b.port}` } });
+    // Asked again: the same allocation, renewed, and no second assignment.
+    expect((await sessions.relay({ a: { nodeId: b, ip: '127.0.0.2' }, b: { nodeId: a, ip: '127.0.0.1' } })).id).toBe(first.id);
+    expect([sent(a).length, sent(b).length]).toEqual([n[0]! + 1, n[1]! + 1]);
+
+    expect(sessions.end(a, b, 'direct path')).toBe(true);
+    expect(sessions.end(a, b)).toBe(false);
+    expect(sent(a).at(-1)!.envelope).toMatchObject({ type: 'relay_session_revoked', payload: { sessionId: first.id, peerNodeId: b, reason: 'direct path' } });
+    expect(relay.size).toBe(0);
+
+    const second = await sessions.relay({ a: { nodeId: a, ip: '127.0.0.1' }, b: { nodeId: b, ip: '127.0.0.2' } });
+    expect(second.id).not.toBe(first.id);
+    clock.now += 119_999;
+    expect(sessions.sweep()).toEqual([]);
+    clock.now += 1;
+    expect(sessions.sweep()).toEqual([second.id]);
+    for (const [id, peerNodeId] of [[a, b], [b, a]] as const) expect(sent(id).at(-1)!.envelope).toMatchObject({ type: 'relay_session_revoked', payload: { sessionId: second.id, peerNodeId, reason: 'expired' } });
+    expect(types(a).slice(n[0])).toEqual(['relay_session_assigned', 'relay_session_revoked', 'relay_session_assigned', 'relay_session_revoked']);
+    // IPv6 relay hosts are bracketed.
+    expect(new RelaySessions({ relay, mesh, publicHost: '2001:db8::1', logger: silent }).endpoint(40000)).toBe('[2001:db8::1]:40000');
   });
 });

@@ -173,7 +173,7 @@ describe('UdpRelay', () => {
     expect(r.counters.dropped.expired).toBe(2);
     expect(b.inbox.length).toBe(1);
     expect(a.inbox.length).toBe(2);
-    expect(r.sweep()).toEqual([alloc.id]);
+    expect(r.sweep().map((x) => x.id)).toEqual([alloc.id]);
     expect(r.size).toBe(0);
     expect(r.get('node-a', 'node-b')).toBeNull();
     // A new allocation for the pair gets new ports and must be latched again.

@@ -167,7 +167,10 @@ export class UdpRelay {
     this.#buckets = new TokenBuckets({ perMinute: bytesPerSecond * 60, capacity, maxEntries: this.#o.maxAllocations * 2 + 16 });
     const interval = options.sweepIntervalMs ?? 5000;
     if (interval > 0) {
-      this.#timer = setInterval(() => void this.sweep(), interval);
+      this.#timer = setInterval(() => {
+        const expired = this.sweep();
+        if (expired.length > 0) this.onExpired?.(expired);
+      }, interval);
       this.#timer.unref();
     }
     if (options.registry) this.#registerMetrics(options.registry);
@@ -256,17 +259,20 @@ export class UdpRelay {
     return true;
   }
 
-  /** Closes every expired allocation; returns their ids (the mesh feature revokes them). */
-  sweep(): string[] {
-    const gone: string[] = [];
+  /** Closes every expired allocation and returns them (the mesh feature revokes their sessions); also runs on the timer, which hands them to `onExpired`. */
+  sweep(): RelayAllocationInfo[] {
+    const gone: RelayAllocationInfo[] = [];
     for (const [key, allocation] of this.#allocations) {
       if (this.#expired(allocation)) {
+        gone.push(this.#info(allocation));
         this.#close(key, allocation, 'expired');
-        gone.push(allocation.id);
       }
     }
     return gone;
   }
+
+  /** Called with what each timer sweep closed (server/mesh/relay-sessions.ts revokes them). */
+  onExpired: ((expired: RelayAllocationInfo[]) => void) | null = null;
 
   /** Closes every allocation and stops the sweep timer. Idempotent. */
   async close(): Promise<void> {
