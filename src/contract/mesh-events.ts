@@ -24,6 +24,8 @@ export const EVENT_TYPES = [
   'node_secrets_updated',
   'action_request',
   'session_revoked',
+  'relay_session_assigned',
+  'relay_session_revoked',
 ] as const;
 export type EventType = (typeof EVENT_TYPES)[number];
 
@@ -66,6 +68,9 @@ export type MeshState = z.infer<typeof meshStateSchema>;
 
 const policyRuleSchema = z.object({ from: z.string().min(1).max(64), to: z.string().min(1).max(64) });
 
+/** A relay session's id (the relay allocation's, e.g. `r12`): a revoke removes only the session it names. */
+const relaySessionIdSchema = z.string().min(1).max(64);
+
 const peerKeyEntrySchema = z.object({ nodeId: nodeIdSchema, publicKey: wgKeySchema });
 const peerEndpointEntrySchema = z.object({ nodeId: nodeIdSchema, endpoints: z.array(endpointSchema).max(32) });
 
@@ -83,6 +88,14 @@ export const EVENT_PAYLOAD_SCHEMAS = {
   node_secrets_updated: z.object({ keys: z.array(z.string().max(256)).max(1024) }),
   action_request: z.object({ action: z.string().max(128), args: z.record(z.string().max(256), z.string().max(4096)).optional() }),
   session_revoked: z.object({ sessionId: z.string().max(128).optional(), reason: z.string().max(1024) }),
+  /**
+   * The pair (this node, `peerNodeId`) goes through the server's UDP relay: the node sends WireGuard to
+   * `endpoint` (the relay's port for this node) instead of the peer's own endpoints, until a
+   * `relay_session_revoked` naming the same session. `expiresAt` (ms) is when the allocation ends if idle.
+   */
+  relay_session_assigned: z.object({ sessionId: relaySessionIdSchema, peerNodeId: nodeIdSchema, endpoint: endpointSchema, expiresAt: z.number().int().min(0).optional() }),
+  /** The relay session ended (released, expired, the pair went direct): the peer's own endpoints apply again. */
+  relay_session_revoked: z.object({ sessionId: relaySessionIdSchema, peerNodeId: nodeIdSchema, reason: z.string().max(256).optional() }),
 } as const satisfies Record<EventType, z.ZodType>;
 
 export type EventPayload<T extends EventType> = z.infer<(typeof EVENT_PAYLOAD_SCHEMAS)[T]>;

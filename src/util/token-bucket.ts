@@ -12,6 +12,9 @@ export interface TokenBucketOptions {
   perMinute: number;
   /** Keys kept at most (default 10,000). */
   maxEntries?: number;
+  /** Tokens a bucket holds at most (default `perMinute`: a burst of one minute's worth). A bandwidth cap
+   * in bytes wants a smaller burst than a minute of its rate (server/mesh/relay.ts). */
+  capacity?: number;
 }
 
 export class TokenBuckets {
@@ -22,7 +25,8 @@ export class TokenBuckets {
 
   constructor(options: TokenBucketOptions) {
     if (!(options.perMinute > 0)) throw new RangeError(`perMinute must be positive, got ${options.perMinute}`);
-    this.#capacity = options.perMinute;
+    if (options.capacity !== undefined && !(options.capacity >= 1)) throw new RangeError(`capacity must be at least 1, got ${options.capacity}`);
+    this.#capacity = options.capacity ?? options.perMinute;
     this.#refillPerMs = options.perMinute / 60_000;
     this.#maxEntries = options.maxEntries ?? 10_000;
   }
@@ -54,9 +58,14 @@ export class TokenBuckets {
 
   /** Spends one token if the key has one; false (nothing spent) when it has none. */
   take(key: string, now: number = Date.now()): boolean {
+    return this.takeMany(key, 1, now);
+  }
+
+  /** Spends `count` tokens if the key holds that many (a datagram's bytes); false (nothing spent) otherwise. */
+  takeMany(key: string, count: number, now: number = Date.now()): boolean {
     const level = this.level(key, now);
-    if (level < 1) return false;
-    this.#set(key, level - 1, now);
+    if (level < count) return false;
+    this.#set(key, level - count, now);
     return true;
   }
 

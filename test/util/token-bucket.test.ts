@@ -47,4 +47,16 @@ describe('TokenBuckets', () => {
     expect(rl.level('n1\0logs', 30_000)).toBe(2);
     expect(() => new TokenBuckets({ perMinute: 0 })).toThrow(RangeError);
   });
+
+  it('takeMany spends a count at once, all or nothing; capacity bounds the burst below a minute of rate', () => {
+    // 1000 bytes a second, a burst of 1500 bytes (the relay's bandwidth cap).
+    const rl = new TokenBuckets({ perMinute: 60_000, capacity: 1500 });
+    expect(rl.level('r1/0', 0)).toBe(1500);
+    expect(rl.takeMany('r1/0', 1000, 0)).toBe(true);
+    expect(rl.takeMany('r1/0', 600, 0)).toBe(false);
+    expect(rl.level('r1/0', 0)).toBe(500);
+    expect(rl.takeMany('r1/0', 600, 100)).toBe(true); // 100 ms refill 100 bytes
+    expect(rl.level('r1/0', 60_000)).toBe(1500);
+    expect(() => new TokenBuckets({ perMinute: 10, capacity: 0 })).toThrow(RangeError);
+  });
 });

@@ -208,13 +208,21 @@ export class MeshAgent {
       interface: this.#o.applier?.interfaceName ?? null,
       configPath: join(this.#o.stateDir, WG_CONFIG_FILE),
       lastError: this.#lastError,
-    }, this.#skippedPeerEntries);
+    }, this.#skippedPeerEntries, this.#applied.relays);
+  }
+
+  /** The state WireGuard is given: the applied state with each relayed peer's endpoint replaced by its relay's. */
+  #effectiveState(state: MeshState): MeshState {
+    if (this.#applied.relays.length === 0) return state;
+    const relayOf = new Map(this.#applied.relays.map((r) => [r.peerNodeId, r.endpoint]));
+    return { ...state, peers: state.peers.map((p) => (relayOf.has(p.nodeId) ? { ...p, endpoints: [relayOf.get(p.nodeId)!] } : p)) };
   }
 
   /** Renders the wg-quick file and, with an applier, brings the interface to the state. Returns data-plane drift. */
   async #applyDataPlane(): Promise<DriftItem[]> {
-    const state = this.#applied.state;
-    if (!state || !this.#o.persist) return [];
+    const applied = this.#applied.state;
+    if (!applied || !this.#o.persist) return [];
+    const state = this.#effectiveState(applied);
     await writeWgQuick(this.#o.stateDir, state, this.#keys.privateKey, this.#o.listenPort);
     const applier = this.#o.applier;
     if (!applier) return [];
@@ -275,7 +283,7 @@ export class MeshAgent {
     // Events that were in flight when we asked have been applied by now: maybe nothing is wrong.
     if (this.#applied.state && stateDigest(this.#applied.state) === digest) return { inSync: true, drift: [] };
     const drift = diffStates(this.#applied.state, desired);
-    this.#applied = { ...this.#applied, state: desired, lastEventSeq: Math.max(this.#applied.lastEventSeq, seq) };
+    this.#applied = { ...this.#applied, state: desired, lastEventSeq: Math.max(this.#applied.lastEventSeq, seq), relays: keepRelaysOf(this.#applied.relays, desired) };
     const plane = await this.#applyDataPlane();
     if (this.#o.persist) {
       await writeApplied(this.#o.stateDir, this.#applied);
@@ -341,9 +349,36 @@ export class MeshAgent {
 
   #registerBuiltins(): void {
     const d = this.dispatcher;
-    d.on('node_state_updated', (e) => this.#setState(e.payload.state));
+    d.on('node_state_updated', (e) => {
+      this.#setState(e.payload.state);
+      this.#applied = { ...this.#applied, relays: keepRelaysOf(this.#applied.relays, e.payload.state) };
+    });
     d.on('peer_added', (e) => this.#peers((m) => e.payload.peers.forEach((p) => m.set(p.nodeId, p))));
-    d.on('peer_removed', (e) => this.#peers((m) => e.payload.nodeIds.forEach((id) => m.delete(id))));
+    d.on('peer_removed', (e) => {
+      this.#peers((m) => e.payload.nodeIds.forEach((id) => m.delete(id)));
+      const gone = new Set(e.payload.nodeIds);
+      this.#applied = { ...this.#applied, relays: this.#applied.relays.filter((r) => !gone.has(r.peerNodeId)) };
+    });
+    // A relay session replaces the peer's endpoint (for WireGuard only: the state and its digest keep
+    // the peer's own endpoints) until the revoke that names the same session; a revoke of an older
+    // session, arriving after a newer assignment, changes nothing.
+    d.on('relay_session_assigned', (e) => {
+      const { peerNodeId, sessionId, endpoint } = e.payload;
+      this.#applied = { ...this.#applied, relays: [...this.#applied.relays.filter((r) => r.peerNodeId !== peerNodeId), { peerNodeId, sessionId, endpoint }] };
+      this.#touchState();
+      this.#log.info({ peer: peerNodeId, sessionId, endpoint }, 'peer relayed');
+    });
+    d.on('relay_session_revoked', (e) => {
+      const { peerNodeId, sessionId } = e.payload;
+      const current = this.#applied.relays.find((r) => r.peerNodeId === peerNodeId);
+      if (!current || current.sessionId !== sessionId) {
+        this.#log.debug({ peer: peerNodeId, sessionId }, 'relay revoke for a session not in force; ignored');
+        return;
+      }
+      this.#applied = { ...this.#applied, relays: this.#applied.relays.filter((r) => r !== current) };
+      this.#touchState();
+      this.#log.info({ peer: peerNodeId, sessionId, reason: e.payload.reason }, 'peer relay revoked; its own endpoints apply');
+    });
     d.on('peer_key_rotated', (e) =>
       this.#peers((m) =>
         e.payload.peers.forEach((p) => {
@@ -383,6 +418,11 @@ export class MeshAgent {
     d.on('session_revoked', (e) => this.#log.warn({ reason: e.payload.reason, sessionId: e.payload.sessionId }, 'session revoked'));
   }
 
+  /** Marks the state changed so that the event's commit re-applies the data plane. */
+  #touchState(): void {
+    if (this.#applied.state) this.#applied = { ...this.#applied, state: { ...this.#applied.state } };
+  }
+
   #trustedForFile(): AppliedFile['trustedKeys'] {
     return this.verifier.keys.slice(-8).map((k) => ({ keyId: k.keyId, publicKey: Buffer.from(k.publicKey).toString('base64'), until: k.until }));
   }
@@ -393,6 +433,13 @@ export class MeshAgent {
     await this.#queue;
     await this.#o.applier?.close();
   }
+}
+
+/** The relay sessions whose peer is still in the state (a snapshot drops the others). */
+function keepRelaysOf(relays: AppliedFile['relays'], state: MeshState): AppliedFile['relays'] {
+  if (relays.length === 0) return relays;
+  const present = new Set(state.peers.map((p) => p.nodeId));
+  return relays.filter((r) => present.has(r.peerNodeId));
 }
 
 /** Field-level differences between the applied and the desired state, for drift.report. */

@@ -2,7 +2,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { writeFileAtomic } from '../../util/atomic-file.js';
-import { meshStateSchema, type MeshState } from '../../contract/mesh-events.js';
+import { endpointSchema, meshStateSchema, type MeshState } from '../../contract/mesh-events.js';
 
 /**
  * What the agent has applied, persisted after every applied event so that `lastEventSeq` in hello is
@@ -14,6 +14,10 @@ import { meshStateSchema, type MeshState } from '../../contract/mesh-events.js';
 export const MESH_STATE_FILE = 'mesh-state.json';
 export const MESH_STATUS_FILE = 'mesh-status.json';
 
+/** A relay session applied to one peer (relay_session_assigned): WireGuard sends to `endpoint` instead of the peer's own. */
+export const appliedRelaySchema = z.object({ peerNodeId: z.string().min(1).max(128), sessionId: z.string().min(1).max(64), endpoint: endpointSchema });
+export type AppliedRelay = z.infer<typeof appliedRelaySchema>;
+
 const trustedKeySchema = z.object({ keyId: z.string().max(64), publicKey: z.string().max(64), until: z.number().nullable() });
 
 export const appliedFileSchema = z.object({
@@ -22,10 +26,12 @@ export const appliedFileSchema = z.object({
   state: meshStateSchema.nullable(),
   trustedKeys: z.array(trustedKeySchema).max(8),
   policyId: z.string().max(64).nullable(),
+  /** Relay sessions in force, by peer; kept apart from `state` so that the state digest stays the server's. A file from before relays has none. */
+  relays: z.array(appliedRelaySchema).max(100_000).default([]),
 });
 export type AppliedFile = z.infer<typeof appliedFileSchema>;
 
-export const EMPTY_APPLIED: AppliedFile = Object.freeze({ version: 1, lastEventSeq: 0, state: null, trustedKeys: [], policyId: null }) as AppliedFile;
+export const EMPTY_APPLIED: AppliedFile = Object.freeze({ version: 1, lastEventSeq: 0, state: null, trustedKeys: [], policyId: null, relays: [] }) as AppliedFile;
 
 export async function readApplied(stateDir: string): Promise<AppliedFile> {
   let text: string;
@@ -48,7 +54,8 @@ export interface MeshStatus {
   meshIp: string | null;
   wgPublicKey: string;
   lastEventSeq: number;
-  peers: Array<{ nodeId: string; meshIp: string; publicKey: string; endpoints: string[] }>;
+  /** `endpoints` are the peer's own; `path` is `relay` while a relay session is in force, and `relay` then names the endpoint WireGuard uses. */
+  peers: Array<{ nodeId: string; meshIp: string; publicKey: string; endpoints: string[]; path: 'direct' | 'relay'; relay: string | null }>;
   policyId: string | null;
   wireguard: { mode: 'render-only' | 'applied'; interface: string | null; configPath: string; lastError: string | null };
   /** Peer entries dropped since the agent started because they failed their schema (logged one by one). */
@@ -56,12 +63,16 @@ export interface MeshStatus {
   updatedAt: string;
 }
 
-export function statusOf(state: MeshState | null, lastEventSeq: number, wgPublicKey: string, policyId: string | null, wireguard: MeshStatus['wireguard'], skippedPeerEntries = 0): MeshStatus {
+export function statusOf(state: MeshState | null, lastEventSeq: number, wgPublicKey: string, policyId: string | null, wireguard: MeshStatus['wireguard'], skippedPeerEntries = 0, relays: readonly AppliedRelay[] = []): MeshStatus {
+  const relayOf = new Map(relays.map((r) => [r.peerNodeId, r.endpoint]));
   return {
     meshIp: state?.meshIp ?? null,
     wgPublicKey,
     lastEventSeq,
-    peers: (state?.peers ?? []).map((p) => ({ nodeId: p.nodeId, meshIp: p.meshIp, publicKey: p.publicKey, endpoints: [...p.endpoints] })),
+    peers: (state?.peers ?? []).map((p) => {
+      const relay = relayOf.get(p.nodeId) ?? null;
+      return { nodeId: p.nodeId, meshIp: p.meshIp, publicKey: p.publicKey, endpoints: [...p.endpoints], path: relay ? ('relay' as const) : ('direct' as const), relay };
+    }),
     policyId,
     wireguard,
     skippedPeerEntries,

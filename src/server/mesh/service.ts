@@ -3,7 +3,7 @@ import { MeshlinkError } from '../../errors.js';
 import type { AgentHandle } from '../agent-sessions.js';
 import type { PayloadOf } from '../../protocol/registry.js';
 import type { Logger } from '../../util/logger.js';
-import { encodeSnapshot, selfReportSchema, snapshotSigningBytes, stateDigest, type EventPayload, type EventType, type MeshState, type SelfReport } from '../../contract/mesh-events.js';
+import { EVENT_PAYLOAD_SCHEMAS, encodeSnapshot, selfReportSchema, snapshotSigningBytes, stateDigest, type EventPayload, type EventType, type MeshState, type SelfReport } from '../../contract/mesh-events.js';
 import { zodErrorText } from '../../util/zod-error.js';
 import { MeshStore } from './store.js';
 import type { Store } from '../store/store.js';
@@ -78,6 +78,12 @@ export interface RecomputeScope {
 /** zod's Uint8Array is over an ArrayBuffer; Buffers from node:crypto and the codec are. */
 const bin = (b: Uint8Array): Uint8Array<ArrayBuffer> => b as Uint8Array<ArrayBuffer>;
 const sameList = (a: readonly string[], b: readonly string[]): boolean => a.length === b.length && a.every((x, i) => x === b[i]);
+
+/** A relay member: its node and the relay endpoint (HOST:PORT) it sends to. */
+export interface RelayMemberEndpoint {
+  nodeId: string;
+  endpoint: string;
+}
 
 export class MeshService {
   readonly range: MeshRange;
@@ -506,6 +512,50 @@ export class MeshService {
       this.#policyDirty = true;
       return this.#recomputeNow({});
     });
+  }
+
+  /**
+   * Puts a pair on the relay (docs/MESH.md, "Relay"): each member gets a signed `relay_session_assigned`
+   * naming the other member and the relay endpoint it must send to (its own port of the allocation,
+   * server/mesh/relay.ts). Both events are appended in one transaction, so neither member is relayed
+   * alone. Payloads are checked with the agents' schema first: the server never signs what they refuse.
+   */
+  assignRelay(sessionId: string, members: readonly [RelayMemberEndpoint, RelayMemberEndpoint], expiresAt?: number): number[] {
+    const [x, y] = members;
+    return this.#publishEach([
+      [x.nodeId, 'relay_session_assigned', { sessionId, peerNodeId: y.nodeId, endpoint: x.endpoint, ...(expiresAt !== undefined ? { expiresAt } : {}) }],
+      [y.nodeId, 'relay_session_assigned', { sessionId, peerNodeId: x.nodeId, endpoint: y.endpoint, ...(expiresAt !== undefined ? { expiresAt } : {}) }],
+    ]);
+  }
+
+  /** Ends a pair's relay session: both members go back to each other's own endpoints. */
+  revokeRelay(sessionId: string, nodeA: string, nodeB: string, reason?: string): number[] {
+    const extra = reason !== undefined ? { reason } : {};
+    return this.#publishEach([
+      [nodeA, 'relay_session_revoked', { sessionId, peerNodeId: nodeB, ...extra }],
+      [nodeB, 'relay_session_revoked', { sessionId, peerNodeId: nodeA, ...extra }],
+    ]);
+  }
+
+  /** Appends one event per node in one transaction and delivers them; the seqs, in order. */
+  #publishEach(items: ReadonlyArray<readonly [string, 'relay_session_assigned' | 'relay_session_revoked', unknown]>): number[] {
+    const checked = items.map(([nodeId, type, payload]) => {
+      const node = this.#model.nodes.get(nodeId);
+      if (!node) throw new MeshlinkError('ML_ERR_MESH_TAG', `node ${nodeId} is not in the mesh`);
+      const parsed = EVENT_PAYLOAD_SCHEMAS[type].safeParse(payload);
+      if (!parsed.success) throw new MeshlinkError('ML_ERR_RELAY_BAD_ALLOCATION', `${type}: ${zodErrorText(parsed.error)}`);
+      return { node, type, payload: parsed.data };
+    });
+    const outgoing: Outgoing[] = [];
+    const now = Date.now();
+    this.#db.transaction(() => {
+      for (const { node, type, payload } of checked) {
+        outgoing.push(this.#events.append(node, type, payload, now));
+        this.#model.saveSeq(node);
+      }
+    });
+    this.#deliver(outgoing);
+    return outgoing.map((o) => o.event.seq);
   }
 
   /** Asks a node to generate a new WireGuard key; its ack carries the new public key. */

@@ -1,0 +1,412 @@
+import { createSocket, type RemoteInfo, type Socket } from 'node:dgram';
+import { isIP } from 'node:net';
+import { Counter, Gauge, type Registry } from 'prom-client';
+import { z } from 'zod';
+import { MeshlinkError } from '../../errors.js';
+import type { Logger } from '../../util/logger.js';
+import { TokenBuckets } from '../../util/token-bucket.js';
+import { zodErrorText } from '../../util/zod-error.js';
+
+/**
+ * The UDP relay the server runs for pairs whose NATs allow no direct path (docs/MESH.md, "Relay").
+ *
+ * One allocation per pair of nodes: two UDP ports, one per member. Member A's WireGuard sends to port A,
+ * member B's to port B; a packet that arrives on port A from A leaves from port B to B, and back, so
+ * each member hears its peer from the port it sends to (WireGuard roams an endpoint to the source of
+ * what it receives: any other port would pull it off the relay). Each
+ * port latches the first source (IP and port) that sends a WireGuard handshake initiation or response
+ * from the IP the server observed for that member; from then on only that source is accepted on that
+ * port. Everything else is dropped and counted by reason.
+ *
+ * The relay sees only ciphertext: WireGuard's messages have fixed sizes and a type byte followed by
+ * three zero bytes, which is all it checks (wireguard.com/papers/wireguard.pdf §5.4):
+ *   type 1 handshake initiation, 148 bytes; type 2 handshake response, 92 bytes;
+ *   type 3 cookie reply, 64 bytes; type 4 transport data, 32 bytes or more, a multiple of 16.
+ * Only types 1 and 2 latch a port; after latching, any of the four is forwarded. So the relay is no
+ * open UDP forwarder: a sender must come from the member's observed IP and speak WireGuard's framing,
+ * and what it can send is capped by the allocation's token bucket.
+ *
+ * An allocation expires after `idleMs` without a forwarded packet (120 s by default: WireGuard's
+ * persistent keepalive, 25 s here, renews it while the tunnel is up); an expired allocation forwards
+ * nothing and is closed by the next sweep. A source that rebinds (a NAT restart) is not re-latched:
+ * the server revokes the allocation and assigns a new one, so a hijack from the same IP needs the
+ * server's consent.
+ *
+ * The clock is injected (`now`) so that tests move time instead of sleeping.
+ */
+
+/** WireGuard message types (the first byte; the next three are zero). */
+export const WgMessageType = { initiation: 1, response: 2, cookieReply: 3, transport: 4 } as const;
+const WG_INITIATION_LENGTH = 148;
+const WG_RESPONSE_LENGTH = 92;
+const WG_COOKIE_REPLY_LENGTH = 64;
+const WG_TRANSPORT_MIN_LENGTH = 32;
+
+/** 1 or 2 for a well-formed handshake initiation/response, 3 or 4 for the others, 0 for anything else. */
+export function wgMessageType(packet: Buffer): number {
+  if (packet.length < WG_TRANSPORT_MIN_LENGTH || packet[1] !== 0 || packet[2] !== 0 || packet[3] !== 0) return 0;
+  const type = packet[0]!;
+  switch (type) {
+    case WgMessageType.initiation:
+      return packet.length === WG_INITIATION_LENGTH ? type : 0;
+    case WgMessageType.response:
+      return packet.length === WG_RESPONSE_LENGTH ? type : 0;
+    case WgMessageType.cookieReply:
+      return packet.length === WG_COOKIE_REPLY_LENGTH ? type : 0;
+    case WgMessageType.transport:
+      return packet.length % 16 === 0 ? type : 0;
+    default:
+      return 0;
+  }
+}
+
+export const RELAY_DROP_REASONS = ['wrong_source', 'not_wireguard', 'not_latched', 'peer_not_latched', 'rate_limited', 'expired'] as const;
+export type RelayDropReason = (typeof RELAY_DROP_REASONS)[number];
+
+const ipSchema = z.string().refine((v) => isIP(v) !== 0, 'an IP address');
+const nodeIdSchema = z.string().min(1).max(128);
+/** What the server's mesh feature asks for: the pair and the IP it observed for each member. */
+export const relayAllocationRequestSchema = z
+  .object({
+    a: z.object({ nodeId: nodeIdSchema, ip: ipSchema }),
+    b: z.object({ nodeId: nodeIdSchema, ip: ipSchema }),
+  })
+  .refine((r) => r.a.nodeId !== r.b.nodeId, { message: 'the two members must be different nodes', path: ['b', 'nodeId'] });
+export type RelayAllocationRequest = z.infer<typeof relayAllocationRequestSchema>;
+
+export interface UdpRelayOptions {
+  /** The IP address to bind the allocations' ports to (0.0.0.0 for every address). */
+  host: string;
+  /** Idle time after which an allocation stops forwarding (default 120 s), renewed by every forwarded packet. */
+  idleMs?: number;
+  /** Allocations at most (default 1,000: two ports each). */
+  maxAllocations?: number;
+  /** Bandwidth cap per allocation and direction, bytes per second (default 12.5 MB/s, 100 Mbit/s). */
+  bytesPerSecond?: number;
+  /** Burst per allocation and direction, bytes (default a quarter second of `bytesPerSecond`, at least 64 KiB). */
+  burstBytes?: number;
+  /** The clock (ms); Date.now by default. */
+  now?: () => number;
+  /** How often expired allocations are closed (default 5 s); 0 turns the timer off (tests call sweep()). */
+  sweepIntervalMs?: number;
+  /** Registers the relay's metrics here when given. */
+  registry?: Registry;
+  logger: Logger;
+}
+
+export interface RelayMember {
+  nodeId: string;
+  /** The IP the server observed for the node: the only IP that may latch its port. */
+  ip: string;
+  /** The UDP port of the relay this member sends to. */
+  port: number;
+  /** The latched source, once a handshake came from it. */
+  latched: { address: string; port: number } | null;
+}
+
+export interface RelayAllocationInfo {
+  id: string;
+  a: RelayMember;
+  b: RelayMember;
+  createdAt: number;
+  lastActiveAt: number;
+  expiresAt: number;
+  bytes: number;
+  packets: number;
+}
+
+export interface RelayCounters {
+  relayedBytes: number;
+  relayedPackets: number;
+  dropped: Record<RelayDropReason, number>;
+}
+
+interface Side {
+  member: RelayMember;
+  socket: Socket;
+}
+
+class Allocation {
+  readonly id: string;
+  readonly sides: [Side, Side];
+  readonly createdAt: number;
+  lastActiveAt: number;
+  bytes = 0;
+  packets = 0;
+  closed = false;
+
+  constructor(id: string, sides: [Side, Side], now: number) {
+    this.id = id;
+    this.sides = sides;
+    this.createdAt = now;
+    this.lastActiveAt = now;
+  }
+}
+
+export class UdpRelay {
+  readonly counters: RelayCounters = { relayedBytes: 0, relayedPackets: 0, dropped: Object.fromEntries(RELAY_DROP_REASONS.map((r) => [r, 0])) as Record<RelayDropReason, number> };
+  readonly #o: { host: string; idleMs: number; maxAllocations: number; now: () => number };
+  readonly #log: Logger;
+  readonly #buckets: TokenBuckets;
+  /** By pair key (the two node ids, sorted). */
+  readonly #allocations = new Map<string, Allocation>();
+  /** Sockets being bound count against the cap too, so concurrent allocate() calls cannot overshoot it. */
+  #pending = 0;
+  #timer: NodeJS.Timeout | null = null;
+  #closed = false;
+  #nextId = 1;
+
+  constructor(options: UdpRelayOptions) {
+    if (isIP(options.host) === 0) throw new MeshlinkError('ML_ERR_CONFIG', `the relay listen address must be an IP address, got "${options.host}"`);
+    const bytesPerSecond = options.bytesPerSecond ?? 12_500_000;
+    if (!(bytesPerSecond > 0)) throw new MeshlinkError('ML_ERR_CONFIG', `the relay bandwidth cap must be positive, got ${bytesPerSecond}`);
+    this.#o = { host: options.host, idleMs: options.idleMs ?? 120_000, maxAllocations: options.maxAllocations ?? 1000, now: options.now ?? Date.now };
+    this.#log = options.logger.child({ component: 'relay' });
+    // One bucket per allocation and direction; the table holds two per allocation.
+    const capacity = options.burstBytes ?? Math.max(65_536, bytesPerSecond / 4);
+    this.#buckets = new TokenBuckets({ perMinute: bytesPerSecond * 60, capacity, maxEntries: this.#o.maxAllocations * 2 + 16 });
+    const interval = options.sweepIntervalMs ?? 5000;
+    if (interval > 0) {
+      this.#timer = setInterval(() => {
+        const expired = this.sweep();
+        if (expired.length > 0) this.onExpired?.(expired);
+      }, interval);
+      this.#timer.unref();
+    }
+    if (options.registry) this.#registerMetrics(options.registry);
+  }
+
+  /** The pair's allocation, made when there is none (two fresh ports); renewed when there is one. */
+  async allocate(request: RelayAllocationRequest): Promise<RelayAllocationInfo> {
+    const parsed = relayAllocationRequestSchema.safeParse(request);
+    if (!parsed.success) throw new MeshlinkError('ML_ERR_RELAY_BAD_ALLOCATION', zodErrorText(parsed.error));
+    if (this.#closed) throw new MeshlinkError('ML_ERR_RELAY_FULL', 'the relay is closed');
+    const { a, b } = parsed.data;
+    const key = pairKey(a.nodeId, b.nodeId);
+    const existing = this.#allocations.get(key);
+    if (existing && !this.#expired(existing)) {
+      existing.lastActiveAt = this.#o.now();
+      return this.#info(existing);
+    }
+    if (existing) this.#close(key, existing, 'expired');
+    if (this.#allocations.size + this.#pending >= this.#o.maxAllocations) {
+      throw new MeshlinkError('ML_ERR_RELAY_FULL', `the relay holds ${this.#o.maxAllocations} allocations, its maximum`);
+    }
+    this.#pending++;
+    let sockets: [Socket, Socket];
+    try {
+      const first = await bind(this.#o.host);
+      try {
+        sockets = [first, await bind(this.#o.host)];
+      } catch (err) {
+        first.close();
+        throw err;
+      }
+    } finally {
+      this.#pending--;
+    }
+    if (this.#closed) {
+      sockets.forEach((s) => s.close());
+      throw new MeshlinkError('ML_ERR_RELAY_FULL', 'the relay is closed');
+    }
+    const [sa, sb] = sockets;
+    const allocation = new Allocation(
+      `r${this.#nextId++}`,
+      [
+        { member: { nodeId: a.nodeId, ip: normalizeIp(a.ip), port: sa.address().port, latched: null }, socket: sa },
+        { member: { nodeId: b.nodeId, ip: normalizeIp(b.ip), port: sb.address().port, latched: null }, socket: sb },
+      ],
+      this.#o.now(),
+    );
+    // A concurrent allocate() for the same pair may have won: keep one allocation per pair.
+    const raced = this.#allocations.get(key);
+    if (raced && !raced.closed) {
+      sockets.forEach((s) => s.close());
+      raced.lastActiveAt = this.#o.now();
+      return this.#info(raced);
+    }
+    this.#allocations.set(key, allocation);
+    allocation.sides.forEach((side, index) => {
+      side.socket.on('message', (packet, from) => this.#onPacket(allocation, index as 0 | 1, packet, from));
+      // Errors of a UDP socket are per datagram (an ICMP unreachable for an earlier send): log, go on.
+      side.socket.on('error', (err) => this.#log.debug({ err, allocation: allocation.id }, 'relay: socket error'));
+    });
+    this.#log.info({ allocation: allocation.id, a: a.nodeId, b: b.nodeId, ports: [sa.address().port, sb.address().port] }, 'relay allocation made');
+    return this.#info(allocation);
+  }
+
+  /** The pair's allocation, or null. */
+  get(nodeA: string, nodeB: string): RelayAllocationInfo | null {
+    const allocation = this.#allocations.get(pairKey(nodeA, nodeB));
+    return allocation ? this.#info(allocation) : null;
+  }
+
+  /** Every allocation (for listings and tests). */
+  list(): RelayAllocationInfo[] {
+    return [...this.#allocations.values()].map((a) => this.#info(a));
+  }
+
+  get size(): number {
+    return this.#allocations.size;
+  }
+
+  /** Closes the pair's allocation; false when it had none. */
+  release(nodeA: string, nodeB: string): boolean {
+    const key = pairKey(nodeA, nodeB);
+    const allocation = this.#allocations.get(key);
+    if (!allocation) return false;
+    this.#close(key, allocation, 'released');
+    return true;
+  }
+
+  /** Closes every expired allocation and returns them (the mesh feature revokes their sessions); also runs on the timer, which hands them to `onExpired`. */
+  sweep(): RelayAllocationInfo[] {
+    const gone: RelayAllocationInfo[] = [];
+    for (const [key, allocation] of this.#allocations) {
+      if (this.#expired(allocation)) {
+        gone.push(this.#info(allocation));
+        this.#close(key, allocation, 'expired');
+      }
+    }
+    return gone;
+  }
+
+  /** Called with what each timer sweep closed (server/mesh/relay-sessions.ts revokes them). */
+  onExpired: ((expired: RelayAllocationInfo[]) => void) | null = null;
+
+  /** Closes every allocation and stops the sweep timer. Idempotent. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    if (this.#timer) clearInterval(this.#timer);
+    this.#timer = null;
+    const closing = [...this.#allocations.values()].flatMap((a) => a.sides.map((s) => new Promise<void>((resolve) => s.socket.close(() => resolve()))));
+    for (const a of this.#allocations.values()) a.closed = true;
+    this.#allocations.clear();
+    await Promise.all(closing);
+  }
+
+  #expired(allocation: Allocation): boolean {
+    return this.#o.now() - allocation.lastActiveAt >= this.#o.idleMs;
+  }
+
+  #close(key: string, allocation: Allocation, why: 'expired' | 'released'): void {
+    if (this.#allocations.get(key) === allocation) this.#allocations.delete(key);
+    if (allocation.closed) return;
+    allocation.closed = true;
+    for (const side of allocation.sides) side.socket.close();
+    this.#buckets.forget((k) => k.startsWith(`${allocation.id}/`));
+    this.#log.info({ allocation: allocation.id, why, bytes: allocation.bytes, packets: allocation.packets }, 'relay allocation closed');
+  }
+
+  #drop(reason: RelayDropReason): void {
+    this.counters.dropped[reason]++;
+  }
+
+  #onPacket(allocation: Allocation, index: 0 | 1, packet: Buffer, from: RemoteInfo): void {
+    if (allocation.closed) return;
+    const here = allocation.sides[index];
+    const there = allocation.sides[1 - index]!;
+    const latched = here.member.latched;
+    if (latched) {
+      if (from.port !== latched.port || normalizeIp(from.address) !== latched.address) return this.#drop('wrong_source');
+    } else if (normalizeIp(from.address) !== here.member.ip) {
+      return this.#drop('wrong_source');
+    }
+    const type = wgMessageType(packet);
+    if (type === 0) return this.#drop('not_wireguard');
+    const now = this.#o.now();
+    if (now - allocation.lastActiveAt >= this.#o.idleMs) return this.#drop('expired');
+    if (!latched) {
+      if (type !== WgMessageType.initiation && type !== WgMessageType.response) return this.#drop('not_latched');
+      here.member.latched = { address: normalizeIp(from.address), port: from.port };
+      this.#log.info({ allocation: allocation.id, node: here.member.nodeId, port: from.port }, 'relay port latched');
+    }
+    const target = there.member.latched;
+    if (!target) return this.#drop('peer_not_latched');
+    if (!this.#buckets.takeMany(`${allocation.id}/${index}`, packet.length, now)) return this.#drop('rate_limited');
+    allocation.lastActiveAt = now;
+    allocation.bytes += packet.length;
+    allocation.packets++;
+    this.counters.relayedBytes += packet.length;
+    this.counters.relayedPackets++;
+    there.socket.send(packet, target.port, target.address);
+  }
+
+  #info(a: Allocation): RelayAllocationInfo {
+    const copy = (m: RelayMember): RelayMember => ({ ...m, latched: m.latched ? { ...m.latched } : null });
+    return { id: a.id, a: copy(a.sides[0].member), b: copy(a.sides[1].member), createdAt: a.createdAt, lastActiveAt: a.lastActiveAt, expiresAt: a.lastActiveAt + this.#o.idleMs, bytes: a.bytes, packets: a.packets };
+  }
+
+  /**
+   * prom-client metrics read from the plain counters at scrape time: the per-packet path touches
+   * numbers only, never a label lookup.
+   */
+  #registerMetrics(registry: Registry): void {
+    // eslint-disable-next-line @typescript-eslint/no-this-alias
+    const relay = this;
+    new Gauge({
+      name: 'meshlink_relay_allocations',
+      help: 'Relay allocations open (two UDP ports each)',
+      registers: [registry],
+      collect() {
+        this.set(relay.size);
+      },
+    });
+    const exported = { bytes: 0, packets: 0, dropped: Object.fromEntries(RELAY_DROP_REASONS.map((r) => [r, 0])) as Record<RelayDropReason, number> };
+    new Counter({
+      name: 'meshlink_relay_bytes_total',
+      help: 'Bytes the relay forwarded (WireGuard ciphertext, UDP payload)',
+      registers: [registry],
+      collect() {
+        this.inc(relay.counters.relayedBytes - exported.bytes);
+        exported.bytes = relay.counters.relayedBytes;
+      },
+    });
+    new Counter({
+      name: 'meshlink_relay_packets_total',
+      help: 'Packets the relay forwarded',
+      registers: [registry],
+      collect() {
+        this.inc(relay.counters.relayedPackets - exported.packets);
+        exported.packets = relay.counters.relayedPackets;
+      },
+    });
+    new Counter({
+      name: 'meshlink_relay_dropped_packets_total',
+      help: 'Packets the relay dropped, by reason',
+      labelNames: ['reason'],
+      registers: [registry],
+      collect() {
+        for (const reason of RELAY_DROP_REASONS) {
+          this.inc({ reason }, relay.counters.dropped[reason] - exported.dropped[reason]);
+          exported.dropped[reason] = relay.counters.dropped[reason];
+        }
+      },
+    });
+  }
+}
+
+function pairKey(a: string, b: string): string {
+  return a < b ? `${a}\n${b}` : `${b}\n${a}`;
+}
+
+/** An IPv4-mapped IPv6 source (::ffff:192.0.2.1, from a dual-stack socket) compares as its IPv4 address. */
+function normalizeIp(ip: string): string {
+  const lower = ip.toLowerCase();
+  return lower.startsWith('::ffff:') && isIP(lower.slice(7)) === 4 ? lower.slice(7) : lower;
+}
+
+function bind(host: string): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = createSocket({ type: isIP(host) === 6 ? 'udp6' : 'udp4' });
+    const onError = (err: Error): void => {
+      socket.close();
+      reject(err);
+    };
+    socket.once('error', onError);
+    socket.bind(0, host, () => {
+      socket.off('error', onError);
+      resolve(socket);
+    });
+  });
+}

@@ -1,0 +1,103 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { decodeEnvelope } from '../../src/contract/mesh-events.js';
+import { MeshlinkError } from '../../src/errors.js';
+import { UdpRelay } from '../../src/server/mesh/relay.js';
+import { RelaySessions } from '../../src/server/mesh/relay-sessions.js';
+import { MeshService } from '../../src/server/mesh/service.js';
+import { enrollNode, recordingSessions, silent, tempStore, verifies, wgKey } from './helpers.js';
+
+/** The server's side of relay sessions: signed events to both members, checked with the agents' schema. */
+
+const cleanups: Array<() => Promise<void>> = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0)) await c();
+});
+
+async function setup() {
+  const t = await tempStore();
+  cleanups.push(() => t.cleanup());
+  const a = enrollNode(t.store, 'a');
+  const b = enrollNode(t.store, 'b');
+  const mesh = await MeshService.open(t.store, silent, { sealing: t.sealing });
+  cleanups.unshift(() => mesh.close());
+  const hub = recordingSessions();
+  mesh.setDelivery(hub);
+  const sessions = new Map([a, b].map((id) => [id, hub.connect(id)]));
+  for (const [i, id] of [a, b].entries()) {
+    await mesh.agentOpened(id, { versions: [1], agentVersion: 't', wgPublicKey: wgKey(i + 1), endpoints: [`192.0.2.${i + 1}:51820`] }, '127.0.0.1');
+    mesh.replay(sessions.get(id)!.agent, 0);
+  }
+  return { mesh, a, b, sent: (id: string) => sessions.get(id)!.sent };
+}
+
+describe('MeshService relay sessions', () => {
+  it('sends each member a signed relay_session_assigned naming the other and its own relay port, then the revoke', async () => {
+    const { mesh, a, b, sent } = await setup();
+    const before = [sent(a).length, sent(b).length];
+    const seqs = mesh.assignRelay('r1', [{ nodeId: a, endpoint: '203.0.113.9:40001' }, { nodeId: b, endpoint: '203.0.113.9:40002' }], 1_700_000_120_000);
+    expect(seqs).toHaveLength(2);
+    const last = (id: string) => sent(id).at(-1)!;
+    expect(last(a).envelope).toMatchObject({ type: 'relay_session_assigned', payload: { sessionId: 'r1', peerNodeId: b, endpoint: '203.0.113.9:40001', expiresAt: 1_700_000_120_000 } });
+    expect(last(b).envelope).toMatchObject({ type: 'relay_session_assigned', payload: { sessionId: 'r1', peerNodeId: a, endpoint: '203.0.113.9:40002' } });
+    for (const id of [a, b]) {
+      expect(verifies(last(id), mesh.eventKeys())).toBe(true);
+      // What the agent decodes from the signed bytes.
+      const decoded = decodeEnvelope(last(id).bytes);
+      expect(decoded.known && decoded.envelope.type).toBe('relay_session_assigned');
+    }
+    mesh.revokeRelay('r1', a, b, 'expired');
+    expect(last(a).envelope).toMatchObject({ type: 'relay_session_revoked', payload: { sessionId: 'r1', peerNodeId: b, reason: 'expired' } });
+    expect(last(b).envelope).toMatchObject({ type: 'relay_session_revoked', payload: { sessionId: 'r1', peerNodeId: a, reason: 'expired' } });
+    expect([sent(a).length, sent(b).length]).toEqual([before[0]! + 2, before[1]! + 2]);
+  });
+
+  it('signs nothing the agents would refuse, and nothing for a node outside the mesh', async () => {
+    const { mesh, a, b, sent } = await setup();
+    const before = [sent(a).length, sent(b).length];
+    const bad = (() => {
+      try {
+        mesh.assignRelay('r1', [{ nodeId: a, endpoint: '203.0.113.9:40001' }, { nodeId: b, endpoint: 'no port' }]);
+      } catch (e) {
+        return e;
+      }
+    })();
+    expect(bad).toBeInstanceOf(MeshlinkError);
+    expect((bad as MeshlinkError).code).toBe('ML_ERR_RELAY_BAD_ALLOCATION');
+    expect(() => mesh.revokeRelay('r1', a, 'nobody')).toThrow(/not in the mesh/);
+    // All or nothing: the valid half was not sent either.
+    expect([sent(a).length, sent(b).length]).toEqual(before);
+  });
+
+  it('RelaySessions: assigns a new allocation once, revokes it on end and on expiry (real relay, injected clock)', async () => {
+    const { mesh, a, b, sent } = await setup();
+    const clock = { now: 5_000_000 };
+    const relay = new UdpRelay({ host: '127.0.0.1', logger: silent, sweepIntervalMs: 0, idleMs: 120_000, now: () => clock.now });
+    cleanups.unshift(() => relay.close());
+    const sessions = new RelaySessions({ relay, mesh, publicHost: '203.0.113.9', logger: silent });
+    const types = (id: string) => sent(id).map((e) => e.envelope.type);
+    const n = [sent(a).length, sent(b).length];
+
+    const first = await sessions.relay({ a: { nodeId: a, ip: '127.0.0.1' }, b: { nodeId: b, ip: '127.0.0.2' } });
+    expect(sent(a).at(-1)!.envelope).toMatchObject({ type: 'relay_session_assigned', payload: { sessionId: first.id, peerNodeId: b, endpoint: `203.0.113.9:${first.a.port}`, expiresAt: clock.now + 120_000 } });
+    expect(sent(b).at(-1)!.envelope).toMatchObject({ type: 'relay_session_assigned', payload: { sessionId: first.id, peerNodeId: a, endpoint: `203.0.113.9:${first.b.port}` } });
+    // Asked again: the same allocation, renewed, and no second assignment.
+    expect((await sessions.relay({ a: { nodeId: b, ip: '127.0.0.2' }, b: { nodeId: a, ip: '127.0.0.1' } })).id).toBe(first.id);
+    expect([sent(a).length, sent(b).length]).toEqual([n[0]! + 1, n[1]! + 1]);
+
+    expect(sessions.end(a, b, 'direct path')).toBe(true);
+    expect(sessions.end(a, b)).toBe(false);
+    expect(sent(a).at(-1)!.envelope).toMatchObject({ type: 'relay_session_revoked', payload: { sessionId: first.id, peerNodeId: b, reason: 'direct path' } });
+    expect(relay.size).toBe(0);
+
+    const second = await sessions.relay({ a: { nodeId: a, ip: '127.0.0.1' }, b: { nodeId: b, ip: '127.0.0.2' } });
+    expect(second.id).not.toBe(first.id);
+    clock.now += 119_999;
+    expect(sessions.sweep()).toEqual([]);
+    clock.now += 1;
+    expect(sessions.sweep()).toEqual([second.id]);
+    for (const [id, peerNodeId] of [[a, b], [b, a]] as const) expect(sent(id).at(-1)!.envelope).toMatchObject({ type: 'relay_session_revoked', payload: { sessionId: second.id, peerNodeId, reason: 'expired' } });
+    expect(types(a).slice(n[0])).toEqual(['relay_session_assigned', 'relay_session_revoked', 'relay_session_assigned', 'relay_session_revoked']);
+    // IPv6 relay hosts are bracketed.
+    expect(new RelaySessions({ relay, mesh, publicHost: '2001:db8::1', logger: silent }).endpoint(40000)).toBe('[2001:db8::1]:40000');
+  });
+});

@@ -1,0 +1,232 @@
+import { randomBytes } from 'node:crypto';
+import { createSocket, type Socket } from 'node:dgram';
+import { Registry } from 'prom-client';
+import { afterEach, describe, expect, it } from 'vitest';
+import { MeshlinkError } from '../../src/errors.js';
+import { UdpRelay, wgMessageType, type UdpRelayOptions } from '../../src/server/mesh/relay.js';
+import { createLogger } from '../../src/util/logger.js';
+
+/**
+ * The UDP relay over real UDP sockets on loopback. Linux routes all of 127.0.0.0/8 to lo, so members
+ * and strangers get distinct source IPs (127.0.0.1, .2, .3). Time moves through the injected clock:
+ * no test sleeps to make time pass; waits are for conditions, with generous deadlines.
+ */
+
+const logger = createLogger({ name: 'relay-test', level: 'silent' });
+const open: Array<{ close(): unknown }> = [];
+afterEach(async () => {
+  for (const o of open.splice(0).reverse()) await o.close();
+});
+
+function relay(options: Partial<UdpRelayOptions> = {}): { relay: UdpRelay; clock: { now: number } } {
+  const clock = { now: 1_000_000 };
+  const r = new UdpRelay({ host: '127.0.0.1', logger, sweepIntervalMs: 0, now: () => clock.now, ...options });
+  open.push(r);
+  return { relay: r, clock };
+}
+
+interface Peer {
+  socket: Socket;
+  port: number;
+  /** Datagrams received, in order. */
+  inbox: Buffer[];
+}
+
+async function peer(ip: string): Promise<Peer> {
+  const socket = createSocket('udp4');
+  await new Promise<void>((resolve) => socket.bind(0, ip, resolve));
+  const p: Peer = { socket, port: socket.address().port, inbox: [] };
+  socket.on('message', (m) => p.inbox.push(m));
+  open.push({ close: () => new Promise<void>((resolve) => socket.close(() => resolve())) });
+  return p;
+}
+
+/** A datagram shaped like a WireGuard message of the type (random bytes after the header, as ciphertext is). */
+function wg(type: 1 | 2 | 3 | 4, length = type === 1 ? 148 : type === 2 ? 92 : type === 3 ? 64 : 160): Buffer {
+  const b = randomBytes(length);
+  b[0] = type;
+  b[1] = b[2] = b[3] = 0;
+  return b;
+}
+
+async function until(what: string, ok: () => boolean, ms = 10_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!ok()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+const send = (from: Peer, port: number, packet: Buffer) => new Promise<void>((resolve, reject) => from.socket.send(packet, port, '127.0.0.1', (err) => (err ? reject(err) : resolve())));
+
+/** Sends and waits until the relay has either forwarded or dropped it. */
+async function sendSettled(r: UdpRelay, from: Peer, port: number, packet: Buffer): Promise<void> {
+  const before = settled(r);
+  await send(from, port, packet);
+  await until('the relay to handle the packet', () => settled(r) === before + 1);
+}
+const settled = (r: UdpRelay) => r.counters.relayedPackets + Object.values(r.counters.dropped).reduce((a, b) => a + b, 0);
+
+/** A pair with both ports latched: A at 127.0.0.1, B at 127.0.0.2. */
+async function latchedPair(r: UdpRelay) {
+  const a = await peer('127.0.0.1');
+  const b = await peer('127.0.0.2');
+  const alloc = await r.allocate({ a: { nodeId: 'node-a', ip: '127.0.0.1' }, b: { nodeId: 'node-b', ip: '127.0.0.2' } });
+  // A's initiation latches A's port; B's is not latched yet, so it goes nowhere (WireGuard retries).
+  await sendSettled(r, a, alloc.a.port, wg(1));
+  expect(r.counters.dropped.peer_not_latched).toBe(1);
+  const response = wg(2);
+  await sendSettled(r, b, alloc.b.port, response);
+  await until('the response at A', () => a.inbox.length === 1);
+  expect(a.inbox[0]).toEqual(response);
+  return { a, b, alloc };
+}
+
+describe('wgMessageType', () => {
+  it('knows the four WireGuard messages by type byte, zero reserved bytes and length only', () => {
+    expect([wg(1), wg(2), wg(3), wg(4), wg(4, 32), wg(4, 1440)].map(wgMessageType)).toEqual([1, 2, 3, 4, 4, 4]);
+    const reserved = wg(1);
+    reserved[2] = 1;
+    expect([wg(1, 147), wg(1, 149), wg(2, 148), wg(3, 92), wg(4, 33), wg(4, 16), reserved, Buffer.from('GET / HTTP/1.1\r\n\r\n'), Buffer.alloc(0)].map(wgMessageType)).toEqual([0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    const five = wg(4);
+    five[0] = 5;
+    expect(wgMessageType(five)).toBe(0);
+  });
+});
+
+describe('UdpRelay', () => {
+  it('latches each port on a handshake from the member IP and forwards both ways, from the port the receiver sends to', async () => {
+    const registry = new Registry();
+    const { relay: r } = relay({ registry });
+    const { a, b, alloc } = await latchedPair(r);
+    expect(r.get('node-b', 'node-a')).toMatchObject({ a: { latched: { address: '127.0.0.1', port: a.port } }, b: { latched: { address: '127.0.0.2', port: b.port } } });
+    const fromB: number[] = [];
+    a.socket.on('message', (_m, rinfo) => fromB.push(rinfo.port));
+    const toB = [wg(4), wg(4, 1440), wg(3)];
+    for (const p of toB) await send(a, alloc.a.port, p);
+    await until('three packets at B', () => b.inbox.length === 3);
+    expect(b.inbox).toEqual(toB);
+    const toA = wg(4, 48);
+    await send(b, alloc.b.port, toA);
+    await until('the packet at A', () => a.inbox.length === 2);
+    expect(a.inbox[1]).toEqual(toA);
+    // A hears B from the port A sends to: WireGuard roams the peer's endpoint to the source of what it
+    // receives, so that must stay A's port of the relay.
+    expect(fromB).toEqual([alloc.a.port]);
+    expect(r.counters.relayedPackets).toBe(5);
+    expect(r.counters.relayedBytes).toBe(92 + 160 + 1440 + 64 + 48);
+    const text = await registry.metrics();
+    expect(text).toMatch(/^meshlink_relay_allocations 1$/m);
+    expect(text).toMatch(/^meshlink_relay_packets_total 5$/m);
+    expect(text).toMatch(new RegExp(`^meshlink_relay_bytes_total ${92 + 160 + 1440 + 64 + 48}$`, 'm'));
+    expect(text).toMatch(/^meshlink_relay_dropped_packets_total\{reason="peer_not_latched"\} 1$/m);
+  });
+
+  it('drops packets from any other source, before and after latching, and what is not WireGuard', async () => {
+    const { relay: r } = relay();
+    const stranger = await peer('127.0.0.3');
+    const a = await peer('127.0.0.1');
+    const b = await peer('127.0.0.2');
+    const alloc = await r.allocate({ a: { nodeId: 'node-a', ip: '127.0.0.1' }, b: { nodeId: 'node-b', ip: '127.0.0.2' } });
+    // Before latching: a handshake from another IP does not latch; a transport packet from the right IP does not either.
+    await sendSettled(r, stranger, alloc.a.port, wg(1));
+    await sendSettled(r, a, alloc.a.port, wg(4));
+    // B's IP on A's port: each port belongs to one member.
+    await sendSettled(r, b, alloc.a.port, wg(1));
+    expect(r.get('node-a', 'node-b')!.a.latched).toBeNull();
+    expect(r.counters.dropped).toMatchObject({ wrong_source: 2, not_latched: 1 });
+    await sendSettled(r, a, alloc.a.port, wg(1));
+    await sendSettled(r, b, alloc.b.port, wg(2));
+    await until('the response at A', () => a.inbox.length === 1);
+    // After latching: the stranger, the member's IP from another port, and non-WireGuard bytes are dropped.
+    const otherPortOfA = await peer('127.0.0.1');
+    await sendSettled(r, stranger, alloc.a.port, wg(4));
+    await sendSettled(r, stranger, alloc.b.port, wg(2));
+    await sendSettled(r, otherPortOfA, alloc.a.port, wg(1));
+    await sendSettled(r, a, alloc.a.port, Buffer.from('not wireguard at all, but long enough to be'));
+    expect(r.counters.dropped).toMatchObject({ wrong_source: 5, not_latched: 1, not_wireguard: 1 });
+    // Nothing of that reached B: the next packet B gets is the next legitimate one.
+    const legit = wg(4);
+    await send(a, alloc.a.port, legit);
+    await until('the legitimate packet at B', () => b.inbox.length === 1);
+    expect(b.inbox).toEqual([legit]);
+    expect(stranger.inbox).toEqual([]);
+    expect(otherPortOfA.inbox).toEqual([]);
+  });
+
+  it('expires after the idle time, renewed by traffic; an expired allocation forwards nothing and is swept', async () => {
+    const { relay: r, clock } = relay({ idleMs: 120_000 });
+    const { a, b, alloc } = await latchedPair(r);
+    // Traffic renews: 119 s, a packet, 119 s more, and it still forwards.
+    clock.now += 119_000;
+    await send(a, alloc.a.port, wg(4));
+    await until('packet 1 at B', () => b.inbox.length === 1);
+    expect(r.get('node-a', 'node-b')!.expiresAt).toBe(clock.now + 120_000);
+    clock.now += 119_000;
+    expect(r.sweep()).toEqual([]);
+    await send(b, alloc.b.port, wg(4));
+    await until('packet 2 at A', () => a.inbox.length === 2);
+    // 120 s idle: dropped as expired, in both directions, before any sweep.
+    clock.now += 120_000;
+    await sendSettled(r, a, alloc.a.port, wg(4));
+    await sendSettled(r, b, alloc.b.port, wg(1));
+    expect(r.counters.dropped.expired).toBe(2);
+    expect(b.inbox.length).toBe(1);
+    expect(a.inbox.length).toBe(2);
+    expect(r.sweep().map((x) => x.id)).toEqual([alloc.id]);
+    expect(r.size).toBe(0);
+    expect(r.get('node-a', 'node-b')).toBeNull();
+    // A new allocation for the pair gets new ports and must be latched again.
+    const again = await r.allocate({ a: { nodeId: 'node-a', ip: '127.0.0.1' }, b: { nodeId: 'node-b', ip: '127.0.0.2' } });
+    expect(again.id).not.toBe(alloc.id);
+    expect(again.a.latched).toBeNull();
+  });
+
+  it('caps allocations in all (one per pair) and bandwidth per allocation', async () => {
+    const { relay: r, clock } = relay({ maxAllocations: 1, bytesPerSecond: 1000, burstBytes: 1000 });
+    const first = await r.allocate({ a: { nodeId: 'x', ip: '127.0.0.1' }, b: { nodeId: 'y', ip: '127.0.0.2' } });
+    // The same pair, either order: the same allocation.
+    expect((await r.allocate({ a: { nodeId: 'y', ip: '127.0.0.2' }, b: { nodeId: 'x', ip: '127.0.0.1' } })).id).toBe(first.id);
+    const full = await r.allocate({ a: { nodeId: 'x', ip: '127.0.0.1' }, b: { nodeId: 'z', ip: '127.0.0.3' } }).catch((e: unknown) => e);
+    expect(full).toBeInstanceOf(MeshlinkError);
+    expect((full as MeshlinkError).code).toBe('ML_ERR_RELAY_FULL');
+    expect(r.release('y', 'x')).toBe(true);
+    expect(r.release('y', 'x')).toBe(false);
+
+    const { a, b, alloc } = await latchedPair(r);
+    // A burst of 1000 bytes per direction (A's initiation was dropped before the bucket): with the clock
+    // still, 6 packets of 160 fit (960), the other 4 not.
+    for (let i = 0; i < 10; i++) await sendSettled(r, a, alloc.a.port, wg(4));
+    await until('6 packets at B', () => b.inbox.length === 6);
+    expect(r.counters.dropped.rate_limited).toBe(4);
+    // The other direction has its own bucket.
+    await sendSettled(r, b, alloc.b.port, wg(4));
+    await until('the packet at A', () => a.inbox.length === 2);
+    // A second refills the bucket (to its 1000-byte cap): 6 more, then the 7th is over.
+    clock.now += 1000;
+    for (let i = 0; i < 6; i++) await sendSettled(r, a, alloc.a.port, wg(4));
+    await until('12 packets at B', () => b.inbox.length === 12);
+    expect(r.counters.dropped.rate_limited).toBe(4);
+    await sendSettled(r, a, alloc.a.port, wg(4));
+    expect(r.counters.dropped.rate_limited).toBe(5);
+    expect(b.inbox.length).toBe(12);
+  });
+
+  it('refuses a malformed request with ML_ERR_RELAY_BAD_ALLOCATION, and allocates nothing after close', async () => {
+    const { relay: r } = relay();
+    for (const bad of [
+      { a: { nodeId: 'a', ip: 'example.com' }, b: { nodeId: 'b', ip: '127.0.0.2' } },
+      { a: { nodeId: 'a', ip: '127.0.0.1' }, b: { nodeId: 'a', ip: '127.0.0.2' } },
+      { a: { nodeId: '', ip: '127.0.0.1' }, b: { nodeId: 'b', ip: '127.0.0.2' } },
+    ]) {
+      const err = await r.allocate(bad).catch((e: unknown) => e);
+      expect((err as MeshlinkError).code).toBe('ML_ERR_RELAY_BAD_ALLOCATION');
+    }
+    await r.allocate({ a: { nodeId: 'a', ip: '127.0.0.1' }, b: { nodeId: 'b', ip: '::ffff:127.0.0.2' } });
+    expect(r.get('a', 'b')!.b.ip).toBe('127.0.0.2');
+    await r.close();
+    await r.close();
+    expect(r.size).toBe(0);
+    expect(((await r.allocate({ a: { nodeId: 'a', ip: '127.0.0.1' }, b: { nodeId: 'b', ip: '127.0.0.2' } }).catch((e: unknown) => e)) as MeshlinkError).code).toBe('ML_ERR_RELAY_FULL');
+  });
+});
