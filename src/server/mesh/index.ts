@@ -8,6 +8,7 @@ import { meshListingLookup, tokenTagsLookup } from './listing.js';
 import { MeshService, type MeshOptions } from './service.js';
 import { MeshStore } from './store.js';
 import { StunResponder } from './stun-responder.js';
+import type { SelfReport } from '../../contract/mesh-events.js';
 
 export { MeshService } from './service.js';
 
@@ -52,7 +53,7 @@ export function createMeshFeature(options: MeshFeatureOptions = {}): ServerFeatu
     };
     ctx.sessions.addHelloCheck((hello, info) => {
       try {
-        mesh.checkSelfReport(info.nodeId, { wgPublicKey: hello.wgPublicKey, endpoints: hello.endpoints }, 'hello');
+        mesh.checkSelfReport(info.nodeId, { wgPublicKey: hello.wgPublicKey, endpoints: hello.endpoints, nat: hello.nat as SelfReport['nat'] }, 'hello');
       } catch (err) {
         if (err instanceof MeshlinkError) refused(info.nodeId, err, 'hello', hello.wgPublicKey);
         throw err;

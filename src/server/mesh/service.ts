@@ -3,7 +3,7 @@ import { MeshlinkError } from '../../errors.js';
 import type { AgentHandle } from '../agent-sessions.js';
 import type { PayloadOf } from '../../protocol/registry.js';
 import type { Logger } from '../../util/logger.js';
-import { encodeSnapshot, selfReportSchema, snapshotSigningBytes, stateDigest, type EventPayload, type EventType, type MeshState, type SelfReport } from '../../contract/mesh-events.js';
+import { encodeSnapshot, natReportSchema, selfReportSchema, snapshotSigningBytes, stateDigest, type EventPayload, type EventType, type MeshState, type NatReport, type SelfReport } from '../../contract/mesh-events.js';
 import { zodErrorText } from '../../util/zod-error.js';
 import { MeshStore } from './store.js';
 import type { Store } from '../store/store.js';
@@ -78,6 +78,7 @@ export interface RecomputeScope {
 /** zod's Uint8Array is over an ArrayBuffer; Buffers from node:crypto and the codec are. */
 const bin = (b: Uint8Array): Uint8Array<ArrayBuffer> => b as Uint8Array<ArrayBuffer>;
 const sameList = (a: readonly string[], b: readonly string[]): boolean => a.length === b.length && a.every((x, i) => x === b[i]);
+const sameNat = (a: NatReport | null, b: NatReport | null): boolean => a === b || (a !== null && b !== null && a.mapping === b.mapping && a.reflexive === b.reflexive);
 
 export class MeshService {
   readonly range: MeshRange;
@@ -375,8 +376,12 @@ export class MeshService {
     if (!node) return membership;
     const key = hello.wgPublicKey ?? node.publicKey;
     const endpoints = hello.endpoints ?? node.endpoints;
-    if (key === node.publicKey && sameList(endpoints, node.endpoints) && remoteAddress === node.observedAddr) return membership;
-    this.#model.updateWg(node, key, endpoints, remoteAddress);
+    // The NAT report of this hello (checked by checkSelfReport); a hello without one says the node did
+    // not probe (path.ts). The connection's remote address is kept for the operator only: it is the
+    // NAT's address for TCP, never a UDP endpoint.
+    const nat = hello.nat === undefined ? null : natReportSchema.parse(hello.nat);
+    if (key === node.publicKey && sameList(endpoints, node.endpoints) && remoteAddress === node.observedAddr && sameNat(nat, node.nat)) return membership;
+    this.#model.updateWg(node, key, endpoints, remoteAddress, nat);
     return this.#background(this.#nodeChanged(nodeId));
   }
 
