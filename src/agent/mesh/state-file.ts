@@ -48,7 +48,10 @@ export interface MeshStatus {
   meshIp: string | null;
   wgPublicKey: string;
   lastEventSeq: number;
-  peers: Array<{ nodeId: string; meshIp: string; publicKey: string; endpoints: string[] }>;
+  /** `path`: how the server chose the pair reaches each other (direct/relay); null from a server before paths. `endpoint`: the one WireGuard uses. */
+  peers: Array<{ nodeId: string; meshIp: string; publicKey: string; endpoints: string[]; endpoint: string | null; path: 'direct' | 'relay' | null }>;
+  /** This node's NAT report (the STUN probe at start), as sent in hello; null: no probe. */
+  nat: { reflexive: string | null; mapping: string } | null;
   policyId: string | null;
   wireguard: { mode: 'render-only' | 'applied'; interface: string | null; configPath: string; lastError: string | null };
   /** Peer entries dropped since the agent started because they failed their schema (logged one by one). */
@@ -56,12 +59,13 @@ export interface MeshStatus {
   updatedAt: string;
 }
 
-export function statusOf(state: MeshState | null, lastEventSeq: number, wgPublicKey: string, policyId: string | null, wireguard: MeshStatus['wireguard'], skippedPeerEntries = 0): MeshStatus {
+export function statusOf(state: MeshState | null, lastEventSeq: number, wgPublicKey: string, policyId: string | null, wireguard: MeshStatus['wireguard'], skippedPeerEntries = 0, nat: MeshStatus['nat'] = null): MeshStatus {
   return {
     meshIp: state?.meshIp ?? null,
     wgPublicKey,
     lastEventSeq,
-    peers: (state?.peers ?? []).map((p) => ({ nodeId: p.nodeId, meshIp: p.meshIp, publicKey: p.publicKey, endpoints: [...p.endpoints] })),
+    peers: (state?.peers ?? []).map((p) => ({ nodeId: p.nodeId, meshIp: p.meshIp, publicKey: p.publicKey, endpoints: [...p.endpoints], endpoint: p.endpoints[0] ?? null, path: p.path ?? null })),
+    nat,
     policyId,
     wireguard,
     skippedPeerEntries,
@@ -77,7 +81,7 @@ export async function writeMeshStatus(stateDir: string, status: MeshStatus): Pro
 export async function readMeshStatus(stateDir: string): Promise<Partial<MeshStatus>> {
   try {
     const s = JSON.parse(await readFile(join(stateDir, MESH_STATUS_FILE), 'utf8')) as MeshStatus;
-    return { meshIp: s.meshIp, wgPublicKey: s.wgPublicKey, lastEventSeq: s.lastEventSeq, peers: s.peers, policyId: s.policyId, wireguard: s.wireguard, skippedPeerEntries: s.skippedPeerEntries ?? 0 };
+    return { meshIp: s.meshIp, wgPublicKey: s.wgPublicKey, lastEventSeq: s.lastEventSeq, peers: s.peers, policyId: s.policyId, wireguard: s.wireguard, skippedPeerEntries: s.skippedPeerEntries ?? 0, nat: s.nat ?? null };
   } catch {
     return {};
   }

@@ -15,6 +15,7 @@ import { MeshFeed, type FeedEntry } from './feed.js';
 import { MeshModel } from './model.js';
 import { validatePolicy, type Policy } from '../../admin-api/policy.js';
 import { policyId } from './policy.js';
+import { pairsByPath, type RelayPair } from './path.js';
 import { SecretBox } from './secret-box.js';
 import type { SealingSecret } from '../ca-key-crypto.js';
 import { generateSigningKey, signBytes, signingKeyFromPkcs8, type SigningKey } from './signer.js';
@@ -551,9 +552,23 @@ export class MeshService {
     return keys;
   }
 
-  nodeInfo(nodeId: string): { meshIp: string; publicKey: string | null; endpoints: string[]; tags: string[]; lastSeq: number; ackedSeq: number } | null {
+  nodeInfo(nodeId: string): { meshIp: string; publicKey: string | null; endpoints: string[]; nat: NatReport | null; tags: string[]; lastSeq: number; ackedSeq: number } | null {
     const n = this.#model.nodes.get(nodeId);
-    return n ? { meshIp: intToIp(n.meshIp), publicKey: n.publicKey, endpoints: [...n.endpoints], tags: [...n.tags], lastSeq: n.lastSeq, ackedSeq: n.ackedSeq } : null;
+    return n ? { meshIp: intToIp(n.meshIp), publicKey: n.publicKey, endpoints: [...n.endpoints], nat: n.nat, tags: [...n.tags], lastSeq: n.lastSeq, ackedSeq: n.ackedSeq } : null;
+  }
+
+  /**
+   * The permitted pairs of keyed nodes by path (path.ts): how many are direct, and the relay ones.
+   * The relay allocator's input (`relayPairs`) and the `meshlink_mesh_pairs` gauge; O(permitted pairs).
+   */
+  pairPaths(): { direct: number; relay: RelayPair[] } {
+    const nodes = this.#model.nodes;
+    return pairsByPath(this.#model.permitted, (id) => nodes.get(id)?.nat ?? null, (id) => Boolean(nodes.get(id)?.publicKey));
+  }
+
+  /** The pairs whose path is `relay`, in pair-id order: what a relay must hold an allocation for. */
+  relayPairs(): RelayPair[] {
+    return this.pairPaths().relay;
   }
 
   feed(after: number, nodeId: string | null, limit = 500): FeedEntry[] {
