@@ -50,6 +50,10 @@ describe('peerEndpoints', () => {
   it('a public peer whose reflexive endpoint is a local one is listed once', () => {
     expect(peerEndpoints('direct', nat('endpoint-dependent'), nat('none', '10.0.0.5:51820'), local)).toEqual(local);
   });
+  it('a public peer is told as it announced itself: a loopback reflexive endpoint (STUN on its own host) is not used', () => {
+    expect(peerEndpoints('direct', nat('endpoint-independent'), nat('none', '127.0.0.1:51820'), ['192.0.2.2:51820'])).toEqual(['192.0.2.2:51820']);
+    expect(peerEndpoints('direct', nat('endpoint-independent'), nat('none', '192.0.2.9:51820'), [])).toEqual(['192.0.2.9:51820']);
+  });
   it('no report: the local endpoints as announced', () => {
     expect(peerEndpoints('direct', null, null, local)).toEqual(local);
   });

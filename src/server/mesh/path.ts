@@ -31,13 +31,18 @@ export function choosePath(a: NatReport | null | undefined, b: NatReport | null 
 /**
  * The endpoints a viewer is told for a peer on `path`: for a direct pair the peer's reflexive endpoint
  * first (WireGuard uses the first), then its local ones; when both sit behind the same public address
- * (one NAT: a LAN), the local ones first, since many routers do not hairpin. For a relay pair the
+ * (one NAT: a LAN), the local ones first, since many routers do not hairpin. A peer without NAT
+ * (`none`) is told as it announced itself. For a relay pair the
  * local endpoints, as before paths existed: the relay allocation replaces them when one is assigned.
  * Duplicates are dropped and the list capped at 32 (the peer entry's schema).
  */
 export function peerEndpoints(path: PeerPath, viewer: NatReport | null | undefined, peer: NatReport | null | undefined, peerLocal: readonly string[]): string[] {
   const reflexive = path === 'direct' ? (peer?.reflexive ?? null) : null;
   if (reflexive === null) return dedupe(peerLocal);
+  // Without NAT the reflexive endpoint is one of the node's own addresses with its listen port: its
+  // announced endpoints (the operator's --endpoint, or all its addresses) say it better, and a STUN
+  // responder on the node's own host would have answered with a loopback address.
+  if (peer?.mapping === 'none') return dedupe(peerLocal.length > 0 ? peerLocal : [reflexive]);
   const sameNat = viewer?.reflexive != null && hostOf(viewer.reflexive) === hostOf(reflexive) && peer?.mapping !== 'none';
   return dedupe(sameNat ? [...peerLocal, reflexive] : [reflexive, ...peerLocal]);
 }
