@@ -7,6 +7,13 @@ import { cli } from '../e2e/harness.js';
 import { frame } from '../helpers/raw-agent.js';
 import { dialConnect, enrollNode, startTestServer, type TestServer } from '../server/helpers.js';
 import { wgKey } from './helpers.js';
+import { meshFeature } from '../../src/server/mesh/index.js';
+import { createObservabilityFeature } from '../../src/server/observability/index.js';
+
+async function scrape(): Promise<string> {
+  const res = await fetch(`http://127.0.0.1:${metricsPort}/metrics`);
+  return res.text();
+}
 
 /**
  * Path choice through the real server (TLS on loopback, a real SQLite store): agents that report NAT
@@ -27,6 +34,7 @@ interface Node {
 }
 
 let ts: TestServer;
+let metricsPort = 0;
 const nodes: Record<string, Node> = {};
 
 /** Connects `node` with a hello that reports `nat`; resolves on welcome, or with the close of a refusal. */
@@ -84,7 +92,10 @@ const NATS: Record<string, Nat> = {
 };
 
 beforeAll(async () => {
-  ts = await startTestServer({ stunListen: null });
+  ts = await startTestServer(
+    { stunListen: null },
+    { features: [meshFeature, createObservabilityFeature({ listen: { host: '127.0.0.1', port: 0 }, onStarted: (h) => (metricsPort = h.address.port) })] },
+  );
   let i = 1;
   for (const name of Object.keys(NATS)) {
     const enrolled = await enrollNode(ts, name);
@@ -121,6 +132,11 @@ describe('path choice through the real server', () => {
     expect(peerOf(pub, 'hard')).toMatchObject({ path: 'direct', endpoint: '198.51.100.10:40001' });
     expect(peerOf(pub, 'easy1')).toMatchObject({ path: 'direct', endpoint: '198.51.100.20:51820' });
     for (const s of [hard, easy1, pub]) for (const p of s.mesh!.peers) expect(p.endpoint).not.toMatch(/^127\./);
+
+    // Six pairs: hard–easy1 and hard–easy2 relayed, the other four direct.
+    const text = await scrape();
+    expect(text).toMatch(/^meshlink_mesh_pairs\{path="direct"\} 4$/m);
+    expect(text).toMatch(/^meshlink_mesh_pairs\{path="relay"\} 2$/m);
   }, 60_000);
 
   it('the human form of nodes show lists each peer with its path', async () => {
