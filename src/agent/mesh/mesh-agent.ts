@@ -413,7 +413,10 @@ export class MeshAgent {
       this.#peers((m) =>
         e.payload.peers.forEach((p) => {
           const peer = m.get(p.nodeId);
-          if (peer) peer.endpoints = p.endpoints;
+          if (!peer) return;
+          peer.endpoints = p.endpoints;
+          // The path travels with the endpoints it chose (server/mesh/path.ts).
+          if (p.path !== undefined) peer.path = p.path;
         }),
       ),
     );
@@ -467,6 +470,7 @@ export function diffStates(applied: MeshState | null, desired: MeshState): Drift
       if (a.publicKey !== p.publicKey) items.push({ field: `peers.${p.nodeId}.publicKey`, expected: p.publicKey, actual: a.publicKey });
       if (a.meshIp !== p.meshIp) items.push({ field: `peers.${p.nodeId}.meshIp`, expected: p.meshIp, actual: a.meshIp });
       if (a.endpoints.join(',') !== p.endpoints.join(',')) items.push({ field: `peers.${p.nodeId}.endpoints`, expected: p.endpoints.join(','), actual: a.endpoints.join(',') });
+      if ((a.path ?? null) !== (p.path ?? null)) items.push({ field: `peers.${p.nodeId}.path`, expected: p.path ?? '-', actual: a.path ?? '-' });
       // Never put a PSK in a report: say only that it differed.
       if (a.psk !== p.psk) items.push({ field: `peers.${p.nodeId}.psk`, expected: '(server value)', actual: '(different)' });
     }

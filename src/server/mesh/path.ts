@@ -43,7 +43,7 @@ export function peerEndpoints(path: PeerPath, viewer: NatReport | null | undefin
   // announced endpoints (the operator's --endpoint, or all its addresses) say it better, and a STUN
   // responder on the node's own host would have answered with a loopback address.
   if (peer?.mapping === 'none') return dedupe(peerLocal.length > 0 ? peerLocal : [reflexive]);
-  const sameNat = viewer?.reflexive != null && hostOf(viewer.reflexive) === hostOf(reflexive) && peer?.mapping !== 'none';
+  const sameNat = viewer?.reflexive != null && hostOf(viewer.reflexive) === hostOf(reflexive);
   return dedupe(sameNat ? [...peerLocal, reflexive] : [reflexive, ...peerLocal]);
 }
 
