@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { EVENT_PAYLOAD_SCHEMAS } from '../contract/mesh-events.js';
+import { EVENT_PAYLOAD_SCHEMAS, natReportSchema, PEER_PATHS } from '../contract/mesh-events.js';
 import { MAX_BUNDLE_BYTES as MAX_RELEASE_BUNDLE_BYTES, releaseManifestSchema } from '../contract/release.js';
 import { POLICY_MAX_BYTES, policySchema } from './policy.js';
 import { defineRoute } from './route.js';
@@ -163,6 +163,28 @@ export const removeNode = defineRoute({
 
 // --- observability ---
 
+/**
+ * A node's mesh details in `server nodes show`: the NAT report of its last hello, the address its
+ * control connection came from (a hint only), and each peer as the events told the node: the pair's
+ * path, the endpoint WireGuard uses (the first) and the last handshake (null: not reported).
+ */
+export const meshNodeDetailsSchema = z.object({
+  meshIp: z.string(),
+  nat: natReportSchema.nullable(),
+  observedAddress: z.string().nullable(),
+  peers: z.array(
+    z.object({
+      nodeId: z.string(),
+      hostname: z.string().nullable(),
+      meshIp: z.string(),
+      path: z.enum(PEER_PATHS).nullable(),
+      endpoint: z.string().nullable(),
+      lastHandshake: iso.nullable(),
+    }),
+  ),
+});
+export type MeshNodeDetails = z.infer<typeof meshNodeDetailsSchema>;
+
 export const nodeDetailsSchema = z.object({
   id: z.string(),
   hostname: z.string(),
@@ -177,6 +199,8 @@ export const nodeDetailsSchema = z.object({
   warnings: z.array(z.object({ ts: iso, level: z.string(), msg: z.string(), fields: z.record(z.string(), z.unknown()).nullable() })),
   audit: z.array(z.object({ ts: iso, operation: z.string(), actor: z.string().nullable(), target: z.string().nullable(), result: z.string(), source: z.string() })),
   dropped: z.record(z.string(), z.number()),
+  /** The mesh's part, when the mesh feature runs (docs/MESH.md, "NAT traversal"). */
+  mesh: meshNodeDetailsSchema.optional(),
 });
 export type NodeDetails = z.infer<typeof nodeDetailsSchema>;
 

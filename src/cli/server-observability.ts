@@ -45,6 +45,18 @@ function render(d: NodeDetails): string {
   ];
   const drops = Object.entries(d.dropped).filter(([, n]) => n > 0);
   if (drops.length > 0) lines.push(`dropped       ${drops.map(([k, n]) => `${k} ${n}`).join(', ')}`);
+  if (d.mesh) {
+    const m = d.mesh;
+    lines.push(
+      `mesh ip       ${m.meshIp}`,
+      `nat           ${m.nat === null ? '- (no probe reported)' : `${m.nat.mapping}, public ${m.nat.reflexive ?? '-'}`}`,
+      `control from  ${m.observedAddress ?? '-'} (the TCP address; never a WireGuard endpoint)`,
+      '',
+      `mesh peers (${m.peers.length}): host, path, endpoint, last handshake`,
+    );
+    for (const p of m.peers.slice(0, 200)) lines.push(`  ${(p.hostname ?? p.nodeId).padEnd(20)} ${(p.path ?? '-').padEnd(6)} ${(p.endpoint ?? '-').padEnd(24)} ${p.lastHandshake ?? '-'}`);
+    if (m.peers.length > 200) lines.push(`  … ${m.peers.length - 200} more (--json for all)`);
+  }
   lines.push('', `metrics (${d.metrics.length} series, latest report)`);
   for (const m of d.metrics.slice(0, 40)) {
     const labels = Object.entries(m.labels).map(([k, v]) => `${k}="${v}"`).join(',');

@@ -38,15 +38,41 @@ const cidrSchema = z.string().regex(/^[0-9.]+\/\d{1,2}$/, 'an IPv4 CIDR');
 export const endpointSchema = z.string().min(3).max(300).regex(/^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$/, 'HOST:PORT');
 
 /**
+ * The NAT mapping class of a node (agent/mesh/nat-probe.ts): `none` (reachable where it listens),
+ * `endpoint-independent` (one public port for every destination), `endpoint-dependent` (a new one per
+ * destination), `unknown` (the alternate STUN port did not answer).
+ */
+export const NAT_MAPPINGS = ['none', 'endpoint-independent', 'endpoint-dependent', 'unknown'] as const;
+export type NatMappingClass = (typeof NAT_MAPPINGS)[number];
+
+/** A node's NAT report: its reflexive (public) endpoint as the STUN responder saw it, and the class. */
+export const natReportSchema = z.object({
+  reflexive: endpointSchema.nullable(),
+  mapping: z.enum(NAT_MAPPINGS),
+});
+export type NatReport = z.infer<typeof natReportSchema>;
+
+/**
  * What a node reports about itself, in `hello` and `event.ack` (docs/MESH.md): the server checks it with
  * exactly the schemas its peers apply to the peer entries built from it, before storing anything, so a
  * value one node sends can never become a peer entry the others must reject.
  */
 export const selfReportSchema = z.object({
   wgPublicKey: wgKeySchema.optional(),
+  /** The node's local endpoints (its own addresses with the WireGuard listen port). */
   endpoints: z.array(endpointSchema).max(32).optional(),
+  /** What the node's STUN probe learned (docs/MESH.md, "NAT traversal"); absent: it did not probe. */
+  nat: natReportSchema.optional(),
 });
 export type SelfReport = z.infer<typeof selfReportSchema>;
+
+/**
+ * How a pair of peers reaches each other, chosen by the server (server/mesh/path.ts): `direct` (to
+ * the endpoints in the peer entry, the reflexive one first) or `relay` (through a relay allocation;
+ * until one is assigned, the entry carries the peer's local endpoints).
+ */
+export const PEER_PATHS = ['direct', 'relay'] as const;
+export type PeerPath = (typeof PEER_PATHS)[number];
 
 export const peerSchema = z.object({
   nodeId: nodeIdSchema,
@@ -54,6 +80,8 @@ export const peerSchema = z.object({
   publicKey: wgKeySchema,
   endpoints: z.array(endpointSchema).max(32),
   psk: wgKeySchema,
+  /** The pair's path (absent from servers before it was chosen: then direct to the endpoints). */
+  path: z.enum(PEER_PATHS).optional(),
 });
 export type PeerInfo = z.infer<typeof peerSchema>;
 
@@ -72,7 +100,7 @@ const policyRuleSchema = z.object({ from: z.string().min(1).max(64), to: z.strin
 const relaySessionIdSchema = z.string().min(1).max(64);
 
 const peerKeyEntrySchema = z.object({ nodeId: nodeIdSchema, publicKey: wgKeySchema });
-const peerEndpointEntrySchema = z.object({ nodeId: nodeIdSchema, endpoints: z.array(endpointSchema).max(32) });
+const peerEndpointEntrySchema = z.object({ nodeId: nodeIdSchema, endpoints: z.array(endpointSchema).max(32), path: z.enum(PEER_PATHS).optional() });
 
 export const EVENT_PAYLOAD_SCHEMAS = {
   peer_added: z.object({ peers: z.array(peerSchema).max(100_000) }),
@@ -199,12 +227,14 @@ export function decodeEnvelope(bytes: Uint8Array): DecodedEnvelope {
 
 /**
  * Digest of a mesh state, identical on both sides: SHA-256 over a canonical JSON (fixed key order,
- * peers sorted by node id, endpoints in their given order since the first one is used).
+ * peers sorted by node id, endpoints in their given order since the first one is used, the path when
+ * given).
  */
 export function stateDigest(state: MeshState): string {
   const peers = [...state.peers]
     .sort((a, b) => (a.nodeId < b.nodeId ? -1 : a.nodeId > b.nodeId ? 1 : 0))
-    .map((p) => [p.nodeId, p.meshIp, p.publicKey, p.endpoints, p.psk]);
+    // The path only when given, so that a state without paths keeps the digest it always had.
+    .map((p) => (p.path === undefined ? [p.nodeId, p.meshIp, p.publicKey, p.endpoints, p.psk] : [p.nodeId, p.meshIp, p.publicKey, p.endpoints, p.psk, p.path]));
   return createHash('sha256').update(JSON.stringify([state.nodeId, state.meshIp, state.cidr, peers])).digest('hex');
 }
 

@@ -95,6 +95,8 @@ const helloSchema = z.object({
   lastEventSeq: u53.optional(),
   wgPublicKey: z.string().max(64).optional(),
   endpoints: z.array(shortText).max(32).optional(),
+  /** The STUN probe's result: reflexive endpoint and NAT mapping class (checked by the mesh: contract/mesh-events.ts). */
+  nat: z.object({ reflexive: shortText.nullable(), mapping: shortText }).optional(),
 });
 
 const welcomeSchema = z.object({

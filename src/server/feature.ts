@@ -1,4 +1,4 @@
-import type { NodeListing } from '../admin-api/routes.js';
+import type { MeshNodeDetails, NodeListing } from '../admin-api/routes.js';
 import type { Logger } from '../util/logger.js';
 import type { AdminRoutes } from './admin-routes.js';
 import type { AgentSessions } from './agent-sessions.js';
@@ -70,6 +70,10 @@ export interface FeatureAnswers {
   tokenListingFields(): (tokenHash: string) => { tags?: string[] };
   /** When mesh event `seq` of the node was created (ms since the epoch), while the event log keeps it. */
   meshEventCreatedAt(nodeId: string, seq: number): number | undefined;
+  /** A node's mesh part of `server nodes show`: its NAT report and each peer's path as the node was told (null: not in the mesh). */
+  meshNodeDetails(nodeId: string): MeshNodeDetails | null;
+  /** Permitted pairs of keyed nodes by path, for the `meshlink_mesh_pairs` gauge. */
+  meshPairsByPath(): { direct: number; relay: number };
 }
 
 export interface FeatureQuestions {

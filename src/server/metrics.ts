@@ -60,6 +60,20 @@ export function createMetricsFeature(options: MetricsFeatureOptions = {}): Serve
       },
     });
     // The build this server runs, as the usual Prometheus `_build_info` series (value 1; the labels carry the facts).
+    // Asked at scrape time: the mesh feature may start after this one, or not run (then no samples).
+    new Gauge({
+      name: 'meshlink_mesh_pairs',
+      help: 'Permitted mesh pairs of nodes with a WireGuard key, by the path the server chose (direct, relay).',
+      labelNames: ['path'] as const,
+      registers: [registry],
+      collect() {
+        const pairs = ctx.questions.ask('meshPairsByPath')?.();
+        this.reset();
+        if (pairs === undefined) return;
+        this.set({ path: 'direct' }, pairs.direct);
+        this.set({ path: 'relay' }, pairs.relay);
+      },
+    });
     new Gauge({ name: 'meshlink_build_info', help: 'The meshlink version and Node.js version of this server (value 1).', labelNames: ['version', 'node'] as const, registers: [registry] })
       .labels({ version: VERSION, node: process.version })
       .set(1);

@@ -287,3 +287,41 @@ describe('mesh migration 101', () => {
     db.close();
   });
 });
+
+describe('MeshService paths (NAT reports in hello)', () => {
+  it('a changed NAT report moves the pair: peers get peer_endpoint_changed with the path, relayPairs lists it, a restart keeps it', async () => {
+    const { t, mesh, a, b, c, sent } = await setup();
+    const hello = (i: number, nat: { mapping: 'none' | 'endpoint-independent' | 'endpoint-dependent' | 'unknown'; reflexive: string | null }) => ({ versions: [1], agentVersion: 't', wgPublicKey: wgKey(i), endpoints: [`192.0.2.${i}:51820`], nat });
+    // a and b share the tag 'web', b and c 'db' (the default full mesh: all three pairs permitted).
+    await mesh.agentOpened(a, hello(1, { mapping: 'endpoint-independent', reflexive: '203.0.113.1:51820' }), '127.0.0.1');
+    await mesh.agentOpened(b, hello(2, { mapping: 'endpoint-independent', reflexive: '203.0.113.2:51820' }), '127.0.0.1');
+    const ab = mesh.desiredState(a)!.peers.find((p) => p.nodeId === b)!;
+    expect(ab).toMatchObject({ path: 'direct', endpoints: ['203.0.113.2:51820', '192.0.2.2:51820'] });
+    expect(mesh.relayPairs()).toEqual([]);
+
+    await mesh.agentOpened(b, hello(2, { mapping: 'endpoint-dependent', reflexive: '203.0.113.2:40000' }), '127.0.0.1');
+    expect(sent(a).at(-1)!.envelope).toMatchObject({ type: 'peer_endpoint_changed', payload: { peers: [{ nodeId: b, endpoints: ['192.0.2.2:51820'], path: 'relay' }] } });
+    expect(sent(b).at(-1)!.envelope).toMatchObject({ type: 'peer_endpoint_changed', payload: { peers: [{ nodeId: a, path: 'relay' }] } });
+    // c reported nothing (no probe): reachable as announced, so its pairs stay direct.
+    expect(mesh.desiredState(c)!.peers.every((p) => p.path === 'direct')).toBe(true);
+    const [x, y] = [a, b].sort();
+    expect(mesh.relayPairs()).toEqual([{ pairId: `${x}\u0000${y}`, a: x, b: y }]);
+    expect(mesh.pairPaths().direct).toBe(2);
+    expect(mesh.nodeInfo(b)!.nat).toEqual({ mapping: 'endpoint-dependent', reflexive: '203.0.113.2:40000' });
+
+    // The store keeps reports and told paths: a restart has nothing new to send.
+    const seqs = [a, b, c].map((id) => mesh.nodeInfo(id)!.lastSeq);
+    const reopened = await MeshService.open(t.reopen(), silent, { sealing: t.sealing });
+    expect(reopened.nodeInfo(b)!.nat).toEqual({ mapping: 'endpoint-dependent', reflexive: '203.0.113.2:40000' });
+    expect([a, b, c].map((id) => reopened.nodeInfo(id)!.lastSeq)).toEqual(seqs);
+    expect(reopened.relayPairs()).toEqual([{ pairId: `${x}\u0000${y}`, a: x, b: y }]);
+    await reopened.close();
+  });
+
+  it('a NAT report its peers would reject is refused before anything is stored', async () => {
+    const { mesh, a } = await setup();
+    expect(() => mesh.checkSelfReport(a, { nat: { mapping: 'symmetric', reflexive: null } as never }, 'hello')).toThrow(/hello: /);
+    expect(() => mesh.checkSelfReport(a, { nat: { mapping: 'none', reflexive: 'x' } }, 'hello')).toThrow(expect.objectContaining({ code: 'ML_ERR_BAD_PAYLOAD' }));
+    expect(mesh.nodeInfo(a)!.nat).toBeNull();
+  });
+});

@@ -10,7 +10,11 @@ import { generateWgKeyPair, loadOrCreateWgKey, saveWgKey, type WgKeyPair } from 
 import type { DriftItem, WireGuardApplier } from './wg-apply.js';
 import { decodeEnvelope, decodeSnapshot, snapshotSigningBytes, stateDigest, type Envelope, type MeshState, type PeerInfo, type SkippedEntry, type Snapshot } from '../../contract/mesh-events.js';
 import { join } from 'node:path';
+import { isIP } from 'node:net';
 import { readPinnedEventKeys } from '../state/event-keys.js';
+import { MeshlinkError } from '../../errors.js';
+import type { NatReport } from '../../contract/mesh-events.js';
+import { probeNat, type NatProbeResult } from './nat-probe.js';
 
 /**
  * The agent's side of the mesh: verifies and applies events in order, persists what it applied,
@@ -31,6 +35,14 @@ export interface MeshAgentOptions {
   applier?: WireGuardApplier | null;
   /** Write state files (default true). The fan-out benchmark turns it off to measure delivery alone. */
   persist?: boolean;
+  /**
+   * The server's STUN responder to probe from the WireGuard listen port (docs/MESH.md, "NAT
+   * traversal"); null: no probe, and hello carries no NAT report (the node claims to be reachable at
+   * its endpoints). Default null; `agent run` passes the enrolled server's host, port 3478.
+   */
+  stun?: { host: string; port: number } | null;
+  /** Deadline of each STUN transaction (default 2 s). */
+  stunTimeoutMs?: number;
 }
 
 type EventMessage = PayloadOf<'event'>;
@@ -38,7 +50,7 @@ type EventMessage = PayloadOf<'event'>;
 export class MeshAgent {
   readonly dispatcher: EventDispatcher;
   readonly verifier: EventVerifier;
-  readonly #o: Required<Omit<MeshAgentOptions, 'applier' | 'endpoints'>> & { applier: WireGuardApplier | null; endpoints: string[] | null };
+  readonly #o: Required<Omit<MeshAgentOptions, 'applier' | 'endpoints' | 'stun'>> & { applier: WireGuardApplier | null; endpoints: string[] | null; stun: { host: string; port: number } | null };
   readonly #log: Logger;
   #keys: WgKeyPair;
   #applied: AppliedFile;
@@ -51,6 +63,8 @@ export class MeshAgent {
   #welcomeNodeId: string | undefined;
   /** Peer entries dropped because they failed their schema (status file, `agent status --json`). */
   #skippedPeerEntries = 0;
+  /** What the last STUN probe learned (hello's `nat`); null: no probe ran. */
+  #nat: NatReport | null = null;
   /** Emitted for tests and the benchmark: (envelope, receivedAt). */
   onApplied: ((event: Envelope, receivedAt: number) => void) | null = null;
 
@@ -59,7 +73,9 @@ export class MeshAgent {
       reconcileIntervalMs: 60_000,
       listenPort: DEFAULT_WG_PORT,
       persist: true,
+      stunTimeoutMs: 2_000,
       ...options,
+      stun: options.stun ?? null,
       applier: options.applier ?? null,
       endpoints: options.endpoints && options.endpoints.length > 0 ? options.endpoints : null,
     };
@@ -98,9 +114,50 @@ export class MeshAgent {
     return this.#skippedPeerEntries;
   }
 
-  /** hello fields: what was applied (for replay), the WireGuard key and where peers can reach us. */
-  helloFields(): { lastEventSeq: number; wgPublicKey: string; endpoints: string[] } {
-    return { lastEventSeq: this.#applied.lastEventSeq, wgPublicKey: this.#keys.publicKey, endpoints: this.endpoints() };
+  /** hello fields: what was applied (for replay), the WireGuard key, where peers can reach us, and the NAT report. */
+  helloFields(): { lastEventSeq: number; wgPublicKey: string; endpoints: string[]; nat?: NatReport } {
+    const fields = { lastEventSeq: this.#applied.lastEventSeq, wgPublicKey: this.#keys.publicKey, endpoints: this.endpoints() };
+    return this.#nat === null ? fields : { ...fields, nat: { ...this.#nat } };
+  }
+
+  get nat(): NatReport | null {
+    return this.#nat;
+  }
+
+  /**
+   * Probes the STUN responder from the WireGuard listen port (before the interface holds it: the
+   * feature runs this at attach, before the first connection and so before any state is applied).
+   * The result goes into every hello from then on. A probe that gets no answer reports `unknown`
+   * (the server then chooses the relay unless the peer is public); when the port is already held (an
+   * interface left up by an earlier run), the probe runs from any port: `none` still holds for the
+   * listen port (same host address, no NAT), any other class is reported `unknown`, since the
+   * reflexive port would not be WireGuard's. Never throws.
+   */
+  async probeNat(probe: typeof probeNat = probeNat): Promise<NatReport | null> {
+    const server = this.#o.stun;
+    if (server === null) return null;
+    const listenPort = this.#o.listenPort;
+    const run = (localPort: number): Promise<NatProbeResult> => probe({ server, localPort, timeoutMs: this.#o.stunTimeoutMs });
+    let report: NatReport;
+    try {
+      let result: NatProbeResult;
+      let fromListenPort = true;
+      try {
+        result = await run(listenPort);
+      } catch (err) {
+        if (!(err instanceof MeshlinkError && err.code === 'ML_ERR_STUN_PORT_BUSY')) throw err;
+        fromListenPort = false;
+        result = await run(0);
+      }
+      const reflexive = formatEndpoint(result.reflexive.address, fromListenPort ? result.reflexive.port : listenPort);
+      report = fromListenPort || result.mapping === 'none' ? { mapping: result.mapping, reflexive } : { mapping: 'unknown', reflexive: null };
+      this.#log.info({ mapping: report.mapping, reflexive: report.reflexive, fromListenPort }, 'NAT probe done');
+    } catch (err) {
+      report = { mapping: 'unknown', reflexive: null };
+      this.#log.warn({ err: describeErr(err), stun: `${server.host}:${server.port}` }, 'NAT probe failed; reporting the mapping as unknown (peers behind NAT reach this node only through a relay)');
+    }
+    this.#nat = report;
+    return report;
   }
 
   endpoints(): string[] {
@@ -208,7 +265,7 @@ export class MeshAgent {
       interface: this.#o.applier?.interfaceName ?? null,
       configPath: join(this.#o.stateDir, WG_CONFIG_FILE),
       lastError: this.#lastError,
-    }, this.#skippedPeerEntries, this.#applied.relays);
+    }, this.#skippedPeerEntries, this.#applied.relays, this.#nat);
   }
 
   /** The state WireGuard is given: the applied state with each relayed peer's endpoint replaced by its relay's. */
@@ -391,7 +448,10 @@ export class MeshAgent {
       this.#peers((m) =>
         e.payload.peers.forEach((p) => {
           const peer = m.get(p.nodeId);
-          if (peer) peer.endpoints = p.endpoints;
+          if (!peer) return;
+          peer.endpoints = p.endpoints;
+          // The path travels with the endpoints it chose (server/mesh/path.ts).
+          if (p.path !== undefined) peer.path = p.path;
         }),
       ),
     );
@@ -457,6 +517,7 @@ export function diffStates(applied: MeshState | null, desired: MeshState): Drift
       if (a.publicKey !== p.publicKey) items.push({ field: `peers.${p.nodeId}.publicKey`, expected: p.publicKey, actual: a.publicKey });
       if (a.meshIp !== p.meshIp) items.push({ field: `peers.${p.nodeId}.meshIp`, expected: p.meshIp, actual: a.meshIp });
       if (a.endpoints.join(',') !== p.endpoints.join(',')) items.push({ field: `peers.${p.nodeId}.endpoints`, expected: p.endpoints.join(','), actual: a.endpoints.join(',') });
+      if ((a.path ?? null) !== (p.path ?? null)) items.push({ field: `peers.${p.nodeId}.path`, expected: p.path ?? '-', actual: a.path ?? '-' });
       // Never put a PSK in a report: say only that it differed.
       if (a.psk !== p.psk) items.push({ field: `peers.${p.nodeId}.psk`, expected: '(server value)', actual: '(different)' });
     }
@@ -467,6 +528,10 @@ export function diffStates(applied: MeshState | null, desired: MeshState): Drift
 
 function clipItem(i: DriftItem): DriftItem {
   return { field: i.field.slice(0, 1024), ...(i.expected !== undefined ? { expected: i.expected.slice(0, 4096) } : {}), ...(i.actual !== undefined ? { actual: i.actual.slice(0, 4096) } : {}) };
+}
+
+function formatEndpoint(address: string, port: number): string {
+  return isIP(address) === 6 ? `[${address}]:${port}` : `${address}:${port}`;
 }
 
 function describeErr(err: unknown): { message: string; code?: string } {

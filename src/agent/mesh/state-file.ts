@@ -54,8 +54,14 @@ export interface MeshStatus {
   meshIp: string | null;
   wgPublicKey: string;
   lastEventSeq: number;
-  /** `endpoints` are the peer's own; `path` is `relay` while a relay session is in force, and `relay` then names the endpoint WireGuard uses. */
-  peers: Array<{ nodeId: string; meshIp: string; publicKey: string; endpoints: string[]; path: 'direct' | 'relay'; relay: string | null }>;
+  /**
+   * `endpoints`: the peer's own. `path`: how the server chose the pair reaches each other (direct/relay;
+   * null from a server before paths), `relay` while a relay session is in force. `relay`: the relay
+   * endpoint in force, or null. `endpoint`: the one WireGuard uses (the relay's while one is in force).
+   */
+  peers: Array<{ nodeId: string; meshIp: string; publicKey: string; endpoints: string[]; endpoint: string | null; path: 'direct' | 'relay' | null; relay: string | null }>;
+  /** This node's NAT report (the STUN probe at start), as sent in hello; null: no probe. */
+  nat: { reflexive: string | null; mapping: string } | null;
   policyId: string | null;
   wireguard: { mode: 'render-only' | 'applied'; interface: string | null; configPath: string; lastError: string | null };
   /** Peer entries dropped since the agent started because they failed their schema (logged one by one). */
@@ -63,7 +69,16 @@ export interface MeshStatus {
   updatedAt: string;
 }
 
-export function statusOf(state: MeshState | null, lastEventSeq: number, wgPublicKey: string, policyId: string | null, wireguard: MeshStatus['wireguard'], skippedPeerEntries = 0, relays: readonly AppliedRelay[] = []): MeshStatus {
+export function statusOf(
+  state: MeshState | null,
+  lastEventSeq: number,
+  wgPublicKey: string,
+  policyId: string | null,
+  wireguard: MeshStatus['wireguard'],
+  skippedPeerEntries = 0,
+  relays: readonly AppliedRelay[] = [],
+  nat: MeshStatus['nat'] = null,
+): MeshStatus {
   const relayOf = new Map(relays.map((r) => [r.peerNodeId, r.endpoint]));
   return {
     meshIp: state?.meshIp ?? null,
@@ -71,8 +86,17 @@ export function statusOf(state: MeshState | null, lastEventSeq: number, wgPublic
     lastEventSeq,
     peers: (state?.peers ?? []).map((p) => {
       const relay = relayOf.get(p.nodeId) ?? null;
-      return { nodeId: p.nodeId, meshIp: p.meshIp, publicKey: p.publicKey, endpoints: [...p.endpoints], path: relay ? ('relay' as const) : ('direct' as const), relay };
+      return {
+        nodeId: p.nodeId,
+        meshIp: p.meshIp,
+        publicKey: p.publicKey,
+        endpoints: [...p.endpoints],
+        endpoint: relay ?? p.endpoints[0] ?? null,
+        path: relay ? ('relay' as const) : (p.path ?? null),
+        relay,
+      };
     }),
+    nat,
     policyId,
     wireguard,
     skippedPeerEntries,
@@ -88,7 +112,7 @@ export async function writeMeshStatus(stateDir: string, status: MeshStatus): Pro
 export async function readMeshStatus(stateDir: string): Promise<Partial<MeshStatus>> {
   try {
     const s = JSON.parse(await readFile(join(stateDir, MESH_STATUS_FILE), 'utf8')) as MeshStatus;
-    return { meshIp: s.meshIp, wgPublicKey: s.wgPublicKey, lastEventSeq: s.lastEventSeq, peers: s.peers, policyId: s.policyId, wireguard: s.wireguard, skippedPeerEntries: s.skippedPeerEntries ?? 0 };
+    return { meshIp: s.meshIp, wgPublicKey: s.wgPublicKey, lastEventSeq: s.lastEventSeq, peers: s.peers, policyId: s.policyId, wireguard: s.wireguard, skippedPeerEntries: s.skippedPeerEntries ?? 0, nat: s.nat ?? null };
   } catch {
     return {};
   }

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
-import type { EventType, MeshState, PeerInfo } from '../../contract/mesh-events.js';
+import type { EventType, MeshState, NatReport, PeerInfo, PeerPath } from '../../contract/mesh-events.js';
 import { intToIp } from './addresses.js';
+import { choosePath, peerEndpoints } from './path.js';
 
 /**
  * Desired state, as a pure function of the mesh model: what each node should know (its address, and
@@ -15,6 +16,8 @@ export interface PeerFacts {
   readonly meshIp: number;
   readonly publicKey: string | null;
   readonly endpoints: readonly string[];
+  /** What its STUN probe learned; null: it reported none. */
+  readonly nat?: NatReport | null;
 }
 
 /** Everything desired states are computed from. */
@@ -33,6 +36,8 @@ export interface AnnouncedPeer {
   publicKey: string;
   endpoints: string[];
   pskTag: string;
+  /** The path it was told; null: told by a server from before paths (mesh migration 111). */
+  path: PeerPath | null;
 }
 
 /** What the events sent so far told a node (persisted: mesh_nodes.announced + mesh_announced_peers). */
@@ -96,9 +101,11 @@ export function peerEntry(inputs: MeshInputs, viewerId: string, peerId: string):
   if (!inputs.permitted.get(viewerId)?.has(peerId)) return null;
   const peer = inputs.nodes.get(peerId);
   const psk = inputs.psks.get(pairKey(viewerId, peerId));
-  return peer && peer.publicKey && psk
-    ? { nodeId: peer.id, meshIp: intToIp(peer.meshIp), publicKey: peer.publicKey, endpoints: [...peer.endpoints], psk: base64Of(psk) }
-    : null;
+  if (!peer || !peer.publicKey || !psk) return null;
+  // The pair's path (path.ts) decides which of the peer's endpoints the viewer is told.
+  const viewerNat = inputs.nodes.get(viewerId)?.nat ?? null;
+  const path = choosePath(viewerNat, peer.nat);
+  return { nodeId: peer.id, meshIp: intToIp(peer.meshIp), publicKey: peer.publicKey, endpoints: peerEndpoints(path, viewerNat, peer.nat, peer.endpoints), psk: base64Of(psk), path };
 }
 
 /** The full desired state of a node (peers sorted by id), or null for a node not in the model. */
@@ -149,7 +156,7 @@ export function viewChange(inputs: MeshInputs, nodeId: string, before: Announced
 export function diffPeers(before: Announced, desired: readonly PeerInfo[], about: ReadonlySet<string> | null, policy: PolicyAnnouncement | null): ViewChange | null {
   const added: PeerInfo[] = [];
   const keys: Array<{ nodeId: string; publicKey: string }> = [];
-  const endpoints: Array<{ nodeId: string; endpoints: string[] }> = [];
+  const endpoints: Array<{ nodeId: string; endpoints: string[]; path?: PeerPath }> = [];
   const upserts: PeerInfo[] = [];
   const seen = new Set<string>();
   for (const p of desired) {
@@ -161,9 +168,10 @@ export function diffPeers(before: Announced, desired: readonly PeerInfo[], about
       continue;
     }
     const keyChanged = was.publicKey !== p.publicKey;
-    const endpointsChanged = !sameList(was.endpoints, p.endpoints);
+    // A path change travels with the endpoints: they are chosen by it (path.ts).
+    const endpointsChanged = !sameList(was.endpoints, p.endpoints) || was.path !== (p.path ?? null);
     if (keyChanged) keys.push({ nodeId: p.nodeId, publicKey: p.publicKey });
-    if (endpointsChanged) endpoints.push({ nodeId: p.nodeId, endpoints: p.endpoints });
+    if (endpointsChanged) endpoints.push(p.path === undefined ? { nodeId: p.nodeId, endpoints: p.endpoints } : { nodeId: p.nodeId, endpoints: p.endpoints, path: p.path });
     if (keyChanged || endpointsChanged) upserts.push(p);
   }
   const removed = [...(about ?? before.peers.keys())].filter((id) => before.peers.has(id) && !seen.has(id));
@@ -178,5 +186,5 @@ export function diffPeers(before: Announced, desired: readonly PeerInfo[], about
 
 /** What a node knows about a peer after being told `p`. */
 export function announcedPeerOf(p: PeerInfo): AnnouncedPeer {
-  return { meshIp: p.meshIp, publicKey: p.publicKey, endpoints: p.endpoints, pskTag: pskTagOf(p.psk) };
+  return { meshIp: p.meshIp, publicKey: p.publicKey, endpoints: p.endpoints, pskTag: pskTagOf(p.psk), path: p.path ?? null };
 }

@@ -4,10 +4,11 @@ import type { Logger } from '../../util/logger.js';
 import type { AgentHandle } from '../agent-sessions.js';
 import type { OfflineFeature, ServerFeature, ServerFeatureContext } from '../feature.js';
 import { registerMeshAdminRoutes } from './admin-routes.js';
-import { meshListingLookup, tokenTagsLookup } from './listing.js';
+import { meshListingLookup, meshNodeDetails, tokenTagsLookup } from './listing.js';
 import { MeshService, type MeshOptions } from './service.js';
 import { MeshStore } from './store.js';
 import { StunResponder } from './stun-responder.js';
+import type { SelfReport } from '../../contract/mesh-events.js';
 
 export { MeshService } from './service.js';
 
@@ -36,6 +37,11 @@ export function createMeshFeature(options: MeshFeatureOptions = {}): ServerFeatu
     ctx.questions.answer('nodeListingFields', () => meshListingLookup(ctx.store));
     ctx.questions.answer('tokenListingFields', () => tokenTagsLookup(ctx.store));
     ctx.questions.answer('meshEventCreatedAt', (nodeId, seq) => mesh.eventCreatedAt(nodeId, seq));
+    ctx.questions.answer('meshNodeDetails', (nodeId) => meshNodeDetails(ctx.store, nodeId));
+    ctx.questions.answer('meshPairsByPath', () => {
+      const paths = mesh.pairPaths();
+      return { direct: paths.direct, relay: paths.relay.length };
+    });
     ctx.sessions.addWelcomeFields(() => ({ eventKeys: mesh.eventKeys() }));
     // The agent's first trusted keys, in the enrollment response the CA pin protects.
     ctx.enrollment.addResponseFields(() => ({ eventKeys: mesh.eventKeys().map((k) => ({ keyId: k.keyId, publicKey: Buffer.from(k.publicKey).toString('base64') })) }));
@@ -52,7 +58,7 @@ export function createMeshFeature(options: MeshFeatureOptions = {}): ServerFeatu
     };
     ctx.sessions.addHelloCheck((hello, info) => {
       try {
-        mesh.checkSelfReport(info.nodeId, { wgPublicKey: hello.wgPublicKey, endpoints: hello.endpoints }, 'hello');
+        mesh.checkSelfReport(info.nodeId, { wgPublicKey: hello.wgPublicKey, endpoints: hello.endpoints, nat: hello.nat as SelfReport['nat'] }, 'hello');
       } catch (err) {
         if (err instanceof MeshlinkError) refused(info.nodeId, err, 'hello', hello.wgPublicKey);
         throw err;
@@ -124,6 +130,7 @@ export const meshFeature: ServerFeature = createMeshFeature();
 export const meshOffline: OfflineFeature = (ctx) => {
   ctx.questions.answer('nodeListingFields', () => meshListingLookup(ctx.store));
   ctx.questions.answer('tokenListingFields', () => tokenTagsLookup(ctx.store));
+  ctx.questions.answer('meshNodeDetails', (nodeId) => meshNodeDetails(ctx.store, nodeId));
   registerMeshAdminRoutes(ctx.admin, { store: ctx.store, mesh: null, logger: ctx.logger.child({ component: 'mesh' }) });
 };
 

@@ -1,6 +1,8 @@
 import { MeshStore } from './store.js';
 import type { Store } from '../store/store.js';
 import { intToIp } from './addresses.js';
+import type { MeshNodeDetails } from '../../admin-api/routes.js';
+import { natReportSchema } from '../../contract/mesh-events.js';
 
 export interface MeshListingFields {
   meshIp: string | null;
@@ -29,4 +31,24 @@ export function meshListingLookup(store: Store): (nodeId: string) => MeshListing
 export function tokenTagsLookup(store: Store): (tokenHash: string) => { tags: string[] } {
   const db = new MeshStore(store.database);
   return (tokenHash) => ({ tags: db.tokenTags(tokenHash) });
+}
+
+/**
+ * The mesh part of `server nodes show` (works with the server stopped too): the node's NAT report, the
+ * address its control connection came from, and its peers as the events sent so far told it, with
+ * each pair's path and the endpoint WireGuard uses (the first). No handshake ages are reported yet.
+ */
+export function meshNodeDetails(store: Store, nodeId: string): MeshNodeDetails | null {
+  const db = new MeshStore(store.database);
+  const row = db.listing().get(nodeId);
+  if (!row || row.meshIp === null) return null;
+  const peers = db.announcedPeersOf(nodeId).map((p) => ({
+    nodeId: p.peerId,
+    hostname: store.getNode(p.peerId)?.hostname ?? null,
+    meshIp: p.meshIp,
+    path: p.path,
+    endpoint: p.endpoints[0] ?? null,
+    lastHandshake: null,
+  }));
+  return { meshIp: intToIp(row.meshIp), nat: natReportSchema.safeParse(row.nat).data ?? null, observedAddress: row.observedAddr, peers };
 }

@@ -174,4 +174,16 @@ export const MESH_MIGRATIONS: readonly Migration[] = [
       CREATE UNIQUE INDEX mesh_nodes_wg_public_key ON mesh_nodes (wg_public_key) WHERE wg_public_key IS NOT NULL;
     `,
   },
+  {
+    version: 111,
+    name: 'mesh: NAT reports of nodes, the path each node was told for each peer',
+    sql: `
+      -- The node's NAT report from its last hello (JSON {reflexive, mapping}, contract/mesh-events.ts),
+      -- NULL when it reported none. The path of a pair is chosen from the two reports (path.ts).
+      ALTER TABLE mesh_nodes ADD COLUMN nat TEXT;
+      -- The path a node was told for a peer ('direct' | 'relay'); NULL for rows written before paths,
+      -- so the first recompute after the upgrade tells every node its paths.
+      ALTER TABLE mesh_announced_peers ADD COLUMN path TEXT CHECK (path IS NULL OR path IN ('direct', 'relay'));
+    `,
+  },
 ];

@@ -7,7 +7,7 @@ import { announcedPeerOf, pairKey, type Announced, type MeshInputs, type ViewCha
 import type { Policy } from '../../admin-api/policy.js';
 import { permittedPeers } from './policy.js';
 import type { SecretBox } from './secret-box.js';
-import { endpointSchema, wgKeySchema } from '../../contract/mesh-events.js';
+import { endpointSchema, natReportSchema, wgKeySchema, type NatReport } from '../../contract/mesh-events.js';
 
 /**
  * The mesh model in memory, kept in step with the store: the nodes (address, tags, WireGuard key,
@@ -23,6 +23,9 @@ export interface ModelNode {
   meshIp: number;
   publicKey: string | null;
   endpoints: string[];
+  /** The NAT report of its last hello (reflexive endpoint, mapping class); null: none. */
+  nat: NatReport | null;
+  /** The address its control connection came from: shown to the operator, never used as a UDP endpoint. */
   observedAddr: string | null;
   lastSeq: number;
   announced: Announced | null;
@@ -61,7 +64,7 @@ export class MeshModel implements MeshInputs {
       this.#add(modelOf(row, this.#log));
     }
     for (const r of this.#db.announcedPeers()) {
-      this.nodes.get(r.nodeId)?.announced?.peers.set(r.peerId, { meshIp: r.meshIp, publicKey: r.publicKey, endpoints: r.endpoints, pskTag: r.pskTag });
+      this.nodes.get(r.nodeId)?.announced?.peers.set(r.peerId, { meshIp: r.meshIp, publicKey: r.publicKey, endpoints: r.endpoints, pskTag: r.pskTag, path: r.path });
     }
     for (const p of this.#db.psks()) this.psks.set(pairKey(p.a, p.b), this.#box.open(p.sealed, `psk:${pairKey(p.a, p.b)}`));
   }
@@ -174,7 +177,7 @@ export class MeshModel implements MeshInputs {
    * checked by the caller against the schemas (MeshService.checkSelfReport). A key another live node
    * holds is refused here too: two sessions' hellos can pass their checks before either is recorded.
    */
-  updateWg(node: ModelNode, publicKey: string | null, endpoints: readonly string[], observedAddr: string | null): void {
+  updateWg(node: ModelNode, publicKey: string | null, endpoints: readonly string[], observedAddr: string | null, nat: NatReport | null = node.nat): void {
     const owner = publicKey === null ? undefined : this.#keyOwners.get(publicKey);
     if (owner !== undefined && owner !== node.id) throw new MeshlinkError('ML_ERR_MESH_KEY_IN_USE', `node ${node.id} reported the WireGuard key of node ${owner}`);
     if (node.publicKey !== null && this.#keyOwners.get(node.publicKey) === node.id) this.#keyOwners.delete(node.publicKey);
@@ -182,7 +185,8 @@ export class MeshModel implements MeshInputs {
     node.publicKey = publicKey;
     node.endpoints = [...endpoints];
     node.observedAddr = observedAddr;
-    this.#db.updateWg(node.id, publicKey, node.endpoints, observedAddr);
+    node.nat = nat;
+    this.#db.updateWg(node.id, publicKey, node.endpoints, observedAddr, nat);
   }
 
   /** Writes a node's event seq (after appends that do not change its view). */
@@ -215,6 +219,7 @@ export function applyViewChange(view: Announced | null, change: ViewChange): Ann
 function modelOf(row: MeshNodeRow, log: Logger): ModelNode {
   const publicKey = row.wgPublicKey !== null && !wgKeySchema.safeParse(row.wgPublicKey).success ? null : row.wgPublicKey;
   const endpoints = row.endpoints.filter((e) => endpointSchema.safeParse(e).success);
+  const nat = row.nat === null ? null : (natReportSchema.safeParse(row.nat).data ?? null);
   if (publicKey !== row.wgPublicKey || endpoints.length !== row.endpoints.length) log.warn({ nodeId: row.nodeId }, 'stored WireGuard key or endpoint is invalid; ignored until the node reports it again');
   return {
     id: row.nodeId,
@@ -223,6 +228,7 @@ function modelOf(row: MeshNodeRow, log: Logger): ModelNode {
     meshIp: row.meshIp,
     publicKey,
     endpoints,
+    nat,
     observedAddr: row.observedAddr,
     lastSeq: row.lastSeq,
     announced: announcedHead(row.announced),

@@ -3,7 +3,7 @@ import { MeshlinkError } from '../../errors.js';
 import type { AgentHandle } from '../agent-sessions.js';
 import type { PayloadOf } from '../../protocol/registry.js';
 import type { Logger } from '../../util/logger.js';
-import { EVENT_PAYLOAD_SCHEMAS, encodeSnapshot, selfReportSchema, snapshotSigningBytes, stateDigest, type EventPayload, type EventType, type MeshState, type SelfReport } from '../../contract/mesh-events.js';
+import { EVENT_PAYLOAD_SCHEMAS, encodeSnapshot, natReportSchema, selfReportSchema, snapshotSigningBytes, stateDigest, type EventPayload, type EventType, type MeshState, type NatReport, type SelfReport } from '../../contract/mesh-events.js';
 import { zodErrorText } from '../../util/zod-error.js';
 import { MeshStore } from './store.js';
 import type { Store } from '../store/store.js';
@@ -15,6 +15,7 @@ import { MeshFeed, type FeedEntry } from './feed.js';
 import { MeshModel } from './model.js';
 import { validatePolicy, type Policy } from '../../admin-api/policy.js';
 import { policyId } from './policy.js';
+import { pairsByPath, type RelayPair } from './path.js';
 import { SecretBox } from './secret-box.js';
 import type { SealingSecret } from '../ca-key-crypto.js';
 import { generateSigningKey, signBytes, signingKeyFromPkcs8, type SigningKey } from './signer.js';
@@ -78,6 +79,7 @@ export interface RecomputeScope {
 /** zod's Uint8Array is over an ArrayBuffer; Buffers from node:crypto and the codec are. */
 const bin = (b: Uint8Array): Uint8Array<ArrayBuffer> => b as Uint8Array<ArrayBuffer>;
 const sameList = (a: readonly string[], b: readonly string[]): boolean => a.length === b.length && a.every((x, i) => x === b[i]);
+const sameNat = (a: NatReport | null, b: NatReport | null): boolean => a === b || (a !== null && b !== null && a.mapping === b.mapping && a.reflexive === b.reflexive);
 
 /** A relay member: its node and the relay endpoint (HOST:PORT) it sends to. */
 export interface RelayMemberEndpoint {
@@ -381,8 +383,12 @@ export class MeshService {
     if (!node) return membership;
     const key = hello.wgPublicKey ?? node.publicKey;
     const endpoints = hello.endpoints ?? node.endpoints;
-    if (key === node.publicKey && sameList(endpoints, node.endpoints) && remoteAddress === node.observedAddr) return membership;
-    this.#model.updateWg(node, key, endpoints, remoteAddress);
+    // The NAT report of this hello (checked by checkSelfReport); a hello without one says the node did
+    // not probe (path.ts). The connection's remote address is kept for the operator only: it is the
+    // NAT's address for TCP, never a UDP endpoint.
+    const nat = hello.nat === undefined ? null : natReportSchema.parse(hello.nat);
+    if (key === node.publicKey && sameList(endpoints, node.endpoints) && remoteAddress === node.observedAddr && sameNat(nat, node.nat)) return membership;
+    this.#model.updateWg(node, key, endpoints, remoteAddress, nat);
     return this.#background(this.#nodeChanged(nodeId));
   }
 
@@ -596,9 +602,23 @@ export class MeshService {
     return keys;
   }
 
-  nodeInfo(nodeId: string): { meshIp: string; publicKey: string | null; endpoints: string[]; tags: string[]; lastSeq: number; ackedSeq: number } | null {
+  nodeInfo(nodeId: string): { meshIp: string; publicKey: string | null; endpoints: string[]; nat: NatReport | null; tags: string[]; lastSeq: number; ackedSeq: number } | null {
     const n = this.#model.nodes.get(nodeId);
-    return n ? { meshIp: intToIp(n.meshIp), publicKey: n.publicKey, endpoints: [...n.endpoints], tags: [...n.tags], lastSeq: n.lastSeq, ackedSeq: n.ackedSeq } : null;
+    return n ? { meshIp: intToIp(n.meshIp), publicKey: n.publicKey, endpoints: [...n.endpoints], nat: n.nat, tags: [...n.tags], lastSeq: n.lastSeq, ackedSeq: n.ackedSeq } : null;
+  }
+
+  /**
+   * The permitted pairs of keyed nodes by path (path.ts): how many are direct, and the relay ones.
+   * The relay allocator's input (`relayPairs`) and the `meshlink_mesh_pairs` gauge; O(permitted pairs).
+   */
+  pairPaths(): { direct: number; relay: RelayPair[] } {
+    const nodes = this.#model.nodes;
+    return pairsByPath(this.#model.permitted, (id) => nodes.get(id)?.nat ?? null, (id) => Boolean(nodes.get(id)?.publicKey));
+  }
+
+  /** The pairs whose path is `relay`, in pair-id order: what a relay must hold an allocation for. */
+  relayPairs(): RelayPair[] {
+    return this.pairPaths().relay;
   }
 
   feed(after: number, nodeId: string | null, limit = 500): FeedEntry[] {

@@ -12,6 +12,8 @@ export interface MeshNodeRow {
   meshIp: number;
   wgPublicKey: string | null;
   endpoints: string[];
+  /** JSON of the node's NAT report (parsed, unchecked: model.ts checks it), or null. */
+  nat: unknown;
   observedAddr: string | null;
   lastSeq: number;
   /** JSON: {meshIp, cidr} the node was told, or null; its peers are in `announcedPeers`. */
@@ -26,6 +28,7 @@ export interface AnnouncedPeerRow {
   publicKey: string;
   endpoints: string[];
   pskTag: string;
+  path: 'direct' | 'relay' | null;
 }
 
 export interface StoredEvent {
@@ -85,15 +88,15 @@ export class MeshStore {
       deleteMeshNode: db.prepare('DELETE FROM mesh_nodes WHERE node_id = ?'),
       deleteEventsOf: db.prepare('DELETE FROM mesh_events WHERE node_id = ?'),
       deletePsksOf: db.prepare('DELETE FROM mesh_psks WHERE node_a = ? OR node_b = ?'),
-      updateWg: db.prepare('UPDATE mesh_nodes SET wg_public_key = ?, endpoints = ?, observed_addr = ? WHERE node_id = ?'),
+      updateWg: db.prepare('UPDATE mesh_nodes SET wg_public_key = ?, endpoints = ?, observed_addr = ?, nat = ? WHERE node_id = ?'),
       setAnnounced: db.prepare('UPDATE mesh_nodes SET announced = ?, last_seq = ? WHERE node_id = ?'),
       announcedPeers: db.prepare('SELECT * FROM mesh_announced_peers'),
       announcedPeersOf: db.prepare('SELECT * FROM mesh_announced_peers WHERE node_id = ? ORDER BY peer_id'),
       tokenTags: db.prepare('SELECT tags FROM mesh_token_tags WHERE token_hash = ?'),
       upsertAnnouncedPeer: db.prepare(`
-        INSERT INTO mesh_announced_peers (node_id, peer_id, mesh_ip, public_key, endpoints, psk_tag) VALUES (?, ?, ?, ?, ?, ?)
+        INSERT INTO mesh_announced_peers (node_id, peer_id, mesh_ip, public_key, endpoints, psk_tag, path) VALUES (?, ?, ?, ?, ?, ?, ?)
         ON CONFLICT (node_id, peer_id) DO UPDATE SET mesh_ip = excluded.mesh_ip, public_key = excluded.public_key,
-          endpoints = excluded.endpoints, psk_tag = excluded.psk_tag`),
+          endpoints = excluded.endpoints, psk_tag = excluded.psk_tag, path = excluded.path`),
       deleteAnnouncedPeer: db.prepare('DELETE FROM mesh_announced_peers WHERE node_id = ? AND peer_id = ?'),
       deleteAnnouncedOf: db.prepare('DELETE FROM mesh_announced_peers WHERE node_id = ?'),
       setLastSeq: db.prepare('UPDATE mesh_nodes SET last_seq = ? WHERE node_id = ?'),
@@ -121,7 +124,7 @@ export class MeshStore {
         INSERT INTO mesh_node_tags (node_id, tags) SELECT ?, tags FROM mesh_token_tags WHERE token_hash = ? AND tags <> '[]'
         ON CONFLICT (node_id) DO UPDATE SET tags = excluded.tags`),
       listing: db.prepare(`
-        SELECT n.id, t.tags, m.mesh_ip, m.wg_public_key, m.endpoints, m.observed_addr FROM nodes n
+        SELECT n.id, t.tags, m.mesh_ip, m.wg_public_key, m.endpoints, m.observed_addr, m.nat FROM nodes n
         LEFT JOIN mesh_nodes m ON m.node_id = n.id LEFT JOIN mesh_node_tags t ON t.node_id = n.id
         WHERE n.removed_at IS NULL`),
     };
@@ -168,6 +171,7 @@ export class MeshStore {
       meshIp: r.mesh_ip as number,
       wgPublicKey: (r.wg_public_key as string | null) ?? null,
       endpoints: parseTags(r.endpoints),
+      nat: parseJson(r.nat),
       observedAddr: (r.observed_addr as string | null) ?? null,
       lastSeq: r.last_seq as number,
       announced: r.announced as string,
@@ -195,8 +199,8 @@ export class MeshStore {
     this.s.deletePsksOf.run(nodeId, nodeId);
     this.s.deleteMeshNode.run(nodeId);
   }
-  updateWg(nodeId: string, wgPublicKey: string | null, endpoints: string[], observedAddr: string | null): void {
-    this.s.updateWg.run(wgPublicKey, JSON.stringify(endpoints), observedAddr, nodeId);
+  updateWg(nodeId: string, wgPublicKey: string | null, endpoints: string[], observedAddr: string | null, nat: unknown): void {
+    this.s.updateWg.run(wgPublicKey, JSON.stringify(endpoints), observedAddr, nat === null || nat === undefined ? null : JSON.stringify(nat), nodeId);
   }
   setAnnounced(nodeId: string, announced: string, lastSeq: number): void {
     this.s.setAnnounced.run(announced, lastSeq, nodeId);
@@ -208,8 +212,8 @@ export class MeshStore {
   announcedPeersOf(nodeId: string): AnnouncedPeerRow[] {
     return (this.s.announcedPeersOf.all(nodeId) as Row[]).map(announcedFromRow);
   }
-  upsertAnnouncedPeer(nodeId: string, peerId: string, p: { meshIp: string; publicKey: string; endpoints: string[]; pskTag: string }): void {
-    this.s.upsertAnnouncedPeer.run(nodeId, peerId, p.meshIp, p.publicKey, JSON.stringify(p.endpoints), p.pskTag);
+  upsertAnnouncedPeer(nodeId: string, peerId: string, p: { meshIp: string; publicKey: string; endpoints: string[]; pskTag: string; path: 'direct' | 'relay' | null }): void {
+    this.s.upsertAnnouncedPeer.run(nodeId, peerId, p.meshIp, p.publicKey, JSON.stringify(p.endpoints), p.pskTag, p.path);
   }
   deleteAnnouncedPeer(nodeId: string, peerId: string): void {
     this.s.deleteAnnouncedPeer.run(nodeId, peerId);
@@ -303,8 +307,8 @@ export class MeshStore {
   }
 
   /** Mesh fields of every live node, for `nodes list`. */
-  listing(): Map<string, { meshIp: number | null; wgPublicKey: string | null; tags: string[]; endpoints: string[]; observedAddr: string | null }> {
-    const out = new Map<string, { meshIp: number | null; wgPublicKey: string | null; tags: string[]; endpoints: string[]; observedAddr: string | null }>();
+  listing(): Map<string, { meshIp: number | null; wgPublicKey: string | null; tags: string[]; endpoints: string[]; observedAddr: string | null; nat: unknown }> {
+    const out = new Map<string, { meshIp: number | null; wgPublicKey: string | null; tags: string[]; endpoints: string[]; observedAddr: string | null; nat: unknown }>();
     for (const r of this.s.listing.all() as Row[]) {
       out.set(r.id as string, {
         meshIp: (r.mesh_ip as number | null) ?? null,
@@ -312,6 +316,7 @@ export class MeshStore {
         tags: parseTags(r.tags),
         endpoints: r.endpoints === null || r.endpoints === undefined ? [] : parseTags(r.endpoints),
         observedAddr: (r.observed_addr as string | null) ?? null,
+        nat: parseJson(r.nat),
       });
     }
     return out;
@@ -326,5 +331,15 @@ function announcedFromRow(r: Row): AnnouncedPeerRow {
     publicKey: r.public_key as string,
     endpoints: parseTags(r.endpoints),
     pskTag: r.psk_tag as string,
+    path: r.path === 'direct' || r.path === 'relay' ? r.path : null,
   };
+}
+
+function parseJson(text: unknown): unknown {
+  if (typeof text !== 'string') return null;
+  try {
+    return JSON.parse(text) as unknown;
+  } catch {
+    return null;
+  }
 }

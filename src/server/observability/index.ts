@@ -1,6 +1,6 @@
 import { showNode, type NodeDetails } from '../../admin-api/routes.js';
 import type { AdminRoutes } from '../admin-routes.js';
-import type { OfflineFeature, ServerFeature, ServerFeatureContext } from '../feature.js';
+import type { FeatureQuestions, OfflineFeature, ServerFeature, ServerFeatureContext } from '../feature.js';
 import { createMetricsFeature, type MetricsFeatureOptions } from '../metrics.js';
 import { listNodes, resolveNode } from '../nodes.js';
 import type { Store } from '../store/store.js';
@@ -28,7 +28,7 @@ export interface ObservabilityOptions extends MetricsFeatureOptions {
 
 const iso = (ms: number | null): string | null => (ms === null ? null : new Date(ms).toISOString());
 
-export function nodeDetails(store: Store, idOrHostname: string, live?: { presence: PresenceView }, limits = { warnings: 50, audit: 50 }): NodeDetails {
+export function nodeDetails(store: Store, idOrHostname: string, live?: { presence: PresenceView }, limits = { warnings: 50, audit: 50 }, questions?: FeatureQuestions): NodeDetails {
   const node = resolveNode(store, idOrHostname);
   const listing = listNodes(store, live).find((n) => n.id === node.id);
   const obs = new ObservabilityStore(store);
@@ -48,7 +48,14 @@ export function nodeDetails(store: Store, idOrHostname: string, live?: { presenc
       .ofNode(node.id, limits.audit)
       .map((a) => ({ ts: new Date(a.ts).toISOString(), operation: a.operation, actor: a.actor, target: a.target, result: a.result, source: a.source })),
     dropped: obs.drops(node.id),
+    ...meshPart(questions, node.id),
   };
+}
+
+/** The mesh feature's part of the details, when it runs (it answers meshNodeDetails). */
+function meshPart(questions: FeatureQuestions | undefined, nodeId: string): Pick<NodeDetails, 'mesh'> {
+  const mesh = questions?.ask('meshNodeDetails')?.(nodeId) ?? null;
+  return mesh === null ? {} : { mesh };
 }
 
 export function createObservabilityFeature(options: ObservabilityOptions = {}): ServerFeature {
@@ -96,7 +103,7 @@ export function createObservabilityFeature(options: ObservabilityOptions = {}): 
     const pruneTimer = setInterval(() => guard('retention', () => obs.prune(limits)), options.pruneIntervalMs ?? 60_000);
     pruneTimer.unref();
 
-    registerObservabilityAdminRoutes(ctx.admin, ctx.store, ctx.presence);
+    registerObservabilityAdminRoutes(ctx.admin, ctx.store, ctx.presence, ctx.questions);
 
     const metricsHandle = await metrics(ctx);
     return {
@@ -111,8 +118,8 @@ export function createObservabilityFeature(options: ObservabilityOptions = {}): 
 export const observabilityFeature: ServerFeature = createObservabilityFeature();
 
 /** `server nodes show` (details, latest metrics, recent warnings and audit records); with no server, every node is offline. */
-function registerObservabilityAdminRoutes(routes: AdminRoutes, store: Store, presence: PresenceView | null): void {
-  routes.handle(showNode, ({ node }) => nodeDetails(store, node, presence ? { presence } : undefined));
+function registerObservabilityAdminRoutes(routes: AdminRoutes, store: Store, presence: PresenceView | null, questions: FeatureQuestions): void {
+  routes.handle(showNode, ({ node }) => nodeDetails(store, node, presence ? { presence } : undefined, undefined, questions));
 }
 
-export const observabilityOffline: OfflineFeature = (ctx) => registerObservabilityAdminRoutes(ctx.admin, ctx.store, null);
+export const observabilityOffline: OfflineFeature = (ctx) => registerObservabilityAdminRoutes(ctx.admin, ctx.store, null, ctx.questions);
