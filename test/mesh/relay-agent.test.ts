@@ -22,7 +22,8 @@ afterEach(async () => {
   for (const c of cleanups.splice(0)) await c();
 });
 
-const peer = (n: number) => ({ nodeId: `n${n}`, meshIp: `10.100.0.${n}`, publicKey: Buffer.alloc(32, n).toString('base64'), endpoints: [`192.0.2.${n}:51820`], psk: Buffer.alloc(32, 100 + n).toString('base64') });
+// Peers as a server with path choice sends them: n3's pair is the one it marks for a relay.
+const peer = (n: number) => ({ nodeId: `n${n}`, meshIp: `10.100.0.${n}`, publicKey: Buffer.alloc(32, n).toString('base64'), endpoints: [`192.0.2.${n}:51820`], psk: Buffer.alloc(32, 100 + n).toString('base64'), path: n === 3 ? ('relay' as const) : ('direct' as const) });
 
 async function agent(stateDir?: string) {
   const { privateKey, publicKey } = generateKeyPairSync('ed25519');
@@ -84,7 +85,11 @@ describe('MeshAgent and relay sessions', () => {
       { key: peer(2).publicKey, endpoint: '192.0.2.2:51820' },
       { key: peer(3).publicKey, endpoint: '192.0.2.3:51820' },
     ]);
-    expect((await readMeshStatus(dir)).peers!.map((p) => p.path)).toEqual(['direct', 'direct']);
+    // Revoked: WireGuard is back on n3's own endpoint; the server's path for the pair is still `relay`.
+    expect((await readMeshStatus(dir)).peers!.map((p) => [p.path, p.relay, p.endpoint])).toEqual([
+      ['direct', null, '192.0.2.2:51820'],
+      ['relay', null, '192.0.2.3:51820'],
+    ]);
     expect(mesh.lastEventSeq).toBe(4);
   });
 
