@@ -355,6 +355,11 @@ export class AgentRunner extends EventEmitter<AgentRunnerEvents> {
       this.emit('heartbeat', this.lastHeartbeatRttMs);
       return;
     }
+    if (msg.name === 'ca.bundle') {
+      // A CA rotation started or ended while this session is open (docs/PROTOCOL.md §4, rule 6).
+      void this.#adoptCaBundle(msg.payload.caBundle);
+      return;
+    }
     // The session decoded and checked the payload against the schema of its kind.
     const kind = msg.name as KindName;
     this.#messageHandlers.emit(kind, [msg.payload, session] as MessageArgs[typeof kind], (err) =>

@@ -14,9 +14,8 @@ import type { Store } from './store/store.js';
  * - `started`: a next CA exists (its key sealed like the CA's, in meta). The gateway trusts client
  *   certificates of both; every agent is given both (the `caBundle` of welcome and of enroll/renew
  *   answers) and adds the next CA's pin. The old CA still issues everything.
- * - `issuing`: the next CA issues enrollments and renewals and the server's TLS certificate, which is
- *   sent with a cross-certificate (the next CA's key certified by the old one) so that an agent that
- *   has not yet heard of the next CA still verifies it.
+ * - `issuing`: the next CA issues enrollments and renewals and the server's TLS certificate. Agents
+ *   connected at `start` got the bundle then (`ca.bundle`), later ones in their welcome.
  * - `retire`: refused while a live node's newest certificate is from the old CA (unless forced); then
  *   the next CA replaces the CA row and the old one is trusted no more, from this moment on.
  *
@@ -57,7 +56,6 @@ export class CaRing {
   #next: CertificateAuthority | null;
   #phase: RotationPhase;
   #startedAt: number | null;
-  #cross: string | null = null;
   readonly #listeners: Array<() => void> = [];
 
   private constructor(current: CertificateAuthority, next: CertificateAuthority | null, phase: RotationPhase, startedAt: number | null) {
@@ -74,9 +72,7 @@ export class CaRing {
     const row = rotationRowSchema.parse(JSON.parse(raw));
     const pkcs8 = await openSealed(Buffer.from(row.keyBlob, 'base64'), Buffer.from(row.kdfSalt, 'base64'), secret, resolve(store.path));
     const keyPem = createPrivateKey({ key: pkcs8, format: 'der', type: 'pkcs8' }).export({ type: 'pkcs8', format: 'pem' });
-    const ring = new CaRing(current, CertificateAuthority.fromPem(row.certPem, keyPem), row.phase, row.startedAt);
-    await ring.#refreshCross();
-    return ring;
+    return new CaRing(current, CertificateAuthority.fromPem(row.certPem, keyPem), row.phase, row.startedAt);
   }
 
   get phase(): RotationPhase {
@@ -112,9 +108,13 @@ export class CaRing {
     return this.trusted.some((ca) => ca.signed(cert));
   }
 
-  /** The server's TLS certificate from the issuing CA; during `issuing` chained through the cross-certificate. */
+  /**
+   * The server's TLS certificate, from the issuing CA. No cross-certificate for agents that missed the
+   * `start` phase: every CA is made with pathLenConstraint 0, which forbids an intermediate below the
+   * old CA, so such an agent cannot verify a next-CA server certificate (docs/SERVER.md says when to issue).
+   */
   issueServerCertificate(names: readonly string[]): ReturnType<CertificateAuthority['issueServerCertificate']> {
-    return this.issuer.issueServerCertificate(names, this.#phase === 'issuing' && this.#cross ? this.#cross : undefined);
+    return this.issuer.issueServerCertificate(names);
   }
 
   /** Called after every phase change (the server re-issues its TLS certificate and trust). */
@@ -132,7 +132,6 @@ export class CaRing {
     this.#next = next;
     this.#phase = 'started';
     this.#startedAt = startedAt;
-    await this.#refreshCross();
     this.#changed();
   }
 
@@ -173,7 +172,6 @@ export class CaRing {
     this.#next = null;
     this.#phase = 'none';
     this.#startedAt = null;
-    this.#cross = null;
     this.#changed();
     return { retiredPin, pin: next.pin, stranded };
   }
@@ -205,10 +203,6 @@ export class CaRing {
       else other++;
     }
     return { old, next, other };
-  }
-
-  async #refreshCross(): Promise<void> {
-    this.#cross = this.#next ? await this.#current.crossSign(this.#next) : null;
   }
 
   #changed(): void {

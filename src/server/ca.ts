@@ -118,33 +118,6 @@ export class CertificateAuthority {
   }
 
   /**
-   * `next`'s key and subject certified by this CA (a cross-certificate, CA:true): sent after the
-   * server's leaf during a rotation (ca-rotation.ts), so an agent that still trusts only this CA
-   * verifies a server certificate issued by `next` (leaf → cross-certificate → this CA), while one
-   * that trusts `next` stops at `next` itself. Valid as long as this CA.
-   */
-  async crossSign(next: CertificateAuthority): Promise<string> {
-    const signed = await signCertificate(
-      {
-        serialDerHex: randomSerial().derHex,
-        subject: next.subject,
-        issuer: this.subject,
-        notBefore: new Date(Date.now() - BACKDATE_MS),
-        notAfter: new Date(Math.min(Date.parse(this.cert.validTo), Date.parse(next.cert.validTo))),
-        subjectSpkiDer: spkiDerOf(next.key),
-        extensions: [
-          { name: 'basicConstraints', cA: true, pathLenConstraint: 0, critical: true },
-          { name: 'keyUsage', keyCertSign: true, cRLSign: true, critical: true },
-          { name: 'subjectKeyIdentifier', value: octetString(next.ski) },
-          { name: 'authorityKeyIdentifier', value: authorityKeyIdentifier(this.ski) },
-        ],
-      },
-      this.key,
-    );
-    return signed.pem;
-  }
-
-  /**
    * A client certificate: CN = node id, clientAuth EKU, keyUsage digitalSignature (+keyEncipherment for
    * RSA), random 128-bit serial, NotBefore backdated 5 minutes. `validity` overrides are for tests and
    * tools (e.g. an already-expired certificate).
@@ -188,7 +161,7 @@ export class CertificateAuthority {
    * this leaf). SANs: localhost, 127.0.0.1, ::1, the host name, and every operator-given name.
    * The key lives only in memory: it is re-issued at every start.
    */
-  async issueServerCertificate(extraNames: readonly string[], chainTailPem?: string): Promise<{ certPem: string; keyPem: string; chainPem: string; notAfter: number }> {
+  async issueServerCertificate(extraNames: readonly string[], ): Promise<{ certPem: string; keyPem: string; chainPem: string; notAfter: number }> {
     const key = await generateP256();
     const spki = spkiDerOf(key);
     const host = osHostname();
@@ -216,8 +189,7 @@ export class CertificateAuthority {
     return {
       certPem: signed.pem,
       keyPem: key.export({ type: 'pkcs8', format: 'pem' }) as string,
-      // During a rotation the tail is the cross-certificate instead of this CA (see crossSign).
-      chainPem: signed.pem + (chainTailPem ?? this.certPem),
+      chainPem: signed.pem + this.certPem,
       notAfter: signed.notAfter,
     };
   }

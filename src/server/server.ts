@@ -169,7 +169,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
     gw.on('error', (err) => logger.error({ err }, 'gateway error'));
     const publicUrl = publicUrlOf(publicAddress, config.listen.host, bound.port);
     store.setMeta(META_PUBLIC_URL, publicUrl);
-    store.setMeta(META_CA_PIN, ring.trusted[0]!.pin);
+    store.setMeta(META_CA_PIN, ring.issuer.pin);
 
     // A new server certificate (and trusted set) every SERVER_CERT_ROTATE_MS and at every CA rotation
     // phase: a phase change applies to new TLS connections; the open ones stay as they are.
@@ -184,22 +184,30 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
     rotateTimer = setInterval(() => reissue('periodic'), SERVER_CERT_ROTATE_MS);
     rotateTimer.unref();
     ring.onChange(() => reissue(`CA rotation: ${ring.phase === 'none' ? 'retired' : ring.phase}`));
+    // Open sessions learn the new bundle at once (start adds the next CA, retire drops the old one):
+    // an agent connected before `start` must trust the next CA before its next connection.
+    ring.onChange(() => {
+      if (!sessionHost) return;
+      const caBundle = ring.bundle();
+      for (const agent of sessionHost.snapshot()) sessionHost.send(agent, 'ca.bundle', { caBundle });
+    });
 
     admin = await startAdminServer(socketPath, { logger, routes: adminRoutes });
 
     const address = { host: bound.address, port: bound.port };
     listenAddress = bound.address.includes(':') ? `[${bound.address}]:${bound.port}` : `${bound.address}:${bound.port}`;
-    logger.info({ address: `${address.host}:${address.port}`, publicUrl, caPin: ring.trusted[0]!.pin, adminSocket: socketPath }, 'server ready');
+    logger.info({ address: `${address.host}:${address.port}`, publicUrl, caPin: ring.issuer.pin, adminSocket: socketPath }, 'server ready');
 
     let closing: Promise<void> | undefined;
     const adminServer = admin;
     return {
       config,
+      // The issuing CA: what GET /v1/ca serves and enrollments pin.
       get caPin() {
-        return ring.trusted[0]!.pin;
+        return ring.issuer.pin;
       },
       get caCertPem() {
-        return ring.trusted[0]!.certPem;
+        return ring.issuer.certPem;
       },
       publicUrl,
       adminSocketPath: socketPath,

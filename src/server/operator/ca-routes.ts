@@ -31,6 +31,8 @@ export function registerCaRotationRoutes(
       }
       if (phase === 'issue') {
         ring.issue(store);
+        // GET /v1/ca serves the issuing CA now: enrollment commands (`token create`) must name its pin.
+        store.setMeta(META_CA_PIN, ring.issuer.pin);
         log.info({ issuer: ring.issuer.pin }, 'CA rotation: the next CA issues certificates');
         return ring.status(store);
       }
