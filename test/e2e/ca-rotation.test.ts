@@ -103,6 +103,9 @@ describe('CA rotation: start → issue → retire with live agents (real process
     newPin = started.status!.next!.pin;
     expect(newPin).not.toBe(oldPin);
     expect((await rotate(dataDir, 'start')).stderr).toContain('ML_ERR_CA_ROTATION_PHASE');
+    // A, connected before start, gets the bundle on its open session (ca.bundle) and pins both CAs.
+    await agents.A!.proc!.waitForLog('the server changed its CA bundle; trusting it from now on', 30_000);
+    expect((await agentTrust(agents.A!.stateDir)).caPins.sort()).toEqual([oldPin, newPin].sort());
     const issuing = await rotate(dataDir, 'issue');
     expect(issuing.code, issuing.stderr).toBe(0);
     expect(issuing.status).toMatchObject({ phase: 'issuing', current: { pin: oldPin }, next: { pin: newPin } });
