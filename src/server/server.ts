@@ -131,7 +131,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
     const questions = createFeatureQuestions();
     let listenAddress = '';
     registerCoreAdminRoutes(adminRoutes, { store, live, running: { startedAt: Date.now(), listen: () => listenAddress }, questions, logger });
-    registerCaRotationRoutes(adminRoutes, { store, ring, keyType: config.caKeyType, secret: sealing, logger });
+    registerCaRotationRoutes(adminRoutes, { store, ring, keyType: config.caKeyType, secret: sealing, logger, closeSerials: (serials) => registry.closeRevokedSerials(serials) });
     const publicRoutes = new PublicRoutes();
     if (sessionHost) {
       const ctx: ServerFeatureContext = {

@@ -14,7 +14,7 @@ import type { Store } from '../store/store.js';
  */
 export function registerCaRotationRoutes(
   routes: AdminRoutes,
-  deps: { store: Store; ring: CaRing; keyType: CaKeyType; secret: SealingSecret; logger: Logger },
+  deps: { store: Store; ring: CaRing; keyType: CaKeyType; secret: SealingSecret; logger: Logger; closeSerials?: (serials: string[]) => void },
 ): void {
   const { store, ring } = deps;
   const log = deps.logger.child({ component: 'ca-rotation' });
@@ -37,6 +37,8 @@ export function registerCaRotationRoutes(
         return ring.status(store);
       }
       const done = ring.retire(store, { force, metaCaPin: META_CA_PIN });
+      // Their certificates chain to a CA no longer trusted: their open sessions end now, not at a reconnect.
+      if (done.stranded.length > 0) deps.closeSerials?.(done.stranded.map((n) => n.certSerial));
       if (done.stranded.length > 0) log.warn({ stranded: done.stranded.map((n) => n.nodeId) }, 'CA retired by force: these nodes hold certificates of the retired CA and must re-enroll');
       log.info({ retiredPin: done.retiredPin, pin: done.pin }, 'CA rotation done: the old CA is retired');
       return { ...ring.status(store), retiredPin: done.retiredPin, stranded: done.stranded.map((n) => ({ nodeId: n.nodeId, hostname: n.hostname })) };
