@@ -166,6 +166,16 @@ export const ERRORS = {
   // --- enrollment (agent side) ---
   ML_ERR_PIN_FORMAT: { exit: 'usage', description: 'A CA pin is not `sha256:<64 lower-case hex>`.' },
   ML_ERR_CA_CERT: { exit: 'serverUnavailable', description: '`/v1/ca` answered with an HTTP error or not exactly one CA certificate.' },
+  ML_ERR_CA_ROTATION_PHASE: {
+    status: 409,
+    exit: 'refused',
+    description: 'The CA rotation step does not follow the current phase (`start`, then `issue`, then `retire`; `start` again only after `retire`).',
+  },
+  ML_ERR_CA_RETIRE_BLOCKED: {
+    status: 409,
+    exit: 'refused',
+    description: 'Live nodes still hold a certificate of the old CA (listed in the message); wait until they renew, remove them, or retire with --force.',
+  },
   ML_ERR_CA_PIN_MISMATCH: { exit: 'pinMismatch', description: 'The server’s CA pin is not among the pins given.' },
   ML_ERR_ALREADY_ENROLLED: { exit: 'alreadyEnrolled', description: 'The state dir holds an identity and `--force` was not given.' },
   ML_ERR_SERVER_UNREACHABLE: { exit: 'serverUnavailable', description: 'The server cannot be reached (connection refused, timeout, DNS failure…).' },

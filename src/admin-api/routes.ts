@@ -63,6 +63,38 @@ export const backupStore = defineRoute({
   offline: true,
 });
 
+// --- core: CA rotation (docs/SERVER.md, "Rotating the CA"; src/server/ca-rotation.ts) ---
+
+const caSummary = z.object({ pin: z.string(), fingerprint256: z.string(), nodes: z.number().int() });
+export const caStatusSchema = z.object({
+  /** none: one CA; started: the next CA is trusted and handed out; issuing: the next CA issues. */
+  phase: z.enum(['none', 'started', 'issuing']),
+  /** The CA (the old one during a rotation), with the count of live nodes whose newest certificate it signed. */
+  current: caSummary,
+  next: caSummary.nullable(),
+  startedAt: iso.nullable(),
+  otherNodes: z.number().int(),
+});
+export type CaStatus = z.infer<typeof caStatusSchema>;
+
+export const caStatus = defineRoute({
+  name: 'server.ca.status',
+  method: 'GET',
+  path: '/v1/server/ca',
+  input: z.object({}),
+  output: caStatusSchema,
+  offline: false,
+});
+
+export const caRotate = defineRoute({
+  name: 'server.ca.rotate',
+  method: 'POST',
+  path: '/v1/server/ca/rotate',
+  input: z.object({ phase: z.enum(['start', 'issue', 'retire']), force: z.boolean().default(false) }).strict(),
+  output: caStatusSchema.extend({ retiredPin: z.string().optional(), stranded: z.array(z.object({ nodeId: z.string(), hostname: z.string() })).optional() }),
+  offline: false,
+});
+
 export const tokenCreationSchema = z.object({
   token: z.string(),
   /** The token's public id (`tokens.list`, `tokens.revoke`); optional for answers of older servers. */
@@ -485,6 +517,8 @@ export const ADMIN_ROUTES = [
   health,
   serverStatus,
   backupStore,
+  caStatus,
+  caRotate,
   createToken,
   listTokens,
   revokeToken,

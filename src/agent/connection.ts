@@ -14,7 +14,7 @@ import { Backoff, type BackoffOptions } from './backoff.js';
 import { AGENT_EXIT_CODES } from './config.js';
 import { ConnectRefusedError, dial } from './dial.js';
 import { EnrollError, reachesServer } from './enroll.js';
-import { loadIdentity, saveServerUrl, type Identity } from './identity.js';
+import { adoptCaBundle, loadIdentity, saveCaTrust, saveServerUrl, type Identity } from './identity.js';
 import { DEFAULT_RENEW_POLICY, renewalDelayMs, renewalRetryMs, renewExpired, renewInBand, type RenewPolicy } from './renewal.js';
 import { writeAgentStatus, type Revocation } from './state/status-file.js';
 import { DIRECT, proxyFor, type ProxyConfig } from './proxy.js';
@@ -323,6 +323,7 @@ export class AgentRunner extends EventEmitter<AgentRunnerEvents> {
     this.#log.info({ nodeId: welcome.nodeId, version: session.version, heartbeatIntervalMs: welcome.heartbeatIntervalMs }, 'connected');
     this.emit('connected', live.session, welcome);
     void this.#followServerUrl(welcome.serverUrl);
+    void this.#adoptCaBundle(welcome.caBundle);
 
     let seq = 0;
     const interval = welcome.heartbeatIntervalMs;
@@ -352,6 +353,11 @@ export class AgentRunner extends EventEmitter<AgentRunnerEvents> {
     if (msg.name === 'heartbeat.ack') {
       this.lastHeartbeatRttMs = Date.now() - msg.payload.ts;
       this.emit('heartbeat', this.lastHeartbeatRttMs);
+      return;
+    }
+    if (msg.name === 'ca.bundle') {
+      // A CA rotation started or ended while this session is open (docs/PROTOCOL.md §4, rule 6).
+      void this.#adoptCaBundle(msg.payload.caBundle);
       return;
     }
     // The session decoded and checked the payload against the schema of its kind.
@@ -401,6 +407,24 @@ export class AgentRunner extends EventEmitter<AgentRunnerEvents> {
       log.info('the server moved to a new public URL; connecting there from now on');
     } catch (err) {
       log.warn({ err }, 'could not store the new server URL');
+    }
+  }
+
+  /**
+   * The server's CA bundle (welcome.caBundle): during a CA rotation it holds the next CA too, which
+   * this agent then pins and trusts for every later connection (docs/AGENT.md, "CA rotation"). It came
+   * on this session, whose server certificate verified against the CAs the agent already trusts.
+   */
+  async #adoptCaBundle(bundle: readonly string[] | undefined): Promise<void> {
+    const identity = this.#identity;
+    if (!bundle || !identity || this.#renewing) return;
+    const trust = adoptCaBundle(identity, bundle, identity.certPem);
+    if (!trust) return;
+    try {
+      this.#identity = await saveCaTrust(identity.stateDir, trust);
+      this.#log.info({ caPins: trust.caPins }, 'the server changed its CA bundle; trusting it from now on');
+    } catch (err) {
+      this.#log.warn({ err }, 'could not store the CA bundle');
     }
   }
 

@@ -4,7 +4,7 @@ import { z } from 'zod';
 import type { Logger } from '../util/logger.js';
 import { parseEnrollOptions, type EnrollOptionsInput } from './config.js';
 import { createCsrPem, generateAgentKeyPair, KEY_TYPES, type KeyType } from './csr.js';
-import { assertStateDirUsable, isEnrolled, loadIdentity, saveEnrollment, saveRenewedCertificate, type Identity } from './identity.js';
+import { adoptCaBundle, assertStateDirUsable, isEnrolled, loadIdentity, saveEnrollment, saveRenewedCertificate, trustAfter, type Identity } from './identity.js';
 import { assertPinned, parseCaCertificate, spkiDerOf, spkiPinOf } from '../contract/ca-pin.js';
 import { codeFromWire, MeshlinkError, type ExitClass } from '../errors.js';
 import { zodErrorText } from '../util/zod-error.js';
@@ -49,6 +49,8 @@ const issuedResponseSchema = z.object({
   nodeId: z.string().min(1).max(128),
   certificate: z.string().min(1).max(32 * 1024),
   caCertificate: z.string().min(1).max(MAX_CA_BYTES),
+  /** Every CA the server trusts (two during a CA rotation); absent from older servers. */
+  caBundle: z.array(z.string().min(1).max(MAX_CA_BYTES)).min(1).max(4).optional(),
   notAfter: z.string().datetime({ offset: true }),
   /** Enrollment only: the mesh's event-signing keys, this agent's first trust (docs/MESH.md, "Trust model"). */
   eventKeys: enrollEventKeysSchema.optional(),
@@ -373,19 +375,21 @@ export async function enroll(
     await clearPendingEnrollment(options.stateDir);
     throw err;
   }
+  // The bundle (two CAs during a rotation) came over TLS verified with the pinned CA we fetched.
+  const trust = adoptCaBundle({ caPins: options.caPins, caPem: issued.caPem }, response.caBundle, issued.certPem);
   const identity = await saveEnrollment(options.stateDir, {
     identity: {
       version: 1,
       nodeId: issued.nodeId,
       server: options.server,
-      caPins: [...options.caPins],
+      caPins: [...new Set([...options.caPins, ...(trust?.caPins ?? [])])],
       hostname: options.hostname,
       sans: [...options.sans],
       enrolledAt: new Date().toISOString(),
     },
     keyPem: keys.privateKeyPem,
     certPem: issued.certPem,
-    caPem: issued.caPem,
+    caPem: trust?.caPem ?? issued.caPem,
   });
   // After the identity commits (saveEnrollment prepares the state dir). A crash in between leaves an
   // agent with no pinned key, which pins its first welcome's keys instead (docs/MESH.md).
@@ -427,11 +431,14 @@ export async function renewViaHttps(
     await dispatcher.close().catch(() => {});
   }
   if (result.status !== 200) throw refusal(result, 'renewal');
-  const issued = verifyIssued(parseIssued(result, url), identity.caPins, keys.publicKeyPem);
+  const answer = parseIssued(result, url);
+  // Over mTLS to a server our pinned CAs verified: its bundle may add a rotation's next CA.
+  const trust = trustAfter(identity, answer.caBundle, answer.certificate);
+  const issued = verifyIssued(answer, trust?.caPins ?? identity.caPins, keys.publicKeyPem);
   if (issued.nodeId !== identity.nodeId) {
     throw new MeshlinkError('ML_ERR_ENROLL_RESPONSE', `renewal returned node id ${issued.nodeId}, expected ${identity.nodeId}`);
   }
-  const renewed = await saveRenewedCertificate(identity.stateDir, keys.privateKeyPem, issued.certPem, issued.caPem);
+  const renewed = await saveRenewedCertificate(identity.stateDir, keys.privateKeyPem, issued.certPem, issued.caPem, trust);
   log.info({ nodeId: renewed.nodeId, certSerial: renewed.cert.serial, certNotAfter: renewed.cert.notAfter.toISOString() }, 'certificate renewed');
   return renewed;
 }

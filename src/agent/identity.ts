@@ -83,6 +83,55 @@ export interface Identity {
   readonly cert: CertificateInfo;
 }
 
+/** At most this many CA certificates in ca.pem (the server trusts two during a rotation). */
+const MAX_BUNDLE = 4;
+
+/** The PEM blocks of a certificate bundle, each with its armour. */
+export function splitPemCertificates(pem: string): string[] {
+  return pem.match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g)?.map((block) => `${block}\n`) ?? [];
+}
+
+/**
+ * The trust after the server handed out `bundle` (welcome, enroll or renew answer) on a channel this
+ * agent authenticated with a pinned CA: ca.pem becomes the server's bundle (plus the CA of our own
+ * certificate, should the bundle lack it), and the pins are exactly those CAs. The bundle must contain
+ * a CA we already pin, or it is ignored (docs/AGENT.md, "CA rotation"). Returns null when nothing changes.
+ */
+export function adoptCaBundle(
+  current: { caPins: readonly string[]; caPem: string },
+  bundle: readonly string[] | undefined,
+  ownCertPem: string,
+): { caPins: string[]; caPem: string } | null {
+  if (!bundle || bundle.length === 0 || bundle.length > MAX_BUNDLE) return null;
+  let offered: X509Certificate[];
+  try {
+    offered = bundle.map((pem) => new X509Certificate(pem));
+  } catch {
+    return null;
+  }
+  if (!offered.every((ca) => ca.ca) || !offered.some((ca) => current.caPins.includes(spkiPinOf(ca)))) return null;
+  const own = new X509Certificate(ownCertPem);
+  const kept = [...offered];
+  if (!kept.some((ca) => own.verify(ca.publicKey))) {
+    const issuer = splitPemCertificates(current.caPem).map((pem) => new X509Certificate(pem)).find((ca) => own.verify(ca.publicKey));
+    if (issuer) kept.push(issuer);
+  }
+  const caPem = kept.map((ca) => ca.toString()).join('');
+  const caPins = [...new Set(kept.map((ca) => spkiPinOf(ca)))];
+  const samePem = caPem === splitPemCertificates(current.caPem).map((pem) => new X509Certificate(pem).toString()).join('');
+  const samePins = caPins.length === current.caPins.length && caPins.every((p) => current.caPins.includes(p));
+  return samePem && samePins ? null : { caPins, caPem };
+}
+
+/**
+ * The pins and ca.pem to keep after an answer carrying `bundle`: the adopted bundle, or (an unchanged
+ * bundle) the current ones, or null when the server sent none (an older server: its one CA is kept).
+ */
+export function trustAfter(identity: Identity, bundle: readonly string[] | undefined, certPem: string): { caPins: string[]; caPem: string } | null {
+  if (!bundle) return null;
+  return adoptCaBundle(identity, bundle, certPem) ?? { caPins: [...identity.caPins], caPem: identity.caPem };
+}
+
 export function certificateInfo(cert: X509Certificate): CertificateInfo {
   return Object.freeze({
     serial: cert.serialNumber.toUpperCase(),
@@ -219,18 +268,19 @@ async function loadGeneration(stateDir: string, generation: string): Promise<Ide
   const file = parsed.data;
 
   let cert: X509Certificate;
-  let ca: X509Certificate;
+  let cas: X509Certificate[];
   try {
     cert = new X509Certificate(certPem);
-    ca = new X509Certificate(caPem);
+    cas = splitPemCertificates(caPem).map((pem) => new X509Certificate(pem));
   } catch (err) {
     throw new MeshlinkError('ML_ERR_STATE_CORRUPT', `certificate files in ${dir} do not parse`, { cause: err });
   }
   assertPairMatches(keyPem, cert, dir);
-  if (!cert.verify(ca.publicKey)) {
+  // ca.pem holds one CA, or two during a CA rotation (docs/AGENT.md, "CA rotation"): every one pinned.
+  if (cas.length === 0 || cas.length > MAX_BUNDLE || !cas.some((ca) => cert.verify(ca.publicKey))) {
     throw new MeshlinkError('ML_ERR_STATE_CORRUPT', `cert.pem in ${dir} is not signed by ca.pem`);
   }
-  if (!file.caPins.includes(spkiPinOf(ca))) {
+  if (!cas.every((ca) => file.caPins.includes(spkiPinOf(ca)))) {
     throw new MeshlinkError('ML_ERR_STATE_CORRUPT', `ca.pem in ${dir} does not match the pinned CA`);
   }
 
@@ -373,9 +423,22 @@ export async function saveEnrollment(stateDir: string, content: GenerationConten
  * Commits a renewed key + certificate pair, keeping the identity. `caPem` defaults to the stored CA
  * (a renewal response carries the CA too; the caller has already checked its pin).
  */
-export async function saveRenewedCertificate(stateDir: string, keyPem: string, certPem: string, caPem?: string): Promise<Identity> {
+export async function saveRenewedCertificate(
+  stateDir: string,
+  keyPem: string,
+  certPem: string,
+  caPem?: string,
+  trust?: { caPins: string[]; caPem: string } | null,
+): Promise<Identity> {
   const current = await loadIdentity(stateDir);
+  if (trust) return saveEnrollment(stateDir, { identity: { ...identityFileOf(current), caPins: trust.caPins }, keyPem, certPem, caPem: trust.caPem });
   return saveEnrollment(stateDir, { identity: identityFileOf(current), keyPem, certPem, caPem: caPem ?? current.caPem });
+}
+
+/** Commits a new CA bundle and its pins (adoptCaBundle), keeping key and certificate. */
+export async function saveCaTrust(stateDir: string, trust: { caPins: string[]; caPem: string }): Promise<Identity> {
+  const current = await loadIdentity(stateDir);
+  return saveEnrollment(stateDir, { identity: { ...identityFileOf(current), caPins: trust.caPins }, keyPem: current.keyPem, certPem: current.certPem, caPem: trust.caPem });
 }
 
 /** Commits a new server URL (the server's public URL moved), keeping key, certificate and CA. */

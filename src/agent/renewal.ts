@@ -3,7 +3,7 @@ import type { Session } from '../protocol/session.js';
 import type { Logger } from '../util/logger.js';
 import { createCsrPem, generateAgentKeyPair, KEY_TYPES, type KeyType } from './csr.js';
 import { renewViaHttps, verifyIssued } from './enroll.js';
-import { saveRenewedCertificate, type Identity } from './identity.js';
+import { saveRenewedCertificate, trustAfter, type Identity } from './identity.js';
 import type { ProxyConfig } from './proxy.js';
 
 /**
@@ -41,8 +41,11 @@ export async function renewInBand(session: Session, identity: Identity): Promise
   const keys = await generateAgentKeyPair(keyTypeOf(identity.keyPem));
   const csr = createCsrPem(keys, { hostname: identity.hostname, sans: identity.sans });
   const res = await session.request('cert.renew', { csr }, { timeoutMs: IN_BAND_TIMEOUT_MS });
-  const verified = verifyIssued({ nodeId: identity.nodeId, certificate: res.certificate, caCertificate: res.caCertificate, notAfter: res.notAfter }, identity.caPins, keys.publicKeyPem);
-  return saveRenewedCertificate(identity.stateDir, keys.privateKeyPem, verified.certPem, verified.caPem);
+  // The answer came on this session, whose server certificate verified against our pinned CAs: its
+  // bundle may add the next CA of a rotation (adoptCaBundle), which may have signed the new certificate.
+  const trust = trustAfter(identity, res.caBundle, res.certificate);
+  const verified = verifyIssued({ nodeId: identity.nodeId, certificate: res.certificate, caCertificate: res.caCertificate, notAfter: res.notAfter }, trust?.caPins ?? identity.caPins, keys.publicKeyPem);
+  return saveRenewedCertificate(identity.stateDir, keys.privateKeyPem, verified.certPem, verified.caPem, trust);
 }
 
 /**

@@ -233,6 +233,53 @@ export function registerServerCommands(program: Command): void {
       }),
     );
 
+  // CA rotation (docs/SERVER.md, "Rotating the CA"): the running server does the work; this only asks.
+  const ca = server.command('ca').description('the CA: status and rotation (start, issue, retire) without disconnecting agents');
+  const caRotateOptions = z.object({ dataDir: z.string().optional(), json: z.boolean().default(false), force: z.boolean().default(false) });
+  const printCaStatus = (s: api.CaStatus): void => {
+    const lines = [
+      `phase        ${s.phase}${s.startedAt ? ` (started ${s.startedAt})` : ''}`,
+      `CA           ${s.current.pin}  ${s.current.nodes} node(s)${s.phase === 'issuing' ? ' (old: being retired)' : s.phase === 'started' ? ' (issues)' : ''}`,
+      `             SHA-256 ${s.current.fingerprint256}`,
+      ...(s.next ? [`next CA      ${s.next.pin}  ${s.next.nodes} node(s)${s.phase === 'issuing' ? ' (issues)' : ' (trusted, not issuing yet)'}`, `             SHA-256 ${s.next.fingerprint256}`] : []),
+      ...(s.otherNodes > 0 ? [`other        ${s.otherNodes} node(s) on a retired CA (re-enroll them)`] : []),
+    ];
+    process.stdout.write(lines.join('\n') + '\n');
+  };
+  ca.command('status')
+    .description('rotation phase, the fingerprints of the CA (and of the next CA), and how many live nodes hold a certificate of each')
+    .addOption(dataDirOption())
+    .option('--json', 'print the status as JSON')
+    .action(
+      action(async (raw: unknown) => {
+        const opts = listOptions.parse(raw);
+        const status = await withOperator(opts.dataDir, (op) => op.call(api.caStatus, {}));
+        if (opts.json) process.stdout.write(JSON.stringify(status) + '\n');
+        else printCaStatus(status);
+      }),
+    );
+  ca.command('rotate')
+    .description('one phase of a CA rotation: start (a next CA, trusted and handed to every agent), issue (the next CA issues), retire (the old CA is dropped)')
+    .argument('<phase>', 'start | issue | retire')
+    .addOption(dataDirOption())
+    .option('--force', 'retire even though live nodes still hold a certificate of the old CA (they must re-enroll)')
+    .option('--json', 'print the status after the step as JSON')
+    .action(
+      action(async (phase: string, raw: unknown) => {
+        const opts = caRotateOptions.parse(raw);
+        const parsedPhase = z.enum(['start', 'add', 'issue', 'retire']).safeParse(phase);
+        if (!parsedPhase.success) throw new MeshlinkError('ML_ERR_USAGE', `unknown phase "${printable(phase.slice(0, 40))}": expected start, issue or retire`);
+        const step = parsedPhase.data === 'add' ? 'start' : parsedPhase.data;
+        const status = await withOperator(opts.dataDir, (op) => op.call(api.caRotate, { phase: step, force: opts.force }));
+        if (opts.json) {
+          process.stdout.write(JSON.stringify(status) + '\n');
+          return;
+        }
+        if (status.retiredPin) process.stdout.write(`retired CA ${status.retiredPin}${status.stranded && status.stranded.length > 0 ? `; ${status.stranded.length} node(s) on it must re-enroll` : ''}\n`);
+        printCaStatus(status);
+      }),
+    );
+
   const token = server.command('token').description('enrollment tokens');
   token
     .command('create')

@@ -113,6 +113,11 @@ const welcomeSchema = z.object({
    * agent enrolled at another URL moves to it once it has reached it with its pinned CA.
    */
   serverUrl: shortText.optional(),
+  /**
+   * Every CA the server trusts (two during a CA rotation): the agent adds the ones it lacks to its
+   * pins and its ca.pem, having received them over a session whose server certificate it verified.
+   */
+  caBundle: z.array(pem).min(1).max(4).optional(),
 });
 
 const metricSample = z.object({
@@ -218,8 +223,11 @@ export const MESSAGE_KINDS = [
   kind(0x0020, 'cert.renew', 'agent-to-server', 'control', z.object({ rid, csr: pem }),
     'Asks for a new certificate for a fresh key. Answered by cert.renewed or error.', { response: 'cert.renewed' }),
   kind(0x0021, 'cert.renewed', 'server-to-agent', 'control',
-    z.object({ rid, certificate: pem, caCertificate: pem, notAfter: shortText }),
+    z.object({ rid, certificate: pem, caCertificate: pem, caBundle: z.array(pem).min(1).max(4).optional(), notAfter: shortText }),
     'The renewed certificate; the agent uses it from its next connection.'),
+  kind(0x0024, 'ca.bundle', 'server-to-agent', 'control',
+    z.object({ caBundle: z.array(pem).min(1).max(4) }),
+    'The CA certificates the server now trusts (a CA rotation started or ended); the agent adopts them as it does welcome.caBundle.'),
   kind(0x0022, 'agent.upgrade', 'server-to-agent', 'control',
     upgradeOffer,
     'A newer agent build is available; the checksum comes from the control plane, not the download, and the signature from the release key the agent pins.'),

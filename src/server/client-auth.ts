@@ -27,7 +27,7 @@ export interface AuthenticatedPeer {
 
 export interface ClientAuthContext {
   store: Store;
-  ca: CertificateAuthority;
+  ca: Pick<CertificateAuthority, 'signed'>;
   revocations: RevocationList;
 }
 

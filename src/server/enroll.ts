@@ -1,5 +1,5 @@
 import { MeshlinkError } from '../errors.js';
-import { createHash, randomUUID } from 'node:crypto';
+import { createHash, randomUUID, X509Certificate } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { TLSSocket } from 'node:tls';
 import { z } from 'zod';
@@ -42,13 +42,21 @@ const renewBodySchema = z.object({ csr: z.string().min(1).max(CSR_MAX_PEM_BYTES)
 export interface CertificateResponse {
   nodeId: string;
   certificate: string;
+  /** The CA that signed `certificate`. */
   caCertificate: string;
+  /** Every CA the server trusts (two during a CA rotation, ca-rotation.ts); the agent keeps them all. */
+  caBundle: string[];
   notAfter: string;
 }
 
+/** What enrollment needs of the CA: the issuing one, and the trusted set (CaRing; a lone CA is its own set). */
+export type IssuingCa = Pick<CertificateAuthority, 'certPem' | 'issueClientCertificate' | 'signed'> & {
+  readonly trusted?: readonly CertificateAuthority[];
+};
+
 export interface EnrollmentDeps {
   store: Store;
-  ca: CertificateAuthority;
+  ca: IssuingCa;
   revocations: RevocationList;
   /** Failed requests per source address (a burst of N, then N a minute). */
   limiter: TokenBuckets;
@@ -96,11 +104,20 @@ export class EnrollmentService implements EnrollmentEvents {
     this.#responseFields.push(contributor);
   }
 
+  /** The trusted CA certificates, and the one among them that signed `certPem`. */
+  #cas(certPem: string): { caCertificate: string; caBundle: string[] } {
+    const trusted = this.deps.ca.trusted;
+    if (!trusted) return { caCertificate: this.deps.ca.certPem, caBundle: [this.deps.ca.certPem] };
+    const cert = new X509Certificate(certPem);
+    const signer = trusted.find((ca) => ca.signed(cert));
+    return { caCertificate: signer?.certPem ?? this.deps.ca.certPem, caBundle: trusted.map((ca) => ca.certPem) };
+  }
+
   private response(nodeId: string, issued: IssuedCertificate): CertificateResponse {
     return {
       nodeId,
       certificate: issued.pem,
-      caCertificate: this.deps.ca.certPem,
+      ...this.#cas(issued.pem),
       notAfter: new Date(issued.notAfter).toISOString(),
     };
   }
@@ -161,7 +178,7 @@ export class EnrollmentService implements EnrollmentEvents {
     const node = this.deps.store.getNode(cert.nodeId);
     if (!node || node.removedAt !== null) return null;
     this.deps.logger.info({ nodeId: cert.nodeId, certSerial: cert.serial }, 'enrollment retried with the same CSR: the same certificate again');
-    return { nodeId: cert.nodeId, certificate: cert.pem, caCertificate: this.deps.ca.certPem, notAfter: new Date(cert.notAfter).toISOString() };
+    return { nodeId: cert.nodeId, certificate: cert.pem, ...this.#cas(cert.pem), notAfter: new Date(cert.notAfter).toISOString() };
   }
 
   async enroll(body: z.output<typeof enrollBodySchema>): Promise<CertificateResponse> {

@@ -77,7 +77,7 @@ export const DEFAULT_GATEWAY_TIMEOUTS: GatewayTimeouts = Object.freeze({
 });
 
 export interface GatewayDeps {
-  tls: { key: string; certChain: string; caCert: string };
+  tls: { key: string; certChain: string; caCert: string | string[] };
   auth: ClientAuthContext;
   enrollment: EnrollmentService;
   registry: ConnectionRegistry;
@@ -110,7 +110,7 @@ export function createGateway(deps: GatewayDeps): Gateway {
   const server = createServer({
     key: deps.tls.key,
     cert: deps.tls.certChain,
-    ca: [deps.tls.caCert],
+    ca: Array.isArray(deps.tls.caCert) ? deps.tls.caCert : [deps.tls.caCert],
     requestCert: true,
     rejectUnauthorized: false,
     minVersion: 'TLSv1.2',

@@ -6,7 +6,9 @@ import { applyReloadable, type ReloadChange, type ReloadTargets } from './reload
 import { AdminClient } from '../admin-api/client.js';
 import { startAdminServer } from './admin.js';
 import { registerCoreAdminRoutes } from './operator/core-routes.js';
+import { registerCaRotationRoutes } from './operator/ca-routes.js';
 import { loadOrCreateCa, type CertificateAuthority } from './ca.js';
+import { CaRing } from './ca-rotation.js';
 import { isLegacySealed } from './ca-key-crypto.js';
 import { openKeyFile } from './key-file.js';
 import { adminSocketPath, storePath, type ServerConfig } from './config.js';
@@ -52,7 +54,9 @@ export interface RunningServer {
   readonly publicUrl: string;
   readonly adminSocketPath: string;
   readonly store: Store;
+  /** The CA that issues now (the next one in a rotation's `issuing` phase). */
   readonly ca: CertificateAuthority;
+  readonly ring: CaRing;
   readonly enrollment: EnrollmentService;
   readonly live: LiveParts;
   /** The session layer, unless the caller supplied its own hooks. */
@@ -90,12 +94,15 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
     const caRow = store.getCa();
     const keyFile = await openKeyFile({ dataDir: config.dataDir, keyFile: config.keyFile, passphrase, mayCreate: !caRow || isLegacySealed(caRow.keyBlob), logger });
     const sealing = keyFile.secret;
-    const { ca, created, migrated } = await loadOrCreateCa(store, { keyType: config.caKeyType, secret: sealing });
+    const { ca: rootCa, created, migrated } = await loadOrCreateCa(store, { keyType: config.caKeyType, secret: sealing });
     if (migrated) logger.warn({ keyFile: keyFile.path }, 're-sealed the CA key of an earlier release with the server key file (it was bound to the store path only)');
-    logger.info({ caPin: ca.pin, created, keyFile: keyFile.path }, created ? 'created a new CA' : 'loaded the CA');
+    logger.info({ caPin: rootCa.pin, created, keyFile: keyFile.path }, created ? 'created a new CA' : 'loaded the CA');
+    // The CA, plus the next one while a rotation is under way (ca-rotation.ts): what issues and what is trusted.
+    const ring = await CaRing.load(store, rootCa, sealing);
+    if (ring.phase !== 'none') logger.info({ phase: ring.phase, pins: ring.trusted.map((c) => c.pin), issuer: ring.issuer.pin }, 'a CA rotation is under way');
     // The certificate names the configured public URL's host too; a derived URL needs the bound port.
     const publicAddress = resolvePublicAddress(store, config);
-    const serverCert = await ca.issueServerCertificate(publicAddress.certNames);
+    const serverCert = await ring.issueServerCertificate(publicAddress.certNames);
 
     const revocations = RevocationList.load(store);
     const registry = new ConnectionRegistry(logger);
@@ -105,7 +112,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
     const enrollFailures = new TokenBuckets({ perMinute: config.enrollFailuresPerMinute });
     const enrollment = new EnrollmentService({
       store,
-      ca,
+      ca: ring,
       revocations,
       onRevoked: (serials) => registry.closeRevokedSerials(serials),
       limiter: enrollFailures,
@@ -125,11 +132,13 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
       revocations,
     });
     sessions = sessionHost;
+    sessionHost?.addWelcomeFields(() => ({ caBundle: ring.bundle() }));
     const audit = AuditLog.of(store);
     const adminRoutes = new AdminRoutes(audit);
     const questions = createFeatureQuestions();
     let listenAddress = '';
     registerCoreAdminRoutes(adminRoutes, { store, live, running: { startedAt: Date.now(), listen: () => listenAddress }, questions, logger });
+    registerCaRotationRoutes(adminRoutes, { store, ring, keyType: config.caKeyType, secret: sealing, logger, closeSerials: (serials) => registry.closeRevokedSerials(serials) });
     const publicRoutes = new PublicRoutes();
     if (sessionHost) {
       const ctx: ServerFeatureContext = {
@@ -152,8 +161,8 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
       }
     }
     const gw = createGateway({
-      tls: { key: serverCert.keyPem, certChain: serverCert.chainPem, caCert: ca.certPem },
-      auth: { store, ca, revocations },
+      tls: { key: serverCert.keyPem, certChain: serverCert.chainPem, caCert: ring.bundle() },
+      auth: { store, ca: ring, revocations },
       enrollment,
       registry,
       hooks: options.hooks ?? sessionHost!,
@@ -167,23 +176,34 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
     gw.on('error', (err) => logger.error({ err }, 'gateway error'));
     const publicUrl = publicUrlOf(publicAddress, config.listen.host, bound.port);
     store.setMeta(META_PUBLIC_URL, publicUrl);
-    store.setMeta(META_CA_PIN, ca.pin);
+    store.setMeta(META_CA_PIN, ring.issuer.pin);
 
-    rotateTimer = setInterval(() => {
-      ca.issueServerCertificate(publicAddress.certNames)
+    // A new server certificate (and trusted set) every SERVER_CERT_ROTATE_MS and at every CA rotation
+    // phase: a phase change applies to new TLS connections; the open ones stay as they are.
+    const reissue = (why: string): void => {
+      ring.issueServerCertificate(publicAddress.certNames)
         .then((c) => {
-          gw.setSecureContext({ key: c.keyPem, cert: c.chainPem, ca: [ca.certPem] });
-          logger.info({ notAfter: new Date(c.notAfter).toISOString() }, 'server certificate rotated');
+          gw.setSecureContext({ key: c.keyPem, cert: c.chainPem, ca: ring.bundle() });
+          logger.info({ notAfter: new Date(c.notAfter).toISOString(), issuer: ring.issuer.pin, why }, 'server certificate rotated');
         })
         .catch((err: unknown) => logger.error({ err }, 'server certificate rotation failed'));
-    }, SERVER_CERT_ROTATE_MS);
+    };
+    rotateTimer = setInterval(() => reissue('periodic'), SERVER_CERT_ROTATE_MS);
     rotateTimer.unref();
+    ring.onChange(() => reissue(`CA rotation: ${ring.phase === 'none' ? 'retired' : ring.phase}`));
+    // Open sessions learn the new bundle at once (start adds the next CA, retire drops the old one):
+    // an agent connected before `start` must trust the next CA before its next connection.
+    ring.onChange(() => {
+      if (!sessionHost) return;
+      const caBundle = ring.bundle();
+      for (const agent of sessionHost.snapshot()) sessionHost.send(agent, 'ca.bundle', { caBundle });
+    });
 
     admin = await startAdminServer(socketPath, { logger, routes: adminRoutes });
 
     const address = { host: bound.address, port: bound.port };
     listenAddress = bound.address.includes(':') ? `[${bound.address}]:${bound.port}` : `${bound.address}:${bound.port}`;
-    logger.info({ address: `${address.host}:${address.port}`, publicUrl, caPin: ca.pin, adminSocket: socketPath }, 'server ready');
+    logger.info({ address: `${address.host}:${address.port}`, publicUrl, caPin: ring.issuer.pin, adminSocket: socketPath }, 'server ready');
 
     let closing: Promise<void> | undefined;
     const adminServer = admin;
@@ -203,12 +223,20 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
         effective = now;
         return changes;
       },
-      caPin: ca.pin,
-      caCertPem: ca.certPem,
+      // The issuing CA: what GET /v1/ca serves and enrollments pin.
+      get caPin() {
+        return ring.issuer.pin;
+      },
+      get caCertPem() {
+        return ring.issuer.certPem;
+      },
       publicUrl,
       adminSocketPath: socketPath,
       store,
-      ca,
+      get ca() {
+        return ring.issuer;
+      },
+      ring,
       enrollment,
       live,
       sessions: sessionHost,

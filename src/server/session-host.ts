@@ -216,7 +216,7 @@ export class SessionHost extends EventEmitter<SessionHostEvents> implements Gate
       }
       const issued = await this.#deps.enrollment.renewNodeCertificate(info.nodeId, csr);
       log.info({ newSerial: issued.serial, notAfter: issued.notAfter }, 'certificate renewed in-band');
-      return { certificate: issued.certificate, caCertificate: issued.caCertificate, notAfter: issued.notAfter };
+      return { certificate: issued.certificate, caCertificate: issued.caCertificate, caBundle: issued.caBundle, notAfter: issued.notAfter };
     });
 
     session.on('close', (closeInfo) => {

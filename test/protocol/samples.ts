@@ -22,6 +22,7 @@ export const SAMPLE_PAYLOADS: Record<KindName, unknown> = {
   'stream.reset': { code: 'ML_ERR_CANCELLED', message: 'bye' },
   'cert.renew': { rid: 1, csr: pem },
   'cert.renewed': { rid: 1, certificate: pem, caCertificate: pem, notAfter: '2030-01-01T00:00:00.000Z' },
+  'ca.bundle': { caBundle: [pem, pem] },
   'agent.upgrade': { version: '0.2.0', buildId: hex64, url: 'https://s/v1/agent/bundle/b2', sha256: hex64, size: 1024, keyId: '0123456789abcdef', signature: new Uint8Array(64), allowDowngrade: false },
   'agent.upgrade.status': { buildId: hex64, state: 'failed', code: 'ML_ERR_UPGRADE_HEALTH', message: 'the new build exited (code 3) before it connected' },
   event: { envelope: new Uint8Array([0x94, 1, 2, 3, 4]), signature: new Uint8Array(64), keyId: 'k1' },

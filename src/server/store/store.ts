@@ -144,6 +144,8 @@ export class Store {
       getCa: db.prepare('SELECT key_blob, kdf_salt, cert_pem, created_at FROM ca WHERE id = 1'),
       insertCa: db.prepare('INSERT INTO ca (id, key_blob, kdf_salt, cert_pem, created_at) VALUES (1, ?, ?, ?, ?)'),
       replaceCaKey: db.prepare('UPDATE ca SET key_blob = ?, kdf_salt = ? WHERE id = 1 AND key_blob = ?'),
+      replaceCa: db.prepare('UPDATE ca SET key_blob = ?, kdf_salt = ?, cert_pem = ?, created_at = ? WHERE id = 1'),
+      deleteMeta: db.prepare('DELETE FROM meta WHERE key = ?'),
       insertToken: db.prepare(
         'INSERT INTO tokens (hash, id, created_at, expires_at, consumed_at, revoked_at, node_id) VALUES (?, ?, ?, ?, NULL, NULL, ?)',
       ),
@@ -249,6 +251,9 @@ export class Store {
   setMeta(key: string, value: string): void {
     this.stmts.setMeta.run(key, value);
   }
+  deleteMeta(key: string): void {
+    this.stmts.deleteMeta.run(key);
+  }
 
   // --- CA ---
   getCa(): CaRow | undefined {
@@ -258,6 +263,16 @@ export class Store {
   }
   insertCa(row: CaRow): void {
     this.durably(() => this.stmts.insertCa.run(row.keyBlob, row.kdfSalt, row.certPem, row.createdAt));
+  }
+  /**
+   * The end of a CA rotation (ca-rotation.ts): the next CA becomes the CA, and `apply` (meta updates:
+   * the rotation state cleared, the pin) commits in the same durable transaction.
+   */
+  replaceCa(row: CaRow, apply: () => void): void {
+    this.durably(() => {
+      this.stmts.replaceCa.run(row.keyBlob, row.kdfSalt, row.certPem, row.createdAt);
+      apply();
+    });
   }
   /** Re-seals the CA key (same key, new blob: a migration of its sealing), only if the blob is still `previous`. */
   replaceCaKey(previous: Buffer, keyBlob: Buffer, kdfSalt: Buffer): void {
