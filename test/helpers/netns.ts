@@ -79,3 +79,26 @@ export function deleteNamespaces(names: readonly string[]): void {
     trySh('ip', ['netns', 'del', ns]);
   }
 }
+
+/**
+ * The nftables rules of a NAT router: masquerade out of `wan` (port-preserving, or `random,fully-random`
+ * for a NAT that maps every destination anew), forward only what the LAN started, and drop unsolicited
+ * inbound packets as real routers do, so that hole punching cannot pass on a stale conntrack entry.
+ */
+export function natRouterRules(random: boolean): string {
+  return `table inet nat {
+  chain postrouting { type nat hook postrouting priority srcnat; oifname "wan" masquerade${random ? ' random,fully-random' : ''}; }
+}
+table inet filter {
+  chain forward {
+    type filter hook forward priority filter; policy drop;
+    ct state established,related accept
+    iifname "lan" oifname "wan" accept
+  }
+  chain input {
+    type filter hook input priority filter; policy accept;
+    iifname "wan" ct state new drop
+  }
+}
+`;
+}

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { tempDir, waitFor } from '../e2e/harness.js';
-import { cliIn, deleteNamespaces, ensureTools, netnsSkipReason, sh, spawnIn, type Running } from '../helpers/netns.js';
+import { cliIn, deleteNamespaces, ensureTools, natRouterRules, netnsSkipReason, sh, spawnIn, type Running } from '../helpers/netns.js';
 
 /**
  * Endpoint discovery behind real NATs: a "public" namespace runs `meshlink server start` with its STUN
@@ -24,25 +24,6 @@ const ROUTER_IP: Record<Side, string> = { easy: `${PUBLIC_NET}.2`, hard: `${PUBL
 const LAN: Record<Side, string> = { easy: '10.241.1', hard: '10.241.2' };
 const STUN_PORT = 3478;
 const WG_PORT = 51820;
-
-/** The nftables rules of a router: masquerade out of `wan`, forward only what the LAN started. */
-function routerRules(random: boolean): string {
-  return `table inet nat {
-  chain postrouting { type nat hook postrouting priority srcnat; oifname "wan" masquerade${random ? ' random,fully-random' : ''}; }
-}
-table inet filter {
-  chain forward {
-    type filter hook forward priority filter; policy drop;
-    ct state established,related accept
-    iifname "lan" oifname "wan" accept
-  }
-  chain input {
-    type filter hook input priority filter; policy accept;
-    iifname "wan" ct state new drop
-  }
-}
-`;
-}
 
 function buildNetwork(): void {
   sh('ip', ['netns', 'add', PUB]);
@@ -72,7 +53,7 @@ function buildNetwork(): void {
     sh('ip', ['-n', host, 'link', 'set', 'eth0', 'up']);
     sh('ip', ['-n', host, 'route', 'add', 'default', 'via', `${LAN[side]}.1`]);
     sh('ip', ['netns', 'exec', router, 'sysctl', '-q', '-w', 'net.ipv4.ip_forward=1']);
-    sh('ip', ['netns', 'exec', router, 'nft', '-f', '-'], routerRules(side === 'hard'));
+    sh('ip', ['netns', 'exec', router, 'nft', '-f', '-'], natRouterRules(side === 'hard'));
   }
 }
 

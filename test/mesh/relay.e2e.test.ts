@@ -5,7 +5,7 @@ import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { tempDir, waitFor } from '../e2e/harness.js';
-import { deleteNamespaces, ensureTools, netnsSkipReason, sh, trySh } from '../helpers/netns.js';
+import { deleteNamespaces, ensureTools, natRouterRules, netnsSkipReason, sh, trySh } from '../helpers/netns.js';
 
 /**
  * Real WireGuard through the UDP relay: two hosts, each behind a router that masquerades with
@@ -31,22 +31,6 @@ const LAN: Record<Side, string> = { a: '10.242.1', b: '10.242.2' };
 const MESH_IP: Record<Side, string> = { a: '10.234.0.1', b: '10.234.0.2' };
 const RELAY_MODULE = resolve('dist/src/server/mesh/relay.js');
 const LOGGER_MODULE = resolve('dist/src/util/logger.js');
-
-const hardRouterRules = `table inet nat {
-  chain postrouting { type nat hook postrouting priority srcnat; oifname "wan" masquerade random,fully-random; }
-}
-table inet filter {
-  chain forward {
-    type filter hook forward priority filter; policy drop;
-    ct state established,related accept
-    iifname "lan" oifname "wan" accept
-  }
-  chain input {
-    type filter hook input priority filter; policy accept;
-    iifname "wan" ct state new drop
-  }
-}
-`;
 
 function buildNetwork(): void {
   sh('ip', ['netns', 'add', PUB]);
@@ -74,7 +58,7 @@ function buildNetwork(): void {
     sh('ip', ['-n', host, 'link', 'set', 'eth0', 'up']);
     sh('ip', ['-n', host, 'route', 'add', 'default', 'via', `${LAN[side]}.1`]);
     sh('ip', ['netns', 'exec', router, 'sysctl', '-q', '-w', 'net.ipv4.ip_forward=1']);
-    sh('ip', ['netns', 'exec', router, 'nft', '-f', '-'], hardRouterRules);
+    sh('ip', ['netns', 'exec', router, 'nft', '-f', '-'], natRouterRules(true));
   }
 }
 
