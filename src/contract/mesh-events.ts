@@ -227,14 +227,17 @@ export function decodeEnvelope(bytes: Uint8Array): DecodedEnvelope {
 
 /**
  * Digest of a mesh state, identical on both sides: SHA-256 over a canonical JSON (fixed key order,
- * peers sorted by node id, endpoints in their given order since the first one is used, the path when
- * given).
+ * peers sorted by node id, endpoints in their given order since the first one is used).
+ *
+ * A peer's `path` is not digested. It describes the pair (direct/relay) and decides nothing WireGuard
+ * is given that the digest does not already cover (the endpoints it chose are digested). Digesting it
+ * would make every agent from before paths, which drops the unknown field, refuse each signed snapshot
+ * ("digest does not match") and mismatch at every reconciliation, so a rolling upgrade would stall.
  */
 export function stateDigest(state: MeshState): string {
   const peers = [...state.peers]
     .sort((a, b) => (a.nodeId < b.nodeId ? -1 : a.nodeId > b.nodeId ? 1 : 0))
-    // The path only when given, so that a state without paths keeps the digest it always had.
-    .map((p) => (p.path === undefined ? [p.nodeId, p.meshIp, p.publicKey, p.endpoints, p.psk] : [p.nodeId, p.meshIp, p.publicKey, p.endpoints, p.psk, p.path]));
+    .map((p) => [p.nodeId, p.meshIp, p.publicKey, p.endpoints, p.psk]);
   return createHash('sha256').update(JSON.stringify([state.nodeId, state.meshIp, state.cidr, peers])).digest('hex');
 }
 
