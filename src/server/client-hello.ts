@@ -14,8 +14,9 @@ import type { Socket } from 'node:net';
  * (node's _tls_wrap.js: "Socket already has some buffered data - emulate receiving it"), so the
  * handshake sees the whole ClientHello. test/server/client-hello.test.ts checks that it does.
  *
- * At most `maxPerSource` connections of one address wait for their first byte; one more is closed at
- * once, so the descriptors one address can hold stay bounded by this cap, not by its connect rate.
+ * At most `maxPerSource` connections of one address wait for their first byte, and at most `maxTotal`
+ * of all addresses together (many addresses are cheap: an IPv6 /64); one more is closed at once, so
+ * the descriptors silent connections hold stay bounded by these caps, not by anyone's connect rate.
  */
 export type HelloOutcome = 'ready' | 'timeout' | 'closed' | 'source_full';
 
@@ -23,6 +24,7 @@ export interface ClientHelloGateOptions {
   /** Read at every accept, so a changed value applies to the next connection (SIGHUP reload). */
   timeoutMs: () => number;
   maxPerSource: number;
+  maxTotal: number;
 }
 
 export class ClientHelloGate {
@@ -42,12 +44,12 @@ export class ClientHelloGate {
   /**
    * Calls `then` once: 'ready' with the socket's first bytes buffered (unread), else after the socket
    * was destroyed ('timeout': nothing within the deadline; 'closed': the peer left first;
-   * 'source_full': its address already has `maxPerSource` connections waiting).
+   * 'source_full': its address already has `maxPerSource` connections waiting, or `maxTotal` wait in all).
    */
   wait(socket: Socket, then: (outcome: HelloOutcome) => void): void {
     const source = socket.remoteAddress ?? 'unknown';
     const waiting = this.#waitingBySource.get(source) ?? 0;
-    if (waiting >= this.#options.maxPerSource) {
+    if (waiting >= this.#options.maxPerSource || this.#pending.size >= this.#options.maxTotal) {
       socket.destroy();
       then('source_full');
       return;

@@ -47,7 +47,7 @@ export interface GatewayTimeouts {
    * each finishes past handshakeMs, and every retry joins the same pile (measured with 10,000 agents).
    */
   maxHandshakes: number;
-  /** Connections allowed to wait for a handshake slot; one beyond is dropped at once. */
+  /** Connections allowed to wait for a handshake slot, and (apart) for their first byte; one beyond is dropped at once. */
   maxQueuedConnections: number;
   /** A connection that waited this long for a handshake slot is dropped (the agent retries). */
   queueWaitMs: number;
@@ -225,7 +225,7 @@ export function createGateway(deps: GatewayDeps): Gateway {
   // Before the queue: a connection takes a slot only once its first byte is readable, within
   // clientHelloMs (client-hello.ts); the byte stays in the socket's buffer for the TLS server.
   let clientHelloMs = t.clientHelloMs;
-  const helloGate = new ClientHelloGate({ timeoutMs: () => clientHelloMs, maxPerSource: t.maxAwaitingHelloPerSource });
+  const helloGate = new ClientHelloGate({ timeoutMs: () => clientHelloMs, maxPerSource: t.maxAwaitingHelloPerSource, maxTotal: t.maxQueuedConnections });
   const listener = createTcpServer({ pauseOnConnect: true }, (socket: Socket) => {
     // The raw socket reads now (for its first byte), so a reset can surface on it; the TLS socket
     // reports its own errors later.

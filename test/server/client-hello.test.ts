@@ -1,5 +1,5 @@
 import { get as httpGet } from 'node:http';
-import { connect as tcpConnect, type Socket } from 'node:net';
+import { connect as tcpConnect, createServer as createTcpServer, type AddressInfo, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createObservabilityFeature } from '../../src/server/observability/index.js';
@@ -105,27 +105,31 @@ describe('gateway: a connection takes a handshake slot only with its first byte'
   it('a ClientHello that arrives in pieces (one byte, then the rest) is not lost', async () => {
     const ts: TestServer = await startTestServer({}, { features: [] });
     cleanups.push(() => ts.stop());
-    const raw = await openIdle(ts.server.address().port);
-    cleanups.push(() => void raw.destroy());
-    // Hold back everything the TLS client writes; send its first byte alone, the rest later.
-    const realWrite = raw.write.bind(raw) as (chunk: Buffer, cb?: () => void) => boolean;
-    const held: Buffer[] = [];
-    let first = true;
-    (raw as unknown as { write: (c: Buffer, ...rest: unknown[]) => boolean }).write = (chunk: Buffer, ...rest: unknown[]) => {
-      if (first) {
-        first = false;
-        realWrite(chunk.subarray(0, 1));
-        held.push(chunk.subarray(1));
+    // A TCP relay in front of the gateway passes the client's first byte alone and the rest 300 ms later:
+    // the server sees one byte, hands the socket on, and the TLS handshake must wait for the rest.
+    // (Patching the client socket's write() would not do: TLS over a net.Socket writes to its handle.)
+    const gatewayPort = ts.server.address().port;
+    let split = false;
+    const relay = createTcpServer((client) => {
+      const upstream = tcpConnect(gatewayPort, '127.0.0.1');
+      upstream.on('error', () => client.destroy());
+      client.on('error', () => upstream.destroy());
+      upstream.pipe(client);
+      client.once('data', (first: Buffer) => {
+        client.pause();
+        upstream.write(first.subarray(0, 1));
+        split = first.length > 1;
         setTimeout(() => {
-          (raw as unknown as { write: typeof realWrite }).write = realWrite;
-          for (const h of held.splice(0)) realWrite(h);
+          upstream.write(first.subarray(1));
+          client.pipe(upstream);
+          client.resume();
         }, 300);
-      } else if (held.length > 0) held.push(chunk);
-      else return realWrite(chunk);
-      const cb = rest.find((r) => typeof r === 'function') as (() => void) | undefined;
-      cb?.();
-      return true;
-    };
+      });
+    });
+    await new Promise<void>((r) => relay.listen(0, '127.0.0.1', () => r()));
+    cleanups.push(() => new Promise<void>((r) => relay.close(() => r())));
+    const raw = tcpConnect((relay.address() as AddressInfo).port, '127.0.0.1');
+    cleanups.push(() => void raw.destroy());
     const tls = tlsConnect({ socket: raw, ca: ts.server.caCertPem, host: '127.0.0.1' });
     cleanups.push(() => void tls.destroy());
     await new Promise<void>((resolve, reject) => {
@@ -133,6 +137,7 @@ describe('gateway: a connection takes a handshake slot only with its first byte'
       tls.once('error', reject);
     });
     expect(tls.authorized).toBe(true);
+    expect(split).toBe(true);
   }, 30_000);
 
   it('a connection that closes without a byte is not counted as a timeout and frees its place', async () => {
