@@ -100,6 +100,8 @@ export class AgentRunner extends EventEmitter<AgentRunnerEvents> {
   #wakeUp: (() => void) | null = null;
   #renewTimer: NodeJS.Timeout | null = null;
   #renewing = false;
+  /** An adoption of a CA bundle being written; a renewal waits for it (both rewrite the identity). */
+  #adopting: Promise<void> = Promise.resolve();
   /** When this process obtained the current certificate (renewal timing; see renew.ts). */
   #certReceivedAt = 0;
   readonly #messageHandlers = new HandlerRegistry<MessageArgs>();
@@ -420,18 +422,27 @@ export class AgentRunner extends EventEmitter<AgentRunnerEvents> {
     if (!bundle || !identity || this.#renewing) return;
     const trust = adoptCaBundle(identity, bundle, identity.certPem);
     if (!trust) return;
-    try {
-      this.#identity = await saveCaTrust(identity.stateDir, trust);
-      this.#log.info({ caPins: trust.caPins }, 'the server changed its CA bundle; trusting it from now on');
-    } catch (err) {
-      this.#log.warn({ err }, 'could not store the CA bundle');
-    }
+    // saveCaTrust reads the identity and writes it back: a renewal committing in between would be
+    // undone (the old certificate back, which the server has revoked on the renewed one's first use).
+    // A renewal starting now waits for this write; one already under way made us return above, and its
+    // answer carries the bundle again.
+    const write = (async () => {
+      try {
+        this.#identity = await saveCaTrust(identity.stateDir, trust);
+        this.#log.info({ caPins: trust.caPins }, 'the server changed its CA bundle; trusting it from now on');
+      } catch (err) {
+        this.#log.warn({ err }, 'could not store the CA bundle');
+      }
+    })();
+    this.#adopting = write;
+    await write;
   }
 
   async #renewInBand(): Promise<void> {
     const live = this.#live;
     if (!live || this.#renewing || this.#stopping || live.session.state !== 'open') return;
     this.#renewing = true;
+    await this.#adopting;
     const identity = this.#identity!;
     try {
       const renewed = await renewInBand(live.session, identity);

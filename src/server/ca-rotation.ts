@@ -56,6 +56,7 @@ export class CaRing {
   #next: CertificateAuthority | null;
   #phase: RotationPhase;
   #startedAt: number | null;
+  #starting = false;
   readonly #listeners: Array<() => void> = [];
 
   private constructor(current: CertificateAuthority, next: CertificateAuthority | null, phase: RotationPhase, startedAt: number | null) {
@@ -124,8 +125,18 @@ export class CaRing {
 
   async start(store: Store, options: { keyType: CaKeyType; secret: SealingSecret }): Promise<void> {
     if (this.#phase !== 'none') throw phaseError(`a rotation is already ${this.#phase}; continue with \`issue\` or \`retire\``);
-    const next = await CertificateAuthority.create({ keyType: options.keyType });
-    const { blob, salt } = await seal(next.exportKeyPkcs8Der(), options.secret);
+    // Key generation takes seconds: a second `start` meanwhile must not make (and announce) another CA.
+    if (this.#starting) throw phaseError('a rotation is being started; run `server ca status` in a moment');
+    this.#starting = true;
+    let next: CertificateAuthority;
+    let sealed: Awaited<ReturnType<typeof seal>>;
+    try {
+      next = await CertificateAuthority.create({ keyType: options.keyType });
+      sealed = await seal(next.exportKeyPkcs8Der(), options.secret);
+    } finally {
+      this.#starting = false;
+    }
+    const { blob, salt } = sealed;
     const startedAt = Date.now();
     const row: RotationRow = { phase: 'started', certPem: next.certPem, keyBlob: blob.toString('base64'), kdfSalt: salt.toString('base64'), startedAt };
     store.setMeta(META_CA_ROTATION, JSON.stringify(row));

@@ -161,7 +161,7 @@ export class CertificateAuthority {
    * this leaf). SANs: localhost, 127.0.0.1, ::1, the host name, and every operator-given name.
    * The key lives only in memory: it is re-issued at every start.
    */
-  async issueServerCertificate(extraNames: readonly string[], ): Promise<{ certPem: string; keyPem: string; chainPem: string; notAfter: number }> {
+  async issueServerCertificate(extraNames: readonly string[]): Promise<{ certPem: string; keyPem: string; chainPem: string; notAfter: number }> {
     const key = await generateP256();
     const spki = spkiDerOf(key);
     const host = osHostname();
