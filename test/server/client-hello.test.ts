@@ -1,6 +1,6 @@
 import { get as httpGet } from 'node:http';
 import { connect as tcpConnect, createServer as createTcpServer, type AddressInfo, type Socket } from 'node:net';
-import { connect as tlsConnect } from 'node:tls';
+import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createObservabilityFeature } from '../../src/server/observability/index.js';
 import { dialConnect, enrollNode, httpsRequest, startTestServer, type TestServer } from './helpers.js';
@@ -14,6 +14,17 @@ const cleanups: Array<() => Promise<void> | void> = [];
 afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
+
+/** A TLS client over `raw`, once its handshake is done (cleaned up after the test). */
+async function tlsOver(raw: Socket, ca: string): Promise<TLSSocket> {
+  const tls = tlsConnect({ socket: raw, ca, host: '127.0.0.1' });
+  cleanups.push(() => void tls.destroy());
+  await new Promise<void>((resolve, reject) => {
+    tls.once('secureConnect', () => resolve());
+    tls.once('error', reject);
+  });
+  return tls;
+}
 
 function openIdle(port: number): Promise<Socket> {
   return new Promise((resolve, reject) => {
@@ -86,12 +97,7 @@ describe('gateway: a connection takes a handshake slot only with its first byte'
     const raw = await openIdle(ts.server.address().port);
     cleanups.push(() => void raw.destroy());
     await new Promise((r) => setTimeout(r, 1_000));
-    const tls = tlsConnect({ socket: raw, ca: ts.server.caCertPem, host: '127.0.0.1' });
-    cleanups.push(() => void tls.destroy());
-    await new Promise<void>((resolve, reject) => {
-      tls.once('secureConnect', () => resolve());
-      tls.once('error', reject);
-    });
+    const tls = await tlsOver(raw, ts.server.caCertPem);
     expect(tls.authorized).toBe(true);
     tls.write('GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n');
     let answer = '';
@@ -130,12 +136,7 @@ describe('gateway: a connection takes a handshake slot only with its first byte'
     cleanups.push(() => new Promise<void>((r) => relay.close(() => r())));
     const raw = tcpConnect((relay.address() as AddressInfo).port, '127.0.0.1');
     cleanups.push(() => void raw.destroy());
-    const tls = tlsConnect({ socket: raw, ca: ts.server.caCertPem, host: '127.0.0.1' });
-    cleanups.push(() => void tls.destroy());
-    await new Promise<void>((resolve, reject) => {
-      tls.once('secureConnect', () => resolve());
-      tls.once('error', reject);
-    });
+    const tls = await tlsOver(raw, ts.server.caCertPem);
     expect(tls.authorized).toBe(true);
     expect(split).toBe(true);
   }, 30_000);
