@@ -28,6 +28,8 @@ export class ConnectionRegistry {
   private readonly byNode = new Map<string, Set<Entry>>();
 
   readonly #refusalObservers = new Set<(reason: string) => void>();
+  /** Set by closeAll(): the registry takes no more sockets. */
+  #closedWith: { code: number; reason: string } | null = null;
   readonly #revocationObservers = new Set<(nodeId: string, reason: string) => void>();
 
   constructor(private readonly logger: Logger) {}
@@ -54,6 +56,12 @@ export class ConnectionRegistry {
   }
 
   add(ws: WebSocket, info: { nodeId: string; certSerial: string; certNotAfter: number }): void {
+    if (this.#closedWith) {
+      // closeAll() ran (the server is stopping): a session upgraded after it is closed the same way.
+      ws.close(this.#closedWith.code, this.#closedWith.reason);
+      forceAfter(ws);
+      return;
+    }
     const entry: Entry = { ws, ...info, connectedAt: Date.now(), timer: undefined };
     let set = this.byNode.get(info.nodeId);
     if (!set) this.byNode.set(info.nodeId, (set = new Set()));
@@ -127,6 +135,7 @@ export class ConnectionRegistry {
   }
 
   closeAll(code: number, reason: string): number {
+    this.#closedWith = { code, reason };
     let n = 0;
     for (const set of this.byNode.values()) {
       for (const e of set) {

@@ -177,6 +177,13 @@ export function createGateway(deps: GatewayDeps): Gateway {
     const remoteAddress = tlsSocket.remoteAddress ?? 'unknown';
     const path = (req.url ?? '/').split('?')[0];
     socket.on('error', () => {}); // refusals may race a peer reset; nothing useful to report
+    if (closing) {
+      // An upgrade whose TLS handshake was under way when the shutdown began: accepted now, it would
+      // open a session after every other was closed and hold the listener open (the close never ends).
+      deps.registry.noteRefused('ML_ERR_SHUTTING_DOWN');
+      refuse(socket, new MeshlinkError('ML_ERR_SHUTTING_DOWN', 'the server is shutting down'));
+      return;
+    }
     if (path !== '/v1/connect' || req.method !== 'GET') {
       deps.registry.noteRefused('ML_ERR_NOT_FOUND');
       refuse(socket, new MeshlinkError('ML_ERR_NOT_FOUND', `no WebSocket endpoint ${path}`));
@@ -225,6 +232,8 @@ export function createGateway(deps: GatewayDeps): Gateway {
   // Before the queue: a connection takes a slot only once its first byte is readable, within
   // clientHelloMs (client-hello.ts); the byte stays in the socket's buffer for the TLS server.
   let clientHelloMs = t.clientHelloMs;
+  /** Set by close(): upgrades from then on are refused (503 ML_ERR_SHUTTING_DOWN). */
+  let closing = false;
   const helloGate = new ClientHelloGate({ timeoutMs: () => clientHelloMs, maxPerSource: t.maxAwaitingHelloPerSource, maxTotal: t.maxQueuedConnections });
   const listener = createTcpServer({ pauseOnConnect: true }, (socket: Socket) => {
     // The raw socket reads now (for its first byte), so a reset can surface on it; the TLS socket
@@ -270,6 +279,7 @@ export function createGateway(deps: GatewayDeps): Gateway {
     },
     close: () =>
       new Promise((resolve) => {
+        closing = true;
         admission.close();
         helloGate.close();
         listener.close(() => resolve());
@@ -286,7 +296,7 @@ export function createGateway(deps: GatewayDeps): Gateway {
 /** A plain HTTP error on a socket that was asking to upgrade; nothing is upgraded. */
 function refuse(socket: Duplex, err: MeshlinkError): void {
   const body = JSON.stringify({ code: err.code, message: err.message });
-  const reason = ({ 401: 'Unauthorized', 403: 'Forbidden', 404: 'Not Found' } as Record<number, string>)[err.status] ?? 'Error';
+  const reason = ({ 401: 'Unauthorized', 403: 'Forbidden', 404: 'Not Found', 503: 'Service Unavailable' } as Record<number, string>)[err.status] ?? 'Error';
   socket.end(
     `HTTP/1.1 ${err.status} ${reason}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
   );

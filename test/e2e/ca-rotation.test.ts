@@ -162,15 +162,24 @@ describe('CA rotation: start → issue → retire with live agents (real process
   it('A renews onto the new CA without going offline; then retire succeeds', async () => {
     let offline = 0;
     let status = await caStatus(dataDir);
+    // Done when the server counts every node on the new CA *and* A holds its new certificate: the
+    // server commits a renewal before A has verified and stored the answer (and logged it), so the
+    // server's count alone can run ahead of A.
+    const aOnNewCa = async (): Promise<boolean> => {
+      if (renewals(agents.A!.proc!) < 1 || !status.next) return false;
+      const t = await agentTrust(agents.A!.stateDir);
+      const ca = t.cas.find((c) => c.fingerprint256 === status.next!.fingerprint256);
+      return ca !== undefined && t.cert.verify(ca.publicKey);
+    };
     const deadline = Date.now() + 100_000;
-    while (Date.now() < deadline && !(status.current.nodes === 0 && status.next?.nodes === 3)) {
+    while (Date.now() < deadline && !(status.current.nodes === 0 && status.next?.nodes === 3 && (await aOnNewCa()))) {
       if (!(await online('A'))) offline++;
       await new Promise((r) => setTimeout(r, 500));
       status = await caStatus(dataDir);
     }
     expect(status).toMatchObject({ phase: 'issuing', current: { pin: oldPin, nodes: 0 }, next: { pin: newPin, nodes: 3 } });
     expect(offline).toBe(0);
-    expect(renewals(agents.A!.proc!)).toBeGreaterThanOrEqual(1);
+    expect(renewals(agents.A!.proc!), `A's output:\n${agents.A!.proc!.output().slice(-12000)}`).toBeGreaterThanOrEqual(1);
     expect(agents.A!.proc!.output()).not.toContain('reconnecting after backoff');
     const trustA = await agentTrust(agents.A!.stateDir);
     expect(trustA.caPins.sort()).toEqual([oldPin, newPin].sort());
@@ -194,7 +203,7 @@ describe('CA rotation: start → issue → retire with live agents (real process
   }, 130_000);
 
   it('after a server restart with only the new CA every agent reconnects and drops the old CA', async () => {
-    expect(await server.stop('SIGTERM')).toBe(0);
+    expect(await server.stop('SIGTERM'), `server output:\n${server.output().slice(-8000)}`).toBe(0);
     server = await startServerProc(dataDir, port, serverArgs);
     expect(server.caPin).toBe(newPin);
     for (const name of ['A', 'B', 'C']) await waitFor(`${name} online after restart`, () => online(name), 60_000);
