@@ -20,12 +20,15 @@ export interface TokenBucketOptions {
 export class TokenBuckets {
   readonly #buckets = new Map<string, { tokens: number; at: number }>();
   #capacity: number;
+  /** A capacity given to the constructor stays across setRate(); otherwise the burst is one minute's rate. */
+  readonly #fixedCapacity: number | undefined;
   #refillPerMs: number;
   readonly #maxEntries: number;
 
   constructor(options: TokenBucketOptions) {
     if (!(options.perMinute > 0)) throw new RangeError(`perMinute must be positive, got ${options.perMinute}`);
     if (options.capacity !== undefined && !(options.capacity >= 1)) throw new RangeError(`capacity must be at least 1, got ${options.capacity}`);
+    this.#fixedCapacity = options.capacity;
     this.#capacity = options.capacity ?? options.perMinute;
     this.#refillPerMs = options.perMinute / 60_000;
     this.#maxEntries = options.maxEntries ?? 10_000;
@@ -34,11 +37,13 @@ export class TokenBuckets {
   /**
    * A new rate for every key from now on (the server's SIGHUP reload). A key keeps the tokens it holds,
    * capped at the new burst, so a lower rate takes effect at once and a higher one refills from there.
+   * The burst is the constructor's capacity when one was given, else the new rate's minute.
    */
   setRate(perMinute: number, now: number = Date.now()): void {
     if (!(perMinute > 0)) throw new RangeError(`perMinute must be positive, got ${perMinute}`);
-    for (const [key] of this.#buckets) this.#buckets.set(key, { tokens: Math.min(perMinute, this.level(key, now)), at: now });
-    this.#capacity = perMinute;
+    const capacity = this.#fixedCapacity ?? perMinute;
+    for (const [key] of this.#buckets) this.#buckets.set(key, { tokens: Math.min(capacity, this.level(key, now)), at: now });
+    this.#capacity = capacity;
     this.#refillPerMs = perMinute / 60_000;
   }
 

@@ -28,6 +28,18 @@ describe('TokenBuckets', () => {
     expect(() => rl.setRate(0)).toThrow(RangeError);
   });
 
+  it('setRate keeps a capacity given to the constructor (only the refill rate changes)', () => {
+    const rl = new TokenBuckets({ perMinute: 60, capacity: 5 });
+    for (let i = 0; i < 2; i++) rl.charge('a', 0); // holds 3
+    rl.setRate(600, 0);
+    expect(rl.level('fresh', 0)).toBe(5); // not 600: the burst stays 5
+    expect(rl.level('a', 0)).toBe(3);
+    expect(rl.level('a', 100)).toBe(4); // 10 a second now
+    expect(rl.level('a', 10_000)).toBe(5);
+    rl.setRate(1, 10_000);
+    expect(rl.level('a', 10_000)).toBe(5); // a lower rate does not shrink the fixed burst
+  });
+
   it('keeps its table bounded', () => {
     const rl = new TokenBuckets({ perMinute: 10, maxEntries: 100 });
     for (let i = 0; i < 1_000; i++) rl.charge(`10.0.${i >> 8}.${i & 255}`, 0);
