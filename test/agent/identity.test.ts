@@ -176,24 +176,28 @@ describe('state dir identity', () => {
           await saveRenewedCertificate(${JSON.stringify(stateDir)}, p.keyPem, p.certPem);
           process.stdout.write('.');
         }`;
-      const seen = new Set<string>();
-      let saves = 0;
       for (let round = 0; round < 6; round++) {
         const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
-        await new Promise<void>((res) => child.stdout.once('data', () => res()));
-        child.stdout.on('data', (d: Buffer) => (saves += d.toString().split('.').length - 1));
-        await new Promise((res) => setTimeout(res, 50 + Math.floor(Math.random() * 200)));
+        // Kill once the loop has completed 1–4 saves (counted, not timed: a loaded machine saves slowly),
+        // then after 0–19 ms more, so that the kill lands at a random point of a save in progress.
+        const target = 1 + Math.floor(Math.random() * 4);
+        let saves = 0;
+        await new Promise<void>((res) =>
+          child.stdout.on('data', (d: Buffer) => {
+            saves += d.toString().split('.').length - 1;
+            if (saves >= target) res();
+          }),
+        );
+        await new Promise((res) => setTimeout(res, Math.floor(Math.random() * 20)));
         const exited = new Promise((res) => child.once('exit', res));
         child.kill('SIGKILL');
         await exited;
-        seen.add(await loadedPair(stateDir));
+        await loadedPair(stateDir); // the old pair or the new one; throws on a mix
         // the operator names agree with the pointer
         const id = await loadIdentity(stateDir);
         expect(readFileSync(join(stateDir, 'key.pem'), 'utf8')).toBe(id.keyPem);
         expect(readFileSync(join(stateDir, 'cert.pem'), 'utf8')).toBe(id.certPem);
       }
-      // The kills landed in a loop that was really saving (it had completed saves).
-      expect(saves).toBeGreaterThanOrEqual(3);
       // The directory stays bounded: current + previous + at most one abandoned per crash.
       expect(readdirSync(join(stateDir, 'generations')).length).toBeLessThanOrEqual(2 + 6);
     });
