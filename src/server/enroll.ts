@@ -68,6 +68,8 @@ export interface EnrollmentDeps {
    * one per 60/N seconds (default RENEWALS_PER_MINUTE). Beyond it: ML_ERR_RATE_LIMITED.
    */
   renewalsPerMinute?: number;
+  /** The client's address of a request's socket (behind a PROXY-protocol balancer: the header's); default its peer. */
+  clientAddress?: (socket: { remoteAddress?: string | undefined; remotePort?: number | undefined }) => string;
   /** Closes the live sockets of certificates a re-enrollment revoked (the connection registry: 4401). */
   onRevoked?: (serials: readonly string[]) => void;
 }
@@ -250,7 +252,7 @@ export class EnrollmentService implements EnrollmentEvents {
    * decides with a cheap check, so that one bad neighbour behind a NAT does not lock everyone out.
    */
   private async limited(req: IncomingMessage, res: ServerResponse, work: (retryAfterSec: number) => Promise<unknown>, mayPassOverBudget = false): Promise<void> {
-    const address = req.socket.remoteAddress ?? 'unknown';
+    const address = this.deps.clientAddress?.(req.socket) ?? req.socket.remoteAddress ?? 'unknown';
     const wait = this.deps.limiter.retryAfterSec(address);
     if (wait > 0 && !mayPassOverBudget) {
       sendError(res, rateLimited(wait));
