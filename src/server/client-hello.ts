@@ -40,6 +40,12 @@ export interface HelloDetail {
 export interface ProxyStage {
   /** Whether the socket's peer (a load balancer) may send a header at all; one that may not is closed at once. */
   allowed(address: string | undefined): boolean;
+  /**
+   * Whether a connection waiting for its header counts against its peer's per-source cap. false for a
+   * list of balancers (`--proxy-protocol-from`): every client stands behind their few addresses, and
+   * the total cap and the deadline bound what they hold; true when any peer may send a header.
+   */
+  countPeer: boolean;
 }
 
 export interface ClientHelloGateOptions {
@@ -72,9 +78,9 @@ export class ClientHelloGate {
    * with the PROXY stage, 'proxy_refused': a peer not allowed to send a header, 'proxy_invalid': no
    * valid v2 header first, 'proxy_timeout': no complete header within the deadline).
    *
-   * With the PROXY stage a connection counts against its peer's (the balancer's) address until the
-   * header is read, then against the client's: a balancer sends the header as soon as it connects,
-   * so the balancer's count stays small, and the per-source cap applies to each client behind it.
+   * With the PROXY stage a connection counts against the client's address once the header is read, so
+   * the per-source cap applies to each client behind the balancer. Before that it counts in the total,
+   * and against its peer's address only when any peer may send a header (ProxyStage.countPeer).
    * The header's bytes, and only those, are consumed: the rest is put back for the TLS server.
    */
   wait(socket: Socket, then: (outcome: HelloOutcome, detail: HelloDetail) => void): void {
@@ -85,14 +91,15 @@ export class ClientHelloGate {
       then('proxy_refused', detail);
       return;
     }
-    let source = socket.remoteAddress ?? 'unknown';
-    if (this.#pending.size >= this.#options.maxTotal || !this.#enter(source)) {
+    const peer = socket.remoteAddress ?? 'unknown';
+    const countPeer = proxy === null || proxy.countPeer;
+    if (this.#pending.size >= this.#options.maxTotal || (countPeer && !this.#enter(peer))) {
       socket.destroy();
       then('source_full', detail);
       return;
     }
-    /** The address this connection is counted against; null once it left the count. */
-    let counted: string | null = source;
+    /** The address this connection is counted against; null while it is counted in the total only. */
+    let counted: string | null = countPeer ? peer : null;
     this.#pending.add(socket);
     let done = false;
     /** The PROXY header's bytes so far; null when there is none to read (off, or read). */
@@ -132,14 +139,14 @@ export class ClientHelloGate {
         if (parsed.header.command === 'proxy') {
           detail.client = parsed.header.source;
           // From now on the connection waits as the client's, whose address may be at its cap already.
-          this.#leave(source);
+          if (counted !== null) this.#leave(counted);
           counted = null;
-          source = parsed.header.source.address;
-          if (!this.#enter(source)) {
+          const client = parsed.header.source.address;
+          if (!this.#enter(client)) {
             finish('source_full');
             return false;
           }
-          counted = source;
+          counted = client;
         }
         return true;
       }

@@ -123,7 +123,7 @@ export function createGateway(deps: GatewayDeps): Gateway {
   const t = { ...DEFAULT_GATEWAY_TIMEOUTS, ...deps.timeouts };
   const log = deps.logger.child({ component: 'gateway' });
   const clients = deps.clientAddresses ?? new ClientAddresses();
-  const proxy = deps.proxyProtocol ? { allowed: proxyPeerFilter(deps.proxyProtocol.from) } : null;
+  const proxy = deps.proxyProtocol ? { allowed: proxyPeerFilter(deps.proxyProtocol.from), countPeer: deps.proxyProtocol.from.length === 0 } : null;
   // A refused PROXY connection is a misconfiguration to tell the operator, or someone probing the port:
   // a warning at most once a minute per reason, debug otherwise (every one is counted in the metrics).
   const lastWarned = new Map<string, number>();
