@@ -86,6 +86,13 @@ export class ClientHelloGate {
   wait(socket: Socket, then: (outcome: HelloOutcome, detail: HelloDetail) => void): void {
     const proxy = this.#options.proxy ?? null;
     const detail: HelloDetail = { client: null };
+    // No peer address: the connection is gone already (reset before its accept was handled; an
+    // haproxy TCP check connects, sends its header and leaves at once).
+    if (socket.remoteAddress === undefined) {
+      socket.destroy();
+      then('closed', detail);
+      return;
+    }
     if (proxy && !proxy.allowed(socket.remoteAddress)) {
       socket.destroy();
       then('proxy_refused', detail);

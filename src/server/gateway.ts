@@ -258,6 +258,8 @@ export function createGateway(deps: GatewayDeps): Gateway {
     // The raw socket reads now (for its first byte), so a reset can surface on it; the TLS socket
     // reports its own errors later.
     socket.on('error', () => {});
+    // Taken now: a destroyed socket no longer reports its peer (the refusals below log it).
+    const peer = socket.remoteAddress;
     helloGate.wait(socket, (outcome, detail) => {
       if (outcome === 'ready') {
         if (detail.client) clients.set(socket, detail.client);
@@ -266,20 +268,20 @@ export function createGateway(deps: GatewayDeps): Gateway {
       }
       if (outcome === 'timeout') {
         deps.registry.noteRefused(CLIENT_HELLO_TIMEOUT);
-        log.debug({ remoteAddress: detail.client?.address ?? socket.remoteAddress }, 'connection closed: no ClientHello within the deadline');
+        log.debug({ remoteAddress: detail.client?.address ?? peer }, 'connection closed: no ClientHello within the deadline');
       } else if (outcome === 'source_full') {
         deps.registry.noteRefused('ML_ERR_OVERLOADED');
         log.debug({ reason: 'source_hello_full' }, 'connection dropped before its TLS handshake');
       } else if (outcome === 'proxy_refused') {
         deps.registry.noteRefused(PROXY_PEER_REFUSED);
-        proxyLog(PROXY_PEER_REFUSED, { peer: socket.remoteAddress }, 'connection closed: a PROXY header is accepted only from --proxy-protocol-from');
+        proxyLog(PROXY_PEER_REFUSED, { peer }, 'connection closed: a PROXY header is accepted only from --proxy-protocol-from');
       } else if (outcome === 'proxy_invalid') {
         deps.registry.noteRefused(PROXY_HEADER_INVALID);
         const why = detail.invalid === 'v1' ? 'a PROXY v1 (text) header: send v2 (haproxy: send-proxy-v2)' : `no valid PROXY v2 header first (${detail.invalid ?? 'invalid'})`;
-        proxyLog(PROXY_HEADER_INVALID, { peer: socket.remoteAddress, reason: detail.invalid }, `connection closed: ${why}`);
+        proxyLog(PROXY_HEADER_INVALID, { peer, reason: detail.invalid }, `connection closed: ${why}`);
       } else if (outcome === 'proxy_timeout') {
         deps.registry.noteRefused(PROXY_HEADER_TIMEOUT);
-        log.debug({ peer: socket.remoteAddress }, 'connection closed: no complete PROXY header within the deadline');
+        log.debug({ peer }, 'connection closed: no complete PROXY header within the deadline');
       }
     });
   });

@@ -45,7 +45,8 @@ export async function startHaproxy(dir: string, options: HaproxyOptions): Promis
     `  bind 127.0.0.1:${port}`,
     '  default_backend servers',
     'backend servers',
-    `  server s1 ${options.backend} send-proxy-v2 source ${options.source}`,
+    // Health checks that send a header too: haproxy sends LOCAL for them, which the server must accept.
+    `  server s1 ${options.backend} send-proxy-v2 source ${options.source} check inter 1s check-send-proxy`,
   ];
   await writeFile(configPath, `${lines.join('\n')}\n`);
   const child: ChildProcess = spawn('haproxy', ['-db', '-f', configPath], { stdio: ['ignore', 'pipe', 'pipe'] });
