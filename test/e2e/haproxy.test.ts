@@ -1,3 +1,4 @@
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { httpsRequest } from '../server/helpers.js';
@@ -32,10 +33,12 @@ describe.skipIf(HAPROXY_MISSING !== null)(`the server behind haproxy with the PR
     serverPort = await freePort();
     // haproxy's port is known only once it runs; the server's public URL names it (agents are told it).
     haproxy = await startHaproxy(dir.path, { backend: `127.0.0.1:${serverPort}`, source: HAPROXY_SOURCE });
+    // The PROXY protocol from the config file (its keys are the flags' names); the flags are checked below.
+    const config = join(dir.path, 'server.json');
+    await writeFile(config, JSON.stringify({ proxyProtocol: true, proxyProtocolFrom: `${HAPROXY_SOURCE},10.99.0.0/16` }));
     server = await startServerProc(join(dir.path, 'server'), serverPort, [
-      '--proxy-protocol',
-      '--proxy-protocol-from',
-      HAPROXY_SOURCE,
+      '--config',
+      config,
       '--public-url',
       `https://127.0.0.1:${haproxy.port}`,
       '--log-level',
@@ -91,5 +94,16 @@ describe.skipIf(HAPROXY_MISSING !== null)(`the server behind haproxy with the PR
     await expect(httpsRequest(`https://127.0.0.1:${serverPort}/healthz`, { ca: '', timeoutMs: 10_000 })).rejects.toThrow();
     const log = await server.waitForLog(/a PROXY header is accepted only from --proxy-protocol-from/);
     expect(log).toMatchObject({ peer: '127.0.0.1' });
+  }, 60_000);
+
+  it('the flags: --proxy-protocol-from needs --proxy-protocol, and takes only addresses or networks', async () => {
+    const data = join(dir.path, 'refused');
+    const alone = await cli(['server', 'start', '--data-dir', data, '--listen', '127.0.0.1:0', '--proxy-protocol-from', '10.0.0.5']);
+    expect(alone.code).toBe(2);
+    expect(alone.stderr).toContain('--proxy-protocol-from (proxyProtocolFrom) needs --proxy-protocol');
+    const bad = await cli(['server', 'start', '--data-dir', data, '--listen', '127.0.0.1:0', '--proxy-protocol', '--proxy-protocol-from', '10.0.0.5,10.0.0.0/33']);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toContain('ML_ERR_CONFIG');
+    expect(bad.stderr).toContain('an IPv4 or IPv6 address or network');
   }, 60_000);
 });
