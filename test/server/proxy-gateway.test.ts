@@ -129,6 +129,17 @@ describe('gateway with --proxy-protocol', () => {
     expect(refusals).toEqual([]);
   }, 60_000);
 
+  it('off (the default), a header is not read: the TLS handshake sees its bytes and fails', async () => {
+    const ts = await startTestServer({}, { features: [] });
+    cleanups.push(() => ts.stop());
+    const refusals = await withRefusals(ts);
+    await expect(requestVia(ts, header('192.0.2.1'), '/healthz')).rejects.toThrow();
+    await waitFor('the refusal', () => refusals.length === 1);
+    expect(refusals).toEqual(['TLS_HANDSHAKE']);
+    // Without one, the same request is served.
+    expect((await requestVia(ts, null, '/healthz')).status).toBe(200);
+  }, 30_000);
+
   it('a LOCAL header (the balancer\'s health check) is served as the balancer itself', async () => {
     const ts = await startTestServer({ proxyProtocol: { from: [] } }, { features: [] });
     cleanups.push(() => ts.stop());
