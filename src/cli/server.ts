@@ -58,7 +58,7 @@ function durationOption(key: string, text: string): number {
   }
 }
 
-type StartOptions = { dataDir?: string; listen: string; publicUrl?: string; san: string[]; caKey: string; certLifetime: string; renewGrace: string; heartbeatInterval: string; offlineAfter: string; clientHelloTimeout: string; logLevel?: string; metricsListen?: string; consoleListen?: string; consoleOrigin?: string; config?: string; keyFile?: string; stunListen?: string; stun: boolean; releaseKey: string[] };
+type StartOptions = { dataDir?: string; listen: string; publicUrl?: string; san: string[]; caKey: string; certLifetime: string; renewGrace: string; heartbeatInterval: string; offlineAfter: string; clientHelloTimeout: string; proxyProtocol?: boolean; proxyProtocolFrom?: string; logLevel?: string; metricsListen?: string; consoleListen?: string; consoleOrigin?: string; config?: string; keyFile?: string; stunListen?: string; stun: boolean; releaseKey: string[] };
 
 /** The options of `server start`, on a fresh command too (a reload parses the config file again with it). */
 function defineStartOptions(cmd: Command): Command {
@@ -73,6 +73,8 @@ function defineStartOptions(cmd: Command): Command {
     .option('--heartbeat-interval <duration>', 'how often agents send a heartbeat (sent to them in welcome)', '15s')
     .option('--offline-after <duration>', 'silence after which a node is offline and its session closed', '45s')
     .option('--client-hello-timeout <duration>', 'a TCP connection that sends no TLS ClientHello within this is closed before it takes a handshake slot (100ms..60s)', '3s')
+    .option('--proxy-protocol', 'every connection to the public port must start with a PROXY protocol v2 header (from a TCP load balancer such as haproxy with send-proxy-v2); its client address is the one rate limits, logs and the mesh see (default: off)')
+    .option('--proxy-protocol-from <cidrs>', 'with --proxy-protocol: accept the header only from these load balancers, comma-separated addresses or networks, e.g. 10.0.0.5,10.1.0.0/16; any other peer is closed (default: any peer)')
     .addOption(new Option('--log-level <level>', 'log level (default: MESHLINK_LOG_LEVEL or info)').choices([...LOG_LEVELS]))
     .option('--metrics-listen <host:port>', 'serve Prometheus metrics (GET /metrics) on this local address, e.g. 127.0.0.1:9464 (default: MESHLINK_METRICS_LISTEN, else off)')
     .option('--console-listen <host:port>', 'serve the web console (plain HTTP) on this address, e.g. 127.0.0.1:8444; reach it remotely through an SSH tunnel or a TLS reverse proxy (default: off)')
@@ -82,6 +84,17 @@ function defineStartOptions(cmd: Command): Command {
     .option('--console-origin <origin>', 'the origin browsers use for the console when it is not http://HOST:PORT of the request, e.g. https://console.example.com behind a reverse proxy')
     .option('--key-file <path>', 'the server key file that seals the CA key and mesh secrets, outside the data dir (default: MESHLINK_KEY_FILE, else /etc/meshlink/server.key for the system data dir, else <data dir>.key); created at first start')
     .option('--config <file>', `options of server start as one JSON object, e.g. {"listen": "0.0.0.0:8443", "consoleListen": "127.0.0.1:8444"}; flags win; SIGHUP reads it again (default: MESHLINK_SERVER_CONFIG, else ${DEFAULT_SERVER_CONFIG} if present)`);
+}
+
+/** `--proxy-protocol` and `--proxy-protocol-from` as the config's `proxyProtocol` (the list alone is a usage error). */
+function proxyProtocolConfig(on: boolean, from: string | undefined): { from: string[] } | null {
+  const list = from === undefined ? [] : from.split(',').map((p) => p.trim()).filter((p) => p !== '');
+  if (!on) {
+    if (from !== undefined) throw new MeshlinkError('ML_ERR_USAGE', '--proxy-protocol-from (proxyProtocolFrom) needs --proxy-protocol (proxyProtocol: true)');
+    return null;
+  }
+  if (from !== undefined && list.length === 0) throw new MeshlinkError('ML_ERR_USAGE', '--proxy-protocol-from (proxyProtocolFrom): give at least one address or network');
+  return { from: list };
 }
 
 /** `server start`'s options as the validated, frozen server config. */
@@ -98,6 +111,7 @@ function startConfig(opts: StartOptions): ServerConfig {
     heartbeatIntervalMs: durationOption('heartbeatInterval', opts.heartbeatInterval),
     offlineAfterMs: durationOption('offlineAfter', opts.offlineAfter),
     clientHelloTimeoutMs: durationOption('clientHelloTimeout', opts.clientHelloTimeout),
+    proxyProtocol: proxyProtocolConfig(opts.proxyProtocol === true, opts.proxyProtocolFrom),
     logLevel: opts.logLevel ?? process.env.MESHLINK_LOG_LEVEL ?? 'info',
     metricsListen: opts.metricsListen ? parseListenAddress(opts.metricsListen, '--metrics-listen', 'ML_ERR_USAGE') : null,
     consoleListen: opts.consoleListen ? parseListenAddress(opts.consoleListen, '--console-listen', 'ML_ERR_USAGE') : null,

@@ -57,10 +57,12 @@ export class AdmissionQueue {
     this.#onDrop = onDrop;
   }
 
-  /** A connection sent its first bytes (buffered in the socket, unconsumed). */
-  offer(socket: Socket): void {
+  /**
+   * A connection sent its first bytes (buffered in the socket, unconsumed). `source` is its client's
+   * address: the socket's peer, or the one a PROXY header named (client-address.ts).
+   */
+  offer(socket: Socket, source: string = socket.remoteAddress ?? 'unknown'): void {
     const key = keyOf(socket);
-    const source = socket.remoteAddress ?? 'unknown';
     // Whatever waits is blocked by its own source's cap (the pump starts everything else), so a
     // connection from a source under its cap may start while others wait.
     if (this.#inFlight.size < this.#limits.maxInFlight && this.#sourceMayStart(source)) {

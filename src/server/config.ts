@@ -6,6 +6,7 @@ import { z } from 'zod';
 import { LOG_LEVELS } from '../util/logger.js';
 import { MeshlinkError } from '../errors.js';
 import { zodErrorText } from '../util/zod-error.js';
+import { parseCidr } from './client-address.js';
 
 /**
  * Server configuration: validated once at the edge (CLI or a test), then frozen. Every field has a
@@ -52,6 +53,19 @@ export const serverConfigSchema = z
      * handshake slot (`--client-hello-timeout`, src/server/client-hello.ts); a silent one is closed.
      */
     clientHelloTimeoutMs: z.number().int().min(100).max(60_000).default(3_000),
+    /**
+     * The PROXY protocol v2 on the public port (`--proxy-protocol`, `--proxy-protocol-from`;
+     * src/server/proxy-protocol.ts): every connection must start with a header from a load balancer
+     * in `from` (empty: any peer), and the header's client address is the one limits, logs and the
+     * mesh see. null: off (connections start with their ClientHello).
+     */
+    proxyProtocol: z
+      .object({
+        from: z.array(z.string().max(64).refine((text) => parseCidr(text) !== null, 'an IPv4 or IPv6 address or network, e.g. 10.0.0.0/8')).max(256).default([]),
+      })
+      .strict()
+      .nullable()
+      .default(null),
     /**
      * The URL agents reach this server at (`--public-url`), when it is not the listen address: behind
      * NAT, a load balancer or a port mapping. https, a host and an optional port, nothing else.

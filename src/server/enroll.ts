@@ -12,6 +12,7 @@ import { TokenBuckets } from '../util/token-bucket.js';
 import type { RevocationList } from './revocation.js';
 import type { EnrollmentCommit, Store } from './store/store.js';
 import type { EnrollmentEvents } from './feature.js';
+import { AuditLog } from './audit-log.js';
 import { findUsableToken, hashToken, isUsableToken } from './tokens.js';
 
 /**
@@ -68,6 +69,8 @@ export interface EnrollmentDeps {
    * one per 60/N seconds (default RENEWALS_PER_MINUTE). Beyond it: ML_ERR_RATE_LIMITED.
    */
   renewalsPerMinute?: number;
+  /** The client's address of a request's socket (behind a PROXY-protocol balancer: the header's); default its peer. */
+  clientAddress?: (socket: { remoteAddress?: string | undefined; remotePort?: number | undefined }) => string;
   /** Closes the live sockets of certificates a re-enrollment revoked (the connection registry: 4401). */
   onRevoked?: (serials: readonly string[]) => void;
 }
@@ -181,7 +184,11 @@ export class EnrollmentService implements EnrollmentEvents {
     return { nodeId: cert.nodeId, certificate: cert.pem, ...this.#cas(cert.pem), notAfter: new Date(cert.notAfter).toISOString() };
   }
 
-  async enroll(body: z.output<typeof enrollBodySchema>): Promise<CertificateResponse> {
+  /**
+   * `remoteAddress`: the client's (behind a PROXY-protocol balancer, the header's), for the audit
+   * record every new enrollment gets (`enroll`, the node, its host name, the address and the token id).
+   */
+  async enroll(body: z.output<typeof enrollBodySchema>, remoteAddress: string | null = null): Promise<CertificateResponse> {
     const now = Date.now();
     const again = this.#replay(body, now);
     if (again) return this.#withResponseFields(again);
@@ -223,7 +230,15 @@ export class EnrollmentService implements EnrollmentEvents {
       this.deps.revocations.add(superseded);
       this.deps.onRevoked?.(superseded);
     }
-    this.deps.logger.info({ nodeId, hostname, certSerial: issued.serial, reenroll: existing, revokedSerials: superseded }, 'node enrolled');
+    this.deps.logger.info({ nodeId, hostname, certSerial: issued.serial, reenroll: existing, revokedSerials: superseded, remoteAddress }, 'node enrolled');
+    AuditLog.of(this.deps.store).record({
+      actor: null,
+      operation: 'enroll',
+      nodeId,
+      target: hostname,
+      result: 'ok',
+      details: { remoteAddress, tokenId: token.id, reenroll: existing, certSerial: issued.serial },
+    });
     return this.#withResponseFields(this.response(nodeId, issued));
   }
 
@@ -244,13 +259,17 @@ export class EnrollmentService implements EnrollmentEvents {
 
   // --- HTTP handlers ---
 
+  #clientAddress(req: IncomingMessage): string {
+    return this.deps.clientAddress?.(req.socket) ?? req.socket.remoteAddress ?? 'unknown';
+  }
+
   /**
    * Wraps a failing-request-counting handler. An address over its failure budget gets 429 before any
    * work, unless the handler takes `overBudget` (enrollment): then it is handed `retryAfterSec` and
    * decides with a cheap check, so that one bad neighbour behind a NAT does not lock everyone out.
    */
   private async limited(req: IncomingMessage, res: ServerResponse, work: (retryAfterSec: number) => Promise<unknown>, mayPassOverBudget = false): Promise<void> {
-    const address = req.socket.remoteAddress ?? 'unknown';
+    const address = this.#clientAddress(req);
     const wait = this.deps.limiter.retryAfterSec(address);
     if (wait > 0 && !mayPassOverBudget) {
       sendError(res, rateLimited(wait));
@@ -283,7 +302,7 @@ export class EnrollmentService implements EnrollmentEvents {
       async (retryAfterSec) => {
         const body = await readJson(req, ENROLL_BODY_CAP, enrollBodySchema);
         if (retryAfterSec > 0 && !isUsableToken(this.deps.store, body.token, Date.now())) throw rateLimited(retryAfterSec);
-        return this.enroll(body);
+        return this.enroll(body, this.#clientAddress(req));
       },
       true,
     );

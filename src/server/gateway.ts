@@ -7,6 +7,7 @@ import type { SecureContextOptions, TLSSocket } from 'node:tls';
 import { WebSocketServer } from 'ws';
 import type { Logger } from '../util/logger.js';
 import { AdmissionQueue, keyOf } from './admission.js';
+import { ClientAddresses, proxyPeerFilter } from './client-address.js';
 import { ClientHelloGate } from './client-hello.js';
 import { authenticateClient, type ClientAuthContext } from './client-auth.js';
 import type { ConnectionRegistry } from './connections.js';
@@ -29,6 +30,16 @@ export const MAX_WS_PAYLOAD = 16 * 1024 * 1024;
  * of a connection closed because it sent nothing within clientHelloMs.
  */
 export const CLIENT_HELLO_TIMEOUT = 'CLIENT_HELLO_TIMEOUT';
+
+/**
+ * Refusal reasons of the PROXY protocol stage (`--proxy-protocol`, proxy-protocol.ts), counted like
+ * CLIENT_HELLO_TIMEOUT: a peer outside `--proxy-protocol-from`; a connection that did not start with a
+ * valid v2 header (a v1 header, a direct TLS client, a bad field, one over the size cap); and one
+ * whose header was not complete within the first-byte deadline.
+ */
+export const PROXY_PEER_REFUSED = 'PROXY_PEER_REFUSED';
+export const PROXY_HEADER_INVALID = 'PROXY_HEADER_INVALID';
+export const PROXY_HEADER_TIMEOUT = 'PROXY_HEADER_TIMEOUT';
 
 export interface GatewayTimeouts {
   /** TLS handshake must finish within this (idle TCP sockets are dropped). */
@@ -88,6 +99,10 @@ export interface GatewayDeps {
   timeouts?: Partial<GatewayTimeouts>;
   /** Called after a successful upgrade (e.g. to record last_seen). */
   onConnected?: (nodeId: string) => void;
+  /** The PROXY protocol v2 (config `proxyProtocol`): null or absent, off. */
+  proxyProtocol?: { from: readonly string[] } | null;
+  /** Where the client addresses PROXY headers name are kept (shared with enrollment's limiter). */
+  clientAddresses?: ClientAddresses;
 }
 
 /**
@@ -107,6 +122,18 @@ export interface Gateway {
 export function createGateway(deps: GatewayDeps): Gateway {
   const t = { ...DEFAULT_GATEWAY_TIMEOUTS, ...deps.timeouts };
   const log = deps.logger.child({ component: 'gateway' });
+  const clients = deps.clientAddresses ?? new ClientAddresses();
+  const proxy = deps.proxyProtocol ? { allowed: proxyPeerFilter(deps.proxyProtocol.from), countPeer: deps.proxyProtocol.from.length === 0 } : null;
+  // A refused PROXY connection is a misconfiguration to tell the operator, or someone probing the port:
+  // a warning at most once a minute per reason, debug otherwise (every one is counted in the metrics).
+  const lastWarned = new Map<string, number>();
+  const proxyLog = (reason: string, fields: Record<string, unknown>, msg: string): void => {
+    const now = Date.now();
+    if (now - (lastWarned.get(reason) ?? -Infinity) >= 60_000) {
+      lastWarned.set(reason, now);
+      log.warn(fields, msg);
+    } else log.debug(fields, msg);
+  };
   const server = createServer({
     key: deps.tls.key,
     cert: deps.tls.certChain,
@@ -174,7 +201,8 @@ export function createGateway(deps: GatewayDeps): Gateway {
 
   server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
     const tlsSocket = socket as TLSSocket;
-    const remoteAddress = tlsSocket.remoteAddress ?? 'unknown';
+    const remoteAddress = clients.of(tlsSocket);
+    const via = clients.via(tlsSocket);
     const path = (req.url ?? '/').split('?')[0];
     socket.on('error', () => {}); // refusals may race a peer reset; nothing useful to report
     if (closing) {
@@ -205,7 +233,7 @@ export function createGateway(deps: GatewayDeps): Gateway {
     wss.handleUpgrade(req, socket, head, (ws) => {
       const info = { nodeId: peer.nodeId, hostname: peer.hostname, certSerial: peer.certSerial, certNotAfter: peer.certNotAfter, remoteAddress };
       deps.registry.add(ws, info);
-      log.info({ nodeId: info.nodeId, hostname: info.hostname, certSerial: info.certSerial, remoteAddress }, 'agent connected');
+      log.info({ nodeId: info.nodeId, hostname: info.hostname, certSerial: info.certSerial, remoteAddress, ...(via ? { via } : {}) }, 'agent connected');
       ws.once('close', (code) => log.info({ nodeId: info.nodeId, code }, 'agent disconnected'));
       deps.onConnected?.(info.nodeId);
       try {
@@ -234,29 +262,42 @@ export function createGateway(deps: GatewayDeps): Gateway {
   let clientHelloMs = t.clientHelloMs;
   /** Set by close(): upgrades from then on are refused (503 ML_ERR_SHUTTING_DOWN). */
   let closing = false;
-  const helloGate = new ClientHelloGate({ timeoutMs: () => clientHelloMs, maxPerSource: t.maxAwaitingHelloPerSource, maxTotal: t.maxQueuedConnections });
+  const helloGate = new ClientHelloGate({ timeoutMs: () => clientHelloMs, maxPerSource: t.maxAwaitingHelloPerSource, maxTotal: t.maxQueuedConnections, proxy });
   const listener = createTcpServer({ pauseOnConnect: true }, (socket: Socket) => {
     // The raw socket reads now (for its first byte), so a reset can surface on it; the TLS socket
     // reports its own errors later.
     socket.on('error', () => {});
-    helloGate.wait(socket, (outcome) => {
+    // Taken now: a destroyed socket no longer reports its peer (the refusals below log it).
+    const peer = socket.remoteAddress;
+    helloGate.wait(socket, (outcome, detail) => {
       if (outcome === 'ready') {
-        admission.offer(socket);
+        if (detail.client) clients.set(socket, detail.client);
+        admission.offer(socket, clients.of(socket));
         return;
       }
       if (outcome === 'timeout') {
         deps.registry.noteRefused(CLIENT_HELLO_TIMEOUT);
-        log.debug({ remoteAddress: socket.remoteAddress }, 'connection closed: no ClientHello within the deadline');
+        log.debug({ remoteAddress: detail.client?.address ?? peer }, 'connection closed: no ClientHello within the deadline');
       } else if (outcome === 'source_full') {
         deps.registry.noteRefused('ML_ERR_OVERLOADED');
         log.debug({ reason: 'source_hello_full' }, 'connection dropped before its TLS handshake');
+      } else if (outcome === 'proxy_refused') {
+        deps.registry.noteRefused(PROXY_PEER_REFUSED);
+        proxyLog(PROXY_PEER_REFUSED, { peer }, 'connection closed: a PROXY header is accepted only from --proxy-protocol-from');
+      } else if (outcome === 'proxy_invalid') {
+        deps.registry.noteRefused(PROXY_HEADER_INVALID);
+        const why = detail.invalid === 'v1' ? 'a PROXY v1 (text) header: send v2 (haproxy: send-proxy-v2)' : `no valid PROXY v2 header first (${detail.invalid ?? 'invalid'})`;
+        proxyLog(PROXY_HEADER_INVALID, { peer, reason: detail.invalid }, `connection closed: ${why}`);
+      } else if (outcome === 'proxy_timeout') {
+        deps.registry.noteRefused(PROXY_HEADER_TIMEOUT);
+        log.debug({ peer }, 'connection closed: no complete PROXY header within the deadline');
       }
     });
   });
   server.on('secureConnection', (tlsSocket: TLSSocket) => admission.finished(keyOf(tlsSocket)));
   server.on('tlsClientError', (err, tlsSocket) => {
     admission.finished(keyOf(tlsSocket));
-    log.debug({ remoteAddress: tlsSocket.remoteAddress, reason: err.message }, 'TLS handshake failed');
+    log.debug({ remoteAddress: clients.of(tlsSocket), reason: err.message }, 'TLS handshake failed');
     deps.registry.noteRefused('TLS_HANDSHAKE');
   });
 

@@ -29,6 +29,7 @@ import { SessionHost } from './session-host.js';
 import { AdminRoutes } from './admin-routes.js';
 import { createFeatureQuestions, type ServerFeature, type ServerFeatureContext, type ServerFeatureHandle } from './feature.js';
 import { openServerStore, SERVER_FEATURES } from './features.js';
+import { ClientAddresses } from './client-address.js';
 import { MeshlinkError } from '../errors.js';
 
 /**
@@ -110,12 +111,15 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
     certificates = new CertificateSuccession({ store, revocations, logger, renewGraceMs: config.renewGraceMs });
     certificates.start();
     const enrollFailures = new TokenBuckets({ perMinute: config.enrollFailuresPerMinute });
+    // Behind a PROXY-protocol balancer, the client addresses its headers name (the gateway fills it).
+    const clientAddresses = new ClientAddresses();
     const enrollment = new EnrollmentService({
       store,
       ca: ring,
       revocations,
       onRevoked: (serials) => registry.closeRevokedSerials(serials),
       limiter: enrollFailures,
+      clientAddress: (socket) => clientAddresses.of(socket),
       logger,
       certLifetimeMs: config.certLifetimeMs,
       renewGraceMs: config.renewGraceMs,
@@ -170,6 +174,8 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
       logger,
       timeouts: { clientHelloMs: config.clientHelloTimeoutMs, ...options.timeouts },
       onConnected: (nodeId) => presence.heard(nodeId),
+      proxyProtocol: config.proxyProtocol,
+      clientAddresses,
     });
     gateway = gw;
     const bound = await gw.listen(config.listen.port, config.listen.host);
