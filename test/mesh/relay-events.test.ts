@@ -77,11 +77,11 @@ describe('MeshService relay sessions', () => {
     const types = (id: string) => sent(id).map((e) => e.envelope.type);
     const n = [sent(a).length, sent(b).length];
 
-    const first = await sessions.relay({ a: { nodeId: a, ip: '127.0.0.1' }, b: { nodeId: b, ip: '127.0.0.2' } });
+    const first = await sessions.relay({ a: { nodeId: a, ips: ['127.0.0.1'] }, b: { nodeId: b, ips: ['127.0.0.2'] } });
     expect(sent(a).at(-1)!.envelope).toMatchObject({ type: 'relay_session_assigned', payload: { sessionId: first.id, peerNodeId: b, endpoint: `203.0.113.9:${first.a.port}`, expiresAt: clock.now + 120_000 } });
     expect(sent(b).at(-1)!.envelope).toMatchObject({ type: 'relay_session_assigned', payload: { sessionId: first.id, peerNodeId: a, endpoint: `203.0.113.9:${first.b.port}` } });
     // Asked again: the same allocation, renewed, and no second assignment.
-    expect((await sessions.relay({ a: { nodeId: b, ip: '127.0.0.2' }, b: { nodeId: a, ip: '127.0.0.1' } })).id).toBe(first.id);
+    expect((await sessions.relay({ a: { nodeId: b, ips: ['127.0.0.2'] }, b: { nodeId: a, ips: ['127.0.0.1'] } })).id).toBe(first.id);
     expect([sent(a).length, sent(b).length]).toEqual([n[0]! + 1, n[1]! + 1]);
 
     expect(sessions.end(a, b, 'direct path')).toBe(true);
@@ -89,7 +89,7 @@ describe('MeshService relay sessions', () => {
     expect(sent(a).at(-1)!.envelope).toMatchObject({ type: 'relay_session_revoked', payload: { sessionId: first.id, peerNodeId: b, reason: 'direct path' } });
     expect(relay.size).toBe(0);
 
-    const second = await sessions.relay({ a: { nodeId: a, ip: '127.0.0.1' }, b: { nodeId: b, ip: '127.0.0.2' } });
+    const second = await sessions.relay({ a: { nodeId: a, ips: ['127.0.0.1'] }, b: { nodeId: b, ips: ['127.0.0.2'] } });
     expect(second.id).not.toBe(first.id);
     clock.now += 119_999;
     expect(sessions.sweep()).toEqual([]);

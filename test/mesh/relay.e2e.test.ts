@@ -131,8 +131,8 @@ describe.skipIf(SKIP_REASON !== null)(`WireGuard through the UDP relay between t
           RELAY_MODULE: `file://${RELAY_MODULE}`,
           LOGGER_MODULE: `file://${LOGGER_MODULE}`,
           RELAY_IP,
-          MEMBER_A: JSON.stringify({ nodeId: 'node-a', ip: ROUTER_IP.a }),
-          MEMBER_B: JSON.stringify({ nodeId: 'node-b', ip: ROUTER_IP.b }),
+          MEMBER_A: JSON.stringify({ nodeId: 'node-a', ips: [ROUTER_IP.a] }),
+          MEMBER_B: JSON.stringify({ nodeId: 'node-b', ips: [ROUTER_IP.b] }),
         },
       });
       createInterface({ input: relay.stdout! }).on('line', (line) => answers.push(JSON.parse(line) as RelayAnswer));
