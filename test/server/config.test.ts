@@ -26,6 +26,18 @@ describe('server config', () => {
     expect(() => parseServerConfig({ heartbeatIntervalMs: 50_000 })).toThrow(/offlineAfterMs/);
   });
 
+  it('relay: on by default (absent), off as null, an explicit IP with an optional port range holding two ports per allocation', () => {
+    const d = parseServerConfig({});
+    expect(d).toMatchObject({ relayPublicHost: null, relayBytesPerSecond: 12_500_000, relayIdleMs: 120_000, relayMaxAllocations: 1000 });
+    expect(d.relayListen).toBeUndefined();
+    expect(parseServerConfig({ relayListen: null }).relayListen).toBeNull();
+    expect(parseServerConfig({ relayListen: { host: '::', ports: { low: 40_000, high: 41_999 } } }).relayListen).toEqual({ host: '::', ports: { low: 40_000, high: 41_999 } });
+    expect(() => parseServerConfig({ relayListen: { host: 'relay.example.com', ports: null } })).toThrow(/relayListen\.host/);
+    expect(() => parseServerConfig({ relayListen: { host: '0.0.0.0', ports: { low: 40_000, high: 40_100 } } })).toThrow(/two ports per allocation/);
+    expect(() => parseServerConfig({ relayIdleMs: 20_000 })).toThrow(/relayIdleMs/);
+    expect(() => parseServerConfig({ relayPublicHost: 'no spaces please' })).toThrow(/relayPublicHost/);
+  });
+
   it('default data dir: MESHLINK_DATA_DIR, else root path, else under HOME', () => {
     expect(defaultDataDir({ MESHLINK_DATA_DIR: '/srv/ml' })).toBe('/srv/ml');
     const isRoot = process.getuid?.() === 0;

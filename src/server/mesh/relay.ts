@@ -100,6 +100,8 @@ export type RelayAllocationRequest = z.infer<typeof relayAllocationRequestSchema
 export interface UdpRelayOptions {
   /** The IP address to bind the allocations' ports to (0.0.0.0 for every address). */
   host: string;
+  /** The UDP ports allocations take theirs from (a firewall opens just these); absent: any the OS gives. */
+  ports?: { low: number; high: number } | null;
   /** Idle time after which an allocation stops forwarding (default 120 s), renewed by every forwarded packet. */
   idleMs?: number;
   /** Allocations at most (default 1,000: two ports each). */
@@ -196,7 +198,7 @@ export class UdpRelay {
     relatched: 0,
     dropped: Object.fromEntries(RELAY_DROP_REASONS.map((r) => [r, 0])) as Record<RelayDropReason, number>,
   };
-  readonly #o: { host: string; idleMs: number; maxAllocations: number; relatchAfterMs: number; now: () => number };
+  readonly #o: { host: string; ports: { low: number; high: number } | null; idleMs: number; maxAllocations: number; relatchAfterMs: number; now: () => number };
   readonly #log: Logger;
   readonly #buckets: TokenBuckets;
   /** By pair key (the two node ids, sorted). */
@@ -210,7 +212,11 @@ export class UdpRelay {
     if (isIP(options.host) === 0) throw new MeshlinkError('ML_ERR_CONFIG', `the relay listen address must be an IP address, got "${options.host}"`);
     const bytesPerSecond = options.bytesPerSecond ?? 12_500_000;
     if (!(bytesPerSecond > 0)) throw new MeshlinkError('ML_ERR_CONFIG', `the relay bandwidth cap must be positive, got ${bytesPerSecond}`);
-    this.#o = { host: options.host, idleMs: options.idleMs ?? 120_000, maxAllocations: options.maxAllocations ?? 1000, relatchAfterMs: options.relatchAfterMs ?? 10_000, now: options.now ?? Date.now };
+    const ports = options.ports ?? null;
+    if (ports && !(Number.isInteger(ports.low) && Number.isInteger(ports.high) && ports.low >= 1 && ports.high <= 65_535 && ports.high > ports.low)) {
+      throw new MeshlinkError('ML_ERR_CONFIG', `the relay port range must be LOW-HIGH with 1 <= LOW < HIGH <= 65535, got ${ports.low}-${ports.high}`);
+    }
+    this.#o = { host: options.host, ports, idleMs: options.idleMs ?? 120_000, maxAllocations: options.maxAllocations ?? 1000, relatchAfterMs: options.relatchAfterMs ?? 10_000, now: options.now ?? Date.now };
     this.#log = options.logger.child({ component: 'relay' });
     // One bucket per allocation and direction; the table holds two per allocation.
     const capacity = options.burstBytes ?? Math.max(65_536, bytesPerSecond / 4);
@@ -250,9 +256,9 @@ export class UdpRelay {
     this.#pending++;
     let sockets: [Socket, Socket];
     try {
-      const first = await bind(this.#o.host);
+      const first = await bindIn(this.#o.host, this.#o.ports);
       try {
-        sockets = [first, await bind(this.#o.host)];
+        sockets = [first, await bindIn(this.#o.host, this.#o.ports)];
       } catch (err) {
         first.close();
         throw err;
@@ -285,6 +291,17 @@ export class UdpRelay {
     });
     this.#log.info({ allocation: allocation.id, a: a.nodeId, b: b.nodeId, ports: [sa.address().port, sb.address().port] }, 'relay allocation made');
     return this.#info(allocation);
+  }
+
+  /** Where allocations bind. */
+  get listen(): { host: string; ports: { low: number; high: number } | null } {
+    return { host: this.#o.host, ports: this.#o.ports ? { ...this.#o.ports } : null };
+  }
+
+  /** Checks that a port of the address (and range) binds, as `server start` does before it runs the relay. */
+  static async probe(host: string, ports: { low: number; high: number } | null = null): Promise<void> {
+    const socket = await bindIn(host, ports);
+    await new Promise<void>((resolve) => socket.close(() => resolve()));
   }
 
   /** The pair's allocation, or null. */
@@ -506,7 +523,25 @@ function normalizeIp(ip: string): string {
   return lower.startsWith('::ffff:') && isIP(lower.slice(7)) === 4 ? lower.slice(7) : lower;
 }
 
-function bind(host: string): Promise<Socket> {
+/**
+ * A socket on a port of the range (from a random point on, the next free one; ML_ERR_RELAY_FULL when
+ * every port is taken), or on any port the OS gives when there is no range.
+ */
+async function bindIn(host: string, range: { low: number; high: number } | null): Promise<Socket> {
+  if (range === null) return bind(host, 0);
+  const size = range.high - range.low + 1;
+  const start = Math.floor(Math.random() * size);
+  for (let i = 0; i < size; i++) {
+    try {
+      return await bind(host, range.low + ((start + i) % size));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw err;
+    }
+  }
+  throw new MeshlinkError('ML_ERR_RELAY_FULL', `every port of the relay's range ${range.low}-${range.high} is in use`);
+}
+
+function bind(host: string, port: number): Promise<Socket> {
   return new Promise((resolve, reject) => {
     const socket = createSocket({ type: isIP(host) === 6 ? 'udp6' : 'udp4' });
     const onError = (err: Error): void => {
@@ -514,7 +549,7 @@ function bind(host: string): Promise<Socket> {
       reject(err);
     };
     socket.once('error', onError);
-    socket.bind(0, host, () => {
+    socket.bind(port, host, () => {
       socket.off('error', onError);
       resolve(socket);
     });
