@@ -46,7 +46,7 @@ function stunListenConfig(enabled: boolean, text: string | undefined): { stunLis
  * `--relay-listen HOST[:LOW-HIGH]` (`[v6]:LOW-HIGH`; HOST alone: any free port) and `--no-relay`, as
  * the config's relayListen: absent for the default, null for off.
  */
-function relayListenConfig(enabled: boolean, text: string | undefined): { relayListen?: { host: string; ports: { low: number; high: number } | null } | null } {
+export function relayListenConfig(enabled: boolean, text: string | undefined): { relayListen?: { host: string; ports: { low: number; high: number } | null } | null } {
   if (!enabled) {
     if (text !== undefined) throw new MeshlinkError('ML_ERR_USAGE', '--relay-listen and --no-relay exclude each other');
     return { relayListen: null };
@@ -60,7 +60,7 @@ function relayListenConfig(enabled: boolean, text: string | undefined): { relayL
 }
 
 /** `--relay-bandwidth 100mbit` (kbit, mbit, gbit: bits per second) as bytes per second. */
-function relayBandwidth(text: string): number {
+export function relayBandwidth(text: string): number {
   const m = /^(\d+(?:\.\d+)?)\s*(kbit|mbit|gbit)$/i.exec(text.trim());
   if (!m) throw new MeshlinkError('ML_ERR_USAGE', `invalid --relay-bandwidth "${text}": expected a rate such as 100mbit, 1gbit or 500kbit`);
   const bits = Number(m[1]) * { kbit: 1e3, mbit: 1e6, gbit: 1e9 }[m[2]!.toLowerCase() as 'kbit' | 'mbit' | 'gbit'];

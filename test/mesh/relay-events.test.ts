@@ -111,10 +111,14 @@ describe('MeshService relay sessions', () => {
     const first = await sessions.reconcile([pair]);
     expect(first).toMatchObject({ ended: [], failed: 0 });
     expect(first.assigned).toHaveLength(1);
-    // Again: nothing new.
-    expect(await sessions.reconcile([pair])).toEqual({ assigned: [], ended: [], failed: 0 });
-    // Idle past expiry with no sweep yet: the next relay() gets a new allocation; the old session is revoked first.
-    clock.now += 120_000;
+    // Again: nothing new, and the allocation is not renewed (only traffic renews it), but takes new IPs.
+    clock.now += 60_000;
+    const moved = { ...pair, b: { nodeId: b, ips: ['127.0.0.3'] } };
+    expect(await sessions.reconcile([moved])).toEqual({ assigned: [], ended: [], failed: 0 });
+    expect(relay.get(a, b)).toMatchObject({ expiresAt: clock.now + 60_000, b: { ips: ['127.0.0.3'] } });
+    // Idle past expiry (120 s since the last renewal) with no sweep yet: the next reconcile gets a new
+    // allocation; the old session is revoked first.
+    clock.now += 60_000;
     const second = await sessions.reconcile([pair]);
     expect(second.assigned).toHaveLength(1);
     expect(second.assigned[0]).not.toBe(first.assigned[0]);

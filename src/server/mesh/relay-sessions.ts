@@ -14,8 +14,9 @@ import type { HeldRelaySession, MeshService } from './service.js';
  * back to each other's own endpoints rather than keep sending to a closed port; one that allocate()
  * replaced (it had expired) is revoked before the new one is assigned.
  *
- * Each allocation is assigned once: asking again for a pair that is already relayed renews the
- * allocation (with the members' current IPs) and sends nothing.
+ * Each allocation is assigned once: `relay()` again for a pair that is already relayed renews the
+ * allocation and sends nothing; `reconcile()` only updates a held allocation's member IPs, so an
+ * allocation nobody sends through still expires.
  */
 
 export interface RelaySessionsOptions {
@@ -108,7 +109,7 @@ export class RelaySessions {
 
   /**
    * Makes the relay hold exactly the `wanted` pairs: new ones are relayed, ones in force keep their
-   * allocation (renewed with the members' current IPs), the rest end with `reason`. A pair that fails
+   * allocation (with the members' current IPs, not renewed), the rest end with `reason`. A pair that fails
    * (the relay is full) is logged and counted; it is tried again at the next reconcile.
    */
   async reconcile(wanted: readonly RelayAllocationRequest[], reason = 'direct path'): Promise<RelayReconciled> {
@@ -122,6 +123,9 @@ export class RelaySessions {
     }
     for (const request of wanted) {
       const before = this.#assigned.get(pairKey(request.a.nodeId, request.b.nodeId))?.id;
+      // Held and live: only the members' IPs may have changed; renewing here would keep an idle
+      // allocation (a member offline) alive for as long as anything triggers reconciles.
+      if (before !== undefined && this.#o.relay.updateIps(request)) continue;
       try {
         const allocation = await this.relay(request);
         if (allocation.id !== before) out.assigned.push(allocation.id);

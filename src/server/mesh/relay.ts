@@ -304,6 +304,20 @@ export class UdpRelay {
     await new Promise<void>((resolve) => socket.close(() => resolve()));
   }
 
+  /**
+   * Gives the pair's live allocation the members' current IPs without renewing it (a reconcile must not
+   * keep an idle allocation alive); false when the pair has none, or only an expired one.
+   */
+  updateIps(request: RelayAllocationRequest): boolean {
+    const parsed = relayAllocationRequestSchema.safeParse(request);
+    if (!parsed.success) throw new MeshlinkError('ML_ERR_RELAY_BAD_ALLOCATION', zodErrorText(parsed.error));
+    const { a, b } = parsed.data;
+    const allocation = this.#allocations.get(pairKey(a.nodeId, b.nodeId));
+    if (!allocation || allocation.closed || this.#expired(allocation)) return false;
+    for (const side of allocation.sides) side.member.ips = ipsOf(side.member.nodeId === a.nodeId ? a.ips : b.ips);
+    return true;
+  }
+
   /** The pair's allocation, or null. */
   get(nodeA: string, nodeB: string): RelayAllocationInfo | null {
     const allocation = this.#allocations.get(pairKey(nodeA, nodeB));
