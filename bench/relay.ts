@@ -54,7 +54,7 @@ async function relayChild(): Promise<void> {
   const relay = new UdpRelay({ host: '0.0.0.0', logger: createLogger({ name: 'bench-relay', level: 'silent' }), bytesPerSecond: 1e11, burstBytes: 1e9, idleMs: 3_600_000 });
   process.on('message', (m: ChildRequest) => {
     if (m.op === 'allocate') {
-      void relay.allocate({ a: { nodeId: 'a', ip: '127.0.0.1' }, b: { nodeId: 'b', ip: '127.0.0.2' } }).then((alloc) => process.send!({ ports: [alloc.a.port, alloc.b.port] }));
+      void relay.allocate({ a: { nodeId: 'a', ips: ['127.0.0.1'] }, b: { nodeId: 'b', ips: ['127.0.0.2'] } }).then((alloc) => process.send!({ ports: [alloc.a.port, alloc.b.port] }));
     } else {
       const cpu = process.cpuUsage();
       const stats: ChildStats = { cpuMicros: cpu.user + cpu.system, relayedBytes: relay.counters.relayedBytes, relayedPackets: relay.counters.relayedPackets, dropped: relay.counters.dropped };

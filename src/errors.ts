@@ -219,8 +219,8 @@ export const ERRORS = {
   ML_ERR_STUN_NO_ANSWER: { exit: 'timeout', description: 'The STUN responder did not answer a Binding request in time (UDP blocked, or the responder off).' },
   ML_ERR_STUN_ERROR: { exit: 'refused', description: 'The STUN responder answered a Binding request with an error (the message names its code).' },
   ML_ERR_STUN_PORT_BUSY: { exit: 'usage', description: 'A UDP port for STUN is in use: the responder’s listen port, or the local port of a probe (WireGuard holds its listen port while the interface is up).' },
-  ML_ERR_RELAY_FULL: { exit: 'serverUnavailable', description: 'The UDP relay holds its maximum number of allocations (`maxAllocations`); the pair stays on its direct path until one is released or expires.' },
-  ML_ERR_RELAY_BAD_ALLOCATION: { exit: 'usage', description: 'A relay allocation request is malformed: a member IP that is not an IP address, or the same node twice (the message names the field).' },
+  ML_ERR_RELAY_FULL: { exit: 'serverUnavailable', description: 'The UDP relay holds its maximum number of allocations (`--relay-max-allocations`), or every port of its range is in use; the pair keeps its peers’ own endpoints and is tried again at the next change.' },
+  ML_ERR_RELAY_BAD_ALLOCATION: { exit: 'usage', description: 'A relay allocation request is malformed: a member IP that is not an IP address, no IP or more than 4 for a member, or the same node twice (the message names the field).' },
   ML_ERR_WIREGUARD: { exit: 'internal', description: 'An `ip` or `wg` command applying the mesh to the WireGuard interface failed (the message names it).' },
 
   // --- remote operations (agent codes in stream.reject / stream.reset / results; admin API answers) ---

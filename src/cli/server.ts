@@ -42,6 +42,36 @@ function stunListenConfig(enabled: boolean, text: string | undefined): { stunLis
   if (port === 65_535) throw new MeshlinkError('ML_ERR_USAGE', '--stun-listen: the port after it is the alternate port; 65535 has none');
   return { stunListen: { host, port, alternatePort: port === 0 ? 0 : port + 1 } };
 }
+/**
+ * `--relay-listen HOST[:LOW-HIGH]` (`[v6]:LOW-HIGH`; HOST alone: any free port) and `--no-relay`, as
+ * the config's relayListen: absent for the default, null for off.
+ */
+export function relayListenConfig(enabled: boolean, text: string | undefined): { relayListen?: { host: string; ports: { low: number; high: number } | null } | null } {
+  if (!enabled) {
+    if (text !== undefined) throw new MeshlinkError('ML_ERR_USAGE', '--relay-listen and --no-relay exclude each other');
+    return { relayListen: null };
+  }
+  if (text === undefined) return {};
+  const m = /^\[([0-9A-Fa-f:.]+)\](?::(\d{1,5})-(\d{1,5}))?$/.exec(text) ?? /^([0-9.]+|[0-9A-Fa-f:]*:[0-9A-Fa-f:.]*)$/.exec(text) ?? /^([0-9.]+):(\d{1,5})-(\d{1,5})$/.exec(text);
+  if (!m) throw new MeshlinkError('ML_ERR_USAGE', `invalid --relay-listen "${text}": expected an IP address, optionally with a port range: 0.0.0.0, 0.0.0.0:40000-40999, [::]:40000-40999`);
+  const ports = m[2] === undefined ? null : { low: Number(m[2]), high: Number(m[3]) };
+  if (ports && (ports.low < 1 || ports.high > 65_535 || ports.high <= ports.low)) throw new MeshlinkError('ML_ERR_USAGE', `invalid --relay-listen "${text}": the port range must be LOW-HIGH with 1 <= LOW < HIGH <= 65535`);
+  return { relayListen: { host: m[1]!, ports } };
+}
+
+/** `--relay-bandwidth 100mbit` (kbit, mbit, gbit: bits per second) as bytes per second. */
+export function relayBandwidth(text: string): number {
+  const m = /^(\d+(?:\.\d+)?)\s*(kbit|mbit|gbit)$/i.exec(text.trim());
+  if (!m) throw new MeshlinkError('ML_ERR_USAGE', `invalid --relay-bandwidth "${text}": expected a rate such as 100mbit, 1gbit or 500kbit`);
+  const bits = Number(m[1]) * { kbit: 1e3, mbit: 1e6, gbit: 1e9 }[m[2]!.toLowerCase() as 'kbit' | 'mbit' | 'gbit'];
+  return Math.round(bits / 8);
+}
+
+/** `--relay-max-allocations N`. */
+function positiveInteger(flag: string, text: string): number {
+  if (!/^\d{1,6}$/.test(text)) throw new MeshlinkError('ML_ERR_USAGE', `invalid ${flag} "${text}": expected a whole number`);
+  return Number(text);
+}
 const dataDirOption = () => new Option('--data-dir <dir>', 'server data dir (default: MESHLINK_DATA_DIR, /var/lib/meshlink/server as root, else ~/.local/share/meshlink/server)');
 
 const tokenCreateOptions = z.object({ dataDir: z.string().optional(), ttl: z.string().default('1h'), node: z.string().min(1).max(128).optional(), json: z.boolean().default(false), tag: z.array(z.string()).default([]) });
@@ -58,7 +88,7 @@ function durationOption(key: string, text: string): number {
   }
 }
 
-type StartOptions = { dataDir?: string; listen: string; publicUrl?: string; san: string[]; caKey: string; certLifetime: string; renewGrace: string; heartbeatInterval: string; offlineAfter: string; clientHelloTimeout: string; proxyProtocol?: boolean; proxyProtocolFrom?: string; logLevel?: string; metricsListen?: string; consoleListen?: string; consoleOrigin?: string; config?: string; keyFile?: string; stunListen?: string; stun: boolean; releaseKey: string[] };
+type StartOptions = { dataDir?: string; listen: string; publicUrl?: string; san: string[]; caKey: string; certLifetime: string; renewGrace: string; heartbeatInterval: string; offlineAfter: string; clientHelloTimeout: string; proxyProtocol?: boolean; proxyProtocolFrom?: string; logLevel?: string; metricsListen?: string; consoleListen?: string; consoleOrigin?: string; config?: string; keyFile?: string; stunListen?: string; stun: boolean; relayListen?: string; relay: boolean; relayPublicHost?: string; relayBandwidth: string; relayIdleTimeout: string; relayMaxAllocations: string; releaseKey: string[] };
 
 /** The options of `server start`, on a fresh command too (a reload parses the config file again with it). */
 function defineStartOptions(cmd: Command): Command {
@@ -80,6 +110,12 @@ function defineStartOptions(cmd: Command): Command {
     .option('--console-listen <host:port>', 'serve the web console (plain HTTP) on this address, e.g. 127.0.0.1:8444; reach it remotely through an SSH tunnel or a TLS reverse proxy (default: off)')
     .option('--stun-listen <host:port>', 'UDP address of the STUN responder that lets agents behind NAT learn their public endpoint; the next port is its alternate (default 0.0.0.0:3478 when free)')
     .option('--no-stun', 'run no STUN responder (agents then report only the endpoints they know)')
+    .option('--relay-listen <host[:low-high]>', 'IP address (and UDP port range) of the relay for pairs whose NATs allow no direct path; two ports per allocation (default 0.0.0.0, ports the OS picks)')
+    .option('--no-relay', 'run no relay (pairs behind hard NATs on both sides then have no path)')
+    .option('--relay-public-host <host>', 'the address agents send relayed packets to (default: the host of the public URL)')
+    .option('--relay-bandwidth <rate>', 'bandwidth cap per relay allocation and direction, e.g. 100mbit, 1gbit', '100mbit')
+    .option('--relay-idle-timeout <duration>', 'a relay allocation without traffic for this long is closed and revoked (30s..1d)', '120s')
+    .option('--relay-max-allocations <n>', 'relay allocations at most (two UDP ports each)', '1000')
     .option('--release-key <key>', 'release public key (ed25519:…, printed by `meshlink release keygen`) whose signature `upgrade set` requires on agent bundles (repeatable; not stored: give it on every start)', collect, [])
     .option('--console-origin <origin>', 'the origin browsers use for the console when it is not http://HOST:PORT of the request, e.g. https://console.example.com behind a reverse proxy')
     .option('--key-file <path>', 'the server key file that seals the CA key and mesh secrets, outside the data dir (default: MESHLINK_KEY_FILE, else /etc/meshlink/server.key for the system data dir, else <data dir>.key); created at first start')
@@ -117,6 +153,11 @@ function startConfig(opts: StartOptions): ServerConfig {
     consoleListen: opts.consoleListen ? parseListenAddress(opts.consoleListen, '--console-listen', 'ML_ERR_USAGE') : null,
     consoleOrigin: opts.consoleOrigin ?? null,
     ...stunListenConfig(opts.stun, opts.stunListen),
+    ...relayListenConfig(opts.relay, opts.relayListen),
+    relayPublicHost: opts.relayPublicHost ?? null,
+    relayBytesPerSecond: relayBandwidth(opts.relayBandwidth),
+    relayIdleMs: durationOption('relayIdleTimeout', opts.relayIdleTimeout),
+    relayMaxAllocations: positiveInteger('--relay-max-allocations', opts.relayMaxAllocations),
     releaseKeys: opts.releaseKey,
   });
 }

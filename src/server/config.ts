@@ -1,3 +1,4 @@
+import { isIP } from 'node:net';
 import { homedir } from 'node:os';
 import { plainOrigin, serverOrigin } from '../contract/server-url.js';
 import { releaseKeySchema } from '../contract/release.js';
@@ -95,6 +96,31 @@ export const serverConfigSchema = z
       .refine((s) => s.port === 0 || s.port !== s.alternatePort, { message: 'the alternate STUN port must differ from the primary', path: ['alternatePort'] })
       .nullable()
       .optional(),
+    /**
+     * The UDP relay of NAT traversal (`--relay-listen HOST[:LOW-HIGH]`, docs/MESH.md "Relay"): the IP
+     * its allocations' ports are bound on, and the range they are taken from (null: any free port the
+     * OS gives). Absent: 0.0.0.0, any port, if a port there binds (a warning when not); an explicit
+     * address must bind or the start fails; null (`--no-relay`): off.
+     */
+    relayListen: z
+      .object({ host: z.string().refine((h) => isIP(h) !== 0, 'an IP address'), ports: z.object({ low: z.number().int().min(1).max(65_535), high: z.number().int().min(1).max(65_535) }).strict().nullable() })
+      .strict()
+      .refine((r) => r.ports === null || r.ports.high - r.ports.low >= 1, { message: 'the relay port range must hold at least two ports (one allocation)', path: ['ports'] })
+      .nullable()
+      .optional(),
+    /** The host agents send relayed packets to (`--relay-public-host`); null: the host of the public URL. */
+    relayPublicHost: z
+      .string()
+      .max(253)
+      .regex(/^(?:[A-Za-z0-9.-]+|[0-9A-Fa-f:.]+)$/, 'a DNS name or an IP address')
+      .nullable()
+      .default(null),
+    /** Bandwidth cap per relay allocation and direction, bytes per second (`--relay-bandwidth`, default 100 Mbit/s). */
+    relayBytesPerSecond: z.number().int().min(1_000).max(125_000_000_000).default(12_500_000),
+    /** A relay allocation without traffic for this long is closed and revoked (`--relay-idle-timeout`; above WireGuard's 25 s keepalive). */
+    relayIdleMs: z.number().int().min(30_000).max(DAY_MS).default(120_000),
+    /** Relay allocations at most (`--relay-max-allocations`; two UDP ports each). */
+    relayMaxAllocations: z.number().int().min(1).max(30_000).default(1_000),
     /** Where to serve the web console (`--console-listen`, plain HTTP, docs/CONSOLE.md); null: off. */
     consoleListen: z.object({ host: z.string().min(1), port: z.number().int().min(0).max(65_535) }).strict().nullable().default(null),
     /**
@@ -114,6 +140,10 @@ export const serverConfigSchema = z
   .refine((c) => c.offlineAfterMs > c.heartbeatIntervalMs, {
     message: 'offlineAfterMs must be greater than heartbeatIntervalMs',
     path: ['offlineAfterMs'],
+  })
+  .refine((c) => !c.relayListen?.ports || c.relayListen.ports.high - c.relayListen.ports.low + 1 >= 2 * c.relayMaxAllocations, {
+    message: 'the relay port range must hold two ports per allocation (relayMaxAllocations)',
+    path: ['relayListen', 'ports'],
   });
 
 export type ServerConfigInput = z.input<typeof serverConfigSchema>;

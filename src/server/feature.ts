@@ -74,6 +74,19 @@ export interface FeatureAnswers {
   meshNodeDetails(nodeId: string): MeshNodeDetails | null;
   /** Permitted pairs of keyed nodes by path, for the `meshlink_mesh_pairs` gauge. */
   meshPairsByPath(): { direct: number; relay: number };
+  /** The mesh relay's counters for the `meshlink_relay_*` metrics (null: the relay is off). */
+  meshRelayStats(): MeshRelayStats | null;
+}
+
+/** What the relay counted since the server started (server/mesh/relay.ts, RelayCounters). */
+export interface MeshRelayStats {
+  allocations: number;
+  /** Bytes forwarded from the pair's first member (node ids in order) to the second, and back. */
+  bytesAtoB: number;
+  bytesBtoA: number;
+  packets: number;
+  relatched: number;
+  dropped: Readonly<Record<string, number>>;
 }
 
 export interface FeatureQuestions {
@@ -95,6 +108,8 @@ export function createFeatureQuestions(): FeatureQuestions {
 
 export interface ServerFeatureHandle {
   close?(): void | Promise<void>;
+  /** Fields the feature adds to the `server ready` log line (e.g. the mesh relay's address). */
+  readyFields?(): Record<string, unknown>;
 }
 
 export type ServerFeature = (ctx: ServerFeatureContext) => ServerFeatureHandle | void | Promise<ServerFeatureHandle | void>;

@@ -5,7 +5,7 @@ import { addWireObserver } from '../net/ws-session.js';
 import { parseListenAddress, type ListenAddress } from '../util/listen-address.js';
 import { serveMetrics } from '../util/metrics-listener.js';
 import { VERSION } from '../version.js';
-import type { ServerFeature } from './feature.js';
+import type { MeshRelayStats, ServerFeature } from './feature.js';
 import { CLIENT_HELLO_TIMEOUT } from './gateway.js';
 import type { FleetTotals } from './store/store.js';
 
@@ -74,6 +74,7 @@ export function createMetricsFeature(options: MetricsFeatureOptions = {}): Serve
         this.set({ path: 'relay' }, pairs.relay);
       },
     });
+    registerRelayMetrics(registry, () => ctx.questions.ask('meshRelayStats')?.() ?? null);
     new Gauge({ name: 'meshlink_build_info', help: 'The meshlink version and Node.js version of this server (value 1).', labelNames: ['version', 'node'] as const, registers: [registry] })
       .labels({ version: VERSION, node: process.version })
       .set(1);
@@ -292,3 +293,70 @@ export function createMetricsFeature(options: MetricsFeatureOptions = {}): Serve
 }
 
 export const metricsFeature: ServerFeature = createMetricsFeature();
+
+/**
+ * The mesh relay's metrics (docs/MESH.md, "Relay"), read from its plain counters at scrape time: the
+ * packet path never touches a label. No samples while the relay is off (or the mesh feature does not run).
+ */
+function registerRelayMetrics(registry: Registry, stats: () => MeshRelayStats | null): void {
+  new Gauge({
+    name: 'meshlink_relay_allocations',
+    help: 'Relay allocations open (two UDP ports each).',
+    registers: [registry],
+    collect() {
+      const s = stats();
+      this.reset();
+      if (s) this.set(s.allocations);
+    },
+  });
+  const exported = { a_to_b: 0, b_to_a: 0, packets: 0, relatched: 0, dropped: new Map<string, number>() };
+  /** Adds what grew since the last scrape (prom-client counters only go up). */
+  const grow = (counter: Counter, value: number, last: number, labels?: Record<string, string>): number => {
+    if (value > last) {
+      if (labels) counter.inc(labels, value - last);
+      else counter.inc(value - last);
+    }
+    return Math.max(value, last);
+  };
+  new Counter({
+    name: 'meshlink_relay_bytes_total',
+    help: "Bytes the relay forwarded (WireGuard ciphertext, UDP payload), by direction: from the pair's first member (node ids in order) to the second (a_to_b), and back.",
+    labelNames: ['direction'] as const,
+    registers: [registry],
+    collect() {
+      const s = stats();
+      if (!s) return;
+      exported.a_to_b = grow(this, s.bytesAtoB, exported.a_to_b, { direction: 'a_to_b' });
+      exported.b_to_a = grow(this, s.bytesBtoA, exported.b_to_a, { direction: 'b_to_a' });
+    },
+  });
+  new Counter({
+    name: 'meshlink_relay_packets_total',
+    help: 'Packets the relay forwarded.',
+    registers: [registry],
+    collect() {
+      const s = stats();
+      if (s) exported.packets = grow(this, s.packets, exported.packets);
+    },
+  });
+  new Counter({
+    name: 'meshlink_relay_relatched_total',
+    help: 'Relay ports whose latch moved to a new source (a NAT rebinding, confirmed by the peer\'s handshake).',
+    registers: [registry],
+    collect() {
+      const s = stats();
+      if (s) exported.relatched = grow(this, s.relatched, exported.relatched);
+    },
+  });
+  new Counter({
+    name: 'meshlink_relay_dropped_packets_total',
+    help: 'Packets the relay dropped, by reason.',
+    labelNames: ['reason'] as const,
+    registers: [registry],
+    collect() {
+      const s = stats();
+      if (!s) return;
+      for (const [reason, n] of Object.entries(s.dropped)) exported.dropped.set(reason, grow(this, n, exported.dropped.get(reason) ?? 0, { reason }));
+    },
+  });
+}

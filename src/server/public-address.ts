@@ -59,3 +59,13 @@ function derivedUrl(listenHost: string, port: number, sans: readonly string[]): 
   if (host.includes(':') && !host.startsWith('[')) host = `[${host}]`;
   return `https://${host}:${port}`;
 }
+
+/**
+ * The host part of the URL agents are told (the configured `--public-url`, else the derived one), for
+ * other services of the server that agents reach at the same address (the mesh relay). IPv6 unbracketed.
+ */
+export function publicHostOf(store: Store, config: ServerConfig): string {
+  const configured = config.publicUrl ?? store.getMeta(META_PUBLIC_URL_CONFIGURED) ?? null;
+  const url = configured ?? derivedUrl(config.listen.host, config.listen.port || 1, readSans(store));
+  return new URL(url).hostname.replace(/^\[(.*)\]$/, '$1');
+}

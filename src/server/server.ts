@@ -209,7 +209,8 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
 
     const address = { host: bound.address, port: bound.port };
     listenAddress = bound.address.includes(':') ? `[${bound.address}]:${bound.port}` : `${bound.address}:${bound.port}`;
-    logger.info({ address: `${address.host}:${address.port}`, publicUrl, caPin: ring.issuer.pin, adminSocket: socketPath }, 'server ready');
+    const featureFields = Object.assign({}, ...featureHandles.map((h) => h.readyFields?.() ?? {})) as Record<string, unknown>;
+    logger.info({ ...featureFields, address: `${address.host}:${address.port}`, publicUrl, caPin: ring.issuer.pin, adminSocket: socketPath }, 'server ready');
 
     let closing: Promise<void> | undefined;
     const adminServer = admin;

@@ -30,12 +30,14 @@ describe('the server config file (real processes)', () => {
     const file = join(confDir, 'server.json');
     const filePort = await freePort();
     const flagPort = await freePort();
-    await writeFile(file, JSON.stringify({ dataDir: 'data', listen: `127.0.0.1:${filePort}`, caKey: 'rsa2048', san: ['alt.example.test'], heartbeatInterval: '5s', offlineAfter: '20s' }));
+    await writeFile(file, JSON.stringify({ dataDir: 'data', listen: `127.0.0.1:${filePort}`, caKey: 'rsa2048', san: ['alt.example.test'], heartbeatInterval: '5s', offlineAfter: '20s', relayListen: '127.0.0.1:40000-41999', relayPublicHost: 'relay.example.test', relayBandwidth: '10mbit', relayIdleTimeout: '60s' }));
     // Started from another working directory: the relative dataDir must not depend on it.
     server = spawnCli(['server', 'start', '--config', file, '--listen', `127.0.0.1:${flagPort}`]);
     const ready = await server.waitForLog('server ready', 60_000);
     expect(ready.address).toBe(`127.0.0.1:${flagPort}`);
     expect(ready.adminSocket).toBe(join(confDir, 'data', 'admin.sock'));
+    // The relay's keys as flags would give them: where it binds, what agents are told.
+    expect(ready.relay).toEqual({ publicHost: 'relay.example.test', bind: '127.0.0.1:40000-41999' });
     expect(existsSync(join(confDir, 'data', 'meshlink.db'))).toBe(true);
     const status = await cli(['server', 'status', '--json', '--data-dir', join(confDir, 'data')]);
     expect(JSON.parse(status.stdout)).toMatchObject({ sans: ['alt.example.test'], running: { listen: `127.0.0.1:${flagPort}` } });

@@ -7,7 +7,9 @@ import { cli } from '../e2e/harness.js';
 import { frame } from '../helpers/raw-agent.js';
 import { dialConnect, enrollNode, startTestServer, type TestServer } from '../server/helpers.js';
 import { wgKey } from './helpers.js';
-import { meshFeature } from '../../src/server/mesh/index.js';
+import { createMeshFeature, type MeshService } from '../../src/server/mesh/index.js';
+import type { UdpRelay } from '../../src/server/mesh/relay.js';
+import type { RelaySessions } from '../../src/server/mesh/relay-sessions.js';
 import { createObservabilityFeature } from '../../src/server/observability/index.js';
 
 async function scrape(): Promise<string> {
@@ -35,6 +37,9 @@ interface Node {
 
 let ts: TestServer;
 let metricsPort = 0;
+let mesh: MeshService;
+let relay: UdpRelay;
+let relaySessions: RelaySessions;
 const nodes: Record<string, Node> = {};
 
 /** Connects `node` with a hello that reports `nat`; resolves on welcome, or with the close of a refusal. */
@@ -81,6 +86,14 @@ async function showUntil(name: string, ok: (s: Shown) => boolean, what: string):
   throw new Error(`${what}: not reached; last: ${JSON.stringify(last)}`);
 }
 
+async function waitUntil(ok: () => boolean, what: string): Promise<void> {
+  const deadline = Date.now() + 20_000;
+  while (!ok()) {
+    if (Date.now() > deadline) throw new Error(`${what}: not reached`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
 const peerOf = (s: Shown, name: string) => s.mesh?.peers.find((p) => p.nodeId === nodes[name]!.nodeId);
 const hasAll = (s: Shown, names: string[]): boolean => names.every((n) => peerOf(s, n)?.path != null);
 
@@ -94,7 +107,18 @@ const NATS: Record<string, Nat> = {
 beforeAll(async () => {
   ts = await startTestServer(
     { stunListen: null },
-    { features: [meshFeature, createObservabilityFeature({ listen: { host: '127.0.0.1', port: 0 }, onStarted: (h) => (metricsPort = h.address.port) })] },
+    {
+      features: [
+        createMeshFeature({
+          onStarted: (m) => (mesh = m),
+          onRelayStarted: (r, s) => {
+            relay = r;
+            relaySessions = s;
+          },
+        }),
+        createObservabilityFeature({ listen: { host: '127.0.0.1', port: 0 }, onStarted: (h) => (metricsPort = h.address.port) }),
+      ],
+    },
   );
   let i = 1;
   for (const name of Object.keys(NATS)) {
@@ -139,6 +163,23 @@ describe('path choice through the real server', () => {
     expect(text).toMatch(/^meshlink_mesh_pairs\{path="relay"\} 2$/m);
   }, 60_000);
 
+  it('the server relays the relay pairs by itself: one allocation each, both members assigned, latching from the observed IPs', async () => {
+    const id = (name: string) => nodes[name]!.nodeId;
+    const pairOf = (x: string, y: string) => [id(x), id(y)].sort().join(' ');
+    const held = () => relaySessions.list().map((s) => `${s.a} ${s.b}`).sort();
+    await waitUntil(() => held().length === 2, 'two relay sessions');
+    expect(held()).toEqual([pairOf('hard', 'easy1'), pairOf('hard', 'easy2')].sort());
+    expect(relay.size).toBe(2);
+    // The member IPs: the control connection's source and the reflexive endpoint's host.
+    const allocation = relay.get(id('hard'), id('easy1'))!;
+    const hardSide = allocation.a.nodeId === id('hard') ? allocation.a : allocation.b;
+    expect(hardSide.ips.sort()).toEqual(['127.0.0.1', '198.51.100.10']);
+    // Persisted with the events, so that a restarted server revokes them.
+    expect(mesh.heldRelaySessions().map((h) => h.sessionId).sort()).toEqual(relaySessions.list().map((s) => s.id).sort());
+    const text = await scrape();
+    expect(text).toMatch(/^meshlink_relay_allocations 2$/m);
+  }, 30_000);
+
   it('the human form of nodes show lists each peer with its path', async () => {
     const r = await cli(['server', 'nodes', 'show', 'easy1', '--data-dir', ts.dataDir]);
     expect(r.code, r.stderr).toBe(0);
@@ -150,12 +191,21 @@ describe('path choice through the real server', () => {
   it('a node whose next hello reports another class moves its pairs', async () => {
     expect((await connect(nodes.easy2!, { mapping: 'endpoint-dependent', reflexive: '198.51.100.30:50000' })).welcome).toBe(true);
     const easy1 = await showUntil('easy1', (s) => peerOf(s, 'easy2')?.path === 'relay', 'easy1–easy2 relayed');
+    // Three relay pairs now, each with its allocation.
+    await waitUntil(() => relaySessions.list().length === 3 && relay.size === 3, 'three relay sessions');
+    const easyPair = relaySessions.list().find((s) => [s.a, s.b].sort().join() === [nodes.easy1!.nodeId, nodes.easy2!.nodeId].sort().join())!;
+    expect(easyPair).toBeDefined();
     expect(peerOf(easy1, 'easy2')!.endpoint).toBe('10.0.3.1:51820');
     const pub = await showUntil('public', (s) => peerOf(s, 'easy2')?.endpoint === '198.51.100.30:50000', 'public told the new reflexive endpoint');
     expect(peerOf(pub, 'easy2')!.path).toBe('direct');
     // And back.
     expect((await connect(nodes.easy2!, NATS.easy2)).welcome).toBe(true);
     await showUntil('easy1', (s) => peerOf(s, 'easy2')?.path === 'direct' && peerOf(s, 'easy2')?.endpoint === '198.51.100.30:51820', 'easy1–easy2 direct again');
+    // Direct again: its session revoked (no longer held) and its ports freed.
+    await waitUntil(() => relaySessions.list().length === 2 && relay.size === 2, 'back to two relay sessions');
+    expect(relaySessions.list().map((s) => s.id)).not.toContain(easyPair.id);
+    expect(mesh.heldRelaySessions().map((h) => h.sessionId)).not.toContain(easyPair.id);
+    expect(relay.get(nodes.easy1!.nodeId, nodes.easy2!.nodeId)).toBeNull();
   }, 60_000);
 
   it('a malformed NAT report is refused with ML_ERR_BAD_PAYLOAD (close 4004) and changes nothing', async () => {

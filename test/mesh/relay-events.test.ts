@@ -27,7 +27,7 @@ async function setup() {
     await mesh.agentOpened(id, { versions: [1], agentVersion: 't', wgPublicKey: wgKey(i + 1), endpoints: [`192.0.2.${i + 1}:51820`] }, '127.0.0.1');
     mesh.replay(sessions.get(id)!.agent, 0);
   }
-  return { mesh, a, b, sent: (id: string) => sessions.get(id)!.sent };
+  return { t, mesh, a, b, sent: (id: string) => sessions.get(id)!.sent };
 }
 
 describe('MeshService relay sessions', () => {
@@ -77,11 +77,11 @@ describe('MeshService relay sessions', () => {
     const types = (id: string) => sent(id).map((e) => e.envelope.type);
     const n = [sent(a).length, sent(b).length];
 
-    const first = await sessions.relay({ a: { nodeId: a, ip: '127.0.0.1' }, b: { nodeId: b, ip: '127.0.0.2' } });
+    const first = await sessions.relay({ a: { nodeId: a, ips: ['127.0.0.1'] }, b: { nodeId: b, ips: ['127.0.0.2'] } });
     expect(sent(a).at(-1)!.envelope).toMatchObject({ type: 'relay_session_assigned', payload: { sessionId: first.id, peerNodeId: b, endpoint: `203.0.113.9:${first.a.port}`, expiresAt: clock.now + 120_000 } });
     expect(sent(b).at(-1)!.envelope).toMatchObject({ type: 'relay_session_assigned', payload: { sessionId: first.id, peerNodeId: a, endpoint: `203.0.113.9:${first.b.port}` } });
     // Asked again: the same allocation, renewed, and no second assignment.
-    expect((await sessions.relay({ a: { nodeId: b, ip: '127.0.0.2' }, b: { nodeId: a, ip: '127.0.0.1' } })).id).toBe(first.id);
+    expect((await sessions.relay({ a: { nodeId: b, ips: ['127.0.0.2'] }, b: { nodeId: a, ips: ['127.0.0.1'] } })).id).toBe(first.id);
     expect([sent(a).length, sent(b).length]).toEqual([n[0]! + 1, n[1]! + 1]);
 
     expect(sessions.end(a, b, 'direct path')).toBe(true);
@@ -89,7 +89,7 @@ describe('MeshService relay sessions', () => {
     expect(sent(a).at(-1)!.envelope).toMatchObject({ type: 'relay_session_revoked', payload: { sessionId: first.id, peerNodeId: b, reason: 'direct path' } });
     expect(relay.size).toBe(0);
 
-    const second = await sessions.relay({ a: { nodeId: a, ip: '127.0.0.1' }, b: { nodeId: b, ip: '127.0.0.2' } });
+    const second = await sessions.relay({ a: { nodeId: a, ips: ['127.0.0.1'] }, b: { nodeId: b, ips: ['127.0.0.2'] } });
     expect(second.id).not.toBe(first.id);
     clock.now += 119_999;
     expect(sessions.sweep()).toEqual([]);
@@ -99,5 +99,55 @@ describe('MeshService relay sessions', () => {
     expect(types(a).slice(n[0])).toEqual(['relay_session_assigned', 'relay_session_revoked', 'relay_session_assigned', 'relay_session_revoked']);
     // IPv6 relay hosts are bracketed.
     expect(new RelaySessions({ relay, mesh, publicHost: '2001:db8::1', logger: silent }).endpoint(40000)).toBe('[2001:db8::1]:40000');
+  });
+
+  it('RelaySessions.reconcile: holds exactly the wanted pairs; an allocation allocate() replaced is revoked before the new one is assigned', async () => {
+    const { mesh, a, b, sent } = await setup();
+    const clock = { now: 5_000_000 };
+    const relay = new UdpRelay({ host: '127.0.0.1', logger: silent, sweepIntervalMs: 0, idleMs: 120_000, now: () => clock.now });
+    cleanups.unshift(() => relay.close());
+    const sessions = new RelaySessions({ relay, mesh, publicHost: '203.0.113.9', logger: silent });
+    const pair = { a: { nodeId: a, ips: ['127.0.0.1'] }, b: { nodeId: b, ips: ['127.0.0.2'] } };
+    const first = await sessions.reconcile([pair]);
+    expect(first).toMatchObject({ ended: [], failed: 0 });
+    expect(first.assigned).toHaveLength(1);
+    // Again: nothing new, and the allocation is not renewed (only traffic renews it), but takes new IPs.
+    clock.now += 60_000;
+    const moved = { ...pair, b: { nodeId: b, ips: ['127.0.0.3'] } };
+    expect(await sessions.reconcile([moved])).toEqual({ assigned: [], ended: [], failed: 0 });
+    expect(relay.get(a, b)).toMatchObject({ expiresAt: clock.now + 60_000, b: { ips: ['127.0.0.3'] } });
+    // Idle past expiry (120 s since the last renewal) with no sweep yet: the next reconcile gets a new
+    // allocation; the old session is revoked first.
+    clock.now += 60_000;
+    const second = await sessions.reconcile([pair]);
+    expect(second.assigned).toHaveLength(1);
+    expect(second.assigned[0]).not.toBe(first.assigned[0]);
+    const tail = sent(a).slice(-2).map((e) => [e.envelope.type, (e.envelope.payload as { sessionId: string }).sessionId, (e.envelope.payload as { reason?: string }).reason]);
+    expect(tail).toEqual([
+      ['relay_session_revoked', first.assigned[0], 'replaced'],
+      ['relay_session_assigned', second.assigned[0], undefined],
+    ]);
+    expect(mesh.heldRelaySessions().map((h) => h.sessionId)).toEqual(second.assigned);
+    // Not wanted any more (the pair went direct): revoked, ports freed, nothing held.
+    expect(await sessions.reconcile([])).toEqual({ assigned: [], ended: second.assigned, failed: 0 });
+    expect(relay.size).toBe(0);
+    expect(sent(b).at(-1)!.envelope).toMatchObject({ type: 'relay_session_revoked', payload: { sessionId: second.assigned[0], reason: 'direct path' } });
+    expect(mesh.heldRelaySessions()).toEqual([]);
+  });
+
+  it('held relay sessions survive a restart of the mesh service and are revoked by the next run', async () => {
+    const { t, mesh, a, b } = await setup();
+    mesh.assignRelay('rOld', [{ nodeId: a, endpoint: '203.0.113.9:40001' }, { nodeId: b, endpoint: '203.0.113.9:40002' }]);
+    await mesh.close();
+    const next = await MeshService.open(t.store, silent, { sealing: t.sealing });
+    cleanups.unshift(() => next.close());
+    const hub = recordingSessions();
+    next.setDelivery(hub);
+    expect(next.heldRelaySessions()).toEqual([{ sessionId: 'rOld', a, b }]);
+    const relay = new UdpRelay({ host: '127.0.0.1', logger: silent, sweepIntervalMs: 0 });
+    cleanups.unshift(() => relay.close());
+    const sessions = new RelaySessions({ relay, mesh: next, publicHost: '203.0.113.9', logger: silent });
+    expect(sessions.revokeStale(next.heldRelaySessions())).toBe(1);
+    expect(next.heldRelaySessions()).toEqual([]);
   });
 });

@@ -71,7 +71,7 @@ const settled = (r: UdpRelay) => r.counters.relayedPackets + Object.values(r.cou
 async function latchedPair(r: UdpRelay) {
   const a = await peer('127.0.0.1');
   const b = await peer('127.0.0.2');
-  const alloc = await r.allocate({ a: { nodeId: 'node-a', ip: '127.0.0.1' }, b: { nodeId: 'node-b', ip: '127.0.0.2' } });
+  const alloc = await r.allocate({ a: { nodeId: 'node-a', ips: ['127.0.0.1'] }, b: { nodeId: 'node-b', ips: ['127.0.0.2'] } });
   // A's initiation latches A's port; B's is not latched yet, so it goes nowhere (WireGuard retries).
   await sendSettled(r, a, alloc.a.port, wg(1));
   expect(r.counters.dropped.peer_not_latched).toBe(1);
@@ -118,7 +118,8 @@ describe('UdpRelay', () => {
     const text = await registry.metrics();
     expect(text).toMatch(/^meshlink_relay_allocations 1$/m);
     expect(text).toMatch(/^meshlink_relay_packets_total 5$/m);
-    expect(text).toMatch(new RegExp(`^meshlink_relay_bytes_total ${92 + 160 + 1440 + 64 + 48}$`, 'm'));
+    expect(text).toMatch(new RegExp(`^meshlink_relay_bytes_total\\{direction="a_to_b"\\} ${160 + 1440 + 64}$`, 'm'));
+    expect(text).toMatch(new RegExp(`^meshlink_relay_bytes_total\\{direction="b_to_a"\\} ${92 + 48}$`, 'm'));
     expect(text).toMatch(/^meshlink_relay_dropped_packets_total\{reason="peer_not_latched"\} 1$/m);
   });
 
@@ -127,7 +128,7 @@ describe('UdpRelay', () => {
     const stranger = await peer('127.0.0.3');
     const a = await peer('127.0.0.1');
     const b = await peer('127.0.0.2');
-    const alloc = await r.allocate({ a: { nodeId: 'node-a', ip: '127.0.0.1' }, b: { nodeId: 'node-b', ip: '127.0.0.2' } });
+    const alloc = await r.allocate({ a: { nodeId: 'node-a', ips: ['127.0.0.1'] }, b: { nodeId: 'node-b', ips: ['127.0.0.2'] } });
     // Before latching: a handshake from another IP does not latch; a transport packet from the right IP does not either.
     await sendSettled(r, stranger, alloc.a.port, wg(1));
     await sendSettled(r, a, alloc.a.port, wg(4));
@@ -177,17 +178,17 @@ describe('UdpRelay', () => {
     expect(r.size).toBe(0);
     expect(r.get('node-a', 'node-b')).toBeNull();
     // A new allocation for the pair gets new ports and must be latched again.
-    const again = await r.allocate({ a: { nodeId: 'node-a', ip: '127.0.0.1' }, b: { nodeId: 'node-b', ip: '127.0.0.2' } });
+    const again = await r.allocate({ a: { nodeId: 'node-a', ips: ['127.0.0.1'] }, b: { nodeId: 'node-b', ips: ['127.0.0.2'] } });
     expect(again.id).not.toBe(alloc.id);
     expect(again.a.latched).toBeNull();
   });
 
   it('caps allocations in all (one per pair) and bandwidth per allocation', async () => {
     const { relay: r, clock } = relay({ maxAllocations: 1, bytesPerSecond: 1000, burstBytes: 1000 });
-    const first = await r.allocate({ a: { nodeId: 'x', ip: '127.0.0.1' }, b: { nodeId: 'y', ip: '127.0.0.2' } });
+    const first = await r.allocate({ a: { nodeId: 'x', ips: ['127.0.0.1'] }, b: { nodeId: 'y', ips: ['127.0.0.2'] } });
     // The same pair, either order: the same allocation.
-    expect((await r.allocate({ a: { nodeId: 'y', ip: '127.0.0.2' }, b: { nodeId: 'x', ip: '127.0.0.1' } })).id).toBe(first.id);
-    const full = await r.allocate({ a: { nodeId: 'x', ip: '127.0.0.1' }, b: { nodeId: 'z', ip: '127.0.0.3' } }).catch((e: unknown) => e);
+    expect((await r.allocate({ a: { nodeId: 'y', ips: ['127.0.0.2'] }, b: { nodeId: 'x', ips: ['127.0.0.1'] } })).id).toBe(first.id);
+    const full = await r.allocate({ a: { nodeId: 'x', ips: ['127.0.0.1'] }, b: { nodeId: 'z', ips: ['127.0.0.3'] } }).catch((e: unknown) => e);
     expect(full).toBeInstanceOf(MeshlinkError);
     expect((full as MeshlinkError).code).toBe('ML_ERR_RELAY_FULL');
     expect(r.release('y', 'x')).toBe(true);
@@ -212,21 +213,124 @@ describe('UdpRelay', () => {
     expect(b.inbox.length).toBe(12);
   });
 
+  it('re-latches a member that moved to a new port only when its peer answers the new source\'s handshake, after the old one went silent', async () => {
+    const registry = new Registry();
+    const { relay: r, clock } = relay({ relatchAfterMs: 10_000, registry });
+    const { a, b, alloc } = await latchedPair(r);
+    // A's NAT rebinds: A's WireGuard now sends from another port of the same IP.
+    const moved = await peer('127.0.0.1');
+    const initiation = (index: number): Buffer => {
+      const p = wg(1);
+      p.writeUInt32LE(index, 4);
+      return p;
+    };
+    const response = (receiver: number): Buffer => {
+      const p = wg(2);
+      p.writeUInt32LE(receiver, 8);
+      return p;
+    };
+    // Too early: the latched source spoke less than 10 s ago.
+    clock.now += 9_999;
+    await sendSettled(r, moved, alloc.a.port, initiation(7));
+    expect(r.counters.dropped.wrong_source).toBe(1);
+    // Silent long enough: a transport packet from the new port still does nothing, an initiation is a
+    // candidate and reaches B, but the latch stays until B answers it.
+    clock.now += 1;
+    await sendSettled(r, moved, alloc.a.port, wg(4));
+    expect(r.counters.dropped.wrong_source).toBe(2);
+    const fromMoved = initiation(7);
+    await sendSettled(r, moved, alloc.a.port, fromMoved);
+    await until('the candidate initiation at B', () => b.inbox.length === 1);
+    expect(b.inbox[0]).toEqual(fromMoved);
+    expect(r.get('node-a', 'node-b')!.a.latched).toEqual({ address: '127.0.0.1', port: a.port });
+    // A stranger on another IP cannot even be a candidate; a response for another index confirms nothing.
+    const stranger = await peer('127.0.0.3');
+    await sendSettled(r, stranger, alloc.a.port, initiation(9));
+    expect(r.counters.dropped.wrong_source).toBe(3);
+    await sendSettled(r, b, alloc.b.port, response(8));
+    await until('the unmatched response at the old source', () => a.inbox.length === 2);
+    expect(r.get('node-a', 'node-b')!.a.latched!.port).toBe(a.port);
+    // B's WireGuard answers the candidate's initiation: the latch moves and the answer goes there.
+    const answer = response(7);
+    await sendSettled(r, b, alloc.b.port, answer);
+    await until('the response at the new source', () => moved.inbox.length === 1);
+    expect(moved.inbox[0]).toEqual(answer);
+    expect(r.get('node-a', 'node-b')!.a).toMatchObject({ latched: { address: '127.0.0.1', port: moved.port }, relatched: 1 });
+    // From now on the old source is the stranger.
+    await sendSettled(r, a, alloc.a.port, wg(4));
+    expect(r.counters.dropped.wrong_source).toBe(4);
+    const data = wg(4);
+    await send(moved, alloc.a.port, data);
+    await until('data from the new source at B', () => b.inbox.length === 2);
+    expect(b.inbox[1]).toEqual(data);
+    expect(r.counters.relatched).toBe(1);
+    expect(await registry.metrics()).toMatch(/^meshlink_relay_relatched_total 1$/m);
+  });
+
+  it('does not re-latch while the latched source keeps talking, nor on a response that comes too late', async () => {
+    const { relay: r, clock } = relay({ relatchAfterMs: 10_000 });
+    const { a, b, alloc } = await latchedPair(r);
+    const other = await peer('127.0.0.1');
+    const init = wg(1);
+    init.writeUInt32LE(42, 4);
+    const answer = wg(2);
+    answer.writeUInt32LE(42, 8);
+    clock.now += 10_000;
+    await sendSettled(r, other, alloc.a.port, init);
+    // The latched source speaks after the candidate: the candidate is void.
+    await sendSettled(r, a, alloc.a.port, wg(4));
+    await sendSettled(r, b, alloc.b.port, answer);
+    await until('the answer at the latched source', () => a.inbox.length === 2);
+    expect(r.get('node-a', 'node-b')!.a.latched!.port).toBe(a.port);
+    // A candidate whose answer comes after 10 s is void too.
+    clock.now += 10_000;
+    await sendSettled(r, other, alloc.a.port, init);
+    clock.now += 10_000;
+    await sendSettled(r, b, alloc.b.port, answer);
+    expect(r.get('node-a', 'node-b')!.a).toMatchObject({ latched: { port: a.port }, relatched: 0 });
+    expect(other.inbox).toEqual([]);
+  });
+
+  it('on a dual-stack :: socket, forwards to IPv4 members in the socket\'s own form and shows them plain', async () => {
+    const { relay: r } = relay({ host: '::' });
+    const { a, b, alloc } = await latchedPair(r);
+    expect(r.get('node-a', 'node-b')).toMatchObject({ a: { latched: { address: '127.0.0.1', port: a.port } }, b: { latched: { address: '127.0.0.2' } } });
+    const p = wg(4);
+    await send(a, alloc.a.port, p);
+    await until('the packet at B', () => b.inbox.length === 1);
+    expect(b.inbox[0]).toEqual(p);
+  });
+
+  it('names allocations with random ids (unique across restarts), and renews an allocation with the members\' new IPs', async () => {
+    const ids = new Set<string>();
+    for (let i = 0; i < 3; i++) {
+      const { relay: r } = relay();
+      const x = await r.allocate({ a: { nodeId: 'a', ips: ['127.0.0.1'] }, b: { nodeId: 'b', ips: ['127.0.0.2'] } });
+      expect(x.id).toMatch(/^r[A-Za-z0-9_-]{12}$/);
+      ids.add(x.id);
+      const renewed = await r.allocate({ a: { nodeId: 'b', ips: ['127.0.0.4', '::ffff:127.0.0.2'] }, b: { nodeId: 'a', ips: ['127.0.0.1'] } });
+      expect(renewed.id).toBe(x.id);
+      expect(renewed.b.ips).toEqual(['127.0.0.4', '127.0.0.2']);
+      await r.close();
+    }
+    expect(ids.size).toBe(3);
+  });
+
   it('refuses a malformed request with ML_ERR_RELAY_BAD_ALLOCATION, and allocates nothing after close', async () => {
     const { relay: r } = relay();
     for (const bad of [
-      { a: { nodeId: 'a', ip: 'example.com' }, b: { nodeId: 'b', ip: '127.0.0.2' } },
-      { a: { nodeId: 'a', ip: '127.0.0.1' }, b: { nodeId: 'a', ip: '127.0.0.2' } },
-      { a: { nodeId: '', ip: '127.0.0.1' }, b: { nodeId: 'b', ip: '127.0.0.2' } },
+      { a: { nodeId: 'a', ips: ['example.com'] }, b: { nodeId: 'b', ips: ['127.0.0.2'] } },
+      { a: { nodeId: 'a', ips: ['127.0.0.1'] }, b: { nodeId: 'a', ips: ['127.0.0.2'] } },
+      { a: { nodeId: '', ips: ['127.0.0.1'] }, b: { nodeId: 'b', ips: ['127.0.0.2'] } },
     ]) {
       const err = await r.allocate(bad).catch((e: unknown) => e);
       expect((err as MeshlinkError).code).toBe('ML_ERR_RELAY_BAD_ALLOCATION');
     }
-    await r.allocate({ a: { nodeId: 'a', ip: '127.0.0.1' }, b: { nodeId: 'b', ip: '::ffff:127.0.0.2' } });
-    expect(r.get('a', 'b')!.b.ip).toBe('127.0.0.2');
+    await r.allocate({ a: { nodeId: 'a', ips: ['127.0.0.1'] }, b: { nodeId: 'b', ips: ['::ffff:127.0.0.2'] } });
+    expect(r.get('a', 'b')!.b.ips).toEqual(['127.0.0.2']);
     await r.close();
     await r.close();
     expect(r.size).toBe(0);
-    expect(((await r.allocate({ a: { nodeId: 'a', ip: '127.0.0.1' }, b: { nodeId: 'b', ip: '127.0.0.2' } }).catch((e: unknown) => e)) as MeshlinkError).code).toBe('ML_ERR_RELAY_FULL');
+    expect(((await r.allocate({ a: { nodeId: 'a', ips: ['127.0.0.1'] }, b: { nodeId: 'b', ips: ['127.0.0.2'] } }).catch((e: unknown) => e)) as MeshlinkError).code).toBe('ML_ERR_RELAY_FULL');
   });
 });

@@ -8,6 +8,11 @@ import { meshListingLookup, meshNodeDetails, tokenTagsLookup } from './listing.j
 import { MeshService, type MeshOptions } from './service.js';
 import { MeshStore } from './store.js';
 import { StunResponder } from './stun-responder.js';
+import { UdpRelay } from './relay.js';
+import { RelaySessions } from './relay-sessions.js';
+import type { RelayAllocationRequest } from './relay.js';
+import { publicHostOf } from '../public-address.js';
+import type { PresenceView } from '../presence.js';
 import type { SelfReport } from '../../contract/mesh-events.js';
 
 export { MeshService } from './service.js';
@@ -23,6 +28,8 @@ export interface MeshFeatureOptions extends MeshOptions {
   sweepIntervalMs?: number;
   /** Receives the service once started (tests, benchmarks). */
   onStarted?: (mesh: MeshService) => void;
+  /** Receives the relay once started (tests). */
+  onRelayStarted?: (relay: UdpRelay, sessions: RelaySessions) => void;
 }
 
 export function createMeshFeature(options: MeshFeatureOptions = {}): ServerFeature {
@@ -104,6 +111,19 @@ export function createMeshFeature(options: MeshFeatureOptions = {}): ServerFeatu
     ctx.sessions.onMessage('drift.report', (agent, report) => mesh.drift(agent.nodeId, report));
 
     const stun = await startStunResponder(ctx.config.stunListen, log);
+    const relay = await startRelay(ctx.config, log);
+    const assigner = relay ? new RelayAssigner(mesh, relay, ctx.presence, publicHostOf(ctx.store, ctx.config), ctx.config.relayPublicHost, log) : null;
+    if (assigner) {
+      ctx.questions.answer('meshRelayStats', () => {
+        const c = relay!.counters;
+        return { allocations: relay!.size, bytesAtoB: c.relayedBytesAtoB, bytesBtoA: c.relayedBytesBtoA, packets: c.relayedPackets, relatched: c.relatched, dropped: c.dropped };
+      });
+      // A member coming online (or going) changes which pairs get an allocation.
+      ctx.sessions.on('agent-open', () => assigner.schedule());
+      ctx.sessions.on('agent-close', () => assigner.schedule());
+      assigner.start();
+      options.onRelayStarted?.(relay!, assigner.sessions);
+    }
 
     const sweepTimer = setInterval(() => void mesh.sweepAndRecompute(), options.sweepIntervalMs ?? 1_000);
     sweepTimer.unref();
@@ -112,11 +132,14 @@ export function createMeshFeature(options: MeshFeatureOptions = {}): ServerFeatu
 
     options.onStarted?.(mesh);
     return {
+      readyFields: () => (assigner ? { relay: assigner.address() } : {}),
       async close() {
         stopObserving();
         stopClaiming();
         clearInterval(sweepTimer);
         await stun?.close();
+        await assigner?.close();
+        await relay?.close();
         await mesh.close();
       },
     };
@@ -154,5 +177,118 @@ async function startStunResponder(setting: ServerConfig['stunListen'], log: Logg
     if (setting !== undefined || !(err instanceof MeshlinkError && err.code === 'ML_ERR_STUN_PORT_BUSY')) throw err;
     log.warn({ err: err.message }, 'no STUN responder: the default UDP ports 3478/3479 are in use; agents behind NAT cannot learn their public endpoints (set --stun-listen, or --no-stun to silence this)');
     return null;
+  }
+}
+
+/**
+ * Starts the relay the config asks for (docs/MESH.md, "Relay"): an explicit address must bind (the
+ * start fails otherwise); the default one (0.0.0.0, any port) is best effort, with a warning.
+ */
+async function startRelay(config: ServerConfig, log: Logger): Promise<UdpRelay | null> {
+  const setting = config.relayListen;
+  if (setting === null) return null;
+  const listen = setting ?? { host: '0.0.0.0', ports: null };
+  try {
+    await UdpRelay.probe(listen.host, listen.ports);
+  } catch (err) {
+    const why = err instanceof Error ? err.message : String(err);
+    if (setting !== undefined) throw new MeshlinkError('ML_ERR_CONFIG', `--relay-listen ${listen.host}: no UDP port binds there (${why})`);
+    log.warn({ err: why }, 'no relay: no UDP port binds on 0.0.0.0; pairs behind hard NATs on both sides have no path (set --relay-listen, or --no-relay to silence this)');
+    return null;
+  }
+  return new UdpRelay({ host: listen.host, ports: listen.ports, idleMs: config.relayIdleMs, bytesPerSecond: config.relayBytesPerSecond, maxAllocations: config.relayMaxAllocations, logger: log });
+}
+
+/** Reconciles coalesce: a burst of connects or recomputes runs one reconcile after this delay. */
+const RELAY_RECONCILE_DELAY_MS = 100;
+
+/**
+ * The relay assigned by the server itself: after every mesh recompute (hello NAT reports, node removal,
+ * policy and tags), every agent connect and close, and every expiry, the relay is made to hold an
+ * allocation for exactly the pairs the path choice marks `relay` (path.ts) whose members are both
+ * online, plus the ones already held whose members went offline (they expire when idle). A pair
+ * that turns direct, loses its permission or a member gets `relay_session_revoked` and its ports freed.
+ */
+class RelayAssigner {
+  readonly sessions: RelaySessions;
+  readonly #mesh: MeshService;
+  readonly #relay: UdpRelay;
+  readonly #presence: PresenceView;
+  readonly #host: string;
+  readonly #log: Logger;
+  #timer: NodeJS.Timeout | null = null;
+  #running: Promise<void> | null = null;
+  #again = false;
+  #closed = false;
+  #unsubscribe: (() => void) | null = null;
+
+  constructor(mesh: MeshService, relay: UdpRelay, presence: PresenceView, publicUrlHost: string, configuredHost: string | null, log: Logger) {
+    this.#mesh = mesh;
+    this.#relay = relay;
+    this.#presence = presence;
+    this.#host = configuredHost ?? publicUrlHost;
+    this.#log = log;
+    this.sessions = new RelaySessions({ relay, mesh, publicHost: this.#host, logger: log });
+    this.sessions.onRevokedExpired = () => this.schedule();
+  }
+
+  /** The relay's address as agents are told it, and where it binds. */
+  address(): { publicHost: string; bind: string } {
+    const listen = this.#relay.listen;
+    return { publicHost: this.#host, bind: `${listen.host.includes(':') ? `[${listen.host}]` : listen.host}${listen.ports ? `:${listen.ports.low}-${listen.ports.high}` : ''}` };
+  }
+
+  start(): void {
+    // Sessions an earlier run assigned died with its relay: their members hear so before new ones.
+    const stale = this.sessions.revokeStale(this.#mesh.heldRelaySessions());
+    if (stale > 0) this.#log.info({ revoked: stale }, 'relay sessions of the previous run revoked');
+    this.#unsubscribe = this.#mesh.onRecomputed(() => this.schedule());
+    this.schedule();
+  }
+
+  schedule(): void {
+    if (this.#closed) return;
+    if (this.#running) {
+      this.#again = true;
+      return;
+    }
+    if (this.#timer) return;
+    this.#timer = setTimeout(() => {
+      this.#timer = null;
+      this.#running = this.#run().finally(() => {
+        this.#running = null;
+        if (this.#again) {
+          this.#again = false;
+          this.schedule();
+        }
+      });
+    }, RELAY_RECONCILE_DELAY_MS);
+    this.#timer.unref();
+  }
+
+  async #run(): Promise<void> {
+    const held = new Set(this.sessions.list().map((s) => `${s.a}\n${s.b}`));
+    const wanted: RelayAllocationRequest[] = [];
+    for (const pair of this.#mesh.relayPairs()) {
+      const online = this.#presence.isOnline(pair.a) && this.#presence.isOnline(pair.b);
+      if (!online && !held.has(`${pair.a}\n${pair.b}`) && !held.has(`${pair.b}\n${pair.a}`)) continue;
+      const ipsA = this.#mesh.observedIps(pair.a);
+      const ipsB = this.#mesh.observedIps(pair.b);
+      if (ipsA.length === 0 || ipsB.length === 0) continue;
+      wanted.push({ a: { nodeId: pair.a, ips: ipsA }, b: { nodeId: pair.b, ips: ipsB } });
+    }
+    try {
+      const done = await this.sessions.reconcile(wanted);
+      if (done.assigned.length + done.ended.length > 0) this.#log.info({ assigned: done.assigned.length, ended: done.ended.length, failed: done.failed, held: this.#relay.size }, 'relay sessions reconciled');
+    } catch (err) {
+      this.#log.error({ err }, 'relay reconcile failed');
+    }
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    this.#unsubscribe?.();
+    if (this.#timer) clearTimeout(this.#timer);
+    await this.#running;
   }
 }

@@ -1,17 +1,22 @@
 import { isIP } from 'node:net';
+import { MeshlinkError } from '../../errors.js';
 import type { Logger } from '../../util/logger.js';
 import type { RelayAllocationInfo, RelayAllocationRequest, UdpRelay } from './relay.js';
-import type { MeshService } from './service.js';
+import type { HeldRelaySession, MeshService } from './service.js';
 
 /**
  * Relay sessions: joins the UDP relay's allocations (relay.ts) to the signed relay events
- * (MeshService.assignRelay / revokeRelay). The path choice calls `relay()` for a pair that needs
- * the relay and `end()` when the pair goes direct. An allocation that expires (no traffic for the
- * relay's idle time) is revoked here, so both members go back to each other's own endpoints rather
- * than keep sending to a closed port.
+ * (MeshService.assignRelay / revokeRelay). `reconcile()` takes the pairs the path choice marks `relay`
+ * (with the IPs the server observed for each member) and makes the relay hold exactly those: a new
+ * pair gets an allocation and both members a `relay_session_assigned`; a pair that went direct, was
+ * removed or is no longer permitted gets `relay_session_revoked` and its allocation is freed. An
+ * allocation that expires (no traffic for the relay's idle time) is revoked here, so both members go
+ * back to each other's own endpoints rather than keep sending to a closed port; one that allocate()
+ * replaced (it had expired) is revoked before the new one is assigned.
  *
- * Each allocation is assigned once: asking again for a pair that is already relayed renews the
- * allocation and sends nothing.
+ * Each allocation is assigned once: `relay()` again for a pair that is already relayed renews the
+ * allocation and sends nothing; `reconcile()` only updates a held allocation's member IPs, so an
+ * allocation nobody sends through still expires.
  */
 
 export interface RelaySessionsOptions {
@@ -22,11 +27,19 @@ export interface RelaySessionsOptions {
   logger: Logger;
 }
 
+/** What reconcile() did. */
+export interface RelayReconciled {
+  assigned: string[];
+  ended: string[];
+  /** Pairs that should be relayed but could not be (relay full, a member without a known IP). */
+  failed: number;
+}
+
 export class RelaySessions {
   readonly #o: RelaySessionsOptions;
   readonly #log: Logger;
-  /** Allocation ids whose assignment was sent, with the pair. */
-  readonly #assigned = new Map<string, { a: string; b: string }>();
+  /** The session in force per pair (pair key: the node ids, sorted). */
+  readonly #assigned = new Map<string, { id: string; a: string; b: string }>();
 
   constructor(options: RelaySessionsOptions) {
     this.#o = options;
@@ -40,10 +53,37 @@ export class RelaySessions {
     return isIP(host) === 6 ? `[${host}]:${port}` : `${host}:${port}`;
   }
 
+  /** The sessions in force, by pair. */
+  list(): Array<{ id: string; a: string; b: string }> {
+    return [...this.#assigned.values()].map((s) => ({ ...s }));
+  }
+
+  /**
+   * Revokes sessions an earlier run of the server assigned (MeshService.heldRelaySessions()): their
+   * allocations died with that process. Call once at start, before the first reconcile.
+   */
+  revokeStale(held: readonly HeldRelaySession[]): number {
+    let n = 0;
+    for (const h of held) {
+      if ([...this.#assigned.values()].some((s) => s.id === h.sessionId)) continue;
+      try {
+        this.#o.mesh.revokeRelay(h.sessionId, h.a, h.b, 'relay restarted');
+        n++;
+      } catch (err) {
+        this.#log.warn({ err, allocation: h.sessionId }, 'stale relay session not revoked');
+      }
+    }
+    return n;
+  }
+
   /** Relays the pair: allocates (or renews) and, for a new allocation, assigns it to both members. */
   async relay(request: RelayAllocationRequest): Promise<RelayAllocationInfo> {
     const allocation = await this.#o.relay.allocate(request);
-    if (this.#assigned.has(allocation.id)) return allocation;
+    const key = pairKey(allocation.a.nodeId, allocation.b.nodeId);
+    const held = this.#assigned.get(key);
+    if (held?.id === allocation.id) return allocation;
+    // allocate() replaced an allocation (it had expired before a sweep saw it): its session ends first.
+    if (held) this.#revoke(key, held, 'replaced');
     try {
       this.#o.mesh.assignRelay(allocation.id, [
         { nodeId: allocation.a.nodeId, endpoint: this.endpoint(allocation.a.port) },
@@ -54,17 +94,48 @@ export class RelaySessions {
       this.#o.relay.release(allocation.a.nodeId, allocation.b.nodeId);
       throw err;
     }
-    this.#assigned.set(allocation.id, { a: allocation.a.nodeId, b: allocation.b.nodeId });
+    this.#assigned.set(key, { id: allocation.id, a: allocation.a.nodeId, b: allocation.b.nodeId });
     return allocation;
   }
 
   /** Ends the pair's relay session (the pair went direct, or a member left); false when it had none. */
   end(nodeA: string, nodeB: string, reason = 'direct path'): boolean {
-    const allocation = this.#o.relay.get(nodeA, nodeB);
-    if (!allocation) return false;
-    this.#o.relay.release(nodeA, nodeB);
-    this.#revoke(allocation.id, reason);
-    return true;
+    const key = pairKey(nodeA, nodeB);
+    const released = this.#o.relay.release(nodeA, nodeB);
+    const held = this.#assigned.get(key);
+    if (held) this.#revoke(key, held, reason);
+    return released || held !== undefined;
+  }
+
+  /**
+   * Makes the relay hold exactly the `wanted` pairs: new ones are relayed, ones in force keep their
+   * allocation (with the members' current IPs, not renewed), the rest end with `reason`. A pair that fails
+   * (the relay is full) is logged and counted; it is tried again at the next reconcile.
+   */
+  async reconcile(wanted: readonly RelayAllocationRequest[], reason = 'direct path'): Promise<RelayReconciled> {
+    const out: RelayReconciled = { assigned: [], ended: [], failed: 0 };
+    const keep = new Set(wanted.map((w) => pairKey(w.a.nodeId, w.b.nodeId)));
+    for (const [key, held] of [...this.#assigned]) {
+      if (keep.has(key)) continue;
+      this.#o.relay.release(held.a, held.b);
+      this.#revoke(key, held, reason);
+      out.ended.push(held.id);
+    }
+    for (const request of wanted) {
+      const before = this.#assigned.get(pairKey(request.a.nodeId, request.b.nodeId))?.id;
+      // Held and live: only the members' IPs may have changed; renewing here would keep an idle
+      // allocation (a member offline) alive for as long as anything triggers reconciles.
+      if (before !== undefined && this.#o.relay.updateIps(request)) continue;
+      try {
+        const allocation = await this.relay(request);
+        if (allocation.id !== before) out.assigned.push(allocation.id);
+      } catch (err) {
+        out.failed++;
+        const level = err instanceof MeshlinkError && err.code === 'ML_ERR_RELAY_FULL' ? 'warn' : 'error';
+        this.#log[level]({ err, a: request.a.nodeId, b: request.b.nodeId }, 'relay: the pair could not be relayed (tried again at the next change)');
+      }
+    }
+    return out;
   }
 
   /** Sweeps the relay now and revokes what expired (the timer does the same every few seconds). */
@@ -74,19 +145,29 @@ export class RelaySessions {
     return expired.map((e) => e.id);
   }
 
+  /** Called after the relay's timer sweep revoked what expired (the feature reconciles again). */
+  onRevokedExpired: (() => void) | null = null;
+
   #revokeExpired(expired: readonly RelayAllocationInfo[]): void {
-    for (const e of expired) this.#revoke(e.id, 'expired');
+    for (const e of expired) {
+      const key = pairKey(e.a.nodeId, e.b.nodeId);
+      const held = this.#assigned.get(key);
+      if (held?.id === e.id) this.#revoke(key, held, 'expired');
+    }
+    if (expired.length > 0) this.onRevokedExpired?.();
   }
 
-  #revoke(id: string, reason: string): void {
-    const pair = this.#assigned.get(id);
-    if (!pair) return;
-    this.#assigned.delete(id);
+  #revoke(key: string, held: { id: string; a: string; b: string }, reason: string): void {
+    if (this.#assigned.get(key) === held) this.#assigned.delete(key);
     try {
-      this.#o.mesh.revokeRelay(id, pair.a, pair.b, reason);
+      this.#o.mesh.revokeRelay(held.id, held.a, held.b, reason);
     } catch (err) {
       // A member removed from the mesh meanwhile: the other gets peer_removed, which drops the session too.
-      this.#log.warn({ err, allocation: id }, 'relay revoke not sent');
+      this.#log.warn({ err, allocation: held.id }, 'relay revoke not sent');
     }
   }
+}
+
+function pairKey(a: string, b: string): string {
+  return a < b ? `${a}\n${b}` : `${b}\n${a}`;
 }

@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { createSocket, type RemoteInfo, type Socket } from 'node:dgram';
 import { isIP } from 'node:net';
 import { Counter, Gauge, type Registry } from 'prom-client';
@@ -15,8 +16,9 @@ import { zodErrorText } from '../../util/zod-error.js';
  * each member hears its peer from the port it sends to (WireGuard roams an endpoint to the source of
  * what it receives: any other port would pull it off the relay). Each
  * port latches the first source (IP and port) that sends a WireGuard handshake initiation or response
- * from the IP the server observed for that member; from then on only that source is accepted on that
- * port. Everything else is dropped and counted by reason.
+ * from an IP the server observed for that member (`ips`: its control connection's source, its STUN
+ * reflexive address); from then on only that source is accepted on that port, but see re-latching
+ * below. Everything else is dropped and counted by reason.
  *
  * The relay sees only ciphertext: WireGuard's messages have fixed sizes and a type byte followed by
  * three zero bytes, which is all it checks (wireguard.com/papers/wireguard.pdf §5.4):
@@ -28,9 +30,27 @@ import { zodErrorText } from '../../util/zod-error.js';
  *
  * An allocation expires after `idleMs` without a forwarded packet (120 s by default: WireGuard's
  * persistent keepalive, 25 s here, renews it while the tunnel is up); an expired allocation forwards
- * nothing and is closed by the next sweep. A source that rebinds (a NAT restart) is not re-latched:
- * the server revokes the allocation and assigns a new one, so a hijack from the same IP needs the
- * server's consent.
+ * nothing and is closed by the next sweep.
+ *
+ * Re-latching (a NAT rebinding: the member's router gave its WireGuard port a new public port). The
+ * relay cannot authenticate WireGuard, but the member's peer can, and says so in a way the relay can
+ * read: a handshake response (type 2) carries, as its receiver index (bytes 8..11), the sender index
+ * (bytes 4..7) of the initiation it answers, and WireGuard answers only an initiation that decrypts
+ * with the peer's keys and carries a fresh timestamp (a replay gets no answer). So a latch moves only
+ * when all of these hold:
+ *   1. the latched source has been silent for `relatchAfterMs` (default 10 s; a rebound member's old
+ *      mapping is silent for good, a live one sends keepalives and its own handshakes);
+ *   2. a handshake initiation arrives from one of the member's `ips`, from another port: it becomes a
+ *      candidate (at most 4 per port, kept 10 s) and is forwarded to the peer;
+ *   3. the peer answers with a handshake response whose receiver index is that candidate's sender
+ *      index, within those 10 s, and the latched source stayed silent meanwhile.
+ * Then the port latches the candidate and the response goes to it. An attacker who can send from the
+ * member's IP (another host behind the same NAT or CGNAT) can make candidates, but without the
+ * member's private key gets no matching response; one who sees the member's packets on the path
+ * could copy an index, but could drop or redirect them anyway.
+ *
+ * Addresses keep the form the socket reported them in for sending (a dual-stack `::` socket reports
+ * and needs `::ffff:192.0.2.1`); comparisons and what `list()` shows use the plain form (192.0.2.1).
  *
  * The clock is injected (`now`) so that tests move time instead of sleeping.
  */
@@ -61,22 +81,27 @@ export function wgMessageType(packet: Buffer): number {
 }
 
 export const RELAY_DROP_REASONS = ['wrong_source', 'not_wireguard', 'not_latched', 'peer_not_latched', 'rate_limited', 'expired'] as const;
+
+/** Candidates for re-latching kept per port (see above), and how long each waits for its response. */
+const MAX_CANDIDATES = 4;
+const CANDIDATE_TTL_MS = 10_000;
 export type RelayDropReason = (typeof RELAY_DROP_REASONS)[number];
 
 const ipSchema = z.string().refine((v) => isIP(v) !== 0, 'an IP address');
 const nodeIdSchema = z.string().min(1).max(128);
-/** What the server's mesh feature asks for: the pair and the IP it observed for each member. */
+/** A member: its node and the IPs it may send from (observed by the server: control connection, STUN). */
+const memberSchema = z.object({ nodeId: nodeIdSchema, ips: z.array(ipSchema).min(1).max(4) });
+/** What the server's mesh feature asks for: the pair and the IPs it observed for each member. */
 export const relayAllocationRequestSchema = z
-  .object({
-    a: z.object({ nodeId: nodeIdSchema, ip: ipSchema }),
-    b: z.object({ nodeId: nodeIdSchema, ip: ipSchema }),
-  })
+  .object({ a: memberSchema, b: memberSchema })
   .refine((r) => r.a.nodeId !== r.b.nodeId, { message: 'the two members must be different nodes', path: ['b', 'nodeId'] });
 export type RelayAllocationRequest = z.infer<typeof relayAllocationRequestSchema>;
 
 export interface UdpRelayOptions {
   /** The IP address to bind the allocations' ports to (0.0.0.0 for every address). */
   host: string;
+  /** The UDP ports allocations take theirs from (a firewall opens just these); absent: any the OS gives. */
+  ports?: { low: number; high: number } | null;
   /** Idle time after which an allocation stops forwarding (default 120 s), renewed by every forwarded packet. */
   idleMs?: number;
   /** Allocations at most (default 1,000: two ports each). */
@@ -85,6 +110,8 @@ export interface UdpRelayOptions {
   bytesPerSecond?: number;
   /** Burst per allocation and direction, bytes (default a quarter second of `bytesPerSecond`, at least 64 KiB). */
   burstBytes?: number;
+  /** Silence of a latched source after which a confirmed handshake from another port may re-latch (default 10 s). */
+  relatchAfterMs?: number;
   /** The clock (ms); Date.now by default. */
   now?: () => number;
   /** How often expired allocations are closed (default 5 s); 0 turns the timer off (tests call sweep()). */
@@ -96,12 +123,14 @@ export interface UdpRelayOptions {
 
 export interface RelayMember {
   nodeId: string;
-  /** The IP the server observed for the node: the only IP that may latch its port. */
-  ip: string;
+  /** The IPs the server observed for the node (plain form): the only ones that may latch its port. */
+  ips: string[];
   /** The UDP port of the relay this member sends to. */
   port: number;
-  /** The latched source, once a handshake came from it. */
+  /** The latched source (plain form), once a handshake came from it. */
   latched: { address: string; port: number } | null;
+  /** How often the latch moved to a new source (a NAT rebinding, see "Re-latching"). */
+  relatched: number;
 }
 
 export interface RelayAllocationInfo {
@@ -118,12 +147,29 @@ export interface RelayAllocationInfo {
 export interface RelayCounters {
   relayedBytes: number;
   relayedPackets: number;
+  /** Bytes by direction: from member `a` to `b` ("a_to_b") and back, summed over allocations. */
+  relayedBytesAtoB: number;
+  relayedBytesBtoA: number;
+  /** Latches moved to a new source (see "Re-latching"). */
+  relatched: number;
   dropped: Record<RelayDropReason, number>;
+}
+
+interface Source {
+  /** As the socket reported it: the form to send to. */
+  address: string;
+  port: number;
 }
 
 interface Side {
   member: RelayMember;
   socket: Socket;
+  /** The latched source in the socket's form (member.latched is the plain form). */
+  target: Source | null;
+  /** When the latched source last sent anything accepted. */
+  heardAt: number;
+  /** Re-latch candidates by the sender index of their initiation. */
+  candidates: Map<number, Source & { at: number }>;
 }
 
 class Allocation {
@@ -144,8 +190,15 @@ class Allocation {
 }
 
 export class UdpRelay {
-  readonly counters: RelayCounters = { relayedBytes: 0, relayedPackets: 0, dropped: Object.fromEntries(RELAY_DROP_REASONS.map((r) => [r, 0])) as Record<RelayDropReason, number> };
-  readonly #o: { host: string; idleMs: number; maxAllocations: number; now: () => number };
+  readonly counters: RelayCounters = {
+    relayedBytes: 0,
+    relayedPackets: 0,
+    relayedBytesAtoB: 0,
+    relayedBytesBtoA: 0,
+    relatched: 0,
+    dropped: Object.fromEntries(RELAY_DROP_REASONS.map((r) => [r, 0])) as Record<RelayDropReason, number>,
+  };
+  readonly #o: { host: string; ports: { low: number; high: number } | null; idleMs: number; maxAllocations: number; relatchAfterMs: number; now: () => number };
   readonly #log: Logger;
   readonly #buckets: TokenBuckets;
   /** By pair key (the two node ids, sorted). */
@@ -154,13 +207,16 @@ export class UdpRelay {
   #pending = 0;
   #timer: NodeJS.Timeout | null = null;
   #closed = false;
-  #nextId = 1;
 
   constructor(options: UdpRelayOptions) {
     if (isIP(options.host) === 0) throw new MeshlinkError('ML_ERR_CONFIG', `the relay listen address must be an IP address, got "${options.host}"`);
     const bytesPerSecond = options.bytesPerSecond ?? 12_500_000;
     if (!(bytesPerSecond > 0)) throw new MeshlinkError('ML_ERR_CONFIG', `the relay bandwidth cap must be positive, got ${bytesPerSecond}`);
-    this.#o = { host: options.host, idleMs: options.idleMs ?? 120_000, maxAllocations: options.maxAllocations ?? 1000, now: options.now ?? Date.now };
+    const ports = options.ports ?? null;
+    if (ports && !(Number.isInteger(ports.low) && Number.isInteger(ports.high) && ports.low >= 1 && ports.high <= 65_535 && ports.high > ports.low)) {
+      throw new MeshlinkError('ML_ERR_CONFIG', `the relay port range must be LOW-HIGH with 1 <= LOW < HIGH <= 65535, got ${ports.low}-${ports.high}`);
+    }
+    this.#o = { host: options.host, ports, idleMs: options.idleMs ?? 120_000, maxAllocations: options.maxAllocations ?? 1000, relatchAfterMs: options.relatchAfterMs ?? 10_000, now: options.now ?? Date.now };
     this.#log = options.logger.child({ component: 'relay' });
     // One bucket per allocation and direction; the table holds two per allocation.
     const capacity = options.burstBytes ?? Math.max(65_536, bytesPerSecond / 4);
@@ -176,7 +232,11 @@ export class UdpRelay {
     if (options.registry) this.#registerMetrics(options.registry);
   }
 
-  /** The pair's allocation, made when there is none (two fresh ports); renewed when there is one. */
+  /**
+   * The pair's allocation, made when there is none (two fresh ports); renewed when there is one, and
+   * then the members' IPs are the request's (a member that reconnected from a new address may latch
+   * or re-latch from it; a latch already made stays).
+   */
   async allocate(request: RelayAllocationRequest): Promise<RelayAllocationInfo> {
     const parsed = relayAllocationRequestSchema.safeParse(request);
     if (!parsed.success) throw new MeshlinkError('ML_ERR_RELAY_BAD_ALLOCATION', zodErrorText(parsed.error));
@@ -186,6 +246,7 @@ export class UdpRelay {
     const existing = this.#allocations.get(key);
     if (existing && !this.#expired(existing)) {
       existing.lastActiveAt = this.#o.now();
+      for (const side of existing.sides) side.member.ips = ipsOf(side.member.nodeId === a.nodeId ? a.ips : b.ips);
       return this.#info(existing);
     }
     if (existing) this.#close(key, existing, 'expired');
@@ -195,9 +256,9 @@ export class UdpRelay {
     this.#pending++;
     let sockets: [Socket, Socket];
     try {
-      const first = await bind(this.#o.host);
+      const first = await bindIn(this.#o.host, this.#o.ports);
       try {
-        sockets = [first, await bind(this.#o.host)];
+        sockets = [first, await bindIn(this.#o.host, this.#o.ports)];
       } catch (err) {
         first.close();
         throw err;
@@ -210,14 +271,11 @@ export class UdpRelay {
       throw new MeshlinkError('ML_ERR_RELAY_FULL', 'the relay is closed');
     }
     const [sa, sb] = sockets;
-    const allocation = new Allocation(
-      `r${this.#nextId++}`,
-      [
-        { member: { nodeId: a.nodeId, ip: normalizeIp(a.ip), port: sa.address().port, latched: null }, socket: sa },
-        { member: { nodeId: b.nodeId, ip: normalizeIp(b.ip), port: sb.address().port, latched: null }, socket: sb },
-      ],
-      this.#o.now(),
-    );
+    const now = this.#o.now();
+    const side = (nodeId: string, ips: string[], socket: Socket): Side => ({ member: { nodeId, ips: ipsOf(ips), port: socket.address().port, latched: null, relatched: 0 }, socket, target: null, heardAt: now, candidates: new Map() });
+    // Random ids: agents keep the sessions they were assigned across a server restart, so a counter
+    // starting again at 1 would name a new session like an old one.
+    const allocation = new Allocation(`r${randomBytes(9).toString('base64url')}`, [side(a.nodeId, a.ips, sa), side(b.nodeId, b.ips, sb)], now);
     // A concurrent allocate() for the same pair may have won: keep one allocation per pair.
     const raced = this.#allocations.get(key);
     if (raced && !raced.closed) {
@@ -233,6 +291,31 @@ export class UdpRelay {
     });
     this.#log.info({ allocation: allocation.id, a: a.nodeId, b: b.nodeId, ports: [sa.address().port, sb.address().port] }, 'relay allocation made');
     return this.#info(allocation);
+  }
+
+  /** Where allocations bind. */
+  get listen(): { host: string; ports: { low: number; high: number } | null } {
+    return { host: this.#o.host, ports: this.#o.ports ? { ...this.#o.ports } : null };
+  }
+
+  /** Checks that a port of the address (and range) binds, as `server start` does before it runs the relay. */
+  static async probe(host: string, ports: { low: number; high: number } | null = null): Promise<void> {
+    const socket = await bindIn(host, ports);
+    await new Promise<void>((resolve) => socket.close(() => resolve()));
+  }
+
+  /**
+   * Gives the pair's live allocation the members' current IPs without renewing it (a reconcile must not
+   * keep an idle allocation alive); false when the pair has none, or only an expired one.
+   */
+  updateIps(request: RelayAllocationRequest): boolean {
+    const parsed = relayAllocationRequestSchema.safeParse(request);
+    if (!parsed.success) throw new MeshlinkError('ML_ERR_RELAY_BAD_ALLOCATION', zodErrorText(parsed.error));
+    const { a, b } = parsed.data;
+    const allocation = this.#allocations.get(pairKey(a.nodeId, b.nodeId));
+    if (!allocation || allocation.closed || this.#expired(allocation)) return false;
+    for (const side of allocation.sides) side.member.ips = ipsOf(side.member.nodeId === a.nodeId ? a.ips : b.ips);
+    return true;
   }
 
   /** The pair's allocation, or null. */
@@ -306,22 +389,46 @@ export class UdpRelay {
     if (allocation.closed) return;
     const here = allocation.sides[index];
     const there = allocation.sides[1 - index]!;
+    const fromIp = normalizeIp(from.address);
     const latched = here.member.latched;
+    const now = this.#o.now();
+    let candidate = false;
     if (latched) {
-      if (from.port !== latched.port || normalizeIp(from.address) !== latched.address) return this.#drop('wrong_source');
-    } else if (normalizeIp(from.address) !== here.member.ip) {
+      if (from.port !== latched.port || fromIp !== latched.address) {
+        // Another source: only a handshake initiation from the member's IPs after the latched source
+        // went silent, and only as a candidate (see "Re-latching").
+        if (!here.member.ips.includes(fromIp) || wgMessageType(packet) !== WgMessageType.initiation || now - here.heardAt < this.#o.relatchAfterMs) return this.#drop('wrong_source');
+        candidate = true;
+      }
+    } else if (!here.member.ips.includes(fromIp)) {
       return this.#drop('wrong_source');
     }
     const type = wgMessageType(packet);
     if (type === 0) return this.#drop('not_wireguard');
-    const now = this.#o.now();
     if (now - allocation.lastActiveAt >= this.#o.idleMs) return this.#drop('expired');
     if (!latched) {
       if (type !== WgMessageType.initiation && type !== WgMessageType.response) return this.#drop('not_latched');
-      here.member.latched = { address: normalizeIp(from.address), port: from.port };
-      this.#log.info({ allocation: allocation.id, node: here.member.nodeId, port: from.port }, 'relay port latched');
+      this.#latch(allocation, here, from, now);
+    } else if (candidate) {
+      if (here.candidates.size >= MAX_CANDIDATES) here.candidates.delete(here.candidates.keys().next().value!);
+      here.candidates.set(packet.readUInt32LE(4), { address: from.address, port: from.port, at: now });
+    } else {
+      here.heardAt = now;
+      // The latched source is alive: no candidate may take its place on a response meant for it.
+      here.candidates.clear();
     }
-    const target = there.member.latched;
+    // A response that answers a candidate's initiation: the peer's WireGuard vouched for it.
+    if (type === WgMessageType.response && there.candidates.size > 0) {
+      const confirmed = there.candidates.get(packet.readUInt32LE(8));
+      if (confirmed && now - confirmed.at < CANDIDATE_TTL_MS) {
+        const old = there.member.latched;
+        this.#latch(allocation, there, confirmed, now);
+        there.member.relatched++;
+        this.counters.relatched++;
+        this.#log.info({ allocation: allocation.id, node: there.member.nodeId, from: old, to: there.member.latched }, 'relay port re-latched (a handshake answered from a new source)');
+      }
+    }
+    const target = there.target;
     if (!target) return this.#drop('peer_not_latched');
     if (!this.#buckets.takeMany(`${allocation.id}/${index}`, packet.length, now)) return this.#drop('rate_limited');
     allocation.lastActiveAt = now;
@@ -329,11 +436,22 @@ export class UdpRelay {
     allocation.packets++;
     this.counters.relayedBytes += packet.length;
     this.counters.relayedPackets++;
+    if (index === 0) this.counters.relayedBytesAtoB += packet.length;
+    else this.counters.relayedBytesBtoA += packet.length;
     there.socket.send(packet, target.port, target.address);
   }
 
+  #latch(allocation: Allocation, side: Side, source: Source, now: number): void {
+    const first = side.member.latched === null;
+    side.target = { address: source.address, port: source.port };
+    side.member.latched = { address: normalizeIp(source.address), port: source.port };
+    side.heardAt = now;
+    side.candidates.clear();
+    if (first) this.#log.info({ allocation: allocation.id, node: side.member.nodeId, port: source.port }, 'relay port latched');
+  }
+
   #info(a: Allocation): RelayAllocationInfo {
-    const copy = (m: RelayMember): RelayMember => ({ ...m, latched: m.latched ? { ...m.latched } : null });
+    const copy = (m: RelayMember): RelayMember => ({ ...m, ips: [...m.ips], latched: m.latched ? { ...m.latched } : null });
     return { id: a.id, a: copy(a.sides[0].member), b: copy(a.sides[1].member), createdAt: a.createdAt, lastActiveAt: a.lastActiveAt, expiresAt: a.lastActiveAt + this.#o.idleMs, bytes: a.bytes, packets: a.packets };
   }
 
@@ -352,14 +470,29 @@ export class UdpRelay {
         this.set(relay.size);
       },
     });
-    const exported = { bytes: 0, packets: 0, dropped: Object.fromEntries(RELAY_DROP_REASONS.map((r) => [r, 0])) as Record<RelayDropReason, number> };
+    const exported = { packets: 0, dropped: Object.fromEntries(RELAY_DROP_REASONS.map((r) => [r, 0])) as Record<RelayDropReason, number> };
+    const exportedDir = { a_to_b: 0, b_to_a: 0 };
     new Counter({
       name: 'meshlink_relay_bytes_total',
-      help: 'Bytes the relay forwarded (WireGuard ciphertext, UDP payload)',
+      help: 'Bytes the relay forwarded (WireGuard ciphertext, UDP payload), by direction: from the pair\'s first member (node ids in order) to the second, and back',
+      labelNames: ['direction'],
       registers: [registry],
       collect() {
-        this.inc(relay.counters.relayedBytes - exported.bytes);
-        exported.bytes = relay.counters.relayedBytes;
+        const now = { a_to_b: relay.counters.relayedBytesAtoB, b_to_a: relay.counters.relayedBytesBtoA };
+        for (const direction of ['a_to_b', 'b_to_a'] as const) {
+          this.inc({ direction }, now[direction] - exportedDir[direction]);
+          exportedDir[direction] = now[direction];
+        }
+      },
+    });
+    let exportedRelatched = 0;
+    new Counter({
+      name: 'meshlink_relay_relatched_total',
+      help: 'Relay ports whose latch moved to a new source (a NAT rebinding; docs/MESH.md, "Relay")',
+      registers: [registry],
+      collect() {
+        this.inc(relay.counters.relatched - exportedRelatched);
+        exportedRelatched = relay.counters.relatched;
       },
     });
     new Counter({
@@ -390,13 +523,39 @@ function pairKey(a: string, b: string): string {
   return a < b ? `${a}\n${b}` : `${b}\n${a}`;
 }
 
-/** An IPv4-mapped IPv6 source (::ffff:192.0.2.1, from a dual-stack socket) compares as its IPv4 address. */
+/** A member's IPs in the plain form, without duplicates. */
+function ipsOf(ips: readonly string[]): string[] {
+  return [...new Set(ips.map(normalizeIp))];
+}
+
+/**
+ * An IPv4-mapped IPv6 source (::ffff:192.0.2.1, from a dual-stack socket) compares as its IPv4
+ * address. For comparison and display only: sending keeps the socket's form (Source).
+ */
 function normalizeIp(ip: string): string {
   const lower = ip.toLowerCase();
   return lower.startsWith('::ffff:') && isIP(lower.slice(7)) === 4 ? lower.slice(7) : lower;
 }
 
-function bind(host: string): Promise<Socket> {
+/**
+ * A socket on a port of the range (from a random point on, the next free one; ML_ERR_RELAY_FULL when
+ * every port is taken), or on any port the OS gives when there is no range.
+ */
+async function bindIn(host: string, range: { low: number; high: number } | null): Promise<Socket> {
+  if (range === null) return bind(host, 0);
+  const size = range.high - range.low + 1;
+  const start = Math.floor(Math.random() * size);
+  for (let i = 0; i < size; i++) {
+    try {
+      return await bind(host, range.low + ((start + i) % size));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw err;
+    }
+  }
+  throw new MeshlinkError('ML_ERR_RELAY_FULL', `every port of the relay's range ${range.low}-${range.high} is in use`);
+}
+
+function bind(host: string, port: number): Promise<Socket> {
   return new Promise((resolve, reject) => {
     const socket = createSocket({ type: isIP(host) === 6 ? 'udp6' : 'udp4' });
     const onError = (err: Error): void => {
@@ -404,7 +563,7 @@ function bind(host: string): Promise<Socket> {
       reject(err);
     };
     socket.once('error', onError);
-    socket.bind(0, host, () => {
+    socket.bind(port, host, () => {
       socket.off('error', onError);
       resolve(socket);
     });

@@ -1,3 +1,4 @@
+import { isIP } from 'node:net';
 import { resolve } from 'node:path';
 import { MeshlinkError } from '../../errors.js';
 import type { AgentHandle } from '../agent-sessions.js';
@@ -21,6 +22,7 @@ import type { SealingSecret } from '../ca-key-crypto.js';
 import { generateSigningKey, signBytes, signingKeyFromPkcs8, type SigningKey } from './signer.js';
 
 import { TokenBuckets } from '../../util/token-bucket.js';
+import { z } from 'zod';
 
 export type { DeliverySessions } from './delivery.js';
 
@@ -57,6 +59,10 @@ export interface MeshOptions {
 const SETTING_POLICY = 'policy';
 const SETTING_CIDR = 'cidr';
 const SETTING_PREVIOUS_KEY_UNTIL = 'previous_signing_key_until';
+/** Relay sessions assigned and not yet revoked (a JSON array of {sessionId, a, b}): revoked after a restart. */
+const SETTING_RELAY_SESSIONS = 'relay_sessions';
+const heldRelaySchema = z.array(z.object({ sessionId: z.string().min(1).max(64), a: z.string().min(1).max(128), b: z.string().min(1).max(128) })).max(100_000);
+export type HeldRelaySession = z.infer<typeof heldRelaySchema>[number];
 
 /**
  * Nodes whose events are persisted (one transaction) and sent per batch of a recompute. Between batches
@@ -115,6 +121,9 @@ export class MeshService {
   #changedRun: Promise<string[]> | null = null;
   /** Nodes the running recompute has yet to reach: their events are still to come (see stateFor). */
   readonly #pending = new Set<string>();
+  /** Relay sessions in force by id (persisted in SETTING_RELAY_SESSIONS with their events). */
+  readonly #relayHeld = new Map<string, HeldRelaySession>();
+  readonly #recomputed = new Set<() => void>();
   #closed = false;
 
   private constructor(db: MeshStore, box: SecretBox, range: MeshRange, signing: SigningKey[], logger: Logger, options: MeshOptions) {
@@ -135,6 +144,17 @@ export class MeshService {
     const stored = db.getSetting(SETTING_POLICY);
     this.#policy = stored === undefined ? null : validatePolicy(JSON.parse(stored));
     this.#previousKeyUntil = Number(db.getSetting(SETTING_PREVIOUS_KEY_UNTIL) ?? 0);
+    const held = db.getSetting(SETTING_RELAY_SESSIONS);
+    if (held !== undefined) {
+      let parsed: ReturnType<typeof heldRelaySchema.safeParse> | null = null;
+      try {
+        parsed = heldRelaySchema.safeParse(JSON.parse(held));
+      } catch {
+        parsed = null;
+      }
+      if (parsed?.success) for (const h of parsed.data) this.#relayHeld.set(h.sessionId, h);
+      else this.#log.warn('the stored relay sessions do not parse; none are revoked at this start');
+    }
   }
 
   /** Opens the mesh state of a store: master key, signing key, range, model; then one recompute. */
@@ -268,6 +288,7 @@ export class MeshService {
       }
       // Only a full recompute that reached every node has told them all of the policy change.
       if (scope.changedNodes === undefined) this.#policyDirty = false;
+      for (const listener of this.#recomputed) listener();
     } catch (err) {
       // What this run did not reach is redone by the next one: the nodes whose own facts changed go
       // back into the coalescing set (a full recompute keeps #policyDirty set).
@@ -277,6 +298,15 @@ export class MeshService {
       for (const [id] of targets) this.#pending.delete(id);
     }
     return affected;
+  }
+
+  /**
+   * Calls `listener` after every recompute that finished (the relay assigner: a pair's path, a member's
+   * addresses, membership or policy may have changed). Returns the unsubscribe.
+   */
+  onRecomputed(listener: () => void): () => void {
+    this.#recomputed.add(listener);
+    return () => this.#recomputed.delete(listener);
   }
 
   /** Sweeps and, when membership changed, recomputes; errors are logged (for timers and events). */
@@ -528,23 +558,41 @@ export class MeshService {
    */
   assignRelay(sessionId: string, members: readonly [RelayMemberEndpoint, RelayMemberEndpoint], expiresAt?: number): number[] {
     const [x, y] = members;
-    return this.#publishEach([
-      [x.nodeId, 'relay_session_assigned', { sessionId, peerNodeId: y.nodeId, endpoint: x.endpoint, ...(expiresAt !== undefined ? { expiresAt } : {}) }],
-      [y.nodeId, 'relay_session_assigned', { sessionId, peerNodeId: x.nodeId, endpoint: y.endpoint, ...(expiresAt !== undefined ? { expiresAt } : {}) }],
-    ]);
+    return this.#publishEach(
+      [
+        [x.nodeId, 'relay_session_assigned', { sessionId, peerNodeId: y.nodeId, endpoint: x.endpoint, ...(expiresAt !== undefined ? { expiresAt } : {}) }],
+        [y.nodeId, 'relay_session_assigned', { sessionId, peerNodeId: x.nodeId, endpoint: y.endpoint, ...(expiresAt !== undefined ? { expiresAt } : {}) }],
+      ],
+      () => this.#relayHeld.set(sessionId, { sessionId, a: x.nodeId, b: y.nodeId }),
+    );
   }
 
-  /** Ends a pair's relay session: both members go back to each other's own endpoints. */
+  /**
+   * Ends a pair's relay session: both members go back to each other's own endpoints. A member no longer
+   * in the mesh is skipped (its peer got peer_removed, which drops the session too); throws only when
+   * neither is in the mesh and the session was not held.
+   */
   revokeRelay(sessionId: string, nodeA: string, nodeB: string, reason?: string): number[] {
     const extra = reason !== undefined ? { reason } : {};
-    return this.#publishEach([
+    const held = this.#relayHeld.has(sessionId);
+    const items = [
       [nodeA, 'relay_session_revoked', { sessionId, peerNodeId: nodeB, ...extra }],
       [nodeB, 'relay_session_revoked', { sessionId, peerNodeId: nodeA, ...extra }],
-    ]);
+    ] as const;
+    const present = held ? items.filter(([id]) => this.#model.nodes.has(id)) : items;
+    return this.#publishEach(present, () => this.#relayHeld.delete(sessionId));
   }
 
-  /** Appends one event per node in one transaction and delivers them; the seqs, in order. */
-  #publishEach(items: ReadonlyArray<readonly [string, 'relay_session_assigned' | 'relay_session_revoked', unknown]>): number[] {
+  /** The relay sessions assigned and not revoked, this run's and (until revoked) an earlier run's. */
+  heldRelaySessions(): HeldRelaySession[] {
+    return [...this.#relayHeld.values()].map((h) => ({ ...h }));
+  }
+
+  /**
+   * Appends one event per node in one transaction and delivers them; the seqs, in order. `held`
+   * updates the relay sessions in force, persisted in the same transaction.
+   */
+  #publishEach(items: ReadonlyArray<readonly [string, 'relay_session_assigned' | 'relay_session_revoked', unknown]>, held: () => void): number[] {
     const checked = items.map(([nodeId, type, payload]) => {
       const node = this.#model.nodes.get(nodeId);
       if (!node) throw new MeshlinkError('ML_ERR_MESH_TAG', `node ${nodeId} is not in the mesh`);
@@ -559,6 +607,9 @@ export class MeshService {
         outgoing.push(this.#events.append(node, type, payload, now));
         this.#model.saveSeq(node);
       }
+      held();
+      if (this.#relayHeld.size === 0) this.#db.deleteSetting(SETTING_RELAY_SESSIONS);
+      else this.#db.setSetting(SETTING_RELAY_SESSIONS, JSON.stringify([...this.#relayHeld.values()]));
     });
     this.#deliver(outgoing);
     return outgoing.map((o) => o.event.seq);
@@ -619,6 +670,21 @@ export class MeshService {
   /** The pairs whose path is `relay`, in pair-id order: what a relay must hold an allocation for. */
   relayPairs(): RelayPair[] {
     return this.pairPaths().relay;
+  }
+
+  /**
+   * The addresses the server observed for a node, the IPs its relay port may latch from: the source of
+   * its control connection and the host of its STUN reflexive endpoint (one NAT usually shows both;
+   * a NAT that pools addresses may not). Empty when neither is known.
+   */
+  observedIps(nodeId: string): string[] {
+    const node = this.#model.nodes.get(nodeId);
+    if (!node) return [];
+    const ips: string[] = [];
+    if (node.observedAddr) ips.push(node.observedAddr);
+    const reflexive = node.nat?.reflexive;
+    if (reflexive) ips.push(reflexive.slice(0, reflexive.lastIndexOf(':')).replace(/^\[(.*)\]$/, '$1'));
+    return [...new Set(ips)].filter((ip) => isIP(ip) !== 0);
   }
 
   feed(after: number, nodeId: string | null, limit = 500): FeedEntry[] {
