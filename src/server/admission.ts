@@ -51,6 +51,16 @@ export class AdmissionQueue {
   readonly #waiting = new Map<Socket, { since: number; key: string; source: string }>();
   #sweeper: NodeJS.Timeout | null = null;
 
+  /** Handshakes in flight now. */
+  get inFlight(): number {
+    return this.#inFlight.size;
+  }
+
+  /** Connections waiting for a handshake slot now. */
+  get queued(): number {
+    return this.#waiting.size;
+  }
+
   constructor(limits: AdmissionLimits, admit: (socket: Socket) => void, onDrop: (reason: DropReason) => void) {
     this.#limits = limits;
     this.#admit = admit;

@@ -8,6 +8,7 @@ import type { ServerConfig } from './config.js';
 import type { PresenceView } from './presence.js';
 import type { PublicRoutes } from './public-routes.js';
 import type { EnrollmentCommit, Store } from './store/store.js';
+import type { GatewayLoad } from './gateway.js';
 
 /**
  * A server feature (mesh coordination, operations, observability) plugs into the running server
@@ -37,8 +38,10 @@ export interface ServerFeatureContext {
   readonly sealing: SealingSecret;
 }
 
-/** Gateway connection events a feature may observe; each returns its unsubscribe. */
+/** The gateway's connections as a feature may observe them; each on… returns its unsubscribe. */
 export interface ConnectionEvents {
+  /** Connections between accept and upgrade now, by stage (the metrics' gateway gauges). */
+  load(): GatewayLoad;
   /** An agent connection refused before its upgrade, with the reason (an error code or TLS_HANDSHAKE). */
   onRefused(observer: (reason: string) => void): () => void;
   /** A node's sockets are about to be closed with 4401 (revocation); runs before the close. */

@@ -114,9 +114,18 @@ export interface Gateway {
   setSecureContext(options: SecureContextOptions): void;
   /** The first-byte deadline for connections accepted from now on (SIGHUP reload). */
   setClientHelloTimeout(ms: number): void;
+  /** What waits before the session layer now (metrics; a storm shows here first). */
+  load(): GatewayLoad;
   /** Stops accepting, drops waiting connections and closes every open one. */
   close(): Promise<void>;
   on(event: 'error', listener: (err: Error) => void): void;
+}
+
+/** Connections between accept and upgrade, by stage: the first-byte gate, the admission queue, the TLS handshake. */
+export interface GatewayLoad {
+  awaitingFirstByte: number;
+  queued: number;
+  handshakesInFlight: number;
 }
 
 export function createGateway(deps: GatewayDeps): Gateway {
@@ -318,6 +327,7 @@ export function createGateway(deps: GatewayDeps): Gateway {
     setClientHelloTimeout: (ms) => {
       clientHelloMs = ms;
     },
+    load: () => ({ awaitingFirstByte: helloGate.pending, queued: admission.queued, handshakesInFlight: admission.inFlight }),
     close: () =>
       new Promise((resolve) => {
         closing = true;

@@ -6,7 +6,7 @@ import { parseListenAddress, type ListenAddress } from '../util/listen-address.j
 import { serveMetrics } from '../util/metrics-listener.js';
 import { VERSION } from '../version.js';
 import type { MeshRelayStats, ServerFeature } from './feature.js';
-import { CLIENT_HELLO_TIMEOUT } from './gateway.js';
+import { CLIENT_HELLO_TIMEOUT, type GatewayLoad } from './gateway.js';
 import type { FleetTotals } from './store/store.js';
 
 /**
@@ -74,6 +74,14 @@ export function createMetricsFeature(options: MetricsFeatureOptions = {}): Serve
         this.set({ path: 'relay' }, pairs.relay);
       },
     });
+    // Read at scrape time from the gateway: what waits before the session layer (a reconnect storm or a
+    // slowloris shows here first, src/server/admission.ts and client-hello.ts).
+    const gatewayGauge = (name: string, help: string, read: (l: GatewayLoad) => number): void => {
+      new Gauge({ name, help, registers: [registry], collect() { this.set(read(ctx.connections.load())); } });
+    };
+    gatewayGauge('meshlink_gateway_awaiting_first_byte', 'TCP connections accepted and waiting for the first byte of their ClientHello (within --client-hello-timeout).', (l) => l.awaitingFirstByte);
+    gatewayGauge('meshlink_gateway_connections_queued', 'Connections whose ClientHello arrived, waiting for a TLS handshake slot.', (l) => l.queued);
+    gatewayGauge('meshlink_gateway_handshakes_in_flight', 'TLS handshakes in progress (capped by the gateway).', (l) => l.handshakesInFlight);
     registerRelayMetrics(registry, () => ctx.questions.ask('meshRelayStats')?.() ?? null);
     new Gauge({ name: 'meshlink_build_info', help: 'The meshlink version and Node.js version of this server (value 1).', labelNames: ['version', 'node'] as const, registers: [registry] })
       .labels({ version: VERSION, node: process.version })

@@ -14,7 +14,7 @@ import { openKeyFile } from './key-file.js';
 import { adminSocketPath, storePath, type ServerConfig } from './config.js';
 import { ConnectionRegistry } from './connections.js';
 import { EnrollmentService } from './enroll.js';
-import { createGateway, type Gateway, type GatewayTimeouts } from './gateway.js';
+import { createGateway, type Gateway, type GatewayLoad, type GatewayTimeouts } from './gateway.js';
 import { Presence } from './presence.js';
 import { publicUrlOf, resolvePublicAddress } from './public-address.js';
 import { PublicRoutes } from './public-routes.js';
@@ -63,6 +63,8 @@ export interface RunningServer {
   /** The session layer, unless the caller supplied its own hooks. */
   readonly sessions: SessionHost | null;
   address(): { host: string; port: number };
+  /** Connections between accept and upgrade now, by stage. */
+  gatewayLoad(): GatewayLoad;
   /**
    * Applies a newly parsed config (SIGHUP): its reloadable keys take effect now, the others are
    * reported as needing a restart (reload.ts). `config` is the config in effect afterwards.
@@ -84,6 +86,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
 
   const store = openServerStore(storePath(config.dataDir));
   let gateway: Gateway | undefined;
+  const gatewayLoad = (): GatewayLoad => gateway?.load() ?? { awaitingFirstByte: 0, queued: 0, handshakesInFlight: 0 };
   let admin: HttpServer | undefined;
   let rotateTimer: NodeJS.Timeout | undefined;
   let certificates: CertificateSuccession | undefined;
@@ -153,7 +156,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
         admin: adminRoutes,
         publicRoutes,
         audit,
-        connections: { onRefused: (fn) => registry.onRefused(fn), onRevoking: (fn) => registry.onRevoking(fn) },
+        connections: { load: () => gatewayLoad(), onRefused: (fn) => registry.onRefused(fn), onRevoking: (fn) => registry.onRevoking(fn) },
         enrollment: { onCommit: (hook) => enrollment.onCommit(hook), addResponseFields: (fn) => enrollment.addResponseFields(fn) },
         questions,
         logger,
@@ -248,6 +251,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
       live,
       sessions: sessionHost,
       address: () => address,
+      gatewayLoad,
       close: () =>
         (closing ??= (async () => {
           clearInterval(rotateTimer);

@@ -89,6 +89,8 @@ describe('gateway: a connection takes a handshake slot only with its first byte'
     await waitFor('the timeouts in the metrics', async () => /^meshlink_gateway_client_hello_timeouts_total (\d+)$/m.exec(await metricsText(metricsPort))?.[1] === '20');
     const text = await metricsText(metricsPort);
     expect(text).toMatch(/^meshlink_handshakes_total\{result="refused",reason="CLIENT_HELLO_TIMEOUT"\} 20$/m);
+    // At rest again: nothing waits at any stage (handshake-cap.test.ts watches the same figures move).
+    for (const gauge of ['awaiting_first_byte', 'connections_queued', 'handshakes_in_flight']) expect(text).toMatch(new RegExp(`^meshlink_gateway_${gauge} 0$`, 'm'));
   }, 60_000);
 
   it('a slow but valid client that sends its ClientHello after 1 s still completes its handshake and is served', async () => {

@@ -1,6 +1,7 @@
 import { get as httpsGet } from 'node:https';
 import { connect as tcpConnect, type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
+import type { GatewayLoad } from '../../src/server/gateway.js';
 import { httpsRequest, startTestServer, type TestServer } from './helpers.js';
 
 /**
@@ -29,59 +30,69 @@ function openIdle(port: number): Promise<Socket> {
   });
 }
 
-function closedWithin(sock: Socket, ms: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    if (sock.destroyed) return resolve(true);
-    const t = setTimeout(() => resolve(false), ms);
-    sock.once('close', () => {
-      clearTimeout(t);
-      resolve(true);
-    });
-  });
+function closed(sock: Socket): Promise<void> {
+  return new Promise((resolve) => (sock.destroyed ? resolve() : sock.once('close', () => resolve())));
+}
+
+/** Waits for the gateway to reach a state (polling its load; the test's own timeout bounds it). */
+async function until(what: string, check: () => boolean): Promise<void> {
+  while (!check()) await new Promise((r) => setTimeout(r, 10));
+  expect(check(), what).toBe(true);
 }
 
 describe('gateway: TLS handshakes in flight are capped, the rest wait in order', () => {
   it('queues connections beyond the cap, serves them when slots free up, drops beyond the queue', async () => {
-    const ts: TestServer = await startTestServer({}, { timeouts: { maxHandshakes: 3, maxQueuedConnections: 2, queueWaitMs: 10_000, handshakeMs: 1_500 } });
+    const ts: TestServer = await startTestServer({}, { timeouts: { maxHandshakes: 3, maxQueuedConnections: 2, queueWaitMs: 60_000, handshakeMs: 5_000 } });
     cleanups.push(() => ts.stop());
     const port = ts.server.address().port;
+    const load = (): GatewayLoad => ts.server.gatewayLoad();
     // Three stalled handshakes hold every slot (a client that never finishes its ClientHello).
     const holders = await Promise.all([openIdle(port), openIdle(port), openIdle(port)]);
     cleanups.push(() => holders.forEach((h) => h.destroy()));
-    await new Promise((r) => setTimeout(r, 100));
+    let holderClosed = false;
+    for (const h of holders) h.once('close', () => (holderClosed = true));
+    await until('three handshakes in flight', () => load().handshakesInFlight === 3);
     // A real client waits in the queue: its ClientHello stays unread until a slot frees.
-    const t0 = Date.now();
-    const health = httpsRequest(`${ts.url}/healthz`, { ca: ts.server.caCertPem });
-    await new Promise((r) => setTimeout(r, 100));
+    const health = httpsRequest(`${ts.url}/healthz`, { ca: ts.server.caCertPem }).then((res) => ({ res, afterAHolder: holderClosed }));
+    await until('the client queued', () => load().queued === 1);
     const idleQueued = await openIdle(port);
     cleanups.push(() => void idleQueued.destroy());
-    await new Promise((r) => setTimeout(r, 100));
-    // The queue (2) is full: the next connection is dropped at once.
+    await until('two queued', () => load().queued === 2);
+    // The queue (2) is full: the next connection is dropped at once, counted as overloaded.
+    const overloaded = new Promise<void>((resolve) => {
+      const stop = ts.server.live.registry.onRefused((reason) => {
+        if (reason !== 'ML_ERR_OVERLOADED') return;
+        stop();
+        resolve();
+      });
+    });
     const extra = await openIdle(port);
-    expect(await closedWithin(extra, 1_000)).toBe(true);
+    await overloaded;
+    await closed(extra);
     expect(idleQueued.destroyed).toBe(false);
-    // The holders time out (handshakeMs); the queued client gets its slot and is served.
-    const res = await health;
+    // The holders time out (handshakeMs); the queued client gets a freed slot and is served.
+    const { res, afterAHolder } = await health;
     expect(res.status).toBe(200);
-    expect(Date.now() - t0).toBeGreaterThanOrEqual(1_200); // it did wait for the holders' timeout
-    for (const h of holders) expect(h.destroyed).toBe(true);
+    expect(afterAHolder, 'served only once a holder had timed out').toBe(true);
+    await Promise.all(holders.map(closed));
     // The idle queued socket got a slot too and is timed out like any silent handshake.
-    expect(await closedWithin(idleQueued, 5_000)).toBe(true);
-  }, 20_000);
+    await closed(idleQueued);
+    await until('nothing left in the gateway', () => load().queued === 0 && load().handshakesInFlight === 0);
+  }, 60_000);
 
   it('drops a connection that waited longer than queueWaitMs', async () => {
-    const ts: TestServer = await startTestServer({}, { timeouts: { maxHandshakes: 1, queueWaitMs: 300, handshakeMs: 5_000 } });
+    const ts: TestServer = await startTestServer({}, { timeouts: { maxHandshakes: 1, queueWaitMs: 300, handshakeMs: 60_000 } });
     cleanups.push(() => ts.stop());
     const port = ts.server.address().port;
     const holder = await openIdle(port);
     cleanups.push(() => void holder.destroy());
-    await new Promise((r) => setTimeout(r, 100));
+    await until('the holder in flight', () => ts.server.gatewayLoad().handshakesInFlight === 1);
     const waiting = await openIdle(port);
-    const t0 = Date.now();
-    expect(await closedWithin(waiting, 2_000)).toBe(true);
-    expect(Date.now() - t0).toBeLessThan(2_000);
-    expect(holder.destroyed).toBe(false); // the slot holder is still within its handshake timeout
-  }, 10_000);
+    await closed(waiting);
+    // Dropped for its wait, not served: the only slot is still held (the holder's deadline is a minute).
+    expect(holder.destroyed).toBe(false);
+    expect(ts.server.gatewayLoad()).toMatchObject({ handshakesInFlight: 1, queued: 0 });
+  }, 60_000);
 });
 
 describe('gateway: fairness across sources (issue 17, item 7)', () => {
