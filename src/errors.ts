@@ -128,7 +128,7 @@ export const ERRORS = {
   },
 
   // --- server: configuration, store, HTTP ---
-  ML_ERR_SHUTTING_DOWN: { status: 503, exit: 'serverUnavailable', description: 'The server is shutting down: a WebSocket upgrade that arrives during its shutdown is refused (an agent retries with backoff, reaching the restarted server or another replica).' },
+  ML_ERR_SHUTTING_DOWN: { status: 503, exit: 'serverUnavailable', description: 'The server is shutting down: a request or WebSocket upgrade that arrives during its shutdown is refused (an agent retries with backoff, reaching the restarted server or another replica).' },
   ML_ERR_CONFIG: { status: 500, exit: 'usage', description: 'A configuration value or option is invalid (named field in the message).' },
   ML_ERR_CA_PASSPHRASE: {
     status: 500,

@@ -55,12 +55,13 @@ export class ConnectionRegistry {
     for (const observe of this.#refusalObservers) observe(reason);
   }
 
-  add(ws: WebSocket, info: { nodeId: string; certSerial: string; certNotAfter: number }): void {
+  /** Registers an upgraded socket; false (and the socket closed) once closeAll() has run. */
+  add(ws: WebSocket, info: { nodeId: string; certSerial: string; certNotAfter: number }): boolean {
     if (this.#closedWith) {
       // closeAll() ran (the server is stopping): a session upgraded after it is closed the same way.
       ws.close(this.#closedWith.code, this.#closedWith.reason);
       forceAfter(ws);
-      return;
+      return false;
     }
     const entry: Entry = { ws, ...info, connectedAt: Date.now(), timer: undefined };
     let set = this.byNode.get(info.nodeId);
@@ -75,6 +76,7 @@ export class ConnectionRegistry {
         if (s.size === 0) this.byNode.delete(info.nodeId);
       }
     });
+    return true;
   }
 
   private armExpiry(entry: Entry): void {

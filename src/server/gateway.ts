@@ -131,6 +131,8 @@ export interface GatewayLoad {
 export function createGateway(deps: GatewayDeps): Gateway {
   const t = { ...DEFAULT_GATEWAY_TIMEOUTS, ...deps.timeouts };
   const log = deps.logger.child({ component: 'gateway' });
+  /** Set by close(): requests and upgrades from then on are refused (503 ML_ERR_SHUTTING_DOWN). */
+  let closing = false;
   const clients = deps.clientAddresses ?? new ClientAddresses();
   const proxy = deps.proxyProtocol ? { allowed: proxyPeerFilter(deps.proxyProtocol.from), countPeer: deps.proxyProtocol.from.length === 0 } : null;
   // A refused PROXY connection is a misconfiguration to tell the operator, or someone probing the port:
@@ -161,6 +163,12 @@ export function createGateway(deps: GatewayDeps): Gateway {
   const wss = new WebSocketServer({ noServer: true, maxPayload: MAX_WS_PAYLOAD, perMessageDeflate: false });
 
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+    if (closing) {
+      // As for upgrades below: a request on a handshake that finished during the shutdown would run
+      // (an enrollment commit, say) while the features it relies on are closing.
+      sendError(res, new MeshlinkError('ML_ERR_SHUTTING_DOWN', 'the server is shutting down'));
+      return;
+    }
     route(req, res).catch((err: unknown) => {
       log.error({ err, path: req.url }, 'request handler failed');
       sendError(res, err);
@@ -241,7 +249,7 @@ export function createGateway(deps: GatewayDeps): Gateway {
     tlsSocket.setTimeout(0);
     wss.handleUpgrade(req, socket, head, (ws) => {
       const info = { nodeId: peer.nodeId, hostname: peer.hostname, certSerial: peer.certSerial, certNotAfter: peer.certNotAfter, remoteAddress };
-      deps.registry.add(ws, info);
+      if (!deps.registry.add(ws, info)) return; // the shutdown's closeAll already ran: closed, no session
       log.info({ nodeId: info.nodeId, hostname: info.hostname, certSerial: info.certSerial, remoteAddress, ...(via ? { via } : {}) }, 'agent connected');
       ws.once('close', (code) => log.info({ nodeId: info.nodeId, code }, 'agent disconnected'));
       deps.onConnected?.(info.nodeId);
@@ -269,8 +277,6 @@ export function createGateway(deps: GatewayDeps): Gateway {
   // Before the queue: a connection takes a slot only once its first byte is readable, within
   // clientHelloMs (client-hello.ts); the byte stays in the socket's buffer for the TLS server.
   let clientHelloMs = t.clientHelloMs;
-  /** Set by close(): upgrades from then on are refused (503 ML_ERR_SHUTTING_DOWN). */
-  let closing = false;
   const helloGate = new ClientHelloGate({ timeoutMs: () => clientHelloMs, maxPerSource: t.maxAwaitingHelloPerSource, maxTotal: t.maxQueuedConnections, proxy });
   const listener = createTcpServer({ pauseOnConnect: true }, (socket: Socket) => {
     // The raw socket reads now (for its first byte), so a reset can surface on it; the TLS socket

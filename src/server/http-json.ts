@@ -82,6 +82,6 @@ export function sendError(res: ServerResponse, err: unknown): void {
   const headers: Record<string, string> = {};
   if (e.retryAfterSec !== undefined) headers['retry-after'] = String(e.retryAfterSec);
   // After an oversized body the rest of the stream is unread: do not keep the connection.
-  if (e.code === 'ML_ERR_BODY_TOO_LARGE') headers.connection = 'close';
+  if (e.code === 'ML_ERR_BODY_TOO_LARGE' || e.code === 'ML_ERR_SHUTTING_DOWN') headers.connection = 'close';
   sendJson(res, e.status, { code: e.code, message: e.message }, headers);
 }

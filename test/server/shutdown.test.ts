@@ -89,4 +89,25 @@ describe('server shutdown with a handshake in flight', () => {
     const body = JSON.parse(response.slice(response.indexOf('\r\n\r\n') + 4)) as { code: string };
     expect(body.code).toBe('ML_ERR_SHUTTING_DOWN');
   }, 60_000);
+
+  it('refuses a plain HTTPS request whose handshake completes during the shutdown (503 ML_ERR_SHUTTING_DOWN, Connection: close)', async () => {
+    const ts = await startTestServer({}, { features: [] });
+    cleanups.push(() => ts.stop());
+    const relay = await heldRelay(ts.server.address().port);
+    const tls = tlsConnect({ socket: tcpConnect(relay.port, '127.0.0.1'), ca: ts.server.caCertPem, host: '127.0.0.1' });
+    cleanups.push(() => void tls.destroy());
+    let response = '';
+    tls.on('data', (c: Buffer) => (response += c.toString('latin1')));
+    tls.on('error', () => {});
+    const ended = new Promise<void>((r) => tls.once('close', () => r()));
+    tls.write('GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n');
+    await relay.serverAnswered;
+    const closing = ts.server.close();
+    relay.release();
+    await closing;
+    await ended;
+    expect(response).toMatch(/^HTTP\/1\.1 503 /);
+    expect(response.toLowerCase()).toContain('connection: close');
+    expect((JSON.parse(response.slice(response.indexOf('\r\n\r\n') + 4)) as { code: string }).code).toBe('ML_ERR_SHUTTING_DOWN');
+  }, 60_000);
 });
