@@ -169,7 +169,7 @@ describe('file transfer over real mTLS', () => {
       dropped = true;
       p.ts.server.live.registry.closeAll(1012, 'test drop');
     });
-    const r = await pushFile(p.socket, { node: p.nodeId, actor: 't', local: join(local.path, 'big.bin'), remote: join(remote, 'big.bin') }, { retries: 10, delayMs: 200 });
+    const r = await pushFile(p.socket, { node: p.nodeId, actor: 't', local: join(local.path, 'big.bin'), remote: join(remote, 'big.bin') }, { retries: 20, delayMs: 1_000 }); // the CLI's delay: a loaded machine's agent may take seconds to reconnect
     await dropper;
     expect(dropped).toBe(true);
     expect(r.attempts).toBeGreaterThanOrEqual(2);
@@ -184,7 +184,7 @@ describe('file transfer over real mTLS', () => {
     const dropper = waitUntil('local part grows', async () => ((await stat(part).catch(() => null))?.size ?? 0) > 4 * 1024 * 1024, 30_000, 5).then(() =>
       p.ts.server.live.registry.closeAll(1012, 'test drop'),
     );
-    const r = await pullFile(p.socket, { node: p.nodeId, actor: 't', remote: join(remote, 'big-down.bin'), local: join(local.path, 'big-down.local') }, { retries: 10, delayMs: 200 });
+    const r = await pullFile(p.socket, { node: p.nodeId, actor: 't', remote: join(remote, 'big-down.bin'), local: join(local.path, 'big-down.local') }, { retries: 20, delayMs: 1_000 }); // the CLI's delay: a loaded machine's agent may take seconds to reconnect
     await dropper;
     expect(r.attempts).toBeGreaterThanOrEqual(2);
     expect(r.resumedFrom).toBeGreaterThan(4 * 1024 * 1024);
