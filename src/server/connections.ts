@@ -28,7 +28,7 @@ export class ConnectionRegistry {
   private readonly byNode = new Map<string, Set<Entry>>();
 
   readonly #refusalObservers = new Set<(reason: string) => void>();
-  /** Set by closeAll(): the registry takes no more sockets. */
+  /** Set by shutdown(): the registry takes no more sockets. */
   #closedWith: { code: number; reason: string } | null = null;
   readonly #revocationObservers = new Set<(nodeId: string, reason: string) => void>();
 
@@ -55,10 +55,10 @@ export class ConnectionRegistry {
     for (const observe of this.#refusalObservers) observe(reason);
   }
 
-  /** Registers an upgraded socket; false (and the socket closed) once closeAll() has run. */
+  /** Registers an upgraded socket; false (and the socket closed) once shutdown() has run. */
   add(ws: WebSocket, info: { nodeId: string; certSerial: string; certNotAfter: number }): boolean {
     if (this.#closedWith) {
-      // closeAll() ran (the server is stopping): a session upgraded after it is closed the same way.
+      // shutdown() ran (the server is stopping): a session upgraded after it is closed the same way.
       ws.close(this.#closedWith.code, this.#closedWith.reason);
       forceAfter(ws);
       return false;
@@ -136,8 +136,14 @@ export class ConnectionRegistry {
     return n;
   }
 
-  closeAll(code: number, reason: string): number {
+  /** The server's shutdown: closes every socket and takes no more (add() closes them the same way). */
+  shutdown(code: number, reason: string): number {
     this.#closedWith = { code, reason };
+    return this.closeAll(code, reason);
+  }
+
+  /** Closes every socket open now (agents reconnect; see shutdown() for the last close). */
+  closeAll(code: number, reason: string): number {
     let n = 0;
     for (const set of this.byNode.values()) {
       for (const e of set) {

@@ -249,7 +249,7 @@ export function createGateway(deps: GatewayDeps): Gateway {
     tlsSocket.setTimeout(0);
     wss.handleUpgrade(req, socket, head, (ws) => {
       const info = { nodeId: peer.nodeId, hostname: peer.hostname, certSerial: peer.certSerial, certNotAfter: peer.certNotAfter, remoteAddress };
-      if (!deps.registry.add(ws, info)) return; // the shutdown's closeAll already ran: closed, no session
+      if (!deps.registry.add(ws, info)) return; // the registry's shutdown already ran: closed, no session
       log.info({ nodeId: info.nodeId, hostname: info.hostname, certSerial: info.certSerial, remoteAddress, ...(via ? { via } : {}) }, 'agent connected');
       ws.once('close', (code) => log.info({ nodeId: info.nodeId, code }, 'agent disconnected'));
       deps.onConnected?.(info.nodeId);

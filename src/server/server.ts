@@ -256,12 +256,12 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
         (closing ??= (async () => {
           clearInterval(rotateTimer);
           // Stop taking connections first: from here an upgrade still in its TLS handshake is refused
-          // (otherwise it would open a session after closeAll and hold the listener open for good).
+          // (otherwise it would open a session after the registry's shutdown and hold the listener open for good).
           const gatewayClosed = gw.close();
           certificates?.stop();
           sessionHost?.close();
           for (const h of featureHandles.reverse()) await h.close?.();
-          registry.closeAll(1001, 'server shutting down');
+          registry.shutdown(1001, 'server shutting down');
           await Promise.all([gatewayClosed, closeServer(adminServer)]);
           presence.close();
           store.close();
