@@ -33,11 +33,6 @@ export class ClientAddresses {
   via(socket: { remoteAddress?: string | undefined; remotePort?: number | undefined }): string | null {
     return this.#byKey.has(keyOf(socket)) ? (socket.remoteAddress ?? null) : null;
   }
-
-  /** Connections with a recorded client address (tests: nothing is left behind). */
-  get size(): number {
-    return this.#byKey.size;
-  }
 }
 
 /** `a.b.c.d/n`, `x:y::z/n`, or a bare address (a /32 or /128); null when it is none of these. */

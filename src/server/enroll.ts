@@ -217,6 +217,16 @@ export class EnrollmentService implements EnrollmentEvents {
       // Re-enrollment: the node's earlier certificates end with this commit (cert-succession.ts).
       if (existing) superseded = this.deps.store.revokeCertsIssuedBefore(nodeId, issued.serial, commit.now);
       for (const hook of this.#commitHooks) hook(commit);
+      // In the enrollment's transaction: no enrollment without its record, no extra commit.
+      AuditLog.of(this.deps.store).record({
+        ts: commit.now,
+        actor: null,
+        operation: 'enroll',
+        nodeId,
+        target: hostname,
+        result: 'ok',
+        details: { remoteAddress, tokenId: token.id, reenroll: existing, certSerial: issued.serial },
+      });
     };
     const won = this.deps.store.commitEnrollment({
       tokenHash: hashToken(body.token),
@@ -231,14 +241,6 @@ export class EnrollmentService implements EnrollmentEvents {
       this.deps.onRevoked?.(superseded);
     }
     this.deps.logger.info({ nodeId, hostname, certSerial: issued.serial, reenroll: existing, revokedSerials: superseded, remoteAddress }, 'node enrolled');
-    AuditLog.of(this.deps.store).record({
-      actor: null,
-      operation: 'enroll',
-      nodeId,
-      target: hostname,
-      result: 'ok',
-      details: { remoteAddress, tokenId: token.id, reenroll: existing, certSerial: issued.serial },
-    });
     return this.#withResponseFields(this.response(nodeId, issued));
   }
 

@@ -30,6 +30,13 @@
  * * The whole header is capped at PROXY_V2_MAX_BYTES (the addresses take at most 232; the rest would be
  *   TLVs, which a balancer sends only when configured to). A longer one is refused before its bytes
  *   are awaited.
+ *
+ * Written here rather than taken from npm: `proxy-protocol-js` (4.0.6) parses a buffer that already
+ * holds the whole header (it cannot say how many more bytes are needed, has no size cap, and gives
+ * addresses as byte arrays), and `@balena/proxy-protocol-parser` (1.0.2) answers only "a header or
+ * null" and brings two dependencies. The gate needs an incremental verdict on the first bytes of a
+ * socket with a cap; the layout is fixed, so the parser is short and tested against the spec's bytes
+ * (test/server/proxy-protocol.test.ts).
  */
 
 export const PROXY_V2_SIGNATURE: Buffer = Buffer.from([0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a]);

@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { parseCidr, proxyPeerFilter } from '../../src/server/client-address.js';
 import { parseServerConfig } from '../../src/server/config.js';
+import { applyReloadable, RELOADABLE, type ReloadTargets } from '../../src/server/reload.js';
 
 /** The `--proxy-protocol-from` list (src/server/client-address.ts) and its config schema. */
 describe('proxyPeerFilter', () => {
@@ -41,5 +42,18 @@ describe('config: proxyProtocol', () => {
     expect(parseServerConfig({ proxyProtocol: {} }).proxyProtocol).toEqual({ from: [] });
     expect(() => parseServerConfig({ proxyProtocol: { from: ['10.0.0.0/40'] } })).toThrow(/proxyProtocol\.from/);
     expect(() => parseServerConfig({ proxyProtocol: { from: [], extra: 1 } })).toThrow(/ML_ERR_CONFIG|invalid server config/);
+  });
+});
+
+describe('reload: proxyProtocol', () => {
+  it('is bound at start: a SIGHUP that changes it reports it as needing a restart and keeps the running value', () => {
+    const base = parseServerConfig({ dataDir: '/tmp/x' }, {});
+    const next = parseServerConfig({ dataDir: '/tmp/x', proxyProtocol: { from: ['10.0.0.5'] } }, {});
+    const calls: string[] = [];
+    const targets = Object.fromEntries([...RELOADABLE].map((k) => [k, () => calls.push(k)])) as unknown as ReloadTargets;
+    const { config, changes } = applyReloadable(base, next, targets);
+    expect(changes).toEqual([{ key: 'proxyProtocol', from: null, to: { from: ['10.0.0.5'] }, applied: false }]);
+    expect(config.proxyProtocol).toBeNull();
+    expect(calls).toEqual([]);
   });
 });

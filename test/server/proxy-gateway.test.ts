@@ -140,6 +140,64 @@ describe('gateway with --proxy-protocol', () => {
     expect((await requestVia(ts, null, '/healthz')).status).toBe(200);
   }, 30_000);
 
+  it('a header and the ClientHello in one TCP segment: the handshake reads exactly what follows the header', async () => {
+    const connections: AgentConnectionInfo[] = [];
+    const ts = await startTestServer({ proxyProtocol: { from: ['127.0.0.1'] } }, { hooks: { onAgentConnection: (_ws, info) => void connections.push(info) } });
+    cleanups.push(() => ts.stop());
+    // A relay that writes the header and the client's first bytes (its ClientHello) with one write.
+    const gatewayPort = ts.server.address().port;
+    let coalesced = 0;
+    const relayed: Socket[] = [];
+    const relay = createTcpServer((client) => {
+      const upstream = tcpConnect(gatewayPort, '127.0.0.1');
+      relayed.push(client, upstream);
+      upstream.on('error', () => client.destroy());
+      client.on('error', () => upstream.destroy());
+      upstream.pipe(client);
+      client.once('data', (first: Buffer) => {
+        coalesced = first.length;
+        upstream.write(Buffer.concat([header('198.51.100.200', 45_000), first]));
+        client.pipe(upstream);
+      });
+    });
+    await new Promise<void>((r) => relay.listen(0, '127.0.0.1', () => r()));
+    cleanups.push(
+      () =>
+        new Promise<void>((r) => {
+          relay.close(() => r());
+          for (const s of relayed) s.destroy();
+        }),
+    );
+    const { token } = createEnrollmentToken(ts.server.store, { ttlMs: 60_000 });
+    const { csrPem, keyPem } = await makeCsr('coalesced');
+    const relayPort = (relay.address() as AddressInfo).port;
+    const enroll = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+      const payload = JSON.stringify({ token, csr: csrPem });
+      const req = request(
+        { host: '127.0.0.1', port: relayPort, path: '/v1/enroll', method: 'POST', ca: ts.server.caCertPem, agent: false, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } },
+        (res) => {
+          let text = '';
+          res.setEncoding('utf8');
+          res.on('data', (c: string) => (text += c));
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, body: text }));
+        },
+      );
+      req.on('error', reject);
+      req.end(payload);
+    });
+    expect(enroll.status).toBe(200);
+    expect(coalesced).toBeGreaterThan(100); // a whole ClientHello went with the header
+    const cert = (JSON.parse(enroll.body) as { certificate: string }).certificate;
+    const ws = new WebSocket(`wss://127.0.0.1:${relayPort}/v1/connect`, { perMessageDeflate: false, ca: ts.server.caCertPem, cert, key: keyPem });
+    cleanups.push(() => ws.terminate());
+    await new Promise<void>((resolve, reject) => {
+      ws.once('open', () => resolve());
+      ws.once('error', reject);
+    });
+    await waitFor('the agent connection', () => connections.length === 1);
+    expect(connections[0]!.remoteAddress).toBe('198.51.100.200');
+  }, 30_000);
+
   it('a LOCAL header (the balancer\'s health check) is served as the balancer itself', async () => {
     const ts = await startTestServer({ proxyProtocol: { from: [] } }, { features: [] });
     cleanups.push(() => ts.stop());

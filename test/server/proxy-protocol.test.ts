@@ -136,3 +136,29 @@ describe('IPv6 text and the encoder', () => {
     );
   });
 });
+
+describe('parseProxyV2 on arbitrary bytes', () => {
+  it('never throws, never claims more bytes than it has or than the cap, and asks for more only within the cap', () => {
+    const prefixed = fc.tuple(fc.constantFrom(0, 4, 8, 12, 13, 14, 16), fc.uint8Array({ maxLength: 1_200 })).map(([keep, rest]) => Buffer.concat([Buffer.from(SIG.slice(0, keep)), Buffer.from(rest)]));
+    const versioned = fc.tuple(fc.integer({ min: 0, max: 255 }), fc.integer({ min: 0, max: 255 }), fc.integer({ min: 0, max: 1_100 }), fc.uint8Array({ maxLength: 1_200 })).map(([vc, fam, len, rest]) =>
+      Buffer.concat([Buffer.from(SIG), Buffer.from([vc, fam, len >> 8, len & 0xff]), Buffer.from(rest)]),
+    );
+    fc.assert(
+      fc.property(fc.oneof(prefixed, versioned), (buf) => {
+        const r = parseProxyV2(buf);
+        if (r.kind === 'header') {
+          expect(r.length).toBeLessThanOrEqual(buf.length);
+          expect(r.length).toBeLessThanOrEqual(PROXY_V2_MAX_BYTES);
+          expect(r.length).toBeGreaterThanOrEqual(16);
+        } else if (r.kind === 'incomplete') {
+          expect(r.need).toBeGreaterThan(buf.length);
+          expect(r.need).toBeLessThanOrEqual(PROXY_V2_MAX_BYTES);
+          // Given the bytes it asked for, it decides.
+          const more = parseProxyV2(Buffer.concat([buf, Buffer.alloc(r.need - buf.length)]));
+          expect(more.kind).not.toBe('incomplete');
+        }
+      }),
+      { numRuns: 3_000 },
+    );
+  });
+});
