@@ -37,12 +37,12 @@ describe.skipIf(POSTGRES_MISSING !== null)(`a throwaway PostgreSQL cluster${POST
       expect(r.rows[0]!.version).toMatch(/^\d+/);
       expect(r.rows[0]!.addr).toBe('127.0.0.1');
       expect(r.rows[0]!.who).toBe('127.0.0.1');
-      // Trust authentication, for the socket and loopback only.
+      // The socket (in the postgres user's 0700 dir) is trusted; loopback TCP asks for the password.
       const rules = await client.query<{ type: string; address: string | null; auth_method: string }>('SELECT type, address, auth_method FROM pg_hba_file_rules');
       expect(rules.rows).toEqual([
         { type: 'local', address: null, auth_method: 'trust' },
-        { type: 'host', address: '127.0.0.1', auth_method: 'trust' },
-        { type: 'host', address: '::1', auth_method: 'trust' },
+        { type: 'host', address: '127.0.0.1', auth_method: 'scram-sha-256' },
+        { type: 'host', address: '::1', auth_method: 'scram-sha-256' },
       ]);
       // A table round trip, with a parameter.
       await client.query('CREATE TABLE t (id serial PRIMARY KEY, body text NOT NULL)');
@@ -51,6 +51,10 @@ describe.skipIf(POSTGRES_MISSING !== null)(`a throwaway PostgreSQL cluster${POST
     } finally {
       await client.end();
     }
+    // Without the password, loopback TCP is refused (another local user gets no superuser).
+    const stranger = new pg.Client({ host: '127.0.0.1', port: cluster.port, user: 'postgres', database: 'postgres', password: 'wrong' });
+    await expect(stranger.connect()).rejects.toThrow(/password authentication failed/);
+    await stranger.end().catch(() => undefined);
     // The postmaster's data dir belongs to the user it runs as (root is refused by PostgreSQL).
     const owner = statSync(join(cluster.dir, 'data')).uid;
     if (process.getuid?.() === 0) expect(owner).not.toBe(0);

@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { execFile, spawnSync } from 'node:child_process';
 import { chmod, chown, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
@@ -101,9 +102,16 @@ export async function startPostgres(): Promise<PostgresCluster> {
   const removeDir = (): Promise<void> => rm(dir, { recursive: true, force: true });
   try {
     const superuser = 'postgres';
-    await pg(join(bin, 'initdb'), ['-D', data, '-U', superuser, '-A', 'trust', '-E', 'UTF8', '--locale=C', '--no-sync', '--no-instructions']);
+    // TCP on loopback asks for a random password: another local user of a shared machine must not get
+    // a superuser (and with it a shell as postgres, COPY … PROGRAM). The socket, in this 0700 dir of
+    // the postgres user, needs none. The password file is read by initdb as postgres, then removed.
+    const password = randomBytes(18).toString('base64url');
+    const pwfile = join(dir, 'pwfile');
+    await writeHba(pwfile, `${password}\n`);
+    await pg(join(bin, 'initdb'), ['-D', data, '-U', superuser, '-A', 'scram-sha-256', `--pwfile=${pwfile}`, '-E', 'UTF8', '--locale=C', '--no-sync', '--no-instructions']);
+    await rm(pwfile, { force: true });
     // Loopback and the socket only, whatever initdb wrote (its replication lines too).
-    const hba = ['local all all trust', 'host all all 127.0.0.1/32 trust', 'host all all ::1/128 trust', ''].join('\n');
+    const hba = ['local all all trust', 'host all all 127.0.0.1/32 scram-sha-256', 'host all all ::1/128 scram-sha-256', ''].join('\n');
     await writeHba(join(data, 'pg_hba.conf'), hba);
     // A free port can be taken between the probe and the bind: a few tries.
     let lastError: unknown;
@@ -125,11 +133,11 @@ export async function startPostgres(): Promise<PostgresCluster> {
         continue;
       }
       const cluster: PostgresCluster = {
-        url: `postgres://${superuser}@127.0.0.1:${port}/postgres`,
+        url: `postgres://${superuser}:${password}@127.0.0.1:${port}/postgres`,
         port,
         dir,
         socketDir: dir,
-        urlOf: (database) => `postgres://${superuser}@127.0.0.1:${port}/${database}`,
+        urlOf: (database) => `postgres://${superuser}:${password}@127.0.0.1:${port}/${database}`,
         async createDatabase(name) {
           if (!/^[A-Za-z_][A-Za-z0-9_]{0,62}$/.test(name)) throw new Error(`not a plain database name: ${name}`);
           await pg(join(bin, 'createdb'), ['-h', dir, '-p', String(port), '-U', superuser, name], 30_000);
