@@ -1,4 +1,4 @@
-import type { Socket } from 'node:net';
+import { isIPv4, type Socket } from 'node:net';
 import { parseProxyV2, type ProxyEndpoint, type ProxyInvalid } from './proxy-protocol.js';
 
 /**
@@ -144,11 +144,14 @@ export class ClientHelloGate {
         header = null;
         if (parsed.length < seen.length) socket.unshift(seen.subarray(parsed.length));
         if (parsed.header.command === 'proxy') {
-          detail.client = parsed.header.source;
+          // An IPv4 client named in an INET6 header (::ffff:a.b.c.d) is the same client as over INET:
+          // one key for the caps, the limiter and the displays.
+          const source = parsed.header.source;
+          detail.client = { ...source, address: unmapIpv4(source.address) };
           // From now on the connection waits as the client's, whose address may be at its cap already.
           if (counted !== null) this.#leave(counted);
           counted = null;
-          const client = parsed.header.source.address;
+          const client = detail.client.address;
           if (!this.#enter(client)) {
             finish('source_full');
             return false;
@@ -198,4 +201,10 @@ export class ClientHelloGate {
   close(): void {
     for (const socket of [...this.#pending]) socket.destroy();
   }
+}
+
+/** `::ffff:a.b.c.d` → `a.b.c.d`; any other address as it is. */
+export function unmapIpv4(address: string): string {
+  const m = /^::ffff:(\d{1,3}(?:\.\d{1,3}){3})$/i.exec(address);
+  return m && isIPv4(m[1]!) ? m[1]! : address;
 }

@@ -135,6 +135,9 @@ export function createGateway(deps: GatewayDeps): Gateway {
   let closing = false;
   const clients = deps.clientAddresses ?? new ClientAddresses();
   const proxy = deps.proxyProtocol ? { allowed: proxyPeerFilter(deps.proxyProtocol.from), countPeer: deps.proxyProtocol.from.length === 0 } : null;
+  if (deps.proxyProtocol && deps.proxyProtocol.from.length === 0) {
+    log.warn('--proxy-protocol without --proxy-protocol-from: any peer may name any client address (and so escape the per-address caps and the enrollment limiter); list the load balancers');
+  }
   // A refused PROXY connection is a misconfiguration to tell the operator, or someone probing the port:
   // a warning at most once a minute per reason, debug otherwise (every one is counted in the metrics).
   const lastWarned = new Map<string, number>();

@@ -1,5 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import { unmapIpv4 } from '../../src/server/client-hello.js';
 import { encodeProxyV2, ipv6Text, parseProxyV2, PROXY_V2_MAX_BYTES } from '../../src/server/proxy-protocol.js';
 
 /**
@@ -160,5 +161,17 @@ describe('parseProxyV2 on arbitrary bytes', () => {
       }),
       { numRuns: 3_000 },
     );
+  });
+});
+
+describe('an IPv4 client in an INET6 header', () => {
+  it('is keyed as the same IPv4 client (the gate unmaps ::ffff:a.b.c.d), other IPv6 stays as it is', () => {
+    expect(unmapIpv4('::ffff:192.0.2.7')).toBe('192.0.2.7');
+    expect(unmapIpv4('::FFFF:10.1.2.3')).toBe('10.1.2.3');
+    expect(unmapIpv4('::ffff:999.1.2.3')).toBe('::ffff:999.1.2.3');
+    expect(unmapIpv4('2001:db8::ffff:1.2.3.4')).toBe('2001:db8::ffff:1.2.3.4');
+    expect(unmapIpv4('192.0.2.7')).toBe('192.0.2.7');
+    const parsed = parseProxyV2(encodeProxyV2({ command: 'proxy', source: { address: '::ffff:192.0.2.7', port: 40000 }, destination: { address: '::1', port: 443 } }));
+    expect(parsed.kind === 'header' && parsed.header.command === 'proxy' && unmapIpv4(parsed.header.source.address)).toBe('192.0.2.7');
   });
 });
