@@ -346,6 +346,9 @@ describe.skipIf(SKIP_REASON !== null)(`the server relays a hard-NAT pair by itse
         // The relay endpoint, not the peer's: the server's address and a port of the allocation.
         await waitFor(`${x}'s WireGuard sends to the relay for ${y}`, async () => wgEndpoint(x, y).startsWith(`${SERVER_IP}:`), 30_000, 300);
       }
+      // nodes show names the endpoint WireGuard uses: the relay's.
+      const shown = (await peersOf('a')).find((p) => p.nodeId === snodes.get('b')!.nodeId)!;
+      expect(shown).toMatchObject({ path: 'relay', endpoint: wgEndpoint('a', 'b') });
       // One allocation per relayed pair (A–B, A–C), none for the direct B–C.
       expect(metric('meshlink_relay_allocations')).toBe(2);
       const portAB = wgEndpoint('a', 'b');
