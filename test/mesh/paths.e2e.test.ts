@@ -106,7 +106,8 @@ const NATS: Record<string, Nat> = {
 
 beforeAll(async () => {
   ts = await startTestServer(
-    { stunListen: null },
+    // The relay on loopback, announced at a documentation address (what agents would be told).
+    { stunListen: null, relayListen: { host: '127.0.0.1', ports: null }, relayPublicHost: '203.0.113.50' },
     {
       features: [
         createMeshFeature({
@@ -137,16 +138,21 @@ afterAll(async () => {
 describe('path choice through the real server', () => {
   it('nodes show --json gives each pair the path of the two reported classes', async () => {
     const others = (name: string) => Object.keys(NATS).filter((n) => n !== name);
-    const hard = await showUntil('hard', (s) => hasAll(s, others('hard')), 'hard has its three peers');
+    // A relayed peer shows the relay endpoint WireGuard sends to, once the server has assigned it.
+    const relayed = (s: Shown, name: string) => /^203\.0\.113\.50:\d+$/.test(peerOf(s, name)?.endpoint ?? '');
+    const hard = await showUntil('hard', (s) => hasAll(s, others('hard')) && relayed(s, 'easy1') && relayed(s, 'easy2'), 'hard has its three peers, two relayed');
     expect(hard.mesh!.nat).toEqual(NATS.hard);
     // The control connection's address is a hint for the operator, never a peer's UDP endpoint.
     expect(hard.mesh!.observedAddress).toBe('127.0.0.1');
-    expect(peerOf(hard, 'easy1')).toMatchObject({ path: 'relay', endpoint: '10.0.2.1:51820', lastHandshake: null });
-    expect(peerOf(hard, 'easy2')).toMatchObject({ path: 'relay', endpoint: '10.0.3.1:51820' });
+    expect(peerOf(hard, 'easy1')).toMatchObject({ path: 'relay', lastHandshake: null });
+    expect(peerOf(hard, 'easy2')).toMatchObject({ path: 'relay' });
+    // Each member has its own port of the allocation.
+    expect(peerOf(hard, 'easy1')!.endpoint).not.toBe(peerOf(hard, 'easy2')!.endpoint);
     expect(peerOf(hard, 'public')).toMatchObject({ path: 'direct', endpoint: '192.0.2.40:51820' });
 
-    const easy1 = await showUntil('easy1', (s) => hasAll(s, others('easy1')), 'easy1 has its three peers');
-    expect(peerOf(easy1, 'hard')).toMatchObject({ path: 'relay', endpoint: '10.0.1.1:51820' });
+    const easy1 = await showUntil('easy1', (s) => hasAll(s, others('easy1')) && relayed(s, 'hard'), 'easy1 has its three peers, hard relayed');
+    expect(peerOf(easy1, 'hard')!.path).toBe('relay');
+    expect(peerOf(easy1, 'hard')!.endpoint).not.toBe(peerOf(hard, 'easy1')!.endpoint);
     // Both endpoint-independent: direct, to the peer's reflexive endpoint.
     expect(peerOf(easy1, 'easy2')).toMatchObject({ path: 'direct', endpoint: '198.51.100.30:51820' });
     expect(peerOf(easy1, 'public')).toMatchObject({ path: 'direct', endpoint: '192.0.2.40:51820' });
@@ -184,18 +190,18 @@ describe('path choice through the real server', () => {
     const r = await cli(['server', 'nodes', 'show', 'easy1', '--data-dir', ts.dataDir]);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toMatch(/nat\s+endpoint-independent, public 198\.51\.100\.20:51820/);
-    expect(r.stdout).toMatch(/hard\s+relay\s+10\.0\.1\.1:51820/);
+    expect(r.stdout).toMatch(/hard\s+relay\s+203\.0\.113\.50:\d+/);
     expect(r.stdout).toMatch(/easy2\s+direct\s+198\.51\.100\.30:51820/);
   }, 30_000);
 
   it('a node whose next hello reports another class moves its pairs', async () => {
     expect((await connect(nodes.easy2!, { mapping: 'endpoint-dependent', reflexive: '198.51.100.30:50000' })).welcome).toBe(true);
-    const easy1 = await showUntil('easy1', (s) => peerOf(s, 'easy2')?.path === 'relay', 'easy1–easy2 relayed');
+    const easy1 = await showUntil('easy1', (s) => peerOf(s, 'easy2')?.path === 'relay' && /^203\.0\.113\.50:/.test(peerOf(s, 'easy2')!.endpoint ?? ''), 'easy1–easy2 relayed');
     // Three relay pairs now, each with its allocation.
     await waitUntil(() => relaySessions.list().length === 3 && relay.size === 3, 'three relay sessions');
     const easyPair = relaySessions.list().find((s) => [s.a, s.b].sort().join() === [nodes.easy1!.nodeId, nodes.easy2!.nodeId].sort().join())!;
     expect(easyPair).toBeDefined();
-    expect(peerOf(easy1, 'easy2')!.endpoint).toBe('10.0.3.1:51820');
+    expect(peerOf(easy1, 'easy2')!.endpoint).toMatch(/^203\.0\.113\.50:\d+$/);
     const pub = await showUntil('public', (s) => peerOf(s, 'easy2')?.endpoint === '198.51.100.30:50000', 'public told the new reflexive endpoint');
     expect(peerOf(pub, 'easy2')!.path).toBe('direct');
     // And back.

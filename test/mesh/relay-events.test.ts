@@ -143,7 +143,7 @@ describe('MeshService relay sessions', () => {
     cleanups.unshift(() => next.close());
     const hub = recordingSessions();
     next.setDelivery(hub);
-    expect(next.heldRelaySessions()).toEqual([{ sessionId: 'rOld', a, b }]);
+    expect(next.heldRelaySessions()).toEqual([{ sessionId: 'rOld', a, b, endpoints: ['203.0.113.9:40001', '203.0.113.9:40002'] }]);
     const relay = new UdpRelay({ host: '127.0.0.1', logger: silent, sweepIntervalMs: 0 });
     cleanups.unshift(() => relay.close());
     const sessions = new RelaySessions({ relay, mesh: next, publicHost: '203.0.113.9', logger: silent });

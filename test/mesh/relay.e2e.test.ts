@@ -346,6 +346,9 @@ describe.skipIf(SKIP_REASON !== null)(`the server relays a hard-NAT pair by itse
         // The relay endpoint, not the peer's: the server's address and a port of the allocation.
         await waitFor(`${x}'s WireGuard sends to the relay for ${y}`, async () => wgEndpoint(x, y).startsWith(`${SERVER_IP}:`), 30_000, 300);
       }
+      // nodes show names the endpoint WireGuard uses: the relay's.
+      const shown = (await peersOf('a')).find((p) => p.nodeId === snodes.get('b')!.nodeId)!;
+      expect(shown).toMatchObject({ path: 'relay', endpoint: wgEndpoint('a', 'b') });
       // One allocation per relayed pair (A–B, A–C), none for the direct B–C.
       expect(metric('meshlink_relay_allocations')).toBe(2);
       const portAB = wgEndpoint('a', 'b');
@@ -378,12 +381,20 @@ describe.skipIf(SKIP_REASON !== null)(`the server relays a hard-NAT pair by itse
   it('a NAT rebinding (A’s router loses its conntrack state): the relay re-latches A’s new port and the pair recovers', async () => {
     expect(sping('a', 'b')).toBe(true);
     const relatched = metric('meshlink_relay_relatched_total');
-    sh('ip', ['netns', 'exec', SROUTER.a, 'conntrack', '-F']);
-    const started = Date.now();
-    // No timed assertion: a generous deadline, and the time printed.
-    await waitFor('A reaches B again through the relay', async () => sping('a', 'b'), 180_000, 500);
-    console.log(`relay e2e: A–B recovered ${Date.now() - started} ms after A's router flushed its conntrack table (new public port)`);
-    expect(metric('meshlink_relay_relatched_total')).toBeGreaterThan(relatched);
-    expect(sping('b', 'a')).toBe(true);
-  }, 240_000);
+    // Three rebindings in a row, each timed: no timed assertion, a generous deadline, the times printed.
+    const ROUNDS = 3;
+    const times: number[] = [];
+    for (let round = 0; round < ROUNDS; round++) {
+      sh('ip', ['netns', 'exec', SROUTER.a, 'conntrack', '-F']);
+      const started = Date.now();
+      await waitFor(`A reaches B again through the relay (rebinding ${round + 1})`, async () => sping('a', 'b'), 180_000, 250);
+      times.push(Date.now() - started);
+      expect(sping('b', 'a')).toBe(true);
+    }
+    const median = [...times].sort((x, y) => x - y)[Math.floor(ROUNDS / 2)];
+    console.log(`relay e2e: A–B recovered after A's router flushed its conntrack table (new public port): ${times.join(', ')} ms; median ${median} ms`);
+    // Each recovery is a re-latch of A's port (the allocation and its ports stayed).
+    expect(metric('meshlink_relay_relatched_total')).toBeGreaterThanOrEqual(relatched + ROUNDS);
+    expect(metric('meshlink_relay_allocations')).toBe(2);
+  }, 600_000);
 });

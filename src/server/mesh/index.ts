@@ -112,6 +112,7 @@ export function createMeshFeature(options: MeshFeatureOptions = {}): ServerFeatu
 
     const stun = await startStunResponder(ctx.config.stunListen, log);
     const relay = await startRelay(ctx.config, log);
+    if (!relay) revokeAllHeld(mesh, log);
     const assigner = relay ? new RelayAssigner(mesh, relay, ctx.presence, publicHostOf(ctx.store, ctx.config), ctx.config.relayPublicHost, log) : null;
     if (assigner) {
       ctx.questions.answer('meshRelayStats', () => {
@@ -291,4 +292,17 @@ class RelayAssigner {
     if (this.#timer) clearTimeout(this.#timer);
     await this.#running;
   }
+}
+
+/** Without a relay, the sessions an earlier run assigned point at nothing: their members hear so. */
+function revokeAllHeld(mesh: MeshService, log: Logger): void {
+  const held = mesh.heldRelaySessions();
+  for (const h of held) {
+    try {
+      mesh.revokeRelay(h.sessionId, h.a, h.b, 'relay off');
+    } catch (err) {
+      log.warn({ err, allocation: h.sessionId }, 'stale relay session not revoked');
+    }
+  }
+  if (held.length > 0) log.info({ revoked: held.length }, 'relay sessions of the previous run revoked: this server runs no relay');
 }

@@ -81,11 +81,11 @@ export function wgMessageType(packet: Buffer): number {
 }
 
 export const RELAY_DROP_REASONS = ['wrong_source', 'not_wireguard', 'not_latched', 'peer_not_latched', 'rate_limited', 'expired'] as const;
+export type RelayDropReason = (typeof RELAY_DROP_REASONS)[number];
 
 /** Candidates for re-latching kept per port (see above), and how long each waits for its response. */
 const MAX_CANDIDATES = 4;
 const CANDIDATE_TTL_MS = 10_000;
-export type RelayDropReason = (typeof RELAY_DROP_REASONS)[number];
 
 const ipSchema = z.string().refine((v) => isIP(v) !== 0, 'an IP address');
 const nodeIdSchema = z.string().min(1).max(128);
@@ -389,18 +389,19 @@ export class UdpRelay {
     if (allocation.closed) return;
     const here = allocation.sides[index];
     const there = allocation.sides[1 - index]!;
-    const fromIp = normalizeIp(from.address);
-    const latched = here.member.latched;
+    const latched = here.target;
     const now = this.#o.now();
     let candidate = false;
+    // The latched source is compared in the socket's own form (it was one of its sources): the common
+    // case costs two comparisons, no normalisation.
     if (latched) {
-      if (from.port !== latched.port || fromIp !== latched.address) {
+      if (from.port !== latched.port || from.address !== latched.address) {
         // Another source: only a handshake initiation from the member's IPs after the latched source
         // went silent, and only as a candidate (see "Re-latching").
-        if (!here.member.ips.includes(fromIp) || wgMessageType(packet) !== WgMessageType.initiation || now - here.heardAt < this.#o.relatchAfterMs) return this.#drop('wrong_source');
+        if (!here.member.ips.includes(normalizeIp(from.address)) || wgMessageType(packet) !== WgMessageType.initiation || now - here.heardAt < this.#o.relatchAfterMs) return this.#drop('wrong_source');
         candidate = true;
       }
-    } else if (!here.member.ips.includes(fromIp)) {
+    } else if (!here.member.ips.includes(normalizeIp(from.address))) {
       return this.#drop('wrong_source');
     }
     const type = wgMessageType(packet);

@@ -61,7 +61,11 @@ const SETTING_CIDR = 'cidr';
 const SETTING_PREVIOUS_KEY_UNTIL = 'previous_signing_key_until';
 /** Relay sessions assigned and not yet revoked (a JSON array of {sessionId, a, b}): revoked after a restart. */
 const SETTING_RELAY_SESSIONS = 'relay_sessions';
-const heldRelaySchema = z.array(z.object({ sessionId: z.string().min(1).max(64), a: z.string().min(1).max(128), b: z.string().min(1).max(128) })).max(100_000);
+export const SETTING_RELAY_SESSIONS_KEY = SETTING_RELAY_SESSIONS;
+/** A held session; `endpoints`: the relay endpoint each of a and b sends to (`server nodes show`). */
+export const heldRelaySchema = z
+  .array(z.object({ sessionId: z.string().min(1).max(64), a: z.string().min(1).max(128), b: z.string().min(1).max(128), endpoints: z.tuple([z.string().max(300), z.string().max(300)]).optional() }))
+  .max(100_000);
 export type HeldRelaySession = z.infer<typeof heldRelaySchema>[number];
 
 /**
@@ -563,7 +567,7 @@ export class MeshService {
         [x.nodeId, 'relay_session_assigned', { sessionId, peerNodeId: y.nodeId, endpoint: x.endpoint, ...(expiresAt !== undefined ? { expiresAt } : {}) }],
         [y.nodeId, 'relay_session_assigned', { sessionId, peerNodeId: x.nodeId, endpoint: y.endpoint, ...(expiresAt !== undefined ? { expiresAt } : {}) }],
       ],
-      () => this.#relayHeld.set(sessionId, { sessionId, a: x.nodeId, b: y.nodeId }),
+      () => this.#relayHeld.set(sessionId, { sessionId, a: x.nodeId, b: y.nodeId, endpoints: [x.endpoint, y.endpoint] }),
     );
   }
 
@@ -585,7 +589,7 @@ export class MeshService {
 
   /** The relay sessions assigned and not revoked, this run's and (until revoked) an earlier run's. */
   heldRelaySessions(): HeldRelaySession[] {
-    return [...this.#relayHeld.values()].map((h) => ({ ...h }));
+    return [...this.#relayHeld.values()].map((h) => ({ ...h, ...(h.endpoints ? { endpoints: [...h.endpoints] as [string, string] } : {}) }));
   }
 
   /**
