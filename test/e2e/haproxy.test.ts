@@ -1,5 +1,6 @@
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { connect as tlsConnect } from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { httpsRequest } from '../server/helpers.js';
 import { cli, createToken, freePort, listNodes, spawnCli, startServerProc, tempDir, waitFor, type Proc, type ServerProc } from './harness.js';
@@ -44,7 +45,22 @@ describe.skipIf(HAPROXY_MISSING !== null)(`the server behind haproxy with the PR
       '--log-level',
       'debug',
     ]);
-  }, 90_000);
+    // haproxy ran before the server and its health checks may have marked the backend down: wait until
+    // a TLS handshake gets through it (the state, not a time). Unverified: this only probes the path.
+    await waitFor(
+      'haproxy forwarding to the server',
+      () =>
+        new Promise<boolean>((resolve) => {
+          const s = tlsConnect({ host: '127.0.0.1', port: haproxy.port, rejectUnauthorized: false }, () => {
+            s.destroy();
+            resolve(true);
+          });
+          s.once('error', () => resolve(false));
+        }),
+      60_000,
+      250,
+    );
+  }, 120_000);
 
   afterAll(async () => {
     await agent?.stop();

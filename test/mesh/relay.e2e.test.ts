@@ -92,7 +92,7 @@ let root: { path: string; cleanup(): Promise<void> } | undefined;
 async function ask(command: string): Promise<RelayAnswer> {
   const n = answers.length;
   relay!.stdin!.write(`${command}\n`);
-  await waitFor(`the relay's answer to ${command}`, async () => answers.length > n, 10_000);
+  await waitFor(`the relay's answer to ${command}`, async () => answers.length > n, 30_000);
   return answers[n]!;
 }
 
@@ -101,7 +101,7 @@ const ping = (side: Side, count = 1): boolean => trySh('ip', ['netns', 'exec', H
 async function startWireGuard(side: Side, peerPublicKey: string, endpoint: string, keyFile: string): Promise<void> {
   const child = spawn('ip', ['netns', 'exec', HOST[side], 'wireguard-go', '-f', IFACE[side]], { stdio: 'ignore', env: { ...process.env, WG_PROCESS_FOREGROUND: '1', LOG_LEVEL: 'error' } });
   wgGo.push(child);
-  await waitFor(`${IFACE[side]} to exist`, async () => trySh('ip', ['-n', HOST[side], 'link', 'show', IFACE[side]]), 15_000);
+  await waitFor(`${IFACE[side]} to exist`, async () => trySh('ip', ['-n', HOST[side], 'link', 'show', IFACE[side]]), 30_000);
   sh('ip', ['netns', 'exec', HOST[side], 'wg', 'set', IFACE[side], 'private-key', keyFile, 'listen-port', '51820', 'peer', peerPublicKey, 'allowed-ips', `${MESH_IP[side === 'a' ? 'b' : 'a']}/32`, 'endpoint', endpoint, 'persistent-keepalive', '5']);
   sh('ip', ['-n', HOST[side], 'address', 'add', `${MESH_IP[side]}/24`, 'dev', IFACE[side]]);
   sh('ip', ['-n', HOST[side], 'link', 'set', IFACE[side], 'up']);
@@ -136,7 +136,7 @@ describe.skipIf(SKIP_REASON !== null)(`WireGuard through the UDP relay between t
         },
       });
       createInterface({ input: relay.stdout! }).on('line', (line) => answers.push(JSON.parse(line) as RelayAnswer));
-      await waitFor('the allocation', async () => answers.length > 0, 15_000);
+      await waitFor('the allocation', async () => answers.length > 0, 30_000);
       const allocation = answers[0]!.allocation!;
       answers = [];
       const keys = Object.fromEntries(
