@@ -8,7 +8,9 @@
  *      meanwhile K WebSocket clients ping the server every 50 ms (ws ping/pong) → RTT p99 during the burst;
  *   2. connects: M full mTLS handshakes + WebSocket upgrades on /v1/connect, new connection each → handshakesPerSec.
  * The pingers (bench/enroll-pinger.ts, a worker thread) also time protocol heartbeat → heartbeat.ack.
- * Prints each run, then one JSON line with the medians of 3 runs.
+ * Prints each run, then one JSON line with the medians of 3 runs, with the CPU time per enrollment
+ * of the server process (from /proc, all its threads: the signatures run in libuv's pool) and of
+ * this process (the load generator, with the pingers' worker thread).
  * Env: BENCH_ENROLLMENTS (200), BENCH_CONCURRENCY (32), BENCH_CONNECTS (200), BENCH_RUNS (3),
  * BENCH_CLI (the meshlink CLI the server is started with: another build's dist/src/cli/main.js, for an
  * A/B of two servers under the same load generator).
@@ -186,7 +188,7 @@ async function main(): Promise<void> {
     });
     await fromPinger('ready');
 
-    const results: { enrollPerSec: number; handshakesPerSec: number; p99: number; heartbeatP99: number }[] = [];
+    const results: { enrollPerSec: number; handshakesPerSec: number; p99: number; heartbeatP99: number; serverCpuMs: number; loadCpuMs: number }[] = [];
     for (let run = 1; run <= RUNS; run++) {
       const tokens: string[] = [];
       for (let i = 0; i < N; i++) tokens.push(await token());
@@ -223,7 +225,15 @@ async function main(): Promise<void> {
       const benchCpu1 = process.cpuUsage(cpu1.bench);
       console.log(`  connect phase CPU: server ${round((await serverCpuMs(child.pid!)) - cpu1.server)} ms, load generator ${round((benchCpu1.user + benchCpu1.system) / 1000)} ms, wall ${round(handshakeSec * 1000)} ms`);
 
-      const r = { enrollPerSec: N / enrollSec, handshakesPerSec: M / handshakeSec, p99: percentile(rtts, 99), heartbeatP99: percentile(beats, 99) };
+      const r = {
+        enrollPerSec: N / enrollSec,
+        handshakesPerSec: M / handshakeSec,
+        p99: percentile(rtts, 99),
+        heartbeatP99: percentile(beats, 99),
+        // CPU per enrollment moves much less with the machine's load than the rate does.
+        serverCpuMs: serverCpu / N,
+        loadCpuMs: (benchCpu.user + benchCpu.system) / 1000 / N,
+      };
       results.push(r);
       console.log(
         `run ${run}: ${N} enrollments (concurrency ${CONCURRENCY}) in ${round(enrollSec, 2)} s = ${round(r.enrollPerSec)}/s; ` +
@@ -237,6 +247,8 @@ async function main(): Promise<void> {
     console.log(
       JSON.stringify({
         enrollPerSec: round(median(results.map((r) => r.enrollPerSec))),
+        serverCpuMsPerEnrollment: round(median(results.map((r) => r.serverCpuMs)), 2),
+        loadGeneratorCpuMsPerEnrollment: round(median(results.map((r) => r.loadCpuMs)), 2),
         handshakesPerSec: round(median(results.map((r) => r.handshakesPerSec))),
         heartbeatLatencyDuringBurstP99Ms: round(median(results.map((r) => r.p99)), 2),
         protocolHeartbeatAckDuringBurstP99Ms: round(median(results.map((r) => r.heartbeatP99)), 2),
