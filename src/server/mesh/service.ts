@@ -298,8 +298,9 @@ export class MeshService {
       return Promise.resolve();
     }
     if (swept === null) return Promise.resolve();
-    // A node leaving drops pairs and PSKs everywhere: the full recompute. Nodes joining only add pairs.
-    if (swept.removed.length > 0) return this.#background(this.recompute());
+    // A node leaving drops pairs and PSKs everywhere: the full recompute; so does a policy change not
+    // yet told to every node (its recompute failed: this one retries it). Nodes joining only add pairs.
+    if (swept.removed.length > 0 || this.#policyDirty) return this.#background(this.recompute());
     for (const id of swept.added) this.#joined.add(id);
     return this.#background(this.#nodesChanged(swept.added));
   }
