@@ -8,13 +8,24 @@
  *      meanwhile K WebSocket clients ping the server every 50 ms (ws ping/pong) → RTT p99 during the burst;
  *   2. connects: M full mTLS handshakes + WebSocket upgrades on /v1/connect, new connection each → handshakesPerSec.
  * The pingers (bench/enroll-pinger.ts, a worker thread) also time protocol heartbeat → heartbeat.ack.
- * Prints each run, then one JSON line with the medians of 3 runs.
- * Env: BENCH_ENROLLMENTS (200), BENCH_CONCURRENCY (32), BENCH_CONNECTS (200), BENCH_RUNS (3).
+ * Prints each run, then one JSON line with the medians of 3 runs, with the CPU time per enrollment
+ * of the server process (from /proc, all its threads: the signatures run in libuv's pool) and of
+ * this process (the load generator, with the pingers' worker thread).
+ * Env: BENCH_ENROLLMENTS (200), BENCH_CONCURRENCY (32), BENCH_CONNECTS (200), BENCH_RUNS (3),
+ * BENCH_CLI (the meshlink CLI the server is started with: another build's dist/src/cli/main.js, for an
+ * A/B of two servers under the same load generator).
+ *
+ * The load generator shares the machine's two cores with the server, so its own cost per enrollment
+ * lowers the rate measured. Each enrollment opens a new TLS connection (as each real agent does), but
+ * all of them share one client TLS context holding the CA: a real agent builds that context once per
+ * process, and building it for every request (`ca` on each https.request) was about 60 % of the
+ * load generator's JavaScript time per enrollment request (node --cpu-prof).
  */
 import { spawn } from 'node:child_process';
 import { createPublicKey, generateKeyPair, sign, type KeyObject } from 'node:crypto';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import { request } from 'node:https';
+import { request, type RequestOptions } from 'node:https';
+import { createSecureContext, type SecureContext } from 'node:tls';
 import { tmpdir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -33,7 +44,7 @@ const PINGERS = 4;
 const KEYS = Number(process.env.BENCH_KEYS ?? 40);
 const PING_EVERY_MS = 50;
 
-const CLI = resolve(dirname(fileURLToPath(import.meta.url)), '../src/cli/main.js');
+const CLI = process.env.BENCH_CLI ? resolve(process.env.BENCH_CLI) : resolve(dirname(fileURLToPath(import.meta.url)), '../src/cli/main.js');
 
 function rsaKey(): Promise<KeyObject> {
   return new Promise((res, rej) => generateKeyPair('rsa', { modulusLength: 2048 }, (e, _p, k) => (e ? rej(e) : res(k))));
@@ -54,10 +65,12 @@ async function makeCsr(hostname: string): Promise<{ csrPem: string; keyPem: stri
   return { csrPem: forge.pki.certificationRequestToPem(csr), keyPem: key.export({ type: 'pkcs8', format: 'pem' }) as string };
 }
 
-function post(url: string, ca: string, body: unknown): Promise<{ status: number; body: string }> {
+function post(url: string, secureContext: SecureContext, body: unknown): Promise<{ status: number; body: string }> {
   return new Promise((res, rej) => {
     const payload = JSON.stringify(body);
-    const req = request(url, { method: 'POST', ca, agent: false, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } }, (r) => {
+    // tls.connect takes `secureContext`; https.request passes it on, but its option type omits it.
+    const options: RequestOptions & { secureContext: SecureContext } = { method: 'POST', secureContext, agent: false, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } };
+    const req = request(url, options, (r) => {
       let b = '';
       r.on('data', (c: Buffer) => (b += c.toString()));
       r.on('end', () => res({ status: r.statusCode ?? 0, body: b }));
@@ -140,6 +153,7 @@ async function main(): Promise<void> {
     if (!url) throw new Error('server did not come up');
     console.log(`server up at ${url} (RSA-4096 CA created) in ${Date.now() - t0} ms`);
     const ca = await getCa(url);
+    const clientTls = createSecureContext({ ca });
 
     const tg = Date.now();
     const csrs: { csrPem: string; keyPem: string }[] = [];
@@ -155,7 +169,7 @@ async function main(): Promise<void> {
     const pingerClients: { certPem: string; keyPem: string }[] = [];
     for (let i = 0; i < PINGERS; i++) {
       const c = csrs[N + i]!;
-      const r = await post(`${url}/v1/enroll`, ca, { token: await token(), csr: c.csrPem });
+      const r = await post(`${url}/v1/enroll`, clientTls, { token: await token(), csr: c.csrPem });
       pingerClients.push({ certPem: (JSON.parse(r.body) as { certificate: string }).certificate, keyPem: c.keyPem });
     }
     const pinger = new Worker(new URL('./enroll-pinger.js', import.meta.url), {
@@ -173,7 +187,7 @@ async function main(): Promise<void> {
     });
     await fromPinger('ready');
 
-    const results: { enrollPerSec: number; handshakesPerSec: number; p99: number; heartbeatP99: number }[] = [];
+    const results: { enrollPerSec: number; handshakesPerSec: number; p99: number; heartbeatP99: number; serverCpuMs: number; loadCpuMs: number }[] = [];
     for (let run = 1; run <= RUNS; run++) {
       const tokens: string[] = [];
       for (let i = 0; i < N; i++) tokens.push(await token());
@@ -184,7 +198,7 @@ async function main(): Promise<void> {
       const issued: { certPem: string; keyPem: string }[] = [];
       const te = performance.now();
       await pool(tokens.map((t, i) => ({ t, c: csrs[i]! })), CONCURRENCY, async ({ t, c }) => {
-        const r = await post(`${url}/v1/enroll`, ca, { token: t, csr: c.csrPem });
+        const r = await post(`${url}/v1/enroll`, clientTls, { token: t, csr: c.csrPem });
         if (r.status !== 200) failures++;
         else issued.push({ certPem: (JSON.parse(r.body) as { certificate: string }).certificate, keyPem: c.keyPem });
       });
@@ -210,7 +224,15 @@ async function main(): Promise<void> {
       const benchCpu1 = process.cpuUsage(cpu1.bench);
       console.log(`  connect phase CPU: server ${round((await serverCpuMs(child.pid!)) - cpu1.server)} ms, load generator ${round((benchCpu1.user + benchCpu1.system) / 1000)} ms, wall ${round(handshakeSec * 1000)} ms`);
 
-      const r = { enrollPerSec: N / enrollSec, handshakesPerSec: M / handshakeSec, p99: percentile(rtts, 99), heartbeatP99: percentile(beats, 99) };
+      const r = {
+        enrollPerSec: N / enrollSec,
+        handshakesPerSec: M / handshakeSec,
+        p99: percentile(rtts, 99),
+        heartbeatP99: percentile(beats, 99),
+        // CPU per enrollment moves much less with the machine's load than the rate does.
+        serverCpuMs: serverCpu / N,
+        loadCpuMs: (benchCpu.user + benchCpu.system) / 1000 / N,
+      };
       results.push(r);
       console.log(
         `run ${run}: ${N} enrollments (concurrency ${CONCURRENCY}) in ${round(enrollSec, 2)} s = ${round(r.enrollPerSec)}/s; ` +
@@ -224,6 +246,8 @@ async function main(): Promise<void> {
     console.log(
       JSON.stringify({
         enrollPerSec: round(median(results.map((r) => r.enrollPerSec))),
+        serverCpuMsPerEnrollment: round(median(results.map((r) => r.serverCpuMs)), 2),
+        loadGeneratorCpuMsPerEnrollment: round(median(results.map((r) => r.loadCpuMs)), 2),
         handshakesPerSec: round(median(results.map((r) => r.handshakesPerSec))),
         heartbeatLatencyDuringBurstP99Ms: round(median(results.map((r) => r.p99)), 2),
         protocolHeartbeatAckDuringBurstP99Ms: round(median(results.map((r) => r.heartbeatP99)), 2),

@@ -68,6 +68,58 @@ function readTlv(der: Buffer, offset: number, limit: number): Tlv {
   return { tag, start: offset, end: pos + len, contentStart: pos };
 }
 
+const OID_RSA_ENCRYPTION_DER = Buffer.from('06092a864886f70d0101010500', 'hex'); // OID 1.2.840.113549.1.1.1, NULL
+const OID_EC_P256_DER = Buffer.from('06072a8648ce3d020106082a8648ce3d030107', 'hex'); // id-ecPublicKey, prime256v1
+
+/**
+ * The two key shapes the server accepts (RSA, EC P-256), read from the SPKI DER into a JWK; null for
+ * anything else (node:crypto's DER import then decides, and the caller refuses what it does not accept).
+ *
+ * Why not always `createPublicKey({format: 'der'})`: OpenSSL 3's decoder framework costs ~150 µs per
+ * key on an idle core and 0.6–1.8 ms while the CA's RSA signatures run in libuv's pool (lock
+ * contention, measured with bench:enroll's load), on every enrollment's main thread. A JWK import
+ * builds the key from its numbers directly (7–50 µs). The SPKI bytes are still what the certificate
+ * carries (spkiDer, verbatim), and the CSR's signature is verified with this key, so a JWK that did not
+ * match those bytes could not pass.
+ */
+function spkiAsJwk(spki: Buffer): { kty: 'RSA'; n: string; e: string } | { kty: 'EC'; crv: 'P-256'; x: string; y: string } | null {
+  try {
+    return readSpkiJwk(spki);
+  } catch {
+    return null; // malformed: the DER import gives the error
+  }
+}
+
+function readSpkiJwk(spki: Buffer): { kty: 'RSA'; n: string; e: string } | { kty: 'EC'; crv: 'P-256'; x: string; y: string } | null {
+  const outer = readTlv(spki, 0, spki.length);
+  if (outer.tag !== 0x30 || outer.end !== spki.length) return null;
+  const alg = readTlv(spki, outer.contentStart, outer.end);
+  const bits = readTlv(spki, alg.end, outer.end);
+  if (alg.tag !== 0x30 || bits.tag !== 0x03 || bits.end !== outer.end || spki[bits.contentStart] !== 0) return null;
+  const algBody = spki.subarray(alg.contentStart, alg.end);
+  const key = spki.subarray(bits.contentStart + 1, bits.end);
+  if (algBody.equals(OID_EC_P256_DER)) {
+    if (key.length !== 65 || key[0] !== 0x04) return null; // uncompressed point only
+    return { kty: 'EC', crv: 'P-256', x: key.subarray(1, 33).toString('base64url'), y: key.subarray(33).toString('base64url') };
+  }
+  if (!algBody.equals(OID_RSA_ENCRYPTION_DER)) return null;
+  const seq = readTlv(key, 0, key.length);
+  if (seq.tag !== 0x30 || seq.end !== key.length) return null;
+  const n = readTlv(key, seq.contentStart, seq.end);
+  const e = readTlv(key, n.end, seq.end);
+  if (n.tag !== 0x02 || e.tag !== 0x02 || e.end !== seq.end) return null;
+  const magnitude = (int: Tlv): Buffer | null => {
+    const body = key.subarray(int.contentStart, int.end);
+    if (body.length === 0 || body[0]! & 0x80) return null; // negative
+    if (body[0] === 0) return body.length > 1 && body[1]! & 0x80 ? body.subarray(1) : null; // minimal DER only
+    return body;
+  };
+  const nBytes = magnitude(n);
+  const eBytes = magnitude(e);
+  if (!nBytes || !eBytes) return null;
+  return { kty: 'RSA', n: nBytes.toString('base64url'), e: eBytes.toString('base64url') };
+}
+
 function pemToDer(pem: string): Buffer {
   const m = /^\s*-----BEGIN (NEW )?CERTIFICATE REQUEST-----\r?\n([A-Za-z0-9+/=\r\n]+)-----END (NEW )?CERTIFICATE REQUEST-----\s*$/.exec(pem);
   if (!m) throw invalid('csr must be exactly one PEM "CERTIFICATE REQUEST" block');
@@ -109,7 +161,8 @@ export function parseCsr(pem: string): ParsedCsr {
 
   let publicKey: KeyObject;
   try {
-    publicKey = createPublicKey({ key: spkiDer, format: 'der', type: 'spki' });
+    const jwk = spkiAsJwk(spkiDer);
+    publicKey = jwk ? createPublicKey({ key: jwk, format: 'jwk' }) : createPublicKey({ key: spkiDer, format: 'der', type: 'spki' });
   } catch (err) {
     throw new MeshlinkError('ML_ERR_CSR_KEY', 'the CSR public key cannot be read', { cause: err });
   }

@@ -107,10 +107,14 @@ export class EnrollmentService implements EnrollmentEvents {
     this.#responseFields.push(contributor);
   }
 
-  /** The trusted CA certificates, and the one among them that signed `certPem`. */
-  #cas(certPem: string): { caCertificate: string; caBundle: string[] } {
+  /**
+   * The trusted CA certificates, and the one among them that signed `certPem` (`issuerPem` when the
+   * caller knows it: a certificate just issued; a stored one is parsed and checked).
+   */
+  #cas(certPem: string, issuerPem?: string): { caCertificate: string; caBundle: string[] } {
     const trusted = this.deps.ca.trusted;
-    if (!trusted) return { caCertificate: this.deps.ca.certPem, caBundle: [this.deps.ca.certPem] };
+    if (!trusted) return { caCertificate: issuerPem ?? this.deps.ca.certPem, caBundle: [this.deps.ca.certPem] };
+    if (issuerPem !== undefined) return { caCertificate: issuerPem, caBundle: trusted.map((ca) => ca.certPem) };
     const cert = new X509Certificate(certPem);
     const signer = trusted.find((ca) => ca.signed(cert));
     return { caCertificate: signer?.certPem ?? this.deps.ca.certPem, caBundle: trusted.map((ca) => ca.certPem) };
@@ -120,7 +124,7 @@ export class EnrollmentService implements EnrollmentEvents {
     return {
       nodeId,
       certificate: issued.pem,
-      ...this.#cas(issued.pem),
+      ...this.#cas(issued.pem, issued.issuerPem),
       notAfter: new Date(issued.notAfter).toISOString(),
     };
   }

@@ -2,7 +2,7 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { allocateAddress, intToIp, ipToInt, parseMeshRange } from '../../src/server/mesh/addresses.js';
 import { parsePolicy } from '../../src/admin-api/policy.js';
-import { permittedPeers, policyId } from '../../src/server/mesh/policy.js';
+import { addJoinedPeers, permittedPeers, policyId } from '../../src/server/mesh/policy.js';
 
 describe('mesh addresses', () => {
   it('hands out the lowest free host address, never network or broadcast', () => {
@@ -82,6 +82,30 @@ describe('mesh policy', () => {
         },
       ),
     );
+  });
+
+  it('adding the pairs of joined nodes gives what evaluating everyone gives (property)', () => {
+    const tag = fc.constantFrom('x', 'y', 'z', '*');
+    fc.assert(
+      fc.property(
+        fc.array(fc.subarray(['x', 'y', 'z']), { minLength: 1, maxLength: 12 }),
+        fc.option(fc.array(fc.record({ from: tag, to: tag }), { maxLength: 5 }), { nil: null }),
+        fc.array(fc.boolean(), { minLength: 12, maxLength: 12 }),
+        (tagSets, rules, joins) => {
+          const all = tagSets.map((tags, i) => ({ id: `n${i}`, tags }));
+          const joined = new Set(all.filter((_, i) => joins[i]).map((n) => n.id));
+          const policy = rules === null ? null : { rules };
+          // Before the join: the others only, evaluated in full; then the joined nodes' pairs added.
+          const m = permittedPeers(all.filter((n) => !joined.has(n.id)), policy);
+          addJoinedPeers(m, all, policy, joined);
+          expect(peersOf(m)).toEqual(peersOf(permittedPeers(all, policy)));
+        },
+      ),
+    );
+    // A join under a policy no joined node matches links nobody, but the node still gets its (empty) set.
+    const m = permittedPeers(nodes, { rules: [{ from: 'web', to: 'db' }] });
+    addJoinedPeers(m, [...nodes, { id: 'e', tags: ['ops'] }], { rules: [{ from: 'web', to: 'db' }] }, new Set(['e']));
+    expect(peersOf(m)).toEqual({ a: ['b'], b: ['a', 'c'], c: ['b'], d: [], e: [] });
   });
 
   it('policy ids are stable and distinguish policies', () => {

@@ -110,6 +110,36 @@ describe('MeshService', () => {
     expect(applied(sent(a)).get(b)!.psk).toBe(oldPsk); // a-b never stopped: PSK kept
   });
 
+  it('a node that joins is checked with its permitted peers only, and a full recompute then finds nothing left to send', async () => {
+    const { t, mesh, a, b, c, hub, sessions, sent } = await setup();
+    await mesh.setPolicy({ rules: [{ from: 'web', to: 'web' }] }); // a-b; c (db only) sees nobody
+    const before = { a: sent(a).length, b: sent(b).length, c: sent(c).length };
+    const d = enrollNode(t.store, 'd', ['web']);
+    const e = enrollNode(t.store, 'e', ['db']);
+    await mesh.sweepAndRecompute(); // the feature's timer: both join in one sweep
+    for (const id of [d, e]) {
+      sessions.set(id, hub.connect(id));
+      mesh.replay(sessions.get(id)!.agent, 0);
+    }
+    // Without a WireGuard key nobody is told of d or e; each has its first snapshot, without peers.
+    expect([sent(a).length, sent(b).length, sent(c).length]).toEqual([before.a, before.b, before.c]);
+    for (const id of [d, e]) {
+      expect(sent(id).map((x) => x.envelope.type)).toEqual(['node_state_updated']);
+      expect(applied(sent(id)).size).toBe(0);
+    }
+    await mesh.agentOpened(d, { versions: [1], agentVersion: 't', wgPublicKey: wgKey(4), endpoints: ['192.0.2.4:51820'] }, '127.0.0.1');
+    await mesh.agentOpened(e, { versions: [1], agentVersion: 't', wgPublicKey: wgKey(5), endpoints: ['192.0.2.5:51820'] }, '127.0.0.1');
+    expect([...applied(sent(d)).keys()].sort()).toEqual([a, b].sort());
+    expect([...applied(sent(a)).keys()].sort()).toEqual([b, d].sort());
+    expect([...applied(sent(b)).keys()].sort()).toEqual([a, d].sort());
+    expect(applied(sent(d)).get(a)!.psk).toBe(applied(sent(a)).get(d)!.psk);
+    expect(sent(c).length).toBe(before.c);
+    expect(applied(sent(e)).size).toBe(0);
+    // What each node was told is what evaluating everyone from scratch gives.
+    expect(await mesh.recompute()).toEqual([]);
+    for (const id of [a, b, c, d, e]) expect([...applied(sent(id)).keys()].sort()).toEqual(mesh.desiredState(id)!.peers.map((p) => p.nodeId).sort());
+  });
+
   it('recomputes over several delivery batches stay ordered when changes overlap', async () => {
     // 150 nodes: a full recompute spans three batches of 64 and yields between them.
     const t = await tempStore();

@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { X509Certificate, createHash } from 'node:crypto';
+import { X509Certificate, createHash, createPublicKey } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -66,6 +66,28 @@ describe('CSR checks', () => {
     expect(() => parseCsr(csrPem)).toThrow(expect.objectContaining({ code: 'ML_ERR_CSR_KEY' }));
   });
 
+  it.skipIf(!HAVE_OPENSSL)('reads the key of RSA and EC P-256 CSRs as the SPKI bytes say; refuses small RSA and RSA-PSS keys', async () => {
+    // parseCsr builds RSA and P-256 keys from their numbers (a JWK), not through OpenSSL's DER decoder:
+    // the key must be the very one the SPKI carries.
+    const cases: Array<[string, string[], 'rsa' | 'ec']> = [
+      ['rsa', ['-newkey', 'rsa:2048'], 'rsa'],
+      ['rsa3072', ['-newkey', 'rsa:3072'], 'rsa'],
+      ['p256', ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256'], 'ec'],
+    ];
+    for (const [name, args, keyType] of cases) {
+      const { csrPem, keyPem } = await makeOpensslCsr(name, args);
+      const c = parseCsr(csrPem);
+      expect(c.keyType).toBe(keyType);
+      expect(c.publicKey.export({ type: 'spki', format: 'der' })).toEqual(c.spkiDer);
+      expect(c.spkiDer).toEqual(createPublicKey(keyPem).export({ type: 'spki', format: 'der' }));
+    }
+    const forged = parseCsr((await makeCsr('forge')).csrPem);
+    expect(forged.publicKey.export({ type: 'spki', format: 'der' })).toEqual(forged.spkiDer);
+    const keyError = expect.objectContaining({ code: 'ML_ERR_CSR_KEY' });
+    expect(() => parseCsr(execCsr('small', ['-newkey', 'rsa:1024']))).toThrow(keyError);
+    expect(() => parseCsr(execCsr('pss', ['-newkey', 'rsa-pss', '-pkeyopt', 'rsa_keygen_bits:2048']))).toThrow(keyError);
+  });
+
   it('refuses garbage, two PEM blocks, a certificate instead of a CSR, and a truncated DER', async () => {
     const { csrPem } = await makeCsr('x');
     const invalid = expect.objectContaining({ code: 'ML_ERR_CSR_INVALID' });
@@ -78,3 +100,8 @@ describe('CSR checks', () => {
     expect(() => parseCsr(cut)).toThrow(invalid);
   });
 });
+
+/** A CSR from the openssl CLI, its key thrown away: for keys parseCsr must refuse (1024-bit RSA, RSA-PSS). */
+function execCsr(hostname: string, keyArgs: string[]): string {
+  return execFileSync('openssl', ['req', '-new', ...keyArgs, '-nodes', '-subj', `/CN=${hostname}`, '-keyout', '/dev/null'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+}

@@ -5,7 +5,7 @@ import type { MeshNodeRow, MeshStore } from './store.js';
 import { allocateAddress, inRange, intToIp, type MeshRange } from './addresses.js';
 import { announcedPeerOf, pairKey, type Announced, type MeshInputs, type ViewChange } from './desired-state.js';
 import type { Policy } from '../../admin-api/policy.js';
-import { permittedPeers } from './policy.js';
+import { addJoinedPeers, permittedPeers } from './policy.js';
 import type { SecretBox } from './secret-box.js';
 import { endpointSchema, natReportSchema, wgKeySchema, type NatReport } from '../../contract/mesh-events.js';
 
@@ -71,13 +71,13 @@ export class MeshModel implements MeshInputs {
 
   /**
    * Brings the model in line with the node table: live nodes without an address get one (enrollment),
-   * removed nodes lose theirs (freed) with their PSKs and event log. Returns true when something
-   * changed; the caller recomputes.
+   * removed nodes lose theirs (freed) with their PSKs and event log. Returns the nodes that joined and
+   * left, or null when nothing changed; the caller recomputes.
    */
-  sweep(): boolean {
+  sweep(): { added: string[]; removed: string[] } | null {
     const added = this.#db.nodesWithoutMesh();
     const removed = this.#db.removedMeshNodes();
-    if (added.length === 0 && removed.length === 0) return false;
+    if (added.length === 0 && removed.length === 0) return null;
     this.#db.transaction(() => {
       for (const id of removed) {
         this.#db.deleteMeshNode(id);
@@ -100,12 +100,17 @@ export class MeshModel implements MeshInputs {
     }
     if (removed.length > 0) this.#log.info({ removed }, 'nodes left the mesh; addresses freed');
     if (added.length > 0) this.#log.info({ added: added.length }, 'mesh addresses assigned');
-    return true;
+    return { added, removed };
   }
 
   /** Who may talk to whom under `policy`, from the nodes' current tags (O(n²) for a full mesh). */
   permit(policy: Policy | null): void {
     this.permitted = permittedPeers([...this.nodes.values()], policy);
+  }
+
+  /** Adds the permitted pairs of nodes that joined since the last `permit` (policy.ts addJoinedPeers). */
+  permitJoined(policy: Policy | null, joined: ReadonlySet<string>): void {
+    addJoinedPeers(this.permitted, [...this.nodes.values()], policy, joined);
   }
 
   /**
