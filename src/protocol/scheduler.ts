@@ -25,6 +25,11 @@ export class SendScheduler {
     return this.#priorityBytes;
   }
 
+  /** Some stream may have a frame to send (it may still wait for credit). */
+  get hasStreamWork(): boolean {
+    return this.#ready.size > 0;
+  }
+
   get hasWork(): boolean {
     return this.#priority.length > 0 || this.#ready.size > 0;
   }

@@ -2,7 +2,19 @@ import { zodErrorText } from '../util/zod-error.js';
 import { MeshlinkError, type ErrorCode, isProtocolError } from '../errors.js';
 import { EventEmitter } from 'node:events';
 import { FrameDecoder, decodeMessage } from './decoder.js';
-import { STREAM_DATA_CODE, STREAM_WINDOW_CODE, decodeBin, decodeFrame, encodeMessage, readWindowCredit, type DecodedMessage } from './codec.js';
+import {
+  PING_CODE,
+  PONG_CODE,
+  STREAM_DATA_CODE,
+  STREAM_WINDOW_CODE,
+  decodeBin,
+  decodeFrame,
+  encodeMessage,
+  encodeNonceFrame,
+  readNonce,
+  readWindowCredit,
+  type DecodedMessage,
+} from './codec.js';
 import { DEFAULT_MAX_FRAME_SIZE, Flags, type Frame } from './frame.js';
 import { AGENT_DECODE_BUDGET, DECODE_YIELD_BYTES, DEFAULT_DECODE_BUDGET, DecodeBudget, type DecodeBudgetOptions } from './decode-budget.js';
 import {
@@ -175,6 +187,8 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
    */
   readonly #cleanRtts: number[] = [];
   #anyRtt = Infinity;
+  /** Their median, kept up to date by #noteRtt. */
+  #cleanRtt = Infinity;
   /** Stream data waits until every marker is answered, so that the next one measures an empty pipe. */
   #draining = false;
   #lastDrainAt = 0;
@@ -278,10 +292,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
   }
 
   #rtt(): number {
-    const n = this.#cleanRtts.length;
-    if (n === 0) return this.#anyRtt;
-    const sorted = [...this.#cleanRtts].sort((a, b) => a - b);
-    return n % 2 ? sorted[(n - 1) / 2]! : (sorted[n / 2 - 1]! + sorted[n / 2]!) / 2;
+    return this.#cleanRtts.length === 0 ? this.#anyRtt : this.#cleanRtt;
   }
 
   get closeInfo(): CloseInfo | null {
@@ -353,7 +364,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
         reject(new MeshlinkError('ML_ERR_REQUEST_TIMEOUT', `no pong within ${timeoutMs} ms`));
       }, timeoutMs);
       this.#pings.set(nonce, { resolve, reject, sentAt: this.#timers.now(), preciseAt: this.preciseNow(), clean: !this.#markerOutstanding(), timer });
-      this.#enqueuePriority(encodeMessage('ping', 0, { nonce }));
+      this.#enqueuePriority(encodeNonceFrame('ping', nonce));
     });
   }
 
@@ -503,6 +514,15 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
               continue;
             }
           }
+          // And for ping/pong in the form meshlink writes (pipe markers come every few dozen KiB).
+          if ((frame.type === PING_CODE || frame.type === PONG_CODE) && frame.flags === 0 && this.state === 'open' && frame.stream === 0) {
+            const nonce = readNonce(frame.payload);
+            if (nonce !== null) {
+              if (frame.type === PING_CODE) this.#answerPing(nonce);
+              else this.#receivePong(nonce);
+              continue;
+            }
+          }
           const msg = decodeFrame(frame, this.maxFrameSize);
           entry.work += msg.size;
           slice += msg.size;
@@ -554,26 +574,11 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
       case 'welcome':
         throw new MeshlinkError('ML_ERR_HANDSHAKE', `unexpected ${kind.name} after the handshake`);
       case 'ping':
-        // An application's ping is answered at once, ahead of all queued stream data. A peer's pipe
-        // marker (nonce from PROBE_NONCE) may wait until the end of this turn: its pong then leaves
-        // in one message with the stream.window updates the same data freed (PROTOCOL.md §8).
-        this.#enqueuePriority(encodeMessage('pong', 0, msg.payload), msg.payload.nonce >= PROBE_NONCE);
+        this.#answerPing(msg.payload.nonce);
         return;
-      case 'pong': {
-        const { nonce } = msg.payload;
-        if (nonce >= PROBE_NONCE) {
-          this.#probeAnswered(nonce);
-          return;
-        }
-        const p = this.#pings.get(nonce);
-        if (p) {
-          this.#pings.delete(nonce);
-          this.#timers.clearTimeout(p.timer);
-          this.#noteRtt(this.preciseNow() - p.preciseAt, p.clean);
-          p.resolve(this.#timers.now() - p.sentAt);
-        }
+      case 'pong':
+        this.#receivePong(msg.payload.nonce);
         return;
-      }
       case 'goaway':
         this.#peerGoingAway = true;
         this.emit('goaway', msg.payload);
@@ -617,6 +622,29 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
   }
 
   #peerError: RemoteError | null = null;
+
+  /**
+   * An application's ping is answered at once, ahead of all queued stream data. A peer's pipe marker
+   * (nonce from PROBE_NONCE) may wait until the end of this turn: its pong then leaves in one message
+   * with the stream.window updates the same data freed (PROTOCOL.md §8).
+   */
+  #answerPing(nonce: number): void {
+    this.#enqueuePriority(encodeNonceFrame('pong', nonce), nonce >= PROBE_NONCE);
+  }
+
+  #receivePong(nonce: number): void {
+    if (nonce >= PROBE_NONCE) {
+      this.#probeAnswered(nonce);
+      return;
+    }
+    const p = this.#pings.get(nonce);
+    if (p) {
+      this.#pings.delete(nonce);
+      this.#timers.clearTimeout(p.timer);
+      this.#noteRtt(this.preciseNow() - p.preciseAt, p.clean);
+      p.resolve(this.#timers.now() - p.sentAt);
+    }
+  }
 
   #dispatchHandshake(msg: DecodedMessage): void {
     if (this.role === 'server' && msg.name === 'hello') {
@@ -873,7 +901,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     this.#lastProbeAt = now;
     const nonce = this.#allocProbe();
     this.#probes.set(nonce, { offset: -1, ackedAtSend: 0, sentAt: now, clean: !this.#markerOutstanding() });
-    this.#enqueuePriority(encodeMessage('ping', 0, { nonce }));
+    this.#enqueuePriority(encodeNonceFrame('ping', nonce));
   }
 
   /** StreamHost: from version 2 on, typed stream messages consume window credit (PROTOCOL.md §6.5). */
@@ -959,9 +987,9 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
         const dataAllowed = this.#inflightBytes < highWater && this.#pipeOpen();
         let marker: Uint8Array | null = null;
         let nonce = 0;
-        if (dataAllowed && this.#pipeLimit > 0 && this.state === 'open' && (this.#draining || this.#sentBytes - this.#markedBytes >= Math.min(this.#pipeLimit / 4, MARKER_MAX_SPACING))) {
+        if (dataAllowed && this.#pipeLimit > 0 && this.state === 'open' && this.#scheduler.hasStreamWork && (this.#draining || this.#sentBytes - this.#markedBytes >= Math.min(this.#pipeLimit / 4, MARKER_MAX_SPACING))) {
           nonce = this.#peekProbe();
-          marker = encodeMessage('ping', 0, { nonce });
+          marker = encodeNonceFrame('ping', nonce);
         }
         const outstanding = marker !== null && this.#markerOutstanding();
         const next = this.#scheduler.next(this.#opts.maxMessageBytes, this.maxDataFrame, dataAllowed, marker);
@@ -1071,6 +1099,9 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     if (!clean) return;
     this.#cleanRtts.push(rtt);
     if (this.#cleanRtts.length > RTT_SAMPLES) this.#cleanRtts.shift();
+    const sorted = [...this.#cleanRtts].sort((a, b) => a - b);
+    const n = sorted.length;
+    this.#cleanRtt = n % 2 ? sorted[(n - 1) / 2]! : (sorted[n / 2 - 1]! + sorted[n / 2]!) / 2;
   }
 
   #markerOutstanding(): boolean {

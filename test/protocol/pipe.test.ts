@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { Session } from '../../src/protocol/session.js';
 import { INITIAL_WINDOW, MuxStream, WINDOW_GROWTH_RTTS, windowLimitsThroughput, type StreamHost } from '../../src/protocol/stream.js';
 import { encodeFrame } from '../../src/protocol/frame.js';
-import { decodeBin, decodeFrame, encodeMessage } from '../../src/protocol/codec.js';
+import { decodeBin, decodeFrame, encodeMessage, encodeNonceFrame, readNonce } from '../../src/protocol/codec.js';
 import { FrameDecoder } from '../../src/protocol/decoder.js';
 import type { Timers } from '../../src/protocol/timers.js';
 import { makeTestPki, type TestPki } from '../helpers/tls-fixtures.js';
@@ -316,6 +316,23 @@ describe('the pipe limit (bytes committed ahead of the next frame)', () => {
 });
 
 describe('ping fast path', () => {
+  it('ping/pong frames written without the generic codec are the bytes it writes, and read back; other forms go the generic way', () => {
+    const decoder = new FrameDecoder();
+    for (const nonce of [0x1_0000, 0x7fff_ffff, PROBE, 0xffff_ffff]) {
+      for (const kind of ['ping', 'pong'] as const) {
+        const fast = encodeNonceFrame(kind, nonce);
+        expect(Buffer.from(fast)).toEqual(Buffer.from(encodeMessage(kind, 0, { nonce })));
+        const [frame] = decoder.push(fast);
+        expect(readNonce(frame!.payload)).toBe(nonce);
+      }
+    }
+    // Small nonces in msgpack's compact forms, and a map with another key: valid, not the fast form.
+    for (const nonce of [0, 7, 300]) expect(readNonce(decoder.push(encodeMessage('ping', 0, { nonce }))[0]!.payload)).toBeNull();
+    expect(readNonce(new Uint8Array([0x82, 0xa5, ...Buffer.from('nonce'), 0xce, 0, 0, 0, 1, 0xa1, 0x78, 0xc0]))).toBeNull();
+    expect(() => encodeNonceFrame('ping', -1)).toThrow(RangeError);
+  });
+
+
   it("answers an application's ping at once, a peer's marker by the end of the turn", async () => {
     const d = drivenServer();
     await openDriven(d, 0);
