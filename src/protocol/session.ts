@@ -180,14 +180,16 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
   /** #sentBytes when the last marker left. */
   #markedBytes = 0;
   /**
-   * Round trips (ms, fractional) measured with an empty pipe: pongs of pings sent while no marker
-   * was outstanding. The estimate is their median (RTT_SAMPLES kept): on a quiet machine it is the
-   * path and the two event loops; on a busy one it includes the scheduling delays that the pipe has
-   * to cover to keep the receiver busy. Any other pong counts only until a clean one exists.
+   * Round trips (ms, fractional) measured with an empty pipe: pongs of pings sent while at most
+   * CLEAN_SLACK bytes were unconfirmed. The estimate is the smallest of the last RTT_SAMPLES: a
+   * windowed minimum, so that it follows the path and the two event loops as they are now (on a busy
+   * machine each includes scheduling delays; the minimum gave 4.4–5.5 ms loaded round trips against
+   * 6.1–7.0 for the median, BENCHMARKS.md). Any other pong counts only until a clean one exists;
+   * none carries a queue, so the limit computed from it cannot feed on its own queue.
    */
   readonly #cleanRtts: number[] = [];
   #anyRtt = Infinity;
-  /** Their median, kept up to date by #noteRtt. */
+  /** Their minimum, kept up to date by #noteRtt. */
   #cleanRtt = Infinity;
   /** Stream data waits until every marker is answered, so that the next one measures an empty pipe. */
   #draining = false;
@@ -363,7 +365,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
         this.#pings.delete(nonce);
         reject(new MeshlinkError('ML_ERR_REQUEST_TIMEOUT', `no pong within ${timeoutMs} ms`));
       }, timeoutMs);
-      this.#pings.set(nonce, { resolve, reject, sentAt: this.#timers.now(), preciseAt: this.preciseNow(), clean: !this.#markerOutstanding(), timer });
+      this.#pings.set(nonce, { resolve, reject, sentAt: this.#timers.now(), preciseAt: this.preciseNow(), clean: this.#pipeEmpty(), timer });
       this.#enqueuePriority(encodeNonceFrame('ping', nonce));
     });
   }
@@ -900,7 +902,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     for (const p of this.#probes.values()) if (p.offset < 0) return;
     this.#lastProbeAt = now;
     const nonce = this.#allocProbe();
-    this.#probes.set(nonce, { offset: -1, ackedAtSend: 0, sentAt: now, clean: !this.#markerOutstanding() });
+    this.#probes.set(nonce, { offset: -1, ackedAtSend: 0, sentAt: now, clean: this.#pipeEmpty() });
     this.#enqueuePriority(encodeNonceFrame('ping', nonce));
   }
 
@@ -984,6 +986,19 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     try {
       const highWater = this.#opts.transportHighWater;
       while (this.#inflightBytes < highWater + Math.floor(highWater / 4) && this.#transportUsable()) {
+        if (this.#draining && !this.#markerOutstanding() && !this.#pipeEmpty() && this.state === 'open') {
+          // The drain needs every byte confirmed: a marker on its own covers what the last one did not.
+          const nonce = this.#allocProbe();
+          const tail = encodeNonceFrame('ping', nonce);
+          this.#inflightBytes += tail.byteLength;
+          this.#sentBytes += tail.byteLength;
+          this.#markedBytes = this.#sentBytes;
+          this.#probes.set(nonce, { offset: this.#sentBytes, ackedAtSend: this.#ackedBytes, sentAt: this.preciseNow(), clean: false });
+          this.#transport.send(tail, () => {
+            this.#inflightBytes -= tail.byteLength;
+          });
+          continue;
+        }
         const dataAllowed = this.#inflightBytes < highWater && this.#pipeOpen();
         let marker: Uint8Array | null = null;
         let nonce = 0;
@@ -991,7 +1006,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
           nonce = this.#peekProbe();
           marker = encodeNonceFrame('ping', nonce);
         }
-        const outstanding = marker !== null && this.#markerOutstanding();
+        const clean = this.#pipeEmpty();
         const next = this.#scheduler.next(this.#opts.maxMessageBytes, this.maxDataFrame, dataAllowed, marker);
         if (!next) break;
         const size = next.message.byteLength;
@@ -1004,7 +1019,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
             this.#lastDrainAt = this.preciseNow();
           }
           this.#markedBytes = this.#sentBytes;
-          this.#probes.set(nonce, { offset: this.#sentBytes, ackedAtSend: this.#ackedBytes, sentAt: this.preciseNow(), clean: !outstanding });
+          this.#probes.set(nonce, { offset: this.#sentBytes, ackedAtSend: this.#ackedBytes, sentAt: this.preciseNow(), clean });
         }
         const pooled = next.pooled;
         this.#transport.send(next.message, (err) => {
@@ -1026,8 +1041,9 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
    * MARKER_STALE_MS (a peer that stops answering pings is not held to the bound), or the
    * unconfirmed bytes are below the limit and no drain is under way.
    *
-   * While data flows, the pipe is drained once every DRAIN_INTERVAL_MS: data waits until every
-   * marker is answered, and the next marker then measures the round trip of an empty pipe. Without it, every marker of a busy connection would wait behind the limit's worth of
+   * While data flows, the pipe is drained once every DRAIN_INTERVAL_MS: data waits until every byte
+   * sent is confirmed (a marker on its own covers the tail), and the next marker then measures the
+   * round trip of an empty pipe. Without it, every marker of a busy connection would wait behind the limit's worth of
    * queue, the RTT would include that queue, and the limit computed from it would grow without end
    * (BBR's ProbeRTT drains for the same reason). The cost is one round trip of idle per interval.
    */
@@ -1040,10 +1056,10 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
         break;
       }
     }
-    if (!oldest) return true;
     const now = this.preciseNow();
-    if (now - oldest.sentAt > MARKER_STALE_MS) return true;
-    if (this.#draining) return false;
+    if (oldest && now - oldest.sentAt > MARKER_STALE_MS) return true;
+    if (this.#draining) return !oldest && this.#pipeEmpty();
+    if (!oldest) return true;
     if (now - this.#lastDrainAt >= DRAIN_INTERVAL_MS) {
       this.#draining = true;
       return false;
@@ -1099,9 +1115,12 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     if (!clean) return;
     this.#cleanRtts.push(rtt);
     if (this.#cleanRtts.length > RTT_SAMPLES) this.#cleanRtts.shift();
-    const sorted = [...this.#cleanRtts].sort((a, b) => a - b);
-    const n = sorted.length;
-    this.#cleanRtt = n % 2 ? sorted[(n - 1) / 2]! : (sorted[n / 2 - 1]! + sorted[n / 2]!) / 2;
+    this.#cleanRtt = Math.min(...this.#cleanRtts);
+  }
+
+  /** Everything sent has been confirmed, but for at most CLEAN_SLACK bytes (control frames sent since). */
+  #pipeEmpty(): boolean {
+    return this.#sentBytes - this.#ackedBytes <= CLEAN_SLACK;
   }
 
   #markerOutstanding(): boolean {
@@ -1215,6 +1234,8 @@ const MARKER_STALE_MS = 5_000;
 const PROBE_INTERVAL_MS = 1_000;
 /** Markers are at most this far apart, whatever the limit, so that samples keep coming. */
 const MARKER_MAX_SPACING = 256 * 1024;
+/** A ping sent with at most this many unconfirmed bytes ahead of it measures an empty pipe. */
+const CLEAN_SLACK = 16 * 1024;
 /** Clean round trips kept for the median. */
 const RTT_SAMPLES = 5;
 /** While the pipe limit holds data back, the pipe is drained this often for a clean RTT sample. */
