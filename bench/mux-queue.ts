@@ -12,7 +12,7 @@
  *   kernel rx   the receiver socket's Recv-Q (arrived, not yet read by the receiving process)
  * Node exposes no TCP_NOTSENT_LOWAT or SIOCOUTQ; `ss` (every KERNEL_MS, default 100) is how the
  * kernel's share is seen here.
- * Variants (rounds alternate): the pipe limit on (default) and off (MESHLINK_PIPE_FLOOR=0 semantics).
+ * Variants (rounds alternate): the pipe limit on (pipeFloor 128 KiB) and off (pipeFloor 0, the default).
  * Env: ROUNDS (default 3), RUN_MS (default 3000), SAMPLE_MS (default 5).
  */
 import { execFile, fork } from 'node:child_process';
@@ -138,7 +138,7 @@ try {
   for (let r = 0; r < ROUNDS; r++) {
     const order = r % 2 === 0 ? (['on', 'off'] as const) : (['off', 'on'] as const);
     for (const v of order) {
-      const res = await run(port, pki, v === 'off' ? 0 : undefined);
+      const res = await run(port, pki, v === 'off' ? 0 : 128 * 1024);
       for (const key of ['inflight', 'ws', 'socket', 'unacked', 'limit', 'kernelTx', 'kernelRx'] as const) {
         const xs = res.samples.map((s) => s[key]).filter((x) => Number.isFinite(x));
         add(v, `${key}P50`, median(xs));

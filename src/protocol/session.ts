@@ -77,8 +77,9 @@ export interface SessionOptions {
   /**
    * Bound on the bytes committed to the transport ahead of the next frame (PROTOCOL.md §7): stream
    * data is handed over only while the bytes the peer has not yet confirmed processing stay below
-   * `pipeGain` × the measured bandwidth-delay product, and at least `pipeFloor` bytes (defaults 2 and
-   * 128 KiB; `pipeFloor: 0` turns the bound off). Control frames are not held by it.
+   * `pipeGain` × the measured bandwidth-delay product, and at least `pipeFloor` bytes (`pipeGain`
+   * default 2; `pipeFloor` default 0, which turns the bound off: see DEFAULT_PIPE_FLOOR; 128 KiB is
+   * the tested value). Control frames are not held by it.
    */
   pipeFloor?: number;
   pipeGain?: number;
@@ -1222,8 +1223,13 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
 
 /** Nonces from here on (bit 31 set) are the session's own pings: pipe markers and RTT probes. */
 const PROBE_NONCE = 0x8000_0000;
-/** Default floor of the pipe limit: 128 KiB (BENCHMARKS.md, issue 12). */
-const DEFAULT_PIPE_FLOOR = 128 * 1024;
+/**
+ * Default floor of the pipe limit: 0, the bound is off unless a session asks for it (128 KiB is the
+ * tested value). Measured 2026-12-03 11:05–11:11 on a loaded machine (BENCHMARKS.md): it cut the
+ * loaded round trip from 22–24 ms to 5.2–6.5 ms at the median, but 100 streams × 1 MiB fell from
+ * 0.92–1.08× node:http2 to 0.34–0.51×. Not on by default until that is understood.
+ */
+const DEFAULT_PIPE_FLOOR = 0;
 /** The pipe limit never exceeds this, whatever the estimate (the windows bound the data anyway). */
 const PIPE_CEILING = 64 * 1024 * 1024;
 /** Delivery-rate samples kept for the maximum. */

@@ -170,6 +170,7 @@ function drivenServer(): {
   };
   const server = new Session({
     role: 'server',
+    pipeFloor: 128 * KIB,
     timers,
     onHello: () => ({ nodeId: 'n', serverVersion: 's', heartbeatIntervalMs: 1000 }),
     transport: {
@@ -292,11 +293,10 @@ describe('the pipe limit (bytes committed ahead of the next frame)', () => {
     expect(d.dataBytes()).toBe(1024 * KIB);
   });
 
-  it('is off with pipeFloor 0: no markers at all', async () => {
+  it('is off by default (pipeFloor 0): no markers at all', async () => {
     const sent: Uint8Array[] = [];
     const server = new Session({
       role: 'server',
-      pipeFloor: 0,
       onHello: () => ({ nodeId: 'n', serverVersion: 's', heartbeatIntervalMs: 1000 }),
       transport: { send: (m, done) => void (sent.push(Uint8Array.from(m)), done()), close: () => {} },
     });
@@ -347,7 +347,7 @@ describe('ping fast path', () => {
   });
 
   it('over ws with TLS, a bulk stream keeps the unconfirmed bytes within the limit and pings still answer', async () => {
-    const pair = await wssPair(pki);
+    const pair = await wssPair(pki, { pipeFloor: 128 * KIB });
     try {
       pair.server.on('stream', (s) => {
         pair.server.accept(s);
