@@ -20,9 +20,13 @@
  * The last line is one JSON object. Issue 2's matrix against raw ws alone (payload sizes, one stream
  * and 100, the ceiling of coalescing) is bench/mux.ts, `npm run bench:mux-ws`.
  *
- * Options (env): ROUNDS (default 5), BULK_MIB, SMALL_MB, LOAD_SAMPLES, LOAD_MS; for A/B runs of
- * meshlink's settings, MESHLINK_MAX_WINDOW (receiver's largest auto-tuned stream window, bytes) and
- * MESHLINK_TRANSPORT_HW (sender's bytes handed to ws and not yet written, bytes).
+ * Before the loaded round trips, the same one-stream bulk runs alone for ALONE_MS (default 2000):
+ * `meshlinkLoadedVsAlone` is the loaded bulk MB/s over that (issue 12's "≥ 0.9× alone").
+ * Options (env): ROUNDS (default 5), BULK_MIB, SMALL_MB, LOAD_SAMPLES, LOAD_MS, ALONE_MS; PARTS and
+ * VARIANTS (comma lists) to run a subset; for A/B runs of meshlink's settings, MESHLINK_MAX_WINDOW
+ * (receiver's largest auto-tuned stream window, bytes), MESHLINK_TRANSPORT_HW (sender's bytes handed
+ * to ws and not yet written, bytes), MESHLINK_PIPE_FLOOR and MESHLINK_PIPE_GAIN (the sender's
+ * pipe limit, PROTOCOL.md §7; off by default, MESHLINK_PIPE_FLOOR=131072 turns it on).
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
@@ -54,6 +58,14 @@ const LOAD_WARM = 4 * MIB;
 /** Knobs for A/B runs of meshlink's own settings (bytes; unset: the defaults): the receiver's largest auto-tuned window, the sender's transport high-water mark. */
 const MESHLINK_MAX_WINDOW = Number(process.env.MESHLINK_MAX_WINDOW ?? 0);
 const MESHLINK_TRANSPORT_HW = Number(process.env.MESHLINK_TRANSPORT_HW ?? 0);
+/** The sender's pipe limit (PROTOCOL.md §7): its floor in bytes (0 turns the bound off) and its gain over the measured bandwidth-delay product. */
+const MESHLINK_PIPE_FLOOR = process.env.MESHLINK_PIPE_FLOOR;
+const MESHLINK_PIPE_GAIN = process.env.MESHLINK_PIPE_GAIN;
+/** Which parts and variants run (comma lists; default all): PARTS=bulk,small,loaded VARIANTS=meshlink,http2,yamux,raw. */
+const PARTS = new Set((process.env.PARTS ?? 'bulk,small,loaded').split(','));
+const VARIANTS = (process.env.VARIANTS ?? 'meshlink,http2,yamux,raw').split(',');
+/** How long the loaded stream's bulk is first measured alone, ms. */
+const ALONE_MS = Number(process.env.ALONE_MS ?? 2000);
 
 /** One connection of one multiplexer. */
 interface Conn {
@@ -105,7 +117,12 @@ function checkCount(name: string, i: number, got: number, sent: number): number 
 
 async function meshlinkConn(peer: Peer): Promise<Conn> {
   const ws = await connect(peer, MESHLINK_MAX_WINDOW ? `/mux?maxWindow=${MESHLINK_MAX_WINDOW}` : '/mux', true);
-  const session = attachSession(ws, { role: 'agent', ...(MESHLINK_TRANSPORT_HW ? { transportHighWater: MESHLINK_TRANSPORT_HW } : {}) });
+  const session = attachSession(ws, {
+    role: 'agent',
+    ...(MESHLINK_TRANSPORT_HW ? { transportHighWater: MESHLINK_TRANSPORT_HW } : {}),
+    ...(MESHLINK_PIPE_FLOOR !== undefined ? { pipeFloor: Number(MESHLINK_PIPE_FLOOR) } : {}),
+    ...(MESHLINK_PIPE_GAIN !== undefined ? { pipeGain: Number(MESHLINK_PIPE_GAIN) } : {}),
+  });
   await session.handshake({ agentVersion: 'bench' });
   return {
     async push(streams, size, more) {
@@ -286,6 +303,7 @@ interface Loaded {
   pingP50: number;
   pingP99: number;
   bulkMBps: number;
+  aloneMBps: number;
   samples: number;
 }
 
@@ -300,6 +318,10 @@ async function loaded(open: () => Promise<Conn>): Promise<Loaded> {
       await rt(payload);
       if (i >= 10) idle.push(performance.now() - t);
     }
+    // The same bulk stream alone first, for as long: the target is the loaded bulk against this.
+    const a0 = performance.now();
+    const aloneBytes = await conn.push(1, BULK_WRITE, () => performance.now() - a0 < ALONE_MS);
+    const aloneMBps = aloneBytes / MIB / ((performance.now() - a0) / 1000);
     let stop = false;
     let bulkSent = 0;
     const t0 = performance.now();
@@ -331,6 +353,7 @@ async function loaded(open: () => Promise<Conn>): Promise<Loaded> {
       pingP50: percentile(pings, 50),
       pingP99: percentile(pings, 99),
       bulkMBps,
+      aloneMBps,
       samples: samples.length,
     };
   } finally {
@@ -353,19 +376,21 @@ async function main(): Promise<void> {
       yamux: { open: () => yamuxConn(ymx.port, pki), child: ymx.child },
     };
     const rawPeer: Peer = { port: raw.port, pki };
-    const names: (Name | 'raw')[] = ['meshlink', 'http2', 'yamux', 'raw'];
+    const names = (['meshlink', 'http2', 'yamux', 'raw'] as const).filter((n) => VARIANTS.includes(n));
     const results: Record<string, number[]> = {};
     const push = (k: string, v: number): void => void (results[k] ??= []).push(v);
 
     // Warm-up: JIT and TLS, every variant once at a small size.
-    for (const n of ['meshlink', 'http2', 'yamux'] as const) await throughput(muxes[n].open, muxes[n].child, 64 * 1024, BULK_WRITE);
-    await rawWs(rawPeer, BULK_WRITE, 16 * MIB, true);
+    for (const n of names) {
+      if (n === 'raw') await rawWs(rawPeer, BULK_WRITE, 16 * MIB, true);
+      else await throughput(muxes[n].open, muxes[n].child, 64 * 1024, BULK_WRITE);
+    }
 
     for (let r = 0; r < ROUNDS; r++) {
       const order = names.map((_, i) => names[(i + r) % names.length]!);
       const bulk: Record<string, number> = {};
       const small: Record<string, number> = {};
-      for (const n of order) {
+      for (const n of PARTS.has('bulk') ? order : []) {
         if (n === 'raw') bulk[n] = await rawWs(rawPeer, BULK_WRITE, STREAMS * BULK_PER_STREAM, true);
         else {
           const t = await throughput(muxes[n].open, muxes[n].child, BULK_PER_STREAM, BULK_WRITE);
@@ -373,17 +398,19 @@ async function main(): Promise<void> {
           push(`${n}RxCpuMsPerMiB`, t.rxCpuMsPerMiB);
         }
       }
-      for (const n of order) {
+      for (const n of PARTS.has('small') ? order : []) {
         if (n === 'raw') small[n] = await rawWs(rawPeer, SMALL_WRITE, SMALL_TOTAL, true);
         else small[n] = (await throughput(muxes[n].open, muxes[n].child, Math.floor(SMALL_TOTAL / STREAMS / SMALL_WRITE) * SMALL_WRITE, SMALL_WRITE)).mbps;
       }
-      for (const n of order) {
+      for (const n of PARTS.has('loaded') ? order : []) {
         if (n === 'raw') continue;
         const l = await loaded(muxes[n].open);
         push(`${n}IdleP50`, l.idleP50);
         push(`${n}P50`, l.p50);
         push(`${n}P99`, l.p99);
         push(`${n}LoadedBulk`, l.bulkMBps);
+        push(`${n}AloneBulk`, l.aloneMBps);
+        push(`${n}LoadedVsAlone`, l.bulkMBps / l.aloneMBps);
         push(`${n}Samples`, l.samples);
         if (n === 'meshlink') {
           push('pingP50', l.pingP50);
@@ -391,27 +418,30 @@ async function main(): Promise<void> {
         }
       }
       for (const n of names) {
-        push(`${n}Bulk`, bulk[n]!);
-        push(`${n}Small`, small[n]!);
+        if (bulk[n] !== undefined) push(`${n}Bulk`, bulk[n]);
+        if (small[n] !== undefined) push(`${n}Small`, small[n]);
       }
-      push('bulkVsHttp2', bulk.meshlink! / bulk.http2!);
-      push('smallVsHttp2', small.meshlink! / small.http2!);
-      push('bulkVsYamux', bulk.meshlink! / bulk.yamux!);
-      push('smallVsYamux', small.meshlink! / small.yamux!);
-      push('bulkVsRawWs', bulk.meshlink! / bulk.raw!);
-      push('smallVsRawWs', small.meshlink! / small.raw!);
-      push('loadedP50VsHttp2', results.meshlinkP50!.at(-1)! / results.http2P50!.at(-1)!);
+      const ratio = (k: string, a: number | undefined, b: number | undefined): void => {
+        if (a !== undefined && b !== undefined) push(k, a / b);
+      };
+      ratio('bulkVsHttp2', bulk.meshlink, bulk.http2);
+      ratio('smallVsHttp2', small.meshlink, small.http2);
+      ratio('bulkVsYamux', bulk.meshlink, bulk.yamux);
+      ratio('smallVsYamux', small.meshlink, small.yamux);
+      ratio('bulkVsRawWs', bulk.meshlink, bulk.raw);
+      ratio('smallVsRawWs', small.meshlink, small.raw);
+      ratio('loadedP50VsHttp2', results.meshlinkP50?.at(-1), results.http2P50?.at(-1));
       process.stderr.write(`round ${r + 1}/${ROUNDS} (order ${order.join(', ')}) done\n`);
     }
 
     const m = (k: string, digits = 2): number => round(median(results[k] ?? []), digits);
     console.log(`meshlink bench:mux (compare) — one mTLS connection on loopback, receivers in their own processes, ${ROUNDS} rounds in rotating order, medians`);
     console.log(`bulk: ${STREAMS} streams × ${BULK_PER_STREAM / MIB} MiB, ${BULK_WRITE / 1024} KiB writes; small: ${SMALL_TOTAL / MIB} MiB in ${SMALL_WRITE} B writes over ${STREAMS} streams`);
-    console.log('variant    bulk MB/s  small MB/s  rx CPU ms/MiB (bulk)  64 B echo idle p50 ms  loaded p50 / p99 ms  bulk MB/s while loaded');
+    console.log('variant    bulk MB/s  small MB/s  rx CPU ms/MiB (bulk)  64 B echo idle p50 ms  loaded p50 / p99 ms  bulk MB/s while loaded  alone  loaded÷alone');
     for (const n of names) {
       const cells = n === 'raw'
         ? [m('rawBulk'), m('rawSmall'), '', '', '', '']
-        : [m(`${n}Bulk`), m(`${n}Small`), m(`${n}RxCpuMsPerMiB`), m(`${n}IdleP50`, 3), `${m(`${n}P50`, 3)} / ${m(`${n}P99`, 3)}`, m(`${n}LoadedBulk`)];
+        : [m(`${n}Bulk`), m(`${n}Small`), m(`${n}RxCpuMsPerMiB`), m(`${n}IdleP50`, 3), `${m(`${n}P50`, 3)} / ${m(`${n}P99`, 3)}`, m(`${n}LoadedBulk`), m(`${n}AloneBulk`), m(`${n}LoadedVsAlone`)];
       console.log(`${n.padEnd(9)}  ${cells.map((c) => String(c).padStart(9)).join('  ')}`);
     }
     console.log(`meshlink session.ping() while loaded: p50 ${m('pingP50', 3)} ms, p99 ${m('pingP99', 3)} ms`);
@@ -448,6 +478,9 @@ async function main(): Promise<void> {
         http2IdleP50Ms: m('http2IdleP50', 3),
         yamuxIdleP50Ms: m('yamuxIdleP50', 3),
         meshlinkLoadedBulkMBps: m('meshlinkLoadedBulk'),
+        meshlinkAloneBulkMBps: m('meshlinkAloneBulk'),
+        meshlinkLoadedVsAlone: m('meshlinkLoadedVsAlone'),
+        http2LoadedVsAlone: m('http2LoadedVsAlone'),
         http2LoadedBulkMBps: m('http2LoadedBulk'),
         yamuxLoadedBulkMBps: m('yamuxLoadedBulk'),
         meshlinkRxCpuMsPerMiB: m('meshlinkRxCpuMsPerMiB'),
@@ -457,6 +490,7 @@ async function main(): Promise<void> {
         http2LoadedSamples: m('http2Samples', 0),
         yamuxLoadedSamples: m('yamuxSamples', 0),
         loadedSamplesMin: Math.min(...['meshlink', 'http2', 'yamux'].flatMap((n) => results[`${n}Samples`] ?? [])),
+        pipe: { floor: MESHLINK_PIPE_FLOOR ?? 'default', gain: MESHLINK_PIPE_GAIN ?? 'default' },
       }),
     );
   } finally {

@@ -8,7 +8,10 @@
  * agent does); RANDOM_KEY=1 makes meshlink use ws's random keys instead, to measure what the key
  * costs. The last line is one JSON object of medians.
  *
- * Options (env): SIZE, ROUNDS (default 3), RANDOM_KEY=1.
+ * PIPE_AB=1 adds meshlinkPipe, the same with the pipe limit on (pipeFloor 128 KiB, PROTOCOL.md §7;
+ * off by default), interleaved: what the markers cost each side per MiB.
+ *
+ * Options (env): SIZE, ROUNDS (default 3), RANDOM_KEY=1, PIPE_AB=1.
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
@@ -27,9 +30,9 @@ const MUX_ZERO_KEY = process.env.RANDOM_KEY !== '1';
 /** Raw ws for one run: 256 MiB in SIZE-byte messages (bench/lib/mux-client.ts). */
 const raw = (peer: Peer, zeroKey: boolean): Promise<number> => rawWs(peer, SIZE, TOTAL, zeroKey);
 
-async function mux(peer: Peer): Promise<void> {
+async function mux(peer: Peer, pipe = false): Promise<void> {
   const ws = await connect(peer, '/mux', MUX_ZERO_KEY);
-  const session = attachSession(ws, { role: 'agent' });
+  const session = attachSession(ws, { role: 'agent', pipeFloor: pipe ? 128 * 1024 : 0 });
   await session.handshake({ agentVersion: 'bench' });
   const payload = Buffer.alloc(SIZE, 7);
   const stream = await session.openStream('file.open', { path: '/bench', direction: 'push' });
@@ -60,6 +63,7 @@ async function main(): Promise<void> {
     ['raw', () => raw(peer, false)],
     ['rawZeroKey', () => raw(peer, true)],
     ['meshlink', () => mux(peer)],
+    ...(process.env.PIPE_AB === '1' ? [['meshlinkPipe', () => mux(peer, true)] as [string, () => Promise<unknown>]] : []),
   ];
   const results: Record<string, { mbps: number[]; sender: number[]; receiver: number[] }> = {};
   try {

@@ -184,6 +184,43 @@ export function readWindowCredit(payload: Uint8Array): number | null {
   return credit >= 1 && credit <= MAX_CREDIT ? credit : null;
 }
 
+/**
+ * ping and pong in the form meshlink writes them: `{"nonce": uint32}` with the integer as a uint32
+ * (0xce). The session's pipe markers and their answers (PROTOCOL.md §7) come every few dozen KiB of
+ * stream data, so both sides take them without the generic codec (schema, intermediate objects),
+ * like stream.window. encodeMessage('ping', …) writes the same bytes for nonces of 2^16 and more.
+ */
+const NONCE_KEY = [0x81, 0xa5, 0x6e, 0x6f, 0x6e, 0x63, 0x65]; // { "nonce": …
+const PING = requireKind('ping').code;
+const PONG = requireKind('pong').code;
+export const PING_CODE = PING;
+export const PONG_CODE = PONG;
+
+/** Encodes ping (or pong) on stream 0 with `nonce` (an integer in 0..2^32-1) as a uint32. */
+export function encodeNonceFrame(kind: 'ping' | 'pong', nonce: number): Uint8Array {
+  if (!Number.isInteger(nonce) || nonce < 0 || nonce > 0xffff_ffff) throw new RangeError(`invalid nonce ${nonce}`);
+  const length = NONCE_KEY.length + 5;
+  const out = new Uint8Array(HEADER_SIZE + length);
+  writeHeaderUnchecked(out, 0, kind === 'ping' ? PING : PONG, 0, 0, length);
+  out.set(NONCE_KEY, HEADER_SIZE);
+  const at = HEADER_SIZE + NONCE_KEY.length;
+  out[at] = 0xce;
+  out[at + 1] = nonce >>> 24;
+  out[at + 2] = (nonce >>> 16) & 0xff;
+  out[at + 3] = (nonce >>> 8) & 0xff;
+  out[at + 4] = nonce & 0xff;
+  return out;
+}
+
+/** The nonce of a ping/pong payload in exactly the form above, or null (the generic path decides). Never throws. */
+export function readNonce(payload: Uint8Array): number | null {
+  if (payload.byteLength !== NONCE_KEY.length + 5) return null;
+  for (let i = 0; i < NONCE_KEY.length; i++) if (payload[i] !== NONCE_KEY[i]) return null;
+  const at = NONCE_KEY.length;
+  if (payload[at] !== 0xce) return null;
+  return payload[at + 1]! * 0x1000000 + ((payload[at + 2]! << 16) | (payload[at + 3]! << 8) | payload[at + 4]!);
+}
+
 /** Reads a MessagePack bin value that must span the whole buffer; returns a zero-copy view. */
 export function decodeBin(body: Uint8Array): Uint8Array {
   const tag = body[0];

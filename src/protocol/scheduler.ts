@@ -11,6 +11,9 @@ import { writeDataPrefix } from './codec.js';
  *    data frame from a stream and moves it to the back, so one bulk stream cannot starve the others.
  * 3. Frames are coalesced into one message until it holds `maxMessageBytes` (data frames are not
  *    cut below 4 KiB to fit, so a message may exceed the cap by up to 4 KiB plus a header).
+ * 4. The session may hold stream frames back (`dataAllowed` false: its pipe limit is reached) while
+ *    priority frames still go, and may ask for a `trailer` (its pipe marker) after the stream frames
+ *    of a message that carries any.
  */
 export class SendScheduler {
   #priority: Uint8Array[] = [];
@@ -20,6 +23,11 @@ export class SendScheduler {
 
   get priorityBytes(): number {
     return this.#priorityBytes;
+  }
+
+  /** Some stream may have a frame to send (it may still wait for credit). */
+  get hasStreamWork(): boolean {
+    return this.#ready.size > 0;
   }
 
   get hasWork(): boolean {
@@ -43,7 +51,12 @@ export class SendScheduler {
    * Builds the next message. Returns null when nothing can be sent (no work, or streams without
    * credit). `sent` callbacks must run after the message is handed to the transport.
    */
-  next(maxMessageBytes: number, maxDataFrame: number): { message: Uint8Array; pooled: Buffer | null; sent: Array<() => void> } | null {
+  next(
+    maxMessageBytes: number,
+    maxDataFrame: number,
+    dataAllowed = true,
+    trailer: Uint8Array | null = null,
+  ): { message: Uint8Array; pooled: Buffer | null; sent: Array<() => void>; trailer: boolean } | null {
     const frames: OutgoingFrame[] = [];
     const sent: Array<() => void> = [];
     let size = 0;
@@ -55,7 +68,8 @@ export class SendScheduler {
       size += bytes.byteLength;
     }
 
-    while (size < maxMessageBytes && this.#ready.size > 0) {
+    let streamFrames = 0;
+    while (dataAllowed && size < maxMessageBytes && this.#ready.size > 0) {
       let progressed = false;
       for (const stream of this.#ready) {
         if (size >= maxMessageBytes) break;
@@ -67,6 +81,7 @@ export class SendScheduler {
         const frame = stream._takeFrame(Math.min(room, maxDataFrame));
         if (frame) {
           frames.push(frame);
+          streamFrames++;
           size += frame.size;
           if (frame.sent) sent.push(frame.sent);
           progressed = true;
@@ -77,8 +92,13 @@ export class SendScheduler {
     }
 
     if (size === 0) return null;
+    const withTrailer = trailer !== null && streamFrames > 0;
+    if (withTrailer) {
+      frames.push({ bytes: trailer, data: null, dataLength: 0, stream: 0, size: trailer.byteLength, sent: null });
+      size += trailer.byteLength;
+    }
     const only = frames[0]!;
-    if (frames.length === 1 && only.bytes) return { message: only.bytes, pooled: null, sent };
+    if (frames.length === 1 && only.bytes) return { message: only.bytes, pooled: null, sent, trailer: false };
     const pooled = size >= POOLED_MIN && size <= POOLED_CAPACITY ? acquireMessageBuffer() : null;
     const message = pooled ? pooled.subarray(0, size) : Buffer.allocUnsafe(size);
     let at = 0;
@@ -94,7 +114,7 @@ export class SendScheduler {
         }
       }
     }
-    return { message, pooled, sent };
+    return { message, pooled, sent, trailer: withTrailer };
   }
 }
 

@@ -46,6 +46,12 @@ export interface StreamHost {
   /** The stream has data to send and no credit left: it waits for the peer's stream.window. */
   noteStall(): void;
   now(): number;
+  /** A clock in fractional ms (round trips on loopback are a fraction of one). */
+  preciseNow(): number;
+  /** The session's round-trip estimate in ms, or null before it has one. */
+  readonly rttMs: number | null;
+  /** Asks the session for a fresh round-trip sample (it sends a probe ping, at most one a second). */
+  probeRtt(): void;
   /** Runs `fn` once the event loop's current turn has run its callbacks. */
   defer(fn: () => void): void;
   /**
@@ -65,11 +71,21 @@ export const MAX_HELD_MESSAGE_BYTES = 1024 * 1024;
 export const MAX_STREAM_MESSAGE_BYTES = 64 * 1024;
 
 /**
- * Receive-window auto-tuning: when the application has consumed a whole window within this many
- * milliseconds and has nothing left buffered, the window is the bottleneck, so it doubles (up to
- * maxReceiveWindow, within the session budget). Slow readers never trigger it.
+ * Receive-window auto-tuning grows a window only where it limits throughput: when the application
+ * consumed a whole window within WINDOW_GROWTH_RTTS round trips (the session's estimate) and has
+ * nothing left buffered, the sender was waiting for credit, so the window doubles (up to
+ * maxReceiveWindow, within the session budget). A window consumed more slowly is not the
+ * bottleneck, and growing it would only lengthen the queue in the socket buffers ahead of every
+ * other frame: the old rule (consumed within a fixed 20 ms) grew every loopback window to 4 MiB,
+ * and an interactive frame then waited 15–30 ms behind it (BENCHMARKS.md, issue 12). Slow readers
+ * never trigger growth. Without an RTT estimate yet there is no growth (the session probes).
  */
-export const WINDOW_GROWTH_MS = 20;
+export const WINDOW_GROWTH_RTTS = 2;
+
+/** The auto-tuning rule: true when a window consumed in `elapsedMs` limits throughput at `rttMs`. */
+export function windowLimitsThroughput(elapsedMs: number, rttMs: number | null): boolean {
+  return rttMs !== null && elapsedMs < WINDOW_GROWTH_RTTS * rttMs;
+}
 
 /** One unit of outgoing work, in stream order. */
 type Outgoing =
@@ -401,7 +417,7 @@ export class MuxStream extends Duplex {
     // A receiver configured for a larger window grants the difference at once.
     const extra = this.#host.receiveWindow - INITIAL_WINDOW;
     if (extra > 0) this.#grant(extra);
-    this.#epochAt = this.#host.now();
+    this.#epochAt = this.#host.preciseNow();
     if (this.#queue.length > 0) this.#host.markReady(this);
   }
 
@@ -649,8 +665,10 @@ export class MuxStream extends Duplex {
     // busy streams cost the receiver 15 messages per MiB received.
     if (outstanding < this.#window / 2) return;
     if (consumed - this.#epochConsumed >= this.#window) {
-      const now = this.#host.now();
-      const fast = now - this.#epochAt < WINDOW_GROWTH_MS && this.readableLength === 0;
+      const now = this.#host.preciseNow();
+      const fast = windowLimitsThroughput(now - this.#epochAt, this.#host.rttMs) && this.readableLength === 0;
+      // Keeps the estimate current while the stream is busy (the session sends at most one a second).
+      this.#host.probeRtt();
       if (fast && this.#window < this.#host.maxReceiveWindow) {
         const growth = Math.min(this.#window, this.#host.maxReceiveWindow - this.#window);
         if (this.#host.reserveWindow(growth)) {

@@ -8,6 +8,8 @@ export interface Timers {
    * Optional for custom timers; without it the session uses setTimeout(fn, 0).
    */
   defer?(fn: () => void): void;
+  /** A monotonic clock in fractional milliseconds, for round trips below 1 ms (performance.now()). Optional: now() otherwise. */
+  preciseNow?(): number;
 }
 
 export const systemTimers: Timers = Object.freeze({
@@ -22,4 +24,5 @@ export const systemTimers: Timers = Object.freeze({
   defer: (fn: () => void) => {
     setImmediate(fn);
   },
+  preciseNow: () => performance.now(),
 });

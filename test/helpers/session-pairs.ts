@@ -22,14 +22,21 @@ async function handshake(agent: Session, server: Session): Promise<void> {
 }
 
 /**
- * Two sessions joined by an in-memory transport. Delivery is asynchronous (setImmediate) and the
- * send callback fires on delivery, so backpressure behaves as over a socket, with a bounded "wire".
+ * Two sessions joined by an in-memory transport. Delivery is asynchronous (setImmediate, or after
+ * `latencyMs`) and the send callback fires on delivery, so backpressure behaves as over a socket,
+ * with a bounded "wire".
  */
-export async function memoryPair(agentExtra: Extra = {}, serverExtra: Extra = {}): Promise<SessionPair> {
+export async function memoryPair(agentExtra: Extra = {}, serverExtra: Extra = {}, link_: { latencyMs?: number } = {}): Promise<SessionPair> {
+  // With a latency, each message arrives that long after it was sent, in order (timers of equal
+  // delay fire in the order they were set): a link with a round trip, without a network.
+  const later = (fn: () => void): void => {
+    if (link_.latencyMs) setTimeout(fn, link_.latencyMs);
+    else setImmediate(fn);
+  };
   const link = (getPeer: () => Session) => ({
     send(message: Uint8Array, done: (err?: Error | null) => void) {
       const copy = Uint8Array.from(message);
-      setImmediate(() => {
+      later(() => {
         getPeer().receive(copy);
         done();
       });

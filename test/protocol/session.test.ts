@@ -183,7 +183,9 @@ describe.each(transports)('session over %s', (_name, makePair) => {
     }
   });
 
-  it('auto-tunes the receive window for a fast reader, within the session budget, never for a slow one', async () => {
+  it('auto-tuning keeps a window within its cap for a fast reader and never grows one for a slow reader', async () => {
+    // Whether a loopback window grows depends on how fast it is consumed against the RTT (the rule
+    // is tested in pipe.test.ts, with a link that has a round trip); what holds on any transport:
     const pair = await makePair({}, { maxReceiveWindow: 2 * 1024 * 1024 });
     try {
       const streams: MuxStream[] = [];
@@ -203,7 +205,7 @@ describe.each(transports)('session over %s', (_name, makePair) => {
       };
       await Promise.all([writeFor(fast, 32 * 1024 * 1024), writeFor(slow, 512 * 1024)]);
       const [fastIn, slowIn] = [streams.find((s) => (s.meta as { path: string }).path === '/fast')!, streams.find((s) => (s.meta as { path: string }).path === '/slow')!];
-      expect(fastIn.receiveWindowSize).toBeGreaterThan(256 * 1024);
+      expect(fastIn.receiveWindowSize).toBeGreaterThanOrEqual(256 * 1024);
       expect(fastIn.receiveWindowSize).toBeLessThanOrEqual(2 * 1024 * 1024);
       expect(slowIn.receiveWindowSize).toBe(256 * 1024);
       expect(slowIn.readableLength).toBeLessThanOrEqual(256 * 1024);
@@ -794,6 +796,9 @@ describe('typed messages on a stream', () => {
       releaseWindow: () => {},
       noteStall: () => {},
       now: () => 0,
+      preciseNow: () => 0,
+      rttMs: null,
+      probeRtt: () => {},
       defer: (fn) => setImmediate(fn),
     };
     const stream = new MuxStream(host, { id: 1, kind: 'action.request', meta: {}, local: true });
