@@ -150,4 +150,40 @@ describe('MeshService relay sessions', () => {
     expect(sessions.revokeStale(next.heldRelaySessions())).toBe(1);
     expect(next.heldRelaySessions()).toEqual([]);
   });
+
+  it('RelaySessions.reconcile: a node holds at most maxPerNode allocations; held pairs count first; the rest of the mesh is still relayed', async () => {
+    const t = await tempStore();
+    cleanups.push(() => t.cleanup());
+    const names = ['greedy', 'p1', 'p2', 'p3', 'x', 'y'];
+    const ids = Object.fromEntries(names.map((n) => [n, enrollNode(t.store, n)])) as Record<string, string>;
+    const mesh = await MeshService.open(t.store, silent, { sealing: t.sealing });
+    cleanups.unshift(() => mesh.close());
+    const hub = recordingSessions();
+    mesh.setDelivery(hub);
+    for (const [i, n] of names.entries()) {
+      const session = hub.connect(ids[n]!);
+      await mesh.agentOpened(ids[n]!, { versions: [1], agentVersion: 't', wgPublicKey: wgKey(i + 1), endpoints: [`192.0.2.${i + 1}:51820`] }, '127.0.0.1');
+      mesh.replay(session.agent, 0);
+    }
+    const relay = new UdpRelay({ host: '127.0.0.1', logger: silent, sweepIntervalMs: 0, idleMs: 120_000 });
+    cleanups.unshift(() => relay.close());
+    const sessions = new RelaySessions({ relay, mesh, publicHost: '203.0.113.9', logger: silent, maxPerNode: 2 });
+    const pair = (a: string, b: string) => ({ a: { nodeId: ids[a]!, ips: ['127.0.0.1'] }, b: { nodeId: ids[b]!, ips: ['127.0.0.2'] } });
+    // A node claiming a hard NAT wants the relay with every peer: it gets two, the third pair waits.
+    const first = await sessions.reconcile([pair('greedy', 'p1'), pair('greedy', 'p2'), pair('greedy', 'p3'), pair('x', 'y')]);
+    expect(first).toMatchObject({ ended: [], failed: 1 });
+    expect(first.assigned).toHaveLength(3);
+    expect(relay.get(ids.greedy!, ids.p3!)).toBeNull();
+    expect(relay.get(ids.x!, ids.y!)).not.toBeNull(); // other pairs are not starved
+    // Asked in another order, the held pairs keep their allocations; still no third.
+    const again = await sessions.reconcile([pair('greedy', 'p3'), pair('greedy', 'p2'), pair('greedy', 'p1'), pair('x', 'y')]);
+    expect(again).toEqual({ assigned: [], ended: [], failed: 1 });
+    // One held pair ends: the waiting one gets its place.
+    const freed = await sessions.reconcile([pair('greedy', 'p3'), pair('greedy', 'p2'), pair('x', 'y')]);
+    expect(freed.ended).toHaveLength(1);
+    expect(freed.assigned).toHaveLength(1);
+    expect(freed.failed).toBe(0);
+    expect(relay.get(ids.greedy!, ids.p3!)).not.toBeNull();
+    expect(relay.get(ids.greedy!, ids.p1!)).toBeNull();
+  });
 });

@@ -25,6 +25,12 @@ export interface RelaySessionsOptions {
   /** The relay's address as the agents reach it (an IP or a DNS name; the server's public host). */
   publicHost: string;
   logger: Logger;
+  /**
+   * Allocations one node may hold (default 64). The path choice rests on the NAT class each agent
+   * reports about itself: a node that claims an endpoint-dependent NAT would otherwise get an
+   * allocation with every permitted peer behind NAT and take the whole relay.
+   */
+  maxPerNode?: number;
 }
 
 /** What reconcile() did. */
@@ -121,19 +127,50 @@ export class RelaySessions {
       this.#revoke(key, held, reason);
       out.ended.push(held.id);
     }
+    // Allocations per node: the held ones count first, so a cap never takes a working pair away.
+    const maxPerNode = this.#o.maxPerNode ?? DEFAULT_MAX_PER_NODE;
+    const perNode = new Map<string, number>();
+    const count = (id: string, by: number): void => void perNode.set(id, (perNode.get(id) ?? 0) + by);
+    for (const held of this.#assigned.values()) {
+      count(held.a, 1);
+      count(held.b, 1);
+    }
+    // One summary line a run, not one a pair: a reconcile runs on every connect and close.
+    const refused = { full: 0, capped: 0, other: 0 };
     for (const request of wanted) {
       const before = this.#assigned.get(pairKey(request.a.nodeId, request.b.nodeId))?.id;
       // Held and live: only the members' IPs may have changed; renewing here would keep an idle
       // allocation (a member offline) alive for as long as anything triggers reconciles.
       if (before !== undefined && this.#o.relay.updateIps(request)) continue;
+      if (before === undefined && ((perNode.get(request.a.nodeId) ?? 0) >= maxPerNode || (perNode.get(request.b.nodeId) ?? 0) >= maxPerNode)) {
+        out.failed++;
+        refused.capped++;
+        continue;
+      }
+      if (refused.full > 0) {
+        // The relay was full a moment ago: the rest of this run would be refused the same way.
+        out.failed++;
+        refused.full++;
+        continue;
+      }
       try {
         const allocation = await this.relay(request);
         if (allocation.id !== before) out.assigned.push(allocation.id);
+        if (before === undefined) {
+          count(request.a.nodeId, 1);
+          count(request.b.nodeId, 1);
+        }
       } catch (err) {
         out.failed++;
-        const level = err instanceof MeshlinkError && err.code === 'ML_ERR_RELAY_FULL' ? 'warn' : 'error';
-        this.#log[level]({ err, a: request.a.nodeId, b: request.b.nodeId }, 'relay: the pair could not be relayed (tried again at the next change)');
+        if (err instanceof MeshlinkError && err.code === 'ML_ERR_RELAY_FULL') refused.full++;
+        else {
+          refused.other++;
+          this.#log.error({ err, a: request.a.nodeId, b: request.b.nodeId }, 'relay: the pair could not be relayed (tried again at the next change)');
+        }
       }
+    }
+    if (refused.full > 0 || refused.capped > 0) {
+      this.#log.warn({ relayFull: refused.full, overNodeCap: refused.capped, maxPerNode }, 'relay: pairs left on their direct path (relay full or a node at its allocation cap); tried again at the next change');
     }
     return out;
   }
@@ -167,6 +204,9 @@ export class RelaySessions {
     }
   }
 }
+
+/** Allocations one node may hold unless configured (RelaySessionsOptions.maxPerNode). */
+export const DEFAULT_MAX_PER_NODE = 64;
 
 function pairKey(a: string, b: string): string {
   return a < b ? `${a}\n${b}` : `${b}\n${a}`;
