@@ -145,6 +145,7 @@ export const ERRORS = {
   ML_ERR_AGENT_RUNNING: { exit: 'agentRunning', description: 'Another `agent run` holds this state dir (agent.lock names its pid).' },
   ML_ERR_SERVER_RUNNING: { status: 500, exit: 'serverRunning', description: 'Another server already answers on this data dir’s admin socket.' },
   ML_ERR_SERVER_NOT_RUNNING: { exit: 'noServer', description: 'No server answers on the data dir’s admin socket (commands that need a running server).' },
+  ML_ERR_STORE_UNAVAILABLE: { status: 503, exit: 'serverUnavailable', description: 'The store cannot be reached or did not answer (PostgreSQL down, a connection lost): a request that needs it is refused; live sessions stay up, and it succeeds again once the database is back.' },
   ML_ERR_STORE_SCHEMA: { status: 500, exit: 'internal', description: 'The store was written by a newer meshlink (unknown migration).' },
   ML_ERR_BAD_REQUEST: { status: 400, exit: 'usage', description: 'The request body is not valid JSON or fails its schema.' },
   ML_ERR_BODY_TOO_LARGE: { status: 413, exit: 'internal', description: 'The request body exceeds the endpoint’s cap.' },

@@ -1,4 +1,5 @@
-import type Database from 'better-sqlite3';
+import type { Generated, Insertable, Kysely, Selectable } from 'kysely';
+import type { Queryable } from './store/database.js';
 import type { Store } from './store/store.js';
 
 /**
@@ -42,78 +43,88 @@ function detailsJson(details: Record<string, unknown> | null | undefined): strin
   return json.length <= DETAILS_CAP ? json : JSON.stringify({ truncated: true, head: json.slice(0, DETAILS_CAP - 64) });
 }
 
-type Row = Record<string, unknown>;
+interface AuditTables {
+  audit_log: {
+    id: Generated<number>; ts: number; finished_at: number | null; source: 'admin' | 'agent'; actor: string | null; operation: string;
+    node_id: string | null; target: string | null; result: string; details: string | null;
+  };
+}
+type Row = Selectable<AuditTables['audit_log']>;
+type Db = Kysely<AuditTables>;
 
 function recordOf(r: Row): AuditRecord {
   return {
-    id: r.id as number,
-    ts: r.ts as number,
-    finishedAt: (r.finished_at as number | null) ?? null,
-    source: r.source as 'admin' | 'agent',
-    actor: (r.actor as string | null) ?? null,
-    operation: r.operation as string,
-    nodeId: (r.node_id as string | null) ?? null,
-    target: (r.target as string | null) ?? null,
-    result: r.result as string,
-    details: r.details === null ? null : (JSON.parse(r.details as string) as Record<string, unknown>),
+    id: r.id,
+    ts: r.ts,
+    finishedAt: r.finished_at ?? null,
+    source: r.source,
+    actor: r.actor ?? null,
+    operation: r.operation,
+    nodeId: r.node_id ?? null,
+    target: r.target ?? null,
+    result: r.result,
+    details: r.details === null ? null : (JSON.parse(r.details) as Record<string, unknown>),
   };
 }
 
 export class AuditLog {
-  readonly #stmts;
+  readonly #db: Db;
 
-  private constructor(db: Database.Database) {
-    this.#stmts = {
-      insert: db.prepare(
-        'INSERT INTO audit_log (ts, finished_at, source, actor, operation, node_id, target, result, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)',
-      ),
-      finish: db.prepare('UPDATE audit_log SET finished_at = ?, result = ?, details = COALESCE(?, details) WHERE id = ?'),
-      list: db.prepare('SELECT * FROM audit_log ORDER BY id DESC LIMIT ?'),
-      ofNode: db.prepare('SELECT * FROM audit_log WHERE node_id = ? ORDER BY id DESC LIMIT ?'),
-      pruneAgent: db.prepare(`DELETE FROM audit_log WHERE node_id = ? AND source = 'agent' AND id <= (
-        SELECT id FROM audit_log WHERE node_id = ? AND source = 'agent' ORDER BY id DESC LIMIT 1 OFFSET ?)`),
-    };
+  private constructor(db: Queryable) {
+    this.#db = db as Db;
   }
 
   static #byStore = new WeakMap<Store, AuditLog>();
 
-  /** The audit log of a store (one per store, statements prepared once). */
+  /** The audit log of a store (one per store). */
   static of(store: Store): AuditLog {
     let log = AuditLog.#byStore.get(store);
-    if (!log) AuditLog.#byStore.set(store, (log = new AuditLog(store.database)));
+    if (!log) AuditLog.#byStore.set(store, (log = new AuditLog(store.database.db)));
     return log;
   }
 
   /** Records the start of an operation; returns the id to finish it with. */
-  start(a: AuditStart): number {
-    const info = this.#stmts.insert.run(a.ts ?? Date.now(), null, a.source ?? 'admin', a.actor, a.operation, a.nodeId, a.target, 'started', detailsJson(a.details));
-    return Number(info.lastInsertRowid);
+  async start(a: AuditStart): Promise<number> {
+    return this.#insert({ ts: a.ts ?? Date.now(), finished_at: null, source: a.source ?? 'admin', actor: a.actor, operation: a.operation, node_id: a.nodeId, target: a.target, result: 'started', details: detailsJson(a.details) });
   }
 
-  finish(id: number, result: string, details?: Record<string, unknown> | null, at = Date.now()): void {
-    this.#stmts.finish.run(at, result.slice(0, RESULT_CAP), detailsJson(details), id);
+  async finish(id: number, result: string, details?: Record<string, unknown> | null, at = Date.now()): Promise<void> {
+    await this.#db.updateTable('audit_log')
+      .set((eb) => ({ finished_at: at, result: result.slice(0, RESULT_CAP), details: eb.fn.coalesce(eb.val(detailsJson(details)), eb.ref('details')) }))
+      .where('id', '=', id).execute();
   }
 
-  /** A complete record in one go (agent-reported records, quick admin calls). */
-  record(a: AuditStart & { result: string; finishedAt?: number }): number {
+  /**
+   * A complete record in one go (agent-reported records, quick admin calls). `tx`: the transaction
+   * it belongs to (the enrollment's), when it must commit or roll back with other writes.
+   */
+  async record(a: AuditStart & { result: string; finishedAt?: number }, tx?: Queryable): Promise<number> {
     const ts = a.ts ?? Date.now();
-    const info = this.#stmts.insert.run(ts, a.finishedAt ?? ts, a.source ?? 'admin', a.actor, a.operation, a.nodeId, a.target, a.result.slice(0, RESULT_CAP), detailsJson(a.details));
-    return Number(info.lastInsertRowid);
+    return this.#insert({ ts, finished_at: a.finishedAt ?? ts, source: a.source ?? 'admin', actor: a.actor, operation: a.operation, node_id: a.nodeId, target: a.target, result: a.result.slice(0, RESULT_CAP), details: detailsJson(a.details) }, tx);
+  }
+
+  async #insert(row: Insertable<AuditTables['audit_log']>, tx?: Queryable): Promise<number> {
+    const r = await ((tx as Db | undefined) ?? this.#db).insertInto('audit_log').values(row).returning('id').executeTakeFirstOrThrow();
+    return Number(r.id);
   }
 
   /** Keeps the newest `keep` records a node's agent reported, deleting older ones (the operator's are never pruned here). */
-  pruneAgentRecords(nodeId: string, keep: number): number {
-    return this.#stmts.pruneAgent.run(nodeId, nodeId, keep).changes;
+  async pruneAgentRecords(nodeId: string, keep: number): Promise<number> {
+    const r = await this.#db.deleteFrom('audit_log').where('node_id', '=', nodeId).where('source', '=', 'agent')
+      .where('id', '<=', (eb) => eb.selectFrom('audit_log').select('id').where('node_id', '=', nodeId).where('source', '=', 'agent')
+        .orderBy('id', 'desc').limit(1).offset(keep))
+      .executeTakeFirst();
+    return Number(r.numDeletedRows);
   }
 
   /** Newest first, at most `limit` (1–10,000) and at most PAGE_BYTES of records. */
-  list(limit = 100): AuditRecord[] {
-    return page(this.#stmts.list.all(clamp(limit)) as Row[]);
+  async list(limit = 100): Promise<AuditRecord[]> {
+    return page(await this.#db.selectFrom('audit_log').selectAll().orderBy('id', 'desc').limit(clamp(limit)).execute());
   }
 
   /** The node's newest records first (same caps as list). */
-  ofNode(nodeId: string, limit: number): AuditRecord[] {
-    return page(this.#stmts.ofNode.all(nodeId, clamp(limit)) as Row[]);
+  async ofNode(nodeId: string, limit: number): Promise<AuditRecord[]> {
+    return page(await this.#db.selectFrom('audit_log').selectAll().where('node_id', '=', nodeId).orderBy('id', 'desc').limit(clamp(limit)).execute());
   }
 }
 

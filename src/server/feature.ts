@@ -8,6 +8,7 @@ import type { ServerConfig } from './config.js';
 import type { PresenceView } from './presence.js';
 import type { PublicRoutes } from './public-routes.js';
 import type { EnrollmentCommit, Store } from './store/store.js';
+import type { Queryable } from './store/database.js';
 import type { GatewayLoad } from './gateway.js';
 
 /**
@@ -53,10 +54,11 @@ export interface EnrollmentEvents {
   /**
    * Runs inside the enrollment's commit transaction, after the token is consumed and the node and its
    * certificate are written (`commit.node.existing`: a re-enrollment). What the hook writes commits or
-   * rolls back with the enrollment; a throw rolls the enrollment back and fails it. Synchronous: the
-   * store's transactions are.
+   * rolls back with the enrollment; a throw rolls the enrollment back and fails it. Its writes go
+   * through `tx`, the transaction's handle (on SQLite a query on the store's own handle inside the
+   * hook would wait for the transaction that runs it).
    */
-  onCommit(hook: (commit: EnrollmentCommit) => void): () => void;
+  onCommit(hook: (commit: EnrollmentCommit, tx: Queryable) => Promise<void>): () => void;
   /** Adds fields to every enrollment response (the mesh: its event-signing keys, the agent's first trust). */
   addResponseFields(contributor: () => Record<string, unknown>): void;
 }
@@ -68,13 +70,13 @@ export interface EnrollmentEvents {
  */
 export interface FeatureAnswers {
   /** The columns a feature adds to the node list (`server nodes list`): a lookup by node id, made once per listing. */
-  nodeListingFields(): (nodeId: string) => Partial<NodeListing>;
+  nodeListingFields(): Promise<(nodeId: string) => Partial<NodeListing>>;
   /** The columns a feature adds to the token list (`server token list`): a lookup by the token's SHA-256, made once per listing. */
-  tokenListingFields(): (tokenHash: string) => { tags?: string[] };
+  tokenListingFields(): Promise<(tokenHash: string) => { tags?: string[] }>;
   /** When mesh event `seq` of the node was created (ms since the epoch), while the event log keeps it. */
-  meshEventCreatedAt(nodeId: string, seq: number): number | undefined;
+  meshEventCreatedAt(nodeId: string, seq: number): Promise<number | undefined>;
   /** A node's mesh part of `server nodes show`: its NAT report and each peer's path as the node was told (null: not in the mesh). */
-  meshNodeDetails(nodeId: string): MeshNodeDetails | null;
+  meshNodeDetails(nodeId: string): Promise<MeshNodeDetails | null>;
   /** Permitted pairs of keyed nodes by path, for the `meshlink_mesh_pairs` gauge. */
   meshPairsByPath(): { direct: number; relay: number };
   /** The mesh relay's counters for the `meshlink_relay_*` metrics (null: the relay is off). */

@@ -299,13 +299,13 @@ describe('mesh migration 101', () => {
     const { MIGRATIONS } = await import('../../src/server/store/migrations.js');
     const { MESH_MIGRATIONS } = await import('../../src/server/mesh/migrations.js');
     const db = new Database(':memory:');
-    for (const m of [...MIGRATIONS, ...MESH_MIGRATIONS].filter((m) => m.version < 101)) db.exec(m.sql);
+    for (const m of [...MIGRATIONS, ...MESH_MIGRATIONS].filter((m) => m.version < 101)) db.exec(m.sqlite);
     db.prepare("INSERT INTO nodes (id, hostname, created_at) VALUES ('a', 'a', 0), ('b', 'b', 0), ('c', 'c', 0)").run();
     const peerB = { meshIp: '10.100.0.2', publicKey: wgKey(2), endpoints: ['192.0.2.2:51820'], pskTag: '00ff00ff00ff00ff' };
     db.prepare('INSERT INTO mesh_nodes (node_id, mesh_ip, announced) VALUES (?, ?, ?)').run('a', 1, JSON.stringify({ meshIp: '10.100.0.1', cidr: '10.100.0.0/16', peers: { b: peerB } }));
     db.prepare('INSERT INTO mesh_nodes (node_id, mesh_ip, announced) VALUES (?, ?, ?)').run('b', 2, JSON.stringify({ meshIp: '10.100.0.2', cidr: '10.100.0.0/16', peers: {} }));
     db.prepare("INSERT INTO mesh_nodes (node_id, mesh_ip) VALUES ('c', 3)").run(); // never told anything
-    db.exec(MESH_MIGRATIONS.find((m) => m.version === 101)!.sql);
+    db.exec(MESH_MIGRATIONS.find((m) => m.version === 101)!.sqlite);
     expect(db.prepare('SELECT node_id, announced FROM mesh_nodes ORDER BY node_id').all()).toEqual([
       { node_id: 'a', announced: '{"meshIp":"10.100.0.1","cidr":"10.100.0.0/16"}' },
       { node_id: 'b', announced: '{"meshIp":"10.100.0.2","cidr":"10.100.0.0/16"}' },

@@ -1,14 +1,15 @@
-import { chmodSync } from 'node:fs';
-import Database from 'better-sqlite3';
+import { sql, type Kysely } from 'kysely';
 import type { Migration } from './migrations.js';
 import { MeshlinkError } from '../../errors.js';
+import { openStoreDatabase, type Queryable, type StoreDatabase, type StoreDialect } from './database.js';
 
 /**
- * The only module that knows SQL. Synchronous (better-sqlite3): every statement here is a short
- * indexed lookup or write, so running them on the event loop costs microseconds, and it lets the
- * enrollment commit be one atomic transaction.
+ * The core's tables (meta, CA, tokens, nodes, certificates), on either backend (database.ts). Every
+ * method is async: on SQLite a query still runs synchronously inside better-sqlite3 and its promise
+ * settles in a microtask, so the order of work on the event loop is the one it always was; on
+ * PostgreSQL it is a round trip.
  *
- * Durability: WAL with `synchronous=NORMAL` by default, and FULL for the writes that must survive a
+ * Durability on SQLite: WAL with `synchronous=NORMAL` by default, and FULL for the writes that must survive a
  * power cut: revocations (node removal) and the CA. WAL+NORMAL never corrupts the database and loses
  * nothing on a process crash; on power loss it may roll back the last commits. For a revocation that
  * would silently re-admit a removed node, so those commits fsync the WAL (which also makes every
@@ -16,7 +17,7 @@ import { MeshlinkError } from '../../errors.js';
  * certificate the store does not know (refused with 401 until it re-enrolls) and its token usable
  * again until it expires; we accept that narrow window because an fsync per enrollment blocks the
  * event loop for milliseconds (measured 3-5 ms here), which cut enrollment throughput by more than half
- * and tripled heartbeat latency during bursts (bench/enroll.ts).
+ * and tripled heartbeat latency during bursts (bench/enroll.ts). PostgreSQL commits are durable.
  */
 
 export interface CaRow {
@@ -81,337 +82,298 @@ export interface EnrollmentCommit {
   csrSha256?: string;
 }
 
-type Row = Record<string, unknown>;
+/** Column types of the core's tables, as the query layer sees them. */
+interface CoreTables {
+  meta: { key: string; value: string };
+  ca: { id: number; key_blob: Buffer; kdf_salt: Buffer; cert_pem: string; created_at: number };
+  tokens: {
+    hash: string; id: string; created_at: number; expires_at: number; consumed_at: number | null; revoked_at: number | null;
+    node_id: string | null; csr_sha256: string | null; cert_serial: string | null; seq: number | null;
+  };
+  nodes: { id: string; hostname: string; created_at: number; agent_version: string | null; last_seen: number | null; removed_at: number | null };
+  certs: { serial: string; node_id: string; not_before: number; not_after: number; revoked_at: number | null; pem: string; seq: number | null };
+  schema_migrations: { version: number; name: string; applied_at: number };
+}
 
-const TOKEN_COLUMNS = 'hash, id, created_at, expires_at, consumed_at, revoked_at, node_id, csr_sha256, cert_serial';
+type Core = Kysely<CoreTables>;
 
-function tokenFromRow(r: Row): TokenRow {
+const TOKEN_COLUMNS = ['hash', 'id', 'created_at', 'expires_at', 'consumed_at', 'revoked_at', 'node_id', 'csr_sha256', 'cert_serial'] as const;
+
+function tokenFromRow(r: Pick<CoreTables['tokens'], (typeof TOKEN_COLUMNS)[number]>): TokenRow {
   return {
-    hash: r.hash as string,
-    id: r.id as string,
-    createdAt: r.created_at as number,
-    expiresAt: r.expires_at as number,
-    consumedAt: (r.consumed_at as number | null) ?? null,
-    revokedAt: (r.revoked_at as number | null) ?? null,
-    nodeId: (r.node_id as string | null) ?? null,
-    csrSha256: (r.csr_sha256 as string | null) ?? null,
-    certSerial: (r.cert_serial as string | null) ?? null,
+    hash: r.hash,
+    id: r.id,
+    createdAt: r.created_at,
+    expiresAt: r.expires_at,
+    consumedAt: r.consumed_at ?? null,
+    revokedAt: r.revoked_at ?? null,
+    nodeId: r.node_id ?? null,
+    csrSha256: r.csr_sha256 ?? null,
+    certSerial: r.cert_serial ?? null,
   };
 }
-function nodeFromRow(r: Row): NodeRow {
+function nodeFromRow(r: CoreTables['nodes']): NodeRow {
   return {
-    id: r.id as string,
-    hostname: r.hostname as string,
-    createdAt: r.created_at as number,
-    agentVersion: (r.agent_version as string | null) ?? null,
-    lastSeen: (r.last_seen as number | null) ?? null,
-    removedAt: (r.removed_at as number | null) ?? null,
+    id: r.id,
+    hostname: r.hostname,
+    createdAt: r.created_at,
+    agentVersion: r.agent_version ?? null,
+    lastSeen: r.last_seen ?? null,
+    removedAt: r.removed_at ?? null,
   };
 }
-function certFromRow(r: Row): CertRow {
-  return {
-    serial: r.serial as string,
-    nodeId: r.node_id as string,
-    notBefore: r.not_before as number,
-    notAfter: r.not_after as number,
-    revokedAt: (r.revoked_at as number | null) ?? null,
-    pem: r.pem as string,
-  };
+const CERT_COLUMNS = ['serial', 'node_id', 'not_before', 'not_after', 'revoked_at', 'pem'] as const;
+function certFromRow(r: Pick<CoreTables['certs'], (typeof CERT_COLUMNS)[number]>): CertRow {
+  return { serial: r.serial, nodeId: r.node_id, notBefore: r.not_before, notAfter: r.not_after, revokedAt: r.revoked_at ?? null, pem: r.pem };
 }
 
 /** Meta counters of deleted certificate rows, so that fleet totals never go down. */
 const META_CERTS_PRUNED = 'certs_pruned';
 const META_REVOKED_PRUNED = 'revoked_certs_pruned';
 
-export class Store {
-  readonly path: string;
-  private readonly db: Database.Database;
-  private readonly stmts;
+/** Rows changed by an UPDATE or DELETE (Kysely reports a bigint). */
+const changed = (r: { numUpdatedRows?: bigint; numDeletedRows?: bigint }): number => Number(r.numUpdatedRows ?? r.numDeletedRows ?? 0n);
 
-  private constructor(path: string, db: Database.Database) {
-    this.path = path;
-    this.db = db;
-    this.stmts = {
-      getMeta: db.prepare('SELECT value FROM meta WHERE key = ?'),
-      fleetTotals: db.prepare(`SELECT
-        (SELECT COUNT(*) FROM tokens WHERE consumed_at IS NOT NULL) AS enrollments,
-        (SELECT COUNT(*) FROM certs) + COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key = '${META_CERTS_PRUNED}'), 0) AS certs,
-        (SELECT COUNT(*) FROM certs WHERE revoked_at IS NOT NULL)
-          + COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key = '${META_REVOKED_PRUNED}'), 0) AS revoked,
-        (SELECT COUNT(*) FROM nodes WHERE removed_at IS NOT NULL) AS removed,
-        (SELECT COUNT(*) FROM nodes WHERE removed_at IS NULL) AS enrolled`),
-      setMeta: db.prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value'),
-      getCa: db.prepare('SELECT key_blob, kdf_salt, cert_pem, created_at FROM ca WHERE id = 1'),
-      insertCa: db.prepare('INSERT INTO ca (id, key_blob, kdf_salt, cert_pem, created_at) VALUES (1, ?, ?, ?, ?)'),
-      replaceCaKey: db.prepare('UPDATE ca SET key_blob = ?, kdf_salt = ? WHERE id = 1 AND key_blob = ?'),
-      replaceCa: db.prepare('UPDATE ca SET key_blob = ?, kdf_salt = ?, cert_pem = ?, created_at = ? WHERE id = 1'),
-      deleteMeta: db.prepare('DELETE FROM meta WHERE key = ?'),
-      insertToken: db.prepare(
-        'INSERT INTO tokens (hash, id, created_at, expires_at, consumed_at, revoked_at, node_id) VALUES (?, ?, ?, ?, NULL, NULL, ?)',
-      ),
-      getToken: db.prepare(`SELECT ${TOKEN_COLUMNS} FROM tokens WHERE hash = ?`),
-      getTokenById: db.prepare(`SELECT ${TOKEN_COLUMNS} FROM tokens WHERE id = ?`),
-      // Newest first; rowid breaks ties of one millisecond in creation order.
-      listTokens: db.prepare(`SELECT ${TOKEN_COLUMNS} FROM tokens ORDER BY created_at DESC, rowid DESC LIMIT ?`),
-      revokeToken: db.prepare('UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL AND consumed_at IS NULL'),
-      consumeToken: db.prepare(
-        'UPDATE tokens SET consumed_at = ?, csr_sha256 = ?, cert_serial = ? WHERE hash = ? AND consumed_at IS NULL AND revoked_at IS NULL AND expires_at > ?',
-      ),
-      insertNode: db.prepare(
-        'INSERT INTO nodes (id, hostname, created_at, agent_version, last_seen, removed_at) VALUES (?, ?, ?, ?, NULL, NULL)',
-      ),
-      updateNodeOnReenroll: db.prepare(
-        'UPDATE nodes SET hostname = ?, agent_version = COALESCE(?, agent_version) WHERE id = ? AND removed_at IS NULL',
-      ),
-      getNode: db.prepare('SELECT * FROM nodes WHERE id = ?'),
-      liveNodesByHostname: db.prepare('SELECT * FROM nodes WHERE hostname = ? AND removed_at IS NULL ORDER BY created_at'),
-      listNodes: db.prepare(`
-        SELECT n.*, c.serial AS cert_serial, c.not_after AS cert_not_after
-        FROM nodes n
-        LEFT JOIN certs c ON c.serial = (
-          SELECT serial FROM certs WHERE node_id = n.id ORDER BY not_after DESC, rowid DESC LIMIT 1)
-        WHERE n.removed_at IS NULL
-        ORDER BY n.created_at, n.id`),
-      markNodeRemoved: db.prepare('UPDATE nodes SET removed_at = ? WHERE id = ? AND removed_at IS NULL'),
-      touchNode: db.prepare('UPDATE nodes SET last_seen = ? WHERE id = ?'),
-      setAgentVersion: db.prepare('UPDATE nodes SET agent_version = ? WHERE id = ?'),
-      insertCert: db.prepare(
-        'INSERT INTO certs (serial, node_id, not_before, not_after, revoked_at, pem) VALUES (?, ?, ?, ?, NULL, ?)',
-      ),
-      getCert: db.prepare('SELECT * FROM certs WHERE serial = ?'),
-      unrevokedSerialsOfNode: db.prepare('SELECT serial FROM certs WHERE node_id = ? AND revoked_at IS NULL'),
-      revokeCertsOfNode: db.prepare('UPDATE certs SET revoked_at = ? WHERE node_id = ? AND revoked_at IS NULL'),
-      revokedSerials: db.prepare('SELECT serial FROM certs WHERE revoked_at IS NOT NULL'),
-      // Issue order is rowid order: certificates are only ever inserted, and pruning never deletes a
-      // node's newest one, so the largest rowid (the one SQLite counts on) is never taken away.
-      unrevokedCertsIssuedBefore: db.prepare(
-        'SELECT serial FROM certs WHERE node_id = ? AND revoked_at IS NULL AND rowid < (SELECT rowid FROM certs WHERE serial = ?)'),
-      revokeCertsIssuedBefore: db.prepare(
-        'UPDATE certs SET revoked_at = ? WHERE node_id = ? AND revoked_at IS NULL AND rowid < (SELECT rowid FROM certs WHERE serial = ?)'),
-      expiredCerts: db.prepare(`
-        SELECT serial, revoked_at FROM certs c
-        WHERE not_after < ? AND rowid <> (SELECT MAX(rowid) FROM certs WHERE node_id = c.node_id)
-        LIMIT ?`),
-      deleteCert: db.prepare('DELETE FROM certs WHERE serial = ?'),
-      addToMetaCounter: db.prepare(
-        `INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = CAST(CAST(value AS INTEGER) + CAST(excluded.value AS INTEGER) AS TEXT)`),
-    };
+export class Store {
+  /** The SQLite file's path, or the PostgreSQL URL without its password. */
+  readonly path: string;
+  readonly dialect: StoreDialect;
+  readonly #database: StoreDatabase;
+  readonly #db: Core;
+
+  private constructor(database: StoreDatabase) {
+    this.#database = database;
+    this.path = database.location;
+    this.dialect = database.dialect;
+    this.#db = database.db as Core;
   }
 
   /**
-   * Opens (creating if needed) the store file and applies the pending ones of `migrations`: the core's
-   * and every feature's list, which only the composition root knows (openServerStore in
-   * ../features.ts). A store that has applied a version missing from the list fails with
-   * ML_ERR_STORE_SCHEMA, so every opener must pass the whole list.
+   * Opens (creating if needed) the store at `location` (a file path, or a postgres:// URL) and
+   * applies the pending ones of `migrations`: the core's and every feature's list, which only the
+   * composition root knows (openServerStore in ../features.ts). A store that has applied a version
+   * missing from the list fails with ML_ERR_STORE_SCHEMA, so every opener must pass the whole list.
    */
-  static open(path: string, migrations: readonly Migration[]): Store {
-    const db = new Database(path);
-    try {
-      db.pragma('journal_mode = WAL');
-      db.pragma('synchronous = NORMAL');
-      db.pragma('foreign_keys = ON');
-      db.pragma('busy_timeout = 5000');
-      chmodSync(path, 0o600);
-      migrate(db, migrations);
-      return new Store(path, db);
-    } catch (err) {
-      db.close();
-      throw err;
-    }
+  static async open(location: string, migrations: readonly Migration[]): Promise<Store> {
+    return new Store(await openStoreDatabase(location, migrations));
   }
 
-  close(): void {
-    if (this.db.open) this.db.close();
+  async close(): Promise<void> {
+    await this.#database.close();
   }
 
-  /** The database handle, for the store modules of features (src/server/store/*-store.ts): the only other places that know SQL. */
-  get database(): Database.Database {
-    return this.db;
+  /** The query layer and transactions, for the store modules of features: the only other places that know SQL. */
+  get database(): StoreDatabase {
+    return this.#database;
   }
 
   /** Whether the database answers a read (the health checks: /healthz on the gateway and the metrics listener). */
-  healthy(): boolean {
-    try {
-      this.schemaVersion();
-      return true;
-    } catch {
-      return false;
-    }
+  healthy(): Promise<boolean> {
+    return this.#database.ping();
   }
 
-  schemaVersion(): number {
-    const row = this.db.prepare('SELECT MAX(version) AS v FROM schema_migrations').get() as { v: number | null };
-    return row.v ?? 0;
+  async schemaVersion(): Promise<number> {
+    const row = await this.#db.selectFrom('schema_migrations').select((eb) => eb.fn.max('version').as('v')).executeTakeFirst();
+    return row?.v ?? 0;
   }
 
   // --- meta ---
-  getMeta(key: string): string | undefined {
-    return (this.stmts.getMeta.get(key) as { value: string } | undefined)?.value;
+  async getMeta(key: string, q: Queryable = this.#db): Promise<string | undefined> {
+    return (await (q as Core).selectFrom('meta').select('value').where('key', '=', key).executeTakeFirst())?.value;
   }
-  setMeta(key: string, value: string): void {
-    this.stmts.setMeta.run(key, value);
+  async setMeta(key: string, value: string, q: Queryable = this.#db): Promise<void> {
+    await (q as Core).insertInto('meta').values({ key, value }).onConflict((oc) => oc.column('key').doUpdateSet({ value })).execute();
   }
-  deleteMeta(key: string): void {
-    this.stmts.deleteMeta.run(key);
+  async deleteMeta(key: string, q: Queryable = this.#db): Promise<void> {
+    await (q as Core).deleteFrom('meta').where('key', '=', key).execute();
   }
 
   // --- CA ---
-  getCa(): CaRow | undefined {
-    const r = this.stmts.getCa.get() as Row | undefined;
+  async getCa(): Promise<CaRow | undefined> {
+    const r = await this.#db.selectFrom('ca').select(['key_blob', 'kdf_salt', 'cert_pem', 'created_at']).where('id', '=', 1).executeTakeFirst();
     if (!r) return undefined;
-    return { keyBlob: r.key_blob as Buffer, kdfSalt: r.kdf_salt as Buffer, certPem: r.cert_pem as string, createdAt: r.created_at as number };
+    return { keyBlob: Buffer.from(r.key_blob), kdfSalt: Buffer.from(r.kdf_salt), certPem: r.cert_pem, createdAt: r.created_at };
   }
-  insertCa(row: CaRow): void {
-    this.durably(() => this.stmts.insertCa.run(row.keyBlob, row.kdfSalt, row.certPem, row.createdAt));
+  async insertCa(row: CaRow): Promise<void> {
+    await this.#database.transaction(async (tx) => {
+      await (tx as Core).insertInto('ca').values({ id: 1, key_blob: row.keyBlob, kdf_salt: row.kdfSalt, cert_pem: row.certPem, created_at: row.createdAt }).execute();
+    }, { durable: true });
   }
   /**
    * The end of a CA rotation (ca-rotation.ts): the next CA becomes the CA, and `apply` (meta updates:
    * the rotation state cleared, the pin) commits in the same durable transaction.
    */
-  replaceCa(row: CaRow, apply: () => void): void {
-    this.durably(() => {
-      this.stmts.replaceCa.run(row.keyBlob, row.kdfSalt, row.certPem, row.createdAt);
-      apply();
-    });
+  async replaceCa(row: CaRow, apply: (tx: Queryable) => Promise<void>): Promise<void> {
+    await this.#database.transaction(async (tx) => {
+      await (tx as Core).updateTable('ca').set({ key_blob: row.keyBlob, kdf_salt: row.kdfSalt, cert_pem: row.certPem, created_at: row.createdAt }).where('id', '=', 1).execute();
+      await apply(tx);
+    }, { durable: true });
   }
   /** Re-seals the CA key (same key, new blob: a migration of its sealing), only if the blob is still `previous`. */
-  replaceCaKey(previous: Buffer, keyBlob: Buffer, kdfSalt: Buffer): void {
-    this.durably(() => this.stmts.replaceCaKey.run(keyBlob, kdfSalt, previous));
+  async replaceCaKey(previous: Buffer, keyBlob: Buffer, kdfSalt: Buffer): Promise<void> {
+    await this.#database.transaction(async (tx) => {
+      await (tx as Core).updateTable('ca').set({ key_blob: keyBlob, kdf_salt: kdfSalt }).where('id', '=', 1).where('key_blob', '=', previous).execute();
+    }, { durable: true });
   }
 
   /**
    * A consistent copy of the whole database at `path` (SQLite's online backup API: pages copied in
    * steps, restarting if a write lands meanwhile, so the copy is one committed state while the server
-   * keeps running). The caller makes it atomic (temp file, fsync, rename).
+   * keeps running). The caller makes it atomic (temp file, fsync, rename). A PostgreSQL store is
+   * backed up with PostgreSQL's own tools (docs/CLUSTER.md).
    */
   async backupTo(path: string): Promise<void> {
-    await this.db.backup(path);
+    await this.#sqlite('backup').backup(path);
   }
 
   /** SQLite's quick_check: true when the pages and indexes are sound (a backup about to be restored). */
   quickCheck(): boolean {
-    return this.db.pragma('quick_check', { simple: true }) === 'ok';
+    return this.#sqlite('quick_check').pragma('quick_check', { simple: true }) === 'ok';
   }
 
   /** Folds the write-ahead log into the database file and truncates it. */
   checkpoint(): void {
-    this.db.pragma('wal_checkpoint(TRUNCATE)');
-  }
-
-  /** Runs `fn` in an IMMEDIATE transaction whose commit fsyncs the WAL (synchronous=FULL for this commit). */
-  private durably<T>(fn: () => T): T {
-    this.db.pragma('synchronous = FULL');
-    try {
-      return this.db.transaction(fn).immediate();
-    } finally {
-      this.db.pragma('synchronous = NORMAL');
-    }
+    this.#sqlite('checkpoint').pragma('wal_checkpoint(TRUNCATE)');
   }
 
   /** The current synchronous level (1 = NORMAL, 2 = FULL), for tests. */
   synchronousLevel(): number {
-    return this.db.pragma('synchronous', { simple: true }) as number;
+    return this.#sqlite('synchronous').pragma('synchronous', { simple: true }) as number;
+  }
+
+  #sqlite(what: string): NonNullable<StoreDatabase['sqlite']> {
+    const handle = this.#database.sqlite;
+    if (handle === null) throw new MeshlinkError('ML_ERR_BACKUP', `${what} is for a SQLite store; back up PostgreSQL with pg_dump (docs/CLUSTER.md)`);
+    return handle;
   }
 
   // --- tokens ---
-  insertToken(row: Omit<TokenRow, 'consumedAt' | 'revokedAt'>): void {
-    this.stmts.insertToken.run(row.hash, row.id, row.createdAt, row.expiresAt, row.nodeId);
+  async insertToken(row: Omit<TokenRow, 'consumedAt' | 'revokedAt'>): Promise<void> {
+    await this.#db.insertInto('tokens').values({
+      hash: row.hash, id: row.id, created_at: row.createdAt, expires_at: row.expiresAt, consumed_at: null, revoked_at: null, node_id: row.nodeId,
+    }).execute();
   }
-  getToken(hash: string): TokenRow | undefined {
-    const r = this.stmts.getToken.get(hash) as Row | undefined;
+  async getToken(hash: string): Promise<TokenRow | undefined> {
+    const r = await this.#db.selectFrom('tokens').select(TOKEN_COLUMNS).where('hash', '=', hash).executeTakeFirst();
     return r ? tokenFromRow(r) : undefined;
   }
-  getTokenById(id: string): TokenRow | undefined {
-    const r = this.stmts.getTokenById.get(id) as Row | undefined;
+  async getTokenById(id: string): Promise<TokenRow | undefined> {
+    const r = await this.#db.selectFrom('tokens').select(TOKEN_COLUMNS).where('id', '=', id).executeTakeFirst();
     return r ? tokenFromRow(r) : undefined;
   }
   /** The `limit` newest tokens, used, expired and revoked ones included (tokens are never deleted). */
-  listTokens(limit: number): TokenRow[] {
-    return (this.stmts.listTokens.all(limit) as Row[]).map(tokenFromRow);
+  async listTokens(limit: number): Promise<TokenRow[]> {
+    // Newest first; seq (insertion order) breaks ties of one millisecond.
+    const rows = await this.#db.selectFrom('tokens').select(TOKEN_COLUMNS).orderBy('created_at', 'desc').orderBy('seq', 'desc').limit(limit).execute();
+    return rows.map(tokenFromRow);
   }
   /**
    * Revokes a token that has not been used: true when this call revoked it. Durable like a node's
    * removal: a revocation rolled back by a power cut would make the token usable again.
    */
-  revokeToken(id: string, now: number): boolean {
-    return this.durably(() => this.stmts.revokeToken.run(now, id).changes === 1);
+  async revokeToken(id: string, now: number): Promise<boolean> {
+    return this.#database.transaction(async (tx) => {
+      const r = await (tx as Core).updateTable('tokens').set({ revoked_at: now })
+        .where('id', '=', id).where('revoked_at', 'is', null).where('consumed_at', 'is', null).executeTakeFirst();
+      return changed(r) === 1;
+    }, { durable: true });
   }
 
   /**
-   * The enrollment commit: consume the token (a single conditional UPDATE; `changes === 1` means this
-   * caller won), create or refresh the node, record the certificate, all in one transaction. Returns
-   * false when the token was consumed or expired in the meantime, and then nothing is written.
-   * `inTransaction` runs inside it, after those writes (the features' enrollment hooks): what it
-   * writes commits with the enrollment, and a throw rolls the whole enrollment back.
+   * The enrollment commit: consume the token (a single conditional UPDATE; one changed row means this
+   * caller won, also under PostgreSQL's READ COMMITTED, where a concurrent consumer's UPDATE waits for
+   * the row and then re-checks the condition), create or refresh the node, record the certificate,
+   * all in one transaction. Returns false when the token was consumed or expired in the meantime,
+   * and then nothing is written. `inTransaction` runs inside it, after those writes (the features'
+   * enrollment hooks, given the transaction's handle): what it writes commits with the enrollment,
+   * and a throw rolls the whole enrollment back.
    */
-  commitEnrollment(c: EnrollmentCommit, inTransaction?: (c: EnrollmentCommit) => void): boolean {
-    return this.db.transaction((): boolean => {
-      const consumed = this.stmts.consumeToken.run(c.now, c.csrSha256 ?? null, c.cert.serial, c.tokenHash, c.now);
-      if (consumed.changes !== 1) return false;
+  async commitEnrollment(c: EnrollmentCommit, inTransaction?: (c: EnrollmentCommit, tx: Queryable) => Promise<void>): Promise<boolean> {
+    return this.#database.transaction(async (q) => {
+      const tx = q as Core;
+      const consumed = await tx.updateTable('tokens').set({ consumed_at: c.now, csr_sha256: c.csrSha256 ?? null, cert_serial: c.cert.serial })
+        .where('hash', '=', c.tokenHash).where('consumed_at', 'is', null).where('revoked_at', 'is', null).where('expires_at', '>', c.now)
+        .executeTakeFirst();
+      if (changed(consumed) !== 1) return false;
       if (c.node.existing) {
-        const updated = this.stmts.updateNodeOnReenroll.run(c.node.hostname, c.node.agentVersion, c.node.id);
-        if (updated.changes !== 1) throw new MeshlinkError('ML_ERR_TOKEN_INVALID', `the token is bound to node ${c.node.id}, which was removed`);
+        const updated = await tx.updateTable('nodes')
+          .set((eb) => ({ hostname: c.node.hostname, agent_version: eb.fn.coalesce(eb.val(c.node.agentVersion), eb.ref('agent_version')) }))
+          .where('id', '=', c.node.id).where('removed_at', 'is', null).executeTakeFirst();
+        if (changed(updated) !== 1) throw new MeshlinkError('ML_ERR_TOKEN_INVALID', `the token is bound to node ${c.node.id}, which was removed`);
       } else {
-        this.stmts.insertNode.run(c.node.id, c.node.hostname, c.now, c.node.agentVersion);
+        await tx.insertInto('nodes').values({ id: c.node.id, hostname: c.node.hostname, created_at: c.now, agent_version: c.node.agentVersion, last_seen: null, removed_at: null }).execute();
       }
-      this.stmts.insertCert.run(c.cert.serial, c.node.id, c.cert.notBefore, c.cert.notAfter, c.cert.pem);
-      inTransaction?.(c);
+      await insertCertRow(tx, c.node.id, c.cert);
+      await inTransaction?.(c, q);
       return true;
-    }).immediate();
+    });
   }
 
   // --- nodes ---
-  getNode(id: string): NodeRow | undefined {
-    const r = this.stmts.getNode.get(id) as Row | undefined;
+  async getNode(id: string): Promise<NodeRow | undefined> {
+    const r = await this.#db.selectFrom('nodes').selectAll().where('id', '=', id).executeTakeFirst();
     return r ? nodeFromRow(r) : undefined;
   }
-  liveNodesByHostname(hostname: string): NodeRow[] {
-    return (this.stmts.liveNodesByHostname.all(hostname) as Row[]).map(nodeFromRow);
+  async liveNodesByHostname(hostname: string): Promise<NodeRow[]> {
+    const rows = await this.#db.selectFrom('nodes').selectAll().where('hostname', '=', hostname).where('removed_at', 'is', null).orderBy('created_at').execute();
+    return rows.map(nodeFromRow);
   }
-  listLiveNodes(): NodeWithCert[] {
-    return (this.stmts.listNodes.all() as Row[]).map((r) => ({
-      ...nodeFromRow(r),
-      certSerial: (r.cert_serial as string | null) ?? null,
-      certNotAfter: (r.cert_not_after as number | null) ?? null,
-    }));
+  async listLiveNodes(): Promise<NodeWithCert[]> {
+    // Each node with its newest certificate (the latest NotAfter; issue order breaks ties).
+    const rows = await this.#db.selectFrom('nodes as n')
+      .leftJoin('certs as c', (join) => join.onRef('c.serial', '=', (eb) => eb.selectFrom('certs').select('serial')
+        .whereRef('certs.node_id', '=', 'n.id').orderBy('not_after', 'desc').orderBy('seq', 'desc').limit(1)))
+      .selectAll('n').select(['c.serial as cert_serial', 'c.not_after as cert_not_after'])
+      .where('n.removed_at', 'is', null).orderBy('n.created_at').orderBy('n.id').execute();
+    return rows.map((r) => ({ ...nodeFromRow(r), certSerial: r.cert_serial ?? null, certNotAfter: r.cert_not_after ?? null }));
   }
   /** Totals for metrics (monotonic across restarts: tokens are never deleted, pruned certificates are counted), in one query. */
-  fleetTotals(): FleetTotals {
-    return this.stmts.fleetTotals.get() as FleetTotals;
+  async fleetTotals(): Promise<FleetTotals> {
+    const pruned = (key: string) => sql<number>`COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key = ${key}), 0)`;
+    const r = await sql<FleetTotals>`SELECT
+        (SELECT COUNT(*) FROM tokens WHERE consumed_at IS NOT NULL) AS enrollments,
+        (SELECT COUNT(*) FROM certs) + ${pruned(META_CERTS_PRUNED)} AS certs,
+        (SELECT COUNT(*) FROM certs WHERE revoked_at IS NOT NULL) + ${pruned(META_REVOKED_PRUNED)} AS revoked,
+        (SELECT COUNT(*) FROM nodes WHERE removed_at IS NOT NULL) AS removed,
+        (SELECT COUNT(*) FROM nodes WHERE removed_at IS NULL) AS enrolled`.execute(this.#db);
+    const t = r.rows[0]!;
+    // COUNT is a BIGINT in PostgreSQL (read as a number, database.ts) and an integer in SQLite.
+    return { enrollments: Number(t.enrollments), certs: Number(t.certs), revoked: Number(t.revoked), removed: Number(t.removed), enrolled: Number(t.enrolled) };
   }
   /** Records last-seen times in one transaction (batched by Presence). */
-  touchNodes(entries: ReadonlyArray<readonly [id: string, lastSeen: number]>): void {
-    this.db.transaction(() => {
-      for (const [id, lastSeen] of entries) this.stmts.touchNode.run(lastSeen, id);
-    })();
+  async touchNodes(entries: ReadonlyArray<readonly [id: string, lastSeen: number]>): Promise<void> {
+    await this.#database.transaction(async (tx) => {
+      for (const [id, lastSeen] of entries) await (tx as Core).updateTable('nodes').set({ last_seen: lastSeen }).where('id', '=', id).execute();
+    });
   }
-  setAgentVersion(id: string, agentVersion: string): void {
-    this.stmts.setAgentVersion.run(agentVersion, id);
+  async setAgentVersion(id: string, agentVersion: string): Promise<void> {
+    await this.#db.updateTable('nodes').set({ agent_version: agentVersion }).where('id', '=', id).execute();
   }
 
   /**
    * Removes a node: marks it removed and revokes every unrevoked certificate of it, atomically.
    * Returns the serials revoked now (empty if the node was already removed).
    */
-  removeNode(id: string, now: number): { removed: boolean; revokedSerials: string[] } {
-    return this.durably(() => {
-      const removed = this.stmts.markNodeRemoved.run(now, id).changes === 1;
-      const serials = (this.stmts.unrevokedSerialsOfNode.all(id) as { serial: string }[]).map((r) => r.serial);
-      this.stmts.revokeCertsOfNode.run(now, id);
+  async removeNode(id: string, now: number): Promise<{ removed: boolean; revokedSerials: string[] }> {
+    return this.#database.transaction(async (q) => {
+      const tx = q as Core;
+      const removed = changed(await tx.updateTable('nodes').set({ removed_at: now }).where('id', '=', id).where('removed_at', 'is', null).executeTakeFirst()) === 1;
+      const serials = (await tx.selectFrom('certs').select('serial').where('node_id', '=', id).where('revoked_at', 'is', null).execute()).map((r) => r.serial);
+      await tx.updateTable('certs').set({ revoked_at: now }).where('node_id', '=', id).where('revoked_at', 'is', null).execute();
       return { removed, revokedSerials: serials };
-    });
+    }, { durable: true });
   }
 
   // --- certs ---
-  insertCert(nodeId: string, cert: Omit<CertRow, 'revokedAt' | 'nodeId'>): void {
-    this.stmts.insertCert.run(cert.serial, nodeId, cert.notBefore, cert.notAfter, cert.pem);
+  async insertCert(nodeId: string, cert: Omit<CertRow, 'revokedAt' | 'nodeId'>): Promise<void> {
+    await insertCertRow(this.#db, nodeId, cert);
   }
-  getCert(serial: string): CertRow | undefined {
-    const r = this.stmts.getCert.get(serial) as Row | undefined;
+  async getCert(serial: string): Promise<CertRow | undefined> {
+    const r = await this.#db.selectFrom('certs').select(CERT_COLUMNS).where('serial', '=', serial).executeTakeFirst();
     return r ? certFromRow(r) : undefined;
   }
-  revokedSerials(): string[] {
-    return (this.stmts.revokedSerials.all() as { serial: string }[]).map((r) => r.serial);
+  async revokedSerials(): Promise<string[]> {
+    return (await this.#db.selectFrom('certs').select('serial').where('revoked_at', 'is not', null).execute()).map((r) => r.serial);
   }
 
   /**
@@ -419,15 +381,25 @@ export class Store {
    * "Certificates of a node"): at re-enrollment, inside the enrollment's transaction, and when the
    * first session on a renewed certificate opens. Returns the serials revoked now.
    *
+   * Issue order is `seq` order (core migration 5): certificates are only ever inserted, and pruning
+   * never deletes a node's newest one.
+   *
    * Plain durability (no fsync): a power cut that rolls this back is repaired at the next session on
    * `serial`, which revokes them again before it is admitted to the node's operations.
    */
-  revokeCertsIssuedBefore(nodeId: string, serial: string, now: number): string[] {
-    return this.db.transaction(() => {
-      const serials = (this.stmts.unrevokedCertsIssuedBefore.all(nodeId, serial) as { serial: string }[]).map((r) => r.serial);
-      if (serials.length > 0) this.stmts.revokeCertsIssuedBefore.run(now, nodeId, serial);
+  async revokeCertsIssuedBefore(nodeId: string, serial: string, now: number, q?: Queryable): Promise<string[]> {
+    const run = async (tx: Core): Promise<string[]> => {
+      const seqOf = tx.selectFrom('certs').select('seq').where('serial', '=', serial);
+      const serials = (await tx.selectFrom('certs').select('serial')
+        .where('node_id', '=', nodeId).where('revoked_at', 'is', null).where('seq', '<', seqOf).execute()).map((r) => r.serial);
+      if (serials.length > 0) {
+        await tx.updateTable('certs').set({ revoked_at: now })
+          .where('node_id', '=', nodeId).where('revoked_at', 'is', null).where('seq', '<', seqOf).execute();
+      }
       return serials;
-    })();
+    };
+    if (q !== undefined) return run(q as Core);
+    return this.#database.transaction(async (tx) => run(tx as Core));
   }
 
   /**
@@ -437,39 +409,32 @@ export class Store {
    * can no longer pass the NotAfter check needs no revocation entry). The totals stay monotonic:
    * deleted rows are counted in meta.
    */
-  pruneExpiredCerts(cutoff: number, limit = 1_000): string[] {
-    return this.db.transaction(() => {
-      const rows = this.stmts.expiredCerts.all(cutoff, limit) as { serial: string; revoked_at: number | null }[];
+  async pruneExpiredCerts(cutoff: number, limit = 1_000): Promise<string[]> {
+    return this.#database.transaction(async (q) => {
+      const tx = q as Core;
+      const rows = await tx.selectFrom('certs as c').select(['c.serial', 'c.revoked_at'])
+        .where('c.not_after', '<', cutoff)
+        .where('c.seq', '<>', (eb) => eb.selectFrom('certs').select((e) => e.fn.max('seq').as('m')).whereRef('certs.node_id', '=', 'c.node_id'))
+        .limit(limit).execute();
       let revoked = 0;
       for (const r of rows) {
-        this.stmts.deleteCert.run(r.serial);
+        await tx.deleteFrom('certs').where('serial', '=', r.serial).execute();
         if (r.revoked_at !== null) revoked++;
       }
-      if (rows.length > 0) this.stmts.addToMetaCounter.run(META_CERTS_PRUNED, String(rows.length));
-      if (revoked > 0) this.stmts.addToMetaCounter.run(META_REVOKED_PRUNED, String(revoked));
+      if (rows.length > 0) await addToMetaCounter(tx, META_CERTS_PRUNED, rows.length);
+      if (revoked > 0) await addToMetaCounter(tx, META_REVOKED_PRUNED, revoked);
       return rows.map((r) => r.serial);
-    })();
+    });
   }
 }
 
+async function insertCertRow(q: Core, nodeId: string, cert: Omit<CertRow, 'revokedAt' | 'nodeId'>): Promise<void> {
+  // seq is left to the backend: SQLite's trigger sets it to the rowid, PostgreSQL's identity column counts.
+  await q.insertInto('certs').values({ serial: cert.serial, node_id: nodeId, not_before: cert.notBefore, not_after: cert.notAfter, revoked_at: null, pem: cert.pem }).execute();
+}
 
-function migrate(db: Database.Database, migrations: readonly Migration[]): void {
-  db.exec('CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL) STRICT');
-  // Versions are applied by set difference, not "above the maximum": features own separate version
-  // ranges (core 1–99, mesh 100–199, ops 200–299, ...), and a feature's first migration may arrive
-  // after another range's later ones.
-  const applied = new Set((db.prepare('SELECT version FROM schema_migrations').all() as Array<{ version: number }>).map((r) => r.version));
-  const knownVersions = new Set(migrations.map((m) => m.version));
-  const unknown = [...applied].filter((v) => !knownVersions.has(v));
-  if (unknown.length > 0) {
-    throw new MeshlinkError('ML_ERR_STORE_SCHEMA', `store has schema migrations this meshlink does not know (${unknown.join(', ')}): it was written by a newer version`);
-  }
-  const record = db.prepare('INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)');
-  for (const m of [...migrations].sort((a, b) => a.version - b.version)) {
-    if (applied.has(m.version)) continue;
-    db.transaction(() => {
-      db.exec(m.sql);
-      record.run(m.version, m.name, Date.now());
-    }).immediate();
-  }
+async function addToMetaCounter(q: Core, key: string, add: number): Promise<void> {
+  await q.insertInto('meta').values({ key, value: String(add) })
+    .onConflict((oc) => oc.column('key').doUpdateSet({ value: sql<string>`CAST(CAST(meta.value AS INTEGER) + ${add} AS TEXT)` }))
+    .execute();
 }
