@@ -434,7 +434,9 @@ async function insertCertRow(q: Core, nodeId: string, cert: Omit<CertRow, 'revok
 }
 
 async function addToMetaCounter(q: Core, key: string, add: number): Promise<void> {
+  // The addend is the proposed row's text, cast like the stored one: better-sqlite3 binds a JS number
+  // as a REAL, and INTEGER + REAL would store '3.0' where the counter was '3'.
   await q.insertInto('meta').values({ key, value: String(add) })
-    .onConflict((oc) => oc.column('key').doUpdateSet({ value: sql<string>`CAST(CAST(meta.value AS INTEGER) + ${add} AS TEXT)` }))
+    .onConflict((oc) => oc.column('key').doUpdateSet({ value: sql<string>`CAST(CAST(meta.value AS INTEGER) + CAST(excluded.value AS INTEGER) AS TEXT)` }))
     .execute();
 }
