@@ -54,6 +54,8 @@ export interface PostgresCluster {
   urlOf(database: string): string;
   /** Creates an empty database (name: letters, digits, _). */
   createDatabase(name: string): Promise<string>;
+  /** Drops a database, ending the sessions still connected to it (`dropdb --force`). */
+  dropDatabase(name: string): Promise<void>;
   /** The server's log so far (for a failing test's message). */
   log(): string;
   /** Stops the server (immediate) and removes the dir. Safe to call twice. */
@@ -142,6 +144,10 @@ export async function startPostgres(): Promise<PostgresCluster> {
           if (!/^[A-Za-z_][A-Za-z0-9_]{0,62}$/.test(name)) throw new Error(`not a plain database name: ${name}`);
           await pg(join(bin, 'createdb'), ['-h', dir, '-p', String(port), '-U', superuser, name], 30_000);
           return cluster.urlOf(name);
+        },
+        async dropDatabase(name) {
+          if (!/^[A-Za-z_][A-Za-z0-9_]{0,62}$/.test(name)) throw new Error(`not a plain database name: ${name}`);
+          await pg(join(bin, 'dropdb'), ['-h', dir, '-p', String(port), '-U', superuser, '--force', '--if-exists', name], 30_000);
         },
         log: () => readLog(logPath),
         async stop() {
