@@ -13,7 +13,7 @@ import { POSTGRES_MISSING, startPostgres, type PostgresCluster } from './postgre
  *
  * ```ts
  * const BACKENDS = storeBackends(); // at the top level of the test file: registers its hooks
- * describe.each(BACKENDS)('the store on $title', (backend) => {
+ * describe.each(BACKENDS.map((b) => [b.title, b] as const))('the store on %s', (_title, backend) => {
  *   beforeAll(() => backend.ready(), 120_000);
  *   backend.it('…', async () => {
  *     const store = await backend.openStore(SERVER_MIGRATIONS);
@@ -35,7 +35,7 @@ export type StoreBackendName = 'sqlite' | 'postgres';
 
 export interface StoreBackend {
   readonly name: StoreBackendName;
-  /** The name, with the reason when its cases are skipped here (for `describe.each('$title')`). */
+  /** The name, with the reason when its cases are skipped here (for a describe title). */
   readonly title: string;
   /** Why this backend's cases are skipped here, or null when they run. */
   readonly skip: string | null;

@@ -77,7 +77,8 @@ async function until(what: string, check: () => Promise<boolean>, deadlineMs = 2
   }
 }
 
-describe.each(BACKENDS)('the store on $title', (backend) => {
+// '%s' of the title in full (vitest's '$title' would shorten a skip reason to 40 characters).
+describe.each(BACKENDS.map((b) => [b.title, b] as const))('the store on %s', (_title, backend) => {
   beforeAll(() => backend.ready(), 120_000);
 
   describe('migrations', () => {
