@@ -138,15 +138,16 @@ function openSqlite(path: string): StoreDatabase {
         if (options.durable) handle.pragma('synchronous = FULL');
         try {
           await sql`BEGIN IMMEDIATE`.execute(conn);
-          let result: T;
+          // A COMMIT can fail too (a deferred foreign key, a full disk), and SQLite then keeps the
+          // transaction open: roll it back, or every later BEGIN on this connection fails.
           try {
-            result = await fn(conn);
+            const result = await fn(conn);
+            await sql`COMMIT`.execute(conn);
+            return result;
           } catch (err) {
             if (handle.inTransaction) await sql`ROLLBACK`.execute(conn);
             throw err;
           }
-          await sql`COMMIT`.execute(conn);
-          return result;
         } finally {
           if (options.durable) handle.pragma('synchronous = NORMAL');
         }
