@@ -353,6 +353,28 @@ describe.each(BACKENDS.map((b) => [b.title, b] as const))('the store on %s', (_t
     });
   });
 
+  describe('transactions', () => {
+    backend.it('a commit that fails (a deferred foreign key) rolls back and leaves the store usable', async () => {
+      const s = await backend.openStore(SERVER_MIGRATIONS);
+      const { db } = s.database;
+      await sql`CREATE TABLE deferred_ref (node_id TEXT NOT NULL REFERENCES nodes (id) DEFERRABLE INITIALLY DEFERRED)`.execute(db);
+      // The statement passes; the check runs at COMMIT, which fails.
+      await expect(s.database.transaction(async (tx) => {
+        await sql`INSERT INTO deferred_ref (node_id) VALUES (${'ghost'})`.execute(tx);
+        await s.setMeta('in-failed-commit', 'x', tx);
+      })).rejects.toThrow(/foreign key/i);
+      expect(await count(db, 'deferred_ref')).toBe(0);
+      expect(await s.getMeta('in-failed-commit')).toBeUndefined();
+      // The next transactions begin and commit (SQLite: no transaction left open on the connection).
+      await s.setMeta('after', '1');
+      await s.database.transaction(async (tx) => s.setMeta('after', '2', tx), { durable: true });
+      expect(await s.getMeta('after')).toBe('2');
+      await token(s, 't', T0);
+      expect(await enroll(s, 't', 'n1', 's1')).toBe(true);
+      if (backend.name === 'sqlite') expect(s.database.sqlite!.inTransaction).toBe(false);
+    });
+  });
+
   describe('meta and the CA', () => {
     backend.it('meta: set, overwrite, delete, and a rolled-back write leaves nothing', async () => {
       const s = await backend.openStore(SERVER_MIGRATIONS);
