@@ -523,7 +523,7 @@ describe.each(BACKENDS.map((b) => [b.title, b] as const))('the store on %s', (_t
     });
   });
 
-  describe('PostgreSQL only: migrations', () => {
+  describe('PostgreSQL only: migrations, schema, connection', () => {
     backend.it('four stores opening one empty database at once: every migration recorded once, every open succeeds, no deadlock', async () => {
       const url = await backend.location();
       // The migration lock's key ("meshlink" in ASCII, database.ts). Holding it here until all four
@@ -588,6 +588,38 @@ describe.each(BACKENDS.map((b) => [b.title, b] as const))('the store on %s', (_t
       const [a, b] = [await sqliteSchema(lite.db), await postgresSchema(post.db)];
       expect(Object.keys(b).sort()).toEqual(Object.keys(a).sort());
       for (const table of Object.keys(a)) expect({ table, ...b[table] }).toEqual({ table, ...a[table] });
+      // SQLite's INTEGER is 64-bit; PostgreSQL's INTEGER is 32-bit, for small bounded values only (a
+      // time or a size there would overflow in 2038 or at 2 GiB): BIGINT everywhere else.
+      const int4 = await sql<{ c: string }>`SELECT table_name || '.' || column_name AS c FROM information_schema.columns
+        WHERE table_schema = 'public' AND data_type = 'integer' ORDER BY 1`.execute(post.db);
+      expect(int4.rows.map((r) => r.c)).toEqual(['ca.id', 'mesh_master.id', 'ops_agent_bundles.allow_downgrade', 'ops_agent_bundles.current', 'ops_agent_bundles.percent', 'schema_migrations.version']);
+    });
+
+    backend.it('a database that cannot be reached fails with ML_ERR_STORE_UNAVAILABLE, and no message or location shows the password', async () => {
+      const url = await backend.location();
+      const password = new URL(url).password;
+      expect(password.length).toBeGreaterThan(8);
+      const s = await backend.openStore(SERVER_MIGRATIONS, url);
+      expect(s.path).not.toContain(password);
+      expect(s.path).toContain(':***@');
+      expect(s.database.location).toBe(s.path);
+      const missing = backend.cluster().urlOf('no_such_database');
+      const err = await openStoreDatabase(missing, SERVER_MIGRATIONS).then(() => null, (e: Error & { code?: string }) => e);
+      expect(err).toMatchObject({ code: 'ML_ERR_STORE_UNAVAILABLE' });
+      expect(err!.message).toContain('no_such_database');
+      expect(err!.message).not.toContain(password);
+      const wrong = new URL(url);
+      wrong.password = 'wrong-password-123';
+      const refused = await openStoreDatabase(wrong.toString(), SERVER_MIGRATIONS).then(() => null, (e: Error & { code?: string }) => e);
+      expect(refused).toMatchObject({ code: 'ML_ERR_STORE_UNAVAILABLE', message: expect.stringMatching(/password authentication failed/) });
+      expect(refused!.message).not.toContain('wrong-password-123');
+    });
+
+    backend.it('a BIGINT beyond 2^53 fails loudly instead of coming back rounded', async () => {
+      const d = await backend.openDatabase(SERVER_MIGRATIONS);
+      expect((await sql<{ v: number }>`SELECT CAST(${String(Number.MAX_SAFE_INTEGER)} AS BIGINT) AS v`.execute(d.db)).rows[0]!.v).toBe(Number.MAX_SAFE_INTEGER);
+      await expect(sql`SELECT CAST('9007199254740993' AS BIGINT) AS v`.execute(d.db)).rejects.toThrow(/beyond 2\^53/);
+      expect(await d.ping()).toBe(true);
     });
 
     backend.it('the tables of both backends accept the same rows and give them back equal; both refuse the same bad rows', async () => {
