@@ -342,8 +342,12 @@ export class Store {
   }
   /** Records last-seen times in one transaction (batched by Presence). */
   async touchNodes(entries: ReadonlyArray<readonly [id: string, lastSeen: number]>): Promise<void> {
+    // In id order: two replicas' batches over the same nodes then lock the rows in one order, where
+    // in their own orders each could hold a row the other waits for (PostgreSQL fails one batch as a
+    // deadlock). The rows written are the same.
+    const sorted = [...entries].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
     await this.#database.transaction(async (tx) => {
-      for (const [id, lastSeen] of entries) await (tx as Core).updateTable('nodes').set({ last_seen: lastSeen }).where('id', '=', id).execute();
+      for (const [id, lastSeen] of sorted) await (tx as Core).updateTable('nodes').set({ last_seen: lastSeen }).where('id', '=', id).execute();
     });
   }
   async setAgentVersion(id: string, agentVersion: string): Promise<void> {
