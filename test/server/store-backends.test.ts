@@ -464,17 +464,18 @@ describe.each(BACKENDS.map((b) => [b.title, b] as const))('the store on %s', (_t
 
   describe('PostgreSQL only: concurrent writers (two replicas on one database)', () => {
     /**
-     * Runs `race` twice at once (two stores of one database) while another session holds the rows of
-     * `serials` locked, and lets go only when both are seen waiting for a lock: both have then read
-     * what they read before writing, so each must decide by what its own write changed.
+     * Runs two writers at once (on two stores of one database) while another session holds rows
+     * locked (`lock`: a SELECT … FOR UPDATE of `keys`), and lets go only when both are seen waiting
+     * for a lock: both have then read what they read before writing, so each must decide by what its
+     * own write changed, and must not deadlock with the other.
      */
-    async function raceOverLockedRows<T>(url: string, serials: string[], race: () => Promise<T>): Promise<[T, T]> {
+    async function raceOverLockedRows<A, B>(url: string, lock: string, keys: string[], first: () => Promise<A>, second: () => Promise<B>): Promise<[A, B]> {
       const holder = new pg.Client({ connectionString: url });
       await holder.connect();
       try {
         await holder.query('BEGIN');
-        expect((await holder.query('SELECT serial FROM certs WHERE serial = ANY($1) FOR UPDATE', [serials])).rowCount).toBe(serials.length);
-        const both = Promise.all([race(), race()]);
+        expect((await holder.query(lock, [keys])).rowCount).toBe(keys.length);
+        const both = Promise.all([first(), second()]);
         try {
           await until('both writers to wait for the locked rows', async () => {
             const r = await holder.query<{ n: number }>("SELECT COUNT(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'");
@@ -488,6 +489,8 @@ describe.each(BACKENDS.map((b) => [b.title, b] as const))('the store on %s', (_t
         await holder.end();
       }
     }
+
+    const LOCK_CERTS = 'SELECT serial FROM certs WHERE serial = ANY($1) FOR UPDATE';
 
     async function nodeWithCerts(url: string): Promise<[Store, Store]> {
       const one = await backend.openStore(SERVER_MIGRATIONS, url);
@@ -503,8 +506,7 @@ describe.each(BACKENDS.map((b) => [b.title, b] as const))('the store on %s', (_t
       const url = await backend.location();
       const [one, two] = await nodeWithCerts(url);
       await one.revokeCertsIssuedBefore('n1', 'c2', T0 + 1); // c1 revoked
-      const stores = [one, two];
-      const [a, b] = await raceOverLockedRows(url, ['c1', 'c2'], () => stores.pop()!.pruneExpiredCerts(T0 + 10_000));
+      const [a, b] = await raceOverLockedRows(url, LOCK_CERTS, ['c1', 'c2'], () => one.pruneExpiredCerts(T0 + 10_000), () => two.pruneExpiredCerts(T0 + 10_000));
       expect([...a, ...b].sort()).toEqual(['c1', 'c2']);
       expect(await one.getMeta('certs_pruned')).toBe('2');
       expect(await one.getMeta('revoked_certs_pruned')).toBe('1');
@@ -514,12 +516,25 @@ describe.each(BACKENDS.map((b) => [b.title, b] as const))('the store on %s', (_t
     backend.it('two revocations of the superseded certificates at once: each serial is reported revoked by one of them', async () => {
       const url = await backend.location();
       const [one, two] = await nodeWithCerts(url);
-      const stores = [one, two];
-      const [a, b] = await raceOverLockedRows(url, ['c1', 'c2'], () => stores.pop()!.revokeCertsIssuedBefore('n1', 'c3', T0 + 5));
+      const [a, b] = await raceOverLockedRows(url, LOCK_CERTS, ['c1', 'c2'], () => one.revokeCertsIssuedBefore('n1', 'c3', T0 + 5), () => two.revokeCertsIssuedBefore('n1', 'c3', T0 + 5));
       expect([...a, ...b].sort()).toEqual(['c1', 'c2']);
       expect([a.length, b.length].sort()).toEqual([0, 2]);
       expect((await one.getCert('c1'))!.revokedAt).toBe(T0 + 5);
       expect((await one.getCert('c3'))!.revokedAt).toBeNull();
+    });
+
+    backend.it('two presence batches of the same nodes in opposite orders at once: both commit, no deadlock', async () => {
+      const url = await backend.location();
+      const [one, two] = await nodeWithCerts(url);
+      await token(one, 't2', T0);
+      expect(await enroll(one, 't2', 'n2', 'd1')).toBe(true);
+      // Each batch's first row is the row the other takes second: in the order given, each would
+      // hold one row and wait for the other's (a deadlock PostgreSQL breaks by failing one batch).
+      await raceOverLockedRows(url, 'SELECT id FROM nodes WHERE id = ANY($1) FOR UPDATE', ['n1', 'n2'],
+        () => one.touchNodes([['n1', T0 + 1], ['n2', T0 + 1]]), () => two.touchNodes([['n2', T0 + 2], ['n1', T0 + 2]]));
+      const seen = [(await one.getNode('n1'))!.lastSeen, (await one.getNode('n2'))!.lastSeen];
+      // Whichever committed last wrote both rows.
+      expect([[T0 + 1, T0 + 1], [T0 + 2, T0 + 2]]).toContainEqual(seen);
     });
   });
 
