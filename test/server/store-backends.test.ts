@@ -113,6 +113,19 @@ describe.each(BACKENDS.map((b) => [b.title, b] as const))('the store on %s', (_t
       await (await backend.openDatabase(SERVER_MIGRATIONS, fresh)).close();
       await expect(openStoreDatabase(fresh, MIGRATIONS)).rejects.toMatchObject({ code: 'ML_ERR_STORE_SCHEMA', message: expect.stringContaining('100') });
     });
+
+    backend.it('a migration that fails is rolled back whole and not recorded, and the next open proceeds', async () => {
+      const at = await backend.location();
+      const bad = { version: 998, name: 'broken', sqlite: 'CREATE TABLE half_done (a INTEGER); SELECT no_such_column FROM half_done;', postgres: 'CREATE TABLE half_done (a INTEGER); SELECT no_such_column FROM half_done;' };
+      await expect(openStoreDatabase(at, [...SERVER_MIGRATIONS, bad])).rejects.toThrow(/no_such_column/);
+      // PostgreSQL: the failed opener no longer holds the migration lock (this open would wait otherwise).
+      const d = await backend.openDatabase(SERVER_MIGRATIONS, at);
+      expect((await migrationRows(d.db)).map((r) => r.version)).toEqual(VERSIONS);
+      const tables = d.dialect === 'sqlite'
+        ? await sql<{ n: number }>`SELECT COUNT(*) AS n FROM sqlite_master WHERE name = 'half_done'`.execute(d.db)
+        : await sql<{ n: number }>`SELECT COUNT(*) AS n FROM information_schema.tables WHERE table_name = 'half_done'`.execute(d.db);
+      expect(Number(tables.rows[0]!.n)).toBe(0);
+    });
   });
 
   describe('tokens', () => {
