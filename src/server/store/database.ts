@@ -16,6 +16,7 @@ import type { Migration } from './migrations.js';
  * - times are integer milliseconds since the epoch (INTEGER in SQLite, BIGINT in PostgreSQL, read
  *   back as JS numbers: see INT8_AS_NUMBER);
  * - flags are integers 0/1, not booleans; binary data is a Buffer (BLOB / BYTEA);
+ * - text compares by bytes: every PostgreSQL text column is COLLATE "C", like SQLite's BINARY;
  * - no query relies on SQLite's rowid: a table ordered by insertion has its own `seq` column.
  */
 
@@ -262,7 +263,7 @@ async function migrate(store: StoreDatabase, migrations: readonly Migration[]): 
   await store.db.connection().execute(async (conn) => {
     await sql`SELECT pg_advisory_lock(${MIGRATION_LOCK_KEY})`.execute(conn);
     try {
-      await sql`CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)`.execute(conn);
+      await sql`CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT COLLATE "C" NOT NULL, applied_at BIGINT NOT NULL)`.execute(conn);
       const rows = await sql<{ version: number }>`SELECT version FROM schema_migrations`.execute(conn);
       const applied = checkKnown(rows.rows.map((r) => r.version), sorted);
       for (const m of sorted) {
