@@ -43,8 +43,11 @@ export interface StoreBackend {
   readonly it: typeof it;
   /** Makes the backend usable (starts the file's PostgreSQL cluster); for a `beforeAll`. */
   ready(): Promise<void>;
-  /** A new empty store location (a file path, or a postgres:// URL of a new database). */
-  location(): Promise<string>;
+  /**
+   * A new empty store location (a file path, or a postgres:// URL of a new database). `icuLocale`
+   * (postgres only): the database's default collation is that ICU locale's, not the cluster's C.
+   */
+  location(options?: { icuLocale?: string }): Promise<string>;
   /** openStoreDatabase at `location` (a new one when omitted), closed after the test. */
   openDatabase(migrations: readonly Migration[], location?: string): Promise<StoreDatabase>;
   /** Store.open at `location` (a new one when omitted), closed after the test. */
@@ -86,7 +89,7 @@ export function storeBackends(): readonly StoreBackend[] {
     return closable;
   }
 
-  function make(name: StoreBackendName, skip: string | null, location: () => Promise<string>, ready: () => Promise<void>): StoreBackend {
+  function make(name: StoreBackendName, skip: string | null, location: (options?: { icuLocale?: string }) => Promise<string>, ready: () => Promise<void>): StoreBackend {
     const backend: StoreBackend = {
       name,
       title: skip === null ? name : `${name} (skipped: ${skip})`,
@@ -128,11 +131,11 @@ export function storeBackends(): readonly StoreBackend[] {
   const postgres = make(
     'postgres',
     POSTGRES_SKIP,
-    async () => {
+    async (options) => {
       await readyPostgres();
       const c = started!;
       const name = `store_${process.pid}_${++databases}`;
-      const url = await c.createDatabase(name);
+      const url = await c.createDatabase(name, options);
       cleanups.push(() => c.dropDatabase(name));
       return url;
     },

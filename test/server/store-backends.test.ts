@@ -621,6 +621,35 @@ describe.each(BACKENDS.map((b) => [b.title, b] as const))('the store on %s', (_t
       const int4 = await sql<{ c: string }>`SELECT table_name || '.' || column_name AS c FROM information_schema.columns
         WHERE table_schema = 'public' AND data_type = 'integer' ORDER BY 1`.execute(post.db);
       expect(int4.rows.map((r) => r.c)).toEqual(['ca.id', 'mesh_master.id', 'ops_agent_bundles.allow_downgrade', 'ops_agent_bundles.current', 'ops_agent_bundles.percent', 'schema_migrations.version']);
+      // Text compares and sorts by bytes, as in SQLite, whatever the database's default collation.
+      const notC = await sql<{ c: string }>`SELECT table_name || '.' || column_name AS c FROM information_schema.columns
+        WHERE table_schema = 'public' AND data_type = 'text' AND collation_name IS DISTINCT FROM 'C' ORDER BY 1`.execute(post.db);
+      expect(notC.rows.map((r) => r.c)).toEqual([]);
+    });
+
+    backend.it('on a database whose default collation is linguistic (ICU en-US), text sorts and compares by bytes, as on SQLite', async ({ skip }) => {
+      const version = Number((await sql<{ v: string }>`SELECT current_setting('server_version_num') AS v`.execute((await backend.openDatabase(SERVER_MIGRATIONS)).db)).rows[0]!.v);
+      if (version < 150000) skip('PostgreSQL before 15 cannot make ICU the default collation of a database');
+      const post = await backend.openStore(SERVER_MIGRATIONS, await backend.location({ icuLocale: 'en-US' }));
+      const lite = await SQLITE.openStore(SERVER_MIGRATIONS);
+      // The database itself sorts 'a' before 'B' (bytes: 'B' is 0x42, 'a' 0x61).
+      expect((await sql<{ lt: boolean }>`SELECT 'a' < 'B' AS lt`.execute(post.database.db)).rows[0]!.lt).toBe(true);
+      const ids = ['a-1', 'B-2', 'b1', 'Z', '_x', 'é', 'A10', 'A9'];
+      for (const s of [lite, post]) {
+        for (const id of ids) {
+          await token(s, `t-${id}`, T0);
+          expect(await enroll(s, `t-${id}`, id, `s-${id}`, { now: T0, hostname: id })).toBe(true);
+        }
+      }
+      const binary = [...ids].sort(); // JS compares UTF-16 code units: for these, byte order
+      expect((await lite.listLiveNodes()).map((n) => n.id)).toEqual(binary);
+      expect((await post.listLiveNodes()).map((n) => n.id)).toEqual(binary);
+      // A pair ordered in JS (the mesh's PSK rows: node_a < node_b) passes the table's CHECK on both.
+      for (const s of [lite, post]) {
+        await s.database.db.insertInto('mesh_psks').values({ node_a: 'B-2', node_b: 'a-1', sealed: ALL_BYTES, created_at: T0 }).execute();
+        const ordered = await sql<{ id: string }>`SELECT id FROM nodes WHERE hostname > ${'B-2'} ORDER BY hostname`.execute(s.database.db);
+        expect(ordered.rows.map((r) => r.id)).toEqual(binary.filter((id) => id > 'B-2'));
+      }
     });
 
     backend.it('a database that cannot be reached fails with ML_ERR_STORE_UNAVAILABLE, and no message or location shows the password', async () => {
