@@ -1,3 +1,4 @@
+import { statSync } from 'node:fs';
 import { sql } from 'kysely';
 import pg from 'pg';
 import { beforeAll, describe, expect } from 'vitest';
@@ -91,6 +92,12 @@ describe.each(BACKENDS.map((b) => [b.title, b] as const))('the store on %s', (_t
       expect(applied.map((r) => r.name)).toEqual(VERSIONS.map((v) => SERVER_MIGRATIONS.find((m) => m.version === v)!.name));
       for (const r of applied) expect(typeof r.applied_at).toBe('number');
       expect(await first.schemaVersion()).toBe(VERSIONS.at(-1));
+      if (backend.name === 'sqlite') {
+        // WAL, foreign keys on, the file readable by its owner only.
+        expect(first.database.sqlite!.pragma('journal_mode', { simple: true })).toBe('wal');
+        expect(first.database.sqlite!.pragma('foreign_keys', { simple: true })).toBe(1);
+        expect(statSync(at).mode & 0o777).toBe(0o600);
+      }
       await first.close();
 
       const second = await backend.openStore(SERVER_MIGRATIONS, at);
@@ -403,6 +410,15 @@ describe.each(BACKENDS.map((b) => [b.title, b] as const))('the store on %s', (_t
       expect(await s.getMeta('k')).toBe('v2');
       await s.deleteMeta('k');
       expect(await s.getMeta('k')).toBeUndefined();
+      if (backend.name === 'sqlite') {
+        // A durable commit runs at synchronous=FULL (2) and puts NORMAL (1) back, also when it fails.
+        expect(await s.database.transaction(async () => s.synchronousLevel(), { durable: true })).toBe(2);
+        expect(s.synchronousLevel()).toBe(1);
+        await expect(s.database.transaction(async () => {
+          throw new Error('durable failure');
+        }, { durable: true })).rejects.toThrow('durable failure');
+        expect(s.synchronousLevel()).toBe(1);
+      }
     });
 
     backend.it('CA: insert once, replace with its meta in one transaction, re-seal only over the expected blob; buffers round-trip byte for byte', async () => {
