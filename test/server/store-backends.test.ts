@@ -688,6 +688,22 @@ describe.each(BACKENDS.map((b) => [b.title, b] as const))('the store on %s', (_t
       expect(refused!.message).not.toContain('wrong-password-123');
     });
 
+    backend.it('a password given as a URL parameter (which pg honours) is redacted too', async () => {
+      const url = new URL(await backend.location());
+      const password = url.password;
+      url.password = '';
+      url.searchParams.set('password', password);
+      const s = await backend.openStore(SERVER_MIGRATIONS, url.toString());
+      expect(await s.healthy()).toBe(true); // it did log in with it
+      expect(s.path).not.toContain(password);
+      expect(new URL(s.path).searchParams.get('password')).toBe('***');
+      const wrong = new URL(url);
+      wrong.searchParams.set('password', 'wrong-password-456');
+      const err = await openStoreDatabase(wrong.toString(), SERVER_MIGRATIONS).then(() => null, (e: Error) => e);
+      expect(err).toMatchObject({ code: 'ML_ERR_STORE_UNAVAILABLE' });
+      expect(err!.message).not.toContain('wrong-password-456');
+    });
+
     backend.it('a BIGINT beyond 2^53 fails loudly instead of coming back rounded', async () => {
       const d = await backend.openDatabase(SERVER_MIGRATIONS);
       expect((await sql<{ v: number }>`SELECT CAST(${String(Number.MAX_SAFE_INTEGER)} AS BIGINT) AS v`.execute(d.db)).rows[0]!.v).toBe(Number.MAX_SAFE_INTEGER);
