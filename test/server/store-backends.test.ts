@@ -704,6 +704,30 @@ describe.each(BACKENDS.map((b) => [b.title, b] as const))('the store on %s', (_t
       expect(err!.message).not.toContain('wrong-password-456');
     });
 
+    backend.it('the server ending the pool’s connections crashes nothing; the store answers again on fresh connections', async () => {
+      const url = await backend.location();
+      const s = await backend.openStore(SERVER_MIGRATIONS, url);
+      await s.setMeta('before', 'kill');
+      // Several pooled connections, idle once these settle.
+      await Promise.all(Array.from({ length: 4 }, () => s.database.transaction(async (tx) => s.getMeta('before', tx))));
+      const admin = new pg.Client({ connectionString: backend.cluster().url });
+      await admin.connect();
+      try {
+        const killed = await admin.query<{ n: number }>(
+          'SELECT COUNT(*)::int AS n FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()) t',
+          [new URL(url).pathname.slice(1)],
+        );
+        expect(killed.rows[0]!.n).toBeGreaterThanOrEqual(1);
+      } finally {
+        await admin.end();
+      }
+      // An idle client's 'error' must not be an uncaught exception (vitest fails the run on one).
+      await until('the store to answer again', () => s.healthy());
+      await s.setMeta('after', 'kill');
+      expect(await s.getMeta('before')).toBe('kill');
+      expect(await s.getMeta('after')).toBe('kill');
+    });
+
     backend.it('a BIGINT beyond 2^53 fails loudly instead of coming back rounded', async () => {
       const d = await backend.openDatabase(SERVER_MIGRATIONS);
       expect((await sql<{ v: number }>`SELECT CAST(${String(Number.MAX_SAFE_INTEGER)} AS BIGINT) AS v`.execute(d.db)).rows[0]!.v).toBe(Number.MAX_SAFE_INTEGER);
