@@ -750,10 +750,18 @@ describe.each(BACKENDS.map((b) => [b.title, b] as const))('the store on %s', (_t
         expect(fromLite[0]).toMatchObject(SMOKE_ROWS[table]!);
         expect({ table, row: fromPost[0] }).toEqual({ table, row: fromLite[0] });
       }
+      // A second node, for the constraints between rows of different nodes.
+      for (const d of [lite, post]) await d.db.insertInto('nodes').values({ ...SMOKE_ROWS.nodes, id: 'n2' }).execute();
       for (const [table, row, why] of BAD_ROWS) {
         for (const d of [lite, post]) {
           await expect(d.db.insertInto(table).values(row).execute(), `${d.dialect} accepted ${table} ${why}`).rejects.toThrow();
         }
+      }
+      // The control: the same rows with the offending value fixed go in.
+      for (const d of [lite, post]) {
+        await d.db.insertInto('mesh_nodes').values({ ...SMOKE_ROWS.mesh_nodes, node_id: 'n2', mesh_ip: 0xfd00_0002, wg_public_key: 'wg2' }).execute();
+        await d.db.insertInto('ops_agent_bundles').values({ ...SMOKE_ROWS.ops_agent_bundles, build_id: 'b5', percent: 100, current: 0, allow_downgrade: 1 }).execute();
+        await d.db.insertInto('mesh_psks').values({ ...SMOKE_ROWS.mesh_psks, node_a: 'a', node_b: 'c' }).execute();
       }
     });
   });
@@ -897,5 +905,9 @@ const BAD_ROWS: Array<[table: string, row: Record<string, unknown>, why: string]
   ['mesh_announced_peers', { ...SMOKE_ROWS.mesh_announced_peers, peer_id: 'n3', path: 'carrier-pigeon' }, 'an unknown path'],
   ['ops_agent_bundles', { ...SMOKE_ROWS.ops_agent_bundles, build_id: 'b2', percent: 101 }, 'a percent above 100'],
   ['ops_agent_bundles', { ...SMOKE_ROWS.ops_agent_bundles, build_id: 'b3', allow_downgrade: 2 }, 'a flag that is not 0/1'],
+  ['ops_agent_bundles', { ...SMOKE_ROWS.ops_agent_bundles, build_id: 'b4', current: 2 }, 'a current flag that is not 0/1'],
+  ['mesh_nodes', { ...SMOKE_ROWS.mesh_nodes, node_id: 'n2', wg_public_key: 'wg2' }, 'a mesh address held by another node'],
+  ['mesh_nodes', { ...SMOKE_ROWS.mesh_nodes, node_id: 'n2', mesh_ip: 0xfd00_0002 }, 'a WireGuard key held by another node'],
+  ['tokens', { ...SMOKE_ROWS.tokens, hash: 'h3', id: 't3', node_id: 'ghost' }, 'a token bound to no node'],
   ['mesh_token_tags', { token_hash: 'no-such-token', tags: '[]' }, 'tags of no token'],
 ];
