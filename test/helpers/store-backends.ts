@@ -25,7 +25,8 @@ import { POSTGRES_MISSING, startPostgres, type PostgresCluster } from './postgre
  * - `postgres`: one throwaway cluster per test file (test/helpers/postgres.ts), started on first use
  *   and stopped after the file; a fresh database per location (CREATE DATABASE), dropped after the
  *   test. Where PostgreSQL cannot be had and CI is not set, its cases are skipped and the title
- *   says why; under CI (`process.env.CI`) they run, so a missing PostgreSQL fails them.
+ *   says why; under CI (`process.env.CI`) they run, so a missing PostgreSQL fails the file (the
+ *   `ready()` of its beforeAll throws why).
  *
  * Stores and databases opened through a backend are closed after each test (before their database
  * is dropped), so a failing test leaks no pool.
