@@ -186,12 +186,15 @@ describe.each(BACKENDS.map((b) => [b.title, b] as const))('the store on %s', (_t
     });
 
     backend.it('two concurrent commits of one token: exactly one wins (on PostgreSQL the loser waits on the winner’s row lock)', async () => {
-      const s = await backend.openStore(SERVER_MIGRATIONS);
+      const at = await backend.location();
+      const s = await backend.openStore(SERVER_MIGRATIONS, at);
+      // PostgreSQL: the second commit comes from another store on the database (another replica).
+      const other = backend.name === 'postgres' ? await backend.openStore(SERVER_MIGRATIONS, at) : s;
       await token(s, 'race', T0 - MINUTE);
       let waiters = 0;
       const hooks: string[] = [];
       // PostgreSQL: the winner holds its transaction open until the other commit's UPDATE is seen
-      // waiting for the token's row lock (pg_stat_activity, from another pooled connection), so both
+      // waiting for the token's row lock (pg_stat_activity, from another connection), so both
       // transactions are provably in flight together; then the loser re-checks the row and finds it
       // consumed. SQLite has one connection: the second transaction starts after the first.
       const hook = async (c: EnrollmentCommit): Promise<void> => {
@@ -203,7 +206,7 @@ describe.each(BACKENDS.map((b) => [b.title, b] as const))('the store on %s', (_t
           return waiters >= 1;
         });
       };
-      const results = await Promise.all([enroll(s, 'race', 'na', 'sa', { hook }), enroll(s, 'race', 'nb', 'sb', { hook })]);
+      const results = await Promise.all([enroll(s, 'race', 'na', 'sa', { hook }), enroll(other, 'race', 'nb', 'sb', { hook })]);
       expect([...results].sort()).toEqual([false, true]);
       const winner = results[0] ? 'a' : 'b';
       const loser = results[0] ? 'b' : 'a';
