@@ -104,7 +104,7 @@ describe('a running server and the offline operator serve the table', () => {
   it('the offline operator refuses a data dir without a store', async () => {
     const empty = await tempDir('ml-offline-');
     try {
-      await expect(await OfflineOperator.open(empty.path)).rejects.toThrow(expect.objectContaining({ code: 'ML_ERR_NOT_INITIALIZED' }));
+      await expect(OfflineOperator.open(empty.path)).rejects.toThrow(expect.objectContaining({ code: 'ML_ERR_NOT_INITIALIZED' }));
     } finally {
       await empty.cleanup();
     }

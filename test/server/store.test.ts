@@ -37,7 +37,7 @@ describe('store', () => {
     const db = new Database(path);
     db.prepare('INSERT INTO schema_migrations (version, name, applied_at) VALUES (999, ?, 0)').run('future');
     db.close();
-    await expect(await openServerStore(path)).rejects.toThrow(expect.objectContaining({ code: 'ML_ERR_STORE_SCHEMA' }));
+    await expect(openServerStore(path)).rejects.toThrow(expect.objectContaining({ code: 'ML_ERR_STORE_SCHEMA' }));
   });
 
   it('stores only the token hash; a token is consumed exactly once; foreign keys are enforced', async () => {
@@ -59,7 +59,7 @@ describe('store', () => {
     expect(await commit('n1', 'aa')).toBe(true);
     expect(await commit('n2', 'bb')).toBe(false);
     expect(await s.getNode('n2')).toBeUndefined();
-    await expect(await s.insertCert('no-such-node', { serial: 'cc', notBefore: 0, notAfter: 1, pem: 'x' })).rejects.toThrow(/FOREIGN KEY/);
+    await expect(s.insertCert('no-such-node', { serial: 'cc', notBefore: 0, notAfter: 1, pem: 'x' })).rejects.toThrow(/FOREIGN KEY/);
     const removed = await s.removeNode('n1', Date.now());
     expect(removed).toEqual({ removed: true, revokedSerials: ['aa'] });
     expect(await s.revokedSerials()).toEqual(['aa']);
@@ -119,7 +119,7 @@ describe('store', () => {
     const now = Date.now();
     const revoked = await revokeToken(s, a.id, now);
     expect(tokenState(revoked, now)).toBe('revoked');
-    await expect(await findUsableToken(s, a.token, now)).rejects.toThrow(expect.objectContaining({ code: 'ML_ERR_TOKEN_INVALID' }));
+    await expect(findUsableToken(s, a.token, now)).rejects.toThrow(expect.objectContaining({ code: 'ML_ERR_TOKEN_INVALID' }));
     // Even past the pre-check (an enrollment that read the token before the revocation), the commit's
     // own condition refuses it.
     const commit = (tokenHash: string, id: string) =>
@@ -129,8 +129,8 @@ describe('store', () => {
     // A second revocation keeps the first time.
     expect((await revokeToken(s, a.id, now + 5)).revokedAt).toBe(now);
     expect(await commit(hashToken(b.token), 'n2')).toBe(true);
-    await expect(await revokeToken(s, b.id)).rejects.toThrow(expect.objectContaining({ code: 'ML_ERR_TOKEN_USED' }));
-    await expect(await revokeToken(s, '0000000000000000')).rejects.toThrow(expect.objectContaining({ code: 'ML_ERR_TOKEN_NOT_FOUND' }));
+    await expect(revokeToken(s, b.id)).rejects.toThrow(expect.objectContaining({ code: 'ML_ERR_TOKEN_USED' }));
+    await expect(revokeToken(s, '0000000000000000')).rejects.toThrow(expect.objectContaining({ code: 'ML_ERR_TOKEN_NOT_FOUND' }));
     expect((await s.listTokens(10)).map((t) => [t.id, tokenState(t, Date.now())])).toEqual([
       [b.id, 'used'],
       [a.id, 'revoked'],
