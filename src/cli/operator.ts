@@ -1,5 +1,5 @@
 import { AdminClient, type Operator } from '../admin-api/client.js';
-import { adminSocketPath, parseServerConfig } from '../server/config.js';
+import { adminSocketPath, parseServerConfig, storeFromEnv } from '../server/config.js';
 import { OfflineOperator } from '../server/operator/offline.js';
 
 /** The data dir of `--data-dir`, else MESHLINK_DATA_DIR, else the documented default. */
@@ -19,7 +19,7 @@ export function adminSocketOf(dataDirFlag: string | undefined): string {
 export async function withOperator<T>(dataDirFlag: string | undefined, fn: (op: Operator) => Promise<T>): Promise<T> {
   const dataDir = dataDirOf(dataDirFlag);
   const client = new AdminClient(adminSocketPath(dataDir));
-  const op: Operator = (await client.reachable()) ? client : await OfflineOperator.open(dataDir);
+  const op: Operator = (await client.reachable()) ? client : await OfflineOperator.open(dataDir, { store: storeFromEnv(process.env) });
   try {
     return await fn(op);
   } finally {

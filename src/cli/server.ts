@@ -88,7 +88,7 @@ function durationOption(key: string, text: string): number {
   }
 }
 
-type StartOptions = { dataDir?: string; listen: string; publicUrl?: string; san: string[]; caKey: string; certLifetime: string; renewGrace: string; heartbeatInterval: string; offlineAfter: string; clientHelloTimeout: string; proxyProtocol?: boolean; proxyProtocolFrom?: string; logLevel?: string; metricsListen?: string; consoleListen?: string; consoleOrigin?: string; config?: string; keyFile?: string; stunListen?: string; stun: boolean; relayListen?: string; relay: boolean; relayPublicHost?: string; relayBandwidth: string; relayIdleTimeout: string; relayMaxAllocations: string; releaseKey: string[] };
+type StartOptions = { dataDir?: string; store?: string; listen: string; publicUrl?: string; san: string[]; caKey: string; certLifetime: string; renewGrace: string; heartbeatInterval: string; offlineAfter: string; clientHelloTimeout: string; proxyProtocol?: boolean; proxyProtocolFrom?: string; logLevel?: string; metricsListen?: string; consoleListen?: string; consoleOrigin?: string; config?: string; keyFile?: string; stunListen?: string; stun: boolean; relayListen?: string; relay: boolean; relayPublicHost?: string; relayBandwidth: string; relayIdleTimeout: string; relayMaxAllocations: string; releaseKey: string[] };
 
 /** The options of `server start`, on a fresh command too (a reload parses the config file again with it). */
 function defineStartOptions(cmd: Command): Command {
@@ -118,6 +118,7 @@ function defineStartOptions(cmd: Command): Command {
     .option('--relay-max-allocations <n>', 'relay allocations at most (two UDP ports each)', '1000')
     .option('--release-key <key>', 'release public key (ed25519:…, printed by `meshlink release keygen`) whose signature `upgrade set` requires on agent bundles (repeatable; not stored: give it on every start)', collect, [])
     .option('--console-origin <origin>', 'the origin browsers use for the console when it is not http://HOST:PORT of the request, e.g. https://console.example.com behind a reverse proxy')
+    .option('--store <url>', 'a postgres:// URL: the PostgreSQL database that replicas share (default: MESHLINK_STORE, else the SQLite file in the data dir); needs --key-file; docs/CLUSTER.md')
     .option('--key-file <path>', 'the server key file that seals the CA key and mesh secrets, outside the data dir (default: MESHLINK_KEY_FILE, else /etc/meshlink/server.key for the system data dir, else <data dir>.key); created at first start')
     .option('--config <file>', `options of server start as one JSON object, e.g. {"listen": "0.0.0.0:8443", "consoleListen": "127.0.0.1:8444"}; flags win; SIGHUP reads it again (default: MESHLINK_SERVER_CONFIG, else ${DEFAULT_SERVER_CONFIG} if present)`);
 }
@@ -138,6 +139,7 @@ function startConfig(opts: StartOptions): ServerConfig {
   return parseServerConfig({
     ...(opts.dataDir ? { dataDir: opts.dataDir } : {}),
     ...(opts.keyFile ? { keyFile: opts.keyFile } : {}),
+    ...(opts.store ? { store: opts.store } : {}),
     listen: parseListen(opts.listen),
     sans: opts.san,
     publicUrl: opts.publicUrl ?? null,

@@ -224,7 +224,14 @@ export async function loadOrCreateCa(
   }
   const ca = await CertificateAuthority.create({ keyType: options.keyType });
   const { blob, salt } = await seal(ca.exportKeyPkcs8Der(), options.secret);
-  await store.insertCa({ keyBlob: blob, kdfSalt: salt, certPem: ca.certPem, createdAt: Date.now() });
+  try {
+    await store.insertCa({ keyBlob: blob, kdfSalt: salt, certPem: ca.certPem, createdAt: Date.now() });
+  } catch (err) {
+    // Another replica on the same PostgreSQL database created the CA first: take that one (it opens
+    // only with the same key file, as every replica's must), and drop the one made here unused.
+    if (await store.getCa()) return loadOrCreateCa(store, options);
+    throw err;
+  }
   return { ca, created: true, migrated: false };
 }
 

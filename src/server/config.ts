@@ -5,6 +5,7 @@ import { releaseKeySchema } from '../contract/release.js';
 import { join, resolve } from 'node:path';
 import { z } from 'zod';
 import { LOG_LEVELS } from '../util/logger.js';
+import { isPostgresUrl } from './store/location.js';
 import { MeshlinkError } from '../errors.js';
 import { zodErrorText } from '../util/zod-error.js';
 import { parseCidr } from './client-address.js';
@@ -31,6 +32,17 @@ export const serverConfigSchema = z
      * outside the data dir. null: the default place (key-file.ts), created at first start.
      */
     keyFile: z.string().min(1).max(4096).nullable().optional(),
+    /**
+     * The store (`--store`, else MESHLINK_STORE): a postgres:// URL for replicas sharing one
+     * PostgreSQL database; absent, the SQLite file in the data dir. A URL's password may be given in
+     * it or, better, through PostgreSQL's own PGPASSWORD / ~/.pgpass, which pg reads.
+     */
+    store: z
+      .string()
+      .max(4096)
+      .refine((s) => isPostgresUrl(s), { message: 'the store must be a postgres:// (or postgresql://) URL; leave it out for the SQLite file in the data dir' })
+      .nullable()
+      .optional(),
     listen: z
       .object({
         host: z.string().min(1).default('0.0.0.0'),
@@ -147,9 +159,11 @@ export const serverConfigSchema = z
   });
 
 export type ServerConfigInput = z.input<typeof serverConfigSchema>;
-export type ServerConfig = Readonly<Omit<z.output<typeof serverConfigSchema>, 'dataDir' | 'listen' | 'sans' | 'keyFile'>> & {
+export type ServerConfig = Readonly<Omit<z.output<typeof serverConfigSchema>, 'dataDir' | 'listen' | 'sans' | 'keyFile' | 'store'>> & {
   readonly dataDir: string;
   readonly keyFile: string | null;
+  /** A postgres:// URL, or null for the SQLite file in the data dir (storeLocation). */
+  readonly store: string | null;
   readonly listen: Readonly<{ host: string; port: number }>;
   readonly sans: readonly string[];
 };
@@ -160,10 +174,12 @@ export function parseServerConfig(input: unknown, env: NodeJS.ProcessEnv = proce
     throw new MeshlinkError('ML_ERR_CONFIG', `invalid server config: ${zodErrorText(result.error)}`);
   }
   const c = result.data;
+  const store = c.store ?? storeFromEnv(env);
   return Object.freeze({
     ...c,
     dataDir: resolve(c.dataDir ?? defaultDataDir(env)),
     keyFile: c.keyFile ? resolve(c.keyFile) : env.MESHLINK_KEY_FILE ? resolve(env.MESHLINK_KEY_FILE) : null,
+    store,
     listen: Object.freeze({ ...c.listen }),
     sans: Object.freeze([...c.sans]),
   });
@@ -172,6 +188,17 @@ export function parseServerConfig(input: unknown, env: NodeJS.ProcessEnv = proce
 /** Store and socket paths inside the data dir. */
 export function storePath(dataDir: string): string {
   return join(dataDir, 'meshlink.db');
+}
+/** MESHLINK_STORE: a postgres:// URL, or null (unset or empty) for the SQLite file in the data dir. */
+export function storeFromEnv(env: NodeJS.ProcessEnv): string | null {
+  const store = env.MESHLINK_STORE;
+  if (store === undefined || store === '') return null;
+  if (!isPostgresUrl(store)) throw new MeshlinkError('ML_ERR_CONFIG', 'MESHLINK_STORE must be a postgres:// (or postgresql://) URL; unset it for the SQLite file in the data dir');
+  return store;
+}
+/** Where the server's store is: the configured PostgreSQL URL, else the data dir's SQLite file. */
+export function storeLocation(config: Pick<ServerConfig, 'dataDir' | 'store'>): string {
+  return config.store ?? storePath(config.dataDir);
 }
 export function adminSocketPath(dataDir: string): string {
   return join(dataDir, 'admin.sock');

@@ -11,7 +11,7 @@ import { loadOrCreateCa, type CertificateAuthority } from './ca.js';
 import { CaRing } from './ca-rotation.js';
 import { isLegacySealed } from './ca-key-crypto.js';
 import { openKeyFile } from './key-file.js';
-import { adminSocketPath, storePath, type ServerConfig } from './config.js';
+import { adminSocketPath, storeLocation, type ServerConfig } from './config.js';
 import { ConnectionRegistry } from './connections.js';
 import { EnrollmentService } from './enroll.js';
 import { createGateway, type Gateway, type GatewayLoad, type GatewayTimeouts } from './gateway.js';
@@ -84,7 +84,12 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
   const socketPath = adminSocketPath(config.dataDir);
   await refuseIfRunning(socketPath);
 
-  const store = await openServerStore(storePath(config.dataDir));
+  if (config.store !== null && config.keyFile === null) {
+    // Every replica must open the same sealed secrets: a key file made by each at its default place
+    // would differ, and the second replica could not read the CA the first sealed (docs/CLUSTER.md).
+    throw new MeshlinkError('ML_ERR_CONFIG', 'a PostgreSQL store needs --key-file (or MESHLINK_KEY_FILE): the same server key file on every replica, created at the first start of the first one');
+  }
+  const store = await openServerStore(storeLocation(config));
   let gateway: Gateway | undefined;
   const gatewayLoad = (): GatewayLoad => gateway?.load() ?? { awaitingFirstByte: 0, queued: 0, handshakesInFlight: 0 };
   let admin: HttpServer | undefined;
@@ -213,7 +218,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
     const address = { host: bound.address, port: bound.port };
     listenAddress = bound.address.includes(':') ? `[${bound.address}]:${bound.port}` : `${bound.address}:${bound.port}`;
     const featureFields = Object.assign({}, ...featureHandles.map((h) => h.readyFields?.() ?? {})) as Record<string, unknown>;
-    logger.info({ ...featureFields, address: `${address.host}:${address.port}`, publicUrl, caPin: ring.issuer.pin, adminSocket: socketPath }, 'server ready');
+    logger.info({ ...featureFields, address: `${address.host}:${address.port}`, publicUrl, caPin: ring.issuer.pin, adminSocket: socketPath, store: store.path }, 'server ready');
 
     let closing: Promise<void> | undefined;
     const adminServer = admin;

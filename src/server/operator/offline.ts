@@ -30,10 +30,11 @@ export class OfflineOperator implements Operator {
   }
 
   /** Opens the data dir's store (ML_ERR_NOT_INITIALIZED when there is none) and registers every feature's offline routes. */
-  static async open(dataDir: string, options: { logger?: Logger; actor?: string } = {}): Promise<OfflineOperator> {
-    const path = storePath(dataDir);
-    if (!existsSync(path)) throw new MeshlinkError('ML_ERR_NOT_INITIALIZED', `no store at ${path}: run \`meshlink server start\` once`);
-    const store = await openServerStore(path);
+  static async open(dataDir: string, options: { logger?: Logger; actor?: string; store?: string | null } = {}): Promise<OfflineOperator> {
+    // A PostgreSQL store (MESHLINK_STORE) is the cluster's: the commands change it for every replica.
+    const location = options.store ?? storePath(dataDir);
+    if (options.store == null && !existsSync(location)) throw new MeshlinkError('ML_ERR_NOT_INITIALIZED', `no store at ${location}: run \`meshlink server start\` once`);
+    const store = await openServerStore(location);
     const logger = options.logger ?? createLogger({ name: 'meshlink-cli', level: 'silent' });
     const routes = new AdminRoutes(AuditLog.of(store));
     const questions = createFeatureQuestions();

@@ -4,6 +4,9 @@ import { Kysely, PostgresDialect, SqliteDialect, sql } from 'kysely';
 import pg from 'pg';
 import { MeshlinkError } from '../../errors.js';
 import type { Migration } from './migrations.js';
+import { isPostgresUrl, redactUrl } from './location.js';
+
+export { isPostgresUrl, redactUrl };
 
 /**
  * The store's two backends behind one query layer (Kysely): SQLite (better-sqlite3, one file, the
@@ -55,29 +58,6 @@ export interface StoreDatabase {
   close(): Promise<void>;
   /** The better-sqlite3 handle (SQLite only): backups, integrity checks, checkpoints. */
   readonly sqlite: SqliteDatabase.Database | null;
-}
-
-/** True for a store location that names PostgreSQL (`postgres://` or `postgresql://`). */
-export function isPostgresUrl(location: string): boolean {
-  return /^postgres(ql)?:\/\//i.test(location);
-}
-
-/**
- * Query parameters of a PostgreSQL URL that pg reads as secrets (pg-connection-string turns every
- * parameter into a connection option: `?password=…` logs in like the userinfo's password).
- */
-const SECRET_URL_PARAMS = ['password', 'sslpassword'];
-
-/** A PostgreSQL URL with its passwords replaced, fit for logs and error messages. */
-export function redactUrl(url: string): string {
-  try {
-    const u = new URL(url);
-    if (u.password !== '') u.password = '***';
-    for (const name of SECRET_URL_PARAMS) if (u.searchParams.has(name)) u.searchParams.set(name, '***');
-    return u.toString();
-  } catch {
-    return 'postgres://(unparsable URL)';
-  }
 }
 
 /**
