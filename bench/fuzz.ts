@@ -210,7 +210,7 @@ interface LiveTarget {
 
 export async function startLiveTarget(identitiesNeeded: number): Promise<LiveTarget> {
   const dataDir = await mkdtemp(join(tmpdir(), 'ml-fuzz-'));
-  const config = parseServerConfig({ dataDir, listen: { host: '127.0.0.1', port: 0 }, caKeyType: 'rsa2048', logLevel: 'silent', enrollFailuresPerMinute: 100_000, heartbeatIntervalMs: 200, offlineAfterMs: 2_000 });
+  const config = parseServerConfig({ dataDir, listen: { host: '127.0.0.1', port: 0 }, caKeyType: 'rsa2048', logLevel: 'silent', enrollFailuresPerMinute: 100_000, heartbeatIntervalMs: 200, offlineAfterMs: 30_000 });
   const logger = createLogger({ name: 'fuzz', level: 'silent' });
   const server = await startServer(config, { logger, passphrase: '' });
   const identities: LiveTarget['identities'] = [];

@@ -37,5 +37,5 @@ describe('audit of admin operations (real processes)', () => {
         expect.objectContaining({ source: 'admin', actor: me, operation: 'nodes/remove', nodeId: null, result: 'error:ML_ERR_NODE_NOT_FOUND' }),
       ]),
     );
-  }, 60_000);
+  }, 180_000);
 });

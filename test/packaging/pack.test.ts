@@ -47,16 +47,16 @@ describe('the npm package', () => {
   it('installs into an empty prefix, and meshlink --version and meshlink demo run from it', async () => {
     const prefix = join(dir, 'prefix');
     // better-sqlite3 builds against Node's headers, as in `npm ci`.
-    const installed = await run('npm', ['install', '--prefer-offline', '--no-save', '--prefix', prefix, tarball], dir, 600_000);
+    const installed = await run('npm', ['install', '--prefer-offline', '--no-save', '--prefix', prefix, tarball], dir, 1_000_000);
     expect(installed.status, `${installed.stdout}\n${installed.stderr}`).toBe(0);
     const bin = join(prefix, 'node_modules', '.bin', 'meshlink');
     expect(existsSync(bin)).toBe(true);
     const version = await run(bin, ['--version'], dir, 30_000);
     expect(version.status, version.stderr).toBe(0);
     expect(version.stdout).toContain(pkg.version);
-    const demo = await run(bin, ['demo'], dir, 120_000);
+    const demo = await run(bin, ['demo'], dir, 240_000);
     expect(demo.status, demo.stderr).toBe(0);
     expect(demo.stdout).toMatch(/the agent is connected over one outbound mTLS WebSocket/);
     expect(demo.stdout).toMatch(/online/);
-  }, 700_000);
+  }, 1_300_000);
 });
