@@ -14,6 +14,7 @@ import type { ConnectionRegistry } from './connections.js';
 import type { EnrollmentService } from './enroll.js';
 import type { GatewayHooks } from './hooks.js';
 import { sendError, sendJson } from './http-json.js';
+import { storeErrorOf } from './store/unavailable.js';
 import type { PublicRoutes } from './public-routes.js';
 
 /**
@@ -251,7 +252,7 @@ export function createGateway(deps: GatewayDeps): Gateway {
       },
       (err: unknown) => {
         // A store that does not answer is the server's trouble, not the agent's: 503, and it retries.
-        const e = err instanceof MeshlinkError ? err : new MeshlinkError('ML_ERR_STORE_UNAVAILABLE', 'the store did not answer');
+        const e = storeErrorOf(err) ?? new MeshlinkError('ML_ERR_SERVER_INTERNAL', 'internal error');
         if (e.status >= 500) log.error({ err, remoteAddress }, 'connect check failed');
         else log.warn({ remoteAddress, code: e.code, reason: e.message }, 'agent connection refused');
         deps.registry.noteRefused(e.code);

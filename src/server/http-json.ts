@@ -1,6 +1,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { z } from 'zod';
 import { MeshlinkError } from '../errors.js';
+import { storeErrorOf } from './store/unavailable.js';
 import { zodErrorText } from '../util/zod-error.js';
 
 /** JSON over HTTP for the gateway and the admin channel: capped bodies, zod validation, `{code, message}` errors. */
@@ -71,14 +72,15 @@ export function sendJson(res: ServerResponse, status: number, body: unknown, hea
 
 /**
  * Answers an error as `{code, message}` with the status its code has in src/errors.ts; errors that are
- * not a MeshlinkError become a generic 500 (details go to the log only).
+ * not a MeshlinkError become a generic 500 (details go to the log only), except a store that did not
+ * answer: 503 ML_ERR_STORE_UNAVAILABLE.
  */
 export function sendError(res: ServerResponse, err: unknown): void {
   if (res.headersSent) {
     res.destroy();
     return;
   }
-  const e = err instanceof MeshlinkError ? err : new MeshlinkError('ML_ERR_SERVER_INTERNAL', 'internal server error');
+  const e = storeErrorOf(err) ?? new MeshlinkError('ML_ERR_SERVER_INTERNAL', 'internal server error');
   const headers: Record<string, string> = {};
   if (e.retryAfterSec !== undefined) headers['retry-after'] = String(e.retryAfterSec);
   // After an oversized body the rest of the stream is unread: do not keep the connection.

@@ -62,6 +62,9 @@ export interface PostgresCluster {
   dropDatabase(name: string): Promise<void>;
   /** The server's log so far (for a failing test's message). */
   log(): string;
+  /** Stops the server (fast: open sessions are ended) and keeps its data: `resume` starts it again on the same port. */
+  pause(): Promise<void>;
+  resume(): Promise<void>;
   /** Stops the server (immediate) and removes the dir. Safe to call twice. */
   stop(): Promise<void>;
 }
@@ -155,6 +158,12 @@ export async function startPostgres(): Promise<PostgresCluster> {
           await pg(join(bin, 'dropdb'), ['-h', dir, '-p', String(port), '-U', superuser, '--force', '--if-exists', name], 30_000);
         },
         log: () => readLog(logPath),
+        async pause() {
+          await pg(join(bin, 'pg_ctl'), ['-D', data, '-m', 'fast', '-w', '-t', '60', 'stop'], 90_000);
+        },
+        async resume() {
+          await pg(join(bin, 'pg_ctl'), ['-D', data, '-l', logPath, '-w', '-t', '60', '-o', options, 'start'], 90_000);
+        },
         async stop() {
           if (!live.delete(cluster)) return;
           await pg(join(bin, 'pg_ctl'), ['-D', data, '-m', 'immediate', '-w', '-t', '30', 'stop'], 60_000).catch(() => undefined);
