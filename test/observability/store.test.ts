@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { OBSERVABILITY_MIGRATIONS } from '../../src/server/observability/migrations.js';
+import { NodeSerial } from '../../src/server/observability/serial.js';
 import { ObservabilityStore, type RetentionLimits } from '../../src/server/observability/store.js';
 import { MIGRATIONS as CORE_MIGRATIONS } from '../../src/server/store/migrations.js';
 import type { Store } from '../../src/server/store/store.js';
@@ -80,6 +81,24 @@ describe.each([sqliteBackend(MIGRATIONS), postgresBackend(MIGRATIONS)])('the obs
       await obs.addDrops('n3', 'audit', 0);
       expect(await obs.drops('n3')).toEqual({ logs: 7, 'metrics.rate_limited': 1 });
       expect(await obs.drops('nobody')).toEqual({});
+    });
+
+    it('keeps a node’s batches in the order they arrived when their writes are queued back to back (the handlers’ chain)', async () => {
+      const fresh = new ObservabilityStore(await backend.open());
+      const serial = new NodeSerial();
+      // 40 batches of one node and 40 of another, queued without waiting, as the handlers do: on
+      // PostgreSQL the pool runs them on several connections at once without the chain, and this fails
+      // (saveLogs straight into Promise.all: wrong lines kept, 2 runs of 2); SQLite passes either way.
+      const queued: Array<Promise<void> | null> = [];
+      for (let i = 0; i < 40; i++) {
+        for (const node of ['a', 'b']) {
+          queued.push(serial.run(node, () => fresh.saveLogs(node, [{ ts: i, level: 'warn', msg: `${node}${i}`, fields: null }], LIMITS, i)));
+        }
+      }
+      expect(queued.every((q) => q !== null)).toBe(true);
+      await Promise.all(queued);
+      expect((await fresh.recentLogs('a', 50)).map((l) => l.msg)).toEqual(['a39', 'a38', 'a37', 'a36', 'a35']);
+      expect((await fresh.recentLogs('b', 50)).map((l) => l.msg)).toEqual(['b39', 'b38', 'b37', 'b36', 'b35']);
     });
 
     it('prunes lines received and series reported before the age limit', async () => {
