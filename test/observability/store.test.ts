@@ -89,13 +89,14 @@ describe.each([sqliteBackend(MIGRATIONS), postgresBackend(MIGRATIONS)])('the obs
       // 40 batches of one node and 40 of another, queued without waiting, as the handlers do: on
       // PostgreSQL the pool runs them on several connections at once without the chain, and this fails
       // (saveLogs straight into Promise.all: wrong lines kept, 2 runs of 2); SQLite passes either way.
-      const queued: Array<Promise<void> | null> = [];
+      const queued: Array<Promise<void>> = [];
       for (let i = 0; i < 40; i++) {
         for (const node of ['a', 'b']) {
-          queued.push(serial.run(node, () => fresh.saveLogs(node, [{ ts: i, level: 'warn', msg: `${node}${i}`, fields: null }], LIMITS, i)));
+          const q = serial.run(node, () => fresh.saveLogs(node, [{ ts: i, level: 'warn', msg: `${node}${i}`, fields: null }], LIMITS, i));
+          if (q === null) throw new Error('the chain refused a batch below its cap');
+          queued.push(q);
         }
       }
-      expect(queued.every((q) => q !== null)).toBe(true);
       await Promise.all(queued);
       expect((await fresh.recentLogs('a', 50)).map((l) => l.msg)).toEqual(['a39', 'a38', 'a37', 'a36', 'a35']);
       expect((await fresh.recentLogs('b', 50)).map((l) => l.msg)).toEqual(['b39', 'b38', 'b37', 'b36', 'b35']);
