@@ -1,12 +1,10 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect } from 'vitest';
 import { AuditLog } from '../../src/server/audit-log.js';
 import { AgentAuditIntake } from '../../src/server/ops/agent-audit.js';
 import { OPS_MIGRATIONS } from '../../src/server/ops/migrations.js';
 import { MIGRATIONS as CORE_MIGRATIONS } from '../../src/server/store/migrations.js';
-import type { Store } from '../../src/server/store/store.js';
 import { createLogger } from '../../src/util/logger.js';
-import { POSTGRES_MISSING } from '../helpers/postgres.js';
-import { postgresBackend, sqliteBackend } from '../observability/backends.js';
+import { storeBackends } from '../helpers/store-backends.js';
 
 /**
  * The agent audit intake on both backends: batches arriving back to back (the handler does not wait
@@ -17,24 +15,14 @@ import { postgresBackend, sqliteBackend } from '../observability/backends.js';
 const MIGRATIONS = [...CORE_MIGRATIONS, ...OPS_MIGRATIONS];
 const silent = createLogger({ name: 'test', level: 'silent' });
 
-if (POSTGRES_MISSING !== null && process.env.CI) {
-  it('PostgreSQL is installed (CI installs it in .ci/run)', () => {
-    throw new Error(POSTGRES_MISSING ?? '');
-  });
-}
+const BACKENDS = storeBackends();
 
-describe.each([sqliteBackend(MIGRATIONS), postgresBackend(MIGRATIONS)])('agent audit intake on $name', (backend) => {
-  let store: Store;
+describe.each(BACKENDS.map((b) => [b.title, b] as const))('agent audit intake on %s', (_title, backend) => {
+  beforeAll(() => backend.ready(), 180_000);
 
-  describe.skipIf(backend.skip !== null)(backend.skip ? `(skipped: ${backend.skip})` : 'batches', () => {
-    beforeAll(async () => {
-      store = await backend.open();
-    }, 180_000);
-    afterAll(() => backend.close(), 60_000);
-
-    it('admits by rate at arrival, writes in arrival order and keeps the newest per node', async () => {
-      const audit = AuditLog.of(store);
-      const operator = await audit.record({ source: 'admin', actor: 'op', operation: 'tokens', nodeId: null, target: null, result: 'ok' });
+  backend.it('admits by rate at arrival, writes in arrival order and keeps the newest per node', async () => {
+    const audit = AuditLog.of(await backend.openStore(MIGRATIONS));
+    const operator = await audit.record({ source: 'admin', actor: 'op', operation: 'tokens', nodeId: null, target: null, result: 'ok' });
       const intake = new AgentAuditIntake(audit, silent, { batchesPerMinute: 4, perNodeRecords: 25 });
       const now = 10_000_000;
       const stored: Array<Promise<number>> = [];
@@ -54,5 +42,4 @@ describe.each([sqliteBackend(MIGRATIONS), postgresBackend(MIGRATIONS)])('agent a
       }
       expect((await audit.list(1_000)).some((r) => r.id === operator)).toBe(true);
     });
-  });
 });

@@ -1,10 +1,9 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { OPS_MIGRATIONS } from '../../src/server/ops/migrations.js';
 import { NodeSerial } from '../../src/server/ops/serial.js';
 import { OpsStore } from '../../src/server/ops/store.js';
 import { MIGRATIONS as CORE_MIGRATIONS } from '../../src/server/store/migrations.js';
-import { POSTGRES_MISSING } from '../helpers/postgres.js';
-import { postgresBackend, sqliteBackend } from '../observability/backends.js';
+import { storeBackends } from '../helpers/store-backends.js';
 
 /**
  * The ops store on both backends (a real SQLite file; a throwaway PostgreSQL cluster): one current
@@ -14,11 +13,7 @@ import { postgresBackend, sqliteBackend } from '../observability/backends.js';
 
 const MIGRATIONS = [...CORE_MIGRATIONS, ...OPS_MIGRATIONS];
 
-if (POSTGRES_MISSING !== null && process.env.CI) {
-  it('PostgreSQL is installed (CI installs it in .ci/run)', () => {
-    throw new Error(POSTGRES_MISSING ?? '');
-  });
-}
+const BACKENDS = storeBackends();
 
 const bundle = (buildId: string, extra: Partial<{ percent: number; version: string; allowDowngrade: boolean; signature: string | null }> = {}) => ({
   buildId,
@@ -32,39 +27,35 @@ const bundle = (buildId: string, extra: Partial<{ percent: number; version: stri
   allowDowngrade: extra.allowDowngrade ?? false,
 });
 
-describe.each([sqliteBackend(MIGRATIONS), postgresBackend(MIGRATIONS)])('the ops store on $name', (backend) => {
-  let ops: OpsStore;
+describe.each(BACKENDS.map((b) => [b.title, b] as const))('the ops store on %s', (_title, backend) => {
+  beforeAll(() => backend.ready(), 180_000);
+  const fresh = async (): Promise<OpsStore> => new OpsStore(await backend.openStore(MIGRATIONS));
 
-  describe.skipIf(backend.skip !== null)(backend.skip ? `(skipped: ${backend.skip})` : 'queries', () => {
-    beforeAll(async () => {
-      ops = new OpsStore(await backend.open());
-    }, 180_000);
-    afterAll(() => backend.close(), 60_000);
+  backend.it('makes the stored bundle the one current offer; setting a build again updates it in place', async () => {
+    const ops = await fresh();
+    expect(await ops.currentBundle()).toBeUndefined();
+    const a = await ops.setCurrentBundle(bundle('a'.repeat(64), { percent: 10 }), 1_000);
+    expect(a).toEqual({ ...bundle('a'.repeat(64), { percent: 10 }), current: true, createdAt: 1_000 });
+    await ops.setCurrentBundle(bundle('b'.repeat(64), { version: '2.0.0', signature: null }), 2_000);
+    expect((await ops.currentBundle())?.buildId).toBe('b'.repeat(64));
+    expect((await ops.getBundle('a'.repeat(64)))?.current).toBe(false);
+    expect((await ops.getBundle('b'.repeat(64)))?.signature).toBeNull();
+    // Back to a, forced: percent, version and flags change, created_at stays the first one.
+    const again = await ops.setCurrentBundle(bundle('a'.repeat(64), { percent: 50, version: '1.0.1', allowDowngrade: true }), 3_000);
+    expect(again).toMatchObject({ percent: 50, version: '1.0.1', allowDowngrade: true, current: true, createdAt: 1_000 });
+    expect((await ops.getBundle('b'.repeat(64)))?.current).toBe(false);
+    expect(await ops.getBundle('c'.repeat(64))).toBeUndefined();
+  });
 
-    it('makes the stored bundle the one current offer; setting a build again updates it in place', async () => {
-      expect(await ops.currentBundle()).toBeUndefined();
-      const a = await ops.setCurrentBundle(bundle('a'.repeat(64), { percent: 10 }), 1_000);
-      expect(a).toEqual({ ...bundle('a'.repeat(64), { percent: 10 }), current: true, createdAt: 1_000 });
-      await ops.setCurrentBundle(bundle('b'.repeat(64), { version: '2.0.0', signature: null }), 2_000);
-      expect((await ops.currentBundle())?.buildId).toBe('b'.repeat(64));
-      expect((await ops.getBundle('a'.repeat(64)))?.current).toBe(false);
-      expect((await ops.getBundle('b'.repeat(64)))?.signature).toBeNull();
-      // Back to a, forced: percent, version and flags change, created_at stays the first one.
-      const again = await ops.setCurrentBundle(bundle('a'.repeat(64), { percent: 50, version: '1.0.1', allowDowngrade: true }), 3_000);
-      expect(again).toMatchObject({ percent: 50, version: '1.0.1', allowDowngrade: true, current: true, createdAt: 1_000 });
-      expect((await ops.getBundle('b'.repeat(64)))?.current).toBe(false);
-      expect(await ops.getBundle('c'.repeat(64))).toBeUndefined();
-    });
-
-    it('keeps the last upgrade status of each node, listed by node id', async () => {
-      await ops.setUpgradeStatus({ nodeId: 'n2', buildId: 'x', state: 'downloading', code: null, message: null, ts: 1 });
-      await ops.setUpgradeStatus({ nodeId: 'n1', buildId: 'x', state: 'verified', code: null, message: null, ts: 2 });
-      await ops.setUpgradeStatus({ nodeId: 'n2', buildId: 'y', state: 'failed', code: 'ML_ERR_UPGRADE_SIGNATURE', message: 'bad', ts: 3 });
-      expect(await ops.listUpgradeStatus()).toEqual([
-        { nodeId: 'n1', buildId: 'x', state: 'verified', code: null, message: null, ts: 2 },
-        { nodeId: 'n2', buildId: 'y', state: 'failed', code: 'ML_ERR_UPGRADE_SIGNATURE', message: 'bad', ts: 3 },
-      ]);
-    });
+  backend.it('keeps the last upgrade status of each node, listed by node id', async () => {
+    const ops = await fresh();
+    await ops.setUpgradeStatus({ nodeId: 'n2', buildId: 'x', state: 'downloading', code: null, message: null, ts: 1 });
+    await ops.setUpgradeStatus({ nodeId: 'n1', buildId: 'x', state: 'verified', code: null, message: null, ts: 2 });
+    await ops.setUpgradeStatus({ nodeId: 'n2', buildId: 'y', state: 'failed', code: 'ML_ERR_UPGRADE_SIGNATURE', message: 'bad', ts: 3 });
+    expect(await ops.listUpgradeStatus()).toEqual([
+      { nodeId: 'n1', buildId: 'x', state: 'verified', code: null, message: null, ts: 2 },
+      { nodeId: 'n2', buildId: 'y', state: 'failed', code: 'ML_ERR_UPGRADE_SIGNATURE', message: 'bad', ts: 3 },
+    ]);
   });
 });
 
