@@ -68,6 +68,7 @@ export class UpgradeDistributor {
    */
   #base = '';
   #readingBase: Promise<void> | null = null;
+  #setting: Promise<unknown> = Promise.resolve();
 
   private constructor(deps: UpgradeDistributorDeps) {
     this.#deps = deps;
@@ -103,7 +104,15 @@ export class UpgradeDistributor {
    * detached signature file (`release sign`); its build id and size must be those of `bytes`.
    * Returns the row and how many were told.
    */
-  async set(bytes: Buffer, opts: { percent: number; manifest: ReleaseManifest | null; allowDowngrade: boolean }): Promise<{ bundle: BundleRow; notified: number }> {
+  set(bytes: Buffer, opts: { percent: number; manifest: ReleaseManifest | null; allowDowngrade: boolean }): Promise<{ bundle: BundleRow; notified: number }> {
+    // One at a time: each is checked against the offer the one before it left (the downgrade check),
+    // and the kept copy is the row of the last commit (on PostgreSQL two commits could settle out of order).
+    const result = this.#setting.then(() => this.#set(bytes, opts));
+    this.#setting = result.catch(() => undefined);
+    return result;
+  }
+
+  async #set(bytes: Buffer, opts: { percent: number; manifest: ReleaseManifest | null; allowDowngrade: boolean }): Promise<{ bundle: BundleRow; notified: number }> {
     const { version } = parseBundleHeader(bytes);
     const buildId = buildIdOf(bytes);
     const m = opts.manifest;
