@@ -57,7 +57,9 @@ export class UpgradeDistributor {
   /**
    * The current offer, kept in memory: welcomes are built synchronously (agent-sessions.ts,
    * WelcomeContributor) and the store is async. Only this distributor changes the offer (`upgrade
-   * set` needs the running server), so the copy is the row.
+   * set` needs the running server), so the copy is the row. Replicas sharing one PostgreSQL database
+   * would each keep their own copy: another replica's `upgrade set` reaches this one's welcomes only
+   * after its restart (not solved here; WelcomeContributor would have to be async, or the copy refreshed).
    */
   #current: BundleRow | undefined;
   /**
