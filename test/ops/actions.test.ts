@@ -164,7 +164,7 @@ describe('remote actions over real mTLS', () => {
   });
 
   it('an action on an enrolled node that is not connected fails with ML_ERR_OPS_NODE_OFFLINE', async () => {
-    const { token } = createEnrollmentToken(p.ts.server.store, { ttlMs: 60_000 });
+    const { token } = await createEnrollmentToken(p.ts.server.store, { ttlMs: 60_000 });
     const dir = await tempDir('ml-ops-offline-');
     try {
       const { identity } = await enroll({ server: p.ts.url, token, caPins: [p.ts.server.caPin], stateDir: join(dir.path, 's'), hostname: 'offline-host' });

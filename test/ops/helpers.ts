@@ -40,7 +40,7 @@ export async function startOpsPair(
   const ts = await startTestServer(extra.server ?? {});
   const agentDir = await tempDir('ml-ops-agent-');
   const stateDir = join(agentDir.path, 'state');
-  const { token } = createEnrollmentToken(ts.server.store, { ttlMs: 60_000 });
+  const { token } = await createEnrollmentToken(ts.server.store, { ttlMs: 60_000 });
   const { identity } = await enroll({ server: ts.url, token, caPins: [ts.server.caPin], stateDir, hostname: extra.hostname ?? 'ops-host' });
   const { logger, file: logFile } = openAgentLog(stateDir, extra.logLevel ?? 'info', { stdout: false });
   // The in-process agent's log lines would flood the test output: the file is what `logs` tails.

@@ -1,8 +1,9 @@
-import type Database from 'better-sqlite3';
+import { CompiledQuery, type Compilable, type Generated, type Kysely } from 'kysely';
+import type { StoreDatabase } from '../store/database.js';
 import type { Store } from '../store/store.js';
 
 /**
- * All SQL of the observability upload (tables in migrations.ts). Retention is bounded
+ * All queries of the observability upload (tables in migrations.ts), async on either backend. Retention is bounded
  * twice: at most `logsPerNode` warning lines per node (older ones are deleted as new ones arrive)
  * and nothing older than `maxAgeMs` (pruned periodically); metrics keep only the latest value per
  * series, and series not reported for `maxAgeMs` are pruned too.
@@ -29,84 +30,131 @@ export interface RetentionLimits {
 
 export const DEFAULT_RETENTION: RetentionLimits = Object.freeze({ logsPerNode: 500, seriesPerNode: 2000, maxAgeMs: 7 * 86_400_000 });
 
-type Row = Record<string, unknown>;
+/** Column types of the observability tables, as the query layer sees them. */
+interface ObsTables {
+  obs_metrics: { node_id: string; name: string; labels: string; value: number; ts: number };
+  obs_logs: { id: Generated<number>; node_id: string; ts: number; level: string; msg: string; fields: string | null; received_at: number };
+  obs_drops: { node_id: string; kind: string; total: number };
+}
+type Db = Kysely<ObsTables>;
+
+/**
+ * "No limit" for a subquery that only skips rows (SQLite's LIMIT -1, PostgreSQL's LIMIT ALL): SQLite
+ * takes OFFSET only after a LIMIT, and a limit past any table's size is a text both accept.
+ */
+const NO_LIMIT = Number.MAX_SAFE_INTEGER;
+
+/**
+ * A statement run once per row of a batch, built and compiled by Kysely once per store: building and
+ * compiling a query costs ~35-50 µs here, three to five times what SQLite takes to run a one-row upsert
+ * (11-18 µs), and a batch runs up to a thousand of them. Measured with the upsert of saveMetrics,
+ * 5,000 rows (A/B, same process): built each time 45-78 µs a row, compiled once 11-13 µs, a raw
+ * better-sqlite3 statement 11-18 µs. The parameters are mapped by sentinel values, so the order
+ * Kysely emits them in is found, not assumed. One per store instance: the SQL text is the dialect's.
+ */
+function rowStatement<K extends string>(keys: readonly K[], build: (db: Db, values: Record<K, never>) => Compilable): (q: Db, values: Record<K, unknown>) => Promise<void> {
+  let compiled: { sql: string; order: K[] } | null = null;
+  return async (q, values) => {
+    if (compiled === null) {
+      const sentinel = (k: K): string => `\u0000${k}\u0000`;
+      // The values are sentinels standing for the row's (typed `never` so that they fit any column).
+      const c = build(q, Object.fromEntries(keys.map((k) => [k, sentinel(k)])) as unknown as Record<K, never>).compile();
+      const order = c.parameters.map((p) => {
+        const key = keys.find((k) => p === sentinel(k));
+        if (key === undefined) throw new Error(`a row statement has a parameter that is not a row value: ${String(p)}`);
+        return key;
+      });
+      const missing = keys.filter((k) => !order.includes(k));
+      if (missing.length > 0) throw new Error(`a row statement does not use ${missing.join(', ')}`);
+      compiled = { sql: c.sql, order };
+    }
+    await q.executeQuery(CompiledQuery.raw(compiled.sql, compiled.order.map((k) => values[k])));
+  };
+}
 
 export class ObservabilityStore {
-  readonly #db: Database.Database;
-  readonly #s;
+  readonly #database: StoreDatabase;
+  readonly #db: Db;
+  readonly #upsertMetric = rowStatement(['node_id', 'name', 'labels', 'value', 'ts'], (db, v) =>
+    db.insertInto('obs_metrics')
+      .values({ node_id: v.node_id, name: v.name, labels: v.labels, value: v.value, ts: v.ts })
+      .onConflict((oc) => oc.columns(['node_id', 'name', 'labels'])
+        .doUpdateSet((eb) => ({ value: eb.ref('excluded.value'), ts: eb.ref('excluded.ts') }))
+        .where((eb) => eb('excluded.ts', '>=', eb.ref('obs_metrics.ts')))),
+  );
+  readonly #insertLog = rowStatement(['node_id', 'ts', 'level', 'msg', 'fields', 'received_at'], (db, v) =>
+    db.insertInto('obs_logs').values({ node_id: v.node_id, ts: v.ts, level: v.level, msg: v.msg, fields: v.fields, received_at: v.received_at }),
+  );
 
   constructor(store: Store) {
-    const db = store.database;
-    this.#db = db;
-    this.#s = {
-      upsertMetric: db.prepare(
-        'INSERT INTO obs_metrics (node_id, name, labels, value, ts) VALUES (?, ?, ?, ?, ?) ' +
-          'ON CONFLICT (node_id, name, labels) DO UPDATE SET value = excluded.value, ts = excluded.ts WHERE excluded.ts >= obs_metrics.ts',
-      ),
-      trimMetrics: db.prepare(
-        'DELETE FROM obs_metrics WHERE node_id = ? AND (name, labels) IN (SELECT name, labels FROM obs_metrics WHERE node_id = ? ORDER BY ts DESC LIMIT -1 OFFSET ?)',
-      ),
-      metricsOf: db.prepare('SELECT name, labels, value, ts FROM obs_metrics WHERE node_id = ? ORDER BY name, labels'),
-      insertLog: db.prepare('INSERT INTO obs_logs (node_id, ts, level, msg, fields, received_at) VALUES (?, ?, ?, ?, ?, ?)'),
-      trimLogs: db.prepare('DELETE FROM obs_logs WHERE node_id = ? AND id <= (SELECT id FROM obs_logs WHERE node_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?)'),
-      logsOf: db.prepare('SELECT ts, level, msg, fields, received_at FROM obs_logs WHERE node_id = ? ORDER BY id DESC LIMIT ?'),
-      addDrops: db.prepare('INSERT INTO obs_drops (node_id, kind, total) VALUES (?, ?, ?) ON CONFLICT (node_id, kind) DO UPDATE SET total = total + excluded.total'),
-      dropsOf: db.prepare('SELECT kind, total FROM obs_drops WHERE node_id = ?'),
-      pruneLogs: db.prepare('DELETE FROM obs_logs WHERE received_at < ?'),
-      pruneMetrics: db.prepare('DELETE FROM obs_metrics WHERE ts < ?'),
-      countLogs: db.prepare('SELECT COUNT(*) AS n FROM obs_logs'),
-    };
+    this.#database = store.database;
+    this.#db = store.database.db as Db;
   }
 
-  saveMetrics(nodeId: string, samples: readonly MetricSampleRow[], limits: RetentionLimits): void {
-    this.#db.transaction(() => {
-      for (const s of samples) this.#s.upsertMetric.run(nodeId, s.name, canonicalLabels(s.labels), s.value, s.ts);
+  async saveMetrics(nodeId: string, samples: readonly MetricSampleRow[], limits: RetentionLimits): Promise<void> {
+    await this.#database.transaction(async (q) => {
+      const tx = q as Db;
+      // One statement per sample: a batch may name a series twice, which one multi-row upsert refuses on PostgreSQL.
+      for (const s of samples) await this.#upsertMetric(tx, { node_id: nodeId, name: s.name, labels: canonicalLabels(s.labels), value: s.value, ts: s.ts });
       // An agent inventing label values must not grow the table without bound.
-      this.#s.trimMetrics.run(nodeId, nodeId, limits.seriesPerNode);
-    })();
+      await tx.deleteFrom('obs_metrics')
+        .where('node_id', '=', nodeId)
+        .where((eb) => eb(eb.refTuple('name', 'labels'), 'in',
+          eb.selectFrom('obs_metrics').select(['name', 'labels']).where('node_id', '=', nodeId).orderBy('ts', 'desc').limit(NO_LIMIT).offset(limits.seriesPerNode)
+            .$asTuple('name', 'labels')))
+        .execute();
+    });
   }
 
-  saveLogs(nodeId: string, records: ReadonlyArray<Omit<LogRow, 'receivedAt'>>, limits: RetentionLimits, now = Date.now()): void {
-    this.#db.transaction(() => {
-      for (const r of records) this.#s.insertLog.run(nodeId, r.ts, r.level, r.msg, r.fields ? JSON.stringify(r.fields) : null, now);
-      this.#s.trimLogs.run(nodeId, nodeId, limits.logsPerNode);
-    })();
+  async saveLogs(nodeId: string, records: ReadonlyArray<Omit<LogRow, 'receivedAt'>>, limits: RetentionLimits, now = Date.now()): Promise<void> {
+    await this.#database.transaction(async (q) => {
+      const tx = q as Db;
+      for (const r of records) await this.#insertLog(tx, { node_id: nodeId, ts: r.ts, level: r.level, msg: r.msg, fields: r.fields ? JSON.stringify(r.fields) : null, received_at: now });
+      await tx.deleteFrom('obs_logs')
+        .where('node_id', '=', nodeId)
+        .where('id', '<=', (eb) => eb.selectFrom('obs_logs').select('id').where('node_id', '=', nodeId).orderBy('id', 'desc').limit(1).offset(limits.logsPerNode))
+        .execute();
+    });
   }
 
-  addDrops(nodeId: string, kind: string, n: number): void {
-    if (n > 0) this.#s.addDrops.run(nodeId, kind, n);
+  async addDrops(nodeId: string, kind: string, n: number): Promise<void> {
+    if (n <= 0) return;
+    await this.#db.insertInto('obs_drops')
+      .values({ node_id: nodeId, kind, total: n })
+      // Qualified: PostgreSQL finds a bare `total` ambiguous between the row and `excluded`.
+      .onConflict((oc) => oc.columns(['node_id', 'kind']).doUpdateSet((eb) => ({ total: eb('obs_drops.total', '+', eb.ref('excluded.total')) })))
+      .execute();
   }
 
-  prune(limits: RetentionLimits, now = Date.now()): void {
-    this.#s.pruneLogs.run(now - limits.maxAgeMs);
-    this.#s.pruneMetrics.run(now - limits.maxAgeMs);
+  async prune(limits: RetentionLimits, now = Date.now()): Promise<void> {
+    await this.#db.deleteFrom('obs_logs').where('received_at', '<', now - limits.maxAgeMs).execute();
+    await this.#db.deleteFrom('obs_metrics').where('ts', '<', now - limits.maxAgeMs).execute();
   }
 
-  metricsOf(nodeId: string): MetricSampleRow[] {
-    return (this.#s.metricsOf.all(nodeId) as Row[]).map((r) => ({
-      name: r.name as string,
-      labels: JSON.parse(r.labels as string) as Record<string, string>,
-      value: r.value as number,
-      ts: r.ts as number,
+  async metricsOf(nodeId: string): Promise<MetricSampleRow[]> {
+    const rows = await this.#db.selectFrom('obs_metrics').select(['name', 'labels', 'value', 'ts']).where('node_id', '=', nodeId).orderBy('name').orderBy('labels').execute();
+    return rows.map((r) => ({ name: r.name, labels: JSON.parse(r.labels) as Record<string, string>, value: r.value, ts: r.ts }));
+  }
+
+  async recentLogs(nodeId: string, limit: number): Promise<LogRow[]> {
+    const rows = await this.#db.selectFrom('obs_logs').select(['ts', 'level', 'msg', 'fields', 'received_at']).where('node_id', '=', nodeId).orderBy('id', 'desc').limit(limit).execute();
+    return rows.map((r) => ({
+      ts: r.ts,
+      level: r.level,
+      msg: r.msg,
+      fields: r.fields === null ? null : (JSON.parse(r.fields) as Record<string, unknown>),
+      receivedAt: r.received_at,
     }));
   }
 
-  recentLogs(nodeId: string, limit: number): LogRow[] {
-    return (this.#s.logsOf.all(nodeId, limit) as Row[]).map((r) => ({
-      ts: r.ts as number,
-      level: r.level as string,
-      msg: r.msg as string,
-      fields: r.fields === null ? null : (JSON.parse(r.fields as string) as Record<string, unknown>),
-      receivedAt: r.received_at as number,
-    }));
+  async drops(nodeId: string): Promise<Record<string, number>> {
+    const rows = await this.#db.selectFrom('obs_drops').select(['kind', 'total']).where('node_id', '=', nodeId).execute();
+    return Object.fromEntries(rows.map((r) => [r.kind, r.total]));
   }
 
-  drops(nodeId: string): Record<string, number> {
-    return Object.fromEntries((this.#s.dropsOf.all(nodeId) as Row[]).map((r) => [r.kind as string, r.total as number]));
-  }
-
-  logCount(): number {
-    return (this.#s.countLogs.get() as { n: number }).n;
+  async logCount(): Promise<number> {
+    const r = await this.#db.selectFrom('obs_logs').select((eb) => eb.fn.countAll<number>().as('n')).executeTakeFirstOrThrow();
+    return Number(r.n);
   }
 }
 

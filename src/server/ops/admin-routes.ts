@@ -17,13 +17,13 @@ import type { UpgradeDistributor } from './upgrades.js';
 export function registerOpsAdminRoutes(routes: AdminRoutes, deps: { ops: OpsStore; audit: AuditLog; upgrades: UpgradeDistributor | null }): void {
   routes.handle(listAudit, ({ limit }) => deps.audit.list(limit));
 
-  routes.handle(showUpgrade, () => {
-    const current = deps.ops.currentBundle();
+  routes.handle(showUpgrade, async () => {
+    const current = await deps.ops.currentBundle();
     return {
       current: current
         ? { buildId: current.buildId, sha256: current.sha256, version: current.version, size: current.size, percent: current.percent, createdAt: current.createdAt, keyId: current.keyId, allowDowngrade: current.allowDowngrade }
         : null,
-      nodes: deps.ops.listUpgradeStatus(),
+      nodes: await deps.ops.listUpgradeStatus(),
     };
   });
 
@@ -33,13 +33,13 @@ export function registerOpsAdminRoutes(routes: AdminRoutes, deps: { ops: OpsStor
   routes.handle(
     setUpgrade,
     async ({ percent, manifest, allowDowngrade }, call) => {
-      const auditId = deps.audit.start({ actor: call.actor, operation: 'upgrade.set', nodeId: null, target: null, details: { percent, allowDowngrade } });
+      const auditId = await deps.audit.start({ actor: call.actor, operation: 'upgrade.set', nodeId: null, target: null, details: { percent, allowDowngrade } });
       try {
         const { bundle, notified } = await upgrades.set(call.body ?? Buffer.alloc(0), { percent, manifest: manifest ?? null, allowDowngrade });
-        deps.audit.finish(auditId, 'ok', { percent, buildId: bundle.buildId, version: bundle.version, size: bundle.size, keyId: bundle.keyId, allowDowngrade, notified });
+        await deps.audit.finish(auditId, 'ok', { percent, buildId: bundle.buildId, version: bundle.version, size: bundle.size, keyId: bundle.keyId, allowDowngrade, notified });
         return { buildId: bundle.buildId, sha256: bundle.sha256, version: bundle.version, size: bundle.size, percent: bundle.percent, keyId: bundle.keyId ?? '', allowDowngrade: bundle.allowDowngrade, notified };
       } catch (err) {
-        deps.audit.finish(auditId, `error:${(err as { code?: string }).code ?? 'ML_ERR_SERVER_INTERNAL'}`);
+        await deps.audit.finish(auditId, `error:${(err as { code?: string }).code ?? 'ML_ERR_SERVER_INTERNAL'}`);
         throw err;
       }
     },

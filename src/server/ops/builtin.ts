@@ -23,7 +23,7 @@ export async function runBuiltinAction(
   input: { node: string; action: 'ping' | 'diagnostics' },
   timeoutMs = BUILTIN_TIMEOUT_MS,
 ): Promise<RouteResult<typeof runBuiltin>> {
-  const node = resolveNode(deps.store, input.node);
+  const node = await resolveNode(deps.store, input.node);
   const agent = deps.sessions.current(node.id);
   if (!agent) throw new MeshlinkError('ML_ERR_OPS_NODE_OFFLINE', `node ${node.id} (${node.hostname}) is not connected`);
   const startedAt = performance.now();

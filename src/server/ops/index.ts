@@ -4,6 +4,7 @@ import { AgentAuditIntake, type AgentAuditLimits } from './agent-audit.js';
 import { opsStoreOf } from './store.js';
 import { registerLiveOpsRoutes, registerOpsAdminRoutes } from './admin-routes.js';
 import { RunningOperations } from './running.js';
+import { NodeSerial } from './serial.js';
 import { createOperations } from './operations.js';
 import { createTunnelServer } from './tunnel.js';
 import { OPS_STREAM_PATH } from '../../admin-api/tunnel.js';
@@ -20,11 +21,11 @@ export interface OpsFeatureOptions {
   agentAudit?: AgentAuditLimits;
 }
 
-export const createOpsFeature = (options: OpsFeatureOptions = {}): ServerFeature => (ctx) => {
+export const createOpsFeature = (options: OpsFeatureOptions = {}): ServerFeature => async (ctx) => {
   const log = ctx.logger.child({ component: 'ops' });
   const ops = opsStoreOf(ctx.store);
   const releaseKeys = ctx.config.releaseKeys.map(parseReleaseKey);
-  const upgrades = new UpgradeDistributor({ store: ctx.store, ops, sessions: ctx.sessions, dataDir: ctx.config.dataDir, releaseKeys, logger: log });
+  const upgrades = await UpgradeDistributor.open({ store: ctx.store, ops, sessions: ctx.sessions, dataDir: ctx.config.dataDir, releaseKeys, logger: log });
 
   const running = new RunningOperations();
   const tunnels = createTunnelServer(log, createOperations({ store: ctx.store, audit: ctx.audit, sessions: ctx.sessions, logger: log, running }));
@@ -39,21 +40,37 @@ export const createOpsFeature = (options: OpsFeatureOptions = {}): ServerFeature
     return offer ? { upgrade: offer } : {};
   });
 
+  // What agents report is written in the order each node sent it: one chain per node (serial.ts)
+  // for its upgrade statuses and audit records, which both write the audit log.
+  const serial = new NodeSerial();
   ctx.sessions.onMessage('agent.upgrade.status', (agent, s) => {
-    ops.setUpgradeStatus({ nodeId: agent.nodeId, buildId: s.buildId, state: s.state, code: s.code ?? null, message: s.message ?? null, ts: Date.now() });
-    if (s.state === 'applied' || s.state === 'failed') {
-      const details = s.code || s.message ? { ...(s.code ? { code: s.code } : {}), ...(s.message ? { message: s.message } : {}) } : null;
-      ctx.audit.record({ source: 'agent', actor: null, operation: 'agent.upgrade', nodeId: agent.nodeId, target: s.buildId, result: s.state, details });
-    }
     log[s.state === 'failed' ? 'warn' : 'info']({ nodeId: agent.nodeId, buildId: s.buildId, state: s.state, code: s.code, message: s.message }, 'agent upgrade status');
+    const ts = Date.now();
+    const queued = serial.run(agent.nodeId, async () => {
+      await ops.setUpgradeStatus({ nodeId: agent.nodeId, buildId: s.buildId, state: s.state, code: s.code ?? null, message: s.message ?? null, ts });
+      if (s.state === 'applied' || s.state === 'failed') {
+        const details = s.code || s.message ? { ...(s.code ? { code: s.code } : {}), ...(s.message ? { message: s.message } : {}) } : null;
+        await ctx.audit.record({ source: 'agent', actor: null, operation: 'agent.upgrade', nodeId: agent.nodeId, target: s.buildId, result: s.state, details });
+      }
+    });
+    if (queued === null) log.warn({ nodeId: agent.nodeId, buildId: s.buildId, state: s.state }, 'upgrade status while the node’s earlier writes are still queued; not stored');
+    else queued.catch((err: unknown) => log.error({ err, nodeId: agent.nodeId }, 'could not store the upgrade status'));
   });
 
   // What the agent itself reports having done (every action, exec and transfer, with its outcome).
-  const agentAudit = new AgentAuditIntake(ctx.audit, log, options.agentAudit);
+  const agentAudit = new AgentAuditIntake(ctx.audit, log, options.agentAudit, serial);
   // The rate state outlives the session: reconnecting does not refill it (full buckets are evicted first).
-  ctx.sessions.onMessage('audit.batch', (agent, batch) => void agentAudit.receive(agent.nodeId, batch));
+  ctx.sessions.onMessage('audit.batch', (agent, batch) => {
+    agentAudit.receive(agent.nodeId, batch).catch((err: unknown) => log.error({ err, nodeId: agent.nodeId }, 'could not store agent audit records'));
+  });
 
-  return { close: () => tunnels.close() };
+  return {
+    async close() {
+      tunnels.close();
+      // Writes already queued finish before the store closes.
+      await serial.idle();
+    },
+  };
 };
 
 export const opsFeature: ServerFeature = createOpsFeature();

@@ -51,9 +51,9 @@ export function createOperations(deps: OperationDeps): OperationHandler {
     // Set when another operator ends it (ops.end): the audit record says who.
     const ended: { by: string | null } = { by: null };
     try {
-      const node = resolveNode(deps.store, r.node);
+      const node = await resolveNode(deps.store, r.node);
       nodeId = node.id;
-      auditId = deps.audit.start({ actor: r.actor, operation: r.op, nodeId, target: targetOf(r), details: detailsOf(r) });
+      auditId = await deps.audit.start({ actor: r.actor, operation: r.op, nodeId, target: targetOf(r), details: detailsOf(r) });
       tracked = deps.running.add({ id: auditId, op: r.op, nodeId, hostname: node.hostname, actor: r.actor, target: targetOf(r), startedAt: new Date().toISOString() }, (by) => {
         ended.by = by;
         t.abort(new MeshlinkError('ML_ERR_OPS_ENDED', `${by} ended this operation`));
@@ -74,8 +74,8 @@ export function createOperations(deps: OperationDeps): OperationHandler {
         result = 'ended';
         finalDetails = { ...(finalDetails ?? detailsOf(r)), endedBy: ended.by };
       }
-      if (auditId !== null) deps.audit.finish(auditId, result, finalDetails);
-      else deps.audit.record({ actor: r.actor, operation: r.op, nodeId, target: targetOf(r), details: detailsOf(r), result });
+      if (auditId !== null) await deps.audit.finish(auditId, result, finalDetails);
+      else await deps.audit.record({ actor: r.actor, operation: r.op, nodeId, target: targetOf(r), details: detailsOf(r), result });
     }
   };
 }

@@ -43,20 +43,56 @@ export function inRollout(nodeId: string, bundle: Pick<BundleRow, 'buildId' | 'p
   return rolloutBucket(nodeId, bundle.buildId) < bundle.percent;
 }
 
+export interface UpgradeDistributorDeps {
+  store: Store;
+  ops: OpsStore;
+  sessions: AgentSessions;
+  dataDir: string;
+  releaseKeys: readonly ReleaseKey[];
+  logger: Logger;
+}
+
 export class UpgradeDistributor {
-  constructor(
-    private readonly deps: { store: Store; ops: OpsStore; sessions: AgentSessions; dataDir: string; releaseKeys: readonly ReleaseKey[]; logger: Logger },
-  ) {}
+  readonly #deps: UpgradeDistributorDeps;
+  /**
+   * The current offer, kept in memory: welcomes are built synchronously (agent-sessions.ts,
+   * WelcomeContributor) and the store is async. Only this distributor changes the offer (`upgrade
+   * set` needs the running server), so the copy is the row. Replicas sharing one PostgreSQL database
+   * would each keep their own copy: another replica's `upgrade set` reaches this one's welcomes only
+   * after its restart (not solved here; WelcomeContributor would have to be async, or the copy refreshed).
+   */
+  #current: BundleRow | undefined;
+  /**
+   * The server's public URL (meta `public_url`) for the offer's `url`. The server stores it after the
+   * features start, so it is read again whenever an offer is made and the next offer has the new one;
+   * a first offer may name the previous start's URL. Agents take only the path from it and download
+   * from the server they are enrolled with (agent/ops/upgrade.ts), so that costs nothing.
+   */
+  #base = '';
+  #readingBase: Promise<void> | null = null;
+  #setting: Promise<unknown> = Promise.resolve();
+
+  private constructor(deps: UpgradeDistributorDeps) {
+    this.#deps = deps;
+  }
+
+  /** A distributor with the stored offer loaded. */
+  static async open(deps: UpgradeDistributorDeps): Promise<UpgradeDistributor> {
+    const d = new UpgradeDistributor(deps);
+    d.#current = await deps.ops.currentBundle();
+    await d.#readBase();
+    return d;
+  }
 
   /** The offer for a node with this hello, if any (never a row stored before bundles were signed). */
   offerFor(nodeId: string, hello: Pick<PayloadOf<'hello'>, 'buildId'>): InputOf<'agent.upgrade'> | null {
-    const b = this.deps.ops.currentBundle();
+    const b = this.#current;
     if (!b || b.signature === null || !hello.buildId || hello.buildId === b.buildId || !inRollout(nodeId, b)) return null;
-    const base = this.deps.store.getMeta(META_PUBLIC_URL) ?? '';
+    this.#refreshBase();
     return {
       version: b.version,
       buildId: b.buildId,
-      url: `${base}${BUNDLE_PATH_PREFIX}${b.buildId}`,
+      url: `${this.#base}${BUNDLE_PATH_PREFIX}${b.buildId}`,
       sha256: b.sha256,
       size: b.size,
       ...(b.keyId ? { keyId: b.keyId } : {}),
@@ -70,7 +106,15 @@ export class UpgradeDistributor {
    * detached signature file (`release sign`); its build id and size must be those of `bytes`.
    * Returns the row and how many were told.
    */
-  async set(bytes: Buffer, opts: { percent: number; manifest: ReleaseManifest | null; allowDowngrade: boolean }): Promise<{ bundle: BundleRow; notified: number }> {
+  set(bytes: Buffer, opts: { percent: number; manifest: ReleaseManifest | null; allowDowngrade: boolean }): Promise<{ bundle: BundleRow; notified: number }> {
+    // One at a time: each is checked against the offer the one before it left (the downgrade check),
+    // and the kept copy is the row of the last commit (on PostgreSQL two commits could settle out of order).
+    const result = this.#setting.then(() => this.#set(bytes, opts));
+    this.#setting = result.catch(() => undefined);
+    return result;
+  }
+
+  async #set(bytes: Buffer, opts: { percent: number; manifest: ReleaseManifest | null; allowDowngrade: boolean }): Promise<{ bundle: BundleRow; notified: number }> {
     const { version } = parseBundleHeader(bytes);
     const buildId = buildIdOf(bytes);
     const m = opts.manifest;
@@ -79,17 +123,17 @@ export class UpgradeDistributor {
       throw new MeshlinkError('ML_ERR_UPGRADE_BUILD_ID', `the signature file is for build ${m.buildId} (${m.size} bytes), this bundle is ${buildId} (${bytes.length} bytes)`);
     }
     if (m.version !== version) throw new MeshlinkError('ML_ERR_UPGRADE_NOT_BUNDLE', `the bundle header says version ${version}, its signature file ${m.version}`);
-    if (this.deps.releaseKeys.length === 0) {
+    if (this.#deps.releaseKeys.length === 0) {
       throw new MeshlinkError('ML_ERR_UPGRADE_NO_RELEASE_KEY', 'this server has no release key to verify bundles with: start it with --release-key ed25519:… (printed by `meshlink release keygen`)');
     }
-    const key = verifyRelease({ version, buildId, size: bytes.length, keyId: m.keyId, signature: Buffer.from(m.signature, 'base64') }, this.deps.releaseKeys);
-    const current = this.deps.ops.currentBundle();
+    const key = verifyRelease({ version, buildId, size: bytes.length, keyId: m.keyId, signature: Buffer.from(m.signature, 'base64') }, this.#deps.releaseKeys);
+    const current = this.#current;
     if (current && current.buildId !== buildId && releaseVersionSchema.safeParse(current.version).success && compareVersions(version, current.version) < 0 && !opts.allowDowngrade) {
       throw new MeshlinkError('ML_ERR_UPGRADE_DOWNGRADE', `version ${version} is lower than the offered ${current.version}; pass --allow-downgrade to roll back to it`);
     }
-    const file = join(this.deps.dataDir, 'ops', 'bundles', `${buildId}.mjs`);
+    const file = join(this.#deps.dataDir, 'ops', 'bundles', `${buildId}.mjs`);
     await writeFileAtomic(file, bytes, { mode: 0o600 });
-    const bundle = this.deps.ops.setCurrentBundle({
+    const bundle = await this.#deps.ops.setCurrentBundle({
       buildId,
       sha256: buildId,
       version,
@@ -100,9 +144,11 @@ export class UpgradeDistributor {
       keyId: key.keyId,
       allowDowngrade: opts.allowDowngrade,
     });
+    this.#current = bundle;
+    await this.#readBase();
     let notified = 0;
-    for (const agent of this.deps.sessions.snapshot()) if (this.notify(agent)) notified++;
-    this.deps.logger.info({ buildId, version, keyId: key.keyId, percent: opts.percent, allowDowngrade: opts.allowDowngrade, notified }, 'agent bundle set');
+    for (const agent of this.#deps.sessions.snapshot()) if (this.notify(agent)) notified++;
+    this.#deps.logger.info({ buildId, version, keyId: key.keyId, percent: opts.percent, allowDowngrade: opts.allowDowngrade, notified }, 'agent bundle set');
     return { bundle, notified };
   }
 
@@ -110,13 +156,25 @@ export class UpgradeDistributor {
   notify(agent: AgentHandle): boolean {
     const offer = this.offerFor(agent.nodeId, agent.hello);
     // Backpressure is fine here: the offer is queued, and an agent that misses it gets it in its next welcome.
-    return offer !== null && this.deps.sessions.send(agent, 'agent.upgrade', offer) !== 'closed';
+    return offer !== null && this.#deps.sessions.send(agent, 'agent.upgrade', offer) !== 'closed';
+  }
+
+  async #readBase(): Promise<void> {
+    this.#base = (await this.#deps.store.getMeta(META_PUBLIC_URL)) ?? '';
+  }
+
+  /** Re-reads the public URL in the background (one read at a time; a failed read keeps the old one). */
+  #refreshBase(): void {
+    if (this.#readingBase) return;
+    this.#readingBase = this.#readBase()
+      .catch((err: unknown) => this.#deps.logger.warn({ err }, 'could not read the public URL for upgrade offers'))
+      .finally(() => (this.#readingBase = null));
   }
 }
 
 /** GET /v1/agent/bundle/<buildId> for an authenticated agent (called by the gateway). */
 export async function serveAgentBundle(store: Store, req: IncomingMessage, res: ServerResponse, buildId: string): Promise<void> {
-  const row = BUILD_ID_PATTERN.test(buildId) ? opsStoreOf(store).getBundle(buildId) : undefined;
+  const row = BUILD_ID_PATTERN.test(buildId) ? await opsStoreOf(store).getBundle(buildId) : undefined;
   if (!row) {
     res.writeHead(404, { 'content-type': 'application/json' }).end(JSON.stringify({ code: 'ML_ERR_OPS_NOT_FOUND', message: `no agent bundle ${buildId}` }));
     return;
