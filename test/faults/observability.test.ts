@@ -117,8 +117,8 @@ describe('metrics and observability upload (real TLS, in-process server, real ag
     agentLogger.info('routine line that must not be uploaded');
     agentLogger.warn({ token: 'tok-SECRET-1', disk: '/var', freePct: 3 }, 'disk nearly full');
     agentLogger.error({ err: new Error('boom') }, 'something failed');
-    const details = await waitFor('warnings stored', () => {
-      const d = nodeDetails(server.store, nodeId, server.live);
+    const details = await waitFor('warnings stored', async () => {
+      const d = await nodeDetails(server.store, nodeId, server.live);
       return d.warnings.length >= 2 && d.metrics.some((m) => m.name === 'meshlink_agent_heartbeat_rtt_seconds_count') ? d : null;
     });
     expect(details.online).toBe(true);
@@ -145,7 +145,7 @@ describe('metrics and observability upload (real TLS, in-process server, real ag
   it('records the drop counts an agent reports, and rate-limits batches per node', async () => {
     const session = agent.runner.session!;
     session.send('logs.batch', { records: [], dropped: 7 });
-    await waitFor('drops stored', () => (nodeDetails(server.store, nodeId).dropped.logs ?? 0) >= 7);
+    await waitFor('drops stored', async () => ((await nodeDetails(server.store, nodeId)).dropped.logs ?? 0) >= 7);
   });
 });
 
