@@ -212,8 +212,15 @@ export function registerServerCommands(program: Command): void {
       if (configFile) applyConfigFile(cmd, configFile, SERVER_CONFIG_FILE);
       const config = startConfig(configFile ? cmd.opts<StartOptions>() : flags);
       const logger = createLogger({ name: 'meshlink-server', level: config.logLevel });
-      const running = await startServer(config, { logger });
       let stopping = false;
+      const running = await startServer(config, {
+        logger,
+        // Another server became the active one of the PostgreSQL store: stop, non-zero (systemd restarts it as a standby).
+        onFatal: () => {
+          process.exitCode = EXIT_CODES.serverUnavailable;
+          stop('store');
+        },
+      });
       const stop = (signal: string) => {
         if (stopping) return;
         stopping = true;

@@ -45,6 +45,11 @@ export interface StartServerOptions {
   timeouts?: Partial<GatewayTimeouts>;
   /** Features to start (default: SERVER_FEATURES); ignored when `hooks` replaces the session layer. */
   features?: readonly ServerFeature[];
+  /**
+   * The server can no longer serve and must stop (another server became the active one of its
+   * PostgreSQL store). Default: it closes itself; the CLI also exits non-zero.
+   */
+  onFatal?: (err: Error) => void;
 }
 
 export interface RunningServer {
@@ -90,6 +95,21 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
     throw new MeshlinkError('ML_ERR_CONFIG', 'a PostgreSQL store needs --key-file (or MESHLINK_KEY_FILE): the same server key file on every replica, created at the first start of the first one');
   }
   const store = await openServerStore(storeLocation(config));
+  // One active server per PostgreSQL store until replicas share the fleet (docs/CLUSTER.md): a second
+  // one stands by here, not listening, and takes over when the active one's database session ends.
+  let fatal: ((err: Error) => void) | null = null;
+  try {
+    await store.database.holdActive({
+      onWaiting: () => logger.info({ store: store.path }, 'another server is active on this store: standing by until it stops'),
+      onLost: (err) => {
+        logger.error({ err: err.message }, 'no longer the active server of this store: stopping');
+        fatal?.(err);
+      },
+    });
+  } catch (err) {
+    await store.close().catch(() => {});
+    throw err;
+  }
   let gateway: Gateway | undefined;
   const gatewayLoad = (): GatewayLoad => gateway?.load() ?? { awaitingFirstByte: 0, queued: 0, handshakesInFlight: 0 };
   let admin: HttpServer | undefined;
@@ -229,7 +249,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
       certLifetimeMs: (ms) => enrollment.setCertLifetime(ms),
       enrollFailuresPerMinute: (perMinute) => enrollFailures.setRate(perMinute),
     };
-    return {
+    const running: RunningServer = {
       get config() {
         return effective;
       },
@@ -273,6 +293,11 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
           logger.info('server stopped');
         })()),
     };
+    fatal = (err) => {
+      if (options.onFatal) options.onFatal(err);
+      else void running.close();
+    };
+    return running;
   } catch (err) {
     clearInterval(rotateTimer);
     certificates?.stop();

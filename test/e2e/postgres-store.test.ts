@@ -91,11 +91,16 @@ describe.skipIf(POSTGRES_SKIP !== null)(`the PostgreSQL store through the CLI${P
     }
   }, 180_000);
 
-  it('another server process on the same database and key file takes over: same CA, same node, the agent back online without re-enrolling', async () => {
-    await first.stop('SIGTERM');
+  it('a second server on the same database stands by, not listening, and takes over when the active one is killed: same CA, same node, the agent back without re-enrolling', async () => {
     const dataDir = await dir('ml-pg-b-');
-    second = await startServerProc(dataDir, port, ['--store', url, '--key-file', keyFile()]);
-    procs.push(second);
+    // The same address as the first (as behind a balancer, or a moved IP): a standby does not bind it.
+    const standby = spawnCli(['server', 'start', '--data-dir', dataDir, '--listen', `127.0.0.1:${port}`, '--ca-key', 'rsa2048', '--store', url, '--key-file', keyFile()]);
+    procs.push(standby);
+    await standby.waitForLog('another server is active on this store: standing by until it stops', 60_000);
+    expect(standby.output()).not.toContain('"msg":"server ready"');
+    await first.stop('SIGKILL');
+    const ready = await standby.waitForLog('server ready', 60_000);
+    second = { ...standby, url: String(ready.publicUrl), caPin: String(ready.caPin), dataDir };
     expect(second.caPin).toBe(first.caPin);
     const nodes = await waitFor('the agent online on the second server', async () => {
       const list = await listNodes(dataDir);

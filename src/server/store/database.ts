@@ -55,6 +55,14 @@ export interface StoreDatabase {
   transaction<T>(fn: (tx: Queryable) => Promise<T>, options?: TransactionOptions): Promise<T>;
   /** Whether the database answers a trivial query now. */
   ping(): Promise<boolean>;
+  /**
+   * Makes this process the one active server of the store (PostgreSQL; on SQLite the data dir's admin
+   * socket already admits one server): resolves once it holds the store's active-server lock,
+   * waiting while another server holds it (`onWaiting` is called once then). `onLost` is called if
+   * the lock is lost and cannot be had again (another server took it while the database was away):
+   * the caller must stop serving.
+   */
+  holdActive(events: { onWaiting(): void; onLost(err: Error): void }): Promise<void>;
   close(): Promise<void>;
   /** The better-sqlite3 handle (SQLite only): backups, integrity checks, checkpoints. */
   readonly sqlite: SqliteDatabase.Database | null;
@@ -149,6 +157,7 @@ function openSqlite(path: string): StoreDatabase {
         return false;
       }
     },
+    async holdActive(): Promise<void> {},
     async close(): Promise<void> {
       if (closed) return;
       closed = true;
@@ -206,6 +215,7 @@ async function openPostgres(url: string): Promise<StoreDatabase> {
   }
   const db: Queryable = new Kysely({ dialect: new PostgresDialect({ pool }) });
   let closed = false;
+  const active = new ActiveLock(url);
   return {
     dialect: 'postgres',
     location,
@@ -222,12 +232,97 @@ async function openPostgres(url: string): Promise<StoreDatabase> {
         return false;
       }
     },
+    holdActive: (events) => active.hold(events),
     async close(): Promise<void> {
       if (closed) return;
       closed = true;
+      await active.release();
       await db.destroy();
     },
   };
+}
+
+/**
+ * The key of the session-level advisory lock held by the active server of a PostgreSQL store
+ * ("meshlink-active", arbitrary). Until replicas share the fleet (docs/CLUSTER.md), two servers
+ * serving one database at once would each run the mesh's recompute and number events on their own:
+ * so one is active and the others stand by, each taking over within ACTIVE_RETRY_MS of the active
+ * one's database session ending (its process gone, or its host: PostgreSQL's TCP keepalive).
+ */
+const ACTIVE_LOCK_KEY = 0x6d6c2d616374697en;
+const ACTIVE_RETRY_MS = 1_000;
+
+/** The active-server lock on a connection of its own (the pool's connections come and go). */
+class ActiveLock {
+  readonly #url: string;
+  #client: pg.Client | null = null;
+  #stopped = false;
+  #timer: NodeJS.Timeout | null = null;
+
+  constructor(url: string) {
+    this.#url = url;
+  }
+
+  async hold(events: { onWaiting(): void; onLost(err: Error): void }): Promise<void> {
+    let waiting = false;
+    for (;;) {
+      if (this.#stopped) throw new MeshlinkError('ML_ERR_SHUTTING_DOWN', 'the server stopped while waiting for the store');
+      try {
+        if (await this.#tryOnce(events)) return;
+        if (!waiting) {
+          waiting = true;
+          events.onWaiting();
+        }
+      } catch {
+        // The database is away: wait as if another server held the lock.
+      }
+      await new Promise((r) => setTimeout(r, ACTIVE_RETRY_MS).unref());
+    }
+  }
+
+  /** One attempt on a fresh connection; the connection is kept only when it took the lock. */
+  async #tryOnce(events: { onLost(err: Error): void }): Promise<boolean> {
+    const client = new pg.Client({ connectionString: this.#url, application_name: 'meshlink-active', keepAlive: true, connectionTimeoutMillis: 10_000 });
+    client.on('error', () => {}); // reported through 'end' below
+    await client.connect();
+    const r = await client.query<{ ok: boolean }>('SELECT pg_try_advisory_lock($1) AS ok', [String(ACTIVE_LOCK_KEY)]);
+    if (!r.rows[0]?.ok) {
+      await client.end().catch(() => {});
+      return false;
+    }
+    this.#client = client;
+    client.once('end', () => {
+      if (this.#client !== client || this.#stopped) return;
+      this.#client = null;
+      // The lock went with the connection (PostgreSQL restarted, or the link dropped). Keep serving
+      // and take it again: with the database away no other server can have taken it meanwhile, so
+      // failing to get it back means one did after the database returned, and this one must stop.
+      this.#retake(events);
+    });
+    return true;
+  }
+
+  #retake(events: { onLost(err: Error): void }): void {
+    this.#timer = setTimeout(() => {
+      this.#timer = null;
+      if (this.#stopped) return;
+      this.#tryOnce(events).then(
+        (ok) => {
+          if (!ok) events.onLost(new MeshlinkError('ML_ERR_STORE_UNAVAILABLE', 'another server became the active one of this store while the connection to it was lost'));
+        },
+        () => this.#retake(events), // still away: try again
+      );
+    }, ACTIVE_RETRY_MS);
+  }
+
+  async release(): Promise<void> {
+    this.#stopped = true;
+    if (this.#timer) clearTimeout(this.#timer);
+    const client = this.#client;
+    this.#client = null;
+    // Ending the session releases its advisory locks.
+    await client?.end().catch(() => {});
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
