@@ -13,7 +13,8 @@
  * this process (the load generator, with the pingers' worker thread).
  * Env: BENCH_ENROLLMENTS (200), BENCH_CONCURRENCY (32), BENCH_CONNECTS (200), BENCH_RUNS (3),
  * BENCH_CLI (the meshlink CLI the server is started with: another build's dist/src/cli/main.js, for an
- * A/B of two servers under the same load generator).
+ * A/B of two servers under the same load generator), BENCH_STORE (a postgres:// URL of a database the
+ * bench may create databases from: the server then runs on a fresh PostgreSQL database, dropped after).
  *
  * The load generator shares the machine's two cores with the server, so its own cost per enrollment
  * lowers the rate measured. Each enrollment opens a new TLS connection (as each real agent does), but
@@ -32,6 +33,7 @@ import { fileURLToPath } from 'node:url';
 import forge from 'node-forge';
 import { Worker } from 'node:worker_threads';
 import WebSocket from 'ws';
+import pg from 'pg';
 import { AdminClient } from '../src/admin-api/client.js';
 import { createToken } from '../src/admin-api/routes.js';
 
@@ -129,10 +131,38 @@ const percentile = (xs: number[], p: number): number => {
 const median = (xs: number[]): number => percentile(xs, 50);
 const round = (x: number, d = 1): number => Math.round(x * 10 ** d) / 10 ** d;
 
+/** With BENCH_STORE: a fresh database for this run, and how to drop it. */
+async function freshPostgresStore(adminUrl: string): Promise<{ url: string; drop(): Promise<void> }> {
+  const name = `meshlink_bench_${process.pid}_${Date.now()}`;
+  const admin = new pg.Client({ connectionString: adminUrl });
+  await admin.connect();
+  try {
+    await admin.query(`CREATE DATABASE ${name}`);
+  } finally {
+    await admin.end();
+  }
+  const url = new URL(adminUrl);
+  url.pathname = `/${name}`;
+  return {
+    url: url.toString(),
+    async drop() {
+      const c = new pg.Client({ connectionString: adminUrl });
+      await c.connect();
+      try {
+        await c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+      } finally {
+        await c.end();
+      }
+    },
+  };
+}
+
 async function main(): Promise<void> {
   const dataDir = await mkdtemp(join(tmpdir(), 'ml-bench-'));
   const nodeArgs = (process.env.BENCH_SERVER_NODE_ARGS ?? '').split(' ').filter(Boolean);
-  const child = spawn(process.execPath, [...nodeArgs, CLI, 'server', 'start', '--data-dir', dataDir, '--listen', '127.0.0.1:0', '--ca-key', 'rsa4096', '--log-level', 'warn'], {
+  const pgStore = process.env.BENCH_STORE ? await freshPostgresStore(process.env.BENCH_STORE) : null;
+  const storeArgs = pgStore ? ['--store', pgStore.url, '--key-file', `${dataDir}.key`] : [];
+  const child = spawn(process.execPath, [...nodeArgs, CLI, 'server', 'start', '--data-dir', dataDir, '--listen', '127.0.0.1:0', '--ca-key', 'rsa4096', '--log-level', 'warn', ...storeArgs], {
     stdio: ['ignore', 'pipe', 'inherit'],
     env: { ...process.env, MESHLINK_LOG_LEVEL: 'warn' },
   });
@@ -257,6 +287,8 @@ async function main(): Promise<void> {
     child.kill('SIGTERM');
     await new Promise((r) => (child.exitCode !== null ? r(null) : child.once('exit', r)));
     await rm(dataDir, { recursive: true, force: true });
+    await rm(`${dataDir}.key`, { force: true });
+    await pgStore?.drop();
   }
 }
 
