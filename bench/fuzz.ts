@@ -215,7 +215,7 @@ export async function startLiveTarget(identitiesNeeded: number): Promise<LiveTar
   const server = await startServer(config, { logger, passphrase: '' });
   const identities: LiveTarget['identities'] = [];
   for (let i = 0; i < identitiesNeeded; i++) {
-    const { token } = createEnrollmentToken(server.store, { ttlMs: 600_000 });
+    const { token } = await createEnrollmentToken(server.store, { ttlMs: 600_000 });
     const r = await enroll({ server: server.publicUrl, token, caPins: [server.caPin], stateDir: join(dataDir, `agent-${i}`), hostname: `fuzz-${i}` }, { logger });
     identities.push({ certPem: r.identity.certPem, keyPem: r.identity.keyPem, caPem: r.identity.caPem });
   }

@@ -55,7 +55,7 @@ async function fillFile(path: string, bytes: number): Promise<void> {
 
 async function enrolledRunner(server: RunningServer, url: string, dir: string, hostname: string): Promise<{ runner: AgentRunner; stateDir: string; nodeId: string }> {
   const stateDir = join(dir, hostname);
-  const { token } = createEnrollmentToken(server.store, { ttlMs: 60_000 });
+  const { token } = await createEnrollmentToken(server.store, { ttlMs: 60_000 });
   const { identity } = await enroll({ server: url, token, caPins: [server.caPin], stateDir, hostname });
   // 100 ms heartbeats for many samples; liveness is the default 3 × 15 s budget, not 3 × 100 ms, so a
   // loaded machine's event-loop stall cannot make the agent drop its connection mid-measurement.

@@ -27,7 +27,7 @@ export interface Operator {
   /** True when a running server answers (its agents hear of the change at once). */
   readonly live: boolean;
   call<R extends AdminRoute>(route: R, input: RouteInput<R>, options?: CallOptions): Promise<RouteOutput<R>>;
-  close(): void;
+  close(): void | Promise<void>;
 }
 
 export class AdminClient implements Operator {

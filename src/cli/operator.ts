@@ -19,10 +19,10 @@ export function adminSocketOf(dataDirFlag: string | undefined): string {
 export async function withOperator<T>(dataDirFlag: string | undefined, fn: (op: Operator) => Promise<T>): Promise<T> {
   const dataDir = dataDirOf(dataDirFlag);
   const client = new AdminClient(adminSocketPath(dataDir));
-  const op: Operator = (await client.reachable()) ? client : OfflineOperator.open(dataDir);
+  const op: Operator = (await client.reachable()) ? client : await OfflineOperator.open(dataDir);
   try {
     return await fn(op);
   } finally {
-    op.close();
+    await op.close();
   }
 }

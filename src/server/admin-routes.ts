@@ -77,10 +77,12 @@ export class AdminRoutes {
     try {
       const answer = await entry.handler(parsed.data, call);
       const subject = entry.audit ? entry.audit(answer) : {};
-      this.#audit.record({ ...record, nodeId: subject.nodeId ?? null, target: subject.target ?? null, result: 'ok' });
+      await this.#audit.record({ ...record, nodeId: subject.nodeId ?? null, target: subject.target ?? null, result: 'ok' });
       return answer;
     } catch (err) {
-      this.#audit.record({ ...record, nodeId: null, target: null, result: `error:${err instanceof MeshlinkError ? err.code : 'ML_ERR_SERVER_INTERNAL'}` });
+      // The operation's own error is the answer, also when its record cannot be written (a store that
+      // stopped answering fails both).
+      await this.#audit.record({ ...record, nodeId: null, target: null, result: `error:${err instanceof MeshlinkError ? err.code : 'ML_ERR_SERVER_INTERNAL'}` }).catch(() => {});
       throw err;
     }
   }

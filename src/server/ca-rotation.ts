@@ -68,7 +68,7 @@ export class CaRing {
 
   /** The ring as the store has it: the CA, plus the next CA of a rotation under way. */
   static async load(store: Store, current: CertificateAuthority, secret: SealingSecret): Promise<CaRing> {
-    const raw = store.getMeta(META_CA_ROTATION);
+    const raw = await store.getMeta(META_CA_ROTATION);
     if (raw === undefined) return new CaRing(current, null, 'none', null);
     const row = rotationRowSchema.parse(JSON.parse(raw));
     const pkcs8 = await openSealed(Buffer.from(row.keyBlob, 'base64'), Buffer.from(row.kdfSalt, 'base64'), secret, resolve(store.path));
@@ -139,29 +139,29 @@ export class CaRing {
     const { blob, salt } = sealed;
     const startedAt = Date.now();
     const row: RotationRow = { phase: 'started', certPem: next.certPem, keyBlob: blob.toString('base64'), kdfSalt: salt.toString('base64'), startedAt };
-    store.setMeta(META_CA_ROTATION, JSON.stringify(row));
+    await store.setMeta(META_CA_ROTATION, JSON.stringify(row));
     this.#next = next;
     this.#phase = 'started';
     this.#startedAt = startedAt;
     this.#changed();
   }
 
-  issue(store: Store): void {
+  async issue(store: Store): Promise<void> {
     if (this.#phase !== 'started') throw phaseError(this.#phase === 'none' ? 'no rotation is under way; run `start` first' : 'the next CA already issues');
-    const row = rotationRowSchema.parse(JSON.parse(store.getMeta(META_CA_ROTATION) ?? 'null'));
-    store.setMeta(META_CA_ROTATION, JSON.stringify({ ...row, phase: 'issuing' }));
+    const row = rotationRowSchema.parse(JSON.parse((await store.getMeta(META_CA_ROTATION)) ?? 'null'));
+    await store.setMeta(META_CA_ROTATION, JSON.stringify({ ...row, phase: 'issuing' }));
     this.#phase = 'issuing';
     this.#changed();
   }
 
   /** Live nodes whose newest certificate is from the old CA. */
-  nodesOnOldCa(store: Store): NodeOnCa[] {
-    return this.#nodesBy(store).old;
+  async nodesOnOldCa(store: Store): Promise<NodeOnCa[]> {
+    return (await this.#nodesBy(store)).old;
   }
 
-  retire(store: Store, options: { force: boolean; metaCaPin: string }): { retiredPin: string; pin: string; stranded: NodeOnCa[] } {
+  async retire(store: Store, options: { force: boolean; metaCaPin: string }): Promise<{ retiredPin: string; pin: string; stranded: NodeOnCa[] }> {
     if (this.#phase !== 'issuing' || !this.#next) throw phaseError(this.#phase === 'none' ? 'no rotation is under way' : 'run `issue` first, and retire once the nodes have renewed');
-    const stranded = this.nodesOnOldCa(store);
+    const stranded = await this.nodesOnOldCa(store);
     if (stranded.length > 0 && !options.force) {
       const shown = stranded.slice(0, 20).map((n) => `${n.hostname} (${n.nodeId})`).join(', ');
       throw new MeshlinkError(
@@ -169,13 +169,13 @@ export class CaRing {
         `${stranded.length} live node(s) still hold a certificate of the old CA: ${shown}${stranded.length > 20 ? ', …' : ''}; wait for their renewal, remove them, or pass --force`,
       );
     }
-    const row = rotationRowSchema.parse(JSON.parse(store.getMeta(META_CA_ROTATION) ?? 'null'));
+    const row = rotationRowSchema.parse(JSON.parse((await store.getMeta(META_CA_ROTATION)) ?? 'null'));
     const next = this.#next;
-    store.replaceCa(
+    await store.replaceCa(
       { keyBlob: Buffer.from(row.keyBlob, 'base64'), kdfSalt: Buffer.from(row.kdfSalt, 'base64'), certPem: next.certPem, createdAt: row.startedAt },
-      () => {
-        store.deleteMeta(META_CA_ROTATION);
-        store.setMeta(options.metaCaPin, next.pin);
+      async (tx) => {
+        await store.deleteMeta(META_CA_ROTATION, tx);
+        await store.setMeta(options.metaCaPin, next.pin, tx);
       },
     );
     const retiredPin = this.#current.pin;
@@ -187,8 +187,8 @@ export class CaRing {
     return { retiredPin, pin: next.pin, stranded };
   }
 
-  status(store: Store): RotationStatus {
-    const by = this.#nodesBy(store);
+  async status(store: Store): Promise<RotationStatus> {
+    const by = await this.#nodesBy(store);
     const describe = (ca: CertificateAuthority, nodes: number): { pin: string; fingerprint256: string; nodes: number } => ({ pin: ca.pin, fingerprint256: ca.cert.fingerprint256, nodes });
     return {
       phase: this.#phase,
@@ -199,13 +199,13 @@ export class CaRing {
     };
   }
 
-  #nodesBy(store: Store): { old: NodeOnCa[]; next: NodeOnCa[]; other: number } {
+  async #nodesBy(store: Store): Promise<{ old: NodeOnCa[]; next: NodeOnCa[]; other: number }> {
     const old: NodeOnCa[] = [];
     const next: NodeOnCa[] = [];
     let other = 0;
-    for (const node of store.listLiveNodes()) {
+    for (const node of await store.listLiveNodes()) {
       if (node.certSerial === null) continue;
-      const row = store.getCert(node.certSerial);
+      const row = await store.getCert(node.certSerial);
       if (!row) continue;
       const cert = new X509Certificate(row.pem);
       const entry = { nodeId: node.id, hostname: node.hostname, certSerial: node.certSerial };

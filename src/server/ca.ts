@@ -211,20 +211,20 @@ export async function loadOrCreateCa(
   store: Store,
   options: { keyType: CaKeyType; secret: SealingSecret },
 ): Promise<{ ca: CertificateAuthority; created: boolean; migrated: boolean }> {
-  const row = store.getCa();
+  const row = await store.getCa();
   if (row) {
     const pkcs8 = await openSealed(row.keyBlob, row.kdfSalt, options.secret, resolve(store.path));
     const migrated = isLegacySealed(row.keyBlob);
     if (migrated) {
       const resealed = await seal(pkcs8, options.secret);
-      store.replaceCaKey(row.keyBlob, resealed.blob, resealed.salt);
+      await store.replaceCaKey(row.keyBlob, resealed.blob, resealed.salt);
     }
     const ca = CertificateAuthority.fromPem(row.certPem, createPrivateKey({ key: pkcs8, format: 'der', type: 'pkcs8' }).export({ type: 'pkcs8', format: 'pem' }));
     return { ca, created: false, migrated };
   }
   const ca = await CertificateAuthority.create({ keyType: options.keyType });
   const { blob, salt } = await seal(ca.exportKeyPkcs8Der(), options.secret);
-  store.insertCa({ keyBlob: blob, kdfSalt: salt, certPem: ca.certPem, createdAt: Date.now() });
+  await store.insertCa({ keyBlob: blob, kdfSalt: salt, certPem: ca.certPem, createdAt: Date.now() });
   return { ca, created: true, migrated: false };
 }
 

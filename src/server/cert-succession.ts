@@ -41,8 +41,8 @@ export class CertificateSuccession {
    * A session on `serial` opened: every certificate of the node issued before it is revoked now (in
    * the store and in the revocation list, so no new connection presents one). Returns those serials.
    */
-  sessionOpened(nodeId: string, serial: string, now = Date.now()): string[] {
-    const revoked = this.deps.store.revokeCertsIssuedBefore(nodeId, serial, now);
+  async sessionOpened(nodeId: string, serial: string, now = Date.now()): Promise<string[]> {
+    const revoked = await this.deps.store.revokeCertsIssuedBefore(nodeId, serial, now);
     if (revoked.length > 0) {
       this.deps.revocations.add(revoked);
       this.deps.logger.info({ nodeId, certSerial: serial, revokedSerials: revoked }, 'superseded certificates revoked');
@@ -51,10 +51,10 @@ export class CertificateSuccession {
   }
 
   /** Deletes certificates past NotAfter + grace (in batches) and forgets their revocations. Returns how many. */
-  prune(now = Date.now()): number {
+  async prune(now = Date.now()): Promise<number> {
     let total = 0;
     for (;;) {
-      const serials = this.deps.store.pruneExpiredCerts(now - this.deps.renewGraceMs);
+      const serials = await this.deps.store.pruneExpiredCerts(now - this.deps.renewGraceMs);
       this.deps.revocations.remove(serials);
       total += serials.length;
       if (serials.length < 1_000) break;
@@ -75,11 +75,13 @@ export class CertificateSuccession {
     this.#timer = null;
   }
 
+  #pruning = false;
+
   #safePrune(): void {
-    try {
-      this.prune();
-    } catch (err) {
-      this.deps.logger.error({ err }, 'pruning expired certificates failed');
-    }
+    if (this.#pruning) return; // a slow store: the next tick prunes what this one leaves
+    this.#pruning = true;
+    this.prune()
+      .catch((err: unknown) => this.deps.logger.error({ err }, 'pruning expired certificates failed'))
+      .finally(() => (this.#pruning = false));
   }
 }

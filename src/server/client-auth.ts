@@ -34,11 +34,11 @@ export interface ClientAuthContext {
 /** Verification errors that our own checks below cover; anything else from OpenSSL is a 401. */
 const TOLERATED_TLS_ERRORS = new Set(['CERT_HAS_EXPIRED']);
 
-export function authenticateClient(
+export async function authenticateClient(
   ctx: ClientAuthContext,
   socket: TLSSocket,
   options: { now?: number; expiredGraceMs?: number } = {},
-): AuthenticatedPeer {
+): Promise<AuthenticatedPeer> {
   const now = options.now ?? Date.now();
   const peer = socket.getPeerX509Certificate();
   if (!peer) throw new MeshlinkError('ML_ERR_CLIENT_CERT', 'a client certificate is required');
@@ -53,14 +53,14 @@ export function authenticateClient(
     }
   }
   const serial = normalizeSerial(peer.serialNumber);
-  const row = ctx.store.getCert(serial);
+  const row = await ctx.store.getCert(serial);
   if (!row || !pemToDer(row.pem).equals(peer.raw)) {
     throw new MeshlinkError('ML_ERR_CLIENT_CERT', 'the client certificate is not one this server issued');
   }
   if (row.revokedAt !== null || ctx.revocations.has(serial)) {
     throw new MeshlinkError('ML_ERR_CERT_REVOKED', 'the client certificate is revoked');
   }
-  const node = ctx.store.getNode(row.nodeId);
+  const node = await ctx.store.getNode(row.nodeId);
   if (!node || node.removedAt !== null) throw new MeshlinkError('ML_ERR_CERT_REVOKED', 'the node was removed');
   if (now < row.notBefore) throw new MeshlinkError('ML_ERR_CERT_FORBIDDEN', 'the client certificate is not yet valid');
   const grace = options.expiredGraceMs ?? 0;

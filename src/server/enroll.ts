@@ -11,6 +11,7 @@ import { parseCsr, CSR_MAX_PEM_BYTES, type ParsedCsr } from './csr.js';
 import { TokenBuckets } from '../util/token-bucket.js';
 import type { RevocationList } from './revocation.js';
 import type { EnrollmentCommit, Store } from './store/store.js';
+import type { Queryable } from './store/database.js';
 import type { EnrollmentEvents } from './feature.js';
 import { AuditLog } from './audit-log.js';
 import { findUsableToken, hashToken, isUsableToken } from './tokens.js';
@@ -84,7 +85,7 @@ export interface EnrollmentDeps {
 export const RENEWALS_PER_MINUTE = 6;
 
 export class EnrollmentService implements EnrollmentEvents {
-  readonly #commitHooks = new Set<(commit: EnrollmentCommit) => void>();
+  readonly #commitHooks = new Set<(commit: EnrollmentCommit, tx: Queryable) => Promise<void>>();
 
   readonly #renewals: TokenBuckets;
   readonly #responseFields: Array<() => Record<string, unknown>> = [];
@@ -98,7 +99,7 @@ export class EnrollmentService implements EnrollmentEvents {
     this.deps.certLifetimeMs = ms;
   }
 
-  onCommit(hook: (commit: EnrollmentCommit) => void): () => void {
+  onCommit(hook: (commit: EnrollmentCommit, tx: Queryable) => Promise<void>): () => void {
     this.#commitHooks.add(hook);
     return () => this.#commitHooks.delete(hook);
   }
@@ -139,7 +140,7 @@ export class EnrollmentService implements EnrollmentEvents {
     options: { validity?: { notBefore: Date; notAfter: Date } } = {},
   ): Promise<CertificateResponse & { serial: string }> {
     const csr = parseCsr(csrPem);
-    const node = this.deps.store.getNode(nodeId);
+    const node = await this.deps.store.getNode(nodeId);
     if (!node || node.removedAt !== null) throw new MeshlinkError('ML_ERR_CERT_REVOKED', `node ${nodeId} is unknown or removed`);
     const issued = await this.deps.ca.issueClientCertificate({
       nodeId,
@@ -149,9 +150,9 @@ export class EnrollmentService implements EnrollmentEvents {
       ...(options.validity ? { validity: options.validity } : {}),
     });
     // The node may have been removed while we signed; the FK and this check keep the store consistent.
-    const again = this.deps.store.getNode(nodeId);
+    const again = await this.deps.store.getNode(nodeId);
     if (!again || again.removedAt !== null) throw new MeshlinkError('ML_ERR_CERT_REVOKED', `node ${nodeId} was removed`);
-    this.deps.store.insertCert(nodeId, { serial: issued.serial, notBefore: issued.notBefore, notAfter: issued.notAfter, pem: issued.pem });
+    await this.deps.store.insertCert(nodeId, { serial: issued.serial, notBefore: issued.notBefore, notAfter: issued.notAfter, pem: issued.pem });
     return { ...this.response(nodeId, issued), serial: issued.serial };
   }
 
@@ -176,13 +177,13 @@ export class EnrollmentService implements EnrollmentEvents {
    * This gives nothing to whoever else holds the token: the certificate is only usable with the private
    * key of that CSR, which never left the agent. A different CSR is refused like a used token.
    */
-  #replay(body: z.output<typeof enrollBodySchema>, now: number): CertificateResponse | null {
-    const row = this.deps.store.getToken(hashToken(body.token));
+  async #replay(body: z.output<typeof enrollBodySchema>, now: number): Promise<CertificateResponse | null> {
+    const row = await this.deps.store.getToken(hashToken(body.token));
     if (!row || row.consumedAt === null || !row.certSerial || !row.csrSha256) return null;
     if (now - row.consumedAt > ENROLL_REPLAY_WINDOW_MS || row.csrSha256 !== sha256Hex(body.csr)) return null;
-    const cert = this.deps.store.getCert(row.certSerial);
+    const cert = await this.deps.store.getCert(row.certSerial);
     if (!cert || cert.revokedAt !== null) return null;
-    const node = this.deps.store.getNode(cert.nodeId);
+    const node = await this.deps.store.getNode(cert.nodeId);
     if (!node || node.removedAt !== null) return null;
     this.deps.logger.info({ nodeId: cert.nodeId, certSerial: cert.serial }, 'enrollment retried with the same CSR: the same certificate again');
     return { nodeId: cert.nodeId, certificate: cert.pem, ...this.#cas(cert.pem), notAfter: new Date(cert.notAfter).toISOString() };
@@ -194,9 +195,9 @@ export class EnrollmentService implements EnrollmentEvents {
    */
   async enroll(body: z.output<typeof enrollBodySchema>, remoteAddress: string | null = null): Promise<CertificateResponse> {
     const now = Date.now();
-    const again = this.#replay(body, now);
+    const again = await this.#replay(body, now);
     if (again) return this.#withResponseFields(again);
-    const token = findUsableToken(this.deps.store, body.token, now);
+    const token = await findUsableToken(this.deps.store, body.token, now);
     const csr: ParsedCsr = parseCsr(body.csr);
     const hostname = body.hostname ?? csr.commonName ?? csr.dnsNames[0];
     if (!hostname || !HOSTNAME_RE.test(hostname)) {
@@ -205,7 +206,7 @@ export class EnrollmentService implements EnrollmentEvents {
     const existing = token.nodeId !== null;
     const nodeId = token.nodeId ?? randomUUID();
     if (existing) {
-      const node = this.deps.store.getNode(nodeId);
+      const node = await this.deps.store.getNode(nodeId);
       if (!node || node.removedAt !== null) throw new MeshlinkError('ML_ERR_TOKEN_INVALID', 'the token is bound to a node that was removed');
     }
     const issued = await this.deps.ca.issueClientCertificate({
@@ -217,12 +218,12 @@ export class EnrollmentService implements EnrollmentEvents {
     // Atomic: consume token + node + cert, and the features' rows (their commit hooks). Losing a race
     // here discards the signed certificate unseen.
     let superseded: string[] = [];
-    const runHooks = (commit: EnrollmentCommit): void => {
+    const runHooks = async (commit: EnrollmentCommit, tx: Queryable): Promise<void> => {
       // Re-enrollment: the node's earlier certificates end with this commit (cert-succession.ts).
-      if (existing) superseded = this.deps.store.revokeCertsIssuedBefore(nodeId, issued.serial, commit.now);
-      for (const hook of this.#commitHooks) hook(commit);
+      if (existing) superseded = await this.deps.store.revokeCertsIssuedBefore(nodeId, issued.serial, commit.now, tx);
+      for (const hook of this.#commitHooks) await hook(commit, tx);
       // In the enrollment's transaction: no enrollment without its record, no extra commit.
-      AuditLog.of(this.deps.store).record({
+      await AuditLog.of(this.deps.store).record({
         ts: commit.now,
         actor: null,
         operation: 'enroll',
@@ -230,9 +231,9 @@ export class EnrollmentService implements EnrollmentEvents {
         target: hostname,
         result: 'ok',
         details: { remoteAddress, tokenId: token.id, reenroll: existing, certSerial: issued.serial },
-      });
+      }, tx);
     };
-    const won = this.deps.store.commitEnrollment({
+    const won = await this.deps.store.commitEnrollment({
       tokenHash: hashToken(body.token),
       now: Date.now(),
       node: { id: nodeId, hostname, agentVersion: body.agentVersion ?? null, existing },
@@ -256,7 +257,7 @@ export class EnrollmentService implements EnrollmentEvents {
   }
 
   async renew(socket: TLSSocket, body: z.output<typeof renewBodySchema>): Promise<CertificateResponse> {
-    const peer = authenticateClient(this.deps, socket, { expiredGraceMs: this.deps.renewGraceMs });
+    const peer = await authenticateClient(this.deps, socket, { expiredGraceMs: this.deps.renewGraceMs });
     const result = await this.renewNodeCertificate(peer.nodeId, body.csr);
     this.deps.logger.info({ nodeId: peer.nodeId, oldSerial: peer.certSerial, certSerial: result.serial }, 'certificate renewed over HTTPS');
     const { serial: _serial, ...response } = result;
@@ -307,7 +308,7 @@ export class EnrollmentService implements EnrollmentEvents {
       res,
       async (retryAfterSec) => {
         const body = await readJson(req, ENROLL_BODY_CAP, enrollBodySchema);
-        if (retryAfterSec > 0 && !isUsableToken(this.deps.store, body.token, Date.now())) throw rateLimited(retryAfterSec);
+        if (retryAfterSec > 0 && !(await isUsableToken(this.deps.store, body.token, Date.now()))) throw rateLimited(retryAfterSec);
         return this.enroll(body, this.#clientAddress(req));
       },
       true,

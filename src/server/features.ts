@@ -23,7 +23,10 @@ export const OFFLINE_FEATURES: readonly OfflineFeature[] = [meshOffline, observa
  */
 export const SERVER_MIGRATIONS: readonly Migration[] = [...CORE_MIGRATIONS, ...MESH_MIGRATIONS, ...OPS_MIGRATIONS, ...OBSERVABILITY_MIGRATIONS];
 
-/** Opens the server's store with every migration: the one way to open it outside the store's own tests. */
-export function openServerStore(path: string): Store {
-  return Store.open(path, SERVER_MIGRATIONS);
+/**
+ * Opens the server's store with every migration: the one way to open it outside the store's own
+ * tests. `location`: the SQLite file's path, or a postgres:// URL.
+ */
+export function openServerStore(location: string): Promise<Store> {
+  return Store.open(location, SERVER_MIGRATIONS);
 }

@@ -9,7 +9,7 @@ import type { Logger } from '../util/logger.js';
 import { AdmissionQueue, keyOf } from './admission.js';
 import { ClientAddresses, proxyPeerFilter } from './client-address.js';
 import { ClientHelloGate } from './client-hello.js';
-import { authenticateClient, type ClientAuthContext } from './client-auth.js';
+import { authenticateClient, type AuthenticatedPeer, type ClientAuthContext } from './client-auth.js';
 import type { ConnectionRegistry } from './connections.js';
 import type { EnrollmentService } from './enroll.js';
 import type { GatewayHooks } from './hooks.js';
@@ -199,7 +199,7 @@ export function createGateway(deps: GatewayDeps): Gateway {
       case '/healthz':
         // For load balancers and probes: the process answers, and so does its store.
         if (allow('GET')) {
-          const ok = deps.auth.store.healthy();
+          const ok = await deps.auth.store.healthy();
           sendJson(res, ok ? 200 : 503, { status: ok ? 'ok' : 'unavailable' });
         }
         return;
@@ -210,7 +210,7 @@ export function createGateway(deps: GatewayDeps): Gateway {
         const found = path === undefined ? undefined : deps.routes?.match(path);
         if (found) {
           if (!allow(found.route.method)) return;
-          if (found.route.clientCertificate) authenticateClient(deps.auth, req.socket as TLSSocket);
+          if (found.route.clientCertificate) await authenticateClient(deps.auth, req.socket as TLSSocket);
           await found.handler(req, res, found.rest);
           return;
         }
@@ -237,32 +237,45 @@ export function createGateway(deps: GatewayDeps): Gateway {
       refuse(socket, new MeshlinkError('ML_ERR_NOT_FOUND', `no WebSocket endpoint ${path}`));
       return;
     }
-    let peer;
-    try {
-      peer = authenticateClient(deps.auth, tlsSocket);
-    } catch (err) {
-      const e = err instanceof MeshlinkError ? err : new MeshlinkError('ML_ERR_SERVER_INTERNAL', 'internal error');
-      if (e.status >= 500) log.error({ err, remoteAddress }, 'connect check failed');
-      else log.warn({ remoteAddress, code: e.code, reason: e.message }, 'agent connection refused');
-      deps.registry.noteRefused(e.code);
-      refuse(socket, e);
-      return;
+    void authenticateClient(deps.auth, tlsSocket).then(
+      (peer) => {
+        // The store lookup took a turn of the event loop (a round trip on PostgreSQL): the shutdown may
+        // have begun, or the client gone, meanwhile.
+        if (closing) {
+          deps.registry.noteRefused('ML_ERR_SHUTTING_DOWN');
+          refuse(socket, new MeshlinkError('ML_ERR_SHUTTING_DOWN', 'the server is shutting down'));
+          return;
+        }
+        if (socket.destroyed) return;
+        upgrade(peer);
+      },
+      (err: unknown) => {
+        // A store that does not answer is the server's trouble, not the agent's: 503, and it retries.
+        const e = err instanceof MeshlinkError ? err : new MeshlinkError('ML_ERR_STORE_UNAVAILABLE', 'the store did not answer');
+        if (e.status >= 500) log.error({ err, remoteAddress }, 'connect check failed');
+        else log.warn({ remoteAddress, code: e.code, reason: e.message }, 'agent connection refused');
+        deps.registry.noteRefused(e.code);
+        refuse(socket, e);
+      },
+    );
+
+    function upgrade(peer: AuthenticatedPeer): void {
+      // The HTTP layer's idle timeout must not cut a long-lived agent connection; liveness is the session's job.
+      tlsSocket.setTimeout(0);
+      wss.handleUpgrade(req, socket, head, (ws) => {
+        const info = { nodeId: peer.nodeId, hostname: peer.hostname, certSerial: peer.certSerial, certNotAfter: peer.certNotAfter, remoteAddress };
+        if (!deps.registry.add(ws, info)) return; // the registry's shutdown already ran: closed, no session
+        log.info({ nodeId: info.nodeId, hostname: info.hostname, certSerial: info.certSerial, remoteAddress, ...(via ? { via } : {}) }, 'agent connected');
+        ws.once('close', (code) => log.info({ nodeId: info.nodeId, code }, 'agent disconnected'));
+        deps.onConnected?.(info.nodeId);
+        try {
+          deps.hooks.onAgentConnection(ws, info);
+        } catch (err) {
+          log.error({ err, nodeId: info.nodeId }, 'onAgentConnection hook threw');
+          ws.close(1011, 'internal error');
+        }
+      });
     }
-    // The HTTP layer's idle timeout must not cut a long-lived agent connection; liveness is the session's job.
-    tlsSocket.setTimeout(0);
-    wss.handleUpgrade(req, socket, head, (ws) => {
-      const info = { nodeId: peer.nodeId, hostname: peer.hostname, certSerial: peer.certSerial, certNotAfter: peer.certNotAfter, remoteAddress };
-      if (!deps.registry.add(ws, info)) return; // the registry's shutdown already ran: closed, no session
-      log.info({ nodeId: info.nodeId, hostname: info.hostname, certSerial: info.certSerial, remoteAddress, ...(via ? { via } : {}) }, 'agent connected');
-      ws.once('close', (code) => log.info({ nodeId: info.nodeId, code }, 'agent disconnected'));
-      deps.onConnected?.(info.nodeId);
-      try {
-        deps.hooks.onAgentConnection(ws, info);
-      } catch (err) {
-        log.error({ err, nodeId: info.nodeId }, 'onAgentConnection hook threw');
-        ws.close(1011, 'internal error');
-      }
-    });
   });
 
   // Connections reach the HTTPS server only through the admission queue; handing an accepted socket

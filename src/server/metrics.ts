@@ -120,24 +120,24 @@ export function createMetricsFeature(options: MetricsFeatureOptions = {}): Serve
     const stopObservingRefusals = ctx.connections.onRefused(onRefused);
 
     // Store totals (monotonic across restarts: tokens and certificates are never deleted).
-    let snapshot: FleetTotals = { enrollments: 0, certs: 0, revoked: 0, removed: 0, enrolled: 0 };
+    let snapshot: Promise<FleetTotals> | null = null;
     let snapshotAt = 0;
-    const fresh = (): typeof snapshot => {
-      // One query per scrape, shared by the counters.
-      if (Date.now() - snapshotAt > 500) {
+    const fresh = (): Promise<FleetTotals> => {
+      // One query per scrape, shared by the counters (prom-client awaits each collect).
+      if (snapshot === null || Date.now() - snapshotAt > 500) {
         snapshot = ctx.store.fleetTotals();
         snapshotAt = Date.now();
       }
       return snapshot;
     };
-    const storeCounter = (name: string, help: string, value: () => number): void => {
+    const storeCounter = (name: string, help: string, value: (t: FleetTotals) => number): void => {
       new Counter({
         name,
         help,
         registers: [registry],
-        collect() {
+        async collect() {
+          const v = value(await fresh());
           this.reset();
-          const v = value();
           if (v > 0) this.inc(v);
         },
       });
@@ -146,14 +146,14 @@ export function createMetricsFeature(options: MetricsFeatureOptions = {}): Serve
       name: 'meshlink_enrolled_nodes',
       help: 'Enrolled nodes that are not removed.',
       registers: [registry],
-      collect() {
-        this.set(fresh().enrolled);
+      async collect() {
+        this.set((await fresh()).enrolled);
       },
     });
-    storeCounter('meshlink_enrollments_total', 'Enrollments (consumed one-time tokens), from the store.', () => fresh().enrollments);
-    storeCounter('meshlink_renewals_total', 'Certificate renewals (in-band and /v1/renew), from the store.', () => Math.max(0, fresh().certs - fresh().enrollments));
-    storeCounter('meshlink_revoked_certificates_total', 'Revoked client certificates, from the store.', () => fresh().revoked);
-    storeCounter('meshlink_node_removals_total', 'Nodes removed (their certificates revoked), from the store.', () => fresh().removed);
+    storeCounter('meshlink_enrollments_total', 'Enrollments (consumed one-time tokens), from the store.', (t) => t.enrollments);
+    storeCounter('meshlink_renewals_total', 'Certificate renewals (in-band and /v1/renew), from the store.', (t) => Math.max(0, t.certs - t.enrollments));
+    storeCounter('meshlink_revoked_certificates_total', 'Revoked client certificates, from the store.', (t) => t.revoked);
+    storeCounter('meshlink_node_removals_total', 'Nodes removed (their certificates revoked), from the store.', (t) => t.removed);
 
     const wire = new WireCounters();
     const removeObserver = addWireObserver('server', wire.observe);
@@ -276,8 +276,13 @@ export function createMetricsFeature(options: MetricsFeatureOptions = {}): Serve
       const createdAt = ctx.questions.ask('meshEventCreatedAt');
       if (!createdAt || (lastAck.get(agent.nodeId) ?? 0) >= ack.seq) return;
       lastAck.set(agent.nodeId, ack.seq);
-      const ts = createdAt(agent.nodeId, ack.seq);
-      if (ts !== undefined) lag.observe(Math.max(0, Date.now() - ts) / 1000);
+      const receivedAt = Date.now();
+      createdAt(agent.nodeId, ack.seq).then(
+        (ts) => {
+          if (ts !== undefined) lag.observe(Math.max(0, receivedAt - ts) / 1000);
+        },
+        () => {}, // a store that does not answer costs one sample, not the session
+      );
     });
     sessions.on('agent-close', (a) => {
       if (!sessions.isOnline(a.nodeId)) lastAck.delete(a.nodeId);

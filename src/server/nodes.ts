@@ -28,10 +28,14 @@ const iso = (ms: number | null): string | null => (ms === null ? null : new Date
  * Every live node. Without `live` (server stopped) every node is offline. `extraFields` adds the
  * columns features answer for (the mesh's address, key, tags and endpoints).
  */
-export function listNodes(store: Store, live?: Pick<LiveParts, 'presence'>, extraFields?: () => (nodeId: string) => Partial<NodeListing>): NodeListing[] {
-  live?.presence.flush();
-  const extra = extraFields?.();
-  return store.listLiveNodes().map((n) => ({
+export async function listNodes(
+  store: Store,
+  live?: Pick<LiveParts, 'presence'>,
+  extraFields?: () => Promise<(nodeId: string) => Partial<NodeListing>>,
+): Promise<NodeListing[]> {
+  await live?.presence.flush();
+  const extra = await extraFields?.();
+  return (await store.listLiveNodes()).map((n) => ({
     id: n.id,
     hostname: n.hostname,
     online: live?.presence.isOnline(n.id) ?? false,
@@ -44,10 +48,10 @@ export function listNodes(store: Store, live?: Pick<LiveParts, 'presence'>, extr
 }
 
 /** An exact node id, else a unique live hostname. */
-export function resolveNode(store: Store, idOrHostname: string): NodeRow {
-  const byId = store.getNode(idOrHostname);
+export async function resolveNode(store: Store, idOrHostname: string): Promise<NodeRow> {
+  const byId = await store.getNode(idOrHostname);
   if (byId && byId.removedAt === null) return byId;
-  const byName = store.liveNodesByHostname(idOrHostname);
+  const byName = await store.liveNodesByHostname(idOrHostname);
   if (byName.length === 1) return byName[0]!;
   if (byName.length > 1) {
     throw new MeshlinkError('ML_ERR_NODE_AMBIGUOUS', `${byName.length} nodes are named ${idOrHostname}: ${byName.map((n) => n.id).join(', ')}; use the id`);
@@ -56,9 +60,9 @@ export function resolveNode(store: Store, idOrHostname: string): NodeRow {
 }
 
 /** Removes a node and revokes its certificates; with live parts, its sockets are closed with 4401 at once. */
-export function removeNode(store: Store, idOrHostname: string, live?: LiveParts): RemovalResult {
-  const node = resolveNode(store, idOrHostname);
-  const { revokedSerials } = store.removeNode(node.id, Date.now());
+export async function removeNode(store: Store, idOrHostname: string, live?: LiveParts): Promise<RemovalResult> {
+  const node = await resolveNode(store, idOrHostname);
+  const { revokedSerials } = await store.removeNode(node.id, Date.now());
   let closedConnections = 0;
   if (live) {
     live.revocations.add(revokedSerials);
@@ -67,11 +71,11 @@ export function removeNode(store: Store, idOrHostname: string, live?: LiveParts)
   return { id: node.id, hostname: node.hostname, revokedSerials, closedConnections };
 }
 
-export function createEnrollmentToken(store: Store, options: { ttlMs: number; nodeId?: string | null }): TokenCreation {
-  const url = store.getMeta(META_PUBLIC_URL);
-  const caPin = store.getMeta(META_CA_PIN);
+export async function createEnrollmentToken(store: Store, options: { ttlMs: number; nodeId?: string | null }): Promise<TokenCreation> {
+  const url = await store.getMeta(META_PUBLIC_URL);
+  const caPin = await store.getMeta(META_CA_PIN);
   if (!url || !caPin) throw new MeshlinkError('ML_ERR_NOT_INITIALIZED', 'this data dir has no CA yet: run `meshlink server start` once');
-  const created = createToken(store, { ttlMs: options.ttlMs, nodeId: options.nodeId ?? null });
+  const created = await createToken(store, { ttlMs: options.ttlMs, nodeId: options.nodeId ?? null });
   return {
     token: created.token,
     id: created.id,

@@ -39,7 +39,7 @@ export class Presence {
     this.#store = store;
     this.#log = logger;
     this.#minIntervalMs = options.minIntervalMs ?? 60_000;
-    this.#timer = setInterval(() => this.flush(), options.flushMs ?? 1_000);
+    this.#timer = setInterval(() => void this.flush(), options.flushMs ?? 1_000);
     this.#timer.unref();
   }
 
@@ -75,21 +75,22 @@ export class Presence {
   }
 
   /** Writes what is pending (also before last_seen is read from the store). */
-  flush(): void {
+  async flush(): Promise<void> {
     if (this.#pending.size === 0) return;
     const entries = [...this.#pending];
     this.#pending.clear();
     try {
-      this.#store.touchNodes(entries);
+      await this.#store.touchNodes(entries);
     } catch (err) {
+      // Lost, not retried: a last-seen time is advisory, and the next heartbeat writes a newer one.
       this.#log.warn({ err, nodes: entries.length }, 'could not record last-seen times');
     }
   }
 
   /** Writes what is pending and stops the timer (before the store closes). */
-  close(): void {
+  async close(): Promise<void> {
     clearInterval(this.#timer);
-    this.flush();
+    await this.flush();
   }
 
   #seen(nodeId: string, at: number, always: boolean): void {

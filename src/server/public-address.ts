@@ -26,11 +26,11 @@ export interface PublicAddress {
 }
 
 /** Stores what the flags give, then answers from the store (so a restart without flags keeps them). Once per start. */
-export function resolvePublicAddress(store: Store, config: ServerConfig): PublicAddress {
-  if (config.sans.length > 0) store.setMeta(META_SANS, JSON.stringify(config.sans));
-  if (config.publicUrl !== null) store.setMeta(META_PUBLIC_URL_CONFIGURED, config.publicUrl);
-  const sans = readSans(store);
-  const configuredUrl = store.getMeta(META_PUBLIC_URL_CONFIGURED) ?? null;
+export async function resolvePublicAddress(store: Store, config: ServerConfig): Promise<PublicAddress> {
+  if (config.sans.length > 0) await store.setMeta(META_SANS, JSON.stringify(config.sans));
+  if (config.publicUrl !== null) await store.setMeta(META_PUBLIC_URL_CONFIGURED, config.publicUrl);
+  const sans = await readSans(store);
+  const configuredUrl = (await store.getMeta(META_PUBLIC_URL_CONFIGURED)) ?? null;
   const host = configuredUrl === null ? [] : [new URL(configuredUrl).hostname.replace(/^\[(.*)\]$/, '$1')];
   return { configuredUrl, sans, certNames: [...new Set([...sans, ...host])] };
 }
@@ -41,8 +41,8 @@ export function publicUrlOf(address: PublicAddress, listenHost: string, boundPor
 }
 
 /** The stored SANs (a damaged value counts as none rather than stopping the server). */
-export function readSans(store: Store): string[] {
-  const text = store.getMeta(META_SANS);
+export async function readSans(store: Store): Promise<string[]> {
+  const text = await store.getMeta(META_SANS);
   if (text === undefined) return [];
   try {
     const parsed = storedSans.safeParse(JSON.parse(text));
@@ -64,8 +64,8 @@ function derivedUrl(listenHost: string, port: number, sans: readonly string[]): 
  * The host part of the URL agents are told (the configured `--public-url`, else the derived one), for
  * other services of the server that agents reach at the same address (the mesh relay). IPv6 unbracketed.
  */
-export function publicHostOf(store: Store, config: ServerConfig): string {
-  const configured = config.publicUrl ?? store.getMeta(META_PUBLIC_URL_CONFIGURED) ?? null;
-  const url = configured ?? derivedUrl(config.listen.host, config.listen.port || 1, readSans(store));
+export async function publicHostOf(store: Store, config: ServerConfig): Promise<string> {
+  const configured = config.publicUrl ?? (await store.getMeta(META_PUBLIC_URL_CONFIGURED)) ?? null;
+  const url = configured ?? derivedUrl(config.listen.host, config.listen.port || 1, await readSans(store));
   return new URL(url).hostname.replace(/^\[(.*)\]$/, '$1');
 }

@@ -8,9 +8,9 @@ import type { Store } from './store/store.js';
 export class RevocationList {
   private readonly serials = new Set<string>();
 
-  static load(store: Store): RevocationList {
+  static async load(store: Store): Promise<RevocationList> {
     const list = new RevocationList();
-    list.add(store.revokedSerials());
+    list.add(await store.revokedSerials());
     return list;
   }
 

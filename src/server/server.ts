@@ -84,7 +84,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
   const socketPath = adminSocketPath(config.dataDir);
   await refuseIfRunning(socketPath);
 
-  const store = openServerStore(storePath(config.dataDir));
+  const store = await openServerStore(storePath(config.dataDir));
   let gateway: Gateway | undefined;
   const gatewayLoad = (): GatewayLoad => gateway?.load() ?? { awaitingFirstByte: 0, queued: 0, handshakesInFlight: 0 };
   let admin: HttpServer | undefined;
@@ -95,7 +95,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
   const featureHandles: ServerFeatureHandle[] = [];
   try {
     // The key file may be created only for a store with nothing sealed by one yet (key-file.ts).
-    const caRow = store.getCa();
+    const caRow = await store.getCa();
     const keyFile = await openKeyFile({ dataDir: config.dataDir, keyFile: config.keyFile, passphrase, mayCreate: !caRow || isLegacySealed(caRow.keyBlob), logger });
     const sealing = keyFile.secret;
     const { ca: rootCa, created, migrated } = await loadOrCreateCa(store, { keyType: config.caKeyType, secret: sealing });
@@ -105,10 +105,10 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
     const ring = await CaRing.load(store, rootCa, sealing);
     if (ring.phase !== 'none') logger.info({ phase: ring.phase, pins: ring.trusted.map((c) => c.pin), issuer: ring.issuer.pin }, 'a CA rotation is under way');
     // The certificate names the configured public URL's host too; a derived URL needs the bound port.
-    const publicAddress = resolvePublicAddress(store, config);
+    const publicAddress = await resolvePublicAddress(store, config);
     const serverCert = await ring.issueServerCertificate(publicAddress.certNames);
 
-    const revocations = RevocationList.load(store);
+    const revocations = await RevocationList.load(store);
     const registry = new ConnectionRegistry(logger);
     const live: LiveParts = { registry, revocations, presence };
     certificates = new CertificateSuccession({ store, revocations, logger, renewGraceMs: config.renewGraceMs });
@@ -184,8 +184,8 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
     const bound = await gw.listen(config.listen.port, config.listen.host);
     gw.on('error', (err) => logger.error({ err }, 'gateway error'));
     const publicUrl = publicUrlOf(publicAddress, config.listen.host, bound.port);
-    store.setMeta(META_PUBLIC_URL, publicUrl);
-    store.setMeta(META_CA_PIN, ring.issuer.pin);
+    await store.setMeta(META_PUBLIC_URL, publicUrl);
+    await store.setMeta(META_CA_PIN, ring.issuer.pin);
 
     // A new server certificate (and trusted set) every SERVER_CERT_ROTATE_MS and at every CA rotation
     // phase: a phase change applies to new TLS connections; the open ones stay as they are.
@@ -263,8 +263,8 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
           for (const h of featureHandles.reverse()) await h.close?.();
           registry.shutdown(1001, 'server shutting down');
           await Promise.all([gatewayClosed, closeServer(adminServer)]);
-          presence.close();
-          store.close();
+          await presence.close();
+          await store.close();
           logger.info('server stopped');
         })()),
     };
@@ -275,8 +275,8 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
     for (const h of featureHandles.reverse()) await Promise.resolve(h.close?.()).catch(() => {});
     if (gateway) await gateway.close().catch(() => {});
     if (admin) await closeServer(admin).catch(() => {});
-    presence.close();
-    store.close();
+    await presence.close().catch(() => {});
+    await store.close().catch(() => {});
     throw err;
   }
 }

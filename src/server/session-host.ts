@@ -141,13 +141,13 @@ export class SessionHost extends EventEmitter<SessionHostEvents> implements Gate
     const agent: { current: ConnectedAgent | null } = { current: null };
     const session = bind({
       role: 'server',
-      onHello: (hello) => {
-        const node = this.#deps.store.getNode(info.nodeId);
+      onHello: async (hello) => {
+        const node = await this.#deps.store.getNode(info.nodeId);
         if (!node || node.removedAt !== null) throw new MeshlinkError('ML_ERR_CERT_REVOKED', 'node was removed');
         // A newer certificate's session may have opened since the gateway admitted this socket.
         if (this.#deps.revocations?.has(info.certSerial)) throw new MeshlinkError('ML_ERR_CERT_REVOKED', 'the client certificate was superseded');
         for (const check of this.#helloChecks) check(hello, info);
-        if (hello.agentVersion !== node.agentVersion) this.#deps.store.setAgentVersion(info.nodeId, hello.agentVersion);
+        if (hello.agentVersion !== node.agentVersion) await this.#deps.store.setAgentVersion(info.nodeId, hello.agentVersion);
         const serverUrl = this.#deps.announcedServerUrl;
         let welcome: Omit<InputOf<'welcome'>, 'version'> = {
           nodeId: info.nodeId,
@@ -156,6 +156,9 @@ export class SessionHost extends EventEmitter<SessionHostEvents> implements Gate
           ...(serverUrl ? { serverUrl } : {}),
         };
         for (const contribute of this.#welcomeContributors) welcome = { ...welcome, ...contribute(hello, info) };
+        // The node's certificates issued before this one are revoked before the session opens, so the
+        // revocation is committed before this session is admitted to the node's operations.
+        await this.#deps.certificates?.sessionOpened(info.nodeId, info.certSerial);
         return welcome;
       },
     });
@@ -208,7 +211,7 @@ export class SessionHost extends EventEmitter<SessionHostEvents> implements Gate
     });
 
     session.handle('cert.renew', async ({ csr }) => {
-      const node = this.#deps.store.getNode(info.nodeId);
+      const node = await this.#deps.store.getNode(info.nodeId);
       const parsed = parseCsr(csr);
       // The CSR must name this node: its hostname (as enrolled) or its id.
       if (!node || (parsed.commonName !== node.hostname && parsed.commonName !== node.id)) {
@@ -325,10 +328,9 @@ export class SessionHost extends EventEmitter<SessionHostEvents> implements Gate
    * "Certificates of a node"): the certificates issued before it are revoked, and their sessions get
    * ML_ERR_SESSION_REPLACED (an error frame, then close 4409), so that operations reach only the
    * holder of the newest certificate. Sessions on the same certificate (a reconnect that overlaps
-   * the old socket's timeout) are left to end by themselves.
+   * the old socket's timeout) are left to end by themselves. (The revocation itself ran in onHello.)
    */
   #replaceOlderCertificates(entry: ConnectedAgent): void {
-    this.#deps.certificates?.sessionOpened(entry.nodeId, entry.info.certSerial);
     for (const other of this.#agents.get(entry.nodeId) ?? []) {
       if (other === entry || other.info.certSerial === entry.info.certSerial || !other.open) continue;
       this.#deps.logger.info({ nodeId: entry.nodeId, certSerial: other.info.certSerial, newSerial: entry.info.certSerial }, 'session replaced by one on a newer certificate');

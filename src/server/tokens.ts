@@ -33,20 +33,20 @@ export function generateTokenId(): string {
 }
 
 /** Creates a token. With `nodeId` it is a re-enrollment token: the enrolling agent keeps that node id. */
-export function createToken(
+export async function createToken(
   store: Store,
   options: { ttlMs?: number; nodeId?: string | null; now?: number },
-): CreatedToken {
+): Promise<CreatedToken> {
   const now = options.now ?? Date.now();
   const nodeId = options.nodeId ?? null;
   if (nodeId !== null) {
-    const node = store.getNode(nodeId);
+    const node = await store.getNode(nodeId);
     if (!node || node.removedAt !== null) throw new MeshlinkError('ML_ERR_NODE_NOT_FOUND', `no live node with id ${nodeId}`);
   }
   const token = generateToken();
   const id = generateTokenId();
   const expiresAt = now + (options.ttlMs ?? DEFAULT_TOKEN_TTL_MS);
-  store.insertToken({ hash: hashToken(token), id, createdAt: now, expiresAt, nodeId });
+  await store.insertToken({ hash: hashToken(token), id, createdAt: now, expiresAt, nodeId });
   return { token, id, expiresAt, nodeId };
 }
 
@@ -55,13 +55,13 @@ export function createToken(
  * lookup. It does not consume: the enrollment commit re-checks atomically.
  */
 /** findUsableToken as a yes or no (the enrollment limiter's check of a source over its budget). */
-export function isUsableToken(store: Store, token: string, now: number): boolean {
-  const row = TOKEN_RE.test(token) ? store.getToken(hashToken(token)) : undefined;
+export async function isUsableToken(store: Store, token: string, now: number): Promise<boolean> {
+  const row = TOKEN_RE.test(token) ? await store.getToken(hashToken(token)) : undefined;
   return row !== undefined && row.consumedAt === null && row.expiresAt > now;
 }
 
-export function findUsableToken(store: Store, token: string, now: number): TokenRow {
-  const row = TOKEN_RE.test(token) ? store.getToken(hashToken(token)) : undefined;
+export async function findUsableToken(store: Store, token: string, now: number): Promise<TokenRow> {
+  const row = TOKEN_RE.test(token) ? await store.getToken(hashToken(token)) : undefined;
   // One message for every case: do not tell a prober which tokens exist.
   if (!row || row.consumedAt !== null || row.revokedAt !== null || row.expiresAt <= now) {
     throw new MeshlinkError('ML_ERR_TOKEN_INVALID', 'the enrollment token is unknown, already used, expired, or revoked');
@@ -84,11 +84,11 @@ export function tokenState(row: Pick<TokenRow, 'consumedAt' | 'revokedAt' | 'exp
  * enrolled is removed instead (ML_ERR_TOKEN_USED). An expired one can, so that a listing says what
  * the operator did.
  */
-export function revokeToken(store: Store, id: string, now = Date.now()): TokenRow {
-  const row = store.getTokenById(id);
+export async function revokeToken(store: Store, id: string, now = Date.now()): Promise<TokenRow> {
+  const row = await store.getTokenById(id);
   if (!row) throw new MeshlinkError('ML_ERR_TOKEN_NOT_FOUND', `no enrollment token has the id ${id}`);
   if (row.consumedAt !== null) throw new MeshlinkError('ML_ERR_TOKEN_USED', `token ${id} was used at ${new Date(row.consumedAt).toISOString()}: remove the node it enrolled (\`server nodes remove\`) instead`);
   // A concurrent enrollment may consume it between the read and the update: the update's condition decides.
-  if (row.revokedAt === null && !store.revokeToken(id, now)) return revokeToken(store, id, now);
-  return store.getTokenById(id)!;
+  if (row.revokedAt === null && !(await store.revokeToken(id, now))) return revokeToken(store, id, now);
+  return (await store.getTokenById(id))!;
 }

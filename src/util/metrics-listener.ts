@@ -12,7 +12,7 @@ export interface MetricsSource {
  * (200 `{"status":"ok"}`, else 503): the server's and the agent's local metrics port. It has no
  * authentication, so callers bind it to a local address only.
  */
-export function serveMetrics(registry: MetricsSource, listen: ListenAddress, options: { healthy?: () => boolean } = {}): Promise<Server> {
+export function serveMetrics(registry: MetricsSource, listen: ListenAddress, options: { healthy?: () => boolean | Promise<boolean> } = {}): Promise<Server> {
   const server = createServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0];
     const healthz = path === '/healthz' && options.healthy !== undefined;
@@ -25,8 +25,10 @@ export function serveMetrics(registry: MetricsSource, listen: ListenAddress, opt
       return;
     }
     if (healthz) {
-      const ok = options.healthy!();
-      res.writeHead(ok ? 200 : 503, { 'content-type': 'application/json', 'cache-control': 'no-store' }).end(JSON.stringify({ status: ok ? 'ok' : 'unavailable' }));
+      void Promise.resolve()
+        .then(() => options.healthy!())
+        .catch(() => false)
+        .then((ok) => res.writeHead(ok ? 200 : 503, { 'content-type': 'application/json', 'cache-control': 'no-store' }).end(JSON.stringify({ status: ok ? 'ok' : 'unavailable' })));
       return;
     }
     registry.metrics().then(

@@ -64,11 +64,11 @@ export async function restoreStore(file: string, dataDir: string): Promise<{ pat
   try {
     await copyFile(source, tmp);
     await chmod(tmp, 0o600);
-    checkIsStore(tmp, source);
+    await checkIsStore(tmp, source);
     await fsyncPath(tmp);
     // The old store's write-ahead log must not outlive it: SQLite would replay its frames onto the
     // restored file. Fold it into the old file first (a clean close leaves none), then drop what is left.
-    foldWal(target);
+    await foldWal(target);
     await rm(`${target}-wal`, { force: true });
     await rm(`${target}-shm`, { force: true });
     await rename(tmp, target);
@@ -84,29 +84,29 @@ export async function restoreStore(file: string, dataDir: string): Promise<{ pat
 }
 
 /** Opens the copy as the server would (migrations of this release), and checks its pages and its CA. */
-function checkIsStore(copy: string, source: string): void {
+async function checkIsStore(copy: string, source: string): Promise<void> {
   let store: Store;
   try {
-    store = openServerStore(copy);
+    store = await openServerStore(copy);
   } catch (err) {
     if (err instanceof MeshlinkError && err.code === 'ML_ERR_STORE_SCHEMA') throw err;
     throw new MeshlinkError('ML_ERR_BACKUP', `${source} is not a meshlink store: ${(err as Error).message}`, { cause: err });
   }
   try {
     if (!store.quickCheck()) throw new MeshlinkError('ML_ERR_BACKUP', `${source} is damaged (SQLite quick_check failed)`);
-    if (!store.getCa()) throw new MeshlinkError('ML_ERR_BACKUP', `${source} holds no CA: it is not a backup of an initialized server`);
+    if (!(await store.getCa())) throw new MeshlinkError('ML_ERR_BACKUP', `${source} holds no CA: it is not a backup of an initialized server`);
   } finally {
-    store.close();
+    await store.close();
   }
 }
 
 /** Checkpoints the store at `path` if it exists and opens; a store that does not is being replaced anyway. */
-function foldWal(path: string): void {
+async function foldWal(path: string): Promise<void> {
   if (!existsSync(path)) return;
   try {
-    const old = openServerStore(path);
+    const old = await openServerStore(path);
     old.checkpoint();
-    old.close();
+    await old.close();
   } catch {
     /* damaged or foreign: its log is removed below */
   }

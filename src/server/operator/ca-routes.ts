@@ -30,18 +30,18 @@ export function registerCaRotationRoutes(
         return ring.status(store);
       }
       if (phase === 'issue') {
-        ring.issue(store);
+        await ring.issue(store);
         // GET /v1/ca serves the issuing CA now: enrollment commands (`token create`) must name its pin.
-        store.setMeta(META_CA_PIN, ring.issuer.pin);
+        await store.setMeta(META_CA_PIN, ring.issuer.pin);
         log.info({ issuer: ring.issuer.pin }, 'CA rotation: the next CA issues certificates');
         return ring.status(store);
       }
-      const done = ring.retire(store, { force, metaCaPin: META_CA_PIN });
+      const done = await ring.retire(store, { force, metaCaPin: META_CA_PIN });
       // Their certificates chain to a CA no longer trusted: their open sessions end now, not at a reconnect.
       if (done.stranded.length > 0) deps.closeSerials?.(done.stranded.map((n) => n.certSerial));
       if (done.stranded.length > 0) log.warn({ stranded: done.stranded.map((n) => n.nodeId) }, 'CA retired by force: these nodes hold certificates of the retired CA and must re-enroll');
       log.info({ retiredPin: done.retiredPin, pin: done.pin }, 'CA rotation done: the old CA is retired');
-      return { ...ring.status(store), retiredPin: done.retiredPin, stranded: done.stranded.map((n) => ({ nodeId: n.nodeId, hostname: n.hostname })) };
+      return { ...(await ring.status(store)), retiredPin: done.retiredPin, stranded: done.stranded.map((n) => ({ nodeId: n.nodeId, hostname: n.hostname })) };
     },
     { audit: (answer) => ({ target: `phase ${answer.phase}, CA ${answer.current.pin}${answer.next ? `, next ${answer.next.pin}` : ''}${answer.retiredPin ? `, retired ${answer.retiredPin}` : ''}` }) },
   );

@@ -29,15 +29,16 @@ export function registerCoreAdminRoutes(
   const { store, live, logger } = deps;
   const log = logger.child({ component: 'admin' });
 
-  routes.handle(api.serverStatus, () => {
-    const publicUrl = store.getMeta(META_PUBLIC_URL) ?? null;
+  routes.handle(api.serverStatus, async () => {
+    const publicUrl = (await store.getMeta(META_PUBLIC_URL)) ?? null;
+    const configured = (await store.getMeta(META_PUBLIC_URL_CONFIGURED)) !== undefined;
     return {
       version: VERSION,
       publicUrl,
-      publicUrlSource: publicUrl === null ? null : store.getMeta(META_PUBLIC_URL_CONFIGURED) !== undefined ? ('configured' as const) : ('derived' as const),
-      sans: readSans(store),
-      caPin: store.getMeta(META_CA_PIN) ?? null,
-      nodes: store.listLiveNodes().length,
+      publicUrlSource: publicUrl === null ? null : configured ? ('configured' as const) : ('derived' as const),
+      sans: await readSans(store),
+      caPin: (await store.getMeta(META_CA_PIN)) ?? null,
+      nodes: (await store.listLiveNodes()).length,
       running: deps.running && live ? { pid: process.pid, listen: deps.running.listen(), startedAt: new Date(deps.running.startedAt).toISOString(), onlineNodes: live.presence.onlineCount } : null,
     };
   });
@@ -51,8 +52,8 @@ export function registerCoreAdminRoutes(
 
   routes.handle(
     api.createToken,
-    ({ ttlMs, nodeId }) => {
-      const created = createEnrollmentToken(store, { ttlMs, nodeId: nodeId ?? null });
+    async ({ ttlMs, nodeId }) => {
+      const created = await createEnrollmentToken(store, { ttlMs, nodeId: nodeId ?? null });
       log.info({ expiresAt: created.expiresAt, nodeId: created.nodeId }, 'enrollment token created');
       return created;
     },
@@ -72,17 +73,17 @@ export function registerCoreAdminRoutes(
     nodeId: row.nodeId,
     ...fields?.(row.hash),
   });
-  routes.handle(api.listTokens, ({ limit }) => {
-    const fields = deps.questions.ask('tokenListingFields')?.();
+  routes.handle(api.listTokens, async ({ limit }) => {
+    const fields = await deps.questions.ask('tokenListingFields')?.();
     const now = Date.now();
-    return store.listTokens(limit).map((row) => tokenListing(row, fields, now));
+    return (await store.listTokens(limit)).map((row) => tokenListing(row, fields, now));
   });
   routes.handle(
     api.revokeToken,
-    ({ id }) => {
-      const row = revokeToken(store, id);
+    async ({ id }) => {
+      const row = await revokeToken(store, id);
       log.info({ tokenId: id }, 'enrollment token revoked');
-      return tokenListing(row, deps.questions.ask('tokenListingFields')?.(), Date.now());
+      return tokenListing(row, await deps.questions.ask('tokenListingFields')?.(), Date.now());
     },
     { audit: (answer) => ({ nodeId: answer.nodeId, target: `token ${answer.id}` }) },
   );
@@ -91,8 +92,8 @@ export function registerCoreAdminRoutes(
 
   routes.handle(
     api.removeNode,
-    ({ node }) => {
-      const result = removeNode(store, node, live ?? undefined);
+    async ({ node }) => {
+      const result = await removeNode(store, node, live ?? undefined);
       log.info({ nodeId: result.id, hostname: result.hostname, revoked: result.revokedSerials.length, closed: result.closedConnections }, 'node removed');
       return result;
     },

@@ -20,20 +20,20 @@ import { registerCoreAdminRoutes } from './core-routes.js';
 export class OfflineOperator implements Operator {
   readonly live = false;
   readonly #routes: AdminRoutes;
-  readonly #close: () => void;
+  readonly #close: () => Promise<void>;
   readonly #actor: string;
 
-  private constructor(routes: AdminRoutes, close: () => void, actor: string) {
+  private constructor(routes: AdminRoutes, close: () => Promise<void>, actor: string) {
     this.#routes = routes;
     this.#close = close;
     this.#actor = actor;
   }
 
   /** Opens the data dir's store (ML_ERR_NOT_INITIALIZED when there is none) and registers every feature's offline routes. */
-  static open(dataDir: string, options: { logger?: Logger; actor?: string } = {}): OfflineOperator {
+  static async open(dataDir: string, options: { logger?: Logger; actor?: string } = {}): Promise<OfflineOperator> {
     const path = storePath(dataDir);
     if (!existsSync(path)) throw new MeshlinkError('ML_ERR_NOT_INITIALIZED', `no store at ${path}: run \`meshlink server start\` once`);
-    const store = openServerStore(path);
+    const store = await openServerStore(path);
     const logger = options.logger ?? createLogger({ name: 'meshlink-cli', level: 'silent' });
     const routes = new AdminRoutes(AuditLog.of(store));
     const questions = createFeatureQuestions();
@@ -41,7 +41,7 @@ export class OfflineOperator implements Operator {
       registerCoreAdminRoutes(routes, { store, live: null, running: null, questions, logger });
       for (const feature of OFFLINE_FEATURES) feature({ store, admin: routes, questions, logger });
     } catch (err) {
-      store.close();
+      await store.close();
       throw err;
     }
     return new OfflineOperator(routes, () => store.close(), options.actor ?? localActor());
@@ -56,7 +56,7 @@ export class OfflineOperator implements Operator {
     return parseAnswer(route, answer);
   }
 
-  close(): void {
-    this.#close();
+  close(): Promise<void> {
+    return this.#close();
   }
 }
