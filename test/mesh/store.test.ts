@@ -192,6 +192,50 @@ describe.each(backends)('the mesh store on %s', (backend) => {
     expect((await db.listing()).get('n1')!.tags).toEqual(['db']);
   });
 
+  it('the rows a transaction queues are written at its commit as the calls in order would leave them', async () => {
+    const store = await openStore(backend);
+    const db = new MeshStore(store.database);
+    const peer = (i: number) => ({ meshIp: `10.0.0.${i}`, publicKey: wgKey(i), endpoints: [`192.0.2.${i}:51820`], pskTag: `t${i}`, path: null });
+    const event = (nodeId: string, seq: number) => ({ nodeId, seq, type: 'peer_added', ts: seq, sealed: Buffer.from([0]), signature: Buffer.from([1]), keyId: 'k' });
+    await db.transaction(async (tx) => {
+      // 70 rows: statements of 64, 4, 1 and 1 rows.
+      for (let i = 1; i <= 70; i++) await tx.upsertAnnouncedPeer('n', `p${i}`, peer(i));
+      await tx.upsertAnnouncedPeer('n', 'p1', { ...peer(1), pskTag: 'again' }); // the last one for a pair wins
+      await tx.deleteAnnouncedPeer('n', 'p2'); // a delete drops what was queued before it
+      await tx.upsertAnnouncedPeer('m', 'p1', peer(1));
+      await tx.deleteAnnouncedOf('m');
+      await tx.upsertAnnouncedPeer('m', 'p3', peer(3)); // after the delete: kept
+      for (let seq = 1; seq <= 5; seq++) await tx.insertEvent(event('n', seq));
+      await tx.pruneEvents('n', 2);
+      await tx.insertEvent(event('o', 1));
+      await tx.insertPsk('a', 'b', Buffer.from([1]), 1);
+      await tx.insertPsk('a', 'c', Buffer.from([2]), 1);
+      await tx.deletePsk('a', 'b');
+      for (let i = 0; i < 21; i++) await tx.queueFeed({ ts: i, nodeId: 'n', kind: 'event', type: 'peer_added', seq: i, detail: '{}' });
+      // Nothing is written before the commit: the root store (outside the transaction) sees none yet.
+      expect(await tx.announcedPeersOf('n')).toEqual([]);
+    });
+    const told = await db.announcedPeersOf('n');
+    expect(told).toHaveLength(69);
+    expect(told.find((p) => p.peerId === 'p1')!.pskTag).toBe('again');
+    expect(told.some((p) => p.peerId === 'p2')).toBe(false);
+    expect((await db.announcedPeersOf('m')).map((p) => p.peerId)).toEqual(['p3']);
+    expect((await db.eventsAfter('n', 0)).map((e) => e.seq)).toEqual([3, 4, 5]);
+    expect((await db.eventsAfter('o', 0)).map((e) => e.seq)).toEqual([1]);
+    expect((await db.psks()).map((p) => `${p.a}-${p.b}`)).toEqual(['a-c']);
+    const feed = await db.feedAfter(0, null, 100);
+    expect(feed.map((r) => r.seq)).toEqual(Array.from({ length: 21 }, (_, i) => i)); // ids in the order queued
+    // A prune in a later transaction reaches the stored rows.
+    await db.transaction((tx) => tx.pruneEvents('n', 4));
+    expect((await db.eventsAfter('n', 0)).map((e) => e.seq)).toEqual([5]);
+    // A transaction that throws writes none of its queue.
+    await expect(db.transaction(async (tx) => {
+      await tx.insertEvent(event('q', 1));
+      throw new Error('no');
+    })).rejects.toThrow('no');
+    expect(await db.eventsAfter('q', 0)).toEqual([]);
+  });
+
   it('the service: one address per node under concurrent sweeps, and each node’s events in seq order under concurrent publishes', async () => {
     const store = await openStore(backend);
     const ids: string[] = [];

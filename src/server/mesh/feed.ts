@@ -42,7 +42,7 @@ export class MeshFeed {
   /** An event was appended to a node's log (through `tx`, the caller's transaction). */
   async recordEvent(tx: MeshStore, nodeId: string, type: EventType, seq: number, payload: unknown, now: number): Promise<void> {
     this.#inserts++;
-    await tx.insertFeed({ ts: now, nodeId, kind: 'event', type, seq, detail: JSON.stringify(redact(type, payload)) });
+    await tx.queueFeed({ ts: now, nodeId, kind: 'event', type, seq, detail: JSON.stringify(redact(type, payload)) });
   }
 
   /**

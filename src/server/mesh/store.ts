@@ -1,4 +1,4 @@
-import type { Generated, Kysely, Selectable } from 'kysely';
+import type { Generated, Insertable, Kysely, Selectable } from 'kysely';
 import type { Queryable, StoreDatabase } from '../store/database.js';
 
 /**
@@ -10,6 +10,13 @@ import type { Queryable, StoreDatabase } from '../store/database.js';
  * A MeshStore is either the root one (queries on the store's handle) or one bound to a transaction
  * (the `tx` that `transaction(fn)` gives `fn`): inside a transaction every call must go through
  * `tx`, because on SQLite a query on the root handle would wait for the transaction that runs it.
+ *
+ * The fan-out rows of a transaction (events, PSKs, what a node was told of each peer, feed rows) are
+ * queued by the transaction's store and written just before the commit, several rows a statement:
+ * a recompute writes a row per peer per node, and one statement each cost a builder compilation
+ * (and on PostgreSQL a round trip) per row. A delete or prune issued meanwhile also drops the
+ * matching queued rows, so the committed rows are those the statements in call order would leave.
+ * Reads in a transaction do not see queued rows (none of the mesh's transactions reads what it wrote).
  */
 
 export interface MeshNodeRow {
@@ -89,6 +96,36 @@ interface MeshTables {
 }
 
 type Db = Kysely<MeshTables>;
+type Row<T extends keyof MeshTables> = Insertable<MeshTables[T]>;
+
+/** The writes a transaction's store holds until its commit (see the class comment). */
+interface Queued {
+  psks: Map<string, Row<'mesh_psks'>>;
+  events: Row<'mesh_events'>[];
+  /** Per node: delete its events up to this seq, after the queued inserts. */
+  prunes: Map<string, number>;
+  announced: Map<string, Row<'mesh_announced_peers'>>;
+  feed: Row<'mesh_feed'>[];
+}
+
+/**
+ * Rows per multi-row statement. Every batch is one of these sizes, so each statement has at most
+ * four SQL texts (the statement cache keeps one prepared statement per text); 64 rows of the widest
+ * table bind 448 values, far below either backend's limit.
+ */
+const CHUNK_SIZES = [64, 16, 4, 1] as const;
+function chunked<T>(rows: readonly T[]): T[][] {
+  const out: T[][] = [];
+  let i = 0;
+  for (const size of CHUNK_SIZES) {
+    while (rows.length - i >= size) {
+      out.push(rows.slice(i, i + size));
+      i += size;
+    }
+  }
+  return out;
+}
+const peerKey = (nodeId: string, peerId: string): string => `${nodeId}\u0000${peerId}`;
 
 function parseTags(text: unknown): string[] {
   try {
@@ -106,22 +143,49 @@ const changed = (r: { numInsertedOrUpdatedRows?: bigint; numUpdatedRows?: bigint
 export class MeshStore {
   readonly #database: StoreDatabase;
   readonly #db: Db;
-  /** True for a store bound to a transaction's handle (no nested transactions). */
-  readonly #inTransaction: boolean;
+  /** The queued writes of a store bound to a transaction's handle; null for the root store. */
+  readonly #queued: Queued | null;
 
   constructor(database: StoreDatabase, tx?: Queryable) {
     this.#database = database;
     this.#db = (tx ?? database.db) as Db;
-    this.#inTransaction = tx !== undefined;
+    this.#queued = tx === undefined ? null : { psks: new Map(), events: [], prunes: new Map(), announced: new Map(), feed: [] };
   }
 
   /**
    * Runs `fn` in one transaction (SQLite: BEGIN IMMEDIATE), with a MeshStore bound to it: every store
-   * call inside `fn` goes through `tx`. Committed when `fn` resolves, rolled back when it throws.
+   * call inside `fn` goes through `tx`. The queued rows are written when `fn` resolves, then it
+   * commits; a throw rolls everything back.
    */
   transaction<T>(fn: (tx: MeshStore) => Promise<T>): Promise<T> {
-    if (this.#inTransaction) return Promise.reject(new Error('MeshStore.transaction: already inside a transaction (use the tx given)'));
-    return this.#database.transaction((q) => fn(new MeshStore(this.#database, q)));
+    if (this.#queued !== null) return Promise.reject(new Error('MeshStore.transaction: already inside a transaction (use the tx given)'));
+    return this.#database.transaction(async (q) => {
+      const tx = new MeshStore(this.#database, q);
+      const result = await fn(tx);
+      await tx.#flush();
+      return result;
+    });
+  }
+
+  /** Writes the queued rows, several a statement, in an order that leaves what the calls in order would. */
+  async #flush(): Promise<void> {
+    const q = this.#queued!;
+    for (const rows of chunked([...q.psks.values()])) await this.#db.insertInto('mesh_psks').values(rows).execute();
+    for (const rows of chunked(q.events)) await this.#db.insertInto('mesh_events').values(rows).execute();
+    for (const [nodeId, upTo] of q.prunes) await this.#db.deleteFrom('mesh_events').where('node_id', '=', nodeId).where('seq', '<=', upTo).execute();
+    for (const rows of chunked([...q.announced.values()])) {
+      await this.#db.insertInto('mesh_announced_peers').values(rows)
+        .onConflict((oc) => oc.columns(['node_id', 'peer_id']).doUpdateSet((eb) => ({
+          mesh_ip: eb.ref('excluded.mesh_ip'), public_key: eb.ref('excluded.public_key'), endpoints: eb.ref('excluded.endpoints'), psk_tag: eb.ref('excluded.psk_tag'), path: eb.ref('excluded.path'),
+        }))).execute();
+    }
+    // In the order they were queued: ids grow with it (a multi-row insert numbers its rows in order).
+    for (const rows of chunked(q.feed)) await this.#db.insertInto('mesh_feed').values(rows).execute();
+    q.psks.clear();
+    q.events = [];
+    q.prunes.clear();
+    q.announced.clear();
+    q.feed = [];
   }
 
   async getSetting(key: string): Promise<string | undefined> {
@@ -194,6 +258,13 @@ export class MeshStore {
    * Several statements: call it on a transaction's store.
    */
   async deleteMeshNode(nodeId: string): Promise<void> {
+    const q = this.#queued;
+    if (q) {
+      for (const [key, r] of q.announced) if (r.node_id === nodeId) q.announced.delete(key);
+      q.events = q.events.filter((e) => e.node_id !== nodeId);
+      q.prunes.delete(nodeId);
+      for (const [key, r] of q.psks) if (r.node_a === nodeId || r.node_b === nodeId) q.psks.delete(key);
+    }
     await this.#db.deleteFrom('mesh_announced_peers').where('node_id', '=', nodeId).execute();
     await this.#db.deleteFrom('mesh_events').where('node_id', '=', nodeId).execute();
     await this.#db.deleteFrom('mesh_psks').where((eb) => eb.or([eb('node_a', '=', nodeId), eb('node_b', '=', nodeId)])).execute();
@@ -214,16 +285,24 @@ export class MeshStore {
   async announcedPeersOf(nodeId: string): Promise<AnnouncedPeerRow[]> {
     return (await this.#db.selectFrom('mesh_announced_peers').selectAll().where('node_id', '=', nodeId).orderBy('peer_id').execute()).map(announcedFromRow);
   }
+  /** In a transaction: queued until its commit (the last one for a pair wins). */
   async upsertAnnouncedPeer(nodeId: string, peerId: string, p: { meshIp: string; publicKey: string; endpoints: string[]; pskTag: string; path: 'direct' | 'relay' | null }): Promise<void> {
     const row = { mesh_ip: p.meshIp, public_key: p.publicKey, endpoints: JSON.stringify(p.endpoints), psk_tag: p.pskTag, path: p.path };
+    if (this.#queued) {
+      this.#queued.announced.set(peerKey(nodeId, peerId), { node_id: nodeId, peer_id: peerId, ...row });
+      return;
+    }
     await this.#db.insertInto('mesh_announced_peers').values({ node_id: nodeId, peer_id: peerId, ...row })
       .onConflict((oc) => oc.columns(['node_id', 'peer_id']).doUpdateSet(row)).execute();
   }
   async deleteAnnouncedPeer(nodeId: string, peerId: string): Promise<void> {
+    this.#queued?.announced.delete(peerKey(nodeId, peerId));
     await this.#db.deleteFrom('mesh_announced_peers').where('node_id', '=', nodeId).where('peer_id', '=', peerId).execute();
   }
   /** Forgets a node's whole view of its peers (before a snapshot replaces it). */
   async deleteAnnouncedOf(nodeId: string): Promise<void> {
+    const q = this.#queued;
+    if (q) for (const [key, r] of q.announced) if (r.node_id === nodeId) q.announced.delete(key);
     await this.#db.deleteFrom('mesh_announced_peers').where('node_id', '=', nodeId).execute();
   }
   async setLastSeq(nodeId: string, lastSeq: number): Promise<void> {
@@ -241,15 +320,27 @@ export class MeshStore {
   async psks(): Promise<Array<{ a: string; b: string; sealed: Buffer }>> {
     return (await this.#db.selectFrom('mesh_psks').select(['node_a', 'node_b', 'sealed']).execute()).map((r) => ({ a: r.node_a, b: r.node_b, sealed: Buffer.from(r.sealed) }));
   }
+  /** In a transaction: queued until its commit. */
   async insertPsk(a: string, b: string, sealed: Buffer, now: number): Promise<void> {
+    if (this.#queued) {
+      this.#queued.psks.set(peerKey(a, b), { node_a: a, node_b: b, sealed, created_at: now });
+      return;
+    }
     await this.#db.insertInto('mesh_psks').values({ node_a: a, node_b: b, sealed, created_at: now }).execute();
   }
   async deletePsk(a: string, b: string): Promise<void> {
+    this.#queued?.psks.delete(peerKey(a, b));
     await this.#db.deleteFrom('mesh_psks').where('node_a', '=', a).where('node_b', '=', b).execute();
   }
 
+  /** In a transaction: queued until its commit. */
   async insertEvent(e: StoredEvent): Promise<void> {
-    await this.#db.insertInto('mesh_events').values({ node_id: e.nodeId, seq: e.seq, type: e.type, ts: e.ts, sealed: e.sealed, signature: e.signature, key_id: e.keyId }).execute();
+    const row = { node_id: e.nodeId, seq: e.seq, type: e.type, ts: e.ts, sealed: e.sealed, signature: e.signature, key_id: e.keyId };
+    if (this.#queued) {
+      this.#queued.events.push(row);
+      return;
+    }
+    await this.#db.insertInto('mesh_events').values(row).execute();
   }
   async eventsAfter(nodeId: string, seq: number): Promise<StoredEvent[]> {
     const rows = await this.#db.selectFrom('mesh_events').selectAll().where('node_id', '=', nodeId).where('seq', '>', seq).orderBy('seq').execute();
@@ -263,11 +354,28 @@ export class MeshStore {
     const r = await this.#db.selectFrom('mesh_events').select((eb) => eb.fn.min('seq').as('s')).where('node_id', '=', nodeId).executeTakeFirst();
     return r?.s === null || r?.s === undefined ? null : Number(r.s);
   }
+  /** In a transaction: drops the queued events it covers now, and the stored ones at the commit. */
   async pruneEvents(nodeId: string, upToSeq: number): Promise<void> {
+    const q = this.#queued;
+    if (q) {
+      if (q.events.some((e) => e.node_id === nodeId && e.seq <= upToSeq)) q.events = q.events.filter((e) => e.node_id !== nodeId || e.seq > upToSeq);
+      q.prunes.set(nodeId, Math.max(upToSeq, q.prunes.get(nodeId) ?? upToSeq));
+      return;
+    }
     await this.#db.deleteFrom('mesh_events').where('node_id', '=', nodeId).where('seq', '<=', upToSeq).execute();
   }
 
-  /** Appends a feed row; its id (ids grow with insertion). */
+  /** Appends a feed row: in a transaction, queued until its commit (in order, after its events). */
+  async queueFeed(row: Omit<FeedRow, 'id'>): Promise<void> {
+    const r = { ts: row.ts, node_id: row.nodeId, kind: row.kind, type: row.type, seq: row.seq, detail: row.detail };
+    if (this.#queued) {
+      this.#queued.feed.push(r);
+      return;
+    }
+    await this.#db.insertInto('mesh_feed').values(r).execute();
+  }
+
+  /** Appends a feed row now; its id (ids grow with insertion). */
   async insertFeed(row: Omit<FeedRow, 'id'>): Promise<number> {
     const r = await this.#db.insertInto('mesh_feed').values({ ts: row.ts, node_id: row.nodeId, kind: row.kind, type: row.type, seq: row.seq, detail: row.detail })
       .returning('id').executeTakeFirstOrThrow();
