@@ -201,7 +201,7 @@ describe.each(backends)('the mesh store on %s', (backend) => {
       // 70 rows: statements of 64, 4, 1 and 1 rows.
       for (let i = 1; i <= 70; i++) await tx.upsertAnnouncedPeer('n', `p${i}`, peer(i));
       await tx.upsertAnnouncedPeer('n', 'p1', { ...peer(1), pskTag: 'again' }); // the last one for a pair wins
-      await tx.deleteAnnouncedPeer('n', 'p2'); // a delete drops what was queued before it
+      await tx.deleteAnnouncedPeers('n', ['p2']); // a delete drops what was queued before it
       await tx.upsertAnnouncedPeer('m', 'p1', peer(1));
       await tx.deleteAnnouncedOf('m');
       await tx.upsertAnnouncedPeer('m', 'p3', peer(3)); // after the delete: kept
@@ -221,6 +221,9 @@ describe.each(backends)('the mesh store on %s', (backend) => {
     expect(told.some((p) => p.peerId === 'p2')).toBe(false);
     expect((await db.announcedPeersOf('m')).map((p) => p.peerId)).toEqual(['p3']);
     expect((await db.eventsAfter('n', 0)).map((e) => e.seq)).toEqual([3, 4, 5]);
+    // Deletes of many peers at once: 69 = 64 + 4 + 1 per statement.
+    await db.transaction((tx) => tx.deleteAnnouncedPeers('n', [...told.map((p) => p.peerId).filter((id) => id !== 'p70'), 'not-there']));
+    expect((await db.announcedPeersOf('n')).map((p) => p.peerId)).toEqual(['p70']);
     expect((await db.eventsAfter('o', 0)).map((e) => e.seq)).toEqual([1]);
     expect((await db.psks()).map((p) => `${p.a}-${p.b}`)).toEqual(['a-c']);
     const feed = await db.feedAfter(0, null, 100);

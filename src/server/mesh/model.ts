@@ -167,7 +167,7 @@ export class MeshModel implements MeshInputs {
     node.announced = announced;
     const lastSeq = node.lastSeq;
     if (change.snapshot) await tx.deleteAnnouncedOf(node.id);
-    else for (const id of change.removed) await tx.deleteAnnouncedPeer(node.id, id);
+    else await tx.deleteAnnouncedPeers(node.id, change.removed);
     for (const p of change.snapshot?.peers ?? change.upserts) await tx.upsertAnnouncedPeer(node.id, p.nodeId, announced.peers.get(p.nodeId)!);
     await tx.setAnnounced(node.id, JSON.stringify({ meshIp: announced.meshIp, cidr: announced.cidr }), lastSeq);
   }

@@ -295,9 +295,10 @@ export class MeshStore {
     await this.#db.insertInto('mesh_announced_peers').values({ node_id: nodeId, peer_id: peerId, ...row })
       .onConflict((oc) => oc.columns(['node_id', 'peer_id']).doUpdateSet(row)).execute();
   }
-  async deleteAnnouncedPeer(nodeId: string, peerId: string): Promise<void> {
-    this.#queued?.announced.delete(peerKey(nodeId, peerId));
-    await this.#db.deleteFrom('mesh_announced_peers').where('node_id', '=', nodeId).where('peer_id', '=', peerId).execute();
+  /** Forgets what a node was told of these peers (queued rows for them too), up to 64 a statement. */
+  async deleteAnnouncedPeers(nodeId: string, peerIds: readonly string[]): Promise<void> {
+    for (const id of peerIds) this.#queued?.announced.delete(peerKey(nodeId, id));
+    for (const ids of chunked(peerIds)) await this.#db.deleteFrom('mesh_announced_peers').where('node_id', '=', nodeId).where('peer_id', 'in', ids).execute();
   }
   /** Forgets a node's whole view of its peers (before a snapshot replaces it). */
   async deleteAnnouncedOf(nodeId: string): Promise<void> {
