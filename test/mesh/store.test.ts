@@ -195,6 +195,10 @@ describe.each(backends)('the mesh store on %s', (backend) => {
   it('the rows a transaction queues are written at its commit as the calls in order would leave them', async () => {
     const store = await openStore(backend);
     const db = new MeshStore(store.database);
+    for (const [i, id] of ['n1', 'n2'].entries()) {
+      await enroll(store, await token(store), id);
+      await db.transaction((tx) => tx.insertMeshNode(id, i + 1));
+    }
     const peer = (i: number) => ({ meshIp: `10.0.0.${i}`, publicKey: wgKey(i), endpoints: [`192.0.2.${i}:51820`], pskTag: `t${i}`, path: null });
     const event = (nodeId: string, seq: number) => ({ nodeId, seq, type: 'peer_added', ts: seq, sealed: Buffer.from([0]), signature: Buffer.from([1]), keyId: 'k' });
     await db.transaction(async (tx) => {
@@ -211,10 +215,20 @@ describe.each(backends)('the mesh store on %s', (backend) => {
       await tx.insertPsk('a', 'b', Buffer.from([1]), 1);
       await tx.insertPsk('a', 'c', Buffer.from([2]), 1);
       await tx.deletePsk('a', 'b');
+      // Heads of mesh_nodes rows: the last value per node wins; a node without a row is no error.
+      await tx.setAnnounced('n1', '{"meshIp":"10.0.0.1","cidr":"10.0.0.0/24"}', 4);
+      await tx.setLastSeq('n1', 6);
+      await tx.setLastSeq('n2', 3);
+      await tx.setLastSeq('n2', 9);
+      await tx.setAnnounced('nobody', 'null', 1);
       for (let i = 0; i < 21; i++) await tx.queueFeed({ ts: i, nodeId: 'n', kind: 'event', type: 'peer_added', seq: i, detail: '{}' });
       // Nothing is written before the commit: the root store (outside the transaction) sees none yet.
       expect(await tx.announcedPeersOf('n')).toEqual([]);
     });
+    expect((await db.meshNodes()).map((r) => [r.nodeId, r.announced, r.lastSeq])).toEqual([
+      ['n1', '{"meshIp":"10.0.0.1","cidr":"10.0.0.0/24"}', 6],
+      ['n2', 'null', 9],
+    ]);
     const told = await db.announcedPeersOf('n');
     expect(told).toHaveLength(69);
     expect(told.find((p) => p.peerId === 'p1')!.pskTag).toBe('again');

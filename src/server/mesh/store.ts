@@ -1,4 +1,4 @@
-import type { Generated, Insertable, Kysely, Selectable } from 'kysely';
+import { sql, type Generated, type Insertable, type Kysely, type Selectable } from 'kysely';
 import type { Queryable, StoreDatabase } from '../store/database.js';
 
 /**
@@ -106,6 +106,8 @@ interface Queued {
   prunes: Map<string, number>;
   announced: Map<string, Row<'mesh_announced_peers'>>;
   feed: Row<'mesh_feed'>[];
+  /** Per node: its new last_seq, and its new `announced` head when it was set. */
+  heads: Map<string, { announced?: string; lastSeq: number }>;
 }
 
 /**
@@ -149,7 +151,7 @@ export class MeshStore {
   constructor(database: StoreDatabase, tx?: Queryable) {
     this.#database = database;
     this.#db = (tx ?? database.db) as Db;
-    this.#queued = tx === undefined ? null : { psks: new Map(), events: [], prunes: new Map(), announced: new Map(), feed: [] };
+    this.#queued = tx === undefined ? null : { psks: new Map(), events: [], prunes: new Map(), announced: new Map(), feed: [], heads: new Map() };
   }
 
   /**
@@ -181,6 +183,20 @@ export class MeshStore {
     }
     // In the order they were queued: ids grow with it (a multi-row insert numbers its rows in order).
     for (const rows of chunked(q.feed)) await this.#db.insertInto('mesh_feed').values(rows).execute();
+    // One UPDATE ... FROM (VALUES ...) per chunk of nodes: the builder has no VALUES list, so this one
+    // is SQL, in what both accept (SQLite 3.33+ and PostgreSQL name the columns column1, column2, ...;
+    // the CAST gives PostgreSQL the type its untyped parameters lack).
+    const heads = [...q.heads];
+    const told = heads.filter(([, h]) => h.announced !== undefined);
+    for (const rows of chunked(told)) {
+      const values = sql.join(rows.map(([id, h]) => sql`(${id}, ${h.announced}, ${h.lastSeq})`));
+      await sql`UPDATE mesh_nodes SET announced = v.column2, last_seq = CAST(v.column3 AS BIGINT) FROM (VALUES ${values}) AS v WHERE mesh_nodes.node_id = v.column1`.execute(this.#db);
+    }
+    for (const rows of chunked(heads.filter(([, h]) => h.announced === undefined))) {
+      const values = sql.join(rows.map(([id, h]) => sql`(${id}, ${h.lastSeq})`));
+      await sql`UPDATE mesh_nodes SET last_seq = CAST(v.column2 AS BIGINT) FROM (VALUES ${values}) AS v WHERE mesh_nodes.node_id = v.column1`.execute(this.#db);
+    }
+    q.heads.clear();
     q.psks.clear();
     q.events = [];
     q.prunes.clear();
@@ -264,6 +280,7 @@ export class MeshStore {
       q.events = q.events.filter((e) => e.node_id !== nodeId);
       q.prunes.delete(nodeId);
       for (const [key, r] of q.psks) if (r.node_a === nodeId || r.node_b === nodeId) q.psks.delete(key);
+      q.heads.delete(nodeId);
     }
     await this.#db.deleteFrom('mesh_announced_peers').where('node_id', '=', nodeId).execute();
     await this.#db.deleteFrom('mesh_events').where('node_id', '=', nodeId).execute();
@@ -275,7 +292,12 @@ export class MeshStore {
       .set({ wg_public_key: wgPublicKey, endpoints: JSON.stringify(endpoints), observed_addr: observedAddr, nat: nat === null || nat === undefined ? null : JSON.stringify(nat) })
       .where('node_id', '=', nodeId).execute();
   }
+  /** In a transaction: queued until its commit (the last value per node wins). */
   async setAnnounced(nodeId: string, announced: string, lastSeq: number): Promise<void> {
+    if (this.#queued) {
+      this.#queued.heads.set(nodeId, { announced, lastSeq });
+      return;
+    }
     await this.#db.updateTable('mesh_nodes').set({ announced, last_seq: lastSeq }).where('node_id', '=', nodeId).execute();
   }
   async announcedPeers(): Promise<AnnouncedPeerRow[]> {
@@ -306,7 +328,14 @@ export class MeshStore {
     if (q) for (const [key, r] of q.announced) if (r.node_id === nodeId) q.announced.delete(key);
     await this.#db.deleteFrom('mesh_announced_peers').where('node_id', '=', nodeId).execute();
   }
+  /** In a transaction: queued until its commit (the last value per node wins). */
   async setLastSeq(nodeId: string, lastSeq: number): Promise<void> {
+    const q = this.#queued;
+    if (q) {
+      const head = q.heads.get(nodeId);
+      q.heads.set(nodeId, head?.announced !== undefined ? { announced: head.announced, lastSeq } : { lastSeq });
+      return;
+    }
     await this.#db.updateTable('mesh_nodes').set({ last_seq: lastSeq }).where('node_id', '=', nodeId).execute();
   }
   /** Sets a live node's tags; false when there is no such live node. */
