@@ -52,6 +52,8 @@ async function openStore(backend: Backend): Promise<Store> {
   return store;
 }
 
+const i8 = (s: string): number => Number(s.slice(1)) & 255;
+
 /** A token as the core stores one (only its hash matters here). */
 async function token(store: Store, nodeId: string | null = null): Promise<string> {
   const hash = randomUUID();
@@ -214,7 +216,7 @@ describe.each(backends)('the mesh store on %s', (backend) => {
       await tx.insertEvent(event('o', 1));
       await tx.insertPsk('a', 'b', Buffer.from([1]), 1);
       await tx.insertPsk('a', 'c', Buffer.from([2]), 1);
-      await tx.deletePsk('a', 'b');
+      await tx.deletePsks([['a', 'b']]);
       // Heads of mesh_nodes rows: the last value per node wins; a node without a row is no error.
       await tx.setAnnounced('n1', '{"meshIp":"10.0.0.1","cidr":"10.0.0.0/24"}', 4);
       await tx.setLastSeq('n1', 6);
@@ -240,6 +242,13 @@ describe.each(backends)('the mesh store on %s', (backend) => {
     expect((await db.announcedPeersOf('n')).map((p) => p.peerId)).toEqual(['p70']);
     expect((await db.eventsAfter('o', 0)).map((e) => e.seq)).toEqual([1]);
     expect((await db.psks()).map((p) => `${p.a}-${p.b}`)).toEqual(['a-c']);
+    // Many pairs at once (70: 64 + 4 + 1 + 1 per statement), pairs that are not there ignored.
+    const pairs = Array.from({ length: 70 }, (_, i) => ['x', `y${String(i).padStart(2, '0')}`] as [string, string]);
+    await db.transaction(async (tx) => {
+      for (const [a, b] of pairs) await tx.insertPsk(a, b, Buffer.from([i8(b)]), 1);
+    });
+    await db.transaction((tx) => tx.deletePsks([...pairs.slice(1), ['a', 'nobody']]));
+    expect((await db.psks()).map((p) => `${p.a}-${p.b}`).sort()).toEqual(['a-c', 'x-y00']);
     const feed = await db.feedAfter(0, null, 100);
     expect(feed.map((r) => r.seq)).toEqual(Array.from({ length: 21 }, (_, i) => i)); // ids in the order queued
     // A prune in a later transaction reaches the stored rows.

@@ -141,12 +141,15 @@ export class MeshModel implements MeshInputs {
         for (const b of set) if (a < b && keyed(b)) wanted.add(pairKey(a, b));
       }
     }
-    if (onlyNodes === undefined) for (const key of [...this.psks.keys()]) {
-      if (!wanted.has(key)) {
-        const [a, b] = key.split('\u0000') as [string, string];
-        await tx.deletePsk(a, b);
-        this.psks.delete(key);
+    if (onlyNodes === undefined) {
+      const dropped: Array<[string, string]> = [];
+      for (const key of [...this.psks.keys()]) {
+        if (!wanted.has(key)) {
+          dropped.push(key.split('\u0000') as [string, string]);
+          this.psks.delete(key);
+        }
       }
+      await tx.deletePsks(dropped);
     }
     for (const key of wanted) {
       if (this.psks.has(key)) continue;

@@ -358,10 +358,14 @@ export class MeshStore {
     }
     await this.#db.insertInto('mesh_psks').values({ node_a: a, node_b: b, sealed, created_at: now }).execute();
   }
-  async deletePsk(a: string, b: string): Promise<void> {
-    this.#queued?.psks.delete(peerKey(a, b));
-    await this.#db.deleteFrom('mesh_psks').where('node_a', '=', a).where('node_b', '=', b).execute();
+  /** Deletes the PSKs of these pairs (queued ones too), up to 64 pairs a statement. */
+  async deletePsks(pairs: ReadonlyArray<readonly [a: string, b: string]>): Promise<void> {
+    for (const [a, b] of pairs) this.#queued?.psks.delete(peerKey(a, b));
+    for (const rows of chunked(pairs)) {
+      await this.#db.deleteFrom('mesh_psks').where((eb) => eb.or(rows.map(([a, b]) => eb.and([eb('node_a', '=', a), eb('node_b', '=', b)])))).execute();
+    }
   }
+
 
   /** In a transaction: queued until its commit. */
   async insertEvent(e: StoredEvent): Promise<void> {
