@@ -80,7 +80,7 @@ describe('a running server and the offline operator serve the table', () => {
 
   it('with the server stopped, the offline operator serves exactly the offline routes, and audits them', async () => {
     await ts.server.close();
-    const op = OfflineOperator.open(dataDir, { actor: 'dave(uid 1)' });
+    const op = await OfflineOperator.open(dataDir, { actor: 'dave(uid 1)' });
     try {
       expect(op.live).toBe(false);
       for (const route of api.ADMIN_ROUTES) {
@@ -97,14 +97,14 @@ describe('a running server and the offline operator serve the table', () => {
       expect(audit[0]).toMatchObject({ source: 'admin', actor: 'dave(uid 1)', operation: 'tokens', result: 'ok' });
       expect(await op.call(api.listNodes, {})).toEqual([]);
     } finally {
-      op.close();
+      await op.close();
     }
   });
 
   it('the offline operator refuses a data dir without a store', async () => {
     const empty = await tempDir('ml-offline-');
     try {
-      expect(() => OfflineOperator.open(empty.path)).toThrow(expect.objectContaining({ code: 'ML_ERR_NOT_INITIALIZED' }));
+      await expect(OfflineOperator.open(empty.path)).rejects.toThrow(expect.objectContaining({ code: 'ML_ERR_NOT_INITIALIZED' }));
     } finally {
       await empty.cleanup();
     }

@@ -28,10 +28,10 @@ describe('an enrollment whose answer was lost', () => {
   });
 
   it('a re-run with the same token gets the same certificate, and no orphan node is left', async () => {
-    const { token } = createEnrollmentToken(ts.server.store, { ttlMs: 60_000 });
+    const { token } = await createEnrollmentToken(ts.server.store, { ttlMs: 60_000 });
     const stateDir = join(dir.path, 'state');
     const options = { server: proxy.url, token, caPins: [ts.server.caPin], stateDir, hostname: 'retry-host', timeoutMs: 10_000 };
-    const unhook = ts.server.enrollment.onCommit(() => {
+    const unhook = ts.server.enrollment.onCommit(async () => {
       proxy.mode = 'blackhole-down';
       setTimeout(() => proxy.drop(), 0);
     });
@@ -39,12 +39,12 @@ describe('an enrollment whose answer was lost', () => {
     unhook();
     proxy.mode = 'pass';
     // The server did enroll a node; the agent has no identity yet.
-    expect(ts.server.store.listLiveNodes().map((n) => n.hostname)).toEqual(['retry-host']);
+    expect((await ts.server.store.listLiveNodes()).map((n) => n.hostname)).toEqual(['retry-host']);
     expect(existsSync(join(stateDir, 'identity.json'))).toBe(false);
-    const firstSerial = ts.server.store.listLiveNodes()[0]!.certSerial;
+    const firstSerial = (await ts.server.store.listLiveNodes())[0]!.certSerial;
 
     const { identity } = await enroll(options);
-    const nodes = ts.server.store.listLiveNodes();
+    const nodes = await ts.server.store.listLiveNodes();
     expect(nodes).toHaveLength(1);
     expect(identity.nodeId).toBe(nodes[0]!.id);
     expect(identity.cert.serial.toLowerCase()).toBe(firstSerial?.toLowerCase());
@@ -52,6 +52,6 @@ describe('an enrollment whose answer was lost', () => {
 
     // The token is still spent for anyone else: another key (another state dir) is refused.
     await expect(enroll({ ...options, stateDir: join(dir.path, 'other') })).rejects.toMatchObject({ code: 'ML_ERR_TOKEN_INVALID' });
-    expect(ts.server.store.listLiveNodes()).toHaveLength(1);
+    expect(await ts.server.store.listLiveNodes()).toHaveLength(1);
   });
 });

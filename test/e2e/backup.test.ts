@@ -71,13 +71,13 @@ describe('server backup and restore (real processes, real TLS, real SQLite)', ()
 
   it('the backup alone reveals neither the CA key nor opens without the key file', async () => {
     // The CA key as the server holds it (opened with the real key file, in this process).
-    const store = openServerStore(join(dataA, 'meshlink.db'));
+    const store = await openServerStore(join(dataA, 'meshlink.db'));
     let caPkcs8: Buffer;
     try {
       const { secret } = await openKeyFile({ dataDir: dataA, keyFile: null, passphrase: '', mayCreate: false, logger: createLogger({ name: 't', level: 'silent' }) });
       caPkcs8 = (await loadOrCreateCa(store, { keyType: 'rsa2048', secret })).ca.exportKeyPkcs8Der();
     } finally {
-      store.close();
+      await store.close();
     }
     const caPem = createPrivateKey({ key: caPkcs8, format: 'der', type: 'pkcs8' }).export({ type: 'pkcs8', format: 'pem' }) as string;
     const bytes = readFileSync(backup);

@@ -32,7 +32,7 @@ async function setup(renewGraceMs: number): Promise<{ server: RunningServer; sta
   );
   cleanups.push(() => server.close());
   const stateDir = join(dir, 'agent');
-  const token = createEnrollmentToken(server.store, { ttlMs: 60_000 });
+  const token = await createEnrollmentToken(server.store, { ttlMs: 60_000 });
   const { identity } = await enroll({ server: server.publicUrl, token: token.token, caPins: [server.caPin], stateDir, hostname: 'offline-host' });
   // Replace its certificate with one that expired an hour ago (as if the host was off for a month).
   const keys = await generateAgentKeyPair();

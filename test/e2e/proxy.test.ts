@@ -138,7 +138,7 @@ describe.skipIf(TINYPROXY_MISSING !== null)(`agents through an HTTPS proxy (tiny
     );
     cleanups.push(() => local.close());
     const stateDir = join(dir.path, 'expired-agent');
-    const token = createEnrollmentToken(local.store, { ttlMs: 60_000 });
+    const token = await createEnrollmentToken(local.store, { ttlMs: 60_000 });
     const proxyConfig = resolveProxyConfig(p.url, {});
     const { identity } = await enroll({ server: local.publicUrl, token: token.token, caPins: [local.caPin], stateDir, hostname: 'expired-host' }, { proxy: proxyConfig });
     // As if the host had been off for a day: a certificate that expired an hour ago.
@@ -184,7 +184,7 @@ describe.skipIf(TINYPROXY_MISSING !== null)(`agents through an HTTPS proxy (tiny
       `process.on('SIGTERM', () => process.exit(0));\nsetInterval(() => {}, 1000);\n`;
     await writeFile(bundle, v1, { mode: 0o755 });
     const proxyConfig = resolveProxyConfig(p.url, {});
-    const { token } = createEnrollmentToken(ts.server.store, { ttlMs: 60_000 });
+    const { token } = await createEnrollmentToken(ts.server.store, { ttlMs: 60_000 });
     const { identity } = await enroll({ server: ts.url, token, caPins: [ts.server.caPin], stateDir, hostname: 'upgrade-host' }, { proxy: proxyConfig });
     const { logger, file: logFile } = openAgentLog(stateDir, 'info', { stdout: false });
     const runner = new AgentRunner({ stateDir, logger, backoff: { baseMs: 50, maxMs: 500 }, proxy: proxyConfig });

@@ -35,7 +35,7 @@ export async function startFaultServer(dataDir: string, overrides: Partial<Serve
 
 /** Enrolls a fresh agent state dir against `server` (real /v1/enroll with a real token). */
 export async function enrollAgent(server: RunningServer, stateDir: string, hostname: string, url = server.publicUrl): Promise<string> {
-  const { token } = createEnrollmentToken(server.store, { ttlMs: 60_000 });
+  const { token } = await createEnrollmentToken(server.store, { ttlMs: 60_000 });
   const r = await enroll({ server: url, token, caPins: [server.caPin], stateDir, hostname, timeoutMs: 20_000 }, { logger: silent() });
   return r.identity.nodeId;
 }

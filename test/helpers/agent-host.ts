@@ -27,7 +27,7 @@ export interface TestHost {
   host: SessionHost;
   /** Connects an agent of `nodeId` (a live node of the store) and waits for its session to open. */
   connect(nodeId: string, server?: Partial<Pick<SessionOptions, 'priorityHighWater' | 'timers'>>): Promise<HostedAgent>;
-  close(): void;
+  close(): Promise<void>;
 }
 
 /**
@@ -95,13 +95,13 @@ export function testHost(store: Store): TestHost {
       agents.push(hosted);
       return hosted;
     },
-    close() {
+    async close() {
       for (const a of agents) {
         a.open();
         a.agent.close();
       }
       host.close();
-      presence.close();
+      await presence.close();
     },
   };
 }

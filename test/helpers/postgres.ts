@@ -52,8 +52,14 @@ export interface PostgresCluster {
   readonly socketDir: string;
   /** A URL to another database of this cluster (created with `createDatabase`). */
   urlOf(database: string): string;
-  /** Creates an empty database (name: letters, digits, _). */
-  createDatabase(name: string): Promise<string>;
+  /**
+   * Creates an empty database (name: letters, digits, _). `icuLocale` (PostgreSQL 15+): its default
+   * collation is that ICU locale's (en-US: 'a' < 'B'), as on most installations, instead of the
+   * cluster's C (byte order, SQLite's).
+   */
+  createDatabase(name: string, options?: { icuLocale?: string }): Promise<string>;
+  /** Drops a database, ending the sessions still connected to it (`dropdb --force`). */
+  dropDatabase(name: string): Promise<void>;
   /** The server's log so far (for a failing test's message). */
   log(): string;
   /** Stops the server (immediate) and removes the dir. Safe to call twice. */
@@ -138,10 +144,15 @@ export async function startPostgres(): Promise<PostgresCluster> {
         dir,
         socketDir: dir,
         urlOf: (database) => `postgres://${superuser}:${password}@127.0.0.1:${port}/${database}`,
-        async createDatabase(name) {
+        async createDatabase(name, options = {}) {
           if (!/^[A-Za-z_][A-Za-z0-9_]{0,62}$/.test(name)) throw new Error(`not a plain database name: ${name}`);
-          await pg(join(bin, 'createdb'), ['-h', dir, '-p', String(port), '-U', superuser, name], 30_000);
+          const locale = options.icuLocale === undefined ? [] : ['--template=template0', '--locale-provider=icu', `--icu-locale=${options.icuLocale}`];
+          await pg(join(bin, 'createdb'), ['-h', dir, '-p', String(port), '-U', superuser, ...locale, name], 30_000);
           return cluster.urlOf(name);
+        },
+        async dropDatabase(name) {
+          if (!/^[A-Za-z_][A-Za-z0-9_]{0,62}$/.test(name)) throw new Error(`not a plain database name: ${name}`);
+          await pg(join(bin, 'dropdb'), ['-h', dir, '-p', String(port), '-U', superuser, '--force', '--if-exists', name], 30_000);
         },
         log: () => readLog(logPath),
         async stop() {

@@ -13,10 +13,10 @@ afterEach(async () => {
 async function setup(): Promise<{ store: Store; nodeId: string; t: TestHost }> {
   const d = await tempDir('ml-sessions-');
   cleanups.push(d.cleanup);
-  const store = openServerStore(`${d.path}/meshlink.db`);
+  const store = await openServerStore(`${d.path}/meshlink.db`);
   cleanups.push(() => store.close());
   const nodeId = randomUUID();
-  store.database.prepare('INSERT INTO nodes (id, hostname, created_at) VALUES (?, ?, 0)').run(nodeId, 'n1');
+  store.database.sqlite!.prepare('INSERT INTO nodes (id, hostname, created_at) VALUES (?, ?, 0)').run(nodeId, 'n1');
   const t = testHost(store);
   cleanups.push(() => t.close());
   return { store, nodeId, t };

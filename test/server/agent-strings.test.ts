@@ -55,23 +55,23 @@ describe('agent-supplied strings', () => {
     const refused = wsClosed(evil.ws);
     sendRaw(evil.ws, 'hello', { versions: [1], agentVersion: `1.0${ESC}` });
     expect(await refused).toBe(4004);
-    expect(srv.server.store.getNode(evil.nodeId)!.agentVersion ?? '').not.toContain('\u001b');
+    expect((await srv.server.store.getNode(evil.nodeId))!.agentVersion ?? '').not.toContain('\u001b');
   });
 
   it('an audit.batch with control characters in its operation or target is refused and stores nothing', async () => {
     const evil = await attacker('esc-audit');
     await evil.session.handshake({ agentVersion: '1.0' });
-    const before = AuditLog.of(srv.server.store).ofNode(evil.nodeId, 100).length;
+    const before = (await AuditLog.of(srv.server.store).ofNode(evil.nodeId, 100)).length;
     const refused = closed(evil.session);
     sendRaw(evil.ws, 'audit.batch', { records: [{ ts: Date.now(), action: `exec${ESC}`, target: `/etc${ESC}`, result: 'ok' }] });
     expect(await refused).toMatchObject({ code: 4004, error: 'ML_ERR_BAD_PAYLOAD' });
-    expect(AuditLog.of(srv.server.store).ofNode(evil.nodeId, 100).length).toBe(before);
+    expect((await AuditLog.of(srv.server.store).ofNode(evil.nodeId, 100)).length).toBe(before);
   });
 
   it('the CLI escapes control characters in agent-supplied fields (a record stored before the check)', async () => {
     const { nodeId } = await enrollNode(srv, 'esc-stored');
-    AuditLog.of(srv.server.store).record({ source: 'agent', actor: `root${ESC}`, operation: `exec${ESC}`, nodeId, target: `/tmp${ESC}`, result: `ok${ESC}` });
-    srv.server.store.setAgentVersion(nodeId, `9${ESC}`);
+    await AuditLog.of(srv.server.store).record({ source: 'agent', actor: `root${ESC}`, operation: `exec${ESC}`, nodeId, target: `/tmp${ESC}`, result: `ok${ESC}` });
+    await srv.server.store.setAgentVersion(nodeId, `9${ESC}`);
     for (const args of [['server', 'audit'], ['server', 'nodes', 'list']]) {
       const r = await cli([...args, '--data-dir', srv.dataDir]);
       expect(r.code, r.stderr).toBe(0);

@@ -79,8 +79,8 @@ describe('renewal: the predecessor lives until the successor connects', () => {
       expect(again.status).toBe(403);
       expect(JSON.parse(again.body)).toMatchObject({ code: 'ML_ERR_CERT_REVOKED' });
     }
-    expect(ts.server.store.getCert(serialOf(first.certPem))?.revokedAt).not.toBeNull();
-    expect(ts.server.store.getCert(serialOf(renewed.certificate))?.revokedAt).toBeNull();
+    expect((await ts.server.store.getCert(serialOf(first.certPem)))?.revokedAt).not.toBeNull();
+    expect((await ts.server.store.getCert(serialOf(renewed.certificate)))?.revokedAt).toBeNull();
     expect(fresh.session.state).toBe('open');
     expect(old.streams).toBe(0);
     fresh.session.close();
@@ -92,7 +92,7 @@ describe('renewal: the predecessor lives until the successor connects', () => {
     const b = await connectWith(node.certPem, node.keyPem);
     expect(a.session.state).toBe('open');
     expect(b.session.state).toBe('open');
-    expect(ts.server.store.getCert(serialOf(node.certPem))?.revokedAt).toBeNull();
+    expect((await ts.server.store.getCert(serialOf(node.certPem)))?.revokedAt).toBeNull();
     a.session.close();
     b.session.close();
   });
@@ -104,7 +104,7 @@ describe('re-enrollment', () => {
     const old = await connectWith(first.certPem, first.keyPem);
     const renewed = await renewOver(old); // a second, unused certificate of the node
 
-    const { token } = createEnrollmentToken(ts.server.store, { ttlMs: 60_000, nodeId: first.nodeId });
+    const { token } = await createEnrollmentToken(ts.server.store, { ttlMs: 60_000, nodeId: first.nodeId });
     const { csrPem, keyPem } = await makeCsr('succ-node');
     const res = await httpsRequest(`${ts.url}/v1/enroll`, { ca: ts.server.caCertPem, body: { token, csr: csrPem } });
     expect(res.status).toBe(200);
@@ -128,7 +128,7 @@ describe('cert.renew is limited per node', () => {
     const node = await enrollNode(ts, 'succ-node');
     const held = await connectWith(node.certPem, node.keyPem);
     const { csrPem } = await makeCsr('succ-node');
-    const before = ts.server.store.fleetTotals().certs;
+    const before = (await ts.server.store.fleetTotals()).certs;
     const outcomes = await Promise.allSettled(
       Array.from({ length: 200 }, () => held.session.request('cert.renew', { csr: csrPem }, { timeoutMs: 60_000 })),
     );
@@ -137,7 +137,7 @@ describe('cert.renew is limited per node', () => {
     expect(ok).toHaveLength(RENEWALS_PER_MINUTE);
     expect(refused).toHaveLength(200 - RENEWALS_PER_MINUTE);
     for (const err of refused) expect(err).toMatchObject({ code: 'ML_ERR_REMOTE', remoteCode: 'ML_ERR_RATE_LIMITED' });
-    expect(ts.server.store.fleetTotals().certs - before).toBe(RENEWALS_PER_MINUTE);
+    expect((await ts.server.store.fleetTotals()).certs - before).toBe(RENEWALS_PER_MINUTE);
     expect(held.session.state).toBe('open');
 
     // The same budget covers POST /v1/renew.
@@ -161,22 +161,22 @@ describe('expired certificates are pruned', () => {
     const inGrace = await ts.server.enrollment.issueNodeCertificate(node.nodeId, csrPem, { validity: { notBefore: new Date(now - 86_400_000), notAfter: new Date(now - 60_000) } });
     const newest = await ts.server.enrollment.issueNodeCertificate(node.nodeId, csrPem);
     const revocations = ts.server.live.revocations;
-    store.revokeCertsIssuedBefore(node.nodeId, inGrace.serial, now);
+    await store.revokeCertsIssuedBefore(node.nodeId, inGrace.serial, now);
     revocations.add([expired.serial, serialOf(node.certPem)]);
-    const totals = store.fleetTotals();
+    const totals = await store.fleetTotals();
 
     const succession = new CertificateSuccession({ store, revocations, logger: createLogger({ name: 't', level: 'silent' }), renewGraceMs: grace });
-    expect(succession.prune(now)).toBe(1);
-    expect(store.getCert(expired.serial)).toBeUndefined();
+    expect(await succession.prune(now)).toBe(1);
+    expect(await store.getCert(expired.serial)).toBeUndefined();
     expect(revocations.has(expired.serial)).toBe(false);
-    expect(store.getCert(inGrace.serial)).toBeDefined();
-    expect(store.getCert(newest.serial)).toBeDefined();
-    expect(store.getCert(serialOf(node.certPem))).toBeDefined(); // revoked, but not expired
-    expect(store.fleetTotals()).toEqual(totals);
+    expect(await store.getCert(inGrace.serial)).toBeDefined();
+    expect(await store.getCert(newest.serial)).toBeDefined();
+    expect(await store.getCert(serialOf(node.certPem))).toBeDefined(); // revoked, but not expired
+    expect(await store.fleetTotals()).toEqual(totals);
 
     // A node's newest certificate stays even when it has expired (the listing shows it).
-    expect(succession.prune(now + 1_000 * 86_400_000)).toBe(2);
-    expect(store.getCert(newest.serial)).toBeDefined();
-    expect(store.fleetTotals()).toEqual(totals);
+    expect(await succession.prune(now + 1_000 * 86_400_000)).toBe(2);
+    expect(await store.getCert(newest.serial)).toBeDefined();
+    expect(await store.fleetTotals()).toEqual(totals);
   });
 });

@@ -141,10 +141,10 @@ describe('CLI end to end: `meshlink server` as child processes', () => {
     expect(stdout).toContain('"server stopped"');
 
     // Secrets never reach the log: tokens, the CSR, the agent key, the CA key (decrypted here to compare).
-    const store = openServerStore(`${dir.path}/meshlink.db`);
+    const store = await openServerStore(`${dir.path}/meshlink.db`);
     const { secret } = await openKeyFile({ dataDir: dir.path, keyFile: null, passphrase: PASSPHRASE, mayCreate: false, logger: createLogger({ name: 'test', level: 'silent' }) });
     const { ca: loaded } = await loadOrCreateCa(store, { keyType: 'rsa2048', secret });
-    store.close();
+    await store.close();
     const caKeyPem = (await import('node:crypto')).createPrivateKey({ key: loaded.exportKeyPkcs8Der(), format: 'der', type: 'pkcs8' }).export({ type: 'pkcs8', format: 'pem' }) as string;
     const humanToken = /MESHLINK_ENROLL_TOKEN=(\S+)/.exec(human.stdout)![1]!;
     expect(stdout.length).toBeGreaterThan(500);

@@ -62,7 +62,7 @@ describe('closes for the certificate follow §9: an error frame first, the code 
   it('removal: error ML_ERR_CERT_REVOKED, then close 4401 with reason ML_ERR_CERT_REVOKED', async () => {
     const { removeNode } = await import('../../src/server/nodes.js');
     const agent = await connectRawAgent(ts, 'to-remove');
-    removeNode(ts.server.store, agent.nodeId, ts.server.live);
+    await removeNode(ts.server.store, agent.nodeId, ts.server.live);
     expect(await agent.closed).toEqual({ code: 4401, reason: 'ML_ERR_CERT_REVOKED' });
     expect(agent.frames.some((f) => f.name === 'error' && (f.payload as { code: string }).code === 'ML_ERR_CERT_REVOKED')).toBe(true);
   });

@@ -13,7 +13,7 @@ describe('POST /v1/enroll over real TLS', () => {
     await ts.stop();
   });
 
-  const token = () => createEnrollmentToken(ts.server.store, { ttlMs: 60_000 }).token;
+  const token = async () => (await createEnrollmentToken(ts.server.store, { ttlMs: 60_000 })).token;
   const enroll = (body: unknown) => httpsRequest(`${ts.url}/v1/enroll`, { ca: ts.server.caCertPem, body });
 
   it('GET /v1/ca returns the CA certificate whose pin the server reports', async () => {
@@ -40,7 +40,7 @@ describe('POST /v1/enroll over real TLS', () => {
     expect(Date.parse(cert.validTo) - Date.now()).toBeGreaterThan(29.9 * 86_400_000);
     expect(Date.now() - Date.parse(cert.validFrom)).toBeGreaterThan(4 * 60_000);
     expect(BigInt('0x' + cert.serialNumber) > 0n).toBe(true);
-    const node = ts.server.store.getNode(body.nodeId);
+    const node = await ts.server.store.getNode(body.nodeId);
     expect(node?.hostname).toBe('web-1');
     expect(node?.agentVersion).toBe('0.1.0');
   });
@@ -50,7 +50,7 @@ describe('POST /v1/enroll over real TLS', () => {
     const res = await enroll({ token: token(), csr: csrPem });
     expect(res.status).toBe(200);
     const body = res.json<{ nodeId: string; certificate: string; caCertificate: string }>();
-    expect(ts.server.store.getNode(body.nodeId)?.hostname).toBe('db-7');
+    expect((await ts.server.store.getNode(body.nodeId))?.hostname).toBe('db-7');
     expect(await opensslVerify(body.caCertificate, body.certificate)).toMatch(/: OK/);
   });
 
@@ -73,12 +73,12 @@ describe('POST /v1/enroll over real TLS', () => {
   });
 
   it('an expired token is refused with 401 and nothing is recorded', async () => {
-    const { token: t } = createToken(ts.server.store, { ttlMs: 1_000, now: Date.now() - 2_000 });
-    const before = ts.server.store.listLiveNodes().length;
+    const { token: t } = await createToken(ts.server.store, { ttlMs: 1_000, now: Date.now() - 2_000 });
+    const before = (await ts.server.store.listLiveNodes()).length;
     const res = await enroll({ token: t, csr: (await makeCsr('late')).csrPem });
     expect(res.status).toBe(401);
     expect(res.json()).toMatchObject({ code: 'ML_ERR_TOKEN_INVALID' });
-    expect(ts.server.store.listLiveNodes().length).toBe(before);
+    expect((await ts.server.store.listLiveNodes()).length).toBe(before);
   });
 
   it('an unknown token is 401', async () => {
@@ -89,12 +89,12 @@ describe('POST /v1/enroll over real TLS', () => {
   it('20 concurrent redemptions of one token: exactly one 200, nineteen 401, one node', async () => {
     const t = token();
     const csrs = await Promise.all(Array.from({ length: 20 }, (_, i) => makeCsr(`race-${i}`)));
-    const before = ts.server.store.listLiveNodes().length;
+    const before = (await ts.server.store.listLiveNodes()).length;
     const results = await Promise.all(csrs.map((c) => enroll({ token: t, csr: c.csrPem })));
     const statuses = results.map((r) => r.status).sort();
     expect(statuses.filter((s) => s === 200)).toHaveLength(1);
     expect(statuses.filter((s) => s === 401)).toHaveLength(19);
-    expect(ts.server.store.listLiveNodes().length).toBe(before + 1);
+    expect((await ts.server.store.listLiveNodes()).length).toBe(before + 1);
   });
 
   it('a CSR whose signature does not match its content is 400 ML_ERR_CSR_INVALID and does not burn the token', async () => {
@@ -141,7 +141,7 @@ describe('POST /v1/enroll over real TLS', () => {
   it('a re-enrollment token bound to a node id keeps the node id', async () => {
     const first = await enroll({ token: token(), csr: (await makeCsr('keeper')).csrPem });
     const nodeId = first.json<{ nodeId: string }>().nodeId;
-    const { token: t } = createEnrollmentToken(ts.server.store, { ttlMs: 60_000, nodeId });
+    const { token: t } = await createEnrollmentToken(ts.server.store, { ttlMs: 60_000, nodeId });
     const again = await enroll({ token: t, csr: (await makeCsr('keeper')).csrPem });
     expect(again.status).toBe(200);
     expect(again.json<{ nodeId: string }>().nodeId).toBe(nodeId);
@@ -173,7 +173,7 @@ describe('failure rate limit', () => {
       expect(retryAfter).toBeLessThanOrEqual(60);
     }
     // Someone else behind the same address (one NAT) with a valid token enrolls.
-    const good = createEnrollmentToken(ts.server.store, { ttlMs: 60_000 }).token;
+    const good = (await createEnrollmentToken(ts.server.store, { ttlMs: 60_000 })).token;
     const accepted = await httpsRequest(`${ts.url}/v1/enroll`, { ca: ts.server.caCertPem, body: { token: good, csr } });
     expect(accepted.status).toBe(200);
     expect(accepted.json()).toHaveProperty('nodeId');

@@ -36,8 +36,8 @@ describe('GET /v1/connect: client-certificate checks before the upgrade', () => 
     expect(ts.server.live.registry.hasConnection(node.nodeId)).toBe(true);
     // last_seen is written in batches, within a second (src/server/presence.ts).
     const seenBy = Date.now() + 3_000;
-    while (ts.server.store.getNode(node.nodeId)?.lastSeen == null && Date.now() < seenBy) await new Promise((r) => setTimeout(r, 50));
-    expect(ts.server.store.getNode(node.nodeId)?.lastSeen).not.toBeNull();
+    while ((await ts.server.store.getNode(node.nodeId))?.lastSeen == null && Date.now() < seenBy) await new Promise((r) => setTimeout(r, 50));
+    expect((await ts.server.store.getNode(node.nodeId))?.lastSeen).not.toBeNull();
     if (out.kind === 'open') {
       const closed = closeOf(out.ws);
       out.ws.close();
@@ -72,7 +72,7 @@ describe('GET /v1/connect: client-certificate checks before the upgrade', () => 
 
   it('a revoked certificate (node removed) → 403', async () => {
     const node = await enrollNode(ts, 'gw-revoked');
-    removeNode(ts.server.store, node.nodeId, ts.server.live);
+    await removeNode(ts.server.store, node.nodeId, ts.server.live);
     const out = await dialConnect(ts.url, { ca: node.caPem, cert: node.certPem, key: node.keyPem });
     expect(out).toMatchObject({ kind: 'refused', status: 403 });
     if (out.kind === 'refused') expect(JSON.parse(out.body)).toMatchObject({ code: 'ML_ERR_CERT_REVOKED' });
@@ -85,7 +85,7 @@ describe('GET /v1/connect: client-certificate checks before the upgrade', () => 
     const out = await dialConnect(ts.url, { ca: node.caPem, cert: node.certPem, key: node.keyPem });
     expect(out).toMatchObject({ kind: 'refused', status: 403 });
     if (out.kind === 'refused') expect(JSON.parse(out.body)).toMatchObject({ code: 'ML_ERR_CERT_REVOKED' });
-    expect(ts.server.store.getNode(node.nodeId)?.removedAt).toBeNull();
+    expect((await ts.server.store.getNode(node.nodeId))?.removedAt).toBeNull();
   });
 
   it('removal through the admin socket closes the live socket with 4401 (the time is printed, not asserted)', async () => {

@@ -8,7 +8,7 @@ describe('gateway /healthz', () => {
     try {
       const ok = await httpsRequest(`${ts.url}/healthz`, { ca: ts.server.caCertPem });
       expect([ok.status, ok.json()]).toEqual([200, { status: 'ok' }]);
-      ts.server.store.close();
+      await ts.server.store.close();
       const down = await httpsRequest(`${ts.url}/healthz`, { ca: ts.server.caCertPem });
       expect([down.status, down.json()]).toEqual([503, { status: 'unavailable' }]);
     } finally {

@@ -178,7 +178,7 @@ export function dialConnect(url: string, tls: { ca: string; cert?: string; key?:
 /** Enrolls through the real HTTP endpoint; returns the agent's key, cert and node id. */
 export async function enrollNode(ts: TestServer, hostname: string): Promise<{ nodeId: string; certPem: string; keyPem: string; caPem: string }> {
   const { createEnrollmentToken } = await import('../../src/server/nodes.js');
-  const { token } = createEnrollmentToken(ts.server.store, { ttlMs: 60_000 });
+  const { token } = await createEnrollmentToken(ts.server.store, { ttlMs: 60_000 });
   const { csrPem, keyPem } = await makeCsr(hostname);
   const res = await httpsRequest(`${ts.url}/v1/enroll`, { ca: ts.server.caCertPem, body: { token, csr: csrPem } });
   if (res.status !== 200) throw new Error(`enroll failed: ${res.status} ${res.body}`);

@@ -60,32 +60,32 @@ function boxSeal(master: Buffer, plain: Buffer, label: string): Buffer {
 async function legacyDataDir(dataDir: string): Promise<{ caPin: string; signingKeyId: string; caPkcs8: Buffer }> {
   mkdirSync(dataDir, { recursive: true, mode: 0o700 });
   const path = resolve(join(dataDir, 'meshlink.db'));
-  const store = openServerStore(path);
+  const store = await openServerStore(path);
   const ca = await CertificateAuthority.create({ keyType: 'rsa2048' });
   const caBlob = sealV1(ca.exportKeyPkcs8Der(), path, '');
-  store.insertCa({ keyBlob: caBlob.blob, kdfSalt: caBlob.salt, certPem: ca.certPem, createdAt: Date.now() });
+  await store.insertCa({ keyBlob: caBlob.blob, kdfSalt: caBlob.salt, certPem: ca.certPem, createdAt: Date.now() });
   const master = randomBytes(32);
   const masterBlob = sealV1(master, path, '');
-  const db = store.database;
+  const db = store.database.sqlite!;
   db.prepare('INSERT INTO mesh_master (id, key_blob, kdf_salt) VALUES (1, ?, ?)').run(masterBlob.blob, masterBlob.salt);
   const { privateKey } = generateKeyPairSync('ed25519');
   const raw = rawEd25519PublicKeyOf(privateKey);
   const keyId = signingKeyId(raw);
   const pkcs8 = privateKey.export({ format: 'der', type: 'pkcs8' });
   db.prepare('INSERT INTO mesh_signing_keys (key_id, public_key, sealed_pkcs8, created_at) VALUES (?, ?, ?, ?)').run(keyId, Buffer.from(raw), boxSeal(master, pkcs8, `signing:${keyId}`), Date.now());
-  store.close();
+  await store.close();
   return { caPin: ca.pin, signingKeyId: keyId, caPkcs8: ca.exportKeyPkcs8Der() };
 }
 
-function sealedBlobs(dbPath: string): { ca: { blob: Buffer; salt: Buffer }; master: { blob: Buffer; salt: Buffer }; signingKeyIds: string[] } {
-  const store = openServerStore(dbPath);
+async function sealedBlobs(dbPath: string): Promise<{ ca: { blob: Buffer; salt: Buffer }; master: { blob: Buffer; salt: Buffer }; signingKeyIds: string[] }> {
+  const store = await openServerStore(dbPath);
   try {
-    const ca = store.getCa()!;
-    const m = store.database.prepare('SELECT key_blob, kdf_salt FROM mesh_master WHERE id = 1').get() as { key_blob: Buffer; kdf_salt: Buffer };
-    const ids = (store.database.prepare('SELECT key_id FROM mesh_signing_keys ORDER BY created_at').all() as Array<{ key_id: string }>).map((r) => r.key_id);
+    const ca = (await store.getCa())!;
+    const m = store.database.sqlite!.prepare('SELECT key_blob, kdf_salt FROM mesh_master WHERE id = 1').get() as { key_blob: Buffer; kdf_salt: Buffer };
+    const ids = (store.database.sqlite!.prepare('SELECT key_id FROM mesh_signing_keys ORDER BY created_at').all() as Array<{ key_id: string }>).map((r) => r.key_id);
     return { ca: { blob: ca.keyBlob, salt: ca.kdfSalt }, master: { blob: m.key_blob, salt: m.kdf_salt }, signingKeyIds: ids };
   } finally {
-    store.close();
+    await store.close();
   }
 }
 
@@ -124,7 +124,7 @@ describe('the server key file', () => {
     const bytes = readFileSync(dbPath);
     expect(bytes.includes(caPkcs8)).toBe(false);
     expect(bytes.includes(Buffer.from('PRIVATE KEY'))).toBe(false);
-    const blobs = sealedBlobs(dbPath);
+    const blobs = await sealedBlobs(dbPath);
     expect([blobs.ca.blob[0], blobs.master.blob[0]]).toEqual([2, 2]);
     expect(opensWithPathOnly(blobs.ca.blob, blobs.ca.salt, dbPath)).toBe(false);
     expect(opensWithPathOnly(blobs.master.blob, blobs.master.salt, dbPath)).toBe(false);
@@ -156,13 +156,14 @@ describe('the server key file', () => {
     const dataDir = join(r, 'old');
     const legacy = await legacyDataDir(dataDir);
     const dbPath = resolve(join(dataDir, 'meshlink.db'));
-    expect(opensWithPathOnly(sealedBlobs(dbPath).ca.blob, sealedBlobs(dbPath).ca.salt, dbPath)).toBe(true);
+    const blobs = await sealedBlobs(dbPath);
+    expect(opensWithPathOnly(blobs.ca.blob, blobs.ca.salt, dbPath)).toBe(true);
 
     const srv = await start(dataDir);
     expect(srv.caPin).toBe(legacy.caPin);
     await srv.close();
     expect(statSync(join(r, 'old.key')).mode & 0o777).toBe(0o600);
-    const after = sealedBlobs(dbPath);
+    const after = await sealedBlobs(dbPath);
     expect([after.ca.blob[0], after.master.blob[0]]).toEqual([2, 2]);
     expect(opensWithPathOnly(after.ca.blob, after.ca.salt, dbPath)).toBe(false);
     expect(opensWithPathOnly(after.master.blob, after.master.salt, dbPath)).toBe(false);

@@ -108,7 +108,7 @@ describe('gateway with --proxy-protocol', () => {
     expect(other.status).toBeGreaterThanOrEqual(400);
 
     // Enrollment and the agent connection through the header (IPv6 client this time).
-    const { token } = createEnrollmentToken(ts.server.store, { ttlMs: 60_000 });
+    const { token } = await createEnrollmentToken(ts.server.store, { ttlMs: 60_000 });
     const { csrPem, keyPem } = await makeCsr('proxied-agent');
     const enrolled = await requestVia(ts, header('2001:db8::77', 50_123), '/v1/enroll', { token, csr: csrPem });
     expect(enrolled.status).toBe(200);
@@ -168,7 +168,7 @@ describe('gateway with --proxy-protocol', () => {
           for (const s of relayed) s.destroy();
         }),
     );
-    const { token } = createEnrollmentToken(ts.server.store, { ttlMs: 60_000 });
+    const { token } = await createEnrollmentToken(ts.server.store, { ttlMs: 60_000 });
     const { csrPem, keyPem } = await makeCsr('coalesced');
     const relayPort = (relay.address() as AddressInfo).port;
     const enroll = await new Promise<{ status: number; body: string }>((resolve, reject) => {

@@ -24,15 +24,15 @@ describe('restart on the same data dir', () => {
     const kept = await enrollNode(first, 'keeper');
     const gone = await enrollNode(first, 'gone');
     await new AdminClient(first.server.adminSocketPath).call(removeNode, { node: gone.nodeId });
-    const used = createEnrollmentToken(first.server.store, { ttlMs: 60_000 }).token;
+    const used = (await createEnrollmentToken(first.server.store, { ttlMs: 60_000 })).token;
     expect((await httpsRequest(`${first.url}/v1/enroll`, { ca: first.server.caCertPem, body: { token: used, csr: (await makeCsr('u')).csrPem } })).status).toBe(200);
-    const unused = createEnrollmentToken(first.server.store, { ttlMs: 60_000 }).token;
+    const unused = (await createEnrollmentToken(first.server.store, { ttlMs: 60_000 })).token;
     await first.server.close();
 
     const second = await startTestServer({}, { dataDir: dir.path, passphrase: 'correct horse' });
     try {
       expect(second.server.caPin).toBe(pin);
-      expect(second.server.store.listLiveNodes().map((n) => n.hostname).sort()).toEqual(['keeper', 'u']);
+      expect((await second.server.store.listLiveNodes()).map((n) => n.hostname).sort()).toEqual(['keeper', 'u']);
       const reuse = await httpsRequest(`${second.url}/v1/enroll`, { ca: second.server.caCertPem, body: { token: used, csr: (await makeCsr('v')).csrPem } });
       expect(reuse.status).toBe(401);
       const fresh = await httpsRequest(`${second.url}/v1/enroll`, { ca: second.server.caCertPem, body: { token: unused, csr: (await makeCsr('w')).csrPem } });

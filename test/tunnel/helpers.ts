@@ -23,7 +23,7 @@ export async function startTunnelPair(allow: string[]): Promise<TunnelPair> {
   const ts = await startTestServer();
   const agentDir = await tempDir('ml-tunnel-agent-');
   const stateDir = join(agentDir.path, 'state');
-  const { token } = createEnrollmentToken(ts.server.store, { ttlMs: 60_000 });
+  const { token } = await createEnrollmentToken(ts.server.store, { ttlMs: 60_000 });
   const { identity } = await enroll({ server: ts.url, token, caPins: [ts.server.caPin], stateDir, hostname: 'tunnel-host' });
   const logger = createLogger({ name: 'agent', level: 'silent' });
   const runner = new AgentRunner({ stateDir, logger, backoff: { baseMs: 50, maxMs: 500 }, livenessIntervals: 15 });

@@ -13,7 +13,7 @@ describe('tunnels (in process)', () => {
   let echo: Awaited<ReturnType<typeof tcpServer>>;
   let closedPort: number;
   const audit = (): AuditLog => AuditLog.of(pair.ts.server.store);
-  const tunnelRecords = () => audit().list(1000).filter((a) => a.operation === 'tunnel');
+  const tunnelRecords = async () => (await audit().list(1000)).filter((a) => a.operation === 'tunnel');
 
   beforeAll(async () => {
     // Echoes, and after the client's FIN sends one more line and its own FIN (half-close both ways).
@@ -39,8 +39,8 @@ describe('tunnels (in process)', () => {
     expect(reply.toString()).toBe('hello\nbye\n');
     const closed = await fwd.results[0];
     expect(closed).toMatchObject({ type: 'closed', toTarget: 6, fromTarget: 10 });
-    await waitUntil('audit finished', () => tunnelRecords().some((a) => a.result === 'ok'));
-    const rec = tunnelRecords().find((a) => a.result === 'ok')!;
+    await waitUntil('audit finished', async () => (await tunnelRecords()).some((a) => a.result === 'ok'));
+    const rec = (await tunnelRecords()).find((a) => a.result === 'ok')!;
     expect(rec).toMatchObject({ actor: 'tester', nodeId: pair.nodeId, target: `127.0.0.1:${echo.port}` });
     expect(rec.details).toMatchObject({ host: '127.0.0.1', port: echo.port, toTarget: 6, fromTarget: 10 });
     expect(typeof rec.details!.durationMs).toBe('number');
@@ -55,7 +55,7 @@ describe('tunnels (in process)', () => {
     expect((err as MeshlinkError).code).toBe('ML_ERR_TUNNEL_NOT_ALLOWED');
     expect((err as MeshlinkError).message).toContain('--allow-tunnel 127.0.0.1:9');
     expect((err as MeshlinkError).exit).toBe('refused');
-    expect(tunnelRecords().some((a) => a.target === '127.0.0.1:9' && a.result === 'error:ML_ERR_TUNNEL_NOT_ALLOWED')).toBe(true);
+    expect((await tunnelRecords()).some((a) => a.target === '127.0.0.1:9' && a.result === 'error:ML_ERR_TUNNEL_NOT_ALLOWED')).toBe(true);
     // The host is compared as written: localhost:1 is allowed, 127.0.0.1:1 is not.
     const other = await carryConnection(pair.socket, { node: pair.nodeId, actor: 'tester', host: '127.0.0.1', port: 1 }, ends).catch((e: MeshlinkError) => e.code);
     expect(other).toBe('ML_ERR_TUNNEL_NOT_ALLOWED');
@@ -114,10 +114,8 @@ describe('tunnels (in process)', () => {
       await waitUntil('target connection seen', () => targetSaw !== null);
       expect(await targetSaw!).toBe('ECONNRESET');
       expect(await fwd.results[0]).toBeNull();
-      await waitUntil('audited as cancelled', () =>
-        AuditLog.of(pair2.ts.server.store)
-          .list(10)
-          .some((a) => a.operation === 'tunnel' && a.result === 'cancelled'),
+      await waitUntil('audited as cancelled', async () =>
+        (await AuditLog.of(pair2.ts.server.store).list(10)).some((a) => a.operation === 'tunnel' && a.result === 'cancelled'),
       );
       await fwd.close();
     } finally {

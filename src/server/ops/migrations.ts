@@ -45,20 +45,20 @@ export const OPS_MIGRATIONS: readonly Migration[] = [
     `,
     postgres: `
       CREATE TABLE ops_agent_bundles (
-        build_id   TEXT PRIMARY KEY,
-        sha256     TEXT NOT NULL,
-        version    TEXT NOT NULL,
+        build_id   TEXT COLLATE "C" PRIMARY KEY,
+        sha256     TEXT COLLATE "C" NOT NULL,
+        version    TEXT COLLATE "C" NOT NULL,
         size       BIGINT NOT NULL,
-        file       TEXT NOT NULL,
+        file       TEXT COLLATE "C" NOT NULL,
         percent    INTEGER NOT NULL CHECK (percent BETWEEN 0 AND 100),
         current    INTEGER NOT NULL DEFAULT 0 CHECK (current IN (0, 1)),
         created_at BIGINT NOT NULL
       );
       CREATE TABLE ops_upgrade_status (
-        node_id  TEXT PRIMARY KEY,
-        build_id TEXT NOT NULL,
-        state    TEXT NOT NULL,
-        message  TEXT,
+        node_id  TEXT COLLATE "C" PRIMARY KEY,
+        build_id TEXT COLLATE "C" NOT NULL,
+        state    TEXT COLLATE "C" NOT NULL,
+        message  TEXT COLLATE "C",
         ts       BIGINT NOT NULL
       );
       -- SQLite's migration 200 also made ops_audit, which 201 folded into the core's audit_log.
@@ -90,10 +90,10 @@ export const OPS_MIGRATIONS: readonly Migration[] = [
       ALTER TABLE ops_upgrade_status ADD COLUMN code TEXT;
     `,
     postgres: `
-      ALTER TABLE ops_agent_bundles ADD COLUMN signature TEXT;
-      ALTER TABLE ops_agent_bundles ADD COLUMN key_id TEXT;
+      ALTER TABLE ops_agent_bundles ADD COLUMN signature TEXT COLLATE "C";
+      ALTER TABLE ops_agent_bundles ADD COLUMN key_id TEXT COLLATE "C";
       ALTER TABLE ops_agent_bundles ADD COLUMN allow_downgrade INTEGER NOT NULL DEFAULT 0 CHECK (allow_downgrade IN (0, 1));
-      ALTER TABLE ops_upgrade_status ADD COLUMN code TEXT;
+      ALTER TABLE ops_upgrade_status ADD COLUMN code TEXT COLLATE "C";
     `,
   },
 ];

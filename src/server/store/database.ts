@@ -16,6 +16,7 @@ import type { Migration } from './migrations.js';
  * - times are integer milliseconds since the epoch (INTEGER in SQLite, BIGINT in PostgreSQL, read
  *   back as JS numbers: see INT8_AS_NUMBER);
  * - flags are integers 0/1, not booleans; binary data is a Buffer (BLOB / BYTEA);
+ * - text compares by bytes: every PostgreSQL text column is COLLATE "C", like SQLite's BINARY;
  * - no query relies on SQLite's rowid: a table ordered by insertion has its own `seq` column.
  */
 
@@ -61,11 +62,18 @@ export function isPostgresUrl(location: string): boolean {
   return /^postgres(ql)?:\/\//i.test(location);
 }
 
-/** A PostgreSQL URL with its password replaced, fit for logs and error messages. */
+/**
+ * Query parameters of a PostgreSQL URL that pg reads as secrets (pg-connection-string turns every
+ * parameter into a connection option: `?password=…` logs in like the userinfo's password).
+ */
+const SECRET_URL_PARAMS = ['password', 'sslpassword'];
+
+/** A PostgreSQL URL with its passwords replaced, fit for logs and error messages. */
 export function redactUrl(url: string): string {
   try {
     const u = new URL(url);
     if (u.password !== '') u.password = '***';
+    for (const name of SECRET_URL_PARAMS) if (u.searchParams.has(name)) u.searchParams.set(name, '***');
     return u.toString();
   } catch {
     return 'postgres://(unparsable URL)';
@@ -138,15 +146,16 @@ function openSqlite(path: string): StoreDatabase {
         if (options.durable) handle.pragma('synchronous = FULL');
         try {
           await sql`BEGIN IMMEDIATE`.execute(conn);
-          let result: T;
+          // A COMMIT can fail too (a deferred foreign key, a full disk), and SQLite then keeps the
+          // transaction open: roll it back, or every later BEGIN on this connection fails.
           try {
-            result = await fn(conn);
+            const result = await fn(conn);
+            await sql`COMMIT`.execute(conn);
+            return result;
           } catch (err) {
             if (handle.inTransaction) await sql`ROLLBACK`.execute(conn);
             throw err;
           }
-          await sql`COMMIT`.execute(conn);
-          return result;
         } finally {
           if (options.durable) handle.pragma('synchronous = NORMAL');
         }
@@ -261,7 +270,7 @@ async function migrate(store: StoreDatabase, migrations: readonly Migration[]): 
   await store.db.connection().execute(async (conn) => {
     await sql`SELECT pg_advisory_lock(${MIGRATION_LOCK_KEY})`.execute(conn);
     try {
-      await sql`CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)`.execute(conn);
+      await sql`CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT COLLATE "C" NOT NULL, applied_at BIGINT NOT NULL)`.execute(conn);
       const rows = await sql<{ version: number }>`SELECT version FROM schema_migrations`.execute(conn);
       const applied = checkKnown(rows.rows.map((r) => r.version), sorted);
       for (const m of sorted) {

@@ -342,8 +342,12 @@ export class Store {
   }
   /** Records last-seen times in one transaction (batched by Presence). */
   async touchNodes(entries: ReadonlyArray<readonly [id: string, lastSeen: number]>): Promise<void> {
+    // In id order: two replicas' batches over the same nodes then lock the rows in one order, where
+    // in their own orders each could hold a row the other waits for (PostgreSQL fails one batch as a
+    // deadlock). The rows written are the same.
+    const sorted = [...entries].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
     await this.#database.transaction(async (tx) => {
-      for (const [id, lastSeen] of entries) await (tx as Core).updateTable('nodes').set({ last_seen: lastSeen }).where('id', '=', id).execute();
+      for (const [id, lastSeen] of sorted) await (tx as Core).updateTable('nodes').set({ last_seen: lastSeen }).where('id', '=', id).execute();
     });
   }
   async setAgentVersion(id: string, agentVersion: string): Promise<void> {
@@ -358,9 +362,12 @@ export class Store {
     return this.#database.transaction(async (q) => {
       const tx = q as Core;
       const removed = changed(await tx.updateTable('nodes').set({ removed_at: now }).where('id', '=', id).where('removed_at', 'is', null).executeTakeFirst()) === 1;
-      const serials = (await tx.selectFrom('certs').select('serial').where('node_id', '=', id).where('revoked_at', 'is', null).execute()).map((r) => r.serial);
-      await tx.updateTable('certs').set({ revoked_at: now }).where('node_id', '=', id).where('revoked_at', 'is', null).execute();
-      return { removed, revokedSerials: serials };
+      // One UPDATE … RETURNING: the serials reported are the rows this statement revoked, also under
+      // PostgreSQL's READ COMMITTED, where a SELECT before the UPDATE could miss a certificate
+      // committed between the two (then revoked but absent from the live revocation list).
+      const revoked = await tx.updateTable('certs').set({ revoked_at: now }).where('node_id', '=', id).where('revoked_at', 'is', null)
+        .returning(['serial', 'seq']).execute();
+      return { removed, revokedSerials: inIssueOrder(revoked) };
     }, { durable: true });
   }
 
@@ -390,13 +397,13 @@ export class Store {
   async revokeCertsIssuedBefore(nodeId: string, serial: string, now: number, q?: Queryable): Promise<string[]> {
     const run = async (tx: Core): Promise<string[]> => {
       const seqOf = tx.selectFrom('certs').select('seq').where('serial', '=', serial);
-      const serials = (await tx.selectFrom('certs').select('serial')
-        .where('node_id', '=', nodeId).where('revoked_at', 'is', null).where('seq', '<', seqOf).execute()).map((r) => r.serial);
-      if (serials.length > 0) {
-        await tx.updateTable('certs').set({ revoked_at: now })
-          .where('node_id', '=', nodeId).where('revoked_at', 'is', null).where('seq', '<', seqOf).execute();
-      }
-      return serials;
+      // One UPDATE … RETURNING (not a SELECT, then the UPDATE): two replicas revoking at once each
+      // report only what they revoked (PostgreSQL re-checks revoked_at IS NULL on a row the other
+      // one updated).
+      const revoked = await tx.updateTable('certs').set({ revoked_at: now })
+        .where('node_id', '=', nodeId).where('revoked_at', 'is', null).where('seq', '<', seqOf)
+        .returning(['serial', 'seq']).execute();
+      return inIssueOrder(revoked);
     };
     if (q !== undefined) return run(q as Core);
     return this.#database.transaction(async (tx) => run(tx as Core));
@@ -412,20 +419,32 @@ export class Store {
   async pruneExpiredCerts(cutoff: number, limit = 1_000): Promise<string[]> {
     return this.#database.transaction(async (q) => {
       const tx = q as Core;
-      const rows = await tx.selectFrom('certs as c').select(['c.serial', 'c.revoked_at'])
+      // In issue order, so that two sweeps at once (replicas on PostgreSQL) lock rows in one order
+      // and never deadlock; it is also the order SQLite's scan gave before (seq = rowid).
+      const rows = await tx.selectFrom('certs as c').select('c.serial')
         .where('c.not_after', '<', cutoff)
         .where('c.seq', '<>', (eb) => eb.selectFrom('certs').select((e) => e.fn.max('seq').as('m')).whereRef('certs.node_id', '=', 'c.node_id'))
-        .limit(limit).execute();
+        .orderBy('c.seq').limit(limit).execute();
+      // Counted by what each DELETE removed (and the row's revocation as it was then): a concurrent
+      // sweep may have taken a row since the SELECT, and must not be counted twice in the totals.
+      const deleted: string[] = [];
       let revoked = 0;
       for (const r of rows) {
-        await tx.deleteFrom('certs').where('serial', '=', r.serial).execute();
-        if (r.revoked_at !== null) revoked++;
+        const gone = await tx.deleteFrom('certs').where('serial', '=', r.serial).returning('revoked_at').executeTakeFirst();
+        if (gone === undefined) continue;
+        deleted.push(r.serial);
+        if (gone.revoked_at !== null) revoked++;
       }
-      if (rows.length > 0) await addToMetaCounter(tx, META_CERTS_PRUNED, rows.length);
+      if (deleted.length > 0) await addToMetaCounter(tx, META_CERTS_PRUNED, deleted.length);
       if (revoked > 0) await addToMetaCounter(tx, META_REVOKED_PRUNED, revoked);
-      return rows.map((r) => r.serial);
+      return deleted;
     });
   }
+}
+
+/** Serials of certificate rows in issue order (seq). */
+function inIssueOrder(rows: ReadonlyArray<{ serial: string; seq: number | null }>): string[] {
+  return [...rows].sort((a, b) => (a.seq ?? 0) - (b.seq ?? 0)).map((r) => r.serial);
 }
 
 async function insertCertRow(q: Core, nodeId: string, cert: Omit<CertRow, 'revokedAt' | 'nodeId'>): Promise<void> {
@@ -434,7 +453,9 @@ async function insertCertRow(q: Core, nodeId: string, cert: Omit<CertRow, 'revok
 }
 
 async function addToMetaCounter(q: Core, key: string, add: number): Promise<void> {
+  // The addend is the proposed row's text, cast like the stored one: better-sqlite3 binds a JS number
+  // as a REAL, and INTEGER + REAL would store '3.0' where the counter was '3'.
   await q.insertInto('meta').values({ key, value: String(add) })
-    .onConflict((oc) => oc.column('key').doUpdateSet({ value: sql<string>`CAST(CAST(meta.value AS INTEGER) + ${add} AS TEXT)` }))
+    .onConflict((oc) => oc.column('key').doUpdateSet({ value: sql<string>`CAST(CAST(meta.value AS INTEGER) + CAST(excluded.value AS INTEGER) AS TEXT)` }))
     .execute();
 }
