@@ -1,14 +1,11 @@
 import { randomUUID } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeAll, describe, expect } from 'vitest';
 import { SERVER_MIGRATIONS } from '../../src/server/features.js';
 import { ipToInt } from '../../src/server/mesh/addresses.js';
 import { MeshService } from '../../src/server/mesh/service.js';
 import { MeshStore } from '../../src/server/mesh/store.js';
-import { Store } from '../../src/server/store/store.js';
-import { POSTGRES_MISSING, startPostgres, type PostgresCluster } from '../helpers/postgres.js';
+import type { Store } from '../../src/server/store/store.js';
+import { storeBackends } from '../helpers/store-backends.js';
 import { recordingSessions, silent, testSealing, wgKey } from './helpers.js';
 
 /**
@@ -19,38 +16,12 @@ import { recordingSessions, silent, testSealing, wgKey } from './helpers.js';
  * trips that may overlap.
  */
 
-if (POSTGRES_MISSING !== null && process.env.CI) {
-  it('PostgreSQL is installed (CI installs it in .ci/run)', () => {
-    throw new Error(POSTGRES_MISSING ?? '');
-  });
-}
-
-let cluster: PostgresCluster | null = null;
+const BACKENDS = storeBackends();
+// Registered after the backends' hooks, so run before them: the services close before their stores.
 const cleanups: Array<() => Promise<void>> = [];
 afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
-afterAll(async () => {
-  await cluster?.stop();
-});
-
-type Backend = 'sqlite' | 'postgres';
-const backends: Backend[] = POSTGRES_MISSING === null ? ['sqlite', 'postgres'] : ['sqlite'];
-
-async function openStore(backend: Backend): Promise<Store> {
-  let location: string;
-  if (backend === 'postgres') {
-    cluster ??= await startPostgres();
-    location = await cluster.createDatabase(`mesh_${randomUUID().replace(/-/g, '').slice(0, 16)}`);
-  } else {
-    const dir = await mkdtemp(join(tmpdir(), 'ml-mesh-store-'));
-    cleanups.push(() => rm(dir, { recursive: true, force: true }));
-    location = join(dir, 'meshlink.db');
-  }
-  const store = await Store.open(location, SERVER_MIGRATIONS);
-  cleanups.push(() => store.close());
-  return store;
-}
 
 const i8 = (s: string): number => Number(s.slice(1)) & 255;
 
@@ -78,9 +49,12 @@ async function enroll(store: Store, tokenHash: string, id: string, existing = fa
   );
 }
 
-describe.each(backends)('the mesh store on %s', (backend) => {
-  it('reads back what it wrote, in the same order, from either backend', async () => {
-    const store = await openStore(backend);
+describe.each(BACKENDS.map((b) => [b.title, b] as const))('the mesh store on %s', (_title, backend) => {
+  beforeAll(() => backend.ready(), 120_000);
+  const openStore = (): Promise<Store> => backend.openStore(SERVER_MIGRATIONS);
+
+  backend.it('reads back what it wrote, in the same order, from either backend', async () => {
+    const store = await openStore();
     const db = new MeshStore(store.database);
 
     await db.setSetting('k', '1');
@@ -165,8 +139,8 @@ describe.each(backends)('the mesh store on %s', (backend) => {
     expect([await db.oldestSeq('n1'), await db.announcedPeersOf('n1'), (await db.psks()).map((p) => p.a)]).toEqual([null, [], ['a']]);
   });
 
-  it('a transaction commits all of its writes or none; the enrollment hook rolls back with the enrollment', async () => {
-    const store = await openStore(backend);
+  backend.it('a transaction commits all of its writes or none; the enrollment hook rolls back with the enrollment', async () => {
+    const store = await openStore();
     const db = new MeshStore(store.database);
     await expect(
       db.transaction(async (tx) => {
@@ -194,8 +168,8 @@ describe.each(backends)('the mesh store on %s', (backend) => {
     expect((await db.listing()).get('n1')!.tags).toEqual(['db']);
   });
 
-  it('the rows a transaction queues are written at its commit as the calls in order would leave them', async () => {
-    const store = await openStore(backend);
+  backend.it('the rows a transaction queues are written at its commit as the calls in order would leave them', async () => {
+    const store = await openStore();
     const db = new MeshStore(store.database);
     for (const [i, id] of ['n1', 'n2'].entries()) {
       await enroll(store, await token(store), id);
@@ -262,8 +236,8 @@ describe.each(backends)('the mesh store on %s', (backend) => {
     expect(await db.eventsAfter('q', 0)).toEqual([]);
   });
 
-  it('the service: one address per node under concurrent sweeps, and each node’s events in seq order under concurrent publishes', async () => {
-    const store = await openStore(backend);
+  backend.it('the service: one address per node under concurrent sweeps, and each node’s events in seq order under concurrent publishes', async () => {
+    const store = await openStore();
     const ids: string[] = [];
     for (let i = 0; i < 4; i++) {
       ids.push(`n${i}`);
