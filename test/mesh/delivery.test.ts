@@ -21,7 +21,7 @@ describe('event delivery', () => {
   it('stops sending to a session whose queue reports backpressure and sends the rest from the log once it drains', async () => {
     const t = await tempStore();
     cleanups.push(() => t.cleanup());
-    const a = enrollNode(t.store, 'a');
+    const a = await enrollNode(t.store, 'a');
     const mesh = await MeshService.open(t.store, silent, { sealing: t.sealing, retainEvents: 1_000 });
     cleanups.push(() => mesh.close());
     const hosted = testHost(t.store);
@@ -43,13 +43,13 @@ describe('event delivery', () => {
       return result;
     }) as SessionHost['send'];
     mesh.setDelivery(hosted.host);
-    mesh.replay(pair.handle, mesh.nodeInfo(a)!.lastSeq);
+    await mesh.replay(pair.handle, mesh.nodeInfo(a)!.lastSeq);
 
     // The agent stops reading. 300 events of ~1 KiB would be ~300 KiB in the control queue: past the
     // 16 × 16 KiB at which the session fails itself, had delivery ignored the backpressure.
     pair.shut();
     const first = mesh.nodeInfo(a)!.lastSeq + 1;
-    for (let i = 0; i < 300; i++) mesh.publish(a, 'action_request', { action: 'noop', args: { pad: 'x'.repeat(1000), i: String(i) } });
+    for (let i = 0; i < 300; i++) await mesh.publish(a, 'action_request', { action: 'noop', args: { pad: 'x'.repeat(1000), i: String(i) } });
     const last = mesh.nodeInfo(a)!.lastSeq;
     expect(last - first + 1).toBe(300);
     const stoppedAt = results.indexOf('backpressure');
@@ -65,14 +65,14 @@ describe('event delivery', () => {
     expect(pair.handle.open).toBe(true);
 
     // And live delivery carries on after the drain.
-    mesh.publish(a, 'action_request', { action: 'noop' });
+    await mesh.publish(a, 'action_request', { action: 'noop' });
     await waitFor('live event delivered', async () => received.at(-1)!.seq === last + 1, 10_000);
   });
 
   it('a session that closes while held back is dropped; its successor gets the events by replay', async () => {
     const t = await tempStore();
     cleanups.push(() => t.cleanup());
-    const a = enrollNode(t.store, 'a');
+    const a = await enrollNode(t.store, 'a');
     const mesh = await MeshService.open(t.store, silent, { sealing: t.sealing, retainEvents: 1_000 });
     cleanups.push(() => mesh.close());
     const hosted = testHost(t.store);
@@ -80,9 +80,9 @@ describe('event delivery', () => {
     mesh.setDelivery(hosted.host);
     const stalled = await hosted.connect(a, { priorityHighWater: 4 * 1024 });
     const start = mesh.nodeInfo(a)!.lastSeq;
-    mesh.replay(stalled.handle, start);
+    await mesh.replay(stalled.handle, start);
     stalled.shut();
-    for (let i = 0; i < 50; i++) mesh.publish(a, 'action_request', { action: 'noop', args: { pad: 'x'.repeat(500) } });
+    for (let i = 0; i < 50; i++) await mesh.publish(a, 'action_request', { action: 'noop', args: { pad: 'x'.repeat(500) } });
     stalled.server.close();
     stalled.open();
     stalled.agent.close();
@@ -95,7 +95,7 @@ describe('event delivery', () => {
       seqs.push(d.known ? d.envelope.seq : d.seq);
     });
     expect(hosted.host.current(a)).toBe(fresh.handle);
-    mesh.replay(fresh.handle, start);
+    await mesh.replay(fresh.handle, start);
     await waitFor('replayed', async () => seqs.length === 50, 10_000);
     expect(seqs).toEqual(Array.from({ length: 50 }, (_, i) => start + 1 + i));
   });

@@ -44,7 +44,7 @@ async function startAgent(name: string, stateDir: string, nodeId: string): Promi
 async function addAgent(name: string, tags: string[]): Promise<TestAgent> {
   const dir = await tempDir('ml-mesh-agent-');
   dirs.push(dir);
-  const token = createTaggedToken(srv.server.store, { ttlMs: 60_000, nodeId: null, tags });
+  const token = await createTaggedToken(srv.server.store, { ttlMs: 60_000, nodeId: null, tags });
   const { identity } = await enroll({ server: srv.url, token: token.token, caPins: [srv.server.caPin], stateDir: dir.path, hostname: name }, { agentVersion: 'test' });
   return startAgent(name, dir.path, identity.nodeId);
 }
@@ -144,10 +144,10 @@ describe('mesh over real mTLS sessions (in-process server and agents)', () => {
     const file = JSON.parse(await readFile(join(c.stateDir, 'mesh-state.json'), 'utf8'));
     file.state.peers = file.state.peers.slice(0, 1); // lose a peer without a seq change
     await writeFile(join(c.stateDir, 'mesh-state.json'), JSON.stringify(file));
-    const since = mesh.lastFeedId();
+    const since = await mesh.lastFeedId();
     const again = await startAgent('c', c.stateDir, c.nodeId);
     await waitFor('c repaired', async () => peersOf(again).length === 2);
-    const drift = await waitFor('drift recorded', async () => mesh.feed(since, c.nodeId).find((e) => e.kind === 'drift'));
+    const drift = await waitFor('drift recorded', async () => (await mesh.feed(since, c.nodeId)).find((e) => e.kind === 'drift'));
     expect(JSON.stringify(drift.detail)).toMatch(/"expected":"present","actual":"absent"/);
   });
 
@@ -155,7 +155,7 @@ describe('mesh over real mTLS sessions (in-process server and agents)', () => {
     const a = agents.get('a')!;
     const b = agents.get('b')!;
     const oldKey = a.mesh.wgPublicKey;
-    mesh.requestKeyRotation(a.nodeId);
+    await mesh.requestKeyRotation(a.nodeId);
     await waitFor('b learns the new key', async () => {
       const k = b.mesh.state!.peers.find((p) => p.nodeId === a.nodeId)?.publicKey;
       return k !== undefined && k !== oldKey && k === a.mesh.wgPublicKey;
@@ -167,7 +167,7 @@ describe('mesh over real mTLS sessions (in-process server and agents)', () => {
 
   it('a signing-key rotation keeps events flowing under the next key', async () => {
     const a = agents.get('a')!;
-    mesh.rotateSigningKey();
+    await mesh.rotateSigningKey();
     await waitFor('rotation applied', async () => a.applied.at(-1)?.type === 'signing_key_rotated');
     await mesh.setPolicy({ rules: [{ from: 'web', to: 'web' }, { from: 'db', to: 'db' }] });
     await waitFor('policy under the new key', async () => peersOf(a).length === 1);
@@ -201,7 +201,7 @@ describe('mesh over real mTLS sessions (in-process server and agents)', () => {
     await waitFor('full mesh again', async () => peersOf(a).length === 2 && peersOf(b).length === 2);
     const c = agents.get('c')!;
     const started = Date.now();
-    removeNode(srv.server.store, c.nodeId, srv.server.live);
+    await removeNode(srv.server.store, c.nodeId, srv.server.live);
     await waitFor('peers drop c', async () => !peersOf(a).includes(c.nodeId) && !peersOf(b).includes(c.nodeId), 30_000, 50);
     console.log(`removal → peers drop the node: ${Date.now() - started} ms`);
     expect(await c.done).toBe(78); // revoked

@@ -20,20 +20,20 @@ export function testSealing(passphrase = ''): SealingSecret {
   return new SealingSecret(randomBytes(32), passphrase);
 }
 
-export async function tempStore(): Promise<{ store: Store; dir: string; sealing: SealingSecret; reopen(): Store; cleanup(): Promise<void> }> {
+export async function tempStore(): Promise<{ store: Store; dir: string; sealing: SealingSecret; reopen(): Promise<Store>; cleanup(): Promise<void> }> {
   const dir = await mkdtemp(join(tmpdir(), 'ml-mesh-'));
   const path = join(dir, 'meshlink.db');
   const handle = {
-    store: openServerStore(path),
+    store: await openServerStore(path),
     dir,
     sealing: testSealing(),
-    reopen() {
-      handle.store.close();
-      handle.store = openServerStore(path);
+    async reopen() {
+      await handle.store.close();
+      handle.store = await openServerStore(path);
       return handle.store;
     },
     async cleanup() {
-      handle.store.close();
+      await handle.store.close();
       await rm(dir, { recursive: true, force: true });
     },
   };
@@ -44,19 +44,19 @@ export async function tempStore(): Promise<{ store: Store; dir: string; sealing:
  * Enrolls a node the way the enrollment commit does (token consumed, node row, certificate row), with
  * the mesh's commit hook giving the node its token's tags in the same transaction.
  */
-export function enrollNode(store: Store, hostname: string, tags: string[] = []): string {
-  const { token } = createToken(store, { ttlMs: 60_000 });
+export async function enrollNode(store: Store, hostname: string, tags: string[] = []): Promise<string> {
+  const { token } = await createToken(store, { ttlMs: 60_000 });
   const mesh = new MeshStore(store.database);
-  if (tags.length > 0) mesh.tagToken(hashToken(token), tags);
+  if (tags.length > 0) await mesh.tagToken(hashToken(token), tags);
   const id = randomUUID();
-  const ok = store.commitEnrollment(
+  const ok = await store.commitEnrollment(
     {
       tokenHash: hashToken(token),
       now: Date.now(),
       node: { id, hostname, agentVersion: null, existing: false },
       cert: { serial: randomUUID().replace(/-/g, ''), notBefore: Date.now(), notAfter: Date.now() + 86_400_000, pem: 'test' },
     },
-    (commit) => mesh.claimTokenTags(commit.tokenHash, commit.node.id),
+    (commit, tx) => mesh.claimTokenTags(commit.tokenHash, commit.node.id, tx),
   );
   if (!ok) throw new Error('enrollment commit failed');
   return id;

@@ -36,7 +36,7 @@ const sockets: WebSocket[] = [];
 async function addAgent(name: string): Promise<TestAgent> {
   const dir = await tempDir('ml-hostile-agent-');
   dirs.push(dir);
-  const token = createTaggedToken(srv.server.store, { ttlMs: 60_000, nodeId: null, tags: [] });
+  const token = await createTaggedToken(srv.server.store, { ttlMs: 60_000, nodeId: null, tags: [] });
   const { identity } = await enroll({ server: srv.url, token: token.token, caPins: [srv.server.caPin], stateDir: dir.path, hostname: name }, { agentVersion: 'test' });
   const runner = new AgentRunner({ stateDir: dir.path, logger: silent, backoff: { baseMs: 50, maxMs: 200 } });
   const m = await meshAgentFeature(runner, { stateDir: dir.path, logger: silent, options: { reconcileIntervalMs: 300, endpoints: [`192.0.2.${agents.length + 1}:51820`] } });
@@ -117,13 +117,13 @@ describe('a hostile node cannot poison the mesh with what it says about itself',
 
   it('a node may not claim the WireGuard key of another live node (hello or event.ack)', async () => {
     const victim = agents[0]!;
-    const since = AuditLog.of(srv.server.store).list(1)[0]?.id ?? 0;
+    const since = (await AuditLog.of(srv.server.store).list(1))[0]?.id ?? 0;
     const evil = await attacker('evil-dup');
     const refused = closed(evil.session);
     await expect(evil.session.handshake({ agentVersion: 'x', wgPublicKey: victim.mesh.wgPublicKey })).rejects.toMatchObject({ remoteCode: 'ML_ERR_MESH_KEY_IN_USE' });
     expect(await refused).toMatchObject({ code: 4410, error: 'ML_ERR_MESH_KEY_IN_USE' });
     // Reported: an audit record names the node and the key it claimed.
-    const report = AuditLog.of(srv.server.store).list(50).find((r) => r.id > since && r.operation === 'mesh.key_refused');
+    const report = (await AuditLog.of(srv.server.store).list(50)).find((r) => r.id > since && r.operation === 'mesh.key_refused');
     expect(report).toMatchObject({ source: 'agent', nodeId: evil.nodeId, result: 'ML_ERR_MESH_KEY_IN_USE' });
 
     // The same through event.ack, after a valid hello.
@@ -141,7 +141,7 @@ describe('a hostile node cannot poison the mesh with what it says about itself',
     const evil = await attacker('evil-drift');
     await evil.session.handshake({ agentVersion: 'x', wgPublicKey: wgKey(204) });
     await waitFor('attacker in the mesh model', async () => mesh.nodeInfo(evil.nodeId) !== null);
-    const since = mesh.lastFeedId();
+    const since = await mesh.lastFeedId();
     const sentAt = Date.now();
     const big = 'x'.repeat(400);
     for (let i = 0; i < 20; i++) {
@@ -149,7 +149,7 @@ describe('a hostile node cannot poison the mesh with what it says about itself',
     }
     await evil.session.ping(10_000);
     const entries = await waitFor('drift stored', async () => {
-      const e = mesh.feed(since, evil.nodeId).filter((x) => x.kind === 'drift');
+      const e = (await mesh.feed(since, evil.nodeId)).filter((x) => x.kind === 'drift');
       return e.length > 0 ? e : null;
     });
     const receivedBy = Date.now();
@@ -162,7 +162,7 @@ describe('a hostile node cannot poison the mesh with what it says about itself',
       expect(detail.items[0]!.expected.length).toBe(256);
     }
     // A page of the feed stays far below the admin client's 16 MiB answer cap.
-    expect(JSON.stringify(mesh.feed(0, null)).length).toBeLessThan(4 * 1024 * 1024);
+    expect(JSON.stringify(await mesh.feed(0, null)).length).toBeLessThan(4 * 1024 * 1024);
   });
 
   it('the honest nodes keep their mesh, and a node joining later gets every valid peer', async () => {

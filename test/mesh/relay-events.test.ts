@@ -16,8 +16,8 @@ afterEach(async () => {
 async function setup() {
   const t = await tempStore();
   cleanups.push(() => t.cleanup());
-  const a = enrollNode(t.store, 'a');
-  const b = enrollNode(t.store, 'b');
+  const a = await enrollNode(t.store, 'a');
+  const b = await enrollNode(t.store, 'b');
   const mesh = await MeshService.open(t.store, silent, { sealing: t.sealing });
   cleanups.unshift(() => mesh.close());
   const hub = recordingSessions();
@@ -25,7 +25,7 @@ async function setup() {
   const sessions = new Map([a, b].map((id) => [id, hub.connect(id)]));
   for (const [i, id] of [a, b].entries()) {
     await mesh.agentOpened(id, { versions: [1], agentVersion: 't', wgPublicKey: wgKey(i + 1), endpoints: [`192.0.2.${i + 1}:51820`] }, '127.0.0.1');
-    mesh.replay(sessions.get(id)!.agent, 0);
+    await mesh.replay(sessions.get(id)!.agent, 0);
   }
   return { t, mesh, a, b, sent: (id: string) => sessions.get(id)!.sent };
 }
@@ -34,7 +34,7 @@ describe('MeshService relay sessions', () => {
   it('sends each member a signed relay_session_assigned naming the other and its own relay port, then the revoke', async () => {
     const { mesh, a, b, sent } = await setup();
     const before = [sent(a).length, sent(b).length];
-    const seqs = mesh.assignRelay('r1', [{ nodeId: a, endpoint: '203.0.113.9:40001' }, { nodeId: b, endpoint: '203.0.113.9:40002' }], 1_700_000_120_000);
+    const seqs = await mesh.assignRelay('r1', [{ nodeId: a, endpoint: '203.0.113.9:40001' }, { nodeId: b, endpoint: '203.0.113.9:40002' }], 1_700_000_120_000);
     expect(seqs).toHaveLength(2);
     const last = (id: string) => sent(id).at(-1)!;
     expect(last(a).envelope).toMatchObject({ type: 'relay_session_assigned', payload: { sessionId: 'r1', peerNodeId: b, endpoint: '203.0.113.9:40001', expiresAt: 1_700_000_120_000 } });
@@ -45,7 +45,7 @@ describe('MeshService relay sessions', () => {
       const decoded = decodeEnvelope(last(id).bytes);
       expect(decoded.known && decoded.envelope.type).toBe('relay_session_assigned');
     }
-    mesh.revokeRelay('r1', a, b, 'expired');
+    await mesh.revokeRelay('r1', a, b, 'expired');
     expect(last(a).envelope).toMatchObject({ type: 'relay_session_revoked', payload: { sessionId: 'r1', peerNodeId: b, reason: 'expired' } });
     expect(last(b).envelope).toMatchObject({ type: 'relay_session_revoked', payload: { sessionId: 'r1', peerNodeId: a, reason: 'expired' } });
     expect([sent(a).length, sent(b).length]).toEqual([before[0]! + 2, before[1]! + 2]);
@@ -54,16 +54,13 @@ describe('MeshService relay sessions', () => {
   it('signs nothing the agents would refuse, and nothing for a node outside the mesh', async () => {
     const { mesh, a, b, sent } = await setup();
     const before = [sent(a).length, sent(b).length];
-    const bad = (() => {
-      try {
-        mesh.assignRelay('r1', [{ nodeId: a, endpoint: '203.0.113.9:40001' }, { nodeId: b, endpoint: 'no port' }]);
-      } catch (e) {
-        return e;
-      }
-    })();
+    const bad = await mesh.assignRelay('r1', [{ nodeId: a, endpoint: '203.0.113.9:40001' }, { nodeId: b, endpoint: 'no port' }]).then(
+      () => null,
+      (e: unknown) => e,
+    );
     expect(bad).toBeInstanceOf(MeshlinkError);
     expect((bad as MeshlinkError).code).toBe('ML_ERR_RELAY_BAD_ALLOCATION');
-    expect(() => mesh.revokeRelay('r1', a, 'nobody')).toThrow(/not in the mesh/);
+    await expect(mesh.revokeRelay('r1', a, 'nobody')).rejects.toThrow(/not in the mesh/);
     // All or nothing: the valid half was not sent either.
     expect([sent(a).length, sent(b).length]).toEqual(before);
   });
@@ -84,17 +81,17 @@ describe('MeshService relay sessions', () => {
     expect((await sessions.relay({ a: { nodeId: b, ips: ['127.0.0.2'] }, b: { nodeId: a, ips: ['127.0.0.1'] } })).id).toBe(first.id);
     expect([sent(a).length, sent(b).length]).toEqual([n[0]! + 1, n[1]! + 1]);
 
-    expect(sessions.end(a, b, 'direct path')).toBe(true);
-    expect(sessions.end(a, b)).toBe(false);
+    expect(await sessions.end(a, b, 'direct path')).toBe(true);
+    expect(await sessions.end(a, b)).toBe(false);
     expect(sent(a).at(-1)!.envelope).toMatchObject({ type: 'relay_session_revoked', payload: { sessionId: first.id, peerNodeId: b, reason: 'direct path' } });
     expect(relay.size).toBe(0);
 
     const second = await sessions.relay({ a: { nodeId: a, ips: ['127.0.0.1'] }, b: { nodeId: b, ips: ['127.0.0.2'] } });
     expect(second.id).not.toBe(first.id);
     clock.now += 119_999;
-    expect(sessions.sweep()).toEqual([]);
+    expect(await sessions.sweep()).toEqual([]);
     clock.now += 1;
-    expect(sessions.sweep()).toEqual([second.id]);
+    expect(await sessions.sweep()).toEqual([second.id]);
     for (const [id, peerNodeId] of [[a, b], [b, a]] as const) expect(sent(id).at(-1)!.envelope).toMatchObject({ type: 'relay_session_revoked', payload: { sessionId: second.id, peerNodeId, reason: 'expired' } });
     expect(types(a).slice(n[0])).toEqual(['relay_session_assigned', 'relay_session_revoked', 'relay_session_assigned', 'relay_session_revoked']);
     // IPv6 relay hosts are bracketed.
@@ -137,7 +134,7 @@ describe('MeshService relay sessions', () => {
 
   it('held relay sessions survive a restart of the mesh service and are revoked by the next run', async () => {
     const { t, mesh, a, b } = await setup();
-    mesh.assignRelay('rOld', [{ nodeId: a, endpoint: '203.0.113.9:40001' }, { nodeId: b, endpoint: '203.0.113.9:40002' }]);
+    await mesh.assignRelay('rOld', [{ nodeId: a, endpoint: '203.0.113.9:40001' }, { nodeId: b, endpoint: '203.0.113.9:40002' }]);
     await mesh.close();
     const next = await MeshService.open(t.store, silent, { sealing: t.sealing });
     cleanups.unshift(() => next.close());
@@ -147,7 +144,7 @@ describe('MeshService relay sessions', () => {
     const relay = new UdpRelay({ host: '127.0.0.1', logger: silent, sweepIntervalMs: 0 });
     cleanups.unshift(() => relay.close());
     const sessions = new RelaySessions({ relay, mesh: next, publicHost: '203.0.113.9', logger: silent });
-    expect(sessions.revokeStale(next.heldRelaySessions())).toBe(1);
+    expect(await sessions.revokeStale(next.heldRelaySessions())).toBe(1);
     expect(next.heldRelaySessions()).toEqual([]);
   });
 
@@ -155,7 +152,8 @@ describe('MeshService relay sessions', () => {
     const t = await tempStore();
     cleanups.push(() => t.cleanup());
     const names = ['greedy', 'p1', 'p2', 'p3', 'x', 'y'];
-    const ids = Object.fromEntries(names.map((n) => [n, enrollNode(t.store, n)])) as Record<string, string>;
+    const ids: Record<string, string> = {};
+    for (const n of names) ids[n] = await enrollNode(t.store, n);
     const mesh = await MeshService.open(t.store, silent, { sealing: t.sealing });
     cleanups.unshift(() => mesh.close());
     const hub = recordingSessions();
@@ -163,7 +161,7 @@ describe('MeshService relay sessions', () => {
     for (const [i, n] of names.entries()) {
       const session = hub.connect(ids[n]!);
       await mesh.agentOpened(ids[n]!, { versions: [1], agentVersion: 't', wgPublicKey: wgKey(i + 1), endpoints: [`192.0.2.${i + 1}:51820`] }, '127.0.0.1');
-      mesh.replay(session.agent, 0);
+      await mesh.replay(session.agent, 0);
     }
     const relay = new UdpRelay({ host: '127.0.0.1', logger: silent, sweepIntervalMs: 0, idleMs: 120_000 });
     cleanups.unshift(() => relay.close());

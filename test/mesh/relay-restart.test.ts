@@ -102,8 +102,8 @@ describe('relay sessions across restarts', () => {
     const two = await start(relayOn);
     expect(two.mesh.heldRelaySessions()).toEqual([]);
     // Each member has a signed revoke of the old session in its event log (delivered when it is back).
-    const revokes = (run: Run, i: number) => run.mesh.feed(0, enrolled[i]!.nodeId).filter((e) => e.type === 'relay_session_revoked').map((e) => e.detail);
-    for (const i of [0, 1]) expect(JSON.stringify(revokes(two, i))).toContain(old);
+    const revokes = async (run: Run, i: number) => (await run.mesh.feed(0, enrolled[i]!.nodeId)).filter((e) => e.type === 'relay_session_revoked').map((e) => e.detail);
+    for (const i of [0, 1]) expect(JSON.stringify(await revokes(two, i))).toContain(old);
     await connect(two, 0, HARD);
     await connect(two, 1, HARD2);
     await until(() => two.sessions!.list().length === 1, 'the pair relayed again');
@@ -115,7 +115,7 @@ describe('relay sessions across restarts', () => {
     const three = await start({ relayListen: null });
     expect(three.sessions).toBeNull();
     expect(three.mesh.heldRelaySessions()).toEqual([]);
-    for (const i of [0, 1]) expect(JSON.stringify(revokes(three, i))).toContain(renewed);
+    for (const i of [0, 1]) expect(JSON.stringify(await revokes(three, i))).toContain(renewed);
     await stop(three);
   }, 90_000);
 });

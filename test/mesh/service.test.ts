@@ -12,9 +12,9 @@ afterEach(async () => {
 async function setup(options: { retainEvents?: number } = {}) {
   const t = await tempStore();
   cleanups.push(() => t.cleanup());
-  const a = enrollNode(t.store, 'a', ['web']);
-  const b = enrollNode(t.store, 'b', ['web', 'db']);
-  const c = enrollNode(t.store, 'c', ['db']);
+  const a = await enrollNode(t.store, 'a', ['web']);
+  const b = await enrollNode(t.store, 'b', ['web', 'db']);
+  const c = await enrollNode(t.store, 'c', ['db']);
   const mesh = await MeshService.open(t.store, silent, { sealing: t.sealing, ...options });
   const hub = recordingSessions();
   mesh.setDelivery(hub);
@@ -22,7 +22,7 @@ async function setup(options: { retainEvents?: number } = {}) {
   // Every node connects with a key and asks for its replay (first state.request).
   for (const [i, id] of [a, b, c].entries()) {
     await mesh.agentOpened(id, { versions: [1], agentVersion: 't', wgPublicKey: wgKey(i + 1), endpoints: [`192.0.2.${i + 1}:51820`] }, '127.0.0.1');
-    mesh.replay(sessions.get(id)!.agent, 0);
+    await mesh.replay(sessions.get(id)!.agent, 0);
   }
   const sent = (id: string): SentEvent[] => sessions.get(id)!.sent;
   return { t, mesh, a, b, c, hub, sessions, sent };
@@ -48,15 +48,15 @@ describe('MeshService', () => {
     const { t, mesh, a, b, c } = await setup();
     const ips = [a, b, c].map((id) => mesh.nodeInfo(id)!.meshIp);
     expect([...ips].sort()).toEqual(['10.100.0.1', '10.100.0.2', '10.100.0.3']); // enrolled in the same ms: order by id
-    const reopened = await MeshService.open(t.reopen(), silent, { sealing: t.sealing });
+    const reopened = await MeshService.open(await t.reopen(), silent, { sealing: t.sealing });
     expect([a, b, c].map((id) => reopened.nodeInfo(id)!.meshIp)).toEqual(ips);
     // What each node was told is loaded back: the start's recompute finds nothing new to send.
     expect([a, b, c].map((id) => reopened.nodeInfo(id)!.lastSeq)).toEqual([a, b, c].map((id) => mesh.nodeInfo(id)!.lastSeq));
-    t.store.removeNode(b, Date.now());
-    expect(reopened.sweep()).toBe(true);
+    await t.store.removeNode(b, Date.now());
+    expect(await reopened.sweep()).toBe(true);
     expect(reopened.nodeInfo(b)).toBeNull();
-    const d = enrollNode(t.store, 'd');
-    reopened.sweep();
+    const d = await enrollNode(t.store, 'd');
+    await reopened.sweep();
     expect(reopened.nodeInfo(d)!.meshIp).toBe(ips[1]); // b's address, freed
   });
 
@@ -85,7 +85,7 @@ describe('MeshService', () => {
     const { t, mesh, a, b, sent } = await setup();
     const psk = applied(sent(a)).get(b)!.psk;
     await mesh.close();
-    t.store.database.pragma('wal_checkpoint(TRUNCATE)');
+    t.store.checkpoint();
     const file = readFileSync(`${t.dir}/meshlink.db`);
     expect(file.includes(Buffer.from(psk, 'base64'))).toBe(false);
     expect(file.includes(Buffer.from(psk))).toBe(false);
@@ -114,12 +114,12 @@ describe('MeshService', () => {
     const { t, mesh, a, b, c, hub, sessions, sent } = await setup();
     await mesh.setPolicy({ rules: [{ from: 'web', to: 'web' }] }); // a-b; c (db only) sees nobody
     const before = { a: sent(a).length, b: sent(b).length, c: sent(c).length };
-    const d = enrollNode(t.store, 'd', ['web']);
-    const e = enrollNode(t.store, 'e', ['db']);
+    const d = await enrollNode(t.store, 'd', ['web']);
+    const e = await enrollNode(t.store, 'e', ['db']);
     await mesh.sweepAndRecompute(); // the feature's timer: both join in one sweep
     for (const id of [d, e]) {
       sessions.set(id, hub.connect(id));
-      mesh.replay(sessions.get(id)!.agent, 0);
+      await mesh.replay(sessions.get(id)!.agent, 0);
     }
     // Without a WireGuard key nobody is told of d or e; each has its first snapshot, without peers.
     expect([sent(a).length, sent(b).length, sent(c).length]).toEqual([before.a, before.b, before.c]);
@@ -144,13 +144,14 @@ describe('MeshService', () => {
     // 150 nodes: a full recompute spans three batches of 64 and yields between them.
     const t = await tempStore();
     cleanups.push(() => t.cleanup());
-    const ids = Array.from({ length: 150 }, (_, i) => enrollNode(t.store, `n${i}`, [i % 2 === 0 ? 'even' : 'odd']));
+    const ids: string[] = [];
+    for (let i = 0; i < 150; i++) ids.push(await enrollNode(t.store, `n${i}`, [i % 2 === 0 ? 'even' : 'odd']));
     const mesh = await MeshService.open(t.store, silent, { sealing: t.sealing });
     const hub = recordingSessions();
     mesh.setDelivery(hub);
     const sessions = new Map(ids.map((id) => [id, hub.connect(id)]));
     await Promise.all(ids.map((id, i) => mesh.agentOpened(id, { versions: [1], agentVersion: 't', wgPublicKey: wgKey(i + 1), endpoints: [`192.0.2.${i + 1}:51820`] }, '127.0.0.1')));
-    for (const id of ids) mesh.replay(sessions.get(id)!.agent, 0);
+    for (const id of ids) await mesh.replay(sessions.get(id)!.agent, 0);
     const received = new Map(ids.map((id) => [id, [...sessions.get(id)!.sent]]));
     const collect = (): void => {
       for (const id of ids) for (const e of sessions.get(id)!.sent) if (!received.get(id)!.includes(e)) received.get(id)!.push(e);
@@ -168,11 +169,13 @@ describe('MeshService', () => {
     const lateSeqBefore = received.get(late)!.at(-1)!.envelope.seq;
     const reconnected = hub.connect(late);
     sessions.set(late, reconnected);
-    mesh.replay(reconnected.agent, lateSeqBefore);
-    mesh.publish(ids[130]!, 'action_request', { action: 'mid-run' });
+    // Not awaited one by one: they queue behind the running recompute's next batch, as a session's
+    // messages would.
+    const replayed = mesh.replay(reconnected.agent, lateSeqBefore);
+    const published = mesh.publish(ids[130]!, 'action_request', { action: 'mid-run' });
     const moved = mesh.agentOpened(ids[3]!, { versions: [1], agentVersion: 't', wgPublicKey: wgKey(4), endpoints: ['198.51.100.4:51820'] }, '127.0.0.1');
     const second = mesh.setPolicy({ rules: [{ from: 'odd', to: 'odd' }] });
-    const [r1, , r2] = await Promise.all([first, moved, second]);
+    const [r1, , r2] = await Promise.all([first, moved, second, replayed, published]);
     collect();
     expect(r1.affectedNodes).toHaveLength(150); // everyone lost or changed peers
     expect(r2.affectedNodes).toHaveLength(150);
@@ -204,7 +207,7 @@ describe('MeshService', () => {
     expect(sent(a).at(-1)!.envelope.type).not.toBe('action_request'); // offline
     expect(late.sent).toHaveLength(0); // no live events before the replay request
     // c's new session asks for its replay from where c had got to: the event arrives then.
-    mesh.replay(late.agent, before[2]!);
+    await mesh.replay(late.agent, before[2]!);
     expect(late.sent.map((e) => [e.envelope.type, e.envelope.seq])).toEqual([['action_request', before[2]! + 1]]);
     expect(late.sent[0]!.envelope.payload).toEqual({ action: 'bench', args: { n: '1' } });
   });
@@ -240,13 +243,13 @@ describe('MeshService', () => {
     const last = all.at(-1)!.envelope.seq;
     // Reconnect having applied last-1: one event replayed, byte for byte the same signed envelope.
     const s1 = hub.connect(a);
-    mesh.replay(s1.agent, last - 1);
+    await mesh.replay(s1.agent, last - 1);
     expect(s1.sent.map((e) => e.envelope.seq)).toEqual([last]);
     expect(Buffer.from(s1.sent[0]!.bytes).equals(Buffer.from(all.at(-1)!.bytes))).toBe(true);
     // Generate more events than retained, then reconnect from seq 0: snapshot with a new seq.
     for (let i = 0; i < 4; i++) await mesh.setPolicy(i % 2 === 0 ? { rules: [] } : null);
     const s2 = hub.connect(a);
-    mesh.replay(s2.agent, 0);
+    await mesh.replay(s2.agent, 0);
     expect(s2.sent).toHaveLength(1);
     expect(s2.sent[0]!.envelope.type).toBe('node_state_updated');
     expect(s2.sent[0]!.envelope.seq).toBe(mesh.nodeInfo(a)!.lastSeq);
@@ -258,21 +261,21 @@ describe('MeshService', () => {
     const fresh = hub.connect(a);
     await mesh.acked(b, { seq: 1, wgPublicKey: wgKey(7) });
     expect(fresh.sent).toHaveLength(0);
-    mesh.replay(fresh.agent, mesh.nodeInfo(a)!.lastSeq - 1);
+    await mesh.replay(fresh.agent, mesh.nodeInfo(a)!.lastSeq - 1);
     expect(fresh.sent.map((e) => e.envelope.type)).toEqual(['peer_key_rotated']);
   });
 
   it('signing-key rotation: announced under the current key, later events under the next', async () => {
     const { mesh, a, sent } = await setup();
     const oldKeys = mesh.eventKeys();
-    const { keyId, previousKeyId } = mesh.rotateSigningKey();
+    const { keyId, previousKeyId } = await mesh.rotateSigningKey();
     expect(previousKeyId).toBe(oldKeys[0]!.keyId);
     const announce = sent(a).at(-1)!;
     expect(announce.envelope.type).toBe('signing_key_rotated');
     expect(announce.keyId).toBe(previousKeyId);
     expect(verifies(announce, oldKeys)).toBe(true);
     expect(mesh.eventKeys().map((k) => k.keyId)).toEqual([keyId, previousKeyId]);
-    mesh.requestKeyRotation(a);
+    await mesh.requestKeyRotation(a);
     const next = sent(a).at(-1)!;
     expect(next.keyId).toBe(keyId);
     expect(verifies(next, oldKeys)).toBe(false);
@@ -281,7 +284,7 @@ describe('MeshService', () => {
 
   it('the feed shows events without secrets', async () => {
     const { mesh, a } = await setup();
-    const feed = mesh.feed(0, a);
+    const feed = await mesh.feed(0, a);
     expect(feed.length).toBeGreaterThan(0);
     expect(JSON.stringify(feed)).not.toMatch(/"psk":"[A-Za-z0-9+/]{43}="/);
     expect(JSON.stringify(feed)).toContain('[redacted]');
@@ -341,7 +344,7 @@ describe('MeshService paths (NAT reports in hello)', () => {
 
     // The store keeps reports and told paths: a restart has nothing new to send.
     const seqs = [a, b, c].map((id) => mesh.nodeInfo(id)!.lastSeq);
-    const reopened = await MeshService.open(t.reopen(), silent, { sealing: t.sealing });
+    const reopened = await MeshService.open(await t.reopen(), silent, { sealing: t.sealing });
     expect(reopened.nodeInfo(b)!.nat).toEqual({ mapping: 'endpoint-dependent', reflexive: '203.0.113.2:40000' });
     expect([a, b, c].map((id) => reopened.nodeInfo(id)!.lastSeq)).toEqual(seqs);
     expect(reopened.relayPairs()).toEqual([{ pairId: `${x}\u0000${y}`, a: x, b: y }]);

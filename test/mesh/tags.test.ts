@@ -19,7 +19,7 @@ afterEach(async () => {
 });
 
 /** The enrollment commit with the mesh's hook, as the server runs it (see ./helpers.ts enrollNode). */
-function commitWith(store: Store, tokenHash: string, node: { id: string; existing: boolean }): boolean {
+function commitWith(store: Store, tokenHash: string, node: { id: string; existing: boolean }): Promise<boolean> {
   const mesh = new MeshStore(store.database);
   return store.commitEnrollment(
     {
@@ -28,50 +28,53 @@ function commitWith(store: Store, tokenHash: string, node: { id: string; existin
       node: { id: node.id, hostname: `h-${node.id}`, agentVersion: null, existing: node.existing },
       cert: { serial: randomUUID().replace(/-/g, ''), notBefore: Date.now(), notAfter: Date.now() + 86_400_000, pem: 'test' },
     },
-    (commit) => mesh.claimTokenTags(commit.tokenHash, commit.node.id),
+    (commit, tx) => mesh.claimTokenTags(commit.tokenHash, commit.node.id, tx),
   );
 }
 
-const tagsOf = (store: Store, id: string): string[] | undefined => new MeshStore(store.database).listing().get(id)?.tags;
+const tagsOf = async (store: Store, id: string): Promise<string[] | undefined> => (await new MeshStore(store.database).listing()).get(id)?.tags;
 
 describe('mesh tags', () => {
   it('are the mesh’s: a node takes its token’s tags at enrollment; a re-enrollment token with tags replaces them, one without keeps them', async () => {
     const t = await tempStore();
     cleanups.push(() => t.cleanup());
     const db = new MeshStore(t.store.database);
-    const a = enrollNode(t.store, 'a', ['web']);
-    const plain = enrollNode(t.store, 'plain');
-    expect(tagsOf(t.store, a)).toEqual(['web']);
-    expect(tagsOf(t.store, plain)).toEqual([]);
+    const a = await enrollNode(t.store, 'a', ['web']);
+    const plain = await enrollNode(t.store, 'plain');
+    expect(await tagsOf(t.store, a)).toEqual(['web']);
+    expect(await tagsOf(t.store, plain)).toEqual([]);
 
-    const tagged = createToken(t.store, { ttlMs: 60_000, nodeId: a }).token;
-    expect(db.tagToken(hashToken(tagged), ['db'])).toBe(true);
-    expect(commitWith(t.store, hashToken(tagged), { id: a, existing: true })).toBe(true);
-    expect(tagsOf(t.store, a)).toEqual(['db']);
-    expect(db.tagToken(hashToken(tagged), ['late'])).toBe(false); // a used token takes no tags
+    const tagged = (await createToken(t.store, { ttlMs: 60_000, nodeId: a })).token;
+    expect(await db.tagToken(hashToken(tagged), ['db'])).toBe(true);
+    expect(await commitWith(t.store, hashToken(tagged), { id: a, existing: true })).toBe(true);
+    expect(await tagsOf(t.store, a)).toEqual(['db']);
+    expect(await db.tagToken(hashToken(tagged), ['late'])).toBe(false); // a used token takes no tags
 
-    const untagged = createToken(t.store, { ttlMs: 60_000, nodeId: a }).token;
-    expect(commitWith(t.store, hashToken(untagged), { id: a, existing: true })).toBe(true);
-    expect(tagsOf(t.store, a)).toEqual(['db']);
+    const untagged = (await createToken(t.store, { ttlMs: 60_000, nodeId: a })).token;
+    expect(await commitWith(t.store, hashToken(untagged), { id: a, existing: true })).toBe(true);
+    expect(await tagsOf(t.store, a)).toEqual(['db']);
 
     // By hostname, as the CLI names it (the re-enrollment renamed the node).
-    expect(tagNode(t.store, `h-${a}`, ['ops'], 'add')).toMatchObject({ id: a, tags: ['db', 'ops'] });
+    expect(await tagNode(t.store, `h-${a}`, ['ops'], 'add')).toMatchObject({ id: a, tags: ['db', 'ops'] });
     // The node list's tags are the mesh's answer to the core's listing question.
-    expect(listNodes(t.store, undefined, () => meshListingLookup(t.store)).find((n) => n.id === a)!.tags).toEqual(['db', 'ops']);
-    expect(tagNode(t.store, a, ['db'], 'remove').tags).toEqual(['ops']);
+    expect((await listNodes(t.store, undefined, () => meshListingLookup(t.store))).find((n) => n.id === a)!.tags).toEqual(['db', 'ops']);
+    expect((await tagNode(t.store, a, ['db'], 'remove')).tags).toEqual(['ops']);
+    // Two changes at once both land (each reads and writes in its own transaction).
+    await Promise.all([tagNode(t.store, a, ['x'], 'add'), tagNode(t.store, a, ['y'], 'add')]);
+    expect((await tagsOf(t.store, a))!.sort()).toEqual(['ops', 'x', 'y']);
   });
 
   it('a token’s tags reach the node only if the enrollment commits', async () => {
     const t = await tempStore();
     cleanups.push(() => t.cleanup());
-    const { token } = createToken(t.store, { ttlMs: 60_000 });
-    new MeshStore(t.store.database).tagToken(hashToken(token), ['web']);
+    const { token } = await createToken(t.store, { ttlMs: 60_000 });
+    await new MeshStore(t.store.database).tagToken(hashToken(token), ['web']);
     const id = randomUUID();
-    expect(commitWith(t.store, hashToken(token), { id, existing: false })).toBe(true);
+    expect(await commitWith(t.store, hashToken(token), { id, existing: false })).toBe(true);
     // The same token again: the commit loses (consumed), so the second node gets nothing.
     const other = randomUUID();
-    expect(commitWith(t.store, hashToken(token), { id: other, existing: false })).toBe(false);
-    expect(t.store.database.prepare('SELECT node_id, tags FROM mesh_node_tags').all()).toEqual([{ node_id: id, tags: '["web"]' }]);
+    expect(await commitWith(t.store, hashToken(token), { id: other, existing: false })).toBe(false);
+    expect(t.store.database.sqlite!.prepare('SELECT node_id, tags FROM mesh_node_tags').all()).toEqual([{ node_id: id, tags: '["web"]' }]);
   });
 });
 
@@ -84,7 +87,7 @@ describe('mesh migration 102', () => {
     const old = new Database(path);
     old.exec('CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL) STRICT');
     for (const m of [...MIGRATIONS, ...MESH_MIGRATIONS].filter((m) => m.version < 102).sort((x, y) => x.version - y.version)) {
-      old.exec(m.sql);
+      old.exec(m.sqlite);
       old.prepare('INSERT INTO schema_migrations VALUES (?, ?, 0)').run(m.version, m.name);
     }
     const future = Date.now() + 3_600_000;
@@ -95,9 +98,9 @@ describe('mesh migration 102', () => {
       ('rebind', 0, ?, NULL, 'n1', '["web"]')`).run(future, future, future, future);
     old.close();
 
-    const s = openServerStore(path);
+    const s = await openServerStore(path);
     cleanups.push(() => s.close());
-    const rows = (sql: string): unknown[] => s.database.prepare(sql).all();
+    const rows = (sql: string): unknown[] => s.database.sqlite!.prepare(sql).all();
     expect(rows('SELECT node_id, tags FROM mesh_node_tags ORDER BY node_id')).toEqual([
       { node_id: 'n1', tags: '["web","ops"]' },
       { node_id: 'n3', tags: '["db"]' }, // a removed node keeps its tags too
@@ -108,15 +111,16 @@ describe('mesh migration 102', () => {
       { token_hash: 'used', tags: '["db"]' },
     ]);
     expect((rows('PRAGMA table_info(nodes)') as Array<{ name: string }>).map((c) => c.name)).not.toContain('tags');
-    expect(rows("SELECT name FROM sqlite_master WHERE type = 'trigger' OR name = 'mesh_enroll_tags'")).toEqual([]);
-    expect(tagsOf(s, 'n1')).toEqual(['web', 'ops']);
-    expect(tagsOf(s, 'n2')).toEqual([]);
+    // The enrollment triggers and their table are gone; the triggers left keep seq columns (core 5, mesh 112).
+    expect(rows("SELECT name FROM sqlite_master WHERE type = 'trigger' OR name = 'mesh_enroll_tags' ORDER BY name")).toEqual([{ name: 'certs_seq' }, { name: 'mesh_signing_keys_seq' }, { name: 'tokens_seq' }]);
+    expect(await tagsOf(s, 'n1')).toEqual(['web', 'ops']);
+    expect(await tagsOf(s, 'n2')).toEqual([]);
 
     // Tokens created before the upgrade enroll with their tags.
-    expect(commitWith(s, 'pending', { id: 'n4', existing: false })).toBe(true);
-    expect(commitWith(s, 'untagged', { id: 'n5', existing: false })).toBe(true);
-    expect(tagsOf(s, 'n4')).toEqual(['edge']);
-    expect(tagsOf(s, 'n5')).toEqual([]);
+    expect(await commitWith(s, 'pending', { id: 'n4', existing: false })).toBe(true);
+    expect(await commitWith(s, 'untagged', { id: 'n5', existing: false })).toBe(true);
+    expect(await tagsOf(s, 'n4')).toEqual(['edge']);
+    expect(await tagsOf(s, 'n5')).toEqual([]);
     const mesh = await MeshService.open(s, silent, { sealing: testSealing() });
     cleanups.push(() => mesh.close());
     expect(['n1', 'n2', 'n4', 'n5'].map((id) => mesh.nodeInfo(id)!.tags)).toEqual([['web', 'ops'], [], ['edge'], []]);

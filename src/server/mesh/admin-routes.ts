@@ -4,6 +4,7 @@ import type { AdminRoutes } from '../admin-routes.js';
 import { resolveNode } from '../nodes.js';
 import type { Store } from '../store/store.js';
 import { MeshFeed } from './feed.js';
+import { hostnamesOf } from './listing.js';
 import { createTaggedToken, storedPolicy, storePolicy, tagNode } from './operator.js';
 import { policyId } from './policy.js';
 import type { MeshService } from './service.js';
@@ -20,13 +21,13 @@ export function registerMeshAdminRoutes(routes: AdminRoutes, deps: { store: Stor
   const feed = mesh ?? offlineFeed(store);
 
   routes.handle(api.showPolicy, () => (mesh ? { policy: mesh.policy, policyId: policyId(mesh.policy) } : storedPolicy(store)));
-  routes.handle(api.setPolicy, async ({ policy }) => (mesh ? mesh.setPolicy(policy ?? null) : { ...storePolicy(store, policy ?? null), affectedNodes: [] }), {
+  routes.handle(api.setPolicy, async ({ policy }) => (mesh ? mesh.setPolicy(policy ?? null) : { ...(await storePolicy(store, policy ?? null)), affectedNodes: [] }), {
     audit: (answer) => ({ target: answer.policyId }),
   });
   routes.handle(
     api.tagNode,
     async ({ node, tags, mode }) => {
-      const tagged = tagNode(store, node, tags, mode);
+      const tagged = await tagNode(store, node, tags, mode);
       const affectedNodes = mesh ? await mesh.tagsChanged(tagged.id, tagged.tags) : [];
       logger.info({ nodeId: tagged.id, tags: tagged.tags, affected: affectedNodes.length }, 'node tags changed');
       return { ...tagged, affectedNodes };
@@ -35,38 +36,40 @@ export function registerMeshAdminRoutes(routes: AdminRoutes, deps: { store: Stor
   );
   routes.handle(
     api.createTaggedToken,
-    ({ ttlMs, nodeId, tags }) => {
-      const created = createTaggedToken(store, { ttlMs, nodeId: nodeId ?? null, tags });
+    async ({ ttlMs, nodeId, tags }) => {
+      const created = await createTaggedToken(store, { ttlMs, nodeId: nodeId ?? null, tags });
       logger.info({ expiresAt: created.expiresAt, nodeId: created.nodeId, tags: created.tags }, 'enrollment token created');
       return created;
     },
     { audit: (answer) => ({ nodeId: answer.nodeId, target: `${answer.id ? `token ${answer.id}, ` : ''}expires ${answer.expiresAt}` }) },
   );
   // What the node was told, as persisted by the event log's sends (the same with the server stopped).
-  routes.handle(api.showPeers, ({ node }) => {
-    const resolved = resolveNode(store, node);
-    const peers = new MeshStore(store.database).announcedPeersOf(resolved.id).map((p) => ({ nodeId: p.peerId, hostname: store.getNode(p.peerId)?.hostname ?? null, meshIp: p.meshIp, endpoints: p.endpoints }));
+  routes.handle(api.showPeers, async ({ node }) => {
+    const resolved = await resolveNode(store, node);
+    const announced = await new MeshStore(store.database).announcedPeersOf(resolved.id);
+    const hostnames = await hostnamesOf(store, announced.map((p) => p.peerId));
+    const peers = announced.map((p) => ({ nodeId: p.peerId, hostname: hostnames.get(p.peerId) ?? null, meshIp: p.meshIp, endpoints: p.endpoints }));
     return { nodeId: resolved.id, peers };
   });
   routes.handle(api.meshFeed, async ({ after, last, node, waitMs }) => {
-    const nodeId = node ? resolveNode(store, node).id : null;
+    const nodeId = node ? (await resolveNode(store, node)).id : null;
     // last=N: start N entries before the newest (of all nodes; the node filter applies after).
-    const from = last !== undefined ? Math.max(0, feed.lastFeedId() - last) : after;
-    let entries = feed.feed(from, nodeId);
+    const from = last !== undefined ? Math.max(0, (await feed.lastFeedId()) - last) : after;
+    let entries = await feed.feed(from, nodeId);
     if (entries.length === 0 && waitMs > 0 && mesh) {
       await mesh.waitForFeed(waitMs);
-      entries = feed.feed(from, nodeId);
+      entries = await feed.feed(from, nodeId);
     }
-    const lastId = entries.length > 0 ? entries[entries.length - 1]!.id : Math.max(from, feed.lastFeedId());
+    const lastId = entries.length > 0 ? entries[entries.length - 1]!.id : Math.max(from, await feed.lastFeedId());
     return { entries, last: lastId };
   });
   if (!mesh) return;
 
   routes.handle(
     api.rotateNodeKey,
-    ({ node }) => {
-      const resolved = resolveNode(store, node);
-      return { nodeId: resolved.id, seq: mesh.requestKeyRotation(resolved.id) };
+    async ({ node }) => {
+      const resolved = await resolveNode(store, node);
+      return { nodeId: resolved.id, seq: await mesh.requestKeyRotation(resolved.id) };
     },
     { audit: (answer) => ({ nodeId: answer.nodeId }) },
   );
@@ -76,8 +79,8 @@ export function registerMeshAdminRoutes(routes: AdminRoutes, deps: { store: Stor
     api.notify,
     async (body) => {
       if (body.node !== undefined) {
-        const resolved = resolveNode(store, body.node);
-        return { type: body.type, nodes: 1, nodeId: resolved.id, seq: mesh.publish(resolved.id, body.type, body.payload) };
+        const resolved = await resolveNode(store, body.node);
+        return { type: body.type, nodes: 1, nodeId: resolved.id, seq: await mesh.publish(resolved.id, body.type, body.payload) };
       }
       return { type: body.type, nodes: await mesh.publishAll(body.type, body.payload) };
     },

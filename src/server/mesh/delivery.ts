@@ -17,10 +17,16 @@ import type { EventLog, Outgoing } from './event-log.js';
  * everything queued before it), the events logged meanwhile are sent from the log, in order. If some
  * were pruned past retention in between, the agent sees a seq gap and reconciles (state.request with
  * its digest). `closed` needs nothing: the node's next session asks for a replay.
+ *
+ * Reading the log is async, so the resumption runs through `serialize` (MeshService's serialised
+ * writes): no event is appended and sent live between the read and the sends of what it returned.
  */
 
 /** What delivery uses of the sessions facade: the node's current session, sending, and the drain. */
 export type DeliverySessions = Pick<AgentSessions, 'current' | 'send' | 'drained'>;
+
+/** Runs `work` after the mesh's pending writes and before later ones (MeshService). */
+export type Serialize = <T>(work: () => Promise<T>) => Promise<T>;
 
 /** zod's Uint8Array is over an ArrayBuffer; Buffers from node:crypto and the codec are. */
 const bin = (b: Uint8Array): Uint8Array<ArrayBuffer> => b as Uint8Array<ArrayBuffer>;
@@ -28,15 +34,17 @@ const bin = (b: Uint8Array): Uint8Array<ArrayBuffer> => b as Uint8Array<ArrayBuf
 export class EventDelivery {
   readonly #log: EventLog;
   readonly #logger: Logger;
+  readonly #serialize: Serialize;
   #sessions: DeliverySessions | null = null;
   /** Sessions that asked for their replay: only these get live events. */
   readonly #ready = new WeakSet<AgentHandle>();
   /** Sessions that reported backpressure, with the seq of the last event queued on each. */
   readonly #held = new WeakMap<AgentHandle, number>();
 
-  constructor(log: EventLog, logger: Logger) {
+  constructor(log: EventLog, logger: Logger, serialize: Serialize) {
     this.#log = log;
     this.#logger = logger;
+    this.#serialize = serialize;
   }
 
   setSessions(sessions: DeliverySessions): void {
@@ -86,12 +94,17 @@ export class EventDelivery {
   }
 
   #resume(agent: AgentHandle): void {
-    const sentSeq = this.#held.get(agent);
-    this.#held.delete(agent);
-    // A session that closed or was replaced meanwhile needs nothing: the next one asks for a replay.
-    if (sentSeq === undefined || !agent.open || this.#sessions?.current(agent.nodeId) !== agent) return;
-    const missed = this.#log.after(agent.nodeId, sentSeq);
-    if (missed.length > 0) this.#logger.debug({ nodeId: agent.nodeId, from: sentSeq, events: missed.length }, 'session drained; sending the events held back');
-    this.sendStored(agent, missed);
+    this.#serialize(async () => {
+      const sentSeq = this.#held.get(agent);
+      this.#held.delete(agent);
+      // A session that closed or was replaced meanwhile needs nothing: the next one asks for a replay.
+      if (sentSeq === undefined || !agent.open || this.#sessions?.current(agent.nodeId) !== agent) return;
+      const missed = await this.#log.after(agent.nodeId, sentSeq);
+      if (missed.length > 0) this.#logger.debug({ nodeId: agent.nodeId, from: sentSeq, events: missed.length }, 'session drained; sending the events held back');
+      this.sendStored(agent, missed);
+    }).catch((err: unknown) => {
+      // The agent sees a seq gap at its next event (or none comes) and reconciles with its digest.
+      this.#logger.error({ err, nodeId: agent.nodeId }, 'could not send the events held back');
+    });
   }
 }

@@ -39,10 +39,12 @@ export class EventLog {
   }
 
   /**
-   * Appends one signed event to a node's log (inside the caller's transaction) and advances
-   * `node.lastSeq`; the caller writes last_seq, once per node (setAnnounced or setLastSeq).
+   * Appends one signed event to a node's log through `tx`, the caller's transaction, and advances
+   * `node.lastSeq`; the caller writes last_seq, once per node (setAnnounced or setLastSeq). The seq is
+   * taken at the call, inside that transaction: the caller runs one appending transaction at a time
+   * (MeshService's serialised writes), so a node's seqs are stored and sent in order.
    */
-  append(node: { readonly id: string; lastSeq: number }, type: EventType, payload: unknown, now: number): Outgoing {
+  async append(tx: MeshStore, node: { readonly id: string; lastSeq: number }, type: EventType, payload: unknown, now: number): Promise<Outgoing> {
     const seq = ++node.lastSeq;
     const bytes = encodeEnvelope({ seq, type, ts: now, payload } as never);
     const key = this.#signingKey();
@@ -56,18 +58,18 @@ export class EventLog {
       signature: signBytes(key, bytes),
       keyId: key.keyId,
     };
-    this.#db.insertEvent(event);
-    if (seq > this.#retain) this.#db.pruneEvents(node.id, seq - this.#retain);
-    this.#feed.recordEvent(node.id, type, seq, payload, now);
+    await tx.insertEvent(event);
+    if (seq > this.#retain) await tx.pruneEvents(node.id, seq - this.#retain);
+    await this.#feed.recordEvent(tx, node.id, type, seq, payload, now);
     return { nodeId: node.id, event, bytes };
   }
 
   /** The retained events after `seq`, in order (a replay, or delivery resuming after backpressure). */
-  after(nodeId: string, seq: number): StoredEvent[] {
+  after(nodeId: string, seq: number): Promise<StoredEvent[]> {
     return this.#db.eventsAfter(nodeId, seq);
   }
 
-  oldestSeq(nodeId: string): number | null {
+  oldestSeq(nodeId: string): Promise<number | null> {
     return this.#db.oldestSeq(nodeId);
   }
 

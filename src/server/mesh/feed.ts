@@ -39,30 +39,30 @@ export class MeshFeed {
     this.#retain = retain;
   }
 
-  /** An event was appended to a node's log (inside the caller's transaction). */
-  recordEvent(nodeId: string, type: EventType, seq: number, payload: unknown, now: number): void {
-    this.#db.insertFeed({ ts: now, nodeId, kind: 'event', type, seq, detail: JSON.stringify(redact(type, payload)) });
+  /** An event was appended to a node's log (through `tx`, the caller's transaction). */
+  async recordEvent(tx: MeshStore, nodeId: string, type: EventType, seq: number, payload: unknown, now: number): Promise<void> {
     this.#inserts++;
+    await tx.queueFeed({ ts: now, nodeId, kind: 'event', type, seq, detail: JSON.stringify(redact(type, payload)) });
   }
 
   /**
    * A drift report, as received at `receivedAt`: the agent's `ts` is not trusted (a future or ancient
    * time would reorder the feed), the items are capped and clipped, and the insert counts toward pruning.
    */
-  recordDrift(nodeId: string, report: PayloadOf<'drift.report'>, receivedAt: number): void {
+  async recordDrift(nodeId: string, report: PayloadOf<'drift.report'>, receivedAt: number): Promise<void> {
     const clip = (t: string | undefined): string | undefined => (t === undefined ? undefined : t.slice(0, DRIFT_TEXT_CHARS));
     const items = report.items.slice(0, DRIFT_ITEMS_KEPT).map((i) => ({ field: clip(i.field), expected: clip(i.expected), actual: clip(i.actual) }));
     const detail = { items, ...(report.items.length > DRIFT_ITEMS_KEPT ? { moreItems: report.items.length - DRIFT_ITEMS_KEPT } : {}) };
-    this.#db.insertFeed({ ts: receivedAt, nodeId, kind: 'drift', type: 'drift.report', seq: null, detail: JSON.stringify(detail) });
     this.#inserts++;
+    await this.#db.insertFeed({ ts: receivedAt, nodeId, kind: 'drift', type: 'drift.report', seq: null, detail: JSON.stringify(detail) });
   }
 
   /** Drops the oldest rows beyond `retain`, checked once per PRUNE_EVERY_INSERTS events. */
-  pruneIfDue(): void {
+  async pruneIfDue(): Promise<void> {
     if (this.#inserts <= PRUNE_EVERY_INSERTS) return;
     this.#inserts = 0;
-    const last = this.#db.lastFeedId();
-    if (last > this.#retain) this.#db.pruneFeed(last - this.#retain);
+    const last = await this.#db.lastFeedId();
+    if (last > this.#retain) await this.#db.pruneFeed(last - this.#retain);
   }
 
   /** Wakes every waiting reader (the feed grew, or the service is closing). */
@@ -71,9 +71,9 @@ export class MeshFeed {
   }
 
   /** Entries after id `after`, at most `limit` and at most FEED_PAGE_BYTES of detail (never none when there are some). */
-  entries(after: number, nodeId: string | null, limit = 500): FeedEntry[] {
+  async entries(after: number, nodeId: string | null, limit = 500): Promise<FeedEntry[]> {
     let bytes = 0;
-    const rows = this.#db.feedAfter(after, nodeId, limit).filter((r, i) => {
+    const rows = (await this.#db.feedAfter(after, nodeId, limit)).filter((r, i) => {
       bytes += r.detail.length;
       return i === 0 || bytes <= FEED_PAGE_BYTES;
     });
@@ -102,7 +102,7 @@ export class MeshFeed {
     });
   }
 
-  lastId(): number {
+  lastId(): Promise<number> {
     return this.#db.lastFeedId();
   }
 }

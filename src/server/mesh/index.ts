@@ -40,7 +40,7 @@ export function createMeshFeature(options: MeshFeatureOptions = {}): ServerFeatu
     mesh.setDelivery(ctx.sessions);
     // A node gets the tags of the token it enrolled with, in the enrollment's own transaction.
     const tags = new MeshStore(ctx.store.database);
-    const stopClaiming = ctx.enrollment.onCommit((commit) => tags.claimTokenTags(commit.tokenHash, commit.node.id));
+    const stopClaiming = ctx.enrollment.onCommit(async (commit, tx) => tags.claimTokenTags(commit.tokenHash, commit.node.id, tx));
     ctx.questions.answer('nodeListingFields', () => meshListingLookup(ctx.store));
     ctx.questions.answer('tokenListingFields', () => tokenTagsLookup(ctx.store));
     ctx.questions.answer('meshEventCreatedAt', (nodeId, seq) => mesh.eventCreatedAt(nodeId, seq));
@@ -60,7 +60,9 @@ export function createMeshFeature(options: MeshFeatureOptions = {}): ServerFeatu
       const owner = err.code === 'ML_ERR_MESH_KEY_IN_USE' && key !== undefined ? (mesh.keyOwner(key) ?? null) : null;
       log.warn({ nodeId, where, code: err.code, issue: err.message, keyOwner: owner }, 'mesh: refused what a node reported about itself');
       if (err.code === 'ML_ERR_MESH_KEY_IN_USE') {
-        ctx.audit.record({ source: 'agent', actor: null, operation: 'mesh.key_refused', nodeId, target: key ?? null, result: err.code, details: { where, keyOwner: owner } });
+        ctx.audit
+          .record({ source: 'agent', actor: null, operation: 'mesh.key_refused', nodeId, target: key ?? null, result: err.code, details: { where, keyOwner: owner } })
+          .catch((e: unknown) => log.error({ err: e, nodeId }, 'mesh: could not write the refused key to the audit log'));
       }
     };
     ctx.sessions.addHelloCheck((hello, info) => {
@@ -78,42 +80,55 @@ export function createMeshFeature(options: MeshFeatureOptions = {}): ServerFeatu
       } else log.error({ err, nodeId: agent.nodeId }, `mesh: could not record the ${where}`);
     };
 
+    // A session's hello, acks, state requests and drift reports are handled in the order they came:
+    // each waits for the one before it of the same session (a promise chain per session). The store
+    // is async, so without this a state.request could be served before the hello that brings its
+    // (just enrolled) node into the mesh, or an ack's key be stored before the hello's. Only the
+    // recording waits; the recompute that follows a report runs on its own.
+    const turns = new WeakMap<AgentHandle, Promise<unknown>>();
+    const inSessionTurn = <T>(agent: AgentHandle, work: () => Promise<T>): Promise<T> => {
+      const run = (turns.get(agent) ?? Promise.resolve()).then(work);
+      turns.set(agent, run.catch(() => undefined));
+      return run;
+    };
     ctx.sessions.on('agent-open', (agent) => {
-      try {
-        void mesh.agentOpened(agent.nodeId, agent.hello, agent.info.remoteAddress ?? null);
-      } catch (err) {
-        refuse(agent, err, 'hello', agent.hello.wgPublicKey);
-      }
+      inSessionTurn(agent, () => mesh.helloReceived(agent.nodeId, agent.hello, agent.info.remoteAddress ?? null)).catch((err: unknown) =>
+        refuse(agent, err, 'hello', agent.hello.wgPublicKey),
+      );
     });
-    ctx.sessions.onRequest('state.request', (agent, req) => {
-      mesh.replay(agent, agent.hello.lastEventSeq ?? 0);
-      // Only the signed snapshot goes on the wire: the agent applies nothing unsigned.
-      const { inSync, snapshot } = mesh.stateFor(agent.nodeId, req.digest);
-      return snapshot ? { inSync, snapshot } : { inSync };
-    });
+    ctx.sessions.onRequest('state.request', (agent, req) =>
+      inSessionTurn(agent, async () => {
+        await mesh.replay(agent, agent.hello.lastEventSeq ?? 0);
+        // Only the signed snapshot goes on the wire: the agent applies nothing unsigned.
+        const { inSync, snapshot } = mesh.stateFor(agent.nodeId, req.digest);
+        return snapshot ? { inSync, snapshot } : { inSync };
+      }),
+    );
     // A removed node's session closes with 4401: take it out of the mesh at once. Other closes leave
     // membership alone (a sweep scans the node table; thousands of sessions close at a shutdown).
     ctx.sessions.on('agent-close', (_agent, info) => {
       if (info.code === ERRORS.ML_ERR_CERT_REVOKED.closeCode) void mesh.sweepAndRecompute();
     });
     // A revoked node hears why, in a signed event, before its sockets close with 4401.
+    // On SQLite the append and the send finish within the turn before the close (the store's promises
+    // settle in microtasks); on PostgreSQL the close may come first, and the node then learns of its
+    // removal from the close code alone.
     const onRevoked = (nodeId: string, reason: string): void => {
-      if (mesh.nodeInfo(nodeId)) mesh.publish(nodeId, 'session_revoked', { reason });
+      if (mesh.nodeInfo(nodeId)) mesh.publish(nodeId, 'session_revoked', { reason }).catch((err: unknown) => log.error({ err, nodeId }, 'mesh: session_revoked not sent'));
     };
     const stopObserving = ctx.connections.onRevoking(onRevoked);
     ctx.sessions.onMessage('event.ack', (agent, ack) => {
-      try {
-        void mesh.acked(agent.nodeId, ack);
-      } catch (err) {
-        refuse(agent, err, 'event.ack', ack.wgPublicKey);
-      }
+      inSessionTurn(agent, () => mesh.ackReceived(agent.nodeId, ack)).catch((err: unknown) => refuse(agent, err, 'event.ack', ack.wgPublicKey));
     });
-    ctx.sessions.onMessage('drift.report', (agent, report) => mesh.drift(agent.nodeId, report));
+    ctx.sessions.onMessage('drift.report', (agent, report) => {
+      const receivedAt = Date.now();
+      inSessionTurn(agent, () => mesh.drift(agent.nodeId, report, receivedAt)).catch((err: unknown) => log.error({ err, nodeId: agent.nodeId }, 'mesh: could not record the drift report'));
+    });
 
     const stun = await startStunResponder(ctx.config.stunListen, log);
     const relay = await startRelay(ctx.config, log);
-    if (!relay) revokeAllHeld(mesh, log);
-    const assigner = relay ? new RelayAssigner(mesh, relay, ctx.presence, publicHostOf(ctx.store, ctx.config), ctx.config.relayPublicHost, log) : null;
+    if (!relay) await revokeAllHeld(mesh, log);
+    const assigner = relay ? new RelayAssigner(mesh, relay, ctx.presence, await publicHostOf(ctx.store, ctx.config), ctx.config.relayPublicHost, log) : null;
     if (assigner) {
       ctx.questions.answer('meshRelayStats', () => {
         const c = relay!.counters;
@@ -122,7 +137,7 @@ export function createMeshFeature(options: MeshFeatureOptions = {}): ServerFeatu
       // A member coming online (or going) changes which pairs get an allocation.
       ctx.sessions.on('agent-open', () => assigner.schedule());
       ctx.sessions.on('agent-close', () => assigner.schedule());
-      assigner.start();
+      await assigner.start();
       options.onRelayStarted?.(relay!, assigner.sessions);
     }
 
@@ -239,9 +254,9 @@ class RelayAssigner {
     return { publicHost: this.#host, bind: `${listen.host.includes(':') ? `[${listen.host}]` : listen.host}${listen.ports ? `:${listen.ports.low}-${listen.ports.high}` : ''}` };
   }
 
-  start(): void {
+  async start(): Promise<void> {
     // Sessions an earlier run assigned died with its relay: their members hear so before new ones.
-    const stale = this.sessions.revokeStale(this.#mesh.heldRelaySessions());
+    const stale = await this.sessions.revokeStale(this.#mesh.heldRelaySessions());
     if (stale > 0) this.#log.info({ revoked: stale }, 'relay sessions of the previous run revoked');
     this.#unsubscribe = this.#mesh.onRecomputed(() => this.schedule());
     this.schedule();
@@ -295,11 +310,11 @@ class RelayAssigner {
 }
 
 /** Without a relay, the sessions an earlier run assigned point at nothing: their members hear so. */
-function revokeAllHeld(mesh: MeshService, log: Logger): void {
+async function revokeAllHeld(mesh: MeshService, log: Logger): Promise<void> {
   const held = mesh.heldRelaySessions();
   for (const h of held) {
     try {
-      mesh.revokeRelay(h.sessionId, h.a, h.b, 'relay off');
+      await mesh.revokeRelay(h.sessionId, h.a, h.b, 'relay off');
     } catch (err) {
       log.warn({ err, allocation: h.sessionId }, 'stale relay session not revoked');
     }

@@ -14,24 +14,27 @@ export interface MeshListingFields {
 }
 
 /** Mesh fields of every live node by id, for `server nodes list` (works with the server stopped too). */
-export function meshListingFields(store: Store): Map<string, MeshListingFields> {
+export async function meshListingFields(store: Store): Promise<Map<string, MeshListingFields>> {
   const out = new Map<string, MeshListingFields>();
-  for (const [id, r] of new MeshStore(store.database).listing()) {
+  for (const [id, r] of await new MeshStore(store.database).listing()) {
     out.set(id, { meshIp: r.meshIp === null ? null : intToIp(r.meshIp), wgPublicKey: r.wgPublicKey, tags: r.tags, endpoints: r.endpoints, observedAddress: r.observedAddr });
   }
   return out;
 }
 
 /** The lookup the mesh answers the core's `nodeListingFields` question with (a node without mesh state shows empty fields). */
-export function meshListingLookup(store: Store): (nodeId: string) => MeshListingFields {
-  const fields = meshListingFields(store);
+export async function meshListingLookup(store: Store): Promise<(nodeId: string) => MeshListingFields> {
+  const fields = await meshListingFields(store);
   return (nodeId) => fields.get(nodeId) ?? { meshIp: null, wgPublicKey: null, tags: [], endpoints: [], observedAddress: null };
 }
 
-/** The lookup the mesh answers the core's `tokenListingFields` question with: a token's tags. */
-export function tokenTagsLookup(store: Store): (tokenHash: string) => { tags: string[] } {
-  const db = new MeshStore(store.database);
-  return (tokenHash) => ({ tags: db.tokenTags(tokenHash) });
+/**
+ * The lookup the mesh answers the core's `tokenListingFields` question with: a token's tags. The
+ * lookup is synchronous, so every tagged token's tags are read at once (one query per listing).
+ */
+export async function tokenTagsLookup(store: Store): Promise<(tokenHash: string) => { tags: string[] }> {
+  const tags = await new MeshStore(store.database).allTokenTags();
+  return (tokenHash) => ({ tags: tags.get(tokenHash) ?? [] });
 }
 
 /**
@@ -40,14 +43,16 @@ export function tokenTagsLookup(store: Store): (tokenHash: string) => { tags: st
  * each pair's path and the endpoint WireGuard uses (the first, or the relay's while a relay session is
  * in force). No handshake ages are reported yet.
  */
-export function meshNodeDetails(store: Store, nodeId: string): MeshNodeDetails | null {
+export async function meshNodeDetails(store: Store, nodeId: string): Promise<MeshNodeDetails | null> {
   const db = new MeshStore(store.database);
-  const row = db.listing().get(nodeId);
+  const row = (await db.listing(nodeId)).get(nodeId);
   if (!row || row.meshIp === null) return null;
-  const relayed = relayEndpointsOf(db, nodeId);
-  const peers = db.announcedPeersOf(nodeId).map((p) => ({
+  const relayed = await relayEndpointsOf(db, nodeId);
+  const announced = await db.announcedPeersOf(nodeId);
+  const hostnames = await hostnamesOf(store, announced.map((p) => p.peerId));
+  const peers = announced.map((p) => ({
     nodeId: p.peerId,
-    hostname: store.getNode(p.peerId)?.hostname ?? null,
+    hostname: hostnames.get(p.peerId) ?? null,
     meshIp: p.meshIp,
     path: p.path,
     // While a relay session is in force, WireGuard sends to the relay (the agent applies it over the peer's own).
@@ -57,10 +62,20 @@ export function meshNodeDetails(store: Store, nodeId: string): MeshNodeDetails |
   return { meshIp: intToIp(row.meshIp), nat: natReportSchema.safeParse(row.nat).data ?? null, observedAddress: row.observedAddr, peers };
 }
 
-/** The relay endpoint `nodeId` sends to, by peer, for the relay sessions in force (the mesh setting). */
-function relayEndpointsOf(db: MeshStore, nodeId: string): Map<string, string> {
+/** The hostnames of nodes by id (a node row that is gone has none). */
+export async function hostnamesOf(store: Store, ids: readonly string[]): Promise<Map<string, string>> {
   const out = new Map<string, string>();
-  const text = db.getSetting(SETTING_RELAY_SESSIONS_KEY);
+  for (const id of ids) {
+    const node = await store.getNode(id);
+    if (node) out.set(id, node.hostname);
+  }
+  return out;
+}
+
+/** The relay endpoint `nodeId` sends to, by peer, for the relay sessions in force (the mesh setting). */
+async function relayEndpointsOf(db: MeshStore, nodeId: string): Promise<Map<string, string>> {
+  const out = new Map<string, string>();
+  const text = await db.getSetting(SETTING_RELAY_SESSIONS_KEY);
   if (text === undefined) return out;
   let parsed;
   try {

@@ -13,7 +13,8 @@ import { endpointSchema, natReportSchema, wgKeySchema, type NatReport } from '..
  * The mesh model in memory, kept in step with the store: the nodes (address, tags, WireGuard key,
  * endpoints, event seq, what each was told), who may talk to whom, and the pairs' PSKs. It is the
  * input of desired-state.ts; every write here also goes to the store, inside the caller's
- * transaction where there is one.
+ * transaction where there is one (the methods that write in one take its `tx`: on SQLite a query on
+ * the root store inside a transaction would wait for itself).
  */
 
 export interface ModelNode {
@@ -56,47 +57,52 @@ export class MeshModel implements MeshInputs {
   }
 
   /** Loads nodes, their announced views and the PSKs from the store. */
-  load(): void {
-    for (const row of this.#db.meshNodes()) {
+  async load(): Promise<void> {
+    for (const row of await this.#db.meshNodes()) {
       if (!inRange(this.#range, row.meshIp)) {
         throw new MeshlinkError('ML_ERR_MESH_CIDR', `the mesh range ${this.#range.cidr} does not hold ${intToIp(row.meshIp)}, already assigned to node ${row.nodeId}`);
       }
       this.#add(modelOf(row, this.#log));
     }
-    for (const r of this.#db.announcedPeers()) {
+    for (const r of await this.#db.announcedPeers()) {
       this.nodes.get(r.nodeId)?.announced?.peers.set(r.peerId, { meshIp: r.meshIp, publicKey: r.publicKey, endpoints: r.endpoints, pskTag: r.pskTag, path: r.path });
     }
-    for (const p of this.#db.psks()) this.psks.set(pairKey(p.a, p.b), this.#box.open(p.sealed, `psk:${pairKey(p.a, p.b)}`));
+    for (const p of await this.#db.psks()) this.psks.set(pairKey(p.a, p.b), this.#box.open(p.sealed, `psk:${pairKey(p.a, p.b)}`));
   }
 
   /**
    * Brings the model in line with the node table: live nodes without an address get one (enrollment),
    * removed nodes lose theirs (freed) with their PSKs and event log. Returns the nodes that joined and
    * left, or null when nothing changed; the caller recomputes.
+   *
+   * Not re-entrant: two sweeps at once would both see the same new nodes and allocate them twice.
+   * The caller runs one at a time (MeshService runs it among its serialised writes).
    */
-  sweep(): { added: string[]; removed: string[] } | null {
-    const added = this.#db.nodesWithoutMesh();
-    const removed = this.#db.removedMeshNodes();
+  async sweep(): Promise<{ added: string[]; removed: string[] } | null> {
+    const added = await this.#db.nodesWithoutMesh();
+    const removed = await this.#db.removedMeshNodes();
     if (added.length === 0 && removed.length === 0) return null;
-    this.#db.transaction(() => {
-      for (const id of removed) {
-        this.#db.deleteMeshNode(id);
-        this.#forget(id);
-        for (const key of [...this.psks.keys()]) if (key.startsWith(`${id}\u0000`) || key.endsWith(`\u0000${id}`)) this.psks.delete(key);
-      }
+    await this.#db.transaction(async (tx) => {
+      for (const id of removed) await tx.deleteMeshNode(id);
       if (added.length > 0) {
-        const used = this.#db.usedAddresses();
+        // Read in the transaction that inserts: the lowest free address, unique (mesh_nodes.mesh_ip).
+        const used = await tx.usedAddresses();
         for (const id of added) {
           const ip = allocateAddress(this.#range, used);
           used.add(ip);
-          this.#db.insertMeshNode(id, ip);
+          await tx.insertMeshNode(id, ip);
         }
       }
     });
+    // The model follows the commit (a rolled-back sweep leaves it as it was, and the next one retries).
+    for (const id of removed) {
+      this.#forget(id);
+      for (const key of [...this.psks.keys()]) if (key.startsWith(`${id}\u0000`) || key.endsWith(`\u0000${id}`)) this.psks.delete(key);
+    }
     // Reload the rows of the added nodes (hostname from the node table, tags from mesh_node_tags).
     if (added.length > 0) {
       const wanted = new Set(added);
-      for (const row of this.#db.meshNodes()) if (wanted.has(row.nodeId)) this.#add(modelOf(row, this.#log));
+      for (const row of await this.#db.meshNodes()) if (wanted.has(row.nodeId)) this.#add(modelOf(row, this.#log));
     }
     if (removed.length > 0) this.#log.info({ removed }, 'nodes left the mesh; addresses freed');
     if (added.length > 0) this.#log.info({ added: added.length }, 'mesh addresses assigned');
@@ -118,8 +124,9 @@ export class MeshModel implements MeshInputs {
    * appear in a desired state), and drops the PSKs of pairs no longer permitted. Pairs of nodes that
    * never connected get none: a burst of enrollments into a large mesh would otherwise create
    * (and seal and store) n² keys nobody can use yet, blocking the server for seconds.
+   * Writes through `tx`, the caller's transaction.
    */
-  syncPsks(now: number, onlyNodes?: ReadonlySet<string>): void {
+  async syncPsks(tx: MeshStore, now: number, onlyNodes?: ReadonlySet<string>): Promise<void> {
     const wanted = new Set<string>();
     const keyed = (id: string): boolean => Boolean(this.nodes.get(id)?.publicKey);
     if (onlyNodes !== undefined) {
@@ -134,29 +141,38 @@ export class MeshModel implements MeshInputs {
         for (const b of set) if (a < b && keyed(b)) wanted.add(pairKey(a, b));
       }
     }
-    if (onlyNodes === undefined) for (const key of [...this.psks.keys()]) {
-      if (!wanted.has(key)) {
-        const [a, b] = key.split('\u0000') as [string, string];
-        this.#db.deletePsk(a, b);
-        this.psks.delete(key);
+    if (onlyNodes === undefined) {
+      const dropped: Array<[string, string]> = [];
+      for (const key of [...this.psks.keys()]) {
+        if (!wanted.has(key)) {
+          dropped.push(key.split('\u0000') as [string, string]);
+          this.psks.delete(key);
+        }
       }
+      await tx.deletePsks(dropped);
     }
     for (const key of wanted) {
       if (this.psks.has(key)) continue;
       const psk = randomBytes(32);
       const [a, b] = key.split('\u0000') as [string, string];
-      this.#db.insertPsk(a, b, this.#box.seal(psk, `psk:${key}`), now);
+      await tx.insertPsk(a, b, this.#box.seal(psk, `psk:${key}`), now);
       this.psks.set(key, psk);
     }
   }
 
-  /** Records what the events of `change` told the node, with its seq (inside the caller's transaction). */
-  recordView(node: ModelNode, change: ViewChange): void {
-    if (change.snapshot) this.#db.deleteAnnouncedOf(node.id);
-    else for (const id of change.removed) this.#db.deleteAnnouncedPeer(node.id, id);
-    node.announced = applyViewChange(node.announced, change);
-    for (const p of change.snapshot?.peers ?? change.upserts) this.#db.upsertAnnouncedPeer(node.id, p.nodeId, node.announced.peers.get(p.nodeId)!);
-    this.#db.setAnnounced(node.id, JSON.stringify({ meshIp: node.announced.meshIp, cidr: node.announced.cidr }), node.lastSeq);
+  /**
+   * Records what the events of `change` told the node, with its seq (through `tx`, the caller's
+   * transaction). The model's view changes at once, before the writes: the caller's events were
+   * appended from it, and the next diff must start from it.
+   */
+  async recordView(tx: MeshStore, node: ModelNode, change: ViewChange): Promise<void> {
+    const announced = applyViewChange(node.announced, change);
+    node.announced = announced;
+    const lastSeq = node.lastSeq;
+    if (change.snapshot) await tx.deleteAnnouncedOf(node.id);
+    else await tx.deleteAnnouncedPeers(node.id, change.removed);
+    for (const p of change.snapshot?.peers ?? change.upserts) await tx.upsertAnnouncedPeer(node.id, p.nodeId, announced.peers.get(p.nodeId)!);
+    await tx.setAnnounced(node.id, JSON.stringify({ meshIp: announced.meshIp, cidr: announced.cidr }), lastSeq);
   }
 
   /** The live node that holds WireGuard key `publicKey`, if any. */
@@ -181,6 +197,7 @@ export class MeshModel implements MeshInputs {
    * Records the WireGuard facts a node reported (key, endpoints, the address it connected from),
    * checked by the caller against the schemas (MeshService.checkSelfReport). A key another live node
    * holds is refused here too: two sessions' hellos can pass their checks before either is recorded.
+   * Changes the model at once (the key check and its claim are one step); `persistWg` stores it.
    */
   updateWg(node: ModelNode, publicKey: string | null, endpoints: readonly string[], observedAddr: string | null, nat: NatReport | null = node.nat): void {
     const owner = publicKey === null ? undefined : this.#keyOwners.get(publicKey);
@@ -191,12 +208,16 @@ export class MeshModel implements MeshInputs {
     node.endpoints = [...endpoints];
     node.observedAddr = observedAddr;
     node.nat = nat;
-    this.#db.updateWg(node.id, publicKey, node.endpoints, observedAddr, nat);
   }
 
-  /** Writes a node's event seq (after appends that do not change its view). */
-  saveSeq(node: ModelNode): void {
-    this.#db.setLastSeq(node.id, node.lastSeq);
+  /** Stores the node's WireGuard facts as the model holds them now (after `updateWg`). */
+  async persistWg(node: ModelNode): Promise<void> {
+    await this.#db.updateWg(node.id, node.publicKey, node.endpoints, node.observedAddr, node.nat);
+  }
+
+  /** Writes a node's event seq (after appends that do not change its view), through `tx`. */
+  async saveSeq(tx: MeshStore, node: ModelNode): Promise<void> {
+    await tx.setLastSeq(node.id, node.lastSeq);
   }
 }
 

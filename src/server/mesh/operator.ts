@@ -26,34 +26,38 @@ export function checkTags(tags: readonly string[]): string[] {
 
 export type TagMode = 'set' | 'add' | 'remove';
 
-export function tagNode(store: Store, idOrHostname: string, tags: readonly string[], mode: TagMode): { id: string; hostname: string; tags: string[] } {
+export async function tagNode(store: Store, idOrHostname: string, tags: readonly string[], mode: TagMode): Promise<{ id: string; hostname: string; tags: string[] }> {
   const wanted = checkTags(tags);
-  const node = resolveNode(store, idOrHostname);
+  const node = await resolveNode(store, idOrHostname);
   const db = new MeshStore(store.database);
-  const current = db.listing().get(node.id)?.tags ?? [];
-  const next = mode === 'set' ? wanted : mode === 'add' ? [...new Set([...current, ...wanted])] : current.filter((t) => !wanted.includes(t));
-  db.setTags(node.id, next);
+  // Read and write in one transaction: two tag changes of one node at once must not lose one (add, remove).
+  const next = await db.transaction(async (tx) => {
+    const current = (await tx.listing(node.id)).get(node.id)?.tags ?? [];
+    const next = mode === 'set' ? wanted : mode === 'add' ? [...new Set([...current, ...wanted])] : current.filter((t) => !wanted.includes(t));
+    await tx.setTags(node.id, next);
+    return next;
+  });
   return { id: node.id, hostname: node.hostname, tags: next };
 }
 
-export function createTaggedToken(store: Store, options: { ttlMs: number; nodeId: string | null; tags: readonly string[] }): TokenCreation & { tags: string[] } {
+export async function createTaggedToken(store: Store, options: { ttlMs: number; nodeId: string | null; tags: readonly string[] }): Promise<TokenCreation & { tags: string[] }> {
   const tags = checkTags(options.tags);
-  const created = createEnrollmentToken(store, { ttlMs: options.ttlMs, nodeId: options.nodeId });
-  new MeshStore(store.database).tagToken(hashToken(created.token), tags);
+  const created = await createEnrollmentToken(store, { ttlMs: options.ttlMs, nodeId: options.nodeId });
+  await new MeshStore(store.database).tagToken(hashToken(created.token), tags);
   return { ...created, tags };
 }
 
 /** With no server running: stores the policy; the next start sends the events. */
-export function storePolicy(store: Store, input: unknown): { policyId: string } {
+export async function storePolicy(store: Store, input: unknown): Promise<{ policyId: string }> {
   const policy = input === null ? null : validatePolicy(input);
   const db = new MeshStore(store.database);
-  if (policy === null) db.deleteSetting('policy');
-  else db.setSetting('policy', JSON.stringify(policy));
+  if (policy === null) await db.deleteSetting('policy');
+  else await db.setSetting('policy', JSON.stringify(policy));
   return { policyId: policyId(policy) };
 }
 
-export function storedPolicy(store: Store): { policy: Policy | null; policyId: string } {
-  const text = new MeshStore(store.database).getSetting('policy');
+export async function storedPolicy(store: Store): Promise<{ policy: Policy | null; policyId: string }> {
+  const text = await new MeshStore(store.database).getSetting('policy');
   const policy = text === undefined ? null : validatePolicy(JSON.parse(text));
   return { policy, policyId: policyId(policy) };
 }

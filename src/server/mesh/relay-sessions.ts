@@ -50,7 +50,8 @@ export class RelaySessions {
   constructor(options: RelaySessionsOptions) {
     this.#o = options;
     this.#log = options.logger.child({ component: 'relay-sessions' });
-    options.relay.onExpired = (expired) => this.#revokeExpired(expired);
+    // #revokeExpired logs its own failures (never rejects).
+    options.relay.onExpired = (expired) => void this.#revokeExpired(expired);
   }
 
   /** The relay endpoint (HOST:PORT) for a port of the relay. */
@@ -68,12 +69,12 @@ export class RelaySessions {
    * Revokes sessions an earlier run of the server assigned (MeshService.heldRelaySessions()): their
    * allocations died with that process. Call once at start, before the first reconcile.
    */
-  revokeStale(held: readonly HeldRelaySession[]): number {
+  async revokeStale(held: readonly HeldRelaySession[]): Promise<number> {
     let n = 0;
     for (const h of held) {
       if ([...this.#assigned.values()].some((s) => s.id === h.sessionId)) continue;
       try {
-        this.#o.mesh.revokeRelay(h.sessionId, h.a, h.b, 'relay restarted');
+        await this.#o.mesh.revokeRelay(h.sessionId, h.a, h.b, 'relay restarted');
         n++;
       } catch (err) {
         this.#log.warn({ err, allocation: h.sessionId }, 'stale relay session not revoked');
@@ -89,9 +90,9 @@ export class RelaySessions {
     const held = this.#assigned.get(key);
     if (held?.id === allocation.id) return allocation;
     // allocate() replaced an allocation (it had expired before a sweep saw it): its session ends first.
-    if (held) this.#revoke(key, held, 'replaced');
+    if (held) await this.#revoke(key, held, 'replaced');
     try {
-      this.#o.mesh.assignRelay(allocation.id, [
+      await this.#o.mesh.assignRelay(allocation.id, [
         { nodeId: allocation.a.nodeId, endpoint: this.endpoint(allocation.a.port) },
         { nodeId: allocation.b.nodeId, endpoint: this.endpoint(allocation.b.port) },
       ], allocation.expiresAt);
@@ -105,11 +106,11 @@ export class RelaySessions {
   }
 
   /** Ends the pair's relay session (the pair went direct, or a member left); false when it had none. */
-  end(nodeA: string, nodeB: string, reason = 'direct path'): boolean {
+  async end(nodeA: string, nodeB: string, reason = 'direct path'): Promise<boolean> {
     const key = pairKey(nodeA, nodeB);
     const released = this.#o.relay.release(nodeA, nodeB);
     const held = this.#assigned.get(key);
-    if (held) this.#revoke(key, held, reason);
+    if (held) await this.#revoke(key, held, reason);
     return released || held !== undefined;
   }
 
@@ -124,7 +125,7 @@ export class RelaySessions {
     for (const [key, held] of [...this.#assigned]) {
       if (keep.has(key)) continue;
       this.#o.relay.release(held.a, held.b);
-      this.#revoke(key, held, reason);
+      await this.#revoke(key, held, reason);
       out.ended.push(held.id);
     }
     // Allocations per node: the held ones count first, so a cap never takes a working pair away.
@@ -176,28 +177,29 @@ export class RelaySessions {
   }
 
   /** Sweeps the relay now and revokes what expired (the timer does the same every few seconds). */
-  sweep(): string[] {
+  async sweep(): Promise<string[]> {
     const expired = this.#o.relay.sweep();
-    this.#revokeExpired(expired);
+    await this.#revokeExpired(expired);
     return expired.map((e) => e.id);
   }
 
   /** Called after the relay's timer sweep revoked what expired (the feature reconciles again). */
   onRevokedExpired: (() => void) | null = null;
 
-  #revokeExpired(expired: readonly RelayAllocationInfo[]): void {
+  async #revokeExpired(expired: readonly RelayAllocationInfo[]): Promise<void> {
     for (const e of expired) {
       const key = pairKey(e.a.nodeId, e.b.nodeId);
       const held = this.#assigned.get(key);
-      if (held?.id === e.id) this.#revoke(key, held, 'expired');
+      if (held?.id === e.id) await this.#revoke(key, held, 'expired');
     }
     if (expired.length > 0) this.onRevokedExpired?.();
   }
 
-  #revoke(key: string, held: { id: string; a: string; b: string }, reason: string): void {
+  /** Forgets the pair's session at once, then tells both members; never rejects (a failure is logged). */
+  async #revoke(key: string, held: { id: string; a: string; b: string }, reason: string): Promise<void> {
     if (this.#assigned.get(key) === held) this.#assigned.delete(key);
     try {
-      this.#o.mesh.revokeRelay(held.id, held.a, held.b, reason);
+      await this.#o.mesh.revokeRelay(held.id, held.a, held.b, reason);
     } catch (err) {
       // A member removed from the mesh meanwhile: the other gets peer_removed, which drops the session too.
       this.#log.warn({ err, allocation: held.id }, 'relay revoke not sent');

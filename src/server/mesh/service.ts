@@ -39,8 +39,13 @@ export type { FeedEntry } from './feed.js';
  *
  * The jobs live in their own modules: model.ts (nodes, membership, PSKs), desired-state.ts (the pure
  * state and diff), event-log.ts (seq, seal, sign, retain), delivery.ts (sessions, backpressure),
- * feed.ts (the operator feed). This class keeps the order in which things happen (`#inTurn`) and the
- * operator API.
+ * feed.ts (the operator feed). This class keeps the order in which things happen (`#inTurn`,
+ * `#inOrder`) and the operator API.
+ *
+ * The store is async (on PostgreSQL every query is a round trip), so work that appends events, or
+ * reads the log to send it, runs in `#inOrder`: one at a time, in call order. That keeps what the
+ * synchronous store gave for free: a node's seqs are committed and sent in order, a replay's read
+ * and sends see no live event slip between them, and a sweep never allocates one node twice.
  */
 
 export interface MeshOptions {
@@ -91,6 +96,13 @@ const bin = (b: Uint8Array): Uint8Array<ArrayBuffer> => b as Uint8Array<ArrayBuf
 const sameList = (a: readonly string[], b: readonly string[]): boolean => a.length === b.length && a.every((x, i) => x === b[i]);
 const sameNat = (a: NatReport | null, b: NatReport | null): boolean => a === b || (a !== null && b !== null && a.mapping === b.mapping && a.reflexive === b.reflexive);
 
+/** The mesh settings the constructor takes (read by `open`). */
+interface StoredSettings {
+  policy: string | undefined;
+  previousKeyUntil: string | undefined;
+  relaySessions: string | undefined;
+}
+
 /** A relay member: its node and the relay endpoint (HOST:PORT) it sends to. */
 export interface RelayMemberEndpoint {
   nodeId: string;
@@ -114,6 +126,14 @@ export class MeshService {
   #previousKeyUntil: number;
   /** Recomputes run one at a time, in call order (each yields between its delivery batches). */
   #serial: Promise<unknown> = Promise.resolve();
+  /**
+   * The store work that must not interleave (see the class comment): each appending transaction with
+   * the delivery of its events, each replay, each sweep, each WireGuard report's write. A step never
+   * waits for another step or for a recompute's turn (that would wait for itself).
+   */
+  #writes: Promise<unknown> = Promise.resolve();
+  /** The sweep queued in #writes and not yet started: callers meanwhile share it. */
+  #sweepQueued: Promise<{ recomputed: Promise<void> }> | null = null;
   /** Set by a policy or tag change; the next full recompute sends policy_updated with its changes. */
   #policyDirty = false;
   /**
@@ -134,11 +154,11 @@ export class MeshService {
   /** Nodes the running recompute has yet to reach: their events are still to come (see stateFor). */
   readonly #pending = new Set<string>();
   /** Relay sessions in force by id (persisted in SETTING_RELAY_SESSIONS with their events). */
-  readonly #relayHeld = new Map<string, HeldRelaySession>();
+  #relayHeld = new Map<string, HeldRelaySession>();
   readonly #recomputed = new Set<() => void>();
   #closed = false;
 
-  private constructor(db: MeshStore, box: SecretBox, range: MeshRange, signing: SigningKey[], logger: Logger, options: MeshOptions) {
+  private constructor(db: MeshStore, box: SecretBox, range: MeshRange, signing: SigningKey[], logger: Logger, options: MeshOptions, stored: StoredSettings) {
     this.#db = db;
     this.#box = box;
     this.range = range;
@@ -152,11 +172,10 @@ export class MeshService {
     this.#model = new MeshModel(db, box, range, this.#log);
     this.#feed = new MeshFeed(db, this.#opts.feedRetain);
     this.#events = new EventLog(db, box, () => this.#signing[this.#signing.length - 1]!, this.#opts.retainEvents, this.#feed);
-    this.#delivery = new EventDelivery(this.#events, this.#log);
-    const stored = db.getSetting(SETTING_POLICY);
-    this.#policy = stored === undefined ? null : validatePolicy(JSON.parse(stored));
-    this.#previousKeyUntil = Number(db.getSetting(SETTING_PREVIOUS_KEY_UNTIL) ?? 0);
-    const held = db.getSetting(SETTING_RELAY_SESSIONS);
+    this.#delivery = new EventDelivery(this.#events, this.#log, (work) => this.#inOrder(work));
+    this.#policy = stored.policy === undefined ? null : validatePolicy(JSON.parse(stored.policy));
+    this.#previousKeyUntil = Number(stored.previousKeyUntil ?? 0);
+    const held = stored.relaySessions;
     if (held !== undefined) {
       let parsed: ReturnType<typeof heldRelaySchema.safeParse> | null = null;
       try {
@@ -175,28 +194,33 @@ export class MeshService {
     const sealing = options.sealing;
     if (!sealing) throw new MeshlinkError('ML_ERR_INTERNAL', 'the mesh needs the server key file to seal its secrets (options.sealing)');
     let box: SecretBox;
-    const master = db.getMaster();
+    const master = await db.getMaster();
     if (master) {
       const opened = await SecretBox.openMaster(master.blob, master.salt, sealing, resolve(store.path));
       // Sealed by an earlier release with the store's path: from now on only the key file opens it.
-      if (opened.resealed) db.replaceMaster(master.blob, opened.resealed.blob, opened.resealed.salt);
+      if (opened.resealed) await db.replaceMaster(master.blob, opened.resealed.blob, opened.resealed.salt);
       box = opened.box;
     } else {
       const created = await SecretBox.createMaster(sealing);
-      db.insertMaster(created.blob, created.salt);
+      await db.insertMaster(created.blob, created.salt);
       box = created.box;
     }
-    const signing = db.signingKeys().map((k) => signingKeyFromPkcs8(box.open(k.sealedPkcs8, `signing:${k.keyId}`), k.createdAt));
+    const signing = (await db.signingKeys()).map((k) => signingKeyFromPkcs8(box.open(k.sealedPkcs8, `signing:${k.keyId}`), k.createdAt));
     if (signing.length === 0) {
       const k = generateSigningKey();
-      db.insertSigningKey(k.keyId, k.publicKey, box.seal(k.pkcs8, `signing:${k.keyId}`), k.createdAt);
+      await db.insertSigningKey(k.keyId, k.publicKey, box.seal(k.pkcs8, `signing:${k.keyId}`), k.createdAt);
       signing.push(k);
     }
-    const range = parseMeshRange(options.cidr ?? process.env.MESHLINK_MESH_CIDR ?? db.getSetting(SETTING_CIDR) ?? '10.100.0.0/16');
-    const service = new MeshService(db, box, range, signing, logger, options);
-    service.#model.load();
-    db.setSetting(SETTING_CIDR, range.cidr);
-    service.sweep();
+    const range = parseMeshRange(options.cidr ?? process.env.MESHLINK_MESH_CIDR ?? (await db.getSetting(SETTING_CIDR)) ?? '10.100.0.0/16');
+    const stored: StoredSettings = {
+      policy: await db.getSetting(SETTING_POLICY),
+      previousKeyUntil: await db.getSetting(SETTING_PREVIOUS_KEY_UNTIL),
+      relaySessions: await db.getSetting(SETTING_RELAY_SESSIONS),
+    };
+    const service = new MeshService(db, box, range, signing, logger, options, stored);
+    await service.#model.load();
+    await db.setSetting(SETTING_CIDR, range.cidr);
+    await service.sweep();
     await service.recompute();
     return service;
   }
@@ -213,8 +237,8 @@ export class MeshService {
    * removed nodes lose theirs (freed) with their PSKs and event log. Returns true when something
    * changed; the caller recomputes.
    */
-  sweep(): boolean {
-    return this.#model.sweep() !== null;
+  async sweep(): Promise<boolean> {
+    return (await this.#inOrder(() => this.#model.sweep())) !== null;
   }
 
   // ------------------------------------------------------------------ desired state and events
@@ -240,6 +264,29 @@ export class MeshService {
     return this.#inTurn(() => this.#recomputeNow(scope));
   }
 
+  /**
+   * Runs `work` after the store work queued before it in #writes, and before any queued after it
+   * (see the class comment). `work` must not wait for #inOrder or #inTurn work queued after it.
+   */
+  #inOrder<T>(work: () => Promise<T>): Promise<T> {
+    const run = this.#writes.then(work);
+    this.#writes = run.catch(() => undefined);
+    return run;
+  }
+
+  /**
+   * Inside #inOrder: runs `fn` in one transaction (it appends to `outgoing` through `tx`), then
+   * `committed` (memory that must change only with the commit), then delivers the events. Events are
+   * never sent before they are durable.
+   */
+  async #commitAndDeliver(fn: (tx: MeshStore, outgoing: Outgoing[]) => Promise<void>, committed?: () => void): Promise<Outgoing[]> {
+    const outgoing: Outgoing[] = [];
+    await this.#db.transaction((tx) => fn(tx, outgoing));
+    committed?.();
+    await this.#deliver(outgoing);
+    return outgoing;
+  }
+
   /** Runs `work` after every recompute queued before it (and before any queued after it). */
   #inTurn<T>(work: () => Promise<T>): Promise<T> {
     const run = this.#serial.then(() => {
@@ -259,11 +306,11 @@ export class MeshService {
     if (scope.changedNodes === undefined) {
       model.permit(this.#policy);
       if (this.#policyDirty) policy = { policyId: policyId(this.#policy), rules: this.#policy?.rules ?? null };
-      this.#db.transaction(() => model.syncPsks(now));
+      await this.#inOrder(() => this.#db.transaction((tx) => model.syncPsks(tx, now)));
       targets = [...model.nodes.keys()].map((id) => [id, null]);
     } else {
       const changed = scope.changedNodes;
-      this.#db.transaction(() => model.syncPsks(now, changed));
+      await this.#inOrder(() => this.#db.transaction((tx) => model.syncPsks(tx, now, changed)));
       const about = new Map<string, Set<string> | null>();
       for (const id of changed) about.set(id, null);
       for (const id of changed) {
@@ -283,20 +330,24 @@ export class MeshService {
         if (i > 0) await yieldToEventLoop();
         if (this.#closed) throw new MeshlinkError('ML_ERR_MESH_CLOSED', 'the mesh service shut down during a recompute');
         const batch = targets.slice(i, i + DELIVERY_BATCH_NODES);
-        const outgoing: Outgoing[] = [];
-        this.#db.transaction(() => {
-          for (const [id, about] of batch) {
-            const node = model.nodes.get(id);
-            if (!node) continue; // removed by a sweep while an earlier batch was out
-            const change = viewChange(model, id, node.announced, about, policy);
-            if (change === null) continue;
-            affected.push(id);
-            for (const [type, payload] of change.events) outgoing.push(this.#events.append(node, type, payload, now));
-            model.recordView(node, change);
-          }
-        });
-        for (const [id] of batch) this.#pending.delete(id);
-        this.#deliver(outgoing);
+        await this.#inOrder(() =>
+          this.#commitAndDeliver(
+            async (tx, outgoing) => {
+              for (const [id, about] of batch) {
+                const node = model.nodes.get(id);
+                if (!node) continue; // removed by a sweep while an earlier batch was out
+                const change = viewChange(model, id, node.announced, about, policy);
+                if (change === null) continue;
+                affected.push(id);
+                for (const [type, payload] of change.events) outgoing.push(await this.#events.append(tx, node, type, payload, now));
+                await model.recordView(tx, node, change);
+              }
+            },
+            () => {
+              for (const [id] of batch) this.#pending.delete(id);
+            },
+          ),
+        );
       }
       // Only a full recompute that reached every node has told them all of the policy change.
       if (scope.changedNodes === undefined) this.#policyDirty = false;
@@ -321,22 +372,39 @@ export class MeshService {
     return () => this.#recomputed.delete(listener);
   }
 
-  /** Sweeps and, when membership changed, recomputes; errors are logged (for timers and events). */
-  sweepAndRecompute(): Promise<void> {
-    if (this.#closed) return Promise.resolve();
-    let swept: { added: string[]; removed: string[] } | null;
-    try {
-      swept = this.#model.sweep();
-    } catch (err) {
-      this.#log.error({ err }, 'mesh sweep failed');
-      return Promise.resolve();
-    }
-    if (swept === null) return Promise.resolve();
-    // A node leaving drops pairs and PSKs everywhere: the full recompute; so does a policy change not
-    // yet told to every node (its recompute failed: this one retries it). Nodes joining only add pairs.
-    if (swept.removed.length > 0 || this.#policyDirty) return this.#background(this.recompute());
-    for (const id of swept.added) this.#joined.add(id);
-    return this.#background(this.#nodesChanged(swept.added));
+  /**
+   * Sweeps and, when membership changed, recomputes; errors are logged (for timers and events).
+   * Resolves when the recompute is done.
+   */
+  async sweepAndRecompute(): Promise<void> {
+    await (await this.#sweepAndSchedule()).recomputed;
+  }
+
+  /**
+   * Sweeps (in #inOrder; callers while one is queued share it) and schedules the recompute that
+   * follows; resolves once the model holds the sweep's result, with the recompute's promise.
+   */
+  #sweepAndSchedule(): Promise<{ recomputed: Promise<void> }> {
+    const none = { recomputed: Promise.resolve() };
+    if (this.#closed) return Promise.resolve(none);
+    this.#sweepQueued ??= this.#inOrder(async () => {
+      this.#sweepQueued = null;
+      let swept: { added: string[]; removed: string[] } | null;
+      try {
+        swept = await this.#model.sweep();
+      } catch (err) {
+        this.#log.error({ err }, 'mesh sweep failed');
+        return none;
+      }
+      if (swept === null) return none;
+      // A node leaving drops pairs and PSKs everywhere: the full recompute; so does a policy change not
+      // yet told to every node (its recompute failed: this one retries it). Nodes joining only add pairs.
+      // Not awaited here: a recompute's batches queue behind this step.
+      if (swept.removed.length > 0 || this.#policyDirty) return { recomputed: this.#background(this.recompute()) };
+      for (const id of swept.added) this.#joined.add(id);
+      return { recomputed: this.#background(this.#nodesChanged(swept.added)) };
+    });
+    return this.#sweepQueued;
   }
 
   #background(work: Promise<unknown>): Promise<void> {
@@ -349,17 +417,17 @@ export class MeshService {
     );
   }
 
-  /** Appends and delivers one event of any type to one node (operations features may use this). */
-  publish<T extends EventType>(nodeId: string, type: T, payload: EventPayload<T>): number {
-    const node = this.#model.nodes.get(nodeId);
-    if (!node) throw new MeshlinkError('ML_ERR_MESH_TAG', `node ${nodeId} is not in the mesh`);
-    let out: Outgoing | undefined;
-    this.#db.transaction(() => {
-      out = this.#events.append(node, type, payload, Date.now());
-      this.#model.saveSeq(node);
+  /** Appends and delivers one event of any type to one node (operations features may use this); its seq. */
+  publish<T extends EventType>(nodeId: string, type: T, payload: EventPayload<T>): Promise<number> {
+    return this.#inOrder(async () => {
+      const node = this.#model.nodes.get(nodeId);
+      if (!node) throw new MeshlinkError('ML_ERR_MESH_TAG', `node ${nodeId} is not in the mesh`);
+      const [out] = await this.#commitAndDeliver(async (tx, outgoing) => {
+        outgoing.push(await this.#events.append(tx, node, type, payload, Date.now()));
+        await this.#model.saveSeq(tx, node);
+      });
+      return out!.event.seq;
     });
-    this.#deliver([out!]);
-    return out!.event.seq;
   }
 
   /**
@@ -374,26 +442,29 @@ export class MeshService {
       for (let i = 0; i < ids.length; i += DELIVERY_BATCH_NODES) {
         if (i > 0) await yieldToEventLoop();
         if (this.#closed) throw new MeshlinkError('ML_ERR_MESH_CLOSED', 'the mesh service shut down during a publish');
-        const outgoing: Outgoing[] = [];
-        this.#db.transaction(() => {
-          for (const id of ids.slice(i, i + DELIVERY_BATCH_NODES)) {
-            const node = this.#model.nodes.get(id);
-            if (!node) continue;
-            outgoing.push(this.#events.append(node, type, payload, now));
-            this.#model.saveSeq(node);
-          }
-        });
-        this.#deliver(outgoing);
+        await this.#inOrder(() =>
+          this.#commitAndDeliver(async (tx, outgoing) => {
+            for (const id of ids.slice(i, i + DELIVERY_BATCH_NODES)) {
+              const node = this.#model.nodes.get(id);
+              if (!node) continue;
+              outgoing.push(await this.#events.append(tx, node, type, payload, now));
+              await this.#model.saveSeq(tx, node);
+            }
+          }),
+        );
       }
       return ids.length;
     });
   }
 
-  /** Sends appended events and wakes feed readers (the feed is pruned here, outside a transaction). */
-  #deliver(outgoing: Outgoing[]): void {
-    this.#feed.pruneIfDue();
+  /**
+   * Sends appended events and wakes feed readers, then prunes the feed (here, outside a transaction;
+   * after the sends, so that pruning never delays them).
+   */
+  async #deliver(outgoing: Outgoing[]): Promise<void> {
     this.#delivery.deliver(outgoing);
     if (outgoing.length > 0) this.#feed.wake();
+    await this.#feed.pruneIfDue();
   }
 
   // ------------------------------------------------------------------ agent sessions
@@ -419,25 +490,35 @@ export class MeshService {
 
   /**
    * A session opened: record the WireGuard key and endpoints it reported (checked in its hello by
-   * checkSelfReport; a key claimed in the meantime by another session throws ML_ERR_MESH_KEY_IN_USE). Resolves when the events
-   * that follow from it are sent (errors are logged, never thrown: this runs on every connect).
+   * checkSelfReport; a key claimed in the meantime by another session rejects with
+   * ML_ERR_MESH_KEY_IN_USE). Resolves when the events that follow from it are sent (errors of the
+   * recompute are logged, never thrown: this runs on every connect).
    */
   agentOpened(nodeId: string, hello: PayloadOf<'hello'>, remoteAddress: string | null): Promise<void> {
+    return this.helloReceived(nodeId, hello, remoteAddress).then((r) => r.sent);
+  }
+
+  /**
+   * agentOpened in two steps, for the feature's per-session order: resolves once the node is in the
+   * model and its report is stored, with `sent` for the events that follow (errors logged).
+   */
+  async helloReceived(nodeId: string, hello: PayloadOf<'hello'>, remoteAddress: string | null): Promise<{ sent: Promise<void> }> {
     // A node the model does not know yet has just enrolled: bring it in now rather than at the next
     // periodic sweep. A known node needs no sweep (its queries scan the node table: O(n) per connect
     // would be O(n²) in a reconnect storm).
-    const membership = this.#model.nodes.has(nodeId) ? Promise.resolve() : this.sweepAndRecompute();
+    const membership = this.#model.nodes.has(nodeId) ? Promise.resolve() : (await this.#sweepAndSchedule()).recomputed;
     const node = this.#model.nodes.get(nodeId);
-    if (!node) return membership;
+    if (!node) return { sent: membership };
     const key = hello.wgPublicKey ?? node.publicKey;
     const endpoints = hello.endpoints ?? node.endpoints;
     // The NAT report of this hello (checked by checkSelfReport); a hello without one says the node did
     // not probe (path.ts). The connection's remote address is kept for the operator only: it is the
     // NAT's address for TCP, never a UDP endpoint.
     const nat = hello.nat === undefined ? null : natReportSchema.parse(hello.nat);
-    if (key === node.publicKey && sameList(endpoints, node.endpoints) && remoteAddress === node.observedAddr && sameNat(nat, node.nat)) return membership;
+    if (key === node.publicKey && sameList(endpoints, node.endpoints) && remoteAddress === node.observedAddr && sameNat(nat, node.nat)) return { sent: membership };
     this.#model.updateWg(node, key, endpoints, remoteAddress, nat);
-    return this.#background(this.#nodeChanged(nodeId));
+    await this.#inOrder(() => this.#model.persistWg(node));
+    return { sent: this.#background(this.#nodeChanged(nodeId)) };
   }
 
   /** Queues a recompute for a node whose own facts changed, coalesced with others (see #changed). */
@@ -463,30 +544,31 @@ export class MeshService {
    * The agent's first state.request on a session: replay what it missed since `lastEventSeq` (or a
    * snapshot when that reaches past what is retained), then deliver live events on this session.
    * Replay waits for this request because the agent attaches its handlers only once it is connected.
+   * Runs in #inOrder: the session turns ready, the log is read and sent with no live event between.
    */
-  replay(agent: AgentHandle, lastEventSeq: number): void {
-    const nodeId = agent.nodeId;
-    const node = this.#model.nodes.get(nodeId);
-    if (!node || !this.#delivery.markReady(agent)) return;
-    if (lastEventSeq === node.lastSeq) return;
-    const oldest = this.#events.oldestSeq(nodeId);
-    if (lastEventSeq < node.lastSeq && oldest !== null && oldest <= lastEventSeq + 1) {
-      const events = this.#events.after(nodeId, lastEventSeq);
-      this.#delivery.sendStored(agent, events);
-      this.#log.debug({ nodeId, from: lastEventSeq, events: events.length }, 'replayed missed events');
-      return;
-    }
-    // Past retention, or the agent is ahead of us (store restored from a backup): a snapshot with a
-    // seq above anything the agent has seen.
-    if (lastEventSeq > node.lastSeq) node.lastSeq = lastEventSeq;
-    const desired = this.desiredState(nodeId)!;
-    let out: Outgoing | undefined;
-    this.#db.transaction(() => {
-      out = this.#events.append(node, 'node_state_updated', { state: desired }, Date.now());
-      this.#model.recordView(node, { events: [], snapshot: desired, upserts: [], removed: [] });
+  replay(agent: AgentHandle, lastEventSeq: number): Promise<void> {
+    return this.#inOrder(async () => {
+      const nodeId = agent.nodeId;
+      const node = this.#model.nodes.get(nodeId);
+      if (!node || !this.#delivery.markReady(agent)) return;
+      if (lastEventSeq === node.lastSeq) return;
+      const oldest = await this.#events.oldestSeq(nodeId);
+      if (lastEventSeq < node.lastSeq && oldest !== null && oldest <= lastEventSeq + 1) {
+        const events = await this.#events.after(nodeId, lastEventSeq);
+        this.#delivery.sendStored(agent, events);
+        this.#log.debug({ nodeId, from: lastEventSeq, events: events.length }, 'replayed missed events');
+        return;
+      }
+      // Past retention, or the agent is ahead of us (store restored from a backup): a snapshot with a
+      // seq above anything the agent has seen.
+      if (lastEventSeq > node.lastSeq) node.lastSeq = lastEventSeq;
+      const desired = this.desiredState(nodeId)!;
+      await this.#commitAndDeliver(async (tx, outgoing) => {
+        outgoing.push(await this.#events.append(tx, node, 'node_state_updated', { state: desired }, Date.now()));
+        await this.#model.recordView(tx, node, { events: [], snapshot: desired, upserts: [], removed: [] });
+      });
+      this.#log.info({ nodeId, lastEventSeq, oldestRetained: oldest }, 'sent a state snapshot (gap past retention)');
     });
-    this.#deliver([out!]);
-    this.#log.info({ nodeId, lastEventSeq, oldestRetained: oldest }, 'sent a state snapshot (gap past retention)');
   }
 
   /**
@@ -511,31 +593,39 @@ export class MeshService {
 
   /**
    * event.ack: remembers the applied seq; an ack carrying a new WireGuard key finishes rotate_keys.
-   * A key that fails checkSelfReport throws, before anything is stored. Resolves when the peers' peer_key_rotated events are sent (errors are logged).
+   * A key that fails checkSelfReport rejects, before anything is stored. Resolves when the peers'
+   * peer_key_rotated events are sent (errors of the recompute are logged).
    */
   acked(nodeId: string, ack: PayloadOf<'event.ack'>): Promise<void> {
+    return this.ackReceived(nodeId, ack).then((r) => r.sent);
+  }
+
+  /** acked in two steps (see helloReceived): resolves once the ack is recorded, with `sent`. */
+  async ackReceived(nodeId: string, ack: PayloadOf<'event.ack'>): Promise<{ sent: Promise<void> }> {
+    const none = { sent: Promise.resolve() };
     const node = this.#model.nodes.get(nodeId);
-    if (!node) return Promise.resolve();
+    if (!node) return none;
     node.ackedSeq = Math.max(node.ackedSeq, ack.seq);
-    if (!ack.wgPublicKey || ack.wgPublicKey === node.publicKey) return Promise.resolve();
+    if (!ack.wgPublicKey || ack.wgPublicKey === node.publicKey) return none;
     this.checkSelfReport(nodeId, { wgPublicKey: ack.wgPublicKey }, 'event.ack');
     this.#model.updateWg(node, ack.wgPublicKey, node.endpoints, node.observedAddr);
     this.#log.info({ nodeId }, 'node reported a new WireGuard key');
-    return this.#background(this.#nodeChanged(nodeId));
+    await this.#inOrder(() => this.#model.persistWg(node));
+    return { sent: this.#background(this.#nodeChanged(nodeId)) };
   }
 
   /**
    * A drift report: at most DRIFT_REPORTS_PER_MINUTE per node (an agent reconciles once a minute;
    * more is dropped and logged), stored with the receive time and pruned with the feed.
    */
-  drift(nodeId: string, report: PayloadOf<'drift.report'>, receivedAt = Date.now()): void {
+  async drift(nodeId: string, report: PayloadOf<'drift.report'>, receivedAt = Date.now()): Promise<void> {
     if (!this.#model.nodes.has(nodeId)) return;
     if (!this.#driftRate.take(nodeId, receivedAt)) {
       this.#log.warn({ nodeId, items: report.items.length }, 'drift report over the node’s rate; dropped');
       return;
     }
-    this.#feed.recordDrift(nodeId, report, receivedAt);
-    this.#feed.pruneIfDue();
+    await this.#feed.recordDrift(nodeId, report, receivedAt);
+    await this.#feed.pruneIfDue();
     this.#log.warn({ nodeId, items: report.items.length, fields: report.items.slice(0, 10).map((i) => i.field) }, 'agent reported and corrected drift');
     this.#feed.wake();
   }
@@ -555,8 +645,8 @@ export class MeshService {
     // Takes effect in turn: a recompute still running (or queued) finishes under the policy it began
     // with, so each change's affectedNodes are the nodes that change made a difference to.
     return this.#inTurn(async () => {
-      if (policy === null) this.#db.deleteSetting(SETTING_POLICY);
-      else this.#db.setSetting(SETTING_POLICY, JSON.stringify(policy));
+      if (policy === null) await this.#db.deleteSetting(SETTING_POLICY);
+      else await this.#db.setSetting(SETTING_POLICY, JSON.stringify(policy));
       this.#policy = policy;
       this.#policyDirty = true;
       const affected = await this.#recomputeNow({});
@@ -580,32 +670,32 @@ export class MeshService {
    * naming the other member and the relay endpoint it must send to (its own port of the allocation,
    * server/mesh/relay.ts). Both events are appended in one transaction, so neither member is relayed
    * alone. Payloads are checked with the agents' schema first: the server never signs what they refuse.
+   * Resolves with the two seqs once both events are stored and sent.
    */
-  assignRelay(sessionId: string, members: readonly [RelayMemberEndpoint, RelayMemberEndpoint], expiresAt?: number): number[] {
+  assignRelay(sessionId: string, members: readonly [RelayMemberEndpoint, RelayMemberEndpoint], expiresAt?: number): Promise<number[]> {
     const [x, y] = members;
     return this.#publishEach(
-      [
+      () => [
         [x.nodeId, 'relay_session_assigned', { sessionId, peerNodeId: y.nodeId, endpoint: x.endpoint, ...(expiresAt !== undefined ? { expiresAt } : {}) }],
         [y.nodeId, 'relay_session_assigned', { sessionId, peerNodeId: x.nodeId, endpoint: y.endpoint, ...(expiresAt !== undefined ? { expiresAt } : {}) }],
       ],
-      () => this.#relayHeld.set(sessionId, { sessionId, a: x.nodeId, b: y.nodeId, endpoints: [x.endpoint, y.endpoint] }),
+      (held) => held.set(sessionId, { sessionId, a: x.nodeId, b: y.nodeId, endpoints: [x.endpoint, y.endpoint] }),
     );
   }
 
   /**
    * Ends a pair's relay session: both members go back to each other's own endpoints. A member no longer
    * in the mesh is skipped (its peer got peer_removed, which drops the session too); throws only when
-   * neither is in the mesh and the session was not held.
+   * neither is in the mesh and the session was not held (rejects).
    */
-  revokeRelay(sessionId: string, nodeA: string, nodeB: string, reason?: string): number[] {
+  revokeRelay(sessionId: string, nodeA: string, nodeB: string, reason?: string): Promise<number[]> {
     const extra = reason !== undefined ? { reason } : {};
-    const held = this.#relayHeld.has(sessionId);
     const items = [
       [nodeA, 'relay_session_revoked', { sessionId, peerNodeId: nodeB, ...extra }],
       [nodeB, 'relay_session_revoked', { sessionId, peerNodeId: nodeA, ...extra }],
     ] as const;
-    const present = held ? items.filter(([id]) => this.#model.nodes.has(id)) : items;
-    return this.#publishEach(present, () => this.#relayHeld.delete(sessionId));
+    // Which members are present is decided in the publishing step, against the model of that moment.
+    return this.#publishEach(() => (this.#relayHeld.has(sessionId) ? items.filter(([id]) => this.#model.nodes.has(id)) : items), (held) => held.delete(sessionId));
   }
 
   /** The relay sessions assigned and not revoked, this run's and (until revoked) an earlier run's. */
@@ -615,33 +705,42 @@ export class MeshService {
 
   /**
    * Appends one event per node in one transaction and delivers them; the seqs, in order. `held`
-   * updates the relay sessions in force, persisted in the same transaction.
+   * updates the relay sessions in force (a copy, which replaces them once committed), persisted in
+   * the same transaction. The items are taken and
+   * checked in the step that publishes them (a sweep queued before it may remove a member).
    */
-  #publishEach(items: ReadonlyArray<readonly [string, 'relay_session_assigned' | 'relay_session_revoked', unknown]>, held: () => void): number[] {
-    const checked = items.map(([nodeId, type, payload]) => {
-      const node = this.#model.nodes.get(nodeId);
-      if (!node) throw new MeshlinkError('ML_ERR_MESH_TAG', `node ${nodeId} is not in the mesh`);
-      const parsed = EVENT_PAYLOAD_SCHEMAS[type].safeParse(payload);
-      if (!parsed.success) throw new MeshlinkError('ML_ERR_RELAY_BAD_ALLOCATION', `${type}: ${zodErrorText(parsed.error)}`);
-      return { node, type, payload: parsed.data };
+  #publishEach(itemsOf: () => ReadonlyArray<readonly [string, 'relay_session_assigned' | 'relay_session_revoked', unknown]>, held: (sessions: Map<string, HeldRelaySession>) => void): Promise<number[]> {
+    return this.#inOrder(async () => {
+      const checked = itemsOf().map(([nodeId, type, payload]) => {
+        const node = this.#model.nodes.get(nodeId);
+        if (!node) throw new MeshlinkError('ML_ERR_MESH_TAG', `node ${nodeId} is not in the mesh`);
+        const parsed = EVENT_PAYLOAD_SCHEMAS[type].safeParse(payload);
+        if (!parsed.success) throw new MeshlinkError('ML_ERR_RELAY_BAD_ALLOCATION', `${type}: ${zodErrorText(parsed.error)}`);
+        return { node, type, payload: parsed.data };
+      });
+      const now = Date.now();
+      // The sessions in force as they will be once this commits; memory follows the commit.
+      const next = new Map(this.#relayHeld);
+      held(next);
+      const outgoing = await this.#commitAndDeliver(
+        async (tx, out) => {
+          for (const { node, type, payload } of checked) {
+            out.push(await this.#events.append(tx, node, type, payload, now));
+            await this.#model.saveSeq(tx, node);
+          }
+          if (next.size === 0) await tx.deleteSetting(SETTING_RELAY_SESSIONS);
+          else await tx.setSetting(SETTING_RELAY_SESSIONS, JSON.stringify([...next.values()]));
+        },
+        () => {
+          this.#relayHeld = next;
+        },
+      );
+      return outgoing.map((o) => o.event.seq);
     });
-    const outgoing: Outgoing[] = [];
-    const now = Date.now();
-    this.#db.transaction(() => {
-      for (const { node, type, payload } of checked) {
-        outgoing.push(this.#events.append(node, type, payload, now));
-        this.#model.saveSeq(node);
-      }
-      held();
-      if (this.#relayHeld.size === 0) this.#db.deleteSetting(SETTING_RELAY_SESSIONS);
-      else this.#db.setSetting(SETTING_RELAY_SESSIONS, JSON.stringify([...this.#relayHeld.values()]));
-    });
-    this.#deliver(outgoing);
-    return outgoing.map((o) => o.event.seq);
   }
 
   /** Asks a node to generate a new WireGuard key; its ack carries the new public key. */
-  requestKeyRotation(nodeId: string, reason = 'operator request'): number {
+  requestKeyRotation(nodeId: string, reason = 'operator request'): Promise<number> {
     return this.publish(nodeId, 'rotate_keys', { reason });
   }
 
@@ -649,24 +748,30 @@ export class MeshService {
    * Signing-key rotation: a new key is created and announced to every node in an envelope signed by
    * the current key; from then on the new key signs. Agents keep the previous key for the transition.
    */
-  rotateSigningKey(): { keyId: string; previousKeyId: string } {
-    const previous = this.#signing[this.#signing.length - 1]!;
-    const next = generateSigningKey();
-    const now = Date.now();
-    const outgoing: Outgoing[] = [];
-    this.#db.transaction(() => {
-      this.#db.insertSigningKey(next.keyId, next.publicKey, this.#box.seal(next.pkcs8, `signing:${next.keyId}`), next.createdAt);
-      for (const node of this.#model.nodes.values()) {
-        outgoing.push(this.#events.append(node, 'signing_key_rotated', { keyId: next.keyId, publicKey: next.publicKey, transitionMs: this.#opts.signingTransitionMs }, now));
-        this.#model.saveSeq(node);
-      }
-      this.#previousKeyUntil = now + this.#opts.signingTransitionMs;
-      this.#db.setSetting(SETTING_PREVIOUS_KEY_UNTIL, String(this.#previousKeyUntil));
+  rotateSigningKey(): Promise<{ keyId: string; previousKeyId: string }> {
+    return this.#inOrder(async () => {
+      const previous = this.#signing[this.#signing.length - 1]!;
+      const next = generateSigningKey();
+      const now = Date.now();
+      const until = now + this.#opts.signingTransitionMs;
+      await this.#commitAndDeliver(
+        async (tx, outgoing) => {
+          await tx.insertSigningKey(next.keyId, next.publicKey, this.#box.seal(next.pkcs8, `signing:${next.keyId}`), next.createdAt);
+          for (const node of this.#model.nodes.values()) {
+            outgoing.push(await this.#events.append(tx, node, 'signing_key_rotated', { keyId: next.keyId, publicKey: next.publicKey, transitionMs: this.#opts.signingTransitionMs }, now));
+            await this.#model.saveSeq(tx, node);
+          }
+          await tx.setSetting(SETTING_PREVIOUS_KEY_UNTIL, String(until));
+        },
+        // The new key signs from the commit on (the announcements above are signed by the previous one).
+        () => {
+          this.#previousKeyUntil = until;
+          this.#signing = [previous, next];
+        },
+      );
+      this.#log.info({ keyId: next.keyId, previousKeyId: previous.keyId }, 'event-signing key rotated');
+      return { keyId: next.keyId, previousKeyId: previous.keyId };
     });
-    this.#signing = [previous, next];
-    this.#deliver(outgoing);
-    this.#log.info({ keyId: next.keyId, previousKeyId: previous.keyId }, 'event-signing key rotated');
-    return { keyId: next.keyId, previousKeyId: previous.keyId };
   }
 
   /** Keys for `welcome.eventKeys`: the current one, plus the previous during its transition. */
@@ -712,7 +817,7 @@ export class MeshService {
     return [...new Set(ips)].filter((ip) => isIP(ip) !== 0);
   }
 
-  feed(after: number, nodeId: string | null, limit = 500): FeedEntry[] {
+  feed(after: number, nodeId: string | null, limit = 500): Promise<FeedEntry[]> {
     return this.#feed.entries(after, nodeId, limit);
   }
 
@@ -721,12 +826,12 @@ export class MeshService {
     return this.#feed.wait(ms);
   }
 
-  lastFeedId(): number {
+  lastFeedId(): Promise<number> {
     return this.#feed.lastId();
   }
 
   /** When the node's event `seq` was created (ms), while the event log keeps it (delivery-lag metric). */
-  eventCreatedAt(nodeId: string, seq: number): number | undefined {
+  eventCreatedAt(nodeId: string, seq: number): Promise<number | undefined> {
     return this.#db.eventTs(nodeId, seq);
   }
 
@@ -735,9 +840,11 @@ export class MeshService {
    * (every batch is a whole transaction), and the promise resolves when it has. Call before the store
    * closes.
    */
-  close(): Promise<void> {
+  async close(): Promise<void> {
     this.#closed = true;
     this.#feed.wake();
-    return this.#serial.then(() => undefined);
+    await this.#serial;
+    // Then the store work queued meanwhile (a replay, a report's write): the store closes after this.
+    await this.#writes;
   }
 }

@@ -1,8 +1,22 @@
-import type Database from 'better-sqlite3';
+import { sql, type Generated, type Insertable, type Kysely, type Selectable } from 'kysely';
+import type { Queryable, StoreDatabase } from '../store/database.js';
 
 /**
- * All SQL of the mesh feature (tables in ./migrations.ts). Synchronous, like ../store/store.ts: short
- * indexed statements; fan-out writes for many nodes go in one transaction (see `transaction`).
+ * All SQL of the mesh feature (tables in ./migrations.ts), on either backend (../store/database.ts).
+ * Short indexed statements; fan-out writes for many nodes go in one transaction (see `transaction`).
+ * Every method is async: on SQLite a query still runs synchronously inside better-sqlite3 and settles
+ * in a microtask; on PostgreSQL it is a round trip.
+ *
+ * A MeshStore is either the root one (queries on the store's handle) or one bound to a transaction
+ * (the `tx` that `transaction(fn)` gives `fn`): inside a transaction every call must go through
+ * `tx`, because on SQLite a query on the root handle would wait for the transaction that runs it.
+ *
+ * The fan-out rows of a transaction (events, PSKs, what a node was told of each peer, feed rows) are
+ * queued by the transaction's store and written just before the commit, several rows a statement:
+ * a recompute writes a row per peer per node, and one statement each cost a builder compilation
+ * (and on PostgreSQL a round trip) per row. A delete or prune issued meanwhile also drops the
+ * matching queued rows, so the committed rows are those the statements in call order would leave.
+ * Reads in a transaction do not see queued rows (none of the mesh's transactions reads what it wrote).
  */
 
 export interface MeshNodeRow {
@@ -51,7 +65,69 @@ export interface FeedRow {
   detail: string;
 }
 
-type Row = Record<string, unknown>;
+/** Mesh fields of a live node, for `nodes list` and `nodes show`. */
+export interface MeshListingRow {
+  meshIp: number | null;
+  wgPublicKey: string | null;
+  tags: string[];
+  endpoints: string[];
+  observedAddr: string | null;
+  nat: unknown;
+}
+
+/** Column types of the mesh's tables (and the core columns its queries join), as the query layer sees them. */
+interface MeshTables {
+  mesh_settings: { key: string; value: string };
+  mesh_master: { id: number; key_blob: Buffer; kdf_salt: Buffer };
+  mesh_signing_keys: { key_id: string; public_key: Buffer; sealed_pkcs8: Buffer; created_at: number; seq: Generated<number | null> };
+  mesh_nodes: {
+    node_id: string; mesh_ip: number; wg_public_key: string | null; endpoints: Generated<string>; observed_addr: string | null;
+    last_seq: Generated<number>; announced: Generated<string>; nat: string | null;
+  };
+  mesh_announced_peers: { node_id: string; peer_id: string; mesh_ip: string; public_key: string; endpoints: string; psk_tag: string; path: 'direct' | 'relay' | null };
+  mesh_psks: { node_a: string; node_b: string; sealed: Buffer; created_at: number };
+  mesh_events: { node_id: string; seq: number; type: string; ts: number; sealed: Buffer; signature: Buffer; key_id: string };
+  mesh_feed: { id: Generated<number>; ts: number; node_id: string | null; kind: string; type: string; seq: number | null; detail: string };
+  mesh_token_tags: { token_hash: string; tags: string };
+  mesh_node_tags: { node_id: string; tags: string };
+  // The core's, read only (joins and the conditional inserts that check a node or token exists).
+  nodes: { id: string; hostname: string; created_at: number; removed_at: number | null };
+  tokens: { hash: string; consumed_at: number | null };
+}
+
+type Db = Kysely<MeshTables>;
+type Row<T extends keyof MeshTables> = Insertable<MeshTables[T]>;
+
+/** The writes a transaction's store holds until its commit (see the class comment). */
+interface Queued {
+  psks: Map<string, Row<'mesh_psks'>>;
+  events: Row<'mesh_events'>[];
+  /** Per node: delete its events up to this seq, after the queued inserts. */
+  prunes: Map<string, number>;
+  announced: Map<string, Row<'mesh_announced_peers'>>;
+  feed: Row<'mesh_feed'>[];
+  /** Per node: its new last_seq, and its new `announced` head when it was set. */
+  heads: Map<string, { announced?: string; lastSeq: number }>;
+}
+
+/**
+ * Rows per multi-row statement. Every batch is one of these sizes, so each statement has at most
+ * four SQL texts (the statement cache keeps one prepared statement per text); 64 rows of the widest
+ * table bind 448 values, far below either backend's limit.
+ */
+const CHUNK_SIZES = [64, 16, 4, 1] as const;
+function chunked<T>(rows: readonly T[]): T[][] {
+  const out: T[][] = [];
+  let i = 0;
+  for (const size of CHUNK_SIZES) {
+    while (rows.length - i >= size) {
+      out.push(rows.slice(i, i + size));
+      i += size;
+    }
+  }
+  return out;
+}
+const peerKey = (nodeId: string, peerId: string): string => `${nodeId}\u0000${peerId}`;
 
 function parseTags(text: unknown): string[] {
   try {
@@ -62,260 +138,342 @@ function parseTags(text: unknown): string[] {
   }
 }
 
+/** Rows changed by an INSERT, UPDATE or DELETE (Kysely reports a bigint). */
+const changed = (r: { numInsertedOrUpdatedRows?: bigint; numUpdatedRows?: bigint; numDeletedRows?: bigint } | undefined): number =>
+  Number(r?.numInsertedOrUpdatedRows ?? r?.numUpdatedRows ?? r?.numDeletedRows ?? 0n);
+
 export class MeshStore {
-  private readonly s;
+  readonly #database: StoreDatabase;
+  readonly #db: Db;
+  /** The queued writes of a store bound to a transaction's handle; null for the root store. */
+  readonly #queued: Queued | null;
 
-  constructor(private readonly db: Database.Database) {
-    this.s = {
-      getSetting: db.prepare('SELECT value FROM mesh_settings WHERE key = ?'),
-      setSetting: db.prepare('INSERT INTO mesh_settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value'),
-      deleteSetting: db.prepare('DELETE FROM mesh_settings WHERE key = ?'),
-      getMaster: db.prepare('SELECT key_blob, kdf_salt FROM mesh_master WHERE id = 1'),
-      insertMaster: db.prepare('INSERT INTO mesh_master (id, key_blob, kdf_salt) VALUES (1, ?, ?)'),
-      replaceMaster: db.prepare('UPDATE mesh_master SET key_blob = ?, kdf_salt = ? WHERE id = 1 AND key_blob = ?'),
-      signingKeys: db.prepare('SELECT * FROM mesh_signing_keys ORDER BY created_at, rowid'),
-      insertSigningKey: db.prepare('INSERT INTO mesh_signing_keys (key_id, public_key, sealed_pkcs8, created_at) VALUES (?, ?, ?, ?)'),
-      meshNodes: db.prepare(`
-        SELECT m.*, n.hostname, t.tags FROM mesh_nodes m JOIN nodes n ON n.id = m.node_id
-        LEFT JOIN mesh_node_tags t ON t.node_id = m.node_id
-        WHERE n.removed_at IS NULL ORDER BY m.mesh_ip`),
-      nodesWithoutMesh: db.prepare(`
-        SELECT id FROM nodes WHERE removed_at IS NULL AND id NOT IN (SELECT node_id FROM mesh_nodes) ORDER BY created_at, id`),
-      removedMeshNodes: db.prepare(`
-        SELECT m.node_id FROM mesh_nodes m JOIN nodes n ON n.id = m.node_id WHERE n.removed_at IS NOT NULL`),
-      usedAddresses: db.prepare('SELECT mesh_ip FROM mesh_nodes'),
-      insertMeshNode: db.prepare('INSERT INTO mesh_nodes (node_id, mesh_ip) VALUES (?, ?)'),
-      deleteMeshNode: db.prepare('DELETE FROM mesh_nodes WHERE node_id = ?'),
-      deleteEventsOf: db.prepare('DELETE FROM mesh_events WHERE node_id = ?'),
-      deletePsksOf: db.prepare('DELETE FROM mesh_psks WHERE node_a = ? OR node_b = ?'),
-      updateWg: db.prepare('UPDATE mesh_nodes SET wg_public_key = ?, endpoints = ?, observed_addr = ?, nat = ? WHERE node_id = ?'),
-      setAnnounced: db.prepare('UPDATE mesh_nodes SET announced = ?, last_seq = ? WHERE node_id = ?'),
-      announcedPeers: db.prepare('SELECT * FROM mesh_announced_peers'),
-      announcedPeersOf: db.prepare('SELECT * FROM mesh_announced_peers WHERE node_id = ? ORDER BY peer_id'),
-      tokenTags: db.prepare('SELECT tags FROM mesh_token_tags WHERE token_hash = ?'),
-      upsertAnnouncedPeer: db.prepare(`
-        INSERT INTO mesh_announced_peers (node_id, peer_id, mesh_ip, public_key, endpoints, psk_tag, path) VALUES (?, ?, ?, ?, ?, ?, ?)
-        ON CONFLICT (node_id, peer_id) DO UPDATE SET mesh_ip = excluded.mesh_ip, public_key = excluded.public_key,
-          endpoints = excluded.endpoints, psk_tag = excluded.psk_tag, path = excluded.path`),
-      deleteAnnouncedPeer: db.prepare('DELETE FROM mesh_announced_peers WHERE node_id = ? AND peer_id = ?'),
-      deleteAnnouncedOf: db.prepare('DELETE FROM mesh_announced_peers WHERE node_id = ?'),
-      setLastSeq: db.prepare('UPDATE mesh_nodes SET last_seq = ? WHERE node_id = ?'),
-      setTags: db.prepare(`
-        INSERT INTO mesh_node_tags (node_id, tags) SELECT id, ? FROM nodes WHERE id = ? AND removed_at IS NULL
-        ON CONFLICT (node_id) DO UPDATE SET tags = excluded.tags`),
-      psks: db.prepare('SELECT node_a, node_b, sealed FROM mesh_psks'),
-      insertPsk: db.prepare('INSERT INTO mesh_psks (node_a, node_b, sealed, created_at) VALUES (?, ?, ?, ?)'),
-      deletePsk: db.prepare('DELETE FROM mesh_psks WHERE node_a = ? AND node_b = ?'),
-      insertEvent: db.prepare('INSERT INTO mesh_events (node_id, seq, type, ts, sealed, signature, key_id) VALUES (?, ?, ?, ?, ?, ?, ?)'),
-      eventsAfter: db.prepare('SELECT * FROM mesh_events WHERE node_id = ? AND seq > ? ORDER BY seq'),
-      oldestSeq: db.prepare('SELECT MIN(seq) AS s FROM mesh_events WHERE node_id = ?'),
-      eventTs: db.prepare('SELECT ts FROM mesh_events WHERE node_id = ? AND seq = ?'),
-      pruneEvents: db.prepare('DELETE FROM mesh_events WHERE node_id = ? AND seq <= ?'),
-      insertFeed: db.prepare('INSERT INTO mesh_feed (ts, node_id, kind, type, seq, detail) VALUES (?, ?, ?, ?, ?, ?)'),
-      feedAfter: db.prepare('SELECT * FROM mesh_feed WHERE id > ? ORDER BY id LIMIT ?'),
-      feedAfterNode: db.prepare('SELECT * FROM mesh_feed WHERE id > ? AND node_id = ? ORDER BY id LIMIT ?'),
-      lastFeedId: db.prepare('SELECT COALESCE(MAX(id), 0) AS id FROM mesh_feed'),
-      pruneFeed: db.prepare('DELETE FROM mesh_feed WHERE id <= ?'),
-      tagToken: db.prepare(`
-        INSERT INTO mesh_token_tags (token_hash, tags) SELECT hash, ? FROM tokens WHERE hash = ? AND consumed_at IS NULL
-        ON CONFLICT (token_hash) DO UPDATE SET tags = excluded.tags`),
-      // A token without tags leaves the node's as they are (a re-enrollment keeps them).
-      claimTokenTags: db.prepare(`
-        INSERT INTO mesh_node_tags (node_id, tags) SELECT ?, tags FROM mesh_token_tags WHERE token_hash = ? AND tags <> '[]'
-        ON CONFLICT (node_id) DO UPDATE SET tags = excluded.tags`),
-      listing: db.prepare(`
-        SELECT n.id, t.tags, m.mesh_ip, m.wg_public_key, m.endpoints, m.observed_addr, m.nat FROM nodes n
-        LEFT JOIN mesh_nodes m ON m.node_id = n.id LEFT JOIN mesh_node_tags t ON t.node_id = n.id
-        WHERE n.removed_at IS NULL`),
-    };
+  constructor(database: StoreDatabase, tx?: Queryable) {
+    this.#database = database;
+    this.#db = (tx ?? database.db) as Db;
+    this.#queued = tx === undefined ? null : { psks: new Map(), events: [], prunes: new Map(), announced: new Map(), feed: [], heads: new Map() };
   }
 
-  transaction<T>(fn: () => T): T {
-    return this.db.transaction(fn).immediate();
+  /**
+   * Runs `fn` in one transaction (SQLite: BEGIN IMMEDIATE), with a MeshStore bound to it: every store
+   * call inside `fn` goes through `tx`. The queued rows are written when `fn` resolves, then it
+   * commits; a throw rolls everything back.
+   */
+  transaction<T>(fn: (tx: MeshStore) => Promise<T>): Promise<T> {
+    if (this.#queued !== null) return Promise.reject(new Error('MeshStore.transaction: already inside a transaction (use the tx given)'));
+    return this.#database.transaction(async (q) => {
+      const tx = new MeshStore(this.#database, q);
+      const result = await fn(tx);
+      await tx.#flush();
+      return result;
+    });
   }
 
-  getSetting(key: string): string | undefined {
-    return (this.s.getSetting.get(key) as { value: string } | undefined)?.value;
-  }
-  setSetting(key: string, value: string): void {
-    this.s.setSetting.run(key, value);
-  }
-  deleteSetting(key: string): void {
-    this.s.deleteSetting.run(key);
+  /** Writes the queued rows, several a statement, in an order that leaves what the calls in order would. */
+  async #flush(): Promise<void> {
+    const q = this.#queued!;
+    for (const rows of chunked([...q.psks.values()])) await this.#db.insertInto('mesh_psks').values(rows).execute();
+    for (const rows of chunked(q.events)) await this.#db.insertInto('mesh_events').values(rows).execute();
+    for (const [nodeId, upTo] of q.prunes) await this.#db.deleteFrom('mesh_events').where('node_id', '=', nodeId).where('seq', '<=', upTo).execute();
+    for (const rows of chunked([...q.announced.values()])) {
+      await this.#db.insertInto('mesh_announced_peers').values(rows)
+        .onConflict((oc) => oc.columns(['node_id', 'peer_id']).doUpdateSet((eb) => ({
+          mesh_ip: eb.ref('excluded.mesh_ip'), public_key: eb.ref('excluded.public_key'), endpoints: eb.ref('excluded.endpoints'), psk_tag: eb.ref('excluded.psk_tag'), path: eb.ref('excluded.path'),
+        }))).execute();
+    }
+    // In the order they were queued: ids grow with it (a multi-row insert numbers its rows in order).
+    for (const rows of chunked(q.feed)) await this.#db.insertInto('mesh_feed').values(rows).execute();
+    // One UPDATE ... FROM (VALUES ...) per chunk of nodes: the builder has no VALUES list, so this one
+    // is SQL, in what both accept (SQLite 3.33+ and PostgreSQL name the columns column1, column2, ...;
+    // the CAST gives PostgreSQL the type its untyped parameters lack).
+    const heads = [...q.heads];
+    const told = heads.filter(([, h]) => h.announced !== undefined);
+    for (const rows of chunked(told)) {
+      const values = sql.join(rows.map(([id, h]) => sql`(${id}, ${h.announced}, ${h.lastSeq})`));
+      await sql`UPDATE mesh_nodes SET announced = v.column2, last_seq = CAST(v.column3 AS BIGINT) FROM (VALUES ${values}) AS v WHERE mesh_nodes.node_id = v.column1`.execute(this.#db);
+    }
+    for (const rows of chunked(heads.filter(([, h]) => h.announced === undefined))) {
+      const values = sql.join(rows.map(([id, h]) => sql`(${id}, ${h.lastSeq})`));
+      await sql`UPDATE mesh_nodes SET last_seq = CAST(v.column2 AS BIGINT) FROM (VALUES ${values}) AS v WHERE mesh_nodes.node_id = v.column1`.execute(this.#db);
+    }
+    q.heads.clear();
+    q.psks.clear();
+    q.events = [];
+    q.prunes.clear();
+    q.announced.clear();
+    q.feed = [];
   }
 
-  getMaster(): { blob: Buffer; salt: Buffer } | undefined {
-    const r = this.s.getMaster.get() as Row | undefined;
-    return r ? { blob: r.key_blob as Buffer, salt: r.kdf_salt as Buffer } : undefined;
+  async getSetting(key: string): Promise<string | undefined> {
+    return (await this.#db.selectFrom('mesh_settings').select('value').where('key', '=', key).executeTakeFirst())?.value;
   }
-  insertMaster(blob: Buffer, salt: Buffer): void {
-    this.s.insertMaster.run(blob, salt);
+  async setSetting(key: string, value: string): Promise<void> {
+    await this.#db.insertInto('mesh_settings').values({ key, value }).onConflict((oc) => oc.column('key').doUpdateSet({ value })).execute();
+  }
+  async deleteSetting(key: string): Promise<void> {
+    await this.#db.deleteFrom('mesh_settings').where('key', '=', key).execute();
+  }
+
+  async getMaster(): Promise<{ blob: Buffer; salt: Buffer } | undefined> {
+    const r = await this.#db.selectFrom('mesh_master').select(['key_blob', 'kdf_salt']).where('id', '=', 1).executeTakeFirst();
+    return r ? { blob: Buffer.from(r.key_blob), salt: Buffer.from(r.kdf_salt) } : undefined;
+  }
+  async insertMaster(blob: Buffer, salt: Buffer): Promise<void> {
+    await this.#db.insertInto('mesh_master').values({ id: 1, key_blob: blob, kdf_salt: salt }).execute();
   }
   /** Re-seals the master key (same key, new blob), only if the stored blob is still `previous`. */
-  replaceMaster(previous: Buffer, blob: Buffer, salt: Buffer): void {
-    this.s.replaceMaster.run(blob, salt, previous);
+  async replaceMaster(previous: Buffer, blob: Buffer, salt: Buffer): Promise<void> {
+    await this.#db.updateTable('mesh_master').set({ key_blob: blob, kdf_salt: salt }).where('id', '=', 1).where('key_blob', '=', previous).execute();
   }
 
-  signingKeys(): Array<{ keyId: string; publicKey: Buffer; sealedPkcs8: Buffer; createdAt: number }> {
-    return (this.s.signingKeys.all() as Row[]).map((r) => ({ keyId: r.key_id as string, publicKey: r.public_key as Buffer, sealedPkcs8: r.sealed_pkcs8 as Buffer, createdAt: r.created_at as number }));
+  /** Oldest first: by creation time, insertion order (`seq`, mesh migration 112) breaking ties. */
+  async signingKeys(): Promise<Array<{ keyId: string; publicKey: Buffer; sealedPkcs8: Buffer; createdAt: number }>> {
+    const rows = await this.#db.selectFrom('mesh_signing_keys').select(['key_id', 'public_key', 'sealed_pkcs8', 'created_at']).orderBy('created_at').orderBy('seq').execute();
+    return rows.map((r) => ({ keyId: r.key_id, publicKey: Buffer.from(r.public_key), sealedPkcs8: Buffer.from(r.sealed_pkcs8), createdAt: r.created_at }));
   }
-  insertSigningKey(keyId: string, publicKey: Buffer, sealedPkcs8: Buffer, createdAt: number): void {
-    this.s.insertSigningKey.run(keyId, publicKey, sealedPkcs8, createdAt);
+  async insertSigningKey(keyId: string, publicKey: Buffer, sealedPkcs8: Buffer, createdAt: number): Promise<void> {
+    await this.#db.insertInto('mesh_signing_keys').values({ key_id: keyId, public_key: publicKey, sealed_pkcs8: sealedPkcs8, created_at: createdAt }).execute();
   }
 
-  meshNodes(): MeshNodeRow[] {
-    return (this.s.meshNodes.all() as Row[]).map((r) => ({
-      nodeId: r.node_id as string,
-      hostname: r.hostname as string,
+  async meshNodes(): Promise<MeshNodeRow[]> {
+    const rows = await this.#db.selectFrom('mesh_nodes as m').innerJoin('nodes as n', 'n.id', 'm.node_id').leftJoin('mesh_node_tags as t', 't.node_id', 'm.node_id')
+      .selectAll('m').select(['n.hostname', 't.tags'])
+      .where('n.removed_at', 'is', null).orderBy('m.mesh_ip').execute();
+    return rows.map((r) => ({
+      nodeId: r.node_id,
+      hostname: r.hostname,
       tags: parseTags(r.tags),
-      meshIp: r.mesh_ip as number,
-      wgPublicKey: (r.wg_public_key as string | null) ?? null,
+      meshIp: r.mesh_ip,
+      wgPublicKey: r.wg_public_key ?? null,
       endpoints: parseTags(r.endpoints),
       nat: parseJson(r.nat),
-      observedAddr: (r.observed_addr as string | null) ?? null,
-      lastSeq: r.last_seq as number,
-      announced: r.announced as string,
+      observedAddr: r.observed_addr ?? null,
+      lastSeq: r.last_seq,
+      announced: r.announced,
     }));
   }
-  nodesWithoutMesh(): string[] {
-    return (this.s.nodesWithoutMesh.all() as Row[]).map((r) => r.id as string);
+  async nodesWithoutMesh(): Promise<string[]> {
+    const rows = await this.#db.selectFrom('nodes').select('id')
+      .where('removed_at', 'is', null).where('id', 'not in', (eb) => eb.selectFrom('mesh_nodes').select('node_id'))
+      .orderBy('created_at').orderBy('id').execute();
+    return rows.map((r) => r.id);
   }
-  removedMeshNodes(): string[] {
-    return (this.s.removedMeshNodes.all() as Row[]).map((r) => r.node_id as string);
+  async removedMeshNodes(): Promise<string[]> {
+    const rows = await this.#db.selectFrom('mesh_nodes as m').innerJoin('nodes as n', 'n.id', 'm.node_id').select('m.node_id').where('n.removed_at', 'is not', null).execute();
+    return rows.map((r) => r.node_id);
   }
-  usedAddresses(): Set<number> {
-    return new Set((this.s.usedAddresses.all() as Row[]).map((r) => r.mesh_ip as number));
+  async usedAddresses(): Promise<Set<number>> {
+    return new Set((await this.#db.selectFrom('mesh_nodes').select('mesh_ip').execute()).map((r) => r.mesh_ip));
   }
-  insertMeshNode(nodeId: string, meshIp: number): void {
-    this.s.insertMeshNode.run(nodeId, meshIp);
+  async insertMeshNode(nodeId: string, meshIp: number): Promise<void> {
+    await this.#db.insertInto('mesh_nodes').values({ node_id: nodeId, mesh_ip: meshIp, wg_public_key: null, observed_addr: null, nat: null }).execute();
   }
   /**
    * Drops everything the mesh holds for a node: its address (freed), PSKs, event log and its own view.
    * Other nodes' rows about it stay until their peer_removed is sent (the recompute deletes them).
+   * Several statements: call it on a transaction's store.
    */
-  deleteMeshNode(nodeId: string): void {
-    this.s.deleteAnnouncedOf.run(nodeId);
-    this.s.deleteEventsOf.run(nodeId);
-    this.s.deletePsksOf.run(nodeId, nodeId);
-    this.s.deleteMeshNode.run(nodeId);
+  async deleteMeshNode(nodeId: string): Promise<void> {
+    const q = this.#queued;
+    if (q) {
+      for (const [key, r] of q.announced) if (r.node_id === nodeId) q.announced.delete(key);
+      q.events = q.events.filter((e) => e.node_id !== nodeId);
+      q.prunes.delete(nodeId);
+      for (const [key, r] of q.psks) if (r.node_a === nodeId || r.node_b === nodeId) q.psks.delete(key);
+      q.heads.delete(nodeId);
+    }
+    await this.#db.deleteFrom('mesh_announced_peers').where('node_id', '=', nodeId).execute();
+    await this.#db.deleteFrom('mesh_events').where('node_id', '=', nodeId).execute();
+    await this.#db.deleteFrom('mesh_psks').where((eb) => eb.or([eb('node_a', '=', nodeId), eb('node_b', '=', nodeId)])).execute();
+    await this.#db.deleteFrom('mesh_nodes').where('node_id', '=', nodeId).execute();
   }
-  updateWg(nodeId: string, wgPublicKey: string | null, endpoints: string[], observedAddr: string | null, nat: unknown): void {
-    this.s.updateWg.run(wgPublicKey, JSON.stringify(endpoints), observedAddr, nat === null || nat === undefined ? null : JSON.stringify(nat), nodeId);
+  async updateWg(nodeId: string, wgPublicKey: string | null, endpoints: string[], observedAddr: string | null, nat: unknown): Promise<void> {
+    await this.#db.updateTable('mesh_nodes')
+      .set({ wg_public_key: wgPublicKey, endpoints: JSON.stringify(endpoints), observed_addr: observedAddr, nat: nat === null || nat === undefined ? null : JSON.stringify(nat) })
+      .where('node_id', '=', nodeId).execute();
   }
-  setAnnounced(nodeId: string, announced: string, lastSeq: number): void {
-    this.s.setAnnounced.run(announced, lastSeq, nodeId);
+  /** In a transaction: queued until its commit (the last value per node wins). */
+  async setAnnounced(nodeId: string, announced: string, lastSeq: number): Promise<void> {
+    if (this.#queued) {
+      this.#queued.heads.set(nodeId, { announced, lastSeq });
+      return;
+    }
+    await this.#db.updateTable('mesh_nodes').set({ announced, last_seq: lastSeq }).where('node_id', '=', nodeId).execute();
   }
-  announcedPeers(): AnnouncedPeerRow[] {
-    return (this.s.announcedPeers.all() as Row[]).map(announcedFromRow);
+  async announcedPeers(): Promise<AnnouncedPeerRow[]> {
+    return (await this.#db.selectFrom('mesh_announced_peers').selectAll().execute()).map(announcedFromRow);
   }
   /** What the events sent so far told one node about its peers, by peer id. */
-  announcedPeersOf(nodeId: string): AnnouncedPeerRow[] {
-    return (this.s.announcedPeersOf.all(nodeId) as Row[]).map(announcedFromRow);
+  async announcedPeersOf(nodeId: string): Promise<AnnouncedPeerRow[]> {
+    return (await this.#db.selectFrom('mesh_announced_peers').selectAll().where('node_id', '=', nodeId).orderBy('peer_id').execute()).map(announcedFromRow);
   }
-  upsertAnnouncedPeer(nodeId: string, peerId: string, p: { meshIp: string; publicKey: string; endpoints: string[]; pskTag: string; path: 'direct' | 'relay' | null }): void {
-    this.s.upsertAnnouncedPeer.run(nodeId, peerId, p.meshIp, p.publicKey, JSON.stringify(p.endpoints), p.pskTag, p.path);
+  /** In a transaction: queued until its commit (the last one for a pair wins). */
+  async upsertAnnouncedPeer(nodeId: string, peerId: string, p: { meshIp: string; publicKey: string; endpoints: string[]; pskTag: string; path: 'direct' | 'relay' | null }): Promise<void> {
+    const row = { mesh_ip: p.meshIp, public_key: p.publicKey, endpoints: JSON.stringify(p.endpoints), psk_tag: p.pskTag, path: p.path };
+    if (this.#queued) {
+      this.#queued.announced.set(peerKey(nodeId, peerId), { node_id: nodeId, peer_id: peerId, ...row });
+      return;
+    }
+    await this.#db.insertInto('mesh_announced_peers').values({ node_id: nodeId, peer_id: peerId, ...row })
+      .onConflict((oc) => oc.columns(['node_id', 'peer_id']).doUpdateSet(row)).execute();
   }
-  deleteAnnouncedPeer(nodeId: string, peerId: string): void {
-    this.s.deleteAnnouncedPeer.run(nodeId, peerId);
+  /** Forgets what a node was told of these peers (queued rows for them too), up to 64 a statement. */
+  async deleteAnnouncedPeers(nodeId: string, peerIds: readonly string[]): Promise<void> {
+    for (const id of peerIds) this.#queued?.announced.delete(peerKey(nodeId, id));
+    for (const ids of chunked(peerIds)) await this.#db.deleteFrom('mesh_announced_peers').where('node_id', '=', nodeId).where('peer_id', 'in', ids).execute();
   }
   /** Forgets a node's whole view of its peers (before a snapshot replaces it). */
-  deleteAnnouncedOf(nodeId: string): void {
-    this.s.deleteAnnouncedOf.run(nodeId);
+  async deleteAnnouncedOf(nodeId: string): Promise<void> {
+    const q = this.#queued;
+    if (q) for (const [key, r] of q.announced) if (r.node_id === nodeId) q.announced.delete(key);
+    await this.#db.deleteFrom('mesh_announced_peers').where('node_id', '=', nodeId).execute();
   }
-  setLastSeq(nodeId: string, lastSeq: number): void {
-    this.s.setLastSeq.run(lastSeq, nodeId);
+  /** In a transaction: queued until its commit (the last value per node wins). */
+  async setLastSeq(nodeId: string, lastSeq: number): Promise<void> {
+    const q = this.#queued;
+    if (q) {
+      const head = q.heads.get(nodeId);
+      q.heads.set(nodeId, head?.announced !== undefined ? { announced: head.announced, lastSeq } : { lastSeq });
+      return;
+    }
+    await this.#db.updateTable('mesh_nodes').set({ last_seq: lastSeq }).where('node_id', '=', nodeId).execute();
   }
-  setTags(nodeId: string, tags: string[]): boolean {
-    return this.s.setTags.run(JSON.stringify(tags), nodeId).changes === 1;
+  /** Sets a live node's tags; false when there is no such live node. */
+  async setTags(nodeId: string, tags: string[]): Promise<boolean> {
+    const text = JSON.stringify(tags);
+    const r = await this.#db.insertInto('mesh_node_tags').columns(['node_id', 'tags'])
+      .expression((eb) => eb.selectFrom('nodes').select((s) => [s.ref('id').as('node_id'), s.val(text).as('tags')]).where('id', '=', nodeId).where('removed_at', 'is', null))
+      .onConflict((oc) => oc.column('node_id').doUpdateSet({ tags: (eb) => eb.ref('excluded.tags') })).executeTakeFirst();
+    return changed(r) === 1;
   }
 
-  psks(): Array<{ a: string; b: string; sealed: Buffer }> {
-    return (this.s.psks.all() as Row[]).map((r) => ({ a: r.node_a as string, b: r.node_b as string, sealed: r.sealed as Buffer }));
+  async psks(): Promise<Array<{ a: string; b: string; sealed: Buffer }>> {
+    return (await this.#db.selectFrom('mesh_psks').select(['node_a', 'node_b', 'sealed']).execute()).map((r) => ({ a: r.node_a, b: r.node_b, sealed: Buffer.from(r.sealed) }));
   }
-  insertPsk(a: string, b: string, sealed: Buffer, now: number): void {
-    this.s.insertPsk.run(a, b, sealed, now);
+  /** In a transaction: queued until its commit. */
+  async insertPsk(a: string, b: string, sealed: Buffer, now: number): Promise<void> {
+    if (this.#queued) {
+      this.#queued.psks.set(peerKey(a, b), { node_a: a, node_b: b, sealed, created_at: now });
+      return;
+    }
+    await this.#db.insertInto('mesh_psks').values({ node_a: a, node_b: b, sealed, created_at: now }).execute();
   }
-  deletePsk(a: string, b: string): void {
-    this.s.deletePsk.run(a, b);
+  /** Deletes the PSKs of these pairs (queued ones too), up to 64 pairs a statement. */
+  async deletePsks(pairs: ReadonlyArray<readonly [a: string, b: string]>): Promise<void> {
+    for (const [a, b] of pairs) this.#queued?.psks.delete(peerKey(a, b));
+    for (const rows of chunked(pairs)) {
+      await this.#db.deleteFrom('mesh_psks').where((eb) => eb.or(rows.map(([a, b]) => eb.and([eb('node_a', '=', a), eb('node_b', '=', b)])))).execute();
+    }
   }
 
-  insertEvent(e: StoredEvent): void {
-    this.s.insertEvent.run(e.nodeId, e.seq, e.type, e.ts, e.sealed, e.signature, e.keyId);
+
+  /** In a transaction: queued until its commit. */
+  async insertEvent(e: StoredEvent): Promise<void> {
+    const row = { node_id: e.nodeId, seq: e.seq, type: e.type, ts: e.ts, sealed: e.sealed, signature: e.signature, key_id: e.keyId };
+    if (this.#queued) {
+      this.#queued.events.push(row);
+      return;
+    }
+    await this.#db.insertInto('mesh_events').values(row).execute();
   }
-  eventsAfter(nodeId: string, seq: number): StoredEvent[] {
-    return (this.s.eventsAfter.all(nodeId, seq) as Row[]).map((r) => ({
-      nodeId: r.node_id as string,
-      seq: r.seq as number,
-      type: r.type as string,
-      ts: r.ts as number,
-      sealed: r.sealed as Buffer,
-      signature: r.signature as Buffer,
-      keyId: r.key_id as string,
-    }));
+  async eventsAfter(nodeId: string, seq: number): Promise<StoredEvent[]> {
+    const rows = await this.#db.selectFrom('mesh_events').selectAll().where('node_id', '=', nodeId).where('seq', '>', seq).orderBy('seq').execute();
+    return rows.map((r) => ({ nodeId: r.node_id, seq: r.seq, type: r.type, ts: r.ts, sealed: r.sealed, signature: r.signature, keyId: r.key_id }));
   }
   /** When the node's event `seq` was created, if it is still kept. */
-  eventTs(nodeId: string, seq: number): number | undefined {
-    return (this.s.eventTs.get(nodeId, seq) as { ts: number } | undefined)?.ts;
+  async eventTs(nodeId: string, seq: number): Promise<number | undefined> {
+    return (await this.#db.selectFrom('mesh_events').select('ts').where('node_id', '=', nodeId).where('seq', '=', seq).executeTakeFirst())?.ts;
   }
-  oldestSeq(nodeId: string): number | null {
-    return (this.s.oldestSeq.get(nodeId) as { s: number | null }).s;
+  async oldestSeq(nodeId: string): Promise<number | null> {
+    const r = await this.#db.selectFrom('mesh_events').select((eb) => eb.fn.min('seq').as('s')).where('node_id', '=', nodeId).executeTakeFirst();
+    return r?.s === null || r?.s === undefined ? null : Number(r.s);
   }
-  pruneEvents(nodeId: string, upToSeq: number): void {
-    this.s.pruneEvents.run(nodeId, upToSeq);
+  /** In a transaction: drops the queued events it covers now, and the stored ones at the commit. */
+  async pruneEvents(nodeId: string, upToSeq: number): Promise<void> {
+    const q = this.#queued;
+    if (q) {
+      if (q.events.some((e) => e.node_id === nodeId && e.seq <= upToSeq)) q.events = q.events.filter((e) => e.node_id !== nodeId || e.seq > upToSeq);
+      q.prunes.set(nodeId, Math.max(upToSeq, q.prunes.get(nodeId) ?? upToSeq));
+      return;
+    }
+    await this.#db.deleteFrom('mesh_events').where('node_id', '=', nodeId).where('seq', '<=', upToSeq).execute();
   }
 
-  insertFeed(row: Omit<FeedRow, 'id'>): void {
-    this.s.insertFeed.run(row.ts, row.nodeId, row.kind, row.type, row.seq, row.detail);
+  /** Appends a feed row: in a transaction, queued until its commit (in order, after its events). */
+  async queueFeed(row: Omit<FeedRow, 'id'>): Promise<void> {
+    const r = { ts: row.ts, node_id: row.nodeId, kind: row.kind, type: row.type, seq: row.seq, detail: row.detail };
+    if (this.#queued) {
+      this.#queued.feed.push(r);
+      return;
+    }
+    await this.#db.insertInto('mesh_feed').values(r).execute();
   }
-  feedAfter(id: number, nodeId: string | null, limit: number): FeedRow[] {
-    const rows = (nodeId === null ? this.s.feedAfter.all(id, limit) : this.s.feedAfterNode.all(id, nodeId, limit)) as Row[];
-    return rows.map((r) => ({
-      id: r.id as number,
-      ts: r.ts as number,
-      nodeId: (r.node_id as string | null) ?? null,
-      kind: r.kind as string,
-      type: r.type as string,
-      seq: (r.seq as number | null) ?? null,
-      detail: r.detail as string,
-    }));
+
+  /** Appends a feed row now; its id (ids grow with insertion). */
+  async insertFeed(row: Omit<FeedRow, 'id'>): Promise<number> {
+    const r = await this.#db.insertInto('mesh_feed').values({ ts: row.ts, node_id: row.nodeId, kind: row.kind, type: row.type, seq: row.seq, detail: row.detail })
+      .returning('id').executeTakeFirstOrThrow();
+    return Number(r.id);
   }
-  lastFeedId(): number {
-    return (this.s.lastFeedId.get() as { id: number }).id;
+  async feedAfter(id: number, nodeId: string | null, limit: number): Promise<FeedRow[]> {
+    let q = this.#db.selectFrom('mesh_feed').selectAll().where('id', '>', id);
+    if (nodeId !== null) q = q.where('node_id', '=', nodeId);
+    const rows = await q.orderBy('id').limit(limit).execute();
+    return rows.map((r) => ({ id: Number(r.id), ts: r.ts, nodeId: r.node_id ?? null, kind: r.kind, type: r.type, seq: r.seq ?? null, detail: r.detail }));
   }
-  pruneFeed(upToId: number): void {
-    this.s.pruneFeed.run(upToId);
+  async lastFeedId(): Promise<number> {
+    const r = await this.#db.selectFrom('mesh_feed').select((eb) => eb.fn.coalesce(eb.fn.max('id'), eb.lit(0)).as('id')).executeTakeFirst();
+    return Number(r?.id ?? 0);
+  }
+  async pruneFeed(upToId: number): Promise<void> {
+    await this.#db.deleteFrom('mesh_feed').where('id', '<=', upToId).execute();
   }
 
   /** The tags a token gives the node that enrolls with it (by its SHA-256; none: []). */
-  tokenTags(hash: string): string[] {
-    const r = this.s.tokenTags.get(hash) as Row | undefined;
+  async tokenTags(hash: string): Promise<string[]> {
+    const r = await this.#db.selectFrom('mesh_token_tags').select('tags').where('token_hash', '=', hash).executeTakeFirst();
     return r ? parseTags(r.tags) : [];
+  }
+  /** The tags of every tagged token by its SHA-256 (one query for a whole `token list`). */
+  async allTokenTags(): Promise<Map<string, string[]>> {
+    const rows = await this.#db.selectFrom('mesh_token_tags').select(['token_hash', 'tags']).execute();
+    return new Map(rows.map((r) => [r.token_hash, parseTags(r.tags)]));
   }
 
   /** Sets the tags of a not yet used token (by its SHA-256). */
-  tagToken(hash: string, tags: string[]): boolean {
-    return this.s.tagToken.run(JSON.stringify(tags), hash).changes === 1;
+  async tagToken(hash: string, tags: string[]): Promise<boolean> {
+    const text = JSON.stringify(tags);
+    const r = await this.#db.insertInto('mesh_token_tags').columns(['token_hash', 'tags'])
+      .expression((eb) => eb.selectFrom('tokens').select((s) => [s.ref('hash').as('token_hash'), s.val(text).as('tags')]).where('hash', '=', hash).where('consumed_at', 'is', null))
+      .onConflict((oc) => oc.column('token_hash').doUpdateSet({ tags: (eb) => eb.ref('excluded.tags') })).executeTakeFirst();
+    return changed(r) === 1;
   }
 
   /**
-   * The enrollment commit's part for the mesh (run inside its transaction): the node takes the tags of
-   * the token it enrolled with. A token without tags gives a new node none and leaves a re-enrolled
-   * node's tags as they were.
+   * The enrollment commit's part for the mesh, run inside its transaction (`tx`, the enrollment
+   * hook's handle): the node takes the tags of the token it enrolled with. A token without tags gives
+   * a new node none and leaves a re-enrolled node's tags as they were.
    */
-  claimTokenTags(tokenHash: string, nodeId: string): void {
-    this.s.claimTokenTags.run(nodeId, tokenHash);
+  async claimTokenTags(tokenHash: string, nodeId: string, tx: Queryable): Promise<void> {
+    await (tx as Db).insertInto('mesh_node_tags').columns(['node_id', 'tags'])
+      .expression((eb) => eb.selectFrom('mesh_token_tags').select((s) => [s.val(nodeId).as('node_id'), 'tags']).where('token_hash', '=', tokenHash).where('tags', '<>', '[]'))
+      .onConflict((oc) => oc.column('node_id').doUpdateSet({ tags: (eb) => eb.ref('excluded.tags') })).execute();
   }
 
-  /** Mesh fields of every live node, for `nodes list`. */
-  listing(): Map<string, { meshIp: number | null; wgPublicKey: string | null; tags: string[]; endpoints: string[]; observedAddr: string | null; nat: unknown }> {
-    const out = new Map<string, { meshIp: number | null; wgPublicKey: string | null; tags: string[]; endpoints: string[]; observedAddr: string | null; nat: unknown }>();
-    for (const r of this.s.listing.all() as Row[]) {
-      out.set(r.id as string, {
-        meshIp: (r.mesh_ip as number | null) ?? null,
-        wgPublicKey: (r.wg_public_key as string | null) ?? null,
+  /** Mesh fields of every live node, for `nodes list`; `nodeId`: of that node only. */
+  async listing(nodeId?: string): Promise<Map<string, MeshListingRow>> {
+    let q = this.#db.selectFrom('nodes as n').leftJoin('mesh_nodes as m', 'm.node_id', 'n.id').leftJoin('mesh_node_tags as t', 't.node_id', 'n.id')
+      .select(['n.id', 't.tags', 'm.mesh_ip', 'm.wg_public_key', 'm.endpoints', 'm.observed_addr', 'm.nat'])
+      .where('n.removed_at', 'is', null);
+    if (nodeId !== undefined) q = q.where('n.id', '=', nodeId);
+    const out = new Map<string, MeshListingRow>();
+    for (const r of await q.execute()) {
+      out.set(r.id, {
+        meshIp: r.mesh_ip ?? null,
+        wgPublicKey: r.wg_public_key ?? null,
         tags: parseTags(r.tags),
         endpoints: r.endpoints === null || r.endpoints === undefined ? [] : parseTags(r.endpoints),
-        observedAddr: (r.observed_addr as string | null) ?? null,
+        observedAddr: r.observed_addr ?? null,
         nat: parseJson(r.nat),
       });
     }
@@ -323,14 +481,14 @@ export class MeshStore {
   }
 }
 
-function announcedFromRow(r: Row): AnnouncedPeerRow {
+function announcedFromRow(r: Selectable<MeshTables['mesh_announced_peers']>): AnnouncedPeerRow {
   return {
-    nodeId: r.node_id as string,
-    peerId: r.peer_id as string,
-    meshIp: r.mesh_ip as string,
-    publicKey: r.public_key as string,
+    nodeId: r.node_id,
+    peerId: r.peer_id,
+    meshIp: r.mesh_ip,
+    publicKey: r.public_key,
     endpoints: parseTags(r.endpoints),
-    pskTag: r.psk_tag as string,
+    pskTag: r.psk_tag,
     path: r.path === 'direct' || r.path === 'relay' ? r.path : null,
   };
 }
