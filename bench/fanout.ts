@@ -53,10 +53,10 @@ async function main(): Promise<void> {
   const server = await startServer(config, { logger: createLogger({ name: 'bench', level: 'silent' }), features: [createMeshFeature()] });
   try {
     await new AdminClient(server.adminSocketPath).call(setPolicy, { policy: { rules: [] } });
-    const tokens = Array.from({ length: AGENTS }, (_, i) => ({
-      hostname: `bench-${i}`,
-      token: createTaggedToken(server.store, { ttlMs: 3_600_000, nodeId: null, tags: [i === 0 ? 'hub' : 'member'] }).token,
-    }));
+    const tokens: Array<{ hostname: string; token: string }> = [];
+    for (let i = 0; i < AGENTS; i++) {
+      tokens.push({ hostname: `bench-${i}`, token: (await createTaggedToken(server.store, { ttlMs: 3_600_000, nodeId: null, tags: [i === 0 ? 'hub' : 'member'] })).token });
+    }
     const started = Date.now();
     for (let w = 0; w < WORKERS; w++) {
       const child = fork(join(here, 'fanout-agents.js'), [], { execArgv: process.env.BENCH_PROF ? ['--cpu-prof', '--cpu-prof-interval', '250', '--cpu-prof-dir=/tmp/prof/w'] : [], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
