@@ -84,7 +84,8 @@ export function layerOf(path: string, features: FeatureSets): ModuleLayer {
 const PACKAGE_OWNERS: ReadonlyArray<{ name: string; owner: RegExp; where: string }> = [
   { name: 'pino', owner: /^src\/util\/logger\.ts$/, where: 'src/util/logger.ts' },
   { name: 'commander', owner: /^src\/cli\//, where: 'src/cli' },
-  { name: 'better-sqlite3', owner: /^src\/server\/(store\/|audit-log\.ts$|[^/]+\/store\.ts$)/, where: 'the store modules (src/server/store, a feature\'s store.ts, the core audit log)' },
+  // The drivers: only the store's backends know them; every store module queries through kysely.
+  { name: 'better-sqlite3', owner: /^src\/server\/store\/database\.ts$/, where: 'src/server/store/database.ts (the SQLite backend)' },
   // The query layer: every store module writes its queries with it; only src/server/store knows the drivers.
   { name: 'kysely', owner: /^src\/server\/(store\/|audit-log\.ts$|[^/]+\/store\.ts$)/, where: 'the store modules (src/server/store, a feature\'s store.ts, the core audit log)' },
   { name: 'pg', owner: /^src\/server\/store\/database\.ts$/, where: 'src/server/store/database.ts (the PostgreSQL backend)' },
