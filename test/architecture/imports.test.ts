@@ -90,7 +90,7 @@ describe('the import rules catch violations', () => {
     ['src/admin-api/client.ts', 'src/contract/mesh-event.ts'],
     ['src/server/features.ts', 'src/server/billing/index.ts'],
     ['src/server/gateway.ts', 'src/server/fleet/sessions.ts'],
-    ['src/server/store/sqlite.ts', 'better-sqlite3'],
+    ['src/server/store/database.ts', 'better-sqlite3'],
     ['src/server/billing/store.ts', 'src/server/store/store.ts'],
     ['src/server/billing/routes.ts', 'src/server/billing/store.ts'],
     ['src/agent/features.ts', 'src/agent/mesh/index.ts'],
@@ -129,10 +129,10 @@ describe('the import rules catch violations', () => {
     };
     write('src/errors.ts', 'export class MeshlinkError extends Error {}\n');
     write('src/protocol/frame.ts', "import { MeshlinkError } from '../errors.js';\nimport pino from 'pino';\nexport const f = [MeshlinkError, pino];\n");
-    write('src/server/store/store.ts', "import type Database from 'better-sqlite3';\nexport type Db = Database.Database;\n");
+    write('src/server/store/database.ts', "import type Database from 'better-sqlite3';\nexport type Db = Database.Database;\n");
     // A feature folder nobody has told the rules about: it is found from the tree.
     write('src/server/billing/invoices.ts', "export { meshThing } from '../mesh/thing.js';\nexport const lazy = () => import('../../agent/runner.js');\n");
-    write('src/server/mesh/thing.ts', "import type { Db } from '../store/store.js';\nexport const meshThing = 1 as unknown as Db;\n");
+    write('src/server/mesh/thing.ts', "import type { Db } from '../store/database.js';\nexport const meshThing = 1 as unknown as Db;\n");
     write('src/agent/runner.ts', "export type Cfg = import('../server/config.js').Config;\nimport { nothing } from './missing.js';\nexport const r = nothing;\n");
     write('src/server/config.ts', 'export interface Config { a: number }\n');
 
