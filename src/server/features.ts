@@ -1,6 +1,7 @@
 import type { OfflineFeature, ServerFeature } from './feature.js';
 import { MIGRATIONS as CORE_MIGRATIONS, type Migration } from './store/migrations.js';
 import { Store } from './store/store.js';
+import type { ActiveEvents } from './store/database.js';
 import { observabilityFeature, observabilityOffline } from './observability/index.js';
 import { OBSERVABILITY_MIGRATIONS } from './observability/migrations.js';
 import { meshFeature, meshOffline } from './mesh/index.js';
@@ -27,6 +28,6 @@ export const SERVER_MIGRATIONS: readonly Migration[] = [...CORE_MIGRATIONS, ...M
  * Opens the server's store with every migration: the one way to open it outside the store's own
  * tests. `location`: the SQLite file's path, or a postgres:// URL.
  */
-export function openServerStore(location: string): Promise<Store> {
-  return Store.open(location, SERVER_MIGRATIONS);
+export function openServerStore(location: string, options: { active?: ActiveEvents } = {}): Promise<Store> {
+  return Store.open(location, SERVER_MIGRATIONS, options);
 }

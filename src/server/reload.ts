@@ -1,4 +1,5 @@
 import type { ServerConfig } from './config.js';
+import { redactUrl } from './store/location.js';
 
 /**
  * Live reload of the server's config (SIGHUP, docs/SERVER.md "Reload"). The config stays what
@@ -44,7 +45,9 @@ export function applyReloadable(running: ServerConfig, next: ServerConfig, targe
       (targets[key as keyof ReloadTargets] as (value: unknown) => void)(to);
       effective[key] = to;
     }
-    changes.push({ key, from: from ?? null, to: to ?? null, applied });
+    // A change is logged: a store URL may carry the database's password.
+    const shown = (v: unknown): unknown => (key === 'store' && typeof v === 'string' ? redactUrl(v) : (v ?? null));
+    changes.push({ key, from: shown(from), to: shown(to), applied });
   }
   return { config: Object.freeze(effective) as ServerConfig, changes };
 }

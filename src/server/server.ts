@@ -12,6 +12,7 @@ import { CaRing } from './ca-rotation.js';
 import { isLegacySealed } from './ca-key-crypto.js';
 import { openKeyFile } from './key-file.js';
 import { adminSocketPath, storeLocation, type ServerConfig } from './config.js';
+import { redactUrl } from './store/location.js';
 import { ConnectionRegistry } from './connections.js';
 import { EnrollmentService } from './enroll.js';
 import { createGateway, type Gateway, type GatewayLoad, type GatewayTimeouts } from './gateway.js';
@@ -94,22 +95,21 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
     // would differ, and the second replica could not read the CA the first sealed (docs/CLUSTER.md).
     throw new MeshlinkError('ML_ERR_CONFIG', 'a PostgreSQL store needs --key-file (or MESHLINK_KEY_FILE): the same server key file on every replica, created at the first start of the first one');
   }
-  const store = await openServerStore(storeLocation(config));
   // One active server per PostgreSQL store until replicas share the fleet (docs/CLUSTER.md): a second
-  // one stands by here, not listening, and takes over when the active one's database session ends.
+  // one stands by here, not listening and not migrating, and takes over when the active one's
+  // database session ends. Lost while this start is still under way, the start fails.
   let fatal: ((err: Error) => void) | null = null;
-  try {
-    await store.database.holdActive({
-      onWaiting: () => logger.info({ store: store.path }, 'another server is active on this store: standing by until it stops'),
+  let lostDuringStart: Error | null = null;
+  const store = await openServerStore(storeLocation(config), {
+    active: {
+      onWaiting: () => logger.info({ store: redactUrl(storeLocation(config)) }, 'another server is active on this store: standing by until it stops'),
       onLost: (err) => {
         logger.error({ err: err.message }, 'no longer the active server of this store: stopping');
-        fatal?.(err);
+        if (fatal) fatal(err);
+        else lostDuringStart = err;
       },
-    });
-  } catch (err) {
-    await store.close().catch(() => {});
-    throw err;
-  }
+    },
+  });
   let gateway: Gateway | undefined;
   const gatewayLoad = (): GatewayLoad => gateway?.load() ?? { awaitingFirstByte: 0, queued: 0, handshakesInFlight: 0 };
   let admin: HttpServer | undefined;
@@ -295,8 +295,12 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
     };
     fatal = (err) => {
       if (options.onFatal) options.onFatal(err);
-      else void running.close();
+      else running.close().catch((closeErr: unknown) => logger.error({ err: closeErr }, 'error during shutdown'));
     };
+    if (lostDuringStart) {
+      await running.close();
+      throw lostDuringStart;
+    }
     return running;
   } catch (err) {
     clearInterval(rotateTimer);

@@ -159,6 +159,9 @@ export class SessionHost extends EventEmitter<SessionHostEvents> implements Gate
         // The node's certificates issued before this one are revoked before the session opens, so the
         // revocation is committed before this session is admitted to the node's operations.
         await this.#deps.certificates?.sessionOpened(info.nodeId, info.certSerial);
+        // Checked again after the awaits: a session on a newer certificate may have opened meanwhile
+        // and revoked this one; opened anyway, it would replace (abort) the newer session.
+        if (this.#deps.revocations?.has(info.certSerial)) throw new MeshlinkError('ML_ERR_CERT_REVOKED', 'the client certificate was superseded');
         return welcome;
       },
     });
@@ -331,6 +334,7 @@ export class SessionHost extends EventEmitter<SessionHostEvents> implements Gate
    * the old socket's timeout) are left to end by themselves. (The revocation itself ran in onHello.)
    */
   #replaceOlderCertificates(entry: ConnectedAgent): void {
+    if (this.#deps.revocations?.has(entry.info.certSerial)) return; // superseded itself: it replaces nothing
     for (const other of this.#agents.get(entry.nodeId) ?? []) {
       if (other === entry || other.info.certSerial === entry.info.certSerial || !other.open) continue;
       this.#deps.logger.info({ nodeId: entry.nodeId, certSerial: other.info.certSerial, newSerial: entry.info.certSerial }, 'session replaced by one on a newer certificate');

@@ -25,6 +25,12 @@ export { isPostgresUrl, redactUrl };
 
 export type StoreDialect = 'sqlite' | 'postgres';
 
+/** What the active-server lock reports (StoreDatabase.holdActive). */
+export interface ActiveEvents {
+  onWaiting(): void;
+  onLost(err: Error): void;
+}
+
 /** Tables are typed by each store module (`db.withTables<...>()`); the shared handle is untyped. */
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 export type Queryable = Kysely<any>;
@@ -62,7 +68,7 @@ export interface StoreDatabase {
    * the lock is lost and cannot be had again (another server took it while the database was away):
    * the caller must stop serving.
    */
-  holdActive(events: { onWaiting(): void; onLost(err: Error): void }): Promise<void>;
+  holdActive(events: ActiveEvents): Promise<void>;
   close(): Promise<void>;
   /** The better-sqlite3 handle (SQLite only): backups, integrity checks, checkpoints. */
   readonly sqlite: SqliteDatabase.Database | null;
@@ -73,9 +79,16 @@ export interface StoreDatabase {
  * `migrations`. A store that has applied a version missing from the list fails with
  * ML_ERR_STORE_SCHEMA: it was written by a newer meshlink.
  */
-export async function openStoreDatabase(location: string, migrations: readonly Migration[]): Promise<StoreDatabase> {
+export async function openStoreDatabase(
+  location: string,
+  migrations: readonly Migration[],
+  options: { active?: ActiveEvents } = {},
+): Promise<StoreDatabase> {
   const opened = isPostgresUrl(location) ? await openPostgres(location) : openSqlite(location);
   try {
+    // A server becomes the active one before it migrates: a standby of a newer release must not change
+    // the schema under the active server of an older one (a rolling upgrade).
+    if (options.active) await opened.holdActive(options.active);
     await migrate(opened, migrations);
     return opened;
   } catch (err) {
@@ -161,6 +174,9 @@ function openSqlite(path: string): StoreDatabase {
     async close(): Promise<void> {
       if (closed) return;
       closed = true;
+      // Kysely's SQLite driver closes the handle without waiting for the connection: take it first,
+      // so that a transaction under way (a presence flush, a prune) commits before the close.
+      await db.connection().execute(async () => {});
       await db.destroy();
     },
   };
@@ -263,7 +279,7 @@ class ActiveLock {
     this.#url = url;
   }
 
-  async hold(events: { onWaiting(): void; onLost(err: Error): void }): Promise<void> {
+  async hold(events: ActiveEvents): Promise<void> {
     let waiting = false;
     for (;;) {
       if (this.#stopped) throw new MeshlinkError('ML_ERR_SHUTTING_DOWN', 'the server stopped while waiting for the store');
@@ -281,15 +297,28 @@ class ActiveLock {
   }
 
   /** One attempt on a fresh connection; the connection is kept only when it took the lock. */
-  async #tryOnce(events: { onLost(err: Error): void }): Promise<boolean> {
-    const client = new pg.Client({ connectionString: this.#url, application_name: 'meshlink-active', keepAlive: true, connectionTimeoutMillis: 10_000 });
+  async #tryOnce(events: Pick<ActiveEvents, 'onLost'>): Promise<boolean> {
+    const client = new pg.Client({
+      connectionString: this.#url,
+      application_name: 'meshlink-active',
+      // Both ends probe an idle connection, so that a host that vanished (power, network) ends its
+      // session, and with it the lock, in about 25 s instead of the system default of two hours.
+      keepAlive: true,
+      keepAliveInitialDelayMillis: 10_000,
+      options: '-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3',
+      connectionTimeoutMillis: 10_000,
+    });
     client.on('error', () => {}); // reported through 'end' below
-    await client.connect();
-    const r = await client.query<{ ok: boolean }>('SELECT pg_try_advisory_lock($1) AS ok', [String(ACTIVE_LOCK_KEY)]);
-    if (!r.rows[0]?.ok) {
-      await client.end().catch(() => {});
-      return false;
+    let locked = false;
+    try {
+      await client.connect();
+      const r = await client.query<{ ok: boolean }>('SELECT pg_try_advisory_lock($1) AS ok', [String(ACTIVE_LOCK_KEY)]);
+      locked = r.rows[0]?.ok === true;
+    } finally {
+      // Not locked, or released meanwhile (the server closing while this attempt ran): let it go.
+      if (!locked || this.#stopped) await client.end().catch(() => {});
     }
+    if (!locked || this.#stopped) return false;
     this.#client = client;
     client.once('end', () => {
       if (this.#client !== client || this.#stopped) return;
@@ -302,13 +331,13 @@ class ActiveLock {
     return true;
   }
 
-  #retake(events: { onLost(err: Error): void }): void {
+  #retake(events: Pick<ActiveEvents, 'onLost'>): void {
     this.#timer = setTimeout(() => {
       this.#timer = null;
       if (this.#stopped) return;
       this.#tryOnce(events).then(
         (ok) => {
-          if (!ok) events.onLost(new MeshlinkError('ML_ERR_STORE_UNAVAILABLE', 'another server became the active one of this store while the connection to it was lost'));
+          if (!ok && !this.#stopped) events.onLost(new MeshlinkError('ML_ERR_STORE_UNAVAILABLE', 'another server became the active one of this store while the connection to it was lost'));
         },
         () => this.#retake(events), // still away: try again
       );
@@ -343,6 +372,9 @@ async function migrate(store: StoreDatabase, migrations: readonly Migration[]): 
   }
   // One connection for the whole run: an advisory lock belongs to the session that took it.
   await store.db.connection().execute(async (conn) => {
+    // The pool's statement timeout is for requests: waiting for another server's migration, or a
+    // migration that rebuilds a large table, may take longer. RESET restores it for the pool.
+    await sql`SET statement_timeout = 0`.execute(conn);
     await sql`SELECT pg_advisory_lock(${MIGRATION_LOCK_KEY})`.execute(conn);
     try {
       await sql`CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT COLLATE "C" NOT NULL, applied_at BIGINT NOT NULL)`.execute(conn);
@@ -359,6 +391,7 @@ async function migrate(store: StoreDatabase, migrations: readonly Migration[]): 
       }
     } finally {
       await sql`SELECT pg_advisory_unlock(${MIGRATION_LOCK_KEY})`.execute(conn);
+      await sql`RESET statement_timeout`.execute(conn);
     }
   });
 }

@@ -1,7 +1,7 @@
 import { sql, type Kysely } from 'kysely';
 import type { Migration } from './migrations.js';
 import { MeshlinkError } from '../../errors.js';
-import { openStoreDatabase, type Queryable, type StoreDatabase, type StoreDialect } from './database.js';
+import { openStoreDatabase, type ActiveEvents, type Queryable, type StoreDatabase, type StoreDialect } from './database.js';
 
 /**
  * The core's tables (meta, CA, tokens, nodes, certificates), on either backend (database.ts). Every
@@ -153,9 +153,10 @@ export class Store {
    * applies the pending ones of `migrations`: the core's and every feature's list, which only the
    * composition root knows (openServerStore in ../features.ts). A store that has applied a version
    * missing from the list fails with ML_ERR_STORE_SCHEMA, so every opener must pass the whole list.
+   * `active`: become the store's one active server first (a PostgreSQL store; StoreDatabase.holdActive).
    */
-  static async open(location: string, migrations: readonly Migration[]): Promise<Store> {
-    return new Store(await openStoreDatabase(location, migrations));
+  static async open(location: string, migrations: readonly Migration[], options: { active?: ActiveEvents } = {}): Promise<Store> {
+    return new Store(await openStoreDatabase(location, migrations, options));
   }
 
   async close(): Promise<void> {
