@@ -35,6 +35,17 @@ describe('applyReloadable: the one place a reload swaps parts of a running serve
     expect(again.calls).toEqual([]);
   });
 
+  it('a changed store URL needs a restart, and its passwords are not in what is reported (the reload logs it)', () => {
+    const before = parseServerConfig({ dataDir: '/tmp/x', store: 'postgres://meshlink:old-secret@db1/meshlink' }, env);
+    const after = parseServerConfig({ dataDir: '/tmp/x', store: 'postgres://meshlink:new-secret@db2/meshlink?sslpassword=key-secret' }, env);
+    const { calls, targets } = recorder();
+    const { config, changes } = applyReloadable(before, after, targets);
+    expect(calls).toEqual([]);
+    expect(config.store).toBe(before.store);
+    expect(changes).toEqual([{ key: 'store', from: 'postgres://meshlink:***@db1/meshlink', to: 'postgres://meshlink:***@db2/meshlink?sslpassword=***', applied: false }]);
+    expect(JSON.stringify(changes)).not.toMatch(/secret/);
+  });
+
   it('nothing changed: nothing applied, nothing reported', () => {
     const { calls, targets } = recorder();
     expect(applyReloadable(base, parseServerConfig({ dataDir: '/tmp/x' }, env), targets).changes).toEqual([]);
