@@ -26,7 +26,7 @@ describe('POST /v1/enroll over real TLS', () => {
 
   it('enrolls with a node:crypto+forge CSR; the certificate is for our key, CN = node id, clientAuth', async () => {
     const { csrPem, keyPem } = await makeCsr('web-1');
-    const res = await enroll({ token: token(), csr: csrPem, agentVersion: '0.1.0' });
+    const res = await enroll({ token: await token(), csr: csrPem, agentVersion: '0.1.0' });
     expect(res.status).toBe(200);
     const body = res.json<{ nodeId: string; certificate: string; caCertificate: string; notAfter: string }>();
     expect(body.caCertificate).toBe(ts.server.caCertPem);
@@ -47,7 +47,7 @@ describe('POST /v1/enroll over real TLS', () => {
 
   it.skipIf(!HAVE_OPENSSL)('enrolls with a CSR from `openssl req`, and `openssl verify` accepts the issued certificate', async () => {
     const { csrPem } = await makeOpensslCsr('db-7');
-    const res = await enroll({ token: token(), csr: csrPem });
+    const res = await enroll({ token: await token(), csr: csrPem });
     expect(res.status).toBe(200);
     const body = res.json<{ nodeId: string; certificate: string; caCertificate: string }>();
     expect((await ts.server.store.getNode(body.nodeId))?.hostname).toBe('db-7');
@@ -56,7 +56,7 @@ describe('POST /v1/enroll over real TLS', () => {
 
   it.skipIf(!HAVE_OPENSSL)('accepts an EC P-256 CSR from openssl and issues for that key', async () => {
     const { csrPem } = await makeOpensslCsr('ec-1', ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256']);
-    const res = await enroll({ token: token(), csr: csrPem });
+    const res = await enroll({ token: await token(), csr: csrPem });
     expect(res.status).toBe(200);
     const cert = new X509Certificate(res.json<{ certificate: string }>().certificate);
     expect(cert.publicKey.asymmetricKeyType).toBe('ec');
@@ -64,7 +64,7 @@ describe('POST /v1/enroll over real TLS', () => {
   });
 
   it('a used token is refused with 401 the second time', async () => {
-    const t = token();
+    const t = await token();
     const first = await enroll({ token: t, csr: (await makeCsr('a')).csrPem });
     expect(first.status).toBe(200);
     const second = await enroll({ token: t, csr: (await makeCsr('b')).csrPem });
@@ -87,7 +87,7 @@ describe('POST /v1/enroll over real TLS', () => {
   });
 
   it('20 concurrent redemptions of one token: exactly one 200, nineteen 401, one node', async () => {
-    const t = token();
+    const t = await token();
     const csrs = await Promise.all(Array.from({ length: 20 }, (_, i) => makeCsr(`race-${i}`)));
     const before = (await ts.server.store.listLiveNodes()).length;
     const results = await Promise.all(csrs.map((c) => enroll({ token: t, csr: c.csrPem })));
@@ -104,7 +104,7 @@ describe('POST /v1/enroll over real TLS', () => {
     expect(at).toBeGreaterThan(0);
     der[at] = 'T'.charCodeAt(0); // change the subject, keep the structure valid
     const tampered = `-----BEGIN CERTIFICATE REQUEST-----\n${der.toString('base64')}\n-----END CERTIFICATE REQUEST-----\n`;
-    const t = token();
+    const t = await token();
     const res = await enroll({ token: t, csr: tampered });
     expect(res.status).toBe(400);
     expect(res.json()).toMatchObject({ code: 'ML_ERR_CSR_INVALID' });
@@ -114,7 +114,7 @@ describe('POST /v1/enroll over real TLS', () => {
 
   it.skipIf(!HAVE_OPENSSL)('an RSA-1024 CSR is refused with ML_ERR_CSR_KEY', async () => {
     const { csrPem } = await makeOpensslCsr('weak', ['-newkey', 'rsa:1024']);
-    const res = await enroll({ token: token(), csr: csrPem });
+    const res = await enroll({ token: await token(), csr: csrPem });
     expect(res.status).toBe(400);
     expect(res.json()).toMatchObject({ code: 'ML_ERR_CSR_KEY' });
   });
@@ -123,7 +123,7 @@ describe('POST /v1/enroll over real TLS', () => {
     const bad = await httpsRequest(`${ts.url}/v1/enroll`, { ca: ts.server.caCertPem, rawBody: '{nope' });
     expect(bad.status).toBe(400);
     expect(bad.json()).toMatchObject({ code: 'ML_ERR_BAD_REQUEST' });
-    const extra = await enroll({ token: token(), csr: 'x', admin: true });
+    const extra = await enroll({ token: await token(), csr: 'x', admin: true });
     expect(extra.status).toBe(400);
     const big = await httpsRequest(`${ts.url}/v1/enroll`, { ca: ts.server.caCertPem, rawBody: JSON.stringify({ token: 'x', csr: 'A'.repeat(70_000) }) });
     expect(big.status).toBe(413);
@@ -139,7 +139,7 @@ describe('POST /v1/enroll over real TLS', () => {
   });
 
   it('a re-enrollment token bound to a node id keeps the node id', async () => {
-    const first = await enroll({ token: token(), csr: (await makeCsr('keeper')).csrPem });
+    const first = await enroll({ token: await token(), csr: (await makeCsr('keeper')).csrPem });
     const nodeId = first.json<{ nodeId: string }>().nodeId;
     const { token: t } = await createEnrollmentToken(ts.server.store, { ttlMs: 60_000, nodeId });
     const again = await enroll({ token: t, csr: (await makeCsr('keeper')).csrPem });
