@@ -1,6 +1,6 @@
 import { beforeAll, describe, expect } from 'vitest';
 import { OBSERVABILITY_MIGRATIONS } from '../../src/server/observability/migrations.js';
-import { NodeSerial } from '../../src/server/observability/serial.js';
+import { NodeSerial } from '../../src/util/node-serial.js';
 import { ObservabilityStore, type RetentionLimits } from '../../src/server/observability/store.js';
 import { MIGRATIONS as CORE_MIGRATIONS } from '../../src/server/store/migrations.js';
 import { storeBackends } from '../helpers/store-backends.js';

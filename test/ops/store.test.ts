@@ -1,6 +1,6 @@
 import { beforeAll, describe, expect, it } from 'vitest';
 import { OPS_MIGRATIONS } from '../../src/server/ops/migrations.js';
-import { NodeSerial } from '../../src/server/ops/serial.js';
+import { NodeSerial } from '../../src/util/node-serial.js';
 import { OpsStore } from '../../src/server/ops/store.js';
 import { MIGRATIONS as CORE_MIGRATIONS } from '../../src/server/store/migrations.js';
 import { storeBackends } from '../helpers/store-backends.js';

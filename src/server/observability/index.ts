@@ -7,7 +7,7 @@ import type { Store } from '../store/store.js';
 import { TokenBuckets } from '../../util/token-bucket.js';
 import { AuditLog } from '../audit-log.js';
 import type { PresenceView } from '../presence.js';
-import { NodeSerial } from './serial.js';
+import { NodeSerial } from '../../util/node-serial.js';
 import { DEFAULT_RETENTION, ObservabilityStore, type RetentionLimits } from './store.js';
 
 /**

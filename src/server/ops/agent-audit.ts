@@ -2,7 +2,7 @@ import type { PayloadOf } from '../../protocol/registry.js';
 import type { Logger } from '../../util/logger.js';
 import { TokenBuckets } from '../../util/token-bucket.js';
 import type { AuditLog } from '../audit-log.js';
-import { NodeSerial } from './serial.js';
+import { NodeSerial } from '../../util/node-serial.js';
 
 /**
  * What agents report having done (`audit.batch`) goes into the core's audit log next to the

@@ -4,7 +4,7 @@ import { AgentAuditIntake, type AgentAuditLimits } from './agent-audit.js';
 import { opsStoreOf } from './store.js';
 import { registerLiveOpsRoutes, registerOpsAdminRoutes } from './admin-routes.js';
 import { RunningOperations } from './running.js';
-import { NodeSerial } from './serial.js';
+import { NodeSerial } from '../../util/node-serial.js';
 import { createOperations } from './operations.js';
 import { createTunnelServer } from './tunnel.js';
 import { OPS_STREAM_PATH } from '../../admin-api/tunnel.js';

@@ -1,16 +1,15 @@
 /**
- * Store writes of one node's messages, one after another in the order the messages arrived.
- *
- * Message handlers are synchronous; the store is async. On SQLite every query settles in a microtask,
- * so writes kept the arrival order anyway; on PostgreSQL each is a round trip on one of several pooled
- * connections, and two writes of one node started back to back could commit out of order (an
- * upgrade status `applied` overwritten by the `verified` before it, audit ids out of order). So each
- * node's writes form one promise chain. Per node rather than per session: a node renewing
- * make-before-break briefly has two sessions, and their messages are still one node's history.
+ * Work of one node (store writes of its messages), one task after another in the order the messages
+ * arrived. Over a store whose queries are round trips (PostgreSQL), two writes of one node started
+ * back to back could otherwise commit out of order (an upgrade status `applied` overwritten by the
+ * `verified` before it, the newest warnings listed before older ones). So each node's tasks form one
+ * promise chain; per node rather than per session, since a node renewing make-before-break briefly
+ * has two sessions, and their messages are still one node's history. Used by the ops and
+ * observability features (which may not import each other).
  *
  * A chain holds at most `maxPending` tasks: the handlers that queue here are rate-limited before they
- * queue (audit.batch) or send a handful per upgrade (agent.upgrade.status), so a full chain means a
- * node flooding faster than the store writes, and its task is refused rather than held in memory.
+ * queue, so a full chain means a node flooding faster than the store writes, and its task is refused
+ * rather than held in memory.
  */
 export class NodeSerial {
   readonly #chains = new Map<string, { tail: Promise<void>; pending: number }>();
