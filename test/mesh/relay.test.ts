@@ -67,18 +67,41 @@ async function sendSettled(r: UdpRelay, from: Peer, port: number, packet: Buffer
 }
 const settled = (r: UdpRelay) => r.counters.relayedPackets + Object.values(r.counters.dropped).reduce((a, b) => a + b, 0);
 
-/** A pair with both ports latched: A at 127.0.0.1, B at 127.0.0.2. */
+/** Handshake and transport messages with the indices the relay reads (the rest random, as ciphertext is). */
+function initiation(sender: number): Buffer {
+  const p = wg(1);
+  p.writeUInt32LE(sender, 4);
+  return p;
+}
+function response(sender: number, receiver: number): Buffer {
+  const p = wg(2);
+  p.writeUInt32LE(sender, 4);
+  p.writeUInt32LE(receiver, 8);
+  return p;
+}
+function transport(receiver: number, length = 160): Buffer {
+  const p = wg(4, length);
+  p.writeUInt32LE(receiver, 4);
+  return p;
+}
+
+/**
+ * A pair with both ports latched: A at 127.0.0.1, B at 127.0.0.2. A's latch is confirmed (B's
+ * response answers A's initiation, index 0x0a); B's is not yet (nothing from A has named 0x0b).
+ */
 async function latchedPair(r: UdpRelay) {
   const a = await peer('127.0.0.1');
   const b = await peer('127.0.0.2');
   const alloc = await r.allocate({ a: { nodeId: 'node-a', ips: ['127.0.0.1'] }, b: { nodeId: 'node-b', ips: ['127.0.0.2'] } });
   // A's initiation latches A's port; B's is not latched yet, so it goes nowhere (WireGuard retries).
-  await sendSettled(r, a, alloc.a.port, wg(1));
+  await sendSettled(r, a, alloc.a.port, initiation(0x0a));
   expect(r.counters.dropped.peer_not_latched).toBe(1);
-  const response = wg(2);
-  await sendSettled(r, b, alloc.b.port, response);
+  expect(r.get('node-a', 'node-b')!.a).toMatchObject({ latched: { port: a.port }, confirmed: false });
+  const answer = response(0x0b, 0x0a);
+  await sendSettled(r, b, alloc.b.port, answer);
   await until('the response at A', () => a.inbox.length === 1);
-  expect(a.inbox[0]).toEqual(response);
+  expect(a.inbox[0]).toEqual(answer);
+  expect(r.get('node-a', 'node-b')).toMatchObject({ a: { confirmed: true }, b: { latched: { port: b.port }, confirmed: false } });
   return { a, b, alloc };
 }
 
@@ -136,10 +159,10 @@ describe('UdpRelay', () => {
     await sendSettled(r, b, alloc.a.port, wg(1));
     expect(r.get('node-a', 'node-b')!.a.latched).toBeNull();
     expect(r.counters.dropped).toMatchObject({ wrong_source: 2, not_latched: 1 });
-    await sendSettled(r, a, alloc.a.port, wg(1));
-    await sendSettled(r, b, alloc.b.port, wg(2));
+    await sendSettled(r, a, alloc.a.port, initiation(1));
+    await sendSettled(r, b, alloc.b.port, response(2, 1));
     await until('the response at A', () => a.inbox.length === 1);
-    // After latching: the stranger, the member's IP from another port, and non-WireGuard bytes are dropped.
+    // After latching (and B's answer confirmed A's latch): the stranger, the member's IP from another port, and non-WireGuard bytes are dropped.
     const otherPortOfA = await peer('127.0.0.1');
     await sendSettled(r, stranger, alloc.a.port, wg(4));
     await sendSettled(r, stranger, alloc.b.port, wg(2));
@@ -219,16 +242,6 @@ describe('UdpRelay', () => {
     const { a, b, alloc } = await latchedPair(r);
     // A's NAT rebinds: A's WireGuard now sends from another port of the same IP.
     const moved = await peer('127.0.0.1');
-    const initiation = (index: number): Buffer => {
-      const p = wg(1);
-      p.writeUInt32LE(index, 4);
-      return p;
-    };
-    const response = (receiver: number): Buffer => {
-      const p = wg(2);
-      p.writeUInt32LE(receiver, 8);
-      return p;
-    };
     // Too early: the latched source spoke less than 10 s ago.
     clock.now += 9_999;
     await sendSettled(r, moved, alloc.a.port, initiation(7));
@@ -247,11 +260,11 @@ describe('UdpRelay', () => {
     const stranger = await peer('127.0.0.3');
     await sendSettled(r, stranger, alloc.a.port, initiation(9));
     expect(r.counters.dropped.wrong_source).toBe(3);
-    await sendSettled(r, b, alloc.b.port, response(8));
+    await sendSettled(r, b, alloc.b.port, response(0x0c, 8));
     await until('the unmatched response at the old source', () => a.inbox.length === 2);
     expect(r.get('node-a', 'node-b')!.a.latched!.port).toBe(a.port);
     // B's WireGuard answers the candidate's initiation: the latch moves and the answer goes there.
-    const answer = response(7);
+    const answer = response(0x0d, 7);
     await sendSettled(r, b, alloc.b.port, answer);
     await until('the response at the new source', () => moved.inbox.length === 1);
     expect(moved.inbox[0]).toEqual(answer);
@@ -289,6 +302,72 @@ describe('UdpRelay', () => {
     await sendSettled(r, b, alloc.b.port, answer);
     expect(r.get('node-a', 'node-b')!.a).toMatchObject({ latched: { port: a.port }, relatched: 0 });
     expect(other.inbox).toEqual([]);
+  });
+
+  it('keeps a first latch unconfirmed until the peer names one of its indices: a squatter behind the member\'s NAT loses the port to the member at once', async () => {
+    const { relay: r } = relay({ relatchAfterMs: 10_000 });
+    const alloc = await r.allocate({ a: { nodeId: 'node-a', ips: ['127.0.0.1'] }, b: { nodeId: 'node-b', ips: ['127.0.0.2'] } });
+    // Another host behind A's NAT (A's IP, another port) sends the first initiation and takes A's port.
+    const squatter = await peer('127.0.0.1');
+    const a = await peer('127.0.0.1');
+    const b = await peer('127.0.0.2');
+    await sendSettled(r, squatter, alloc.a.port, initiation(0x51));
+    expect(r.get('node-a', 'node-b')!.a).toMatchObject({ latched: { port: squatter.port }, confirmed: false });
+    // B's real initiation latches B's port and reaches the squatter, which learns B's index and answers
+    // with junk naming it: that confirms B (B's latch is B's own), never the squatter's latch.
+    await sendSettled(r, b, alloc.b.port, initiation(0x61));
+    await until('B\'s initiation at the squatter', () => squatter.inbox.length === 1);
+    await sendSettled(r, squatter, alloc.a.port, response(0x52, 0x61));
+    expect(r.get('node-a', 'node-b')).toMatchObject({ a: { confirmed: false }, b: { confirmed: true } });
+    // B's WireGuard cannot decrypt the junk, so it never names 0x51 or 0x52; a cookie reply naming one
+    // (it answers any initiation with a valid MAC1) and transport data naming another confirm nothing.
+    const cookie = wg(3);
+    cookie.writeUInt32LE(0x51, 4);
+    await sendSettled(r, b, alloc.b.port, cookie);
+    await sendSettled(r, b, alloc.b.port, transport(0x99));
+    expect(r.get('node-a', 'node-b')!.a.confirmed).toBe(false);
+    // The member's own initiation, while the squatter keeps the latch fresh with junk: against an
+    // unconfirmed latch it is a candidate at once (no 10 s of silence), and the junk does not void it.
+    const fromA = initiation(0x0a);
+    await sendSettled(r, a, alloc.a.port, fromA);
+    await until('A\'s initiation at B', () => b.inbox.length === 2);
+    expect(b.inbox[1]).toEqual(fromA);
+    const junk = [transport(0x62), initiation(0x53)];
+    for (const p of junk) await sendSettled(r, squatter, alloc.a.port, p);
+    // B answers A: the candidate takes the port, confirmed, and the answer goes to A.
+    const answer = response(0x0b, 0x0a);
+    await sendSettled(r, b, alloc.b.port, answer);
+    await until('B\'s answer at A', () => a.inbox.length === 1);
+    expect(a.inbox[0]).toEqual(answer);
+    expect(r.get('node-a', 'node-b')!.a).toMatchObject({ latched: { address: '127.0.0.1', port: a.port }, confirmed: true, relatched: 1 });
+    // Now the squatter is a stranger: its initiation is no candidate (A spoke just now) and its data is dropped.
+    const dropped = r.counters.dropped.wrong_source;
+    await sendSettled(r, squatter, alloc.a.port, initiation(0x54));
+    await sendSettled(r, squatter, alloc.a.port, transport(0x0b));
+    expect(r.counters.dropped.wrong_source).toBe(dropped + 2);
+    const fromAData = transport(0x0b);
+    await send(a, alloc.a.port, fromAData);
+    await until('A\'s data at B', () => b.inbox.length === 5);
+    // What B got: the squatter's junk while it held the port (WireGuard drops it), then only A's traffic.
+    expect(b.inbox.slice(1)).toEqual([fromA, ...junk, fromAData]);
+  });
+
+  it('confirms a latch made by a handshake response when the peer\'s data names the response\'s index', async () => {
+    const { relay: r } = relay();
+    const alloc = await r.allocate({ a: { nodeId: 'node-a', ips: ['127.0.0.1'] }, b: { nodeId: 'node-b', ips: ['127.0.0.2'] } });
+    const a = await peer('127.0.0.1');
+    const b = await peer('127.0.0.2');
+    // B initiates first (dropped: A's port is not latched); then A's WireGuard answers B's retry.
+    await sendSettled(r, b, alloc.b.port, initiation(0x21));
+    await sendSettled(r, a, alloc.a.port, response(0x31, 0x21));
+    await until('A\'s response at B', () => b.inbox.length === 1);
+    expect(r.get('node-a', 'node-b')).toMatchObject({ a: { latched: { port: a.port }, confirmed: false }, b: { confirmed: true } });
+    // B's first data names the index of A's response: A's latch is confirmed.
+    await sendSettled(r, b, alloc.b.port, transport(0x77));
+    expect(r.get('node-a', 'node-b')!.a.confirmed).toBe(false);
+    await sendSettled(r, b, alloc.b.port, transport(0x31, 32));
+    await until('B\'s data at A', () => a.inbox.length === 2);
+    expect(r.get('node-a', 'node-b')!.a).toMatchObject({ latched: { port: a.port }, confirmed: true, relatched: 0 });
   });
 
   it('on a dual-stack :: socket, forwards to IPv4 members in the socket\'s own form and shows them plain', async () => {

@@ -49,6 +49,22 @@ import { zodErrorText } from '../../util/zod-error.js';
  * member's private key gets no matching response; one who sees the member's packets on the path
  * could copy an index, but could drop or redirect them anyway.
  *
+ * Confirmation (the first latch). The first handshake from a member's IP latches its port at once,
+ * because the peer can only answer a source the relay forwards to; but such a latch is *unconfirmed*:
+ * another host behind the member's NAT could have sent it first, and keep it fresh with junk. The
+ * relay keeps the sender indices (bytes 4..7) of the handshakes the unconfirmed source sent (at most
+ * 4), and the latch becomes confirmed when the peer proves it took one of them:
+ *   - a handshake response whose receiver index (bytes 8..11) is one of them (the peer answered the
+ *     source's initiation), or
+ *   - a transport packet whose receiver index (bytes 4..7) is one of them (the peer completed the
+ *     handshake the source answered: the initiator's first data carries the responder's index).
+ * Both need the peer's WireGuard to have decrypted the source's handshake, so junk never confirms.
+ * While a latch is unconfirmed, rule 1 above does not apply: an initiation from another port of the
+ * member's IPs is a candidate at once, and the latched source's traffic does not void candidates;
+ * a confirmed candidate replaces the unconfirmed latch, and is confirmed itself. Cookie replies
+ * (type 3) confirm nothing: a cookie reply answers any initiation with a valid MAC1, which needs only
+ * the peer's public key.
+ *
  * Addresses keep the form the socket reported them in for sending (a dual-stack `::` socket reports
  * and needs `::ffff:192.0.2.1`); comparisons and what `list()` shows use the plain form (192.0.2.1).
  *
@@ -85,6 +101,8 @@ export type RelayDropReason = (typeof RELAY_DROP_REASONS)[number];
 
 /** Candidates for re-latching kept per port (see above), and how long each waits for its response. */
 const MAX_CANDIDATES = 4;
+/** Sender indices of an unconfirmed latch's handshakes kept for its confirmation (see "Confirmation"). */
+const MAX_OFFERED = 4;
 const CANDIDATE_TTL_MS = 10_000;
 
 const ipSchema = z.string().refine((v) => isIP(v) !== 0, 'an IP address');
@@ -129,6 +147,8 @@ export interface RelayMember {
   port: number;
   /** The latched source (plain form), once a handshake came from it. */
   latched: { address: string; port: number } | null;
+  /** Whether the peer's WireGuard has vouched for the latched source (see "Confirmation"). */
+  confirmed: boolean;
   /** How often the latch moved to a new source (a NAT rebinding, see "Re-latching"). */
   relatched: number;
 }
@@ -170,6 +190,8 @@ interface Side {
   heardAt: number;
   /** Re-latch candidates by the sender index of their initiation. */
   candidates: Map<number, Source & { at: number }>;
+  /** While the latch is unconfirmed: the sender indices of the latched source's handshakes, oldest first. */
+  offered: number[];
 }
 
 class Allocation {
@@ -272,7 +294,7 @@ export class UdpRelay {
     }
     const [sa, sb] = sockets;
     const now = this.#o.now();
-    const side = (nodeId: string, ips: string[], socket: Socket): Side => ({ member: { nodeId, ips: ipsOf(ips), port: socket.address().port, latched: null, relatched: 0 }, socket, target: null, heardAt: now, candidates: new Map() });
+    const side = (nodeId: string, ips: string[], socket: Socket): Side => ({ member: { nodeId, ips: ipsOf(ips), port: socket.address().port, latched: null, confirmed: false, relatched: 0 }, socket, target: null, heardAt: now, candidates: new Map(), offered: [] });
     // Random ids: agents keep the sessions they were assigned across a server restart, so a counter
     // starting again at 1 would name a new session like an old one.
     const allocation = new Allocation(`r${randomBytes(9).toString('base64url')}`, [side(a.nodeId, a.ips, sa), side(b.nodeId, b.ips, sb)], now);
@@ -396,9 +418,10 @@ export class UdpRelay {
     // case costs two comparisons, no normalisation.
     if (latched) {
       if (from.port !== latched.port || from.address !== latched.address) {
-        // Another source: only a handshake initiation from the member's IPs after the latched source
-        // went silent, and only as a candidate (see "Re-latching").
-        if (!here.member.ips.includes(normalizeIp(from.address)) || wgMessageType(packet) !== WgMessageType.initiation || now - here.heardAt < this.#o.relatchAfterMs) return this.#drop('wrong_source');
+        // Another source: only a handshake initiation from the member's IPs, and only as a candidate;
+        // against a confirmed latch, only after the latched source went silent (see "Re-latching").
+        const silent = !here.member.confirmed || now - here.heardAt >= this.#o.relatchAfterMs;
+        if (!here.member.ips.includes(normalizeIp(from.address)) || wgMessageType(packet) !== WgMessageType.initiation || !silent) return this.#drop('wrong_source');
         candidate = true;
       }
     } else if (!here.member.ips.includes(normalizeIp(from.address))) {
@@ -409,24 +432,39 @@ export class UdpRelay {
     if (now - allocation.lastActiveAt >= this.#o.idleMs) return this.#drop('expired');
     if (!latched) {
       if (type !== WgMessageType.initiation && type !== WgMessageType.response) return this.#drop('not_latched');
-      this.#latch(allocation, here, from, now);
+      this.#latch(allocation, here, from, now, false);
+      here.offered.push(packet.readUInt32LE(4));
     } else if (candidate) {
       if (here.candidates.size >= MAX_CANDIDATES) here.candidates.delete(here.candidates.keys().next().value!);
       here.candidates.set(packet.readUInt32LE(4), { address: from.address, port: from.port, at: now });
     } else {
       here.heardAt = now;
-      // The latched source is alive: no candidate may take its place on a response meant for it.
-      here.candidates.clear();
+      if (here.member.confirmed) {
+        // The confirmed source is alive: no candidate may take its place on a response meant for it.
+        here.candidates.clear();
+      } else if (type === WgMessageType.initiation || type === WgMessageType.response) {
+        if (here.offered.length >= MAX_OFFERED) here.offered.shift();
+        here.offered.push(packet.readUInt32LE(4));
+      }
     }
-    // A response that answers a candidate's initiation: the peer's WireGuard vouched for it.
+    // The peer's WireGuard vouches for a source of this member's port by naming its index.
     if (type === WgMessageType.response && there.candidates.size > 0) {
+      // A response that answers a candidate's initiation: the candidate takes the port.
       const confirmed = there.candidates.get(packet.readUInt32LE(8));
       if (confirmed && now - confirmed.at < CANDIDATE_TTL_MS) {
         const old = there.member.latched;
-        this.#latch(allocation, there, confirmed, now);
+        this.#latch(allocation, there, confirmed, now, true);
         there.member.relatched++;
         this.counters.relatched++;
         this.#log.info({ allocation: allocation.id, node: there.member.nodeId, from: old, to: there.member.latched }, 'relay port re-latched (a handshake answered from a new source)');
+      }
+    }
+    if (!there.member.confirmed && there.target && (type === WgMessageType.response || type === WgMessageType.transport)) {
+      // A response answering the latched source's initiation, or data completing a handshake it answered.
+      if (there.offered.includes(packet.readUInt32LE(type === WgMessageType.response ? 8 : 4))) {
+        there.member.confirmed = true;
+        there.offered = [];
+        this.#log.info({ allocation: allocation.id, node: there.member.nodeId, port: there.target.port }, 'relay port latch confirmed by the peer');
       }
     }
     const target = there.target;
@@ -442,13 +480,15 @@ export class UdpRelay {
     there.socket.send(packet, target.port, target.address);
   }
 
-  #latch(allocation: Allocation, side: Side, source: Source, now: number): void {
+  #latch(allocation: Allocation, side: Side, source: Source, now: number, confirmed: boolean): void {
     const first = side.member.latched === null;
     side.target = { address: source.address, port: source.port };
     side.member.latched = { address: normalizeIp(source.address), port: source.port };
+    side.member.confirmed = confirmed;
     side.heardAt = now;
     side.candidates.clear();
-    if (first) this.#log.info({ allocation: allocation.id, node: side.member.nodeId, port: source.port }, 'relay port latched');
+    side.offered = [];
+    if (first) this.#log.info({ allocation: allocation.id, node: side.member.nodeId, port: source.port }, 'relay port latched (unconfirmed until the peer answers)');
   }
 
   #info(a: Allocation): RelayAllocationInfo {
