@@ -341,14 +341,42 @@ describe('MeshService paths (NAT reports in hello)', () => {
     expect(mesh.relayPairs()).toEqual([{ pairId: `${x}\u0000${y}`, a: x, b: y }]);
     expect(mesh.pairPaths().direct).toBe(2);
     expect(mesh.nodeInfo(b)!.nat).toEqual({ mapping: 'endpoint-dependent', reflexive: '203.0.113.2:40000' });
+    // The pairs are computed once per change that can move a path (O(pairs): not on every connect).
+    // A reconnect with the same mapping (a new reflexive port) reuses them; a changed mapping does not.
+    const cached = mesh.relayPairs();
+    await mesh.agentOpened(b, hello(2, { mapping: 'endpoint-dependent', reflexive: '203.0.113.2:40001' }), '127.0.0.1');
+    expect(mesh.relayPairs()).toBe(cached);
+    await mesh.agentOpened(c, hello(3, { mapping: 'unknown', reflexive: null }), '127.0.0.1');
+    expect(mesh.relayPairs()).not.toBe(cached);
+    // `unknown` cannot be reached at a port it announced: both of c's pairs join the relay ones.
+    expect(mesh.relayPairs()).toHaveLength(3);
+    await mesh.agentOpened(c, hello(3, { mapping: 'none', reflexive: null }), '127.0.0.1');
 
     // The store keeps reports and told paths: a restart has nothing new to send.
     const seqs = [a, b, c].map((id) => mesh.nodeInfo(id)!.lastSeq);
     const reopened = await MeshService.open(await t.reopen(), silent, { sealing: t.sealing });
-    expect(reopened.nodeInfo(b)!.nat).toEqual({ mapping: 'endpoint-dependent', reflexive: '203.0.113.2:40000' });
+    expect(reopened.nodeInfo(b)!.nat).toEqual({ mapping: 'endpoint-dependent', reflexive: '203.0.113.2:40001' });
     expect([a, b, c].map((id) => reopened.nodeInfo(id)!.lastSeq)).toEqual(seqs);
     expect(reopened.relayPairs()).toEqual([{ pairId: `${x}\u0000${y}`, a: x, b: y }]);
     await reopened.close();
+  });
+
+  it('a relay port may latch from the observed control source and a reported reflexive host, never a special address', async () => {
+    const { mesh, a } = await setup();
+    const hello = (reflexive: string | null) => ({ versions: [1], agentVersion: 't', wgPublicKey: wgKey(1), endpoints: ['192.0.2.1:51820'], nat: { mapping: 'endpoint-dependent' as const, reflexive } });
+    await mesh.agentOpened(a, hello('203.0.113.9:40000'), '198.51.100.7');
+    expect(mesh.observedIps(a)).toEqual(['198.51.100.7', '203.0.113.9']);
+    await mesh.agentOpened(a, hello('[2001:db8::9]:40000'), '198.51.100.7');
+    expect(mesh.observedIps(a)).toEqual(['198.51.100.7', '2001:db8::9']);
+    // What the node says a STUN server saw is its own claim: the server's loopback, an unspecified,
+    // multicast or link-local address would open its relay port to what no NAT shows.
+    for (const reflexive of ['127.0.0.1:40000', '0.0.0.0:1', '[::1]:40000', '[::ffff:127.0.0.1]:2', '224.0.0.1:5', '[fe80::1]:7', '169.254.1.1:9']) {
+      await mesh.agentOpened(a, hello(reflexive), '198.51.100.7');
+      expect(mesh.observedIps(a), reflexive).toEqual(['198.51.100.7']);
+    }
+    // The server's own observation counts even on loopback (tests, demos).
+    await mesh.agentOpened(a, hello(null), '127.0.0.1');
+    expect(mesh.observedIps(a)).toEqual(['127.0.0.1']);
   });
 
   it('a NAT report its peers would reject is refused before anything is stored', async () => {

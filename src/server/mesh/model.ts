@@ -38,6 +38,11 @@ export class MeshModel implements MeshInputs {
   readonly psks = new Map<string, Buffer>();
   /** Recomputed from tags and policy by a full recompute (`permit`). */
   permitted = new Map<string, Set<string>>();
+  /**
+   * Bumped by every change that can change a pair's path (path.ts): the permitted pairs, a node
+   * joining or leaving, a key appearing or going, a NAT mapping class. What caches of paths key on.
+   */
+  #pathsVersion = 0;
   /** Which live node holds each WireGuard key: a key belongs to at most one (docs/MESH.md). */
   readonly #keyOwners = new Map<string, string>();
   readonly #db: MeshStore;
@@ -54,6 +59,10 @@ export class MeshModel implements MeshInputs {
 
   get cidr(): string {
     return this.#range.cidr;
+  }
+
+  get pathsVersion(): number {
+    return this.#pathsVersion;
   }
 
   /** Loads nodes, their announced views and the PSKs from the store. */
@@ -112,11 +121,13 @@ export class MeshModel implements MeshInputs {
   /** Who may talk to whom under `policy`, from the nodes' current tags (O(n²) for a full mesh). */
   permit(policy: Policy | null): void {
     this.permitted = permittedPeers([...this.nodes.values()], policy);
+    this.#pathsVersion++;
   }
 
   /** Adds the permitted pairs of nodes that joined since the last `permit` (policy.ts addJoinedPeers). */
   permitJoined(policy: Policy | null, joined: ReadonlySet<string>): void {
     addJoinedPeers(this.permitted, [...this.nodes.values()], policy, joined);
+    this.#pathsVersion++;
   }
 
   /**
@@ -182,6 +193,7 @@ export class MeshModel implements MeshInputs {
 
   #add(node: ModelNode): void {
     this.#forget(node.id);
+    this.#pathsVersion++;
     this.nodes.set(node.id, node);
     // mesh_nodes has a unique index on the key (mesh migration 110): no two loaded rows share one.
     if (node.publicKey !== null) this.#keyOwners.set(node.publicKey, node.id);
@@ -190,7 +202,7 @@ export class MeshModel implements MeshInputs {
   #forget(id: string): void {
     const old = this.nodes.get(id);
     if (old?.publicKey && this.#keyOwners.get(old.publicKey) === id) this.#keyOwners.delete(old.publicKey);
-    this.nodes.delete(id);
+    if (this.nodes.delete(id)) this.#pathsVersion++;
   }
 
   /**
@@ -204,6 +216,7 @@ export class MeshModel implements MeshInputs {
     if (owner !== undefined && owner !== node.id) throw new MeshlinkError('ML_ERR_MESH_KEY_IN_USE', `node ${node.id} reported the WireGuard key of node ${owner}`);
     if (node.publicKey !== null && this.#keyOwners.get(node.publicKey) === node.id) this.#keyOwners.delete(node.publicKey);
     if (publicKey !== null) this.#keyOwners.set(publicKey, node.id);
+    if ((node.publicKey === null) !== (publicKey === null) || (node.nat?.mapping ?? null) !== (nat?.mapping ?? null)) this.#pathsVersion++;
     node.publicKey = publicKey;
     node.endpoints = [...endpoints];
     node.observedAddr = observedAddr;

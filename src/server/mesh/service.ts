@@ -22,6 +22,7 @@ import type { SealingSecret } from '../ca-key-crypto.js';
 import { generateSigningKey, signBytes, signingKeyFromPkcs8, type SigningKey } from './signer.js';
 
 import { TokenBuckets } from '../../util/token-bucket.js';
+import { isHostAddress } from '../../util/public-ip.js';
 import { z } from 'zod';
 
 export type { DeliverySessions } from './delivery.js';
@@ -156,6 +157,8 @@ export class MeshService {
   /** Relay sessions in force by id (persisted in SETTING_RELAY_SESSIONS with their events). */
   #relayHeld = new Map<string, HeldRelaySession>();
   readonly #recomputed = new Set<() => void>();
+  /** pairPaths() as of the model's pathsVersion. */
+  #pairPaths: { version: number; direct: number; relay: readonly RelayPair[] } | null = null;
   #closed = false;
 
   private constructor(db: MeshStore, box: SecretBox, range: MeshRange, signing: SigningKey[], logger: Logger, options: MeshOptions, stored: StoredSettings) {
@@ -790,15 +793,22 @@ export class MeshService {
 
   /**
    * The permitted pairs of keyed nodes by path (path.ts): how many are direct, and the relay ones.
-   * The relay allocator's input (`relayPairs`) and the `meshlink_mesh_pairs` gauge; O(permitted pairs).
+   * The relay allocator's input (`relayPairs`, run on every connect and close) and the
+   * `meshlink_mesh_pairs` gauge. Computing it is O(permitted pairs), about a second at 3,000 nodes
+   * in a full mesh, so it is cached until the model changes something a path depends on.
    */
-  pairPaths(): { direct: number; relay: RelayPair[] } {
-    const nodes = this.#model.nodes;
-    return pairsByPath(this.#model.permitted, (id) => nodes.get(id)?.nat ?? null, (id) => Boolean(nodes.get(id)?.publicKey));
+  pairPaths(): { direct: number; relay: readonly RelayPair[] } {
+    const version = this.#model.pathsVersion;
+    if (this.#pairPaths?.version !== version) {
+      const nodes = this.#model.nodes;
+      const paths = pairsByPath(this.#model.permitted, (id) => nodes.get(id)?.nat ?? null, (id) => Boolean(nodes.get(id)?.publicKey));
+      this.#pairPaths = { version, direct: paths.direct, relay: Object.freeze(paths.relay) };
+    }
+    return this.#pairPaths;
   }
 
   /** The pairs whose path is `relay`, in pair-id order: what a relay must hold an allocation for. */
-  relayPairs(): RelayPair[] {
+  relayPairs(): readonly RelayPair[] {
     return this.pairPaths().relay;
   }
 
@@ -806,15 +816,23 @@ export class MeshService {
    * The addresses the server observed for a node, the IPs its relay port may latch from: the source of
    * its control connection and the host of its STUN reflexive endpoint (one NAT usually shows both;
    * a NAT that pools addresses may not). Empty when neither is known.
+   *
+   * The control connection's source is the server's own observation and always counts (on loopback,
+   * in tests and demos, it is 127.0.0.1). The reflexive host is what the node *says* a STUN server
+   * saw: it counts only when it is an address another host could send from, so a node cannot open
+   * its relay port to the server's own loopback or to a multicast or unspecified address.
    */
   observedIps(nodeId: string): string[] {
     const node = this.#model.nodes.get(nodeId);
     if (!node) return [];
     const ips: string[] = [];
-    if (node.observedAddr) ips.push(node.observedAddr);
+    if (node.observedAddr && isIP(node.observedAddr) !== 0) ips.push(node.observedAddr);
     const reflexive = node.nat?.reflexive;
-    if (reflexive) ips.push(reflexive.slice(0, reflexive.lastIndexOf(':')).replace(/^\[(.*)\]$/, '$1'));
-    return [...new Set(ips)].filter((ip) => isIP(ip) !== 0);
+    if (reflexive) {
+      const host = reflexive.slice(0, reflexive.lastIndexOf(':')).replace(/^\[(.*)\]$/, '$1');
+      if (isHostAddress(host)) ips.push(host);
+    }
+    return [...new Set(ips)];
   }
 
   feed(after: number, nodeId: string | null, limit = 500): Promise<FeedEntry[]> {
