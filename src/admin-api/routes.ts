@@ -296,7 +296,8 @@ export const showPeers = defineRoute({
   input: z.object({ node: nodeRef }).strict(),
   output: z.object({
     nodeId: z.string(),
-    peers: z.array(z.object({ nodeId: z.string(), hostname: z.string().nullable(), meshIp: z.string(), endpoints: z.array(z.string()) })),
+    // path: what the server told the node for the pair (null: told before paths existed).
+    peers: z.array(z.object({ nodeId: z.string(), hostname: z.string().nullable(), meshIp: z.string(), endpoints: z.array(z.string()), path: z.enum(['direct', 'relay']).nullable() })),
   }),
   offline: true,
 });

@@ -3,6 +3,8 @@ import type WebSocket from 'ws';
 import { decodeFrame, type DecodedMessage } from '../../src/protocol/codec.js';
 import { FrameDecoder } from '../../src/protocol/decoder.js';
 import type { InputOf } from '../../src/protocol/registry.js';
+import { AdminClient } from '../../src/admin-api/client.js';
+import * as api from '../../src/admin-api/routes.js';
 import { cli } from '../e2e/harness.js';
 import { frame } from '../helpers/raw-agent.js';
 import { dialConnect, enrollNode, startTestServer, type TestServer } from '../server/helpers.js';
@@ -193,6 +195,12 @@ describe('path choice through the real server', () => {
     expect(r.stdout).toMatch(/hard\s+relay\s+203\.0\.113\.50:\d+/);
     expect(r.stdout).toMatch(/easy2\s+direct\s+198\.51\.100\.30:51820/);
   }, 240_000);
+
+  it('mesh/peers (the console\'s peers table) gives the path the server told the node for each peer', async () => {
+    const told = await new AdminClient(ts.server.adminSocketPath).call(api.showPeers, { node: 'easy1' });
+    const byName = new Map(told.peers.map((p) => [p.hostname, p.path]));
+    expect(Object.fromEntries(byName)).toEqual({ hard: 'relay', easy2: 'direct', public: 'direct' });
+  }, 60_000);
 
   it('a node whose next hello reports another class moves its pairs', async () => {
     expect((await connect(nodes.easy2!, { mapping: 'endpoint-dependent', reflexive: '198.51.100.30:50000' })).welcome).toBe(true);

@@ -48,7 +48,7 @@ export function registerMeshAdminRoutes(routes: AdminRoutes, deps: { store: Stor
     const resolved = await resolveNode(store, node);
     const announced = await new MeshStore(store.database).announcedPeersOf(resolved.id);
     const hostnames = await hostnamesOf(store, announced.map((p) => p.peerId));
-    const peers = announced.map((p) => ({ nodeId: p.peerId, hostname: hostnames.get(p.peerId) ?? null, meshIp: p.meshIp, endpoints: p.endpoints }));
+    const peers = announced.map((p) => ({ nodeId: p.peerId, hostname: hostnames.get(p.peerId) ?? null, meshIp: p.meshIp, endpoints: p.endpoints, path: p.path }));
     return { nodeId: resolved.id, peers };
   });
   routes.handle(api.meshFeed, async ({ after, last, node, waitMs }) => {

@@ -90,7 +90,7 @@ async function nodePage(id) {
       actionOut,
       error,
       peers === null ? null : h('h2', {}, `Peers (${peers.peers.length})`),
-      peers === null ? null : table(['Hostname', 'Mesh IP', 'Endpoints', 'ID'], peers.peers.map((p) => h('tr', { 'data-peer-id': p.nodeId }, h('td', {}, p.hostname === null ? '-' : h('a', { href: `#/node/${encodeURIComponent(p.nodeId)}` }, p.hostname)), h('td', {}, p.meshIp), h('td', {}, p.endpoints.join(', ') || '-'), h('td', { class: 'muted' }, p.nodeId))), { id: 'peers' }),
+      peers === null ? null : table(['Hostname', 'Mesh IP', 'Path', 'Endpoints', 'ID'], peers.peers.map((p) => h('tr', { 'data-peer-id': p.nodeId }, h('td', {}, p.hostname === null ? '-' : h('a', { href: `#/node/${encodeURIComponent(p.nodeId)}` }, p.hostname)), h('td', {}, p.meshIp), h('td', { class: 'peer-path' }, p.path ?? '-'), h('td', {}, p.endpoints.join(', ') || '-'), h('td', { class: 'muted' }, p.nodeId))), { id: 'peers' }),
       h('h2', {}, 'Latest metrics'),
       metricsTable(n.metrics.filter((m) => KEY_METRICS.test(m.name))),
       h('details', {}, h('summary', {}, `All ${n.metrics.length} metrics`), metricsTable(n.metrics)),
