@@ -110,7 +110,7 @@ function defineStartOptions(cmd: Command): Command {
     .option('--console-listen <host:port>', 'serve the web console (plain HTTP) on this address, e.g. 127.0.0.1:8444; reach it remotely through an SSH tunnel or a TLS reverse proxy (default: off)')
     .option('--stun-listen <host:port>', 'UDP address of the STUN responder that lets agents behind NAT learn their public endpoint; the next port is its alternate (default 0.0.0.0:3478 when free)')
     .option('--no-stun', 'run no STUN responder (agents then report only the endpoints they know)')
-    .option('--relay-listen <host[:low-high]>', 'IP address (and UDP port range) of the relay for pairs whose NATs allow no direct path; two ports per allocation (default 0.0.0.0, ports the OS picks)')
+    .option('--relay-listen <host[:low-high]>', 'IP address (and UDP port range) of the relay for pairs whose NATs allow no direct path; two ports per allocation (default :: dual-stack, else 0.0.0.0; ports the OS picks)')
     .option('--no-relay', 'run no relay (pairs behind hard NATs on both sides then have no path)')
     .option('--relay-public-host <host>', 'the address agents send relayed packets to (default: the host of the public URL)')
     .option('--relay-bandwidth <rate>', 'bandwidth cap per relay allocation and direction, e.g. 100mbit, 1gbit', '100mbit')

@@ -198,21 +198,28 @@ async function startStunResponder(setting: ServerConfig['stunListen'], log: Logg
 
 /**
  * Starts the relay the config asks for (docs/MESH.md, "Relay"): an explicit address must bind (the
- * start fails otherwise); the default one (0.0.0.0, any port) is best effort, with a warning.
+ * start fails otherwise). The default is best effort, with a warning: `::` (dual-stack, so members
+ * reach it over IPv4 and IPv6), else `0.0.0.0` where the host has no IPv6; any port.
  */
 async function startRelay(config: ServerConfig, log: Logger): Promise<UdpRelay | null> {
   const setting = config.relayListen;
   if (setting === null) return null;
-  const listen = setting ?? { host: '0.0.0.0', ports: null };
-  try {
-    await UdpRelay.probe(listen.host, listen.ports);
-  } catch (err) {
-    const why = err instanceof Error ? err.message : String(err);
-    if (setting !== undefined) throw new MeshlinkError('ML_ERR_CONFIG', `--relay-listen ${listen.host}: no UDP port binds there (${why})`);
-    log.warn({ err: why }, 'no relay: no UDP port binds on 0.0.0.0; pairs behind hard NATs on both sides have no path (set --relay-listen, or --no-relay to silence this)');
-    return null;
+  const candidates = setting ? [setting] : [{ host: '::', ports: null }, { host: '0.0.0.0', ports: null }];
+  const failures: string[] = [];
+  for (const listen of candidates) {
+    try {
+      await UdpRelay.probe(listen.host, listen.ports);
+    } catch (err) {
+      const why = err instanceof Error ? err.message : String(err);
+      if (setting !== undefined) throw new MeshlinkError('ML_ERR_CONFIG', `--relay-listen ${listen.host}: no UDP port binds there (${why})`);
+      failures.push(`${listen.host}: ${why}`);
+      continue;
+    }
+    log.info({ host: listen.host, ports: listen.ports ? `${listen.ports.low}-${listen.ports.high}` : 'any' }, 'relay bound');
+    return new UdpRelay({ host: listen.host, ports: listen.ports, idleMs: config.relayIdleMs, bytesPerSecond: config.relayBytesPerSecond, maxAllocations: config.relayMaxAllocations, logger: log });
   }
-  return new UdpRelay({ host: listen.host, ports: listen.ports, idleMs: config.relayIdleMs, bytesPerSecond: config.relayBytesPerSecond, maxAllocations: config.relayMaxAllocations, logger: log });
+  log.warn({ err: failures.join('; ') }, 'no relay: no UDP port binds on :: or 0.0.0.0; pairs behind hard NATs on both sides have no path (set --relay-listen, or --no-relay to silence this)');
+  return null;
 }
 
 /** Reconciles coalesce: a burst of connects or recomputes runs one reconcile after this delay. */
