@@ -12,8 +12,18 @@ export const CLOSE_REVOKED = ERRORS.ML_ERR_CERT_REVOKED.closeCode; // 4401
 export const CLOSE_EXPIRED = ERRORS.ML_ERR_CERT_EXPIRED.closeCode; // 4402
 /** A peer that ignores the close handshake is cut off after this long. */
 const CLOSE_FORCE_MS = 1_000;
+/**
+ * How long a revocation's close waits for what the revocation observers send first (the mesh's signed
+ * `session_revoked`, which on PostgreSQL needs a round trip to the store): revocation must bite within
+ * seconds, so a slow store delays the close by this at most, and the node then learns from the close
+ * code alone.
+ */
+const REVOCATION_NOTICE_MAX_MS = 500;
 /** setTimeout's delay is a signed 32-bit integer; longer waits are re-armed in steps. */
 const MAX_TIMER_MS = 2_147_483_647;
+
+/** Called before a node's sockets close with 4401; a returned promise delays the close (see onRevoking). */
+export type RevocationObserver = (nodeId: string, reason: string) => void | Promise<unknown>;
 
 interface Entry {
   ws: WebSocket;
@@ -30,7 +40,7 @@ export class ConnectionRegistry {
   readonly #refusalObservers = new Set<(reason: string) => void>();
   /** Set by shutdown(): the registry takes no more sockets. */
   #closedWith: { code: number; reason: string } | null = null;
-  readonly #revocationObservers = new Set<(nodeId: string, reason: string) => void>();
+  readonly #revocationObservers = new Set<RevocationObserver>();
 
   constructor(private readonly logger: Logger) {}
 
@@ -43,9 +53,10 @@ export class ConnectionRegistry {
   /**
    * Observes revocations: called for each node whose open sockets are about to be closed with 4401,
    * before the close (the mesh feature sends the node a signed `session_revoked` event). The sockets
-   * close one turn of the event loop later, after what the observers queued. Returns the unsubscribe.
+   * close one turn of the event loop later, once every promise the observers returned has settled,
+   * or after REVOCATION_NOTICE_MAX_MS, whichever comes first. Returns the unsubscribe.
    */
-  onRevoking(observer: (nodeId: string, reason: string) => void): () => void {
+  onRevoking(observer: RevocationObserver): () => void {
     this.#revocationObservers.add(observer);
     return () => this.#revocationObservers.delete(observer);
   }
@@ -123,16 +134,28 @@ export class ConnectionRegistry {
       }
     }
     if (n === 0) return 0;
+    const notices: Promise<unknown>[] = [];
     for (const nodeId of nodes) {
       for (const observe of this.#revocationObservers) {
         try {
-          observe(nodeId, reason);
+          const sent = observe(nodeId, reason);
+          if (sent) notices.push(sent.catch((err: unknown) => this.logger.error({ err, nodeId }, 'revocation observer failed')));
         } catch (err) {
           this.logger.error({ err, nodeId }, 'revocation observer failed');
         }
       }
     }
-    setImmediate(() => this.closeWhere(pred, 'ML_ERR_CERT_REVOKED', reason));
+    const close = (): void => void this.closeWhere(pred, 'ML_ERR_CERT_REVOKED', reason);
+    if (notices.length === 0) {
+      setImmediate(close);
+      return n;
+    }
+    let deadline: NodeJS.Timeout | undefined;
+    const late = new Promise<void>((resolve) => (deadline = setTimeout(resolve, REVOCATION_NOTICE_MAX_MS)));
+    void Promise.race([Promise.all(notices), late]).then(() => {
+      clearTimeout(deadline);
+      setImmediate(close);
+    });
     return n;
   }
 

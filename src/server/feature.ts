@@ -45,8 +45,11 @@ export interface ConnectionEvents {
   load(): GatewayLoad;
   /** An agent connection refused before its upgrade, with the reason (an error code or TLS_HANDSHAKE). */
   onRefused(observer: (reason: string) => void): () => void;
-  /** A node's sockets are about to be closed with 4401 (revocation); runs before the close. */
-  onRevoking(observer: (nodeId: string, reason: string) => void): () => void;
+  /**
+   * A node's sockets are about to be closed with 4401 (revocation); runs before the close. A returned
+   * promise (what the observer sends the node first) delays the close until it settles, 500 ms at most.
+   */
+  onRevoking(observer: (nodeId: string, reason: string) => void | Promise<unknown>): () => void;
 }
 
 /** Enrollment events a feature may take part in; each returns its unsubscribe. */

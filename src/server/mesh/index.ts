@@ -109,12 +109,15 @@ export function createMeshFeature(options: MeshFeatureOptions = {}): ServerFeatu
     ctx.sessions.on('agent-close', (_agent, info) => {
       if (info.code === ERRORS.ML_ERR_CERT_REVOKED.closeCode) void mesh.sweepAndRecompute();
     });
-    // A revoked node hears why, in a signed event, before its sockets close with 4401.
-    // On SQLite the append and the send finish within the turn before the close (the store's promises
-    // settle in microtasks); on PostgreSQL the close may come first, and the node then learns of its
-    // removal from the close code alone.
-    const onRevoked = (nodeId: string, reason: string): void => {
-      if (mesh.nodeInfo(nodeId)) mesh.publish(nodeId, 'session_revoked', { reason }).catch((err: unknown) => log.error({ err, nodeId }, 'mesh: session_revoked not sent'));
+    // A revoked node hears why, in a signed event, before its sockets close with 4401: the close waits
+    // for the append and the send (a store round trip on PostgreSQL), 500 ms at most; past that the
+    // node learns of its removal from the close code alone.
+    const onRevoked = (nodeId: string, reason: string): Promise<void> | undefined => {
+      if (!mesh.nodeInfo(nodeId)) return undefined;
+      return mesh.publish(nodeId, 'session_revoked', { reason }).then(
+        () => undefined,
+        (err: unknown) => log.error({ err, nodeId }, 'mesh: session_revoked not sent'),
+      );
     };
     const stopObserving = ctx.connections.onRevoking(onRevoked);
     ctx.sessions.onMessage('event.ack', (agent, ack) => {
