@@ -5,7 +5,10 @@ import { createConnection, createServer, type Server, type Socket } from 'node:n
  * - `pass`: forwards both ways (optionally with `delayMs` added to every chunk);
  * - `blackhole`: keeps the connections open but silently discards every byte, and a close on one
  *   side does not reach the other (a half-open path: nothing errors, nothing arrives); `blackhole-down` discards only server → agent bytes;
- * - `drop()`: destroys every connection at once (RST), new ones are still accepted.
+ * - `drop()`: destroys every connection at once (RST), new ones are still accepted;
+ * - `blackholeDownAt(match)`: switches to `blackhole-down` when an agent → server chunk matches, before
+ *   that chunk is forwarded, so the server gets the request and its answer is the first thing lost
+ *   (no timer decides when the path goes dark).
  */
 export type ProxyMode = 'pass' | 'blackhole' | 'blackhole-down';
 
@@ -15,6 +18,7 @@ export class TcpProxy {
   connections = 0;
   readonly #server: Server;
   readonly #pairs = new Set<[Socket, Socket]>();
+  #downAt: ((chunk: Buffer) => boolean) | null = null;
 
   private constructor(readonly targetPort: number) {
     this.#server = createServer((client) => this.#accept(client));
@@ -32,6 +36,11 @@ export class TcpProxy {
 
   get url(): string {
     return `https://127.0.0.1:${this.port}`;
+  }
+
+  /** Arms a one-shot switch to `blackhole-down` on the first agent → server chunk that `match`es. */
+  blackholeDownAt(match: (chunk: Buffer) => boolean): void {
+    this.#downAt = match;
   }
 
   drop(): void {
@@ -54,6 +63,10 @@ export class TcpProxy {
     this.#pairs.add(pair);
     const forward = (from: Socket, to: Socket, down: boolean): void => {
       from.on('data', (chunk: Buffer) => {
+        if (!down && this.#downAt?.(chunk)) {
+          this.#downAt = null;
+          this.mode = 'blackhole-down';
+        }
         if (this.mode === 'blackhole' || (down && this.mode === 'blackhole-down')) return;
         if (this.delayMs > 0) setTimeout(() => to.writable && to.write(chunk), this.delayMs);
         else if (to.writable) to.write(chunk);
