@@ -1,6 +1,7 @@
 import type { Generated, Insertable, Kysely, Selectable } from 'kysely';
 import type { Queryable } from './store/database.js';
 import type { Store } from './store/store.js';
+import { compiledStatement } from './store/compiled-statement.js';
 
 /**
  * The audit log belongs to the core: every state-changing admin operation (the admin server records
@@ -67,8 +68,12 @@ function recordOf(r: Row): AuditRecord {
   };
 }
 
+const AUDIT_COLUMNS = ['ts', 'finished_at', 'source', 'actor', 'operation', 'node_id', 'target', 'result', 'details'] as const;
+
 export class AuditLog {
   readonly #db: Db;
+  /** Every record goes through this one statement (an enrollment, an agent's reports): compiled once. */
+  readonly #insertRecord = compiledStatement(AUDIT_COLUMNS, (db, v) => (db as Db).insertInto('audit_log').values(v).returning('id'));
 
   private constructor(db: Queryable) {
     this.#db = db as Db;
@@ -103,9 +108,9 @@ export class AuditLog {
     return this.#insert({ ts, finished_at: a.finishedAt ?? ts, source: a.source ?? 'admin', actor: a.actor, operation: a.operation, node_id: a.nodeId, target: a.target, result: a.result.slice(0, RESULT_CAP), details: detailsJson(a.details) }, tx);
   }
 
-  async #insert(row: Insertable<AuditTables['audit_log']>, tx?: Queryable): Promise<number> {
-    const r = await ((tx as Db | undefined) ?? this.#db).insertInto('audit_log').values(row).returning('id').executeTakeFirstOrThrow();
-    return Number(r.id);
+  async #insert(row: Required<Omit<Insertable<AuditTables['audit_log']>, 'id'>>, tx?: Queryable): Promise<number> {
+    const r = await this.#insertRecord(tx ?? this.#db, row);
+    return Number((r.rows[0] as { id: number | bigint }).id);
   }
 
   /** Keeps the newest `keep` records a node's agent reported, deleting older ones (the operator's are never pruned here). */

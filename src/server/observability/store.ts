@@ -1,4 +1,5 @@
-import { CompiledQuery, type Compilable, type Generated, type Kysely } from 'kysely';
+import type { Generated, Kysely } from 'kysely';
+import { compiledStatement } from '../store/compiled-statement.js';
 import type { StoreDatabase } from '../store/database.js';
 import type { Store } from '../store/store.js';
 
@@ -44,45 +45,17 @@ type Db = Kysely<ObsTables>;
  */
 const NO_LIMIT = Number.MAX_SAFE_INTEGER;
 
-/**
- * A statement run once per row of a batch, built and compiled by Kysely once per store: building and
- * compiling a query costs ~35-50 µs here, three to five times what SQLite takes to run a one-row upsert
- * (11-18 µs), and a batch runs up to a thousand of them. Measured with the upsert of saveMetrics,
- * 5,000 rows (A/B, same process): built each time 45-78 µs a row, compiled once 11-13 µs, a raw
- * better-sqlite3 statement 11-18 µs. The parameters are mapped by sentinel values, so the order
- * Kysely emits them in is found, not assumed. One per store instance: the SQL text is the dialect's.
- */
-function rowStatement<K extends string>(keys: readonly K[], build: (db: Db, values: Record<K, never>) => Compilable): (q: Db, values: Record<K, unknown>) => Promise<void> {
-  let compiled: { sql: string; order: K[] } | null = null;
-  return async (q, values) => {
-    if (compiled === null) {
-      const sentinel = (k: K): string => `\u0000${k}\u0000`;
-      // The values are sentinels standing for the row's (typed `never` so that they fit any column).
-      const c = build(q, Object.fromEntries(keys.map((k) => [k, sentinel(k)])) as unknown as Record<K, never>).compile();
-      const order = c.parameters.map((p) => {
-        const key = keys.find((k) => p === sentinel(k));
-        if (key === undefined) throw new Error(`a row statement has a parameter that is not a row value: ${String(p)}`);
-        return key;
-      });
-      const missing = keys.filter((k) => !order.includes(k));
-      if (missing.length > 0) throw new Error(`a row statement does not use ${missing.join(', ')}`);
-      compiled = { sql: c.sql, order };
-    }
-    await q.executeQuery(CompiledQuery.raw(compiled.sql, compiled.order.map((k) => values[k])));
-  };
-}
-
 export class ObservabilityStore {
   readonly #database: StoreDatabase;
   readonly #db: Db;
-  readonly #upsertMetric = rowStatement(['node_id', 'name', 'labels', 'value', 'ts'], (db, v) =>
+  readonly #upsertMetric = compiledStatement(['node_id', 'name', 'labels', 'value', 'ts'], (db, v) =>
     db.insertInto('obs_metrics')
       .values({ node_id: v.node_id, name: v.name, labels: v.labels, value: v.value, ts: v.ts })
       .onConflict((oc) => oc.columns(['node_id', 'name', 'labels'])
         .doUpdateSet((eb) => ({ value: eb.ref('excluded.value'), ts: eb.ref('excluded.ts') }))
         .where((eb) => eb('excluded.ts', '>=', eb.ref('obs_metrics.ts')))),
   );
-  readonly #insertLog = rowStatement(['node_id', 'ts', 'level', 'msg', 'fields', 'received_at'], (db, v) =>
+  readonly #insertLog = compiledStatement(['node_id', 'ts', 'level', 'msg', 'fields', 'received_at'], (db, v) =>
     db.insertInto('obs_logs').values({ node_id: v.node_id, ts: v.ts, level: v.level, msg: v.msg, fields: v.fields, received_at: v.received_at }),
   );
 
