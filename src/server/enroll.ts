@@ -149,10 +149,10 @@ export class EnrollmentService implements EnrollmentEvents {
       lifetimeMs: this.deps.certLifetimeMs,
       ...(options.validity ? { validity: options.validity } : {}),
     });
-    // The node may have been removed while we signed; the FK and this check keep the store consistent.
-    const again = await this.deps.store.getNode(nodeId);
-    if (!again || again.removedAt !== null) throw new MeshlinkError('ML_ERR_CERT_REVOKED', `node ${nodeId} was removed`);
-    await this.deps.store.insertCert(nodeId, { serial: issued.serial, notBefore: issued.notBefore, notAfter: issued.notAfter, pem: issued.pem });
+    // The node may have been removed while we signed: the insert is refused then, and a removal racing
+    // the insert revokes what it inserted (Store.insertCertIfLive).
+    const stored = await this.deps.store.insertCertIfLive(nodeId, { serial: issued.serial, notBefore: issued.notBefore, notAfter: issued.notAfter, pem: issued.pem });
+    if (!stored) throw new MeshlinkError('ML_ERR_CERT_REVOKED', `node ${nodeId} was removed`);
     return { ...this.response(nodeId, issued), serial: issued.serial };
   }
 

@@ -242,6 +242,20 @@ describe.each(BACKENDS.map((b) => [b.title, b] as const))('the store on %s', (_t
       expect((await audit.ofNode('n2', 10)).map((r) => [r.actor, r.operation, r.result])).toEqual([['hook', 'enroll', 'ok']]);
     });
 
+    backend.it('a renewal\'s certificate goes in only while its node is live', async () => {
+      const s = await backend.openStore(SERVER_MIGRATIONS);
+      await token(s, 't1', T0 - MINUTE);
+      expect(await enroll(s, 't1', 'n1', 's1')).toBe(true);
+      expect(await s.insertCertIfLive('n1', cert('s2', T0 + DAY))).toBe(true);
+      expect((await s.getCert('s2'))!.revokedAt).toBeNull();
+      expect((await s.removeNode('n1', T0 + 1)).revokedSerials).toEqual(['s1', 's2']);
+      expect(await s.insertCertIfLive('n1', cert('s3', T0 + DAY))).toBe(false);
+      expect(await s.getCert('s3')).toBeUndefined();
+      expect(await s.insertCertIfLive('nobody', cert('s4', T0 + DAY))).toBe(false);
+      // The no-op UPDATE that locks the row changes nothing in it.
+      expect((await s.getNode('n1'))!.removedAt).toBe(T0 + 1);
+    });
+
     backend.it('re-enrollment keeps the node id, refreshes the node, revokes the older certificates in the same transaction; a removed node cannot re-enroll', async () => {
       const s = await backend.openStore(SERVER_MIGRATIONS);
       await token(s, 't1', T0 - MINUTE);
@@ -567,6 +581,21 @@ describe.each(BACKENDS.map((b) => [b.title, b] as const))('the store on %s', (_t
       const seen = [(await one.getNode('n1'))!.lastSeen, (await one.getNode('n2'))!.lastSeen];
       // Whichever committed last wrote both rows.
       expect([[T0 + 1, T0 + 1], [T0 + 2, T0 + 2]]).toContainEqual(seen);
+    });
+    backend.it('a renewal\'s certificate and a removal of its node at once: the certificate is refused, or inserted and revoked', async () => {
+      const url = await backend.location();
+      const [one, two] = await nodeWithCerts(url);
+      const [stored, removal] = await raceOverLockedRows(url, 'SELECT id FROM nodes WHERE id = ANY($1) FOR UPDATE', ['n1'],
+        () => one.insertCertIfLive('n1', cert('r1', T0 + DAY)), () => two.removeNode('n1', T0 + 7));
+      expect(removal.removed).toBe(true);
+      // Whichever went first, no certificate of the removed node is left unrevoked.
+      if (stored) {
+        expect(removal.revokedSerials).toContain('r1');
+        expect((await one.getCert('r1'))!.revokedAt).toBe(T0 + 7);
+      } else {
+        expect(await one.getCert('r1')).toBeUndefined();
+      }
+      expect((await one.listLiveNodes()).map((n) => n.id)).not.toContain('n1');
     });
   });
 

@@ -2,6 +2,7 @@ import { sql, type Kysely } from 'kysely';
 import type { Migration } from './migrations.js';
 import { MeshlinkError } from '../../errors.js';
 import { openStoreDatabase, type ActiveEvents, type Queryable, type StoreDatabase, type StoreDialect } from './database.js';
+import { affectedRows, compiledStatement } from './compiled-statement.js';
 
 /**
  * The core's tables (meta, CA, tokens, nodes, certificates), on either backend (database.ts). Every
@@ -140,6 +141,20 @@ export class Store {
   readonly dialect: StoreDialect;
   readonly #database: StoreDatabase;
   readonly #db: Core;
+  // The statements of enrollment and presence, compiled once (compiled-statement.ts: the builder's
+  // per-query cost is several times what SQLite takes to run them).
+  readonly #tokenByHash = compiledStatement(['hash'], (db, v) => (db as Core).selectFrom('tokens').select(TOKEN_COLUMNS).where('hash', '=', v.hash));
+  readonly #nodeById = compiledStatement(['id'], (db, v) => (db as Core).selectFrom('nodes').selectAll().where('id', '=', v.id));
+  readonly #consumeToken = compiledStatement(['now', 'csr', 'serial', 'hash'], (db, v) =>
+    (db as Core).updateTable('tokens').set({ consumed_at: v.now, csr_sha256: v.csr, cert_serial: v.serial })
+      .where('hash', '=', v.hash).where('consumed_at', 'is', null).where('revoked_at', 'is', null).where('expires_at', '>', v.now));
+  readonly #insertNode = compiledStatement(['id', 'hostname', 'now', 'version'], (db, v) =>
+    (db as Core).insertInto('nodes').values({ id: v.id, hostname: v.hostname, created_at: v.now, agent_version: v.version, last_seen: null, removed_at: null }));
+  readonly #insertCert = compiledStatement(['serial', 'node', 'from', 'to', 'pem'], (db, v) =>
+    // seq is left to the backend: SQLite's trigger sets it to the rowid, PostgreSQL's identity column counts.
+    (db as Core).insertInto('certs').values({ serial: v.serial, node_id: v.node, not_before: v.from, not_after: v.to, revoked_at: null, pem: v.pem }));
+  readonly #touchNode = compiledStatement(['id', 'seen'], (db, v) => (db as Core).updateTable('nodes').set({ last_seen: v.seen }).where('id', '=', v.id));
+  readonly #lockLiveNode = compiledStatement(['id'], (db, v) => (db as Core).updateTable('nodes').set({ removed_at: null }).where('id', '=', v.id).where('removed_at', 'is', null));
 
   private constructor(database: StoreDatabase) {
     this.#database = database;
@@ -255,7 +270,7 @@ export class Store {
     }).execute();
   }
   async getToken(hash: string): Promise<TokenRow | undefined> {
-    const r = await this.#db.selectFrom('tokens').select(TOKEN_COLUMNS).where('hash', '=', hash).executeTakeFirst();
+    const r = (await this.#tokenByHash(this.#db, { hash })).rows[0] as Pick<CoreTables['tokens'], (typeof TOKEN_COLUMNS)[number]> | undefined;
     return r ? tokenFromRow(r) : undefined;
   }
   async getTokenById(id: string): Promise<TokenRow | undefined> {
@@ -292,19 +307,17 @@ export class Store {
   async commitEnrollment(c: EnrollmentCommit, inTransaction?: (c: EnrollmentCommit, tx: Queryable) => Promise<void>): Promise<boolean> {
     return this.#database.transaction(async (q) => {
       const tx = q as Core;
-      const consumed = await tx.updateTable('tokens').set({ consumed_at: c.now, csr_sha256: c.csrSha256 ?? null, cert_serial: c.cert.serial })
-        .where('hash', '=', c.tokenHash).where('consumed_at', 'is', null).where('revoked_at', 'is', null).where('expires_at', '>', c.now)
-        .executeTakeFirst();
-      if (changed(consumed) !== 1) return false;
+      const consumed = await this.#consumeToken(tx, { now: c.now, csr: c.csrSha256 ?? null, serial: c.cert.serial, hash: c.tokenHash });
+      if (affectedRows(consumed) !== 1) return false;
       if (c.node.existing) {
         const updated = await tx.updateTable('nodes')
           .set((eb) => ({ hostname: c.node.hostname, agent_version: eb.fn.coalesce(eb.val(c.node.agentVersion), eb.ref('agent_version')) }))
           .where('id', '=', c.node.id).where('removed_at', 'is', null).executeTakeFirst();
         if (changed(updated) !== 1) throw new MeshlinkError('ML_ERR_TOKEN_INVALID', `the token is bound to node ${c.node.id}, which was removed`);
       } else {
-        await tx.insertInto('nodes').values({ id: c.node.id, hostname: c.node.hostname, created_at: c.now, agent_version: c.node.agentVersion, last_seen: null, removed_at: null }).execute();
+        await this.#insertNode(tx, { id: c.node.id, hostname: c.node.hostname, now: c.now, version: c.node.agentVersion });
       }
-      await insertCertRow(tx, c.node.id, c.cert);
+      await this.#insertCertRow(tx, c.node.id, c.cert);
       await inTransaction?.(c, q);
       return true;
     });
@@ -312,7 +325,7 @@ export class Store {
 
   // --- nodes ---
   async getNode(id: string): Promise<NodeRow | undefined> {
-    const r = await this.#db.selectFrom('nodes').selectAll().where('id', '=', id).executeTakeFirst();
+    const r = (await this.#nodeById(this.#db, { id })).rows[0] as CoreTables['nodes'] | undefined;
     return r ? nodeFromRow(r) : undefined;
   }
   async liveNodesByHostname(hostname: string): Promise<NodeRow[]> {
@@ -348,7 +361,7 @@ export class Store {
     // deadlock). The rows written are the same.
     const sorted = [...entries].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
     await this.#database.transaction(async (tx) => {
-      for (const [id, lastSeen] of sorted) await (tx as Core).updateTable('nodes').set({ last_seen: lastSeen }).where('id', '=', id).execute();
+      for (const [id, lastSeen] of sorted) await this.#touchNode(tx, { id, seen: lastSeen });
     });
   }
   async setAgentVersion(id: string, agentVersion: string): Promise<void> {
@@ -374,7 +387,25 @@ export class Store {
 
   // --- certs ---
   async insertCert(nodeId: string, cert: Omit<CertRow, 'revokedAt' | 'nodeId'>): Promise<void> {
-    await insertCertRow(this.#db, nodeId, cert);
+    await this.#insertCertRow(this.#db, nodeId, cert);
+  }
+  /**
+   * A renewal's certificate: inserted only while its node is live, and never left unrevoked by a
+   * removal running at the same time. The no-op UPDATE takes the node row's write lock (PostgreSQL;
+   * SQLite's BEGIN IMMEDIATE already holds the database's) before the insert: a removal that came
+   * first has committed and the UPDATE matches nothing (false, nothing inserted); one that comes
+   * later waits for this commit, and its certs UPDATE, a later statement, sees the new row and
+   * revokes it.
+   */
+  async insertCertIfLive(nodeId: string, cert: Omit<CertRow, 'revokedAt' | 'nodeId'>): Promise<boolean> {
+    return this.#database.transaction(async (q) => {
+      const live = affectedRows(await this.#lockLiveNode(q, { id: nodeId })) === 1;
+      if (live) await this.#insertCertRow(q, nodeId, cert);
+      return live;
+    });
+  }
+  async #insertCertRow(q: Queryable, nodeId: string, cert: Omit<CertRow, 'revokedAt' | 'nodeId'>): Promise<void> {
+    await this.#insertCert(q, { serial: cert.serial, node: nodeId, from: cert.notBefore, to: cert.notAfter, pem: cert.pem });
   }
   async getCert(serial: string): Promise<CertRow | undefined> {
     const r = await this.#db.selectFrom('certs').select(CERT_COLUMNS).where('serial', '=', serial).executeTakeFirst();
@@ -448,10 +479,6 @@ function inIssueOrder(rows: ReadonlyArray<{ serial: string; seq: number | null }
   return [...rows].sort((a, b) => (a.seq ?? 0) - (b.seq ?? 0)).map((r) => r.serial);
 }
 
-async function insertCertRow(q: Core, nodeId: string, cert: Omit<CertRow, 'revokedAt' | 'nodeId'>): Promise<void> {
-  // seq is left to the backend: SQLite's trigger sets it to the rowid, PostgreSQL's identity column counts.
-  await q.insertInto('certs').values({ serial: cert.serial, node_id: nodeId, not_before: cert.notBefore, not_after: cert.notAfter, revoked_at: null, pem: cert.pem }).execute();
-}
 
 async function addToMetaCounter(q: Core, key: string, add: number): Promise<void> {
   // The addend is the proposed row's text, cast like the stored one: better-sqlite3 binds a JS number
