@@ -109,10 +109,7 @@ export class MeshModel implements MeshInputs {
       for (const key of [...this.psks.keys()]) if (key.startsWith(`${id}\u0000`) || key.endsWith(`\u0000${id}`)) this.psks.delete(key);
     }
     // Reload the rows of the added nodes (hostname from the node table, tags from mesh_node_tags).
-    if (added.length > 0) {
-      const wanted = new Set(added);
-      for (const row of await this.#db.meshNodes()) if (wanted.has(row.nodeId)) this.#add(modelOf(row, this.#log));
-    }
+    if (added.length > 0) for (const row of await this.#db.meshNodes(added)) this.#add(modelOf(row, this.#log));
     if (removed.length > 0) this.#log.info({ removed }, 'nodes left the mesh; addresses freed');
     if (added.length > 0) this.#log.info({ added: added.length }, 'mesh addresses assigned');
     return { added, removed };

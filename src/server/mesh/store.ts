@@ -235,10 +235,18 @@ export class MeshStore {
     await this.#db.insertInto('mesh_signing_keys').values({ key_id: keyId, public_key: publicKey, sealed_pkcs8: sealedPkcs8, created_at: createdAt }).execute();
   }
 
-  async meshNodes(): Promise<MeshNodeRow[]> {
-    const rows = await this.#db.selectFrom('mesh_nodes as m').innerJoin('nodes as n', 'n.id', 'm.node_id').leftJoin('mesh_node_tags as t', 't.node_id', 'm.node_id')
+  /** The live nodes' mesh rows, by address; only those of `ids` when given (a sweep's new nodes). */
+  async meshNodes(ids?: readonly string[]): Promise<MeshNodeRow[]> {
+    const query = this.#db.selectFrom('mesh_nodes as m').innerJoin('nodes as n', 'n.id', 'm.node_id').leftJoin('mesh_node_tags as t', 't.node_id', 'm.node_id')
       .selectAll('m').select(['n.hostname', 't.tags'])
-      .where('n.removed_at', 'is', null).orderBy('m.mesh_ip').execute();
+      .where('n.removed_at', 'is', null).orderBy('m.mesh_ip');
+    let rows;
+    if (ids === undefined) rows = await query.execute();
+    else {
+      rows = [];
+      for (const chunk of chunked(ids)) rows.push(...(await query.where('m.node_id', 'in', chunk).execute()));
+      rows.sort((x, y) => x.mesh_ip - y.mesh_ip);
+    }
     return rows.map((r) => ({
       nodeId: r.node_id,
       hostname: r.hostname,
