@@ -1,4 +1,5 @@
 import { sql, type Generated, type Insertable, type Kysely, type Selectable } from 'kysely';
+import { compiledStatement } from '../store/compiled-statement.js';
 import type { Queryable, StoreDatabase } from '../store/database.js';
 
 /**
@@ -141,6 +142,16 @@ function parseTags(text: unknown): string[] {
 /** Rows changed by an INSERT, UPDATE or DELETE (Kysely reports a bigint). */
 const changed = (r: { numInsertedOrUpdatedRows?: bigint; numUpdatedRows?: bigint; numDeletedRows?: bigint } | undefined): number =>
   Number(r?.numInsertedOrUpdatedRows ?? r?.numUpdatedRows ?? r?.numDeletedRows ?? 0n);
+
+// The statements every connect and enrollment runs (replay, a node's view reset, its tags), compiled
+// once (../store/compiled-statement.ts: the builder's per-query cost is several times SQLite's).
+const EVENTS_AFTER = compiledStatement(['node', 'seq'], (db, v) => (db as Db).selectFrom('mesh_events').selectAll().where('node_id', '=', v.node).where('seq', '>', v.seq).orderBy('seq'));
+const OLDEST_SEQ = compiledStatement(['node'], (db, v) => (db as Db).selectFrom('mesh_events').select((eb) => eb.fn.min('seq').as('s')).where('node_id', '=', v.node));
+const DELETE_ANNOUNCED_OF = compiledStatement(['node'], (db, v) => (db as Db).deleteFrom('mesh_announced_peers').where('node_id', '=', v.node));
+const CLAIM_TOKEN_TAGS = compiledStatement(['node', 'hash'], (db, v) =>
+  (db as Db).insertInto('mesh_node_tags').columns(['node_id', 'tags'])
+    .expression((eb) => eb.selectFrom('mesh_token_tags').select((s) => [s.val(v.node).as('node_id'), 'tags']).where('token_hash', '=', v.hash).where('tags', '<>', '[]'))
+    .onConflict((oc) => oc.column('node_id').doUpdateSet({ tags: (eb) => eb.ref('excluded.tags') })));
 
 export class MeshStore {
   readonly #database: StoreDatabase;
@@ -334,7 +345,7 @@ export class MeshStore {
   async deleteAnnouncedOf(nodeId: string): Promise<void> {
     const q = this.#queued;
     if (q) for (const [key, r] of q.announced) if (r.node_id === nodeId) q.announced.delete(key);
-    await this.#db.deleteFrom('mesh_announced_peers').where('node_id', '=', nodeId).execute();
+    await DELETE_ANNOUNCED_OF(this.#db, { node: nodeId });
   }
   /** In a transaction: queued until its commit (the last value per node wins). */
   async setLastSeq(nodeId: string, lastSeq: number): Promise<void> {
@@ -385,7 +396,7 @@ export class MeshStore {
     await this.#db.insertInto('mesh_events').values(row).execute();
   }
   async eventsAfter(nodeId: string, seq: number): Promise<StoredEvent[]> {
-    const rows = await this.#db.selectFrom('mesh_events').selectAll().where('node_id', '=', nodeId).where('seq', '>', seq).orderBy('seq').execute();
+    const rows = (await EVENTS_AFTER(this.#db, { node: nodeId, seq })).rows as Array<Row<'mesh_events'>>;
     return rows.map((r) => ({ nodeId: r.node_id, seq: r.seq, type: r.type, ts: r.ts, sealed: r.sealed, signature: r.signature, keyId: r.key_id }));
   }
   /** When the node's event `seq` was created, if it is still kept. */
@@ -393,7 +404,7 @@ export class MeshStore {
     return (await this.#db.selectFrom('mesh_events').select('ts').where('node_id', '=', nodeId).where('seq', '=', seq).executeTakeFirst())?.ts;
   }
   async oldestSeq(nodeId: string): Promise<number | null> {
-    const r = await this.#db.selectFrom('mesh_events').select((eb) => eb.fn.min('seq').as('s')).where('node_id', '=', nodeId).executeTakeFirst();
+    const r = (await OLDEST_SEQ(this.#db, { node: nodeId })).rows[0] as { s: number | bigint | null } | undefined;
     return r?.s === null || r?.s === undefined ? null : Number(r.s);
   }
   /** In a transaction: drops the queued events it covers now, and the stored ones at the commit. */
@@ -463,9 +474,7 @@ export class MeshStore {
    * a new node none and leaves a re-enrolled node's tags as they were.
    */
   async claimTokenTags(tokenHash: string, nodeId: string, tx: Queryable): Promise<void> {
-    await (tx as Db).insertInto('mesh_node_tags').columns(['node_id', 'tags'])
-      .expression((eb) => eb.selectFrom('mesh_token_tags').select((s) => [s.val(nodeId).as('node_id'), 'tags']).where('token_hash', '=', tokenHash).where('tags', '<>', '[]'))
-      .onConflict((oc) => oc.column('node_id').doUpdateSet({ tags: (eb) => eb.ref('excluded.tags') })).execute();
+    await CLAIM_TOKEN_TAGS(tx, { node: nodeId, hash: tokenHash });
   }
 
   /** Mesh fields of every live node, for `nodes list`; `nodeId`: of that node only. */

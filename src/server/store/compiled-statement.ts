@@ -14,8 +14,9 @@ import { CompiledQuery, type Compilable, type Kysely, type QueryResult } from 'k
  * say) and is passed as compiled. Every key must appear: a value that was inlined into the SQL text
  * instead of bound would otherwise be silently frozen at its first value.
  *
- * One per store instance: the SQL text is the dialect's (`?` for SQLite, `$1` for PostgreSQL), fixed
- * by the first handle it runs on; a transaction's handle has the same dialect as its store's.
+ * The SQL text is the dialect's (`?` for SQLite, `$1` for PostgreSQL): it is compiled once per
+ * dialect adapter the statement runs on, so a statement can be a module constant shared by every
+ * store and transaction handle.
  */
 export function compiledStatement<K extends string, R = Record<string, unknown>>(
   keys: readonly K[],
@@ -23,9 +24,11 @@ export function compiledStatement<K extends string, R = Record<string, unknown>>
   build: (db: Kysely<any>, values: Record<K, never>) => Compilable,
   // eslint-disable-next-line @typescript-eslint/no-explicit-any
 ): (q: Kysely<any>, values: Record<K, unknown>) => Promise<QueryResult<R>> {
-  let compiled: { sql: string; parameters: Array<{ key: K } | { constant: unknown }> } | null = null;
+  const byDialect = new Map<unknown, { sql: string; parameters: Array<{ key: K } | { constant: unknown }> }>();
   return async (q, values) => {
-    if (compiled === null) {
+    const dialect = q.getExecutor().adapter.constructor;
+    let compiled = byDialect.get(dialect);
+    if (compiled === undefined) {
       const sentinel = (k: K): string => `\u0000${k}\u0000`;
       // The values are sentinels standing for the row's (typed `never` so that they fit any column).
       const c = build(q, Object.fromEntries(keys.map((k) => [k, sentinel(k)])) as unknown as Record<K, never>).compile();
@@ -36,6 +39,7 @@ export function compiledStatement<K extends string, R = Record<string, unknown>>
       const missing = keys.filter((k) => !parameters.some((p) => 'key' in p && p.key === k));
       if (missing.length > 0) throw new Error(`a compiled statement does not bind ${missing.join(', ')}`);
       compiled = { sql: c.sql, parameters };
+      byDialect.set(dialect, compiled);
     }
     return q.executeQuery<R>(CompiledQuery.raw(compiled.sql, compiled.parameters.map((p) => ('key' in p ? values[p.key] : p.constant))));
   };

@@ -154,6 +154,8 @@ export class Store {
     // seq is left to the backend: SQLite's trigger sets it to the rowid, PostgreSQL's identity column counts.
     (db as Core).insertInto('certs').values({ serial: v.serial, node_id: v.node, not_before: v.from, not_after: v.to, revoked_at: null, pem: v.pem }));
   readonly #touchNode = compiledStatement(['id', 'seen'], (db, v) => (db as Core).updateTable('nodes').set({ last_seen: v.seen }).where('id', '=', v.id));
+  readonly #certBySerial = compiledStatement(['serial'], (db, v) => (db as Core).selectFrom('certs').select(CERT_COLUMNS).where('serial', '=', v.serial));
+  readonly #setAgentVersion = compiledStatement(['id', 'version'], (db, v) => (db as Core).updateTable('nodes').set({ agent_version: v.version }).where('id', '=', v.id));
   readonly #lockLiveNode = compiledStatement(['id'], (db, v) => (db as Core).updateTable('nodes').set({ removed_at: null }).where('id', '=', v.id).where('removed_at', 'is', null));
 
   private constructor(database: StoreDatabase) {
@@ -365,7 +367,7 @@ export class Store {
     });
   }
   async setAgentVersion(id: string, agentVersion: string): Promise<void> {
-    await this.#db.updateTable('nodes').set({ agent_version: agentVersion }).where('id', '=', id).execute();
+    await this.#setAgentVersion(this.#db, { id, version: agentVersion });
   }
 
   /**
@@ -408,7 +410,7 @@ export class Store {
     await this.#insertCert(q, { serial: cert.serial, node: nodeId, from: cert.notBefore, to: cert.notAfter, pem: cert.pem });
   }
   async getCert(serial: string): Promise<CertRow | undefined> {
-    const r = await this.#db.selectFrom('certs').select(CERT_COLUMNS).where('serial', '=', serial).executeTakeFirst();
+    const r = (await this.#certBySerial(this.#db, { serial })).rows[0] as Pick<CoreTables['certs'], (typeof CERT_COLUMNS)[number]> | undefined;
     return r ? certFromRow(r) : undefined;
   }
   async revokedSerials(): Promise<string[]> {
