@@ -834,7 +834,9 @@ describe('typed messages on a stream', () => {
       got.push(m.payload);
       if (m.payload === 2) stream.read();
     });
-    await new Promise((r) => setTimeout(r, 5));
+    // Wait for them by event-loop turns (each runs every tick and microtask queued before it; bounded),
+    // not by a fixed 5 ms timer, which flaked under load.
+    for (let turns = 0; turns < 1_000 && got.length < 3; turns++) await new Promise((r) => setImmediate(r));
     expect(got).toEqual([1, 2, 3]);
   });
 
