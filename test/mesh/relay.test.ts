@@ -352,12 +352,45 @@ describe('UdpRelay', () => {
     expect(b.inbox.slice(1)).toEqual([fromA, ...junk, fromAData]);
   });
 
+  it('a source that copies the latched source\'s index, or another candidate\'s, is no candidate: the answer confirms the latch in place', async () => {
+    const { relay: r } = relay();
+    const alloc = await r.allocate({ a: { nodeId: 'node-a', ips: ['127.0.0.1'] }, b: { nodeId: 'node-b', ips: ['127.0.0.2'] } });
+    const a = await peer('127.0.0.1');
+    const copier = await peer('127.0.0.1');
+    const b = await peer('127.0.0.2');
+    // B's port first, then A's real initiation latches A's port (unconfirmed) and reaches B.
+    await sendSettled(r, b, alloc.b.port, initiation(0x31));
+    await sendSettled(r, a, alloc.a.port, initiation(0x0a));
+    await until('A\'s initiation at B', () => b.inbox.length === 1);
+    // Someone on A's network read 0x0a off the wire and sends an initiation with it from another port:
+    // refused, as is a second claim on a candidate's index.
+    const dropped = r.counters.dropped.wrong_source;
+    await sendSettled(r, copier, alloc.a.port, initiation(0x0a));
+    const other = await peer('127.0.0.1');
+    await sendSettled(r, other, alloc.a.port, initiation(0x44));
+    await sendSettled(r, copier, alloc.a.port, initiation(0x44));
+    expect(r.counters.dropped.wrong_source).toBe(dropped + 2);
+    // B answers A's initiation: A's latch is confirmed where it is, and the answer goes to A.
+    const answer = response(0x0b, 0x0a);
+    await sendSettled(r, b, alloc.b.port, answer);
+    await until('B\'s answer at A', () => a.inbox.length === 1);
+    expect(a.inbox[0]).toEqual(answer);
+    expect(r.get('node-a', 'node-b')!.a).toMatchObject({ latched: { port: a.port }, confirmed: true, relatched: 0 });
+    // The confirmation voided the candidates: an answer to 0x44 now moves nothing.
+    await sendSettled(r, b, alloc.b.port, response(0x0c, 0x44));
+    expect(r.get('node-a', 'node-b')!.a).toMatchObject({ latched: { port: a.port }, relatched: 0 });
+    expect(copier.inbox).toEqual([]);
+    expect(other.inbox).toEqual([]);
+  });
+
   it('confirms a latch made by a handshake response when the peer\'s data names the response\'s index', async () => {
     const { relay: r } = relay();
     const alloc = await r.allocate({ a: { nodeId: 'node-a', ips: ['127.0.0.1'] }, b: { nodeId: 'node-b', ips: ['127.0.0.2'] } });
     const a = await peer('127.0.0.1');
     const b = await peer('127.0.0.2');
-    // B initiates first (dropped: A's port is not latched); then A's WireGuard answers B's retry.
+    // B's port latches on B's initiation (dropped: A's port is not latched). A's port latches on a
+    // response: B's initiation reached A another way (say, directly, before the pair moved to the
+    // relay), and A's WireGuard answers it to the endpoint it has for B, the relay.
     await sendSettled(r, b, alloc.b.port, initiation(0x21));
     await sendSettled(r, a, alloc.a.port, response(0x31, 0x21));
     await until('A\'s response at B', () => b.inbox.length === 1);

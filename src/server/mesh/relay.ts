@@ -61,7 +61,11 @@ import { zodErrorText } from '../../util/zod-error.js';
  * Both need the peer's WireGuard to have decrypted the source's handshake, so junk never confirms.
  * While a latch is unconfirmed, rule 1 above does not apply: an initiation from another port of the
  * member's IPs is a candidate at once, and the latched source's traffic does not void candidates;
- * a confirmed candidate replaces the unconfirmed latch, and is confirmed itself. Cookie replies
+ * a confirmed candidate replaces the unconfirmed latch, and is confirmed itself. A candidate may not
+ * use an index the latched source offered or another candidate holds (copied off the wire, it would
+ * take the answer meant for the member); an answer naming the latched source's own index confirms
+ * the latch in place. What this does not stop: a squatter that keeps *flooding* the candidate list
+ * (4 entries) with initiations faster than the peer answers (docs/MESH.md, "What is left"). Cookie replies
  * (type 3) confirm nothing: a cookie reply answers any initiation with a valid MAC1, which needs only
  * the peer's public key.
  *
@@ -435,8 +439,13 @@ export class UdpRelay {
       this.#latch(allocation, here, from, now, false);
       here.offered.push(packet.readUInt32LE(4));
     } else if (candidate) {
+      // A candidate may not claim an index the latched source already used (one who sees the member's
+      // packets could copy it, and take the port with the answer meant for the member), nor replace
+      // another source's candidate for the same index.
+      const senderIndex = packet.readUInt32LE(4);
+      if (here.offered.includes(senderIndex) || here.candidates.has(senderIndex)) return this.#drop('wrong_source');
       if (here.candidates.size >= MAX_CANDIDATES) here.candidates.delete(here.candidates.keys().next().value!);
-      here.candidates.set(packet.readUInt32LE(4), { address: from.address, port: from.port, at: now });
+      here.candidates.set(senderIndex, { address: from.address, port: from.port, at: now });
     } else {
       here.heardAt = now;
       if (here.member.confirmed) {
@@ -447,8 +456,11 @@ export class UdpRelay {
         here.offered.push(packet.readUInt32LE(4));
       }
     }
-    // The peer's WireGuard vouches for a source of this member's port by naming its index.
-    if (type === WgMessageType.response && there.candidates.size > 0) {
+    // The peer's WireGuard vouches for a source of this member's port by naming its index. An index the
+    // latched source offered confirms the latch in place (below) and moves nothing.
+    const named = type === WgMessageType.response ? packet.readUInt32LE(8) : type === WgMessageType.transport ? packet.readUInt32LE(4) : -1;
+    const namesLatched = !there.member.confirmed && there.target !== null && named >= 0 && there.offered.includes(named);
+    if (type === WgMessageType.response && there.candidates.size > 0 && !namesLatched) {
       // A response that answers a candidate's initiation: the candidate takes the port.
       const confirmed = there.candidates.get(packet.readUInt32LE(8));
       if (confirmed && now - confirmed.at < CANDIDATE_TTL_MS) {
@@ -459,13 +471,12 @@ export class UdpRelay {
         this.#log.info({ allocation: allocation.id, node: there.member.nodeId, from: old, to: there.member.latched }, 'relay port re-latched (a handshake answered from a new source)');
       }
     }
-    if (!there.member.confirmed && there.target && (type === WgMessageType.response || type === WgMessageType.transport)) {
+    if (namesLatched) {
       // A response answering the latched source's initiation, or data completing a handshake it answered.
-      if (there.offered.includes(packet.readUInt32LE(type === WgMessageType.response ? 8 : 4))) {
-        there.member.confirmed = true;
-        there.offered = [];
-        this.#log.info({ allocation: allocation.id, node: there.member.nodeId, port: there.target.port }, 'relay port latch confirmed by the peer');
-      }
+      there.member.confirmed = true;
+      there.offered = [];
+      there.candidates.clear();
+      this.#log.info({ allocation: allocation.id, node: there.member.nodeId, port: there.target!.port }, 'relay port latch confirmed by the peer');
     }
     const target = there.target;
     if (!target) return this.#drop('peer_not_latched');
@@ -598,7 +609,8 @@ async function bindIn(host: string, range: { low: number; high: number } | null)
 
 function bind(host: string, port: number): Promise<Socket> {
   return new Promise((resolve, reject) => {
-    const socket = createSocket({ type: isIP(host) === 6 ? 'udp6' : 'udp4' });
+    // `::` must take IPv4 too (most members): say so, whatever the host's net.ipv6.bindv6only is.
+    const socket = isIP(host) === 6 ? createSocket({ type: 'udp6', ipv6Only: false }) : createSocket({ type: 'udp4' });
     const onError = (err: Error): void => {
       socket.close();
       reject(err);
