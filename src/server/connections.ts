@@ -151,7 +151,10 @@ export class ConnectionRegistry {
       return n;
     }
     let deadline: NodeJS.Timeout | undefined;
-    const late = new Promise<void>((resolve) => (deadline = setTimeout(resolve, REVOCATION_NOTICE_MAX_MS)));
+    const late = new Promise<void>((resolve) => {
+      deadline = setTimeout(resolve, REVOCATION_NOTICE_MAX_MS);
+      deadline.unref();
+    });
     void Promise.race([Promise.all(notices), late]).then(() => {
       clearTimeout(deadline);
       setImmediate(close);

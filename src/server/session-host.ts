@@ -214,6 +214,9 @@ export class SessionHost extends EventEmitter<SessionHostEvents> implements Gate
     });
 
     session.handle('cert.renew', async ({ csr }) => {
+      // A revoked session is closed a moment after its revocation (after the node's notice goes out,
+      // connections.ts): in that moment it must not get a fresh certificate out of the old one.
+      if (this.#deps.revocations?.has(info.certSerial)) throw new MeshlinkError('ML_ERR_CERT_REVOKED', 'the client certificate is revoked');
       const node = await this.#deps.store.getNode(info.nodeId);
       const parsed = parseCsr(csr);
       // The CSR must name this node: its hostname (as enrolled) or its id.

@@ -123,6 +123,20 @@ describe('re-enrollment', () => {
   });
 });
 
+describe('cert.renew on a revoked session', () => {
+  it('is refused with ML_ERR_CERT_REVOKED in the moment between the revocation and the close', async () => {
+    const node = await enrollNode(ts, 'succ-node');
+    const held = await connectWith(node.certPem, node.keyPem);
+    const before = (await ts.server.store.fleetTotals()).certs;
+    // The revocation is recorded; the socket is not closed yet (the registry waits for the node's notice).
+    ts.server.live.revocations.add([serialOf(node.certPem)]);
+    const { csrPem } = await makeCsr('succ-node');
+    const refused = await held.session.request('cert.renew', { csr: csrPem }, { timeoutMs: 30_000 }).catch((e: unknown) => e);
+    expect(refused).toMatchObject({ code: 'ML_ERR_REMOTE', remoteCode: 'ML_ERR_CERT_REVOKED' });
+    expect((await ts.server.store.fleetTotals()).certs).toBe(before);
+  });
+});
+
 describe('cert.renew is limited per node', () => {
   it(`200 renewals in a burst: ${RENEWALS_PER_MINUTE} certificates, then ML_ERR_RATE_LIMITED with a retry time`, async () => {
     const node = await enrollNode(ts, 'succ-node');
