@@ -104,8 +104,8 @@ describe('server killed with -9', () => {
     const certCount = (): number => (db.prepare('SELECT COUNT(*) AS n FROM certs WHERE node_id = ?').get(nodeId) as { n: number }).n;
     expect(certCount()).toBe(1);
     // Renewal is due at half the 60 s lifetime. The server → agent direction goes dark as the agent's
-    // cert.renew passes the proxy (the first chunk of over 512 bytes from shortly before it is due: the
-    // CSR; heartbeats are a few dozen): the server receives it and issues, the answer never arrives,
+    // cert.renew passes the proxy (the first chunk of over 512 bytes on the open connection from shortly
+    // before it is due: the CSR; heartbeats are a few dozen): the server receives it and issues, the answer never arrives,
     // and then the server dies. A timer would race the agent's key generation, which under CPU load
     // can outlast its 1.5 s liveness window, and then no cert.renew is sent at all.
     const due = renewalDueAt(Math.max(enrolled.identity.cert.notBefore.getTime(), statSync(join(stateDir, 'cert.pem')).mtimeMs), enrolled.identity.cert.notAfter.getTime());

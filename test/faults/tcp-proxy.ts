@@ -6,9 +6,10 @@ import { createConnection, createServer, type Server, type Socket } from 'node:n
  * - `blackhole`: keeps the connections open but silently discards every byte, and a close on one
  *   side does not reach the other (a half-open path: nothing errors, nothing arrives); `blackhole-down` discards only server → agent bytes;
  * - `drop()`: destroys every connection at once (RST), new ones are still accepted;
- * - `blackholeDownAt(match)`: switches to `blackhole-down` when an agent → server chunk matches, before
- *   that chunk is forwarded, so the server gets the request and its answer is the first thing lost
- *   (no timer decides when the path goes dark).
+ * - `blackholeDownAt(match)`: switches to `blackhole-down` when an agent → server chunk on one of the
+ *   connections open now matches, before that chunk is forwarded, so the server gets the request and
+ *   its answer is the first thing lost (no timer decides when the path goes dark; a new connection's
+ *   TLS handshake cannot trigger it).
  */
 export type ProxyMode = 'pass' | 'blackhole' | 'blackhole-down';
 
@@ -18,7 +19,7 @@ export class TcpProxy {
   connections = 0;
   readonly #server: Server;
   readonly #pairs = new Set<[Socket, Socket]>();
-  #downAt: ((chunk: Buffer) => boolean) | null = null;
+  #downAt: { match: (chunk: Buffer) => boolean; on: Set<Socket> } | null = null;
 
   private constructor(readonly targetPort: number) {
     this.#server = createServer((client) => this.#accept(client));
@@ -38,9 +39,9 @@ export class TcpProxy {
     return `https://127.0.0.1:${this.port}`;
   }
 
-  /** Arms a one-shot switch to `blackhole-down` on the first agent → server chunk that `match`es. */
+  /** Arms a one-shot switch to `blackhole-down` on the first agent → server chunk, of a connection open now, that `match`es. */
   blackholeDownAt(match: (chunk: Buffer) => boolean): void {
-    this.#downAt = match;
+    this.#downAt = { match, on: new Set([...this.#pairs].map(([client]) => client)) };
   }
 
   drop(): void {
@@ -63,7 +64,7 @@ export class TcpProxy {
     this.#pairs.add(pair);
     const forward = (from: Socket, to: Socket, down: boolean): void => {
       from.on('data', (chunk: Buffer) => {
-        if (!down && this.#downAt?.(chunk)) {
+        if (!down && this.#downAt?.on.has(from) && this.#downAt.match(chunk)) {
           this.#downAt = null;
           this.mode = 'blackhole-down';
         }
