@@ -182,6 +182,8 @@ describe('path choice through the real server', () => {
     const allocation = relay.get(id('hard'), id('easy1'))!;
     const hardSide = allocation.a.nodeId === id('hard') ? allocation.a : allocation.b;
     expect(hardSide.ips.sort()).toEqual(['127.0.0.1', '198.51.100.10']);
+    // And both members' WireGuard keys: the relay checks every handshake's MAC1 under its receiver's.
+    expect([allocation.a, allocation.b].map((m) => m.publicKey).sort()).toEqual([nodes.hard!.key, nodes.easy1!.key].sort());
     // Persisted with the events, so that a restarted server revokes them.
     expect(mesh.heldRelaySessions().map((h) => h.sessionId).sort()).toEqual(relaySessions.list().map((s) => s.id).sort());
     const text = await scrape();

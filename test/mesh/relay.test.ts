@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { createSocket, type Socket } from 'node:dgram';
+import { blake2s } from '@noble/hashes/blake2.js';
 import { Registry } from 'prom-client';
 import { afterEach, describe, expect, it } from 'vitest';
 import { MeshlinkError } from '../../src/errors.js';
@@ -401,6 +402,58 @@ describe('UdpRelay', () => {
     await sendSettled(r, b, alloc.b.port, transport(0x31, 32));
     await until('B\'s data at A', () => a.inbox.length === 2);
     expect(r.get('node-a', 'node-b')!.a).toMatchObject({ latched: { port: a.port }, confirmed: true, relatched: 0 });
+  });
+
+  it('with the members\' public keys, a handshake without a valid MAC1 under its receiver\'s key cannot latch, be a candidate or confirm', async () => {
+    const { relay: r } = relay();
+    const key = (): string => randomBytes(32).toString('base64');
+    const [keyA, keyB, keyB2] = [key(), key(), key()];
+    // What WireGuard computes (wireguard.pdf §5.4.4): MAC1 = BLAKE2s-128 under HASH("mac1----" || the
+    // receiver's public key), over the message up to MAC1 (initiation 116 bytes, response 60).
+    const withMac = (packet: Buffer, receiverKey: string): Buffer => {
+      const at = packet[0] === 1 ? 116 : 60;
+      const macKey = blake2s(Buffer.concat([Buffer.from('mac1----'), Buffer.from(receiverKey, 'base64')]));
+      Buffer.from(blake2s(packet.subarray(0, at), { key: macKey, dkLen: 16 })).copy(packet, at);
+      return packet;
+    };
+    const alloc = await r.allocate({ a: { nodeId: 'node-a', ips: ['127.0.0.1'], publicKey: keyA }, b: { nodeId: 'node-b', ips: ['127.0.0.2'], publicKey: keyB } });
+    expect([alloc.a.publicKey, alloc.b.publicKey]).toEqual([keyA, keyB]);
+    const squatter = await peer('127.0.0.1');
+    const a = await peer('127.0.0.1');
+    const b = await peer('127.0.0.2');
+    // Junk from a host behind A's NAT, and a handshake MAC'd under the wrong key: dropped, nothing latched.
+    await sendSettled(r, squatter, alloc.a.port, initiation(0x51));
+    await sendSettled(r, squatter, alloc.a.port, withMac(initiation(0x52), keyA));
+    expect(r.counters.dropped.bad_mac).toBe(2);
+    expect(r.get('node-a', 'node-b')!.a.latched).toBeNull();
+    // A's real initiation (MAC'd under B's key) latches A's port; B's real one latches B's.
+    await sendSettled(r, a, alloc.a.port, withMac(initiation(0x0a), keyB));
+    await sendSettled(r, b, alloc.b.port, withMac(initiation(0x31), keyA));
+    await until('B\'s initiation at A', () => a.inbox.length === 1);
+    expect(r.get('node-a', 'node-b')!.a).toMatchObject({ latched: { port: a.port }, confirmed: false });
+    // A flood of junk initiations from other ports makes no candidate (and takes no bandwidth).
+    for (let i = 0; i < 20; i++) await sendSettled(r, squatter, alloc.a.port, initiation(0x100 + i));
+    expect(r.counters.dropped.bad_mac).toBe(22);
+    // Junk naming A's index cannot confirm it; B's real answer does.
+    await sendSettled(r, b, alloc.b.port, response(0x0c, 0x0a));
+    expect(r.get('node-a', 'node-b')!.a.confirmed).toBe(false);
+    const answer = withMac(response(0x0b, 0x0a), keyA);
+    await sendSettled(r, b, alloc.b.port, answer);
+    await until('B\'s answer at A', () => a.inbox.length === 2);
+    expect(a.inbox[1]).toEqual(answer);
+    expect(r.get('node-a', 'node-b')!.a).toMatchObject({ latched: { port: a.port }, confirmed: true });
+    expect(r.counters.dropped.bad_mac).toBe(23);
+    // B rotates its key: handshakes to it under the new key pass, under the previous one still (its
+    // peers learn the new key a moment later), under any other not.
+    expect(r.updateIps({ a: { nodeId: 'node-a', ips: ['127.0.0.1'], publicKey: keyA }, b: { nodeId: 'node-b', ips: ['127.0.0.2'], publicKey: keyB2 } })).toBe(true);
+    expect(r.get('node-a', 'node-b')!.b.publicKey).toBe(keyB2);
+    const passed = r.counters.relayedPackets;
+    await sendSettled(r, a, alloc.a.port, withMac(initiation(0x0d), keyB2));
+    await sendSettled(r, a, alloc.a.port, withMac(initiation(0x0e), keyB));
+    await sendSettled(r, a, alloc.a.port, withMac(initiation(0x0f), key()));
+    expect(r.counters.relayedPackets).toBe(passed + 2);
+    expect(r.counters.dropped.bad_mac).toBe(24);
+    expect(squatter.inbox).toEqual([]);
   });
 
   it('on a dual-stack :: socket, forwards to IPv4 members in the socket\'s own form and shows them plain', async () => {

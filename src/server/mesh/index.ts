@@ -300,8 +300,11 @@ class RelayAssigner {
       if (!online && !held.has(`${pair.a}\n${pair.b}`) && !held.has(`${pair.b}\n${pair.a}`)) continue;
       const ipsA = this.#mesh.observedIps(pair.a);
       const ipsB = this.#mesh.observedIps(pair.b);
-      if (ipsA.length === 0 || ipsB.length === 0) continue;
-      wanted.push({ a: { nodeId: pair.a, ips: ipsA }, b: { nodeId: pair.b, ips: ipsB } });
+      // Relay pairs are of keyed nodes only (pairPaths); the keys let the relay check each handshake's MAC1.
+      const keyA = this.#mesh.nodeInfo(pair.a)?.publicKey;
+      const keyB = this.#mesh.nodeInfo(pair.b)?.publicKey;
+      if (ipsA.length === 0 || ipsB.length === 0 || !keyA || !keyB) continue;
+      wanted.push({ a: { nodeId: pair.a, ips: ipsA, publicKey: keyA }, b: { nodeId: pair.b, ips: ipsB, publicKey: keyB } });
     }
     try {
       const done = await this.sessions.reconcile(wanted);

@@ -1,4 +1,5 @@
-import { randomBytes } from 'node:crypto';
+import { randomBytes, timingSafeEqual } from 'node:crypto';
+import { blake2s } from '@noble/hashes/blake2.js';
 import { createSocket, type RemoteInfo, type Socket } from 'node:dgram';
 import { isIP } from 'node:net';
 import { Counter, Gauge, type Registry } from 'prom-client';
@@ -64,10 +65,21 @@ import { zodErrorText } from '../../util/zod-error.js';
  * a confirmed candidate replaces the unconfirmed latch, and is confirmed itself. A candidate may not
  * use an index the latched source offered or another candidate holds (copied off the wire, it would
  * take the answer meant for the member); an answer naming the latched source's own index confirms
- * the latch in place. What this does not stop: a squatter that keeps *flooding* the candidate list
- * (4 entries) with initiations faster than the peer answers (docs/MESH.md, "What is left"). Cookie replies
+ * the latch in place. Without the members' keys, a squatter that keeps *flooding* the candidate list
+ * (4 entries) faster than the peer answers still keeps the port: MAC1 (below) is what stops it. Cookie replies
  * (type 3) confirm nothing: a cookie reply answers any initiation with a valid MAC1, which needs only
  * the peer's public key.
+ *
+ * MAC1 (when the server gives the members' WireGuard public keys, as it always does). Every WireGuard
+ * handshake message carries `mac1`, a keyed BLAKE2s-128 of the message before it, under
+ * HASH("mac1----" || the receiver's static public key) (wireguard.pdf §5.4.4): initiation bytes
+ * 116..131 over 0..115, response bytes 60..75 over 0..59. It proves nothing about the sender's
+ * identity, but it proves the sender knows the receiver's public key, which a host that merely shares
+ * a member's NAT does not. So a handshake toward a member whose key is known must carry a valid MAC1,
+ * or it is dropped (`bad_mac`) before it can latch, become a candidate or confirm: junk can no longer
+ * take a port, flood the candidate list or vouch for a squatter. The previous key stays accepted after
+ * a change (a member's peers learn a rotated key a moment after the relay). Without a key (tests, the
+ * bench) nothing is checked.
  *
  * Addresses keep the form the socket reported them in for sending (a dual-stack `::` socket reports
  * and needs `::ffff:192.0.2.1`); comparisons and what `list()` shows use the plain form (192.0.2.1).
@@ -100,7 +112,7 @@ export function wgMessageType(packet: Buffer): number {
   }
 }
 
-export const RELAY_DROP_REASONS = ['wrong_source', 'not_wireguard', 'not_latched', 'peer_not_latched', 'rate_limited', 'expired'] as const;
+export const RELAY_DROP_REASONS = ['wrong_source', 'not_wireguard', 'bad_mac', 'not_latched', 'peer_not_latched', 'rate_limited', 'expired'] as const;
 export type RelayDropReason = (typeof RELAY_DROP_REASONS)[number];
 
 /** Candidates for re-latching kept per port (see above), and how long each waits for its response. */
@@ -111,8 +123,13 @@ const CANDIDATE_TTL_MS = 10_000;
 
 const ipSchema = z.string().refine((v) => isIP(v) !== 0, 'an IP address');
 const nodeIdSchema = z.string().min(1).max(128);
-/** A member: its node and the IPs it may send from (observed by the server: control connection, STUN). */
-const memberSchema = z.object({ nodeId: nodeIdSchema, ips: z.array(ipSchema).min(1).max(4) });
+/** The 32-byte WireGuard key in base64, as contract/mesh-events.ts's wgKeySchema has it. */
+const publicKeySchema = z.string().regex(/^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$/, 'a WireGuard public key (base64 of 32 bytes)');
+/**
+ * A member: its node, the IPs it may send from (observed by the server: control connection, STUN),
+ * and its WireGuard public key, under which the handshakes sent to it carry their MAC1 (see "MAC1").
+ */
+const memberSchema = z.object({ nodeId: nodeIdSchema, ips: z.array(ipSchema).min(1).max(4), publicKey: publicKeySchema.optional() });
 /** What the server's mesh feature asks for: the pair and the IPs it observed for each member. */
 export const relayAllocationRequestSchema = z
   .object({ a: memberSchema, b: memberSchema })
@@ -153,6 +170,8 @@ export interface RelayMember {
   latched: { address: string; port: number } | null;
   /** Whether the peer's WireGuard has vouched for the latched source (see "Confirmation"). */
   confirmed: boolean;
+  /** The member's WireGuard public key, under which handshakes to it must carry their MAC1; null: unchecked. */
+  publicKey: string | null;
   /** How often the latch moved to a new source (a NAT rebinding, see "Re-latching"). */
   relatched: number;
 }
@@ -196,6 +215,8 @@ interface Side {
   candidates: Map<number, Source & { at: number }>;
   /** While the latch is unconfirmed: the sender indices of the latched source's handshakes, oldest first. */
   offered: number[];
+  /** The MAC1 keys of handshakes sent *to* the member (member.publicKey's, then the previous one's). */
+  mac1Keys: Uint8Array[];
 }
 
 class Allocation {
@@ -272,7 +293,7 @@ export class UdpRelay {
     const existing = this.#allocations.get(key);
     if (existing && !this.#expired(existing)) {
       existing.lastActiveAt = this.#o.now();
-      for (const side of existing.sides) side.member.ips = ipsOf(side.member.nodeId === a.nodeId ? a.ips : b.ips);
+      updateMembers(existing, a, b);
       return this.#info(existing);
     }
     if (existing) this.#close(key, existing, 'expired');
@@ -298,10 +319,14 @@ export class UdpRelay {
     }
     const [sa, sb] = sockets;
     const now = this.#o.now();
-    const side = (nodeId: string, ips: string[], socket: Socket): Side => ({ member: { nodeId, ips: ipsOf(ips), port: socket.address().port, latched: null, confirmed: false, relatched: 0 }, socket, target: null, heardAt: now, candidates: new Map(), offered: [] });
+    const side = (m: RelayAllocationRequest['a'], socket: Socket): Side => {
+      const made: Side = { member: { nodeId: m.nodeId, ips: ipsOf(m.ips), port: socket.address().port, latched: null, confirmed: false, publicKey: null, relatched: 0 }, socket, target: null, heardAt: now, candidates: new Map(), offered: [], mac1Keys: [] };
+      setPublicKey(made, m.publicKey);
+      return made;
+    };
     // Random ids: agents keep the sessions they were assigned across a server restart, so a counter
     // starting again at 1 would name a new session like an old one.
-    const allocation = new Allocation(`r${randomBytes(9).toString('base64url')}`, [side(a.nodeId, a.ips, sa), side(b.nodeId, b.ips, sb)], now);
+    const allocation = new Allocation(`r${randomBytes(9).toString('base64url')}`, [side(a, sa), side(b, sb)], now);
     // A concurrent allocate() for the same pair may have won: keep one allocation per pair.
     const raced = this.#allocations.get(key);
     if (raced && !raced.closed) {
@@ -331,7 +356,7 @@ export class UdpRelay {
   }
 
   /**
-   * Gives the pair's live allocation the members' current IPs without renewing it (a reconcile must not
+   * Gives the pair's live allocation the members' current IPs and keys without renewing it (a reconcile must not
    * keep an idle allocation alive); false when the pair has none, or only an expired one.
    */
   updateIps(request: RelayAllocationRequest): boolean {
@@ -340,7 +365,7 @@ export class UdpRelay {
     const { a, b } = parsed.data;
     const allocation = this.#allocations.get(pairKey(a.nodeId, b.nodeId));
     if (!allocation || allocation.closed || this.#expired(allocation)) return false;
-    for (const side of allocation.sides) side.member.ips = ipsOf(side.member.nodeId === a.nodeId ? a.ips : b.ips);
+    updateMembers(allocation, a, b);
     return true;
   }
 
@@ -433,6 +458,8 @@ export class UdpRelay {
     }
     const type = wgMessageType(packet);
     if (type === 0) return this.#drop('not_wireguard');
+    // A handshake toward the peer must show that its sender knows the peer's public key (see "MAC1").
+    if ((type === WgMessageType.initiation || type === WgMessageType.response) && there.mac1Keys.length > 0 && !mac1Valid(packet, type, there.mac1Keys)) return this.#drop('bad_mac');
     if (now - allocation.lastActiveAt >= this.#o.idleMs) return this.#drop('expired');
     if (!latched) {
       if (type !== WgMessageType.initiation && type !== WgMessageType.response) return this.#drop('not_latched');
@@ -576,6 +603,39 @@ function pairKey(a: string, b: string): string {
 }
 
 /** A member's IPs in the plain form, without duplicates. */
+const MAC1_LABEL = Buffer.from('mac1----');
+/** Where MAC1 sits in a handshake message: it covers the bytes before it (wireguard.pdf §5.4.4). */
+const MAC1_OFFSET = { [WgMessageType.initiation]: 116, [WgMessageType.response]: 60 } as const;
+
+/** HASH(LABEL_MAC1 || Spub): the key of the MAC1 of handshakes sent to the holder of `publicKey`. */
+function mac1KeyOf(publicKey: string): Uint8Array {
+  return blake2s(Buffer.concat([MAC1_LABEL, Buffer.from(publicKey, 'base64')]));
+}
+
+/** Whether a well-formed initiation or response carries a MAC1 valid under one of `keys`. */
+function mac1Valid(packet: Buffer, type: 1 | 2, keys: readonly Uint8Array[]): boolean {
+  const at = MAC1_OFFSET[type];
+  const carried = packet.subarray(at, at + 16);
+  for (const key of keys) if (timingSafeEqual(blake2s(packet.subarray(0, at), { key, dkLen: 16 }), carried)) return true;
+  return false;
+}
+
+/** A member's key: a new one becomes current, and the one before stays accepted (see "MAC1"). */
+function setPublicKey(side: Side, publicKey: string | undefined): void {
+  if (publicKey === undefined || publicKey === side.member.publicKey) return;
+  side.mac1Keys = [mac1KeyOf(publicKey), ...side.mac1Keys.slice(0, 1)];
+  side.member.publicKey = publicKey;
+}
+
+/** Applies a request's IPs and keys to an allocation's members. */
+function updateMembers(allocation: Allocation, a: RelayAllocationRequest['a'], b: RelayAllocationRequest['b']): void {
+  for (const side of allocation.sides) {
+    const m = side.member.nodeId === a.nodeId ? a : b;
+    side.member.ips = ipsOf(m.ips);
+    setPublicKey(side, m.publicKey);
+  }
+}
+
 function ipsOf(ips: readonly string[]): string[] {
   return [...new Set(ips.map(normalizeIp))];
 }
