@@ -602,7 +602,6 @@ function pairKey(a: string, b: string): string {
   return a < b ? `${a}\n${b}` : `${b}\n${a}`;
 }
 
-/** A member's IPs in the plain form, without duplicates. */
 const MAC1_LABEL = Buffer.from('mac1----');
 /** Where MAC1 sits in a handshake message: it covers the bytes before it (wireguard.pdf §5.4.4). */
 const MAC1_OFFSET = { [WgMessageType.initiation]: 116, [WgMessageType.response]: 60 } as const;
@@ -636,6 +635,7 @@ function updateMembers(allocation: Allocation, a: RelayAllocationRequest['a'], b
   }
 }
 
+/** A member's IPs in the plain form, without duplicates. */
 function ipsOf(ips: readonly string[]): string[] {
   return [...new Set(ips.map(normalizeIp))];
 }

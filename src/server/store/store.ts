@@ -481,7 +481,6 @@ function inIssueOrder(rows: ReadonlyArray<{ serial: string; seq: number | null }
   return [...rows].sort((a, b) => (a.seq ?? 0) - (b.seq ?? 0)).map((r) => r.serial);
 }
 
-
 async function addToMetaCounter(q: Core, key: string, add: number): Promise<void> {
   // The addend is the proposed row's text, cast like the stored one: better-sqlite3 binds a JS number
   // as a REAL, and INTEGER + REAL would store '3.0' where the counter was '3'.
