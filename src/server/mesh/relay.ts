@@ -4,6 +4,7 @@ import { createSocket, type RemoteInfo, type Socket } from 'node:dgram';
 import { isIP } from 'node:net';
 import { Counter, Gauge, type Registry } from 'prom-client';
 import { z } from 'zod';
+import { wgKeySchema } from '../../contract/mesh-events.js';
 import { MeshlinkError } from '../../errors.js';
 import type { Logger } from '../../util/logger.js';
 import { TokenBuckets } from '../../util/token-bucket.js';
@@ -123,13 +124,11 @@ const CANDIDATE_TTL_MS = 10_000;
 
 const ipSchema = z.string().refine((v) => isIP(v) !== 0, 'an IP address');
 const nodeIdSchema = z.string().min(1).max(128);
-/** The 32-byte WireGuard key in base64, as contract/mesh-events.ts's wgKeySchema has it. */
-const publicKeySchema = z.string().regex(/^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$/, 'a WireGuard public key (base64 of 32 bytes)');
 /**
  * A member: its node, the IPs it may send from (observed by the server: control connection, STUN),
  * and its WireGuard public key, under which the handshakes sent to it carry their MAC1 (see "MAC1").
  */
-const memberSchema = z.object({ nodeId: nodeIdSchema, ips: z.array(ipSchema).min(1).max(4), publicKey: publicKeySchema.optional() });
+const memberSchema = z.object({ nodeId: nodeIdSchema, ips: z.array(ipSchema).min(1).max(4), publicKey: wgKeySchema.optional() });
 /** What the server's mesh feature asks for: the pair and the IPs it observed for each member. */
 export const relayAllocationRequestSchema = z
   .object({ a: memberSchema, b: memberSchema })
