@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { EVENT_PAYLOAD_SCHEMAS, natReportSchema, PEER_PATHS } from '../contract/mesh-events.js';
+import { EVENT_PAYLOAD_SCHEMAS, natReportSchema, PEER_LINK_STATES, PEER_PATHS } from '../contract/mesh-events.js';
 import { MAX_BUNDLE_BYTES as MAX_RELEASE_BUNDLE_BYTES, releaseManifestSchema } from '../contract/release.js';
 import { POLICY_MAX_BYTES, policySchema } from './policy.js';
 import { defineRoute } from './route.js';
@@ -198,7 +198,8 @@ export const removeNode = defineRoute({
 /**
  * A node's mesh details in `server nodes show`: the NAT report of its last hello, the address its
  * control connection came from (a hint only), and each peer as the events told the node: the pair's
- * path, the endpoint WireGuard uses (the first) and the last handshake (null: not reported).
+ * path, the endpoint WireGuard uses (the first), whether the node reaches the peer there and the last
+ * handshake (both null: not reported).
  */
 export const meshNodeDetailsSchema = z.object({
   meshIp: z.string(),
@@ -211,6 +212,8 @@ export const meshNodeDetailsSchema = z.object({
       meshIp: z.string(),
       path: z.enum(PEER_PATHS).nullable(),
       endpoint: z.string().nullable(),
+      /** What the node last reported of the peer (`peer.status`: up, down, pending); null: no report (no --wireguard, or the server is stopped). */
+      link: z.enum(PEER_LINK_STATES).nullable(),
       lastHandshake: iso.nullable(),
     }),
   ),

@@ -229,7 +229,8 @@ function registerStatusCommand(agent: Command): void {
         const connection = connectionReport(reading);
         const revoked = revocationReport(reading, identity?.certSerial ?? null);
         const proxy = proxyReport(connection);
-        const report = { enrolled, stateDir, ...(identity ?? {}), ...(await readMeshStatus(stateDir)), connection, revoked, ...(proxy === undefined ? {} : { proxy }) };
+        const mesh = await readMeshStatus(stateDir);
+        const report = { enrolled, stateDir, ...(identity ?? {}), ...mesh, connection, revoked, ...(proxy === undefined ? {} : { proxy }) };
         if (flags.json) {
           process.stdout.write(`${JSON.stringify(report)}\n`);
           return;
@@ -247,12 +248,21 @@ function registerStatusCommand(agent: Command): void {
         lines.push(`connection:   ${describeConnection(connection)}`);
         if (revoked !== null) lines.push(`REVOKED:      at ${revoked.at} (${revoked.how})`, `next step:    ${revoked.nextStep}`);
         if (proxy !== undefined) lines.push(`proxy:        ${proxy === null ? 'none (direct)' : `${proxy.address} (from ${proxy.source})`}`);
+        if (mesh.meshIp != null) {
+          const peers = mesh.peers ?? [];
+          lines.push(`mesh ip:      ${mesh.meshIp} (WireGuard ${mesh.wireguard?.mode ?? '-'}${mesh.nat ? `, NAT ${mesh.nat.mapping}` : ''})`, `mesh peers:   ${peers.length}: node, path, endpoint, link, last handshake`);
+          for (const p of peers.slice(0, MAX_PEER_LINES)) lines.push(`  ${p.nodeId.padEnd(36)} ${(p.path ?? '-').padEnd(6)} ${(p.endpoint ?? '-').padEnd(24)} ${(p.link ?? '-').padEnd(7)} ${p.lastHandshake ?? '-'}`);
+          if (peers.length > MAX_PEER_LINES) lines.push(`  … ${peers.length - MAX_PEER_LINES} more (--json for all)`);
+        }
         process.stdout.write(`${lines.join('\n')}\n`);
       }),
     );
 }
 
 // ---------------------------------------------------------------------------------------------
+
+/** Peers `agent status` prints one line each; --json has them all. */
+const MAX_PEER_LINES = 50;
 
 export function registerAgentCommands(program: Command): Command {
   const agent = program

@@ -52,9 +52,9 @@ function render(d: NodeDetails): string {
       `nat           ${m.nat === null ? '- (no probe reported)' : `${m.nat.mapping}, public ${m.nat.reflexive ?? '-'}`}`,
       `control from  ${m.observedAddress ?? '-'} (the TCP address; never a WireGuard endpoint)`,
       '',
-      `mesh peers (${m.peers.length}): host, path, endpoint, last handshake`,
+      `mesh peers (${m.peers.length}): host, path, endpoint, link as the node reports it, last handshake`,
     );
-    for (const p of m.peers.slice(0, 200)) lines.push(`  ${(p.hostname ?? p.nodeId).padEnd(20)} ${(p.path ?? '-').padEnd(6)} ${(p.endpoint ?? '-').padEnd(24)} ${p.lastHandshake ?? '-'}`);
+    for (const p of m.peers.slice(0, 200)) lines.push(`  ${(p.hostname ?? p.nodeId).padEnd(20)} ${(p.path ?? '-').padEnd(6)} ${(p.endpoint ?? '-').padEnd(24)} ${(p.link ?? '-').padEnd(7)} ${p.lastHandshake ?? '-'}`);
     if (m.peers.length > 200) lines.push(`  … ${m.peers.length - 200} more (--json for all)`);
   }
   lines.push('', `metrics (${d.metrics.length} series, latest report)`);

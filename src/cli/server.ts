@@ -88,7 +88,7 @@ function durationOption(key: string, text: string): number {
   }
 }
 
-type StartOptions = { dataDir?: string; store?: string; listen: string; publicUrl?: string; san: string[]; caKey: string; certLifetime: string; renewGrace: string; heartbeatInterval: string; offlineAfter: string; clientHelloTimeout: string; proxyProtocol?: boolean; proxyProtocolFrom?: string; logLevel?: string; metricsListen?: string; consoleListen?: string; consoleOrigin?: string; config?: string; keyFile?: string; stunListen?: string; stun: boolean; relayListen?: string; relay: boolean; relayPublicHost?: string; relayBandwidth: string; relayIdleTimeout: string; relayMaxAllocations: string; releaseKey: string[] };
+type StartOptions = { dataDir?: string; store?: string; listen: string; publicUrl?: string; san: string[]; caKey: string; certLifetime: string; renewGrace: string; heartbeatInterval: string; offlineAfter: string; clientHelloTimeout: string; proxyProtocol?: boolean; proxyProtocolFrom?: string; logLevel?: string; metricsListen?: string; consoleListen?: string; consoleOrigin?: string; config?: string; keyFile?: string; stunListen?: string; stun: boolean; relayListen?: string; relay: boolean; relayPublicHost?: string; relayBandwidth: string; relayIdleTimeout: string; relayMaxAllocations: string; meshDirectRetry: string; releaseKey: string[] };
 
 /** The options of `server start`, on a fresh command too (a reload parses the config file again with it). */
 function defineStartOptions(cmd: Command): Command {
@@ -116,6 +116,7 @@ function defineStartOptions(cmd: Command): Command {
     .option('--relay-bandwidth <rate>', 'bandwidth cap per relay allocation and direction, e.g. 100mbit, 1gbit', '100mbit')
     .option('--relay-idle-timeout <duration>', 'a relay allocation without traffic for this long is closed and revoked (30s..1d)', '120s')
     .option('--relay-max-allocations <n>', 'relay allocations at most (two UDP ports each)', '1000')
+    .option('--mesh-direct-retry <duration>', 'a pair whose direct path its agents report down goes to the relay for this long, then tries direct again; doubled after each failure in a row, up to 1h (10s..1d)', '5m')
     .option('--release-key <key>', 'release public key (ed25519:…, printed by `meshlink release keygen`) whose signature `upgrade set` requires on agent bundles (repeatable; not stored: give it on every start)', collect, [])
     .option('--console-origin <origin>', 'the origin browsers use for the console when it is not http://HOST:PORT of the request, e.g. https://console.example.com behind a reverse proxy')
     .option('--store <url>', 'a postgres:// URL: the PostgreSQL database that replicas share (default: MESHLINK_STORE, else the SQLite file in the data dir); needs --key-file; docs/CLUSTER.md')
@@ -160,6 +161,7 @@ function startConfig(opts: StartOptions): ServerConfig {
     relayBytesPerSecond: relayBandwidth(opts.relayBandwidth),
     relayIdleMs: durationOption('relayIdleTimeout', opts.relayIdleTimeout),
     relayMaxAllocations: positiveInteger('--relay-max-allocations', opts.relayMaxAllocations),
+    meshDirectRetryMs: durationOption('meshDirectRetry', opts.meshDirectRetry),
     releaseKeys: opts.releaseKey,
   });
 }

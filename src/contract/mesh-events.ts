@@ -74,6 +74,37 @@ export type SelfReport = z.infer<typeof selfReportSchema>;
 export const PEER_PATHS = ['direct', 'relay'] as const;
 export type PeerPath = (typeof PEER_PATHS)[number];
 
+/**
+ * How a node reaches one of its peers now, as its agent measures it from WireGuard's counters
+ * (agent/mesh/peer-watch.ts; docs/MESH.md, "Switching"): `up` when something was received from the
+ * peer on the endpoint in force within the last PEER_DOWN_AFTER_MS, `down` when nothing was for that
+ * long since the endpoint took effect, `pending` before either can be said (a new endpoint).
+ */
+export const PEER_LINK_STATES = ['up', 'down', 'pending'] as const;
+export type PeerLinkState = (typeof PEER_LINK_STATES)[number];
+
+/**
+ * Silence after which a peer is `down`. WireGuard's persistent keepalive (25 s, wg-config.ts) makes a
+ * working path carry a packet each way at least that often, idle or not; the agent samples every
+ * PEER_SAMPLE_MS, and the rest is slack for a loaded host.
+ */
+export const PEER_DOWN_AFTER_MS = 40_000;
+export const PEER_SAMPLE_MS = 5_000;
+
+/** One entry of `peer.status` (the server checks each with this schema, as the agent builds it). */
+export const peerLinkSchema = z.object({
+  nodeId: nodeIdSchema,
+  state: z.enum(PEER_LINK_STATES),
+  /** The endpoint WireGuard was given for the peer (the relay's while a relay session is in force); null: none. */
+  endpoint: endpointSchema.nullable(),
+  /** Milliseconds since the peer's last completed handshake, as of sending; null: none since the interface knew the peer. */
+  handshakeAgeMs: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER).nullable(),
+});
+export type PeerLink = z.infer<typeof peerLinkSchema>;
+
+/** Entries of one `peer.status` message; an agent with more peers sends several. */
+export const PEER_STATUS_MAX_ENTRIES = 1024;
+
 export const peerSchema = z.object({
   nodeId: nodeIdSchema,
   meshIp: ipv4Schema,

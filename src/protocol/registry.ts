@@ -250,6 +250,9 @@ export const MESSAGE_KINDS = [
   kind(0x0034, 'drift.report', 'agent-to-server', 'control',
     z.object({ ts: u53, items: z.array(z.object({ field: shortText, expected: text.optional(), actual: text.optional() })).max(1024) }),
     'Differences the agent found and corrected during reconciliation.'),
+  kind(0x0035, 'peer.status', 'agent-to-server', 'control',
+    z.object({ peers: z.array(z.object({ nodeId: shortText, state: shortText, endpoint: shortText.nullable(), handshakeAgeMs: u53.nullable() })).max(1024) }),
+    'How the agent reaches its WireGuard peers now (up/down/pending, the endpoint in force, the last handshake’s age): sent when a peer’s state changes and once a minute; the server moves a direct pair that is down to the relay (docs/MESH.md, "Switching"). Each entry is checked by the mesh (contract/mesh-events.ts peerLinkSchema).'),
 
   // ---- 0x0040.. operations ----
   kind(0x0040, 'action.request', 'server-to-agent', 'stream',

@@ -131,6 +131,12 @@ export const serverConfigSchema = z
     relayBytesPerSecond: z.number().int().min(1_000).max(125_000_000_000).default(12_500_000),
     /** A relay allocation without traffic for this long is closed and revoked (`--relay-idle-timeout`; above WireGuard's 25 s keepalive). */
     relayIdleMs: z.number().int().min(30_000).max(DAY_MS).default(120_000),
+    /**
+     * How long a pair whose direct path was reported down stays on the relay before it tries direct
+     * again (`--mesh-direct-retry`, docs/MESH.md "Switching"); doubled after each failure in a row, up
+     * to an hour or this, whichever is longer.
+     */
+    meshDirectRetryMs: z.number().int().min(10_000).max(DAY_MS).default(300_000),
     /** Relay allocations at most (`--relay-max-allocations`; two UDP ports each). */
     relayMaxAllocations: z.number().int().min(1).max(30_000).default(1_000),
     /** Where to serve the web console (`--console-listen`, plain HTTP, docs/CONSOLE.md); null: off. */

@@ -95,6 +95,10 @@ export interface MeshRelayStats {
   packets: number;
   relatched: number;
   dropped: Readonly<Record<string, number>>;
+  /** Switching (path-health.ts): direct pairs moved to the relay, trials of direct after a back-off, pairs held on the relay now. */
+  switchedToRelay: number;
+  directRetries: number;
+  heldOnRelay: number;
 }
 
 export interface FeatureQuestions {

@@ -372,4 +372,27 @@ function registerRelayMetrics(registry: Registry, stats: () => MeshRelayStats | 
       for (const [reason, n] of Object.entries(s.dropped)) exported.dropped.set(reason, grow(this, n, exported.dropped.get(reason) ?? 0, { reason }));
     },
   });
+  const switched = { relay: 0, direct: 0 };
+  new Counter({
+    name: 'meshlink_mesh_path_switches_total',
+    help: 'Pairs the server moved between paths on their members\' reports (docs/MESH.md, "Switching"): to the relay when a direct path was reported down, to direct when a back-off ended.',
+    labelNames: ['to'] as const,
+    registers: [registry],
+    collect() {
+      const s = stats();
+      if (!s) return;
+      switched.relay = grow(this, s.switchedToRelay, switched.relay, { to: 'relay' });
+      switched.direct = grow(this, s.directRetries, switched.direct, { to: 'direct' });
+    },
+  });
+  new Gauge({
+    name: 'meshlink_mesh_pairs_held_on_relay',
+    help: 'Pairs whose NAT classes allow a direct path but which are on the relay because it was reported down (until their back-off ends).',
+    registers: [registry],
+    collect() {
+      const s = stats();
+      this.reset();
+      if (s) this.set(s.heldOnRelay);
+    },
+  });
 }

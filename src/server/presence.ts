@@ -22,7 +22,7 @@ export interface PresenceOptions {
 }
 
 /** What readers of presence need (features, node listings). */
-export type PresenceView = Pick<Presence, 'isOnline' | 'onlineCount' | 'flush'>;
+export type PresenceView = Pick<Presence, 'isOnline' | 'onlineSince' | 'onlineCount' | 'flush'>;
 
 export class Presence {
   readonly #store: Store;
@@ -30,6 +30,8 @@ export class Presence {
   readonly #minIntervalMs: number;
   /** Open sessions per node. */
   readonly #sessions = new Map<string, number>();
+  /** Since when each online node has had a session open without a break. */
+  readonly #since = new Map<string, number>();
   /** When each node's last_seen was last queued for writing. */
   readonly #written = new Map<string, number>();
   readonly #pending = new Map<string, number>();
@@ -46,6 +48,7 @@ export class Presence {
   /** A session of the node opened (its protocol handshake completed). */
   opened(nodeId: string, at = Date.now()): void {
     this.#sessions.set(nodeId, (this.#sessions.get(nodeId) ?? 0) + 1);
+    if (!this.#since.has(nodeId)) this.#since.set(nodeId, at);
     this.#seen(nodeId, at, true);
   }
 
@@ -56,6 +59,7 @@ export class Presence {
     if (n > 0) this.#sessions.set(nodeId, n);
     else {
       this.#sessions.delete(nodeId);
+      this.#since.delete(nodeId);
       this.#written.delete(nodeId);
     }
   }
@@ -67,6 +71,11 @@ export class Presence {
 
   isOnline(nodeId: string): boolean {
     return this.#sessions.has(nodeId);
+  }
+
+  /** When the node's sessions began without a break (a renewal's overlap is no break); null: offline. */
+  onlineSince(nodeId: string): number | null {
+    return this.#since.get(nodeId) ?? null;
   }
 
   /** Nodes with at least one open session. */

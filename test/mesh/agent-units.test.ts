@@ -135,13 +135,14 @@ describe('wg-quick rendering and wg dump parsing', () => {
   });
 
   it('parses `wg show dump`', () => {
-    const dump = 'PRIV\tPUB\t51820\toff\nPEER1\tPSK1\t10.0.0.2:51820\t10.100.0.2/32\t0\t0\t0\t25\nPEER2\t(none)\t(none)\t(none)\t0\t0\t0\toff\n';
+    const dump = 'PRIV\tPUB\t51820\toff\nPEER1\tPSK1\t10.0.0.2:51820\t10.100.0.2/32\t1764800000\t1234\t5678\t25\nPEER2\t(none)\t(none)\t(none)\t0\t0\t0\toff\n';
     expect(parseWgDump(dump)).toEqual({
       publicKey: 'PUB',
       listenPort: 51820,
       peers: [
-        { publicKey: 'PEER1', psk: 'PSK1', endpoint: '10.0.0.2:51820', allowedIps: ['10.100.0.2/32'] },
-        { publicKey: 'PEER2', psk: null, endpoint: null, allowedIps: [] },
+        // latest-handshake is in seconds; 0 means none.
+        { publicKey: 'PEER1', psk: 'PSK1', endpoint: '10.0.0.2:51820', allowedIps: ['10.100.0.2/32'], handshakeAt: 1_764_800_000_000, rxBytes: 1234, txBytes: 5678 },
+        { publicKey: 'PEER2', psk: null, endpoint: null, allowedIps: [], handshakeAt: null, rxBytes: 0, txBytes: 0 },
       ],
     });
   });

@@ -204,6 +204,19 @@ const SERVER_IP = '198.51.101.1';
 const SROUTER_IP: Record<H, string> = { a: '198.51.101.2', b: '198.51.101.3', c: '198.51.101.4' };
 const SLAN: Record<H, string> = { a: '10.243.1', b: '10.243.2', c: '10.243.3' };
 const METRICS = '127.0.0.1:19464';
+/** `--mesh-direct-retry` of the server: how long a pair whose direct path failed stays relayed before it tries again. */
+const DIRECT_RETRY_S = 20;
+
+/** Drops UDP between B's router and C's (on B's router, ahead of its own rules): a firewall the NAT classes cannot see. */
+const BLOCK_TABLE = 'mlblock';
+function blockBC(): void {
+  const c = SROUTER_IP.c;
+  sh('ip', ['netns', 'exec', SROUTER.b, 'nft', '-f', '-'], `table inet ${BLOCK_TABLE} {
+  chain forward { type filter hook forward priority -10; ip daddr ${c} meta l4proto udp drop; ip saddr ${c} meta l4proto udp drop; }
+}
+`);
+}
+const unblockBC = (): void => void sh('ip', ['netns', 'exec', SROUTER.b, 'nft', 'delete', 'table', 'inet', BLOCK_TABLE]);
 
 function buildServerNetwork(): void {
   sh('ip', ['netns', 'add', SPUB]);
@@ -282,6 +295,8 @@ interface ShownPeer {
   nodeId: string;
   path: string | null;
   endpoint: string | null;
+  link: string | null;
+  lastHandshake: string | null;
 }
 async function peersOf(h: H): Promise<ShownPeer[]> {
   const r = await cli(['server', 'nodes', 'show', `host-${h}`, '--json', '--data-dir', sdataDir()]);
@@ -303,7 +318,7 @@ describe.skipIf(SKIP_REASON !== null)(`the server relays a hard-NAT pair by itse
       ]);
       buildServerNetwork();
       sroot = await tempDir('ml-relay-server-');
-      sserver = spawnIn(SPUB, ['server', 'start', '--data-dir', sdataDir(), '--listen', `${SERVER_IP}:18443`, '--san', SERVER_IP, '--ca-key', 'rsa2048', '--stun-listen', `${SERVER_IP}:3478`, '--relay-listen', SERVER_IP, '--metrics-listen', METRICS], { MESHLINK_MESH_CIDR: '10.235.0.0/24' });
+      sserver = spawnIn(SPUB, ['server', 'start', '--data-dir', sdataDir(), '--listen', `${SERVER_IP}:18443`, '--san', SERVER_IP, '--ca-key', 'rsa2048', '--stun-listen', `${SERVER_IP}:3478`, '--relay-listen', SERVER_IP, '--metrics-listen', METRICS, '--mesh-direct-retry', `${DIRECT_RETRY_S}s`], { MESHLINK_MESH_CIDR: '10.235.0.0/24' });
       await waitFor('server ready', async () => /"server ready"/.test(sserver!.output()) || (sserver!.child.exitCode !== null ? Promise.reject(new Error(sserver!.output())) : false), 60_000);
       const ready = JSON.parse(sserver.output().split('\n').find((l) => l.includes('"server ready"'))!) as { publicUrl: string; caPin: string; relay?: { publicHost: string } };
       // The relay's address agents are told: the public URL's host.
@@ -396,5 +411,55 @@ describe.skipIf(SKIP_REASON !== null)(`the server relays a hard-NAT pair by itse
     // Each recovery is a re-latch of A's port (the allocation and its ports stayed).
     expect(metric('meshlink_relay_relatched_total')).toBeGreaterThanOrEqual(relatched + ROUNDS);
     expect(metric('meshlink_relay_allocations')).toBe(2);
+  }, 600_000);
+  it('switching: a direct pair whose UDP a firewall drops is moved to the relay on its agents’ reports, and back to direct once the firewall lets it through', async () => {
+    try {
+      await waitFor('B reaches C directly', async () => sping('b', 'c'), 60_000, 500);
+      expect(await pathOf('b', 'c')).toBe('direct');
+      const allocations = metric('meshlink_relay_allocations');
+      const toRelay = metric('meshlink_mesh_path_switches_total', '{to="relay"}') || 0;
+      blockBC();
+      const blockedAt = Date.now();
+      expect(sping('b', 'c')).toBe(false);
+      // Nothing arrives from the peer for PEER_DOWN_AFTER_MS: an agent reports it down, the server relays the pair.
+      await waitFor('B shows C on path relay', async () => (await pathOf('b', 'c')) === 'relay', 180_000, 500);
+      const relayedAfter = Date.now() - blockedAt;
+      await waitFor('B’s WireGuard sends to the relay for C', async () => wgEndpoint('b', 'c').startsWith(`${SERVER_IP}:`), 60_000, 300);
+      await waitFor('a ping from B to C through the relay', async () => sping('b', 'c'), 60_000, 500);
+      const pingsAgainAfter = Date.now() - blockedAt;
+      expect(wgEndpoint('c', 'b').startsWith(`${SERVER_IP}:`)).toBe(true);
+      expect(metric('meshlink_relay_allocations')).toBe(allocations + 1);
+      expect(metric('meshlink_mesh_path_switches_total', '{to="relay"}')).toBeGreaterThanOrEqual(toRelay + 1);
+      expect(metric('meshlink_mesh_pairs_held_on_relay')).toBe(1);
+      const before = relayedBytes();
+      expect(sping('c', 'b', 3)).toBe(true);
+      expect(relayedBytes()).toBeGreaterThanOrEqual(before + 6 * 32);
+
+      // The firewall lets UDP through again; the back-off ends after DIRECT_RETRY_S and the pair tries direct.
+      unblockBC();
+      const unblockedAt = Date.now();
+      await waitFor('B shows C on path direct again', async () => (await pathOf('b', 'c')) === 'direct', 180_000, 500);
+      await waitFor('B’s WireGuard sends to C’s router again', async () => wgEndpoint('b', 'c') === `${SROUTER_IP.c}:51820`, 60_000, 300);
+      await waitFor('a ping from B to C, direct', async () => sping('b', 'c'), 60_000, 500);
+      const directAfter = Date.now() - unblockedAt;
+      // The trial held: both report C up on its direct endpoint, and the relay gave the pair's ports back.
+      await waitFor('B reports C up on the direct endpoint', async () => {
+        const shown = (await peersOf('b')).find((p) => p.nodeId === snodes.get('c')!.nodeId);
+        return shown?.link === 'up' && shown.endpoint === `${SROUTER_IP.c}:51820` && shown.lastHandshake !== null;
+      }, 90_000, 1_000);
+      await waitFor('the relay freed B–C’s allocation', async () => metric('meshlink_relay_allocations') === allocations, 60_000, 500);
+      expect(metric('meshlink_mesh_pairs_held_on_relay')).toBe(0);
+      expect(metric('meshlink_mesh_path_switches_total', '{to="direct"}')).toBeGreaterThanOrEqual(1);
+      // C hears B on B's router's own port: the bytes go around the relay (A's pairs still use it, so its total still grows).
+      const received = wgReceived('c', 'b');
+      expect(sping('b', 'c', 3)).toBe(true);
+      expect(wgReceived('c', 'b')).toBeGreaterThan(received);
+      expect(wgEndpoint('c', 'b')).toBe(`${SROUTER_IP.b}:51820`);
+      console.log(`relay e2e switching: blocked direct B–C moved to the relay after ${relayedAfter} ms (pinging again after ${pingsAgainAfter} ms); unblocked, direct again after ${directAfter} ms (back-off ${DIRECT_RETRY_S} s)`);
+    } catch (err) {
+      throw new Error(`${(err as Error).message}\n--- server\n${sserver!.output().slice(-5000)}\n--- agent b\n${sagents.get('b')!.output().slice(-3000)}\n--- agent c\n${sagents.get('c')!.output().slice(-2000)}`);
+    } finally {
+      trySh('ip', ['netns', 'exec', SROUTER.b, 'nft', 'delete', 'table', 'inet', BLOCK_TABLE]);
+    }
   }, 600_000);
 });

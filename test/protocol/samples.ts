@@ -30,6 +30,7 @@ export const SAMPLE_PAYLOADS: Record<KindName, unknown> = {
   'state.request': { rid: 2, digest: hex64 },
   'state.response': { rid: 2, inSync: false, snapshot: { bytes: new Uint8Array([0x80]), signature: new Uint8Array(64), keyId: 'k1' } },
   'drift.report': { ts: 1, items: [{ field: 'peers', expected: '2', actual: '1' }] },
+  'peer.status': { peers: [{ nodeId: 'node-2', state: 'up', endpoint: '192.0.2.2:51820', handshakeAgeMs: 12_000 }, { nodeId: 'node-3', state: 'pending', endpoint: null, handshakeAgeMs: null }] },
   'action.request': { action: 'ping', args: { A: 'b' }, timeoutMs: 1000 },
   'action.ack': { startedAt: 1, queued: false },
   'action.output': { channel: 'stderr', data: new Uint8Array([65]) },

@@ -15,6 +15,8 @@ import { readPinnedEventKeys } from '../state/event-keys.js';
 import { MeshlinkError } from '../../errors.js';
 import type { NatReport } from '../../contract/mesh-events.js';
 import { probeNat, type NatProbeResult } from './nat-probe.js';
+import { PeerWatch } from './peer-watch.js';
+import { PEER_SAMPLE_MS, PEER_STATUS_MAX_ENTRIES } from '../../contract/mesh-events.js';
 
 /**
  * The agent's side of the mesh: verifies and applies events in order, persists what it applied,
@@ -65,6 +67,11 @@ export class MeshAgent {
   #skippedPeerEntries = 0;
   /** What the last STUN probe learned (hello's `nat`); null: no probe ran. */
   #nat: NatReport | null = null;
+  /** Whether each peer is reachable on its endpoint (with an applier: WireGuard's counters). */
+  readonly #links = new PeerWatch();
+  #linkTimer: NodeJS.Timeout | null = null;
+  #sampling = false;
+  #samples = 0;
   /** Emitted for tests and the benchmark: (envelope, receivedAt). */
   onApplied: ((event: Envelope, receivedAt: number) => void) | null = null;
 
@@ -192,12 +199,52 @@ export class MeshAgent {
     void this.reconcile(session);
     this.#timer = setInterval(() => void this.reconcile(session), this.#o.reconcileIntervalMs);
     this.#timer.unref();
+    // Only a real interface has counters to tell a working path from a dead one (docs/MESH.md, "Switching").
+    if (this.#o.applier) {
+      this.#linkTimer = setInterval(() => void this.sampleLinks(session), PEER_SAMPLE_MS);
+      this.#linkTimer.unref();
+    }
     session.once('close', () => this.#clearTimer());
   }
 
   #clearTimer(): void {
     if (this.#timer) clearInterval(this.#timer);
+    if (this.#linkTimer) clearInterval(this.#linkTimer);
     this.#timer = null;
+    this.#linkTimer = null;
+  }
+
+  /**
+   * One sample of the interface's peers (docs/MESH.md, "Switching"): reports the peers whose state or
+   * endpoint changed at once, and every peer once every FULL_REPORT_SAMPLES samples (the operator's
+   * view of handshakes). Never throws; a sample still running makes this one a no-op.
+   */
+  async sampleLinks(session: Session, now = Date.now()): Promise<void> {
+    const applier = this.#o.applier;
+    const state = this.#applied.state;
+    if (!applier || !state || this.#sampling || this.#stopped) return;
+    this.#sampling = true;
+    try {
+      const actual = new Map((await applier.actualPeers()).map((p) => [p.publicKey, p]));
+      const effective = this.#effectiveState(state);
+      const samples = [];
+      for (const p of effective.peers) {
+        const a = actual.get(p.publicKey);
+        if (a) samples.push({ nodeId: p.nodeId, endpoint: p.endpoints[0] ?? null, rxBytes: a.rxBytes, handshakeAt: a.handshakeAt });
+      }
+      const changed = this.#links.sample(samples, now);
+      const full = ++this.#samples % FULL_REPORT_SAMPLES === 0;
+      const report = full ? this.#links.entries(now) : changed;
+      if (report.length > 0 && session.state === 'open') {
+        for (let i = 0; i < report.length; i += PEER_STATUS_MAX_ENTRIES) session.send('peer.status', { peers: report.slice(i, i + PEER_STATUS_MAX_ENTRIES) });
+      }
+      for (const c of changed) if (c.state === 'down') this.#log.info({ peer: c.nodeId, endpoint: c.endpoint }, 'nothing received from the peer on its endpoint; reported down');
+      if ((changed.length > 0 || full) && this.#o.persist) await writeMeshStatus(this.#o.stateDir, this.status());
+    } catch (err) {
+      this.#log.warn({ err: describeErr(err) }, 'sampling the WireGuard peers failed');
+    } finally {
+      this.#sampling = false;
+    }
   }
 
   /** Queues a received event; events are verified, applied and acknowledged strictly in order. */
@@ -265,7 +312,7 @@ export class MeshAgent {
       interface: this.#o.applier?.interfaceName ?? null,
       configPath: join(this.#o.stateDir, WG_CONFIG_FILE),
       lastError: this.#lastError,
-    }, this.#skippedPeerEntries, this.#applied.relays, this.#nat);
+    }, this.#skippedPeerEntries, this.#applied.relays, this.#nat, (id) => this.#links.peer(id));
   }
 
   /** The state WireGuard is given: the applied state with each relayed peer's endpoint replaced by its relay's. */
@@ -494,6 +541,9 @@ export class MeshAgent {
     await this.#o.applier?.close();
   }
 }
+
+/** Every this many link samples, all peers are reported, not only the changed ones (once a minute). */
+const FULL_REPORT_SAMPLES = 12;
 
 /** The relay sessions whose peer is still in the state (a snapshot drops the others). */
 function keepRelaysOf(relays: AppliedFile['relays'], state: MeshState): AppliedFile['relays'] {

@@ -2,7 +2,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { writeFileAtomic } from '../../util/atomic-file.js';
-import { endpointSchema, meshStateSchema, type MeshState } from '../../contract/mesh-events.js';
+import { endpointSchema, meshStateSchema, type MeshState, type PeerLinkState } from '../../contract/mesh-events.js';
 
 /**
  * What the agent has applied, persisted after every applied event so that `lastEventSeq` in hello is
@@ -58,8 +58,10 @@ export interface MeshStatus {
    * `endpoints`: the peer's own. `path`: how the server chose the pair reaches each other (direct/relay;
    * null from a server before paths), `relay` while a relay session is in force. `relay`: the relay
    * endpoint in force, or null. `endpoint`: the one WireGuard uses (the relay's while one is in force).
+   * `link`: whether the peer is reached on that endpoint (peer-watch.ts; null: not measured, without
+   * --wireguard or before the first sample). `lastHandshake`: WireGuard's latest handshake, or null.
    */
-  peers: Array<{ nodeId: string; meshIp: string; publicKey: string; endpoints: string[]; endpoint: string | null; path: 'direct' | 'relay' | null; relay: string | null }>;
+  peers: Array<{ nodeId: string; meshIp: string; publicKey: string; endpoints: string[]; endpoint: string | null; path: 'direct' | 'relay' | null; relay: string | null; link: PeerLinkState | null; lastHandshake: string | null }>;
   /** This node's NAT report (the STUN probe at start), as sent in hello; null: no probe. */
   nat: { reflexive: string | null; mapping: string } | null;
   policyId: string | null;
@@ -78,6 +80,7 @@ export function statusOf(
   skippedPeerEntries = 0,
   relays: readonly AppliedRelay[] = [],
   nat: MeshStatus['nat'] = null,
+  linkOf: (nodeId: string) => { state: PeerLinkState; handshakeAt: number | null } | undefined = () => undefined,
 ): MeshStatus {
   const relayOf = new Map(relays.map((r) => [r.peerNodeId, r.endpoint]));
   return {
@@ -86,6 +89,7 @@ export function statusOf(
     lastEventSeq,
     peers: (state?.peers ?? []).map((p) => {
       const relay = relayOf.get(p.nodeId) ?? null;
+      const link = linkOf(p.nodeId);
       return {
         nodeId: p.nodeId,
         meshIp: p.meshIp,
@@ -94,6 +98,8 @@ export function statusOf(
         endpoint: relay ?? p.endpoints[0] ?? null,
         path: relay ? ('relay' as const) : (p.path ?? null),
         relay,
+        link: link?.state ?? null,
+        lastHandshake: link?.handshakeAt == null ? null : new Date(link.handshakeAt).toISOString(),
       };
     }),
     nat,

@@ -39,6 +39,10 @@ export interface ActualPeer {
   psk: string | null;
   endpoint: string | null;
   allowedIps: string[];
+  /** latest-handshake in ms since the epoch; null: none. */
+  handshakeAt: number | null;
+  rxBytes: number;
+  txBytes: number;
 }
 
 /** Parses `wg show IF dump`: the interface line, then one tab-separated line per peer. */
@@ -52,9 +56,18 @@ export function parseWgDump(text: string): { publicKey: string | null; listenPor
       psk: f[1] && f[1] !== '(none)' ? f[1] : null,
       endpoint: f[2] && f[2] !== '(none)' ? f[2] : null,
       allowedIps: f[3] && f[3] !== '(none)' ? f[3].split(',') : [],
+      handshakeAt: counter(f[4]) > 0 ? counter(f[4]) * 1000 : null,
+      rxBytes: counter(f[5]),
+      txBytes: counter(f[6]),
     };
   });
   return { publicKey: head[1] && head[1] !== '(none)' ? head[1] : null, listenPort: head[2] ? Number(head[2]) : null, peers };
+}
+
+/** A non-negative integer field of `wg show dump`; 0 when absent or not a number. */
+function counter(field: string | undefined): number {
+  const n = Number(field);
+  return Number.isSafeInteger(n) && n > 0 ? n : 0;
 }
 
 export interface DriftItem {

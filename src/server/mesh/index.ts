@@ -10,6 +10,7 @@ import { MeshStore } from './store.js';
 import { StunResponder } from './stun-responder.js';
 import { UdpRelay } from './relay.js';
 import { RelaySessions } from './relay-sessions.js';
+import { PathHealth } from './path-health.js';
 import type { RelayAllocationRequest } from './relay.js';
 import { publicHostOf } from '../public-address.js';
 import type { PresenceView } from '../presence.js';
@@ -44,7 +45,7 @@ export function createMeshFeature(options: MeshFeatureOptions = {}): ServerFeatu
     ctx.questions.answer('nodeListingFields', () => meshListingLookup(ctx.store));
     ctx.questions.answer('tokenListingFields', () => tokenTagsLookup(ctx.store));
     ctx.questions.answer('meshEventCreatedAt', (nodeId, seq) => mesh.eventCreatedAt(nodeId, seq));
-    ctx.questions.answer('meshNodeDetails', (nodeId) => meshNodeDetails(ctx.store, nodeId));
+    ctx.questions.answer('meshNodeDetails', (nodeId) => meshNodeDetails(ctx.store, nodeId, (peerId) => mesh.linkReport(nodeId, peerId)));
     ctx.questions.answer('meshPairsByPath', () => {
       const paths = mesh.pairPaths();
       return { direct: paths.direct, relay: paths.relay.length };
@@ -132,10 +133,30 @@ export function createMeshFeature(options: MeshFeatureOptions = {}): ServerFeatu
     const relay = await startRelay(ctx.config, log);
     if (!relay) await revokeAllHeld(mesh, log);
     const assigner = relay ? new RelayAssigner(mesh, relay, ctx.presence, await publicHostOf(ctx.store, ctx.config), ctx.config.relayPublicHost, log) : null;
+    // Switching (docs/MESH.md): with a relay to fall back on, a direct pair its agents report down is
+    // moved there, and tries direct again after a back-off. Without one there is nowhere to move it.
+    const health = assigner ? new PathHealth({ retryMs: ctx.config.meshDirectRetryMs, maxRetryMs: Math.max(ctx.config.meshDirectRetryMs, MAX_DIRECT_RETRY_MS) }) : null;
+    let retryTimer: NodeJS.Timeout | null = null;
+    if (assigner && health) {
+      mesh.enableSwitching(health, { isRelayEndpoint: (endpoint) => assigner.isRelayEndpoint(endpoint), onlineSince: (id) => ctx.presence.onlineSince(id) });
+      retryTimer = setInterval(() => mesh.retryDirect(), DIRECT_RETRY_CHECK_MS);
+      retryTimer.unref();
+    }
+    ctx.sessions.onMessage('peer.status', (agent, report) => mesh.peerStatus(agent.nodeId, report));
     if (assigner) {
       ctx.questions.answer('meshRelayStats', () => {
         const c = relay!.counters;
-        return { allocations: relay!.size, bytesAtoB: c.relayedBytesAtoB, bytesBtoA: c.relayedBytesBtoA, packets: c.relayedPackets, relatched: c.relatched, dropped: c.dropped };
+        return {
+          allocations: relay!.size,
+          bytesAtoB: c.relayedBytesAtoB,
+          bytesBtoA: c.relayedBytesBtoA,
+          packets: c.relayedPackets,
+          relatched: c.relatched,
+          dropped: c.dropped,
+          switchedToRelay: health?.counters.toRelay ?? 0,
+          directRetries: health?.counters.retries ?? 0,
+          heldOnRelay: health?.size ?? 0,
+        };
       });
       // A member coming online (or going) changes which pairs get an allocation.
       ctx.sessions.on('agent-open', () => assigner.schedule());
@@ -156,6 +177,7 @@ export function createMeshFeature(options: MeshFeatureOptions = {}): ServerFeatu
         stopObserving();
         stopClaiming();
         clearInterval(sweepTimer);
+        if (retryTimer) clearInterval(retryTimer);
         await stun?.close();
         await assigner?.close();
         await relay?.close();
@@ -164,6 +186,10 @@ export function createMeshFeature(options: MeshFeatureOptions = {}): ServerFeatu
     };
   };
 }
+
+/** How often lapsed relay back-offs are looked for, and the longest back-off (docs/MESH.md, "Switching"). */
+const DIRECT_RETRY_CHECK_MS = 5_000;
+const MAX_DIRECT_RETRY_MS = 3_600_000;
 
 /** The feature startServer runs (mesh range from the environment; docs/MESH.md). */
 export const meshFeature: ServerFeature = createMeshFeature();
@@ -256,6 +282,12 @@ class RelayAssigner {
     this.#log = log;
     this.sessions = new RelaySessions({ relay, mesh, publicHost: this.#host, logger: log });
     this.sessions.onRevokedExpired = () => this.schedule();
+  }
+
+  /** Whether `endpoint` (HOST:PORT, [v6]:PORT) is one of the relay's, as agents are told them. */
+  isRelayEndpoint(endpoint: string): boolean {
+    const host = endpoint.slice(0, endpoint.lastIndexOf(':')).replace(/^\[(.*)\]$/, '$1');
+    return host === this.#host;
   }
 
   /** The relay's address as agents are told it, and where it binds. */

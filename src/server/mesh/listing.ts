@@ -4,6 +4,7 @@ import { intToIp } from './addresses.js';
 import type { MeshNodeDetails } from '../../admin-api/routes.js';
 import { natReportSchema } from '../../contract/mesh-events.js';
 import { heldRelaySchema, SETTING_RELAY_SESSIONS_KEY } from './service.js';
+import type { PeerLinkReport } from './path-health.js';
 
 export interface MeshListingFields {
   meshIp: string | null;
@@ -41,24 +42,29 @@ export async function tokenTagsLookup(store: Store): Promise<(tokenHash: string)
  * The mesh part of `server nodes show` (works with the server stopped too): the node's NAT report, the
  * address its control connection came from, and its peers as the events sent so far told it, with
  * each pair's path and the endpoint WireGuard uses (the first, or the relay's while a relay session is
- * in force). No handshake ages are reported yet.
+ * in force). With the server running, `live` adds what the node last reported of each peer
+ * (`peer.status`: its link state and last handshake); the store keeps no such reports.
  */
-export async function meshNodeDetails(store: Store, nodeId: string): Promise<MeshNodeDetails | null> {
+export async function meshNodeDetails(store: Store, nodeId: string, live?: (peerId: string) => PeerLinkReport | undefined): Promise<MeshNodeDetails | null> {
   const db = new MeshStore(store.database);
   const row = (await db.listing(nodeId)).get(nodeId);
   if (!row || row.meshIp === null) return null;
   const relayed = await relayEndpointsOf(db, nodeId);
   const announced = await db.announcedPeersOf(nodeId);
   const hostnames = await hostnamesOf(store, announced.map((p) => p.peerId));
-  const peers = announced.map((p) => ({
-    nodeId: p.peerId,
-    hostname: hostnames.get(p.peerId) ?? null,
-    meshIp: p.meshIp,
-    path: p.path,
-    // While a relay session is in force, WireGuard sends to the relay (the agent applies it over the peer's own).
-    endpoint: relayed.get(p.peerId) ?? p.endpoints[0] ?? null,
-    lastHandshake: null,
-  }));
+  const peers = announced.map((p) => {
+    const link = live?.(p.peerId);
+    return {
+      nodeId: p.peerId,
+      hostname: hostnames.get(p.peerId) ?? null,
+      meshIp: p.meshIp,
+      path: p.path,
+      // While a relay session is in force, WireGuard sends to the relay (the agent applies it over the peer's own).
+      endpoint: relayed.get(p.peerId) ?? p.endpoints[0] ?? null,
+      link: link?.state ?? null,
+      lastHandshake: link?.handshakeAt == null ? null : new Date(link.handshakeAt).toISOString(),
+    };
+  });
   return { meshIp: intToIp(row.meshIp), nat: natReportSchema.safeParse(row.nat).data ?? null, observedAddress: row.observedAddr, peers };
 }
 

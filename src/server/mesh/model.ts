@@ -36,6 +36,8 @@ export interface ModelNode {
 export class MeshModel implements MeshInputs {
   readonly nodes = new Map<string, ModelNode>();
   readonly psks = new Map<string, Buffer>();
+  /** Pairs held on the relay because their direct path failed (path-health.ts; set by the service). */
+  forcedRelay: ReadonlySet<string> = new Set();
   /** Recomputed from tags and policy by a full recompute (`permit`). */
   permitted = new Map<string, Set<string>>();
   /**
@@ -181,6 +183,11 @@ export class MeshModel implements MeshInputs {
     else await tx.deleteAnnouncedPeers(node.id, change.removed);
     for (const p of change.snapshot?.peers ?? change.upserts) await tx.upsertAnnouncedPeer(node.id, p.nodeId, announced.peers.get(p.nodeId)!);
     await tx.setAnnounced(node.id, JSON.stringify({ meshIp: announced.meshIp, cidr: announced.cidr }), lastSeq);
+  }
+
+  /** Something outside the model moved a pair's path (the switching of path-health.ts). */
+  pathsChanged(): void {
+    this.#pathsVersion++;
   }
 
   /** The live node that holds WireGuard key `publicKey`, if any. */

@@ -61,6 +61,8 @@ export function pairsByPath(
   natOf: (nodeId: string) => NatReport | null,
   /** Whether a node takes part in pairs at all (the mesh: it has reported a WireGuard key). */
   eligible: (nodeId: string) => boolean = () => true,
+  /** Pairs held on the relay because their direct path failed (path-health.ts), by `a\0b` with a < b. */
+  forced: ReadonlySet<string> = new Set(),
 ): { direct: number; relay: RelayPair[] } {
   let direct = 0;
   const relay: RelayPair[] = [];
@@ -68,8 +70,9 @@ export function pairsByPath(
     if (!eligible(a)) continue;
     for (const b of peers) {
       if (!(a < b) || !eligible(b)) continue;
-      if (choosePath(natOf(a), natOf(b)) === 'direct') direct++;
-      else relay.push({ pairId: `${a}\u0000${b}`, a, b });
+      const pairId = `${a}\u0000${b}`;
+      if (!forced.has(pairId) && choosePath(natOf(a), natOf(b)) === 'direct') direct++;
+      else relay.push({ pairId, a, b });
     }
   }
   relay.sort((x, y) => (x.pairId < y.pairId ? -1 : x.pairId > y.pairId ? 1 : 0));

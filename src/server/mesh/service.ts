@@ -4,7 +4,7 @@ import { MeshlinkError } from '../../errors.js';
 import type { AgentHandle } from '../agent-sessions.js';
 import type { PayloadOf } from '../../protocol/registry.js';
 import type { Logger } from '../../util/logger.js';
-import { EVENT_PAYLOAD_SCHEMAS, encodeSnapshot, natReportSchema, selfReportSchema, snapshotSigningBytes, stateDigest, type EventPayload, type EventType, type MeshState, type NatReport, type SelfReport } from '../../contract/mesh-events.js';
+import { EVENT_PAYLOAD_SCHEMAS, encodeSnapshot, natReportSchema, peerLinkSchema, selfReportSchema, type PeerLink, snapshotSigningBytes, stateDigest, type EventPayload, type EventType, type MeshState, type NatReport, type SelfReport } from '../../contract/mesh-events.js';
 import { zodErrorText } from '../../util/zod-error.js';
 import { MeshStore } from './store.js';
 import type { Store } from '../store/store.js';
@@ -16,7 +16,8 @@ import { MeshFeed, type FeedEntry } from './feed.js';
 import { MeshModel } from './model.js';
 import { validatePolicy, type Policy } from '../../admin-api/policy.js';
 import { policyId } from './policy.js';
-import { pairsByPath, type RelayPair } from './path.js';
+import { choosePath, pairsByPath, type RelayPair } from './path.js';
+import type { PathContext, PathHealth, PeerLinkReport } from './path-health.js';
 import { SecretBox } from './secret-box.js';
 import type { SealingSecret } from '../ca-key-crypto.js';
 import { generateSigningKey, signBytes, signingKeyFromPkcs8, type SigningKey } from './signer.js';
@@ -29,6 +30,11 @@ export type { DeliverySessions } from './delivery.js';
 
 /** An agent reconciles once a minute (and after a gap); 6 a minute leaves room for reconnects. */
 export const DRIFT_REPORTS_PER_MINUTE = 6;
+/**
+ * An agent sends a `peer.status` when a peer's state changes and a full one a minute (1,024 peers a
+ * message): 30 a minute leaves room for a mesh of thousands of peers and for flapping, not for a flood.
+ */
+export const PEER_STATUS_PER_MINUTE = 30;
 export type { FeedEntry } from './feed.js';
 
 /**
@@ -120,6 +126,9 @@ export class MeshService {
   readonly #feed: MeshFeed;
   /** Drift reports per node (see drift()); full buckets are evicted first, so the table stays small. */
   readonly #driftRate = new TokenBuckets({ perMinute: DRIFT_REPORTS_PER_MINUTE, maxEntries: 100_000 });
+  readonly #peerStatusRate = new TokenBuckets({ perMinute: PEER_STATUS_PER_MINUTE, maxEntries: 100_000 });
+  /** Switching between direct and relay on the agents' reports; null while no relay runs. */
+  #health: { health: PathHealth; context: Pick<PathContext, 'isRelayEndpoint' | 'onlineSince'> } | null = null;
   readonly #events: EventLog;
   readonly #delivery: EventDelivery;
   #policy: Policy | null;
@@ -403,6 +412,10 @@ export class MeshService {
       // A node leaving drops pairs and PSKs everywhere: the full recompute; so does a policy change not
       // yet told to every node (its recompute failed: this one retries it). Nodes joining only add pairs.
       // Not awaited here: a recompute's batches queue behind this step.
+      if (this.#health !== null && swept.removed.length > 0) {
+        for (const id of swept.removed) this.#health.health.forget(id);
+        this.#model.forcedRelay = new Set(this.#health.health.forced);
+      }
       if (swept.removed.length > 0 || this.#policyDirty) return { recomputed: this.#background(this.recompute()) };
       for (const id of swept.added) this.#joined.add(id);
       return { recomputed: this.#background(this.#nodesChanged(swept.added)) };
@@ -633,6 +646,68 @@ export class MeshService {
     this.#feed.wake();
   }
 
+  // ------------------------------------------------------------------ switching (path-health.ts)
+
+  /**
+   * Turns switching on (the feature does, when a relay runs): from now on `peer.status` reports can
+   * hold a failed direct pair on the relay, and `retryDirect` lets it try direct again.
+   */
+  enableSwitching(health: PathHealth, context: Pick<PathContext, 'isRelayEndpoint' | 'onlineSince'>): void {
+    this.#health = { health, context };
+  }
+
+  /**
+   * A `peer.status` from a node: at most PEER_STATUS_PER_MINUTE per node (an agent sends one on a
+   * change and one a minute; more is dropped and logged); entries that fail the schema are skipped one
+   * by one. A direct pair reported down goes to the relay (its members get the events at once).
+   */
+  peerStatus(nodeId: string, report: PayloadOf<'peer.status'>, receivedAt = Date.now()): void {
+    const switching = this.#health;
+    if (!switching || !this.#model.nodes.has(nodeId)) return;
+    if (!this.#peerStatusRate.take(nodeId, receivedAt)) {
+      this.#log.warn({ nodeId, entries: report.peers.length }, 'peer status over the node’s rate; dropped');
+      return;
+    }
+    const links: PeerLink[] = [];
+    for (const entry of report.peers) {
+      const parsed = peerLinkSchema.safeParse(entry);
+      if (parsed.success) links.push(parsed.data);
+    }
+    const model = this.#model;
+    const moved = switching.health.record(nodeId, links, receivedAt, {
+      ...switching.context,
+      permitted: (a, b) => model.permitted.get(a)?.has(b) ?? false,
+      naturalPath: (a, b) => choosePath(model.nodes.get(a)?.nat ?? null, model.nodes.get(b)?.nat ?? null),
+    });
+    if (moved.length === 0) return;
+    this.#log.info({ pairs: moved.map(([a, b]) => `${a}–${b}`), reportedBy: nodeId }, 'direct path down: pair moved to the relay');
+    void this.#pathsMoved(switching.health, moved);
+  }
+
+  /** Lifts the back-offs that ended by `now`: those pairs try their direct path again. Returns them. */
+  retryDirect(now = Date.now()): Array<[string, string]> {
+    const switching = this.#health;
+    if (!switching) return [];
+    const lifted = switching.health.due(now);
+    if (lifted.length > 0) {
+      this.#log.info({ pairs: lifted.map(([a, b]) => `${a}–${b}`) }, 'relay back-off over: pair tries its direct path again');
+      void this.#pathsMoved(switching.health, lifted);
+    }
+    return lifted;
+  }
+
+  /** What `nodeId` last reported about `peerId` (for `nodes show`); undefined without switching or a report. */
+  linkReport(nodeId: string, peerId: string): PeerLinkReport | undefined {
+    return this.#health?.health.report(nodeId, peerId);
+  }
+
+  /** The overrides changed: both members' views are recomputed (the relay assigner follows the recompute). */
+  #pathsMoved(health: PathHealth, pairs: ReadonlyArray<[string, string]>): Promise<void> {
+    this.#model.forcedRelay = new Set(health.forced);
+    this.#model.pathsChanged();
+    return this.#background(this.#nodesChanged(pairs.flat()));
+  }
+
   // ------------------------------------------------------------------ operator actions
 
   get policy(): Policy | null {
@@ -801,7 +876,7 @@ export class MeshService {
     const version = this.#model.pathsVersion;
     if (this.#pairPaths?.version !== version) {
       const nodes = this.#model.nodes;
-      const paths = pairsByPath(this.#model.permitted, (id) => nodes.get(id)?.nat ?? null, (id) => Boolean(nodes.get(id)?.publicKey));
+      const paths = pairsByPath(this.#model.permitted, (id) => nodes.get(id)?.nat ?? null, (id) => Boolean(nodes.get(id)?.publicKey), this.#model.forcedRelay);
       this.#pairPaths = { version, direct: paths.direct, relay: Object.freeze(paths.relay) };
     }
     return this.#pairPaths;

@@ -1,0 +1,100 @@
+import { PEER_DOWN_AFTER_MS, type PeerLink, type PeerLinkState } from '../../contract/mesh-events.js';
+
+/**
+ * Whether each WireGuard peer is reachable on the endpoint in force, from WireGuard's own counters
+ * sampled every few seconds (docs/MESH.md, "Switching"). A pure state machine: the agent feeds it
+ * samples and sends what it returns in `peer.status`.
+ *
+ * The signal is the peer's receive counter, not the handshake time. WireGuard keeps a session's keys
+ * when its endpoint changes and re-keys only every two minutes, so after a switch (relay → direct) the
+ * last handshake says nothing about the new path for up to 120 s; but persistent keepalive makes the
+ * peer send at least every 25 s, so bytes received within PEER_DOWN_AFTER_MS of anything mean the path
+ * works. A peer is:
+ * - `up` when something was received since its current endpoint took effect, within the last
+ *   PEER_DOWN_AFTER_MS;
+ * - `down` when nothing was for PEER_DOWN_AFTER_MS, counted from the later of the endpoint taking
+ *   effect and the last receipt;
+ * - `pending` otherwise (a new endpoint, not yet given its chance).
+ */
+
+export interface PeerSample {
+  nodeId: string;
+  /** The endpoint the agent gave WireGuard for the peer (the relay's while one is in force). */
+  endpoint: string | null;
+  /** WireGuard's transfer-rx for the peer. */
+  rxBytes: number;
+  /** WireGuard's latest-handshake, in ms since the epoch; null: none. */
+  handshakeAt: number | null;
+}
+
+interface Tracked {
+  endpoint: string | null;
+  /** When the current endpoint took effect (or the peer first appeared). */
+  since: number;
+  rxBytes: number;
+  lastRxAt: number | null;
+  handshakeAt: number | null;
+  state: PeerLinkState;
+}
+
+export class PeerWatch {
+  readonly #downAfterMs: number;
+  readonly #peers = new Map<string, Tracked>();
+
+  constructor(downAfterMs = PEER_DOWN_AFTER_MS) {
+    this.#downAfterMs = downAfterMs;
+  }
+
+  /**
+   * Takes one sample of every peer on the interface; peers not in it are forgotten. Returns the
+   * entries whose state or endpoint changed (a new peer counts as changed).
+   */
+  sample(samples: readonly PeerSample[], now: number): PeerLink[] {
+    const changed: PeerLink[] = [];
+    const seen = new Set<string>();
+    for (const s of samples) {
+      seen.add(s.nodeId);
+      const known = this.#peers.get(s.nodeId);
+      const fresh = known === undefined || known.endpoint !== s.endpoint;
+      let t: Tracked;
+      if (fresh) {
+        // A new endpoint starts its own trial: what was received on the old one says nothing of it.
+        t = { endpoint: s.endpoint, since: now, rxBytes: s.rxBytes, lastRxAt: null, handshakeAt: s.handshakeAt, state: 'pending' };
+        this.#peers.set(s.nodeId, t);
+      } else {
+        t = known;
+        if (s.rxBytes > t.rxBytes) t.lastRxAt = now;
+        // A counter that went back means the interface was re-created: a new baseline, the same trial.
+        t.rxBytes = s.rxBytes;
+      }
+      t.handshakeAt = s.handshakeAt;
+      const state = this.#stateOf(t, now);
+      if (fresh || state !== t.state) {
+        t.state = state;
+        changed.push(this.#entry(s.nodeId, t, now));
+      }
+    }
+    for (const id of [...this.#peers.keys()]) if (!seen.has(id)) this.#peers.delete(id);
+    return changed;
+  }
+
+  /** Every tracked peer as of `now` (the periodic full report). */
+  entries(now: number): PeerLink[] {
+    return [...this.#peers].map(([id, t]) => this.#entry(id, t, now));
+  }
+
+  /** One peer's state and last handshake, for the status file; undefined when not tracked. */
+  peer(nodeId: string): { state: PeerLinkState; handshakeAt: number | null } | undefined {
+    const t = this.#peers.get(nodeId);
+    return t === undefined ? undefined : { state: t.state, handshakeAt: t.handshakeAt };
+  }
+
+  #stateOf(t: Tracked, now: number): PeerLinkState {
+    if (t.lastRxAt !== null && now - t.lastRxAt < this.#downAfterMs) return 'up';
+    return now - Math.max(t.since, t.lastRxAt ?? 0) >= this.#downAfterMs ? 'down' : 'pending';
+  }
+
+  #entry(nodeId: string, t: Tracked, now: number): PeerLink {
+    return { nodeId, state: t.state, endpoint: t.endpoint, handshakeAgeMs: t.handshakeAt === null ? null : Math.max(0, now - t.handshakeAt) };
+  }
+}

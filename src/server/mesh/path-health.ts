@@ -1,0 +1,167 @@
+import { PEER_DOWN_AFTER_MS, type PeerLink, type PeerLinkState, type PeerPath } from '../../contract/mesh-events.js';
+import { pairKey } from './desired-state.js';
+
+/**
+ * Switching between a pair's direct path and the relay on what its members measure (docs/MESH.md,
+ * "Switching"). The path choice (path.ts) reads NAT classes, which can be wrong: a firewall that
+ * drops UDP between two sites, a NAT that maps one way for the STUN responder and another for peers.
+ * So each agent reports, per peer, whether it receives anything on the endpoint in force
+ * (`peer.status`, agent/mesh/peer-watch.ts), and this table turns reports into overrides:
+ *
+ * - a pair the NAT classes put on `direct` goes to the relay as soon as either member reports the
+ *   other `down` on a direct endpoint. Either, not both: WireGuard's handshake is mutual, so a member
+ *   that hears nothing is telling the truth about its side, and no member can keep a pair off the relay
+ *   by claiming `up`. A member that claims `down` falsely only relays its own pairs, which it could do
+ *   anyway by claiming a hard NAT; the relay's per-node cap bounds both.
+ * - the override holds for a back-off (retryMs, doubling with each consecutive failure up to
+ *   maxRetryMs), then lapses: the pair tries direct again, and a member's `up` on a direct endpoint
+ *   clears the failure count.
+ * - a report about a relay endpoint never counts: it says nothing of the direct path, and a report
+ *   sent just before a switch arrives after it.
+ *
+ * Pairs the NAT classes already put on the relay are left there. Overrides live in memory: a server
+ * restart gives every pair its direct trial again.
+ */
+
+export interface PeerLinkReport {
+  state: PeerLinkState;
+  endpoint: string | null;
+  /** The last handshake in the server's clock (receipt time minus the reported age); null: none. */
+  handshakeAt: number | null;
+  receivedAt: number;
+}
+
+export interface PathHealthOptions {
+  /** The first back-off after a direct path failed (`--mesh-direct-retry`). */
+  retryMs: number;
+  /** The longest back-off (doubling stops here). */
+  maxRetryMs: number;
+}
+
+/** What the table needs to know about the mesh of the moment. */
+export interface PathContext {
+  /** Whether the pair may talk at all (reports about other nodes are ignored). */
+  permitted(a: string, b: string): boolean;
+  /** The pair's path by NAT class alone (path.ts choosePath), before any override. */
+  naturalPath(a: string, b: string): PeerPath;
+  /** Whether an endpoint is one of the relay's (HOST:PORT as agents are told it). */
+  isRelayEndpoint(endpoint: string): boolean;
+  /** Since when the node has been connected without a break; null: offline (presence.ts). */
+  onlineSince(nodeId: string): number | null;
+}
+
+interface Override {
+  a: string;
+  b: string;
+  since: number;
+  retryAt: number;
+}
+
+export class PathHealth {
+  readonly #o: PathHealthOptions;
+  /** The latest report per reporting node, by peer. */
+  readonly #reports = new Map<string, Map<string, PeerLinkReport>>();
+  /** Pairs held on the relay although their NAT classes say direct, by pair key. */
+  readonly #overrides = new Map<string, Override>();
+  /** Consecutive direct failures per pair (kept across the trials between them). */
+  readonly #failures = new Map<string, number>();
+  /** Counts for the metrics: switches to the relay, and trials of direct after a back-off. */
+  readonly counters = { toRelay: 0, retries: 0 };
+
+  constructor(options: PathHealthOptions) {
+    this.#o = options;
+  }
+
+  /** Whether the pair is held on the relay by a failed direct path. */
+  forcedRelay(a: string, b: string): boolean {
+    return this.#overrides.has(pairKey(a, b));
+  }
+
+  /** The pair keys held on the relay (MeshInputs.forcedRelay reads this set). */
+  get forced(): ReadonlySet<string> {
+    return this.#forcedKeys;
+  }
+  readonly #forcedKeys = new Set<string>();
+
+  /** The latest report `nodeId` sent about `peerId`. */
+  report(nodeId: string, peerId: string): PeerLinkReport | undefined {
+    return this.#reports.get(nodeId)?.get(peerId);
+  }
+
+  /**
+   * Records a `peer.status` from `nodeId` (entries already checked with peerLinkSchema). Returns the
+   * pairs that went to the relay because of it, as [a, b].
+   */
+  record(nodeId: string, links: readonly PeerLink[], receivedAt: number, ctx: PathContext): Array<[string, string]> {
+    const moved: Array<[string, string]> = [];
+    let mine = this.#reports.get(nodeId);
+    for (const link of links) {
+      if (link.nodeId === nodeId || !ctx.permitted(nodeId, link.nodeId)) continue;
+      if (mine === undefined) this.#reports.set(nodeId, (mine = new Map()));
+      mine.set(link.nodeId, { state: link.state, endpoint: link.endpoint, handshakeAt: link.handshakeAgeMs === null ? null : receivedAt - link.handshakeAgeMs, receivedAt });
+      if (link.endpoint !== null && ctx.isRelayEndpoint(link.endpoint)) continue;
+      const key = pairKey(nodeId, link.nodeId);
+      if (this.#overrides.has(key) || ctx.naturalPath(nodeId, link.nodeId) !== 'direct') continue;
+      if (link.state === 'up') this.#failures.delete(key);
+      else if (link.state === 'down' && this.#peerWasUp(link.nodeId, receivedAt, ctx)) {
+        const failures = (this.#failures.get(key) ?? 0) + 1;
+        this.#failures.set(key, failures);
+        const backoff = Math.min(this.#o.retryMs * 2 ** Math.min(failures - 1, 30), this.#o.maxRetryMs);
+        const [a, b] = nodeId < link.nodeId ? [nodeId, link.nodeId] : [link.nodeId, nodeId];
+        this.#overrides.set(key, { a, b, since: receivedAt, retryAt: receivedAt + backoff });
+        this.#forcedKeys.add(key);
+        this.counters.toRelay++;
+        moved.push([a, b]);
+      }
+    }
+    return moved;
+  }
+
+  /**
+   * Whether the peer's agent ran for the whole window a `down` covers: silence from a peer that was
+   * offline, or came back moments ago, says nothing about the path (and would otherwise push its
+   * pairs onto the relay, and their back-off up, every time it restarts).
+   */
+  #peerWasUp(peerId: string, receivedAt: number, ctx: PathContext): boolean {
+    const since = ctx.onlineSince(peerId);
+    return since !== null && receivedAt - since >= PEER_DOWN_AFTER_MS;
+  }
+
+  /** Lifts the overrides whose back-off ended by `now` (their pairs try direct again); returns those pairs. */
+  due(now: number): Array<[string, string]> {
+    const lifted: Array<[string, string]> = [];
+    for (const [key, o] of this.#overrides) {
+      if (o.retryAt > now) continue;
+      this.#overrides.delete(key);
+      this.#forcedKeys.delete(key);
+      // The reports that moved it are about the path before the back-off: the trial starts clean.
+      this.#reports.get(o.a)?.delete(o.b);
+      this.#reports.get(o.b)?.delete(o.a);
+      this.counters.retries++;
+      lifted.push([o.a, o.b]);
+    }
+    return lifted;
+  }
+
+  /** When the pair's override lapses (for the operator), or null when it has none. */
+  retryAt(a: string, b: string): number | null {
+    return this.#overrides.get(pairKey(a, b))?.retryAt ?? null;
+  }
+
+  /** Forgets a node that left the mesh: its reports, and its pairs' overrides and failure counts. */
+  forget(nodeId: string): void {
+    this.#reports.delete(nodeId);
+    for (const m of this.#reports.values()) m.delete(nodeId);
+    for (const [key, o] of this.#overrides) {
+      if (o.a !== nodeId && o.b !== nodeId) continue;
+      this.#overrides.delete(key);
+      this.#forcedKeys.delete(key);
+    }
+    for (const key of [...this.#failures.keys()]) if (key.startsWith(`${nodeId}\u0000`) || key.endsWith(`\u0000${nodeId}`)) this.#failures.delete(key);
+  }
+
+  /** Pairs held on the relay now. */
+  get size(): number {
+    return this.#overrides.size;
+  }
+}
