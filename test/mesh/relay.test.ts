@@ -108,10 +108,11 @@ async function latchedPair(r: UdpRelay) {
 
 describe('wgMessageType', () => {
   it('knows the four WireGuard messages by type byte, zero reserved bytes and length only', () => {
-    expect([wg(1), wg(2), wg(3), wg(4), wg(4, 32), wg(4, 1440)].map(wgMessageType)).toEqual([1, 2, 3, 4, 4, 4]);
+    // 1452: a full-size packet at MTU 1420, whose padding stops at the MTU (not a multiple of 16).
+    expect([wg(1), wg(2), wg(3), wg(4), wg(4, 32), wg(4, 33), wg(4, 1440), wg(4, 1452)].map(wgMessageType)).toEqual([1, 2, 3, 4, 4, 4, 4, 4]);
     const reserved = wg(1);
     reserved[2] = 1;
-    expect([wg(1, 147), wg(1, 149), wg(2, 148), wg(3, 92), wg(4, 33), wg(4, 16), reserved, Buffer.from('GET / HTTP/1.1\r\n\r\n'), Buffer.alloc(0)].map(wgMessageType)).toEqual([0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    expect([wg(1, 147), wg(1, 149), wg(2, 148), wg(3, 92), wg(4, 31), wg(4, 16), reserved, Buffer.from('GET / HTTP/1.1\r\n\r\n'), Buffer.alloc(0)].map(wgMessageType)).toEqual([0, 0, 0, 0, 0, 0, 0, 0, 0]);
     const five = wg(4);
     five[0] = 5;
     expect(wgMessageType(five)).toBe(0);
