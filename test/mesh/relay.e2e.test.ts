@@ -266,6 +266,12 @@ async function serverTeardown(): Promise<void> {
 }
 
 const sping = (from: H, to: H, count = 1): boolean => trySh('ip', ['netns', 'exec', SHOST[from], 'ping', '-c', String(count), '-W', '1', snodes.get(to)!.meshIp]);
+/**
+ * A ping whose packet fills the WireGuard interface's MTU (1420: 1392 bytes of payload + 28 of headers,
+ * not fragmented): its WireGuard packet is 1452 bytes, which is not a multiple of 16 (WireGuard pads only
+ * up to the MTU). A relay that wanted the multiple passed small pings and stalled every bulk transfer.
+ */
+const spingFull = (from: H, to: H): boolean => trySh('ip', ['netns', 'exec', SHOST[from], 'ping', '-c', '2', '-W', '1', '-M', 'do', '-s', '1392', snodes.get(to)!.meshIp]);
 
 /** The endpoint host `from`'s WireGuard uses for peer `to` ("(none)" before any). */
 function wgEndpoint(from: H, to: H): string {
@@ -375,6 +381,10 @@ describe.skipIf(SKIP_REASON !== null)(`the server relays a hard-NAT pair by itse
       expect(sping('b', 'a', 5)).toBe(true);
       // 5 echo requests and replies, each a transport packet of at least 32 bytes, both through the relay.
       expect(relayedBytes()).toBeGreaterThanOrEqual(before + 10 * 32);
+      // Full-size packets pass too, both ways: 2 requests and 2 replies of 1452 bytes each.
+      const beforeFull = relayedBytes();
+      expect(spingFull('a', 'b')).toBe(true);
+      expect(relayedBytes()).toBeGreaterThanOrEqual(beforeFull + 4 * 1452);
     } catch (err) {
       throw new Error(`${(err as Error).message}\n--- server\n${sserver!.output().slice(-4000)}\n--- agent a\n${sagents.get('a')!.output().slice(-3000)}`);
     }
@@ -417,7 +427,10 @@ describe.skipIf(SKIP_REASON !== null)(`the server relays a hard-NAT pair by itse
       await waitFor('B reaches C directly', async () => sping('b', 'c'), 60_000, 500);
       expect(await pathOf('b', 'c')).toBe('direct');
       const allocations = metric('meshlink_relay_allocations');
+      // No pair was moved before: the idle direct B–C of the earlier tests was never taken for a dead one
+      // (the counter has no series until its first move).
       const toRelay = metric('meshlink_mesh_path_switches_total', '{to="relay"}') || 0;
+      expect(toRelay).toBe(0);
       blockBC();
       const blockedAt = Date.now();
       expect(sping('b', 'c')).toBe(false);

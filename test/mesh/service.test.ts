@@ -374,6 +374,13 @@ describe('MeshService paths (NAT reports in hello)', () => {
       await mesh.agentOpened(a, hello(reflexive), '198.51.100.7');
       expect(mesh.observedIps(a), reflexive).toEqual(['198.51.100.7']);
     }
+    // The relay's own address (the caller names it) is no reflexive host either, in whichever form it comes;
+    // as the control connection's source it still counts (an agent on the server's host).
+    await mesh.agentOpened(a, hello('[::ffff:203.0.113.1]:40000'), '198.51.100.7');
+    expect(mesh.observedIps(a, new Set(['203.0.113.1']))).toEqual(['198.51.100.7']);
+    expect(mesh.observedIps(a)).toEqual(['198.51.100.7', '::ffff:203.0.113.1']);
+    await mesh.agentOpened(a, hello('203.0.113.1:40000'), '203.0.113.1');
+    expect(mesh.observedIps(a, new Set(['203.0.113.1']))).toEqual(['203.0.113.1']);
     // The server's own observation counts even on loopback (tests, demos).
     await mesh.agentOpened(a, hello(null), '127.0.0.1');
     expect(mesh.observedIps(a)).toEqual(['127.0.0.1']);

@@ -1,3 +1,4 @@
+import { createSocket, type Socket } from 'node:dgram';
 import { networkInterfaces } from 'node:os';
 import type { Session } from '../../protocol/session.js';
 import type { PayloadOf } from '../../protocol/registry.js';
@@ -71,6 +72,7 @@ export class MeshAgent {
   readonly #links = new PeerWatch();
   #linkTimer: NodeJS.Timeout | null = null;
   #sampling = false;
+  #probeSocket: Socket | null = null;
   #samples = 0;
   /** Emitted for tests and the benchmark: (envelope, receivedAt). */
   onApplied: ((event: Envelope, receivedAt: number) => void) | null = null;
@@ -215,6 +217,25 @@ export class MeshAgent {
   }
 
   /**
+   * Sends one byte to the discard port (9) of each peer's mesh address, through the tunnel: a data
+   * packet its WireGuard must answer (peer-watch.ts, PEER_PROBE_AFTER_MS). What the peer's host does
+   * with the datagram does not matter; WireGuard's answer does. Errors are ignored (no route yet).
+   */
+  #probe(state: MeshState, nodeIds: readonly string[]): void {
+    if (nodeIds.length === 0) return;
+    if (this.#probeSocket === null) {
+      this.#probeSocket = createSocket('udp4');
+      this.#probeSocket.on('error', () => {});
+      this.#probeSocket.unref();
+    }
+    const meshIps = new Map(state.peers.map((p) => [p.nodeId, p.meshIp]));
+    for (const id of nodeIds) {
+      const ip = meshIps.get(id);
+      if (ip !== undefined) this.#probeSocket.send(PROBE_DATAGRAM, DISCARD_PORT, ip, () => {});
+    }
+  }
+
+  /**
    * One sample of the interface's peers (docs/MESH.md, "Switching"): reports the peers whose state or
    * endpoint changed at once, and every peer once every FULL_REPORT_SAMPLES samples (the operator's
    * view of handshakes). Never throws; a sample still running makes this one a no-op.
@@ -232,7 +253,8 @@ export class MeshAgent {
         const a = actual.get(p.publicKey);
         if (a) samples.push({ nodeId: p.nodeId, endpoint: p.endpoints[0] ?? null, rxBytes: a.rxBytes, handshakeAt: a.handshakeAt });
       }
-      const changed = this.#links.sample(samples, now);
+      const { changed, probe } = this.#links.sample(samples, now);
+      this.#probe(effective, probe);
       const full = ++this.#samples % FULL_REPORT_SAMPLES === 0;
       const report = full ? this.#links.entries(now) : changed;
       if (report.length > 0 && session.state === 'open') {
@@ -537,10 +559,16 @@ export class MeshAgent {
   async close(): Promise<void> {
     this.#stopped = true;
     this.#clearTimer();
+    this.#probeSocket?.close();
+    this.#probeSocket = null;
     await this.#queue;
     await this.#o.applier?.close();
   }
 }
+
+/** What a probe sends, and where (RFC 863's discard port: nothing listens there, nothing is expected back). */
+const PROBE_DATAGRAM = Buffer.from([0]);
+const DISCARD_PORT = 9;
 
 /** Every this many link samples, all peers are reported, not only the changed ones (once a minute). */
 const FULL_REPORT_SAMPLES = 12;

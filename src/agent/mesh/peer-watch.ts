@@ -7,9 +7,8 @@ import { PEER_DOWN_AFTER_MS, type PeerLink, type PeerLinkState } from '../../con
  *
  * The signal is the peer's receive counter, not the handshake time. WireGuard keeps a session's keys
  * when its endpoint changes and re-keys only every two minutes, so after a switch (relay → direct) the
- * last handshake says nothing about the new path for up to 120 s; but persistent keepalive makes the
- * peer send at least every 25 s, so bytes received within PEER_DOWN_AFTER_MS of anything mean the path
- * works. A peer is:
+ * last handshake says nothing about the new path for up to 120 s. Bytes received do, and a peer that
+ * has been silent for a while is made to send some (PEER_PROBE_AFTER_MS, below). A peer is:
  * - `up` when something was received since its current endpoint took effect, within the last
  *   PEER_DOWN_AFTER_MS;
  * - `down` when nothing was for PEER_DOWN_AFTER_MS, counted from the later of the endpoint taking
@@ -37,6 +36,17 @@ interface Tracked {
   state: PeerLinkState;
 }
 
+/**
+ * A peer that sent nothing for this long is probed: the agent sends a datagram to its mesh address.
+ * Keepalive alone does not make both ends talk: WireGuard's persistent-keepalive timer restarts on any
+ * packet either way, so on an idle link one end's keepalives can keep the other end's from ever
+ * firing, and that end hears nothing while the path works. A data packet, though, makes the
+ * receiving WireGuard answer within KEEPALIVE_TIMEOUT (10 s) even with nothing to send (its "passive
+ * keepalive"), and starts a handshake first when the session's keys have expired. So a working path
+ * shows received bytes within PEER_PROBE_AFTER_MS + 10 s + a sample, well inside PEER_DOWN_AFTER_MS.
+ */
+export const PEER_PROBE_AFTER_MS = 15_000;
+
 export class PeerWatch {
   readonly #downAfterMs: number;
   readonly #peers = new Map<string, Tracked>();
@@ -47,10 +57,12 @@ export class PeerWatch {
 
   /**
    * Takes one sample of every peer on the interface; peers not in it are forgotten. Returns the
-   * entries whose state or endpoint changed (a new peer counts as changed).
+   * entries whose state or endpoint changed (a new peer counts as changed), and the peers to probe:
+   * those that sent nothing for PEER_PROBE_AFTER_MS on their current endpoint.
    */
-  sample(samples: readonly PeerSample[], now: number): PeerLink[] {
+  sample(samples: readonly PeerSample[], now: number): { changed: PeerLink[]; probe: string[] } {
     const changed: PeerLink[] = [];
+    const probe: string[] = [];
     const seen = new Set<string>();
     for (const s of samples) {
       seen.add(s.nodeId);
@@ -68,6 +80,7 @@ export class PeerWatch {
         t.rxBytes = s.rxBytes;
       }
       t.handshakeAt = s.handshakeAt;
+      if (now - Math.max(t.since, t.lastRxAt ?? 0) >= PEER_PROBE_AFTER_MS) probe.push(s.nodeId);
       const state = this.#stateOf(t, now);
       if (fresh || state !== t.state) {
         t.state = state;
@@ -75,7 +88,7 @@ export class PeerWatch {
       }
     }
     for (const id of [...this.#peers.keys()]) if (!seen.has(id)) this.#peers.delete(id);
-    return changed;
+    return { changed, probe };
   }
 
   /** Every tracked peer as of `now` (the periodic full report). */

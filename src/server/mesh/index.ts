@@ -8,7 +8,7 @@ import { meshListingLookup, meshNodeDetails, tokenTagsLookup } from './listing.j
 import { MeshService, type MeshOptions } from './service.js';
 import { MeshStore } from './store.js';
 import { StunResponder } from './stun-responder.js';
-import { UdpRelay } from './relay.js';
+import { normalizeIp, UdpRelay } from './relay.js';
 import { RelaySessions } from './relay-sessions.js';
 import { PathHealth } from './path-health.js';
 import type { RelayAllocationRequest } from './relay.js';
@@ -330,8 +330,8 @@ class RelayAssigner {
     for (const pair of this.#mesh.relayPairs()) {
       const online = this.#presence.isOnline(pair.a) && this.#presence.isOnline(pair.b);
       if (!online && !held.has(`${pair.a}\n${pair.b}`) && !held.has(`${pair.b}\n${pair.a}`)) continue;
-      const ipsA = this.#mesh.observedIps(pair.a);
-      const ipsB = this.#mesh.observedIps(pair.b);
+      const ipsA = this.#memberIps(pair.a);
+      const ipsB = this.#memberIps(pair.b);
       // Relay pairs are of keyed nodes only (pairPaths); the keys let the relay check each handshake's MAC1.
       const keyA = this.#mesh.nodeInfo(pair.a)?.publicKey;
       const keyB = this.#mesh.nodeInfo(pair.b)?.publicKey;
@@ -344,6 +344,16 @@ class RelayAssigner {
     } catch (err) {
       this.#log.error({ err }, 'relay reconcile failed');
     }
+  }
+
+  /**
+   * The IPs a member's relay port may latch from (MeshService.observedIps), where a reported reflexive
+   * host that is one of the relay's own addresses does not count: a node could otherwise open its port
+   * to packets that claim to come from the relay itself. The control connection's source does count
+   * even then: an agent on the server's own host connects from it.
+   */
+  #memberIps(nodeId: string): string[] {
+    return this.#mesh.observedIps(nodeId, new Set([this.#host, this.#relay.listen.host].map(normalizeIp)));
   }
 
   async close(): Promise<void> {

@@ -98,7 +98,9 @@ export class PathHealth {
     for (const link of links) {
       if (link.nodeId === nodeId || !ctx.permitted(nodeId, link.nodeId)) continue;
       if (mine === undefined) this.#reports.set(nodeId, (mine = new Map()));
-      mine.set(link.nodeId, { state: link.state, endpoint: link.endpoint, handshakeAt: link.handshakeAgeMs === null ? null : receivedAt - link.handshakeAgeMs, receivedAt });
+      // An age reaching before 1970 is a lie (and no time a Date can print): none.
+      const handshakeAt = link.handshakeAgeMs === null || link.handshakeAgeMs > receivedAt ? null : receivedAt - link.handshakeAgeMs;
+      mine.set(link.nodeId, { state: link.state, endpoint: link.endpoint, handshakeAt, receivedAt });
       if (link.endpoint !== null && ctx.isRelayEndpoint(link.endpoint)) continue;
       const key = pairKey(nodeId, link.nodeId);
       if (this.#overrides.has(key) || ctx.naturalPath(nodeId, link.nodeId) !== 'direct') continue;

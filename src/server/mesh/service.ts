@@ -24,6 +24,7 @@ import { generateSigningKey, signBytes, signingKeyFromPkcs8, type SigningKey } f
 
 import { TokenBuckets } from '../../util/token-bucket.js';
 import { isHostAddress } from '../../util/public-ip.js';
+import { normalizeIp } from './relay.js';
 import { z } from 'zod';
 
 export type { DeliverySessions } from './delivery.js';
@@ -895,9 +896,10 @@ export class MeshService {
    * The control connection's source is the server's own observation and always counts (on loopback,
    * in tests and demos, it is 127.0.0.1). The reflexive host is what the node *says* a STUN server
    * saw: it counts only when it is an address another host could send from, so a node cannot open
-   * its relay port to the server's own loopback or to a multicast or unspecified address.
+   * its relay port to the server's own loopback or to a multicast or unspecified address, nor to an
+   * address in `notReflexive` (the caller's: the relay's own addresses).
    */
-  observedIps(nodeId: string): string[] {
+  observedIps(nodeId: string, notReflexive: ReadonlySet<string> = new Set()): string[] {
     const node = this.#model.nodes.get(nodeId);
     if (!node) return [];
     const ips: string[] = [];
@@ -905,7 +907,7 @@ export class MeshService {
     const reflexive = node.nat?.reflexive;
     if (reflexive) {
       const host = reflexive.slice(0, reflexive.lastIndexOf(':')).replace(/^\[(.*)\]$/, '$1');
-      if (isHostAddress(host)) ips.push(host);
+      if (isHostAddress(host) && !notReflexive.has(normalizeIp(host))) ips.push(host);
     }
     return [...new Set(ips)];
   }
