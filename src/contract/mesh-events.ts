@@ -84,11 +84,12 @@ export const PEER_LINK_STATES = ['up', 'down', 'pending'] as const;
 export type PeerLinkState = (typeof PEER_LINK_STATES)[number];
 
 /**
- * Silence after which a peer is `down`. WireGuard's persistent keepalive (25 s, wg-config.ts) makes a
- * working path carry a packet each way at least that often, idle or not; the agent samples every
- * PEER_SAMPLE_MS, and the rest is slack for a loaded host.
+ * Silence after which a peer is `down`. The agent makes a silent peer answer (agent/mesh/peer-watch.ts,
+ * PEER_PROBE_AFTER_MS): a working path shows received bytes within about 10 + 5 + 10 + 5 s (silence
+ * before the probe, a sample, WireGuard's passive keepalive, the next sample); the rest is slack for a
+ * handshake retry and a loaded host.
  */
-export const PEER_DOWN_AFTER_MS = 40_000;
+export const PEER_DOWN_AFTER_MS = 45_000;
 export const PEER_SAMPLE_MS = 5_000;
 
 /** One entry of `peer.status` (the server checks each with this schema, as the agent builds it). */

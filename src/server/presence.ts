@@ -22,7 +22,7 @@ export interface PresenceOptions {
 }
 
 /** What readers of presence need (features, node listings). */
-export type PresenceView = Pick<Presence, 'isOnline' | 'onlineSince' | 'onlineCount' | 'flush'>;
+export type PresenceView = Pick<Presence, 'isOnline' | 'onlineSince' | 'lastHeard' | 'onlineCount' | 'flush'>;
 
 export class Presence {
   readonly #store: Store;
@@ -32,6 +32,8 @@ export class Presence {
   readonly #sessions = new Map<string, number>();
   /** Since when each online node has had a session open without a break. */
   readonly #since = new Map<string, number>();
+  /** When anything last arrived from each online node (its session's open, every heartbeat). */
+  readonly #heardAt = new Map<string, number>();
   /** When each node's last_seen was last queued for writing. */
   readonly #written = new Map<string, number>();
   readonly #pending = new Map<string, number>();
@@ -49,6 +51,7 @@ export class Presence {
   opened(nodeId: string, at = Date.now()): void {
     this.#sessions.set(nodeId, (this.#sessions.get(nodeId) ?? 0) + 1);
     if (!this.#since.has(nodeId)) this.#since.set(nodeId, at);
+    this.#heardAt.set(nodeId, Math.max(at, this.#heardAt.get(nodeId) ?? 0));
     this.#seen(nodeId, at, true);
   }
 
@@ -60,12 +63,14 @@ export class Presence {
     else {
       this.#sessions.delete(nodeId);
       this.#since.delete(nodeId);
+      this.#heardAt.delete(nodeId);
       this.#written.delete(nodeId);
     }
   }
 
   /** Something arrived from the node: a heartbeat, or an authenticated connection before its session. */
   heard(nodeId: string, at = Date.now()): void {
+    if (this.#sessions.has(nodeId)) this.#heardAt.set(nodeId, Math.max(at, this.#heardAt.get(nodeId) ?? 0));
     this.#seen(nodeId, at, false);
   }
 
@@ -76,6 +81,11 @@ export class Presence {
   /** When the node's sessions began without a break (a renewal's overlap is no break); null: offline. */
   onlineSince(nodeId: string): number | null {
     return this.#since.get(nodeId) ?? null;
+  }
+
+  /** When anything last arrived from an online node (a heartbeat, its session's open); null: offline. */
+  lastHeard(nodeId: string): number | null {
+    return this.#heardAt.get(nodeId) ?? null;
   }
 
   /** Nodes with at least one open session. */

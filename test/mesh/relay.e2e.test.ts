@@ -455,7 +455,7 @@ describe.skipIf(SKIP_REASON !== null)(`the server relays a hard-NAT pair by itse
       await waitFor('B’s WireGuard sends to C’s router again', async () => wgEndpoint('b', 'c') === `${SROUTER_IP.c}:51820`, 60_000, 300);
       await waitFor('a ping from B to C, direct', async () => sping('b', 'c'), 60_000, 500);
       const directAfter = Date.now() - unblockedAt;
-      // The trial held: both report C up on its direct endpoint, and the relay gave the pair's ports back.
+      // The trial held: B reports C up on the direct endpoint the server announced, and the relay gave the pair's ports back.
       await waitFor('B reports C up on the direct endpoint', async () => {
         const shown = (await peersOf('b')).find((p) => p.nodeId === snodes.get('c')!.nodeId);
         return shown?.link === 'up' && shown.endpoint === `${SROUTER_IP.c}:51820` && shown.lastHandshake !== null;

@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
 import { stateDigest } from '../../src/contract/mesh-events.js';
+import { PathHealth } from '../../src/server/mesh/path-health.js';
 import { MeshService } from '../../src/server/mesh/service.js';
 import { enrollNode, recordingSessions, silent, tempStore, testSealing, verifies, wgKey, type SentEvent } from './helpers.js';
 
@@ -359,6 +360,31 @@ describe('MeshService paths (NAT reports in hello)', () => {
     expect([a, b, c].map((id) => reopened.nodeInfo(id)!.lastSeq)).toEqual(seqs);
     expect(reopened.relayPairs()).toEqual([{ pairId: `${x}\u0000${y}`, a: x, b: y }]);
     await reopened.close();
+  });
+
+  it('switching: a peer.status down puts the pair on the relay’s list (its members are still told the direct endpoint), retryDirect lifts it; bad entries skipped, the rate capped', async () => {
+    const { mesh, a, b } = await setup();
+    const now = Date.now();
+    const health = new PathHealth({ retryMs: 60_000, maxRetryMs: 600_000 });
+    mesh.enableSwitching(health, { onlineSince: () => now - 600_000, lastHeard: () => Date.now(), heartbeatIntervalMs: 15_000 });
+    const told = mesh.desiredState(a)!.peers.find((p) => p.nodeId === b)!;
+    expect(told.path).toBe('direct');
+    const endpoint = told.endpoints[0]!;
+    expect(mesh.relayPairs()).toEqual([]);
+    mesh.peerStatus(a, { peers: [{ nodeId: b, state: 'sideways', endpoint, handshakeAgeMs: null }] }, now);
+    expect(mesh.relayPairs()).toEqual([]); // an entry that fails the schema is skipped
+    mesh.peerStatus(a, { peers: [{ nodeId: b, state: 'down', endpoint, handshakeAgeMs: 3_000 }] }, now);
+    const [x, y] = a < b ? [a, b] : [b, a];
+    expect(mesh.relayPairs()).toEqual([{ pairId: `${x}\u0000${y}`, a: x, b: y }]);
+    expect(mesh.pairPaths().direct).toBe(2); // a–c and b–c
+    expect(mesh.desiredState(a)!.peers.find((p) => p.nodeId === b)).toMatchObject({ path: 'direct', endpoints: told.endpoints });
+    expect(mesh.linkReport(a, b)).toMatchObject({ state: 'down', endpoint, handshakeAt: now - 3_000 });
+    expect(mesh.retryDirect(now + 59_000)).toEqual([]);
+    expect(mesh.retryDirect(now + 60_000)).toEqual([[x, y]]);
+    expect(mesh.relayPairs()).toEqual([]);
+    // 30 a minute from one node: the 31st and later are dropped.
+    for (let i = 0; i < 40; i++) mesh.peerStatus(b, { peers: [{ nodeId: a, state: 'pending', endpoint: null, handshakeAgeMs: i }] }, now + 61_000);
+    expect(mesh.linkReport(b, a)?.handshakeAt).toBe(now + 61_000 - 29);
   });
 
   it('a relay port may latch from the observed control source and a reported reflexive host, never a special address', async () => {

@@ -72,7 +72,8 @@ export class MeshAgent {
   readonly #links = new PeerWatch();
   #linkTimer: NodeJS.Timeout | null = null;
   #sampling = false;
-  #probeSocket: Socket | null = null;
+  /** The probes' socket, bound to the mesh address it was made for (see #probe). */
+  #probeSocket: { meshIp: string; socket: Socket; bound: Promise<boolean> } | null = null;
   #samples = 0;
   /** Emitted for tests and the benchmark: (envelope, receivedAt). */
   onApplied: ((event: Envelope, receivedAt: number) => void) | null = null;
@@ -223,16 +224,33 @@ export class MeshAgent {
    */
   #probe(state: MeshState, nodeIds: readonly string[]): void {
     if (nodeIds.length === 0) return;
-    if (this.#probeSocket === null) {
-      this.#probeSocket = createSocket('udp4');
-      this.#probeSocket.on('error', () => {});
-      this.#probeSocket.unref();
+    // Bound to this node's mesh address: without the interface (or its route) the send fails instead
+    // of leaving by the default route.
+    if (this.#probeSocket?.meshIp !== state.meshIp) {
+      if (this.#probeSocket) closeQuietly(this.#probeSocket.socket);
+      const socket = createSocket('udp4');
+      socket.on('error', () => {});
+      socket.unref();
+      const bound = new Promise<boolean>((resolve) => {
+        socket.once('error', () => resolve(false));
+        socket.bind(0, state.meshIp, () => resolve(true));
+      });
+      this.#probeSocket = { meshIp: state.meshIp, socket, bound };
     }
+    const { socket, bound } = this.#probeSocket;
     const meshIps = new Map(state.peers.map((p) => [p.nodeId, p.meshIp]));
-    for (const id of nodeIds) {
-      const ip = meshIps.get(id);
-      if (ip !== undefined) this.#probeSocket.send(PROBE_DATAGRAM, DISCARD_PORT, ip, () => {});
-    }
+    void bound.then((ok) => {
+      if (!ok) {
+        // Not bindable yet (the interface is not up): the next probe tries again.
+        if (this.#probeSocket?.socket === socket) this.#probeSocket = null;
+        closeQuietly(socket);
+        return;
+      }
+      for (const id of nodeIds) {
+        const ip = meshIps.get(id);
+        if (ip !== undefined) socket.send(PROBE_DATAGRAM, DISCARD_PORT, ip, () => {});
+      }
+    });
   }
 
   /**
@@ -559,7 +577,7 @@ export class MeshAgent {
   async close(): Promise<void> {
     this.#stopped = true;
     this.#clearTimer();
-    this.#probeSocket?.close();
+    if (this.#probeSocket) closeQuietly(this.#probeSocket.socket);
     this.#probeSocket = null;
     await this.#queue;
     await this.#o.applier?.close();
@@ -606,6 +624,15 @@ export function diffStates(applied: MeshState | null, desired: MeshState): Drift
 
 function clipItem(i: DriftItem): DriftItem {
   return { field: i.field.slice(0, 1024), ...(i.expected !== undefined ? { expected: i.expected.slice(0, 4096) } : {}), ...(i.actual !== undefined ? { actual: i.actual.slice(0, 4096) } : {}) };
+}
+
+/** Closes a datagram socket that may already be closed (a failed bind). */
+function closeQuietly(socket: Socket): void {
+  try {
+    socket.close();
+  } catch {
+    // already closed
+  }
 }
 
 function formatEndpoint(address: string, port: number): string {

@@ -1,4 +1,4 @@
-import { PEER_DOWN_AFTER_MS, type PeerLink, type PeerLinkState } from '../../contract/mesh-events.js';
+import { PEER_DOWN_AFTER_MS, PEER_SAMPLE_MS, type PeerLink, type PeerLinkState } from '../../contract/mesh-events.js';
 
 /**
  * Whether each WireGuard peer is reachable on the endpoint in force, from WireGuard's own counters
@@ -26,6 +26,12 @@ export interface PeerSample {
   handshakeAt: number | null;
 }
 
+/**
+ * Samples further apart than this mean the agent was not watching (its session was down, the host
+ * slept): every peer starts a new trial, or the gap's silence would read as paths that died.
+ */
+const MAX_SAMPLE_GAP_MS = 2 * PEER_SAMPLE_MS;
+
 interface Tracked {
   endpoint: string | null;
   /** When the current endpoint took effect (or the peer first appeared). */
@@ -34,6 +40,8 @@ interface Tracked {
   lastRxAt: number | null;
   handshakeAt: number | null;
   state: PeerLinkState;
+  /** When the agent last probed the peer (at most one probe per PEER_PROBE_AFTER_MS). */
+  probedAt: number | null;
 }
 
 /**
@@ -45,11 +53,12 @@ interface Tracked {
  * keepalive"), and starts a handshake first when the session's keys have expired. So a working path
  * shows received bytes within PEER_PROBE_AFTER_MS + 10 s + a sample, well inside PEER_DOWN_AFTER_MS.
  */
-export const PEER_PROBE_AFTER_MS = 15_000;
+export const PEER_PROBE_AFTER_MS = 10_000;
 
 export class PeerWatch {
   readonly #downAfterMs: number;
   readonly #peers = new Map<string, Tracked>();
+  #lastSampleAt: number | null = null;
 
   constructor(downAfterMs = PEER_DOWN_AFTER_MS) {
     this.#downAfterMs = downAfterMs;
@@ -63,15 +72,17 @@ export class PeerWatch {
   sample(samples: readonly PeerSample[], now: number): { changed: PeerLink[]; probe: string[] } {
     const changed: PeerLink[] = [];
     const probe: string[] = [];
+    const resumed = this.#lastSampleAt !== null && now - this.#lastSampleAt > MAX_SAMPLE_GAP_MS;
+    this.#lastSampleAt = now;
     const seen = new Set<string>();
     for (const s of samples) {
       seen.add(s.nodeId);
       const known = this.#peers.get(s.nodeId);
-      const fresh = known === undefined || known.endpoint !== s.endpoint;
+      const fresh = known === undefined || known.endpoint !== s.endpoint || resumed;
       let t: Tracked;
       if (fresh) {
         // A new endpoint starts its own trial: what was received on the old one says nothing of it.
-        t = { endpoint: s.endpoint, since: now, rxBytes: s.rxBytes, lastRxAt: null, handshakeAt: s.handshakeAt, state: 'pending' };
+        t = { endpoint: s.endpoint, since: now, rxBytes: s.rxBytes, lastRxAt: null, handshakeAt: s.handshakeAt, state: 'pending', probedAt: null };
         this.#peers.set(s.nodeId, t);
       } else {
         t = known;
@@ -80,7 +91,10 @@ export class PeerWatch {
         t.rxBytes = s.rxBytes;
       }
       t.handshakeAt = s.handshakeAt;
-      if (now - Math.max(t.since, t.lastRxAt ?? 0) >= PEER_PROBE_AFTER_MS) probe.push(s.nodeId);
+      if (now - Math.max(t.since, t.lastRxAt ?? 0) >= PEER_PROBE_AFTER_MS && (t.probedAt === null || now - t.probedAt >= PEER_PROBE_AFTER_MS)) {
+        t.probedAt = now;
+        probe.push(s.nodeId);
+      }
       const state = this.#stateOf(t, now);
       if (fresh || state !== t.state) {
         t.state = state;

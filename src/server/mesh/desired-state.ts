@@ -28,8 +28,6 @@ export interface MeshInputs {
   readonly permitted: ReadonlyMap<string, ReadonlySet<string>>;
   /** PSK of each pair, by `pairKey`. */
   readonly psks: ReadonlyMap<string, Buffer>;
-  /** Pairs held on the relay because their direct path failed (path-health.ts), by `pairKey`. */
-  readonly forcedRelay?: ReadonlySet<string>;
 }
 
 /** What the events sent so far told a node about one peer; the PSK only as a fingerprint. */
@@ -106,7 +104,9 @@ export function peerEntry(inputs: MeshInputs, viewerId: string, peerId: string):
   if (!peer || !peer.publicKey || !psk) return null;
   // The pair's path (path.ts) decides which of the peer's endpoints the viewer is told.
   const viewerNat = inputs.nodes.get(viewerId)?.nat ?? null;
-  const path = inputs.forcedRelay?.has(pairKey(viewerId, peerId)) ? 'relay' : choosePath(viewerNat, peer.nat);
+  // A pair held on the relay after its direct path failed (path-health.ts) is told its direct endpoints
+  // still: the relay session overrides them on the agent, and without one the pair keeps trying direct.
+  const path = choosePath(viewerNat, peer.nat);
   return { nodeId: peer.id, meshIp: intToIp(peer.meshIp), publicKey: peer.publicKey, endpoints: peerEndpoints(path, viewerNat, peer.nat, peer.endpoints), psk: base64Of(psk), path };
 }
 

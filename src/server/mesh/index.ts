@@ -138,7 +138,7 @@ export function createMeshFeature(options: MeshFeatureOptions = {}): ServerFeatu
     const health = assigner ? new PathHealth({ retryMs: ctx.config.meshDirectRetryMs, maxRetryMs: Math.max(ctx.config.meshDirectRetryMs, MAX_DIRECT_RETRY_MS) }) : null;
     let retryTimer: NodeJS.Timeout | null = null;
     if (assigner && health) {
-      mesh.enableSwitching(health, { isRelayEndpoint: (endpoint) => assigner.isRelayEndpoint(endpoint), onlineSince: (id) => ctx.presence.onlineSince(id) });
+      mesh.enableSwitching(health, { onlineSince: (id) => ctx.presence.onlineSince(id), lastHeard: (id) => ctx.presence.lastHeard(id), heartbeatIntervalMs: ctx.config.heartbeatIntervalMs });
       retryTimer = setInterval(() => mesh.retryDirect(), DIRECT_RETRY_CHECK_MS);
       retryTimer.unref();
     }
@@ -282,12 +282,6 @@ class RelayAssigner {
     this.#log = log;
     this.sessions = new RelaySessions({ relay, mesh, publicHost: this.#host, logger: log });
     this.sessions.onRevokedExpired = () => this.schedule();
-  }
-
-  /** Whether `endpoint` (HOST:PORT, [v6]:PORT) is one of the relay's, as agents are told them. */
-  isRelayEndpoint(endpoint: string): boolean {
-    const host = endpoint.slice(0, endpoint.lastIndexOf(':')).replace(/^\[(.*)\]$/, '$1');
-    return host === this.#host;
   }
 
   /** The relay's address as agents are told it, and where it binds. */

@@ -58,7 +58,8 @@ export async function meshNodeDetails(store: Store, nodeId: string, live?: (peer
       nodeId: p.peerId,
       hostname: hostnames.get(p.peerId) ?? null,
       meshIp: p.meshIp,
-      path: p.path,
+      // The path in force: a relay session means the relay, whatever the NAT classes chose.
+      path: relayed.has(p.peerId) ? 'relay' : p.path,
       // While a relay session is in force, WireGuard sends to the relay (the agent applies it over the peer's own).
       endpoint: relayed.get(p.peerId) ?? p.endpoints[0] ?? null,
       link: link?.state ?? null,

@@ -36,7 +36,7 @@ export interface ModelNode {
 export class MeshModel implements MeshInputs {
   readonly nodes = new Map<string, ModelNode>();
   readonly psks = new Map<string, Buffer>();
-  /** Pairs held on the relay because their direct path failed (path-health.ts; set by the service). */
+  /** Pairs held on the relay because their direct path failed (path-health.ts; set by the service; path.ts pairsByPath reads it). */
   forcedRelay: ReadonlySet<string> = new Set();
   /** Recomputed from tags and policy by a full recompute (`permit`). */
   permitted = new Map<string, Set<string>>();

@@ -18,6 +18,9 @@ import { validatePolicy, type Policy } from '../../admin-api/policy.js';
 import { policyId } from './policy.js';
 import { choosePath, pairsByPath, type RelayPair } from './path.js';
 import type { PathContext, PathHealth, PeerLinkReport } from './path-health.js';
+
+/** What switching needs from outside the mesh (presence and the session layer's heartbeat). */
+export type SwitchingContext = Pick<PathContext, 'onlineSince' | 'lastHeard' | 'heartbeatIntervalMs'>;
 import { SecretBox } from './secret-box.js';
 import type { SealingSecret } from '../ca-key-crypto.js';
 import { generateSigningKey, signBytes, signingKeyFromPkcs8, type SigningKey } from './signer.js';
@@ -128,8 +131,9 @@ export class MeshService {
   /** Drift reports per node (see drift()); full buckets are evicted first, so the table stays small. */
   readonly #driftRate = new TokenBuckets({ perMinute: DRIFT_REPORTS_PER_MINUTE, maxEntries: 100_000 });
   readonly #peerStatusRate = new TokenBuckets({ perMinute: PEER_STATUS_PER_MINUTE, maxEntries: 100_000 });
+  readonly #peerStatusWarned = new TokenBuckets({ perMinute: 1, maxEntries: 100_000 });
   /** Switching between direct and relay on the agents' reports; null while no relay runs. */
-  #health: { health: PathHealth; context: Pick<PathContext, 'isRelayEndpoint' | 'onlineSince'> } | null = null;
+  #health: { health: PathHealth; context: SwitchingContext } | null = null;
   readonly #events: EventLog;
   readonly #delivery: EventDelivery;
   #policy: Policy | null;
@@ -653,7 +657,7 @@ export class MeshService {
    * Turns switching on (the feature does, when a relay runs): from now on `peer.status` reports can
    * hold a failed direct pair on the relay, and `retryDirect` lets it try direct again.
    */
-  enableSwitching(health: PathHealth, context: Pick<PathContext, 'isRelayEndpoint' | 'onlineSince'>): void {
+  enableSwitching(health: PathHealth, context: SwitchingContext): void {
     this.#health = { health, context };
   }
 
@@ -666,7 +670,8 @@ export class MeshService {
     const switching = this.#health;
     if (!switching || !this.#model.nodes.has(nodeId)) return;
     if (!this.#peerStatusRate.take(nodeId, receivedAt)) {
-      this.#log.warn({ nodeId, entries: report.peers.length }, 'peer status over the node’s rate; dropped');
+      // One line a minute per node: a flood must not become a flood of log lines.
+      if (this.#peerStatusWarned.take(nodeId, receivedAt)) this.#log.warn({ nodeId, perMinute: PEER_STATUS_PER_MINUTE }, 'peer status over the node’s rate; dropped (logged once a minute)');
       return;
     }
     const links: PeerLink[] = [];
@@ -679,6 +684,7 @@ export class MeshService {
       ...switching.context,
       permitted: (a, b) => model.permitted.get(a)?.has(b) ?? false,
       naturalPath: (a, b) => choosePath(model.nodes.get(a)?.nat ?? null, model.nodes.get(b)?.nat ?? null),
+      announcedEndpoint: (viewer, peer) => model.nodes.get(viewer)?.announced?.peers.get(peer)?.endpoints[0] ?? null,
     });
     if (moved.length === 0) return;
     this.#log.info({ pairs: moved.map(([a, b]) => `${a}–${b}`), reportedBy: nodeId }, 'direct path down: pair moved to the relay');
@@ -702,7 +708,10 @@ export class MeshService {
     return this.#health?.health.report(nodeId, peerId);
   }
 
-  /** The overrides changed: both members' views are recomputed (the relay assigner follows the recompute). */
+  /**
+   * The overrides changed: the relay's pairs follow (pairPaths; the relay assigner reconciles after the
+   * recompute of both members, which sends nothing new: their views keep the direct endpoints).
+   */
   #pathsMoved(health: PathHealth, pairs: ReadonlyArray<[string, string]>): Promise<void> {
     this.#model.forcedRelay = new Set(health.forced);
     this.#model.pathsChanged();
