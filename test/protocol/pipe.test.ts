@@ -346,7 +346,7 @@ describe('ping fast path', () => {
     expect(d.pongs()).toEqual([7, PROBE + 3]);
   });
 
-  it('over ws with TLS, a bulk stream keeps the unconfirmed bytes within the limit and pings still answer', async () => {
+  it('over ws with TLS, with the limit on, markers are answered, pings answer during a bulk stream, and the bulk finishes', async () => {
     const pair = await wssPair(pki, { pipeFloor: 128 * KIB });
     try {
       pair.server.on('stream', (s) => {
@@ -360,21 +360,18 @@ describe('ping fast path', () => {
         while (!stop) if (!stream.write(chunk)) await new Promise((r) => stream.once('drain', r));
         stream.end();
       })();
-      // Once markers are answered, sample while the bulk runs: never more than the limit plus one message.
+      // The bound itself is checked with a controlled clock above: over real sockets it is not an
+      // invariant, since a marker answered later than MARKER_STALE_MS (a busy machine) releases the pipe
+      // by design. What holds whatever the timing: markers come back, so the limit is in force, and
+      // neither pings nor the bulk stream are starved by it.
       const deadline = Date.now() + 30_000;
       while (pair.agent.rttMs === null && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
       expect(pair.agent.rttMs).not.toBeNull();
-      let over = 0;
-      for (let i = 0; i < 200; i++) {
-        // The limit may halve on an answer while the bytes sent under the old one are still out.
-        if (pair.agent.unackedBytes > 2 * pair.agent.pipeLimit + 70 * KIB) over++;
-        await new Promise((r) => setImmediate(r));
-      }
+      expect(pair.agent.pipeLimit).toBeGreaterThanOrEqual(128 * KIB);
       const rtts: number[] = [];
       for (let i = 0; i < 10; i++) rtts.push(await pair.agent.ping());
       stop = true;
       await bulk;
-      expect(over).toBe(0);
       expect(rtts).toHaveLength(10);
     } finally {
       await pair.close();
