@@ -14,10 +14,9 @@ import { join } from 'node:path';
 import { isIP } from 'node:net';
 import { readPinnedEventKeys } from '../state/event-keys.js';
 import { MeshlinkError } from '../../errors.js';
-import type { NatReport } from '../../contract/mesh-events.js';
+import { PEER_SAMPLE_MS, PEER_STATUS_MAX_ENTRIES, type NatReport } from '../../contract/mesh-events.js';
 import { probeNat, type NatProbeResult } from './nat-probe.js';
 import { PeerWatch } from './peer-watch.js';
-import { PEER_SAMPLE_MS, PEER_STATUS_MAX_ENTRIES } from '../../contract/mesh-events.js';
 
 /**
  * The agent's side of the mesh: verifies and applies events in order, persists what it applied,

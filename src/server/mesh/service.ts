@@ -18,9 +18,6 @@ import { validatePolicy, type Policy } from '../../admin-api/policy.js';
 import { policyId } from './policy.js';
 import { choosePath, pairsByPath, type RelayPair } from './path.js';
 import type { PathContext, PathHealth, PeerLinkReport } from './path-health.js';
-
-/** What switching needs from outside the mesh (presence and the session layer's heartbeat). */
-export type SwitchingContext = Pick<PathContext, 'onlineSince' | 'lastHeard' | 'heartbeatIntervalMs'>;
 import { SecretBox } from './secret-box.js';
 import type { SealingSecret } from '../ca-key-crypto.js';
 import { generateSigningKey, signBytes, signingKeyFromPkcs8, type SigningKey } from './signer.js';
@@ -31,6 +28,9 @@ import { normalizeIp } from './relay.js';
 import { z } from 'zod';
 
 export type { DeliverySessions } from './delivery.js';
+
+/** What switching needs from outside the mesh (presence and the session layer's heartbeat). */
+export type SwitchingContext = Pick<PathContext, 'onlineSince' | 'lastHeard' | 'heartbeatIntervalMs'>;
 
 /** An agent reconciles once a minute (and after a gap); 6 a minute leaves room for reconnects. */
 export const DRIFT_REPORTS_PER_MINUTE = 6;
@@ -382,7 +382,8 @@ export class MeshService {
 
   /**
    * Calls `listener` after every recompute that finished (the relay assigner: a pair's path, a member's
-   * addresses, membership or policy may have changed). Returns the unsubscribe.
+   * addresses, membership or policy may have changed), and when switching moved a pair. Returns the
+   * unsubscribe.
    */
   onRecomputed(listener: () => void): () => void {
     this.#recomputed.add(listener);
@@ -688,7 +689,7 @@ export class MeshService {
     });
     if (moved.length === 0) return;
     this.#log.info({ pairs: moved.map(([a, b]) => `${a}–${b}`), reportedBy: nodeId }, 'direct path down: pair moved to the relay');
-    void this.#pathsMoved(switching.health, moved);
+    this.#pathsMoved(switching.health);
   }
 
   /** Lifts the back-offs that ended by `now`: those pairs try their direct path again. Returns them. */
@@ -698,7 +699,7 @@ export class MeshService {
     const lifted = switching.health.due(now);
     if (lifted.length > 0) {
       this.#log.info({ pairs: lifted.map(([a, b]) => `${a}–${b}`) }, 'relay back-off over: pair tries its direct path again');
-      void this.#pathsMoved(switching.health, lifted);
+      this.#pathsMoved(switching.health);
     }
     return lifted;
   }
@@ -709,13 +710,13 @@ export class MeshService {
   }
 
   /**
-   * The overrides changed: the relay's pairs follow (pairPaths; the relay assigner reconciles after the
-   * recompute of both members, which sends nothing new: their views keep the direct endpoints).
+   * The overrides changed: the relay's pairs follow (pairPaths), and the relay assigner is told as
+   * after a recompute. The members' views need none: they keep the direct endpoints (path-health.ts).
    */
-  #pathsMoved(health: PathHealth, pairs: ReadonlyArray<[string, string]>): Promise<void> {
+  #pathsMoved(health: PathHealth): void {
     this.#model.forcedRelay = new Set(health.forced);
     this.#model.pathsChanged();
-    return this.#background(this.#nodesChanged(pairs.flat()));
+    for (const listener of this.#recomputed) listener();
   }
 
   // ------------------------------------------------------------------ operator actions
