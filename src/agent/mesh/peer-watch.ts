@@ -6,8 +6,9 @@ import { PEER_DOWN_AFTER_MS, PEER_SAMPLE_MS, type PeerLink, type PeerLinkState }
  * samples and sends what it returns in `peer.status`.
  *
  * The signal is the peer's receive counter, not the handshake time. WireGuard keeps a session's keys
- * when its endpoint changes and re-keys only every two minutes, so after a switch (relay → direct) the
- * last handshake says nothing about the new path for up to 120 s. Bytes received do, and a peer that
+ * when its endpoint changes, and the initiator re-keys every two minutes (a responder only when the
+ * keys expire, at three), so after a switch (relay → direct) the last handshake says nothing about the
+ * new path for up to 180 s. Bytes received do, and a peer that
  * has been silent for a while is made to send some (PEER_PROBE_AFTER_MS, below). A peer is:
  * - `up` when something was received since its current endpoint took effect, within the last
  *   PEER_DOWN_AFTER_MS;

@@ -64,7 +64,6 @@ export interface PathContext {
 interface Override {
   a: string;
   b: string;
-  since: number;
   retryAt: number;
 }
 
@@ -90,7 +89,7 @@ export class PathHealth {
     return this.#overrides.has(pairKey(a, b));
   }
 
-  /** The pair keys held on the relay (MeshInputs.forcedRelay reads this set). */
+  /** The pair keys held on the relay (copied into MeshModel.forcedRelay, which path.ts pairsByPath reads). */
   get forced(): ReadonlySet<string> {
     return this.#forcedKeys;
   }
@@ -127,7 +126,7 @@ export class PathHealth {
         this.#failures.set(key, failures);
         const backoff = Math.min(this.#o.retryMs * 2 ** Math.min(failures - 1, 30), this.#o.maxRetryMs);
         const [a, b] = nodeId < link.nodeId ? [nodeId, link.nodeId] : [link.nodeId, nodeId];
-        this.#overrides.set(key, { a, b, since: receivedAt, retryAt: receivedAt + backoff });
+        this.#overrides.set(key, { a, b, retryAt: receivedAt + backoff });
         this.#forcedKeys.add(key);
         this.#upSince.delete(key);
         this.counters.toRelay++;
