@@ -36,6 +36,7 @@ import { fileURLToPath } from 'node:url';
 import type { Readable } from 'node:stream';
 import type { Stream } from '@libp2p/interface';
 import { attachSession } from '../src/net/ws-session.js';
+import { BENCH_HOST, benchServerIdentity } from './lib/bench-host.js';
 import { H2_CONNECTION_WINDOW, h2ClientOptions } from './lib/h2.js';
 import { connect, rawWs, type Peer } from './lib/mux-client.js';
 import { makePki, type BenchPki } from './lib/pki.js';
@@ -155,11 +156,11 @@ async function meshlinkConn(peer: Peer): Promise<Conn> {
 }
 
 async function h2Conn(port: number, pki: BenchPki): Promise<Conn> {
-  const client = h2Connect(`https://127.0.0.1:${port}`, {
+  const client = h2Connect(`https://${BENCH_HOST}:${port}`, {
     ...h2ClientOptions,
     // Our own socket, to set TCP_NODELAY as ws does (the session's socket may not be touched).
     createConnection: () => {
-      const socket = tlsConnect({ host: '127.0.0.1', port, ca: pki.ca, cert: pki.clientCert, key: pki.clientKey, ALPNProtocols: ['h2'] });
+      const socket = tlsConnect({ host: BENCH_HOST, port, ca: pki.ca, cert: pki.clientCert, key: pki.clientKey, ALPNProtocols: ['h2'], checkServerIdentity: benchServerIdentity });
       socket.setNoDelay(true);
       return socket;
     },
@@ -197,7 +198,7 @@ async function h2Conn(port: number, pki: BenchPki): Promise<Conn> {
 }
 
 async function yamuxConn(port: number, pki: BenchPki): Promise<Conn> {
-  const socket = tlsConnect({ host: '127.0.0.1', port, ca: pki.ca, cert: pki.clientCert, key: pki.clientKey });
+  const socket = tlsConnect({ host: BENCH_HOST, port, ca: pki.ca, cert: pki.clientCert, key: pki.clientKey, checkServerIdentity: benchServerIdentity });
   socket.on('error', () => {});
   await once(socket, 'secureConnect');
   const muxer = yamuxOver(socket, 'outbound');
@@ -266,7 +267,13 @@ interface Child {
 }
 
 async function start(script: string, pki: BenchPki): Promise<Child> {
-  const child = fork(fileURLToPath(new URL(script, import.meta.url)), [pki.dir], { stdio: ['ignore', 'pipe', 'inherit', 'ipc'] });
+  // PEER_NODE_ARGS: node flags for the receivers alone, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof" to
+  // profile them. PEER_NETNS: the network namespace they run in (bench/wan.ts), through `ip netns exec`,
+  // which keeps the IPC channel's descriptor.
+  const nodeArgs = (process.env.PEER_NODE_ARGS ?? '').split(' ').filter(Boolean);
+  const ns = process.env.PEER_NETNS;
+  const options = ns ? { execPath: 'ip', execArgv: ['netns', 'exec', ns, process.execPath, ...nodeArgs] } : { execArgv: nodeArgs };
+  const child = fork(fileURLToPath(new URL(script, import.meta.url)), [pki.dir], { stdio: ['ignore', 'pipe', 'inherit', 'ipc'], ...options });
   const port = await new Promise<number>((resolve, reject) => {
     child.once('exit', (code) => reject(new Error(`${script} exited (${code}) before listening`)));
     child.stdout!.once('data', (d: Buffer) => resolve(Number(d.toString().trim())));
@@ -494,7 +501,8 @@ async function main(): Promise<void> {
       }),
     );
   } finally {
-    for (const c of children) c.kill();
+    // Closing the IPC channel lets each receiver exit by itself (and write a --cpu-prof profile).
+    for (const c of children) if (c.connected) c.disconnect();
     pki.cleanup();
   }
 }

@@ -8,6 +8,7 @@
 import { createSecureServer } from 'node:http2';
 import type { AddressInfo } from 'node:net';
 import { H2_CONNECTION_WINDOW, h2ServerOptions } from './lib/h2.js';
+import { BENCH_LISTEN } from './lib/bench-host.js';
 import { makePki } from './lib/pki.js';
 
 const pki = makePki(process.argv[2]);
@@ -43,7 +44,7 @@ server.on('stream', (stream, headers) => {
   });
 });
 
-server.listen(0, '127.0.0.1', () => {
+server.listen(0, BENCH_LISTEN, () => {
   process.stdout.write(`${(server.address() as AddressInfo).port}\n`);
 });
 process.on('disconnect', () => process.exit(0));

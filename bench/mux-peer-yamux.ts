@@ -7,6 +7,7 @@
 import type { AddressInfo } from 'node:net';
 import { createServer } from 'node:tls';
 import type { Stream } from '@libp2p/interface';
+import { BENCH_LISTEN } from './lib/bench-host.js';
 import { makePki } from './lib/pki.js';
 import { TAG_ECHO, yamuxOver } from './lib/yamux.js';
 
@@ -44,7 +45,7 @@ const server = createServer({ key: pki.serverKey, cert: pki.serverCert, ca: pki.
   socket.on('error', () => {});
   yamuxOver(socket, 'inbound', (stream) => void serve(stream).catch(() => stream.abort(new Error('bench peer failed'))));
 });
-server.listen(0, '127.0.0.1', () => {
+server.listen(0, BENCH_LISTEN, () => {
   process.stdout.write(`${(server.address() as AddressInfo).port}\n`);
 });
 process.on('disconnect', () => process.exit(0));

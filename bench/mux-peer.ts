@@ -10,6 +10,7 @@ import { createServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { WebSocketServer } from 'ws';
 import { attachSession } from '../src/net/ws-session.js';
+import { BENCH_LISTEN } from './lib/bench-host.js';
 import { makePki } from './lib/pki.js';
 
 const pki = makePki(process.argv[2]);
@@ -48,7 +49,7 @@ wss.on('connection', (ws, req) => {
   });
 });
 
-https.listen(0, '127.0.0.1', () => {
+https.listen(0, BENCH_LISTEN, () => {
   process.stdout.write(`${(https.address() as AddressInfo).port}\n`);
 });
 process.on('disconnect', () => process.exit(0));

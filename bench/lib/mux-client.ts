@@ -5,6 +5,7 @@
 import { once } from 'node:events';
 import { WebSocket } from 'ws';
 import { zeroMaskingKey } from '../../src/net/ws-mask.js';
+import { BENCH_HOST, benchServerIdentity } from './bench-host.js';
 import type { BenchPki } from './pki.js';
 
 const MIB = 1024 * 1024;
@@ -15,7 +16,9 @@ export interface Peer {
 }
 
 export function connect(peer: Peer, path: string, zeroMask: boolean): Promise<WebSocket> {
-  const ws = new WebSocket(`wss://127.0.0.1:${peer.port}${path}`, {
+  const ws = new WebSocket(`wss://${BENCH_HOST}:${peer.port}${path}`, {
+    // Passed through to tls.connect (ws's own typing of this option is not tls's).
+    ...({ checkServerIdentity: benchServerIdentity } as object),
     ca: peer.pki.ca,
     cert: peer.pki.clientCert,
     key: peer.pki.clientKey,
