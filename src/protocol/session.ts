@@ -1042,11 +1042,14 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
    * MARKER_STALE_MS (a peer that stops answering pings is not held to the bound), or the
    * unconfirmed bytes are below the limit and no drain is under way.
    *
-   * While data flows, the pipe is drained once every DRAIN_INTERVAL_MS: data waits until every byte
-   * sent is confirmed (a marker on its own covers the tail), and the next marker then measures the
-   * round trip of an empty pipe. Without it, every marker of a busy connection would wait behind the limit's worth of
-   * queue, the RTT would include that queue, and the limit computed from it would grow without end
-   * (BBR's ProbeRTT drains for the same reason). The cost is one round trip of idle per interval.
+   * While data flows, the pipe is drained once every DRAIN_INTERVAL_MS or DRAIN_INTERVAL_RTTS round
+   * trips, whichever is longer: data waits until every byte sent is confirmed (a marker on its own
+   * covers the tail), and the next marker then measures the round trip of an empty pipe. Without it,
+   * every marker of a busy connection would wait behind the limit's worth of queue, the RTT would
+   * include that queue, and the limit computed from it would grow without end (BBR's ProbeRTT drains
+   * for the same reason). The cost is about one round trip of idle link per interval: hence the
+   * interval in round trips, which keeps it near 2 % on any path (at a fixed 250 ms, a 40 ms path
+   * lost a sixth of its throughput to drains; bench:wan, BENCHMARKS.md).
    */
   #pipeOpen(): boolean {
     if (this.#pipeLimit === 0 || !this.#pipeConfirmed) return true;
@@ -1061,7 +1064,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     if (oldest && now - oldest.sentAt > MARKER_STALE_MS) return true;
     if (this.#draining) return !oldest && this.#pipeEmpty();
     if (!oldest) return true;
-    if (now - this.#lastDrainAt >= DRAIN_INTERVAL_MS) {
+    if (now - this.#lastDrainAt >= Math.max(DRAIN_INTERVAL_MS, DRAIN_INTERVAL_RTTS * this.#rtt())) {
       this.#draining = true;
       return false;
     }
@@ -1244,8 +1247,10 @@ const MARKER_MAX_SPACING = 256 * 1024;
 const CLEAN_SLACK = 16 * 1024;
 /** Clean round trips kept for the median. */
 const RTT_SAMPLES = 5;
-/** While the pipe limit holds data back, the pipe is drained this often for a clean RTT sample. */
+/** While the pipe limit holds data back, the pipe is drained for a clean RTT sample at most this often… */
 const DRAIN_INTERVAL_MS = 250;
+/** …and at most once every this many round trips (the drain's cost is about one). */
+const DRAIN_INTERVAL_RTTS = 50;
 
 /** The kinds that may carry END_STREAM, for the error that names them (PROTOCOL.md §2.1). */
 const END_STREAM_KINDS = (MESSAGE_KINDS as readonly MessageKind[]).filter((k) => k.endStream).map((k) => k.name).join(' and ');
