@@ -176,7 +176,7 @@ async function muxLoaded(variants: string[], pipe: 'off' | 'on'): Promise<MuxRes
     ROUNDS: '1',
     LOAD_MS: String(LOAD_MS),
     ALONE_MS: String(ALONE_MS),
-    ...(pipe === 'on' ? { MESHLINK_PIPE_FLOOR: PIPE_ON_FLOOR } : {}),
+    MESHLINK_PIPE_FLOOR: pipe === 'on' ? PIPE_ON_FLOOR : '0',
   };
   const { code, stdout, stderr } = await output(spawnIn(NS.c, process.execPath, [script], env));
   if (code !== 0) throw new Error(`mux-compare failed (${code}): ${stderr.slice(-1500)}`);

@@ -14,12 +14,22 @@ import { writeDataPrefix } from './codec.js';
  * 4. The session may hold stream frames back (`dataAllowed` false: its pipe limit is reached) while
  *    priority frames still go, and may ask for a `trailer` (its pipe marker) after the stream frames
  *    of a message that carries any.
+ * 5. Interactive streams go before the round and are not held back: a stream whose whole queue fits
+ *    in its token bucket (INTERACTIVE_BURST bytes, refilled at INTERACTIVE_RATE bytes/s) has its
+ *    frame taken right after the priority frames, whether or not `dataAllowed`, and the frame's
+ *    bytes are taken from the bucket. A keystroke in `exec` or a small request thus waits neither
+ *    for the round over bulk streams nor for the pipe limit to reopen, while a bulk stream empties
+ *    its bucket with its first frames and is an ordinary stream from then on (fq_codel serves its
+ *    sparse flows first for the same reason). What the lane lets past the pipe limit is bounded by
+ *    the buckets and is counted like any other stream data, so the limit closes sooner after it.
  */
 export class SendScheduler {
   #priority: Uint8Array[] = [];
   #priorityBytes = 0;
   /** Streams with work, in round-robin order; a Set keeps insertion order and makes re-adding free. */
   #ready = new Set<MuxStream>();
+  /** Each stream's interactive token bucket (rule 5); weak, so that a closed stream leaves nothing. */
+  readonly #buckets = new WeakMap<MuxStream, { tokens: number; at: number }>();
 
   get priorityBytes(): number {
     return this.#priorityBytes;
@@ -49,13 +59,15 @@ export class SendScheduler {
 
   /**
    * Builds the next message. Returns null when nothing can be sent (no work, or streams without
-   * credit). `sent` callbacks must run after the message is handed to the transport.
+   * credit). `sent` callbacks must run after the message is handed to the transport. `now` (ms, any
+   * monotonic clock) refills the interactive buckets.
    */
   next(
     maxMessageBytes: number,
     maxDataFrame: number,
     dataAllowed = true,
     trailer: Uint8Array | null = null,
+    now = 0,
   ): { message: Uint8Array; pooled: Buffer | null; sent: Array<() => void>; trailer: boolean } | null {
     const frames: OutgoingFrame[] = [];
     const sent: Array<() => void> = [];
@@ -69,6 +81,21 @@ export class SendScheduler {
     }
 
     let streamFrames = 0;
+    for (const stream of this.#ready) {
+      if (size >= maxMessageBytes) break;
+      const bucket = this.#bucket(stream, now);
+      if (stream.queuedBytes > bucket.tokens || !stream._hasWork()) continue;
+      const frame = stream._takeFrame(Math.min(Math.max(maxMessageBytes - size, 4096), maxDataFrame));
+      if (!frame) continue;
+      bucket.tokens = Math.max(0, bucket.tokens - frame.size);
+      frames.push(frame);
+      streamFrames++;
+      size += frame.size;
+      if (frame.sent) sent.push(frame.sent);
+      this.#ready.delete(stream);
+      if (stream._hasWork()) this.#ready.add(stream);
+    }
+
     while (dataAllowed && size < maxMessageBytes && this.#ready.size > 0) {
       let progressed = false;
       for (const stream of this.#ready) {
@@ -116,7 +143,27 @@ export class SendScheduler {
     }
     return { message, pooled, sent, trailer: withTrailer };
   }
+
+  #bucket(stream: MuxStream, now: number): { tokens: number; at: number } {
+    let bucket = this.#buckets.get(stream);
+    if (!bucket) {
+      bucket = { tokens: INTERACTIVE_BURST, at: now };
+      this.#buckets.set(stream, bucket);
+    } else if (now > bucket.at) {
+      bucket.tokens = Math.min(INTERACTIVE_BURST, bucket.tokens + ((now - bucket.at) * INTERACTIVE_RATE) / 1000);
+      bucket.at = now;
+    }
+    return bucket;
+  }
 }
+
+/**
+ * The interactive lane's bucket (rule 5): a stream may have up to this many bytes queued and still
+ * be served first…
+ */
+export const INTERACTIVE_BURST = 16 * 1024;
+/** …and earns it back at this rate (bytes/s): a terminal's output, not a transfer. */
+export const INTERACTIVE_RATE = 64 * 1024;
 
 /**
  * Coalesced messages are assembled in pooled buffers. A fresh allocation per message made garbage

@@ -1008,7 +1008,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
           marker = encodeNonceFrame('ping', nonce);
         }
         const clean = this.#pipeEmpty();
-        const next = this.#scheduler.next(this.#opts.maxMessageBytes, this.maxDataFrame, dataAllowed, marker);
+        const next = this.#scheduler.next(this.#opts.maxMessageBytes, this.maxDataFrame, dataAllowed, marker, this.preciseNow());
         if (!next) break;
         const size = next.message.byteLength;
         this.#inflightBytes += size;
