@@ -26,7 +26,7 @@
  * VARIANTS (comma lists) to run a subset; for A/B runs of meshlink's settings, MESHLINK_MAX_WINDOW
  * (receiver's largest auto-tuned stream window, bytes), MESHLINK_TRANSPORT_HW (sender's bytes handed
  * to ws and not yet written, bytes), MESHLINK_PIPE_FLOOR and MESHLINK_PIPE_GAIN (the sender's
- * pipe limit, PROTOCOL.md §7; off by default, MESHLINK_PIPE_FLOOR=131072 turns it on).
+ * pipe limit, PROTOCOL.md §7; on by default with a 128 KiB floor, MESHLINK_PIPE_FLOOR=0 turns it off).
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';

@@ -9,7 +9,7 @@
  * costs. The last line is one JSON object of medians.
  *
  * PIPE_AB=1 adds meshlinkPipe, the same with the pipe limit on (pipeFloor 128 KiB, PROTOCOL.md §7;
- * off by default), interleaved: what the markers cost each side per MiB.
+ * the default since 2026-12-04), interleaved against pipeFloor 0: what the markers cost each side per MiB.
  *
  * Options (env): SIZE, ROUNDS (default 3), RANDOM_KEY=1, PIPE_AB=1.
  */

@@ -12,7 +12,7 @@
  *   kernel rx   the receiver socket's Recv-Q (arrived, not yet read by the receiving process)
  * Node exposes no TCP_NOTSENT_LOWAT or SIOCOUTQ; `ss` (every KERNEL_MS, default 100) is how the
  * kernel's share is seen here.
- * Variants (rounds alternate): the pipe limit on (pipeFloor 128 KiB) and off (pipeFloor 0, the default).
+ * Variants (rounds alternate): the pipe limit on (pipeFloor 128 KiB) and off (pipeFloor 0; the default is on).
  * Env: ROUNDS (default 3), RUN_MS (default 3000), SAMPLE_MS (default 5).
  */
 import { execFile, fork } from 'node:child_process';

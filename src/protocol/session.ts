@@ -78,8 +78,8 @@ export interface SessionOptions {
    * Bound on the bytes committed to the transport ahead of the next frame (PROTOCOL.md §7): stream
    * data is handed over only while the bytes the peer has not yet confirmed processing stay below
    * `pipeGain` × the measured bandwidth-delay product, and at least `pipeFloor` bytes (`pipeGain`
-   * default 2; `pipeFloor` default 0, which turns the bound off: see DEFAULT_PIPE_FLOOR; 128 KiB is
-   * the tested value). Control frames are not held by it.
+   * default 2; `pipeFloor` default 128 KiB, see DEFAULT_PIPE_FLOOR; 0 turns the bound off). Control
+   * frames and interactive streams' frames (scheduler.ts, rule 5) are not held by it.
    */
   pipeFloor?: number;
   pipeGain?: number;
@@ -1227,12 +1227,13 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
 /** Nonces from here on (bit 31 set) are the session's own pings: pipe markers and RTT probes. */
 const PROBE_NONCE = 0x8000_0000;
 /**
- * Default floor of the pipe limit: 0, the bound is off unless a session asks for it (128 KiB is the
- * tested value). Measured 2026-12-03 11:05–11:11 on a loaded machine (BENCHMARKS.md): it cut the
- * loaded round trip from 22–24 ms to 5.2–6.5 ms at the median, but 100 streams × 1 MiB fell from
- * 0.92–1.08× node:http2 to 0.34–0.51×. Not on by default until that is understood.
+ * Default floor of the pipe limit: 128 KiB, on. Measured 2026-12-04 (BENCHMARKS.md, bench:wan) on an
+ * emulated 40 ms / 100 Mbit/s link: a 64 B round trip behind a bulk stream cost 39.5 ms more than
+ * idle with it and 110.6 ms without (node:http2: 185.8 ms), at 88.9 against 91.4 Mbit/s of bulk. On
+ * loopback, where the receiver's CPU is the bound and the limit grows to about 1 MB, it changes the
+ * loaded round trip little and costs up to a tenth of bulk throughput. Agents talk over networks.
  */
-const DEFAULT_PIPE_FLOOR = 0;
+const DEFAULT_PIPE_FLOOR = 128 * 1024;
 /** The pipe limit never exceeds this, whatever the estimate (the windows bound the data anyway). */
 const PIPE_CEILING = 64 * 1024 * 1024;
 /** Delivery-rate samples kept for the maximum. */

@@ -293,10 +293,11 @@ describe('the pipe limit (bytes committed ahead of the next frame)', () => {
     expect(d.dataBytes()).toBe(1024 * KIB);
   });
 
-  it('is off by default (pipeFloor 0): no markers at all', async () => {
+  it('is off with pipeFloor 0: no markers at all', async () => {
     const sent: Uint8Array[] = [];
     const server = new Session({
       role: 'server',
+      pipeFloor: 0,
       onHello: () => ({ nodeId: 'n', serverVersion: 's', heartbeatIntervalMs: 1000 }),
       transport: { send: (m, done) => void (sent.push(Uint8Array.from(m)), done()), close: () => {} },
     });
