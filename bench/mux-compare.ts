@@ -28,17 +28,17 @@
  * to ws and not yet written, bytes), MESHLINK_PIPE_FLOOR and MESHLINK_PIPE_GAIN (the sender's
  * pipe limit, PROTOCOL.md §7; on by default with a 128 KiB floor, MESHLINK_PIPE_FLOOR=0 turns it off).
  */
-import { fork, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { connect as h2Connect } from 'node:http2';
 import { connect as tlsConnect } from 'node:tls';
-import { fileURLToPath } from 'node:url';
 import type { Readable } from 'node:stream';
 import type { Stream } from '@libp2p/interface';
 import { attachSession } from '../src/net/ws-session.js';
 import { BENCH_HOST, benchServerIdentity } from './lib/bench-host.js';
 import { H2_CONNECTION_WINDOW, h2ClientOptions } from './lib/h2.js';
 import { connect, rawWs, type Peer } from './lib/mux-client.js';
+import { startPeer } from './lib/peer-process.js';
 import { makePki, type BenchPki } from './lib/pki.js';
 import { median, percentile, round } from './lib/stats.js';
 import { Queue, TAG_ECHO, TAG_SINK, yamuxOver } from './lib/yamux.js';
@@ -261,26 +261,6 @@ async function yamuxConn(port: number, pki: BenchPki): Promise<Conn> {
   };
 }
 
-interface Child {
-  child: ChildProcess;
-  port: number;
-}
-
-async function start(script: string, pki: BenchPki): Promise<Child> {
-  // PEER_NODE_ARGS: node flags for the receivers alone, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof" to
-  // profile them. PEER_NETNS: the network namespace they run in (bench/wan.ts), through `ip netns exec`,
-  // which keeps the IPC channel's descriptor.
-  const nodeArgs = (process.env.PEER_NODE_ARGS ?? '').split(' ').filter(Boolean);
-  const ns = process.env.PEER_NETNS;
-  const options = ns ? { execPath: 'ip', execArgv: ['netns', 'exec', ns, process.execPath, ...nodeArgs] } : { execArgv: nodeArgs };
-  const child = fork(fileURLToPath(new URL(script, import.meta.url)), [pki.dir], { stdio: ['ignore', 'pipe', 'inherit', 'ipc'], ...options });
-  const port = await new Promise<number>((resolve, reject) => {
-    child.once('exit', (code) => reject(new Error(`${script} exited (${code}) before listening`)));
-    child.stdout!.once('data', (d: Buffer) => resolve(Number(d.toString().trim())));
-  });
-  return { child, port };
-}
-
 /** The child's CPU time so far, ms. */
 async function cpuMs(child: ChildProcess): Promise<number> {
   const reply = once(child, 'message');
@@ -372,10 +352,10 @@ async function main(): Promise<void> {
   const pki = makePki();
   const children: ChildProcess[] = [];
   try {
-    const mesh = await start('./mux-peer.js', pki);
-    const raw = await start('./mux-peer.js', pki);
-    const h2 = await start('./mux-peer-h2.js', pki);
-    const ymx = await start('./mux-peer-yamux.js', pki);
+    const mesh = await startPeer('mux-peer.js', pki);
+    const raw = await startPeer('mux-peer.js', pki);
+    const h2 = await startPeer('mux-peer-h2.js', pki);
+    const ymx = await startPeer('mux-peer-yamux.js', pki);
     children.push(mesh.child, raw.child, h2.child, ymx.child);
     const muxes: Record<Name, { open: () => Promise<Conn>; child: ChildProcess }> = {
       meshlink: { open: () => meshlinkConn({ port: mesh.port, pki }), child: mesh.child },

@@ -13,11 +13,11 @@
  *
  * Options (env): SIZE, ROUNDS (default 3), RANDOM_KEY=1, PIPE_AB=1.
  */
-import { fork, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { fileURLToPath } from 'node:url';
 import { attachSession } from '../src/net/ws-session.js';
 import { connect, rawWs, type Peer } from './lib/mux-client.js';
+import { startPeer } from './lib/peer-process.js';
 import { makePki } from './lib/pki.js';
 import { median, round } from './lib/stats.js';
 
@@ -56,8 +56,7 @@ function peerCpu(child: ChildProcess): Promise<number> {
 
 async function main(): Promise<void> {
   const pki = makePki();
-  const child = fork(fileURLToPath(new URL('./mux-peer.js', import.meta.url)), [pki.dir], { stdio: ['ignore', 'pipe', 'inherit', 'ipc'] });
-  const port = await new Promise<number>((resolve) => child.stdout!.once('data', (d: Buffer) => resolve(Number(d.toString().trim()))));
+  const { child, port } = await startPeer('mux-peer.js', pki);
   const peer: Peer = { port, pki };
   const variants: Array<[string, () => Promise<unknown>]> = [
     ['raw', () => raw(peer, false)],

@@ -15,10 +15,9 @@
  * rounds' medians; the last line is one JSON object.
  */
 import { once } from 'node:events';
-import { fork } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import { attachSession } from '../src/net/ws-session.js';
 import { connect } from './lib/mux-client.js';
+import { startPeer } from './lib/peer-process.js';
 import { makePki, type BenchPki } from './lib/pki.js';
 import { median, round } from './lib/stats.js';
 
@@ -90,12 +89,8 @@ async function run(port: number, pki: BenchPki, pipeFloor: number): Promise<Hops
 
 async function main(): Promise<void> {
   const pki = makePki();
-  const child = fork(fileURLToPath(new URL('./mux-peer.js', import.meta.url)), [pki.dir], { stdio: ['ignore', 'pipe', 'inherit', 'ipc'] });
+  const { child, port } = await startPeer('mux-peer.js', pki);
   try {
-    const port = await new Promise<number>((resolve, reject) => {
-      child.once('exit', (code) => reject(new Error(`mux-peer exited (${code})`)));
-      child.stdout!.once('data', (d: Buffer) => resolve(Number(d.toString().trim())));
-    });
     const results = new Map<number, Hops[]>(FLOORS.map((f) => [f, []]));
     for (let r = 0; r < ROUNDS; r++) {
       for (const f of r % 2 ? [...FLOORS].reverse() : FLOORS) results.get(f)!.push(await run(port, pki, f));

@@ -15,12 +15,12 @@
  * Variants (rounds alternate): the pipe limit on (pipeFloor 128 KiB) and off (pipeFloor 0; the default is on).
  * Env: ROUNDS (default 3), RUN_MS (default 3000), SAMPLE_MS (default 5).
  */
-import { execFile, fork } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { once } from 'node:events';
-import { fileURLToPath } from 'node:url';
 import type { TLSSocket } from 'node:tls';
 import { attachSession } from '../src/net/ws-session.js';
 import { connect } from './lib/mux-client.js';
+import { startPeer } from './lib/peer-process.js';
 import { makePki } from './lib/pki.js';
 import { median, percentile, round } from './lib/stats.js';
 
@@ -130,9 +130,8 @@ async function run(port: number, pki: ReturnType<typeof makePki>, pipeFloor: num
 }
 
 const pki = makePki();
-const child = fork(fileURLToPath(new URL('./mux-peer.js', import.meta.url)), [pki.dir], { stdio: ['ignore', 'pipe', 'inherit', 'ipc'] });
+const { child, port } = await startPeer('mux-peer.js', pki);
 try {
-  const port = await new Promise<number>((resolve) => child.stdout!.once('data', (d: Buffer) => resolve(Number(d.toString().trim()))));
   const out: Record<string, Record<string, number[]>> = {};
   const add = (v: string, k: string, x: number): void => void ((out[v] ??= {})[k] ??= []).push(x);
   for (let r = 0; r < ROUNDS; r++) {

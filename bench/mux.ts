@@ -18,9 +18,7 @@
  *
  * Options (env): ROUNDS (default 5), MB (bytes per run in MiB, default 128).
  */
-import { fork } from 'node:child_process';
 import { once } from 'node:events';
-import { fileURLToPath } from 'node:url';
 import { WebSocket } from 'ws';
 import { attachSession } from '../src/net/ws-session.js';
 import type { Session } from '../src/protocol/session.js';
@@ -28,6 +26,7 @@ import { encodeMessage, decodeFrame } from '../src/protocol/codec.js';
 import { FrameDecoder } from '../src/protocol/decoder.js';
 import { DEFAULT_MAX_FRAME_SIZE } from '../src/protocol/frame.js';
 import { connect, rawWs, type Peer } from './lib/mux-client.js';
+import { startPeer } from './lib/peer-process.js';
 import { makePki } from './lib/pki.js';
 import { median, round } from './lib/stats.js';
 
@@ -86,8 +85,7 @@ function codecFramesPerSec(): number {
 
 async function main(): Promise<void> {
   const pki = makePki();
-  const child = fork(fileURLToPath(new URL('./mux-peer.js', import.meta.url)), [pki.dir], { stdio: ['ignore', 'pipe', 'inherit', 'ipc'] });
-  const port = await new Promise<number>((resolve) => child.stdout!.once('data', (d: Buffer) => resolve(Number(d.toString().trim()))));
+  const { child, port } = await startPeer('mux-peer.js', pki);
   const peer = { port, pki };
   const sizes = [1024, 16 * 1024, 256 * 1024];
   const results: Record<string, number[]> = {};
